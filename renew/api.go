@@ -8,15 +8,12 @@
 // refused, when its owning connection fails, or when
 // sendTime(last confirmed grant/renew) + TTL − safety margin passes without
 // confirmation, whatever the network does.
-//
-// NOTE: this file fixes the exported API that dflock is written against.
-// Bodies marked "unimplemented" are filled in by the implementation.
 package renew
 
 import (
-	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/dflock-sdk/go/wire"
@@ -27,13 +24,46 @@ var (
 	ErrLost = errors.New("dflock: lock lost")
 	// ErrReleased is a lease's Err after a clean release (dflock.ErrReleased).
 	ErrReleased = errors.New("dflock: lock released")
+	// ErrExpired is the cause of a loss by the client's own clock: no renewal
+	// was confirmed within TTL − safety margin of the last confirmed send.
+	ErrExpired = errors.New("dflock: no renewal confirmed within TTL − safety margin")
+	// ErrClosed is the cause of the loss of a lease tracked after Close.
+	ErrClosed = errors.New("dflock: renewal scheduler closed")
+	// ErrRefused is the cause (wrapped) of a loss by a refused renewal.
+	ErrRefused = errors.New("dflock: renewal refused")
+	// ErrOwnerFailed is the cause (wrapped) of a loss by a failed owning connection.
+	ErrOwnerFailed = errors.New("dflock: owning connection failed")
 )
+
+// LostError is the Err of a lost lease. It matches ErrLost and unwraps to
+// the cause (ErrExpired, ErrRefused, ErrOwnerFailed, ErrClosed, ... joined
+// with the underlying error where there is one).
+type LostError struct {
+	Key   string
+	Cause error
+}
+
+func (e *LostError) Error() string {
+	return "dflock: lock lost: key " + strconv.Quote(e.Key) + ": " + e.Cause.Error()
+}
+
+// Is reports whether target is ErrLost.
+func (e *LostError) Is(target error) bool { return target == ErrLost }
+
+// Unwrap returns the cause.
+func (e *LostError) Unwrap() error { return e.Cause }
 
 // Owner is the connection that acquired a lease; renewals go to it (the
 // server ties auto-release to it). *pool.Conn implements it.
 type Owner interface {
 	// SendBatch writes reqs in one write and calls done once per request in
 	// order, or with an error if the connection breaks. done must not block.
+	//
+	// The scheduler calls SendBatch from its one goroutine without holding
+	// any lock, and does not touch reqs afterwards (the owner may queue it).
+	// SendBatch should not block for long (queue, don't wait for the socket):
+	// while it blocks no other lease is renewed or declared lost. done may be
+	// called synchronously from within SendBatch.
 	SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error))
 }
 
@@ -45,61 +75,75 @@ const (
 	DefaultWindow    = 25 * time.Millisecond
 )
 
-// Config of a Scheduler.
+// Config of a Scheduler. Out-of-range values are replaced by the defaults
+// as documented per field; nothing panics.
 type Config struct {
-	// Ratio of the TTL after which a lease is renewed. Default DefaultRatio.
+	// Ratio of the TTL after which a lease is renewed. Default DefaultRatio;
+	// values outside (0, 1) mean the default.
 	Ratio float64
-	// Jitter: renew up to this fraction of the interval earlier, at random. Default DefaultJitter.
+	// Jitter: renew up to this fraction of the interval earlier, at random.
+	// Default DefaultJitter; values outside (0, 1) mean the default.
 	Jitter float64
 	// KeepAlive: a lease is renewed at least this often (keeps its owning
-	// connection under the server read timeout). Default DefaultKeepAlive.
+	// connection under the server read timeout). Default DefaultKeepAlive;
+	// values <= 0 mean the default.
 	KeepAlive time.Duration
-	// Window: on each wake, leases due within Window are renewed together. Default DefaultWindow.
+	// Window: on each wake, leases due within Window are renewed together.
+	// Default DefaultWindow; values <= 0 mean the default. A lease is never
+	// renewed more than a quarter of its interval early, whatever Window.
 	Window time.Duration
 	// SafetyMargin before the server-side expiry at which a lease with no
-	// confirmed renewal is declared lost. Default: 10% of the TTL, at least 100ms, at most 2s.
+	// confirmed renewal is declared lost. Default: 10% of the TTL, at least
+	// 100ms, at most 2s. A result < 0 counts as 0, one above TTL/2 as TTL/2.
 	SafetyMargin func(ttl time.Duration) time.Duration
 	// OnLost, if set, is called (on its own goroutine) after a lease is lost.
+	// It is not called for untracked (released) leases. Close does not wait
+	// for running hooks.
 	OnLost func(l *Lease, err error)
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
 
-// Scheduler renews leases. Goroutine-safe.
-type Scheduler struct{}
+// DefaultSafetyMargin is the default Config.SafetyMargin: 10% of ttl,
+// clamped to [100ms, 2s].
+func DefaultSafetyMargin(ttl time.Duration) time.Duration {
+	return min(max(ttl/10, 100*time.Millisecond), 2*time.Second)
+}
 
-// New starts a scheduler (one goroutine, stopped by Close).
-func New(cfg Config) *Scheduler { panic("unimplemented") }
+func (c Config) withDefaults() Config {
+	if !(c.Ratio > 0 && c.Ratio < 1) {
+		c.Ratio = DefaultRatio
+	}
+	if !(c.Jitter > 0 && c.Jitter < 1) {
+		c.Jitter = DefaultJitter
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = DefaultKeepAlive
+	}
+	if c.Window <= 0 {
+		c.Window = DefaultWindow
+	}
+	if c.SafetyMargin == nil {
+		c.SafetyMargin = DefaultSafetyMargin
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
 
 // Spec describes a freshly granted lease.
 type Spec struct {
 	Key       string
 	Token     string
 	Semaphore bool          // renew with sn instead of n
-	TTL       time.Duration // whole seconds; sent explicitly on every renew
+	TTL       time.Duration // whole seconds (a fraction is dropped); sent explicitly on every renew; < 1s is refused
 	Owner     Owner
 	// Sent is when the acquire request that produced the grant was written
 	// (the lease is assumed to have started then, the conservative choice).
+	// Zero means now.
 	Sent time.Time
 }
-
-// Track starts renewing a granted lease.
-func (s *Scheduler) Track(spec Spec) *Lease { panic("unimplemented") }
-
-// Untrack stops renewing l (before the caller releases it), closing Done
-// with Err ErrReleased. It reports false if l was already lost (l.Err()
-// says why) or untracked.
-func (s *Scheduler) Untrack(l *Lease) bool { panic("unimplemented") }
-
-// Renew renews l now and waits for the answer (or ctx). A refusal loses the lease.
-func (s *Scheduler) Renew(ctx context.Context, l *Lease) error { panic("unimplemented") }
-
-// OwnerFailed declares every lease owned by o lost with cause err.
-func (s *Scheduler) OwnerFailed(o Owner, err error) { panic("unimplemented") }
-
-// Close stops the scheduler and returns the leases it still held (not lost),
-// untracked, so the caller can release them.
-func (s *Scheduler) Close() []*Lease { panic("unimplemented") }
 
 // Stats of the scheduler.
 type Stats struct {
@@ -110,23 +154,3 @@ type Stats struct {
 	Rounds  int64 // wakes that sent at least one renewal
 	Lost    int64
 }
-
-func (s *Scheduler) Stats() Stats { panic("unimplemented") }
-
-// Lease is one tracked lease.
-type Lease struct{}
-
-func (l *Lease) Key() string        { panic("unimplemented") }
-func (l *Lease) Token() string      { panic("unimplemented") }
-func (l *Lease) TTL() time.Duration { panic("unimplemented") }
-func (l *Lease) Owner() Owner       { panic("unimplemented") }
-
-// Done is closed when the lease ends: lost, or untracked for release.
-func (l *Lease) Done() <-chan struct{} { panic("unimplemented") }
-
-// Err is nil while Done is open; after loss it matches ErrLost (and wraps the
-// cause); after Untrack it is ErrReleased.
-func (l *Lease) Err() error { panic("unimplemented") }
-
-// Context is cancelled when Done closes; context.Cause gives Err().
-func (l *Lease) Context() context.Context { panic("unimplemented") }

@@ -1,0 +1,29 @@
+package renew
+
+// leaseHeap is a min-heap of leases ordered by Lease.next
+// (container/heap.Interface); each lease knows its index.
+type leaseHeap []*Lease
+
+func (h leaseHeap) Len() int           { return len(h) }
+func (h leaseHeap) Less(i, j int) bool { return h[i].next < h[j].next }
+func (h leaseHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx = int32(i)
+	h[j].idx = int32(j)
+}
+
+func (h *leaseHeap) Push(x any) {
+	l := x.(*Lease)
+	l.idx = int32(len(*h))
+	*h = append(*h, l)
+}
+
+func (h *leaseHeap) Pop() any {
+	old := *h
+	n := len(old) - 1
+	l := old[n]
+	old[n] = nil
+	l.idx = -1
+	*h = old[:n]
+	return l
+}

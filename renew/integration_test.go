@@ -1,0 +1,145 @@
+package renew
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// wireOwner is a minimal pipelined Owner on a wire.Conn: SendBatch writes
+// under a mutex and queues the callbacks; one reader answers them in FIFO
+// order (what *pool.Conn does, without the pool).
+type wireOwner struct {
+	c       *wire.Conn
+	mu      sync.Mutex
+	pending chan pendingReply
+	closed  bool
+	readerQ chan struct{}
+}
+
+type pendingReply struct {
+	cmd  wire.Command
+	i    int
+	done func(int, wire.Reply, error)
+}
+
+func dialOwner(t *testing.T, addr string) *wireOwner {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	o := &wireOwner{c: wire.NewConn(nc, wire.ConnOptions{}), pending: make(chan pendingReply, 4096), readerQ: make(chan struct{})}
+	go func() {
+		defer close(o.readerQ)
+		for p := range o.pending {
+			r, err := o.c.ReadReply(p.cmd)
+			p.done(p.i, r, err)
+		}
+	}()
+	t.Cleanup(o.close)
+	return o
+}
+
+func (o *wireOwner) SendBatch(reqs []wire.Request, done func(int, wire.Reply, error)) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		for i := range reqs {
+			done(i, wire.Reply{}, wire.ErrConnBroken)
+		}
+		return
+	}
+	for i, r := range reqs {
+		o.pending <- pendingReply{cmd: r.Cmd, i: i, done: done}
+	}
+	_ = o.c.WriteRequests(reqs...) // a failure surfaces through the reader
+}
+
+func (o *wireOwner) do(req wire.Request) (wire.Reply, error) {
+	type res struct {
+		r   wire.Reply
+		err error
+	}
+	ch := make(chan res, 1)
+	o.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) { ch <- res{r, err} })
+	x := <-ch
+	return x.r, x.err
+}
+
+func (o *wireOwner) close() {
+	o.mu.Lock()
+	if !o.closed {
+		o.closed = true
+		_ = o.c.Close()
+		close(o.pending)
+	}
+	o.mu.Unlock()
+	<-o.readerQ
+}
+
+// TestRealServerRenewalKeepsALeasePastItsTTL shows that renewals from the
+// scheduler (n with the TTL) keep a 1 s lease alive on a real in-process
+// server for several TTLs, while an untracked 1 s lease on the same server
+// expires.
+func TestRealServerRenewalKeepsALeasePastItsTTL(t *testing.T) {
+	t.Parallel()
+	srv := testutil.NewServer(t, testutil.Config{SweepInterval: 100 * time.Millisecond})
+	holder := dialOwner(t, srv.Addr())
+	other := dialOwner(t, srv.Addr())
+	s := newTestScheduler(t, Config{})
+
+	acquire := func(key string) (wire.Reply, time.Time) {
+		sent := time.Now()
+		r, err := holder.do(wire.Request{Cmd: wire.CmdLock, Key: key, Timeout: 0, Lease: 1})
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status, "grant of %s", key)
+		return r, sent
+	}
+	g, sent := acquire("renewed")
+	l := s.Track(Spec{Key: "renewed", Token: g.Token, TTL: time.Duration(g.Lease) * time.Second, Owner: holder, Sent: sent})
+	acquire("control") // not tracked: expires after 1 s
+
+	// Time passing is the subject: hold for 3 TTLs.
+	time.Sleep(3 * time.Second)
+
+	require.NoError(t, l.Err())
+	assert.GreaterOrEqual(t, s.Stats().Renewed, int64(4))
+	r, err := other.do(wire.Request{Cmd: wire.CmdLock, Key: "renewed", Timeout: 0, Lease: 5})
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusTimeout, r.Status, "a renewed lease must still be held")
+	r, err = other.do(wire.Request{Cmd: wire.CmdLock, Key: "control", Timeout: 0, Lease: 5})
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusOK, r.Status, "an unrenewed 1 s lease must have expired")
+
+	// Explicit renew, then release.
+	require.NoError(t, s.Renew(context.Background(), l))
+	require.True(t, s.Untrack(l))
+	r, err = holder.do(wire.Request{Cmd: wire.CmdRelease, Key: "renewed", Token: g.Token})
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusOK, r.Status)
+}
+
+// TestRealServerOwnerCloseLosesTheLease: closing the owning connection makes
+// the server auto-release; the next renewal fails and the lease is lost.
+func TestRealServerOwnerCloseLosesTheLease(t *testing.T) {
+	t.Parallel()
+	srv := testutil.NewServer(t, testutil.Config{SweepInterval: 100 * time.Millisecond})
+	holder := dialOwner(t, srv.Addr())
+	s := newTestScheduler(t, Config{})
+	sent := time.Now()
+	g, err := holder.do(wire.Request{Cmd: wire.CmdLock, Key: "k", Timeout: 0, Lease: 2})
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, g.Status)
+	l := s.Track(Spec{Key: "k", Token: g.Token, TTL: 2 * time.Second, Owner: holder, Sent: sent})
+	holder.close()
+	waitDone(t, l, 5*time.Second)
+	assert.ErrorIs(t, l.Err(), ErrLost)
+	assert.ErrorIs(t, l.Err(), ErrOwnerFailed)
+}

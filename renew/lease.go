@@ -1,0 +1,87 @@
+package renew
+
+import (
+	"context"
+	"time"
+)
+
+// Lease states.
+const (
+	stateTracked uint8 = iota
+	stateLost
+	stateReleased
+)
+
+// Lease is one tracked lease. Its mutable fields are guarded by the
+// scheduler's mutex; done, err (once done is closed) and the identity fields
+// may be read without it.
+type Lease struct {
+	s     *Scheduler
+	key   string
+	token string
+	owner Owner
+	ttl   time.Duration // whole seconds
+
+	// Guarded by s.mu. Times are nanoseconds since s.epoch (monotonic).
+	idx       int32  // position in s.heap, -1 when not in it
+	inflight  uint32 // renew requests sent and not answered yet
+	sem       bool
+	state     uint8
+	next      int64 // heap key: renewAt, or deadline while a renew is in flight
+	renewAt   int64
+	deadline  int64 // loss deadline: confirmed + ttl − margin
+	confirmed int64 // send time of the last confirmed grant/renew
+	oprev     *Lease
+	onext     *Lease // intrusive list of the owner's leases
+	cancel    context.CancelCauseFunc
+	ctx       context.Context
+
+	err  error // written before done is closed
+	done chan struct{}
+}
+
+// Key is the lease's lock or semaphore key.
+func (l *Lease) Key() string { return l.key }
+
+// Token is the lease's token.
+func (l *Lease) Token() string { return l.token }
+
+// TTL is the lease time sent on every renewal (whole seconds).
+func (l *Lease) TTL() time.Duration { return l.ttl }
+
+// Owner is the connection that acquired the lease.
+func (l *Lease) Owner() Owner { return l.owner }
+
+// Semaphore reports whether the lease is a semaphore slot (sn/sr).
+func (l *Lease) Semaphore() bool { return l.sem }
+
+// Done is closed when the lease ends: lost, or untracked for release.
+func (l *Lease) Done() <-chan struct{} { return l.done }
+
+// Err is nil while Done is open; after loss it matches ErrLost (and wraps the
+// cause); after Untrack it is ErrReleased.
+func (l *Lease) Err() error {
+	select {
+	case <-l.done:
+		return l.err
+	default:
+		return nil
+	}
+}
+
+// Context is cancelled when Done closes; context.Cause gives Err(). It is
+// created on first use.
+func (l *Lease) Context() context.Context {
+	s := l.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.ctx == nil {
+		l.ctx, l.cancel = context.WithCancelCause(context.Background())
+		if l.state != stateTracked {
+			// Already ended; the finaliser may or may not have run, so
+			// cancel here (cancelling twice is harmless).
+			l.cancel(l.err)
+		}
+	}
+	return l.ctx
+}

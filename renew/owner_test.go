@@ -1,0 +1,180 @@
+package renew
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// testOwner is a test double of the network peer: it records every
+// SendBatch and answers each request from a goroutine as its script says.
+type testOwner struct {
+	script func(req wire.Request) answer
+
+	mu       sync.Mutex
+	batches  []sentBatch
+	answered int           // done callbacks made
+	changed  chan struct{} // signalled (non-blocking) on every record/answer
+	wg       sync.WaitGroup
+}
+
+type sentBatch struct {
+	at   time.Time
+	reqs []wire.Request
+}
+
+type answerKind int
+
+const (
+	answerOK        answerKind = iota // ok <TTL>
+	answerRefuse                      // error
+	answerNever                       // no reply
+	answerTransport                   // connection broken
+	answerSync                        // ok, synchronously inside SendBatch
+)
+
+type answer struct {
+	kind  answerKind
+	gate  <-chan struct{} // if non-nil, wait for it before answering
+	delay time.Duration
+}
+
+var errTransport = errors.New("test: connection reset")
+
+// newOwner makes a test owner whose answering goroutines are awaited at
+// cleanup (create it before the scheduler, so the scheduler closes first).
+func newOwner(t testing.TB, script func(wire.Request) answer) *testOwner {
+	if script == nil {
+		script = func(wire.Request) answer { return answer{} }
+	}
+	o := &testOwner{script: script, changed: make(chan struct{}, 1)}
+	t.Cleanup(o.wg.Wait)
+	return o
+}
+
+func okOwner(t testing.TB) *testOwner { return newOwner(t, nil) }
+
+func (o *testOwner) answeredOne() {
+	o.mu.Lock()
+	o.answered++
+	o.mu.Unlock()
+	o.signal()
+}
+
+// waitAnswered waits until n answers have been delivered.
+func (o *testOwner) waitAnswered(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		o.mu.Lock()
+		got := o.answered
+		o.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-o.changed:
+		case <-deadline.C:
+			t.Fatalf("timed out waiting for %d answers (got %d)", n, got)
+		}
+	}
+}
+
+func (o *testOwner) signal() {
+	select {
+	case o.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (o *testOwner) SendBatch(reqs []wire.Request, done func(int, wire.Reply, error)) {
+	cp := append([]wire.Request(nil), reqs...)
+	o.mu.Lock()
+	o.batches = append(o.batches, sentBatch{at: time.Now(), reqs: cp})
+	o.mu.Unlock()
+	o.signal()
+	answers := make([]answer, len(cp))
+	async := false
+	for i, r := range cp {
+		answers[i] = o.script(r)
+		if answers[i].kind == answerSync {
+			done(i, wire.Reply{Status: wire.StatusOK, Lease: r.Lease}, nil)
+			o.answeredOne()
+		} else {
+			async = true
+		}
+	}
+	if !async {
+		return
+	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		for i, r := range cp {
+			a := answers[i]
+			if a.gate != nil {
+				<-a.gate
+			}
+			if a.delay > 0 {
+				time.Sleep(a.delay) // simulated network latency
+			}
+			switch a.kind {
+			case answerOK:
+				done(i, wire.Reply{Status: wire.StatusOK, Lease: r.Lease}, nil)
+			case answerRefuse:
+				done(i, wire.Reply{Status: wire.StatusError}, nil)
+			case answerTransport:
+				done(i, wire.Reply{}, errTransport)
+			default:
+				continue
+			}
+			o.answeredOne()
+		}
+	}()
+}
+
+// snapshot returns the batches recorded so far.
+func (o *testOwner) snapshot() []sentBatch {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]sentBatch(nil), o.batches...)
+}
+
+// waitFor waits until cond(batches) holds, failing the test after timeout.
+func (o *testOwner) waitFor(t *testing.T, timeout time.Duration, what string, cond func([]sentBatch) bool) []sentBatch {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		if b := o.snapshot(); cond(b) {
+			return b
+		}
+		select {
+		case <-o.changed:
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %s; batches: %d", timeout, what, len(o.snapshot()))
+		}
+	}
+}
+
+func (o *testOwner) waitBatches(t *testing.T, n int, timeout time.Duration) []sentBatch {
+	t.Helper()
+	return o.waitFor(t, timeout, "batches", func(b []sentBatch) bool { return len(b) >= n })
+}
+
+// requests returns every recorded request with cmd for key, with its send time.
+func requestsFor(bs []sentBatch, cmd wire.Command, key string) []time.Time {
+	var at []time.Time
+	for _, b := range bs {
+		for _, r := range b.reqs {
+			if r.Cmd == cmd && r.Key == key {
+				at = append(at, b.at)
+			}
+		}
+	}
+	return at
+}

@@ -1,0 +1,566 @@
+package renew
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Scheduler renews leases. Goroutine-safe.
+//
+// All state lives under one mutex: a min-heap of leases keyed by their next
+// event (the renewal time, or the loss deadline while a renewal is in
+// flight) and an index owner → intrusive list of its leases. One goroutine
+// sleeps on one timer armed for the heap's top; Track and reply callbacks
+// poke it through a non-blocking wake channel when they create an earlier
+// event.
+type Scheduler struct {
+	cfg   Config
+	epoch time.Time
+
+	mu     sync.Mutex
+	heap   leaseHeap
+	owners map[Owner]*ownerState
+	armed  int64 // event time the goroutine will wake for; MaxInt64 when idle
+	closed bool
+	stats  Stats // Leases is computed by Stats()
+
+	// Used by the scheduler goroutine only (no lock needed for the slices'
+	// contents; ownerState.renew/rel/inRound are likewise goroutine-only).
+	requeue []*Lease
+	round   []*ownerState
+
+	wake   chan struct{}
+	quit   chan struct{}
+	exited chan struct{}
+}
+
+// ownerState indexes one owner's leases.
+type ownerState struct {
+	owner Owner
+	head  *Lease // guarded by mu
+	n     int    // guarded by mu
+
+	// Scheduler goroutine only: this round's renewals and releases.
+	renew   []*Lease
+	rel     []*Lease
+	inRound bool
+}
+
+// batch is one SendBatch of renewals: its callback finds the lease by index.
+type batch struct {
+	s      *Scheduler
+	sent   int64
+	leases []*Lease
+}
+
+func (b *batch) done(i int, r wire.Reply, err error) {
+	if i >= 0 && i < len(b.leases) {
+		b.s.complete(b.leases[i], b.sent, r, err)
+	}
+}
+
+// New starts a scheduler (one goroutine, stopped by Close).
+func New(cfg Config) *Scheduler {
+	s := newScheduler(cfg)
+	go s.run()
+	return s
+}
+
+// newScheduler builds a scheduler without starting its goroutine (tests and
+// benchmarks drive tick directly).
+func newScheduler(cfg Config) *Scheduler {
+	return &Scheduler{
+		cfg:    cfg.withDefaults(),
+		epoch:  time.Now(),
+		owners: make(map[Owner]*ownerState),
+		armed:  math.MaxInt64,
+		wake:   make(chan struct{}, 1),
+		quit:   make(chan struct{}),
+		exited: make(chan struct{}),
+	}
+}
+
+// now is the scheduler's monotonic clock in nanoseconds since epoch.
+func (s *Scheduler) now() int64 { return int64(time.Since(s.epoch)) }
+
+func (s *Scheduler) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Track starts renewing a granted lease. Owner must be comparable (a
+// pointer). A lease that cannot be tracked — the scheduler is closed, the
+// TTL is under one second, the owner is nil — is returned already lost (its
+// Err says why) so that nothing silently appears held.
+func (s *Scheduler) Track(spec Spec) *Lease {
+	l := &Lease{
+		s:     s,
+		key:   spec.Key,
+		token: spec.Token,
+		owner: spec.Owner,
+		ttl:   spec.TTL.Truncate(time.Second),
+		sem:   spec.Semaphore,
+		idx:   -1,
+		done:  make(chan struct{}),
+	}
+	var sent int64
+	if spec.Sent.IsZero() {
+		sent = s.now()
+	} else {
+		sent = int64(spec.Sent.Sub(s.epoch))
+	}
+
+	s.mu.Lock()
+	var cause error
+	switch {
+	case s.closed:
+		cause = ErrClosed
+	case l.ttl < time.Second:
+		cause = fmt.Errorf("dflock: lease TTL %v is below one second and cannot be renewed", spec.TTL)
+	case l.owner == nil:
+		cause = errors.New("dflock: lease has no owning connection")
+	}
+	if cause != nil {
+		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
+		err := l.err
+		s.mu.Unlock()
+		s.lostHook(l, err)
+		return l
+	}
+	s.confirmLocked(l, sent, l.ttl)
+	l.next = min(l.renewAt, l.deadline)
+	heap.Push(&s.heap, l)
+	s.linkLocked(l)
+	s.wakeIfEarlierLocked(l.next)
+	s.mu.Unlock()
+	return l
+}
+
+// Untrack stops renewing l (before the caller releases it), closing Done
+// with Err ErrReleased. It reports false if l was already lost (l.Err()
+// says why) or untracked. (l is always handled by the scheduler that
+// tracked it.)
+func (s *Scheduler) Untrack(l *Lease) bool {
+	s = l.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.state != stateTracked {
+		return false
+	}
+	s.unlinkLocked(l)
+	s.endLocked(l, stateReleased, ErrReleased)
+	return true
+}
+
+// Renew renews l now and waits for the answer (or ctx). A refusal loses the
+// lease and returns its loss error. If ctx ends first Renew returns
+// ctx.Err(); the renewal still completes and is applied.
+func (s *Scheduler) Renew(ctx context.Context, l *Lease) error {
+	s = l.s
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if l.state != stateTracked {
+		err := l.err
+		s.mu.Unlock()
+		return err
+	}
+	l.inflight++
+	s.scheduleLocked(l)
+	s.stats.Sent++
+	s.stats.Batches++
+	s.mu.Unlock()
+
+	ch := make(chan error, 1)
+	sent := s.now()
+	l.owner.SendBatch([]wire.Request{renewRequest(l)}, func(_ int, r wire.Reply, err error) {
+		ch <- s.complete(l, sent, r, err)
+	})
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// OwnerFailed declares every lease owned by o lost with cause err.
+func (s *Scheduler) OwnerFailed(o Owner, err error) {
+	if o == nil {
+		return
+	}
+	if err == nil {
+		err = errors.New("connection closed")
+	}
+	cause := fmt.Errorf("%w: %w", ErrOwnerFailed, err)
+	s.mu.Lock()
+	os := s.owners[o]
+	if os == nil {
+		s.mu.Unlock()
+		return
+	}
+	lost := make([]*Lease, 0, os.n)
+	for l := os.head; l != nil; {
+		next := l.onext
+		l.oprev, l.onext = nil, nil
+		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
+		lost = append(lost, l)
+		l = next
+	}
+	os.head, os.n = nil, 0
+	delete(s.owners, o)
+	s.mu.Unlock()
+
+	if len(lost) > 0 {
+		s.cfg.Logger.Warn("dflock: owning connection failed, leases lost", "leases", len(lost), "err", err)
+	}
+	if s.cfg.OnLost != nil {
+		for _, l := range lost {
+			go s.cfg.OnLost(l, l.err)
+		}
+	}
+}
+
+// Close stops the scheduler and returns the leases it still held (not lost),
+// untracked, so the caller can release them. Their Done is closed with
+// ErrReleased. Leases tracked afterwards are lost at once with ErrClosed.
+// Close is idempotent; later calls return nil.
+func (s *Scheduler) Close() []*Lease {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.quit)
+	<-s.exited
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	held := make([]*Lease, len(s.heap))
+	copy(held, s.heap)
+	for _, l := range s.heap {
+		l.idx = -1
+	}
+	s.heap = nil
+	for _, l := range held {
+		l.oprev, l.onext = nil, nil
+		s.endLocked(l, stateReleased, ErrReleased)
+	}
+	clear(s.owners)
+	return held
+}
+
+// Stats returns a snapshot of the scheduler's counters.
+func (s *Scheduler) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Leases = len(s.heap)
+	return st
+}
+
+// run is the scheduler goroutine.
+func (s *Scheduler) run() {
+	defer close(s.exited)
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	defer t.Stop()
+	for {
+		if d, ok := s.tick(); ok {
+			t.Reset(d)
+		} else {
+			t.Stop()
+		}
+		select {
+		case <-s.wake:
+		case <-t.C:
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// tick runs one round: it declares overdue leases lost, sends every renewal
+// due within the window (one SendBatch per owner) and the best-effort
+// releases of the leases it declared lost, and returns how long to sleep.
+func (s *Scheduler) tick() (time.Duration, bool) {
+	s.mu.Lock()
+	now := s.now()
+	horizon := now + int64(s.cfg.Window)
+	nrenew := 0
+	var lost []*Lease
+	for len(s.heap) > 0 && s.heap[0].next <= horizon {
+		l := heap.Pop(&s.heap).(*Lease)
+		switch {
+		case l.deadline <= now:
+			os := s.owners[l.owner]
+			s.unlinkLocked(l)
+			s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: expiredCause(l, now)})
+			lost = append(lost, l)
+			s.addToRound(os)
+			os.rel = append(os.rel, l)
+		case l.inflight > 0:
+			s.requeue = append(s.requeue, l)
+		case l.renewAt <= now+min(int64(s.cfg.Window), int64(s.baseInterval(l.ttl))/4):
+			l.inflight++
+			l.next = l.deadline
+			os := s.owners[l.owner]
+			s.addToRound(os)
+			os.renew = append(os.renew, l)
+			nrenew++
+			s.requeue = append(s.requeue, l)
+		default:
+			s.requeue = append(s.requeue, l)
+		}
+	}
+	for _, l := range s.requeue {
+		heap.Push(&s.heap, l)
+	}
+	clear(s.requeue)
+	s.requeue = s.requeue[:0]
+	if nrenew > 0 {
+		s.stats.Rounds++
+		s.stats.Sent += int64(nrenew)
+		for _, os := range s.round {
+			if len(os.renew) > 0 {
+				s.stats.Batches++
+			}
+		}
+	}
+	s.armed = math.MaxInt64
+	if len(s.heap) > 0 {
+		s.armed = s.heap[0].next
+	}
+	armed := s.armed
+	s.mu.Unlock()
+
+	for _, l := range lost {
+		s.lostHook(l, l.err)
+	}
+	for _, os := range s.round {
+		if len(os.renew) > 0 {
+			b := &batch{s: s, leases: make([]*Lease, len(os.renew))}
+			copy(b.leases, os.renew)
+			reqs := make([]wire.Request, len(b.leases))
+			for i, l := range b.leases {
+				reqs[i] = renewRequest(l)
+			}
+			b.sent = s.now()
+			os.owner.SendBatch(reqs, b.done)
+		}
+		if len(os.rel) > 0 {
+			reqs := make([]wire.Request, len(os.rel))
+			for i, l := range os.rel {
+				reqs[i] = releaseRequest(l)
+			}
+			log := s.cfg.Logger
+			os.owner.SendBatch(reqs, func(i int, r wire.Reply, err error) {
+				if err != nil || r.Status != wire.StatusOK {
+					log.Debug("dflock: best-effort release of a lost lease failed",
+						"key", reqs[i].Key, "status", r.Status.String(), "err", err)
+				}
+			})
+		}
+		clear(os.renew)
+		os.renew = os.renew[:0]
+		clear(os.rel)
+		os.rel = os.rel[:0]
+		os.inRound = false
+	}
+	clear(s.round)
+	s.round = s.round[:0]
+
+	if armed == math.MaxInt64 {
+		return 0, false
+	}
+	return max(time.Duration(armed-s.now()), 0), true
+}
+
+func (s *Scheduler) addToRound(os *ownerState) {
+	if !os.inRound {
+		os.inRound = true
+		s.round = append(s.round, os)
+	}
+}
+
+// complete applies the answer to a renewal sent at sent. It runs on the
+// owner's reader goroutine: lock, update, fix the heap, return. It returns
+// the lease's error if the lease is (now) not held.
+func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) error {
+	s.mu.Lock()
+	if l.state != stateTracked {
+		e := l.err
+		s.mu.Unlock()
+		return e
+	}
+	if l.inflight > 0 {
+		l.inflight--
+	}
+	var cause error
+	switch {
+	case err != nil:
+		cause = fmt.Errorf("%w: %w", ErrOwnerFailed, err)
+	case r.Status != wire.StatusOK:
+		word := r.Status.String()
+		if r.Word != "" {
+			word = r.Word
+		}
+		cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
+	default:
+		s.stats.Renewed++
+		if sent > l.confirmed {
+			ttl := l.ttl
+			if r.Lease > 0 && r.Lease < int64(ttl/time.Second) {
+				ttl = time.Duration(r.Lease) * time.Second // the server applied less: believe it
+			}
+			s.confirmLocked(l, sent, ttl)
+		}
+		s.scheduleLocked(l)
+		s.mu.Unlock()
+		return nil
+	}
+	s.unlinkLocked(l)
+	s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
+	lerr := l.err
+	s.mu.Unlock()
+	s.lostHook(l, lerr)
+	return lerr
+}
+
+// confirmLocked records a confirmed grant/renew sent at sent with the given
+// applied TTL and computes the next renewal and the loss deadline.
+func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) {
+	m := s.margin(ttl)
+	iv := s.baseInterval(ttl)
+	iv = min(iv, (ttl-m)*9/10) // always try to renew well before the loss deadline
+	if j := int64(float64(iv) * s.cfg.Jitter); j > 0 {
+		iv -= time.Duration(rand.Int64N(j + 1))
+	}
+	l.confirmed = sent
+	l.deadline = sent + int64(ttl-m)
+	l.renewAt = sent + int64(iv)
+}
+
+func (s *Scheduler) margin(ttl time.Duration) time.Duration {
+	return min(max(s.cfg.SafetyMargin(ttl), 0), ttl/2)
+}
+
+// baseInterval is the renewal interval before jitter: min(TTL×Ratio, KeepAlive).
+func (s *Scheduler) baseInterval(ttl time.Duration) time.Duration {
+	return min(time.Duration(float64(ttl)*s.cfg.Ratio), s.cfg.KeepAlive)
+}
+
+// scheduleLocked recomputes l's heap key and position.
+func (s *Scheduler) scheduleLocked(l *Lease) {
+	if l.inflight > 0 {
+		l.next = l.deadline
+	} else {
+		l.next = min(l.renewAt, l.deadline)
+	}
+	if l.idx >= 0 {
+		heap.Fix(&s.heap, int(l.idx))
+	}
+	s.wakeIfEarlierLocked(l.next)
+}
+
+func (s *Scheduler) wakeIfEarlierLocked(t int64) {
+	if t < s.armed {
+		s.armed = t
+		s.poke()
+	}
+}
+
+// endLocked ends a tracked lease (already unlinked from its owner): out of
+// the heap, Err set, Done closed, Context cancelled. Cheap; no user code.
+func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
+	if l.idx >= 0 {
+		heap.Remove(&s.heap, int(l.idx))
+	}
+	l.state = state
+	l.err = err
+	if state == stateLost {
+		s.stats.Lost++
+	}
+	close(l.done)
+	if l.cancel != nil {
+		l.cancel(err)
+	}
+}
+
+// lostHook reports a loss (outside the lock).
+func (s *Scheduler) lostHook(l *Lease, err error) {
+	s.cfg.Logger.Warn("dflock: lease lost", "key", l.key, "err", err)
+	if s.cfg.OnLost != nil {
+		go s.cfg.OnLost(l, err)
+	}
+}
+
+func (s *Scheduler) linkLocked(l *Lease) {
+	os := s.owners[l.owner]
+	if os == nil {
+		os = &ownerState{owner: l.owner}
+		s.owners[l.owner] = os
+	}
+	l.onext = os.head
+	if os.head != nil {
+		os.head.oprev = l
+	}
+	os.head = l
+	os.n++
+}
+
+func (s *Scheduler) unlinkLocked(l *Lease) {
+	os := s.owners[l.owner]
+	if os == nil {
+		return
+	}
+	if l.oprev != nil {
+		l.oprev.onext = l.onext
+	} else if os.head == l {
+		os.head = l.onext
+	} else {
+		return // not linked
+	}
+	if l.onext != nil {
+		l.onext.oprev = l.oprev
+	}
+	l.oprev, l.onext = nil, nil
+	os.n--
+	if os.n == 0 {
+		delete(s.owners, l.owner)
+	}
+}
+
+func expiredCause(l *Lease, now int64) error {
+	return fmt.Errorf("%w (last confirmed send %v ago, TTL %v, %d renewal(s) unanswered)",
+		ErrExpired, time.Duration(now-l.confirmed).Round(time.Millisecond), l.ttl, l.inflight)
+}
+
+func renewRequest(l *Lease) wire.Request {
+	cmd := wire.CmdRenew
+	if l.sem {
+		cmd = wire.CmdSemRenew
+	}
+	return wire.Request{Cmd: cmd, Key: l.key, Token: l.token, Lease: int64(l.ttl / time.Second)}
+}
+
+func releaseRequest(l *Lease) wire.Request {
+	cmd := wire.CmdRelease
+	if l.sem {
+		cmd = wire.CmdSemRelease
+	}
+	return wire.Request{Cmd: cmd, Key: l.key, Token: l.token}
+}

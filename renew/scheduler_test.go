@@ -1,0 +1,435 @@
+package renew
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// newTestScheduler starts a scheduler closed (and checked) at cleanup.
+func newTestScheduler(t *testing.T, cfg Config) *Scheduler {
+	t.Helper()
+	s := New(cfg)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func waitDone(t *testing.T, l *Lease, timeout time.Duration) time.Time {
+	t.Helper()
+	select {
+	case <-l.Done():
+		return time.Now()
+	case <-time.After(timeout):
+		t.Fatalf("lease %q not done after %v", l.Key(), timeout)
+		return time.Time{}
+	}
+}
+
+func TestRenewalsCarryTheTTLExplicitly(t *testing.T) {
+	t.Parallel()
+	o := okOwner(t)
+	s := newTestScheduler(t, Config{})
+	past := time.Now().Add(-time.Second) // due at once
+	s.Track(Spec{Key: "lock", Token: "t1", TTL: 2 * time.Second, Owner: o, Sent: past})
+	s.Track(Spec{Key: "sem", Token: "t2", TTL: 7 * time.Second, Semaphore: true, Owner: o, Sent: past.Add(-3 * time.Second)})
+
+	bs := o.waitFor(t, 5*time.Second, "both renewals", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdRenew, "lock")) > 0 && len(requestsFor(bs, wire.CmdSemRenew, "sem")) > 0
+	})
+	for _, b := range bs {
+		for _, r := range b.reqs {
+			switch r.Key {
+			case "lock":
+				assert.Equal(t, wire.Request{Cmd: wire.CmdRenew, Key: "lock", Token: "t1", Lease: 2}, r)
+			case "sem":
+				assert.Equal(t, wire.Request{Cmd: wire.CmdSemRenew, Key: "sem", Token: "t2", Lease: 7}, r)
+			}
+		}
+	}
+}
+
+func TestTwoSecondLeaseRenewsAtAboutOneSecondAndStaysHeld(t *testing.T) {
+	t.Parallel()
+	o := okOwner(t)
+	s := newTestScheduler(t, Config{})
+	start := time.Now()
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 2 * time.Second, Owner: o, Sent: start})
+
+	bs := o.waitBatches(t, 3, 10*time.Second)
+	prev := start
+	for i, b := range bs[:3] {
+		gap := b.at.Sub(prev)
+		// interval 1s minus up to 10% jitter, renewed up to Window early; slack for -race on 2 cores.
+		assert.GreaterOrEqual(t, gap, 900*time.Millisecond-DefaultWindow-5*time.Millisecond, "renewal %d", i)
+		assert.LessOrEqual(t, gap, 1300*time.Millisecond, "renewal %d", i)
+		prev = b.at
+	}
+	assert.NoError(t, l.Err())
+	assert.NoError(t, l.Context().Err())
+	st := s.Stats()
+	assert.Equal(t, 1, st.Leases)
+	assert.GreaterOrEqual(t, st.Renewed, int64(2))
+	assert.Zero(t, st.Lost)
+}
+
+func TestKeepAliveCapsTheInterval(t *testing.T) {
+	t.Parallel()
+	o := okOwner(t)
+	s := newTestScheduler(t, Config{KeepAlive: 200 * time.Millisecond})
+	start := time.Now()
+	s.Track(Spec{Key: "k", Token: "t", TTL: 60 * time.Second, Owner: o, Sent: start})
+
+	bs := o.waitBatches(t, 5, 5*time.Second)
+	prev := start
+	for i, b := range bs[:5] {
+		gap := b.at.Sub(prev)
+		assert.GreaterOrEqual(t, gap, 180*time.Millisecond-50*time.Millisecond, "renewal %d", i) // 200ms−jitter, ≤ interval/4 early
+		assert.LessOrEqual(t, gap, 200*time.Millisecond+150*time.Millisecond, "renewal %d", i)
+		assert.Equal(t, int64(60), b.reqs[0].Lease)
+		prev = b.at
+	}
+}
+
+func TestLeasesDueTogetherGoInOneBatchPerOwner(t *testing.T) {
+	t.Parallel()
+	owners := []*testOwner{okOwner(t), okOwner(t), okOwner(t)}
+	// Negligible jitter so that all 1,000 leases are due at the same instant.
+	s := newTestScheduler(t, Config{Jitter: 1e-9})
+	sent := time.Now().Add(-700 * time.Millisecond) // due ~300ms from now
+	want := make([]int, len(owners))
+	for i := range 1000 {
+		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: 2 * time.Second, Owner: owners[i%3], Sent: sent})
+		want[i%3]++
+	}
+	for i, o := range owners {
+		bs := o.waitBatches(t, 1, 5*time.Second)
+		require.Len(t, bs, 1, "owner %d", i)
+		assert.Len(t, bs[0].reqs, want[i], "owner %d", i)
+	}
+	st := s.Stats()
+	assert.Equal(t, int64(3), st.Batches)
+	assert.Equal(t, int64(1), st.Rounds)
+	assert.Equal(t, int64(1000), st.Sent)
+	assert.Equal(t, 1000, st.Leases)
+}
+
+func TestRefusedRenewalLosesTheLease(t *testing.T) {
+	t.Parallel()
+	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerRefuse} })
+	s := newTestScheduler(t, Config{})
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 2 * time.Second, Owner: o, Sent: time.Now().Add(-time.Second)})
+	ctx := l.Context() // created before the loss
+
+	waitDone(t, l, 5*time.Second)
+	err := l.Err()
+	require.ErrorIs(t, err, ErrLost)
+	assert.ErrorIs(t, err, ErrRefused)
+	assert.Contains(t, err.Error(), `"k"`)
+	var le *LostError
+	require.ErrorAs(t, err, &le)
+	assert.Equal(t, "k", le.Key)
+	assert.ErrorIs(t, ctx.Err(), context.Canceled)
+	assert.Equal(t, err, context.Cause(ctx))
+	assert.Equal(t, err, context.Cause(l.Context()))
+	assert.False(t, s.Untrack(l))
+	st := s.Stats()
+	assert.Equal(t, int64(1), st.Lost)
+	assert.Zero(t, st.Leases)
+	// A refused renewal sends no release: the server already said it is gone.
+	assert.Empty(t, requestsFor(o.snapshot(), wire.CmdRelease, "k"))
+}
+
+func TestTransportErrorLosesTheLease(t *testing.T) {
+	t.Parallel()
+	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerTransport} })
+	s := newTestScheduler(t, Config{})
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 2 * time.Second, Owner: o, Sent: time.Now().Add(-time.Second)})
+	waitDone(t, l, 5*time.Second)
+	assert.ErrorIs(t, l.Err(), ErrLost)
+	assert.ErrorIs(t, l.Err(), ErrOwnerFailed)
+	assert.ErrorIs(t, l.Err(), errTransport)
+}
+
+func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
+	t.Parallel()
+	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerNever} })
+	var hooked atomic.Pointer[error]
+	hookDone := make(chan struct{})
+	s := newTestScheduler(t, Config{OnLost: func(_ *Lease, err error) {
+		hooked.Store(&err)
+		close(hookDone)
+	}})
+	const ttl = time.Second
+	sent := time.Now()
+	l := s.Track(Spec{Key: "k", Token: "tok", TTL: ttl, Owner: o, Sent: sent})
+
+	lostAt := waitDone(t, l, 5*time.Second)
+	// Lost by the client's clock before the server-side expiry (sent + TTL),
+	// at the deadline sent + TTL − margin (100ms for 1s), not earlier.
+	assert.Less(t, lostAt.Sub(sent), ttl, "lost after the server-side expiry")
+	assert.GreaterOrEqual(t, lostAt.Sub(sent), ttl-DefaultSafetyMargin(ttl))
+	require.ErrorIs(t, l.Err(), ErrLost)
+	assert.ErrorIs(t, l.Err(), ErrExpired)
+	assert.ErrorIs(t, context.Cause(l.Context()), ErrExpired)
+
+	bs := o.waitFor(t, 5*time.Second, "best-effort release", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdRelease, "k")) == 1
+	})
+	assert.Len(t, requestsFor(bs, wire.CmdRenew, "k"), 1)
+	for _, b := range bs {
+		for _, r := range b.reqs {
+			if r.Cmd == wire.CmdRelease {
+				assert.Equal(t, wire.Request{Cmd: wire.CmdRelease, Key: "k", Token: "tok"}, r)
+			}
+		}
+	}
+	<-hookDone
+	assert.ErrorIs(t, *hooked.Load(), ErrExpired)
+}
+
+func TestOverdueGrantIsLostAtOnce(t *testing.T) {
+	t.Parallel()
+	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerNever} })
+	s := newTestScheduler(t, Config{})
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Second, Semaphore: true, Owner: o, Sent: time.Now().Add(-time.Second)})
+	waitDone(t, l, 2*time.Second)
+	assert.ErrorIs(t, l.Err(), ErrExpired)
+	o.waitFor(t, 2*time.Second, "release", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdSemRelease, "k")) == 1
+	})
+	assert.Empty(t, requestsFor(o.snapshot(), wire.CmdSemRenew, "k"))
+}
+
+func TestOwnerFailedLosesExactlyThatOwnersLeases(t *testing.T) {
+	t.Parallel()
+	a, b := okOwner(t), okOwner(t)
+	s := newTestScheduler(t, Config{})
+	var la, lb []*Lease
+	for i := range 5 {
+		la = append(la, s.Track(Spec{Key: fmt.Sprintf("a%d", i), Token: "t", TTL: 30 * time.Second, Owner: a}))
+		lb = append(lb, s.Track(Spec{Key: fmt.Sprintf("b%d", i), Token: "t", TTL: 30 * time.Second, Owner: b}))
+	}
+	boom := errors.New("boom")
+	s.OwnerFailed(a, boom)
+	for _, l := range la {
+		waitDone(t, l, time.Second)
+		assert.ErrorIs(t, l.Err(), ErrLost)
+		assert.ErrorIs(t, l.Err(), ErrOwnerFailed)
+		assert.ErrorIs(t, l.Err(), boom)
+		assert.ErrorIs(t, context.Cause(l.Context()), boom)
+	}
+	for _, l := range lb {
+		assert.NoError(t, l.Err())
+	}
+	st := s.Stats()
+	assert.Equal(t, 5, st.Leases)
+	assert.Equal(t, int64(5), st.Lost)
+	s.OwnerFailed(a, boom) // idempotent
+	s.OwnerFailed(okOwner(t), boom)
+	assert.Equal(t, 5, s.Stats().Leases)
+	// No release is sent on a failed owner.
+	assert.Empty(t, a.snapshot())
+}
+
+func TestUntrackReleasesAndStopsRenewing(t *testing.T) {
+	t.Parallel()
+	o := okOwner(t)
+	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond})
+	l1 := s.Track(Spec{Key: "one", Token: "t", TTL: 60 * time.Second, Owner: o})
+	o.waitFor(t, 5*time.Second, "a renewal of one", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdRenew, "one")) >= 1
+	})
+	ctx := l1.Context()
+	require.True(t, s.Untrack(l1))
+	assert.False(t, s.Untrack(l1))
+	select {
+	case <-l1.Done():
+	default:
+		t.Fatal("Done not closed by Untrack")
+	}
+	assert.Equal(t, ErrReleased, l1.Err())
+	assert.Equal(t, ErrReleased, context.Cause(ctx))
+	assert.Equal(t, ErrReleased, s.Renew(context.Background(), l1))
+	n := len(requestsFor(o.snapshot(), wire.CmdRenew, "one"))
+
+	// A second lease on the same schedule renews twice more; "one" never again.
+	s.Track(Spec{Key: "two", Token: "t", TTL: 60 * time.Second, Owner: o})
+	bs := o.waitFor(t, 5*time.Second, "renewals of two", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdRenew, "two")) >= 2
+	})
+	assert.Len(t, requestsFor(bs, wire.CmdRenew, "one"), n)
+	assert.Empty(t, requestsFor(bs, wire.CmdRelease, "one"), "Untrack must not release on the wire")
+	assert.Zero(t, s.Stats().Lost)
+}
+
+func TestExplicitRenew(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	var mode atomic.Int32 // 0 ok, 1 gated ok, 2 refuse
+	o := newOwner(t, func(wire.Request) answer {
+		switch mode.Load() {
+		case 1:
+			return answer{gate: gate}
+		case 2:
+			return answer{kind: answerRefuse}
+		}
+		return answer{}
+	})
+	s := newTestScheduler(t, Config{})
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 30 * time.Second, Owner: o})
+
+	require.NoError(t, s.Renew(context.Background(), l))
+	bs := o.snapshot()
+	require.Len(t, bs, 1)
+	assert.Equal(t, wire.Request{Cmd: wire.CmdRenew, Key: "k", Token: "t", Lease: 30}, bs[0].reqs[0])
+	st := s.Stats()
+	assert.Equal(t, int64(1), st.Renewed)
+	assert.Equal(t, int64(1), st.Sent)
+
+	// ctx ends first: ctx.Err(); the renewal is still applied when it completes.
+	mode.Store(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- s.Renew(ctx, l) }()
+	o.waitBatches(t, 2, 5*time.Second)
+	cancel()
+	assert.ErrorIs(t, <-errc, context.Canceled)
+	close(gate)
+	o.waitAnswered(t, 2, 5*time.Second)
+	assert.Equal(t, int64(2), s.Stats().Renewed)
+	assert.NoError(t, l.Err())
+
+	// Already-cancelled ctx: nothing is sent.
+	assert.ErrorIs(t, s.Renew(ctx, l), context.Canceled)
+	assert.Len(t, o.snapshot(), 2)
+
+	// Refusal: the lease is lost and Renew returns the loss error.
+	mode.Store(2)
+	err := s.Renew(context.Background(), l)
+	require.ErrorIs(t, err, ErrLost)
+	assert.ErrorIs(t, err, ErrRefused)
+	assert.Equal(t, err, l.Err())
+	assert.Equal(t, err, s.Renew(context.Background(), l))
+}
+
+func TestBlockingOnLostHookDoesNotStallRenewals(t *testing.T) {
+	t.Parallel()
+	bad := newOwner(t, func(wire.Request) answer { return answer{kind: answerRefuse} })
+	good := newOwner(t, func(wire.Request) answer { return answer{kind: answerSync} })
+	release := make(chan struct{})
+	entered := make(chan *Lease, 1)
+	hookDone := make(chan struct{})
+	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond, OnLost: func(l *Lease, err error) {
+		defer close(hookDone)
+		if !errors.Is(err, ErrLost) {
+			t.Errorf("hook err %v does not match ErrLost", err)
+		}
+		entered <- l
+		<-release // user code that blocks
+	}})
+	lbad := s.Track(Spec{Key: "bad", Token: "t", TTL: 60 * time.Second, Owner: bad})
+	lgood := s.Track(Spec{Key: "good", Token: "t", TTL: 60 * time.Second, Owner: good})
+
+	assert.Same(t, lbad, <-entered)
+	n := len(good.snapshot())
+	good.waitBatches(t, n+3, 5*time.Second) // renewals go on while the hook blocks
+	assert.NoError(t, lgood.Err())
+	close(release)
+	<-hookDone
+}
+
+func TestCloseReturnsHeldLeasesAndStops(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	o := newOwner(t, func(r wire.Request) answer {
+		if r.Key == "lost" {
+			return answer{kind: answerRefuse}
+		}
+		return answer{gate: gate} // in flight across Close
+	})
+	s := New(Config{})
+	lost := s.Track(Spec{Key: "lost", Token: "t", TTL: 30 * time.Second, Owner: o})
+	require.ErrorIs(t, s.Renew(context.Background(), lost), ErrLost)
+	h1 := s.Track(Spec{Key: "h1", Token: "t", TTL: 2 * time.Second, Owner: o, Sent: time.Now().Add(-time.Second)})
+	h2 := s.Track(Spec{Key: "h2", Token: "t", TTL: 30 * time.Second, Owner: o})
+	o.waitFor(t, 5*time.Second, "h1 renewal in flight", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdRenew, "h1")) == 1
+	})
+
+	held := s.Close()
+	assert.ElementsMatch(t, []*Lease{h1, h2}, held)
+	for _, l := range held {
+		assert.Equal(t, ErrReleased, l.Err())
+	}
+	assert.ErrorIs(t, lost.Err(), ErrLost)
+	assert.Nil(t, s.Close())
+	assert.Zero(t, s.Stats().Leases)
+
+	close(gate) // the late answer is ignored
+	o.waitAnswered(t, 2, 5*time.Second)
+	assert.Equal(t, ErrReleased, h1.Err())
+
+	late := s.Track(Spec{Key: "late", Token: "t", TTL: 30 * time.Second, Owner: o})
+	waitDone(t, late, time.Second)
+	assert.ErrorIs(t, late.Err(), ErrLost)
+	assert.ErrorIs(t, late.Err(), ErrClosed)
+	assert.ErrorIs(t, context.Cause(late.Context()), ErrClosed)
+}
+
+func TestUnrenewableSpecsAreLostAtOnce(t *testing.T) {
+	t.Parallel()
+	s := newTestScheduler(t, Config{})
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 500 * time.Millisecond, Owner: okOwner(t)})
+	assert.ErrorIs(t, l.Err(), ErrLost)
+	assert.Contains(t, l.Err().Error(), "below one second")
+	l = s.Track(Spec{Key: "k", Token: "t", TTL: time.Minute})
+	assert.ErrorIs(t, l.Err(), ErrLost)
+	assert.Zero(t, s.Stats().Leases)
+}
+
+func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
+	t.Parallel()
+	s := newScheduler(Config{}) // no goroutine: drive complete directly
+	o := okOwner(t)
+	s.mu.Lock()
+	l := &Lease{s: s, key: "k", owner: o, ttl: 30 * time.Second, idx: -1, done: make(chan struct{})}
+	s.confirmLocked(l, 0, l.ttl)
+	s.mu.Unlock()
+	require.NoError(t, s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 3}, nil))
+	assert.Equal(t, int64(time.Second+3*time.Second-DefaultSafetyMargin(3*time.Second)), l.deadline)
+}
+
+func TestConfigDefaultsAndClamping(t *testing.T) {
+	t.Parallel()
+	c := Config{Ratio: 1.5, Jitter: -1, KeepAlive: -time.Second, Window: -1}.withDefaults()
+	assert.Equal(t, DefaultRatio, c.Ratio)
+	assert.Equal(t, DefaultJitter, c.Jitter)
+	assert.Equal(t, DefaultKeepAlive, c.KeepAlive)
+	assert.Equal(t, DefaultWindow, c.Window)
+	assert.NotNil(t, c.SafetyMargin)
+	assert.NotNil(t, c.Logger)
+
+	assert.Equal(t, 100*time.Millisecond, DefaultSafetyMargin(time.Second))
+	assert.Equal(t, time.Second, DefaultSafetyMargin(10*time.Second))
+	assert.Equal(t, 2*time.Second, DefaultSafetyMargin(time.Minute))
+
+	s := newScheduler(Config{SafetyMargin: func(ttl time.Duration) time.Duration { return 2 * ttl }})
+	assert.Equal(t, time.Second, s.margin(2*time.Second))
+	s = newScheduler(Config{SafetyMargin: func(time.Duration) time.Duration { return -time.Second }})
+	assert.Zero(t, s.margin(2*time.Second))
+
+	// Ratio close to 1: the interval still ends well before the loss deadline.
+	s = newScheduler(Config{Ratio: 0.99})
+	l := &Lease{ttl: 10 * time.Second}
+	s.confirmLocked(l, 0, l.ttl)
+	assert.Less(t, l.renewAt, l.deadline)
+	assert.LessOrEqual(t, l.renewAt, int64(8100*time.Millisecond))
+}
