@@ -5,15 +5,14 @@
 // It speaks PROTOCOL.md byte for byte and does not import the SDK's wire
 // package, so that the two check each other.
 //
-// NOTE: this file fixes the exported API that tests are written against.
-// Bodies marked "unimplemented" are filled in by the server implementation.
+// The exported API: Config and Version here; Server, Start and NewServer and
+// the lifecycle and fault-injection methods in server.go; Server.Stats in
+// stats.go.
 package testutil
 
 import (
-	"context"
 	"crypto/tls"
 	"log/slog"
-	"testing"
 	"time"
 )
 
@@ -32,15 +31,16 @@ type Config struct {
 	Version Version
 	// Addr to listen on; default "127.0.0.1:0".
 	Addr string
-	// AuthToken, when non-empty, requires `auth` as the first request.
+	// AuthToken, when non-empty, requires `auth` as the first request. It is
+	// whitespace-trimmed, as dflockd trims every token source from v1.16.
 	AuthToken string
-	// TLS, when non-nil, makes the listener TLS-only.
+	// TLS, when non-nil, makes the listener TLS-only (minimum TLS 1.2).
 	TLS *tls.Config
-	// ReadTimeout per line, including the idle wait for the next request. Default 23s.
+	// ReadTimeout per line, including the idle wait for the next request. Default 23s; negative = none.
 	ReadTimeout time.Duration
-	// WriteTimeout per response. Default 5s.
+	// WriteTimeout per response. Default 5s; negative = none.
 	WriteTimeout time.Duration
-	// DefaultLease when a request omits it. Default 33s.
+	// DefaultLease when a request omits it. Default 33s; announced in whole seconds, rounded up.
 	DefaultLease time.Duration
 	// SweepInterval of the lease sweeper. Default 1s.
 	SweepInterval time.Duration
@@ -56,7 +56,7 @@ type Config struct {
 	GCInterval, GCMaxIdle time.Duration
 	// DisableAutoRelease keeps a disconnected connection's leases until they expire.
 	DisableAutoRelease bool
-	// ShutdownTimeout bounds Shutdown's drain. Default 30s.
+	// ShutdownTimeout bounds Shutdown's drain. Default 30s; negative = until ctx ends.
 	ShutdownTimeout time.Duration
 	// PushBuffer is the per-connection push buffer in lines. Default 64.
 	PushBuffer int
@@ -64,52 +64,33 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Server is a running in-process dflockd.
-type Server struct{}
-
-// Start starts a server. It does not need a *testing.T.
-func Start(cfg Config) (*Server, error) { panic("unimplemented") }
-
-// NewServer starts a server for a test and stops it at cleanup.
-func NewServer(tb testing.TB, cfg Config) *Server { panic("unimplemented") }
-
-// Addr is the host:port the server listens on (stable across Stop/Restart).
-func (s *Server) Addr() string { panic("unimplemented") }
-
-// Close stops the server at once: listener and every connection closed, all state dropped.
-func (s *Server) Close() error { panic("unimplemented") }
-
-// Shutdown drains like SIGTERM (PROTOCOL.md §8j) until every connection is
-// gone, ShutdownTimeout passes or ctx ends, then closes.
-func (s *Server) Shutdown(ctx context.Context) error { panic("unimplemented") }
-
-// DropConnections closes every open connection (auto-release applies) but keeps listening.
-func (s *Server) DropConnections() { panic("unimplemented") }
-
-// Stop closes the listener and every connection and drops all lock state, keeping the address.
-func (s *Server) Stop() error { panic("unimplemented") }
-
-// Restart listens again on the same address after Stop.
-func (s *Server) Restart() error { panic("unimplemented") }
-
-// Stall makes every connection stop reading requests until the returned
-// function is called (or d passes, if d > 0).
-func (s *Server) Stall(d time.Duration) (resume func()) { panic("unimplemented") }
-
-// Stats returns a snapshot of the server's state (the same data as the
-// `stats` command, typed) plus request counters.
-func (s *Server) Stats() Stats { panic("unimplemented") }
-
-// Stats is a typed server snapshot.
+// Stats is a typed server snapshot. Slices are sorted by key (or pattern,
+// group) and never nil.
 type Stats struct {
 	Connections    int
 	Locks          []LockInfo
 	Semaphores     []SemaphoreInfo
 	SignalChannels []SignalChannelInfo
-	Requests       map[string]int64 // per command word, including unknown ones under "?"
-	Reads          int64            // socket Read calls that returned data, over all connections
+	// Requests counts complete requests per command word, including unknown
+	// ones under "?". Words some dflockd version knows keep their name even
+	// where the imitated version answers `error` (e.g. "ping" on V1_10).
+	Requests map[string]int64
+	Reads    int64 // socket Read calls that returned data, over all connections
+
+	// IdleLocks and IdleSemaphores are keys without holders or waiters that
+	// still count against MaxLocks until GC (idle_locks / idle_semaphores).
+	IdleLocks      []IdleKeyInfo
+	IdleSemaphores []IdleKeyInfo
 }
 
+// IdleKeyInfo is an idle key and how long it has been idle.
+type IdleKeyInfo struct {
+	Key  string
+	Idle time.Duration
+}
+
+// LockInfo is a lock with a holder or waiters. Without a holder,
+// OwnerConnID and LeaseExpiresIn are 0.
 type LockInfo struct {
 	Key            string
 	OwnerConnID    uint64
@@ -117,11 +98,14 @@ type LockInfo struct {
 	Waiters        int
 }
 
+// SemaphoreInfo is a semaphore with holders or waiters.
 type SemaphoreInfo struct {
 	Key                     string
 	Limit, Holders, Waiters int
 }
 
+// SignalChannelInfo is one (pattern, group) subscription set; Group is
+// empty for non-grouped listeners.
 type SignalChannelInfo struct {
 	Pattern, Group string
 	Listeners      int

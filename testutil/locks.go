@@ -1,0 +1,500 @@
+package testutil
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"slices"
+	"sync"
+	"time"
+)
+
+// namespace separates lock and semaphore keys from v1.14 on (§8g). v1.10
+// puts both in nsShared, where a lock is a limit-1 semaphore.
+type namespace uint8
+
+const (
+	nsShared namespace = iota
+	nsLock
+	nsSem
+)
+
+type resKey struct {
+	ns  namespace
+	key string
+}
+
+// enqKey is the identity of two-phase state: (connection, key) (§8d).
+type enqKey struct {
+	conn uint64
+	res  resKey
+}
+
+// resource is one key's FIFO lock or counting semaphore.
+type resource struct {
+	key       resKey
+	sem       bool // created by sl/se; decides locks vs semaphores in stats
+	limit     int
+	holders   []*holder
+	waiters   []*waiter // FIFO; non-empty only while holders are at the limit
+	idleSince time.Time // when it last had neither holders nor waiters
+}
+
+func (r *resource) idle() bool { return len(r.holders) == 0 && len(r.waiters) == 0 }
+
+// holder is a granted slot. conn is the acquiring connection, which alone
+// drives auto-release; renewals from elsewhere do not transfer it (§8a).
+type holder struct {
+	token     string
+	res       *resource
+	conn      uint64
+	leaseSecs int64
+	lease     time.Duration
+	expires   time.Time
+	gone      bool      // released or expired; a lease is never resurrected
+	enq       *enqState // unconsumed two-phase state that was granted this slot
+}
+
+// waiter is a queued acquirer. Blocking callers park on ready, which is
+// closed once the grant (h) is recorded under the table lock.
+type waiter struct {
+	conn      uint64
+	leaseSecs int64
+	lease     time.Duration
+	res       *resource
+	enq       *enqState // set while an `e` that answered `queued` is unconsumed
+	ready     chan struct{}
+	h         *holder
+}
+
+// enqState is the per-(connection, key) state left by `e`/`se` until `w`/`sw`
+// consumes it. Exactly one of w (still queued) and h (granted) is set.
+type enqState struct {
+	key enqKey
+	w   *waiter
+	h   *holder
+}
+
+// outcome is the result of a lock-table operation, mapped to a status word by the connection.
+type outcome uint8
+
+const (
+	outGranted outcome = iota
+	outQueued          // a waiter was registered; for l/sl/w/sw the caller waits on it
+	outTimeout
+	outMaxLocks
+	outMaxWaiters
+	outLimitMismatch
+	outAlreadyEnqueued
+	outNotEnqueued
+	outLeaseExpired
+)
+
+// lockTable holds every lock and semaphore of a server behind one mutex.
+// Grants to parked waiters go through per-waiter channels; expiry is handled
+// by one sweeper (Server.janitor) and on the spot by acquire/enqueue/renew.
+type lockTable struct {
+	version    Version
+	maxLocks   int // < 0: unlimited
+	maxWaiters int // 0: unlimited
+
+	mu     sync.Mutex
+	res    map[resKey]*resource
+	enq    map[enqKey]*enqState
+	tokens tokenSource
+}
+
+func newLockTable(v Version, maxLocks, maxWaiters int) *lockTable {
+	t := &lockTable{version: v, maxLocks: maxLocks, maxWaiters: maxWaiters}
+	t.tokens.fenced = v == V2_1
+	// v2.1 seeds the fence with wall-clock nanoseconds so that tokens keep
+	// increasing across restarts without a state file (§7).
+	t.tokens.fence = uint64(time.Now().UnixNano())
+	t.reset()
+	return t
+}
+
+// reset drops every key and every two-phase state. The fence keeps counting.
+func (t *lockTable) reset() {
+	t.mu.Lock()
+	t.res = make(map[resKey]*resource)
+	t.enq = make(map[enqKey]*enqState)
+	t.mu.Unlock()
+}
+
+func (t *lockTable) ns(sem bool) namespace {
+	switch {
+	case t.version == V1_10:
+		return nsShared
+	case sem:
+		return nsSem
+	}
+	return nsLock
+}
+
+// lookup finds or creates the resource for a request with the given limit.
+func (t *lockTable) lookup(k resKey, sem bool, limit int, now time.Time) (*resource, outcome) {
+	r := t.res[k]
+	if r == nil {
+		if t.maxLocks >= 0 && len(t.res) >= t.maxLocks {
+			return nil, outMaxLocks
+		}
+		r = &resource{key: k, sem: sem, limit: limit, idleSince: now}
+		t.res[k] = r
+		return r, outGranted
+	}
+	if r.limit != limit {
+		return nil, outLimitMismatch
+	}
+	return r, outGranted
+}
+
+// grantable reports whether a new acquirer may take a slot right now.
+func (r *resource) grantable() bool { return len(r.holders) < r.limit && len(r.waiters) == 0 }
+
+func (t *lockTable) newHolder(r *resource, conn uint64, leaseSecs int64, now time.Time) *holder {
+	lease := seconds(leaseSecs)
+	h := &holder{
+		token:     t.tokens.next(),
+		res:       r,
+		conn:      conn,
+		leaseSecs: leaseSecs,
+		lease:     lease,
+		expires:   now.Add(lease),
+	}
+	r.holders = append(r.holders, h)
+	return h
+}
+
+func (t *lockTable) addWaiter(r *resource, conn uint64, leaseSecs int64) *waiter {
+	w := &waiter{
+		conn:      conn,
+		leaseSecs: leaseSecs,
+		lease:     seconds(leaseSecs),
+		res:       r,
+		ready:     make(chan struct{}),
+	}
+	r.waiters = append(r.waiters, w)
+	return w
+}
+
+// acquire serves l/sl. On outGranted the token is returned; on outQueued the
+// caller must wait on the waiter (try-locks get outTimeout instead).
+func (t *lockTable) acquire(conn uint64, key string, sem bool, a acquireArgs) (outcome, string, *waiter) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r, out := t.lookup(resKey{t.ns(sem), key}, sem, a.limit, now)
+	if out != outGranted {
+		return out, "", nil
+	}
+	t.evictExpired(r, now)
+	if r.grantable() {
+		return outGranted, t.newHolder(r, conn, a.lease, now).token, nil
+	}
+	if a.timeout == 0 {
+		return outTimeout, "", nil
+	}
+	if t.maxWaiters > 0 && len(r.waiters) >= t.maxWaiters {
+		return outMaxWaiters, "", nil
+	}
+	return outQueued, "", t.addWaiter(r, conn, a.lease)
+}
+
+// enqueue serves e/se: grant at once (`acquired`) or queue without blocking.
+func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (outcome, string) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := resKey{t.ns(sem), key}
+	ek := enqKey{conn, k}
+	if t.enq[ek] != nil {
+		return outAlreadyEnqueued, ""
+	}
+	r, out := t.lookup(k, sem, a.limit, now)
+	if out != outGranted {
+		return out, ""
+	}
+	t.evictExpired(r, now)
+	st := &enqState{key: ek}
+	if r.grantable() {
+		h := t.newHolder(r, conn, a.lease, now)
+		h.enq, st.h = st, h
+		t.enq[ek] = st
+		return outGranted, h.token
+	}
+	if t.maxWaiters > 0 && len(r.waiters) >= t.maxWaiters {
+		return outMaxWaiters, ""
+	}
+	w := t.addWaiter(r, conn, a.lease)
+	w.enq, st.w = st, w
+	t.enq[ek] = st
+	return outQueued, ""
+}
+
+// wait serves w/sw. It consumes the two-phase state in every outcome. On
+// outGranted the token and the lease given at `e` time are returned; on
+// outQueued the caller waits on (or, for timeout 0, withdraws) the waiter.
+func (t *lockTable) wait(conn uint64, key string, sem bool) (outcome, string, int64, *waiter) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ek := enqKey{conn, resKey{t.ns(sem), key}}
+	st := t.enq[ek]
+	if st == nil {
+		return outNotEnqueued, "", 0, nil
+	}
+	delete(t.enq, ek)
+	if w := st.w; w != nil {
+		w.enq = nil // from now on an ordinary parked waiter
+		return outQueued, "", 0, w
+	}
+	h := st.h
+	h.enq = nil
+	if h.gone {
+		return outLeaseExpired, "", 0, nil
+	}
+	if !now.Before(h.expires) {
+		t.removeHolder(h.res, h, now)
+		return outLeaseExpired, "", 0, nil
+	}
+	// §6.4: the lease given at `e` time restarts at the moment `w` returns.
+	h.lease = seconds(h.leaseSecs)
+	h.expires = now.Add(h.lease)
+	return outGranted, h.token, h.leaseSecs, nil
+}
+
+// withdraw removes a parked waiter that gave up (timeout, drain, peer gone).
+// It returns false if the waiter was granted first; the caller then owns w.h.
+func (t *lockTable) withdraw(w *waiter) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if w.h != nil {
+		return false
+	}
+	t.dropWaiter(w, time.Now())
+	return true
+}
+
+func (t *lockTable) dropWaiter(w *waiter, now time.Time) {
+	r := w.res
+	if i := slices.Index(r.waiters, w); i >= 0 {
+		r.waiters = slices.Delete(r.waiters, i, i+1)
+	}
+	if w.enq != nil {
+		t.dropEnq(w.enq)
+		w.enq = nil
+	}
+	if r.idle() {
+		r.idleSince = now
+	}
+}
+
+func (t *lockTable) dropEnq(st *enqState) {
+	if t.enq[st.key] == st {
+		delete(t.enq, st.key)
+	}
+}
+
+// release serves r/sr. Unknown tokens and expired leases fail.
+func (t *lockTable) release(key, token string, sem bool) bool {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := t.find(key, token, sem)
+	if h == nil {
+		return false
+	}
+	expired := !now.Before(h.expires)
+	if !expired && h.enq != nil {
+		// §6.3: a released `acquired` slot takes its two-phase state with it.
+		t.dropEnq(h.enq)
+		h.enq = nil
+	}
+	t.removeHolder(h.res, h, now)
+	return !expired
+}
+
+// renew serves n/sn. An expired-but-unswept lease is evicted (and its slot
+// handed on) instead of being resurrected.
+func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) bool {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := t.find(key, token, sem)
+	if h == nil {
+		return false
+	}
+	if !now.Before(h.expires) {
+		t.removeHolder(h.res, h, now)
+		return false
+	}
+	h.lease = seconds(leaseSecs)
+	h.expires = now.Add(h.lease)
+	return true
+}
+
+func (t *lockTable) find(key, token string, sem bool) *holder {
+	r := t.res[resKey{t.ns(sem), key}]
+	if r == nil {
+		return nil
+	}
+	for _, h := range r.holders {
+		if h.token == token {
+			return h
+		}
+	}
+	return nil
+}
+
+// removeHolder frees h's slot and hands it to the next waiters in FIFO order.
+func (t *lockTable) removeHolder(r *resource, h *holder, now time.Time) {
+	h.gone = true
+	if i := slices.Index(r.holders, h); i >= 0 {
+		r.holders = slices.Delete(r.holders, i, i+1)
+	}
+	t.promote(r, now)
+}
+
+// promote grants free slots to waiters, oldest first.
+func (t *lockTable) promote(r *resource, now time.Time) {
+	for len(r.holders) < r.limit && len(r.waiters) > 0 {
+		w := r.waiters[0]
+		r.waiters[0] = nil
+		r.waiters = r.waiters[1:]
+		h := t.newHolder(r, w.conn, w.leaseSecs, now)
+		if w.enq != nil {
+			// Nobody is parked on a queued `e`: the grant waits in its state for `w`.
+			st := w.enq
+			st.w, st.h, h.enq = nil, h, st
+			w.enq = nil
+		}
+		w.h = h
+		close(w.ready)
+	}
+	if r.idle() {
+		r.idleSince = now
+	}
+}
+
+// evictExpired drops lapsed holders of r (keeping any two-phase state, so
+// that a later `w` answers error_lease_expired) and promotes waiters.
+func (t *lockTable) evictExpired(r *resource, now time.Time) {
+	expired := false
+	for _, h := range r.holders {
+		if !now.Before(h.expires) {
+			h.gone = true
+			expired = true
+		}
+	}
+	if !expired {
+		return
+	}
+	r.holders = slices.DeleteFunc(r.holders, func(h *holder) bool { return h.gone })
+	t.promote(r, now)
+}
+
+// sweep evicts every expired lease; run every SweepInterval.
+func (t *lockTable) sweep() {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, r := range t.res {
+		if len(r.holders) > 0 {
+			t.evictExpired(r, now)
+		}
+	}
+}
+
+// gc prunes keys that have been idle for at least maxIdle, freeing their
+// MaxLocks budget and their semaphore limit.
+func (t *lockTable) gc(maxIdle time.Duration) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, r := range t.res {
+		if r.idle() && now.Sub(r.idleSince) >= maxIdle {
+			delete(t.res, k)
+		}
+	}
+}
+
+// disconnect applies §8b when a connection closes. With auto-release its
+// holders are released; its waiters and two-phase state are dropped, except
+// on v1.10 with auto-release off, which cleans up nothing.
+func (t *lockTable) disconnect(conn uint64, autoRelease bool) {
+	if !autoRelease && t.version == V1_10 {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, st := range t.enq {
+		if k.conn == conn {
+			if st.h != nil {
+				st.h.enq = nil
+			}
+			if st.w != nil {
+				st.w.enq = nil
+			}
+			delete(t.enq, k)
+		}
+	}
+	for _, r := range t.res {
+		changed := false
+		for _, w := range r.waiters {
+			if w.conn == conn {
+				changed = true
+			}
+		}
+		if changed {
+			r.waiters = slices.DeleteFunc(r.waiters, func(w *waiter) bool { return w.conn == conn })
+		}
+		if autoRelease {
+			for _, h := range r.holders {
+				if h.conn == conn {
+					h.gone = true
+					changed = true
+				}
+			}
+			r.holders = slices.DeleteFunc(r.holders, func(h *holder) bool { return h.gone })
+		}
+		if changed {
+			t.promote(r, now)
+		}
+	}
+}
+
+// tokenSource makes §7 tokens: 16 bytes as 32 lowercase hex. Random bytes
+// come from crypto/rand in blocks, so a grant rarely costs a syscall. With
+// fenced (v2.1) the first 8 bytes are a big-endian, strictly increasing
+// server-wide counter. Guarded by lockTable.mu.
+type tokenSource struct {
+	fenced bool
+	fence  uint64
+	buf    [1024]byte
+	off    int // next unused byte of buf; len(buf) means empty
+	filled bool
+}
+
+func (ts *tokenSource) random(dst []byte) {
+	if !ts.filled || ts.off+len(dst) > len(ts.buf) {
+		_, _ = rand.Read(ts.buf[:]) // never fails (crypto/rand since Go 1.24)
+		ts.off, ts.filled = 0, true
+	}
+	ts.off += copy(dst, ts.buf[ts.off:])
+}
+
+func (ts *tokenSource) next() string {
+	var raw [16]byte
+	if ts.fenced {
+		ts.fence++
+		binary.BigEndian.PutUint64(raw[:8], ts.fence)
+		ts.random(raw[8:])
+	} else {
+		ts.random(raw[:])
+	}
+	var out [32]byte
+	hex.Encode(out[:], raw[:])
+	return string(out[:])
+}

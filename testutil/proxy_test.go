@@ -1,0 +1,374 @@
+package testutil
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// proxyWait bounds every read, write and wait in the proxy tests, so that a
+// fault fails the test instead of hanging it.
+const proxyWait = 5 * time.Second
+
+// startProxyBackend starts a TCP server for proxy tests. It runs handle on
+// every connection and closes the connection when handle returns. stop, also
+// run at cleanup, closes the listener and every connection and waits for the
+// server's goroutines; it may be called more than once.
+func startProxyBackend(t *testing.T, handle func(net.Conn)) (addr string, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = make(map[net.Conn]struct{})
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handle(c)
+				_ = c.Close()
+			}()
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = ln.Close()
+			mu.Lock()
+			for c := range conns {
+				_ = c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
+}
+
+// startProxyTarget is startProxyBackend for tests that do not stop it early.
+func startProxyTarget(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	addr, _ := startProxyBackend(t, handle)
+	return addr
+}
+
+// proxyEcho writes back everything it reads.
+func proxyEcho(c net.Conn) { _, _ = io.Copy(c, c) }
+
+// proxyEchoExposed is proxyEcho that also hands the server side of each
+// connection to the test.
+func proxyEchoExposed(conns chan<- net.Conn) func(net.Conn) {
+	return func(c net.Conn) {
+		conns <- c
+		proxyEcho(c)
+	}
+}
+
+func newTestProxy(t *testing.T, target string) *Proxy {
+	t.Helper()
+	p, err := NewProxy(target)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, p.Close()) })
+	return p
+}
+
+func proxyDial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, proxyWait)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	require.NoError(t, c.SetDeadline(time.Now().Add(proxyWait)))
+	return c
+}
+
+// proxyRoundTrip writes msg and reads back len(msg) bytes.
+func proxyRoundTrip(t *testing.T, c net.Conn, msg string) string {
+	t.Helper()
+	_, err := c.Write([]byte(msg))
+	require.NoError(t, err)
+	buf := make([]byte, len(msg))
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+	return string(buf)
+}
+
+// proxyReadFails reads from c and returns the error, which must come
+// promptly.
+func proxyReadFails(t *testing.T, c net.Conn) error {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(proxyWait)))
+	n, err := c.Read(make([]byte, 1))
+	require.Zero(t, n, "read data from a connection that should be dead")
+	require.Error(t, err)
+	require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "connection still open after %v", proxyWait)
+	return err
+}
+
+// proxyDialRejected connects to addr, where the connection is expected to be
+// accepted and then closed at once, and returns the error seen: from the dial
+// itself (the reset can beat the handshake's completion) or from the first
+// read.
+func proxyDialRejected(t *testing.T, addr string) error {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, proxyWait)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return proxyReadFails(t, c)
+}
+
+func proxyWaitConns(t *testing.T, p *Proxy, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool { return p.Conns() == n },
+		proxyWait, time.Millisecond, "want %d proxied connections, have %d", n, p.Conns())
+}
+
+func TestProxyPassesDataBothWaysUnchanged(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, startProxyTarget(t, proxyEcho))
+	c := proxyDial(t, p.Addr())
+
+	assert.Equal(t, "ping\n", proxyRoundTrip(t, c, "ping\n"))
+	assert.Equal(t, 1, p.Conns())
+
+	// More than many chunks' worth, written while reading, so both
+	// directions carry data at once.
+	data := make([]byte, 4<<20)
+	_, _ = rand.Read(data)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		werr <- err
+	}()
+	got := make([]byte, len(data))
+	_, err := io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.NoError(t, <-werr)
+	assert.True(t, bytes.Equal(data, got), "data changed in transit")
+
+	require.NoError(t, c.Close())
+	proxyWaitConns(t, p, 0)
+}
+
+func TestProxyForwardsHalfClose(t *testing.T) {
+	t.Parallel()
+	// The backend reads until EOF, then replies and closes.
+	p := newTestProxy(t, startProxyTarget(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		_, _ = c.Write(append([]byte("got "), b...))
+	}))
+	c := proxyDial(t, p.Addr())
+
+	_, err := c.Write([]byte("req"))
+	require.NoError(t, err)
+	require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	reply, err := io.ReadAll(c)
+	require.NoError(t, err)
+	assert.Equal(t, "got req", string(reply))
+	proxyWaitConns(t, p, 0)
+}
+
+func TestProxyAddsLatencyInBothDirections(t *testing.T) {
+	t.Parallel()
+	const latency = 50 * time.Millisecond
+	p := newTestProxy(t, startProxyTarget(t, proxyEcho))
+	p.SetLatency(latency)
+	c := proxyDial(t, p.Addr())
+
+	start := time.Now()
+	assert.Equal(t, "x", proxyRoundTrip(t, c, "x"))
+	rtt := time.Since(start)
+	t.Logf("round trip with %v one-way latency: %v", latency, rtt)
+	assert.GreaterOrEqual(t, rtt, 2*latency)
+	assert.Less(t, rtt, 2*latency+2*time.Second)
+
+	// Lowering the latency must not let new bytes overtake delayed ones.
+	p.SetLatency(300 * time.Millisecond)
+	received := p.received.Load()
+	_, err := c.Write([]byte("1"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return p.received.Load() == received+1 }, proxyWait, time.Millisecond)
+	p.SetLatency(0)
+	_, err = c.Write([]byte("2"))
+	require.NoError(t, err)
+	buf := make([]byte, 2)
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+	assert.Equal(t, "12", string(buf))
+
+	p.SetLatency(-time.Second) // treated as zero
+	assert.Equal(t, "y", proxyRoundTrip(t, c, "y"))
+}
+
+func TestProxyBlackholeDropsBothDirectionsUntilLifted(t *testing.T) {
+	t.Parallel()
+	serverSide := make(chan net.Conn, 1)
+	p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
+	c := proxyDial(t, p.Addr())
+	require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
+	s := <-serverSide
+
+	p.Blackhole(true)
+	// Client to server: "b" is swallowed, so it is never echoed.
+	_, err := c.Write([]byte("b"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return p.swallowed.Load() == 1 }, proxyWait, time.Millisecond)
+	// Server to client: "S" is swallowed too.
+	_, err = s.Write([]byte("S"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return p.swallowed.Load() == 2 }, proxyWait, time.Millisecond)
+	assert.Equal(t, 1, p.Conns(), "the blackhole must keep connections open")
+
+	p.Blackhole(false)
+	// Only new bytes arrive: the first byte read is "c", not "b" or "S".
+	assert.Equal(t, "c", proxyRoundTrip(t, c, "c"))
+}
+
+func TestProxyBlackholeAcceptsNewConnectionsButPassesNothing(t *testing.T) {
+	t.Parallel()
+	serverSide := make(chan net.Conn, 1)
+	p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
+	p.Blackhole(true)
+
+	c := proxyDial(t, p.Addr())
+	_, err := c.Write([]byte("lost"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return p.swallowed.Load() == 4 }, proxyWait, time.Millisecond)
+	proxyWaitConns(t, p, 1)
+
+	p.Blackhole(false)
+	assert.Equal(t, "ok", proxyRoundTrip(t, c, "ok"))
+	<-serverSide
+}
+
+func TestProxyResetAllResetsBothSides(t *testing.T) {
+	t.Parallel()
+	serverErr := make(chan error, 1)
+	p := newTestProxy(t, startProxyTarget(t, func(c net.Conn) {
+		_, err := io.Copy(c, c)
+		select {
+		case serverErr <- err:
+		default: // only the first connection reports
+		}
+	}))
+	c := proxyDial(t, p.Addr())
+	require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
+
+	p.ResetAll()
+	assert.Zero(t, p.Conns())
+	assert.ErrorIs(t, proxyReadFails(t, c), syscall.ECONNRESET)
+	select {
+	case err := <-serverErr:
+		assert.ErrorIs(t, err, syscall.ECONNRESET)
+	case <-time.After(proxyWait):
+		t.Fatal("the server side was not closed")
+	}
+
+	assert.Equal(t, "b", proxyRoundTrip(t, proxyDial(t, p.Addr()), "b"), "new connections must work")
+}
+
+func TestProxyRefuseNewResetsOnlyNewConnections(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, startProxyTarget(t, proxyEcho))
+	old := proxyDial(t, p.Addr())
+	require.Equal(t, "a", proxyRoundTrip(t, old, "a"))
+
+	p.RefuseNew(true)
+	err := proxyDialRejected(t, p.Addr())
+	assert.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF), "got %v", err)
+	assert.Equal(t, 1, p.Conns())
+	assert.Equal(t, "b", proxyRoundTrip(t, old, "b"), "an established connection must keep working")
+
+	p.RefuseNew(false)
+	assert.Equal(t, "c", proxyRoundTrip(t, proxyDial(t, p.Addr()), "c"))
+}
+
+func TestProxyResetsClientsWhenTheTargetIsDown(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	target := ln.Addr().String()
+	require.NoError(t, ln.Close())
+
+	p := newTestProxy(t, target)
+	err = proxyDialRejected(t, p.Addr())
+	assert.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF), "got %v", err)
+	assert.Zero(t, p.Conns())
+}
+
+func TestProxyForwardsAResetFromTheServer(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, startProxyTarget(t, func(c net.Conn) {
+		_, _ = c.Read(make([]byte, 1))
+		proxyAbort(c)
+	}))
+	c := proxyDial(t, p.Addr())
+	_, err := c.Write([]byte("x"))
+	require.NoError(t, err)
+	err = proxyReadFails(t, c)
+	assert.ErrorIs(t, err, syscall.ECONNRESET)
+	proxyWaitConns(t, p, 0)
+}
+
+// Not parallel: it checks that Close leaves no goroutine behind, which other
+// tests running at the same time would blur.
+func TestProxyCloseClosesEverythingAndLeavesNoGoroutines(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	func() {
+		addr, stop := startProxyBackend(t, proxyEcho)
+		defer stop()
+		p, err := NewProxy(addr)
+		require.NoError(t, err)
+		p.SetLatency(time.Hour) // leave bytes in flight
+		var clients []net.Conn
+		for range 3 {
+			c, err := net.DialTimeout("tcp", p.Addr(), proxyWait)
+			require.NoError(t, err)
+			defer c.Close()
+			_, err = c.Write([]byte("in flight"))
+			require.NoError(t, err)
+			clients = append(clients, c)
+		}
+		proxyWaitConns(t, p, 3)
+		// Closing a socket with unread data sends a reset; wait until the
+		// proxy has read everything, so the clients must see a plain FIN.
+		require.Eventually(t, func() bool { return p.received.Load() == 3*int64(len("in flight")) },
+			proxyWait, time.Millisecond)
+
+		require.NoError(t, p.Close())
+		assert.Zero(t, p.Conns())
+		assert.NoError(t, p.Close(), "a second Close")
+		for _, c := range clients {
+			err := proxyReadFails(t, c)
+			assert.ErrorIs(t, err, io.EOF)
+		}
+		_, err = net.DialTimeout("tcp", p.Addr(), proxyWait)
+		assert.ErrorIs(t, err, syscall.ECONNREFUSED)
+	}()
+	goleak.VerifyNone(t, ignore)
+}

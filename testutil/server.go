@@ -1,0 +1,493 @@
+package testutil
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Defaults of Config, matching dflockd's flags.
+const (
+	DefaultReadTimeout     = 23 * time.Second
+	DefaultWriteTimeout    = 5 * time.Second
+	DefaultLease           = 33 * time.Second
+	DefaultSweepInterval   = time.Second
+	DefaultMaxLocks        = 1024
+	DefaultGCInterval      = 5 * time.Second
+	DefaultGCMaxIdle       = 60 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultPushBuffer      = 64
+)
+
+// restartRetry bounds how long Restart retries a port still in use.
+const restartRetry = 5 * time.Second
+
+type serverState uint8
+
+const (
+	stateRunning serverState = iota
+	stateStopped             // Stop: no listener, no state; Restart brings it back
+	stateClosed
+)
+
+// Server is a running in-process dflockd.
+type Server struct {
+	cfg          Config // with defaults applied
+	log          *slog.Logger
+	authToken    string
+	defaultLease int64 // seconds
+	tlsConfig    *tls.Config
+	addr         string
+
+	locks *lockTable
+	hub   *signalHub
+
+	requests [numCmds]atomic.Int64
+	reads    atomic.Int64
+
+	// lifeMu serialises the lifecycle operations (Stop, Restart,
+	// DropConnections, Close) so each sees a settled state.
+	lifeMu sync.Mutex
+
+	mu         sync.Mutex
+	state      serverState
+	ln         net.Listener // nil while stopped or after the listener closed
+	acceptDone chan struct{}
+	conns      map[uint64]*conn
+	nextID     uint64
+	drained    chan struct{} // closed once draining with no connections left
+	drainedSet bool
+
+	drainCh   chan struct{} // closed when Shutdown starts
+	drainOnce sync.Once
+	quit      chan struct{} // closed by Close; stops the janitor
+
+	stallMu     sync.Mutex
+	stallCount  int
+	stallCh     chan struct{} // non-nil while stalled; closed on resume
+	stallEnded  time.Time     // when the last stall ended
+	stallTimers map[*time.Timer]struct{}
+
+	closeOnce sync.Once
+	wg        sync.WaitGroup // every goroutine the server starts
+}
+
+// withDefaults fills in the documented defaults.
+func (cfg Config) withDefaults() Config {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d == 0 {
+			*d = def
+		}
+	}
+	setDur(&cfg.ReadTimeout, DefaultReadTimeout)
+	setDur(&cfg.WriteTimeout, DefaultWriteTimeout)
+	setDur(&cfg.DefaultLease, DefaultLease)
+	setDur(&cfg.SweepInterval, DefaultSweepInterval)
+	setDur(&cfg.GCInterval, DefaultGCInterval)
+	setDur(&cfg.GCMaxIdle, DefaultGCMaxIdle)
+	setDur(&cfg.ShutdownTimeout, DefaultShutdownTimeout)
+	if cfg.MaxLocks == 0 {
+		cfg.MaxLocks = DefaultMaxLocks
+	}
+	if cfg.PushBuffer <= 0 {
+		cfg.PushBuffer = DefaultPushBuffer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg
+}
+
+// Start starts a server. It does not need a *testing.T.
+func Start(cfg Config) (*Server, error) {
+	cfg = cfg.withDefaults()
+	switch cfg.Version {
+	case V1_16, V1_10, V2_1:
+	default:
+		return nil, fmt.Errorf("testutil: unknown version %d", cfg.Version)
+	}
+	if cfg.SweepInterval < 0 || cfg.GCInterval < 0 {
+		return nil, errors.New("testutil: SweepInterval and GCInterval must be positive")
+	}
+	// The lease is announced in whole seconds; round sub-second values up.
+	lease := int64((cfg.DefaultLease + time.Second - 1) / time.Second)
+	if lease < 1 {
+		return nil, errors.New("testutil: DefaultLease must be positive")
+	}
+	s := &Server{
+		cfg:          cfg,
+		log:          cfg.Logger,
+		authToken:    strings.TrimSpace(cfg.AuthToken),
+		defaultLease: lease,
+		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters),
+		hub:          newSignalHub(cfg.MaxSubscriptions),
+		conns:        make(map[uint64]*conn),
+		drained:      make(chan struct{}),
+		drainCh:      make(chan struct{}),
+		quit:         make(chan struct{}),
+		stallTimers:  make(map[*time.Timer]struct{}),
+	}
+	if cfg.TLS != nil {
+		s.tlsConfig = cfg.TLS.Clone()
+		if s.tlsConfig.MinVersion < tls.VersionTLS12 {
+			s.tlsConfig.MinVersion = tls.VersionTLS12
+		}
+	}
+	ln, err := s.listen(context.Background(), cfg.Addr)
+	if err != nil {
+		return nil, err
+	}
+	s.addr = ln.Addr().String()
+	s.mu.Lock()
+	s.serveLocked(ln)
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go s.janitor()
+	s.log.Debug("testutil: listening", "addr", s.addr, "version", cfg.Version)
+	return s, nil
+}
+
+// NewServer starts a server for a test and closes it at cleanup.
+func NewServer(tb testing.TB, cfg Config) *Server {
+	tb.Helper()
+	s, err := Start(cfg)
+	if err != nil {
+		tb.Fatalf("testutil: start server: %v", err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func (s *Server) listen(ctx context.Context, addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("testutil: listen: %w", err)
+	}
+	var wrapped net.Listener = &countingListener{Listener: ln, reads: &s.reads, writeTimeout: s.cfg.WriteTimeout}
+	if s.tlsConfig != nil {
+		wrapped = tls.NewListener(wrapped, s.tlsConfig)
+	}
+	return wrapped, nil
+}
+
+// serveLocked installs ln and starts its accept loop. s.mu must be held.
+func (s *Server) serveLocked(ln net.Listener) {
+	s.ln = ln
+	s.state = stateRunning
+	done := make(chan struct{})
+	s.acceptDone = done
+	s.wg.Add(1)
+	go s.acceptLoop(ln, done)
+}
+
+func (s *Server) acceptLoop(ln net.Listener, done chan struct{}) {
+	defer s.wg.Done()
+	defer close(done)
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Transient (e.g. EMFILE): back off briefly, as net/http does.
+			s.log.Warn("testutil: accept", "err", err)
+			select {
+			case <-time.After(5 * time.Millisecond):
+				continue
+			case <-s.quit:
+				return
+			}
+		}
+		s.mu.Lock()
+		if s.ln != ln || (s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections) {
+			// Over the cap dflockd accepts and closes at once, writing nothing.
+			s.mu.Unlock()
+			_ = nc.Close()
+			continue
+		}
+		raw, _ := nc.(*countedConn)
+		if tc, ok := nc.(*tls.Conn); ok {
+			raw = tc.NetConn().(*countedConn)
+		}
+		s.nextID++
+		c := newConn(s, s.nextID, nc, raw)
+		s.conns[c.id] = c
+		s.wg.Add(1)
+		s.mu.Unlock()
+		s.log.Debug("testutil: connection opened", "conn", c.id, "remote", nc.RemoteAddr())
+		go c.serve()
+	}
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c.id)
+	s.checkDrainedLocked()
+	s.mu.Unlock()
+}
+
+func (s *Server) checkDrainedLocked() {
+	if s.draining() && len(s.conns) == 0 && !s.drainedSet {
+		s.drainedSet = true
+		close(s.drained)
+	}
+}
+
+func (s *Server) draining() bool {
+	select {
+	case <-s.drainCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) checkSecret(arg []byte) bool { return secretMatches(arg, s.authToken) }
+
+// janitor runs the lease sweeper and the idle-key GC.
+func (s *Server) janitor() {
+	defer s.wg.Done()
+	sweep := time.NewTicker(s.cfg.SweepInterval)
+	defer sweep.Stop()
+	gc := time.NewTicker(s.cfg.GCInterval)
+	defer gc.Stop()
+	for {
+		select {
+		case <-sweep.C:
+			s.locks.sweep()
+		case <-gc.C:
+			s.locks.gc(s.cfg.GCMaxIdle)
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// Addr is the host:port the server listens on (stable across Stop/Restart).
+func (s *Server) Addr() string { return s.addr }
+
+// closeListenerLocked closes the listener and returns the channel that is
+// closed when its accept loop has exited. s.mu must be held.
+func (s *Server) closeListenerLocked() chan struct{} {
+	if s.ln != nil {
+		_ = s.ln.Close()
+		s.ln = nil
+	}
+	return s.acceptDone
+}
+
+// dropAll closes every connection and waits until each has cleaned up.
+func (s *Server) dropAll() {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+	for _, c := range conns {
+		<-c.finished
+	}
+}
+
+// Close stops the server at once: listener and every connection closed, all
+// state dropped. It waits for every goroutine the server started. It is
+// idempotent and may follow Shutdown or Stop.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.lifeMu.Lock()
+		defer s.lifeMu.Unlock()
+		s.mu.Lock()
+		s.state = stateClosed
+		s.closeListenerLocked()
+		s.mu.Unlock()
+		close(s.quit)
+		s.dropAll()
+		s.stallMu.Lock()
+		for t := range s.stallTimers {
+			t.Stop()
+		}
+		s.stallMu.Unlock()
+		s.wg.Wait()
+		s.locks.reset()
+		s.hub.reset()
+		s.log.Debug("testutil: closed", "addr", s.addr)
+	})
+	return nil
+}
+
+// Shutdown drains like SIGTERM (PROTOCOL.md §8j): the listener closes at once
+// and blocked waiters get `error`; on V1_16 and V2_1 the next request on each
+// connection is answered `error_draining` and the connection closed, on V1_10
+// connections keep being served. When every connection is gone,
+// ShutdownTimeout passes (negative: no limit) or ctx ends, the rest is
+// force-closed as by Close. It returns ctx.Err() if ctx ended the drain.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.state == stateClosed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.drainOnce.Do(func() { close(s.drainCh) })
+	s.closeListenerLocked()
+	s.checkDrainedLocked()
+	s.mu.Unlock()
+
+	var timeout <-chan time.Time
+	if s.cfg.ShutdownTimeout > 0 {
+		t := time.NewTimer(s.cfg.ShutdownTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var err error
+	select {
+	case <-s.drained:
+	case <-timeout:
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-s.quit: // closed concurrently
+	}
+	_ = s.Close()
+	return err
+}
+
+// DropConnections closes every open connection (auto-release applies) but
+// keeps listening. It returns once their cleanup is done.
+func (s *Server) DropConnections() {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	s.dropAll()
+}
+
+// Stop closes the listener and every connection and drops all lock and
+// signal state, keeping the address for Restart.
+func (s *Server) Stop() error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	s.mu.Lock()
+	switch s.state {
+	case stateClosed:
+		s.mu.Unlock()
+		return net.ErrClosed
+	case stateStopped:
+		s.mu.Unlock()
+		return nil
+	}
+	s.state = stateStopped
+	acceptDone := s.closeListenerLocked()
+	s.mu.Unlock()
+	<-acceptDone
+	s.dropAll()
+	s.locks.reset()
+	s.hub.reset()
+	s.log.Debug("testutil: stopped", "addr", s.addr)
+	return nil
+}
+
+// Restart listens again on the same address after Stop, retrying for a few
+// seconds while the port is still in use.
+func (s *Server) Restart() error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	s.mu.Lock()
+	state := s.state
+	s.mu.Unlock()
+	switch state {
+	case stateClosed:
+		return net.ErrClosed
+	case stateRunning:
+		if s.draining() {
+			return errors.New("testutil: restart during shutdown")
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), restartRetry)
+	defer cancel()
+	for {
+		ln, err := s.listen(ctx, s.addr)
+		if err == nil {
+			s.mu.Lock()
+			s.serveLocked(ln)
+			s.mu.Unlock()
+			s.log.Debug("testutil: restarted", "addr", s.addr)
+			return nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-s.quit:
+			return net.ErrClosed
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Stall makes every connection stop reading requests until the returned
+// function is called (or d passes, if d > 0). Connections keep their state,
+// are not timed out meanwhile, and signal pushes still flow. Overlapping
+// stalls nest: reading resumes when all of them have ended. resume is
+// idempotent.
+func (s *Server) Stall(d time.Duration) (resume func()) {
+	s.stallMu.Lock()
+	if s.stallCount == 0 {
+		s.stallCh = make(chan struct{})
+	}
+	s.stallCount++
+	var timer *time.Timer
+	var once sync.Once
+	resume = func() {
+		once.Do(func() {
+			s.stallMu.Lock()
+			defer s.stallMu.Unlock()
+			if timer != nil {
+				timer.Stop()
+				delete(s.stallTimers, timer)
+			}
+			s.stallCount--
+			if s.stallCount == 0 {
+				close(s.stallCh)
+				s.stallCh = nil
+				s.stallEnded = time.Now()
+			}
+		})
+	}
+	if d > 0 {
+		timer = time.AfterFunc(d, resume)
+		s.stallTimers[timer] = struct{}{}
+	}
+	s.stallMu.Unlock()
+	return resume
+}
+
+// stallGate returns the channel to wait on while stalled, else nil.
+func (s *Server) stallGate() chan struct{} {
+	s.stallMu.Lock()
+	defer s.stallMu.Unlock()
+	return s.stallCh
+}
+
+// stallCovers reports whether a read deadline armed at armed fell into a
+// stall, in which case its timeout must not count against the client.
+func (s *Server) stallCovers(armed time.Time) bool {
+	s.stallMu.Lock()
+	defer s.stallMu.Unlock()
+	return s.stallCh != nil || s.stallEnded.After(armed)
+}

@@ -1,0 +1,331 @@
+package testutil
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// unitWait bounds every blocking read of these tests so a missing reply
+// fails instead of hanging.
+const unitWait = 5 * time.Second
+
+// uconn is a raw protocol client for the unit tests.
+type uconn struct {
+	t  testing.TB
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func udial(t testing.TB, s *Server) *uconn {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", s.Addr(), unitWait)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = nc.Close() })
+	return &uconn{t: t, nc: nc, br: bufio.NewReader(nc)}
+}
+
+// send writes one request without reading the reply.
+func (c *uconn) send(cmd, key, arg string) {
+	c.t.Helper()
+	c.raw(cmd + "\n" + key + "\n" + arg + "\n")
+}
+
+func (c *uconn) raw(b string) {
+	c.t.Helper()
+	require.NoError(c.t, c.nc.SetWriteDeadline(time.Now().Add(unitWait)))
+	_, err := io.WriteString(c.nc, b)
+	require.NoError(c.t, err)
+}
+
+// readWithin reads one reply line, without its '\n'.
+func (c *uconn) readWithin(d time.Duration) (string, error) {
+	require.NoError(c.t, c.nc.SetReadDeadline(time.Now().Add(d)))
+	line, err := c.br.ReadString('\n')
+	if err != nil {
+		return line, err
+	}
+	return strings.TrimSuffix(line, "\n"), nil
+}
+
+func (c *uconn) line() string {
+	c.t.Helper()
+	l, err := c.readWithin(unitWait)
+	require.NoError(c.t, err)
+	return l
+}
+
+func (c *uconn) do(cmd, key, arg string) string {
+	c.t.Helper()
+	c.send(cmd, key, arg)
+	return c.line()
+}
+
+// grant sends an acquire and returns the token of the expected `ok` grant.
+func (c *uconn) grant(cmd, key, arg string) string {
+	c.t.Helper()
+	return grantToken(c.t, c.do(cmd, key, arg), "ok")
+}
+
+func grantToken(t testing.TB, line, status string) string {
+	t.Helper()
+	f := strings.Split(line, " ")
+	require.Len(t, f, 3, "grant line %q", line)
+	require.Equal(t, status, f[0], "grant line %q", line)
+	require.Len(t, f[1], 32, "token in %q", line)
+	return f[1]
+}
+
+// expectEOF asserts that the server closes the connection (after any
+// remaining lines) within d.
+func (c *uconn) expectEOF(d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		_, err := c.readWithin(time.Until(deadline))
+		if err == nil {
+			continue
+		}
+		require.Truef(c.t, errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err),
+			"want EOF, got %v", err)
+		return
+	}
+}
+
+func isReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && !op.Timeout()
+}
+
+// expectSilence asserts that no line arrives within d.
+func (c *uconn) expectSilence(d time.Duration) {
+	c.t.Helper()
+	l, err := c.readWithin(d)
+	require.Errorf(c.t, err, "unexpected line %q", l)
+	require.True(c.t, isTimeout(err), "want timeout, got %v", err)
+	c.br.Reset(c.nc) // the timed-out read consumed nothing
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	require.Eventually(t, cond, unitWait, 5*time.Millisecond, what)
+}
+
+func lockWaiters(s *Server, key string) int {
+	for _, l := range s.Stats().Locks {
+		if l.Key == key {
+			return l.Waiters
+		}
+	}
+	return -1
+}
+
+func TestServerReadTimeoutClosesIdleConnection(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{ReadTimeout: 300 * time.Millisecond})
+	idle := udial(t, s)
+	half := udial(t, s)
+	half.raw("l\nk\n") // a half-sent request times out the same way
+	busy := udial(t, s)
+
+	start := time.Now()
+	// A connection that keeps sending complete requests is never cut off.
+	for time.Since(start) < 600*time.Millisecond {
+		assert.Equal(t, "ok", busy.do("ping", "_", ""))
+		time.Sleep(100 * time.Millisecond) // the thing under test is time
+	}
+	for _, c := range []*uconn{idle, half} {
+		assert.Equal(t, "error", c.line())
+		c.expectEOF(unitWait)
+	}
+	assert.GreaterOrEqual(t, time.Since(start), 250*time.Millisecond)
+	assert.Equal(t, "ok", busy.do("ping", "_", ""))
+}
+
+func TestServerStopRestartKeepsAddressAndDropsState(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{})
+	addr := s.Addr()
+	a := udial(t, s)
+	a.grant("l", "k", "0")
+	a.do("listen", "ch", "")
+
+	require.NoError(t, s.Stop())
+	a.expectEOF(unitWait)
+	_, err := net.DialTimeout("tcp", addr, time.Second)
+	require.Error(t, err, "a stopped server must refuse connections")
+	st := s.Stats()
+	assert.Empty(t, st.Locks)
+	assert.Empty(t, st.IdleLocks)
+	assert.Empty(t, st.SignalChannels)
+	require.NoError(t, s.Stop(), "Stop is idempotent")
+
+	require.NoError(t, s.Restart())
+	assert.Equal(t, addr, s.Addr())
+	b := udial(t, s)
+	b.grant("l", "k", "0") // the old holder is gone with the old state
+	require.NoError(t, s.Restart(), "Restart of a running server is a no-op")
+}
+
+func TestServerDropConnectionsAppliesAutoRelease(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{})
+	a := udial(t, s)
+	a.grant("l", "k", "0")
+	s.DropConnections()
+	a.expectEOF(unitWait)
+	assert.Empty(t, s.Stats().Locks, "DropConnections returns after auto-release")
+	b := udial(t, s)
+	b.grant("l", "k", "0")
+}
+
+func TestServerStallHoldsRequestsWithoutTimingOut(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{ReadTimeout: 300 * time.Millisecond})
+	a := udial(t, s)
+	tok := a.grant("l", "k", "0 60")
+
+	resume := s.Stall(0)
+	a.send("ping", "_", "")
+	// Longer than the read timeout: a stalled server must not time clients out.
+	a.expectSilence(600 * time.Millisecond)
+	resume()
+	resume() // idempotent
+	assert.Equal(t, "ok", a.line())
+	assert.Equal(t, "ok", a.do("r", "k", tok), "state survives a stall")
+
+	// Stall(d) resumes by itself.
+	s.Stall(200 * time.Millisecond)
+	start := time.Now()
+	assert.Equal(t, "ok", a.do("ping", "_", ""))
+	assert.GreaterOrEqual(t, time.Since(start), 150*time.Millisecond)
+}
+
+func TestServerShutdownDrainsV116(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{ShutdownTimeout: -1})
+	holder := udial(t, s)
+	holder.grant("l", "k", "0")
+	waiter := udial(t, s)
+	waiter.send("l", "k", "30")
+	waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(context.Background()) }()
+
+	assert.Equal(t, "error", waiter.line(), "blocked waiters fail at once")
+	assert.Equal(t, "error_draining", waiter.do("ping", "_", ""))
+	waiter.expectEOF(unitWait)
+	waitFor(t, "listener closed", func() bool {
+		c, err := net.DialTimeout("tcp", s.Addr(), time.Second)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err != nil
+	})
+	select {
+	case <-done:
+		t.Fatal("Shutdown returned while a connection was open")
+	default:
+	}
+	assert.Equal(t, "error_draining", holder.do("stats", "_", ""))
+	holder.expectEOF(unitWait)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(unitWait):
+		t.Fatal("Shutdown did not return after the last connection left")
+	}
+	require.NoError(t, s.Close(), "Close after Shutdown")
+}
+
+func TestServerShutdownV110KeepsServingUntilContextEnds(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{Version: V1_10})
+	a := udial(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(ctx) }()
+	waitFor(t, "listener closed", func() bool {
+		c, err := net.DialTimeout("tcp", s.Addr(), time.Second)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err != nil
+	})
+	assert.True(t, strings.HasPrefix(a.do("stats", "_", ""), "ok {"), "v1.10 serves during the drain")
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	a.expectEOF(unitWait)
+}
+
+func TestServerMaxConnectionsClosesExtraSilently(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{MaxConnections: 1})
+	a := udial(t, s)
+	assert.Equal(t, "ok", a.do("ping", "_", ""))
+	b := udial(t, s)
+	b.expectEOF(unitWait)
+}
+
+func TestServerStatsCountsRequestsAndReads(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{})
+	a := udial(t, s)
+	// One write carrying three requests: one socket read on the server.
+	a.raw("ping\n_\n\nping\n_\n\nbogus\n_\n\n")
+	for _, want := range []string{"ok", "ok", "error"} {
+		assert.Equal(t, want, a.line())
+	}
+	st := s.Stats()
+	assert.Equal(t, int64(2), st.Requests["ping"])
+	assert.Equal(t, int64(1), st.Requests["?"])
+	assert.GreaterOrEqual(t, st.Reads, int64(1))
+	assert.Equal(t, 1, st.Connections)
+}
+
+func TestServerPipelineAnsweredInOrderWithCRLF(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{})
+	a := udial(t, s)
+	a.raw("l\r\nk1\r\n0\r\r\nl\nk2\n0 7\nstats\n_\n\nping\n_\n\n")
+	grantToken(t, a.line(), "ok")
+	assert.Regexp(t, `^ok [0-9a-f]{32} 7$`, a.line())
+	assert.True(t, strings.HasPrefix(a.line(), `ok {"connections":1,"locks":[{"key":"k1","owner_conn_id":`))
+	assert.Equal(t, "ok", a.line())
+}
+
+func TestServerCloseLeavesNoGoroutines(t *testing.T) {
+	// Not parallel: goleak must see only this test's goroutines.
+	ignore := goleak.IgnoreCurrent()
+	for _, v := range []Version{V1_16, V1_10, V2_1} {
+		s, err := Start(Config{Version: v, AuthToken: "s3cret"})
+		require.NoError(t, err)
+		holder := udial(t, s)
+		require.Equal(t, "ok", holder.do("auth", "_", "s3cret"))
+		holder.grant("l", "k", "0")
+		waiter := udial(t, s)
+		require.Equal(t, "ok", waiter.do("auth", "_", "s3cret"))
+		waiter.send("l", "k", "30") // parked, with a peer-close watcher on v1.16/v2.1
+		if v == V1_16 {
+			listener := udial(t, s)
+			require.Equal(t, "ok", listener.do("auth", "_", "s3cret"))
+			require.Equal(t, "ok", listener.do("listen", "a.>", ""))
+		}
+		waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+		s.Stall(time.Hour)
+		require.NoError(t, s.Close())
+		require.NoError(t, s.Close(), "Close is idempotent")
+		holder.expectEOF(unitWait)
+	}
+	goleak.VerifyNone(t, ignore)
+}
