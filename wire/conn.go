@@ -1,0 +1,309 @@
+package wire
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// ConnOptions configure a framed connection.
+type ConnOptions struct {
+	// MaxLine caps an incoming line (bytes before '\n', including any '\r');
+	// a longer one breaks the connection. Default DefaultMaxLine.
+	MaxLine int
+	// OnPush receives every `sig` line read by the connection's reader. It is
+	// called on the reading goroutine and must not block. Nil drops pushes.
+	OnPush func(Push)
+}
+
+const (
+	// readBufSize serves every reply but stats in one buffered read while
+	// keeping an idle pooled connection cheap. Longer lines are assembled in
+	// Conn.long.
+	readBufSize = 4096
+	// keepBufSize is the largest line/write buffer a Conn keeps between
+	// calls; one huge stats reply or signal payload must not pin its memory
+	// for the connection's lifetime.
+	keepBufSize = 64 << 10
+	// initWriteBuf fits a pipelined batch of a few dozen small requests.
+	initWriteBuf = 1024
+)
+
+// aLongTimeAgo is a deadline in the past: setting it makes every pending and
+// future Read/Write on the net.Conn fail at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Conn is a framed protocol connection. Writes and reads may run on
+// different goroutines (one writer, one reader at a time each); after any
+// failure every later call returns an error matching ErrConnBroken.
+//
+// A Conn breaks on any I/O error (including an expired deadline), on a line
+// over the cap, and on a reply that cannot be parsed, because after any of
+// them a half-read reply could be mistaken for the next one. Breaking forces
+// the net.Conn's deadline into the past so that the goroutine on the other
+// side returns promptly too; Close must still be called to release the
+// socket.
+type Conn struct {
+	nc     net.Conn
+	opt    ConnOptions
+	br     *bufio.Reader
+	long   []byte // assembles lines longer than the bufio buffer; reader-owned
+	wbuf   []byte // writer-owned
+	broken atomic.Pointer[brokenError]
+	closed atomic.Bool
+}
+
+// NewConn frames nc. The Conn owns nc from now on.
+func NewConn(nc net.Conn, opt ConnOptions) *Conn {
+	if opt.MaxLine <= 0 {
+		opt.MaxLine = DefaultMaxLine
+	}
+	return &Conn{
+		nc:   nc,
+		opt:  opt,
+		br:   bufio.NewReaderSize(nc, readBufSize),
+		wbuf: make([]byte, 0, initWriteBuf),
+	}
+}
+
+// NetConn returns the underlying connection (for deadlines and addresses).
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// SetDeadline forwards to the net.Conn. An expired deadline breaks the Conn
+// if it interrupts a read or write.
+func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
+
+// SetReadDeadline forwards to the net.Conn; see SetDeadline.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+
+// SetWriteDeadline forwards to the net.Conn; see SetDeadline.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }
+
+// Err returns the error that broke the connection, or nil while it is usable.
+// The error matches ErrConnBroken and unwraps to the cause.
+func (c *Conn) Err() error {
+	if b := c.broken.Load(); b != nil {
+		return b
+	}
+	return nil
+}
+
+// fail breaks the connection with cause unless it is already broken, and
+// returns the sticky error. The first cause wins: later failures are usually
+// consequences of it (e.g. the forced deadline).
+func (c *Conn) fail(cause error) error {
+	if c.broken.CompareAndSwap(nil, &brokenError{cause: cause}) {
+		// Unblock the goroutine on the other side of the connection; its
+		// error will then report this cause.
+		_ = c.nc.SetDeadline(aLongTimeAgo)
+	}
+	return c.broken.Load()
+}
+
+// Close closes the underlying connection and marks the Conn broken (the
+// cause matches net.ErrClosed). Only the first call closes.
+func (c *Conn) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	c.broken.CompareAndSwap(nil, &brokenError{cause: net.ErrClosed})
+	return c.nc.Close()
+}
+
+// WriteRequests encodes reqs into the connection's write buffer and sends
+// them in a single Write call. It does not validate (call Validate first).
+func (c *Conn) WriteRequests(reqs ...Request) error {
+	if b := c.broken.Load(); b != nil {
+		return b
+	}
+	buf := c.wbuf[:0]
+	for i := range reqs {
+		buf = reqs[i].AppendTo(buf)
+	}
+	err := c.write(buf)
+	if cap(buf) > keepBufSize {
+		buf = make([]byte, 0, initWriteBuf)
+	}
+	c.wbuf = buf[:0]
+	return err
+}
+
+// WriteRaw sends pre-encoded request bytes in a single Write call.
+func (c *Conn) WriteRaw(b []byte) error {
+	if br := c.broken.Load(); br != nil {
+		return br
+	}
+	return c.write(b)
+}
+
+func (c *Conn) write(b []byte) error {
+	if _, err := c.nc.Write(b); err != nil {
+		// A partial write leaves a truncated request on the server's side.
+		return c.fail(err)
+	}
+	return nil
+}
+
+// ReadLine reads the next line (push or reply) without parsing it. The '\n'
+// and any trailing '\r' are removed. The slice is valid until the next read.
+func (c *Conn) ReadLine() ([]byte, error) {
+	if b := c.broken.Load(); b != nil {
+		return nil, b
+	}
+	line, err := c.readLine()
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	return line, nil
+}
+
+// readLine frames one line, holding at most MaxLine bytes beyond the bufio
+// buffer.
+func (c *Conn) readLine() ([]byte, error) {
+	if cap(c.long) > keepBufSize {
+		c.long = nil
+	}
+	c.long = c.long[:0]
+	limit := c.opt.MaxLine
+	for {
+		frag, err := c.br.ReadSlice('\n')
+		switch err {
+		case nil:
+			frag = frag[:len(frag)-1]
+			if len(c.long) == 0 {
+				if len(frag) > limit {
+					return nil, c.tooLong(frag)
+				}
+				return trimCR(frag), nil
+			}
+			if len(c.long)+len(frag) > limit {
+				return nil, c.tooLong(c.long)
+			}
+			c.long = c.grow(c.long, frag)
+			return trimCR(c.long), nil
+		case bufio.ErrBufferFull:
+			if len(c.long)+len(frag) > limit {
+				if len(c.long) == 0 {
+					return nil, c.tooLong(frag)
+				}
+				return nil, c.tooLong(c.long)
+			}
+			c.long = c.grow(c.long, frag)
+		default:
+			if err == io.EOF && len(c.long)+len(frag) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+func (c *Conn) tooLong(prefix []byte) error {
+	return protoErr(prefix, "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
+}
+
+// grow appends frag to dst, growing capacity geometrically but never past
+// MaxLine, so that a line at the cap does not cost twice the cap.
+func (c *Conn) grow(dst, frag []byte) []byte {
+	need := len(dst) + len(frag)
+	if need > cap(dst) {
+		newCap := min(max(2*cap(dst), need, readBufSize), c.opt.MaxLine)
+		nb := make([]byte, len(dst), newCap)
+		copy(nb, dst)
+		dst = nb
+	}
+	return append(dst, frag...)
+}
+
+// ReadReply reads the next reply line, routing any `sig` push lines that
+// precede it to OnPush, and parses it as the answer to cmd. A malformed
+// reply or push line breaks the Conn; the returned error then matches both
+// ErrConnBroken and ErrProtocol. Error statuses are returned in the Reply
+// with a nil error.
+func (c *Conn) ReadReply(cmd Command) (Reply, error) {
+	for {
+		line, err := c.ReadLine()
+		if err != nil {
+			return Reply{}, err
+		}
+		if IsPush(line) {
+			if err := c.dispatchPush(line); err != nil {
+				return Reply{}, err
+			}
+			continue
+		}
+		rep, err := ParseReply(line, cmd)
+		if err != nil {
+			return Reply{}, c.fail(err)
+		}
+		return rep, nil
+	}
+}
+
+func (c *Conn) dispatchPush(line []byte) error {
+	if c.opt.OnPush == nil {
+		return nil
+	}
+	p, err := ParsePush(line)
+	if err != nil {
+		// A garbled push means the peer is not speaking the protocol we
+		// think it is; nothing after it can be trusted either.
+		return c.fail(err)
+	}
+	c.opt.OnPush(p)
+	return nil
+}
+
+// Do writes req and reads its reply, honouring ctx: if ctx ends first the
+// connection's deadline is forced into the past, the call returns an error
+// that matches both ctx.Err() and ErrConnBroken, and the Conn is broken.
+//
+// If ctx is already done when Do is called, nothing is sent, ctx.Err() is
+// returned and the Conn stays usable. If ctx ends just as the reply arrives,
+// the reply is returned but the Conn is still broken (its deadline has been
+// poisoned); check Err before reusing it. Do needs both the read and the
+// write side of the Conn to itself. A context that can never end costs no
+// allocation; one that can costs context.AfterFunc's.
+func (c *Conn) Do(ctx context.Context, req Request) (Reply, error) {
+	if b := c.broken.Load(); b != nil {
+		return Reply{}, b
+	}
+	if ctx.Done() == nil {
+		return c.roundTrip(&req)
+	}
+	if err := ctx.Err(); err != nil {
+		return Reply{}, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.fail(ctxCause(ctx)) })
+	rep, err := c.roundTrip(&req)
+	if !stop() {
+		// The callback has started; make sure the Conn is broken with the
+		// context's cause before returning, even if it has not finished.
+		b := c.fail(ctxCause(ctx))
+		if err != nil {
+			return Reply{}, b
+		}
+	}
+	return rep, err
+}
+
+func (c *Conn) roundTrip(req *Request) (Reply, error) {
+	if err := c.WriteRequests(*req); err != nil {
+		return Reply{}, err
+	}
+	return c.ReadReply(req.Cmd)
+}
+
+// ctxCause is ctx.Err(), joined with the context's cause when one was given,
+// so that errors.Is matches both.
+func ctxCause(ctx context.Context) error {
+	err := ctx.Err()
+	if cause := context.Cause(ctx); cause != nil && cause != err {
+		return errors.Join(err, cause)
+	}
+	return err
+}

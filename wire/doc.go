@@ -1,0 +1,18 @@
+// Package wire is the dflockd protocol codec: request encoding, reply and push
+// parsing, argument validation, NATS-style pattern matching, and a framed
+// connection that keeps replies in step with requests.
+//
+// The package knows nothing about pools, leases or sharding; it turns values
+// into bytes and bytes into values, and refuses anything the server would
+// refuse (or would misread) before it reaches the network.
+//
+// The hot paths are allocation-free in steady state: encoding into a buffer
+// with spare capacity, framing replies, and parsing every reply except for
+// the strings a reply hands back (a grant's token, a stats document). The
+// benchmarks in this package measure exactly that:
+//
+//	go test -run='^$' -bench=. -benchmem ./wire
+//
+// Protocol references (§n) point at PROTOCOL.md, the wire specification the
+// SDK is written against.
+package wire

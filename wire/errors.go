@@ -1,0 +1,104 @@
+package wire
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+var (
+	// ErrInvalidArgument matches every *ArgError.
+	ErrInvalidArgument = errors.New("dflock: invalid argument")
+	// ErrProtocol matches every *ProtocolError.
+	ErrProtocol = errors.New("dflock: protocol violation")
+	// ErrConnBroken is returned by a Conn after an I/O or framing failure; the
+	// connection must be discarded.
+	ErrConnBroken = errors.New("dflock: connection broken")
+)
+
+// ArgError names a caller-supplied argument that the server would refuse.
+type ArgError struct {
+	Arg    string // "command", "key", "token", "pattern", "channel", "payload", "group", "timeout", "lease", "limit", "secret"
+	Value  string // the offending value, truncated for display
+	Reason string
+}
+
+func (e *ArgError) Error() string {
+	if e.Value == "" {
+		return "dflock: invalid " + e.Arg + ": " + e.Reason
+	}
+	return "dflock: invalid " + e.Arg + " " + quoteTrunc(e.Value) + ": " + e.Reason
+}
+
+// Is makes every *ArgError match ErrInvalidArgument.
+func (e *ArgError) Is(target error) bool { return target == ErrInvalidArgument }
+
+// ProtocolError reports a reply line the client cannot make sense of.
+type ProtocolError struct {
+	Line   string // the offending line, truncated
+	Reason string
+}
+
+func (e *ProtocolError) Error() string {
+	return "dflock: protocol violation: " + e.Reason + " in reply " + quoteTrunc(e.Line)
+}
+
+// Is makes every *ProtocolError match ErrProtocol.
+func (e *ProtocolError) Is(target error) bool { return target == ErrProtocol }
+
+// displayMax bounds how much of an offending value is shown in a message.
+const displayMax = 64
+
+// keepMax bounds how much of an offending value an error retains, so that an
+// error about a 64 KiB payload or a 1 MiB reply does not pin that memory.
+// It is larger than displayMax so that quoteTrunc can still tell that the
+// value was cut.
+const keepMax = displayMax + 8
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// quoteTrunc renders a value for an error message: quoted (so control bytes
+// and spaces are visible) and cut to about displayMax bytes.
+func quoteTrunc(s string) string {
+	if len(s) <= displayMax {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(truncate(s, displayMax)) + "..."
+}
+
+func argErr(arg, value, reason string) *ArgError {
+	return &ArgError{Arg: arg, Value: truncate(value, keepMax), Reason: reason}
+}
+
+func intArgErr(arg string, v int64, reason string) *ArgError {
+	return &ArgError{Arg: arg, Value: strconv.FormatInt(v, 10), Reason: reason}
+}
+
+func protoErr(line []byte, reason string) *ProtocolError {
+	if len(line) > keepMax {
+		line = line[:keepMax]
+	}
+	return &ProtocolError{Line: string(line), Reason: reason}
+}
+
+// brokenError is the sticky error of a broken Conn. It matches ErrConnBroken
+// and unwraps to the failure that broke the connection, so callers can ask
+// both "must I discard it?" and "why?".
+type brokenError struct{ cause error }
+
+func (e *brokenError) Error() string {
+	return "dflock: connection broken: " + strings.TrimPrefix(e.cause.Error(), "dflock: ")
+}
+
+func (e *brokenError) Is(target error) bool { return target == ErrConnBroken }
+func (e *brokenError) Unwrap() error        { return e.cause }
