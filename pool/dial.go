@@ -1,0 +1,163 @@
+package pool
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// aLongTimeAgo is a deadline in the past: it interrupts pending I/O at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// dial opens, authenticates and registers a connection. ctx bounds it, and
+// so does DialTimeout. A network failure marks the server down.
+func (p *Pool) dial(ctx context.Context, lane bool) (*Conn, error) {
+	wc, ping, err := p.handshake(ctx, wire.ConnOptions{MaxLine: p.cfg.MaxReplyLine})
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{p: p, wc: wc, lane: lane, lastActive: p.now()}
+	c.ping.Store(ping)
+	if err := p.register(c); err != nil {
+		_ = wc.Close()
+		return nil, err
+	}
+	p.dials.Add(1)
+	if p.down.Load() != nil {
+		p.markUp()
+	}
+	return c, nil
+}
+
+// DialWire opens a framed, authenticated connection to the server outside
+// the pool's accounting (no keepalive, no reader goroutine, not closed by
+// Close): for listener connections that need their own push handling. It
+// fails fast while the server is down, and marks it down on a network
+// failure, like every dial of the pool.
+func (p *Pool) DialWire(ctx context.Context, opt wire.ConnOptions) (*wire.Conn, error) {
+	if err := p.usable(); err != nil {
+		return nil, err
+	}
+	if opt.MaxLine == 0 {
+		opt.MaxLine = p.cfg.MaxReplyLine
+	}
+	wc, _, err := p.handshake(ctx, opt)
+	if err != nil {
+		return nil, err
+	}
+	p.dials.Add(1)
+	return wc, nil
+}
+
+// handshake dials, wraps TLS, authenticates and pings (one write, so it
+// costs one round trip beyond TCP and TLS; the ping tells v1.14+ servers
+// from older ones and proves that the server really serves the
+// connection, e.g. that it was not accepted over --max-connections and
+// closed at once).
+func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions) (*wire.Conn, uint32, error) {
+	ctx, cancel := context.WithTimeout(parent, p.cfg.DialTimeout)
+	defer cancel()
+	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
+	if err != nil {
+		return nil, 0, p.dialFailed(parent, err)
+	}
+	if p.tls != nil {
+		tc := tls.Client(nc, p.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = nc.Close()
+			return nil, 0, p.dialFailed(parent, fmt.Errorf("TLS handshake: %w", err))
+		}
+		nc = tc
+	}
+	wc := wire.NewConn(nc, opt)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(aLongTimeAgo) })
+	ping, err := p.greet(wc)
+	if !stop() && err == nil {
+		err = ctx.Err() // the deadline is poisoned
+	}
+	if err == nil {
+		err = nc.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		_ = wc.Close()
+		var se *ServerError
+		if errors.As(err, &se) && errors.Is(se.Err, ErrAuth) {
+			p.dialFailures.Add(1)
+			return nil, 0, err
+		}
+		if errors.Is(err, errAuthReply) {
+			p.dialFailures.Add(1)
+			return nil, 0, serverErr(p.cfg.Addr, err, nil)
+		}
+		return nil, 0, p.dialFailed(parent, err)
+	}
+	return wc, ping, nil
+}
+
+var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")
+
+// greet sends the handshake (auth, ping) and reads the replies.
+func (p *Pool) greet(wc *wire.Conn) (uint32, error) {
+	if err := wc.WriteRaw(p.hello); err != nil {
+		return 0, err
+	}
+	if p.hasAuth {
+		r, err := wc.ReadReply(wire.CmdAuth)
+		if err != nil {
+			return 0, err
+		}
+		switch r.Status {
+		case wire.StatusOK:
+		case wire.StatusErrAuth:
+			p.log.Warn("dflock: server refused the auth token", "server", p.cfg.Addr)
+			return 0, serverErr(p.cfg.Addr, ErrAuth, nil)
+		case wire.StatusErrDraining:
+			return 0, errors.New("server is draining")
+		default:
+			return 0, fmt.Errorf("%w: %q", errAuthReply, statusWord(r))
+		}
+	}
+	r, err := wc.ReadReply(wire.CmdPing)
+	if err != nil {
+		return 0, err
+	}
+	switch r.Status {
+	case wire.StatusOK:
+		return pingOK, nil
+	case wire.StatusError:
+		return pingUnsupported, nil
+	case wire.StatusErrDraining:
+		return 0, errors.New("server is draining")
+	}
+	return 0, fmt.Errorf("%w: unexpected reply to ping: %q", wire.ErrProtocol, statusWord(r))
+}
+
+func statusWord(r wire.Reply) string {
+	if r.Word != "" {
+		return r.Word
+	}
+	return fmt.Sprintf("status %d", r.Status)
+}
+
+// dialFailed classifies a dial failure: if the caller's context ended it is
+// the caller's error; otherwise the server is unreachable and marked down.
+func (p *Pool) dialFailed(parent context.Context, err error) error {
+	p.dialFailures.Add(1)
+	if perr := parent.Err(); perr != nil {
+		if p.isClosed.Load() {
+			return serverErr(p.cfg.Addr, ErrClosed, nil)
+		}
+		return serverErr(p.cfg.Addr, perr, err)
+	}
+	// Any other failure counts: refused, reset, timeout, TLS, EOF.
+	se := serverErr(p.cfg.Addr, ErrUnavailable, err)
+	p.markDown(se)
+	return se
+}

@@ -1,0 +1,72 @@
+package pool
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// ErrNotLaneSafe matches the error of a request refused by the control lane
+// (Pool.Do, or Do/SendBatch on a lane Conn): blocking acquires, two-phase
+// commands, stats, listen/unlisten, auth, and any request with a line longer
+// than wire.MaxLine. Such requests could stall or break a connection that owns
+// other callers' leases; send them on a connection from Pool.Acquire.
+var ErrNotLaneSafe = errors.New("dflock: request not allowed on the control lane")
+
+// ServerError is an error about one server. It matches both Err (a state:
+// ErrUnavailable, ErrAuth, ErrClosed, wire.ErrConnBroken, a context error,
+// ...) and Cause (what happened underneath, if anything) with errors.Is and
+// errors.As.
+type ServerError struct {
+	Addr  string
+	Err   error
+	Cause error
+}
+
+func (e *ServerError) Error() string {
+	var b strings.Builder
+	b.WriteString("dflock: server ")
+	b.WriteString(e.Addr)
+	b.WriteString(": ")
+	b.WriteString(strings.TrimPrefix(e.Err.Error(), "dflock: "))
+	if e.Cause != nil {
+		b.WriteString(": ")
+		b.WriteString(strings.TrimPrefix(e.Cause.Error(), "dflock: "))
+	}
+	return b.String()
+}
+
+// Unwrap returns Err and Cause.
+func (e *ServerError) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{e.Err}
+	}
+	return []error{e.Err, e.Cause}
+}
+
+func serverErr(addr string, err, cause error) *ServerError {
+	return &ServerError{Addr: addr, Err: err, Cause: cause}
+}
+
+// brokenErr is the sticky error of a broken Conn: it matches
+// wire.ErrConnBroken and unwraps to cause. A cause that is itself a wire
+// "connection broken" error is unwrapped once so the message does not say it
+// twice.
+func brokenErr(addr string, cause error) *ServerError {
+	if errors.Is(cause, wire.ErrConnBroken) {
+		if u := errors.Unwrap(cause); u != nil {
+			cause = u
+		}
+	}
+	return serverErr(addr, wire.ErrConnBroken, cause)
+}
+
+var (
+	errDestroyed   = errors.New("connection destroyed")
+	errWithdrawn   = errors.New("connection destroyed to withdraw the request")
+	errUnsolicited = errors.New("reply with no pending request")
+	errNoReply     = errors.New("no reply for 2×KeepAlive (server stalled or unreachable)")
+)
+
+func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }

@@ -1,0 +1,141 @@
+package pool
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Backoff of the down-server probe (full jitter: each wait is uniform in
+// [0, backoff)).
+const (
+	probeMinBackoff = 50 * time.Millisecond
+	probeMaxBackoff = 2 * time.Second
+)
+
+// janitor is the pool's one background loop. It wakes when the earliest
+// connection is due for a keepalive (never later than KeepAlive after the
+// previous wake), pings every connection — lane, idle or acquired — that
+// has written nothing for KeepAlive and has no blocking request in flight,
+// breaks connections whose ping went unanswered for 2·KeepAlive, and
+// destroys idle wait-pool connections that broke.
+//
+// Idle connections are pinged in place rather than taken out with
+// AcquireAllIdle: a Conn is pipelined and goroutine-safe, so a ping that
+// races with an Acquire is simply answered first; taking them out would make
+// concurrent Acquires dial new connections. AcquireAllIdle is used only to
+// remove broken ones.
+func (p *Pool) janitor() {
+	defer p.bg.Done()
+	ka := int64(p.cfg.KeepAlive)
+	minWait := max(ka/16, int64(time.Millisecond))
+	t := time.NewTimer(p.cfg.KeepAlive)
+	defer t.Stop()
+	var conns []*Conn
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := p.now()
+		next := now + ka
+		conns = p.snapshot(conns[:0])
+		for _, c := range conns {
+			if n := c.keepalive(now, ka); n >= 0 && n < next {
+				next = n
+			}
+		}
+		clear(conns)
+		if p.needSweep.Swap(false) {
+			p.sweepIdle()
+		}
+		t.Reset(time.Duration(max(next-p.now(), minWait)))
+	}
+}
+
+// sweepIdle destroys broken idle wait-pool connections (pgxpool style: take
+// every idle resource, destroy the bad, hand the rest back).
+func (p *Pool) sweepIdle() {
+	for _, res := range p.pp.AcquireAllIdle() {
+		if res.Value().errp.Load() != nil {
+			res.Destroy()
+		} else {
+			res.ReleaseUnused()
+		}
+	}
+}
+
+// markDown records that the server is unreachable and starts the probe if
+// it is not running. The latest failure replaces the previous one.
+func (p *Pool) markDown(err *ServerError) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	if p.down.Swap(err) == nil {
+		p.log.Warn("dflock: server unavailable", "server", p.cfg.Addr, "err", err.Cause)
+	}
+	if !p.probing {
+		p.probing = true
+		p.bg.Add(1)
+		go p.probe()
+	}
+}
+
+// markUp clears the down state after a successful dial.
+func (p *Pool) markUp() {
+	if p.down.Swap(nil) != nil {
+		p.log.Info("dflock: server reachable again", "server", p.cfg.Addr)
+	}
+}
+
+// probe re-dials a down server with exponential backoff and full jitter
+// until a dial succeeds (the connection becomes a lane connection) or fails
+// for a reason other than the network (e.g. auth: the server is up), or the
+// pool closes.
+func (p *Pool) probe() {
+	defer p.bg.Done()
+	backoff := probeMinBackoff
+	t := time.NewTimer(0)
+	defer t.Stop()
+	<-t.C
+	for {
+		if p.probeDone() {
+			return
+		}
+		t.Reset(rand.N(backoff))
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if p.down.Load() == nil {
+			continue // someone else's dial succeeded; probeDone decides
+		}
+		c, err := p.dial(p.ctx, true)
+		switch {
+		case err == nil:
+			p.adoptLane(c) // dial marked the server up
+		case p.ctx.Err() != nil:
+			return
+		case p.down.Load() != nil && isUnavailable(err):
+			backoff = min(2*backoff, probeMaxBackoff)
+		default:
+			// Reachable but refusing (auth): up, as far as failing fast goes.
+			p.markUp()
+		}
+	}
+}
+
+// probeDone ends the probe if the server is up, atomically with markDown's
+// decision to start a new probe.
+func (p *Pool) probeDone() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down.Load() != nil && !p.closed {
+		return false
+	}
+	p.probing = false
+	return true
+}
