@@ -28,6 +28,9 @@ var (
 	ErrAuth = errors.New("dflock: authentication failed")
 	// ErrClosed: the pool (client) is closed.
 	ErrClosed = errors.New("dflock: client closed")
+	// ErrDraining: the server is shutting down (error_draining) and closes
+	// the connection.
+	ErrDraining = errors.New("dflock: server draining")
 )
 
 // Defaults, exported so callers can document and reuse them.

@@ -119,7 +119,7 @@ func (p *Pool) greet(wc *wire.Conn) (uint32, error) {
 			p.log.Warn("dflock: server refused the auth token", "server", p.cfg.Addr)
 			return 0, serverErr(p.cfg.Addr, ErrAuth, nil)
 		case wire.StatusErrDraining:
-			return 0, errors.New("server is draining")
+			return 0, serverErr(p.cfg.Addr, ErrDraining, nil)
 		default:
 			return 0, fmt.Errorf("%w: %q", errAuthReply, statusWord(r))
 		}
@@ -133,8 +133,13 @@ func (p *Pool) greet(wc *wire.Conn) (uint32, error) {
 		return pingOK, nil
 	case wire.StatusError:
 		return pingUnsupported, nil
+	case wire.StatusErrAuth:
+		// The server requires auth and no token is configured: the ping
+		// was the first request, so the server refused it and closes.
+		p.log.Warn("dflock: server requires an auth token and none is configured", "server", p.cfg.Addr)
+		return 0, serverErr(p.cfg.Addr, ErrAuth, errors.New("no auth token configured"))
 	case wire.StatusErrDraining:
-		return 0, errors.New("server is draining")
+		return 0, serverErr(p.cfg.Addr, ErrDraining, nil)
 	}
 	return 0, fmt.Errorf("%w: unexpected reply to ping: %q", wire.ErrProtocol, statusWord(r))
 }

@@ -494,10 +494,12 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	if state == stateLost {
 		s.stats.Lost++
 	}
-	close(l.done)
+	// Cancel before closing Done: whoever wakes on Done must already find
+	// the Context cancelled.
 	if l.cancel != nil {
 		l.cancel(err)
 	}
+	close(l.done)
 }
 
 // lostHook reports a loss (outside the lock).

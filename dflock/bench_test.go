@@ -1,0 +1,347 @@
+package dflock
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// Run with:
+//
+//	go test -run='^$' -bench=. -benchmem -count=5 ./dflock
+//
+// Every benchmark reports p50 and p99 latency of one Lock+Release in µs.
+
+var benchGoroutines = []int{1, 8, 64, 256}
+
+func benchServers(b *testing.B, n int) []*testutil.Server {
+	srvs := make([]*testutil.Server, n)
+	for i := range srvs {
+		srvs[i] = newServer(b, testutil.Config{MaxLocks: -1})
+	}
+	return srvs
+}
+
+// runOps runs b.N calls of op spread over g goroutines (each with its own
+// index, for key choice) and reports allocations and latency percentiles.
+func runOps(b *testing.B, g int, op func(gi, i int) error) {
+	b.Helper()
+	lat := make([][]time.Duration, g)
+	per := b.N/g + 1
+	for i := range lat {
+		lat[i] = make([]time.Duration, 0, per)
+	}
+	var next atomic.Int64
+	var failed atomic.Pointer[error]
+	b.ReportAllocs()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for gi := range g {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				start := time.Now()
+				if err := op(gi, i); err != nil {
+					failed.CompareAndSwap(nil, &err)
+					return
+				}
+				lat[gi] = append(lat[gi], time.Since(start))
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	if p := failed.Load(); p != nil {
+		b.Fatal(*p)
+	}
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) > 0 {
+		b.ReportMetric(float64(all[len(all)/2].Nanoseconds())/1e3, "p50-µs")
+		b.ReportMetric(float64(all[len(all)*99/100].Nanoseconds())/1e3, "p99-µs")
+	}
+}
+
+// BenchmarkLockRelease: uncontended Lock + Release (each goroutine has keys
+// of its own) through one shared Client, beside the official clients' way
+// of doing the same thing.
+func BenchmarkLockRelease(b *testing.B) {
+	for _, nsrv := range []int{1, 3} {
+		for _, g := range benchGoroutines {
+			b.Run(fmt.Sprintf("servers=%d/goroutines=%d/client=dflock", nsrv, g), func(b *testing.B) {
+				srvs := benchServers(b, nsrv)
+				c := newClient(b, addrsOf(srvs...))
+				ctx := context.Background()
+				keys := benchKeys(g)
+				runOps(b, g, func(gi, i int) error {
+					l, err := c.Lock(ctx, keys[gi][i%len(keys[gi])])
+					if err != nil {
+						return err
+					}
+					return l.Release(ctx)
+				})
+			})
+			b.Run(fmt.Sprintf("servers=%d/goroutines=%d/client=baseline", nsrv, g), func(b *testing.B) {
+				srvs := benchServers(b, nsrv)
+				bc := &baselineClient{servers: addrsOf(srvs...)}
+				keys := benchKeys(g)
+				runOps(b, g, func(gi, i int) error {
+					return bc.lockRelease(keys[gi][i%len(keys[gi])])
+				})
+			})
+		}
+	}
+}
+
+// benchKeys gives every goroutine a few keys of its own.
+func benchKeys(g int) [][]string {
+	keys := make([][]string, g)
+	for gi := range keys {
+		for k := range 4 {
+			keys[gi] = append(keys[gi], fmt.Sprintf("bench:%d:%d", gi, k))
+		}
+	}
+	return keys
+}
+
+// BenchmarkLaneFastPath measures whether trying the control lane first
+// pays: lane=on is the default; lane=off sends every Lock straight to a
+// wait-pool connection as a blocking acquire. "contended" has all
+// goroutines on one key, where the lane try is a wasted round trip.
+func BenchmarkLaneFastPath(b *testing.B) {
+	for _, contended := range []bool{false, true} {
+		for _, lane := range []bool{true, false} {
+			for _, g := range []int{1, 8, 64} {
+				if contended && g == 1 {
+					continue
+				}
+				name := fmt.Sprintf("contended=%v/lane=%v/goroutines=%d", contended, lane, g)
+				b.Run(name, func(b *testing.B) {
+					srvs := benchServers(b, 1)
+					opts := []Option{}
+					if !lane {
+						opts = append(opts, withoutLaneFastPath())
+					}
+					c := newClient(b, addrsOf(srvs...), opts...)
+					ctx := context.Background()
+					keys := benchKeys(g)
+					runOps(b, g, func(gi, i int) error {
+						key := "hot"
+						if !contended {
+							key = keys[gi][i%len(keys[gi])]
+						}
+						l, err := c.Lock(ctx, key)
+						if err != nil {
+							return err
+						}
+						return l.Release(ctx)
+					})
+				})
+			}
+		}
+	}
+}
+
+// baselineClient does what the official dflockd clients do for every lock:
+// dial a new TCP connection, acquire with a blocking `l`, start a goroutine
+// that renews at half the lease, and at the end stop it, release and close.
+type baselineClient struct {
+	servers []string
+}
+
+func (bc *baselineClient) lockRelease(key string) error {
+	addr := bc.servers[crc32Index(key, len(bc.servers))]
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	r := bufio.NewReader(nc)
+	var mu sync.Mutex
+	roundTrip := func(req string) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := nc.Write([]byte(req)); err != nil {
+			return "", err
+		}
+		line, err := r.ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	reply, err := roundTrip("l\n" + key + "\n10 33\n")
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(reply)
+	if len(f) != 3 || f[0] != "ok" {
+		return fmt.Errorf("baseline: acquire %q: %q", key, reply)
+	}
+	token := f[1]
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // the per-lock renew goroutine
+		defer close(done)
+		t := time.NewTicker(33 * time.Second / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				if _, err := roundTrip("n\n" + key + "\n" + token + " 33\n"); err != nil {
+					return
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	close(stop)
+	<-done
+	reply, err = roundTrip("r\n" + key + "\n" + token + "\n")
+	if err != nil {
+		return err
+	}
+	if reply != "ok" {
+		return fmt.Errorf("baseline: release %q: %q", key, reply)
+	}
+	return nil
+}
+
+func crc32Index(key string, n int) int {
+	if n == 1 {
+		return 0
+	}
+	var h uint32 = 0xFFFFFFFF
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		for range 8 {
+			if h&1 != 0 {
+				h = h>>1 ^ 0xEDB88320
+			} else {
+				h >>= 1
+			}
+		}
+	}
+	return int(^h % uint32(n))
+}
+
+// holdFootprint acquires n leases across 3 servers and measures what
+// holding them costs the client.
+type holdFootprint struct {
+	goroutines   int     // client goroutines while holding (delta)
+	conns        int     // open connections (all servers)
+	heapPerLease float64 // bytes
+	renewWritesS float64 // renewal writes per second
+	renewalsS    float64 // renewals per second
+}
+
+func measureHold(tb testing.TB, n int) holdFootprint {
+	srvs := []*testutil.Server{
+		newServer(tb, testutil.Config{MaxLocks: -1}),
+		newServer(tb, testutil.Config{MaxLocks: -1}),
+		newServer(tb, testutil.Config{MaxLocks: -1}),
+	}
+	cc := &connCounter{}
+	c, err := New(addrsOf(srvs...), WithDialer(cc.dial))
+	require.NoError(tb, err)
+	defer c.Close()
+	ctx := context.Background()
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("hold:%d", i)
+	}
+	// Warm up the connections so that they do not count as per-lease cost.
+	for _, s := range srvs {
+		for i := 0; ; i++ {
+			k := fmt.Sprintf("warm:%d", i)
+			if c.ServerFor(k) == s.Addr() {
+				l, err := c.Lock(ctx, k)
+				require.NoError(tb, err)
+				require.NoError(tb, l.Release(ctx))
+				break
+			}
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // let background lane dials settle before the baseline
+	runtime.GC()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	g0 := runtime.NumGoroutine()
+
+	locks := make([]*Lock, n)
+	var wg sync.WaitGroup
+	const workers = 64
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				l, err := c.Lock(ctx, keys[i], LeaseTTL(2*time.Second))
+				if err != nil {
+					tb.Error(err)
+					return
+				}
+				locks[i] = l
+			}
+		})
+	}
+	wg.Wait()
+	require.False(tb, tb.Failed())
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	var fp holdFootprint
+	fp.goroutines = runtime.NumGoroutine() - g0
+	fp.heapPerLease = float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc)) / float64(n)
+	fp.conns = int(cc.open.Load())
+
+	s0, w0, t0 := c.sched.Stats(), cc.writes.Load(), time.Now()
+	time.Sleep(2 * time.Second) // two renewal cycles of 2 s leases: time passing is the subject
+	s1, w1, el := c.sched.Stats(), cc.writes.Load(), time.Since(t0).Seconds()
+	fp.renewWritesS = float64(w1-w0) / el
+	fp.renewalsS = float64(s1.Renewed-s0.Renewed) / el
+	for _, l := range locks {
+		require.NoError(tb, l.Err())
+		require.NoError(tb, l.Release(ctx))
+	}
+	runtime.KeepAlive(locks)
+	return fp
+}
+
+// Holding 10,000 leases costs no goroutine and no connection per lease.
+func TestHoldTenThousandLeasesFootprint(t *testing.T) {
+	if testing.Short() {
+		t.Skip("holds 10,000 leases")
+	}
+	fp := measureHold(t, 10000)
+	t.Logf("10,000 leases on 3 servers: %d extra goroutines, %d connections, %.0f B heap per lease, %.0f renewals/s in %.0f writes/s",
+		fp.goroutines, fp.conns, fp.heapPerLease, fp.renewalsS, fp.renewWritesS)
+	assert.LessOrEqual(t, fp.goroutines, 10, "goroutines grow with leases")
+	assert.LessOrEqual(t, fp.conns, 3*DefaultLaneConns+3, "connections grow with leases")
+	assert.Less(t, fp.heapPerLease, 2048.0, "heap per lease")
+	assert.Greater(t, fp.renewalsS, 5000.0, "10,000 2 s leases need about 10,000 renewals per second")
+	assert.Less(t, fp.renewWritesS, fp.renewalsS/10, "renewals are not batched")
+}
+
+func BenchmarkHold10000Leases(b *testing.B) {
+	var fp holdFootprint
+	for range b.N {
+		fp = measureHold(b, 10000)
+	}
+	b.ReportMetric(float64(fp.goroutines), "goroutines")
+	b.ReportMetric(float64(fp.conns), "conns")
+	b.ReportMetric(fp.heapPerLease, "heap-B/lease")
+	b.ReportMetric(fp.renewWritesS, "renew-writes/s")
+	b.ReportMetric(fp.renewalsS, "renewals/s")
+}

@@ -1,0 +1,422 @@
+package dflock
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/shard"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Client is a handle to a set of dflockd servers. It is safe for concurrent
+// use, cheap to share, and meant to be created once per process: every
+// goroutine's locks go through its per-server connection pools and its one
+// renewal scheduler. Close it when done.
+type Client struct {
+	opts    options
+	log     *slog.Logger
+	servers []*server
+	place   shard.Placement
+	sched   *renew.Scheduler
+
+	// ctx is cancelled (cause ErrClosed) by Close; every operation's
+	// context is merged with it so that Close ends blocked calls.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	inflight  atomic.Int64  // operations in progress (see enter/leave)
+	closing   atomic.Bool   // set by Close: new operations fail with ErrClosed
+	drained   chan struct{} // poked when inflight drops to zero while closing
+	closeOnce sync.Once
+	closed    chan struct{} // closed when Close has finished
+	bg        sync.WaitGroup
+
+	waitLocks registry  // held leases that pin a wait-pool connection
+	tickets   ticketSet // queued two-phase tickets (they hold a connection)
+
+	stats clientCounters
+}
+
+// server is one dflockd server of the Client.
+type server struct {
+	addr string
+	pool *pool.Pool
+}
+
+type clientCounters struct {
+	acquired   atomic.Int64
+	laneGrants atomic.Int64
+	waitGrants atomic.Int64
+	contended  atomic.Int64
+	released   atomic.Int64
+	lost       atomic.Int64
+}
+
+// New returns a Client for servers ("host:port" each; nil or empty means
+// DefaultServer). Keys are placed on servers by the sharding strategy (see
+// WithSharding), so every process sharing keys must list the same servers.
+//
+// New validates its arguments but dials nothing: connections are made on
+// first use, under the caller's context.
+func New(servers []string, opts ...Option) (*Client, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.err != nil {
+		return nil, o.err
+	}
+	if len(servers) == 0 {
+		servers = []string{DefaultServer}
+	}
+	addrs := make([]string, len(servers))
+	seen := make(map[string]int, len(servers))
+	for i, a := range servers {
+		if err := validateAddr(a); err != nil {
+			return nil, err
+		}
+		if j, dup := seen[a]; dup {
+			return nil, &ArgError{Arg: "server", Value: a, Reason: "listed twice (servers[" + strconv.Itoa(j) + "] and servers[" + strconv.Itoa(i) + "])"}
+		}
+		seen[a] = i
+		addrs[i] = a
+	}
+	place, err := o.strategy.Place(addrs)
+	if err != nil {
+		return nil, &ArgError{Arg: "servers", Reason: trimPrefix(err.Error())}
+	}
+	log := o.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	c := &Client{
+		opts:    o,
+		log:     log,
+		place:   place,
+		drained: make(chan struct{}, 1),
+		closed:  make(chan struct{}),
+	}
+	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	rc := renew.Config{
+		Ratio:     o.renewRatio,
+		KeepAlive: o.keepAlive,
+		OnLost:    c.onLost,
+		Logger:    log,
+	}
+	c.sched = renew.New(rc)
+	for _, a := range addrs {
+		p, err := pool.New(pool.Config{
+			Addr:         a,
+			Dial:         o.dial,
+			TLS:          o.tls,
+			AuthToken:    o.authToken,
+			DialTimeout:  o.dialTimeout,
+			KeepAlive:    o.keepAlive,
+			MaxConns:     int32(min(o.maxConns, 1<<30)),
+			LaneConns:    o.laneConns,
+			Logger:       log.With("server", a),
+			OnConnBroken: c.onConnBroken,
+		})
+		if err != nil {
+			for _, s := range c.servers {
+				s.pool.Close()
+			}
+			c.sched.Close()
+			c.cancel(ErrClosed)
+			return nil, err
+		}
+		c.servers = append(c.servers, &server{addr: a, pool: p})
+	}
+	return c, nil
+}
+
+// validateAddr checks a "host:port" server address.
+func validateAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return &ArgError{Arg: "server", Value: a, Reason: "not host:port: " + trimAddrErr(err)}
+	}
+	if strings.ContainsAny(host, " \t\r\n") {
+		return &ArgError{Arg: "server", Value: a, Reason: "host contains whitespace"}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return &ArgError{Arg: "server", Value: a, Reason: "port must be a number from 1 to 65535"}
+	}
+	return nil
+}
+
+func trimAddrErr(err error) string {
+	var ae *net.AddrError
+	if errors.As(err, &ae) {
+		return ae.Err
+	}
+	return err.Error()
+}
+
+// Servers returns the server addresses, in the order given to New.
+func (c *Client) Servers() []string {
+	out := make([]string, len(c.servers))
+	for i, s := range c.servers {
+		out[i] = s.addr
+	}
+	return out
+}
+
+// ServerFor returns the address of the server that owns key.
+func (c *Client) ServerFor(key string) string { return c.route(key).addr }
+
+func (c *Client) route(key string) *server {
+	if len(c.servers) == 1 {
+		return c.servers[0]
+	}
+	return c.servers[c.place.Server(key)]
+}
+
+// enter registers an operation; it reports false once Close has begun.
+func (c *Client) enter() bool {
+	c.inflight.Add(1)
+	if c.closing.Load() {
+		c.leave()
+		return false
+	}
+	return true
+}
+
+func (c *Client) leave() {
+	if c.inflight.Add(-1) == 0 && c.closing.Load() {
+		select {
+		case c.drained <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// opContext merges ctx with the Client's lifetime, so that Close ends the
+// operation. It costs nothing for a context that can never be cancelled.
+func (c *Client) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx.Done() == nil {
+		return c.ctx, func() {}
+	}
+	octx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(c.ctx, func() { cancel(ErrClosed) })
+	return octx, func() {
+		stop()
+		cancel(nil)
+	}
+}
+
+// Close releases every held lease (bounded by DefaultReleaseTimeout; the
+// servers release the rest when the connections close), ends every blocked
+// call with ErrClosed, closes every connection and stops every goroutine of
+// the Client. Locks still held become released (their Done closes, Err is
+// ErrReleased). Close is idempotent and safe to call concurrently; every
+// other call made after it fails with an error matching ErrClosed.
+func (c *Client) Close() error {
+	c.closeOnce.Do(c.close)
+	<-c.closed
+	return nil
+}
+
+func (c *Client) close() {
+	defer close(c.closed)
+	c.closing.Store(true)
+	c.cancel(ErrClosed)
+
+	// Wait for operations in progress: they observe the cancelled context
+	// promptly. The poll is only a safety net for a missed wake-up.
+	tick := time.NewTicker(10 * time.Millisecond)
+	for c.inflight.Load() != 0 {
+		select {
+		case <-c.drained:
+		case <-tick.C:
+		}
+	}
+	tick.Stop()
+
+	held := c.sched.Close()
+	c.releaseAll(held)
+	c.tickets.closeAll()
+	c.waitLocks.each(func(l *Lock) { l.returnConn(true) })
+	for _, s := range c.servers {
+		s.pool.Close()
+	}
+	c.bg.Wait()
+	c.log.Debug("dflock: client closed", "released", len(held))
+}
+
+// releaseAll releases leases the scheduler handed back at Close: one
+// pipelined write per owning connection, all bounded together.
+func (c *Client) releaseAll(held []*renew.Lease) {
+	if len(held) == 0 {
+		return
+	}
+	groups := make(map[renew.Owner][]wire.Request)
+	for _, l := range held {
+		groups[l.Owner()] = append(groups[l.Owner()], releaseRequest(l.Key(), l.Token(), l.Semaphore()))
+	}
+	done := make(chan struct{}, len(groups))
+	var failed atomic.Int64
+	for owner, reqs := range groups {
+		left := atomic.Int64{}
+		left.Store(int64(len(reqs)))
+		owner.SendBatch(reqs, func(_ int, r wire.Reply, err error) {
+			if err != nil || r.Status != wire.StatusOK {
+				failed.Add(1)
+			}
+			if left.Add(-1) == 0 {
+				done <- struct{}{}
+			}
+		})
+	}
+	c.stats.released.Add(int64(len(held)))
+	t := time.NewTimer(DefaultReleaseTimeout)
+	defer t.Stop()
+	for range groups {
+		select {
+		case <-done:
+		case <-t.C:
+			c.log.Warn("dflock: close: releases unanswered; closing the connections releases them", "leases", len(held))
+			return
+		}
+	}
+	if n := failed.Load(); n > 0 {
+		c.log.Debug("dflock: close: some leases were already gone on the server", "leases", n)
+	}
+}
+
+// onConnBroken is pool.Config.OnConnBroken: every lease the connection owns
+// is lost at once.
+func (c *Client) onConnBroken(conn *pool.Conn, err error) {
+	c.sched.OwnerFailed(conn, err)
+	if h := c.opts.hooks.OnConnBroken; h != nil {
+		go h(conn.Server(), err)
+	}
+}
+
+// onLost is renew.Config.OnLost (runs on its own goroutine).
+func (c *Client) onLost(l *renew.Lease, err error) {
+	c.stats.lost.Add(1)
+	var addr string
+	if lk := c.waitLocks.take(l); lk != nil {
+		addr = lk.srv.addr
+		lk.returnConn(true)
+	} else if pc, ok := l.Owner().(*pool.Conn); ok && pc != nil {
+		addr = pc.Server()
+	}
+	c.log.Debug("dflock: lease lost", "key", l.Key(), "server", addr, "err", err)
+	if h := c.opts.hooks.OnLeaseLost; h != nil {
+		h(LeaseInfo{Key: l.Key(), Token: l.Token(), Server: addr, Semaphore: l.Semaphore(), TTL: l.TTL()}, err)
+	}
+}
+
+func releaseRequest(key, token string, sem bool) wire.Request {
+	if sem {
+		return wire.Request{Cmd: wire.CmdSemRelease, Key: key, Token: token}
+	}
+	return wire.Request{Cmd: wire.CmdRelease, Key: key, Token: token}
+}
+
+// registry is a sharded set of held Locks that pin a wait-pool connection,
+// indexed by their lease (the scheduler reports losses by lease).
+type registry struct {
+	shards [32]regShard
+}
+
+type regShard struct {
+	mu sync.Mutex
+	m  map[*renew.Lease]*Lock
+	_  [48]byte // keep shards on separate cache lines (16 + 48 = 64 bytes)
+}
+
+func (r *registry) shard(l *renew.Lease) *regShard {
+	return &r.shards[xxhash.Sum64String(l.Token())%uint64(len(r.shards))]
+}
+
+func (r *registry) add(l *Lock) {
+	s := r.shard(l.lease)
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = make(map[*renew.Lease]*Lock)
+	}
+	s.m[l.lease] = l
+	s.mu.Unlock()
+}
+
+// take removes and returns the Lock of lease l, if registered.
+func (r *registry) take(l *renew.Lease) *Lock {
+	s := r.shard(l)
+	s.mu.Lock()
+	lk := s.m[l]
+	delete(s.m, l)
+	s.mu.Unlock()
+	return lk
+}
+
+// each calls f for (and removes) every registered Lock.
+func (r *registry) each(f func(*Lock)) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		m := s.m
+		s.m = nil
+		s.mu.Unlock()
+		for _, l := range m {
+			f(l)
+		}
+	}
+}
+
+func (r *registry) len() int {
+	n := 0
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// ticketSet holds the queued tickets, whose connections Close must destroy.
+type ticketSet struct {
+	mu sync.Mutex
+	m  map[*Ticket]struct{}
+}
+
+func (s *ticketSet) add(t *Ticket) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = make(map[*Ticket]struct{})
+	}
+	s.m[t] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *ticketSet) remove(t *Ticket) {
+	s.mu.Lock()
+	delete(s.m, t)
+	s.mu.Unlock()
+}
+
+func (s *ticketSet) closeAll() {
+	s.mu.Lock()
+	m := s.m
+	s.m = nil
+	s.mu.Unlock()
+	for t := range m {
+		t.abandon()
+	}
+}

@@ -1,0 +1,89 @@
+// Package dflock is a client for dflockd, a distributed lock server: locks,
+// counting semaphores and two-phase (enqueue, then wait) acquires, with
+// leases that are renewed automatically and whose loss is reported.
+//
+// Create one *Client per process with New, pointing it at every server of
+// the fleet, and share it between all goroutines:
+//
+//	c, err := dflock.New([]string{"10.0.0.1:6388", "10.0.0.2:6388"})
+//	if err != nil { ... }
+//	defer c.Close()
+//
+//	l, err := c.Lock(ctx, "orders:42", dflock.AcquireTimeout(10*time.Second))
+//	if err != nil { ... }
+//	defer l.Release(context.Background())
+//
+// # Connections
+//
+// The server answers requests on a connection one at a time, a blocking
+// acquire occupies its connection until it is granted, and a lease dies
+// with the connection that acquired it. The Client therefore keeps, per
+// server:
+//
+//   - a control lane: a few long-lived connections shared by every
+//     goroutine, whose requests are pipelined (coalesced into few writes,
+//     answers matched in order). Try-acquires, renewals and releases go
+//     here, so an uncontended Lock costs one round trip and no connection of
+//     its own, and a Client holding thousands of leases still has only a
+//     handful of connections.
+//   - a wait pool: connections for blocking acquires and two-phase tickets.
+//     Lock first tries the control lane; only if the key is held does it
+//     take a wait-pool connection and wait there. A lease granted after
+//     waiting stays on that connection (pinned) until released or lost.
+//     Cancelling a wait closes its connection, which is how the server
+//     withdraws the waiter.
+//
+// Connections are dialled lazily under the caller's context (bounded by
+// WithDialTimeout), authenticated (WithAuthToken), optionally wrapped in TLS
+// (WithTLS), and kept alive below the server's idle timeout (WithKeepAlive).
+// No call blocks on another goroutine's slow server.
+//
+// # Leases and loss
+//
+// Every lock and semaphore slot is a lease with a TTL (LeaseTTL,
+// WithLeaseTTL, or the server's default). One scheduler per Client renews
+// all of them — no goroutine per lock — sending the renewals due together
+// as one write per connection, at half the TTL and at least every
+// keepalive interval.
+//
+// The Client decides when a lease is lost, whatever the network does: when
+// the server refuses a renewal, when the connection that acquired it
+// breaks, or when no renewal was confirmed within the TTL minus a safety
+// margin, measured from when the last confirmed request was sent. Loss
+// closes Lock.Done, makes Lock.Err match ErrLockLost, cancels Lock.Context
+// with that cause, and calls Hooks.OnLeaseLost. Because the deadline is
+// taken from send times, a Lock reports loss before the server can have
+// handed the lock to someone else. Work that must not outlive the lock
+// should watch Context (WithLock does this for you).
+//
+// Release ends a lease; it is idempotent. A grant that arrives for a caller
+// who gave up (its context ended) is released at once: an acquire that
+// returns an error never leaves a lock held.
+//
+// # Sharding
+//
+// Each key lives on exactly one server, chosen by the sharding strategy:
+// shard.Ring (consistent hashing, the default) or shard.CRC32 (the placement
+// of the official dflockd clients, for fleets shared with them); see
+// WithSharding and package shard. Every process that shares keys must use
+// the same strategy and the same server list.
+//
+// A key is never re-routed because its server is down: operations on it fail
+// fast with an error matching ErrServerUnavailable until the server is back
+// (the Client re-dials in the background). Sending the key to another server
+// would let a second client take a lock the first may still hold.
+//
+// # Errors
+//
+// Errors match sentinels with errors.Is (ErrNotAcquired, ErrTimeout,
+// ErrLockLost, ErrClosed, ErrServerUnavailable, ErrMaxLocks, ...) and carry
+// detail in an *Error (operation, key, server, reply). When a context ends an
+// operation, the error matches both the context's error and the domain
+// meaning (for an acquire, ErrNotAcquired). Invalid input is rejected before
+// anything is sent, with an *ArgError naming the argument.
+//
+// # Server versions
+//
+// The Client works with dflockd v1.10 through v2.x. With v2.1+ servers,
+// WithFencing makes Lock.Fence return the fencing number carried in tokens.
+package dflock

@@ -1,0 +1,235 @@
+package dflock
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Sentinel errors. Every error returned by this package matches at most a
+// few of them with errors.Is; the detail (operation, key, server, reply)
+// is in an *Error.
+var (
+	// ErrNotAcquired: the lock or semaphore slot was not acquired. TryLock
+	// and TrySemaphore return it when the key is held. It is also matched
+	// by ErrTimeout and by the error of an acquire whose context ended, so
+	// "did I get it?" needs only this one check.
+	ErrNotAcquired = errors.New("dflock: not acquired")
+
+	// ErrTimeout: waiting for a lock or slot timed out, either by
+	// AcquireTimeout or by the context's deadline (the error then also
+	// matches context.DeadlineExceeded). It also matches ErrNotAcquired.
+	ErrTimeout error = timeoutError{}
+
+	// ErrLockLost: a held lease was lost — a renewal was refused, its
+	// owning connection failed, or no renewal was confirmed in time by the
+	// client's own clock. It is the Err of a lost Lock, the cause of its
+	// cancelled Context, and what Release returns for it.
+	ErrLockLost = renew.ErrLost
+
+	// ErrReleased is the Err of a Lock after a clean Release (or after
+	// Client.Close released it).
+	ErrReleased = renew.ErrReleased
+
+	// ErrClosed: the Client is closed.
+	ErrClosed = pool.ErrClosed
+
+	// ErrAuth: the server refused the auth token (see WithAuthToken).
+	ErrAuth = pool.ErrAuth
+
+	// ErrServerUnavailable: the key's server cannot be reached right now.
+	// The call failed fast; keys are never re-routed to another server.
+	ErrServerUnavailable = pool.ErrUnavailable
+
+	// ErrInvalidArgument matches every *ArgError: input the server would
+	// refuse, rejected before anything was sent.
+	ErrInvalidArgument = wire.ErrInvalidArgument
+
+	// ErrMaxLocks: the server's cap on distinct keys is reached (error_max_locks).
+	ErrMaxLocks = errors.New("dflock: server key limit reached")
+
+	// ErrMaxWaiters: the key's waiter queue is full on the server (error_max_waiters).
+	ErrMaxWaiters = errors.New("dflock: server waiter limit reached")
+
+	// ErrLimitMismatch: the semaphore exists on the server with another
+	// limit (error_limit_mismatch). On servers before v1.14 a lock and a
+	// semaphore of the same key also conflict this way.
+	ErrLimitMismatch = errors.New("dflock: semaphore limit mismatch")
+
+	// ErrLeaseExpired: a granted slot's lease lapsed before the grant was
+	// observed (error_lease_expired; rare, two-phase wait or v1.15+ servers).
+	ErrLeaseExpired = errors.New("dflock: lease expired before it was observed")
+
+	// ErrDraining: the server is shutting down (error_draining, v1.16+).
+	ErrDraining = pool.ErrDraining
+
+	// ErrNotSupported: the server version does not support the operation.
+	ErrNotSupported = errors.New("dflock: not supported by this server")
+
+	// ErrRefused: the server answered the bare `error` (or an error word
+	// this package does not know) — a request the server considers invalid,
+	// an unknown token, or a wait interrupted by a server shutdown. The
+	// reply word is in *Error.Reply.
+	ErrRefused = errors.New("dflock: request refused by the server")
+
+	// ErrTicketDone: the Ticket was already waited for, timed out or cancelled.
+	ErrTicketDone = errors.New("dflock: ticket already used")
+)
+
+// ArgError describes an invalid argument (it names the argument: "key",
+// "limit", "timeout", "lease", "server", ...). It matches ErrInvalidArgument.
+type ArgError = wire.ArgError
+
+// timeoutError is the type of ErrTimeout, so that it can also match
+// ErrNotAcquired.
+type timeoutError struct{}
+
+func (timeoutError) Error() string        { return "dflock: timed out" }
+func (timeoutError) Is(target error) bool { return target == ErrNotAcquired }
+
+// Timeout reports true, like the net package's timeout errors.
+func (timeoutError) Timeout() bool { return true }
+
+// Error is the detailed error of an operation on one key or server. It
+// unwraps to a sentinel (and, when a context ended the operation, to the
+// context's error as well), so test it with errors.Is and read it with
+// errors.As.
+//
+// Its message reads like
+//
+//	dflock: lock "orders:42" on 127.0.0.1:6388: server refused: error_max_locks
+type Error struct {
+	Op     string // "lock", "trylock", "semaphore", "trysemaphore", "enqueue", "wait", "release", "renew", "stats"
+	Key    string // the lock or semaphore key, if any
+	Server string // the server address, if the operation got that far
+	Reply  string // the server's reply word, when the server refused
+	Err    error  // what went wrong; matches one or more sentinels
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("dflock: ")
+	b.WriteString(e.Op)
+	if e.Key != "" {
+		b.WriteByte(' ')
+		b.WriteString(strconv.Quote(e.Key))
+	}
+	if e.Server != "" {
+		b.WriteString(" on ")
+		b.WriteString(e.Server)
+	}
+	b.WriteString(": ")
+	switch {
+	case e.Reply != "":
+		b.WriteString("server refused: ")
+		b.WriteString(e.Reply)
+	case e.Err != nil:
+		b.WriteString(errText(e.Err, e.Server))
+	default:
+		b.WriteString("unknown error")
+	}
+	return b.String()
+}
+
+// Unwrap returns Err.
+func (e *Error) Unwrap() error { return e.Err }
+
+func trimPrefix(s string) string { return strings.TrimPrefix(s, "dflock: ") }
+
+// errText renders err without the "dflock: " prefix and without repeating
+// the server address when err is the pool's error about that same server.
+func errText(err error, server string) string {
+	var se *pool.ServerError
+	if errors.As(err, &se) && se == err && se.Addr == server {
+		s := trimPrefix(se.Err.Error())
+		if se.Cause != nil {
+			s += ": " + trimPrefix(se.Cause.Error())
+		}
+		return s
+	}
+	return trimPrefix(err.Error())
+}
+
+// bothError matches two errors at once: a domain error (ErrNotAcquired,
+// ErrTimeout, ErrClosed, ...) and the context error that caused it.
+type bothError struct {
+	domain error
+	cause  error
+}
+
+func (e *bothError) Error() string {
+	return "dflock: " + trimPrefix(e.domain.Error()) + ": " + trimPrefix(e.cause.Error())
+}
+
+func (e *bothError) Unwrap() []error { return []error{e.domain, e.cause} }
+
+// errAcquireTimeout is the cancellation cause of the local AcquireTimeout
+// deadline, so it can be told apart from the caller's own deadline.
+var errAcquireTimeout = errors.New("dflock: acquire timeout")
+
+// ctxError builds the error for an operation ended by opCtx (the operation's
+// context, derived from the caller's ctx). notDone is the domain meaning of
+// "the caller gave up" for this operation (ErrNotAcquired for acquires, nil
+// for others).
+func (c *Client) ctxError(ctx, opCtx context.Context, notDone error) error {
+	cause := context.Cause(opCtx)
+	switch {
+	case errors.Is(cause, errAcquireTimeout):
+		return ErrTimeout
+	case ctx.Err() == nil && c.ctx.Err() != nil:
+		// The caller's context is fine: the Client was closed under it.
+		return ErrClosed
+	}
+	err := ctx.Err()
+	if err == nil {
+		err = opCtx.Err()
+	}
+	if c := context.Cause(ctx); c != nil && c != err {
+		// A cancellation cause given by the caller: keep it visible.
+		err = &bothError{domain: err, cause: c}
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) && notDone != nil:
+		return &bothError{domain: ErrTimeout, cause: err}
+	case notDone != nil:
+		return &bothError{domain: notDone, cause: err}
+	}
+	return err
+}
+
+// replyError maps a refusing reply status to a sentinel.
+func replyError(r wire.Reply) (word string, sentinel error) {
+	switch r.Status {
+	case wire.StatusTimeout:
+		return "", ErrTimeout
+	case wire.StatusErrAuth:
+		return "error_auth", ErrAuth
+	case wire.StatusErrMaxLocks:
+		return "error_max_locks", ErrMaxLocks
+	case wire.StatusErrMaxWaiters:
+		return "error_max_waiters", ErrMaxWaiters
+	case wire.StatusErrLimitMismatch:
+		return "error_limit_mismatch", ErrLimitMismatch
+	case wire.StatusErrLeaseExpired:
+		return "error_lease_expired", ErrLeaseExpired
+	case wire.StatusErrDraining:
+		return "error_draining", ErrDraining
+	case wire.StatusErrAlreadyEnqueued:
+		return "error_already_enqueued", ErrRefused
+	case wire.StatusErrNotEnqueued:
+		return "error_not_enqueued", ErrRefused
+	case wire.StatusErrNotLeader:
+		return "error_not_leader", ErrRefused
+	case wire.StatusError:
+		return "error", ErrRefused
+	}
+	if r.Word != "" {
+		return r.Word, ErrRefused
+	}
+	return "", &wire.ProtocolError{Line: r.Status.String(), Reason: "unexpected reply status"}
+}

@@ -1,0 +1,145 @@
+package dflock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/dflock-sdk/go/dflock"
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// startServer runs an in-process dflockd for the examples; in production
+// the Client points at real servers.
+func startServer() (addr string, stop func()) {
+	srv, err := testutil.Start(testutil.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return srv.Addr(), func() { _ = srv.Close() }
+}
+
+func ExampleClient_Lock() {
+	addr, stop := startServer()
+	defer stop()
+
+	c, err := dflock.New([]string{addr})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	l, err := c.Lock(ctx, "orders:42", dflock.AcquireTimeout(10*time.Second), dflock.LeaseTTL(30*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("holding", l.Key(), "with a lease of", l.Lease())
+
+	// Another holder cannot have it meanwhile.
+	_, err = c.TryLock(ctx, "orders:42")
+	fmt.Println("second TryLock:", errors.Is(err, dflock.ErrNotAcquired))
+
+	if err := l.Release(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("released:", errors.Is(l.Err(), dflock.ErrReleased))
+	// Output:
+	// holding orders:42 with a lease of 30s
+	// second TryLock: true
+	// released: true
+}
+
+func ExampleClient_WithLock() {
+	addr, stop := startServer()
+	defer stop()
+
+	c, err := dflock.New([]string{addr})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	err = c.WithLock(context.Background(), "nightly-report", func(ctx context.Context) error {
+		// ctx is cancelled if the lease is lost: pass it to everything
+		// that must stop when this process no longer holds the lock.
+		fmt.Println("generating the report")
+		return nil
+	})
+	fmt.Println("done:", err)
+	// Output:
+	// generating the report
+	// done: <nil>
+}
+
+func ExampleClient_Semaphore() {
+	addr, stop := startServer()
+	defer stop()
+
+	c, err := dflock.New([]string{addr})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	// At most two concurrent holders of "encoder".
+	a, err := c.Semaphore(ctx, "encoder", 2)
+	if err != nil {
+		log.Fatal(err)
+	}
+	b, err := c.Semaphore(ctx, "encoder", 2)
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = c.TrySemaphore(ctx, "encoder", 2)
+	fmt.Println("third slot:", errors.Is(err, dflock.ErrNotAcquired))
+
+	_ = a.Release(ctx)
+	third, err := c.TrySemaphore(ctx, "encoder", 2)
+	fmt.Println("after a release:", err == nil)
+	_ = b.Release(ctx)
+	_ = third.Release(ctx)
+	// Output:
+	// third slot: true
+	// after a release: true
+}
+
+func ExampleClient_Enqueue() {
+	addr, stop := startServer()
+	defer stop()
+
+	c, err := dflock.New([]string{addr})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	holder, err := c.Lock(ctx, "migration")
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// Take a place in the queue now, wait for the lock later.
+	t, err := c.Enqueue(ctx, "migration")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("acquired at enqueue:", t.Acquired())
+
+	// ... prepare the work ...
+	_ = holder.Release(ctx)
+
+	l, err := t.Wait(ctx, dflock.AcquireTimeout(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("got", l.Key())
+	_ = l.Release(ctx)
+	// Output:
+	// acquired at enqueue: false
+	// got migration
+}

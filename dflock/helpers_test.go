@@ -1,0 +1,87 @@
+package dflock
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// testTimeout bounds every blocking call of a test so that a bug fails the
+// test instead of hanging it.
+const testTimeout = 20 * time.Second
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newServer(t testing.TB, cfg testutil.Config) *testutil.Server {
+	t.Helper()
+	return testutil.NewServer(t, cfg)
+}
+
+func newClient(t testing.TB, servers []string, opts ...Option) *Client {
+	t.Helper()
+	c, err := New(servers, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func addrsOf(srvs ...*testutil.Server) []string {
+	out := make([]string, len(srvs))
+	for i, s := range srvs {
+		out[i] = s.Addr()
+	}
+	return out
+}
+
+// lockHeld reports whether the server shows a holder for the lock key.
+func lockHeld(s *testutil.Server, key string) bool {
+	for _, l := range s.Stats().Locks {
+		if l.Key == key && l.OwnerConnID != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// lockWaiters is the number of waiters the server shows for the lock key.
+func lockWaiters(s *testutil.Server, key string) int {
+	for _, l := range s.Stats().Locks {
+		if l.Key == key {
+			return l.Waiters
+		}
+	}
+	return 0
+}
+
+// semHolders is the number of holders of the semaphore key.
+func semHolders(s *testutil.Server, key string) int {
+	for _, sem := range s.Stats().Semaphores {
+		if sem.Key == key {
+			return sem.Holders
+		}
+	}
+	return 0
+}
+
+// heldTotal counts every lock and semaphore holder on the server.
+func heldTotal(s *testutil.Server) int {
+	st := s.Stats()
+	n := 0
+	for _, l := range st.Locks {
+		if l.OwnerConnID != 0 {
+			n++
+		}
+	}
+	for _, sem := range st.Semaphores {
+		n += sem.Holders
+	}
+	return n
+}

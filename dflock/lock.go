@@ -1,0 +1,516 @@
+package dflock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Lock is a held lease: an exclusive lock, or one slot of a semaphore. It is
+// renewed automatically until Release (or Client.Close). If the lease is
+// lost — a renewal refused, the owning connection broken, or no renewal
+// confirmed in time by the client's own clock — Done is closed, Err returns
+// an error matching ErrLockLost, and Context is cancelled with that cause,
+// before the server-side lease runs out whenever the client can tell.
+//
+// All methods are safe for concurrent use.
+type Lock struct {
+	c     *Client
+	srv   *server
+	lease *renew.Lease
+	// owner is the connection that acquired the lease (renewals and the
+	// release go there). conn is the same connection when it is a
+	// wait-pool connection the lease pins (granted after waiting, or by a
+	// two-phase ticket); nil when a control-lane connection owns the lease.
+	owner    *pool.Conn
+	conn     *pool.Conn
+	connDone atomic.Bool
+	limit    int64 // 0 for a lock
+	fence    uint64
+	hasFence bool
+
+	relMu   sync.Mutex // serialises Release; guards relDone and relErr
+	relDone bool
+	relErr  error
+}
+
+// Key returns the lock or semaphore key.
+func (l *Lock) Key() string { return l.lease.Key() }
+
+// Token returns the server's token for this lease (opaque).
+func (l *Lock) Token() string { return l.lease.Token() }
+
+// Lease returns the lease TTL granted by the server (whole seconds). It is
+// renewed with this TTL until released.
+func (l *Lock) Lease() time.Duration { return l.lease.TTL() }
+
+// Limit returns the semaphore limit, or 0 for an exclusive lock.
+func (l *Lock) Limit() int { return int(l.limit) }
+
+// Server returns the address of the server holding the lease.
+func (l *Lock) Server() string { return l.srv.addr }
+
+// Fence returns the fencing token of the grant: a number that increases
+// with every grant of the server, so a protected resource can refuse writes
+// from a holder whose lease has since passed to someone else. ok is false
+// when the server provides none: fences come from dflockd v2.1+ tokens
+// (enable WithFencing) or from an explicit fence field in the reply.
+func (l *Lock) Fence() (fence uint64, ok bool) { return l.fence, l.hasFence }
+
+// Done is closed when the lease ends: lost, released, or released by Close.
+func (l *Lock) Done() <-chan struct{} { return l.lease.Done() }
+
+// Err is nil while the lease is held; afterwards it matches ErrLockLost
+// (lost, wrapping the cause) or is ErrReleased.
+func (l *Lock) Err() error { return l.lease.Err() }
+
+// Context returns a context cancelled when the lease ends; context.Cause
+// returns Err. Use it to stop work that must not outlive the lock.
+func (l *Lock) Context() context.Context { return l.lease.Context() }
+
+func (l *Lock) op(name string) string {
+	if l.limit > 0 {
+		return "semaphore " + name
+	}
+	return name
+}
+
+// Renew renews the lease now, instead of waiting for the scheduler, and
+// waits for the server's answer. A refusal loses the lease and returns an
+// error matching ErrLockLost.
+func (l *Lock) Renew(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	c := l.c
+	if !c.enter() {
+		return &Error{Op: l.op("renew"), Key: l.Key(), Server: l.srv.addr, Err: ErrClosed}
+	}
+	defer c.leave()
+	if err := l.lease.Err(); err != nil {
+		return l.endedError("renew", err)
+	}
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	err := c.sched.Renew(opCtx, l.lease)
+	switch {
+	case err == nil:
+		return nil
+	case opCtx.Err() != nil && !errors.Is(err, ErrLockLost):
+		return &Error{Op: l.op("renew"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+	}
+	return l.endedError("renew", err)
+}
+
+// endedError is the error of an operation on a lease that has ended.
+func (l *Lock) endedError(op string, err error) error {
+	if errors.Is(err, ErrLockLost) {
+		l.returnConn(true)
+	}
+	return &Error{Op: l.op(op), Key: l.Key(), Server: l.srv.addr, Err: err}
+}
+
+// Release releases the lease. It is idempotent: later calls return the
+// first call's result. It returns nil after a clean release, and an error
+// matching ErrLockLost if the lease had been lost (or had already expired
+// on the server).
+//
+// The release is sent even if ctx ends first; ctx only bounds the wait for
+// the server's answer. A nil ctx means context.Background().
+func (l *Lock) Release(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	l.relMu.Lock()
+	defer l.relMu.Unlock()
+	if !l.relDone {
+		l.relErr = l.release(ctx)
+		l.relDone = true
+	}
+	return l.relErr
+}
+
+func (l *Lock) release(ctx context.Context) error {
+	c := l.c
+	if !c.enter() {
+		// Close is releasing every held lease; report how this one ended.
+		<-c.closed
+		return l.releaseResult()
+	}
+	defer c.leave()
+	if !c.sched.Untrack(l.lease) {
+		return l.releaseResult()
+	}
+	if l.conn != nil {
+		c.waitLocks.take(l.lease)
+	}
+	req := releaseRequest(l.Key(), l.Token(), l.limit > 0)
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	if opCtx.Err() == nil {
+		// Do writes the request before it waits, so it is sent even if
+		// ctx ends during the wait. Then a lane connection only stops
+		// waiting (the reply is read and dropped), and a wait-pool
+		// connection is destroyed — which releases the lease too.
+		r, err := l.owner.Do(opCtx, req)
+		if err == nil || opCtx.Err() == nil {
+			return l.finishRelease(releaseReply{r, err})
+		}
+		c.stats.released.Add(1)
+		l.returnConn(true)
+		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+	}
+	// ctx had already ended: send the release anyway, without waiting;
+	// its answer (and the wait-pool connection) is handled in the
+	// background.
+	c.bg.Add(1)
+	l.owner.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
+		go func() {
+			defer c.bg.Done()
+			_ = l.finishRelease(releaseReply{r, err})
+		}()
+	})
+	return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+}
+
+type releaseReply struct {
+	r   wire.Reply
+	err error
+}
+
+func (l *Lock) finishRelease(rr releaseReply) error {
+	l.c.stats.released.Add(1)
+	ok := rr.err == nil && rr.r.Status == wire.StatusOK
+	if l.conn != nil {
+		l.returnConn(!ok)
+	}
+	switch {
+	case errors.Is(rr.err, wire.ErrConnBroken):
+		// The owning connection broke: the server released the lease when
+		// it closed, possibly before the caller was done with it.
+		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr,
+			Err: &renew.LostError{Key: l.Key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}}
+	case rr.err != nil:
+		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: rr.err}
+	case !ok:
+		// The server no longer knew the token: the lease had expired (or
+		// its connection closed) before the release arrived.
+		word := rr.r.Word
+		if word == "" {
+			word = rr.r.Status.String()
+		}
+		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Reply: word,
+			Err: &renew.LostError{Key: l.Key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
+	}
+	return nil
+}
+
+// releaseResult reports a lease the caller did not release itself.
+func (l *Lock) releaseResult() error {
+	err := l.lease.Err()
+	if err == nil || errors.Is(err, ErrReleased) {
+		return nil
+	}
+	return l.endedError("release", err)
+}
+
+// returnConn gives the pinned wait-pool connection back exactly once:
+// destroyed after a loss or a failed release, returned to the pool after a
+// clean release.
+func (l *Lock) returnConn(destroy bool) {
+	if l.conn == nil || !l.connDone.CompareAndSwap(false, true) {
+		return
+	}
+	l.conn.Unpin()
+	if destroy {
+		l.conn.Destroy()
+	} else {
+		l.conn.Release()
+	}
+}
+
+// Lock acquires the exclusive lock key, waiting while another holder has
+// it: until AcquireTimeout passes (ErrTimeout) or ctx ends (an error
+// matching ctx.Err() and ErrNotAcquired, plus ErrTimeout for a deadline).
+// Waiters are served in FIFO order by the server.
+//
+// An uncontended lock is taken with one pipelined request on a shared
+// connection; a contended one waits on a connection of its own, which stays
+// with the lock until it is released. If ctx ends while a grant is in
+// flight, the grant is released: an error return never leaves a lock held.
+func (c *Client) Lock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
+	return c.acquire(ctx, "lock", key, 0, false, opts)
+}
+
+// TryLock acquires the lock key if it is free and fails at once with
+// ErrNotAcquired if it is held. It never waits for the lock (ctx bounds the
+// round trip).
+func (c *Client) TryLock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
+	return c.acquire(ctx, "trylock", key, 0, true, opts)
+}
+
+// WithLock runs fn while holding the lock key (acquired as by Lock) and
+// releases it afterwards, even if fn panics. fn's context is cancelled when
+// ctx ends or when the lease is lost (then context.Cause matches
+// ErrLockLost). WithLock returns fn's error, joined with an error matching
+// ErrLockLost if the lease was lost before the release.
+func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.Context) error, opts ...AcquireOption) error {
+	if fn == nil {
+		return &ArgError{Arg: "fn", Reason: "must not be nil"}
+	}
+	l, err := c.Lock(ctx, key, opts...)
+	if err != nil {
+		return err
+	}
+	return runHeld(ctx, l, fn)
+}
+
+// runHeld runs fn under l and releases l.
+func runHeld(ctx context.Context, l *Lock, fn func(ctx context.Context) error) (err error) {
+	fctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(l.Context(), func() { cancel(context.Cause(l.Context())) })
+	defer func() {
+		stop()
+		cancel(nil)
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
+		rerr := l.Release(rctx)
+		rcancel()
+		if rerr != nil && errors.Is(rerr, ErrLockLost) {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	return fn(fctx)
+}
+
+// acquire implements Lock, TryLock, Semaphore and TrySemaphore. limit 0
+// means an exclusive lock.
+func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*Lock, error) {
+	if ctx == nil {
+		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	a, err := c.acquireOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if a.hasTimeout && a.timeout == 0 {
+		try = true
+	}
+	req := wire.Request{Cmd: wire.CmdLock, Key: key, Lease: wire.Seconds(a.lease)}
+	if limit != 0 {
+		req.Cmd, req.Limit = wire.CmdSemLock, limit
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if !c.enter() {
+		return nil, &Error{Op: op, Key: key, Err: ErrClosed}
+	}
+	defer c.leave()
+	srv := c.route(key)
+	if err := srv.pool.Err(); err != nil {
+		return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
+	}
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	if a.hasTimeout && !try {
+		var cancelT context.CancelFunc
+		opCtx, cancelT = context.WithTimeoutCause(opCtx, a.timeout, errAcquireTimeout)
+		defer cancelT()
+	}
+
+	if try || !c.opts.noLaneFast {
+		l, err := c.tryLane(ctx, opCtx, op, srv, req)
+		if l != nil || err != nil {
+			return l, err
+		}
+		if try {
+			return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: ErrNotAcquired}
+		}
+		c.stats.contended.Add(1)
+	}
+	return c.waitAcquire(ctx, opCtx, op, srv, req)
+}
+
+// tryLane sends the acquire with timeout 0 on the control lane. It returns
+// (nil, nil) when the key is held.
+func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*Lock, error) {
+	req.Timeout = 0
+	sent := time.Now()
+	r, owner, err := srv.pool.Do(opCtx, req)
+	if err != nil {
+		if opCtx.Err() != nil {
+			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: c.ctxError(ctx, opCtx, ErrNotAcquired)}
+		}
+		return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
+	}
+	switch r.Status {
+	case wire.StatusOK:
+		if err := checkGrant(r); err != nil || opCtx.Err() != nil {
+			// The caller gave up while the grant was in flight (or it is
+			// unusable): give it back at once on the same connection.
+			owner.SendBatch([]wire.Request{releaseRequest(req.Key, r.Token, req.Limit > 0)}, func(int, wire.Reply, error) {})
+			if err == nil {
+				err = c.ctxError(ctx, opCtx, ErrNotAcquired)
+			}
+			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
+		}
+		c.stats.laneGrants.Add(1)
+		return c.track(srv, owner, nil, req, r, sent), nil
+	case wire.StatusTimeout:
+		return nil, nil
+	}
+	return nil, refusal(op, req.Key, srv, r)
+}
+
+// waitAcquire sends a blocking acquire on a wait-pool connection of its own,
+// re-issuing it while the server times out before the caller does.
+func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*Lock, error) {
+	fail := func(err error) (*Lock, error) {
+		if opCtx.Err() != nil {
+			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
+		}
+		return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
+	}
+	conn, err := srv.pool.Acquire(opCtx)
+	if err != nil {
+		return fail(err)
+	}
+	for {
+		secs, ok := waitSeconds(opCtx, waitChunk)
+		if !ok {
+			conn.Release()
+			return fail(context.DeadlineExceeded)
+		}
+		req.Timeout = secs
+		sent := time.Now()
+		r, err := conn.Do(opCtx, req)
+		if err != nil {
+			// A cancelled wait destroyed the connection, which withdraws
+			// the waiter on the server (and releases a racing grant).
+			conn.Destroy()
+			return fail(err)
+		}
+		switch r.Status {
+		case wire.StatusOK:
+			if err := checkGrant(r); err != nil {
+				conn.Destroy()
+				return fail(err)
+			}
+			if opCtx.Err() != nil {
+				conn.Destroy() // the server auto-releases the grant
+				return fail(opCtx.Err())
+			}
+			sent, err = c.confirmLongWait(opCtx, conn, req, r, sent)
+			if err != nil {
+				conn.Destroy()
+				return fail(err)
+			}
+			c.stats.waitGrants.Add(1)
+			return c.track(srv, conn, conn, req, r, sent), nil
+		case wire.StatusTimeout:
+			if opCtx.Err() == nil {
+				continue // the server's chunk ran out before the caller's time
+			}
+			conn.Release()
+			return fail(opCtx.Err())
+		}
+		conn.Release()
+		return nil, refusal(op, req.Key, srv, r)
+	}
+}
+
+// confirmLongWait handles a grant that ended a long wait. The lease started
+// at some unknown moment between the request and the reply; the scheduler
+// needs a lower bound of that moment, and the send time is one only if the
+// wait was short. After a long wait the lease is renewed once right away,
+// and that renewal's send time becomes the bound. It returns the time to
+// track the lease from.
+func (c *Client) confirmLongWait(ctx context.Context, conn *pool.Conn, req wire.Request, grant wire.Reply, sent time.Time) (time.Time, error) {
+	ttl := time.Duration(grant.Lease) * time.Second
+	if time.Since(sent) <= ttl/4 {
+		return sent, nil
+	}
+	cmd := wire.CmdRenew
+	if req.Limit > 0 {
+		cmd = wire.CmdSemRenew
+	}
+	sent2 := time.Now()
+	r, err := conn.Do(ctx, wire.Request{Cmd: cmd, Key: req.Key, Token: grant.Token, Lease: grant.Lease})
+	if err != nil {
+		return sent, err
+	}
+	if r.Status != wire.StatusOK {
+		return sent, ErrLeaseExpired
+	}
+	return sent2, nil
+}
+
+// waitSeconds is the server timeout for the next blocking request: the
+// time left until ctx's deadline rounded up to whole seconds, or chunk
+// without a deadline. ok is false when the deadline has passed.
+func waitSeconds(ctx context.Context, chunk time.Duration) (secs int64, ok bool) {
+	dl, has := ctx.Deadline()
+	if !has {
+		return wire.Seconds(chunk), true
+	}
+	left := time.Until(dl)
+	if left <= 0 {
+		return 0, false
+	}
+	return wire.Seconds(left), true
+}
+
+// checkGrant rejects a grant reply the lease cannot be tracked from.
+func checkGrant(r wire.Reply) error {
+	if r.Token == "" || r.Lease < 1 {
+		return &wire.ProtocolError{Line: r.Token, Reason: "grant without token or lease"}
+	}
+	return nil
+}
+
+// refusal is the error of a reply that refused an acquire.
+func refusal(op, key string, srv *server, r wire.Reply) error {
+	word, sentinel := replyError(r)
+	return &Error{Op: op, Key: key, Server: srv.addr, Reply: word, Err: sentinel}
+}
+
+// track hands a grant to the scheduler and wraps it. pinned is the
+// wait-pool connection the lease pins, or nil for a control-lane grant.
+func (c *Client) track(srv *server, owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *Lock {
+	if pinned != nil {
+		pinned.Pin()
+	}
+	lease := c.sched.Track(renew.Spec{
+		Key:       req.Key,
+		Token:     r.Token,
+		Semaphore: req.Limit > 0,
+		TTL:       time.Duration(r.Lease) * time.Second,
+		Owner:     owner,
+		Sent:      sent,
+	})
+	l := &Lock{c: c, srv: srv, lease: lease, owner: owner, conn: pinned, limit: req.Limit}
+	switch {
+	case r.HasFence:
+		l.fence, l.hasFence = r.Fence, true
+	case c.opts.fencing:
+		l.fence, l.hasFence = wire.FenceFromToken(r.Token)
+	}
+	c.stats.acquired.Add(1)
+	if pinned != nil {
+		c.waitLocks.add(l)
+		if lease.Err() != nil {
+			// Lost before it was registered: the loss hook may have
+			// missed it.
+			c.waitLocks.take(lease)
+			l.returnConn(true)
+		}
+	}
+	return l
+}

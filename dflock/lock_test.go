@@ -1,0 +1,528 @@
+package dflock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// Mutual exclusion: 200 goroutines on 2 Clients lock 50 keys sharded over 3
+// servers; every critical section checks that nobody else is inside.
+func TestLockMutualExclusionAcrossClientsAndServers(t *testing.T) {
+	t.Parallel()
+	srvs := []*testutil.Server{newServer(t, testutil.Config{}), newServer(t, testutil.Config{}), newServer(t, testutil.Config{})}
+	clients := []*Client{newClient(t, addrsOf(srvs...)), newClient(t, addrsOf(srvs...))}
+	ctx := testCtx(t)
+
+	const goroutines, keys, rounds = 200, 50, 10
+	var inside [keys]atomic.Int32
+	var overlaps, sections atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		wg.Go(func() {
+			c := clients[g%len(clients)]
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for range rounds {
+				k := rng.IntN(keys)
+				l, err := c.Lock(ctx, fmt.Sprintf("mx:%d", k))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if inside[k].Add(1) != 1 {
+					overlaps.Add(1)
+				}
+				runtime.Gosched() // give an intruder every chance
+				if inside[k].Load() != 1 {
+					overlaps.Add(1)
+				}
+				inside[k].Add(-1)
+				sections.Add(1)
+				if err := l.Release(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	assert.Zero(t, overlaps.Load(), "critical sections overlapped")
+	assert.EqualValues(t, goroutines*rounds, sections.Load())
+
+	// The keys really were spread over all three servers, and contention
+	// really happened (otherwise this test proves little).
+	st0, err := clients[0].Stats(ctx)
+	require.NoError(t, err)
+	st1, err := clients[1].Stats(ctx)
+	require.NoError(t, err)
+	for i, s := range st0.Servers {
+		assert.Positive(t, s.Pool.Requests+st1.Servers[i].Pool.Requests, "server %d got no requests", i)
+	}
+	assert.Positive(t, st0.Client.Contended+st1.Client.Contended, "no lock was ever contended")
+	assert.Positive(t, st0.Client.WaitGrants+st1.Client.WaitGrants, "no lock was granted after waiting")
+	for _, s := range srvs {
+		assert.Zero(t, heldTotal(s))
+	}
+}
+
+// Semaphores: holders never exceed the limit, and do reach it.
+func TestSemaphoreNeverExceedsLimit(t *testing.T) {
+	t.Parallel()
+	srvs := []*testutil.Server{newServer(t, testutil.Config{}), newServer(t, testutil.Config{}), newServer(t, testutil.Config{})}
+	clients := []*Client{newClient(t, addrsOf(srvs...)), newClient(t, addrsOf(srvs...))}
+	ctx := testCtx(t)
+
+	const goroutines, keys, rounds, limit = 100, 5, 10, 3
+	var inside [keys]atomic.Int32
+	var maxSeen [keys]atomic.Int32
+	var over atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		wg.Go(func() {
+			c := clients[g%len(clients)]
+			rng := rand.New(rand.NewPCG(uint64(g), 2))
+			for range rounds {
+				k := rng.IntN(keys)
+				s, err := c.Semaphore(ctx, fmt.Sprintf("sem:%d", k), limit)
+				if err != nil {
+					errs <- err
+					return
+				}
+				n := inside[k].Add(1)
+				if n > limit {
+					over.Add(1)
+				}
+				for {
+					m := maxSeen[k].Load()
+					if n <= m || maxSeen[k].CompareAndSwap(m, n) {
+						break
+					}
+				}
+				time.Sleep(time.Millisecond) // hold the slot long enough for others to pile up
+				inside[k].Add(-1)
+				if err := s.Release(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	assert.Zero(t, over.Load(), "more holders than the limit")
+	reached := false
+	for k := range keys {
+		reached = reached || maxSeen[k].Load() == limit
+	}
+	assert.True(t, reached, "no semaphore ever reached its limit: the test did not exercise it")
+}
+
+// FIFO: 20 waiters are granted in arrival order. Arrival order is made
+// deterministic by waiting until the server shows each waiter queued.
+func TestLockGrantsWaitersInFIFOOrder(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder := newClient(t, addrsOf(srv))
+	waiters := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	const key, n = "fifo", 20
+
+	l, err := holder.Lock(ctx, key)
+	require.NoError(t, err)
+
+	var mu sync.Mutex
+	var order []int
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			wl, err := waiters.Lock(ctx, key)
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			if err := wl.Release(ctx); err != nil {
+				errs <- err
+			}
+		})
+		require.Eventually(t, func() bool { return lockWaiters(srv, key) == i+1 }, 5*time.Second, time.Millisecond,
+			"waiter %d never showed up in the server's queue", i)
+	}
+	require.NoError(t, l.Release(ctx))
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	want := make([]int, n)
+	for i := range want {
+		want[i] = i
+	}
+	assert.Equal(t, want, order)
+}
+
+func TestTryLockFailsAtOnceWhenHeld(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	l, err := c.TryLock(ctx, "try")
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = c.TryLock(ctx, "try")
+	require.ErrorIs(t, err, ErrNotAcquired)
+	assert.NotErrorIs(t, err, ErrTimeout)
+	_, err = c.Lock(ctx, "try", AcquireTimeout(0)) // timeout 0 = try
+	require.ErrorIs(t, err, ErrNotAcquired)
+	assert.Less(t, time.Since(start), 500*time.Millisecond)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, srv.Addr(), e.Server)
+	assert.Equal(t, "try", e.Key)
+
+	require.NoError(t, l.Release(ctx))
+	l2, err := c.TryLock(ctx, "try")
+	require.NoError(t, err)
+	require.NoError(t, l2.Release(ctx))
+}
+
+// AcquireTimeout is enforced exactly by the client, although the server is
+// sent whole seconds (here 1 s for 300 ms).
+func TestLockAcquireTimeoutIsExact(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	l, err := c.Lock(ctx, "to")
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = c.Lock(ctx, "to", AcquireTimeout(300*time.Millisecond))
+	elapsed := time.Since(start)
+	require.ErrorIs(t, err, ErrTimeout)
+	assert.ErrorIs(t, err, ErrNotAcquired)
+	assert.NotErrorIs(t, err, context.DeadlineExceeded, "the caller's context did not end")
+	assert.GreaterOrEqual(t, elapsed, 300*time.Millisecond)
+	assert.Less(t, elapsed, 950*time.Millisecond, "the local deadline must not wait for the server's rounded-up second")
+	// The waiter was withdrawn on the server.
+	require.Eventually(t, func() bool { return lockWaiters(srv, "to") == 0 }, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, l.Release(ctx))
+}
+
+func TestLockContextDeadlineMatchesBoth(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	l, err := c.Lock(ctx, "dl")
+	require.NoError(t, err)
+	dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = c.Lock(dctx, "dl")
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, err, ErrTimeout)
+	require.ErrorIs(t, err, ErrNotAcquired)
+	require.NoError(t, l.Release(ctx))
+}
+
+// Cancelling a blocked Lock frees its place: another Client acquires
+// promptly after the holder releases.
+func TestLockCancelFreesPlaceInQueue(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	a, b, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	held, err := a.Lock(ctx, "cq")
+	require.NoError(t, err)
+	bctx, bcancel := context.WithCancel(ctx)
+	berr := make(chan error, 1)
+	go func() {
+		l, err := b.Lock(bctx, "cq")
+		if l != nil {
+			_ = l.Release(ctx)
+		}
+		berr <- err
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "cq") == 1 }, 5*time.Second, time.Millisecond)
+	bcancel()
+	err = <-berr
+	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorIs(t, err, ErrNotAcquired)
+	require.Eventually(t, func() bool { return lockWaiters(srv, "cq") == 0 }, 5*time.Second, time.Millisecond)
+
+	cerr := make(chan error, 1)
+	go func() {
+		l, err := c.Lock(ctx, "cq", AcquireTimeout(5*time.Second))
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		cerr <- err
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "cq") == 1 }, 5*time.Second, time.Millisecond)
+	start := time.Now()
+	require.NoError(t, held.Release(ctx))
+	require.NoError(t, <-cerr)
+	assert.Less(t, time.Since(start), time.Second, "the next waiter was not granted promptly")
+}
+
+// A grant that races the cancellation is released, never leaked: on the
+// wait pool (the holder releases while the waiter is being cancelled) and on
+// the control lane (try-locks whose context ends mid-flight).
+func TestCancelledGrantIsNeverLeaked(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	a, b := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	var won, lost int
+	for i := range 30 {
+		key := fmt.Sprintf("race:%d", i)
+		held, err := a.Lock(ctx, key)
+		require.NoError(t, err)
+		wctx, wcancel := context.WithCancel(ctx)
+		res := make(chan error, 1)
+		go func() {
+			l, err := b.Lock(wctx, key)
+			if err == nil {
+				err = l.Release(ctx)
+				won++
+			}
+			res <- err
+		}()
+		require.Eventually(t, func() bool { return lockWaiters(srv, key) == 1 }, 5*time.Second, time.Millisecond)
+		// Release and cancel at (nearly) the same moment.
+		go func() { _ = held.Release(ctx) }()
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond) // the race window is the subject
+		wcancel()
+		if err := <-res; err != nil {
+			require.ErrorIs(t, err, context.Canceled)
+			lost++
+		}
+		require.Eventually(t, func() bool { return !lockHeld(srv, key) }, 5*time.Second, 5*time.Millisecond,
+			"round %d: a grant that raced the cancellation stayed held", i)
+	}
+	t.Logf("wait pool: %d grants won, %d cancelled", won, lost)
+
+	// Control lane: try-locks with contexts that end at random moments.
+	for i := range 200 {
+		key := fmt.Sprintf("lane:%d", i%20)
+		tctx, cancel := context.WithTimeout(ctx, time.Duration(rand.IntN(400))*time.Microsecond)
+		l, err := b.TryLock(tctx, key)
+		cancel()
+		if err == nil {
+			require.NoError(t, l.Release(ctx))
+		} else if !errors.Is(err, ErrNotAcquired) {
+			require.NoError(t, err)
+		}
+	}
+	require.Eventually(t, func() bool { return heldTotal(srv) == 0 }, 5*time.Second, 5*time.Millisecond,
+		"grants of cancelled try-locks leaked")
+}
+
+func TestReleaseIsIdempotentAndEndsTheLease(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	l, err := c.Lock(ctx, "rel", LeaseTTL(7*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, "rel", l.Key())
+	assert.Len(t, l.Token(), 32)
+	assert.Equal(t, 7*time.Second, l.Lease())
+	assert.Equal(t, srv.Addr(), l.Server())
+	assert.Zero(t, l.Limit())
+	assert.NoError(t, l.Err())
+	lctx := l.Context()
+	require.NoError(t, l.Release(ctx))
+	require.NoError(t, l.Release(ctx))
+	<-l.Done()
+	assert.ErrorIs(t, l.Err(), ErrReleased)
+	assert.ErrorIs(t, context.Cause(lctx), ErrReleased)
+	assert.False(t, lockHeld(srv, "rel"))
+	err = l.Renew(ctx)
+	assert.ErrorIs(t, err, ErrReleased)
+}
+
+func TestWithLockRunsAndReleases(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	boom := errors.New("boom")
+	err := c.WithLock(ctx, "wl", func(ctx context.Context) error {
+		assert.True(t, lockHeld(srv, "wl"))
+		return boom
+	})
+	require.ErrorIs(t, err, boom)
+	assert.False(t, lockHeld(srv, "wl"))
+
+	err = c.WithSemaphore(ctx, "ws", 2, func(ctx context.Context) error {
+		assert.Equal(t, 1, semHolders(srv, "ws"))
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Zero(t, semHolders(srv, "ws"))
+}
+
+func TestSemaphoreSlotsAndLimitMismatch(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	s1, err := c.TrySemaphore(ctx, "slots", 2)
+	require.NoError(t, err)
+	s2, err := c.Semaphore(ctx, "slots", 2)
+	require.NoError(t, err)
+	assert.Equal(t, 2, s1.Limit())
+	assert.NotEqual(t, s1.Token(), s2.Token())
+	_, err = c.TrySemaphore(ctx, "slots", 2)
+	require.ErrorIs(t, err, ErrNotAcquired)
+	_, err = c.Semaphore(ctx, "slots", 2, AcquireTimeout(200*time.Millisecond))
+	require.ErrorIs(t, err, ErrTimeout)
+
+	_, err = c.TrySemaphore(ctx, "slots", 3)
+	require.ErrorIs(t, err, ErrLimitMismatch)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "error_limit_mismatch", e.Reply)
+	assert.Equal(t, `dflock: trysemaphore "slots" on `+srv.Addr()+`: server refused: error_limit_mismatch`, err.Error())
+
+	assert.Equal(t, 2, semHolders(srv, "slots"))
+	require.NoError(t, s1.Release(ctx))
+	require.NoError(t, s2.Release(ctx))
+	assert.Zero(t, semHolders(srv, "slots"))
+}
+
+func TestServerRefusalsMapToSentinels(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{MaxLocks: 1, MaxWaiters: 1})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	l, err := c.Lock(ctx, "first")
+	require.NoError(t, err)
+	_, err = c.Lock(ctx, "orders:42")
+	require.ErrorIs(t, err, ErrMaxLocks)
+	assert.Equal(t, `dflock: lock "orders:42" on `+srv.Addr()+`: server refused: error_max_locks`, err.Error())
+
+	// One waiter is allowed; the second is refused.
+	w := make(chan error, 1)
+	go func() {
+		l2, err := c.Lock(ctx, "first", AcquireTimeout(5*time.Second))
+		if err == nil {
+			err = l2.Release(ctx)
+		}
+		w <- err
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "first") == 1 }, 5*time.Second, time.Millisecond)
+	_, err = c.Lock(ctx, "first", AcquireTimeout(5*time.Second))
+	require.ErrorIs(t, err, ErrMaxWaiters)
+	require.NoError(t, l.Release(ctx))
+	require.NoError(t, <-w)
+}
+
+func TestErrorMessagesNameOperationKeyAndServer(t *testing.T) {
+	err := &Error{Op: "lock", Key: "orders:42", Server: "127.0.0.1:6388", Reply: "error_max_locks", Err: ErrMaxLocks}
+	assert.Equal(t, `dflock: lock "orders:42" on 127.0.0.1:6388: server refused: error_max_locks`, err.Error())
+	err = &Error{Op: "lock", Key: "k", Server: "s:1", Err: ErrTimeout}
+	assert.Equal(t, `dflock: lock "k" on s:1: timed out`, err.Error())
+	both := &bothError{domain: ErrNotAcquired, cause: context.Canceled}
+	assert.True(t, strings.Contains(both.Error(), "context canceled"))
+	assert.ErrorIs(t, both, context.Canceled)
+	assert.ErrorIs(t, both, ErrNotAcquired)
+}
+
+// A grant that ends a wait longer than the lease is confirmed with a renewal
+// before it is tracked: tracking it from the request's send time would
+// declare it lost at once.
+func TestGrantAfterWaitLongerThanLeaseStaysHeld(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits 3 s")
+	}
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	h, err := holder.Lock(ctx, "long-wait")
+	require.NoError(t, err)
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "long-wait", LeaseTTL(2*time.Second))
+		assert.NoError(t, err)
+		got <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "long-wait") == 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(3 * time.Second) // a wait longer than the 2 s lease: the subject
+	require.NoError(t, h.Release(ctx))
+	l := <-got
+	require.NotNil(t, l)
+	time.Sleep(2500 * time.Millisecond) // more than a lease: renewals must keep it
+	require.NoError(t, l.Err())
+	require.True(t, lockHeld(srv, "long-wait"))
+	require.NoError(t, l.Release(ctx))
+}
+
+// Release with a context that has already ended still sends the release.
+func TestReleaseWithEndedContextStillReleases(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	lane, err := c.Lock(ctx, "rel-ended")
+	require.NoError(t, err)
+	// A pinned one, too.
+	h, err := holder.Lock(ctx, "rel-ended-pin")
+	require.NoError(t, err)
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "rel-ended-pin")
+		assert.NoError(t, err)
+		got <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "rel-ended-pin") == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, h.Release(ctx))
+	pinned := <-got
+	require.NotNil(t, pinned)
+
+	dead, cancel := context.WithCancel(ctx)
+	cancel()
+	for _, l := range []*Lock{lane, pinned} {
+		err := l.Release(dead)
+		require.ErrorIs(t, err, context.Canceled)
+		assert.ErrorIs(t, l.Err(), ErrReleased)
+		require.Eventually(t, func() bool { return !lockHeld(srv, l.Key()) }, 5*time.Second, time.Millisecond)
+	}
+	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }, 5*time.Second, time.Millisecond)
+}

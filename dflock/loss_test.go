@@ -1,0 +1,282 @@
+package dflock
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/testutil"
+)
+
+func newProxy(t testing.TB, target string) *testutil.Proxy {
+	t.Helper()
+	p, err := testutil.NewProxy(target)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// lostHook records OnLeaseLost calls.
+type lostHook struct {
+	mu    sync.Mutex
+	infos []LeaseInfo
+	errs  []error
+	ch    chan LeaseInfo
+}
+
+func newLostHook() *lostHook { return &lostHook{ch: make(chan LeaseInfo, 100)} }
+
+func (h *lostHook) hooks() Hooks {
+	return Hooks{OnLeaseLost: func(info LeaseInfo, err error) {
+		h.mu.Lock()
+		h.infos = append(h.infos, info)
+		h.errs = append(h.errs, err)
+		h.mu.Unlock()
+		h.ch <- info
+	}}
+}
+
+// When the network goes silent, the client declares the lease lost by its
+// own clock — before the server-side lease can have ended.
+func TestLossIsReportedBeforeServerLeaseEndsWhenNetworkBlackholes(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	hook := newLostHook()
+	c, err := New([]string{px.Addr()}, WithHooks(hook.hooks()))
+	require.NoError(t, err)
+	defer c.Close()
+	ctx := testCtx(t)
+
+	const ttl = 5 * time.Second // safety margin 500 ms
+	sent := time.Now()          // the server-side lease starts after this
+	l, err := c.Lock(ctx, "bh", LeaseTTL(ttl))
+	require.NoError(t, err)
+	lctx := l.Context()
+	px.Blackhole(true)
+
+	select {
+	case <-l.Done():
+	case <-time.After(2 * ttl):
+		t.Fatal("the lease was never reported lost")
+	}
+	lostAt := time.Now()
+	serverStillHolds := lockHeld(srv, "bh")
+	assert.True(t, lostAt.Before(sent.Add(ttl)), "loss reported %v after the request; the server lease lasts %v", lostAt.Sub(sent), ttl)
+	assert.True(t, serverStillHolds, "the server had already dropped the lease: the client was late")
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	assert.ErrorIs(t, l.Err(), renew.ErrExpired)
+	// Done is closed only after the Context is cancelled.
+	require.Error(t, lctx.Err(), "Done closed before the lease's Context was cancelled")
+	assert.ErrorIs(t, context.Cause(lctx), ErrLockLost)
+	select {
+	case info := <-hook.ch:
+		assert.Equal(t, "bh", info.Key)
+		assert.Equal(t, px.Addr(), info.Server)
+		assert.Equal(t, ttl, info.TTL)
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnLeaseLost was not called")
+	}
+	err = l.Release(ctx)
+	assert.ErrorIs(t, err, ErrLockLost, "Release of a lost lease reports the loss")
+
+	px.Blackhole(false)
+	px.ResetAll()
+	require.NoError(t, c.Close())
+}
+
+// A server that stops takes its leases with it — and only its leases; after
+// it restarts the same Client acquires there again.
+func TestLossOnServerStopAffectsOnlyThatServer(t *testing.T) {
+	t.Parallel()
+	a, b := newServer(t, testutil.Config{}), newServer(t, testutil.Config{})
+	hook := newLostHook()
+	c := newClient(t, addrsOf(a, b), WithHooks(hook.hooks()))
+	other := newClient(t, addrsOf(a, b))
+	ctx := testCtx(t)
+
+	keysOn := func(addr string, n int) []string {
+		var out []string
+		for i := 0; len(out) < n; i++ {
+			if k := fmt.Sprintf("stop:%d", i); c.ServerFor(k) == addr {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	aKeys, bKeys := keysOn(a.Addr(), 5), keysOn(b.Addr(), 5)
+	var aLocks, bLocks []*Lock
+	for _, k := range aKeys[:4] {
+		l, err := c.Lock(ctx, k)
+		require.NoError(t, err)
+		aLocks = append(aLocks, l)
+	}
+	for _, k := range bKeys {
+		l, err := c.Lock(ctx, k)
+		require.NoError(t, err)
+		bLocks = append(bLocks, l)
+	}
+	// One lease on A granted after waiting: it pins a wait-pool connection.
+	blocker, err := other.Lock(ctx, aKeys[4])
+	require.NoError(t, err)
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, aKeys[4])
+		assert.NoError(t, err)
+		got <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(a, aKeys[4]) == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, blocker.Release(ctx))
+	pinned := <-got
+	require.NotNil(t, pinned)
+	aLocks = append(aLocks, pinned)
+	require.Equal(t, 1, c.servers[0].pool.Stats().PinnedConns)
+
+	require.NoError(t, a.Stop())
+	for _, l := range aLocks {
+		select {
+		case <-l.Done():
+			assert.ErrorIs(t, l.Err(), ErrLockLost)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("lease %q on the stopped server was not reported lost", l.Key())
+		}
+	}
+	for _, l := range bLocks {
+		assert.NoError(t, l.Err(), "a lease on the healthy server was affected")
+		assert.True(t, lockHeld(b, l.Key()))
+	}
+	for range aLocks {
+		select {
+		case info := <-hook.ch:
+			assert.Equal(t, a.Addr(), info.Server)
+		case <-time.After(5 * time.Second):
+			t.Fatal("OnLeaseLost was not called for every lost lease")
+		}
+	}
+	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }, 5*time.Second, time.Millisecond,
+		"the pinned connection of a lost lease was not given back")
+	require.Eventually(t, func() bool { return c.waitLocks.len() == 0 }, 5*time.Second, time.Millisecond)
+
+	// The key's server is down: fail fast, never re-route.
+	require.Eventually(t, func() bool {
+		_, err := c.TryLock(ctx, aKeys[0])
+		return errors.Is(err, ErrServerUnavailable)
+	}, 5*time.Second, 10*time.Millisecond)
+	start := time.Now()
+	_, err = c.Lock(ctx, aKeys[0])
+	require.ErrorIs(t, err, ErrServerUnavailable)
+	assert.Less(t, time.Since(start), 100*time.Millisecond, "a down server must fail fast")
+	assert.Empty(t, keysHeldOn(b, aKeys), "a key of the stopped server was re-routed")
+	// The healthy server still works.
+	l, err := c.TryLock(ctx, bKeys[0]+"x")
+	if c.ServerFor(bKeys[0]+"x") == b.Addr() {
+		require.NoError(t, err)
+		require.NoError(t, l.Release(ctx))
+	}
+
+	require.NoError(t, a.Restart())
+	var back *Lock
+	require.Eventually(t, func() bool {
+		back, err = c.TryLock(ctx, aKeys[0])
+		return err == nil
+	}, 15*time.Second, 20*time.Millisecond, "the Client never acquired again after the restart")
+	require.NoError(t, back.Release(ctx))
+	for _, l := range bLocks {
+		require.NoError(t, l.Release(ctx))
+	}
+}
+
+func keysHeldOn(s *testutil.Server, keys []string) []string {
+	var out []string
+	for _, k := range keys {
+		if lockHeld(s, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// rawRelease releases a token from a connection of its own, behind the
+// Client's back, so that the next renewal is refused.
+func rawRelease(t *testing.T, addr, cmd, key, token string) {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	require.NoError(t, err)
+	defer nc.Close()
+	require.NoError(t, nc.SetDeadline(time.Now().Add(5*time.Second)))
+	_, err = fmt.Fprintf(nc, "%s\n%s\n%s\n", cmd, key, token)
+	require.NoError(t, err)
+	line, err := bufio.NewReader(nc).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "ok", strings.TrimSpace(line))
+}
+
+// A renewal the server refuses loses the lease: found by the scheduler, or
+// at once by an explicit Renew.
+func TestLossOnRefusedRenewal(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	l, err := c.Lock(ctx, "refused", LeaseTTL(2*time.Second))
+	require.NoError(t, err)
+	rawRelease(t, srv.Addr(), "r", "refused", l.Token())
+	select {
+	case <-l.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a refused renewal did not lose the lease")
+	}
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	assert.ErrorIs(t, l.Err(), renew.ErrRefused)
+	assert.ErrorIs(t, l.Release(ctx), ErrLockLost)
+
+	s, err := c.Semaphore(ctx, "refused-sem", 2, LeaseTTL(30*time.Second))
+	require.NoError(t, err)
+	rawRelease(t, srv.Addr(), "sr", "refused-sem", s.Token())
+	err = s.Renew(ctx)
+	require.ErrorIs(t, err, ErrLockLost)
+	assert.ErrorIs(t, s.Err(), ErrLockLost)
+	select {
+	case <-s.Done():
+	default:
+		t.Fatal("Done not closed after a refused Renew")
+	}
+}
+
+// WithLock's function sees its context cancelled when the lease is lost, and
+// WithLock reports the loss.
+func TestWithLockCancelsFunctionOnLoss(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	c, err := New([]string{px.Addr()})
+	require.NoError(t, err)
+	defer c.Close()
+	ctx := testCtx(t)
+
+	err = c.WithLock(ctx, "wl-loss", func(fctx context.Context) error {
+		px.Blackhole(true)
+		select {
+		case <-fctx.Done():
+			assert.ErrorIs(t, context.Cause(fctx), ErrLockLost)
+			return fctx.Err()
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("fn's context was not cancelled")
+		}
+	}, LeaseTTL(2*time.Second))
+	require.ErrorIs(t, err, ErrLockLost)
+	require.ErrorIs(t, err, context.Canceled)
+	px.Blackhole(false)
+	px.ResetAll()
+}

@@ -1,0 +1,307 @@
+package dflock
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/shard"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Defaults of the Client options.
+const (
+	// DefaultServer is the server used when New is given no servers.
+	DefaultServer = "127.0.0.1:6388"
+	// DefaultDialTimeout bounds dial + TLS handshake + auth of one connection.
+	DefaultDialTimeout = pool.DefaultDialTimeout
+	// DefaultLeaseTTL is 0: requests omit the lease and the server applies
+	// its own default (33 s unless configured), learnt from the grant reply.
+	DefaultLeaseTTL time.Duration = 0
+	// DefaultRenewRatio: a lease is renewed after this fraction of its TTL
+	// (minus up to 10% jitter).
+	DefaultRenewRatio = renew.DefaultRatio
+	// DefaultKeepAlive: every connection, and every held lease, carries
+	// traffic at least this often. It must stay below the servers' read
+	// timeout (23 s by default), which closes idle connections and thereby
+	// releases their leases.
+	DefaultKeepAlive = pool.DefaultKeepAlive
+	// DefaultMaxConnsPerServer caps the wait-pool connections per server
+	// (blocking acquires in progress, two-phase tickets, and held leases
+	// that were granted after waiting).
+	DefaultMaxConnsPerServer = pool.DefaultMaxConns
+	// DefaultLaneConns is the number of control-lane connections per server.
+	DefaultLaneConns = pool.DefaultLaneConns
+	// DefaultReleaseTimeout bounds the release that WithLock, Ticket.Cancel
+	// and Close perform on the caller's behalf.
+	DefaultReleaseTimeout = 2 * time.Second
+)
+
+// waitChunk is the server timeout sent for a blocking acquire whose context
+// has no deadline: the request is re-issued on the same connection after
+// each chunk. A var so tests can shrink it.
+var waitChunk = time.Hour
+
+// ticketWaitChunk is the same for a two-phase wait. A `w` that times out
+// consumes the enqueue state, so the ticket re-enqueues (losing its place)
+// after each chunk; hence a much longer chunk.
+var ticketWaitChunk = 24 * time.Hour
+
+// An Option configures a Client (see New).
+type Option func(*options)
+
+// Hooks are optional callbacks for events that happen away from any call.
+// They run on their own goroutines, must not block for long, and may still
+// run shortly after Client.Close returns.
+type Hooks struct {
+	// OnLeaseLost is called once for every lease lost while held (not for
+	// leases released by Release or Close).
+	OnLeaseLost func(info LeaseInfo, err error)
+	// OnConnBroken is called for every connection that breaks or is
+	// destroyed (including those destroyed to cancel a blocked acquire).
+	OnConnBroken func(server string, err error)
+}
+
+// LeaseInfo identifies a lease in a hook.
+type LeaseInfo struct {
+	Key       string
+	Token     string
+	Server    string
+	Semaphore bool
+	TTL       time.Duration
+}
+
+type options struct {
+	err         error
+	tls         *tls.Config
+	authToken   string
+	dialTimeout time.Duration
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	leaseTTL    time.Duration
+	renewRatio  float64
+	keepAlive   time.Duration
+	maxConns    int
+	laneConns   int
+	strategy    shard.Strategy
+	logger      *slog.Logger
+	hooks       Hooks
+	fencing     bool
+	noLaneFast  bool // unexported switch: Lock skips the control-lane try (benchmarks)
+}
+
+func defaultOptions() options {
+	return options{
+		dialTimeout: DefaultDialTimeout,
+		leaseTTL:    DefaultLeaseTTL,
+		renewRatio:  DefaultRenewRatio,
+		keepAlive:   DefaultKeepAlive,
+		maxConns:    DefaultMaxConnsPerServer,
+		laneConns:   DefaultLaneConns,
+		strategy:    shard.Ring,
+	}
+}
+
+func (o *options) fail(arg, value, reason string) {
+	if o.err == nil {
+		o.err = &ArgError{Arg: arg, Value: value, Reason: reason}
+	}
+}
+
+// WithTLS makes every connection use TLS with cfg (cloned). If
+// cfg.ServerName is empty it defaults to the host of each server address.
+// Default: plain TCP.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) {
+		if cfg == nil {
+			o.tls = nil
+			return
+		}
+		o.tls = cfg.Clone()
+	}
+}
+
+// WithAuthToken sends token as the first request on every connection
+// (servers started with --auth-token). The token is never logged. Default:
+// no auth.
+func WithAuthToken(token string) Option {
+	return func(o *options) {
+		if token != "" {
+			if err := (&wire.Request{Cmd: wire.CmdAuth, Arg: token}).Validate(); err != nil {
+				o.fail("auth token", "", "must not be blank or contain CR, LF or NUL")
+				return
+			}
+		}
+		o.authToken = token
+	}
+}
+
+// WithDialTimeout bounds dial + TLS handshake + auth of each connection (the
+// caller's context may end it sooner). Default DefaultDialTimeout.
+func WithDialTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d <= 0 {
+			o.fail("dial timeout", d.String(), "must be positive")
+			return
+		}
+		o.dialTimeout = d
+	}
+}
+
+// WithDialer replaces the function that opens TCP connections (TLS and auth
+// are still applied on top). Default: (&net.Dialer{}).DialContext.
+func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = dial }
+}
+
+// WithLeaseTTL sets the lease requested for every lock and slot that does
+// not set its own with LeaseTTL. It is rounded up to whole seconds. Default
+// DefaultLeaseTTL (0): the server's default lease.
+func WithLeaseTTL(d time.Duration) Option {
+	return func(o *options) {
+		if d < 0 {
+			o.fail("lease", d.String(), "must not be negative")
+			return
+		}
+		o.leaseTTL = d
+	}
+}
+
+// WithRenewRatio sets after which fraction of its TTL a lease is renewed
+// (never less often than the keepalive interval). It must be in (0, 1).
+// Default DefaultRenewRatio.
+func WithRenewRatio(r float64) Option {
+	return func(o *options) {
+		if !(r > 0 && r < 1) {
+			o.fail("renew ratio", "", "must be between 0 and 1 (exclusive)")
+			return
+		}
+		o.renewRatio = r
+	}
+}
+
+// WithKeepAlive sets the longest time a connection, or a held lease, goes
+// without traffic. Keep it well below the servers' read timeout. Default
+// DefaultKeepAlive.
+func WithKeepAlive(d time.Duration) Option {
+	return func(o *options) {
+		if d <= 0 {
+			o.fail("keepalive", d.String(), "must be positive")
+			return
+		}
+		o.keepAlive = d
+	}
+}
+
+// WithMaxConnsPerServer caps the wait-pool connections per server. Every
+// blocking acquire in progress, every two-phase ticket and every lease
+// granted after waiting holds one; uncontended locks use the control lane
+// and hold none. Default DefaultMaxConnsPerServer.
+func WithMaxConnsPerServer(n int) Option {
+	return func(o *options) {
+		if n < 1 {
+			o.fail("max conns per server", "", "must be at least 1")
+			return
+		}
+		o.maxConns = n
+	}
+}
+
+// WithLaneConns sets the number of control-lane connections per server: the
+// pipelined connections that carry try-acquires, renewals and releases of
+// every goroutine. Default DefaultLaneConns.
+func WithLaneConns(n int) Option {
+	return func(o *options) {
+		if n < 1 {
+			o.fail("lane conns", "", "must be at least 1")
+			return
+		}
+		o.laneConns = n
+	}
+}
+
+// WithSharding sets how keys are placed on servers. Every process that
+// shares keys must use the same strategy and the same server list. Default
+// shard.Ring (consistent hashing); use shard.CRC32 to share keys with the
+// official dflockd clients.
+func WithSharding(s shard.Strategy) Option {
+	return func(o *options) {
+		if s == nil {
+			o.fail("sharding", "", "strategy must not be nil")
+			return
+		}
+		o.strategy = s
+	}
+}
+
+// WithLogger sets the structured logger of the Client and of everything
+// under it. Default: discard. Auth tokens are never logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// WithHooks installs event callbacks. Default: none.
+func WithHooks(h Hooks) Option {
+	return func(o *options) { o.hooks = h }
+}
+
+// WithFencing declares that the servers are dflockd v2.1 or later, whose
+// tokens start with a fencing number, so that Lock.Fence derives it from the
+// token. Without it Fence only reports a fence the server sent as an
+// explicit reply field. Default: off.
+func WithFencing() Option {
+	return func(o *options) { o.fencing = true }
+}
+
+// withoutLaneFastPath makes Lock skip the control-lane try and go straight
+// to a blocking acquire on a wait-pool connection (benchmarks compare both).
+func withoutLaneFastPath() Option {
+	return func(o *options) { o.noLaneFast = true }
+}
+
+// An AcquireOption tunes one acquire (Lock, Semaphore, Enqueue, Ticket.Wait
+// and their variants).
+type AcquireOption func(*acquireOptions)
+
+type acquireOptions struct {
+	timeout    time.Duration
+	hasTimeout bool
+	lease      time.Duration
+	hasLease   bool
+}
+
+// AcquireTimeout bounds how long Lock, Semaphore or Ticket.Wait wait for the
+// lock or slot; the context may end the wait sooner. The server is sent the
+// timeout rounded up to whole seconds, and the local deadline is exact: when
+// it passes the wait is withdrawn and the call returns ErrTimeout.
+// AcquireTimeout(0) makes the call a try (like TryLock). Default: wait
+// until the context ends.
+func AcquireTimeout(d time.Duration) AcquireOption {
+	return func(a *acquireOptions) { a.timeout, a.hasTimeout = d, true }
+}
+
+// LeaseTTL sets the lease of this lock or slot, rounded up to whole
+// seconds; it is renewed automatically until released. Default: the
+// Client's WithLeaseTTL.
+func LeaseTTL(d time.Duration) AcquireOption {
+	return func(a *acquireOptions) { a.lease, a.hasLease = d, true }
+}
+
+func (c *Client) acquireOptions(opts []AcquireOption) (acquireOptions, error) {
+	a := acquireOptions{lease: c.opts.leaseTTL}
+	for _, o := range opts {
+		if o != nil {
+			o(&a)
+		}
+	}
+	if a.hasTimeout && a.timeout < 0 {
+		return a, &ArgError{Arg: "timeout", Value: a.timeout.String(), Reason: "must not be negative"}
+	}
+	if a.lease < 0 {
+		return a, &ArgError{Arg: "lease", Value: a.lease.String(), Reason: "must not be negative"}
+	}
+	return a, nil
+}

@@ -1,0 +1,186 @@
+package dflock
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// connCounter is a WithDialer hook that counts dials, open connections and
+// Write calls of every connection a Client makes.
+type connCounter struct {
+	dials, open, writes atomic.Int64
+}
+
+func (cc *connCounter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	cc.dials.Add(1)
+	cc.open.Add(1)
+	return &countedConn{Conn: c, cc: cc}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	cc     *connCounter
+	closed atomic.Bool
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	c.cc.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+func (c *countedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.cc.open.Add(-1)
+	}
+	return c.Conn.Close()
+}
+
+// A 2 s lease held for 10 s stays valid: the server shows it throughout.
+func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
+	if testing.Short() {
+		t.Skip("holds a lease for 10 s")
+	}
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	lane, err := c.Lock(ctx, "short", LeaseTTL(2*time.Second))
+	require.NoError(t, err)
+	// A second lease granted after waiting, so it lives on a wait-pool
+	// connection: both kinds of owner must be renewed.
+	other := newClient(t, addrsOf(srv))
+	blocker, err := other.Lock(ctx, "short-wait")
+	require.NoError(t, err)
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "short-wait", LeaseTTL(2*time.Second))
+		assert.NoError(t, err)
+		got <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "short-wait") == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, blocker.Release(ctx))
+	pinned := <-got
+	require.NotNil(t, pinned)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		time.Sleep(250 * time.Millisecond) // time passing is the subject
+		require.True(t, lockHeld(srv, "short"), "the server lost the lane lease")
+		require.True(t, lockHeld(srv, "short-wait"), "the server lost the pinned lease")
+		require.NoError(t, lane.Err())
+		require.NoError(t, pinned.Err())
+	}
+	st, err := c.Stats(ctx)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, st.Renew.Renewed, int64(2*8), "two leases renewed about once a second")
+	require.NoError(t, lane.Release(ctx))
+	require.NoError(t, pinned.Release(ctx))
+}
+
+// A 60 s lease on a server whose read timeout is 2 s stays held for 10 s:
+// the keepalive (not the lease ratio) paces the renewals, and idle pool
+// connections survive too.
+func TestKeepAliveHoldsLongLeaseUnderShortReadTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("holds a lease for 10 s")
+	}
+	t.Parallel()
+	srv := newServer(t, testutil.Config{ReadTimeout: 2 * time.Second})
+	cc := &connCounter{}
+	c := newClient(t, addrsOf(srv), WithKeepAlive(700*time.Millisecond), WithDialer(cc.dial))
+	ctx := testCtx(t)
+
+	l, err := c.Lock(ctx, "long", LeaseTTL(60*time.Second))
+	require.NoError(t, err)
+	// Put an idle connection into the wait pool as well.
+	tk, err := c.Enqueue(ctx, "idle-conn")
+	require.NoError(t, err)
+	tl, err := tk.Wait(ctx)
+	require.NoError(t, err)
+	require.NoError(t, tl.Release(ctx))
+
+	// Both lane connections (the second is dialled in the background) and
+	// the idle wait-pool connection.
+	require.Eventually(t, func() bool { return srv.Stats().Connections == DefaultLaneConns+1 }, 5*time.Second, time.Millisecond)
+	dials := cc.dials.Load()
+	time.Sleep(10 * time.Second) // time passing is the subject
+	require.NoError(t, l.Err())
+	require.True(t, lockHeld(srv, "long"))
+	ps := c.servers[0].pool.Stats()
+	assert.Equal(t, dials, cc.dials.Load(), "a connection was cut by the read timeout and re-dialled: %+v", ps)
+	assert.Zero(t, ps.Broken, "a connection broke: %+v", ps)
+	require.NoError(t, l.Release(ctx))
+}
+
+// Renewals of 1,000 leases on 3 servers go out as batched writes: at most one
+// write per lane connection per renewal round.
+func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
+	t.Parallel()
+	srvs := []*testutil.Server{
+		newServer(t, testutil.Config{MaxLocks: -1}),
+		newServer(t, testutil.Config{MaxLocks: -1}),
+		newServer(t, testutil.Config{MaxLocks: -1}),
+	}
+	cc := &connCounter{}
+	const laneConns = 2
+	c := newClient(t, addrsOf(srvs...), WithDialer(cc.dial), WithLaneConns(laneConns))
+	ctx := testCtx(t)
+
+	const n = 1000
+	locks := make([]*Lock, n)
+	var wg sync.WaitGroup
+	for w := range 50 {
+		wg.Go(func() {
+			for i := w; i < n; i += 50 {
+				l, err := c.Lock(ctx, fmt.Sprintf("batch:%d", i), LeaseTTL(2*time.Second))
+				if !assert.NoError(t, err) {
+					return
+				}
+				locks[i] = l
+			}
+		})
+	}
+	wg.Wait()
+	require.False(t, t.Failed())
+
+	// The scheduler's own counters: c.Stats would add writes of its own.
+	before := c.sched.Stats()
+	w0 := cc.writes.Load()
+	// Every lease is renewed about once a second; wait for two full cycles.
+	require.Eventually(t, func() bool {
+		return c.sched.Stats().Renewed-before.Renewed >= 2*n
+	}, 10*time.Second, 50*time.Millisecond)
+	w1 := cc.writes.Load()
+	after := c.sched.Stats()
+
+	rounds := after.Rounds - before.Rounds
+	sent := after.Sent - before.Sent
+	writes := w1 - w0
+	t.Logf("renewals sent %d in %d rounds with %d writes (%.0f renewals per write, %.1f writes per round)",
+		sent, rounds, writes, float64(sent)/float64(max(writes, 1)), float64(writes)/float64(max(rounds, 1)))
+	require.Positive(t, rounds)
+	assert.LessOrEqual(t, writes, rounds*laneConns*int64(len(srvs)), "more than one write per lane connection per round")
+	assert.GreaterOrEqual(t, sent/max(writes, 1), int64(10), "renewals were not batched")
+	for _, s := range srvs {
+		assert.Equal(t, laneConns, s.Stats().Connections, "leases must not cost connections beyond the lanes")
+	}
+	for _, l := range locks {
+		require.NoError(t, l.Err())
+	}
+}

@@ -1,0 +1,78 @@
+package dflock
+
+import (
+	"crypto/x509"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+func TestAuthFailureIsErrAuth(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{AuthToken: "s3cret"})
+	ctx := testCtx(t)
+
+	for name, opts := range map[string][]Option{
+		"wrong token": {WithAuthToken("wrong")},
+		"no token":    nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := newClient(t, addrsOf(srv), opts...)
+			_, err := c.Lock(ctx, "auth")
+			require.ErrorIs(t, err, ErrAuth)
+			assert.NotContains(t, err.Error(), "s3cret")
+			assert.NotContains(t, err.Error(), "wrong")
+			_, err = c.Enqueue(ctx, "auth")
+			require.Error(t, err)
+		})
+	}
+
+	c := newClient(t, addrsOf(srv), WithAuthToken("s3cret"))
+	l, err := c.Lock(ctx, "auth")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+}
+
+func TestTLSWithVerifyingClientWorksAndWrongCAFailsClearly(t *testing.T) {
+	t.Parallel()
+	certs, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	otherCA, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	srv := newServer(t, testutil.Config{TLS: certs.ServerConfig(), AuthToken: "tok"})
+	ctx := testCtx(t)
+
+	c := newClient(t, addrsOf(srv), WithTLS(certs.ClientConfig()), WithAuthToken("tok"))
+	l, err := c.Lock(ctx, "tls")
+	require.NoError(t, err)
+	require.True(t, lockHeld(srv, "tls"))
+	// A contended acquire goes over a wait-pool connection: TLS there too.
+	w := make(chan error, 1)
+	go func() {
+		l2, err := c.Lock(ctx, "tls", AcquireTimeout(5*time.Second))
+		if err == nil {
+			err = l2.Release(ctx)
+		}
+		w <- err
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "tls") == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, l.Release(ctx))
+	require.NoError(t, <-w)
+
+	bad := newClient(t, addrsOf(srv), WithTLS(otherCA.ClientConfig()), WithAuthToken("tok"))
+	start := time.Now()
+	_, err = bad.Lock(ctx, "tls")
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), 5*time.Second)
+	var uae x509.UnknownAuthorityError
+	assert.True(t, errors.As(err, &uae) || strings.Contains(err.Error(), "certificate"),
+		"the error does not say the certificate was refused: %v", err)
+	t.Log(err)
+	assert.NotErrorIs(t, err, ErrAuth)
+}

@@ -1,0 +1,239 @@
+package dflock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Stats is a snapshot of the Client and of its servers.
+type Stats struct {
+	// Servers holds one entry per server, in the order given to New.
+	Servers []ServerStats
+	// Renew is the renewal scheduler's counters (leases held now, renewals
+	// sent, batches written, ...).
+	Renew renew.Stats
+	// Client is the Client's own counters.
+	Client ClientStats
+}
+
+// ClientStats counts the Client's lease lifecycle since New.
+type ClientStats struct {
+	Acquired   int64 // locks and slots granted (all kinds)
+	LaneGrants int64 // of which granted on the control lane (uncontended)
+	WaitGrants int64 // of which granted on a wait-pool connection (after waiting, or two-phase)
+	Contended  int64 // Lock/Semaphore calls whose control-lane try found the key held
+	Released   int64 // leases released (by Release, WithLock, Cancel or Close)
+	Lost       int64 // leases lost while held
+	Held       int   // leases held now
+}
+
+// ServerStats describes one server.
+type ServerStats struct {
+	Addr string
+	// Pool is the client-side connection pool of the server (always set).
+	Pool pool.Stats
+	// State is the server's own view (the `stats` command), or nil if it
+	// could not be fetched; Err says why.
+	State *ServerState
+	Err   error
+}
+
+// ServerState is the parsed reply of the server's `stats` command.
+type ServerState struct {
+	// Connections open on the server, including the one that asked.
+	Connections int
+	// Locks held or waited for.
+	Locks []LockState
+	// Semaphores with holders or waiters.
+	Semaphores []SemaphoreState
+	// IdleLocks and IdleSemaphores are keys with no holder and no waiter,
+	// not yet forgotten (they count against the server's key limit).
+	IdleLocks      []IdleKey
+	IdleSemaphores []IdleKey
+	// SignalChannels are the subscriptions (signal-era servers only).
+	SignalChannels []SignalChannel
+}
+
+// LockState is one lock in ServerState.
+type LockState struct {
+	Key string
+	// OwnerConnID is the server's id of the holder's connection; 0 when the
+	// lock has waiters but no holder.
+	OwnerConnID    uint64
+	LeaseExpiresIn time.Duration
+	Waiters        int
+}
+
+// SemaphoreState is one semaphore in ServerState.
+type SemaphoreState struct {
+	Key                     string
+	Limit, Holders, Waiters int
+}
+
+// IdleKey is an idle key in ServerState.
+type IdleKey struct {
+	Key  string
+	Idle time.Duration
+}
+
+// SignalChannel is one subscription pattern in ServerState.
+type SignalChannel struct {
+	Pattern   string
+	Group     string
+	Listeners int
+}
+
+// Stats returns the Client's counters and asks every server for its state,
+// in parallel. The servers are asked on wait-pool connections, never on
+// connections that own leases. The returned Stats is complete except for
+// the State of servers that could not answer; err joins their errors (each
+// also in ServerStats.Err).
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	if ctx == nil {
+		return Stats{}, &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	st := Stats{Servers: make([]ServerStats, len(c.servers))}
+	if !c.enter() {
+		return c.localStats(st), &Error{Op: "stats", Err: ErrClosed}
+	}
+	defer c.leave()
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	for i, s := range c.servers {
+		wg.Go(func() {
+			state, err := c.serverState(ctx, opCtx, s)
+			st.Servers[i] = ServerStats{Addr: s.addr, State: state, Err: err}
+		})
+	}
+	wg.Wait()
+	var errs []error
+	for _, s := range st.Servers {
+		if s.Err != nil {
+			errs = append(errs, s.Err)
+		}
+	}
+	return c.localStats(st), errors.Join(errs...)
+}
+
+func (c *Client) localStats(st Stats) Stats {
+	for i, s := range c.servers {
+		st.Servers[i].Addr = s.addr
+		st.Servers[i].Pool = s.pool.Stats()
+	}
+	st.Renew = c.sched.Stats()
+	st.Client = ClientStats{
+		Acquired:   c.stats.acquired.Load(),
+		LaneGrants: c.stats.laneGrants.Load(),
+		WaitGrants: c.stats.waitGrants.Load(),
+		Contended:  c.stats.contended.Load(),
+		Released:   c.stats.released.Load(),
+		Lost:       c.stats.lost.Load(),
+		Held:       st.Renew.Leases,
+	}
+	return st
+}
+
+func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerState, error) {
+	fail := func(err error) (*ServerState, error) {
+		if opCtx.Err() != nil {
+			err = c.ctxError(ctx, opCtx, nil)
+		}
+		return nil, &Error{Op: "stats", Server: s.addr, Err: err}
+	}
+	if err := s.pool.Err(); err != nil {
+		return fail(err)
+	}
+	conn, err := s.pool.Acquire(opCtx)
+	if err != nil {
+		return fail(err)
+	}
+	r, err := conn.Do(opCtx, wire.Request{Cmd: wire.CmdStats})
+	if err != nil {
+		conn.Destroy()
+		return fail(err)
+	}
+	conn.Release()
+	if r.Status != wire.StatusOK {
+		word, sentinel := replyError(r)
+		return nil, &Error{Op: "stats", Server: s.addr, Reply: word, Err: sentinel}
+	}
+	state, err := parseServerState(r.Text)
+	if err != nil {
+		return fail(err)
+	}
+	return state, nil
+}
+
+// rawStats mirrors the stats JSON (PROTOCOL.md §6.7).
+type rawStats struct {
+	Connections int `json:"connections"`
+	Locks       []struct {
+		Key            string  `json:"key"`
+		OwnerConnID    uint64  `json:"owner_conn_id"`
+		LeaseExpiresIn float64 `json:"lease_expires_in_s"`
+		Waiters        int     `json:"waiters"`
+	} `json:"locks"`
+	Semaphores []struct {
+		Key     string `json:"key"`
+		Limit   int    `json:"limit"`
+		Holders int    `json:"holders"`
+		Waiters int    `json:"waiters"`
+	} `json:"semaphores"`
+	IdleLocks      []rawIdle `json:"idle_locks"`
+	IdleSemaphores []rawIdle `json:"idle_semaphores"`
+	SignalChannels []struct {
+		Pattern   string `json:"pattern"`
+		Group     string `json:"group"`
+		Listeners int    `json:"listeners"`
+	} `json:"signal_channels"`
+}
+
+type rawIdle struct {
+	Key   string  `json:"key"`
+	IdleS float64 `json:"idle_s"`
+}
+
+func seconds(f float64) time.Duration {
+	if math.IsNaN(f) || f <= 0 {
+		return 0
+	}
+	if f >= math.MaxInt64/float64(time.Second) {
+		return math.MaxInt64
+	}
+	return time.Duration(f * float64(time.Second))
+}
+
+// parseServerState parses the JSON of a `stats` reply.
+func parseServerState(doc string) (*ServerState, error) {
+	var raw rawStats
+	if err := json.Unmarshal([]byte(doc), &raw); err != nil {
+		return nil, &wire.ProtocolError{Line: doc[:min(len(doc), 64)], Reason: "stats reply is not the expected JSON: " + err.Error()}
+	}
+	st := &ServerState{Connections: raw.Connections}
+	for _, l := range raw.Locks {
+		st.Locks = append(st.Locks, LockState{Key: l.Key, OwnerConnID: l.OwnerConnID, LeaseExpiresIn: seconds(l.LeaseExpiresIn), Waiters: l.Waiters})
+	}
+	for _, s := range raw.Semaphores {
+		st.Semaphores = append(st.Semaphores, SemaphoreState{Key: s.Key, Limit: s.Limit, Holders: s.Holders, Waiters: s.Waiters})
+	}
+	for _, k := range raw.IdleLocks {
+		st.IdleLocks = append(st.IdleLocks, IdleKey{Key: k.Key, Idle: seconds(k.IdleS)})
+	}
+	for _, k := range raw.IdleSemaphores {
+		st.IdleSemaphores = append(st.IdleSemaphores, IdleKey{Key: k.Key, Idle: seconds(k.IdleS)})
+	}
+	for _, s := range raw.SignalChannels {
+		st.SignalChannels = append(st.SignalChannels, SignalChannel{Pattern: s.Pattern, Group: s.Group, Listeners: s.Listeners})
+	}
+	return st, nil
+}

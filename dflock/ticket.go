@@ -1,0 +1,352 @@
+package dflock
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Ticket is a place in a key's queue, taken by Enqueue or EnqueueSemaphore
+// (two-phase acquire): join the queue now, do other work, and Wait for the
+// grant later. A ticket holds a connection of its own until it is waited
+// for or cancelled; end every ticket with Wait or Cancel.
+//
+// Ticket methods are safe for concurrent use; Cancel may be called while
+// Wait is in progress, and makes it return.
+type Ticket struct {
+	c     *Client
+	srv   *server
+	key   string
+	limit int64 // 0 for a lock
+	lease int64 // requested lease seconds (0 = server default)
+
+	mu        sync.Mutex
+	state     ticketState
+	acquired  bool       // granted at enqueue
+	conn      *pool.Conn // queued or waiting: the connection holding the place
+	lock      *Lock      // acquired: the lease
+	cancelled bool
+}
+
+type ticketState uint8
+
+const (
+	ticketQueued   ticketState = iota // in the queue, not waited for
+	ticketAcquired                    // granted at enqueue, not collected by Wait
+	ticketWaiting                     // Wait in progress
+	ticketDone                        // waited, timed out, cancelled or closed
+)
+
+// Enqueue joins the queue of the lock key without waiting (two-phase
+// acquire). If the lock was free it is granted at once: Acquired reports
+// true and the lease is held (and renewed) from now on, so Wait or Cancel
+// the ticket promptly. LeaseTTL applies; AcquireTimeout belongs to Wait.
+func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
+	return c.enqueue(ctx, "enqueue", key, 0, opts)
+}
+
+// EnqueueSemaphore joins the queue of the semaphore key (limit slots)
+// without waiting, like Enqueue.
+func (c *Client) EnqueueSemaphore(ctx context.Context, key string, limit int, opts ...AcquireOption) (*Ticket, error) {
+	if err := checkLimit(limit); err != nil {
+		return nil, err
+	}
+	return c.enqueue(ctx, "enqueue semaphore", key, int64(limit), opts)
+}
+
+func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (*Ticket, error) {
+	if ctx == nil {
+		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	a, err := c.acquireOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if a.hasTimeout {
+		return nil, &ArgError{Arg: "timeout", Value: a.timeout.String(), Reason: "Enqueue does not wait; pass AcquireTimeout to Ticket.Wait"}
+	}
+	req := wire.Request{Cmd: wire.CmdEnqueue, Key: key, Lease: wire.Seconds(a.lease)}
+	if limit != 0 {
+		req.Cmd, req.Limit = wire.CmdSemEnqueue, limit
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if !c.enter() {
+		return nil, &Error{Op: op, Key: key, Err: ErrClosed}
+	}
+	defer c.leave()
+	srv := c.route(key)
+	if err := srv.pool.Err(); err != nil {
+		return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
+	}
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	fail := func(err error) (*Ticket, error) {
+		if opCtx.Err() != nil {
+			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
+		}
+		return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
+	}
+	conn, err := srv.pool.Acquire(opCtx)
+	if err != nil {
+		return fail(err)
+	}
+	t := &Ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
+	sent := time.Now()
+	r, err := conn.Do(opCtx, req)
+	if err != nil {
+		conn.Destroy()
+		return fail(err)
+	}
+	switch r.Status {
+	case wire.StatusAcquired, wire.StatusOK:
+		if err := checkGrant(r); err != nil {
+			conn.Destroy()
+			return fail(err)
+		}
+		if opCtx.Err() != nil {
+			conn.Destroy() // the server auto-releases the grant
+			return fail(opCtx.Err())
+		}
+		c.stats.waitGrants.Add(1)
+		t.lock = c.track(srv, conn, conn, req, r, sent)
+		t.state, t.acquired = ticketAcquired, true
+		return t, nil
+	case wire.StatusQueued:
+		if opCtx.Err() != nil {
+			conn.Destroy() // withdraws the place
+			return fail(opCtx.Err())
+		}
+		t.state, t.conn = ticketQueued, conn
+		c.tickets.add(t)
+		return t, nil
+	}
+	conn.Release()
+	return nil, refusal(op, key, srv, r)
+}
+
+// Key returns the ticket's key.
+func (t *Ticket) Key() string { return t.key }
+
+// Server returns the address of the key's server.
+func (t *Ticket) Server() string { return t.srv.addr }
+
+// Acquired reports whether the lock (or slot) was granted at enqueue time,
+// so that Wait returns it at once.
+func (t *Ticket) Acquired() bool { return t.acquired }
+
+func (t *Ticket) op() string {
+	if t.limit > 0 {
+		return "wait semaphore"
+	}
+	return "wait"
+}
+
+// Wait waits for the grant and returns the held lock (or slot). A ticket
+// granted at enqueue returns at once. AcquireTimeout bounds the wait (ctx may
+// end it sooner); when it passes, or ctx ends, the ticket gives up its place
+// and is done. A ticket can be waited for successfully only once; later
+// calls return ErrTicketDone.
+//
+// Without a deadline the ticket re-joins the queue after each very long
+// server-side wait (a day), because the server consumes the place when its
+// wait times out.
+func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error) {
+	c := t.c
+	if ctx == nil {
+		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	a, err := c.acquireOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if a.hasLease {
+		return nil, &ArgError{Arg: "lease", Value: a.lease.String(), Reason: "the lease is set at Enqueue"}
+	}
+	if !c.enter() {
+		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrClosed}
+	}
+	defer c.leave()
+
+	t.mu.Lock()
+	switch t.state {
+	case ticketAcquired:
+		l := t.lock
+		t.state, t.lock = ticketDone, nil
+		t.mu.Unlock()
+		if err := l.Err(); err != nil {
+			return nil, l.endedError("wait", err)
+		}
+		return l, nil
+	case ticketWaiting, ticketDone:
+		t.mu.Unlock()
+		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrTicketDone}
+	}
+	t.state = ticketWaiting
+	conn := t.conn
+	t.mu.Unlock()
+
+	l, err := t.wait(ctx, conn, a)
+
+	t.mu.Lock()
+	t.state, t.conn = ticketDone, nil
+	cancelled := t.cancelled
+	t.mu.Unlock()
+	c.tickets.remove(t)
+	if err != nil && cancelled {
+		err = &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: &bothError{domain: ErrTicketDone, cause: ErrNotAcquired}}
+	}
+	return l, err
+}
+
+func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*Lock, error) {
+	c := t.c
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	try := a.hasTimeout && a.timeout == 0
+	if a.hasTimeout && !try {
+		var cancelT context.CancelFunc
+		opCtx, cancelT = context.WithTimeoutCause(opCtx, a.timeout, errAcquireTimeout)
+		defer cancelT()
+	}
+	fail := func(err error) (*Lock, error) {
+		if opCtx.Err() != nil {
+			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
+		}
+		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: err}
+	}
+	wcmd, ecmd := wire.CmdWait, wire.CmdEnqueue
+	if t.limit > 0 {
+		wcmd, ecmd = wire.CmdSemWait, wire.CmdSemEnqueue
+	}
+	for {
+		var secs int64
+		if !try {
+			var ok bool
+			if secs, ok = waitSeconds(opCtx, ticketWaitChunk); !ok {
+				conn.Destroy() // withdraws the place
+				return fail(context.DeadlineExceeded)
+			}
+		}
+		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
+		sent := time.Now()
+		r, err := conn.Do(opCtx, req)
+		if err != nil {
+			conn.Destroy()
+			return fail(err)
+		}
+		switch r.Status {
+		case wire.StatusOK, wire.StatusAcquired:
+			if err := checkGrant(r); err != nil {
+				conn.Destroy()
+				return fail(err)
+			}
+			if opCtx.Err() != nil {
+				conn.Destroy() // the server auto-releases the grant
+				return fail(opCtx.Err())
+			}
+			if sent, err = c.confirmLongWait(opCtx, conn, req, r, sent); err != nil {
+				conn.Destroy()
+				return fail(err)
+			}
+			c.stats.waitGrants.Add(1)
+			return c.track(t.srv, conn, conn, req, r, sent), nil
+		case wire.StatusTimeout:
+			if try || opCtx.Err() != nil {
+				conn.Release() // the server consumed the place: the connection is clean
+				return fail(ErrTimeout)
+			}
+			// The server-side chunk ran out first; the place is gone, so
+			// join the queue again (lease as at Enqueue: the server keeps
+			// none, so the default applies unless one was given).
+			l, queued, err := t.reenqueue(opCtx, conn, ecmd)
+			if err != nil || l != nil {
+				if err != nil {
+					return fail(err)
+				}
+				return l, nil
+			}
+			if !queued {
+				return fail(ErrNotAcquired)
+			}
+			continue
+		}
+		conn.Release()
+		return nil, refusal(t.op(), t.key, t.srv, r)
+	}
+}
+
+// reenqueue re-joins the queue on conn after a server-side wait chunk ran
+// out. It returns the lock if the key was granted at once.
+func (t *Ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Command) (*Lock, bool, error) {
+	req := wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit, Lease: t.lease}
+	sent := time.Now()
+	r, err := conn.Do(ctx, req)
+	if err != nil {
+		conn.Destroy()
+		return nil, false, err
+	}
+	switch r.Status {
+	case wire.StatusAcquired, wire.StatusOK:
+		if err := checkGrant(r); err != nil {
+			conn.Destroy()
+			return nil, false, err
+		}
+		t.c.stats.waitGrants.Add(1)
+		return t.c.track(t.srv, conn, conn, req, r, sent), false, nil
+	case wire.StatusQueued:
+		return nil, true, nil
+	}
+	conn.Release()
+	return nil, false, refusal(t.op(), t.key, t.srv, r)
+}
+
+// Cancel gives up the ticket: a queued ticket leaves the queue (its
+// connection is closed, which withdraws it on the server); a ticket granted
+// at enqueue and not yet collected by Wait releases the lease. A Wait in
+// progress returns. Cancel is idempotent; a ticket already waited for is not
+// affected (release its Lock instead).
+func (t *Ticket) Cancel() error {
+	t.mu.Lock()
+	switch t.state {
+	case ticketQueued:
+		conn := t.conn
+		t.state, t.conn, t.cancelled = ticketDone, nil, true
+		t.mu.Unlock()
+		t.c.tickets.remove(t)
+		conn.Destroy()
+		return nil
+	case ticketWaiting:
+		conn := t.conn
+		t.cancelled = true
+		t.mu.Unlock()
+		conn.Destroy()
+		return nil
+	case ticketAcquired:
+		l := t.lock
+		t.state, t.lock, t.cancelled = ticketDone, nil, true
+		t.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+		defer cancel()
+		return l.Release(ctx)
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+// abandon is Cancel for Close: queued tickets lose their connection.
+func (t *Ticket) abandon() {
+	t.mu.Lock()
+	if t.state != ticketQueued {
+		t.mu.Unlock()
+		return
+	}
+	conn := t.conn
+	t.state, t.conn = ticketDone, nil
+	t.mu.Unlock()
+	conn.Destroy()
+}

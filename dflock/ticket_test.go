@@ -1,0 +1,222 @@
+package dflock
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+func TestEnqueueOnFreeKeyIsAcquiredAtOnce(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	tk, err := c.Enqueue(ctx, "2p-free", LeaseTTL(5*time.Second))
+	require.NoError(t, err)
+	assert.True(t, tk.Acquired())
+	assert.Equal(t, "2p-free", tk.Key())
+	assert.Equal(t, srv.Addr(), tk.Server())
+	assert.True(t, lockHeld(srv, "2p-free"), "the lease is held from enqueue time")
+	l, err := tk.Wait(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 5*time.Second, l.Lease())
+	_, err = tk.Wait(ctx)
+	require.ErrorIs(t, err, ErrTicketDone)
+	require.NoError(t, l.Release(ctx))
+	assert.False(t, lockHeld(srv, "2p-free"))
+	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }, 5*time.Second, time.Millisecond)
+}
+
+func TestEnqueueQueuesAndWaitGetsTheLock(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	h, err := holder.Lock(ctx, "2p")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "2p")
+	require.NoError(t, err)
+	assert.False(t, tk.Acquired())
+	assert.Equal(t, 1, lockWaiters(srv, "2p"), "the ticket holds a place in the queue")
+
+	// A later Lock queues behind the ticket.
+	later := make(chan *Lock, 1)
+	go func() {
+		l, err := holder.Lock(ctx, "2p")
+		assert.NoError(t, err)
+		later <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "2p") == 2 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, h.Release(ctx))
+
+	l, err := tk.Wait(ctx, AcquireTimeout(5*time.Second))
+	require.NoError(t, err)
+	require.NoError(t, l.Err())
+	select {
+	case <-later:
+		t.Fatal("the later Lock overtook the ticket")
+	default:
+	}
+	require.NoError(t, l.Release(ctx))
+	l2 := <-later
+	require.NotNil(t, l2)
+	require.NoError(t, l2.Release(ctx))
+}
+
+func TestTicketWaitTimesOutAndGivesUpItsPlace(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	h, err := holder.Lock(ctx, "2p-to")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "2p-to")
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = tk.Wait(ctx, AcquireTimeout(300*time.Millisecond))
+	require.ErrorIs(t, err, ErrTimeout)
+	assert.Less(t, time.Since(start), 950*time.Millisecond, "the local deadline must not wait for the server's rounded-up second")
+	require.Eventually(t, func() bool { return lockWaiters(srv, "2p-to") == 0 }, 5*time.Second, time.Millisecond)
+	_, err = tk.Wait(ctx)
+	require.ErrorIs(t, err, ErrTicketDone)
+	require.NoError(t, h.Release(ctx))
+
+	// A try-wait (AcquireTimeout(0)) on a queued ticket answers at once.
+	h, err = holder.Lock(ctx, "2p-to")
+	require.NoError(t, err)
+	tk, err = c.Enqueue(ctx, "2p-to")
+	require.NoError(t, err)
+	_, err = tk.Wait(ctx, AcquireTimeout(0))
+	require.ErrorIs(t, err, ErrNotAcquired)
+	require.NoError(t, h.Release(ctx))
+	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }, 5*time.Second, time.Millisecond)
+}
+
+func TestTicketCancel(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	// Queued: Cancel leaves the queue.
+	h, err := holder.Lock(ctx, "2p-c")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "2p-c")
+	require.NoError(t, err)
+	require.NoError(t, tk.Cancel())
+	require.NoError(t, tk.Cancel())
+	require.Eventually(t, func() bool { return lockWaiters(srv, "2p-c") == 0 }, 5*time.Second, time.Millisecond)
+	_, err = tk.Wait(ctx)
+	require.ErrorIs(t, err, ErrTicketDone)
+
+	// Waiting: Cancel makes Wait return.
+	tk, err = c.Enqueue(ctx, "2p-c")
+	require.NoError(t, err)
+	res := make(chan error, 1)
+	go func() {
+		_, err := tk.Wait(ctx)
+		res <- err
+	}()
+	require.Eventually(t, func() bool {
+		tk.mu.Lock()
+		defer tk.mu.Unlock()
+		return tk.state == ticketWaiting
+	}, 5*time.Second, time.Millisecond)
+	require.NoError(t, tk.Cancel())
+	select {
+	case err := <-res:
+		require.ErrorIs(t, err, ErrNotAcquired)
+		require.ErrorIs(t, err, ErrTicketDone)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Cancel did not end Wait")
+	}
+	require.Eventually(t, func() bool { return lockWaiters(srv, "2p-c") == 0 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, h.Release(ctx))
+
+	// Acquired at enqueue: Cancel releases.
+	tk, err = c.EnqueueSemaphore(ctx, "2p-sem", 2)
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+	require.Equal(t, 1, semHolders(srv, "2p-sem"))
+	require.NoError(t, tk.Cancel())
+	assert.Zero(t, semHolders(srv, "2p-sem"))
+	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }, 5*time.Second, time.Millisecond)
+}
+
+func TestTicketWaitCancelledByContext(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	h, err := holder.Lock(ctx, "2p-ctx")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "2p-ctx")
+	require.NoError(t, err)
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = tk.Wait(wctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, err, ErrTimeout)
+	require.Eventually(t, func() bool { return lockWaiters(srv, "2p-ctx") == 0 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, h.Release(ctx))
+}
+
+// Without a deadline a ticket's server-side wait is issued in chunks; when
+// a chunk runs out the ticket re-joins the queue and keeps waiting.
+func TestTicketWaitReenqueuesAfterServerChunk(t *testing.T) {
+	old := ticketWaitChunk
+	ticketWaitChunk = time.Second
+	t.Cleanup(func() { ticketWaitChunk = old })
+	oldL := waitChunk
+	waitChunk = time.Second
+	t.Cleanup(func() { waitChunk = oldL })
+
+	srv := newServer(t, testutil.Config{})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	h, err := holder.Lock(ctx, "chunk")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "chunk")
+	require.NoError(t, err)
+	// A blocking Lock is chunked the same way, on its own connection.
+	hl, err := holder.Lock(ctx, "chunk-l")
+	require.NoError(t, err)
+	lockRes := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "chunk-l")
+		assert.NoError(t, err)
+		lockRes <- l
+	}()
+	time.Sleep(2500 * time.Millisecond) // two chunks pass: the subject
+	require.NoError(t, hl.Release(ctx))
+	l := <-lockRes
+	require.NotNil(t, l)
+	require.NoError(t, l.Release(ctx))
+
+	res := make(chan error, 1)
+	go func() {
+		l, err := tk.Wait(ctx)
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		res <- err
+	}()
+	time.Sleep(2500 * time.Millisecond) // two chunks pass: the subject
+	require.NoError(t, h.Release(ctx))
+	select {
+	case err := <-res:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the ticket did not get the lock after re-enqueueing")
+	}
+}

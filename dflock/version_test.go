@@ -1,0 +1,107 @@
+package dflock
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// v1.10 has no ping (it answers `error`, which still resets the idle timer),
+// no separate semaphore namespace and no signals; everything else works.
+func TestWorksAgainstV1_10(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10, ReadTimeout: time.Second})
+	c := newClient(t, addrsOf(srv), WithKeepAlive(300*time.Millisecond))
+	ctx := testCtx(t)
+
+	l, err := c.Lock(ctx, "v110", LeaseTTL(30*time.Second))
+	require.NoError(t, err)
+	_, err = c.TryLock(ctx, "v110")
+	require.ErrorIs(t, err, ErrNotAcquired)
+	s, err := c.Semaphore(ctx, "v110-sem", 2)
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "v110-2p")
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+	tl, err := tk.Wait(ctx)
+	require.NoError(t, err)
+
+	// Three read timeouts pass; keepalive renewals and pings (answered
+	// `error`) keep every connection and lease alive.
+	time.Sleep(3 * time.Second) // time passing is the subject
+	for _, h := range []*Lock{l, s, tl} {
+		require.NoError(t, h.Err(), "lease %q lost", h.Key())
+	}
+	assert.True(t, lockHeld(srv, "v110"))
+	st, err := c.Stats(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, st.Servers[0].State)
+	assert.Zero(t, st.Servers[0].Pool.Broken)
+	assert.Nil(t, st.Servers[0].State.SignalChannels)
+
+	for _, h := range []*Lock{l, s, tl} {
+		require.NoError(t, h.Release(ctx))
+	}
+	assert.Zero(t, heldTotal(srv))
+}
+
+// v2.1 tokens carry a fence: with WithFencing, Fence is exposed and strictly
+// increases across grants of one key, whichever path granted them.
+func TestFencesFromV2_1TokensIncreaseStrictly(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{Version: testutil.V2_1})
+	c := newClient(t, addrsOf(srv), WithFencing())
+	other := newClient(t, addrsOf(srv), WithFencing())
+	ctx := testCtx(t)
+
+	var fences []uint64
+	record := func(l *Lock) {
+		f, ok := l.Fence()
+		require.True(t, ok, "no fence from a v2.1 token")
+		fences = append(fences, f)
+	}
+	for range 3 {
+		l, err := c.Lock(ctx, "fenced")
+		require.NoError(t, err)
+		record(l)
+		require.NoError(t, l.Release(ctx))
+	}
+	// A grant after waiting (wait pool) and a two-phase grant.
+	h, err := other.Lock(ctx, "fenced")
+	require.NoError(t, err)
+	record(h)
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "fenced")
+		assert.NoError(t, err)
+		got <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "fenced") == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, h.Release(ctx))
+	w := <-got
+	require.NotNil(t, w)
+	record(w)
+	require.NoError(t, w.Release(ctx))
+	tk, err := c.Enqueue(ctx, "fenced")
+	require.NoError(t, err)
+	tl, err := tk.Wait(ctx)
+	require.NoError(t, err)
+	record(tl)
+	require.NoError(t, tl.Release(ctx))
+
+	for i := 1; i < len(fences); i++ {
+		assert.Greater(t, fences[i], fences[i-1], "fences %v are not strictly increasing", fences)
+	}
+
+	// Without WithFencing the token is opaque.
+	plain := newClient(t, addrsOf(srv))
+	l, err := plain.Lock(ctx, "fenced")
+	require.NoError(t, err)
+	_, ok := l.Fence()
+	assert.False(t, ok)
+	require.NoError(t, l.Release(ctx))
+}
