@@ -2,6 +2,8 @@
 GO        ?= go
 PKGS      ?= ./...
 FUZZTIME  ?= 30s
+# Minimising every new interesting input of a large seed can eat a whole short run.
+FUZZMINIMIZE ?= 2s
 BENCHTIME ?= 1s
 BENCHCOUNT ?= 5
 
@@ -26,7 +28,7 @@ fuzz:
 	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
 		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
-			$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) $$pkg; \
+			$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg; \
 		done; \
 	done
 
