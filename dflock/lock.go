@@ -122,8 +122,8 @@ func (l *Lock) endedError(op string, err error) error {
 // matching ErrLockLost if the lease had been lost (or had already expired
 // on the server).
 //
-// The release is sent even if ctx ends first; ctx only bounds the wait for
-// the server's answer. A nil ctx means context.Background().
+// The release is sent even if ctx has already ended; ctx only bounds the
+// wait for the server's answer. A nil ctx means context.Background().
 func (l *Lock) Release(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
@@ -151,33 +151,37 @@ func (l *Lock) release(ctx context.Context) error {
 	if l.conn != nil {
 		c.waitLocks.take(l.lease)
 	}
+	// The release is queued whether or not ctx has ended: the lease is no
+	// longer renewed, so a release that is never sent would leave the lock
+	// held on the server until its TTL runs out (a lane connection stays
+	// open, so nothing else frees it). SendBatch never blocks and never
+	// drops a request on a live connection; ctx bounds only the wait for
+	// the answer, which is handled without the caller if it stops waiting.
 	req := releaseRequest(l.Key(), l.Token(), l.limit > 0)
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
-	if opCtx.Err() == nil {
-		// Do writes the request before it waits, so it is sent even if
-		// ctx ends during the wait. Then a lane connection only stops
-		// waiting (the reply is read and dropped), and a wait-pool
-		// connection is destroyed — which releases the lease too.
-		r, err := l.owner.Do(opCtx, req)
-		if err == nil || opCtx.Err() == nil {
-			return l.finishRelease(releaseReply{r, err})
-		}
-		c.stats.released.Add(1)
-		l.returnConn(true)
-		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
-	}
-	// ctx had already ended: send the release anyway, without waiting;
-	// its answer (and the wait-pool connection) is handled in the
-	// background.
+	res := make(chan error, 1)
 	c.bg.Add(1)
 	l.owner.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
+		if l.conn == nil {
+			// Lane-owned: nothing to hand back, safe on the reader goroutine.
+			res <- l.finishRelease(releaseReply{r, err})
+			c.bg.Done()
+			return
+		}
+		// Returning a pinned connection to the pool (or destroying it)
+		// must not run on that connection's own reader goroutine.
 		go func() {
 			defer c.bg.Done()
-			_ = l.finishRelease(releaseReply{r, err})
+			res <- l.finishRelease(releaseReply{r, err})
 		}()
 	})
-	return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+	select {
+	case err := <-res:
+		return err
+	case <-opCtx.Done():
+		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+	}
 }
 
 type releaseReply struct {
@@ -421,8 +425,21 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 			conn.Release()
 			return fail(opCtx.Err())
 		}
-		conn.Release()
+		giveBack(conn, r)
 		return nil, refusal(op, req.Key, srv, r)
+	}
+}
+
+// giveBack returns a wait-pool connection after a refusal. error_draining
+// and a bare error (which also answers a wait interrupted by shutdown) mean
+// the server closes, or may be closing, the connection: it is destroyed so
+// that the next caller dials instead of inheriting a dying connection.
+func giveBack(conn *pool.Conn, r wire.Reply) {
+	switch r.Status {
+	case wire.StatusErrDraining, wire.StatusError:
+		conn.Destroy()
+	default:
+		conn.Release()
 	}
 }
 

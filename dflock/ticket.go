@@ -25,9 +25,10 @@ type Ticket struct {
 
 	mu        sync.Mutex
 	state     ticketState
-	acquired  bool       // granted at enqueue
-	conn      *pool.Conn // queued or waiting: the connection holding the place
-	lock      *Lock      // acquired: the lease
+	acquired  bool                    // granted at enqueue
+	conn      *pool.Conn              // queued or waiting: the connection holding the place
+	lock      *Lock                   // acquired: the lease
+	stopWait  context.CancelCauseFunc // waiting: ends the Wait in progress
 	cancelled bool
 }
 
@@ -125,7 +126,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		c.tickets.add(t)
 		return t, nil
 	}
-	conn.Release()
+	giveBack(conn, r)
 	return nil, refusal(op, key, srv, r)
 }
 
@@ -186,14 +187,21 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 		t.mu.Unlock()
 		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrTicketDone}
 	}
-	t.state = ticketWaiting
+	// Cancel ends a Wait in progress through its context, never by
+	// closing the connection under it: a grant that has already arrived is
+	// then either returned (and Cancel no longer affects it) or withdrawn
+	// by wait itself, so a Lock that Wait returns is never killed by a
+	// racing Cancel.
+	wctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	t.state, t.stopWait = ticketWaiting, stop
 	conn := t.conn
 	t.mu.Unlock()
 
-	l, err := t.wait(ctx, conn, a)
+	l, err := t.wait(wctx, conn, a)
 
 	t.mu.Lock()
-	t.state, t.conn = ticketDone, nil
+	t.state, t.conn, t.stopWait = ticketDone, nil, nil
 	cancelled := t.cancelled
 	t.mu.Unlock()
 	c.tickets.remove(t)
@@ -275,7 +283,7 @@ func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			}
 			continue
 		}
-		conn.Release()
+		giveBack(conn, r)
 		return nil, refusal(t.op(), t.key, t.srv, r)
 	}
 }
@@ -301,7 +309,7 @@ func (t *Ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 	case wire.StatusQueued:
 		return nil, true, nil
 	}
-	conn.Release()
+	giveBack(conn, r)
 	return nil, false, refusal(t.op(), t.key, t.srv, r)
 }
 
@@ -321,10 +329,10 @@ func (t *Ticket) Cancel() error {
 		conn.Destroy()
 		return nil
 	case ticketWaiting:
-		conn := t.conn
+		stop := t.stopWait
 		t.cancelled = true
 		t.mu.Unlock()
-		conn.Destroy()
+		stop(ErrTicketDone) // wait withdraws the place (destroys its connection)
 		return nil
 	case ticketAcquired:
 		l := t.lock

@@ -65,6 +65,13 @@ type Owner interface {
 	// while it blocks no other lease is renewed or declared lost. done may be
 	// called synchronously from within SendBatch.
 	SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error))
+
+	// Err is non-nil once the connection has failed. It must become non-nil
+	// before the failure is reported through Scheduler.OwnerFailed: Track
+	// checks it under the same lock as OwnerFailed, so a lease granted on a
+	// connection that broke before Track is lost at once instead of being
+	// tracked on a dead connection until its next renewal.
+	Err() error
 }
 
 // Defaults.

@@ -13,6 +13,8 @@ import (
 // nopOwner answers every request ok, synchronously.
 type nopOwner struct{}
 
+func (nopOwner) Err() error { return nil }
+
 func (nopOwner) SendBatch(reqs []wire.Request, done func(int, wire.Reply, error)) {
 	for i, r := range reqs {
 		done(i, wire.Reply{Status: wire.StatusOK, Lease: r.Lease}, nil)

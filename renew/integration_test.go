@@ -73,6 +73,8 @@ func (o *wireOwner) do(req wire.Request) (wire.Reply, error) {
 	return x.r, x.err
 }
 
+func (o *wireOwner) Err() error { return o.c.Err() }
+
 func (o *wireOwner) close() {
 	o.mu.Lock()
 	if !o.closed {

@@ -15,6 +15,7 @@ type testOwner struct {
 	script func(req wire.Request) answer
 
 	mu       sync.Mutex
+	failed   error // Err's answer (set by fail)
 	batches  []sentBatch
 	answered int           // done callbacks made
 	changed  chan struct{} // signalled (non-blocking) on every record/answer
@@ -89,6 +90,20 @@ func (o *testOwner) signal() {
 	case o.changed <- struct{}{}:
 	default:
 	}
+}
+
+// Err reports the failure recorded by fail.
+func (o *testOwner) Err() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.failed
+}
+
+// fail marks the owner's connection as failed (Err turns non-nil).
+func (o *testOwner) fail(err error) {
+	o.mu.Lock()
+	o.failed = err
+	o.mu.Unlock()
 }
 
 func (o *testOwner) SendBatch(reqs []wire.Request, done func(int, wire.Reply, error)) {

@@ -129,6 +129,13 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		cause = fmt.Errorf("dflock: lease TTL %v is below one second and cannot be renewed", spec.TTL)
 	case l.owner == nil:
 		cause = errors.New("dflock: lease has no owning connection")
+	default:
+		// The grant may have been read just before its connection broke,
+		// and OwnerFailed may already have run (finding no lease of this
+		// owner): the server released the lease with the connection.
+		if err := l.owner.Err(); err != nil {
+			cause = fmt.Errorf("%w: %w", ErrOwnerFailed, err)
+		}
 	}
 	if cause != nil {
 		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})

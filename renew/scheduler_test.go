@@ -208,6 +208,25 @@ func TestOverdueGrantIsLostAtOnce(t *testing.T) {
 	assert.Empty(t, requestsFor(o.snapshot(), wire.CmdSemRenew, "k"))
 }
 
+// A grant read just before its connection broke: OwnerFailed ran first and
+// found no lease of the owner, so Track must notice the failure itself
+// instead of tracking the lease on a dead connection until its next renewal.
+func TestTrackOnAnAlreadyFailedOwnerIsLostAtOnce(t *testing.T) {
+	t.Parallel()
+	o := okOwner(t)
+	s := newTestScheduler(t, Config{})
+	boom := errors.New("connection reset")
+	o.fail(boom)
+	s.OwnerFailed(o, boom) // before Track: nothing to lose yet
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 30 * time.Second, Owner: o})
+	waitDone(t, l, time.Second)
+	assert.ErrorIs(t, l.Err(), ErrLost)
+	assert.ErrorIs(t, l.Err(), ErrOwnerFailed)
+	assert.ErrorIs(t, l.Err(), boom)
+	assert.Equal(t, 0, s.Stats().Leases)
+	assert.Empty(t, o.snapshot(), "nothing is sent on a failed owner")
+}
+
 func TestOwnerFailedLosesExactlyThatOwnersLeases(t *testing.T) {
 	t.Parallel()
 	a, b := okOwner(t), okOwner(t)
