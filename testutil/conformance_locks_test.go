@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -471,7 +473,7 @@ func TestConformanceLeaseExpiry(t *testing.T) {
 	el := time.Since(granted)
 	assert.NotEqual(t, tok, tokB)
 	assert.GreaterOrEqual(t, el, 900*time.Millisecond, "handed over before the lease lapsed")
-	assert.Less(t, el, 2600*time.Millisecond, "handed over later than ~1 s after expiry")
+	assert.Less(t, el, 3*time.Second, "handed over later than ~1 s after expiry")
 	a.send("n", "k", tok)
 	a.expect("error")
 	a.ping() // the old holder's connection is unaffected
@@ -480,7 +482,8 @@ func TestConformanceLeaseExpiry(t *testing.T) {
 // TestConformanceReadTimeout covers §8c.
 func TestConformanceReadTimeout(t *testing.T) {
 	t.Parallel()
-	const rt = 400 * time.Millisecond
+	// Generous enough that a loaded 2-core machine does not miss a deadline.
+	const rt = time.Second
 
 	t.Run("idle connection closed and its locks released", func(t *testing.T) {
 		t.Parallel()
@@ -525,7 +528,7 @@ func TestConformanceReadTimeout(t *testing.T) {
 		srv := newServer(t, Config{ReadTimeout: rt})
 		a := dialSrv(t, srv)
 		a.lock("k", "0", 33)
-		// keep the holder alive with pings while b blocks for 1 s (> rt).
+		// keep the holder alive with pings while b blocks for 2 s (> rt).
 		stop := make(chan struct{})
 		pingErr := make(chan error, 1)
 		go func() {
@@ -551,9 +554,9 @@ func TestConformanceReadTimeout(t *testing.T) {
 		}()
 		b := dialSrv(t, srv)
 		start := time.Now()
-		b.send("l", "k", "1")
+		b.send("l", "k", "2")
 		b.expect("timeout")
-		assert.GreaterOrEqual(t, time.Since(start), 900*time.Millisecond)
+		assert.GreaterOrEqual(t, time.Since(start), 1900*time.Millisecond)
 		b.ping()
 		close(stop)
 		require.NoError(t, <-pingErr)
@@ -568,7 +571,7 @@ func TestConformanceReadTimeout(t *testing.T) {
 			if v == V1_10 {
 				want = "error"
 			}
-			end := time.Now().Add(4 * rt)
+			end := time.Now().Add(3 * rt)
 			for time.Now().Before(end) {
 				time.Sleep(rt / 3) // the thing under test: time passing
 				a.send("ping", "_", "")
@@ -707,4 +710,111 @@ func TestConformanceTokensRandom(t *testing.T) {
 		}
 		assert.Greater(t, len(prefixes), 40, "v1 tokens are random, not counters")
 	}
+}
+
+// TestConformanceGC covers §8g: idle keys count against MaxLocks and keep
+// their semaphore limit until pruned after GCMaxIdle.
+func TestConformanceGC(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, Config{MaxLocks: 2, GCInterval: 50 * time.Millisecond, GCMaxIdle: 300 * time.Millisecond})
+	c := dialSrv(t, srv)
+	tok := c.lock("a", "0", 33)
+	c.send("r", "a", tok)
+	c.expect("ok")
+	c.send("sl", "s", "0 2")
+	st := c.expectGrant("ok", 33)
+	c.send("sr", "s", st)
+	c.expect("ok")
+	released := time.Now()
+	// both keys are idle but still count, and the limit sticks.
+	c.send("l", "b", "0")
+	c.expect("error_max_locks")
+	c.send("sl", "s", "0 3")
+	c.expect("error_limit_mismatch")
+	idle := decodeStats(t, statsLine(c))
+	assert.Len(t, idle.IdleLocks, 1)
+	assert.Len(t, idle.IdleSemaphores, 1)
+
+	require.Eventually(t, func() bool {
+		ws := decodeStats(t, statsLine(c))
+		return len(ws.IdleLocks) == 0 && len(ws.IdleSemaphores) == 0
+	}, ioWait, 20*time.Millisecond, "idle keys never pruned")
+	assert.GreaterOrEqual(t, time.Since(released), 250*time.Millisecond, "pruned before GCMaxIdle")
+	c.send("sl", "s", "0 3")
+	c.expectGrant("ok", 33)
+	c.lock("b", "0", 33)
+}
+
+// TestConformancePeerClose covers §8e (v1.15+): a blocking waiter whose peer
+// half-closes, or which pipelines more than the read buffer, is dropped.
+func TestConformancePeerClose(t *testing.T) {
+	t.Parallel()
+
+	t.Run("half-close during a blocking wait", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{})
+		a := dialSrv(t, srv)
+		tok := a.lock("k", "0", 33)
+		b := dialSrv(t, srv)
+		b.send("l", "k", "30")
+		waitLockWaiters(t, srv, "k", 1)
+		require.NoError(t, b.c.(*net.TCPConn).CloseWrite())
+		waitLockWaiters(t, srv, "k", 0)
+		c := dialSrv(t, srv)
+		c.send("l", "k", "10")
+		waitLockWaiters(t, srv, "k", 1)
+		a.send("r", "k", tok)
+		a.expect("ok")
+		c.expectGrant("ok", 33)
+	})
+
+	t.Run("v1.10 has no peer-close detection", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{Version: V1_10})
+		a := dialSrv(t, srv)
+		tok := a.lock("k", "0", 33)
+		b := dialSrv(t, srv)
+		b.send("l", "k", "30")
+		waitLockWaiters(t, srv, "k", 1)
+		c := dialSrv(t, srv)
+		c.send("l", "k", "30")
+		waitLockWaiters(t, srv, "k", 2)
+		b.close()
+		time.Sleep(quiet) // the thing under test: nothing happens for a while
+		l, ok := findLock(srv.Stats(), "k")
+		require.True(t, ok)
+		assert.Equal(t, 2, l.Waiters, "a dead waiter stays queued on v1.10")
+		// once granted to the dead waiter, its connection fails and auto-release hands the lock on.
+		a.send("r", "k", tok)
+		a.expect("ok")
+		c.expectGrant("ok", 33)
+	})
+
+	t.Run("pipelined data filling the buffer", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{})
+		a := dialSrv(t, srv)
+		a.lock("k", "0", 33)
+		b := dialSrv(t, srv)
+		b.write("l\nk\n30\n" + strings.Repeat("ping\n_\n\n", 600)) // > 4096 bytes behind a blocking l
+		b.expectEOF(ioWait)
+		waitLockWaiters(t, srv, "k", 0)
+	})
+
+	t.Run("pipelined data below the buffer is kept", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{})
+		a := dialSrv(t, srv)
+		tok := a.lock("k", "0", 33)
+		b := dialSrv(t, srv)
+		b.write("l\nk\n30\n" + strings.Repeat("ping\n_\n\n", 10))
+		waitLockWaiters(t, srv, "k", 1)
+		b.expectNothing()
+		a.send("r", "k", tok)
+		a.expect("ok")
+		b.expectGrant("ok", 33)
+		for range 10 {
+			b.expect("ok")
+		}
+	})
 }

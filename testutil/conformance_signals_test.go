@@ -100,6 +100,35 @@ func TestConformanceSignals(t *testing.T) {
 		}
 	})
 
+	t.Run("push during a blocking l", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{})
+		h := dialSrv(t, srv)
+		tok := h.lock("k", "0", 33)
+		a := listener(t, srv, sub("x"))
+		a.send("l", "k", "10")
+		waitLockWaiters(t, srv, "k", 1)
+		p := dialSrv(t, srv)
+		p.send("signal", "x", "while waiting")
+		p.expect("ok 1")
+		a.expect("sig x while waiting") // before the pending l's reply
+		h.send("r", "k", tok)
+		h.expect("ok")
+		a.expectGrant("ok", 33)
+	})
+
+	t.Run("pure listener closed by the read timeout", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{ReadTimeout: time.Second})
+		a := listener(t, srv, sub("x"))
+		start := time.Now()
+		a.expect("error")
+		assert.GreaterOrEqual(t, time.Since(start), 750*time.Millisecond)
+		a.expectEOF(ioWait)
+		waitConns(t, srv, 0)
+		assert.Empty(t, srv.Stats().SignalChannels)
+	})
+
 	t.Run("invalid patterns and channels", func(t *testing.T) {
 		t.Parallel()
 		srv := newServer(t, Config{})
@@ -289,6 +318,8 @@ func TestConformanceSignals(t *testing.T) {
 		line := statsLine(c)
 		assert.Contains(t, line, `{"pattern":"x.*","listeners":2}`, "group omitted when empty")
 		assert.Contains(t, line, `{"pattern":"jobs","group":"w","listeners":1}`)
+		// Go encoding/json (json.Marshal) escapes '>' as \u003e, as dflockd does.
+		assert.Contains(t, line, `{"pattern":"y.\u003e","listeners":1}`)
 		st := decodeStats(t, line)
 		assert.Len(t, st.SignalChannels, 3)
 		assert.Contains(t, st.SignalChannels, struct {
@@ -303,17 +334,7 @@ func TestConformanceSignals(t *testing.T) {
 		t.Parallel()
 		srv := newServer(t, Config{PushBuffer: 4})
 		// A slow listener that never reads, with a small receive window.
-		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) {
-				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-			})
-		}}
-		ctx, cancel := context.WithTimeout(context.Background(), ioWait)
-		defer cancel()
-		nc, err := d.DialContext(ctx, "tcp", srv.Addr())
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = nc.Close() })
-		slow := wrapConn(t, nc)
+		slow := dialSmallWindow(t, srv.Addr())
 		slow.send("listen", "ch", "")
 		slow.expect("ok")
 
@@ -380,18 +401,60 @@ func TestConformanceSignals(t *testing.T) {
 			require.FailNow(t, "fast listener never got the end marker")
 		}
 
-		// The slow listener's socket is closed by the server: drain to EOF/reset.
-		closed := false
-		for {
-			_, err := slow.readLineWithin(ioWait)
-			if err != nil {
-				closed = isClosed(err)
-				break
-			}
-		}
-		assert.True(t, closed, "slow listener must be disconnected")
+		expectClosedAfterDrain(t, slow)
 		waitConns(t, srv, 2)
 	})
+
+	t.Run("write timeout disconnects a listener that does not read", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{PushBuffer: 1000, WriteTimeout: 300 * time.Millisecond})
+		slow := dialSmallWindow(t, srv.Addr())
+		slow.send("listen", "ch", "")
+		slow.expect("ok")
+		p := dialSrv(t, srv)
+		// ~10 MB: more than the socket buffers, far less than the push buffer.
+		payload := strings.Repeat("z", 32<<10)
+		for range 300 {
+			p.send("signal", "ch", payload)
+			assert.Regexp(t, `^ok [01]$`, p.readLine())
+		}
+		// well before the 5 s default write timeout.
+		require.Eventually(t, func() bool { return srv.Stats().Connections == 1 },
+			2*time.Second, 5*time.Millisecond, "listener not disconnected by the write timeout")
+		p.send("signal", "ch", "x")
+		p.expect("ok 0")
+		expectClosedAfterDrain(t, slow)
+	})
+}
+
+// dialSmallWindow connects with a 4 KiB receive buffer, so that a client that
+// does not read soon stalls the server's writes.
+func dialSmallWindow(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), ioWait)
+	defer cancel()
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = nc.Close() })
+	return wrapConn(t, nc)
+}
+
+// expectClosedAfterDrain reads whatever the server managed to send and
+// requires the connection to end in EOF or a reset.
+func expectClosedAfterDrain(t *testing.T, c *rawConn) {
+	t.Helper()
+	for {
+		_, err := c.readLineWithin(ioWait)
+		if err != nil {
+			assert.True(t, isClosed(err), "connection must be closed by the server, got %v", err)
+			return
+		}
+	}
 }
 
 // TestConformanceNoSignals: v1.10 and v2.1 have no signal commands.

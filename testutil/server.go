@@ -343,8 +343,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		return nil
 	}
-	s.drainOnce.Do(func() { close(s.drainCh) })
+	// Refuse new connections before waking blocked waiters, so a client
+	// that sees its wait interrupted can rely on the listener being gone
+	// (PROTOCOL.md §8j: listener closed at once, then waiters get error).
 	s.closeListenerLocked()
+	s.drainOnce.Do(func() { close(s.drainCh) })
 	s.checkDrainedLocked()
 	s.mu.Unlock()
 
