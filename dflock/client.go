@@ -43,6 +43,7 @@ type Client struct {
 
 	waitLocks registry  // held leases that pin a wait-pool connection
 	tickets   ticketSet // queued two-phase tickets (they hold a connection)
+	signals   signalHub // signal subscriptions and listener connections (signal_listener.go)
 
 	stats clientCounters
 }
@@ -250,6 +251,7 @@ func (c *Client) close() {
 	c.releaseAll(held)
 	c.tickets.closeAll()
 	c.waitLocks.each(func(l *Lock) { l.returnConn(true) })
+	c.signals.close() // subscriptions and listener connections, before the pools
 	for _, s := range c.servers {
 		s.pool.Close()
 	}

@@ -176,12 +176,14 @@ func (l *Lock) release(ctx context.Context) error {
 			res <- l.finishRelease(releaseReply{r, err})
 		}()
 	})
-	select {
-	case err := <-res:
-		return err
-	case <-opCtx.Done():
-		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+	if opCtx.Err() == nil { // an ended ctx reports so at once, deterministically
+		select {
+		case err := <-res:
+			return err
+		case <-opCtx.Done():
+		}
 	}
+	return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
 }
 
 type releaseReply struct {

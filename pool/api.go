@@ -8,7 +8,8 @@
 //
 // This file holds the package's exported configuration, errors and stats;
 // Pool is in pool.go, Conn in conn.go, dialling in dial.go, keepalive and the
-// down-server probe in keepalive.go.
+// down-server probe in keepalive.go, signal listener connections in
+// listener.go.
 package pool
 
 import (
@@ -84,6 +85,7 @@ type Stats struct {
 	IdleConns     int   // idle wait-pool connections
 	AcquiredConns int   // wait-pool connections out of the pool (blocking acquires, tickets, pinned)
 	PinnedConns   int   // acquired connections that own at least one lease
+	ListenerConns int   // live signal listener connections (DialListener)
 	Broken        int64 // connections that broke or were destroyed
 	Pings         int64 // keepalive pings sent
 	Requests      int64 // requests written

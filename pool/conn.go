@@ -42,6 +42,12 @@ type Conn struct {
 	wc   *wire.Conn
 	lane bool
 
+	// Listener connections (DialListener) only: pushes go to onPush, and
+	// onBroken is told once when the connection breaks.
+	listener bool
+	onPush   func(wire.Push)
+	onBroken func(error)
+
 	mu         sync.Mutex
 	buf        []byte // encoded requests not yet taken by a flusher
 	spare      []byte // the other buffer of the swap
@@ -82,7 +88,8 @@ var pingReq = wire.Request{Cmd: wire.CmdPing}
 // server withdraws a blocked waiter) and the error matches ctx.Err() and
 // wire.ErrConnBroken. On a control-lane connection a cancelled caller only
 // stops waiting, as with Pool.Do, and lane restrictions apply
-// (ErrNotLaneSafe).
+// (ErrNotLaneSafe). On a listener connection (DialListener) a cancelled
+// caller only stops waiting too, and any command is allowed.
 //
 // Invalid requests are refused with the wire.ArgError from Validate.
 func (c *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
@@ -128,7 +135,7 @@ func (c *Conn) do(ctx context.Context, req *wire.Request) (_ wire.Reply, sent bo
 		return r, true, err
 	}
 	// From here the reader owns cl.
-	if !c.lane {
+	if !c.lane && !c.listener {
 		c.Destroy()
 		return wire.Reply{}, true, serverErr(c.p.cfg.Addr, ctx.Err(), errWithdrawnBroken)
 	}
@@ -377,7 +384,16 @@ func (c *Conn) readLoop() {
 			return
 		}
 		if wire.IsPush(line) {
-			continue // pool connections do not listen; never a reply
+			if c.onPush == nil {
+				continue // lane and wait-pool connections do not listen
+			}
+			push, err := wire.ParsePush(line)
+			if err != nil {
+				c.fail(err)
+				return
+			}
+			c.onPush(push)
+			continue
 		}
 		c.mu.Lock()
 		cl := c.q.pop()
@@ -549,6 +565,9 @@ func (c *Conn) fail(cause error) {
 		c.deliver(cl, wire.Reply{}, err)
 	}
 	c.p.connBroken(c, err)
+	if c.onBroken != nil {
+		c.onBroken(err)
+	}
 }
 
 // call is one request awaiting its reply. Calls are recycled through

@@ -382,6 +382,9 @@ func (p *Pool) Stats() Stats {
 		if c.out.Load() && c.pins.Load() > 0 {
 			s.PinnedConns++
 		}
+		if c.listener && c.errp.Load() == nil {
+			s.ListenerConns++
+		}
 	}
 	for i := range p.lanes {
 		if c := p.lanes[i].conn.Load(); c != nil && c.errp.Load() == nil {
@@ -462,7 +465,7 @@ func (p *Pool) connBroken(c *Conn, err error) {
 	}
 	p.mu.Unlock()
 	p.broken.Add(1)
-	if !c.lane && !c.out.Load() {
+	if !c.lane && !c.listener && !c.out.Load() {
 		p.needSweep.Store(true) // idle in puddle: the janitor destroys it
 	}
 	if !p.isClosed.Load() {

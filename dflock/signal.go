@@ -1,0 +1,427 @@
+package dflock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// DefaultSignalBuffer is the number of signals a Subscription buffers for
+// its consumer (see Buffer).
+const DefaultSignalBuffer = 256
+
+var (
+	// ErrSignalGap: signals may have been missed. A Subscription reports it
+	// (as a *GapError) when a listener connection it depends on broke: the
+	// Client reconnects and listens again by itself, and the subscription
+	// goes on, but whatever was emitted in between is lost. It is not
+	// terminal.
+	ErrSignalGap = errors.New("dflock: signals may have been missed")
+
+	// ErrSubscriptionClosed: the Subscription was closed (by its Close, or
+	// by Client.Close, in which case the error matches ErrClosed as well).
+	ErrSubscriptionClosed = errors.New("dflock: subscription closed")
+)
+
+// errNotSupported is the error of a listen or signal request answered with
+// the bare `error`. Arguments are validated before anything is sent, so
+// that answer means the server does not know the command.
+var errNotSupported = fmt.Errorf("%w (the server answered `error`: signals exist only in dflockd v1.11–v1.16; "+
+	"a listen is also refused at the server's --max-subscriptions cap, and before v1.15 a signal line over 256 bytes)", ErrNotSupported)
+
+// GapError reports that a Subscription may have missed signals because its
+// listener connection to Server broke (Err says why). It matches
+// ErrSignalGap.
+type GapError struct {
+	Server string
+	Err    error
+}
+
+func (e *GapError) Error() string {
+	s := "dflock: signals may have been missed: listener connection to " + e.Server + " lost"
+	if e.Err != nil {
+		s += ": " + trimPrefix(e.Err.Error())
+	}
+	return s
+}
+
+// Is reports whether target is ErrSignalGap.
+func (e *GapError) Is(target error) bool { return target == ErrSignalGap }
+
+// Unwrap returns Err.
+func (e *GapError) Unwrap() error { return e.Err }
+
+// Signal is one message received by a Subscription.
+type Signal struct {
+	// Channel the signal was emitted on.
+	Channel string
+	// Payload as emitted.
+	Payload string
+	// Err is nil for a signal. On the gap markers that C delivers it is a
+	// *GapError (matching ErrSignalGap) and Channel and Payload are empty.
+	Err error
+}
+
+// A ListenOption tunes one Listen.
+type ListenOption func(*listenOptions)
+
+type listenOptions struct {
+	group  string
+	buffer int
+}
+
+// Group makes the subscription a member of the queue group name: each
+// signal matching the pattern goes to one member of the group rather than
+// to all of them. Groups are keyed by (pattern, name), as on the server.
+// Default: no group (every subscription gets every signal).
+func Group(name string) ListenOption {
+	return func(o *listenOptions) { o.group = name }
+}
+
+// Buffer sets how many signals the subscription buffers for its consumer.
+// When the buffer is full further signals are dropped and counted (see
+// Subscription.Dropped). Default DefaultSignalBuffer.
+func Buffer(n int) ListenOption {
+	return func(o *listenOptions) { o.buffer = n }
+}
+
+// Listen subscribes to the signals whose channel matches pattern, until the
+// Subscription is closed. Patterns are NATS-like: tokens separated by '.',
+// '*' matches exactly one token, '>' (last) one or more; "orders.*.paid",
+// "events.>", and ">" for everything. A literal pattern is served by the
+// server that owns that channel (the placement of locks and of Emit); a
+// pattern with wildcards listens on every server and merges their signals.
+//
+// Listen returns once every server involved has confirmed the
+// subscription: a signal emitted after that is delivered (at most once; see
+// Subscription). It fails fast with ErrServerUnavailable if one of them is
+// down, and with ErrNotSupported against servers without signals (dflockd
+// v1.10 and v2.x). Invalid patterns and options are rejected before any
+// I/O with an *ArgError naming the argument.
+//
+// All the non-grouped subscriptions of a Client share one listener
+// connection per server; each queue group (pattern, name) has its own per
+// server. These connections are outside the lock pools, kept alive with
+// pings (WithKeepAlive), and re-established with backoff if they break.
+func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOption) (*Subscription, error) {
+	if ctx == nil {
+		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	o := listenOptions{buffer: DefaultSignalBuffer}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if err := wire.ValidatePattern(pattern); err != nil {
+		return nil, err
+	}
+	if err := wire.ValidateGroup(o.group); err != nil {
+		return nil, err
+	}
+	if o.buffer < 1 {
+		return nil, &ArgError{Arg: "buffer", Value: strconv.Itoa(o.buffer), Reason: "must be at least 1"}
+	}
+	if !c.enter() {
+		return nil, &Error{Op: "listen", Key: pattern, Err: ErrClosed}
+	}
+	defer c.leave()
+
+	servers := c.servers
+	if !isWildcard(pattern) {
+		servers = []*server{c.route(pattern)}
+	}
+	for _, srv := range servers {
+		if err := srv.pool.Err(); err != nil {
+			return nil, &Error{Op: "listen", Key: pattern, Server: srv.addr, Err: err}
+		}
+	}
+	s := &Subscription{
+		c:       c,
+		pattern: pattern,
+		group:   o.group,
+		size:    o.buffer,
+		// One slot more than the buffer: it is reserved for a gap marker,
+		// so that a gap is reported even to a consumer that fell behind.
+		ch: make(chan Signal, o.buffer+1),
+	}
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	if opCtx.Err() != nil {
+		return nil, &Error{Op: "listen", Key: pattern, Err: c.ctxError(ctx, opCtx, nil)}
+	}
+	waits, err := c.signals.attach(c, s, servers)
+	if err != nil {
+		return nil, &Error{Op: "listen", Key: pattern, Err: err}
+	}
+	for _, w := range waits {
+		var err error
+		select {
+		case err = <-w.ch:
+		case <-opCtx.Done():
+			err = c.ctxError(ctx, opCtx, nil)
+		}
+		if err != nil {
+			c.signals.detach(s)
+			s.finish(ErrSubscriptionClosed)
+			return nil, &Error{Op: "listen", Key: pattern, Server: w.l.srv.addr, Err: err}
+		}
+	}
+	return s, nil
+}
+
+// isWildcard reports whether a (valid) pattern has a '*' or '>' token.
+func isWildcard(pattern string) bool { return strings.ContainsAny(pattern, "*>") }
+
+// Emit sends payload to the subscribers of channel and returns how many
+// received it (as counted by the channel's server: one per listening
+// connection and one per matching queue group, so a Client's several
+// matching subscriptions count once). Signals are fire-and-forget and
+// delivered at most once: a subscriber that is disconnected, or too slow,
+// misses them.
+//
+// channel follows the key rules and must not contain '*' or '>'; payload
+// must not be blank or contain CR, LF or NUL, and is at most 65 531 −
+// len(channel) bytes (dflockd before v1.15 accepts only 256-byte lines).
+// Invalid input is rejected before any I/O with an *ArgError. Emit is routed
+// like locks: to the server that owns channel. Against servers without
+// signals it returns an error matching ErrNotSupported.
+func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error) {
+	if ctx == nil {
+		return 0, &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	req := wire.Request{Cmd: wire.CmdSignal, Key: channel, Arg: payload}
+	if err := req.Validate(); err != nil {
+		return 0, err
+	}
+	if !c.enter() {
+		return 0, &Error{Op: "emit", Key: channel, Err: ErrClosed}
+	}
+	defer c.leave()
+	srv := c.route(channel)
+	if err := srv.pool.Err(); err != nil {
+		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: err}
+	}
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	var r wire.Reply
+	var err error
+	if req.LineLen() <= wire.MaxLine {
+		r, _, err = srv.pool.Do(opCtx, req)
+	} else {
+		// A long payload could get a lease-owning lane connection closed
+		// by a server before v1.15 (line too long): use a connection of
+		// its own.
+		var conn *pool.Conn
+		if conn, err = srv.pool.Acquire(opCtx); err == nil {
+			r, err = conn.Do(opCtx, req)
+			conn.Release()
+		}
+	}
+	if err != nil {
+		if opCtx.Err() != nil {
+			err = c.ctxError(ctx, opCtx, nil)
+		}
+		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: err}
+	}
+	switch r.Status {
+	case wire.StatusOK:
+		return int(r.Count), nil
+	case wire.StatusError:
+		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: errNotSupported}
+	}
+	word, sentinel := replyError(r)
+	return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Reply: word, Err: sentinel}
+}
+
+// Subscription receives the signals of one Listen. Consume them with C or
+// Next (not both), and Close it when done.
+//
+// Delivery is at most once. Each subscription has a bounded buffer
+// (Buffer): the Client's reader never waits for a consumer, so while the
+// buffer is full new signals are dropped and counted (Dropped), and a
+// warning is logged once per such episode. When a listener connection
+// breaks, the Client reconnects with backoff and listens again, and the
+// subscription reports the gap: Next returns an error matching ErrSignalGap
+// once, and C delivers a Signal whose Err is set, in order, before any
+// signal received after the gap (a slot of the buffer is reserved for it).
+//
+// All methods are safe for concurrent use.
+type Subscription struct {
+	c       *Client
+	pattern string
+	group   string
+	size    int
+	ch      chan Signal // cap size+1: the last slot is for a gap marker
+
+	attached []*listener // set by attach, then read-only
+
+	dropped atomic.Uint64
+
+	mu         sync.Mutex
+	closed     bool
+	closeErr   error
+	slow       bool      // in a slow-consumer episode (dropping)
+	pendingGap *GapError // a gap that found the buffer full
+}
+
+// Pattern returns the pattern given to Listen.
+func (s *Subscription) Pattern() string { return s.pattern }
+
+// Group returns the queue group, or "" for none.
+func (s *Subscription) Group() string { return s.group }
+
+// C returns the channel of received signals. A Signal with a non-nil Err
+// is a gap marker (see Subscription). The channel is closed by Close and by
+// Client.Close.
+func (s *Subscription) C() <-chan Signal { return s.ch }
+
+// Next returns the next signal, waiting until one arrives, ctx ends, or the
+// subscription is closed (then the error matches ErrSubscriptionClosed).
+// After a gap it returns, once, an error matching ErrSignalGap (a
+// *GapError); keep calling Next to receive the signals that follow. A nil
+// ctx means context.Background().
+func (s *Subscription) Next(ctx context.Context) (Signal, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := s.closedErr(); err != nil {
+		return Signal{}, err
+	}
+	select {
+	case sig, ok := <-s.ch:
+		return s.received(sig, ok)
+	default:
+	}
+	if g := s.takePendingGap(); g != nil {
+		return Signal{}, g
+	}
+	select {
+	case sig, ok := <-s.ch:
+		return s.received(sig, ok)
+	case <-ctx.Done():
+		return Signal{}, ctx.Err()
+	}
+}
+
+func (s *Subscription) received(sig Signal, ok bool) (Signal, error) {
+	if !ok {
+		return Signal{}, s.closedErr()
+	}
+	if sig.Err != nil {
+		return Signal{}, sig.Err
+	}
+	return sig, nil
+}
+
+// Dropped returns how many signals were dropped because the buffer was full.
+func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
+
+// Close ends the subscription: the server-side subscription is withdrawn
+// (in the background; the listener connection is closed when no
+// subscription uses it any more), C is closed, and Next returns an error
+// matching ErrSubscriptionClosed. Signals still buffered can be read from
+// C. Close is idempotent and never blocks on the network; it returns nil.
+func (s *Subscription) Close() error {
+	s.c.signals.detach(s)
+	s.finish(ErrSubscriptionClosed)
+	return nil
+}
+
+func (s *Subscription) closedErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		return nil
+	}
+	return s.closeErr
+}
+
+// finish marks the subscription closed and closes its channel, once.
+func (s *Subscription) finish(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.closeErr = err
+	s.pendingGap = nil
+	close(s.ch)
+}
+
+func (s *Subscription) takePendingGap() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g := s.pendingGap; g != nil && len(s.ch) == 0 {
+		s.pendingGap = nil
+		return g
+	}
+	return nil
+}
+
+// offer queues sig if there is room and reports whether it did (a closed
+// subscription swallows it). Called by listener readers; never blocks.
+func (s *Subscription) offer(sig Signal) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return true
+	}
+	if g := s.pendingGap; g != nil && len(s.ch) < cap(s.ch) {
+		s.ch <- Signal{Err: g}
+		s.pendingGap = nil
+	}
+	if s.pendingGap != nil || len(s.ch) >= s.size {
+		s.mu.Unlock()
+		return false
+	}
+	s.ch <- sig
+	s.slow = false
+	s.mu.Unlock()
+	return true
+}
+
+// deliver offers sig and counts it as dropped if there is no room.
+func (s *Subscription) deliver(sig Signal) {
+	if !s.offer(sig) {
+		s.drop()
+	}
+}
+
+// drop counts one dropped signal and logs the start of a slow-consumer
+// episode (it ends when a signal is delivered again).
+func (s *Subscription) drop() {
+	s.dropped.Add(1)
+	s.mu.Lock()
+	first := !s.slow && !s.closed
+	s.slow = true
+	s.mu.Unlock()
+	if first {
+		s.c.log.Warn("dflock: slow signal consumer: buffer full, dropping signals",
+			"pattern", s.pattern, "group", s.group, "buffer", s.size, "dropped", s.dropped.Load())
+	}
+}
+
+// gap reports a gap: queued at once if there is room (one slot is always
+// reserved for it), else delivered before the next signal. Gaps that
+// happen before the consumer has seen the previous one merge.
+func (s *Subscription) gap(g *GapError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.pendingGap != nil {
+		return
+	}
+	if len(s.ch) < cap(s.ch) {
+		s.ch <- Signal{Err: g}
+		return
+	}
+	s.pendingGap = g
+}
