@@ -251,6 +251,15 @@ func (l *Lock) returnConn(destroy bool) {
 // connection; a contended one waits on a connection of its own, which stays
 // with the lock until it is released. If ctx ends while a grant is in
 // flight, the grant is released: an error return never leaves a lock held.
+//
+// The server's wait timeout is whole seconds, so AcquireTimeout (or ctx's
+// deadline) is sent rounded up and enforced exactly by the client. With
+// neither, the wait is sent in chunks of an hour (very large timeouts
+// overflow on old servers); when a chunk runs out the server drops the
+// waiter and the Client joins the queue again — at its end. A blocked wait
+// carries no traffic, so a server process that stalls while its host stays
+// up is noticed only when the chunk ends (a closed connection or a dead
+// host is noticed at once): prefer a deadline.
 func (c *Client) Lock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
 	return c.acquire(ctx, "lock", key, 0, false, opts)
 }
