@@ -258,8 +258,8 @@ func (l *Lock) returnConn(destroy bool) {
 // overflow on old servers); when a chunk runs out the server drops the
 // waiter and the Client joins the queue again — at its end. A blocked wait
 // carries no traffic, so a server process that stalls while its host stays
-// up is noticed only when the chunk ends (a closed connection or a dead
-// host is noticed at once): prefer a deadline.
+// up is noticed only when the chunk ends (a closed connection is noticed at
+// once, a dead host by TCP keepalive): prefer a deadline.
 func (c *Client) Lock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
 	return c.acquire(ctx, "lock", key, 0, false, opts)
 }
