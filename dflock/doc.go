@@ -73,6 +73,19 @@
 // (the Client re-dials in the background). Sending the key to another server
 // would let a second client take a lock the first may still hold.
 //
+// # Signals
+//
+// On signal-era servers (dflockd v1.11 to v1.16) Listen subscribes to
+// NATS-style patterns ("orders.*", "orders.>"), optionally as a member of a
+// queue group, and Emit publishes to a channel. Delivery is at most once:
+// each subscription has a bounded buffer whose overflow is dropped and
+// counted (Subscription.Dropped) so that a slow consumer never stalls the
+// connection, and after a listener connection is re-established the
+// subscription reports the gap (ErrSignalGap). Listener connections are
+// separate from the connections that own leases. Against servers without
+// signals, Listen and Emit return an error matching ErrNotSupported. See
+// docs/signals.md.
+//
 // # Errors
 //
 // Errors match sentinels with errors.Is (ErrNotAcquired, ErrTimeout,
