@@ -186,6 +186,23 @@ func (c *Client) route(key string) *server {
 	return c.servers[c.place.Server(key)]
 }
 
+// begin starts an operation on key's server: it enters the Client
+// (ErrClosed once Close has begun), fails fast if the server is known to be
+// down (never re-routing the key), and derives the operation context, which
+// Close also ends. On success the caller must call cancel and then c.leave.
+func (c *Client) begin(ctx context.Context, op, key string) (srv *server, opCtx context.Context, cancel context.CancelFunc, err error) {
+	if !c.enter() {
+		return nil, nil, nil, &Error{Op: op, Key: key, Err: ErrClosed}
+	}
+	srv = c.route(key)
+	if err := srv.pool.Err(); err != nil {
+		c.leave()
+		return nil, nil, nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
+	}
+	opCtx, cancel = c.opContext(ctx)
+	return srv, opCtx, cancel, nil
+}
+
 // enter registers an operation; it reports false once Close has begun.
 func (c *Client) enter() bool {
 	c.inflight.Add(1)

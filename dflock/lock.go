@@ -324,15 +324,11 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	if !c.enter() {
-		return nil, &Error{Op: op, Key: key, Err: ErrClosed}
+	srv, opCtx, cancel, err := c.begin(ctx, op, key)
+	if err != nil {
+		return nil, err
 	}
 	defer c.leave()
-	srv := c.route(key)
-	if err := srv.pool.Err(); err != nil {
-		return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
-	}
-	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
 	if a.hasTimeout && !try {
 		var cancelT context.CancelFunc

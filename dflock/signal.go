@@ -201,18 +201,13 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 	if err := req.Validate(); err != nil {
 		return 0, err
 	}
-	if !c.enter() {
-		return 0, &Error{Op: "emit", Key: channel, Err: ErrClosed}
+	srv, opCtx, cancel, err := c.begin(ctx, "emit", channel)
+	if err != nil {
+		return 0, err
 	}
 	defer c.leave()
-	srv := c.route(channel)
-	if err := srv.pool.Err(); err != nil {
-		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: err}
-	}
-	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
 	var r wire.Reply
-	var err error
 	if req.LineLen() <= wire.MaxLine {
 		r, _, err = srv.pool.Do(opCtx, req)
 	} else {

@@ -76,15 +76,11 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	if !c.enter() {
-		return nil, &Error{Op: op, Key: key, Err: ErrClosed}
+	srv, opCtx, cancel, err := c.begin(ctx, op, key)
+	if err != nil {
+		return nil, err
 	}
 	defer c.leave()
-	srv := c.route(key)
-	if err := srv.pool.Err(); err != nil {
-		return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
-	}
-	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
 	fail := func(err error) (*Ticket, error) {
 		if opCtx.Err() != nil {
