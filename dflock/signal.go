@@ -193,6 +193,11 @@ func isWildcard(pattern string) bool { return strings.ContainsAny(pattern, "*>")
 // Invalid input is rejected before any I/O with an *ArgError. Emit is routed
 // like locks: to the server that owns channel. Against servers without
 // signals it returns an error matching ErrNotSupported.
+//
+// Emit is pipelined on the control lane, except that payloads over 256
+// bytes share one connection per server of their own (dialled on first
+// use): it owns no lease and is outside the wait pool, so Locks blocked at
+// WithMaxConnsPerServer do not delay them.
 func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error) {
 	if ctx == nil {
 		return 0, &ArgError{Arg: "ctx", Reason: "must not be nil"}
@@ -212,12 +217,20 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 		r, _, err = srv.pool.Do(opCtx, req)
 	} else {
 		// A long payload could get a lease-owning lane connection closed
-		// by a server before v1.15 (line too long): use a connection of
-		// its own.
+		// by a server before v1.15 (line too long): long Emits share a
+		// connection of their own, which owns no lease and is outside the
+		// wait pool, so that blocked Locks cannot make them wait.
+		var e *emitConn
 		var conn *pool.Conn
-		if conn, err = srv.pool.Acquire(opCtx); err == nil {
-			r, err = conn.Do(opCtx, req)
-			conn.Release()
+		if e, err = c.signals.emitter(srv); err == nil {
+			if conn, err = e.get(opCtx); err == nil {
+				r, err = conn.Do(opCtx, req)
+				if err == nil && r.Status == wire.StatusError {
+					// A server before v1.15 closes the connection after
+					// refusing a long line: do not hand it to the next Emit.
+					e.discard(conn)
+				}
+			}
 		}
 	}
 	if err != nil {
@@ -246,7 +259,9 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 // breaks, the Client reconnects with backoff and listens again, and the
 // subscription reports the gap: Next returns an error matching ErrSignalGap
 // once, and C delivers a Signal whose Err is set, in order, before any
-// signal received after the gap (a slot of the buffer is reserved for it).
+// signal received after the gap (a slot of the buffer is reserved for it;
+// gaps beyond it wait for room, one per server). Warnings are logged off
+// the connection's reader, so a slow log handler cannot stall it.
 //
 // All methods are safe for concurrent use.
 type Subscription struct {
@@ -260,11 +275,14 @@ type Subscription struct {
 
 	dropped atomic.Uint64
 
-	mu         sync.Mutex
-	closed     bool
-	closeErr   error
-	slow       bool      // in a slow-consumer episode (dropping)
-	pendingGap *GapError // a gap that found the buffer full
+	mu       sync.Mutex
+	closed   bool
+	closeErr error
+	slow     bool // in a slow-consumer episode (dropping)
+	// Gaps that found the buffer full, oldest first, at most one per
+	// server (a later gap of the same server merges into the pending one),
+	// so bounded by the number of servers.
+	pendingGaps []*GapError
 }
 
 // Pattern returns the pattern given to Listen.
@@ -348,33 +366,41 @@ func (s *Subscription) finish(err error) {
 	}
 	s.closed = true
 	s.closeErr = err
-	s.pendingGap = nil
+	s.pendingGaps = nil
 	close(s.ch)
 }
 
+// takePendingGap returns the oldest pending gap once the channel is empty.
 func (s *Subscription) takePendingGap() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if g := s.pendingGap; g != nil && len(s.ch) == 0 {
-		s.pendingGap = nil
+	if len(s.pendingGaps) > 0 && len(s.ch) == 0 {
+		g := s.pendingGaps[0]
+		s.pendingGaps = s.pendingGaps[1:]
 		return g
 	}
 	return nil
 }
 
+// flushGapsLocked moves pending gaps to the channel while there is room.
+func (s *Subscription) flushGapsLocked() {
+	for len(s.pendingGaps) > 0 && len(s.ch) < cap(s.ch) {
+		s.ch <- Signal{Err: s.pendingGaps[0]}
+		s.pendingGaps = s.pendingGaps[1:]
+	}
+}
+
 // offer queues sig if there is room and reports whether it did (a closed
-// subscription swallows it). Called by listener readers; never blocks.
+// subscription swallows it). Pending gaps go first: a signal is never
+// queued ahead of them. Called by listener readers; never blocks.
 func (s *Subscription) offer(sig Signal) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return true
 	}
-	if g := s.pendingGap; g != nil && len(s.ch) < cap(s.ch) {
-		s.ch <- Signal{Err: g}
-		s.pendingGap = nil
-	}
-	if s.pendingGap != nil || len(s.ch) >= s.size {
+	s.flushGapsLocked()
+	if len(s.pendingGaps) > 0 || len(s.ch) >= s.size {
 		s.mu.Unlock()
 		return false
 	}
@@ -384,39 +410,48 @@ func (s *Subscription) offer(sig Signal) bool {
 	return true
 }
 
-// deliver offers sig and counts it as dropped if there is no room.
-func (s *Subscription) deliver(sig Signal) {
-	if !s.offer(sig) {
-		s.drop()
-	}
-}
-
-// drop counts one dropped signal and logs the start of a slow-consumer
-// episode (it ends when a signal is delivered again).
-func (s *Subscription) drop() {
+// drop counts one dropped signal and reports whether it starts a
+// slow-consumer episode (which ends when a signal is delivered again); the
+// caller then has warnSlow called off the reader goroutine.
+func (s *Subscription) drop() (first bool) {
 	s.dropped.Add(1)
 	s.mu.Lock()
-	first := !s.slow && !s.closed
+	first = !s.slow && !s.closed
 	s.slow = true
 	s.mu.Unlock()
-	if first {
-		s.c.log.Warn("dflock: slow signal consumer: buffer full, dropping signals",
-			"pattern", s.pattern, "group", s.group, "buffer", s.size, "dropped", s.dropped.Load())
+	return first
+}
+
+// warnSlow logs the start of a slow-consumer episode. Listener supervisors
+// call it, never a reader: a log handler is user code.
+func (s *Subscription) warnSlow() {
+	if s.closedErr() != nil {
+		return
 	}
+	s.c.log.Warn("dflock: slow signal consumer: buffer full, dropping signals",
+		"pattern", s.pattern, "group", s.group, "buffer", s.size, "dropped", s.dropped.Load())
 }
 
 // gap reports a gap: queued at once if there is room (one slot is always
-// reserved for it), else delivered before the next signal. Gaps that
-// happen before the consumer has seen the previous one merge.
+// reserved for it), else delivered before the next signal (C) or once the
+// channel is empty (Next). A gap of a server whose previous gap is still
+// pending merges into it; gaps of different servers (a wildcard
+// subscription) stay separate.
 func (s *Subscription) gap(g *GapError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.pendingGap != nil {
+	if s.closed {
 		return
 	}
-	if len(s.ch) < cap(s.ch) {
+	for _, p := range s.pendingGaps {
+		if p.Server == g.Server {
+			return
+		}
+	}
+	s.flushGapsLocked()
+	if len(s.pendingGaps) == 0 && len(s.ch) < cap(s.ch) {
 		s.ch <- Signal{Err: g}
 		return
 	}
-	s.pendingGap = g
+	s.pendingGaps = append(s.pendingGaps, g)
 }

@@ -96,3 +96,44 @@ func benchSignals(b *testing.B, pubs int) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "signals/s")
 	b.ReportMetric(float64(sub.Dropped()), "dropped")
 }
+
+// BenchmarkSignalListenClose measures the local cost of subscribing: one op
+// is Listen of N subscriptions followed by Close of all of them, on one
+// server. "same" puts every subscription on one pattern (one server-side
+// listen; the rest is local bookkeeping), "distinct" gives each its own
+// literal pattern (one listen and one unlisten each). The cost per
+// subscription must not grow with N.
+//
+//	go test -run='^$' -bench=SignalListenClose -benchtime=3x ./dflock
+func BenchmarkSignalListenClose(b *testing.B) {
+	for _, mode := range []string{"same", "distinct"} {
+		for _, n := range []int{1000, 10000} {
+			b.Run(fmt.Sprintf("%s/subs=%d", mode, n), func(b *testing.B) {
+				srv := newServer(b, testutil.Config{})
+				c := newClient(b, addrsOf(srv))
+				ctx := context.Background()
+				subs := make([]*Subscription, n)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for range b.N {
+					for i := range subs {
+						pattern := "bench.same"
+						if mode == "distinct" {
+							pattern = "bench." + strconv.Itoa(i)
+						}
+						s, err := c.Listen(ctx, pattern, Buffer(1))
+						if err != nil {
+							b.Fatal(err)
+						}
+						subs[i] = s
+					}
+					for _, s := range subs {
+						_ = s.Close()
+					}
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/sub")
+			})
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -362,6 +363,8 @@ func TestSignalsSlowConsumerDropsWithoutStallingTheConnection(t *testing.T) {
 	}
 	assertEmpty(t, slow) // no gap: the connection never broke
 	assert.Equal(t, uint64(n+1), uint64(received)+slow.Dropped())
+	// The supervisor logs the warning (never the reader).
+	require.Eventually(t, func() bool { return logs.count("slow signal consumer") == 1 }, testTimeout, time.Millisecond)
 	assert.Equal(t, 1, logs.count("slow signal consumer"), "one warning per episode")
 	assert.Zero(t, c.servers[0].pool.Stats().Broken, "no connection broke")
 	assert.Equal(t, 0, logs.count("listener connection lost"))
@@ -622,24 +625,45 @@ func TestSignalsRejectBadInputBeforeIO(t *testing.T) {
 	assert.Zero(t, c.servers[0].pool.Stats().DialFailures, "nothing was dialled")
 }
 
+// A Listen whose ctx ends while its listen is in flight on the shared
+// connection fails with the ctx error, leaves no server-side subscription
+// behind, and does not disturb the subscriptions sharing the connection.
 func TestSignalsCancelledListenDoesNotDisturbOthers(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv))
+	c := newClient(t, addrsOf(srv), WithKeepAlive(time.Minute)) // no pings: the requests written are ours
 	ctx := testCtx(t)
 	sub, err := c.Listen(ctx, "k.>")
 	require.NoError(t, err)
+
+	// The server does not read: the listen is written but not answered.
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	written := c.servers[0].pool.Stats().Requests
 	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	listenErr := make(chan error, 1)
+	go func() {
+		_, err := c.Listen(cctx, "k.other")
+		listenErr <- err
+	}()
+	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().Requests > written }, testTimeout, time.Millisecond,
+		"the listen is written")
 	cancel()
-	_, err = c.Listen(cctx, "k.other")
-	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorIs(t, <-listenErr, context.Canceled)
+	resume()
+
+	// The server answers the listen, then gets the unlisten.
+	require.Eventually(t, func() bool {
+		st := srv.Stats()
+		return st.Requests["listen"] == 2 && st.Requests["unlisten"] == 1
+	}, testTimeout, time.Millisecond)
+	assert.Equal(t, []testutil.SignalChannelInfo{{Pattern: "k.>", Listeners: 1}}, srv.Stats().SignalChannels,
+		"the cancelled pattern is not left listening")
 	assert.Equal(t, 1, emit(t, c, "k.other", "p"))
 	assert.Equal(t, "p", next(t, sub).Payload)
 	assertEmpty(t, sub)
 	assert.Zero(t, c.servers[0].pool.Stats().Broken)
-	require.Eventually(t, func() bool {
-		return len(srv.Stats().SignalChannels) == 1
-	}, testTimeout, time.Millisecond, "the cancelled pattern is not left listening")
 }
 
 func TestSignalsLongPayloadsAndWildcardServerDown(t *testing.T) {
@@ -669,4 +693,587 @@ func TestSignalsLongPayloadsAndWildcardServerDown(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, emit(t, c, live, "ok"))
 	assert.Equal(t, "ok", next(t, s2).Payload)
+}
+
+// waitListening waits until srv shows a listener for pattern (and group).
+func waitListening(t *testing.T, srv *testutil.Server, pattern, group string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for _, sc := range srv.Stats().SignalChannels {
+			if sc.Pattern == pattern && sc.Group == group {
+				return true
+			}
+		}
+		return false
+	}, testTimeout, time.Millisecond, "%s listening on %s", pattern, srv.Addr())
+}
+
+// recvC receives one item from C within the test timeout.
+func recvC(t *testing.T, s *Subscription) Signal {
+	t.Helper()
+	select {
+	case sig, ok := <-s.C():
+		require.True(t, ok, "C closed")
+		return sig
+	case <-time.After(testTimeout):
+		t.Fatal("nothing received")
+		return Signal{}
+	}
+}
+
+// A signal can be delivered on a new connection as soon as the server has
+// answered the re-listen, before the supervisor has processed that answer.
+// If the connection breaks in between, the gap must still be reported.
+// Not parallel: it sets a test hook.
+func TestSignalsGapWhenBrokenBeforeRelistenIsProcessed(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	inWindow := make(chan struct{})
+	release := make(chan struct{})
+	var armed atomic.Bool
+	c.signals.testHookReply = func() {
+		if armed.CompareAndSwap(true, false) {
+			close(inWindow)
+			<-release
+		}
+	}
+	ctx := testCtx(t)
+	a, err := c.Listen(ctx, "a")
+	require.NoError(t, err)
+	armed.Store(true)
+
+	srv.DropConnections()
+	_, err = a.Next(ctx)
+	require.ErrorIs(t, err, ErrSignalGap)
+	<-inWindow // the server answered the re-listen; the supervisor has not processed it
+	assert.Equal(t, 1, emit(t, c, "a", "x1"))
+	assert.Equal(t, "x1", next(t, a).Payload, "served by the new connection already")
+	srv.DropConnections() // the second break, inside the window
+	// Let the Client notice the break before the supervisor goes on.
+	c.signals.mu.Lock()
+	l := c.signals.listeners[listenerKey{srv: c.servers[0]}]
+	c.signals.mu.Unlock()
+	require.Eventually(t, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.cur == nil
+	}, testTimeout, time.Millisecond)
+	close(release)
+
+	waitListening(t, srv, "a", "")
+	assert.Equal(t, 1, emit(t, c, "a", "y"))
+	_, err = a.Next(ctx)
+	require.ErrorIs(t, err, ErrSignalGap, "a gap must come before the next signal")
+	assert.Equal(t, "y", next(t, a).Payload)
+	assertEmpty(t, a)
+}
+
+func TestSignalsWildcardReportsAGapPerServerWhenBufferIsFull(t *testing.T) {
+	t.Parallel()
+	srvs := threeServers(t, testutil.Config{})
+	c := newClient(t, addrsOf(srvs...))
+	ctx := testCtx(t)
+	s, err := c.Listen(ctx, ">", Buffer(1))
+	require.NoError(t, err)
+	emit(t, c, "x", "fill")
+	require.Eventually(t, func() bool { return len(s.C()) == 1 }, testTimeout, time.Millisecond)
+	for _, sv := range srvs {
+		sv.DropConnections()
+	}
+	// Re-listened everywhere: every break has been handled.
+	for _, sv := range srvs {
+		waitListening(t, sv, ">", "")
+	}
+	assert.Equal(t, "fill", next(t, s).Payload)
+	servers := map[string]bool{}
+	for len(servers) < 3 {
+		_, err := s.Next(ctx) // the reserved slot's gap, then the pending ones
+		var g *GapError
+		require.ErrorAs(t, err, &g)
+		assert.False(t, servers[g.Server], "one gap per server")
+		servers[g.Server] = true
+	}
+	assertEmpty(t, s)
+	assert.Zero(t, s.Dropped())
+}
+
+func TestSignalsPendingGapComesBeforeTheNextSignal(t *testing.T) {
+	t.Parallel()
+	for _, useNext := range []bool{false, true} {
+		t.Run(fmt.Sprintf("next=%v", useNext), func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{})
+			c := newClient(t, addrsOf(srv))
+			ctx := testCtx(t)
+			s, err := c.Listen(ctx, "p", Buffer(2))
+			require.NoError(t, err)
+			emit(t, c, "p", "s1")
+			emit(t, c, "p", "s2")
+			require.Eventually(t, func() bool { return len(s.C()) == 2 }, testTimeout, time.Millisecond)
+			srv.DropConnections() // gap 1 takes the reserved slot
+			require.Eventually(t, func() bool { return len(s.C()) == 3 }, testTimeout, time.Millisecond)
+			waitListening(t, srv, "p", "")
+			srv.DropConnections() // gap 2 finds the channel full: pending
+			waitListening(t, srv, "p", "")
+
+			recv := func() (Signal, error) {
+				if useNext {
+					return s.Next(ctx)
+				}
+				sig := recvC(t, s)
+				return sig, sig.Err
+			}
+			for _, want := range []string{"s1", "s2"} {
+				sig, err := recv()
+				require.NoError(t, err)
+				assert.Equal(t, want, sig.Payload)
+			}
+			_, err = recv()
+			require.ErrorIs(t, err, ErrSignalGap, "gap 1")
+			if useNext {
+				// The channel is empty: Next hands out the pending gap.
+				_, err = s.Next(ctx)
+				require.ErrorIs(t, err, ErrSignalGap, "gap 2")
+				assert.Equal(t, 1, emit(t, c, "p", "s3"))
+			} else {
+				// C gets the pending gap when the next signal comes, before it.
+				assertEmpty(t, s)
+				assert.Equal(t, 1, emit(t, c, "p", "s3"))
+				_, err = recv()
+				require.ErrorIs(t, err, ErrSignalGap, "gap 2")
+			}
+			sig, err := recv()
+			require.NoError(t, err)
+			assert.Equal(t, "s3", sig.Payload)
+			assertEmpty(t, s)
+			assert.Zero(t, s.Dropped())
+		})
+	}
+}
+
+// A re-listen the server refuses is retried while the subscription exists,
+// whatever other Listen calls and steps happen meanwhile.
+func TestSignalsRefusedRelistenIsRetried(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	addr := srv.Addr()
+	c := newClient(t, []string{addr})
+	ctx := testCtx(t)
+	a, err := c.Listen(ctx, "a")
+	require.NoError(t, err)
+	b, err := c.Listen(ctx, "b")
+	require.NoError(t, err)
+	require.NoError(t, srv.Stop())
+	for _, s := range []*Subscription{a, b} {
+		_, err := s.Next(ctx)
+		require.ErrorIs(t, err, ErrSignalGap)
+	}
+	// The replacement takes one subscription per connection: of the two
+	// re-listens (one write), one is refused and retried.
+	srv2, err := testutil.Start(testutil.Config{Addr: addr, MaxSubscriptions: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv2.Close() })
+	var kept, refused *Subscription
+	require.Eventually(t, func() bool {
+		sc := srv2.Stats().SignalChannels
+		if len(sc) != 1 {
+			return false
+		}
+		kept, refused = a, b
+		if sc[0].Pattern == "b" {
+			kept, refused = b, a
+		}
+		return true
+	}, testTimeout, time.Millisecond)
+
+	// A Listen that gives up before the supervisor ran (its add and remove
+	// coalesce into one wake-up; simulated here with the hub's lock, which
+	// every supervisor step takes first, and by draining the wake-up), and
+	// one that the server refuses, must not end the retries of the
+	// existing subscription.
+	h := &c.signals
+	h.mu.Lock()
+	l := h.listeners[listenerKey{srv: c.servers[0]}]
+	gone := &Subscription{c: c, pattern: refused.Pattern(), size: 1, ch: make(chan Signal, 2)}
+	l.add(gone)
+	l.remove(gone)
+	select {
+	case <-l.wake:
+	default:
+	}
+	h.mu.Unlock()
+	listens := srv2.Stats().Requests["listen"]
+	require.Eventually(t, func() bool { return srv2.Stats().Requests["listen"] >= listens+2 }, testTimeout, time.Millisecond,
+		"the re-listen is still retried")
+	_, err = c.Listen(ctx, refused.Pattern())
+	require.ErrorIs(t, err, ErrNotSupported)
+	listens = srv2.Stats().Requests["listen"]
+	require.Eventually(t, func() bool { return srv2.Stats().Requests["listen"] >= listens+2 }, testTimeout, time.Millisecond,
+		"the re-listen is still retried")
+
+	// Make room: a retry succeeds (the unlisten's step does not cancel the
+	// pending retry).
+	require.NoError(t, kept.Close())
+	waitListening(t, srv2, refused.Pattern(), "")
+	assert.Equal(t, 1, emit(t, c, refused.Pattern(), "back"))
+	assert.Equal(t, "back", next(t, refused).Payload)
+}
+
+// Long payloads do not use the wait pool, which blocked Locks can fill.
+func TestSignalsLongEmitDoesNotWaitForTheWaitPool(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv), WithMaxConnsPerServer(1))
+	holder := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "ch")
+	require.NoError(t, err)
+	l, err := holder.TryLock(ctx, "k")
+	require.NoError(t, err)
+	lockErr := make(chan error, 1)
+	lctx, stopLock := context.WithCancel(ctx)
+	go func() {
+		_, err := c.Lock(lctx, "k") // holds the only wait-pool connection
+		lockErr <- err
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "k") == 1 }, testTimeout, time.Millisecond)
+
+	payload := strings.Repeat("x", 300)
+	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ { // dialled once, then shared
+		n, err := c.Emit(ectx, "ch", payload)
+		require.NoError(t, err)
+		assert.Equal(t, 1, n)
+		assert.Equal(t, payload, next(t, sub).Payload)
+	}
+	assert.Equal(t, 1, lockWaiters(srv, "k"), "the Lock still waits")
+	stopLock()
+	require.ErrorIs(t, <-lockErr, context.Canceled)
+	require.NoError(t, l.Release(ctx))
+}
+
+// A server before v1.15 closes the connection of a long Emit: that
+// connection only, so locks keep working, and the next long Emit re-dials.
+func TestSignalsLongEmitOnOldServerLeavesLocksAlone(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10})
+	c := newClient(t, addrsOf(srv), WithMaxConnsPerServer(1))
+	ctx := testCtx(t)
+	for i := 0; i < 10; i++ {
+		_, err := c.Emit(ctx, "a.b", strings.Repeat("x", 300))
+		require.ErrorIs(t, err, ErrNotSupported)
+		l, err := c.Lock(ctx, "k"+strconv.Itoa(i))
+		require.NoError(t, err)
+		require.NoError(t, l.Release(ctx))
+	}
+}
+
+// blockingHandler is a slog handler that blocks on records whose message
+// contains match until release is closed.
+type blockingHandler struct {
+	match   string
+	entered chan struct{} // closed at the first blocked record
+	once    *sync.Once
+	release chan struct{}
+}
+
+func newBlockingHandler(match string) *blockingHandler {
+	return &blockingHandler{match: match, entered: make(chan struct{}), once: new(sync.Once), release: make(chan struct{})}
+}
+
+func (h *blockingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *blockingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *blockingHandler) WithGroup(string) slog.Handler            { return h }
+func (h *blockingHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, h.match) {
+		h.once.Do(func() { close(h.entered) })
+		<-h.release
+	}
+	return nil
+}
+
+// The reader never runs user code: a log handler that blocks on the
+// slow-consumer warning does not stop deliveries.
+func TestSignalsSlowLogHandlerDoesNotStallTheReader(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	h := newBlockingHandler("slow signal consumer")
+	c := newClient(t, addrsOf(srv), WithLogger(slog.New(h)))
+	t.Cleanup(func() { close(h.release) }) // before the Client's Close (cleanups run last-in first-out)
+	ctx := testCtx(t)
+	slow, err := c.Listen(ctx, "slow", Buffer(1))
+	require.NoError(t, err)
+	fast, err := c.Listen(ctx, "fast")
+	require.NoError(t, err)
+	emit(t, c, "slow", "1")
+	emit(t, c, "slow", "2") // dropped: the warning blocks in the handler
+	<-h.entered
+	for i := 0; i < 5; i++ {
+		emit(t, c, "fast", strconv.Itoa(i))
+		assert.Equal(t, strconv.Itoa(i), next(t, fast).Payload)
+	}
+	assert.Equal(t, uint64(1), slow.Dropped())
+	assert.Zero(t, c.servers[0].pool.Stats().Broken)
+}
+
+// Nor does the break handler log: the gap arrives while the handler blocks
+// on the "connection lost" warning.
+func TestSignalsSlowLogHandlerDoesNotDelayTheGap(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	h := newBlockingHandler("listener connection lost")
+	c := newClient(t, addrsOf(srv), WithLogger(slog.New(h)))
+	t.Cleanup(func() { close(h.release) })
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "g.>")
+	require.NoError(t, err)
+	srv.DropConnections()
+	_, err = sub.Next(ctx)
+	require.ErrorIs(t, err, ErrSignalGap)
+	<-h.entered
+}
+
+// A subscription of a pattern whose unlisten is still due finds the
+// pattern listening: no duplicate listen (a server before v1.16 refuses
+// one at --max-subscriptions).
+func TestSignalsResubscribeBeforeUnlistenSendsNoDuplicateListen(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv), WithKeepAlive(time.Minute))
+	ctx := testCtx(t)
+	a, err := c.Listen(ctx, "a")
+	require.NoError(t, err)
+
+	// Keep the supervisor busy: it waits for the reply to a listen that
+	// the stalled server does not read.
+	resume := srv.Stall(0)
+	written := c.servers[0].pool.Stats().Requests
+	otherErr := make(chan error, 1)
+	go func() {
+		_, err := c.Listen(ctx, "other")
+		otherErr <- err
+	}()
+	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().Requests > written }, testTimeout, time.Millisecond)
+	require.NoError(t, a.Close())
+	t.Cleanup(resume)
+	a2, err := c.Listen(ctx, "a")
+	require.NoError(t, err, "answered at once (the server is stalled): still listening")
+	resume()
+	require.NoError(t, <-otherErr)
+	assert.Equal(t, 1, emit(t, c, "a", "p"))
+	assert.Equal(t, "p", next(t, a2).Payload)
+	st := srv.Stats()
+	assert.EqualValues(t, 2, st.Requests["listen"], "a and other, once each")
+	assert.EqualValues(t, 0, st.Requests["unlisten"])
+}
+
+// Many subscriptions of one pattern: removal from the middle (O(1) swap)
+// leaves every other subscription served exactly once.
+func TestSignalsManySubscriptionsCloseInAnyOrder(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	var subs []*Subscription
+	for i := 0; i < 50; i++ {
+		pattern := "m.x"
+		if i%2 == 1 {
+			pattern = "m.>"
+		}
+		s, err := c.Listen(ctx, pattern)
+		require.NoError(t, err)
+		subs = append(subs, s)
+	}
+	closed := map[int]bool{}
+	for _, i := range []int{0, 49, 25, 10, 11, 3, 48} {
+		require.NoError(t, subs[i].Close())
+		closed[i] = true
+	}
+	assert.Equal(t, 1, emit(t, c, "m.x", "p"))
+	for i, s := range subs {
+		if closed[i] {
+			continue
+		}
+		assert.Equal(t, "p", next(t, s).Payload, "subscription %d", i)
+		assertEmpty(t, s)
+	}
+}
+
+func TestSignalsQueueGroupFullMemberHandsOverAndDropsCountOnTheTurn(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	m1, err := c.Listen(ctx, "q", Group("g"), Buffer(1))
+	require.NoError(t, err)
+	m2, err := c.Listen(ctx, "q", Group("g"), Buffer(1))
+	require.NoError(t, err)
+	// Turns: m1, m2, m1, m2, m1.
+	assert.Equal(t, 1, emit(t, c, "q", "s1")) // m1
+	require.Eventually(t, func() bool { return len(m1.C()) == 1 }, testTimeout, time.Millisecond)
+	assert.Equal(t, 1, emit(t, c, "q", "s2")) // m2
+	assert.Equal(t, "s2", next(t, m2).Payload)
+	assert.Equal(t, 1, emit(t, c, "q", "s3")) // m1's turn, but full: m2 takes it
+	require.Eventually(t, func() bool { return len(m2.C()) == 1 }, testTimeout, time.Millisecond)
+	assert.Zero(t, m1.Dropped()+m2.Dropped())
+	assert.Equal(t, 1, emit(t, c, "q", "s4")) // m2's turn; both full: dropped on m2
+	require.Eventually(t, func() bool { return m2.Dropped() == 1 }, testTimeout, time.Millisecond)
+	assert.Equal(t, 1, emit(t, c, "q", "s5")) // m1's turn; both full: dropped on m1
+	require.Eventually(t, func() bool { return m1.Dropped() == 1 }, testTimeout, time.Millisecond)
+	assert.Equal(t, "s1", next(t, m1).Payload)
+	assert.Equal(t, "s3", next(t, m2).Payload)
+	assertEmpty(t, m1)
+	assertEmpty(t, m2)
+	assert.Equal(t, uint64(1), m2.Dropped())
+}
+
+func TestSignalsQueueGroupReconnectsAndReportsTheGap(t *testing.T) {
+	t.Parallel()
+	srvs := threeServers(t, testutil.Config{})
+	c := newClient(t, addrsOf(srvs...))
+	ctx := testCtx(t)
+	m, err := c.Listen(ctx, "w.>", Group("g"))
+	require.NoError(t, err)
+	victim := srvs[1]
+	victim.DropConnections()
+	_, err = m.Next(ctx)
+	var g *GapError
+	require.ErrorAs(t, err, &g)
+	assert.Equal(t, victim.Addr(), g.Server)
+	waitListening(t, victim, "w.>", "g")
+	ch := channelOn(t, c, "w.", victim.Addr(), nil)
+	assert.Equal(t, 1, emit(t, c, ch, "after"))
+	assert.Equal(t, "after", next(t, m).Payload)
+	assertEmpty(t, m)
+}
+
+func TestSignalsRangeOverCEndsOnClientClose(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c, err := New(addrsOf(srv))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "r")
+	require.NoError(t, err)
+	assert.Equal(t, 1, emit(t, c, "r", "one"))
+	done := make(chan []string)
+	go func() {
+		var got []string
+		for sig := range sub.C() {
+			got = append(got, sig.Payload)
+		}
+		done <- got
+	}()
+	require.Eventually(t, func() bool { return len(sub.C()) == 0 }, testTimeout, time.Millisecond)
+	require.NoError(t, c.Close())
+	select {
+	case got := <-done:
+		assert.Equal(t, []string{"one"}, got)
+	case <-ctx.Done():
+		t.Fatal("range over C did not end")
+	}
+}
+
+// Listen, Close, Emit, connection drops and Client.Close all at once (run
+// with -race): nothing hangs, and nothing is left behind.
+func TestSignalsStressListenCloseAndBreaks(t *testing.T) {
+	t.Parallel()
+	srvs := threeServers(t, testutil.Config{})
+	churn := func(c *Client, ctx context.Context, stop chan struct{}, drain bool) *sync.WaitGroup {
+		var wg sync.WaitGroup
+		for g := 0; g < 8; g++ {
+			wg.Go(func() {
+				pats := []string{"s.>", "s.a", "s.*", ">", "s.b"}
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					opts := []ListenOption{Buffer(1 + i%4)}
+					if i%3 == 0 {
+						opts = append(opts, Group("g"))
+					}
+					lctx, cancel := context.WithTimeout(ctx, time.Duration(i%5)*time.Millisecond)
+					s, err := c.Listen(lctx, pats[(g+i)%len(pats)], opts...)
+					cancel()
+					if err != nil {
+						continue
+					}
+					if drain {
+						wg.Go(func() {
+							for range s.C() {
+							}
+						})
+					}
+					if i%2 == 0 {
+						_ = s.Close()
+					} else {
+						wg.Go(func() { _ = s.Close() })
+					}
+				}
+			})
+		}
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = c.Emit(ctx, "s.a", "p")
+			}
+		})
+		return &wg
+	}
+	dropSome := func() {
+		for i := 0; i < 5; i++ {
+			time.Sleep(50 * time.Millisecond) // the subject: churn for a while between drops
+			srvs[i%3].DropConnections()
+		}
+	}
+
+	t.Run("close-client-under-load", func(t *testing.T) {
+		for round := 0; round < 3; round++ {
+			c, err := New(addrsOf(srvs...), WithKeepAlive(200*time.Millisecond))
+			require.NoError(t, err)
+			stop := make(chan struct{})
+			wg := churn(c, testCtx(t), stop, true)
+			dropSome()
+			closed := make(chan struct{})
+			go func() { _ = c.Close(); close(closed) }()
+			select {
+			case <-closed:
+			case <-time.After(testTimeout):
+				t.Fatal("Client.Close hung")
+			}
+			close(stop)
+			wg.Wait()
+		}
+	})
+
+	t.Run("nothing-left-behind", func(t *testing.T) {
+		c := newClient(t, addrsOf(srvs...), WithKeepAlive(200*time.Millisecond))
+		stop := make(chan struct{})
+		wg := churn(c, testCtx(t), stop, false)
+		dropSome()
+		close(stop)
+		wg.Wait()
+		require.Eventually(t, func() bool {
+			for _, s := range c.servers {
+				if s.pool.Stats().ListenerConns != 0 {
+					return false
+				}
+			}
+			for _, s := range srvs {
+				if len(s.Stats().SignalChannels) != 0 {
+					return false
+				}
+			}
+			c.signals.mu.Lock()
+			defer c.signals.mu.Unlock()
+			return len(c.signals.listeners) == 0 && len(c.signals.subs) == 0
+		}, testTimeout, 10*time.Millisecond)
+	})
 }
