@@ -22,8 +22,11 @@ import (
 )
 
 var (
-	// ErrUnavailable: the server cannot be reached right now; the call failed
-	// fast without touching the network (a background probe re-dials).
+	// ErrUnavailable: the server cannot be reached right now. Either a dial
+	// made for this call failed, or the server is down (a lane dial failed,
+	// or a dial failed while no connection to it was alive) and the call
+	// failed fast without touching the network while a background probe
+	// re-dials.
 	ErrUnavailable = errors.New("dflock: server unavailable")
 	// ErrAuth: the server refused the auth token (error_auth).
 	ErrAuth = errors.New("dflock: authentication failed")
@@ -78,7 +81,7 @@ type Config struct {
 // Stats of one server's pool.
 type Stats struct {
 	Addr          string
-	Up            bool
+	Up            bool  // Pool.Err() == nil
 	Dials         int64 // successful dials (incl. TLS + auth)
 	DialFailures  int64
 	LaneConns     int   // live control-lane connections

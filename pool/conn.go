@@ -17,18 +17,18 @@ import (
 // send on it; their requests are coalesced into as few writes as possible
 // and replies are matched in FIFO order by one reader goroutine.
 //
-// Writing uses leader-based flushing rather than a writer goroutine: a
-// sender encodes its request into the shared buffer under the mutex; if no
-// flush is in progress it becomes the flusher, yields the processor once
-// (so that senders already runnable append first), swaps the buffer out and
-// writes it outside the lock (bounded by Config.WriteTimeout), looping while
-// other senders appended more in the meantime. Concurrent senders therefore
-// coalesce into one write with no goroutine hand-off and no idle goroutine
-// per connection. The flusher's own reply may arrive while it is still
-// writing others' requests; its caller returns when the loop ends. A caller
-// that is the flusher notices its context only after the write returns
-// (at most WriteTimeout, which breaks the connection, when the server has
-// stopped reading).
+// Writing uses leader-based flushing with no idle goroutine per
+// connection: a sender encodes its request into the shared buffer under the
+// mutex; if no flush is in progress it starts a short-lived flush goroutine,
+// which yields the processor once (so that senders already runnable append
+// first), swaps the buffer out and writes it outside the lock (bounded by
+// Config.WriteTimeout), looping while other senders appended more in the
+// meantime, and exits. Concurrent senders therefore coalesce into one write.
+// No caller ever writes on its own goroutine: it waits for its reply or for
+// its context, so a caller whose request is stuck in a write to a server that
+// stopped reading returns when its context ends. The write itself goes on and
+// breaks the connection only if WriteTimeout passes (the connection is then
+// genuinely stalled).
 //
 // Replies are matched by one reader goroutine against a FIFO ring of
 // pending calls; call objects are recycled (sync.Pool), so a round trip
@@ -47,6 +47,8 @@ type Conn struct {
 	listener bool
 	onPush   func(wire.Push)
 	onBroken func(error)
+
+	flushFn func() // c.flush, bound once so that starting it allocates nothing
 
 	mu         sync.Mutex
 	buf        []byte // encoded requests not yet taken by a flusher
@@ -70,6 +72,15 @@ type Conn struct {
 	// released or destroyed.
 	res *puddle.Resource[*Conn]
 	out atomic.Bool
+}
+
+// newConn wraps a handshaken connection; the caller sets its kind and
+// registers it.
+func (p *Pool) newConn(wc *wire.Conn, ping uint32) *Conn {
+	c := &Conn{p: p, wc: wc, lastActive: p.now()}
+	c.flushFn = c.flush
+	c.ping.Store(ping)
+	return c
 }
 
 const (
@@ -194,9 +205,9 @@ func (c *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 	// The renewal scheduler calls SendBatch from its one goroutine for every
 	// owner in turn: it must never block on a socket whose send buffer is
 	// full (a blackholed server), or every other lease's renewal would wait
-	// behind it. The write therefore runs on its own goroutine; c.err is nil
-	// here, so the reader is still running and counted.
-	c.flushAsyncLocked()
+	// behind it. startFlushLocked writes on the flush goroutine; c.err == nil
+	// under c.mu, so the reader is still running and counted in p.conns.
+	c.startFlushLocked()
 }
 
 func (c *Conn) check(req *wire.Request) error {
@@ -232,10 +243,9 @@ func (c *Conn) Pins() int { return int(c.pins.Load()) }
 // connection destroys it, and with it the server-side leases it owns: Unpin
 // first. On a control-lane connection Release does nothing.
 func (c *Conn) Release() {
-	if !c.out.CompareAndSwap(true, false) {
+	if !c.takeOut() {
 		return
 	}
-	c.p.nAcquired.Add(-1)
 	if c.errp.Load() == nil && c.inflight.Load() == 0 && c.pins.Load() == 0 {
 		c.res.Release()
 		return
@@ -251,10 +261,23 @@ func (c *Conn) Release() {
 // withdraws its waiters). Idempotent. Config.OnConnBroken is called for it.
 func (c *Conn) Destroy() {
 	c.fail(errDestroyed)
-	if c.out.CompareAndSwap(true, false) {
-		c.p.nAcquired.Add(-1)
+	if c.takeOut() {
 		c.res.Destroy()
 	}
+}
+
+// takeOut ends the acquisition of a wait-pool connection: true for exactly
+// one caller (Release, Destroy or Pool.Close), who must then hand c.res back
+// to puddle.
+func (c *Conn) takeOut() bool {
+	if !c.out.CompareAndSwap(true, false) {
+		return false
+	}
+	c.p.mu.Lock()
+	delete(c.p.acquired, c)
+	c.p.mu.Unlock()
+	c.p.nAcquired.Add(-1)
+	return true
 }
 
 // Err is nil while the connection is usable; afterwards an error matching
@@ -278,8 +301,9 @@ func (c *Conn) SupportsPing() bool { return c.ping.Load() == pingOK }
 // Lane reports whether this is a control-lane connection.
 func (c *Conn) Lane() bool { return c.lane }
 
-// send enqueues one request and flushes (or leaves it to the flusher in
-// progress).
+// send enqueues one request and starts a flush (or leaves it to the flush
+// in progress). It never blocks on the network: the caller then waits for
+// the reply or its context, whichever comes first.
 func (c *Conn) send(req *wire.Request, cl *call) error {
 	c.mu.Lock()
 	if c.err != nil {
@@ -288,7 +312,9 @@ func (c *Conn) send(req *wire.Request, cl *call) error {
 		return err
 	}
 	c.enqueueLocked(req, cl)
-	c.flushLocked()
+	// c.err == nil under c.mu: the reader is still running and counted in
+	// p.conns, so the flush goroutine may be counted too.
+	c.startFlushLocked()
 	return nil
 }
 
@@ -305,22 +331,38 @@ func (c *Conn) enqueueLocked(req *wire.Request, cl *call) {
 	c.nreq.Add(1)
 }
 
-// flushLocked is called with c.mu held and returns with it released. If a
-// flush is in progress the data just appended rides on its next write;
-// otherwise the caller becomes the flusher.
-func (c *Conn) flushLocked() {
+// startFlushLocked is called with c.mu held and c.err == nil, and returns with
+// c.mu released. If a flush is in progress the data just appended rides on
+// its next write; otherwise it starts the flush goroutine. It never blocks on
+// the network, so every sender may call it: callers of Do (which then wait
+// for their reply or their context), the reader goroutine (releasing an
+// abandoned grant), the renewal scheduler (SendBatch) and the janitor
+// (keepalive pings), none of which may stall behind a socket whose send
+// buffer is full.
+//
+// c.err == nil under c.mu means that the reader goroutine has not yet failed
+// the connection and so is still counted in p.conns; the flush goroutine is
+// added to p.conns here, under c.mu, so that Pool.Close waits for it too.
+func (c *Conn) startFlushLocked() {
 	if c.flushing {
 		c.mu.Unlock()
 		return
 	}
 	c.flushing = true
+	c.p.conns.Add(1)
+	c.mu.Unlock()
+	go c.flushFn()
+}
+
+// flush is the flush goroutine (c.flushFn): it writes what senders have
+// queued, looping until the buffer stays empty, then exits.
+func (c *Conn) flush() {
+	defer c.p.conns.Done()
 	// Yield once before the first write so that senders that are runnable
 	// right now (typically woken by the reader's last replies) append to
-	// this write instead of each making their own. Measured with 64
-	// goroutines on one lane (BenchmarkLaneDo, 2 CPUs): ~18 requests per
-	// write and ~5× the throughput of writing at once (~1.05 per write);
-	// a lone caller pays nothing measurable (BenchmarkLaneDoSerial).
-	c.mu.Unlock()
+	// this write instead of each starting their own. Measured with 64
+	// goroutines on one lane (BenchmarkLaneDo, 2 CPUs): ~16 requests per
+	// write; a lone caller pays a goroutine start (BenchmarkLaneDoSerial).
 	runtime.Gosched()
 	c.mu.Lock()
 	for len(c.buf) > 0 {
@@ -345,31 +387,13 @@ func (c *Conn) flushLocked() {
 	c.mu.Unlock()
 }
 
-// flushAsyncLocked is flushLocked for callers that must never block on a
-// write (the reader goroutine, the renewal scheduler): the flush runs on a
-// new goroutine. Callers must hold c.mu with c.err == nil, so the reader is
-// still counted in p.conns.
-func (c *Conn) flushAsyncLocked() {
-	if c.flushing {
-		c.mu.Unlock()
-		return
-	}
-	c.flushing = true
-	c.mu.Unlock()
-	c.p.conns.Add(1) // safe: the calling reader goroutine is counted
-	go func() {
-		defer c.p.conns.Done()
-		c.mu.Lock()
-		c.flushing = false
-		c.flushLocked()
-	}()
-}
-
 func (c *Conn) write(b []byte) (int64, error) {
 	t := time.Now()
 	_ = c.wc.SetWriteDeadline(t.Add(c.p.cfg.WriteTimeout))
-	err := c.wc.WriteRaw(b)
+	// Counted before writing: the replies (and a caller reading Stats
+	// after them) may come before WriteRaw returns.
 	c.nwrite.Add(1)
+	err := c.wc.WriteRaw(b)
 	return int64(t.Sub(c.p.start)), err
 }
 
@@ -454,18 +478,18 @@ func (c *Conn) deliver(cl *call, r wire.Reply, err error) {
 // releaseAbandoned releases a grant that arrived for a caller that gave up,
 // on the same connection, without waiting for the answer.
 func (c *Conn) releaseAbandoned(cl *call, r *wire.Reply) {
-	var cmd wire.Command
-	switch {
-	case (cl.cmd == wire.CmdLock && r.Status == wire.StatusOK) ||
-		(cl.cmd == wire.CmdEnqueue && r.Status == wire.StatusAcquired):
-		cmd = wire.CmdRelease
-	case (cl.cmd == wire.CmdSemLock && r.Status == wire.StatusOK) ||
-		(cl.cmd == wire.CmdSemEnqueue && r.Status == wire.StatusAcquired):
-		cmd = wire.CmdSemRelease
-	default:
+	// Only try-acquires (l/sl with timeout 0) reach here: laneCheck
+	// refuses every other grant-carrying command on the lane.
+	if r.Status != wire.StatusOK || r.Token == "" {
 		return
 	}
-	if r.Token == "" {
+	var cmd wire.Command
+	switch cl.cmd {
+	case wire.CmdLock:
+		cmd = wire.CmdRelease
+	case wire.CmdSemLock:
+		cmd = wire.CmdSemRelease
+	default:
 		return
 	}
 	req := wire.Request{Cmd: cmd, Key: cl.key, Token: r.Token}
@@ -483,7 +507,9 @@ func (c *Conn) releaseAbandoned(cl *call, r *wire.Reply) {
 		return // closing the connection releases the grant
 	}
 	c.enqueueLocked(&req, rel)
-	c.flushAsyncLocked()
+	// c.err == nil under c.mu, so the reader (this goroutine) is still
+	// running and counted in p.conns.
+	c.startFlushLocked()
 }
 
 func (c *Conn) pingDone(r wire.Reply, err error) {
@@ -537,7 +563,10 @@ func (c *Conn) keepalive(now, ka int64) int64 {
 	cl.cmd = wire.CmdPing
 	c.enqueueLocked(&pingReq, cl)
 	c.p.pings.Add(1)
-	c.flushLocked()
+	// Never write on the janitor: one stalled connection must not delay
+	// the keepalive of the others. c.err == nil under c.mu, so the reader
+	// is still running and counted in p.conns.
+	c.startFlushLocked()
 	return now + ka
 }
 
@@ -582,7 +611,7 @@ type call struct {
 	done     chan struct{} // cap 1, callWait only
 	reply    wire.Reply
 	err      error
-	key      string // lane l/sl/e/se: to release an abandoned grant
+	key      string // lane l/sl: to release an abandoned grant
 	cb       func(int, wire.Reply, error)
 	idx      int
 }
@@ -650,14 +679,11 @@ func (q *callQueue) pop() *call {
 	return cl
 }
 
-// grantable: commands whose reply may carry a grant that must be released
-// if nobody waits for it any more.
+// grantable: lane commands whose reply may carry a grant that must be
+// released if nobody waits for it any more (laneCheck admits no other
+// grant-carrying command).
 func grantable(cmd wire.Command) bool {
-	switch cmd {
-	case wire.CmdLock, wire.CmdSemLock, wire.CmdEnqueue, wire.CmdSemEnqueue:
-		return true
-	}
-	return false
+	return cmd == wire.CmdLock || cmd == wire.CmdSemLock
 }
 
 // laneCheck refuses requests that must not share a lease-owning connection.

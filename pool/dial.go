@@ -14,14 +14,15 @@ import (
 var aLongTimeAgo = time.Unix(1, 0)
 
 // dial opens, authenticates and registers a connection. ctx bounds it, and
-// so does DialTimeout. A network failure marks the server down.
+// so does DialTimeout. A network failure marks the server down if it is a
+// lane dial or no connection to the server is alive (see dialFailed).
 func (p *Pool) dial(ctx context.Context, lane bool) (*Conn, error) {
-	wc, ping, err := p.handshake(ctx, wire.ConnOptions{MaxLine: p.cfg.MaxReplyLine})
+	wc, ping, err := p.handshake(ctx, wire.ConnOptions{MaxLine: p.cfg.MaxReplyLine}, lane)
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{p: p, wc: wc, lane: lane, lastActive: p.now()}
-	c.ping.Store(ping)
+	c := p.newConn(wc, ping)
+	c.lane = lane
 	if err := p.register(c); err != nil {
 		_ = wc.Close()
 		return nil, err
@@ -36,8 +37,8 @@ func (p *Pool) dial(ctx context.Context, lane bool) (*Conn, error) {
 // DialWire opens a framed, authenticated connection to the server outside
 // the pool's accounting (no keepalive, no reader goroutine, not closed by
 // Close): for listener connections that need their own push handling. It
-// fails fast while the server is down, and marks it down on a network
-// failure, like every dial of the pool.
+// fails fast while the server is down, and a network failure marks it down
+// when no connection to it is alive, like every non-lane dial of the pool.
 func (p *Pool) DialWire(ctx context.Context, opt wire.ConnOptions) (*wire.Conn, error) {
 	if err := p.usable(); err != nil {
 		return nil, err
@@ -45,7 +46,7 @@ func (p *Pool) DialWire(ctx context.Context, opt wire.ConnOptions) (*wire.Conn, 
 	if opt.MaxLine == 0 {
 		opt.MaxLine = p.cfg.MaxReplyLine
 	}
-	wc, _, err := p.handshake(ctx, opt)
+	wc, _, err := p.handshake(ctx, opt, false)
 	if err != nil {
 		return nil, err
 	}
@@ -57,19 +58,20 @@ func (p *Pool) DialWire(ctx context.Context, opt wire.ConnOptions) (*wire.Conn, 
 // costs one round trip beyond TCP and TLS; the ping tells v1.14+ servers
 // from older ones and proves that the server really serves the
 // connection, e.g. that it was not accepted over --max-connections and
-// closed at once).
-func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions) (*wire.Conn, uint32, error) {
+// closed at once). lane says whether a network failure marks the server
+// down unconditionally (see dialFailed).
+func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions, lane bool) (*wire.Conn, uint32, error) {
 	ctx, cancel := context.WithTimeout(parent, p.cfg.DialTimeout)
 	defer cancel()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
 	if err != nil {
-		return nil, 0, p.dialFailed(parent, err)
+		return nil, 0, p.dialFailed(parent, err, lane)
 	}
 	if p.tls != nil {
 		tc := tls.Client(nc, p.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close()
-			return nil, 0, p.dialFailed(parent, fmt.Errorf("TLS handshake: %w", err))
+			return nil, 0, p.dialFailed(parent, fmt.Errorf("TLS handshake: %w", err), lane)
 		}
 		nc = tc
 	}
@@ -96,7 +98,7 @@ func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions) (*wire.Co
 			p.dialFailures.Add(1)
 			return nil, 0, serverErr(p.cfg.Addr, err, nil)
 		}
-		return nil, 0, p.dialFailed(parent, err)
+		return nil, 0, p.dialFailed(parent, err, lane)
 	}
 	return wc, ping, nil
 }
@@ -152,8 +154,17 @@ func statusWord(r wire.Reply) string {
 }
 
 // dialFailed classifies a dial failure: if the caller's context ended it is
-// the caller's error; otherwise the server is unreachable and marked down.
-func (p *Pool) dialFailed(parent context.Context, err error) error {
+// the caller's error; otherwise it is an ErrUnavailable naming the server.
+//
+// A failed lane dial (the probe's included) marks the server down: calls
+// that need a new connection then fail fast while the probe re-dials with
+// backoff, instead of every call dialling again. Any other failed dial (wait
+// pool, listener, DialWire) marks it down only if no connection to the
+// server is alive: one refused or timed-out dial (a server at
+// --max-connections, a dial timeout under load) must not make a server
+// whose lane connections are healthy fail fast; the failure is that call's
+// error alone.
+func (p *Pool) dialFailed(parent context.Context, err error, lane bool) error {
 	p.dialFailures.Add(1)
 	if perr := parent.Err(); perr != nil {
 		if p.isClosed.Load() {
@@ -163,6 +174,6 @@ func (p *Pool) dialFailed(parent context.Context, err error) error {
 	}
 	// Any other failure counts: refused, reset, timeout, TLS, EOF.
 	se := serverErr(p.cfg.Addr, ErrUnavailable, err)
-	p.markDown(se)
+	p.markDown(se, !lane)
 	return se
 }

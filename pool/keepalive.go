@@ -66,12 +66,20 @@ func (p *Pool) sweepIdle() {
 }
 
 // markDown records that the server is unreachable and starts the probe if
-// it is not running. The latest failure replaces the previous one.
-func (p *Pool) markDown(err *ServerError) {
+// it is not running. The latest failure replaces the previous one. With
+// unlessLive it does nothing while any connection to the server is alive.
+func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return
+	}
+	if unlessLive {
+		for c := range p.registry {
+			if c.errp.Load() == nil {
+				return
+			}
+		}
 	}
 	if p.down.Swap(err) == nil {
 		p.log.Warn("dflock: server unavailable", "server", p.cfg.Addr, "err", err.Cause)

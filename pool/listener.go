@@ -27,17 +27,18 @@ import (
 // if the connection breaks at once. It must not block either.
 //
 // Like every dial of the pool it fails fast (ErrUnavailable) while the
-// server is down, and marks the server down on a network failure.
+// server is down; a network failure marks the server down when no
+// connection to it is alive.
 func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroken func(error)) (*Conn, error) {
 	if err := p.usable(); err != nil {
 		return nil, err
 	}
-	wc, ping, err := p.handshake(ctx, wire.ConnOptions{MaxLine: p.cfg.MaxReplyLine})
+	wc, ping, err := p.handshake(ctx, wire.ConnOptions{MaxLine: p.cfg.MaxReplyLine}, false)
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{p: p, wc: wc, listener: true, onPush: onPush, onBroken: onBroken, lastActive: p.now()}
-	c.ping.Store(ping)
+	c := p.newConn(wc, ping)
+	c.listener, c.onPush, c.onBroken = true, onPush, onBroken
 	if err := p.register(c); err != nil {
 		_ = wc.Close()
 		return nil, err

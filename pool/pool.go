@@ -23,8 +23,10 @@ import (
 // (up to Config.MaxConns exclusive connections managed by puddle, Acquire),
 // and one janitor goroutine that keeps every connection under the server's
 // read timeout and discards broken idle ones. While the server is down (a
-// dial failed on the network) calls fail fast and one probe goroutine
-// re-dials with backoff.
+// lane dial failed on the network, or any dial did while no connection to
+// the server was alive) calls that would need a new connection fail fast,
+// and one probe goroutine re-dials with backoff; a lane connection that is
+// still healthy keeps serving meanwhile.
 type Pool struct {
 	cfg   Config
 	log   *slog.Logger
@@ -41,6 +43,7 @@ type Pool struct {
 	mu       sync.Mutex
 	closed   bool
 	registry map[*Conn]struct{} // every live connection
+	acquired map[*Conn]struct{} // wait-pool connections out of the pool, broken or not
 	probing  bool
 	retReq   int64 // counters of connections no longer in registry
 	retWrite int64
@@ -102,6 +105,7 @@ func New(cfg Config) (*Pool, error) {
 		start:    time.Now(),
 		lanes:    make([]laneSlot, cfg.LaneConns),
 		registry: make(map[*Conn]struct{}),
+		acquired: make(map[*Conn]struct{}),
 	}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
@@ -200,32 +204,29 @@ func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, *Conn, err
 }
 
 // laneConn returns a healthy lane connection, dialling if there is none.
+// A healthy lane connection is used even while the server is marked down
+// (the down state only stops new dials; the probe makes them); with none,
+// a down server fails fast.
 func (p *Pool) laneConn(ctx context.Context) (*Conn, error) {
+	var dialErr error
 	for {
-		if err := p.usable(); err != nil {
-			return nil, err
+		if p.isClosed.Load() {
+			return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
 		}
-		var best *Conn
-		var bestN int32
-		missing := false
-		for i := range p.lanes {
-			c := p.lanes[i].conn.Load()
-			if c == nil || c.errp.Load() != nil {
-				missing = true
-				continue
-			}
-			if n := c.inflight.Load(); best == nil || n < bestN {
-				best, bestN = c, n
-			}
-		}
-		if !missing {
+		best, missing := p.bestLane()
+		if best != nil && !missing {
 			return best, nil
 		}
-		d := p.kickLaneDials()
+		// After a failed dial, wait only for dials already in progress
+		// (another slot's may succeed) instead of starting new ones.
+		d := p.kickLaneDials(dialErr == nil)
 		if best != nil {
 			return best, nil
 		}
 		if d == nil {
+			if dialErr != nil {
+				return nil, dialErr
+			}
 			if err := p.usable(); err != nil {
 				return nil, err
 			}
@@ -234,12 +235,30 @@ func (p *Pool) laneConn(ctx context.Context) (*Conn, error) {
 		select {
 		case <-d.done:
 			if d.err != nil {
-				return nil, d.err
+				dialErr = d.err
 			}
 		case <-ctx.Done():
 			return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
 		}
 	}
+}
+
+// bestLane returns the healthy lane connection with the fewest replies
+// pending (ties to the first; nil if none), and whether a slot is empty or
+// broken.
+func (p *Pool) bestLane() (best *Conn, missing bool) {
+	var bestN int32
+	for i := range p.lanes {
+		c := p.lanes[i].conn.Load()
+		if c == nil || c.errp.Load() != nil {
+			missing = true
+			continue
+		}
+		if n := c.inflight.Load(); best == nil || n < bestN {
+			best, bestN = c, n
+		}
+	}
+	return best, missing
 }
 
 // usable is nil unless the pool is closed or the server is down.
@@ -253,9 +272,10 @@ func (p *Pool) usable() error {
 	return nil
 }
 
-// kickLaneDials starts a dial for every empty or broken lane slot that has
-// none in progress, and returns one dial in progress (nil if none).
-func (p *Pool) kickLaneDials() *laneDial {
+// kickLaneDials starts a dial (if start) for every empty or broken lane
+// slot that has none in progress, unless the pool is closed or the server
+// down, and returns one dial in progress (nil if none).
+func (p *Pool) kickLaneDials(start bool) *laneDial {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var any *laneDial
@@ -268,7 +288,7 @@ func (p *Pool) kickLaneDials() *laneDial {
 		if c := s.conn.Load(); c != nil && c.errp.Load() == nil {
 			continue
 		}
-		if p.closed || p.down.Load() != nil {
+		if !start || p.closed || p.down.Load() != nil {
 			continue
 		}
 		d := &laneDial{done: make(chan struct{})}
@@ -313,6 +333,11 @@ func (p *Pool) adoptLane(c *Conn) {
 // needed, honouring ctx). The caller must end with exactly one of
 // Conn.Release (clean, reusable) or Conn.Destroy; extra calls are no-ops.
 //
+// While the server is down Acquire fails fast (ErrUnavailable). A dial that
+// fails while other connections to the server are alive is this call's
+// error only (it matches ErrUnavailable and names the server); the server
+// is not marked down for it.
+//
 // A connection that broke while idle is destroyed, not handed out. An
 // acquired connection, pinned or not, counts toward Config.MaxConns until
 // it is released or destroyed, so a process holding MaxConns leases on
@@ -345,6 +370,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		}
 		c.res = res
 		c.out.Store(true)
+		p.acquired[c] = struct{}{}
 		p.nAcquired.Add(1)
 		p.mu.Unlock()
 		return c, nil
@@ -352,13 +378,18 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 }
 
 // Err is nil while the server is considered up; otherwise the error that
-// made it unavailable (matches ErrUnavailable). After Close it matches ErrClosed.
+// made it unavailable (matches ErrUnavailable). After Close it matches
+// ErrClosed. A server marked down is still up as far as Err goes while a
+// lane connection to it is healthy, because Do keeps serving on it (Acquire
+// and the dials fail fast meanwhile).
 func (p *Pool) Err() error {
 	if p.isClosed.Load() {
 		return serverErr(p.cfg.Addr, ErrClosed, nil)
 	}
 	if d := p.down.Load(); d != nil {
-		return d
+		if best, _ := p.bestLane(); best == nil {
+			return d
+		}
 	}
 	return nil
 }
@@ -367,7 +398,7 @@ func (p *Pool) Err() error {
 func (p *Pool) Stats() Stats {
 	s := Stats{
 		Addr:          p.cfg.Addr,
-		Up:            p.down.Load() == nil && !p.isClosed.Load(),
+		Up:            p.Err() == nil,
 		Dials:         p.dials.Load(),
 		DialFailures:  p.dialFailures.Load(),
 		Broken:        p.broken.Load(),
@@ -398,9 +429,9 @@ func (p *Pool) Stats() Stats {
 
 // Close closes every connection (leases on them are released by the server)
 // and stops the pool's goroutines. Release leases before calling it.
-// Idempotent. Connections still acquired are force-closed (their later
-// Release/Destroy is a no-op), so Close never waits for callers. Every
-// connection gets its Config.OnConnBroken call.
+// Idempotent. Connections still acquired, broken or not, are force-closed
+// (their later Release/Destroy is a no-op), so Close never waits for
+// callers. Every connection gets its Config.OnConnBroken call.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	if p.closed {
@@ -409,27 +440,33 @@ func (p *Pool) Close() {
 	}
 	p.closed = true
 	p.isClosed.Store(true)
+	// Acquire adds to acquired and register to registry only while the
+	// pool is open (under p.mu), so these are complete from here on.
+	out := make([]*Conn, 0, len(p.acquired))
+	for c := range p.acquired {
+		out = append(out, c)
+	}
 	p.mu.Unlock()
 
 	p.cancel() // stops the janitor, the probe, lane dials and constructors
-	// Close every connection first (that also unblocks a janitor ping
-	// stuck in a write); acquired ones go back to puddle destroyed, idle
-	// ones are destroyed by puddle's Close below.
+	// Close every live connection. Acquired ones (including those that
+	// broke earlier and so left the registry) go back to puddle destroyed:
+	// puddle's Close waits for every acquired resource. Idle ones are
+	// destroyed by puddle's Close below.
 	for _, c := range p.snapshot(nil) {
 		c.fail(ErrClosed)
-		if c.out.CompareAndSwap(true, false) {
-			p.nAcquired.Add(-1)
+	}
+	for _, c := range out {
+		c.fail(ErrClosed)
+		if c.takeOut() {
 			c.res.Destroy()
 		}
 	}
 	p.bg.Wait() // janitor (and any idle connections it held), probe, lane dials
 	// Destroys idle connections and waits for constructors (their context
-	// is cancelled) and destructors.
+	// is cancelled; register refuses their connections) and destructors.
 	p.pp.Close()
-	for _, c := range p.snapshot(nil) {
-		c.fail(ErrClosed)
-	}
-	p.conns.Wait()
+	p.conns.Wait() // readers and flush goroutines
 }
 
 func (p *Pool) snapshot(dst []*Conn) []*Conn {
