@@ -3,6 +3,7 @@ package dflock
 import (
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,35 @@ func TestAuthFailureIsErrAuth(t *testing.T) {
 	l, err := c.Lock(ctx, "auth")
 	require.NoError(t, err)
 	require.NoError(t, l.Release(ctx))
+}
+
+// The auth token never reaches the log, at any level, whether auth
+// succeeds or fails.
+func TestLoggingNeverPrintsTheAuthToken(t *testing.T) {
+	t.Parallel()
+	const token = "s3cret-Token-42"
+	srv := newServer(t, testutil.Config{AuthToken: token})
+	ctx := testCtx(t)
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+
+	good := newClient(t, addrsOf(srv), WithAuthToken(token), WithLogger(logger))
+	l, err := good.Lock(ctx, "logged")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+	st, err := good.Stats(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, st.Servers[0].State)
+	require.NoError(t, good.Close())
+
+	bad := newClient(t, addrsOf(srv), WithAuthToken(token+"-wrong"), WithLogger(logger))
+	_, err = bad.Lock(ctx, "logged")
+	require.ErrorIs(t, err, ErrAuth)
+	require.NoError(t, bad.Close())
+
+	out := logs.String()
+	require.NotEmpty(t, out, "nothing was logged: the check below would prove nothing")
+	assert.NotContains(t, out, token)
 }
 
 func TestTLSWithVerifyingClientWorksAndWrongCAFailsClearly(t *testing.T) {

@@ -1,7 +1,6 @@
 package dflock
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -291,24 +290,6 @@ func TestSignalsOverlappingSubscriptionsEachGetOneCopy(t *testing.T) {
 	assertEmpty(t, wide)
 	// Two local subscriptions of a.b share one server-side listen.
 	assert.Equal(t, []testutil.SignalChannelInfo{{Pattern: "a.>", Listeners: 1}, {Pattern: "a.b", Listeners: 1}}, srv.Stats().SignalChannels)
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) count(sub string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Count(s.b.String(), sub)
 }
 
 func TestSignalsSlowConsumerDropsWithoutStallingTheConnection(t *testing.T) {
