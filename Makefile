@@ -23,14 +23,9 @@ race:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) $(PKGS)
 
-# Runs every fuzz target of every package for FUZZTIME each (go test -fuzz takes one target at a time).
+# Every fuzz target of every package for FUZZTIME each (see .ci/fuzz).
 fuzz:
-	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
-		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
-			$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg; \
-		done; \
-	done
+	FUZZTIME=$(FUZZTIME) FUZZMINIMIZE=$(FUZZMINIMIZE) bash .ci/fuzz
 
 cover:
 	$(GO) test -race -count=1 -coverprofile=coverage.out $(PKGS)
