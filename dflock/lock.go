@@ -400,24 +400,12 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 			return fail(context.DeadlineExceeded)
 		}
 		req.Timeout = secs
-		sent := time.Now()
-		r, err := conn.Do(opCtx, req)
+		r, sent, err := exchange(opCtx, conn, req)
 		if err != nil {
-			// A cancelled wait destroyed the connection, which withdraws
-			// the waiter on the server (and releases a racing grant).
-			conn.Destroy()
 			return fail(err)
 		}
 		switch r.Status {
 		case wire.StatusOK:
-			if err := checkGrant(r); err != nil {
-				conn.Destroy()
-				return fail(err)
-			}
-			if opCtx.Err() != nil {
-				conn.Destroy() // the server auto-releases the grant
-				return fail(opCtx.Err())
-			}
 			sent, err = c.confirmLongWait(opCtx, conn, req, r, sent)
 			if err != nil {
 				conn.Destroy()
@@ -435,6 +423,26 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		giveBack(conn, r)
 		return nil, refusal(op, req.Key, srv, r)
 	}
+}
+
+// exchange sends req on an exclusive wait-pool connection and reads the
+// answer. Whatever goes wrong destroys the connection — the server then
+// withdraws the waiter and releases any grant with it — so the caller deals
+// only with a clean outcome: an error, or a reply whose grant (if it is
+// one) is well formed and still wanted (ctx had not ended when it came).
+// sent is when the request was handed to the connection.
+func exchange(opCtx context.Context, conn *pool.Conn, req wire.Request) (r wire.Reply, sent time.Time, err error) {
+	sent = time.Now()
+	r, err = conn.Do(opCtx, req)
+	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
+		if err = checkGrant(r); err == nil {
+			err = opCtx.Err()
+		}
+	}
+	if err != nil {
+		conn.Destroy()
+	}
+	return r, sent, err
 }
 
 // giveBack returns a wait-pool connection after a refusal. error_draining

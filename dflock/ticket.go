@@ -3,7 +3,6 @@ package dflock
 import (
 	"context"
 	"sync"
-	"time"
 
 	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
@@ -93,22 +92,12 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		return fail(err)
 	}
 	t := &Ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
-	sent := time.Now()
-	r, err := conn.Do(opCtx, req)
+	r, sent, err := exchange(opCtx, conn, req)
 	if err != nil {
-		conn.Destroy()
 		return fail(err)
 	}
 	switch r.Status {
 	case wire.StatusAcquired, wire.StatusOK:
-		if err := checkGrant(r); err != nil {
-			conn.Destroy()
-			return fail(err)
-		}
-		if opCtx.Err() != nil {
-			conn.Destroy() // the server auto-releases the grant
-			return fail(opCtx.Err())
-		}
 		c.stats.waitGrants.Add(1)
 		t.lock = c.track(srv, conn, conn, req, r, sent)
 		t.state, t.acquired = ticketAcquired, true
@@ -237,22 +226,12 @@ func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			}
 		}
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
-		sent := time.Now()
-		r, err := conn.Do(opCtx, req)
+		r, sent, err := exchange(opCtx, conn, req)
 		if err != nil {
-			conn.Destroy()
 			return fail(err)
 		}
 		switch r.Status {
 		case wire.StatusOK, wire.StatusAcquired:
-			if err := checkGrant(r); err != nil {
-				conn.Destroy()
-				return fail(err)
-			}
-			if opCtx.Err() != nil {
-				conn.Destroy() // the server auto-releases the grant
-				return fail(opCtx.Err())
-			}
 			if sent, err = c.confirmLongWait(opCtx, conn, req, r, sent); err != nil {
 				conn.Destroy()
 				return fail(err)
@@ -288,18 +267,12 @@ func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 // out. It returns the lock if the key was granted at once.
 func (t *Ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Command) (*Lock, bool, error) {
 	req := wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit, Lease: t.lease}
-	sent := time.Now()
-	r, err := conn.Do(ctx, req)
+	r, sent, err := exchange(ctx, conn, req)
 	if err != nil {
-		conn.Destroy()
 		return nil, false, err
 	}
 	switch r.Status {
 	case wire.StatusAcquired, wire.StatusOK:
-		if err := checkGrant(r); err != nil {
-			conn.Destroy()
-			return nil, false, err
-		}
 		t.c.stats.waitGrants.Add(1)
 		return t.c.track(t.srv, conn, conn, req, r, sent), false, nil
 	case wire.StatusQueued:
