@@ -284,7 +284,7 @@ func (c *Client) releaseAll(held []*renew.Lease) {
 	}
 	groups := make(map[renew.Owner][]wire.Request)
 	for _, l := range held {
-		groups[l.Owner()] = append(groups[l.Owner()], releaseRequest(l.Key(), l.Token(), l.Semaphore()))
+		groups[l.Owner()] = append(groups[l.Owner()], wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
 	}
 	done := make(chan struct{}, len(groups))
 	var failed atomic.Int64
@@ -339,13 +339,6 @@ func (c *Client) onLost(l *renew.Lease, err error) {
 	if h := c.opts.hooks.OnLeaseLost; h != nil {
 		h(LeaseInfo{Key: l.Key(), Token: l.Token(), Server: addr, Semaphore: l.Semaphore(), TTL: l.TTL()}, err)
 	}
-}
-
-func releaseRequest(key, token string, sem bool) wire.Request {
-	if sem {
-		return wire.Request{Cmd: wire.CmdSemRelease, Key: key, Token: token}
-	}
-	return wire.Request{Cmd: wire.CmdRelease, Key: key, Token: token}
 }
 
 // registry is a sharded set of held Locks that pin a wait-pool connection,

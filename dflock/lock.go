@@ -157,7 +157,7 @@ func (l *Lock) release(ctx context.Context) error {
 	// open, so nothing else frees it). SendBatch never blocks and never
 	// drops a request on a live connection; ctx bounds only the wait for
 	// the answer, which is handled without the caller if it stops waiting.
-	req := releaseRequest(l.Key(), l.Token(), l.limit > 0)
+	req := wire.ReleaseRequest(l.Key(), l.Token(), l.limit > 0)
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
 	res := make(chan error, 1)
@@ -366,7 +366,7 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 		if err := checkGrant(r); err != nil || opCtx.Err() != nil {
 			// The caller gave up while the grant was in flight (or it is
 			// unusable): give it back at once on the same connection.
-			owner.SendBatch([]wire.Request{releaseRequest(req.Key, r.Token, req.Limit > 0)}, func(int, wire.Reply, error) {})
+			owner.SendBatch([]wire.Request{wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0)}, func(int, wire.Reply, error) {})
 			if err == nil {
 				err = c.ctxError(ctx, opCtx, ErrNotAcquired)
 			}
@@ -469,12 +469,8 @@ func (c *Client) confirmLongWait(ctx context.Context, conn *pool.Conn, req wire.
 	if time.Since(sent) <= ttl/4 {
 		return sent, nil
 	}
-	cmd := wire.CmdRenew
-	if req.Limit > 0 {
-		cmd = wire.CmdSemRenew
-	}
 	sent2 := time.Now()
-	r, err := conn.Do(ctx, wire.Request{Cmd: cmd, Key: req.Key, Token: grant.Token, Lease: grant.Lease})
+	r, err := conn.Do(ctx, wire.RenewRequest(req.Key, grant.Token, req.Limit > 0, grant.Lease))
 	if err != nil {
 		return sent, err
 	}

@@ -483,23 +483,17 @@ func (c *Conn) releaseAbandoned(cl *call, r *wire.Reply) {
 	if r.Status != wire.StatusOK || r.Token == "" {
 		return
 	}
-	var cmd wire.Command
-	switch cl.cmd {
-	case wire.CmdLock:
-		cmd = wire.CmdRelease
-	case wire.CmdSemLock:
-		cmd = wire.CmdSemRelease
-	default:
+	if cl.cmd != wire.CmdLock && cl.cmd != wire.CmdSemLock {
 		return
 	}
-	req := wire.Request{Cmd: cmd, Key: cl.key, Token: r.Token}
+	req := wire.ReleaseRequest(cl.key, r.Token, cl.cmd == wire.CmdSemLock)
 	if req.Validate() != nil {
 		return
 	}
 	c.p.log.Debug("dflock: releasing a grant whose caller gave up", "server", c.p.cfg.Addr, "key", cl.key)
 	rel := getCall()
 	rel.kind = callDiscard
-	rel.cmd = cmd
+	rel.cmd = req.Cmd
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()

@@ -559,17 +559,7 @@ func expiredCause(l *Lease, now int64) error {
 }
 
 func renewRequest(l *Lease) wire.Request {
-	cmd := wire.CmdRenew
-	if l.sem {
-		cmd = wire.CmdSemRenew
-	}
-	return wire.Request{Cmd: cmd, Key: l.key, Token: l.token, Lease: int64(l.ttl / time.Second)}
+	return wire.RenewRequest(l.key, l.token, l.sem, int64(l.ttl/time.Second))
 }
 
-func releaseRequest(l *Lease) wire.Request {
-	cmd := wire.CmdRelease
-	if l.sem {
-		cmd = wire.CmdSemRelease
-	}
-	return wire.Request{Cmd: cmd, Key: l.key, Token: l.token}
-}
+func releaseRequest(l *Lease) wire.Request { return wire.ReleaseRequest(l.key, l.token, l.sem) }

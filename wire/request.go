@@ -90,6 +90,27 @@ type Request struct {
 	Arg     string // auth secret, listen/unlisten group, signal payload
 }
 
+// ReleaseRequest is the release of a held lease: r for a lock, sr for a
+// semaphore slot (the two are separate namespaces from v1.14).
+func ReleaseRequest(key, token string, semaphore bool) Request {
+	cmd := CmdRelease
+	if semaphore {
+		cmd = CmdSemRelease
+	}
+	return Request{Cmd: cmd, Key: key, Token: token}
+}
+
+// RenewRequest is the renewal of a held lease to leaseSeconds: n for a lock,
+// sn for a semaphore slot. The lease is always explicit because a renewal
+// without one resets the lease to the server's default.
+func RenewRequest(key, token string, semaphore bool, leaseSeconds int64) Request {
+	cmd := CmdRenew
+	if semaphore {
+		cmd = CmdSemRenew
+	}
+	return Request{Cmd: cmd, Key: key, Token: token, Lease: leaseSeconds}
+}
+
 // Blocking reports whether the request may park its connection on the
 // server (l/sl with Timeout > 0, w/sw). Such a request must not share a
 // connection with anything that needs a prompt answer (PROTOCOL.md §8f).

@@ -125,3 +125,11 @@ func TestBlocking(t *testing.T) {
 		assert.False(t, (&Request{Cmd: c, Timeout: 5}).Blocking(), "%s", c)
 	}
 }
+
+func TestLeaseRequestHelpersPickTheNamespace(t *testing.T) {
+	enc := func(r Request) string { return string(r.AppendTo(nil)) }
+	assert.Equal(t, "r\nk\ntok\n", enc(ReleaseRequest("k", "tok", false)))
+	assert.Equal(t, "sr\nk\ntok\n", enc(ReleaseRequest("k", "tok", true)))
+	assert.Equal(t, "n\nk\ntok 30\n", enc(RenewRequest("k", "tok", false, 30)))
+	assert.Equal(t, "sn\nk\ntok 30\n", enc(RenewRequest("k", "tok", true, 30)))
+}
