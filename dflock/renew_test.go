@@ -117,7 +117,10 @@ func TestKeepAliveHoldsLongLeaseUnderShortReadTimeout(t *testing.T) {
 
 	// Both lane connections (the second is dialled in the background) and
 	// the idle wait-pool connection.
-	require.Eventually(t, func() bool { return srv.Stats().Connections == DefaultLaneConns+1 }, 5*time.Second, time.Millisecond)
+	// The server counts a connection when it accepts it, possibly before
+	// our dialer has returned: wait for both to agree before the baseline.
+	const want = DefaultLaneConns + 1
+	require.Eventually(t, func() bool { return srv.Stats().Connections == want && cc.dials.Load() == want }, 5*time.Second, time.Millisecond)
 	dials := cc.dials.Load()
 	time.Sleep(10 * time.Second) // time passing is the subject
 	require.NoError(t, l.Err())
