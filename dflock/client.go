@@ -44,6 +44,7 @@ type Client struct {
 	waitLocks registry  // held leases that pin a wait-pool connection
 	tickets   ticketSet // queued two-phase tickets (they hold a connection)
 	signals   signalHub // signal subscriptions and listener connections (signal_listener.go)
+	disp      *dispatcher
 
 	stats clientCounters
 }
@@ -98,15 +99,17 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, &ArgError{Arg: "servers", Reason: trimPrefix(err.Error())}
 	}
-	log := o.logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	disp := newDispatcher()
+	log := slog.New(slog.DiscardHandler)
+	if o.logger != nil {
+		log = slog.New(&asyncHandler{d: disp, inner: o.logger.Handler()})
 	}
 
 	c := &Client{
 		opts:    o,
 		log:     log,
 		place:   place,
+		disp:    disp,
 		drained: make(chan struct{}, 1),
 		closed:  make(chan struct{}),
 	}
@@ -137,6 +140,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			}
 			c.sched.Close()
 			c.cancel(ErrClosed)
+			c.disp.stop(DefaultReleaseTimeout)
 			return nil, err
 		}
 		c.servers = append(c.servers, &server{addr: a, pool: p})
@@ -274,6 +278,7 @@ func (c *Client) close() {
 	}
 	c.bg.Wait()
 	c.log.Debug("dflock: client closed", "released", len(held))
+	c.disp.stop(DefaultReleaseTimeout)
 }
 
 // releaseAll releases leases the scheduler handed back at Close: one
@@ -321,7 +326,8 @@ func (c *Client) releaseAll(held []*renew.Lease) {
 func (c *Client) onConnBroken(conn *pool.Conn, err error) {
 	c.sched.OwnerFailed(conn, err)
 	if h := c.opts.hooks.OnConnBroken; h != nil {
-		go h(conn.Server(), err)
+		addr := conn.Server()
+		c.disp.do(func() { h(addr, err) })
 	}
 }
 
@@ -337,7 +343,8 @@ func (c *Client) onLost(l *renew.Lease, err error) {
 	}
 	c.log.Debug("dflock: lease lost", "key", l.Key(), "server", addr, "err", err)
 	if h := c.opts.hooks.OnLeaseLost; h != nil {
-		h(LeaseInfo{Key: l.Key(), Token: l.Token(), Server: addr, Semaphore: l.Semaphore(), TTL: l.TTL()}, err)
+		info := LeaseInfo{Key: l.Key(), Token: l.Token(), Server: addr, Semaphore: l.Semaphore(), TTL: l.TTL()}
+		c.disp.do(func() { h(info, err) })
 	}
 }
 

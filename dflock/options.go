@@ -55,8 +55,12 @@ var ticketWaitChunk = 24 * time.Hour
 type Option func(*options)
 
 // Hooks are optional callbacks for events that happen away from any call.
-// They run on their own goroutines, must not block for long, and may still
-// run shortly after Client.Close returns.
+// They run one at a time on the Client's callback goroutine (see WithLogger),
+// in the order the events happened, never on a goroutine that renews leases
+// or reads replies. A hook that blocks delays later hooks and log records;
+// past 4096 waiting, calls are dropped and counted
+// (ClientStats.CallbacksDropped). Close waits up to DefaultReleaseTimeout for
+// the calls still queued.
 type Hooks struct {
 	// OnLeaseLost is called once for every lease lost while held (not for
 	// leases released by Release or Close).
@@ -239,11 +243,21 @@ func WithSharding(s shard.Strategy) Option {
 
 // WithLogger sets the structured logger of the Client and of everything
 // under it. Default: discard. Auth tokens are never logged.
+//
+// Records are handed to l's handler on one goroutine of the Client's, in
+// order, never on the goroutines that renew leases, read replies or write
+// requests: a slow handler cannot delay a renewal. The handler's Enabled is
+// the exception (called in place; keep it a cheap level check). Records and
+// hook calls that find more than 4096 others waiting are dropped and counted
+// in ClientStats.CallbacksDropped; Close waits up to DefaultReleaseTimeout
+// for those still queued.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
 
-// WithHooks installs event callbacks. Default: none.
+// WithHooks installs event callbacks. Default: none. Hooks run on the same
+// goroutine as the Logger's records (see WithLogger), one at a time: a hook
+// that blocks delays later hooks and records but never the Client's work.
 func WithHooks(h Hooks) Option {
 	return func(o *options) { o.hooks = h }
 }

@@ -33,6 +33,10 @@ type ClientStats struct {
 	Released   int64 // leases released (by Release, WithLock, Cancel or Close)
 	Lost       int64 // leases lost while held
 	Held       int   // leases held now
+	// CallbacksDropped counts log records and hook calls dropped because
+	// more than 4096 were waiting for the Client's callback goroutine (a
+	// handler or hook that is slow; see WithLogger).
+	CallbacksDropped int64
 }
 
 // ServerStats describes one server.
@@ -139,6 +143,8 @@ func (c *Client) localStats(st Stats) Stats {
 		Released:   c.stats.released.Load(),
 		Lost:       c.stats.lost.Load(),
 		Held:       st.Renew.Leases,
+
+		CallbacksDropped: c.disp.dropped.Load(),
 	}
 	return st
 }
