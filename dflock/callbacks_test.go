@@ -28,8 +28,8 @@ func newStuckWarnHandler() *stuckWarnHandler {
 }
 
 func (h *stuckWarnHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *stuckWarnHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h *stuckWarnHandler) WithGroup(string) slog.Handler           { return h }
+func (h *stuckWarnHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *stuckWarnHandler) WithGroup(string) slog.Handler            { return h }
 func (h *stuckWarnHandler) Handle(_ context.Context, r slog.Record) error {
 	if r.Level < slog.LevelWarn {
 		return nil
