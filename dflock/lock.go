@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -495,10 +496,17 @@ func waitSeconds(ctx context.Context, chunk time.Duration) (secs int64, ok bool)
 	return wire.Seconds(left), true
 }
 
-// checkGrant rejects a grant reply the lease cannot be tracked from.
+// checkGrant rejects a grant reply the lease cannot be tracked from: no
+// token, or a lease outside what the protocol allows (1 to wire.MaxSeconds
+// seconds; a larger one would overflow every deadline computed from it).
+// The caller gives such a grant back.
 func checkGrant(r wire.Reply) error {
-	if r.Token == "" || r.Lease < 1 {
-		return &wire.ProtocolError{Line: r.Token, Reason: "grant without token or lease"}
+	switch {
+	case r.Token == "":
+		return &wire.ProtocolError{Line: r.Token, Reason: "grant without a token"}
+	case r.Lease < 1 || r.Lease > wire.MaxSeconds:
+		return &wire.ProtocolError{Line: r.Word + " " + r.Token + " " + strconv.FormatInt(r.Lease, 10),
+			Reason: "grant lease outside 1.." + strconv.FormatInt(wire.MaxSeconds, 10) + " seconds"}
 	}
 	return nil
 }
