@@ -3,6 +3,7 @@ package dflock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
@@ -180,14 +181,29 @@ func (c *Client) Servers() []string {
 	return out
 }
 
-// ServerFor returns the address of the server that owns key.
-func (c *Client) ServerFor(key string) string { return c.route(key).addr }
-
-func (c *Client) route(key string) *server {
-	if len(c.servers) == 1 {
-		return c.servers[0]
+// ServerFor returns the address of the server that owns key, or "" if the
+// sharding strategy placed it outside the server list (see WithSharding).
+func (c *Client) ServerFor(key string) string {
+	srv, err := c.route(key)
+	if err != nil {
+		return ""
 	}
-	return c.servers[c.place.Server(key)]
+	return srv.addr
+}
+
+// route returns key's server. A custom shard.Strategy may return any index;
+// one outside the server list is an error, never a panic. route runs before
+// any accounting of the operation is raised, so that a panic inside a
+// custom Placement leaves nothing behind for Close to wait on.
+func (c *Client) route(key string) (*server, error) {
+	if len(c.servers) == 1 {
+		return c.servers[0], nil
+	}
+	i := c.place.Server(key)
+	if i < 0 || i >= len(c.servers) {
+		return nil, fmt.Errorf("dflock: the sharding strategy placed the key on server index %d, outside the %d servers", i, len(c.servers))
+	}
+	return c.servers[i], nil
 }
 
 // begin starts an operation on key's server: it enters the Client
@@ -195,10 +211,13 @@ func (c *Client) route(key string) *server {
 // down (never re-routing the key), and derives the operation context, which
 // Close also ends. On success the caller must call cancel and then c.leave.
 func (c *Client) begin(ctx context.Context, op, key string) (srv *server, opCtx context.Context, cancel context.CancelFunc, err error) {
+	srv, err = c.route(key)
+	if err != nil {
+		return nil, nil, nil, &Error{Op: op, Key: key, Err: err}
+	}
 	if !c.enter() {
 		return nil, nil, nil, &Error{Op: op, Key: key, Err: ErrClosed}
 	}
-	srv = c.route(key)
 	if err := srv.pool.Err(); err != nil {
 		c.leave()
 		return nil, nil, nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}

@@ -28,7 +28,8 @@ func TestGrantOnConnectionThatBrokeBeforeTrackingIsLostAtOnce(t *testing.T) {
 	s := newServer(t, testutil.Config{})
 	c := newClient(t, addrsOf(s))
 	ctx := testCtx(t)
-	srv := c.route("k")
+	srv, err := c.route("k")
+	require.NoError(t, err)
 	req := wire.Request{Cmd: wire.CmdLock, Key: "k"}
 	sent := time.Now()
 	r, owner, err := srv.pool.Do(ctx, req)

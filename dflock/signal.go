@@ -136,7 +136,11 @@ func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOptio
 
 	servers := c.servers
 	if !isWildcard(pattern) {
-		servers = []*server{c.route(pattern)}
+		srv, err := c.route(pattern)
+		if err != nil {
+			return nil, &Error{Op: "listen", Key: pattern, Err: err}
+		}
+		servers = []*server{srv}
 	}
 	for _, srv := range servers {
 		if err := srv.pool.Err(); err != nil {

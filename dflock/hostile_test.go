@@ -1,0 +1,193 @@
+package dflock
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/shard"
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// scriptedServer is a broken or hostile dflockd: it answers ping with ok and
+// every other request with answer(cmd, key, arg), and records what it got.
+type scriptedServer struct {
+	ln     net.Listener
+	answer func(cmd, key, arg string) string
+	mu     sync.Mutex
+	got    []string // "cmd key arg"
+	wg     sync.WaitGroup
+}
+
+func newScriptedServer(t *testing.T, answer func(cmd, key, arg string) string) *scriptedServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s := &scriptedServer{ln: ln, answer: answer}
+	var conns sync.Map
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Store(nc, nil)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer nc.Close()
+				s.serve(nc)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		conns.Range(func(k, _ any) bool { _ = k.(net.Conn).Close(); return true })
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *scriptedServer) serve(nc net.Conn) {
+	br := bufio.NewReader(nc)
+	for {
+		var f [3]string
+		for i := range f {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			f[i] = strings.TrimRight(line, "\r\n")
+		}
+		s.mu.Lock()
+		s.got = append(s.got, f[0]+" "+f[1]+" "+f[2])
+		s.mu.Unlock()
+		reply := "ok"
+		if f[0] != "ping" {
+			reply = s.answer(f[0], f[1], f[2])
+		}
+		if _, err := nc.Write([]byte(reply + "\n")); err != nil {
+			return
+		}
+	}
+}
+
+func (s *scriptedServer) received(req string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, g := range s.got {
+		if g == req {
+			return true
+		}
+	}
+	return false
+}
+
+// A grant whose lease is outside the protocol's range (which would overflow
+// every deadline computed from it) is refused as a protocol violation and
+// given back to the server at once: it is neither reported held nor left
+// held on the server.
+func TestGrantWithOutOfRangeLeaseIsReleasedAndReported(t *testing.T) {
+	t.Parallel()
+	const tok = "0123456789abcdef0123456789abcdef"
+	// (A lease that does not even parse as an int64 breaks the connection
+	// in wire.ParseReply, and the server releases the grant with it.)
+	for _, lease := range []string{"10000000000", "9223372037", "0"} {
+		t.Run(lease, func(t *testing.T) {
+			t.Parallel()
+			released := make(chan struct{})
+			var once sync.Once
+			srv := newScriptedServer(t, func(cmd, key, arg string) string {
+				switch cmd {
+				case "l":
+					return "ok " + tok + " " + lease
+				case "r":
+					if arg == tok {
+						once.Do(func() { close(released) })
+					}
+				}
+				return "ok"
+			})
+			c := newClient(t, []string{srv.ln.Addr().String()})
+			ctx := testCtx(t)
+			l, err := c.TryLock(ctx, "k")
+			require.Error(t, err)
+			assert.Nil(t, l)
+			assert.True(t, errors.Is(err, wire.ErrProtocol), "%v", err)
+			assert.False(t, errors.Is(err, ErrNotAcquired), "%v", err)
+			select {
+			case <-released:
+			case <-ctx.Done():
+				t.Fatal("the out-of-range grant was not released")
+			}
+			assert.Zero(t, c.sched.Stats().Leases, "nothing may be tracked as held")
+		})
+	}
+}
+
+// badStrategy places every key on server index idx, or panics if panics.
+type badStrategy struct {
+	idx    int
+	panics bool
+}
+
+func (b badStrategy) Place([]string) (shard.Placement, error) { return b, nil }
+func (b badStrategy) Server(string) int {
+	if b.panics {
+		panic("placement bug")
+	}
+	return b.idx
+}
+
+// A custom sharding strategy that returns an index outside the server list
+// gets an error, not a panic; one that panics leaves no operation counted
+// in flight, so that Close (which waits for operations) still returns.
+func TestBadShardingStrategyNeitherPanicsNorBlocksClose(t *testing.T) {
+	t.Parallel()
+	a, b := newServer(t, testutil.Config{}), newServer(t, testutil.Config{})
+	ctx := testCtx(t)
+	for _, idx := range []int{-1, 2, 1 << 30} {
+		c := newClient(t, addrsOf(a, b), WithSharding(badStrategy{idx: idx}))
+		_, err := c.TryLock(ctx, "k")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "server index "+strconv.Itoa(idx))
+		_, err = c.Listen(ctx, "k")
+		assert.Error(t, err)
+		_, err = c.Emit(ctx, "k", "p")
+		assert.Error(t, err)
+		assert.Equal(t, "", c.ServerFor("k"))
+		require.NoError(t, c.Close())
+	}
+
+	c, err := New(addrsOf(a, b), WithSharding(badStrategy{panics: true}))
+	require.NoError(t, err)
+	for _, call := range []func(){
+		func() { _, _ = c.TryLock(ctx, "k") },
+		func() { _, _ = c.Lock(ctx, "k") },
+		func() { _, _ = c.Enqueue(ctx, "k") },
+		func() { _, _ = c.Emit(ctx, "k", "p") },
+		func() { _, _ = c.Listen(ctx, "k") },
+	} {
+		func() {
+			defer func() { assert.NotNil(t, recover(), "the strategy's panic reaches its caller") }()
+			call()
+		}()
+	}
+	closed := make(chan struct{})
+	go func() { _ = c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close blocked: a panic left an operation counted in flight")
+	}
+}
