@@ -254,10 +254,12 @@ func (l *Lock) returnConn(destroy bool) {
 // flight, the grant is released: an error return never leaves a lock held.
 //
 // The server's wait timeout is whole seconds, so AcquireTimeout (or ctx's
-// deadline) is sent rounded up and enforced exactly by the client. With
-// neither, the wait is sent in chunks of an hour (very large timeouts
-// overflow on old servers); when a chunk runs out the server drops the
-// waiter and the Client joins the queue again — at its end. A blocked wait
+// deadline) is sent rounded up and enforced exactly by the client. Waits
+// are sent in chunks of at most an hour (very large timeouts overflow on
+// old servers), and of at most 10 s to servers older than v1.14, which keep
+// an abandoned waiter queued until its timeout runs out (see
+// docs/leases.md); when a chunk runs out the server drops the waiter and
+// the Client joins the queue again — at its end. A blocked wait
 // carries no traffic, so a server process that stalls while its host stays
 // up is noticed only when the chunk ends (a closed connection is noticed at
 // once, a dead host by TCP keepalive): prefer a deadline.
@@ -395,7 +397,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		return fail(err)
 	}
 	for {
-		secs, ok := waitSeconds(opCtx, waitChunk)
+		secs, ok := waitSeconds(opCtx, chunkFor(conn, waitChunk))
 		if !ok {
 			conn.Release()
 			return fail(context.DeadlineExceeded)
@@ -481,9 +483,33 @@ func (c *Client) confirmLongWait(ctx context.Context, conn *pool.Conn, req wire.
 	return sent2, nil
 }
 
+// legacyWaitChunk caps every server-side wait sent to a server that does
+// not answer ping (dflockd before v1.14).
+//
+// Servers before v1.15 do not notice that a blocked waiter's connection
+// closed: a Lock that gives up (ctx, AcquireTimeout) stays queued on the
+// server until the timeout it sent runs out. Meanwhile it counts toward
+// --max-waiters, and the next release is first handed to the dead
+// connection (and, with auto-release off, stays there until the lease
+// expires). The client therefore never sends such a server a wait longer
+// than this, and re-issues the wait when it runs out. The price is FIFO
+// order: a re-issued wait joins the queue at its end, so a waiter that has
+// waited longer than this can be overtaken by waiters that arrived less
+// than this after it. See docs/leases.md ("Abandoned waiters") for the
+// measurement behind the value. A var so tests can shrink it.
+var legacyWaitChunk = 10 * time.Second
+
+// chunkFor is the longest server-side wait to send on conn.
+func chunkFor(conn *pool.Conn, chunk time.Duration) time.Duration {
+	if conn.SupportsPing() {
+		return chunk
+	}
+	return min(chunk, legacyWaitChunk)
+}
+
 // waitSeconds is the server timeout for the next blocking request: the
-// time left until ctx's deadline rounded up to whole seconds, or chunk
-// without a deadline. ok is false when the deadline has passed.
+// time left until ctx's deadline rounded up to whole seconds, at most
+// chunk. ok is false when the deadline has passed.
 func waitSeconds(ctx context.Context, chunk time.Duration) (secs int64, ok bool) {
 	dl, has := ctx.Deadline()
 	if !has {
@@ -493,7 +519,7 @@ func waitSeconds(ctx context.Context, chunk time.Duration) (secs int64, ok bool)
 	if left <= 0 {
 		return 0, false
 	}
-	return wire.Seconds(left), true
+	return min(wire.Seconds(left), wire.Seconds(chunk)), true
 }
 
 // checkGrant rejects a grant reply the lease cannot be tracked from: no

@@ -220,7 +220,7 @@ func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		var secs int64
 		if !try {
 			var ok bool
-			if secs, ok = waitSeconds(opCtx, ticketWaitChunk); !ok {
+			if secs, ok = waitSeconds(opCtx, chunkFor(conn, ticketWaitChunk)); !ok {
 				conn.Destroy() // withdraws the place
 				return fail(context.DeadlineExceeded)
 			}
