@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -24,6 +25,7 @@ type scriptedServer struct {
 	answer func(cmd, key, arg string) string
 	mu     sync.Mutex
 	got    []string // "cmd key arg"
+	closed int      // connections the client closed
 	wg     sync.WaitGroup
 }
 
@@ -65,6 +67,9 @@ func (s *scriptedServer) serve(nc net.Conn) {
 		for i := range f {
 			line, err := br.ReadString('\n')
 			if err != nil {
+				s.mu.Lock()
+				s.closed++
+				s.mu.Unlock()
 				return
 			}
 			f[i] = strings.TrimRight(line, "\r\n")
@@ -133,6 +138,29 @@ func TestGrantWithOutOfRangeLeaseIsReleasedAndReported(t *testing.T) {
 			assert.Zero(t, c.sched.Stats().Leases, "nothing may be tracked as held")
 		})
 	}
+}
+
+// The same on a wait-pool connection (a contended Lock): the connection the
+// grant came on is destroyed, which releases it on the server.
+func TestWaitPoolGrantWithOutOfRangeLeaseDestroysItsConnection(t *testing.T) {
+	t.Parallel()
+	srv := newScriptedServer(t, func(cmd, key, arg string) string {
+		if cmd == "l" && strings.HasPrefix(arg, "0") {
+			return "timeout" // the lane's try finds the key held
+		}
+		return "ok 0123456789abcdef0123456789abcdef 10000000000"
+	})
+	c := newClient(t, []string{srv.ln.Addr().String()})
+	ctx := testCtx(t)
+	_, err := c.Lock(ctx, "k", AcquireTimeout(5*time.Second))
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, wire.ErrProtocol), "%v", err)
+	assert.Zero(t, c.sched.Stats().Leases)
+	require.Eventually(t, func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return srv.closed >= 1
+	}, testTimeout, 5*time.Millisecond, "the wait-pool connection holding the grant was not closed")
 }
 
 // badStrategy places every key on server index idx, or panics if panics.
