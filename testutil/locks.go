@@ -33,7 +33,6 @@ type enqKey struct {
 // resource is one key's FIFO lock or counting semaphore.
 type resource struct {
 	key       resKey
-	sem       bool // created by sl/se; decides locks vs semaphores in stats
 	limit     int
 	holders   []*holder
 	waiters   []*waiter // FIFO; non-empty only while holders are at the limit
@@ -186,13 +185,13 @@ func (t *lockTable) ns(sem bool) namespace {
 }
 
 // lookup finds or creates the resource for a request with the given limit.
-func (t *lockTable) lookup(k resKey, sem bool, limit int, now time.Time) (*resource, outcome) {
+func (t *lockTable) lookup(k resKey, limit int, now time.Time) (*resource, outcome) {
 	r := t.res[k]
 	if r == nil {
 		if t.maxLocks >= 0 && len(t.res) >= t.maxLocks {
 			return nil, outMaxLocks
 		}
-		r = &resource{key: k, sem: sem, limit: limit, idleSince: now}
+		r = &resource{key: k, limit: limit, idleSince: now}
 		t.res[k] = r
 		return r, outGranted
 	}
@@ -244,7 +243,7 @@ func (t *lockTable) acquire(conn uint64, key string, sem bool, a acquireArgs) (o
 		return outStopped, "", nil
 	}
 	now := time.Now()
-	r, out := t.lookup(resKey{t.ns(sem), key}, sem, a.limit, now)
+	r, out := t.lookup(resKey{t.ns(sem), key}, a.limit, now)
 	if out != outGranted {
 		return out, "", nil
 	}
@@ -252,11 +251,15 @@ func (t *lockTable) acquire(conn uint64, key string, sem bool, a acquireArgs) (o
 	if r.grantable() {
 		return outGranted, t.newHolder(r, conn, sem, a.lease, now).token, nil
 	}
-	if a.timeout == 0 {
-		return outTimeout, "", nil
-	}
+	// dflockd checks the waiter cap before the try-lock rule, so a try on a
+	// key with a full queue answers error_max_waiters, not timeout (§15;
+	// seen on v1.10 and on the signal-era development branch, and assumed
+	// for v2.1, whose acquire path descends from it).
 	if t.maxWaiters > 0 && len(r.waiters) >= t.maxWaiters {
 		return outMaxWaiters, "", nil
+	}
+	if a.timeout == 0 {
+		return outTimeout, "", nil
 	}
 	return outQueued, "", t.addWaiter(r, conn, sem, a.lease)
 }
@@ -274,7 +277,7 @@ func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (o
 	if t.enq[ek] != nil {
 		return outAlreadyEnqueued, ""
 	}
-	r, out := t.lookup(k, sem, a.limit, now)
+	r, out := t.lookup(k, a.limit, now)
 	if out != outGranted {
 		return out, ""
 	}
@@ -480,7 +483,10 @@ func (t *lockTable) evictExpired(r *resource, now time.Time, dropEnq bool) {
 	t.promote(r, now)
 }
 
-// sweep evicts every expired lease; run every SweepInterval.
+// sweep evicts every expired lease; run every SweepInterval. v1.10's
+// sweeper also drops the two-phase state of what it evicts, so that `w`
+// answers error_not_enqueued there (§15); v1.16 and v2.1 are assumed to
+// keep it and answer error_lease_expired, as §6.4 and §8h describe.
 func (t *lockTable) sweep() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -490,7 +496,7 @@ func (t *lockTable) sweep() {
 	now := time.Now()
 	for _, r := range t.res {
 		if len(r.holders) > 0 {
-			t.evictExpired(r, now, false)
+			t.evictExpired(r, now, t.version == V1_10)
 		}
 	}
 }
