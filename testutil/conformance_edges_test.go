@@ -177,3 +177,64 @@ func TestConformanceSweepDropsTwoPhaseState(t *testing.T) {
 		})
 	}
 }
+
+// TestConformanceAbandonedWaiter covers §8e and §15: v1.10 does not notice
+// that a blocked waiter's connection closed. The dead waiter keeps its place
+// (and counts against the waiter cap) until its wait ends; a release is
+// first granted to it, and only the failed connection's auto-release passes
+// the slot on. From v1.15 the waiter is withdrawn as soon as its peer closes.
+func TestConformanceAbandonedWaiter(t *testing.T) {
+	t.Parallel()
+
+	t.Run("v1.10 grants the dead waiter first", func(t *testing.T) {
+		t.Parallel()
+		srv, log := auditServer(t, Config{Version: V1_10, MaxWaiters: 2})
+		h := dialSrv(t, srv)
+		tok := h.lock("k", "0", 33)
+		a := dialSrv(t, srv)
+		a.send("l", "k", "30")
+		waitLockWaiters(t, srv, "k", 1)
+		a.close()
+		b := dialSrv(t, srv)
+		b.send("l", "k", "30")
+		waitLockWaiters(t, srv, "k", 2) // a is still queued
+		c := dialSrv(t, srv)
+		c.send("l", "k", "0")
+		c.expect("error_max_waiters") // and still counts against the cap
+
+		h.send("r", "k", tok)
+		h.expect("ok")
+		tokB := b.expectGrant("ok", 33)
+		evs := log.waitKind(t, AuditGrant, tokB)
+		checkAudit(t, evs)
+		require.Equal(t, []AuditKind{AuditGrant, AuditRelease, AuditGrant, AuditDisconnect, AuditGrant}, kinds(evs), "%s", log)
+		phantom := evs[2]
+		assert.Equal(t, phantom.Token, evs[3].Token, "the dead waiter's grant is auto-released")
+		assert.NotEqual(t, evs[0].Conn, phantom.Conn)
+		assert.NotEqual(t, evs[4].Conn, phantom.Conn)
+		assert.Equal(t, tokB, evs[4].Token)
+	})
+
+	for _, v := range []Version{V1_16, V2_1} {
+		t.Run(versionNames[v]+" withdraws the dead waiter", func(t *testing.T) {
+			t.Parallel()
+			srv, log := auditServer(t, Config{Version: v})
+			h := dialSrv(t, srv)
+			tok := h.lock("k", "0", 33)
+			a := dialSrv(t, srv)
+			a.send("l", "k", "30")
+			waitLockWaiters(t, srv, "k", 1)
+			a.close()
+			waitLockWaiters(t, srv, "k", 0)
+			b := dialSrv(t, srv)
+			b.send("l", "k", "30")
+			waitLockWaiters(t, srv, "k", 1)
+			h.send("r", "k", tok)
+			h.expect("ok")
+			tokB := b.expectGrant("ok", 33)
+			evs := log.waitKind(t, AuditGrant, tokB)
+			checkAudit(t, evs)
+			assert.Equal(t, []AuditKind{AuditGrant, AuditRelease, AuditGrant}, kinds(evs), "%s", log)
+		})
+	}
+}

@@ -507,6 +507,10 @@ func (c *conn) park(w *waiter, timeout int64) bool {
 		s.locks.withdraw(w) // a grant that won the race is released on disconnect
 		return false
 	}
+	// v1.10 does not watch the peer while a waiter is parked (§8e): an
+	// abandoned waiter stays queued, counting against MaxWaiters, until its
+	// timeout; if it is granted first, the reply's write or the next read
+	// fails and finish auto-releases the grant to the next waiter.
 	var gone <-chan struct{}
 	if s.cfg.Version != V1_10 {
 		var stop func()
