@@ -7,7 +7,7 @@
 //
 // The exported API: Config and Version here; Server, Start and NewServer and
 // the lifecycle and fault-injection methods in server.go; Server.Stats in
-// stats.go.
+// stats.go; the audit log of leases (Config.Audit, AuditEvent) in audit.go.
 package testutil
 
 import (
@@ -62,6 +62,11 @@ type Config struct {
 	PushBuffer int
 	// Logger for server events; nil discards.
 	Logger *slog.Logger
+	// Audit, if set, is called synchronously for every lease event, in the
+	// order the server applies them (a total order per Server), with the
+	// server's lock state held. It must not block and must not call into the
+	// Server. It keeps being called across Stop and Restart.
+	Audit func(AuditEvent)
 }
 
 // Stats is a typed server snapshot. Slices are sorted by key (or pattern,

@@ -349,6 +349,7 @@ var outcomeWords = [...]string{
 	outAlreadyEnqueued: "error_already_enqueued",
 	outNotEnqueued:     "error_not_enqueued",
 	outLeaseExpired:    "error_lease_expired",
+	outFailed:          "error",
 }
 
 // handle executes one request; false means the connection must close.
@@ -376,21 +377,35 @@ func (c *conn) handle(req request) bool {
 	case cmdLock, cmdSemLock:
 		return c.lock(key, req.arg, req.cmd == cmdSemLock)
 	case cmdEnqueue, cmdSemEnqueue:
-		c.enqueue(key, req.arg, req.cmd == cmdSemEnqueue)
+		return c.enqueue(key, req.arg, req.cmd == cmdSemEnqueue)
 	case cmdWait, cmdSemWait:
 		return c.wait(key, req.arg, req.cmd == cmdSemWait)
 	case cmdRelease, cmdSemRelease:
 		token := strings.TrimSpace(string(req.arg))
-		if token != "" && s.locks.release(key, token, req.cmd == cmdSemRelease) {
+		if token == "" {
+			c.reply("error")
+			return true
+		}
+		switch s.locks.release(key, token, req.cmd == cmdSemRelease) {
+		case outGranted:
 			c.reply("ok")
-		} else {
+		case outStopped:
+			return false
+		default:
 			c.reply("error")
 		}
 	case cmdRenew, cmdSemRenew:
 		token, lease, ok := v.parseRenewArg(req.arg, s.defaultLease)
-		if ok && s.locks.renew(key, token, req.cmd == cmdSemRenew, lease) {
+		if !ok {
+			c.reply("error")
+			return true
+		}
+		switch s.locks.renew(key, token, req.cmd == cmdSemRenew, lease) {
+		case outGranted:
 			c.replyInt("ok", lease)
-		} else {
+		case outStopped:
+			return false
+		default:
 			c.reply("error")
 		}
 	case cmdListen, cmdUnlisten:
@@ -429,27 +444,32 @@ func (c *conn) lock(key string, arg []byte, sem bool) bool {
 		c.replyGrant("ok", token, a.lease)
 	case outQueued:
 		return c.park(w, a.timeout)
+	case outStopped:
+		return false
 	default:
 		c.reply(outcomeWords[out])
 	}
 	return true
 }
 
-func (c *conn) enqueue(key string, arg []byte, sem bool) {
+func (c *conn) enqueue(key string, arg []byte, sem bool) bool {
 	s := c.srv
 	a, ok := s.cfg.Version.parseEnqueueArg(arg, sem, s.defaultLease)
 	if !ok {
 		c.reply("error")
-		return
+		return true
 	}
 	switch out, token := s.locks.enqueue(c.id, key, sem, a); out {
 	case outGranted:
 		c.replyGrant("acquired", token, a.lease)
 	case outQueued:
 		c.reply("queued")
+	case outStopped:
+		return false
 	default:
 		c.reply(outcomeWords[out])
 	}
+	return true
 }
 
 func (c *conn) wait(key string, arg []byte, sem bool) bool {
@@ -463,6 +483,8 @@ func (c *conn) wait(key string, arg []byte, sem bool) bool {
 	switch {
 	case out == outGranted:
 		c.replyGrant("ok", token, lease)
+	case out == outStopped:
+		return false
 	case out != outQueued:
 		c.reply(outcomeWords[out])
 	case timeout > 0:
@@ -485,6 +507,10 @@ func (c *conn) park(w *waiter, timeout int64) bool {
 		s.locks.withdraw(w) // a grant that won the race is released on disconnect
 		return false
 	}
+	// v1.10 does not watch the peer while a waiter is parked (§8e): an
+	// abandoned waiter stays queued, counting against MaxWaiters, until its
+	// timeout; if it is granted first, the reply's write or the next read
+	// fails and finish auto-releases the grant to the next waiter.
 	var gone <-chan struct{}
 	if s.cfg.Version != V1_10 {
 		var stop func()

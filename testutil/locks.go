@@ -33,7 +33,6 @@ type enqKey struct {
 // resource is one key's FIFO lock or counting semaphore.
 type resource struct {
 	key       resKey
-	sem       bool // created by sl/se; decides locks vs semaphores in stats
 	limit     int
 	holders   []*holder
 	waiters   []*waiter // FIFO; non-empty only while holders are at the limit
@@ -48,6 +47,7 @@ type holder struct {
 	token     string
 	res       *resource
 	conn      uint64
+	sem       bool // granted by sl/se (AuditEvent.Semaphore)
 	leaseSecs int64
 	lease     time.Duration
 	expires   time.Time
@@ -59,6 +59,7 @@ type holder struct {
 // closed once the grant (h) is recorded under the table lock.
 type waiter struct {
 	conn      uint64
+	sem       bool
 	leaseSecs int64
 	lease     time.Duration
 	res       *resource
@@ -88,38 +89,89 @@ const (
 	outAlreadyEnqueued
 	outNotEnqueued
 	outLeaseExpired
+	outFailed  // r/sr/n/sn refused: `error`
+	outStopped // the server stopped under the request: close without a reply
 )
 
 // lockTable holds every lock and semaphore of a server behind one mutex.
 // Grants to parked waiters go through per-waiter channels; expiry is handled
 // by one sweeper (Server.janitor) and on the spot by acquire/enqueue/renew.
+//
+// Every change of a holder is reported to audit (Config.Audit) under mu, so
+// the callback sees one total order; each operation reads the clock after
+// taking mu, so the reported times never go backwards.
 type lockTable struct {
 	version    Version
 	maxLocks   int // < 0: unlimited
 	maxWaiters int // 0: unlimited
+	audit      func(AuditEvent)
 
-	mu     sync.Mutex
-	res    map[resKey]*resource
-	enq    map[enqKey]*enqState
-	tokens tokenSource
+	mu      sync.Mutex
+	res     map[resKey]*resource
+	enq     map[enqKey]*enqState
+	stopped bool // between stop and start: the server is down, nothing changes
+	tokens  tokenSource
 }
 
-func newLockTable(v Version, maxLocks, maxWaiters int) *lockTable {
-	t := &lockTable{version: v, maxLocks: maxLocks, maxWaiters: maxWaiters}
+func newLockTable(v Version, maxLocks, maxWaiters int, audit func(AuditEvent)) *lockTable {
+	t := &lockTable{version: v, maxLocks: maxLocks, maxWaiters: maxWaiters, audit: audit}
 	t.tokens.fenced = v == V2_1
 	// v2.1 seeds the fence with wall-clock nanoseconds so that tokens keep
 	// increasing across restarts without a state file (§7).
 	t.tokens.fence = uint64(time.Now().UnixNano())
-	t.reset()
+	t.res = make(map[resKey]*resource)
+	t.enq = make(map[enqKey]*enqState)
 	return t
 }
 
-// reset drops every key and every two-phase state. The fence keeps counting.
-func (t *lockTable) reset() {
+// stop is the moment the server goes down: every holder ends (AuditStop),
+// every key and two-phase state is dropped, and until start nothing is
+// granted, released or cleaned up any more, as in a killed process. Parked
+// waiters are left to their connections, which the caller closes next.
+// The fence keeps counting.
+func (t *lockTable) stop() {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return
+	}
+	t.stopped = true
+	now := time.Now()
+	for _, r := range t.res {
+		for _, h := range r.holders {
+			h.gone = true
+			t.emit(AuditStop, h, now)
+		}
+	}
 	t.res = make(map[resKey]*resource)
 	t.enq = make(map[enqKey]*enqState)
+}
+
+// start makes a stopped table serve again, empty (Restart).
+func (t *lockTable) start() {
+	t.mu.Lock()
+	t.stopped = false
 	t.mu.Unlock()
+}
+
+// emit reports a holder's event to the audit callback. t.mu must be held.
+func (t *lockTable) emit(kind AuditKind, h *holder, now time.Time) {
+	if t.audit == nil {
+		return
+	}
+	ev := AuditEvent{
+		Time:      now,
+		Kind:      kind,
+		Key:       h.res.key.key,
+		Token:     h.token,
+		Semaphore: h.sem,
+		Expires:   h.expires,
+		Conn:      h.conn,
+	}
+	if h.sem {
+		ev.Limit = h.res.limit
+	}
+	t.audit(ev)
 }
 
 func (t *lockTable) ns(sem bool) namespace {
@@ -133,13 +185,13 @@ func (t *lockTable) ns(sem bool) namespace {
 }
 
 // lookup finds or creates the resource for a request with the given limit.
-func (t *lockTable) lookup(k resKey, sem bool, limit int, now time.Time) (*resource, outcome) {
+func (t *lockTable) lookup(k resKey, limit int, now time.Time) (*resource, outcome) {
 	r := t.res[k]
 	if r == nil {
 		if t.maxLocks >= 0 && len(t.res) >= t.maxLocks {
 			return nil, outMaxLocks
 		}
-		r = &resource{key: k, sem: sem, limit: limit, idleSince: now}
+		r = &resource{key: k, limit: limit, idleSince: now}
 		t.res[k] = r
 		return r, outGranted
 	}
@@ -152,23 +204,27 @@ func (t *lockTable) lookup(k resKey, sem bool, limit int, now time.Time) (*resou
 // grantable reports whether a new acquirer may take a slot right now.
 func (r *resource) grantable() bool { return len(r.holders) < r.limit && len(r.waiters) == 0 }
 
-func (t *lockTable) newHolder(r *resource, conn uint64, leaseSecs int64, now time.Time) *holder {
+// newHolder grants a slot of r. t.mu must be held.
+func (t *lockTable) newHolder(r *resource, conn uint64, sem bool, leaseSecs int64, now time.Time) *holder {
 	lease := seconds(leaseSecs)
 	h := &holder{
 		token:     t.tokens.next(),
 		res:       r,
 		conn:      conn,
+		sem:       sem,
 		leaseSecs: leaseSecs,
 		lease:     lease,
 		expires:   now.Add(lease),
 	}
 	r.holders = append(r.holders, h)
+	t.emit(AuditGrant, h, now)
 	return h
 }
 
-func (t *lockTable) addWaiter(r *resource, conn uint64, leaseSecs int64) *waiter {
+func (t *lockTable) addWaiter(r *resource, conn uint64, sem bool, leaseSecs int64) *waiter {
 	w := &waiter{
 		conn:      conn,
+		sem:       sem,
 		leaseSecs: leaseSecs,
 		lease:     seconds(leaseSecs),
 		res:       r,
@@ -181,44 +237,54 @@ func (t *lockTable) addWaiter(r *resource, conn uint64, leaseSecs int64) *waiter
 // acquire serves l/sl. On outGranted the token is returned; on outQueued the
 // caller must wait on the waiter (try-locks get outTimeout instead).
 func (t *lockTable) acquire(conn uint64, key string, sem bool, a acquireArgs) (outcome, string, *waiter) {
-	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	r, out := t.lookup(resKey{t.ns(sem), key}, sem, a.limit, now)
+	if t.stopped {
+		return outStopped, "", nil
+	}
+	now := time.Now()
+	r, out := t.lookup(resKey{t.ns(sem), key}, a.limit, now)
 	if out != outGranted {
 		return out, "", nil
 	}
-	t.evictExpired(r, now)
+	t.evictExpired(r, now, false)
 	if r.grantable() {
-		return outGranted, t.newHolder(r, conn, a.lease, now).token, nil
+		return outGranted, t.newHolder(r, conn, sem, a.lease, now).token, nil
+	}
+	// dflockd checks the waiter cap before the try-lock rule, so a try on a
+	// key with a full queue answers error_max_waiters, not timeout (§15;
+	// seen on v1.10 and on the signal-era development branch, and assumed
+	// for v2.1, whose acquire path descends from it).
+	if t.maxWaiters > 0 && len(r.waiters) >= t.maxWaiters {
+		return outMaxWaiters, "", nil
 	}
 	if a.timeout == 0 {
 		return outTimeout, "", nil
 	}
-	if t.maxWaiters > 0 && len(r.waiters) >= t.maxWaiters {
-		return outMaxWaiters, "", nil
-	}
-	return outQueued, "", t.addWaiter(r, conn, a.lease)
+	return outQueued, "", t.addWaiter(r, conn, sem, a.lease)
 }
 
 // enqueue serves e/se: grant at once (`acquired`) or queue without blocking.
 func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (outcome, string) {
-	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.stopped {
+		return outStopped, ""
+	}
+	now := time.Now()
 	k := resKey{t.ns(sem), key}
 	ek := enqKey{conn, k}
 	if t.enq[ek] != nil {
 		return outAlreadyEnqueued, ""
 	}
-	r, out := t.lookup(k, sem, a.limit, now)
+	r, out := t.lookup(k, a.limit, now)
 	if out != outGranted {
 		return out, ""
 	}
-	t.evictExpired(r, now)
+	t.evictExpired(r, now, false)
 	st := &enqState{key: ek}
 	if r.grantable() {
-		h := t.newHolder(r, conn, a.lease, now)
+		h := t.newHolder(r, conn, sem, a.lease, now)
 		h.enq, st.h = st, h
 		t.enq[ek] = st
 		return outGranted, h.token
@@ -226,7 +292,7 @@ func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (o
 	if t.maxWaiters > 0 && len(r.waiters) >= t.maxWaiters {
 		return outMaxWaiters, ""
 	}
-	w := t.addWaiter(r, conn, a.lease)
+	w := t.addWaiter(r, conn, sem, a.lease)
 	w.enq, st.w = st, w
 	t.enq[ek] = st
 	return outQueued, ""
@@ -236,9 +302,12 @@ func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (o
 // outGranted the token and the lease given at `e` time are returned; on
 // outQueued the caller waits on (or, for timeout 0, withdraws) the waiter.
 func (t *lockTable) wait(conn uint64, key string, sem bool) (outcome, string, int64, *waiter) {
-	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.stopped {
+		return outStopped, "", 0, nil
+	}
+	now := time.Now()
 	ek := enqKey{conn, resKey{t.ns(sem), key}}
 	st := t.enq[ek]
 	if st == nil {
@@ -255,12 +324,13 @@ func (t *lockTable) wait(conn uint64, key string, sem bool) (outcome, string, in
 		return outLeaseExpired, "", 0, nil
 	}
 	if !now.Before(h.expires) {
-		t.removeHolder(h.res, h, now)
+		t.removeHolder(h.res, h, AuditExpire, now)
 		return outLeaseExpired, "", 0, nil
 	}
 	// §6.4: the lease given at `e` time restarts at the moment `w` returns.
 	h.lease = seconds(h.leaseSecs)
 	h.expires = now.Add(h.lease)
+	t.emit(AuditRenew, h, now)
 	return outGranted, h.token, h.leaseSecs, nil
 }
 
@@ -296,42 +366,53 @@ func (t *lockTable) dropEnq(st *enqState) {
 	}
 }
 
-// release serves r/sr. Unknown tokens and expired leases fail.
-func (t *lockTable) release(key, token string, sem bool) bool {
-	now := time.Now()
+// release serves r/sr: outGranted for `ok`; unknown tokens and expired
+// leases fail (outFailed).
+func (t *lockTable) release(key, token string, sem bool) outcome {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.stopped {
+		return outStopped
+	}
+	now := time.Now()
 	h := t.find(key, token, sem)
 	if h == nil {
-		return false
+		return outFailed
 	}
-	expired := !now.Before(h.expires)
-	if !expired && h.enq != nil {
+	if !now.Before(h.expires) {
+		t.removeHolder(h.res, h, AuditExpire, now)
+		return outFailed
+	}
+	if h.enq != nil {
 		// §6.3: a released `acquired` slot takes its two-phase state with it.
 		t.dropEnq(h.enq)
 		h.enq = nil
 	}
-	t.removeHolder(h.res, h, now)
-	return !expired
+	t.removeHolder(h.res, h, AuditRelease, now)
+	return outGranted
 }
 
-// renew serves n/sn. An expired-but-unswept lease is evicted (and its slot
-// handed on) instead of being resurrected.
-func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) bool {
-	now := time.Now()
+// renew serves n/sn like release. An expired-but-unswept lease is evicted
+// (and its slot handed on) instead of being resurrected.
+func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) outcome {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.stopped {
+		return outStopped
+	}
+	now := time.Now()
 	h := t.find(key, token, sem)
 	if h == nil {
-		return false
+		return outFailed
 	}
 	if !now.Before(h.expires) {
-		t.removeHolder(h.res, h, now)
-		return false
+		t.removeHolder(h.res, h, AuditExpire, now)
+		return outFailed
 	}
 	h.lease = seconds(leaseSecs)
 	h.expires = now.Add(h.lease)
-	return true
+	t.emit(AuditRenew, h, now)
+	return outGranted
 }
 
 func (t *lockTable) find(key, token string, sem bool) *holder {
@@ -347,12 +428,14 @@ func (t *lockTable) find(key, token string, sem bool) *holder {
 	return nil
 }
 
-// removeHolder frees h's slot and hands it to the next waiters in FIFO order.
-func (t *lockTable) removeHolder(r *resource, h *holder, now time.Time) {
+// removeHolder ends h's lease (reported as why) and hands its slot to the
+// next waiters in FIFO order.
+func (t *lockTable) removeHolder(r *resource, h *holder, why AuditKind, now time.Time) {
 	h.gone = true
 	if i := slices.Index(r.holders, h); i >= 0 {
 		r.holders = slices.Delete(r.holders, i, i+1)
 	}
+	t.emit(why, h, now)
 	t.promote(r, now)
 }
 
@@ -362,7 +445,7 @@ func (t *lockTable) promote(r *resource, now time.Time) {
 		w := r.waiters[0]
 		r.waiters[0] = nil
 		r.waiters = r.waiters[1:]
-		h := t.newHolder(r, w.conn, w.leaseSecs, now)
+		h := t.newHolder(r, w.conn, w.sem, w.leaseSecs, now)
 		if w.enq != nil {
 			// Nobody is parked on a queued `e`: the grant waits in its state for `w`.
 			st := w.enq
@@ -377,14 +460,20 @@ func (t *lockTable) promote(r *resource, now time.Time) {
 	}
 }
 
-// evictExpired drops lapsed holders of r (keeping any two-phase state, so
-// that a later `w` answers error_lease_expired) and promotes waiters.
-func (t *lockTable) evictExpired(r *resource, now time.Time) {
+// evictExpired drops lapsed holders of r and promotes waiters. An expired
+// slot's two-phase state is kept, so that a later `w` answers
+// error_lease_expired, unless dropEnq: then `w` finds no state at all.
+func (t *lockTable) evictExpired(r *resource, now time.Time, dropEnq bool) {
 	expired := false
 	for _, h := range r.holders {
 		if !now.Before(h.expires) {
 			h.gone = true
 			expired = true
+			if dropEnq && h.enq != nil {
+				t.dropEnq(h.enq)
+				h.enq = nil
+			}
+			t.emit(AuditExpire, h, now)
 		}
 	}
 	if !expired {
@@ -394,14 +483,20 @@ func (t *lockTable) evictExpired(r *resource, now time.Time) {
 	t.promote(r, now)
 }
 
-// sweep evicts every expired lease; run every SweepInterval.
+// sweep evicts every expired lease; run every SweepInterval. v1.10's
+// sweeper also drops the two-phase state of what it evicts, so that `w`
+// answers error_not_enqueued there (§15); v1.16 and v2.1 are assumed to
+// keep it and answer error_lease_expired, as §6.4 and §8h describe.
 func (t *lockTable) sweep() {
-	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.stopped {
+		return
+	}
+	now := time.Now()
 	for _, r := range t.res {
 		if len(r.holders) > 0 {
-			t.evictExpired(r, now)
+			t.evictExpired(r, now, t.version == V1_10)
 		}
 	}
 }
@@ -409,9 +504,9 @@ func (t *lockTable) sweep() {
 // gc prunes keys that have been idle for at least maxIdle, freeing their
 // MaxLocks budget and their semaphore limit.
 func (t *lockTable) gc(maxIdle time.Duration) {
-	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	now := time.Now()
 	for k, r := range t.res {
 		if r.idle() && now.Sub(r.idleSince) >= maxIdle {
 			delete(t.res, k)
@@ -426,9 +521,12 @@ func (t *lockTable) disconnect(conn uint64, autoRelease bool) {
 	if !autoRelease && t.version == V1_10 {
 		return
 	}
-	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.stopped {
+		return
+	}
+	now := time.Now()
 	for k, st := range t.enq {
 		if k.conn == conn {
 			if st.h != nil {
@@ -455,6 +553,7 @@ func (t *lockTable) disconnect(conn uint64, autoRelease bool) {
 				if h.conn == conn {
 					h.gone = true
 					changed = true
+					t.emit(AuditDisconnect, h, now)
 				}
 			}
 			r.holders = slices.DeleteFunc(r.holders, func(h *holder) bool { return h.gone })

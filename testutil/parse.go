@@ -17,8 +17,10 @@ const (
 	readBufSize   = 4096  // the server's bufio.Reader; also the pipelining abuse threshold (§8e)
 )
 
-// maxSeconds is MaxInt64 nanoseconds in whole seconds: the v1.15+ upper bound
-// for timeouts and leases (§3). Larger values would overflow a time.Duration.
+// maxSeconds is MaxInt64 nanoseconds in whole seconds: the upper bound for
+// timeouts and leases (§3). Larger values would overflow a time.Duration, so
+// every version refuses them: v1.15+ as codes 6/9, v1.10 when converting
+// (§15); the wire shows `error` either way.
 const maxSeconds = 9223372036
 
 // cmdID identifies a command word. Words that some version knows are kept
@@ -136,9 +138,6 @@ func (v Version) argCap(cmd []byte) int {
 	return maxLineBytes
 }
 
-// boundsChecked reports whether timeouts and leases have an upper bound (v1.15+).
-func (v Version) boundsChecked() bool { return v != V1_10 }
-
 // validKey applies the key rules of §3: non-empty, no space, TAB, LF or CR.
 func validKey(k []byte) bool {
 	return len(k) > 0 && !bytes.ContainsAny(k, " \t\n\r")
@@ -189,9 +188,8 @@ func parseInt(s string) (int64, bool) {
 	return v, err == nil
 }
 
-// seconds converts a validated, non-negative count of seconds to a Duration,
-// saturating where v1.10 (which has no upper bound) would accept more than a
-// Duration holds.
+// seconds converts a validated count of seconds (0..maxSeconds) to a
+// Duration. It saturates all the same, so that no caller can overflow it.
 func seconds(n int64) time.Duration {
 	if n > maxSeconds {
 		return time.Duration(1<<63 - 1)
@@ -202,7 +200,7 @@ func seconds(n int64) time.Duration {
 // parseTimeout validates a timeout field (code 4/6).
 func (v Version) parseTimeout(s string) (int64, bool) {
 	n, ok := parseInt(s)
-	if !ok || n < 0 || (v.boundsChecked() && n > maxSeconds) {
+	if !ok || n < 0 || n > maxSeconds {
 		return 0, false
 	}
 	return n, true
@@ -211,7 +209,7 @@ func (v Version) parseTimeout(s string) (int64, bool) {
 // parseLease validates a lease field (code 4/9).
 func (v Version) parseLease(s string) (int64, bool) {
 	n, ok := parseInt(s)
-	if !ok || n < 1 || (v.boundsChecked() && n > maxSeconds) {
+	if !ok || n < 1 || n > maxSeconds {
 		return 0, false
 	}
 	return n, true

@@ -131,7 +131,7 @@ func Start(cfg Config) (*Server, error) {
 		log:          cfg.Logger,
 		authToken:    strings.TrimSpace(cfg.AuthToken),
 		defaultLease: lease,
-		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters),
+		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters, cfg.Audit),
 		hub:          newSignalHub(cfg.MaxSubscriptions),
 		conns:        make(map[uint64]*conn),
 		drained:      make(chan struct{}),
@@ -316,6 +316,9 @@ func (s *Server) Close() error {
 		s.state = stateClosed
 		s.closeListenerLocked()
 		s.mu.Unlock()
+		// The state ends before the connections close, as in a killed
+		// process: closing them must not hand slots on first.
+		s.locks.stop()
 		close(s.quit)
 		s.dropAll()
 		s.stallMu.Lock()
@@ -324,7 +327,6 @@ func (s *Server) Close() error {
 		}
 		s.stallMu.Unlock()
 		s.wg.Wait()
-		s.locks.reset()
 		s.hub.reset()
 		s.log.Debug("testutil: closed", "addr", s.addr)
 	})
@@ -377,8 +379,10 @@ func (s *Server) DropConnections() {
 	s.dropAll()
 }
 
-// Stop closes the listener and every connection and drops all lock and
-// signal state, keeping the address for Restart.
+// Stop imitates a crash: it closes the listener, drops all lock state at
+// once (each holder's lease ends with AuditStop; nothing is handed on to
+// waiters), closes every connection and drops all signal state, keeping the
+// address for Restart.
 func (s *Server) Stop() error {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
@@ -395,8 +399,9 @@ func (s *Server) Stop() error {
 	acceptDone := s.closeListenerLocked()
 	s.mu.Unlock()
 	<-acceptDone
+	// As in Close: the state ends at once, before the connections close.
+	s.locks.stop()
 	s.dropAll()
-	s.locks.reset()
 	s.hub.reset()
 	s.log.Debug("testutil: stopped", "addr", s.addr)
 	return nil
@@ -424,6 +429,7 @@ func (s *Server) Restart() error {
 	for {
 		ln, err := s.listen(ctx, s.addr)
 		if err == nil {
+			s.locks.start()
 			s.mu.Lock()
 			s.serveLocked(ln)
 			s.mu.Unlock()

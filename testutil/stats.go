@@ -15,6 +15,16 @@ type tableSnapshot struct {
 	idleSemaphores []IdleKeyInfo
 }
 
+// listedAsSemaphore decides whether stats lists r under semaphores. From
+// v1.14 that is its namespace; v1.10 keeps one table and classifies by
+// limit, so a limit-1 semaphore made by sl/se is listed as a lock (§15).
+func (t *lockTable) listedAsSemaphore(r *resource) bool {
+	if r.key.ns == nsShared {
+		return r.limit != 1
+	}
+	return r.key.ns == nsSem
+}
+
 func (t *lockTable) snapshot() tableSnapshot {
 	now := time.Now()
 	t.mu.Lock()
@@ -26,12 +36,13 @@ func (t *lockTable) snapshot() tableSnapshot {
 		idleSemaphores: []IdleKeyInfo{},
 	}
 	for _, r := range t.res {
+		sem := t.listedAsSemaphore(r)
 		switch {
-		case r.idle() && r.sem:
+		case r.idle() && sem:
 			snap.idleSemaphores = append(snap.idleSemaphores, IdleKeyInfo{r.key.key, now.Sub(r.idleSince)})
 		case r.idle():
 			snap.idleLocks = append(snap.idleLocks, IdleKeyInfo{r.key.key, now.Sub(r.idleSince)})
-		case r.sem:
+		case sem:
 			snap.sems = append(snap.sems, SemaphoreInfo{Key: r.key.key, Limit: r.limit, Holders: len(r.holders), Waiters: len(r.waiters)})
 		default:
 			li := LockInfo{Key: r.key.key, Waiters: len(r.waiters)}
