@@ -22,11 +22,17 @@ import (
 )
 
 var (
-	// ErrUnavailable: the server cannot be reached right now. Either a dial
-	// made for this call failed, or the server is down (a lane dial failed,
-	// or a dial failed while no connection to it was alive) and the call
-	// failed fast without touching the network while a background probe
-	// re-dials.
+	// ErrUnavailable: the server cannot be reached right now, or a
+	// connection to it broke because of the server or the network. Either a
+	// dial made for this call failed; or the server is down (a lane dial
+	// failed, or a dial failed while no connection to it was alive) and the
+	// call failed fast without touching the network while a background probe
+	// re-dials; or the connection carrying the call broke on an I/O error,
+	// EOF, reset, write timeout, a stall detected by the keepalive, or a
+	// protocol violation by the server (such errors also match
+	// wire.ErrConnBroken and wrap the network error). Breaks the client made
+	// itself (a cancelled context withdrawing a waiter, Destroy, Close) do
+	// not match it.
 	ErrUnavailable = errors.New("dflock: server unavailable")
 	// ErrAuth: the server refused the auth token (error_auth).
 	ErrAuth = errors.New("dflock: authentication failed")
@@ -70,11 +76,23 @@ type Config struct {
 	// MaxReplyLine caps a reply line; default wire.DefaultMaxLine.
 	MaxReplyLine int
 	// Logger; nil discards. Never logs the auth token.
+	//
+	// The pool logs from connection readers, flush goroutines and the
+	// janitor (a broken connection, an abandoned grant released), whose
+	// stalling would delay replies, renewals and keepalives of every lease
+	// on the server: its handler must not block. The Client passes a
+	// bounded asynchronous handler that drops (and counts) what it cannot
+	// queue. Besides Logger and OnConnBroken the pool runs no user code on
+	// those goroutines.
 	Logger *slog.Logger
 	// OnConnBroken is called once for every connection that breaks (I/O
 	// error, EOF, protocol violation, cancellation) or is destroyed, from
-	// the goroutine that noticed. It must not block. The renewal scheduler
-	// uses it to declare the connection's leases lost at once.
+	// the goroutine that noticed — often a reader, a flusher or the
+	// janitor. It must return promptly and never block, for the same reason
+	// as Logger. The renewal scheduler uses it to declare the connection's
+	// leases lost at once. err matches wire.ErrConnBroken; it also matches
+	// ErrUnavailable if the server or the network broke the connection, and
+	// ErrClosed if Close did.
 	OnConnBroken func(c *Conn, err error)
 }
 

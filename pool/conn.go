@@ -281,7 +281,9 @@ func (c *Conn) takeOut() bool {
 }
 
 // Err is nil while the connection is usable; afterwards an error matching
-// wire.ErrConnBroken (and ErrClosed after Pool.Close) that names the server.
+// wire.ErrConnBroken that names the server. It also matches ErrUnavailable
+// if the server or the network broke the connection, and ErrClosed after
+// Pool.Close.
 func (c *Conn) Err() error {
 	if e := c.errp.Load(); e != nil {
 		return e

@@ -53,14 +53,37 @@ func serverErr(addr string, err, cause error) *ServerError {
 // wire.ErrConnBroken and unwraps to cause. A cause that is itself a wire
 // "connection broken" error is unwrapped once so the message does not say it
 // twice.
+//
+// A break the server caused — an I/O error, EOF, reset, write timeout, a
+// stall broken by the keepalive, a protocol violation — also matches
+// ErrUnavailable, whichever path noticed it first (a caller's Do, the
+// reader, a flusher, the janitor), so that a call made in the instant after
+// a server crashed reports the same sentinel as one made after the pool
+// noticed. A break the client made (Destroy, Release of a pinned or busy
+// connection, Pool.Close) does not: the server is fine.
 func brokenErr(addr string, cause error) *ServerError {
 	if errors.Is(cause, wire.ErrConnBroken) {
 		if u := errors.Unwrap(cause); u != nil {
 			cause = u
 		}
 	}
-	return serverErr(addr, wire.ErrConnBroken, cause)
+	if errors.Is(cause, errDestroyed) || errors.Is(cause, ErrClosed) {
+		return serverErr(addr, wire.ErrConnBroken, cause)
+	}
+	return serverErr(addr, ErrUnavailable, &connBrokenError{cause: cause})
 }
+
+// connBrokenError is the cause of a server-caused break: it reads
+// "connection broken: <cause>", matches wire.ErrConnBroken and unwraps to
+// cause.
+type connBrokenError struct{ cause error }
+
+func (e *connBrokenError) Error() string {
+	return "connection broken: " + strings.TrimPrefix(e.cause.Error(), "dflock: ")
+}
+
+func (e *connBrokenError) Is(target error) bool { return target == wire.ErrConnBroken }
+func (e *connBrokenError) Unwrap() error        { return e.cause }
 
 var (
 	errDestroyed   = errors.New("connection destroyed")
