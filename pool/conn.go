@@ -248,6 +248,8 @@ func (c *Conn) Release() {
 	}
 	if c.errp.Load() == nil && c.inflight.Load() == 0 && c.pins.Load() == 0 {
 		c.res.Release()
+		// Callers waiting for a paced dial may take this one instead.
+		c.p.gate.broadcast()
 		return
 	}
 	if c.pins.Load() > 0 {
