@@ -38,7 +38,7 @@ func (p *Pool) janitor() {
 		case <-t.C:
 		}
 		now := p.now()
-		next := now + ka
+		next := satAdd(now, ka)
 		conns = p.snapshot(conns[:0])
 		for _, c := range conns {
 			if n := c.keepalive(now, ka); n >= 0 && n < next {
