@@ -164,9 +164,10 @@ func (p *Pool) waitForDial(ctx context.Context, gen uint64) error {
 	switch {
 	case err != nil:
 		if g.failures > 0 && !p.isClosed.Load() {
-			// Say why the caller had to wait, without claiming that
-			// its own call found the server unavailable.
-			err = serverErr(p.cfg.Addr, ctx.Err(), fmt.Errorf("waiting to dial again after a failed dial: %w", causeOf(g.lastErr)))
+			// Say why the caller had to wait, in words only: wrapping
+			// the dial error would make a caller that gave up match
+			// ErrUnavailable and wire.ErrConnBroken.
+			err = serverErr(p.cfg.Addr, ctx.Err(), fmt.Errorf("waiting to dial again after a failed dial: %v", causeOf(g.lastErr)))
 		}
 	case g.failGen != gen:
 		err = g.lastErr

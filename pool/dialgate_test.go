@@ -220,5 +220,6 @@ func TestAcquireWaitingForAPacedDialHonoursItsContext(t *testing.T) {
 	err = <-done
 	require.ErrorIs(t, err, context.Canceled)
 	assert.NotErrorIs(t, err, ErrUnavailable)
+	assert.NotErrorIs(t, err, wire.ErrConnBroken)
 	assert.Contains(t, err.Error(), "--max-connections")
 }
