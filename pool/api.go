@@ -7,9 +7,10 @@
 // state of a server that is down.
 //
 // This file holds the package's exported configuration, errors and stats;
-// Pool is in pool.go, Conn in conn.go, dialling in dial.go, keepalive and the
-// down-server probe in keepalive.go, signal listener connections in
-// listener.go.
+// Pool is in pool.go, Conn in conn.go, dialling in dial.go, the pacing of
+// wait-pool dials in dialgate.go, keepalive and the down-server probe in
+// keepalive.go, signal listener connections in listener.go, one-off requests
+// on a connection of their own (Query) in query.go.
 package pool
 
 import (

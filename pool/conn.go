@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -248,6 +249,8 @@ func (c *Conn) Release() {
 	}
 	if c.errp.Load() == nil && c.inflight.Load() == 0 && c.pins.Load() == 0 {
 		c.res.Release()
+		// Callers waiting for a paced dial may take this one instead.
+		c.p.gate.broadcast()
 		return
 	}
 	if c.pins.Load() > 0 {
@@ -539,10 +542,10 @@ func (c *Conn) keepalive(now, ka int64) int64 {
 		// A ping would sit behind the wait, and the server does not time
 		// out a connection parked in a blocking command.
 		c.mu.Unlock()
-		return now + ka
+		return satAdd(now, ka)
 	}
 	if c.q.n > 0 {
-		due := c.progress + 2*ka
+		due := satAdd(c.progress, satAdd(ka, ka))
 		c.mu.Unlock()
 		if due <= now {
 			c.fail(errNoReply)
@@ -550,7 +553,7 @@ func (c *Conn) keepalive(now, ka int64) int64 {
 		}
 		return due
 	}
-	if due := c.lastActive + ka; due > now {
+	if due := satAdd(c.lastActive, ka); due > now {
 		c.mu.Unlock()
 		return due
 	}
@@ -563,7 +566,17 @@ func (c *Conn) keepalive(now, ka int64) int64 {
 	// the keepalive of the others. c.err == nil under c.mu, so the reader
 	// is still running and counted in p.conns.
 	c.startFlushLocked()
-	return now + ka
+	return satAdd(now, ka)
+}
+
+// satAdd adds two non-negative p.now() quantities, saturating at
+// math.MaxInt64 instead of wrapping: Config.KeepAlive has no upper bound
+// here, and a wrapped deadline would be in the past.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // fail breaks the connection with cause unless it is already broken: the

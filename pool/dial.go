@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"syscall"
 	"time"
 
 	"github.com/dflock-sdk/go/wire"
@@ -71,7 +73,7 @@ func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions, lane bool
 		tc := tls.Client(nc, p.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close()
-			return nil, 0, p.dialFailed(parent, fmt.Errorf("TLS handshake: %w", err), lane)
+			return nil, 0, p.dialFailed(parent, closedInHandshake(fmt.Errorf("TLS handshake: %w", err)), lane)
 		}
 		nc = tc
 	}
@@ -98,9 +100,26 @@ func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions, lane bool
 			p.dialFailures.Add(1)
 			return nil, 0, serverErr(p.cfg.Addr, err, nil)
 		}
-		return nil, 0, p.dialFailed(parent, err, lane)
+		return nil, 0, p.dialFailed(parent, closedInHandshake(err), lane)
 	}
 	return wc, ping, nil
+}
+
+// errClosedInHandshake names the likely cause of a connection that the
+// server accepted and closed before answering the handshake: dflockd does
+// exactly that over --max-connections (and --max-connections-per-ip), writing
+// nothing.
+var errClosedInHandshake = errors.New("the server closed the connection during the handshake; it may be at its connection limit (--max-connections)")
+
+// closedInHandshake adds errClosedInHandshake to a handshake error caused by
+// the server closing the connection (EOF, reset, broken pipe).
+func closedInHandshake(err error) error {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return fmt.Errorf("%w: %w", errClosedInHandshake, err)
+	}
+	return err
 }
 
 var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")

@@ -38,7 +38,7 @@ func (p *Pool) janitor() {
 		case <-t.C:
 		}
 		now := p.now()
-		next := now + ka
+		next := satAdd(now, ka)
 		conns = p.snapshot(conns[:0])
 		for _, c := range conns {
 			if n := c.keepalive(now, ka); n >= 0 && n < next {
@@ -83,6 +83,7 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 	}
 	if p.down.Swap(err) == nil {
 		p.log.Warn("dflock: server unavailable", "server", p.cfg.Addr, "err", err.Cause)
+		p.gate.broadcast() // callers waiting for a paced dial now fail fast
 	}
 	if !p.probing {
 		p.probing = true
@@ -95,6 +96,7 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 func (p *Pool) markUp() {
 	if p.down.Swap(nil) != nil {
 		p.log.Info("dflock: server reachable again", "server", p.cfg.Addr)
+		p.gate.reset()
 	}
 }
 

@@ -48,6 +48,8 @@ type Pool struct {
 	retReq   int64 // counters of connections no longer in registry
 	retWrite int64
 
+	gate dialGate // paces wait-pool dials (Acquire)
+
 	isClosed  atomic.Bool
 	down      atomic.Pointer[ServerError]
 	needSweep atomic.Bool
@@ -135,8 +137,16 @@ func New(cfg Config) (*Pool, error) {
 		Constructor: func(ctx context.Context) (*Conn, error) {
 			// ctx is not the Acquire caller's: puddle keeps constructing
 			// after the caller gives up, and cancels ctx only on Close.
-			// dial bounds it with DialTimeout.
-			return p.dial(ctx, false)
+			// dial bounds it with DialTimeout. The gate answers at once
+			// when it defers the dial; Acquire then waits on its own
+			// context.
+			gen, ok := p.gate.enter()
+			if !ok {
+				return nil, errDialDeferred
+			}
+			c, err := p.dial(ctx, false)
+			p.gate.leave(gen, err)
+			return c, err
 		},
 		Destructor: func(c *Conn) {
 			if p.isClosed.Load() {
@@ -334,15 +344,35 @@ func (p *Pool) adoptLane(c *Conn) {
 // Conn.Release (clean, reusable) or Conn.Destroy; extra calls are no-ops.
 //
 // While the server is down Acquire fails fast (ErrUnavailable). A dial that
-// fails while other connections to the server are alive is this call's
-// error only (it matches ErrUnavailable and names the server); the server
-// is not marked down for it.
+// fails while other connections to the server are alive is not a reason to
+// mark it down (its lane may be serving fine, e.g. when the server is at
+// its --max-connections cap); instead new wait-pool connections are paced,
+// per pool:
+//
+//   - While dials succeed, at most 4 run at once; callers beyond that wait
+//     for one of them to finish.
+//   - After a failed dial, one dial at a time, each after a wait drawn
+//     uniformly from [0, backoff) (full jitter), the backoff doubling from
+//     50 ms up to 2 s with every further failure, until a dial succeeds or
+//     the server is reached again by any other dial.
+//
+// A caller that needs a new connection while dials are held back waits —
+// bounded by ctx — for an idle connection, or for its turn to dial. If any
+// wait-pool dial fails while the caller is in Acquire, the caller fails with
+// that dial's error instead of waiting for another attempt: one refused dial
+// answers every caller waiting for it, so a burst of callers against a server
+// at its connection cap costs a few refused connections, not one each. Such
+// an error matches ErrUnavailable, names the server and says what happened
+// (e.g. that the server closed the connection during the handshake, as it
+// does at its connection limit). A caller whose ctx ends while it waits gets
+// an error matching ctx.Err() that names the last dial failure, if any.
 //
 // A connection that broke while idle is destroyed, not handed out. An
 // acquired connection, pinned or not, counts toward Config.MaxConns until
 // it is released or destroyed, so a process holding MaxConns leases on
 // wait-pool connections makes further Acquires wait.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	gen := p.gate.generation()
 	for {
 		if err := p.usable(); err != nil {
 			return nil, err
@@ -350,6 +380,11 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		res, err := p.pp.Acquire(ctx)
 		if err != nil {
 			switch {
+			case errors.Is(err, errDialDeferred):
+				if err := p.waitForDial(ctx, gen); err != nil {
+					return nil, err
+				}
+				continue
 			case errors.Is(err, puddle.ErrClosedPool):
 				return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
 			case ctx.Err() != nil:

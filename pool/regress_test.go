@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"math"
 	"testing"
 	"time"
 
@@ -190,4 +191,35 @@ func TestStalledConnDoesNotDelayOtherKeepalives(t *testing.T) {
 	assert.Same(t, lane, ev.c)
 	assert.ErrorIs(t, ev.err, errNoReply)
 	require.NoError(t, idle.Err())
+}
+
+// Keepalive arithmetic saturates: with a KeepAlive so long that now+ka or
+// 2·ka would wrap around, an idle connection is not pinged and one with a
+// reply pending is not declared stalled.
+func TestKeepAliveArithmeticSaturates(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: time.Duration(math.MaxInt64)})
+	ctx := ctxWait(t)
+	_, lane, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	const ka = math.MaxInt64/2 + 1
+
+	pings := p.Stats().Pings
+	now := p.now()
+	assert.Greater(t, lane.keepalive(now, ka), now)
+	assert.Equal(t, pings, p.Stats().Pings, "an idle connection is not due for a ping")
+
+	resume := srv.Stall(0)
+	defer resume()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return lane.inflight.Load() == 1 }, wait, time.Millisecond)
+	assert.Equal(t, int64(math.MaxInt64), lane.keepalive(p.now(), ka))
+	require.NoError(t, lane.Err(), "a pending reply is not overdue")
+	resume()
+	require.NoError(t, <-done)
 }

@@ -1,0 +1,186 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Pacing of wait-pool dials (see Pool.Acquire).
+const (
+	// maxDialsInFlight bounds concurrent wait-pool dials while dials
+	// succeed. A burst of callers that all need a new connection then
+	// opens them a few at a time instead of all at once, so that a server
+	// at its connection cap refuses a handful, not the whole burst. Each
+	// dial is a TCP (and TLS) handshake plus one round trip, so growing the
+	// pool by 128 connections costs about 32 such round trips.
+	maxDialsInFlight = 4
+	// After a failed wait-pool dial, dials go one at a time, each after a
+	// wait drawn uniformly from [0, backoff) (full jitter), the backoff
+	// doubling from dialMinBackoff to dialMaxBackoff with every further
+	// failure, until one succeeds.
+	dialMinBackoff = 50 * time.Millisecond
+	dialMaxBackoff = 2 * time.Second
+)
+
+// errDialDeferred is the constructor's answer when the gate does not admit a
+// dial now; Acquire waits and tries again. It never reaches a caller.
+var errDialDeferred = errors.New("wait-pool dial deferred")
+
+// dialGate paces the wait pool's dials: at most maxDialsInFlight at once
+// while they succeed; after a failure one at a time with exponential backoff
+// and full jitter, until a dial succeeds. Lane and probe dials do not pass
+// through it (a failed lane dial marks the server down, and the probe has
+// its own backoff), nor do DialListener, DialWire and Query.
+type dialGate struct {
+	mu       sync.Mutex
+	inflight int
+	failures int           // consecutive failed dials; 0 = healthy
+	backoff  time.Duration // while failing: the current backoff
+	next     time.Time     // while failing: no dial before this
+	failGen  uint64        // incremented by every failed dial
+	lastErr  error         // the latest failed dial's error
+	waiting  int           // callers in wait
+	changed  chan struct{} // closed and replaced by broadcast
+}
+
+// enter admits a dial (ok) or defers it. gen is the failure generation at
+// admission, for leave.
+func (g *dialGate) enter() (gen uint64, ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.failures == 0 {
+		if g.inflight >= maxDialsInFlight {
+			return 0, false
+		}
+	} else if g.inflight > 0 || time.Now().Before(g.next) {
+		return 0, false
+	}
+	g.inflight++
+	return g.failGen, true
+}
+
+// leave records the outcome of a dial admitted at generation gen and wakes
+// the waiters. Only network failures (ErrUnavailable) start or extend the
+// backoff: an auth refusal means the server is up, and a dial cut short by
+// Close says nothing about the server. A success ends the backoff unless a
+// dial failed while it ran: a server that accepts one of several concurrent
+// dials and refuses the others is at its connection cap, not recovered.
+func (g *dialGate) leave(gen uint64, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.inflight--
+	switch {
+	case err == nil:
+		if g.failGen == gen {
+			g.failures, g.backoff = 0, 0
+		}
+	case isUnavailable(err):
+		g.failures++
+		g.backoff = min(max(2*g.backoff, dialMinBackoff), dialMaxBackoff)
+		g.next = time.Now().Add(rand.N(g.backoff))
+		g.failGen++
+		g.lastErr = err
+	}
+	g.broadcastLocked()
+}
+
+// reset ends the backoff (the server was reached by another dial).
+func (g *dialGate) reset() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.failures, g.backoff = 0, 0
+	g.broadcastLocked()
+}
+
+// broadcast wakes the waiters, if any, to try again: a connection went back
+// to the pool, or the server's state changed.
+func (g *dialGate) broadcast() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.broadcastLocked()
+}
+
+func (g *dialGate) broadcastLocked() {
+	if g.changed != nil {
+		close(g.changed)
+		g.changed = nil
+	}
+}
+
+// generation is the count of failed dials so far; a caller that sees it
+// change while it waits has its Acquire fail with the latest dial error.
+func (g *dialGate) generation() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.failGen
+}
+
+// wait blocks a caller whose dial was deferred until it should try again
+// (nil): a dial ended, a connection went back to the pool, or the backoff
+// elapsed. It returns the latest dial error if a dial failed since the
+// caller's Acquire began (gen), and an error matching ctx.Err() or ErrClosed
+// if ctx ends or the pool closes first.
+func (p *Pool) waitForDial(ctx context.Context, gen uint64) error {
+	g := &p.gate
+	g.mu.Lock()
+	if g.failGen != gen {
+		err := g.lastErr
+		g.mu.Unlock()
+		return err
+	}
+	var timer <-chan time.Time
+	if g.failures > 0 && g.inflight == 0 {
+		d := time.Until(g.next)
+		if d <= 0 {
+			g.mu.Unlock()
+			return nil
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timer = t.C
+	}
+	if g.changed == nil {
+		g.changed = make(chan struct{})
+	}
+	changed := g.changed
+	g.waiting++
+	g.mu.Unlock()
+
+	var err error
+	select {
+	case <-changed:
+	case <-timer:
+	case <-p.ctx.Done():
+		err = serverErr(p.cfg.Addr, ErrClosed, nil)
+	case <-ctx.Done():
+		err = serverErr(p.cfg.Addr, ctx.Err(), nil)
+	}
+	g.mu.Lock()
+	g.waiting--
+	switch {
+	case err != nil:
+		if g.failures > 0 && !p.isClosed.Load() {
+			// Say why the caller had to wait, in words only: wrapping
+			// the dial error would make a caller that gave up match
+			// ErrUnavailable and wire.ErrConnBroken.
+			err = serverErr(p.cfg.Addr, ctx.Err(), fmt.Errorf("waiting to dial again after a failed dial: %v", causeOf(g.lastErr)))
+		}
+	case g.failGen != gen:
+		err = g.lastErr
+	}
+	g.mu.Unlock()
+	return err
+}
+
+// causeOf is the Cause of a *ServerError, else err itself.
+func causeOf(err error) error {
+	var se *ServerError
+	if errors.As(err, &se) && se.Cause != nil {
+		return se.Cause
+	}
+	return err
+}

@@ -1,0 +1,225 @@
+package pool
+
+import (
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// heldDialer dials real TCP connections, but while holding is on each dial
+// waits for release first, so that a test can line up a burst of callers
+// before any dial completes.
+type heldDialer struct {
+	holding  atomic.Bool
+	mu       sync.Mutex
+	release  chan struct{}
+	attempts atomic.Int64
+	blocked  atomic.Int64 // dials waiting for release right now
+}
+
+func (d *heldDialer) hold() {
+	d.mu.Lock()
+	d.release = make(chan struct{})
+	d.mu.Unlock()
+	d.holding.Store(true)
+}
+
+func (d *heldDialer) letGo() {
+	d.holding.Store(false)
+	d.mu.Lock()
+	close(d.release)
+	d.mu.Unlock()
+}
+
+func (d *heldDialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.attempts.Add(1)
+	if d.holding.Load() {
+		d.mu.Lock()
+		ch := d.release
+		d.mu.Unlock()
+		d.blocked.Add(1)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		d.blocked.Add(-1)
+	}
+	return (&net.Dialer{}).DialContext(ctx, network, addr)
+}
+
+// gateWaiting is the number of Acquire callers waiting for a paced dial.
+func (p *Pool) gateWaiting() int {
+	p.gate.mu.Lock()
+	defer p.gate.mu.Unlock()
+	return p.gate.waiting
+}
+
+// At the server's connection cap, a burst of callers that each need a new
+// wait-pool connection costs a few refused dials, not one per caller (before
+// the gate: about one per caller per attempt), while the lane keeps serving,
+// the server is not reported down, and every error names the likely cause.
+//
+// The bound does not depend on timing: the callers are lined up (every dial
+// held at the dialer) before any dial completes. While dials succeed at most
+// maxDialsInFlight run at once, so the first burst costs at most that many
+// refusals (one dial gets the last free connection); the first refusal
+// fails every waiting caller. In the backoff that follows dials go one at a
+// time, so the second burst costs exactly one refusal.
+func TestWaitPoolDialsBackOffAtTheServersConnectionCap(t *testing.T) {
+	t.Parallel()
+	const lanes, callers = 2, 50
+	srv := newServer(t, testutil.Config{MaxConnections: lanes + 1})
+	var d heldDialer
+	p := newPool(t, Config{Addr: srv.Addr(), Dial: d.dial, LaneConns: lanes})
+	ctx := ctxWait(t)
+	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return p.Stats().LaneConns == lanes }, wait, 5*time.Millisecond)
+	require.Zero(t, p.Stats().DialFailures)
+
+	var (
+		mu   sync.Mutex
+		errs []error
+		got  []*Conn
+	)
+	burst := func() {
+		d.hold()
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := p.Acquire(ctx)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					got = append(got, c)
+				}
+			}()
+		}
+		// Every caller is either dialling (held) or waiting for a dial.
+		require.Eventually(t, func() bool { return int(d.blocked.Load())+p.gateWaiting() == callers }, wait, 5*time.Millisecond)
+		// The lane keeps serving meanwhile.
+		r, _, err := p.Do(ctx, lockReq("lane-works"))
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status)
+		_, _, err = p.Do(ctx, wire.Request{Cmd: wire.CmdRelease, Key: "lane-works", Token: r.Token})
+		require.NoError(t, err)
+		d.letGo()
+		wg.Wait()
+	}
+
+	burst()
+	first := p.Stats().DialFailures
+	assert.LessOrEqual(t, first, int64(maxDialsInFlight), "first burst: at most one refusal per dial in flight")
+	assert.Len(t, got, 1, "the one free connection slot is used")
+	assert.Len(t, errs, callers-1)
+
+	errs = nil
+	burst()
+	assert.Equal(t, first+1, p.Stats().DialFailures, "while backing off, one dial at a time: one refusal fails the burst")
+	assert.Len(t, errs, callers)
+	assert.Len(t, got, 1)
+
+	for _, err := range errs {
+		require.ErrorIs(t, err, ErrUnavailable)
+		assert.Contains(t, err.Error(), srv.Addr())
+		assert.Contains(t, err.Error(), "--max-connections")
+		assert.Contains(t, err.Error(), "closed the connection during the handshake")
+	}
+	assert.NoError(t, p.Err(), "the server is up: its lane connections are healthy")
+	assert.True(t, p.Stats().Up)
+	got[0].Release()
+}
+
+// After the refusals stop (a connection slot frees up), the next dial after
+// the backoff succeeds and dials are unpaced again; a connection released to
+// the pool serves a caller that waits for a paced dial.
+func TestWaitPoolDialsRecoverAfterBackoff(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{MaxConnections: 2})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	ctx := ctxWait(t)
+	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	held, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	_, err = p.Acquire(ctx)
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.NoError(t, p.Err())
+
+	// A caller waiting for the next paced dial takes a released
+	// connection instead. The test holds the gate's one dial slot so that
+	// the caller has to wait.
+	var slot uint64
+	require.Eventually(t, func() (ok bool) { slot, ok = p.gate.enter(); return ok }, wait, time.Millisecond)
+	done := make(chan error, 1)
+	var c2 *Conn
+	go func() {
+		var err error
+		c2, err = p.Acquire(ctx)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return p.gateWaiting() == 1 }, wait, time.Millisecond)
+	held.Release()
+	require.NoError(t, <-done)
+	assert.Same(t, held, c2)
+	p.gate.leave(slot, errDialDeferred) // gives the slot back without an outcome
+	c2.Release()
+
+	// A slot frees up: the next dial succeeds and ends the backoff.
+	c3, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	c3.Destroy()
+	require.Eventually(t, func() bool { return srv.Stats().Connections == 1 }, wait, 5*time.Millisecond)
+	c4, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	defer c4.Release()
+	p.gate.mu.Lock()
+	failures := p.gate.failures
+	p.gate.mu.Unlock()
+	assert.Zero(t, failures, "a successful dial ends the backoff")
+}
+
+// A caller whose context ends while it waits for a paced dial returns with
+// its context's error, naming the dial failure it waited behind, and not
+// claiming the server is unavailable.
+func TestAcquireWaitingForAPacedDialHonoursItsContext(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{MaxConnections: 1})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	ctx := ctxWait(t)
+	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	_, err = p.Acquire(ctx)
+	require.ErrorIs(t, err, ErrUnavailable)
+	// Hold the gate's one dial slot so that the next caller must wait.
+	var slot uint64
+	require.Eventually(t, func() (ok bool) { slot, ok = p.gate.enter(); return ok }, wait, time.Millisecond)
+	defer p.gate.leave(slot, nil)
+
+	short, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Acquire(short)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return p.gateWaiting() == 1 }, wait, time.Millisecond)
+	cancel()
+	err = <-done
+	require.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, ErrUnavailable)
+	assert.NotErrorIs(t, err, wire.ErrConnBroken)
+	assert.Contains(t, err.Error(), "--max-connections")
+}
