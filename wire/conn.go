@@ -203,7 +203,9 @@ func (c *Conn) readLine() ([]byte, error) {
 }
 
 func (c *Conn) tooLong(prefix []byte) error {
-	return protoErr(prefix, "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
+	e := protoErr(prefix, "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
+	e.kind = ErrLineTooLong
+	return e
 }
 
 // grow appends frag to dst, growing capacity geometrically but never past

@@ -161,6 +161,7 @@ func TestConnOverlongLineBreaksConnection(t *testing.T) {
 			}
 			_, err := c.ReadLine()
 			requireBroken(t, c, err, ErrProtocol)
+			require.ErrorIs(t, err, ErrLineTooLong)
 			limit := tt.max
 			if limit == 0 {
 				limit = DefaultMaxLine
@@ -190,6 +191,30 @@ func TestConnLineAtCapAcrossManyReads(t *testing.T) {
 	rep, err = c.ReadReply(CmdPing)
 	require.NoError(t, err)
 	assert.Equal(t, StatusOK, rep.Status)
+}
+
+// A huge cap (Pool.Query allows up to 64 MiB for stats) costs memory only
+// for the lines actually read: the line buffer grows with the line, never to
+// the cap up front.
+func TestConnHugeCapGrowsWithTheLine(t *testing.T) {
+	t.Parallel()
+	const capacity = 64 << 20
+	c, srv := pipeConn(t, ConnOptions{MaxLine: capacity})
+	const n = 100 << 10
+	feed(t, srv, false, "ok "+strings.Repeat("x", n)+"\n")
+	rep, err := c.ReadReply(CmdStats)
+	require.NoError(t, err)
+	assert.Len(t, rep.Text, n)
+	assert.LessOrEqual(t, cap(c.long), 2*(n+3), "the buffer is sized by the line, not by the cap")
+}
+
+// Only ErrLineTooLong marks the over-long line; other protocol violations
+// do not match it.
+func TestOnlyOverlongLinesMatchErrLineTooLong(t *testing.T) {
+	t.Parallel()
+	_, err := ParseReply([]byte("bogus"), CmdPing)
+	require.ErrorIs(t, err, ErrProtocol)
+	assert.NotErrorIs(t, err, ErrLineTooLong)
 }
 
 func TestConnReleasesHugeLineBuffer(t *testing.T) {

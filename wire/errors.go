@@ -15,6 +15,11 @@ var (
 	// ErrConnBroken is returned by a Conn after an I/O or framing failure; the
 	// connection must be discarded.
 	ErrConnBroken = errors.New("dflock: connection broken")
+	// ErrLineTooLong matches the *ProtocolError of a line longer than the
+	// Conn's ConnOptions.MaxLine (it also matches ErrProtocol). It is the one
+	// protocol violation that a larger cap can cure: stats replies grow with
+	// the server's key count.
+	ErrLineTooLong = errors.New("dflock: line over the cap")
 )
 
 // ArgError names a caller-supplied argument that the server would refuse.
@@ -38,14 +43,19 @@ func (e *ArgError) Is(target error) bool { return target == ErrInvalidArgument }
 type ProtocolError struct {
 	Line   string // the offending line, truncated
 	Reason string
+
+	kind error // a finer sentinel it also matches (ErrLineTooLong), or nil
 }
 
 func (e *ProtocolError) Error() string {
 	return "dflock: protocol violation: " + e.Reason + " in reply " + quoteTrunc(e.Line)
 }
 
-// Is makes every *ProtocolError match ErrProtocol.
-func (e *ProtocolError) Is(target error) bool { return target == ErrProtocol }
+// Is makes every *ProtocolError match ErrProtocol, and an over-long line
+// ErrLineTooLong as well.
+func (e *ProtocolError) Is(target error) bool {
+	return target == ErrProtocol || (e.kind != nil && target == e.kind)
+}
 
 // displayMax bounds how much of an offending value is shown in a message.
 const displayMax = 64

@@ -29,6 +29,16 @@ var replySeeds = []string{
 	"error_something_new",
 	"ok 3\r",
 	"sig events.a hello world",
+	// Hostile grants: tokens the client could not send back, leases beyond
+	// MaxSeconds.
+	"ok ab\x00cd 33",
+	"ok ab\x01cd 33",
+	"acquired ab\u00a0cd 33",
+	"ok ab\u3000cd 33",
+	"ok ab\x7f 33",
+	"ok " + strings.Repeat("t", MaxLine+1) + " 33",
+	"ok " + tok + " 10000000000",
+	"ok " + tok + " 9223372036854775807",
 }
 
 func FuzzParseReply(f *testing.F) {
@@ -68,8 +78,8 @@ func FuzzParseReply(f *testing.F) {
 			}
 		}
 		if grant {
-			if rep.Token == "" {
-				t.Fatal("grant without token")
+			if err := ValidateToken(rep.Token); err != nil {
+				t.Fatalf("grant token %q cannot be sent back: %v", rep.Token, err)
 			}
 			// A grant re-encoded the canonical way parses to the same reply.
 			canon := rep.Word + " " + rep.Token + " " + itoa(rep.Lease)

@@ -63,10 +63,15 @@ func (s Status) IsError() bool { return s >= StatusError && s < numStatuses }
 // Reply is a parsed reply line. Which fields are set depends on the command
 // the reply answers and on its status.
 type Reply struct {
-	Status   Status
-	Word     string // the status word as received (set for every status; costs an allocation only for StatusErrOther)
-	Token    string // grant: ok|acquired <token> <lease>
-	Lease    int64  // grant: lease seconds; renew: applied TTL seconds
+	Status Status
+	Word   string // the status word as received (set for every status; costs an allocation only for StatusErrOther)
+	Token  string // grant: ok|acquired <token> <lease>; always passes ValidateToken
+	// Lease is the grant's lease or the renewal's applied TTL in seconds.
+	// It is any non-negative int64 the server wrote, possibly above
+	// MaxSeconds: ParseReply does not refuse it (the caller holds a grant it
+	// must release), so a caller must range-check it before converting it to
+	// a time.Duration, which it would overflow.
+	Lease    int64
 	Fence    uint64 // grant/renew 4th/3rd field of the unreleased fence branch, if present
 	HasFence bool
 	Count    int64  // signal: number of receivers
@@ -172,6 +177,9 @@ func parseInt(b []byte) (int64, bool) {
 // A status that cmd can never receive (`acquired` for l, `timeout` for e, a
 // grant without a token) is a *ProtocolError: it means the reply stream is
 // out of step with the requests, and the connection must not be trusted.
+// So is a grant whose token ValidateToken refuses (whitespace, NUL, control
+// characters, over MaxLine): the lease could never be renewed or released.
+// A grant's lease above MaxSeconds is parsed, not refused; see Reply.Lease.
 // An error status is not a Go error here; the caller maps it.
 //
 // For a cmd outside the defined commands only the status word is checked and
@@ -275,6 +283,13 @@ func parseGrant(rep *Reply, line, rest []byte, hasRest bool) error {
 		return protoErr(line, "grant without integer lease")
 	}
 	rep.Token = string(tok)
+	if reason := tokenProblem(rep.Token); reason != "" {
+		// The client could never send this token back (renew, release
+		// would fail validation), so the lease would be lost at once while
+		// the server keeps the lock. Refusing the reply breaks the
+		// connection instead, and the server releases the grant with it.
+		return protoErr(line, "grant token the client cannot send back ("+reason+")")
+	}
 	rep.Lease = lease
 	rep.Fence, rep.HasFence = parseFence(more)
 	return nil

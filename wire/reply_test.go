@@ -150,6 +150,63 @@ func TestParseReplyRejectsMalformedLines(t *testing.T) {
 	}
 }
 
+// A grant whose token the client could not send back (renew and release
+// would fail validation, so the lease would be "lost" at once while the
+// server keeps the lock) is a protocol violation, for every grant-carrying
+// reply.
+func TestParseReplyRefusesGrantTokensTheClientCannotSendBack(t *testing.T) {
+	t.Parallel()
+	bad := map[string]string{
+		"NUL":          "ab\x00cd",
+		"SOH":          "ab\x01cd",
+		"DEL":          "ab\x7fcd",
+		"TAB":          "ab\tcd",
+		"VT":           "ab\vcd",
+		"NBSP":         "ab\u00a0cd",
+		"ideographic":  "ab\u3000cd",
+		"C1 control":   "ab\u0085cd",
+		"line sep":     "ab\u2028cd",
+		"over MaxLine": strings.Repeat("t", MaxLine+1),
+	}
+	grants := []struct {
+		word string
+		cmd  Command
+	}{
+		{"ok", CmdLock}, {"ok", CmdSemLock}, {"ok", CmdWait}, {"ok", CmdSemWait},
+		{"ok", CmdEnqueue}, {"ok", CmdSemEnqueue}, {"acquired", CmdEnqueue}, {"acquired", CmdSemEnqueue},
+	}
+	for name, token := range bad {
+		require.Error(t, ValidateToken(token), "precondition: requests refuse %s", name)
+		for _, g := range grants {
+			line := g.word + " " + token + " 33"
+			_, err := ParseReply([]byte(line), g.cmd)
+			require.ErrorIs(t, err, ErrProtocol, "%s in %s %q", name, g.cmd, line)
+			assert.Contains(t, err.Error(), "grant token")
+		}
+	}
+	// Tokens of every released server, and odd but sendable ones, pass.
+	for _, token := range []string{tok, "0123456789abcdef0123456789abcdef", "tok-é-ü", strings.Repeat("t", MaxLine)} {
+		rep, err := ParseReply([]byte("ok "+token+" 33"), CmdLock)
+		require.NoError(t, err, token)
+		assert.Equal(t, token, rep.Token)
+		assert.NoError(t, ValidateToken(rep.Token))
+	}
+}
+
+// A grant's lease above MaxSeconds is still parsed (the caller must release
+// the grant it now holds, with its token) and reported as sent, never
+// clamped or wrapped.
+func TestParseReplyKeepsOutOfRangeGrantLeases(t *testing.T) {
+	t.Parallel()
+	for _, lease := range []int64{MaxSeconds + 1, 10000000000, 1<<63 - 1} {
+		line := "ok " + tok + " " + itoa(lease)
+		rep, err := ParseReply([]byte(line), CmdLock)
+		require.NoError(t, err, line)
+		assert.Equal(t, lease, rep.Lease)
+		assert.Equal(t, tok, rep.Token)
+	}
+}
+
 func TestProtocolErrorDoesNotRetainHugeLines(t *testing.T) {
 	t.Parallel()
 	_, err := ParseReply([]byte(strings.Repeat("z", 1<<20)), CmdPing)

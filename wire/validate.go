@@ -158,33 +158,55 @@ func ValidateChannel(channel string) error {
 	return nil
 }
 
-// ValidateToken checks a token: non-empty, no whitespace, ≤ MaxLine.
+// ValidateToken checks a token: non-empty, ≤ MaxLine, and free of
+// whitespace and control characters.
 //
 // Whitespace means Unicode whitespace: `n` splits its arg with
 // strings.Fields, so a token with U+00A0 in it would be cut in two there.
+// Control characters (C0, DEL, C1; NUL included) are refused although the
+// server would pass most of them through: no server issues them, and the same
+// rule decides which grant tokens ParseReply accepts, so a token this client
+// accepted from a server is always one it can send back to release the lease.
 func ValidateToken(token string) error {
-	if token == "" {
-		return argErr("token", token, "must not be empty")
+	if reason := tokenProblem(token); reason != "" {
+		return argErr("token", token, reason)
 	}
-	if len(token) > MaxLine {
-		return argErr("token", token, "longer than "+itoa(MaxLine)+" bytes")
+	return nil
+}
+
+// tokenProblem is ValidateToken's verdict without the error: "" if token is
+// fine, else the reason.
+func tokenProblem(token string) string {
+	switch {
+	case token == "":
+		return "must not be empty"
+	case len(token) > MaxLine:
+		return "longer than " + itoa(MaxLine) + " bytes"
+	case !tokenCharsOK(token):
+		return "contains whitespace or a control character"
 	}
+	return ""
+}
+
+// tokenCharsOK reports whether token has no whitespace and no control
+// character (ASCII fast path; no allocation).
+func tokenCharsOK(token string) bool {
 	for i := 0; i < len(token); {
 		c := token[i]
 		if c < utf8.RuneSelf {
-			if c == 0 || c == ' ' || (c >= '\t' && c <= '\r') {
-				return argErr("token", token, "contains whitespace or NUL")
+			if c <= ' ' || c == 0x7f {
+				return false
 			}
 			i++
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(token[i:])
-		if unicode.IsSpace(r) {
-			return argErr("token", token, "contains whitespace or NUL")
+		if unicode.IsSpace(r) || unicode.IsControl(r) {
+			return false
 		}
 		i += size
 	}
-	return nil
+	return true
 }
 
 // hasLineBreakOrNUL reports whether s contains CR, LF or NUL: CR/LF would

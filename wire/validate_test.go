@@ -78,6 +78,8 @@ func TestValidateRejectsBadRequestsNamingTheArgument(t *testing.T) {
 		{"token with NBSP", Request{Cmd: CmdSemRenew, Key: "k", Token: "a\u00a0b"}, "token"},
 		{"token with LF", Request{Cmd: CmdSemRelease, Key: "k", Token: "a\n"}, "token"},
 		{"token with NUL", Request{Cmd: CmdRelease, Key: "k", Token: "\x00"}, "token"},
+		{"token with a control byte", Request{Cmd: CmdRelease, Key: "k", Token: "a\x1bb"}, "token"},
+		{"token with DEL", Request{Cmd: CmdSemRenew, Key: "k", Token: "a\x7f", Lease: 5}, "token"},
 		{"token too long", Request{Cmd: CmdRelease, Key: "k", Token: long}, "token"},
 		{"renew line too long", Request{Cmd: CmdRenew, Key: "k", Token: strings.Repeat("t", MaxLine-2), Lease: 33}, "token"},
 		{"empty secret", Request{Cmd: CmdAuth}, "secret"},

@@ -1,0 +1,88 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// MaxQueryLine is the largest reply-line cap Query accepts: 64 MiB.
+//
+// The cap exists so that a misbehaving or hostile server cannot make the
+// client buffer an unbounded line. The line buffer grows with the line
+// actually read, so a large cap costs nothing until a large reply arrives;
+// but the reply is then held about three times over (line buffer, Reply.Text,
+// and whatever the caller decodes it into). 64 MiB bounds that at a few
+// hundred MiB in the worst case, while covering a `stats` document of well
+// over a million idle keys (about 35 bytes each; a held lock is about 80),
+// three orders of magnitude beyond the server's default --max-locks of 1024.
+const MaxQueryLine = 64 << 20
+
+// Query sends req on a short-lived connection of its own — outside the
+// control lane and the wait pool, so it never waits for a pool slot and never
+// risks a lease-owning connection — reads one reply with a line cap of
+// maxLine bytes (0 means Config.MaxReplyLine; values above MaxQueryLine are
+// an error naming the bound), and closes the connection. ctx bounds dial,
+// handshake and exchange; Close interrupts it. It fails fast while the server
+// is down, like Acquire, and its dial is counted in Stats.Dials.
+//
+// It is meant for `stats` (whose reply grows with the server's key count) and
+// other requests whose effect outlives the connection (ping, signal, release,
+// renew). Requests whose effect would end with the connection — acquires,
+// enqueue/wait, listen/unlisten — and auth (which the handshake sends) are
+// refused with a *wire.ArgError naming the command, before any dial.
+//
+// Errors: a reply longer than maxLine matches wire.ErrLineTooLong (and
+// wire.ErrConnBroken) and names the cap; it does not match ErrUnavailable,
+// because a larger cap would cure it. A connection that breaks for any other
+// reason matches ErrUnavailable and wire.ErrConnBroken. A context that ends
+// first yields an error matching ctx.Err() only.
+func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.Reply, error) {
+	if maxLine < 0 || maxLine > MaxQueryLine {
+		return wire.Reply{}, &wire.ArgError{
+			Arg: "maxLine", Value: strconv.Itoa(maxLine),
+			Reason: "must be between 0 (the pool's default) and " + strconv.Itoa(MaxQueryLine) + " bytes (MaxQueryLine)",
+		}
+	}
+	if maxLine == 0 {
+		maxLine = p.cfg.MaxReplyLine
+	}
+	switch req.Cmd {
+	case wire.CmdLock, wire.CmdSemLock, wire.CmdEnqueue, wire.CmdSemEnqueue, wire.CmdWait, wire.CmdSemWait,
+		wire.CmdListen, wire.CmdUnlisten, wire.CmdAuth:
+		return wire.Reply{}, &wire.ArgError{
+			Arg: "command", Value: req.Cmd.String(),
+			Reason: "not allowed in Query: its effect would end with Query's short-lived connection",
+		}
+	}
+	if err := req.Validate(); err != nil {
+		return wire.Reply{}, err
+	}
+	wc, err := p.DialWire(ctx, wire.ConnOptions{MaxLine: maxLine})
+	if err != nil {
+		return wire.Reply{}, err
+	}
+	// Close interrupts the exchange; the deferred Close releases the socket.
+	stop := context.AfterFunc(p.ctx, func() { _ = wc.Close() })
+	defer func() {
+		stop()
+		_ = wc.Close()
+	}()
+	r, err := wc.Do(ctx, req)
+	if err == nil {
+		return r, nil
+	}
+	switch {
+	case ctx.Err() != nil:
+		return wire.Reply{}, serverErr(p.cfg.Addr, ctx.Err(), nil)
+	case p.isClosed.Load():
+		return wire.Reply{}, serverErr(p.cfg.Addr, ErrClosed, nil)
+	case errors.Is(err, wire.ErrLineTooLong):
+		return wire.Reply{}, serverErr(p.cfg.Addr,
+			fmt.Errorf("%s reply longer than the %d-byte line cap of this request (at most MaxQueryLine, %d)", req.Cmd, maxLine, MaxQueryLine), err)
+	}
+	return wire.Reply{}, serverErr(p.cfg.Addr, ErrUnavailable, err)
+}
