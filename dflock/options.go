@@ -43,6 +43,10 @@ const (
 	// DefaultReleaseTimeout bounds the release that WithLock, Ticket.Cancel
 	// and Close perform on the caller's behalf.
 	DefaultReleaseTimeout = 2 * time.Second
+	// DefaultMaxStatsReply caps a server's `stats` reply (see
+	// WithMaxStatsReply): 16 MiB, which holds the state of about 380,000
+	// idle keys or 180,000 held locks with 10-byte keys.
+	DefaultMaxStatsReply = 16 << 20
 )
 
 // Bounds of the options. A value outside its bounds makes New (or the call
@@ -66,6 +70,13 @@ const (
 	// goroutine; beyond a handful, more lanes only dilute the pipelining
 	// that makes the lane cheap.
 	MaxLaneConns = 64
+	// MaxStatsReply bounds WithMaxStatsReply (64 MiB, over a million idle
+	// keys): the reply is held in memory two or three times over while it
+	// is read and decoded.
+	MaxStatsReply = pool.MaxQueryLine
+	// minStatsReply is the least WithMaxStatsReply accepts: the cap of
+	// the official Go client, ample for a server with a few keys.
+	minStatsReply = 64 << 10
 )
 
 // waitChunk is the server timeout sent for a blocking acquire whose context
@@ -117,6 +128,7 @@ type options struct {
 	readTimeout time.Duration
 	maxConns    int
 	laneConns   int
+	maxStats    int
 	strategy    shard.Strategy
 	logger      *slog.Logger
 	hooks       Hooks
@@ -133,6 +145,7 @@ func defaultOptions() options {
 		readTimeout: DefaultServerReadTimeout,
 		maxConns:    DefaultMaxConnsPerServer,
 		laneConns:   DefaultLaneConns,
+		maxStats:    DefaultMaxStatsReply,
 		strategy:    shard.Ring,
 	}
 }
@@ -307,6 +320,23 @@ func WithLaneConns(n int) Option {
 			return
 		}
 		o.laneConns = n
+	}
+}
+
+// WithMaxStatsReply caps, in bytes, the `stats` reply that Client.Stats
+// accepts from each server: the reply is one JSON line that grows with the
+// server's keys (about 40 bytes per idle key, 90 per held lock, plus the
+// key), and a longer one fails that server's entry with an error naming
+// the cap. It must be between 64 KiB and MaxStatsReply. Default
+// DefaultMaxStatsReply.
+func WithMaxStatsReply(n int) Option {
+	return func(o *options) {
+		if n < minStatsReply || n > MaxStatsReply {
+			o.fail("max stats reply", strconv.Itoa(n), "must be between "+strconv.Itoa(minStatsReply)+
+				" and "+strconv.Itoa(MaxStatsReply)+" bytes")
+			return
+		}
+		o.maxStats = n
 	}
 }
 
