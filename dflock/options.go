@@ -3,6 +3,7 @@ package dflock
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"strconv"
@@ -201,13 +202,18 @@ func WithTLS(cfg *tls.Config) Option {
 }
 
 // WithAuthToken sends token as the first request on every connection
-// (servers started with --auth-token). The token is never logged. Default:
-// no auth.
+// (servers started with --auth-token). It must not be blank, contain CR, LF
+// or NUL, or exceed 65,536 bytes. The token is never logged. Default: no
+// auth.
 func WithAuthToken(token string) Option {
 	return func(o *options) {
 		if token != "" {
 			if err := (&wire.Request{Cmd: wire.CmdAuth, Arg: token}).Validate(); err != nil {
-				o.fail("auth token", "", "must not be blank or contain CR, LF or NUL")
+				reason := "must not be blank or contain CR, LF or NUL"
+				if ae := (*ArgError)(nil); errors.As(err, &ae) {
+					reason = ae.Reason // never quotes the token
+				}
+				o.fail("auth token", "", reason)
 				return
 			}
 		}

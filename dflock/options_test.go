@@ -3,6 +3,7 @@ package dflock
 import (
 	"math"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ func TestNewRejectsOptionsAboveTheirBounds(t *testing.T) {
 		{"max conns over", []Option{WithMaxConnsPerServer(MaxConnsPerServer + 1)}, "max conns per server", strconv.Itoa(MaxConnsPerServer)},
 		{"keepalive 1ns", []Option{WithKeepAlive(time.Nanosecond)}, "keepalive", MinKeepAlive.String()},
 		{"server read timeout 0", []Option{WithServerReadTimeout(0)}, "server read timeout", "positive"},
+		{"auth token over-long", []Option{WithAuthToken(strings.Repeat("s", 65537))}, "auth token", "65536"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
