@@ -305,17 +305,22 @@ type Subscription struct {
 	closeErr error
 	slow     bool // in a slow-consumer episode (dropping)
 
-	// over queues, oldest first, what arrived while ch was full; a drain
-	// goroutine, running only while over is non-empty, moves it into ch.
-	// While over is non-empty only the drainer sends on ch, which keeps
-	// the order, and lets every send made under mu with room in ch be
-	// non-blocking.
-	over     sigQueue
-	overSigs int            // signals in over; the rest are gap markers
-	overGaps []string       // servers whose gap marker is in over (one each: later gaps merge)
-	draining bool           // the drainer runs
-	stop     chan struct{}  // closed by finish to stop the drainer; made with the first one
+	ov       *overflow      // made when ch first fills up
 	drainers sync.WaitGroup // finish waits for the drainer before closing ch
+}
+
+// overflow queues, oldest first, what arrived for a Subscription while its
+// channel was full; a drain goroutine, running only while the queue is
+// non-empty, moves it into the channel. While the queue is non-empty only
+// the drainer sends on the channel: that keeps the order, and makes every
+// send done under Subscription.mu with room in the channel non-blocking.
+// Guarded by Subscription.mu.
+type overflow struct {
+	q        sigQueue
+	sigs     int           // signals in q; the rest are gap markers
+	gaps     []string      // servers whose gap marker is in q (one each: later gaps merge)
+	draining bool          // the drainer runs
+	stop     chan struct{} // closed by finish to stop the drainer
 }
 
 // Pattern returns the pattern given to Listen.
@@ -395,8 +400,8 @@ func (s *Subscription) finish(err error) {
 	if !s.closed {
 		s.closed = true
 		s.closeErr = err
-		if s.stop != nil {
-			close(s.stop)
+		if s.ov != nil {
+			close(s.ov.stop)
 		}
 	}
 	s.mu.Unlock()
@@ -410,10 +415,12 @@ func (s *Subscription) finish(err error) {
 		return
 	}
 	s.chClosed = true
-	for s.over.n > 0 && len(s.ch) < cap(s.ch) {
-		s.ch <- s.popLocked()
+	if ov := s.ov; ov != nil {
+		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
+			s.ch <- s.popLocked()
+		}
+		ov.q, ov.sigs, ov.gaps = sigQueue{}, 0, nil
 	}
-	s.over, s.overSigs, s.overGaps = sigQueue{}, 0, nil
 	close(s.ch)
 }
 
@@ -425,17 +432,20 @@ func (s *Subscription) offer(sig Signal) bool {
 	if s.closed {
 		return true
 	}
-	if len(s.ch)+s.overSigs >= s.size {
+	queued := len(s.ch)
+	if s.ov != nil {
+		queued += s.ov.sigs
+	}
+	if queued >= s.size {
 		return false
 	}
 	s.slow = false
-	if s.over.n == 0 && len(s.ch) < cap(s.ch)-1 {
+	if !s.overflowingLocked() && len(s.ch) < cap(s.ch)-1 {
 		s.ch <- sig
 		return true
 	}
-	s.over.push(sig, s.size)
-	s.overSigs++
-	s.startDrainLocked()
+	s.queueLocked(sig)
+	s.ov.sigs++
 	return true
 }
 
@@ -469,29 +479,33 @@ func (s *Subscription) warnSlow() {
 func (s *Subscription) gap(g *GapError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || slices.Contains(s.overGaps, g.Server) {
+	if s.closed || s.ov != nil && slices.Contains(s.ov.gaps, g.Server) {
 		return
 	}
-	if s.over.n == 0 && len(s.ch) < cap(s.ch) {
+	if !s.overflowingLocked() && len(s.ch) < cap(s.ch) {
 		s.ch <- Signal{Err: g}
 		return
 	}
-	s.over.push(Signal{Err: g}, s.size)
-	s.overGaps = append(s.overGaps, g.Server)
-	s.startDrainLocked()
+	s.queueLocked(Signal{Err: g})
+	s.ov.gaps = append(s.ov.gaps, g.Server)
 }
 
-// startDrainLocked starts the drainer unless it runs. s.mu held, s open.
-func (s *Subscription) startDrainLocked() {
-	if s.draining {
-		return
+// overflowingLocked reports whether the overflow queue is non-empty.
+// s.mu held.
+func (s *Subscription) overflowingLocked() bool { return s.ov != nil && s.ov.q.n > 0 }
+
+// queueLocked appends sig to the overflow queue and starts the drainer
+// unless it runs. s.mu held, s open.
+func (s *Subscription) queueLocked(sig Signal) {
+	if s.ov == nil {
+		s.ov = &overflow{stop: make(chan struct{})}
 	}
-	s.draining = true
-	if s.stop == nil {
-		s.stop = make(chan struct{})
+	s.ov.q.push(sig, s.size)
+	if !s.ov.draining {
+		s.ov.draining = true
+		s.drainers.Add(1)
+		go s.drain()
 	}
-	s.drainers.Add(1)
-	go s.drain()
 }
 
 // drain moves the overflow queue into the channel, waiting for the
@@ -500,41 +514,43 @@ func (s *Subscription) startDrainLocked() {
 func (s *Subscription) drain() {
 	defer s.drainers.Done()
 	s.mu.Lock()
+	ov := s.ov
 	for {
-		for s.over.n > 0 && len(s.ch) < cap(s.ch) {
+		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
 			s.ch <- s.popLocked()
 		}
-		if s.closed || s.over.n == 0 {
+		if s.closed || ov.q.n == 0 {
 			break
 		}
 		// Wait for room without holding mu, so that readers can go on
 		// queueing (behind this signal) or dropping.
-		sig := s.over.front()
+		sig := ov.q.front()
 		s.mu.Unlock()
 		select {
 		case s.ch <- sig:
-		case <-s.stop:
+		case <-ov.stop:
 			return // finish takes over what is left
 		}
 		s.mu.Lock()
 		s.popLocked()
 	}
-	s.draining = false
-	if s.over.n == 0 && len(s.over.buf) > keepOverflow {
-		s.over = sigQueue{}
+	ov.draining = false
+	if ov.q.n == 0 && len(ov.q.buf) > keepOverflow {
+		ov.q = sigQueue{}
 	}
 	s.mu.Unlock()
 }
 
 // popLocked removes the oldest entry of the overflow queue. s.mu held.
 func (s *Subscription) popLocked() Signal {
-	sig := s.over.pop()
+	ov := s.ov
+	sig := ov.q.pop()
 	if g, ok := sig.Err.(*GapError); ok {
-		if i := slices.Index(s.overGaps, g.Server); i >= 0 {
-			s.overGaps = slices.Delete(s.overGaps, i, i+1)
+		if i := slices.Index(ov.gaps, g.Server); i >= 0 {
+			ov.gaps = slices.Delete(ov.gaps, i, i+1)
 		}
 	} else {
-		s.overSigs--
+		ov.sigs--
 	}
 	return sig
 }

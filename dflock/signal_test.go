@@ -551,7 +551,7 @@ func TestSignalsCloseStopsTheOverflowDrainer(t *testing.T) {
 	require.Eventually(t, func() bool {
 		sub.mu.Lock()
 		defer sub.mu.Unlock()
-		return len(sub.C())+sub.overSigs == n && sub.draining
+		return sub.ov != nil && len(sub.C())+sub.ov.sigs == n && sub.ov.draining
 	}, testTimeout, time.Millisecond)
 
 	closed := make(chan struct{})
@@ -570,8 +570,8 @@ func TestSignalsCloseStopsTheOverflowDrainer(t *testing.T) {
 		assert.Equal(t, strconv.Itoa(i), p)
 	}
 	sub.mu.Lock()
-	assert.Zero(t, sub.over.n)
-	assert.Nil(t, sub.over.buf, "the overflow queue is freed")
+	assert.Zero(t, sub.ov.q.n)
+	assert.Nil(t, sub.ov.q.buf, "the overflow queue is freed")
 	sub.mu.Unlock()
 }
 
