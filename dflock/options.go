@@ -3,8 +3,10 @@ package dflock
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/dflock-sdk/go/pool"
@@ -26,10 +28,13 @@ const (
 	// (minus up to 10% jitter).
 	DefaultRenewRatio = renew.DefaultRatio
 	// DefaultKeepAlive: every connection, and every held lease, carries
-	// traffic at least this often. It must stay below the servers' read
-	// timeout (23 s by default), which closes idle connections and thereby
-	// releases their leases.
+	// traffic at least this often. It must be at most half the servers'
+	// read timeout (see WithServerReadTimeout), which closes idle
+	// connections and thereby releases their leases.
 	DefaultKeepAlive = pool.DefaultKeepAlive
+	// DefaultServerReadTimeout is dflockd's default --read-timeout: a
+	// connection that sends nothing for this long is closed.
+	DefaultServerReadTimeout = 23 * time.Second
 	// DefaultMaxConnsPerServer caps the wait-pool connections per server
 	// (blocking acquires in progress, two-phase tickets, and held leases
 	// that were granted after waiting).
@@ -39,6 +44,40 @@ const (
 	// DefaultReleaseTimeout bounds the release that WithLock, Ticket.Cancel
 	// and Close perform on the caller's behalf.
 	DefaultReleaseTimeout = 2 * time.Second
+	// DefaultMaxStatsReply caps a server's `stats` reply (see
+	// WithMaxStatsReply): 16 MiB, which holds the state of about 380,000
+	// idle keys or 180,000 held locks with 10-byte keys.
+	DefaultMaxStatsReply = 16 << 20
+)
+
+// Bounds of the options. A value outside its bounds makes New (or the call
+// that was given it) fail with an *ArgError naming the option and the bound,
+// except that durations longer than MaxDuration are treated as MaxDuration.
+const (
+	// MaxDuration is the longest lease or timeout the protocol carries
+	// (wire.MaxSeconds seconds, about 292 years): WithLeaseTTL, LeaseTTL,
+	// AcquireTimeout, WithDialTimeout and WithServerReadTimeout treat
+	// anything longer as MaxDuration, that is, as forever.
+	MaxDuration = wire.MaxSeconds * time.Second
+	// MinKeepAlive is the shortest keepalive: the pool breaks a connection
+	// whose ping is not answered within two keepalives, and below a few
+	// milliseconds that is scheduling noise, not a dead server.
+	MinKeepAlive = 10 * time.Millisecond
+	// MaxConnsPerServer bounds WithMaxConnsPerServer: one client address
+	// cannot have more connections open to one server address than it has
+	// ephemeral ports.
+	MaxConnsPerServer = 65535
+	// MaxLaneConns bounds WithLaneConns. Each lane connection has a reader
+	// goroutine; beyond a handful, more lanes only dilute the pipelining
+	// that makes the lane cheap.
+	MaxLaneConns = 64
+	// MaxStatsReply bounds WithMaxStatsReply (64 MiB, over a million idle
+	// keys): the reply is held in memory two or three times over while it
+	// is read and decoded.
+	MaxStatsReply = pool.MaxQueryLine
+	// minStatsReply is the least WithMaxStatsReply accepts: the cap of
+	// the official Go client, ample for a server with a few keys.
+	minStatsReply = 64 << 10
 )
 
 // waitChunk is the server timeout sent for a blocking acquire whose context
@@ -80,7 +119,10 @@ type LeaseInfo struct {
 }
 
 type options struct {
+	// err is what New reports: argErr if set, else a conflict between
+	// options (see recheck).
 	err         error
+	argErr      error // the first invalid option
 	tls         *tls.Config
 	authToken   string
 	dialTimeout time.Duration
@@ -88,8 +130,10 @@ type options struct {
 	leaseTTL    time.Duration
 	renewRatio  float64
 	keepAlive   time.Duration
+	readTimeout time.Duration
 	maxConns    int
 	laneConns   int
+	maxStats    int
 	strategy    shard.Strategy
 	logger      *slog.Logger
 	hooks       Hooks
@@ -103,16 +147,49 @@ func defaultOptions() options {
 		leaseTTL:    DefaultLeaseTTL,
 		renewRatio:  DefaultRenewRatio,
 		keepAlive:   DefaultKeepAlive,
+		readTimeout: DefaultServerReadTimeout,
 		maxConns:    DefaultMaxConnsPerServer,
 		laneConns:   DefaultLaneConns,
+		maxStats:    DefaultMaxStatsReply,
 		strategy:    shard.Ring,
 	}
 }
 
 func (o *options) fail(arg, value, reason string) {
-	if o.err == nil {
-		o.err = &ArgError{Arg: arg, Value: value, Reason: reason}
+	if o.argErr == nil {
+		o.argErr = &ArgError{Arg: arg, Value: value, Reason: reason}
 	}
+	o.err = o.argErr
+}
+
+// recheck re-evaluates the constraints between options. New applies the
+// options in the order given and then looks at o.err only, so every option
+// that takes part in such a constraint calls recheck once it has stored its
+// value: the last of them sees the final values of all, whatever the order
+// the caller chose.
+func (o *options) recheck() {
+	o.err = o.argErr
+	if o.err == nil {
+		o.err = o.conflict()
+	}
+}
+
+// conflict reports a combination of valid options that cannot work.
+func (o *options) conflict() error {
+	// The server closes a connection when no line arrives for its read
+	// timeout. A keepalive of at most half of it leaves the other half for
+	// what delays a ping: a janitor or scheduler running late, a lost
+	// segment waiting for its retransmission (TCP's timeout starts at
+	// 200 ms–1 s and doubles with each loss), a stop-the-world pause. It
+	// also means the pool, which breaks a connection whose ping went
+	// unanswered for two keepalives, notices a dead connection no later than
+	// the server would have closed it.
+	if o.keepAlive > o.readTimeout/2 {
+		return &ArgError{Arg: "keepalive", Value: o.keepAlive.String(),
+			Reason: "must be at most half the server read timeout (" + o.readTimeout.String() +
+				", see WithServerReadTimeout), or idle connections are closed and their leases lost"}
+	}
+	return nil
 }
 
 // WithTLS makes every connection use TLS with cfg (cloned). If
@@ -129,13 +206,18 @@ func WithTLS(cfg *tls.Config) Option {
 }
 
 // WithAuthToken sends token as the first request on every connection
-// (servers started with --auth-token). The token is never logged. Default:
-// no auth.
+// (servers started with --auth-token). It must not be blank, contain CR, LF
+// or NUL, or exceed 65,536 bytes. The token is never logged. Default: no
+// auth.
 func WithAuthToken(token string) Option {
 	return func(o *options) {
 		if token != "" {
 			if err := (&wire.Request{Cmd: wire.CmdAuth, Arg: token}).Validate(); err != nil {
-				o.fail("auth token", "", "must not be blank or contain CR, LF or NUL")
+				reason := "must not be blank or contain CR, LF or NUL"
+				if ae := (*ArgError)(nil); errors.As(err, &ae) {
+					reason = ae.Reason // never quotes the token
+				}
+				o.fail("auth token", "", reason)
 				return
 			}
 		}
@@ -144,14 +226,15 @@ func WithAuthToken(token string) Option {
 }
 
 // WithDialTimeout bounds dial + TLS handshake + auth of each connection (the
-// caller's context may end it sooner). Default DefaultDialTimeout.
+// caller's context may end it sooner). It must be positive; a duration
+// above MaxDuration means no bound. Default DefaultDialTimeout.
 func WithDialTimeout(d time.Duration) Option {
 	return func(o *options) {
 		if d <= 0 {
 			o.fail("dial timeout", d.String(), "must be positive")
 			return
 		}
-		o.dialTimeout = d
+		o.dialTimeout = min(d, MaxDuration)
 	}
 }
 
@@ -162,15 +245,16 @@ func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, 
 }
 
 // WithLeaseTTL sets the lease requested for every lock and slot that does
-// not set its own with LeaseTTL. It is rounded up to whole seconds. Default
-// DefaultLeaseTTL (0): the server's default lease.
+// not set its own with LeaseTTL. It is rounded up to whole seconds; a lease
+// above MaxDuration is MaxDuration (forever). Default DefaultLeaseTTL (0):
+// the server's default lease.
 func WithLeaseTTL(d time.Duration) Option {
 	return func(o *options) {
 		if d < 0 {
 			o.fail("lease", d.String(), "must not be negative")
 			return
 		}
-		o.leaseTTL = d
+		o.leaseTTL = min(d, MaxDuration)
 	}
 }
 
@@ -188,26 +272,47 @@ func WithRenewRatio(r float64) Option {
 }
 
 // WithKeepAlive sets the longest time a connection, or a held lease, goes
-// without traffic. Keep it well below the servers' read timeout. Default
-// DefaultKeepAlive.
+// without traffic. It must be at least MinKeepAlive and at most half the
+// servers' read timeout (WithServerReadTimeout, 23 s by default), or New
+// fails: a connection the server closes for idleness takes its leases
+// with it. Default DefaultKeepAlive.
 func WithKeepAlive(d time.Duration) Option {
 	return func(o *options) {
-		if d <= 0 {
-			o.fail("keepalive", d.String(), "must be positive")
+		if d < MinKeepAlive {
+			o.fail("keepalive", d.String(), "must be at least "+MinKeepAlive.String())
 			return
 		}
 		o.keepAlive = d
+		o.recheck()
+	}
+}
+
+// WithServerReadTimeout declares the servers' read timeout (dflockd's
+// --read-timeout): a server closes a connection that sends nothing for this
+// long, releasing its leases. It bounds WithKeepAlive (at most half of it)
+// and sends nothing itself. It must be positive; above MaxDuration it means
+// a server without a read timeout. When servers differ, give the shortest.
+// Default DefaultServerReadTimeout (23 s, dflockd's default).
+func WithServerReadTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d <= 0 {
+			o.fail("server read timeout", d.String(), "must be positive")
+			return
+		}
+		o.readTimeout = min(d, MaxDuration)
+		o.recheck()
 	}
 }
 
 // WithMaxConnsPerServer caps the wait-pool connections per server. Every
 // blocking acquire in progress, every two-phase ticket and every lease
 // granted after waiting holds one; uncontended locks use the control lane
-// and hold none. Default DefaultMaxConnsPerServer.
+// and hold none. It must be between 1 and MaxConnsPerServer. Default
+// DefaultMaxConnsPerServer.
 func WithMaxConnsPerServer(n int) Option {
 	return func(o *options) {
-		if n < 1 {
-			o.fail("max conns per server", "", "must be at least 1")
+		if n < 1 || n > MaxConnsPerServer {
+			o.fail("max conns per server", strconv.Itoa(n), "must be between 1 and "+strconv.Itoa(MaxConnsPerServer))
 			return
 		}
 		o.maxConns = n
@@ -216,14 +321,32 @@ func WithMaxConnsPerServer(n int) Option {
 
 // WithLaneConns sets the number of control-lane connections per server: the
 // pipelined connections that carry try-acquires, renewals and releases of
-// every goroutine. Default DefaultLaneConns.
+// every goroutine. It must be between 1 and MaxLaneConns. Default
+// DefaultLaneConns.
 func WithLaneConns(n int) Option {
 	return func(o *options) {
-		if n < 1 {
-			o.fail("lane conns", "", "must be at least 1")
+		if n < 1 || n > MaxLaneConns {
+			o.fail("lane conns", strconv.Itoa(n), "must be between 1 and "+strconv.Itoa(MaxLaneConns))
 			return
 		}
 		o.laneConns = n
+	}
+}
+
+// WithMaxStatsReply caps, in bytes, the `stats` reply that Client.Stats
+// accepts from each server: the reply is one JSON line that grows with the
+// server's keys (about 40 bytes per idle key, 90 per held lock, plus the
+// key), and a longer one fails that server's entry with an error naming
+// the cap. It must be between 64 KiB and MaxStatsReply. Default
+// DefaultMaxStatsReply.
+func WithMaxStatsReply(n int) Option {
+	return func(o *options) {
+		if n < minStatsReply || n > MaxStatsReply {
+			o.fail("max stats reply", strconv.Itoa(n), "must be between "+strconv.Itoa(minStatsReply)+
+				" and "+strconv.Itoa(MaxStatsReply)+" bytes")
+			return
+		}
+		o.maxStats = n
 	}
 }
 
@@ -291,15 +414,16 @@ type acquireOptions struct {
 // lock or slot; the context may end the wait sooner. The server is sent the
 // timeout rounded up to whole seconds, and the local deadline is exact: when
 // it passes the wait is withdrawn and the call returns ErrTimeout.
-// AcquireTimeout(0) makes the call a try (like TryLock). Default: wait
-// until the context ends.
+// AcquireTimeout(0) makes the call a try (like TryLock); a timeout above
+// MaxDuration is MaxDuration (forever). Default: wait until the context
+// ends.
 func AcquireTimeout(d time.Duration) AcquireOption {
 	return func(a *acquireOptions) { a.timeout, a.hasTimeout = d, true }
 }
 
 // LeaseTTL sets the lease of this lock or slot, rounded up to whole
-// seconds; it is renewed automatically until released. Default: the
-// Client's WithLeaseTTL.
+// seconds (above MaxDuration: MaxDuration, forever); it is renewed
+// automatically until released. Default: the Client's WithLeaseTTL.
 func LeaseTTL(d time.Duration) AcquireOption {
 	return func(a *acquireOptions) { a.lease, a.hasLease = d, true }
 }
@@ -317,5 +441,9 @@ func (c *Client) acquireOptions(opts []AcquireOption) (acquireOptions, error) {
 	if a.lease < 0 {
 		return a, &ArgError{Arg: "lease", Value: a.lease.String(), Reason: "must not be negative"}
 	}
+	// Clamped here so that no deadline arithmetic downstream meets a
+	// duration the protocol cannot carry anyway.
+	a.timeout = min(a.timeout, MaxDuration)
+	a.lease = min(a.lease, MaxDuration)
 	return a, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,9 +14,27 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// DefaultSignalBuffer is the number of signals a Subscription buffers for
-// its consumer (see Buffer).
-const DefaultSignalBuffer = 256
+const (
+	// DefaultSignalBuffer is the number of signals a Subscription buffers
+	// for its consumer (see Buffer).
+	DefaultSignalBuffer = 256
+	// MaxSignalBuffer bounds Buffer. A buffer takes memory only for the
+	// signals actually queued in it, so the bound is about what a consumer
+	// that fell behind may pin: a full one holds MaxSignalBuffer signals
+	// and their payloads.
+	MaxSignalBuffer = 1 << 20
+)
+
+// signalChanSlots is the most signals the channel of C holds (it has one
+// more slot, for a gap marker). Signals beyond it wait in the
+// subscription's overflow queue, which grows on demand up to the buffer
+// size, so an idle subscription costs a small channel whatever its Buffer.
+const signalChanSlots = 32
+
+// keepOverflow is the largest overflow queue kept once it has emptied, so
+// that a consumer lagging in small bursts does not reallocate it each time;
+// a larger one is freed.
+const keepOverflow = 256
 
 var (
 	// ErrSignalGap: signals may have been missed. A Subscription reports it
@@ -85,9 +104,12 @@ func Group(name string) ListenOption {
 	return func(o *listenOptions) { o.group = name }
 }
 
-// Buffer sets how many signals the subscription buffers for its consumer.
-// When the buffer is full further signals are dropped and counted (see
-// Subscription.Dropped). Default DefaultSignalBuffer.
+// Buffer sets how many signals the subscription buffers for its consumer,
+// from 1 to MaxSignalBuffer. When the buffer is full further signals are
+// dropped and counted (see Subscription.Dropped). Memory is taken as
+// signals queue up and given back as they are consumed, so a large buffer
+// costs nothing until the consumer falls behind. Default
+// DefaultSignalBuffer.
 func Buffer(n int) ListenOption {
 	return func(o *listenOptions) { o.buffer = n }
 }
@@ -126,8 +148,8 @@ func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOptio
 	if err := wire.ValidateGroup(o.group); err != nil {
 		return nil, err
 	}
-	if o.buffer < 1 {
-		return nil, &ArgError{Arg: "buffer", Value: strconv.Itoa(o.buffer), Reason: "must be at least 1"}
+	if o.buffer < 1 || o.buffer > MaxSignalBuffer {
+		return nil, &ArgError{Arg: "buffer", Value: strconv.Itoa(o.buffer), Reason: "must be between 1 and " + strconv.Itoa(MaxSignalBuffer)}
 	}
 	if !c.enter() {
 		return nil, &Error{Op: "listen", Key: pattern, Err: ErrClosed}
@@ -152,9 +174,10 @@ func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOptio
 		pattern: pattern,
 		group:   o.group,
 		size:    o.buffer,
-		// One slot more than the buffer: it is reserved for a gap marker,
-		// so that a gap is reported even to a consumer that fell behind.
-		ch: make(chan Signal, o.buffer+1),
+		// One slot more than the signals it takes: it is reserved for a
+		// gap marker, so that a gap is reported even to a consumer that
+		// fell behind.
+		ch: make(chan Signal, min(o.buffer, signalChanSlots)+1),
 	}
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
@@ -261,19 +284,20 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 // buffer is full new signals are dropped and counted (Dropped), and a
 // warning is logged once per such episode. When a listener connection
 // breaks, the Client reconnects with backoff and listens again, and the
-// subscription reports the gap: Next returns an error matching ErrSignalGap
-// once, and C delivers a Signal whose Err is set, in order, before any
-// signal received after the gap (a slot of the buffer is reserved for it;
-// gaps beyond it wait for room, one per server). Warnings are logged off
-// the connection's reader, so a slow log handler cannot stall it.
+// subscription reports the gap in order, after the signals received
+// before it and before any received after it: Next returns an error
+// matching ErrSignalGap once, and C delivers a Signal whose Err is set. A
+// gap is queued even when the buffer is full of signals; a gap of a server
+// whose previous gap is still queued merges into it. Warnings are logged
+// off the connection's reader, so a slow log handler cannot stall it.
 //
 // All methods are safe for concurrent use.
 type Subscription struct {
 	c       *Client
 	pattern string
 	group   string
-	size    int
-	ch      chan Signal // cap size+1: the last slot is for a gap marker
+	size    int         // Buffer: the most signals queued (ch + over)
+	ch      chan Signal // cap min(size, signalChanSlots)+1: the last slot is for a gap marker
 
 	attached []*listener // set by attach, then read-only
 
@@ -281,12 +305,26 @@ type Subscription struct {
 
 	mu       sync.Mutex
 	closed   bool
+	chClosed bool
 	closeErr error
 	slow     bool // in a slow-consumer episode (dropping)
-	// Gaps that found the buffer full, oldest first, at most one per
-	// server (a later gap of the same server merges into the pending one),
-	// so bounded by the number of servers.
-	pendingGaps []*GapError
+
+	ov       *overflow      // made when ch first fills up
+	drainers sync.WaitGroup // finish waits for the drainer before closing ch
+}
+
+// overflow queues, oldest first, what arrived for a Subscription while its
+// channel was full; a drain goroutine, running only while the queue is
+// non-empty, moves it into the channel. While the queue is non-empty only
+// the drainer sends on the channel: that keeps the order, and makes every
+// send done under Subscription.mu with room in the channel non-blocking.
+// Guarded by Subscription.mu.
+type overflow struct {
+	q        sigQueue
+	sigs     int           // signals in q; the rest are gap markers
+	gaps     []string      // servers whose gap marker is in q (one each: later gaps merge)
+	draining bool          // the drainer runs
+	stop     chan struct{} // closed by finish to stop the drainer
 }
 
 // Pattern returns the pattern given to Listen.
@@ -317,9 +355,6 @@ func (s *Subscription) Next(ctx context.Context) (Signal, error) {
 		return s.received(sig, ok)
 	default:
 	}
-	if g := s.takePendingGap(); g != nil {
-		return Signal{}, g
-	}
 	select {
 	case sig, ok := <-s.ch:
 		return s.received(sig, ok)
@@ -345,7 +380,8 @@ func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
 // (in the background; the listener connection is closed when no
 // subscription uses it any more), C is closed, and Next returns an error
 // matching ErrSubscriptionClosed. Signals still buffered can be read from
-// C. Close is idempotent and never blocks on the network; it returns nil.
+// C, as many as its channel holds; the rest are discarded. Close is
+// idempotent and never blocks on the network; it returns nil.
 func (s *Subscription) Close() error {
 	s.c.signals.detach(s)
 	s.finish(ErrSubscriptionClosed)
@@ -361,56 +397,59 @@ func (s *Subscription) closedErr() error {
 	return s.closeErr
 }
 
-// finish marks the subscription closed and closes its channel, once.
+// finish marks the subscription closed, stops the drainer and closes the
+// channel. Every call returns once the channel is closed.
 func (s *Subscription) finish(err error) {
 	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.closeErr = err
+		if s.ov != nil {
+			close(s.ov.stop)
+		}
+	}
+	s.mu.Unlock()
+	// No drainer starts once closed is set, so this waits for at most the
+	// one running now, which stops at once (it never waits for the
+	// consumer once stop is closed).
+	s.drainers.Wait()
+	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.chClosed {
 		return
 	}
-	s.closed = true
-	s.closeErr = err
-	s.pendingGaps = nil
+	s.chClosed = true
+	if ov := s.ov; ov != nil {
+		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
+			s.ch <- s.popLocked()
+		}
+		ov.q, ov.sigs, ov.gaps = sigQueue{}, 0, nil
+	}
 	close(s.ch)
 }
 
-// takePendingGap returns the oldest pending gap once the channel is empty.
-func (s *Subscription) takePendingGap() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.pendingGaps) > 0 && len(s.ch) == 0 {
-		g := s.pendingGaps[0]
-		s.pendingGaps = s.pendingGaps[1:]
-		return g
-	}
-	return nil
-}
-
-// flushGapsLocked moves pending gaps to the channel while there is room.
-func (s *Subscription) flushGapsLocked() {
-	for len(s.pendingGaps) > 0 && len(s.ch) < cap(s.ch) {
-		s.ch <- Signal{Err: s.pendingGaps[0]}
-		s.pendingGaps = s.pendingGaps[1:]
-	}
-}
-
 // offer queues sig if there is room and reports whether it did (a closed
-// subscription swallows it). Pending gaps go first: a signal is never
-// queued ahead of them. Called by listener readers; never blocks.
+// subscription swallows it). Called by listener readers; never blocks.
 func (s *Subscription) offer(sig Signal) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
 		return true
 	}
-	s.flushGapsLocked()
-	if len(s.pendingGaps) > 0 || len(s.ch) >= s.size {
-		s.mu.Unlock()
+	queued := len(s.ch)
+	if s.ov != nil {
+		queued += s.ov.sigs
+	}
+	if queued >= s.size {
 		return false
 	}
-	s.ch <- sig
 	s.slow = false
-	s.mu.Unlock()
+	if !s.overflowingLocked() && len(s.ch) < cap(s.ch)-1 {
+		s.ch <- sig
+		return true
+	}
+	s.queueLocked(sig)
+	s.ov.sigs++
 	return true
 }
 
@@ -436,26 +475,116 @@ func (s *Subscription) warnSlow() {
 		"pattern", s.pattern, "group", s.group, "buffer", s.size, "dropped", s.dropped.Load())
 }
 
-// gap reports a gap: queued at once if there is room (one slot is always
-// reserved for it), else delivered before the next signal (C) or once the
-// channel is empty (Next). A gap of a server whose previous gap is still
-// pending merges into it; gaps of different servers (a wildcard
-// subscription) stay separate.
+// gap reports a gap, in order after everything queued, whether or not the
+// buffer is full (gap markers do not count against it). A gap of a server
+// whose previous gap is still in the overflow queue merges into it; gaps
+// of different servers (a wildcard subscription) stay separate, so the
+// markers queued are bounded by the number of servers.
 func (s *Subscription) gap(g *GapError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.ov != nil && slices.Contains(s.ov.gaps, g.Server) {
 		return
 	}
-	for _, p := range s.pendingGaps {
-		if p.Server == g.Server {
-			return
-		}
-	}
-	s.flushGapsLocked()
-	if len(s.pendingGaps) == 0 && len(s.ch) < cap(s.ch) {
+	if !s.overflowingLocked() && len(s.ch) < cap(s.ch) {
 		s.ch <- Signal{Err: g}
 		return
 	}
-	s.pendingGaps = append(s.pendingGaps, g)
+	s.queueLocked(Signal{Err: g})
+	s.ov.gaps = append(s.ov.gaps, g.Server)
+}
+
+// overflowingLocked reports whether the overflow queue is non-empty.
+// s.mu held.
+func (s *Subscription) overflowingLocked() bool { return s.ov != nil && s.ov.q.n > 0 }
+
+// queueLocked appends sig to the overflow queue and starts the drainer
+// unless it runs. s.mu held, s open.
+func (s *Subscription) queueLocked(sig Signal) {
+	if s.ov == nil {
+		s.ov = &overflow{stop: make(chan struct{})}
+	}
+	s.ov.q.push(sig, s.size)
+	if !s.ov.draining {
+		s.ov.draining = true
+		s.drainers.Add(1)
+		go s.drain()
+	}
+}
+
+// drain moves the overflow queue into the channel, waiting for the
+// consumer as needed, and exits when the queue is empty or the
+// subscription closes.
+func (s *Subscription) drain() {
+	defer s.drainers.Done()
+	s.mu.Lock()
+	ov := s.ov
+	for {
+		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
+			s.ch <- s.popLocked()
+		}
+		if s.closed || ov.q.n == 0 {
+			break
+		}
+		// Wait for room without holding mu, so that readers can go on
+		// queueing (behind this signal) or dropping.
+		sig := ov.q.front()
+		s.mu.Unlock()
+		select {
+		case s.ch <- sig:
+		case <-ov.stop:
+			return // finish takes over what is left
+		}
+		s.mu.Lock()
+		s.popLocked()
+	}
+	ov.draining = false
+	if ov.q.n == 0 && len(ov.q.buf) > keepOverflow {
+		ov.q = sigQueue{}
+	}
+	s.mu.Unlock()
+}
+
+// popLocked removes the oldest entry of the overflow queue. s.mu held.
+func (s *Subscription) popLocked() Signal {
+	ov := s.ov
+	sig := ov.q.pop()
+	if g, ok := sig.Err.(*GapError); ok {
+		if i := slices.Index(ov.gaps, g.Server); i >= 0 {
+			ov.gaps = slices.Delete(ov.gaps, i, i+1)
+		}
+	} else {
+		ov.sigs--
+	}
+	return sig
+}
+
+// sigQueue is a FIFO ring of signals that grows on demand.
+type sigQueue struct {
+	buf  []Signal
+	head int
+	n    int
+}
+
+// push appends sig, growing the ring by doubling (from 16 slots), to no
+// more than limit slots unless more are needed.
+func (q *sigQueue) push(sig Signal, limit int) {
+	if q.n == len(q.buf) {
+		nb := make([]Signal, max(min(max(2*len(q.buf), 16), limit), q.n+1))
+		k := copy(nb, q.buf[q.head:])
+		copy(nb[k:], q.buf[:q.head])
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = sig
+	q.n++
+}
+
+func (q *sigQueue) front() Signal { return q.buf[q.head] }
+
+func (q *sigQueue) pop() Signal {
+	sig := q.buf[q.head]
+	q.buf[q.head] = Signal{} // drop the payload's reference
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	return sig
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -447,6 +449,132 @@ func TestSignalsGapMarkerOnChannelWhenBufferIsFull(t *testing.T) {
 	require.ErrorIs(t, got[2].Err, ErrSignalGap)
 }
 
+// A buffer takes memory as signals queue up, not as Buffer says: the
+// largest buffer allowed starts as a small channel, queues every signal
+// beyond it in order, and drops and counts exactly what exceeds Buffer.
+func TestSignalsBufferGrowsOnDemand(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	srv := newServer(t, testutil.Config{PushBuffer: 2 * n})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	huge, err := c.Listen(ctx, "o", Buffer(MaxSignalBuffer))
+	require.NoError(t, err)
+	assert.Equal(t, signalChanSlots+1, cap(huge.C()), "channel sized by use, not by Buffer")
+	const limit = 100
+	bounded, err := c.Listen(ctx, "o", Buffer(limit))
+	require.NoError(t, err)
+
+	for i := 0; i < n; i++ {
+		emit(t, c, "o", strconv.Itoa(i)) // nobody reads meanwhile
+	}
+	require.Eventually(t, func() bool { return bounded.Dropped() == n-limit }, testTimeout, time.Millisecond)
+	for i := 0; i < n; i++ {
+		require.Equal(t, strconv.Itoa(i), next(t, huge).Payload)
+	}
+	for i := 0; i < limit; i++ {
+		require.Equal(t, strconv.Itoa(i), next(t, bounded).Payload)
+	}
+	assertEmpty(t, huge)
+	assertEmpty(t, bounded)
+	assert.Zero(t, huge.Dropped())
+	assert.EqualValues(t, n-limit, bounded.Dropped())
+
+	// A gap queues behind the signals waiting in the overflow, even when
+	// the buffer is full of them.
+	for i := 0; i < limit; i++ {
+		emit(t, c, "o", "again"+strconv.Itoa(i))
+	}
+	srv.DropConnections()
+	waitListening(t, srv, "o", "")
+	for i := 0; i < limit; i++ {
+		require.Equal(t, "again"+strconv.Itoa(i), next(t, bounded).Payload)
+	}
+	_, err = bounded.Next(ctx)
+	require.ErrorIs(t, err, ErrSignalGap)
+	assertEmpty(t, bounded)
+}
+
+// A consumer that falls behind now and then receives every signal, in
+// emission order, whether it passed through the channel alone or through
+// the overflow queue and the drainer.
+func TestSignalsOrderHoldsAcrossTheOverflowQueue(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	srv := newServer(t, testutil.Config{PushBuffer: 2 * n})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "q", Buffer(n))
+	require.NoError(t, err)
+	done := make(chan []string)
+	go func() {
+		var got []string
+		for sig := range sub.C() {
+			got = append(got, sig.Payload)
+			if len(got) == n {
+				break
+			}
+			if len(got)%97 == 0 {
+				runtime.Gosched()
+			}
+		}
+		done <- got
+	}()
+	for i := 0; i < n; i++ {
+		emit(t, c, "q", strconv.Itoa(i))
+	}
+	var got []string
+	select {
+	case got = <-done:
+	case <-ctx.Done():
+		t.Fatalf("not every signal arrived (dropped %d)", sub.Dropped())
+	}
+	for i, p := range got {
+		require.Equal(t, strconv.Itoa(i), p)
+	}
+	assert.Zero(t, sub.Dropped())
+}
+
+// Close stops the drainer that waits for a consumer that is gone: it
+// returns, C closes, and what the channel holds can still be read.
+func TestSignalsCloseStopsTheOverflowDrainer(t *testing.T) {
+	t.Parallel()
+	const n = 3 * signalChanSlots
+	srv := newServer(t, testutil.Config{PushBuffer: 2 * n})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "d", Buffer(n))
+	require.NoError(t, err)
+	for i := 0; i < n; i++ {
+		emit(t, c, "d", strconv.Itoa(i))
+	}
+	require.Eventually(t, func() bool {
+		sub.mu.Lock()
+		defer sub.mu.Unlock()
+		return sub.ov != nil && len(sub.C())+sub.ov.sigs == n && sub.ov.draining
+	}, testTimeout, time.Millisecond)
+
+	closed := make(chan struct{})
+	go func() { _ = sub.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close waits for the consumer")
+	}
+	var got []string
+	for sig := range sub.C() {
+		got = append(got, sig.Payload)
+	}
+	require.Len(t, got, cap(sub.C()))
+	for i, p := range got {
+		assert.Equal(t, strconv.Itoa(i), p)
+	}
+	sub.mu.Lock()
+	assert.Zero(t, sub.ov.q.n)
+	assert.Nil(t, sub.ov.q.buf, "the overflow queue is freed")
+	sub.mu.Unlock()
+}
+
 func TestSignalsCloseLeavesNothingBehind(t *testing.T) {
 	t.Parallel()
 	srvs := threeServers(t, testutil.Config{})
@@ -575,12 +703,18 @@ func TestSignalsRejectBadInputBeforeIO(t *testing.T) {
 		{"a", []ListenOption{Group("g\n")}, "group"},
 		{"a", []ListenOption{Group(strings.Repeat("g", 300))}, "group"},
 		{"a", []ListenOption{Buffer(0)}, "buffer"},
+		{"a", []ListenOption{Buffer(math.MaxInt)}, "buffer"}, // was a makechan panic
+		{"a", []ListenOption{Buffer(1 << 40)}, "buffer"},     // was an out-of-memory crash
+		{"a", []ListenOption{Buffer(MaxSignalBuffer + 1)}, "buffer"},
 	} {
 		_, err := c.Listen(ctx, tc.pattern, tc.opts...)
 		require.ErrorIs(t, err, ErrInvalidArgument, "%q", tc.pattern)
 		var ae *ArgError
 		require.ErrorAs(t, err, &ae)
 		assert.Equal(t, tc.arg, ae.Arg, "%q", tc.pattern)
+		if tc.arg == "buffer" {
+			assert.Contains(t, err.Error(), strconv.Itoa(MaxSignalBuffer), "the error names the bound")
+		}
 	}
 	for _, tc := range []struct{ channel, payload, arg string }{
 		{"a.*", "p", "channel"},
@@ -611,8 +745,9 @@ func TestSignalsRejectBadInputBeforeIO(t *testing.T) {
 // behind, and does not disturb the subscriptions sharing the connection.
 func TestSignalsCancelledListenDoesNotDisturbOthers(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv), WithKeepAlive(time.Minute)) // no pings: the requests written are ours
+	srv := newServer(t, testutil.Config{ReadTimeout: 2 * time.Minute})
+	// No pings: the requests written are ours.
+	c := newClient(t, addrsOf(srv), WithKeepAlive(time.Minute), WithServerReadTimeout(2*time.Minute))
 	ctx := testCtx(t)
 	sub, err := c.Listen(ctx, "k.>")
 	require.NoError(t, err)
@@ -778,7 +913,10 @@ func TestSignalsWildcardReportsAGapPerServerWhenBufferIsFull(t *testing.T) {
 	assert.Zero(t, s.Dropped())
 }
 
-func TestSignalsPendingGapComesBeforeTheNextSignal(t *testing.T) {
+// A gap that finds the channel full waits in the overflow queue and is
+// delivered in order, as soon as the consumer makes room: it does not wait
+// for the next signal.
+func TestSignalsGapBehindAFullChannelComesInOrder(t *testing.T) {
 	t.Parallel()
 	for _, useNext := range []bool{false, true} {
 		t.Run(fmt.Sprintf("next=%v", useNext), func(t *testing.T) {
@@ -794,7 +932,9 @@ func TestSignalsPendingGapComesBeforeTheNextSignal(t *testing.T) {
 			srv.DropConnections() // gap 1 takes the reserved slot
 			require.Eventually(t, func() bool { return len(s.C()) == 3 }, testTimeout, time.Millisecond)
 			waitListening(t, srv, "p", "")
-			srv.DropConnections() // gap 2 finds the channel full: pending
+			srv.DropConnections() // gap 2 finds the channel full: queued behind it
+			waitListening(t, srv, "p", "")
+			srv.DropConnections() // gap 3 merges into the queued gap 2
 			waitListening(t, srv, "p", "")
 
 			recv := func() (Signal, error) {
@@ -811,18 +951,10 @@ func TestSignalsPendingGapComesBeforeTheNextSignal(t *testing.T) {
 			}
 			_, err = recv()
 			require.ErrorIs(t, err, ErrSignalGap, "gap 1")
-			if useNext {
-				// The channel is empty: Next hands out the pending gap.
-				_, err = s.Next(ctx)
-				require.ErrorIs(t, err, ErrSignalGap, "gap 2")
-				assert.Equal(t, 1, emit(t, c, "p", "s3"))
-			} else {
-				// C gets the pending gap when the next signal comes, before it.
-				assertEmpty(t, s)
-				assert.Equal(t, 1, emit(t, c, "p", "s3"))
-				_, err = recv()
-				require.ErrorIs(t, err, ErrSignalGap, "gap 2")
-			}
+			_, err = recv()
+			require.ErrorIs(t, err, ErrSignalGap, "gap 2")
+			assertEmpty(t, s)
+			assert.Equal(t, 1, emit(t, c, "p", "s3"))
 			sig, err := recv()
 			require.NoError(t, err)
 			assert.Equal(t, "s3", sig.Payload)
@@ -1020,8 +1152,8 @@ func TestSignalsSlowLogHandlerDoesNotDelayTheGap(t *testing.T) {
 // one at --max-subscriptions).
 func TestSignalsResubscribeBeforeUnlistenSendsNoDuplicateListen(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv), WithKeepAlive(time.Minute))
+	srv := newServer(t, testutil.Config{ReadTimeout: 2 * time.Minute})
+	c := newClient(t, addrsOf(srv), WithKeepAlive(time.Minute), WithServerReadTimeout(2*time.Minute))
 	ctx := testCtx(t)
 	a, err := c.Listen(ctx, "a")
 	require.NoError(t, err)
@@ -1181,7 +1313,9 @@ func TestSignalsStressListenCloseAndBreaks(t *testing.T) {
 						return
 					default:
 					}
-					opts := []ListenOption{Buffer(1 + i%4)}
+					// Buffers above the channel's slots exercise the
+					// overflow queue and its drainer under Close.
+					opts := []ListenOption{Buffer([]int{1, 3, signalChanSlots + 8, 200}[i%4])}
 					if i%3 == 0 {
 						opts = append(opts, Group("g"))
 					}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"time"
@@ -96,10 +97,13 @@ type SignalChannel struct {
 }
 
 // Stats returns the Client's counters and asks every server for its state,
-// in parallel. The servers are asked on wait-pool connections, never on
-// connections that own leases. The returned Stats is complete except for
-// the State of servers that could not answer; err joins their errors (each
-// also in ServerStats.Err).
+// in parallel. Each server is asked on a short-lived connection of its
+// own, outside the control lane and the wait pool: Stats does not wait for
+// a pool connection (all of them may be pinned by held locks) and never
+// risks a connection that owns leases. A reply is capped by
+// WithMaxStatsReply. The returned Stats is complete except for the State
+// of servers that could not answer; err joins their errors (each also in
+// ServerStats.Err).
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	if ctx == nil {
 		return Stats{}, &ArgError{Arg: "ctx", Reason: "must not be nil"}
@@ -156,19 +160,13 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 		}
 		return nil, &Error{Op: "stats", Server: s.addr, Err: err}
 	}
-	if err := s.pool.Err(); err != nil {
-		return fail(err)
-	}
-	conn, err := s.pool.Acquire(opCtx)
+	r, err := s.pool.Query(opCtx, wire.Request{Cmd: wire.CmdStats}, c.opts.maxStats)
 	if err != nil {
+		if errors.Is(err, wire.ErrLineTooLong) {
+			err = fmt.Errorf("%w (raise WithMaxStatsReply, now %d bytes)", err, c.opts.maxStats)
+		}
 		return fail(err)
 	}
-	r, err := conn.Do(opCtx, wire.Request{Cmd: wire.CmdStats})
-	if err != nil {
-		conn.Destroy()
-		return fail(err)
-	}
-	conn.Release()
 	if r.Status != wire.StatusOK {
 		word, sentinel := replyError(r)
 		return nil, &Error{Op: "stats", Server: s.addr, Reply: word, Err: sentinel}

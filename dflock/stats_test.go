@@ -1,6 +1,10 @@
 package dflock
 
 import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,4 +96,119 @@ func TestParseServerStateOfEveryVersion(t *testing.T) {
 	require.NoError(t, err)
 	_, err = parseServerState(`not json`)
 	require.Error(t, err)
+}
+
+// Stats does not need a wait-pool connection: it answers while every one
+// of them is pinned by a held lock (it used to wait until ctx ended).
+func TestStatsAnswersWhileEveryWaitPoolConnectionIsPinned(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv), WithMaxConnsPerServer(2))
+	other := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	// Each lock is held elsewhere first, so that c's Lock waits on a
+	// wait-pool connection and is granted there, pinning it.
+	for _, key := range []string{"pinned-1", "pinned-2"} {
+		h, err := other.TryLock(ctx, key)
+		require.NoError(t, err)
+		got := make(chan error, 1)
+		go func() {
+			l, err := c.Lock(ctx, key)
+			if err == nil {
+				t.Cleanup(func() { _ = l.Release(context.Background()) })
+			}
+			got <- err
+		}()
+		require.Eventually(t, func() bool { return lockWaiters(srv, key) == 1 }, testTimeout, time.Millisecond)
+		require.NoError(t, h.Release(ctx))
+		require.NoError(t, <-got)
+	}
+	ps := c.servers[0].pool.Stats()
+	require.Equal(t, 2, ps.PinnedConns, "every wait-pool connection is pinned")
+	require.Equal(t, 2, ps.AcquiredConns)
+
+	st, err := c.Stats(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, st.Servers[0].State)
+	var keys []string
+	for _, l := range st.Servers[0].State.Locks {
+		keys = append(keys, l.Key)
+	}
+	assert.ElementsMatch(t, []string{"pinned-1", "pinned-2"}, keys)
+	assert.Equal(t, 2, c.servers[0].pool.Stats().AcquiredConns, "Stats took no wait-pool connection")
+}
+
+// A server with enough keys for a stats reply over 1 MiB (the reply-line
+// cap of every other connection) is described in full; a cap below the
+// reply fails that server's entry with an error that names the option.
+func TestStatsOfAServerWhoseReplyExceedsOneMiB(t *testing.T) {
+	t.Parallel()
+	// 4,500 keys of 240 bytes: over 1 MiB of keys alone. The server's
+	// default key limit (1024) is lifted.
+	const n, keyLen = 4500, 240
+	srv := newServer(t, testutil.Config{MaxLocks: -1})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	key := func(i int) string { return fmt.Sprintf("%0*d", keyLen, i) }
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := 0; g < 16; g++ {
+		wg.Go(func() {
+			for i := g; i < n; i += 16 {
+				l, err := c.TryLock(ctx, key(i))
+				if err == nil {
+					err = l.Release(ctx)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+
+	st, err := c.Stats(ctx)
+	require.NoError(t, err)
+	state := st.Servers[0].State
+	require.NotNil(t, state)
+	require.Len(t, state.IdleLocks, n)
+	size := 0
+	for _, k := range state.IdleLocks {
+		size += len(k.Key)
+	}
+	require.Greater(t, size, 1<<20, "the reply is over 1 MiB")
+
+	small := newClient(t, addrsOf(srv), WithMaxStatsReply(1<<20))
+	st, err = small.Stats(ctx)
+	require.Error(t, err)
+	t.Log(err)
+	assert.Nil(t, st.Servers[0].State)
+	require.Error(t, st.Servers[0].Err)
+	assert.Contains(t, err.Error(), "WithMaxStatsReply")
+	assert.Contains(t, err.Error(), srv.Addr())
+	assert.NotErrorIs(t, err, ErrServerUnavailable, "a larger cap would cure it: the server is fine")
+	// Nothing else was disturbed: the lane still serves.
+	l, err := small.TryLock(ctx, "after")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+}
+
+func TestNewRejectsMaxStatsReplyOutOfBounds(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, minStatsReply - 1, MaxStatsReply + 1, 1 << 62} {
+		_, err := New(nil, WithMaxStatsReply(n))
+		var ae *ArgError
+		require.ErrorAs(t, err, &ae, "%d", n)
+		assert.Equal(t, "max stats reply", ae.Arg)
+		assert.True(t, strings.Contains(err.Error(), fmt.Sprint(MaxStatsReply)), err.Error())
+	}
+	c, err := New(nil, WithMaxStatsReply(MaxStatsReply))
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
 }
