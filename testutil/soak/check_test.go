@@ -54,6 +54,8 @@ const (
 type lossReport struct {
 	margin time.Duration // server end − loss observed (positive: reported first)
 	killed bool          // the server ended the lease by a fault that kills connections
+	kind   testutil.AuditKind
+	note   string // the details, for the worst cases
 }
 
 // verdict collects violations, by invariant.
@@ -126,7 +128,9 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 		}
 		lost := b.lost.Load()
 		if lost != nil && g.ended() {
-			v.losses = append(v.losses, lossReport{margin: g.end.Sub(*lost), killed: isKill(g, killed)})
+			note := fmt.Sprintf("%s %q token %s (client %d, server %d): last seen held %s, loss observed %s, server %s at %s (granted %s, expiry in force %s)%s",
+				b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), stamp(*lost), g.endKind, stamp(g.end), stamp(g.start), stamp(g.expires), lostNote(b, g.end))
+			v.losses = append(v.losses, lossReport{margin: g.end.Sub(*lost), killed: isKill(g, killed), kind: g.endKind, note: note})
 		}
 		if b.last.After(end) {
 			over := b.last.Sub(end)

@@ -1,13 +1,16 @@
 package soak
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,6 +76,14 @@ func TestSoak(t *testing.T) {
 		{name: "v1.16 + signals", version: testutil.V1_16, signals: true, duration: total * 6 / 10},
 		{name: "v2.1 + fencing", version: testutil.V2_1, fencing: true, duration: total - total*6/10},
 	}
+	// The soak must end by itself: if a phase hangs (a call that never
+	// returns, a Close that blocks), crash with every goroutine's stack,
+	// as go test -timeout does, rather than wait for CI to kill it.
+	watchdog := time.AfterFunc(total+5*time.Minute, func() {
+		debug.SetTraceback("all")
+		panic("soak: did not finish within its duration + 5m")
+	})
+	defer watchdog.Stop()
 	var results []*phaseResult
 	for i, ph := range phases {
 		results = append(results, runPhase(t, ph, seed+uint64(i)))
@@ -125,6 +136,9 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	}
 
 	stop := make(chan struct{})
+	base, endCalls := context.WithCancel(context.Background())
+	defer endCalls()
+	var stopAt atomic.Pointer[time.Time]
 	var wg sync.WaitGroup
 	var consumers sync.WaitGroup
 	var long []*subRecord
@@ -151,7 +165,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	}
 	for ci, c := range clients {
 		for j := range *soakWorkers {
-			w := &worker{id: j, client: ci, c: c, rec: rec, cl: cl, stop: stop, signals: ph.signals,
+			w := &worker{id: j, client: ci, c: c, rec: rec, cl: cl, stop: stop, base: base, stopAt: &stopAt, signals: ph.signals,
 				rng: rand.New(rand.NewPCG(seed, uint64(ci*100000+j)))}
 			wg.Add(1)
 			go func() { defer wg.Done(); w.run() }()
@@ -181,6 +195,9 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	res.recovery = time.Since(healed)
 
 	close(stop)
+	endCalls()
+	now := time.Now()
+	stopAt.Store(&now)
 	wg.Wait()
 	if ph.signals {
 		for _, s := range long {
@@ -443,23 +460,27 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 		}
 		p("\n")
 
-		var margins, kills []time.Duration
-		for _, l := range r.v.losses {
-			if l.killed {
-				kills = append(kills, -l.margin)
-			} else {
-				margins = append(margins, l.margin)
-			}
-		}
 		lossesSeen := len(r.v.losses)
 		p("leases held (belief intervals checked): %d; losses reported: %d (OnLeaseLost hook: %d)\n", r.v.believed, lossesSeen, lostHook)
-		if len(margins) > 0 {
-			p("  loss reported before the server-side end: worst margin %s, median %s (n=%d)\n",
-				percentile(margins, 0), percentile(margins, 0.5), len(margins))
+		byKind := make(map[string][]lossReport)
+		for _, l := range r.v.losses {
+			k := "ended by the server's " + l.kind.String()
+			if l.killed {
+				k = "killed server-side by a fault (" + l.kind.String() + "), reported after"
+			}
+			byKind[k] = append(byKind[k], l)
 		}
-		if len(kills) > 0 {
-			p("  lease killed server-side by a fault, loss reported after: worst %s, median %s (n=%d)\n",
-				percentile(kills, 1), percentile(kills, 0.5), len(kills))
+		for _, k := range sortedKeys(byKind) {
+			ls := byKind[k]
+			slices.SortFunc(ls, func(a, b lossReport) int { return cmp.Compare(a.margin, b.margin) })
+			if strings.HasPrefix(k, "killed") {
+				p("  %s: latency median %s, worst %s (n=%d)\n", k, -ls[len(ls)/2].margin, -ls[0].margin, len(ls))
+				continue
+			}
+			p("  %s: margin (server end − loss report) worst %s, median %s (n=%d)\n", k, ls[0].margin, ls[len(ls)/2].margin, len(ls))
+			if ls[0].margin < 0 {
+				p("    worst: %s\n", ls[0].note)
+			}
 		}
 		p("  beliefs that outlived a lease killed server-side: %d (longest %s); resulting holder overlaps: %d\n",
 			r.v.inherent, r.v.inherentMax, r.v.overlapsKill)

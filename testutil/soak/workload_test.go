@@ -128,17 +128,32 @@ type callCtx struct {
 	cancel   context.CancelFunc
 	deadline time.Time
 	timer    *time.Timer
-	cancelAt atomic.Pointer[time.Time] // reading taken after cancel returned
+	cancelAt atomic.Pointer[time.Time]  // reading taken after cancel returned
+	stopAt   *atomic.Pointer[time.Time] // when the phase's context was cancelled
 }
 
 func (cc *callCtx) ended() (time.Time, bool) {
+	if cc.stopAt == nil {
+		return cc.ownEnd()
+	}
+	if at := cc.stopAt.Load(); at != nil && cc.ctx.Err() != nil {
+		// The phase ended the call's context (its parent) before its own
+		// deadline or cancellation, possibly.
+		if e, ok := cc.ownEnd(); !ok || at.Before(e) {
+			return *at, true
+		}
+	}
+	return cc.ownEnd()
+}
+
+func (cc *callCtx) ownEnd() (time.Time, bool) {
 	if at := cc.cancelAt.Load(); at != nil {
 		if !cc.deadline.IsZero() && cc.deadline.Before(*at) {
 			return cc.deadline, true
 		}
 		return *at, true
 	}
-	if !cc.deadline.IsZero() && cc.ctx.Err() != nil {
+	if !cc.deadline.IsZero() && !time.Now().Before(cc.deadline) {
 		return cc.deadline, true
 	}
 	return time.Time{}, false
@@ -160,7 +175,9 @@ type worker struct {
 	rec     *recorder
 	cl      *cluster
 	stop    <-chan struct{}
-	signals bool // the servers have signals (v1.16 phase)
+	base    context.Context            // cancelled when the phase ends
+	stopAt  *atomic.Pointer[time.Time] // reading taken after base was cancelled
+	signals bool                       // the servers have signals (v1.16 phase)
 	seq     int
 }
 
@@ -170,8 +187,8 @@ func (w *worker) between(lo, hi time.Duration) time.Duration {
 
 // newCtx draws a context: always bounded, so every call ends.
 func (w *worker) newCtx() *callCtx {
-	cc := &callCtx{}
-	base := context.Background()
+	cc := &callCtx{stopAt: w.stopAt}
+	base := w.base
 	switch w.rng.IntN(4) {
 	case 0: // a short deadline that often ends a wait
 		cc.deadline = time.Now().Add(w.between(20*time.Millisecond, 1500*time.Millisecond))
