@@ -63,8 +63,12 @@ type verdict struct {
 	counts   map[string]int
 	examples map[string][]string
 
-	believed     int // belief intervals checked
-	losses       []lossReport
+	believed int // belief intervals checked
+	losses   []lossReport
+	// explain, if set, describes what happened on a server around a
+	// violation (faults, process pauses), for the report.
+	explain func(node int, from, to time.Time) string
+
 	inherent     int           // beliefs that outlived a lease a fault killed server-side
 	inherentMax  time.Duration // longest such overhang
 	overlapsKill int           // client-side overlaps of lock holders caused by such kills
@@ -79,6 +83,13 @@ func (v *verdict) violate(inv, format string, args ...any) {
 	if len(v.examples[inv]) < 8 {
 		v.examples[inv] = append(v.examples[inv], fmt.Sprintf(format, args...))
 	}
+}
+
+func (v *verdict) context(node int, from, to time.Time) string {
+	if v.explain == nil {
+		return ""
+	}
+	return "; " + v.explain(node, from, to)
 }
 
 func (v *verdict) total() int {
@@ -145,8 +156,9 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 						b.op, b.key, short(b.token), b.client, b.node, over, g.endKind, stamp(end))
 				}
 			} else {
-				v.violate("a", "%s %q token %s (client %d, server %d): believed held at %s, %s after the server-side lease ended by %s at %s%s",
-					b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), over, g.endKind, stamp(end), lostNote(b, end))
+				v.violate("a", "%s %q token %s (client %d, server %d): believed held at %s, %s after the server-side lease ended by %s at %s (granted %s, %d renewal(s))%s%s",
+					b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), over, g.endKind, stamp(end), stamp(g.start), g.renewals,
+					lostNote(b, end), v.context(b.node, g.start.Add(-time.Second), b.last))
 			}
 		}
 		tr := trimmed{b: b, start: b.start, end: b.last}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -184,6 +185,7 @@ type faultWindow struct {
 	kind       faultKind
 	start, end time.Time
 	dur        time.Duration // for a restart: the whole outage
+	kill       time.Time     // for a blackhole: when its connections were reset
 }
 
 // faulter injects faults on random servers, overlapping, until its context
@@ -278,8 +280,16 @@ func (f *faulter) inject(ctx context.Context, nd *node, kind faultKind, d, lat t
 		hold()
 		resume()
 	case faultBlackhole:
+		// A partition that ends: the proxy drops bytes while it lasts, and a
+		// TCP stream with a hole in it is not something TCP ever delivers
+		// (it retransmits, or the connection dies). So the connections that
+		// lived through it are reset when it lifts, as a partition long
+		// enough to lose data ends; a partition TCP survives is a latency
+		// spike.
 		nd.blackhole(true)
 		hold()
+		w.kill = time.Now()
+		nd.proxy.ResetAll()
 		nd.blackhole(false)
 	case faultLatency:
 		end := nd.spike(lat)
@@ -322,13 +332,35 @@ func (f *faulter) heal() {
 	}
 }
 
+// describe lists the faults active on node between from and to.
+func (f *faulter) describe(node int, from, to time.Time) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var parts []string
+	for _, w := range f.windows {
+		if w.node == node && !w.end.Before(from) && !w.start.After(to) {
+			parts = append(parts, fmt.Sprintf("%s [%s, %s]", w.kind, stamp(w.start), stamp(w.end)))
+		}
+	}
+	if len(parts) == 0 {
+		return "no fault on that server"
+	}
+	return "faults on that server: " + strings.Join(parts, ", ")
+}
+
 // killedAt reports whether a fault that kills connections was active on
 // node at time t (with slack for the server noticing a reset).
 func (f *faulter) killedAt(node int, t time.Time, slack time.Duration) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, w := range f.windows {
-		if w.node == node && w.kind.kills() && !t.Before(w.start) && !t.After(w.end.Add(slack)) {
+		if w.node != node {
+			continue
+		}
+		if w.kind.kills() && !t.Before(w.start) && !t.After(w.end.Add(slack)) {
+			return true
+		}
+		if !w.kill.IsZero() && !t.Before(w.kill) && !t.After(w.end.Add(slack)) {
 			return true
 		}
 	}

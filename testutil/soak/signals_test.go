@@ -2,6 +2,7 @@ package soak
 
 import (
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -151,7 +152,8 @@ func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) sig
 				}
 				uncovered++
 				if example == "" {
-					example = payload + " on " + em.channel + " emitted [" + stamp(em.start) + ", " + stamp(em.end) + "]"
+					example = payload + " on " + em.channel + " (server " + strconv.Itoa(node) + ") emitted [" + stamp(em.start) + ", " + stamp(em.end) + "]" +
+						v.context(node, em.start.Add(-time.Second), em.end.Add(time.Second))
 				}
 			}
 		}

@@ -59,6 +59,7 @@ type phaseResult struct {
 	leaks     []string
 	recovery  time.Duration // longest time a client took to work again after the heal
 	closeMax  time.Duration // longest Client.Close
+	pauseMax  time.Duration // longest the process went unscheduled (pause detector)
 	grants    int
 	events    [testutil.AuditStop + 1]int
 }
@@ -172,6 +173,9 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 		}
 	}
 
+	pd := startPauseDetector()
+	defer pd.stop()
+
 	// Faults for the phase's duration; run returns once every fault has
 	// ended and the cluster is healed.
 	f := newFaulter(cl, seed, *soakFaults)
@@ -193,6 +197,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 		}
 	}
 	res.recovery = time.Since(healed)
+	res.pauseMax = pd.worst()
 
 	close(stop)
 	endCalls()
@@ -217,6 +222,9 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	res.leaks = append(res.leaks, leftovers(cl)...)
 
 	killed := func(node int, at time.Time) bool { return f.killedAt(node, at, killSlack) }
+	res.v.explain = func(node int, from, to time.Time) string {
+		return f.describe(node, from, to) + "; " + pd.describe(from, to)
+	}
 	checkServerGrants(res.v, ledgers(cl), ph.fencing)
 	checkLeases(res.v, ledgers(cl), rec.beliefs, killed, maxLease, ph.fencing)
 	if ph.signals {
@@ -237,11 +245,89 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 		nd.ledger.mu.Unlock()
 	}
 
+	pd.stop()
 	cl.close()
 	if err := goleak.Find(); err != nil {
 		res.leaks = append(res.leaks, "goroutines: "+err.Error())
 	}
 	return res
+}
+
+// pauseDetector measures how late a goroutine that sleeps 5 ms wakes up:
+// when the process is starved of CPU (a loaded one-CPU runner, -race, GC),
+// every timer fires that late, the renewal scheduler's included. It lets a
+// report tell a starved machine from a late client.
+type pauseDetector struct {
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	pauses []pause
+	max    time.Duration
+}
+
+type pause struct {
+	from, to time.Time
+}
+
+const pauseTick = 5 * time.Millisecond
+
+func startPauseDetector() *pauseDetector {
+	pd := &pauseDetector{done: make(chan struct{})}
+	pd.wg.Add(1)
+	go func() {
+		defer pd.wg.Done()
+		t := time.NewTimer(pauseTick)
+		defer t.Stop()
+		for {
+			due := time.Now().Add(pauseTick)
+			t.Reset(pauseTick)
+			select {
+			case <-pd.done:
+				return
+			case <-t.C:
+			}
+			now := time.Now()
+			if late := now.Sub(due); late > 20*time.Millisecond {
+				pd.mu.Lock()
+				pd.pauses = append(pd.pauses, pause{due, now})
+				pd.max = max(pd.max, late)
+				pd.mu.Unlock()
+			}
+		}
+	}()
+	return pd
+}
+
+func (pd *pauseDetector) stop() {
+	select {
+	case <-pd.done:
+	default:
+		close(pd.done)
+	}
+	pd.wg.Wait()
+}
+
+func (pd *pauseDetector) worst() time.Duration {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	return pd.max
+}
+
+// describe reports the longest scheduling delay between from and to.
+func (pd *pauseDetector) describe(from, to time.Time) string {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	var worst pause
+	for _, p := range pd.pauses {
+		if !p.to.Before(from) && !p.from.After(to) && p.to.Sub(p.from) > worst.to.Sub(worst.from) {
+			worst = p
+		}
+	}
+	if worst.from.IsZero() {
+		return "no scheduling delay over 20ms"
+	}
+	return fmt.Sprintf("the process went unscheduled for %s at [%s, %s]", worst.to.Sub(worst.from), stamp(worst.from), stamp(worst.to))
 }
 
 func ledgers(cl *cluster) []*ledger {
@@ -493,7 +579,7 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 			p("signals: emitted %d; received %d; expected %d, of which missed under a gap %d, missed and counted as dropped %d; gaps %d; drops %d\n",
 				len(r.rec.emits), r.sig.received, r.sig.expected, r.sig.missedGap, r.sig.missedDrop, r.sig.gaps, r.sig.dropped)
 		}
-		p("recovery after the heal: %s; longest Client.Close: %s\n", r.recovery, r.closeMax)
+		p("recovery after the heal: %s; longest Client.Close: %s; longest scheduling delay seen: %s\n", r.recovery, r.closeMax, r.pauseMax)
 		var vs []string
 		for _, inv := range sortedKeys(r.v.counts) {
 			vs = append(vs, fmt.Sprintf("%s %d", inv, r.v.counts[inv]))
