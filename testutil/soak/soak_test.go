@@ -24,7 +24,7 @@ var (
 	soakDuration = flag.Duration("soak", 0, "run the chaos soak for this long (0: skip it)")
 	soakSeed     = flag.Uint64("soak.seed", 0, "random seed of the soak (0: from the clock)")
 	soakWorkers  = flag.Int("soak.workers", 80, "workload goroutines per Client")
-	soakFaults   = flag.Duration("soak.faults", 800*time.Millisecond, "mean time between fault starts")
+	soakFaults   = flag.Duration("soak.faults", 1200*time.Millisecond, "mean time between fault starts")
 )
 
 const (
