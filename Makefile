@@ -6,8 +6,11 @@ FUZZTIME  ?= 30s
 FUZZMINIMIZE ?= 2s
 BENCHTIME ?= 1s
 BENCHCOUNT ?= 5
+# The chaos soak (docs/reliability.md): how long, and extra go test flags.
+DURATION  ?= 60s
+SOAKFLAGS ?= -race
 
-.PHONY: all test vet race bench fuzz cover lint demo tidy
+.PHONY: all test vet race bench fuzz cover lint demo tidy soak
 
 all: lint test
 
@@ -30,6 +33,12 @@ fuzz:
 cover:
 	$(GO) test -race -count=1 -coverprofile=coverage.out $(PKGS)
 	$(GO) tool cover -func=coverage.out | tail -n 1
+
+# Chaos soak: servers crash, stall, blackhole and restart under a loaded
+# workload; fails on any invariant violation or leak and prints the figures.
+# The test bounds itself (duration + 5m watchdog), hence no go test timeout.
+soak:
+	$(GO) test $(SOAKFLAGS) -count=1 -timeout=0 -run='^TestSoak$$' -v ./testutil/soak -soak=$(DURATION)
 
 # staticcheck is pinned as a tool dependency in go.mod, so no separate install is needed.
 lint:

@@ -1,0 +1,397 @@
+package soak
+
+import (
+	"cmp"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// belief is an interval in which a goroutine believed it held a key. Its
+// times are client readings taken so that the interval is never longer than
+// the truth: start and last are readings taken *before* a check that found
+// the lease still held (Done not closed), so the lease was believed held at
+// both; a holder checks every few milliseconds and once more right before
+// it calls Release.
+type belief struct {
+	client   int
+	op       string
+	key      string
+	token    string // "" for WithLock, whose token is not visible
+	node     int    // the key's server, by the Lock's Server()
+	sem      bool
+	limit    int
+	start    time.Time
+	last     time.Time
+	fence    uint64
+	hasFence bool
+
+	// lost is when the loss was observed (unix nanos of a reading taken in
+	// context.AfterFunc(l.Context()), so after the report); 0 if the lease
+	// was not lost. Written by that callback, read by the checker.
+	lost     atomic.Pointer[time.Time]
+	lostErr  atomic.Pointer[string]
+	released bool // the goroutine called Release (or WithLock returned)
+}
+
+// Bounds of the checks.
+const (
+	// killSlack: a server-side end within this long after a fault that kills
+	// connections is attributed to the fault (the server notices a reset a
+	// little after the proxy sent it).
+	killSlack = time.Second
+	// overrunBound: no call may return later than this after its context
+	// ended (invariant d). Generous, for a loaded one-CPU machine.
+	overrunBound = time.Second
+)
+
+// lossReport is a lease loss matched with the server's end of the lease.
+type lossReport struct {
+	margin time.Duration // server end − loss observed (positive: reported first)
+	killed bool          // the server ended the lease by a fault that kills connections
+	kind   testutil.AuditKind
+	note   string // the details, for the worst cases
+}
+
+// verdict collects violations, by invariant.
+type verdict struct {
+	counts   map[string]int
+	examples map[string][]string
+
+	believed int // belief intervals checked
+	losses   []lossReport
+	// explain, if set, describes what happened on a server around a
+	// violation (faults, process pauses), for the report.
+	explain func(node int, from, to time.Time) string
+
+	inherent     int           // beliefs that outlived a lease a fault killed server-side
+	inherentMax  time.Duration // longest such overhang
+	overlapsKill int           // client-side overlaps of lock holders caused by such kills
+}
+
+func newVerdict() *verdict {
+	return &verdict{counts: make(map[string]int), examples: make(map[string][]string)}
+}
+
+func (v *verdict) violate(inv, format string, args ...any) {
+	v.counts[inv]++
+	if len(v.examples[inv]) < 8 {
+		v.examples[inv] = append(v.examples[inv], fmt.Sprintf(format, args...))
+	}
+}
+
+func (v *verdict) context(node int, from, to time.Time) string {
+	if v.explain == nil {
+		return ""
+	}
+	return "; " + v.explain(node, from, to)
+}
+
+func (v *verdict) total() int {
+	n := 0
+	for _, c := range v.counts {
+		n += c
+	}
+	return n
+}
+
+// killedFunc reports whether a fault that kills connections hit node at t.
+type killedFunc func(node int, t time.Time) bool
+
+// trimmed is a belief cut to the server-side grant it lies in.
+type trimmed struct {
+	b          *belief
+	start, end time.Time
+}
+
+// checkLeases checks invariants (a), (b) and (c) of every belief against the
+// servers' ledgers. maxTTL bounds how long a client may go on believing a
+// lease that a fault killed on the server (it cannot know before its own
+// deadline passes, or the connection's end reaches it).
+func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killedFunc, maxTTL time.Duration, fenced bool) {
+	var cut []trimmed
+	for _, b := range beliefs {
+		v.believed++
+		if b.node < 0 || b.node >= len(ledgers) {
+			v.violate("a", "%s %q: held on an unknown server", b.op, b.key)
+			continue
+		}
+		lg := ledgers[b.node]
+		var g *grant
+		if b.token != "" {
+			g = lg.find(b.token)
+		} else {
+			g = lg.inForce(b.key, b.start)
+		}
+		if g == nil || g.key != b.key || b.start.Before(g.start) {
+			v.violate("a", "%s %q token %s (client %d, server %d): believed held from %s with no server grant in force",
+				b.op, b.key, short(b.token), b.client, b.node, stamp(b.start))
+			continue
+		}
+		end := g.end
+		if !g.ended() {
+			end = g.expires // still held at the check: held at least until then
+		}
+		lost := b.lost.Load()
+		if lost != nil && g.ended() {
+			note := fmt.Sprintf("%s %q token %s (client %d, server %d): last seen held %s, loss observed %s, server %s at %s (granted %s, expiry in force %s)%s",
+				b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), stamp(*lost), g.endKind, stamp(g.end), stamp(g.start), stamp(g.expires), lostNote(b, g.end))
+			v.losses = append(v.losses, lossReport{margin: g.end.Sub(*lost), killed: isKill(g, killed), kind: g.endKind, note: note})
+		}
+		if b.last.After(end) {
+			over := b.last.Sub(end)
+			if isKill(g, killed) {
+				// The server dropped the connection (or stopped): nobody can
+				// report that before it happens. The client must notice within
+				// a lease, by the broken connection or by its own deadline.
+				v.inherent++
+				v.inherentMax = max(v.inherentMax, over)
+				if over > maxTTL {
+					v.violate("a", "%s %q token %s (client %d, server %d): still believed held %s after the server's %s at %s (more than a lease)",
+						b.op, b.key, short(b.token), b.client, b.node, over, g.endKind, stamp(end))
+				}
+			} else {
+				v.violate("a", "%s %q token %s (client %d, server %d): believed held at %s, %s after the server-side lease ended by %s at %s (granted %s, %d renewal(s))%s%s",
+					b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), over, g.endKind, stamp(end), stamp(g.start), g.renewals,
+					lostNote(b, end), v.context(b.node, g.start.Add(-time.Second), b.last))
+			}
+		}
+		tr := trimmed{b: b, start: b.start, end: b.last}
+		if tr.end.After(end) {
+			tr.end = end
+		}
+		cut = append(cut, tr)
+		if fenced && !b.sem && b.token != "" {
+			checkFence(v, b)
+		}
+	}
+	checkExclusion(v, cut)
+	if fenced {
+		checkFenceOrder(v, cut)
+	}
+	// The untrimmed beliefs overlap only where a kill made a client believe
+	// on after its lease was gone; count those for the report.
+	var whole []trimmed
+	for _, b := range beliefs {
+		whole = append(whole, trimmed{b: b, start: b.start, end: b.last})
+	}
+	sub := newVerdict()
+	checkExclusion(sub, whole)
+	v.overlapsKill = sub.total()
+}
+
+func isKill(g *grant, killed killedFunc) bool {
+	switch g.endKind {
+	case testutil.AuditDisconnect, testutil.AuditStop:
+		return killed(g.node, g.end)
+	}
+	return false
+}
+
+func lostNote(b *belief, end time.Time) string {
+	if lost := b.lost.Load(); lost != nil {
+		s := fmt.Sprintf("; loss observed at %s (%s after the end)", stamp(*lost), lost.Sub(end))
+		if e := b.lostErr.Load(); e != nil {
+			s += ": " + *e
+		}
+		return s
+	}
+	return "; loss never reported"
+}
+
+// checkExclusion checks invariant (b): at no instant two holders of a lock
+// key, or more holders of a semaphore key than its limit.
+func checkExclusion(v *verdict, cut []trimmed) {
+	type keyID struct {
+		node int
+		key  string
+		sem  bool
+	}
+	byKey := make(map[keyID][]trimmed)
+	for _, t := range cut {
+		if t.end.Before(t.start) {
+			continue
+		}
+		id := keyID{t.b.node, t.b.key, t.b.sem}
+		byKey[id] = append(byKey[id], t)
+	}
+	for id, ts := range byKey {
+		type edge struct {
+			at    time.Time
+			delta int
+			t     trimmed
+		}
+		edges := make([]edge, 0, 2*len(ts))
+		for _, t := range ts {
+			edges = append(edges, edge{t.start, +1, t}, edge{t.end, -1, t})
+		}
+		// Intervals are closed: at equal times a start counts before an end,
+		// so touching intervals count as overlapping (conservatively, the
+		// readings are taken inside the intervals).
+		slices.SortFunc(edges, func(a, b edge) int {
+			if c := a.at.Compare(b.at); c != 0 {
+				return c
+			}
+			return b.delta - a.delta
+		})
+		limit := 1
+		if id.sem {
+			limit = ts[0].b.limit
+		}
+		n := 0
+		var active []trimmed
+		for _, e := range edges {
+			if e.delta < 0 {
+				n--
+				active = slices.DeleteFunc(active, func(t trimmed) bool { return t.b == e.t.b })
+				continue
+			}
+			n++
+			active = append(active, e.t)
+			if n > limit {
+				var who []string
+				for _, t := range active {
+					who = append(who, fmt.Sprintf("client %d %s token %s [%s, %s]", t.b.client, t.b.op, short(t.b.token), stamp(t.start), stamp(t.end)))
+				}
+				v.violate("b", "%q on server %d: %d holders (limit %d) at %s: %s", id.key, id.node, n, limit, stamp(e.at), strings.Join(who, "; "))
+			}
+		}
+	}
+}
+
+// checkFence checks that a lock's fence is the one in its v2.1 token.
+func checkFence(v *verdict, b *belief) {
+	want, ok := tokenFence(b.token)
+	switch {
+	case !b.hasFence:
+		v.violate("c", "%s %q token %s: no fence with WithFencing on a v2.1 server", b.op, b.key, short(b.token))
+	case !ok || want != b.fence:
+		v.violate("c", "%s %q token %s: Fence() = %d, token says %d", b.op, b.key, short(b.token), b.fence, want)
+	}
+}
+
+// checkFenceOrder checks invariant (c): per key, a holder that believed it
+// held the lock after another one had stopped believing has a larger fence.
+// It looks at the beliefs cut to their grants: a client that goes on
+// believing after a fault killed its lease server-side is what fences are
+// for, and is counted apart.
+func checkFenceOrder(v *verdict, cut []trimmed) {
+	byKey := make(map[string][]trimmed)
+	for _, t := range cut {
+		if !t.b.sem && t.b.hasFence && !t.end.Before(t.start) {
+			byKey[t.b.key] = append(byKey[t.b.key], t)
+		}
+	}
+	for key, ts := range byKey {
+		slices.SortFunc(ts, func(a, b trimmed) int { return a.start.Compare(b.start) })
+		ended := slices.Clone(ts)
+		slices.SortFunc(ended, func(a, b trimmed) int { return a.end.Compare(b.end) })
+		var top *trimmed // the largest fence among beliefs ended so far
+		j := 0
+		for _, t := range ts {
+			for ; j < len(ended) && ended[j].end.Before(t.start); j++ {
+				if top == nil || ended[j].b.fence > top.b.fence {
+					top = &ended[j]
+				}
+			}
+			if top != nil && t.b.fence <= top.b.fence {
+				v.violate("c", "%q: fence %d (token %s, from %s) not above fence %d of an earlier holder (token %s, until %s)",
+					key, t.b.fence, short(t.b.token), stamp(t.start), top.b.fence, short(top.b.token), stamp(top.end))
+			}
+		}
+	}
+}
+
+// checkServerGrants checks the servers' own records: lock grants of a key
+// never overlap, semaphore grants never exceed the limit, v2.1 fences
+// strictly increase per key, and the log is consistent.
+func checkServerGrants(v *verdict, ledgers []*ledger, fenced bool) {
+	for _, lg := range ledgers {
+		lg.mu.Lock()
+		for _, a := range lg.anomalies {
+			v.violate("audit", "%s", a)
+		}
+		lg.mu.Unlock()
+		for key, gs := range lg.snapshot() {
+			var cut []trimmed
+			var prev uint64
+			for i := range gs {
+				g := &gs[i]
+				end := g.end
+				if !g.ended() {
+					end = g.expires
+				}
+				// A zero-length stand-in belief per grant lets checkExclusion
+				// count server-side holders; open ends are cut at expiry.
+				cut = append(cut, trimmed{b: &belief{client: -1, op: "grant", key: key, token: g.token, node: g.node, sem: g.sem, limit: g.limit}, start: g.start, end: end})
+				if fenced && !g.sem {
+					f, ok := tokenFence(g.token)
+					if !ok || (i > 0 && f <= prev) {
+						v.violate("c", "server %d %q: grant fences not increasing (%d after %d)", g.node, key, f, prev)
+					}
+					prev = f
+				}
+			}
+			sub := newVerdict()
+			checkExclusionOpen(sub, cut)
+			for inv, n := range sub.counts {
+				v.counts["server-"+inv] += n
+				v.examples["server-"+inv] = append(v.examples["server-"+inv], sub.examples[inv]...)
+			}
+		}
+	}
+}
+
+// checkExclusionOpen is checkExclusion for server grants, whose intervals
+// are half-open: a slot freed at t is granted to the next holder at t.
+func checkExclusionOpen(v *verdict, cut []trimmed) {
+	for i := range cut {
+		cut[i].end = cut[i].end.Add(-time.Nanosecond)
+	}
+	checkExclusion(v, cut)
+}
+
+// tokenFence parses the fence of a v2.1 token: its first 8 bytes, big-endian.
+func tokenFence(token string) (uint64, bool) {
+	if len(token) < 16 {
+		return 0, false
+	}
+	b, err := hex.DecodeString(token[:16])
+	if err != nil {
+		return 0, false
+	}
+	var f uint64
+	for _, c := range b {
+		f = f<<8 | uint64(c)
+	}
+	return f, true
+}
+
+func short(token string) string {
+	if token == "" {
+		return "(WithLock)"
+	}
+	if len(token) > 12 {
+		return token[:12]
+	}
+	return token
+}
+
+// epoch is the zero of the times printed in reports.
+var epoch = time.Now()
+
+func stamp(t time.Time) string { return fmt.Sprintf("+%.3fs", t.Sub(epoch).Seconds()) }
+
+// percentile returns the p-th percentile (0..1) of ds, which it sorts.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.SortFunc(ds, cmp.Compare)
+	return ds[int(p*float64(len(ds)-1))]
+}

@@ -1,0 +1,263 @@
+package soak
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// The soak is only as good as its checker: these tests feed it made-up
+// server logs and beliefs and check that it flags exactly the violations.
+
+var t0 = time.Now()
+
+func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+
+// fakeLedger builds a ledger from (kind, key, token, time, expires) events.
+func fakeLedger(node int, evs ...testutil.AuditEvent) *ledger {
+	l := newLedger(node)
+	for _, ev := range evs {
+		l.record(ev)
+	}
+	return l
+}
+
+func ev(kind testutil.AuditKind, key, token string, ms, expiresMS int) testutil.AuditEvent {
+	return testutil.AuditEvent{Time: at(ms), Kind: kind, Key: key, Token: token, Expires: at(expiresMS)}
+}
+
+func semEv(kind testutil.AuditKind, key, token string, limit, ms, expiresMS int) testutil.AuditEvent {
+	e := ev(kind, key, token, ms, expiresMS)
+	e.Semaphore, e.Limit = true, limit
+	return e
+}
+
+func held(key, token string, fromMS, toMS int) *belief {
+	return &belief{op: "Lock", key: key, token: token, start: at(fromMS), last: at(toMS)}
+}
+
+func noKills(int, time.Time) bool { return false }
+
+func TestCheckerAcceptsBeliefsInsideTheirGrants(t *testing.T) {
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		ev(testutil.AuditRenew, "k", "a", 500, 1500),
+		ev(testutil.AuditRelease, "k", "a", 1200, 1500),
+		ev(testutil.AuditGrant, "k", "b", 1200, 2200),
+		ev(testutil.AuditExpire, "k", "b", 2400, 2200),
+	)
+	v := newVerdict()
+	checkServerGrants(v, []*ledger{lg}, false)
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 1199), held("k", "b", 1201, 2199)}, noKills, time.Second, false)
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 2, v.believed)
+}
+
+func TestCheckerFlagsABeliefPastTheLeaseExpiry(t *testing.T) {
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		// The sweeper removes the lease late; it ended at its expiry.
+		ev(testutil.AuditExpire, "k", "a", 1300, 1000),
+	)
+	v := newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 1001)}, noKills, time.Second, false)
+	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
+}
+
+func TestCheckerFlagsABeliefWithoutAGrant(t *testing.T) {
+	lg := fakeLedger(0, ev(testutil.AuditGrant, "k", "a", 100, 1000))
+	v := newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "zz", 1, 2), held("k", "a", 50, 60)}, noKills, time.Second, false)
+	assert.Equal(t, 2, v.counts["a"], "%v", v.examples)
+}
+
+func TestCheckerTellsKilledLeasesFromLateReports(t *testing.T) {
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 3000),
+		ev(testutil.AuditDisconnect, "k", "a", 500, 3000),
+		ev(testutil.AuditGrant, "j", "b", 0, 3000),
+		ev(testutil.AuditDisconnect, "j", "b", 500, 3000),
+		ev(testutil.AuditGrant, "i", "c", 0, 3000),
+		ev(testutil.AuditStop, "i", "c", 2000, 3000),
+	)
+	killedAt500 := func(node int, t time.Time) bool { return t.Equal(at(500)) }
+	v := newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{
+		held("k", "a", 1, 600),  // a fault killed it at 500: inherent, noticed within a lease
+		held("j", "b", 1, 2000), // inherent, but believed 1.5 s on: longer than a lease
+		held("i", "c", 1, 2100), // the server stopped at 2000 with no fault: the client's doing
+	}, killedAt500, time.Second, false)
+	assert.Equal(t, 2, v.counts["a"], "%v", v.examples)
+	assert.Equal(t, 2, v.inherent)
+}
+
+func TestCheckerFlagsTwoHoldersOfALock(t *testing.T) {
+	// A server that grants one lock twice: both the server check and the
+	// belief check must object.
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		ev(testutil.AuditGrant, "k", "b", 500, 1500),
+	)
+	v := newVerdict()
+	checkServerGrants(v, []*ledger{lg}, false)
+	assert.Equal(t, 1, v.counts["server-b"], "%v", v.examples)
+	v = newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 600), held("k", "b", 550, 700)}, noKills, time.Second, false)
+	assert.Equal(t, 1, v.counts["b"], "%v", v.examples)
+	assert.Zero(t, v.counts["a"])
+}
+
+func TestCheckerCountsSemaphoreHoldersAgainstTheLimit(t *testing.T) {
+	lg := fakeLedger(0,
+		semEv(testutil.AuditGrant, "s", "a", 2, 0, 1000),
+		semEv(testutil.AuditGrant, "s", "b", 2, 0, 1000),
+		semEv(testutil.AuditRelease, "s", "a", 2, 300, 1000),
+		semEv(testutil.AuditGrant, "s", "c", 2, 300, 1300),
+	)
+	sem := func(token string, from, to int) *belief {
+		b := held("s", token, from, to)
+		b.sem, b.limit = true, 2
+		return b
+	}
+	v := newVerdict()
+	checkServerGrants(v, []*ledger{lg}, false)
+	checkLeases(v, []*ledger{lg}, []*belief{sem("a", 1, 299), sem("b", 1, 900), sem("c", 301, 900)}, noKills, time.Second, false)
+	assert.Zero(t, v.total(), "%v", v.examples)
+
+	// Holder a still believes after its release was applied: a is flagged
+	// (a), and three holders at once (b).
+	v = newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{sem("a", 1, 350), sem("b", 1, 900), sem("c", 301, 900)}, noKills, time.Second, false)
+	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
+	assert.Zero(t, v.counts["b"], "trimmed to the grants, the holders never exceed the limit")
+	assert.Equal(t, 1, v.overlapsKill, "untrimmed, they do")
+}
+
+func fenceToken(f uint64) string { return fmt.Sprintf("%016x%016x", f, 0xabcdef) }
+
+func TestCheckerChecksFences(t *testing.T) {
+	a, b := fenceToken(7), fenceToken(9)
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", a, 0, 1000),
+		ev(testutil.AuditRelease, "k", a, 100, 1000),
+		ev(testutil.AuditGrant, "k", b, 200, 1200),
+		ev(testutil.AuditRelease, "k", b, 300, 1200),
+	)
+	fenced := func(token string, fence uint64, from, to int) *belief {
+		bl := held("k", token, from, to)
+		bl.fence, bl.hasFence = fence, true
+		return bl
+	}
+	v := newVerdict()
+	checkServerGrants(v, []*ledger{lg}, true)
+	checkLeases(v, []*ledger{lg}, []*belief{fenced(a, 7, 1, 99), fenced(b, 9, 201, 299)}, noKills, time.Second, true)
+	assert.Zero(t, v.total(), "%v", v.examples)
+
+	// A Fence() that disagrees with its token, and one missing.
+	v = newVerdict()
+	noFence := held("k", b, 201, 299)
+	checkLeases(v, []*ledger{lg}, []*belief{fenced(a, 8, 1, 99), noFence}, noKills, time.Second, true)
+	assert.Equal(t, 2, v.counts["c"], "%v", v.examples)
+
+	// A server whose fences go backwards.
+	back := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", b, 0, 1000),
+		ev(testutil.AuditRelease, "k", b, 100, 1000),
+		ev(testutil.AuditGrant, "k", a, 200, 1200),
+	)
+	v = newVerdict()
+	checkServerGrants(v, []*ledger{back}, true)
+	assert.Equal(t, 1, v.counts["c"], "%v", v.examples)
+	v = newVerdict()
+	checkLeases(v, []*ledger{back}, []*belief{fenced(b, 9, 1, 99), fenced(a, 7, 201, 299)}, noKills, time.Second, true)
+	assert.Equal(t, 1, v.counts["c"], "%v", v.examples)
+}
+
+func TestCheckerFlagsAuditAnomalies(t *testing.T) {
+	lg := fakeLedger(0,
+		ev(testutil.AuditRenew, "k", "ghost", 0, 1000),
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		ev(testutil.AuditRelease, "k", "a", 10, 1000),
+		ev(testutil.AuditRelease, "k", "a", 20, 1000),
+	)
+	v := newVerdict()
+	checkServerGrants(v, []*ledger{lg}, false)
+	assert.Equal(t, 2, v.counts["audit"], "%v", v.examples)
+}
+
+// Signals: emissions e1..e6 on server 0, channel ev.1; a subscription of
+// "ev.>" listening from t=0.
+func signalFixture() map[string]*emission {
+	emits := make(map[string]*emission)
+	for i := 1; i <= 6; i++ {
+		p := fmt.Sprintf("e%d", i)
+		emits[p] = &emission{payload: p, channel: "ev.1", node: 0, start: at(i * 100), end: at(i*100 + 10), ok: true}
+	}
+	return emits
+}
+
+func subOf(entries ...entry) *subRecord {
+	return &subRecord{pattern: "ev.>", nodes: []int{0}, listened: at(0), entries: entries}
+}
+
+func sig(p string) entry { return entry{payload: p, gapNode: -1} }
+func gap(node int) entry { return entry{gapNode: node} }
+
+func TestCheckerAcceptsSignalsMissedUnderAGap(t *testing.T) {
+	v := newVerdict()
+	f := checkSignals(v, []*subRecord{subOf(sig("e1"), sig("e2"), gap(0), sig("e5"), sig("e6"))}, signalFixture())
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 2, f.missedGap) // e3, e4
+	// e6 bounds what was expected: e1..e5.
+	assert.Equal(t, 5, f.expected)
+}
+
+func TestCheckerFlagsSignalsMissedWithoutAGap(t *testing.T) {
+	v := newVerdict()
+	checkSignals(v, []*subRecord{subOf(sig("e1"), sig("e2"), sig("e5"), gap(0), sig("e6"))}, signalFixture())
+	require.Equal(t, 1, v.counts["e"], "%v", v.examples) // e3, e4 went missing before the gap's window
+
+	// A gap of another server does not cover them either.
+	v = newVerdict()
+	s := subOf(sig("e1"), sig("e2"), gap(1), sig("e5"), sig("e6"))
+	s.nodes = []int{0, 1}
+	checkSignals(v, []*subRecord{s}, signalFixture())
+	assert.Equal(t, 1, v.counts["e"], "%v", v.examples)
+
+	// Counted drops do.
+	v = newVerdict()
+	s = subOf(sig("e1"), sig("e2"), sig("e5"), sig("e6"))
+	s.dropped = 2
+	f := checkSignals(v, []*subRecord{s}, signalFixture())
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 2, f.missedDrop)
+}
+
+func TestCheckerFlagsPhantomAndDuplicateSignals(t *testing.T) {
+	v := newVerdict()
+	s := subOf(sig("e1"), sig("e1"), sig("nobody"))
+	g1 := subOf(sig("e2"))
+	g1.group = "g"
+	g2 := subOf(sig("e2"))
+	g2.group = "g"
+	checkSignals(v, []*subRecord{s, g1, g2}, signalFixture())
+	assert.Equal(t, 3, v.counts["e"], "%v", v.examples) // twice, unknown, twice in one group
+}
+
+func TestPatternMatches(t *testing.T) {
+	for _, c := range []struct {
+		pattern, ch string
+		want        bool
+	}{
+		{"ev.>", "ev.1", true}, {"ev.>", "ev.a.b", true}, {"ev.>", "ev", false}, {"ev.>", "evx.1", false},
+		{"ev.*", "ev.1", true}, {"ev.*", "ev.a.b", false}, {"ev.*", "ev.", false},
+		{"ev.3", "ev.3", true}, {"ev.3", "ev.31", false}, {">", "x", true},
+	} {
+		assert.Equal(t, c.want, patternMatches(c.pattern, c.ch), "%q ~ %q", c.pattern, c.ch)
+	}
+}

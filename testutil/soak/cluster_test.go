@@ -1,0 +1,368 @@
+package soak
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// Server settings of the soak. Leases are short and the read timeout is
+// short too, so that every fault outlives some leases; the read timeout
+// stays above the longest lease so that a silent connection's leases expire
+// (which the client must predict) before the server closes it (which the
+// client cannot).
+const (
+	serverReadTimeout = 5 * time.Second
+	serverLease       = 2 * time.Second
+	serverSweep       = 250 * time.Millisecond
+)
+
+// node is one server behind its fault proxy, with the server's audit log.
+type node struct {
+	idx    int
+	srv    *testutil.Server
+	proxy  *testutil.Proxy
+	ledger *ledger
+
+	mu         sync.Mutex // guards the proxy fault state below
+	blackholes int
+	refusals   int
+	latencies  map[int]time.Duration // active latency spikes by id; the largest applies
+	nextSpike  int
+}
+
+// cluster is the soak's servers.
+type cluster struct {
+	nodes  []*node
+	byAddr map[string]int // proxy address → node index
+}
+
+func startCluster(n int, version testutil.Version) (*cluster, error) {
+	cl := &cluster{byAddr: make(map[string]int)}
+	for i := range n {
+		nd := &node{idx: i, ledger: newLedger(i), latencies: make(map[int]time.Duration)}
+		srv, err := testutil.Start(testutil.Config{
+			Version:       version,
+			ReadTimeout:   serverReadTimeout,
+			DefaultLease:  serverLease,
+			SweepInterval: serverSweep,
+			Audit:         nd.ledger.record,
+		})
+		if err != nil {
+			cl.close()
+			return nil, err
+		}
+		nd.srv = srv
+		p, err := testutil.NewProxy(srv.Addr())
+		if err != nil {
+			_ = srv.Close()
+			cl.close()
+			return nil, err
+		}
+		nd.proxy = p
+		cl.nodes = append(cl.nodes, nd)
+		cl.byAddr[p.Addr()] = i
+	}
+	return cl, nil
+}
+
+// addrs are the addresses the Clients dial: the proxies.
+func (cl *cluster) addrs() []string {
+	a := make([]string, len(cl.nodes))
+	for i, nd := range cl.nodes {
+		a[i] = nd.proxy.Addr()
+	}
+	return a
+}
+
+func (cl *cluster) index(addr string) int {
+	if i, ok := cl.byAddr[addr]; ok {
+		return i
+	}
+	return -1
+}
+
+func (cl *cluster) close() {
+	for _, nd := range cl.nodes {
+		if nd.proxy != nil {
+			_ = nd.proxy.Close()
+		}
+		if nd.srv != nil {
+			_ = nd.srv.Close()
+		}
+	}
+}
+
+// Proxy faults nest: a blackhole or refusal stays on while any fault that
+// turned it on is active, and the largest active latency spike applies.
+
+func (nd *node) blackhole(on bool) {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if on {
+		nd.blackholes++
+	} else {
+		nd.blackholes--
+	}
+	nd.proxy.Blackhole(nd.blackholes > 0)
+}
+
+func (nd *node) refuse(on bool) {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if on {
+		nd.refusals++
+	} else {
+		nd.refusals--
+	}
+	nd.proxy.RefuseNew(nd.refusals > 0)
+}
+
+func (nd *node) spike(d time.Duration) (end func()) {
+	nd.mu.Lock()
+	id := nd.nextSpike
+	nd.nextSpike++
+	nd.latencies[id] = d
+	nd.applyLatencyLocked()
+	nd.mu.Unlock()
+	return func() {
+		nd.mu.Lock()
+		delete(nd.latencies, id)
+		nd.applyLatencyLocked()
+		nd.mu.Unlock()
+	}
+}
+
+func (nd *node) applyLatencyLocked() {
+	var m time.Duration
+	for _, d := range nd.latencies {
+		m = max(m, d)
+	}
+	nd.proxy.SetLatency(m)
+}
+
+// faultKind is one kind of injected fault.
+type faultKind int
+
+const (
+	faultDrop       faultKind = iota // server closes every connection
+	faultRestart                     // server stops (state lost) and restarts on the same address
+	faultStallShort                  // server stops reading for less than a lease
+	faultStallLong                   // server stops reading for longer than a lease
+	faultBlackhole                   // proxy drops every byte both ways
+	faultLatency                     // proxy delays every byte
+	faultReset                       // proxy resets every connection
+	faultRefuse                      // proxy resets every new connection
+	numFaultKinds
+)
+
+var faultNames = [numFaultKinds]string{
+	faultDrop:       "drop connections",
+	faultRestart:    "stop + restart",
+	faultStallShort: "stall < lease",
+	faultStallLong:  "stall > lease",
+	faultBlackhole:  "blackhole",
+	faultLatency:    "latency spike",
+	faultReset:      "reset (RST)",
+	faultRefuse:     "refuse new conns",
+}
+
+func (k faultKind) String() string { return faultNames[k] }
+
+// kills reports whether the fault ends server-side leases by closing their
+// connections (or the server): the client can only learn of that afterwards.
+func (k faultKind) kills() bool { return k == faultDrop || k == faultRestart || k == faultReset }
+
+// faultWindow is when a fault was active on a server. For the killing kinds
+// it spans the call that ended the connections (for a restart, the Stop).
+type faultWindow struct {
+	node       int
+	kind       faultKind
+	start, end time.Time
+	dur        time.Duration // for a restart: the whole outage
+	kill       time.Time     // for a blackhole: when its connections were reset
+}
+
+// faulter injects faults on random servers, overlapping, until its context
+// ends; every fault undoes itself within a bounded time, or at once when
+// the faulter is stopped.
+type faulter struct {
+	cl   *cluster
+	rng  *rand.Rand // used by the scheduling goroutine only
+	mean time.Duration
+
+	mu      sync.Mutex
+	windows []faultWindow
+	errs    []error
+	wg      sync.WaitGroup
+}
+
+func newFaulter(cl *cluster, seed uint64, mean time.Duration) *faulter {
+	return &faulter{cl: cl, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), mean: mean}
+}
+
+// run schedules faults until ctx ends, then waits for every active fault to
+// undo itself and heals the cluster: every server running, every proxy clean.
+func (f *faulter) run(ctx context.Context) {
+	for {
+		gap := time.Duration(f.rng.ExpFloat64() * float64(f.mean))
+		select {
+		case <-ctx.Done():
+			f.wg.Wait()
+			f.heal()
+			return
+		case <-time.After(gap):
+		}
+		nd := f.cl.nodes[f.rng.IntN(len(f.cl.nodes))]
+		kind := faultKind(f.rng.IntN(int(numFaultKinds)))
+		d := f.duration(kind)
+		lat := time.Duration(20+f.rng.IntN(380)) * time.Millisecond
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.inject(ctx, nd, kind, d, lat)
+		}()
+	}
+}
+
+// duration draws how long a fault of kind lasts (an outage, for a restart).
+func (f *faulter) duration(kind faultKind) time.Duration {
+	between := func(lo, hi time.Duration) time.Duration {
+		return lo + time.Duration(f.rng.Int64N(int64(hi-lo)))
+	}
+	switch kind {
+	case faultRestart:
+		return between(50*time.Millisecond, 2*time.Second)
+	case faultStallShort:
+		return between(100*time.Millisecond, 900*time.Millisecond)
+	case faultStallLong:
+		return between(3*time.Second, 6*time.Second)
+	case faultBlackhole:
+		return between(300*time.Millisecond, 5*time.Second)
+	case faultLatency:
+		return between(300*time.Millisecond, 3*time.Second)
+	case faultRefuse:
+		return between(200*time.Millisecond, 3*time.Second)
+	}
+	return 0
+}
+
+func (f *faulter) inject(ctx context.Context, nd *node, kind faultKind, d, lat time.Duration) {
+	hold := func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	w := faultWindow{node: nd.idx, kind: kind, start: time.Now(), dur: d}
+	switch kind {
+	case faultDrop:
+		nd.srv.DropConnections()
+	case faultRestart:
+		if err := nd.srv.Stop(); err != nil {
+			f.fail(fmt.Errorf("stop server %d: %w", nd.idx, err))
+		}
+		w.end = time.Now()
+		hold()
+		if err := nd.srv.Restart(); err != nil {
+			f.fail(fmt.Errorf("restart server %d: %w", nd.idx, err))
+		}
+		w.dur = time.Since(w.start)
+	case faultStallShort, faultStallLong:
+		resume := nd.srv.Stall(0)
+		hold()
+		resume()
+	case faultBlackhole:
+		// A partition that ends: the proxy drops bytes while it lasts, and a
+		// TCP stream with a hole in it is not something TCP ever delivers
+		// (it retransmits, or the connection dies). So the connections that
+		// lived through it are reset when it lifts, as a partition long
+		// enough to lose data ends; a partition TCP survives is a latency
+		// spike.
+		nd.blackhole(true)
+		hold()
+		w.kill = time.Now()
+		nd.proxy.ResetAll()
+		nd.blackhole(false)
+	case faultLatency:
+		end := nd.spike(lat)
+		hold()
+		end()
+	case faultReset:
+		nd.proxy.ResetAll()
+	case faultRefuse:
+		nd.refuse(true)
+		hold()
+		nd.refuse(false)
+	}
+	if w.end.IsZero() {
+		w.end = time.Now()
+	}
+	f.mu.Lock()
+	f.windows = append(f.windows, w)
+	f.mu.Unlock()
+}
+
+func (f *faulter) fail(err error) {
+	f.mu.Lock()
+	f.errs = append(f.errs, err)
+	f.mu.Unlock()
+}
+
+// heal makes sure every server runs and every proxy passes traffic.
+func (f *faulter) heal() {
+	for _, nd := range f.cl.nodes {
+		if err := nd.srv.Restart(); err != nil {
+			f.fail(fmt.Errorf("heal: restart server %d: %w", nd.idx, err))
+		}
+		nd.mu.Lock()
+		nd.blackholes, nd.refusals = 0, 0
+		clear(nd.latencies)
+		nd.proxy.Blackhole(false)
+		nd.proxy.RefuseNew(false)
+		nd.proxy.SetLatency(0)
+		nd.mu.Unlock()
+	}
+}
+
+// describe lists the faults active on node between from and to.
+func (f *faulter) describe(node int, from, to time.Time) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var parts []string
+	for _, w := range f.windows {
+		if w.node == node && !w.end.Before(from) && !w.start.After(to) {
+			parts = append(parts, fmt.Sprintf("%s [%s, %s]", w.kind, stamp(w.start), stamp(w.end)))
+		}
+	}
+	if len(parts) == 0 {
+		return "no fault on that server"
+	}
+	return "faults on that server: " + strings.Join(parts, ", ")
+}
+
+// killedAt reports whether a fault that kills connections was active on
+// node at time t (with slack for the server noticing a reset).
+func (f *faulter) killedAt(node int, t time.Time, slack time.Duration) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.windows {
+		if w.node != node {
+			continue
+		}
+		if w.kind.kills() && !t.Before(w.start) && !t.After(w.end.Add(slack)) {
+			return true
+		}
+		if !w.kill.IsZero() && !t.Before(w.kill) && !t.After(w.end.Add(slack)) {
+			return true
+		}
+	}
+	return false
+}
