@@ -115,7 +115,6 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		Ratio:     o.renewRatio,
 		KeepAlive: o.keepAlive,
 		OnLost:    c.onLost,
-		Logger:    log,
 	}
 	c.sched = renew.New(rc)
 	for _, a := range addrs {

@@ -22,6 +22,14 @@ func newTestScheduler(t *testing.T, cfg Config) *Scheduler {
 	return s
 }
 
+// Generous upper bounds on waits for events that take well under a second on
+// a quiet machine: they only turn a hang into a failure, and must hold on a
+// loaded one-CPU runner under -race.
+const (
+	waitLong  = time.Minute
+	waitShort = 20 * time.Second
+)
+
 func waitDone(t *testing.T, l *Lease, timeout time.Duration) time.Time {
 	t.Helper()
 	select {
@@ -195,17 +203,23 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 	assert.ErrorIs(t, *hooked.Load(), ErrExpired)
 }
 
+// An overdue grant is lost at once and released best-effort; a release the
+// server refuses (it already expired the lease) is counted, not logged.
 func TestOverdueGrantIsLostAtOnce(t *testing.T) {
 	t.Parallel()
-	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerNever} })
+	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerRefuse} })
 	s := newTestScheduler(t, Config{})
 	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Second, Semaphore: true, Owner: o, Sent: time.Now().Add(-time.Second)})
-	waitDone(t, l, 2*time.Second)
+	waitDone(t, l, waitShort)
 	assert.ErrorIs(t, l.Err(), ErrExpired)
-	o.waitFor(t, 2*time.Second, "release", func(bs []sentBatch) bool {
+	o.waitFor(t, waitShort, "release", func(bs []sentBatch) bool {
 		return len(requestsFor(bs, wire.CmdSemRelease, "k")) == 1
 	})
 	assert.Empty(t, requestsFor(o.snapshot(), wire.CmdSemRenew, "k"))
+	o.waitAnswered(t, 1, waitShort)
+	st := s.Stats()
+	assert.Equal(t, int64(1), st.ReleaseFailed)
+	assert.Equal(t, int64(1), st.Lost)
 }
 
 // A grant read just before its connection broke: OwnerFailed ran first and
@@ -339,32 +353,6 @@ func TestExplicitRenew(t *testing.T) {
 	assert.Equal(t, err, s.Renew(context.Background(), l))
 }
 
-func TestBlockingOnLostHookDoesNotStallRenewals(t *testing.T) {
-	t.Parallel()
-	bad := newOwner(t, func(wire.Request) answer { return answer{kind: answerRefuse} })
-	good := newOwner(t, func(wire.Request) answer { return answer{kind: answerSync} })
-	release := make(chan struct{})
-	entered := make(chan *Lease, 1)
-	hookDone := make(chan struct{})
-	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond, OnLost: func(l *Lease, err error) {
-		defer close(hookDone)
-		if !errors.Is(err, ErrLost) {
-			t.Errorf("hook err %v does not match ErrLost", err)
-		}
-		entered <- l
-		<-release // user code that blocks
-	}})
-	lbad := s.Track(Spec{Key: "bad", Token: "t", TTL: 60 * time.Second, Owner: bad})
-	lgood := s.Track(Spec{Key: "good", Token: "t", TTL: 60 * time.Second, Owner: good})
-
-	assert.Same(t, lbad, <-entered)
-	n := len(good.snapshot())
-	good.waitBatches(t, n+3, 5*time.Second) // renewals go on while the hook blocks
-	assert.NoError(t, lgood.Err())
-	close(release)
-	<-hookDone
-}
-
 func TestCloseReturnsHeldLeasesAndStops(t *testing.T) {
 	t.Parallel()
 	gate := make(chan struct{})
@@ -434,7 +422,6 @@ func TestConfigDefaultsAndClamping(t *testing.T) {
 	assert.Equal(t, DefaultKeepAlive, c.KeepAlive)
 	assert.Equal(t, DefaultWindow, c.Window)
 	assert.NotNil(t, c.SafetyMargin)
-	assert.NotNil(t, c.Logger)
 
 	assert.Equal(t, 100*time.Millisecond, DefaultSafetyMargin(time.Second))
 	assert.Equal(t, time.Second, DefaultSafetyMargin(10*time.Second))
