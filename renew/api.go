@@ -158,7 +158,7 @@ type Spec struct {
 	Owner     Owner
 	// Sent is when the acquire request that produced the grant was written
 	// (the lease is assumed to have started then, the conservative choice).
-	// Zero means now.
+	// Zero, or a time after now, means now.
 	Sent time.Time
 }
 

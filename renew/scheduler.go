@@ -94,10 +94,14 @@ func New(cfg Config) *Scheduler {
 
 // newScheduler builds a scheduler without starting its goroutine (tests and
 // benchmarks drive tick directly).
-func newScheduler(cfg Config) *Scheduler {
+func newScheduler(cfg Config) *Scheduler { return newSchedulerAt(cfg, time.Now()) }
+
+// newSchedulerAt builds a scheduler whose clock starts at epoch (tests use an
+// epoch far in the past to exercise large clock values).
+func newSchedulerAt(cfg Config, epoch time.Time) *Scheduler {
 	return &Scheduler{
 		cfg:    cfg.withDefaults(),
-		epoch:  time.Now(),
+		epoch:  epoch,
 		owners: make(map[Owner]*ownerState),
 		armed:  math.MaxInt64,
 		wake:   make(chan struct{}, 1),
@@ -131,11 +135,11 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		idx:   -1,
 		done:  make(chan struct{}),
 	}
-	var sent int64
-	if spec.Sent.IsZero() {
-		sent = s.now()
-	} else {
-		sent = int64(spec.Sent.Sub(s.epoch))
+	// A grant cannot have been sent in the future; treating such a Sent as
+	// now keeps a bogus value from postponing both renewal and loss.
+	sent := s.now()
+	if !spec.Sent.IsZero() {
+		sent = min(int64(spec.Sent.Sub(s.epoch)), sent) // Sub saturates
 	}
 
 	s.mu.Lock()
@@ -321,7 +325,7 @@ func (s *Scheduler) run() {
 func (s *Scheduler) tick() (time.Duration, bool) {
 	s.mu.Lock()
 	now := s.now()
-	horizon := now + int64(s.cfg.Window)
+	horizon := addSat(now, int64(s.cfg.Window))
 	nrenew := 0
 	for len(s.heap) > 0 && s.heap[0].next <= horizon {
 		l := heap.Pop(&s.heap).(*Lease)
@@ -334,7 +338,7 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 			os.rel = append(os.rel, l)
 		case l.inflight > 0:
 			s.requeue = append(s.requeue, l)
-		case l.renewAt <= now+min(int64(s.cfg.Window), int64(s.baseInterval(l.ttl))/4):
+		case l.renewAt <= addSat(now, min(int64(s.cfg.Window), int64(s.baseInterval(l.ttl))/4)):
 			l.inflight++
 			l.next = l.deadline
 			os := s.owners[l.owner]
@@ -403,7 +407,7 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	if armed == math.MaxInt64 {
 		return 0, false
 	}
-	return max(time.Duration(armed-s.now()), 0), true
+	return max(time.Duration(subSat(armed, s.now())), 0), true
 }
 
 func (s *Scheduler) addToRound(os *ownerState) {
@@ -442,7 +446,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) erro
 		if sent > l.confirmed {
 			ttl := l.ttl
 			if r.Lease > 0 && r.Lease < int64(ttl/time.Second) {
-				ttl = time.Duration(r.Lease) * time.Second // the server applied less: believe it
+				ttl = seconds(r.Lease) // the server applied less: believe it
 			}
 			s.confirmLocked(l, sent, ttl)
 		}
@@ -460,15 +464,15 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) erro
 // confirmLocked records a confirmed grant/renew sent at sent with the given
 // applied TTL and computes the next renewal and the loss deadline.
 func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) {
-	m := s.margin(ttl)
+	m := s.margin(ttl) // in [0, ttl/2], so ttl−m neither wraps nor goes negative
 	iv := s.baseInterval(ttl)
-	iv = min(iv, (ttl-m)*9/10) // always try to renew well before the loss deadline
-	if j := int64(float64(iv) * s.cfg.Jitter); j > 0 {
+	iv = min(iv, (ttl-m)/10*9) // always try to renew well before the loss deadline
+	if j := int64(scaleDur(iv, s.cfg.Jitter)); j > 0 {
 		iv -= time.Duration(rand.Int64N(j + 1))
 	}
 	l.confirmed = sent
-	l.deadline = sent + int64(ttl-m)
-	l.renewAt = sent + int64(iv)
+	l.deadline = addSat(sent, int64(ttl-m))
+	l.renewAt = addSat(sent, int64(iv))
 }
 
 func (s *Scheduler) margin(ttl time.Duration) time.Duration {
@@ -477,7 +481,7 @@ func (s *Scheduler) margin(ttl time.Duration) time.Duration {
 
 // baseInterval is the renewal interval before jitter: min(TTL×Ratio, KeepAlive).
 func (s *Scheduler) baseInterval(ttl time.Duration) time.Duration {
-	return min(time.Duration(float64(ttl)*s.cfg.Ratio), s.cfg.KeepAlive)
+	return min(scaleDur(ttl, s.cfg.Ratio), s.cfg.KeepAlive)
 }
 
 // scheduleLocked recomputes l's heap key and position.
@@ -597,7 +601,7 @@ func (s *Scheduler) unlinkLocked(l *Lease) {
 
 func expiredCause(l *Lease, now int64) error {
 	return fmt.Errorf("%w (last confirmed send %v ago, TTL %v, %d renewal(s) unanswered)",
-		ErrExpired, time.Duration(now-l.confirmed).Round(time.Millisecond), l.ttl, l.inflight)
+		ErrExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, l.inflight)
 }
 
 func renewRequest(l *Lease) wire.Request {

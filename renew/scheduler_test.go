@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,6 +142,10 @@ func TestRenewalTimeAndDeadline(t *testing.T) {
 		{"keepalive cap", Config{KeepAlive: 200 * time.Millisecond}, time.Minute, 180 * time.Millisecond, 200 * time.Millisecond, 58 * time.Second},
 		{"default keepalive cap", Config{}, time.Hour, 9 * time.Second, 10 * time.Second, time.Hour - 2*time.Second},
 		{"ratio near 1: 90% of TTL−margin", Config{Ratio: 0.99}, 10 * time.Second, 7290 * time.Millisecond, 8100 * time.Millisecond, 9 * time.Second},
+		// 90% of 40 years must not be computed as ×9 first (it wraps negative).
+		{"decades", Config{}, 40 * 365 * 24 * time.Hour, 9 * time.Second, 10 * time.Second, 40*365*24*time.Hour - 2*time.Second},
+		// sent + TTL − margin is past the int64 range: saturated.
+		{"protocol maximum", Config{}, foreverTTL, 9 * time.Second, 10 * time.Second, math.MaxInt64 - 5*time.Second},
 	}
 	for _, tc := range cases {
 		s := newScheduler(tc.cfg)
