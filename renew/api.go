@@ -105,7 +105,8 @@ type Config struct {
 	// OnLost, if set, is called once for every lease lost while the
 	// scheduler is open, with the lease's Err, after Done is closed. It is
 	// not called for untracked (released) leases, nor for a lease that Track
-	// returns already lost after Close (its caller sees that from Err).
+	// returns lost with ErrClosed once Close has handed the held leases back
+	// (its caller sees that from Err).
 	//
 	// Calls are made one at a time, in the order the losses happened, by a
 	// notifier goroutine that runs only while notifications are pending;
