@@ -242,12 +242,22 @@ func crc32Index(key string, n int) int {
 // holdFootprint acquires n leases across 3 servers and measures what
 // holding them costs the client.
 type holdFootprint struct {
-	goroutines   int     // client goroutines while holding (delta)
-	conns        int     // open connections (all servers)
-	heapPerLease float64 // bytes
-	renewWritesS float64 // renewal writes per second
-	renewalsS    float64 // renewals per second
+	goroutines      int     // client goroutines while holding (delta)
+	conns           int     // open connections (all servers)
+	heapPerLease    float64 // bytes
+	renewals        int64   // renewals measured (at least n: a full cycle)
+	renewalWrites   int64   // writes that carried them
+	renewalsS       float64 // renewals per second (a measurement, machine-dependent)
+	renewalPerWrite float64
 }
+
+// Hold leases for 60 s and renew them every 2 s (TTL × ratio): a slow
+// machine delays renewals without losing leases, and batching still has
+// about 125 leases due per 25 ms round to group (10,000 leases / 2 s).
+const (
+	holdTTL      = 60 * time.Second
+	holdInterval = 2 * time.Second
+)
 
 func measureHold(tb testing.TB, n int) holdFootprint {
 	srvs := []*testutil.Server{
@@ -256,7 +266,7 @@ func measureHold(tb testing.TB, n int) holdFootprint {
 		newServer(tb, testutil.Config{MaxLocks: -1}),
 	}
 	cc := &connCounter{}
-	c, err := New(addrsOf(srvs...), WithDialer(cc.dial))
+	c, err := New(addrsOf(srvs...), WithDialer(cc.dial), WithRenewRatio(float64(holdInterval)/float64(holdTTL)))
 	require.NoError(tb, err)
 	defer c.Close()
 	ctx := context.Background()
@@ -276,7 +286,17 @@ func measureHold(tb testing.TB, n int) holdFootprint {
 			}
 		}
 	}
-	time.Sleep(50 * time.Millisecond) // let background lane dials settle before the baseline
+	// Lane dials finish in the background: wait until every lane is up on
+	// both sides before taking the baseline.
+	const lanes = 3 * DefaultLaneConns
+	require.Eventually(tb, func() bool {
+		for i, s := range srvs {
+			if s.Stats().Connections != DefaultLaneConns || c.servers[i].pool.Stats().LaneConns != DefaultLaneConns {
+				return false
+			}
+		}
+		return cc.open.Load() == lanes
+	}, testTimeout, time.Millisecond)
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
@@ -288,7 +308,7 @@ func measureHold(tb testing.TB, n int) holdFootprint {
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < n; i += workers {
-				l, err := c.Lock(ctx, keys[i], LeaseTTL(2*time.Second))
+				l, err := c.Lock(ctx, keys[i], LeaseTTL(holdTTL))
 				if err != nil {
 					tb.Error(err)
 					return
@@ -306,11 +326,24 @@ func measureHold(tb testing.TB, n int) holdFootprint {
 	fp.heapPerLease = float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc)) / float64(n)
 	fp.conns = int(cc.open.Load())
 
+	// One full renewal cycle, however long the machine takes for it. The
+	// keepalive (10 s) pings no lane that carries renewals, so the writes
+	// counted are renewal batches.
 	s0, w0, t0 := c.sched.Stats(), cc.writes.Load(), time.Now()
-	time.Sleep(2 * time.Second) // two renewal cycles of 2 s leases: time passing is the subject
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(2 * time.Minute); c.sched.Stats().Renewed-s0.Renewed < int64(n); {
+		<-tick.C
+		if time.Now().After(deadline) {
+			tb.Fatalf("no full renewal cycle: %+v after %+v", c.sched.Stats(), s0)
+		}
+	}
 	s1, w1, el := c.sched.Stats(), cc.writes.Load(), time.Since(t0).Seconds()
-	fp.renewWritesS = float64(w1-w0) / el
-	fp.renewalsS = float64(s1.Renewed-s0.Renewed) / el
+	fp.renewals = s1.Renewed - s0.Renewed
+	fp.renewalWrites = w1 - w0
+	fp.renewalsS = float64(fp.renewals) / el
+	fp.renewalPerWrite = float64(fp.renewals) / float64(max(fp.renewalWrites, 1))
+	require.Zero(tb, s1.Lost)
 	for _, l := range locks {
 		require.NoError(tb, l.Err())
 		require.NoError(tb, l.Release(ctx))
@@ -319,19 +352,21 @@ func measureHold(tb testing.TB, n int) holdFootprint {
 	return fp
 }
 
-// Holding 10,000 leases costs no goroutine and no connection per lease.
+// Holding 10,000 leases costs no goroutine and no connection per lease,
+// and their renewals are batched. How fast the machine renews is reported,
+// not asserted (BenchmarkHold10000Leases measures it).
 func TestHoldTenThousandLeasesFootprint(t *testing.T) {
 	if testing.Short() {
 		t.Skip("holds 10,000 leases")
 	}
 	fp := measureHold(t, 10000)
-	t.Logf("10,000 leases on 3 servers: %d extra goroutines, %d connections, %.0f B heap per lease, %.0f renewals/s in %.0f writes/s",
-		fp.goroutines, fp.conns, fp.heapPerLease, fp.renewalsS, fp.renewWritesS)
+	t.Logf("10,000 leases on 3 servers: %d extra goroutines, %d connections, %.0f B heap per lease; "+
+		"%d renewals in %d writes (%.0f per write), %.0f renewals/s",
+		fp.goroutines, fp.conns, fp.heapPerLease, fp.renewals, fp.renewalWrites, fp.renewalPerWrite, fp.renewalsS)
 	assert.LessOrEqual(t, fp.goroutines, 10, "goroutines grow with leases")
 	assert.LessOrEqual(t, fp.conns, 3*DefaultLaneConns+3, "connections grow with leases")
 	assert.Less(t, fp.heapPerLease, 2048.0, "heap per lease")
-	assert.Greater(t, fp.renewalsS, 5000.0, "10,000 2 s leases need about 10,000 renewals per second")
-	assert.Less(t, fp.renewWritesS, fp.renewalsS/10, "renewals are not batched")
+	assert.GreaterOrEqual(t, fp.renewalPerWrite, 10.0, "renewals are not batched")
 }
 
 func BenchmarkHold10000Leases(b *testing.B) {
@@ -342,6 +377,6 @@ func BenchmarkHold10000Leases(b *testing.B) {
 	b.ReportMetric(float64(fp.goroutines), "goroutines")
 	b.ReportMetric(float64(fp.conns), "conns")
 	b.ReportMetric(fp.heapPerLease, "heap-B/lease")
-	b.ReportMetric(fp.renewWritesS, "renew-writes/s")
+	b.ReportMetric(fp.renewalPerWrite, "renewals/write")
 	b.ReportMetric(fp.renewalsS, "renewals/s")
 }

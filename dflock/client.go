@@ -119,7 +119,6 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		Ratio:     o.renewRatio,
 		KeepAlive: o.keepAlive,
 		OnLost:    c.onLost,
-		Logger:    log,
 	}
 	c.sched = renew.New(rc)
 	for _, a := range addrs {

@@ -12,7 +12,6 @@ package renew
 
 import (
 	"errors"
-	"log/slog"
 	"strconv"
 	"time"
 
@@ -103,12 +102,27 @@ type Config struct {
 	// confirmed renewal is declared lost. Default: 10% of the TTL, at least
 	// 100ms, at most 2s. A result < 0 counts as 0, one above TTL/2 as TTL/2.
 	SafetyMargin func(ttl time.Duration) time.Duration
-	// OnLost, if set, is called (on its own goroutine) after a lease is lost.
-	// It is not called for untracked (released) leases. Close does not wait
-	// for running hooks.
+	// OnLost, if set, is called once for every lease lost while the
+	// scheduler is open, with the lease's Err, after Done is closed. It is
+	// not called for untracked (released) leases, nor for a lease that Track
+	// returns lost with ErrClosed once Close has handed the held leases back
+	// (its caller sees that from Err).
+	//
+	// Calls are made one at a time, in the order the losses happened, by a
+	// notifier goroutine that runs only while notifications are pending;
+	// never on the scheduler goroutine or on a connection reader. Losses are
+	// queued without bound and never dropped (the queue holds at most one
+	// entry per lease, so it is bounded by the leases tracked), so a slow
+	// OnLost delays later notifications but never a renewal or the detection
+	// of a loss.
+	//
+	// Close delivers every notification queued before it and waits for
+	// those calls to return: OnLost must not block indefinitely and must not
+	// call Close.
+	//
+	// The scheduler itself logs nothing: a caller that wants losses logged
+	// does it here, or from Stats.
 	OnLost func(l *Lease, err error)
-	// Logger; nil discards.
-	Logger *slog.Logger
 }
 
 // DefaultSafetyMargin is the default Config.SafetyMargin: 10% of ttl,
@@ -133,9 +147,6 @@ func (c Config) withDefaults() Config {
 	if c.SafetyMargin == nil {
 		c.SafetyMargin = DefaultSafetyMargin
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
 	return c
 }
 
@@ -148,7 +159,7 @@ type Spec struct {
 	Owner     Owner
 	// Sent is when the acquire request that produced the grant was written
 	// (the lease is assumed to have started then, the conservative choice).
-	// Zero means now.
+	// Zero, or a time after now, means now.
 	Sent time.Time
 }
 
@@ -160,4 +171,9 @@ type Stats struct {
 	Batches int64 // SendBatch calls (one write each, per owner per round)
 	Rounds  int64 // wakes that sent at least one renewal
 	Lost    int64
+	// ReleaseFailed counts best-effort releases of leases declared lost by
+	// the client's clock that failed: refused (usually because the server
+	// had already expired the lease) or not delivered (the connection broke,
+	// which releases the lease on the server anyway).
+	ReleaseFailed int64
 }

@@ -87,37 +87,46 @@ func (o *wireOwner) close() {
 }
 
 // TestRealServerRenewalKeepsALeasePastItsTTL shows that renewals from the
-// scheduler (n with the TTL) keep a 1 s lease alive on a real in-process
-// server for several TTLs, while an untracked 1 s lease on the same server
-// expires.
+// scheduler (n with the TTL) keep a 2 s lease alive on a real in-process
+// server for two TTLs, while an untracked 1 s lease on the same server
+// expires. The keepalive renews every 200 ms, so a loaded machine has
+// 1.6 s to get each renewal through, not a fraction of a second.
 func TestRealServerRenewalKeepsALeasePastItsTTL(t *testing.T) {
 	t.Parallel()
 	srv := testutil.NewServer(t, testutil.Config{SweepInterval: 100 * time.Millisecond})
 	holder := dialOwner(t, srv.Addr())
 	other := dialOwner(t, srv.Addr())
-	s := newTestScheduler(t, Config{})
+	s := newTestScheduler(t, Config{KeepAlive: 200 * time.Millisecond})
 
-	acquire := func(key string) (wire.Reply, time.Time) {
+	acquire := func(key string, lease int64) (wire.Reply, time.Time) {
 		sent := time.Now()
-		r, err := holder.do(wire.Request{Cmd: wire.CmdLock, Key: key, Timeout: 0, Lease: 1})
+		r, err := holder.do(wire.Request{Cmd: wire.CmdLock, Key: key, Timeout: 0, Lease: lease})
 		require.NoError(t, err)
 		require.Equal(t, wire.StatusOK, r.Status, "grant of %s", key)
 		return r, sent
 	}
-	g, sent := acquire("renewed")
+	g, sent := acquire("renewed", 2)
 	l := s.Track(Spec{Key: "renewed", Token: g.Token, TTL: time.Duration(g.Lease) * time.Second, Owner: holder, Sent: sent})
-	acquire("control") // not tracked: expires after 1 s
+	acquire("control", 1) // not tracked: expires after 1 s
 
-	// Time passing is the subject: hold for 3 TTLs.
-	time.Sleep(3 * time.Second)
+	// Time passing is the subject: hold for 2 TTLs.
+	time.Sleep(time.Until(sent.Add(2 * l.TTL())))
 
 	require.NoError(t, l.Err())
-	assert.GreaterOrEqual(t, s.Stats().Renewed, int64(4))
+	assert.GreaterOrEqual(t, s.Stats().Renewed, int64(2), "a 2 s lease held for 4 s")
 	r, err := other.do(wire.Request{Cmd: wire.CmdLock, Key: "renewed", Timeout: 0, Lease: 5})
 	require.NoError(t, err)
 	assert.Equal(t, wire.StatusTimeout, r.Status, "a renewed lease must still be held")
-	r, err = other.do(wire.Request{Cmd: wire.CmdLock, Key: "control", Timeout: 0, Lease: 5})
-	require.NoError(t, err)
+	// The control expired 3 s ago; the server's sweeper frees it.
+	deadline := time.Now().Add(waitShort)
+	for {
+		r, err = other.do(wire.Request{Cmd: wire.CmdLock, Key: "control", Timeout: 0, Lease: 5})
+		require.NoError(t, err)
+		if r.Status == wire.StatusOK || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling the server's state
+	}
 	assert.Equal(t, wire.StatusOK, r.Status, "an unrenewed 1 s lease must have expired")
 
 	// Explicit renew, then release.
@@ -129,19 +138,21 @@ func TestRealServerRenewalKeepsALeasePastItsTTL(t *testing.T) {
 }
 
 // TestRealServerOwnerCloseLosesTheLease: closing the owning connection makes
-// the server auto-release; the next renewal fails and the lease is lost.
+// the server auto-release; the next renewal (within the 100 ms keepalive)
+// fails and the lease is lost for that reason, long before its loss
+// deadline by the clock (9 s).
 func TestRealServerOwnerCloseLosesTheLease(t *testing.T) {
 	t.Parallel()
 	srv := testutil.NewServer(t, testutil.Config{SweepInterval: 100 * time.Millisecond})
 	holder := dialOwner(t, srv.Addr())
-	s := newTestScheduler(t, Config{})
+	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond})
 	sent := time.Now()
-	g, err := holder.do(wire.Request{Cmd: wire.CmdLock, Key: "k", Timeout: 0, Lease: 2})
+	g, err := holder.do(wire.Request{Cmd: wire.CmdLock, Key: "k", Timeout: 0, Lease: 10})
 	require.NoError(t, err)
 	require.Equal(t, wire.StatusOK, g.Status)
-	l := s.Track(Spec{Key: "k", Token: g.Token, TTL: 2 * time.Second, Owner: holder, Sent: sent})
+	l := s.Track(Spec{Key: "k", Token: g.Token, TTL: 10 * time.Second, Owner: holder, Sent: sent})
 	holder.close()
-	waitDone(t, l, 5*time.Second)
+	waitDone(t, l, waitShort)
 	assert.ErrorIs(t, l.Err(), ErrLost)
 	assert.ErrorIs(t, l.Err(), ErrOwnerFailed)
 }

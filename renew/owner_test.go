@@ -10,7 +10,9 @@ import (
 )
 
 // testOwner is a test double of the network peer: it records every
-// SendBatch and answers each request from a goroutine as its script says.
+// SendBatch and answers each request as its script says, in FIFO order on
+// what behaves like one reader goroutine per connection (a callback that
+// blocks holds up every later answer of that owner, as on *pool.Conn).
 type testOwner struct {
 	script func(req wire.Request) answer
 
@@ -19,6 +21,7 @@ type testOwner struct {
 	batches  []sentBatch
 	answered int           // done callbacks made
 	changed  chan struct{} // signalled (non-blocking) on every record/answer
+	last     chan struct{} // closed when the latest batch's answers are done
 	wg       sync.WaitGroup
 }
 
@@ -126,9 +129,17 @@ func (o *testOwner) SendBatch(reqs []wire.Request, done func(int, wire.Reply, er
 	if !async {
 		return
 	}
+	o.mu.Lock()
+	prev, mine := o.last, make(chan struct{})
+	o.last = mine
+	o.mu.Unlock()
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
+		defer close(mine)
+		if prev != nil {
+			<-prev // the previous batch's answers come first
+		}
 		for i, r := range cp {
 			a := answers[i]
 			if a.gate != nil {

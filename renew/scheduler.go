@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dflock-sdk/go/wire"
@@ -21,6 +22,11 @@ import (
 // sleeps on one timer armed for the heap's top; Track and reply callbacks
 // poke it through a non-blocking wake channel when they create an earlier
 // event.
+//
+// No user code and no logging runs on the scheduler goroutine or in reply
+// callbacks (which run on connection readers): losses are queued under the
+// mutex, in the order they happen, for a notifier goroutine that calls
+// Config.OnLost.
 type Scheduler struct {
 	cfg   Config
 	epoch time.Time
@@ -30,7 +36,19 @@ type Scheduler struct {
 	owners map[Owner]*ownerState
 	armed  int64 // event time the goroutine will wake for; MaxInt64 when idle
 	closed bool
-	stats  Stats // Leases is computed by Stats()
+	stats  Stats // Leases and ReleaseFailed are filled in by Stats()
+
+	// Loss notifications, guarded by mu. lostQ is appended to by endLocked
+	// and swapped out whole by the notifier; notifying says a notifier
+	// goroutine is running (at most one, which keeps the order); once
+	// notifyShut is set (by Close) nothing more is queued.
+	lostQ      []*Lease
+	notifying  bool
+	notifyShut bool
+	notifyWG   sync.WaitGroup
+
+	// Written by reply callbacks on connection readers, without the mutex.
+	releaseFailed atomic.Int64
 
 	// Used by the scheduler goroutine only (no lock needed for the slices'
 	// contents; ownerState.renew/rel/inRound are likewise goroutine-only).
@@ -76,10 +94,14 @@ func New(cfg Config) *Scheduler {
 
 // newScheduler builds a scheduler without starting its goroutine (tests and
 // benchmarks drive tick directly).
-func newScheduler(cfg Config) *Scheduler {
+func newScheduler(cfg Config) *Scheduler { return newSchedulerAt(cfg, time.Now()) }
+
+// newSchedulerAt builds a scheduler whose clock starts at epoch (tests use an
+// epoch far in the past to exercise large clock values).
+func newSchedulerAt(cfg Config, epoch time.Time) *Scheduler {
 	return &Scheduler{
 		cfg:    cfg.withDefaults(),
-		epoch:  time.Now(),
+		epoch:  epoch,
 		owners: make(map[Owner]*ownerState),
 		armed:  math.MaxInt64,
 		wake:   make(chan struct{}, 1),
@@ -113,11 +135,11 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		idx:   -1,
 		done:  make(chan struct{}),
 	}
-	var sent int64
-	if spec.Sent.IsZero() {
-		sent = s.now()
-	} else {
-		sent = int64(spec.Sent.Sub(s.epoch))
+	// A grant cannot have been sent in the future; treating such a Sent as
+	// now keeps a bogus value from postponing both renewal and loss.
+	sent := s.now()
+	if !spec.Sent.IsZero() {
+		sent = min(int64(spec.Sent.Sub(s.epoch)), sent) // Sub saturates
 	}
 
 	s.mu.Lock()
@@ -139,9 +161,7 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 	}
 	if cause != nil {
 		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
-		err := l.err
 		s.mu.Unlock()
-		s.lostHook(l, err)
 		return l
 	}
 	s.confirmLocked(l, sent, l.ttl)
@@ -217,32 +237,25 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 		s.mu.Unlock()
 		return
 	}
-	lost := make([]*Lease, 0, os.n)
 	for l := os.head; l != nil; {
 		next := l.onext
 		l.oprev, l.onext = nil, nil
 		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
-		lost = append(lost, l)
 		l = next
 	}
 	os.head, os.n = nil, 0
 	delete(s.owners, o)
 	s.mu.Unlock()
-
-	if len(lost) > 0 {
-		s.cfg.Logger.Warn("dflock: owning connection failed, leases lost", "leases", len(lost), "err", err)
-	}
-	if s.cfg.OnLost != nil {
-		for _, l := range lost {
-			go s.cfg.OnLost(l, l.err)
-		}
-	}
 }
 
 // Close stops the scheduler and returns the leases it still held (not lost),
 // untracked, so the caller can release them. Their Done is closed with
 // ErrReleased. Leases tracked afterwards are lost at once with ErrClosed.
-// Close is idempotent; later calls return nil.
+//
+// Before it returns, Close waits until Config.OnLost has been called for
+// every loss that happened before the leases were handed back; no OnLost
+// call is made after Close returns. Close is idempotent; later calls return
+// nil at once.
 func (s *Scheduler) Close() []*Lease {
 	s.mu.Lock()
 	if s.closed {
@@ -255,7 +268,6 @@ func (s *Scheduler) Close() []*Lease {
 	<-s.exited
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	held := make([]*Lease, len(s.heap))
 	copy(held, s.heap)
 	for _, l := range s.heap {
@@ -267,6 +279,12 @@ func (s *Scheduler) Close() []*Lease {
 		s.endLocked(l, stateReleased, ErrReleased)
 	}
 	clear(s.owners)
+	// Every lease is now ended, so no further loss can be queued (a late
+	// reply finds its lease untracked); Track after Close returns its
+	// lease lost without a notification.
+	s.notifyShut = true
+	s.mu.Unlock()
+	s.notifyWG.Wait()
 	return held
 }
 
@@ -276,6 +294,7 @@ func (s *Scheduler) Stats() Stats {
 	defer s.mu.Unlock()
 	st := s.stats
 	st.Leases = len(s.heap)
+	st.ReleaseFailed = s.releaseFailed.Load()
 	return st
 }
 
@@ -306,9 +325,8 @@ func (s *Scheduler) run() {
 func (s *Scheduler) tick() (time.Duration, bool) {
 	s.mu.Lock()
 	now := s.now()
-	horizon := now + int64(s.cfg.Window)
+	horizon := addSat(now, int64(s.cfg.Window))
 	nrenew := 0
-	var lost []*Lease
 	for len(s.heap) > 0 && s.heap[0].next <= horizon {
 		l := heap.Pop(&s.heap).(*Lease)
 		switch {
@@ -316,12 +334,11 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 			os := s.owners[l.owner]
 			s.unlinkLocked(l)
 			s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: expiredCause(l, now)})
-			lost = append(lost, l)
 			s.addToRound(os)
 			os.rel = append(os.rel, l)
 		case l.inflight > 0:
 			s.requeue = append(s.requeue, l)
-		case l.renewAt <= now+min(int64(s.cfg.Window), int64(s.baseInterval(l.ttl))/4):
+		case l.renewAt <= addSat(now, min(int64(s.cfg.Window), int64(s.baseInterval(l.ttl))/4)):
 			l.inflight++
 			l.next = l.deadline
 			os := s.owners[l.owner]
@@ -354,9 +371,6 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	armed := s.armed
 	s.mu.Unlock()
 
-	for _, l := range lost {
-		s.lostHook(l, l.err)
-	}
 	for _, os := range s.round {
 		if len(os.renew) > 0 {
 			b := &batch{s: s, leases: make([]*Lease, len(os.renew))}
@@ -373,11 +387,11 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 			for i, l := range os.rel {
 				reqs[i] = releaseRequest(l)
 			}
-			log := s.cfg.Logger
-			os.owner.SendBatch(reqs, func(i int, r wire.Reply, err error) {
+			// On the owner's reader: count, never log (a slow log
+			// handler would stall every reply behind this one).
+			os.owner.SendBatch(reqs, func(_ int, r wire.Reply, err error) {
 				if err != nil || r.Status != wire.StatusOK {
-					log.Debug("dflock: best-effort release of a lost lease failed",
-						"key", reqs[i].Key, "status", r.Status.String(), "err", err)
+					s.releaseFailed.Add(1)
 				}
 			})
 		}
@@ -393,7 +407,7 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	if armed == math.MaxInt64 {
 		return 0, false
 	}
-	return max(time.Duration(armed-s.now()), 0), true
+	return max(time.Duration(subSat(armed, s.now())), 0), true
 }
 
 func (s *Scheduler) addToRound(os *ownerState) {
@@ -404,8 +418,9 @@ func (s *Scheduler) addToRound(os *ownerState) {
 }
 
 // complete applies the answer to a renewal sent at sent. It runs on the
-// owner's reader goroutine: lock, update, fix the heap, return. It returns
-// the lease's error if the lease is (now) not held.
+// owner's reader goroutine: lock, update, fix the heap, return (a loss is
+// only queued for the notifier). It returns the lease's error if the lease
+// is (now) not held.
 func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) error {
 	s.mu.Lock()
 	if l.state != stateTracked {
@@ -431,7 +446,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) erro
 		if sent > l.confirmed {
 			ttl := l.ttl
 			if r.Lease > 0 && r.Lease < int64(ttl/time.Second) {
-				ttl = time.Duration(r.Lease) * time.Second // the server applied less: believe it
+				ttl = seconds(r.Lease) // the server applied less: believe it
 			}
 			s.confirmLocked(l, sent, ttl)
 		}
@@ -443,22 +458,21 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) erro
 	s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
 	lerr := l.err
 	s.mu.Unlock()
-	s.lostHook(l, lerr)
 	return lerr
 }
 
 // confirmLocked records a confirmed grant/renew sent at sent with the given
 // applied TTL and computes the next renewal and the loss deadline.
 func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) {
-	m := s.margin(ttl)
+	m := s.margin(ttl) // in [0, ttl/2], so ttl−m neither wraps nor goes negative
 	iv := s.baseInterval(ttl)
-	iv = min(iv, (ttl-m)*9/10) // always try to renew well before the loss deadline
-	if j := int64(float64(iv) * s.cfg.Jitter); j > 0 {
+	iv = min(iv, (ttl-m)/10*9) // always try to renew well before the loss deadline
+	if j := int64(scaleDur(iv, s.cfg.Jitter)); j > 0 {
 		iv -= time.Duration(rand.Int64N(j + 1))
 	}
 	l.confirmed = sent
-	l.deadline = sent + int64(ttl-m)
-	l.renewAt = sent + int64(iv)
+	l.deadline = addSat(sent, int64(ttl-m))
+	l.renewAt = addSat(sent, int64(iv))
 }
 
 func (s *Scheduler) margin(ttl time.Duration) time.Duration {
@@ -467,7 +481,7 @@ func (s *Scheduler) margin(ttl time.Duration) time.Duration {
 
 // baseInterval is the renewal interval before jitter: min(TTL×Ratio, KeepAlive).
 func (s *Scheduler) baseInterval(ttl time.Duration) time.Duration {
-	return min(time.Duration(float64(ttl)*s.cfg.Ratio), s.cfg.KeepAlive)
+	return min(scaleDur(ttl, s.cfg.Ratio), s.cfg.KeepAlive)
 }
 
 // scheduleLocked recomputes l's heap key and position.
@@ -491,29 +505,61 @@ func (s *Scheduler) wakeIfEarlierLocked(t int64) {
 }
 
 // endLocked ends a tracked lease (already unlinked from its owner): out of
-// the heap, Err set, Done closed, Context cancelled. Cheap; no user code.
+// the heap, Err set, Done closed, Context cancelled, a loss queued for
+// OnLost. Cheap; no user code.
 func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	if l.idx >= 0 {
 		heap.Remove(&s.heap, int(l.idx))
 	}
 	l.state = state
 	l.err = err
-	if state == stateLost {
-		s.stats.Lost++
-	}
 	// Cancel before closing Done: whoever wakes on Done must already find
 	// the Context cancelled.
 	if l.cancel != nil {
 		l.cancel(err)
 	}
 	close(l.done)
+	if state == stateLost {
+		s.stats.Lost++
+		s.queueLostLocked(l)
+	}
 }
 
-// lostHook reports a loss (outside the lock).
-func (s *Scheduler) lostHook(l *Lease, err error) {
-	s.cfg.Logger.Warn("dflock: lease lost", "key", l.key, "err", err)
-	if s.cfg.OnLost != nil {
-		go s.cfg.OnLost(l, err)
+// queueLostLocked queues l's loss for OnLost. Queueing under the mutex that
+// also decides the loss is what delivers notifications in loss order; the
+// queue never blocks and never drops.
+func (s *Scheduler) queueLostLocked(l *Lease) {
+	if s.cfg.OnLost == nil || s.notifyShut {
+		return
+	}
+	s.lostQ = append(s.lostQ, l)
+	if !s.notifying {
+		s.notifying = true
+		s.notifyWG.Add(1)
+		go s.notify()
+	}
+}
+
+// notify is the notifier goroutine: it delivers queued losses in order and
+// exits when the queue is empty (the next loss starts a new one), so an
+// idle scheduler costs no goroutine for it.
+func (s *Scheduler) notify() {
+	defer s.notifyWG.Done()
+	var batch []*Lease
+	for {
+		s.mu.Lock()
+		// Swap buffers: the delivered batch, cleared, becomes the queue.
+		clear(batch)
+		batch, s.lostQ = s.lostQ, batch[:0]
+		if len(batch) == 0 {
+			s.notifying = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		for _, l := range batch {
+			s.cfg.OnLost(l, l.err) // l.err was written under mu before queueing
+		}
 	}
 }
 
@@ -555,7 +601,7 @@ func (s *Scheduler) unlinkLocked(l *Lease) {
 
 func expiredCause(l *Lease, now int64) error {
 	return fmt.Errorf("%w (last confirmed send %v ago, TTL %v, %d renewal(s) unanswered)",
-		ErrExpired, time.Duration(now-l.confirmed).Round(time.Millisecond), l.ttl, l.inflight)
+		ErrExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, l.inflight)
 }
 
 func renewRequest(l *Lease) wire.Request {
