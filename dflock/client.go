@@ -349,7 +349,10 @@ func (c *Client) onConnBroken(conn *pool.Conn, err error) {
 	}
 }
 
-// onLost is renew.Config.OnLost (runs on its own goroutine).
+// onLost is renew.Config.OnLost. It runs on the scheduler's notifier
+// goroutine, which delivers every loss in order and which Close waits for:
+// it must not block, so the log record and the user's hook are queued on
+// the callback goroutine.
 func (c *Client) onLost(l *renew.Lease, err error) {
 	c.stats.lost.Add(1)
 	var addr string
@@ -359,7 +362,7 @@ func (c *Client) onLost(l *renew.Lease, err error) {
 	} else if pc, ok := l.Owner().(*pool.Conn); ok && pc != nil {
 		addr = pc.Server()
 	}
-	c.log.Debug("dflock: lease lost", "key", l.Key(), "server", addr, "err", err)
+	c.log.Warn("dflock: lease lost", "key", l.Key(), "server", addr, "err", err)
 	if h := c.opts.hooks.OnLeaseLost; h != nil {
 		info := LeaseInfo{Key: l.Key(), Token: l.Token(), Server: addr, Semaphore: l.Semaphore(), TTL: l.TTL()}
 		c.disp.do(func() { h(info, err) })
