@@ -87,17 +87,6 @@ func (s *scriptedServer) serve(nc net.Conn) {
 	}
 }
 
-func (s *scriptedServer) received(req string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, g := range s.got {
-		if g == req {
-			return true
-		}
-	}
-	return false
-}
-
 // A grant whose lease is outside the protocol's range (which would overflow
 // every deadline computed from it) is refused as a protocol violation and
 // given back to the server at once: it is neither reported held nor left
