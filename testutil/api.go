@@ -2,7 +2,7 @@
 // examples and benchmarks, plus fault injection (connection drops, stop and
 // restart on the same address, stalls, and a latency/blackhole/reset proxy).
 //
-// It speaks PROTOCOL.md byte for byte and does not import the SDK's wire
+// It speaks docs/protocol.md byte for byte and does not import the SDK's wire
 // package, so that the two check each other.
 //
 // The exported API: Config and Version here; Server, Start and NewServer and
