@@ -178,7 +178,7 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 	return state, nil
 }
 
-// rawStats mirrors the stats JSON (PROTOCOL.md §6.7).
+// rawStats mirrors the stats JSON (docs/protocol.md §6.7).
 type rawStats struct {
 	Connections int `json:"connections"`
 	Locks       []struct {

@@ -6,11 +6,13 @@
 // of every connection below the server's read timeout, and the fail-fast
 // state of a server that is down.
 //
-// This file holds the package's exported configuration, errors and stats;
-// Pool is in pool.go, Conn in conn.go, dialling in dial.go, the pacing of
-// wait-pool dials in dialgate.go, keepalive and the down-server probe in
-// keepalive.go, signal listener connections in listener.go, one-off requests
-// on a connection of their own (Query) in query.go.
+// New makes the Pool of one server from a Config. Pool.Do sends a
+// non-blocking request on the control lane; Pool.Acquire hands out a
+// wait-pool Conn for a blocking or two-phase exchange; Pool.DialListener
+// opens a connection for signal pushes; Pool.Query runs a one-off request
+// (such as `stats`) on a connection of its own. Pool.Stats is a local
+// snapshot. Errors matching ErrUnavailable mean the server is down and the
+// call failed fast; a *ServerError carries a reply the server refused with.
 package pool
 
 import (

@@ -6,7 +6,7 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// DialListener opens a connection for signal listening (PROTOCOL.md §6.6):
+// DialListener opens a connection for signal listening (docs/protocol.md §6.6):
 // a pipelined Conn like the lane's, outside both the control lane and the
 // wait pool, whose reader hands every `sig` push line to onPush.
 //

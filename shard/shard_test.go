@@ -39,7 +39,7 @@ func place(t *testing.T, s shard.Strategy, servers []string) shard.Placement {
 
 func TestCRC32MatchesTheOfficialClientsGoldenVectors(t *testing.T) {
 	t.Parallel()
-	// PROTOCOL.md §9: key -> server index for 1, 2, 3 and 5 servers.
+	// docs/protocol.md §9: key -> server index for 1, 2, 3 and 5 servers.
 	golden := []struct {
 		key  string
 		want [4]int

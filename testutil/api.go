@@ -2,12 +2,18 @@
 // examples and benchmarks, plus fault injection (connection drops, stop and
 // restart on the same address, stalls, and a latency/blackhole/reset proxy).
 //
-// It speaks PROTOCOL.md byte for byte and does not import the SDK's wire
+// It speaks docs/protocol.md byte for byte and does not import the SDK's wire
 // package, so that the two check each other.
 //
-// The exported API: Config and Version here; Server, Start and NewServer and
-// the lifecycle and fault-injection methods in server.go; Server.Stats in
-// stats.go; the audit log of leases (Config.Audit, AuditEvent) in audit.go.
+// NewServer starts a Server for one test and stops it at the test's end;
+// Start does the same outside tests. Config picks the protocol Version to
+// imitate and the server's flags (auth token, TLS, limits, timeouts;
+// Config.Audit sees every lease event, for invariant checks). A Server can be
+// stopped and restarted on the same address, stalled, drained like SIGTERM
+// (Shutdown), or made to drop its connections; Server.Stats is its view of
+// locks, semaphores and subscriptions. Proxy injects network faults between
+// a client and a server, and NewTLSCerts makes a throwaway CA and server
+// certificate for TLS tests.
 package testutil
 
 import (

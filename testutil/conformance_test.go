@@ -13,7 +13,7 @@ import (
 
 var versionNames = map[Version]string{V1_16: "v1.16", V1_10: "v1.10", V2_1: "v2.1"}
 
-// TestConformanceTranscript replays PROTOCOL.md §6.10 byte for byte on every version.
+// TestConformanceTranscript replays docs/protocol.md §6.10 byte for byte on every version.
 func TestConformanceTranscript(t *testing.T) {
 	t.Parallel()
 	for _, v := range []Version{V1_16, V1_10, V2_1} {

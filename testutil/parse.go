@@ -9,7 +9,7 @@ import (
 	"unicode/utf8"
 )
 
-// Line caps of PROTOCOL.md §2. They count the bytes before '\n', including
+// Line caps of docs/protocol.md §2. They count the bytes before '\n', including
 // any '\r' that is stripped afterwards.
 const (
 	maxLineBytes  = 256

@@ -333,7 +333,7 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Shutdown drains like SIGTERM (PROTOCOL.md §8j): the listener closes at once
+// Shutdown drains like SIGTERM (docs/protocol.md §8j): the listener closes at once
 // and blocked waiters get `error`; on V1_16 and V2_1 the next request on each
 // connection is answered `error_draining` and the connection closed, on V1_10
 // connections keep being served. When every connection is gone,
@@ -347,7 +347,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	// Refuse new connections before waking blocked waiters, so a client
 	// that sees its wait interrupted can rely on the listener being gone
-	// (PROTOCOL.md §8j: listener closed at once, then waiters get error).
+	// (docs/protocol.md §8j: listener closed at once, then waiters get error).
 	s.closeListenerLocked()
 	s.drainOnce.Do(func() { close(s.drainCh) })
 	s.checkDrainedLocked()

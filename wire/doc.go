@@ -13,6 +13,6 @@
 //
 //	go test -run='^$' -bench=. -benchmem ./wire
 //
-// Protocol references (§n) point at PROTOCOL.md, the wire specification the
+// Protocol references (§n) point at docs/protocol.md, the wire specification the
 // SDK is written against.
 package wire

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// Server lines of PROTOCOL.md §6.10 and §5, plus the fence and push variants.
+// Server lines of docs/protocol.md §6.10 and §5, plus the fence and push variants.
 var replySeeds = []string{
 	"ok " + tok + " 33",
 	"ok " + tok + " 7",

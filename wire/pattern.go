@@ -3,7 +3,7 @@ package wire
 import "strings"
 
 // MatchPattern reports whether channel matches the NATS-style pattern
-// (PROTOCOL.md §6.6). The pattern is assumed valid.
+// (docs/protocol.md §6.6). The pattern is assumed valid.
 //
 // Both strings are split on '.' exactly like the server's strings.Split, so
 // even the patterns ValidatePattern refuses (empty tokens) match the same

@@ -12,7 +12,7 @@ func TestMatchPattern(t *testing.T) {
 		pattern, channel string
 		want             bool
 	}{
-		// PROTOCOL.md §6.6.
+		// docs/protocol.md §6.6.
 		{">", "a", true},
 		{">", "a.b.c", true},
 		{"a.>", "a.b", true},

@@ -5,7 +5,7 @@ import (
 	"strconv"
 )
 
-// Status is the first word of a reply line (PROTOCOL.md §10).
+// Status is the first word of a reply line (docs/protocol.md §10).
 type Status uint8
 
 // The status words of §5 and §10. The comment is the word on the wire.

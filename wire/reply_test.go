@@ -10,7 +10,7 @@ import (
 
 func TestParseReplyTranscript(t *testing.T) {
 	t.Parallel()
-	// Server bytes of PROTOCOL.md §6.10 (without the '\n').
+	// Server bytes of docs/protocol.md §6.10 (without the '\n').
 	tests := []struct {
 		line string
 		cmd  Command

@@ -2,7 +2,7 @@ package wire
 
 import "strconv"
 
-// Command is a request verb of the line protocol (PROTOCOL.md §6).
+// Command is a request verb of the line protocol (docs/protocol.md §6).
 type Command uint8
 
 // The commands of the signal-era protocol. The comment is the word on the
@@ -28,7 +28,7 @@ const (
 	numCommands
 )
 
-// Wire limits (PROTOCOL.md §2, §6.6).
+// Wire limits (docs/protocol.md §2, §6.6).
 const (
 	// MaxLine is the server's cap on the bytes before '\n' of the cmd and key
 	// lines and of most arg lines (all versions).
@@ -113,7 +113,7 @@ func RenewRequest(key, token string, semaphore bool, leaseSeconds int64) Request
 
 // Blocking reports whether the request may park its connection on the
 // server (l/sl with Timeout > 0, w/sw). Such a request must not share a
-// connection with anything that needs a prompt answer (PROTOCOL.md §8f).
+// connection with anything that needs a prompt answer (docs/protocol.md §8f).
 func (r *Request) Blocking() bool {
 	switch r.Cmd {
 	case CmdLock, CmdSemLock:

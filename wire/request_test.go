@@ -12,7 +12,7 @@ const tok = "c40f710173851c807df83b39ea076ad2"
 
 func TestAppendToMatchesProtocolTranscript(t *testing.T) {
 	t.Parallel()
-	// Client bytes of PROTOCOL.md §6.10, byte for byte.
+	// Client bytes of docs/protocol.md §6.10, byte for byte.
 	tests := []struct {
 		name string
 		req  Request

@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 )
 
-// Validate checks every field the command uses against PROTOCOL.md §3 and
+// Validate checks every field the command uses against docs/protocol.md §3 and
 // the line caps, returning an *ArgError that names the first bad argument.
 // Fields the command does not use are ignored, as AppendTo ignores them.
 //
