@@ -132,7 +132,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			MaxConns:     int32(min(o.maxConns, 1<<30)),
 			LaneConns:    o.laneConns,
 			Logger:       log.With("server", a),
-			OnConnBroken: c.onConnBroken,
+			OnConnBroken: func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
 		})
 		if err != nil {
 			for _, s := range c.servers {
@@ -339,12 +339,13 @@ func (c *Client) releaseAll(held []*renew.Lease) {
 	}
 }
 
-// onConnBroken is pool.Config.OnConnBroken: every lease the connection owns
-// is lost at once.
-func (c *Client) onConnBroken(conn *pool.Conn, err error) {
-	c.sched.OwnerFailed(conn, err)
+// onConnBroken is pool.Config.OnConnBroken of server addr: every lease the
+// connection owns is lost at once.
+func (c *Client) onConnBroken(addr string, owner pool.Owner, err error) {
+	if owner != nil {
+		c.sched.OwnerFailed(owner, err)
+	}
 	if h := c.opts.hooks.OnConnBroken; h != nil {
-		addr := conn.Server()
 		c.disp.do(func() { h(addr, err) })
 	}
 }
@@ -359,8 +360,8 @@ func (c *Client) onLost(l *renew.Lease, err error) {
 	if lk := c.waitLocks.take(l); lk != nil {
 		addr = lk.srv.addr
 		lk.returnConn(true)
-	} else if pc, ok := l.Owner().(*pool.Conn); ok && pc != nil {
-		addr = pc.Server()
+	} else {
+		addr = c.ServerFor(l.Key())
 	}
 	c.log.Warn("dflock: lease lost", "key", l.Key(), "server", addr, "err", err)
 	if h := c.opts.hooks.OnLeaseLost; h != nil {

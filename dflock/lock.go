@@ -30,7 +30,7 @@ type Lock struct {
 	// release go there). conn is the same connection when it is a
 	// wait-pool connection the lease pins (granted after waiting, or by a
 	// two-phase ticket); nil when a control-lane connection owns the lease.
-	owner    *pool.Conn
+	owner    renew.Owner
 	conn     *pool.Conn
 	connDone atomic.Bool
 	limit    int64 // 0 for a lock
@@ -545,7 +545,7 @@ func refusal(op, key string, srv *server, r wire.Reply) error {
 
 // track hands a grant to the scheduler and wraps it. pinned is the
 // wait-pool connection the lease pins, or nil for a control-lane grant.
-func (c *Client) track(srv *server, owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *Lock {
+func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *Lock {
 	if pinned != nil {
 		pinned.Pin()
 	}

@@ -163,7 +163,7 @@ func (p *Pool) waitForDial(ctx context.Context, gen uint64) error {
 	g.waiting--
 	switch {
 	case err != nil:
-		if g.failures > 0 && !p.isClosed.Load() {
+		if g.failures > 0 && !p.closed.Load() {
 			// Say why the caller had to wait, in words only: wrapping
 			// the dial error would make a caller that gave up match
 			// ErrUnavailable and wire.ErrConnBroken.
