@@ -78,7 +78,7 @@ const (
 	DefaultKeepAlive    = 10 * time.Second
 	DefaultMaxConns     = 128
 	DefaultLaneConns    = 2
-	DefaultWriteTimeout = 5 * time.Second
+	defaultWriteTimeout = 5 * time.Second
 )
 
 // Config configures the pool of one server.
@@ -100,10 +100,6 @@ type Config struct {
 	MaxConns int32
 	// LaneConns is the number of control-lane connections. Default DefaultLaneConns.
 	LaneConns int
-	// WriteTimeout bounds one (coalesced) write. Default DefaultWriteTimeout.
-	WriteTimeout time.Duration
-	// MaxReplyLine caps a reply line; default wire.DefaultMaxLine.
-	MaxReplyLine int
 	// Logger; nil discards. Never logs the auth token.
 	//
 	// The pool logs from connection readers, flush goroutines and the
@@ -125,6 +121,13 @@ type Config struct {
 	// matches ErrUnavailable if the server or the network broke the
 	// connection, and ErrClosed if Close did.
 	OnConnBroken func(owner Owner, err error)
+
+	// Set only by this package's tests (dflock keeps the defaults):
+
+	// writeTimeout bounds one (coalesced) write. Default defaultWriteTimeout.
+	writeTimeout time.Duration
+	// maxReplyLine caps a reply line; default wire.DefaultMaxLine.
+	maxReplyLine int
 }
 
 // Stats of one server's pool.

@@ -25,12 +25,12 @@ import (
 // mutex; if no flush is in progress it starts a short-lived flush goroutine,
 // which yields the processor once (so that senders already runnable append
 // first), swaps the buffer out and writes it outside the lock (bounded by
-// Config.WriteTimeout), looping while other senders appended more in the
+// Config.writeTimeout), looping while other senders appended more in the
 // meantime, and exits. Concurrent senders therefore coalesce into one write.
 // No caller ever writes on its own goroutine: it waits for its reply or for
 // its context, so a caller whose request is stuck in a write to a server that
 // stopped reading returns when its context ends. The write itself goes on and
-// breaks the connection only if WriteTimeout passes (the connection is then
+// breaks the connection only if writeTimeout passes (the connection is then
 // genuinely stalled).
 //
 // Replies are matched by one reader goroutine against a FIFO ring of
@@ -303,7 +303,7 @@ func (c *conn) flush() {
 
 func (c *conn) write(b []byte) (int64, error) {
 	t := time.Now()
-	_ = c.wc.SetWriteDeadline(t.Add(c.p.cfg.WriteTimeout))
+	_ = c.wc.SetWriteDeadline(t.Add(c.p.cfg.writeTimeout))
 	// Counted before writing: the replies (and a caller reading Stats
 	// after them) may come before WriteRaw returns.
 	c.nwrite.Add(1)

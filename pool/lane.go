@@ -209,7 +209,7 @@ func (p *Pool) dialLane(s *laneSlot, d *laneDial) {
 // server down (see dialFailed).
 func (p *Pool) dialLaneConn(ctx context.Context) (*LaneConn, error) {
 	l := &LaneConn{}
-	_, err := p.dial(ctx, true, p.cfg.MaxReplyLine, func(c *conn) {
+	_, err := p.dial(ctx, true, p.cfg.maxReplyLine, func(c *conn) {
 		c.owner = l // for OnConnBroken: the lane connection owns its leases
 		l.c = c
 	})

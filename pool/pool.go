@@ -72,7 +72,7 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("dflock: pool: empty server address")
 	}
-	if cfg.DialTimeout < 0 || cfg.KeepAlive < 0 || cfg.WriteTimeout < 0 || cfg.MaxConns < 0 || cfg.LaneConns < 0 || cfg.MaxReplyLine < 0 {
+	if cfg.DialTimeout < 0 || cfg.KeepAlive < 0 || cfg.writeTimeout < 0 || cfg.MaxConns < 0 || cfg.LaneConns < 0 || cfg.maxReplyLine < 0 {
 		return nil, fmt.Errorf("dflock: pool: server %s: negative duration or size in Config", cfg.Addr)
 	}
 	if cfg.Dial == nil {
@@ -90,11 +90,11 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.LaneConns == 0 {
 		cfg.LaneConns = DefaultLaneConns
 	}
-	if cfg.WriteTimeout == 0 {
-		cfg.WriteTimeout = DefaultWriteTimeout
+	if cfg.writeTimeout == 0 {
+		cfg.writeTimeout = defaultWriteTimeout
 	}
-	if cfg.MaxReplyLine == 0 {
-		cfg.MaxReplyLine = wire.DefaultMaxLine
+	if cfg.maxReplyLine == 0 {
+		cfg.maxReplyLine = wire.DefaultMaxLine
 	}
 	p := &Pool{
 		cfg:      cfg,
@@ -148,9 +148,6 @@ func New(cfg Config) (*Pool, error) {
 	go p.janitor()
 	return p, nil
 }
-
-// Addr is the server address.
-func (p *Pool) Addr() string { return p.cfg.Addr }
 
 func (p *Pool) now() int64 { return int64(time.Since(p.start)) }
 

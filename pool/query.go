@@ -24,7 +24,7 @@ const MaxQueryLine = 64 << 20
 // Query sends req on a short-lived connection of its own — outside the
 // control lane and the wait pool, so it never waits for a pool slot and never
 // risks a lease-owning connection — reads one reply with a line cap of
-// maxLine bytes (0 means Config.MaxReplyLine; values above MaxQueryLine are
+// maxLine bytes (0 means Config.maxReplyLine; values above MaxQueryLine are
 // an error naming the bound), and closes the connection. ctx bounds dial,
 // handshake and exchange; Close interrupts it. It fails fast while the server
 // is down, like Acquire, and its dial is counted in Stats.Dials.
@@ -53,7 +53,7 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 		}
 	}
 	if maxLine == 0 {
-		maxLine = p.cfg.MaxReplyLine
+		maxLine = p.cfg.maxReplyLine
 	}
 	switch req.Cmd {
 	case wire.CmdLock, wire.CmdSemLock, wire.CmdEnqueue, wire.CmdSemEnqueue, wire.CmdWait, wire.CmdSemWait,

@@ -135,7 +135,7 @@ func TestStallAndWriteTimeoutMatchErrUnavailable(t *testing.T) {
 		srv := newServer(t, testutil.Config{})
 		var sd stallDialer
 		rec := newBrokenRecorder()
-		p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, LaneConns: 1, WriteTimeout: 50 * time.Millisecond,
+		p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, LaneConns: 1, writeTimeout: 50 * time.Millisecond,
 			KeepAlive: time.Hour, OnConnBroken: rec.hook})
 		_, lane, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
 		require.NoError(t, err)
