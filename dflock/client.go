@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/shard"
@@ -42,10 +41,9 @@ type Client struct {
 	closed    chan struct{} // closed when Close has finished
 	bg        sync.WaitGroup
 
-	waitLocks registry  // held leases that pin a wait-pool connection
-	tickets   ticketSet // queued two-phase tickets (they hold a connection)
-	signals   signalHub // signal subscriptions and listener connections (signal_listener.go)
-	disp      *dispatcher
+	tickets ticketSet // queued two-phase tickets (they hold a connection)
+	signals signalHub // signal subscriptions and listener connections (signal_listener.go)
+	disp    *dispatcher
 
 	stats clientCounters
 }
@@ -115,12 +113,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	rc := renew.Config{
-		Ratio:     o.renewRatio,
-		KeepAlive: o.keepAlive,
-		OnLost:    c.onLost,
-	}
-	c.sched = renew.New(rc)
+	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive})
 	for _, a := range addrs {
 		p, err := pool.New(pool.Config{
 			Addr:         a,
@@ -132,7 +125,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			MaxConns:     int32(min(o.maxConns, 1<<30)),
 			LaneConns:    o.laneConns,
 			Logger:       log.With("server", a),
-			OnConnBroken: c.onConnBroken,
+			OnConnBroken: func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
 		})
 		if err != nil {
 			for _, s := range c.servers {
@@ -276,20 +269,23 @@ func (c *Client) close() {
 	c.cancel(ErrClosed)
 
 	// Wait for operations in progress: they observe the cancelled context
-	// promptly. The poll is only a safety net for a missed wake-up.
-	tick := time.NewTicker(10 * time.Millisecond)
+	// promptly. The wake-up cannot be missed. closing is set before the
+	// first load of inflight, and the atomics are sequentially consistent:
+	// a leave that brings inflight to zero after that store sees closing and
+	// leaves a token in drained (or finds one there); one that brought it to
+	// zero before the store is seen by the load as zero, unless a later
+	// enter raised it again, and that operation's own leave comes after the
+	// store. A stale token only costs one more look at inflight.
 	for c.inflight.Load() != 0 {
-		select {
-		case <-c.drained:
-		case <-tick.C:
-		}
+		<-c.drained
 	}
-	tick.Stop()
 
 	held := c.sched.Close()
 	c.releaseAll(held)
 	c.tickets.closeAll()
-	c.waitLocks.each(func(l *Lock) { l.returnConn(true) })
+	// Pinned wait-pool connections of held leases are closed by the pool's
+	// Close below, after their releases went out; leases lost earlier gave
+	// theirs back in their OnLost, which sched.Close waited for.
 	c.signals.close() // subscriptions and listener connections, before the pools
 	for _, s := range c.servers {
 		s.pool.Close()
@@ -339,95 +335,15 @@ func (c *Client) releaseAll(held []*renew.Lease) {
 	}
 }
 
-// onConnBroken is pool.Config.OnConnBroken: every lease the connection owns
-// is lost at once.
-func (c *Client) onConnBroken(conn *pool.Conn, err error) {
-	c.sched.OwnerFailed(conn, err)
+// onConnBroken is pool.Config.OnConnBroken of server addr: every lease the
+// connection owns is lost at once.
+func (c *Client) onConnBroken(addr string, owner pool.Owner, err error) {
+	if owner != nil {
+		c.sched.OwnerFailed(owner, err)
+	}
 	if h := c.opts.hooks.OnConnBroken; h != nil {
-		addr := conn.Server()
 		c.disp.do(func() { h(addr, err) })
 	}
-}
-
-// onLost is renew.Config.OnLost. It runs on the scheduler's notifier
-// goroutine, which delivers every loss in order and which Close waits for:
-// it must not block, so the log record and the user's hook are queued on
-// the callback goroutine.
-func (c *Client) onLost(l *renew.Lease, err error) {
-	c.stats.lost.Add(1)
-	var addr string
-	if lk := c.waitLocks.take(l); lk != nil {
-		addr = lk.srv.addr
-		lk.returnConn(true)
-	} else if pc, ok := l.Owner().(*pool.Conn); ok && pc != nil {
-		addr = pc.Server()
-	}
-	c.log.Warn("dflock: lease lost", "key", l.Key(), "server", addr, "err", err)
-	if h := c.opts.hooks.OnLeaseLost; h != nil {
-		info := LeaseInfo{Key: l.Key(), Token: l.Token(), Server: addr, Semaphore: l.Semaphore(), TTL: l.TTL()}
-		c.disp.do(func() { h(info, err) })
-	}
-}
-
-// registry is a sharded set of held Locks that pin a wait-pool connection,
-// indexed by their lease (the scheduler reports losses by lease).
-type registry struct {
-	shards [32]regShard
-}
-
-type regShard struct {
-	mu sync.Mutex
-	m  map[*renew.Lease]*Lock
-	_  [48]byte // keep shards on separate cache lines (16 + 48 = 64 bytes)
-}
-
-func (r *registry) shard(l *renew.Lease) *regShard {
-	return &r.shards[xxhash.Sum64String(l.Token())%uint64(len(r.shards))]
-}
-
-func (r *registry) add(l *Lock) {
-	s := r.shard(l.lease)
-	s.mu.Lock()
-	if s.m == nil {
-		s.m = make(map[*renew.Lease]*Lock)
-	}
-	s.m[l.lease] = l
-	s.mu.Unlock()
-}
-
-// take removes and returns the Lock of lease l, if registered.
-func (r *registry) take(l *renew.Lease) *Lock {
-	s := r.shard(l)
-	s.mu.Lock()
-	lk := s.m[l]
-	delete(s.m, l)
-	s.mu.Unlock()
-	return lk
-}
-
-// each calls f for (and removes) every registered Lock.
-func (r *registry) each(f func(*Lock)) {
-	for i := range r.shards {
-		s := &r.shards[i]
-		s.mu.Lock()
-		m := s.m
-		s.m = nil
-		s.mu.Unlock()
-		for _, l := range m {
-			f(l)
-		}
-	}
-}
-
-func (r *registry) len() int {
-	n := 0
-	for i := range r.shards {
-		s := &r.shards[i]
-		s.mu.Lock()
-		n += len(s.m)
-		s.mu.Unlock()
-	}
-	return n
 }
 
 // ticketSet holds the queued tickets, whose connections Close must destroy.

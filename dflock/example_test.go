@@ -36,7 +36,7 @@ func ExampleClient_Lock() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("holding", l.Key(), "with a lease of", l.Lease())
+	fmt.Println("holding", l.Key(), "with a lease of", l.TTL())
 
 	// Another holder cannot have it meanwhile.
 	_, err = c.TryLock(ctx, "orders:42")

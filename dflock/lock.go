@@ -27,15 +27,15 @@ type Lock struct {
 	srv   *server
 	lease *renew.Lease
 	// owner is the connection that acquired the lease (renewals and the
-	// release go there). conn is the same connection when it is a
+	// release go there). pinned is the same connection when it is a
 	// wait-pool connection the lease pins (granted after waiting, or by a
 	// two-phase ticket); nil when a control-lane connection owns the lease.
-	owner    *pool.Conn
-	conn     *pool.Conn
-	connDone atomic.Bool
-	limit    int64 // 0 for a lock
-	fence    uint64
-	hasFence bool
+	owner      renew.Owner
+	pinned     *pool.Conn
+	pinnedDone atomic.Bool
+	limit      int64 // 0 for a lock
+	fence      uint64
+	hasFence   bool
 
 	relMu   sync.Mutex // serialises Release; guards relDone and relErr
 	relDone bool
@@ -48,9 +48,9 @@ func (l *Lock) Key() string { return l.lease.Key() }
 // Token returns the server's token for this lease (opaque).
 func (l *Lock) Token() string { return l.lease.Token() }
 
-// Lease returns the lease TTL granted by the server (whole seconds). It is
+// TTL returns the lease TTL granted by the server (whole seconds). It is
 // renewed with this TTL until released.
-func (l *Lock) Lease() time.Duration { return l.lease.TTL() }
+func (l *Lock) TTL() time.Duration { return l.lease.TTL() }
 
 // Limit returns the semaphore limit, or 0 for an exclusive lock.
 func (l *Lock) Limit() int { return int(l.limit) }
@@ -85,10 +85,10 @@ func (l *Lock) op(name string) string {
 
 // Renew renews the lease now, instead of waiting for the scheduler, and
 // waits for the server's answer. A refusal loses the lease and returns an
-// error matching ErrLockLost.
+// error matching ErrLockLost. A nil ctx is an *ArgError.
 func (l *Lock) Renew(ctx context.Context) error {
 	if ctx == nil {
-		ctx = context.Background()
+		return &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
 	c := l.c
 	if !c.enter() {
@@ -100,7 +100,7 @@ func (l *Lock) Renew(ctx context.Context) error {
 	}
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
-	err := c.sched.Renew(opCtx, l.lease)
+	err := l.lease.Renew(opCtx)
 	switch {
 	case err == nil:
 		return nil
@@ -124,10 +124,11 @@ func (l *Lock) endedError(op string, err error) error {
 // on the server).
 //
 // The release is sent even if ctx has already ended; ctx only bounds the
-// wait for the server's answer. A nil ctx means context.Background().
+// wait for the server's answer. A nil ctx is an *ArgError (and releases
+// nothing), as everywhere in this package.
 func (l *Lock) Release(ctx context.Context) error {
 	if ctx == nil {
-		ctx = context.Background()
+		return &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
 	l.relMu.Lock()
 	defer l.relMu.Unlock()
@@ -146,11 +147,8 @@ func (l *Lock) release(ctx context.Context) error {
 		return l.releaseResult()
 	}
 	defer c.leave()
-	if !c.sched.Untrack(l.lease) {
+	if !l.lease.Untrack() {
 		return l.releaseResult()
-	}
-	if l.conn != nil {
-		c.waitLocks.take(l.lease)
 	}
 	// The release is queued whether or not ctx has ended: the lease is no
 	// longer renewed, so a release that is never sent would leave the lock
@@ -164,7 +162,7 @@ func (l *Lock) release(ctx context.Context) error {
 	res := make(chan error, 1)
 	c.bg.Add(1)
 	l.owner.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
-		if l.conn == nil {
+		if l.pinned == nil {
 			// Lane-owned: nothing to hand back, safe on the reader goroutine.
 			res <- l.finishRelease(releaseReply{r, err})
 			c.bg.Done()
@@ -195,7 +193,7 @@ type releaseReply struct {
 func (l *Lock) finishRelease(rr releaseReply) error {
 	l.c.stats.released.Add(1)
 	ok := rr.err == nil && rr.r.Status == wire.StatusOK
-	if l.conn != nil {
+	if l.pinned != nil {
 		l.returnConn(!ok)
 	}
 	switch {
@@ -232,14 +230,32 @@ func (l *Lock) releaseResult() error {
 // destroyed after a loss or a failed release, returned to the pool after a
 // clean release.
 func (l *Lock) returnConn(destroy bool) {
-	if l.conn == nil || !l.connDone.CompareAndSwap(false, true) {
+	if l.pinned == nil || !l.pinnedDone.CompareAndSwap(false, true) {
 		return
 	}
-	l.conn.Unpin()
+	l.pinned.Unpin()
 	if destroy {
-		l.conn.Destroy()
+		l.pinned.Destroy()
 	} else {
-		l.conn.Release()
+		l.pinned.Release()
+	}
+}
+
+// onLost is the lease's renew.Spec.OnLost: the one place where a lost
+// lease's end is handled. It runs on the scheduler's notifier goroutine,
+// which delivers every loss in order and which Close waits for, so it must
+// not block: the pinned connection (if any) is destroyed at once (which
+// never waits for the network), and the log record and the user's hook are
+// queued for the callback goroutine. It may run before Track has returned,
+// so it reads the lease from its argument, never l.lease.
+func (l *Lock) onLost(lease *renew.Lease, err error) {
+	c := l.c
+	c.stats.lost.Add(1)
+	l.returnConn(true)
+	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", l.srv.addr, "err", err)
+	if h := c.opts.hooks.OnLeaseLost; h != nil {
+		info := LeaseInfo{Key: lease.Key(), Token: lease.Token(), Server: l.srv.addr, Semaphore: lease.Semaphore(), TTL: lease.TTL()}
+		c.disp.do(func() { h(info, err) })
 	}
 }
 
@@ -545,34 +561,33 @@ func refusal(op, key string, srv *server, r wire.Reply) error {
 
 // track hands a grant to the scheduler and wraps it. pinned is the
 // wait-pool connection the lease pins, or nil for a control-lane grant.
-func (c *Client) track(srv *server, owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *Lock {
+func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *Lock {
+	l := &Lock{c: c, srv: srv, owner: owner, pinned: pinned, limit: req.Limit}
 	if pinned != nil {
 		pinned.Pin()
 	}
-	lease := c.sched.Track(renew.Spec{
-		Key:       req.Key,
-		Token:     r.Token,
-		Semaphore: req.Limit > 0,
-		TTL:       time.Duration(r.Lease) * time.Second,
-		Owner:     owner,
-		Sent:      sent,
-	})
-	l := &Lock{c: c, srv: srv, lease: lease, owner: owner, conn: pinned, limit: req.Limit}
 	switch {
 	case r.HasFence:
 		l.fence, l.hasFence = r.Fence, true
 	case c.opts.fencing:
 		l.fence, l.hasFence = wire.FenceFromToken(r.Token)
 	}
+	// Everything onLost reads is written above: Track's lock orders it
+	// before the notifier's call.
+	l.lease = c.sched.Track(renew.Spec{
+		Key:       req.Key,
+		Token:     r.Token,
+		Semaphore: req.Limit > 0,
+		TTL:       time.Duration(r.Lease) * time.Second,
+		Owner:     owner,
+		Sent:      sent,
+		OnLost:    l.onLost,
+	})
 	c.stats.acquired.Add(1)
-	if pinned != nil {
-		c.waitLocks.add(l)
-		if lease.Err() != nil {
-			// Lost before it was registered: the loss hook may have
-			// missed it.
-			c.waitLocks.take(lease)
-			l.returnConn(true)
-		}
+	if l.lease.Err() != nil {
+		// Lost at once. onLost gives the connection back too, except
+		// after Close (then it is not called); returnConn acts once.
+		l.returnConn(true)
 	}
 	return l
 }

@@ -356,7 +356,7 @@ func TestReleaseIsIdempotentAndEndsTheLease(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "rel", l.Key())
 	assert.Len(t, l.Token(), 32)
-	assert.Equal(t, 7*time.Second, l.Lease())
+	assert.Equal(t, 7*time.Second, l.TTL())
 	assert.Equal(t, srv.Addr(), l.Server())
 	assert.Zero(t, l.Limit())
 	assert.NoError(t, l.Err())
@@ -525,4 +525,25 @@ func TestReleaseWithEndedContextStillReleases(t *testing.T) {
 		require.Eventually(t, func() bool { return !lockHeld(srv, l.Key()) }, 5*time.Second, time.Millisecond)
 	}
 	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }, 5*time.Second, time.Millisecond)
+}
+
+// One rule for nil contexts across the API: an *ArgError naming ctx, never
+// a silent context.Background(). A nil-ctx Release or Renew does nothing.
+func TestNilContextIsAnArgErrorForRenewAndRelease(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(s))
+	l, err := c.TryLock(testCtx(t), "nilctx")
+	require.NoError(t, err)
+	//lint:ignore SA1012 a nil context is what is under test
+	err = l.Renew(nil) //nolint:staticcheck
+	var ae *ArgError
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, "ctx", ae.Arg)
+	//lint:ignore SA1012 a nil context is what is under test
+	err = l.Release(nil) //nolint:staticcheck
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, "ctx", ae.Arg)
+	require.NoError(t, l.Err(), "a nil-ctx Release releases nothing")
+	require.NoError(t, l.Release(testCtx(t)))
 }

@@ -248,7 +248,7 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 		// connection of their own, which owns no lease and is outside the
 		// wait pool, so that blocked Locks cannot make them wait.
 		var e *emitConn
-		var conn *pool.Conn
+		var conn *pool.ListenerConn
 		if e, err = c.signals.emitter(srv); err == nil {
 			if conn, err = e.get(opCtx); err == nil {
 				r, err = conn.Do(opCtx, req)

@@ -182,13 +182,13 @@ type emitConn struct {
 
 	mu      sync.Mutex
 	closed  bool
-	conn    *pool.Conn
+	conn    *pool.ListenerConn
 	dialing chan struct{} // non-nil while a dial is in progress; closed when it ends
 }
 
 // get returns the live connection, dialling it (under ctx) if needed.
 // Concurrent callers share one dial.
-func (e *emitConn) get(ctx context.Context) (*pool.Conn, error) {
+func (e *emitConn) get(ctx context.Context) (*pool.ListenerConn, error) {
 	for {
 		e.mu.Lock()
 		if e.closed {
@@ -238,7 +238,7 @@ func (e *emitConn) get(ctx context.Context) (*pool.Conn, error) {
 }
 
 // discard destroys conn, and forgets it if it is still the current one.
-func (e *emitConn) discard(conn *pool.Conn) {
+func (e *emitConn) discard(conn *pool.ListenerConn) {
 	e.mu.Lock()
 	if e.conn == conn {
 		e.conn = nil
@@ -296,7 +296,7 @@ type breakNote struct {
 
 // lconn is one connection of a listener.
 type lconn struct {
-	conn *pool.Conn
+	conn *pool.ListenerConn
 	dead atomic.Bool // broken or retired: its pushes are ignored
 }
 

@@ -25,7 +25,7 @@ func TestEnqueueOnFreeKeyIsAcquiredAtOnce(t *testing.T) {
 	assert.True(t, lockHeld(srv, "2p-free"), "the lease is held from enqueue time")
 	l, err := tk.Wait(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, 5*time.Second, l.Lease())
+	assert.Equal(t, 5*time.Second, l.TTL())
 	_, err = tk.Wait(ctx)
 	require.ErrorIs(t, err, ErrTicketDone)
 	require.NoError(t, l.Release(ctx))

@@ -13,6 +13,22 @@
 // (such as `stats`) on a connection of its own. Pool.Stats is a local
 // snapshot. Errors matching ErrUnavailable mean the server is down and the
 // call failed fast; a *ServerError carries a reply the server refused with.
+//
+// Three kinds of connection share one framed, pipelined implementation (an
+// unexported conn: coalesced writes, one reader matching replies in FIFO
+// order, keepalive) and each has its own type: LaneConn (control lane, via
+// Pool.Do), Conn (an acquired wait-pool connection, via Pool.Acquire) and
+// ListenerConn (Pool.DialListener). One way to send per need: Do waits for
+// a reply; SendBatch queues several requests in one write and reports each
+// answer to a callback on the reader.
+//
+// Compatibility: none. The package exists for package dflock (which wraps
+// every value it hands to users, except Stats) and may change with any
+// release. Its sentinel errors are the ones dflock exports under its own
+// names (dflock.ErrClosed is ErrClosed, dflock.ErrServerUnavailable is
+// ErrUnavailable, and so on): they are defined here, in the lowest package
+// that returns them, so that errors from every layer match one value; match
+// them through package dflock.
 package pool
 
 import (
@@ -22,6 +38,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/dflock-sdk/go/wire"
 )
 
 var (
@@ -39,12 +57,21 @@ var (
 	ErrUnavailable = errors.New("dflock: server unavailable")
 	// ErrAuth: the server refused the auth token (error_auth).
 	ErrAuth = errors.New("dflock: authentication failed")
-	// ErrClosed: the pool (client) is closed.
+	// ErrClosed: the pool (client) is closed. dflock.ErrClosed.
 	ErrClosed = errors.New("dflock: client closed")
 	// ErrDraining: the server is shutting down (error_draining) and closes
 	// the connection.
 	ErrDraining = errors.New("dflock: server draining")
 )
+
+// Owner is a connection that leases granted on it belong to: a *LaneConn
+// (Pool.Do) or an acquired *Conn. The server ties a lease's auto-release to
+// that connection, so its renewals and release are sent there. It has the
+// method set of renew.Owner, so it is one.
+type Owner interface {
+	SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error))
+	Err() error
+}
 
 // Defaults, exported so callers can document and reuse them.
 const (
@@ -52,7 +79,7 @@ const (
 	DefaultKeepAlive    = 10 * time.Second
 	DefaultMaxConns     = 128
 	DefaultLaneConns    = 2
-	DefaultWriteTimeout = 5 * time.Second
+	defaultWriteTimeout = 5 * time.Second
 )
 
 // Config configures the pool of one server.
@@ -74,10 +101,6 @@ type Config struct {
 	MaxConns int32
 	// LaneConns is the number of control-lane connections. Default DefaultLaneConns.
 	LaneConns int
-	// WriteTimeout bounds one (coalesced) write. Default DefaultWriteTimeout.
-	WriteTimeout time.Duration
-	// MaxReplyLine caps a reply line; default wire.DefaultMaxLine.
-	MaxReplyLine int
 	// Logger; nil discards. Never logs the auth token.
 	//
 	// The pool logs from connection readers, flush goroutines and the
@@ -92,11 +115,20 @@ type Config struct {
 	// error, EOF, protocol violation, cancellation) or is destroyed, from
 	// the goroutine that noticed — often a reader, a flusher or the
 	// janitor. It must return promptly and never block, for the same reason
-	// as Logger. The renewal scheduler uses it to declare the connection's
-	// leases lost at once. err matches wire.ErrConnBroken; it also matches
-	// ErrUnavailable if the server or the network broke the connection, and
-	// ErrClosed if Close did.
-	OnConnBroken func(c *Conn, err error)
+	// as Logger. owner is the connection as the Owner of the leases granted
+	// on it — the *LaneConn, or the acquired *Conn — or nil when it could
+	// own none (idle in the wait pool, a listener): the Client declares
+	// those leases lost at once. err matches wire.ErrConnBroken; it also
+	// matches ErrUnavailable if the server or the network broke the
+	// connection, and ErrClosed if Close did.
+	OnConnBroken func(owner Owner, err error)
+
+	// Set only by this package's tests (dflock keeps the defaults):
+
+	// writeTimeout bounds one (coalesced) write. Default defaultWriteTimeout.
+	writeTimeout time.Duration
+	// maxReplyLine caps a reply line; default wire.DefaultMaxLine.
+	maxReplyLine int
 }
 
 // Stats of one server's pool.
@@ -109,7 +141,7 @@ type Stats struct {
 	IdleConns     int   // idle wait-pool connections
 	AcquiredConns int   // wait-pool connections out of the pool (blocking acquires, tickets, pinned)
 	PinnedConns   int   // acquired connections that own at least one lease
-	ListenerConns int   // live signal listener connections (DialListener)
+	ListenerConns int   // live listener connections (DialListener)
 	Broken        int64 // connections that broke or were destroyed
 	Pings         int64 // keepalive pings sent
 	Requests      int64 // requests written

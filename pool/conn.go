@@ -5,49 +5,50 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/puddle/v2"
-
 	"github.com/dflock-sdk/go/wire"
 )
 
-// Conn is one framed, pipelined connection. Any number of goroutines may
-// send on it; their requests are coalesced into as few writes as possible
-// and replies are matched in FIFO order by one reader goroutine.
+// conn is the one framed, pipelined connection under every role (LaneConn,
+// Conn, ListenerConn). Any number of goroutines may send on it; their
+// requests are coalesced into as few writes as possible and replies are
+// matched in FIFO order by one reader goroutine. What differs between roles
+// — who may send what, what a cancelled caller does to the connection, who
+// is told of a break — lives in the role types, not here.
 //
 // Writing uses leader-based flushing with no idle goroutine per
 // connection: a sender encodes its request into the shared buffer under the
 // mutex; if no flush is in progress it starts a short-lived flush goroutine,
 // which yields the processor once (so that senders already runnable append
 // first), swaps the buffer out and writes it outside the lock (bounded by
-// Config.WriteTimeout), looping while other senders appended more in the
+// Config.writeTimeout), looping while other senders appended more in the
 // meantime, and exits. Concurrent senders therefore coalesce into one write.
 // No caller ever writes on its own goroutine: it waits for its reply or for
 // its context, so a caller whose request is stuck in a write to a server that
 // stopped reading returns when its context ends. The write itself goes on and
-// breaks the connection only if WriteTimeout passes (the connection is then
+// breaks the connection only if writeTimeout passes (the connection is then
 // genuinely stalled).
 //
 // Replies are matched by one reader goroutine against a FIFO ring of
 // pending calls; call objects are recycled (sync.Pool), so a round trip
 // allocates nothing beyond the strings of the parsed reply.
-//
-// A Conn is either a control-lane connection (shared, long-lived, may own
-// many callers' leases; never closed because one caller gave up) or an
-// exclusive wait-pool connection from Pool.Acquire.
-type Conn struct {
-	p    *Pool
-	wc   *wire.Conn
-	lane bool
+type conn struct {
+	p  *Pool
+	wc *wire.Conn
 
-	// Listener connections (DialListener) only: pushes go to onPush, and
-	// onBroken is told once when the connection breaks.
-	listener bool
+	// Set before the reader starts, never changed. onPush receives the
+	// `sig` lines (nil drops them); onBroken, if set, is called once after
+	// the connection broke, after Config.OnConnBroken.
 	onPush   func(wire.Push)
 	onBroken func(error)
+	// quiet: the connection's end is not reported (Config.OnConnBroken,
+	// Stats.Broken): it carries a single request (Pool.Query) and ends
+	// when that is answered.
+	quiet bool
 
 	flushFn func() // c.flush, bound once so that starting it allocates nothing
 
@@ -60,25 +61,19 @@ type Conn struct {
 	lastActive int64     // p.now() of the last write or blocking reply
 	progress   int64     // p.now() when the queue became non-empty or last got a reply
 	err        error     // sticky; set once, under mu
+	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
 
 	errp     atomic.Pointer[ServerError] // lock-free mirror of err
 	inflight atomic.Int32                // len(q), for lane choice and Release
-	pins     atomic.Int32
-	ping     atomic.Uint32 // pingUnknown, pingOK, pingUnsupported
+	ping     atomic.Uint32               // pingUnknown, pingOK, pingUnsupported
 	nreq     atomic.Int64
 	nwrite   atomic.Int64
-
-	// Wait-pool bookkeeping. res is set (under p.mu) before out becomes
-	// true; out is true while the connection is acquired and not yet
-	// released or destroyed.
-	res *puddle.Resource[*Conn]
-	out atomic.Bool
 }
 
-// newConn wraps a handshaken connection; the caller sets its kind and
+// newConn wraps a handshaken connection; the caller sets its hooks and
 // registers it.
-func (p *Pool) newConn(wc *wire.Conn, ping uint32) *Conn {
-	c := &Conn{p: p, wc: wc, lastActive: p.now()}
+func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
+	c := &conn{p: p, wc: wc, lastActive: p.now()}
 	c.flushFn = c.flush
 	c.ping.Store(ping)
 	return c
@@ -90,85 +85,57 @@ const (
 	pingUnsupported
 )
 
-// maxKeepBuf bounds the write buffers a Conn keeps between flushes.
+// maxKeepBuf bounds the write buffers a conn keeps between flushes.
 const maxKeepBuf = 64 << 10
 
 var pingReq = wire.Request{Cmd: wire.CmdPing}
 
-// Do sends req and waits for its reply. On an exclusive (wait-pool)
-// connection, if ctx ends first the connection is destroyed (that is how the
-// server withdraws a blocked waiter) and the error matches ctx.Err() and
-// wire.ErrConnBroken. On a control-lane connection a cancelled caller only
-// stops waiting, as with Pool.Do, and lane restrictions apply
-// (ErrNotLaneSafe). On a listener connection (DialListener) a cancelled
-// caller only stops waiting too, and any command is allowed.
-//
-// Invalid requests are refused with the wire.ArgError from Validate.
-func (c *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
-	if c.lane {
-		if err := laneCheck(&req); err != nil {
-			return wire.Reply{}, err
-		}
-	}
-	if err := req.Validate(); err != nil {
-		return wire.Reply{}, err
-	}
-	r, _, err := c.do(ctx, &req)
-	return r, err
-}
-
-// do sends a validated request and waits for its reply. sent is false if
-// nothing was sent (context already done, connection already broken).
-func (c *Conn) do(ctx context.Context, req *wire.Request) (_ wire.Reply, sent bool, _ error) {
+// do sends req and waits for its reply or for ctx. sent is false if nothing
+// was sent (context already done, connection already broken, request
+// refused by framed). abandoned is true if ctx ended first: the
+// reply will still be read (and, if grantKey is set and the reply is a
+// grant, released at once on this connection); what else to do about the
+// abandoned exchange is the caller's decision.
+func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wire.Reply, sent, abandoned bool, _ error) {
 	if err := ctx.Err(); err != nil {
-		return wire.Reply{}, false, serverErr(c.p.cfg.Addr, err, nil)
+		return wire.Reply{}, false, false, serverErr(c.p.cfg.Addr, err, nil)
 	}
 	cl := getCall()
 	cl.kind = callWait
 	cl.cmd = req.Cmd
 	cl.blocking = req.Blocking()
-	if c.lane && grantable(req.Cmd) {
-		cl.key = req.Key
-	}
+	cl.key = grantKey
 	if err := c.send(req, cl); err != nil {
 		putCall(cl)
-		return wire.Reply{}, false, err
+		return wire.Reply{}, false, false, err
 	}
 	select {
 	case <-cl.done:
 		r, err := cl.result()
-		return r, true, err
+		return r, true, false, err
 	case <-ctx.Done():
 	}
 	if !cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
 		// The reply won the race; it is ours.
 		<-cl.done
 		r, err := cl.result()
-		return r, true, err
+		return r, true, false, err
 	}
 	// From here the reader owns cl.
-	if !c.lane && !c.listener {
-		c.Destroy()
-		return wire.Reply{}, true, serverErr(c.p.cfg.Addr, ctx.Err(), errWithdrawnBroken)
-	}
-	return wire.Reply{}, true, serverErr(c.p.cfg.Addr, ctx.Err(), nil)
+	return wire.Reply{}, true, true, serverErr(c.p.cfg.Addr, ctx.Err(), nil)
 }
 
-var errWithdrawnBroken = fmt.Errorf("%w (%w)", wire.ErrConnBroken, errWithdrawn)
-
-// SendBatch writes reqs in one write (coalesced with concurrent senders) and
+// sendBatch writes reqs in one write (coalesced with concurrent senders) and
 // calls done once per request, in order, from the reader goroutine (or with
-// an error if the connection breaks). done must not block. SendBatch itself
-// never blocks on the network: the write happens on another goroutine.
-//
-// Requests that fail validation (or, on a lane connection, the lane check)
-// are not sent: done reports their error synchronously, before SendBatch
-// returns and before the replies to the others. If the connection is
-// already broken, done reports that error synchronously for every request.
-func (c *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+// an error if the connection breaks). Requests refused by the framing check
+// are not sent: done reports their error synchronously, before sendBatch
+// returns and before the replies to the others; so does every request if
+// the connection is already broken. It never blocks on the network: the
+// write happens on the flush goroutine.
+func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	bad := false
 	for i := range reqs {
-		if err := c.check(&reqs[i]); err != nil {
+		if err := framed(&reqs[i]); err != nil {
 			bad = true
 			done(i, wire.Reply{}, err)
 		}
@@ -178,7 +145,7 @@ func (c *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 		err := c.err
 		c.mu.Unlock()
 		for i := range reqs {
-			if !bad || c.check(&reqs[i]) == nil {
+			if !bad || framed(&reqs[i]) == nil {
 				done(i, wire.Reply{}, err)
 			}
 		}
@@ -187,7 +154,7 @@ func (c *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 	n := 0
 	for i := range reqs {
 		req := &reqs[i]
-		if bad && c.check(req) != nil {
+		if bad && framed(req) != nil {
 			continue
 		}
 		cl := getCall()
@@ -203,113 +170,53 @@ func (c *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 		c.mu.Unlock()
 		return
 	}
-	// The renewal scheduler calls SendBatch from its one goroutine for every
+	// The renewal scheduler calls sendBatch from its one goroutine for every
 	// owner in turn: it must never block on a socket whose send buffer is
 	// full (a blackholed server), or every other lease's renewal would wait
 	// behind it. startFlushLocked writes on the flush goroutine; c.err == nil
-	// under c.mu, so the reader is still running and counted in p.conns.
+	// under c.mu, so the reader is still running and counted in p.io.
 	c.startFlushLocked()
 }
 
-func (c *Conn) check(req *wire.Request) error {
-	if c.lane {
-		if err := laneCheck(req); err != nil {
-			return err
+// framed is the one check a request gets again below package dflock, which
+// validates every request once, at its API boundary. It is the cheap check
+// that protects the connection itself: a line break inside a field would
+// make the server read extra requests and answer them, and every later
+// reply on the connection would be matched to the wrong caller — on a lane
+// connection, callers that have nothing to do with the bad request.
+// Anything else a server refuses costs only that request's answer.
+func framed(req *wire.Request) error {
+	for _, f := range [...]struct{ name, v string }{{"key", req.Key}, {"token", req.Token}, {"arg", req.Arg}} {
+		if strings.IndexByte(f.v, '\n') >= 0 {
+			return &wire.ArgError{Arg: f.name, Reason: "contains a line break, which would desynchronise the connection"}
 		}
 	}
-	return req.Validate()
+	return nil
 }
 
-// Pin records that the connection owns one more lease; Unpin one fewer.
-// A pinned wait-pool connection stays acquired (it counts toward
-// Config.MaxConns) until its leases are gone and it is released.
-func (c *Conn) Pin() { c.pins.Add(1) }
-
-// Unpin records that the connection owns one lease fewer.
-func (c *Conn) Unpin() {
-	for {
-		n := c.pins.Load()
-		if n <= 0 || c.pins.CompareAndSwap(n, n-1) {
-			return
-		}
-	}
-}
-
-// Pins is the number of leases the connection owns (Pin minus Unpin).
-func (c *Conn) Pins() int { return int(c.pins.Load()) }
-
-// Release returns an exclusive connection to the wait pool if it is healthy
-// (not broken, no reply pending, not pinned), otherwise destroys it.
-// Idempotent (only the first Release/Destroy counts). Releasing a pinned
-// connection destroys it, and with it the server-side leases it owns: Unpin
-// first. On a control-lane connection Release does nothing.
-func (c *Conn) Release() {
-	if !c.takeOut() {
-		return
-	}
-	if c.errp.Load() == nil && c.inflight.Load() == 0 && c.pins.Load() == 0 {
-		c.res.Release()
-		// Callers waiting for a paced dial may take this one instead.
-		c.p.gate.broadcast()
-		return
-	}
-	if c.pins.Load() > 0 {
-		c.p.log.Warn("dflock: pinned connection released; destroying it (its leases end)", "server", c.p.cfg.Addr)
-	}
-	c.fail(errDestroyed)
-	c.res.Destroy()
-}
-
-// Destroy closes the connection (the server auto-releases its leases and
-// withdraws its waiters). Idempotent. Config.OnConnBroken is called for it.
-func (c *Conn) Destroy() {
-	c.fail(errDestroyed)
-	if c.takeOut() {
-		c.res.Destroy()
-	}
-}
-
-// takeOut ends the acquisition of a wait-pool connection: true for exactly
-// one caller (Release, Destroy or Pool.Close), who must then hand c.res back
-// to puddle.
-func (c *Conn) takeOut() bool {
-	if !c.out.CompareAndSwap(true, false) {
-		return false
-	}
-	c.p.mu.Lock()
-	delete(c.p.acquired, c)
-	c.p.mu.Unlock()
-	c.p.nAcquired.Add(-1)
-	return true
-}
-
-// Err is nil while the connection is usable; afterwards an error matching
-// wire.ErrConnBroken that names the server. It also matches ErrUnavailable
-// if the server or the network broke the connection, and ErrClosed after
-// Pool.Close.
-func (c *Conn) Err() error {
+// Err is nil while the connection is usable; afterwards the sticky error.
+func (c *conn) Err() error {
 	if e := c.errp.Load(); e != nil {
 		return e
 	}
 	return nil
 }
 
-// Server is the address of the connection's server.
-func (c *Conn) Server() string { return c.p.cfg.Addr }
-
-// SupportsPing reports whether the server answered `ping` with ok (v1.14+);
-// false on v1.10 servers, which answer `error` (still a valid keepalive).
-// Every connection pings once during its handshake, so this is known as soon
-// as the Conn exists.
-func (c *Conn) SupportsPing() bool { return c.ping.Load() == pingOK }
-
-// Lane reports whether this is a control-lane connection.
-func (c *Conn) Lane() bool { return c.lane }
+// setOwner records the lease owner the connection serves from now on (nil:
+// none), reported to Config.OnConnBroken if it breaks.
+func (c *conn) setOwner(o Owner) {
+	c.mu.Lock()
+	c.owner = o
+	c.mu.Unlock()
+}
 
 // send enqueues one request and starts a flush (or leaves it to the flush
 // in progress). It never blocks on the network: the caller then waits for
 // the reply or its context, whichever comes first.
-func (c *Conn) send(req *wire.Request, cl *call) error {
+func (c *conn) send(req *wire.Request, cl *call) error {
+	if err := framed(req); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -323,7 +230,9 @@ func (c *Conn) send(req *wire.Request, cl *call) error {
 	return nil
 }
 
-func (c *Conn) enqueueLocked(req *wire.Request, cl *call) {
+// enqueueLocked encodes req (checked by framed) into the write buffer and
+// queues cl for its reply.
+func (c *conn) enqueueLocked(req *wire.Request, cl *call) {
 	if c.q.n == 0 {
 		c.progress = c.p.now()
 	}
@@ -339,30 +248,30 @@ func (c *Conn) enqueueLocked(req *wire.Request, cl *call) {
 // startFlushLocked is called with c.mu held and c.err == nil, and returns with
 // c.mu released. If a flush is in progress the data just appended rides on
 // its next write; otherwise it starts the flush goroutine. It never blocks on
-// the network, so every sender may call it: callers of Do (which then wait
+// the network, so every sender may call it: callers of do (which then wait
 // for their reply or their context), the reader goroutine (releasing an
-// abandoned grant), the renewal scheduler (SendBatch) and the janitor
+// abandoned grant), the renewal scheduler (sendBatch) and the janitor
 // (keepalive pings), none of which may stall behind a socket whose send
 // buffer is full.
 //
 // c.err == nil under c.mu means that the reader goroutine has not yet failed
-// the connection and so is still counted in p.conns; the flush goroutine is
+// the connection and so is still counted in p.io; the flush goroutine is
 // added to p.conns here, under c.mu, so that Pool.Close waits for it too.
-func (c *Conn) startFlushLocked() {
+func (c *conn) startFlushLocked() {
 	if c.flushing {
 		c.mu.Unlock()
 		return
 	}
 	c.flushing = true
-	c.p.conns.Add(1)
+	c.p.io.Add(1)
 	c.mu.Unlock()
 	go c.flushFn()
 }
 
 // flush is the flush goroutine (c.flushFn): it writes what senders have
 // queued, looping until the buffer stays empty, then exits.
-func (c *Conn) flush() {
-	defer c.p.conns.Done()
+func (c *conn) flush() {
+	defer c.p.io.Done()
 	// Yield once before the first write so that senders that are runnable
 	// right now (typically woken by the reader's last replies) append to
 	// this write instead of each starting their own. Measured with 64
@@ -392,9 +301,9 @@ func (c *Conn) flush() {
 	c.mu.Unlock()
 }
 
-func (c *Conn) write(b []byte) (int64, error) {
+func (c *conn) write(b []byte) (int64, error) {
 	t := time.Now()
-	_ = c.wc.SetWriteDeadline(t.Add(c.p.cfg.WriteTimeout))
+	_ = c.wc.SetWriteDeadline(t.Add(c.p.cfg.writeTimeout))
 	// Counted before writing: the replies (and a caller reading Stats
 	// after them) may come before WriteRaw returns.
 	c.nwrite.Add(1)
@@ -404,8 +313,8 @@ func (c *Conn) write(b []byte) (int64, error) {
 
 // readLoop is the connection's only reader: it matches reply lines to calls
 // in FIFO order until the connection breaks.
-func (c *Conn) readLoop() {
-	defer c.p.conns.Done()
+func (c *conn) readLoop() {
+	defer c.p.io.Done()
 	for {
 		line, err := c.wc.ReadLine()
 		if err != nil {
@@ -414,7 +323,7 @@ func (c *Conn) readLoop() {
 		}
 		if wire.IsPush(line) {
 			if c.onPush == nil {
-				continue // lane and wait-pool connections do not listen
+				continue // only listener connections listen
 			}
 			push, err := wire.ParsePush(line)
 			if err != nil {
@@ -460,7 +369,7 @@ func truncLine(b []byte) string {
 }
 
 // deliver completes cl exactly once.
-func (c *Conn) deliver(cl *call, r wire.Reply, err error) {
+func (c *conn) deliver(cl *call, r wire.Reply, err error) {
 	switch cl.kind {
 	case callBatch:
 		cl.cb(cl.idx, r, err)
@@ -473,7 +382,7 @@ func (c *Conn) deliver(cl *call, r wire.Reply, err error) {
 			cl.done <- struct{}{}
 			return // the waiter recycles cl
 		}
-		if err == nil && c.lane {
+		if err == nil && cl.key != "" {
 			c.releaseAbandoned(cl, &r)
 		}
 	}
@@ -481,10 +390,10 @@ func (c *Conn) deliver(cl *call, r wire.Reply, err error) {
 }
 
 // releaseAbandoned releases a grant that arrived for a caller that gave up,
-// on the same connection, without waiting for the answer.
-func (c *Conn) releaseAbandoned(cl *call, r *wire.Reply) {
-	// Only try-acquires (l/sl with timeout 0) reach here: laneCheck
-	// refuses every other grant-carrying command on the lane.
+// on the same connection, without waiting for the answer. Only Pool.Do sets
+// cl.key, and only for try-acquires: laneCheck refuses every other
+// grant-carrying command on the lane.
+func (c *conn) releaseAbandoned(cl *call, r *wire.Reply) {
 	if r.Status != wire.StatusOK || r.Token == "" {
 		return
 	}
@@ -492,8 +401,8 @@ func (c *Conn) releaseAbandoned(cl *call, r *wire.Reply) {
 		return
 	}
 	req := wire.ReleaseRequest(cl.key, r.Token, cl.cmd == wire.CmdSemLock)
-	if req.Validate() != nil {
-		return
+	if framed(&req) != nil {
+		return // the reply parser never yields a token with a line break
 	}
 	c.p.log.Debug("dflock: releasing a grant whose caller gave up", "server", c.p.cfg.Addr, "key", cl.key)
 	rel := getCall()
@@ -507,11 +416,11 @@ func (c *Conn) releaseAbandoned(cl *call, r *wire.Reply) {
 	}
 	c.enqueueLocked(&req, rel)
 	// c.err == nil under c.mu, so the reader (this goroutine) is still
-	// running and counted in p.conns.
+	// running and counted in p.io.
 	c.startFlushLocked()
 }
 
-func (c *Conn) pingDone(r wire.Reply, err error) {
+func (c *conn) pingDone(r wire.Reply, err error) {
 	if err != nil {
 		return
 	}
@@ -532,7 +441,7 @@ func (c *Conn) pingDone(r wire.Reply, err error) {
 // callers waiting with a context that never ends would wait forever. It
 // returns when the connection next needs attention (p.now() units), or -1
 // if it is broken.
-func (c *Conn) keepalive(now, ka int64) int64 {
+func (c *conn) keepalive(now, ka int64) int64 {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -564,7 +473,7 @@ func (c *Conn) keepalive(now, ka int64) int64 {
 	c.p.pings.Add(1)
 	// Never write on the janitor: one stalled connection must not delay
 	// the keepalive of the others. c.err == nil under c.mu, so the reader
-	// is still running and counted in p.conns.
+	// is still running and counted in p.io.
 	c.startFlushLocked()
 	return satAdd(now, ka)
 }
@@ -581,8 +490,8 @@ func satAdd(a, b int64) int64 {
 
 // fail breaks the connection with cause unless it is already broken: the
 // socket closes, every pending call fails, and the pool is told (which
-// calls Config.OnConnBroken) exactly once.
-func (c *Conn) fail(cause error) {
+// calls Config.OnConnBroken) exactly once, then onBroken.
+func (c *conn) fail(cause error) {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -597,12 +506,13 @@ func (c *Conn) fail(cause error) {
 	}
 	c.inflight.Store(0)
 	c.blocking = 0
+	owner := c.owner
 	c.mu.Unlock()
 	_ = c.wc.Close()
 	for _, cl := range pending {
 		c.deliver(cl, wire.Reply{}, err)
 	}
-	c.p.connBroken(c, err)
+	c.p.connBroken(c, owner, err)
 	if c.onBroken != nil {
 		c.onBroken(err)
 	}
@@ -686,28 +596,4 @@ func (q *callQueue) pop() *call {
 	q.head = (q.head + 1) & (len(q.buf) - 1)
 	q.n--
 	return cl
-}
-
-// grantable: lane commands whose reply may carry a grant that must be
-// released if nobody waits for it any more (laneCheck admits no other
-// grant-carrying command).
-func grantable(cmd wire.Command) bool {
-	return cmd == wire.CmdLock || cmd == wire.CmdSemLock
-}
-
-// laneCheck refuses requests that must not share a lease-owning connection.
-func laneCheck(req *wire.Request) error {
-	switch req.Cmd {
-	case wire.CmdLock, wire.CmdSemLock:
-		if req.Blocking() {
-			return fmt.Errorf("%w: %s with a timeout > 0 blocks the connection", ErrNotLaneSafe, req.Cmd)
-		}
-	case wire.CmdRelease, wire.CmdSemRelease, wire.CmdRenew, wire.CmdSemRenew, wire.CmdPing, wire.CmdSignal:
-	default:
-		return fmt.Errorf("%w: %s", ErrNotLaneSafe, req.Cmd)
-	}
-	if n := req.LineLen(); n > wire.MaxLine {
-		return fmt.Errorf("%w: %s has a %d-byte line (over %d)", ErrNotLaneSafe, req.Cmd, n, wire.MaxLine)
-	}
-	return nil
 }

@@ -15,16 +15,20 @@ import (
 // aLongTimeAgo is a deadline in the past: it interrupts pending I/O at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// dial opens, authenticates and registers a connection. ctx bounds it, and
-// so does DialTimeout. A network failure marks the server down if it is a
-// lane dial or no connection to the server is alive (see dialFailed).
-func (p *Pool) dial(ctx context.Context, lane bool) (*Conn, error) {
-	wc, ping, err := p.handshake(ctx, wire.ConnOptions{MaxLine: p.cfg.MaxReplyLine}, lane)
+// dial opens, authenticates and registers a connection whose incoming
+// lines are capped at maxLine. init sets the connection's hooks before its
+// reader starts. ctx bounds it, and so does DialTimeout. A network failure
+// marks the server down if lane is set or no connection to the server is
+// alive (see dialFailed).
+func (p *Pool) dial(ctx context.Context, lane bool, maxLine int, init func(*conn)) (*conn, error) {
+	wc, ping, err := p.handshake(ctx, maxLine, lane)
 	if err != nil {
 		return nil, err
 	}
 	c := p.newConn(wc, ping)
-	c.lane = lane
+	if init != nil {
+		init(c)
+	}
 	if err := p.register(c); err != nil {
 		_ = wc.Close()
 		return nil, err
@@ -36,33 +40,13 @@ func (p *Pool) dial(ctx context.Context, lane bool) (*Conn, error) {
 	return c, nil
 }
 
-// DialWire opens a framed, authenticated connection to the server outside
-// the pool's accounting (no keepalive, no reader goroutine, not closed by
-// Close): for listener connections that need their own push handling. It
-// fails fast while the server is down, and a network failure marks it down
-// when no connection to it is alive, like every non-lane dial of the pool.
-func (p *Pool) DialWire(ctx context.Context, opt wire.ConnOptions) (*wire.Conn, error) {
-	if err := p.usable(); err != nil {
-		return nil, err
-	}
-	if opt.MaxLine == 0 {
-		opt.MaxLine = p.cfg.MaxReplyLine
-	}
-	wc, _, err := p.handshake(ctx, opt, false)
-	if err != nil {
-		return nil, err
-	}
-	p.dials.Add(1)
-	return wc, nil
-}
-
 // handshake dials, wraps TLS, authenticates and pings (one write, so it
 // costs one round trip beyond TCP and TLS; the ping tells v1.14+ servers
 // from older ones and proves that the server really serves the
 // connection, e.g. that it was not accepted over --max-connections and
 // closed at once). lane says whether a network failure marks the server
 // down unconditionally (see dialFailed).
-func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions, lane bool) (*wire.Conn, uint32, error) {
+func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.Conn, uint32, error) {
 	ctx, cancel := context.WithTimeout(parent, p.cfg.DialTimeout)
 	defer cancel()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
@@ -77,7 +61,7 @@ func (p *Pool) handshake(parent context.Context, opt wire.ConnOptions, lane bool
 		}
 		nc = tc
 	}
-	wc := wire.NewConn(nc, opt)
+	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine})
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
@@ -178,7 +162,7 @@ func statusWord(r wire.Reply) string {
 // A failed lane dial (the probe's included) marks the server down: calls
 // that need a new connection then fail fast while the probe re-dials with
 // backoff, instead of every call dialling again. Any other failed dial (wait
-// pool, listener, DialWire) marks it down only if no connection to the
+// pool, listener, Query) marks it down only if no connection to the
 // server is alive: one refused or timed-out dial (a server at
 // --max-connections, a dial timeout under load) must not make a server
 // whose lane connections are healthy fail fast; the failure is that call's
@@ -186,7 +170,7 @@ func statusWord(r wire.Reply) string {
 func (p *Pool) dialFailed(parent context.Context, err error, lane bool) error {
 	p.dialFailures.Add(1)
 	if perr := parent.Err(); perr != nil {
-		if p.isClosed.Load() {
+		if p.closed.Load() {
 			return serverErr(p.cfg.Addr, ErrClosed, nil)
 		}
 		return serverErr(p.cfg.Addr, perr, err)

@@ -34,7 +34,7 @@ var errDialDeferred = errors.New("wait-pool dial deferred")
 // while they succeed; after a failure one at a time with exponential backoff
 // and full jitter, until a dial succeeds. Lane and probe dials do not pass
 // through it (a failed lane dial marks the server down, and the probe has
-// its own backoff), nor do DialListener, DialWire and Query.
+// its own backoff), nor do DialListener and Query.
 type dialGate struct {
 	mu       sync.Mutex
 	inflight int
@@ -163,7 +163,7 @@ func (p *Pool) waitForDial(ctx context.Context, gen uint64) error {
 	g.waiting--
 	switch {
 	case err != nil:
-		if g.failures > 0 && !p.isClosed.Load() {
+		if g.failures > 0 && !p.closed.Load() {
 			// Say why the caller had to wait, in words only: wrapping
 			// the dial error would make a caller that gave up match
 			// ErrUnavailable and wire.ErrConnBroken.

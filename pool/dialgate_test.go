@@ -174,7 +174,7 @@ func TestWaitPoolDialsRecoverAfterBackoff(t *testing.T) {
 	require.Eventually(t, func() bool { return p.gateWaiting() == 1 }, wait, time.Millisecond)
 	held.Release()
 	require.NoError(t, <-done)
-	assert.Same(t, held, c2)
+	assert.Same(t, held.c, c2.c)
 	p.gate.leave(slot, errDialDeferred) // gives the slot back without an outcome
 	c2.Release()
 

@@ -7,13 +7,6 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// ErrNotLaneSafe matches the error of a request refused by the control lane
-// (Pool.Do, or Do/SendBatch on a lane Conn): blocking acquires, two-phase
-// commands, stats, listen/unlisten, auth, and any request with a line longer
-// than wire.MaxLine. Such requests could stall or break a connection that owns
-// other callers' leases; send them on a connection from Pool.Acquire.
-var ErrNotLaneSafe = errors.New("dflock: request not allowed on the control lane")
-
 // ServerError is an error about one server. It matches both Err (a state:
 // ErrUnavailable, ErrAuth, ErrClosed, wire.ErrConnBroken, a context error,
 // ...) and Cause (what happened underneath, if anything) with errors.Is and

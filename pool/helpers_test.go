@@ -38,7 +38,7 @@ type brokenRecorder struct {
 }
 
 type brokenEvent struct {
-	c   *Conn
+	c   Owner // nil for connections that own no lease
 	err error
 }
 
@@ -46,7 +46,7 @@ func newBrokenRecorder() *brokenRecorder {
 	return &brokenRecorder{ch: make(chan brokenEvent, 1024)}
 }
 
-func (r *brokenRecorder) hook(c *Conn, err error) { r.ch <- brokenEvent{c, err} }
+func (r *brokenRecorder) hook(c Owner, err error) { r.ch <- brokenEvent{c, err} }
 
 // next waits for the next OnConnBroken call.
 func (r *brokenRecorder) next(t testing.TB) brokenEvent {

@@ -30,7 +30,7 @@ func (p *Pool) janitor() {
 	minWait := max(ka/16, int64(time.Millisecond))
 	t := time.NewTimer(p.cfg.KeepAlive)
 	defer t.Stop()
-	var conns []*Conn
+	var conns []*conn
 	for {
 		select {
 		case <-p.ctx.Done():
@@ -71,11 +71,11 @@ func (p *Pool) sweepIdle() {
 func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed.Load() {
 		return
 	}
 	if unlessLive {
-		for c := range p.registry {
+		for c := range p.conns {
 			if c.errp.Load() == nil {
 				return
 			}
@@ -123,10 +123,10 @@ func (p *Pool) probe() {
 		if p.down.Load() == nil {
 			continue // someone else's dial succeeded; probeDone decides
 		}
-		c, err := p.dial(p.ctx, true)
+		l, err := p.dialLaneConn(p.ctx)
 		switch {
 		case err == nil:
-			p.adoptLane(c) // dial marked the server up
+			p.adoptLane(l) // dial marked the server up
 		case p.ctx.Err() != nil:
 			return
 		case p.down.Load() != nil && isUnavailable(err):
@@ -143,7 +143,7 @@ func (p *Pool) probe() {
 func (p *Pool) probeDone() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.down.Load() != nil && !p.closed {
+	if p.down.Load() != nil && !p.closed.Load() {
 		return false
 	}
 	p.probing = false

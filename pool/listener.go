@@ -6,18 +6,44 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// DialListener opens a connection for signal listening (docs/protocol.md §6.6):
-// a pipelined Conn like the lane's, outside both the control lane and the
-// wait pool, whose reader hands every `sig` push line to onPush.
+// ListenerConn is a connection for signal listening (docs/protocol.md §6.6),
+// outside both the control lane and the wait pool. It owns no lease. Like a
+// lane connection it is pipelined and never closed because a caller gave
+// up, so one subscriber's cancelled listen cannot break a connection shared
+// by others; unlike one, any command may be sent on it. It is meant for
+// listen, unlisten and ping (and for signals too long for the lane).
+type ListenerConn struct {
+	c *conn
+}
+
+// Do sends req and waits for its reply. If ctx ends first Do returns an
+// error matching ctx.Err() and the connection stays open: the reply is
+// still read and dropped.
+func (l *ListenerConn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
+	r, _, _, err := l.c.do(ctx, &req, "")
+	return r, err
+}
+
+// SendBatch is LaneConn.SendBatch for a listener connection (several
+// listen/unlisten requests in one write).
+func (l *ListenerConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+	l.c.sendBatch(reqs, done)
+}
+
+// Err is nil while the connection is usable; afterwards an error matching
+// wire.ErrConnBroken that names the server (see Conn.Err).
+func (l *ListenerConn) Err() error { return l.c.Err() }
+
+// Destroy closes the connection. Idempotent.
+func (l *ListenerConn) Destroy() { l.c.fail(errDestroyed) }
+
+// DialListener opens a listener connection whose reader hands every `sig`
+// push line to onPush.
 //
 // It is kept alive by the pool's janitor (a ping whenever it has written
 // nothing for Config.KeepAlive, which also resets the server's read
 // timeout; a connection whose replies stop for 2·KeepAlive is broken), and
-// Close closes it. Like a lane connection it is never closed because a
-// caller gave up: Do with a cancelled context only stops waiting (the
-// reply is still read), so one subscriber's cancelled listen cannot break a
-// connection shared by others. Any command is allowed on it; it is meant
-// for listen, unlisten and ping. End it with Destroy.
+// Pool.Close closes it. End it with Destroy.
 //
 // onPush runs on the connection's reader goroutine, once per push in the
 // order received, and must not block: the server disconnects a listener
@@ -29,26 +55,25 @@ import (
 // Like every dial of the pool it fails fast (ErrUnavailable) while the
 // server is down; a network failure marks the server down when no
 // connection to it is alive.
-func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroken func(error)) (*Conn, error) {
+func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroken func(error)) (*ListenerConn, error) {
 	if err := p.usable(); err != nil {
 		return nil, err
 	}
-	wc, ping, err := p.handshake(ctx, wire.ConnOptions{MaxLine: p.cfg.MaxReplyLine}, false)
+	l := &ListenerConn{}
+	p.nListeners.Add(1)
+	_, err := p.dial(ctx, false, p.cfg.maxReplyLine, func(c *conn) {
+		l.c = c
+		c.onPush = onPush
+		c.onBroken = func(err error) {
+			p.nListeners.Add(-1)
+			if onBroken != nil {
+				onBroken(err)
+			}
+		}
+	})
 	if err != nil {
+		p.nListeners.Add(-1)
 		return nil, err
 	}
-	c := p.newConn(wc, ping)
-	c.listener, c.onPush, c.onBroken = true, onPush, onBroken
-	if err := p.register(c); err != nil {
-		_ = wc.Close()
-		return nil, err
-	}
-	p.dials.Add(1)
-	if p.down.Load() != nil {
-		p.markUp()
-	}
-	return c, nil
+	return l, nil
 }
-
-// Listener reports whether this is a listener connection (DialListener).
-func (c *Conn) Listener() bool { return c.listener }

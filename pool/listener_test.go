@@ -24,8 +24,6 @@ func TestListenerReceivesPushesAndSurvivesCancelledCallers(t *testing.T) {
 	broken := make(chan error, 1)
 	lc, err := p.DialListener(ctx, func(m wire.Push) { pushes <- m }, func(err error) { broken <- err })
 	require.NoError(t, err)
-	assert.True(t, lc.Listener())
-	assert.False(t, lc.Lane())
 	r, err := lc.Do(ctx, wire.Request{Cmd: wire.CmdListen, Key: "a.>"})
 	require.NoError(t, err)
 	require.Equal(t, wire.StatusOK, r.Status)

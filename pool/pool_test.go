@@ -164,7 +164,7 @@ func TestKeepAliveKeepsLaneIdleAndPinnedConnsAlive(t *testing.T) {
 
 			_, lane, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 			require.NoError(t, err)
-			assert.Equal(t, tc.pingOKey, lane.SupportsPing())
+			assert.Equal(t, tc.pingOKey, lane.c.ping.Load() == pingOK)
 
 			idle, err := p.Acquire(ctx)
 			require.NoError(t, err)
@@ -208,7 +208,7 @@ func TestKeepAliveKeepsLaneIdleAndPinnedConnsAlive(t *testing.T) {
 			assert.Equal(t, wire.StatusOK, n.Status)
 			again, err := p.Acquire(ctx)
 			require.NoError(t, err)
-			assert.Same(t, idle, again, "the idle connection is reused")
+			assert.Same(t, idle.c, again.c, "the idle connection is reused")
 			_, err = again.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 			require.NoError(t, err)
 			again.Release()
@@ -302,7 +302,7 @@ func TestTLS(t *testing.T) {
 	r, c, err := p.Do(ctx, lockReq("tls"))
 	require.NoError(t, err)
 	assert.Equal(t, wire.StatusOK, r.Status)
-	assert.True(t, c.SupportsPing())
+	assert.Equal(t, pingOK, c.c.ping.Load())
 	pc, err := p.Acquire(ctx)
 	require.NoError(t, err)
 	_, err = pc.Do(ctx, wire.Request{Cmd: wire.CmdStats})
@@ -401,13 +401,14 @@ func TestDropConnectionsBreaksEveryConn(t *testing.T) {
 	idle.Release()
 
 	srv.DropConnections()
-	got := map[*Conn]error{}
+	// The idle connection owns no lease: it is reported without an owner.
+	got := map[Owner]error{}
 	for range 3 {
 		ev := rec.next(t)
 		got[ev.c] = ev.err
 	}
-	for _, c := range []*Conn{lane, idle, held} {
-		// A map lookup, not require.Contains: that deep-compares *Conn
+	for _, c := range []Owner{lane, held, nil} {
+		// A map lookup, not require.Contains: that deep-compares the
 		// values, racing with goroutines that still touch them.
 		_, ok := got[c]
 		require.True(t, ok, "no OnConnBroken call for a connection")
@@ -439,12 +440,12 @@ func TestBrokenIdleConnIsNotHandedOut(t *testing.T) {
 	require.NoError(t, err)
 	c.Release()
 	srv.DropConnections()
-	assert.Same(t, c, rec.next(t).c)
+	assert.Nil(t, rec.next(t).c, "an idle connection owns no lease")
 	require.Equal(t, 1, p.Stats().IdleConns)
 
 	c2, err := p.Acquire(ctx)
 	require.NoError(t, err)
-	assert.NotSame(t, c, c2)
+	assert.NotSame(t, c.c, c2.c)
 	r, err := c2.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 	require.NoError(t, err)
 	assert.Equal(t, wire.StatusOK, r.Status)
@@ -513,11 +514,49 @@ func TestLaneRefusesUnsafeRequests(t *testing.T) {
 		{Cmd: wire.CmdSignal, Key: "ch", Arg: strings.Repeat("x", 300)},
 	} {
 		_, _, err := p.Do(ctx, req)
-		assert.ErrorIs(t, err, ErrNotLaneSafe, "%s", req.Cmd)
+		assert.ErrorIs(t, err, errNotLaneSafe, "%s", req.Cmd)
 	}
-	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdLock, Key: "bad key"})
-	assert.ErrorIs(t, err, wire.ErrInvalidArgument)
 	assert.Zero(t, p.Stats().Dials+p.Stats().DialFailures, "refused before any network I/O")
+}
+
+// Requests are validated by package dflock, not here, but a line break in a
+// field is refused on every send path: the server would read extra requests
+// and answer them, and the replies of every later caller on the connection
+// would be matched to the wrong request.
+func TestRequestsThatWouldDesyncTheConnectionAreRefused(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	ctx := ctxWait(t)
+	bad := wire.Request{Cmd: wire.CmdRelease, Key: "k", Token: "t\nping\n_\n"}
+
+	_, lane, err := p.Do(ctx, bad)
+	require.ErrorIs(t, err, wire.ErrInvalidArgument)
+	var ae *wire.ArgError
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, "token", ae.Arg)
+	require.NotNil(t, lane)
+
+	var batchErr error
+	lane.SendBatch([]wire.Request{bad}, func(_ int, _ wire.Reply, err error) { batchErr = err })
+	require.ErrorIs(t, batchErr, wire.ErrInvalidArgument, "reported before SendBatch returns")
+
+	wc, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	_, err = wc.Do(ctx, wire.Request{Cmd: wire.CmdLock, Key: "k\nx", Timeout: 1})
+	require.ErrorIs(t, err, wire.ErrInvalidArgument)
+	require.NoError(t, wc.Err(), "nothing was sent")
+
+	// The connections still pair every reply with its own request.
+	r, _, err := p.Do(ctx, lockReq("after"))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	require.NotEmpty(t, r.Token)
+	r, err = wc.Do(ctx, wire.Request{Cmd: wire.CmdRelease, Key: "after", Token: r.Token})
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	wc.Release()
+	assert.EqualValues(t, 0, p.Stats().Broken)
 }
 
 func TestSendBatchCallsDoneInOrder(t *testing.T) {
@@ -526,7 +565,7 @@ func TestSendBatchCallsDoneInOrder(t *testing.T) {
 	p := newPool(t, Config{Addr: srv.Addr()})
 	ctx := ctxWait(t)
 	var reqs []wire.Request
-	var owner *Conn
+	var owner *LaneConn
 	for i := range 10 {
 		key := fmt.Sprintf("batch-%d", i)
 		r, c, err := p.Do(ctx, lockReq(key))
@@ -537,7 +576,7 @@ func TestSendBatchCallsDoneInOrder(t *testing.T) {
 		}
 		reqs = append(reqs, wire.Request{Cmd: wire.CmdRenew, Key: key, Token: r.Token, Lease: int64(5 + i)})
 	}
-	reqs = append(reqs, wire.Request{Cmd: wire.CmdRenew, Key: "bad key", Token: "t"})
+	reqs = append(reqs, wire.Request{Cmd: wire.CmdRenew, Key: "bad\nkey", Token: "t"})
 	writes := p.Stats().Writes
 
 	var mu sync.Mutex
@@ -567,7 +606,7 @@ func TestSendBatchCallsDoneInOrder(t *testing.T) {
 	assert.EqualValues(t, 1, p.Stats().Writes-writes, "one write for the batch")
 
 	// After the connection breaks every request fails at once.
-	owner.Destroy()
+	owner.c.fail(errDestroyed)
 	var n int
 	owner.SendBatch(reqs[:3], func(i int, r wire.Reply, err error) {
 		assert.ErrorIs(t, err, wire.ErrConnBroken)
@@ -682,20 +721,4 @@ func TestProtocolViolationsBreakTheConn(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestDialWireOpensAnAuthenticatedConnOutsideThePool(t *testing.T) {
-	t.Parallel()
-	srv := newServer(t, testutil.Config{AuthToken: "tok"})
-	p := newPool(t, Config{Addr: srv.Addr(), AuthToken: "tok"})
-	ctx := ctxWait(t)
-	wc, err := p.DialWire(ctx, wire.ConnOptions{})
-	require.NoError(t, err)
-	defer wc.Close()
-	r, err := wc.Do(ctx, wire.Request{Cmd: wire.CmdPing})
-	require.NoError(t, err)
-	assert.Equal(t, wire.StatusOK, r.Status)
-	st := p.Stats()
-	assert.EqualValues(t, 1, st.Dials)
-	assert.Zero(t, st.LaneConns+st.IdleConns+st.AcquiredConns)
 }

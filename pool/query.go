@@ -24,7 +24,7 @@ const MaxQueryLine = 64 << 20
 // Query sends req on a short-lived connection of its own — outside the
 // control lane and the wait pool, so it never waits for a pool slot and never
 // risks a lease-owning connection — reads one reply with a line cap of
-// maxLine bytes (0 means Config.MaxReplyLine; values above MaxQueryLine are
+// maxLine bytes (0 means Config.maxReplyLine; values above MaxQueryLine are
 // an error naming the bound), and closes the connection. ctx bounds dial,
 // handshake and exchange; Close interrupts it. It fails fast while the server
 // is down, like Acquire, and its dial is counted in Stats.Dials.
@@ -40,6 +40,11 @@ const MaxQueryLine = 64 << 20
 // because a larger cap would cure it. A connection that breaks for any other
 // reason matches ErrUnavailable and wire.ErrConnBroken. A context that ends
 // first yields an error matching ctx.Err() only.
+//
+// The connection is registered like any other while the request is in
+// flight (Close ends it, the janitor watches it), but its end is not a
+// break: it is neither counted in Stats.Broken nor reported to
+// Config.OnConnBroken.
 func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.Reply, error) {
 	if maxLine < 0 || maxLine > MaxQueryLine {
 		return wire.Reply{}, &wire.ArgError{
@@ -48,7 +53,7 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 		}
 	}
 	if maxLine == 0 {
-		maxLine = p.cfg.MaxReplyLine
+		maxLine = p.cfg.maxReplyLine
 	}
 	switch req.Cmd {
 	case wire.CmdLock, wire.CmdSemLock, wire.CmdEnqueue, wire.CmdSemEnqueue, wire.CmdWait, wire.CmdSemWait,
@@ -58,31 +63,29 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 			Reason: "not allowed in Query: its effect would end with Query's short-lived connection",
 		}
 	}
-	if err := req.Validate(); err != nil {
+	if err := p.usable(); err != nil {
 		return wire.Reply{}, err
 	}
-	wc, err := p.DialWire(ctx, wire.ConnOptions{MaxLine: maxLine})
+	c, err := p.dial(ctx, false, maxLine, func(c *conn) { c.quiet = true })
 	if err != nil {
 		return wire.Reply{}, err
 	}
-	// Close interrupts the exchange; the deferred Close releases the socket.
-	stop := context.AfterFunc(p.ctx, func() { _ = wc.Close() })
-	defer func() {
-		stop()
-		_ = wc.Close()
-	}()
-	r, err := wc.Do(ctx, req)
+	// Pool.Close breaks c, which ends the exchange; closing it here
+	// (whatever happened) releases the socket.
+	defer c.fail(errDestroyed)
+	r, _, _, err := c.do(ctx, &req, "")
 	if err == nil {
 		return r, nil
 	}
 	switch {
 	case ctx.Err() != nil:
 		return wire.Reply{}, serverErr(p.cfg.Addr, ctx.Err(), nil)
-	case p.isClosed.Load():
+	case p.closed.Load():
 		return wire.Reply{}, serverErr(p.cfg.Addr, ErrClosed, nil)
 	case errors.Is(err, wire.ErrLineTooLong):
+		// Not ErrUnavailable: a larger cap would cure it.
 		return wire.Reply{}, serverErr(p.cfg.Addr,
-			fmt.Errorf("%s reply longer than the %d-byte line cap of this request (at most MaxQueryLine, %d)", req.Cmd, maxLine, MaxQueryLine), err)
+			fmt.Errorf("%s reply longer than the %d-byte line cap of this request (at most MaxQueryLine, %d)", req.Cmd, maxLine, MaxQueryLine), causeOf(err))
 	}
-	return wire.Reply{}, serverErr(p.cfg.Addr, ErrUnavailable, err)
+	return wire.Reply{}, err // a *ServerError matching ErrUnavailable
 }

@@ -15,7 +15,7 @@ import (
 
 // A caller whose own request is stuck in a write (the server stopped
 // reading, the send buffer is full) returns when its context ends, not
-// after WriteTimeout; the lane connection survives the caller and breaks
+// after writeTimeout; the lane connection survives the caller and breaks
 // only when the write itself times out.
 func TestLaneDoReturnsPromptlyWhileItsWriteStalls(t *testing.T) {
 	t.Parallel()
@@ -23,7 +23,7 @@ func TestLaneDoReturnsPromptlyWhileItsWriteStalls(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	var sd stallDialer
 	rec := newBrokenRecorder()
-	p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, LaneConns: 1, WriteTimeout: writeTimeout, OnConnBroken: rec.hook})
+	p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, LaneConns: 1, writeTimeout: writeTimeout, OnConnBroken: rec.hook})
 	_, lane, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
 	require.NoError(t, err)
 	blocked := sd.conn(0).stall()
@@ -40,7 +40,7 @@ func TestLaneDoReturnsPromptlyWhileItsWriteStalls(t *testing.T) {
 	<-blocked
 	assert.NoError(t, lane.Err(), "a lane connection is not broken because one caller gave up")
 
-	// The write itself is genuinely stalled: WriteTimeout breaks the conn.
+	// The write itself is genuinely stalled: writeTimeout breaks the conn.
 	ev := rec.next(t)
 	assert.Same(t, lane, ev.c)
 	assert.ErrorIs(t, ev.err, wire.ErrConnBroken)
@@ -55,7 +55,7 @@ func TestExclusiveDoReturnsPromptlyWhileItsWriteStalls(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	var sd stallDialer
 	rec := newBrokenRecorder()
-	p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, WriteTimeout: writeTimeout, OnConnBroken: rec.hook})
+	p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, writeTimeout: writeTimeout, OnConnBroken: rec.hook})
 	c, err := p.Acquire(ctxWait(t))
 	require.NoError(t, err)
 	defer c.Release()
@@ -165,7 +165,7 @@ func TestStalledConnDoesNotDelayOtherKeepalives(t *testing.T) {
 	rec := newBrokenRecorder()
 	p := newPool(t, Config{
 		Addr: srv.Addr(), Dial: sd.dial, LaneConns: 1, KeepAlive: 50 * time.Millisecond,
-		WriteTimeout: 10 * time.Second, OnConnBroken: rec.hook,
+		writeTimeout: 10 * time.Second, OnConnBroken: rec.hook,
 	})
 	ctx := ctxWait(t)
 	_, lane, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
@@ -182,7 +182,7 @@ func TestStalledConnDoesNotDelayOtherKeepalives(t *testing.T) {
 
 	// Only the idle connection's pings reach the server now; they keep
 	// coming every KeepAlive although the lane's ping is stuck for up to
-	// WriteTimeout.
+	// writeTimeout.
 	pings := func() int64 { return srv.Stats().Requests["ping"] }
 	before := pings()
 	require.Eventually(t, func() bool { return pings() >= before+5 }, 3*time.Second, 5*time.Millisecond,
@@ -207,7 +207,7 @@ func TestKeepAliveArithmeticSaturates(t *testing.T) {
 
 	pings := p.Stats().Pings
 	now := p.now()
-	assert.Greater(t, lane.keepalive(now, ka), now)
+	assert.Greater(t, lane.c.keepalive(now, ka), now)
 	assert.Equal(t, pings, p.Stats().Pings, "an idle connection is not due for a ping")
 
 	resume := srv.Stall(0)
@@ -217,8 +217,8 @@ func TestKeepAliveArithmeticSaturates(t *testing.T) {
 		_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 		done <- err
 	}()
-	require.Eventually(t, func() bool { return lane.inflight.Load() == 1 }, wait, time.Millisecond)
-	assert.Equal(t, int64(math.MaxInt64), lane.keepalive(p.now(), ka))
+	require.Eventually(t, func() bool { return lane.c.inflight.Load() == 1 }, wait, time.Millisecond)
+	assert.Equal(t, int64(math.MaxInt64), lane.c.keepalive(p.now(), ka))
 	require.NoError(t, lane.Err(), "a pending reply is not overdue")
 	resume()
 	require.NoError(t, <-done)

@@ -69,7 +69,7 @@ func TestServerResetMatchesErrUnavailableOnEveryPath(t *testing.T) {
 	lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}, {Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) {
 		batchErrs <- err
 	})
-	require.Eventually(t, func() bool { return lane.inflight.Load() == 3 && excl.inflight.Load() == 1 },
+	require.Eventually(t, func() bool { return lane.c.inflight.Load() == 3 && excl.c.inflight.Load() == 1 },
 		wait, 5*time.Millisecond, "precondition: every request is in flight")
 
 	proxy.ResetAll()
@@ -135,7 +135,7 @@ func TestStallAndWriteTimeoutMatchErrUnavailable(t *testing.T) {
 		srv := newServer(t, testutil.Config{})
 		var sd stallDialer
 		rec := newBrokenRecorder()
-		p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, LaneConns: 1, WriteTimeout: 50 * time.Millisecond,
+		p := newPool(t, Config{Addr: srv.Addr(), Dial: sd.dial, LaneConns: 1, writeTimeout: 50 * time.Millisecond,
 			KeepAlive: time.Hour, OnConnBroken: rec.hook})
 		_, lane, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
 		require.NoError(t, err)

@@ -5,14 +5,23 @@
 // group in one pipelined write. No goroutine per lease.
 //
 // The scheduler owns the truth about loss: a lease is lost when a renew is
-// refused, when its owning connection fails, or when
+// refused, when its owning connection fails (OwnerFailed), or when
 // sendTime(last confirmed grant/renew) + TTL − safety margin passes without
-// confirmation, whatever the network does.
+// confirmation, whatever the network does. Each lease carries its own loss
+// callback (Spec.OnLost), delivered off the scheduler and off connection
+// readers.
+//
+// Compatibility: none. The package exists for package dflock and may change
+// with any release; users see only Stats (through dflock.Stats) and the
+// errors. ErrLost and ErrReleased are defined here, the lowest package that
+// produces them, and dflock exports them as ErrLockLost and ErrReleased:
+// match them through dflock.
 package renew
 
 import (
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dflock-sdk/go/wire"
@@ -26,12 +35,13 @@ var (
 	// ErrExpired is the cause of a loss by the client's own clock: no renewal
 	// was confirmed within TTL − safety margin of the last confirmed send.
 	ErrExpired = errors.New("dflock: no renewal confirmed within TTL − safety margin")
-	// ErrClosed is the cause of the loss of a lease tracked after Close.
-	ErrClosed = errors.New("dflock: renewal scheduler closed")
 	// ErrRefused is the cause (wrapped) of a loss by a refused renewal.
 	ErrRefused = errors.New("dflock: renewal refused")
 	// ErrOwnerFailed is the cause (wrapped) of a loss by a failed owning connection.
 	ErrOwnerFailed = errors.New("dflock: owning connection failed")
+
+	// errClosed is the cause of the loss of a lease tracked after Close.
+	errClosed = errors.New("dflock: renewal scheduler closed")
 )
 
 // LostError is the Err of a lost lease. It matches ErrLost and unwraps to
@@ -43,7 +53,16 @@ type LostError struct {
 }
 
 func (e *LostError) Error() string {
-	return "dflock: lock lost: key " + strconv.Quote(e.Key) + ": " + e.Cause.Error()
+	return "dflock: lock lost: key " + strconv.Quote(e.Key) + ": " + unprefixed(e.Cause.Error())
+}
+
+// unprefixed drops the "dflock: " that starts every error of this module
+// from each ": "-separated part of a message, so that an error wrapping
+// others reads "dflock: a: b: c", not "dflock: a: dflock: b: dflock: c".
+// (Keys, tokens and addresses contain no spaces, so no part of them can
+// look like a prefix.)
+func unprefixed(msg string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(msg, "dflock: "), ": dflock: ", ": ")
 }
 
 // Is reports whether target is ErrLost.
@@ -53,7 +72,8 @@ func (e *LostError) Is(target error) bool { return target == ErrLost }
 func (e *LostError) Unwrap() error { return e.Cause }
 
 // Owner is the connection that acquired a lease; renewals go to it (the
-// server ties auto-release to it). *pool.Conn implements it.
+// server ties auto-release to it). pool.Owner (a lane or a pinned wait-pool
+// connection) is one.
 type Owner interface {
 	// SendBatch writes reqs in one write and calls done once per request in
 	// order, or with an error if the connection breaks. done must not block.
@@ -73,12 +93,13 @@ type Owner interface {
 	Err() error
 }
 
-// Defaults.
+// DefaultRatio is the default Config.Ratio.
+const DefaultRatio = 0.5
+
 const (
-	DefaultRatio     = 0.5
-	DefaultJitter    = 0.1
-	DefaultKeepAlive = 10 * time.Second
-	DefaultWindow    = 25 * time.Millisecond
+	defaultJitter    = 0.1
+	defaultKeepAlive = 10 * time.Second
+	defaultWindow    = 25 * time.Millisecond
 )
 
 // Config of a Scheduler. Out-of-range values are replaced by the defaults
@@ -87,47 +108,29 @@ type Config struct {
 	// Ratio of the TTL after which a lease is renewed. Default DefaultRatio;
 	// values outside (0, 1) mean the default.
 	Ratio float64
-	// Jitter: renew up to this fraction of the interval earlier, at random.
-	// Default DefaultJitter; values outside (0, 1) mean the default.
-	Jitter float64
 	// KeepAlive: a lease is renewed at least this often (keeps its owning
-	// connection under the server read timeout). Default DefaultKeepAlive;
-	// values <= 0 mean the default.
+	// connection under the server read timeout). Default 10 s; values <= 0
+	// mean the default.
 	KeepAlive time.Duration
-	// Window: on each wake, leases due within Window are renewed together.
-	// Default DefaultWindow; values <= 0 mean the default. A lease is never
-	// renewed more than a quarter of its interval early, whatever Window.
-	Window time.Duration
-	// SafetyMargin before the server-side expiry at which a lease with no
+
+	// Tuning that only this package's tests change.
+
+	// jitter: renew up to this fraction of the interval earlier, at random.
+	// Default defaultJitter; values outside (0, 1) mean the default.
+	jitter float64
+	// window: on each wake, leases due within window are renewed together.
+	// Default defaultWindow; values <= 0 mean the default. A lease is never
+	// renewed more than a quarter of its interval early, whatever window.
+	window time.Duration
+	// safetyMargin before the server-side expiry at which a lease with no
 	// confirmed renewal is declared lost. Default: 10% of the TTL, at least
 	// 100ms, at most 2s. A result < 0 counts as 0, one above TTL/2 as TTL/2.
-	SafetyMargin func(ttl time.Duration) time.Duration
-	// OnLost, if set, is called once for every lease lost while the
-	// scheduler is open, with the lease's Err, after Done is closed. It is
-	// not called for untracked (released) leases, nor for a lease that Track
-	// returns lost with ErrClosed once Close has handed the held leases back
-	// (its caller sees that from Err).
-	//
-	// Calls are made one at a time, in the order the losses happened, by a
-	// notifier goroutine that runs only while notifications are pending;
-	// never on the scheduler goroutine or on a connection reader. Losses are
-	// queued without bound and never dropped (the queue holds at most one
-	// entry per lease, so it is bounded by the leases tracked), so a slow
-	// OnLost delays later notifications but never a renewal or the detection
-	// of a loss.
-	//
-	// Close delivers every notification queued before it and waits for
-	// those calls to return: OnLost must not block indefinitely and must not
-	// call Close.
-	//
-	// The scheduler itself logs nothing: a caller that wants losses logged
-	// does it here, or from Stats.
-	OnLost func(l *Lease, err error)
+	safetyMargin func(ttl time.Duration) time.Duration
 }
 
-// DefaultSafetyMargin is the default Config.SafetyMargin: 10% of ttl,
+// defaultSafetyMargin is the default Config.safetyMargin: 10% of ttl,
 // clamped to [100ms, 2s].
-func DefaultSafetyMargin(ttl time.Duration) time.Duration {
+func defaultSafetyMargin(ttl time.Duration) time.Duration {
 	return min(max(ttl/10, 100*time.Millisecond), 2*time.Second)
 }
 
@@ -135,17 +138,17 @@ func (c Config) withDefaults() Config {
 	if !(c.Ratio > 0 && c.Ratio < 1) {
 		c.Ratio = DefaultRatio
 	}
-	if !(c.Jitter > 0 && c.Jitter < 1) {
-		c.Jitter = DefaultJitter
+	if !(c.jitter > 0 && c.jitter < 1) {
+		c.jitter = defaultJitter
 	}
 	if c.KeepAlive <= 0 {
-		c.KeepAlive = DefaultKeepAlive
+		c.KeepAlive = defaultKeepAlive
 	}
-	if c.Window <= 0 {
-		c.Window = DefaultWindow
+	if c.window <= 0 {
+		c.window = defaultWindow
 	}
-	if c.SafetyMargin == nil {
-		c.SafetyMargin = DefaultSafetyMargin
+	if c.safetyMargin == nil {
+		c.safetyMargin = defaultSafetyMargin
 	}
 	return c
 }
@@ -161,6 +164,24 @@ type Spec struct {
 	// (the lease is assumed to have started then, the conservative choice).
 	// Zero, or a time after now, means now.
 	Sent time.Time
+	// OnLost, if set, is called once if the lease is lost, with the lease
+	// and its Err, after Done is closed. It is not called for a lease that
+	// ends otherwise (Untrack, or handed back by Close), nor for one that
+	// Track returns already lost because the scheduler is closed (its
+	// caller sees that from Err).
+	//
+	// The calls of all leases are made one at a time, in the order the
+	// losses happened, by a notifier goroutine that runs only while
+	// notifications are pending; never on the scheduler goroutine or on a
+	// connection reader. Losses are queued without bound and never dropped
+	// (at most one entry per lease), so a slow OnLost delays later
+	// notifications but never a renewal or the detection of a loss. It may
+	// run before Track returns.
+	//
+	// Close delivers every notification queued before it and waits for
+	// those calls to return: OnLost must not block indefinitely and must not
+	// call Close. The scheduler itself logs nothing.
+	OnLost func(l *Lease, err error)
 }
 
 // Stats of the scheduler.

@@ -34,7 +34,7 @@ func BenchmarkTrackUntrack(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		s.Untrack(s.Track(spec))
+		s.Track(spec).Untrack()
 	}
 }
 

@@ -130,8 +130,8 @@ func TestRealServerRenewalKeepsALeasePastItsTTL(t *testing.T) {
 	assert.Equal(t, wire.StatusOK, r.Status, "an unrenewed 1 s lease must have expired")
 
 	// Explicit renew, then release.
-	require.NoError(t, s.Renew(context.Background(), l))
-	require.True(t, s.Untrack(l))
+	require.NoError(t, l.Renew(context.Background()))
+	require.True(t, l.Untrack())
 	r, err = holder.do(wire.Request{Cmd: wire.CmdRelease, Key: "renewed", Token: g.Token})
 	require.NoError(t, err)
 	assert.Equal(t, wire.StatusOK, r.Status)

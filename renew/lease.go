@@ -3,6 +3,8 @@ package renew
 import (
 	"context"
 	"time"
+
+	"github.com/dflock-sdk/go/wire"
 )
 
 // Lease states.
@@ -16,11 +18,12 @@ const (
 // scheduler's mutex; done, err (once done is closed) and the identity fields
 // may be read without it.
 type Lease struct {
-	s     *Scheduler
-	key   string
-	token string
-	owner Owner
-	ttl   time.Duration // whole seconds
+	s      *Scheduler
+	key    string
+	token  string
+	owner  Owner
+	onLost func(*Lease, error)
+	ttl    time.Duration // whole seconds
 
 	// Guarded by s.mu. Times are nanoseconds since s.epoch (monotonic).
 	idx       int32  // position in s.heap, -1 when not in it
@@ -84,4 +87,52 @@ func (l *Lease) Context() context.Context {
 		}
 	}
 	return l.ctx
+}
+
+// Untrack stops renewing the lease (before the caller releases it), closing
+// Done with Err ErrReleased. It reports false if the lease was already lost
+// (Err says why) or untracked.
+func (l *Lease) Untrack() bool {
+	s := l.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.state != stateTracked {
+		return false
+	}
+	s.unlinkLocked(l)
+	s.endLocked(l, stateReleased, ErrReleased)
+	return true
+}
+
+// Renew renews the lease now and waits for the answer (or ctx). A refusal
+// loses the lease and returns its loss error. If ctx ends first Renew
+// returns ctx.Err(); the renewal still completes and is applied.
+func (l *Lease) Renew(ctx context.Context) error {
+	s := l.s
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if l.state != stateTracked {
+		err := l.err
+		s.mu.Unlock()
+		return err
+	}
+	l.inflight++
+	s.scheduleLocked(l)
+	s.stats.Sent++
+	s.stats.Batches++
+	s.mu.Unlock()
+
+	ch := make(chan error, 1)
+	sent := s.now()
+	l.owner.SendBatch([]wire.Request{renewRequest(l)}, func(_ int, r wire.Reply, err error) {
+		ch <- s.complete(l, sent, r, err)
+	})
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

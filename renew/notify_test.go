@@ -16,7 +16,7 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// lossRecorder is an OnLost that records the order of notifications, checks
+// lossRecorder is a Spec.OnLost that records the order of notifications, checks
 // that calls never overlap, and can be made to block.
 type lossRecorder struct {
 	mu      sync.Mutex
@@ -100,15 +100,15 @@ func TestBlockingOnLostDoesNotStallRenewalsOrLossDetection(t *testing.T) {
 			doomed := okOwner(t)
 			silent := newOwner(t, func(wire.Request) answer { return answer{kind: answerNever} })
 			rec := newLossRecorder("a")
-			s := newTestScheduler(t, Config{KeepAlive: 50 * time.Millisecond, OnLost: rec.onLost})
+			s := newTestScheduler(t, Config{KeepAlive: 50 * time.Millisecond})
 			defer close(rec.unblock) // before Close (cleanup), which waits for OnLost
 
-			b := s.Track(Spec{Key: "b", Token: "t", TTL: time.Minute, Owner: good})
+			b := s.Track(Spec{Key: "b", Token: "t", TTL: time.Minute, Owner: good, OnLost: rec.onLost})
 			var a *Lease
 			if via == "scheduler" {
-				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour)})
+				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost})
 			} else {
-				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Minute, Owner: bad}) // refused at its first renewal
+				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Minute, Owner: bad, OnLost: rec.onLost}) // refused at its first renewal
 			}
 			<-rec.entered
 			require.ErrorIs(t, a.Err(), ErrLost)
@@ -122,14 +122,14 @@ func TestBlockingOnLostDoesNotStallRenewalsOrLossDetection(t *testing.T) {
 			// A refused explicit renewal: the reader decides the loss and Renew returns.
 			ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 			defer cancel()
-			c := s.Track(Spec{Key: "c", Token: "t", TTL: time.Hour, Owner: bad})
-			assert.ErrorIs(t, s.Renew(ctx, c), ErrRefused)
+			c := s.Track(Spec{Key: "c", Token: "t", TTL: time.Hour, Owner: bad, OnLost: rec.onLost})
+			assert.ErrorIs(t, c.Renew(ctx), ErrRefused)
 			// A failed owner: OwnerFailed returns with the lease already lost.
-			d := s.Track(Spec{Key: "d", Token: "t", TTL: time.Hour, Owner: doomed})
+			d := s.Track(Spec{Key: "d", Token: "t", TTL: time.Hour, Owner: doomed, OnLost: rec.onLost})
 			s.OwnerFailed(doomed, errTransport)
 			assert.ErrorIs(t, d.Err(), ErrOwnerFailed)
 			// An overdue grant, found by the scheduler.
-			e := s.Track(Spec{Key: "e", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour)})
+			e := s.Track(Spec{Key: "e", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost})
 			waitDone(t, e, waitShort)
 			assert.ErrorIs(t, e.Err(), ErrExpired)
 
@@ -151,11 +151,11 @@ func TestManyLossesAreDeliveredByOneGoroutine(t *testing.T) {
 	const n = 10000
 	o := okOwner(t)
 	rec := newLossRecorder("k0")
-	s := newTestScheduler(t, Config{KeepAlive: time.Hour, OnLost: rec.onLost})
+	s := newTestScheduler(t, Config{KeepAlive: time.Hour})
 	for i := range n {
-		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: time.Hour, Owner: o})
+		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost})
 	}
-	first := s.Track(Spec{Key: "first", Token: "t", TTL: time.Hour, Owner: okOwner(t)})
+	first := s.Track(Spec{Key: "first", Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec.onLost})
 	s.OwnerFailed(first.Owner(), errTransport)
 	rec.waitFor(t, 1) // the notifier went idle: its goroutine may be gone
 	base := runtime.NumGoroutine()
@@ -178,12 +178,12 @@ func TestCloseDeliversQueuedLossNotifications(t *testing.T) {
 	t.Parallel()
 	o := okOwner(t)
 	rec := newLossRecorder("a")
-	s := New(Config{KeepAlive: time.Hour, OnLost: rec.onLost})
+	s := New(Config{KeepAlive: time.Hour})
 	var ls []*Lease
 	for _, k := range []string{"a", "b", "c"} {
-		ls = append(ls, s.Track(Spec{Key: k, Token: "t", TTL: time.Hour, Owner: okOwner(t)}))
+		ls = append(ls, s.Track(Spec{Key: k, Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec.onLost}))
 	}
-	held := s.Track(Spec{Key: "held", Token: "t", TTL: time.Hour, Owner: o})
+	held := s.Track(Spec{Key: "held", Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost})
 	for _, l := range ls {
 		s.OwnerFailed(l.Owner(), errTransport)
 	}
@@ -200,7 +200,7 @@ func TestCloseDeliversQueuedLossNotifications(t *testing.T) {
 	assert.Equal(t, []*Lease{held}, <-closed)
 	assert.Equal(t, []string{"a", "b", "c"}, rec.snapshot())
 
-	late := s.Track(Spec{Key: "late", Token: "t", TTL: time.Hour, Owner: o})
-	assert.ErrorIs(t, late.Err(), ErrClosed)
+	late := s.Track(Spec{Key: "late", Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost})
+	assert.ErrorIs(t, late.Err(), errClosed)
 	assert.Equal(t, []string{"a", "b", "c"}, rec.snapshot(), "a notification after Close")
 }

@@ -95,7 +95,7 @@ func TestForeverLeaseExplicitRenewAndShorterAppliedLease(t *testing.T) {
 	assert.Equal(t, int64(math.MaxInt64), l.deadline)
 	// ok with a shorter lease: believed.
 	require.NoError(t, s.complete(l, now+2, wire.Reply{Status: wire.StatusOK, Lease: 5}, nil))
-	assert.Equal(t, now+2+int64(5*time.Second-DefaultSafetyMargin(5*time.Second)), l.deadline)
+	assert.Equal(t, now+2+int64(5*time.Second-defaultSafetyMargin(5*time.Second)), l.deadline)
 }
 
 // Spec.Sent far in the past is an overdue grant (lost at once, whatever the

@@ -2,7 +2,6 @@ package renew
 
 import (
 	"container/heap"
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -26,7 +25,7 @@ import (
 // No user code and no logging runs on the scheduler goroutine or in reply
 // callbacks (which run on connection readers): losses are queued under the
 // mutex, in the order they happen, for a notifier goroutine that calls
-// Config.OnLost.
+// each lease's Spec.OnLost.
 type Scheduler struct {
 	cfg   Config
 	epoch time.Time
@@ -126,14 +125,15 @@ func (s *Scheduler) poke() {
 // Err says why) so that nothing silently appears held.
 func (s *Scheduler) Track(spec Spec) *Lease {
 	l := &Lease{
-		s:     s,
-		key:   spec.Key,
-		token: spec.Token,
-		owner: spec.Owner,
-		ttl:   spec.TTL.Truncate(time.Second),
-		sem:   spec.Semaphore,
-		idx:   -1,
-		done:  make(chan struct{}),
+		s:      s,
+		key:    spec.Key,
+		token:  spec.Token,
+		owner:  spec.Owner,
+		onLost: spec.OnLost,
+		ttl:    spec.TTL.Truncate(time.Second),
+		sem:    spec.Semaphore,
+		idx:    -1,
+		done:   make(chan struct{}),
 	}
 	// A grant cannot have been sent in the future; treating such a Sent as
 	// now keeps a bogus value from postponing both renewal and loss.
@@ -146,7 +146,7 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 	var cause error
 	switch {
 	case s.closed:
-		cause = ErrClosed
+		cause = errClosed
 	case l.ttl < time.Second:
 		cause = fmt.Errorf("dflock: lease TTL %v is below one second and cannot be renewed", spec.TTL)
 	case l.owner == nil:
@@ -173,55 +173,6 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 	return l
 }
 
-// Untrack stops renewing l (before the caller releases it), closing Done
-// with Err ErrReleased. It reports false if l was already lost (l.Err()
-// says why) or untracked. (l is always handled by the scheduler that
-// tracked it.)
-func (s *Scheduler) Untrack(l *Lease) bool {
-	s = l.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l.state != stateTracked {
-		return false
-	}
-	s.unlinkLocked(l)
-	s.endLocked(l, stateReleased, ErrReleased)
-	return true
-}
-
-// Renew renews l now and waits for the answer (or ctx). A refusal loses the
-// lease and returns its loss error. If ctx ends first Renew returns
-// ctx.Err(); the renewal still completes and is applied.
-func (s *Scheduler) Renew(ctx context.Context, l *Lease) error {
-	s = l.s
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	if l.state != stateTracked {
-		err := l.err
-		s.mu.Unlock()
-		return err
-	}
-	l.inflight++
-	s.scheduleLocked(l)
-	s.stats.Sent++
-	s.stats.Batches++
-	s.mu.Unlock()
-
-	ch := make(chan error, 1)
-	sent := s.now()
-	l.owner.SendBatch([]wire.Request{renewRequest(l)}, func(_ int, r wire.Reply, err error) {
-		ch <- s.complete(l, sent, r, err)
-	})
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // OwnerFailed declares every lease owned by o lost with cause err.
 func (s *Scheduler) OwnerFailed(o Owner, err error) {
 	if o == nil {
@@ -232,18 +183,18 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 	}
 	cause := fmt.Errorf("%w: %w", ErrOwnerFailed, err)
 	s.mu.Lock()
-	os := s.owners[o]
-	if os == nil {
+	st := s.owners[o]
+	if st == nil {
 		s.mu.Unlock()
 		return
 	}
-	for l := os.head; l != nil; {
+	for l := st.head; l != nil; {
 		next := l.onext
 		l.oprev, l.onext = nil, nil
 		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
 		l = next
 	}
-	os.head, os.n = nil, 0
+	st.head, st.n = nil, 0
 	delete(s.owners, o)
 	s.mu.Unlock()
 }
@@ -252,7 +203,7 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 // untracked, so the caller can release them. Their Done is closed with
 // ErrReleased. Leases tracked afterwards are lost at once with ErrClosed.
 //
-// Before it returns, Close waits until Config.OnLost has been called for
+// Before it returns, Close waits until Spec.OnLost has been called for
 // every loss that happened before the leases were handed back; no OnLost
 // call is made after Close returns. Close is idempotent; later calls return
 // nil at once.
@@ -325,25 +276,25 @@ func (s *Scheduler) run() {
 func (s *Scheduler) tick() (time.Duration, bool) {
 	s.mu.Lock()
 	now := s.now()
-	horizon := addSat(now, int64(s.cfg.Window))
+	horizon := addSat(now, int64(s.cfg.window))
 	nrenew := 0
 	for len(s.heap) > 0 && s.heap[0].next <= horizon {
 		l := heap.Pop(&s.heap).(*Lease)
 		switch {
 		case l.deadline <= now:
-			os := s.owners[l.owner]
+			st := s.owners[l.owner]
 			s.unlinkLocked(l)
 			s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: expiredCause(l, now)})
-			s.addToRound(os)
-			os.rel = append(os.rel, l)
+			s.addToRound(st)
+			st.rel = append(st.rel, l)
 		case l.inflight > 0:
 			s.requeue = append(s.requeue, l)
-		case l.renewAt <= addSat(now, min(int64(s.cfg.Window), int64(s.baseInterval(l.ttl))/4)):
+		case l.renewAt <= addSat(now, min(int64(s.cfg.window), int64(s.baseInterval(l.ttl))/4)):
 			l.inflight++
 			l.next = l.deadline
-			os := s.owners[l.owner]
-			s.addToRound(os)
-			os.renew = append(os.renew, l)
+			st := s.owners[l.owner]
+			s.addToRound(st)
+			st.renew = append(st.renew, l)
 			nrenew++
 			s.requeue = append(s.requeue, l)
 		default:
@@ -358,8 +309,8 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	if nrenew > 0 {
 		s.stats.Rounds++
 		s.stats.Sent += int64(nrenew)
-		for _, os := range s.round {
-			if len(os.renew) > 0 {
+		for _, st := range s.round {
+			if len(st.renew) > 0 {
 				s.stats.Batches++
 			}
 		}
@@ -371,35 +322,35 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	armed := s.armed
 	s.mu.Unlock()
 
-	for _, os := range s.round {
-		if len(os.renew) > 0 {
-			b := &batch{s: s, leases: make([]*Lease, len(os.renew))}
-			copy(b.leases, os.renew)
+	for _, st := range s.round {
+		if len(st.renew) > 0 {
+			b := &batch{s: s, leases: make([]*Lease, len(st.renew))}
+			copy(b.leases, st.renew)
 			reqs := make([]wire.Request, len(b.leases))
 			for i, l := range b.leases {
 				reqs[i] = renewRequest(l)
 			}
 			b.sent = s.now()
-			os.owner.SendBatch(reqs, b.done)
+			st.owner.SendBatch(reqs, b.done)
 		}
-		if len(os.rel) > 0 {
-			reqs := make([]wire.Request, len(os.rel))
-			for i, l := range os.rel {
+		if len(st.rel) > 0 {
+			reqs := make([]wire.Request, len(st.rel))
+			for i, l := range st.rel {
 				reqs[i] = releaseRequest(l)
 			}
 			// On the owner's reader: count, never log (a slow log
 			// handler would stall every reply behind this one).
-			os.owner.SendBatch(reqs, func(_ int, r wire.Reply, err error) {
+			st.owner.SendBatch(reqs, func(_ int, r wire.Reply, err error) {
 				if err != nil || r.Status != wire.StatusOK {
 					s.releaseFailed.Add(1)
 				}
 			})
 		}
-		clear(os.renew)
-		os.renew = os.renew[:0]
-		clear(os.rel)
-		os.rel = os.rel[:0]
-		os.inRound = false
+		clear(st.renew)
+		st.renew = st.renew[:0]
+		clear(st.rel)
+		st.rel = st.rel[:0]
+		st.inRound = false
 	}
 	clear(s.round)
 	s.round = s.round[:0]
@@ -410,10 +361,10 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	return max(time.Duration(subSat(armed, s.now())), 0), true
 }
 
-func (s *Scheduler) addToRound(os *ownerState) {
-	if !os.inRound {
-		os.inRound = true
-		s.round = append(s.round, os)
+func (s *Scheduler) addToRound(st *ownerState) {
+	if !st.inRound {
+		st.inRound = true
+		s.round = append(s.round, st)
 	}
 }
 
@@ -467,7 +418,7 @@ func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) {
 	m := s.margin(ttl) // in [0, ttl/2], so ttl−m neither wraps nor goes negative
 	iv := s.baseInterval(ttl)
 	iv = min(iv, (ttl-m)/10*9) // always try to renew well before the loss deadline
-	if j := int64(scaleDur(iv, s.cfg.Jitter)); j > 0 {
+	if j := int64(scaleDur(iv, s.cfg.jitter)); j > 0 {
 		iv -= time.Duration(rand.Int64N(j + 1))
 	}
 	l.confirmed = sent
@@ -476,7 +427,7 @@ func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) {
 }
 
 func (s *Scheduler) margin(ttl time.Duration) time.Duration {
-	return min(max(s.cfg.SafetyMargin(ttl), 0), ttl/2)
+	return min(max(s.cfg.safetyMargin(ttl), 0), ttl/2)
 }
 
 // baseInterval is the renewal interval before jitter: min(TTL×Ratio, KeepAlive).
@@ -505,7 +456,7 @@ func (s *Scheduler) wakeIfEarlierLocked(t int64) {
 }
 
 // endLocked ends a tracked lease (already unlinked from its owner): out of
-// the heap, Err set, Done closed, Context cancelled, a loss queued for
+// the heap, Err set, Done closed, Context cancelled, a loss queued for its
 // OnLost. Cheap; no user code.
 func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	if l.idx >= 0 {
@@ -525,11 +476,11 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	}
 }
 
-// queueLostLocked queues l's loss for OnLost. Queueing under the mutex that
+// queueLostLocked queues l's loss for its OnLost. Queueing under the mutex that
 // also decides the loss is what delivers notifications in loss order; the
 // queue never blocks and never drops.
 func (s *Scheduler) queueLostLocked(l *Lease) {
-	if s.cfg.OnLost == nil || s.notifyShut {
+	if l.onLost == nil || s.notifyShut {
 		return
 	}
 	s.lostQ = append(s.lostQ, l)
@@ -558,34 +509,34 @@ func (s *Scheduler) notify() {
 		}
 		s.mu.Unlock()
 		for _, l := range batch {
-			s.cfg.OnLost(l, l.err) // l.err was written under mu before queueing
+			l.onLost(l, l.err) // l.err was written under mu before queueing
 		}
 	}
 }
 
 func (s *Scheduler) linkLocked(l *Lease) {
-	os := s.owners[l.owner]
-	if os == nil {
-		os = &ownerState{owner: l.owner}
-		s.owners[l.owner] = os
+	st := s.owners[l.owner]
+	if st == nil {
+		st = &ownerState{owner: l.owner}
+		s.owners[l.owner] = st
 	}
-	l.onext = os.head
-	if os.head != nil {
-		os.head.oprev = l
+	l.onext = st.head
+	if st.head != nil {
+		st.head.oprev = l
 	}
-	os.head = l
-	os.n++
+	st.head = l
+	st.n++
 }
 
 func (s *Scheduler) unlinkLocked(l *Lease) {
-	os := s.owners[l.owner]
-	if os == nil {
+	st := s.owners[l.owner]
+	if st == nil {
 		return
 	}
 	if l.oprev != nil {
 		l.oprev.onext = l.onext
-	} else if os.head == l {
-		os.head = l.onext
+	} else if st.head == l {
+		st.head = l.onext
 	} else {
 		return // not linked
 	}
@@ -593,8 +544,8 @@ func (s *Scheduler) unlinkLocked(l *Lease) {
 		l.onext.oprev = l.oprev
 	}
 	l.oprev, l.onext = nil, nil
-	os.n--
-	if os.n == 0 {
+	st.n--
+	if st.n == 0 {
 		delete(s.owners, l.owner)
 	}
 }

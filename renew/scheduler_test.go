@@ -93,7 +93,7 @@ func TestLeaseRenewsAtTTLTimesRatioAndStaysHeld(t *testing.T) {
 	bs := o.waitBatches(t, 3, waitLong)
 	for i, b := range bs[:3] {
 		// interval 1 s minus up to 10% jitter, renewed up to Window early.
-		minAt := time.Duration(i+1) * (900*time.Millisecond - DefaultWindow)
+		minAt := time.Duration(i+1) * (900*time.Millisecond - defaultWindow)
 		assert.GreaterOrEqual(t, b.at.Sub(start), minAt, "renewal %d was sent early", i)
 		assert.Equal(t, int64(10), b.reqs[0].Lease)
 	}
@@ -120,7 +120,7 @@ func TestKeepAliveCapsTheInterval(t *testing.T) {
 	bs := o.waitBatches(t, 5, waitShort)
 	for i, b := range bs[:5] {
 		// 200 ms minus up to 10% jitter, renewed up to Window early.
-		minAt := time.Duration(i+1) * (180*time.Millisecond - DefaultWindow)
+		minAt := time.Duration(i+1) * (180*time.Millisecond - defaultWindow)
 		assert.GreaterOrEqual(t, b.at.Sub(start), minAt, "renewal %d was sent early", i)
 		assert.Equal(t, int64(60), b.reqs[0].Lease)
 	}
@@ -210,7 +210,7 @@ func TestRefusedRenewalLosesTheLease(t *testing.T) {
 	assert.ErrorIs(t, ctx.Err(), context.Canceled)
 	assert.Equal(t, err, context.Cause(ctx))
 	assert.Equal(t, err, context.Cause(l.Context()))
-	assert.False(t, s.Untrack(l))
+	assert.False(t, l.Untrack())
 	st := s.Stats()
 	assert.Equal(t, int64(1), st.Lost)
 	assert.Zero(t, st.Leases)
@@ -234,26 +234,27 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerNever} })
 	var hooked atomic.Pointer[error]
 	hookDone := make(chan struct{})
-	s := newScheduler(Config{OnLost: func(_ *Lease, err error) {
+	onLost := func(_ *Lease, err error) {
 		hooked.Store(&err)
 		close(hookDone)
-	}})
+	}
+	s := newScheduler(Config{})
 	// Renewal due (after 1.8–2 s), loss deadline 1.6 s away (sent + TTL −
 	// 400ms margin: before the server-side expiry). The test drives the
 	// first round itself, so the renewal is sent before the deadline
 	// however slow the machine; then the goroutine takes over.
 	const ttl = 4 * time.Second
 	sent := time.Now().Add(-2 * time.Second)
-	l := s.Track(Spec{Key: "k", Token: "tok", TTL: ttl, Owner: o, Sent: sent})
+	l := s.Track(Spec{Key: "k", Token: "tok", TTL: ttl, Owner: o, Sent: sent, OnLost: onLost})
 	s.tick()
 	startTestScheduler(t, s)
 	s.mu.Lock()
 	deadline := s.epoch.Add(time.Duration(l.deadline))
 	s.mu.Unlock()
-	assert.Equal(t, ttl-DefaultSafetyMargin(ttl), deadline.Sub(sent))
+	assert.Equal(t, ttl-defaultSafetyMargin(ttl), deadline.Sub(sent))
 
 	lostAt := waitDone(t, l, waitShort)
-	assert.GreaterOrEqual(t, lostAt.Sub(sent), ttl-DefaultSafetyMargin(ttl), "lost before the deadline")
+	assert.GreaterOrEqual(t, lostAt.Sub(sent), ttl-defaultSafetyMargin(ttl), "lost before the deadline")
 	require.ErrorIs(t, l.Err(), ErrLost)
 	assert.ErrorIs(t, l.Err(), ErrExpired)
 	assert.ErrorIs(t, context.Cause(l.Context()), ErrExpired)
@@ -351,8 +352,8 @@ func TestUntrackReleasesAndStopsRenewing(t *testing.T) {
 		return len(requestsFor(bs, wire.CmdRenew, "one")) >= 1
 	})
 	ctx := l1.Context()
-	require.True(t, s.Untrack(l1))
-	assert.False(t, s.Untrack(l1))
+	require.True(t, l1.Untrack())
+	assert.False(t, l1.Untrack())
 	select {
 	case <-l1.Done():
 	default:
@@ -360,7 +361,7 @@ func TestUntrackReleasesAndStopsRenewing(t *testing.T) {
 	}
 	assert.Equal(t, ErrReleased, l1.Err())
 	assert.Equal(t, ErrReleased, context.Cause(ctx))
-	assert.Equal(t, ErrReleased, s.Renew(context.Background(), l1))
+	assert.Equal(t, ErrReleased, l1.Renew(context.Background()))
 	n := len(requestsFor(o.snapshot(), wire.CmdRenew, "one"))
 
 	// A second lease on the same schedule renews twice more; "one" never again.
@@ -390,7 +391,7 @@ func TestExplicitRenew(t *testing.T) {
 	s := newTestScheduler(t, Config{KeepAlive: time.Hour})
 	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Hour, Owner: o})
 
-	require.NoError(t, s.Renew(context.Background(), l))
+	require.NoError(t, l.Renew(context.Background()))
 	bs := o.snapshot()
 	require.Len(t, bs, 1)
 	assert.Equal(t, wire.Request{Cmd: wire.CmdRenew, Key: "k", Token: "t", Lease: 3600}, bs[0].reqs[0])
@@ -402,7 +403,7 @@ func TestExplicitRenew(t *testing.T) {
 	mode.Store(1)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { errc <- s.Renew(ctx, l) }()
+	go func() { errc <- l.Renew(ctx) }()
 	o.waitBatches(t, 2, waitShort)
 	cancel()
 	assert.ErrorIs(t, <-errc, context.Canceled)
@@ -412,16 +413,16 @@ func TestExplicitRenew(t *testing.T) {
 	assert.NoError(t, l.Err())
 
 	// Already-cancelled ctx: nothing is sent.
-	assert.ErrorIs(t, s.Renew(ctx, l), context.Canceled)
+	assert.ErrorIs(t, l.Renew(ctx), context.Canceled)
 	assert.Len(t, o.snapshot(), 2)
 
 	// Refusal: the lease is lost and Renew returns the loss error.
 	mode.Store(2)
-	err := s.Renew(context.Background(), l)
+	err := l.Renew(context.Background())
 	require.ErrorIs(t, err, ErrLost)
 	assert.ErrorIs(t, err, ErrRefused)
 	assert.Equal(t, err, l.Err())
-	assert.Equal(t, err, s.Renew(context.Background(), l))
+	assert.Equal(t, err, l.Renew(context.Background()))
 }
 
 func TestCloseReturnsHeldLeasesAndStops(t *testing.T) {
@@ -435,7 +436,7 @@ func TestCloseReturnsHeldLeasesAndStops(t *testing.T) {
 	})
 	s := New(Config{})
 	lost := s.Track(Spec{Key: "lost", Token: "t", TTL: 30 * time.Second, Owner: o})
-	require.ErrorIs(t, s.Renew(context.Background(), lost), ErrLost)
+	require.ErrorIs(t, lost.Renew(context.Background()), ErrLost)
 	// h1 is due at once and its renewal stays in flight across Close (its
 	// loss deadline is 28 s away); h2 is not due.
 	h1 := s.Track(Spec{Key: "h1", Token: "t", TTL: time.Minute, Owner: o, Sent: time.Now().Add(-30 * time.Second)})
@@ -460,8 +461,8 @@ func TestCloseReturnsHeldLeasesAndStops(t *testing.T) {
 	late := s.Track(Spec{Key: "late", Token: "t", TTL: 30 * time.Second, Owner: o})
 	waitDone(t, late, waitShort)
 	assert.ErrorIs(t, late.Err(), ErrLost)
-	assert.ErrorIs(t, late.Err(), ErrClosed)
-	assert.ErrorIs(t, context.Cause(late.Context()), ErrClosed)
+	assert.ErrorIs(t, late.Err(), errClosed)
+	assert.ErrorIs(t, context.Cause(late.Context()), errClosed)
 }
 
 func TestUnrenewableSpecsAreLostAtOnce(t *testing.T) {
@@ -484,25 +485,25 @@ func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
 	s.confirmLocked(l, 0, l.ttl)
 	s.mu.Unlock()
 	require.NoError(t, s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 3}, nil))
-	assert.Equal(t, int64(time.Second+3*time.Second-DefaultSafetyMargin(3*time.Second)), l.deadline)
+	assert.Equal(t, int64(time.Second+3*time.Second-defaultSafetyMargin(3*time.Second)), l.deadline)
 }
 
 func TestConfigDefaultsAndClamping(t *testing.T) {
 	t.Parallel()
-	c := Config{Ratio: 1.5, Jitter: -1, KeepAlive: -time.Second, Window: -1}.withDefaults()
+	c := Config{Ratio: 1.5, jitter: -1, KeepAlive: -time.Second, window: -1}.withDefaults()
 	assert.Equal(t, DefaultRatio, c.Ratio)
-	assert.Equal(t, DefaultJitter, c.Jitter)
-	assert.Equal(t, DefaultKeepAlive, c.KeepAlive)
-	assert.Equal(t, DefaultWindow, c.Window)
-	assert.NotNil(t, c.SafetyMargin)
+	assert.Equal(t, defaultJitter, c.jitter)
+	assert.Equal(t, defaultKeepAlive, c.KeepAlive)
+	assert.Equal(t, defaultWindow, c.window)
+	assert.NotNil(t, c.safetyMargin)
 
-	assert.Equal(t, 100*time.Millisecond, DefaultSafetyMargin(time.Second))
-	assert.Equal(t, time.Second, DefaultSafetyMargin(10*time.Second))
-	assert.Equal(t, 2*time.Second, DefaultSafetyMargin(time.Minute))
+	assert.Equal(t, 100*time.Millisecond, defaultSafetyMargin(time.Second))
+	assert.Equal(t, time.Second, defaultSafetyMargin(10*time.Second))
+	assert.Equal(t, 2*time.Second, defaultSafetyMargin(time.Minute))
 
-	s := newScheduler(Config{SafetyMargin: func(ttl time.Duration) time.Duration { return 2 * ttl }})
+	s := newScheduler(Config{safetyMargin: func(ttl time.Duration) time.Duration { return 2 * ttl }})
 	assert.Equal(t, time.Second, s.margin(2*time.Second))
-	s = newScheduler(Config{SafetyMargin: func(time.Duration) time.Duration { return -time.Second }})
+	s = newScheduler(Config{safetyMargin: func(time.Duration) time.Duration { return -time.Second }})
 	assert.Zero(t, s.margin(2*time.Second))
 
 	// Ratio close to 1: the interval still ends well before the loss deadline.

@@ -2,8 +2,6 @@ package wire
 
 import (
 	"bufio"
-	"context"
-	"errors"
 	"io"
 	"net"
 	"sync/atomic"
@@ -15,9 +13,6 @@ type ConnOptions struct {
 	// MaxLine caps an incoming line (bytes before '\n', including any '\r');
 	// a longer one breaks the connection. Default DefaultMaxLine.
 	MaxLine int
-	// OnPush receives every `sig` line read by the connection's reader. It is
-	// called on the reading goroutine and must not block. Nil drops pushes.
-	OnPush func(Push)
 }
 
 const (
@@ -221,11 +216,16 @@ func (c *Conn) grow(dst, frag []byte) []byte {
 	return append(dst, frag...)
 }
 
-// ReadReply reads the next reply line, routing any `sig` push lines that
-// precede it to OnPush, and parses it as the answer to cmd. A malformed
-// reply or push line breaks the Conn; the returned error then matches both
+// ReadReply reads the next reply line and parses it as the answer to cmd.
+// `sig` push lines before it are skipped: a connection that listens reads
+// with ReadLine and tells pushes from replies itself (IsPush, ParsePush). A
+// malformed reply breaks the Conn; the returned error then matches both
 // ErrConnBroken and ErrProtocol. Error statuses are returned in the Reply
 // with a nil error.
+//
+// The Conn has no call that sends and waits in one: its only user, package
+// pool, pipelines requests from many callers over one reader and handles
+// their cancellation itself.
 func (c *Conn) ReadReply(cmd Command) (Reply, error) {
 	for {
 		line, err := c.ReadLine()
@@ -233,9 +233,6 @@ func (c *Conn) ReadReply(cmd Command) (Reply, error) {
 			return Reply{}, err
 		}
 		if IsPush(line) {
-			if err := c.dispatchPush(line); err != nil {
-				return Reply{}, err
-			}
 			continue
 		}
 		rep, err := ParseReply(line, cmd)
@@ -244,68 +241,4 @@ func (c *Conn) ReadReply(cmd Command) (Reply, error) {
 		}
 		return rep, nil
 	}
-}
-
-func (c *Conn) dispatchPush(line []byte) error {
-	if c.opt.OnPush == nil {
-		return nil
-	}
-	p, err := ParsePush(line)
-	if err != nil {
-		// A garbled push means the peer is not speaking the protocol we
-		// think it is; nothing after it can be trusted either.
-		return c.fail(err)
-	}
-	c.opt.OnPush(p)
-	return nil
-}
-
-// Do writes req and reads its reply, honouring ctx: if ctx ends first the
-// connection's deadline is forced into the past, the call returns an error
-// that matches both ctx.Err() and ErrConnBroken, and the Conn is broken.
-//
-// If ctx is already done when Do is called, nothing is sent, ctx.Err() is
-// returned and the Conn stays usable. If ctx ends just as the reply arrives,
-// the reply is returned but the Conn is still broken (its deadline has been
-// poisoned); check Err before reusing it. Do needs both the read and the
-// write side of the Conn to itself. A context that can never end costs no
-// allocation; one that can costs context.AfterFunc's.
-func (c *Conn) Do(ctx context.Context, req Request) (Reply, error) {
-	if b := c.broken.Load(); b != nil {
-		return Reply{}, b
-	}
-	if ctx.Done() == nil {
-		return c.roundTrip(&req)
-	}
-	if err := ctx.Err(); err != nil {
-		return Reply{}, err
-	}
-	stop := context.AfterFunc(ctx, func() { c.fail(ctxCause(ctx)) })
-	rep, err := c.roundTrip(&req)
-	if !stop() {
-		// The callback has started; make sure the Conn is broken with the
-		// context's cause before returning, even if it has not finished.
-		b := c.fail(ctxCause(ctx))
-		if err != nil {
-			return Reply{}, b
-		}
-	}
-	return rep, err
-}
-
-func (c *Conn) roundTrip(req *Request) (Reply, error) {
-	if err := c.WriteRequests(*req); err != nil {
-		return Reply{}, err
-	}
-	return c.ReadReply(req.Cmd)
-}
-
-// ctxCause is ctx.Err(), joined with the context's cause when one was given,
-// so that errors.Is matches both.
-func ctxCause(ctx context.Context) error {
-	err := ctx.Err()
-	if cause := context.Cause(ctx); cause != nil && cause != err {
-		return errors.Join(err, cause)
-	}
-	return err
 }

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -85,27 +84,7 @@ func TestConnAcceptsCRLF(t *testing.T) {
 	assert.Equal(t, "sig a b", string(line), "ReadLine returns push lines too")
 }
 
-func TestConnDispatchesPushesBeforeReplies(t *testing.T) {
-	t.Parallel()
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			t.Parallel()
-			var got []Push
-			c, srv := tr.dial(t, ConnOptions{OnPush: func(p Push) { got = append(got, p) }})
-			feed(t, srv, false, "sig events.a hello big world\nsig x.y  z\n", "ok 2\n", "sig late 1\nok\n")
-			rep, err := c.ReadReply(CmdSignal)
-			require.NoError(t, err)
-			assert.Equal(t, int64(2), rep.Count)
-			assert.Equal(t, []Push{{"events.a", "hello big world"}, {"x.y", " z"}}, got)
-			rep, err = c.ReadReply(CmdPing)
-			require.NoError(t, err)
-			assert.Equal(t, StatusOK, rep.Status)
-			assert.Len(t, got, 3)
-		})
-	}
-}
-
-func TestConnDropsPushesWithoutHandler(t *testing.T) {
+func TestConnReadReplySkipsPushes(t *testing.T) {
 	t.Parallel()
 	c, srv := pipeConn(t, ConnOptions{})
 	feed(t, srv, false, "sig a b\nsig malformed\nok\n")
@@ -129,8 +108,6 @@ func requireBroken(t *testing.T, c *Conn, err error, cause error) {
 	assert.Equal(t, err, err2)
 	assert.Equal(t, err, c.WriteRequests(Request{Cmd: CmdPing}))
 	assert.Equal(t, err, c.WriteRaw([]byte("ping\n_\n\n")))
-	_, err2 = c.Do(context.Background(), Request{Cmd: CmdPing})
-	assert.Equal(t, err, err2)
 }
 
 func TestConnOverlongLineBreaksConnection(t *testing.T) {
@@ -259,14 +236,6 @@ func TestConnMalformedReplyBreaksConnection(t *testing.T) {
 	assert.Contains(t, err.Error(), "dflock: connection broken: protocol violation")
 }
 
-func TestConnMalformedPushBreaksConnection(t *testing.T) {
-	t.Parallel()
-	c, srv := pipeConn(t, ConnOptions{OnPush: func(Push) {}})
-	feed(t, srv, false, "sig lonely\nok\n")
-	_, err := c.ReadReply(CmdPing)
-	requireBroken(t, c, err, ErrProtocol)
-}
-
 // answerer is a fake server that reads requests and answers each with reply
 // (or not at all when reply is empty), reporting each request it read.
 func answerer(t *testing.T, srv net.Conn, reply string) <-chan [3]string {
@@ -295,88 +264,6 @@ func answerer(t *testing.T, srv net.Conn, reply string) <-chan [3]string {
 		<-done
 	})
 	return got
-}
-
-func TestConnDoRoundTrip(t *testing.T) {
-	t.Parallel()
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			t.Parallel()
-			c, srv := tr.dial(t, ConnOptions{})
-			reqs := answerer(t, srv, "ok 9\n")
-			ctx, cancel := context.WithCancel(context.Background())
-			rep, err := c.Do(ctx, Request{Cmd: CmdRenew, Key: "k2", Token: tok, Lease: 9})
-			require.NoError(t, err)
-			assert.Equal(t, int64(9), rep.Lease)
-			assert.Equal(t, [3]string{"n", "k2", tok + " 9"}, <-reqs)
-			cancel() // after the call: must not affect the Conn
-			rep, err = c.Do(context.Background(), Request{Cmd: CmdRenew, Key: "k2", Token: tok})
-			require.NoError(t, err)
-			assert.Equal(t, int64(9), rep.Lease)
-			assert.NoError(t, c.Err())
-		})
-	}
-}
-
-func TestConnDoCancellationBreaksAndUnblocks(t *testing.T) {
-	t.Parallel()
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			t.Parallel()
-			c, srv := tr.dial(t, ConnOptions{})
-			reqs := answerer(t, srv, "") // never answers, like a blocked l
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			res := make(chan error, 1)
-			go func() {
-				_, err := c.Do(ctx, Request{Cmd: CmdLock, Key: "k", Timeout: 3600})
-				res <- err
-			}()
-			<-reqs // the request is on the server: Do is now reading
-			cancel()
-			select {
-			case err := <-res:
-				requireBroken(t, c, err, context.Canceled)
-			case <-time.After(guard):
-				t.Fatal("Do did not return after cancellation")
-			}
-		})
-	}
-}
-
-func TestConnDoDeadlineAndCause(t *testing.T) {
-	t.Parallel()
-	c, srv := pipeConn(t, ConnOptions{})
-	answerer(t, srv, "")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	_, err := c.Do(ctx, Request{Cmd: CmdWait, Key: "k", Timeout: 60})
-	requireBroken(t, c, err, context.DeadlineExceeded)
-
-	c2, srv2 := pipeConn(t, ConnOptions{})
-	reqs := answerer(t, srv2, "")
-	why := errors.New("shutting down")
-	ctx2, cancel2 := context.WithCancelCause(context.Background())
-	go func() {
-		<-reqs
-		cancel2(why)
-	}()
-	_, err = c2.Do(ctx2, Request{Cmd: CmdWait, Key: "k", Timeout: 60})
-	requireBroken(t, c2, err, context.Canceled)
-	assert.ErrorIs(t, err, why)
-}
-
-func TestConnDoWithDoneContextSendsNothing(t *testing.T) {
-	t.Parallel()
-	sc := &scriptConn{record: true}
-	c := NewConn(sc, ConnOptions{})
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	_, err := c.Do(ctx, Request{Cmd: CmdPing})
-	assert.ErrorIs(t, err, context.Canceled)
-	assert.NotErrorIs(t, err, ErrConnBroken)
-	assert.NoError(t, c.Err())
-	assert.Empty(t, sc.writes)
 }
 
 func TestConnWriteRequestsUsesOneWrite(t *testing.T) {
@@ -420,11 +307,6 @@ func TestConnSteadyStateAllocations(t *testing.T) {
 		}
 	})
 	assert.LessOrEqual(t, allocs, 1.0, "ReadReply: only the grant's token")
-	allocs = testing.AllocsPerRun(200, func() {
-		_, _ = c.Do(context.Background(), reqs[0])
-		_, _ = c.ReadReply(CmdLock)
-	})
-	assert.LessOrEqual(t, allocs, 1.0, "Do with a background context")
 	require.NoError(t, c.Err())
 }
 

@@ -46,7 +46,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	fmt.Printf("lock:      holding %q on %s (lease %v)\n", l.Key(), l.Server(), l.Lease())
+	fmt.Printf("lock:      holding %q on %s (lease %v)\n", l.Key(), l.Server(), l.TTL())
 	if _, err := c.TryLock(ctx, "quickstart:report"); errors.Is(err, dflock.ErrNotAcquired) {
 		fmt.Println("lock:      a second TryLock is refused while it is held")
 	}

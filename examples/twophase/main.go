@@ -64,7 +64,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("granted after %v of waiting, lease %v\n", time.Since(start).Round(100*time.Millisecond), l.Lease())
+	fmt.Printf("granted after %v of waiting, lease %v\n", time.Since(start).Round(100*time.Millisecond), l.TTL())
 	if err := l.Release(ctx); err != nil {
 		return err
 	}

@@ -1,0 +1,236 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// LaneConn is a control-lane connection: shared by every goroutine, long
+// lived, owner of the leases granted on it. It is never closed because one
+// caller gave up, and it carries only small non-blocking commands. Requests
+// reach it through Pool.Do; the renewal scheduler and releases reach it as
+// the lease Owner that Pool.Do returned.
+type LaneConn struct {
+	c *conn
+}
+
+// SendBatch writes reqs in one write, coalesced with concurrent senders,
+// and calls done once per request, in order, from the connection's reader
+// goroutine — or at once, before SendBatch returns, for every request if the
+// connection is already broken, and for a request with a line break in a
+// field (which would desynchronise the connection). done must not block.
+// SendBatch never blocks on the network. The requests must be lane-safe (the
+// scheduler's renewals and releases are).
+func (l *LaneConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+	l.c.sendBatch(reqs, done)
+}
+
+// Err is nil while the connection is usable; afterwards an error matching
+// wire.ErrConnBroken that names the server (see Conn.Err).
+func (l *LaneConn) Err() error { return l.c.Err() }
+
+// Do sends a non-blocking request (try-acquire, renew, release, ping,
+// signal) on the control lane and waits for its reply. The returned LaneConn
+// is the connection that carried it: for a grant it is the lease owner. It
+// is non-nil whenever a lane connection was chosen, even with an error. A
+// request that could not be sent because its connection had just broken is
+// retried on another lane connection (nothing reached the server).
+//
+// If ctx ends first Do returns an error matching ctx.Err(); the lane
+// connection is NOT closed (it may own other leases): the reply is still
+// read, and a grant that arrives for an abandoned l/sl request is released
+// at once on the same connection.
+//
+// Requests that could stall or break a shared connection — blocking
+// acquires, e/se/w/sw, stats, listen/unlisten, auth, and any request whose
+// encoded line exceeds wire.MaxLine (the cap of servers before v1.15) — are
+// refused with an error naming the command. Requests are otherwise not
+// validated here: package dflock validates them at its API (see framed for
+// the one check that is made again). The lane picks the healthy connection
+// with the fewest replies pending (ties to the first), which concentrates
+// light load on one connection so that it coalesces, and spreads heavy load.
+func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, *LaneConn, error) {
+	if err := laneCheck(&req); err != nil {
+		return wire.Reply{}, nil, err
+	}
+	grantKey := ""
+	if req.Cmd == wire.CmdLock || req.Cmd == wire.CmdSemLock {
+		grantKey = req.Key // laneCheck admits no other grant-carrying command
+	}
+	for attempt := 0; ; attempt++ {
+		l, err := p.laneConn(ctx)
+		if err != nil {
+			return wire.Reply{}, nil, err
+		}
+		r, sent, _, err := l.c.do(ctx, &req, grantKey)
+		if !sent && err != nil && l.c.errp.Load() != nil && attempt < len(p.lanes) {
+			// The connection broke between the choice and the send:
+			// nothing went out, so another lane connection may carry it.
+			continue
+		}
+		return r, l, err
+	}
+}
+
+// errNotLaneSafe matches the error of a request refused by the control lane.
+var errNotLaneSafe = errors.New("dflock: request not allowed on the control lane")
+
+// laneCheck refuses requests that must not share a lease-owning connection.
+func laneCheck(req *wire.Request) error {
+	switch req.Cmd {
+	case wire.CmdLock, wire.CmdSemLock:
+		if req.Blocking() {
+			return fmt.Errorf("%w: %s with a timeout > 0 blocks the connection", errNotLaneSafe, req.Cmd)
+		}
+	case wire.CmdRelease, wire.CmdSemRelease, wire.CmdRenew, wire.CmdSemRenew, wire.CmdPing, wire.CmdSignal:
+	default:
+		return fmt.Errorf("%w: %s", errNotLaneSafe, req.Cmd)
+	}
+	if n := req.LineLen(); n > wire.MaxLine {
+		return fmt.Errorf("%w: %s has a %d-byte line (over %d)", errNotLaneSafe, req.Cmd, n, wire.MaxLine)
+	}
+	return nil
+}
+
+type laneSlot struct {
+	conn atomic.Pointer[LaneConn]
+	dial *laneDial // in progress; under p.mu
+}
+
+type laneDial struct {
+	done chan struct{}
+	err  error
+}
+
+// laneConn returns a healthy lane connection, dialling if there is none.
+// A healthy lane connection is used even while the server is marked down
+// (the down state only stops new dials; the probe makes them); with none,
+// a down server fails fast.
+func (p *Pool) laneConn(ctx context.Context) (*LaneConn, error) {
+	var dialErr error
+	for {
+		if p.closed.Load() {
+			return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
+		}
+		best, missing := p.bestLane()
+		if best != nil && !missing {
+			return best, nil
+		}
+		// After a failed dial, wait only for dials already in progress
+		// (another slot's may succeed) instead of starting new ones.
+		d := p.kickLaneDials(dialErr == nil)
+		if best != nil {
+			return best, nil
+		}
+		if d == nil {
+			if dialErr != nil {
+				return nil, dialErr
+			}
+			if err := p.usable(); err != nil {
+				return nil, err
+			}
+			continue // a dial finished between the scan and the kick
+		}
+		select {
+		case <-d.done:
+			if d.err != nil {
+				dialErr = d.err
+			}
+		case <-ctx.Done():
+			return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
+		}
+	}
+}
+
+// bestLane returns the healthy lane connection with the fewest replies
+// pending (ties to the first; nil if none), and whether a slot is empty or
+// broken.
+func (p *Pool) bestLane() (best *LaneConn, missing bool) {
+	var bestN int32
+	for i := range p.lanes {
+		l := p.lanes[i].conn.Load()
+		if l == nil || l.c.errp.Load() != nil {
+			missing = true
+			continue
+		}
+		if n := l.c.inflight.Load(); best == nil || n < bestN {
+			best, bestN = l, n
+		}
+	}
+	return best, missing
+}
+
+// kickLaneDials starts a dial (if start) for every empty or broken lane
+// slot that has none in progress, unless the pool is closed or the server
+// down, and returns one dial in progress (nil if none).
+func (p *Pool) kickLaneDials(start bool) *laneDial {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var any *laneDial
+	for i := range p.lanes {
+		s := &p.lanes[i]
+		if s.dial != nil {
+			any = s.dial
+			continue
+		}
+		if l := s.conn.Load(); l != nil && l.c.errp.Load() == nil {
+			continue
+		}
+		if !start || p.closed.Load() || p.down.Load() != nil {
+			continue
+		}
+		d := &laneDial{done: make(chan struct{})}
+		s.dial = d
+		any = d
+		p.bg.Add(1)
+		go p.dialLane(s, d)
+	}
+	return any
+}
+
+func (p *Pool) dialLane(s *laneSlot, d *laneDial) {
+	defer p.bg.Done()
+	l, err := p.dialLaneConn(p.ctx)
+	p.mu.Lock()
+	if err == nil {
+		s.conn.Store(l)
+	}
+	d.err = err
+	s.dial = nil
+	p.mu.Unlock()
+	close(d.done)
+}
+
+// dialLaneConn dials a connection for the lane. A network failure marks the
+// server down (see dialFailed).
+func (p *Pool) dialLaneConn(ctx context.Context) (*LaneConn, error) {
+	l := &LaneConn{}
+	_, err := p.dial(ctx, true, p.cfg.maxReplyLine, func(c *conn) {
+		c.owner = l // for OnConnBroken: the lane connection owns its leases
+		l.c = c
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// adoptLane puts a freshly dialled lane connection into an empty slot, or
+// closes it if there is none.
+func (p *Pool) adoptLane(l *LaneConn) {
+	p.mu.Lock()
+	for i := range p.lanes {
+		s := &p.lanes[i]
+		if old := s.conn.Load(); s.dial == nil && (old == nil || old.c.errp.Load() != nil) {
+			s.conn.Store(l)
+			p.mu.Unlock()
+			return
+		}
+	}
+	p.mu.Unlock()
+	l.c.fail(errDestroyed)
+}

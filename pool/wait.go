@@ -1,0 +1,212 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/jackc/puddle/v2"
+
+	"github.com/dflock-sdk/go/wire"
+)
+
+// Conn is an acquired wait-pool connection: the caller's for blocking
+// acquires and two-phase tickets until it ends the acquisition with exactly
+// one Release or Destroy (later calls are no-ops). Like pgxpool's Conn it is
+// a handle that owns the puddle resource for one acquisition; each Acquire
+// returns a new one. A lease granted on it pins it (Pin): it then stays out
+// of the pool, and is the lease's Owner, until the lease is released or
+// lost.
+type Conn struct {
+	p    *Pool
+	c    *conn
+	res  *puddle.Resource[*conn]
+	out  atomic.Bool // until Release, Destroy or Pool.Close ends the acquisition
+	pins atomic.Int32
+}
+
+// Do sends req and waits for its reply. If ctx ends first the connection
+// is destroyed — that is how the server withdraws a blocked waiter — and
+// the error matches ctx.Err() and wire.ErrConnBroken. Requests are not
+// validated here (package dflock does that; see framed).
+func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
+	r, _, abandoned, err := h.c.do(ctx, &req, "")
+	if abandoned {
+		h.Destroy()
+		return wire.Reply{}, serverErr(h.p.cfg.Addr, ctx.Err(), errWithdrawnBroken)
+	}
+	return r, err
+}
+
+// SendBatch is LaneConn.SendBatch for a lease pinned to this connection:
+// its renewals and its release.
+func (h *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+	h.c.sendBatch(reqs, done)
+}
+
+// Err is nil while the connection is usable; afterwards an error matching
+// wire.ErrConnBroken that names the server. It also matches ErrUnavailable
+// if the server or the network broke the connection, and ErrClosed after
+// Pool.Close.
+func (h *Conn) Err() error { return h.c.Err() }
+
+// SupportsPing reports whether the server answered `ping` with ok (v1.14+);
+// false on v1.10 servers, which answer `error` (still a valid keepalive).
+// Every connection pings once during its handshake, so this is known as soon
+// as the Conn exists.
+func (h *Conn) SupportsPing() bool { return h.c.ping.Load() == pingOK }
+
+// Pin records that the connection owns one more lease; Unpin one fewer.
+// A pinned connection stays acquired (it counts toward Config.MaxConns)
+// until its leases are gone and it is released.
+func (h *Conn) Pin() { h.pins.Add(1) }
+
+// Unpin records that the connection owns one lease fewer.
+func (h *Conn) Unpin() {
+	for {
+		n := h.pins.Load()
+		if n <= 0 || h.pins.CompareAndSwap(n, n-1) {
+			return
+		}
+	}
+}
+
+// Release returns the connection to the wait pool if it is healthy (not
+// broken, no reply pending, not pinned), otherwise destroys it. Releasing a
+// pinned connection destroys it, and with it the server-side leases it
+// owns: Unpin first.
+func (h *Conn) Release() {
+	if !h.takeOut() {
+		return
+	}
+	if h.c.errp.Load() == nil && h.c.inflight.Load() == 0 && h.pins.Load() == 0 {
+		h.c.setOwner(nil)
+		h.res.Release()
+		// Callers waiting for a paced dial may take this one instead.
+		h.p.gate.broadcast()
+		return
+	}
+	if h.pins.Load() > 0 {
+		h.p.log.Warn("dflock: pinned connection released; destroying it (its leases end)", "server", h.p.cfg.Addr)
+	}
+	h.c.fail(errDestroyed)
+	h.res.Destroy()
+}
+
+// Destroy closes the connection (the server auto-releases its leases and
+// withdraws its waiters). Config.OnConnBroken is called for it.
+func (h *Conn) Destroy() {
+	h.c.fail(errDestroyed)
+	if h.takeOut() {
+		h.res.Destroy()
+	}
+}
+
+// takeOut ends the acquisition: true for exactly one caller (Release,
+// Destroy or Pool.Close), who must then hand h.res back to puddle.
+func (h *Conn) takeOut() bool {
+	if !h.out.CompareAndSwap(true, false) {
+		return false
+	}
+	h.p.mu.Lock()
+	delete(h.p.acquired, h)
+	h.p.mu.Unlock()
+	h.p.nAcquired.Add(-1)
+	return true
+}
+
+// Acquire takes an exclusive connection from the wait pool (dialling if
+// needed, honouring ctx). The caller must end with exactly one of
+// Conn.Release (clean, reusable) or Conn.Destroy; extra calls are no-ops.
+//
+// While the server is down Acquire fails fast (ErrUnavailable). A dial that
+// fails while other connections to the server are alive is not a reason to
+// mark it down (its lane may be serving fine, e.g. when the server is at
+// its --max-connections cap); instead new wait-pool connections are paced,
+// per pool:
+//
+//   - While dials succeed, at most 4 run at once; callers beyond that wait
+//     for one of them to finish.
+//   - After a failed dial, one dial at a time, each after a wait drawn
+//     uniformly from [0, backoff) (full jitter), the backoff doubling from
+//     50 ms up to 2 s with every further failure, until a dial succeeds or
+//     the server is reached again by any other dial.
+//
+// A caller that needs a new connection while dials are held back waits —
+// bounded by ctx — for an idle connection, or for its turn to dial. If any
+// wait-pool dial fails while the caller is in Acquire, the caller fails with
+// that dial's error instead of waiting for another attempt: one refused dial
+// answers every caller waiting for it, so a burst of callers against a server
+// at its connection cap costs a few refused connections, not one each. Such
+// an error matches ErrUnavailable, names the server and says what happened
+// (e.g. that the server closed the connection during the handshake, as it
+// does at its connection limit). A caller whose ctx ends while it waits gets
+// an error matching ctx.Err() that names the last dial failure, if any.
+//
+// A connection that broke while idle is destroyed, not handed out. An
+// acquired connection, pinned or not, counts toward Config.MaxConns until
+// it is released or destroyed, so a process holding MaxConns leases on
+// wait-pool connections makes further Acquires wait.
+func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	gen := p.gate.generation()
+	for {
+		if err := p.usable(); err != nil {
+			return nil, err
+		}
+		res, err := p.pp.Acquire(ctx)
+		if err != nil {
+			switch {
+			case errors.Is(err, errDialDeferred):
+				if err := p.waitForDial(ctx, gen); err != nil {
+					return nil, err
+				}
+				continue
+			case errors.Is(err, puddle.ErrClosedPool):
+				return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
+			case ctx.Err() != nil:
+				return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
+			}
+			return nil, err // from dial: already a *ServerError
+		}
+		c := res.Value()
+		if c.errp.Load() != nil {
+			res.Destroy()
+			continue
+		}
+		h := &Conn{p: p, c: c, res: res}
+		p.mu.Lock()
+		if p.closed.Load() {
+			p.mu.Unlock()
+			res.Destroy()
+			return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
+		}
+		h.out.Store(true)
+		p.acquired[h] = struct{}{}
+		p.nAcquired.Add(1)
+		p.mu.Unlock()
+		c.setOwner(h)
+		return h, nil
+	}
+}
+
+// dialWaitConn is the wait pool's constructor: puddle keeps constructing
+// after the caller gives up, and cancels ctx only on Close, so dial bounds
+// it with DialTimeout. The gate answers at once when it defers the dial;
+// Acquire then waits on its own context.
+func (p *Pool) dialWaitConn(ctx context.Context) (*conn, error) {
+	gen, ok := p.gate.enter()
+	if !ok {
+		return nil, errDialDeferred
+	}
+	c, err := p.dial(ctx, false, p.cfg.maxReplyLine, func(c *conn) {
+		// Broken while idle in puddle: the janitor destroys it. (One that
+		// breaks while acquired goes back destroyed; the sweep then finds
+		// nothing, which is cheap.)
+		c.onBroken = func(error) { p.needSweep.Store(true) }
+	})
+	p.gate.leave(gen, err)
+	return c, err
+}
+
+var errWithdrawnBroken = fmt.Errorf("%w (%w)", wire.ErrConnBroken, errWithdrawn)
