@@ -104,7 +104,11 @@ func (timeoutError) Timeout() bool { return true }
 //
 //	dflock: lock "orders:42" on 127.0.0.1:6388: server refused: error_max_locks
 type Error struct {
-	Op     string // "lock", "trylock", "semaphore", "trysemaphore", "enqueue", "wait", "release", "renew", "stats"
+	// Op is the operation: "lock", "trylock", "semaphore", "trysemaphore",
+	// "enqueue", "enqueue semaphore", "wait", "wait semaphore", "release",
+	// "renew" (these two prefixed "semaphore " for a semaphore slot), "stats",
+	// "emit" or "listen".
+	Op     string
 	Key    string // the lock or semaphore key, if any
 	Server string // the server address, if the operation got that far
 	Reply  string // the server's reply word, when the server refused
