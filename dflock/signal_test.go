@@ -485,6 +485,9 @@ func TestSignalsBufferGrowsOnDemand(t *testing.T) {
 	for i := 0; i < limit; i++ {
 		emit(t, c, "o", "again"+strconv.Itoa(i))
 	}
+	// The server pushes after it answers the Emit: drop the connection
+	// only once everything pushed has arrived.
+	require.Eventually(t, func() bool { return queued(bounded) == limit }, testTimeout, time.Millisecond)
 	srv.DropConnections()
 	waitListening(t, srv, "o", "")
 	for i := 0; i < limit; i++ {
@@ -822,6 +825,17 @@ func waitListening(t *testing.T, srv *testutil.Server, pattern, group string) {
 		}
 		return false
 	}, testTimeout, time.Millisecond, "%s listening on %s", pattern, srv.Addr())
+}
+
+// queued returns how many signals s holds for its consumer.
+func queued(s *Subscription) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.ch)
+	if s.ov != nil {
+		n += s.ov.sigs
+	}
+	return n
 }
 
 // recvC receives one item from C within the test timeout.
