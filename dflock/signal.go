@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -247,16 +246,13 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 		// by a server before v1.15 (line too long): long Emits share a
 		// connection of their own, which owns no lease and is outside the
 		// wait pool, so that blocked Locks cannot make them wait.
-		var e *emitConn
-		var conn *pool.Conn
-		if e, err = c.signals.emitter(srv); err == nil {
-			if conn, err = e.get(opCtx); err == nil {
-				r, err = conn.Do(opCtx, req)
-				if err == nil && r.Status == wire.StatusError {
-					// A server before v1.15 closes the connection after
-					// refusing a long line: do not hand it to the next Emit.
-					e.discard(conn)
-				}
+		var conn *sigConn
+		if conn, err = c.signals.emitConn(opCtx, srv); err == nil {
+			r, err = conn.do(opCtx, req)
+			if err == nil && r.Status == wire.StatusError {
+				// A server before v1.15 closes the connection after
+				// refusing a long line: do not hand it to the next Emit.
+				c.signals.discardEmitConn(srv, conn)
 			}
 		}
 	}

@@ -827,6 +827,15 @@ func waitListening(t *testing.T, srv *testutil.Server, pattern, group string) {
 	}, testTimeout, time.Millisecond, "%s listening on %s", pattern, srv.Addr())
 }
 
+// setListenReplyHook installs hook as testHookListenReply for the rest of
+// the test. The hook is package-wide: the test must not be parallel, and
+// hook should ignore listeners of other Clients.
+func setListenReplyHook(t *testing.T, hook func(*listener)) {
+	t.Helper()
+	require.True(t, testHookListenReply.CompareAndSwap(nil, &hook), "another listen-reply hook is installed")
+	t.Cleanup(func() { testHookListenReply.Store(nil) })
+}
+
 // queued returns how many signals s holds for its consumer.
 func queued(s *Subscription) int {
 	s.mu.Lock()
@@ -861,12 +870,12 @@ func TestSignalsGapWhenBrokenBeforeRelistenIsProcessed(t *testing.T) {
 	inWindow := make(chan struct{})
 	release := make(chan struct{})
 	var armed atomic.Bool
-	c.signals.testHookReply = func() {
-		if armed.CompareAndSwap(true, false) {
+	setListenReplyHook(t, func(l *listener) {
+		if l.c == c && armed.CompareAndSwap(true, false) {
 			close(inWindow)
 			<-release
 		}
-	}
+	})
 	ctx := testCtx(t)
 	a, err := c.Listen(ctx, "a")
 	require.NoError(t, err)
