@@ -338,10 +338,10 @@ func (s *Subscription) C() <-chan Signal { return s.ch }
 // subscription is closed (then the error matches ErrSubscriptionClosed).
 // After a gap it returns, once, an error matching ErrSignalGap (a
 // *GapError); keep calling Next to receive the signals that follow. A nil
-// ctx means context.Background().
+// ctx is an *ArgError, as for every other call.
 func (s *Subscription) Next(ctx context.Context) (Signal, error) {
 	if ctx == nil {
-		ctx = context.Background()
+		return Signal{}, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
 	if err := s.closedErr(); err != nil {
 		return Signal{}, err

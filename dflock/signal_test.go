@@ -743,6 +743,34 @@ func TestSignalsRejectBadInputBeforeIO(t *testing.T) {
 	assert.Zero(t, c.servers[0].pool.Stats().DialFailures, "nothing was dialled")
 }
 
+// A nil ctx is an *ArgError naming ctx for every signal call, Next
+// included, and a Next refused for it takes no signal.
+func TestSignalsNilContextIsAnArgError(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "a")
+	require.NoError(t, err)
+	emit(t, c, "a", "kept")
+	require.Eventually(t, func() bool { return queued(sub) == 1 }, testTimeout, time.Millisecond)
+
+	var nilCtx context.Context
+	for name, call := range map[string]func() error{
+		"Listen": func() error { _, err := c.Listen(nilCtx, "b"); return err },
+		"Emit":   func() error { _, err := c.Emit(nilCtx, "a", "p"); return err },
+		"Next":   func() error { _, err := sub.Next(nilCtx); return err },
+	} {
+		err := call()
+		require.ErrorIs(t, err, ErrInvalidArgument, name)
+		var ae *ArgError
+		require.ErrorAs(t, err, &ae, name)
+		assert.Equal(t, "ctx", ae.Arg, name)
+	}
+	assert.Equal(t, "kept", next(t, sub).Payload)
+	assertEmpty(t, sub)
+}
+
 // A Listen whose ctx ends while its listen is in flight on the shared
 // connection fails with the ctx error, leaves no server-side subscription
 // behind, and does not disturb the subscriptions sharing the connection.
