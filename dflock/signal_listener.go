@@ -348,6 +348,7 @@ type listener struct {
 	wake chan struct{} // cap 1: there is work for the supervisor
 	quit chan struct{} // closed by signalHub.close
 	pace pacer         // supervisor only
+	sent []*pat        // supervisor only: per request of the batch in flight, its listen's pattern (nil: unlisten)
 
 	// mu guards everything below and each pat's fields but rr. The reader
 	// holds it for reading while it routes a push, so the routing state
@@ -812,10 +813,11 @@ func (l *listener) retrying() bool {
 // patterns marked dirty need, and processes the replies. It reports false
 // if the Client closed meanwhile.
 func (l *listener) sync(lc *lconn) bool {
-	reqs, ps := l.due(lc)
+	reqs := l.due(lc)
 	if len(reqs) == 0 {
 		return true
 	}
+	defer clear(l.sent) // reused across batches; pins no pattern
 	results := make(chan batchResult, len(reqs))
 	lc.conn.sendBatch(reqs, results)
 	for range reqs {
@@ -828,7 +830,7 @@ func (l *listener) sync(lc *lconn) bool {
 		if hook := testHookListenReply.Load(); hook != nil {
 			(*hook)(l)
 		}
-		if p := ps[res.i]; p != nil {
+		if p := l.sent[res.i]; p != nil {
 			l.listened(lc, p, res)
 		} else {
 			l.unlistened(reqs[res.i], res)
@@ -837,23 +839,25 @@ func (l *listener) sync(lc *lconn) bool {
 	return true
 }
 
-// due takes the dirty patterns and returns the requests they need on lc:
-// ps[i] is the pattern of a listen, nil for an unlisten. It returns nothing
-// (and leaves them dirty) if lc is no longer current: it broke, onBroken
-// poked for the reconnect, and connect will mark every pattern dirty.
-func (l *listener) due(lc *lconn) (reqs []wire.Request, ps []*pat) {
+// due takes the dirty patterns and returns the requests they need on lc,
+// with l.sent[i] the pattern of a listen, nil for an unlisten. It returns
+// nothing (and leaves them dirty) if lc is no longer current: it broke,
+// onBroken poked for the reconnect, and connect will mark every pattern
+// dirty.
+func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cur != lc {
-		return nil, nil
+		return nil
 	}
+	l.sent = l.sent[:0]
 	for p := range l.dirty {
 		switch {
 		case len(p.subs) > 0:
 			if !p.on && p.sentOn == nil {
 				p.sentOn = lc
 				reqs = append(reqs, wire.Request{Cmd: wire.CmdListen, Key: p.pattern, Arg: l.key.group})
-				ps = append(ps, p)
+				l.sent = append(l.sent, p)
 			}
 		case p.on:
 			// The last subscription went. A subscription of the same
@@ -861,7 +865,7 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request, ps []*pat) {
 			// listen follows the unlisten on this connection.
 			p.on = false
 			reqs = append(reqs, wire.Request{Cmd: wire.CmdUnlisten, Key: p.pattern, Arg: l.key.group})
-			ps = append(ps, nil)
+			l.sent = append(l.sent, nil)
 			l.forgetLocked(p)
 		case p.sentOn == nil:
 			l.forgetLocked(p) // nothing on the server
@@ -871,7 +875,7 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request, ps []*pat) {
 		}
 	}
 	clear(l.dirty)
-	return reqs, ps
+	return reqs
 }
 
 // unlistened processes the reply to an unlisten. A refusal leaves nothing
