@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -247,16 +246,13 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 		// by a server before v1.15 (line too long): long Emits share a
 		// connection of their own, which owns no lease and is outside the
 		// wait pool, so that blocked Locks cannot make them wait.
-		var e *emitConn
-		var conn *pool.ListenerConn
-		if e, err = c.signals.emitter(srv); err == nil {
-			if conn, err = e.get(opCtx); err == nil {
-				r, err = conn.Do(opCtx, req)
-				if err == nil && r.Status == wire.StatusError {
-					// A server before v1.15 closes the connection after
-					// refusing a long line: do not hand it to the next Emit.
-					e.discard(conn)
-				}
+		var conn *sigConn
+		if conn, err = c.signals.emitConn(opCtx, srv); err == nil {
+			r, err = conn.do(opCtx, req)
+			if err == nil && r.Status == wire.StatusError {
+				// A server before v1.15 closes the connection after
+				// refusing a long line: do not hand it to the next Emit.
+				c.signals.discardEmitConn(srv, conn)
 			}
 		}
 	}
@@ -342,10 +338,10 @@ func (s *Subscription) C() <-chan Signal { return s.ch }
 // subscription is closed (then the error matches ErrSubscriptionClosed).
 // After a gap it returns, once, an error matching ErrSignalGap (a
 // *GapError); keep calling Next to receive the signals that follow. A nil
-// ctx means context.Background().
+// ctx is an *ArgError, as for every other call.
 func (s *Subscription) Next(ctx context.Context) (Signal, error) {
 	if ctx == nil {
-		ctx = context.Background()
+		return Signal{}, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
 	if err := s.closedErr(); err != nil {
 		return Signal{}, err

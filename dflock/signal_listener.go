@@ -39,6 +39,101 @@ func (p *pacer) next() time.Duration {
 	return d
 }
 
+// retryTimer schedules the re-listens the server refused (listener.retry):
+// exponential backoff with full jitter, doubling while refusals keep
+// coming and reset once none is pending. Once armed it is left running
+// across the steps that other work causes, so that these cannot postpone
+// a retry.
+type retryTimer struct {
+	t       *time.Timer // nil until first armed
+	armed   bool
+	backoff time.Duration
+}
+
+// c returns the channel the timer fires on; nil (never ready) before the
+// first arm.
+func (r *retryTimer) c() <-chan time.Time {
+	if r.t == nil {
+		return nil
+	}
+	return r.t.C
+}
+
+// fired records that the supervisor received from c.
+func (r *retryTimer) fired() { r.armed = false }
+
+// update arms the timer if refused listens are pending and it is not
+// running already.
+func (r *retryTimer) update(pending bool) {
+	switch {
+	case r.armed:
+	case !pending:
+		r.backoff = listenMinBackoff
+	default:
+		r.backoff = max(r.backoff, listenMinBackoff)
+		d := rand.N(r.backoff)
+		if r.t == nil {
+			r.t = time.NewTimer(d)
+		} else {
+			r.t.Reset(d)
+		}
+		r.armed = true
+		r.backoff = min(2*r.backoff, listenMaxBackoff)
+	}
+}
+
+func (r *retryTimer) stop() {
+	if r.t != nil {
+		r.t.Stop()
+	}
+}
+
+// testHookListenReply, when set, is called by every listener supervisor
+// before it processes each reply to its listens and unlistens, so that a
+// test can hold a supervisor between the server's answer and its
+// processing. It lives here rather than in a struct so that production
+// values carry nothing test-only; only tests that do not run in parallel
+// set it (see setListenReplyHook).
+var testHookListenReply atomic.Pointer[func(*listener)]
+
+// sigConn is a pool listener connection as the signal code uses it: the one
+// place that names the pool's listener API.
+type sigConn struct{ pc *pool.ListenerConn }
+
+// dialSigConn dials a listener connection to srv. onPush runs on the
+// connection's reader and onBroken on whichever goroutine notices the
+// break (possibly before dialSigConn returns); neither may block.
+func dialSigConn(ctx context.Context, srv *server, onPush func(wire.Push), onBroken func(error)) (*sigConn, error) {
+	pc, err := srv.pool.DialListener(ctx, onPush, onBroken)
+	if err != nil {
+		return nil, err
+	}
+	return &sigConn{pc: pc}, nil
+}
+
+// err is nil while the connection is usable.
+func (c *sigConn) err() error { return c.pc.Err() }
+
+// destroy closes the connection; onBroken runs on the calling goroutine
+// if the connection was still up, so no lock it takes may be held.
+func (c *sigConn) destroy() { c.pc.Destroy() }
+
+func (c *sigConn) do(ctx context.Context, req wire.Request) (wire.Reply, error) {
+	return c.pc.Do(ctx, req)
+}
+
+// sendBatch writes reqs at once; results receives one batchResult per
+// request (it must have room for all of them: the reader never waits).
+func (c *sigConn) sendBatch(reqs []wire.Request, results chan<- batchResult) {
+	c.pc.SendBatch(reqs, func(i int, r wire.Reply, err error) { results <- batchResult{i, r, err} })
+}
+
+type batchResult struct {
+	i   int
+	r   wire.Reply
+	err error
+}
+
 // signalHub owns the Client's listener connections and subscriptions, and
 // the connections of long Emits.
 //
@@ -54,8 +149,8 @@ func (p *pacer) next() time.Duration {
 // first local subscription of a pattern appears on a connection, `unlisten`
 // (or closing the connection) when the last one goes.
 //
-// Lock order: signalHub.mu, then listener.mu, then listener.rmu, then
-// Subscription.mu (emitConn.mu and listener.noteMu are leaves).
+// Lock order: signalHub.mu, then listener.mu, then Subscription.mu. None
+// is held across I/O, user code or a connection's destroy.
 type signalHub struct {
 	mu        sync.Mutex
 	closed    bool
@@ -63,12 +158,6 @@ type signalHub struct {
 	subs      map[*Subscription]struct{}
 	emitters  map[*server]*emitConn
 	wg        sync.WaitGroup // listener supervisors
-
-	// testHookReply, when non-nil, is called by a supervisor before it
-	// processes each reply to a batch of listens and unlistens. Tests set
-	// it right after New (before any Listen) to hold a supervisor between
-	// the server's `ok` and its processing; nil in production.
-	testHookReply func()
 }
 
 type listenerKey struct {
@@ -136,14 +225,20 @@ func (h *signalHub) detach(s *Subscription) {
 func (h *signalHub) close() {
 	h.mu.Lock()
 	h.closed = true
-	ls, subs, ems := h.listeners, h.subs, h.emitters
+	ls, subs := h.listeners, h.subs
+	var ems []*sigConn
+	for _, e := range h.emitters {
+		if e.conn != nil {
+			ems = append(ems, e.conn)
+		}
+	}
 	h.listeners, h.subs, h.emitters = nil, nil, nil
 	h.mu.Unlock()
 	for _, l := range ls {
 		close(l.quit)
 	}
-	for _, e := range ems {
-		e.close()
+	for _, conn := range ems {
+		conn.destroy()
 	}
 	h.wg.Wait()
 	closedErr := &bothError{domain: ErrSubscriptionClosed, cause: ErrClosed}
@@ -152,56 +247,42 @@ func (h *signalHub) close() {
 	}
 }
 
-// emitter returns the long-Emit connection holder of srv, creating it.
-func (h *signalHub) emitter(srv *server) (*emitConn, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return nil, ErrClosed
-	}
-	e := h.emitters[srv]
-	if e == nil {
-		if h.emitters == nil {
-			h.emitters = make(map[*server]*emitConn)
-		}
-		e = &emitConn{srv: srv}
-		h.emitters[srv] = e
-	}
-	return e, nil
-}
-
 // emitConn is the connection that the Emits of one server with a payload
-// over 256 bytes share (see Client.Emit): a listener-type connection
-// (pool.DialListener) that listens to nothing, so it owns no lease, is
-// outside the wait pool (a full wait pool cannot delay it), and a server
-// before v1.15 that closes it for a long line closes nothing else. Emits
-// are pipelined on it. It is dialled on first use, re-dialled after it
-// broke, and closed by Client.Close.
+// over 256 bytes share (see Client.Emit): a listener connection that
+// listens to nothing, so it owns no lease, is outside the wait pool (a full
+// wait pool cannot delay it), and a server before v1.15 that closes it for
+// a long line closes nothing else. Emits are pipelined on it. It is dialled
+// on first use, re-dialled after it broke, and closed by Client.Close.
+// Guarded by signalHub.mu.
 type emitConn struct {
-	srv *server
-
-	mu      sync.Mutex
-	closed  bool
-	conn    *pool.ListenerConn
+	conn    *sigConn
 	dialing chan struct{} // non-nil while a dial is in progress; closed when it ends
 }
 
-// get returns the live connection, dialling it (under ctx) if needed.
-// Concurrent callers share one dial.
-func (e *emitConn) get(ctx context.Context) (*pool.ListenerConn, error) {
+// emitConn returns the live long-Emit connection of srv, dialling it
+// (under ctx) if needed. Concurrent callers share one dial.
+func (h *signalHub) emitConn(ctx context.Context, srv *server) (*sigConn, error) {
 	for {
-		e.mu.Lock()
-		if e.closed {
-			e.mu.Unlock()
+		h.mu.Lock()
+		if h.closed {
+			h.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if e.conn != nil && e.conn.Err() == nil {
+		e := h.emitters[srv]
+		if e == nil {
+			if h.emitters == nil {
+				h.emitters = make(map[*server]*emitConn)
+			}
+			e = &emitConn{}
+			h.emitters[srv] = e
+		}
+		if e.conn != nil && e.conn.err() == nil {
 			conn := e.conn
-			e.mu.Unlock()
+			h.mu.Unlock()
 			return conn, nil
 		}
 		if ch := e.dialing; ch != nil {
-			e.mu.Unlock()
+			h.mu.Unlock()
 			select {
 			case <-ch:
 				continue
@@ -209,60 +290,56 @@ func (e *emitConn) get(ctx context.Context) (*pool.ListenerConn, error) {
 				return nil, ctx.Err()
 			}
 		}
-		old := e.conn
-		e.conn = nil
-		ch := make(chan struct{})
-		e.dialing = ch
-		e.mu.Unlock()
-		if old != nil {
-			old.Destroy() // broken already; this only settles the bookkeeping
-		}
-		conn, err := e.srv.pool.DialListener(ctx, func(wire.Push) {}, nil)
-		e.mu.Lock()
-		e.dialing = nil
-		close(ch)
-		if err == nil && e.closed {
-			err = ErrClosed
-		} else if err == nil {
-			e.conn = conn
-		}
-		e.mu.Unlock()
-		if err != nil {
-			if conn != nil {
-				conn.Destroy()
-			}
-			return nil, err
-		}
-		return conn, nil
+		return h.dialEmit(ctx, srv, e)
 	}
 }
 
-// discard destroys conn, and forgets it if it is still the current one.
-func (e *emitConn) discard(conn *pool.ListenerConn) {
-	e.mu.Lock()
-	if e.conn == conn {
-		e.conn = nil
-	}
-	e.mu.Unlock()
-	conn.Destroy()
-}
-
-func (e *emitConn) close() {
-	e.mu.Lock()
-	e.closed = true
-	conn := e.conn
+// dialEmit replaces e's broken (or missing) connection. h.mu held; it
+// returns with it released.
+func (h *signalHub) dialEmit(ctx context.Context, srv *server, e *emitConn) (*sigConn, error) {
+	old := e.conn
 	e.conn = nil
-	e.mu.Unlock()
-	if conn != nil {
-		conn.Destroy()
+	ch := make(chan struct{})
+	e.dialing = ch
+	h.mu.Unlock()
+	if old != nil {
+		old.destroy() // broken already; this only settles the bookkeeping
 	}
+	conn, err := dialSigConn(ctx, srv, func(wire.Push) {}, nil)
+	h.mu.Lock()
+	e.dialing = nil
+	close(ch)
+	if err == nil && h.closed {
+		err = ErrClosed
+	} else if err == nil {
+		e.conn = conn
+	}
+	h.mu.Unlock()
+	if err != nil {
+		if conn != nil {
+			conn.destroy()
+		}
+		return nil, err
+	}
+	return conn, nil
+}
+
+// discardEmitConn destroys conn, and forgets it if it is still srv's
+// long-Emit connection.
+func (h *signalHub) discardEmitConn(srv *server, conn *sigConn) {
+	h.mu.Lock()
+	if e := h.emitters[srv]; e != nil && e.conn == conn {
+		e.conn = nil
+	}
+	h.mu.Unlock()
+	conn.destroy()
 }
 
 // listener is one listener connection (re-dialled as needed) and the local
 // subscriptions it serves. Its supervisor goroutine (run) does all the I/O
 // other than reading — dial, listen, unlisten, reconnect — and all the
-// logging. Reading is done by the pool connection's reader, which calls
-// onPush: it never blocks and never runs user code (not even a log
+// logging. Reading is done by the connection's reader, which calls onPush:
+// it never waits for a consumer and never runs user code (not even a log
 // handler); what it has to report it notes for the supervisor.
 type listener struct {
 	c    *Client
@@ -271,22 +348,22 @@ type listener struct {
 	wake chan struct{} // cap 1: there is work for the supervisor
 	quit chan struct{} // closed by signalHub.close
 	pace pacer         // supervisor only
+	sent []*pat        // supervisor only: per request of the batch in flight, its listen's pattern (nil: unlisten)
 
-	noteMu sync.Mutex
-	slow   []*Subscription // slow-consumer episodes to log
-	breaks []breakNote     // broken connections to log
-
-	mu  sync.Mutex
-	cur *lconn // the live connection; nil while (re)connecting
-	// rmu guards, for the reader, the routing state: pats (membership),
-	// wild, and each pat's subs and idx. They are written with both mu and
-	// rmu held, and read under either.
-	rmu    sync.RWMutex
+	// mu guards everything below and each pat's fields but rr. The reader
+	// holds it for reading while it routes a push, so the routing state
+	// (pats, wild, and each pat's subs and idx) changes under the write
+	// lock only, and a connection marked dead under it delivers nothing
+	// afterwards.
+	mu     sync.RWMutex
+	cur    *lconn            // the live connection; nil while (re)connecting
 	pats   map[string]*pat   // patterns with local subscriptions, or with server-side state to withdraw
 	wild   []*pat            // the wildcard patterns of pats (pat.widx), scanned per push
 	wanted int               // patterns of pats that have subscriptions
 	dirty  map[*pat]struct{} // patterns whose server side the supervisor must bring in line
-	retry  map[*pat]struct{} // refused re-listens, due again when the backoff timer fires
+	retry  map[*pat]struct{} // refused re-listens, due again when the retry timer fires
+	slow   []*Subscription   // slow-consumer episodes to log
+	breaks []breakNote       // broken connections to log
 }
 
 type breakNote struct {
@@ -296,8 +373,14 @@ type breakNote struct {
 
 // lconn is one connection of a listener.
 type lconn struct {
-	conn *pool.ListenerConn
+	conn *sigConn
 	dead atomic.Bool // broken or retired: its pushes are ignored
+}
+
+// close ends lc; its pushes still in flight are ignored.
+func (lc *lconn) close() {
+	lc.dead.Store(true)
+	lc.conn.destroy()
 }
 
 // pat is one pattern of a listener and its local subscriptions. A pattern
@@ -309,15 +392,14 @@ type pat struct {
 	wild    bool
 	widx    int // index in listener.wild
 
-	// Routing state, see listener.rmu.
+	// Routing state.
 	subs []*Subscription
 	idx  map[*Subscription]int // position in subs, for O(1) removal
 
-	// Under listener.mu.
 	on      bool   // the server confirmed listen on the current connection
 	sentOn  *lconn // a listen is in flight on this connection (cleared by its reply)
 	waiters map[*Subscription]chan error
-	rr      atomic.Uint64 // queue groups: whose turn it is
+	rr      atomic.Uint64 // queue groups: whose turn it is; bumped by the reader
 }
 
 func newListener(c *Client, key listenerKey) *listener {
@@ -347,7 +429,6 @@ func (l *listener) add(s *Subscription) chan error {
 	ch := make(chan error, 1)
 	l.mu.Lock()
 	p := l.pats[s.pattern]
-	l.rmu.Lock()
 	if p == nil {
 		p = &pat{pattern: s.pattern, wild: isWildcard(s.pattern), idx: make(map[*Subscription]int)}
 		l.pats[s.pattern] = p
@@ -358,7 +439,6 @@ func (l *listener) add(s *Subscription) chan error {
 	}
 	p.idx[s] = len(p.subs)
 	p.subs = append(p.subs, s)
-	l.rmu.Unlock()
 	if len(p.subs) == 1 {
 		l.wanted++
 	}
@@ -396,7 +476,6 @@ func (l *listener) remove(s *Subscription) {
 		l.mu.Unlock()
 		return
 	}
-	l.rmu.Lock()
 	last := len(p.subs) - 1
 	if i != last {
 		moved := p.subs[last]
@@ -406,7 +485,6 @@ func (l *listener) remove(s *Subscription) {
 	p.subs[last] = nil
 	p.subs = p.subs[:last]
 	delete(p.idx, s)
-	l.rmu.Unlock()
 	delete(p.waiters, s)
 	poke := false
 	if len(p.subs) == 0 {
@@ -423,7 +501,6 @@ func (l *listener) remove(s *Subscription) {
 // forgetLocked removes p, which has no subscription, from the listener.
 // l.mu held.
 func (l *listener) forgetLocked(p *pat) {
-	l.rmu.Lock()
 	if l.pats[p.pattern] == p {
 		delete(l.pats, p.pattern)
 		if p.wild {
@@ -435,84 +512,96 @@ func (l *listener) forgetLocked(p *pat) {
 			l.wild = l.wild[:last]
 		}
 	}
-	l.rmu.Unlock()
 	delete(l.dirty, p)
 	delete(l.retry, p)
 }
 
 // onPush returns the push handler of connection lc. It runs on lc's reader
-// goroutine and never blocks: a literal pattern is found by one map lookup,
-// wildcard patterns are matched one by one.
+// goroutine and never waits for a consumer: a literal pattern is found by
+// one map lookup, wildcard patterns are matched one by one.
 func (l *listener) onPush(lc *lconn) func(wire.Push) {
 	return func(p wire.Push) {
 		sig := Signal{Channel: p.Channel, Payload: p.Payload}
-		l.rmu.RLock()
-		if lc.dead.Load() {
-			l.rmu.RUnlock()
-			return
+		var slow []*Subscription
+		l.mu.RLock()
+		switch {
+		case lc.dead.Load():
+		case l.key.group == "":
+			slow = l.broadcastLocked(sig)
+		default:
+			slow = l.takeTurnLocked(sig)
 		}
-		if l.key.group == "" {
-			if pt := l.pats[p.Channel]; pt != nil {
-				// A channel has no wildcard: this is the literal pattern
-				// equal to it.
-				l.deliverAll(pt.subs, sig)
-			}
-			for _, pt := range l.wild {
-				if wire.MatchPattern(pt.pattern, p.Channel) {
-					l.deliverAll(pt.subs, sig)
-				}
-			}
-			l.rmu.RUnlock()
-			return
-		}
-		// Queue group: the server chose this connection for this copy;
-		// exactly one local member takes it, in turn, skipping members
-		// whose buffer is full (as the server does). If all are full, the
-		// drop is counted on the member whose turn it was.
-		pt := l.pats[l.key.pattern]
-		if pt == nil || len(pt.subs) == 0 {
-			l.rmu.RUnlock()
-			return
-		}
-		n := uint64(len(pt.subs))
-		start := pt.rr.Add(1) - 1
-		for j := uint64(0); j < n; j++ {
-			if pt.subs[(start+j)%n].offer(sig) {
-				l.rmu.RUnlock()
-				return
-			}
-		}
-		s := pt.subs[start%n]
-		l.rmu.RUnlock()
-		if s.drop() {
-			l.noteSlow(s)
+		l.mu.RUnlock()
+		if slow != nil {
+			l.noteSlow(slow)
 		}
 	}
 }
 
-func (l *listener) deliverAll(subs []*Subscription, sig Signal) {
+// broadcastLocked hands sig to every subscription whose pattern matches,
+// and returns those whose slow-consumer episode it starts. l.mu held.
+func (l *listener) broadcastLocked(sig Signal) (slow []*Subscription) {
+	if pt := l.pats[sig.Channel]; pt != nil {
+		// A channel has no wildcard: this is the literal pattern equal
+		// to it.
+		slow = deliverAll(pt.subs, sig, slow)
+	}
+	for _, pt := range l.wild {
+		if wire.MatchPattern(pt.pattern, sig.Channel) {
+			slow = deliverAll(pt.subs, sig, slow)
+		}
+	}
+	return slow
+}
+
+// takeTurnLocked hands sig to one member of the queue group: the server
+// chose this connection for this copy, and the local members take turns,
+// skipping those whose buffer is full (as the server does). If all are
+// full, the drop is counted on the member whose turn it was, which is
+// returned if that starts its slow-consumer episode. l.mu held.
+func (l *listener) takeTurnLocked(sig Signal) []*Subscription {
+	pt := l.pats[l.key.pattern]
+	if pt == nil || len(pt.subs) == 0 {
+		return nil
+	}
+	n := uint64(len(pt.subs))
+	start := pt.rr.Add(1) - 1
+	for j := uint64(0); j < n; j++ {
+		if pt.subs[(start+j)%n].offer(sig) {
+			return nil
+		}
+	}
+	if s := pt.subs[start%n]; s.drop() {
+		return []*Subscription{s}
+	}
+	return nil
+}
+
+func deliverAll(subs []*Subscription, sig Signal, slow []*Subscription) []*Subscription {
 	for _, s := range subs {
 		if !s.offer(sig) && s.drop() {
-			l.noteSlow(s)
+			slow = append(slow, s)
 		}
 	}
+	return slow
 }
 
-// noteSlow has the supervisor log the start of s's slow-consumer episode.
-func (l *listener) noteSlow(s *Subscription) {
-	l.noteMu.Lock()
-	l.slow = append(l.slow, s)
-	l.noteMu.Unlock()
+// noteSlow has the supervisor log the start of the slow-consumer episodes
+// of subs. Called by the reader (without l.mu), once per episode.
+func (l *listener) noteSlow(subs []*Subscription) {
+	l.mu.Lock()
+	l.slow = append(l.slow, subs...)
+	l.mu.Unlock()
 	l.poke()
 }
 
 // logNotes logs what the reader and the break handler noted. Supervisor
 // only: a slow log handler delays the supervisor, never the reader.
 func (l *listener) logNotes() {
-	l.noteMu.Lock()
+	l.mu.Lock()
 	slow, breaks := l.slow, l.breaks
 	l.slow, l.breaks = nil, nil
-	l.noteMu.Unlock()
+	l.mu.Unlock()
 	for _, b := range breaks {
 		l.c.log.Warn("dflock: signal listener connection lost; reconnecting",
 			"server", l.srv.addr, "group", l.key.group, "subscriptions", b.subs, "err", b.err)
@@ -528,13 +617,11 @@ func (l *listener) logNotes() {
 // log: it notes the break for the supervisor.
 func (l *listener) onBroken(lc *lconn) func(error) {
 	return func(err error) {
-		// Under rmu: a delivery from lc in progress (another goroutine may
-		// have broken lc under its reader) ends first, and none starts
-		// after, so the gap follows every signal lc delivered.
-		l.rmu.Lock()
-		lc.dead.Store(true)
-		l.rmu.Unlock()
+		// Under the write lock: a delivery from lc in progress (another
+		// goroutine may have broken lc under its reader) ends first, and
+		// none starts after, so the gap follows every signal lc delivered.
 		l.mu.Lock()
+		lc.dead.Store(true)
 		if l.cur != lc {
 			l.mu.Unlock()
 			return // retired, closed, or never became current
@@ -550,145 +637,227 @@ func (l *listener) onBroken(lc *lconn) func(error) {
 			}
 			p.on = false
 		}
+		l.breaks = append(l.breaks, breakNote{err: err, subs: len(gapped)})
 		l.mu.Unlock()
 		g := &GapError{Server: l.srv.addr, Err: err}
 		for _, s := range gapped {
 			s.gap(g)
 		}
-		l.noteMu.Lock()
-		l.breaks = append(l.breaks, breakNote{err: err, subs: len(gapped)})
-		l.noteMu.Unlock()
 		l.poke()
 	}
 }
 
-// run is the supervisor: it brings the server side in line with the local
-// subscriptions whenever poked, retries refused re-listens with backoff,
-// logs, and retires the listener (closing its connection) when no
-// subscription is left.
+// run is the supervisor. Whenever poked (or when refused re-listens are
+// due again) it logs what was noted for it and takes one step; it exits
+// when the listener retires or the Client closes, closing the connection.
 func (l *listener) run() {
 	defer l.c.signals.wg.Done()
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	defer t.Stop()
-	armed := false // t runs for the refused listens in l.retry
-	backoff := listenMinBackoff
+	defer l.shutdown()
+	var rt retryTimer
+	defer rt.stop()
 	for {
 		select {
 		case <-l.quit:
-			l.shutdown()
 			return
 		case <-l.wake:
-		case <-t.C:
-			armed = false
-			l.mu.Lock()
-			for p := range l.retry {
-				l.dirty[p] = struct{}{}
-			}
-			clear(l.retry)
-			l.mu.Unlock()
+		case <-rt.c():
+			rt.fired()
+			l.retryDue()
 		}
 		l.logNotes()
-		exit := l.step()
-		if exit {
+		if !l.step() {
 			return
 		}
-		l.mu.Lock()
-		retrying := len(l.retry) > 0
-		l.mu.Unlock()
-		switch {
-		case retrying && !armed:
-			// The timer is left running across the steps that other
-			// work causes, so that they cannot postpone a retry.
-			t.Reset(rand.N(backoff))
-			armed = true
-			backoff = min(2*backoff, listenMaxBackoff)
-		case !retrying && !armed:
-			backoff = listenMinBackoff
+		rt.update(l.retrying())
+	}
+}
+
+// step brings the server side in line with the local subscriptions: it
+// retires the listener if no subscription is left, or else connects if
+// there is no connection and syncs. It reports false when the supervisor
+// must exit (retired, or the Client is closing).
+func (l *listener) step() bool {
+	if l.retire() {
+		return false
+	}
+	lc := l.current()
+	if lc == nil {
+		if !l.pause() {
+			return false
+		}
+		if lc = l.connect(); lc == nil {
+			l.poke() // paced by l.pace; retires if the waiters leave
+			return true
 		}
 	}
+	return l.sync(lc)
 }
 
-// shutdown closes the connection at Client.Close.
-func (l *listener) shutdown() {
-	l.mu.Lock()
-	lc := l.cur
-	l.cur = nil
-	l.mu.Unlock()
-	if lc != nil {
-		lc.dead.Store(true)
-		lc.conn.Destroy()
-	}
-}
-
-type batchResult struct {
-	i   int
-	r   wire.Reply
-	err error
-}
-
-// step does one round of work: retire, or (re)connect, then send the
-// listens and unlistens that are due in one write and process the replies.
-// It reports whether the supervisor must exit.
-func (l *listener) step() (exit bool) {
+// retire ends the listener if no subscription is left: it leaves the hub,
+// so that the next Listen of its key creates a new listener, and its
+// connection is closed. Both locks are held for the check, so that no
+// subscription can slip in. It reports whether it retired.
+func (l *listener) retire() bool {
 	h := &l.c.signals
 	h.mu.Lock()
 	l.mu.Lock()
-	if l.wanted == 0 {
-		// Nothing to serve: retire. attach creates a new listener for
-		// the next subscription (both locks held, so none can slip in).
+	idle := l.wanted == 0
+	var lc *lconn
+	if idle {
 		if h.listeners[l.key] == l {
 			delete(h.listeners, l.key)
 		}
-		lc := l.cur
-		l.cur = nil
-		l.mu.Unlock()
-		h.mu.Unlock()
-		if lc != nil {
-			lc.dead.Store(true)
-			lc.conn.Destroy()
-		}
+		lc, l.cur = l.cur, nil
+	}
+	l.mu.Unlock()
+	h.mu.Unlock()
+	if lc != nil {
+		lc.close()
+	}
+	return idle
+}
+
+func (l *listener) current() *lconn {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.cur
+}
+
+// pause waits as long as the dial pacer says. It reports false if the
+// Client closed meanwhile.
+func (l *listener) pause() bool {
+	d := l.pace.next()
+	if d <= 0 {
 		return true
 	}
-	h.mu.Unlock()
-	lc := l.cur
-	l.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.quit:
+		return false
+	case <-t.C:
+		return true
+	}
+}
 
-	if lc == nil {
-		if d := l.pace.next(); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-l.quit:
-				t.Stop()
-				l.shutdown()
-				return true
-			case <-t.C:
-			}
+// connect dials a new connection and makes it current, with every pattern
+// due for a listen on it. On failure it returns nil, and every Listen
+// waiting on this listener gets the error.
+func (l *listener) connect() *lconn {
+	lc := &lconn{}
+	conn, err := dialSigConn(l.c.ctx, l.srv, l.onPush(lc), l.onBroken(lc))
+	l.pace.last = time.Now()
+	if err == nil {
+		lc.conn = conn
+		if err = l.adopt(lc); err == nil {
+			return lc
 		}
-		var ok bool
-		lc, ok = l.connect()
-		l.pace.last = time.Now()
-		if !ok {
-			l.poke() // paced by l.pace; retires if the waiters leave
+		lc.close()
+	}
+	l.failWaiters(err)
+	l.c.log.Debug("dflock: signal listener dial failed", "server", l.srv.addr, "err", err)
+	return nil
+}
+
+// adopt makes lc current unless it broke already (its onBroken then ran
+// while it was not current, and reported nothing).
+func (l *listener) adopt(lc *lconn) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := lc.conn.err(); err != nil {
+		return err
+	}
+	l.cur = lc
+	for _, p := range l.pats {
+		p.on, p.sentOn = false, nil
+		l.dirty[p] = struct{}{}
+	}
+	clear(l.retry)
+	return nil
+}
+
+// failWaiters hands err to every Listen waiting on this listener.
+func (l *listener) failWaiters(err error) {
+	var ws []chan error
+	l.mu.Lock()
+	for _, p := range l.pats {
+		for _, w := range p.waiters {
+			ws = append(ws, w)
+		}
+		clear(p.waiters)
+	}
+	l.mu.Unlock()
+	for _, w := range ws {
+		w <- err
+	}
+}
+
+// retryDue makes the refused re-listens due again.
+func (l *listener) retryDue() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for p := range l.retry {
+		l.dirty[p] = struct{}{}
+	}
+	clear(l.retry)
+}
+
+// retrying reports whether refused re-listens wait for the retry timer.
+func (l *listener) retrying() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return len(l.retry) > 0
+}
+
+// sync sends, in one write on lc, the listens and unlistens that the
+// patterns marked dirty need, and processes the replies. It reports false
+// if the Client closed meanwhile.
+func (l *listener) sync(lc *lconn) bool {
+	reqs := l.due(lc)
+	if len(reqs) == 0 {
+		return true
+	}
+	defer clear(l.sent) // reused across batches; pins no pattern
+	results := make(chan batchResult, len(reqs))
+	lc.conn.sendBatch(reqs, results)
+	for range reqs {
+		var res batchResult
+		select {
+		case res = <-results:
+		case <-l.quit:
 			return false
 		}
+		if hook := testHookListenReply.Load(); hook != nil {
+			(*hook)(l)
+		}
+		if p := l.sent[res.i]; p != nil {
+			l.listened(lc, p, res)
+		} else {
+			l.unlistened(reqs[res.i], res)
+		}
 	}
+	return true
+}
 
+// due takes the dirty patterns and returns the requests they need on lc,
+// with l.sent[i] the pattern of a listen, nil for an unlisten. It returns
+// nothing (and leaves them dirty) if lc is no longer current: it broke,
+// onBroken poked for the reconnect, and connect will mark every pattern
+// dirty.
+func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.cur != lc {
-		// lc broke meanwhile: onBroken poked for the reconnect.
-		l.mu.Unlock()
-		return false
+		return nil
 	}
-	var reqs []wire.Request
-	var ps []*pat // nil for an unlisten
+	l.sent = l.sent[:0]
 	for p := range l.dirty {
 		switch {
 		case len(p.subs) > 0:
 			if !p.on && p.sentOn == nil {
 				p.sentOn = lc
 				reqs = append(reqs, wire.Request{Cmd: wire.CmdListen, Key: p.pattern, Arg: l.key.group})
-				ps = append(ps, p)
+				l.sent = append(l.sent, p)
 			}
 		case p.on:
 			// The last subscription went. A subscription of the same
@@ -696,7 +865,7 @@ func (l *listener) step() (exit bool) {
 			// listen follows the unlisten on this connection.
 			p.on = false
 			reqs = append(reqs, wire.Request{Cmd: wire.CmdUnlisten, Key: p.pattern, Arg: l.key.group})
-			ps = append(ps, nil)
+			l.sent = append(l.sent, nil)
 			l.forgetLocked(p)
 		case p.sentOn == nil:
 			l.forgetLocked(p) // nothing on the server
@@ -706,131 +875,92 @@ func (l *listener) step() (exit bool) {
 		}
 	}
 	clear(l.dirty)
-	l.mu.Unlock()
-	if len(reqs) == 0 {
-		return false
-	}
-	results := make(chan batchResult, len(reqs))
-	lc.conn.SendBatch(reqs, func(i int, r wire.Reply, err error) { results <- batchResult{i, r, err} })
-	for range reqs {
-		var res batchResult
-		select {
-		case res = <-results:
-		case <-l.quit:
-			l.shutdown()
-			return true
-		}
-		if hook := h.testHookReply; hook != nil {
-			hook()
-		}
-		if p := ps[res.i]; p != nil {
-			l.listened(lc, p, res)
-		} else if res.err == nil && res.r.Status != wire.StatusOK {
-			l.c.log.Debug("dflock: unlisten refused", "server", l.srv.addr, "pattern", reqs[res.i].Key, "reply", res.r.Status.String())
-		}
-	}
-	return false
+	return reqs
 }
 
-// connect dials a new listener connection and makes it current. On failure
-// every Listen waiting on this listener gets the error.
-func (l *listener) connect() (*lconn, bool) {
-	lc := &lconn{}
-	conn, err := l.srv.pool.DialListener(l.c.ctx, l.onPush(lc), l.onBroken(lc))
-	if err == nil {
-		lc.conn = conn
+// unlistened processes the reply to an unlisten. A refusal leaves nothing
+// to do (the pattern is forgotten; closing the connection would withdraw
+// it anyway), so it is only logged.
+func (l *listener) unlistened(req wire.Request, res batchResult) {
+	if res.err == nil && res.r.Status != wire.StatusOK {
+		l.c.log.Debug("dflock: unlisten refused", "server", l.srv.addr, "pattern", req.Key, "reply", res.r.Status.String())
 	}
-	l.mu.Lock()
-	if err == nil {
-		// A connection that broke at once was not current when onBroken ran.
-		err = conn.Err()
-	}
-	if err != nil {
-		var ws []chan error
-		for _, p := range l.pats {
-			for _, w := range p.waiters {
-				ws = append(ws, w)
-			}
-			clear(p.waiters)
-		}
-		l.mu.Unlock()
-		if conn != nil {
-			lc.dead.Store(true)
-			conn.Destroy()
-		}
-		for _, w := range ws {
-			w <- err
-		}
-		l.c.log.Debug("dflock: signal listener dial failed", "server", l.srv.addr, "err", err)
-		return nil, false
-	}
-	l.cur = lc
-	for _, p := range l.pats {
-		p.on, p.sentOn = false, nil
-		l.dirty[p] = struct{}{}
-	}
-	clear(l.retry)
-	l.mu.Unlock()
-	return lc, true
 }
 
-// listened processes the reply to a listen for p sent on lc.
+// listened processes the reply to a listen for p sent on lc: the Listen
+// calls waiting for it succeed or fail, a refused re-listen of established
+// subscriptions is retried, and a pattern whose subscriptions all went
+// meanwhile is withdrawn. It logs after releasing l.mu, which the reader
+// takes (the logger only queues the record, but calls the user's Enabled).
 func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
-	var ws []chan error
-	var werr error
 	l.mu.Lock()
-	if p.sentOn != lc {
-		// A reconnect superseded it.
+	if p.sentOn != lc || res.err != nil {
+		// A reconnect superseded it, or lc broke: onBroken reports the gap
+		// (sentOn tells it that p may have been served) and connect starts
+		// afresh; waiters keep waiting for the reconnect, whose dial
+		// failure would reach them.
 		l.mu.Unlock()
 		return
 	}
+	p.sentOn = nil
+	var werr error
 	switch {
-	case res.err != nil:
-		// lc broke: onBroken reports the gap (sentOn tells it that p
-		// may have been served) and connect starts afresh; waiters keep
-		// waiting for the reconnect, whose dial failure would reach them.
-	case res.r.Status == wire.StatusOK:
-		p.sentOn = nil
-		if l.cur != lc {
-			break // lc broke; connect starts afresh
-		}
-		p.on = true
-		for _, w := range p.waiters {
-			ws = append(ws, w)
-		}
-		clear(p.waiters)
-		if len(p.subs) == 0 {
-			// Every subscription went while the listen was in flight.
-			l.dirty[p] = struct{}{}
-			l.mu.Unlock()
-			l.poke()
-			return
-		}
+	case res.r.Status != wire.StatusOK:
+		werr = listenRefused(res.r)
+	case l.cur != lc:
+		l.mu.Unlock()
+		return // lc broke; connect starts afresh
 	default:
-		p.sentOn = nil
-		werr = errNotSupported
-		if res.r.Status != wire.StatusError {
-			word, sentinel := replyError(res.r)
-			werr = fmt.Errorf("%w (server replied %s)", sentinel, word)
-		}
-		for _, w := range p.waiters {
-			ws = append(ws, w)
-		}
-		clear(p.waiters)
-		// The Listen calls waiting for this reply fail (and detach);
-		// subscriptions already established stay, and the listen is
-		// retried for them with backoff while there are any.
-		if established := len(p.subs) - len(ws); established > 0 {
-			l.retry[p] = struct{}{}
-			l.c.log.Warn("dflock: signal re-listen refused; retrying", "server", l.srv.addr,
-				"pattern", p.pattern, "group", l.key.group, "subscriptions", established, "reply", res.r.Status.String())
-		} else if len(p.subs) == 0 {
-			l.dirty[p] = struct{}{}
-			defer l.poke()
-		}
+		p.on = true
+	}
+	ws := make([]chan error, 0, len(p.waiters))
+	for _, w := range p.waiters {
+		ws = append(ws, w)
+	}
+	clear(p.waiters)
+	// A refusal fails the Listen calls waiting for it (they detach);
+	// subscriptions already established stay, and the listen is retried
+	// for them with backoff while there are any.
+	retried := 0
+	if werr != nil && len(p.subs) > len(ws) {
+		retried = len(p.subs) - len(ws)
+		l.retry[p] = struct{}{}
+	}
+	idle := len(p.subs) == 0 // every subscription went while the listen was in flight
+	if idle {
+		l.dirty[p] = struct{}{}
 	}
 	l.mu.Unlock()
+	if idle {
+		l.poke()
+	}
+	if retried > 0 {
+		l.c.log.Warn("dflock: signal re-listen refused; retrying", "server", l.srv.addr,
+			"pattern", p.pattern, "group", l.key.group, "subscriptions", retried, "reply", res.r.Status.String())
+	}
 	for _, w := range ws {
 		w <- werr
+	}
+}
+
+// listenRefused is the error of a Listen whose listen the server refused
+// with r.
+func listenRefused(r wire.Reply) error {
+	if r.Status == wire.StatusError {
+		return errNotSupported
+	}
+	word, sentinel := replyError(r)
+	return fmt.Errorf("%w (server replied %s)", sentinel, word)
+}
+
+// shutdown closes the current connection, if any. The supervisor calls it
+// on its way out; after retire there is none left.
+func (l *listener) shutdown() {
+	l.mu.Lock()
+	lc := l.cur
+	l.cur = nil
+	l.mu.Unlock()
+	if lc != nil {
+		lc.close()
 	}
 }

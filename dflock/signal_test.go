@@ -485,6 +485,9 @@ func TestSignalsBufferGrowsOnDemand(t *testing.T) {
 	for i := 0; i < limit; i++ {
 		emit(t, c, "o", "again"+strconv.Itoa(i))
 	}
+	// The server pushes after it answers the Emit: drop the connection
+	// only once everything pushed has arrived.
+	require.Eventually(t, func() bool { return queued(bounded) == limit }, testTimeout, time.Millisecond)
 	srv.DropConnections()
 	waitListening(t, srv, "o", "")
 	for i := 0; i < limit; i++ {
@@ -740,6 +743,34 @@ func TestSignalsRejectBadInputBeforeIO(t *testing.T) {
 	assert.Zero(t, c.servers[0].pool.Stats().DialFailures, "nothing was dialled")
 }
 
+// A nil ctx is an *ArgError naming ctx for every signal call, Next
+// included, and a Next refused for it takes no signal.
+func TestSignalsNilContextIsAnArgError(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "a")
+	require.NoError(t, err)
+	emit(t, c, "a", "kept")
+	require.Eventually(t, func() bool { return queued(sub) == 1 }, testTimeout, time.Millisecond)
+
+	var nilCtx context.Context
+	for name, call := range map[string]func() error{
+		"Listen": func() error { _, err := c.Listen(nilCtx, "b"); return err },
+		"Emit":   func() error { _, err := c.Emit(nilCtx, "a", "p"); return err },
+		"Next":   func() error { _, err := sub.Next(nilCtx); return err },
+	} {
+		err := call()
+		require.ErrorIs(t, err, ErrInvalidArgument, name)
+		var ae *ArgError
+		require.ErrorAs(t, err, &ae, name)
+		assert.Equal(t, "ctx", ae.Arg, name)
+	}
+	assert.Equal(t, "kept", next(t, sub).Payload)
+	assertEmpty(t, sub)
+}
+
 // A Listen whose ctx ends while its listen is in flight on the shared
 // connection fails with the ctx error, leaves no server-side subscription
 // behind, and does not disturb the subscriptions sharing the connection.
@@ -824,6 +855,26 @@ func waitListening(t *testing.T, srv *testutil.Server, pattern, group string) {
 	}, testTimeout, time.Millisecond, "%s listening on %s", pattern, srv.Addr())
 }
 
+// setListenReplyHook installs hook as testHookListenReply for the rest of
+// the test. The hook is package-wide: the test must not be parallel, and
+// hook should ignore listeners of other Clients.
+func setListenReplyHook(t *testing.T, hook func(*listener)) {
+	t.Helper()
+	require.True(t, testHookListenReply.CompareAndSwap(nil, &hook), "another listen-reply hook is installed")
+	t.Cleanup(func() { testHookListenReply.Store(nil) })
+}
+
+// queued returns how many signals s holds for its consumer.
+func queued(s *Subscription) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.ch)
+	if s.ov != nil {
+		n += s.ov.sigs
+	}
+	return n
+}
+
 // recvC receives one item from C within the test timeout.
 func recvC(t *testing.T, s *Subscription) Signal {
 	t.Helper()
@@ -847,12 +898,12 @@ func TestSignalsGapWhenBrokenBeforeRelistenIsProcessed(t *testing.T) {
 	inWindow := make(chan struct{})
 	release := make(chan struct{})
 	var armed atomic.Bool
-	c.signals.testHookReply = func() {
-		if armed.CompareAndSwap(true, false) {
+	setListenReplyHook(t, func(l *listener) {
+		if l.c == c && armed.CompareAndSwap(true, false) {
 			close(inWindow)
 			<-release
 		}
-	}
+	})
 	ctx := testCtx(t)
 	a, err := c.Listen(ctx, "a")
 	require.NoError(t, err)
