@@ -5,7 +5,8 @@
 // It speaks PROTOCOL.md byte for byte and does not import the SDK's wire
 // package, so that the two check each other.
 //
-// The exported API: Config and Version here; Server, Start and NewServer and
+// The exported API: Config and Version here; Clock and ManualClock in
+// clock.go; Server, Start and NewServer and
 // the lifecycle and fault-injection methods in server.go; Server.Stats in
 // stats.go; the audit log of leases (Config.Audit, AuditEvent) in audit.go.
 package testutil
@@ -60,6 +61,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// PushBuffer is the per-connection push buffer in lines. Default 64.
 	PushBuffer int
+	// Clock is the server's time (see Clock for what it governs); nil is the
+	// real clock. A ManualClock lets a test make leases expire and waits
+	// and read timeouts run out without waiting for them.
+	Clock Clock
 	// Logger for server events; nil discards.
 	Logger *slog.Logger
 	// Audit, if set, is called synchronously for every lease event, in the

@@ -42,6 +42,7 @@ const (
 // Server is a running in-process dflockd.
 type Server struct {
 	cfg          Config // with defaults applied
+	clock        Clock  // cfg.Clock
 	log          *slog.Logger
 	authToken    string
 	defaultLease int64 // seconds
@@ -75,7 +76,7 @@ type Server struct {
 	stallCount  int
 	stallCh     chan struct{} // non-nil while stalled; closed on resume
 	stallEnded  time.Time     // when the last stall ended
-	stallTimers map[*time.Timer]struct{}
+	stallTimers map[Timer]struct{}
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup // every goroutine the server starts
@@ -107,6 +108,9 @@ func (cfg Config) withDefaults() Config {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
 	return cfg
 }
 
@@ -128,16 +132,17 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:          cfg,
+		clock:        cfg.Clock,
 		log:          cfg.Logger,
 		authToken:    strings.TrimSpace(cfg.AuthToken),
 		defaultLease: lease,
-		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters, cfg.Audit),
+		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters, cfg.Audit, cfg.Clock),
 		hub:          newSignalHub(cfg.MaxSubscriptions),
 		conns:        make(map[uint64]*conn),
 		drained:      make(chan struct{}),
 		drainCh:      make(chan struct{}),
 		quit:         make(chan struct{}),
-		stallTimers:  make(map[*time.Timer]struct{}),
+		stallTimers:  make(map[Timer]struct{}),
 	}
 	if cfg.TLS != nil {
 		s.tlsConfig = cfg.TLS.Clone()
@@ -257,19 +262,23 @@ func (s *Server) draining() bool {
 
 func (s *Server) checkSecret(arg []byte) bool { return secretMatches(arg, s.authToken) }
 
-// janitor runs the lease sweeper and the idle-key GC.
+// janitor runs the lease sweeper and the idle-key GC, each every its
+// interval on the server's clock. Each period starts when the previous run
+// ends, so a ManualClock advanced by many periods at once runs each job
+// once: a sweep or GC catches up on everything due by itself.
 func (s *Server) janitor() {
 	defer s.wg.Done()
-	sweep := time.NewTicker(s.cfg.SweepInterval)
-	defer sweep.Stop()
-	gc := time.NewTicker(s.cfg.GCInterval)
-	defer gc.Stop()
+	sweepDue, stopSweep := clockTimer(s.clock, s.cfg.SweepInterval)
+	gcDue, stopGC := clockTimer(s.clock, s.cfg.GCInterval)
+	defer func() { stopSweep(); stopGC() }()
 	for {
 		select {
-		case <-sweep.C:
+		case <-sweepDue:
 			s.locks.sweep()
-		case <-gc.C:
+			sweepDue, stopSweep = clockTimer(s.clock, s.cfg.SweepInterval)
+		case <-gcDue:
 			s.locks.gc(s.cfg.GCMaxIdle)
+			gcDue, stopGC = clockTimer(s.clock, s.cfg.GCInterval)
 		case <-s.quit:
 			return
 		}
@@ -353,11 +362,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.checkDrainedLocked()
 	s.mu.Unlock()
 
-	var timeout <-chan time.Time
+	var timeout <-chan struct{}
 	if s.cfg.ShutdownTimeout > 0 {
-		t := time.NewTimer(s.cfg.ShutdownTimeout)
-		defer t.Stop()
-		timeout = t.C
+		fired, stop := clockTimer(s.clock, s.cfg.ShutdownTimeout)
+		defer stop()
+		timeout = fired
 	}
 	var err error
 	select {
@@ -450,7 +459,7 @@ func (s *Server) Restart() error {
 }
 
 // Stall makes every connection stop reading requests until the returned
-// function is called (or d passes, if d > 0). Connections keep their state,
+// function is called (or d passes on the server's clock, if d > 0). Connections keep their state,
 // are not timed out meanwhile, and signal pushes still flow. Overlapping
 // stalls nest: reading resumes when all of them have ended. resume is
 // idempotent.
@@ -460,7 +469,7 @@ func (s *Server) Stall(d time.Duration) (resume func()) {
 		s.stallCh = make(chan struct{})
 	}
 	s.stallCount++
-	var timer *time.Timer
+	var timer Timer
 	var once sync.Once
 	resume = func() {
 		once.Do(func() {
@@ -474,12 +483,12 @@ func (s *Server) Stall(d time.Duration) (resume func()) {
 			if s.stallCount == 0 {
 				close(s.stallCh)
 				s.stallCh = nil
-				s.stallEnded = time.Now()
+				s.stallEnded = s.clock.Now()
 			}
 		})
 	}
 	if d > 0 {
-		timer = time.AfterFunc(d, resume)
+		timer = s.clock.AfterFunc(d, resume)
 		s.stallTimers[timer] = struct{}{}
 	}
 	s.stallMu.Unlock()
