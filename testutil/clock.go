@@ -162,3 +162,17 @@ func clockTimer(clk Clock, d time.Duration) (fired <-chan struct{}, stop func())
 	t := clk.AfterFunc(d, func() { close(ch) })
 	return ch, func() { t.Stop() }
 }
+
+// clockTimerAt is clockTimer for an absolute time on clk. A duration worked
+// out from a time read earlier would make the timer late by however far a
+// ManualClock was advanced in between, and no later Advance might come; so
+// once armed, a timer whose time the clock has reached is fired here
+// unless the clock fired it already.
+func clockTimerAt(clk Clock, at time.Time) (fired <-chan struct{}, stop func()) {
+	ch := make(chan struct{})
+	t := clk.AfterFunc(at.Sub(clk.Now()), func() { close(ch) })
+	if !clk.Now().Before(at) && t.Stop() {
+		close(ch)
+	}
+	return ch, func() { t.Stop() }
+}

@@ -158,8 +158,11 @@ func Start(cfg Config) (*Server, error) {
 	s.mu.Lock()
 	s.serveLocked(ln)
 	s.mu.Unlock()
+	// Armed before Start returns, so that a test counting a ManualClock's
+	// pending timers knows the janitor's are among them.
+	sweep, gc := newPeriod(s.clock, cfg.SweepInterval), newPeriod(s.clock, cfg.GCInterval)
 	s.wg.Add(1)
-	go s.janitor()
+	go s.janitor(sweep, gc)
 	s.log.Debug("testutil: listening", "addr", s.addr, "version", cfg.Version)
 	return s, nil
 }
@@ -262,27 +265,54 @@ func (s *Server) draining() bool {
 
 func (s *Server) checkSecret(arg []byte) bool { return secretMatches(arg, s.authToken) }
 
-// janitor runs the lease sweeper and the idle-key GC, each every its
-// interval on the server's clock. Each period starts when the previous run
-// ends, so a ManualClock advanced by many periods at once runs each job
-// once: a sweep or GC catches up on everything due by itself.
-func (s *Server) janitor() {
+// janitor runs the lease sweeper and the idle-key GC on their periods.
+func (s *Server) janitor(sweep, gc *period) {
 	defer s.wg.Done()
-	sweepDue, stopSweep := clockTimer(s.clock, s.cfg.SweepInterval)
-	gcDue, stopGC := clockTimer(s.clock, s.cfg.GCInterval)
-	defer func() { stopSweep(); stopGC() }()
+	defer func() { sweep.stop(); gc.stop() }()
 	for {
 		select {
-		case <-sweepDue:
+		case <-sweep.fired:
+			ran := s.clock.Now()
 			s.locks.sweep()
-			sweepDue, stopSweep = clockTimer(s.clock, s.cfg.SweepInterval)
-		case <-gcDue:
+			sweep.rearm(ran)
+		case <-gc.fired:
+			ran := s.clock.Now()
 			s.locks.gc(s.cfg.GCMaxIdle)
-			gcDue, stopGC = clockTimer(s.clock, s.cfg.GCInterval)
+			gc.rearm(ran)
 		case <-s.quit:
 			return
 		}
 	}
+}
+
+// period is a job's schedule on a fixed grid of the server's clock, as a
+// time.Ticker's. The grid, not the end of the last run, decides the next
+// due time, so that a ManualClock advanced while the job ran (or before it
+// was re-armed) still gets a run that sees the new time; a run catches up
+// on every grid point up to the time it read, so advancing by many periods
+// costs one run, not one per period.
+type period struct {
+	clk   Clock
+	every time.Duration
+	due   time.Time
+	fired <-chan struct{}
+	stop  func()
+}
+
+func newPeriod(clk Clock, every time.Duration) *period {
+	p := &period{clk: clk, every: every, due: clk.Now().Add(every)}
+	p.fired, p.stop = clockTimer(clk, every)
+	return p
+}
+
+// rearm schedules the first grid point after ran, the clock's time read
+// before the run; if the clock has passed it already, the job runs again
+// at once.
+func (p *period) rearm(ran time.Time) {
+	if behind := ran.Sub(p.due); behind >= 0 {
+		p.due = p.due.Add((behind/p.every + 1) * p.every)
+	}
+	p.fired, p.stop = clockTimerAt(p.clk, p.due)
 }
 
 // Addr is the host:port the server listens on (stable across Stop/Restart).
