@@ -32,13 +32,12 @@ func awaitWaiters(t *testing.T, ctx context.Context, srv *testutil.Server, key s
 // its own timeout runs out. A Lock that gives up must therefore never have
 // sent such a server a wait longer than legacyWaitChunk: the abandoned
 // waiter leaves the server's queue within that, whatever the caller's
-// deadline (none, or a long one) was. (Not parallel: it shrinks the chunk.)
+// deadline (none, or a long one) was: advancing the server's clock by the
+// chunk removes it.
 func TestAbandonedWaiterLeavesLegacyServerWithinTheChunk(t *testing.T) {
-	old := legacyWaitChunk
-	legacyWaitChunk = time.Second
-	t.Cleanup(func() { legacyWaitChunk = old })
-
-	srv := newServer(t, testutil.Config{Version: testutil.V1_10})
+	t.Parallel()
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10, Clock: clk})
 	c := newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
 	h, err := c.Lock(ctx, "k")
@@ -54,28 +53,35 @@ func TestAbandonedWaiterLeavesLegacyServerWithinTheChunk(t *testing.T) {
 		awaitWaiters(t, ctx, srv, "k", 1)
 		cancel()
 		assert.True(t, errors.Is(<-done, context.Canceled))
-		start := time.Now()
-		// The server may still list the waiter (it does not watch for
-		// peer close); it must drop it once the chunk it was sent ends.
+		// The server still lists the waiter (it does not watch for peer
+		// close); it must drop it once the chunk it was sent ends.
+		// (Both rounds advance 20 s in all: less than the holder's 33 s
+		// lease and the 23 s read timeout, which nothing renews here.)
+		clk.Advance(legacyWaitChunk)
 		awaitWaiters(t, ctx, srv, "k", 0)
-		t.Logf("abandoned waiter lingered %v on the v1.10 server (chunk %v)", time.Since(start).Round(time.Millisecond), legacyWaitChunk)
 	}
 	require.NoError(t, h.Release(ctx))
 }
 
 // On servers that answer ping (v1.14+) waits are not shortened, so FIFO
 // order holds across waits longer than legacyWaitChunk: waiters queued in
-// order are granted in that order. (Not parallel: it shrinks the chunk.)
+// order are granted in that order.
 func TestLongWaitsKeepFIFOOnModernServers(t *testing.T) {
-	old := legacyWaitChunk
-	legacyWaitChunk = time.Second
-	t.Cleanup(func() { legacyWaitChunk = old })
-
-	srv := newServer(t, testutil.Config{})
+	t.Parallel()
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Clock: clk})
 	c := newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
 	h, err := c.Lock(ctx, "fifo")
 	require.NoError(t, err)
+
+	// The waiters' context has no deadline, so that they send the server
+	// no timeout of their own shorter than the 20.5 s the clock will pass;
+	// the test's own deadline still ends them.
+	wctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
 
 	const n = 4
 	var mu sync.Mutex
@@ -83,7 +89,7 @@ func TestLongWaitsKeepFIFOOnModernServers(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			l, err := c.Lock(ctx, "fifo")
+			l, err := c.Lock(wctx, "fifo")
 			if !assert.NoError(t, err) {
 				return
 			}
@@ -94,8 +100,10 @@ func TestLongWaitsKeepFIFOOnModernServers(t *testing.T) {
 		})
 		awaitWaiters(t, ctx, srv, "fifo", i+1)
 	}
-	// Hold past two legacy chunks: a chunked wait would have re-joined.
-	time.Sleep(2*legacyWaitChunk + 500*time.Millisecond)
+	// Hold past two legacy chunks on the server's clock: a chunked wait
+	// would have re-joined. (20.5 s: less than the holder's 33 s lease and
+	// the 23 s read timeout, which nothing renews here.)
+	clk.Advance(2*legacyWaitChunk + 500*time.Millisecond)
 	require.NoError(t, h.Release(ctx))
 	wg.Wait()
 	assert.Equal(t, []int{0, 1, 2, 3}, order)

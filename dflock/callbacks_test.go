@@ -81,12 +81,14 @@ func TestBlockedLogHandlerDoesNotLoseOtherLeases(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	h := newStuckWarnHandler()
 	defer close(h.release)
-	c := newClient(t, []string{srv.Addr()}, WithLogger(slog.New(h)), WithLaneConns(1))
+	// Renewals every ~50 ms (as much slack before a loss as the default
+	// ratio leaves a 2 s lease), so that many happen while the handler blocks.
+	c := newClient(t, []string{srv.Addr()}, WithLogger(slog.New(h)), WithLaneConns(1), WithRenewRatio(0.05))
 	ctx := testCtx(t)
 
-	a, err := c.TryLock(ctx, "a", LeaseTTL(2*time.Second))
+	a, err := c.TryLock(ctx, "a", LeaseTTL(time.Second))
 	require.NoError(t, err)
-	b, err := c.TryLock(ctx, "b", LeaseTTL(2*time.Second))
+	b, err := c.TryLock(ctx, "b", LeaseTTL(time.Second))
 	require.NoError(t, err)
 	require.Same(t, a.owner, b.owner, "both leases must be owned by the one lane connection")
 
@@ -101,9 +103,9 @@ func TestBlockedLogHandlerDoesNotLoseOtherLeases(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the loss of a was never logged at Warn")
 	}
-	// The handler is now stuck. b (2 s TTL) needs a renewal confirmed
-	// about every second; several in a row prove nothing waits for it.
-	require.True(t, awaitRenewals(c, 4, b.Done()), "lease b was lost while the log handler blocked: %v", b.Err())
+	// The handler is now stuck. Renewals of b confirmed over more than its
+	// 1 s TTL prove that nothing waits for the handler.
+	require.True(t, awaitRenewals(c, 25, b.Done()), "lease b was lost while the log handler blocked: %v", b.Err())
 	assert.NoError(t, b.Err())
 	require.NoError(t, b.Release(ctx))
 }
@@ -125,13 +127,13 @@ func TestBlockedHookDoesNotLoseOtherLeases(t *testing.T) {
 		},
 		OnConnBroken: func(string, error) {},
 	}
-	c := newClient(t, []string{srv.Addr()}, WithHooks(hooks), WithLaneConns(1))
+	c := newClient(t, []string{srv.Addr()}, WithHooks(hooks), WithLaneConns(1), WithRenewRatio(0.05))
 	defer close(release)
 	ctx := testCtx(t)
 
-	a, err := c.TryLock(ctx, "a", LeaseTTL(2*time.Second))
+	a, err := c.TryLock(ctx, "a", LeaseTTL(time.Second))
 	require.NoError(t, err)
-	b, err := c.TryLock(ctx, "b", LeaseTTL(2*time.Second))
+	b, err := c.TryLock(ctx, "b", LeaseTTL(time.Second))
 	require.NoError(t, err)
 	releaseBehindClientsBack(t, srv.Addr(), "a", a.Token())
 	select {
@@ -139,7 +141,7 @@ func TestBlockedHookDoesNotLoseOtherLeases(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("OnLeaseLost was not called for a")
 	}
-	require.True(t, awaitRenewals(c, 4, b.Done()), "lease b was lost while a hook blocked: %v", b.Err())
+	require.True(t, awaitRenewals(c, 25, b.Done()), "lease b was lost while a hook blocked: %v", b.Err())
 
 	// Flood the stuck callback goroutine: the excess is counted, nothing
 	// waits for it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +20,9 @@ import (
 // Write calls of every connection a Client makes.
 type connCounter struct {
 	dials, open, writes atomic.Int64
+
+	mu    sync.Mutex
+	conns []*countedConn
 }
 
 func (cc *connCounter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -29,17 +33,47 @@ func (cc *connCounter) dial(ctx context.Context, network, addr string) (net.Conn
 	}
 	cc.dials.Add(1)
 	cc.open.Add(1)
-	return &countedConn{Conn: c, cc: cc}, nil
+	counted := &countedConn{Conn: c, cc: cc}
+	cc.mu.Lock()
+	cc.conns = append(cc.conns, counted)
+	cc.mu.Unlock()
+	return counted, nil
+}
+
+// awaitEveryOpenConnWrites waits until every connection still open has
+// written at least once more than it had at the call.
+func (cc *connCounter) awaitEveryOpenConnWrites(t *testing.T, ctx context.Context) {
+	t.Helper()
+	cc.mu.Lock()
+	conns := slices.Clone(cc.conns)
+	cc.mu.Unlock()
+	base := make([]int64, len(conns))
+	for i, c := range conns {
+		base[i] = c.writes.Load()
+	}
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for i, c := range conns {
+		for !c.closed.Load() && c.writes.Load() == base[i] {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				t.Fatalf("connection %d of %d wrote nothing", i, len(conns))
+			}
+		}
+	}
 }
 
 type countedConn struct {
 	net.Conn
 	cc     *connCounter
 	closed atomic.Bool
+	writes atomic.Int64
 }
 
 func (c *countedConn) Write(b []byte) (int, error) {
 	c.cc.writes.Add(1)
+	c.writes.Add(1)
 	return c.Conn.Write(b)
 }
 
@@ -50,17 +84,70 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// A 2 s lease held for 10 s stays valid: the server shows it throughout.
-func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
-	if testing.Short() {
-		t.Skip("holds a lease for 10 s")
+// renewAudit keeps, per token, the server's last renewal of it.
+type renewAudit struct {
+	mu   sync.Mutex
+	last map[string]testutil.AuditEvent
+	ch   chan struct{} // signalled on every renewal
+}
+
+func newRenewAudit() *renewAudit {
+	return &renewAudit{last: make(map[string]testutil.AuditEvent), ch: make(chan struct{}, 1)}
+}
+
+func (a *renewAudit) record(ev testutil.AuditEvent) {
+	if ev.Kind != testutil.AuditRenew {
+		return
 	}
+	a.mu.Lock()
+	a.last[ev.Token] = ev
+	a.mu.Unlock()
+	select {
+	case a.ch <- struct{}{}:
+	default:
+	}
+}
+
+// awaitRenewedAt waits until the server has renewed every lease at server
+// time at (or later) and returns those renewals.
+func (a *renewAudit) awaitRenewedAt(t *testing.T, ctx context.Context, at time.Time, leases ...*Lock) []testutil.AuditEvent {
+	t.Helper()
+	for {
+		a.mu.Lock()
+		var evs []testutil.AuditEvent
+		for _, l := range leases {
+			if ev, ok := a.last[l.Token()]; ok && !ev.Time.Before(at) {
+				evs = append(evs, ev)
+			}
+		}
+		a.mu.Unlock()
+		if len(evs) == len(leases) {
+			return evs
+		}
+		select {
+		case <-a.ch:
+		case <-ctx.Done():
+			t.Fatalf("the server saw %d of %d leases renewed since %v", len(evs), len(leases), at)
+		}
+	}
+}
+
+// A 2 s lease stays valid over many of its lifetimes, on the lane and on a
+// wait-pool connection: the server's clock is advanced by 1.5 s only after
+// it has renewed both leases, 8 times, so 12 s pass for the server while
+// the client renews every ~100 ms. Every renewal carries the 2 s TTL (the
+// server would otherwise apply its default). The default renew ratio is
+// the renew package's subject; time passing for the server is this one's.
+func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv))
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	audit := newRenewAudit()
+	srv := newServer(t, testutil.Config{Clock: clk, Audit: audit.record})
+	const ttl = 2 * time.Second
+	c := newClient(t, addrsOf(srv), WithRenewRatio(0.05))
 	ctx := testCtx(t)
 
-	lane, err := c.Lock(ctx, "short", LeaseTTL(2*time.Second))
+	lane, err := c.Lock(ctx, "short", LeaseTTL(ttl))
 	require.NoError(t, err)
 	// A second lease granted after waiting, so it lives on a wait-pool
 	// connection: both kinds of owner must be renewed.
@@ -69,7 +156,7 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	require.NoError(t, err)
 	got := make(chan *Lock, 1)
 	go func() {
-		l, err := c.Lock(ctx, "short-wait", LeaseTTL(2*time.Second))
+		l, err := c.Lock(ctx, "short-wait", LeaseTTL(ttl))
 		assert.NoError(t, err)
 		got <- l
 	}()
@@ -77,10 +164,14 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	require.NoError(t, blocker.Release(ctx))
 	pinned := <-got
 	require.NotNil(t, pinned)
+	require.NotSame(t, lane.owner, pinned.owner)
 
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		time.Sleep(250 * time.Millisecond) // time passing is the subject
+	const steps = 8
+	for range steps {
+		for _, ev := range audit.awaitRenewedAt(t, ctx, clk.Now(), lane, pinned) {
+			assert.Equal(t, ttl, ev.Expires.Sub(ev.Time), "a renewal of %q did not carry the TTL", ev.Key)
+		}
+		clk.Advance(ttl * 3 / 4) // less than a lease since the renewals just seen
 		require.True(t, lockHeld(srv, "short"), "the server lost the lane lease")
 		require.True(t, lockHeld(srv, "short-wait"), "the server lost the pinned lease")
 		require.NoError(t, lane.Err())
@@ -88,22 +179,24 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	}
 	st, err := c.Stats(ctx)
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, st.Renew.Renewed, int64(2*8), "two leases renewed about once a second")
+	assert.GreaterOrEqual(t, st.Renew.Renewed, int64(2*steps))
 	require.NoError(t, lane.Release(ctx))
 	require.NoError(t, pinned.Release(ctx))
 }
 
-// A 60 s lease on a server whose read timeout is 2 s stays held for 10 s:
-// the keepalive (not the lease ratio) paces the renewals, and idle pool
-// connections survive too.
+// A 60 s lease on a server whose read timeout is 2 s stays held while the
+// server's clock runs through several read timeouts: the keepalive (not
+// the lease ratio) paces the renewals, and idle pool connections survive
+// too. The server's clock moves by under half a read timeout only after
+// every connection has written again, so a connection that went quiet for
+// two steps would be cut.
 func TestKeepAliveHoldsLongLeaseUnderShortReadTimeout(t *testing.T) {
-	if testing.Short() {
-		t.Skip("holds a lease for 10 s")
-	}
 	t.Parallel()
-	srv := newServer(t, testutil.Config{ReadTimeout: 2 * time.Second})
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	const readTimeout = 2 * time.Second
+	srv := newServer(t, testutil.Config{Clock: clk, ReadTimeout: readTimeout})
 	cc := &connCounter{}
-	c := newClient(t, addrsOf(srv), WithKeepAlive(700*time.Millisecond), WithDialer(cc.dial))
+	c := newClient(t, addrsOf(srv), WithKeepAlive(100*time.Millisecond), WithDialer(cc.dial))
 	ctx := testCtx(t)
 
 	l, err := c.Lock(ctx, "long", LeaseTTL(60*time.Second))
@@ -122,12 +215,18 @@ func TestKeepAliveHoldsLongLeaseUnderShortReadTimeout(t *testing.T) {
 	const want = DefaultLaneConns + 1
 	require.Eventually(t, func() bool { return srv.Stats().Connections == want && cc.dials.Load() == want }, 5*time.Second, time.Millisecond)
 	dials := cc.dials.Load()
-	time.Sleep(10 * time.Second) // time passing is the subject
+	const steps = 8 // 8 × 0.9 s: more than three read timeouts
+	for range steps {
+		cc.awaitEveryOpenConnWrites(t, ctx)
+		clk.Advance(readTimeout/2 - 100*time.Millisecond)
+	}
+	cc.awaitEveryOpenConnWrites(t, ctx)
 	require.NoError(t, l.Err())
 	require.True(t, lockHeld(srv, "long"))
 	ps := c.servers[0].pool.Stats()
 	assert.Equal(t, dials, cc.dials.Load(), "a connection was cut by the read timeout and re-dialled: %+v", ps)
 	assert.Zero(t, ps.Broken, "a connection broke: %+v", ps)
+	assert.Equal(t, want, srv.Stats().Connections)
 	require.NoError(t, l.Release(ctx))
 }
 

@@ -14,8 +14,11 @@ import (
 // no separate semaphore namespace and no signals; everything else works.
 func TestWorksAgainstV1_10(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{Version: testutil.V1_10, ReadTimeout: time.Second})
-	c := newClient(t, addrsOf(srv), WithKeepAlive(300*time.Millisecond))
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	const readTimeout = time.Second
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10, ReadTimeout: readTimeout, Clock: clk})
+	cc := &connCounter{}
+	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithDialer(cc.dial))
 	ctx := testCtx(t)
 
 	l, err := c.Lock(ctx, "v110", LeaseTTL(30*time.Second))
@@ -30,9 +33,15 @@ func TestWorksAgainstV1_10(t *testing.T) {
 	tl, err := tk.Wait(ctx)
 	require.NoError(t, err)
 
-	// Three read timeouts pass; keepalive renewals and pings (answered
-	// `error`) keep every connection and lease alive.
-	time.Sleep(3 * time.Second) // time passing is the subject
+	// Three read timeouts pass on the server's clock, in steps of under half
+	// of one, each after every connection has written again: keepalive
+	// renewals and pings (answered `error`) keep every connection and lease
+	// alive.
+	for range 8 {
+		cc.awaitEveryOpenConnWrites(t, ctx)
+		clk.Advance(readTimeout/2 - 100*time.Millisecond)
+	}
+	cc.awaitEveryOpenConnWrites(t, ctx)
 	for _, h := range []*Lock{l, s, tl} {
 		require.NoError(t, h.Err(), "lease %q lost", h.Key())
 	}

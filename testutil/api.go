@@ -8,7 +8,9 @@
 // NewServer starts a Server for one test and stops it at the test's end;
 // Start does the same outside tests. Config picks the protocol Version to
 // imitate and the server's flags (auth token, TLS, limits, timeouts;
-// Config.Audit sees every lease event, for invariant checks). A Server can be
+// Config.Audit sees every lease event, for invariant checks; Config.Clock,
+// a ManualClock for instance, lets a test move the server's time: lease
+// expiry, sweeps, wait and read timeouts). A Server can be
 // stopped and restarted on the same address, stalled, drained like SIGTERM
 // (Shutdown), or made to drop its connections; Server.Stats is its view of
 // locks, semaphores and subscriptions. Proxy injects network faults between
@@ -66,6 +68,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// PushBuffer is the per-connection push buffer in lines. Default 64.
 	PushBuffer int
+	// Clock is the server's time (see Clock for what it governs); nil is the
+	// real clock. A ManualClock lets a test make leases expire and waits
+	// and read timeouts run out without waiting for them.
+	Clock Clock
 	// Logger for server events; nil discards.
 	Logger *slog.Logger
 	// Audit, if set, is called synchronously for every lease event, in the

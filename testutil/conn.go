@@ -57,6 +57,13 @@ type conn struct {
 	tooLong bool
 	armedAt time.Time // when the current line's read deadline was set
 
+	// With a clock other than the real one the socket has no read deadline
+	// of its own: a timer on that clock expires it (see armDeadline). dlGen
+	// tells a timer that fires late that it has been superseded.
+	dlMu    sync.Mutex
+	dlGen   uint64
+	dlTimer Timer
+
 	pushCh chan []byte // signal push buffer; created on the first listen
 }
 
@@ -132,6 +139,7 @@ func (c *conn) serve() {
 // finish runs when serve returns: close the socket, then apply auto-release
 // and drop subscriptions, so the next waiter is granted promptly.
 func (c *conn) finish() {
+	c.disarmDeadline()
 	_ = c.nc.Close() // graceful for TLS (close_notify); the raw close follows
 	c.close()
 	c.srv.hub.removeConn(c)
@@ -162,10 +170,10 @@ func (c *conn) readFailed(err error) {
 func (c *conn) failAuth() {
 	c.reply("error_auth")
 	_ = c.flush()
-	t := time.NewTimer(authFailDelay)
-	defer t.Stop()
+	delay, stop := clockTimer(c.srv.clock, authFailDelay)
+	defer stop()
 	select {
-	case <-t.C:
+	case <-delay:
 	case <-c.done:
 	}
 }
@@ -206,11 +214,19 @@ func (c *conn) readLine(i, limit int) ([]byte, error) {
 		c.bufs[i] = c.bufs[i][:0]
 		if !c.lineBuffered() {
 			// About to block on the socket: the client may be waiting for
-			// the answers to what it sent so far.
+			// the answers to what it sent so far. On a clock the test
+			// drives, the timeout is armed before they leave, so that a
+			// test holding a reply can advance the clock past it.
+			real := isRealClock(c.srv.clock)
+			if !real {
+				c.armDeadline()
+			}
 			if err := c.flush(); err != nil {
 				return nil, err
 			}
-			c.armDeadline()
+			if real {
+				c.armDeadline()
+			}
 		}
 	}
 	for {
@@ -254,12 +270,56 @@ func (c *conn) lineBuffered() bool {
 // armDeadline sets the per-line read deadline (§2), which also bounds the
 // idle wait for the next request (§8c).
 func (c *conn) armDeadline() {
-	c.armedAt = time.Now()
-	var d time.Time
-	if rt := c.srv.cfg.ReadTimeout; rt > 0 {
-		d = c.armedAt.Add(rt)
+	clk := c.srv.clock
+	c.armedAt = clk.Now()
+	rt := c.srv.cfg.ReadTimeout
+	if isRealClock(clk) {
+		var d time.Time
+		if rt > 0 {
+			d = c.armedAt.Add(rt)
+		}
+		_ = c.nc.SetReadDeadline(d)
+		return
 	}
-	_ = c.nc.SetReadDeadline(d)
+	// The kernel knows only real time, so the read timeout is a timer on
+	// the server's clock that, when it fires, sets a deadline in the past:
+	// the blocked read fails with os.ErrDeadlineExceeded as it would have.
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	c.disarmDeadlineLocked()
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if rt <= 0 {
+		return
+	}
+	gen, at := c.dlGen, c.armedAt.Add(rt)
+	expire := func() { _ = c.nc.SetReadDeadline(time.Unix(1, 0)) }
+	c.dlTimer = clk.AfterFunc(at.Sub(clk.Now()), func() {
+		c.dlMu.Lock()
+		defer c.dlMu.Unlock()
+		if c.dlGen == gen {
+			expire()
+		}
+	})
+	// As in clockTimerAt: the clock may have passed at since armedAt was read.
+	if !clk.Now().Before(at) && c.dlTimer.Stop() {
+		expire()
+	}
+}
+
+// disarmDeadline cancels a pending read timeout on a non-real clock, so that
+// it cannot fire into a read that must not time out (a parked waiter's).
+func (c *conn) disarmDeadline() {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	c.disarmDeadlineLocked()
+}
+
+func (c *conn) disarmDeadlineLocked() {
+	c.dlGen++
+	if c.dlTimer != nil {
+		c.dlTimer.Stop()
+		c.dlTimer = nil
+	}
 }
 
 // awaitStall blocks while the server is stalled; false if the connection closed meanwhile.
@@ -517,15 +577,18 @@ func (c *conn) park(w *waiter, timeout int64) bool {
 		gone, stop = c.watchPeer()
 		defer stop()
 	}
-	timer := time.NewTimer(seconds(timeout))
-	defer timer.Stop()
+	// Counted from when the table queued the waiter, so that a test that
+	// sees the waiter in Stats and advances a ManualClock past the timeout
+	// gets the timeout even if this timer is armed only afterwards.
+	timedOut, stop := clockTimerAt(s.clock, w.parkedAt.Add(seconds(timeout)))
+	defer stop()
 
 	var word string
 	select {
 	case <-w.ready:
 		c.replyGrant("ok", w.h.token, w.leaseSecs)
 		return true
-	case <-timer.C:
+	case <-timedOut:
 		word = "timeout"
 	case <-s.drainCh:
 		word = "error" // §8j: blocked waiters fail at once
@@ -555,6 +618,7 @@ func (c *conn) watchPeer() (gone <-chan struct{}, stop func()) {
 	exited := make(chan struct{})
 	var stopping atomic.Bool
 	// A blocking wait may outlast the read timeout (§8c).
+	c.disarmDeadline()
 	_ = c.nc.SetReadDeadline(time.Time{})
 	c.srv.wg.Add(1)
 	go func() {

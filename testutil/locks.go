@@ -66,6 +66,9 @@ type waiter struct {
 	enq       *enqState // set while an `e` that answered `queued` is unconsumed
 	ready     chan struct{}
 	h         *holder
+	// parkedAt is when its l/sl or w/sw began to wait: the server's timeout
+	// for it runs from here, not from when its connection arms a timer.
+	parkedAt time.Time
 }
 
 // enqState is the per-(connection, key) state left by `e`/`se` until `w`/`sw`
@@ -105,6 +108,7 @@ type lockTable struct {
 	maxLocks   int // < 0: unlimited
 	maxWaiters int // 0: unlimited
 	audit      func(AuditEvent)
+	clock      Clock
 
 	mu      sync.Mutex
 	res     map[resKey]*resource
@@ -113,11 +117,12 @@ type lockTable struct {
 	tokens  tokenSource
 }
 
-func newLockTable(v Version, maxLocks, maxWaiters int, audit func(AuditEvent)) *lockTable {
-	t := &lockTable{version: v, maxLocks: maxLocks, maxWaiters: maxWaiters, audit: audit}
+func newLockTable(v Version, maxLocks, maxWaiters int, audit func(AuditEvent), clock Clock) *lockTable {
+	t := &lockTable{version: v, maxLocks: maxLocks, maxWaiters: maxWaiters, audit: audit, clock: clock}
 	t.tokens.fenced = v == V2_1
 	// v2.1 seeds the fence with wall-clock nanoseconds so that tokens keep
-	// increasing across restarts without a state file (§7).
+	// increasing across restarts without a state file (§7). The real clock,
+	// not t.clock: a ManualClock's start says nothing about other servers.
 	t.tokens.fence = uint64(time.Now().UnixNano())
 	t.res = make(map[resKey]*resource)
 	t.enq = make(map[enqKey]*enqState)
@@ -136,7 +141,7 @@ func (t *lockTable) stop() {
 		return
 	}
 	t.stopped = true
-	now := time.Now()
+	now := t.clock.Now()
 	for _, r := range t.res {
 		for _, h := range r.holders {
 			h.gone = true
@@ -242,7 +247,7 @@ func (t *lockTable) acquire(conn uint64, key string, sem bool, a acquireArgs) (o
 	if t.stopped {
 		return outStopped, "", nil
 	}
-	now := time.Now()
+	now := t.clock.Now()
 	r, out := t.lookup(resKey{t.ns(sem), key}, a.limit, now)
 	if out != outGranted {
 		return out, "", nil
@@ -261,7 +266,9 @@ func (t *lockTable) acquire(conn uint64, key string, sem bool, a acquireArgs) (o
 	if a.timeout == 0 {
 		return outTimeout, "", nil
 	}
-	return outQueued, "", t.addWaiter(r, conn, sem, a.lease)
+	w := t.addWaiter(r, conn, sem, a.lease)
+	w.parkedAt = now
+	return outQueued, "", w
 }
 
 // enqueue serves e/se: grant at once (`acquired`) or queue without blocking.
@@ -271,7 +278,7 @@ func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (o
 	if t.stopped {
 		return outStopped, ""
 	}
-	now := time.Now()
+	now := t.clock.Now()
 	k := resKey{t.ns(sem), key}
 	ek := enqKey{conn, k}
 	if t.enq[ek] != nil {
@@ -307,7 +314,7 @@ func (t *lockTable) wait(conn uint64, key string, sem bool) (outcome, string, in
 	if t.stopped {
 		return outStopped, "", 0, nil
 	}
-	now := time.Now()
+	now := t.clock.Now()
 	ek := enqKey{conn, resKey{t.ns(sem), key}}
 	st := t.enq[ek]
 	if st == nil {
@@ -316,6 +323,7 @@ func (t *lockTable) wait(conn uint64, key string, sem bool) (outcome, string, in
 	delete(t.enq, ek)
 	if w := st.w; w != nil {
 		w.enq = nil // from now on an ordinary parked waiter
+		w.parkedAt = now
 		return outQueued, "", 0, w
 	}
 	h := st.h
@@ -342,7 +350,7 @@ func (t *lockTable) withdraw(w *waiter) bool {
 	if w.h != nil {
 		return false
 	}
-	t.dropWaiter(w, time.Now())
+	t.dropWaiter(w, t.clock.Now())
 	return true
 }
 
@@ -374,7 +382,7 @@ func (t *lockTable) release(key, token string, sem bool) outcome {
 	if t.stopped {
 		return outStopped
 	}
-	now := time.Now()
+	now := t.clock.Now()
 	h := t.find(key, token, sem)
 	if h == nil {
 		return outFailed
@@ -400,7 +408,7 @@ func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) outcome 
 	if t.stopped {
 		return outStopped
 	}
-	now := time.Now()
+	now := t.clock.Now()
 	h := t.find(key, token, sem)
 	if h == nil {
 		return outFailed
@@ -493,7 +501,7 @@ func (t *lockTable) sweep() {
 	if t.stopped {
 		return
 	}
-	now := time.Now()
+	now := t.clock.Now()
 	for _, r := range t.res {
 		if len(r.holders) > 0 {
 			t.evictExpired(r, now, t.version == V1_10)
@@ -506,7 +514,7 @@ func (t *lockTable) sweep() {
 func (t *lockTable) gc(maxIdle time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := time.Now()
+	now := t.clock.Now()
 	for k, r := range t.res {
 		if r.idle() && now.Sub(r.idleSince) >= maxIdle {
 			delete(t.res, k)
@@ -526,7 +534,7 @@ func (t *lockTable) disconnect(conn uint64, autoRelease bool) {
 	if t.stopped {
 		return
 	}
-	now := time.Now()
+	now := t.clock.Now()
 	for k, st := range t.enq {
 		if k.conn == conn {
 			if st.h != nil {

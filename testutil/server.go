@@ -42,6 +42,7 @@ const (
 // Server is a running in-process dflockd.
 type Server struct {
 	cfg          Config // with defaults applied
+	clock        Clock  // cfg.Clock
 	log          *slog.Logger
 	authToken    string
 	defaultLease int64 // seconds
@@ -75,7 +76,7 @@ type Server struct {
 	stallCount  int
 	stallCh     chan struct{} // non-nil while stalled; closed on resume
 	stallEnded  time.Time     // when the last stall ended
-	stallTimers map[*time.Timer]struct{}
+	stallTimers map[Timer]struct{}
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup // every goroutine the server starts
@@ -107,6 +108,9 @@ func (cfg Config) withDefaults() Config {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
 	return cfg
 }
 
@@ -128,16 +132,17 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:          cfg,
+		clock:        cfg.Clock,
 		log:          cfg.Logger,
 		authToken:    strings.TrimSpace(cfg.AuthToken),
 		defaultLease: lease,
-		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters, cfg.Audit),
+		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters, cfg.Audit, cfg.Clock),
 		hub:          newSignalHub(cfg.MaxSubscriptions),
 		conns:        make(map[uint64]*conn),
 		drained:      make(chan struct{}),
 		drainCh:      make(chan struct{}),
 		quit:         make(chan struct{}),
-		stallTimers:  make(map[*time.Timer]struct{}),
+		stallTimers:  make(map[Timer]struct{}),
 	}
 	if cfg.TLS != nil {
 		s.tlsConfig = cfg.TLS.Clone()
@@ -153,8 +158,11 @@ func Start(cfg Config) (*Server, error) {
 	s.mu.Lock()
 	s.serveLocked(ln)
 	s.mu.Unlock()
+	// Armed before Start returns, so that a test counting a ManualClock's
+	// pending timers knows the janitor's are among them.
+	sweep, gc := newPeriod(s.clock, cfg.SweepInterval), newPeriod(s.clock, cfg.GCInterval)
 	s.wg.Add(1)
-	go s.janitor()
+	go s.janitor(sweep, gc)
 	s.log.Debug("testutil: listening", "addr", s.addr, "version", cfg.Version)
 	return s, nil
 }
@@ -257,23 +265,54 @@ func (s *Server) draining() bool {
 
 func (s *Server) checkSecret(arg []byte) bool { return secretMatches(arg, s.authToken) }
 
-// janitor runs the lease sweeper and the idle-key GC.
-func (s *Server) janitor() {
+// janitor runs the lease sweeper and the idle-key GC on their periods.
+func (s *Server) janitor(sweep, gc *period) {
 	defer s.wg.Done()
-	sweep := time.NewTicker(s.cfg.SweepInterval)
-	defer sweep.Stop()
-	gc := time.NewTicker(s.cfg.GCInterval)
-	defer gc.Stop()
+	defer func() { sweep.stop(); gc.stop() }()
 	for {
 		select {
-		case <-sweep.C:
+		case <-sweep.fired:
+			ran := s.clock.Now()
 			s.locks.sweep()
-		case <-gc.C:
+			sweep.rearm(ran)
+		case <-gc.fired:
+			ran := s.clock.Now()
 			s.locks.gc(s.cfg.GCMaxIdle)
+			gc.rearm(ran)
 		case <-s.quit:
 			return
 		}
 	}
+}
+
+// period is a job's schedule on a fixed grid of the server's clock, as a
+// time.Ticker's. The grid, not the end of the last run, decides the next
+// due time, so that a ManualClock advanced while the job ran (or before it
+// was re-armed) still gets a run that sees the new time; a run catches up
+// on every grid point up to the time it read, so advancing by many periods
+// costs one run, not one per period.
+type period struct {
+	clk   Clock
+	every time.Duration
+	due   time.Time
+	fired <-chan struct{}
+	stop  func()
+}
+
+func newPeriod(clk Clock, every time.Duration) *period {
+	p := &period{clk: clk, every: every, due: clk.Now().Add(every)}
+	p.fired, p.stop = clockTimer(clk, every)
+	return p
+}
+
+// rearm schedules the first grid point after ran, the clock's time read
+// before the run; if the clock has passed it already, the job runs again
+// at once.
+func (p *period) rearm(ran time.Time) {
+	if behind := ran.Sub(p.due); behind >= 0 {
+		p.due = p.due.Add((behind/p.every + 1) * p.every)
+	}
+	p.fired, p.stop = clockTimerAt(p.clk, p.due)
 }
 
 // Addr is the host:port the server listens on (stable across Stop/Restart).
@@ -353,11 +392,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.checkDrainedLocked()
 	s.mu.Unlock()
 
-	var timeout <-chan time.Time
+	var timeout <-chan struct{}
 	if s.cfg.ShutdownTimeout > 0 {
-		t := time.NewTimer(s.cfg.ShutdownTimeout)
-		defer t.Stop()
-		timeout = t.C
+		fired, stop := clockTimer(s.clock, s.cfg.ShutdownTimeout)
+		defer stop()
+		timeout = fired
 	}
 	var err error
 	select {
@@ -450,7 +489,7 @@ func (s *Server) Restart() error {
 }
 
 // Stall makes every connection stop reading requests until the returned
-// function is called (or d passes, if d > 0). Connections keep their state,
+// function is called (or d passes on the server's clock, if d > 0). Connections keep their state,
 // are not timed out meanwhile, and signal pushes still flow. Overlapping
 // stalls nest: reading resumes when all of them have ended. resume is
 // idempotent.
@@ -460,7 +499,7 @@ func (s *Server) Stall(d time.Duration) (resume func()) {
 		s.stallCh = make(chan struct{})
 	}
 	s.stallCount++
-	var timer *time.Timer
+	var timer Timer
 	var once sync.Once
 	resume = func() {
 		once.Do(func() {
@@ -474,12 +513,12 @@ func (s *Server) Stall(d time.Duration) (resume func()) {
 			if s.stallCount == 0 {
 				close(s.stallCh)
 				s.stallCh = nil
-				s.stallEnded = time.Now()
+				s.stallEnded = s.clock.Now()
 			}
 		})
 	}
 	if d > 0 {
-		timer = time.AfterFunc(d, resume)
+		timer = s.clock.AfterFunc(d, resume)
 		s.stallTimers[timer] = struct{}{}
 	}
 	s.stallMu.Unlock()

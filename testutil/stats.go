@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
-	"time"
 )
 
 // tableSnapshot is the lock table's part of a stats snapshot, sorted by key.
@@ -26,7 +25,7 @@ func (t *lockTable) listedAsSemaphore(r *resource) bool {
 }
 
 func (t *lockTable) snapshot() tableSnapshot {
-	now := time.Now()
+	now := t.clock.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	snap := tableSnapshot{
