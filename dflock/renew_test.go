@@ -294,7 +294,9 @@ func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	t.Logf("renewals sent %d in %d rounds with %d writes (%.0f renewals per write, %.1f writes per round)",
 		sent, rounds, writes, float64(sent)/float64(max(writes, 1)), float64(writes)/float64(max(rounds, 1)))
 	require.Positive(t, rounds)
-	assert.LessOrEqual(t, writes, rounds*laneConns*int64(len(srvs)), "more than one write per lane connection per round")
+	// The two counters are not read atomically: a round counted before
+	// `before` may still be writing after w0. Allow that one round.
+	assert.LessOrEqual(t, writes, (rounds+1)*laneConns*int64(len(srvs)), "more than one write per lane connection per round")
 	assert.GreaterOrEqual(t, sent/max(writes, 1), int64(10), "renewals were not batched")
 	for _, s := range srvs {
 		assert.Equal(t, laneConns, s.Stats().Connections, "leases must not cost connections beyond the lanes")
