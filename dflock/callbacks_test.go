@@ -108,6 +108,17 @@ func TestBlockedLogHandlerDoesNotLoseOtherLeases(t *testing.T) {
 	require.True(t, awaitRenewals(c, 25, b.Done()), "lease b was lost while the log handler blocked: %v", b.Err())
 	assert.NoError(t, b.Err())
 	require.NoError(t, b.Release(ctx))
+
+	// Nor does the Client's own work: losses are delivered (and Close waits
+	// for them) on a goroutine the handler must not hold either. Close
+	// returns, at most DefaultReleaseTimeout late for the stuck record.
+	closed := make(chan struct{})
+	go func() { _ = c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close waited for a stuck log handler")
+	}
 }
 
 // The same for hooks: an OnLeaseLost that blocks delays other callbacks,
