@@ -22,7 +22,7 @@ type belief struct {
 	client   int
 	op       string
 	key      string
-	token    string // "" for WithLock, whose token is not visible
+	token    string // "" for WithLock, whose token is not visible, until matched
 	node     int    // the key's server, by the Lock's Server()
 	sem      bool
 	limit    int
@@ -37,6 +37,14 @@ type belief struct {
 	lost     atomic.Pointer[time.Time]
 	lostErr  atomic.Pointer[string]
 	released bool // the goroutine called Release (or WithLock returned)
+
+	// For WithLock: when the call began, and whether its Client read a
+	// token in a grant reply (its tokenTap). The checker matches the belief
+	// with the grant of its key that began between call and start and
+	// whose token the Client read, and sets token (and inferred).
+	call     time.Time
+	seen     func(token string) bool
+	inferred bool
 }
 
 // Bounds of the checks.
@@ -68,6 +76,11 @@ type verdict struct {
 	// explain, if set, describes what happened on a server around a
 	// violation (faults, process pauses), for the report.
 	explain func(node int, from, to time.Time) string
+
+	// WithLock beliefs matched with their grant by their Client's reads,
+	// and those left to the grant in force when fn began (no candidate,
+	// or several).
+	withLockMatched, withLockByTime int
 
 	inherent     int           // beliefs that outlived a lease a fault killed server-side
 	inherentMax  time.Duration // longest such overhang
@@ -114,6 +127,12 @@ type trimmed struct {
 // lease that a fault killed on the server (it cannot know before its own
 // deadline passes, or the connection's end reaches it).
 func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killedFunc, maxTTL time.Duration, fenced bool) {
+	claimed := make(map[string]bool) // tokens that beliefs show
+	for _, b := range beliefs {
+		if b.token != "" && !b.inferred {
+			claimed[b.token] = true
+		}
+	}
 	var cut []trimmed
 	for _, b := range beliefs {
 		v.believed++
@@ -123,10 +142,19 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 		}
 		lg := ledgers[b.node]
 		var g *grant
-		if b.token != "" {
+		switch {
+		case b.token != "":
 			g = lg.find(b.token)
-		} else {
+		case b.seen != nil:
+			if g = withLockGrant(lg, b, claimed); g != nil {
+				b.token, b.inferred = g.token, true
+				v.withLockMatched++
+				break
+			}
+			fallthrough
+		default:
 			g = lg.inForce(b.key, b.start)
+			v.withLockByTime++
 		}
 		if g == nil || g.key != b.key || b.start.Before(g.start) {
 			v.violate("a", "%s %q token %s (client %d, server %d): believed held from %s with no server grant in force",
@@ -166,7 +194,7 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 			tr.end = end
 		}
 		cut = append(cut, tr)
-		if fenced && !b.sem && b.token != "" {
+		if fenced && !b.sem && b.token != "" && !b.inferred {
 			checkFence(v, b)
 		}
 	}
@@ -183,6 +211,24 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 	sub := newVerdict()
 	checkExclusion(sub, whole)
 	v.overlapsKill = sub.total()
+}
+
+// withLockGrant returns the grant of a WithLock belief: the one grant of
+// its key that the server made between the call and the function's start
+// and whose token the belief's Client read, not shown by another belief;
+// nil if there is none or more than one.
+func withLockGrant(lg *ledger, b *belief, claimed map[string]bool) *grant {
+	var found *grant
+	for _, g := range lg.between(b.key, b.call, b.start) {
+		if claimed[g.token] || !b.seen(g.token) {
+			continue
+		}
+		if found != nil {
+			return nil
+		}
+		found = g
+	}
+	return found
 }
 
 func isKill(g *grant, killed killedFunc) bool {

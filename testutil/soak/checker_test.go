@@ -2,6 +2,7 @@ package soak
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -260,4 +261,54 @@ func TestPatternMatches(t *testing.T) {
 	} {
 		assert.Equal(t, c.want, patternMatches(c.pattern, c.ch), "%q ~ %q", c.pattern, c.ch)
 	}
+}
+
+// withLockHeld is a WithLock belief of client, called at callMS, whose
+// Client read the grant tokens read.
+func withLockHeld(client int, key string, callMS, fromMS, toMS int, read ...string) *belief {
+	b := held(key, "", fromMS, toMS)
+	b.op, b.client, b.call = "WithLock", client, at(callMS)
+	b.seen = func(token string) bool { return slices.Contains(read, token) }
+	return b
+}
+
+func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
+	// Client 0's WithLock is granted a; a fault kills a on the server at 10
+	// and the server grants b to client 2's WithLock at 12. Client 0's
+	// function only starts at 30 (its goroutine was slow) and believes
+	// until 38, when it notices. Its belief belongs to the killed a, not to
+	// b, the grant in force at 30: one stale belief, not two holders.
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		ev(testutil.AuditDisconnect, "k", "a", 10, 1000),
+		ev(testutil.AuditGrant, "k", "b", 12, 1012),
+		ev(testutil.AuditRelease, "k", "b", 80, 1012),
+	)
+	killedAt10 := func(node int, t time.Time) bool { return t.Equal(at(10)) }
+	v := newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{
+		withLockHeld(0, "k", 0, 30, 38, "a"),
+		withLockHeld(2, "k", 11, 14, 76, "b"),
+	}, killedAt10, time.Second, false)
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 1, v.inherent, "client 0 outlived its killed lease")
+	assert.Equal(t, 2, v.withLockMatched)
+
+	// A WithLock that believes past the end of the grant its Client read
+	// is flagged, even though another grant is in force then.
+	lg = fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		ev(testutil.AuditRelease, "k", "a", 10, 1000),
+		ev(testutil.AuditGrant, "k", "b", 12, 1012),
+	)
+	v = newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{withLockHeld(0, "k", 0, 30, 38, "a")}, noKills, time.Second, false)
+	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
+
+	// A grant another belief shows is not the WithLock's, and with no
+	// candidate left the belief falls back to the grant in force.
+	v = newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "b", 13, 20), withLockHeld(0, "k", 11, 30, 38, "b")}, noKills, time.Second, false)
+	assert.Equal(t, 0, v.withLockMatched)
+	assert.Equal(t, 1, v.withLockByTime)
 }

@@ -116,6 +116,19 @@ func (l *ledger) inForce(key string, t time.Time) *grant {
 	return nil
 }
 
+// between returns the grants of key that began in [from, to].
+func (l *ledger) between(key string, from, to time.Time) []*grant {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*grant
+	for _, g := range l.byKey[key] {
+		if !g.start.Before(from) && !g.start.After(to) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
 // open returns the grants that have not ended.
 func (l *ledger) open() []*grant {
 	l.mu.Lock()

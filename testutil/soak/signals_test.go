@@ -1,8 +1,9 @@
 package soak
 
 import (
+	"fmt"
 	"slices"
-	"strconv"
+	"strings"
 	"time"
 )
 
@@ -80,15 +81,16 @@ func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) sig
 			type item struct {
 				em  *emission
 				gap bool
+				at  time.Time
 			}
 			var stream []item
 			for _, e := range entries {
 				switch {
 				case e.gapNode == node:
-					stream = append(stream, item{gap: true})
+					stream = append(stream, item{gap: true, at: e.at})
 				case e.gapNode < 0:
 					if em := emits[e.payload]; em != nil && em.node == node {
-						stream = append(stream, item{em: em})
+						stream = append(stream, item{em: em, at: e.at})
 					}
 				}
 			}
@@ -152,8 +154,32 @@ func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) sig
 				}
 				uncovered++
 				if example == "" {
-					example = payload + " on " + em.channel + " (server " + strconv.Itoa(node) + ") emitted [" + stamp(em.start) + ", " + stamp(em.end) + "]" +
-						v.context(node, em.start.Add(-time.Second), em.end.Add(time.Second))
+					// Where it should have been: after the last signal received
+					// that was emitted before it, before the first one emitted
+					// after it; what the stream holds in between.
+					lo, hi := -1, len(stream)
+					for j, it := range stream {
+						if it.em != nil && it.em.end.Before(em.start) {
+							lo = j
+						}
+					}
+					for j := len(stream) - 1; j >= 0; j-- {
+						if it := stream[j]; it.em != nil && it.em.start.After(em.end) {
+							hi = j
+						}
+					}
+					var around []string
+					for j := max(lo, 0); j <= min(hi, len(stream)-1); j++ {
+						it := stream[j]
+						if it.gap {
+							around = append(around, "gap received "+stamp(it.at))
+						} else if j == lo || j == hi {
+							around = append(around, fmt.Sprintf("%s emitted [%s, %s] received %s", it.em.payload, stamp(it.em.start), stamp(it.em.end), stamp(it.at)))
+						}
+					}
+					example = fmt.Sprintf("%s on %s (server %d, %d receiver(s)) emitted [%s, %s]; stream around it: %s%s",
+						payload, em.channel, node, em.receivers, stamp(em.start), stamp(em.end), strings.Join(around, ", "),
+						v.context(node, em.start.Add(-time.Second), em.end.Add(time.Second)))
 				}
 			}
 		}

@@ -25,6 +25,7 @@ var (
 	soakSeed     = flag.Uint64("soak.seed", 0, "random seed of the soak (0: from the clock)")
 	soakWorkers  = flag.Int("soak.workers", 80, "workload goroutines per Client")
 	soakFaults   = flag.Duration("soak.faults", 1200*time.Millisecond, "mean time between fault starts")
+	soakKinds    = flag.String("soak.kinds", "", "comma-separated fault kinds to inject, by name (e.g. \"stall > lease,blackhole\"; empty: all)")
 )
 
 const (
@@ -119,8 +120,11 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	defer cl.close()
 
 	clients := make([]*dflock.Client, numClients)
+	taps := make([]*tokenTap, numClients)
 	for i := range clients {
+		taps[i] = newTokenTap()
 		opts := []dflock.Option{
+			dflock.WithDialer(taps[i].dial),
 			dflock.WithLeaseTTL(serverLease),
 			dflock.WithKeepAlive(clientKeepAlive),
 			dflock.WithHooks(dflock.Hooks{OnLeaseLost: func(dflock.LeaseInfo, error) { rec.lostHook.Add(1) }}),
@@ -166,7 +170,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	}
 	for ci, c := range clients {
 		for j := range *soakWorkers {
-			w := &worker{id: j, client: ci, c: c, rec: rec, cl: cl, stop: stop, base: base, stopAt: &stopAt, signals: ph.signals,
+			w := &worker{id: j, client: ci, c: c, tap: taps[ci], rec: rec, cl: cl, stop: stop, base: base, stopAt: &stopAt, signals: ph.signals,
 				rng: rand.New(rand.NewPCG(seed, uint64(ci*100000+j)))}
 			wg.Add(1)
 			go func() { defer wg.Done(); w.run() }()
@@ -178,7 +182,11 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 
 	// Faults for the phase's duration; run returns once every fault has
 	// ended and the cluster is healed.
-	f := newFaulter(cl, seed, *soakFaults)
+	kinds, err := parseKinds(*soakKinds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFaulter(cl, seed, *soakFaults, kinds)
 	fctx, fcancel := context.WithTimeout(context.Background(), ph.duration)
 	f.run(fctx)
 	fcancel()
@@ -568,6 +576,8 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 				p("    worst: %s\n", ls[0].note)
 			}
 		}
+		p("  WithLock beliefs matched with their grant by the tokens their Client read: %d; by the grant in force when fn began: %d\n",
+			r.v.withLockMatched, r.v.withLockByTime)
 		p("  beliefs that outlived a lease killed server-side: %d (longest %s); resulting holder overlaps: %d\n",
 			r.v.inherent, r.v.inherentMax, r.v.overlapsKill)
 		if len(overruns) > 0 {

@@ -171,6 +171,7 @@ type worker struct {
 	id      int
 	client  int
 	c       *dflock.Client
+	tap     *tokenTap // the grant tokens c read
 	rng     *rand.Rand
 	rec     *recorder
 	cl      *cluster
@@ -306,6 +307,7 @@ func (w *worker) withLock() {
 	cc := w.newCtx()
 	b := &belief{client: w.client, op: "WithLock", key: key, node: w.cl.index(w.c.ServerFor(key))}
 	start := time.Now()
+	b.call, b.seen = start, w.tap.has
 	err := w.c.WithLock(cc.ctx, key, func(ctx context.Context) error {
 		context.AfterFunc(ctx, func() {
 			now := time.Now()
@@ -480,6 +482,7 @@ type emission struct {
 	node       int
 	start, end time.Time
 	ok         bool
+	receivers  int // the server's count of receivers, when ok
 }
 
 func (w *worker) emit() {
@@ -494,14 +497,14 @@ func (r *recorder) emit(c *dflock.Client, cl *cluster, ch, payload string, cc *c
 	r.mu.Lock()
 	r.emits[payload] = e
 	r.mu.Unlock()
-	_, err := c.Emit(cc.ctx, ch, payload)
+	n, err := c.Emit(cc.ctx, ch, payload)
 	end := time.Now()
 	if ended, ok := cc.ended(); ok {
 		r.overran("Emit", ended, end)
 	}
 	cc.done()
 	r.mu.Lock()
-	e.end, e.ok = end, err == nil
+	e.end, e.ok, e.receivers = end, err == nil, n
 	r.mu.Unlock()
 	r.op("Emit", err)
 }
