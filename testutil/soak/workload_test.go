@@ -34,7 +34,7 @@ type recorder struct {
 	beliefs            []*belief
 	unusual            map[string][]string // op → first few errors that match no expected sentinel
 	overruns           []time.Duration     // per call whose context ended before it returned
-	slow               []string            // calls that overran beyond overrunBound
+	slow               []overrun           // calls that overran beyond overrunBound
 	lostHook           atomic.Int64
 	cancelMax          time.Duration // longest Ticket.Cancel (bounded by DefaultReleaseTimeout)
 	withLockOverrunMax time.Duration
@@ -107,8 +107,8 @@ func (r *recorder) overran(op string, ended, ret time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.overruns = append(r.overruns, d)
-	if d > overrunBound && len(r.slow) < 20 {
-		r.slow = append(r.slow, fmt.Sprintf("%s returned %s after its context ended (at %s)", op, d, stamp(ended)))
+	if d > overrunBound {
+		r.slow = append(r.slow, overrun{op: op, ended: ended, ret: ret})
 	}
 }
 
