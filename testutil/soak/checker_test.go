@@ -401,3 +401,18 @@ func TestCheckerExcusesOverrunsOnlyByTheTimeUnscheduled(t *testing.T) {
 	checkStarvation(v, 50)
 	assert.Equal(t, 1, v.counts["starved"], "%v", v.examples)
 }
+
+func TestCheckerGapWindowIgnoresTheEndOfAFailedEmit(t *testing.T) {
+	// A stall: the listener connection breaks (gap); e2's Emit fails at
+	// 210 when its own connection breaks, but the server had read it and
+	// relays it after the re-listen; e3, answered at 350, was
+	// relayed before the re-listen and lost. e2's end does not bound the
+	// relay: the gap covers e3.
+	emits := signalFixture()
+	emits["e2"].end, emits["e2"].ok = at(210), false
+	emits["e3"].start, emits["e3"].end = at(300), at(350)
+	v := newVerdict()
+	f := checkSignals(v, []*subRecord{subOf(sig("e1"), gap(0), sig("e2"), sig("e4"), sig("e5"), sig("e6"))}, emits)
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 1, f.missedGap)
+}

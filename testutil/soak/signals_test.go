@@ -29,7 +29,8 @@ type signalFigures struct {
 // connection in order). Then it was delivered, or the connection broke in
 // between. A gap of X covers it when the signal may have been relayed
 // between the last X-signal received before the gap and the first one after
-// it.
+// it whose Emit succeeded (a failed Emit's end does not bound when the
+// server relayed it).
 func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) signalFigures {
 	var f signalFigures
 	byNode := make(map[int][]*emission)
@@ -116,8 +117,13 @@ func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) sig
 						break
 					}
 				}
+				// Only an Emit that got its answer bounds when the server
+				// relayed it: one that failed (its connection broke, say)
+				// may still have been read and relayed by the server later,
+				// after the re-listen. Signals received are relayed in
+				// order, so the first answered one bounds them all.
 				for j := i + 1; j < len(stream); j++ {
-					if stream[j].em != nil {
+					if stream[j].em != nil && stream[j].em.ok {
 						w.hi = stream[j].em.end
 						break
 					}
