@@ -71,8 +71,10 @@ const (
 type pausedFunc func(from, to time.Time) (total time.Duration, lastEnd time.Time)
 
 // safetyMargin is the client's margin before a lease's server-side expiry
-// (docs/leases.md): 10 % of the TTL, at least 100 ms.
-func safetyMargin(ttl time.Duration) time.Duration { return max(ttl/10, 100*time.Millisecond) }
+// (docs/leases.md): 10 % of the TTL, at least 100 ms, at most 2 s.
+func safetyMargin(ttl time.Duration) time.Duration {
+	return min(max(ttl/10, 100*time.Millisecond), 2*time.Second)
+}
 
 // lossReport is a lease loss matched with the server's end of the lease.
 type lossReport struct {
