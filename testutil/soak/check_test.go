@@ -22,7 +22,7 @@ type belief struct {
 	client   int
 	op       string
 	key      string
-	token    string // "" for WithLock, whose token is not visible
+	token    string // "" for WithLock, whose token is not visible, until matched
 	node     int    // the key's server, by the Lock's Server()
 	sem      bool
 	limit    int
@@ -37,6 +37,14 @@ type belief struct {
 	lost     atomic.Pointer[time.Time]
 	lostErr  atomic.Pointer[string]
 	released bool // the goroutine called Release (or WithLock returned)
+
+	// For WithLock: when the call began, and whether its Client read a
+	// token in a grant reply (its tokenTap). The checker matches the belief
+	// with the grant of its key that began between call and start and
+	// whose token the Client read, and sets token (and inferred).
+	call     time.Time
+	seen     func(token string) bool
+	inferred bool
 }
 
 // Bounds of the checks.
@@ -48,7 +56,25 @@ const (
 	// overrunBound: no call may return later than this after its context
 	// ended (invariant d). Generous, for a loaded one-CPU machine.
 	overrunBound = time.Second
+	// starveSlack is how much of a window the pause detector can miss
+	// while the process was starved: its 20 ms threshold and one tick.
+	starveSlack = 20*time.Millisecond + pauseTick
+	// maxStarvedFraction: above this share of the cases checked, cases
+	// excused as starved fail the run (invariant "starved"): the machine
+	// was too loaded for the run to show anything.
+	maxStarvedFraction = 0.01
 )
+
+// pausedFunc reports how long the process measurably went unscheduled
+// within [from, to] (the pause detector's delays over its threshold), and
+// when the last such delay that overlaps [from, to] ended.
+type pausedFunc func(from, to time.Time) (total time.Duration, lastEnd time.Time)
+
+// safetyMargin is the client's margin before a lease's server-side expiry
+// (docs/leases.md): 10 % of the TTL, at least 100 ms, at most 2 s.
+func safetyMargin(ttl time.Duration) time.Duration {
+	return min(max(ttl/10, 100*time.Millisecond), 2*time.Second)
+}
 
 // lossReport is a lease loss matched with the server's end of the lease.
 type lossReport struct {
@@ -62,6 +88,12 @@ type lossReport struct {
 type verdict struct {
 	counts   map[string]int
 	examples map[string][]string
+	// Cases excused because the process was measurably starved of CPU
+	// when it had to act (see starvedLease, checkOverruns), by invariant.
+	starved         map[string]int
+	starvedExamples map[string][]string
+	// paused, if set, is the pause detector; without it nothing is excused.
+	paused pausedFunc
 
 	believed int // belief intervals checked
 	losses   []lossReport
@@ -69,13 +101,55 @@ type verdict struct {
 	// violation (faults, process pauses), for the report.
 	explain func(node int, from, to time.Time) string
 
+	// WithLock beliefs matched with their grant by their Client's reads
+	// (of which several candidates: the latest taken), and those left to
+	// the grant in force when fn began (no candidate).
+	withLockMatched, withLockSeveral, withLockByTime int
+
 	inherent     int           // beliefs that outlived a lease a fault killed server-side
 	inherentMax  time.Duration // longest such overhang
 	overlapsKill int           // client-side overlaps of lock holders caused by such kills
 }
 
 func newVerdict() *verdict {
-	return &verdict{counts: make(map[string]int), examples: make(map[string][]string)}
+	return &verdict{counts: make(map[string]int), examples: make(map[string][]string),
+		starved: make(map[string]int), starvedExamples: make(map[string][]string)}
+}
+
+func (v *verdict) starve(inv, format string, args ...any) {
+	v.starved[inv]++
+	if len(v.starvedExamples[inv]) < 8 {
+		v.starvedExamples[inv] = append(v.starvedExamples[inv], fmt.Sprintf(format, args...))
+	}
+}
+
+// starvedLease reports whether a belief that outlived its lease's expiry
+// at end (lease ttl), last seen held at last, is explained by the process
+// being starved of CPU: the client must declare the loss at its renewal
+// deadline, which is at or before end − margin, so it had to run at some
+// moment of [end − margin, end]. The evidence must be solid: the detector
+// measured the process unscheduled for all of that window (but for what it
+// cannot see, starveSlack), and the belief ended within a margin after the
+// last of those delays, the time the client needs to catch up.
+func (v *verdict) starvedLease(end time.Time, ttl time.Duration, last time.Time) bool {
+	if v.paused == nil {
+		return false
+	}
+	m := safetyMargin(ttl)
+	total, _ := v.paused(end.Add(-m), end)
+	_, lastEnd := v.paused(end.Add(-m), last)
+	return m-total <= starveSlack && !last.After(lastEnd.Add(m))
+}
+
+// marginNote tells how long the process was unscheduled in the window in
+// which the client had to declare a loss, [end − margin, end].
+func (v *verdict) marginNote(end time.Time, ttl time.Duration) string {
+	if v.paused == nil {
+		return ""
+	}
+	m := safetyMargin(ttl)
+	total, _ := v.paused(end.Add(-m), end)
+	return fmt.Sprintf("; unscheduled %s of the safety margin [%s, %s]", total, stamp(end.Add(-m)), stamp(end))
 }
 
 func (v *verdict) violate(inv, format string, args ...any) {
@@ -114,6 +188,12 @@ type trimmed struct {
 // lease that a fault killed on the server (it cannot know before its own
 // deadline passes, or the connection's end reaches it).
 func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killedFunc, maxTTL time.Duration, fenced bool) {
+	claimed := make(map[string]bool) // tokens that beliefs show
+	for _, b := range beliefs {
+		if b.token != "" && !b.inferred {
+			claimed[b.token] = true
+		}
+	}
 	var cut []trimmed
 	for _, b := range beliefs {
 		v.believed++
@@ -123,10 +203,23 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 		}
 		lg := ledgers[b.node]
 		var g *grant
-		if b.token != "" {
+		switch {
+		case b.token != "":
 			g = lg.find(b.token)
-		} else {
+		case b.seen != nil:
+			var n int
+			if g, n = withLockGrant(lg, b, claimed); g != nil {
+				b.token, b.inferred = g.token, true
+				v.withLockMatched++
+				if n > 1 {
+					v.withLockSeveral++
+				}
+				break
+			}
+			fallthrough
+		default:
 			g = lg.inForce(b.key, b.start)
+			v.withLockByTime++
 		}
 		if g == nil || g.key != b.key || b.start.Before(g.start) {
 			v.violate("a", "%s %q token %s (client %d, server %d): believed held from %s with no server grant in force",
@@ -156,9 +249,13 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 						b.op, b.key, short(b.token), b.client, b.node, over, g.endKind, stamp(end))
 				}
 			} else {
-				v.violate("a", "%s %q token %s (client %d, server %d): believed held at %s, %s after the server-side lease ended by %s at %s (granted %s, %d renewal(s))%s%s",
-					b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), over, g.endKind, stamp(end), stamp(g.start), g.renewals,
-					lostNote(b, end), v.context(b.node, g.start.Add(-time.Second), b.last))
+				report := v.violate
+				if g.endKind == testutil.AuditExpire && v.starvedLease(end, g.ttl, b.last) {
+					report = v.starve
+				}
+				report("a", "%s %q token %s (client %d, server %d): believed held at %s, %s after the server-side lease ended by %s at %s (granted %s, %d renewal(s), TTL %s)%s%s",
+					b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), over, g.endKind, stamp(end), stamp(g.start), g.renewals, g.ttl,
+					lostNote(b, end), v.context(b.node, g.start.Add(-time.Second), b.last)+v.marginNote(end, g.ttl))
 			}
 		}
 		tr := trimmed{b: b, start: b.start, end: b.last}
@@ -166,7 +263,7 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 			tr.end = end
 		}
 		cut = append(cut, tr)
-		if fenced && !b.sem && b.token != "" {
+		if fenced && !b.sem && b.token != "" && !b.inferred {
 			checkFence(v, b)
 		}
 	}
@@ -183,6 +280,25 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 	sub := newVerdict()
 	checkExclusion(sub, whole)
 	v.overlapsKill = sub.total()
+}
+
+// withLockGrant returns the grant of a WithLock belief: of the grants of
+// its key that the server made between the call and the function's start,
+// whose token the belief's Client read and no other belief shows, the
+// latest (the one it held when the function began; earlier ones are
+// acquires of the same Client that gave up, such as a Lock whose context
+// ended as it was granted). It reports how many there were; nil if none.
+func withLockGrant(lg *ledger, b *belief, claimed map[string]bool) (*grant, int) {
+	var found *grant
+	n := 0
+	for _, g := range lg.between(b.key, b.call, b.start) {
+		if claimed[g.token] || !b.seen(g.token) {
+			continue
+		}
+		n++
+		found = g // grant order
+	}
+	return found, n
 }
 
 func isKill(g *grant, killed killedFunc) bool {
@@ -202,6 +318,45 @@ func lostNote(b *belief, end time.Time) string {
 		return s
 	}
 	return "; loss never reported"
+}
+
+// overrun is a call that returned at ret, after its context ended at ended.
+type overrun struct {
+	op         string
+	ended, ret time.Time
+}
+
+// checkOverruns checks invariant (d) on the calls that returned more than
+// overrunBound after their context ended. One is excused as starved when
+// the overrun less the time the detector measured the process unscheduled
+// within it is within the bound: a call cannot return while nothing runs.
+func checkOverruns(v *verdict, slow []overrun) {
+	for _, o := range slow {
+		d := o.ret.Sub(o.ended)
+		report := v.violate
+		if v.paused != nil {
+			if total, _ := v.paused(o.ended, o.ret); d-total <= overrunBound {
+				report = v.starve
+			}
+		}
+		report("d", "%s returned %s after its context ended (at %s)%s", o.op, d, stamp(o.ended), v.context(-1, o.ended, o.ret))
+	}
+}
+
+// checkStarvation fails the run when the cases excused as starved exceed
+// maxStarvedFraction of the cases checked: beliefs for (a), calls that
+// returned after their context ended for (d).
+func checkStarvation(v *verdict, calls int) {
+	for inv, n := range v.starved {
+		of := v.believed
+		if inv == "d" {
+			of = calls
+		}
+		if float64(n) > maxStarvedFraction*float64(of) {
+			v.violate("starved", "%d case(s) of (%s) excused as CPU starvation out of %d checked (more than %.0f%%): the machine was too loaded for this run to show anything",
+				n, inv, of, 100*maxStarvedFraction)
+		}
+	}
 }
 
 // checkExclusion checks invariant (b): at no instant two holders of a lock

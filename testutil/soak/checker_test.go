@@ -2,6 +2,7 @@ package soak
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -260,4 +261,158 @@ func TestPatternMatches(t *testing.T) {
 	} {
 		assert.Equal(t, c.want, patternMatches(c.pattern, c.ch), "%q ~ %q", c.pattern, c.ch)
 	}
+}
+
+// withLockHeld is a WithLock belief of client, called at callMS, whose
+// Client read the grant tokens read.
+func withLockHeld(client int, key string, callMS, fromMS, toMS int, read ...string) *belief {
+	b := held(key, "", fromMS, toMS)
+	b.op, b.client, b.call = "WithLock", client, at(callMS)
+	b.seen = func(token string) bool { return slices.Contains(read, token) }
+	return b
+}
+
+func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
+	// Client 0's WithLock is granted a; a fault kills a on the server at 10
+	// and the server grants b to client 2's WithLock at 12. Client 0's
+	// function only starts at 30 (its goroutine was slow) and believes
+	// until 38, when it notices. Its belief belongs to the killed a, not to
+	// b, the grant in force at 30: one stale belief, not two holders.
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		ev(testutil.AuditDisconnect, "k", "a", 10, 1000),
+		ev(testutil.AuditGrant, "k", "b", 12, 1012),
+		ev(testutil.AuditRelease, "k", "b", 80, 1012),
+	)
+	killedAt10 := func(node int, t time.Time) bool { return t.Equal(at(10)) }
+	v := newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{
+		withLockHeld(0, "k", 0, 30, 38, "a"),
+		withLockHeld(2, "k", 11, 14, 76, "b"),
+	}, killedAt10, time.Second, false)
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 1, v.inherent, "client 0 outlived its killed lease")
+	assert.Equal(t, 2, v.withLockMatched)
+
+	// A WithLock that believes past the end of the grant its Client read
+	// is flagged, even though another grant is in force then.
+	lg = fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "a", 0, 1000),
+		ev(testutil.AuditRelease, "k", "a", 10, 1000),
+		ev(testutil.AuditGrant, "k", "b", 12, 1012),
+	)
+	v = newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{withLockHeld(0, "k", 0, 30, 38, "a")}, noKills, time.Second, false)
+	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
+
+	// An earlier grant the same Client read in the window (a Lock of
+	// another goroutine that gave it up at once) is not the WithLock's: the
+	// latest is.
+	lg2 := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "x", 2, 1002),
+		ev(testutil.AuditRelease, "k", "x", 4, 1002),
+		ev(testutil.AuditGrant, "k", "a", 5, 1005),
+	)
+	v = newVerdict()
+	checkLeases(v, []*ledger{lg2}, []*belief{withLockHeld(0, "k", 0, 30, 38, "x", "a")}, noKills, time.Second, false)
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 1, v.withLockSeveral)
+
+	// A grant another belief shows is not the WithLock's, and with no
+	// candidate left the belief falls back to the grant in force.
+	v = newVerdict()
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "b", 13, 20), withLockHeld(0, "k", 11, 30, 38, "b")}, noKills, time.Second, false)
+	assert.Equal(t, 0, v.withLockMatched)
+	assert.Equal(t, 1, v.withLockByTime)
+}
+
+// pausesAt is a pausedFunc for made-up delays, given in ms as [from, to] pairs.
+func pausesAt(ms ...int) pausedFunc {
+	return func(from, to time.Time) (total time.Duration, lastEnd time.Time) {
+		for i := 0; i+1 < len(ms); i += 2 {
+			lo, hi := at(ms[i]), at(ms[i+1])
+			if hi.Before(from) || lo.After(to) {
+				continue
+			}
+			if lo.Before(from) {
+				lo = from
+			}
+			end := hi
+			if end.After(to) {
+				end = to
+			}
+			total += end.Sub(lo)
+			lastEnd = hi
+		}
+		return total, lastEnd
+	}
+}
+
+func TestCheckerExcusesOnlyWellEvidencedStarvation(t *testing.T) {
+	// Leases of 1 s (margin 100 ms) that expired at 1000; each holder
+	// believed on until 1040.
+	lg := fakeLedger(0,
+		ev(testutil.AuditGrant, "a", "a", 0, 1000), ev(testutil.AuditExpire, "a", "a", 1200, 1000),
+	)
+	check := func(p pausedFunc, last int) *verdict {
+		v := newVerdict()
+		v.paused = p
+		checkLeases(v, []*ledger{lg}, []*belief{held("a", "a", 1, last)}, noKills, time.Second, false)
+		return v
+	}
+	// Unscheduled through the whole margin [900, 1000]: starved.
+	v := check(pausesAt(600, 1010), 1040)
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 1, v.starved["a"])
+	// Two delays that leave less than starveSlack of the margin: starved.
+	v = check(pausesAt(880, 940, 950, 1005), 1040)
+	assert.Equal(t, 1, v.starved["a"], "%v", v.examples)
+	// A delay that ended before the margin began: the client had all of
+	// its margin to act.
+	v = check(pausesAt(100, 880), 1040)
+	assert.Equal(t, 1, v.counts["a"])
+	assert.Zero(t, v.starved["a"])
+	// Half the margin unscheduled: it had 50 ms.
+	v = check(pausesAt(850, 950), 1040)
+	assert.Equal(t, 1, v.counts["a"])
+	// Starved through the margin, but believed on long after the delay
+	// ended (more than a margin): the client was late on its own.
+	v = check(pausesAt(600, 1010), 1200)
+	assert.Equal(t, 1, v.counts["a"])
+	// Without the detector nothing is excused.
+	v = check(nil, 1040)
+	assert.Equal(t, 1, v.counts["a"])
+}
+
+func TestCheckerExcusesOverrunsOnlyByTheTimeUnscheduled(t *testing.T) {
+	slow := []overrun{
+		{op: "Lock", ended: at(0), ret: at(1500)}, // 1.5 s, 600 ms unscheduled: 900 ms of its own
+		{op: "Lock", ended: at(0), ret: at(1700)}, // 1.7 s, 600 ms unscheduled: 1.1 s of its own
+	}
+	v := newVerdict()
+	v.paused = pausesAt(200, 800)
+	checkOverruns(v, slow)
+	assert.Equal(t, 1, v.starved["d"])
+	assert.Equal(t, 1, v.counts["d"], "%v", v.examples)
+
+	// More excused than a small fraction of the calls: the run fails.
+	checkStarvation(v, 1000)
+	assert.Zero(t, v.counts["starved"])
+	checkStarvation(v, 50)
+	assert.Equal(t, 1, v.counts["starved"], "%v", v.examples)
+}
+
+func TestCheckerGapWindowIgnoresTheEndOfAFailedEmit(t *testing.T) {
+	// A stall: the listener connection breaks (gap); e2's Emit fails at
+	// 210 when its own connection breaks, but the server had read it and
+	// relays it after the re-listen; e3, answered at 350, was
+	// relayed before the re-listen and lost. e2's end does not bound the
+	// relay: the gap covers e3.
+	emits := signalFixture()
+	emits["e2"].end, emits["e2"].ok = at(210), false
+	emits["e3"].start, emits["e3"].end = at(300), at(350)
+	v := newVerdict()
+	f := checkSignals(v, []*subRecord{subOf(sig("e1"), gap(0), sig("e2"), sig("e4"), sig("e5"), sig("e6"))}, emits)
+	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Equal(t, 1, f.missedGap)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -192,9 +193,10 @@ type faultWindow struct {
 // ends; every fault undoes itself within a bounded time, or at once when
 // the faulter is stopped.
 type faulter struct {
-	cl   *cluster
-	rng  *rand.Rand // used by the scheduling goroutine only
-	mean time.Duration
+	cl    *cluster
+	rng   *rand.Rand // used by the scheduling goroutine only
+	mean  time.Duration
+	kinds []faultKind // the kinds it draws from
 
 	mu      sync.Mutex
 	windows []faultWindow
@@ -202,8 +204,30 @@ type faulter struct {
 	wg      sync.WaitGroup
 }
 
-func newFaulter(cl *cluster, seed uint64, mean time.Duration) *faulter {
-	return &faulter{cl: cl, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), mean: mean}
+func newFaulter(cl *cluster, seed uint64, mean time.Duration, kinds []faultKind) *faulter {
+	if len(kinds) == 0 {
+		for k := range numFaultKinds {
+			kinds = append(kinds, k)
+		}
+	}
+	return &faulter{cl: cl, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), mean: mean, kinds: kinds}
+}
+
+// parseKinds parses a comma-separated list of fault kind names (-soak.kinds).
+func parseKinds(s string) ([]faultKind, error) {
+	var out []faultKind
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		i := slices.Index(faultNames[:], name)
+		if i < 0 {
+			return nil, fmt.Errorf("soak: unknown fault kind %q (known: %s)", name, strings.Join(faultNames[:], ", "))
+		}
+		out = append(out, faultKind(i))
+	}
+	return out, nil
 }
 
 // run schedules faults until ctx ends, then waits for every active fault to
@@ -219,7 +243,7 @@ func (f *faulter) run(ctx context.Context) {
 		case <-time.After(gap):
 		}
 		nd := f.cl.nodes[f.rng.IntN(len(f.cl.nodes))]
-		kind := faultKind(f.rng.IntN(int(numFaultKinds)))
+		kind := f.kinds[f.rng.IntN(len(f.kinds))]
 		d := f.duration(kind)
 		lat := time.Duration(20+f.rng.IntN(380)) * time.Millisecond
 		f.wg.Add(1)

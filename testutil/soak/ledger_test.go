@@ -17,8 +17,9 @@ type grant struct {
 	limit     int
 	conn      uint64
 	start     time.Time
-	expires   time.Time // the expiry in force (last Grant/Renew)
-	end       time.Time // zero while the lease is held
+	expires   time.Time     // the expiry in force (last Grant/Renew)
+	ttl       time.Duration // the lease of the last Grant/Renew
+	end       time.Time     // zero while the lease is held
 	endKind   testutil.AuditKind
 	renewals  int
 	lateEvent bool // an event arrived for it after its end
@@ -58,7 +59,7 @@ func (l *ledger) record(ev testutil.AuditEvent) {
 			return
 		}
 		g = &grant{node: l.node, key: ev.Key, token: ev.Token, sem: ev.Semaphore, limit: ev.Limit,
-			conn: ev.Conn, start: ev.Time, expires: ev.Expires}
+			conn: ev.Conn, start: ev.Time, expires: ev.Expires, ttl: ev.Expires.Sub(ev.Time)}
 		l.byToken[ev.Token] = g
 		l.byKey[ev.Key] = append(l.byKey[ev.Key], g)
 		l.count++
@@ -74,7 +75,7 @@ func (l *ledger) record(ev testutil.AuditEvent) {
 		return
 	}
 	if ev.Kind == testutil.AuditRenew {
-		g.expires = ev.Expires
+		g.expires, g.ttl = ev.Expires, ev.Expires.Sub(ev.Time)
 		g.renewals++
 		return
 	}
@@ -114,6 +115,19 @@ func (l *ledger) inForce(key string, t time.Time) *grant {
 		}
 	}
 	return nil
+}
+
+// between returns the grants of key that began in [from, to].
+func (l *ledger) between(key string, from, to time.Time) []*grant {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*grant
+	for _, g := range l.byKey[key] {
+		if !g.start.Before(from) && !g.start.After(to) {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // open returns the grants that have not ended.

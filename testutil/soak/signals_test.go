@@ -1,8 +1,9 @@
 package soak
 
 import (
+	"fmt"
 	"slices"
-	"strconv"
+	"strings"
 	"time"
 )
 
@@ -28,7 +29,8 @@ type signalFigures struct {
 // connection in order). Then it was delivered, or the connection broke in
 // between. A gap of X covers it when the signal may have been relayed
 // between the last X-signal received before the gap and the first one after
-// it.
+// it whose Emit succeeded (a failed Emit's end does not bound when the
+// server relayed it).
 func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) signalFigures {
 	var f signalFigures
 	byNode := make(map[int][]*emission)
@@ -80,15 +82,16 @@ func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) sig
 			type item struct {
 				em  *emission
 				gap bool
+				at  time.Time
 			}
 			var stream []item
 			for _, e := range entries {
 				switch {
 				case e.gapNode == node:
-					stream = append(stream, item{gap: true})
+					stream = append(stream, item{gap: true, at: e.at})
 				case e.gapNode < 0:
 					if em := emits[e.payload]; em != nil && em.node == node {
-						stream = append(stream, item{em: em})
+						stream = append(stream, item{em: em, at: e.at})
 					}
 				}
 			}
@@ -114,8 +117,13 @@ func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) sig
 						break
 					}
 				}
+				// Only an Emit that got its answer bounds when the server
+				// relayed it: one that failed (its connection broke, say)
+				// may still have been read and relayed by the server later,
+				// after the re-listen. Signals received are relayed in
+				// order, so the first answered one bounds them all.
 				for j := i + 1; j < len(stream); j++ {
-					if stream[j].em != nil {
+					if stream[j].em != nil && stream[j].em.ok {
 						w.hi = stream[j].em.end
 						break
 					}
@@ -152,8 +160,32 @@ func checkSignals(v *verdict, subs []*subRecord, emits map[string]*emission) sig
 				}
 				uncovered++
 				if example == "" {
-					example = payload + " on " + em.channel + " (server " + strconv.Itoa(node) + ") emitted [" + stamp(em.start) + ", " + stamp(em.end) + "]" +
-						v.context(node, em.start.Add(-time.Second), em.end.Add(time.Second))
+					// Where it should have been: after the last signal received
+					// that was emitted before it, before the first one emitted
+					// after it; what the stream holds in between.
+					lo, hi := -1, len(stream)
+					for j, it := range stream {
+						if it.em != nil && it.em.end.Before(em.start) {
+							lo = j
+						}
+					}
+					for j := len(stream) - 1; j >= 0; j-- {
+						if it := stream[j]; it.em != nil && it.em.start.After(em.end) {
+							hi = j
+						}
+					}
+					var around []string
+					for j := max(lo, 0); j <= min(hi, len(stream)-1); j++ {
+						it := stream[j]
+						if it.gap {
+							around = append(around, "gap received "+stamp(it.at))
+						} else if j == lo || j == hi {
+							around = append(around, fmt.Sprintf("%s emitted [%s, %s] received %s", it.em.payload, stamp(it.em.start), stamp(it.em.end), stamp(it.at)))
+						}
+					}
+					example = fmt.Sprintf("%s on %s (server %d, %d receiver(s)) emitted [%s, %s]; stream around it: %s%s",
+						payload, em.channel, node, em.receivers, stamp(em.start), stamp(em.end), strings.Join(around, ", "),
+						v.context(node, em.start.Add(-time.Second), em.end.Add(time.Second)))
 				}
 			}
 		}

@@ -25,6 +25,7 @@ var (
 	soakSeed     = flag.Uint64("soak.seed", 0, "random seed of the soak (0: from the clock)")
 	soakWorkers  = flag.Int("soak.workers", 80, "workload goroutines per Client")
 	soakFaults   = flag.Duration("soak.faults", 1200*time.Millisecond, "mean time between fault starts")
+	soakKinds    = flag.String("soak.kinds", "", "comma-separated fault kinds to inject, by name (e.g. \"stall > lease,blackhole\"; empty: all)")
 )
 
 const (
@@ -100,6 +101,11 @@ func TestSoak(t *testing.T) {
 				}
 			}
 		}
+		for _, inv := range sortedKeys(r.v.starvedExamples) {
+			for _, ex := range r.v.starvedExamples[inv] {
+				t.Logf("%s: starved (%s) %s", r.name, inv, ex)
+			}
+		}
 		for _, l := range r.leaks {
 			t.Errorf("%s: leak: %s", r.name, l)
 		}
@@ -119,8 +125,11 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	defer cl.close()
 
 	clients := make([]*dflock.Client, numClients)
+	taps := make([]*tokenTap, numClients)
 	for i := range clients {
+		taps[i] = newTokenTap()
 		opts := []dflock.Option{
+			dflock.WithDialer(taps[i].dial),
 			dflock.WithLeaseTTL(serverLease),
 			dflock.WithKeepAlive(clientKeepAlive),
 			dflock.WithHooks(dflock.Hooks{OnLeaseLost: func(dflock.LeaseInfo, error) { rec.lostHook.Add(1) }}),
@@ -166,7 +175,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	}
 	for ci, c := range clients {
 		for j := range *soakWorkers {
-			w := &worker{id: j, client: ci, c: c, rec: rec, cl: cl, stop: stop, base: base, stopAt: &stopAt, signals: ph.signals,
+			w := &worker{id: j, client: ci, c: c, tap: taps[ci], rec: rec, cl: cl, stop: stop, base: base, stopAt: &stopAt, signals: ph.signals,
 				rng: rand.New(rand.NewPCG(seed, uint64(ci*100000+j)))}
 			wg.Add(1)
 			go func() { defer wg.Done(); w.run() }()
@@ -178,7 +187,11 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 
 	// Faults for the phase's duration; run returns once every fault has
 	// ended and the cluster is healed.
-	f := newFaulter(cl, seed, *soakFaults)
+	kinds, err := parseKinds(*soakKinds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFaulter(cl, seed, *soakFaults, kinds)
 	fctx, fcancel := context.WithTimeout(context.Background(), ph.duration)
 	f.run(fctx)
 	fcancel()
@@ -223,8 +236,12 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 
 	killed := func(node int, at time.Time) bool { return f.killedAt(node, at, killSlack) }
 	res.v.explain = func(node int, from, to time.Time) string {
+		if node < 0 {
+			return pd.describe(from, to)
+		}
 		return f.describe(node, from, to) + "; " + pd.describe(from, to)
 	}
+	res.v.paused = pd.paused
 	checkServerGrants(res.v, ledgers(cl), ph.fencing)
 	checkLeases(res.v, ledgers(cl), rec.beliefs, killed, maxLease, ph.fencing)
 	if ph.signals {
@@ -233,9 +250,11 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 		rec.mu.Unlock()
 		res.sig = checkSignals(res.v, subs, rec.emits)
 	}
-	for _, s := range rec.slow {
-		res.v.violate("d", "%s", s)
-	}
+	rec.mu.Lock()
+	checkOverruns(res.v, rec.slow)
+	calls := len(rec.overruns)
+	rec.mu.Unlock()
+	checkStarvation(res.v, calls)
 	for _, nd := range cl.nodes {
 		nd.ledger.mu.Lock()
 		res.grants += nd.ledger.count
@@ -314,20 +333,51 @@ func (pd *pauseDetector) worst() time.Duration {
 	return pd.max
 }
 
-// describe reports the longest scheduling delay between from and to.
+// paused is a pausedFunc: the total of the delays overlapping [from, to]
+// (the parts inside it), and the end of the last one.
+func (pd *pauseDetector) paused(from, to time.Time) (total time.Duration, lastEnd time.Time) {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	for _, p := range pd.pauses {
+		if p.to.Before(from) || p.from.After(to) {
+			continue
+		}
+		lo, hi := p.from, p.to
+		if lo.Before(from) {
+			lo = from
+		}
+		if hi.After(to) {
+			hi = to
+		}
+		total += hi.Sub(lo)
+		if p.to.After(lastEnd) {
+			lastEnd = p.to
+		}
+	}
+	return total, lastEnd
+}
+
+// describe reports the longest scheduling delay between from and to, and
+// their total.
 func (pd *pauseDetector) describe(from, to time.Time) string {
+	total, _ := pd.paused(from, to)
 	pd.mu.Lock()
 	defer pd.mu.Unlock()
 	var worst pause
+	n := 0
 	for _, p := range pd.pauses {
-		if !p.to.Before(from) && !p.from.After(to) && p.to.Sub(p.from) > worst.to.Sub(worst.from) {
-			worst = p
+		if !p.to.Before(from) && !p.from.After(to) {
+			n++
+			if p.to.Sub(p.from) > worst.to.Sub(worst.from) {
+				worst = p
+			}
 		}
 	}
 	if worst.from.IsZero() {
-		return "no scheduling delay over 20ms"
+		return fmt.Sprintf("no scheduling delay over 20ms in [%s, %s]", stamp(from), stamp(to))
 	}
-	return fmt.Sprintf("the process went unscheduled for %s at [%s, %s]", worst.to.Sub(worst.from), stamp(worst.from), stamp(worst.to))
+	return fmt.Sprintf("the process went unscheduled for %s at [%s, %s]; in [%s, %s] %d delay(s) over 20ms, %s in all",
+		worst.to.Sub(worst.from), stamp(worst.from), stamp(worst.to), stamp(from), stamp(to), n, total)
 }
 
 func ledgers(cl *cluster) []*ledger {
@@ -568,6 +618,8 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 				p("    worst: %s\n", ls[0].note)
 			}
 		}
+		p("  WithLock beliefs matched with their grant by the tokens their Client read: %d (the latest of several: %d); by the grant in force when fn began: %d\n",
+			r.v.withLockMatched, r.v.withLockSeveral, r.v.withLockByTime)
 		p("  beliefs that outlived a lease killed server-side: %d (longest %s); resulting holder overlaps: %d\n",
 			r.v.inherent, r.v.inherentMax, r.v.overlapsKill)
 		if len(overruns) > 0 {
@@ -585,6 +637,13 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 			vs = append(vs, fmt.Sprintf("%s %d", inv, r.v.counts[inv]))
 		}
 		p("VIOLATIONS: %d %s\n", r.v.total(), strings.Join(vs, ", "))
+		var ss []string
+		ns := 0
+		for _, inv := range sortedKeys(r.v.starved) {
+			ss = append(ss, fmt.Sprintf("%s %d", inv, r.v.starved[inv]))
+			ns += r.v.starved[inv]
+		}
+		p("starved (excused: the process was measurably unscheduled when it had to act; docs/reliability.md): %d %s\n", ns, strings.Join(ss, ", "))
 		p("LEAKS: %d\n", len(r.leaks))
 	}
 	return b.String()

@@ -34,7 +34,7 @@ type recorder struct {
 	beliefs            []*belief
 	unusual            map[string][]string // op → first few errors that match no expected sentinel
 	overruns           []time.Duration     // per call whose context ended before it returned
-	slow               []string            // calls that overran beyond overrunBound
+	slow               []overrun           // calls that overran beyond overrunBound
 	lostHook           atomic.Int64
 	cancelMax          time.Duration // longest Ticket.Cancel (bounded by DefaultReleaseTimeout)
 	withLockOverrunMax time.Duration
@@ -107,8 +107,8 @@ func (r *recorder) overran(op string, ended, ret time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.overruns = append(r.overruns, d)
-	if d > overrunBound && len(r.slow) < 20 {
-		r.slow = append(r.slow, fmt.Sprintf("%s returned %s after its context ended (at %s)", op, d, stamp(ended)))
+	if d > overrunBound {
+		r.slow = append(r.slow, overrun{op: op, ended: ended, ret: ret})
 	}
 }
 
@@ -171,6 +171,7 @@ type worker struct {
 	id      int
 	client  int
 	c       *dflock.Client
+	tap     *tokenTap // the grant tokens c read
 	rng     *rand.Rand
 	rec     *recorder
 	cl      *cluster
@@ -306,6 +307,7 @@ func (w *worker) withLock() {
 	cc := w.newCtx()
 	b := &belief{client: w.client, op: "WithLock", key: key, node: w.cl.index(w.c.ServerFor(key))}
 	start := time.Now()
+	b.call, b.seen = start, w.tap.has
 	err := w.c.WithLock(cc.ctx, key, func(ctx context.Context) error {
 		context.AfterFunc(ctx, func() {
 			now := time.Now()
@@ -480,6 +482,7 @@ type emission struct {
 	node       int
 	start, end time.Time
 	ok         bool
+	receivers  int // the server's count of receivers, when ok
 }
 
 func (w *worker) emit() {
@@ -494,14 +497,14 @@ func (r *recorder) emit(c *dflock.Client, cl *cluster, ch, payload string, cc *c
 	r.mu.Lock()
 	r.emits[payload] = e
 	r.mu.Unlock()
-	_, err := c.Emit(cc.ctx, ch, payload)
+	n, err := c.Emit(cc.ctx, ch, payload)
 	end := time.Now()
 	if ended, ok := cc.ended(); ok {
 		r.overran("Emit", ended, end)
 	}
 	cc.done()
 	r.mu.Lock()
-	e.end, e.ok = end, err == nil
+	e.end, e.ok, e.receivers = end, err == nil, n
 	r.mu.Unlock()
 	r.op("Emit", err)
 }
