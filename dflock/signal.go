@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -318,7 +317,6 @@ type Subscription struct {
 type overflow struct {
 	q        sigQueue
 	sigs     int           // signals in q; the rest are gap markers
-	gaps     []string      // servers whose gap marker is in q (one each: later gaps merge)
 	draining bool          // the drainer runs
 	stop     chan struct{} // closed by finish to stop the drainer
 }
@@ -419,7 +417,7 @@ func (s *Subscription) finish(err error) {
 		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
 			s.ch <- s.popLocked()
 		}
-		ov.q, ov.sigs, ov.gaps = sigQueue{}, 0, nil
+		ov.q, ov.sigs = sigQueue{}, 0
 	}
 	close(s.ch)
 }
@@ -473,13 +471,15 @@ func (s *Subscription) warnSlow() {
 
 // gap reports a gap, in order after everything queued, whether or not the
 // buffer is full (gap markers do not count against it). A gap of a server
-// whose previous gap is still in the overflow queue merges into it; gaps
-// of different servers (a wildcard subscription) stay separate, so the
-// markers queued are bounded by the number of servers.
+// whose previous gap is still queued with no signal behind it merges into
+// it: the consumer could not tell the two apart. Once a signal is queued
+// behind a marker, a new gap gets a marker of its own, or the loss between
+// that signal and the next would go unreported. So between two queued
+// signals there is at most one marker per server, which bounds them.
 func (s *Subscription) gap(g *GapError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.ov != nil && slices.Contains(s.ov.gaps, g.Server) {
+	if s.closed || s.gapPendingLocked(g.Server) {
 		return
 	}
 	if !s.overflowingLocked() && len(s.ch) < cap(s.ch) {
@@ -487,7 +487,25 @@ func (s *Subscription) gap(g *GapError) {
 		return
 	}
 	s.queueLocked(Signal{Err: g})
-	s.ov.gaps = append(s.ov.gaps, g.Server)
+}
+
+// gapPendingLocked reports whether server's gap marker is queued with only
+// gap markers behind it. s.mu held.
+func (s *Subscription) gapPendingLocked(server string) bool {
+	if s.ov == nil {
+		return false
+	}
+	q := &s.ov.q
+	for i := q.n - 1; i >= 0; i-- {
+		g, ok := q.at(i).Err.(*GapError)
+		if !ok {
+			return false // a signal came after it
+		}
+		if g.Server == server {
+			return true
+		}
+	}
+	return false
 }
 
 // overflowingLocked reports whether the overflow queue is non-empty.
@@ -545,11 +563,7 @@ func (s *Subscription) drain() {
 func (s *Subscription) popLocked() Signal {
 	ov := s.ov
 	sig := ov.q.pop()
-	if g, ok := sig.Err.(*GapError); ok {
-		if i := slices.Index(ov.gaps, g.Server); i >= 0 {
-			ov.gaps = slices.Delete(ov.gaps, i, i+1)
-		}
-	} else {
+	if sig.Err == nil {
 		ov.sigs--
 	}
 	return sig
@@ -576,6 +590,9 @@ func (q *sigQueue) push(sig Signal, limit int) {
 }
 
 func (q *sigQueue) front() Signal { return q.buf[q.head] }
+
+// at returns the i-th signal from the front (0 <= i < q.n).
+func (q *sigQueue) at(i int) Signal { return q.buf[(q.head+i)%len(q.buf)] }
 
 func (q *sigQueue) pop() Signal {
 	sig := q.buf[q.head]
