@@ -90,7 +90,7 @@ func TestBlockedLogHandlerDoesNotLoseOtherLeases(t *testing.T) {
 	require.NoError(t, err)
 	b, err := c.TryLock(ctx, "b", LeaseTTL(time.Second))
 	require.NoError(t, err)
-	require.Same(t, a.owner, b.owner, "both leases must be owned by the one lane connection")
+	require.Same(t, a.h.owner, b.h.owner, "both leases must be owned by the one lane connection")
 
 	releaseBehindClientsBack(t, srv.Addr(), "a", a.Token())
 	select {

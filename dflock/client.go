@@ -349,19 +349,19 @@ func (c *Client) onConnBroken(addr string, owner pool.Owner, err error) {
 // ticketSet holds the queued tickets, whose connections Close must destroy.
 type ticketSet struct {
 	mu sync.Mutex
-	m  map[*Ticket]struct{}
+	m  map[*ticket]struct{}
 }
 
-func (s *ticketSet) add(t *Ticket) {
+func (s *ticketSet) add(t *ticket) {
 	s.mu.Lock()
 	if s.m == nil {
-		s.m = make(map[*Ticket]struct{})
+		s.m = make(map[*ticket]struct{})
 	}
 	s.m[t] = struct{}{}
 	s.mu.Unlock()
 }
 
-func (s *ticketSet) remove(t *Ticket) {
+func (s *ticketSet) remove(t *ticket) {
 	s.mu.Lock()
 	delete(s.m, t)
 	s.mu.Unlock()

@@ -23,15 +23,15 @@ func TestCloseReleasesLeasesAndLeavesNothingBehind(t *testing.T) {
 	other := newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
 
-	var held []*Lock
+	var leases []handle
 	for _, k := range []string{"c1", "c2", "c3"} {
 		l, err := c.Lock(ctx, k)
 		require.NoError(t, err)
-		held = append(held, l)
+		leases = append(leases, l)
 	}
 	s, err := c.Semaphore(ctx, "csem", 3)
 	require.NoError(t, err)
-	held = append(held, s)
+	leases = append(leases, s)
 	// A lease pinned to a wait-pool connection.
 	blocker, err := other.Lock(ctx, "cpin")
 	require.NoError(t, err)
@@ -45,7 +45,7 @@ func TestCloseReleasesLeasesAndLeavesNothingBehind(t *testing.T) {
 	require.NoError(t, blocker.Release(ctx))
 	pinned := <-got
 	require.NotNil(t, pinned)
-	held = append(held, pinned)
+	leases = append(leases, pinned)
 	// A ticket granted at enqueue, a queued ticket, and a blocked Lock.
 	acq, err := c.Enqueue(ctx, "ctk")
 	require.NoError(t, err)
@@ -77,7 +77,7 @@ func TestCloseReleasesLeasesAndLeavesNothingBehind(t *testing.T) {
 	assert.Equal(t, 1, heldTotal(srv), "leases survived Close (only other's cbusy may remain)")
 	assert.True(t, lockHeld(srv, "cbusy"))
 	require.Eventually(t, func() bool { return lockWaiters(srv, "cbusy") == 0 }, 5*time.Second, time.Millisecond)
-	for _, l := range held {
+	for _, l := range leases {
 		<-l.Done()
 		assert.ErrorIs(t, l.Err(), ErrReleased)
 		assert.NoError(t, l.Release(ctx), "Release after Close: already released")
@@ -96,7 +96,7 @@ func TestCloseReleasesLeasesAndLeavesNothingBehind(t *testing.T) {
 	assert.ErrorIs(t, err, ErrClosed)
 	_, err = acq.Wait(ctx)
 	assert.ErrorIs(t, err, ErrClosed)
-	assert.ErrorIs(t, held[0].Renew(ctx), ErrClosed)
+	assert.ErrorIs(t, leases[0].Renew(ctx), ErrClosed)
 	_, err = c.Stats(ctx)
 	assert.ErrorIs(t, err, ErrClosed)
 

@@ -99,12 +99,51 @@ func ExampleClient_Semaphore() {
 
 	_ = a.Release(ctx)
 	third, err := c.TrySemaphore(ctx, "encoder", 2)
-	fmt.Println("after a release:", err == nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("after a release:", third.Key(), "slot of", third.Limit())
 	_ = b.Release(ctx)
 	_ = third.Release(ctx)
 	// Output:
 	// third slot: true
-	// after a release: true
+	// after a release: encoder slot of 2
+}
+
+func ExampleClient_EnqueueSemaphore() {
+	addr, stop := startServer()
+	defer stop()
+
+	c, err := dflock.New([]string{addr})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	// One build slot, taken.
+	busy, err := c.Semaphore(ctx, "builder", 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// Queue for a slot now, collect it later.
+	t, err := c.EnqueueSemaphore(ctx, "builder", 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("acquired at enqueue:", t.Acquired())
+
+	_ = busy.Release(ctx)
+	s, err := t.Wait(ctx, dflock.AcquireTimeout(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("got a slot of", s.Key())
+	_ = s.Release(ctx)
+	// Output:
+	// acquired at enqueue: false
+	// got a slot of builder
 }
 
 func ExampleClient_Enqueue() {

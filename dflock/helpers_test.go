@@ -108,3 +108,20 @@ func (s *syncBuffer) String() string {
 }
 
 func (s *syncBuffer) count(sub string) int { return strings.Count(s.String(), sub) }
+
+// handle is what a Lock and a Semaphore have in common, for tests that
+// treat both alike.
+type handle interface {
+	Key() string
+	Token() string
+	Server() string
+	Done() <-chan struct{}
+	Err() error
+	Renew(ctx context.Context) error
+	Release(ctx context.Context) error
+}
+
+var (
+	_ handle = (*Lock)(nil)
+	_ handle = (*Semaphore)(nil)
+)

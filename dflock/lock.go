@@ -2,261 +2,78 @@ package dflock
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dflock-sdk/go/pool"
-	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/wire"
 )
 
-// Lock is a held lease: an exclusive lock, or one slot of a semaphore. It is
-// renewed automatically until Release (or Client.Close). If the lease is
-// lost — a renewal refused, the owning connection broken, or no renewal
-// confirmed in time by the client's own clock — Done is closed, Err returns
-// an error matching ErrLockLost, and Context is cancelled with that cause,
-// before the server-side lease runs out whenever the client can tell.
+// Lock is a held exclusive lock. It is renewed automatically until
+// Release (or Client.Close). If it is lost — a renewal refused, the owning
+// connection broken, or no renewal confirmed in time by the client's own
+// clock — Done is closed, Err returns an error matching ErrLockLost, and
+// Context is cancelled with that cause, before the server-side lease runs
+// out whenever the client can tell.
 //
-// All methods are safe for concurrent use.
+// A slot of a semaphore is a Semaphore, not a Lock. All methods are safe
+// for concurrent use.
 type Lock struct {
-	c     *Client
-	srv   *server
-	lease *renew.Lease
-	// owner is the connection that acquired the lease (renewals and the
-	// release go there). pinned is the same connection when it is a
-	// wait-pool connection the lease pins (granted after waiting, or by a
-	// two-phase ticket); nil when a control-lane connection owns the lease.
-	owner      renew.Owner
-	pinned     *pool.Conn
-	pinnedDone atomic.Bool
-	limit      int64 // 0 for a lock
-	fence      uint64
-	hasFence   bool
-
-	relMu   sync.Mutex // serialises Release; guards relDone and relErr
-	relDone bool
-	relErr  error
+	h *held
 }
 
-// Key returns the lock or semaphore key.
-func (l *Lock) Key() string { return l.lease.Key() }
+// Key returns the lock's key.
+func (l *Lock) Key() string { return l.h.key() }
 
-// Token returns the server's token for this lease (opaque).
-func (l *Lock) Token() string { return l.lease.Token() }
+// Token returns the server's token for this lock (opaque).
+func (l *Lock) Token() string { return l.h.token() }
 
-// TTL returns the lease TTL granted by the server (whole seconds). It is
-// renewed with this TTL until released.
-func (l *Lock) TTL() time.Duration { return l.lease.TTL() }
+// TTL returns the lease TTL granted by the server (whole seconds). The lock
+// is renewed with this TTL until released.
+func (l *Lock) TTL() time.Duration { return l.h.lease.TTL() }
 
-// Limit returns the semaphore limit, or 0 for an exclusive lock.
-func (l *Lock) Limit() int { return int(l.limit) }
-
-// Server returns the address of the server holding the lease.
-func (l *Lock) Server() string { return l.srv.addr }
+// Server returns the address of the server holding the lock.
+func (l *Lock) Server() string { return l.h.srv.addr }
 
 // Fence returns the fencing token of the grant: a number that increases
 // with every grant of the server, so a protected resource can refuse writes
-// from a holder whose lease has since passed to someone else. ok is false
+// from a holder whose lock has since passed to someone else. ok is false
 // when the server provides none: fences come from dflockd v2.1+ tokens
 // (enable WithFencing) or from an explicit fence field in the reply.
-func (l *Lock) Fence() (fence uint64, ok bool) { return l.fence, l.hasFence }
+func (l *Lock) Fence() (fence uint64, ok bool) { return l.h.fence, l.h.hasFence }
 
-// Done is closed when the lease ends: lost, released, or released by Close.
-func (l *Lock) Done() <-chan struct{} { return l.lease.Done() }
+// Done is closed when the lock ends: lost, released, or released by Close.
+func (l *Lock) Done() <-chan struct{} { return l.h.lease.Done() }
 
-// Err is nil while the lease is held; afterwards it matches ErrLockLost
+// Err is nil while the lock is held; afterwards it matches ErrLockLost
 // (lost, wrapping the cause) or is ErrReleased.
-func (l *Lock) Err() error { return l.lease.Err() }
+func (l *Lock) Err() error { return l.h.lease.Err() }
 
-// Context returns a context cancelled when the lease ends; context.Cause
+// Context returns a context cancelled when the lock ends; context.Cause
 // returns Err. Use it to stop work that must not outlive the lock.
-func (l *Lock) Context() context.Context { return l.lease.Context() }
+func (l *Lock) Context() context.Context { return l.h.lease.Context() }
 
-func (l *Lock) op(name string) string {
-	if l.limit > 0 {
-		return "semaphore " + name
-	}
-	return name
-}
-
-// Renew renews the lease now, instead of waiting for the scheduler, and
-// waits for the server's answer. A refusal loses the lease and returns an
+// Renew renews the lock now, instead of waiting for the scheduler, and
+// waits for the server's answer. A refusal loses the lock and returns an
 // error matching ErrLockLost. A nil ctx is an *ArgError.
-func (l *Lock) Renew(ctx context.Context) error {
-	if ctx == nil {
-		return &ArgError{Arg: "ctx", Reason: "must not be nil"}
-	}
-	c := l.c
-	if !c.enter() {
-		return &Error{Op: l.op("renew"), Key: l.Key(), Server: l.srv.addr, Err: ErrClosed}
-	}
-	defer c.leave()
-	if err := l.lease.Err(); err != nil {
-		return l.endedError("renew", err)
-	}
-	opCtx, cancel := c.opContext(ctx)
-	defer cancel()
-	err := l.lease.Renew(opCtx)
-	switch {
-	case err == nil:
-		return nil
-	case opCtx.Err() != nil && !errors.Is(err, ErrLockLost):
-		return &Error{Op: l.op("renew"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
-	}
-	return l.endedError("renew", err)
-}
+func (l *Lock) Renew(ctx context.Context) error { return l.h.renew(ctx) }
 
-// endedError is the error of an operation on a lease that has ended.
-func (l *Lock) endedError(op string, err error) error {
-	if errors.Is(err, ErrLockLost) {
-		l.returnConn(true)
-	}
-	return &Error{Op: l.op(op), Key: l.Key(), Server: l.srv.addr, Err: err}
-}
-
-// Release releases the lease. It is idempotent: later calls return the
+// Release releases the lock. It is idempotent: later calls return the
 // first call's result. It returns nil after a clean release, and an error
-// matching ErrLockLost if the lease had been lost (or had already expired
-// on the server).
+// matching ErrLockLost if the lock had been lost (or its lease had already
+// expired on the server).
 //
 // The release is sent even if ctx has already ended; ctx only bounds the
 // wait for the server's answer. A nil ctx is an *ArgError (and releases
 // nothing), as everywhere in this package.
-func (l *Lock) Release(ctx context.Context) error {
-	if ctx == nil {
-		return &ArgError{Arg: "ctx", Reason: "must not be nil"}
-	}
-	l.relMu.Lock()
-	defer l.relMu.Unlock()
-	if !l.relDone {
-		l.relErr = l.release(ctx)
-		l.relDone = true
-	}
-	return l.relErr
-}
+func (l *Lock) Release(ctx context.Context) error { return l.h.release(ctx) }
 
-func (l *Lock) release(ctx context.Context) error {
-	c := l.c
-	if !c.enter() {
-		// Close is releasing every held lease; report how this one ended.
-		<-c.closed
-		return l.releaseResult()
+// newLock wraps the result of an acquire as a Lock.
+func newLock(h *held, err error) (*Lock, error) {
+	if err != nil {
+		return nil, err
 	}
-	defer c.leave()
-	if !l.lease.Untrack() {
-		return l.releaseResult()
-	}
-	// The release is queued whether or not ctx has ended: the lease is no
-	// longer renewed, so a release that is never sent would leave the lock
-	// held on the server until its TTL runs out (a lane connection stays
-	// open, so nothing else frees it). SendBatch never blocks and never
-	// drops a request on a live connection; ctx bounds only the wait for
-	// the answer, which is handled without the caller if it stops waiting.
-	req := wire.ReleaseRequest(l.Key(), l.Token(), l.limit > 0)
-	opCtx, cancel := c.opContext(ctx)
-	defer cancel()
-	res := make(chan error, 1)
-	c.bg.Add(1)
-	l.owner.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
-		if l.pinned == nil {
-			// Lane-owned: nothing to hand back, safe on the reader goroutine.
-			res <- l.finishRelease(releaseReply{r, err})
-			c.bg.Done()
-			return
-		}
-		// Returning a pinned connection to the pool (or destroying it)
-		// must not run on that connection's own reader goroutine.
-		go func() {
-			defer c.bg.Done()
-			res <- l.finishRelease(releaseReply{r, err})
-		}()
-	})
-	if opCtx.Err() == nil { // an ended ctx reports so at once, deterministically
-		select {
-		case err := <-res:
-			return err
-		case <-opCtx.Done():
-		}
-	}
-	return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
-}
-
-type releaseReply struct {
-	r   wire.Reply
-	err error
-}
-
-func (l *Lock) finishRelease(rr releaseReply) error {
-	l.c.stats.released.Add(1)
-	ok := rr.err == nil && rr.r.Status == wire.StatusOK
-	if l.pinned != nil {
-		l.returnConn(!ok)
-	}
-	switch {
-	case errors.Is(rr.err, wire.ErrConnBroken):
-		// The owning connection broke: the server released the lease when
-		// it closed, possibly before the caller was done with it.
-		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr,
-			Err: &renew.LostError{Key: l.Key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}}
-	case rr.err != nil:
-		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Err: rr.err}
-	case !ok:
-		// The server no longer knew the token: the lease had expired (or
-		// its connection closed) before the release arrived.
-		word := rr.r.Word
-		if word == "" {
-			word = rr.r.Status.String()
-		}
-		return &Error{Op: l.op("release"), Key: l.Key(), Server: l.srv.addr, Reply: word,
-			Err: &renew.LostError{Key: l.Key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
-	}
-	return nil
-}
-
-// releaseResult reports a lease the caller did not release itself.
-func (l *Lock) releaseResult() error {
-	err := l.lease.Err()
-	if err == nil || errors.Is(err, ErrReleased) {
-		return nil
-	}
-	return l.endedError("release", err)
-}
-
-// returnConn gives the pinned wait-pool connection back exactly once:
-// destroyed after a loss or a failed release, returned to the pool after a
-// clean release.
-func (l *Lock) returnConn(destroy bool) {
-	if l.pinned == nil || !l.pinnedDone.CompareAndSwap(false, true) {
-		return
-	}
-	l.pinned.Unpin()
-	if destroy {
-		l.pinned.Destroy()
-	} else {
-		l.pinned.Release()
-	}
-}
-
-// onLost is the lease's renew.Spec.OnLost: the one place where a lost
-// lease's end is handled. It runs on the scheduler's notifier goroutine,
-// which delivers every loss in order and which Close waits for, so it must
-// not block: the pinned connection (if any) is destroyed at once (which
-// never waits for the network), and the log record and the user's hook are
-// queued for the callback goroutine. It may run before Track has returned,
-// so it reads the lease from its argument, never l.lease.
-func (l *Lock) onLost(lease *renew.Lease, err error) {
-	c := l.c
-	c.stats.lost.Add(1)
-	l.returnConn(true)
-	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", l.srv.addr, "err", err)
-	if h := c.opts.hooks.OnLeaseLost; h != nil {
-		info := LeaseInfo{Key: lease.Key(), Token: lease.Token(), Server: l.srv.addr, Semaphore: lease.Semaphore(), TTL: lease.TTL()}
-		c.disp.do(func() { h(info, err) })
-	}
+	return &Lock{h: h}, nil
 }
 
 // Lock acquires the exclusive lock key, waiting while another holder has
@@ -280,14 +97,14 @@ func (l *Lock) onLost(lease *renew.Lease, err error) {
 // up is noticed only when the chunk ends (a closed connection is noticed at
 // once, a dead host by TCP keepalive): prefer a deadline.
 func (c *Client) Lock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	return c.acquire(ctx, "lock", key, 0, false, opts)
+	return newLock(c.acquire(ctx, "lock", key, 0, false, opts))
 }
 
 // TryLock acquires the lock key if it is free and fails at once with
 // ErrNotAcquired if it is held. It never waits for the lock (ctx bounds the
 // round trip).
 func (c *Client) TryLock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	return c.acquire(ctx, "trylock", key, 0, true, opts)
+	return newLock(c.acquire(ctx, "trylock", key, 0, true, opts))
 }
 
 // WithLock runs fn while holding the lock key (acquired as by Lock) and
@@ -303,29 +120,12 @@ func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.C
 	if err != nil {
 		return err
 	}
-	return runHeld(ctx, l, fn)
-}
-
-// runHeld runs fn under l and releases l.
-func runHeld(ctx context.Context, l *Lock, fn func(ctx context.Context) error) (err error) {
-	fctx, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(l.Context(), func() { cancel(context.Cause(l.Context())) })
-	defer func() {
-		stop()
-		cancel(nil)
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
-		rerr := l.Release(rctx)
-		rcancel()
-		if rerr != nil && errors.Is(rerr, ErrLockLost) {
-			err = errors.Join(err, rerr)
-		}
-	}()
-	return fn(fctx)
+	return runHeld(ctx, l.h, fn)
 }
 
 // acquire implements Lock, TryLock, Semaphore and TrySemaphore. limit 0
 // means an exclusive lock.
-func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*Lock, error) {
+func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*held, error) {
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
@@ -356,9 +156,9 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	}
 
 	if try || !c.opts.noLaneFast {
-		l, err := c.tryLane(ctx, opCtx, op, srv, req)
-		if l != nil || err != nil {
-			return l, err
+		h, err := c.tryLane(ctx, opCtx, op, srv, req)
+		if h != nil || err != nil {
+			return h, err
 		}
 		if try {
 			return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: ErrNotAcquired}
@@ -370,7 +170,7 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 
 // tryLane sends the acquire with timeout 0 on the control lane. It returns
 // (nil, nil) when the key is held.
-func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*Lock, error) {
+func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*held, error) {
 	req.Timeout = 0
 	sent := time.Now()
 	r, owner, err := srv.pool.Do(opCtx, req)
@@ -401,8 +201,8 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 
 // waitAcquire sends a blocking acquire on a wait-pool connection of its own,
 // re-issuing it while the server times out before the caller does.
-func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*Lock, error) {
-	fail := func(err error) (*Lock, error) {
+func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*held, error) {
+	fail := func(err error) (*held, error) {
 		if opCtx.Err() != nil {
 			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
 		}
@@ -557,37 +357,4 @@ func checkGrant(r wire.Reply) error {
 func refusal(op, key string, srv *server, r wire.Reply) error {
 	word, sentinel := replyError(r)
 	return &Error{Op: op, Key: key, Server: srv.addr, Reply: word, Err: sentinel}
-}
-
-// track hands a grant to the scheduler and wraps it. pinned is the
-// wait-pool connection the lease pins, or nil for a control-lane grant.
-func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *Lock {
-	l := &Lock{c: c, srv: srv, owner: owner, pinned: pinned, limit: req.Limit}
-	if pinned != nil {
-		pinned.Pin()
-	}
-	switch {
-	case r.HasFence:
-		l.fence, l.hasFence = r.Fence, true
-	case c.opts.fencing:
-		l.fence, l.hasFence = wire.FenceFromToken(r.Token)
-	}
-	// Everything onLost reads is written above: Track's lock orders it
-	// before the notifier's call.
-	l.lease = c.sched.Track(renew.Spec{
-		Key:       req.Key,
-		Token:     r.Token,
-		Semaphore: req.Limit > 0,
-		TTL:       time.Duration(r.Lease) * time.Second,
-		Owner:     owner,
-		Sent:      sent,
-		OnLost:    l.onLost,
-	})
-	c.stats.acquired.Add(1)
-	if l.lease.Err() != nil {
-		// Lost at once. onLost gives the connection back too, except
-		// after Close (then it is not called); returnConn acts once.
-		l.returnConn(true)
-	}
-	return l
 }

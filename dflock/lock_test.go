@@ -358,7 +358,6 @@ func TestReleaseIsIdempotentAndEndsTheLease(t *testing.T) {
 	assert.Len(t, l.Token(), 32)
 	assert.Equal(t, 7*time.Second, l.TTL())
 	assert.Equal(t, srv.Addr(), l.Server())
-	assert.Zero(t, l.Limit())
 	assert.NoError(t, l.Err())
 	lctx := l.Context()
 	require.NoError(t, l.Release(ctx))

@@ -38,7 +38,7 @@ func TestGrantOnConnectionThatBrokeBeforeTrackingIsLostAtOnce(t *testing.T) {
 	s.DropConnections() // the connection breaks right after the grant was read
 	require.Eventually(t, func() bool { return owner.Err() != nil && !lockHeld(s, "k") }, 2*time.Second, time.Millisecond)
 
-	l := c.track(srv, owner, nil, req, r, sent)
+	l := &Lock{h: c.track(srv, owner, nil, req, r, sent)}
 	select {
 	case <-l.Done():
 	case <-time.After(time.Second):

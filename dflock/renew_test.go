@@ -164,7 +164,7 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	require.NoError(t, blocker.Release(ctx))
 	pinned := <-got
 	require.NotNil(t, pinned)
-	require.NotSame(t, lane.owner, pinned.owner)
+	require.NotSame(t, lane.h.owner, pinned.h.owner)
 
 	const steps = 8
 	for range steps {

@@ -8,14 +8,29 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// Ticket is a place in a key's queue, taken by Enqueue or EnqueueSemaphore
-// (two-phase acquire): join the queue now, do other work, and Wait for the
-// grant later. A ticket holds a connection of its own until it is waited
-// for or cancelled; end every ticket with Wait or Cancel.
+// Ticket is a place in the queue of a lock, taken by Enqueue (two-phase
+// acquire): join the queue now, do other work, and Wait for the lock later.
+// A ticket holds a connection of its own until it is waited for or
+// cancelled; end every ticket with Wait or Cancel.
 //
 // Ticket methods are safe for concurrent use; Cancel may be called while
 // Wait is in progress, and makes it return.
 type Ticket struct {
+	t *ticket
+}
+
+// SemaphoreTicket is a place in the queue of a semaphore, taken by
+// EnqueueSemaphore: the two-phase acquire of a slot. It behaves as a
+// Ticket does, and its Wait returns the slot.
+//
+// SemaphoreTicket methods are safe for concurrent use; Cancel may be called
+// while Wait is in progress, and makes it return.
+type SemaphoreTicket struct {
+	t *ticket
+}
+
+// ticket is the queue place behind a Ticket or a SemaphoreTicket.
+type ticket struct {
 	c     *Client
 	srv   *server
 	key   string
@@ -26,7 +41,7 @@ type Ticket struct {
 	state     ticketState
 	acquired  bool                    // granted at enqueue
 	conn      *pool.Conn              // queued or waiting: the connection holding the place
-	lock      *Lock                   // acquired: the lease
+	grant     *held                   // acquired: the lease
 	stopWait  context.CancelCauseFunc // waiting: ends the Wait in progress
 	cancelled bool
 }
@@ -45,19 +60,27 @@ const (
 // true and the lease is held (and renewed) from now on, so Wait or Cancel
 // the ticket promptly. LeaseTTL applies; AcquireTimeout belongs to Wait.
 func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
-	return c.enqueue(ctx, "enqueue", key, 0, opts)
+	t, err := c.enqueue(ctx, "enqueue", key, 0, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Ticket{t: t}, nil
 }
 
 // EnqueueSemaphore joins the queue of the semaphore key (limit slots)
-// without waiting, like Enqueue.
-func (c *Client) EnqueueSemaphore(ctx context.Context, key string, limit int, opts ...AcquireOption) (*Ticket, error) {
+// without waiting, like Enqueue. SemaphoreTicket.Wait returns the slot.
+func (c *Client) EnqueueSemaphore(ctx context.Context, key string, limit int, opts ...AcquireOption) (*SemaphoreTicket, error) {
 	if err := checkLimit(limit); err != nil {
 		return nil, err
 	}
-	return c.enqueue(ctx, "enqueue semaphore", key, int64(limit), opts)
+	t, err := c.enqueue(ctx, "enqueue semaphore", key, int64(limit), opts)
+	if err != nil {
+		return nil, err
+	}
+	return &SemaphoreTicket{t: t}, nil
 }
 
-func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (*Ticket, error) {
+func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (*ticket, error) {
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
@@ -81,7 +104,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	}
 	defer c.leave()
 	defer cancel()
-	fail := func(err error) (*Ticket, error) {
+	fail := func(err error) (*ticket, error) {
 		if opCtx.Err() != nil {
 			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
 		}
@@ -91,7 +114,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	if err != nil {
 		return fail(err)
 	}
-	t := &Ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
+	t := &ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
 	r, sent, err := exchange(opCtx, conn, req)
 	if err != nil {
 		return fail(err)
@@ -99,7 +122,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	switch r.Status {
 	case wire.StatusAcquired, wire.StatusOK:
 		c.stats.waitGrants.Add(1)
-		t.lock = c.track(srv, conn, conn, req, r, sent)
+		t.grant = c.track(srv, conn, conn, req, r, sent)
 		t.state, t.acquired = ticketAcquired, true
 		return t, nil
 	case wire.StatusQueued:
@@ -116,32 +139,67 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 }
 
 // Key returns the ticket's key.
-func (t *Ticket) Key() string { return t.key }
+func (t *Ticket) Key() string { return t.t.key }
 
 // Server returns the address of the key's server.
-func (t *Ticket) Server() string { return t.srv.addr }
+func (t *Ticket) Server() string { return t.t.srv.addr }
 
-// Acquired reports whether the lock (or slot) was granted at enqueue time,
-// so that Wait returns it at once.
-func (t *Ticket) Acquired() bool { return t.acquired }
+// Acquired reports whether the lock was granted at enqueue time, so that
+// Wait returns it at once.
+func (t *Ticket) Acquired() bool { return t.t.acquired }
 
-func (t *Ticket) op() string {
+// Wait waits for the lock and returns it. A ticket granted at enqueue
+// returns at once. AcquireTimeout bounds the wait (ctx may end it sooner);
+// when it passes, or ctx ends, the ticket gives up its place and is done. A
+// ticket can be waited for successfully only once; later calls return
+// ErrTicketDone.
+//
+// Without a deadline the ticket re-joins the queue after each very long
+// server-side wait (a day), because the server consumes the place when its
+// wait times out.
+func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error) {
+	return newLock(t.t.await(ctx, opts))
+}
+
+// Cancel gives up the ticket: a queued ticket leaves the queue (its
+// connection is closed, which withdraws it on the server); a ticket granted
+// at enqueue and not yet collected by Wait releases the lock. A Wait in
+// progress returns. Cancel is idempotent; a ticket already waited for is not
+// affected (release its Lock instead).
+func (t *Ticket) Cancel() error { return t.t.cancel() }
+
+// Key returns the semaphore's key.
+func (t *SemaphoreTicket) Key() string { return t.t.key }
+
+// Limit returns the semaphore's limit.
+func (t *SemaphoreTicket) Limit() int { return int(t.t.limit) }
+
+// Server returns the address of the key's server.
+func (t *SemaphoreTicket) Server() string { return t.t.srv.addr }
+
+// Acquired reports whether a slot was granted at enqueue time, so that Wait
+// returns it at once.
+func (t *SemaphoreTicket) Acquired() bool { return t.t.acquired }
+
+// Wait waits for a slot and returns it, as Ticket.Wait does for a lock.
+func (t *SemaphoreTicket) Wait(ctx context.Context, opts ...AcquireOption) (*Semaphore, error) {
+	return newSemaphore(t.t.await(ctx, opts))
+}
+
+// Cancel gives up the ticket, as Ticket.Cancel does; a slot granted at
+// enqueue and not yet collected by Wait is released. A ticket already
+// waited for is not affected (release its Semaphore instead).
+func (t *SemaphoreTicket) Cancel() error { return t.t.cancel() }
+
+func (t *ticket) op() string {
 	if t.limit > 0 {
 		return "wait semaphore"
 	}
 	return "wait"
 }
 
-// Wait waits for the grant and returns the held lock (or slot). A ticket
-// granted at enqueue returns at once. AcquireTimeout bounds the wait (ctx may
-// end it sooner); when it passes, or ctx ends, the ticket gives up its place
-// and is done. A ticket can be waited for successfully only once; later
-// calls return ErrTicketDone.
-//
-// Without a deadline the ticket re-joins the queue after each very long
-// server-side wait (a day), because the server consumes the place when its
-// wait times out.
-func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error) {
+// await implements Ticket.Wait and SemaphoreTicket.Wait.
+func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error) {
 	c := t.c
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
@@ -161,13 +219,13 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 	t.mu.Lock()
 	switch t.state {
 	case ticketAcquired:
-		l := t.lock
-		t.state, t.lock = ticketDone, nil
+		h := t.grant
+		t.state, t.grant = ticketDone, nil
 		t.mu.Unlock()
-		if err := l.Err(); err != nil {
-			return nil, l.endedError("wait", err)
+		if err := h.lease.Err(); err != nil {
+			return nil, h.endedError("wait", err)
 		}
-		return l, nil
+		return h, nil
 	case ticketWaiting, ticketDone:
 		t.mu.Unlock()
 		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrTicketDone}
@@ -196,7 +254,7 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 	return l, err
 }
 
-func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*Lock, error) {
+func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*held, error) {
 	c := t.c
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
@@ -206,7 +264,7 @@ func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		opCtx, cancelT = context.WithTimeoutCause(opCtx, a.timeout, errAcquireTimeout)
 		defer cancelT()
 	}
-	fail := func(err error) (*Lock, error) {
+	fail := func(err error) (*held, error) {
 		if opCtx.Err() != nil {
 			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
 		}
@@ -264,8 +322,8 @@ func (t *Ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 }
 
 // reenqueue re-joins the queue on conn after a server-side wait chunk ran
-// out. It returns the lock if the key was granted at once.
-func (t *Ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Command) (*Lock, bool, error) {
+// out. It returns the lease if the key was granted at once.
+func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Command) (*held, bool, error) {
 	req := wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit, Lease: t.lease}
 	r, sent, err := exchange(ctx, conn, req)
 	if err != nil {
@@ -282,12 +340,8 @@ func (t *Ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 	return nil, false, refusal(t.op(), t.key, t.srv, r)
 }
 
-// Cancel gives up the ticket: a queued ticket leaves the queue (its
-// connection is closed, which withdraws it on the server); a ticket granted
-// at enqueue and not yet collected by Wait releases the lease. A Wait in
-// progress returns. Cancel is idempotent; a ticket already waited for is not
-// affected (release its Lock instead).
-func (t *Ticket) Cancel() error {
+// cancel implements Ticket.Cancel and SemaphoreTicket.Cancel.
+func (t *ticket) cancel() error {
 	t.mu.Lock()
 	switch t.state {
 	case ticketQueued:
@@ -304,19 +358,19 @@ func (t *Ticket) Cancel() error {
 		stop(ErrTicketDone) // wait withdraws the place (destroys its connection)
 		return nil
 	case ticketAcquired:
-		l := t.lock
-		t.state, t.lock, t.cancelled = ticketDone, nil, true
+		h := t.grant
+		t.state, t.grant, t.cancelled = ticketDone, nil, true
 		t.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
 		defer cancel()
-		return l.Release(ctx)
+		return h.release(ctx)
 	}
 	t.mu.Unlock()
 	return nil
 }
 
 // abandon is Cancel for Close: queued tickets lose their connection.
-func (t *Ticket) abandon() {
+func (t *ticket) abandon() {
 	t.mu.Lock()
 	if t.state != ticketQueued {
 		t.mu.Unlock()

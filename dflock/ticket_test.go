@@ -126,9 +126,9 @@ func TestTicketCancel(t *testing.T) {
 		res <- err
 	}()
 	require.Eventually(t, func() bool {
-		tk.mu.Lock()
-		defer tk.mu.Unlock()
-		return tk.state == ticketWaiting
+		tk.t.mu.Lock()
+		defer tk.t.mu.Unlock()
+		return tk.t.state == ticketWaiting
 	}, 5*time.Second, time.Millisecond)
 	require.NoError(t, tk.Cancel())
 	select {
@@ -142,11 +142,12 @@ func TestTicketCancel(t *testing.T) {
 	require.NoError(t, h.Release(ctx))
 
 	// Acquired at enqueue: Cancel releases.
-	tk, err = c.EnqueueSemaphore(ctx, "2p-sem", 2)
+	stk, err := c.EnqueueSemaphore(ctx, "2p-sem", 2)
 	require.NoError(t, err)
-	require.True(t, tk.Acquired())
+	require.True(t, stk.Acquired())
+	assert.Equal(t, 2, stk.Limit())
 	require.Equal(t, 1, semHolders(srv, "2p-sem"))
-	require.NoError(t, tk.Cancel())
+	require.NoError(t, stk.Cancel())
 	assert.Zero(t, semHolders(srv, "2p-sem"))
 	require.Eventually(t, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }, 5*time.Second, time.Millisecond)
 }

@@ -42,7 +42,7 @@ func TestWorksAgainstV1_10(t *testing.T) {
 		clk.Advance(readTimeout/2 - 100*time.Millisecond)
 	}
 	cc.awaitEveryOpenConnWrites(t, ctx)
-	for _, h := range []*Lock{l, s, tl} {
+	for _, h := range []handle{l, s, tl} {
 		require.NoError(t, h.Err(), "lease %q lost", h.Key())
 	}
 	assert.True(t, lockHeld(srv, "v110"))
@@ -52,7 +52,7 @@ func TestWorksAgainstV1_10(t *testing.T) {
 	assert.Zero(t, st.Servers[0].Pool.Broken)
 	assert.Nil(t, st.Servers[0].State.SignalChannels)
 
-	for _, h := range []*Lock{l, s, tl} {
+	for _, h := range []handle{l, s, tl} {
 		require.NoError(t, h.Release(ctx))
 	}
 	assert.Zero(t, heldTotal(srv))

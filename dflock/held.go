@@ -1,0 +1,268 @@
+package dflock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dflock-sdk/go/pool"
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// held is a lease the Client holds: what a Lock and a Semaphore slot have
+// in common — renewal, loss, release and the wait-pool connection a lease
+// may pin. Lock and Semaphore are thin handles over it, so that each reads
+// naturally in go doc while the lease logic exists once.
+type held struct {
+	c     *Client
+	srv   *server
+	lease *renew.Lease
+	// owner is the connection that acquired the lease (renewals and the
+	// release go there). pinned is the same connection when it is a
+	// wait-pool connection the lease pins (granted after waiting, or by a
+	// two-phase ticket); nil when a control-lane connection owns the lease.
+	owner      renew.Owner
+	pinned     *pool.Conn
+	pinnedDone atomic.Bool
+	limit      int64 // 0 for a lock
+	fence      uint64
+	hasFence   bool
+
+	relMu   sync.Mutex // serialises release; guards relDone and relErr
+	relDone bool
+	relErr  error
+}
+
+func (h *held) key() string   { return h.lease.Key() }
+func (h *held) token() string { return h.lease.Token() }
+
+// op names an operation on the lease in errors: "semaphore renew" for a
+// slot, "renew" for a lock.
+func (h *held) op(name string) string {
+	if h.limit > 0 {
+		return "semaphore " + name
+	}
+	return name
+}
+
+// renew implements Lock.Renew and Semaphore.Renew.
+func (h *held) renew(ctx context.Context) error {
+	if ctx == nil {
+		return &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	c := h.c
+	if !c.enter() {
+		return &Error{Op: h.op("renew"), Key: h.key(), Server: h.srv.addr, Err: ErrClosed}
+	}
+	defer c.leave()
+	if err := h.lease.Err(); err != nil {
+		return h.endedError("renew", err)
+	}
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	err := h.lease.Renew(opCtx)
+	switch {
+	case err == nil:
+		return nil
+	case opCtx.Err() != nil && !errors.Is(err, ErrLockLost):
+		return &Error{Op: h.op("renew"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+	}
+	return h.endedError("renew", err)
+}
+
+// endedError is the error of an operation on a lease that has ended.
+func (h *held) endedError(op string, err error) error {
+	if errors.Is(err, ErrLockLost) {
+		h.returnConn(true)
+	}
+	return &Error{Op: h.op(op), Key: h.key(), Server: h.srv.addr, Err: err}
+}
+
+// release implements Lock.Release and Semaphore.Release: the first call
+// sends the release, later ones return its result.
+func (h *held) release(ctx context.Context) error {
+	if ctx == nil {
+		return &ArgError{Arg: "ctx", Reason: "must not be nil"}
+	}
+	h.relMu.Lock()
+	defer h.relMu.Unlock()
+	if !h.relDone {
+		h.relErr = h.sendRelease(ctx)
+		h.relDone = true
+	}
+	return h.relErr
+}
+
+func (h *held) sendRelease(ctx context.Context) error {
+	c := h.c
+	if !c.enter() {
+		// Close is releasing every held lease; report how this one ended.
+		<-c.closed
+		return h.releaseResult()
+	}
+	defer c.leave()
+	if !h.lease.Untrack() {
+		return h.releaseResult()
+	}
+	// The release is queued whether or not ctx has ended: the lease is no
+	// longer renewed, so a release that is never sent would leave the lock
+	// held on the server until its TTL runs out (a lane connection stays
+	// open, so nothing else frees it). SendBatch never blocks and never
+	// drops a request on a live connection; ctx bounds only the wait for
+	// the answer, which is handled without the caller if it stops waiting.
+	req := wire.ReleaseRequest(h.key(), h.token(), h.limit > 0)
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	res := make(chan error, 1)
+	c.bg.Add(1)
+	h.owner.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
+		if h.pinned == nil {
+			// Lane-owned: nothing to hand back, safe on the reader goroutine.
+			res <- h.finishRelease(releaseReply{r, err})
+			c.bg.Done()
+			return
+		}
+		// Returning a pinned connection to the pool (or destroying it)
+		// must not run on that connection's own reader goroutine.
+		go func() {
+			defer c.bg.Done()
+			res <- h.finishRelease(releaseReply{r, err})
+		}()
+	})
+	if opCtx.Err() == nil { // an ended ctx reports so at once, deterministically
+		select {
+		case err := <-res:
+			return err
+		case <-opCtx.Done():
+		}
+	}
+	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+}
+
+type releaseReply struct {
+	r   wire.Reply
+	err error
+}
+
+func (h *held) finishRelease(rr releaseReply) error {
+	h.c.stats.released.Add(1)
+	ok := rr.err == nil && rr.r.Status == wire.StatusOK
+	if h.pinned != nil {
+		h.returnConn(!ok)
+	}
+	switch {
+	case errors.Is(rr.err, wire.ErrConnBroken):
+		// The owning connection broke: the server released the lease when
+		// it closed, possibly before the caller was done with it.
+		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr,
+			Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}}
+	case rr.err != nil:
+		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: rr.err}
+	case !ok:
+		// The server no longer knew the token: the lease had expired (or
+		// its connection closed) before the release arrived.
+		word := rr.r.Word
+		if word == "" {
+			word = rr.r.Status.String()
+		}
+		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: word,
+			Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
+	}
+	return nil
+}
+
+// releaseResult reports a lease the caller did not release itself.
+func (h *held) releaseResult() error {
+	err := h.lease.Err()
+	if err == nil || errors.Is(err, ErrReleased) {
+		return nil
+	}
+	return h.endedError("release", err)
+}
+
+// returnConn gives the pinned wait-pool connection back exactly once:
+// destroyed after a loss or a failed release, returned to the pool after a
+// clean release.
+func (h *held) returnConn(destroy bool) {
+	if h.pinned == nil || !h.pinnedDone.CompareAndSwap(false, true) {
+		return
+	}
+	h.pinned.Unpin()
+	if destroy {
+		h.pinned.Destroy()
+	} else {
+		h.pinned.Release()
+	}
+}
+
+// onLost is the lease's renew.Spec.OnLost: the one place where a lost
+// lease's end is handled. It runs on the scheduler's notifier goroutine,
+// which delivers every loss in order and which Close waits for, so it must
+// not block: the pinned connection (if any) is destroyed at once (which
+// never waits for the network), and the log record and the user's hook are
+// queued for the callback goroutine. It may run before Track has returned,
+// so it reads the lease from its argument, never h.lease.
+func (h *held) onLost(lease *renew.Lease, err error) {
+	c := h.c
+	c.stats.lost.Add(1)
+	h.returnConn(true)
+	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
+	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
+		info := LeaseInfo{Key: lease.Key(), Token: lease.Token(), Server: h.srv.addr, Semaphore: lease.Semaphore(), TTL: lease.TTL()}
+		c.disp.do(func() { hook(info, err) })
+	}
+}
+
+// runHeld runs fn under h and releases it.
+func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (err error) {
+	fctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(h.lease.Context(), func() { cancel(context.Cause(h.lease.Context())) })
+	defer func() {
+		stop()
+		cancel(nil)
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
+		rerr := h.release(rctx)
+		rcancel()
+		if rerr != nil && errors.Is(rerr, ErrLockLost) {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	return fn(fctx)
+}
+
+// track hands a grant to the scheduler and wraps it. pinned is the
+// wait-pool connection the lease pins, or nil for a control-lane grant.
+func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *held {
+	h := &held{c: c, srv: srv, owner: owner, pinned: pinned, limit: req.Limit}
+	if pinned != nil {
+		pinned.Pin()
+	}
+	switch {
+	case r.HasFence:
+		h.fence, h.hasFence = r.Fence, true
+	case c.opts.fencing:
+		h.fence, h.hasFence = wire.FenceFromToken(r.Token)
+	}
+	// Everything onLost reads is written above: Track's lock orders it
+	// before the notifier's call.
+	h.lease = c.sched.Track(renew.Spec{
+		Key:       req.Key,
+		Token:     r.Token,
+		Semaphore: req.Limit > 0,
+		TTL:       time.Duration(r.Lease) * time.Second,
+		Owner:     owner,
+		Sent:      sent,
+		OnLost:    h.onLost,
+	})
+	c.stats.acquired.Add(1)
+	if h.lease.Err() != nil {
+		// Lost at once. onLost gives the connection back too, except
+		// after Close (then it is not called); returnConn acts once.
+		h.returnConn(true)
+	}
+	return h
+}
