@@ -269,7 +269,7 @@ func (w *worker) lock() {
 	l, err := w.c.Lock(cc.ctx, key, opts...)
 	w.finish("Lock", cc, err)
 	if err == nil {
-		w.hold("Lock", l)
+		w.hold("Lock", l, 0)
 	}
 }
 
@@ -279,7 +279,7 @@ func (w *worker) tryLock() {
 	l, err := w.c.TryLock(cc.ctx, key, w.lease())
 	w.finish("TryLock", cc, err)
 	if err == nil {
-		w.hold("TryLock", l)
+		w.hold("TryLock", l, 0)
 	}
 }
 
@@ -287,7 +287,7 @@ func (w *worker) semaphore() {
 	i := w.rng.IntN(len(semLimits))
 	key, limit := semKey(i), semLimits[i]
 	cc := w.newCtx()
-	var l *dflock.Lock
+	var l *dflock.Semaphore
 	var err error
 	op := "Semaphore"
 	if w.rng.IntN(3) == 0 {
@@ -298,7 +298,7 @@ func (w *worker) semaphore() {
 	}
 	w.finish(op, cc, err)
 	if err == nil {
-		w.hold(op, l)
+		w.hold(op, l, l.Limit())
 	}
 }
 
@@ -342,17 +342,27 @@ func (w *worker) enqueue() {
 	var key string
 	var limit int
 	cc := w.newCtx()
-	var t *dflock.Ticket
+	var t ticket
 	var err error
 	op := "Enqueue"
 	if sem {
 		i := w.rng.IntN(len(semLimits))
 		key, limit = semKey(i), semLimits[i]
 		op = "EnqueueSemaphore"
-		t, err = w.c.EnqueueSemaphore(cc.ctx, key, limit, w.lease())
+		var st *dflock.SemaphoreTicket
+		st, err = w.c.EnqueueSemaphore(cc.ctx, key, limit, w.lease())
+		t = ticket{cancel: st.Cancel, wait: func(ctx context.Context, opts ...dflock.AcquireOption) (lease, error) {
+			s, err := st.Wait(ctx, opts...)
+			return s, err
+		}}
 	} else {
 		key = lockKey(w.rng.IntN(numLockKeys))
-		t, err = w.c.Enqueue(cc.ctx, key, w.lease())
+		var lt *dflock.Ticket
+		lt, err = w.c.Enqueue(cc.ctx, key, w.lease())
+		t = ticket{cancel: lt.Cancel, wait: func(ctx context.Context, opts ...dflock.AcquireOption) (lease, error) {
+			l, err := lt.Wait(ctx, opts...)
+			return l, err
+		}}
 	}
 	w.finish(op, cc, err)
 	if err != nil {
@@ -360,7 +370,7 @@ func (w *worker) enqueue() {
 	}
 	cancel := func() {
 		start := time.Now()
-		err := t.Cancel()
+		err := t.cancel()
 		d := time.Since(start)
 		w.rec.mu.Lock()
 		w.rec.cancelMax = max(w.rec.cancelMax, d)
@@ -382,11 +392,11 @@ func (w *worker) enqueue() {
 			time.Sleep(w.betweenSafe(0, 500*time.Millisecond))
 			cancel()
 		}()
-		l, err := t.Wait(cc.ctx)
+		l, err := t.wait(cc.ctx)
 		w.finish("Ticket.Wait", cc, err)
 		<-done
 		if err == nil {
-			w.hold("Ticket.Wait", l)
+			w.hold("Ticket.Wait", l, limit)
 		}
 	default:
 		cc := w.newCtx()
@@ -394,10 +404,10 @@ func (w *worker) enqueue() {
 		if w.rng.IntN(3) == 0 {
 			opts = append(opts, dflock.AcquireTimeout(w.between(0, 2*time.Second)))
 		}
-		l, err := t.Wait(cc.ctx, opts...)
+		l, err := t.wait(cc.ctx, opts...)
 		w.finish("Ticket.Wait", cc, err)
 		if err == nil {
-			w.hold("Ticket.Wait", l)
+			w.hold("Ticket.Wait", l, limit)
 		} else if !errors.Is(err, dflock.ErrTicketDone) {
 			cancel() // a failed Wait ends the ticket; Cancel must be harmless
 		}
@@ -410,12 +420,31 @@ func (w *worker) betweenSafe(lo, hi time.Duration) time.Duration {
 	return lo + time.Duration(rand.Int64N(int64(hi-lo)))
 }
 
-// hold holds l for a random time, checking every few milliseconds whether it
-// is still held (recording the belief), renewing it now and then, and
-// releases it.
-func (w *worker) hold(op string, l *dflock.Lock) {
+// lease is what the workload does with a *dflock.Lock or a *dflock.Semaphore.
+type lease interface {
+	Key() string
+	Token() string
+	Server() string
+	Fence() (uint64, bool)
+	Context() context.Context
+	Done() <-chan struct{}
+	Renew(ctx context.Context) error
+	Release(ctx context.Context) error
+}
+
+// ticket is a *dflock.Ticket or a *dflock.SemaphoreTicket, whose Waits
+// return different types.
+type ticket struct {
+	cancel func() error
+	wait   func(ctx context.Context, opts ...dflock.AcquireOption) (lease, error)
+}
+
+// hold holds l (a semaphore slot if limit > 0) for a random time, checking
+// every few milliseconds whether it is still held (recording the belief),
+// renewing it now and then, and releases it.
+func (w *worker) hold(op string, l lease, limit int) {
 	b := &belief{client: w.client, op: op, key: l.Key(), token: l.Token(), node: w.cl.index(l.Server()),
-		sem: l.Limit() > 0, limit: l.Limit()}
+		sem: limit > 0, limit: limit}
 	b.fence, b.hasFence = l.Fence()
 	context.AfterFunc(l.Context(), func() {
 		now := time.Now()
@@ -436,7 +465,7 @@ func (w *worker) hold(op string, l *dflock.Lock) {
 // believe checks done every few milliseconds for a random hold time and
 // records the readings at which the lease was still held. With l, it also
 // renews now and then.
-func (w *worker) believe(b *belief, done <-chan struct{}, l *dflock.Lock) {
+func (w *worker) believe(b *belief, done <-chan struct{}, l lease) {
 	var holdFor time.Duration
 	if w.rng.IntN(10) < 7 {
 		holdFor = w.between(time.Millisecond, 200*time.Millisecond)
