@@ -50,11 +50,12 @@
 // the server refuses a renewal, when the connection that acquired it
 // breaks, or when no renewal was confirmed within the TTL minus a safety
 // margin, measured from when the last confirmed request was sent. Loss
-// closes Lock.Done, makes Lock.Err match ErrLockLost, cancels Lock.Context
-// with that cause, and calls Hooks.OnLeaseLost. Because the deadline is
-// taken from send times, a Lock reports loss before the server can have
-// handed the lock to someone else. Work that must not outlive the lock
-// should watch Context (WithLock does this for you).
+// closes the Done channel of the Lock (or Semaphore), makes its Err match
+// ErrLockLost, cancels its Context with that cause, and calls
+// Hooks.OnLeaseLost. Because the deadline is taken from send times, a lease
+// reports loss before the server can have handed it to someone else. Work
+// that must not outlive the lock should watch Context (WithLock and
+// WithSemaphore do this for you).
 //
 // Release ends a lease; it is idempotent. A grant that arrives for a caller
 // who gave up (its context ended) is released at once: an acquire that

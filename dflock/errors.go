@@ -28,12 +28,12 @@ var (
 
 	// ErrLockLost: a held lease was lost — a renewal was refused, its
 	// owning connection failed, or no renewal was confirmed in time by the
-	// client's own clock. It is the Err of a lost Lock, the cause of its
-	// cancelled Context, and what Release returns for it.
+	// client's own clock. It is the Err of a lost Lock or Semaphore, the
+	// cause of its cancelled Context, and what Release returns for it.
 	ErrLockLost = renew.ErrLost
 
-	// ErrReleased is the Err of a Lock after a clean Release (or after
-	// Client.Close released it).
+	// ErrReleased is the Err of a Lock or Semaphore after a clean Release
+	// (or after Client.Close released it).
 	ErrReleased = renew.ErrReleased
 
 	// ErrClosed: the Client is closed.

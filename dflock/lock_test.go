@@ -422,6 +422,44 @@ func TestSemaphoreSlotsAndLimitMismatch(t *testing.T) {
 	assert.Zero(t, semHolders(srv, "slots"))
 }
 
+// A Semaphore and a SemaphoreTicket share their lease and ticket code with
+// Lock and Ticket, but their errors still name semaphore operations.
+func TestSemaphoreHandleErrorsNameSemaphoreOps(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	s, err := c.Semaphore(ctx, "sem-ops", 2)
+	require.NoError(t, err)
+	require.NoError(t, s.Release(ctx))
+	assert.ErrorIs(t, s.Err(), ErrReleased)
+	err = s.Renew(ctx)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "semaphore renew", e.Op)
+	assert.ErrorIs(t, err, ErrReleased)
+
+	l, err := c.Lock(ctx, "lock-ops")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+	require.ErrorAs(t, l.Renew(ctx), &e)
+	assert.Equal(t, "renew", e.Op)
+
+	tk, err := c.EnqueueSemaphore(ctx, "sem-ops", 2)
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+	got, err := tk.Wait(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 2, got.Limit())
+	_, err = tk.Wait(ctx)
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "wait semaphore", e.Op)
+	assert.ErrorIs(t, err, ErrTicketDone)
+	require.NoError(t, got.Release(ctx))
+	assert.Zero(t, semHolders(srv, "sem-ops"))
+}
+
 func TestServerRefusalsMapToSentinels(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{MaxLocks: 1, MaxWaiters: 1})

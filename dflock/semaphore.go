@@ -6,13 +6,12 @@ import (
 	"time"
 )
 
-// Semaphore is a held slot of a semaphore: one of Limit holders of its key
-// at a time. Like a Lock it is renewed automatically until Release (or
-// Client.Close). If it is lost — a renewal refused, the owning connection
-// broken, or no renewal confirmed in time by the client's own clock — Done
-// is closed, Err returns an error matching ErrLockLost, and Context is
-// cancelled with that cause, before the server-side lease runs out whenever
-// the client can tell.
+// Semaphore is a held slot of a semaphore, whose key has Limit slots. Like
+// a Lock it is renewed automatically until Release (or Client.Close). If it
+// is lost — a renewal refused, the owning connection broken, or no renewal
+// confirmed in time by the client's own clock — Done is closed, Err returns
+// an error matching ErrLockLost, and Context is cancelled with that cause,
+// before the server-side lease runs out whenever the client can tell.
 //
 // All methods are safe for concurrent use.
 type Semaphore struct {
