@@ -60,7 +60,13 @@ type Pool struct {
 	nAcquired  atomic.Int64
 	nListeners atomic.Int64
 
-	dials, dialFailures, broken, pings atomic.Int64
+	dials, dialFailures, broken, pings, idleClosed atomic.Int64
+
+	// idleDue is at most the p.now() at which the longest-idle wait-pool
+	// connection reaches Config.MaxConnIdleTime (never: none is idle), so
+	// that the janitor takes the idle connections out only when one may
+	// have expired. Release lowers it; the janitor's reap recomputes it.
+	idleDue atomic.Int64
 
 	hello   []byte // auth (if any) + ping, encoded once
 	hasAuth bool
@@ -72,7 +78,8 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("dflock: pool: empty server address")
 	}
-	if cfg.DialTimeout < 0 || cfg.KeepAlive < 0 || cfg.writeTimeout < 0 || cfg.MaxConns < 0 || cfg.LaneConns < 0 || cfg.maxReplyLine < 0 {
+	if cfg.DialTimeout < 0 || cfg.KeepAlive < 0 || cfg.writeTimeout < 0 || cfg.MaxConns < 0 || cfg.LaneConns < 0 ||
+		cfg.maxReplyLine < 0 || cfg.MaxConnIdleTime < 0 {
 		return nil, fmt.Errorf("dflock: pool: server %s: negative duration or size in Config", cfg.Addr)
 	}
 	if cfg.Dial == nil {
@@ -89,6 +96,15 @@ func New(cfg Config) (*Pool, error) {
 	}
 	if cfg.LaneConns == 0 {
 		cfg.LaneConns = DefaultLaneConns
+	}
+	switch {
+	case cfg.MaxIdleConns == 0:
+		cfg.MaxIdleConns = DefaultMaxIdleConns
+	case cfg.MaxIdleConns < 0:
+		cfg.MaxIdleConns = 0
+	}
+	if cfg.MaxConnIdleTime == 0 {
+		cfg.MaxConnIdleTime = DefaultMaxConnIdleTime
 	}
 	if cfg.writeTimeout == 0 {
 		cfg.writeTimeout = defaultWriteTimeout
@@ -127,6 +143,7 @@ func New(cfg Config) (*Pool, error) {
 		p.hasAuth = true
 	}
 	p.hello = pingReq.AppendTo(p.hello)
+	p.idleDue.Store(never)
 
 	pp, err := puddle.NewPool(&puddle.Config[*conn]{
 		Constructor: p.dialWaitConn,
@@ -188,6 +205,7 @@ func (p *Pool) Stats() Stats {
 		DialFailures:  p.dialFailures.Load(),
 		Broken:        p.broken.Load(),
 		Pings:         p.pings.Load(),
+		IdleClosed:    p.idleClosed.Load(),
 		AcquiredConns: int(p.nAcquired.Load()),
 	}
 	p.mu.Lock()
@@ -286,7 +304,7 @@ func (p *Pool) connBroken(c *conn, owner Owner, err error) {
 		p.retWrite += c.nwrite.Load()
 	}
 	p.mu.Unlock()
-	if c.quiet {
+	if c.quiet || c.retired.Load() {
 		return
 	}
 	p.broken.Add(1)
