@@ -24,7 +24,8 @@ import (
 // exclusive connections managed by puddle, handed out as Conns by Acquire),
 // and listener connections (ListenerConn, DialListener); plus connections
 // of a single request (Query). One janitor goroutine that keeps every connection under the server's
-// read timeout and discards broken idle ones. While the server is down (a
+// read timeout and closes idle wait-pool ones that broke, exceed
+// Config.MaxIdleConns or outlived Config.MaxConnIdleTime. While the server is down (a
 // lane dial failed on the network, or any dial did while no connection to
 // the server was alive) calls that would need a new connection fail fast,
 // and one probe goroutine re-dials with backoff; a lane connection that is
