@@ -116,16 +116,18 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive})
 	for _, a := range addrs {
 		p, err := pool.New(pool.Config{
-			Addr:         a,
-			Dial:         o.dial,
-			TLS:          o.tls,
-			AuthToken:    o.authToken,
-			DialTimeout:  o.dialTimeout,
-			KeepAlive:    o.keepAlive,
-			MaxConns:     int32(min(o.maxConns, 1<<30)),
-			LaneConns:    o.laneConns,
-			Logger:       log.With("server", a),
-			OnConnBroken: func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
+			Addr:            a,
+			Dial:            o.dial,
+			TLS:             o.tls,
+			AuthToken:       o.authToken,
+			DialTimeout:     o.dialTimeout,
+			KeepAlive:       o.keepAlive,
+			MaxConns:        int32(min(o.maxConns, 1<<30)),
+			LaneConns:       o.laneConns,
+			MaxIdleConns:    o.poolMaxIdle(),
+			MaxConnIdleTime: o.maxIdleTime,
+			Logger:          log.With("server", a),
+			OnConnBroken:    func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
 		})
 		if err != nil {
 			for _, s := range c.servers {

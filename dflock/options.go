@@ -41,6 +41,15 @@ const (
 	DefaultMaxConnsPerServer = pool.DefaultMaxConns
 	// DefaultLaneConns is the number of control-lane connections per server.
 	DefaultLaneConns = pool.DefaultLaneConns
+	// DefaultMaxIdleConnsPerServer is how many idle wait-pool connections
+	// a server keeps (see WithMaxIdleConnsPerServer): enough to answer the
+	// first few waits of the next burst without dialling, few enough that
+	// a burst's leftovers do not hold server connection slots.
+	DefaultMaxIdleConnsPerServer = pool.DefaultMaxIdleConns
+	// DefaultMaxConnIdleTime is how long an idle wait-pool connection is
+	// kept (see WithMaxConnIdleTime): it survives pauses between bursts of
+	// several keepalives, and is closed about a minute after the last.
+	DefaultMaxConnIdleTime = pool.DefaultMaxConnIdleTime
 	// DefaultReleaseTimeout bounds the release that WithLock, Ticket.Cancel
 	// and Close perform on the caller's behalf.
 	DefaultReleaseTimeout = 2 * time.Second
@@ -53,6 +62,7 @@ const (
 // Bounds of the options. A value outside its bounds makes New (or the call
 // that was given it) fail with an *ArgError naming the option and the bound,
 // except that durations longer than MaxDuration are treated as MaxDuration.
+// WithMaxIdleConnsPerServer shares the bound of WithMaxConnsPerServer.
 const (
 	// MaxDuration is the longest lease or timeout the protocol carries
 	// (wire.MaxSeconds seconds, about 292 years): WithLeaseTTL, LeaseTTL,
@@ -132,6 +142,8 @@ type options struct {
 	keepAlive   time.Duration
 	readTimeout time.Duration
 	maxConns    int
+	maxIdle     int
+	maxIdleTime time.Duration
 	laneConns   int
 	maxStats    int
 	strategy    shard.Strategy
@@ -149,6 +161,8 @@ func defaultOptions() options {
 		keepAlive:   DefaultKeepAlive,
 		readTimeout: DefaultServerReadTimeout,
 		maxConns:    DefaultMaxConnsPerServer,
+		maxIdle:     DefaultMaxIdleConnsPerServer,
+		maxIdleTime: DefaultMaxConnIdleTime,
 		laneConns:   DefaultLaneConns,
 		maxStats:    DefaultMaxStatsReply,
 		strategy:    shard.Ring,
@@ -317,6 +331,46 @@ func WithMaxConnsPerServer(n int) Option {
 		}
 		o.maxConns = n
 	}
+}
+
+// WithMaxIdleConnsPerServer caps the idle wait-pool connections kept per
+// server, like database/sql's SetMaxIdleConns: connections a burst of
+// blocking acquires opened beyond it are closed within a keepalive interval
+// after they become idle (those idle longest first). Control-lane and
+// signal-listener connections are not counted, and a connection that holds
+// a lease is never idle. It must be between 0 (keep none) and
+// MaxConnsPerServer. Default DefaultMaxIdleConnsPerServer.
+func WithMaxIdleConnsPerServer(n int) Option {
+	return func(o *options) {
+		if n < 0 || n > MaxConnsPerServer {
+			o.fail("max idle conns per server", strconv.Itoa(n), "must be between 0 and "+strconv.Itoa(MaxConnsPerServer))
+			return
+		}
+		o.maxIdle = n
+	}
+}
+
+// WithMaxConnIdleTime sets how long a wait-pool connection may stay idle
+// before it is closed, like database/sql's SetConnMaxIdleTime; it is closed
+// within a keepalive interval after that. It must be positive; a duration
+// above MaxDuration means no limit. Default DefaultMaxConnIdleTime.
+func WithMaxConnIdleTime(d time.Duration) Option {
+	return func(o *options) {
+		if d <= 0 {
+			o.fail("max conn idle time", d.String(), "must be positive")
+			return
+		}
+		o.maxIdleTime = min(d, MaxDuration)
+	}
+}
+
+// poolMaxIdle is maxIdle as pool.Config.MaxIdleConns, where 0 means the
+// default and a negative value none.
+func (o *options) poolMaxIdle() int32 {
+	if o.maxIdle == 0 {
+		return -1
+	}
+	return int32(o.maxIdle) // at most MaxConnsPerServer
 }
 
 // WithLaneConns sets the number of control-lane connections per server: the

@@ -80,6 +80,19 @@ const (
 	DefaultMaxConns     = 128
 	DefaultLaneConns    = 2
 	defaultWriteTimeout = 5 * time.Second
+
+	// DefaultMaxIdleConns keeps enough idle wait-pool connections for the
+	// first wave of a new burst of contended acquires (the dial gate starts
+	// 4 dials at a time, so these 4 answer while the gate catches up),
+	// while a burst's leftovers give their server slots back: each idle
+	// connection counts against the server's --max-connections and is
+	// pinged every keepalive.
+	DefaultMaxIdleConns = 4
+	// DefaultMaxConnIdleTime is long enough for a connection to be reused
+	// across bursts that recur every few seconds (six keepalives by
+	// default) and short enough that a burst's connections are closed
+	// within a minute or two after it ends.
+	DefaultMaxConnIdleTime = time.Minute
 )
 
 // Config configures the pool of one server.
@@ -101,6 +114,16 @@ type Config struct {
 	MaxConns int32
 	// LaneConns is the number of control-lane connections. Default DefaultLaneConns.
 	LaneConns int
+	// MaxIdleConns caps the idle wait-pool connections; the janitor
+	// closes the excess, those idle longest first, within a keepalive
+	// interval. Negative: keep none. Default (0) DefaultMaxIdleConns.
+	// Lane and listener connections are not wait-pool connections, and an
+	// acquired (in particular a pinned) one is never idle.
+	MaxIdleConns int32
+	// MaxConnIdleTime: the janitor closes a wait-pool connection that has
+	// been idle this long, within a keepalive interval of its expiry.
+	// Default DefaultMaxConnIdleTime.
+	MaxConnIdleTime time.Duration
 	// Logger; nil discards. Never logs the auth token.
 	//
 	// The pool logs from connection readers, flush goroutines and the
@@ -143,6 +166,7 @@ type Stats struct {
 	PinnedConns   int   // acquired connections that own at least one lease
 	ListenerConns int   // live listener connections (DialListener)
 	Broken        int64 // connections that broke or were destroyed
+	IdleClosed    int64 // idle wait-pool connections closed by MaxIdleConns or MaxConnIdleTime (not in Broken)
 	Pings         int64 // keepalive pings sent
 	Requests      int64 // requests written
 	Writes        int64 // write calls (Requests/Writes = pipelining factor)

@@ -49,6 +49,10 @@ type conn struct {
 	// Stats.Broken): it carries a single request (Pool.Query) and ends
 	// when that is answered.
 	quiet bool
+	// retired: an idle wait-pool connection the janitor closed (Config.
+	// MaxIdleConns, MaxConnIdleTime). Not a break: like quiet, its end is
+	// not reported; it owned nothing and nobody was using it.
+	retired atomic.Bool
 
 	flushFn func() // c.flush, bound once so that starting it allocates nothing
 

@@ -1,9 +1,17 @@
 package pool
 
 import (
+	"cmp"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"time"
+
+	"github.com/jackc/puddle/v2"
 )
+
+// never is a p.now() that is never reached.
+const never = math.MaxInt64
 
 // Backoff of the down-server probe (full jitter: each wait is uniform in
 // [0, backoff)).
@@ -17,13 +25,15 @@ const (
 // previous wake), pings every connection — lane, idle or acquired — that
 // has written nothing for KeepAlive and has no blocking request in flight,
 // breaks connections whose ping went unanswered for 2·KeepAlive, and
-// destroys idle wait-pool connections that broke.
+// closes idle wait-pool connections that broke, that exceed
+// Config.MaxIdleConns, or that have been idle for Config.MaxConnIdleTime
+// (it also wakes when the longest-idle one is due to expire).
 //
 // Idle connections are pinged in place rather than taken out with
 // AcquireAllIdle: a Conn is pipelined and goroutine-safe, so a ping that
 // races with an Acquire is simply answered first; taking them out would make
-// concurrent Acquires dial new connections. AcquireAllIdle is used only to
-// remove broken ones.
+// concurrent Acquires dial new connections. AcquireAllIdle is used only when
+// some idle connection is to be closed.
 func (p *Pool) janitor() {
 	defer p.bg.Done()
 	ka := int64(p.cfg.KeepAlive)
@@ -46,21 +56,62 @@ func (p *Pool) janitor() {
 			}
 		}
 		clear(conns)
-		if p.needSweep.Swap(false) {
-			p.sweepIdle()
+		sweep := p.needSweep.Swap(false)
+		if p.idleDue.Load() <= now || p.pp.Stat().IdleResources() > p.cfg.MaxIdleConns {
+			sweep = true
 		}
+		if sweep {
+			p.sweepIdle(now)
+		}
+		next = min(next, p.idleDue.Load())
 		t.Reset(time.Duration(max(next-p.now(), minWait)))
 	}
 }
 
-// sweepIdle destroys broken idle wait-pool connections (pgxpool style: take
-// every idle resource, destroy the bad, hand the rest back).
-func (p *Pool) sweepIdle() {
-	for _, res := range p.pp.AcquireAllIdle() {
-		if res.Value().errp.Load() != nil {
+// sweepIdle closes the idle wait-pool connections that broke, that have
+// been idle for MaxConnIdleTime, and, of the rest, those beyond MaxIdleConns
+// that have been idle longest (pgxpool style: take every idle resource,
+// destroy the bad, hand the rest back). The most recently used are kept
+// because they are the last to expire. now is p.now() at the call.
+func (p *Pool) sweepIdle(now int64) {
+	// Reset before taking the idle ones out: a connection released from
+	// here on lowers idleDue itself; every one released before is in idle.
+	p.idleDue.Store(never)
+	idle := p.pp.AcquireAllIdle()
+	slices.SortFunc(idle, func(a, b *puddle.Resource[*conn]) int {
+		return cmp.Compare(a.IdleDuration(), b.IdleDuration())
+	})
+	limit := int64(p.cfg.MaxConnIdleTime)
+	kept, due := int32(0), int64(never)
+	for _, res := range idle {
+		c := res.Value()
+		d := int64(res.IdleDuration())
+		switch {
+		case c.errp.Load() != nil:
 			res.Destroy()
-		} else {
+		case kept >= p.cfg.MaxIdleConns || d >= limit:
+			c.retired.Store(true)
+			p.idleClosed.Add(1)
+			res.Destroy()
+		default:
+			kept++
+			due = min(due, satAdd(now, limit-d))
+			// ReleaseUnused keeps the time it was last used.
 			res.ReleaseUnused()
+		}
+	}
+	p.lowerIdleDue(due)
+}
+
+// idleFrom records that a wait-pool connection is idle from t (p.now()),
+// so that it expires no earlier than t + MaxConnIdleTime.
+func (p *Pool) idleFrom(t int64) { p.lowerIdleDue(satAdd(t, int64(p.cfg.MaxConnIdleTime))) }
+
+func (p *Pool) lowerIdleDue(due int64) {
+	for {
+		cur := p.idleDue.Load()
+		if cur <= due || p.idleDue.CompareAndSwap(cur, due) {
+			return
 		}
 	}
 }

@@ -24,7 +24,8 @@ import (
 // exclusive connections managed by puddle, handed out as Conns by Acquire),
 // and listener connections (ListenerConn, DialListener); plus connections
 // of a single request (Query). One janitor goroutine that keeps every connection under the server's
-// read timeout and discards broken idle ones. While the server is down (a
+// read timeout and closes idle wait-pool ones that broke, exceed
+// Config.MaxIdleConns or outlived Config.MaxConnIdleTime. While the server is down (a
 // lane dial failed on the network, or any dial did while no connection to
 // the server was alive) calls that would need a new connection fail fast,
 // and one probe goroutine re-dials with backoff; a lane connection that is
@@ -60,7 +61,13 @@ type Pool struct {
 	nAcquired  atomic.Int64
 	nListeners atomic.Int64
 
-	dials, dialFailures, broken, pings atomic.Int64
+	dials, dialFailures, broken, pings, idleClosed atomic.Int64
+
+	// idleDue is at most the p.now() at which the longest-idle wait-pool
+	// connection reaches Config.MaxConnIdleTime (never: none is idle), so
+	// that the janitor takes the idle connections out only when one may
+	// have expired. Release lowers it; the janitor's reap recomputes it.
+	idleDue atomic.Int64
 
 	hello   []byte // auth (if any) + ping, encoded once
 	hasAuth bool
@@ -72,7 +79,8 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("dflock: pool: empty server address")
 	}
-	if cfg.DialTimeout < 0 || cfg.KeepAlive < 0 || cfg.writeTimeout < 0 || cfg.MaxConns < 0 || cfg.LaneConns < 0 || cfg.maxReplyLine < 0 {
+	if cfg.DialTimeout < 0 || cfg.KeepAlive < 0 || cfg.writeTimeout < 0 || cfg.MaxConns < 0 || cfg.LaneConns < 0 ||
+		cfg.maxReplyLine < 0 || cfg.MaxConnIdleTime < 0 {
 		return nil, fmt.Errorf("dflock: pool: server %s: negative duration or size in Config", cfg.Addr)
 	}
 	if cfg.Dial == nil {
@@ -89,6 +97,15 @@ func New(cfg Config) (*Pool, error) {
 	}
 	if cfg.LaneConns == 0 {
 		cfg.LaneConns = DefaultLaneConns
+	}
+	switch {
+	case cfg.MaxIdleConns == 0:
+		cfg.MaxIdleConns = DefaultMaxIdleConns
+	case cfg.MaxIdleConns < 0:
+		cfg.MaxIdleConns = 0
+	}
+	if cfg.MaxConnIdleTime == 0 {
+		cfg.MaxConnIdleTime = DefaultMaxConnIdleTime
 	}
 	if cfg.writeTimeout == 0 {
 		cfg.writeTimeout = defaultWriteTimeout
@@ -127,6 +144,7 @@ func New(cfg Config) (*Pool, error) {
 		p.hasAuth = true
 	}
 	p.hello = pingReq.AppendTo(p.hello)
+	p.idleDue.Store(never)
 
 	pp, err := puddle.NewPool(&puddle.Config[*conn]{
 		Constructor: p.dialWaitConn,
@@ -188,6 +206,7 @@ func (p *Pool) Stats() Stats {
 		DialFailures:  p.dialFailures.Load(),
 		Broken:        p.broken.Load(),
 		Pings:         p.pings.Load(),
+		IdleClosed:    p.idleClosed.Load(),
 		AcquiredConns: int(p.nAcquired.Load()),
 	}
 	p.mu.Lock()
@@ -286,7 +305,7 @@ func (p *Pool) connBroken(c *conn, owner Owner, err error) {
 		p.retWrite += c.nwrite.Load()
 	}
 	p.mu.Unlock()
-	if c.quiet {
+	if c.quiet || c.retired.Load() {
 		return
 	}
 	p.broken.Add(1)

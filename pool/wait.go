@@ -82,6 +82,7 @@ func (h *Conn) Release() {
 	}
 	if h.c.errp.Load() == nil && h.c.inflight.Load() == 0 && h.pins.Load() == 0 {
 		h.c.setOwner(nil)
+		h.p.idleFrom(h.p.now())
 		h.res.Release()
 		// Callers waiting for a paced dial may take this one instead.
 		h.p.gate.broadcast()
@@ -203,7 +204,11 @@ func (p *Pool) dialWaitConn(ctx context.Context) (*conn, error) {
 		// Broken while idle in puddle: the janitor destroys it. (One that
 		// breaks while acquired goes back destroyed; the sweep then finds
 		// nothing, which is cheap.)
-		c.onBroken = func(error) { p.needSweep.Store(true) }
+		c.onBroken = func(error) {
+			if !c.retired.Load() { // the sweep that retired it is done with it
+				p.needSweep.Store(true)
+			}
+		}
 	})
 	p.gate.leave(gen, err)
 	return c, err

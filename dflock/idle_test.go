@@ -1,0 +1,144 @@
+package dflock
+
+import (
+	"math"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// contend makes n goroutines wait for key (each on a wait-pool connection
+// of its own) while it is held, then lets them take it one after another,
+// leaving their connections idle.
+func contend(t *testing.T, c *Client, srv *testutil.Server, key string, n int) {
+	t.Helper()
+	ctx := testCtx(t)
+	first, err := c.Lock(ctx, key)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			l, err := c.Lock(ctx, key)
+			if err == nil {
+				err = l.Release(ctx)
+			}
+			errs <- err
+		})
+	}
+	require.Eventually(t, func() bool { return lockWaiters(srv, key) == n }, testTimeout, 5*time.Millisecond)
+	require.NoError(t, first.Release(ctx))
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+}
+
+func poolStats(t *testing.T, c *Client) Stats {
+	t.Helper()
+	st, err := c.Stats(testCtx(t))
+	require.NoError(t, err)
+	return st
+}
+
+// Regression (issue 10): after 100 goroutines contended on one key, the 100
+// wait-pool connections they used stayed open, and pinged, for good.
+func TestIdleConnsFallBackAfterContention(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	// A short keepalive is the janitor's period: the excess is closed
+	// within one.
+	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxConnIdleTime(time.Hour))
+	const n = 100
+	contend(t, c, srv, "k", n)
+
+	require.Eventually(t, func() bool {
+		return poolStats(t, c).Servers[0].Pool.IdleClosed >= n-DefaultMaxIdleConnsPerServer
+	}, testTimeout, 10*time.Millisecond)
+	ps := poolStats(t, c).Servers[0].Pool
+	assert.Equal(t, DefaultMaxIdleConnsPerServer, ps.IdleConns)
+	assert.Zero(t, ps.AcquiredConns)
+	assert.Zero(t, ps.Broken, "closing an idle connection is not a break")
+	// The server sees the lanes and the idle connections kept, nothing more.
+	want := ps.LaneConns + DefaultMaxIdleConnsPerServer
+	require.Eventually(t, func() bool { return srv.Stats().Connections == want }, testTimeout, 5*time.Millisecond)
+}
+
+func TestIdleConnsClosedAfterMaxConnIdleTime(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxConnIdleTime(100*time.Millisecond),
+		WithMaxIdleConnsPerServer(MaxConnsPerServer))
+	ctx := testCtx(t)
+	// A lock granted after waiting holds its connection: never idle.
+	held, err := c.Lock(ctx, "held")
+	require.NoError(t, err)
+	waited := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "held")
+		assert.NoError(t, err)
+		waited <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "held") == 1 }, testTimeout, 5*time.Millisecond)
+	require.NoError(t, held.Release(ctx))
+	pinned := <-waited
+	require.NotNil(t, pinned)
+
+	const n = 20
+	contend(t, c, srv, "k", n)
+	require.Eventually(t, func() bool {
+		ps := poolStats(t, c).Servers[0].Pool
+		return ps.IdleConns == 0 && ps.IdleClosed >= n
+	}, testTimeout, 10*time.Millisecond)
+	ps := poolStats(t, c).Servers[0].Pool
+	assert.Equal(t, 1, ps.PinnedConns)
+	want := ps.LaneConns + 1
+	require.Eventually(t, func() bool { return srv.Stats().Connections == want }, testTimeout, 5*time.Millisecond)
+	require.True(t, lockHeld(srv, "held"))
+	require.NoError(t, pinned.Release(ctx))
+}
+
+func TestIdleOptionBounds(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		opt   Option
+		arg   string
+		bound string
+	}{
+		{WithMaxIdleConnsPerServer(-1), "max idle conns per server", "between 0 and " + strconv.Itoa(MaxConnsPerServer)},
+		{WithMaxIdleConnsPerServer(math.MaxInt), "max idle conns per server", strconv.Itoa(MaxConnsPerServer)},
+		{WithMaxConnIdleTime(0), "max conn idle time", "positive"},
+		{WithMaxConnIdleTime(-time.Second), "max conn idle time", "positive"},
+	} {
+		c, err := New(nil, tc.opt)
+		require.Nil(t, c)
+		require.ErrorIs(t, err, ErrInvalidArgument)
+		var ae *ArgError
+		require.ErrorAs(t, err, &ae)
+		assert.Equal(t, tc.arg, ae.Arg)
+		assert.Contains(t, err.Error(), tc.bound)
+	}
+	// The bounds are valid; a longer idle time is no limit.
+	for _, opt := range []Option{WithMaxIdleConnsPerServer(0), WithMaxIdleConnsPerServer(MaxConnsPerServer),
+		WithMaxConnIdleTime(time.Duration(math.MaxInt64))} {
+		c, err := New(nil, opt)
+		require.NoError(t, err)
+		require.NoError(t, c.Close())
+	}
+}
+
+// WithMaxIdleConnsPerServer(0) keeps none, rather than meaning the default.
+func TestMaxIdleConnsZeroKeepsNone(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxIdleConnsPerServer(0))
+	contend(t, c, srv, "k", 8)
+	require.Eventually(t, func() bool {
+		ps := poolStats(t, c).Servers[0].Pool
+		return ps.IdleConns == 0 && ps.IdleClosed >= 8
+	}, testTimeout, 10*time.Millisecond)
+}

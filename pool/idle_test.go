@@ -1,0 +1,117 @@
+package pool
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// burst acquires n wait-pool connections at once (so each is a new dial)
+// and releases them all, leaving n idle.
+func burst(t *testing.T, p *Pool, n int) {
+	t.Helper()
+	ctx := ctxWait(t)
+	hs := make([]*Conn, n)
+	for i := range hs {
+		h, err := p.Acquire(ctx)
+		require.NoError(t, err)
+		hs[i] = h
+	}
+	for _, h := range hs {
+		h.Release()
+	}
+}
+
+// Regression (issue 10): idle wait-pool connections were never closed, so a
+// burst left all of its connections open, and pinged, for good.
+func TestIdleConnsFallBackToMaxIdle(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{
+		Addr:            srv.Addr(),
+		KeepAlive:       20 * time.Millisecond, // the janitor's period
+		MaxIdleConns:    3,
+		MaxConnIdleTime: time.Hour,
+		OnConnBroken:    rec.hook,
+	})
+	const n = 12
+	burst(t, p, n)
+	// The sweep hands the kept ones back before it closes the others.
+	require.Eventually(t, func() bool { return p.Stats().IdleClosed == n-3 }, wait, 5*time.Millisecond)
+	st := p.Stats()
+	require.Equal(t, 3, st.IdleConns)
+	require.Zero(t, st.Broken, "closing an idle connection is not a break")
+	require.Eventually(t, func() bool { return srv.Stats().Connections == 3 }, wait, 5*time.Millisecond)
+	select {
+	case ev := <-rec.ch:
+		t.Fatalf("OnConnBroken called for a closed idle connection: %v", ev.err)
+	default:
+	}
+
+	// The ones kept are healthy and reused: no new dial.
+	dials := p.Stats().Dials
+	burst(t, p, 3)
+	require.Equal(t, dials, p.Stats().Dials)
+}
+
+func TestIdleConnsClosedAfterMaxIdleTime(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{
+		Addr:            srv.Addr(),
+		KeepAlive:       20 * time.Millisecond,
+		LaneConns:       1,
+		MaxIdleConns:    100,
+		MaxConnIdleTime: 50 * time.Millisecond,
+	})
+	ctx := ctxWait(t)
+	// A lane connection and an acquired one that holds a lease outlive
+	// every idle time: only idle wait-pool connections are closed.
+	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	pinned, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	r, err := pinned.Do(ctx, lockReq("k"))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	pinned.Pin()
+
+	const n = 10
+	burst(t, p, n)
+	require.Eventually(t, func() bool { return p.Stats().IdleClosed == n }, wait, 5*time.Millisecond)
+	st := p.Stats()
+	require.Zero(t, st.IdleConns)
+	require.Equal(t, 1, st.LaneConns)
+	require.Equal(t, 1, st.PinnedConns)
+	require.Eventually(t, func() bool { return srv.Stats().Connections == 2 }, wait, 5*time.Millisecond, "lane + pinned")
+	require.NoError(t, pinned.Err())
+	require.NotZero(t, holder(srv, "k"))
+	_, err = pinned.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	pinned.Unpin()
+	pinned.Destroy()
+}
+
+func TestIdleConnsZeroKeepsNone(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), KeepAlive: 20 * time.Millisecond, MaxIdleConns: -1})
+	burst(t, p, 4)
+	require.Eventually(t, func() bool { return p.Stats().IdleConns == 0 }, wait, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return srv.Stats().Connections == 0 }, wait, 5*time.Millisecond)
+	// The pool still works: a new acquire dials.
+	h, err := p.Acquire(context.Background())
+	require.NoError(t, err)
+	h.Release()
+}
+
+func TestNewDefaultsIdleLimits(t *testing.T) {
+	p := newPool(t, Config{Addr: "127.0.0.1:1"})
+	require.Equal(t, int32(DefaultMaxIdleConns), p.cfg.MaxIdleConns)
+	require.Equal(t, DefaultMaxConnIdleTime, p.cfg.MaxConnIdleTime)
+	_, err := New(Config{Addr: "127.0.0.1:1", MaxConnIdleTime: -time.Second})
+	require.Error(t, err)
+}
