@@ -115,7 +115,10 @@ type Hooks struct {
 	// leases released by Release or Close).
 	OnLeaseLost func(info LeaseInfo, err error)
 	// OnConnBroken is called for every connection that breaks or is
-	// destroyed (including those destroyed to cancel a blocked acquire).
+	// destroyed (including those destroyed to cancel a blocked acquire), but
+	// not for idle wait-pool connections closed by the idle limits
+	// (WithMaxIdleConnsPerServer, WithMaxConnIdleTime): those are counted in
+	// the pool's Stats.IdleClosed.
 	OnConnBroken func(server string, err error)
 }
 
