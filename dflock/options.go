@@ -179,6 +179,16 @@ func (o *options) fail(arg, value, reason string) {
 	o.err = o.argErr
 }
 
+// positive checks a duration option that must be positive and clamps it to
+// MaxDuration ("no bound"); ok is false after recording the error.
+func (o *options) positive(arg string, d time.Duration) (v time.Duration, ok bool) {
+	if d <= 0 {
+		o.fail(arg, d.String(), "must be positive")
+		return 0, false
+	}
+	return min(d, MaxDuration), true
+}
+
 // recheck re-evaluates the constraints between options. New applies the
 // options in the order given and then looks at o.err only, so every option
 // that takes part in such a constraint calls recheck once it has stored its
@@ -247,11 +257,9 @@ func WithAuthToken(token string) Option {
 // above MaxDuration means no bound. Default DefaultDialTimeout.
 func WithDialTimeout(d time.Duration) Option {
 	return func(o *options) {
-		if d <= 0 {
-			o.fail("dial timeout", d.String(), "must be positive")
-			return
+		if v, ok := o.positive("dial timeout", d); ok {
+			o.dialTimeout = v
 		}
-		o.dialTimeout = min(d, MaxDuration)
 	}
 }
 
@@ -312,11 +320,11 @@ func WithKeepAlive(d time.Duration) Option {
 // Default DefaultServerReadTimeout (23 s, dflockd's default).
 func WithServerReadTimeout(d time.Duration) Option {
 	return func(o *options) {
-		if d <= 0 {
-			o.fail("server read timeout", d.String(), "must be positive")
+		v, ok := o.positive("server read timeout", d)
+		if !ok {
 			return
 		}
-		o.readTimeout = min(d, MaxDuration)
+		o.readTimeout = v
 		o.recheck()
 	}
 }
@@ -359,11 +367,9 @@ func WithMaxIdleConnsPerServer(n int) Option {
 // above MaxDuration means no limit. Default DefaultMaxConnIdleTime.
 func WithMaxConnIdleTime(d time.Duration) Option {
 	return func(o *options) {
-		if d <= 0 {
-			o.fail("max conn idle time", d.String(), "must be positive")
-			return
+		if v, ok := o.positive("max conn idle time", d); ok {
+			o.maxIdleTime = v
 		}
-		o.maxIdleTime = min(d, MaxDuration)
 	}
 }
 
