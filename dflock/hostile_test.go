@@ -19,13 +19,13 @@ import (
 )
 
 // scriptedServer is a broken or hostile dflockd: it answers ping with ok and
-// every other request with answer(cmd, key, arg), and records what it got.
+// every other request with answer(cmd, key, arg), and counts the
+// connections the client closed.
 type scriptedServer struct {
 	ln     net.Listener
 	answer func(cmd, key, arg string) string
 	mu     sync.Mutex
-	got    []string // "cmd key arg"
-	closed int      // connections the client closed
+	closed int // connections the client closed
 	wg     sync.WaitGroup
 }
 
@@ -74,9 +74,6 @@ func (s *scriptedServer) serve(nc net.Conn) {
 			}
 			f[i] = strings.TrimRight(line, "\r\n")
 		}
-		s.mu.Lock()
-		s.got = append(s.got, f[0]+" "+f[1]+" "+f[2])
-		s.mu.Unlock()
 		reply := "ok"
 		if f[0] != "ping" {
 			reply = s.answer(f[0], f[1], f[2])
