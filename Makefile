@@ -22,23 +22,26 @@ vet:
 # The race detector needs cgo and a C compiler. Without them `go test -race`
 # only says "-race requires cgo", so say what to do instead, and run the tests
 # without it rather than not at all. CI (CI set) must never lose -race: there
-# the fallback is an error.
-race:
-	@cc=$$($(GO) env CC); cc=$${cc%% *}; \
+# the fallback is an error. `race` and `cover` share the check (RACE_OR_NOT
+# prints the flags to use, or fails in CI).
+RACE_OR_NOT = cc=$$($(GO) env CC); cc=$${cc%% *}; \
 	if [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$cc" >/dev/null 2>&1; then \
-		echo "$(GO) test -race -count=1 $(PKGS)"; \
-		$(GO) test -race -count=1 $(PKGS); \
+		flags="-race"; \
 	elif [ -n "$${CI:-}" ]; then \
-		echo "make test: the race detector needs cgo (CGO_ENABLED=$$($(GO) env CGO_ENABLED)) and a C compiler ($$cc); CI requires -race" >&2; exit 1; \
+		echo "make: the race detector needs cgo (CGO_ENABLED=$$($(GO) env CGO_ENABLED)) and a C compiler ($$cc); CI requires -race" >&2; exit 1; \
 	else \
-		echo "################################################################################" >&2; \
-		echo "# WARNING: no C compiler ($$cc) or CGO_ENABLED=0: running the tests WITHOUT -race." >&2; \
-		echo "# Data races will go unnoticed. Install gcc or clang (e.g. apt-get install gcc)," >&2; \
-		echo "# or point CC at one, to run them as CI does." >&2; \
-		echo "################################################################################" >&2; \
-		echo "CGO_ENABLED=0 $(GO) test -count=1 $(PKGS)"; \
-		CGO_ENABLED=0 $(GO) test -count=1 $(PKGS); \
+		echo "================================================================================" >&2; \
+		echo "WARNING: no C compiler ($$cc) or CGO_ENABLED=0: running the tests WITHOUT -race." >&2; \
+		echo "Data races will go unnoticed. Install gcc or clang (e.g. apt-get install gcc)," >&2; \
+		echo "or point CC at one, to run them as CI does." >&2; \
+		echo "================================================================================" >&2; \
+		flags=""; export CGO_ENABLED=0; \
 	fi
+
+race:
+	@$(RACE_OR_NOT); \
+	echo "$(GO) test $$flags -count=1 $(PKGS)"; \
+	$(GO) test $$flags -count=1 $(PKGS)
 
 # Benchmarks: several runs so medians can be taken (benchstat-friendly output).
 bench:
@@ -49,7 +52,9 @@ fuzz:
 	FUZZTIME=$(FUZZTIME) FUZZMINIMIZE=$(FUZZMINIMIZE) bash .ci/fuzz
 
 cover:
-	$(GO) test -race -count=1 -coverprofile=coverage.out $(PKGS)
+	@$(RACE_OR_NOT); \
+	echo "$(GO) test $$flags -count=1 -coverprofile=coverage.out $(PKGS)"; \
+	$(GO) test $$flags -count=1 -coverprofile=coverage.out $(PKGS)
 	$(GO) tool cover -func=coverage.out | tail -n 1
 
 # Chaos soak: servers crash, stall, blackhole and restart under a loaded
