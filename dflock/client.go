@@ -52,6 +52,7 @@ type Client struct {
 type server struct {
 	addr string
 	pool *pool.Pool
+	obs  serverObs // per-server figures of Snapshot
 }
 
 type clientCounters struct {
@@ -61,6 +62,8 @@ type clientCounters struct {
 	contended  atomic.Int64
 	released   atomic.Int64
 	lost       atomic.Int64
+	sigDropped atomic.Int64 // signals dropped by full subscription buffers
+	sigGaps    atomic.Int64 // gaps reported to subscriptions
 }
 
 // New returns a Client for servers ("host:port" each; nil or empty means
