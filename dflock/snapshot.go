@@ -1,6 +1,7 @@
 package dflock
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 )
@@ -130,10 +131,25 @@ type waitTracker struct {
 	srv *server
 }
 
-// waitBegin counts a wait in flight on srv.
-func (c *Client) waitBegin(srv *server) waitTracker {
+// waitBegin counts a wait in flight on srv and, for a traced call, notes
+// when it began.
+func (c *Client) waitBegin(ctx context.Context, srv *server) waitTracker {
 	srv.obs.waits.Add(1)
+	if c.opts.tracer != nil {
+		noteWait(ctx)
+	}
 	return waitTracker{srv}
+}
+
+func (o *serverObs) tracked()   { o.held.Add(1) }
+func (o *serverObs) released1() { o.released.Add(1); o.held.Add(-1) }
+func (o *serverObs) lost1()     { o.lost.Add(1); o.held.Add(-1) }
+
+// releasedAtClose counts a lease Close released, by its key's server.
+func (c *Client) releasedAtClose(key string) {
+	if srv, err := c.route(key); err == nil {
+		srv.obs.released1()
+	}
 }
 
 func (w waitTracker) end() { w.srv.obs.waits.Add(-1) }
