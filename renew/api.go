@@ -93,6 +93,28 @@ type Owner interface {
 	Err() error
 }
 
+// Timer is what Clock.AfterFunc returns (*time.Timer is one).
+type Timer = interface{ Stop() bool }
+
+// Clock is the time source of a Scheduler; the real clock by default.
+//
+// Only the scheduler's decisions (when to renew, when a lease is lost) are
+// timed by it; contexts and connection I/O stay on the real clock. A test
+// clock lets tests move a lease through its renewals and its loss deadline
+// without waiting for them.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc calls f once d has passed on this clock, as time.AfterFunc
+	// does. f must not block.
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// realClock is the default Clock: the process's monotonic clock.
+type realClock struct{}
+
+func (realClock) Now() time.Time                            { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
 // DefaultRatio is the default Config.Ratio.
 const DefaultRatio = 0.5
 
@@ -112,6 +134,8 @@ type Config struct {
 	// connection under the server read timeout). Default 10 s; values <= 0
 	// mean the default.
 	KeepAlive time.Duration
+	// Clock times renewals and loss deadlines. Nil means the real clock.
+	Clock Clock
 
 	// Tuning that only this package's tests change.
 
@@ -149,6 +173,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.safetyMargin == nil {
 		c.safetyMargin = defaultSafetyMargin
+	}
+	if c.Clock == nil {
+		c.Clock = realClock{}
 	}
 	return c
 }

@@ -93,7 +93,10 @@ func New(cfg Config) *Scheduler {
 
 // newScheduler builds a scheduler without starting its goroutine (tests and
 // benchmarks drive tick directly).
-func newScheduler(cfg Config) *Scheduler { return newSchedulerAt(cfg, time.Now()) }
+func newScheduler(cfg Config) *Scheduler {
+	cfg = cfg.withDefaults()
+	return newSchedulerAt(cfg, cfg.Clock.Now())
+}
 
 // newSchedulerAt builds a scheduler whose clock starts at epoch (tests use an
 // epoch far in the past to exercise large clock values).
@@ -109,8 +112,9 @@ func newSchedulerAt(cfg Config, epoch time.Time) *Scheduler {
 	}
 }
 
-// now is the scheduler's monotonic clock in nanoseconds since epoch.
-func (s *Scheduler) now() int64 { return int64(time.Since(s.epoch)) }
+// now is the scheduler's clock in nanoseconds since epoch (monotonic on the
+// real clock; Sub saturates).
+func (s *Scheduler) now() int64 { return int64(s.cfg.Clock.Now().Sub(s.epoch)) }
 
 func (s *Scheduler) poke() {
 	select {
@@ -249,25 +253,43 @@ func (s *Scheduler) Stats() Stats {
 	return st
 }
 
-// run is the scheduler goroutine.
+// run is the scheduler goroutine. Its one timer only pokes the wake
+// channel: a stale timer firing late costs a spurious tick, never a missed
+// one, since every tick reads the clock afresh.
 func (s *Scheduler) run() {
 	defer close(s.exited)
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	defer t.Stop()
-	for {
-		if d, ok := s.tick(); ok {
-			t.Reset(d)
-		} else {
+	var t Timer
+	defer func() {
+		if t != nil {
 			t.Stop()
+		}
+	}()
+	for {
+		if t != nil {
+			t.Stop()
+			t = nil
+		}
+		if d, ok := s.tick(); ok {
+			t = s.cfg.Clock.AfterFunc(d, s.poke)
+			// d was worked out from a clock reading taken before the timer
+			// was armed; a test clock may have been advanced past the
+			// event in between, with no further Advance to come.
+			if s.now() >= s.armedAt() {
+				s.poke()
+			}
 		}
 		select {
 		case <-s.wake:
-		case <-t.C:
 		case <-s.quit:
 			return
 		}
 	}
+}
+
+func (s *Scheduler) armedAt() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.armed
 }
 
 // tick runs one round: it declares overdue leases lost, sends every renewal
