@@ -546,7 +546,8 @@ func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
 	l := &Lease{s: s, key: "k", owner: o, ttl: 30 * time.Second, idx: -1, done: make(chan struct{})}
 	s.confirmLocked(l, 0, l.ttl)
 	s.mu.Unlock()
-	require.NoError(t, s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 3}, nil))
+	_, err := s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 3}, nil)
+	require.NoError(t, err)
 	assert.Equal(t, int64(time.Second+3*time.Second-defaultSafetyMargin(3*time.Second)), l.deadline)
 }
 
