@@ -267,6 +267,7 @@ func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wi
 		Owner:     owner,
 		Sent:      sent,
 		OnLost:    h.onLost,
+		Counters:  &srv.obs.renew,
 	})
 	c.stats.acquired.Add(1)
 	if h.lease.Err() != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/dflock-sdk/go/renew"
 )
 
 // Snapshot is the Client's local view of itself, from Client.Snapshot:
@@ -79,6 +81,7 @@ type serverObs struct {
 	held     atomic.Int64 // leases held now
 	released atomic.Int64
 	lost     atomic.Int64
+	renew    renew.Counters // the scheduler's, for the server's leases
 }
 
 // Snapshot returns the Client's local figures: no network I/O, never
@@ -118,6 +121,11 @@ func (c *Client) Snapshot() Snapshot {
 			LeasesHeld:    int(max(o.held.Load(), 0)),
 			Releases:      o.released.Load(),
 			Losses:        o.lost.Load(),
+
+			RenewalsSent:       o.renew.Sent.Load(),
+			Renewed:            o.renew.Renewed.Load(),
+			RenewalsRefused:    o.renew.Refused.Load(),
+			RenewalsUnanswered: o.renew.Unanswered.Load(),
 		}
 		s.Servers[i] = ss
 	}

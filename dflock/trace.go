@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/dflock-sdk/go/renew"
 )
 
 // Tracer observes a Client's operations as start/end pairs on the CALLER's
@@ -402,4 +404,21 @@ func (c *Client) noteSignalGap(s *Subscription, g *GapError) {
 	if hook := c.opts.hooks.OnSignalGap; hook != nil {
 		c.disp.do(func() { hook(SignalGapInfo{Pattern: s.pattern, Group: s.group, Server: g.Server, Err: g}) })
 	}
+}
+
+// onRenewalBatch is renew.Config.OnBatch. It runs on a connection reader or
+// the scheduler goroutine: it only queues the hook.
+func (c *Client) onRenewalBatch(b renew.BatchInfo) {
+	hook := c.opts.hooks.OnRenewalBatch
+	if hook == nil {
+		return
+	}
+	info := RenewalBatchInfo{Size: b.Size, Renewed: b.Renewed, Refused: b.Refused, Latency: b.Latency, Err: b.Err}
+	for _, s := range c.servers {
+		if &s.obs.renew == b.Counters {
+			info.Server = s.addr
+			break
+		}
+	}
+	c.disp.do(func() { hook(info) })
 }
