@@ -31,7 +31,9 @@ func ExampleClient_Snapshot() {
 	srv := s.Servers[0]
 	fmt.Println("up:", srv.Up)
 	fmt.Println("held:", srv.LeasesHeld, "waiting:", srv.WaitsInFlight)
-	fmt.Println("lane connections:", srv.Conns.Lane, "pinned:", srv.Conns.Pinned)
+	// An uncontended lock is held on the shared control lane: no
+	// connection of its own.
+	fmt.Println("on the lane:", srv.Conns.Lane > 0, "pinned:", srv.Conns.Pinned)
 
 	if err := l.Release(ctx); err != nil {
 		log.Fatal(err)
@@ -41,7 +43,7 @@ func ExampleClient_Snapshot() {
 	// Output:
 	// up: true
 	// held: 1 waiting: 0
-	// lane connections: 1 pinned: 0
+	// on the lane: true pinned: 0
 	// acquired: 1 released: 1 held: 0
 }
 

@@ -13,6 +13,27 @@ import (
 	"github.com/dflock-sdk/go/testutil"
 )
 
+// recv receives from ch, failing the test if ctx ends first.
+func recv[T any](t *testing.T, ctx context.Context, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-ctx.Done():
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// trySend sends v on ch unless ch is full: a hook must not block the
+// callback goroutine for a test that stopped reading.
+func trySend[T any](ch chan<- T, v T) {
+	select {
+	case ch <- v:
+	default:
+	}
+}
+
 // awaitSnapshot waits until cond holds for the Client's Snapshot.
 func awaitSnapshot(t *testing.T, c *Client, what string, cond func(Snapshot) bool) Snapshot {
 	t.Helper()
@@ -53,7 +74,7 @@ func TestSnapshotContendedBurst(t *testing.T) {
 
 	require.NoError(t, holder.Release(ctx))
 	for i := range n {
-		l := <-got
+		l := recv(t, ctx, got, "a grant")
 		require.NotNil(t, l)
 		ss := c.Snapshot().Servers[0]
 		// The lock passes from waiter to waiter: one pinned connection,
@@ -94,7 +115,7 @@ func TestSnapshotServerDownAndUp(t *testing.T) {
 	require.True(t, up.Up)
 
 	require.NoError(t, srv.Stop())
-	<-l.Done() // the lane connection broke with the server
+	recv(t, ctx, l.Done(), "the loss") // the lane connection broke with the server
 	before := time.Now()
 	_, err = c.TryLock(ctx, "k")
 	require.ErrorIs(t, err, ErrServerUnavailable)
@@ -160,7 +181,7 @@ func TestSnapshotRefusedRenewal(t *testing.T) {
 	l, err := c.TryLock(ctx, "k", LeaseTTL(time.Second))
 	require.NoError(t, err)
 	releaseBehindClientsBack(t, srv.Addr(), "k", l.Token())
-	<-l.Done()
+	recv(t, ctx, l.Done(), "the loss")
 	require.ErrorIs(t, l.Err(), ErrLockLost)
 
 	ss := awaitSnapshot(t, c, "refused renewal counted", func(s Snapshot) bool {
@@ -194,8 +215,8 @@ func TestSnapshotSignalDropsAndGaps(t *testing.T) {
 	drops := make(chan SignalDropInfo, 16)
 	gaps := make(chan SignalGapInfo, 16)
 	c := newClient(t, []string{srv.Addr()}, WithHooks(Hooks{
-		OnSignalDropped: func(d SignalDropInfo) { drops <- d },
-		OnSignalGap:     func(g SignalGapInfo) { gaps <- g },
+		OnSignalDropped: func(d SignalDropInfo) { trySend(drops, d) },
+		OnSignalGap:     func(g SignalGapInfo) { trySend(gaps, g) },
 	}))
 	ctx := testCtx(t)
 	sub, err := c.Listen(ctx, "ev", Group("g"), Buffer(1))
@@ -205,7 +226,7 @@ func TestSnapshotSignalDropsAndGaps(t *testing.T) {
 		_, err := c.Emit(ctx, "ev", "x")
 		require.NoError(t, err)
 	}
-	d := <-drops
+	d := recv(t, ctx, drops, "OnSignalDropped")
 	assert.Equal(t, SignalDropInfo{Pattern: "ev", Group: "g", Dropped: d.Dropped}, d)
 	assert.Positive(t, d.Dropped)
 	awaitSnapshot(t, c, "drops counted", func(s Snapshot) bool { return s.SignalsDropped == 3 })
@@ -216,7 +237,7 @@ func TestSnapshotSignalDropsAndGaps(t *testing.T) {
 	}
 
 	srv.DropConnections()
-	g := <-gaps
+	g := recv(t, ctx, gaps, "OnSignalGap")
 	assert.Equal(t, "ev", g.Pattern)
 	assert.Equal(t, srv.Addr(), g.Server)
 	assert.ErrorIs(t, g.Err, ErrSignalGap)
@@ -245,7 +266,7 @@ func TestBlockedObservabilityHookDoesNotDelayRenewal(t *testing.T) {
 	ctx := testCtx(t)
 	l, err := c.TryLock(ctx, "k", LeaseTTL(time.Second))
 	require.NoError(t, err)
-	<-entered
+	recv(t, ctx, entered, "a hook call")
 	require.True(t, awaitRenewals(c, 25, l.Done()), "the lease was lost while a hook blocked: %v", l.Err())
 	require.NoError(t, l.Release(ctx))
 }

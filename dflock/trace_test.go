@@ -168,7 +168,7 @@ func TestTracerWaitPoolGrant(t *testing.T) {
 	// Whatever the clock's resolution, the waiter has now waited for at
 	// least one round trip of the release below.
 	require.NoError(t, holder.Release(ctx))
-	l := <-got
+	l := recv(t, ctx, got, "the grant")
 	require.NotNil(t, l)
 	require.NoError(t, l.Release(ctx))
 
@@ -234,7 +234,7 @@ func TestTracerOutcomes(t *testing.T) {
 			return false
 		}, testTimeout, time.Millisecond, "no waiter")
 		cancel()
-		require.ErrorIs(t, <-done, context.Canceled)
+		require.ErrorIs(t, recv(t, ctx, done, "the cancelled call"), context.Canceled)
 		var acq []*span
 		for _, s := range rt.take(t) {
 			if s.info.Op == "semaphore" && s.info.Key == "s" {
@@ -356,7 +356,8 @@ func TestTracerTickets(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool { return c.Snapshot().Servers[0].WaitsInFlight == 1 }, testTimeout, time.Millisecond)
 	require.NoError(t, holder.Release(ctx))
-	l := <-got
+	l := recv(t, ctx, got, "the grant")
+	require.NotNil(t, l)
 	require.NoError(t, l.Release(ctx))
 	var wait *span
 	for _, s := range rt.take(t) {
@@ -429,7 +430,7 @@ func TestHooksOnDialAndAdditive(t *testing.T) {
 	ctx := testCtx(t)
 	l, err := c.TryLock(ctx, "k")
 	require.NoError(t, err)
-	d := <-dials
+	d := recv(t, ctx, dials, "the lane dial")
 	assert.Equal(t, srv.Addr(), d.Server)
 	assert.Equal(t, "lane", d.Role)
 	assert.Positive(t, d.Duration)
@@ -444,16 +445,16 @@ func TestHooksOnDialAndAdditive(t *testing.T) {
 		}
 		done <- err
 	}()
-	d = <-dials
+	d = recv(t, ctx, dials, "the wait-pool dial")
 	assert.Equal(t, "wait", d.Role)
 	require.NoError(t, l.Release(ctx))
-	require.NoError(t, <-done)
+	require.NoError(t, recv(t, ctx, done, "the contended Lock"))
 
 	// A failed dial reports its error.
 	require.NoError(t, srv.Stop())
 	_, err = c.Stats(ctx)
 	require.Error(t, err)
-	for d = <-dials; d.Err == nil; d = <-dials {
+	for d = recv(t, ctx, dials, "a failed dial"); d.Err == nil; d = recv(t, ctx, dials, "a failed dial") {
 	}
 	assert.Equal(t, "query", d.Role)
 	require.NoError(t, c.Close()) // runs the queued hooks
