@@ -120,6 +120,17 @@ type Hooks struct {
 	// (WithMaxIdleConnsPerServer, WithMaxConnIdleTime): those are counted in
 	// the pool's Stats.IdleClosed.
 	OnConnBroken func(server string, err error)
+	// OnDial is called after every dial, successful or not.
+	OnDial func(DialInfo)
+	// OnRenewalBatch is called for every batch of renewals once all its
+	// answers are in (or its connection broke).
+	OnRenewalBatch func(RenewalBatchInfo)
+	// OnSignalDropped is called when a subscription starts dropping
+	// signals because its buffer is full: once per episode, which ends when
+	// a signal is delivered again (Snapshot counts every drop).
+	OnSignalDropped func(SignalDropInfo)
+	// OnSignalGap is called for every gap reported to a subscription.
+	OnSignalGap func(SignalGapInfo)
 }
 
 // LeaseInfo identifies a lease in a hook.
@@ -152,6 +163,7 @@ type options struct {
 	strategy    shard.Strategy
 	logger      *slog.Logger
 	hooks       Hooks
+	tracer      Tracer
 	fencing     bool
 	noLaneFast  bool // unexported switch: Lock skips the control-lane try (benchmarks)
 }
@@ -444,8 +456,12 @@ func WithLogger(l *slog.Logger) Option {
 // WithHooks installs event callbacks. Default: none. Hooks run on the same
 // goroutine as the Logger's records (see WithLogger), one at a time: a hook
 // that blocks delays later hooks and records but never the Client's work.
+//
+// WithHooks adds to the hooks of earlier WithHooks options instead of
+// replacing them: every set runs, in option order, so that an adapter's
+// hooks (such as a metrics package's) compose with the application's.
 func WithHooks(h Hooks) Option {
-	return func(o *options) { o.hooks = h }
+	return func(o *options) { o.hooks = o.hooks.merge(h) }
 }
 
 // WithFencing declares that the servers are dflockd v2.1 or later, whose

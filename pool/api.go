@@ -95,6 +95,14 @@ const (
 	DefaultMaxConnIdleTime = time.Minute
 )
 
+// Roles of a connection, as reported to Config.OnDial.
+const (
+	RoleLane     = "lane"
+	RoleWait     = "wait"
+	RoleListener = "listener"
+	RoleQuery    = "query"
+)
+
 // Config configures the pool of one server.
 type Config struct {
 	Addr string
@@ -131,8 +139,8 @@ type Config struct {
 	// stalling would delay replies, renewals and keepalives of every lease
 	// on the server: its handler must not block. The Client passes a
 	// bounded asynchronous handler that drops (and counts) what it cannot
-	// queue. Besides Logger and OnConnBroken the pool runs no user code on
-	// those goroutines.
+	// queue. Besides Logger, OnConnBroken and OnDial the pool runs no user
+	// code on those goroutines.
 	Logger *slog.Logger
 	// OnConnBroken is called once for every connection that breaks (I/O
 	// error, EOF, protocol violation, cancellation) or is destroyed, from
@@ -145,6 +153,13 @@ type Config struct {
 	// matches ErrUnavailable if the server or the network broke the
 	// connection, and ErrClosed if Close did.
 	OnConnBroken func(owner Owner, err error)
+	// OnDial, if set, is called after every dial (TCP, TLS and auth),
+	// successful or not, with the connection's role (RoleLane, RoleWait,
+	// RoleListener, RoleQuery) and how long it took, on the goroutine that
+	// dialled (a caller, a wait-pool constructor or the probe). Dials that
+	// fail fast because the server is down are not dials. Like
+	// OnConnBroken it must return promptly.
+	OnDial func(role string, d time.Duration, err error)
 
 	// Set only by this package's tests (dflock keeps the defaults):
 
@@ -156,8 +171,12 @@ type Config struct {
 
 // Stats of one server's pool.
 type Stats struct {
-	Addr          string
-	Up            bool  // Pool.Err() == nil
+	Addr string
+	Up   bool // Pool.Err() == nil
+	// Since is when the state Up reports began: the first successful dial
+	// after the server was last down (zero before any), or the failed
+	// dial that marked it down.
+	Since         time.Time
 	Dials         int64 // successful dials (incl. TLS + auth)
 	DialFailures  int64
 	LaneConns     int   // live control-lane connections

@@ -21,6 +21,24 @@ var aLongTimeAgo = time.Unix(1, 0)
 // marks the server down if lane is set or no connection to the server is
 // alive (see dialFailed).
 func (p *Pool) dial(ctx context.Context, lane bool, maxLine int, init func(*conn)) (*conn, error) {
+	role := RoleWait
+	if lane {
+		role = RoleLane
+	}
+	return p.dialAs(ctx, role, maxLine, init)
+}
+
+// dialAs is dial for a connection of the given role (Config.OnDial).
+func (p *Pool) dialAs(ctx context.Context, role string, maxLine int, init func(*conn)) (*conn, error) {
+	start := time.Now()
+	c, err := p.dialConn(ctx, role == RoleLane, maxLine, init)
+	if p.cfg.OnDial != nil {
+		p.cfg.OnDial(role, time.Since(start), err)
+	}
+	return c, err
+}
+
+func (p *Pool) dialConn(ctx context.Context, lane bool, maxLine int, init func(*conn)) (*conn, error) {
 	wc, ping, err := p.handshake(ctx, maxLine, lane)
 	if err != nil {
 		return nil, err
@@ -36,6 +54,9 @@ func (p *Pool) dial(ctx context.Context, lane bool, maxLine int, init func(*conn
 	p.dials.Add(1)
 	if p.down.Load() != nil {
 		p.markUp()
+		p.upSince.Store(time.Now().UnixNano())
+	} else if p.upSince.Load() == 0 {
+		p.upSince.CompareAndSwap(0, time.Now().UnixNano())
 	}
 	return c, nil
 }
@@ -177,6 +198,10 @@ func (p *Pool) dialFailed(parent context.Context, err error, lane bool) error {
 	}
 	// Any other failure counts: refused, reset, timeout, TLS, EOF.
 	se := serverErr(p.cfg.Addr, ErrUnavailable, err)
+	was := p.down.Load()
 	p.markDown(se, !lane)
+	if was == nil && p.down.Load() == se {
+		p.downSince.Store(time.Now().UnixNano())
+	}
 	return se
 }

@@ -61,7 +61,7 @@ func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroke
 	}
 	l := &ListenerConn{}
 	p.nListeners.Add(1)
-	_, err := p.dial(ctx, false, p.cfg.maxReplyLine, func(c *conn) {
+	_, err := p.dialAs(ctx, RoleListener, p.cfg.maxReplyLine, func(c *conn) {
 		l.c = c
 		c.onPush = onPush
 		c.onBroken = func(err error) {

@@ -63,6 +63,10 @@ type Pool struct {
 
 	dials, dialFailures, broken, pings, idleClosed atomic.Int64
 
+	// upSince and downSince are the UnixNano times the server was last
+	// found up (first dial after a down period) and down (Stats.Since).
+	upSince, downSince atomic.Int64
+
 	// idleDue is at most the p.now() at which the longest-idle wait-pool
 	// connection reaches Config.MaxConnIdleTime (never: none is idle), so
 	// that the janitor takes the idle connections out only when one may
@@ -226,6 +230,13 @@ func (p *Pool) Stats() Stats {
 		}
 	}
 	p.mu.Unlock()
+	since := p.downSince.Load()
+	if s.Up {
+		since = p.upSince.Load()
+	}
+	if since != 0 {
+		s.Since = time.Unix(0, since)
+	}
 	s.ListenerConns = int(p.nListeners.Load())
 	s.IdleConns = int(p.pp.Stat().IdleResources())
 	return s

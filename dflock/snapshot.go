@@ -1,0 +1,163 @@
+package dflock
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/dflock-sdk/go/renew"
+)
+
+// Snapshot is the Client's local view of itself, from Client.Snapshot:
+// counters since New and gauges as of the call. Unlike Stats it asks no
+// server anything.
+type Snapshot struct {
+	// Servers holds one entry per server, in the order given to New.
+	Servers []ServerSnapshot
+	// Acquired, Released and Lost count leases since New, and Held the
+	// leases held now, as in ClientStats.
+	Acquired, Released, Lost int64
+	Held                     int
+	// SignalsDropped counts signals dropped because a subscription's
+	// buffer was full; SignalGaps the gaps reported to subscriptions.
+	SignalsDropped, SignalGaps int64
+	// CallbacksDropped counts log records and hook calls dropped because
+	// too many were waiting (see ClientStats.CallbacksDropped).
+	CallbacksDropped int64
+}
+
+// ServerSnapshot is one server in a Snapshot.
+type ServerSnapshot struct {
+	Addr string
+	// Up is false while the server is known to be down: calls that need a
+	// new connection to it fail fast with ErrServerUnavailable. Since is
+	// when the current state began: for Up, the first successful dial after
+	// the server was last down (zero while nothing was dialled yet); for
+	// down, the failed dial that found it down.
+	Up    bool
+	Since time.Time
+	// Conns counts the server's open connections by role.
+	Conns ConnCounts
+	// Dials counts successful dials (TCP, TLS and auth); DialFailures the
+	// others.
+	Dials, DialFailures int64
+	// WaitsInFlight counts acquires (and ticket waits) on the wait path
+	// now: getting a wait-pool connection or waiting on one.
+	WaitsInFlight int
+	// LeasesHeld counts the leases held on the server now.
+	LeasesHeld int
+	// RenewalsSent counts renewals the scheduler sent to the server;
+	// Renewed those confirmed, RenewalsRefused those the server refused
+	// (each one loses its lease) and RenewalsUnanswered those whose
+	// connection broke before the answer.
+	RenewalsSent, Renewed, RenewalsRefused, RenewalsUnanswered int64
+	// Releases counts leases released (by Release, WithLock, Cancel or
+	// Close); Losses leases lost while held.
+	Releases, Losses int64
+}
+
+// ConnCounts counts a server's open connections by role. The roles are
+// disjoint: their sum is the server's open connections (a Client.Stats
+// query connection, short-lived, is not counted).
+type ConnCounts struct {
+	// Lane: control-lane connections.
+	Lane int
+	// Idle: wait-pool connections waiting to be used.
+	Idle int
+	// InUse: wait-pool connections out of the pool and owning no lease
+	// (a blocking acquire waiting, a queued ticket).
+	InUse int
+	// Pinned: wait-pool connections that own a lease (granted after
+	// waiting, or by a ticket).
+	Pinned int
+	// Listener: signal listener connections.
+	Listener int
+}
+
+// serverObs is what the Client counts per server for Snapshot; the pool
+// and the renewal scheduler count the rest.
+type serverObs struct {
+	waits    atomic.Int64 // acquires waiting on a wait-pool connection now
+	held     atomic.Int64 // leases held now
+	released atomic.Int64
+	lost     atomic.Int64
+	renew    renew.Counters // the scheduler's, for the server's leases
+}
+
+// Snapshot returns the Client's local figures: no network I/O, never
+// fails, cheap enough to call every second (a metrics scraper's pace). It
+// works after Close too, returning the final figures.
+//
+// Use Snapshot for metrics and health checks; Stats adds what each server
+// reports about itself, at the price of a connection and a round trip to
+// every server.
+func (c *Client) Snapshot() Snapshot {
+	s := Snapshot{
+		Servers:          make([]ServerSnapshot, len(c.servers)),
+		Acquired:         c.stats.acquired.Load(),
+		Released:         c.stats.released.Load(),
+		Lost:             c.stats.lost.Load(),
+		SignalsDropped:   c.stats.sigDropped.Load(),
+		SignalGaps:       c.stats.sigGaps.Load(),
+		CallbacksDropped: c.disp.dropped.Load(),
+	}
+	for i, srv := range c.servers {
+		ps := srv.pool.Stats()
+		o := &srv.obs
+		ss := ServerSnapshot{
+			Addr:  srv.addr,
+			Up:    ps.Up,
+			Since: ps.Since,
+			Conns: ConnCounts{
+				Lane:     ps.LaneConns,
+				Idle:     ps.IdleConns,
+				InUse:    max(ps.AcquiredConns-ps.PinnedConns, 0),
+				Pinned:   ps.PinnedConns,
+				Listener: ps.ListenerConns,
+			},
+			Dials:         ps.Dials,
+			DialFailures:  ps.DialFailures,
+			WaitsInFlight: int(max(o.waits.Load(), 0)),
+			LeasesHeld:    int(max(o.held.Load(), 0)),
+			Releases:      o.released.Load(),
+			Losses:        o.lost.Load(),
+
+			RenewalsSent:       o.renew.Sent.Load(),
+			Renewed:            o.renew.Renewed.Load(),
+			RenewalsRefused:    o.renew.Refused.Load(),
+			RenewalsUnanswered: o.renew.Unanswered.Load(),
+		}
+		s.Servers[i] = ss
+	}
+	s.Held = c.sched.Stats().Leases
+	return s
+}
+
+// waitTracker marks an acquire waiting on a wait-pool connection; its end
+// method is deferred by the waiting function.
+type waitTracker struct {
+	srv *server
+}
+
+// waitBegin counts a wait in flight on srv and, for a traced call, notes
+// when it began.
+func (c *Client) waitBegin(ctx context.Context, srv *server) waitTracker {
+	srv.obs.waits.Add(1)
+	if c.opts.tracer != nil {
+		noteWait(ctx)
+	}
+	return waitTracker{srv}
+}
+
+func (o *serverObs) tracked()   { o.held.Add(1) }
+func (o *serverObs) released1() { o.released.Add(1); o.held.Add(-1) }
+func (o *serverObs) lost1()     { o.lost.Add(1); o.held.Add(-1) }
+
+// releasedAtClose counts a lease Close released, by its key's server.
+func (c *Client) releasedAtClose(key string) {
+	if srv, err := c.route(key); err == nil {
+		srv.obs.released1()
+	}
+}
+
+func (w waitTracker) end() { w.srv.obs.waits.Add(-1) }
