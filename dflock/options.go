@@ -153,6 +153,7 @@ type options struct {
 	logger      *slog.Logger
 	hooks       Hooks
 	fencing     bool
+	groupConns  int  // WithGroupConns; 0 = DefaultGroupConns (signal_options.go)
 	noLaneFast  bool // unexported switch: Lock skips the control-lane try (benchmarks)
 }
 
