@@ -132,8 +132,8 @@ func Buffer(n int) ListenOption {
 // All the non-grouped subscriptions of a Client share one listener
 // connection per server; the members of a queue group (pattern, name) get
 // one each per server, up to WithGroupConns, and then share them. These
-// connections are outside the lock pools, kept alive with
-// pings (WithKeepAlive), and re-established with backoff if they break.
+// connections are outside the lock pools, kept alive with pings
+// (WithKeepAlive), and re-established with backoff if they break.
 func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOption) (*Subscription, error) {
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}

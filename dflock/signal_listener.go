@@ -144,12 +144,13 @@ type batchResult struct {
 // to WithGroupConns per (server, pattern, group) for queue groups: the
 // server keys a group by (pattern, name) and picks one member connection
 // per signal, and a push line does not say which subscription it is for, so
-// a group connection serves one group only. Its members are spread over
-// several connections so that the server sees (and buffers for) as many
-// members as it would if they lived in separate processes; the local
-// members sharing one connection take turns. Server-side subscriptions are reference-counted: `listen` when the
-// first local subscription of a pattern appears on a connection, `unlisten`
-// (or closing the connection) when the last one goes.
+// a group connection serves one group only. A group's members are spread
+// over several connections so that the server sees (and buffers for) as
+// many members as it would if they lived in separate processes; members
+// sharing one connection take turns. Server-side subscriptions are
+// reference-counted: `listen` when the first local subscription of a
+// pattern appears on a connection, `unlisten` (or closing the connection)
+// when the last one goes.
 //
 // Lock order: signalHub.mu, then listener.mu, then Subscription.mu. None
 // is held across I/O, user code or a connection's destroy.
