@@ -165,6 +165,7 @@ type options struct {
 	hooks       Hooks
 	tracer      Tracer
 	fencing     bool
+	groupConns  int  // WithGroupConns; 0 = DefaultGroupConns (signal_options.go)
 	noLaneFast  bool // unexported switch: Lock skips the control-lane try (benchmarks)
 }
 

@@ -97,7 +97,10 @@ type listenOptions struct {
 // Group makes the subscription a member of the queue group name: each
 // signal matching the pattern goes to one member of the group rather than
 // to all of them. Groups are keyed by (pattern, name), as on the server.
-// Default: no group (every subscription gets every signal).
+// The server picks members round-robin by connection; a Client gives each
+// member a listener connection of its own up to WithGroupConns, so its
+// members count as many as members in other processes. Default: no group
+// (every subscription gets every signal).
 func Group(name string) ListenOption {
 	return func(o *listenOptions) { o.group = name }
 }
@@ -127,9 +130,10 @@ func Buffer(n int) ListenOption {
 // I/O with an *ArgError naming the argument.
 //
 // All the non-grouped subscriptions of a Client share one listener
-// connection per server; each queue group (pattern, name) has its own per
-// server. These connections are outside the lock pools, kept alive with
-// pings (WithKeepAlive), and re-established with backoff if they break.
+// connection per server; the members of a queue group (pattern, name) get
+// one each per server, up to WithGroupConns, and then share them. These
+// connections are outside the lock pools, kept alive with pings
+// (WithKeepAlive), and re-established with backoff if they break.
 func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOption) (*Subscription, error) {
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}

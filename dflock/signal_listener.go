@@ -140,14 +140,17 @@ type batchResult struct {
 // Connections are keyed by server and queue group: one per server for every
 // non-grouped subscription (the reader matches each push against the local
 // patterns and hands a copy to every matching subscription — the server
-// sends a connection one copy however many of its patterns match), and one
-// per (server, pattern, group) for queue groups: the server keys a group by
-// (pattern, name) and picks one member connection per signal, and a push
-// line does not say which subscription it is for, so each server-side group
-// gets a connection of its own, and the local members sharing it take
-// turns. Server-side subscriptions are reference-counted: `listen` when the
-// first local subscription of a pattern appears on a connection, `unlisten`
-// (or closing the connection) when the last one goes.
+// sends a connection one copy however many of its patterns match), and up
+// to WithGroupConns per (server, pattern, group) for queue groups: the
+// server keys a group by (pattern, name) and picks one member connection
+// per signal, and a push line does not say which subscription it is for, so
+// a group connection serves one group only. A group's members are spread
+// over several connections so that the server sees (and buffers for) as
+// many members as it would if they lived in separate processes; members
+// sharing one connection take turns. Server-side subscriptions are
+// reference-counted: `listen` when the first local subscription of a
+// pattern appears on a connection, `unlisten` (or closing the connection)
+// when the last one goes.
 //
 // Lock order: signalHub.mu, then listener.mu, then Subscription.mu. None
 // is held across I/O, user code or a connection's destroy.
@@ -164,6 +167,7 @@ type listenerKey struct {
 	srv     *server
 	group   string
 	pattern string // queue-group connections only
+	slot    int    // queue-group connections only: which of the group's connections to srv
 }
 
 // attachment is what Listen waits for: the confirmation of its pattern on
@@ -188,22 +192,60 @@ func (h *signalHub) attach(c *Client, s *Subscription, servers []*server) ([]att
 	}
 	waits := make([]attachment, 0, len(servers))
 	for _, srv := range servers {
-		key := listenerKey{srv: srv, group: s.group}
-		if s.group != "" {
-			key.pattern = s.pattern
-		}
-		l := h.listeners[key]
-		if l == nil {
-			l = newListener(c, key)
-			h.listeners[key] = l
-			h.wg.Add(1)
-			go l.run()
+		var l *listener
+		if s.group == "" {
+			l = h.listenerLocked(c, listenerKey{srv: srv})
+		} else {
+			l = h.memberListenerLocked(c, srv, s)
 		}
 		s.attached = append(s.attached, l)
 		waits = append(waits, attachment{l: l, ch: l.add(s)})
 	}
 	h.subs[s] = struct{}{}
 	return waits, nil
+}
+
+// listenerLocked returns the listener of key, starting it if there is
+// none. h.mu held.
+func (h *signalHub) listenerLocked(c *Client, key listenerKey) *listener {
+	l := h.listeners[key]
+	if l == nil {
+		l = newListener(c, key)
+		h.listeners[key] = l
+		h.wg.Add(1)
+		go l.run()
+	}
+	return l
+}
+
+// memberListenerLocked picks the connection of srv that queue-group member
+// s joins on: one of its own while the group has fewer than
+// WithGroupConns connections there, else the one with the fewest members
+// (a connection whose members all left, and that has not retired yet,
+// first of all). Members are not moved afterwards: a connection keeps the
+// members it has until they leave. h.mu held.
+func (h *signalHub) memberListenerLocked(c *Client, srv *server, s *Subscription) *listener {
+	key := listenerKey{srv: srv, group: s.group, pattern: s.pattern}
+	var least *listener
+	leastN, free := 0, -1
+	for slot := range c.opts.groupConnLimit() {
+		key.slot = slot
+		l := h.listeners[key]
+		if l == nil {
+			if free < 0 {
+				free = slot
+			}
+			continue
+		}
+		if n := l.members(); least == nil || n < leastN {
+			least, leastN = l, n
+		}
+	}
+	if least != nil && (leastN == 0 || free < 0) {
+		return least
+	}
+	key.slot = free
+	return h.listenerLocked(c, key)
 }
 
 // detach removes s from its listeners (once).
@@ -514,6 +556,16 @@ func (l *listener) forgetLocked(p *pat) {
 	}
 	delete(l.dirty, p)
 	delete(l.retry, p)
+}
+
+// members returns how many subscriptions a queue-group listener serves.
+func (l *listener) members() int {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if p := l.pats[l.key.pattern]; p != nil {
+		return len(p.subs)
+	}
+	return 0
 }
 
 // onPush returns the push handler of connection lc. It runs on lc's reader

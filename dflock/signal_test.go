@@ -181,7 +181,9 @@ func TestSignalsWildcardAndLiteralPatternsAcrossServers(t *testing.T) {
 func TestSignalsQueueGroupDeliversEachSignalToOneMember(t *testing.T) {
 	t.Parallel()
 	srvs := threeServers(t, testutil.Config{})
-	c1 := newClient(t, addrsOf(srvs...))
+	// c1's members share one connection per server (WithGroupConns(1)):
+	// the server sees one member there, and they take turns on its share.
+	c1 := newClient(t, addrsOf(srvs...), WithGroupConns(1))
 	c2 := newClient(t, addrsOf(srvs...))
 	ctx := testCtx(t)
 
@@ -1268,7 +1270,7 @@ func TestSignalsManySubscriptionsCloseInAnyOrder(t *testing.T) {
 func TestSignalsQueueGroupFullMemberHandsOverAndDropsCountOnTheTurn(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv))
+	c := newClient(t, addrsOf(srv), WithGroupConns(1)) // the members share a connection
 	ctx := testCtx(t)
 	m1, err := c.Listen(ctx, "q", Group("g"), Buffer(1))
 	require.NoError(t, err)

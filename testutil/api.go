@@ -68,6 +68,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// PushBuffer is the per-connection push buffer in lines. Default 64.
 	PushBuffer int
+	// SignalOverflow is what a signal for a listener whose push buffer is
+	// full does. Default OverflowDisconnect (released dflockd v1.11+).
+	SignalOverflow SignalOverflow
 	// Clock is the server's time (see Clock for what it governs); nil is the
 	// real clock. A ManualClock lets a test make leases expire and waits
 	// and read timeouts run out without waiting for them.

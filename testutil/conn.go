@@ -32,7 +32,7 @@ type request struct {
 // and answers requests strictly in order (§8e). Responses are buffered and
 // flushed before the goroutine would block, so a pipelined batch is answered
 // with few writes; pushes from the signal hub go through a separate writer
-// goroutine. Both write under wmu, so lines never interleave.
+// goroutine (signals.go). Both write under wmu, so lines never interleave.
 type conn struct {
 	srv *Server
 	id  uint64
@@ -659,61 +659,6 @@ func (c *conn) signal(channel string, arg []byte) {
 		v.close()
 	}
 	c.replyInt("ok", int64(n))
-}
-
-// ensureWriter starts the push writer before the first subscription.
-func (c *conn) ensureWriter() {
-	if c.pushCh != nil {
-		return
-	}
-	c.pushCh = make(chan []byte, c.srv.cfg.PushBuffer)
-	c.srv.wg.Add(1)
-	go c.pushLoop()
-}
-
-// push enqueues a signal line without blocking; false if the buffer is full.
-// Called by the hub under its lock.
-func (c *conn) push(line []byte) bool {
-	select {
-	case c.pushCh <- line:
-		return true
-	default:
-		return false
-	}
-}
-
-// pushLoop writes queued signal lines. A failed write kills the connection.
-func (c *conn) pushLoop() {
-	defer c.srv.wg.Done()
-	for {
-		select {
-		case <-c.done:
-			return
-		case line := <-c.pushCh:
-			c.wmu.Lock()
-			if c.werr == nil {
-				_, c.werr = c.bw.Write(line)
-			}
-			// Write whatever else is already queued in the same flush.
-			for more := true; more && c.werr == nil; {
-				select {
-				case next := <-c.pushCh:
-					_, c.werr = c.bw.Write(next)
-				default:
-					more = false
-				}
-			}
-			if c.werr == nil {
-				c.werr = c.bw.Flush()
-			}
-			err := c.werr
-			c.wmu.Unlock()
-			if err != nil {
-				c.close()
-				return
-			}
-		}
-	}
 }
 
 // countedConn wraps an accepted socket: it counts Read calls that returned

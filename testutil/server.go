@@ -137,7 +137,7 @@ func Start(cfg Config) (*Server, error) {
 		authToken:    strings.TrimSpace(cfg.AuthToken),
 		defaultLease: lease,
 		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters, cfg.Audit, cfg.Clock),
-		hub:          newSignalHub(cfg.MaxSubscriptions),
+		hub:          newSignalHub(cfg.MaxSubscriptions, cfg.SignalOverflow),
 		conns:        make(map[uint64]*conn),
 		drained:      make(chan struct{}),
 		drainCh:      make(chan struct{}),

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -28,11 +29,40 @@ type queueGroup struct {
 	next    uint64
 }
 
+// SignalOverflow is what the server does with a signal for a listener
+// whose push buffer (Config.PushBuffer) is full.
+type SignalOverflow int
+
+const (
+	// OverflowDisconnect is the released servers' behaviour (dflockd
+	// v1.11+): the signal is dropped and the listener disconnected; for a
+	// queue group whose members are all full, the member whose turn it
+	// was. The listener's client can see the loss (its connection broke).
+	OverflowDisconnect SignalOverflow = iota
+	// OverflowDrop is the behaviour of the signal-capable development
+	// build that issue 11 measured: the signal is dropped for that
+	// listener (or group) and the connection kept. Nothing reaches the
+	// listener; only the publisher's `ok <n>` counts one receiver less.
+	OverflowDrop
+)
+
+func (o SignalOverflow) String() string {
+	switch o {
+	case OverflowDisconnect:
+		return "disconnect"
+	case OverflowDrop:
+		return "drop"
+	}
+	return "SignalOverflow(" + strconv.Itoa(int(o)) + ")"
+}
+
 // signalHub is the v1.16 pub/sub manager (§6.6). Pushes are non-blocking
 // sends onto each connection's bounded push buffer; a listener that cannot
-// keep up is disconnected rather than allowed to stall the publisher.
+// keep up is disconnected (or, with OverflowDrop, misses the signal)
+// rather than allowed to stall the publisher.
 type signalHub struct {
-	maxSubs int // per connection; 0 = unlimited
+	maxSubs  int // per connection; 0 = unlimited
+	overflow SignalOverflow
 
 	mu     sync.Mutex
 	exact  map[string]*subject // patterns without wildcards, by pattern
@@ -40,8 +70,8 @@ type signalHub struct {
 	byConn map[*conn]map[subKey]struct{}
 }
 
-func newSignalHub(maxSubs int) *signalHub {
-	h := &signalHub{maxSubs: maxSubs}
+func newSignalHub(maxSubs int, overflow SignalOverflow) *signalHub {
+	h := &signalHub{maxSubs: maxSubs, overflow: overflow}
 	h.reset()
 	return h
 }
@@ -170,7 +200,7 @@ func (h *signalHub) removeConn(c *conn) {
 
 // signal delivers one message and returns the number of successful
 // enqueues, plus the listeners to disconnect (closed by the caller, outside
-// the hub lock, as v1.15 does). Order: exact non-grouped, exact groups,
+// the hub lock, as v1.15 does; none with OverflowDrop). Order: exact non-grouped, exact groups,
 // wildcard non-grouped, wildcard groups; non-grouped paths give each
 // connection at most one copy.
 func (h *signalHub) signal(channel, payload string) (int, []*conn) {
@@ -183,7 +213,7 @@ func (h *signalHub) signal(channel, payload string) (int, []*conn) {
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	d := delivery{line: line}
+	d := delivery{line: line, keep: h.overflow == OverflowDrop}
 	exact := h.exact[channel]
 	var wild []*subject
 	for _, s := range h.wild {
@@ -207,6 +237,7 @@ func (h *signalHub) signal(channel, payload string) (int, []*conn) {
 // delivery accumulates the outcome of one signal.
 type delivery struct {
 	line    []byte
+	keep    bool // OverflowDrop: a full buffer costs the signal, not the connection
 	n       int
 	seen    []*conn // connections already served through a non-grouped path
 	victims []*conn
@@ -220,7 +251,7 @@ func (d *delivery) plain(cs []*conn) {
 		d.seen = append(d.seen, c)
 		if c.push(d.line) {
 			d.n++
-		} else if !slices.Contains(d.victims, c) {
+		} else if !d.keep && !slices.Contains(d.victims, c) {
 			d.victims = append(d.victims, c)
 		}
 	}
@@ -238,7 +269,7 @@ func (d *delivery) groups(gs []*queueGroup) {
 				break
 			}
 		}
-		if !delivered {
+		if !delivered && !d.keep {
 			if p := g.members[start]; !slices.Contains(d.victims, p) {
 				d.victims = append(d.victims, p)
 			}
@@ -277,4 +308,53 @@ func (h *signalHub) snapshot() []channelInfo {
 		return strings.Compare(a.group, b.group)
 	})
 	return out
+}
+
+// ensureWriter starts the push writer before the first subscription.
+func (c *conn) ensureWriter() {
+	if c.pushCh != nil {
+		return
+	}
+	c.pushCh = make(chan []byte, c.srv.cfg.PushBuffer)
+	c.srv.wg.Add(1)
+	go c.pushLoop()
+}
+
+// push enqueues a signal line without blocking; false if the buffer is full.
+// Called by the hub under its lock.
+func (c *conn) push(line []byte) bool {
+	select {
+	case c.pushCh <- line:
+		return true
+	default:
+		return false
+	}
+}
+
+// pushLoop writes queued signal lines, each with a write call of its own
+// as dflockd does: batching them would let this server keep up with
+// publishers that fill dflockd's push buffers, and hide the losses that a
+// client must be measured against. A failed write kills the connection.
+func (c *conn) pushLoop() {
+	defer c.srv.wg.Done()
+	for {
+		select {
+		case <-c.done:
+			return
+		case line := <-c.pushCh:
+			c.wmu.Lock()
+			if c.werr == nil {
+				_, c.werr = c.bw.Write(line)
+			}
+			if c.werr == nil {
+				c.werr = c.bw.Flush()
+			}
+			err := c.werr
+			c.wmu.Unlock()
+			if err != nil {
+				c.close()
+				return
+			}
+		}
+	}
 }

@@ -104,3 +104,61 @@ func TestSignalsQueueGroupAllFullDisconnectsPrimary(t *testing.T) {
 	}
 	waitFor(t, "a group member disconnected", func() bool { return s.Stats().Connections < 3 })
 }
+
+func TestSignalsOverflowDropKeepsTheSlowListener(t *testing.T) {
+	t.Parallel()
+	// No write timeout: the listener reads nothing until the end, and its
+	// connection must survive the wait whatever the machine's load.
+	s := NewServer(t, Config{PushBuffer: 4, SignalOverflow: OverflowDrop, WriteTimeout: -1})
+	slow := udial(t, s)
+	require.Equal(t, "ok", slow.do("listen", "big", ""))
+	pub := udial(t, s)
+	payload := strings.Repeat("x", maxLargeBytes-5-len("big"))
+	delivered := 0
+	for i := 0; ; i++ {
+		require.Less(t, i, 10000, "push buffer never filled")
+		reply := pub.do("signal", "big", payload)
+		if reply == "ok 0" {
+			break
+		}
+		require.Equal(t, "ok 1", reply)
+		delivered++
+	}
+	assert.Greater(t, delivered, 4)
+	assert.Equal(t, "ok 0", pub.do("signal", "big", payload), "still full")
+	assert.Equal(t, 2, s.Stats().Connections, "the slow listener is kept")
+	assert.Contains(t, s.Stats().SignalChannels, SignalChannelInfo{Pattern: "big", Listeners: 1})
+
+	// Exactly what was counted arrives, and then the listener gets new
+	// signals again: the drops left no trace on its connection.
+	for range delivered {
+		require.Equal(t, "sig big "+payload, slow.line())
+	}
+	for i := 0; ; i++ {
+		require.Less(t, i, 10000, "listener never got a signal again")
+		if pub.do("signal", "big", "after") == "ok 1" {
+			break
+		}
+	}
+	assert.Equal(t, "sig big after", slow.line())
+	slow.expectSilence(50 * time.Millisecond)
+}
+
+func TestSignalsOverflowDropKeepsTheFullGroup(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{PushBuffer: 1, SignalOverflow: OverflowDrop, WriteTimeout: -1})
+	a, b := udial(t, s), udial(t, s)
+	require.Equal(t, "ok", a.do("listen", "g", "grp"))
+	require.Equal(t, "ok", b.do("listen", "g", "grp"))
+	pub := udial(t, s)
+	payload := strings.Repeat("y", maxLargeBytes-5-1)
+	for i := 0; ; i++ {
+		require.Less(t, i, 10000, "group never overflowed")
+		if pub.do("signal", "g", payload) == "ok 0" {
+			break
+		}
+	}
+	assert.Equal(t, "ok 0", pub.do("signal", "g", payload), "still full")
+	assert.Equal(t, 3, s.Stats().Connections, "no member is disconnected")
+	assert.Contains(t, s.Stats().SignalChannels, SignalChannelInfo{Pattern: "g", Group: "grp", Listeners: 2})
+}
