@@ -18,23 +18,29 @@ import (
 )
 
 // BenchmarkLaneLockRelease is an uncontended try-acquire and release (Do(l)
-// then Do(r)) per op, on the lane ("pool") and on the baseline a team would
-// migrate from: one persistent connection per goroutine, writing l, reading
-// its reply, writing r, reading its reply ("persistent"). Both run on the
-// same server in the same run, alternating, so that their ratio survives a
-// loaded machine. p50-µs is the median latency of one op.
+// then Do(r)) per op, at 1 and 8 goroutines, on the lane ("pool"), on the
+// lane with inline writes off ("pool-flusher": every request through the
+// flush goroutine) and on the baseline a team would migrate from: one
+// persistent connection per goroutine, writing l, reading its reply,
+// writing r, reading its reply ("persistent"). All run on the same server
+// in the same run, one after the other, so that their ratios survive a
+// loaded machine better than numbers from separate runs; repeat the run
+// (-count=1, several times) and compare medians. p50-µs is the median
+// latency of one op; cpu-µs/op is the CPU time of the whole test process,
+// the client's alone only with an external server.
 //
 // "scripted" is a tiny server that answers from fixed bytes and allocates
 // nothing per request, so allocs/op there are the client's own; "testutil"
-// is the in-process dflockd. Set DFLOCK_BENCH_ADDR to add a server in
-// another process ("external"); keys are bench-lr-<n>.
+// is the in-process dflockd, writing every reply on its own as dflockd
+// does. DFLOCK_BENCH_ADDR adds a server in another process ("external"),
+// e.g. testutil/cmd/dflockd-test -reply-per-write; keys are bench-lr-<n>.
 func BenchmarkLaneLockRelease(b *testing.B) {
 	servers := []struct {
 		name string
 		addr func(testing.TB) string
 	}{
 		{"scripted", scriptedServer},
-		{"testutil", func(t testing.TB) string { return newServer(t, testutil.Config{}).Addr() }},
+		{"testutil", func(t testing.TB) string { return newServer(t, testutil.Config{ReplyPerWrite: true}).Addr() }},
 	}
 	if addr := os.Getenv("DFLOCK_BENCH_ADDR"); addr != "" {
 		// A server in another process (a dflockd, say): the client's
