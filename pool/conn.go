@@ -157,8 +157,10 @@ func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wi
 // an error if the connection breaks). Requests refused by the framing check
 // are not sent: done reports their error synchronously, before sendBatch
 // returns and before the replies to the others; so does every request if
-// the connection is already broken. It never blocks on the network: the
-// write happens on the flush goroutine.
+// the connection is already broken. It never blocks on the network: it
+// writes on the caller's goroutine only into an empty send buffer
+// (writeInlineLocked), and otherwise leaves the write to the flush
+// goroutine.
 func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	bad := false
 	for i := range reqs {
@@ -178,6 +180,7 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 		}
 		return
 	}
+	idle := c.idleLocked()
 	n := 0
 	for i := range reqs {
 		req := &reqs[i]
@@ -200,8 +203,13 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 	// The renewal scheduler calls sendBatch from its one goroutine for every
 	// owner in turn: it must never block on a socket whose send buffer is
 	// full (a blackholed server), or every other lease's renewal would wait
-	// behind it. startFlushLocked writes on the flush goroutine; c.err == nil
-	// under c.mu, so the reader is still running and counted in p.io.
+	// behind it. writeInlineLocked writes only into an empty send buffer;
+	// startFlushLocked writes on the flush goroutine (c.err == nil under
+	// c.mu, so the reader is still running and counted in p.io).
+	if idle {
+		c.writeInlineLocked()
+		return
+	}
 	c.startFlushLocked()
 }
 
@@ -250,9 +258,7 @@ func (c *conn) send(req *wire.Request, cl *call) error {
 		c.mu.Unlock()
 		return err
 	}
-	// Checked before enqueueing: the connection is idle if nothing but this
-	// request will be unanswered.
-	idle := c.inline && c.q.n == 0 && !c.flushing
+	idle := c.idleLocked()
 	c.enqueueLocked(req, cl)
 	if idle {
 		c.writeInlineLocked()
@@ -262,6 +268,13 @@ func (c *conn) send(req *wire.Request, cl *call) error {
 	// p.io, so the flush goroutine may be counted too.
 	c.startFlushLocked()
 	return nil
+}
+
+// idleLocked reports whether the next sender may write inline: a kernel
+// socket with no write in progress and every request written so far
+// answered. It is checked before the sender enqueues.
+func (c *conn) idleLocked() bool {
+	return c.inline && c.q.n == 0 && !c.flushing
 }
 
 // maxInlineWrite bounds what a caller writes on its own goroutine: far below
@@ -318,9 +331,13 @@ func (c *conn) writeInlineLocked() {
 	c.mu.Lock()
 	c.spare = b[:0] // at most maxInlineWrite bytes: always kept
 	if err != nil {
+		// The failed write broke the wire.Conn, which interrupts the
+		// reader's read at once; the reader fails the connection (and
+		// this call, which is queued) with the write's error. Failing it
+		// here would run the pool's OnConnBroken on the sender, which
+		// may be the renewal scheduler.
 		c.flushing = false
 		c.mu.Unlock()
-		c.fail(err) // fails this caller's call too: it is queued
 		return
 	}
 	c.lastActive = now

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,9 +39,10 @@ func queued(c *conn) int {
 	return c.q.n
 }
 
-// A lone caller on a TCP connection writes its own request; on a net.Conn
-// that is not a kernel socket (here a wrapper, as a user's Dial may return)
-// it never does, since nothing then proves that the write cannot block.
+// A lone sender on a TCP connection (Do, or SendBatch as releases and
+// renewals use it) writes its own request; on a net.Conn that is not a
+// kernel socket (here a wrapper, as a user's Dial may return) it never does,
+// since nothing then proves that the write cannot block.
 func TestInlineWriteOnlyOnIdleKernelSockets(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
@@ -49,12 +51,12 @@ func TestInlineWriteOnlyOnIdleKernelSockets(t *testing.T) {
 		dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 		inline int64
 	}{
-		{"tcp", nil, 10},
+		{"tcp", nil, 11},
 		{"wrapped", (&stallDialer{}).dial, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPool(t, Config{Addr: srv.Addr(), Dial: tc.dial, LaneConns: 1})
-			_, c := laneOf(t, p)
+			lane, c := laneOf(t, p)
 			var inline atomic.Int64
 			setHook(c, func() { inline.Add(1) })
 			writes := p.Stats().Writes
@@ -63,8 +65,14 @@ func TestInlineWriteOnlyOnIdleKernelSockets(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, wire.StatusOK, r.Status)
 			}
+			done := make(chan error, 2)
+			lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}, {Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) {
+				done <- err
+			})
+			require.NoError(t, <-done)
+			require.NoError(t, <-done)
 			assert.Equal(t, tc.inline, inline.Load())
-			assert.EqualValues(t, 10, p.Stats().Writes-writes)
+			assert.EqualValues(t, 11, p.Stats().Writes-writes)
 		})
 	}
 }
@@ -156,6 +164,50 @@ func TestInlineWriterFailsWithTheBreak(t *testing.T) {
 	assert.Zero(t, holder(srv, "inline-break"))
 
 	r, _, err := p.Do(ctxWait(t), lockReq("inline-break"))
+	require.NoError(t, err, "a new lane connection serves")
+	assert.Equal(t, wire.StatusOK, r.Status)
+}
+
+// A write that fails on the caller's goroutine fails the caller with the
+// write's error, reported by the reader (the failed write interrupts its
+// read), not by the caller: Config.OnConnBroken must not run on a sender,
+// which may be the renewal scheduler. The lane recovers.
+func TestInlineWriteFailureFailsTheCaller(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	returned := make(chan struct{})
+	hook := func(o Owner, err error) {
+		<-returned // blocks the caller forever if it runs on the caller
+		rec.hook(o, err)
+	}
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: hook})
+	lane, c := laneOf(t, p)
+	// Shutting down the sending side makes the write fail (EPIPE) and
+	// leaves the reader blocked in its read until the write's failure
+	// interrupts it.
+	setHook(c, func() { _ = c.wc.NetConn().(*net.TCPConn).CloseWrite() })
+
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := p.Do(ctxWait(t), lockReq("inline-write-fails"))
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+		close(returned)
+	case <-time.After(wait):
+		close(returned)
+		t.Fatal("OnConnBroken ran on the caller")
+	}
+	require.ErrorIs(t, err, wire.ErrConnBroken)
+	require.ErrorIs(t, err, syscall.EPIPE, "the write's own error")
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+	assert.ErrorIs(t, ev.err, syscall.EPIPE)
+
+	r, _, err := p.Do(ctxWait(t), lockReq("inline-write-fails"))
 	require.NoError(t, err, "a new lane connection serves")
 	assert.Equal(t, wire.StatusOK, r.Status)
 }
