@@ -33,9 +33,9 @@ import (
 // for its context, so a caller whose request is stuck in a write to a server
 // that stopped reading returns when its context ends. The write itself goes
 // on and breaks the connection only if writeTimeout passes (the connection is
-// then genuinely stalled). The one exception proves it cannot block: a caller
-// of do on an idle kernel socket writes its own request (writeInlineLocked),
-// sparing the flush goroutine's start and yield.
+// then genuinely stalled). The one exception proves it cannot block: a
+// sender (do, sendBatch) on an idle kernel socket writes its own requests
+// (writeInlineLocked), sparing the flush goroutine's start and yield.
 //
 // Replies are matched by one reader goroutine against a FIFO ring of
 // pending calls; call objects are recycled (sync.Pool), so a round trip
