@@ -2,8 +2,10 @@ package pool
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -27,11 +29,13 @@ import (
 // first), swaps the buffer out and writes it outside the lock (bounded by
 // Config.writeTimeout), looping while other senders appended more in the
 // meantime, and exits. Concurrent senders therefore coalesce into one write.
-// No caller ever writes on its own goroutine: it waits for its reply or for
-// its context, so a caller whose request is stuck in a write to a server that
-// stopped reading returns when its context ends. The write itself goes on and
-// breaks the connection only if writeTimeout passes (the connection is then
-// genuinely stalled).
+// A caller never waits for a write that may block: it waits for its reply or
+// for its context, so a caller whose request is stuck in a write to a server
+// that stopped reading returns when its context ends. The write itself goes
+// on and breaks the connection only if writeTimeout passes (the connection is
+// then genuinely stalled). The one exception proves it cannot block: a
+// sender (do, sendBatch) on an idle kernel socket writes its own requests
+// (writeInlineLocked), sparing the flush goroutine's start and yield.
 //
 // Replies are matched by one reader goroutine against a FIFO ring of
 // pending calls; call objects are recycled (sync.Pool), so a round trip
@@ -55,6 +59,12 @@ type conn struct {
 	retired atomic.Bool
 
 	flushFn func() // c.flush, bound once so that starting it allocates nothing
+	// inline: a caller may write its request itself when the connection is
+	// idle (see writeInlineLocked); set for kernel sockets only.
+	inline bool
+	// beforeInlineWrite, if set (tests only, under mu), runs on the caller
+	// that is about to write inline, before it takes the buffer.
+	beforeInlineWrite func()
 
 	mu         sync.Mutex
 	buf        []byte // encoded requests not yet taken by a flusher
@@ -77,10 +87,23 @@ type conn struct {
 // newConn wraps a handshaken connection; the caller sets its hooks and
 // registers it.
 func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
-	c := &conn{p: p, wc: wc, lastActive: p.now()}
+	c := &conn{p: p, wc: wc, lastActive: p.now(), inline: kernelSocket(wc.NetConn())}
 	c.flushFn = c.flush
 	c.ping.Store(ping)
 	return c
+}
+
+// kernelSocket reports whether nc (under TLS, its transport) is a socket of
+// the kernel's, whose write into an empty send buffer returns at once.
+func kernelSocket(nc net.Conn) bool {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	switch nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	}
+	return false
 }
 
 const (
@@ -134,8 +157,10 @@ func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wi
 // an error if the connection breaks). Requests refused by the framing check
 // are not sent: done reports their error synchronously, before sendBatch
 // returns and before the replies to the others; so does every request if
-// the connection is already broken. It never blocks on the network: the
-// write happens on the flush goroutine.
+// the connection is already broken. It never blocks on the network: it
+// writes on the caller's goroutine only into an empty send buffer
+// (writeInlineLocked), and otherwise leaves the write to the flush
+// goroutine.
 func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	bad := false
 	for i := range reqs {
@@ -155,6 +180,7 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 		}
 		return
 	}
+	idle := c.idleLocked()
 	n := 0
 	for i := range reqs {
 		req := &reqs[i]
@@ -177,8 +203,13 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 	// The renewal scheduler calls sendBatch from its one goroutine for every
 	// owner in turn: it must never block on a socket whose send buffer is
 	// full (a blackholed server), or every other lease's renewal would wait
-	// behind it. startFlushLocked writes on the flush goroutine; c.err == nil
-	// under c.mu, so the reader is still running and counted in p.io.
+	// behind it. writeInlineLocked writes only into an empty send buffer;
+	// startFlushLocked writes on the flush goroutine (c.err == nil under
+	// c.mu, so the reader is still running and counted in p.io).
+	if idle {
+		c.writeInlineLocked()
+		return
+	}
 	c.startFlushLocked()
 }
 
@@ -227,11 +258,100 @@ func (c *conn) send(req *wire.Request, cl *call) error {
 		c.mu.Unlock()
 		return err
 	}
+	idle := c.idleLocked()
 	c.enqueueLocked(req, cl)
+	if idle {
+		c.writeInlineLocked()
+		return nil
+	}
 	// c.err == nil under c.mu: the reader is still running and counted in
-	// p.conns, so the flush goroutine may be counted too.
+	// p.io, so the flush goroutine may be counted too.
 	c.startFlushLocked()
 	return nil
+}
+
+// idleLocked reports whether the next sender may write inline: a kernel
+// socket with no write in progress and every request written so far
+// answered. It is checked before the sender enqueues.
+func (c *conn) idleLocked() bool {
+	return c.inline && c.q.n == 0 && !c.flushing
+}
+
+// maxInlineWrite bounds what a caller writes on its own goroutine: far below
+// the smallest send buffer a kernel socket has (Linux: 4608 bytes), so that
+// an empty send buffer takes it whole. Lane requests are at most 3·257
+// bytes.
+const maxInlineWrite = 2048
+
+// writeInlineLocked writes the buffer on the caller's goroutine, sparing the
+// two goroutine switches of a flush (start, yield) on an idle connection. It
+// is called with c.mu held, c.err == nil, no flush in progress and every
+// earlier request answered, and returns with c.mu released.
+//
+// Why this cannot hold the caller past its context, although a write may
+// block: every byte written before was answered, so the server (and any
+// proxy on the way) has read it, and the acknowledgement of it arrived with
+// the reply, before the reply was read. The socket's send buffer is
+// therefore empty and takes a write of maxInlineWrite bytes without waiting.
+// That argument needs a kernel socket, whence c.inline; any other net.Conn
+// (a user's wrapper may throttle) always goes through the flush goroutine.
+//
+// The caller is the writer for the time of the write (c.flushing), so
+// concurrent senders append to c.buf meanwhile and are written together by
+// the flush goroutine afterwards, without a write of their own each; they
+// could not write inline anyway, since this request is unanswered.
+func (c *conn) writeInlineLocked() {
+	c.flushing = true
+	hook := c.beforeInlineWrite
+	c.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	// As the flush goroutine does: senders runnable now append to this
+	// write rather than queue behind it for a write of their own.
+	runtime.Gosched()
+	c.mu.Lock()
+	if c.err != nil {
+		c.flushing = false
+		c.mu.Unlock()
+		return // fail delivered the error to every queued call
+	}
+	if len(c.buf) > maxInlineWrite {
+		// Too much to be sure the send buffer takes it at once.
+		c.p.io.Add(1)
+		c.mu.Unlock()
+		go c.flushFn()
+		return
+	}
+	b := c.buf
+	c.buf = c.spare[:0]
+	c.spare = nil
+	c.mu.Unlock()
+	now, err := c.write(b)
+	c.mu.Lock()
+	c.spare = b[:0] // at most maxInlineWrite bytes: always kept
+	if err != nil {
+		// The failed write broke the wire.Conn, which interrupts the
+		// reader's read at once; the reader fails the connection (and
+		// this call, which is queued) with the write's error. Failing it
+		// here would run the pool's OnConnBroken on the sender, which
+		// may be the renewal scheduler.
+		c.flushing = false
+		c.mu.Unlock()
+		return
+	}
+	c.lastActive = now
+	if len(c.buf) > 0 && c.err == nil {
+		// Senders joined during the write: the flush goroutine takes
+		// over (c.flushing stays set). c.err == nil under c.mu, so the
+		// reader is still counted in p.io.
+		c.p.io.Add(1)
+		c.mu.Unlock()
+		go c.flushFn()
+		return
+	}
+	c.flushing = false
+	c.mu.Unlock()
 }
 
 // enqueueLocked encodes req (checked by framed) into the write buffer and

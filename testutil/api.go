@@ -71,6 +71,13 @@ type Config struct {
 	// SignalOverflow is what a signal for a listener whose push buffer is
 	// full does. Default OverflowDisconnect (released dflockd v1.11+).
 	SignalOverflow SignalOverflow
+	// ReplyPerWrite writes every reply with a write call of its own, as
+	// dflockd does (signal pushes always leave one per write), instead of buffering the answers to
+	// a pipelined batch and writing them together. A client then receives
+	// the replies to a batch one by one and wakes its callers one at a
+	// time; benchmarks that should predict behaviour against a real server
+	// set it. The default (false) favours fast tests.
+	ReplyPerWrite bool
 	// Clock is the server's time (see Clock for what it governs); nil is the
 	// real clock. A ManualClock lets a test make leases expire and waits
 	// and read timeouts run out without waiting for them.
