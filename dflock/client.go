@@ -116,7 +116,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive})
+	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, OnBatch: c.onRenewalBatch})
 	for _, a := range addrs {
 		p, err := pool.New(pool.Config{
 			Addr:            a,
@@ -131,6 +131,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			MaxConnIdleTime: o.maxIdleTime,
 			Logger:          log.With("server", a),
 			OnConnBroken:    func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
+			OnDial:          func(role string, d time.Duration, err error) { c.onDial(a, role, d, err) },
 		})
 		if err != nil {
 			for _, s := range c.servers {
@@ -309,6 +310,7 @@ func (c *Client) releaseAll(held []*renew.Lease) {
 	groups := make(map[renew.Owner][]wire.Request)
 	for _, l := range held {
 		groups[l.Owner()] = append(groups[l.Owner()], wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
+		c.releasedAtClose(l.Key())
 	}
 	done := make(chan struct{}, len(groups))
 	var failed atomic.Int64

@@ -88,6 +88,13 @@ func (h *held) release(ctx context.Context) error {
 	if ctx == nil {
 		return &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
+	if t := h.c.opts.tracer; t != nil {
+		return h.tracedRelease(ctx, t)
+	}
+	return h.releaseOnce(ctx)
+}
+
+func (h *held) releaseOnce(ctx context.Context) error {
 	h.relMu.Lock()
 	defer h.relMu.Unlock()
 	if !h.relDone {
@@ -150,6 +157,7 @@ type releaseReply struct {
 
 func (h *held) finishRelease(rr releaseReply) error {
 	h.c.stats.released.Add(1)
+	h.srv.obs.released1()
 	ok := rr.err == nil && rr.r.Status == wire.StatusOK
 	if h.pinned != nil {
 		h.returnConn(!ok)
@@ -209,6 +217,7 @@ func (h *held) returnConn(destroy bool) {
 func (h *held) onLost(lease *renew.Lease, err error) {
 	c := h.c
 	c.stats.lost.Add(1)
+	h.srv.obs.lost1()
 	h.returnConn(true)
 	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
 	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
@@ -249,6 +258,7 @@ func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wi
 	}
 	// Everything onLost reads is written above: Track's lock orders it
 	// before the notifier's call.
+	srv.obs.tracked() // before Track: onLost may run before it returns
 	h.lease = c.sched.Track(renew.Spec{
 		Key:       req.Key,
 		Token:     r.Token,
@@ -257,6 +267,7 @@ func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wi
 		Owner:     owner,
 		Sent:      sent,
 		OnLost:    h.onLost,
+		Counters:  &srv.obs.renew,
 	})
 	c.stats.acquired.Add(1)
 	if h.lease.Err() != nil {

@@ -97,14 +97,14 @@ func newLock(h *held, err error) (*Lock, error) {
 // up is noticed only when the chunk ends (a closed connection is noticed at
 // once, a dead host by TCP keepalive): prefer a deadline.
 func (c *Client) Lock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	return newLock(c.acquire(ctx, "lock", key, 0, false, opts))
+	return newLock(c.tracedAcquire(ctx, "lock", key, 0, false, opts))
 }
 
 // TryLock acquires the lock key if it is free and fails at once with
 // ErrNotAcquired if it is held. It never waits for the lock (ctx bounds the
 // round trip).
 func (c *Client) TryLock(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	return newLock(c.acquire(ctx, "trylock", key, 0, true, opts))
+	return newLock(c.tracedAcquire(ctx, "trylock", key, 0, true, opts))
 }
 
 // WithLock runs fn while holding the lock key (acquired as by Lock) and
@@ -115,6 +115,9 @@ func (c *Client) TryLock(ctx context.Context, key string, opts ...AcquireOption)
 func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.Context) error, opts ...AcquireOption) error {
 	if fn == nil {
 		return &ArgError{Arg: "fn", Reason: "must not be nil"}
+	}
+	if t := c.opts.tracer; t != nil && ctx != nil {
+		return c.tracedWith(ctx, t, key, 0, fn, opts)
 	}
 	l, err := c.Lock(ctx, key, opts...)
 	if err != nil {
@@ -208,6 +211,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		}
 		return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 	}
+	defer c.waitBegin(ctx, srv).end()
 	conn, err := srv.pool.Acquire(opCtx)
 	if err != nil {
 		return fail(err)

@@ -81,7 +81,7 @@ func (c *Client) Semaphore(ctx context.Context, key string, limit int, opts ...A
 	if err := checkLimit(limit); err != nil {
 		return nil, err
 	}
-	return newSemaphore(c.acquire(ctx, "semaphore", key, int64(limit), false, opts))
+	return newSemaphore(c.tracedAcquire(ctx, "semaphore", key, int64(limit), false, opts))
 }
 
 // TrySemaphore acquires a slot of the semaphore key if one is free and
@@ -90,7 +90,7 @@ func (c *Client) TrySemaphore(ctx context.Context, key string, limit int, opts .
 	if err := checkLimit(limit); err != nil {
 		return nil, err
 	}
-	return newSemaphore(c.acquire(ctx, "trysemaphore", key, int64(limit), true, opts))
+	return newSemaphore(c.tracedAcquire(ctx, "trysemaphore", key, int64(limit), true, opts))
 }
 
 // WithSemaphore runs fn while holding a slot of the semaphore key, like
@@ -98,6 +98,9 @@ func (c *Client) TrySemaphore(ctx context.Context, key string, limit int, opts .
 func (c *Client) WithSemaphore(ctx context.Context, key string, limit int, fn func(ctx context.Context) error, opts ...AcquireOption) error {
 	if fn == nil {
 		return &ArgError{Arg: "fn", Reason: "must not be nil"}
+	}
+	if t := c.opts.tracer; t != nil && ctx != nil && limit >= 1 {
+		return c.tracedWith(ctx, t, key, limit, fn, opts)
 	}
 	s, err := c.Semaphore(ctx, key, limit, opts...)
 	if err != nil {

@@ -456,6 +456,7 @@ func (s *Subscription) drop() (first bool) {
 	first = !s.slow && !s.closed
 	s.slow = true
 	s.mu.Unlock()
+	s.c.noteSignalDrop(s, first)
 	return first
 }
 

@@ -642,6 +642,7 @@ func (l *listener) onBroken(lc *lconn) func(error) {
 		g := &GapError{Server: l.srv.addr, Err: err}
 		for _, s := range gapped {
 			s.gap(g)
+			l.c.noteSignalGap(s, g)
 		}
 		l.poke()
 	}

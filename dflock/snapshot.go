@@ -1,8 +1,11 @@
 package dflock
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/dflock-sdk/go/renew"
 )
 
 // Snapshot is the Client's local view of itself, from Client.Snapshot:
@@ -78,6 +81,7 @@ type serverObs struct {
 	held     atomic.Int64 // leases held now
 	released atomic.Int64
 	lost     atomic.Int64
+	renew    renew.Counters // the scheduler's, for the server's leases
 }
 
 // Snapshot returns the Client's local figures: no network I/O, never
@@ -117,6 +121,11 @@ func (c *Client) Snapshot() Snapshot {
 			LeasesHeld:    int(max(o.held.Load(), 0)),
 			Releases:      o.released.Load(),
 			Losses:        o.lost.Load(),
+
+			RenewalsSent:       o.renew.Sent.Load(),
+			Renewed:            o.renew.Renewed.Load(),
+			RenewalsRefused:    o.renew.Refused.Load(),
+			RenewalsUnanswered: o.renew.Unanswered.Load(),
 		}
 		s.Servers[i] = ss
 	}
@@ -130,10 +139,25 @@ type waitTracker struct {
 	srv *server
 }
 
-// waitBegin counts a wait in flight on srv.
-func (c *Client) waitBegin(srv *server) waitTracker {
+// waitBegin counts a wait in flight on srv and, for a traced call, notes
+// when it began.
+func (c *Client) waitBegin(ctx context.Context, srv *server) waitTracker {
 	srv.obs.waits.Add(1)
+	if c.opts.tracer != nil {
+		noteWait(ctx)
+	}
 	return waitTracker{srv}
+}
+
+func (o *serverObs) tracked()   { o.held.Add(1) }
+func (o *serverObs) released1() { o.released.Add(1); o.held.Add(-1) }
+func (o *serverObs) lost1()     { o.lost.Add(1); o.held.Add(-1) }
+
+// releasedAtClose counts a lease Close released, by its key's server.
+func (c *Client) releasedAtClose(key string) {
+	if srv, err := c.route(key); err == nil {
+		srv.obs.released1()
+	}
 }
 
 func (w waitTracker) end() { w.srv.obs.waits.Add(-1) }

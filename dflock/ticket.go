@@ -60,7 +60,7 @@ const (
 // true and the lease is held (and renewed) from now on, so Wait or Cancel
 // the ticket promptly. LeaseTTL applies; AcquireTimeout belongs to Wait.
 func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
-	t, err := c.enqueue(ctx, "enqueue", key, 0, opts)
+	t, err := c.tracedEnqueue(ctx, "enqueue", key, 0, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func (c *Client) EnqueueSemaphore(ctx context.Context, key string, limit int, op
 	if err := checkLimit(limit); err != nil {
 		return nil, err
 	}
-	t, err := c.enqueue(ctx, "enqueue semaphore", key, int64(limit), opts)
+	t, err := c.tracedEnqueue(ctx, "enqueue semaphore", key, int64(limit), opts)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +158,7 @@ func (t *Ticket) Acquired() bool { return t.t.acquired }
 // server-side wait (a day), because the server consumes the place when its
 // wait times out.
 func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error) {
-	return newLock(t.t.await(ctx, opts))
+	return newLock(t.t.tracedAwait(ctx, opts))
 }
 
 // Cancel gives up the ticket: a queued ticket leaves the queue (its
@@ -183,7 +183,7 @@ func (t *SemaphoreTicket) Acquired() bool { return t.t.acquired }
 
 // Wait waits for a slot and returns it, as Ticket.Wait does for a lock.
 func (t *SemaphoreTicket) Wait(ctx context.Context, opts ...AcquireOption) (*Semaphore, error) {
-	return newSemaphore(t.t.await(ctx, opts))
+	return newSemaphore(t.t.tracedAwait(ctx, opts))
 }
 
 // Cancel gives up the ticket, as Ticket.Cancel does; a slot granted at
@@ -270,6 +270,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		}
 		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: err}
 	}
+	defer c.waitBegin(ctx, t.srv).end()
 	wcmd, ecmd := wire.CmdWait, wire.CmdEnqueue
 	if t.limit > 0 {
 		wcmd, ecmd = wire.CmdSemWait, wire.CmdSemEnqueue

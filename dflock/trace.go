@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/dflock-sdk/go/renew"
 )
 
 // Tracer observes a Client's operations as start/end pairs on the CALLER's
@@ -229,4 +231,194 @@ func outcomeOf(err error) AcquireOutcome {
 		return Refused
 	}
 	return Failed
+}
+
+// acquireTrace is what a traced acquire learns on its way: when it began
+// to wait in the wait pool. It travels in the operation's context, which
+// only a traced call carries it in.
+type acquireTrace struct {
+	waitStart time.Time
+}
+
+type traceKey struct{}
+
+// noteWait records, for a traced call, that the wait in the wait pool
+// begins now.
+func noteWait(ctx context.Context) {
+	if tr, _ := ctx.Value(traceKey{}).(*acquireTrace); tr != nil && tr.waitStart.IsZero() {
+		tr.waitStart = time.Now()
+	}
+}
+
+func (c *Client) acquireInfo(op, key string, limit int64) AcquireInfo {
+	return AcquireInfo{Op: op, Key: key, Server: c.ServerFor(key), Semaphore: limit > 0, Limit: int(limit)}
+}
+
+// traced runs acquire — one of the Client's acquires, given the
+// operation's context — between the Tracer's AcquireStart and AcquireEnd.
+// End is deferred so that the pair stays balanced whatever happens inside.
+func (c *Client) traced(ctx context.Context, t Tracer, info AcquireInfo, acquire func(ctx context.Context) (*held, error)) (h *held, res AcquireResult, err error) {
+	start := time.Now()
+	tr := &acquireTrace{}
+	ctx = t.AcquireStart(ctx, info)
+	defer func() {
+		res = acquireResult(start, tr, h, err)
+		t.AcquireEnd(ctx, info, res)
+	}()
+	h, err = acquire(context.WithValue(ctx, traceKey{}, tr))
+	return h, res, err
+}
+
+func acquireResult(start time.Time, tr *acquireTrace, h *held, err error) AcquireResult {
+	end := time.Now()
+	res := AcquireResult{Outcome: outcomeOf(err), Duration: end.Sub(start), Err: err}
+	if !tr.waitStart.IsZero() {
+		res.Path, res.Waited = PathWaitPool, end.Sub(tr.waitStart)
+	}
+	if h != nil {
+		res.Lease = h.info()
+		if h.pinned == nil {
+			res.Path = PathLane
+		} else {
+			res.Path = PathWaitPool
+		}
+	}
+	return res
+}
+
+// tracedAcquire is acquire (Lock, TryLock, Semaphore, TrySemaphore) under
+// the Tracer, if there is one.
+func (c *Client) tracedAcquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*held, error) {
+	t := c.opts.tracer
+	if t == nil || ctx == nil {
+		return c.acquire(ctx, op, key, limit, try, opts)
+	}
+	h, _, err := c.traced(ctx, t, c.acquireInfo(op, key, limit), func(ctx context.Context) (*held, error) {
+		return c.acquire(ctx, op, key, limit, try, opts)
+	})
+	return h, err
+}
+
+// tracedAwait is Ticket.Wait under the Tracer, if there is one.
+func (t *ticket) tracedAwait(ctx context.Context, opts []AcquireOption) (*held, error) {
+	tc := t.c.opts.tracer
+	if tc == nil || ctx == nil {
+		return t.await(ctx, opts)
+	}
+	info := AcquireInfo{Op: "wait", Key: t.key, Server: t.srv.addr, Semaphore: t.limit > 0, Limit: int(t.limit)}
+	h, _, err := t.c.traced(ctx, tc, info, func(ctx context.Context) (*held, error) { return t.await(ctx, opts) })
+	return h, err
+}
+
+// tracedEnqueue is enqueue under the Tracer, if there is one. A queued
+// ticket counts as Granted (it holds its place); Lease is set only when
+// the key was granted at once.
+func (c *Client) tracedEnqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (*ticket, error) {
+	tc := c.opts.tracer
+	if tc == nil || ctx == nil {
+		return c.enqueue(ctx, op, key, limit, opts)
+	}
+	var tk *ticket
+	_, _, err := c.traced(ctx, tc, c.acquireInfo("enqueue", key, limit), func(ctx context.Context) (*held, error) {
+		var err error
+		tk, err = c.enqueue(ctx, op, key, limit, opts)
+		if err != nil || !tk.acquired {
+			return nil, err
+		}
+		return tk.grant, nil
+	})
+	return tk, err
+}
+
+// errFnPanicked is the AcquireResult.Err of a WithLock or WithSemaphore
+// whose fn panicked (the panic itself goes on to the caller).
+var errFnPanicked = errors.New("dflock: fn panicked")
+
+// tracedWith is WithLock (limit 0) or WithSemaphore under the Tracer t:
+// one pair around the whole call, and the acquire and release inside it
+// traced under the context of that pair.
+func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int, fn func(ctx context.Context) error, opts []AcquireOption) (err error) {
+	op, inner := "withlock", "lock"
+	if limit > 0 {
+		op, inner = "withsemaphore", "semaphore"
+	}
+	info := c.acquireInfo(op, key, int64(limit))
+	start := time.Now()
+	ctx = t.AcquireStart(ctx, info)
+	var h *held
+	var acq AcquireResult
+	returned := false
+	defer func() {
+		res := AcquireResult{Outcome: acq.Outcome, Path: acq.Path, Waited: acq.Waited, Duration: time.Since(start), Lease: acq.Lease, Err: err}
+		if !returned {
+			res.Err = errFnPanicked
+		}
+		t.AcquireEnd(ctx, info, res)
+	}()
+	h, acq, err = c.traced(ctx, t, c.acquireInfo(inner, key, int64(limit)), func(ctx context.Context) (*held, error) {
+		return c.acquire(ctx, inner, key, int64(limit), false, opts)
+	})
+	if err != nil {
+		returned = true
+		return err
+	}
+	err = runHeld(ctx, h, fn)
+	returned = true
+	return err
+}
+
+// tracedRelease is h.release between the Tracer's ReleaseStart and
+// ReleaseEnd.
+func (h *held) tracedRelease(ctx context.Context, t Tracer) (err error) {
+	info := h.info()
+	ctx = t.ReleaseStart(ctx, info)
+	defer func() { t.ReleaseEnd(ctx, info, err) }()
+	return h.releaseOnce(ctx)
+}
+
+// info describes the lease for hooks and the Tracer.
+func (h *held) info() LeaseInfo {
+	return LeaseInfo{Key: h.key(), Token: h.token(), Server: h.srv.addr, Semaphore: h.limit > 0, TTL: h.lease.TTL()}
+}
+
+// onDial is pool.Config.OnDial of server addr.
+func (c *Client) onDial(addr, role string, d time.Duration, err error) {
+	if hook := c.opts.hooks.OnDial; hook != nil {
+		c.disp.do(func() { hook(DialInfo{Server: addr, Role: role, Duration: d, Err: err}) })
+	}
+}
+
+// noteSignalDrop counts a signal dropped by s's full buffer; the hook
+// hears of the first drop of an episode only (see Hooks.OnSignalDropped),
+// so that a flood of drops cannot crowd the callback queue.
+func (c *Client) noteSignalDrop(s *Subscription, first bool) {
+	c.stats.sigDropped.Add(1)
+	if hook := c.opts.hooks.OnSignalDropped; hook != nil && first {
+		c.disp.do(func() { hook(SignalDropInfo{Pattern: s.pattern, Group: s.group, Dropped: s.Dropped()}) })
+	}
+}
+
+// noteSignalGap counts a gap reported to s.
+func (c *Client) noteSignalGap(s *Subscription, g *GapError) {
+	c.stats.sigGaps.Add(1)
+	if hook := c.opts.hooks.OnSignalGap; hook != nil {
+		c.disp.do(func() { hook(SignalGapInfo{Pattern: s.pattern, Group: s.group, Server: g.Server, Err: g}) })
+	}
+}
+
+// onRenewalBatch is renew.Config.OnBatch. It runs on a connection reader or
+// the scheduler goroutine: it only queues the hook.
+func (c *Client) onRenewalBatch(b renew.BatchInfo) {
+	hook := c.opts.hooks.OnRenewalBatch
+	if hook == nil {
+		return
+	}
+	info := RenewalBatchInfo{Size: b.Size, Renewed: b.Renewed, Refused: b.Refused, Latency: b.Latency, Err: b.Err}
+	for _, s := range c.servers {
+		if &s.obs.renew == b.Counters {
+			info.Server = s.addr
+			break
+		}
+	}
+	c.disp.do(func() { hook(info) })
 }
