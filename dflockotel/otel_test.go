@@ -362,3 +362,62 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	_, err = New(WithAttributes(attribute.KeyValue{}))
 	require.ErrorIs(t, err, dflock.ErrInvalidArgument)
 }
+
+func TestADownServerFailsTheSpanAndCountsTheDialFailure(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	ctx := testCtx(t)
+	srv := serverKVs(t, h.srv.Addr())
+	require.NoError(t, h.srv.Stop())
+
+	_, err := h.c.Lock(ctx, "k")
+	require.Error(t, err)
+
+	locks := h.spansNamed("dflock.Lock")
+	require.Len(t, locks, 1)
+	assert.True(t, has(spanAttrs(locks[0]), keyOutcome.String("failed")), "attributes: %v", locks[0].Attributes())
+	assert.Equal(t, codes.Error, locks[0].Status().Code)
+	require.NotEmpty(t, locks[0].Events(), "the error is recorded on the span")
+	assert.Equal(t, "exception", locks[0].Events()[0].Name)
+
+	rm := h.collect(t)
+	up, ok := intValue(rm, "dflock.client.server.up", srv...)
+	require.True(t, ok)
+	assert.Zero(t, up)
+	failures, ok := intValue(rm, "dflock.client.connection.dials", append(srv, keyDialOutcome.String("failure"))...)
+	require.True(t, ok)
+	assert.Positive(t, failures)
+	assert.Len(t, histogramPoints(rm, "dflock.client.acquire.duration", keyOutcome.String("failed")), 1)
+	h.awaitMetric(t, ctx, "the failed dial", func(rm metricdata.ResourceMetrics) bool {
+		return len(histogramPoints(rm, "dflock.client.connection.dial.duration", append(srv, keyDialOutcome.String("failure"))...)) == 1
+	})
+}
+
+func TestTicketsAndSemaphoresAreNamedAfterTheirMethods(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	ctx := testCtx(t)
+
+	tk, err := h.c.EnqueueSemaphore(ctx, "pool", 2)
+	require.NoError(t, err)
+	s, err := tk.Wait(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.Release(ctx))
+
+	for _, name := range []string{"dflock.EnqueueSemaphore", "dflock.SemaphoreTicket.Wait"} {
+		spans := h.spansNamed(name)
+		require.Len(t, spans, 1, name)
+		assert.True(t, has(spanAttrs(spans[0]), keyKey.String("pool"), keyLimit.Int(2)), "%s attributes: %v", name, spans[0].Attributes())
+		assert.Equal(t, codes.Unset, spans[0].Status().Code)
+	}
+	wait := h.spansNamed("dflock.SemaphoreTicket.Wait")[0]
+	ttl, ok := spanValue(wait, keyTTL)
+	require.True(t, ok, "a grant carries its lease's TTL")
+	assert.Positive(t, ttl.AsFloat64())
+	require.Len(t, h.spansNamed("dflock.Semaphore.Release"), 1)
+
+	rm := h.collect(t)
+	for _, op := range []string{"enqueue", "wait"} {
+		assert.Len(t, histogramPoints(rm, "dflock.client.acquire.duration", keyOperation.String(op), keyOutcome.String("granted")), 1, op)
+	}
+}
