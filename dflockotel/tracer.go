@@ -55,16 +55,16 @@ func (t *tracer) AcquireStart(ctx context.Context, info dflock.AcquireInfo) cont
 		// release are the client spans beneath it.
 		kind = trace.SpanKindInternal
 	}
-	attrs := make([]attribute.KeyValue, 0, 6+len(t.attrs))
+	base := t.sets.get(info.Server).base // server and WithAttributes
+	attrs := make([]attribute.KeyValue, 0, len(base)+3)
 	attrs = append(attrs, keyOperation.String(info.Op))
-	attrs = append(attrs, serverAttrs(info.Server)...)
+	attrs = append(attrs, base...)
 	if t.keyAttr {
 		attrs = append(attrs, keyKey.String(info.Key))
 	}
 	if info.Semaphore {
 		attrs = append(attrs, keyLimit.Int(info.Limit))
 	}
-	attrs = append(attrs, t.attrs...)
 	ctx, _ = t.tracer.Start(ctx, spanName(info.Op, info.Semaphore),
 		trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
 	return ctx
@@ -96,7 +96,7 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 	if res.Outcome == dflock.Granted && res.Lease.TTL > 0 {
 		span.SetAttributes(keyTTL.Float64(res.Lease.TTL.Seconds()))
 	}
-	if res.Err != nil && !expectedRefusal(info, res) {
+	if res.Err != nil && !expectedRefusal(res) {
 		span.RecordError(res.Err)
 		span.SetStatus(codes.Error, res.Outcome.String())
 	}
@@ -107,7 +107,7 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 // answer the program asked for, not a failure, so the span keeps status
 // Unset. A try the server refused with an error (a limit, a mismatch) is a
 // failure.
-func expectedRefusal(info dflock.AcquireInfo, res dflock.AcquireResult) bool {
+func expectedRefusal(res dflock.AcquireResult) bool {
 	return res.Outcome == dflock.Refused && errors.Is(res.Err, dflock.ErrNotAcquired)
 }
 
@@ -116,13 +116,13 @@ func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) contex
 	if info.Semaphore {
 		name = "dflock.Semaphore.Release"
 	}
-	attrs := make([]attribute.KeyValue, 0, 4+len(t.attrs))
+	base := t.sets.get(info.Server).base
+	attrs := make([]attribute.KeyValue, 0, len(base)+2)
 	attrs = append(attrs, keyOperation.String("release"))
-	attrs = append(attrs, serverAttrs(info.Server)...)
+	attrs = append(attrs, base...)
 	if t.keyAttr {
 		attrs = append(attrs, keyKey.String(info.Key))
 	}
-	attrs = append(attrs, t.attrs...)
 	ctx, _ = t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 	return ctx
 }
