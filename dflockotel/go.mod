@@ -26,4 +26,7 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 )
 
+// Built and tested against this checkout of the SDK. Consumers ignore a
+// replace, so a release requires a tagged SDK version above: tag the SDK,
+// raise the require to it, then tag dflockotel/vX.Y.Z.
 replace github.com/dflock-sdk/go => ../
