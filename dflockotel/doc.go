@@ -45,8 +45,9 @@
 // The acquire histograms carry dflock.operation.name (lock, trylock,
 // semaphore, trysemaphore, enqueue, wait), dflock.acquire.outcome
 // (granted, timed_out, refused, cancelled, failed) and
-// dflock.acquire.path (lane, waitpool, none). The wait histogram has a
-// measurement for every call that waited on a wait-pool connection.
+// dflock.acquire.path (lane, waitpool, none); an Enqueue that joined the
+// queue is granted (it holds its place) with path none. The wait histogram
+// has a measurement for every call that waited on a wait-pool connection.
 // WithLock and WithSemaphore are measured by their inner acquire, so
 // nothing is counted twice. The dial histogram carries
 // dflock.connection.role (lane, wait, listener, query) and

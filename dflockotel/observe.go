@@ -2,6 +2,7 @@ package dflockotel
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"go.opentelemetry.io/otel"
@@ -29,7 +30,7 @@ func (in *Instrumentation) Observe(c *dflock.Client) (stop func(), err error) {
 		return nil
 	}, in.observed...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dflockotel: registering the snapshot callback: %w", err)
 	}
 	var once sync.Once
 	return func() {

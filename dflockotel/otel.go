@@ -2,6 +2,7 @@ package dflockotel
 
 import (
 	"errors"
+	"fmt"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -135,7 +136,7 @@ func New(opts ...Option) (*Instrumentation, error) {
 	}
 	in.clientAttrs = attribute.NewSet(cfg.attrs...)
 	if err := in.instruments(); err != nil {
-		return nil, errors.Join(errors.New("dflockotel: creating instruments"), err)
+		return nil, fmt.Errorf("dflockotel: creating instruments: %w", err)
 	}
 	return in, nil
 }
