@@ -421,3 +421,24 @@ func TestTicketsAndSemaphoresAreNamedAfterTheirMethods(t *testing.T) {
 		assert.Len(t, histogramPoints(rm, "dflock.client.acquire.duration", keyOperation.String(op), keyOutcome.String("granted")), 1, op)
 	}
 }
+
+func TestTheApplicationsHooksRunBesideTheInstrumentations(t *testing.T) {
+	t.Parallel()
+	dialed := make(chan dflock.DialInfo, 16)
+	h := newHarness(t, nil, dflock.WithHooks(dflock.Hooks{OnDial: func(d dflock.DialInfo) { dialed <- d }}))
+	ctx := testCtx(t)
+	srv := serverKVs(t, h.srv.Addr())
+
+	l, err := h.c.TryLock(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+	select {
+	case d := <-dialed:
+		assert.Equal(t, "lane", d.Role)
+	case <-ctx.Done():
+		t.Fatal("the application's OnDial was not called")
+	}
+	h.awaitMetric(t, ctx, "the dial in the histogram", func(rm metricdata.ResourceMetrics) bool {
+		return len(histogramPoints(rm, "dflock.client.connection.dial.duration", append(srv, keyConnRole.String("lane"))...)) == 1
+	})
+}
