@@ -21,6 +21,7 @@ const (
 	keyLimit          = attribute.Key("dflock.semaphore.limit")
 	keyTTL            = attribute.Key("dflock.lease.ttl")
 	keyConnRole       = attribute.Key("dflock.connection.role")
+	keyConnState      = attribute.Key("dflock.connection.state")
 	keyDialOutcome    = attribute.Key("dflock.dial.outcome")
 	keyRenewalOutcome = attribute.Key("dflock.renewal.outcome")
 )
@@ -29,7 +30,16 @@ const (
 // attributes of the observed instruments, fixed here so that every
 // callback reuses the same precomputed sets.
 var (
-	connRoles       = [...]string{"lane", "idle", "in_use", "pinned", "listener"}
+	// connKinds are the points of dflock.client.connection.count, in the
+	// order of connKindCounts: a role (as dflock.DialInfo.Role names it)
+	// and, for the wait pool, the state.
+	connKinds = [...][]attribute.KeyValue{
+		{keyConnRole.String("lane")},
+		{keyConnRole.String("wait"), keyConnState.String("idle")},
+		{keyConnRole.String("wait"), keyConnState.String("in_use")},
+		{keyConnRole.String("wait"), keyConnState.String("pinned")},
+		{keyConnRole.String("listener")},
+	}
 	renewalOutcomes = [...]string{"renewed", "refused", "unanswered"}
 	dialOutcomes    = [...]string{"success", "failure"}
 )
@@ -56,7 +66,7 @@ func serverAttrs(addr string) []attribute.KeyValue {
 type serverSets struct {
 	base     []attribute.KeyValue // server attributes plus the constant ones
 	plain    attribute.Set
-	roles    [len(connRoles)]attribute.Set
+	conns    [len(connKinds)]attribute.Set
 	renewals [len(renewalOutcomes)]attribute.Set
 	dials    [len(dialOutcomes)]attribute.Set
 }
@@ -74,11 +84,11 @@ func (c *setCache) get(addr string) *serverSets {
 	}
 	base := append(serverAttrs(addr), c.constant...)
 	s := &serverSets{base: base, plain: attribute.NewSet(base...)}
-	with := func(kv attribute.KeyValue) attribute.Set {
-		return attribute.NewSet(append(base[:len(base):len(base)], kv)...)
+	with := func(kvs ...attribute.KeyValue) attribute.Set {
+		return attribute.NewSet(append(base[:len(base):len(base)], kvs...)...)
 	}
-	for i, r := range connRoles {
-		s.roles[i] = with(keyConnRole.String(r))
+	for i, k := range connKinds {
+		s.conns[i] = with(k...)
 	}
 	for i, o := range renewalOutcomes {
 		s.renewals[i] = with(keyRenewalOutcome.String(o))

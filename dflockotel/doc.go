@@ -56,7 +56,7 @@
 // Observed from Client.Snapshot (see Observe):
 //
 //	dflock.client.lease.count        updowncounter  {lease}       leases held now
-//	dflock.client.connection.count   updowncounter  {connection}  open connections by dflock.connection.role
+//	dflock.client.connection.count   updowncounter  {connection}  open connections by role and state
 //	dflock.client.acquire.waiting    updowncounter  {acquire}     acquires waiting on a wait-pool connection
 //	dflock.client.server.up          gauge          1             1 while the server is reachable
 //	dflock.client.lease.losses       counter        {lease}       leases lost while held
@@ -66,10 +66,11 @@
 //	dflock.client.signal.gaps        counter        {gap}         gaps reported to subscriptions
 //	dflock.client.callback.dropped   counter        {callback}    log records and hook calls dropped
 //
-// The connection roles of dflock.client.connection.count are lane (control
-// lane), idle, in_use and pinned (wait pool: unused, waiting for a grant,
-// owning a lease) and listener (signals). The last three counters carry no
-// server attributes.
+// dflock.client.connection.count carries dflock.connection.role: lane
+// (control lane), wait (wait pool) or listener (signals); wait-pool
+// connections also carry dflock.connection.state: idle, in_use (a blocking
+// acquire or a queued ticket waits on it) or pinned (it owns a lease). The
+// last three counters carry no server attributes.
 //
 // # Spans
 //

@@ -56,9 +56,8 @@ func (in *Instrumentation) observe(o metric.Observer, s dflock.Snapshot) {
 		o.ObserveInt64(in.serverUp, up, plain)
 		o.ObserveInt64(in.losses, sv.Losses, plain)
 
-		roles := [len(connRoles)]int{sv.Conns.Lane, sv.Conns.Idle, sv.Conns.InUse, sv.Conns.Pinned, sv.Conns.Listener}
-		for r, n := range roles {
-			o.ObserveInt64(in.conns, int64(n), metric.WithAttributeSet(sets.roles[r]))
+		for k, n := range connKindCounts(sv.Conns) {
+			o.ObserveInt64(in.conns, int64(n), metric.WithAttributeSet(sets.conns[k]))
 		}
 		renewals := [len(renewalOutcomes)]int64{sv.Renewed, sv.RenewalsRefused, sv.RenewalsUnanswered}
 		for r, n := range renewals {
@@ -71,4 +70,9 @@ func (in *Instrumentation) observe(o metric.Observer, s dflock.Snapshot) {
 	o.ObserveInt64(in.signalsDropped, s.SignalsDropped, client)
 	o.ObserveInt64(in.signalGaps, s.SignalGaps, client)
 	o.ObserveInt64(in.callbacksDropped, s.CallbacksDropped, client)
+}
+
+// connKindCounts orders c as connKinds.
+func connKindCounts(c dflock.ConnCounts) [len(connKinds)]int {
+	return [...]int{c.Lane, c.Idle, c.InUse, c.Pinned, c.Listener}
 }

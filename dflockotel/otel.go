@@ -186,7 +186,7 @@ func (in *Instrumentation) instruments() error {
 	check(err)
 	in.conns, err = m.Int64ObservableUpDownCounter("dflock.client.connection.count",
 		metric.WithUnit("{connection}"),
-		metric.WithDescription("Open connections by role: lane, idle, in_use, pinned (wait pool) and listener."))
+		metric.WithDescription("Open connections by role (lane, wait, listener) and, in the wait pool, state (idle, in_use, pinned)."))
 	check(err)
 	in.waiting, err = m.Int64ObservableUpDownCounter("dflock.client.acquire.waiting",
 		metric.WithUnit("{acquire}"),

@@ -119,7 +119,7 @@ func TestLockAfterWaitingRecordsTheWait(t *testing.T) {
 	assert.Len(t, histogramPoints(rm, "dflock.client.acquire.duration", keyPath.String("lane")), 1)
 
 	// The lease granted after waiting pins its wait-pool connection.
-	v, ok = intValue(rm, "dflock.client.connection.count", append(srv, keyConnRole.String("pinned"))...)
+	v, ok = intValue(rm, "dflock.client.connection.count", append(srv, keyConnRole.String("wait"), keyConnState.String("pinned"))...)
 	require.True(t, ok)
 	assert.Equal(t, int64(1), v)
 	v, ok = intValue(rm, "dflock.client.acquire.waiting", srv...)
@@ -146,11 +146,18 @@ func TestObservedLeasesConnectionsAndServerState(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, int64(1), v)
 	lane, ok := intValue(rm, "dflock.client.connection.count", append(srv, keyConnRole.String("lane"))...)
+	m, ok := metricNamed(rm, "dflock.client.connection.count")
+	require.True(t, ok)
+	for _, set := range pointAttrs(m.Data) {
+		role, _ := set.Value(keyConnRole)
+		_, state := set.Value(keyConnState)
+		assert.Equal(t, role.AsString() == "wait", state, "only wait-pool connections have a state: %v", set.ToSlice())
+	}
 	require.True(t, ok)
 	assert.Positive(t, lane, "the tries went over the control lane")
-	for _, role := range connRoles {
-		_, ok := intValue(rm, "dflock.client.connection.count", append(srv, keyConnRole.String(role))...)
-		assert.True(t, ok, "role %s is reported, zero or not", role)
+	for _, kind := range connKinds {
+		_, ok := intValue(rm, "dflock.client.connection.count", append(srv, kind...)...)
+		assert.True(t, ok, "%v is reported, zero or not", kind)
 	}
 	dials, ok := intValue(rm, "dflock.client.connection.dials", append(srv, keyDialOutcome.String("success"))...)
 	require.True(t, ok)
@@ -221,7 +228,10 @@ func TestARefusedTryIsNotAnErrorButATimeoutIs(t *testing.T) {
 
 	_, err = h.c.TryLock(ctx, "busy")
 	require.ErrorIs(t, err, dflock.ErrNotAcquired)
-	_, err = h.c.Lock(ctx, "busy", dflock.AcquireTimeout(10*time.Millisecond))
+	// Long enough for the wait-pool dial to end before it: dflock reports
+	// a deadline that passes between that dial and the wait request as a
+	// bare context.DeadlineExceeded, not ErrTimeout (Client.waitAcquire).
+	_, err = h.c.Lock(ctx, "busy", dflock.AcquireTimeout(250*time.Millisecond))
 	require.ErrorIs(t, err, dflock.ErrTimeout)
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
