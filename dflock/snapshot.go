@@ -41,8 +41,8 @@ type ServerSnapshot struct {
 	// Dials counts successful dials (TCP, TLS and auth); DialFailures the
 	// others.
 	Dials, DialFailures int64
-	// WaitsInFlight counts acquires (and ticket waits) waiting on a
-	// wait-pool connection now.
+	// WaitsInFlight counts acquires (and ticket waits) on the wait path
+	// now: getting a wait-pool connection or waiting on one.
 	WaitsInFlight int
 	// LeasesHeld counts the leases held on the server now.
 	LeasesHeld int

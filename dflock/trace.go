@@ -18,14 +18,14 @@ import (
 type Tracer interface {
 	// AcquireStart is called as an acquire begins; the context it returns
 	// is passed to AcquireEnd and used for the rest of the operation (so a
-	// span started here is the parent of what follows). It must not return
-	// nil.
+	// span started here is the parent of what follows). A nil return
+	// keeps ctx.
 	AcquireStart(ctx context.Context, info AcquireInfo) context.Context
 	// AcquireEnd is called once the acquire has returned.
 	AcquireEnd(ctx context.Context, info AcquireInfo, res AcquireResult)
 	// ReleaseStart is called as Release of a Lock or Semaphore begins (also
 	// the release WithLock, WithSemaphore and Ticket.Cancel perform). The
-	// context it returns is passed to ReleaseEnd. It must not return nil.
+	// context it returns (nil: ctx) is passed to ReleaseEnd.
 	ReleaseStart(ctx context.Context, info LeaseInfo) context.Context
 	// ReleaseEnd is called once the release has returned; err is what it
 	// returned.
@@ -260,7 +260,9 @@ func (c *Client) acquireInfo(op, key string, limit int64) AcquireInfo {
 func (c *Client) traced(ctx context.Context, t Tracer, info AcquireInfo, acquire func(ctx context.Context) (*held, error)) (h *held, res AcquireResult, err error) {
 	start := time.Now()
 	tr := &acquireTrace{}
-	ctx = t.AcquireStart(ctx, info)
+	if tctx := t.AcquireStart(ctx, info); tctx != nil {
+		ctx = tctx
+	}
 	defer func() {
 		res = acquireResult(start, tr, h, err)
 		t.AcquireEnd(ctx, info, res)
@@ -344,7 +346,9 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 	}
 	info := c.acquireInfo(op, key, int64(limit))
 	start := time.Now()
-	ctx = t.AcquireStart(ctx, info)
+	if tctx := t.AcquireStart(ctx, info); tctx != nil {
+		ctx = tctx
+	}
 	var h *held
 	var acq AcquireResult
 	returned := false
@@ -371,7 +375,9 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 // ReleaseEnd.
 func (h *held) tracedRelease(ctx context.Context, t Tracer) (err error) {
 	info := h.info()
-	ctx = t.ReleaseStart(ctx, info)
+	if tctx := t.ReleaseStart(ctx, info); tctx != nil {
+		ctx = tctx
+	}
 	defer func() { t.ReleaseEnd(ctx, info, err) }()
 	return h.releaseOnce(ctx)
 }

@@ -139,8 +139,8 @@ type Config struct {
 	// stalling would delay replies, renewals and keepalives of every lease
 	// on the server: its handler must not block. The Client passes a
 	// bounded asynchronous handler that drops (and counts) what it cannot
-	// queue. Besides Logger and OnConnBroken the pool runs no user code on
-	// those goroutines.
+	// queue. Besides Logger, OnConnBroken and OnDial the pool runs no user
+	// code on those goroutines.
 	Logger *slog.Logger
 	// OnConnBroken is called once for every connection that breaks (I/O
 	// error, EOF, protocol violation, cancellation) or is destroyed, from
