@@ -15,8 +15,8 @@ import (
 // leases, connections by role, waiting acquires, server up, and the
 // counters of losses, renewals, dials, signal drops and gaps. At every
 // collection one callback reads c.Snapshot, which does no I/O and never
-// fails. The counters are the Client's own totals since New, so none is
-// missed when a callback is dropped or a collection is late.
+// fails. The counters are the Client's own totals since New, so nothing
+// is missed when the Client drops hook calls or a collection is late.
 //
 // stop unregisters the callback; call it before or after c.Close (a
 // closed Client reports its last figures). Figures of several Clients

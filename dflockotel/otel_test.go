@@ -452,3 +452,24 @@ func TestTheApplicationsHooksRunBesideTheInstrumentations(t *testing.T) {
 		return len(histogramPoints(rm, "dflock.client.connection.dial.duration", append(srv, keyConnRole.String("lane"))...)) == 1
 	})
 }
+
+func TestABrokenConnectionIsCountedAndItsLeasesLost(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	ctx := testCtx(t)
+	srv := serverKVs(t, h.srv.Addr())
+
+	l, err := h.c.TryLock(ctx, "k")
+	require.NoError(t, err)
+	h.srv.DropConnections()
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("the lease outlived its connection")
+	}
+	h.awaitMetric(t, ctx, "the broken connection and the loss", func(rm metricdata.ResourceMetrics) bool {
+		broken, _ := intValue(rm, "dflock.client.connection.broken", srv...)
+		lost, _ := intValue(rm, "dflock.client.lease.losses", srv...)
+		return broken >= 1 && lost == 1
+	})
+}
