@@ -146,6 +146,8 @@ func TestObservedLeasesConnectionsAndServerState(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, int64(1), v)
 	lane, ok := intValue(rm, "dflock.client.connection.count", append(srv, keyConnRole.String("lane"))...)
+	require.True(t, ok)
+	assert.Positive(t, lane, "the tries went over the control lane")
 	m, ok := metricNamed(rm, "dflock.client.connection.count")
 	require.True(t, ok)
 	for _, set := range pointAttrs(m.Data) {
@@ -153,8 +155,6 @@ func TestObservedLeasesConnectionsAndServerState(t *testing.T) {
 		_, state := set.Value(keyConnState)
 		assert.Equal(t, role.AsString() == "wait", state, "only wait-pool connections have a state: %v", set.ToSlice())
 	}
-	require.True(t, ok)
-	assert.Positive(t, lane, "the tries went over the control lane")
 	for _, kind := range connKinds {
 		_, ok := intValue(rm, "dflock.client.connection.count", append(srv, kind...)...)
 		assert.True(t, ok, "%v is reported, zero or not", kind)
