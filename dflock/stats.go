@@ -104,6 +104,10 @@ type SignalChannel struct {
 // WithMaxStatsReply. The returned Stats is complete except for the State
 // of servers that could not answer; err joins their errors (each also in
 // ServerStats.Err).
+//
+// Stats is for debugging: it costs a connection and a round trip per
+// server. Metrics and health checks should read Snapshot, which does no
+// I/O and never fails.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	if ctx == nil {
 		return Stats{}, &ArgError{Arg: "ctx", Reason: "must not be nil"}
