@@ -1,0 +1,104 @@
+// Package dflockotel reports a dflock Client's work to OpenTelemetry:
+// latency histograms and spans for acquires and releases, and the Client's
+// local figures (leases held, connections by role, losses, renewals, ...)
+// as observable instruments.
+//
+// It is a module of its own, so that the dflock SDK itself depends on no
+// OpenTelemetry package; only programs that import dflockotel do.
+//
+// # Use
+//
+// Create one Instrumentation, give its Options to every dflock.New, and
+// Observe every Client:
+//
+//	in, err := dflockotel.New() // the global MeterProvider and TracerProvider
+//	...
+//	c, err := dflock.New(servers, append(in.Options(), dflock.WithLeaseTTL(30*time.Second))...)
+//	...
+//	stop, err := in.Observe(c)
+//	...
+//	defer stop()
+//
+// Options installs a dflock.Tracer, which runs on the calling goroutine as
+// each acquire and release starts and ends, and dflock.Hooks, which run on
+// the Client's callback goroutine. The observed instruments are read from
+// Client.Snapshot, which does no I/O, in one callback per Client at each
+// collection. Counts are therefore exact even when the Client drops hook
+// calls under load (dflock.client.callback.dropped says when it does).
+//
+// # Metrics
+//
+// Every name is in the dflock.client namespace; durations are in seconds.
+// Measurements about a server carry server.address and server.port, and
+// every measurement carries the attributes of WithAttributes. Keys never
+// appear on metrics: each key would be a time series of its own.
+//
+// Recorded as calls end (from the Tracer and the Hooks):
+//
+//	dflock.client.acquire.duration          histogram  s            whole acquire call
+//	dflock.client.acquire.wait.duration     histogram  s            time waited in the server's queue
+//	dflock.client.renewal.duration          histogram  s            round trip of an answered renewal batch
+//	dflock.client.renewal.batch.size        histogram  {renewal}    renewals per batch
+//	dflock.client.connection.dial.duration  histogram  s            dial, TLS and auth
+//	dflock.client.connection.broken         counter    {connection} connections broken or destroyed
+//
+// The acquire histograms carry dflock.operation.name (lock, trylock,
+// semaphore, trysemaphore, enqueue, wait), dflock.acquire.outcome
+// (granted, timed_out, refused, cancelled, failed) and
+// dflock.acquire.path (lane, waitpool, none); an Enqueue that joined the
+// queue is granted (it holds its place) with path none. The wait histogram
+// has a measurement for every call that waited on a wait-pool connection.
+// WithLock and WithSemaphore are measured by their inner acquire, so
+// nothing is counted twice. The dial histogram carries
+// dflock.connection.role (lane, wait, listener, query) and
+// dflock.dial.outcome (success, failure).
+//
+// Observed from Client.Snapshot (see Observe):
+//
+//	dflock.client.lease.count        updowncounter  {lease}       leases held now
+//	dflock.client.connection.count   updowncounter  {connection}  open connections by role and state
+//	dflock.client.acquire.waiting    updowncounter  {acquire}     acquires waiting on a wait-pool connection
+//	dflock.client.server.up          gauge          1             1 while the server is reachable
+//	dflock.client.lease.losses       counter        {lease}       leases lost while held
+//	dflock.client.renewals           counter        {renewal}     by dflock.renewal.outcome: renewed, refused, unanswered
+//	dflock.client.connection.dials   counter        {connection}  by dflock.dial.outcome: success, failure
+//	dflock.client.signal.dropped     counter        {signal}      signals dropped by slow subscriptions
+//	dflock.client.signal.gaps        counter        {gap}         gaps reported to subscriptions
+//	dflock.client.callback.dropped   counter        {callback}    log records and hook calls dropped
+//
+// dflock.client.connection.count carries dflock.connection.role: lane
+// (control lane), wait (wait pool) or listener (signals); wait-pool
+// connections also carry dflock.connection.state: idle, in_use (a blocking
+// acquire or a queued ticket waits on it) or pinned (it owns a lease). The
+// last three counters carry no server attributes.
+//
+// # Spans
+//
+// Every acquire is a span of kind client named after the method called:
+// dflock.Lock, dflock.TryLock, dflock.Semaphore, dflock.TrySemaphore,
+// dflock.Enqueue, dflock.EnqueueSemaphore, dflock.Ticket.Wait and
+// dflock.SemaphoreTicket.Wait. It carries server.address, server.port,
+// dflock.operation.name, dflock.key (see WithKeyAttribute),
+// dflock.semaphore.limit for semaphores and, when it ends,
+// dflock.acquire.outcome, dflock.acquire.path,
+// dflock.acquire.wait.duration (seconds, when it waited) and
+// dflock.lease.ttl (seconds, when granted).
+//
+// A span's status is Error when the call failed: timed out, cancelled,
+// refused by a server error (a limit, a limit mismatch) or failed. A try
+// that finds the key held (TryLock, TrySemaphore returning
+// dflock.ErrNotAcquired) is an answer, not a failure: its status stays
+// Unset and its outcome attribute says refused.
+//
+// WithLock and WithSemaphore get one span of kind internal (dflock.WithLock,
+// dflock.WithSemaphore) covering the acquire, the function and the release;
+// the function's context carries it, and the acquire and release are
+// client spans beneath it. Its status is Error when the function returns an
+// error (or panics) or the lease is lost meanwhile.
+//
+// A release is a span of its own, dflock.Lock.Release or
+// dflock.Semaphore.Release, a child of the context given to Release. A
+// lease lives for as long as the program holds it, often longer than a
+// trace is worth keeping open, so no span covers the time a lease is held.
+// Tokens never appear on spans: whoever has one can release the lease.
+package dflockotel

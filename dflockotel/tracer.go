@@ -1,0 +1,176 @@
+package dflockotel
+
+import (
+	"context"
+	"errors"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/dflock-sdk/go/dflock"
+)
+
+// Tracer returns the dflock.Tracer that Options installs: a span for every
+// acquire and release, and the acquire and wait histograms. A program
+// with a Tracer of its own calls both from one that it installs.
+func (in *Instrumentation) Tracer() dflock.Tracer { return (*tracer)(in) }
+
+type tracer Instrumentation
+
+// spanNames maps AcquireInfo.Op (lock first, semaphore second) to the name
+// of the span: the method the program called.
+var spanNames = map[string][2]string{
+	"lock":          {"dflock.Lock", "dflock.Lock"},
+	"trylock":       {"dflock.TryLock", "dflock.TryLock"},
+	"semaphore":     {"dflock.Semaphore", "dflock.Semaphore"},
+	"trysemaphore":  {"dflock.TrySemaphore", "dflock.TrySemaphore"},
+	"enqueue":       {"dflock.Enqueue", "dflock.EnqueueSemaphore"},
+	"wait":          {"dflock.Ticket.Wait", "dflock.SemaphoreTicket.Wait"},
+	"withlock":      {"dflock.WithLock", "dflock.WithLock"},
+	"withsemaphore": {"dflock.WithSemaphore", "dflock.WithSemaphore"},
+}
+
+func spanName(op string, semaphore bool) string {
+	i := 0
+	if semaphore {
+		i = 1
+	}
+	if n, ok := spanNames[op]; ok {
+		return n[i]
+	}
+	return "dflock." + op
+}
+
+// scoped reports whether op is WithLock or WithSemaphore, whose span covers
+// the acquire, the function and the release. Their inner acquire is
+// reported on its own, so the acquire histograms leave them out.
+func scoped(op string) bool { return op == "withlock" || op == "withsemaphore" }
+
+func (t *tracer) AcquireStart(ctx context.Context, info dflock.AcquireInfo) context.Context {
+	kind := trace.SpanKindClient
+	if scoped(info.Op) {
+		// The span covers the program's function; its acquire and
+		// release are the client spans beneath it.
+		kind = trace.SpanKindInternal
+	}
+	base := t.sets.get(info.Server).base // server and WithAttributes
+	attrs := make([]attribute.KeyValue, 0, len(base)+3)
+	attrs = append(attrs, keyOperation.String(info.Op))
+	attrs = append(attrs, base...)
+	if t.keyAttr {
+		attrs = append(attrs, keyKey.String(info.Key))
+	}
+	if info.Semaphore {
+		attrs = append(attrs, keyLimit.Int(info.Limit))
+	}
+	ctx, _ = t.tracer.Start(ctx, spanName(info.Op, info.Semaphore),
+		trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+	return ctx
+}
+
+func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res dflock.AcquireResult) {
+	outcome := keyOutcome.String(res.Outcome.String())
+	path := keyPath.String(res.Path.String())
+	if !scoped(info.Op) {
+		base := t.sets.get(info.Server).base
+		mattrs := make([]attribute.KeyValue, 0, len(base)+3)
+		mattrs = append(mattrs, base...)
+		mattrs = append(mattrs, keyOperation.String(info.Op), outcome, path)
+		set := metric.WithAttributeSet(attribute.NewSet(mattrs...))
+		t.acquireDuration.Record(ctx, res.Duration.Seconds(), set)
+		if res.Path == dflock.PathWaitPool || res.Waited > 0 {
+			t.waitDuration.Record(ctx, res.Waited.Seconds(), set)
+		}
+	}
+
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(outcome, path)
+	if res.Path == dflock.PathWaitPool || res.Waited > 0 {
+		span.SetAttributes(keyWaited.Float64(res.Waited.Seconds()))
+	}
+	if res.Outcome == dflock.Granted && res.Lease.TTL > 0 {
+		span.SetAttributes(keyTTL.Float64(res.Lease.TTL.Seconds()))
+	}
+	if res.Err != nil && !expectedRefusal(res) {
+		span.RecordError(res.Err)
+		span.SetStatus(codes.Error, res.Outcome.String())
+	}
+	span.End()
+}
+
+// expectedRefusal reports whether res is a try that found the key held: an
+// answer the program asked for, not a failure, so the span keeps status
+// Unset. A try the server refused with an error (a limit, a mismatch) is a
+// failure.
+func expectedRefusal(res dflock.AcquireResult) bool {
+	return res.Outcome == dflock.Refused && errors.Is(res.Err, dflock.ErrNotAcquired)
+}
+
+func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) context.Context {
+	name := "dflock.Lock.Release"
+	if info.Semaphore {
+		name = "dflock.Semaphore.Release"
+	}
+	base := t.sets.get(info.Server).base
+	attrs := make([]attribute.KeyValue, 0, len(base)+2)
+	attrs = append(attrs, keyOperation.String("release"))
+	attrs = append(attrs, base...)
+	if t.keyAttr {
+		attrs = append(attrs, keyKey.String(info.Key))
+	}
+	ctx, _ = t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	return ctx
+}
+
+func (t *tracer) ReleaseEnd(ctx context.Context, info dflock.LeaseInfo, err error) {
+	span := trace.SpanFromContext(ctx)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "release failed")
+	}
+	span.End()
+}
+
+// Hooks returns the dflock.Hooks that Options installs: dial and renewal
+// histograms and the count of broken connections. They run on the
+// Client's callback goroutine, never on one that renews or reads.
+func (in *Instrumentation) Hooks() dflock.Hooks {
+	return dflock.Hooks{
+		OnDial:         in.onDial,
+		OnRenewalBatch: in.onRenewalBatch,
+		OnConnBroken:   in.onConnBroken,
+	}
+}
+
+func (in *Instrumentation) onDial(d dflock.DialInfo) {
+	base := in.sets.get(d.Server).base
+	attrs := make([]attribute.KeyValue, 0, len(base)+2)
+	attrs = append(attrs, base...)
+	attrs = append(attrs, keyConnRole.String(d.Role))
+	outcome := dialOutcomes[0]
+	if d.Err != nil {
+		outcome = dialOutcomes[1]
+	}
+	attrs = append(attrs, keyDialOutcome.String(outcome))
+	in.dialDuration.Record(context.Background(), d.Duration.Seconds(), metric.WithAttributes(attrs...))
+}
+
+func (in *Instrumentation) onRenewalBatch(b dflock.RenewalBatchInfo) {
+	set := metric.WithAttributeSet(in.sets.get(b.Server).plain)
+	ctx := context.Background()
+	in.renewalSize.Record(ctx, int64(b.Size), set)
+	// A batch without an answer has no round trip to speak of; its
+	// renewals show as unanswered in dflock.client.renewals.
+	if b.Err == nil {
+		in.renewalDuration.Record(ctx, b.Latency.Seconds(), set)
+	}
+}
+
+func (in *Instrumentation) onConnBroken(server string, _ error) {
+	in.connBroken.Add(context.Background(), 1, metric.WithAttributeSet(in.sets.get(server).plain))
+}
