@@ -78,37 +78,6 @@ func runOps(b *testing.B, g int, op func(gi, i int) error) {
 	}
 }
 
-// BenchmarkLockRelease: uncontended Lock + Release (each goroutine has keys
-// of its own) through one shared Client, beside the official clients' way
-// of doing the same thing.
-func BenchmarkLockRelease(b *testing.B) {
-	for _, nsrv := range []int{1, 3} {
-		for _, g := range benchGoroutines {
-			b.Run(fmt.Sprintf("servers=%d/goroutines=%d/client=dflock", nsrv, g), func(b *testing.B) {
-				srvs := benchServers(b, nsrv)
-				c := newClient(b, addrsOf(srvs...))
-				ctx := context.Background()
-				keys := benchKeys(g)
-				runOps(b, g, func(gi, i int) error {
-					l, err := c.Lock(ctx, keys[gi][i%len(keys[gi])])
-					if err != nil {
-						return err
-					}
-					return l.Release(ctx)
-				})
-			})
-			b.Run(fmt.Sprintf("servers=%d/goroutines=%d/client=baseline", nsrv, g), func(b *testing.B) {
-				srvs := benchServers(b, nsrv)
-				bc := &baselineClient{servers: addrsOf(srvs...)}
-				keys := benchKeys(g)
-				runOps(b, g, func(gi, i int) error {
-					return bc.lockRelease(keys[gi][i%len(keys[gi])])
-				})
-			})
-		}
-	}
-}
-
 // benchKeys gives every goroutine a few keys of its own.
 func benchKeys(g int) [][]string {
 	keys := make([][]string, g)

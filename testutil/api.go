@@ -68,6 +68,13 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// PushBuffer is the per-connection push buffer in lines. Default 64.
 	PushBuffer int
+	// ReplyPerWrite writes every reply and every signal push with a write
+	// call of its own, as dflockd does, instead of buffering the answers to
+	// a pipelined batch and writing them together. A client then receives
+	// the replies to a batch one by one and wakes its callers one at a
+	// time; benchmarks that should predict behaviour against a real server
+	// set it. The default (false) favours fast tests.
+	ReplyPerWrite bool
 	// Clock is the server's time (see Clock for what it governs); nil is the
 	// real clock. A ManualClock lets a test make leases expire and waits
 	// and read timeouts run out without waiting for them.

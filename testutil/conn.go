@@ -31,8 +31,9 @@ type request struct {
 // conn is one client connection. A single goroutine (serve) reads, executes
 // and answers requests strictly in order (§8e). Responses are buffered and
 // flushed before the goroutine would block, so a pipelined batch is answered
-// with few writes; pushes from the signal hub go through a separate writer
-// goroutine. Both write under wmu, so lines never interleave.
+// with few writes — unless Config.ReplyPerWrite asks for dflockd's pacing,
+// one write per reply; pushes from the signal hub go through a separate
+// writer goroutine. Both write under wmu, so lines never interleave.
 type conn struct {
 	srv *Server
 	id  uint64
@@ -40,9 +41,10 @@ type conn struct {
 	raw *countedConn // the socket under nc
 	br  *bufio.Reader
 
-	wmu  sync.Mutex
-	bw   *bufio.Writer
-	werr error // first write error; the connection is finished once set
+	wmu      sync.Mutex
+	bw       *bufio.Writer
+	werr     error // first write error; the connection is finished once set
+	perWrite bool  // Config.ReplyPerWrite: every line is flushed on its own
 
 	done      chan struct{} // closed when the connection is torn down
 	closeOnce sync.Once
@@ -75,6 +77,7 @@ func newConn(s *Server, id uint64, nc net.Conn, raw *countedConn) *conn {
 		raw:      raw,
 		br:       bufio.NewReaderSize(nc, readBufSize),
 		bw:       bufio.NewWriterSize(nc, readBufSize),
+		perWrite: s.cfg.ReplyPerWrite,
 		done:     make(chan struct{}),
 		finished: make(chan struct{}),
 	}
@@ -347,6 +350,7 @@ func (c *conn) reply(status string) {
 	if c.werr == nil {
 		_, _ = c.bw.WriteString(status)
 		c.werr = c.bw.WriteByte('\n')
+		c.endLineLocked()
 	}
 	c.wmu.Unlock()
 }
@@ -354,13 +358,24 @@ func (c *conn) reply(status string) {
 // replyExtra writes `<status> <extra>`.
 func (c *conn) replyExtra(status string, extra []byte) {
 	c.wmu.Lock()
-	if c.werr == nil {
-		_, _ = c.bw.WriteString(status)
-		_ = c.bw.WriteByte(' ')
-		_, _ = c.bw.Write(extra)
-		c.werr = c.bw.WriteByte('\n')
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
 	}
-	c.wmu.Unlock()
+	if n := len(status) + 1 + len(extra) + 1; c.perWrite && n > c.bw.Available() {
+		// Written in pieces, a line longer than the buffer would leave in
+		// several writes; as one slice into the empty buffer it leaves in
+		// one (bufio writes an oversize slice straight through).
+		line := make([]byte, 0, n)
+		line = append(append(append(append(line, status...), ' '), extra...), '\n')
+		_, c.werr = c.bw.Write(line)
+		return
+	}
+	_, _ = c.bw.WriteString(status)
+	_ = c.bw.WriteByte(' ')
+	_, _ = c.bw.Write(extra)
+	c.werr = c.bw.WriteByte('\n')
+	c.endLineLocked()
 }
 
 // replyGrant writes `<status> <token> <lease>`.
@@ -375,8 +390,18 @@ func (c *conn) replyGrant(status, token string, lease int64) {
 	c.wmu.Lock()
 	if c.werr == nil {
 		_, c.werr = c.bw.Write(line)
+		c.endLineLocked()
 	}
 	c.wmu.Unlock()
+}
+
+// endLineLocked ends a reply or push line: with ReplyPerWrite it leaves at
+// once in a write of its own (the buffer held nothing before it, since
+// every earlier line was flushed the same way). c.wmu must be held.
+func (c *conn) endLineLocked() {
+	if c.perWrite && c.werr == nil {
+		c.werr = c.bw.Flush()
+	}
 }
 
 func (c *conn) replyInt(status string, n int64) {
@@ -693,9 +718,12 @@ func (c *conn) pushLoop() {
 			c.wmu.Lock()
 			if c.werr == nil {
 				_, c.werr = c.bw.Write(line)
+				c.endLineLocked()
 			}
-			// Write whatever else is already queued in the same flush.
-			for more := true; more && c.werr == nil; {
+			// Write whatever else is already queued in the same flush,
+			// unless every line must leave on its own (then the loop
+			// comes back for the next one).
+			for more := !c.perWrite; more && c.werr == nil; {
 				select {
 				case next := <-c.pushCh:
 					_, c.werr = c.bw.Write(next)
@@ -717,11 +745,12 @@ func (c *conn) pushLoop() {
 }
 
 // countedConn wraps an accepted socket: it counts Read calls that returned
-// data (Stats.Reads) and gives every socket write its own WriteTimeout.
+// data (Stats.Reads) and Write calls, and gives every socket write its own
+// WriteTimeout.
 type countedConn struct {
 	net.Conn
-	reads        *atomic.Int64
-	writeTimeout time.Duration
+	reads, writes *atomic.Int64
+	writeTimeout  time.Duration
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
@@ -733,6 +762,7 @@ func (c *countedConn) Read(p []byte) (int, error) {
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
 	if c.writeTimeout > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	}
@@ -742,8 +772,8 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // countingListener wraps accepted sockets in countedConn, beneath any TLS layer.
 type countingListener struct {
 	net.Listener
-	reads        *atomic.Int64
-	writeTimeout time.Duration
+	reads, writes *atomic.Int64
+	writeTimeout  time.Duration
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -751,7 +781,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countedConn{Conn: nc, reads: l.reads, writeTimeout: l.writeTimeout}, nil
+	return &countedConn{Conn: nc, reads: l.reads, writes: l.writes, writeTimeout: l.writeTimeout}, nil
 }
 
 // secretMatches compares the trimmed auth arg with the token in constant time.

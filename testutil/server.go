@@ -54,6 +54,7 @@ type Server struct {
 
 	requests [numCmds]atomic.Int64
 	reads    atomic.Int64
+	writes   atomic.Int64 // socket Write calls, over all connections (for tests)
 
 	// lifeMu serialises the lifecycle operations (Stop, Restart,
 	// DropConnections, Close) so each sees a settled state.
@@ -184,7 +185,7 @@ func (s *Server) listen(ctx context.Context, addr string) (net.Listener, error) 
 	if err != nil {
 		return nil, fmt.Errorf("testutil: listen: %w", err)
 	}
-	var wrapped net.Listener = &countingListener{Listener: ln, reads: &s.reads, writeTimeout: s.cfg.WriteTimeout}
+	var wrapped net.Listener = &countingListener{Listener: ln, reads: &s.reads, writes: &s.writes, writeTimeout: s.cfg.WriteTimeout}
 	if s.tlsConfig != nil {
 		wrapped = tls.NewListener(wrapped, s.tlsConfig)
 	}

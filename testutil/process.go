@@ -1,0 +1,72 @@
+package testutil
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+)
+
+// RunProcess is the body of a server running in a process of its own
+// (testutil/cmd/dflockd-test, or a test binary that re-executes itself), so
+// that a benchmark can measure the client's CPU time apart from the
+// server's. It parses args, starts a Server, writes its address and a
+// newline to stdout, and serves until ctx ends or — with -exit-on-eof —
+// stdin reaches end of file, which is what a parent that dies or closes
+// the pipe causes. It closes the Server before it returns.
+//
+// Flags: -addr (default 127.0.0.1:0), -version (1.16, 1.10 or 2.1),
+// -reply-per-write (Config.ReplyPerWrite), -max-locks (Config.MaxLocks,
+// negative = unlimited), -exit-on-eof.
+func RunProcess(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("dflockd-test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cfg Config
+	var version string
+	var exitOnEOF bool
+	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:0", "listen address")
+	fs.StringVar(&version, "version", "1.16", "dflockd version to imitate: 1.16, 1.10 or 2.1")
+	fs.BoolVar(&cfg.ReplyPerWrite, "reply-per-write", false, "write every reply on its own, as dflockd does")
+	fs.IntVar(&cfg.MaxLocks, "max-locks", DefaultMaxLocks, "distinct keys; negative = unlimited")
+	fs.BoolVar(&exitOnEOF, "exit-on-eof", false, "exit when stdin reaches end of file")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("testutil: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("testutil: unexpected argument %q", fs.Arg(0))
+	}
+	switch version {
+	case "1.16":
+		cfg.Version = V1_16
+	case "1.10":
+		cfg.Version = V1_10
+	case "2.1":
+		cfg.Version = V2_1
+	default:
+		return fmt.Errorf("testutil: -version %q: want 1.16, 1.10 or 2.1", version)
+	}
+	if cfg.MaxLocks == 0 {
+		return errors.New("testutil: -max-locks 0: want a positive cap or a negative one for none")
+	}
+	srv, err := Start(cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	if _, err := fmt.Fprintln(stdout, srv.Addr()); err != nil {
+		return fmt.Errorf("testutil: announce the address: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if exitOnEOF {
+		// Returns when stdin ends; a stdin that never ends is left to the
+		// process exit (a read cannot be interrupted portably).
+		go func() {
+			_, _ = io.Copy(io.Discard, stdin)
+			cancel()
+		}()
+	}
+	<-ctx.Done()
+	return nil
+}

@@ -1,0 +1,58 @@
+package testutil
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestRunProcessServesUntilStdinEnds(t *testing.T) {
+	t.Parallel()
+	stdinR, stdinW := io.Pipe()
+	stdoutR, stdoutW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- RunProcess(context.Background(), []string{"-reply-per-write", "-max-locks", "-1", "-exit-on-eof"}, stdinR, stdoutW)
+	}()
+	line, err := bufio.NewReader(stdoutR).ReadString('\n')
+	require.NoError(t, err)
+	c := dialRaw(t, strings.TrimSpace(line))
+	c.ping()
+	c.lock("k", "0", 33)
+	require.NoError(t, stdinW.Close())
+	require.NoError(t, <-done)
+	c.expectEOF(ioWait)
+}
+
+func TestRunProcessStopsWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdoutR, stdoutW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- RunProcess(ctx, nil, strings.NewReader(""), stdoutW) }()
+	line, err := bufio.NewReader(stdoutR).ReadString('\n')
+	require.NoError(t, err)
+	c := dialRaw(t, strings.TrimSpace(line))
+	c.ping()
+	cancel()
+	require.NoError(t, <-done)
+	c.expectEOF(ioWait)
+}
+
+func TestRunProcessRejectsBadFlags(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"-version", "3"},
+		{"-max-locks", "0"},
+		{"-nope"},
+		{"extra"},
+	} {
+		err := RunProcess(context.Background(), args, strings.NewReader(""), io.Discard)
+		assert.ErrorContains(t, err, "testutil: ", "%q", args)
+	}
+}
