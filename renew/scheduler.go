@@ -113,7 +113,8 @@ func (b *batch) done(i int, r wire.Reply, err error) {
 	case outRefused:
 		b.refused.Add(1)
 	default:
-		b.err.CompareAndSwap(nil, &err)
+		e := err // a copy: taking err's address would move it to the heap on every call
+		b.err.CompareAndSwap(nil, &e)
 	}
 	if b.left.Add(-1) != 0 {
 		return
