@@ -1,13 +1,17 @@
 // Package renew is the one central renewal scheduler of a Client: every
 // held lease (lock or semaphore slot) is tracked in a deadline heap served
 // by one goroutine and one timer. On each wake it takes every lease due
-// within a small window, groups them by owning connection and sends each
-// group in one pipelined write. No goroutine per lease.
+// within a small window and, with them, every lease due within a quarter of
+// its own interval, groups them by owning connection and sends each group in
+// one pipelined write. Renewing those few early keeps leases in shared
+// rounds: a connection carries a few renewal writes per interval however
+// many leases it holds. No goroutine per lease.
 //
 // The scheduler owns the truth about loss: a lease is lost when a renew is
 // refused, when its owning connection fails (OwnerFailed), or when
 // sendTime(last confirmed grant/renew) + TTL − safety margin passes without
-// confirmation, whatever the network does. Each lease carries its own loss
+// confirmation, whatever the network does. (An early renewal only moves that
+// send time forward, so it never brings a loss closer.) Each lease carries its own loss
 // callback (Spec.OnLost), delivered off the scheduler and off connection
 // readers.
 //
@@ -146,12 +150,14 @@ type Config struct {
 
 	// Tuning that only this package's tests change.
 
-	// jitter: renew up to this fraction of the interval earlier, at random.
+	// jitter: renew a lease the first time up to this fraction of the
+	// interval earlier, at random (later renewals keep that phase).
 	// Default defaultJitter; values outside (0, 1) mean the default.
 	jitter float64
-	// window: on each wake, leases due within window are renewed together.
-	// Default defaultWindow; values <= 0 mean the default. A lease is never
-	// renewed more than a quarter of its interval early, whatever window.
+	// window: a wake renews the leases due within window (and then those
+	// due within a quarter of their interval). Default defaultWindow; values
+	// <= 0 mean the default. A lease is never renewed more than a quarter of
+	// its interval early, whatever window.
 	window time.Duration
 	// safetyMargin before the server-side expiry at which a lease with no
 	// confirmed renewal is declared lost. Default: 10% of the TTL, at least

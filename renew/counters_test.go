@@ -3,6 +3,7 @@ package renew
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -132,4 +133,27 @@ func TestCountersUnansweredAfterOwnerFailed(t *testing.T) {
 	assert.Equal(t, int64(1), c.Sent.Load())
 	assert.Equal(t, int64(1), c.Unanswered.Load())
 	assert.Equal(t, int64(1), c.Lost.Load())
+}
+
+// A round costs a few allocations per batch, none per lease, with or
+// without OnBatch: a reply callback that allocated (an error's address
+// taken on every call, say) would show up as one per lease.
+func TestRoundAllocatesPerBatchNotPerLease(t *testing.T) { // not parallel: AllocsPerRun counts the process's allocations
+	for _, onBatch := range []func(BatchInfo){nil, func(BatchInfo) {}} {
+		s, clk := manualScheduler(t, Config{OnBatch: onBatch})
+		var c Counters
+		const n = 1000
+		for i := range n {
+			s.Track(Spec{Key: fmt.Sprint("k", i), Token: "t", TTL: time.Minute, Owner: nopOwner{}, Counters: &c})
+		}
+		clk.Advance(10 * time.Second) // every lease due (renewed every 10 s, the keepalive)
+		s.tick()
+		require.Equal(t, int64(n), c.Renewed.Load())
+		allocs := testing.AllocsPerRun(5, func() {
+			clk.Advance(10 * time.Second)
+			s.tick()
+		})
+		require.Equal(t, int64(7*n), c.Renewed.Load(), "every lease renewed in every round (AllocsPerRun runs once more)")
+		assert.Less(t, allocs, float64(n/10), "allocations per round of %d leases (OnBatch set: %v)", n, onBatch != nil)
+	}
 }

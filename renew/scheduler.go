@@ -34,8 +34,11 @@ type Scheduler struct {
 	heap   leaseHeap
 	owners map[Owner]*ownerState
 	armed  int64 // event time the goroutine will wake for; MaxInt64 when idle
-	closed bool
-	stats  Stats // Leases and ReleaseFailed are filled in by Stats()
+	// maxEarly bounds early() over the tracked leases (it never shrinks:
+	// a stale bound only costs a few extra heap pops per round).
+	maxEarly int64
+	closed   bool
+	stats    Stats // Leases and ReleaseFailed are filled in by Stats()
 
 	// Loss notifications, guarded by mu. lostQ is appended to by endLocked
 	// and swapped out whole by the notifier; notifying says a notifier
@@ -110,7 +113,8 @@ func (b *batch) done(i int, r wire.Reply, err error) {
 	case outRefused:
 		b.refused.Add(1)
 	default:
-		b.err.CompareAndSwap(nil, &err)
+		e := err // a copy: taking err's address would move it to the heap on every call
+		b.err.CompareAndSwap(nil, &e)
 	}
 	if b.left.Add(-1) != 0 {
 		return
@@ -237,7 +241,17 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		s.mu.Unlock()
 		return l
 	}
-	s.confirmLocked(l, sent, l.ttl)
+	iv := s.confirmLocked(l, sent, l.ttl)
+	// Jitter only the first renewal. It spreads clients that acquired
+	// together (a fleet restarting at once) over a tenth of the interval;
+	// from then on a lease keeps its phase, renewed with whatever shares
+	// its rounds, and jitter at every renewal would only renew each round
+	// earlier (at the soonest of its leases' draws) without spreading
+	// anything coalescing does not gather again.
+	if j := int64(scaleDur(iv, s.cfg.jitter)); j > 0 {
+		l.renewAt = subSat(l.renewAt, rand.Int64N(j+1))
+	}
+	s.maxEarly = max(s.maxEarly, int64(iv/4))
 	l.next = min(l.renewAt, l.deadline)
 	heap.Push(&s.heap, l)
 	s.linkLocked(l)
@@ -364,6 +378,14 @@ func (s *Scheduler) armedAt() int64 {
 // tick runs one round: it declares overdue leases lost, sends every renewal
 // due within the window (one SendBatch per owner) and the best-effort
 // releases of the leases it declared lost, and returns how long to sleep.
+//
+// A round that renews anything also takes every lease due within a quarter
+// of its own interval (coalescing): leases granted at different moments
+// then share rounds from their first renewal on, and since a batch's
+// leases are all confirmed from one send time they stay together, so an
+// owner carries a few renewal writes per interval however many leases it
+// holds. Renewing early never brings a loss closer: the deadline counts
+// from the last confirmed send, which only moves forward.
 func (s *Scheduler) tick() (time.Duration, bool) {
 	s.mu.Lock()
 	now := s.now()
@@ -378,18 +400,25 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 			s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: expiredCause(l, now)})
 			s.addToRound(st)
 			st.rel = append(st.rel, l)
-		case l.inflight > 0:
-			s.requeue = append(s.requeue, l)
-		case l.renewAt <= addSat(now, min(int64(s.cfg.window), int64(s.baseInterval(l.ttl))/4)):
-			l.inflight++
-			l.next = l.deadline
-			st := s.owners[l.owner]
-			s.addToRound(st)
-			st.renew = append(st.renew, l)
+		case l.inflight == 0 && l.renewAt <= addSat(now, min(int64(s.cfg.window), s.early(l))):
+			s.takeLocked(l)
 			nrenew++
-			s.requeue = append(s.requeue, l)
 		default:
 			s.requeue = append(s.requeue, l)
+		}
+	}
+	if nrenew > 0 {
+		// Everything left in the heap is due after the horizon, so no
+		// deadline has passed; maxEarly bounds every lease's early().
+		far := addSat(now, s.maxEarly)
+		for len(s.heap) > 0 && s.heap[0].next <= far {
+			l := heap.Pop(&s.heap).(*Lease)
+			if l.inflight == 0 && l.renewAt <= addSat(now, s.early(l)) {
+				s.takeLocked(l)
+				nrenew++
+			} else {
+				s.requeue = append(s.requeue, l)
+			}
 		}
 	}
 	for _, l := range s.requeue {
@@ -451,6 +480,21 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	}
 	return max(time.Duration(subSat(armed, s.now())), 0), true
 }
+
+// takeLocked puts a popped lease's renewal in this round.
+func (s *Scheduler) takeLocked(l *Lease) {
+	l.inflight++
+	l.next = l.deadline
+	st := s.owners[l.owner]
+	s.addToRound(st)
+	st.renew = append(st.renew, l)
+	s.requeue = append(s.requeue, l)
+}
+
+// early is how long before its renewal time l may be renewed in another
+// lease's round: a quarter of its interval, so at least three quarters of
+// the interval pass between two renewals.
+func (s *Scheduler) early(l *Lease) int64 { return int64(s.interval(l.ttl) / 4) }
 
 func (s *Scheduler) addToRound(st *ownerState) {
 	if !st.inRound {
@@ -536,17 +580,22 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 }
 
 // confirmLocked records a confirmed grant/renew sent at sent with the given
-// applied TTL and computes the next renewal and the loss deadline.
-func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) {
-	m := s.margin(ttl) // in [0, ttl/2], so ttl−m neither wraps nor goes negative
-	iv := s.baseInterval(ttl)
-	iv = min(iv, (ttl-m)/10*9) // always try to renew well before the loss deadline
-	if j := int64(scaleDur(iv, s.cfg.jitter)); j > 0 {
-		iv -= time.Duration(rand.Int64N(j + 1))
-	}
+// applied TTL and computes the next renewal and the loss deadline. It
+// returns the renewal interval.
+func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) time.Duration {
+	iv := s.interval(ttl)
 	l.confirmed = sent
-	l.deadline = addSat(sent, int64(ttl-m))
+	l.deadline = addSat(sent, int64(ttl-s.margin(ttl)))
 	l.renewAt = addSat(sent, int64(iv))
+	return iv
+}
+
+// interval is the renewal interval: min(TTL×Ratio, KeepAlive), and never
+// more than 90% of TTL − margin, so a renewal is always tried well before
+// the loss deadline.
+func (s *Scheduler) interval(ttl time.Duration) time.Duration {
+	m := s.margin(ttl) // in [0, ttl/2], so ttl−m neither wraps nor goes negative
+	return min(s.baseInterval(ttl), (ttl-m)/10*9)
 }
 
 func (s *Scheduler) margin(ttl time.Duration) time.Duration {

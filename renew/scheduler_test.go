@@ -129,7 +129,7 @@ func TestRenewalsCarryTheTTLExplicitly(t *testing.T) {
 	}
 }
 
-// A lease is renewed TTL × Ratio (less jitter) after the send of its last
+// A lease is renewed TTL × Ratio (the first time less jitter) after the send of its last
 // confirmed grant or renewal, never later than that and never more than the
 // early window before it, and stays held. The test drives the scheduler's
 // rounds itself on a ManualClock in small steps, so the bounds are exact
@@ -144,8 +144,13 @@ func TestLeaseRenewsAtTTLTimesRatioAndStaysHeld(t *testing.T) {
 	for i := range 5 {
 		confirmed, due := leaseTimes(s, l)
 		iv := due.Sub(confirmed)
-		assert.GreaterOrEqual(t, iv, 900*time.Millisecond, "renewal %d: interval less jitter", i)
-		assert.LessOrEqual(t, iv, time.Second, "renewal %d: interval", i)
+		if i == 0 {
+			// Only the first renewal is jittered, by up to 10%.
+			assert.GreaterOrEqual(t, iv, 900*time.Millisecond, "first interval less jitter")
+			assert.LessOrEqual(t, iv, time.Second, "first interval")
+		} else {
+			assert.Equal(t, time.Second, iv, "renewal %d: interval", i)
+		}
 		b := stepUntilBatch(t, s, clk, o, step)
 		assert.False(t, b.at.Before(due.Add(-defaultWindow)), "renewal %d sent %v before it was due", i, due.Sub(b.at))
 		assert.False(t, b.at.After(due), "renewal %d sent %v late", i, b.at.Sub(due))
@@ -190,37 +195,51 @@ func TestKeepAliveCapsTheInterval(t *testing.T) {
 func TestRenewalTimeAndDeadline(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
-		name         string
-		cfg          Config
-		ttl          time.Duration
-		minIv, maxIv time.Duration
-		deadline     time.Duration
+		name     string
+		cfg      Config
+		ttl      time.Duration
+		iv       time.Duration
+		deadline time.Duration
 	}{
-		{"default ratio: TTL/2", Config{}, 2 * time.Second, 900 * time.Millisecond, time.Second, 1800 * time.Millisecond},
-		{"ratio", Config{Ratio: 0.1}, 10 * time.Second, 900 * time.Millisecond, time.Second, 9 * time.Second},
-		{"keepalive cap", Config{KeepAlive: 200 * time.Millisecond}, time.Minute, 180 * time.Millisecond, 200 * time.Millisecond, 58 * time.Second},
-		{"default keepalive cap", Config{}, time.Hour, 9 * time.Second, 10 * time.Second, time.Hour - 2*time.Second},
-		{"ratio near 1: 90% of TTL−margin", Config{Ratio: 0.99}, 10 * time.Second, 7290 * time.Millisecond, 8100 * time.Millisecond, 9 * time.Second},
+		{"default ratio: TTL/2", Config{}, 2 * time.Second, time.Second, 1800 * time.Millisecond},
+		{"ratio", Config{Ratio: 0.1}, 10 * time.Second, time.Second, 9 * time.Second},
+		{"keepalive cap", Config{KeepAlive: 200 * time.Millisecond}, time.Minute, 200 * time.Millisecond, 58 * time.Second},
+		{"default keepalive cap", Config{}, time.Hour, 10 * time.Second, time.Hour - 2*time.Second},
+		{"ratio near 1: 90% of TTL−margin", Config{Ratio: 0.99}, 10 * time.Second, 8100 * time.Millisecond, 9 * time.Second},
 		// 90% of 40 years must not be computed as ×9 first (it wraps negative).
-		{"decades", Config{}, 40 * 365 * 24 * time.Hour, 9 * time.Second, 10 * time.Second, 40*365*24*time.Hour - 2*time.Second},
+		{"decades", Config{}, 40 * 365 * 24 * time.Hour, 10 * time.Second, 40*365*24*time.Hour - 2*time.Second},
 		// sent + TTL − margin is past the int64 range: saturated.
-		{"protocol maximum", Config{}, foreverTTL, 9 * time.Second, 10 * time.Second, math.MaxInt64 - 5*time.Second},
+		{"protocol maximum", Config{}, foreverTTL, 10 * time.Second, math.MaxInt64 - 5*time.Second},
 	}
 	for _, tc := range cases {
 		s := newScheduler(tc.cfg)
 		const sent = int64(5 * time.Second)
-		for range 100 { // jitter is random
-			l := &Lease{ttl: tc.ttl}
-			s.confirmLocked(l, sent, l.ttl)
-			ok := assert.Equal(t, sent, l.confirmed, tc.name) &&
-				assert.Equal(t, sent+int64(tc.deadline), l.deadline, tc.name) &&
-				assert.GreaterOrEqual(t, l.renewAt-sent, int64(tc.minIv), tc.name) &&
-				assert.LessOrEqual(t, l.renewAt-sent, int64(tc.maxIv), tc.name)
-			if !ok {
-				break
-			}
-		}
+		l := &Lease{ttl: tc.ttl}
+		iv := s.confirmLocked(l, sent, l.ttl)
+		assert.Equal(t, tc.iv, iv, tc.name)
+		assert.Equal(t, sent, l.confirmed, tc.name)
+		assert.Equal(t, sent+int64(tc.deadline), l.deadline, tc.name)
+		assert.Equal(t, sent+int64(tc.iv), l.renewAt, tc.name)
+		assert.Equal(t, int64(tc.iv/4), s.early(l), tc.name)
 	}
+}
+
+// Only a lease's first renewal is jittered, by up to a tenth of its
+// interval: enough to spread clients that acquired together.
+func TestFirstRenewalIsJittered(t *testing.T) {
+	t.Parallel()
+	s, clk := manualScheduler(t, Config{})
+	o := okOwner(t)
+	seen := map[time.Time]bool{}
+	for i := range 100 {
+		l := s.Track(Spec{Key: fmt.Sprint("k", i), Token: "t", TTL: 10 * time.Second, Owner: o, Sent: clk.Now()})
+		confirmed, due := leaseTimes(s, l)
+		iv := due.Sub(confirmed)
+		require.GreaterOrEqual(t, iv, 4500*time.Millisecond)
+		require.LessOrEqual(t, iv, 5*time.Second)
+		seen[due] = true
+	}
+	assert.Greater(t, len(seen), 1, "100 grants at one moment share one first renewal time")
 }
 
 func TestLeasesDueTogetherGoInOneBatchPerOwner(t *testing.T) {
