@@ -33,8 +33,12 @@ func TestIdleConnsFallBackToMaxIdle(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	rec := newBrokenRecorder()
 	p := newPool(t, Config{
-		Addr:            srv.Addr(),
-		KeepAlive:       20 * time.Millisecond, // the janitor's period
+		Addr: srv.Addr(),
+		// The janitor's period. Not shorter: a ping unanswered for two
+		// periods breaks its connection, which a loaded one-CPU machine
+		// can stall for tens of milliseconds, and a broken idle connection
+		// is not one the idle limits closed.
+		KeepAlive:       250 * time.Millisecond,
 		MaxIdleConns:    3,
 		MaxConnIdleTime: time.Hour,
 		OnConnBroken:    rec.hook,
@@ -63,7 +67,7 @@ func TestIdleConnsClosedAfterMaxIdleTime(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	p := newPool(t, Config{
 		Addr:            srv.Addr(),
-		KeepAlive:       20 * time.Millisecond,
+		KeepAlive:       250 * time.Millisecond, // see TestIdleConnsFallBackToMaxIdle
 		LaneConns:       1,
 		MaxIdleConns:    100,
 		MaxConnIdleTime: 50 * time.Millisecond,
