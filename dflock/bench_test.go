@@ -30,7 +30,7 @@ var benchGoroutines = []int{1, 8, 64, 256}
 func benchServers(b *testing.B, n int) []*testutil.Server {
 	srvs := make([]*testutil.Server, n)
 	for i := range srvs {
-		srvs[i] = newServer(b, testutil.Config{MaxLocks: -1})
+		srvs[i] = newServer(b, testutil.Config{MaxLocks: -1, ReplyPerWrite: true})
 	}
 	return srvs
 }

@@ -52,6 +52,7 @@ type Client struct {
 type server struct {
 	addr string
 	pool *pool.Pool
+	hot  hotKeys // keys recently found held: Lock skips the lane try for them
 }
 
 type clientCounters struct {
