@@ -24,7 +24,7 @@ import (
 // what users would otherwise write, on the same server in the same run.
 // docs/performance.md has the commands and the tables; in short:
 //
-//	go test -run='^$' -bench='^BenchmarkLockRelease' -benchtime=2s -count=1 ./dflock
+//	go test -run='^$' -bench='^BenchmarkLockRelease' -benchtime=1s ./dflock
 //
 // repeated a few times and compared with benchstat -col /impl.
 //
