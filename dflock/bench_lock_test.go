@@ -24,7 +24,7 @@ import (
 // what users would otherwise write, on the same server in the same run.
 // docs/performance.md has the commands and the tables; in short:
 //
-//	go test -run='^$' -bench='^BenchmarkLockRelease' -benchtime=2s -count=1 ./dflock
+//	go test -run='^$' -bench='^BenchmarkLockRelease' -benchtime=1s ./dflock
 //
 // repeated a few times and compared with benchstat -col /impl.
 //
@@ -91,7 +91,8 @@ func startBenchTarget(b *testing.B) benchTarget {
 // startServerProcess re-executes the test binary as a server process and
 // returns its address. The process exits when its stdin is closed, at
 // cleanup (or when this process dies); a process that does not is killed.
-func startServerProcess(b *testing.B, args []string) string {
+// Cleanup returns once the process has exited.
+func startServerProcess(b testing.TB, args []string) string {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchServerProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), benchChildEnv+"="+strings.Join(args, " "))
@@ -111,7 +112,9 @@ func startServerProcess(b *testing.B, args []string) string {
 	b.Cleanup(func() {
 		_ = stdin.Close()
 		hung := time.AfterFunc(testTimeout, kill) // one that does not exit
-		_ = cmd.Wait()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("server process: %v", err)
+		}
 		hung.Stop()
 	})
 	hung := time.AfterFunc(testTimeout, kill) // one that never announces itself
@@ -316,4 +319,28 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(errors.Join(errors.New("getrusage"), err))
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// The benchmarks' server process serves, and exits cleanly when its stdin
+// closes at cleanup (a kill would fail Wait, and so the test).
+func TestBenchServerProcessStartsServesAndExits(t *testing.T) {
+	t.Parallel()
+	var addr string
+	t.Run("serve", func(t *testing.T) {
+		addr = startServerProcess(t, []string{"-reply-per-write", "-exit-on-eof"})
+		c := newClient(t, []string{addr})
+		ctx := testCtx(t)
+		l, err := c.Lock(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The subtest's cleanup waited for the process: its port is closed.
+	if nc, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		_ = nc.Close()
+		t.Fatalf("%s still accepts connections after cleanup", addr)
+	}
 }

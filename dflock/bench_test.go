@@ -30,7 +30,7 @@ var benchGoroutines = []int{1, 8, 64, 256}
 func benchServers(b *testing.B, n int) []*testutil.Server {
 	srvs := make([]*testutil.Server, n)
 	for i := range srvs {
-		srvs[i] = newServer(b, testutil.Config{MaxLocks: -1})
+		srvs[i] = newServer(b, testutil.Config{MaxLocks: -1, ReplyPerWrite: true})
 	}
 	return srvs
 }
@@ -90,24 +90,30 @@ func benchKeys(g int) [][]string {
 }
 
 // BenchmarkLaneFastPath measures whether trying the control lane first
-// pays: lane=on is the default; lane=off sends every Lock straight to a
-// wait-pool connection as a blocking acquire. "contended" has all
-// goroutines on one key, where the lane try is a wasted round trip.
+// pays: lane=on is the default; lane=always tries the lane on every Lock,
+// even on a key found held a moment ago (no hot-key memory); lane=off
+// sends every Lock straight to a wait-pool connection as a blocking
+// acquire. "contended" has all goroutines on one key, where a lane try is
+// a wasted round trip. The variants of a case run one after the other, so
+// that they see the same machine load.
 func BenchmarkLaneFastPath(b *testing.B) {
 	for _, contended := range []bool{false, true} {
-		for _, lane := range []bool{true, false} {
-			for _, g := range []int{1, 8, 64} {
-				if contended && g == 1 {
-					continue
-				}
-				name := fmt.Sprintf("contended=%v/lane=%v/goroutines=%d", contended, lane, g)
+		for _, g := range []int{1, 8, 64} {
+			if contended && g == 1 {
+				continue
+			}
+			for _, lane := range []string{"on", "always", "off"} {
+				name := fmt.Sprintf("contended=%v/goroutines=%d/lane=%s", contended, g, lane)
 				b.Run(name, func(b *testing.B) {
 					srvs := benchServers(b, 1)
 					opts := []Option{}
-					if !lane {
+					if lane == "off" {
 						opts = append(opts, withoutLaneFastPath())
 					}
 					c := newClient(b, addrsOf(srvs...), opts...)
+					if lane == "always" {
+						c.servers[0].hot.ttl = time.Nanosecond // forgotten at once
+					}
 					ctx := context.Background()
 					keys := benchKeys(g)
 					runOps(b, g, func(gi, i int) error {

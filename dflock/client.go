@@ -53,6 +53,7 @@ type server struct {
 	addr string
 	pool *pool.Pool
 	obs  serverObs // per-server figures of Snapshot
+	hot  hotKeys   // keys recently found held: Lock skips the lane try for them
 }
 
 type clientCounters struct {

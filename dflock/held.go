@@ -124,29 +124,27 @@ func (h *held) sendRelease(ctx context.Context) error {
 	req := wire.ReleaseRequest(h.key(), h.token(), h.limit > 0)
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
-	res := make(chan error, 1)
+	// The answer is handled by the caller's goroutine while it waits, by
+	// one started for it if it stops waiting; never on the connection's
+	// reader, where returning a pinned connection to the pool (or
+	// destroying it) must not run. Close waits for it through c.bg.
+	replies := make(chan releaseReply, 1)
 	c.bg.Add(1)
 	h.owner.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
-		if h.pinned == nil {
-			// Lane-owned: nothing to hand back, safe on the reader goroutine.
-			res <- h.finishRelease(releaseReply{r, err})
-			c.bg.Done()
-			return
-		}
-		// Returning a pinned connection to the pool (or destroying it)
-		// must not run on that connection's own reader goroutine.
-		go func() {
-			defer c.bg.Done()
-			res <- h.finishRelease(releaseReply{r, err})
-		}()
+		replies <- releaseReply{r, err}
 	})
+	finish := func(rr releaseReply) error {
+		defer c.bg.Done()
+		return h.finishRelease(rr)
+	}
 	if opCtx.Err() == nil { // an ended ctx reports so at once, deterministically
 		select {
-		case err := <-res:
-			return err
+		case rr := <-replies:
+			return finish(rr)
 		case <-opCtx.Done():
 		}
 	}
+	go func() { _ = finish(<-replies) }()
 	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
 }
 

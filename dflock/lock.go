@@ -83,7 +83,9 @@ func newLock(h *held, err error) (*Lock, error) {
 //
 // An uncontended lock is taken with one pipelined request on a shared
 // connection; a contended one waits on a connection of its own, which stays
-// with the lock until it is released. If ctx ends while a grant is in
+// with the lock until it is released. A key found held within the last
+// second or so goes straight to such a connection, skipping the shared
+// one's try (see hotKeys). If ctx ends while a grant is in
 // flight, the grant is released: an error return never leaves a lock held.
 //
 // The server's wait timeout is whole seconds, so AcquireTimeout (or ctx's
@@ -158,7 +160,8 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 		defer cancelT()
 	}
 
-	if try || !c.opts.noLaneFast {
+	hk := hotKey{key: key, sem: limit != 0}
+	if try || (!c.opts.noLaneFast && !srv.hot.contains(hk, time.Now)) {
 		h, err := c.tryLane(ctx, opCtx, op, srv, req)
 		if h != nil || err != nil {
 			return h, err
@@ -167,6 +170,7 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 			return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: ErrNotAcquired}
 		}
 		c.stats.contended.Add(1)
+		srv.hot.add(hk, time.Now())
 	}
 	return c.waitAcquire(ctx, opCtx, op, srv, req)
 }

@@ -1,0 +1,134 @@
+package dflock
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// lockRequests is how many `l` requests srv has received.
+func lockRequests(srv *testutil.Server) int64 { return srv.Stats().Requests["l"] }
+
+func TestContendedLockSkipsTheLaneTryWhileTheKeyIsHot(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	// However slow the machine, the entry outlives the test.
+	c.servers[0].hot.ttl = time.Hour
+
+	holder, err := c.Lock(ctx, "k")
+	require.NoError(t, err)
+
+	// The first waiter learns that the key is held from a lane try.
+	first := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "k")
+		assert.NoError(t, err)
+		first <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "k") == 1 }, testTimeout, time.Millisecond)
+	require.EqualValues(t, 1, c.stats.contended.Load())
+
+	// The second goes straight to the wait pool: one `l`, the blocking one.
+	before := lockRequests(srv)
+	second := make(chan *Lock, 1)
+	go func() {
+		l, err := c.Lock(ctx, "k")
+		assert.NoError(t, err)
+		second <- l
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "k") == 2 }, testTimeout, time.Millisecond)
+	assert.EqualValues(t, 1, lockRequests(srv)-before, "the second contended Lock tried the lane first")
+	assert.EqualValues(t, 1, c.stats.contended.Load(), "no lane try found the key held a second time")
+
+	// TryLock still asks the lane: it must not wait.
+	before = lockRequests(srv)
+	_, err = c.TryLock(ctx, "k")
+	require.ErrorIs(t, err, ErrNotAcquired)
+	assert.EqualValues(t, 1, lockRequests(srv)-before)
+
+	// Another key is not affected: it is granted on the lane.
+	lane := c.stats.laneGrants.Load()
+	other, err := c.Lock(ctx, "other")
+	require.NoError(t, err)
+	assert.Equal(t, lane+1, c.stats.laneGrants.Load(), "an uncontended key skipped the lane")
+	require.NoError(t, other.Release(ctx))
+
+	// The waiters are granted in order, each on its own connection, and
+	// release there.
+	require.NoError(t, holder.Release(ctx))
+	l1 := <-first
+	require.NotNil(t, l1)
+	require.NoError(t, l1.Release(ctx))
+	l2 := <-second
+	require.NotNil(t, l2)
+	assert.NotNil(t, l2.h.pinned, "granted on a wait-pool connection")
+	assert.Same(t, l2.h.pinned, l2.h.owner, "the release goes to the connection that acquired the lease")
+	require.NoError(t, l2.Release(ctx))
+	assert.False(t, lockHeld(srv, "k"))
+}
+
+// A semaphore key is remembered apart from the lock key of the same name
+// (they are separate resources from dflockd v1.14 on).
+func TestHotKeysSeparateLocksFromSemaphores(t *testing.T) {
+	t.Parallel()
+	var h hotKeys
+	now := time.Now()
+	h.add(hotKey{key: "k"}, now)
+	assert.True(t, h.contains(hotKey{key: "k"}, func() time.Time { return now }))
+	assert.False(t, h.contains(hotKey{key: "k", sem: true}, func() time.Time { return now }))
+}
+
+func TestHotKeyIsForgottenAfterItsLifetime(t *testing.T) {
+	t.Parallel()
+	var h hotKeys
+	t0 := time.Now()
+	k := hotKey{key: "k"}
+	h.add(k, t0)
+	assert.True(t, h.contains(k, func() time.Time { return t0.Add(hotKeyTTL - 1) }))
+	assert.False(t, h.contains(k, func() time.Time { return t0.Add(hotKeyTTL) }))
+	assert.Zero(t, h.len(), "an expired entry is dropped when found")
+	// Seen held again: remembered again.
+	h.add(k, t0.Add(2*hotKeyTTL))
+	assert.True(t, h.contains(k, func() time.Time { return t0.Add(2 * hotKeyTTL) }))
+}
+
+func TestHotKeysAreBounded(t *testing.T) {
+	t.Parallel()
+	var h hotKeys
+	t0 := time.Now()
+	at := func(d time.Duration) func() time.Time { return func() time.Time { return t0.Add(d) } }
+	for i := range hotKeysMax + 100 {
+		h.add(hotKey{key: fmt.Sprint(i)}, t0)
+	}
+	assert.Equal(t, hotKeysMax, h.len())
+	assert.Len(t, h.m, hotKeysMax)
+	assert.True(t, h.contains(hotKey{key: "0"}, at(0)), "a full set keeps what it has")
+	assert.False(t, h.contains(hotKey{key: fmt.Sprint(hotKeysMax)}, at(0)), "a full set takes nothing new")
+
+	// Once the entries have expired, a new key makes room for itself.
+	h.add(hotKey{key: "new"}, t0.Add(hotKeyTTL))
+	assert.Equal(t, 1, h.len())
+	assert.True(t, h.contains(hotKey{key: "new"}, at(hotKeyTTL)))
+}
+
+// While no key is hot, a lookup is a single atomic load: the map is not
+// even allocated. Afterwards it is a map lookup, still without allocating.
+// (Not parallel: AllocsPerRun.)
+func TestHotKeysCostNothingUntilAKeyIsContended(t *testing.T) {
+	var h hotKeys
+	called := false
+	assert.False(t, h.contains(hotKey{key: "k"}, func() time.Time { called = true; return time.Now() }))
+	assert.False(t, called, "the clock was read")
+	assert.Nil(t, h.m)
+	assert.Zero(t, testing.AllocsPerRun(100, func() { h.contains(hotKey{key: "k"}, time.Now) }))
+	h.add(hotKey{key: "other"}, time.Now())
+	key := string([]byte("k")) // not a constant, as a caller's key is not
+	assert.Zero(t, testing.AllocsPerRun(100, func() { h.contains(hotKey{key: key}, time.Now) }))
+}
