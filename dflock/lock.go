@@ -224,7 +224,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		secs, ok := waitSeconds(opCtx, chunkFor(conn, waitChunk))
 		if !ok {
 			conn.Release()
-			return fail(context.DeadlineExceeded)
+			return fail(deadlinePassed(opCtx))
 		}
 		req.Timeout = secs
 		r, sent, err := exchange(opCtx, conn, req)
@@ -329,6 +329,15 @@ func chunkFor(conn *pool.Conn, chunk time.Duration) time.Duration {
 		return chunk
 	}
 	return min(chunk, legacyWaitChunk)
+}
+
+// deadlinePassed is the error of an operation that found ctx's deadline
+// passed (waitSeconds said so) before ctx's own timer closed Done: it waits
+// for that timer, which is due, so that the error is ctx's — ErrTimeout for
+// an AcquireTimeout — and not a bare context.DeadlineExceeded.
+func deadlinePassed(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 // waitSeconds is the server timeout for the next blocking request: the

@@ -281,7 +281,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			var ok bool
 			if secs, ok = waitSeconds(opCtx, chunkFor(conn, ticketWaitChunk)); !ok {
 				conn.Destroy() // withdraws the place
-				return fail(context.DeadlineExceeded)
+				return fail(deadlinePassed(opCtx))
 			}
 		}
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
