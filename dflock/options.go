@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/shard"
 	"github.com/dflock-sdk/go/wire"
 )
@@ -25,7 +24,7 @@ const (
 	DefaultLeaseTTL time.Duration = 0
 	// DefaultRenewRatio: a lease is renewed after this fraction of its TTL
 	// (minus up to 10% jitter).
-	DefaultRenewRatio = renew.DefaultRatio
+	DefaultRenewRatio = 0.5
 	// DefaultKeepAlive: every connection, and every held lease, carries
 	// traffic at least this often. It must be at most half the servers'
 	// read timeout (see WithServerReadTimeout), which closes idle

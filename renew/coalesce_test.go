@@ -149,6 +149,6 @@ func TestEarlyRenewalDoesNotShortenSurvival(t *testing.T) {
 	require.Len(t, requestsFor(o.snapshot(), wire.CmdRenew, "b"), 2, "b's next renewal was sent")
 	clk.Advance(1)
 	s.tick()
-	assert.ErrorIs(t, b.Err(), ErrExpired)
-	assert.ErrorIs(t, a.Err(), ErrExpired)
+	assert.ErrorIs(t, b.Err(), errExpired)
+	assert.ErrorIs(t, a.Err(), errExpired)
 }

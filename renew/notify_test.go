@@ -131,7 +131,7 @@ func TestBlockingOnLostDoesNotStallRenewalsOrLossDetection(t *testing.T) {
 			// An overdue grant, found by the scheduler.
 			e := s.Track(Spec{Key: "e", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost})
 			waitDone(t, e, waitShort)
-			assert.ErrorIs(t, e.Err(), ErrExpired)
+			assert.ErrorIs(t, e.Err(), errExpired)
 
 			assert.Empty(t, rec.snapshot(), "a notification overtook the blocked one")
 			assert.Equal(t, int64(4), s.Stats().Lost)

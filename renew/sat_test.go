@@ -110,7 +110,7 @@ func TestSentFarInThePastOrFuture(t *testing.T) {
 
 	past := s.Track(Spec{Key: "past", Token: "t", TTL: foreverTTL, Owner: o, Sent: time.Unix(0, 0).AddDate(-1000, 0, 0)})
 	waitDone(t, past, waitShort)
-	assert.ErrorIs(t, past.Err(), ErrExpired)
+	assert.ErrorIs(t, past.Err(), errExpired)
 	assert.Contains(t, past.Err().Error(), "send 2562047h47m16.854775807s ago", "the elapsed time saturates")
 
 	before := time.Now()

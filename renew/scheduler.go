@@ -341,7 +341,7 @@ func (s *Scheduler) Stats() Stats {
 // one, since every tick reads the clock afresh.
 func (s *Scheduler) run() {
 	defer close(s.exited)
-	var t Timer
+	var t interface{ Stop() bool }
 	defer func() {
 		if t != nil {
 			t.Stop()
@@ -727,7 +727,7 @@ func (s *Scheduler) unlinkLocked(l *Lease) {
 
 func expiredCause(l *Lease, now int64) error {
 	return fmt.Errorf("%w (last confirmed send %v ago, TTL %v, %d renewal(s) unanswered)",
-		ErrExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, l.inflight)
+		errExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, l.inflight)
 }
 
 func renewRequest(l *Lease) wire.Request {

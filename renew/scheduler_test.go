@@ -338,8 +338,8 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 	s.tick()
 	waitDone(t, l, waitShort)
 	require.ErrorIs(t, l.Err(), ErrLost)
-	assert.ErrorIs(t, l.Err(), ErrExpired)
-	assert.ErrorIs(t, context.Cause(l.Context()), ErrExpired)
+	assert.ErrorIs(t, l.Err(), errExpired)
+	assert.ErrorIs(t, context.Cause(l.Context()), errExpired)
 
 	bs := o.snapshot()
 	assert.Len(t, requestsFor(bs, wire.CmdRelease, "k"), 1, "best-effort release")
@@ -352,7 +352,7 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 		}
 	}
 	<-hookDone
-	assert.ErrorIs(t, *hooked.Load(), ErrExpired)
+	assert.ErrorIs(t, *hooked.Load(), errExpired)
 }
 
 // An overdue grant is lost at once and released best-effort; a release the
@@ -363,7 +363,7 @@ func TestOverdueGrantIsLostAtOnce(t *testing.T) {
 	s := newTestScheduler(t, Config{})
 	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Second, Semaphore: true, Owner: o, Sent: time.Now().Add(-time.Second)})
 	waitDone(t, l, waitShort)
-	assert.ErrorIs(t, l.Err(), ErrExpired)
+	assert.ErrorIs(t, l.Err(), errExpired)
 	o.waitFor(t, waitShort, "release", func(bs []sentBatch) bool {
 		return len(requestsFor(bs, wire.CmdSemRelease, "k")) == 1
 	})
@@ -573,7 +573,7 @@ func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
 func TestConfigDefaultsAndClamping(t *testing.T) {
 	t.Parallel()
 	c := Config{Ratio: 1.5, jitter: -1, KeepAlive: -time.Second, window: -1}.withDefaults()
-	assert.Equal(t, DefaultRatio, c.Ratio)
+	assert.Equal(t, defaultRatio, c.Ratio)
 	assert.Equal(t, defaultJitter, c.jitter)
 	assert.Equal(t, defaultKeepAlive, c.KeepAlive)
 	assert.Equal(t, defaultWindow, c.window)
