@@ -16,8 +16,8 @@
 // readers.
 //
 // Compatibility: none. The package exists for package dflock and may change
-// with any release; users see only Stats (through dflock.Stats) and the
-// errors. ErrLost and ErrReleased are defined here, the lowest package that
+// with any release; users see only the errors (dflock.Stats copies the
+// figures of Stats and Counters into its own types). ErrLost and ErrReleased are defined here, the lowest package that
 // produces them, and dflock exports them as ErrLockLost and ErrReleased:
 // match them through dflock.
 package renew
@@ -255,18 +255,13 @@ type Spec struct {
 	Counters *Counters
 }
 
-// Stats of the scheduler.
+// Stats of the scheduler. The renewals of leases and their outcomes are
+// counted in the Counters each Spec names (package dflock sums its
+// per-server Counters for its users); these are the figures no lease owns.
 type Stats struct {
 	Leases  int   // tracked now
-	Sent    int64 // renew requests sent
-	Renewed int64 // answered ok (also after the lease ended meanwhile)
-	// Refused renewals were answered with anything but ok; Unanswered ones
-	// had their connection fail before the reply.
-	Refused    int64
-	Unanswered int64
-	Batches    int64 // SendBatch calls (one write each, per owner per round)
-	Rounds     int64 // wakes that sent at least one renewal
-	Lost       int64
+	Batches int64 // SendBatch calls (one write each, per owner per round)
+	Rounds  int64 // wakes that sent at least one renewal
 	// ReleaseFailed counts best-effort releases of leases declared lost by
 	// the client's clock that failed: refused (usually because the server
 	// had already expired the lease) or not delivered (the connection broke,

@@ -428,7 +428,6 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	s.requeue = s.requeue[:0]
 	if nrenew > 0 {
 		s.stats.Rounds++
-		s.stats.Sent += int64(nrenew)
 		for _, st := range s.round {
 			if len(st.renew) > 0 {
 				s.stats.Batches++
@@ -534,14 +533,6 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		}
 	}
 	s.mu.Lock()
-	switch out {
-	case outRenewed:
-		s.stats.Renewed++
-	case outRefused:
-		s.stats.Refused++
-	default:
-		s.stats.Unanswered++
-	}
 	if l.state != stateTracked {
 		e := l.err
 		s.mu.Unlock()
@@ -643,7 +634,6 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	}
 	close(l.done)
 	if state == stateLost {
-		s.stats.Lost++
 		if l.counters != nil {
 			l.counters.Lost.Add(1)
 		}
