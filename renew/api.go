@@ -199,7 +199,7 @@ func (c Config) withDefaults() Config {
 }
 
 // Counters are renewal figures of a group of leases (dflock keeps one per
-// server). Safe for concurrent use.
+// server, and sums them for its users). Safe for concurrent use.
 //
 // Every renew request sent counts in Sent once, and in exactly one of
 // Renewed, Refused or Unanswered once its answer (or its connection's
