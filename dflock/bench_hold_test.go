@@ -17,7 +17,7 @@ import (
 //     renewal, with the server in a process of its own (-benchserver=proc,
 //     the default). With -benchserver=inproc the server's share is included
 //     and the unit reads proc-cpu-µs/lease/round instead;
-//   - renewals/write: renew requests per renewal batch (renew.Stats
+//   - renewals/write: renew requests per renewal batch (RenewStats
 //     Sent/Batches), one write each;
 //   - goroutines and heap-B/lease: the growth from holding the leases;
 //   - allocs/lease/round: heap allocations per renewal.
@@ -107,7 +107,7 @@ func measureHoldRounds(b *testing.B, n, rounds int) holdFigures {
 	// One round to settle (the grants were spread over the time the
 	// acquires took), then the measured rounds.
 	awaitHoldRenewals(b, c, int64(n))
-	s0 := c.sched.Stats()
+	s0 := c.renewStats()
 	runtime.ReadMemStats(&m0)
 	cpu0 := processCPU(b)
 	b.StartTimer()
@@ -115,7 +115,7 @@ func measureHoldRounds(b *testing.B, n, rounds int) holdFigures {
 	b.StopTimer()
 	cpu := processCPU(b) - cpu0
 	runtime.ReadMemStats(&m1)
-	s1 := c.sched.Stats()
+	s1 := c.renewStats()
 
 	renewals := float64(s1.Renewed - s0.Renewed)
 	f.cpuPerRenewal = float64(cpu.Nanoseconds()) / 1e3 / renewals
@@ -137,13 +137,13 @@ func measureHoldRounds(b *testing.B, n, rounds int) holdFigures {
 // a benchmark has no event to wait on.
 func awaitHoldRenewals(b *testing.B, c *Client, k int64) {
 	b.Helper()
-	base := c.sched.Stats().Renewed
+	base := c.renewStats().Renewed
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	deadline := time.Now().Add(2 * time.Minute)
-	for c.sched.Stats().Renewed-base < k {
+	for c.renewStats().Renewed-base < k {
 		if time.Now().After(deadline) {
-			b.Fatalf("%d renewals in 2 minutes, want %d: %+v", c.sched.Stats().Renewed-base, k, c.sched.Stats())
+			b.Fatalf("%d renewals in 2 minutes, want %d: %+v", c.renewStats().Renewed-base, k, c.renewStats())
 		}
 		<-tick.C
 	}

@@ -304,16 +304,16 @@ func measureHold(tb testing.TB, n int) holdFootprint {
 	// One full renewal cycle, however long the machine takes for it. The
 	// keepalive (10 s) pings no lane that carries renewals, so the writes
 	// counted are renewal batches.
-	s0, w0, t0 := c.sched.Stats(), cc.writes.Load(), time.Now()
+	s0, w0, t0 := c.renewStats(), cc.writes.Load(), time.Now()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for deadline := time.Now().Add(2 * time.Minute); c.sched.Stats().Renewed-s0.Renewed < int64(n); {
+	for deadline := time.Now().Add(2 * time.Minute); c.renewStats().Renewed-s0.Renewed < int64(n); {
 		<-tick.C
 		if time.Now().After(deadline) {
-			tb.Fatalf("no full renewal cycle: %+v after %+v", c.sched.Stats(), s0)
+			tb.Fatalf("no full renewal cycle: %+v after %+v", c.renewStats(), s0)
 		}
 	}
-	s1, w1, el := c.sched.Stats(), cc.writes.Load(), time.Since(t0).Seconds()
+	s1, w1, el := c.renewStats(), cc.writes.Load(), time.Since(t0).Seconds()
 	fp.renewals = s1.Renewed - s0.Renewed
 	fp.renewalWrites = w1 - w0
 	fp.renewalsS = float64(fp.renewals) / el

@@ -60,10 +60,10 @@ func releaseBehindClientsBack(t *testing.T, addr, key, token string) {
 // than it had at the call, or until done closes. It reports whether the
 // renewals came first.
 func awaitRenewals(c *Client, n int64, done <-chan struct{}) bool {
-	target := c.sched.Stats().Renewed + n
+	target := c.renewStats().Renewed + n
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	for c.sched.Stats().Renewed < target {
+	for c.renewStats().Renewed < target {
 		select {
 		case <-done:
 			return false

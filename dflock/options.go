@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/dflock-sdk/go/pool"
-	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/shard"
 	"github.com/dflock-sdk/go/wire"
 )
@@ -20,36 +18,36 @@ const (
 	// DefaultServer is the server used when New is given no servers.
 	DefaultServer = "127.0.0.1:6388"
 	// DefaultDialTimeout bounds dial + TLS handshake + auth of one connection.
-	DefaultDialTimeout = pool.DefaultDialTimeout
+	DefaultDialTimeout = 5 * time.Second
 	// DefaultLeaseTTL is 0: requests omit the lease and the server applies
 	// its own default (33 s unless configured), learnt from the grant reply.
 	DefaultLeaseTTL time.Duration = 0
 	// DefaultRenewRatio: a lease is renewed after this fraction of its TTL
 	// (minus up to 10% jitter).
-	DefaultRenewRatio = renew.DefaultRatio
+	DefaultRenewRatio = 0.5
 	// DefaultKeepAlive: every connection, and every held lease, carries
 	// traffic at least this often. It must be at most half the servers'
 	// read timeout (see WithServerReadTimeout), which closes idle
 	// connections and thereby releases their leases.
-	DefaultKeepAlive = pool.DefaultKeepAlive
+	DefaultKeepAlive = 10 * time.Second
 	// DefaultServerReadTimeout is dflockd's default --read-timeout: a
 	// connection that sends nothing for this long is closed.
 	DefaultServerReadTimeout = 23 * time.Second
 	// DefaultMaxConnsPerServer caps the wait-pool connections per server
 	// (blocking acquires in progress, two-phase tickets, and held leases
 	// that were granted after waiting).
-	DefaultMaxConnsPerServer = pool.DefaultMaxConns
+	DefaultMaxConnsPerServer = 128
 	// DefaultLaneConns is the number of control-lane connections per server.
-	DefaultLaneConns = pool.DefaultLaneConns
+	DefaultLaneConns = 2
 	// DefaultMaxIdleConnsPerServer is how many idle wait-pool connections
 	// a server keeps (see WithMaxIdleConnsPerServer): enough to answer the
 	// first few waits of the next burst without dialling, few enough that
 	// a burst's leftovers do not hold server connection slots.
-	DefaultMaxIdleConnsPerServer = pool.DefaultMaxIdleConns
+	DefaultMaxIdleConnsPerServer = 4
 	// DefaultMaxConnIdleTime is how long an idle wait-pool connection is
 	// kept (see WithMaxConnIdleTime): it survives pauses between bursts of
 	// several keepalives, and is closed about a minute after the last.
-	DefaultMaxConnIdleTime = pool.DefaultMaxConnIdleTime
+	DefaultMaxConnIdleTime = time.Minute
 	// DefaultReleaseTimeout bounds the release that WithLock, Ticket.Cancel
 	// and Close perform on the caller's behalf.
 	DefaultReleaseTimeout = 2 * time.Second
@@ -84,7 +82,7 @@ const (
 	// MaxStatsReply bounds WithMaxStatsReply (64 MiB, over a million idle
 	// keys): the reply is held in memory two or three times over while it
 	// is read and decoded.
-	MaxStatsReply = pool.MaxQueryLine
+	MaxStatsReply = 64 << 20
 	// minStatsReply is the least WithMaxStatsReply accepts: the cap of
 	// the official Go client, ample for a server with a few keys.
 	minStatsReply = 64 << 10

@@ -272,21 +272,21 @@ func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	require.False(t, t.Failed())
 
 	// The scheduler's own counters: c.Stats would add writes of its own.
-	before := c.sched.Stats()
+	before := c.renewStats()
 	w0 := cc.writes.Load()
 	// Every lease renewed about twice. The keepalive (10 s) sends no ping on
 	// a lane that carries renewals, so every write counted is a renewal batch.
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for c.sched.Stats().Renewed-before.Renewed < 2*n {
+	for c.renewStats().Renewed-before.Renewed < 2*n {
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
-			t.Fatalf("renewals: %+v after %+v", c.sched.Stats(), before)
+			t.Fatalf("renewals: %+v after %+v", c.renewStats(), before)
 		}
 	}
 	w1 := cc.writes.Load()
-	after := c.sched.Stats()
+	after := c.renewStats()
 
 	rounds := after.Rounds - before.Rounds
 	sent := after.Sent - before.Sent

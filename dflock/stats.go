@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/dflock-sdk/go/pool"
-	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -20,9 +19,49 @@ type Stats struct {
 	Servers []ServerStats
 	// Renew is the renewal scheduler's counters (leases held now, renewals
 	// sent, batches written, ...).
-	Renew renew.Stats
+	Renew RenewStats
 	// Client is the Client's own counters.
 	Client ClientStats
+}
+
+// RenewStats counts the renewal of held leases since New, over all servers.
+type RenewStats struct {
+	Leases  int   // tracked (held) now
+	Sent    int64 // renew requests sent
+	Renewed int64 // answered ok (also after the lease ended meanwhile)
+	// Refused renewals were answered with anything but ok; Unanswered ones
+	// had their connection fail before the reply. Sent − Renewed − Refused
+	// − Unanswered renewals are in flight.
+	Refused    int64
+	Unanswered int64
+	Batches    int64 // renewal writes (one per connection per round, and one per Renew call)
+	Rounds     int64 // scheduler wakes that sent at least one renewal
+	Lost       int64 // leases lost, whatever the cause
+	// ReleaseFailed counts best-effort releases of leases declared lost by
+	// the client's clock that failed: refused (usually because the server
+	// had already expired the lease) or not delivered (the connection broke,
+	// which releases the lease on the server anyway).
+	ReleaseFailed int64
+}
+
+// renewStats sums the per-server renewal Counters and adds the
+// scheduler's own figures. The outcomes are read before Sent, which is
+// counted before a renewal is written, so that Sent is never below their
+// sum.
+func (c *Client) renewStats() RenewStats {
+	st := c.sched.Stats()
+	r := RenewStats{Leases: st.Leases, Batches: st.Batches, Rounds: st.Rounds, ReleaseFailed: st.ReleaseFailed}
+	for _, s := range c.servers {
+		o := &s.obs.renew
+		r.Renewed += o.Renewed.Load()
+		r.Refused += o.Refused.Load()
+		r.Unanswered += o.Unanswered.Load()
+		r.Lost += o.Lost.Load()
+	}
+	for _, s := range c.servers {
+		r.Sent += s.obs.renew.Sent.Load()
+	}
+	return r
 }
 
 // ClientStats counts the Client's lease lifecycle since New.
@@ -142,7 +181,7 @@ func (c *Client) localStats(st Stats) Stats {
 		st.Servers[i].Addr = s.addr
 		st.Servers[i].Pool = s.pool.Stats()
 	}
-	st.Renew = c.sched.Stats()
+	st.Renew = c.renewStats()
 	st.Client = ClientStats{
 		Acquired:   c.stats.acquired.Load(),
 		LaneGrants: c.stats.laneGrants.Load(),

@@ -16,8 +16,8 @@
 //
 // Three kinds of connection share one framed, pipelined implementation (an
 // unexported conn: coalesced writes, one reader matching replies in FIFO
-// order, keepalive) and each has its own type: LaneConn (control lane, via
-// Pool.Do), Conn (an acquired wait-pool connection, via Pool.Acquire) and
+// order, keepalive) and each has its own type: a lane connection (control
+// lane, via Pool.Do, seen by callers only as the Owner of its leases), Conn (an acquired wait-pool connection, via Pool.Acquire) and
 // ListenerConn (Pool.DialListener). One way to send per need: Do waits for
 // a reply; SendBatch queues several requests in one write and reports each
 // answer to a callback on the reader.
@@ -64,43 +64,45 @@ var (
 	ErrDraining = errors.New("dflock: server draining")
 )
 
-// Owner is a connection that leases granted on it belong to: a *LaneConn
-// (Pool.Do) or an acquired *Conn. The server ties a lease's auto-release to
-// that connection, so its renewals and release are sent there. It has the
-// method set of renew.Owner, so it is one.
+// Owner is a connection that leases granted on it belong to: the lane
+// connection that Pool.Do returns, or an acquired *Conn. The server ties a
+// lease's auto-release to that connection, so its renewals and release are
+// sent there. It has the method set of renew.Owner, so it is one.
 type Owner interface {
+	// SendBatch writes reqs in one write, coalesced with concurrent
+	// senders, and calls done once per request, in order, from the
+	// connection's reader goroutine — or at once, before SendBatch returns,
+	// for every request if the connection is already broken, and for a
+	// request with a line break in a field (which would desynchronise the
+	// connection). done must not block. SendBatch never blocks on the
+	// network. On a lane connection the requests must be lane-safe (the
+	// scheduler's renewals and releases are).
 	SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error))
+	// Err is nil while the connection is usable; afterwards an error
+	// matching wire.ErrConnBroken that names the server (see Conn.Err).
 	Err() error
 }
 
-// Defaults, exported so callers can document and reuse them.
+// Defaults of the zero Config fields. Package dflock always sets these
+// fields from its own options (it owns the exported defaults, such as
+// dflock.defaultKeepAlive), so these serve the pool's own tests and a zero
+// Config.
 const (
-	DefaultDialTimeout  = 5 * time.Second
-	DefaultKeepAlive    = 10 * time.Second
-	DefaultMaxConns     = 128
-	DefaultLaneConns    = 2
-	defaultWriteTimeout = 5 * time.Second
-
-	// DefaultMaxIdleConns keeps enough idle wait-pool connections for the
-	// first wave of a new burst of contended acquires (the dial gate starts
-	// 4 dials at a time, so these 4 answer while the gate catches up),
-	// while a burst's leftovers give their server slots back: each idle
-	// connection counts against the server's --max-connections and is
-	// pinged every keepalive.
-	DefaultMaxIdleConns = 4
-	// DefaultMaxConnIdleTime is long enough for a connection to be reused
-	// across bursts that recur every few seconds (six keepalives by
-	// default) and short enough that a burst's connections are closed
-	// within a minute or two after it ends.
-	DefaultMaxConnIdleTime = time.Minute
+	defaultDialTimeout     = 5 * time.Second
+	defaultKeepAlive       = 10 * time.Second
+	defaultMaxConns        = 128
+	defaultLaneConns       = 2
+	defaultMaxIdleConns    = 4
+	defaultMaxConnIdleTime = time.Minute
+	defaultWriteTimeout    = 5 * time.Second
 )
 
 // Roles of a connection, as reported to Config.OnDial.
 const (
-	RoleLane     = "lane"
-	RoleWait     = "wait"
-	RoleListener = "listener"
-	RoleQuery    = "query"
+	roleLane     = "lane"
+	roleWait     = "wait"
+	roleListener = "listener"
+	roleQuery    = "query"
 )
 
 // Config configures the pool of one server.
@@ -112,25 +114,25 @@ type Config struct {
 	TLS *tls.Config
 	// AuthToken, when non-empty, is sent as the first request of every connection.
 	AuthToken string
-	// DialTimeout bounds dial + TLS + auth. Default DefaultDialTimeout.
+	// DialTimeout bounds dial + TLS + auth. Default 5 s.
 	DialTimeout time.Duration
 	// KeepAlive: a connection that has written nothing for this long is
 	// pinged. Must stay below the server's read timeout (23 s by default).
-	// Default DefaultKeepAlive.
+	// Default 10 s.
 	KeepAlive time.Duration
-	// MaxConns caps the wait pool (pinned connections included). Default DefaultMaxConns.
+	// MaxConns caps the wait pool (pinned connections included). Default 128.
 	MaxConns int32
-	// LaneConns is the number of control-lane connections. Default DefaultLaneConns.
+	// LaneConns is the number of control-lane connections. Default 2.
 	LaneConns int
 	// MaxIdleConns caps the idle wait-pool connections; the janitor
 	// closes the excess, those idle longest first, within a keepalive
-	// interval. Negative: keep none. Default (0) DefaultMaxIdleConns.
+	// interval. Negative: keep none. Default (0) 4.
 	// Lane and listener connections are not wait-pool connections, and an
 	// acquired (in particular a pinned) one is never idle.
 	MaxIdleConns int32
 	// MaxConnIdleTime: the janitor closes a wait-pool connection that has
 	// been idle this long, within a keepalive interval of its expiry.
-	// Default DefaultMaxConnIdleTime.
+	// Default 1 minute.
 	MaxConnIdleTime time.Duration
 	// Logger; nil discards. Never logs the auth token.
 	//
@@ -147,15 +149,15 @@ type Config struct {
 	// the goroutine that noticed — often a reader, a flusher or the
 	// janitor. It must return promptly and never block, for the same reason
 	// as Logger. owner is the connection as the Owner of the leases granted
-	// on it — the *LaneConn, or the acquired *Conn — or nil when it could
+	// on it — the lane connection, or the acquired *Conn — or nil when it could
 	// own none (idle in the wait pool, a listener): the Client declares
 	// those leases lost at once. err matches wire.ErrConnBroken; it also
 	// matches ErrUnavailable if the server or the network broke the
 	// connection, and ErrClosed if Close did.
 	OnConnBroken func(owner Owner, err error)
 	// OnDial, if set, is called after every dial (TCP, TLS and auth),
-	// successful or not, with the connection's role (RoleLane, RoleWait,
-	// RoleListener, RoleQuery) and how long it took, on the goroutine that
+	// successful or not, with the connection's role ("lane", "wait",
+	// "listener" or "query") and how long it took, on the goroutine that
 	// dialled (a caller, a wait-pool constructor or the probe). Dials that
 	// fail fast because the server is down are not dials. Like
 	// OnConnBroken it must return promptly.

@@ -15,7 +15,7 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// conn is the one framed, pipelined connection under every role (LaneConn,
+// conn is the one framed, pipelined connection under every role (laneConn,
 // Conn, ListenerConn). Any number of goroutines may send on it; their
 // requests are coalesced into as few writes as possible and replies are
 // matched in FIFO order by one reader goroutine. What differs between roles

@@ -21,9 +21,9 @@ var aLongTimeAgo = time.Unix(1, 0)
 // marks the server down if lane is set or no connection to the server is
 // alive (see dialFailed).
 func (p *Pool) dial(ctx context.Context, lane bool, maxLine int, init func(*conn)) (*conn, error) {
-	role := RoleWait
+	role := roleWait
 	if lane {
-		role = RoleLane
+		role = roleLane
 	}
 	return p.dialAs(ctx, role, maxLine, init)
 }
@@ -31,7 +31,7 @@ func (p *Pool) dial(ctx context.Context, lane bool, maxLine int, init func(*conn
 // dialAs is dial for a connection of the given role (Config.OnDial).
 func (p *Pool) dialAs(ctx context.Context, role string, maxLine int, init func(*conn)) (*conn, error) {
 	start := time.Now()
-	c, err := p.dialConn(ctx, role == RoleLane, maxLine, init)
+	c, err := p.dialConn(ctx, role == roleLane, maxLine, init)
 	if p.cfg.OnDial != nil {
 		p.cfg.OnDial(role, time.Since(start), err)
 	}

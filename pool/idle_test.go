@@ -114,8 +114,8 @@ func TestIdleConnsZeroKeepsNone(t *testing.T) {
 
 func TestNewDefaultsIdleLimits(t *testing.T) {
 	p := newPool(t, Config{Addr: "127.0.0.1:1"})
-	require.Equal(t, int32(DefaultMaxIdleConns), p.cfg.MaxIdleConns)
-	require.Equal(t, DefaultMaxConnIdleTime, p.cfg.MaxConnIdleTime)
+	require.Equal(t, int32(defaultMaxIdleConns), p.cfg.MaxIdleConns)
+	require.Equal(t, defaultMaxConnIdleTime, p.cfg.MaxConnIdleTime)
 	_, err := New(Config{Addr: "127.0.0.1:1", MaxConnIdleTime: -time.Second})
 	require.Error(t, err)
 }

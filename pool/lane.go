@@ -9,34 +9,28 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// LaneConn is a control-lane connection: shared by every goroutine, long
+// laneConn is a control-lane connection: shared by every goroutine, long
 // lived, owner of the leases granted on it. It is never closed because one
 // caller gave up, and it carries only small non-blocking commands. Requests
 // reach it through Pool.Do; the renewal scheduler and releases reach it as
-// the lease Owner that Pool.Do returned.
-type LaneConn struct {
+// the lease Owner that Pool.Do returned, which is all a caller needs of it.
+type laneConn struct {
 	c *conn
 }
 
-// SendBatch writes reqs in one write, coalesced with concurrent senders,
-// and calls done once per request, in order, from the connection's reader
-// goroutine — or at once, before SendBatch returns, for every request if the
-// connection is already broken, and for a request with a line break in a
-// field (which would desynchronise the connection). done must not block.
-// SendBatch never blocks on the network. The requests must be lane-safe (the
-// scheduler's renewals and releases are).
-func (l *LaneConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+// SendBatch implements Owner.SendBatch.
+func (l *laneConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	l.c.sendBatch(reqs, done)
 }
 
-// Err is nil while the connection is usable; afterwards an error matching
-// wire.ErrConnBroken that names the server (see Conn.Err).
-func (l *LaneConn) Err() error { return l.c.Err() }
+// Err implements Owner.Err.
+func (l *laneConn) Err() error { return l.c.Err() }
 
 // Do sends a non-blocking request (try-acquire, renew, release, ping,
-// signal) on the control lane and waits for its reply. The returned LaneConn
-// is the connection that carried it: for a grant it is the lease owner. It
-// is non-nil whenever a lane connection was chosen, even with an error. A
+// signal) on the control lane and waits for its reply. The returned Owner
+// is the lane connection that carried it: for a grant it is the lease owner
+// (and the owner Config.OnConnBroken later reports). It is non-nil whenever
+// a lane connection was chosen, even with an error. A
 // request that could not be sent because its connection had just broken is
 // retried on another lane connection (nothing reached the server).
 //
@@ -53,7 +47,7 @@ func (l *LaneConn) Err() error { return l.c.Err() }
 // the one check that is made again). The lane picks the healthy connection
 // with the fewest replies pending (ties to the first), which concentrates
 // light load on one connection so that it coalesces, and spreads heavy load.
-func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, *LaneConn, error) {
+func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, Owner, error) {
 	if err := laneCheck(&req); err != nil {
 		return wire.Reply{}, nil, err
 	}
@@ -62,7 +56,7 @@ func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, *LaneConn,
 		grantKey = req.Key // laneCheck admits no other grant-carrying command
 	}
 	for attempt := 0; ; attempt++ {
-		l, err := p.laneConn(ctx)
+		l, err := p.pickLane(ctx)
 		if err != nil {
 			return wire.Reply{}, nil, err
 		}
@@ -97,7 +91,7 @@ func laneCheck(req *wire.Request) error {
 }
 
 type laneSlot struct {
-	conn atomic.Pointer[LaneConn]
+	conn atomic.Pointer[laneConn]
 	dial *laneDial // in progress; under p.mu
 }
 
@@ -106,11 +100,11 @@ type laneDial struct {
 	err  error
 }
 
-// laneConn returns a healthy lane connection, dialling if there is none.
+// pickLane returns a healthy lane connection, dialling if there is none.
 // A healthy lane connection is used even while the server is marked down
 // (the down state only stops new dials; the probe makes them); with none,
 // a down server fails fast.
-func (p *Pool) laneConn(ctx context.Context) (*LaneConn, error) {
+func (p *Pool) pickLane(ctx context.Context) (*laneConn, error) {
 	var dialErr error
 	for {
 		if p.closed.Load() {
@@ -149,7 +143,7 @@ func (p *Pool) laneConn(ctx context.Context) (*LaneConn, error) {
 // bestLane returns the healthy lane connection with the fewest replies
 // pending (ties to the first; nil if none), and whether a slot is empty or
 // broken.
-func (p *Pool) bestLane() (best *LaneConn, missing bool) {
+func (p *Pool) bestLane() (best *laneConn, missing bool) {
 	var bestN int32
 	for i := range p.lanes {
 		l := p.lanes[i].conn.Load()
@@ -207,8 +201,8 @@ func (p *Pool) dialLane(s *laneSlot, d *laneDial) {
 
 // dialLaneConn dials a connection for the lane. A network failure marks the
 // server down (see dialFailed).
-func (p *Pool) dialLaneConn(ctx context.Context) (*LaneConn, error) {
-	l := &LaneConn{}
+func (p *Pool) dialLaneConn(ctx context.Context) (*laneConn, error) {
+	l := &laneConn{}
 	_, err := p.dial(ctx, true, p.cfg.maxReplyLine, func(c *conn) {
 		c.owner = l // for OnConnBroken: the lane connection owns its leases
 		l.c = c
@@ -221,7 +215,7 @@ func (p *Pool) dialLaneConn(ctx context.Context) (*LaneConn, error) {
 
 // adoptLane puts a freshly dialled lane connection into an empty slot, or
 // closes it if there is none.
-func (p *Pool) adoptLane(l *LaneConn) {
+func (p *Pool) adoptLane(l *laneConn) {
 	p.mu.Lock()
 	for i := range p.lanes {
 		s := &p.lanes[i]

@@ -19,10 +19,11 @@ import (
 )
 
 // laneOf returns the connection behind lane.
-func laneOf(t *testing.T, p *Pool) (*LaneConn, *conn) {
+func laneOf(t *testing.T, p *Pool) (*laneConn, *conn) {
 	t.Helper()
-	_, lane, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+	_, owner, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
 	require.NoError(t, err)
+	lane := owner.(*laneConn)
 	return lane, lane.c
 }
 

@@ -24,7 +24,7 @@ func (l *ListenerConn) Do(ctx context.Context, req wire.Request) (wire.Reply, er
 	return r, err
 }
 
-// SendBatch is LaneConn.SendBatch for a listener connection (several
+// SendBatch is Owner.SendBatch for a listener connection (several
 // listen/unlisten requests in one write).
 func (l *ListenerConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	l.c.sendBatch(reqs, done)
@@ -61,7 +61,7 @@ func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroke
 	}
 	l := &ListenerConn{}
 	p.nListeners.Add(1)
-	_, err := p.dialAs(ctx, RoleListener, p.cfg.maxReplyLine, func(c *conn) {
+	_, err := p.dialAs(ctx, roleListener, p.cfg.maxReplyLine, func(c *conn) {
 		l.c = c
 		c.onPush = onPush
 		c.onBroken = func(err error) {

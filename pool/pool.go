@@ -19,7 +19,7 @@ import (
 // Pool is the set of connections to one server. Goroutine-safe.
 //
 // It has three kinds of connection, one type each over the same pipelined
-// connection: the control lane (Config.LaneConns long-lived LaneConns for
+// connection: the control lane (Config.LaneConns long-lived connections for
 // small non-blocking commands, Do), the wait pool (up to Config.MaxConns
 // exclusive connections managed by puddle, handed out as Conns by Acquire),
 // and listener connections (ListenerConn, DialListener); plus connections
@@ -91,25 +91,25 @@ func New(cfg Config) (*Pool, error) {
 		cfg.Dial = (&net.Dialer{}).DialContext
 	}
 	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = DefaultDialTimeout
+		cfg.DialTimeout = defaultDialTimeout
 	}
 	if cfg.KeepAlive == 0 {
-		cfg.KeepAlive = DefaultKeepAlive
+		cfg.KeepAlive = defaultKeepAlive
 	}
 	if cfg.MaxConns == 0 {
-		cfg.MaxConns = DefaultMaxConns
+		cfg.MaxConns = defaultMaxConns
 	}
 	if cfg.LaneConns == 0 {
-		cfg.LaneConns = DefaultLaneConns
+		cfg.LaneConns = defaultLaneConns
 	}
 	switch {
 	case cfg.MaxIdleConns == 0:
-		cfg.MaxIdleConns = DefaultMaxIdleConns
+		cfg.MaxIdleConns = defaultMaxIdleConns
 	case cfg.MaxIdleConns < 0:
 		cfg.MaxIdleConns = 0
 	}
 	if cfg.MaxConnIdleTime == 0 {
-		cfg.MaxConnIdleTime = DefaultMaxConnIdleTime
+		cfg.MaxConnIdleTime = defaultMaxConnIdleTime
 	}
 	if cfg.writeTimeout == 0 {
 		cfg.writeTimeout = defaultWriteTimeout

@@ -164,7 +164,7 @@ func TestKeepAliveKeepsLaneIdleAndPinnedConnsAlive(t *testing.T) {
 
 			_, lane, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 			require.NoError(t, err)
-			assert.Equal(t, tc.pingOKey, lane.c.ping.Load() == pingOK)
+			assert.Equal(t, tc.pingOKey, lane.(*laneConn).c.ping.Load() == pingOK)
 
 			idle, err := p.Acquire(ctx)
 			require.NoError(t, err)
@@ -302,7 +302,7 @@ func TestTLS(t *testing.T) {
 	r, c, err := p.Do(ctx, lockReq("tls"))
 	require.NoError(t, err)
 	assert.Equal(t, wire.StatusOK, r.Status)
-	assert.Equal(t, pingOK, c.c.ping.Load())
+	assert.Equal(t, pingOK, c.(*laneConn).c.ping.Load())
 	pc, err := p.Acquire(ctx)
 	require.NoError(t, err)
 	_, err = pc.Do(ctx, wire.Request{Cmd: wire.CmdStats})
@@ -565,7 +565,7 @@ func TestSendBatchCallsDoneInOrder(t *testing.T) {
 	p := newPool(t, Config{Addr: srv.Addr()})
 	ctx := ctxWait(t)
 	var reqs []wire.Request
-	var owner *LaneConn
+	var owner Owner
 	for i := range 10 {
 		key := fmt.Sprintf("batch-%d", i)
 		r, c, err := p.Do(ctx, lockReq(key))
@@ -606,7 +606,7 @@ func TestSendBatchCallsDoneInOrder(t *testing.T) {
 	assert.EqualValues(t, 1, p.Stats().Writes-writes, "one write for the batch")
 
 	// After the connection breaks every request fails at once.
-	owner.c.fail(errDestroyed)
+	owner.(*laneConn).c.fail(errDestroyed)
 	var n int
 	owner.SendBatch(reqs[:3], func(i int, r wire.Reply, err error) {
 		assert.ErrorIs(t, err, wire.ErrConnBroken)

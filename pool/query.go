@@ -9,23 +9,11 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// MaxQueryLine is the largest reply-line cap Query accepts: 64 MiB.
-//
-// The cap exists so that a misbehaving or hostile server cannot make the
-// client buffer an unbounded line. The line buffer grows with the line
-// actually read, so a large cap costs nothing until a large reply arrives;
-// but the reply is then held about three times over (line buffer, Reply.Text,
-// and whatever the caller decodes it into). 64 MiB bounds that at a few
-// hundred MiB in the worst case, while covering a `stats` document of well
-// over a million idle keys (about 35 bytes each; a held lock is about 80),
-// three orders of magnitude beyond the server's default --max-locks of 1024.
-const MaxQueryLine = 64 << 20
-
 // Query sends req on a short-lived connection of its own — outside the
 // control lane and the wait pool, so it never waits for a pool slot and never
 // risks a lease-owning connection — reads one reply with a line cap of
-// maxLine bytes (0 means Config.maxReplyLine; values above MaxQueryLine are
-// an error naming the bound), and closes the connection. ctx bounds dial,
+// maxLine bytes (0 means Config.maxReplyLine; package dflock bounds it, see
+// dflock.MaxStatsReply), and closes the connection. ctx bounds dial,
 // handshake and exchange; Close interrupts it. It fails fast while the server
 // is down, like Acquire, and its dial is counted in Stats.Dials.
 //
@@ -46,10 +34,10 @@ const MaxQueryLine = 64 << 20
 // break: it is neither counted in Stats.Broken nor reported to
 // Config.OnConnBroken.
 func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.Reply, error) {
-	if maxLine < 0 || maxLine > MaxQueryLine {
+	if maxLine < 0 {
 		return wire.Reply{}, &wire.ArgError{
 			Arg: "maxLine", Value: strconv.Itoa(maxLine),
-			Reason: "must be between 0 (the pool's default) and " + strconv.Itoa(MaxQueryLine) + " bytes (MaxQueryLine)",
+			Reason: "must be 0 (the pool's default) or positive",
 		}
 	}
 	if maxLine == 0 {
@@ -66,7 +54,7 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 	if err := p.usable(); err != nil {
 		return wire.Reply{}, err
 	}
-	c, err := p.dialAs(ctx, RoleQuery, maxLine, func(c *conn) { c.quiet = true })
+	c, err := p.dialAs(ctx, roleQuery, maxLine, func(c *conn) { c.quiet = true })
 	if err != nil {
 		return wire.Reply{}, err
 	}
@@ -85,7 +73,7 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 	case errors.Is(err, wire.ErrLineTooLong):
 		// Not ErrUnavailable: a larger cap would cure it.
 		return wire.Reply{}, serverErr(p.cfg.Addr,
-			fmt.Errorf("%s reply longer than the %d-byte line cap of this request (at most MaxQueryLine, %d)", req.Cmd, maxLine, MaxQueryLine), causeOf(err))
+			fmt.Errorf("%s reply longer than the %d-byte line cap of this request", req.Cmd, maxLine), causeOf(err))
 	}
 	return wire.Reply{}, err // a *ServerError matching ErrUnavailable
 }

@@ -64,19 +64,15 @@ func TestQueryLineCapIsPerRequest(t *testing.T) {
 	require.ErrorIs(t, err, wire.ErrConnBroken)
 	assert.NotErrorIs(t, err, ErrUnavailable, "the server is fine; a larger cap cures it")
 	assert.Contains(t, err.Error(), "stats reply longer than the 1048576-byte line cap")
-	assert.Contains(t, err.Error(), strconv.Itoa(MaxQueryLine))
 
 	r, err := p.Query(ctx, statsReq, 4<<20)
 	require.NoError(t, err)
 	assert.Greater(t, len(r.Text), wire.DefaultMaxLine)
 	assert.NoError(t, p.Err())
 
-	_, err = p.Query(ctx, statsReq, MaxQueryLine+1)
-	require.ErrorIs(t, err, wire.ErrInvalidArgument)
-	assert.Contains(t, err.Error(), "maxLine")
-	assert.Contains(t, err.Error(), strconv.Itoa(MaxQueryLine))
 	_, err = p.Query(ctx, statsReq, -1)
 	require.ErrorIs(t, err, wire.ErrInvalidArgument)
+	assert.Contains(t, err.Error(), "maxLine")
 }
 
 // fillServer holds locks with long keys on the lane until the server's stats

@@ -207,7 +207,7 @@ func TestKeepAliveArithmeticSaturates(t *testing.T) {
 
 	pings := p.Stats().Pings
 	now := p.now()
-	assert.Greater(t, lane.c.keepalive(now, ka), now)
+	assert.Greater(t, lane.(*laneConn).c.keepalive(now, ka), now)
 	assert.Equal(t, pings, p.Stats().Pings, "an idle connection is not due for a ping")
 
 	resume := srv.Stall(0)
@@ -217,8 +217,8 @@ func TestKeepAliveArithmeticSaturates(t *testing.T) {
 		_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 		done <- err
 	}()
-	require.Eventually(t, func() bool { return lane.c.inflight.Load() == 1 }, wait, time.Millisecond)
-	assert.Equal(t, int64(math.MaxInt64), lane.c.keepalive(p.now(), ka))
+	require.Eventually(t, func() bool { return lane.(*laneConn).c.inflight.Load() == 1 }, wait, time.Millisecond)
+	assert.Equal(t, int64(math.MaxInt64), lane.(*laneConn).c.keepalive(p.now(), ka))
 	require.NoError(t, lane.Err(), "a pending reply is not overdue")
 	resume()
 	require.NoError(t, <-done)

@@ -69,7 +69,7 @@ func TestServerResetMatchesErrUnavailableOnEveryPath(t *testing.T) {
 	lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}, {Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) {
 		batchErrs <- err
 	})
-	require.Eventually(t, func() bool { return lane.c.inflight.Load() == 3 && excl.c.inflight.Load() == 1 },
+	require.Eventually(t, func() bool { return lane.(*laneConn).c.inflight.Load() == 3 && excl.c.inflight.Load() == 1 },
 		wait, 5*time.Millisecond, "precondition: every request is in flight")
 
 	proxy.ResetAll()

@@ -39,7 +39,7 @@ func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
 	return r, err
 }
 
-// SendBatch is LaneConn.SendBatch for a lease pinned to this connection:
+// SendBatch is Owner.SendBatch for a lease pinned to this connection:
 // its renewals and its release.
 func (h *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	h.c.sendBatch(reqs, done)
@@ -200,7 +200,7 @@ func (p *Pool) dialWaitConn(ctx context.Context) (*conn, error) {
 	if !ok {
 		return nil, errDialDeferred
 	}
-	c, err := p.dialAs(ctx, RoleWait, p.cfg.maxReplyLine, func(c *conn) {
+	c, err := p.dialAs(ctx, roleWait, p.cfg.maxReplyLine, func(c *conn) {
 		// Broken while idle in puddle: the janitor destroys it. (One that
 		// breaks while acquired goes back destroyed; the sweep then finds
 		// nothing, which is cheap.)

@@ -16,8 +16,8 @@
 // readers.
 //
 // Compatibility: none. The package exists for package dflock and may change
-// with any release; users see only Stats (through dflock.Stats) and the
-// errors. ErrLost and ErrReleased are defined here, the lowest package that
+// with any release; users see only the errors (dflock.Stats copies the
+// figures of Stats and Counters into its own types). ErrLost and ErrReleased are defined here, the lowest package that
 // produces them, and dflock exports them as ErrLockLost and ErrReleased:
 // match them through dflock.
 package renew
@@ -37,21 +37,24 @@ var (
 	ErrLost = errors.New("dflock: lock lost")
 	// ErrReleased is a lease's Err after a clean release (dflock.ErrReleased).
 	ErrReleased = errors.New("dflock: lock released")
-	// ErrExpired is the cause of a loss by the client's own clock: no renewal
-	// was confirmed within TTL − safety margin of the last confirmed send.
-	ErrExpired = errors.New("dflock: no renewal confirmed within TTL − safety margin")
 	// ErrRefused is the cause (wrapped) of a loss by a refused renewal.
 	ErrRefused = errors.New("dflock: renewal refused")
 	// ErrOwnerFailed is the cause (wrapped) of a loss by a failed owning connection.
 	ErrOwnerFailed = errors.New("dflock: owning connection failed")
 
+	// errExpired is the cause of a loss by the client's own clock: no
+	// renewal was confirmed within TTL − safety margin of the last confirmed
+	// send. Unexported: no caller acts on it (its message says what
+	// happened); ErrRefused and ErrOwnerFailed are matched by dflock.
+	errExpired = errors.New("dflock: no renewal confirmed within TTL − safety margin")
 	// errClosed is the cause of the loss of a lease tracked after Close.
 	errClosed = errors.New("dflock: renewal scheduler closed")
 )
 
 // LostError is the Err of a lost lease. It matches ErrLost and unwraps to
-// the cause (ErrExpired, ErrRefused, ErrOwnerFailed, ErrClosed, ... joined
-// with the underlying error where there is one).
+// the cause (ErrRefused, ErrOwnerFailed, expiry by the client's clock,
+// the scheduler's Close, ... joined with the underlying error where there
+// is one).
 type LostError struct {
 	Key   string
 	Cause error
@@ -98,9 +101,6 @@ type Owner interface {
 	Err() error
 }
 
-// Timer is what Clock.AfterFunc returns (*time.Timer is one).
-type Timer = interface{ Stop() bool }
-
 // Clock is the time source of a Scheduler; the real clock by default.
 //
 // Only the scheduler's decisions (when to renew, when a lease is lost) are
@@ -110,20 +110,25 @@ type Timer = interface{ Stop() bool }
 type Clock interface {
 	Now() time.Time
 	// AfterFunc calls f once d has passed on this clock, as time.AfterFunc
-	// does. f must not block.
-	AfterFunc(d time.Duration, f func()) Timer
+	// does. f must not block. The result stops the call (*time.Timer is
+	// one). It is an unnamed interface so that another package's clock can
+	// implement Clock without importing this one: identical interface
+	// literals are one type wherever they are written.
+	AfterFunc(d time.Duration, f func()) interface{ Stop() bool }
 }
 
 // realClock is the default Clock: the process's monotonic clock.
 type realClock struct{}
 
-func (realClock) Now() time.Time                            { return time.Now() }
-func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
-
-// DefaultRatio is the default Config.Ratio.
-const DefaultRatio = 0.5
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool } {
+	return time.AfterFunc(d, f)
+}
 
 const (
+	// defaultRatio is the default Config.Ratio. dflock always sets Ratio
+	// (dflock.DefaultRenewRatio is the user-visible default).
+	defaultRatio     = 0.5
 	defaultJitter    = 0.1
 	defaultKeepAlive = 10 * time.Second
 	defaultWindow    = 25 * time.Millisecond
@@ -132,7 +137,7 @@ const (
 // Config of a Scheduler. Out-of-range values are replaced by the defaults
 // as documented per field; nothing panics.
 type Config struct {
-	// Ratio of the TTL after which a lease is renewed. Default DefaultRatio;
+	// Ratio of the TTL after which a lease is renewed. Default 0.5;
 	// values outside (0, 1) mean the default.
 	Ratio float64
 	// KeepAlive: a lease is renewed at least this often (keeps its owning
@@ -173,7 +178,7 @@ func defaultSafetyMargin(ttl time.Duration) time.Duration {
 
 func (c Config) withDefaults() Config {
 	if !(c.Ratio > 0 && c.Ratio < 1) {
-		c.Ratio = DefaultRatio
+		c.Ratio = defaultRatio
 	}
 	if !(c.jitter > 0 && c.jitter < 1) {
 		c.jitter = defaultJitter
@@ -194,7 +199,7 @@ func (c Config) withDefaults() Config {
 }
 
 // Counters are renewal figures of a group of leases (dflock keeps one per
-// server). Safe for concurrent use.
+// server, and sums them for its users). Safe for concurrent use.
 //
 // Every renew request sent counts in Sent once, and in exactly one of
 // Renewed, Refused or Unanswered once its answer (or its connection's
@@ -250,18 +255,13 @@ type Spec struct {
 	Counters *Counters
 }
 
-// Stats of the scheduler.
+// Stats of the scheduler. The renewals of leases and their outcomes are
+// counted in the Counters each Spec names (package dflock sums its
+// per-server Counters for its users); these are the figures no lease owns.
 type Stats struct {
 	Leases  int   // tracked now
-	Sent    int64 // renew requests sent
-	Renewed int64 // answered ok (also after the lease ended meanwhile)
-	// Refused renewals were answered with anything but ok; Unanswered ones
-	// had their connection fail before the reply.
-	Refused    int64
-	Unanswered int64
-	Batches    int64 // SendBatch calls (one write each, per owner per round)
-	Rounds     int64 // wakes that sent at least one renewal
-	Lost       int64
+	Batches int64 // SendBatch calls (one write each, per owner per round)
+	Rounds  int64 // wakes that sent at least one renewal
 	// ReleaseFailed counts best-effort releases of leases declared lost by
 	// the client's clock that failed: refused (usually because the server
 	// had already expired the lease) or not delivered (the connection broke,

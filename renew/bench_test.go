@@ -44,8 +44,9 @@ func BenchmarkRound(b *testing.B) {
 	const n = 10000
 	s := newScheduler(Config{}) // no goroutine: the benchmark drives tick
 	o := &nopOwner{}
+	var c Counters
 	for i := range n {
-		s.Track(Spec{Key: "k" + strconv.Itoa(i), Token: "0123456789abcdef0123456789abcdef", TTL: 60 * time.Second, Owner: o})
+		s.Track(Spec{Key: "k" + strconv.Itoa(i), Token: "0123456789abcdef0123456789abcdef", TTL: 60 * time.Second, Owner: o, Counters: &c})
 	}
 	makeDue := func() {
 		s.mu.Lock()
@@ -65,8 +66,8 @@ func BenchmarkRound(b *testing.B) {
 	}
 	b.StopTimer()
 	st := s.Stats()
-	if st.Renewed < int64(n) || st.Lost != 0 || st.Batches != st.Rounds {
-		b.Fatalf("unexpected stats %+v", st)
+	if c.Renewed.Load() < int64(n) || c.Lost.Load() != 0 || st.Batches != st.Rounds {
+		b.Fatalf("unexpected stats %+v, %d renewed, %d lost", st, c.Renewed.Load(), c.Lost.Load())
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/lease")
 }

@@ -121,7 +121,6 @@ func (l *Lease) Renew(ctx context.Context) error {
 	}
 	l.inflight++
 	s.scheduleLocked(l)
-	s.stats.Sent++
 	s.stats.Batches++
 	s.mu.Unlock()
 	if l.counters != nil {

@@ -102,13 +102,14 @@ func TestBlockingOnLostDoesNotStallRenewalsOrLossDetection(t *testing.T) {
 			rec := newLossRecorder("a")
 			s := newTestScheduler(t, Config{KeepAlive: 50 * time.Millisecond})
 			defer close(rec.unblock) // before Close (cleanup), which waits for OnLost
+			var cnt Counters
 
-			b := s.Track(Spec{Key: "b", Token: "t", TTL: time.Minute, Owner: good, OnLost: rec.onLost})
+			b := s.Track(Spec{Key: "b", Token: "t", TTL: time.Minute, Owner: good, OnLost: rec.onLost, Counters: &cnt})
 			var a *Lease
 			if via == "scheduler" {
-				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost})
+				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost, Counters: &cnt})
 			} else {
-				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Minute, Owner: bad, OnLost: rec.onLost}) // refused at its first renewal
+				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Minute, Owner: bad, OnLost: rec.onLost, Counters: &cnt}) // refused at its first renewal
 			}
 			<-rec.entered
 			require.ErrorIs(t, a.Err(), ErrLost)
@@ -122,19 +123,19 @@ func TestBlockingOnLostDoesNotStallRenewalsOrLossDetection(t *testing.T) {
 			// A refused explicit renewal: the reader decides the loss and Renew returns.
 			ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 			defer cancel()
-			c := s.Track(Spec{Key: "c", Token: "t", TTL: time.Hour, Owner: bad, OnLost: rec.onLost})
+			c := s.Track(Spec{Key: "c", Token: "t", TTL: time.Hour, Owner: bad, OnLost: rec.onLost, Counters: &cnt})
 			assert.ErrorIs(t, c.Renew(ctx), ErrRefused)
 			// A failed owner: OwnerFailed returns with the lease already lost.
-			d := s.Track(Spec{Key: "d", Token: "t", TTL: time.Hour, Owner: doomed, OnLost: rec.onLost})
+			d := s.Track(Spec{Key: "d", Token: "t", TTL: time.Hour, Owner: doomed, OnLost: rec.onLost, Counters: &cnt})
 			s.OwnerFailed(doomed, errTransport)
 			assert.ErrorIs(t, d.Err(), ErrOwnerFailed)
 			// An overdue grant, found by the scheduler.
-			e := s.Track(Spec{Key: "e", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost})
+			e := s.Track(Spec{Key: "e", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost, Counters: &cnt})
 			waitDone(t, e, waitShort)
-			assert.ErrorIs(t, e.Err(), ErrExpired)
+			assert.ErrorIs(t, e.Err(), errExpired)
 
 			assert.Empty(t, rec.snapshot(), "a notification overtook the blocked one")
-			assert.Equal(t, int64(4), s.Stats().Lost)
+			assert.Equal(t, int64(4), cnt.Lost.Load())
 			assert.NoError(t, b.Err())
 
 			rec.unblock <- struct{}{} // let the blocked call return; later ones do not block
@@ -152,10 +153,11 @@ func TestManyLossesAreDeliveredByOneGoroutine(t *testing.T) {
 	o := okOwner(t)
 	rec := newLossRecorder("k0")
 	s := newTestScheduler(t, Config{KeepAlive: time.Hour})
+	var cnt Counters
 	for i := range n {
-		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost})
+		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost, Counters: &cnt})
 	}
-	first := s.Track(Spec{Key: "first", Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec.onLost})
+	first := s.Track(Spec{Key: "first", Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec.onLost, Counters: &cnt})
 	s.OwnerFailed(first.Owner(), errTransport)
 	rec.waitFor(t, 1) // the notifier went idle: its goroutine may be gone
 	base := runtime.NumGoroutine()
@@ -164,7 +166,7 @@ func TestManyLossesAreDeliveredByOneGoroutine(t *testing.T) {
 	<-rec.entered
 	grew := runtime.NumGoroutine() - base
 	assert.LessOrEqual(t, grew, 5, "goroutines per lost lease")
-	assert.Equal(t, int64(n+1), s.Stats().Lost)
+	assert.Equal(t, int64(n+1), cnt.Lost.Load())
 
 	close(rec.unblock)
 	ks := rec.waitFor(t, n+1)

@@ -341,7 +341,7 @@ func (s *Scheduler) Stats() Stats {
 // one, since every tick reads the clock afresh.
 func (s *Scheduler) run() {
 	defer close(s.exited)
-	var t Timer
+	var t interface{ Stop() bool }
 	defer func() {
 		if t != nil {
 			t.Stop()
@@ -428,7 +428,6 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	s.requeue = s.requeue[:0]
 	if nrenew > 0 {
 		s.stats.Rounds++
-		s.stats.Sent += int64(nrenew)
 		for _, st := range s.round {
 			if len(st.renew) > 0 {
 				s.stats.Batches++
@@ -534,14 +533,6 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		}
 	}
 	s.mu.Lock()
-	switch out {
-	case outRenewed:
-		s.stats.Renewed++
-	case outRefused:
-		s.stats.Refused++
-	default:
-		s.stats.Unanswered++
-	}
 	if l.state != stateTracked {
 		e := l.err
 		s.mu.Unlock()
@@ -643,7 +634,6 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	}
 	close(l.done)
 	if state == stateLost {
-		s.stats.Lost++
 		if l.counters != nil {
 			l.counters.Lost.Add(1)
 		}
@@ -727,7 +717,7 @@ func (s *Scheduler) unlinkLocked(l *Lease) {
 
 func expiredCause(l *Lease, now int64) error {
 	return fmt.Errorf("%w (last confirmed send %v ago, TTL %v, %d renewal(s) unanswered)",
-		ErrExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, l.inflight)
+		errExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, l.inflight)
 }
 
 func renewRequest(l *Lease) wire.Request {

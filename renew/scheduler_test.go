@@ -138,7 +138,8 @@ func TestLeaseRenewsAtTTLTimesRatioAndStaysHeld(t *testing.T) {
 	t.Parallel()
 	s, clk := manualScheduler(t, Config{Ratio: 0.1}) // 10 s × 0.1: every second
 	o := syncOwner(t, clk)
-	l := s.Track(Spec{Key: "k", Token: "t", TTL: 10 * time.Second, Owner: o, Sent: clk.Now()})
+	var c Counters
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 10 * time.Second, Owner: o, Sent: clk.Now(), Counters: &c})
 
 	const step = 5 * time.Millisecond
 	for i := range 5 {
@@ -159,10 +160,9 @@ func TestLeaseRenewsAtTTLTimesRatioAndStaysHeld(t *testing.T) {
 	}
 	assert.NoError(t, l.Err())
 	assert.NoError(t, l.Context().Err())
-	st := s.Stats()
-	assert.Equal(t, 1, st.Leases)
-	assert.Equal(t, int64(5), st.Renewed)
-	assert.Zero(t, st.Lost)
+	assert.Equal(t, 1, s.Stats().Leases)
+	assert.Equal(t, int64(5), c.Renewed.Load())
+	assert.Zero(t, c.Lost.Load())
 }
 
 // With a one-hour lease, TTL × Ratio would renew after 27–30 min; the
@@ -252,8 +252,9 @@ func TestLeasesDueTogetherGoInOneBatchPerOwner(t *testing.T) {
 	s := newScheduler(Config{KeepAlive: time.Hour})
 	sent := time.Now().Add(-time.Hour)
 	want := make([]int, len(owners))
+	var c Counters
 	for i := range 1000 {
-		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: 2 * time.Hour, Owner: owners[i%3], Sent: sent})
+		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: 2 * time.Hour, Owner: owners[i%3], Sent: sent, Counters: &c})
 		want[i%3]++
 	}
 	startTestScheduler(t, s)
@@ -265,7 +266,7 @@ func TestLeasesDueTogetherGoInOneBatchPerOwner(t *testing.T) {
 	st := s.Stats()
 	assert.Equal(t, int64(3), st.Batches)
 	assert.Equal(t, int64(1), st.Rounds)
-	assert.Equal(t, int64(1000), st.Sent)
+	assert.Equal(t, int64(1000), c.Sent.Load())
 	assert.Equal(t, 1000, st.Leases)
 }
 
@@ -274,7 +275,8 @@ func TestRefusedRenewalLosesTheLease(t *testing.T) {
 	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerRefuse} })
 	s := newTestScheduler(t, Config{})
 	// Due at once; the loss deadline (by the clock) is 28 s away.
-	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Minute, Owner: o, Sent: time.Now().Add(-30 * time.Second)})
+	var c Counters
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Minute, Owner: o, Sent: time.Now().Add(-30 * time.Second), Counters: &c})
 	ctx := l.Context() // created before the loss
 
 	waitDone(t, l, waitShort)
@@ -289,9 +291,8 @@ func TestRefusedRenewalLosesTheLease(t *testing.T) {
 	assert.Equal(t, err, context.Cause(ctx))
 	assert.Equal(t, err, context.Cause(l.Context()))
 	assert.False(t, l.Untrack())
-	st := s.Stats()
-	assert.Equal(t, int64(1), st.Lost)
-	assert.Zero(t, st.Leases)
+	assert.Equal(t, int64(1), c.Lost.Load())
+	assert.Zero(t, s.Stats().Leases)
 	// A refused renewal sends no release: the server already said it is gone.
 	assert.Empty(t, requestsFor(o.snapshot(), wire.CmdRelease, "k"))
 }
@@ -338,8 +339,8 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 	s.tick()
 	waitDone(t, l, waitShort)
 	require.ErrorIs(t, l.Err(), ErrLost)
-	assert.ErrorIs(t, l.Err(), ErrExpired)
-	assert.ErrorIs(t, context.Cause(l.Context()), ErrExpired)
+	assert.ErrorIs(t, l.Err(), errExpired)
+	assert.ErrorIs(t, context.Cause(l.Context()), errExpired)
 
 	bs := o.snapshot()
 	assert.Len(t, requestsFor(bs, wire.CmdRelease, "k"), 1, "best-effort release")
@@ -352,7 +353,7 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 		}
 	}
 	<-hookDone
-	assert.ErrorIs(t, *hooked.Load(), ErrExpired)
+	assert.ErrorIs(t, *hooked.Load(), errExpired)
 }
 
 // An overdue grant is lost at once and released best-effort; a release the
@@ -361,9 +362,10 @@ func TestOverdueGrantIsLostAtOnce(t *testing.T) {
 	t.Parallel()
 	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerRefuse} })
 	s := newTestScheduler(t, Config{})
-	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Second, Semaphore: true, Owner: o, Sent: time.Now().Add(-time.Second)})
+	var c Counters
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Second, Semaphore: true, Owner: o, Sent: time.Now().Add(-time.Second), Counters: &c})
 	waitDone(t, l, waitShort)
-	assert.ErrorIs(t, l.Err(), ErrExpired)
+	assert.ErrorIs(t, l.Err(), errExpired)
 	o.waitFor(t, waitShort, "release", func(bs []sentBatch) bool {
 		return len(requestsFor(bs, wire.CmdSemRelease, "k")) == 1
 	})
@@ -371,7 +373,7 @@ func TestOverdueGrantIsLostAtOnce(t *testing.T) {
 	o.waitAnswered(t, 1, waitShort)
 	st := s.Stats()
 	assert.Equal(t, int64(1), st.ReleaseFailed)
-	assert.Equal(t, int64(1), st.Lost)
+	assert.Equal(t, int64(1), c.Lost.Load())
 }
 
 // A grant read just before its connection broke: OwnerFailed ran first and
@@ -398,9 +400,10 @@ func TestOwnerFailedLosesExactlyThatOwnersLeases(t *testing.T) {
 	a, b := okOwner(t), okOwner(t)
 	s := newTestScheduler(t, Config{})
 	var la, lb []*Lease
+	var ca, cb Counters
 	for i := range 5 {
-		la = append(la, s.Track(Spec{Key: fmt.Sprintf("a%d", i), Token: "t", TTL: 30 * time.Second, Owner: a}))
-		lb = append(lb, s.Track(Spec{Key: fmt.Sprintf("b%d", i), Token: "t", TTL: 30 * time.Second, Owner: b}))
+		la = append(la, s.Track(Spec{Key: fmt.Sprintf("a%d", i), Token: "t", TTL: 30 * time.Second, Owner: a, Counters: &ca}))
+		lb = append(lb, s.Track(Spec{Key: fmt.Sprintf("b%d", i), Token: "t", TTL: 30 * time.Second, Owner: b, Counters: &cb}))
 	}
 	boom := errors.New("boom")
 	s.OwnerFailed(a, boom)
@@ -414,9 +417,9 @@ func TestOwnerFailedLosesExactlyThatOwnersLeases(t *testing.T) {
 	for _, l := range lb {
 		assert.NoError(t, l.Err())
 	}
-	st := s.Stats()
-	assert.Equal(t, 5, st.Leases)
-	assert.Equal(t, int64(5), st.Lost)
+	assert.Equal(t, 5, s.Stats().Leases)
+	assert.Equal(t, int64(5), ca.Lost.Load())
+	assert.Zero(t, cb.Lost.Load())
 	s.OwnerFailed(a, boom) // idempotent
 	s.OwnerFailed(okOwner(t), boom)
 	assert.Equal(t, 5, s.Stats().Leases)
@@ -428,7 +431,8 @@ func TestUntrackReleasesAndStopsRenewing(t *testing.T) {
 	t.Parallel()
 	o := okOwner(t)
 	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond})
-	l1 := s.Track(Spec{Key: "one", Token: "t", TTL: 60 * time.Second, Owner: o})
+	var c Counters
+	l1 := s.Track(Spec{Key: "one", Token: "t", TTL: 60 * time.Second, Owner: o, Counters: &c})
 	o.waitFor(t, waitShort, "a renewal of one", func(bs []sentBatch) bool {
 		return len(requestsFor(bs, wire.CmdRenew, "one")) >= 1
 	})
@@ -446,13 +450,13 @@ func TestUntrackReleasesAndStopsRenewing(t *testing.T) {
 	n := len(requestsFor(o.snapshot(), wire.CmdRenew, "one"))
 
 	// A second lease on the same schedule renews twice more; "one" never again.
-	s.Track(Spec{Key: "two", Token: "t", TTL: 60 * time.Second, Owner: o})
+	s.Track(Spec{Key: "two", Token: "t", TTL: 60 * time.Second, Owner: o, Counters: &c})
 	bs := o.waitFor(t, waitShort, "renewals of two", func(bs []sentBatch) bool {
 		return len(requestsFor(bs, wire.CmdRenew, "two")) >= 2
 	})
 	assert.Len(t, requestsFor(bs, wire.CmdRenew, "one"), n)
 	assert.Empty(t, requestsFor(bs, wire.CmdRelease, "one"), "Untrack must not release on the wire")
-	assert.Zero(t, s.Stats().Lost)
+	assert.Zero(t, c.Lost.Load())
 }
 
 func TestExplicitRenew(t *testing.T) {
@@ -470,15 +474,15 @@ func TestExplicitRenew(t *testing.T) {
 	})
 	// No scheduled renewal for half an hour: every request is explicit.
 	s := newTestScheduler(t, Config{KeepAlive: time.Hour})
-	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Hour, Owner: o})
+	var c Counters
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Hour, Owner: o, Counters: &c})
 
 	require.NoError(t, l.Renew(context.Background()))
 	bs := o.snapshot()
 	require.Len(t, bs, 1)
 	assert.Equal(t, wire.Request{Cmd: wire.CmdRenew, Key: "k", Token: "t", Lease: 3600}, bs[0].reqs[0])
-	st := s.Stats()
-	assert.Equal(t, int64(1), st.Renewed)
-	assert.Equal(t, int64(1), st.Sent)
+	assert.Equal(t, int64(1), c.Renewed.Load())
+	assert.Equal(t, int64(1), c.Sent.Load())
 
 	// ctx ends first: ctx.Err(); the renewal is still applied when it completes.
 	mode.Store(1)
@@ -490,7 +494,7 @@ func TestExplicitRenew(t *testing.T) {
 	assert.ErrorIs(t, <-errc, context.Canceled)
 	close(gate)
 	o.waitAnswered(t, 2, waitShort)
-	assert.Equal(t, int64(2), s.Stats().Renewed)
+	assert.Equal(t, int64(2), c.Renewed.Load())
 	assert.NoError(t, l.Err())
 
 	// Already-cancelled ctx: nothing is sent.
@@ -573,7 +577,7 @@ func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
 func TestConfigDefaultsAndClamping(t *testing.T) {
 	t.Parallel()
 	c := Config{Ratio: 1.5, jitter: -1, KeepAlive: -time.Second, window: -1}.withDefaults()
-	assert.Equal(t, DefaultRatio, c.Ratio)
+	assert.Equal(t, defaultRatio, c.Ratio)
 	assert.Equal(t, defaultJitter, c.jitter)
 	assert.Equal(t, defaultKeepAlive, c.KeepAlive)
 	assert.Equal(t, defaultWindow, c.window)
