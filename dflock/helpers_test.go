@@ -125,3 +125,18 @@ var (
 	_ handle = (*Lock)(nil)
 	_ handle = (*Semaphore)(nil)
 )
+
+// awaitRequests waits until the server has counted at least n requests of
+// the command word cmd, or fails when ctx ends.
+func awaitRequests(t *testing.T, ctx context.Context, srv *testutil.Server, cmd string, n int64) {
+	t.Helper()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for srv.Stats().Requests[cmd] < n {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the server never counted %d %q requests (now %d)", n, cmd, srv.Stats().Requests[cmd])
+		case <-tick.C:
+		}
+	}
+}
