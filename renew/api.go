@@ -22,6 +22,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/dflock-sdk/go/wire"
@@ -93,6 +94,28 @@ type Owner interface {
 	Err() error
 }
 
+// Timer is what Clock.AfterFunc returns (*time.Timer is one).
+type Timer = interface{ Stop() bool }
+
+// Clock is the time source of a Scheduler; the real clock by default.
+//
+// Only the scheduler's decisions (when to renew, when a lease is lost) are
+// timed by it; contexts and connection I/O stay on the real clock. A test
+// clock lets tests move a lease through its renewals and its loss deadline
+// without waiting for them.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc calls f once d has passed on this clock, as time.AfterFunc
+	// does. f must not block.
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// realClock is the default Clock: the process's monotonic clock.
+type realClock struct{}
+
+func (realClock) Now() time.Time                            { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
 // DefaultRatio is the default Config.Ratio.
 const DefaultRatio = 0.5
 
@@ -112,6 +135,14 @@ type Config struct {
 	// connection under the server read timeout). Default 10 s; values <= 0
 	// mean the default.
 	KeepAlive time.Duration
+	// Clock times renewals and loss deadlines. Nil means the real clock.
+	Clock Clock
+	// OnBatch, if set, is called once per renewal batch (one write to one
+	// owner) when its last reply or its connection's failure has arrived.
+	// It runs on the owner's reader or on the scheduler goroutine, so it
+	// must not block or call into the scheduler: queue the figures and
+	// return. Nil costs nothing.
+	OnBatch func(BatchInfo)
 
 	// Tuning that only this package's tests change.
 
@@ -150,7 +181,32 @@ func (c Config) withDefaults() Config {
 	if c.safetyMargin == nil {
 		c.safetyMargin = defaultSafetyMargin
 	}
+	if c.Clock == nil {
+		c.Clock = realClock{}
+	}
 	return c
+}
+
+// Counters are renewal figures of a group of leases (dflock keeps one per
+// server). Safe for concurrent use.
+//
+// Every renew request sent counts in Sent once, and in exactly one of
+// Renewed, Refused or Unanswered once its answer (or its connection's
+// failure) arrives, even if the lease has ended meanwhile; so
+// Sent − Renewed − Refused − Unanswered is the number in flight. Lost counts
+// leases lost, whatever the cause.
+type Counters struct {
+	Sent, Renewed, Refused, Unanswered, Lost atomic.Int64
+}
+
+// BatchInfo describes one renewal batch (one write to one owner) once it
+// has ended.
+type BatchInfo struct {
+	Counters         *Counters     // of the batch's leases (nil if none set)
+	Size             int           // renew requests in the write
+	Renewed, Refused int           // replies; Size−Renewed−Refused went unanswered (connection failed)
+	Latency          time.Duration // write to last reply (or failure), on Config.Clock
+	Err              error         // the connection error, if it failed
 }
 
 // Spec describes a freshly granted lease.
@@ -182,16 +238,24 @@ type Spec struct {
 	// those calls to return: OnLost must not block indefinitely and must not
 	// call Close. The scheduler itself logs nothing.
 	OnLost func(l *Lease, err error)
+	// Counters, if set, receive this lease's renewal events. Leases sent to
+	// one owner should share one (dflock's are per server), or BatchInfo
+	// names only the first.
+	Counters *Counters
 }
 
 // Stats of the scheduler.
 type Stats struct {
 	Leases  int   // tracked now
-	Renewed int64 // successful renewals
 	Sent    int64 // renew requests sent
-	Batches int64 // SendBatch calls (one write each, per owner per round)
-	Rounds  int64 // wakes that sent at least one renewal
-	Lost    int64
+	Renewed int64 // answered ok (also after the lease ended meanwhile)
+	// Refused renewals were answered with anything but ok; Unanswered ones
+	// had their connection fail before the reply.
+	Refused    int64
+	Unanswered int64
+	Batches    int64 // SendBatch calls (one write each, per owner per round)
+	Rounds     int64 // wakes that sent at least one renewal
+	Lost       int64
 	// ReleaseFailed counts best-effort releases of leases declared lost by
 	// the client's clock that failed: refused (usually because the server
 	// had already expired the lease) or not delivered (the connection broke,

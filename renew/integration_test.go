@@ -140,19 +140,34 @@ func TestRealServerRenewalKeepsALeasePastItsTTL(t *testing.T) {
 // TestRealServerOwnerCloseLosesTheLease: closing the owning connection makes
 // the server auto-release; the next renewal (within the 100 ms keepalive)
 // fails and the lease is lost for that reason, long before its loss
-// deadline by the clock (9 s).
+// deadline by the clock (9 s). Its batch is reported as failed, and
+// counted as unanswered.
 func TestRealServerOwnerCloseLosesTheLease(t *testing.T) {
 	t.Parallel()
 	srv := testutil.NewServer(t, testutil.Config{SweepInterval: 100 * time.Millisecond})
 	holder := dialOwner(t, srv.Addr())
-	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond})
+	rec := make(batchRecorder, 16)
+	var c Counters
+	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond, OnBatch: rec.onBatch})
 	sent := time.Now()
 	g, err := holder.do(wire.Request{Cmd: wire.CmdLock, Key: "k", Timeout: 0, Lease: 10})
 	require.NoError(t, err)
 	require.Equal(t, wire.StatusOK, g.Status)
-	l := s.Track(Spec{Key: "k", Token: g.Token, TTL: 10 * time.Second, Owner: holder, Sent: sent})
+	l := s.Track(Spec{Key: "k", Token: g.Token, TTL: 10 * time.Second, Owner: holder, Sent: sent, Counters: &c})
 	holder.close()
 	waitDone(t, l, waitShort)
 	assert.ErrorIs(t, l.Err(), ErrLost)
 	assert.ErrorIs(t, l.Err(), ErrOwnerFailed)
+
+	// Renewals answered before the close are batches of their own.
+	var b BatchInfo
+	for b = rec.next(t); b.Err == nil; b = rec.next(t) {
+		assert.Equal(t, BatchInfo{Counters: &c, Size: 1, Renewed: 1, Latency: b.Latency}, b)
+	}
+	assert.Equal(t, 1, b.Size)
+	assert.Zero(t, b.Renewed+b.Refused)
+	assert.Error(t, b.Err)
+	assert.Equal(t, int64(1), c.Unanswered.Load())
+	assert.Equal(t, int64(1), c.Lost.Load())
+	assert.Equal(t, c.Sent.Load(), c.Renewed.Load()+c.Unanswered.Load())
 }

@@ -18,12 +18,13 @@ const (
 // scheduler's mutex; done, err (once done is closed) and the identity fields
 // may be read without it.
 type Lease struct {
-	s      *Scheduler
-	key    string
-	token  string
-	owner  Owner
-	onLost func(*Lease, error)
-	ttl    time.Duration // whole seconds
+	s        *Scheduler
+	key      string
+	token    string
+	owner    Owner
+	onLost   func(*Lease, error)
+	counters *Counters     // nil if the Spec set none
+	ttl      time.Duration // whole seconds
 
 	// Guarded by s.mu. Times are nanoseconds since s.epoch (monotonic).
 	idx       int32  // position in s.heap, -1 when not in it
@@ -123,12 +124,13 @@ func (l *Lease) Renew(ctx context.Context) error {
 	s.stats.Sent++
 	s.stats.Batches++
 	s.mu.Unlock()
+	if l.counters != nil {
+		l.counters.Sent.Add(1)
+	}
 
 	ch := make(chan error, 1)
-	sent := s.now()
-	l.owner.SendBatch([]wire.Request{renewRequest(l)}, func(_ int, r wire.Reply, err error) {
-		ch <- s.complete(l, sent, r, err)
-	})
+	b := &batch{s: s, leases: []*Lease{l}, reply: ch}
+	b.send(l.owner, []wire.Request{renewRequest(l)})
 	select {
 	case err := <-ch:
 		return err

@@ -15,6 +15,7 @@ import (
 // blocks holds up every later answer of that owner, as on *pool.Conn).
 type testOwner struct {
 	script func(req wire.Request) answer
+	now    func() time.Time // stamps sentBatch.at: the scheduler's clock
 
 	mu       sync.Mutex
 	failed   error // Err's answer (set by fail)
@@ -54,7 +55,7 @@ func newOwner(t testing.TB, script func(wire.Request) answer) *testOwner {
 	if script == nil {
 		script = func(wire.Request) answer { return answer{} }
 	}
-	o := &testOwner{script: script, changed: make(chan struct{}, 1)}
+	o := &testOwner{script: script, now: time.Now, changed: make(chan struct{}, 1)}
 	t.Cleanup(o.wg.Wait)
 	return o
 }
@@ -112,7 +113,7 @@ func (o *testOwner) fail(err error) {
 func (o *testOwner) SendBatch(reqs []wire.Request, done func(int, wire.Reply, error)) {
 	cp := append([]wire.Request(nil), reqs...)
 	o.mu.Lock()
-	o.batches = append(o.batches, sentBatch{at: time.Now(), reqs: cp})
+	o.batches = append(o.batches, sentBatch{at: o.now(), reqs: cp})
 	o.mu.Unlock()
 	o.signal()
 	answers := make([]answer, len(cp))

@@ -91,10 +91,12 @@ func TestForeverLeaseExplicitRenewAndShorterAppliedLease(t *testing.T) {
 	s.mu.Unlock()
 
 	// ok with the protocol maximum: nothing shorter, deadline stays saturated.
-	require.NoError(t, s.complete(l, now+1, wire.Reply{Status: wire.StatusOK, Lease: wire.MaxSeconds}, nil))
+	_, err := s.complete(l, now+1, wire.Reply{Status: wire.StatusOK, Lease: wire.MaxSeconds}, nil)
+	require.NoError(t, err)
 	assert.Equal(t, int64(math.MaxInt64), l.deadline)
 	// ok with a shorter lease: believed.
-	require.NoError(t, s.complete(l, now+2, wire.Reply{Status: wire.StatusOK, Lease: 5}, nil))
+	_, err = s.complete(l, now+2, wire.Reply{Status: wire.StatusOK, Lease: 5}, nil)
+	require.NoError(t, err)
 	assert.Equal(t, now+2+int64(5*time.Second-defaultSafetyMargin(5*time.Second)), l.deadline)
 }
 

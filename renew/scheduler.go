@@ -76,11 +76,79 @@ type batch struct {
 	s      *Scheduler
 	sent   int64
 	leases []*Lease
+	reply  chan<- error // explicit Renew: its one lease's outcome (buffered)
+
+	// For Config.OnBatch only. Replies come in order but possibly from two
+	// goroutines (inside SendBatch, then the owner's reader), hence atomics.
+	left             atomic.Int32
+	renewed, refused atomic.Int32
+	err              atomic.Pointer[error]
+}
+
+// send writes the batch to o, stamping its send time.
+func (b *batch) send(o Owner, reqs []wire.Request) {
+	b.left.Store(int32(len(reqs)))
+	b.sent = b.s.now()
+	o.SendBatch(reqs, b.done)
 }
 
 func (b *batch) done(i int, r wire.Reply, err error) {
-	if i >= 0 && i < len(b.leases) {
-		b.s.complete(b.leases[i], b.sent, r, err)
+	if i < 0 || i >= len(b.leases) {
+		return
+	}
+	s := b.s
+	out, lerr := s.complete(b.leases[i], b.sent, r, err)
+	if b.reply != nil {
+		b.reply <- lerr
+	}
+	if s.cfg.OnBatch == nil {
+		return
+	}
+	switch out {
+	case outRenewed:
+		b.renewed.Add(1)
+	case outRefused:
+		b.refused.Add(1)
+	default:
+		b.err.CompareAndSwap(nil, &err)
+	}
+	if b.left.Add(-1) != 0 {
+		return
+	}
+	info := BatchInfo{
+		Size:    len(b.leases),
+		Renewed: int(b.renewed.Load()),
+		Refused: int(b.refused.Load()),
+		Latency: max(time.Duration(subSat(s.now(), b.sent)), 0),
+	}
+	for _, l := range b.leases {
+		if l.counters != nil {
+			info.Counters = l.counters
+			break
+		}
+	}
+	if p := b.err.Load(); p != nil {
+		info.Err = *p
+	}
+	s.cfg.OnBatch(info)
+}
+
+// countSent adds leases' renewals to their Counters, one atomic add per run
+// of leases sharing one (all of an owner's, as dflock uses them).
+func countSent(leases []*Lease) {
+	var c *Counters
+	n := int64(0)
+	for _, l := range leases {
+		if l.counters != c {
+			if c != nil {
+				c.Sent.Add(n)
+			}
+			c, n = l.counters, 0
+		}
+		n++
+	}
+	if c != nil {
+		c.Sent.Add(n)
 	}
 }
 
@@ -93,7 +161,10 @@ func New(cfg Config) *Scheduler {
 
 // newScheduler builds a scheduler without starting its goroutine (tests and
 // benchmarks drive tick directly).
-func newScheduler(cfg Config) *Scheduler { return newSchedulerAt(cfg, time.Now()) }
+func newScheduler(cfg Config) *Scheduler {
+	cfg = cfg.withDefaults()
+	return newSchedulerAt(cfg, cfg.Clock.Now())
+}
 
 // newSchedulerAt builds a scheduler whose clock starts at epoch (tests use an
 // epoch far in the past to exercise large clock values).
@@ -109,8 +180,9 @@ func newSchedulerAt(cfg Config, epoch time.Time) *Scheduler {
 	}
 }
 
-// now is the scheduler's monotonic clock in nanoseconds since epoch.
-func (s *Scheduler) now() int64 { return int64(time.Since(s.epoch)) }
+// now is the scheduler's clock in nanoseconds since epoch (monotonic on the
+// real clock; Sub saturates).
+func (s *Scheduler) now() int64 { return int64(s.cfg.Clock.Now().Sub(s.epoch)) }
 
 func (s *Scheduler) poke() {
 	select {
@@ -125,15 +197,16 @@ func (s *Scheduler) poke() {
 // Err says why) so that nothing silently appears held.
 func (s *Scheduler) Track(spec Spec) *Lease {
 	l := &Lease{
-		s:      s,
-		key:    spec.Key,
-		token:  spec.Token,
-		owner:  spec.Owner,
-		onLost: spec.OnLost,
-		ttl:    spec.TTL.Truncate(time.Second),
-		sem:    spec.Semaphore,
-		idx:    -1,
-		done:   make(chan struct{}),
+		s:        s,
+		key:      spec.Key,
+		token:    spec.Token,
+		owner:    spec.Owner,
+		onLost:   spec.OnLost,
+		counters: spec.Counters,
+		ttl:      spec.TTL.Truncate(time.Second),
+		sem:      spec.Semaphore,
+		idx:      -1,
+		done:     make(chan struct{}),
 	}
 	// A grant cannot have been sent in the future; treating such a Sent as
 	// now keeps a bogus value from postponing both renewal and loss.
@@ -249,25 +322,43 @@ func (s *Scheduler) Stats() Stats {
 	return st
 }
 
-// run is the scheduler goroutine.
+// run is the scheduler goroutine. Its one timer only pokes the wake
+// channel: a stale timer firing late costs a spurious tick, never a missed
+// one, since every tick reads the clock afresh.
 func (s *Scheduler) run() {
 	defer close(s.exited)
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	defer t.Stop()
-	for {
-		if d, ok := s.tick(); ok {
-			t.Reset(d)
-		} else {
+	var t Timer
+	defer func() {
+		if t != nil {
 			t.Stop()
+		}
+	}()
+	for {
+		if t != nil {
+			t.Stop()
+			t = nil
+		}
+		if d, ok := s.tick(); ok {
+			t = s.cfg.Clock.AfterFunc(d, s.poke)
+			// d was worked out from a clock reading taken before the timer
+			// was armed; a test clock may have been advanced past the
+			// event in between, with no further Advance to come.
+			if s.now() >= s.armedAt() {
+				s.poke()
+			}
 		}
 		select {
 		case <-s.wake:
-		case <-t.C:
 		case <-s.quit:
 			return
 		}
 	}
+}
+
+func (s *Scheduler) armedAt() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.armed
 }
 
 // tick runs one round: it declares overdue leases lost, sends every renewal
@@ -330,8 +421,8 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 			for i, l := range b.leases {
 				reqs[i] = renewRequest(l)
 			}
-			b.sent = s.now()
-			st.owner.SendBatch(reqs, b.done)
+			countSent(b.leases)
+			b.send(st.owner, reqs)
 		}
 		if len(st.rel) > 0 {
 			reqs := make([]wire.Request, len(st.rel))
@@ -368,32 +459,64 @@ func (s *Scheduler) addToRound(st *ownerState) {
 	}
 }
 
+// Outcomes of a renew request.
+const (
+	outRenewed = iota
+	outRefused
+	outUnanswered
+)
+
 // complete applies the answer to a renewal sent at sent. It runs on the
 // owner's reader goroutine: lock, update, fix the heap, return (a loss is
-// only queued for the notifier). It returns the lease's error if the lease
-// is (now) not held.
-func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) error {
+// only queued for the notifier). It returns the request's outcome, counted
+// whatever the lease's state, and the lease's error if the lease is (now)
+// not held.
+func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int, error) {
+	out := outRenewed
+	switch {
+	case err != nil:
+		out = outUnanswered
+	case r.Status != wire.StatusOK:
+		out = outRefused
+	}
+	if c := l.counters; c != nil {
+		switch out {
+		case outRenewed:
+			c.Renewed.Add(1)
+		case outRefused:
+			c.Refused.Add(1)
+		default:
+			c.Unanswered.Add(1)
+		}
+	}
 	s.mu.Lock()
+	switch out {
+	case outRenewed:
+		s.stats.Renewed++
+	case outRefused:
+		s.stats.Refused++
+	default:
+		s.stats.Unanswered++
+	}
 	if l.state != stateTracked {
 		e := l.err
 		s.mu.Unlock()
-		return e
+		return out, e
 	}
 	if l.inflight > 0 {
 		l.inflight--
 	}
 	var cause error
-	switch {
-	case err != nil:
+	switch out {
+	case outUnanswered:
 		cause = fmt.Errorf("%w: %w", ErrOwnerFailed, err)
-	case r.Status != wire.StatusOK:
+	case outRefused:
 		word := r.Status.String()
 		if r.Word != "" {
 			word = r.Word
 		}
 		cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
 	default:
-		s.stats.Renewed++
 		if sent > l.confirmed {
 			ttl := l.ttl
 			if r.Lease > 0 && r.Lease < int64(ttl/time.Second) {
@@ -403,13 +526,13 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) erro
 		}
 		s.scheduleLocked(l)
 		s.mu.Unlock()
-		return nil
+		return out, nil
 	}
 	s.unlinkLocked(l)
 	s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
 	lerr := l.err
 	s.mu.Unlock()
-	return lerr
+	return out, lerr
 }
 
 // confirmLocked records a confirmed grant/renew sent at sent with the given
@@ -472,6 +595,9 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	close(l.done)
 	if state == stateLost {
 		s.stats.Lost++
+		if l.counters != nil {
+			l.counters.Lost.Add(1)
+		}
 		s.queueLostLocked(l)
 	}
 }

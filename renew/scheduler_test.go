@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dflock-sdk/go/testutil"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -38,6 +39,60 @@ const (
 	waitLong  = time.Minute
 	waitShort = 20 * time.Second
 )
+
+// A ManualClock drives a server and a client's renewals alike.
+var _ Clock = (*testutil.ManualClock)(nil)
+
+func newManualClock() *testutil.ManualClock {
+	return testutil.NewManualClock(time.Unix(1_700_000_000, 0))
+}
+
+// manualScheduler builds a scheduler on a ManualClock without its goroutine:
+// the test calls tick after each Advance, so every decision is made at a
+// clock time the test chose, and is complete when tick returns.
+func manualScheduler(t *testing.T, cfg Config) (*Scheduler, *testutil.ManualClock) {
+	t.Helper()
+	clk := newManualClock()
+	cfg.Clock = clk
+	s := newScheduler(cfg)
+	t.Cleanup(func() {
+		close(s.exited) // no goroutine for Close to wait for
+		s.Close()
+	})
+	return s, clk
+}
+
+// syncOwner answers every request ok inside SendBatch, so a tick's
+// renewals are confirmed when it returns; batches are stamped on clk.
+func syncOwner(t *testing.T, clk *testutil.ManualClock) *testOwner {
+	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerSync} })
+	o.now = clk.Now
+	return o
+}
+
+// leaseTimes returns l's last confirmed send and its next renewal time.
+func leaseTimes(s *Scheduler, l *Lease) (confirmed, renewAt time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epoch.Add(time.Duration(l.confirmed)), s.epoch.Add(time.Duration(l.renewAt))
+}
+
+// stepUntilBatch advances clk by step and runs a round until o records a
+// new batch, and returns it.
+func stepUntilBatch(t *testing.T, s *Scheduler, clk *testutil.ManualClock, o *testOwner, step time.Duration) sentBatch {
+	t.Helper()
+	n := len(o.snapshot())
+	for range 100_000 {
+		clk.Advance(step)
+		s.tick()
+		if bs := o.snapshot(); len(bs) > n {
+			require.Len(t, bs, n+1, "one batch per round")
+			return bs[n]
+		}
+	}
+	t.Fatal("no batch after 100,000 steps")
+	return sentBatch{}
+}
 
 func waitDone(t *testing.T, l *Lease, timeout time.Duration) time.Time {
 	t.Helper()
@@ -74,55 +129,59 @@ func TestRenewalsCarryTheTTLExplicitly(t *testing.T) {
 	}
 }
 
-// A lease is renewed TTL × Ratio after the send of its last confirmed grant
-// or renewal, and stays held. "Not early" is checked cumulatively from the
-// grant: the k-th renewal is sent no earlier than k intervals (less jitter
-// and the early window) after it, because every interval starts at a send
-// the scheduler made at or before the previous recorded batch. A slow
-// machine can only delay renewals, so the bound holds under any load; how
-// late a renewal may be is the loss deadline (8 s here), checked by the
-// lease staying held. The exact schedule is checked without a clock in
-// TestRenewalTimeAndDeadline.
+// A lease is renewed TTL × Ratio (less jitter) after the send of its last
+// confirmed grant or renewal, never later than that and never more than the
+// early window before it, and stays held. The test drives the scheduler's
+// rounds itself on a ManualClock in small steps, so the bounds are exact
+// whatever the machine's load.
 func TestLeaseRenewsAtTTLTimesRatioAndStaysHeld(t *testing.T) {
 	t.Parallel()
-	o := okOwner(t)
-	s := newTestScheduler(t, Config{Ratio: 0.1}) // 10 s × 0.1: every second
-	start := time.Now()
-	l := s.Track(Spec{Key: "k", Token: "t", TTL: 10 * time.Second, Owner: o, Sent: start})
+	s, clk := manualScheduler(t, Config{Ratio: 0.1}) // 10 s × 0.1: every second
+	o := syncOwner(t, clk)
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 10 * time.Second, Owner: o, Sent: clk.Now()})
 
-	bs := o.waitBatches(t, 3, waitLong)
-	for i, b := range bs[:3] {
-		// interval 1 s minus up to 10% jitter, renewed up to Window early.
-		minAt := time.Duration(i+1) * (900*time.Millisecond - defaultWindow)
-		assert.GreaterOrEqual(t, b.at.Sub(start), minAt, "renewal %d was sent early", i)
+	const step = 5 * time.Millisecond
+	for i := range 5 {
+		confirmed, due := leaseTimes(s, l)
+		iv := due.Sub(confirmed)
+		assert.GreaterOrEqual(t, iv, 900*time.Millisecond, "renewal %d: interval less jitter", i)
+		assert.LessOrEqual(t, iv, time.Second, "renewal %d: interval", i)
+		b := stepUntilBatch(t, s, clk, o, step)
+		assert.False(t, b.at.Before(due.Add(-defaultWindow)), "renewal %d sent %v before it was due", i, due.Sub(b.at))
+		assert.False(t, b.at.After(due), "renewal %d sent %v late", i, b.at.Sub(due))
+		require.Len(t, b.reqs, 1)
 		assert.Equal(t, int64(10), b.reqs[0].Lease)
 	}
-	o.waitAnswered(t, 3, waitLong)
 	assert.NoError(t, l.Err())
 	assert.NoError(t, l.Context().Err())
 	st := s.Stats()
 	assert.Equal(t, 1, st.Leases)
-	assert.GreaterOrEqual(t, st.Renewed, int64(2))
+	assert.Equal(t, int64(5), st.Renewed)
 	assert.Zero(t, st.Lost)
 }
 
-// With a 60 s lease, TTL × Ratio would renew after 27–30 s; the keepalive
-// renews every 200 ms instead, each time with the full TTL. The wait below
-// ends long before the first uncapped renewal could happen; the schedule
-// itself is checked without a clock in TestRenewalTimeAndDeadline.
+// With a one-hour lease, TTL × Ratio would renew after 27–30 min; the
+// keepalive renews every 10 min instead, each time with the full TTL. The
+// scheduler's own goroutine and timer run on the ManualClock: on the real
+// clock nothing would be sent for ten minutes.
 func TestKeepAliveCapsTheInterval(t *testing.T) {
 	t.Parallel()
+	clk := newManualClock()
 	o := okOwner(t)
-	s := newTestScheduler(t, Config{KeepAlive: 200 * time.Millisecond})
-	start := time.Now()
-	s.Track(Spec{Key: "k", Token: "t", TTL: 60 * time.Second, Owner: o, Sent: start})
+	o.now = clk.Now
+	s := newTestScheduler(t, Config{KeepAlive: 10 * time.Minute, Clock: clk})
+	start := clk.Now()
+	s.Track(Spec{Key: "k", Token: "t", TTL: time.Hour, Owner: o, Sent: start})
 
-	bs := o.waitBatches(t, 5, waitShort)
-	for i, b := range bs[:5] {
-		// 200 ms minus up to 10% jitter, renewed up to Window early.
-		minAt := time.Duration(i+1) * (180*time.Millisecond - defaultWindow)
+	for i := range 3 {
+		clk.Advance(10 * time.Minute)
+		bs := o.waitBatches(t, i+1, waitShort)
+		o.waitAnswered(t, i+1, waitShort)
+		b := bs[i]
+		// Each interval: 10 min less up to 10% jitter, up to Window early.
+		minAt := time.Duration(i+1) * (9*time.Minute - defaultWindow)
 		assert.GreaterOrEqual(t, b.at.Sub(start), minAt, "renewal %d was sent early", i)
-		assert.Equal(t, int64(60), b.reqs[0].Lease)
+		assert.Equal(t, int64(3600), b.reqs[0].Lease)
 	}
 }
 
@@ -231,37 +290,40 @@ func TestTransportErrorLosesTheLease(t *testing.T) {
 
 func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 	t.Parallel()
+	s, clk := manualScheduler(t, Config{})
 	o := newOwner(t, func(wire.Request) answer { return answer{kind: answerNever} })
+	o.now = clk.Now
 	var hooked atomic.Pointer[error]
 	hookDone := make(chan struct{})
 	onLost := func(_ *Lease, err error) {
 		hooked.Store(&err)
 		close(hookDone)
 	}
-	s := newScheduler(Config{})
-	// Renewal due (after 1.8–2 s), loss deadline 1.6 s away (sent + TTL −
-	// 400ms margin: before the server-side expiry). The test drives the
-	// first round itself, so the renewal is sent before the deadline
-	// however slow the machine; then the goroutine takes over.
+	// Renewal due (after 1.8–2 s), loss deadline 1.6 s away: sent + TTL −
+	// 400ms margin, before the server-side expiry.
 	const ttl = 4 * time.Second
-	sent := time.Now().Add(-2 * time.Second)
+	sent := clk.Now().Add(-2 * time.Second)
 	l := s.Track(Spec{Key: "k", Token: "tok", TTL: ttl, Owner: o, Sent: sent, OnLost: onLost})
 	s.tick()
-	startTestScheduler(t, s)
+	require.Len(t, requestsFor(o.snapshot(), wire.CmdRenew, "k"), 1)
 	s.mu.Lock()
 	deadline := s.epoch.Add(time.Duration(l.deadline))
 	s.mu.Unlock()
 	assert.Equal(t, ttl-defaultSafetyMargin(ttl), deadline.Sub(sent))
 
-	lostAt := waitDone(t, l, waitShort)
-	assert.GreaterOrEqual(t, lostAt.Sub(sent), ttl-defaultSafetyMargin(ttl), "lost before the deadline")
+	// Held up to the deadline, lost at it.
+	clk.Advance(deadline.Sub(clk.Now()) - 1)
+	s.tick()
+	require.NoError(t, l.Err(), "lost before the deadline")
+	clk.Advance(1)
+	s.tick()
+	waitDone(t, l, waitShort)
 	require.ErrorIs(t, l.Err(), ErrLost)
 	assert.ErrorIs(t, l.Err(), ErrExpired)
 	assert.ErrorIs(t, context.Cause(l.Context()), ErrExpired)
 
-	bs := o.waitFor(t, waitShort, "best-effort release", func(bs []sentBatch) bool {
-		return len(requestsFor(bs, wire.CmdRelease, "k")) == 1
-	})
+	bs := o.snapshot()
+	assert.Len(t, requestsFor(bs, wire.CmdRelease, "k"), 1, "best-effort release")
 	assert.Len(t, requestsFor(bs, wire.CmdRenew, "k"), 1)
 	for _, b := range bs {
 		for _, r := range b.reqs {
@@ -484,7 +546,8 @@ func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
 	l := &Lease{s: s, key: "k", owner: o, ttl: 30 * time.Second, idx: -1, done: make(chan struct{})}
 	s.confirmLocked(l, 0, l.ttl)
 	s.mu.Unlock()
-	require.NoError(t, s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 3}, nil))
+	_, err := s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 3}, nil)
+	require.NoError(t, err)
 	assert.Equal(t, int64(time.Second+3*time.Second-defaultSafetyMargin(3*time.Second)), l.deadline)
 }
 

@@ -25,10 +25,11 @@ type Clock interface {
 	AfterFunc(d time.Duration, f func()) Timer
 }
 
-// Timer is a pending AfterFunc call of a Clock (*time.Timer is one).
-type Timer interface {
-	Stop() bool
-}
+// Timer is a pending AfterFunc call of a Clock (*time.Timer is one). It is
+// an alias of an unnamed interface so that a type implementing Clock also
+// implements renew.Clock, which is declared the same way: one ManualClock
+// can drive a server and a client's renewals together.
+type Timer = interface{ Stop() bool }
 
 // realClock is the default Clock: the process's clock.
 type realClock struct{}
