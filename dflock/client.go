@@ -113,7 +113,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive})
+	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock})
 	for _, a := range addrs {
 		p, err := pool.New(pool.Config{
 			Addr:            a,

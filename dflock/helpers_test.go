@@ -140,3 +140,34 @@ func awaitRequests(t *testing.T, ctx context.Context, srv *testutil.Server, cmd 
 		}
 	}
 }
+
+// stepRenewals moves clk, the scheduler clock of c (withClock; not shared
+// with a server), forward by step at a time until c's scheduler has
+// confirmed n more renewals than at the call. It reports false if done
+// closes first.
+//
+// The clock moves only once the scheduler has armed its timer and no
+// renewal is in flight, so a step never outruns the scheduler: a lease can
+// be lost here only by a renewal that was refused or never sent.
+func stepRenewals(t *testing.T, ctx context.Context, c *Client, clk *testutil.ManualClock, step time.Duration, n int64, done <-chan struct{}) bool {
+	t.Helper()
+	target := c.sched.Stats().Renewed + n
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := c.sched.Stats()
+		if st.Renewed >= target {
+			return true
+		}
+		if clk.Pending() > 0 && st.Sent == st.Renewed+st.Refused+st.Unanswered {
+			clk.Advance(step)
+		}
+		select {
+		case <-done:
+			return false
+		case <-ctx.Done():
+			t.Fatalf("renewals: %+v, %d short of the %d awaited", c.sched.Stats(), target-c.sched.Stats().Renewed, n)
+		case <-tick.C:
+		}
+	}
+}

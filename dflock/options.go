@@ -153,7 +153,8 @@ type options struct {
 	logger      *slog.Logger
 	hooks       Hooks
 	fencing     bool
-	noLaneFast  bool // unexported switch: Lock skips the control-lane try (benchmarks)
+	noLaneFast  bool        // unexported switch: Lock skips the control-lane try (benchmarks)
+	clock       renew.Clock // unexported: the scheduler's time in tests (withClock); nil is the real clock
 }
 
 func defaultOptions() options {
