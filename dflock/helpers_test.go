@@ -171,3 +171,23 @@ func stepRenewals(t *testing.T, ctx context.Context, c *Client, clk *testutil.Ma
 		}
 	}
 }
+
+// awaitRenewals waits until c's scheduler has confirmed n more renewals
+// than it had at the call, or until done closes. It reports whether the
+// renewals came first.
+func awaitRenewals(t *testing.T, ctx context.Context, c *Client, n int64, done <-chan struct{}) bool {
+	t.Helper()
+	target := c.sched.Stats().Renewed + n
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for c.sched.Stats().Renewed < target {
+		select {
+		case <-done:
+			return false
+		case <-ctx.Done():
+			t.Fatalf("renewals: %+v, awaited %d more", c.sched.Stats(), n)
+		case <-tick.C:
+		}
+	}
+	return true
+}
