@@ -191,3 +191,22 @@ func awaitRenewals(t *testing.T, ctx context.Context, c *Client, n int64, done <
 	}
 	return true
 }
+
+// awaitConfirmed waits until c's scheduler has had n renewals confirmed in
+// all and none is in flight.
+func awaitConfirmed(t *testing.T, ctx context.Context, c *Client, n int64) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := c.sched.Stats()
+		if st.Renewed >= n && st.Sent == st.Renewed+st.Refused+st.Unanswered {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("renewals: %+v, awaited %d confirmed", st, n)
+		case <-tick.C:
+		}
+	}
+}

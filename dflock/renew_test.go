@@ -133,10 +133,11 @@ func (a *renewAudit) awaitRenewedAt(t *testing.T, ctx context.Context, at time.T
 }
 
 // A 2 s lease stays valid over many of its lifetimes, on the lane and on a
-// wait-pool connection: the server's clock is advanced by 1.5 s only after
-// it has renewed both leases, 8 times, so 12 s pass for the server while
-// the client renews every ~100 ms. Every renewal carries the 2 s TTL (the
-// server would otherwise apply its default). The default renew ratio is
+// wait-pool connection: one clock, shared by the server and the client's
+// scheduler, is advanced by 1.5 s only after the server has seen both
+// leases renewed at the time the last step reached, 8 times, so 12 s pass
+// for both. Every renewal carries the 2 s TTL (the server would otherwise
+// apply its default). The default renew ratio is
 // the renew package's subject; time passing for the server is this one's.
 func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	t.Parallel()
@@ -144,7 +145,9 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	audit := newRenewAudit()
 	srv := newServer(t, testutil.Config{Clock: clk, Audit: audit.record})
 	const ttl = 2 * time.Second
-	c := newClient(t, addrsOf(srv), WithRenewRatio(0.05))
+	// The client's scheduler runs on the server's clock: each step's
+	// renewals are the scheduler's answer to the time that step let pass.
+	c := newClient(t, addrsOf(srv), WithRenewRatio(0.05), withClock(clk))
 	ctx := testCtx(t)
 
 	lane, err := c.Lock(ctx, "short", LeaseTTL(ttl))
@@ -167,11 +170,14 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	require.NotSame(t, lane.h.owner, pinned.h.owner)
 
 	const steps = 8
-	for range steps {
+	for i := range int64(steps) {
+		clk.Advance(ttl * 3 / 4) // less than a lease since the last renewals
 		for _, ev := range audit.awaitRenewedAt(t, ctx, clk.Now(), lane, pinned) {
 			assert.Equal(t, ttl, ev.Expires.Sub(ev.Time), "a renewal of %q did not carry the TTL", ev.Key)
 		}
-		clk.Advance(ttl * 3 / 4) // less than a lease since the renewals just seen
+		// The client's loss deadline moves only when the replies arrive:
+		// the next step must not outrun them.
+		awaitConfirmed(t, ctx, c, 2*(i+1))
 		require.True(t, lockHeld(srv, "short"), "the server lost the lane lease")
 		require.True(t, lockHeld(srv, "short-wait"), "the server lost the pinned lease")
 		require.NoError(t, lane.Err())
