@@ -51,7 +51,6 @@ func poolStats(t *testing.T, c *Client) Stats {
 // Regression (issue 10): after 100 goroutines contended on one key, the 100
 // wait-pool connections they used stayed open, and pinged, for good.
 func TestIdleConnsFallBackAfterContention(t *testing.T) {
-	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	// A short keepalive is the janitor's period: the excess is closed
 	// within one.
@@ -72,7 +71,6 @@ func TestIdleConnsFallBackAfterContention(t *testing.T) {
 }
 
 func TestIdleConnsClosedAfterMaxConnIdleTime(t *testing.T) {
-	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxConnIdleTime(100*time.Millisecond),
 		WithMaxIdleConnsPerServer(MaxConnsPerServer))
@@ -136,7 +134,6 @@ func TestIdleOptionBounds(t *testing.T) {
 
 // WithMaxIdleConnsPerServer(0) keeps none, rather than meaning the default.
 func TestMaxIdleConnsZeroKeepsNone(t *testing.T) {
-	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxIdleConnsPerServer(0))
 	contend(t, c, srv, "k", 8)
