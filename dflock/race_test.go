@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -132,7 +133,11 @@ func TestTicketCancelRacingWaitNeverKillsTheReturnedLock(t *testing.T) {
 		require.NoError(t, tk.Cancel())
 		r := <-ch
 		if r.err != nil {
-			require.ErrorIs(t, r.err, ErrNotAcquired)
+			// A Cancel that came before the Wait began (its goroutine
+			// not yet run, on a busy CPU) leaves it nothing to wait for.
+			if !errors.Is(r.err, ErrTicketDone) {
+				require.ErrorIs(t, r.err, ErrNotAcquired)
+			}
 			require.Eventually(t, func() bool { return !lockHeld(s, key) }, 2*time.Second, time.Millisecond,
 				"iteration %d: Wait failed but the server still holds %s", i, key)
 			continue
