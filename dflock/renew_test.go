@@ -239,13 +239,12 @@ func TestKeepAliveHoldsLongLeaseUnderShortReadTimeout(t *testing.T) {
 // Renewals of 1,000 leases on 3 servers go out as batched writes: at most one
 // write per lane connection per renewal round, and many renewals per write.
 //
-// Nothing here depends on the machine keeping up: the leases last 60 s (a
-// slow machine delays their renewals, it does not lose them), and the
-// measurement ends after a number of renewals, not a time. Batching does
-// not need speed either: a round takes every lease due within the 25 ms
-// window, so rounds are at least that far apart, and 1,000 leases renewed
-// every 225–250 ms (TTL × ratio) leave about 100 renewals per round for 6
-// lane connections; a machine that falls behind only makes rounds larger.
+// The scheduler runs on a clock of the test's, moved one renewal interval
+// (250 ms; the leases last 60 s) at a time once the previous round has
+// been answered, so nothing depends on the machine keeping up: every lease
+// falls due within the round's window and each round is one write per lane
+// connection that carries leases; a client that wrote renewals one by one
+// would fail on the renewals-per-write bound.
 func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	t.Parallel()
 	srvs := []*testutil.Server{
@@ -256,8 +255,9 @@ func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	cc := &connCounter{}
 	const laneConns = 2
 	const ttl, interval = 60 * time.Second, 250 * time.Millisecond
+	clk := testutil.NewManualClock(time.Now().Round(0))
 	c := newClient(t, addrsOf(srvs...), WithDialer(cc.dial), WithLaneConns(laneConns),
-		WithRenewRatio(float64(interval)/float64(ttl)))
+		WithRenewRatio(float64(interval)/float64(ttl)), withClock(clk))
 	ctx := testCtx(t)
 
 	const n = 1000
@@ -280,17 +280,10 @@ func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	// The scheduler's own counters: c.Stats would add writes of its own.
 	before := c.sched.Stats()
 	w0 := cc.writes.Load()
-	// Every lease renewed about twice. The keepalive (10 s) sends no ping on
-	// a lane that carries renewals, so every write counted is a renewal batch.
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for c.sched.Stats().Renewed-before.Renewed < 2*n {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			t.Fatalf("renewals: %+v after %+v", c.sched.Stats(), before)
-		}
-	}
+	// Every lease renewed twice. The keepalive (10 s, on the real clock)
+	// sends no ping on a lane that carries renewals within it, so every
+	// write counted is a renewal batch.
+	require.True(t, stepRenewals(t, ctx, c, clk, interval, 2*n, nil))
 	w1 := cc.writes.Load()
 	after := c.sched.Stats()
 
