@@ -56,56 +56,44 @@ func releaseBehindClientsBack(t *testing.T, addr, key, token string) {
 	require.Equal(t, "ok\n", line)
 }
 
-// awaitRenewals waits until the scheduler has confirmed n more renewals
-// than it had at the call, or until done closes. It reports whether the
-// renewals came first.
-func awaitRenewals(c *Client, n int64, done <-chan struct{}) bool {
-	target := c.renewStats().Renewed + n
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for c.renewStats().Renewed < target {
-		select {
-		case <-done:
-			return false
-		case <-tick.C:
-		}
-	}
-	return true
-}
-
 // A log handler that blocks must not stall the goroutines that renew leases
 // or read their replies: lease a's loss is logged (and blocks the handler),
 // and lease b, on the same lane connection, keeps being renewed.
+//
+// The scheduler runs on a clock of the test's (the server keeps the real
+// one, and the 10 s leases outlast the test on it): each step lets one
+// renewal interval pass, once the previous renewal has been answered.
 func TestBlockedLogHandlerDoesNotLoseOtherLeases(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	h := newStuckWarnHandler()
 	defer close(h.release)
-	// Renewals every ~50 ms (as much slack before a loss as the default
-	// ratio leaves a 2 s lease), so that many happen while the handler blocks.
-	c := newClient(t, []string{srv.Addr()}, WithLogger(slog.New(h)), WithLaneConns(1), WithRenewRatio(0.05))
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	// Renewals every 500 ms of the scheduler's clock (as much slack before
+	// a loss as the default ratio leaves a 2 s lease).
+	const ttl, interval = 10 * time.Second, 500 * time.Millisecond
+	c := newClient(t, []string{srv.Addr()}, WithLogger(slog.New(h)), WithLaneConns(1),
+		WithRenewRatio(float64(interval)/float64(ttl)), withClock(clk))
 	ctx := testCtx(t)
 
-	a, err := c.TryLock(ctx, "a", LeaseTTL(time.Second))
+	a, err := c.TryLock(ctx, "a", LeaseTTL(ttl))
 	require.NoError(t, err)
-	b, err := c.TryLock(ctx, "b", LeaseTTL(time.Second))
+	b, err := c.TryLock(ctx, "b", LeaseTTL(ttl))
 	require.NoError(t, err)
 	require.Same(t, a.h.owner, b.h.owner, "both leases must be owned by the one lane connection")
 
 	releaseBehindClientsBack(t, srv.Addr(), "a", a.Token())
-	select {
-	case <-a.Done():
-	case <-ctx.Done():
-		t.Fatal("lease a was not reported lost after its renewal was refused")
-	}
+	require.False(t, stepRenewals(t, ctx, c, clk, interval, 1<<30, a.Done()))
+	require.ErrorIs(t, a.Err(), ErrLockLost, "lease a was not lost by its refused renewal")
 	select {
 	case <-h.blocked:
 	case <-ctx.Done():
 		t.Fatal("the loss of a was never logged at Warn")
 	}
 	// The handler is now stuck. Renewals of b confirmed over more than its
-	// 1 s TTL prove that nothing waits for the handler.
-	require.True(t, awaitRenewals(c, 25, b.Done()), "lease b was lost while the log handler blocked: %v", b.Err())
+	// TTL prove that nothing waits for the handler.
+	require.True(t, stepRenewals(t, ctx, c, clk, interval, int64(ttl/interval)+5, b.Done()),
+		"lease b was lost while the log handler blocked: %v", b.Err())
 	assert.NoError(t, b.Err())
 	require.NoError(t, b.Release(ctx))
 
@@ -138,21 +126,26 @@ func TestBlockedHookDoesNotLoseOtherLeases(t *testing.T) {
 		},
 		OnConnBroken: func(string, error) {},
 	}
-	c := newClient(t, []string{srv.Addr()}, WithHooks(hooks), WithLaneConns(1), WithRenewRatio(0.05))
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	const ttl, interval = 10 * time.Second, 500 * time.Millisecond
+	c := newClient(t, []string{srv.Addr()}, WithHooks(hooks), WithLaneConns(1),
+		WithRenewRatio(float64(interval)/float64(ttl)), withClock(clk))
 	defer close(release)
 	ctx := testCtx(t)
 
-	a, err := c.TryLock(ctx, "a", LeaseTTL(time.Second))
+	a, err := c.TryLock(ctx, "a", LeaseTTL(ttl))
 	require.NoError(t, err)
-	b, err := c.TryLock(ctx, "b", LeaseTTL(time.Second))
+	b, err := c.TryLock(ctx, "b", LeaseTTL(ttl))
 	require.NoError(t, err)
 	releaseBehindClientsBack(t, srv.Addr(), "a", a.Token())
+	require.False(t, stepRenewals(t, ctx, c, clk, interval, 1<<30, a.Done()))
 	select {
 	case <-entered:
 	case <-ctx.Done():
 		t.Fatal("OnLeaseLost was not called for a")
 	}
-	require.True(t, awaitRenewals(c, 25, b.Done()), "lease b was lost while a hook blocked: %v", b.Err())
+	require.True(t, stepRenewals(t, ctx, c, clk, interval, int64(ttl/interval)+5, b.Done()),
+		"lease b was lost while a hook blocked: %v", b.Err())
 
 	// Flood the stuck callback goroutine: the excess is counted, nothing
 	// waits for it.

@@ -117,7 +117,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, OnBatch: c.onRenewalBatch})
+	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock, OnBatch: c.onRenewalBatch})
 	for _, a := range addrs {
 		p, err := pool.New(pool.Config{
 			Addr:            a,

@@ -125,3 +125,88 @@ var (
 	_ handle = (*Lock)(nil)
 	_ handle = (*Semaphore)(nil)
 )
+
+// awaitRequests waits until the server has counted at least n requests of
+// the command word cmd, or fails when ctx ends.
+func awaitRequests(t *testing.T, ctx context.Context, srv *testutil.Server, cmd string, n int64) {
+	t.Helper()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for srv.Stats().Requests[cmd] < n {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the server never counted %d %q requests (now %d)", n, cmd, srv.Stats().Requests[cmd])
+		case <-tick.C:
+		}
+	}
+}
+
+// stepRenewals moves clk, the scheduler clock of c (withClock; not shared
+// with a server), forward by step at a time until c's scheduler has
+// confirmed n more renewals than at the call. It reports false if done
+// closes first.
+//
+// The clock moves only once the scheduler has armed its timer and no
+// renewal is in flight, so a step never outruns the scheduler: a lease can
+// be lost here only by a renewal that was refused or never sent.
+func stepRenewals(t *testing.T, ctx context.Context, c *Client, clk *testutil.ManualClock, step time.Duration, n int64, done <-chan struct{}) bool {
+	t.Helper()
+	target := c.renewStats().Renewed + n
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := c.renewStats()
+		if st.Renewed >= target {
+			return true
+		}
+		if clk.Pending() > 0 && st.Sent == st.Renewed+st.Refused+st.Unanswered {
+			clk.Advance(step)
+		}
+		select {
+		case <-done:
+			return false
+		case <-ctx.Done():
+			t.Fatalf("renewals: %+v, %d short of the %d awaited", c.renewStats(), target-c.renewStats().Renewed, n)
+		case <-tick.C:
+		}
+	}
+}
+
+// awaitRenewals waits until c's scheduler has confirmed n more renewals
+// than it had at the call, or until done closes. It reports whether the
+// renewals came first.
+func awaitRenewals(t *testing.T, ctx context.Context, c *Client, n int64, done <-chan struct{}) bool {
+	t.Helper()
+	target := c.renewStats().Renewed + n
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for c.renewStats().Renewed < target {
+		select {
+		case <-done:
+			return false
+		case <-ctx.Done():
+			t.Fatalf("renewals: %+v, awaited %d more", c.renewStats(), n)
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
+// awaitConfirmed waits until c's scheduler has had n renewals confirmed in
+// all and none is in flight.
+func awaitConfirmed(t *testing.T, ctx context.Context, c *Client, n int64) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := c.renewStats()
+		if st.Renewed >= n && st.Sent == st.Renewed+st.Refused+st.Unanswered {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("renewals: %+v, awaited %d confirmed", st, n)
+		case <-tick.C:
+		}
+	}
+}

@@ -121,7 +121,7 @@ func TestGrantWithOutOfRangeLeaseIsReleasedAndReported(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatal("the out-of-range grant was not released")
 			}
-			assert.Zero(t, c.sched.Stats().Leases, "nothing may be tracked as held")
+			assert.Zero(t, c.renewStats().Leases, "nothing may be tracked as held")
 		})
 	}
 }
@@ -141,7 +141,7 @@ func TestWaitPoolGrantWithOutOfRangeLeaseDestroysItsConnection(t *testing.T) {
 	_, err := c.Lock(ctx, "k", AcquireTimeout(5*time.Second))
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, wire.ErrProtocol), "%v", err)
-	assert.Zero(t, c.sched.Stats().Leases)
+	assert.Zero(t, c.renewStats().Leases)
 	require.Eventually(t, func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()

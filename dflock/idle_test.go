@@ -41,6 +41,13 @@ func contend(t *testing.T, c *Client, srv *testutil.Server, key string, n int) {
 	}
 }
 
+// idleTestKeepAlive is the keepalive, and so the janitor's period, of the
+// idle-limit tests: short, so that the janitor sweeps soon, but long enough
+// that a ping's reply delayed by a loaded machine (under -race, with 100
+// connections pinged per period) does not count as a stall, which breaks
+// the connection after two periods without a reply.
+const idleTestKeepAlive = 200 * time.Millisecond
+
 func poolStats(t *testing.T, c *Client) Stats {
 	t.Helper()
 	st, err := c.Stats(testCtx(t))
@@ -54,13 +61,15 @@ func TestIdleConnsFallBackAfterContention(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	// A short keepalive is the janitor's period: the excess is closed
 	// within one.
-	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxConnIdleTime(time.Hour))
+	c := newClient(t, addrsOf(srv), WithKeepAlive(idleTestKeepAlive), WithMaxConnIdleTime(time.Hour))
 	const n = 100
 	contend(t, c, srv, "k", n)
 
-	require.Eventually(t, func() bool {
+	if !assert.Eventually(t, func() bool {
 		return poolStats(t, c).Servers[0].Pool.IdleClosed >= n-DefaultMaxIdleConnsPerServer
-	}, testTimeout, 10*time.Millisecond)
+	}, testTimeout, 10*time.Millisecond) {
+		t.Fatalf("pool: %+v", c.servers[0].pool.Stats())
+	}
 	ps := poolStats(t, c).Servers[0].Pool
 	assert.Equal(t, DefaultMaxIdleConnsPerServer, ps.IdleConns)
 	assert.Zero(t, ps.AcquiredConns)
@@ -72,7 +81,7 @@ func TestIdleConnsFallBackAfterContention(t *testing.T) {
 
 func TestIdleConnsClosedAfterMaxConnIdleTime(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxConnIdleTime(100*time.Millisecond),
+	c := newClient(t, addrsOf(srv), WithKeepAlive(idleTestKeepAlive), WithMaxConnIdleTime(100*time.Millisecond),
 		WithMaxIdleConnsPerServer(MaxConnsPerServer))
 	ctx := testCtx(t)
 	// A lock granted after waiting holds its connection: never idle.
@@ -91,10 +100,12 @@ func TestIdleConnsClosedAfterMaxConnIdleTime(t *testing.T) {
 
 	const n = 20
 	contend(t, c, srv, "k", n)
-	require.Eventually(t, func() bool {
+	if !assert.Eventually(t, func() bool {
 		ps := poolStats(t, c).Servers[0].Pool
 		return ps.IdleConns == 0 && ps.IdleClosed >= n
-	}, testTimeout, 10*time.Millisecond)
+	}, testTimeout, 10*time.Millisecond) {
+		t.Fatalf("pool: %+v", c.servers[0].pool.Stats())
+	}
 	ps := poolStats(t, c).Servers[0].Pool
 	assert.Equal(t, 1, ps.PinnedConns)
 	want := ps.LaneConns + 1
@@ -135,10 +146,12 @@ func TestIdleOptionBounds(t *testing.T) {
 // WithMaxIdleConnsPerServer(0) keeps none, rather than meaning the default.
 func TestMaxIdleConnsZeroKeepsNone(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithMaxIdleConnsPerServer(0))
+	c := newClient(t, addrsOf(srv), WithKeepAlive(idleTestKeepAlive), WithMaxIdleConnsPerServer(0))
 	contend(t, c, srv, "k", 8)
-	require.Eventually(t, func() bool {
+	if !assert.Eventually(t, func() bool {
 		ps := poolStats(t, c).Servers[0].Pool
 		return ps.IdleConns == 0 && ps.IdleClosed >= 8
-	}, testTimeout, 10*time.Millisecond)
+	}, testTimeout, 10*time.Millisecond) {
+		t.Fatalf("pool: %+v", c.servers[0].pool.Stats())
+	}
 }

@@ -507,30 +507,36 @@ func TestErrorMessagesNameOperationKeyAndServer(t *testing.T) {
 
 // A grant that ends a wait longer than the lease is confirmed with a renewal
 // before it is tracked: tracking it from the request's send time would
-// declare it lost at once.
+// declare it lost at once. The wait is real time (the client measures it
+// on the real clock): just over the 1 s lease less its 100 ms margin.
 func TestGrantAfterWaitLongerThanLeaseStaysHeld(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits 3 s")
+		t.Skip("waits 1.1 s")
 	}
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
-	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	holder := newClient(t, addrsOf(srv))
+	c := newClient(t, addrsOf(srv), WithRenewRatio(0.1))
 	ctx := testCtx(t)
 
+	const ttl = time.Second
 	h, err := holder.Lock(ctx, "long-wait")
 	require.NoError(t, err)
 	got := make(chan *Lock, 1)
 	go func() {
-		l, err := c.Lock(ctx, "long-wait", LeaseTTL(2*time.Second))
+		l, err := c.Lock(ctx, "long-wait", LeaseTTL(ttl))
 		assert.NoError(t, err)
 		got <- l
 	}()
 	require.Eventually(t, func() bool { return lockWaiters(srv, "long-wait") == 1 }, 5*time.Second, time.Millisecond)
-	time.Sleep(3 * time.Second) // a wait longer than the 2 s lease: the subject
+	time.Sleep(ttl + 100*time.Millisecond) // a wait past the loss deadline of a lease from its send: the subject
 	require.NoError(t, h.Release(ctx))
 	l := <-got
 	require.NotNil(t, l)
-	time.Sleep(2500 * time.Millisecond) // more than a lease: renewals must keep it
+	// A lease tracked from the wait's send time is declared lost at the
+	// scheduler's next look, before any renewal of it; two renewals
+	// confirmed after the grant show it was not.
+	require.True(t, awaitRenewals(t, ctx, c, 2, l.Done()), "the lease was lost: %v", l.Err())
 	require.NoError(t, l.Err())
 	require.True(t, lockHeld(srv, "long-wait"))
 	require.NoError(t, l.Release(ctx))

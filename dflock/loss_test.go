@@ -47,33 +47,39 @@ func (h *lostHook) hooks() Hooks {
 }
 
 // When the network goes silent, the client declares the lease lost by its
-// own clock — before the server-side lease can have ended.
+// own clock — before the server-side lease can have ended. Client and
+// server share one clock, moved to just before the server's lease ends:
+// the loss must have been declared by then.
 func TestLossIsReportedBeforeServerLeaseEndsWhenNetworkBlackholes(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Clock: clk})
 	px := newProxy(t, srv.Addr())
 	hook := newLostHook()
-	c, err := New([]string{px.Addr()}, WithHooks(hook.hooks()))
+	c, err := New([]string{px.Addr()}, WithHooks(hook.hooks()), withClock(clk))
 	require.NoError(t, err)
 	defer c.Close()
 	ctx := testCtx(t)
 
 	const ttl = 5 * time.Second // safety margin 500 ms
-	sent := time.Now()          // the server-side lease starts after this
+	// The clock stands still until the Advance below, so the server's
+	// lease starts at sent, and so does the client's (a send time later
+	// than the scheduler's clock counts as its now).
+	sent := clk.Now()
 	l, err := c.Lock(ctx, "bh", LeaseTTL(ttl))
 	require.NoError(t, err)
 	lctx := l.Context()
 	px.Blackhole(true)
 
+	// The renewal due at half the TTL goes into the blackhole; the server's
+	// lease (and its 23 s read timeout) still has a millisecond to run.
+	clk.Advance(ttl - time.Millisecond)
 	select {
 	case <-l.Done():
-	case <-time.After(2 * ttl):
-		t.Fatal("the lease was never reported lost")
+	case <-ctx.Done():
+		t.Fatalf("the lease was not reported lost by %v after the request; the server lease lasts %v", clk.Now().Sub(sent), ttl)
 	}
-	lostAt := time.Now()
-	serverStillHolds := lockHeld(srv, "bh")
-	assert.True(t, lostAt.Before(sent.Add(ttl)), "loss reported %v after the request; the server lease lasts %v", lostAt.Sub(sent), ttl)
-	assert.True(t, serverStillHolds, "the server had already dropped the lease: the client was late")
+	assert.True(t, lockHeld(srv, "bh"), "the server had already dropped the lease")
 	require.ErrorIs(t, l.Err(), ErrLockLost)
 	assert.ErrorContains(t, l.Err(), "no renewal confirmed within TTL")
 	// Done is closed only after the Context is cancelled.
@@ -84,7 +90,7 @@ func TestLossIsReportedBeforeServerLeaseEndsWhenNetworkBlackholes(t *testing.T) 
 		assert.Equal(t, "bh", info.Key)
 		assert.Equal(t, px.Addr(), info.Server)
 		assert.Equal(t, ttl, info.TTL)
-	case <-time.After(5 * time.Second):
+	case <-ctx.Done():
 		t.Fatal("OnLeaseLost was not called")
 	}
 	err = l.Release(ctx)
@@ -235,15 +241,19 @@ func rawRelease(t *testing.T, addr, cmd, key, token string) {
 func TestLossOnRefusedRenewal(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv))
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	c := newClient(t, addrsOf(srv), withClock(clk))
 	ctx := testCtx(t)
 
-	l, err := c.Lock(ctx, "refused", LeaseTTL(2*time.Second))
+	const ttl = 2 * time.Second
+	l, err := c.Lock(ctx, "refused", LeaseTTL(ttl))
 	require.NoError(t, err)
 	rawRelease(t, srv.Addr(), "r", "refused", l.Token())
+	// The scheduler's renewal falls due (the loss deadline, 1.8 s, does not).
+	clk.Advance(ttl / 2)
 	select {
 	case <-l.Done():
-	case <-time.After(5 * time.Second):
+	case <-ctx.Done():
 		t.Fatal("a refused renewal did not lose the lease")
 	}
 	require.ErrorIs(t, l.Err(), ErrLockLost)
@@ -269,21 +279,25 @@ func TestWithLockCancelsFunctionOnLoss(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	px := newProxy(t, srv.Addr())
-	c, err := New([]string{px.Addr()})
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	c, err := New([]string{px.Addr()}, withClock(clk))
 	require.NoError(t, err)
 	defer c.Close()
 	ctx := testCtx(t)
 
+	const ttl = 2 * time.Second
 	err = c.WithLock(ctx, "wl-loss", func(fctx context.Context) error {
 		px.Blackhole(true)
+		// The renewal goes into the blackhole and the loss deadline passes.
+		clk.Advance(ttl)
 		select {
 		case <-fctx.Done():
 			assert.ErrorIs(t, context.Cause(fctx), ErrLockLost)
 			return fctx.Err()
-		case <-time.After(10 * time.Second):
+		case <-ctx.Done():
 			return fmt.Errorf("fn's context was not cancelled")
 		}
-	}, LeaseTTL(2*time.Second))
+	}, LeaseTTL(ttl))
 	require.ErrorIs(t, err, ErrLockLost)
 	require.ErrorIs(t, err, context.Canceled)
 	px.Blackhole(false)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/shard"
 	"github.com/dflock-sdk/go/wire"
 )
@@ -163,8 +164,9 @@ type options struct {
 	hooks       Hooks
 	tracer      Tracer
 	fencing     bool
-	groupConns  int  // WithGroupConns; 0 = DefaultGroupConns (signal_options.go)
-	noLaneFast  bool // unexported switch: Lock skips the control-lane try (benchmarks)
+	groupConns  int         // WithGroupConns; 0 = DefaultGroupConns (signal_options.go)
+	noLaneFast  bool        // unexported switch: Lock skips the control-lane try (benchmarks)
+	clock       renew.Clock // unexported: the scheduler's time in tests (withClock); nil is the real clock
 }
 
 func defaultOptions() options {

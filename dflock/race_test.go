@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -26,7 +27,9 @@ import (
 func TestGrantOnConnectionThatBrokeBeforeTrackingIsLostAtOnce(t *testing.T) {
 	t.Parallel()
 	s := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(s))
+	// The scheduler's clock stands still: no renewal and no loss deadline
+	// can come, so only Track itself can find the dead owner.
+	c := newClient(t, addrsOf(s), withClock(testutil.NewManualClock(time.Now().Round(0))))
 	ctx := testCtx(t)
 	srv, err := c.route("k")
 	require.NoError(t, err)
@@ -41,7 +44,7 @@ func TestGrantOnConnectionThatBrokeBeforeTrackingIsLostAtOnce(t *testing.T) {
 	l := &Lock{h: c.track(srv, owner, nil, req, r, sent)}
 	select {
 	case <-l.Done():
-	case <-time.After(time.Second):
+	case <-ctx.Done():
 		t.Fatal("a lease tracked on a dead connection was not reported lost")
 	}
 	assert.ErrorIs(t, l.Err(), ErrLockLost)
@@ -132,7 +135,11 @@ func TestTicketCancelRacingWaitNeverKillsTheReturnedLock(t *testing.T) {
 		require.NoError(t, tk.Cancel())
 		r := <-ch
 		if r.err != nil {
-			require.ErrorIs(t, r.err, ErrNotAcquired)
+			// A Cancel that came before the Wait began (its goroutine
+			// not yet run, on a busy CPU) leaves it nothing to wait for.
+			if !errors.Is(r.err, ErrTicketDone) {
+				require.ErrorIs(t, r.err, ErrNotAcquired)
+			}
 			require.Eventually(t, func() bool { return !lockHeld(s, key) }, 2*time.Second, time.Millisecond,
 				"iteration %d: Wait failed but the server still holds %s", i, key)
 			continue

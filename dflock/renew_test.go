@@ -133,10 +133,11 @@ func (a *renewAudit) awaitRenewedAt(t *testing.T, ctx context.Context, at time.T
 }
 
 // A 2 s lease stays valid over many of its lifetimes, on the lane and on a
-// wait-pool connection: the server's clock is advanced by 1.5 s only after
-// it has renewed both leases, 8 times, so 12 s pass for the server while
-// the client renews every ~100 ms. Every renewal carries the 2 s TTL (the
-// server would otherwise apply its default). The default renew ratio is
+// wait-pool connection: one clock, shared by the server and the client's
+// scheduler, is advanced by 1.5 s only after the server has seen both
+// leases renewed at the time the last step reached, 8 times, so 12 s pass
+// for both. Every renewal carries the 2 s TTL (the server would otherwise
+// apply its default). The default renew ratio is
 // the renew package's subject; time passing for the server is this one's.
 func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	t.Parallel()
@@ -144,7 +145,9 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	audit := newRenewAudit()
 	srv := newServer(t, testutil.Config{Clock: clk, Audit: audit.record})
 	const ttl = 2 * time.Second
-	c := newClient(t, addrsOf(srv), WithRenewRatio(0.05))
+	// The client's scheduler runs on the server's clock: each step's
+	// renewals are the scheduler's answer to the time that step let pass.
+	c := newClient(t, addrsOf(srv), WithRenewRatio(0.05), withClock(clk))
 	ctx := testCtx(t)
 
 	lane, err := c.Lock(ctx, "short", LeaseTTL(ttl))
@@ -167,11 +170,14 @@ func TestRenewalKeepsShortLeaseHeld(t *testing.T) {
 	require.NotSame(t, lane.h.owner, pinned.h.owner)
 
 	const steps = 8
-	for range steps {
+	for i := range int64(steps) {
+		clk.Advance(ttl * 3 / 4) // less than a lease since the last renewals
 		for _, ev := range audit.awaitRenewedAt(t, ctx, clk.Now(), lane, pinned) {
 			assert.Equal(t, ttl, ev.Expires.Sub(ev.Time), "a renewal of %q did not carry the TTL", ev.Key)
 		}
-		clk.Advance(ttl * 3 / 4) // less than a lease since the renewals just seen
+		// The client's loss deadline moves only when the replies arrive:
+		// the next step must not outrun them.
+		awaitConfirmed(t, ctx, c, 2*(i+1))
 		require.True(t, lockHeld(srv, "short"), "the server lost the lane lease")
 		require.True(t, lockHeld(srv, "short-wait"), "the server lost the pinned lease")
 		require.NoError(t, lane.Err())
@@ -233,13 +239,12 @@ func TestKeepAliveHoldsLongLeaseUnderShortReadTimeout(t *testing.T) {
 // Renewals of 1,000 leases on 3 servers go out as batched writes: at most one
 // write per lane connection per renewal round, and many renewals per write.
 //
-// Nothing here depends on the machine keeping up: the leases last 60 s (a
-// slow machine delays their renewals, it does not lose them), and the
-// measurement ends after a number of renewals, not a time. Batching does
-// not need speed either: a round takes every lease due within the 25 ms
-// window, so rounds are at least that far apart, and 1,000 leases renewed
-// every 225–250 ms (TTL × ratio) leave about 100 renewals per round for 6
-// lane connections; a machine that falls behind only makes rounds larger.
+// The scheduler runs on a clock of the test's, moved one renewal interval
+// (250 ms; the leases last 60 s) at a time once the previous round has
+// been answered, so nothing depends on the machine keeping up: every lease
+// falls due within the round's window and each round is one write per lane
+// connection that carries leases; a client that wrote renewals one by one
+// would fail on the renewals-per-write bound.
 func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	t.Parallel()
 	srvs := []*testutil.Server{
@@ -250,8 +255,9 @@ func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	cc := &connCounter{}
 	const laneConns = 2
 	const ttl, interval = 60 * time.Second, 250 * time.Millisecond
+	clk := testutil.NewManualClock(time.Now().Round(0))
 	c := newClient(t, addrsOf(srvs...), WithDialer(cc.dial), WithLaneConns(laneConns),
-		WithRenewRatio(float64(interval)/float64(ttl)))
+		WithRenewRatio(float64(interval)/float64(ttl)), withClock(clk))
 	ctx := testCtx(t)
 
 	const n = 1000
@@ -274,17 +280,10 @@ func TestRenewalsOfManyLeasesAreBatched(t *testing.T) {
 	// The scheduler's own counters: c.Stats would add writes of its own.
 	before := c.renewStats()
 	w0 := cc.writes.Load()
-	// Every lease renewed about twice. The keepalive (10 s) sends no ping on
-	// a lane that carries renewals, so every write counted is a renewal batch.
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for c.renewStats().Renewed-before.Renewed < 2*n {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			t.Fatalf("renewals: %+v after %+v", c.renewStats(), before)
-		}
-	}
+	// Every lease renewed twice. The keepalive (10 s, on the real clock)
+	// sends no ping on a lane that carries renewals within it, so every
+	// write counted is a renewal batch.
+	require.True(t, stepRenewals(t, ctx, c, clk, interval, 2*n, nil))
 	w1 := cc.writes.Load()
 	after := c.renewStats()
 

@@ -255,6 +255,6 @@ func TestBlockedObservabilityHookDoesNotDelayRenewal(t *testing.T) {
 	l, err := c.TryLock(ctx, "k", LeaseTTL(time.Second))
 	require.NoError(t, err)
 	recv(t, ctx, entered, "a hook call")
-	require.True(t, awaitRenewals(c, 25, l.Done()), "the lease was lost while a hook blocked: %v", l.Err())
+	require.True(t, awaitRenewals(t, ctx, c, 25, l.Done()), "the lease was lost while a hook blocked: %v", l.Err())
 	require.NoError(t, l.Release(ctx))
 }

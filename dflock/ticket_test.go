@@ -172,8 +172,11 @@ func TestTicketWaitCancelledByContext(t *testing.T) {
 }
 
 // Without a deadline a ticket's server-side wait is issued in chunks; when
-// a chunk runs out the ticket re-joins the queue and keeps waiting.
+// a chunk runs out the ticket re-joins the queue and keeps waiting. The
+// chunks run out on the server's clock, advanced only once the server has
+// the wait in hand, and each must be followed by a re-issued wait.
 func TestTicketWaitReenqueuesAfterServerChunk(t *testing.T) {
+	// Not parallel: the chunk sizes are package variables.
 	old := ticketWaitChunk
 	ticketWaitChunk = time.Second
 	t.Cleanup(func() { ticketWaitChunk = old })
@@ -181,7 +184,10 @@ func TestTicketWaitReenqueuesAfterServerChunk(t *testing.T) {
 	waitChunk = time.Second
 	t.Cleanup(func() { waitChunk = oldL })
 
-	srv := newServer(t, testutil.Config{})
+	// Two 1 s chunks per wait: far from the 33 s leases and the 23 s read
+	// timeout, which nothing renews on this clock.
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Clock: clk})
 	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
 
@@ -193,18 +199,26 @@ func TestTicketWaitReenqueuesAfterServerChunk(t *testing.T) {
 	hl, err := holder.Lock(ctx, "chunk-l")
 	require.NoError(t, err)
 	lockRes := make(chan *Lock, 1)
+	l0 := srv.Stats().Requests["l"]
 	go func() {
 		l, err := c.Lock(ctx, "chunk-l")
 		assert.NoError(t, err)
 		lockRes <- l
 	}()
-	time.Sleep(2500 * time.Millisecond) // two chunks pass: the subject
+	// The lane's try, then the wait on a wait-pool connection.
+	awaitRequests(t, ctx, srv, "l", l0+2)
+	for i := range int64(2) {
+		awaitWaiters(t, ctx, srv, "chunk-l", 1)
+		clk.Advance(time.Second) // the chunk runs out: the subject
+		awaitRequests(t, ctx, srv, "l", l0+3+i)
+	}
 	require.NoError(t, hl.Release(ctx))
 	l := <-lockRes
 	require.NotNil(t, l)
 	require.NoError(t, l.Release(ctx))
 
 	res := make(chan error, 1)
+	w0 := srv.Stats().Requests["w"]
 	go func() {
 		l, err := tk.Wait(ctx)
 		if err == nil {
@@ -212,12 +226,18 @@ func TestTicketWaitReenqueuesAfterServerChunk(t *testing.T) {
 		}
 		res <- err
 	}()
-	time.Sleep(2500 * time.Millisecond) // two chunks pass: the subject
+	for i := range int64(2) {
+		awaitRequests(t, ctx, srv, "w", w0+1+i)
+		awaitWaiters(t, ctx, srv, "chunk", 1)
+		clk.Advance(time.Second) // the chunk runs out: the subject
+	}
+	// The ticket re-joined the queue and waits again.
+	awaitRequests(t, ctx, srv, "w", w0+3)
 	require.NoError(t, h.Release(ctx))
 	select {
 	case err := <-res:
 		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
+	case <-ctx.Done():
 		t.Fatal("the ticket did not get the lock after re-enqueueing")
 	}
 }
