@@ -2,7 +2,9 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -203,10 +205,14 @@ func TestInlineWriteFailureFailsTheCaller(t *testing.T) {
 		t.Fatal("OnConnBroken ran on the caller")
 	}
 	require.ErrorIs(t, err, wire.ErrConnBroken)
-	require.ErrorIs(t, err, syscall.EPIPE, "the write's own error")
+	// The write's own error — unless the reader saw the server close first:
+	// the server answers the half-close by closing, and whichever failure
+	// the reader notices first is the connection's.
+	writeOrEOF := func(err error) bool { return errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) }
+	require.Truef(t, writeOrEOF(err), "neither the write's error nor EOF: %v", err)
 	ev := rec.next(t)
 	assert.Same(t, lane, ev.c)
-	assert.ErrorIs(t, ev.err, syscall.EPIPE)
+	assert.Truef(t, writeOrEOF(ev.err), "neither the write's error nor EOF: %v", ev.err)
 
 	r, _, err := p.Do(ctxWait(t), lockReq("inline-write-fails"))
 	require.NoError(t, err, "a new lane connection serves")
