@@ -361,19 +361,45 @@ func TestSignalsSlowConsumerDropsWithoutStallingTheConnection(t *testing.T) {
 	require.Eventually(t, func() bool { return logs.count("slow signal consumer") == 2 }, testTimeout, time.Millisecond)
 }
 
+// An idle listener connection is kept alive by pings: the server's read
+// timeout, which also bounds the idle wait for the next request, never
+// closes it.
+//
+// The read timeout runs on the server's clock, which the test moves by less
+// than half of it at a time and only once every open connection has written
+// again since the last move. The previous ping of each connection has then
+// been answered, so its deadline was re-armed within the last two moves: a
+// connection the keepalive pings is never cut, and one it does not ping is
+// cut within three moves. Seven moves span more than three read timeouts.
 func TestSignalsIdleListenerSurvivesServerReadTimeout(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{ReadTimeout: time.Second})
-	c := newClient(t, addrsOf(srv), WithKeepAlive(300*time.Millisecond))
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	const readTimeout = time.Second
+	srv := newServer(t, testutil.Config{Clock: clk, ReadTimeout: readTimeout})
+	cc := &connCounter{}
+	c := newClient(t, addrsOf(srv), WithKeepAlive(200*time.Millisecond), WithDialer(cc.dial))
 	ctx := testCtx(t)
 	sub, err := c.Listen(ctx, "idle.>")
 	require.NoError(t, err)
-	time.Sleep(3500 * time.Millisecond) // three read timeouts of idleness: time-based, not synchronisation
+	// The server counts a connection when it accepts it, possibly before
+	// our dialer has returned: wait for both to agree before the baseline.
+	require.Eventually(t, func() bool { return srv.Stats().Connections == int(cc.dials.Load()) }, testTimeout, time.Millisecond)
+	dials := cc.dials.Load()
+	require.Positive(t, dials)
+	const steps = 7 // 7 × 0.45 s: more than three read timeouts
+	for range steps {
+		cc.awaitEveryOpenConnWrites(t, ctx)
+		clk.Advance(readTimeout/2 - 50*time.Millisecond)
+	}
+	cc.awaitEveryOpenConnWrites(t, ctx)
+	ps := c.servers[0].pool.Stats()
+	assert.Equal(t, dials, cc.dials.Load(), "a connection was cut by the read timeout and re-dialled: %+v", ps)
+	assert.Zero(t, ps.Broken, "a connection broke: %+v", ps)
+	assert.Positive(t, ps.Pings)
 	assert.Equal(t, 1, emit(t, c, "idle.a", "still here"))
 	assert.Equal(t, Signal{Channel: "idle.a", Payload: "still here"}, next(t, sub))
 	assertEmpty(t, sub)
 	assert.Zero(t, c.servers[0].pool.Stats().Broken)
-	assert.Positive(t, c.servers[0].pool.Stats().Pings)
 }
 
 func TestSignalsResumeAfterServerRestartAndReportTheGap(t *testing.T) {
