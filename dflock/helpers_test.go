@@ -149,7 +149,7 @@ func awaitRequests(t *testing.T, ctx context.Context, srv *testutil.Server, cmd 
 // The clock moves only once the scheduler has armed its timer and no
 // renewal is in flight, so a step never outruns the scheduler: a lease can
 // be lost here only by a renewal that was refused or never sent.
-func stepRenewals(t *testing.T, ctx context.Context, c *Client, clk *testutil.ManualClock, step time.Duration, n int64, done <-chan struct{}) bool {
+func stepRenewals(t testing.TB, ctx context.Context, c *Client, clk *testutil.ManualClock, step time.Duration, n int64, done <-chan struct{}) bool {
 	t.Helper()
 	target := c.renewStats().Renewed + n
 	tick := time.NewTicker(time.Millisecond)
