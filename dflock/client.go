@@ -140,7 +140,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			}
 			c.sched.Close()
 			c.cancel(ErrClosed)
-			c.disp.stop(DefaultReleaseTimeout)
+			c.disp.stop(c.opts.callbackWait)
 			return nil, err
 		}
 		c.servers = append(c.servers, &server{addr: a, pool: p})
@@ -299,7 +299,7 @@ func (c *Client) close() {
 	}
 	c.bg.Wait()
 	c.log.Debug("dflock: client closed", "released", len(held))
-	c.disp.stop(DefaultReleaseTimeout)
+	c.disp.stop(c.opts.callbackWait)
 }
 
 // releaseAll releases leases the scheduler handed back at Close: one

@@ -1,6 +1,10 @@
 package dflock
 
-import "github.com/dflock-sdk/go/renew"
+import (
+	"time"
+
+	"github.com/dflock-sdk/go/renew"
+)
 
 // withClock times the renewal scheduler's decisions (when to renew, when a
 // lease is lost) by clk instead of the real clock. Unexported: it exists so
@@ -15,4 +19,12 @@ import "github.com/dflock-sdk/go/renew"
 // an acquire it depends on is in flight.
 func withClock(clk renew.Clock) Option {
 	return func(o *options) { o.clock = clk }
+}
+
+// withCallbackWait sets how long Close waits for the callbacks (log records
+// and hooks) still queued, DefaultReleaseTimeout unless set. Unexported: a
+// test whose handler is stuck on purpose proves that Close returns anyway,
+// and need not spend the full default bound to prove it.
+func withCallbackWait(d time.Duration) Option {
+	return func(o *options) { o.callbackWait = d }
 }

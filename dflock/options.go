@@ -167,6 +167,10 @@ type options struct {
 	groupConns  int         // WithGroupConns; 0 = DefaultGroupConns (signal_options.go)
 	noLaneFast  bool        // unexported switch: Lock skips the control-lane try (benchmarks)
 	clock       renew.Clock // unexported: the scheduler's time in tests (withClock); nil is the real clock
+
+	// callbackWait bounds Close's wait for queued callbacks (log records and
+	// hooks); DefaultReleaseTimeout, shorter only in tests (withCallbackWait).
+	callbackWait time.Duration
 }
 
 func defaultOptions() options {
@@ -182,6 +186,8 @@ func defaultOptions() options {
 		laneConns:   DefaultLaneConns,
 		maxStats:    DefaultMaxStatsReply,
 		strategy:    shard.Ring,
+
+		callbackWait: DefaultReleaseTimeout,
 	}
 }
 
