@@ -246,15 +246,26 @@ func TestBlockedObservabilityHookDoesNotDelayRenewal(t *testing.T) {
 		}
 		<-release
 	}
-	c := newClient(t, []string{srv.Addr()}, WithLaneConns(1), WithRenewRatio(0.05), WithHooks(Hooks{
-		OnRenewalBatch: func(RenewalBatchInfo) { block() },
-		OnDial:         func(DialInfo) { block() },
-	}))
+	// The scheduler runs on a clock of the test's, stepped one renewal
+	// interval at a time once the previous renewal has been answered (the
+	// server keeps the real clock, on which the 10 s lease outlasts the
+	// test). A renewal that waited for the hook would never be answered.
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	const ttl, interval = 10 * time.Second, 500 * time.Millisecond
+	c := newClient(t, []string{srv.Addr()}, WithLaneConns(1), WithRenewRatio(float64(interval)/float64(ttl)), withClock(clk),
+		WithHooks(Hooks{
+			OnRenewalBatch: func(RenewalBatchInfo) { block() },
+			OnDial:         func(DialInfo) { block() },
+		}))
 	defer close(release)
 	ctx := testCtx(t)
-	l, err := c.TryLock(ctx, "k", LeaseTTL(time.Second))
+	l, err := c.TryLock(ctx, "k", LeaseTTL(ttl))
 	require.NoError(t, err)
 	recv(t, ctx, entered, "a hook call")
-	require.True(t, awaitRenewals(t, ctx, c, 25, l.Done()), "the lease was lost while a hook blocked: %v", l.Err())
+	// More than a TTL's worth of renewals, each answered while the hook
+	// is stuck.
+	require.True(t, stepRenewals(t, ctx, c, clk, interval, int64(ttl/interval)+5, l.Done()),
+		"the lease was lost while a hook blocked: %v", l.Err())
+	require.NoError(t, l.Err())
 	require.NoError(t, l.Release(ctx))
 }
