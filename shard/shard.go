@@ -36,6 +36,11 @@
 // server is back. Sending the key to another server would let a second client
 // acquire a lock the first still holds there: re-routing is fine for a cache
 // and fatal for a lock.
+//
+// Compatibility: users implement and pass a [Strategy] (dflock.WithSharding), so
+// the package's exported API follows the module's version, and the placement
+// [Ring] and [CRC32] compute is part of that promise: processes running
+// different releases must agree on where a key lives.
 package shard
 
 import (

@@ -15,4 +15,9 @@
 //
 // Protocol references (§n) point at docs/protocol.md, the wire specification the
 // SDK is written against.
+//
+// Compatibility: the package is usable on its own (as pgproto3 is beside pgx)
+// and follows the module's version: exported names change only with a major
+// version. Package dflock is the supported API; wire is for tools that speak
+// the protocol directly.
 package wire
