@@ -35,6 +35,12 @@ type held struct {
 	relMu   sync.Mutex // serialises release; guards relDone and relErr
 	relDone bool
 	relErr  error
+	// The release's one-request batch and its answer live here rather than
+	// in allocations of their own (a buffered channel of replies is two).
+	// relReq is not touched after SendBatch; relReply is written by the
+	// reply callback before it signals the waiter.
+	relReq   [1]wire.Request
+	relReply releaseReply
 }
 
 func (h *held) key() string   { return h.lease.Key() }
@@ -128,29 +134,37 @@ func (h *held) sendRelease(ctx context.Context) error {
 	// one started for it if it stops waiting; never on the connection's
 	// reader, where returning a pinned connection to the pool (or
 	// destroying it) must not run. Close waits for it through c.bg.
-	replies := make(chan releaseReply, 1)
+	answered := make(chan struct{}, 1)
 	c.bg.Add(1)
-	h.owner.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
-		replies <- releaseReply{r, err}
+	h.relReq[0] = req
+	h.owner.SendBatch(h.relReq[:], func(_ int, r wire.Reply, err error) {
+		h.relReply = releaseReply{r, err}
+		answered <- struct{}{}
 	})
-	finish := func(rr releaseReply) error {
-		defer c.bg.Done()
-		return h.finishRelease(rr)
-	}
 	if opCtx.Err() == nil { // an ended ctx reports so at once, deterministically
 		select {
-		case rr := <-replies:
-			return finish(rr)
+		case <-answered:
+			return h.finishReleaseBG()
 		case <-opCtx.Done():
 		}
 	}
-	go func() { _ = finish(<-replies) }()
+	go func() {
+		<-answered
+		_ = h.finishReleaseBG()
+	}()
 	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
 }
 
 type releaseReply struct {
 	r   wire.Reply
 	err error
+}
+
+// finishReleaseBG handles the answer in relReply, once it is in, of a
+// release counted in c.bg.
+func (h *held) finishReleaseBG() error {
+	defer h.c.bg.Done()
+	return h.finishRelease(h.relReply)
 }
 
 func (h *held) finishRelease(rr releaseReply) error {

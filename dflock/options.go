@@ -516,10 +516,8 @@ func LeaseTTL(d time.Duration) AcquireOption {
 
 func (c *Client) acquireOptions(opts []AcquireOption) (acquireOptions, error) {
 	a := acquireOptions{lease: c.opts.leaseTTL}
-	for _, o := range opts {
-		if o != nil {
-			o(&a)
-		}
+	if len(opts) > 0 {
+		a = applyAcquireOptions(a, opts)
 	}
 	if a.hasTimeout && a.timeout < 0 {
 		return a, &ArgError{Arg: "timeout", Value: a.timeout.String(), Reason: "must not be negative"}
@@ -532,4 +530,16 @@ func (c *Client) acquireOptions(opts []AcquireOption) (acquireOptions, error) {
 	a.timeout = min(a.timeout, MaxDuration)
 	a.lease = min(a.lease, MaxDuration)
 	return a, nil
+}
+
+// applyAcquireOptions applies opts to a copy of a. It is separate from
+// acquireOptions because passing &a to an option function moves a to the
+// heap: here that costs an allocation only when options are given.
+func applyAcquireOptions(a acquireOptions, opts []AcquireOption) acquireOptions {
+	for _, o := range opts {
+		if o != nil {
+			o(&a)
+		}
+	}
+	return a
 }
