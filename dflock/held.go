@@ -41,6 +41,11 @@ type held struct {
 	// reply callback before it signals the waiter.
 	relReq   [1]wire.Request
 	relReply releaseReply
+
+	// handle is what the *Lock or *Semaphore wrapping this lease points to
+	// (see newLock): both types are struct{ h *held }, so a pointer to it
+	// converts to either, and an acquire allocates one object, not two.
+	handle struct{ h *held }
 }
 
 func (h *held) key() string   { return h.lease.Key() }
@@ -259,6 +264,7 @@ func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (
 // wait-pool connection the lease pins, or nil for a control-lane grant.
 func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *held {
 	h := &held{c: c, srv: srv, owner: owner, pinned: pinned, limit: req.Limit}
+	h.handle.h = h
 	if pinned != nil {
 		pinned.Pin()
 	}

@@ -68,12 +68,13 @@ func (l *Lock) Renew(ctx context.Context) error { return l.h.renew(ctx) }
 // nothing), as everywhere in this package.
 func (l *Lock) Release(ctx context.Context) error { return l.h.release(ctx) }
 
-// newLock wraps the result of an acquire as a Lock.
+// newLock wraps the result of an acquire as a Lock: the handle inside h
+// (see held.handle), so that every Lock of h is the same pointer.
 func newLock(h *held, err error) (*Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Lock{h: h}, nil
+	return (*Lock)(&h.handle), nil
 }
 
 // Lock acquires the exclusive lock key, waiting while another holder has

@@ -70,7 +70,7 @@ func newSemaphore(h *held, err error) (*Semaphore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Semaphore{h: h}, nil
+	return (*Semaphore)(&h.handle), nil // see newLock
 }
 
 // Semaphore acquires one of limit slots of the semaphore key, waiting while
