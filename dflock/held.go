@@ -224,14 +224,14 @@ func (h *held) returnConn(destroy bool) {
 	}
 }
 
-// onLost is the lease's renew.Spec.OnLost: the one place where a lost
+// LeaseLost is the lease's renew.Spec.OnLost: the one place where a lost
 // lease's end is handled. It runs on the scheduler's notifier goroutine,
 // which delivers every loss in order and which Close waits for, so it must
 // not block: the pinned connection (if any) is destroyed at once (which
 // never waits for the network), and the log record and the user's hook are
 // queued for the callback goroutine. It may run before Track has returned,
 // so it reads the lease from its argument, never h.lease.
-func (h *held) onLost(lease *renew.Lease, err error) {
+func (h *held) LeaseLost(lease *renew.Lease, err error) {
 	c := h.c
 	c.stats.lost.Add(1)
 	h.srv.obs.lost1()
@@ -274,9 +274,9 @@ func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wi
 	case c.opts.fencing:
 		h.fence, h.hasFence = wire.FenceFromToken(r.Token)
 	}
-	// Everything onLost reads is written above: Track's lock orders it
+	// Everything LeaseLost reads is written above: Track's lock orders it
 	// before the notifier's call.
-	srv.obs.tracked() // before Track: onLost may run before it returns
+	srv.obs.tracked() // before Track: LeaseLost may run before it returns
 	h.lease = c.sched.Track(renew.Spec{
 		Key:       req.Key,
 		Token:     r.Token,
@@ -284,12 +284,12 @@ func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wi
 		TTL:       time.Duration(r.Lease) * time.Second,
 		Owner:     owner,
 		Sent:      sent,
-		OnLost:    h.onLost,
+		OnLost:    h, // not the method value h.LeaseLost, an allocation
 		Counters:  &srv.obs.renew,
 	})
 	c.stats.acquired.Add(1)
 	if h.lease.Err() != nil {
-		// Lost at once. onLost gives the connection back too, except
+		// Lost at once. LeaseLost gives the connection back too, except
 		// after Close (then it is not called); returnConn acts once.
 		h.returnConn(true)
 	}

@@ -248,11 +248,20 @@ type Spec struct {
 	// Close delivers every notification queued before it and waits for
 	// those calls to return: OnLost must not block indefinitely and must not
 	// call Close. The scheduler itself logs nothing.
-	OnLost func(l *Lease, err error)
+	//
+	// It is an interface rather than a func so that a caller can pass the
+	// pointer it keeps per lease anyway (dflock's held): a method value
+	// would be one more allocation per lease.
+	OnLost LossHandler
 	// Counters, if set, receive this lease's renewal events. Leases sent to
 	// one owner should share one (dflock's are per server), or BatchInfo
 	// names only the first.
 	Counters *Counters
+}
+
+// A LossHandler is told of a lease's loss (see Spec.OnLost).
+type LossHandler interface {
+	LeaseLost(l *Lease, err error)
 }
 
 // Stats of the scheduler. The renewals of leases and their outcomes are

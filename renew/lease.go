@@ -22,7 +22,7 @@ type Lease struct {
 	key      string
 	token    string
 	owner    Owner
-	onLost   func(*Lease, error)
+	onLost   LossHandler
 	counters *Counters     // nil if the Spec set none
 	ttl      time.Duration // whole seconds
 

@@ -16,6 +16,11 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
+// lossFunc is a function as a Spec.OnLost.
+type lossFunc func(l *Lease, err error)
+
+func (f lossFunc) LeaseLost(l *Lease, err error) { f(l, err) }
+
 // lossRecorder is a Spec.OnLost that records the order of notifications, checks
 // that calls never overlap, and can be made to block.
 type lossRecorder struct {
@@ -39,7 +44,7 @@ func newLossRecorder(blockKey string) *lossRecorder {
 	}
 }
 
-func (r *lossRecorder) onLost(l *Lease, err error) {
+func (r *lossRecorder) LeaseLost(l *Lease, err error) {
 	if r.inside.Add(1) != 1 {
 		r.overlap.Store(true)
 	}
@@ -104,12 +109,12 @@ func TestBlockingOnLostDoesNotStallRenewalsOrLossDetection(t *testing.T) {
 			defer close(rec.unblock) // before Close (cleanup), which waits for OnLost
 			var cnt Counters
 
-			b := s.Track(Spec{Key: "b", Token: "t", TTL: time.Minute, Owner: good, OnLost: rec.onLost, Counters: &cnt})
+			b := s.Track(Spec{Key: "b", Token: "t", TTL: time.Minute, Owner: good, OnLost: rec, Counters: &cnt})
 			var a *Lease
 			if via == "scheduler" {
-				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost, Counters: &cnt})
+				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec, Counters: &cnt})
 			} else {
-				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Minute, Owner: bad, OnLost: rec.onLost, Counters: &cnt}) // refused at its first renewal
+				a = s.Track(Spec{Key: "a", Token: "t", TTL: time.Minute, Owner: bad, OnLost: rec, Counters: &cnt}) // refused at its first renewal
 			}
 			<-rec.entered
 			require.ErrorIs(t, a.Err(), ErrLost)
@@ -123,14 +128,14 @@ func TestBlockingOnLostDoesNotStallRenewalsOrLossDetection(t *testing.T) {
 			// A refused explicit renewal: the reader decides the loss and Renew returns.
 			ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 			defer cancel()
-			c := s.Track(Spec{Key: "c", Token: "t", TTL: time.Hour, Owner: bad, OnLost: rec.onLost, Counters: &cnt})
+			c := s.Track(Spec{Key: "c", Token: "t", TTL: time.Hour, Owner: bad, OnLost: rec, Counters: &cnt})
 			assert.ErrorIs(t, c.Renew(ctx), ErrRefused)
 			// A failed owner: OwnerFailed returns with the lease already lost.
-			d := s.Track(Spec{Key: "d", Token: "t", TTL: time.Hour, Owner: doomed, OnLost: rec.onLost, Counters: &cnt})
+			d := s.Track(Spec{Key: "d", Token: "t", TTL: time.Hour, Owner: doomed, OnLost: rec, Counters: &cnt})
 			s.OwnerFailed(doomed, errTransport)
 			assert.ErrorIs(t, d.Err(), ErrOwnerFailed)
 			// An overdue grant, found by the scheduler.
-			e := s.Track(Spec{Key: "e", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec.onLost, Counters: &cnt})
+			e := s.Track(Spec{Key: "e", Token: "t", TTL: time.Second, Owner: silent, Sent: time.Now().Add(-time.Hour), OnLost: rec, Counters: &cnt})
 			waitDone(t, e, waitShort)
 			assert.ErrorIs(t, e.Err(), errExpired)
 
@@ -155,9 +160,9 @@ func TestManyLossesAreDeliveredByOneGoroutine(t *testing.T) {
 	s := newTestScheduler(t, Config{KeepAlive: time.Hour})
 	var cnt Counters
 	for i := range n {
-		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost, Counters: &cnt})
+		s.Track(Spec{Key: fmt.Sprintf("k%d", i), Token: "t", TTL: time.Hour, Owner: o, OnLost: rec, Counters: &cnt})
 	}
-	first := s.Track(Spec{Key: "first", Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec.onLost, Counters: &cnt})
+	first := s.Track(Spec{Key: "first", Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec, Counters: &cnt})
 	s.OwnerFailed(first.Owner(), errTransport)
 	rec.waitFor(t, 1) // the notifier went idle: its goroutine may be gone
 	base := runtime.NumGoroutine()
@@ -183,9 +188,9 @@ func TestCloseDeliversQueuedLossNotifications(t *testing.T) {
 	s := New(Config{KeepAlive: time.Hour})
 	var ls []*Lease
 	for _, k := range []string{"a", "b", "c"} {
-		ls = append(ls, s.Track(Spec{Key: k, Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec.onLost}))
+		ls = append(ls, s.Track(Spec{Key: k, Token: "t", TTL: time.Hour, Owner: okOwner(t), OnLost: rec}))
 	}
-	held := s.Track(Spec{Key: "held", Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost})
+	held := s.Track(Spec{Key: "held", Token: "t", TTL: time.Hour, Owner: o, OnLost: rec})
 	for _, l := range ls {
 		s.OwnerFailed(l.Owner(), errTransport)
 	}
@@ -202,7 +207,7 @@ func TestCloseDeliversQueuedLossNotifications(t *testing.T) {
 	assert.Equal(t, []*Lease{held}, <-closed)
 	assert.Equal(t, []string{"a", "b", "c"}, rec.snapshot())
 
-	late := s.Track(Spec{Key: "late", Token: "t", TTL: time.Hour, Owner: o, OnLost: rec.onLost})
+	late := s.Track(Spec{Key: "late", Token: "t", TTL: time.Hour, Owner: o, OnLost: rec})
 	assert.ErrorIs(t, late.Err(), errClosed)
 	assert.Equal(t, []string{"a", "b", "c"}, rec.snapshot(), "a notification after Close")
 }

@@ -674,7 +674,7 @@ func (s *Scheduler) notify() {
 		}
 		s.mu.Unlock()
 		for _, l := range batch {
-			l.onLost(l, l.err) // l.err was written under mu before queueing
+			l.onLost.LeaseLost(l, l.err) // l.err was written under mu before queueing
 		}
 	}
 }

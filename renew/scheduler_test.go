@@ -323,7 +323,7 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 	// 400ms margin, before the server-side expiry.
 	const ttl = 4 * time.Second
 	sent := clk.Now().Add(-2 * time.Second)
-	l := s.Track(Spec{Key: "k", Token: "tok", TTL: ttl, Owner: o, Sent: sent, OnLost: onLost})
+	l := s.Track(Spec{Key: "k", Token: "tok", TTL: ttl, Owner: o, Sent: sent, OnLost: lossFunc(onLost)})
 	s.tick()
 	require.Len(t, requestsFor(o.snapshot(), wire.CmdRenew, "k"), 1)
 	s.mu.Lock()
