@@ -2,6 +2,7 @@ package renew
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/dflock-sdk/go/wire"
@@ -15,8 +16,8 @@ const (
 )
 
 // Lease is one tracked lease. Its mutable fields are guarded by the
-// scheduler's mutex; done, err (once done is closed) and the identity fields
-// may be read without it.
+// scheduler's mutex; err (once ended is set) and the identity fields may be
+// read without it.
 type Lease struct {
 	s        *Scheduler
 	key      string
@@ -27,10 +28,13 @@ type Lease struct {
 	ttl      time.Duration // whole seconds
 
 	// Guarded by s.mu. Times are nanoseconds since s.epoch (monotonic).
-	idx       int32  // position in s.heap, -1 when not in it
-	inflight  uint32 // renew requests sent and not answered yet
-	sem       bool
-	state     uint8
+	idx      int32  // position in s.heap, -1 when not in it
+	inflight uint32 // renew requests sent and not answered yet
+	sem      bool
+	state    uint8
+	// ended is set, after err is written, when state leaves
+	// stateTracked; Err reads it without s.mu.
+	ended     atomic.Bool
 	next      int64 // heap key: renewAt, or deadline while a renew is in flight
 	renewAt   int64
 	deadline  int64 // loss deadline: confirmed + ttl − margin
@@ -40,9 +44,20 @@ type Lease struct {
 	cancel    context.CancelCauseFunc
 	ctx       context.Context
 
-	err  error // written before done is closed
+	err error // written once, before ended is set and done closed
+	// done is made by the first call of Done, already closed if the lease
+	// has ended: most leases are released without anyone waiting on Done,
+	// and a channel is an allocation.
 	done chan struct{}
 }
+
+// closedDone is the Done of a lease that had ended before Done was first
+// called.
+var closedDone = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // Key is the lease's lock or semaphore key.
 func (l *Lease) Key() string { return l.key }
@@ -59,18 +74,29 @@ func (l *Lease) Owner() Owner { return l.owner }
 // Semaphore reports whether the lease is a semaphore slot (sn/sr).
 func (l *Lease) Semaphore() bool { return l.sem }
 
-// Done is closed when the lease ends: lost, or untracked for release.
-func (l *Lease) Done() <-chan struct{} { return l.done }
+// Done is closed when the lease ends: lost, or untracked for release. It is
+// created on first use.
+func (l *Lease) Done() <-chan struct{} {
+	s := l.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.done == nil {
+		if l.state != stateTracked {
+			l.done = closedDone
+		} else {
+			l.done = make(chan struct{})
+		}
+	}
+	return l.done
+}
 
 // Err is nil while Done is open; after loss it matches ErrLost (and wraps the
 // cause); after Untrack it is ErrReleased.
 func (l *Lease) Err() error {
-	select {
-	case <-l.done:
+	if l.ended.Load() {
 		return l.err
-	default:
-		return nil
 	}
+	return nil
 }
 
 // Context is cancelled when Done closes; context.Cause gives Err(). It is

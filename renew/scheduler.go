@@ -210,7 +210,6 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		ttl:      spec.TTL.Truncate(time.Second),
 		sem:      spec.Semaphore,
 		idx:      -1,
-		done:     make(chan struct{}),
 	}
 	// A grant cannot have been sent in the future; treating such a Sent as
 	// now keeps a bogus value from postponing both renewal and loss.
@@ -627,12 +626,15 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	}
 	l.state = state
 	l.err = err
+	l.ended.Store(true)
 	// Cancel before closing Done: whoever wakes on Done must already find
 	// the Context cancelled.
 	if l.cancel != nil {
 		l.cancel(err)
 	}
-	close(l.done)
+	if l.done != nil {
+		close(l.done)
+	}
 	if state == stateLost {
 		if l.counters != nil {
 			l.counters.Lost.Add(1)
