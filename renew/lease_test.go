@@ -2,6 +2,7 @@ package renew
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -49,4 +50,57 @@ func TestDoneIsClosedWhetherFirstTakenBeforeOrAfterTheEnd(t *testing.T) {
 		t.Fatal("Done first taken after Untrack is not closed")
 	}
 	assert.Equal(t, ErrReleased, released.Err())
+}
+
+// Tracking and untracking the one lease of an owner allocates the Lease and
+// nothing else: not its Done channel (made on first use), not the owner's
+// index entry (kept while the owner is idle), not a loss closure (OnLost is
+// an interface, which dflock satisfies with a pointer it has anyway).
+func TestTrackAndUntrackAllocateOnlyTheLease(t *testing.T) { // not parallel: AllocsPerRun counts the process's allocations
+	s, _ := manualScheduler(t, Config{})
+	var c Counters
+	var onLost LossHandler = lossFunc(func(*Lease, error) {})
+	allocs := testing.AllocsPerRun(100, func() {
+		l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Minute, Owner: nopOwner{}, OnLost: onLost, Counters: &c})
+		if !l.Untrack() {
+			panic("lease not held")
+		}
+	})
+	assert.Equal(t, 1.0, allocs)
+}
+
+// The index entries of owners without leases are kept for the owners that
+// became idle last, and no more: a client that cycles through many
+// connections (wait-pool connections dialled and closed) must not
+// accumulate them. OwnerFailed drops an idle entry at once.
+func TestIdleOwnersKeptAreBounded(t *testing.T) {
+	t.Parallel()
+	s := newTestScheduler(t, Config{})
+	owners := make([]*testOwner, 3*len(s.idle))
+	for i := range owners {
+		owners[i] = okOwner(t)
+		l := s.Track(Spec{Key: fmt.Sprint("k", i), Token: "t", TTL: time.Minute, Owner: owners[i]})
+		require.True(t, l.Untrack())
+	}
+	held := s.Track(Spec{Key: "held", Token: "t", TTL: time.Minute, Owner: owners[0]})
+	ownerCount := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.owners)
+	}
+	assert.Equal(t, len(s.idle)+1, ownerCount(), "the last %d idle owners and the one holding a lease", len(s.idle))
+
+	last := owners[len(owners)-1]
+	s.OwnerFailed(last, errors.New("boom"))
+	assert.Equal(t, len(s.idle), ownerCount())
+	// The next owners to go idle push the rest out; held's owner stays.
+	for i := range len(s.idle) {
+		l := s.Track(Spec{Key: fmt.Sprint("again", i), Token: "t", TTL: time.Minute, Owner: okOwner(t)})
+		require.True(t, l.Untrack())
+	}
+	assert.Equal(t, len(s.idle)+1, ownerCount())
+	s.mu.Lock()
+	assert.Equal(t, 1, s.owners[owners[0]].n)
+	s.mu.Unlock()
+	assert.NoError(t, held.Err())
 }

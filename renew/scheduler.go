@@ -33,7 +33,16 @@ type Scheduler struct {
 	mu     sync.Mutex
 	heap   leaseHeap
 	owners map[Owner]*ownerState
-	armed  int64 // event time the goroutine will wake for; MaxInt64 when idle
+	// idle remembers the owners whose last lease ended most recently: their
+	// ownerState stays in owners until it falls out of this ring still
+	// without a lease, so that an owner holding one lease at a time (a lane
+	// connection at low load) does not allocate one per lease, while at
+	// most len(idle) states (and the connections they name) are kept
+	// without a lease.
+	idle     [16]idleOwner
+	idleNext int
+	idleSeq  uint64
+	armed    int64 // event time the goroutine will wake for; MaxInt64 when idle
 	// maxEarly bounds early() over the tracked leases (it never shrinks:
 	// a stale bound only costs a few extra heap pops per round).
 	maxEarly int64
@@ -64,14 +73,21 @@ type Scheduler struct {
 
 // ownerState indexes one owner's leases.
 type ownerState struct {
-	owner Owner
-	head  *Lease // guarded by mu
-	n     int    // guarded by mu
+	owner   Owner
+	head    *Lease // guarded by mu
+	n       int    // guarded by mu
+	idleSeq uint64 // guarded by mu: when n last fell to 0 (see Scheduler.idle)
 
 	// Scheduler goroutine only: this round's renewals and releases.
 	renew   []*Lease
 	rel     []*Lease
 	inRound bool
+}
+
+// idleOwner is an entry of Scheduler.idle: st became idle as its seq'th.
+type idleOwner struct {
+	st  *ownerState
+	seq uint64
 }
 
 // batch is one SendBatch of renewals: its callback finds the lease by index.
@@ -316,6 +332,7 @@ func (s *Scheduler) Close() []*Lease {
 		s.endLocked(l, stateReleased, ErrReleased)
 	}
 	clear(s.owners)
+	s.idle = [len(s.idle)]idleOwner{}
 	// Every lease is now ended, so no further loss can be queued (a late
 	// reply finds its lease untracked); Track after Close returns its
 	// lease lost without a notification.
@@ -713,8 +730,24 @@ func (s *Scheduler) unlinkLocked(l *Lease) {
 	l.oprev, l.onext = nil, nil
 	st.n--
 	if st.n == 0 {
-		delete(s.owners, l.owner)
+		s.keepIdleLocked(st)
 	}
+}
+
+// keepIdleLocked keeps st, which just lost its last lease, in owners for a
+// while (see Scheduler.idle), dropping the state that became idle longest
+// ago if it still is.
+func (s *Scheduler) keepIdleLocked(st *ownerState) {
+	s.idleSeq++
+	st.idleSeq = s.idleSeq
+	e := &s.idle[s.idleNext]
+	s.idleNext = (s.idleNext + 1) % len(s.idle)
+	// An entry is stale if its state has had a lease since (a later entry
+	// stands for it then) or was dropped by OwnerFailed.
+	if old := e.st; old != nil && old.n == 0 && old.idleSeq == e.seq && s.owners[old.owner] == old {
+		delete(s.owners, old.owner)
+	}
+	*e = idleOwner{st: st, seq: st.idleSeq}
 }
 
 func expiredCause(l *Lease, now int64) error {
