@@ -1,0 +1,44 @@
+package dflock
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// An uncontended Lock+Release costs the client five allocations: the
+// token string (read from the reply), the held lease with its handle, the
+// scheduler's Lease, and the release's answer channel and reply callback.
+// The server runs in another process (as in BenchmarkLockRelease), so that
+// AllocsPerRun, which counts the whole process, counts the client alone.
+// Each cut this pins — acquire options applied only when given, the handle
+// inside held, held itself as the loss handler, the release's batch and
+// answer inside held, Done made on first use, an idle owner's index entry
+// kept — shows up here as one more allocation if undone.
+func TestLockReleaseAllocations(t *testing.T) { // not parallel: AllocsPerRun counts the process's allocations
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items at random, which allocates")
+	}
+	addr := startServerProcess(t, []string{"-exit-on-eof"})
+	c := newClient(t, []string{addr})
+	// Background, as in the benchmark: a ctx that can end costs the
+	// contexts derived from it (see TestLockReleaseAllocationsWithADeadline).
+	ctx := context.Background()
+	lockRelease := func() {
+		l, err := c.Lock(ctx, "allocs")
+		if err != nil {
+			panic(err)
+		}
+		if err := l.Release(ctx); err != nil {
+			panic(err)
+		}
+	}
+	for range 10 { // connections dialled, pools and buffers warm
+		lockRelease()
+	}
+	allocs := testing.AllocsPerRun(200, lockRelease)
+	require.Equal(t, int64(211), c.stats.laneGrants.Load(), "every lock granted on the control lane, uncontended")
+	assert.LessOrEqual(t, allocs, 5.0, "allocations per uncontended Lock+Release")
+}
