@@ -35,12 +35,9 @@ type held struct {
 	relMu   sync.Mutex // serialises release; guards relDone and relErr
 	relDone bool
 	relErr  error
-	// The release's one-request batch and its answer live here rather than
-	// in allocations of their own (a buffered channel of replies is two).
-	// relReq is not touched after SendBatch; relReply is written by the
-	// reply callback before it signals the waiter.
-	relReq   [1]wire.Request
-	relReply releaseReply
+	// relReq is the release's one-request batch, here rather than an
+	// allocation of its own; it is not touched after SendBatch.
+	relReq [1]wire.Request
 
 	// handle is what the *Lock or *Semaphore wrapping this lease points to
 	// (see newLock): both types are struct{ h *held }, so a pointer to it
@@ -139,23 +136,20 @@ func (h *held) sendRelease(ctx context.Context) error {
 	// one started for it if it stops waiting; never on the connection's
 	// reader, where returning a pinned connection to the pool (or
 	// destroying it) must not run. Close waits for it through c.bg.
-	answered := make(chan struct{}, 1)
+	w := releaseWaits.Get().(*releaseWait)
 	c.bg.Add(1)
 	h.relReq[0] = req
-	h.owner.SendBatch(h.relReq[:], func(_ int, r wire.Reply, err error) {
-		h.relReply = releaseReply{r, err}
-		answered <- struct{}{}
-	})
+	h.owner.SendBatch(h.relReq[:], w.done)
 	if opCtx.Err() == nil { // an ended ctx reports so at once, deterministically
 		select {
-		case <-answered:
-			return h.finishReleaseBG()
+		case <-w.answered:
+			return h.finishReleaseBG(w.take())
 		case <-opCtx.Done():
 		}
 	}
 	go func() {
-		<-answered
-		_ = h.finishReleaseBG()
+		<-w.answered
+		_ = h.finishReleaseBG(w.take())
 	}()
 	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
 }
@@ -165,11 +159,40 @@ type releaseReply struct {
 	err error
 }
 
-// finishReleaseBG handles the answer in relReply, once it is in, of a
-// release counted in c.bg.
-func (h *held) finishReleaseBG() error {
+// releaseWait carries a release's answer from the connection's reader to
+// whoever waits for it. It is pooled: the channel and the callback would
+// otherwise be two allocations per release.
+type releaseWait struct {
+	answered chan struct{} // buffered: the callback never blocks
+	rr       releaseReply  // written by done before it signals answered
+	done     func(i int, r wire.Reply, err error)
+}
+
+var releaseWaits = sync.Pool{New: func() any {
+	w := &releaseWait{answered: make(chan struct{}, 1)}
+	w.done = w.answer // bound once per pooled value
+	return w
+}}
+
+func (w *releaseWait) answer(_ int, r wire.Reply, err error) {
+	w.rr = releaseReply{r, err}
+	w.answered <- struct{}{}
+}
+
+// take returns the answer, once answered has been received from, and w
+// to the pool (the owner calls done once per request, so nothing touches w
+// afterwards).
+func (w *releaseWait) take() releaseReply {
+	rr := w.rr
+	w.rr = releaseReply{}
+	releaseWaits.Put(w)
+	return rr
+}
+
+// finishReleaseBG is finishRelease for a release counted in c.bg.
+func (h *held) finishReleaseBG(rr releaseReply) error {
 	defer h.c.bg.Done()
-	return h.finishRelease(h.relReply)
+	return h.finishRelease(rr)
 }
 
 func (h *held) finishRelease(rr releaseReply) error {
