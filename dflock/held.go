@@ -130,8 +130,6 @@ func (h *held) sendRelease(ctx context.Context) error {
 	// drops a request on a live connection; ctx bounds only the wait for
 	// the answer, which is handled without the caller if it stops waiting.
 	req := wire.ReleaseRequest(h.key(), h.token(), h.limit > 0)
-	opCtx, cancel := c.opContext(ctx)
-	defer cancel()
 	// The answer is handled by the caller's goroutine while it waits, by
 	// one started for it if it stops waiting; never on the connection's
 	// reader, where returning a pinned connection to the pool (or
@@ -140,18 +138,22 @@ func (h *held) sendRelease(ctx context.Context) error {
 	c.bg.Add(1)
 	h.relReq[0] = req
 	h.owner.SendBatch(h.relReq[:], w.done)
-	if opCtx.Err() == nil { // an ended ctx reports so at once, deterministically
+	// The wait ends with ctx or with the Client (Close): a select on both,
+	// not an operation context merging them (c.opContext), which would cost
+	// six allocations for a ctx that can end.
+	if ctx.Err() == nil && c.ctx.Err() == nil { // an ended ctx reports so at once, deterministically
 		select {
 		case <-w.answered:
 			return h.finishReleaseBG(w.take())
-		case <-opCtx.Done():
+		case <-ctx.Done():
+		case <-c.ctx.Done():
 		}
 	}
 	go func() {
 		<-w.answered
 		_ = h.finishReleaseBG(w.take())
 	}()
-	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, opCtx, nil)}
+	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
 }
 
 type releaseReply struct {
