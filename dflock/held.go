@@ -153,6 +153,7 @@ func (h *held) sendRelease(ctx context.Context) error {
 		<-w.answered
 		_ = h.finishReleaseBG(w.take())
 	}()
+	// ctx is also the operation's context: none was derived from it.
 	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
 }
 
