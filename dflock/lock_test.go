@@ -188,7 +188,7 @@ func TestLockGrantsWaitersInFIFOOrder(t *testing.T) {
 func TestTryLockFailsAtOnceWhenHeld(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv))
+	c := newClient(t, addrsOf(srv), WithLaneConns(1)) // one lane: a second lane connection is not dialled meanwhile
 	ctx := testCtx(t)
 
 	l, err := c.TryLock(ctx, "try")
@@ -425,7 +425,12 @@ func TestSemaphoreSlotsAndLimitMismatch(t *testing.T) {
 	assert.Equal(t, 2, semHolders(srv, "slots"))
 	require.NoError(t, s1.Release(ctx))
 	require.NoError(t, s2.Release(ctx))
-	assert.Zero(t, semHolders(srv, "slots"))
+	// The timed-out Semaphore destroyed its connection, but the server may
+	// grant it the slot s1 freed before it has read that close; it then
+	// releases the slot as it handles the close (a dead connection's leases
+	// are auto-released), so nothing stays held.
+	require.Eventually(t, func() bool { return semHolders(srv, "slots") == 0 }, 5*time.Second, time.Millisecond,
+		"holders left: %d", semHolders(srv, "slots"))
 }
 
 // A Semaphore and a SemaphoreTicket share their lease and ticket code with
