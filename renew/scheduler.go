@@ -644,8 +644,11 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	l.state = state
 	l.err = err
 	l.ended.Store(true)
-	// Cancel before closing Done: whoever wakes on Done must already find
-	// the Context cancelled.
+	// Count the loss, then cancel, then close Done: whoever wakes on Done
+	// must already find the Context cancelled and the loss counted.
+	if state == stateLost && l.counters != nil {
+		l.counters.Lost.Add(1)
+	}
 	if l.cancel != nil {
 		l.cancel(err)
 	}
@@ -653,9 +656,6 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 		close(l.done)
 	}
 	if state == stateLost {
-		if l.counters != nil {
-			l.counters.Lost.Add(1)
-		}
 		s.queueLostLocked(l)
 	}
 }
