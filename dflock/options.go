@@ -198,6 +198,21 @@ func (o *options) fail(arg, value, reason string) {
 	o.err = o.argErr
 }
 
+// between reports whether n is within [lo, hi], the bounds of the integer
+// option arg, and records an error naming them otherwise. unit, if not
+// empty, follows hi in the message ("bytes").
+func (o *options) between(arg string, n, lo, hi int, unit string) bool {
+	if n >= lo && n <= hi {
+		return true
+	}
+	reason := "must be between " + strconv.Itoa(lo) + " and " + strconv.Itoa(hi)
+	if unit != "" {
+		reason += " " + unit
+	}
+	o.fail(arg, strconv.Itoa(n), reason)
+	return false
+}
+
 // positive checks a duration option that must be positive and clamps it to
 // MaxDuration ("no bound"); ok is false after recording the error.
 func (o *options) positive(arg string, d time.Duration) (v time.Duration, ok bool) {
@@ -355,11 +370,9 @@ func WithServerReadTimeout(d time.Duration) Option {
 // DefaultMaxConnsPerServer.
 func WithMaxConnsPerServer(n int) Option {
 	return func(o *options) {
-		if n < 1 || n > MaxConnsPerServer {
-			o.fail("max conns per server", strconv.Itoa(n), "must be between 1 and "+strconv.Itoa(MaxConnsPerServer))
-			return
+		if o.between("max conns per server", n, 1, MaxConnsPerServer, "") {
+			o.maxConns = n
 		}
-		o.maxConns = n
 	}
 }
 
@@ -372,11 +385,9 @@ func WithMaxConnsPerServer(n int) Option {
 // MaxConnsPerServer. Default DefaultMaxIdleConnsPerServer.
 func WithMaxIdleConnsPerServer(n int) Option {
 	return func(o *options) {
-		if n < 0 || n > MaxConnsPerServer {
-			o.fail("max idle conns per server", strconv.Itoa(n), "must be between 0 and "+strconv.Itoa(MaxConnsPerServer))
-			return
+		if o.between("max idle conns per server", n, 0, MaxConnsPerServer, "") {
+			o.maxIdle = n
 		}
-		o.maxIdle = n
 	}
 }
 
@@ -407,11 +418,9 @@ func (o *options) poolMaxIdle() int32 {
 // DefaultLaneConns.
 func WithLaneConns(n int) Option {
 	return func(o *options) {
-		if n < 1 || n > MaxLaneConns {
-			o.fail("lane conns", strconv.Itoa(n), "must be between 1 and "+strconv.Itoa(MaxLaneConns))
-			return
+		if o.between("lane conns", n, 1, MaxLaneConns, "") {
+			o.laneConns = n
 		}
-		o.laneConns = n
 	}
 }
 
@@ -423,12 +432,9 @@ func WithLaneConns(n int) Option {
 // DefaultMaxStatsReply.
 func WithMaxStatsReply(n int) Option {
 	return func(o *options) {
-		if n < minStatsReply || n > MaxStatsReply {
-			o.fail("max stats reply", strconv.Itoa(n), "must be between "+strconv.Itoa(minStatsReply)+
-				" and "+strconv.Itoa(MaxStatsReply)+" bytes")
-			return
+		if o.between("max stats reply", n, minStatsReply, MaxStatsReply, "bytes") {
+			o.maxStats = n
 		}
-		o.maxStats = n
 	}
 }
 

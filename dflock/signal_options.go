@@ -1,7 +1,5 @@
 package dflock
 
-import "strconv"
-
 const (
 	// DefaultGroupConns is how many listener connections per server a
 	// Client gives the members of one queue group at most (see
@@ -28,11 +26,9 @@ const (
 // Default DefaultGroupConns.
 func WithGroupConns(n int) Option {
 	return func(o *options) {
-		if n < 1 || n > MaxGroupConns {
-			o.fail("group conns", strconv.Itoa(n), "must be between 1 and "+strconv.Itoa(MaxGroupConns))
-			return
+		if o.between("group conns", n, 1, MaxGroupConns, "") {
+			o.groupConns = n
 		}
-		o.groupConns = n
 	}
 }
 
