@@ -323,13 +323,7 @@ func (c *conn) writeInlineLocked() {
 		go c.flushFn()
 		return
 	}
-	b := c.buf
-	c.buf = c.spare[:0]
-	c.spare = nil
-	c.mu.Unlock()
-	now, err := c.write(b)
-	c.mu.Lock()
-	c.spare = b[:0] // at most maxInlineWrite bytes: always kept
+	now, err := c.writeQueuedLocked()
 	if err != nil {
 		// The failed write broke the wire.Conn, which interrupts the
 		// reader's read at once; the reader fails the connection (and
@@ -404,15 +398,7 @@ func (c *conn) flush() {
 	runtime.Gosched()
 	c.mu.Lock()
 	for len(c.buf) > 0 {
-		b := c.buf
-		c.buf = c.spare[:0]
-		c.spare = nil
-		c.mu.Unlock()
-		now, err := c.write(b)
-		c.mu.Lock()
-		if cap(b) <= maxKeepBuf {
-			c.spare = b[:0]
-		}
+		now, err := c.writeQueuedLocked()
 		if err != nil {
 			c.flushing = false
 			c.mu.Unlock()
@@ -423,6 +409,23 @@ func (c *conn) flush() {
 	}
 	c.flushing = false
 	c.mu.Unlock()
+}
+
+// writeQueuedLocked writes what senders have queued in c.buf. c.mu is
+// held on entry and on return but not during the write: the buffers swap,
+// so senders keep appending to the other one meanwhile, and the written one
+// is kept as the next spare unless it grew past maxKeepBuf.
+func (c *conn) writeQueuedLocked() (now int64, err error) {
+	b := c.buf
+	c.buf = c.spare[:0]
+	c.spare = nil
+	c.mu.Unlock()
+	now, err = c.write(b)
+	c.mu.Lock()
+	if cap(b) <= maxKeepBuf {
+		c.spare = b[:0]
+	}
+	return now, err
 }
 
 func (c *conn) write(b []byte) (int64, error) {
