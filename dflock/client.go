@@ -61,8 +61,6 @@ type clientCounters struct {
 	laneGrants atomic.Int64
 	waitGrants atomic.Int64
 	contended  atomic.Int64
-	released   atomic.Int64
-	lost       atomic.Int64
 	sigDropped atomic.Int64 // signals dropped by full subscription buffers
 	sigGaps    atomic.Int64 // gaps reported to subscriptions
 }
@@ -327,7 +325,6 @@ func (c *Client) releaseAll(held []*renew.Lease) {
 			}
 		})
 	}
-	c.stats.released.Add(int64(len(held)))
 	t := time.NewTimer(DefaultReleaseTimeout)
 	defer t.Stop()
 	for range groups {

@@ -199,7 +199,6 @@ func (h *held) finishReleaseBG(rr releaseReply) error {
 }
 
 func (h *held) finishRelease(rr releaseReply) error {
-	h.c.stats.released.Add(1)
 	h.srv.obs.released1()
 	ok := rr.err == nil && rr.r.Status == wire.StatusOK
 	if h.pinned != nil {
@@ -259,7 +258,6 @@ func (h *held) returnConn(destroy bool) {
 // so it reads the lease from its argument, never h.lease.
 func (h *held) LeaseLost(lease *renew.Lease, err error) {
 	c := h.c
-	c.stats.lost.Add(1)
 	h.srv.obs.lost1()
 	h.returnConn(true)
 	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)

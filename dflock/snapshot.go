@@ -95,8 +95,6 @@ func (c *Client) Snapshot() Snapshot {
 	s := Snapshot{
 		Servers:          make([]ServerSnapshot, len(c.servers)),
 		Acquired:         c.stats.acquired.Load(),
-		Released:         c.stats.released.Load(),
-		Lost:             c.stats.lost.Load(),
 		SignalsDropped:   c.stats.sigDropped.Load(),
 		SignalGaps:       c.stats.sigGaps.Load(),
 		CallbacksDropped: c.disp.dropped.Load(),
@@ -129,6 +127,7 @@ func (c *Client) Snapshot() Snapshot {
 		}
 		s.Servers[i] = ss
 	}
+	s.Released, s.Lost = c.releasedAndLost()
 	s.Held = c.sched.Stats().Leases
 	return s
 }
@@ -147,6 +146,15 @@ func (c *Client) waitBegin(ctx context.Context, srv *server) waitTracker {
 		noteWait(ctx)
 	}
 	return waitTracker{srv}
+}
+
+// releasedAndLost are the Client's totals: the sums of its servers'.
+func (c *Client) releasedAndLost() (released, lost int64) {
+	for _, srv := range c.servers {
+		released += srv.obs.released.Load()
+		lost += srv.obs.lost.Load()
+	}
+	return released, lost
 }
 
 func (o *serverObs) tracked()   { o.held.Add(1) }

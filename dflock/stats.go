@@ -187,12 +187,11 @@ func (c *Client) localStats(st Stats) Stats {
 		LaneGrants: c.stats.laneGrants.Load(),
 		WaitGrants: c.stats.waitGrants.Load(),
 		Contended:  c.stats.contended.Load(),
-		Released:   c.stats.released.Load(),
-		Lost:       c.stats.lost.Load(),
 		Held:       st.Renew.Leases,
 
 		CallbacksDropped: c.disp.dropped.Load(),
 	}
+	st.Client.Released, st.Client.Lost = c.releasedAndLost()
 	return st
 }
 
