@@ -353,7 +353,8 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 	var acq AcquireResult
 	returned := false
 	defer func() {
-		res := AcquireResult{Outcome: acq.Outcome, Path: acq.Path, Waited: acq.Waited, Duration: time.Since(start), Lease: acq.Lease, Err: err}
+		res := acq // the inner acquire's outcome, path and wait; this call's duration and error
+		res.Duration, res.Err = time.Since(start), err
 		if !returned {
 			res.Err = errFnPanicked
 		}
