@@ -115,7 +115,13 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	c.sched = renew.New(renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock, OnBatch: c.onRenewalBatch})
+	rc := renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock}
+	if o.hooks.OnRenewalBatch != nil {
+		// Only for the hook: without it the scheduler keeps no per-batch
+		// tally on the readers (Snapshot reads the Counters).
+		rc.OnBatch = c.onRenewalBatch
+	}
+	c.sched = renew.New(rc)
 	for _, a := range addrs {
 		p, err := pool.New(pool.Config{
 			Addr:            a,

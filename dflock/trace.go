@@ -416,10 +416,7 @@ func (c *Client) noteSignalGap(s *Subscription, g *GapError) {
 // onRenewalBatch is renew.Config.OnBatch. It runs on a connection reader or
 // the scheduler goroutine: it only queues the hook.
 func (c *Client) onRenewalBatch(b renew.BatchInfo) {
-	hook := c.opts.hooks.OnRenewalBatch
-	if hook == nil {
-		return
-	}
+	hook := c.opts.hooks.OnRenewalBatch // set, or New would not have installed this
 	info := RenewalBatchInfo{Size: b.Size, Renewed: b.Renewed, Refused: b.Refused, Latency: b.Latency, Err: b.Err}
 	for _, s := range c.servers {
 		if &s.obs.renew == b.Counters {
