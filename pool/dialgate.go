@@ -45,6 +45,10 @@ type dialGate struct {
 	lastErr  error         // the latest failed dial's error
 	waiting  int           // callers in wait
 	changed  chan struct{} // closed and replaced by broadcast
+	// changes counts broadcasts, waiters or not: a caller compares it
+	// with the count it read before its dial was deferred, so a dial that
+	// ended (or a connection that came back) in between is not missed.
+	changes uint64
 }
 
 // enter admits a dial (ok) or defers it. gen is the failure generation at
@@ -105,6 +109,7 @@ func (g *dialGate) broadcast() {
 }
 
 func (g *dialGate) broadcastLocked() {
+	g.changes++
 	if g.changed != nil {
 		close(g.changed)
 		g.changed = nil
@@ -119,18 +124,31 @@ func (g *dialGate) generation() uint64 {
 	return g.failGen
 }
 
+// changeCount is the count of broadcasts so far (see waitForDial).
+func (g *dialGate) changeCount() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.changes
+}
+
 // wait blocks a caller whose dial was deferred until it should try again
 // (nil): a dial ended, a connection went back to the pool, or the backoff
-// elapsed. It returns the latest dial error if a dial failed since the
+// elapsed — since seen, the gate's changeCount read before the caller's
+// attempt, so that one that happened between the deferral and this wait
+// (with nobody waiting yet to be woken) counts too. It returns the latest dial error if a dial failed since the
 // caller's Acquire began (gen), and an error matching ctx.Err() or ErrClosed
 // if ctx ends or the pool closes first.
-func (p *Pool) waitForDial(ctx context.Context, gen uint64) error {
+func (p *Pool) waitForDial(ctx context.Context, gen, seen uint64) error {
 	g := &p.gate
 	g.mu.Lock()
 	if g.failGen != gen {
 		err := g.lastErr
 		g.mu.Unlock()
 		return err
+	}
+	if g.changes != seen {
+		g.mu.Unlock()
+		return nil // something changed since the attempt: try again
 	}
 	var timer <-chan time.Time
 	if g.failures > 0 && g.inflight == 0 {

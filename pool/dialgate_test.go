@@ -223,3 +223,31 @@ func TestAcquireWaitingForAPacedDialHonoursItsContext(t *testing.T) {
 	assert.NotErrorIs(t, err, wire.ErrConnBroken)
 	assert.Contains(t, err.Error(), "--max-connections")
 }
+
+// Regression: a caller whose dial was deferred (maxDialsInFlight dials in
+// flight) and that reached waitForDial only after the last of those dials
+// had ended found nobody left to wake it: the dial's broadcast had gone out
+// while no one was waiting. With every other connection held, Acquire then
+// waited until its context ended (seen as a 20 s hang of 100 contended Locks
+// under load). Here the dial ends between the deferral and the wait.
+func TestWaitForDialSeesAChangeBetweenDeferralAndWait(t *testing.T) {
+	p := newPool(t, Config{Addr: "127.0.0.1:1"})
+	g := &p.gate
+	gen, seen := g.generation(), g.changeCount()
+	var admitted []uint64
+	for range maxDialsInFlight {
+		gn, ok := g.enter()
+		require.True(t, ok)
+		admitted = append(admitted, gn)
+	}
+	_, ok := g.enter()
+	require.False(t, ok, "a fifth dial is deferred")
+	g.leave(admitted[0], nil) // the dial ends before the deferred caller waits
+
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	require.NoError(t, p.waitForDial(ctx, gen, seen), "the deferred caller must try again, not wait for a wake-up that already happened")
+	for _, gn := range admitted[1:] {
+		g.leave(gn, nil)
+	}
+}

@@ -155,11 +155,12 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		if err := p.usable(); err != nil {
 			return nil, err
 		}
+		seen := p.gate.changeCount()
 		res, err := p.pp.Acquire(ctx)
 		if err != nil {
 			switch {
 			case errors.Is(err, errDialDeferred):
-				if err := p.waitForDial(ctx, gen); err != nil {
+				if err := p.waitForDial(ctx, gen, seen); err != nil {
 					return nil, err
 				}
 				continue
