@@ -32,7 +32,12 @@ func contend(t *testing.T, c *Client, srv *testutil.Server, key string, n int) {
 			errs <- err
 		})
 	}
-	require.Eventually(t, func() bool { return lockWaiters(srv, key) == n }, testTimeout, 5*time.Millisecond)
+	// A waiter that failed would leave the count short for good: say why.
+	require.Eventually(t, func() bool { return lockWaiters(srv, key) == n || len(errs) > 0 }, testTimeout, 5*time.Millisecond,
+		"waiters: %d of %d", lockWaiters(srv, key), n)
+	if len(errs) > 0 {
+		require.NoError(t, <-errs, "a waiter failed before the key was released")
+	}
 	require.NoError(t, first.Release(ctx))
 	wg.Wait()
 	close(errs)
