@@ -137,6 +137,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			Logger:          log.With("server", a),
 			OnConnBroken:    func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
 			OnDial:          func(role string, d time.Duration, err error) { c.onDial(a, role, d, err) },
+			Lifetime:        c.ctx,
 		})
 		if err != nil {
 			for _, s := range c.servers {

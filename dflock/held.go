@@ -25,7 +25,7 @@ type held struct {
 	// release go there). pinned is the same connection when it is a
 	// wait-pool connection the lease pins (granted after waiting, or by a
 	// two-phase ticket); nil when a control-lane connection owns the lease.
-	owner      renew.Owner
+	owner      pool.Owner
 	pinned     *pool.Conn
 	pinnedDone atomic.Bool
 	limit      int64 // 0 for a lock
@@ -35,9 +35,6 @@ type held struct {
 	relMu   sync.Mutex // serialises release; guards relDone and relErr
 	relDone bool
 	relErr  error
-	// relReq is the release's one-request batch, here rather than an
-	// allocation of its own; it is not touched after SendBatch.
-	relReq [1]wire.Request
 
 	// handle is what the *Lock or *Semaphore wrapping this lease points to
 	// (see newLock): both types are struct{ h *held }, so a pointer to it
@@ -130,24 +127,21 @@ func (h *held) sendRelease(ctx context.Context) error {
 	// drops a request on a live connection; ctx bounds only the wait for
 	// the answer, which is handled without the caller if it stops waiting.
 	req := wire.ReleaseRequest(h.key(), h.token(), h.limit > 0)
-	// The answer is handled by the caller's goroutine while it waits, by
-	// one started for it if it stops waiting; never on the connection's
-	// reader, where returning a pinned connection to the pool (or
-	// destroying it) must not run. Close waits for it through c.bg.
+	// The answer is handled by the caller's goroutine while it waits (on
+	// an idle connection the caller reads it itself), by one started for
+	// it if it stops waiting; never on the connection's reader, where
+	// returning a pinned connection to the pool (or destroying it) must
+	// not run. Close waits for it through c.bg. The wait ends with ctx or
+	// with the Client: the pool watches the Client's lifetime itself
+	// (pool.Config.Lifetime), so ctx is passed as it is, not merged with
+	// it (c.opContext), which would cost six allocations for a ctx that
+	// can end. An ended ctx reports so at once, deterministically.
 	w := releaseWaits.Get().(*releaseWait)
 	c.bg.Add(1)
-	h.relReq[0] = req
-	h.owner.SendBatch(h.relReq[:], w.done)
-	// The wait ends with ctx or with the Client (Close): a select on both,
-	// not an operation context merging them (c.opContext), which would cost
-	// six allocations for a ctx that can end.
-	if ctx.Err() == nil && c.ctx.Err() == nil { // an ended ctx reports so at once, deterministically
-		select {
-		case <-w.answered:
-			return h.finishReleaseBG(w.take())
-		case <-ctx.Done():
-		case <-c.ctx.Done():
-		}
+	r, answered, err := h.owner.Request(ctx, req, w.done)
+	if answered {
+		releaseWaits.Put(w) // late is never called
+		return h.finishReleaseBG(releaseReply{r, err})
 	}
 	go func() {
 		<-w.answered
@@ -286,7 +280,7 @@ func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (
 
 // track hands a grant to the scheduler and wraps it. pinned is the
 // wait-pool connection the lease pins, or nil for a control-lane grant.
-func (c *Client) track(srv *server, owner renew.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *held {
+func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *held {
 	h := &held{c: c, srv: srv, owner: owner, pinned: pinned, limit: req.Limit}
 	h.handle.h = h
 	if pinned != nil {

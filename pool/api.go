@@ -78,6 +78,18 @@ type Owner interface {
 	// network. On a lane connection the requests must be lane-safe (the
 	// scheduler's renewals and releases are).
 	SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error))
+	// Request sends one request that must reach the server even if ctx
+	// has already ended (a release: the lease is no longer renewed), and
+	// waits for its answer while ctx and Config.Lifetime last. It is sent
+	// unless the connection is already broken or the request has a line
+	// break in a field, and never blocks on the network. answered reports
+	// that r and err are the outcome; otherwise err says why the wait
+	// ended (it matches ctx.Err(), or ErrClosed) and late receives the
+	// outcome later, exactly once, from the connection's reader goroutine
+	// (or whoever breaks the connection): late must not block. On an idle
+	// connection the caller reads the answer itself, sparing the reader's
+	// wake-up. On a lane connection the request must be lane-safe.
+	Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (r wire.Reply, answered bool, err error)
 	// Err is nil while the connection is usable; afterwards an error
 	// matching wire.ErrConnBroken that names the server (see Conn.Err).
 	Err() error
@@ -162,6 +174,13 @@ type Config struct {
 	// fail fast because the server is down are not dials. Like
 	// OnConnBroken it must return promptly.
 	OnDial func(role string, d time.Duration, err error)
+	// Lifetime, if set, is the owner's lifetime (the Client's): when it
+	// ends, every wait for a reply ends as if the caller's context had
+	// (the error matches ErrClosed), so that a caller may pass a context
+	// that lives as long as the owner, or Lifetime itself, without merging
+	// the two (merging a context that can end costs allocations on every
+	// call). Close still has to be called.
+	Lifetime context.Context
 
 	// Set only by this package's tests (dflock keeps the defaults):
 

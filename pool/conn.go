@@ -3,13 +3,16 @@ package pool
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dflock-sdk/go/wire"
@@ -37,9 +40,17 @@ import (
 // sender (do, sendBatch) on an idle kernel socket writes its own requests
 // (writeInlineLocked), sparing the flush goroutine's start and yield.
 //
-// Replies are matched by one reader goroutine against a FIFO ring of
-// pending calls; call objects are recycled (sync.Pool), so a round trip
-// allocates nothing beyond the strings of the parsed reply.
+// Replies are matched against a FIFO ring of pending calls, by the
+// connection's reader goroutine or, on a lane or wait-pool connection, by a
+// caller reading its own reply: a caller of do whose request is the only
+// one pending while the reader stands aside (see readerTurn) reads the reply
+// on its own goroutine, as a hand-written blocking client would, sparing the
+// reader's wake-up and the hand-off of the reply. A caller whose context
+// ends stops waiting at once even then: a forced read deadline interrupts
+// its wait for the first byte (wire.Conn.AwaitLine, which consumes nothing
+// and so leaves the stream in step), and the reader takes over. Call objects
+// are recycled (sync.Pool), so a round trip allocates nothing beyond the
+// strings of the parsed reply.
 type conn struct {
 	p  *Pool
 	wc *wire.Conn
@@ -77,6 +88,36 @@ type conn struct {
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
 
+	// Who reads the next reply (under mu; see readerTurn): the reader
+	// goroutine (the zero value, and always on a connection whose callers
+	// never read), nobody (the reader is parked: the connection was busy a
+	// moment ago, so the next caller reads its own reply), or a caller.
+	turn turn
+	// failWith: a caller reading its own reply found the connection
+	// broken (or its reply malformed); the reader fails it with this cause.
+	failWith error
+	// forced: interruptRead set a read deadline in the past to stop a
+	// caller's wait; cleared (and the deadline with it) before anyone
+	// reads again.
+	forced bool
+	// armed: watch is set to wake the parked reader.
+	armed bool
+	wake  chan struct{} // cap 1: the reader's turn came, or the connection broke
+	watch *time.Timer   // wakes the parked reader to watch a quiet connection
+	// interruptFn is c.interruptRead, bound once so that a caller's
+	// context.AfterFunc allocates no closure for it.
+	interruptFn func()
+	dead        chan struct{} // closed when the connection breaks
+
+	// The socket, probed by a caller about to read its own reply (nil:
+	// callers never do); peekFn is c.peekSocket, bound once, and the
+	// peek fields its results (used only by the caller holding the turn).
+	raw     syscall.RawConn
+	peekFn  func(fd uintptr) bool
+	peekBuf [1]byte
+	peekN   int
+	peekErr error
+
 	errp     atomic.Pointer[ServerError] // lock-free mirror of err
 	inflight atomic.Int32                // len(q), for lane choice and Release
 	ping     atomic.Uint32               // pingUnknown, pingOK, pingUnsupported
@@ -87,8 +128,15 @@ type conn struct {
 // newConn wraps a handshaken connection; the caller sets its hooks and
 // registers it.
 func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
-	c := &conn{p: p, wc: wc, lastActive: p.now(), inline: kernelSocket(wc.NetConn())}
+	c := &conn{p: p, wc: wc, lastActive: p.now(), inline: kernelSocket(wc.NetConn()),
+		wake: make(chan struct{}, 1), watch: time.NewTimer(watchDelay), dead: make(chan struct{})}
+	c.watch.Stop()
 	c.flushFn = c.flush
+	c.interruptFn = c.interruptRead
+	if c.inline {
+		c.raw = rawSocket(wc.NetConn())
+		c.peekFn = c.peekSocket
+	}
 	c.ping.Store(ping)
 	return c
 }
@@ -123,6 +171,9 @@ var pingReq = wire.Request{Cmd: wire.CmdPing}
 // reply will still be read (and, if grantKey is set and the reply is a
 // grant, released at once on this connection); what else to do about the
 // abandoned exchange is the caller's decision.
+//
+// The wait also ends when the pool's Config.Lifetime does (the error then
+// matches ErrClosed unless ctx has ended too).
 func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wire.Reply, sent, abandoned bool, _ error) {
 	if err := ctx.Err(); err != nil {
 		return wire.Reply{}, false, false, serverErr(c.p.cfg.Addr, err, nil)
@@ -132,25 +183,232 @@ func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wi
 	cl.cmd = req.Cmd
 	cl.blocking = req.Blocking()
 	cl.key = grantKey
-	if err := c.send(req, cl); err != nil {
+	reads, err := c.send(req, cl)
+	if err != nil {
 		putCall(cl)
 		return wire.Reply{}, false, false, err
 	}
-	select {
-	case <-cl.done:
-		r, err := cl.result()
-		return r, true, false, err
-	case <-ctx.Done():
+	r, abandoned, err := c.await(ctx, cl, reads)
+	return r, true, abandoned, err
+}
+
+// request is do for a request that must reach the server even if ctx has
+// already ended (a release: its lease is no longer renewed, so a release
+// never sent would hold the lock until its TTL). It is sent unless the
+// connection is broken or framed refuses it, and never blocks on the
+// network. answered reports that r and err are the outcome; otherwise ctx
+// (or the pool's Lifetime) ended first, err says so, and late receives the
+// outcome later, exactly once, from the reader goroutine (or from whoever
+// breaks the connection). late must not block.
+func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, r wire.Reply, err error)) (r wire.Reply, answered bool, err error) {
+	cl := getCall()
+	cl.kind = callWait
+	cl.cmd = req.Cmd
+	cl.blocking = req.Blocking()
+	cl.cb = late
+	reads, err := c.send(req, cl)
+	if err != nil {
+		putCall(cl)
+		return wire.Reply{}, true, err
+	}
+	r, abandoned, err := c.await(ctx, cl, reads)
+	return r, !abandoned, err
+}
+
+// await waits for the reply to cl, which send queued; reads is send's
+// verdict that this caller reads it itself. abandoned is true if ctx or the
+// pool's Lifetime ended first: the reader then owns cl and handles the
+// reply without the caller (deliver).
+func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, abandoned bool, _ error) {
+	if reads {
+		if r, err, ok := c.readOwn(ctx, cl); ok {
+			return r, false, err
+		}
+		// The reader has the turn now; wait like any other caller.
+	}
+	if ctx.Err() == nil && !c.p.ended.Load() {
+		select {
+		case <-cl.done:
+			r, err := cl.result()
+			return r, false, err
+		case <-ctx.Done():
+		case <-c.p.lifeDone:
+		}
 	}
 	if !cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
 		// The reply won the race; it is ours.
 		<-cl.done
 		r, err := cl.result()
-		return r, true, false, err
+		return r, false, err
 	}
 	// From here the reader owns cl.
-	return wire.Reply{}, true, true, serverErr(c.p.cfg.Addr, ctx.Err(), nil)
+	if err := ctx.Err(); err != nil {
+		return wire.Reply{}, true, serverErr(c.p.cfg.Addr, err, nil)
+	}
+	return wire.Reply{}, true, serverErr(c.p.cfg.Addr, ErrClosed, nil)
 }
+
+// readOwn reads the reply to cl on the caller's goroutine. The caller has
+// the turn (send gave it: cl was the only call pending and the reader stood
+// aside), so the next line on the connection is cl's reply. ok is false if
+// the caller handed the turn to the reader instead: ctx or the pool's
+// Lifetime ended; the reply began to arrive without its end (ReadLine
+// could then block past the caller's context; the reader reads it whole);
+// or the caller found the connection broken, which the reader then fails
+// (so Config.OnConnBroken runs there, never on a caller).
+func (c *conn) readOwn(ctx context.Context, cl *call) (_ wire.Reply, _ error, ok bool) {
+	var stop func() bool
+	if d := ctx.Done(); d != nil && d != c.p.lifeDone {
+		stop = context.AfterFunc(ctx, c.interruptFn)
+	}
+	var cause error
+	// An end that came before this caller took the turn interrupted
+	// nobody: hence the checks before every wait, not only after one.
+	for ctx.Err() == nil && !c.p.ended.Load() {
+		ready, err := c.wc.AwaitLine()
+		if err == nil && !ready {
+			break
+		}
+		if err == nil {
+			line, err := c.wc.ReadLine() // buffered whole: does not wait
+			if err == nil && wire.IsPush(line) {
+				continue // lane and wait-pool connections listen to nothing
+			}
+			if err == nil {
+				if stop != nil {
+					stop()
+				}
+				return c.finishOwn(cl, line)
+			}
+			cause = err // the wire.Conn is broken
+			break
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			cause = err // the wire.Conn is broken
+			break
+		}
+		// Interrupted: by this caller's end (the loop's condition), or
+		// late by an earlier caller's, whose interrupt found this one
+		// reading. Either way the deadline goes before anyone reads on.
+		c.mu.Lock()
+		c.clearForcedLocked()
+		c.mu.Unlock()
+	}
+	if stop != nil {
+		stop()
+	}
+	c.handOff(cause)
+	return wire.Reply{}, nil, false
+}
+
+// handOff gives the turn back to the reader goroutine. A non-nil cause is
+// a failure the caller found; the reader breaks the connection with it.
+func (c *conn) handOff(cause error) {
+	c.mu.Lock()
+	c.clearForcedLocked()
+	if cause != nil && c.failWith == nil {
+		c.failWith = cause
+	}
+	if c.turn == turnCaller {
+		c.turn = turnReader
+	}
+	c.wakeReader()
+	c.mu.Unlock()
+}
+
+// finishOwn completes cl with the line its caller read, does the reader's
+// bookkeeping and passes the turn on.
+func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool) {
+	// Parsed before the turn passes on: line points into the read buffer,
+	// which the next reader refills.
+	rep, perr := wire.ParseReply(line, cl.cmd)
+	if perr != nil {
+		// The line is consumed: the reader must not read on, only fail
+		// the connection (and cl with it).
+		c.handOff(perr)
+		return wire.Reply{}, nil, false
+	}
+	c.mu.Lock()
+	if c.err != nil {
+		// The connection broke meanwhile (Close, the keepalive): fail
+		// took cl out of the queue and delivered the error.
+		c.mu.Unlock()
+		<-cl.done
+		r, err := cl.result()
+		return r, err, true
+	}
+	c.q.pop() // cl: alone when the caller took the turn, and nobody else reads
+	c.inflight.Add(-1)
+	if cl.blocking {
+		c.blocking--
+		c.lastActive = c.p.now()
+	}
+	if c.q.n > 0 {
+		c.progress = c.p.now()
+	}
+	c.clearForcedLocked()
+	if c.q.n > 0 {
+		// Requests queued behind this one: the reader reads their replies.
+		c.turn = turnReader
+		c.wakeReader()
+	} else {
+		c.turn = turnNobody
+		if !c.armed {
+			c.armed = true
+			c.watch.Reset(watchDelay)
+		}
+	}
+	c.mu.Unlock()
+	putCall(cl)
+	return rep, nil, true
+}
+
+// interruptRead (c.interruptFn) stops a caller's wait for its reply by
+// forcing the read deadline into the past; the caller clears it. It runs
+// when a caller's context ends (context.AfterFunc) or the pool's Lifetime
+// does, and may come late, when another caller is reading: that one finds
+// its own context alive and waits again.
+func (c *conn) interruptRead() {
+	c.mu.Lock()
+	if c.turn == turnCaller && !c.forced && c.err == nil {
+		c.forced = true
+		_ = c.wc.SetReadDeadline(pastDeadline)
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) clearForcedLocked() {
+	if c.forced {
+		c.forced = false
+		_ = c.wc.SetReadDeadline(time.Time{})
+	}
+}
+
+// wakeReader tells the parked reader to look at the turn again.
+func (c *conn) wakeReader() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pastDeadline interrupts a read at once.
+var pastDeadline = time.Unix(1, 0)
+
+// watchDelay is how long the reader stands aside after the connection's
+// last write or reply before it reads again with nothing pending, to watch
+// for the server closing the connection: a broken connection owning leases
+// is reported within this delay of going quiet (docs/leases.md). While the
+// connection is busier than that, callers read their own replies.
+const watchDelay = 10 * time.Millisecond
+
+type turn uint8
+
+const (
+	turnReader turn = iota
+	turnNobody
+	turnCaller
+)
 
 // sendBatch writes reqs in one write (coalesced with concurrent senders) and
 // calls done once per request, in order, from the reader goroutine (or with
@@ -193,7 +451,7 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 		cl.blocking = req.Blocking()
 		cl.cb = done
 		cl.idx = i
-		c.enqueueLocked(req, cl)
+		c.enqueueLocked(req, cl, false)
 		n++
 	}
 	if n == 0 {
@@ -207,7 +465,7 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 	// startFlushLocked writes on the flush goroutine (c.err == nil under
 	// c.mu, so the reader is still running and counted in p.io).
 	if idle {
-		c.writeInlineLocked()
+		c.writeInlineLocked(true)
 		return
 	}
 	c.startFlushLocked()
@@ -247,27 +505,34 @@ func (c *conn) setOwner(o Owner) {
 
 // send enqueues one request and starts a flush (or leaves it to the flush
 // in progress). It never blocks on the network: the caller then waits for
-// the reply or its context, whichever comes first.
-func (c *conn) send(req *wire.Request, cl *call) error {
+// the reply or its context, whichever comes first. reads is true if the
+// caller is to read the reply itself (enqueueLocked).
+func (c *conn) send(req *wire.Request, cl *call) (reads bool, _ error) {
 	if err := framed(req); err != nil {
-		return err
+		return false, err
 	}
 	c.mu.Lock()
+	claimed := false
+	if c.err == nil && c.turn == turnNobody && c.q.n == 0 && cl.kind == callWait {
+		claimed = c.claimTurnLocked()
+	}
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return err
+		return false, err
 	}
 	idle := c.idleLocked()
-	c.enqueueLocked(req, cl)
+	reads = c.enqueueLocked(req, cl, claimed)
 	if idle {
-		c.writeInlineLocked()
-		return nil
+		// A caller that claimed the turn found the connection quiet, so
+		// nobody is likely to join its write: it does not yield for them.
+		c.writeInlineLocked(!reads)
+		return reads, nil
 	}
 	// c.err == nil under c.mu: the reader is still running and counted in
 	// p.io, so the flush goroutine may be counted too.
 	c.startFlushLocked()
-	return nil
+	return reads, nil
 }
 
 // idleLocked reports whether the next sender may write inline: a kernel
@@ -300,16 +565,20 @@ const maxInlineWrite = 2048
 // concurrent senders append to c.buf meanwhile and are written together by
 // the flush goroutine afterwards, without a write of their own each; they
 // could not write inline anyway, since this request is unanswered.
-func (c *conn) writeInlineLocked() {
+func (c *conn) writeInlineLocked(yield bool) {
 	c.flushing = true
 	hook := c.beforeInlineWrite
 	c.mu.Unlock()
 	if hook != nil {
 		hook()
 	}
-	// As the flush goroutine does: senders runnable now append to this
-	// write rather than queue behind it for a write of their own.
-	runtime.Gosched()
+	if yield {
+		// As the flush goroutine does: senders runnable now append to
+		// this write rather than queue behind it for a write of their
+		// own. (The yield is not free: it wakes another thread to look
+		// for work.)
+		runtime.Gosched()
+	}
 	c.mu.Lock()
 	if c.err != nil {
 		c.flushing = false
@@ -348,9 +617,56 @@ func (c *conn) writeInlineLocked() {
 	c.mu.Unlock()
 }
 
+// claimTurnLocked takes the turn to read for a caller about to send a
+// waiting request while nothing is pending and the reader stands aside,
+// and reports whether the caller keeps it. It first makes sure the socket
+// is quiet: a connection the server closed while the reader stood aside
+// must not take the request (it would fail although nothing had been
+// sent; Pool.Do sends an unsent request on another connection), so a
+// closed one is broken here, by the reader, before send goes on; and bytes
+// nobody expects (an unsolicited line, a TLS record) are left to the
+// reader. Called and returning with c.mu held; releases it meanwhile.
+func (c *conn) claimTurnLocked() bool {
+	c.turn = turnCaller
+	c.mu.Unlock()
+	res, cause := c.probe()
+	c.mu.Lock()
+	if c.err != nil {
+		return false
+	}
+	if res == probeQuiet && c.q.n == 0 {
+		return true
+	}
+	// Given back: to read the socket's bytes, the replies of senders that
+	// queued meanwhile, or to break the connection.
+	c.clearForcedLocked()
+	c.turn = turnReader
+	c.wakeReader()
+	if res == probeClosed {
+		if c.failWith == nil {
+			c.failWith = cause
+		}
+		c.mu.Unlock()
+		<-c.dead
+		c.mu.Lock()
+	}
+	return false
+}
+
+type probeResult uint8
+
+const (
+	probeQuiet probeResult = iota
+	probeData
+	probeClosed
+)
+
 // enqueueLocked encodes req (checked by framed) into the write buffer and
-// queues cl for its reply.
-func (c *conn) enqueueLocked(req *wire.Request, cl *call) {
+// queues cl for its reply. claimed is claimTurnLocked's verdict for cl's
+// caller: with it, cl (then alone in the queue) is read by its caller
+// (reads). Otherwise, if the reader stands aside (turnNobody), the turn
+// goes back to the reader, which is woken.
+func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads bool) {
 	if c.q.n == 0 {
 		c.progress = c.p.now()
 	}
@@ -361,6 +677,14 @@ func (c *conn) enqueueLocked(req *wire.Request, cl *call) {
 		c.blocking++
 	}
 	c.nreq.Add(1)
+	if claimed {
+		return true
+	}
+	if c.turn == turnNobody {
+		c.turn = turnReader
+		c.wakeReader()
+	}
+	return false
 }
 
 // startFlushLocked is called with c.mu held and c.err == nil, and returns with
@@ -438,11 +762,20 @@ func (c *conn) write(b []byte) (int64, error) {
 	return int64(t.Sub(c.p.start)), err
 }
 
-// readLoop is the connection's only reader: it matches reply lines to calls
-// in FIFO order until the connection breaks.
+// readLoop is the connection's reader goroutine: it matches reply lines to
+// calls in FIFO order until the connection breaks, except while callers read
+// their own (readerTurn).
 func (c *conn) readLoop() {
 	defer c.p.io.Done()
+	// Callers may read only where pushes cannot come (a listener's reader
+	// must see every push) and where a deadline can interrupt them (a
+	// kernel socket; see writeInlineLocked for why only those).
+	turns := c.raw != nil && c.onPush == nil
+	more := false // the last reply left calls pending
 	for {
+		if turns && !more && !c.readerTurn() {
+			return
+		}
 		line, err := c.wc.ReadLine()
 		if err != nil {
 			c.fail(err)
@@ -473,6 +806,7 @@ func (c *conn) readLoop() {
 				c.progress = c.p.now()
 			}
 		}
+		more = c.q.n > 0
 		c.mu.Unlock()
 		if cl == nil {
 			c.fail(&wire.ProtocolError{Line: truncLine(line), Reason: errUnsolicited.Error()})
@@ -485,6 +819,56 @@ func (c *conn) readLoop() {
 			return
 		}
 		c.deliver(cl, rep, nil)
+	}
+}
+
+// readerTurn returns when the reader goroutine is to read the next line:
+// calls are pending, or the connection has been quiet for watchDelay and is
+// watched for the server closing it. Until then the reader parks and the
+// turn is nobody's, so that the next caller of do reads its own reply. It
+// returns false once the connection is broken.
+func (c *conn) readerTurn() bool {
+	c.mu.Lock()
+	for {
+		if c.err != nil {
+			c.mu.Unlock()
+			return false
+		}
+		if cause := c.failWith; cause != nil {
+			c.mu.Unlock()
+			c.fail(cause)
+			return false
+		}
+		wait := time.Duration(-1) // park until woken
+		switch c.turn {
+		case turnReader, turnNobody:
+			if c.q.n > 0 {
+				c.turn = turnReader
+				c.mu.Unlock()
+				return true
+			}
+			wait = time.Duration(satAdd(c.lastActive, int64(watchDelay)) - c.p.now())
+			if wait <= 0 {
+				c.turn = turnReader
+				c.mu.Unlock()
+				return true
+			}
+			c.turn = turnNobody
+		case turnCaller:
+			// The caller passes the turn on when it has its reply.
+		}
+		if wait > 0 {
+			c.armed = true
+			c.watch.Reset(wait)
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.wake:
+			c.mu.Lock()
+		case <-c.watch.C:
+			c.mu.Lock()
+			c.armed = false
+		}
 	}
 }
 
@@ -509,7 +893,10 @@ func (c *conn) deliver(cl *call, r wire.Reply, err error) {
 			cl.done <- struct{}{}
 			return // the waiter recycles cl
 		}
-		if err == nil && cl.key != "" {
+		switch {
+		case cl.cb != nil:
+			cl.cb(0, r, err) // request's late
+		case err == nil && cl.key != "":
 			c.releaseAbandoned(cl, &r)
 		}
 	}
@@ -541,7 +928,7 @@ func (c *conn) releaseAbandoned(cl *call, r *wire.Reply) {
 		putCall(rel)
 		return // closing the connection releases the grant
 	}
-	c.enqueueLocked(&req, rel)
+	c.enqueueLocked(&req, rel, false)
 	// c.err == nil under c.mu, so the reader (this goroutine) is still
 	// running and counted in p.io.
 	c.startFlushLocked()
@@ -596,7 +983,7 @@ func (c *conn) keepalive(now, ka int64) int64 {
 	cl := getCall()
 	cl.kind = callPing
 	cl.cmd = wire.CmdPing
-	c.enqueueLocked(&pingReq, cl)
+	c.enqueueLocked(&pingReq, cl, false)
 	c.p.pings.Add(1)
 	// Never write on the janitor: one stalled connection must not delay
 	// the keepalive of the others. c.err == nil under c.mu, so the reader
@@ -635,6 +1022,8 @@ func (c *conn) fail(cause error) {
 	c.blocking = 0
 	owner := c.owner
 	c.mu.Unlock()
+	close(c.dead)
+	c.wakeReader() // a parked reader exits
 	_ = c.wc.Close()
 	for _, cl := range pending {
 		c.deliver(cl, wire.Reply{}, err)

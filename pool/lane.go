@@ -23,6 +23,11 @@ func (l *laneConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply,
 	l.c.sendBatch(reqs, done)
 }
 
+// Request implements Owner.Request.
+func (l *laneConn) Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (wire.Reply, bool, error) {
+	return l.c.request(ctx, &req, late)
+}
+
 // Err implements Owner.Err.
 func (l *laneConn) Err() error { return l.c.Err() }
 

@@ -36,6 +36,12 @@ func setHook(c *conn, hook func()) {
 	c.mu.Unlock()
 }
 
+func turnOf(c *conn) turn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.turn
+}
+
 func queued(c *conn) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -141,12 +147,16 @@ func TestInlineWriteCarriesConcurrentSenders(t *testing.T) {
 
 // A connection that breaks while a caller is about to write inline fails
 // that caller with the break (nothing is written), and the lane recovers.
+// The reader must be watching the quiet connection for that (otherwise the
+// caller finds the break by reading its own reply: turn_test.go).
 func TestInlineWriterFailsWithTheBreak(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	rec := newBrokenRecorder()
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: rec.hook})
 	lane, c := laneOf(t, p)
+	require.Eventually(t, func() bool { return turnOf(c) == turnReader }, wait, time.Millisecond,
+		"the reader watches a connection quiet for watchDelay")
 	release := make(chan struct{})
 	setHook(c, func() { <-release })
 	writes := p.Stats().Writes

@@ -40,6 +40,12 @@ type Pool struct {
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
+	// lifeDone is Config.Lifetime's Done channel (nil without one); ended
+	// is set when it closes, before callers reading their own replies are
+	// interrupted, and stopLife unregisters that.
+	lifeDone <-chan struct{}
+	ended    atomic.Bool
+	stopLife func() bool
 	bg     sync.WaitGroup // janitor, probe, lane dials
 	io     sync.WaitGroup // reader goroutines and their async flushes
 
@@ -166,6 +172,10 @@ func New(cfg Config) (*Pool, error) {
 	}
 	p.pp = pp
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if cfg.Lifetime != nil {
+		p.lifeDone = cfg.Lifetime.Done()
+		p.stopLife = context.AfterFunc(cfg.Lifetime, p.lifetimeEnded)
+	}
 	p.bg.Add(1)
 	go p.janitor()
 	return p, nil
@@ -263,6 +273,9 @@ func (p *Pool) Close() {
 	p.mu.Unlock()
 
 	p.cancel() // stops the janitor, the probe, lane dials and constructors
+	if p.stopLife != nil {
+		p.stopLife()
+	}
 	// Close every live connection. Acquired ones (including those that
 	// broke earlier and so left conns) go back to puddle destroyed:
 	// puddle's Close waits for every acquired resource. Idle ones are
@@ -281,6 +294,18 @@ func (p *Pool) Close() {
 	// is cancelled; register refuses their connections) and destructors.
 	p.pp.Close()
 	p.io.Wait() // readers and flush goroutines
+}
+
+// lifetimeEnded ends every wait for a reply when Config.Lifetime ends: a
+// caller waiting on a reply channel selects on lifeDone; one reading its
+// own reply is interrupted. ended is set first: a caller that takes the
+// turn to read after the loop passed its connection sees it (both under
+// the connection's mu) and does not start waiting.
+func (p *Pool) lifetimeEnded() {
+	p.ended.Store(true)
+	for _, c := range p.snapshot(nil) {
+		c.interruptRead()
+	}
 }
 
 func (p *Pool) snapshot(dst []*conn) []*conn {

@@ -34,7 +34,11 @@ func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
 	r, _, abandoned, err := h.c.do(ctx, &req, "")
 	if abandoned {
 		h.Destroy()
-		return wire.Reply{}, serverErr(h.p.cfg.Addr, ctx.Err(), errWithdrawnBroken)
+		cause := ctx.Err()
+		if cause == nil {
+			cause = ErrClosed // Config.Lifetime ended
+		}
+		return wire.Reply{}, serverErr(h.p.cfg.Addr, cause, errWithdrawnBroken)
 	}
 	return r, err
 }
@@ -43,6 +47,13 @@ func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
 // its renewals and its release.
 func (h *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	h.c.sendBatch(reqs, done)
+}
+
+// Request is Owner.Request for a lease pinned to this connection: its
+// release. Unlike Do, a wait that ends first leaves the connection alone
+// (the answer comes at once; late receives it).
+func (h *Conn) Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (wire.Reply, bool, error) {
+	return h.c.request(ctx, &req, late)
 }
 
 // Err is nil while the connection is usable; afterwards an error matching

@@ -18,9 +18,11 @@ import (
 // All state lives under one mutex: a min-heap of leases keyed by their next
 // event (the renewal time, or the loss deadline while a renewal is in
 // flight) and an index owner → intrusive list of its leases. One goroutine
-// sleeps on one timer armed for the heap's top; Track and reply callbacks
-// poke it through a non-blocking wake channel when they create an earlier
-// event.
+// sleeps until one timer, armed for the heap's top, pokes it through a
+// non-blocking wake channel. Track and reply callbacks that create an
+// earlier event re-arm the timer themselves, under the mutex, rather than
+// wake the goroutine to do it: a lease held for less than a renewal
+// interval (most are) then never wakes it.
 //
 // No user code and no logging runs on the scheduler goroutine or in reply
 // callbacks (which run on connection readers): losses are queued under the
@@ -43,6 +45,10 @@ type Scheduler struct {
 	idleNext int
 	idleSeq  uint64
 	armed    int64 // event time the goroutine will wake for; MaxInt64 when idle
+	// timer pokes the goroutine at armed; replaced (armTimerLocked) when
+	// armed changes. pokeFn is s.poke, bound once.
+	timer  interface{ Stop() bool }
+	pokeFn func()
 	// maxEarly bounds early() over the tracked leases (it never shrinks:
 	// a stale bound only costs a few extra heap pops per round).
 	maxEarly int64
@@ -189,7 +195,7 @@ func newScheduler(cfg Config) *Scheduler {
 // newSchedulerAt builds a scheduler whose clock starts at epoch (tests use an
 // epoch far in the past to exercise large clock values).
 func newSchedulerAt(cfg Config, epoch time.Time) *Scheduler {
-	return &Scheduler{
+	s := &Scheduler{
 		cfg:    cfg.withDefaults(),
 		epoch:  epoch,
 		owners: make(map[Owner]*ownerState),
@@ -198,6 +204,8 @@ func newSchedulerAt(cfg Config, epoch time.Time) *Scheduler {
 		quit:   make(chan struct{}),
 		exited: make(chan struct{}),
 	}
+	s.pokeFn = s.poke
+	return s
 }
 
 // now is the scheduler's clock in nanoseconds since epoch (monotonic on the
@@ -352,31 +360,18 @@ func (s *Scheduler) Stats() Stats {
 	return st
 }
 
-// run is the scheduler goroutine. Its one timer only pokes the wake
-// channel: a stale timer firing late costs a spurious tick, never a missed
-// one, since every tick reads the clock afresh.
+// run is the scheduler goroutine. The timer only pokes the wake channel: a
+// stale timer firing late costs a spurious tick, never a missed one, since
+// every tick reads the clock afresh.
 func (s *Scheduler) run() {
 	defer close(s.exited)
-	var t interface{ Stop() bool }
 	defer func() {
-		if t != nil {
-			t.Stop()
-		}
+		s.mu.Lock()
+		s.armTimerLocked(math.MaxInt64)
+		s.mu.Unlock()
 	}()
 	for {
-		if t != nil {
-			t.Stop()
-			t = nil
-		}
-		if d, ok := s.tick(); ok {
-			t = s.cfg.Clock.AfterFunc(d, s.poke)
-			// d was worked out from a clock reading taken before the timer
-			// was armed; a test clock may have been advanced past the
-			// event in between, with no further Advance to come.
-			if s.now() >= s.armedAt() {
-				s.poke()
-			}
-		}
+		s.tick()
 		select {
 		case <-s.wake:
 		case <-s.quit:
@@ -385,15 +380,31 @@ func (s *Scheduler) run() {
 	}
 }
 
-func (s *Scheduler) armedAt() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.armed
+// armTimerLocked sets s.armed to at and the timer to poke the goroutine
+// then (none for MaxInt64).
+func (s *Scheduler) armTimerLocked(at int64) {
+	s.armed = at
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if at == math.MaxInt64 {
+		return
+	}
+	now := s.now()
+	s.timer = s.cfg.Clock.AfterFunc(time.Duration(max(subSat(at, now), 0)), s.pokeFn)
+	// The delay was worked out from a clock reading taken before the timer
+	// was armed; a test clock may have been advanced past the event in
+	// between, with no further Advance to come.
+	if s.now() >= at {
+		s.poke()
+	}
 }
 
 // tick runs one round: it declares overdue leases lost, sends every renewal
 // due within the window (one SendBatch per owner) and the best-effort
-// releases of the leases it declared lost, and returns how long to sleep.
+// releases of the leases it declared lost, and arms the timer for the next
+// event.
 //
 // A round that renews anything also takes every lease due within a quarter
 // of its own interval (coalescing): leases granted at different moments
@@ -402,7 +413,7 @@ func (s *Scheduler) armedAt() int64 {
 // owner carries a few renewal writes per interval however many leases it
 // holds. Renewing early never brings a loss closer: the deadline counts
 // from the last confirmed send, which only moves forward.
-func (s *Scheduler) tick() (time.Duration, bool) {
+func (s *Scheduler) tick() {
 	s.mu.Lock()
 	now := s.now()
 	horizon := addSat(now, int64(s.cfg.window))
@@ -450,11 +461,11 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 			}
 		}
 	}
-	s.armed = math.MaxInt64
+	armed := int64(math.MaxInt64)
 	if len(s.heap) > 0 {
-		s.armed = s.heap[0].next
+		armed = s.heap[0].next
 	}
-	armed := s.armed
+	s.armTimerLocked(armed)
 	s.mu.Unlock()
 
 	for _, st := range s.round {
@@ -489,11 +500,6 @@ func (s *Scheduler) tick() (time.Duration, bool) {
 	}
 	clear(s.round)
 	s.round = s.round[:0]
-
-	if armed == math.MaxInt64 {
-		return 0, false
-	}
-	return max(time.Duration(subSat(armed, s.now())), 0), true
 }
 
 // takeLocked puts a popped lease's renewal in this round.
@@ -629,8 +635,7 @@ func (s *Scheduler) scheduleLocked(l *Lease) {
 
 func (s *Scheduler) wakeIfEarlierLocked(t int64) {
 	if t < s.armed {
-		s.armed = t
-		s.poke()
+		s.armTimerLocked(t)
 	}
 }
 

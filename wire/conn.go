@@ -2,8 +2,11 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"time"
 )
@@ -155,6 +158,36 @@ func (c *Conn) ReadLine() ([]byte, error) {
 	}
 	return line, nil
 }
+
+// AwaitLine blocks until the connection has bytes to read and reports
+// whether a whole line is buffered, so that the next ReadLine returns without
+// waiting for the network. It consumes nothing. An expired read deadline
+// returns an error matching os.ErrDeadlineExceeded and, unlike every other
+// error, does not break the Conn: nothing was read, so the stream is still
+// in step and a deadline can interrupt a goroutine waiting for its reply
+// without costing the connection (clear the deadline before reading on).
+// ready is false, with a nil error, when a line has begun to arrive but its
+// end has not (or it is longer than the read buffer): ReadLine would then
+// block until the rest comes.
+func (c *Conn) AwaitLine() (ready bool, err error) {
+	if b := c.broken.Load(); b != nil {
+		return false, b
+	}
+	if c.br.Buffered() == 0 {
+		if _, err := c.br.Peek(1); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return false, err
+			}
+			return false, c.fail(err)
+		}
+	}
+	buf, _ := c.br.Peek(c.br.Buffered())
+	return bytes.IndexByte(buf, '\n') >= 0, nil
+}
+
+// Buffered returns how many bytes have been read from the network and not
+// yet returned by ReadLine.
+func (c *Conn) Buffered() int { return c.br.Buffered() }
 
 // readLine frames one line, holding at most MaxLine bytes beyond the bufio
 // buffer.
