@@ -46,8 +46,8 @@ type Pool struct {
 	lifeDone <-chan struct{}
 	ended    atomic.Bool
 	stopLife func() bool
-	bg     sync.WaitGroup // janitor, probe, lane dials
-	io     sync.WaitGroup // reader goroutines and their async flushes
+	bg       sync.WaitGroup // janitor, probe, lane dials
+	io       sync.WaitGroup // reader goroutines and their async flushes
 
 	// closed is set (under mu, so that register and Acquire, which check
 	// it under mu, see a consistent answer) by Close and read anywhere.
