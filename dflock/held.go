@@ -252,8 +252,7 @@ func (h *held) returnConn(destroy bool) {
 // so it reads the lease from its argument, never h.lease.
 func (h *held) LeaseLost(lease *renew.Lease, err error) {
 	c := h.c
-	h.srv.obs.lost1()
-	h.returnConn(true)
+	h.returnConn(true) // the loss is counted already (serverObs)
 	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
 	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
 		info := LeaseInfo{Key: lease.Key(), Token: lease.Token(), Server: h.srv.addr, Semaphore: lease.Semaphore(), TTL: lease.TTL()}

@@ -77,10 +77,14 @@ type ConnCounts struct {
 // serverObs is what the Client counts per server for Snapshot; the pool
 // and the renewal scheduler count the rest.
 type serverObs struct {
-	waits    atomic.Int64 // acquires waiting on a wait-pool connection now
-	held     atomic.Int64 // leases held now
+	waits atomic.Int64 // acquires waiting on a wait-pool connection now
+	// tracked minus released: the leases held now, once the losses are
+	// taken off. Losses are renew's count (renew.Counters.Lost), which the
+	// scheduler makes before a lost lease's Done closes, so that whoever
+	// wakes on Done finds the loss in Snapshot already; LeaseLost, which
+	// runs later on the notifier goroutine, counts nothing.
+	held     atomic.Int64
 	released atomic.Int64
-	lost     atomic.Int64
 	renew    renew.Counters // the scheduler's, for the server's leases
 }
 
@@ -116,9 +120,9 @@ func (c *Client) Snapshot() Snapshot {
 			Dials:         ps.Dials,
 			DialFailures:  ps.DialFailures,
 			WaitsInFlight: int(max(o.waits.Load(), 0)),
-			LeasesHeld:    int(max(o.held.Load(), 0)),
+			LeasesHeld:    int(max(o.held.Load()-o.renew.Lost.Load(), 0)),
 			Releases:      o.released.Load(),
-			Losses:        o.lost.Load(),
+			Losses:        o.renew.Lost.Load(),
 
 			RenewalsSent:       o.renew.Sent.Load(),
 			Renewed:            o.renew.Renewed.Load(),
@@ -152,14 +156,13 @@ func (c *Client) waitBegin(ctx context.Context, srv *server) waitTracker {
 func (c *Client) releasedAndLost() (released, lost int64) {
 	for _, srv := range c.servers {
 		released += srv.obs.released.Load()
-		lost += srv.obs.lost.Load()
+		lost += srv.obs.renew.Lost.Load()
 	}
 	return released, lost
 }
 
 func (o *serverObs) tracked()   { o.held.Add(1) }
 func (o *serverObs) released1() { o.released.Add(1); o.held.Add(-1) }
-func (o *serverObs) lost1()     { o.lost.Add(1); o.held.Add(-1) }
 
 // releasedAtClose counts a lease Close released, by its key's server.
 func (c *Client) releasedAtClose(key string) {
