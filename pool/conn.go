@@ -85,6 +85,7 @@ type conn struct {
 	blocking   int       // blocking requests queued or in flight
 	lastActive int64     // p.now() of the last write or blocking reply
 	progress   int64     // p.now() when the queue became non-empty or last got a reply
+	lastRead   int64     // p.now() of the last reply read
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
 
@@ -338,13 +339,15 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		return r, err, true
 	}
 	c.q.pop() // cl: alone when the caller took the turn, and nobody else reads
+	now := c.p.now()
+	c.lastRead = now
 	c.inflight.Add(-1)
 	if cl.blocking {
 		c.blocking--
-		c.lastActive = c.p.now()
+		c.lastActive = now
 	}
 	if c.q.n > 0 {
-		c.progress = c.p.now()
+		c.progress = now
 	}
 	c.clearForcedLocked()
 	if c.q.n > 0 {
@@ -628,6 +631,10 @@ func (c *conn) writeInlineLocked(yield bool) {
 // reader. Called and returning with c.mu held; releases it meanwhile.
 func (c *conn) claimTurnLocked() bool {
 	c.turn = turnCaller
+	if c.p.now()-c.lastRead < int64(probeAfter) {
+		// Read from a moment ago; see probeAfter.
+		return true
+	}
 	c.mu.Unlock()
 	res, cause := c.probe()
 	c.mu.Lock()
@@ -652,6 +659,16 @@ func (c *conn) claimTurnLocked() bool {
 	}
 	return false
 }
+
+// probeAfter: a caller claiming the turn skips the probe if a reply was
+// read this recently. The probe is a system call, as dear as a tenth of a
+// loopback round trip, and a busy connection would pay it on every
+// request; the price is that a close by the server within probeAfter of the
+// last reply (rare: the server closes a busy connection when it shuts down
+// or crashes, when requests are usually in flight anyway) fails the next
+// request instead of sending it on another connection, as the reader,
+// which saw such a close within microseconds, would have in most cases.
+const probeAfter = time.Millisecond
 
 type probeResult uint8
 
@@ -796,14 +813,16 @@ func (c *conn) readLoop() {
 		c.mu.Lock()
 		cl := c.q.pop()
 		if cl != nil {
+			now := c.p.now()
+			c.lastRead = now
 			c.inflight.Add(-1)
 			if cl.blocking {
 				c.blocking--
 				// The server resumes its idle read deadline now.
-				c.lastActive = c.p.now()
+				c.lastActive = now
 			}
 			if c.q.n > 0 {
-				c.progress = c.p.now()
+				c.progress = now
 			}
 		}
 		more = c.q.n > 0
