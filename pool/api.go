@@ -15,12 +15,15 @@
 // call failed fast; a *ServerError carries a reply the server refused with.
 //
 // Three kinds of connection share one framed, pipelined implementation (an
-// unexported conn: coalesced writes, one reader matching replies in FIFO
-// order, keepalive) and each has its own type: a lane connection (control
+// unexported conn: coalesced writes, replies matched in FIFO order by one
+// reader or, on a quiet connection, by the caller reading its own, and
+// keepalive) and each has its own type: a lane connection (control
 // lane, via Pool.Do, seen by callers only as the Owner of its leases), Conn (an acquired wait-pool connection, via Pool.Acquire) and
 // ListenerConn (Pool.DialListener). One way to send per need: Do waits for
 // a reply; SendBatch queues several requests in one write and reports each
-// answer to a callback on the reader.
+// answer to a callback on the reader; Owner.Request sends a request that
+// must go out even if the caller's context has ended (a release) and waits
+// for its answer while the context lasts.
 //
 // Compatibility: none. The package exists for package dflock (which wraps
 // every value it hands to users, except Stats) and may change with any
