@@ -215,19 +215,30 @@ func (c *Client) route(key string) (*server, error) {
 // down (never re-routing the key), and derives the operation context, which
 // Close also ends. On success the caller must call cancel and then c.leave.
 func (c *Client) begin(ctx context.Context, op, key string) (srv *server, opCtx context.Context, cancel context.CancelFunc, err error) {
-	srv, err = c.route(key)
+	srv, err = c.enterServer(op, key)
 	if err != nil {
-		return nil, nil, nil, &Error{Op: op, Key: key, Err: err}
-	}
-	if !c.enter() {
-		return nil, nil, nil, &Error{Op: op, Key: key, Err: ErrClosed}
-	}
-	if err := srv.pool.Err(); err != nil {
-		c.leave()
-		return nil, nil, nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
+		return nil, nil, nil, err
 	}
 	opCtx, cancel = c.opContext(ctx)
 	return srv, opCtx, cancel, nil
+}
+
+// enterServer is begin without the operation context, for an operation
+// that derives it only if it needs it; on success the caller must call
+// c.leave.
+func (c *Client) enterServer(op, key string) (*server, error) {
+	srv, err := c.route(key)
+	if err != nil {
+		return nil, &Error{Op: op, Key: key, Err: err}
+	}
+	if !c.enter() {
+		return nil, &Error{Op: op, Key: key, Err: ErrClosed}
+	}
+	if err := srv.pool.Err(); err != nil {
+		c.leave()
+		return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
+	}
+	return srv, nil
 }
 
 // enter registers an operation; it reports false once Close has begun.

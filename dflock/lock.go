@@ -149,21 +149,25 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	srv, opCtx, cancel, err := c.begin(ctx, op, key)
+	srv, err := c.enterServer(op, key)
 	if err != nil {
 		return nil, err
 	}
 	defer c.leave()
-	defer cancel()
+	// The lane try needs no operation context merging ctx with the
+	// Client's lifetime (c.opContext, six allocations for a ctx that can
+	// end): the pool ends its waits when the Client closes
+	// (pool.Config.Lifetime). The wait below derives one.
+	laneCtx := ctx
 	if a.hasTimeout && !try {
 		var cancelT context.CancelFunc
-		opCtx, cancelT = context.WithTimeoutCause(opCtx, a.timeout, errAcquireTimeout)
+		laneCtx, cancelT = context.WithTimeoutCause(ctx, a.timeout, errAcquireTimeout)
 		defer cancelT()
 	}
 
 	hk := hotKey{key: key, sem: limit != 0}
 	if try || (!c.opts.noLaneFast && !srv.hot.contains(hk, time.Now)) {
-		h, err := c.tryLane(ctx, opCtx, op, srv, req)
+		h, err := c.tryLane(ctx, laneCtx, op, srv, req)
 		if h != nil || err != nil {
 			return h, err
 		}
@@ -173,24 +177,28 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 		c.stats.contended.Add(1)
 		srv.hot.add(hk, time.Now())
 	}
+	opCtx, cancel := c.opContext(laneCtx) // keeps laneCtx's deadline and cause
+	defer cancel()
 	return c.waitAcquire(ctx, opCtx, op, srv, req)
 }
 
 // tryLane sends the acquire with timeout 0 on the control lane. It returns
-// (nil, nil) when the key is held.
+// (nil, nil) when the key is held. opCtx is ctx, or ctx bounded by the
+// AcquireTimeout; unlike the operation context of other calls it does not
+// end with the Client (the pool's waits do), hence the checks of c.ctx.
 func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*held, error) {
 	req.Timeout = 0
 	sent := time.Now()
 	r, owner, err := srv.pool.Do(opCtx, req)
 	if err != nil {
-		if opCtx.Err() != nil {
+		if opCtx.Err() != nil || c.ctx.Err() != nil {
 			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: c.ctxError(ctx, opCtx, ErrNotAcquired)}
 		}
 		return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 	}
 	switch r.Status {
 	case wire.StatusOK:
-		if err := checkGrant(r); err != nil || opCtx.Err() != nil {
+		if err := checkGrant(r); err != nil || opCtx.Err() != nil || c.ctx.Err() != nil {
 			// The caller gave up while the grant was in flight (or it is
 			// unusable): give it back at once on the same connection.
 			owner.SendBatch([]wire.Request{wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0)}, func(int, wire.Reply, error) {})
