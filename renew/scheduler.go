@@ -388,8 +388,8 @@ func (s *Scheduler) armTimerLocked(at int64) {
 		s.timer.Stop()
 		s.timer = nil
 	}
-	if at == math.MaxInt64 {
-		return
+	if at == math.MaxInt64 || s.closed {
+		return // nothing to wake for, or nobody to wake
 	}
 	now := s.now()
 	s.timer = s.cfg.Clock.AfterFunc(time.Duration(max(subSat(at, now), 0)), s.pokeFn)
