@@ -1,0 +1,516 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
+// Callers read their own replies only where the socket can be probed
+// (probe_unix.go).
+
+package pool
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// settle brings c to where a caller finds a connection that was busy a
+// moment ago — the reader parked, the turn nobody's — and keeps it there
+// until a caller sends: the reader would otherwise read again (watch)
+// watchDelay after the last write, a delay a loaded one-CPU machine can
+// overrun between two statements of a test. It stops that timer and clears
+// armed, as if no watch had been set; a caller that reads its own reply
+// sets it again (finishOwn).
+func settle(t *testing.T, c *conn) {
+	t.Helper()
+	ctx := ctxWait(t)
+	for ctx.Err() == nil {
+		r, _, _, err := c.do(ctx, &pingReq, "")
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status)
+		for range 100 {
+			if freezeWatch(c) {
+				return
+			}
+			runtime.Gosched()
+		}
+	}
+	t.Fatal("the connection never settled with the turn nobody's")
+}
+
+func freezeWatch(c *conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.turn != turnNobody || c.q.n != 0 || !c.armed || c.err != nil {
+		return false
+	}
+	if !c.watch.Stop() {
+		return false // fired: the reader is about to watch
+	}
+	c.armed = false
+	// A wake left over from earlier would make the parked reader look at
+	// the turn again, and watch since watchDelay has passed.
+	select {
+	case <-c.wake:
+	default:
+	}
+	return true
+}
+
+type doResult struct {
+	r     wire.Reply
+	owner Owner
+	err   error
+}
+
+func goDo(ctx context.Context, p *Pool, req wire.Request) <-chan doResult {
+	ch := make(chan doResult, 1)
+	go func() {
+		r, o, err := p.Do(ctx, req)
+		ch <- doResult{r, o, err}
+	}()
+	return ch
+}
+
+// result waits for ch; it must come although nothing else happens.
+func result[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(wait):
+		t.Fatalf("%s did not return", what)
+		var zero T
+		return zero
+	}
+}
+
+// awaitTurn waits until c's turn is want (the caller took it or handed it
+// off).
+func awaitTurn(t *testing.T, c *conn, want turn, msg string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return turnOf(c) == want }, wait, time.Millisecond, msg)
+}
+
+// waitReadable returns once the peer's bytes or its close have reached c's
+// socket, without consuming anything.
+func waitReadable(t *testing.T, c *conn) {
+	t.Helper()
+	rc, err := c.wc.NetConn().(*net.TCPConn).SyscallConn()
+	require.NoError(t, err)
+	var b [1]byte
+	require.NoError(t, rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN && err != syscall.EWOULDBLOCK
+	}))
+}
+
+// A Do on a quiet lane connection is read by its caller: it holds the turn
+// while it waits for the reply (the reader is parked), gets its reply, and
+// leaves the turn nobody's, so the next caller does the same.
+func TestTurnCallerReadsItsOwnReply(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	lane, c := laneOf(t, p)
+	for i := range 3 {
+		settle(t, c)
+		resume := srv.Stall(0)
+		done := goDo(ctxWait(t), p, lockReq("own"))
+		awaitTurn(t, c, turnCaller, "the caller reads its own reply")
+		assert.Equal(t, 1, queued(c))
+		resume()
+		res := result(t, done, "Do")
+		require.NoError(t, res.err)
+		require.Equal(t, wire.StatusOK, res.r.Status, "round %d", i)
+		assert.Same(t, lane, res.owner)
+		assert.NotZero(t, holder(srv, "own"))
+		assert.Equal(t, 0, queued(c))
+		assert.NotEqual(t, turnCaller, turnOf(c), "the caller passed the turn on")
+		r, _, err := p.Do(ctxWait(t), wire.ReleaseRequest("own", res.r.Token, false))
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status, "the reply was the grant's own")
+	}
+	require.NoError(t, lane.Err())
+	assert.Zero(t, p.Stats().Broken)
+}
+
+// A caller whose context ends while it reads its own reply from a server
+// that does not answer returns at once with the context's error, without
+// breaking the lane connection: the reader reads the reply when it comes
+// and releases the grant nobody is waiting for; the next caller gets its
+// own reply, not that one.
+func TestTurnCallerCancelledWhileReadingOwnReply(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: rec.hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := goDo(ctx, p, lockReq("abandoned-own"))
+	awaitTurn(t, c, turnCaller, "the caller reads its own reply")
+	cancel()
+	res := result(t, done, "the cancelled Do")
+	require.ErrorIs(t, res.err, context.Canceled)
+	assert.NotErrorIs(t, res.err, wire.ErrConnBroken)
+	assert.Same(t, lane, res.owner)
+	require.NoError(t, lane.Err(), "a cancelled caller must not break the lane")
+	assert.Equal(t, turnReader, turnOf(c), "the caller handed the turn to the reader")
+	assert.Equal(t, 1, queued(c), "the abandoned reply is still expected")
+
+	resume()
+	require.Eventually(t, func() bool {
+		st := srv.Stats()
+		return st.Requests["l"] == 1 && st.Requests["r"] == 1 && holder(srv, "abandoned-own") == 0
+	}, wait, time.Millisecond, "the late grant is released")
+	r, l, err := p.Do(ctxWait(t), lockReq("next"))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	assert.Same(t, lane, l)
+	r, _, err = p.Do(ctxWait(t), wire.ReleaseRequest("next", r.Token, false))
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusOK, r.Status, "the next caller got its own grant, not the stale one")
+	require.NoError(t, lane.Err())
+	assert.Empty(t, rec.ch)
+}
+
+// When the pool's Config.Lifetime ends, every caller waiting for a reply
+// returns with an error matching ErrClosed: the one reading its own reply
+// (interrupted), one queued behind it (waiting on its reply channel), and
+// one arriving afterwards. The connection does not break.
+func TestTurnLifetimeEndsWaits(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	life, end := context.WithCancel(context.Background())
+	defer end()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+
+	reading := goDo(ctxWait(t), p, lockReq("life-1"))
+	awaitTurn(t, c, turnCaller, "the first caller reads its own reply")
+	queuedDo := goDo(ctxWait(t), p, lockReq("life-2"))
+	require.Eventually(t, func() bool { return queued(c) == 2 }, wait, time.Millisecond)
+	assert.Equal(t, turnCaller, turnOf(c), "the second caller waits for the first to pass the turn on")
+	end()
+	for _, ch := range []<-chan doResult{reading, queuedDo} {
+		res := result(t, ch, "a Do when Lifetime ended")
+		require.ErrorIs(t, res.err, ErrClosed)
+		assert.NotErrorIs(t, res.err, wire.ErrConnBroken)
+	}
+	res := result(t, goDo(ctxWait(t), p, lockReq("life-3")), "a Do after Lifetime ended")
+	require.ErrorIs(t, res.err, ErrClosed)
+	require.NoError(t, lane.Err())
+
+	resume()
+	require.Eventually(t, func() bool {
+		return srv.Stats().Requests["r"] == 3 &&
+			holder(srv, "life-1") == 0 && holder(srv, "life-2") == 0 && holder(srv, "life-3") == 0
+	}, wait, time.Millisecond, "the three late grants are released")
+	require.NoError(t, lane.Err())
+}
+
+// partialServer answers pings at once and a release with "o", then, once
+// rest is closed, "k\n": a reply whose end comes late.
+func partialServer(t *testing.T) (addr string, wrote <-chan struct{}, rest func()) {
+	t.Helper()
+	w := make(chan struct{})
+	r := make(chan struct{})
+	addr = fakeServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			cmd, err := readRequest(br)
+			if err != nil {
+				return
+			}
+			if cmd != wire.CmdRelease.String() {
+				_, _ = io.WriteString(c, "ok\n")
+				continue
+			}
+			_, _ = io.WriteString(c, "o")
+			close(w)
+			<-r
+			_, _ = io.WriteString(c, "k\n")
+		}
+	})
+	rest = sync.OnceFunc(func() { close(r) })
+	t.Cleanup(rest) // before fakeServer's cleanup waits for the handler
+	return addr, w, rest
+}
+
+// A reply that begins to arrive without its end is handed to the reader
+// (the caller cannot wait for the rest with a read that its context can
+// interrupt without losing the line): a cancel still returns at once, and
+// without one the caller gets the whole reply.
+func TestTurnPartialReplyGoesToTheReader(t *testing.T) {
+	t.Parallel()
+	relReq := wire.ReleaseRequest("k", "t", false)
+	for _, cancelled := range []bool{true, false} {
+		name := "completes"
+		if cancelled {
+			name = "cancelled"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			addr, wrote, rest := partialServer(t)
+			rec := newBrokenRecorder()
+			p := newPool(t, Config{Addr: addr, LaneConns: 1, OnConnBroken: rec.hook})
+			lane, c := laneOf(t, p)
+			settle(t, c)
+			ctx, cancel := context.WithCancel(ctxWait(t))
+			defer cancel()
+			done := goDo(ctx, p, relReq)
+			result(t, wrote, "the server's half reply")
+			awaitTurn(t, c, turnReader, "the caller hands a partial reply to the reader")
+			if cancelled {
+				cancel()
+				res := result(t, done, "the cancelled Do")
+				require.ErrorIs(t, res.err, context.Canceled)
+				assert.NotErrorIs(t, res.err, wire.ErrConnBroken)
+				rest()
+			} else {
+				rest()
+				res := result(t, done, "Do")
+				require.NoError(t, res.err)
+				assert.Equal(t, wire.StatusOK, res.r.Status)
+			}
+			require.Eventually(t, func() bool { return queued(c) == 0 }, wait, time.Millisecond)
+			r, l, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+			require.NoError(t, err)
+			assert.Equal(t, wire.StatusOK, r.Status)
+			assert.Same(t, lane, l)
+			require.NoError(t, lane.Err())
+			assert.Empty(t, rec.ch)
+		})
+	}
+}
+
+// A lane connection the server closed while it was quiet (the reader
+// parked, not yet watching) is found by the next caller's probe before
+// anything is sent: the reader breaks it — so Config.OnConnBroken runs
+// there, once, never on the caller — and the request goes out on a new
+// lane connection, without an error.
+func TestTurnServerClosedQuietLane(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	returned := make(chan struct{})
+	hook := func(o Owner, err error) {
+		<-returned // holds the caller forever if it runs on the caller
+		rec.hook(o, err)
+	}
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	srv.DropConnections()
+	waitReadable(t, c) // the close reached the socket; the reader did not look
+	require.NoError(t, lane.Err())
+
+	done := goDo(ctxWait(t), p, lockReq("after-close"))
+	var res doResult
+	select {
+	case res = <-done:
+		close(returned)
+	case <-time.After(wait):
+		close(returned)
+		t.Fatal("Do did not return: OnConnBroken ran on the caller?")
+	}
+	require.NoError(t, res.err, "the unsent request goes to a new lane connection")
+	assert.Equal(t, wire.StatusOK, res.r.Status)
+	assert.NotSame(t, lane, res.owner)
+	assert.NotZero(t, holder(srv, "after-close"))
+
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+	assert.ErrorIs(t, ev.err, io.EOF)
+	assert.ErrorIs(t, ev.err, ErrUnavailable)
+	require.ErrorIs(t, lane.Err(), wire.ErrConnBroken)
+	assert.EqualValues(t, 1, p.Stats().Broken)
+	assert.EqualValues(t, 1, srv.Stats().Requests["l"], "sent once")
+}
+
+// Owner.Request: answered on an idle lane connection (also while its
+// caller reads the reply itself); with a context that has ended it is
+// still sent and late gets the answer, exactly once; on a broken
+// connection it is answered with the error.
+func TestTurnOwnerRequest(t *testing.T) {
+	t.Parallel()
+	type lateCall struct {
+		r   wire.Reply
+		err error
+	}
+	setup := func(t *testing.T, key string) (*testutil.Server, *Pool, *conn, Owner, wire.Request, func(int, wire.Reply, error), <-chan lateCall, *atomic.Int32) {
+		srv := newServer(t, testutil.Config{})
+		p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+		r, owner, err := p.Do(ctxWait(t), lockReq(key))
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status)
+		require.NotZero(t, holder(srv, key))
+		calls := make(chan lateCall, 4)
+		var n atomic.Int32
+		late := func(i int, r wire.Reply, err error) {
+			n.Add(1)
+			calls <- lateCall{r, err}
+		}
+		return srv, p, owner.(*laneConn).c, owner, wire.ReleaseRequest(key, r.Token, false), late, calls, &n
+	}
+
+	t.Run("answered", func(t *testing.T) {
+		t.Parallel()
+		srv, _, c, owner, rel, late, _, n := setup(t, "req-answered")
+		settle(t, c)
+		r, answered, err := owner.Request(ctxWait(t), rel, late)
+		require.NoError(t, err)
+		assert.True(t, answered)
+		assert.Equal(t, wire.StatusOK, r.Status)
+		assert.Zero(t, holder(srv, "req-answered"))
+		assert.Zero(t, n.Load())
+	})
+
+	t.Run("answered while the caller reads", func(t *testing.T) {
+		t.Parallel()
+		srv, _, c, owner, rel, late, _, n := setup(t, "req-reads")
+		settle(t, c)
+		resume := srv.Stall(0)
+		defer resume()
+		type reqResult struct {
+			r        wire.Reply
+			answered bool
+			err      error
+		}
+		done := make(chan reqResult, 1)
+		go func() {
+			r, answered, err := owner.Request(ctxWait(t), rel, late)
+			done <- reqResult{r, answered, err}
+		}()
+		awaitTurn(t, c, turnCaller, "the caller reads its own answer")
+		resume()
+		res := result(t, done, "Request")
+		require.NoError(t, res.err)
+		assert.True(t, res.answered)
+		assert.Equal(t, wire.StatusOK, res.r.Status)
+		assert.Zero(t, holder(srv, "req-reads"))
+		assert.Zero(t, n.Load())
+	})
+
+	for _, tc := range []struct {
+		name   string
+		during bool // the context ends while the caller reads, not before
+	}{{"ended context", false}, {"context ends while the caller reads", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv, p, c, owner, rel, late, calls, n := setup(t, "req-late")
+			settle(t, c)
+			resume := srv.Stall(0)
+			defer resume()
+			ctx, cancel := context.WithCancel(context.Background())
+			if !tc.during {
+				cancel()
+			}
+			defer cancel()
+			type reqResult struct {
+				answered bool
+				err      error
+			}
+			done := make(chan reqResult, 1)
+			go func() {
+				_, answered, err := owner.Request(ctx, rel, late)
+				done <- reqResult{answered, err}
+			}()
+			if tc.during {
+				awaitTurn(t, c, turnCaller, "the caller reads its own answer")
+				cancel()
+			}
+			res := result(t, done, "Request")
+			require.ErrorIs(t, res.err, context.Canceled)
+			assert.False(t, res.answered)
+			resume()
+			lc := result(t, calls, "late")
+			require.NoError(t, lc.err)
+			assert.Equal(t, wire.StatusOK, lc.r.Status)
+			assert.Zero(t, holder(srv, "req-late"), "sent although the context had ended")
+			// A second late call would come from the reader before it
+			// reads the next reply.
+			_, _, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+			require.NoError(t, err)
+			assert.EqualValues(t, 1, n.Load())
+			require.NoError(t, owner.Err())
+		})
+	}
+
+	t.Run("broken before", func(t *testing.T) {
+		t.Parallel()
+		srv, _, c, owner, rel, late, _, n := setup(t, "req-broken")
+		settle(t, c)
+		srv.DropConnections()
+		waitReadable(t, c)
+		r, answered, err := owner.Request(ctxWait(t), rel, late)
+		assert.True(t, answered)
+		require.ErrorIs(t, err, wire.ErrConnBroken)
+		assert.Equal(t, wire.Reply{}, r)
+		assert.Zero(t, n.Load())
+	})
+
+	t.Run("breaks while the caller reads", func(t *testing.T) {
+		t.Parallel()
+		srv, _, c, owner, rel, late, _, n := setup(t, "req-breaks")
+		settle(t, c)
+		resume := srv.Stall(0)
+		defer resume()
+		type reqResult struct {
+			answered bool
+			err      error
+		}
+		done := make(chan reqResult, 1)
+		go func() {
+			_, answered, err := owner.Request(ctxWait(t), rel, late)
+			done <- reqResult{answered, err}
+		}()
+		awaitTurn(t, c, turnCaller, "the caller reads its own answer")
+		srv.DropConnections()
+		res := result(t, done, "Request")
+		assert.True(t, res.answered)
+		require.ErrorIs(t, res.err, wire.ErrConnBroken)
+		assert.Zero(t, n.Load())
+		require.ErrorIs(t, owner.Err(), wire.ErrConnBroken)
+	})
+}
+
+// The reader watches a connection quiet for watchDelay — also after a
+// caller read the last reply itself — so that a server closing it is
+// noticed (and reported) without any request.
+func TestTurnReaderWatchesAfterQuiet(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: rec.hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	done := goDo(ctxWait(t), p, wire.Request{Cmd: wire.CmdPing})
+	awaitTurn(t, c, turnCaller, "the caller reads its own reply")
+	resume()
+	require.NoError(t, result(t, done, "Do").err)
+
+	awaitTurn(t, c, turnReader, "the reader watches once the connection is quiet")
+	srv.DropConnections()
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+	assert.ErrorIs(t, ev.err, ErrUnavailable)
+	require.ErrorIs(t, lane.Err(), wire.ErrConnBroken)
+}
