@@ -354,58 +354,80 @@ func TestTurnOwnerRequest(t *testing.T) {
 		r   wire.Reply
 		err error
 	}
-	setup := func(t *testing.T, key string) (*testutil.Server, *Pool, *conn, Owner, wire.Request, func(int, wire.Reply, error), <-chan lateCall, *atomic.Int32) {
-		srv := newServer(t, testutil.Config{})
-		p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
-		r, owner, err := p.Do(ctxWait(t), lockReq(key))
+	type fixture struct {
+		srv   *testutil.Server
+		p     *Pool
+		c     *conn
+		owner Owner
+		rel   wire.Request // releases the lease granted on owner
+		late  func(int, wire.Reply, error)
+		calls chan lateCall
+		n     atomic.Int32 // late calls
+		// OnConnBroken waits until returned is called (at the latest at
+		// cleanup), so that a call returning before that shows that it
+		// did not run on the caller.
+		returned func()
+	}
+	setup := func(t *testing.T, key string) *fixture {
+		f := &fixture{srv: newServer(t, testutil.Config{}), calls: make(chan lateCall, 4)}
+		ret := make(chan struct{})
+		f.returned = sync.OnceFunc(func() { close(ret) })
+		f.p = newPool(t, Config{Addr: f.srv.Addr(), LaneConns: 1, OnConnBroken: func(Owner, error) { <-ret }})
+		t.Cleanup(f.returned) // before the pool's Close, which breaks the lane
+		r, owner, err := f.p.Do(ctxWait(t), lockReq(key))
 		require.NoError(t, err)
 		require.Equal(t, wire.StatusOK, r.Status)
-		require.NotZero(t, holder(srv, key))
-		calls := make(chan lateCall, 4)
-		var n atomic.Int32
-		late := func(i int, r wire.Reply, err error) {
-			n.Add(1)
-			calls <- lateCall{r, err}
+		require.NotZero(t, holder(f.srv, key))
+		f.owner, f.c = owner, owner.(*laneConn).c
+		f.rel = wire.ReleaseRequest(key, r.Token, false)
+		f.late = func(_ int, r wire.Reply, err error) {
+			f.n.Add(1)
+			f.calls <- lateCall{r, err}
 		}
-		return srv, p, owner.(*laneConn).c, owner, wire.ReleaseRequest(key, r.Token, false), late, calls, &n
+		return f
+	}
+
+	type reqResult struct {
+		r        wire.Reply
+		answered bool
+		err      error
+	}
+	goRequest := func(ctx context.Context, f *fixture) <-chan reqResult {
+		ch := make(chan reqResult, 1)
+		go func() {
+			r, answered, err := f.owner.Request(ctx, f.rel, f.late)
+			ch <- reqResult{r, answered, err}
+		}()
+		return ch
 	}
 
 	t.Run("answered", func(t *testing.T) {
 		t.Parallel()
-		srv, _, c, owner, rel, late, _, n := setup(t, "req-answered")
-		settle(t, c)
-		r, answered, err := owner.Request(ctxWait(t), rel, late)
+		f := setup(t, "req-answered")
+		settle(t, f.c)
+		r, answered, err := f.owner.Request(ctxWait(t), f.rel, f.late)
 		require.NoError(t, err)
 		assert.True(t, answered)
 		assert.Equal(t, wire.StatusOK, r.Status)
-		assert.Zero(t, holder(srv, "req-answered"))
-		assert.Zero(t, n.Load())
+		assert.Zero(t, holder(f.srv, "req-answered"))
+		assert.Zero(t, f.n.Load())
 	})
 
 	t.Run("answered while the caller reads", func(t *testing.T) {
 		t.Parallel()
-		srv, _, c, owner, rel, late, _, n := setup(t, "req-reads")
-		settle(t, c)
-		resume := srv.Stall(0)
+		f := setup(t, "req-reads")
+		settle(t, f.c)
+		resume := f.srv.Stall(0)
 		defer resume()
-		type reqResult struct {
-			r        wire.Reply
-			answered bool
-			err      error
-		}
-		done := make(chan reqResult, 1)
-		go func() {
-			r, answered, err := owner.Request(ctxWait(t), rel, late)
-			done <- reqResult{r, answered, err}
-		}()
-		awaitTurn(t, c, turnCaller, "the caller reads its own answer")
+		done := goRequest(ctxWait(t), f)
+		awaitTurn(t, f.c, turnCaller, "the caller reads its own answer")
 		resume()
 		res := result(t, done, "Request")
 		require.NoError(t, res.err)
 		assert.True(t, res.answered)
 		assert.Equal(t, wire.StatusOK, res.r.Status)
-		assert.Zero(t, holder(srv, "req-reads"))
-		assert.Zero(t, n.Load())
+		assert.Zero(t, holder(f.srv, "req-reads"))
+		assert.Zero(t, f.n.Load())
 	})
 
 	for _, tc := range []struct {
@@ -414,80 +436,66 @@ func TestTurnOwnerRequest(t *testing.T) {
 	}{{"ended context", false}, {"context ends while the caller reads", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv, p, c, owner, rel, late, calls, n := setup(t, "req-late")
-			settle(t, c)
-			resume := srv.Stall(0)
+			f := setup(t, "req-late")
+			settle(t, f.c)
+			resume := f.srv.Stall(0)
 			defer resume()
 			ctx, cancel := context.WithCancel(context.Background())
 			if !tc.during {
 				cancel()
 			}
 			defer cancel()
-			type reqResult struct {
-				answered bool
-				err      error
-			}
-			done := make(chan reqResult, 1)
-			go func() {
-				_, answered, err := owner.Request(ctx, rel, late)
-				done <- reqResult{answered, err}
-			}()
+			done := goRequest(ctx, f)
 			if tc.during {
-				awaitTurn(t, c, turnCaller, "the caller reads its own answer")
+				awaitTurn(t, f.c, turnCaller, "the caller reads its own answer")
 				cancel()
 			}
 			res := result(t, done, "Request")
 			require.ErrorIs(t, res.err, context.Canceled)
 			assert.False(t, res.answered)
 			resume()
-			lc := result(t, calls, "late")
+			lc := result(t, f.calls, "late")
 			require.NoError(t, lc.err)
 			assert.Equal(t, wire.StatusOK, lc.r.Status)
-			assert.Zero(t, holder(srv, "req-late"), "sent although the context had ended")
+			assert.Zero(t, holder(f.srv, "req-late"), "sent although the context had ended")
 			// A second late call would come from the reader before it
 			// reads the next reply.
-			_, _, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+			_, _, err := f.p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
 			require.NoError(t, err)
-			assert.EqualValues(t, 1, n.Load())
-			require.NoError(t, owner.Err())
+			assert.EqualValues(t, 1, f.n.Load())
+			require.NoError(t, f.owner.Err())
 		})
 	}
 
 	t.Run("broken before", func(t *testing.T) {
 		t.Parallel()
-		srv, _, c, owner, rel, late, _, n := setup(t, "req-broken")
-		settle(t, c)
-		srv.DropConnections()
-		waitReadable(t, c)
-		r, answered, err := owner.Request(ctxWait(t), rel, late)
-		assert.True(t, answered)
-		require.ErrorIs(t, err, wire.ErrConnBroken)
-		assert.Equal(t, wire.Reply{}, r)
-		assert.Zero(t, n.Load())
+		f := setup(t, "req-broken")
+		settle(t, f.c)
+		f.srv.DropConnections()
+		waitReadable(t, f.c) // found by the probe: nothing is sent
+		res := result(t, goRequest(ctxWait(t), f), "Request (OnConnBroken ran on the caller?)")
+		f.returned()
+		assert.True(t, res.answered)
+		require.ErrorIs(t, res.err, wire.ErrConnBroken)
+		assert.Equal(t, wire.Reply{}, res.r)
+		assert.Zero(t, f.n.Load())
 	})
 
 	t.Run("breaks while the caller reads", func(t *testing.T) {
 		t.Parallel()
-		srv, _, c, owner, rel, late, _, n := setup(t, "req-breaks")
-		settle(t, c)
-		resume := srv.Stall(0)
+		f := setup(t, "req-breaks")
+		settle(t, f.c)
+		resume := f.srv.Stall(0)
 		defer resume()
-		type reqResult struct {
-			answered bool
-			err      error
-		}
-		done := make(chan reqResult, 1)
-		go func() {
-			_, answered, err := owner.Request(ctxWait(t), rel, late)
-			done <- reqResult{answered, err}
-		}()
-		awaitTurn(t, c, turnCaller, "the caller reads its own answer")
-		srv.DropConnections()
-		res := result(t, done, "Request")
+		done := goRequest(ctxWait(t), f)
+		awaitTurn(t, f.c, turnCaller, "the caller reads its own answer")
+		f.srv.DropConnections()
+		res := result(t, done, "Request (OnConnBroken ran on the caller?)")
+		f.returned()
 		assert.True(t, res.answered)
 		require.ErrorIs(t, res.err, wire.ErrConnBroken)
-		assert.Zero(t, n.Load())
-		require.ErrorIs(t, owner.Err(), wire.ErrConnBroken)
+		assert.Zero(t, f.n.Load())
+		require.ErrorIs(t, f.owner.Err(), wire.ErrConnBroken)
 	})
 }
 
