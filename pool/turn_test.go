@@ -145,6 +145,93 @@ func TestTurnCallerReadsItsOwnReply(t *testing.T) {
 	assert.Zero(t, p.Stats().Broken)
 }
 
+// Callers that send while another reads its own reply queue behind it; when
+// it has its reply it passes the turn to the reader, which reads theirs,
+// each its own.
+func TestTurnCallersQueuedBehindAReaderGetTheirReplies(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+	keys := []string{"q-0", "q-1", "q-2", "q-3"}
+	var dones []<-chan doResult
+	for i, key := range keys {
+		dones = append(dones, goDo(ctxWait(t), p, lockReq(key)))
+		if i == 0 {
+			awaitTurn(t, c, turnCaller, "the first caller reads its own reply")
+		}
+		require.Eventually(t, func() bool { return queued(c) == i+1 }, wait, time.Millisecond)
+	}
+	resume()
+	for i, done := range dones {
+		res := result(t, done, "Do")
+		require.NoError(t, res.err)
+		require.Equal(t, wire.StatusOK, res.r.Status)
+		assert.Same(t, lane, res.owner)
+		r, _, err := p.Do(ctxWait(t), wire.ReleaseRequest(keys[i], res.r.Token, false))
+		require.NoError(t, err)
+		assert.Equal(t, wire.StatusOK, r.Status, "%s: the grant was its own", keys[i])
+	}
+	require.NoError(t, lane.Err())
+}
+
+// On an acquired wait-pool connection too the caller reads its own reply
+// (a blocking acquire's, here). When its context, or the pool's Lifetime,
+// ends, it returns at once and the connection is destroyed, which
+// withdraws the waiter. (Destroy reports the connection's end to
+// Config.OnConnBroken on the caller, as it did before callers read.)
+func TestTurnWaitPoolCallerGivesUp(t *testing.T) {
+	t.Parallel()
+	for _, lifetime := range []bool{false, true} {
+		name := "context"
+		if lifetime {
+			name = "lifetime"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{})
+			rec := newBrokenRecorder()
+			life, end := context.WithCancel(context.Background())
+			defer end()
+			p := newPool(t, Config{Addr: srv.Addr(), OnConnBroken: rec.hook, Lifetime: life})
+			held, _, err := p.Do(ctxWait(t), lockReq("wp"))
+			require.NoError(t, err)
+			require.Equal(t, wire.StatusOK, held.Status)
+
+			h, err := p.Acquire(ctxWait(t))
+			require.NoError(t, err)
+			settle(t, h.c)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := h.Do(ctx, wire.Request{Cmd: wire.CmdLock, Key: "wp", Lease: 30, Timeout: 60})
+				done <- err
+			}()
+			awaitTurn(t, h.c, turnCaller, "the caller reads its own reply")
+			require.Eventually(t, func() bool { return waiters(srv, "wp") == 1 }, wait, time.Millisecond)
+			if lifetime {
+				end()
+			} else {
+				cancel()
+			}
+			err = result(t, done, "Do")
+			if lifetime {
+				require.ErrorIs(t, err, ErrClosed)
+			} else {
+				require.ErrorIs(t, err, context.Canceled)
+			}
+			require.ErrorIs(t, err, wire.ErrConnBroken)
+			ev := rec.next(t)
+			assert.Same(t, h, ev.c)
+			require.Eventually(t, func() bool { return waiters(srv, "wp") == 0 }, wait, time.Millisecond, "the waiter is withdrawn")
+		})
+	}
+}
+
 // A caller whose context ends while it reads its own reply from a server
 // that does not answer returns at once with the context's error, without
 // breaking the lane connection: the reader reads the reply when it comes
