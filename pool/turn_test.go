@@ -102,6 +102,18 @@ func awaitTurn(t *testing.T, c *conn, want turn, msg string) {
 	require.Eventually(t, func() bool { return turnOf(c) == want }, wait, time.Millisecond, msg)
 }
 
+// awaitReading waits until a caller has claimed the turn and queued its
+// request: it then reads its own reply (or is about to write it). The turn
+// alone is not enough: it is the caller's during the probe already.
+func awaitReading(t *testing.T, c *conn) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.turn == turnCaller && c.q.n > 0
+	}, wait, time.Millisecond, "a caller reads its own reply")
+}
+
 // waitReadable returns once the peer's bytes or its close have reached c's
 // socket, without consuming anything.
 func waitReadable(t *testing.T, c *conn) {
@@ -127,7 +139,7 @@ func TestTurnCallerReadsItsOwnReply(t *testing.T) {
 		settle(t, c)
 		resume := srv.Stall(0)
 		done := goDo(ctxWait(t), p, lockReq("own"))
-		awaitTurn(t, c, turnCaller, "the caller reads its own reply")
+		awaitReading(t, c)
 		assert.Equal(t, 1, queued(c))
 		resume()
 		res := result(t, done, "Do")
@@ -161,7 +173,7 @@ func TestTurnCallersQueuedBehindAReaderGetTheirReplies(t *testing.T) {
 	for i, key := range keys {
 		dones = append(dones, goDo(ctxWait(t), p, lockReq(key)))
 		if i == 0 {
-			awaitTurn(t, c, turnCaller, "the first caller reads its own reply")
+			awaitReading(t, c)
 		}
 		require.Eventually(t, func() bool { return queued(c) == i+1 }, wait, time.Millisecond)
 	}
@@ -211,7 +223,7 @@ func TestTurnWaitPoolCallerGivesUp(t *testing.T) {
 				_, err := h.Do(ctx, wire.Request{Cmd: wire.CmdLock, Key: "wp", Lease: 30, Timeout: 60})
 				done <- err
 			}()
-			awaitTurn(t, h.c, turnCaller, "the caller reads its own reply")
+			awaitReading(t, h.c)
 			require.Eventually(t, func() bool { return waiters(srv, "wp") == 1 }, wait, time.Millisecond)
 			if lifetime {
 				end()
@@ -249,7 +261,7 @@ func TestTurnCallerCancelledWhileReadingOwnReply(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := goDo(ctx, p, lockReq("abandoned-own"))
-	awaitTurn(t, c, turnCaller, "the caller reads its own reply")
+	awaitReading(t, c)
 	cancel()
 	res := result(t, done, "the cancelled Do")
 	require.ErrorIs(t, res.err, context.Canceled)
@@ -291,7 +303,7 @@ func TestTurnLifetimeEndsWaits(t *testing.T) {
 	defer resume()
 
 	reading := goDo(ctxWait(t), p, lockReq("life-1"))
-	awaitTurn(t, c, turnCaller, "the first caller reads its own reply")
+	awaitReading(t, c)
 	queuedDo := goDo(ctxWait(t), p, lockReq("life-2"))
 	require.Eventually(t, func() bool { return queued(c) == 2 }, wait, time.Millisecond)
 	assert.Equal(t, turnCaller, turnOf(c), "the second caller waits for the first to pass the turn on")
@@ -507,7 +519,7 @@ func TestTurnOwnerRequest(t *testing.T) {
 		resume := f.srv.Stall(0)
 		defer resume()
 		done := goRequest(ctxWait(t), f)
-		awaitTurn(t, f.c, turnCaller, "the caller reads its own answer")
+		awaitReading(t, f.c)
 		resume()
 		res := result(t, done, "Request")
 		require.NoError(t, res.err)
@@ -534,7 +546,7 @@ func TestTurnOwnerRequest(t *testing.T) {
 			defer cancel()
 			done := goRequest(ctx, f)
 			if tc.during {
-				awaitTurn(t, f.c, turnCaller, "the caller reads its own answer")
+				awaitReading(t, f.c)
 				cancel()
 			}
 			res := result(t, done, "Request")
@@ -575,7 +587,7 @@ func TestTurnOwnerRequest(t *testing.T) {
 		resume := f.srv.Stall(0)
 		defer resume()
 		done := goRequest(ctxWait(t), f)
-		awaitTurn(t, f.c, turnCaller, "the caller reads its own answer")
+		awaitReading(t, f.c)
 		f.srv.DropConnections()
 		res := result(t, done, "Request (OnConnBroken ran on the caller?)")
 		f.returned()
@@ -598,7 +610,7 @@ func TestTurnReaderWatchesAfterQuiet(t *testing.T) {
 	settle(t, c)
 	resume := srv.Stall(0)
 	done := goDo(ctxWait(t), p, wire.Request{Cmd: wire.CmdPing})
-	awaitTurn(t, c, turnCaller, "the caller reads its own reply")
+	awaitReading(t, c)
 	resume()
 	require.NoError(t, result(t, done, "Do").err)
 
