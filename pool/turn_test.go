@@ -598,6 +598,47 @@ func TestTurnOwnerRequest(t *testing.T) {
 	})
 }
 
+// A malformed reply that its caller read fails the call and breaks the
+// connection, on the reader: Config.OnConnBroken does not run on the
+// caller.
+func TestTurnMalformedOwnReplyBreaksOnTheReader(t *testing.T) {
+	t.Parallel()
+	addr := fakeServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			cmd, err := readRequest(br)
+			if err != nil {
+				return
+			}
+			reply := "ok\n"
+			if cmd == wire.CmdRelease.String() {
+				reply = "what?\n"
+			}
+			if _, err := io.WriteString(c, reply); err != nil {
+				return
+			}
+		}
+	})
+	rec := newBrokenRecorder()
+	returned := make(chan struct{})
+	release := sync.OnceFunc(func() { close(returned) })
+	t.Cleanup(release)
+	hook := func(o Owner, err error) {
+		<-returned // holds the caller forever if it runs on the caller
+		rec.hook(o, err)
+	}
+	p := newPool(t, Config{Addr: addr, LaneConns: 1, OnConnBroken: hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	res := result(t, goDo(ctxWait(t), p, wire.ReleaseRequest("k", "t", false)), "Do (OnConnBroken ran on the caller?)")
+	release()
+	require.ErrorIs(t, res.err, wire.ErrConnBroken)
+	require.ErrorIs(t, res.err, wire.ErrProtocol)
+	assert.Same(t, lane, res.owner)
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+	assert.ErrorIs(t, ev.err, wire.ErrProtocol)
+}
+
 // The reader watches a connection quiet for watchDelay — also after a
 // caller read the last reply itself — so that a server closing it is
 // noticed (and reported) without any request.
