@@ -662,3 +662,45 @@ func TestTurnReaderWatchesAfterQuiet(t *testing.T) {
 	assert.ErrorIs(t, ev.err, ErrUnavailable)
 	require.ErrorIs(t, lane.Err(), wire.ErrConnBroken)
 }
+
+// A line the server sends unasked on a quiet lane connection (here a second
+// reply to one request) must not be taken for the reply to the next
+// request: that request gets the server's own answer to it. Before callers
+// read their own replies the reader was always reading, found the stray
+// line with nothing pending and broke the connection, and the next request
+// went to a new one. Now the stray line waits, unread, while the reader
+// stands aside after activity; the next caller's probe sees it and hands
+// the turn to the reader, but enqueues its request first, so the reader
+// matches the stray line to it.
+func TestTurnStrayLineIsNotTheNextReply(t *testing.T) {
+	t.Parallel()
+	var releases atomic.Int32
+	addr := fakeServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			cmd, err := readRequest(br)
+			if err != nil {
+				return
+			}
+			switch {
+			case cmd != wire.CmdRelease.String():
+				_, _ = io.WriteString(c, "ok\n")
+			case releases.Add(1) == 1:
+				_, _ = io.WriteString(c, "ok\nok\n") // one reply too many
+			default:
+				_, _ = io.WriteString(c, "error\n")
+			}
+		}
+	})
+	p := newPool(t, Config{Addr: addr, LaneConns: 1})
+	_, c := laneOf(t, p)
+	settle(t, c)
+	r, _, err := p.Do(ctxWait(t), wire.ReleaseRequest("k", "t1", false))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	require.True(t, freezeWatch(c), "the caller read its reply; the reader stands aside")
+
+	r, _, err = p.Do(ctxWait(t), wire.ReleaseRequest("k", "t2", false))
+	if err == nil {
+		assert.Equal(t, wire.StatusError, r.Status, "the reply to the second release is the server's answer to it, not the stray line")
+	}
+}
