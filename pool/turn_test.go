@@ -8,6 +8,7 @@ package pool
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"runtime"
@@ -118,7 +119,11 @@ func awaitReading(t *testing.T, c *conn) {
 // socket, without consuming anything.
 func waitReadable(t *testing.T, c *conn) {
 	t.Helper()
-	rc, err := c.wc.NetConn().(*net.TCPConn).SyscallConn()
+	nc := c.wc.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	rc, err := nc.(*net.TCPConn).SyscallConn()
 	require.NoError(t, err)
 	var b [1]byte
 	require.NoError(t, rc.Read(func(fd uintptr) bool {
@@ -703,4 +708,81 @@ func TestTurnStrayLineIsNotTheNextReply(t *testing.T) {
 	if err == nil {
 		assert.Equal(t, wire.StatusError, r.Status, "the reply to the second release is the server's answer to it, not the stray line")
 	}
+}
+
+// tlsServer answers every request "ok" over TLS; drop closes the
+// connections open so far as a Go server does, with a close_notify alert
+// before the FIN.
+func tlsServer(t *testing.T, certs *testutil.TLSCerts) (addr string, drop func()) {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerConfig())
+	require.NoError(t, err)
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	drop = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		conns = nil
+	}
+	t.Cleanup(func() { _ = ln.Close(); drop(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := readRequest(br); err != nil {
+						return
+					}
+					if _, err := io.WriteString(c, "ok\n"); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), drop
+}
+
+// As TestTurnServerClosedQuietLane, over TLS: a Go server closing a TLS
+// connection sends a close_notify alert before its FIN, so the probe sees
+// bytes, not the close, and hands the turn to the reader — but the request
+// is queued and written on the closing connection all the same, and fails
+// with it instead of going to another one.
+func TestTurnServerClosedQuietTLSLane(t *testing.T) {
+	t.Parallel()
+	certs, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	addr, drop := tlsServer(t, certs)
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{Addr: addr, TLS: certs.ClientConfig(), LaneConns: 1, OnConnBroken: rec.hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	drop()
+	waitReadable(t, c) // the alert (and FIN) reached the socket; the reader did not look
+	require.NoError(t, lane.Err())
+
+	r, owner, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err, "nothing was answered on the closed connection: the request belongs on a new one")
+	assert.Equal(t, wire.StatusOK, r.Status)
+	assert.NotSame(t, lane, owner)
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
 }
