@@ -1,0 +1,788 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
+// Callers read their own replies only where the socket can be probed
+// (probe_unix.go).
+
+package pool
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// settle brings c to where a caller finds a connection that was busy a
+// moment ago — the reader parked, the turn nobody's — and keeps it there
+// until a caller sends: the reader would otherwise read again (watch)
+// watchDelay after the last write, a delay a loaded one-CPU machine can
+// overrun between two statements of a test. It stops that timer and clears
+// armed, as if no watch had been set; a caller that reads its own reply
+// sets it again (finishOwn).
+func settle(t *testing.T, c *conn) {
+	t.Helper()
+	ctx := ctxWait(t)
+	for ctx.Err() == nil {
+		r, _, _, err := c.do(ctx, &pingReq, "")
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status)
+		for range 100 {
+			if freezeWatch(c) {
+				return
+			}
+			runtime.Gosched()
+		}
+	}
+	t.Fatal("the connection never settled with the turn nobody's")
+}
+
+func freezeWatch(c *conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.turn != turnNobody || c.q.n != 0 || !c.armed || c.err != nil {
+		return false
+	}
+	if !c.watch.Stop() {
+		return false // fired: the reader is about to watch
+	}
+	c.armed = false
+	// A wake left over from earlier would make the parked reader look at
+	// the turn again, and watch since watchDelay has passed.
+	select {
+	case <-c.wake:
+	default:
+	}
+	return true
+}
+
+type doResult struct {
+	r     wire.Reply
+	owner Owner
+	err   error
+}
+
+func goDo(ctx context.Context, p *Pool, req wire.Request) <-chan doResult {
+	ch := make(chan doResult, 1)
+	go func() {
+		r, o, err := p.Do(ctx, req)
+		ch <- doResult{r, o, err}
+	}()
+	return ch
+}
+
+// result waits for ch; it must come although nothing else happens.
+func result[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(wait):
+		t.Fatalf("%s did not return", what)
+		var zero T
+		return zero
+	}
+}
+
+// awaitTurn waits until c's turn is want (the caller took it or handed it
+// off).
+func awaitTurn(t *testing.T, c *conn, want turn, msg string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return turnOf(c) == want }, wait, time.Millisecond, msg)
+}
+
+// awaitReading waits until a caller has claimed the turn and queued its
+// request: it then reads its own reply (or is about to write it). The turn
+// alone is not enough: it is the caller's during the probe already.
+func awaitReading(t *testing.T, c *conn) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.turn == turnCaller && c.q.n > 0
+	}, wait, time.Millisecond, "a caller reads its own reply")
+}
+
+// waitReadable returns once the peer's bytes or its close have reached c's
+// socket, without consuming anything.
+func waitReadable(t *testing.T, c *conn) {
+	t.Helper()
+	nc := c.wc.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	rc, err := nc.(*net.TCPConn).SyscallConn()
+	require.NoError(t, err)
+	var b [1]byte
+	require.NoError(t, rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN && err != syscall.EWOULDBLOCK
+	}))
+}
+
+// A Do on a quiet lane connection is read by its caller: it holds the turn
+// while it waits for the reply (the reader is parked), gets its reply, and
+// leaves the turn nobody's, so the next caller does the same.
+func TestTurnCallerReadsItsOwnReply(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	lane, c := laneOf(t, p)
+	for i := range 3 {
+		settle(t, c)
+		resume := srv.Stall(0)
+		done := goDo(ctxWait(t), p, lockReq("own"))
+		awaitReading(t, c)
+		assert.Equal(t, 1, queued(c))
+		resume()
+		res := result(t, done, "Do")
+		require.NoError(t, res.err)
+		require.Equal(t, wire.StatusOK, res.r.Status, "round %d", i)
+		assert.Same(t, lane, res.owner)
+		assert.NotZero(t, holder(srv, "own"))
+		assert.Equal(t, 0, queued(c))
+		assert.NotEqual(t, turnCaller, turnOf(c), "the caller passed the turn on")
+		r, _, err := p.Do(ctxWait(t), wire.ReleaseRequest("own", res.r.Token, false))
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status, "the reply was the grant's own")
+	}
+	require.NoError(t, lane.Err())
+	assert.Zero(t, p.Stats().Broken)
+}
+
+// Callers that send while another reads its own reply queue behind it; when
+// it has its reply it passes the turn to the reader, which reads theirs,
+// each its own.
+func TestTurnCallersQueuedBehindAReaderGetTheirReplies(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+	keys := []string{"q-0", "q-1", "q-2", "q-3"}
+	var dones []<-chan doResult
+	for i, key := range keys {
+		dones = append(dones, goDo(ctxWait(t), p, lockReq(key)))
+		if i == 0 {
+			awaitReading(t, c)
+		}
+		require.Eventually(t, func() bool { return queued(c) == i+1 }, wait, time.Millisecond)
+	}
+	resume()
+	for i, done := range dones {
+		res := result(t, done, "Do")
+		require.NoError(t, res.err)
+		require.Equal(t, wire.StatusOK, res.r.Status)
+		assert.Same(t, lane, res.owner)
+		r, _, err := p.Do(ctxWait(t), wire.ReleaseRequest(keys[i], res.r.Token, false))
+		require.NoError(t, err)
+		assert.Equal(t, wire.StatusOK, r.Status, "%s: the grant was its own", keys[i])
+	}
+	require.NoError(t, lane.Err())
+}
+
+// On an acquired wait-pool connection too the caller reads its own reply
+// (a blocking acquire's, here). When its context, or the pool's Lifetime,
+// ends, it returns at once and the connection is destroyed, which
+// withdraws the waiter. (Destroy reports the connection's end to
+// Config.OnConnBroken on the caller, as it did before callers read.)
+func TestTurnWaitPoolCallerGivesUp(t *testing.T) {
+	t.Parallel()
+	for _, lifetime := range []bool{false, true} {
+		name := "context"
+		if lifetime {
+			name = "lifetime"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{})
+			rec := newBrokenRecorder()
+			life, end := context.WithCancel(context.Background())
+			defer end()
+			p := newPool(t, Config{Addr: srv.Addr(), OnConnBroken: rec.hook, Lifetime: life})
+			held, _, err := p.Do(ctxWait(t), lockReq("wp"))
+			require.NoError(t, err)
+			require.Equal(t, wire.StatusOK, held.Status)
+
+			h, err := p.Acquire(ctxWait(t))
+			require.NoError(t, err)
+			settle(t, h.c)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := h.Do(ctx, wire.Request{Cmd: wire.CmdLock, Key: "wp", Lease: 30, Timeout: 60})
+				done <- err
+			}()
+			awaitReading(t, h.c)
+			require.Eventually(t, func() bool { return waiters(srv, "wp") == 1 }, wait, time.Millisecond)
+			if lifetime {
+				end()
+			} else {
+				cancel()
+			}
+			err = result(t, done, "Do")
+			if lifetime {
+				require.ErrorIs(t, err, ErrClosed)
+			} else {
+				require.ErrorIs(t, err, context.Canceled)
+			}
+			require.ErrorIs(t, err, wire.ErrConnBroken)
+			ev := rec.next(t)
+			assert.Same(t, h, ev.c)
+			require.Eventually(t, func() bool { return waiters(srv, "wp") == 0 }, wait, time.Millisecond, "the waiter is withdrawn")
+		})
+	}
+}
+
+// A caller whose context ends while it reads its own reply from a server
+// that does not answer returns at once with the context's error, without
+// breaking the lane connection: the reader reads the reply when it comes
+// and releases the grant nobody is waiting for; the next caller gets its
+// own reply, not that one.
+func TestTurnCallerCancelledWhileReadingOwnReply(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: rec.hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := goDo(ctx, p, lockReq("abandoned-own"))
+	awaitReading(t, c)
+	cancel()
+	res := result(t, done, "the cancelled Do")
+	require.ErrorIs(t, res.err, context.Canceled)
+	assert.NotErrorIs(t, res.err, wire.ErrConnBroken)
+	assert.Same(t, lane, res.owner)
+	require.NoError(t, lane.Err(), "a cancelled caller must not break the lane")
+	assert.Equal(t, turnReader, turnOf(c), "the caller handed the turn to the reader")
+	assert.Equal(t, 1, queued(c), "the abandoned reply is still expected")
+
+	resume()
+	require.Eventually(t, func() bool {
+		st := srv.Stats()
+		return st.Requests["l"] == 1 && st.Requests["r"] == 1 && holder(srv, "abandoned-own") == 0
+	}, wait, time.Millisecond, "the late grant is released")
+	r, l, err := p.Do(ctxWait(t), lockReq("next"))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	assert.Same(t, lane, l)
+	r, _, err = p.Do(ctxWait(t), wire.ReleaseRequest("next", r.Token, false))
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusOK, r.Status, "the next caller got its own grant, not the stale one")
+	require.NoError(t, lane.Err())
+	assert.Empty(t, rec.ch)
+}
+
+// When the pool's Config.Lifetime ends, every caller waiting for a reply
+// returns with an error matching ErrClosed: the one reading its own reply
+// (interrupted), one queued behind it (waiting on its reply channel), and
+// one arriving afterwards. The connection does not break.
+func TestTurnLifetimeEndsWaits(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	life, end := context.WithCancel(context.Background())
+	defer end()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+
+	reading := goDo(ctxWait(t), p, lockReq("life-1"))
+	awaitReading(t, c)
+	queuedDo := goDo(ctxWait(t), p, lockReq("life-2"))
+	require.Eventually(t, func() bool { return queued(c) == 2 }, wait, time.Millisecond)
+	assert.Equal(t, turnCaller, turnOf(c), "the second caller waits for the first to pass the turn on")
+	end()
+	for _, ch := range []<-chan doResult{reading, queuedDo} {
+		res := result(t, ch, "a Do when Lifetime ended")
+		require.ErrorIs(t, res.err, ErrClosed)
+		assert.NotErrorIs(t, res.err, wire.ErrConnBroken)
+	}
+	res := result(t, goDo(ctxWait(t), p, lockReq("life-3")), "a Do after Lifetime ended")
+	require.ErrorIs(t, res.err, ErrClosed)
+	require.NoError(t, lane.Err())
+
+	resume()
+	require.Eventually(t, func() bool {
+		return srv.Stats().Requests["r"] == 3 &&
+			holder(srv, "life-1") == 0 && holder(srv, "life-2") == 0 && holder(srv, "life-3") == 0
+	}, wait, time.Millisecond, "the three late grants are released")
+	require.NoError(t, lane.Err())
+}
+
+// partialServer answers pings at once and a release with "o", then, once
+// rest is closed, "k\n": a reply whose end comes late.
+func partialServer(t *testing.T) (addr string, wrote <-chan struct{}, rest func()) {
+	t.Helper()
+	w := make(chan struct{})
+	r := make(chan struct{})
+	addr = fakeServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			cmd, err := readRequest(br)
+			if err != nil {
+				return
+			}
+			if cmd != wire.CmdRelease.String() {
+				_, _ = io.WriteString(c, "ok\n")
+				continue
+			}
+			_, _ = io.WriteString(c, "o")
+			close(w)
+			<-r
+			_, _ = io.WriteString(c, "k\n")
+		}
+	})
+	rest = sync.OnceFunc(func() { close(r) })
+	t.Cleanup(rest) // before fakeServer's cleanup waits for the handler
+	return addr, w, rest
+}
+
+// A reply that begins to arrive without its end is handed to the reader
+// (the caller cannot wait for the rest with a read that its context can
+// interrupt without losing the line): a cancel still returns at once, and
+// without one the caller gets the whole reply.
+func TestTurnPartialReplyGoesToTheReader(t *testing.T) {
+	t.Parallel()
+	relReq := wire.ReleaseRequest("k", "t", false)
+	for _, cancelled := range []bool{true, false} {
+		name := "completes"
+		if cancelled {
+			name = "cancelled"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			addr, wrote, rest := partialServer(t)
+			rec := newBrokenRecorder()
+			p := newPool(t, Config{Addr: addr, LaneConns: 1, OnConnBroken: rec.hook})
+			lane, c := laneOf(t, p)
+			settle(t, c)
+			ctx, cancel := context.WithCancel(ctxWait(t))
+			defer cancel()
+			done := goDo(ctx, p, relReq)
+			result(t, wrote, "the server's half reply")
+			awaitTurn(t, c, turnReader, "the caller hands a partial reply to the reader")
+			if cancelled {
+				cancel()
+				res := result(t, done, "the cancelled Do")
+				require.ErrorIs(t, res.err, context.Canceled)
+				assert.NotErrorIs(t, res.err, wire.ErrConnBroken)
+				rest()
+			} else {
+				rest()
+				res := result(t, done, "Do")
+				require.NoError(t, res.err)
+				assert.Equal(t, wire.StatusOK, res.r.Status)
+			}
+			require.Eventually(t, func() bool { return queued(c) == 0 }, wait, time.Millisecond)
+			r, l, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+			require.NoError(t, err)
+			assert.Equal(t, wire.StatusOK, r.Status)
+			assert.Same(t, lane, l)
+			require.NoError(t, lane.Err())
+			assert.Empty(t, rec.ch)
+		})
+	}
+}
+
+// A lane connection the server closed while it was quiet (the reader
+// parked, not yet watching) is found by the next caller's probe before
+// anything is sent: the reader breaks it — so Config.OnConnBroken runs
+// there, once, never on the caller — and the request goes out on a new
+// lane connection, without an error.
+func TestTurnServerClosedQuietLane(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	returned := make(chan struct{})
+	hook := func(o Owner, err error) {
+		<-returned // holds the caller forever if it runs on the caller
+		rec.hook(o, err)
+	}
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	srv.DropConnections()
+	waitReadable(t, c) // the close reached the socket; the reader did not look
+	require.NoError(t, lane.Err())
+
+	done := goDo(ctxWait(t), p, lockReq("after-close"))
+	var res doResult
+	select {
+	case res = <-done:
+		close(returned)
+	case <-time.After(wait):
+		close(returned)
+		t.Fatal("Do did not return: OnConnBroken ran on the caller?")
+	}
+	require.NoError(t, res.err, "the unsent request goes to a new lane connection")
+	assert.Equal(t, wire.StatusOK, res.r.Status)
+	assert.NotSame(t, lane, res.owner)
+	assert.NotZero(t, holder(srv, "after-close"))
+
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+	assert.ErrorIs(t, ev.err, io.EOF)
+	assert.ErrorIs(t, ev.err, ErrUnavailable)
+	require.ErrorIs(t, lane.Err(), wire.ErrConnBroken)
+	assert.EqualValues(t, 1, p.Stats().Broken)
+	assert.EqualValues(t, 1, srv.Stats().Requests["l"], "sent once")
+}
+
+// Owner.Request: answered on an idle lane connection (also while its
+// caller reads the reply itself); with a context that has ended it is
+// still sent and late gets the answer, exactly once; on a broken
+// connection it is answered with the error.
+func TestTurnOwnerRequest(t *testing.T) {
+	t.Parallel()
+	type lateCall struct {
+		r   wire.Reply
+		err error
+	}
+	type fixture struct {
+		srv   *testutil.Server
+		p     *Pool
+		c     *conn
+		owner Owner
+		rel   wire.Request // releases the lease granted on owner
+		late  func(int, wire.Reply, error)
+		calls chan lateCall
+		n     atomic.Int32 // late calls
+		// OnConnBroken waits until returned is called (at the latest at
+		// cleanup), so that a call returning before that shows that it
+		// did not run on the caller.
+		returned func()
+	}
+	setup := func(t *testing.T, key string) *fixture {
+		f := &fixture{srv: newServer(t, testutil.Config{}), calls: make(chan lateCall, 4)}
+		ret := make(chan struct{})
+		f.returned = sync.OnceFunc(func() { close(ret) })
+		f.p = newPool(t, Config{Addr: f.srv.Addr(), LaneConns: 1, OnConnBroken: func(Owner, error) { <-ret }})
+		t.Cleanup(f.returned) // before the pool's Close, which breaks the lane
+		r, owner, err := f.p.Do(ctxWait(t), lockReq(key))
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status)
+		require.NotZero(t, holder(f.srv, key))
+		f.owner, f.c = owner, owner.(*laneConn).c
+		f.rel = wire.ReleaseRequest(key, r.Token, false)
+		f.late = func(_ int, r wire.Reply, err error) {
+			f.n.Add(1)
+			f.calls <- lateCall{r, err}
+		}
+		return f
+	}
+
+	type reqResult struct {
+		r        wire.Reply
+		answered bool
+		err      error
+	}
+	goRequest := func(ctx context.Context, f *fixture) <-chan reqResult {
+		ch := make(chan reqResult, 1)
+		go func() {
+			r, answered, err := f.owner.Request(ctx, f.rel, f.late)
+			ch <- reqResult{r, answered, err}
+		}()
+		return ch
+	}
+
+	t.Run("answered", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, "req-answered")
+		settle(t, f.c)
+		r, answered, err := f.owner.Request(ctxWait(t), f.rel, f.late)
+		require.NoError(t, err)
+		assert.True(t, answered)
+		assert.Equal(t, wire.StatusOK, r.Status)
+		assert.Zero(t, holder(f.srv, "req-answered"))
+		assert.Zero(t, f.n.Load())
+	})
+
+	t.Run("answered while the caller reads", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, "req-reads")
+		settle(t, f.c)
+		resume := f.srv.Stall(0)
+		defer resume()
+		done := goRequest(ctxWait(t), f)
+		awaitReading(t, f.c)
+		resume()
+		res := result(t, done, "Request")
+		require.NoError(t, res.err)
+		assert.True(t, res.answered)
+		assert.Equal(t, wire.StatusOK, res.r.Status)
+		assert.Zero(t, holder(f.srv, "req-reads"))
+		assert.Zero(t, f.n.Load())
+	})
+
+	for _, tc := range []struct {
+		name   string
+		during bool // the context ends while the caller reads, not before
+	}{{"ended context", false}, {"context ends while the caller reads", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := setup(t, "req-late")
+			settle(t, f.c)
+			resume := f.srv.Stall(0)
+			defer resume()
+			ctx, cancel := context.WithCancel(context.Background())
+			if !tc.during {
+				cancel()
+			}
+			defer cancel()
+			done := goRequest(ctx, f)
+			if tc.during {
+				awaitReading(t, f.c)
+				cancel()
+			}
+			res := result(t, done, "Request")
+			require.ErrorIs(t, res.err, context.Canceled)
+			assert.False(t, res.answered)
+			resume()
+			lc := result(t, f.calls, "late")
+			require.NoError(t, lc.err)
+			assert.Equal(t, wire.StatusOK, lc.r.Status)
+			assert.Zero(t, holder(f.srv, "req-late"), "sent although the context had ended")
+			// A second late call would come from the reader before it
+			// reads the next reply.
+			_, _, err := f.p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+			require.NoError(t, err)
+			assert.EqualValues(t, 1, f.n.Load())
+			require.NoError(t, f.owner.Err())
+		})
+	}
+
+	t.Run("broken before", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, "req-broken")
+		settle(t, f.c)
+		f.srv.DropConnections()
+		waitReadable(t, f.c) // found by the probe: nothing is sent
+		res := result(t, goRequest(ctxWait(t), f), "Request (OnConnBroken ran on the caller?)")
+		f.returned()
+		assert.True(t, res.answered)
+		require.ErrorIs(t, res.err, wire.ErrConnBroken)
+		assert.Equal(t, wire.Reply{}, res.r)
+		assert.Zero(t, f.n.Load())
+	})
+
+	t.Run("breaks while the caller reads", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, "req-breaks")
+		settle(t, f.c)
+		resume := f.srv.Stall(0)
+		defer resume()
+		done := goRequest(ctxWait(t), f)
+		awaitReading(t, f.c)
+		f.srv.DropConnections()
+		res := result(t, done, "Request (OnConnBroken ran on the caller?)")
+		f.returned()
+		assert.True(t, res.answered)
+		require.ErrorIs(t, res.err, wire.ErrConnBroken)
+		assert.Zero(t, f.n.Load())
+		require.ErrorIs(t, f.owner.Err(), wire.ErrConnBroken)
+	})
+}
+
+// A malformed reply that its caller read fails the call and breaks the
+// connection, on the reader: Config.OnConnBroken does not run on the
+// caller.
+func TestTurnMalformedOwnReplyBreaksOnTheReader(t *testing.T) {
+	t.Parallel()
+	addr := fakeServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			cmd, err := readRequest(br)
+			if err != nil {
+				return
+			}
+			reply := "ok\n"
+			if cmd == wire.CmdRelease.String() {
+				reply = "what?\n"
+			}
+			if _, err := io.WriteString(c, reply); err != nil {
+				return
+			}
+		}
+	})
+	rec := newBrokenRecorder()
+	returned := make(chan struct{})
+	release := sync.OnceFunc(func() { close(returned) })
+	t.Cleanup(release)
+	hook := func(o Owner, err error) {
+		<-returned // holds the caller forever if it runs on the caller
+		rec.hook(o, err)
+	}
+	p := newPool(t, Config{Addr: addr, LaneConns: 1, OnConnBroken: hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	res := result(t, goDo(ctxWait(t), p, wire.ReleaseRequest("k", "t", false)), "Do (OnConnBroken ran on the caller?)")
+	release()
+	require.ErrorIs(t, res.err, wire.ErrConnBroken)
+	require.ErrorIs(t, res.err, wire.ErrProtocol)
+	assert.Same(t, lane, res.owner)
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+	assert.ErrorIs(t, ev.err, wire.ErrProtocol)
+}
+
+// The reader watches a connection quiet for watchDelay — also after a
+// caller read the last reply itself — so that a server closing it is
+// noticed (and reported) without any request.
+func TestTurnReaderWatchesAfterQuiet(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: rec.hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	done := goDo(ctxWait(t), p, wire.Request{Cmd: wire.CmdPing})
+	awaitReading(t, c)
+	resume()
+	require.NoError(t, result(t, done, "Do").err)
+
+	awaitTurn(t, c, turnReader, "the reader watches once the connection is quiet")
+	srv.DropConnections()
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+	assert.ErrorIs(t, ev.err, ErrUnavailable)
+	require.ErrorIs(t, lane.Err(), wire.ErrConnBroken)
+}
+
+// A line the server sends unasked on a quiet lane connection (here a second
+// reply to one request) must not be taken for the reply to the next
+// request: that request gets the server's own answer to it. Before callers
+// read their own replies the reader was always reading, found the stray
+// line with nothing pending and broke the connection, and the next request
+// went to a new one. Now the stray line waits, unread, while the reader
+// stands aside after activity; the next caller's probe sees it and hands
+// the turn to the reader, but enqueues its request first, so the reader
+// matches the stray line to it.
+func TestTurnStrayLineIsNotTheNextReply(t *testing.T) {
+	t.Parallel()
+	var releases atomic.Int32
+	addr := fakeServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			cmd, err := readRequest(br)
+			if err != nil {
+				return
+			}
+			switch {
+			case cmd != wire.CmdRelease.String():
+				_, _ = io.WriteString(c, "ok\n")
+			case releases.Add(1) == 1:
+				_, _ = io.WriteString(c, "ok\nok\n") // one reply too many
+			default:
+				_, _ = io.WriteString(c, "error\n")
+			}
+		}
+	})
+	p := newPool(t, Config{Addr: addr, LaneConns: 1})
+	_, c := laneOf(t, p)
+	settle(t, c)
+	r, _, err := p.Do(ctxWait(t), wire.ReleaseRequest("k", "t1", false))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	require.True(t, freezeWatch(c), "the caller read its reply; the reader stands aside")
+
+	r, _, err = p.Do(ctxWait(t), wire.ReleaseRequest("k", "t2", false))
+	if err == nil {
+		assert.Equal(t, wire.StatusError, r.Status, "the reply to the second release is the server's answer to it, not the stray line")
+	}
+}
+
+// tlsServer answers every request "ok" over TLS; drop closes the
+// connections open so far as a Go server does, with a close_notify alert
+// before the FIN.
+func tlsServer(t *testing.T, certs *testutil.TLSCerts) (addr string, drop func()) {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerConfig())
+	require.NoError(t, err)
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	drop = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		conns = nil
+	}
+	t.Cleanup(func() { _ = ln.Close(); drop(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := readRequest(br); err != nil {
+						return
+					}
+					if _, err := io.WriteString(c, "ok\n"); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), drop
+}
+
+// As TestTurnServerClosedQuietLane, over TLS: a Go server closing a TLS
+// connection sends a close_notify alert before its FIN, so the probe sees
+// bytes, not the close, and hands the turn to the reader — but the request
+// is queued and written on the closing connection all the same, and fails
+// with it instead of going to another one.
+func TestTurnServerClosedQuietTLSLane(t *testing.T) {
+	t.Parallel()
+	certs, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	addr, drop := tlsServer(t, certs)
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{Addr: addr, TLS: certs.ClientConfig(), LaneConns: 1, OnConnBroken: rec.hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	drop()
+	waitReadable(t, c) // the alert (and FIN) reached the socket; the reader did not look
+	require.NoError(t, lane.Err())
+
+	r, owner, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err, "nothing was answered on the closed connection: the request belongs on a new one")
+	assert.Equal(t, wire.StatusOK, r.Status)
+	assert.NotSame(t, lane, owner)
+	ev := rec.next(t)
+	assert.Same(t, lane, ev.c)
+}
