@@ -118,6 +118,7 @@ type conn struct {
 	peekBuf [1]byte
 	peekN   int
 	peekErr error
+	tls     bool // the socket carries TLS records
 
 	errp     atomic.Pointer[ServerError] // lock-free mirror of err
 	inflight atomic.Int32                // len(q), for lane choice and Release
@@ -137,6 +138,7 @@ func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
 	if c.inline {
 		c.raw = rawSocket(wc.NetConn())
 		c.peekFn = c.peekSocket
+		_, c.tls = wc.NetConn().(*tls.Conn)
 	}
 	c.ping.Store(ping)
 	return c
@@ -622,34 +624,41 @@ func (c *conn) writeInlineLocked(yield bool) {
 
 // claimTurnLocked takes the turn to read for a caller about to send a
 // waiting request while nothing is pending and the reader stands aside,
-// and reports whether the caller keeps it. It first makes sure the socket
-// is quiet: a connection the server closed while the reader stood aside
-// must not take the request (it would fail although nothing had been
-// sent; Pool.Do sends an unsent request on another connection), so a
-// closed one is broken here, by the reader, before send goes on; and bytes
-// nobody expects (an unsolicited line, a TLS record) are left to the
-// reader. Called and returning with c.mu held; releases it meanwhile.
+// and reports whether the caller keeps it. It first makes sure nothing is
+// waiting to be read, since the reader, standing aside, did not look: a
+// connection the server closed, or on which it sent bytes nobody asked for
+// (a stray line would be taken for the reply to this request), must not
+// take the request. Such a connection is broken here — by the reader, so
+// that Config.OnConnBroken runs there — and send returns its error with
+// nothing sent, so that Pool.Do sends the request on another connection.
+// Called and returning with c.mu held; releases it meanwhile.
 func (c *conn) claimTurnLocked() bool {
 	c.turn = turnCaller
-	if c.p.now()-c.lastRead < int64(probeAfter) {
-		// Read from a moment ago; see probeAfter.
-		return true
+	var res probeResult
+	var cause error
+	switch {
+	case c.wc.Buffered() > 0:
+		// Read along with the last reply: free to find, unlike the rest.
+		res, cause = probeBroken, errStrayBytes
+	case c.p.now()-c.lastRead < int64(probeAfter):
+		return true // read from a moment ago; see probeAfter
+	default:
+		c.mu.Unlock()
+		res, cause = c.probe()
+		c.mu.Lock()
 	}
-	c.mu.Unlock()
-	res, cause := c.probe()
-	c.mu.Lock()
 	if c.err != nil {
 		return false
 	}
 	if res == probeQuiet && c.q.n == 0 {
 		return true
 	}
-	// Given back: to read the socket's bytes, the replies of senders that
-	// queued meanwhile, or to break the connection.
+	// Given back: to read what the socket holds, the replies of senders
+	// that queued meanwhile, or to break the connection.
 	c.clearForcedLocked()
 	c.turn = turnReader
 	c.wakeReader()
-	if res == probeClosed {
+	if res == probeBroken {
 		if c.failWith == nil {
 			c.failWith = cause
 		}
@@ -660,6 +669,10 @@ func (c *conn) claimTurnLocked() bool {
 	return false
 }
 
+// errStrayBytes breaks a connection on which the server sent bytes while no
+// request was pending.
+var errStrayBytes = &wire.ProtocolError{Reason: "bytes received with no request pending"}
+
 // probeAfter: a caller claiming the turn skips the probe if a reply was
 // read this recently. The probe is a system call, as dear as a tenth of a
 // loopback round trip, and a busy connection would pay it on every
@@ -667,15 +680,19 @@ func (c *conn) claimTurnLocked() bool {
 // last reply (rare: the server closes a busy connection when it shuts down
 // or crashes, when requests are usually in flight anyway) fails the next
 // request instead of sending it on another connection, as the reader,
-// which saw such a close within microseconds, would have in most cases.
+// which saw such a close within microseconds, would have in most cases;
+// and that a stray line the server writes on its own within probeAfter
+// (a protocol violation) is taken for the next request's reply, as it
+// always is when it comes after the request is sent. Stray bytes that
+// came with the last reply are found anyway (claimTurnLocked).
 const probeAfter = time.Millisecond
 
 type probeResult uint8
 
 const (
-	probeQuiet probeResult = iota
-	probeData
-	probeClosed
+	probeQuiet  probeResult = iota // nothing to read
+	probeData                      // something for the reader (a TLS handshake record), or unknown
+	probeBroken                    // closed, or bytes nobody asked for
 )
 
 // enqueueLocked encodes req (checked by framed) into the write buffer and

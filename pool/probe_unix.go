@@ -4,6 +4,7 @@ package pool
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"syscall"
@@ -33,13 +34,14 @@ func (c *conn) peekSocket(fd uintptr) bool {
 	return true
 }
 
-// probe tells whether the socket is quiet (nothing to read: the usual
-// case), has bytes to read, or is closed (EOF, reset), without consuming
-// anything or waiting. Only a caller holding the turn to read calls it.
+// probe looks at the socket, without consuming anything or waiting, for
+// what arrived while nobody read: nothing (the usual case), a close (EOF,
+// reset), or bytes. Bytes are a stray line (the server answered nothing
+// pending), or under TLS a record: an alert announces the close; a
+// handshake record (a session ticket) is the reader's to take; anything
+// else is stray application data. Only a caller holding the turn to read
+// calls it.
 func (c *conn) probe() (probeResult, error) {
-	if c.wc.Buffered() > 0 {
-		return probeData, nil // an unsolicited line
-	}
 	if err := c.raw.Read(c.peekFn); err != nil {
 		return probeData, nil // e.g. a forced deadline: let the reader look
 	}
@@ -49,9 +51,27 @@ func (c *conn) probe() (probeResult, error) {
 	case c.peekErr == syscall.EINTR:
 		return probeData, nil
 	case c.peekErr != nil:
-		return probeClosed, c.peekErr
+		return probeBroken, c.peekErr
 	case c.peekN == 0:
-		return probeClosed, io.EOF
+		return probeBroken, io.EOF
 	}
-	return probeData, nil
+	if c.tls {
+		switch c.peekBuf[0] {
+		case tlsRecordHandshake:
+			return probeData, nil
+		case tlsRecordAlert:
+			return probeBroken, errTLSAlert
+		}
+	}
+	return probeBroken, errStrayBytes
 }
+
+// TLS record content types (RFC 8446, section 5.1).
+const (
+	tlsRecordAlert     = 21
+	tlsRecordHandshake = 22
+)
+
+// errTLSAlert breaks a quiet TLS connection on which the server sent an
+// alert: a close_notify before its FIN, or a fatal error.
+var errTLSAlert = errors.New("TLS alert received on an idle connection")

@@ -117,6 +117,15 @@ func awaitReading(t *testing.T, c *conn) {
 
 // waitReadable returns once the peer's bytes or its close have reached c's
 // socket, without consuming anything.
+// ageLastRead makes the last reply read on c older than probeAfter, as on
+// a connection quiet for longer: the next caller claiming the turn probes
+// the socket.
+func ageLastRead(c *conn) {
+	c.mu.Lock()
+	c.lastRead = c.p.now() - int64(probeAfter) - 1
+	c.mu.Unlock()
+}
+
 func waitReadable(t *testing.T, c *conn) {
 	t.Helper()
 	nc := c.wc.NetConn()
@@ -424,6 +433,7 @@ func TestTurnServerClosedQuietLane(t *testing.T) {
 	srv.DropConnections()
 	waitReadable(t, c) // the close reached the socket; the reader did not look
 	require.NoError(t, lane.Err())
+	ageLastRead(c)
 
 	done := goDo(ctxWait(t), p, lockReq("after-close"))
 	var res doResult
@@ -446,6 +456,37 @@ func TestTurnServerClosedQuietLane(t *testing.T) {
 	require.ErrorIs(t, lane.Err(), wire.ErrConnBroken)
 	assert.EqualValues(t, 1, p.Stats().Broken)
 	assert.EqualValues(t, 1, srv.Stats().Requests["l"], "sent once")
+}
+
+// The trade documented at probeAfter: within probeAfter of the last reply
+// the caller does not probe, so a close the server made in that window
+// fails the request (with the close's error, found by the reader; nothing
+// reached the server) rather than sending it on another connection. The
+// next request goes to a new connection.
+func TestTurnServerCloseWithinProbeAfterFailsTheRequest(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	rec := newBrokenRecorder()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: rec.hook})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	c.mu.Lock()
+	c.lastRead = c.p.now() // as if a reply had just been read
+	c.mu.Unlock()
+	srv.DropConnections()
+	waitReadable(t, c)
+
+	_, owner, err := p.Do(ctxWait(t), lockReq("within"))
+	require.ErrorIs(t, err, wire.ErrConnBroken)
+	assert.ErrorIs(t, err, ErrUnavailable)
+	assert.Same(t, lane, owner)
+	assert.Same(t, lane, rec.next(t).c)
+	assert.Zero(t, holder(srv, "within"))
+
+	r, owner, err := p.Do(ctxWait(t), lockReq("within"))
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusOK, r.Status)
+	assert.NotSame(t, lane, owner)
 }
 
 // Owner.Request: answered on an idle lane connection (also while its
@@ -763,9 +804,9 @@ func tlsServer(t *testing.T, certs *testutil.TLSCerts) (addr string, drop func()
 
 // As TestTurnServerClosedQuietLane, over TLS: a Go server closing a TLS
 // connection sends a close_notify alert before its FIN, so the probe sees
-// bytes, not the close, and hands the turn to the reader — but the request
-// is queued and written on the closing connection all the same, and fails
-// with it instead of going to another one.
+// bytes, not yet the close; an alert record must count as the close (it
+// was taken for bytes for the reader, and the request was written on the
+// closing connection and failed with it).
 func TestTurnServerClosedQuietTLSLane(t *testing.T) {
 	t.Parallel()
 	certs, err := testutil.NewTLSCerts()
@@ -778,6 +819,7 @@ func TestTurnServerClosedQuietTLSLane(t *testing.T) {
 	drop()
 	waitReadable(t, c) // the alert (and FIN) reached the socket; the reader did not look
 	require.NoError(t, lane.Err())
+	ageLastRead(c)
 
 	r, owner, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
 	require.NoError(t, err, "nothing was answered on the closed connection: the request belongs on a new one")
