@@ -529,9 +529,10 @@ func (c *conn) send(req *wire.Request, cl *call) (reads bool, _ error) {
 	idle := c.idleLocked()
 	reads = c.enqueueLocked(req, cl, claimed)
 	if idle {
-		// A caller that claimed the turn found the connection quiet, so
-		// nobody is likely to join its write: it does not yield for them.
-		c.writeInlineLocked(!reads)
+		// A caller that claimed the turn found its connection quiet:
+		// unless the other lanes are busy, nobody is likely to join its
+		// write, and it does not yield for them (see writeInlineLocked).
+		c.writeInlineLocked(!reads || c.p.lanesBusy(c))
 		return reads, nil
 	}
 	// c.err == nil under c.mu: the reader is still running and counted in

@@ -145,6 +145,17 @@ func (p *Pool) pickLane(ctx context.Context) (*laneConn, error) {
 	}
 }
 
+// lanesBusy reports whether a lane connection other than c has replies
+// pending: a sign that other goroutines are sending now.
+func (p *Pool) lanesBusy(c *conn) bool {
+	for i := range p.lanes {
+		if l := p.lanes[i].conn.Load(); l != nil && l.c != c && l.c.inflight.Load() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // bestLane returns the healthy lane connection with the fewest replies
 // pending (ties to the first; nil if none), and whether a slot is empty or
 // broken.
