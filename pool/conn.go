@@ -341,16 +341,7 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		return r, err, true
 	}
 	c.q.pop() // cl: alone when the caller took the turn, and nobody else reads
-	now := c.p.now()
-	c.lastRead = now
-	c.inflight.Add(-1)
-	if cl.blocking {
-		c.blocking--
-		c.lastActive = now
-	}
-	if c.q.n > 0 {
-		c.progress = now
-	}
+	c.answeredLocked(cl)
 	c.clearForcedLocked()
 	if c.q.n > 0 {
 		// Requests queued behind this one: the reader reads their replies.
@@ -831,17 +822,7 @@ func (c *conn) readLoop() {
 		c.mu.Lock()
 		cl := c.q.pop()
 		if cl != nil {
-			now := c.p.now()
-			c.lastRead = now
-			c.inflight.Add(-1)
-			if cl.blocking {
-				c.blocking--
-				// The server resumes its idle read deadline now.
-				c.lastActive = now
-			}
-			if c.q.n > 0 {
-				c.progress = now
-			}
+			c.answeredLocked(cl)
 		}
 		more = c.q.n > 0
 		c.mu.Unlock()
@@ -856,6 +837,22 @@ func (c *conn) readLoop() {
 			return
 		}
 		c.deliver(cl, rep, nil)
+	}
+}
+
+// answeredLocked is the bookkeeping of a reply read for cl, just taken
+// out of the queue, by the reader or by cl's caller.
+func (c *conn) answeredLocked(cl *call) {
+	now := c.p.now()
+	c.lastRead = now
+	c.inflight.Add(-1)
+	if cl.blocking {
+		c.blocking--
+		// The server resumes its idle read deadline now.
+		c.lastActive = now
+	}
+	if c.q.n > 0 {
+		c.progress = now
 	}
 }
 
