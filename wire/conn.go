@@ -39,9 +39,10 @@ var aLongTimeAgo = time.Unix(1, 0)
 // different goroutines (one writer, one reader at a time each); after any
 // failure every later call returns an error matching ErrConnBroken.
 //
-// A Conn breaks on any I/O error (including an expired deadline), on a line
-// over the cap, and on a reply that cannot be parsed, because after any of
-// them a half-read reply could be mistaken for the next one. Breaking forces
+// A Conn breaks on any I/O error (including an expired deadline, except
+// while AwaitLine waits: it has read nothing), on a line over the cap, and
+// on a reply that cannot be parsed, because after any of them a half-read
+// reply could be mistaken for the next one. Breaking forces
 // the net.Conn's deadline into the past so that the goroutine on the other
 // side returns promptly too; Close must still be called to release the
 // socket.
