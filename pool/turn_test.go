@@ -617,7 +617,8 @@ func TestTurnOwnerRequest(t *testing.T) {
 		f := setup(t, "req-broken")
 		settle(t, f.c)
 		f.srv.DropConnections()
-		waitReadable(t, f.c) // found by the probe: nothing is sent
+		waitReadable(t, f.c)
+		ageLastRead(f.c) // found by the probe: nothing is sent
 		res := result(t, goRequest(ctxWait(t), f), "Request (OnConnBroken ran on the caller?)")
 		f.returned()
 		assert.True(t, res.answered)
@@ -715,9 +716,11 @@ func TestTurnReaderWatchesAfterQuiet(t *testing.T) {
 // read their own replies the reader was always reading, found the stray
 // line with nothing pending and broke the connection, and the next request
 // went to a new one. Now the stray line waits, unread, while the reader
-// stands aside after activity; the next caller's probe sees it and hands
-// the turn to the reader, but enqueues its request first, so the reader
-// matches the stray line to it.
+// stands aside after activity; it came with the reply, so the next caller
+// finds it buffered when it claims the turn, breaks the connection (on the
+// reader) and the request goes to a new one. (It once handed the turn to
+// the reader but enqueued its request first, and the reader matched the
+// stray line to it.)
 func TestTurnStrayLineIsNotTheNextReply(t *testing.T) {
 	t.Parallel()
 	var releases atomic.Int32
@@ -746,9 +749,8 @@ func TestTurnStrayLineIsNotTheNextReply(t *testing.T) {
 	require.True(t, freezeWatch(c), "the caller read its reply; the reader stands aside")
 
 	r, _, err = p.Do(ctxWait(t), wire.ReleaseRequest("k", "t2", false))
-	if err == nil {
-		assert.Equal(t, wire.StatusError, r.Status, "the reply to the second release is the server's answer to it, not the stray line")
-	}
+	require.NoError(t, err, "the request goes to a new connection, unsent on the one with the stray line")
+	assert.Equal(t, wire.StatusError, r.Status, "the reply to the second release is the server's answer to it, not the stray line")
 }
 
 // tlsServer answers every request "ok" over TLS; drop closes the
