@@ -101,10 +101,10 @@ type conn struct {
 	// caller's wait; cleared (and the deadline with it) before anyone
 	// reads again.
 	forced bool
-	// armed: watch is set to wake the parked reader.
-	armed bool
+	// aside: the reader is parked and the pool's quietWatch is to resume
+	// it once the connection is quiet.
+	aside bool
 	wake  chan struct{} // cap 1: the reader's turn came, or the connection broke
-	watch *time.Timer   // wakes the parked reader to watch a quiet connection
 	// interruptFn is c.interruptRead, bound once so that a caller's
 	// context.AfterFunc allocates no closure for it.
 	interruptFn func()
@@ -131,8 +131,7 @@ type conn struct {
 // registers it.
 func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
 	c := &conn{p: p, wc: wc, lastActive: p.now(), inline: kernelSocket(wc.NetConn()),
-		wake: make(chan struct{}, 1), watch: time.NewTimer(watchDelay), dead: make(chan struct{})}
-	c.watch.Stop()
+		wake: make(chan struct{}, 1), dead: make(chan struct{})}
 	c.flushFn = c.flush
 	c.interruptFn = c.interruptRead
 	if c.inline {
@@ -349,9 +348,8 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		c.wakeReader()
 	} else {
 		c.turn = turnNobody
-		if !c.armed {
-			c.armed = true
-			c.watch.Reset(watchDelay)
+		if !c.aside {
+			c.p.quiet.add(c)
 		}
 	}
 	c.mu.Unlock()
@@ -397,11 +395,11 @@ var pastDeadline = time.Unix(1, 0)
 // is reported within this delay of going quiet (docs/leases.md), and
 // meanwhile another client may be granted a lease this one still believes
 // it holds. While the connection is busier than that, callers read their
-// own replies. Shorter costs a wake-up of the reader per delay while a
-// caller reads (a few per cent of one goroutine's Lock+Release at 1 ms);
-// longer widens that window (at 10 ms a 3-minute soak counted 9 such
-// overlaps after fault kills, against none with the reader always reading:
-// one run each, but the direction is plain).
+// own replies. The pool's quietWatch resumes the reader; shorter costs
+// more of its passes while a caller reads (one per delay); longer widens
+// that window (at 10 ms a 3-minute soak counted 9 such overlaps after
+// fault kills, against none with the reader always reading: one run each,
+// but the direction is plain).
 const watchDelay = 2 * time.Millisecond
 
 type turn uint8
@@ -864,9 +862,10 @@ func (c *conn) answeredLocked(cl *call) {
 
 // readerTurn returns when the reader goroutine is to read the next line:
 // calls are pending, or the connection has been quiet for watchDelay and is
-// watched for the server closing it. Until then the reader parks and the
-// turn is nobody's, so that the next caller of do reads its own reply. It
-// returns false once the connection is broken.
+// watched for the server closing it. Until then the reader parks, the turn
+// is nobody's, so that the next caller of do reads its own reply, and the
+// pool's quietWatch wakes the reader when the quiet is complete. It returns
+// false once the connection is broken.
 func (c *conn) readerTurn() bool {
 	c.mu.Lock()
 	for {
@@ -879,36 +878,23 @@ func (c *conn) readerTurn() bool {
 			c.fail(cause)
 			return false
 		}
-		wait := time.Duration(-1) // park until woken
 		switch c.turn {
 		case turnReader, turnNobody:
-			if c.q.n > 0 {
-				c.turn = turnReader
-				c.mu.Unlock()
-				return true
-			}
-			wait = time.Duration(satAdd(c.lastActive, int64(watchDelay)) - c.p.now())
-			if wait <= 0 {
+			if c.q.n > 0 || satAdd(c.lastActive, int64(watchDelay)) <= c.p.now() {
 				c.turn = turnReader
 				c.mu.Unlock()
 				return true
 			}
 			c.turn = turnNobody
+			if !c.aside {
+				c.p.quiet.add(c)
+			}
 		case turnCaller:
 			// The caller passes the turn on when it has its reply.
 		}
-		if wait > 0 {
-			c.armed = true
-			c.watch.Reset(wait)
-		}
 		c.mu.Unlock()
-		select {
-		case <-c.wake:
-			c.mu.Lock()
-		case <-c.watch.C:
-			c.mu.Lock()
-			c.armed = false
-		}
+		<-c.wake
+		c.mu.Lock()
 	}
 }
 

@@ -46,7 +46,8 @@ type Pool struct {
 	lifeDone <-chan struct{}
 	ended    atomic.Bool
 	stopLife func() bool
-	bg       sync.WaitGroup // janitor, probe, lane dials
+	bg       sync.WaitGroup // janitor, quiet watch, probe, lane dials
+	quiet    quietWatch
 	io       sync.WaitGroup // reader goroutines and their async flushes
 
 	// closed is set (under mu, so that register and Acquire, which check
@@ -176,8 +177,10 @@ func New(cfg Config) (*Pool, error) {
 		p.lifeDone = cfg.Lifetime.Done()
 		p.stopLife = context.AfterFunc(cfg.Lifetime, p.lifetimeEnded)
 	}
-	p.bg.Add(1)
+	p.quiet.kick = make(chan struct{}, 1)
+	p.bg.Add(2)
 	go p.janitor()
+	go p.watchQuiet()
 	return p, nil
 }
 
@@ -289,7 +292,7 @@ func (p *Pool) Close() {
 			h.res.Destroy()
 		}
 	}
-	p.bg.Wait() // janitor (and any idle connections it held), probe, lane dials
+	p.bg.Wait() // janitor (and any idle connections it held), quiet watch, probe, lane dials
 	// Destroys idle connections and waits for constructors (their context
 	// is cancelled; register refuses their connections) and destructors.
 	p.pp.Close()

@@ -29,9 +29,9 @@ import (
 // moment ago — the reader parked, the turn nobody's — and keeps it there
 // until a caller sends: the reader would otherwise read again (watch)
 // watchDelay after the last write, a delay a loaded one-CPU machine can
-// overrun between two statements of a test. It stops that timer and clears
-// armed, as if no watch had been set; a caller that reads its own reply
-// sets it again (finishOwn).
+// overrun between two statements of a test. It takes c out of the pool's
+// quiet watch, as if the reader had never stood aside; a caller that reads
+// its own reply puts it back (finishOwn).
 func settle(t *testing.T, c *conn) {
 	t.Helper()
 	ctx := ctxWait(t)
@@ -52,13 +52,10 @@ func settle(t *testing.T, c *conn) {
 func freezeWatch(c *conn) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.turn != turnNobody || c.q.n != 0 || !c.armed || c.err != nil {
-		return false
+	if c.turn != turnNobody || c.q.n != 0 || !c.aside || c.err != nil {
+		return false // not parked, or resumed: the reader is about to watch
 	}
-	if !c.watch.Stop() {
-		return false // fired: the reader is about to watch
-	}
-	c.armed = false
+	c.aside = false // the watch drops c at its next pass
 	// A wake left over from earlier would make the parked reader look at
 	// the turn again, and watch since watchDelay has passed.
 	select {
