@@ -15,10 +15,10 @@ import (
 // its short timeout, and the kernel arms and cancels a high-resolution
 // timer for each wait; on a virtual machine each of those reprograms the
 // local APIC timer and traps to the hypervisor. With the runtime timer this
-// replaced, one goroutine's Lock+Release ran at 0.78× a hand-written
-// persistent-connection loop; with the quietClock at 0.95×, within a few
-// per cent of no watch at all (docs/performance.md). The goroutine parks
-// while no reader stands aside.
+// replaced, one goroutine's Lock+Release ran at 0.73× a hand-written
+// persistent-connection loop, with the quietClock at 0.88×, within a few
+// per cent of no watch at all (interleaved, docs/performance.md). The
+// goroutine parks while no reader stands aside.
 type quietWatch struct {
 	mu    sync.Mutex
 	conns []*conn       // readers standing aside (conn.aside)
