@@ -76,6 +76,9 @@ type conn struct {
 	// beforeInlineWrite, if set (tests only, under mu), runs on the caller
 	// that is about to write inline, before it takes the buffer.
 	beforeInlineWrite func()
+	// beforeProbe, if set (tests only, under mu), runs on a caller that
+	// claimed the turn, without mu, just before it probes the socket.
+	beforeProbe func()
 
 	mu         sync.Mutex
 	buf        []byte // encoded requests not yet taken by a flusher
@@ -639,9 +642,19 @@ func (c *conn) claimTurnLocked() bool {
 	case c.p.now()-c.lastRead < int64(probeAfter):
 		return true // read from a moment ago; see probeAfter
 	default:
+		hook := c.beforeProbe
 		c.mu.Unlock()
+		if hook != nil {
+			hook()
+		}
 		res, cause = c.probe()
 		c.mu.Lock()
+		if cause == errStrayBytes && c.q.n > 0 {
+			// Requests were queued (and perhaps answered) while the
+			// socket was probed without the lock: the bytes may be
+			// their replies, for the reader to match.
+			res, cause = probeData, nil
+		}
 	}
 	if c.err != nil {
 		return false
