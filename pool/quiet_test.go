@@ -42,13 +42,24 @@ func watchParked(p *Pool) bool {
 		return false
 	}
 	// This pool's: the trace shows the receiver (other tests' pools have
-	// watch goroutines too).
-	self := fmt.Sprintf("(*Pool).watchQuiet(%p", p)
+	// watch goroutines too). Parked in select, not sleeping on the clock.
+	g, ok := goroutineWith(fmt.Sprintf("(*Pool).watchQuiet(%p", p))
+	return ok && strings.Contains(g, "[select")
+}
+
+// goroutineWith returns the trace of the first goroutine whose trace
+// contains every one of match (its first line gives its state, e.g.
+// "[IO wait]").
+func goroutineWith(match ...string) (string, bool) {
 	buf := make([]byte, 1<<20)
+next:
 	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-		if strings.Contains(g, self) {
-			return strings.Contains(g, "[select") // not sleeping on the clock
+		for _, m := range match {
+			if !strings.Contains(g, m) {
+				continue next
+			}
 		}
+		return g, true
 	}
-	return false
+	return "", false
 }

@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -27,14 +26,10 @@ func TestQuietClockSetEndsAWaitInProgress(t *testing.T) {
 		close(done)
 	}()
 	// Parked in the poller on the timer descriptor, not about to read it.
+	// This test's waiter: every pool's watch goroutine waits on a clock too.
 	require.Eventually(t, func() bool {
-		buf := make([]byte, 1<<20)
-		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-			if strings.Contains(g, "[IO wait") && strings.Contains(g, "(*quietClock).wait") {
-				return true
-			}
-		}
-		return false
+		g, ok := goroutineWith("(*quietClock).wait", "created by github.com/dflock-sdk/go/pool.TestQuietClockSetEndsAWaitInProgress ")
+		return ok && strings.Contains(g, "[IO wait")
 	}, wait, time.Millisecond, "the waiter parks on the timer")
 	q.set(time.Millisecond)
 	select {
