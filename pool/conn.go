@@ -80,8 +80,14 @@ type conn struct {
 	// claimed the turn, without mu, just before it probes the socket.
 	beforeProbe func()
 
+	// oneBatch: a write waits until every request written before it is
+	// answered (lane connections; see mayWriteLocked).
+	oneBatch bool
+
 	mu         sync.Mutex
 	buf        []byte // encoded requests not yet taken by a flusher
+	bufN       int    // requests in buf
+	onWire     int    // requests written and not yet answered
 	spare      []byte // the other buffer of the swap
 	flushing   bool
 	q          callQueue // calls waiting for a reply, in send order
@@ -608,7 +614,7 @@ func (c *conn) writeInlineLocked(yield bool) {
 		return
 	}
 	c.lastActive = now
-	if len(c.buf) > 0 && c.err == nil {
+	if len(c.buf) > 0 && c.err == nil && c.mayWriteLocked() {
 		// Senders joined during the write: the flush goroutine takes
 		// over (c.flushing stays set). c.err == nil under c.mu, so the
 		// reader is still counted in p.io.
@@ -714,6 +720,7 @@ func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads b
 		c.progress = c.p.now()
 	}
 	c.buf = req.AppendTo(c.buf)
+	c.bufN++
 	c.q.push(cl)
 	c.inflight.Add(1)
 	if cl.blocking {
@@ -743,7 +750,7 @@ func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads b
 // the connection and so is still counted in p.io; the flush goroutine is
 // added to p.conns here, under c.mu, so that Pool.Close waits for it too.
 func (c *conn) startFlushLocked() {
-	if c.flushing {
+	if c.flushing || !c.mayWriteLocked() {
 		c.mu.Unlock()
 		return
 	}
@@ -751,6 +758,24 @@ func (c *conn) startFlushLocked() {
 	c.p.io.Add(1)
 	c.mu.Unlock()
 	go c.flushFn()
+}
+
+// mayWriteLocked reports whether the requests in c.buf may be written now:
+// on a oneBatch connection, only once every request written before is
+// answered; answeredLocked then starts the flush of what was held back.
+//
+// This is for the server's sake. dflockd serves each connection on a
+// goroutine of its own, which reads whatever the socket holds and does not
+// block while more keeps coming; a pipelined lane connection written to
+// while its earlier requests are served would keep that goroutine busy, and
+// the goroutine of another busy connection (the other lane, another client)
+// runnable but waiting until the runtime preempts the first, which took up
+// to 20 ms in our measurements (docs/performance.md, "Where the tail comes
+// from"). Held back, requests wait only for the replies to the ones ahead of
+// them, which the server would have served first anyway, and then leave in
+// one larger write; the server's goroutine blocks between batches.
+func (c *conn) mayWriteLocked() bool {
+	return !c.oneBatch || c.onWire == 0
 }
 
 // flush is the flush goroutine (c.flushFn): it writes what senders have
@@ -764,7 +789,7 @@ func (c *conn) flush() {
 	// write; a lone caller pays a goroutine start (BenchmarkLaneDoSerial).
 	runtime.Gosched()
 	c.mu.Lock()
-	for len(c.buf) > 0 {
+	for len(c.buf) > 0 && c.mayWriteLocked() {
 		now, err := c.writeQueuedLocked()
 		if err != nil {
 			c.flushing = false
@@ -786,6 +811,8 @@ func (c *conn) writeQueuedLocked() (now int64, err error) {
 	b := c.buf
 	c.buf = c.spare[:0]
 	c.spare = nil
+	c.onWire += c.bufN
+	c.bufN = 0
 	c.mu.Unlock()
 	now, err = c.write(b)
 	c.mu.Lock()
@@ -863,6 +890,14 @@ func (c *conn) answeredLocked(cl *call) {
 	now := c.p.now()
 	c.lastRead = now
 	c.inflight.Add(-1)
+	c.onWire--
+	if len(c.buf) > 0 && !c.flushing && c.err == nil && c.mayWriteLocked() {
+		// The last request written is answered: write those held back
+		// (see mayWriteLocked).
+		c.flushing = true
+		c.p.io.Add(1)
+		go c.flushFn()
+	}
 	if cl.blocking {
 		c.blocking--
 		// The server resumes its idle read deadline now.

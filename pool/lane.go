@@ -221,6 +221,7 @@ func (p *Pool) dialLaneConn(ctx context.Context) (*laneConn, error) {
 	l := &laneConn{}
 	_, err := p.dial(ctx, true, p.cfg.maxReplyLine, func(c *conn) {
 		c.owner = l // for OnConnBroken: the lane connection owns its leases
+		c.oneBatch = true
 		l.c = c
 	})
 	if err != nil {

@@ -1,0 +1,87 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
+// settle and awaitReading (turn_test.go) need callers that read their own
+// replies, which only these systems have.
+
+package pool
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// A lane connection writes nothing while a request it wrote is unanswered
+// (mayWriteLocked): requests sent meanwhile are held back and leave in one
+// write once that reply is read — whether its caller reads it or the reader
+// goroutine does — and every one of them is answered.
+func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
+	for _, firstReadBy := range []string{"its caller", "the reader"} {
+		t.Run(firstReadBy, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{})
+			p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+			lane, c := laneOf(t, p)
+			if firstReadBy == "its caller" {
+				settle(t, c)
+			}
+			resume := srv.Stall(0)
+			defer resume()
+
+			var first <-chan doResult
+			batch := make(chan error, 1)
+			if firstReadBy == "its caller" {
+				first = goDo(ctxWait(t), p, lockReq("first"))
+				awaitReading(t, c)
+			} else {
+				// A batch's reply is always the reader's to read.
+				lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) { batch <- err })
+			}
+			writes := c.nwrite.Load()
+			require.Eventually(t, func() bool {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				return c.onWire == 1 && !c.flushing
+			}, wait, time.Millisecond, "the first request is written")
+
+			second := goDo(ctxWait(t), p, lockReq("second"))
+			third := goDo(ctxWait(t), p, lockReq("third"))
+			require.Eventually(t, func() bool {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				return c.q.n == 3
+			}, wait, time.Millisecond, "the later requests are queued")
+			c.mu.Lock()
+			onWire, held, flushing := c.onWire, c.bufN, c.flushing
+			c.mu.Unlock()
+			assert.Equal(t, 1, onWire, "requests written")
+			assert.Equal(t, 2, held, "requests held back")
+			assert.False(t, flushing, "no flush waits on the server")
+			assert.Equal(t, writes, c.nwrite.Load(), "writes while the first request is unanswered")
+
+			resume()
+			if first != nil {
+				res := result(t, first, "the first request")
+				require.NoError(t, res.err)
+				assert.Equal(t, wire.StatusOK, res.r.Status)
+			} else {
+				require.NoError(t, result(t, batch, "the batch"))
+			}
+			for _, ch := range []<-chan doResult{second, third} {
+				res := result(t, ch, "a held-back request")
+				require.NoError(t, res.err)
+				assert.Equal(t, wire.StatusOK, res.r.Status)
+			}
+			assert.Equal(t, writes+1, c.nwrite.Load(), "the held-back requests leave in one write")
+			c.mu.Lock()
+			assert.Zero(t, c.onWire)
+			assert.Zero(t, c.bufN)
+			c.mu.Unlock()
+		})
+	}
+}
