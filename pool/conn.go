@@ -38,7 +38,10 @@ import (
 // on and breaks the connection only if writeTimeout passes (the connection is
 // then genuinely stalled). The one exception proves it cannot block: a
 // sender (do, sendBatch) on an idle kernel socket writes its own requests
-// (writeInlineLocked), sparing the flush goroutine's start and yield.
+// (writeInlineLocked), sparing the flush goroutine's start and yield. A lane
+// connection (oneBatch) has at most one batch in flight: it writes nothing
+// while a request it wrote is unanswered, and whoever reads that reply
+// starts the flush of what was held back (mayWriteLocked says why).
 //
 // Replies are matched against a FIFO ring of pending calls, by the
 // connection's reader goroutine or, on a lane or wait-pool connection, by a
@@ -786,7 +789,8 @@ func (c *conn) flush() {
 	// right now (typically woken by the reader's last replies) append to
 	// this write instead of each starting their own. Measured with 64
 	// goroutines on one lane (BenchmarkLaneDo, 2 CPUs): ~16 requests per
-	// write; a lone caller pays a goroutine start (BenchmarkLaneDoSerial).
+	// write, ~26 since a lane holds writes back while one is unanswered;
+	// a lone caller pays a goroutine start (BenchmarkLaneDoSerial).
 	runtime.Gosched()
 	c.mu.Lock()
 	for len(c.buf) > 0 && c.mayWriteLocked() {
