@@ -39,9 +39,10 @@ import (
 // then genuinely stalled). The one exception proves it cannot block: a
 // sender (do, sendBatch) on an idle kernel socket writes its own requests
 // (writeInlineLocked), sparing the flush goroutine's start and yield. A lane
-// connection (oneBatch) has at most one batch in flight: it writes nothing
-// while a request it wrote is unanswered, and whoever reads that reply
-// starts the flush of what was held back (mayWriteLocked says why).
+// connection (oneBatch) has at most one batch in flight while the round trip
+// is short: it writes nothing while a request it wrote is unanswered, and
+// whoever reads that reply starts the flush of what was held back (batchPace
+// says why and when).
 //
 // Replies are matched against a FIFO ring of pending calls, by the
 // connection's reader goroutine or, on a lane or wait-pool connection, by a
@@ -84,13 +85,15 @@ type conn struct {
 	beforeProbe func()
 
 	// oneBatch: a write waits until every request written before it is
-	// answered (lane connections; see mayWriteLocked).
+	// answered, unless the round trip is long for that (lane connections;
+	// see batchPace).
 	oneBatch bool
 
 	mu         sync.Mutex
 	buf        []byte // encoded requests not yet taken by a flusher
 	bufN       int    // requests in buf
 	onWire     int    // requests written and not yet answered
+	pace       batchPace
 	spare      []byte // the other buffer of the swap
 	flushing   bool
 	q          callQueue // calls waiting for a reply, in send order
@@ -763,22 +766,12 @@ func (c *conn) startFlushLocked() {
 	go c.flushFn()
 }
 
-// mayWriteLocked reports whether the requests in c.buf may be written now:
-// on a oneBatch connection, only once every request written before is
-// answered; answeredLocked then starts the flush of what was held back.
-//
-// This is for the server's sake. dflockd serves each connection on a
-// goroutine of its own, which reads whatever the socket holds and does not
-// block while more keeps coming; a pipelined lane connection written to
-// while its earlier requests are served would keep that goroutine busy, and
-// the goroutine of another busy connection (the other lane, another client)
-// runnable but waiting until the runtime preempts the first, which took up
-// to 20 ms in our measurements (docs/performance.md, "Where the tail comes
-// from"). Held back, requests wait only for the replies to the ones ahead of
-// them, which the server would have served first anyway, and then leave in
-// one larger write; the server's goroutine blocks between batches.
+// mayWriteLocked reports whether the requests in c.buf may be written now.
+// A oneBatch connection writes nothing while a request it wrote is
+// unanswered, unless its pace finds the round trip too long for that (see
+// batchPace for why); answeredLocked starts the flush of what was held back.
 func (c *conn) mayWriteLocked() bool {
-	return !c.oneBatch || c.onWire == 0
+	return !c.oneBatch || c.onWire == 0 || c.pace.pipelining(c.p.now())
 }
 
 // flush is the flush goroutine (c.flushFn): it writes what senders have
@@ -815,6 +808,9 @@ func (c *conn) writeQueuedLocked() (now int64, err error) {
 	b := c.buf
 	c.buf = c.spare[:0]
 	c.spare = nil
+	if c.oneBatch {
+		c.pace.wrote(c.onWire == 0, c.p.now())
+	}
 	c.onWire += c.bufN
 	c.bufN = 0
 	c.mu.Unlock()
@@ -895,6 +891,9 @@ func (c *conn) answeredLocked(cl *call) {
 	c.lastRead = now
 	c.inflight.Add(-1)
 	c.onWire--
+	if c.oneBatch {
+		c.pace.answered(c.onWire == 0, now)
+	}
 	if len(c.buf) > 0 && !c.flushing && c.err == nil && c.mayWriteLocked() {
 		// The last request written is answered: write those held back
 		// (see mayWriteLocked).

@@ -17,7 +17,7 @@ import (
 )
 
 // A lane connection writes nothing while a request it wrote is unanswered
-// (mayWriteLocked): requests sent meanwhile are held back and leave in one
+// (mayWriteLocked; its pace holds back until measured otherwise): requests sent meanwhile are held back and leave in one
 // write once that reply is read — whether its caller reads it or the reader
 // goroutine does — and every one of them is answered.
 func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
@@ -30,6 +30,11 @@ func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
 			if firstReadBy == "its caller" {
 				settle(t, c)
 			}
+			c.mu.Lock()
+			// The round trips so far had no work to weigh against: start
+			// measuring afresh, holding back.
+			c.pace = batchPace{}
+			c.mu.Unlock()
 			resume := srv.Stall(0)
 			defer resume()
 
@@ -83,5 +88,47 @@ func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
 			assert.Zero(t, c.bufN)
 			c.mu.Unlock()
 		})
+	}
+}
+
+// Through a long round trip the lane pipelines: once a measured batch found
+// the wait for its first reply long against the server's work, requests
+// sent while one is unanswered are written at once, and every one is
+// answered.
+func TestLanePipelinesThroughALongRoundTrip(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px, err := testutil.NewProxy(srv.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = px.Close() })
+	p := newPool(t, Config{Addr: px.Addr(), LaneConns: 1})
+	_, c := laneOf(t, p)
+	px.SetLatency(20 * time.Millisecond)
+	// One request alone: a batch with a 40 ms wait and no work to weigh.
+	_, _, err = p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	c.mu.Lock()
+	pipelining := c.pace.pipelining(c.p.now())
+	c.mu.Unlock()
+	require.True(t, pipelining, "the lane pipelines after a long round trip")
+
+	first := goDo(ctxWait(t), p, lockReq("first"))
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.onWire == 1
+	}, wait, time.Millisecond, "the first request is written")
+	second := goDo(ctxWait(t), p, lockReq("second"))
+	// Held back, the second would be written only after the first's reply,
+	// with one request on the wire.
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.onWire == 2
+	}, wait, time.Millisecond, "both written before the first is answered")
+	for _, ch := range []<-chan doResult{first, second} {
+		res := result(t, ch, "a pipelined request")
+		require.NoError(t, res.err)
+		assert.Equal(t, wire.StatusOK, res.r.Status)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 )
 
 // RunProcess is the body of a server running in a process of its own
@@ -18,18 +19,22 @@ import (
 //
 // Flags: -addr (default 127.0.0.1:0), -version (1.16, 1.10 or 2.1),
 // -reply-per-write (Config.ReplyPerWrite), -max-locks (Config.MaxLocks,
-// negative = unlimited), -exit-on-eof.
+// negative = unlimited), -exit-on-eof, -latency (serve through a Proxy
+// that delays every chunk by this much each way, up to 1s: a network's
+// round trip on loopback, preserving order and pipelining).
 func RunProcess(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet("dflockd-test", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var cfg Config
 	var version string
 	var exitOnEOF bool
+	var latency time.Duration
 	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:0", "listen address")
 	fs.StringVar(&version, "version", "1.16", "dflockd version to imitate: 1.16, 1.10 or 2.1")
 	fs.BoolVar(&cfg.ReplyPerWrite, "reply-per-write", false, "write every reply on its own, as dflockd does")
 	fs.IntVar(&cfg.MaxLocks, "max-locks", DefaultMaxLocks, "distinct keys; negative = unlimited")
 	fs.BoolVar(&exitOnEOF, "exit-on-eof", false, "exit when stdin reaches end of file")
+	fs.DurationVar(&latency, "latency", 0, "serve through a Proxy that delays every chunk by this much each way (a network's round trip on loopback)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("testutil: %w", err)
 	}
@@ -49,12 +54,25 @@ func RunProcess(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 	if cfg.MaxLocks == 0 {
 		return errors.New("testutil: -max-locks 0: want a positive cap or a negative one for none")
 	}
+	if latency < 0 || latency > time.Second {
+		return fmt.Errorf("testutil: -latency %v: want between 0 and 1s", latency)
+	}
 	srv, err := Start(cfg)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	if _, err := fmt.Fprintln(stdout, srv.Addr()); err != nil {
+	addr := srv.Addr()
+	if latency > 0 {
+		px, err := NewProxy(addr)
+		if err != nil {
+			return err
+		}
+		defer px.Close()
+		px.SetLatency(latency)
+		addr = px.Addr()
+	}
+	if _, err := fmt.Fprintln(stdout, addr); err != nil {
 		return fmt.Errorf("testutil: announce the address: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)

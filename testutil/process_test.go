@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -49,10 +50,29 @@ func TestRunProcessRejectsBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"-version", "3"},
 		{"-max-locks", "0"},
+		{"-latency", "-1ms"},
+		{"-latency", "2s"},
 		{"-nope"},
 		{"extra"},
 	} {
 		err := RunProcess(context.Background(), args, strings.NewReader(""), io.Discard)
 		assert.ErrorContains(t, err, "testutil: ", "%q", args)
 	}
+}
+
+// With -latency the announced address is a Proxy's that delays each way.
+func TestRunProcessServesThroughLatency(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdoutR, stdoutW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- RunProcess(ctx, []string{"-latency", "20ms"}, strings.NewReader(""), stdoutW) }()
+	line, err := bufio.NewReader(stdoutR).ReadString('\n')
+	require.NoError(t, err)
+	c := dialRaw(t, strings.TrimSpace(line))
+	start := time.Now()
+	c.ping()
+	assert.GreaterOrEqual(t, time.Since(start), 40*time.Millisecond, "a round trip through 20 ms each way")
+	cancel()
+	require.NoError(t, <-done)
 }
