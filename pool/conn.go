@@ -83,6 +83,9 @@ type conn struct {
 	// beforeProbe, if set (tests only, under mu), runs on a caller that
 	// claimed the turn, without mu, just before it probes the socket.
 	beforeProbe func()
+	// afterRequestSent, if set (tests only, before the first request), runs
+	// on a caller of request right after its request was queued.
+	afterRequestSent func()
 
 	// oneBatch: a write waits until every request written before it is
 	// answered, unless the round trip is long for that (lane connections;
@@ -223,10 +226,24 @@ func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, 
 	cl.cmd = req.Cmd
 	cl.blocking = req.Blocking()
 	cl.cb = late
+	ended := ctx.Err()
+	if ended != nil {
+		// An ended ctx reports so at once, whatever the timing: the
+		// reader hands the answer to late, as to a batch's callback, and
+		// the caller neither reads it nor waits (waiting, it would take
+		// a reply that came back before it looked as answered).
+		cl.kind = callBatch
+	}
 	reads, err := c.send(req, cl)
 	if err != nil {
 		putCall(cl)
 		return wire.Reply{}, true, err
+	}
+	if c.afterRequestSent != nil {
+		c.afterRequestSent()
+	}
+	if ended != nil {
+		return wire.Reply{}, false, serverErr(c.p.cfg.Addr, ended, nil)
 	}
 	r, abandoned, err := c.await(ctx, cl, reads)
 	return r, !abandoned, err

@@ -872,3 +872,42 @@ func TestTurnProbeLeavesRepliesOfRequestsQueuedMeanwhile(t *testing.T) {
 	require.NoError(t, lane.Err(), "the connection is not broken")
 	assert.Empty(t, rec.ch, "nothing reported broken")
 }
+
+// An ended context reports so at once, whatever the timing: a request
+// whose reply is read and delivered before its caller looks is still not
+// answered, and late receives the reply. (The caller used to wait like any
+// other, and one descheduled after queueing its request could find the
+// reply there: seen once as a failure of dflock's
+// TestReleaseWithEndedContextStillReleases.)
+func TestOwnerRequestWithEndedContextIsNeverAnswered(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	lane, c := laneOf(t, p)
+	resume := srv.Stall(0)
+	defer resume()
+	// A batch ahead keeps the turn the reader's, as on a busy lane.
+	batch := make(chan error, 1)
+	lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) { batch <- err })
+	// The caller is descheduled once its request is queued, until the
+	// reader has read and delivered every reply.
+	c.afterRequestSent = func() {
+		resume()
+		require.Eventually(t, func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.q.n == 0
+		}, wait, time.Millisecond)
+	}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	late := make(chan wire.Reply, 1)
+	_, answered, err := lane.Request(ended, wire.Request{Cmd: wire.CmdPing}, func(_ int, r wire.Reply, err error) {
+		assert.NoError(t, err)
+		late <- r
+	})
+	assert.False(t, answered)
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, wire.StatusOK, result(t, late, "late").Status)
+	require.NoError(t, result(t, batch, "the batch"))
+}
