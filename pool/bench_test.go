@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -106,4 +107,44 @@ func BenchmarkLaneDoSerial(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkAcquireBurst measures a burst of callers that all need a new
+// wait-pool connection at once (a service starting, or a hot key's waiters
+// arriving together): burstCallers Acquire from an empty pool, dials paced
+// by the gate, then every connection is released. deferrals/conn counts the
+// times a caller was woken, tried to dial and was deferred again.
+func BenchmarkAcquireBurst(b *testing.B) {
+	const burstCallers = 64
+	srv := newServer(b, testutil.Config{})
+	ctx := context.Background()
+	b.ReportAllocs()
+	var deferrals, conns int64
+	for b.Loop() {
+		p := newPool(b, Config{Addr: srv.Addr(), MaxConns: burstCallers})
+		hs := make([]*Conn, burstCallers)
+		var wg sync.WaitGroup
+		for i := range hs {
+			wg.Go(func() {
+				h, err := p.Acquire(ctx)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				hs[i] = h
+			})
+		}
+		wg.Wait()
+		for _, h := range hs {
+			if h != nil {
+				h.Release()
+			}
+		}
+		p.gate.mu.Lock()
+		deferrals += int64(p.gate.deferred)
+		p.gate.mu.Unlock()
+		conns += p.Stats().Dials
+		p.Close()
+	}
+	b.ReportMetric(float64(deferrals)/float64(conns), "deferrals/conn")
 }

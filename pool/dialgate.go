@@ -44,7 +44,14 @@ type dialGate struct {
 	failGen  uint64        // incremented by every failed dial
 	lastErr  error         // the latest failed dial's error
 	waiting  int           // callers in wait
-	changed  chan struct{} // closed and replaced by broadcast
+	// queue holds a channel per caller in wait, in arrival order: signal
+	// closes the first (one caller may proceed: a dial slot or a
+	// connection came free), broadcast all (every caller must look: a
+	// dial failed, the server's state changed). Waking every caller for
+	// every finished dial cost ~11 deferred retries per connection in a
+	// burst (BenchmarkAcquireBurst).
+	queue    []chan struct{}
+	deferred uint64 // dials deferred so far (BenchmarkAcquireBurst)
 	// changes counts broadcasts, waiters or not: a caller compares it
 	// with the count it read before its dial was deferred, so a dial that
 	// ended (or a connection that came back) in between is not missed.
@@ -58,9 +65,11 @@ func (g *dialGate) enter() (gen uint64, ok bool) {
 	defer g.mu.Unlock()
 	if g.failures == 0 {
 		if g.inflight >= maxDialsInFlight {
+			g.deferred++
 			return 0, false
 		}
 	} else if g.inflight > 0 || time.Now().Before(g.next) {
+		g.deferred++
 		return 0, false
 	}
 	g.inflight++
@@ -79,9 +88,13 @@ func (g *dialGate) leave(gen uint64, err error) {
 	g.inflight--
 	switch {
 	case err == nil:
-		if g.failGen == gen {
+		if g.failGen == gen && g.failures > 0 {
 			g.failures, g.backoff = 0, 0
+			g.broadcastLocked() // the backoff ended: every caller may dial
+			return
 		}
+		g.signalLocked() // its slot is free for one caller
+		return
 	case isUnavailable(err):
 		g.failures++
 		g.backoff = min(max(2*g.backoff, dialMinBackoff), dialMaxBackoff)
@@ -100,20 +113,49 @@ func (g *dialGate) reset() {
 	g.broadcastLocked()
 }
 
-// broadcast wakes the waiters, if any, to try again: a connection went back
-// to the pool, or the server's state changed.
+// broadcast wakes every waiter to try again: the server's state changed.
 func (g *dialGate) broadcast() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.broadcastLocked()
 }
 
+// signal wakes the longest waiter, if any, to try again: a connection
+// went back to the pool.
+func (g *dialGate) signal() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.signalLocked()
+}
+
 func (g *dialGate) broadcastLocked() {
 	g.changes++
-	if g.changed != nil {
-		close(g.changed)
-		g.changed = nil
+	for _, ch := range g.queue {
+		close(ch)
 	}
+	clear(g.queue)
+	g.queue = g.queue[:0]
+}
+
+func (g *dialGate) signalLocked() {
+	g.changes++
+	if len(g.queue) > 0 {
+		close(g.queue[0])
+		g.queue[0] = nil
+		g.queue = g.queue[1:]
+	}
+}
+
+// leaveQueueLocked takes a waiter's channel out of the queue; woken reports
+// that a signal or broadcast had already taken it (and closed it).
+func (g *dialGate) leaveQueueLocked(ch chan struct{}) (woken bool) {
+	for i, c := range g.queue {
+		if c == ch {
+			g.queue = append(g.queue[:i], g.queue[i+1:]...)
+			return false
+		}
+	}
+	return true
 }
 
 // generation is the count of failed dials so far; a caller that sees it
@@ -161,16 +203,16 @@ func (p *Pool) waitForDial(ctx context.Context, gen, seen uint64) error {
 		defer t.Stop()
 		timer = t.C
 	}
-	if g.changed == nil {
-		g.changed = make(chan struct{})
-	}
-	changed := g.changed
+	changed := make(chan struct{})
+	g.queue = append(g.queue, changed)
 	g.waiting++
 	g.mu.Unlock()
 
 	var err error
+	woke := false
 	select {
 	case <-changed:
+		woke = true
 	case <-timer:
 	case <-p.ctx.Done():
 		err = serverErr(p.cfg.Addr, ErrClosed, nil)
@@ -179,6 +221,11 @@ func (p *Pool) waitForDial(ctx context.Context, gen, seen uint64) error {
 	}
 	g.mu.Lock()
 	g.waiting--
+	if !woke && g.leaveQueueLocked(changed) && err != nil {
+		// Woken as this caller gave up: the chance it was given goes to
+		// the next caller.
+		g.signalLocked()
+	}
 	switch {
 	case err != nil:
 		if g.failures > 0 && !p.closed.Load() {

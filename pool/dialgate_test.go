@@ -251,3 +251,92 @@ func TestWaitForDialSeesAChangeBetweenDeferralAndWait(t *testing.T) {
 		g.leave(gn, nil)
 	}
 }
+
+// startWaiters starts n callers in waitForDial, one after another, each
+// queued before the next starts, and returns their results.
+func startWaiters(t *testing.T, p *Pool, ctxs []context.Context) []chan error {
+	t.Helper()
+	g := &p.gate
+	gen, seen := g.generation(), g.changeCount()
+	res := make([]chan error, len(ctxs))
+	for i, ctx := range ctxs {
+		res[i] = make(chan error, 1)
+		go func() { res[i] <- p.waitForDial(ctx, gen, seen) }()
+		require.Eventually(t, func() bool { return p.gateWaiting() == i+1 }, wait, time.Millisecond)
+	}
+	return res
+}
+
+// A connection back in the pool or a dial slot come free is one chance: it
+// wakes the longest waiter alone, not every waiter (each of which would
+// then dial or be deferred again). A change of the server's state wakes all.
+func TestDialGateSignalWakesOneWaiterInOrder(t *testing.T) {
+	t.Parallel()
+	p := newPool(t, Config{Addr: "127.0.0.1:1"})
+	ctx := ctxWait(t)
+	res := startWaiters(t, p, []context.Context{ctx, ctx, ctx})
+	p.gate.signal()
+	require.NoError(t, result(t, res[0], "the first waiter"))
+	require.Eventually(t, func() bool { return p.gateWaiting() == 2 }, wait, time.Millisecond)
+	select {
+	case err := <-res[1]:
+		t.Fatalf("a second waiter woke for one chance: %v", err)
+	case err := <-res[2]:
+		t.Fatalf("a third waiter woke for one chance: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	p.gate.broadcast()
+	require.NoError(t, result(t, res[1], "the second waiter"))
+	require.NoError(t, result(t, res[2], "the third waiter"))
+}
+
+// A waiter whose context ends as a signal reaches it hands the chance on:
+// either it took the chance (returned nil) or the next waiter wakes.
+func TestDialGateWaiterThatGivesUpPassesItsChanceOn(t *testing.T) {
+	t.Parallel()
+	for range 50 {
+		p := newPool(t, Config{Addr: "127.0.0.1:1"})
+		first, cancel := context.WithCancel(ctxWait(t))
+		res := startWaiters(t, p, []context.Context{first, ctxWait(t)})
+		// Cancelled first: the signal then reaches the first waiter
+		// between its wake-up and its return, unless it was quicker.
+		cancel()
+		p.gate.signal()
+		if err := result(t, res[0], "the first waiter"); err != nil {
+			require.ErrorIs(t, err, context.Canceled)
+			require.NoError(t, result(t, res[1], "the second waiter, given the first one's chance"))
+		} else {
+			p.gate.broadcast()
+			require.NoError(t, result(t, res[1], "the second waiter"))
+		}
+		p.Close()
+	}
+}
+
+// A burst of callers that all need a new connection costs about one
+// deferral each, not one per finished dial each.
+func TestAcquireBurstDefersEachCallerAboutOnce(t *testing.T) {
+	t.Parallel()
+	const callers = 32
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), MaxConns: callers})
+	hs := make([]*Conn, callers)
+	var wg sync.WaitGroup
+	for i := range hs {
+		wg.Go(func() {
+			h, err := p.Acquire(ctxWait(t))
+			assert.NoError(t, err)
+			hs[i] = h
+		})
+	}
+	wg.Wait()
+	for _, h := range hs {
+		if h != nil {
+			h.Release()
+		}
+	}
+	p.gate.mu.Lock()
+	deferred := p.gate.deferred
+	p.gate.mu.Unlock()
+	assert.LessOrEqual(t, deferred, uint64(3*callers), "deferrals for %d callers", callers)
+}

@@ -95,8 +95,8 @@ func (h *Conn) Release() {
 		h.c.setOwner(nil)
 		h.p.idleFrom(h.p.now())
 		h.res.Release()
-		// Callers waiting for a paced dial may take this one instead.
-		h.p.gate.broadcast()
+		// A caller waiting for a paced dial may take this one instead.
+		h.p.gate.signal()
 		return
 	}
 	if h.pins.Load() > 0 {
