@@ -3,7 +3,6 @@ package pool
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -117,32 +116,11 @@ func BenchmarkLaneDoSerial(b *testing.B) {
 func BenchmarkAcquireBurst(b *testing.B) {
 	const burstCallers = 64
 	srv := newServer(b, testutil.Config{})
-	ctx := context.Background()
 	b.ReportAllocs()
 	var deferrals, conns int64
 	for b.Loop() {
 		p := newPool(b, Config{Addr: srv.Addr(), MaxConns: burstCallers})
-		hs := make([]*Conn, burstCallers)
-		var wg sync.WaitGroup
-		for i := range hs {
-			wg.Go(func() {
-				h, err := p.Acquire(ctx)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				hs[i] = h
-			})
-		}
-		wg.Wait()
-		for _, h := range hs {
-			if h != nil {
-				h.Release()
-			}
-		}
-		p.gate.mu.Lock()
-		deferrals += int64(p.gate.deferred)
-		p.gate.mu.Unlock()
+		deferrals += int64(acquireBurst(b, p, burstCallers))
 		conns += p.Stats().Dials
 		p.Close()
 	}
