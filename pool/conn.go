@@ -94,8 +94,7 @@ type conn struct {
 
 	mu         sync.Mutex
 	buf        []byte // encoded requests not yet taken by a flusher
-	bufN       int    // requests in buf
-	onWire     int    // requests written and not yet answered
+	bufN       int    // requests in buf (the rest of q is written: onWireLocked)
 	pace       batchPace
 	spare      []byte // the other buffer of the swap
 	flushing   bool
@@ -788,8 +787,11 @@ func (c *conn) startFlushLocked() {
 // unanswered, unless its pace finds the round trip too long for that (see
 // batchPace for why); answeredLocked starts the flush of what was held back.
 func (c *conn) mayWriteLocked() bool {
-	return !c.oneBatch || c.onWire == 0 || c.pace.pipelining(c.p.now())
+	return !c.oneBatch || c.onWireLocked() == 0 || c.pace.pipelining(c.p.now())
 }
+
+// onWireLocked is the number of requests written and not yet answered.
+func (c *conn) onWireLocked() int { return c.q.n - c.bufN }
 
 // flush is the flush goroutine (c.flushFn): it writes what senders have
 // queued, looping until the buffer stays empty, then exits.
@@ -826,9 +828,8 @@ func (c *conn) writeQueuedLocked() (now int64, err error) {
 	c.buf = c.spare[:0]
 	c.spare = nil
 	if c.oneBatch {
-		c.pace.wrote(c.onWire == 0, c.p.now())
+		c.pace.wrote(c.onWireLocked() == 0, c.p.now())
 	}
-	c.onWire += c.bufN
 	c.bufN = 0
 	c.mu.Unlock()
 	now, err = c.write(b)
@@ -907,9 +908,8 @@ func (c *conn) answeredLocked(cl *call) {
 	now := c.p.now()
 	c.lastRead = now
 	c.inflight.Add(-1)
-	c.onWire--
 	if c.oneBatch {
-		c.pace.answered(c.onWire == 0, now)
+		c.pace.answered(c.onWireLocked() == 0, now)
 	}
 	if len(c.buf) > 0 && !c.flushing && c.err == nil && c.mayWriteLocked() {
 		// The last request written is answered: write those held back
@@ -1114,6 +1114,7 @@ func (c *conn) fail(cause error) {
 	}
 	c.inflight.Store(0)
 	c.blocking = 0
+	c.bufN = 0 // their calls are gone: onWireLocked stays 0
 	owner := c.owner
 	c.mu.Unlock()
 	close(c.dead)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 )
@@ -151,7 +152,7 @@ func (g *dialGate) signalLocked() {
 func (g *dialGate) leaveQueueLocked(ch chan struct{}) (woken bool) {
 	for i, c := range g.queue {
 		if c == ch {
-			g.queue = append(g.queue[:i], g.queue[i+1:]...)
+			g.queue = slices.Delete(g.queue, i, i+1)
 			return false
 		}
 	}

@@ -6,6 +6,7 @@
 package pool
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -51,7 +52,7 @@ func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
 			require.Eventually(t, func() bool {
 				c.mu.Lock()
 				defer c.mu.Unlock()
-				return c.onWire == 1 && !c.flushing
+				return c.onWireLocked() == 1 && !c.flushing
 			}, wait, time.Millisecond, "the first request is written")
 
 			second := goDo(ctxWait(t), p, lockReq("second"))
@@ -62,7 +63,7 @@ func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
 				return c.q.n == 3
 			}, wait, time.Millisecond, "the later requests are queued")
 			c.mu.Lock()
-			onWire, held, flushing := c.onWire, c.bufN, c.flushing
+			onWire, held, flushing := c.onWireLocked(), c.bufN, c.flushing
 			c.mu.Unlock()
 			assert.Equal(t, 1, onWire, "requests written")
 			assert.Equal(t, 2, held, "requests held back")
@@ -84,7 +85,7 @@ func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
 			}
 			assert.Equal(t, writes+1, c.nwrite.Load(), "the held-back requests leave in one write")
 			c.mu.Lock()
-			assert.Zero(t, c.onWire)
+			assert.Zero(t, c.onWireLocked())
 			assert.Zero(t, c.bufN)
 			c.mu.Unlock()
 		})
@@ -111,12 +112,20 @@ func TestLanePipelinesThroughALongRoundTrip(t *testing.T) {
 	pipelining := c.pace.pipelining(c.p.now())
 	c.mu.Unlock()
 	require.True(t, pipelining, "the lane pipelines after a long round trip")
+	// The decision lasts 32 round trips; on a loaded machine the rest of
+	// the test may take longer, which says nothing about pipelining.
+	c.mu.Lock()
+	c.pace.pipeUntil = math.MaxInt64
+	c.mu.Unlock()
+	// No reply until both are sent, however slowly this goroutine runs.
+	resume := srv.Stall(0)
+	defer resume()
 
 	first := goDo(ctxWait(t), p, lockReq("first"))
 	require.Eventually(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.onWire == 1
+		return c.onWireLocked() == 1
 	}, wait, time.Millisecond, "the first request is written")
 	second := goDo(ctxWait(t), p, lockReq("second"))
 	// Held back, the second would be written only after the first's reply,
@@ -124,8 +133,9 @@ func TestLanePipelinesThroughALongRoundTrip(t *testing.T) {
 	require.Eventually(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.onWire == 2
+		return c.onWireLocked() == 2
 	}, wait, time.Millisecond, "both written before the first is answered")
+	resume()
 	for _, ch := range []<-chan doResult{first, second} {
 		res := result(t, ch, "a pipelined request")
 		require.NoError(t, res.err)
