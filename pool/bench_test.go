@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dflock-sdk/go/testutil"
 	"github.com/dflock-sdk/go/wire"
@@ -125,4 +126,22 @@ func BenchmarkAcquireBurst(b *testing.B) {
 		p.Close()
 	}
 	b.ReportMetric(float64(deferrals)/float64(conns), "deferrals/conn")
+}
+
+// BenchmarkAcquireBurstAfterBackoff is the burst arriving while dials are
+// held back after a failed one (a 20 ms backoff, after which the dial
+// succeeds): every caller is deferred once on arrival; the backoff's end
+// then wakes one caller, not all of them.
+func BenchmarkAcquireBurstAfterBackoff(b *testing.B) {
+	const burstCallers = 64
+	srv := newServer(b, testutil.Config{})
+	b.ReportAllocs()
+	var deferrals uint64
+	for b.Loop() {
+		p := newPool(b, Config{Addr: srv.Addr(), MaxConns: burstCallers})
+		backOff(p, 20*time.Millisecond)
+		deferrals += acquireBurst(b, p, burstCallers)
+		p.Close()
+	}
+	b.ReportMetric(float64(deferrals)/float64(b.N)/burstCallers, "deferrals/caller")
 }

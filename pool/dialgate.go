@@ -53,10 +53,17 @@ type dialGate struct {
 	// burst (BenchmarkAcquireBurst).
 	queue    []chan struct{}
 	deferred uint64 // dials deferred so far (BenchmarkAcquireBurst)
-	// changes counts broadcasts, waiters or not: a caller compares it
-	// with the count it read before its dial was deferred, so a dial that
-	// ended (or a connection that came back) in between is not missed.
-	changes uint64
+	// changes counts broadcasts and signals, waiters or not: a caller
+	// compares it with the count it read before its dial was deferred, so
+	// a dial that ended (or a connection that came back) in between is
+	// not missed. broadcasts counts broadcasts alone.
+	changes    uint64
+	broadcasts uint64
+	// timed: a waiter times the backoff (while failing, with no dial in
+	// flight); the others wait for it without a timer of their own, so
+	// that the backoff's end wakes one caller, not every one (see
+	// waitForDial).
+	timed bool
 }
 
 // enter admits a dial (ok) or defers it. gen is the failure generation at
@@ -131,6 +138,7 @@ func (g *dialGate) signal() {
 
 func (g *dialGate) broadcastLocked() {
 	g.changes++
+	g.broadcasts++
 	for _, ch := range g.queue {
 		close(ch)
 	}
@@ -174,13 +182,17 @@ func (g *dialGate) changeCount() uint64 {
 	return g.changes
 }
 
-// wait blocks a caller whose dial was deferred until it should try again
+// waitForDial blocks a caller whose dial was deferred until it should try again
 // (nil): a dial ended, a connection went back to the pool, or the backoff
 // elapsed — since seen, the gate's changeCount read before the caller's
 // attempt, so that one that happened between the deferral and this wait
-// (with nobody waiting yet to be woken) counts too. It returns the latest dial error if a dial failed since the
-// caller's Acquire began (gen), and an error matching ctx.Err() or ErrClosed
-// if ctx ends or the pool closes first.
+// (with nobody waiting yet to be woken) counts too. Of the callers waiting
+// for a backoff to end, one times it and, when it stops waiting for any
+// reason but a broadcast, wakes the longest other waiter, which looks again
+// and times what is left of the backoff if it must wait on. It returns the
+// latest dial error if a dial failed since the caller's Acquire began
+// (gen), and an error matching ctx.Err() or ErrClosed if ctx ends or the
+// pool closes first.
 func (p *Pool) waitForDial(ctx context.Context, gen, seen uint64) error {
 	g := &p.gate
 	g.mu.Lock()
@@ -194,19 +206,26 @@ func (p *Pool) waitForDial(ctx context.Context, gen, seen uint64) error {
 		return nil // something changed since the attempt: try again
 	}
 	var timer <-chan time.Time
+	timing := false
 	if g.failures > 0 && g.inflight == 0 {
+		// Nothing will wake the waiters before the backoff ends: one of
+		// them times it.
 		d := time.Until(g.next)
 		if d <= 0 {
 			g.mu.Unlock()
 			return nil
 		}
-		t := time.NewTimer(d)
-		defer t.Stop()
-		timer = t.C
+		if !g.timed {
+			g.timed, timing = true, true
+			t := time.NewTimer(d)
+			defer t.Stop()
+			timer = t.C
+		}
 	}
 	changed := make(chan struct{})
 	g.queue = append(g.queue, changed)
 	g.waiting++
+	broadcasts := g.broadcasts
 	g.mu.Unlock()
 
 	var err error
@@ -226,6 +245,17 @@ func (p *Pool) waitForDial(ctx context.Context, gen, seen uint64) error {
 		// Woken as this caller gave up: the chance it was given goes to
 		// the next caller.
 		g.signalLocked()
+	}
+	if timing {
+		g.timed = false
+		if g.broadcasts == broadcasts {
+			// The others, unless a broadcast woke them all, wait without a
+			// timer: the longest waiter looks again and, if the backoff
+			// still holds dials back, times it. Whatever this caller does
+			// next (dial, take an idle connection, give up), nobody is
+			// left waiting for a wake-up that will not come.
+			g.signalLocked()
+		}
 	}
 	switch {
 	case err != nil:

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -311,6 +312,62 @@ func TestDialGateWaiterThatGivesUpPassesItsChanceOn(t *testing.T) {
 		}
 		p.Close()
 	}
+}
+
+// backOff puts p's gate in the backoff after a failed dial, with no dial
+// allowed for d.
+func backOff(p *Pool, d time.Duration) {
+	g := &p.gate
+	g.mu.Lock()
+	g.failures, g.backoff, g.next = 1, dialMinBackoff, time.Now().Add(d)
+	g.lastErr = serverErr(p.cfg.Addr, ErrUnavailable, errors.New("refused (test)"))
+	g.mu.Unlock()
+}
+
+// The end of a backoff wakes one waiter (who dials), and that one wakes the
+// next (who finds the dial in flight and waits for it), not every waiter
+// (each of which would retry and be deferred again): only one waiter times
+// the backoff.
+func TestDialGateBackoffEndWakesOneWaiterAndItsSuccessor(t *testing.T) {
+	t.Parallel()
+	p := newPool(t, Config{Addr: "127.0.0.1:1"})
+	// Long enough to queue four waiters on a slow machine.
+	backOff(p, 500*time.Millisecond)
+	ctx := ctxWait(t)
+	res := startWaiters(t, p, []context.Context{ctx, ctx, ctx, ctx})
+	require.NoError(t, result(t, res[0], "the waiter timing the backoff"))
+	require.NoError(t, result(t, res[1], "its successor"))
+	select {
+	case err := <-res[2]:
+		t.Fatalf("a third waiter woke at the end of the backoff: %v", err)
+	case err := <-res[3]:
+		t.Fatalf("a fourth waiter woke at the end of the backoff: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	p.gate.broadcast()
+	require.NoError(t, result(t, res[2], "the third waiter"))
+	require.NoError(t, result(t, res[3], "the fourth waiter"))
+}
+
+// The waiter timing a backoff that gives up wakes the next, which then
+// times the backoff itself: the others have no timer of their own, and
+// without the hand-over would wait until their contexts ended.
+func TestDialGateBackoffTimerPassesOnWhenItsWaiterGivesUp(t *testing.T) {
+	t.Parallel()
+	p := newPool(t, Config{Addr: "127.0.0.1:1"})
+	backOff(p, time.Hour)
+	first, cancel := context.WithCancel(ctxWait(t))
+	ctx := ctxWait(t)
+	res := startWaiters(t, p, []context.Context{first, ctx})
+	cancel()
+	require.ErrorIs(t, result(t, res[0], "the waiter timing the backoff"), context.Canceled)
+	require.NoError(t, result(t, res[1], "the next waiter, woken to time the backoff"))
+	// The woken caller tries again, is deferred, and waits again: now it
+	// times the (shorter) backoff itself.
+	backOff(p, 20*time.Millisecond)
+	again := make(chan error, 1)
+	go func() { again <- p.waitForDial(ctx, p.gate.generation(), p.gate.changeCount()) }()
+	require.NoError(t, result(t, again, "the waiter timing the backoff now"))
 }
 
 // A burst of callers that all need a new connection costs about one
