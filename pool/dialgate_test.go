@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -279,16 +280,20 @@ func TestDialGateSignalWakesOneWaiterInOrder(t *testing.T) {
 	p.gate.signal()
 	require.NoError(t, result(t, res[0], "the first waiter"))
 	require.Eventually(t, func() bool { return p.gateWaiting() == 2 }, wait, time.Millisecond)
-	select {
-	case err := <-res[1]:
-		t.Fatalf("a second waiter woke for one chance: %v", err)
-	case err := <-res[2]:
-		t.Fatalf("a third waiter woke for one chance: %v", err)
-	case <-time.After(20 * time.Millisecond):
-	}
+	requireStillWaiting(t, p, "for one chance", res[1:]...)
+}
+
+// requireStillWaiting checks that the waiters res (all that are left) stay
+// waiting for a moment, which nothing is to end (why they should not have
+// woken), then wakes them with a broadcast and requires each to return nil.
+func requireStillWaiting(t *testing.T, p *Pool, why string, res ...chan error) {
+	t.Helper()
+	require.Never(t, func() bool { return p.gateWaiting() < len(res) }, 20*time.Millisecond, time.Millisecond,
+		"a waiter woke %s", why)
 	p.gate.broadcast()
-	require.NoError(t, result(t, res[1], "the second waiter"))
-	require.NoError(t, result(t, res[2], "the third waiter"))
+	for i, ch := range res {
+		require.NoError(t, result(t, ch, fmt.Sprintf("waiter %d of those left", i+1)))
+	}
 }
 
 // A waiter whose context ends as a signal reaches it hands the chance on:
@@ -337,16 +342,7 @@ func TestDialGateBackoffEndWakesOneWaiterAndItsSuccessor(t *testing.T) {
 	res := startWaiters(t, p, []context.Context{ctx, ctx, ctx, ctx})
 	require.NoError(t, result(t, res[0], "the waiter timing the backoff"))
 	require.NoError(t, result(t, res[1], "its successor"))
-	select {
-	case err := <-res[2]:
-		t.Fatalf("a third waiter woke at the end of the backoff: %v", err)
-	case err := <-res[3]:
-		t.Fatalf("a fourth waiter woke at the end of the backoff: %v", err)
-	case <-time.After(20 * time.Millisecond):
-	}
-	p.gate.broadcast()
-	require.NoError(t, result(t, res[2], "the third waiter"))
-	require.NoError(t, result(t, res[3], "the fourth waiter"))
+	requireStillWaiting(t, p, "at the end of the backoff", res[2:]...)
 }
 
 // The waiter timing a backoff that gives up wakes the next, which then
