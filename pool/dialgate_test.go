@@ -336,8 +336,10 @@ func backOff(p *Pool, d time.Duration) {
 func TestDialGateBackoffEndWakesOneWaiterAndItsSuccessor(t *testing.T) {
 	t.Parallel()
 	p := newPool(t, Config{Addr: "127.0.0.1:1"})
-	// Long enough to queue four waiters on a slow machine.
-	backOff(p, 500*time.Millisecond)
+	// Long enough to queue four waiters on a slow machine (each queues
+	// in microseconds; one that found the backoff over would not queue,
+	// and startWaiters would fail).
+	backOff(p, time.Second)
 	ctx := ctxWait(t)
 	res := startWaiters(t, p, []context.Context{ctx, ctx, ctx, ctx})
 	require.NoError(t, result(t, res[0], "the waiter timing the backoff"))
