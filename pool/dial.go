@@ -177,6 +177,24 @@ func statusWord(r wire.Reply) string {
 	return fmt.Sprintf("status %d", r.Status)
 }
 
+// callerEnded returns ctx's error if ctx has ended or its deadline has
+// passed. The handshake's socket deadline is ctx's own, and the two timers
+// fire in no set order: a handshake cut short by the caller's deadline can
+// fail before ctx.Err() says so, and would otherwise be blamed on the
+// server (and mark a healthy, merely slow server down for every caller).
+// Past the deadline ctx's own timer is due, so waiting for Done is brief,
+// and it yields ctx's real error rather than a guess.
+func callerEnded(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return nil
+}
+
 // dialFailed classifies a dial failure: if the caller's context ended it is
 // the caller's error; otherwise it is an ErrUnavailable naming the server.
 //
@@ -190,7 +208,7 @@ func statusWord(r wire.Reply) string {
 // error alone.
 func (p *Pool) dialFailed(parent context.Context, err error, lane bool) error {
 	p.dialFailures.Add(1)
-	if perr := parent.Err(); perr != nil {
+	if perr := callerEnded(parent); perr != nil {
 		if p.closed.Load() {
 			return serverErr(p.cfg.Addr, ErrClosed, nil)
 		}

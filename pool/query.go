@@ -65,9 +65,10 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 	if err == nil {
 		return r, nil
 	}
+	if cerr := callerEnded(ctx); cerr != nil {
+		return wire.Reply{}, serverErr(p.cfg.Addr, cerr, nil)
+	}
 	switch {
-	case ctx.Err() != nil:
-		return wire.Reply{}, serverErr(p.cfg.Addr, ctx.Err(), nil)
 	case p.closed.Load():
 		return wire.Reply{}, serverErr(p.cfg.Addr, ErrClosed, nil)
 	case errors.Is(err, wire.ErrLineTooLong):
