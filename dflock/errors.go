@@ -53,7 +53,9 @@ var (
 	// ErrMaxLocks: the server's cap on distinct keys is reached (error_max_locks).
 	ErrMaxLocks = errors.New("dflock: server key limit reached")
 
-	// ErrMaxWaiters: the key's waiter queue is full on the server (error_max_waiters).
+	// ErrMaxWaiters: the key's waiter queue is full on the server
+	// (error_max_waiters). Servers answer a try on such a key so too; the
+	// error of TryLock and TrySemaphore then matches ErrNotAcquired as well.
 	ErrMaxWaiters = errors.New("dflock: server waiter limit reached")
 
 	// ErrLimitMismatch: the semaphore exists on the server with another

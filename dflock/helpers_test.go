@@ -74,6 +74,16 @@ func semHolders(s *testutil.Server, key string) int {
 	return 0
 }
 
+// semWaiters is the number of waiters the server shows for the semaphore key.
+func semWaiters(s *testutil.Server, key string) int {
+	for _, sem := range s.Stats().Semaphores {
+		if sem.Key == key {
+			return sem.Waiters
+		}
+	}
+	return 0
+}
+
 // heldTotal counts every lock and semaphore holder on the server.
 func heldTotal(s *testutil.Server) int {
 	st := s.Stats()

@@ -167,7 +167,7 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 
 	hk := hotKey{key: key, sem: limit != 0}
 	if try || (!c.opts.noLaneFast && !srv.hot.contains(hk, time.Now)) {
-		h, err := c.tryLane(ctx, laneCtx, op, srv, req)
+		h, err := c.tryLane(ctx, laneCtx, op, srv, req, try)
 		if h != nil || err != nil {
 			return h, err
 		}
@@ -183,10 +183,12 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 }
 
 // tryLane sends the acquire with timeout 0 on the control lane. It returns
-// (nil, nil) when the key is held. opCtx is ctx, or ctx bounded by the
+// (nil, nil) when the key is held. try is set for a caller that only tries
+// (TryLock, AcquireTimeout(0)): a key whose waiter queue is full then fails
+// with ErrNotAcquired too. opCtx is ctx, or ctx bounded by the
 // AcquireTimeout; unlike the operation context of other calls it does not
 // end with the Client (the pool's waits do), hence the checks of c.ctx.
-func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*held, error) {
+func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req wire.Request, try bool) (*held, error) {
 	req.Timeout = 0
 	sent := time.Now()
 	r, owner, err := srv.pool.Do(opCtx, req)
@@ -211,6 +213,14 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 		return c.track(srv, owner, nil, req, r, sent), nil
 	case wire.StatusTimeout:
 		return nil, nil
+	case wire.StatusErrMaxWaiters:
+		if try {
+			// Released servers check the waiter cap before the timeout-0
+			// rule (PROTOCOL.md §15): the key is held (it has waiters),
+			// which for a try is "not acquired", whatever the queue.
+			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Reply: "error_max_waiters",
+				Err: &bothError{domain: ErrNotAcquired, cause: ErrMaxWaiters}}
+		}
 	}
 	return nil, refusal(op, req.Key, srv, r)
 }

@@ -185,6 +185,49 @@ func TestLockGrantsWaitersInFIFOOrder(t *testing.T) {
 	assert.Equal(t, want, order)
 }
 
+// Released servers answer a try on a held key whose waiter queue is full
+// with error_max_waiters (PROTOCOL.md §15). For a try that still means "held":
+// the error matches ErrNotAcquired as TryLock promises, and ErrMaxWaiters.
+// A blocking Lock on that key is refused with ErrMaxWaiters alone.
+func TestTryOnHeldKeyWithFullQueueIsNotAcquired(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{MaxWaiters: 1})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k")
+	require.NoError(t, err)
+	s1, err := c.Semaphore(ctx, "s", 2) // limit 2: servers list limit 1 under locks
+	require.NoError(t, err)
+	s2, err := c.Semaphore(ctx, "s", 2)
+	require.NoError(t, err)
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = c.Lock(wctx, "k") })         // the one waiter the cap allows
+	wg.Go(func() { _, _ = c.Semaphore(wctx, "s", 2) }) // likewise
+	require.Eventually(t, func() bool { return lockWaiters(srv, "k") == 1 && semWaiters(srv, "s") == 1 },
+		5*time.Second, time.Millisecond)
+
+	for name, try := range map[string]func() error{
+		"TryLock":         func() error { _, err := c.TryLock(ctx, "k"); return err },
+		"AcquireTimeout0": func() error { _, err := c.Lock(ctx, "k", AcquireTimeout(0)); return err },
+		"TrySemaphore":    func() error { _, err := c.TrySemaphore(ctx, "s", 2); return err },
+	} {
+		err := try()
+		assert.ErrorIs(t, err, ErrNotAcquired, name)
+		assert.ErrorIs(t, err, ErrMaxWaiters, name)
+		assert.ErrorContains(t, err, "error_max_waiters", name)
+	}
+	_, err = c.Lock(ctx, "k")
+	assert.ErrorIs(t, err, ErrMaxWaiters)
+	assert.NotErrorIs(t, err, ErrNotAcquired, "a blocking Lock was refused, not merely beaten to the key")
+
+	cancel()
+	wg.Wait()
+	require.NoError(t, l.Release(ctx))
+	require.NoError(t, s1.Release(ctx))
+	require.NoError(t, s2.Release(ctx))
+}
+
 func TestTryLockFailsAtOnceWhenHeld(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
