@@ -43,6 +43,6 @@ func ExampleRingWithVirtualNodes() {
 	_, err = shard.Ring.Place([]string{"10.0.0.1:6388", "10.0.0.1:6388"})
 	fmt.Println(err)
 	// Output:
-	// dflock: shard: virtual nodes must be at least 1, got 0
+	// dflock: shard: virtual nodes must be between 1 and 65536, got 0
 	// dflock: shard: servers[1] "10.0.0.1:6388" duplicates servers[0]
 }

@@ -32,17 +32,31 @@ var Ring Strategy = RingWithVirtualNodes(DefaultVirtualNodes)
 // RingWithVirtualNodes returns the [Ring] strategy with n points per server.
 // More points give a more even spread and cost memory (12 bytes per point) and
 // a slightly slower lookup. Processes sharing keys must use the same n. Place
-// fails if n < 1.
+// fails if n is below 1 or above [MaxVirtualNodes], or if the ring would have
+// more than [MaxRingPoints] points (servers × n).
 func RingWithVirtualNodes(n int) Strategy { return ringStrategy{vnodes: n} }
+
+// MaxVirtualNodes bounds the points per server of [RingWithVirtualNodes]:
+// 64 times the default, past any gain in spread (which improves as
+// 1/sqrt(n)).
+const MaxVirtualNodes = 1 << 16
+
+// MaxRingPoints bounds the points of a whole ring (servers × virtual
+// nodes): 48 MiB of ring, built on every Place.
+const MaxRingPoints = 1 << 22
 
 type ringStrategy struct{ vnodes int }
 
 func (r ringStrategy) Place(servers []string) (Placement, error) {
-	if r.vnodes < 1 {
-		return nil, fmt.Errorf("dflock: shard: virtual nodes must be at least 1, got %d", r.vnodes)
+	if r.vnodes < 1 || r.vnodes > MaxVirtualNodes {
+		return nil, fmt.Errorf("dflock: shard: virtual nodes must be between 1 and %d, got %d", MaxVirtualNodes, r.vnodes)
 	}
 	if err := checkServers(servers); err != nil {
 		return nil, err
+	}
+	if len(servers) > MaxRingPoints/r.vnodes {
+		return nil, fmt.Errorf("dflock: shard: %d servers × %d virtual nodes exceed the ring's %d points",
+			len(servers), r.vnodes, MaxRingPoints)
 	}
 	type point struct {
 		hash   uint64

@@ -2,6 +2,7 @@ package shard_test
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -238,13 +239,22 @@ func TestPlaceRejectsBadServerLists(t *testing.T) {
 	}
 }
 
-func TestRingWithVirtualNodesRejectsLessThanOne(t *testing.T) {
+func TestRingWithVirtualNodesRejectsOutOfBounds(t *testing.T) {
 	t.Parallel()
-	for _, n := range []int{0, -1} {
+	for _, n := range []int{0, -1, shard.MaxVirtualNodes + 1, math.MaxInt/2 + 1, math.MaxInt} {
 		p, err := shard.RingWithVirtualNodes(n).Place(servers(2))
 		assert.Nil(t, p)
-		assert.EqualError(t, err, fmt.Sprintf("dflock: shard: virtual nodes must be at least 1, got %d", n))
+		assert.EqualError(t, err, fmt.Sprintf("dflock: shard: virtual nodes must be between 1 and %d, got %d", shard.MaxVirtualNodes, n))
 	}
+	p, err := shard.RingWithVirtualNodes(shard.MaxVirtualNodes).Place(servers(2))
+	require.NoError(t, err)
+	assert.NotNil(t, p)
+	// Each bound holds, but not their product.
+	n := shard.MaxRingPoints/shard.MaxVirtualNodes + 1
+	p, err = shard.RingWithVirtualNodes(shard.MaxVirtualNodes).Place(servers(n))
+	assert.Nil(t, p)
+	assert.EqualError(t, err, fmt.Sprintf("dflock: shard: %d servers × %d virtual nodes exceed the ring's %d points",
+		n, shard.MaxVirtualNodes, shard.MaxRingPoints))
 }
 
 func TestServerDoesNotAllocate(t *testing.T) {
