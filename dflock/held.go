@@ -206,6 +206,12 @@ func (h *held) finishRelease(rr releaseReply) error {
 			Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}}
 	case rr.err != nil:
 		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: rr.err}
+	case rr.r.Status == wire.StatusErrDraining:
+		// A server shutting down (v1.16+) answers the next request so and
+		// closes the connection, which releases the lease (auto-release):
+		// the lock was held until then, so this is no loss. The release
+		// itself was not done, which matters with auto-release off.
+		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: "error_draining", Err: ErrDraining}
 	case !ok:
 		// The server no longer knew the token: the lease had expired (or
 		// its connection closed) before the release arrived.

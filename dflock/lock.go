@@ -61,7 +61,10 @@ func (l *Lock) Renew(ctx context.Context) error { return l.h.renew(ctx) }
 // Release releases the lock. It is idempotent: later calls return the
 // first call's result. It returns nil after a clean release, and an error
 // matching ErrLockLost if the lock had been lost (or its lease had already
-// expired on the server).
+// expired on the server). A server shutting down (v1.16+) answers the
+// release with error_draining and closes the connection, which releases the
+// lock unless auto-release is off on the server: the error then matches
+// ErrDraining, not ErrLockLost, since the lock was held until then.
 //
 // The release is sent even if ctx has already ended; ctx only bounds the
 // wait for the server's answer. A nil ctx is an *ArgError (and releases

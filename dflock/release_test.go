@@ -1,7 +1,10 @@
 package dflock
 
 import (
+	"context"
+	"net"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -52,4 +55,42 @@ func TestReleaseWaitingForAnAnswerEndsWithClose(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("Close did not return")
 	}
+}
+
+// A server shutting down (v1.16+) answers a release with error_draining and
+// closes the connection, which releases the lock: the lock was held until
+// then, so Release reports ErrDraining, not a loss.
+func TestReleaseAnsweredDrainingIsNotALoss(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	srv := newServer(t, testutil.Config{ShutdownTimeout: time.Minute})
+	// A client each: the first release's connection closes, and with it
+	// every lease on it (those are lost, rightly).
+	c1, c2 := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	l, err := c1.Lock(ctx, "k")
+	require.NoError(t, err)
+	s, err := c2.Semaphore(ctx, "s", 2)
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(context.Background()) }()
+	require.Eventually(t, func() bool { // draining: the listener is closed
+		nc, err := net.DialTimeout("tcp", srv.Addr(), time.Second)
+		if err == nil {
+			_ = nc.Close()
+		}
+		return err != nil
+	}, 5*time.Second, time.Millisecond)
+	require.NoError(t, l.Err(), "lost before the release")
+	require.NoError(t, s.Err(), "lost before the release")
+
+	for name, release := range map[string]func(context.Context) error{"lock": l.Release, "semaphore": s.Release} {
+		err := release(ctx)
+		assert.ErrorIs(t, err, ErrDraining, name)
+		assert.NotErrorIs(t, err, ErrLockLost, name)
+		assert.ErrorContains(t, err, "error_draining", name)
+	}
+	require.NoError(t, c1.Close()) // the last connections: the drain ends
+	require.NoError(t, c2.Close())
+	require.NoError(t, <-done)
 }

@@ -58,7 +58,8 @@ func (s *Semaphore) Renew(ctx context.Context) error { return s.h.renew(ctx) }
 // Release gives the slot back. It is idempotent: later calls return the
 // first call's result. It returns nil after a clean release, and an error
 // matching ErrLockLost if the slot had been lost (or its lease had already
-// expired on the server).
+// expired on the server); one matching ErrDraining if the server, shutting
+// down, answered error_draining (see Lock.Release).
 //
 // The release is sent even if ctx has already ended; ctx only bounds the
 // wait for the server's answer. A nil ctx is an *ArgError (and releases
