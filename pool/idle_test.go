@@ -119,3 +119,25 @@ func TestNewDefaultsIdleLimits(t *testing.T) {
 	_, err := New(Config{Addr: "127.0.0.1:1", MaxConnIdleTime: -time.Second})
 	require.Error(t, err)
 }
+
+// A wait-pool dial whose caller gave up completes in the background, and
+// puddle puts the connection among the idle ones without a Release. It
+// must expire like any other idle connection (it did not: nothing had
+// counted its idle time, and the janitor pinged it for good).
+func TestIdleConnDialledForCallerWhoLeftExpires(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	d := &heldDialer{}
+	p := newPool(t, Config{Addr: srv.Addr(), Dial: d.dial, KeepAlive: 20 * time.Millisecond,
+		MaxConnIdleTime: 50 * time.Millisecond})
+	d.hold()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := p.Acquire(ctx); errc <- err }()
+	require.Eventually(t, func() bool { return d.blocked.Load() == 1 }, wait, time.Millisecond)
+	cancel() // the caller leaves; puddle goes on dialling
+	require.ErrorIs(t, <-errc, context.Canceled)
+	d.letGo()
+	require.Eventually(t, func() bool { return p.Stats().IdleClosed == 1 }, wait, 5*time.Millisecond,
+		"the connection dialled in the background never expired")
+	require.Zero(t, p.Stats().IdleConns)
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -238,4 +239,47 @@ func TestLocalBreaksDoNotMatchErrUnavailable(t *testing.T) {
 	_, err = out.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 	require.True(t, errors.Is(err, ErrClosed))
 	assert.NotErrorIs(t, err, ErrUnavailable)
+}
+
+// A failed lane dial marks the server down although other connections
+// live (a server at its connection cap refuses one more): new dials then
+// wait for the probe, but Acquire still takes an idle connection at hand
+// rather than failing fast. With none idle it fails fast, without dialling.
+func TestAcquireWhileDownTakesAnIdleConn(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	var refuse atomic.Bool
+	var dials atomic.Int64
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		if refuse.Load() {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	p := newPool(t, Config{Addr: srv.Addr(), Dial: dial, LaneConns: 1})
+	ctx := ctxWait(t)
+	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	h, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	h.Release() // idle, healthy
+
+	refuse.Store(true)
+	p.lanes[0].conn.Load().c.fail(errors.New("test: lane broken"))
+	_, _, err = p.Do(ctx, wire.Request{Cmd: wire.CmdPing}) // its redial is refused
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.Error(t, p.usable(), "the failed lane dial marked the server down")
+
+	h, err = p.Acquire(ctx)
+	require.NoError(t, err, "Acquire failed fast with an idle connection at hand")
+	r, err := h.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+
+	before := dials.Load()
+	_, err = p.Acquire(ctx) // none idle now
+	require.ErrorIs(t, err, ErrUnavailable)
+	// The probe may dial meanwhile (it backs off from ≥ 50 ms), Acquire not.
+	assert.LessOrEqual(t, dials.Load()-before, int64(1))
+	h.Release()
 }

@@ -93,8 +93,12 @@ func (h *Conn) Release() {
 	}
 	if h.c.errp.Load() == nil && h.c.inflight.Load() == 0 && h.pins.Load() == 0 {
 		h.c.setOwner(nil)
-		h.p.idleFrom(h.p.now())
+		now := h.p.now()
 		h.res.Release()
+		// After the Release: a sweep between the two (which resets
+		// idleDue, then takes the idle ones out) would otherwise forget
+		// this one's expiry.
+		h.p.idleFrom(now)
 		// A caller waiting for a paced dial may take this one instead.
 		h.p.gate.signal()
 		return
@@ -132,7 +136,8 @@ func (h *Conn) takeOut() bool {
 // needed, honouring ctx). The caller must end with exactly one of
 // Conn.Release (clean, reusable) or Conn.Destroy; extra calls are no-ops.
 //
-// While the server is down Acquire fails fast (ErrUnavailable). A dial that
+// While the server is down Acquire fails fast (ErrUnavailable) unless an
+// idle connection is at hand, which it takes. A dial that
 // fails while other connections to the server are alive is not a reason to
 // mark it down (its lane may be serving fine, e.g. when the server is at
 // its --max-connections cap); instead new wait-pool connections are paced,
@@ -163,24 +168,35 @@ func (h *Conn) takeOut() bool {
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	gen := p.gate.generation()
 	for {
+		var res *puddle.Resource[*conn]
 		if err := p.usable(); err != nil {
-			return nil, err
-		}
-		seen := p.gate.changeCount()
-		res, err := p.pp.Acquire(ctx)
-		if err != nil {
-			switch {
-			case errors.Is(err, errDialDeferred):
-				if err := p.waitForDial(ctx, gen, seen); err != nil {
-					return nil, err
-				}
-				continue
-			case errors.Is(err, puddle.ErrClosedPool):
-				return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
-			case ctx.Err() != nil:
-				return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
+			// Down means no new dials (the probe makes them), not that
+			// connections at hand are bad: a failed lane dial marks the
+			// server down while the rest live (a server at its
+			// connection cap).
+			if p.closed.Load() || ctx.Err() != nil {
+				return nil, err
 			}
-			return nil, err // from dial: already a *ServerError
+			if res = p.takeIdle(); res == nil {
+				return nil, err
+			}
+		} else {
+			seen := p.gate.changeCount()
+			res, err = p.pp.Acquire(ctx)
+			if err != nil {
+				switch {
+				case errors.Is(err, errDialDeferred):
+					if err := p.waitForDial(ctx, gen, seen); err != nil {
+						return nil, err
+					}
+					continue
+				case errors.Is(err, puddle.ErrClosedPool):
+					return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
+				case ctx.Err() != nil:
+					return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
+				}
+				return nil, err // from dial: already a *ServerError
+			}
 		}
 		c := res.Value()
 		if c.errp.Load() != nil {
@@ -203,6 +219,28 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	}
 }
 
+// takeIdle takes the most recently used idle wait-pool connection, if
+// any, without dialling (puddle's Acquire and TryAcquire would dial when
+// none is idle).
+func (p *Pool) takeIdle() *puddle.Resource[*conn] {
+	idle := p.pp.AcquireAllIdle()
+	if len(idle) == 0 {
+		return nil
+	}
+	best := 0
+	for i, res := range idle {
+		if res.IdleDuration() < idle[best].IdleDuration() {
+			best = i
+		}
+	}
+	for i, res := range idle {
+		if i != best {
+			res.ReleaseUnused()
+		}
+	}
+	return idle[best]
+}
+
 // dialWaitConn is the wait pool's constructor: puddle keeps constructing
 // after the caller gives up, and cancels ctx only on Close, so dial bounds
 // it with DialTimeout. The gate answers at once when it defers the dial;
@@ -223,6 +261,12 @@ func (p *Pool) dialWaitConn(ctx context.Context) (*conn, error) {
 		}
 	})
 	p.gate.leave(gen, err)
+	if err == nil {
+		// A dial whose caller gave up goes into the idle set from puddle
+		// without a Release: its expiry is counted from here (early, if
+		// a caller takes it, which costs one needless sweep at most).
+		p.idleFrom(p.now())
+	}
 	return c, err
 }
 
