@@ -181,6 +181,7 @@ func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOptio
 		// fell behind.
 		ch: make(chan Signal, min(o.buffer, signalChanSlots)+1),
 	}
+	s.gapsAt = make([]uint64, cap(s.ch)+1)
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
 	if opCtx.Err() != nil {
@@ -310,6 +311,14 @@ type Subscription struct {
 
 	ov       *overflow      // made when ch first fills up
 	drainers sync.WaitGroup // finish waits for the drainer before closing ch
+
+	// What went into ch, to tell how many of the entries in it are gap
+	// markers (they do not count against size): ch is FIFO, so the
+	// len(ch) entries it holds are the last len(ch) sent. sent counts the
+	// sends; gapsAt[i%len(gapsAt)] is the number of markers among the
+	// first i, kept for the last cap(ch)+1 values of i. Under mu.
+	sent   uint64
+	gapsAt []uint64
 }
 
 // overflow queues, oldest first, what arrived for a Subscription while its
@@ -419,7 +428,7 @@ func (s *Subscription) finish(err error) {
 	s.chClosed = true
 	if ov := s.ov; ov != nil {
 		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
-			s.ch <- s.popLocked()
+			s.sendLocked(s.popLocked())
 		}
 		ov.q, ov.sigs = sigQueue{}, 0
 	}
@@ -434,7 +443,7 @@ func (s *Subscription) offer(sig Signal) bool {
 	if s.closed {
 		return true
 	}
-	queued := len(s.ch)
+	queued := s.signalsInChLocked()
 	if s.ov != nil {
 		queued += s.ov.sigs
 	}
@@ -443,7 +452,7 @@ func (s *Subscription) offer(sig Signal) bool {
 	}
 	s.slow = false
 	if !s.overflowingLocked() && len(s.ch) < cap(s.ch)-1 {
-		s.ch <- sig
+		s.sendLocked(sig)
 		return true
 	}
 	s.queueLocked(sig)
@@ -488,7 +497,7 @@ func (s *Subscription) gap(g *GapError) {
 		return
 	}
 	if !s.overflowingLocked() && len(s.ch) < cap(s.ch) {
-		s.ch <- Signal{Err: g}
+		s.sendLocked(Signal{Err: g})
 		return
 	}
 	s.queueLocked(Signal{Err: g})
@@ -540,7 +549,7 @@ func (s *Subscription) drain() {
 	ov := s.ov
 	for {
 		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
-			s.ch <- s.popLocked()
+			s.sendLocked(s.popLocked())
 		}
 		if s.closed || ov.q.n == 0 {
 			break
@@ -555,13 +564,39 @@ func (s *Subscription) drain() {
 			return // finish takes over what is left
 		}
 		s.mu.Lock()
-		s.popLocked()
+		s.noteSentLocked(s.popLocked())
 	}
 	ov.draining = false
 	if ov.q.n == 0 && len(ov.q.buf) > keepOverflow {
 		ov.q = sigQueue{}
 	}
 	s.mu.Unlock()
+}
+
+// sendLocked puts sig into ch, which has room. s.mu held.
+func (s *Subscription) sendLocked(sig Signal) {
+	s.ch <- sig
+	s.noteSentLocked(sig)
+}
+
+// noteSentLocked records that sig went into ch. s.mu held.
+func (s *Subscription) noteSentLocked(sig Signal) {
+	n := uint64(len(s.gapsAt))
+	gaps := s.gapsAt[s.sent%n]
+	if sig.Err != nil {
+		gaps++
+	}
+	s.sent++
+	s.gapsAt[s.sent%n] = gaps
+}
+
+// signalsInChLocked is the number of signals, gap markers aside, in ch.
+// The drainer records a send it made without s.mu only once it has s.mu
+// again; meanwhile the count may be off by one. s.mu held.
+func (s *Subscription) signalsInChLocked() int {
+	k := min(uint64(len(s.ch)), s.sent)
+	n := uint64(len(s.gapsAt))
+	return int(k - (s.gapsAt[s.sent%n] - s.gapsAt[(s.sent-k)%n]))
 }
 
 // popLocked removes the oldest entry of the overflow queue. s.mu held.

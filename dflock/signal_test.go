@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"strings"
@@ -470,6 +471,29 @@ func TestSignalsGapMarkerOnChannelWhenBufferIsFull(t *testing.T) {
 	assert.Equal(t, "0", got[0].Payload)
 	assert.Equal(t, "1", got[1].Payload)
 	require.ErrorIs(t, got[2].Err, ErrSignalGap)
+}
+
+// Gap markers do not count against Buffer: with a marker waiting in the
+// channel, Buffer(2) still takes two signals, and drops the third. (The
+// marker used to take one of the two.)
+func TestSignalsGapMarkerDoesNotTakeABufferSlot(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "g", Buffer(2))
+	require.NoError(t, err)
+	srv.DropConnections()
+	waitListening(t, srv, "g", "") // re-listened; the marker waits in C
+	for i := range 3 {
+		assert.Equal(t, 1, emit(t, c, "g", strconv.Itoa(i)))
+	}
+	require.Eventually(t, func() bool { return sub.Dropped() == 1 }, testTimeout, time.Millisecond)
+	require.ErrorIs(t, recvC(t, sub).Err, ErrSignalGap)
+	assert.Equal(t, "0", recvC(t, sub).Payload)
+	assert.Equal(t, "1", recvC(t, sub).Payload)
+	assertEmpty(t, sub)
+	assert.Equal(t, uint64(1), sub.Dropped())
 }
 
 // A buffer takes memory as signals queue up, not as Buffer says: the
@@ -1082,7 +1106,7 @@ func TestSignalsRefusedRelistenIsRetried(t *testing.T) {
 	h := &c.signals
 	h.mu.Lock()
 	l := h.listeners[listenerKey{srv: c.servers[0]}]
-	gone := &Subscription{c: c, pattern: refused.Pattern(), size: 1, ch: make(chan Signal, 2)}
+	gone := &Subscription{c: c, pattern: refused.Pattern(), size: 1, ch: make(chan Signal, 2), gapsAt: make([]uint64, 3)}
 	l.add(gone)
 	l.remove(gone)
 	select {
@@ -1475,4 +1499,42 @@ func TestSignalsStressListenCloseAndBreaks(t *testing.T) {
 			return len(c.signals.listeners) == 0 && len(c.signals.subs) == 0
 		}, testTimeout, 10*time.Millisecond)
 	})
+}
+
+// signalsInChLocked counts exactly the signals, not the gap markers, that
+// the channel holds, whatever the interleaving of sends and reads.
+func TestSubscriptionCountsTheSignalsInItsChannel(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{1, 2, 5, signalChanSlots, 1000} {
+		s := &Subscription{size: size, ch: make(chan Signal, min(size, signalChanSlots)+1)}
+		s.gapsAt = make([]uint64, cap(s.ch)+1)
+		var kinds []bool // what the channel holds, oldest first: true = marker
+		rng := rand.New(rand.NewPCG(uint64(size), 1))
+		for range 10000 {
+			if len(kinds) < cap(s.ch) && (len(kinds) == 0 || rng.IntN(2) == 0) {
+				gap := rng.IntN(3) == 0
+				sig := Signal{Payload: "p"}
+				if gap {
+					sig = Signal{Err: &GapError{Server: "s"}}
+				}
+				s.mu.Lock()
+				s.sendLocked(sig)
+				s.mu.Unlock()
+				kinds = append(kinds, gap)
+			} else {
+				got := <-s.ch
+				require.Equal(t, kinds[0], got.Err != nil)
+				kinds = kinds[1:]
+			}
+			want := 0
+			for _, gap := range kinds {
+				if !gap {
+					want++
+				}
+			}
+			s.mu.Lock()
+			require.Equal(t, want, s.signalsInChLocked(), "size %d", size)
+			s.mu.Unlock()
+		}
+	}
 }
