@@ -690,12 +690,18 @@ func (l *listener) onBroken(lc *lconn) func(error) {
 			p.on = false
 		}
 		l.breaks = append(l.breaks, breakNote{err: err, subs: len(gapped)})
-		l.mu.Unlock()
+		// The gaps are queued before l.mu is let go: the supervisor may
+		// be woken meanwhile by something else (a Listen, a retry), and
+		// once it has a new connection (adopt takes l.mu) that
+		// connection's signals must come after every gap of this break.
+		// (Lock order: listener, then subscription; neither gap nor
+		// noteSignalGap blocks.)
 		g := &GapError{Server: l.srv.addr, Err: err}
 		for _, s := range gapped {
 			s.gap(g)
 			l.c.noteSignalGap(s, g)
 		}
+		l.mu.Unlock()
 		l.poke()
 	}
 }
