@@ -306,6 +306,9 @@ func TestParseHelpers(t *testing.T) {
 		{"a.*", "a.b", true}, {"a.*", "a.b.c", false}, {"a.*", "a", false},
 		{"*.b", "a.b", true}, {"a.b", "a.b", true}, {"a.b", "a.c", false},
 		{"a.*.c", "a.b.c", true}, {"a.*.c", "a.b.d", false},
+		// Empty tokens count, as with strings.Split on the server.
+		{"a.>", "a.", true}, {"a.*", "a.", true}, {"a.*.>", "a.", false}, {"a.*.>", "a..", true},
+		{"*", "", true}, {">", "", true}, {"a..b", "a..b", true}, {"a.*.b", "a..b", true},
 	} {
 		assert.Equal(t, tc.want, matchPattern(tc.pattern, tc.channel), "%s ~ %s", tc.pattern, tc.channel)
 	}

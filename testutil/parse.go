@@ -339,19 +339,25 @@ func validPattern(p string) bool {
 func isWildcard(p string) bool { return strings.ContainsAny(p, "*>") }
 
 // matchPattern implements signal.go:MatchPattern for a valid pattern.
+// Both are split on '.' as strings.Split does, so "a." is the tokens "a"
+// and "": `>` matches one or more remaining tokens, empty ones included.
 func matchPattern(pattern, channel string) bool {
+	left := true // channel tokens remain
 	for {
 		ptok, prest, pmore := strings.Cut(pattern, ".")
 		if ptok == ">" {
-			return channel != "" // one or more remaining tokens
+			return left
+		}
+		if !left {
+			return false
 		}
 		ctok, crest, cmore := strings.Cut(channel, ".")
 		if ptok != "*" && ptok != ctok {
 			return false
 		}
-		if !pmore || !cmore {
-			return pmore == cmore
+		if !pmore {
+			return !cmore
 		}
-		pattern, channel = prest, crest
+		pattern, channel, left = prest, crest, cmore
 	}
 }

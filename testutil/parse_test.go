@@ -45,5 +45,25 @@ func FuzzPattern(f *testing.F) {
 		if got && !strings.HasSuffix(pattern, ">") && strings.Count(pattern, ".") != strings.Count(channel, ".") {
 			t.Fatalf("%q ~ %q matched with different token counts", pattern, channel)
 		}
+		if want := splitMatch(pattern, channel); got != want {
+			t.Fatalf("%q ~ %q = %v, the server's algorithm says %v", pattern, channel, got, want)
+		}
 	})
+}
+
+// splitMatch is dflockd's MatchPattern as written there: both strings split
+// on '.', `*` one token, `>` (last) one or more tokens.
+func splitMatch(pattern, channel string) bool {
+	p, c := strings.Split(pattern, "."), strings.Split(channel, ".")
+	for i, tok := range p {
+		switch {
+		case tok == ">":
+			return len(c) > i
+		case i >= len(c):
+			return false
+		case tok != "*" && tok != c[i]:
+			return false
+		}
+	}
+	return len(p) == len(c)
 }
