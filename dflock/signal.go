@@ -490,17 +490,20 @@ func (s *Subscription) warnSlow() {
 // behind a marker, a new gap gets a marker of its own, or the loss between
 // that signal and the next would go unreported. So between two queued
 // signals there is at most one marker per server, which bounds them.
-func (s *Subscription) gap(g *GapError) {
+// reported is false if g merged or the subscription is closed: then it is
+// not a gap of its own for Snapshot and Hooks.OnSignalGap either.
+func (s *Subscription) gap(g *GapError) (reported bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.gapPendingLocked(g.Server) {
-		return
+		return false
 	}
 	if !s.overflowingLocked() && len(s.ch) < cap(s.ch) {
 		s.sendLocked(Signal{Err: g})
-		return
+		return true
 	}
 	s.queueLocked(Signal{Err: g})
+	return true
 }
 
 // gapPendingLocked reports whether server's gap marker is queued with only

@@ -593,9 +593,10 @@ func (l *listener) onPush(lc *lconn) func(wire.Push) {
 // broadcastLocked hands sig to every subscription whose pattern matches,
 // and returns those whose slow-consumer episode it starts. l.mu held.
 func (l *listener) broadcastLocked(sig Signal) (slow []*Subscription) {
-	if pt := l.pats[sig.Channel]; pt != nil {
-		// A channel has no wildcard: this is the literal pattern equal
-		// to it.
+	if pt := l.pats[sig.Channel]; pt != nil && !pt.wild {
+		// The literal pattern equal to the channel. (A server that
+		// pushes a wildcard pattern as a channel is broken; the scan
+		// below matches it once, not twice.)
 		slow = deliverAll(pt.subs, sig, slow)
 	}
 	for _, pt := range l.wild {
@@ -698,8 +699,9 @@ func (l *listener) onBroken(lc *lconn) func(error) {
 		// noteSignalGap blocks.)
 		g := &GapError{Server: l.srv.addr, Err: err}
 		for _, s := range gapped {
-			s.gap(g)
-			l.c.noteSignalGap(s, g)
+			if s.gap(g) {
+				l.c.noteSignalGap(s, g)
+			}
 		}
 		l.mu.Unlock()
 		l.poke()

@@ -1538,3 +1538,30 @@ func TestSubscriptionCountsTheSignalsInItsChannel(t *testing.T) {
 		}
 	}
 }
+
+// A gap that merges into one still queued (same server, no signal behind
+// it) is not a gap of its own: the consumer sees one marker, and Snapshot
+// and OnSignalGap count one.
+func TestSignalsMergedGapIsCountedOnce(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	gaps := make(chan SignalGapInfo, 8)
+	c := newClient(t, addrsOf(srv), WithHooks(Hooks{OnSignalGap: func(g SignalGapInfo) { gaps <- g }}))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "g", Buffer(1))
+	require.NoError(t, err)
+	assert.Equal(t, 1, emit(t, c, "g", "s"))
+	require.Eventually(t, func() bool { return len(sub.C()) == 1 }, testTimeout, time.Millisecond)
+	for range 3 { // the first marker takes the reserved slot, the others queue and merge
+		srv.DropConnections()
+		waitListening(t, srv, "g", "")
+	}
+	require.Eventually(t, func() bool { return c.Snapshot().SignalGaps >= 2 }, testTimeout, time.Millisecond)
+	assert.Equal(t, "s", recvC(t, sub).Payload)
+	require.ErrorIs(t, recvC(t, sub).Err, ErrSignalGap)
+	require.ErrorIs(t, recvC(t, sub).Err, ErrSignalGap)
+	assertEmpty(t, sub)
+	assert.Equal(t, int64(2), c.Snapshot().SignalGaps)
+	require.NoError(t, c.Close()) // runs the hooks queued before it
+	assert.Len(t, gaps, 2)
+}
