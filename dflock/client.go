@@ -369,7 +369,7 @@ func (c *Client) onConnBroken(addr string, owner pool.Owner, err error) {
 	}
 }
 
-// ticketSet holds the queued tickets, whose connections Close must destroy.
+// ticketSet holds the queued tickets, whose places Close must give up.
 type ticketSet struct {
 	mu sync.Mutex
 	m  map[*ticket]struct{}
@@ -390,12 +390,21 @@ func (s *ticketSet) remove(t *ticket) {
 	s.mu.Unlock()
 }
 
+// closeAll withdraws every queued ticket, all at once, bounded together by
+// DefaultReleaseTimeout.
 func (s *ticketSet) closeAll() {
 	s.mu.Lock()
 	m := s.m
 	s.m = nil
 	s.mu.Unlock()
-	for t := range m {
-		t.abandon()
+	if len(m) == 0 {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for t := range m {
+		wg.Go(func() { t.abandon(ctx) })
+	}
+	wg.Wait()
 }

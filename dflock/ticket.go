@@ -161,11 +161,13 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 	return newLock(t.t.tracedAwait(ctx, opts))
 }
 
-// Cancel gives up the ticket: a queued ticket leaves the queue (its
-// connection is closed, which withdraws it on the server); a ticket granted
-// at enqueue and not yet collected by Wait releases the lock. A Wait in
-// progress returns. Cancel is idempotent; a ticket already waited for is not
-// affected (release its Lock instead).
+// Cancel gives up the ticket: a queued ticket leaves the queue, releasing
+// the lock if it was granted to the ticket meanwhile; a ticket granted at
+// enqueue and not yet collected by Wait releases the lock. Either way Cancel
+// waits for the server's answer, at most DefaultReleaseTimeout (after which
+// the ticket's connection is closed). A Wait in progress returns. Cancel is
+// idempotent; a ticket already waited for is not affected (release its Lock
+// instead).
 func (t *Ticket) Cancel() error { return t.t.cancel() }
 
 // Key returns the semaphore's key.
@@ -350,7 +352,9 @@ func (t *ticket) cancel() error {
 		t.state, t.conn, t.cancelled = ticketDone, nil, true
 		t.mu.Unlock()
 		t.c.tickets.remove(t)
-		conn.Destroy()
+		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+		defer cancel()
+		t.withdraw(ctx, conn)
 		return nil
 	case ticketWaiting:
 		stop := t.stopWait
@@ -370,8 +374,9 @@ func (t *ticket) cancel() error {
 	return nil
 }
 
-// abandon is Cancel for Close: queued tickets lose their connection.
-func (t *ticket) abandon() {
+// abandon is Cancel for Close: a queued ticket gives up its place (ctx
+// bounds every ticket's withdrawal together).
+func (t *ticket) abandon(ctx context.Context) {
 	t.mu.Lock()
 	if t.state != ticketQueued {
 		t.mu.Unlock()
@@ -380,5 +385,57 @@ func (t *ticket) abandon() {
 	conn := t.conn
 	t.state, t.conn = ticketDone, nil
 	t.mu.Unlock()
+	t.withdraw(ctx, conn)
+}
+
+// withdraw gives up the queue place held on conn, and any grant already
+// made to it. Closing the connection would do both only where the server
+// releases on disconnect: with --auto-release-on-disconnect=false it drops
+// the place but keeps a grant that came before the close, held by nobody
+// until its lease runs out. So the place is tried instead (w key 0), which
+// consumes it whatever the answer; a grant is released on the same
+// connection, which is then clean and goes back to the pool. Whatever goes
+// wrong, or if ctx ends first, the connection is destroyed.
+func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
+	cmd := wire.CmdWait
+	if t.limit > 0 {
+		cmd = wire.CmdSemWait
+	}
+	r, err := sendOn(ctx, conn, wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit})
+	if err == nil {
+		switch r.Status {
+		case wire.StatusOK, wire.StatusAcquired:
+			if checkGrant(r) != nil {
+				break
+			}
+			r, err = sendOn(ctx, conn, wire.ReleaseRequest(t.key, r.Token, t.limit > 0))
+			if err == nil && r.Status == wire.StatusOK {
+				conn.Release()
+				return
+			}
+		case wire.StatusTimeout, wire.StatusErrNotEnqueued, wire.StatusErrLeaseExpired:
+			conn.Release() // the place is consumed; nothing is held
+			return
+		}
+	}
 	conn.Destroy()
+}
+
+// sendOn sends req on conn and waits for the answer or ctx. Unlike
+// conn.Do it does not end with the Client (Close withdraws tickets with
+// it) and leaves the connection alone when ctx ends; the caller destroys
+// it then.
+func sendOn(ctx context.Context, conn *pool.Conn, req wire.Request) (wire.Reply, error) {
+	type answer struct {
+		r   wire.Reply
+		err error
+	}
+	ch := make(chan answer, 1)
+	conn.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) { ch <- answer{r, err} })
+	select {
+	case a := <-ch:
+		return a.r, a.err
+	case <-ctx.Done():
+		return wire.Reply{}, ctx.Err()
+	}
 }

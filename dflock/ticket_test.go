@@ -241,3 +241,73 @@ func TestTicketWaitReenqueuesAfterServerChunk(t *testing.T) {
 		t.Fatal("the ticket did not get the lock after re-enqueueing")
 	}
 }
+
+// A queued ticket to which the lock was granted meanwhile (the grant waits
+// for Wait on the server) releases it when cancelled or left at Close,
+// also where the server does not release on disconnect: closing the
+// connection, as Cancel did, left such a grant held by nobody until its
+// lease ran out. A place not granted is given up with the connection kept.
+func TestCancelledTicketReleasesAGrantWithoutAutoRelease(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		sem      bool
+		viaClose bool
+	}{{"lock/Cancel", false, false}, {"lock/Close", false, true}, {"semaphore/Cancel", true, false}, {"semaphore/Close", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+			holder := newClient(t, addrsOf(srv))
+			c, err := New(addrsOf(srv))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = c.Close() })
+			ctx := testCtx(t)
+
+			var release func(context.Context) error
+			var cancel func() error
+			if tc.sem {
+				s, err := holder.Semaphore(ctx, "k", 1)
+				require.NoError(t, err)
+				tk, err := c.EnqueueSemaphore(ctx, "k", 1)
+				require.NoError(t, err)
+				require.False(t, tk.Acquired())
+				release, cancel = s.Release, tk.Cancel
+			} else {
+				l, err := holder.Lock(ctx, "k")
+				require.NoError(t, err)
+				tk, err := c.Enqueue(ctx, "k")
+				require.NoError(t, err)
+				require.False(t, tk.Acquired())
+				release, cancel = l.Release, tk.Cancel
+			}
+			require.NoError(t, release(ctx)) // the server grants the ticket's place
+			require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond)
+
+			if tc.viaClose {
+				require.NoError(t, c.Close())
+			} else {
+				require.NoError(t, cancel())
+			}
+			assert.Zero(t, heldTotal(srv), "the cancelled ticket's grant is still held: %+v", srv.Stats())
+		})
+	}
+
+	t.Run("not granted", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+		holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+		ctx := testCtx(t)
+		l, err := holder.Lock(ctx, "k")
+		require.NoError(t, err)
+		tk, err := c.Enqueue(ctx, "k")
+		require.NoError(t, err)
+		require.Equal(t, 1, lockWaiters(srv, "k"))
+		require.NoError(t, tk.Cancel())
+		assert.Zero(t, lockWaiters(srv, "k"))
+		st := c.servers[0].pool.Stats()
+		assert.Equal(t, 1, st.IdleConns, "the connection went back to the pool")
+		assert.Zero(t, st.Broken)
+		require.NoError(t, l.Release(ctx))
+		assert.Zero(t, heldTotal(srv))
+	})
+}
