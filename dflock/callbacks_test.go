@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -157,4 +158,90 @@ func TestBlockedHookDoesNotLoseOtherLeases(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, c.localStats(Stats{Servers: make([]ServerStats, 1)}).Client.CallbacksDropped, int64(10))
 	require.NoError(t, b.Release(ctx))
+}
+
+// mutexHandler is a common hand-written slog handler: one mutex guards its
+// level and its sink, so Enabled and Handle both take it. Its sink is stuck:
+// the first Handle holds the mutex until release is closed.
+type mutexHandler struct {
+	mu      sync.Mutex
+	release chan struct{}
+	stuck   chan struct{} // closed when the first Handle blocks
+	once    sync.Once
+}
+
+func (h *mutexHandler) Enabled(context.Context, slog.Level) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return true
+}
+func (h *mutexHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *mutexHandler) WithGroup(string) slog.Handler      { return h }
+func (h *mutexHandler) Handle(context.Context, slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.once.Do(func() { close(h.stuck) })
+	<-h.release
+	return nil
+}
+
+// The handler's Enabled is user code too: a reader that logs must not call
+// it. Here the lane reader releases grants whose callers gave up, and logs
+// each; with the handler stuck in Handle (holding the mutex its Enabled
+// takes), a reader asking Enabled would stop reading, and every reply on
+// the lane — renewals included — would wait with it. Likewise the loss
+// notifier, which Close waits for.
+func TestLogHandlerEnabledNeverRunsOnTheClientsGoroutines(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p, err := testutil.NewProxy(srv.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	h := &mutexHandler{release: make(chan struct{}), stuck: make(chan struct{})}
+	defer close(h.release)
+	c := newClient(t, []string{p.Addr()}, WithLogger(slog.New(h)), WithLaneConns(1),
+		withCallbackWait(50*time.Millisecond))
+	ctx := testCtx(t)
+	a, err := c.TryLock(ctx, "a", LeaseTTL(2*time.Second)) // renewed, and its loss found, within a second
+	require.NoError(t, err)
+
+	// Two tries given up before their grants arrive: the reader releases
+	// each grant and logs it.
+	p.SetLatency(150 * time.Millisecond)
+	for _, k := range []string{"x", "y"} {
+		tctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		_, err := c.TryLock(tctx, k)
+		cancel()
+		require.Error(t, err)
+	}
+	select {
+	case <-h.stuck:
+	case <-ctx.Done():
+		t.Fatal("no record reached the handler")
+	}
+	p.SetLatency(0)
+	require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond,
+		"the abandoned grants were not released")
+
+	// The lane still answers: its reader is not waiting for the handler.
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	z, err := c.TryLock(tctx, "z")
+	require.NoError(t, err, "the lane's reader is stuck in the log handler")
+	require.NoError(t, z.Release(tctx))
+
+	// A loss is logged by the notifier, which Close waits for.
+	releaseBehindClientsBack(t, srv.Addr(), "a", a.Token())
+	select {
+	case <-a.Done():
+	case <-ctx.Done():
+		t.Fatal("the loss of a was not noticed")
+	}
+	closed := make(chan struct{})
+	go func() { _ = c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waits for the stuck log handler")
+	}
 }

@@ -103,7 +103,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	disp := newDispatcher()
 	log := slog.New(slog.DiscardHandler)
 	if o.logger != nil {
-		log = slog.New(&asyncHandler{d: disp, inner: o.logger.Handler()})
+		log = slog.New(newAsyncHandler(disp, o.logger.Handler()))
 	}
 
 	c := &Client{

@@ -85,32 +85,99 @@ func (d *dispatcher) stop(wait time.Duration) {
 // copy of the record on the dispatcher and returns at once, so that no
 // logging call of the SDK ever waits for the user's handler.
 //
-// Enabled is answered by the user's handler synchronously; slog documents it
-// as a cheap level check, and answering it here keeps a disabled level free
-// (no record is built, nothing is queued).
+// Enabled does not ask the user's handler either: even a level check is
+// user code, and a handler whose Enabled takes the same mutex as a stuck
+// Handle once held a connection reader and lost a healthy lease. The
+// dispatcher asks it, for each record, just before Handle; a level it finds
+// disabled is answered false here, without building or queueing records,
+// for the next levelRecheck, after which one record goes through to ask
+// again (a handler's level may change, slog.LevelVar).
 type asyncHandler struct {
-	d     *dispatcher
-	inner slog.Handler
+	d      *dispatcher
+	inner  slog.Handler
+	levels *levelCache
 }
 
-func (h *asyncHandler) Enabled(ctx context.Context, level slog.Level) bool {
-	return h.inner.Enabled(ctx, level)
+func newAsyncHandler(d *dispatcher, inner slog.Handler) *asyncHandler {
+	return &asyncHandler{d: d, inner: inner, levels: newLevelCache()}
+}
+
+func (h *asyncHandler) Enabled(_ context.Context, level slog.Level) bool {
+	return !h.levels.disabled(level)
 }
 
 func (h *asyncHandler) Handle(ctx context.Context, r slog.Record) error {
 	// The record's attributes may share storage with the caller's; the
 	// clone is what outlives this call.
 	r = r.Clone()
-	inner := h.inner
+	inner, levels := h.inner, h.levels
 	ctx = context.WithoutCancel(ctx)
-	h.d.do(func() { _ = inner.Handle(ctx, r) })
+	h.d.do(func() {
+		if !inner.Enabled(ctx, r.Level) {
+			levels.found(r.Level, false)
+			return
+		}
+		levels.found(r.Level, true)
+		_ = inner.Handle(ctx, r)
+	})
 	return nil
 }
 
+// A derived handler may enable other levels: it learns its own.
 func (h *asyncHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return &asyncHandler{d: h.d, inner: h.inner.WithAttrs(attrs)}
+	return newAsyncHandler(h.d, h.inner.WithAttrs(attrs))
 }
 
 func (h *asyncHandler) WithGroup(name string) slog.Handler {
-	return &asyncHandler{d: h.d, inner: h.inner.WithGroup(name)}
+	return newAsyncHandler(h.d, h.inner.WithGroup(name))
+}
+
+// levelRecheck is how long a level the user's handler refused stays
+// refused without asking it again.
+const levelRecheck = time.Second
+
+// levelCache holds, for the four standard slog levels, until when the
+// user's handler is taken to refuse them (0: not known to refuse). Other
+// levels are always queued, and the dispatcher filters them.
+type levelCache struct {
+	epoch time.Time
+	until [4]atomic.Int64 // Debug, Info, Warn, Error: time.Since(epoch) nanoseconds
+}
+
+func newLevelCache() *levelCache { return &levelCache{epoch: time.Now()} }
+
+func levelIndex(l slog.Level) (int, bool) {
+	switch l {
+	case slog.LevelDebug:
+		return 0, true
+	case slog.LevelInfo:
+		return 1, true
+	case slog.LevelWarn:
+		return 2, true
+	case slog.LevelError:
+		return 3, true
+	}
+	return 0, false
+}
+
+func (c *levelCache) disabled(l slog.Level) bool {
+	i, ok := levelIndex(l)
+	if !ok {
+		return false
+	}
+	u := c.until[i].Load()
+	return u != 0 && int64(time.Since(c.epoch)) < u
+}
+
+// found records the handler's answer for l (dispatcher only).
+func (c *levelCache) found(l slog.Level, enabled bool) {
+	i, ok := levelIndex(l)
+	if !ok {
+		return
+	}
+	if enabled {
+		c.until[i].Store(0)
+		return
+	}
+	c.until[i].Store(int64(time.Since(c.epoch) + levelRecheck))
 }

@@ -458,8 +458,9 @@ func WithSharding(s shard.Strategy) Option {
 // Records are handed to l's handler on one goroutine of the Client's, in
 // order, never on the goroutines that renew leases, read replies or write
 // requests: a slow handler cannot delay a renewal. The handler's Enabled is
-// the exception (called in place; keep it a cheap level check). Records and
-// hook calls that find more than 4096 others waiting are dropped and counted
+// asked there too, just before Handle; a level it refuses is then skipped
+// at the source for a second before a record goes through to ask again (so
+// a change of level takes effect within a second). Records and hook calls that find more than 4096 others waiting are dropped and counted
 // in ClientStats.CallbacksDropped; Close waits up to DefaultReleaseTimeout
 // for those still queued.
 func WithLogger(l *slog.Logger) Option {
@@ -469,6 +470,9 @@ func WithLogger(l *slog.Logger) Option {
 // WithHooks installs event callbacks. Default: none. Hooks run on the same
 // goroutine as the Logger's records (see WithLogger), one at a time: a hook
 // that blocks delays later hooks and records but never the Client's work.
+// A hook may call the Client, Close included; Close then returns only
+// after DefaultReleaseTimeout, since it waits for the queued callbacks and
+// the hook calling it is one of them.
 //
 // WithHooks adds to the hooks of earlier WithHooks options instead of
 // replacing them: every set runs, in option order, so that an adapter's

@@ -952,7 +952,8 @@ func (l *listener) unlistened(req wire.Request, res batchResult) {
 // calls waiting for it succeed or fail, a refused re-listen of established
 // subscriptions is retried, and a pattern whose subscriptions all went
 // meanwhile is withdrawn. It logs after releasing l.mu, which the reader
-// takes (the logger only queues the record, but calls the user's Enabled).
+// takes (the logger only queues the record; holding l.mu there for it
+// would be needless).
 func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
 	l.mu.Lock()
 	if p.sentOn != lc || res.err != nil {

@@ -1,0 +1,50 @@
+package dflock
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The Client's handler answers Enabled without asking the user's handler
+// (the dispatcher asks it, before Handle): a level the user's handler
+// refuses is skipped at the source once the dispatcher has found so, and a
+// change of the user's level takes effect within levelRecheck.
+func TestAsyncHandlerLearnsTheLevelOffTheCallersGoroutine(t *testing.T) {
+	t.Parallel()
+	d := newDispatcher()
+	defer d.stop(time.Second)
+	var out syncBuffer
+	lv := new(slog.LevelVar)
+	lv.Set(slog.LevelWarn)
+	h := newAsyncHandler(d, slog.NewTextHandler(&out, &slog.HandlerOptions{Level: lv}))
+	log := slog.New(h)
+	ctx := context.Background()
+	delivered := func(msg string) func() bool {
+		return func() bool { return strings.Contains(out.String(), "msg="+msg) }
+	}
+
+	assert.True(t, h.Enabled(ctx, slog.LevelDebug), "not known yet: queued, for the dispatcher to ask")
+	log.Debug("d1")
+	log.Warn("w1") // runs after d1's check
+	require.Eventually(t, delivered("w1"), 5*time.Second, time.Millisecond)
+	assert.NotContains(t, out.String(), "d1")
+	assert.False(t, h.Enabled(ctx, slog.LevelDebug), "refused: skipped at the source")
+	assert.True(t, h.Enabled(ctx, slog.LevelWarn))
+	assert.True(t, h.Enabled(ctx, slog.Level(2)), "a non-standard level is always queued")
+
+	lv.Set(slog.LevelDebug)
+	require.Eventually(t, func() bool {
+		log.Debug("d2")
+		return delivered("d2")()
+	}, 5*levelRecheck, 10*time.Millisecond)
+	assert.True(t, h.Enabled(ctx, slog.LevelDebug))
+
+	// Derived handlers learn their own levels.
+	assert.True(t, log.With("k", "v").Handler().Enabled(ctx, slog.LevelDebug))
+}
