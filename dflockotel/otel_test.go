@@ -273,6 +273,7 @@ func TestWithLockSpanIsTheParentOfItsAcquireAndRelease(t *testing.T) {
 	require.Len(t, outer, 1)
 	assert.Equal(t, trace.SpanKindInternal, outer[0].SpanKind())
 	assert.Equal(t, codes.Error, outer[0].Status().Code, "fn's error fails the span")
+	assert.Contains(t, outer[0].Status().Description, "the job failed", "the status says what failed, not that the lock was granted")
 	id := outer[0].SpanContext().SpanID()
 	for _, name := range []string{"dflock.Lock", "dflock.Lock.Release"} {
 		inner := h.spansNamed(name)

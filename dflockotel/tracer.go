@@ -98,7 +98,13 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 	}
 	if res.Err != nil && !expectedRefusal(res) {
 		span.RecordError(res.Err)
-		span.SetStatus(codes.Error, res.Outcome.String())
+		desc := res.Outcome.String()
+		if res.Outcome == dflock.Granted {
+			// A scoped call whose lock was granted failed in the
+			// program's function (or in the release after it).
+			desc = res.Err.Error()
+		}
+		span.SetStatus(codes.Error, desc)
 	}
 	span.End()
 }
