@@ -225,14 +225,7 @@ func TestTracerOutcomes(t *testing.T) {
 			_, err := c.Semaphore(cctx, "s", 1)
 			done <- err
 		}()
-		require.Eventually(t, func() bool {
-			for _, s := range srv.Stats().Semaphores {
-				if s.Key == "s" && s.Waiters == 1 {
-					return true
-				}
-			}
-			return false
-		}, testTimeout, time.Millisecond, "no waiter")
+		require.Eventually(t, func() bool { return semWaiters(srv, "s") == 1 }, testTimeout, time.Millisecond, "no waiter")
 		cancel()
 		require.ErrorIs(t, recv(t, ctx, done, "the cancelled call"), context.Canceled)
 		var acq []*span

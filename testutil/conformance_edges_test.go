@@ -48,9 +48,10 @@ func TestConformanceMaxWaitersBeforeTry(t *testing.T) {
 	}
 }
 
-// TestConformanceStatsClassifiesByLimit: v1.10 keeps locks and semaphores
-// in one table and lists a limit-1 semaphore as a lock; from v1.14 the
-// namespace decides.
+// TestConformanceStatsClassifiesByLimit: stats lists a limit-1 semaphore
+// as a lock (§15, v1.10). Later servers keep locks and semaphores apart but
+// classify the same way (the signal-era server's Stats: limit 1 → locks),
+// so a lock and a limit-1 semaphore of one name are two `locks` entries.
 func TestConformanceStatsClassifiesByLimit(t *testing.T) {
 	t.Parallel()
 
@@ -79,24 +80,26 @@ func TestConformanceStatsClassifiesByLimit(t *testing.T) {
 		assert.Empty(t, st.IdleSemaphores)
 	})
 
-	t.Run("v1.16 and v2.1 by namespace", func(t *testing.T) {
+	t.Run("v1.16 and v2.1 by limit too", func(t *testing.T) {
 		t.Parallel()
 		for _, v := range []Version{V1_16, V2_1} {
 			srv := newServer(t, Config{Version: v})
 			a := dialSrv(t, srv)
 			a.send("sl", "one", "0 1")
 			a.expectGrant("ok", 33)
+			a.lock("one", "0", 33) // the lock namespace: another key
 			a.send("se", "idle-one", "1")
 			tok := a.expectGrant("acquired", 33)
 			a.send("sr", "idle-one", tok)
 			a.expect("ok")
 			st := decodeStats(t, statsLine(a))
-			assert.Empty(t, st.Locks, versionNames[v])
-			require.Len(t, st.Semaphores, 1, versionNames[v])
-			assert.Equal(t, "one", st.Semaphores[0].Key)
-			assert.Equal(t, 1, st.Semaphores[0].Limit)
-			assert.Empty(t, st.IdleLocks, versionNames[v])
-			require.Len(t, st.IdleSemaphores, 1, versionNames[v])
+			require.Len(t, st.Locks, 2, versionNames[v])
+			assert.Equal(t, "one", st.Locks[0].Key)
+			assert.Equal(t, "one", st.Locks[1].Key)
+			assert.Empty(t, st.Semaphores, versionNames[v])
+			require.Len(t, st.IdleLocks, 1, versionNames[v])
+			assert.Equal(t, "idle-one", st.IdleLocks[0].Key)
+			assert.Empty(t, st.IdleSemaphores, versionNames[v])
 		}
 	})
 }
@@ -135,9 +138,10 @@ func TestConformanceSecondsOverflow(t *testing.T) {
 	}
 }
 
-// TestConformanceSweepDropsTwoPhaseState: once v1.10's sweeper has removed
-// an expired `acquired` slot, `w` finds no two-phase state at all; before
-// the sweep, and on later versions, it answers error_lease_expired.
+// TestConformanceSweepDropsTwoPhaseState: once the sweeper has removed an
+// expired `acquired` slot, `w` finds no two-phase state at all (§15, v1.10;
+// the signal-era sweeper does the same); before the sweep it answers
+// error_lease_expired.
 func TestConformanceSweepDropsTwoPhaseState(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -148,8 +152,9 @@ func TestConformanceSweepDropsTwoPhaseState(t *testing.T) {
 	}{
 		{"v1.10 swept", V1_10, 20 * time.Millisecond, "error_not_enqueued"},
 		{"v1.10 not yet swept", V1_10, time.Hour, "error_lease_expired"},
-		{"v1.16 swept", V1_16, 20 * time.Millisecond, "error_lease_expired"},
-		{"v2.1 swept", V2_1, 20 * time.Millisecond, "error_lease_expired"},
+		{"v1.16 swept", V1_16, 20 * time.Millisecond, "error_not_enqueued"},
+		{"v1.16 not yet swept", V1_16, time.Hour, "error_lease_expired"},
+		{"v2.1 swept", V2_1, 20 * time.Millisecond, "error_not_enqueued"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

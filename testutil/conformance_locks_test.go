@@ -283,7 +283,7 @@ func TestConformanceTwoPhase(t *testing.T) {
 
 	t.Run("lease expired before w", func(t *testing.T) {
 		t.Parallel()
-		srv := newServer(t, Config{SweepInterval: 100 * time.Millisecond})
+		srv := newServer(t, Config{SweepInterval: time.Hour}) // lapsed, not yet evicted
 		a := dialSrv(t, srv)
 		a.send("e", "k", "1")
 		a.expectGrant("acquired", 1)
@@ -402,12 +402,14 @@ func TestConformanceAutoRelease(t *testing.T) {
 		t.Parallel()
 		srv := newServer(t, Config{})
 		a := dialSrv(t, srv)
-		a.send("sl", "s", "0 1")
+		a.send("sl", "s", "0 2")
+		a.expectGrant("ok", 33)
+		a.send("sl", "s", "0 2")
 		a.expectGrant("ok", 33)
 		a.send("e", "k", "")
 		a.expectGrant("acquired", 33)
 		b := dialSrv(t, srv)
-		b.send("sl", "s", "10 1")
+		b.send("sl", "s", "10 2")
 		waitSemWaiters(t, srv, "s", 1)
 		a.close()
 		b.expectGrant("ok", 33)

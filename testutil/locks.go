@@ -252,7 +252,7 @@ func (t *lockTable) acquire(conn uint64, key string, sem bool, a acquireArgs) (o
 	if out != outGranted {
 		return out, "", nil
 	}
-	t.evictExpired(r, now, false)
+	t.evictExpired(r, now)
 	if r.grantable() {
 		return outGranted, t.newHolder(r, conn, sem, a.lease, now).token, nil
 	}
@@ -288,7 +288,7 @@ func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (o
 	if out != outGranted {
 		return out, ""
 	}
-	t.evictExpired(r, now, false)
+	t.evictExpired(r, now)
 	st := &enqState{key: ek}
 	if r.grantable() {
 		h := t.newHolder(r, conn, sem, a.lease, now)
@@ -374,6 +374,14 @@ func (t *lockTable) dropEnq(st *enqState) {
 	}
 }
 
+// dropHolderEnq drops the two-phase state that was granted h's slot.
+func (t *lockTable) dropHolderEnq(h *holder) {
+	if h.enq != nil {
+		t.dropEnq(h.enq)
+		h.enq = nil
+	}
+}
+
 // release serves r/sr: outGranted for `ok`; unknown tokens and expired
 // leases fail (outFailed).
 func (t *lockTable) release(key, token string, sem bool) outcome {
@@ -387,14 +395,12 @@ func (t *lockTable) release(key, token string, sem bool) outcome {
 	if h == nil {
 		return outFailed
 	}
+	// §6.3: a released `acquired` slot takes its two-phase state with it,
+	// and so does an evicted one.
+	t.dropHolderEnq(h)
 	if !now.Before(h.expires) {
 		t.removeHolder(h.res, h, AuditExpire, now)
 		return outFailed
-	}
-	if h.enq != nil {
-		// §6.3: a released `acquired` slot takes its two-phase state with it.
-		t.dropEnq(h.enq)
-		h.enq = nil
 	}
 	t.removeHolder(h.res, h, AuditRelease, now)
 	return outGranted
@@ -414,6 +420,7 @@ func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) outcome 
 		return outFailed
 	}
 	if !now.Before(h.expires) {
+		t.dropHolderEnq(h) // evicted: as by the sweeper
 		t.removeHolder(h.res, h, AuditExpire, now)
 		return outFailed
 	}
@@ -468,19 +475,19 @@ func (t *lockTable) promote(r *resource, now time.Time) {
 	}
 }
 
-// evictExpired drops lapsed holders of r and promotes waiters. An expired
-// slot's two-phase state is kept, so that a later `w` answers
-// error_lease_expired, unless dropEnq: then `w` finds no state at all.
-func (t *lockTable) evictExpired(r *resource, now time.Time, dropEnq bool) {
+// evictExpired drops lapsed holders of r, with their two-phase state, and
+// promotes waiters. The released servers' sweeper and their eviction on the
+// spot (an acquire or enqueue of the key) both drop the state (v1.10.0
+// lock.go, and the signal-era lock.go): a later `w` finds none and answers
+// error_not_enqueued. Only a `w` that comes before any eviction finds the
+// lapsed lease (error_lease_expired, §6.4).
+func (t *lockTable) evictExpired(r *resource, now time.Time) {
 	expired := false
 	for _, h := range r.holders {
 		if !now.Before(h.expires) {
 			h.gone = true
 			expired = true
-			if dropEnq && h.enq != nil {
-				t.dropEnq(h.enq)
-				h.enq = nil
-			}
+			t.dropHolderEnq(h)
 			t.emit(AuditExpire, h, now)
 		}
 	}
@@ -491,10 +498,8 @@ func (t *lockTable) evictExpired(r *resource, now time.Time, dropEnq bool) {
 	t.promote(r, now)
 }
 
-// sweep evicts every expired lease; run every SweepInterval. v1.10's
-// sweeper also drops the two-phase state of what it evicts, so that `w`
-// answers error_not_enqueued there (§15); v1.16 and v2.1 are assumed to
-// keep it and answer error_lease_expired, as §6.4 and §8h describe.
+// sweep evicts every expired lease (and its two-phase state: `w` then
+// answers error_not_enqueued, §15); run every SweepInterval.
 func (t *lockTable) sweep() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -504,7 +509,7 @@ func (t *lockTable) sweep() {
 	now := t.clock.Now()
 	for _, r := range t.res {
 		if len(r.holders) > 0 {
-			t.evictExpired(r, now, t.version == V1_10)
+			t.evictExpired(r, now)
 		}
 	}
 }

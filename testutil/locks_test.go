@@ -167,11 +167,28 @@ func TestLocksTwoPhase(t *testing.T) {
 
 func TestLocksTwoPhaseLeaseLapsedBeforeWait(t *testing.T) {
 	t.Parallel()
-	s := NewServer(t, Config{SweepInterval: 100 * time.Millisecond})
-	a := udial(t, s)
-	grantToken(t, a.do("e", "k", "1"), "acquired")
-	waitFor(t, "lease swept", func() bool { return len(s.Stats().Locks) == 0 })
-	assert.Equal(t, "error_lease_expired", a.do("w", "k", "0"))
+	for _, evict := range []struct {
+		name string
+		do   func(s *Server, other *uconn)
+		want string
+	}{
+		{"not evicted", func(*Server, *uconn) {}, "error_lease_expired"},
+		{"swept", func(s *Server, _ *uconn) { s.locks.sweep() }, "error_not_enqueued"},
+		{"evicted by an acquire", func(_ *Server, o *uconn) { o.grant("l", "k", "0") }, "error_not_enqueued"},
+	} {
+		t.Run(evict.name, func(t *testing.T) {
+			t.Parallel()
+			s := NewServer(t, Config{SweepInterval: time.Hour})
+			a, o := udial(t, s), udial(t, s)
+			grantToken(t, a.do("e", "k", "1"), "acquired")
+			waitFor(t, "lease lapsed", func() bool {
+				l, ok := findLock(s.Stats(), "k")
+				return ok && l.LeaseExpiresIn == 0
+			})
+			evict.do(s, o)
+			assert.Equal(t, evict.want, a.do("w", "k", "0"))
+		})
+	}
 }
 
 func TestLocksMaxLocksAndMaxWaiters(t *testing.T) {

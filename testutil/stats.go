@@ -14,15 +14,13 @@ type tableSnapshot struct {
 	idleSemaphores []IdleKeyInfo
 }
 
-// listedAsSemaphore decides whether stats lists r under semaphores. From
-// v1.14 that is its namespace; v1.10 keeps one table and classifies by
-// limit, so a limit-1 semaphore made by sl/se is listed as a lock (§15).
-func (t *lockTable) listedAsSemaphore(r *resource) bool {
-	if r.key.ns == nsShared {
-		return r.limit != 1
-	}
-	return r.key.ns == nsSem
-}
+// listedAsSemaphore decides whether stats lists r under semaphores: by its
+// limit, not by the command that made it, so a limit-1 semaphore made by
+// sl/se is listed as a lock. §15 saw that on v1.10; the signal-era server's
+// Stats classifies the same way (limit 1: locks) and only strips the
+// namespace prefix, so there a lock and a limit-1 semaphore of one name are
+// two `locks` entries with the same key. v2.x is assumed to keep that code.
+func (t *lockTable) listedAsSemaphore(r *resource) bool { return r.limit != 1 }
 
 func (t *lockTable) snapshot() tableSnapshot {
 	now := t.clock.Now()
@@ -48,7 +46,9 @@ func (t *lockTable) snapshot() tableSnapshot {
 			if len(r.holders) > 0 {
 				// A lock with waiters but no holder shows owner 0 and lease 0 (§6.7).
 				li.OwnerConnID = r.holders[0].conn
-				li.LeaseExpiresIn = r.holders[0].expires.Sub(now)
+				// Clamped, as the servers do: a lapsed lease not yet
+				// swept shows 0, never a negative number.
+				li.LeaseExpiresIn = max(r.holders[0].expires.Sub(now), 0)
 			}
 			snap.locks = append(snap.locks, li)
 		}
