@@ -94,9 +94,10 @@ type ServerStats struct {
 type ServerState struct {
 	// Connections open on the server, including the one that asked.
 	Connections int
-	// Locks held or waited for.
+	// Locks held or waited for. The server lists a semaphore of limit 1
+	// here too (it classifies by limit), under its key.
 	Locks []LockState
-	// Semaphores with holders or waiters.
+	// Semaphores with holders or waiters, of limit 2 or more.
 	Semaphores []SemaphoreState
 	// IdleLocks and IdleSemaphores are keys with no holder and no waiter,
 	// not yet forgotten (they count against the server's key limit).
