@@ -64,39 +64,37 @@ func lockWaiters(s *testutil.Server, key string) int {
 	return 0
 }
 
-// semHolders is the number of holders of the semaphore key. The server
-// lists a semaphore of limit 1 under locks (it classifies by limit), so the
-// tests must not use one name for a lock and a limit-1 semaphore.
+// semHolders is the number of holders of the semaphore key.
 func semHolders(s *testutil.Server, key string) int {
-	st := s.Stats()
-	for _, sem := range st.Semaphores {
-		if sem.Key == key {
-			return sem.Holders
-		}
-	}
-	for _, l := range st.Locks {
-		if l.Key == key && l.OwnerConnID != 0 {
-			return 1
-		}
-	}
-	return 0
+	holders, _ := semCounts(s, key)
+	return holders
 }
 
-// semWaiters is the number of waiters the server shows for the semaphore
-// key (see semHolders).
+// semWaiters is the number of waiters the server shows for the semaphore key.
 func semWaiters(s *testutil.Server, key string) int {
+	_, waiters := semCounts(s, key)
+	return waiters
+}
+
+// semCounts finds the semaphore key in the server's stats. The server lists
+// a semaphore of limit 1 under locks (it classifies by limit), so the tests
+// must not use one name for a lock and a limit-1 semaphore.
+func semCounts(s *testutil.Server, key string) (holders, waiters int) {
 	st := s.Stats()
 	for _, sem := range st.Semaphores {
 		if sem.Key == key {
-			return sem.Waiters
+			return sem.Holders, sem.Waiters
 		}
 	}
 	for _, l := range st.Locks {
 		if l.Key == key {
-			return l.Waiters
+			if l.OwnerConnID != 0 {
+				holders = 1
+			}
+			return holders, l.Waiters
 		}
 	}
-	return 0
+	return 0, 0
 }
 
 // heldTotal counts every lock and semaphore holder on the server.
