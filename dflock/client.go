@@ -115,7 +115,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	rc := renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock}
+	rc := renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock, ReadTimeout: o.readTimeout}
 	if o.hooks.OnRenewalBatch != nil {
 		// Only for the hook: without it the scheduler keeps no per-batch
 		// tally on the readers (Snapshot reads the Counters).

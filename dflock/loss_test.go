@@ -46,6 +46,36 @@ func (h *lostHook) hooks() Hooks {
 	}}
 }
 
+// A lease longer than the server's read timeout ends on a silent network
+// when the server, having read nothing for that long, closes the
+// connection (and hands the lock on), not when its TTL runs out: the client
+// declares it lost before that. Client and server share one clock, moved to
+// just before the server's read timeout closes the connection.
+func TestLossIsReportedBeforeTheServersReadTimeoutForALongLease(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Clock: clk}) // read timeout 23 s, as dflockd's default
+	px := newProxy(t, srv.Addr())
+	c := newClient(t, []string{px.Addr()}, withClock(clk)) // declares 23 s (the default)
+	ctx := testCtx(t)
+
+	sent := clk.Now() // the server last reads anything at the acquire
+	l, err := c.Lock(ctx, "bh", LeaseTTL(time.Minute))
+	require.NoError(t, err)
+	px.Blackhole(true)
+
+	clk.Advance(DefaultServerReadTimeout - time.Millisecond)
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatalf("the lease was not reported lost by %v after the request; the server closes the connection at %v",
+			clk.Now().Sub(sent), DefaultServerReadTimeout)
+	}
+	assert.True(t, lockHeld(srv, "bh"), "the server had already dropped the lease")
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	assert.ErrorContains(t, l.Err(), "server read timeout 23s")
+}
+
 // When the network goes silent, the client declares the lease lost by its
 // own clock — before the server-side lease can have ended. Client and
 // server share one clock, moved to just before the server's lease ends:
@@ -81,7 +111,7 @@ func TestLossIsReportedBeforeServerLeaseEndsWhenNetworkBlackholes(t *testing.T) 
 	}
 	assert.True(t, lockHeld(srv, "bh"), "the server had already dropped the lease")
 	require.ErrorIs(t, l.Err(), ErrLockLost)
-	assert.ErrorContains(t, l.Err(), "no renewal confirmed within TTL")
+	assert.ErrorContains(t, l.Err(), "no renewal confirmed within the lease's life")
 	// Done is closed only after the Context is cancelled.
 	require.Error(t, lctx.Err(), "Done closed before the lease's Context was cancelled")
 	assert.ErrorIs(t, context.Cause(lctx), ErrLockLost)

@@ -241,10 +241,11 @@ func (o *options) conflict() error {
 	// timeout. A keepalive of at most half of it leaves the other half for
 	// what delays a ping: a janitor or scheduler running late, a lost
 	// segment waiting for its retransmission (TCP's timeout starts at
-	// 200 ms–1 s and doubles with each loss), a stop-the-world pause. It
-	// also means the pool, which breaks a connection whose ping went
-	// unanswered for two keepalives, notices a dead connection no later than
-	// the server would have closed it.
+	// 200 ms–1 s and doubles with each loss), a stop-the-world pause. (A
+	// silent network is not noticed by the pool's keepalive in time — it
+	// breaks a connection whose request went unanswered for two keepalives
+	// — but by the leases' own deadlines, which count from the read timeout
+	// when it is shorter than the TTL: see renew.Config.ReadTimeout.)
 	if o.keepAlive > o.readTimeout/2 {
 		return &ArgError{Arg: "keepalive", Value: o.keepAlive.String(),
 			Reason: "must be at most half the server read timeout (" + o.readTimeout.String() +
@@ -349,7 +350,10 @@ func WithKeepAlive(d time.Duration) Option {
 // WithServerReadTimeout declares the servers' read timeout (dflockd's
 // --read-timeout): a server closes a connection that sends nothing for this
 // long, releasing its leases. It bounds WithKeepAlive (at most half of it)
-// and sends nothing itself. It must be positive; above MaxDuration it means
+// and, on a network gone silent, the life of a lease longer than it: such a
+// lease is declared lost within the read timeout of its last confirmed
+// renewal, before the server can close the connection (docs/leases.md). It
+// sends nothing itself. It must be positive; above MaxDuration it means
 // a server without a read timeout. When servers differ, give the shortest.
 // Default DefaultServerReadTimeout (23 s, dflockd's default).
 func WithServerReadTimeout(d time.Duration) Option {

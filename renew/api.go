@@ -46,7 +46,7 @@ var (
 	// renewal was confirmed within TTL − safety margin of the last confirmed
 	// send. Unexported: no caller acts on it (its message says what
 	// happened); ErrRefused and ErrOwnerFailed are matched by dflock.
-	errExpired = errors.New("dflock: no renewal confirmed within TTL − safety margin")
+	errExpired = errors.New("dflock: no renewal confirmed within the lease's life − safety margin")
 	// errClosed is the cause of the loss of a lease tracked after Close.
 	errClosed = errors.New("dflock: renewal scheduler closed")
 )
@@ -146,6 +146,15 @@ type Config struct {
 	KeepAlive time.Duration
 	// Clock times renewals and loss deadlines. Nil means the real clock.
 	Clock Clock
+	// ReadTimeout is the servers' read timeout: a server closes a
+	// connection it has read nothing from for this long, releasing its
+	// leases. A lease's last confirmed renewal was read by the server, so
+	// the lease lives no longer than min(TTL, ReadTimeout) after that
+	// renewal was sent, and its loss deadline and renewal interval are
+	// computed from that (a silent network otherwise had the server hand
+	// the lock on before the client reported the loss). Values <= 0 mean
+	// none.
+	ReadTimeout time.Duration
 	// OnBatch, if set, is called once per renewal batch (one write to one
 	// owner) when its last reply or its connection's failure has arrived.
 	// It runs on the owner's reader or on the scheduler goroutine, so it

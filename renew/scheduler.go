@@ -515,7 +515,7 @@ func (s *Scheduler) takeLocked(l *Lease) {
 // early is how long before its renewal time l may be renewed in another
 // lease's round: a quarter of its interval, so at least three quarters of
 // the interval pass between two renewals.
-func (s *Scheduler) early(l *Lease) int64 { return int64(s.interval(l.ttl) / 4) }
+func (s *Scheduler) early(l *Lease) int64 { return int64(s.interval(s.life(l.ttl)) / 4) }
 
 func (s *Scheduler) addToRound(st *ownerState) {
 	if !st.inRound {
@@ -596,11 +596,24 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 // applied TTL and computes the next renewal and the loss deadline. It
 // returns the renewal interval.
 func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) time.Duration {
-	iv := s.interval(ttl)
+	life := s.life(ttl)
+	iv := s.interval(life)
 	l.confirmed = sent
-	l.deadline = addSat(sent, int64(ttl-s.margin(ttl)))
+	l.deadline = addSat(sent, int64(life-s.margin(life)))
 	l.renewAt = addSat(sent, int64(iv))
 	return iv
+}
+
+// life is how long a lease of the given TTL surely lives on the server after
+// a confirmed renewal was sent: its TTL, unless the server's read timeout is
+// shorter. The server read that renewal, and it closes the connection (and
+// so ends the lease) once it has read nothing for its read timeout; on a
+// network that went silent that comes first.
+func (s *Scheduler) life(ttl time.Duration) time.Duration {
+	if rt := s.cfg.ReadTimeout; rt > 0 && rt < ttl {
+		return rt
+	}
+	return ttl
 }
 
 // interval is the renewal interval: min(TTL×Ratio, KeepAlive), and never
@@ -756,8 +769,15 @@ func (s *Scheduler) keepIdleLocked(st *ownerState) {
 }
 
 func expiredCause(l *Lease, now int64) error {
-	return fmt.Errorf("%w (last confirmed send %v ago, TTL %v, %d renewal(s) unanswered)",
-		errExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, l.inflight)
+	return fmt.Errorf("%w (last confirmed send %v ago, TTL %v, server read timeout %v, %d renewal(s) unanswered)",
+		errExpired, time.Duration(subSat(now, l.confirmed)).Round(time.Millisecond), l.ttl, readTimeoutText(l.s.cfg.ReadTimeout), l.inflight)
+}
+
+func readTimeoutText(d time.Duration) string {
+	if d <= 0 {
+		return "none"
+	}
+	return d.String()
 }
 
 func renewRequest(l *Lease) wire.Request {

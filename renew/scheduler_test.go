@@ -210,6 +210,12 @@ func TestRenewalTimeAndDeadline(t *testing.T) {
 		{"decades", Config{}, 40 * 365 * 24 * time.Hour, 10 * time.Second, 40*365*24*time.Hour - 2*time.Second},
 		// sent + TTL − margin is past the int64 range: saturated.
 		{"protocol maximum", Config{}, foreverTTL, 10 * time.Second, math.MaxInt64 - 5*time.Second},
+		// The server closes a connection silent for its read timeout: a
+		// longer TTL lives no longer than that after a confirmed send.
+		{"read timeout caps a long TTL", Config{ReadTimeout: 23 * time.Second}, time.Minute, 10 * time.Second, 21 * time.Second},
+		{"read timeout caps the protocol maximum", Config{ReadTimeout: 23 * time.Second}, foreverTTL, 10 * time.Second, 21 * time.Second},
+		{"read timeout with a short keepalive", Config{ReadTimeout: 4 * time.Second, KeepAlive: 2 * time.Second}, 33 * time.Second, 2 * time.Second, 3600 * time.Millisecond},
+		{"read timeout longer than the TTL", Config{ReadTimeout: 23 * time.Second}, 2 * time.Second, time.Second, 1800 * time.Millisecond},
 	}
 	for _, tc := range cases {
 		s := newScheduler(tc.cfg)

@@ -132,6 +132,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 			dflock.WithDialer(taps[i].dial),
 			dflock.WithLeaseTTL(serverLease),
 			dflock.WithKeepAlive(clientKeepAlive),
+			dflock.WithServerReadTimeout(serverReadTimeout),
 			dflock.WithHooks(dflock.Hooks{OnLeaseLost: func(dflock.LeaseInfo, error) { rec.lostHook.Add(1) }}),
 		}
 		if ph.fencing {
