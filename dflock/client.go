@@ -54,6 +54,7 @@ type server struct {
 	pool *pool.Pool
 	obs  serverObs // per-server figures of Snapshot
 	hot  hotKeys   // keys recently found held: Lock skips the lane try for them
+	lost lostReleases
 }
 
 type clientCounters struct {

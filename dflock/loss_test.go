@@ -333,3 +333,34 @@ func TestWithLockCancelsFunctionOnLoss(t *testing.T) {
 	px.Blackhole(false)
 	px.ResetAll()
 }
+
+// A lease lost with its owning connection is released on another
+// connection, best effort: a server running with auto-release off keeps a
+// closed connection's leases, held by nobody until their TTL ends, although
+// the client has declared them lost (it did, before this release).
+func TestLeaseLostWithItsConnectionIsReleasedWithoutAutoRelease(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k")
+	require.NoError(t, err)
+	s, err := c.Semaphore(ctx, "s", 2)
+	require.NoError(t, err)
+
+	srv.DropConnections() // the owning lane connection breaks; the server stays up
+	for _, done := range []<-chan struct{}{l.Done(), s.Done()} {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			t.Fatal("no loss reported")
+		}
+	}
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	require.ErrorIs(t, s.Err(), ErrLockLost)
+	require.Eventually(t, func() bool { return heldTotal(srv) == 0 }, 5*time.Second, time.Millisecond,
+		"leases the client declared lost are still held on the server: %+v", srv.Stats())
+	l2, err := c.TryLock(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l2.Release(ctx))
+}
