@@ -108,3 +108,31 @@ func TestTLSWithVerifyingClientWorksAndWrongCAFailsClearly(t *testing.T) {
 	t.Log(err)
 	assert.NotErrorIs(t, err, ErrAuth)
 }
+
+// An auth token given for a server without auth (it answers `auth` with a
+// bare `error`) is an auth misconfiguration: the error matches ErrAuth and
+// says what to check, and the server is not taken for down.
+func TestTokenForAServerWithoutAuthIsErrAuth(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv), WithAuthToken("s3cret"))
+	_, err := c.TryLock(testCtx(t), "k")
+	require.ErrorIs(t, err, ErrAuth)
+	assert.NotErrorIs(t, err, ErrServerUnavailable)
+	assert.ErrorContains(t, err, "does the server have auth enabled?")
+	assert.ErrorContains(t, err, srv.Addr())
+}
+
+// A client without TLS whose server expects it sees the connection closed
+// without a word (so does a server at its connection cap): the error names
+// both likely causes.
+func TestPlainClientToTLSServerIsToldOfTLS(t *testing.T) {
+	t.Parallel()
+	certs, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	srv := newServer(t, testutil.Config{TLS: certs.ServerConfig()})
+	c := newClient(t, addrsOf(srv))
+	_, err = c.TryLock(testCtx(t), "k")
+	require.ErrorIs(t, err, ErrServerUnavailable)
+	assert.ErrorContains(t, err, "or expect TLS (WithTLS)")
+}

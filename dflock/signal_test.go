@@ -1565,3 +1565,35 @@ func TestSignalsMergedGapIsCountedOnce(t *testing.T) {
 	require.NoError(t, c.Close()) // runs the hooks queued before it
 	assert.Len(t, gaps, 2)
 }
+
+// A server shutting down (v1.16+) answers the next request with
+// error_draining and closes the connection. When that request is a
+// keepalive ping, the break says so (ErrDraining), not that the server
+// violated the protocol.
+func TestSignalsDrainingServerAnswersAKeepalivePing(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{ShutdownTimeout: time.Minute})
+	broken := make(chan error, 16)
+	c := newClient(t, addrsOf(srv), WithKeepAlive(MinKeepAlive), WithHooks(Hooks{
+		OnConnBroken: func(_ string, err error) { broken <- err },
+	}))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "a.>")
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(context.Background()) }()
+	_, err = sub.Next(ctx) // the listener's next ping finds the drain
+	require.ErrorIs(t, err, ErrSignalGap)
+	assert.ErrorIs(t, err, ErrDraining)
+	assert.NotContains(t, err.Error(), "protocol violation")
+	select {
+	case err := <-broken:
+		assert.ErrorIs(t, err, ErrDraining)
+	case <-ctx.Done():
+		t.Fatal("OnConnBroken was not called")
+	}
+	require.NoError(t, sub.Close())
+	require.NoError(t, c.Close()) // its last connections: the drain ends
+	require.NoError(t, <-done)
+}

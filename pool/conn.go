@@ -1037,6 +1037,10 @@ func (c *conn) pingDone(r wire.Reply, err error) {
 		c.ping.Store(pingOK)
 	case wire.StatusError:
 		c.ping.Store(pingUnsupported)
+	case wire.StatusErrDraining:
+		// A server shutting down (v1.16+) answers the next request so
+		// and closes the connection: a keepalive ping is no exception.
+		c.fail(ErrDraining)
 	default:
 		c.fail(fmt.Errorf("%w: unexpected reply to ping (status %d %q)", wire.ErrProtocol, r.Status, r.Word))
 	}

@@ -78,7 +78,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		tc := tls.Client(nc, p.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close()
-			return nil, 0, p.dialFailed(parent, closedInHandshake(fmt.Errorf("TLS handshake: %w", err)), lane)
+			return nil, 0, p.dialFailed(parent, p.closedInHandshake(fmt.Errorf("TLS handshake: %w", err)), lane)
 		}
 		nc = tc
 	}
@@ -102,27 +102,36 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 			return nil, 0, err
 		}
 		if errors.Is(err, errAuthReply) {
+			// A token for a server without auth (it answers `error`):
+			// an auth misconfiguration, like a refused token.
 			p.dialFailures.Add(1)
-			return nil, 0, serverErr(p.cfg.Addr, err, nil)
+			return nil, 0, serverErr(p.cfg.Addr, ErrAuth, err)
 		}
-		return nil, 0, p.dialFailed(parent, closedInHandshake(err), lane)
+		return nil, 0, p.dialFailed(parent, p.closedInHandshake(err), lane)
 	}
 	return wc, ping, nil
 }
 
-// errClosedInHandshake names the likely cause of a connection that the
+// errClosedInHandshake names the likely causes of a connection that the
 // server accepted and closed before answering the handshake: dflockd does
-// exactly that over --max-connections (and --max-connections-per-ip), writing
-// nothing.
-var errClosedInHandshake = errors.New("the server closed the connection during the handshake; it may be at its connection limit (--max-connections)")
+// exactly that over --max-connections (and --max-connections-per-ip), and
+// its TLS listener to a client speaking plain text, writing nothing.
+var (
+	errClosedInHandshake      = errors.New("the server closed the connection during the handshake; it may be at its connection limit (--max-connections)")
+	errClosedInPlainHandshake = errors.New("the server closed the connection during the handshake; it may be at its connection limit (--max-connections), or expect TLS (WithTLS)")
+)
 
 // closedInHandshake adds errClosedInHandshake to a handshake error caused by
 // the server closing the connection (EOF, reset, broken pipe).
-func closedInHandshake(err error) error {
+func (p *Pool) closedInHandshake(err error) error {
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
-		return fmt.Errorf("%w: %w", errClosedInHandshake, err)
+		hint := errClosedInHandshake
+		if p.tls == nil {
+			hint = errClosedInPlainHandshake
+		}
+		return fmt.Errorf("%w: %w", hint, err)
 	}
 	return err
 }
