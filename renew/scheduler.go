@@ -514,7 +514,8 @@ func (s *Scheduler) takeLocked(l *Lease) {
 
 // early is how long before its renewal time l may be renewed in another
 // lease's round: a quarter of its interval, so at least three quarters of
-// the interval pass between two renewals.
+// the interval pass between two renewals (before the first, whose time is
+// jittered up to a tenth earlier as well, at least 0.65 of it).
 func (s *Scheduler) early(l *Lease) int64 { return int64(s.interval(s.life(l.ttl)) / 4) }
 
 func (s *Scheduler) addToRound(st *ownerState) {
