@@ -50,11 +50,11 @@ type Client struct {
 
 // server is one dflockd server of the Client.
 type server struct {
-	addr string
-	pool *pool.Pool
-	obs  serverObs // per-server figures of Snapshot
-	hot  hotKeys   // keys recently found held: Lock skips the lane try for them
-	lost lostReleases
+	addr  string
+	pool  *pool.Pool
+	obs   serverObs     // per-server figures of Snapshot
+	hot   hotKeys       // keys recently found held: Lock skips the lane try for them
+	aside asideReleases // releases of grants whose own connection is gone
 }
 
 type clientCounters struct {

@@ -260,65 +260,12 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 	c := h.c
 	h.returnConn(true) // the loss is counted already (serverObs)
 	if errors.Is(err, renew.ErrOwnerFailed) {
-		c.releaseLost(h.srv, lease)
+		c.releaseAside(h.srv, wire.ReleaseRequest(lease.Key(), lease.Token(), lease.Semaphore()))
 	}
 	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
 	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
 		info := LeaseInfo{Key: lease.Key(), Token: lease.Token(), Server: h.srv.addr, Semaphore: lease.Semaphore(), TTL: lease.TTL()}
 		c.disp.do(func() { hook(info, err) })
-	}
-}
-
-// lostReleases queues the best-effort releases of a server's leases lost
-// with their connection (Client.releaseLost).
-type lostReleases struct {
-	mu      sync.Mutex
-	reqs    []wire.Request
-	running bool // a flushLost goroutine sends them
-}
-
-// releaseLost has a lease lost with its owning connection released on
-// another connection to its server, best effort. A server releases a closed
-// connection's leases itself unless it runs with
-// --auto-release-on-disconnect=false: then it keeps them, held by nobody
-// until their TTL runs out, although the client has declared them lost and
-// will not renew them. (A server that released them answers error, which
-// is ignored.) It runs on the loss notifier, so it only queues: one
-// goroutine per server sends what is queued, pipelined on a lane
-// connection, bounded by DefaultReleaseTimeout and by Close.
-func (c *Client) releaseLost(srv *server, l *renew.Lease) {
-	q := &srv.lost
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.reqs = append(q.reqs, wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
-	if q.running || !c.enter() { // enter: Close waits for the goroutine
-		return
-	}
-	q.running = true
-	go c.flushLost(srv)
-}
-
-func (c *Client) flushLost(srv *server) {
-	defer c.leave()
-	ctx, cancel := context.WithTimeout(c.ctx, DefaultReleaseTimeout)
-	defer cancel()
-	q := &srv.lost
-	for {
-		q.mu.Lock()
-		reqs := q.reqs
-		q.reqs = nil
-		if len(reqs) == 0 || ctx.Err() != nil {
-			q.running = false
-			q.mu.Unlock()
-			return
-		}
-		q.mu.Unlock()
-		// The first goes through Do, which finds (or dials) a lane
-		// connection; the rest follow on that connection in one write.
-		_, owner, err := srv.pool.Do(ctx, reqs[0])
-		if err == nil && len(reqs) > 1 {
-			owner.SendBatch(reqs[1:], func(int, wire.Reply, error) {})
-		}
 	}
 }
 

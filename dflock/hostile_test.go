@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"net"
 	"strconv"
@@ -223,4 +224,45 @@ func TestPushOnAWildcardChannelIsDeliveredOnce(t *testing.T) {
 	assert.Equal(t, "bogus", recvC(t, sub).Payload)
 	assert.Equal(t, "real", recvC(t, sub).Payload)
 	assertEmpty(t, sub)
+}
+
+// A grant read by a blocking Lock whose caller gives up while the grant is
+// being confirmed (after a long wait the client renews it once before
+// returning it) is released on another connection, not only dropped with
+// its own: with auto-release off, closing the connection would leave it
+// held by nobody until its lease ran out. The server here grants after a
+// wait longer than a quarter of the 1 s lease and never answers the renewal.
+func TestGrantAbandonedWhileConfirmedIsReleasedElsewhere(t *testing.T) {
+	t.Parallel()
+	const tok = "0123456789abcdef0123456789abcdef"
+	unblock := make(chan struct{})
+	released := make(chan string, 4)
+	srv := newScriptedServer(t, func(cmd, key, arg string) string {
+		switch {
+		case cmd == "l" && strings.HasPrefix(arg, "0"):
+			return "timeout" // the lane's try: held
+		case cmd == "l":
+			time.Sleep(300 * time.Millisecond) // a long wait, for a 1 s lease
+			return "ok " + tok + " 1"
+		case cmd == "n":
+			<-unblock // the confirming renewal is never answered
+			return "error"
+		case cmd == "r":
+			released <- key + " " + arg
+			return "ok"
+		}
+		return "error"
+	})
+	t.Cleanup(func() { close(unblock) }) // before the server's cleanup, which waits for it
+	c := newClient(t, []string{srv.ln.Addr().String()})
+	ctx, cancel := context.WithTimeout(testCtx(t), time.Second)
+	defer cancel()
+	_, err := c.Lock(ctx, "k", LeaseTTL(time.Second))
+	require.ErrorIs(t, err, ErrNotAcquired)
+	select {
+	case r := <-released:
+		assert.Equal(t, "k "+tok, r)
+	case <-testCtx(t).Done():
+		t.Fatal("the grant whose token the client read was never released")
+	}
 }

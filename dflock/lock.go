@@ -257,6 +257,10 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		case wire.StatusOK:
 			sent, err = c.confirmLongWait(opCtx, conn, req, r, sent)
 			if err != nil {
+				// The token is known: release it elsewhere too, since
+				// closing the connection releases nothing on a server
+				// with auto-release off.
+				c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
 				conn.Destroy()
 				return fail(err)
 			}

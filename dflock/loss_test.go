@@ -8,6 +8,8 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -363,4 +365,39 @@ func TestLeaseLostWithItsConnectionIsReleasedWithoutAutoRelease(t *testing.T) {
 	l2, err := c.TryLock(ctx, "k")
 	require.NoError(t, err)
 	require.NoError(t, l2.Release(ctx))
+}
+
+// The release of a lease lost with its connection is retried while the
+// server cannot be reached for a moment (here: the fault that broke the
+// connection also refuses the next dials), not dropped after one attempt.
+func TestReleaseOfALeaseLostWithItsConnectionIsRetried(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	var refuse atomic.Bool
+	var refused atomic.Int64
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if refuse.Load() {
+			refused.Add(1)
+			return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	c := newClient(t, addrsOf(srv), WithDialer(dial))
+	ctx := testCtx(t)
+	l, err := c.TryLock(ctx, "k")
+	require.NoError(t, err)
+
+	refuse.Store(true)
+	srv.DropConnections()
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("no loss reported")
+	}
+	require.Eventually(t, func() bool { return refused.Load() >= 1 }, 5*time.Second, time.Millisecond,
+		"the release was not tried while dials were refused")
+	require.True(t, lockHeld(srv, "k"))
+	refuse.Store(false)
+	require.Eventually(t, func() bool { return !lockHeld(srv, "k") }, DefaultReleaseTimeout, time.Millisecond,
+		"the release was not tried again once the server could be reached")
 }

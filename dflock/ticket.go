@@ -127,7 +127,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		return t, nil
 	case wire.StatusQueued:
 		if opCtx.Err() != nil {
-			conn.Destroy() // withdraws the place
+			t.withdrawLater(conn)
 			return fail(opCtx.Err())
 		}
 		t.state, t.conn = ticketQueued, conn
@@ -282,7 +282,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		if !try {
 			var ok bool
 			if secs, ok = waitSeconds(opCtx, chunkFor(conn, ticketWaitChunk)); !ok {
-				conn.Destroy() // withdraws the place
+				t.withdrawLater(conn)
 				return fail(deadlinePassed(opCtx))
 			}
 		}
@@ -294,6 +294,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		switch r.Status {
 		case wire.StatusOK, wire.StatusAcquired:
 			if sent, err = c.confirmLongWait(opCtx, conn, req, r, sent); err != nil {
+				c.releaseAside(t.srv, wire.ReleaseRequest(t.key, r.Token, t.limit > 0)) // see waitAcquire
 				conn.Destroy()
 				return fail(err)
 			}
@@ -419,6 +420,22 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 		}
 	}
 	conn.Destroy()
+}
+
+// withdrawLater is withdraw for a caller whose context has ended, which must
+// not wait for the server: it runs in the background (Close waits for it),
+// or, once Close has begun, closes the connection.
+func (t *ticket) withdrawLater(conn *pool.Conn) {
+	if !t.c.enter() {
+		conn.Destroy()
+		return
+	}
+	go func() {
+		defer t.c.leave()
+		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+		defer cancel()
+		t.withdraw(ctx, conn)
+	}()
 }
 
 // sendOn sends req on conn and waits for the answer or ctx. Unlike

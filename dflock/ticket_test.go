@@ -311,3 +311,27 @@ func TestCancelledTicketReleasesAGrantWithoutAutoRelease(t *testing.T) {
 		assert.Zero(t, heldTotal(srv))
 	})
 }
+
+// A Wait whose deadline has passed before it could ask the server gives up
+// its place by trying it (in the background: the caller's time is up), so
+// that a grant the place got meanwhile is released, also without
+// auto-release; closing the connection would leave that grant held.
+func TestTicketWaitPastItsDeadlineReleasesAGrantWithoutAutoRelease(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	l, err := holder.Lock(ctx, "k")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx)) // granted to the ticket's place
+	require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond)
+
+	past, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancel()
+	_, err = tk.Wait(past)
+	require.ErrorIs(t, err, ErrNotAcquired)
+	require.Eventually(t, func() bool { return heldTotal(srv) == 0 }, DefaultReleaseTimeout, time.Millisecond,
+		"the grant to the ticket's place is still held: %+v", srv.Stats())
+}
