@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -72,14 +73,16 @@ func (c *Client) flushAside(srv *server) {
 		// connection; the rest follow on that connection in one write.
 		_, owner, err := srv.pool.Do(ctx, reqs[0])
 		if err == nil {
-			if len(reqs) > 1 {
-				owner.SendBatch(reqs[1:], func(int, wire.Reply, error) {})
-			}
+			reqs = sendAll(ctx, owner, reqs[1:])
+		}
+		if len(reqs) == 0 {
 			backoff = asideMinBackoff
 			continue
 		}
-		// The server cannot be reached for now (a fault, a lane being
-		// dialled again): keep them, in order, and try again shortly.
+		// The server cannot be reached for now (the fault that broke the
+		// lease's connection broke the lane too, a lane being dialled
+		// again): keep what did not get through, in order, and try again
+		// shortly.
 		q.mu.Lock()
 		q.reqs = append(reqs, q.reqs...)
 		q.mu.Unlock()
@@ -94,4 +97,30 @@ func (c *Client) flushAside(srv *server) {
 		}
 		backoff = min(2*backoff, asideMaxBackoff)
 	}
+}
+
+// sendAll sends reqs on owner in one write and returns those whose
+// connection failed before they were answered (all of them if ctx ends
+// first). A refusal is an answer: the server no longer had the grant.
+func sendAll(ctx context.Context, owner pool.Owner, reqs []wire.Request) (failed []wire.Request) {
+	if len(reqs) == 0 {
+		return nil
+	}
+	type result struct {
+		i   int
+		err error
+	}
+	ch := make(chan result, len(reqs))
+	owner.SendBatch(reqs, func(i int, _ wire.Reply, err error) { ch <- result{i, err} })
+	for range reqs {
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				failed = append(failed, reqs[r.i])
+			}
+		case <-ctx.Done():
+			return reqs
+		}
+	}
+	return failed
 }

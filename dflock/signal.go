@@ -319,6 +319,9 @@ type Subscription struct {
 	// first i, kept for the last cap(ch)+1 values of i. Under mu.
 	sent   uint64
 	gapsAt []uint64
+	// sending: the drainer is sending an entry without mu and records it
+	// once it has mu again (sendingGap: that entry is a gap marker).
+	sending, sendingGap bool
 }
 
 // overflow queues, oldest first, what arrived for a Subscription while its
@@ -560,13 +563,18 @@ func (s *Subscription) drain() {
 		// Wait for room without holding mu, so that readers can go on
 		// queueing (behind this signal) or dropping.
 		sig := ov.q.front()
+		s.sending, s.sendingGap = true, sig.Err != nil
 		s.mu.Unlock()
 		select {
 		case s.ch <- sig:
 		case <-ov.stop:
+			s.mu.Lock()
+			s.sending = false
+			s.mu.Unlock()
 			return // finish takes over what is left
 		}
 		s.mu.Lock()
+		s.sending = false
 		s.noteSentLocked(s.popLocked())
 	}
 	ov.draining = false
@@ -594,10 +602,27 @@ func (s *Subscription) noteSentLocked(sig Signal) {
 }
 
 // signalsInChLocked is the number of signals, gap markers aside, in ch.
-// The drainer records a send it made without s.mu only once it has s.mu
-// again; meanwhile the count may be off by one. s.mu held.
+// While the drainer sends without s.mu, its entry may or may not be in ch
+// already: the count is then the smaller of the two readings, so that a
+// marker never takes a signal's place (at worst one signal more is let in
+// for the moment). s.mu held.
 func (s *Subscription) signalsInChLocked() int {
-	k := min(uint64(len(s.ch)), s.sent)
+	k := uint64(len(s.ch))
+	n := s.recordedSignals(k)
+	if s.sending && k > 0 {
+		landed := s.recordedSignals(k - 1)
+		if !s.sendingGap {
+			landed++
+		}
+		n = min(n, landed)
+	}
+	return n
+}
+
+// recordedSignals is the number of signals among the last k entries
+// recorded as sent. s.mu held.
+func (s *Subscription) recordedSignals(k uint64) int {
+	k = min(k, s.sent)
 	n := uint64(len(s.gapsAt))
 	return int(k - (s.gapsAt[s.sent%n] - s.gapsAt[(s.sent-k)%n]))
 }

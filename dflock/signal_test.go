@@ -1597,3 +1597,32 @@ func TestSignalsDrainingServerAnswersAKeepalivePing(t *testing.T) {
 	require.NoError(t, c.Close()) // its last connections: the drain ends
 	require.NoError(t, <-done)
 }
+
+// While the drainer sends a gap marker without the subscription's lock
+// (the channel was full), the marker may already be in the channel though
+// not yet recorded: a signal offered then is still not counted against the
+// buffer by the marker. Buffer(1); the channel holds A and a marker, a
+// second marker waits for room; the consumer takes A.
+func TestSubscriptionCountsAMarkerTheDrainerIsSending(t *testing.T) {
+	t.Parallel()
+	s := &Subscription{size: 1, ch: make(chan Signal, 2)}
+	s.gapsAt = make([]uint64, cap(s.ch)+1)
+	defer s.finish(ErrSubscriptionClosed)
+	require.True(t, s.offer(Signal{Channel: "c", Payload: "A"}))
+	require.True(t, s.gap(&GapError{Server: "s1"})) // the channel: A, marker
+	require.True(t, s.gap(&GapError{Server: "s2"})) // overflow: the drainer waits for room
+	require.Eventually(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.sending
+	}, testTimeout, time.Millisecond, "the drainer is not sending")
+
+	s.mu.Lock()
+	require.Equal(t, "A", (<-s.ch).Payload)
+	// The drainer's send completes now; it records it only once it has
+	// the lock, which this test holds.
+	require.Eventually(t, func() bool { return len(s.ch) == 2 }, testTimeout, time.Millisecond)
+	assert.Zero(t, s.signalsInChLocked(), "two markers in the channel counted as a signal")
+	s.mu.Unlock()
+	assert.True(t, s.offer(Signal{Channel: "c", Payload: "B"}), "B dropped: a marker took its place in the buffer")
+}

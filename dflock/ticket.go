@@ -344,8 +344,17 @@ func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 	return nil, false, refusal(t.op(), t.key, t.srv, r)
 }
 
-// cancel implements Ticket.Cancel and SemaphoreTicket.Cancel.
+// cancel implements Ticket.Cancel and SemaphoreTicket.Cancel. It counts as
+// an operation, so that Close, which withdraws the queued tickets it finds,
+// waits for one this Cancel took out of its reach.
 func (t *ticket) cancel() error {
+	if !t.c.enter() {
+		// Close has begun: it withdraws the ticket (closeAll) or
+		// releases its lease.
+		<-t.c.closed
+		return nil
+	}
+	defer t.c.leave()
 	t.mu.Lock()
 	switch t.state {
 	case ticketQueued:

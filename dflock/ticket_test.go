@@ -335,3 +335,36 @@ func TestTicketWaitPastItsDeadlineReleasesAGrantWithoutAutoRelease(t *testing.T)
 	require.Eventually(t, func() bool { return heldTotal(srv) == 0 }, DefaultReleaseTimeout, time.Millisecond,
 		"the grant to the ticket's place is still held: %+v", srv.Stats())
 }
+
+// Cancel racing Close: whichever comes first, the ticket's place is given
+// up and a grant it got released (Cancel counts as an operation, which
+// Close waits for, and a Cancel that comes after Close began leaves the
+// ticket to Close). Cancel's exchange is slowed so that Close starts
+// during it.
+func TestTicketCancelRacingCloseReleasesAGrantWithoutAutoRelease(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	px := newProxy(t, srv.Addr())
+	holder := newClient(t, addrsOf(srv))
+	c, err := New([]string{px.Addr()})
+	require.NoError(t, err)
+	ctx := testCtx(t)
+
+	l, err := holder.Lock(ctx, "k")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx)) // granted to the ticket's place
+	require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond)
+
+	px.SetLatency(100 * time.Millisecond)
+	cancelled := make(chan error, 1)
+	go func() { cancelled <- tk.Cancel() }()
+	// Close begins once the server has the ticket's `w k 0`, while its
+	// answer is on the way back.
+	require.Eventually(t, func() bool { return srv.Stats().Requests["w"] == 1 }, 5*time.Second, time.Millisecond,
+		"Cancel did not try the place")
+	require.NoError(t, c.Close())
+	require.NoError(t, <-cancelled)
+	assert.Zero(t, heldTotal(srv), "the cancelled ticket's grant is held by nobody: %+v", srv.Stats())
+}

@@ -238,6 +238,11 @@ func (p *Pool) takeIdle() *puddle.Resource[*conn] {
 			res.ReleaseUnused()
 		}
 	}
+	if len(idle) > 1 {
+		// A sweep meanwhile (which resets idleDue, then takes the idle
+		// ones out) found none of these: have the next one count them.
+		p.needSweep.Store(true)
+	}
 	return idle[best]
 }
 
