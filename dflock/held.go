@@ -201,7 +201,9 @@ func (h *held) finishRelease(rr releaseReply) error {
 	switch {
 	case errors.Is(rr.err, wire.ErrConnBroken):
 		// The owning connection broke: the server released the lease when
-		// it closed, possibly before the caller was done with it.
+		// it closed, possibly before the caller was done with it — unless
+		// it runs with auto-release off: then the release goes aside.
+		h.c.releaseAside(h.srv, wire.ReleaseRequest(h.key(), h.token(), h.lease.Semaphore()))
 		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr,
 			Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}}
 	case rr.err != nil:

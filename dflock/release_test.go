@@ -94,3 +94,25 @@ func TestReleaseAnsweredDrainingIsNotALoss(t *testing.T) {
 	require.NoError(t, c2.Close())
 	require.NoError(t, <-done)
 }
+
+// A Release whose connection breaks before the answer reports the lease
+// lost (the server releases a closed connection's leases) and, for a
+// server with auto-release off, releases it on another connection.
+func TestReleaseOnABrokenConnectionIsSentAsideWithoutAutoRelease(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	px := newProxy(t, srv.Addr())
+	c := newClient(t, []string{px.Addr()})
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k")
+	require.NoError(t, err)
+	px.Blackhole(true) // the release goes nowhere…
+	released := make(chan error, 1)
+	go func() { released <- l.Release(ctx) }()
+	require.Eventually(t, func() bool { return l.Err() != nil }, testTimeout, time.Millisecond, "Release did not begin")
+	px.ResetAll() // …and its connection is reset
+	px.Blackhole(false)
+	require.ErrorIs(t, <-released, ErrLockLost)
+	require.Eventually(t, func() bool { return !lockHeld(srv, "k") }, DefaultReleaseTimeout, time.Millisecond,
+		"the lease is still held on the server: %+v", srv.Stats())
+}
