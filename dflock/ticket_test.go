@@ -321,16 +321,11 @@ func TestTicketWaitPastItsDeadlineReleasesAGrantWithoutAutoRelease(t *testing.T)
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
-	l, err := holder.Lock(ctx, "k")
-	require.NoError(t, err)
-	tk, err := c.Enqueue(ctx, "k")
-	require.NoError(t, err)
-	require.NoError(t, l.Release(ctx)) // granted to the ticket's place
-	require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond)
+	tk := ticketGrantedWhileQueued(t, srv, holder, c)
 
 	past, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
 	defer cancel()
-	_, err = tk.Wait(past)
+	_, err := tk.Wait(past)
 	require.ErrorIs(t, err, ErrNotAcquired)
 	require.Eventually(t, func() bool { return heldTotal(srv) == 0 }, DefaultReleaseTimeout, time.Millisecond,
 		"the grant to the ticket's place is still held: %+v", srv.Stats())
@@ -348,14 +343,7 @@ func TestTicketCancelRacingCloseReleasesAGrantWithoutAutoRelease(t *testing.T) {
 	holder := newClient(t, addrsOf(srv))
 	c, err := New([]string{px.Addr()})
 	require.NoError(t, err)
-	ctx := testCtx(t)
-
-	l, err := holder.Lock(ctx, "k")
-	require.NoError(t, err)
-	tk, err := c.Enqueue(ctx, "k")
-	require.NoError(t, err)
-	require.NoError(t, l.Release(ctx)) // granted to the ticket's place
-	require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond)
+	tk := ticketGrantedWhileQueued(t, srv, holder, c)
 
 	px.SetLatency(100 * time.Millisecond)
 	cancelled := make(chan error, 1)
@@ -367,4 +355,20 @@ func TestTicketCancelRacingCloseReleasesAGrantWithoutAutoRelease(t *testing.T) {
 	require.NoError(t, c.Close())
 	require.NoError(t, <-cancelled)
 	assert.Zero(t, heldTotal(srv), "the cancelled ticket's grant is held by nobody: %+v", srv.Stats())
+}
+
+// ticketGrantedWhileQueued queues c's ticket for "k" behind holder's lock and
+// releases the lock, which the server grants to the ticket's place (where
+// the grant waits for Wait).
+func ticketGrantedWhileQueued(t *testing.T, srv *testutil.Server, holder, c *Client) *Ticket {
+	t.Helper()
+	ctx := testCtx(t)
+	l, err := holder.Lock(ctx, "k")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	require.False(t, tk.Acquired())
+	require.NoError(t, l.Release(ctx))
+	require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond)
+	return tk
 }
