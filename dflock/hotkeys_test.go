@@ -132,3 +132,66 @@ func TestHotKeysCostNothingUntilAKeyIsContended(t *testing.T) {
 	key := string([]byte("k")) // not a constant, as a caller's key is not
 	assert.Zero(t, testing.AllocsPerRun(100, func() { h.contains(hotKey{key: key}, time.Now) }))
 }
+
+// A key found held a moment ago (hot) skips the lane try and waits on the
+// wait pool — but it may have been released meanwhile, and a Lock on a free
+// key must not depend on a wait-pool connection: with the wait pool full it
+// tries the lane first, and when no wait-pool connection can be made (a
+// server at its connection cap) it tries the lane before failing.
+func TestHotKeyReleasedMeanwhileIsStillGrantedByTheLane(t *testing.T) {
+	t.Parallel()
+	t.Run("wait pool full", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		srv := newServer(t, testutil.Config{})
+		c := newClient(t, addrsOf(srv), WithMaxConnsPerServer(1))
+		c.servers[0].hot.ttl = time.Hour // k stays hot however slow the machine
+		other := newClient(t, addrsOf(srv))
+
+		// c's only wait-pool connection holds "busy", granted after a wait.
+		ob, err := other.Lock(ctx, "busy")
+		require.NoError(t, err)
+		got := make(chan *Lock, 1)
+		go func() {
+			l, err := c.Lock(ctx, "busy")
+			assert.NoError(t, err)
+			got <- l
+		}()
+		require.Eventually(t, func() bool { return lockWaiters(srv, "busy") == 1 }, testTimeout, time.Millisecond)
+		require.NoError(t, ob.Release(ctx))
+		busy := <-got
+		require.NotNil(t, busy)
+		require.NotNil(t, busy.h.pinned, "busy is held on c's only wait-pool connection")
+
+		ok, err := other.Lock(ctx, "k")
+		require.NoError(t, err)
+		_, err = c.Lock(ctx, "k", AcquireTimeout(100*time.Millisecond)) // k is hot now
+		require.ErrorIs(t, err, ErrTimeout)
+		require.NoError(t, ok.Release(ctx))
+		require.True(t, c.servers[0].hot.contains(hotKey{key: "k"}, time.Now), "k was not found held")
+
+		l, err := c.Lock(ctx, "k", AcquireTimeout(time.Second))
+		require.NoError(t, err, "Lock on a free key waited for the full wait pool")
+		require.NoError(t, l.Release(ctx))
+		require.NoError(t, busy.Release(ctx))
+	})
+	t.Run("server at its connection cap", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		srv := newServer(t, testutil.Config{MaxConnections: 2})
+		c := newClient(t, addrsOf(srv), WithLaneConns(1))
+		c.servers[0].hot.ttl = time.Hour
+		other := newClient(t, addrsOf(srv), WithLaneConns(1))
+
+		ok, err := other.Lock(ctx, "k") // other's lane: connection 2 of 2
+		require.NoError(t, err)
+		_, err = c.Lock(ctx, "k", AcquireTimeout(time.Second)) // k hot; the wait-pool dial is refused
+		require.ErrorIs(t, err, ErrServerUnavailable)
+		require.NoError(t, ok.Release(ctx))
+		require.True(t, c.servers[0].hot.contains(hotKey{key: "k"}, time.Now), "k was not found held")
+
+		l, err := c.Lock(ctx, "k", AcquireTimeout(time.Second))
+		require.NoError(t, err, "Lock on a free key failed while the lane is healthy")
+		require.NoError(t, l.Release(ctx))
+	})
+}

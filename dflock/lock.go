@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -169,7 +170,11 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	}
 
 	hk := hotKey{key: key, sem: limit != 0}
-	if try || (!c.opts.noLaneFast && !srv.hot.contains(hk, time.Now)) {
+	// A key found held a moment ago skips the lane try — unless the wait
+	// pool is full: a hot key may have been released meanwhile, and Lock
+	// on a free key must not wait for a wait-pool connection.
+	laneTried := try || (!c.opts.noLaneFast && (!srv.hot.contains(hk, time.Now) || srv.pool.WaitPoolFull()))
+	if laneTried {
 		h, err := c.tryLane(ctx, laneCtx, op, srv, req, try)
 		if h != nil || err != nil {
 			return h, err
@@ -182,7 +187,16 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	}
 	opCtx, cancel := c.opContext(laneCtx) // keeps laneCtx's deadline and cause
 	defer cancel()
-	return c.waitAcquire(ctx, opCtx, op, srv, req)
+	h, err := c.waitAcquire(ctx, opCtx, op, srv, req)
+	if err != nil && !laneTried && !c.opts.noLaneFast && errors.Is(err, ErrServerUnavailable) && opCtx.Err() == nil {
+		// No wait-pool connection could be made (a server at its
+		// connection cap) for a key skipped as hot, whose lane may
+		// well grant it now: one lane try before giving up.
+		if lh, lerr := c.tryLane(ctx, laneCtx, op, srv, req, false); lh != nil || lerr != nil {
+			return lh, lerr
+		}
+	}
+	return h, err
 }
 
 // tryLane sends the acquire with timeout 0 on the control lane. It returns

@@ -219,6 +219,11 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	}
 }
 
+// WaitPoolFull reports whether an Acquire now would wait for a connection to
+// come back: Config.MaxConns of them are acquired (blocking acquires in
+// progress, tickets, pinned leases). A hint: it may change at once.
+func (p *Pool) WaitPoolFull() bool { return p.nAcquired.Load() >= int64(p.cfg.MaxConns) }
+
 // takeIdle takes the most recently used idle wait-pool connection, if
 // any, without dialling (puddle's Acquire and TryAcquire would dial when
 // none is idle).
