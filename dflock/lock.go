@@ -263,7 +263,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 			return fail(deadlinePassed(opCtx))
 		}
 		req.Timeout = secs
-		r, sent, err := exchange(opCtx, conn, req)
+		r, sent, err := c.exchange(opCtx, srv, conn, req)
 		if err != nil {
 			return fail(err)
 		}
@@ -292,18 +292,22 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 	}
 }
 
-// exchange sends req on an exclusive wait-pool connection and reads the
-// answer. Whatever goes wrong destroys the connection — the server then
-// withdraws the waiter and releases any grant with it — so the caller deals
-// only with a clean outcome: an error, or a reply whose grant (if it is
-// one) is well formed and still wanted (ctx had not ended when it came).
-// sent is when the request was handed to the connection.
-func exchange(opCtx context.Context, conn *pool.Conn, req wire.Request) (r wire.Reply, sent time.Time, err error) {
+// exchange sends req on an exclusive wait-pool connection of srv and reads
+// the answer. Whatever goes wrong destroys the connection — the server then
+// withdraws the waiter and, with auto-release on, releases any grant with
+// it; a well-formed grant that came after ctx ended is also released aside
+// (for servers with auto-release off) — so the caller deals only with a
+// clean outcome: an error, or a reply whose grant (if it is one) is well
+// formed and still wanted (ctx had not ended when it came). sent is when
+// the request was handed to the connection.
+func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, req wire.Request) (r wire.Reply, sent time.Time, err error) {
 	sent = time.Now()
 	r, err = conn.Do(opCtx, req)
 	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
 		if err = checkGrant(r); err == nil {
-			err = opCtx.Err()
+			if err = opCtx.Err(); err != nil {
+				c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
+			}
 		}
 	}
 	if err != nil {

@@ -115,7 +115,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		return fail(err)
 	}
 	t := &ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
-	r, sent, err := exchange(opCtx, conn, req)
+	r, sent, err := c.exchange(opCtx, srv, conn, req)
 	if err != nil {
 		return fail(err)
 	}
@@ -287,7 +287,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			}
 		}
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
-		r, sent, err := exchange(opCtx, conn, req)
+		r, sent, err := c.exchange(opCtx, t.srv, conn, req)
 		if err != nil {
 			return fail(err)
 		}
@@ -329,7 +329,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 // out. It returns the lease if the key was granted at once.
 func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Command) (*held, bool, error) {
 	req := wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit, Lease: t.lease}
-	r, sent, err := exchange(ctx, conn, req)
+	r, sent, err := t.c.exchange(ctx, t.srv, conn, req)
 	if err != nil {
 		return nil, false, err
 	}
