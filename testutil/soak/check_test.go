@@ -184,10 +184,8 @@ type trimmed struct {
 }
 
 // checkLeases checks invariants (a), (b) and (c) of every belief against the
-// servers' ledgers. maxTTL bounds how long a client may go on believing a
-// lease that a fault killed on the server (it cannot know before its own
-// deadline passes, or the connection's end reaches it).
-func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killedFunc, maxTTL time.Duration, fenced bool) {
+// servers' ledgers.
+func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killedFunc, fenced bool) {
 	claimed := make(map[string]bool) // tokens that beliefs show
 	for _, b := range beliefs {
 		if b.token != "" && !b.inferred {
@@ -240,13 +238,22 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 			over := b.last.Sub(end)
 			if isKill(g, killed) {
 				// The server dropped the connection (or stopped): nobody can
-				// report that before it happens. The client must notice within
-				// a lease, by the broken connection or by its own deadline.
+				// report that before it happens. The client must notice by the
+				// broken connection or, at the latest, by its own deadline,
+				// which falls before the expiry in force at the kill: it counts
+				// from the client's last confirmed renewal, sent no later than
+				// the server's last renewal of the lease (within a lease of the
+				// kill, then).
 				v.inherent++
 				v.inherentMax = max(v.inherentMax, over)
-				if over > maxTTL {
-					v.violate("a", "%s %q token %s (client %d, server %d): still believed held %s after the server's %s at %s (more than a lease)",
-						b.op, b.key, short(b.token), b.client, b.node, over, g.endKind, stamp(end))
+				if bound := g.expires; b.last.After(bound) {
+					report := v.violate
+					if v.starvedLease(bound, g.ttl, b.last) {
+						report = v.starve
+					}
+					report("a", "%s %q token %s (client %d, server %d): still believed held at %s, %s after the server's %s at %s and past %s, the expiry then in force (TTL %s)%s",
+						b.op, b.key, short(b.token), b.client, b.node, stamp(b.last), over, g.endKind, stamp(end), stamp(bound), g.ttl,
+						v.marginNote(bound, g.ttl))
 				}
 			} else {
 				report := v.violate

@@ -54,7 +54,7 @@ func TestCheckerAcceptsBeliefsInsideTheirGrants(t *testing.T) {
 	)
 	v := newVerdict()
 	checkServerGrants(v, []*ledger{lg}, false)
-	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 1199), held("k", "b", 1201, 2199)}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 1199), held("k", "b", 1201, 2199)}, noKills, false)
 	assert.Zero(t, v.total(), "%v", v.examples)
 	assert.Equal(t, 2, v.believed)
 }
@@ -66,14 +66,14 @@ func TestCheckerFlagsABeliefPastTheLeaseExpiry(t *testing.T) {
 		ev(testutil.AuditExpire, "k", "a", 1300, 1000),
 	)
 	v := newVerdict()
-	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 1001)}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 1001)}, noKills, false)
 	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
 }
 
 func TestCheckerFlagsABeliefWithoutAGrant(t *testing.T) {
 	lg := fakeLedger(0, ev(testutil.AuditGrant, "k", "a", 100, 1000))
 	v := newVerdict()
-	checkLeases(v, []*ledger{lg}, []*belief{held("k", "zz", 1, 2), held("k", "a", 50, 60)}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "zz", 1, 2), held("k", "a", 50, 60)}, noKills, false)
 	assert.Equal(t, 2, v.counts["a"], "%v", v.examples)
 }
 
@@ -83,18 +83,24 @@ func TestCheckerTellsKilledLeasesFromLateReports(t *testing.T) {
 		ev(testutil.AuditDisconnect, "k", "a", 500, 3000),
 		ev(testutil.AuditGrant, "j", "b", 0, 3000),
 		ev(testutil.AuditDisconnect, "j", "b", 500, 3000),
+		ev(testutil.AuditGrant, "h", "d", 0, 1000),
+		ev(testutil.AuditDisconnect, "h", "d", 500, 1000),
+		ev(testutil.AuditGrant, "g", "e", 2000, 3000),
+		ev(testutil.AuditDisconnect, "g", "e", 2200, 3000),
 		ev(testutil.AuditGrant, "i", "c", 0, 3000),
 		ev(testutil.AuditStop, "i", "c", 2000, 3000),
 	)
-	killedAt500 := func(node int, t time.Time) bool { return t.Equal(at(500)) }
+	killed := func(node int, t time.Time) bool { return t.Equal(at(500)) || t.Equal(at(2200)) }
 	v := newVerdict()
 	checkLeases(v, []*ledger{lg}, []*belief{
-		held("k", "a", 1, 600),  // a fault killed it at 500: inherent, noticed within a lease
-		held("j", "b", 1, 2000), // inherent, but believed 1.5 s on: longer than a lease
-		held("i", "c", 1, 2100), // the server stopped at 2000 with no fault: the client's doing
-	}, killedAt500, time.Second, false)
-	assert.Equal(t, 2, v.counts["a"], "%v", v.examples)
-	assert.Equal(t, 2, v.inherent)
+		held("k", "a", 1, 600),     // a fault killed it at 500: inherent, noticed before its expiry
+		held("j", "b", 1, 2900),    // inherent, and believed until just before the expiry in force
+		held("h", "d", 1, 1100),    // inherent, but believed past the expiry in force (1000)
+		held("g", "e", 2001, 3300), // inherent, but past 3000, the expiry in force
+		held("i", "c", 1, 2100),    // the server stopped at 2000 with no fault: the client's doing
+	}, killed, false)
+	assert.Equal(t, 3, v.counts["a"], "%v", v.examples)
+	assert.Equal(t, 4, v.inherent)
 }
 
 func TestCheckerFlagsTwoHoldersOfALock(t *testing.T) {
@@ -108,7 +114,7 @@ func TestCheckerFlagsTwoHoldersOfALock(t *testing.T) {
 	checkServerGrants(v, []*ledger{lg}, false)
 	assert.Equal(t, 1, v.counts["server-b"], "%v", v.examples)
 	v = newVerdict()
-	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 600), held("k", "b", 550, 700)}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "a", 1, 600), held("k", "b", 550, 700)}, noKills, false)
 	assert.Equal(t, 1, v.counts["b"], "%v", v.examples)
 	assert.Zero(t, v.counts["a"])
 }
@@ -127,13 +133,13 @@ func TestCheckerCountsSemaphoreHoldersAgainstTheLimit(t *testing.T) {
 	}
 	v := newVerdict()
 	checkServerGrants(v, []*ledger{lg}, false)
-	checkLeases(v, []*ledger{lg}, []*belief{sem("a", 1, 299), sem("b", 1, 900), sem("c", 301, 900)}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{sem("a", 1, 299), sem("b", 1, 900), sem("c", 301, 900)}, noKills, false)
 	assert.Zero(t, v.total(), "%v", v.examples)
 
 	// Holder a still believes after its release was applied: a is flagged
 	// (a), and three holders at once (b).
 	v = newVerdict()
-	checkLeases(v, []*ledger{lg}, []*belief{sem("a", 1, 350), sem("b", 1, 900), sem("c", 301, 900)}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{sem("a", 1, 350), sem("b", 1, 900), sem("c", 301, 900)}, noKills, false)
 	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
 	assert.Zero(t, v.counts["b"], "trimmed to the grants, the holders never exceed the limit")
 	assert.Equal(t, 1, v.overlapsKill, "untrimmed, they do")
@@ -156,13 +162,13 @@ func TestCheckerChecksFences(t *testing.T) {
 	}
 	v := newVerdict()
 	checkServerGrants(v, []*ledger{lg}, true)
-	checkLeases(v, []*ledger{lg}, []*belief{fenced(a, 7, 1, 99), fenced(b, 9, 201, 299)}, noKills, time.Second, true)
+	checkLeases(v, []*ledger{lg}, []*belief{fenced(a, 7, 1, 99), fenced(b, 9, 201, 299)}, noKills, true)
 	assert.Zero(t, v.total(), "%v", v.examples)
 
 	// A Fence() that disagrees with its token, and one missing.
 	v = newVerdict()
 	noFence := held("k", b, 201, 299)
-	checkLeases(v, []*ledger{lg}, []*belief{fenced(a, 8, 1, 99), noFence}, noKills, time.Second, true)
+	checkLeases(v, []*ledger{lg}, []*belief{fenced(a, 8, 1, 99), noFence}, noKills, true)
 	assert.Equal(t, 2, v.counts["c"], "%v", v.examples)
 
 	// A server whose fences go backwards.
@@ -175,7 +181,7 @@ func TestCheckerChecksFences(t *testing.T) {
 	checkServerGrants(v, []*ledger{back}, true)
 	assert.Equal(t, 1, v.counts["c"], "%v", v.examples)
 	v = newVerdict()
-	checkLeases(v, []*ledger{back}, []*belief{fenced(b, 9, 1, 99), fenced(a, 7, 201, 299)}, noKills, time.Second, true)
+	checkLeases(v, []*ledger{back}, []*belief{fenced(b, 9, 1, 99), fenced(a, 7, 201, 299)}, noKills, true)
 	assert.Equal(t, 1, v.counts["c"], "%v", v.examples)
 }
 
@@ -289,7 +295,7 @@ func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
 	checkLeases(v, []*ledger{lg}, []*belief{
 		withLockHeld(0, "k", 0, 30, 38, "a"),
 		withLockHeld(2, "k", 11, 14, 76, "b"),
-	}, killedAt10, time.Second, false)
+	}, killedAt10, false)
 	assert.Zero(t, v.total(), "%v", v.examples)
 	assert.Equal(t, 1, v.inherent, "client 0 outlived its killed lease")
 	assert.Equal(t, 2, v.withLockMatched)
@@ -302,7 +308,7 @@ func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
 		ev(testutil.AuditGrant, "k", "b", 12, 1012),
 	)
 	v = newVerdict()
-	checkLeases(v, []*ledger{lg}, []*belief{withLockHeld(0, "k", 0, 30, 38, "a")}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{withLockHeld(0, "k", 0, 30, 38, "a")}, noKills, false)
 	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
 
 	// An earlier grant the same Client read in the window (a Lock of
@@ -314,14 +320,14 @@ func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
 		ev(testutil.AuditGrant, "k", "a", 5, 1005),
 	)
 	v = newVerdict()
-	checkLeases(v, []*ledger{lg2}, []*belief{withLockHeld(0, "k", 0, 30, 38, "x", "a")}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg2}, []*belief{withLockHeld(0, "k", 0, 30, 38, "x", "a")}, noKills, false)
 	assert.Zero(t, v.total(), "%v", v.examples)
 	assert.Equal(t, 1, v.withLockSeveral)
 
 	// A grant another belief shows is not the WithLock's, and with no
 	// candidate left the belief falls back to the grant in force.
 	v = newVerdict()
-	checkLeases(v, []*ledger{lg}, []*belief{held("k", "b", 13, 20), withLockHeld(0, "k", 11, 30, 38, "b")}, noKills, time.Second, false)
+	checkLeases(v, []*ledger{lg}, []*belief{held("k", "b", 13, 20), withLockHeld(0, "k", 11, 30, 38, "b")}, noKills, false)
 	assert.Equal(t, 0, v.withLockMatched)
 	assert.Equal(t, 1, v.withLockByTime)
 }
@@ -357,7 +363,7 @@ func TestCheckerExcusesOnlyWellEvidencedStarvation(t *testing.T) {
 	check := func(p pausedFunc, last int) *verdict {
 		v := newVerdict()
 		v.paused = p
-		checkLeases(v, []*ledger{lg}, []*belief{held("a", "a", 1, last)}, noKills, time.Second, false)
+		checkLeases(v, []*ledger{lg}, []*belief{held("a", "a", 1, last)}, noKills, false)
 		return v
 	}
 	// Unscheduled through the whole margin [900, 1000]: starved.

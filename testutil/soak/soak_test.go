@@ -244,7 +244,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	}
 	res.v.paused = pd.paused
 	checkServerGrants(res.v, ledgers(cl), ph.fencing)
-	checkLeases(res.v, ledgers(cl), rec.beliefs, killed, maxLease, ph.fencing)
+	checkLeases(res.v, ledgers(cl), rec.beliefs, killed, ph.fencing)
 	if ph.signals {
 		rec.mu.Lock()
 		subs := rec.subs
