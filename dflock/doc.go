@@ -30,8 +30,9 @@
 //     Lock first tries the control lane; only if the key is held does it
 //     take a wait-pool connection and wait there. A lease granted after
 //     waiting stays on that connection (pinned) until released or lost.
-//     Cancelling a wait closes its connection, which is how the server
-//     withdraws the waiter.
+//     Cancelling a blocked wait closes its connection, which is how the
+//     server withdraws the waiter; a queued two-phase ticket is given up by
+//     trying its place instead (Ticket.Cancel), and keeps its connection.
 //
 // Connections are dialled lazily under the caller's context (bounded by
 // WithDialTimeout), authenticated (WithAuthToken), optionally wrapped in TLS
@@ -48,8 +49,9 @@
 //
 // The Client decides when a lease is lost, whatever the network does: when
 // the server refuses a renewal, when the connection that acquired it
-// breaks, or when no renewal was confirmed within the TTL minus a safety
-// margin, measured from when the last confirmed request was sent. Loss
+// breaks, or when no renewal was confirmed within the TTL (or the servers'
+// read timeout, if shorter: the server closes a silent connection) minus a
+// safety margin, measured from when the last confirmed request was sent. Loss
 // closes the Done channel of the Lock (or Semaphore), makes its Err match
 // ErrLockLost, cancels its Context with that cause, and calls
 // Hooks.OnLeaseLost. Because the deadline is taken from send times, a lease
@@ -59,7 +61,11 @@
 //
 // Release ends a lease; it is idempotent. A grant that arrives for a caller
 // who gave up (its context ended) is released at once: an acquire that
-// returns an error never leaves a lock held.
+// returns an error never leaves a lock held — with one exception on servers
+// running with --auto-release-on-disconnect=false: a grant still on its way
+// when a blocking wait's context ends is lost with the connection the
+// client closes to withdraw the wait, and stays held until its lease
+// expires (docs/leases.md).
 //
 // # Sharding
 //

@@ -91,7 +91,9 @@ func newLock(h *held, err error) (*Lock, error) {
 // with the lock until it is released. A key found held within the last
 // second or so goes straight to such a connection, skipping the shared
 // one's try (see hotKeys). If ctx ends while a grant is in
-// flight, the grant is released: an error return never leaves a lock held.
+// flight, the grant is released: an error return never leaves a lock held
+// (on a server with auto-release off, see the package doc for the one
+// exception).
 //
 // The server's wait timeout is whole seconds, so AcquireTimeout (or ctx's
 // deadline) is sent rounded up and enforced exactly by the client. Waits

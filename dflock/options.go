@@ -319,7 +319,8 @@ func WithLeaseTTL(d time.Duration) Option {
 }
 
 // WithRenewRatio sets after which fraction of its TTL a lease is renewed
-// (never less often than the keepalive interval). It must be in (0, 1).
+// (of the servers' read timeout instead, if that is shorter; and never less
+// often than the keepalive interval). It must be in (0, 1).
 // Default DefaultRenewRatio.
 func WithRenewRatio(r float64) Option {
 	return func(o *options) {

@@ -288,7 +288,8 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 // before it and before any received after it: Next returns an error
 // matching ErrSignalGap once, and C delivers a Signal whose Err is set. A
 // gap is queued even when the buffer is full of signals; a gap of a server
-// whose previous gap is still queued merges into it. Warnings are logged
+// whose previous gap still waits in the overflow queue, with no signal
+// behind it, merges into it (one already in C does not). Warnings are logged
 // off the connection's reader, so a slow log handler cannot stall it.
 //
 // All methods are safe for concurrent use.

@@ -1539,9 +1539,10 @@ func TestSubscriptionCountsTheSignalsInItsChannel(t *testing.T) {
 	}
 }
 
-// A gap that merges into one still queued (same server, no signal behind
-// it) is not a gap of its own: the consumer sees one marker, and Snapshot
-// and OnSignalGap count one.
+// A gap that merges into one still waiting in the overflow queue (same
+// server, no signal behind it) is not a gap of its own: of three breaks the
+// consumer sees two markers (one took the channel's reserved slot, the
+// third merged into the second), and Snapshot and OnSignalGap count two.
 func TestSignalsMergedGapIsCountedOnce(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})

@@ -164,8 +164,10 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // Cancel gives up the ticket: a queued ticket leaves the queue, releasing
 // the lock if it was granted to the ticket meanwhile; a ticket granted at
 // enqueue and not yet collected by Wait releases the lock. Either way Cancel
-// waits for the server's answer, at most DefaultReleaseTimeout (after which
-// the ticket's connection is closed). A Wait in progress returns. Cancel is
+// waits for the server's answer, at most DefaultReleaseTimeout (then a
+// queued ticket's connection is closed; a granted ticket's release is
+// answered in the background, as Release's is). A Wait in progress
+// returns. Cancel is
 // idempotent; a ticket already waited for is not affected (release its Lock
 // instead).
 func (t *Ticket) Cancel() error { return t.t.cancel() }

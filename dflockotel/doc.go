@@ -87,7 +87,8 @@
 // A span's status is Error when the call failed: timed out, cancelled,
 // refused by a server error (a limit, a limit mismatch) or failed. A try
 // that finds the key held (TryLock, TrySemaphore returning
-// dflock.ErrNotAcquired) is an answer, not a failure: its status stays
+// dflock.ErrNotAcquired, also when the server answers it with its waiter
+// cap, error_max_waiters) is an answer, not a failure: its status stays
 // Unset and its outcome attribute says refused.
 //
 // WithLock and WithSemaphore get one span of kind internal (dflock.WithLock,

@@ -58,7 +58,8 @@ var (
 	// itself (a cancelled context withdrawing a waiter, Destroy, Close) do
 	// not match it.
 	ErrUnavailable = errors.New("dflock: server unavailable")
-	// ErrAuth: the server refused the auth token (error_auth).
+	// ErrAuth: the server refused the auth token (error_auth), or answered
+	// auth with error (it has no auth configured, yet a token was given).
 	ErrAuth = errors.New("dflock: authentication failed")
 	// ErrClosed: the pool (client) is closed. dflock.ErrClosed.
 	ErrClosed = errors.New("dflock: client closed")

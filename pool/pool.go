@@ -200,8 +200,9 @@ func (p *Pool) usable() error {
 // Err is nil while the server is considered up; otherwise the error that
 // made it unavailable (matches ErrUnavailable). After Close it matches
 // ErrClosed. A server marked down is still up as far as Err goes while a
-// lane connection to it is healthy, because Do keeps serving on it (Acquire
-// and the dials fail fast meanwhile).
+// lane connection to it is healthy, because Do keeps serving on it (the
+// dials fail fast meanwhile, and Acquire unless an idle connection is at
+// hand).
 func (p *Pool) Err() error {
 	if p.closed.Load() {
 		return serverErr(p.cfg.Addr, ErrClosed, nil)

@@ -9,8 +9,9 @@
 //
 // The scheduler owns the truth about loss: a lease is lost when a renew is
 // refused, when its owning connection fails (OwnerFailed), or when
-// sendTime(last confirmed grant/renew) + TTL − safety margin passes without
-// confirmation, whatever the network does. (An early renewal only moves that
+// sendTime(last confirmed grant/renew) + life − safety margin passes without
+// confirmation, whatever the network does (life: the TTL, or
+// Config.ReadTimeout if shorter). (An early renewal only moves that
 // send time forward, so it never brings a loss closer.) Each lease carries its own loss
 // callback (Spec.OnLost), delivered off the scheduler and off connection
 // readers.
@@ -137,7 +138,8 @@ const (
 // Config of a Scheduler. Out-of-range values are replaced by the defaults
 // as documented per field; nothing panics.
 type Config struct {
-	// Ratio of the TTL after which a lease is renewed. Default 0.5;
+	// Ratio of a lease's life (its TTL, or ReadTimeout if shorter) after
+	// which it is renewed. Default 0.5;
 	// values outside (0, 1) mean the default.
 	Ratio float64
 	// KeepAlive: a lease is renewed at least this often (keeps its owning

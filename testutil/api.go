@@ -125,7 +125,9 @@ type LockInfo struct {
 	Waiters        int
 }
 
-// SemaphoreInfo is a semaphore with holders or waiters.
+// SemaphoreInfo is a semaphore of limit 2 or more with holders or waiters. A
+// semaphore of limit 1 is listed as a LockInfo, as dflockd lists it (it
+// classifies by limit).
 type SemaphoreInfo struct {
 	Key                     string
 	Limit, Holders, Waiters int
