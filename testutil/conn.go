@@ -325,23 +325,10 @@ func (c *conn) disarmDeadlineLocked() {
 	}
 }
 
-// awaitStall blocks while the server is stalled; false if the connection closed meanwhile.
-func (c *conn) awaitStall() bool {
-	for {
-		gate := c.srv.stallGate()
-		if gate == nil {
-			return true
-		}
-		if c.flush() != nil {
-			return false
-		}
-		select {
-		case <-gate:
-		case <-c.done:
-			return false
-		}
-	}
-}
+// awaitStall blocks while the server is stalled; false if the connection
+// closed meanwhile. Replies already buffered stay buffered: a stalled server
+// writes nothing (countedConn holds any write that gets that far).
+func (c *conn) awaitStall() bool { return c.srv.awaitStallOr(c.done) }
 
 // Writing.
 
@@ -687,15 +674,40 @@ func (c *conn) signal(channel string, arg []byte) {
 }
 
 // countedConn wraps an accepted socket: it counts Read calls that returned
-// data (Stats.Reads) and Write calls, and gives every socket write its own
-// WriteTimeout.
+// data (Stats.Reads) and Write calls, gives every socket write its own
+// WriteTimeout, and holds every read and write while the server is stalled
+// (so that no path — reply, push, TLS record, auth failure — can slip a byte
+// past a Stall). A read already blocked in the kernel when a stall begins
+// is not interrupted, but what it returns is not acted on until the stall
+// ends (conn.serve checks the stall again before handling a request).
 type countedConn struct {
 	net.Conn
 	reads, writes *atomic.Int64
 	writeTimeout  time.Duration
+	stall         func() chan struct{} // Server.stallGate
+	closed        chan struct{}        // closed by Close
+	closeOnce     sync.Once
+}
+
+// hold waits out a stall; false if the connection was closed meanwhile.
+func (c *countedConn) hold() bool {
+	for {
+		gate := c.stall()
+		if gate == nil {
+			return true
+		}
+		select {
+		case <-gate:
+		case <-c.closed:
+			return false
+		}
+	}
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
+	if !c.hold() {
+		return 0, net.ErrClosed
+	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.reads.Add(1)
@@ -704,6 +716,9 @@ func (c *countedConn) Read(p []byte) (int, error) {
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
+	if !c.hold() {
+		return 0, net.ErrClosed
+	}
 	c.writes.Add(1)
 	if c.writeTimeout > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
@@ -711,11 +726,17 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+func (c *countedConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
 // countingListener wraps accepted sockets in countedConn, beneath any TLS layer.
 type countingListener struct {
 	net.Listener
 	reads, writes *atomic.Int64
 	writeTimeout  time.Duration
+	stall         func() chan struct{}
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -723,7 +744,8 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countedConn{Conn: nc, reads: l.reads, writes: l.writes, writeTimeout: l.writeTimeout}, nil
+	return &countedConn{Conn: nc, reads: l.reads, writes: l.writes, writeTimeout: l.writeTimeout,
+		stall: l.stall, closed: make(chan struct{})}, nil
 }
 
 // secretMatches compares the trimmed auth arg with the token in constant time.

@@ -62,7 +62,8 @@ type Server struct {
 
 	mu         sync.Mutex
 	state      serverState
-	ln         net.Listener // nil while stopped or after the listener closed
+	ln         net.Listener  // nil while stopped or after the listener closed
+	lnClosed   chan struct{} // closed when ln is closed
 	acceptDone chan struct{}
 	conns      map[uint64]*conn
 	nextID     uint64
@@ -185,7 +186,8 @@ func (s *Server) listen(ctx context.Context, addr string) (net.Listener, error) 
 	if err != nil {
 		return nil, fmt.Errorf("testutil: listen: %w", err)
 	}
-	var wrapped net.Listener = &countingListener{Listener: ln, reads: &s.reads, writes: &s.writes, writeTimeout: s.cfg.WriteTimeout}
+	var wrapped net.Listener = &countingListener{Listener: ln, reads: &s.reads, writes: &s.writes,
+		writeTimeout: s.cfg.WriteTimeout, stall: s.stallGate}
 	if s.tlsConfig != nil {
 		wrapped = tls.NewListener(wrapped, s.tlsConfig)
 	}
@@ -196,13 +198,17 @@ func (s *Server) listen(ctx context.Context, addr string) (net.Listener, error) 
 func (s *Server) serveLocked(ln net.Listener) {
 	s.ln = ln
 	s.state = stateRunning
-	done := make(chan struct{})
-	s.acceptDone = done
+	done, closed := make(chan struct{}), make(chan struct{})
+	s.acceptDone, s.lnClosed = done, closed
 	s.wg.Add(1)
-	go s.acceptLoop(ln, done)
+	go s.acceptLoop(ln, done, closed)
 }
 
-func (s *Server) acceptLoop(ln net.Listener, done chan struct{}) {
+// acceptLoop accepts connections on ln until closed is closed. A stalled
+// server accepts nothing: a connection accepted as the stall begins is held,
+// neither served nor closed, until it ends, and the kernel's backlog keeps
+// the rest (their handshakes complete, as with a paused process).
+func (s *Server) acceptLoop(ln net.Listener, done, closed chan struct{}) {
 	defer s.wg.Done()
 	defer close(done)
 	for {
@@ -219,6 +225,10 @@ func (s *Server) acceptLoop(ln net.Listener, done chan struct{}) {
 			case <-s.quit:
 				return
 			}
+		}
+		if !s.awaitStallOr(closed) {
+			_ = nc.Close()
+			return
 		}
 		s.mu.Lock()
 		if s.ln != ln || (s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections) {
@@ -324,6 +334,7 @@ func (s *Server) Addr() string { return s.addr }
 func (s *Server) closeListenerLocked() chan struct{} {
 	if s.ln != nil {
 		_ = s.ln.Close()
+		close(s.lnClosed)
 		s.ln = nil
 	}
 	return s.acceptDone
@@ -489,11 +500,18 @@ func (s *Server) Restart() error {
 	}
 }
 
-// Stall makes every connection stop reading requests until the returned
-// function is called (or d passes on the server's clock, if d > 0). Connections keep their state,
-// are not timed out meanwhile, and signal pushes still flow. Overlapping
-// stalls nest: reading resumes when all of them have ended. resume is
-// idempotent.
+// Stall imitates a paused server process (SIGSTOP, a long GC pause, a VM
+// freeze) until the returned function is called (or d passes on the
+// server's clock, if d > 0): nothing is read from or written to any
+// connection — no reply, no signal push, no grant to a parked waiter, no
+// `error` for a read timeout — and no new connection is accepted or served
+// (the kernel still completes TCP handshakes into the listen backlog, as for
+// a paused process). The lock table keeps running on the server's clock:
+// leases expire and freed slots are handed to waiters, whose replies are
+// held with the rest. When the stall ends everything held leaves in order.
+// Connections keep their state and are not read-timed-out for the stall.
+// Overlapping stalls nest: the server resumes when all of them have ended.
+// resume is idempotent.
 func (s *Server) Stall(d time.Duration) (resume func()) {
 	s.stallMu.Lock()
 	if s.stallCount == 0 {
@@ -524,6 +542,21 @@ func (s *Server) Stall(d time.Duration) (resume func()) {
 	}
 	s.stallMu.Unlock()
 	return resume
+}
+
+// awaitStallOr blocks while the server is stalled; false if stop closed first.
+func (s *Server) awaitStallOr(stop <-chan struct{}) bool {
+	for {
+		gate := s.stallGate()
+		if gate == nil {
+			return true
+		}
+		select {
+		case <-gate:
+		case <-stop:
+			return false
+		}
+	}
 }
 
 // stallGate returns the channel to wait on while stalled, else nil.

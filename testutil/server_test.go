@@ -210,6 +210,67 @@ func TestServerStallHoldsRequestsWithoutTimingOut(t *testing.T) {
 	assert.GreaterOrEqual(t, time.Since(start), 150*time.Millisecond)
 }
 
+// A stalled server is a paused process: the lock table runs on (a lease
+// expires and its slot goes to the parked waiter), but the grant, like every
+// other byte, leaves only when the stall ends.
+func TestServerStallHoldsGrantsToWaiters(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{SweepInterval: 20 * time.Millisecond})
+	holder := udial(t, s)
+	holder.grant("l", "k", "0 1")
+	waiter := udial(t, s)
+	waiter.send("l", "k", "30")
+	waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+
+	resume := s.Stall(0)
+	defer resume()
+	// The holder's 1 s lease expires during the stall and the waiter gets the lock...
+	waitFor(t, "the lease expired and went to the waiter", func() bool { return lockWaiters(s, "k") == 0 })
+	writes := s.writes.Load()
+	// ...but is not told while the server is stalled.
+	waiter.expectSilence(300 * time.Millisecond)
+	assert.Equal(t, writes, s.writes.Load(), "a stalled server wrote to a socket")
+	resume()
+	grantToken(t, waiter.line(), "ok")
+}
+
+// Signal pushes are held during a stall too.
+func TestServerStallHoldsPushes(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{})
+	listener := udial(t, s)
+	require.Equal(t, "ok", listener.do("listen", "a.>", ""))
+
+	resume := s.Stall(0)
+	defer resume()
+	n, _ := s.hub.signal("a.b", "held") // as if a signal request was in flight when the stall began
+	require.Equal(t, 1, n)
+	listener.expectSilence(300 * time.Millisecond)
+	resume()
+	assert.Equal(t, "sig a.b held", listener.line())
+}
+
+// A stalled server accepts nothing: not even a connection over the cap is
+// closed until the stall ends.
+func TestServerStallAcceptsNothing(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, Config{MaxConnections: 1})
+	a := udial(t, s)
+	assert.Equal(t, "ok", a.do("ping", "_", ""))
+
+	resume := s.Stall(0)
+	defer resume()
+	b := udial(t, s) // the kernel completes the handshake into the backlog
+	c := udial(t, s)
+	b.expectSilence(300 * time.Millisecond)
+	c.expectSilence(10 * time.Millisecond)
+	assert.Equal(t, 1, s.Stats().Connections)
+	resume()
+	b.expectEOF(unitWait) // over the cap: accepted and closed now
+	c.expectEOF(unitWait)
+	assert.Equal(t, "ok", a.do("ping", "_", ""))
+}
+
 func TestServerShutdownDrainsV116(t *testing.T) {
 	t.Parallel()
 	s := NewServer(t, Config{ShutdownTimeout: -1})
