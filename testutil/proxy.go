@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,9 +23,24 @@ const proxyChunkSize = 32 << 10
 // sender (which then sees ordinary TCP back-pressure).
 const proxyQueueLen = 64
 
+// proxyBacklog is the accept backlog the proxy's listener normally has (the
+// kernel caps it at its own maximum, as it does Go's default).
+const proxyBacklog = 1<<16 - 1
+
+// proxyPlugWait bounds how long Blackhole waits for its plug to fill the
+// accept queue (on loopback that takes microseconds, unless a client's
+// connection took the place first and the plug's SYN is being dropped).
+const proxyPlugWait = 100 * time.Millisecond
+
+// proxyRelistenRetry bounds how long the proxy retries listening again on
+// its address (after RefuseNew) while the port is still in use.
+const proxyRelistenRetry = 5 * time.Second
+
 // Proxy sits between a client and a server and injects network faults:
-// latency, a blackhole, connection resets and refused connections. It does
-// not look at the bytes, so it works for any TCP protocol, TLS included.
+// latency, a blackhole (a partition), connection resets, and the two ways a
+// new connection is turned away — refused (nothing listening) or accepted
+// and closed (a server at its connection cap). It does not look at the
+// bytes, so it works for any TCP protocol, TLS included.
 //
 // Each accepted client connection gets its own connection to the target; the
 // two form a pair. A half-close (FIN) is forwarded as a half-close, and a
@@ -32,20 +48,29 @@ const proxyQueueLen = 64
 // concurrent use. The zero value is not usable; call NewProxy.
 type Proxy struct {
 	target string
-	ln     net.Listener
+	addr   string          // where the proxy listens; stable across RefuseNew
 	ctx    context.Context // cancelled by Close; aborts dials to the target
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the proxy starts
 
-	latency   atomic.Int64 // time.Duration, one way
-	blackhole atomic.Bool
-	refuse    atomic.Bool
-	received  atomic.Int64 // bytes read from either side, for tests
-	swallowed atomic.Int64 // bytes dropped by the blackhole, for tests
+	latency  atomic.Int64 // time.Duration, one way
+	received atomic.Int64 // bytes read from either side, for tests
 
-	mu     sync.Mutex
-	closed bool
-	pairs  map[*proxyPair]struct{}
+	opMu sync.Mutex // serialises the fault switches and Close
+
+	mu        sync.Mutex
+	closed    bool
+	pairs     map[*proxyPair]struct{}
+	ln        *net.TCPListener // nil while nothing listens (RefuseNew)
+	changed   chan struct{}    // closed (and replaced) to make the accept loop look again
+	healed    chan struct{}    // non-nil while blackholed; closed when the blackhole lifts
+	refuse    bool
+	closeNew  bool
+	plugs     map[string]struct{} // local addresses of plug connections not yet accepted
+	plugStop  context.CancelFunc  // ends the current blackhole's plug dial
+	plugDone  chan struct{}       // closed when that plug goroutine has exited
+	plugReady chan struct{}       // closed when that plug's dial has returned
+	lnRetries bool                // the accept loop must retry listening
 }
 
 // NewProxy starts a proxy listening on a random loopback port and forwarding
@@ -58,11 +83,14 @@ func NewProxy(target string) (*Proxy, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
-		target: target,
-		ln:     ln,
-		ctx:    ctx,
-		cancel: cancel,
-		pairs:  make(map[*proxyPair]struct{}),
+		target:  target,
+		addr:    ln.Addr().String(),
+		ln:      ln.(*net.TCPListener),
+		ctx:     ctx,
+		cancel:  cancel,
+		pairs:   make(map[*proxyPair]struct{}),
+		changed: make(chan struct{}),
+		plugs:   make(map[string]struct{}),
 	}
 	p.wg.Add(1)
 	go p.acceptLoop()
@@ -70,7 +98,7 @@ func NewProxy(target string) (*Proxy, error) {
 }
 
 // Addr is the host:port clients connect to.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+func (p *Proxy) Addr() string { return p.addr }
 
 // SetLatency adds d to the delivery of every chunk of bytes, in both
 // directions, so a request/reply round trip takes at least 2*d longer. The
@@ -79,26 +107,129 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // removes the latency.
 func (p *Proxy) SetLatency(d time.Duration) { p.latency.Store(int64(max(d, 0))) }
 
-// Blackhole, while on, silently drops every byte in both directions,
-// including half-closes: connections stay open and nothing is delivered. Bytes
-// dropped are gone; turning the blackhole off delivers only bytes sent after.
-// New connections are still accepted and dialled through, but get nothing
-// through either.
-func (p *Proxy) Blackhole(on bool) { p.blackhole.Store(on) }
+// Blackhole, while on, partitions the network between clients and target,
+// as a dropped link or a firewall that silently drops packets would:
+//
+//   - Established connections stay open, but the proxy stops reading from
+//     either side and delivers nothing (bytes and half-closes it had already
+//     read are held too). A peer's writes therefore fill the socket buffers
+//     and then block, as they do when TCP gets no acknowledgements.
+//   - New connections get no answer: the listener's accept queue is
+//     plugged, so a client's SYN is dropped and its dial hangs until the
+//     client gives up (on Linux and the BSDs; where the kernel will not
+//     shrink a listening socket's backlog, the dial completes but nothing is
+//     answered). A connection that did get into the queue (one racing the
+//     start of the blackhole) is not connected to the target before the
+//     blackhole ends.
+//
+// When the blackhole lifts, TCP's retransmissions win: everything held is
+// delivered in order, nothing is lost or duplicated, and a dial still
+// pending completes at its next SYN retransmission and is connected through.
+// A partition that a connection does not survive (its peer's retransmission
+// timeout, TCP_USER_TIMEOUT or keepalive gave up, or a middlebox forgot it)
+// is Blackhole(true), then ResetAll, then Blackhole(false). Meanwhile a peer
+// closing its side, or timing out, is seen only once the blackhole lifts.
+// Blackhole takes precedence over RefuseNew and CloseNew: a partitioned
+// network answers nothing, whatever is behind it.
+func (p *Proxy) Blackhole(on bool) {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	p.mu.Lock()
+	if p.closed || (p.healed != nil) == on {
+		p.mu.Unlock()
+		return
+	}
+	if on {
+		p.healed = make(chan struct{})
+		p.syncListenerLocked()
+		p.plugLocked()
+		p.notifyLocked()
+		ready := p.plugReady
+		p.mu.Unlock()
+		if ready != nil {
+			// Return with the queue plugged, so that a dial made after
+			// Blackhole returns finds no room. If a client's connection took
+			// the place first, the plug's own dial hangs: that bounds the wait.
+			t := time.NewTimer(proxyPlugWait)
+			defer t.Stop()
+			select {
+			case <-ready:
+			case <-t.C:
+			}
+		}
+		return
+	}
+	// Lift: first settle the plug, so that the accept loop can tell it
+	// from a client when it finds it in the queue.
+	stop, done := p.plugStop, p.plugDone
+	p.plugStop, p.plugDone, p.plugReady = nil, nil, nil
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	close(p.healed)
+	p.healed = nil
+	if p.ln != nil {
+		proxySetBacklog(p.ln, proxyBacklog)
+	}
+	p.syncListenerLocked()
+	p.notifyLocked()
+}
 
 // ResetAll aborts every proxied connection with a TCP reset on both sides:
 // the client and the server each see ECONNRESET. New connections are not
-// affected.
+// affected. During a blackhole it stands for connections that the partition
+// killed: they are gone (held bytes with them) when the blackhole lifts.
 func (p *Proxy) ResetAll() {
 	for _, pr := range p.snapshot() {
 		pr.close(true)
 	}
 }
 
-// RefuseNew, while on, resets every new client connection as soon as it is
-// accepted, without dialling the target. Established connections are not
+// RefuseNew, while on, stops listening, as a stopped server does: new
+// connections are refused by the kernel (the client's dial fails at once
+// with ECONNREFUSED), and connections still in the accept queue when it
+// begins are reset. Established connections are not affected. Turning it off
+// listens again on the same address (retrying for a few seconds, and then in
+// the background, while the port is in use).
+func (p *Proxy) RefuseNew(on bool) {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.refuse == on {
+		return
+	}
+	p.refuse = on
+	p.syncListenerLocked()
+	deadline := time.Now().Add(proxyRelistenRetry)
+	for p.wantListenerLocked() && p.ln == nil && time.Now().Before(deadline) {
+		p.mu.Unlock()
+		time.Sleep(20 * time.Millisecond) // a port in use: nothing to wait on but time
+		p.mu.Lock()
+		if p.closed {
+			return
+		}
+		p.syncListenerLocked()
+	}
+	p.notifyLocked()
+}
+
+// CloseNew, while on, accepts every new connection and closes it at once
+// with a FIN, writing nothing and without dialling the target — what dflockd
+// does with a connection over its --max-connections cap: the client's dial
+// succeeds and its first read sees EOF. Established connections are not
 // affected.
-func (p *Proxy) RefuseNew(on bool) { p.refuse.Store(on) }
+func (p *Proxy) CloseNew(on bool) {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closeNew = on
+}
 
 // Conns is the number of connection pairs currently proxied.
 func (p *Proxy) Conns() int {
@@ -110,15 +241,22 @@ func (p *Proxy) Conns() int {
 // Close stops listening, closes every connection pair and waits for all of
 // the proxy's goroutines to exit. Later calls return nil.
 func (p *Proxy) Close() error {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil
 	}
 	p.closed = true
+	var err error
+	if p.ln != nil {
+		err = p.ln.Close()
+		p.ln = nil
+	}
+	p.notifyLocked()
 	p.mu.Unlock()
 
-	err := p.ln.Close()
 	p.cancel()
 	for _, pr := range p.snapshot() {
 		pr.close(false)
@@ -137,13 +275,112 @@ func (p *Proxy) snapshot() []*proxyPair {
 	return pairs
 }
 
+// notifyLocked wakes the accept loop to look at the state again.
+func (p *Proxy) notifyLocked() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// wantListenerLocked reports whether something should listen on the
+// address: always, unless refusing — and even then during a blackhole,
+// whose dropped SYNs need a listener to drop them.
+func (p *Proxy) wantListenerLocked() bool { return !p.closed && (p.healed != nil || !p.refuse) }
+
+// syncListenerLocked opens or closes the listener to match the state. An
+// open that fails (the port is in use) is left to the accept loop to retry.
+func (p *Proxy) syncListenerLocked() {
+	want := p.wantListenerLocked()
+	switch {
+	case want && p.ln == nil:
+		ln, err := net.Listen("tcp", p.addr)
+		if err != nil {
+			p.lnRetries = true
+			return
+		}
+		p.lnRetries = false
+		p.ln = ln.(*net.TCPListener)
+		p.plugLocked()
+	case !want && p.ln != nil:
+		_ = p.ln.Close() // the kernel resets what is still in the accept queue
+		p.ln = nil
+		p.lnRetries = false
+		clear(p.plugs)
+	case !want:
+		p.lnRetries = false
+	}
+}
+
+// plugLocked, during a blackhole, makes the listener drop new SYNs: it stops
+// accepting (the deadline wakes a pending Accept), shrinks the backlog to
+// its minimum and fills the one place left with a connection of its own —
+// the plug — so that the kernel has no room for anyone else's handshake.
+func (p *Proxy) plugLocked() {
+	if p.healed == nil || p.ln == nil || p.plugStop != nil {
+		return
+	}
+	_ = p.ln.SetDeadline(time.Unix(1, 0))
+	proxySetBacklog(p.ln, 0)
+	ctx, stop := context.WithCancel(p.ctx)
+	done, ready := make(chan struct{}), make(chan struct{})
+	p.plugStop, p.plugDone, p.plugReady = stop, done, ready
+	p.wg.Add(1)
+	go p.plug(ctx, done, ready)
+}
+
+// plug connects to the proxy's own listener and holds the connection until
+// ctx ends. If a client's connection took the queue's place first, the
+// plug's own SYN is dropped and its dial just waits for ctx.
+func (p *Proxy) plug(ctx context.Context, done, ready chan struct{}) {
+	defer p.wg.Done()
+	defer close(done)
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		close(ready)
+		return
+	}
+	p.mu.Lock()
+	p.plugs[c.LocalAddr().String()] = struct{}{}
+	p.mu.Unlock()
+	close(ready)
+	<-ctx.Done()
+	_ = c.Close()
+}
+
 func (p *Proxy) acceptLoop() {
 	defer p.wg.Done()
 	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			if p.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return
+		}
+		if p.lnRetries {
+			p.syncListenerLocked()
+		}
+		ln, changed, retry := p.ln, p.changed, p.lnRetries
+		hold := p.healed != nil
+		if ln != nil && !hold {
+			_ = ln.SetDeadline(time.Time{})
+		}
+		p.mu.Unlock()
+		if ln == nil || hold {
+			var again <-chan time.Time
+			if retry {
+				again = time.After(20 * time.Millisecond)
+			}
+			select {
+			case <-changed:
+			case <-again:
+			case <-p.ctx.Done():
 				return
+			}
+			continue
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // closed or woken by a state change: look again
 			}
 			// Out of file descriptors or similar: back off, as net/http does.
 			select {
@@ -153,19 +390,45 @@ func (p *Proxy) acceptLoop() {
 			}
 			continue
 		}
-		if p.refuse.Load() {
-			proxyAbort(c)
-			continue
-		}
-		p.wg.Add(1)
-		go p.connect(c)
+		p.admit(c)
 	}
 }
 
-// connect dials the target for client and, if the proxy is still open,
-// starts forwarding.
+// admit decides what becomes of an accepted client connection.
+func (p *Proxy) admit(c net.Conn) {
+	p.mu.Lock()
+	if _, ok := p.plugs[c.RemoteAddr().String()]; ok {
+		delete(p.plugs, c.RemoteAddr().String())
+		p.mu.Unlock()
+		_ = c.Close()
+		return
+	}
+	if p.closed {
+		p.mu.Unlock()
+		_ = c.Close()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go p.connect(c)
+}
+
+// connect waits out a blackhole, then turns client away or dials the target
+// for it and, if the proxy is still open, starts forwarding.
 func (p *Proxy) connect(client net.Conn) {
 	defer p.wg.Done()
+	refuse, closeNew, ok := p.awaitHeal()
+	switch {
+	case !ok:
+		_ = client.Close()
+		return
+	case refuse: // accepted just as the listener closed: as close to a refusal as it gets
+		proxyAbort(client)
+		return
+	case closeNew:
+		_ = client.Close()
+		return
+	}
 	ctx, cancel := context.WithTimeout(p.ctx, proxyDialTimeout)
 	var d net.Dialer
 	server, err := d.DialContext(ctx, "tcp", p.target)
@@ -194,13 +457,49 @@ func (p *Proxy) connect(client net.Conn) {
 	go pr.write(client, down)
 }
 
+// awaitHeal waits while the proxy is blackholed and then reports how new
+// connections are to be turned away; ok is false if the proxy closed.
+func (p *Proxy) awaitHeal() (refuse, closeNew, ok bool) {
+	for {
+		p.mu.Lock()
+		healed, refuse, closeNew := p.healed, p.refuse, p.closeNew
+		p.mu.Unlock()
+		if healed == nil {
+			return refuse, closeNew, true
+		}
+		select {
+		case <-healed:
+		case <-p.ctx.Done():
+			return false, false, false
+		}
+	}
+}
+
+// passable waits while the proxy is blackholed; false if the pair closed
+// meanwhile.
+func (pr *proxyPair) passable() bool {
+	for {
+		pr.p.mu.Lock()
+		healed := pr.p.healed
+		pr.p.mu.Unlock()
+		if healed == nil {
+			return true
+		}
+		select {
+		case <-healed:
+		case <-pr.done:
+			return false
+		}
+	}
+}
+
 // proxyPair is one client connection and its connection to the target.
 type proxyPair struct {
 	p              *Proxy
 	client, server net.Conn
 	done           chan struct{} // closed by close
 	once           sync.Once
-	finished       atomic.Int32 // directions that ended with a forwarded (or swallowed) FIN
+	finished       atomic.Int32 // directions that ended with a forwarded FIN
 }
 
 // proxyChunk is a run of bytes, or the end of a direction (eof), due for
@@ -209,7 +508,6 @@ type proxyChunk struct {
 	data []byte
 	due  time.Time
 	eof  bool
-	drop bool // the eof arrived while blackholed: do not forward it
 }
 
 // close closes both connections, with a reset if asked, and forgets the pair.
@@ -228,36 +526,33 @@ func (pr *proxyPair) close(reset bool) {
 	})
 }
 
-// read moves bytes from src into q, stamped with their delivery time.
+// read moves bytes from src into q, stamped with their delivery time. It
+// does not read during a blackhole; a read already under way when one begins
+// may still return a chunk, which write then holds.
 func (pr *proxyPair) read(src net.Conn, q chan<- proxyChunk) {
 	defer pr.p.wg.Done()
 	buf := make([]byte, proxyChunkSize)
 	for {
+		if !pr.passable() {
+			return
+		}
 		n, err := src.Read(buf)
 		if n > 0 {
 			pr.p.received.Add(int64(n))
-			if pr.p.blackhole.Load() {
-				pr.p.swallowed.Add(int64(n))
-			} else {
-				c := proxyChunk{
-					data: append([]byte(nil), buf[:n]...),
-					due:  time.Now().Add(time.Duration(pr.p.latency.Load())),
-				}
-				select {
-				case q <- c:
-				case <-pr.done:
-					return
-				}
+			c := proxyChunk{
+				data: append([]byte(nil), buf[:n]...),
+				due:  time.Now().Add(time.Duration(pr.p.latency.Load())),
+			}
+			select {
+			case q <- c:
+			case <-pr.done:
+				return
 			}
 		}
 		switch {
 		case err == nil:
 		case errors.Is(err, io.EOF):
-			c := proxyChunk{
-				eof:  true,
-				drop: pr.p.blackhole.Load(),
-				due:  time.Now().Add(time.Duration(pr.p.latency.Load())),
-			}
+			c := proxyChunk{eof: true, due: time.Now().Add(time.Duration(pr.p.latency.Load()))}
 			select {
 			case q <- c:
 			case <-pr.done:
@@ -270,7 +565,8 @@ func (pr *proxyPair) read(src net.Conn, q chan<- proxyChunk) {
 	}
 }
 
-// write delivers the chunks in q to dst once they are due.
+// write delivers the chunks in q to dst once they are due and no blackhole
+// holds them.
 func (pr *proxyPair) write(dst net.Conn, q <-chan proxyChunk) {
 	defer pr.p.wg.Done()
 	timer := time.NewTimer(time.Hour)
@@ -290,20 +586,17 @@ func (pr *proxyPair) write(dst net.Conn, q <-chan proxyChunk) {
 				return
 			}
 		}
+		if !pr.passable() {
+			return
+		}
 		if c.eof {
-			if !c.drop && !pr.p.blackhole.Load() {
-				if tc, ok := dst.(*net.TCPConn); ok {
-					_ = tc.CloseWrite()
-				}
+			if tc, ok := dst.(*net.TCPConn); ok {
+				_ = tc.CloseWrite()
 			}
 			if pr.finished.Add(1) == 2 {
 				pr.close(false)
 			}
 			return
-		}
-		if pr.p.blackhole.Load() {
-			pr.p.swallowed.Add(int64(len(c.data)))
-			continue
 		}
 		if _, err := dst.Write(c.data); err != nil {
 			pr.close(proxyIsReset(err))
@@ -316,6 +609,24 @@ func (pr *proxyPair) write(dst net.Conn, q <-chan proxyChunk) {
 func proxyAbort(c net.Conn) {
 	proxySetLinger0(c)
 	_ = c.Close()
+}
+
+// proxySetBacklog changes the accept backlog of a listening socket by
+// calling listen(2) on it again, which Linux and the BSDs honour (Windows
+// ignores it; then a blackhole's new connections complete their handshake,
+// but still get nothing).
+func proxySetBacklog(ln *net.TCPListener, n int) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) { _ = proxyListen(syscall.Listen, fd, n) })
+}
+
+// proxyListen calls listen, whose descriptor type differs between platforms
+// (int on Unix, Handle on Windows), on fd.
+func proxyListen[T ~int | ~uintptr](listen func(T, int) error, fd uintptr, n int) error {
+	return listen(T(fd), n)
 }
 
 func proxySetLinger0(c net.Conn) {

@@ -3,11 +3,14 @@ package testutil
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -225,7 +228,34 @@ func TestProxyAddsLatencyInBothDirections(t *testing.T) {
 	assert.Equal(t, "y", proxyRoundTrip(t, c, "y"))
 }
 
-func TestProxyBlackholeDropsBothDirectionsUntilLifted(t *testing.T) {
+// proxyExpectNothing asserts that nothing can be read from c for d.
+func proxyExpectNothing(t *testing.T, c net.Conn, d time.Duration) {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(d)))
+	n, err := c.Read(make([]byte, 1))
+	require.Zero(t, n, "read data that should be held")
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(proxyWait)))
+}
+
+func proxyIsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// proxyDropsSYNs reports whether this platform lets a blackhole drop the
+// SYNs of new connections (see proxySetBacklog).
+func proxyDropsSYNs() bool {
+	switch runtime.GOOS {
+	case "linux", "freebsd", "openbsd", "netbsd", "darwin":
+		return true
+	}
+	return false
+}
+
+// A blackhole holds bytes in both directions, keeps the connection open, and
+// delivers everything in order when it lifts: a partition TCP survives.
+func TestProxyBlackholeHoldsBothDirectionsAndDeliversInOrderWhenLifted(t *testing.T) {
 	t.Parallel()
 	serverSide := make(chan net.Conn, 1)
 	p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
@@ -234,36 +264,146 @@ func TestProxyBlackholeDropsBothDirectionsUntilLifted(t *testing.T) {
 	s := <-serverSide
 
 	p.Blackhole(true)
-	// Client to server: "b" is swallowed, so it is never echoed.
-	_, err := c.Write([]byte("b"))
+	_, err := c.Write([]byte("b")) // client to server: held, so not echoed
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return p.swallowed.Load() == 1 }, proxyWait, time.Millisecond)
-	// Server to client: "S" is swallowed too.
-	_, err = s.Write([]byte("S"))
+	_, err = s.Write([]byte("S")) // server to client: held
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return p.swallowed.Load() == 2 }, proxyWait, time.Millisecond)
+	proxyExpectNothing(t, c, 300*time.Millisecond)
 	assert.Equal(t, 1, p.Conns(), "the blackhole must keep connections open")
 
 	p.Blackhole(false)
-	// Only new bytes arrive: the first byte read is "c", not "b" or "S".
+	// Nothing lost, nothing reordered: "S" was on its way first, then the
+	// echo of "b".
+	buf := make([]byte, 2)
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+	assert.Equal(t, "Sb", string(buf))
 	assert.Equal(t, "c", proxyRoundTrip(t, c, "c"))
 }
 
-func TestProxyBlackholeAcceptsNewConnectionsButPassesNothing(t *testing.T) {
+// While blackholed the proxy reads nothing, so a writer blocks once the
+// socket buffers are full, as with a peer that acknowledges nothing; when it
+// lifts, every byte arrives, in order.
+func TestProxyBlackholeBlocksWritersThenDeliversEverything(t *testing.T) {
+	t.Parallel()
+	type result struct {
+		n   int64
+		sum [sha256.Size]byte
+	}
+	got := make(chan result, 1)
+	p := newTestProxy(t, startProxyTarget(t, func(c net.Conn) {
+		h := sha256.New()
+		n, _ := io.Copy(h, c)
+		var r result
+		r.n = n
+		copy(r.sum[:], h.Sum(nil))
+		got <- r
+	}))
+	c := proxyDial(t, p.Addr())
+	proxyWaitConns(t, p, 1)
+
+	p.Blackhole(true)
+	data := make([]byte, 64<<20) // far more than any socket buffers
+	_, _ = rand.Read(data)
+	require.NoError(t, c.SetWriteDeadline(time.Time{}))
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		t.Fatalf("64 MiB written through a blackhole (err %v)", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	assert.LessOrEqual(t, p.received.Load(), int64(proxyChunkSize), "the proxy read during a blackhole")
+
+	p.Blackhole(false)
+	select {
+	case err := <-wrote:
+		require.NoError(t, err)
+	case <-time.After(4 * proxyWait):
+		t.Fatal("the write did not complete after the blackhole lifted")
+	}
+	require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	select {
+	case r := <-got:
+		assert.Equal(t, int64(len(data)), r.n)
+		assert.Equal(t, sha256.Sum256(data), r.sum, "bytes changed, lost or reordered")
+	case <-time.After(proxyWait):
+		t.Fatal("the target did not get the data")
+	}
+}
+
+// A dial during a blackhole gets no answer (its SYN is dropped) and does not
+// reach the target; one still pending when the blackhole lifts completes
+// then (at its next SYN retransmission) and is connected through.
+func TestProxyBlackholeDialHangsUntilLifted(t *testing.T) {
+	t.Parallel()
+	if !proxyDropsSYNs() {
+		t.Skip("this platform cannot shrink a listening socket's backlog")
+	}
+	var accepted atomic.Int32
+	p := newTestProxy(t, startProxyTarget(t, func(c net.Conn) {
+		accepted.Add(1)
+		proxyEcho(c)
+	}))
+	p.Blackhole(true)
+
+	_, err := net.DialTimeout("tcp", p.Addr(), 300*time.Millisecond)
+	require.Error(t, err, "a dial completed during a blackhole")
+	assert.True(t, proxyIsTimeout(err), "want no answer (a timeout), got %v", err)
+
+	dialed := make(chan net.Conn, 1)
+	dialErr := make(chan error, 1)
+	go func() {
+		c, err := net.DialTimeout("tcp", p.Addr(), 4*proxyWait)
+		if err != nil {
+			dialErr <- err
+			return
+		}
+		dialed <- c
+	}()
+	select {
+	case c := <-dialed:
+		_ = c.Close()
+		t.Fatal("a dial completed during a blackhole")
+	case err := <-dialErr:
+		t.Fatalf("dial during a blackhole: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	assert.Zero(t, accepted.Load(), "the target saw a connection during the blackhole")
+	assert.Zero(t, p.Conns())
+
+	p.Blackhole(false)
+	select {
+	case c := <-dialed:
+		t.Cleanup(func() { _ = c.Close() })
+		require.NoError(t, c.SetDeadline(time.Now().Add(proxyWait)))
+		assert.Equal(t, "x", proxyRoundTrip(t, c, "x"), "connected through after the blackhole")
+	case err := <-dialErr:
+		t.Fatalf("the pending dial failed: %v", err)
+	}
+	assert.Equal(t, int32(1), accepted.Load(), "the plug must not reach the target")
+	assert.Equal(t, "y", proxyRoundTrip(t, proxyDial(t, p.Addr()), "y"))
+}
+
+// ResetAll during a blackhole stands for a connection that did not survive
+// the partition: it is reset, and nothing held is delivered.
+func TestProxyResetDuringBlackholeKillsHeldData(t *testing.T) {
 	t.Parallel()
 	serverSide := make(chan net.Conn, 1)
 	p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
-	p.Blackhole(true)
-
 	c := proxyDial(t, p.Addr())
+	require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
+	<-serverSide
+
+	p.Blackhole(true)
 	_, err := c.Write([]byte("lost"))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return p.swallowed.Load() == 4 }, proxyWait, time.Millisecond)
-	proxyWaitConns(t, p, 1)
-
+	p.ResetAll()
 	p.Blackhole(false)
-	assert.Equal(t, "ok", proxyRoundTrip(t, c, "ok"))
-	<-serverSide
+	assert.ErrorIs(t, proxyReadFails(t, c), syscall.ECONNRESET)
 }
 
 func TestProxyResetAllResetsBothSides(t *testing.T) {
@@ -292,19 +432,66 @@ func TestProxyResetAllResetsBothSides(t *testing.T) {
 	assert.Equal(t, "b", proxyRoundTrip(t, proxyDial(t, p.Addr()), "b"), "new connections must work")
 }
 
-func TestProxyRefuseNewResetsOnlyNewConnections(t *testing.T) {
+// RefuseNew is a server that is not running: nothing listens, so a dial is
+// refused at once, on the same address it works on again afterwards.
+func TestProxyRefuseNewRefusesOnlyNewConnections(t *testing.T) {
 	t.Parallel()
 	p := newTestProxy(t, startProxyTarget(t, proxyEcho))
 	old := proxyDial(t, p.Addr())
 	require.Equal(t, "a", proxyRoundTrip(t, old, "a"))
 
 	p.RefuseNew(true)
-	err := proxyDialRejected(t, p.Addr())
-	assert.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF), "got %v", err)
+	_, err := net.DialTimeout("tcp", p.Addr(), proxyWait)
+	assert.ErrorIs(t, err, syscall.ECONNREFUSED)
 	assert.Equal(t, 1, p.Conns())
 	assert.Equal(t, "b", proxyRoundTrip(t, old, "b"), "an established connection must keep working")
 
 	p.RefuseNew(false)
+	assert.Equal(t, "c", proxyRoundTrip(t, proxyDial(t, p.Addr()), "c"))
+}
+
+// A blackhole answers nothing even where nothing listens; when it lifts the
+// refusal shows again.
+func TestProxyBlackholeHidesARefusal(t *testing.T) {
+	t.Parallel()
+	if !proxyDropsSYNs() {
+		t.Skip("this platform cannot shrink a listening socket's backlog")
+	}
+	p := newTestProxy(t, startProxyTarget(t, proxyEcho))
+	p.RefuseNew(true)
+	p.Blackhole(true)
+	_, err := net.DialTimeout("tcp", p.Addr(), 300*time.Millisecond)
+	assert.True(t, proxyIsTimeout(err), "want no answer (a timeout), got %v", err)
+	p.Blackhole(false)
+	_, err = net.DialTimeout("tcp", p.Addr(), proxyWait)
+	assert.ErrorIs(t, err, syscall.ECONNREFUSED)
+	p.RefuseNew(false)
+	assert.Equal(t, "c", proxyRoundTrip(t, proxyDial(t, p.Addr()), "c"))
+}
+
+// CloseNew is dflockd at its connection cap: the dial succeeds, and the
+// connection is closed with a FIN and nothing written; the target never
+// hears of it.
+func TestProxyCloseNewAcceptsAndClosesOnlyNewConnections(t *testing.T) {
+	t.Parallel()
+	var accepted atomic.Int32
+	p := newTestProxy(t, startProxyTarget(t, func(c net.Conn) {
+		accepted.Add(1)
+		proxyEcho(c)
+	}))
+	old := proxyDial(t, p.Addr())
+	require.Equal(t, "a", proxyRoundTrip(t, old, "a"))
+
+	p.CloseNew(true)
+	c, err := net.DialTimeout("tcp", p.Addr(), proxyWait)
+	require.NoError(t, err, "the dial succeeds")
+	defer c.Close()
+	assert.ErrorIs(t, proxyReadFails(t, c), io.EOF, "then a clean close, nothing written")
+	assert.Equal(t, 1, p.Conns())
+	assert.Equal(t, "b", proxyRoundTrip(t, old, "b"), "an established connection must keep working")
+	assert.Equal(t, int32(1), accepted.Load())
+
+	p.CloseNew(false)
 	assert.Equal(t, "c", proxyRoundTrip(t, proxyDial(t, p.Addr()), "c"))
 }
 
@@ -359,6 +546,12 @@ func TestProxyCloseClosesEverythingAndLeavesNoGoroutines(t *testing.T) {
 		// proxy has read everything, so the clients must see a plain FIN.
 		require.Eventually(t, func() bool { return p.received.Load() == 3*int64(len("in flight")) },
 			proxyWait, time.Millisecond)
+
+		// A blackhole, with its plug and a held dial, must not leak either.
+		p.Blackhole(true)
+		if c, err := net.DialTimeout("tcp", p.Addr(), 50*time.Millisecond); err == nil {
+			_ = c.Close()
+		}
 
 		require.NoError(t, p.Close())
 		assert.Zero(t, p.Conns())
