@@ -33,6 +33,7 @@ type node struct {
 	mu         sync.Mutex // guards the proxy fault state below
 	blackholes int
 	refusals   int
+	capped     int                   // active connection-cap faults
 	latencies  map[int]time.Duration // active latency spikes by id; the largest applies
 	nextSpike  int
 }
@@ -124,6 +125,17 @@ func (nd *node) refuse(on bool) {
 	nd.proxy.RefuseNew(nd.refusals > 0)
 }
 
+func (nd *node) capNew(on bool) {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if on {
+		nd.capped++
+	} else {
+		nd.capped--
+	}
+	nd.proxy.CloseNew(nd.capped > 0)
+}
+
 func (nd *node) spike(d time.Duration) (end func()) {
 	nd.mu.Lock()
 	id := nd.nextSpike
@@ -151,26 +163,30 @@ func (nd *node) applyLatencyLocked() {
 type faultKind int
 
 const (
-	faultDrop       faultKind = iota // server closes every connection
-	faultRestart                     // server stops (state lost) and restarts on the same address
-	faultStallShort                  // server stops reading for less than a lease
-	faultStallLong                   // server stops reading for longer than a lease
-	faultBlackhole                   // proxy drops every byte both ways
-	faultLatency                     // proxy delays every byte
-	faultReset                       // proxy resets every connection
-	faultRefuse                      // proxy resets every new connection
+	faultDrop           faultKind = iota // server closes every connection
+	faultRestart                         // server stops (state lost) and restarts on the same address
+	faultStallShort                      // server stops reading for less than a lease
+	faultStallLong                       // server stops reading for longer than a lease
+	faultBlackhole                       // a partition TCP survives: nothing passes, then everything held does
+	faultBlackholeReset                  // a partition the connections do not survive: reset when it lifts
+	faultLatency                         // proxy delays every byte
+	faultReset                           // proxy resets every connection
+	faultRefuse                          // nothing listens: new connections are refused
+	faultConnCap                         // new connections are accepted and closed, as over --max-connections
 	numFaultKinds
 )
 
 var faultNames = [numFaultKinds]string{
-	faultDrop:       "drop connections",
-	faultRestart:    "stop + restart",
-	faultStallShort: "stall < lease",
-	faultStallLong:  "stall > lease",
-	faultBlackhole:  "blackhole",
-	faultLatency:    "latency spike",
-	faultReset:      "reset (RST)",
-	faultRefuse:     "refuse new conns",
+	faultDrop:           "drop connections",
+	faultRestart:        "stop + restart",
+	faultStallShort:     "stall < lease",
+	faultStallLong:      "stall > lease",
+	faultBlackhole:      "blackhole",
+	faultBlackholeReset: "blackhole + reset",
+	faultLatency:        "latency spike",
+	faultReset:          "reset (RST)",
+	faultRefuse:         "refuse new conns",
+	faultConnCap:        "conn cap (close new)",
 }
 
 func (k faultKind) String() string { return faultNames[k] }
@@ -266,11 +282,11 @@ func (f *faulter) duration(kind faultKind) time.Duration {
 		return between(100*time.Millisecond, 900*time.Millisecond)
 	case faultStallLong:
 		return between(3*time.Second, 6*time.Second)
-	case faultBlackhole:
+	case faultBlackhole, faultBlackholeReset:
 		return between(300*time.Millisecond, 5*time.Second)
 	case faultLatency:
 		return between(300*time.Millisecond, 3*time.Second)
-	case faultRefuse:
+	case faultRefuse, faultConnCap:
 		return between(200*time.Millisecond, 3*time.Second)
 	}
 	return 0
@@ -304,12 +320,16 @@ func (f *faulter) inject(ctx context.Context, nd *node, kind faultKind, d, lat t
 		hold()
 		resume()
 	case faultBlackhole:
-		// A partition that ends: the proxy drops bytes while it lasts, and a
-		// TCP stream with a hole in it is not something TCP ever delivers
-		// (it retransmits, or the connection dies). So the connections that
-		// lived through it are reset when it lifts, as a partition long
-		// enough to lose data ends; a partition TCP survives is a latency
-		// spike.
+		// A partition TCP survives: while it lasts nothing passes (writes
+		// block once the buffers fill, dials get no answer); when it lifts,
+		// retransmission delivers everything held, late but in order.
+		nd.blackhole(true)
+		hold()
+		nd.blackhole(false)
+	case faultBlackholeReset:
+		// A partition the connections do not survive (a retransmission or
+		// user timeout gave up, or a middlebox forgot them): the connections
+		// that lived through it are reset when it lifts.
 		nd.blackhole(true)
 		hold()
 		w.kill = time.Now()
@@ -325,6 +345,10 @@ func (f *faulter) inject(ctx context.Context, nd *node, kind faultKind, d, lat t
 		nd.refuse(true)
 		hold()
 		nd.refuse(false)
+	case faultConnCap:
+		nd.capNew(true)
+		hold()
+		nd.capNew(false)
 	}
 	if w.end.IsZero() {
 		w.end = time.Now()
@@ -347,10 +371,11 @@ func (f *faulter) heal() {
 			f.fail(fmt.Errorf("heal: restart server %d: %w", nd.idx, err))
 		}
 		nd.mu.Lock()
-		nd.blackholes, nd.refusals = 0, 0
+		nd.blackholes, nd.refusals, nd.capped = 0, 0, 0
 		clear(nd.latencies)
 		nd.proxy.Blackhole(false)
 		nd.proxy.RefuseNew(false)
+		nd.proxy.CloseNew(false)
 		nd.proxy.SetLatency(0)
 		nd.mu.Unlock()
 	}

@@ -586,10 +586,10 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 		p("faults (by kind):\n")
 		nf := 0
 		for k := range numFaultKinds {
-			p("  %-18s %5d\n", k, r.faults[k])
+			p("  %-20s %5d\n", k, r.faults[k])
 			nf += r.faults[k]
 		}
-		p("  %-18s %5d\n", "total", nf)
+		p("  %-20s %5d\n", "total", nf)
 
 		p("server audit: %d grants; events:", r.grants)
 		for k := testutil.AuditGrant; k <= testutil.AuditStop; k++ {
