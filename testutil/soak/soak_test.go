@@ -33,8 +33,6 @@ const (
 	numClients = 3
 	// clientKeepAlive is well below serverReadTimeout, latency spikes included.
 	clientKeepAlive = time.Second
-	// maxLease is the longest lease the workload asks for.
-	maxLease = 3 * time.Second
 	// settle bounds each wait for the healed cluster to reach a state
 	// (every client working again, connections closed, leases gone).
 	settle = 20 * time.Second
