@@ -709,6 +709,12 @@ func (c *countedConn) Read(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	n, err := c.Conn.Read(p)
+	// A read already waiting in the kernel when a stall began returns
+	// during it: what it got (bytes, EOF, a reset) is acted on only after
+	// the stall, as a paused process would.
+	if !c.hold() {
+		return 0, net.ErrClosed
+	}
 	if n > 0 {
 		c.reads.Add(1)
 	}

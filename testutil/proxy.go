@@ -505,9 +505,10 @@ type proxyPair struct {
 // proxyChunk is a run of bytes, or the end of a direction (eof), due for
 // delivery at a given time.
 type proxyChunk struct {
-	data []byte
-	due  time.Time
-	eof  bool
+	data  []byte
+	due   time.Time
+	eof   bool
+	reset bool // the peer reset its side: passed on in order, after the bytes before it
 }
 
 // close closes both connections, with a reset if asked, and forgets the pair.
@@ -558,8 +559,17 @@ func (pr *proxyPair) read(src net.Conn, q chan<- proxyChunk) {
 			case <-pr.done:
 			}
 			return
+		case proxyIsReset(err):
+			// Held like an EOF: a reset crosses neither a blackhole nor
+			// the bytes sent before it.
+			c := proxyChunk{reset: true, due: time.Now().Add(time.Duration(pr.p.latency.Load()))}
+			select {
+			case q <- c:
+			case <-pr.done:
+			}
+			return
 		default:
-			pr.close(proxyIsReset(err))
+			pr.close(false)
 			return
 		}
 	}
@@ -587,6 +597,10 @@ func (pr *proxyPair) write(dst net.Conn, q <-chan proxyChunk) {
 			}
 		}
 		if !pr.passable() {
+			return
+		}
+		if c.reset {
+			pr.close(true)
 			return
 		}
 		if c.eof {

@@ -394,3 +394,37 @@ func TestServerCloseLeavesNoGoroutines(t *testing.T) {
 	}
 	goleak.VerifyNone(t, ignore)
 }
+
+// A stalled server acts on nothing it reads, also what a read already
+// waiting when the stall began returns: a holder's close is not noticed
+// (its lock is not handed on), and a client's half-close is not answered,
+// until the stall ends.
+func TestStalledServerActsOnNoCloseUntilItEnds(t *testing.T) {
+	t.Parallel()
+	t.Run("close", func(t *testing.T) {
+		t.Parallel()
+		s := NewServer(t, Config{})
+		holder := udial(t, s)
+		holder.grant("l", "k", "0 60")
+		waiter := udial(t, s)
+		waiter.send("l", "k", "30")
+		waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+		resume := s.Stall(0)
+		_ = holder.nc.Close()
+		time.Sleep(200 * time.Millisecond) // the server must stay paused through it
+		assert.Equal(t, 1, lockWaiters(s, "k"), "the stalled server noticed the close and handed the lock on")
+		resume()
+		waitFor(t, "the lock handed on after the stall", func() bool { return lockWaiters(s, "k") == 0 })
+	})
+	t.Run("half-close", func(t *testing.T) {
+		t.Parallel()
+		s := NewServer(t, Config{})
+		c := udial(t, s)
+		assert.Equal(t, "ok", c.do("ping", "_", ""))
+		resume := s.Stall(0)
+		defer resume()
+		_ = c.nc.(*net.TCPConn).CloseWrite()
+		l, err := c.readWithin(200 * time.Millisecond)
+		assert.True(t, isTimeout(err), "a stalled server closed the connection: %q %v", l, err)
+	})
+}
