@@ -467,11 +467,14 @@ func TestTurnServerCloseWithinProbeAfterFailsTheRequest(t *testing.T) {
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, OnConnBroken: rec.hook})
 	lane, c := laneOf(t, p)
 	settle(t, c)
-	c.mu.Lock()
-	c.lastRead = c.p.now() // as if a reply had just been read
-	c.mu.Unlock()
 	srv.DropConnections()
 	waitReadable(t, c)
+	c.mu.Lock()
+	// As if a reply had just been read, for as long as the test takes: a
+	// reading of now would leave the Do below 1 ms (probeAfter) to claim
+	// the turn, which a loaded machine does not always manage.
+	c.lastRead = c.p.now() + int64(time.Hour)
+	c.mu.Unlock()
 
 	_, owner, err := p.Do(ctxWait(t), lockReq("within"))
 	require.ErrorIs(t, err, wire.ErrConnBroken)
