@@ -346,9 +346,9 @@ func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 	return nil, false, refusal(t.op(), t.key, t.srv, r)
 }
 
-// cancel implements Ticket.Cancel and SemaphoreTicket.Cancel. It counts as
-// an operation, so that Close, which withdraws the queued tickets it finds,
-// waits for one this Cancel took out of its reach.
+// cancel implements Ticket.Cancel and SemaphoreTicket.Cancel. Giving up a
+// queued place counts as an operation, so that Close, which withdraws the
+// queued tickets it finds, waits for one this Cancel took out of its reach.
 func (t *ticket) cancel() error {
 	if !t.c.enter() {
 		// Close has begun: it withdraws the ticket (closeAll) or
@@ -356,7 +356,6 @@ func (t *ticket) cancel() error {
 		<-t.c.closed
 		return nil
 	}
-	defer t.c.leave()
 	t.mu.Lock()
 	switch t.state {
 	case ticketQueued:
@@ -364,6 +363,7 @@ func (t *ticket) cancel() error {
 		t.state, t.conn, t.cancelled = ticketDone, nil, true
 		t.mu.Unlock()
 		t.c.tickets.remove(t)
+		defer t.c.leave()
 		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
 		defer cancel()
 		t.withdraw(ctx, conn)
@@ -372,17 +372,24 @@ func (t *ticket) cancel() error {
 		stop := t.stopWait
 		t.cancelled = true
 		t.mu.Unlock()
+		t.c.leave()
 		stop(ErrTicketDone) // wait withdraws the place (destroys its connection)
 		return nil
 	case ticketAcquired:
 		h := t.grant
 		t.state, t.grant, t.cancelled = ticketDone, nil, true
 		t.mu.Unlock()
+		// Not counted here: the release is an operation of its own, which
+		// waits for Close if Close has begun (Close waiting for this one
+		// would then wait for ever), and the lease is the scheduler's
+		// until released, so Close releases it if this comes too late.
+		t.c.leave()
 		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
 		defer cancel()
 		return h.release(ctx)
 	}
 	t.mu.Unlock()
+	t.c.leave()
 	return nil
 }
 

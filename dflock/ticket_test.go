@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -372,3 +373,54 @@ func ticketGrantedWhileQueued(t *testing.T, srv *testutil.Server, holder, c *Cli
 	require.Eventually(t, func() bool { return heldTotal(srv) == 1 }, 5*time.Second, time.Millisecond)
 	return tk
 }
+
+// Cancel of a ticket granted at enqueue releases its lease. Close beginning
+// meanwhile must not wait for that release (which, once Close has begun,
+// waits for Close): they used to wait for each other for ever. The tracer
+// holds the release at its start until Close has begun.
+func TestTicketCancelOfAGrantRacingCloseDoesNotHang(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	bt := &heldReleaseTracer{started: make(chan struct{}), proceed: make(chan struct{})}
+	c, err := New(addrsOf(srv), WithTracer(bt))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+
+	cancelled := make(chan error, 1)
+	go func() { cancelled <- tk.Cancel() }()
+	<-bt.started // Cancel is releasing
+	closed := make(chan struct{})
+	go func() { _ = c.Close(); close(closed) }()
+	require.Eventually(t, func() bool { return c.closing.Load() }, testTimeout, time.Millisecond)
+	close(bt.proceed)
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close waits for Cancel, whose release waits for Close")
+	}
+	<-cancelled
+	assert.Zero(t, heldTotal(srv))
+}
+
+// heldReleaseTracer holds the first release at its start until proceed is
+// closed.
+type heldReleaseTracer struct {
+	started, proceed chan struct{}
+	once             sync.Once
+}
+
+func (*heldReleaseTracer) AcquireStart(ctx context.Context, _ AcquireInfo) context.Context {
+	return ctx
+}
+func (*heldReleaseTracer) AcquireEnd(context.Context, AcquireInfo, AcquireResult) {}
+func (b *heldReleaseTracer) ReleaseStart(ctx context.Context, _ LeaseInfo) context.Context {
+	b.once.Do(func() {
+		close(b.started)
+		<-b.proceed
+	})
+	return ctx
+}
+func (*heldReleaseTracer) ReleaseEnd(context.Context, LeaseInfo, error) {}
