@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -13,8 +12,14 @@ import (
 // connection cannot carry them (Client.releaseAside).
 type asideReleases struct {
 	mu      sync.Mutex
-	reqs    []wire.Request
+	reqs    []asideRelease
 	running bool // a flushAside goroutine sends them
+}
+
+// asideRelease is one queued release and the time until which it is tried.
+type asideRelease struct {
+	req   wire.Request
+	until time.Time
 }
 
 // Retries of releases sent aside while the server cannot be reached.
@@ -32,13 +37,13 @@ const (
 // until their TTL runs out. (A server that released them answers error,
 // which is ignored.) It only queues, so it may run on the loss notifier:
 // one goroutine per server sends what is queued, pipelined on a lane
-// connection, retrying while the server cannot be reached, for at most
-// DefaultReleaseTimeout and never past Close.
+// connection, retrying while the server cannot be reached, each release
+// for DefaultReleaseTimeout from its queueing, and never past Close.
 func (c *Client) releaseAside(srv *server, req wire.Request) {
 	q := &srv.aside
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.reqs = append(q.reqs, req)
+	q.reqs = append(q.reqs, asideRelease{req: req, until: time.Now().Add(DefaultReleaseTimeout)})
 	if q.running || !c.enter() { // enter: Close waits for the goroutine
 		return
 	}
@@ -48,8 +53,6 @@ func (c *Client) releaseAside(srv *server, req wire.Request) {
 
 func (c *Client) flushAside(srv *server) {
 	defer c.leave()
-	ctx, cancel := context.WithTimeout(c.ctx, DefaultReleaseTimeout)
-	defer cancel()
 	q := &srv.aside
 	backoff := asideMinBackoff
 	var retry *time.Timer
@@ -60,22 +63,19 @@ func (c *Client) flushAside(srv *server) {
 	}()
 	for {
 		q.mu.Lock()
-		reqs := q.reqs
+		reqs, until := liveReleases(q.reqs, time.Now())
 		q.reqs = nil
-		if len(reqs) == 0 || ctx.Err() != nil {
-			// Done, or out of time: what is left is given up.
+		if len(reqs) == 0 || c.ctx.Err() != nil {
+			// Done, or what is left is out of time: given up.
 			q.running = false
 			q.mu.Unlock()
 			return
 		}
 		q.mu.Unlock()
-		// The first goes through Do, which finds (or dials) a lane
-		// connection; the rest follow on that connection in one write.
-		_, owner, err := srv.pool.Do(ctx, reqs[0])
-		if err == nil {
-			reqs = sendAll(ctx, owner, reqs[1:])
-		}
-		if len(reqs) == 0 {
+		ctx, cancel := context.WithDeadline(c.ctx, until)
+		failed := sendAside(ctx, srv, reqs)
+		cancel()
+		if len(failed) == 0 {
 			backoff = asideMinBackoff
 			continue
 		}
@@ -84,7 +84,7 @@ func (c *Client) flushAside(srv *server) {
 		// again): keep what did not get through, in order, and try again
 		// shortly.
 		q.mu.Lock()
-		q.reqs = append(reqs, q.reqs...)
+		q.reqs = append(failed, q.reqs...)
 		q.mu.Unlock()
 		if retry == nil {
 			retry = time.NewTimer(backoff)
@@ -93,33 +93,59 @@ func (c *Client) flushAside(srv *server) {
 		}
 		select {
 		case <-retry.C:
-		case <-ctx.Done():
+		case <-c.ctx.Done():
 		}
 		backoff = min(2*backoff, asideMaxBackoff)
 	}
 }
 
-// sendAll sends reqs on owner in one write and returns those whose
-// connection failed before they were answered (all of them if ctx ends
-// first). A refusal is an answer: the server no longer had the grant.
-func sendAll(ctx context.Context, owner pool.Owner, reqs []wire.Request) (failed []wire.Request) {
-	if len(reqs) == 0 {
+// liveReleases returns, in a new slice, the releases still to be tried at
+// now, and the latest time until which one of them is.
+func liveReleases(reqs []asideRelease, now time.Time) (live []asideRelease, until time.Time) {
+	for _, r := range reqs {
+		if now.Before(r.until) {
+			live = append(live, r)
+			if r.until.After(until) {
+				until = r.until
+			}
+		}
+	}
+	return live, until
+}
+
+// sendAside sends reqs on a lane connection of srv and returns those that
+// did not get through: the first goes through Do, which finds (or dials) a
+// lane connection, the rest follow on that connection in one write, and
+// those whose connection failed before they were answered (all of them if
+// ctx ends first) are returned. A refusal is an answer: the server no
+// longer had the grant.
+func sendAside(ctx context.Context, srv *server, reqs []asideRelease) (failed []asideRelease) {
+	_, owner, err := srv.pool.Do(ctx, reqs[0].req)
+	if err != nil {
+		return reqs
+	}
+	rest := reqs[1:]
+	if len(rest) == 0 {
 		return nil
+	}
+	batch := make([]wire.Request, len(rest))
+	for i, r := range rest {
+		batch[i] = r.req
 	}
 	type result struct {
 		i   int
 		err error
 	}
-	ch := make(chan result, len(reqs))
-	owner.SendBatch(reqs, func(i int, _ wire.Reply, err error) { ch <- result{i, err} })
-	for range reqs {
+	ch := make(chan result, len(batch))
+	owner.SendBatch(batch, func(i int, _ wire.Reply, err error) { ch <- result{i, err} })
+	for range batch {
 		select {
 		case r := <-ch:
 			if r.err != nil {
-				failed = append(failed, reqs[r.i])
+				failed = append(failed, rest[r.i])
 			}
 		case <-ctx.Done():
-			return reqs
+			return rest
 		}
 	}
 	return failed

@@ -18,6 +18,7 @@ import (
 
 	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
 )
 
 func newProxy(t testing.TB, target string) *testutil.Proxy {
@@ -400,4 +401,31 @@ func TestReleaseOfALeaseLostWithItsConnectionIsRetried(t *testing.T) {
 	refuse.Store(false)
 	require.Eventually(t, func() bool { return !lockHeld(srv, "k") }, DefaultReleaseTimeout, time.Millisecond,
 		"the release was not tried again once the server could be reached")
+}
+
+// Every release sent aside is tried for DefaultReleaseTimeout from its own
+// queueing, also one queued into a sending goroutine that has spent most of
+// that time on earlier ones: here the server is unreachable for 2.2 s, and
+// the release queued at 1.7 s still goes out when it is back.
+func TestReleaseSentAsideLateGetsItsOwnTime(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	px := newProxy(t, srv.Addr())
+	holder := newClient(t, addrsOf(srv))
+	c := newClient(t, []string{px.Addr()})
+	ctx := testCtx(t)
+	la, err := holder.Lock(ctx, "a", LeaseTTL(time.Minute))
+	require.NoError(t, err)
+	lb, err := holder.Lock(ctx, "b", LeaseTTL(time.Minute))
+	require.NoError(t, err)
+
+	px.RefuseNew(true) // the server cannot be reached through c's proxy
+	s := c.servers[0]
+	c.releaseAside(s, wire.ReleaseRequest("a", la.Token(), false))
+	time.Sleep(DefaultReleaseTimeout - 300*time.Millisecond)
+	c.releaseAside(s, wire.ReleaseRequest("b", lb.Token(), false))
+	time.Sleep(500 * time.Millisecond) // a's time is up; b has 1.5 s left
+	px.RefuseNew(false)
+	require.Eventually(t, func() bool { return !lockHeld(srv, "b") }, time.Second, 10*time.Millisecond,
+		"the release queued last was given up with the earlier one's time")
 }
