@@ -257,11 +257,7 @@ func proxyDropsSYNs() bool {
 // delivers everything in order when it lifts: a partition TCP survives.
 func TestProxyBlackholeHoldsBothDirectionsAndDeliversInOrderWhenLifted(t *testing.T) {
 	t.Parallel()
-	serverSide := make(chan net.Conn, 1)
-	p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
-	c := proxyDial(t, p.Addr())
-	require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
-	s := <-serverSide
+	p, c, s := echoThroughProxy(t)
 
 	p.Blackhole(true)
 	_, err := c.Write([]byte("b")) // client to server: held, so not echoed
@@ -392,11 +388,7 @@ func TestProxyBlackholeDialHangsUntilLifted(t *testing.T) {
 // the partition: it is reset, and nothing held is delivered.
 func TestProxyResetDuringBlackholeKillsHeldData(t *testing.T) {
 	t.Parallel()
-	serverSide := make(chan net.Conn, 1)
-	p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
-	c := proxyDial(t, p.Addr())
-	require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
-	<-serverSide
+	p, c, _ := echoThroughProxy(t)
 
 	p.Blackhole(true)
 	_, err := c.Write([]byte("lost"))
@@ -573,11 +565,7 @@ func TestProxyResetIsHeldByABlackholeBehindTheBytesBeforeIt(t *testing.T) {
 	t.Parallel()
 	t.Run("held", func(t *testing.T) {
 		t.Parallel()
-		serverSide := make(chan net.Conn, 1)
-		p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
-		c := proxyDial(t, p.Addr())
-		require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
-		s := <-serverSide
+		p, c, s := echoThroughProxy(t)
 		p.Blackhole(true)
 		proxyAbort(s) // the server resets its side during the partition
 		require.NoError(t, c.SetReadDeadline(time.Now().Add(300*time.Millisecond)))
@@ -595,11 +583,7 @@ func TestProxyResetIsHeldByABlackholeBehindTheBytesBeforeIt(t *testing.T) {
 		// may drop it with the reset, as a peer's would): such runs count.
 		held := 0
 		for range 50 {
-			serverSide := make(chan net.Conn, 1)
-			p := newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
-			c := proxyDial(t, p.Addr())
-			require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
-			s := <-serverSide
+			p, c, s := echoThroughProxy(t)
 			p.Blackhole(true)
 			_, err := s.Write([]byte("S"))
 			require.NoError(t, err)
@@ -620,4 +604,16 @@ func TestProxyResetIsHeldByABlackholeBehindTheBytesBeforeIt(t *testing.T) {
 		}
 		t.Logf("%d of 50 runs held the byte", held)
 	})
+}
+
+// echoThroughProxy connects a client through a new proxy to an echo target,
+// checks one round trip, and returns the proxy, the client's connection and
+// the target's side of it.
+func echoThroughProxy(t *testing.T) (p *Proxy, c, s net.Conn) {
+	t.Helper()
+	serverSide := make(chan net.Conn, 1)
+	p = newTestProxy(t, startProxyTarget(t, proxyEchoExposed(serverSide)))
+	c = proxyDial(t, p.Addr())
+	require.Equal(t, "a", proxyRoundTrip(t, c, "a"))
+	return p, c, <-serverSide
 }
