@@ -216,11 +216,7 @@ func TestServerStallHoldsRequestsWithoutTimingOut(t *testing.T) {
 func TestServerStallHoldsGrantsToWaiters(t *testing.T) {
 	t.Parallel()
 	s := NewServer(t, Config{SweepInterval: 20 * time.Millisecond})
-	holder := udial(t, s)
-	holder.grant("l", "k", "0 1")
-	waiter := udial(t, s)
-	waiter.send("l", "k", "30")
-	waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+	_, waiter := holderAndWaiter(t, s, "0 1")
 
 	resume := s.Stall(0)
 	defer resume()
@@ -274,11 +270,7 @@ func TestServerStallAcceptsNothing(t *testing.T) {
 func TestServerShutdownDrainsV116(t *testing.T) {
 	t.Parallel()
 	s := NewServer(t, Config{ShutdownTimeout: -1})
-	holder := udial(t, s)
-	holder.grant("l", "k", "0")
-	waiter := udial(t, s)
-	waiter.send("l", "k", "30")
-	waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+	holder, waiter := holderAndWaiter(t, s, "0")
 
 	done := make(chan error, 1)
 	go func() { done <- s.Shutdown(context.Background()) }()
@@ -404,11 +396,7 @@ func TestStalledServerActsOnNoCloseUntilItEnds(t *testing.T) {
 	t.Run("close", func(t *testing.T) {
 		t.Parallel()
 		s := NewServer(t, Config{})
-		holder := udial(t, s)
-		holder.grant("l", "k", "0 60")
-		waiter := udial(t, s)
-		waiter.send("l", "k", "30")
-		waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+		holder, _ := holderAndWaiter(t, s, "0 60")
 		resume := s.Stall(0)
 		_ = holder.nc.Close()
 		time.Sleep(200 * time.Millisecond) // the server must stay paused through it
@@ -427,4 +415,16 @@ func TestStalledServerActsOnNoCloseUntilItEnds(t *testing.T) {
 		l, err := c.readWithin(200 * time.Millisecond)
 		assert.True(t, isTimeout(err), "a stalled server closed the connection: %q %v", l, err)
 	})
+}
+
+// holderAndWaiter connects a holder of "k" (granted with the l arguments
+// holdArgs) and a waiter parked behind it for up to 30 s.
+func holderAndWaiter(t *testing.T, s *Server, holdArgs string) (holder, waiter *uconn) {
+	t.Helper()
+	holder = udial(t, s)
+	holder.grant("l", "k", holdArgs)
+	waiter = udial(t, s)
+	waiter.send("l", "k", "30")
+	waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
+	return holder, waiter
 }
