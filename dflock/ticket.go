@@ -167,9 +167,8 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // waits for the server's answer, at most DefaultReleaseTimeout (then a
 // queued ticket's connection is closed; a granted ticket's release is
 // answered in the background, as Release's is). A Wait in progress
-// returns. Cancel is
-// idempotent; a ticket already waited for is not affected (release its Lock
-// instead).
+// returns. Cancel is idempotent; a ticket already waited for is not
+// affected (release its Lock instead).
 func (t *Ticket) Cancel() error { return t.t.cancel() }
 
 // Key returns the semaphore's key.

@@ -116,10 +116,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 // server accepted and closed before answering the handshake: dflockd does
 // exactly that over --max-connections (and --max-connections-per-ip), and
 // its TLS listener to a client speaking plain text, writing nothing.
-var (
-	errClosedInHandshake      = errors.New("the server closed the connection during the handshake; it may be at its connection limit (--max-connections)")
-	errClosedInPlainHandshake = errors.New("the server closed the connection during the handshake; it may be at its connection limit (--max-connections), or expect TLS (WithTLS)")
-)
+var errClosedInHandshake = errors.New("the server closed the connection during the handshake; it may be at its connection limit (--max-connections)")
 
 // closedInHandshake adds errClosedInHandshake to a handshake error caused by
 // the server closing the connection (EOF, reset, broken pipe).
@@ -127,11 +124,10 @@ func (p *Pool) closedInHandshake(err error) error {
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
-		hint := errClosedInHandshake
 		if p.tls == nil {
-			hint = errClosedInPlainHandshake
+			return fmt.Errorf("%w, or expect TLS (WithTLS): %w", errClosedInHandshake, err)
 		}
-		return fmt.Errorf("%w: %w", hint, err)
+		return fmt.Errorf("%w: %w", errClosedInHandshake, err)
 	}
 	return err
 }
