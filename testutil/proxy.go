@@ -32,6 +32,16 @@ const proxyBacklog = 1<<16 - 1
 // connection took the place first and the plug's SYN is being dropped).
 const proxyPlugWait = 100 * time.Millisecond
 
+// proxyPlugIP is the loopback address plugs dial from, so that the accept
+// loop knows a plug by its source alone. Knowing it by the address its dial
+// returned is not enough: a dial cancelled just as it connects returns an
+// error although the kernel completed it (Go's net, issue 16523), and that
+// connection, left in the accept queue, would otherwise be taken for a
+// client's and connected through to the target. On a platform that will
+// not bind it (only 127.0.0.1 is configured on macOS), plugs dial from the
+// default address and are known by what their dial returned.
+var proxyPlugIP = net.IPv4(127, 0, 0, 2)
+
 // proxyRelistenRetry bounds how long the proxy retries listening again on
 // its address (after RefuseNew) while the port is still in use.
 const proxyRelistenRetry = 5 * time.Second
@@ -46,6 +56,9 @@ const proxyRelistenRetry = 5 * time.Second
 // two form a pair. A half-close (FIN) is forwarded as a half-close, and a
 // reset from either peer is forwarded as a reset. All methods are safe for
 // concurrent use. The zero value is not usable; call NewProxy.
+//
+// The proxy reserves 127.0.0.2 for itself (see Blackhole): a connection
+// from that address is closed, not proxied.
 type Proxy struct {
 	target string
 	addr   string          // where the proxy listens; stable across RefuseNew
@@ -66,7 +79,7 @@ type Proxy struct {
 	healed    chan struct{}    // non-nil while blackholed; closed when the blackhole lifts
 	refuse    bool
 	closeNew  bool
-	plugs     map[string]struct{} // local addresses of plug connections not yet accepted
+	plugs     map[string]struct{} // local addresses of plugs not dialled from proxyPlugIP, not yet accepted
 	plugStop  context.CancelFunc  // ends the current blackhole's plug dial
 	plugDone  chan struct{}       // closed when that plug goroutine has exited
 	plugReady chan struct{}       // closed when that plug's dial has returned
@@ -333,15 +346,21 @@ func (p *Proxy) plugLocked() {
 func (p *Proxy) plug(ctx context.Context, done, ready chan struct{}) {
 	defer p.wg.Done()
 	defer close(done)
-	var d net.Dialer
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: proxyPlugIP}}
 	c, err := d.DialContext(ctx, "tcp", p.addr)
+	if err != nil && ctx.Err() == nil {
+		d.LocalAddr = nil // proxyPlugIP is not usable here
+		c, err = d.DialContext(ctx, "tcp", p.addr)
+	}
 	if err != nil {
 		close(ready)
 		return
 	}
-	p.mu.Lock()
-	p.plugs[c.LocalAddr().String()] = struct{}{}
-	p.mu.Unlock()
+	if !proxyIsPlug(c.LocalAddr()) {
+		p.mu.Lock()
+		p.plugs[c.LocalAddr().String()] = struct{}{}
+		p.mu.Unlock()
+	}
 	close(ready)
 	<-ctx.Done()
 	_ = c.Close()
@@ -397,6 +416,11 @@ func (p *Proxy) acceptLoop() {
 // admit decides what becomes of an accepted client connection.
 func (p *Proxy) admit(c net.Conn) {
 	p.mu.Lock()
+	if proxyIsPlug(c.RemoteAddr()) {
+		p.mu.Unlock()
+		_ = c.Close()
+		return
+	}
 	if _, ok := p.plugs[c.RemoteAddr().String()]; ok {
 		delete(p.plugs, c.RemoteAddr().String())
 		p.mu.Unlock()
@@ -647,6 +671,13 @@ func proxySetLinger0(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
+}
+
+// proxyIsPlug reports whether addr is a plug's source address (see
+// proxyPlugIP).
+func proxyIsPlug(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return ok && ta.IP.Equal(proxyPlugIP)
 }
 
 // proxyIsReset reports whether err means the peer reset the connection, which the

@@ -331,6 +331,34 @@ func TestProxyBlackholeBlocksWritersThenDeliversEverything(t *testing.T) {
 	}
 }
 
+// A blackhole's plug is known by its source address, not by what its dial
+// returned: a plug dial cancelled (by the blackhole lifting) just as it
+// connects returns an error with its connection already in the accept queue,
+// and that connection must not be connected through to the target as a
+// client's (it was, once, under load: the target saw a stray empty
+// connection). Here a connection from the plug's address stands for it.
+func TestProxyClosesAPlugWhateverItsDialReturned(t *testing.T) {
+	t.Parallel()
+	var targetConns atomic.Int32
+	p := newTestProxy(t, startProxyTarget(t, func(net.Conn) { targetConns.Add(1) }))
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: proxyPlugIP}, Timeout: proxyWait}
+	c, err := d.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Skipf("cannot dial from %v here: %v", proxyPlugIP, err)
+	}
+	defer c.Close()
+	assert.ErrorIs(t, proxyReadFails(t, c), io.EOF, "a plug must be closed, not proxied")
+	assert.Zero(t, targetConns.Load(), "a plug reached the target")
+	assert.Zero(t, p.Conns())
+
+	// The proxy still serves clients.
+	var ordinary net.Dialer
+	c2, err := ordinary.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer c2.Close()
+	require.Eventually(t, func() bool { return targetConns.Load() == 1 }, proxyWait, time.Millisecond)
+}
+
 // A dial during a blackhole gets no answer (its SYN is dropped) and does not
 // reach the target; one still pending when the blackhole lifts completes
 // then (at its next SYN retransmission) and is connected through.
