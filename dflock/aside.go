@@ -8,12 +8,63 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
+// bgJobs runs best-effort work that outlives the call that began it:
+// releases sent aside and the withdrawal of ticket places whose caller gave
+// up. Such work must not be cut short by Close — what it gives back would
+// stay held by nobody on a server with auto-release off — but must not hold
+// Close up either: Close lets the jobs run until its own release deadline,
+// beside its own releases, then ends their context and waits for them
+// before it closes the connections.
+type bgJobs struct {
+	ctx    context.Context // ended by stop
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+func newBGJobs() *bgJobs {
+	j := &bgJobs{}
+	j.ctx, j.cancel = context.WithCancel(context.Background())
+	return j
+}
+
+// start runs fn on a goroutine of its own, with a context that ends when
+// Close's release deadline passes, and reports false (running nothing) once
+// Close has stopped the jobs.
+func (j *bgJobs) start(fn func(ctx context.Context)) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.stopped {
+		return false
+	}
+	j.wg.Add(1)
+	go func() {
+		defer j.wg.Done()
+		fn(j.ctx)
+	}()
+	return true
+}
+
+// stop refuses new jobs, ends the running ones' context at deadline (at
+// the latest), and waits for them.
+func (j *bgJobs) stop(deadline time.Time) {
+	t := time.AfterFunc(time.Until(deadline), j.cancel)
+	defer t.Stop()
+	j.mu.Lock()
+	j.stopped = true
+	j.mu.Unlock()
+	j.wg.Wait()
+	j.cancel()
+}
+
 // asideReleases queues a server's best-effort releases of grants whose own
 // connection cannot carry them (Client.releaseAside).
 type asideReleases struct {
 	mu      sync.Mutex
 	reqs    []asideRelease
-	running bool // a flushAside goroutine sends them
+	running bool // a flushAside job sends them
 }
 
 // asideRelease is one queued release and the time until which it is tried.
@@ -36,23 +87,24 @@ const (
 // --auto-release-on-disconnect=false: then it keeps them, held by nobody
 // until their TTL runs out. (A server that released them answers error,
 // which is ignored.) It only queues, so it may run on the loss notifier:
-// one goroutine per server sends what is queued, pipelined on a lane
+// one background job per server sends what is queued, pipelined on a lane
 // connection, retrying while the server cannot be reached, each release
-// for DefaultReleaseTimeout from its queueing, and never past Close.
+// for DefaultReleaseTimeout from its queueing — through Close too, until
+// Close's own release deadline.
 func (c *Client) releaseAside(srv *server, req wire.Request) {
 	q := &srv.aside
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.reqs = append(q.reqs, asideRelease{req: req, until: time.Now().Add(DefaultReleaseTimeout)})
-	if q.running || !c.enter() { // enter: Close waits for the goroutine
+	if q.running {
 		return
 	}
-	q.running = true
-	go c.flushAside(srv)
+	q.running = c.jobs.start(func(ctx context.Context) { c.flushAside(ctx, srv) })
 }
 
-func (c *Client) flushAside(srv *server) {
-	defer c.leave()
+// flushAside sends srv's queued releases until none is left, each is out of
+// time, or ctx (Close's deadline) ends.
+func (c *Client) flushAside(ctx context.Context, srv *server) {
 	q := &srv.aside
 	backoff := asideMinBackoff
 	var retry *time.Timer
@@ -65,15 +117,15 @@ func (c *Client) flushAside(srv *server) {
 		q.mu.Lock()
 		reqs, until := liveReleases(q.reqs, time.Now())
 		q.reqs = nil
-		if len(reqs) == 0 || c.ctx.Err() != nil {
+		if len(reqs) == 0 || ctx.Err() != nil {
 			// Done, or what is left is out of time: given up.
 			q.running = false
 			q.mu.Unlock()
 			return
 		}
 		q.mu.Unlock()
-		ctx, cancel := context.WithDeadline(c.ctx, until)
-		failed := sendAside(ctx, srv, reqs)
+		sctx, cancel := context.WithDeadline(ctx, until)
+		failed := sendAside(sctx, srv, reqs)
 		cancel()
 		if len(failed) == 0 {
 			backoff = asideMinBackoff
@@ -93,7 +145,7 @@ func (c *Client) flushAside(srv *server) {
 		}
 		select {
 		case <-retry.C:
-		case <-c.ctx.Done():
+		case <-ctx.Done():
 		}
 		backoff = min(2*backoff, asideMaxBackoff)
 	}
@@ -113,23 +165,18 @@ func liveReleases(reqs []asideRelease, now time.Time) (live []asideRelease, unti
 	return live, until
 }
 
-// sendAside sends reqs on a lane connection of srv and returns those that
-// did not get through: the first goes through Do, which finds (or dials) a
-// lane connection, the rest follow on that connection in one write, and
-// those whose connection failed before they were answered (all of them if
-// ctx ends first) are returned. A refusal is an answer: the server no
-// longer had the grant.
+// sendAside sends reqs in one write on a lane connection of srv (found, or
+// dialled, by pool.Lane, which keeps working while the Client closes) and
+// returns those that did not get through: those whose connection failed
+// before they were answered, or all of them if ctx ends first. A refusal is
+// an answer: the server no longer had the grant.
 func sendAside(ctx context.Context, srv *server, reqs []asideRelease) (failed []asideRelease) {
-	_, owner, err := srv.pool.Do(ctx, reqs[0].req)
+	owner, err := srv.pool.Lane(ctx)
 	if err != nil {
 		return reqs
 	}
-	rest := reqs[1:]
-	if len(rest) == 0 {
-		return nil
-	}
-	batch := make([]wire.Request, len(rest))
-	for i, r := range rest {
+	batch := make([]wire.Request, len(reqs))
+	for i, r := range reqs {
 		batch[i] = r.req
 	}
 	type result struct {
@@ -142,10 +189,10 @@ func sendAside(ctx context.Context, srv *server, reqs []asideRelease) (failed []
 		select {
 		case r := <-ch:
 			if r.err != nil {
-				failed = append(failed, rest[r.i])
+				failed = append(failed, reqs[r.i])
 			}
 		case <-ctx.Done():
-			return rest
+			return reqs
 		}
 	}
 	return failed

@@ -40,6 +40,7 @@ type Client struct {
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
 	bg        sync.WaitGroup
+	jobs      *bgJobs // best-effort work that outlives its caller (aside.go)
 
 	tickets ticketSet // queued two-phase tickets (they hold a connection)
 	signals signalHub // signal subscriptions and listener connections (signal_listener.go)
@@ -114,6 +115,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		disp:    disp,
 		drained: make(chan struct{}, 1),
 		closed:  make(chan struct{}),
+		jobs:    newBGJobs(),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	rc := renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock, ReadTimeout: o.readTimeout}
@@ -124,6 +126,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	}
 	c.sched = renew.New(rc)
 	for _, a := range addrs {
+		srv := &server{addr: a}
 		p, err := pool.New(pool.Config{
 			Addr:            a,
 			Dial:            o.dial,
@@ -138,6 +141,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			Logger:          log.With("server", a),
 			OnConnBroken:    func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
 			OnDial:          func(role string, d time.Duration, err error) { c.onDial(a, role, d, err) },
+			OnReleaseLost:   func(req wire.Request) { c.releaseAside(srv, req) },
 			Lifetime:        c.ctx,
 		})
 		if err != nil {
@@ -149,7 +153,8 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			c.disp.stop(c.opts.callbackWait)
 			return nil, err
 		}
-		c.servers = append(c.servers, &server{addr: a, pool: p})
+		srv.pool = p
+		c.servers = append(c.servers, srv)
 	}
 	return c, nil
 }
@@ -275,12 +280,16 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 	}
 }
 
-// Close releases every held lease (bounded by DefaultReleaseTimeout; the
-// servers release the rest when the connections close), ends every blocked
-// call with ErrClosed, closes every connection and stops every goroutine of
-// the Client. Locks still held become released (their Done closes, Err is
-// ErrReleased). Close is idempotent and safe to call concurrently; every
-// other call made after it fails with an error matching ErrClosed.
+// Close releases every held lease and gives up every queued ticket's place,
+// ends every blocked call with ErrClosed, closes every connection and stops
+// every goroutine of the Client. Locks still held become released (their
+// Done closes, Err is ErrReleased). The releases — with those of grants
+// already being released in the background — are bounded together by
+// DefaultReleaseTimeout from the start of Close: a server that has not
+// answered by then releases what its connections held when they close,
+// unless it runs with auto-release off (then those leases stay held until
+// their TTL runs out). Close is idempotent and safe to call concurrently;
+// every other call made after it fails with an error matching ErrClosed.
 func (c *Client) Close() error {
 	c.closeOnce.Do(c.close)
 	<-c.closed
@@ -290,6 +299,7 @@ func (c *Client) Close() error {
 func (c *Client) close() {
 	defer close(c.closed)
 	c.closing.Store(true)
+	deadline := time.Now().Add(DefaultReleaseTimeout)
 	c.cancel(ErrClosed)
 
 	// Wait for operations in progress: they observe the cancelled context
@@ -304,9 +314,15 @@ func (c *Client) close() {
 		<-c.drained
 	}
 
+	// Everything given back from here on shares one deadline, so that one
+	// unreachable server costs Close DefaultReleaseTimeout, not that much
+	// per kind of work.
 	held := c.sched.Close()
-	c.releaseAll(held)
-	c.tickets.closeAll()
+	var wg sync.WaitGroup
+	wg.Go(func() { c.releaseAll(held, deadline) })
+	wg.Go(func() { c.tickets.closeAll(deadline) })
+	wg.Go(func() { c.jobs.stop(deadline) })
+	wg.Wait()
 	// Pinned wait-pool connections of held leases are closed by the pool's
 	// Close below, after their releases went out; leases lost earlier gave
 	// theirs back in their OnLost, which sched.Close waited for.
@@ -320,8 +336,8 @@ func (c *Client) close() {
 }
 
 // releaseAll releases leases the scheduler handed back at Close: one
-// pipelined write per owning connection, all bounded together.
-func (c *Client) releaseAll(held []*renew.Lease) {
+// pipelined write per owning connection, all bounded together by deadline.
+func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
 	if len(held) == 0 {
 		return
 	}
@@ -344,13 +360,13 @@ func (c *Client) releaseAll(held []*renew.Lease) {
 			}
 		})
 	}
-	t := time.NewTimer(DefaultReleaseTimeout)
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	for range groups {
 		select {
 		case <-done:
 		case <-t.C:
-			c.log.Warn("dflock: close: releases unanswered; closing the connections releases them", "leases", len(held))
+			c.log.Warn("dflock: close: releases unanswered; the server releases them when the connections close, unless it runs with auto-release off", "leases", len(held))
 			return
 		}
 	}
@@ -392,8 +408,8 @@ func (s *ticketSet) remove(t *ticket) {
 }
 
 // closeAll withdraws every queued ticket, all at once, bounded together by
-// DefaultReleaseTimeout.
-func (s *ticketSet) closeAll() {
+// deadline.
+func (s *ticketSet) closeAll(deadline time.Time) {
 	s.mu.Lock()
 	m := s.m
 	s.m = nil
@@ -401,7 +417,7 @@ func (s *ticketSet) closeAll() {
 	if len(m) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	var wg sync.WaitGroup
 	for t := range m {

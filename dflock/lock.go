@@ -222,7 +222,12 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 		if err := checkGrant(r); err != nil || opCtx.Err() != nil || c.ctx.Err() != nil {
 			// The caller gave up while the grant was in flight (or it is
 			// unusable): give it back at once on the same connection.
-			owner.SendBatch([]wire.Request{wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0)}, func(int, wire.Reply, error) {})
+			rel := wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0)
+			owner.SendBatch([]wire.Request{rel}, func(_ int, _ wire.Reply, err error) {
+				if err != nil { // the connection broke: see pool.Config.OnReleaseLost
+					c.releaseAside(srv, rel)
+				}
+			})
 			if err == nil {
 				err = c.ctxError(ctx, opCtx, ErrNotAcquired)
 			}

@@ -3,6 +3,7 @@ package dflock
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
@@ -115,8 +116,26 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		return fail(err)
 	}
 	t := &ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
-	r, sent, err := c.exchange(opCtx, srv, conn, req)
+	// e does not block, so a caller that gives up while its answer is on
+	// the way leaves the connection to a background job, which reads the
+	// answer and gives back the place or the grant: closing the connection
+	// would leave a grant held on a server with auto-release off.
+	sent := time.Now()
+	late := make(chan enqueueAnswer, 1)
+	r, answered, err := conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
+	if answered && err == nil && opCtx.Err() != nil {
+		late <- enqueueAnswer{r, nil} // read just after the caller gave up
+		answered, err = false, opCtx.Err()
+	}
+	if !answered {
+		t.settleLate(conn, late)
+		return fail(err)
+	}
+	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
+		err = checkGrant(r)
+	}
 	if err != nil {
+		conn.Destroy()
 		return fail(err)
 	}
 	switch r.Status {
@@ -136,6 +155,62 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	}
 	giveBack(conn, r)
 	return nil, refusal(op, key, srv, r)
+}
+
+// enqueueAnswer is the answer to an e/se that came after its caller gave up.
+type enqueueAnswer struct {
+	r   wire.Reply
+	err error
+}
+
+// settleLate gives back, in a background job, what the answer to an e/se
+// whose caller gave up holds: the queue place (withdrawn) or the grant
+// (released on the same connection).
+func (t *ticket) settleLate(conn *pool.Conn, late <-chan enqueueAnswer) {
+	ok := t.c.jobs.start(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, DefaultReleaseTimeout)
+		defer cancel()
+		var a enqueueAnswer
+		select {
+		case a = <-late:
+		case <-ctx.Done():
+			conn.Destroy()
+			return
+		}
+		switch {
+		case a.err != nil:
+			conn.Destroy()
+		case a.r.Status == wire.StatusQueued:
+			t.withdraw(ctx, conn)
+		case a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired:
+			if checkGrant(a.r) != nil {
+				conn.Destroy()
+				return
+			}
+			t.releaseOn(ctx, conn, a.r.Token)
+		default:
+			giveBack(conn, a.r)
+		}
+	})
+	if !ok {
+		conn.Destroy()
+	}
+}
+
+// releaseOn releases the ticket's grant (token) on conn, which then goes
+// back to the pool; if conn cannot carry it, the release is sent aside and
+// conn closed.
+func (t *ticket) releaseOn(ctx context.Context, conn *pool.Conn, token string) {
+	rel := wire.ReleaseRequest(t.key, token, t.limit > 0)
+	r, err := sendOn(ctx, conn, rel)
+	if err == nil && r.Status == wire.StatusOK {
+		conn.Release()
+		return
+	}
+	if err != nil {
+		t.c.releaseAside(t.srv, rel)
+	}
+	conn.Destroy()
 }
 
 // Key returns the ticket's key.
@@ -287,6 +362,14 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 				return fail(deadlinePassed(opCtx))
 			}
 		}
+		if opCtx.Err() != nil {
+			// Ended (cancelled, or stopped by Cancel) before the wait was
+			// sent: nothing is on its way, so the place is tried and given
+			// back rather than the connection closed, which would leave a
+			// grant made to it held on a server with auto-release off.
+			t.withdrawLater(conn)
+			return fail(opCtx.Err())
+		}
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
 		r, sent, err := c.exchange(opCtx, t.srv, conn, req)
 		if err != nil {
@@ -426,11 +509,8 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 			if checkGrant(r) != nil {
 				break
 			}
-			r, err = sendOn(ctx, conn, wire.ReleaseRequest(t.key, r.Token, t.limit > 0))
-			if err == nil && r.Status == wire.StatusOK {
-				conn.Release()
-				return
-			}
+			t.releaseOn(ctx, conn, r.Token)
+			return
 		case wire.StatusTimeout, wire.StatusErrNotEnqueued, wire.StatusErrLeaseExpired:
 			conn.Release() // the place is consumed; nothing is held
 			return
@@ -440,19 +520,18 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 }
 
 // withdrawLater is withdraw for a caller whose context has ended, which must
-// not wait for the server: it runs in the background (Close waits for it),
-// or, once Close has begun, closes the connection.
+// not wait for the server: it runs as a background job (through Close too,
+// until Close's deadline), or, once Close has stopped the jobs, closes the
+// connection.
 func (t *ticket) withdrawLater(conn *pool.Conn) {
-	if !t.c.enter() {
-		conn.Destroy()
-		return
-	}
-	go func() {
-		defer t.c.leave()
-		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+	ok := t.c.jobs.start(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, DefaultReleaseTimeout)
 		defer cancel()
 		t.withdraw(ctx, conn)
-	}()
+	})
+	if !ok {
+		conn.Destroy()
+	}
 }
 
 // sendOn sends req on conn and waits for the answer or ctx. Unlike

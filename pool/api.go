@@ -178,6 +178,14 @@ type Config struct {
 	// fail fast because the server is down are not dials. Like
 	// OnConnBroken it must return promptly.
 	OnDial func(role string, d time.Duration, err error)
+	// OnReleaseLost, if set, is given the release of a grant whose caller
+	// gave up (see Do) when the connection broke before it could carry
+	// it. A server with auto-release on releases the grant with the
+	// connection; one with it off keeps it, held by nobody until its lease
+	// runs out, so the owner may send the release elsewhere. It is called
+	// from the goroutine that noticed (a reader, or whoever broke the
+	// connection) and, like OnConnBroken, must return promptly.
+	OnReleaseLost func(req wire.Request)
 	// Lifetime, if set, is the owner's lifetime (the Client's): when it
 	// ends, every wait for a reply ends as if the caller's context had
 	// (the error matches ErrClosed), so that a caller may pass a context

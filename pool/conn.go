@@ -1016,11 +1016,24 @@ func (c *conn) releaseAbandoned(cl *call, r *wire.Reply) {
 	rel := getCall()
 	rel.kind = callDiscard
 	rel.cmd = req.Cmd
+	if lost := c.p.cfg.OnReleaseLost; lost != nil {
+		// A broken connection releases the grant only where the server
+		// releases on disconnect: let the owner send it elsewhere.
+		rel.kind = callBatch
+		rel.cb = func(_ int, _ wire.Reply, err error) {
+			if err != nil {
+				lost(req)
+			}
+		}
+	}
 	c.mu.Lock()
-	if c.err != nil {
+	if err := c.err; err != nil {
 		c.mu.Unlock()
+		if rel.cb != nil {
+			rel.cb(0, wire.Reply{}, err)
+		}
 		putCall(rel)
-		return // closing the connection releases the grant
+		return
 	}
 	c.enqueueLocked(&req, rel, false)
 	// c.err == nil under c.mu, so the reader (this goroutine) is still

@@ -75,6 +75,18 @@ func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, Owner, err
 	}
 }
 
+// Lane returns a healthy lane connection, dialling one if there is none,
+// for requests sent with its SendBatch (which must be lane-safe). Unlike Do
+// it does not end with Config.Lifetime: a Client that is closing sends its
+// last releases through it, until the pool itself closes.
+func (p *Pool) Lane(ctx context.Context) (Owner, error) {
+	l, err := p.pickLane(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
 // errNotLaneSafe matches the error of a request refused by the control lane.
 var errNotLaneSafe = errors.New("dflock: request not allowed on the control lane")
 
