@@ -32,9 +32,12 @@ type held struct {
 	fence      uint64
 	hasFence   bool
 
-	relMu   sync.Mutex // serialises release; guards relDone and relErr
-	relDone bool
-	relErr  error
+	// The first Release sends the release; calls made meanwhile wait for
+	// its result while their own ctx lasts (relWait, made only for them).
+	relMu    sync.Mutex // guards the three below
+	relState uint8      // relNone, relSending, relDone
+	relWait  chan struct{}
+	relErr   error
 
 	// handle is what the *Lock or *Semaphore wrapping this lease points to
 	// (see newLock): both types are struct{ h *held }, so a pointer to it
@@ -99,21 +102,55 @@ func (h *held) release(ctx context.Context) error {
 	return h.releaseOnce(ctx)
 }
 
+// States of a lease's release (held.relState).
+const (
+	relNone uint8 = iota
+	relSending
+	relDone
+)
+
 func (h *held) releaseOnce(ctx context.Context) error {
 	h.relMu.Lock()
-	defer h.relMu.Unlock()
-	if !h.relDone {
-		h.relErr = h.sendRelease(ctx)
-		h.relDone = true
+	switch h.relState {
+	case relDone:
+		err := h.relErr
+		h.relMu.Unlock()
+		return err
+	case relSending:
+		if h.relWait == nil {
+			h.relWait = make(chan struct{})
+		}
+		wait := h.relWait
+		h.relMu.Unlock()
+		select {
+		case <-wait:
+			return h.relErr // written before wait was closed
+		case <-ctx.Done():
+			return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: h.c.ctxError(ctx, ctx, nil)}
+		}
 	}
-	return h.relErr
+	h.relState = relSending
+	h.relMu.Unlock()
+	err := h.sendRelease(ctx)
+	h.relMu.Lock()
+	h.relErr, h.relState = err, relDone
+	if h.relWait != nil {
+		close(h.relWait)
+	}
+	h.relMu.Unlock()
+	return err
 }
 
 func (h *held) sendRelease(ctx context.Context) error {
 	c := h.c
 	if !c.enter() {
-		// Close is releasing every held lease; report how this one ended.
-		<-c.closed
+		// Close is releasing every held lease; report how this one ended,
+		// once Close knows, unless ctx ends first.
+		select {
+		case <-c.closed:
+		case <-ctx.Done():
+			return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
+		}
 		return h.releaseResult()
 	}
 	defer c.leave()
@@ -193,38 +230,62 @@ func (h *held) finishReleaseBG(rr releaseReply) error {
 }
 
 func (h *held) finishRelease(rr releaseReply) error {
-	h.srv.obs.released1()
 	ok := rr.err == nil && rr.r.Status == wire.StatusOK
 	if h.pinned != nil {
 		h.returnConn(!ok)
 	}
+	var lost *renew.LostError
 	switch {
+	case ok:
 	case errors.Is(rr.err, wire.ErrConnBroken):
 		// The owning connection broke: the server released the lease when
 		// it closed, possibly before the caller was done with it — unless
 		// it runs with auto-release off: then the release goes aside.
 		h.c.releaseAside(h.srv, wire.ReleaseRequest(h.key(), h.token(), h.lease.Semaphore()))
-		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr,
-			Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}}
+		lost = &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}
 	case rr.err != nil:
+		h.srv.obs.released1()
 		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: rr.err}
 	case rr.r.Status == wire.StatusErrDraining:
 		// A server shutting down (v1.16+) answers the next request so and
 		// closes the connection, which releases the lease (auto-release):
 		// the lock was held until then, so this is no loss. The release
 		// itself was not done, which matters with auto-release off.
+		h.srv.obs.released1()
 		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: "error_draining", Err: ErrDraining}
-	case !ok:
+	default:
 		// The server no longer knew the token: the lease had expired (or
 		// its connection closed) before the release arrived.
-		word := rr.r.Word
-		if word == "" {
-			word = rr.r.Status.String()
-		}
-		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: word,
-			Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
+		lost = &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}
 	}
-	return nil
+	if lost == nil {
+		h.srv.obs.released1()
+		return nil
+	}
+	h.lostAtRelease(lost)
+	e := &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: lost}
+	if rr.err == nil {
+		e.Reply = rr.r.Word
+		if e.Reply == "" {
+			e.Reply = rr.r.Status.String()
+		}
+	}
+	return e
+}
+
+// lostAtRelease reports a lease that its Release found lost — one the
+// scheduler never saw lost (the client's clock or a pause hid it) — as the
+// loss it is: counted in Snapshot's Losses, logged, and told to
+// Hooks.OnLeaseLost, like every other loss. Err keeps ErrReleased: the
+// lease is no longer tracked.
+func (h *held) lostAtRelease(err error) {
+	c := h.c
+	h.srv.obs.renew.Lost.Add(1)
+	c.log.Warn("dflock: lease found lost at release", "key", h.key(), "server", h.srv.addr, "err", err)
+	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
+		info := LeaseInfo{Key: h.key(), Token: h.token(), Server: h.srv.addr, Semaphore: h.limit > 0, TTL: h.lease.TTL()}
+		c.disp.do(func() { hook(info, err) })
+	}
 }
 
 // releaseResult reports a lease the caller did not release itself.
@@ -261,7 +322,11 @@ func (h *held) returnConn(destroy bool) {
 func (h *held) LeaseLost(lease *renew.Lease, err error) {
 	c := h.c
 	h.returnConn(true) // the loss is counted already (serverObs)
-	if errors.Is(err, renew.ErrOwnerFailed) {
+	// A lease lost with its connection is released aside; so is one lost
+	// otherwise (but not refused) that pinned a connection: destroyed
+	// above, that connection may never have written the scheduler's
+	// best-effort release.
+	if errors.Is(err, renew.ErrOwnerFailed) || (h.pinned != nil && !errors.Is(err, renew.ErrRefused)) {
 		c.releaseAside(h.srv, wire.ReleaseRequest(lease.Key(), lease.Token(), lease.Semaphore()))
 	}
 	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)

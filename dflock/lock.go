@@ -60,9 +60,11 @@ func (l *Lock) Context() context.Context { return l.h.lease.Context() }
 func (l *Lock) Renew(ctx context.Context) error { return l.h.renew(ctx) }
 
 // Release releases the lock. It is idempotent: later calls return the
-// first call's result. It returns nil after a clean release, and an error
-// matching ErrLockLost if the lock had been lost (or its lease had already
-// expired on the server). A server shutting down (v1.16+) answers the
+// first call's result (a call made while the first one waits for the
+// server waits for it while its own ctx lasts). It returns nil after a
+// clean release, and an error matching ErrLockLost if the lock had been
+// lost (or its lease had already expired on the server: that counts as a
+// loss, in Snapshot and for Hooks.OnLeaseLost). A server shutting down (v1.16+) answers the
 // release with error_draining and closes the connection, which releases the
 // lock unless auto-release is off on the server: the error then matches
 // ErrDraining, not ErrLockLost, since the lock was held until then.

@@ -110,8 +110,10 @@ type Option func(*options)
 // (ClientStats.CallbacksDropped). Close waits up to DefaultReleaseTimeout for
 // the calls still queued.
 type Hooks struct {
-	// OnLeaseLost is called once for every lease lost while held (not for
-	// leases released by Release or Close).
+	// OnLeaseLost is called once for every lease lost while held, and for
+	// one that Release finds the server no longer held (its Release returns
+	// an error matching ErrLockLost); not for leases released by Release or
+	// Close.
 	OnLeaseLost func(info LeaseInfo, err error)
 	// OnConnBroken is called for every connection that breaks or is
 	// destroyed (including those destroyed to cancel a blocked acquire), but

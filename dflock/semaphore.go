@@ -56,9 +56,11 @@ func (s *Semaphore) Context() context.Context { return s.h.lease.Context() }
 func (s *Semaphore) Renew(ctx context.Context) error { return s.h.renew(ctx) }
 
 // Release gives the slot back. It is idempotent: later calls return the
-// first call's result. It returns nil after a clean release, and an error
-// matching ErrLockLost if the slot had been lost (or its lease had already
-// expired on the server); one matching ErrDraining if the server, shutting
+// first call's result (a call made while the first one waits for the
+// server waits for it while its own ctx lasts). It returns nil after a
+// clean release, and an error matching ErrLockLost if the slot had been
+// lost (or its lease had already expired on the server: that counts as a
+// loss); one matching ErrDraining if the server, shutting
 // down, answered error_draining (see Lock.Release).
 //
 // The release is sent even if ctx has already ended; ctx only bounds the

@@ -52,7 +52,8 @@ type ServerSnapshot struct {
 	// connection broke before the answer.
 	RenewalsSent, Renewed, RenewalsRefused, RenewalsUnanswered int64
 	// Releases counts leases released (by Release, WithLock, Cancel or
-	// Close); Losses leases lost while held.
+	// Close); Losses leases lost while held, and those that Release found
+	// lost.
 	Releases, Losses int64
 }
 

@@ -61,7 +61,7 @@ func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, Owner, err
 		grantKey = req.Key // laneCheck admits no other grant-carrying command
 	}
 	for attempt := 0; ; attempt++ {
-		l, err := p.pickLane(ctx)
+		l, err := p.pickLane(ctx, p.lifeDone)
 		if err != nil {
 			return wire.Reply{}, nil, err
 		}
@@ -80,7 +80,7 @@ func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, Owner, err
 // it does not end with Config.Lifetime: a Client that is closing sends its
 // last releases through it, until the pool itself closes.
 func (p *Pool) Lane(ctx context.Context) (Owner, error) {
-	l, err := p.pickLane(ctx)
+	l, err := p.pickLane(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -120,8 +120,10 @@ type laneDial struct {
 // pickLane returns a healthy lane connection, dialling if there is none.
 // A healthy lane connection is used even while the server is marked down
 // (the down state only stops new dials; the probe makes them); with none,
-// a down server fails fast.
-func (p *Pool) pickLane(ctx context.Context) (*laneConn, error) {
+// a down server fails fast. A wait for a dial also ends when life does
+// (Config.Lifetime's Done for Do, whose callers Close waits for; nil for
+// Lane).
+func (p *Pool) pickLane(ctx context.Context, life <-chan struct{}) (*laneConn, error) {
 	var dialErr error
 	for {
 		if p.closed.Load() {
@@ -153,6 +155,10 @@ func (p *Pool) pickLane(ctx context.Context) (*laneConn, error) {
 			}
 		case <-ctx.Done():
 			return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
+		case <-life:
+			// The owner (the Client) is closing: it waits for this
+			// caller before it closes the pool, which ends the dial.
+			return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
 		}
 	}
 }
