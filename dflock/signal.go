@@ -215,7 +215,10 @@ func isWildcard(pattern string) bool { return strings.ContainsAny(pattern, "*>")
 // connection and one per matching queue group, so a Client's several
 // matching subscriptions count once). Signals are fire-and-forget and
 // delivered at most once: a subscriber that is disconnected, or too slow,
-// misses them.
+// misses them. An Emit that fails because its connection broke (or whose
+// ctx ended first) may still have reached the server and be delivered —
+// later than Emits that returned after it: a caller that retries may
+// cause a duplicate, out of order.
 //
 // channel follows the key rules and must not contain '*' or '>'; payload
 // must not be blank or contain CR, LF or NUL, and is at most 65 531 −

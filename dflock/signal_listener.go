@@ -912,13 +912,15 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 		return nil
 	}
 	l.sent = l.sent[:0]
+	var listens []*pat
 	for p := range l.dirty {
 		switch {
 		case len(p.subs) > 0:
 			if !p.on && p.sentOn == nil {
 				p.sentOn = lc
-				reqs = append(reqs, wire.Request{Cmd: wire.CmdListen, Key: p.pattern, Arg: l.key.group})
-				l.sent = append(l.sent, p)
+				// Sent after every unlisten: at --max-subscriptions the
+				// server must have made room before it takes the listen.
+				listens = append(listens, p)
 			}
 		case p.on:
 			// The last subscription went. A subscription of the same
@@ -936,6 +938,10 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 		}
 	}
 	clear(l.dirty)
+	for _, p := range listens {
+		reqs = append(reqs, wire.Request{Cmd: wire.CmdListen, Key: p.pattern, Arg: l.key.group})
+		l.sent = append(l.sent, p)
+	}
 	return reqs
 }
 
