@@ -3,6 +3,7 @@ package dflock
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -133,7 +134,15 @@ func TestDrainingServerLeavesOthersAlone(t *testing.T) {
 	require.NoError(t, err)
 
 	go func() { _ = b.Shutdown(context.Background()) }()
-	time.Sleep(50 * time.Millisecond)
+	// Draining has begun once the listener is gone (Shutdown closes it
+	// as it begins the drain, under the same lock).
+	require.Eventually(t, func() bool {
+		nc, err := net.Dial("tcp", b.Addr())
+		if err == nil {
+			_ = nc.Close()
+		}
+		return err != nil
+	}, 5*time.Second, time.Millisecond)
 
 	for _, op := range []string{"trysem", "release-sem", "release-lock", "trysem2", "sem3"} {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -228,7 +237,11 @@ func TestConcurrentReleaseHonoursItsOwnContext(t *testing.T) {
 	pb.Blackhole(true)
 	first := make(chan error, 1)
 	go func() { first <- s.Release(context.Background()) }() // waits for the answer
-	time.Sleep(100 * time.Millisecond)                       // the first Release is waiting
+	require.Eventually(t, func() bool {                      // the first Release is waiting
+		s.h.relMu.Lock()
+		defer s.h.relMu.Unlock()
+		return s.h.relState == relSending
+	}, 5*time.Second, time.Millisecond)
 
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
