@@ -160,3 +160,45 @@ func TestMaxIdleConnsZeroKeepsNone(t *testing.T) {
 		t.Fatalf("pool: %+v", c.servers[0].pool.Stats())
 	}
 }
+
+// A blocking Lock that takes an idle wait-pool connection the server has
+// just closed (a restart, an idle timeout) sends its request on a fresh
+// connection instead of failing with ErrServerUnavailable: Acquire looks at
+// an idle connection before handing it out, and a close it cannot see yet
+// (the reader has not read it, or it came within probeAfter of the last
+// reply) fails the first request, which is then sent once more
+// (pool.Conn.StaleOnFirstUse).
+func TestLockOnAnIdleConnectionTheServerClosedIsSentAgain(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	for i := range 30 {
+		contend(t, c, srv, "k", 1) // "k" is hot: the next Lock goes to the wait pool
+		require.Positive(t, c.servers[0].pool.Stats().IdleConns)
+		srv.DropConnections() // every connection closes; the lock state stays
+		// Vary the moment, across the reader's quiet period (2 ms) and
+		// the probe's (1 ms).
+		time.Sleep(time.Duration(i%6) * 500 * time.Microsecond)
+		l, err := c.Lock(ctx, "k")
+		require.NoError(t, err, "iteration %d", i)
+		require.NoError(t, l.Release(ctx))
+	}
+}
+
+// The same for Enqueue, whose e is the first request on the connection.
+func TestEnqueueOnAnIdleConnectionTheServerClosedIsSentAgain(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	for i := range 30 {
+		tk, err := c.Enqueue(ctx, "k")
+		require.NoError(t, err, "iteration %d", i)
+		l, err := tk.Wait(ctx)
+		require.NoError(t, err)
+		require.NoError(t, l.Release(ctx)) // the connection goes back idle
+		srv.DropConnections()
+		time.Sleep(time.Duration(i%6) * 500 * time.Microsecond)
+	}
+}

@@ -265,6 +265,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 	if err != nil {
 		return fail(err)
 	}
+	first := true
 	for {
 		secs, ok := waitSeconds(opCtx, chunkFor(conn, waitChunk))
 		if !ok {
@@ -273,6 +274,16 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		}
 		req.Timeout = secs
 		r, sent, err := c.exchange(opCtx, srv, conn, req)
+		if err != nil && first && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
+			// An idle connection the server had closed: once more on
+			// another (exchange destroyed this one).
+			first = false
+			if conn, err = srv.pool.Acquire(opCtx); err != nil {
+				return fail(err)
+			}
+			continue
+		}
+		first = false
 		if err != nil {
 			return fail(err)
 		}

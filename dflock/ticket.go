@@ -123,6 +123,15 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	sent := time.Now()
 	late := make(chan enqueueAnswer, 1)
 	r, answered, err := conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
+	if answered && err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
+		// An idle connection the server had closed: once more on another.
+		conn.Destroy()
+		if conn, err = srv.pool.Acquire(opCtx); err != nil {
+			return fail(err)
+		}
+		sent = time.Now()
+		r, answered, err = conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
+	}
 	if answered && err == nil && opCtx.Err() != nil {
 		late <- enqueueAnswer{r, nil} // read just after the caller gave up
 		answered, err = false, opCtx.Err()

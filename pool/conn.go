@@ -102,7 +102,7 @@ type conn struct {
 	blocking   int       // blocking requests queued or in flight
 	lastActive int64     // p.now() of the last write or blocking reply
 	progress   int64     // p.now() when the queue became non-empty or last got a reply
-	lastRead   int64     // p.now() of the last reply read
+	lastRead   int64     // p.now() of the last reply read, or of a probe that found the socket quiet
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
 
@@ -688,6 +688,7 @@ func (c *conn) claimTurnLocked() bool {
 		return false
 	}
 	if res == probeQuiet && c.q.n == 0 {
+		c.lastRead = c.p.now() // as good as a read: see probeAfter
 		return true
 	}
 	// Given back: to read what the socket holds, the replies of senders
@@ -704,6 +705,30 @@ func (c *conn) claimTurnLocked() bool {
 		c.mu.Lock()
 	}
 	return false
+}
+
+// brokenWhileIdle reports whether an idle wait-pool connection that Acquire
+// is about to hand out was closed by the server (or sent bytes nobody asked
+// for) while its reader stood aside. puddle hands out the connection
+// released last, the likeliest to be within its reader's quiet period, and
+// a request on a connection found broken then could not go elsewhere
+// (Conn.Do has no other connection), so Acquire looks first, as a caller
+// claiming the turn does (claimTurnLocked: the same probe, which the
+// request's own claim then skips for probeAfter).
+func (c *conn) brokenWhileIdle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return true
+	}
+	if c.turn != turnNobody || c.q.n != 0 {
+		return false // the reader reads: it would have seen a close
+	}
+	if c.claimTurnLocked() {
+		c.turn = turnNobody
+		return false
+	}
+	return c.err != nil
 }
 
 // errStrayBytes breaks a connection on which the server sent bytes while no

@@ -70,6 +70,9 @@ func (p *Pool) dialConn(ctx context.Context, lane bool, maxLine int, init func(*
 func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.Conn, uint32, error) {
 	ctx, cancel := context.WithTimeout(parent, p.cfg.DialTimeout)
 	defer cancel()
+	// Close ends every dial at once, whoever's context it runs under
+	// (Query and DialListener dial under the caller's).
+	defer context.AfterFunc(p.ctx, cancel)()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
 	if err != nil {
 		return nil, 0, p.dialFailed(parent, err, lane)
@@ -121,15 +124,20 @@ var errClosedInHandshake = errors.New("the server closed the connection during t
 // closedInHandshake adds errClosedInHandshake to a handshake error caused by
 // the server closing the connection (EOF, reset, broken pipe).
 func (p *Pool) closedInHandshake(err error) error {
-	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
-		if p.tls == nil {
-			return fmt.Errorf("%w, or expect TLS (WithTLS): %w", errClosedInHandshake, err)
-		}
-		return fmt.Errorf("%w: %w", errClosedInHandshake, err)
+	if !peerClosed(err) {
+		return err
 	}
-	return err
+	if p.tls == nil {
+		return fmt.Errorf("%w, or expect TLS (WithTLS): %w", errClosedInHandshake, err)
+	}
+	return fmt.Errorf("%w: %w", errClosedInHandshake, err)
+}
+
+// peerClosed reports whether err says the server closed the connection
+// (EOF, reset, broken pipe).
+func peerClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED)
 }
 
 var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")
@@ -213,6 +221,9 @@ func callerEnded(ctx context.Context) error {
 // error alone.
 func (p *Pool) dialFailed(parent context.Context, err error, lane bool) error {
 	p.dialFailures.Add(1)
+	if p.closed.Load() {
+		return serverErr(p.cfg.Addr, ErrClosed, nil)
+	}
 	if perr := callerEnded(parent); perr != nil {
 		if p.closed.Load() {
 			return serverErr(p.cfg.Addr, ErrClosed, nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/puddle/v2"
 
@@ -19,11 +20,12 @@ import (
 // of the pool, and is the lease's Owner, until the lease is released or
 // lost.
 type Conn struct {
-	p    *Pool
-	c    *conn
-	res  *puddle.Resource[*conn]
-	out  atomic.Bool // until Release, Destroy or Pool.Close ends the acquisition
-	pins atomic.Int32
+	p      *Pool
+	c      *conn
+	res    *puddle.Resource[*conn]
+	out    atomic.Bool // until Release, Destroy or Pool.Close ends the acquisition
+	pins   atomic.Int32
+	reused bool // taken from the idle connections, not dialled for this Acquire
 }
 
 // Do sends req and waits for its reply. If ctx ends first the connection
@@ -55,6 +57,17 @@ func (h *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 func (h *Conn) Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (wire.Reply, bool, error) {
 	return h.c.request(ctx, &req, late)
 }
+
+// StaleOnFirstUse reports whether err, from the first request sent on h,
+// says that the server had closed the connection (EOF, reset, broken pipe)
+// while it sat idle in the pool — a server restart, an idle timeout, a
+// middlebox: Acquire looks before it hands an idle connection out, but a
+// close that has not reached the reader yet, or comes within probeAfter of
+// the last reply, is found only by the request. Such a request almost
+// surely never reached a server; the caller may send it once more on a
+// connection of a new Acquire, as database/sql does with a driver's
+// ErrBadConn.
+func (h *Conn) StaleOnFirstUse(err error) bool { return h.reused && peerClosed(err) }
 
 // Err is nil while the connection is usable; afterwards an error matching
 // wire.ErrConnBroken that names the server. It also matches ErrUnavailable
@@ -166,6 +179,7 @@ func (h *Conn) takeOut() bool {
 // it is released or destroyed, so a process holding MaxConns leases on
 // wait-pool connections makes further Acquires wait.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	start := time.Now()
 	gen := p.gate.generation()
 	for {
 		var res *puddle.Resource[*conn]
@@ -199,11 +213,11 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			}
 		}
 		c := res.Value()
-		if c.errp.Load() != nil {
+		if c.errp.Load() != nil || c.brokenWhileIdle() {
 			res.Destroy()
 			continue
 		}
-		h := &Conn{p: p, c: c, res: res}
+		h := &Conn{p: p, c: c, res: res, reused: res.CreationTime().Before(start)}
 		p.mu.Lock()
 		if p.closed.Load() {
 			p.mu.Unlock()
