@@ -285,7 +285,9 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // every goroutine of the Client. Locks still held become released (their
 // Done closes, Err is ErrReleased). The releases — with those of grants
 // already being released in the background — are bounded together by
-// DefaultReleaseTimeout from the start of Close: a server that has not
+// DefaultReleaseTimeout, from the moment the calls in progress have
+// returned (they return promptly, except a Ticket.Cancel, itself bounded by
+// DefaultReleaseTimeout): a server that has not
 // answered by then releases what its connections held when they close,
 // unless it runs with auto-release off (then those leases stay held until
 // their TTL runs out). Close is idempotent and safe to call concurrently;
@@ -299,7 +301,6 @@ func (c *Client) Close() error {
 func (c *Client) close() {
 	defer close(c.closed)
 	c.closing.Store(true)
-	deadline := time.Now().Add(DefaultReleaseTimeout)
 	c.cancel(ErrClosed)
 
 	// Wait for operations in progress: they observe the cancelled context
@@ -316,13 +317,18 @@ func (c *Client) close() {
 
 	// Everything given back from here on shares one deadline, so that one
 	// unreachable server costs Close DefaultReleaseTimeout, not that much
-	// per kind of work.
+	// per kind of work. It starts after the drain: an operation that held
+	// Close up (a Ticket.Cancel against a partitioned server) must not
+	// leave the healthy servers' releases no time at all.
+	deadline := time.Now().Add(DefaultReleaseTimeout)
 	held := c.sched.Close()
 	var wg sync.WaitGroup
 	wg.Go(func() { c.releaseAll(held, deadline) })
 	wg.Go(func() { c.tickets.closeAll(deadline) })
-	wg.Go(func() { c.jobs.stop(deadline) })
+	wg.Go(func() { c.waitReleasesBG(deadline) })
 	wg.Wait()
+	// After the work above, which may send releases aside.
+	c.jobs.stop(deadline)
 	// Pinned wait-pool connections of held leases are closed by the pool's
 	// Close below, after their releases went out; leases lost earlier gave
 	// theirs back in their OnLost, which sched.Close waited for.
@@ -333,6 +339,19 @@ func (c *Client) close() {
 	c.bg.Wait()
 	c.log.Debug("dflock: client closed", "released", len(held))
 	c.disp.stop(c.opts.callbackWait)
+}
+
+// waitReleasesBG waits, until deadline, for the answers to releases whose
+// callers stopped waiting (c.bg), so that pool.Close does not cut them.
+func (c *Client) waitReleasesBG(deadline time.Time) {
+	done := make(chan struct{})
+	go func() { c.bg.Wait(); close(done) }() // ends at the latest after pool.Close
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }
 
 // releaseAll releases leases the scheduler handed back at Close: one
@@ -351,9 +370,15 @@ func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
 	for owner, reqs := range groups {
 		left := atomic.Int64{}
 		left.Store(int64(len(reqs)))
-		owner.SendBatch(reqs, func(_ int, r wire.Reply, err error) {
+		owner.SendBatch(reqs, func(i int, r wire.Reply, err error) {
 			if err != nil || r.Status != wire.StatusOK {
 				failed.Add(1)
+			}
+			if errors.Is(err, wire.ErrConnBroken) && !errors.Is(err, ErrClosed) {
+				// Auto-release off keeps what a broken connection held.
+				if srv, rerr := c.route(reqs[i].Key); rerr == nil {
+					c.releaseAside(srv, reqs[i])
+				}
 			}
 			if left.Add(-1) == 0 {
 				done <- struct{}{}

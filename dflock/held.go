@@ -147,9 +147,13 @@ func (h *held) sendRelease(ctx context.Context) error {
 		// Close is releasing every held lease; report how this one ended,
 		// once Close knows, unless ctx ends first.
 		select {
-		case <-c.closed:
-		case <-ctx.Done():
-			return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
+		case <-c.closed: // Close has finished: its result, whatever ctx
+		default:
+			select {
+			case <-c.closed:
+			case <-ctx.Done():
+				return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
+			}
 		}
 		return h.releaseResult()
 	}
@@ -237,6 +241,11 @@ func (h *held) finishRelease(rr releaseReply) error {
 	var lost *renew.LostError
 	switch {
 	case ok:
+	case errors.Is(rr.err, wire.ErrConnBroken) && errors.Is(rr.err, ErrClosed):
+		// Close closed the connection under a release already written (it
+		// waited for the answer until its deadline): released by Close.
+		h.srv.obs.released1()
+		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: rr.err}
 	case errors.Is(rr.err, wire.ErrConnBroken):
 		// The owning connection broke: the server released the lease when
 		// it closed, possibly before the caller was done with it — unless
