@@ -3,7 +3,6 @@ package dflock
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -119,14 +118,7 @@ func TestCloseReleaseOnBrokenConnIsSentAside(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	var armed atomic.Bool
-	var d net.Dialer
-	c, err := New([]string{srv.Addr()}, WithDialer(func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return breakOnWriteConn{Conn: nc, prefix: []byte("r\nk\n"), armed: &armed}, nil
-	}))
+	c, err := New([]string{srv.Addr()}, WithDialer(breakingDialer("r\nk\n", &armed)))
 	require.NoError(t, err)
 	ctx := testCtx(t)
 	_, err = c.TryLock(ctx, "k", LeaseTTL(30*time.Second))
@@ -146,14 +138,7 @@ func TestCloseWithdrawnTicketGrantOnBrokenConnIsSentAside(t *testing.T) {
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	holder := newClient(t, addrsOf(srv))
 	var armed atomic.Bool
-	var d net.Dialer
-	c, err := New([]string{srv.Addr()}, WithDialer(func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return breakOnWriteConn{Conn: nc, prefix: []byte("r\nq\n"), armed: &armed}, nil
-	}))
+	c, err := New([]string{srv.Addr()}, WithDialer(breakingDialer("r\nq\n", &armed)))
 	require.NoError(t, err)
 	ctx := testCtx(t)
 	hl, err := holder.Lock(ctx, "q")

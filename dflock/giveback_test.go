@@ -214,6 +214,19 @@ func (b breakOnWriteConn) Write(p []byte) (int, error) {
 	return b.Conn.Write(p)
 }
 
+// breakingDialer dials connections that break (breakOnWriteConn) the first
+// time a request containing prefix is written after armed is set.
+func breakingDialer(prefix string, armed *atomic.Bool) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return breakOnWriteConn{Conn: nc, prefix: []byte(prefix), armed: armed}, nil
+	}
+}
+
 // A control-lane grant whose caller gave up while it was on its way is
 // released on the same connection; if that connection breaks as the
 // release is written, the release goes aside (pool.Config.OnReleaseLost):
@@ -224,14 +237,7 @@ func TestAbandonedLaneGrantWhoseReleaseBreaksIsReleasedAside(t *testing.T) {
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	px := newProxy(t, srv.Addr())
 	var armed atomic.Bool
-	var d net.Dialer
-	c := newClient(t, []string{px.Addr()}, WithDialer(func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return breakOnWriteConn{Conn: nc, prefix: []byte("r\nk\n"), armed: &armed}, nil
-	}))
+	c := newClient(t, []string{px.Addr()}, WithDialer(breakingDialer("r\nk\n", &armed)))
 	ctx := testCtx(t)
 	l, err := c.TryLock(ctx, "warm") // the lane is up
 	require.NoError(t, err)

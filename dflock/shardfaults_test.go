@@ -270,20 +270,7 @@ func TestPinnedSemaphoreLossAndRelease(t *testing.T) {
 	pb := newProxy(t, b.Addr())
 	c := newClient(t, []string{pb.Addr()})
 	other := newClient(t, []string{b.Addr()})
-	h1, err := other.Semaphore(ctx, "ps", 1)
-	require.NoError(t, err)
-	got := make(chan *Semaphore, 1)
-	go func() {
-		s, err := c.Semaphore(ctx, "ps", 1)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- s
-	}()
-	require.Eventually(t, func() bool { return semWaiters(b, "ps") == 1 }, 5*time.Second, time.Millisecond)
-	require.NoError(t, h1.Release(ctx))
-	s := <-got
-	require.Equal(t, 1, c.Snapshot().Servers[0].Conns.Pinned)
+	s := pinnedSlot(t, b, c, other, "ps")
 	pb.ResetAll()
 	select {
 	case <-s.Done():
@@ -309,25 +296,11 @@ func TestPinnedSemaphoreLossAndRelease(t *testing.T) {
 // server with auto-release off, behind a slow network.
 func TestPinnedSlotLostByClockIsReleased(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
 	b := newServer(t, testutil.Config{DisableAutoRelease: true})
 	pb := newProxy(t, b.Addr())
 	c := newClient(t, []string{pb.Addr()})
 	other := newClient(t, []string{b.Addr()})
-	h1, err := other.Semaphore(ctx, "slow", 1)
-	require.NoError(t, err)
-	got := make(chan *Semaphore, 1)
-	go func() {
-		s, err := c.Semaphore(ctx, "slow", 1, LeaseTTL(2*time.Second))
-		if err != nil {
-			t.Error(err)
-		}
-		got <- s
-	}()
-	require.Eventually(t, func() bool { return semWaiters(b, "slow") == 1 }, 5*time.Second, time.Millisecond)
-	require.NoError(t, h1.Release(ctx))
-	s := <-got
-	require.Equal(t, 1, c.Snapshot().Servers[0].Conns.Pinned)
+	s := pinnedSlot(t, b, c, other, "slow", LeaseTTL(2*time.Second))
 	pb.SetLatency(600 * time.Millisecond) // RTT 1.2 s: the renewal is confirmed too late
 	select {
 	case <-s.Done():
@@ -480,4 +453,27 @@ func TestReleaseThatFindsTheLeaseGoneCountsAsLoss(t *testing.T) {
 		t.Errorf("OnLeaseLost not called for a slot Release found lost")
 	}
 	require.Equal(t, int64(1), snap.Lost, "Release returned ErrLockLost, yet Snapshot counts no loss")
+}
+
+// pinnedSlot returns the one slot of semaphore key, acquired by c after
+// waiting behind other (so it pins a wait-pool connection of c's).
+func pinnedSlot(t *testing.T, srv *testutil.Server, c, other *Client, key string, opts ...AcquireOption) *Semaphore {
+	t.Helper()
+	ctx := testCtx(t)
+	first, err := other.Semaphore(ctx, key, 1)
+	require.NoError(t, err)
+	got := make(chan *Semaphore, 1)
+	go func() {
+		s, err := c.Semaphore(ctx, key, 1, opts...)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- s
+	}()
+	require.Eventually(t, func() bool { return semWaiters(srv, key) == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, first.Release(ctx))
+	s := <-got
+	require.NotNil(t, s)
+	require.Equal(t, 1, c.Snapshot().Servers[0].Conns.Pinned)
+	return s
 }
