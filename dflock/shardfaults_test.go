@@ -39,10 +39,7 @@ func timed(f func()) time.Duration {
 func TestBlackholedServerLeavesOthersAlone(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	a := newServer(t, testutil.Config{})
-	b := newServer(t, testutil.Config{})
-	pb := newProxy(t, b.Addr())
-	c := newClient(t, []string{a.Addr(), pb.Addr()})
+	a, pb, c := healthyAndProxied(t)
 	ka := keyOn(t, c, a.Addr(), "a")
 	kb := keyOn(t, c, pb.Addr(), "b")
 	kbs := keyOn(t, c, pb.Addr(), "bs")
@@ -174,10 +171,7 @@ func TestRefusingServerFailsFast(t *testing.T) {
 	for _, mode := range []string{"refuse", "closenew"} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := testCtx(t)
-			a := newServer(t, testutil.Config{})
-			b := newServer(t, testutil.Config{})
-			pb := newProxy(t, b.Addr())
-			c := newClient(t, []string{a.Addr(), pb.Addr()})
+			a, pb, c := healthyAndProxied(t)
 			ka := keyOn(t, c, a.Addr(), "a")
 			kbs := keyOn(t, c, pb.Addr(), "bs")
 			kbx := keyOn(t, c, pb.Addr(), "bx")
@@ -352,10 +346,7 @@ func TestReleaseDuringCloseHonoursContext(t *testing.T) {
 func TestRenewalsOfHealthyServerSurviveBlackhole(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	a := newServer(t, testutil.Config{})
-	b := newServer(t, testutil.Config{})
-	pb := newProxy(t, b.Addr())
-	c := newClient(t, []string{a.Addr(), pb.Addr()}, WithLeaseTTL(2*time.Second))
+	a, pb, c := healthyAndProxied(t, WithLeaseTTL(2*time.Second))
 	var onA, onB []*Semaphore
 	for i := 0; len(onA) < 20 || len(onB) < 20; i++ {
 		k := "k" + strconv.Itoa(i)
@@ -476,4 +467,14 @@ func pinnedSlot(t *testing.T, srv *testutil.Server, c, other *Client, key string
 	require.NotNil(t, s)
 	require.Equal(t, 1, c.Snapshot().Servers[0].Conns.Pinned)
 	return s
+}
+
+// healthyAndProxied starts two servers, the second behind a fault proxy,
+// and a Client over both (opts added).
+func healthyAndProxied(t *testing.T, opts ...Option) (a *testutil.Server, pb *testutil.Proxy, c *Client) {
+	t.Helper()
+	a = newServer(t, testutil.Config{})
+	b := newServer(t, testutil.Config{})
+	pb = newProxy(t, b.Addr())
+	return a, pb, newClient(t, []string{a.Addr(), pb.Addr()}, opts...)
 }
