@@ -20,10 +20,13 @@ const (
 	// AuditRenew: the lease's expiry moved: n/sn accepted, or a w/sw returned
 	// a slot granted to its e/se and restarted the lease (§6.4).
 	AuditRenew
-	// AuditRelease: r/sr accepted.
+	// AuditRelease: r/sr accepted. On V1_10 that includes the release of a
+	// lease that has run out but was not yet removed (Expires is then at or
+	// before Time): v1.10 does not check the expiry on release.
 	AuditRelease
 	// AuditExpire: the lease ran out and the server removed it, by its sweeper
-	// or on the spot (acquire, renew, release or w of a lapsed lease).
+	// or on the spot (acquire, renew, release — not on V1_10 — or w of a
+	// lapsed lease).
 	AuditExpire
 	// AuditDisconnect: auto-released because its acquiring connection closed.
 	AuditDisconnect

@@ -32,11 +32,16 @@ type enqKey struct {
 
 // resource is one key's FIFO lock or counting semaphore.
 type resource struct {
-	key       resKey
-	limit     int
-	holders   []*holder
-	waiters   []*waiter // FIFO; non-empty only while holders are at the limit
-	idleSince time.Time // when it last had neither holders nor waiters
+	key     resKey
+	limit   int
+	holders []*holder
+	waiters []*waiter // FIFO; non-empty only while holders are at the limit
+	// lastActive is the key's last activity, from which stats' idle_s and
+	// the GC count: set when it is created and whenever it becomes idle,
+	// and on V1_10 also by a release or renew that finds the key, whether
+	// or not it finds the token (v1.10 touches the key before it looks the
+	// token up; later servers leave a bogus token's key alone).
+	lastActive time.Time
 }
 
 func (r *resource) idle() bool { return len(r.holders) == 0 && len(r.waiters) == 0 }
@@ -196,7 +201,7 @@ func (t *lockTable) lookup(k resKey, limit int, now time.Time) (*resource, outco
 		if t.maxLocks >= 0 && len(t.res) >= t.maxLocks {
 			return nil, outMaxLocks
 		}
-		r = &resource{key: k, limit: limit, idleSince: now}
+		r = &resource{key: k, limit: limit, lastActive: now}
 		t.res[k] = r
 		return r, outGranted
 	}
@@ -364,7 +369,7 @@ func (t *lockTable) dropWaiter(w *waiter, now time.Time) {
 		w.enq = nil
 	}
 	if r.idle() {
-		r.idleSince = now
+		r.lastActive = now
 	}
 }
 
@@ -382,8 +387,10 @@ func (t *lockTable) dropHolderEnq(h *holder) {
 	}
 }
 
-// release serves r/sr: outGranted for `ok`; unknown tokens and expired
-// leases fail (outFailed).
+// release serves r/sr: outGranted for `ok`; unknown tokens fail
+// (outFailed). A lapsed lease not yet swept fails too and is evicted, except
+// on V1_10, whose release does not look at the expiry: it answers ok and
+// hands the slot on (reported as AuditRelease).
 func (t *lockTable) release(key, token string, sem bool) outcome {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -391,14 +398,14 @@ func (t *lockTable) release(key, token string, sem bool) outcome {
 		return outStopped
 	}
 	now := t.clock.Now()
-	h := t.find(key, token, sem)
+	h := t.find(key, token, sem, now)
 	if h == nil {
 		return outFailed
 	}
 	// §6.3: a released `acquired` slot takes its two-phase state with it,
 	// and so does an evicted one.
 	t.dropHolderEnq(h)
-	if !now.Before(h.expires) {
+	if !now.Before(h.expires) && t.version != V1_10 {
 		t.removeHolder(h.res, h, AuditExpire, now)
 		return outFailed
 	}
@@ -407,7 +414,7 @@ func (t *lockTable) release(key, token string, sem bool) outcome {
 }
 
 // renew serves n/sn like release. An expired-but-unswept lease is evicted
-// (and its slot handed on) instead of being resurrected.
+// (and its slot handed on) instead of being resurrected, on every version.
 func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) outcome {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -415,7 +422,7 @@ func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) outcome 
 		return outStopped
 	}
 	now := t.clock.Now()
-	h := t.find(key, token, sem)
+	h := t.find(key, token, sem, now)
 	if h == nil {
 		return outFailed
 	}
@@ -430,10 +437,15 @@ func (t *lockTable) renew(key, token string, sem bool, leaseSecs int64) outcome 
 	return outGranted
 }
 
-func (t *lockTable) find(key, token string, sem bool) *holder {
+// find looks up the holder of token for r/sr/n/sn. On V1_10 finding the key
+// is activity (resource.lastActive), whether or not the token is found.
+func (t *lockTable) find(key, token string, sem bool, now time.Time) *holder {
 	r := t.res[resKey{t.ns(sem), key}]
 	if r == nil {
 		return nil
+	}
+	if t.version == V1_10 {
+		r.lastActive = now
 	}
 	for _, h := range r.holders {
 		if h.token == token {
@@ -471,7 +483,7 @@ func (t *lockTable) promote(r *resource, now time.Time) {
 		close(w.ready)
 	}
 	if r.idle() {
-		r.idleSince = now
+		r.lastActive = now
 	}
 }
 
@@ -514,14 +526,14 @@ func (t *lockTable) sweep() {
 	}
 }
 
-// gc prunes keys that have been idle for at least maxIdle, freeing their
-// MaxLocks budget and their semaphore limit.
+// gc prunes keys that have been idle for longer than maxIdle (strictly, as
+// every dflockd's GC), freeing their MaxLocks budget and their semaphore limit.
 func (t *lockTable) gc(maxIdle time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.clock.Now()
 	for k, r := range t.res {
-		if r.idle() && now.Sub(r.idleSince) >= maxIdle {
+		if r.idle() && now.Sub(r.lastActive) > maxIdle {
 			delete(t.res, k)
 		}
 	}

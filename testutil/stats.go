@@ -36,9 +36,9 @@ func (t *lockTable) snapshot() tableSnapshot {
 		sem := t.listedAsSemaphore(r)
 		switch {
 		case r.idle() && sem:
-			snap.idleSemaphores = append(snap.idleSemaphores, IdleKeyInfo{r.key.key, now.Sub(r.idleSince)})
+			snap.idleSemaphores = append(snap.idleSemaphores, IdleKeyInfo{r.key.key, now.Sub(r.lastActive)})
 		case r.idle():
-			snap.idleLocks = append(snap.idleLocks, IdleKeyInfo{r.key.key, now.Sub(r.idleSince)})
+			snap.idleLocks = append(snap.idleLocks, IdleKeyInfo{r.key.key, now.Sub(r.lastActive)})
 		case sem:
 			snap.sems = append(snap.sems, SemaphoreInfo{Key: r.key.key, Limit: r.limit, Holders: len(r.holders), Waiters: len(r.waiters)})
 		default:

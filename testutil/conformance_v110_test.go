@@ -1,0 +1,117 @@
+package testutil
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The tests in this file pin V1_10 behaviour that the differential harness
+// (testutil/difftest) found against a real dflockd v1.10.0.
+
+// idleOf returns the idle time stats shows for key, which must be idle.
+func idleOf(t *testing.T, srv *Server, key string) time.Duration {
+	t.Helper()
+	st := srv.Stats()
+	for _, k := range append(st.IdleLocks, st.IdleSemaphores...) {
+		if k.Key == key {
+			return k.Idle
+		}
+	}
+	t.Fatalf("%q is not idle: %+v", key, st)
+	return 0
+}
+
+// On v1.10 a release or renew that finds the key is activity even when its
+// token is unknown: idle_s restarts and the GC (strictly older than
+// GCMaxIdle) keeps the key. Later servers leave such a key's idle time alone.
+func TestConformanceIdleTouchedByFailedRelease(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_10, V1_16, V2_1} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			clk := NewManualClock(clockStart)
+			srv := newServer(t, Config{Version: v, Clock: clk, SweepInterval: time.Hour, GCInterval: time.Hour})
+			c := dialSrv(t, srv)
+			c.send("sl", "a", "0 2")
+			tok := c.expectGrant("ok", 33)
+			require.Equal(t, "ok", c.req("sr", "a", tok))
+			clk.Advance(2 * time.Second)
+			require.Equal(t, time.Duration(2*time.Second), idleOf(t, srv, "a"))
+			for _, cmd := range []string{"sr", "sn", "r", "n"} {
+				require.Equal(t, "error", c.req(cmd, "a", tok), cmd)
+			}
+			touched := v == V1_10
+			if touched {
+				assert.Zero(t, idleOf(t, srv, "a"), "a failed release/renew is activity on v1.10")
+			} else {
+				assert.Equal(t, 2*time.Second, idleOf(t, srv, "a"))
+			}
+
+			// Idle for exactly GCMaxIdle (3 s): kept, as GC prunes only keys idle longer.
+			clk.Advance(time.Second)
+			if touched {
+				clk.Advance(2 * time.Second)
+			}
+			require.Equal(t, 3*time.Second, idleOf(t, srv, "a"))
+			srv.locks.gc(3 * time.Second)
+			require.Equal(t, "error_limit_mismatch", c.req("sl", "a", "0 3"), "pruned at exactly GCMaxIdle")
+			clk.Advance(time.Nanosecond)
+			srv.locks.gc(3 * time.Second)
+			c.send("sl", "a", "0 3")
+			c.expectGrant("ok", 33)
+		})
+	}
+}
+
+// v1.10 releases a lease that has run out but has not been swept yet: `ok`,
+// and the slot goes to the next waiter. Renewing it fails on every version,
+// and releasing it fails from v1.14 on.
+func TestConformanceReleaseOfLapsedLease(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_10, V1_16, V2_1} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			clk := NewManualClock(clockStart)
+			srv, log := auditServer(t, Config{Version: v, Clock: clk, SweepInterval: time.Hour})
+			a := dialSrv(t, srv)
+			b := dialSrv(t, srv)
+			tok := a.lock("k", "0 1", 1)
+			b.send("l", "k", "30")
+			waitLockWaiters(t, srv, "k", 1)
+			clk.Advance(time.Second)
+			l, _ := findLock(srv.Stats(), "k")
+			require.Zero(t, l.LeaseExpiresIn, "lapsed but not swept")
+			if v == V1_10 {
+				a.send("r", "k", tok)
+				a.expect("ok")
+				tokB := b.expectGrant("ok", 33)
+				evs := log.waitKind(t, AuditGrant, tokB)
+				assert.Equal(t, []AuditKind{AuditGrant, AuditRelease, AuditGrant}, kinds(evs))
+				assert.True(t, evs[1].Expires.Before(evs[1].Time) || evs[1].Expires.Equal(evs[1].Time),
+					"the release carries the lapsed expiry")
+				checkAudit(t, evs)
+				assert.Equal(t, "error", a.req("r", "k", tok), "released once")
+				return
+			}
+			a.send("r", "k", tok)
+			a.expect("error")
+			tokB := b.expectGrant("ok", 33)
+			evs := log.waitKind(t, AuditGrant, tokB)
+			assert.Equal(t, []AuditKind{AuditGrant, AuditExpire, AuditGrant}, kinds(evs))
+		})
+	}
+
+	t.Run("v1.10 renew", func(t *testing.T) {
+		t.Parallel()
+		clk := NewManualClock(clockStart)
+		srv := newServer(t, Config{Version: V1_10, Clock: clk, SweepInterval: time.Hour})
+		a := dialSrv(t, srv)
+		tok := a.lock("k", "0 1", 1)
+		clk.Advance(time.Second)
+		assert.Equal(t, "error", a.req("n", "k", tok))
+		assert.Equal(t, "error", a.req("r", "k", tok), "the failed renew evicted it")
+	})
+}
