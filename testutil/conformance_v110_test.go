@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -114,4 +115,36 @@ func TestConformanceReleaseOfLapsedLease(t *testing.T) {
 		assert.Equal(t, "error", a.req("n", "k", tok))
 		assert.Equal(t, "error", a.req("r", "k", tok), "the failed renew evicted it")
 	})
+}
+
+// A connection the server closes after an error has its locks released
+// before the socket closes, as every dflockd does: a client that reacts to
+// the close finds them handed on. The hub's lock, held by the test, stops
+// the connection's cleanup at its start, so the socket must stay open
+// until it is let go.
+func TestConformanceCleanupBeforeClose(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_10, V1_16, V2_1} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, Config{Version: v})
+			a := dialSrv(t, srv)
+			a.lock("k", "0", 33)
+			srv.hub.mu.Lock()
+			held := true
+			defer func() {
+				if held {
+					srv.hub.mu.Unlock()
+				}
+			}()
+			a.send(strings.Repeat("x", 300))
+			a.expect("error")
+			a.expectNothing() // not closed while the cleanup has not run
+			srv.hub.mu.Unlock()
+			held = false
+			a.expectEOF(ioWait)
+			b := dialSrv(t, srv)
+			b.lock("k", "0", 33)
+		})
+	}
 }

@@ -139,15 +139,18 @@ func (c *conn) serve() {
 	}
 }
 
-// finish runs when serve returns: close the socket, then apply auto-release
-// and drop subscriptions, so the next waiter is granted promptly.
+// finish runs when serve returns: drop subscriptions, apply auto-release
+// (the next waiter is granted) and uncount the connection, then close the
+// socket. Every dflockd cleans up before it closes, so a client that sees
+// the close (after `error` for an over-long line, say) and reacts to it
+// finds the connection's locks already handed on.
 func (c *conn) finish() {
 	c.disarmDeadline()
-	_ = c.nc.Close() // graceful for TLS (close_notify); the raw close follows
-	c.close()
 	c.srv.hub.removeConn(c)
 	c.srv.locks.disconnect(c.id, !c.srv.cfg.DisableAutoRelease)
 	c.srv.removeConn(c)
+	_ = c.nc.Close() // graceful for TLS (close_notify); the raw close follows
+	c.close()
 	close(c.finished)
 	c.srv.log.Debug("testutil: connection closed", "conn", c.id)
 }
