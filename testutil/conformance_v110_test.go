@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,80 @@ func TestConformanceCleanupBeforeClose(t *testing.T) {
 			a.expectEOF(ioWait)
 			b := dialSrv(t, srv)
 			b.lock("k", "0", 33)
+		})
+	}
+}
+
+// closeWrite half-closes the client side: the server reads EOF, and the
+// client can still read what it answers.
+func (c *rawConn) closeWrite() {
+	c.t.Helper()
+	require.NoError(c.t, c.c.(*net.TCPConn).CloseWrite())
+}
+
+// An over-long line that the peer ends with EOF instead of a newline is
+// still an over-long line: `error` (before auth `error_auth`), then close.
+func TestConformanceOverLongLineThenEOF(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_10, V1_16, V2_1} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, Config{Version: v})
+			c := dialSrv(t, srv)
+			c.write("l\na\n" + strings.Repeat("9", 300))
+			c.closeWrite()
+			c.expect("error")
+			c.expectEOF(ioWait)
+
+			// 256 bytes and EOF is no over-long line: the peer is just gone.
+			c = dialSrv(t, srv)
+			c.write("l\na\n" + strings.Repeat("9", 256))
+			c.closeWrite()
+			c.expectEOF(ioWait)
+		})
+		t.Run(versionNames[v]+" before auth", func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, Config{Version: v, AuthToken: "s3cret"})
+			c := dialSrv(t, srv)
+			c.write(strings.Repeat("a", 300))
+			c.closeWrite()
+			c.expect("error_auth")
+			c.expectEOF(ioWait)
+		})
+	}
+}
+
+// A client of an auth-enabled server that goes away before it sends a whole
+// request has failed auth: `error_auth` (read by a peer that only
+// half-closed), then the pause before the close, during which the
+// connection still counts (in stats and against MaxConnections).
+func TestConformanceUnauthenticatedEOF(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_10, V1_16, V2_1} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			clk := NewManualClock(clockStart)
+			srv := newServer(t, Config{Version: v, AuthToken: "s3cret", Clock: clk, MaxConnections: 1})
+			c := dialSrv(t, srv)
+			c.closeWrite()
+			c.expect("error_auth")
+			c.expectNothing() // the pause is on the server's clock
+			assert.Equal(t, 1, srv.Stats().Connections)
+			full := dialSrv(t, srv) // over MaxConnections
+			full.expectEOF(ioWait)
+			clk.Advance(authFailDelay)
+			c.expectEOF(ioWait)
+			waitConns(t, srv, 0)
+
+			// A full close, with half a request sent: the same.
+			c = dialSrv(t, srv)
+			waitConns(t, srv, 1)
+			c.write("auth\n_\n")
+			c.close()
+			time.Sleep(quiet)
+			assert.Equal(t, 1, srv.Stats().Connections, "counted until the pause ends")
+			clk.Advance(authFailDelay)
+			waitConns(t, srv, 0)
 		})
 	}
 }

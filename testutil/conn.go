@@ -155,18 +155,21 @@ func (c *conn) finish() {
 	c.srv.log.Debug("testutil: connection closed", "conn", c.id)
 }
 
-// readFailed answers a fatal read error (§4): `error` (or `error_auth` before
-// authentication) for a timeout or an over-long line, nothing if the peer is gone.
+// readFailed answers a fatal read error (§4): `error` for a timeout or an
+// over-long line, nothing if the peer is gone. Before authentication every
+// read error is a failed auth, the peer's EOF included, as in dflockd:
+// `error_auth` (which a peer that only half-closed still reads), then the
+// pause, during which the connection still counts.
 func (c *conn) readFailed(err error) {
 	if c.closing() {
-		return
-	}
-	if !errors.Is(err, errLineTooLong) && !isTimeout(err) {
 		return
 	}
 	c.srv.log.Debug("testutil: read failed", "conn", c.id, "err", err)
 	if c.srv.authToken != "" && !c.authed {
 		c.failAuth()
+		return
+	}
+	if !errors.Is(err, errLineTooLong) && !isTimeout(err) {
 		return
 	}
 	c.reply("error")
@@ -257,6 +260,15 @@ func (c *conn) readLine(i, limit int) ([]byte, error) {
 			return c.bufs[i], nil
 		}
 		if err != bufio.ErrBufferFull {
+			if c.tooLong && !isTimeout(err) {
+				// The peer went away (EOF, reset) while the server drained
+				// an over-long line: still the over-long line's error, as
+				// dflockd reports it. A timeout keeps its own path (a
+				// stalled server resumes the drain; otherwise it answers
+				// `error` all the same).
+				c.inLine = false
+				return nil, errLineTooLong
+			}
 			return nil, err
 		}
 	}
