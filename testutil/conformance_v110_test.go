@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"context"
 	"net"
 	"strings"
 	"testing"
@@ -220,6 +221,47 @@ func TestConformanceUnauthenticatedEOF(t *testing.T) {
 			assert.Equal(t, 1, srv.Stats().Connections, "counted until the pause ends")
 			clk.Advance(authFailDelay)
 			waitConns(t, srv, 0)
+		})
+	}
+}
+
+// v1.10 stops its lease sweeper and idle-key GC when a drain starts: a lease
+// that runs out during the drain is still listed (lease 0) and can still be
+// released, and an idle key is not pruned. Later versions keep sweeping.
+func TestConformanceDrainStopsJanitor(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_10, V1_16} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			clk := NewManualClock(clockStart)
+			srv := newServer(t, Config{Version: v, Clock: clk, ShutdownTimeout: -1,
+				SweepInterval: time.Second, GCInterval: time.Second, GCMaxIdle: 2 * time.Second})
+			c := dialSrv(t, srv)
+			tok := c.lock("k", "0 1", 1)
+			itok := c.lock("idle", "0", 33)
+			require.Equal(t, "ok", c.req("r", "idle", itok))
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- srv.Shutdown(ctx) }()
+			defer func() { cancel(); <-done }()
+			require.Eventually(t, srv.draining, ioWait, time.Millisecond)
+
+			clk.Advance(5 * time.Second)
+			if v != V1_10 {
+				require.Eventually(t, func() bool {
+					st := srv.Stats()
+					// k is idle from its sweep on, so only the old key is collected.
+					return len(st.Locks) == 0 && len(st.IdleLocks) == 1 && st.IdleLocks[0].Key == "k"
+				}, ioWait, time.Millisecond, "swept and collected during the drain")
+				return
+			}
+			time.Sleep(quiet)
+			st := srv.Stats()
+			require.Len(t, st.Locks, 1, "the lapsed lease is still listed")
+			assert.Zero(t, st.Locks[0].LeaseExpiresIn)
+			require.Len(t, st.IdleLocks, 1, "the idle key is not collected")
+			assert.Equal(t, "idle", st.IdleLocks[0].Key)
+			assert.Equal(t, "ok", c.req("r", "k", tok))
 		})
 	}
 }

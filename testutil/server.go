@@ -276,12 +276,21 @@ func (s *Server) draining() bool {
 
 func (s *Server) checkSecret(arg []byte) bool { return secretMatches(arg, s.authToken) }
 
-// janitor runs the lease sweeper and the idle-key GC on their periods.
+// janitor runs the lease sweeper and the idle-key GC on their periods. On
+// V1_10 both stop when a drain starts (dflockd v1.10 ends them with the
+// server's context): leases that run out during the drain stay listed until
+// something touches their key, and idle keys are no longer pruned.
 func (s *Server) janitor(sweep, gc *period) {
 	defer s.wg.Done()
 	defer func() { sweep.stop(); gc.stop() }()
+	var drain <-chan struct{}
+	if s.cfg.Version == V1_10 {
+		drain = s.drainCh
+	}
 	for {
 		select {
+		case <-drain:
+			return
 		case <-sweep.fired:
 			ran := s.clock.Now()
 			s.locks.sweep()
@@ -387,7 +396,8 @@ func (s *Server) Close() error {
 // Shutdown drains like SIGTERM (docs/protocol.md §8j): the listener closes at once
 // and blocked waiters get `error`; on V1_16 and V2_1 the next request on each
 // connection is answered `error_draining` and the connection closed, on V1_10
-// connections keep being served. When every connection is gone,
+// connections keep being served (with the lease sweeper and the idle-key GC
+// stopped, as in v1.10). When every connection is gone,
 // ShutdownTimeout passes (negative: no limit) or ctx ends, the rest is
 // force-closed as by Close. It returns ctx.Err() if ctx ended the drain.
 func (s *Server) Shutdown(ctx context.Context) error {
