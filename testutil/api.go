@@ -40,7 +40,11 @@ type Config struct {
 	// Addr to listen on; default "127.0.0.1:0".
 	Addr string
 	// AuthToken, when non-empty, requires `auth` as the first request. It is
-	// whitespace-trimmed, as dflockd trims every token source from v1.16.
+	// whitespace-trimmed, as dflockd trims every token source from v1.16,
+	// except on V1_10, where it stands for the -auth-token flag, which v1.10
+	// does not trim: surrounding spaces there make a token no client can
+	// present (the `auth` argument is trimmed). To imitate v1.10 reading the
+	// token from -auth-token-file (which it trims), trim it yourself.
 	AuthToken string
 	// TLS, when non-nil, makes the listener TLS-only (minimum TLS 1.2).
 	TLS *tls.Config

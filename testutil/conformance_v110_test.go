@@ -265,3 +265,24 @@ func TestConformanceDrainStopsJanitor(t *testing.T) {
 		})
 	}
 }
+
+// A configured token with surrounding spaces is trimmed from v1.16 on; on
+// v1.10 (the -auth-token flag) it is not, and no client can match it, since
+// the `auth` argument is trimmed.
+func TestConformanceConfiguredTokenWithSpaces(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_10, V1_16, V2_1} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, Config{Version: v, AuthToken: " s3cret "})
+			want := "ok"
+			if v == V1_10 {
+				want = "error_auth"
+			}
+			for _, arg := range []string{"s3cret", " s3cret "} {
+				c := dialSrv(t, srv)
+				assert.Equal(t, want, c.req("auth", "_", arg), "auth %q", arg)
+			}
+		})
+	}
+}

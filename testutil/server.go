@@ -136,7 +136,7 @@ func Start(cfg Config) (*Server, error) {
 		cfg:          cfg,
 		clock:        cfg.Clock,
 		log:          cfg.Logger,
-		authToken:    strings.TrimSpace(cfg.AuthToken),
+		authToken:    configuredToken(cfg),
 		defaultLease: lease,
 		locks:        newLockTable(cfg.Version, cfg.MaxLocks, cfg.MaxWaiters, cfg.Audit, cfg.Clock),
 		hub:          newSignalHub(cfg.MaxSubscriptions, cfg.SignalOverflow),
@@ -167,6 +167,16 @@ func Start(cfg Config) (*Server, error) {
 	go s.janitor(sweep, gc)
 	s.log.Debug("testutil: listening", "addr", s.addr, "version", cfg.Version)
 	return s, nil
+}
+
+// configuredToken is the auth token the server compares with: trimmed as
+// every token source is from v1.16; on V1_10 as given, since it stands for
+// v1.10's -auth-token flag, which (unlike a token file) is not trimmed.
+func configuredToken(cfg Config) string {
+	if cfg.Version == V1_10 {
+		return cfg.AuthToken
+	}
+	return strings.TrimSpace(cfg.AuthToken)
 }
 
 // NewServer starts a server for a test and closes it at cleanup.
