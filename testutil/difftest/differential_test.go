@@ -18,7 +18,8 @@ var (
 	stepsPerRun   = flag.Int("difftest.steps", 40, "steps per random session")
 	parallel      = flag.Int("difftest.parallel", 2, "random sessions played at once")
 	onlySession   = flag.String("difftest.session", "", "replay only the random session with this seed")
-	avoidFlag     = flag.String("difftest.avoid", "", "comma-separated input classes to leave out of random sessions (see avoidClasses)")
+	allFlag       = flag.Bool("difftest.all", false, "also fail on the scenarios that show a deliberate difference")
+	avoidFlag     = flag.String("difftest.avoid", "overflow", "comma-separated input classes to leave out of random sessions (see avoidClasses); the default leaves out the deliberate difference")
 )
 
 // maxSessionTime ends a random session early: its leases (30 s and up)

@@ -26,9 +26,12 @@
 //	-difftest.parallel=N     random sessions played at once (default 2)
 //	-difftest.session=S      replay only the session with this seed; with -v its
 //	                         transcript is logged even if the servers agreed
-//	-difftest.avoid=A,B      look past known differences: "overflow" leaves out
-//	                         integers whose seconds overflow a time.Duration,
-//	                         "idle" does not compare stats' idle_s
+//	-difftest.avoid=A,B      input classes left out of random sessions (default
+//	                         "overflow": integers whose seconds overflow a
+//	                         time.Duration, a deliberate difference; "idle"
+//	                         does not compare stats' idle_s; "" leaves out none)
+//	-difftest.all            also fail on the scenarios that show a deliberate
+//	                         difference (they are skipped, with their transcript)
 //
 // TestDifferential plays the random sessions; each starts a fresh dflockd
 // on a free port and a fresh testutil server (Version V1_10) with the
@@ -45,13 +48,13 @@
 // server releases a connection's locks before the client sees it close,
 // and how a burst of connections meets -max-connections.
 //
-// testutil keeps two differences on purpose (docs/protocol-notes.md), which
-// the suite reports: the scenarios named overflow/* (v1.10 lets seconds that
-// overflow a duration wrap; testutil answers error) and
-// expiry/queued-enqueue-granted-then-expired-* (v1.10.0's stale token from
-// w, fixed in v1.10.1). Random sessions meet the first often; to look past
-// it, pass -difftest.avoid=overflow. (dflockd's -max-connections also lets
-// a burst of simultaneous connects past the cap; the burst probe only
+// testutil keeps two differences on purpose (docs/protocol-notes.md): the
+// scenarios named overflow/* (v1.10 lets seconds that overflow a duration
+// wrap; testutil answers error) and expiry/queued-enqueue-granted-then-
+// expired-* (v1.10.0's stale token from w, fixed in v1.10.1) are skipped
+// when they differ, and random sessions leave such integers out, unless
+// asked (-difftest.all, -difftest.avoid=). (dflockd's -max-connections also
+// lets a burst of simultaneous connects past the cap; the burst probe only
 // reports that.)
 //
 // A session is deterministic for its seed as long as both servers answer

@@ -282,6 +282,9 @@ func TestScenarios(t *testing.T) {
 				}
 			}
 			s.finish()
+			if s.mismatch && deliberate(sc.name) && !*allFlag {
+				t.Skipf("a deliberate difference (docs/protocol-notes.md; -difftest.all runs it):\n%s", s.report())
+			}
 			if s.mismatch {
 				t.Errorf("%s", s.report())
 			} else if testing.Verbose() {
@@ -289,4 +292,12 @@ func TestScenarios(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deliberate reports whether a scenario shows a difference testutil keeps
+// on purpose (docs/protocol-notes.md): v1.10 lets seconds that overflow a
+// duration wrap, and v1.10.0 hands a stale token to w (fixed in v1.10.1).
+func deliberate(name string) bool {
+	return strings.HasPrefix(name, "overflow/") ||
+		strings.HasPrefix(name, "expiry/queued-enqueue-granted-then-expired-")
 }
