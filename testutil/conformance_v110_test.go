@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,13 +121,14 @@ func TestConformanceReleaseOfLapsedLease(t *testing.T) {
 }
 
 // A connection the server closes after an error has its locks released
-// before the socket closes, as every dflockd does: a client that reacts to
-// the close finds them handed on. The hub's lock, held by the test, stops
-// the connection's cleanup at its start, so the socket must stay open
-// until it is let go.
+// before the socket closes on v1.10 (later versions close first: see
+// TestConformanceCloseBeforeCleanupFromV115): a client that reacts to the
+// close finds them handed on. The hub's lock, held by the test, stops the
+// connection's cleanup at its start, so the socket must stay open until it
+// is let go.
 func TestConformanceCleanupBeforeClose(t *testing.T) {
 	t.Parallel()
-	for _, v := range []Version{V1_10, V1_16, V2_1} {
+	for _, v := range []Version{V1_10} {
 		t.Run(versionNames[v], func(t *testing.T) {
 			t.Parallel()
 			srv := newServer(t, Config{Version: v})
@@ -283,6 +285,45 @@ func TestConformanceConfiguredTokenWithSpaces(t *testing.T) {
 				c := dialSrv(t, srv)
 				assert.Equal(t, want, c.req("auth", "_", arg), "auth %q", arg)
 			}
+		})
+	}
+}
+
+// From v1.15 (the signal-era and v2.x ServeConn) the deferred teardown
+// closes the socket first and cleans up (unlisten, auto-release) after; only
+// v1.10 cleans up before the close. So on V1_16/V2_1 the peer sees a
+// connection the server closes while its auto-release has not yet run. Here
+// the AuditDisconnect hook (run inside the cleanup) waits for the client to
+// see the close; it must not wait in vain.
+func TestConformanceCloseBeforeCleanupFromV115(t *testing.T) {
+	t.Parallel()
+	for _, v := range []Version{V1_16, V2_1} {
+		t.Run(versionNames[v], func(t *testing.T) {
+			t.Parallel()
+			sawEOF := make(chan struct{})
+			var hookWaitedInVain atomic.Bool
+			srv := newServer(t, Config{Version: v, Audit: func(ev AuditEvent) {
+				if ev.Kind != AuditDisconnect {
+					return
+				}
+				select {
+				case <-sawEOF:
+				case <-time.After(2 * time.Second):
+					hookWaitedInVain.Store(true)
+				}
+			}})
+			a := dialSrv(t, srv)
+			a.lock("k", "0", 33)
+			a.send(strings.Repeat("x", 300))
+			a.expect("error")
+			start := time.Now()
+			a.expectEOF(ioWait)
+			close(sawEOF)
+			assert.Less(t, time.Since(start), time.Second,
+				"the socket closed only after the auto-release (cleanup before close), unlike dflockd v1.15+/v2.x")
+			b := dialSrv(t, srv)
+			b.lock("k", "0", 33)
+			assert.False(t, hookWaitedInVain.Load(), "the peer could not see the close while the locks were being released")
 		})
 	}
 }

@@ -140,17 +140,26 @@ func (c *conn) serve() {
 }
 
 // finish runs when serve returns: drop subscriptions, apply auto-release
-// (the next waiter is granted) and uncount the connection, then close the
-// socket. Every dflockd cleans up before it closes, so a client that sees
-// the close (after `error` for an over-long line, say) and reacts to it
-// finds the connection's locks already handed on.
+// (the next waiter is granted), uncount the connection and close the
+// socket — in the order of the version imitated. v1.10 cleans up before it
+// closes, so a client that sees the close (after `error` for an over-long
+// line, say) and reacts to it finds the connection's locks handed on; from
+// v1.15 the deferred teardown closes the socket first, and such a client
+// may still find them held for a moment.
 func (c *conn) finish() {
 	c.disarmDeadline()
+	closeFirst := c.srv.cfg.Version != V1_10
+	if closeFirst {
+		_ = c.nc.Close() // graceful for TLS (close_notify); the raw close follows
+		c.close()
+	}
 	c.srv.hub.removeConn(c)
 	c.srv.locks.disconnect(c.id, !c.srv.cfg.DisableAutoRelease)
 	c.srv.removeConn(c)
-	_ = c.nc.Close() // graceful for TLS (close_notify); the raw close follows
-	c.close()
+	if !closeFirst {
+		_ = c.nc.Close()
+		c.close()
+	}
 	close(c.finished)
 	c.srv.log.Debug("testutil: connection closed", "conn", c.id)
 }
