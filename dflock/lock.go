@@ -274,7 +274,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		}
 		req.Timeout = secs
 		r, sent, err := c.exchange(opCtx, srv, conn, req)
-		if err != nil && first && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
+		if err != nil && first && conn.StaleOnFirstUse(err) && time.Since(sent) < staleWindow && opCtx.Err() == nil {
 			// An idle connection the server had closed: once more on
 			// another (exchange destroyed this one).
 			first = false
@@ -335,6 +335,15 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 	}
 	return r, sent, err
 }
+
+// staleWindow: a close found this soon after the first request on an idle
+// connection was sent came before the request (the server had closed the
+// connection while it was idle): the request is sent again. One found later
+// broke a wait the server had queued, which must fail as on any other
+// connection — sent again, it would lose its place in the queue and hide
+// the outage. Heuristic: across a round trip longer than this, a stale
+// connection fails the Lock, as it did before the retry existed.
+const staleWindow = 50 * time.Millisecond
 
 // giveBack returns a wait-pool connection after a refusal. error_draining
 // and a bare error (which also answers a wait interrupted by shutdown) mean

@@ -63,10 +63,11 @@ func (h *Conn) Request(ctx context.Context, req wire.Request, late func(i int, r
 // while it sat idle in the pool — a server restart, an idle timeout, a
 // middlebox: Acquire looks before it hands an idle connection out, but a
 // close that has not reached the reader yet, or comes within probeAfter of
-// the last reply, is found only by the request. Such a request almost
-// surely never reached a server; the caller may send it once more on a
-// connection of a new Acquire, as database/sql does with a driver's
-// ErrBadConn.
+// the last reply, is found only by the request. If err came at once (within
+// a round trip of the send), such a request almost surely never reached a
+// server, and the caller may send it once more on a connection of a new
+// Acquire, as database/sql does with a driver's ErrBadConn; a close found
+// later broke a request the server had (a queued wait), which must fail.
 func (h *Conn) StaleOnFirstUse(err error) bool { return h.reused && peerClosed(err) }
 
 // Err is nil while the connection is usable; afterwards an error matching
