@@ -291,7 +291,9 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // answered by then releases what its connections held when they close,
 // unless it runs with auto-release off (then those leases stay held until
 // their TTL runs out). Close is idempotent and safe to call concurrently;
-// every other call made after it fails with an error matching ErrClosed.
+// every other call made after it fails with an error matching ErrClosed,
+// except Release, which reports how the lease ended, and
+// Subscription.Close.
 func (c *Client) Close() error {
 	c.closeOnce.Do(c.close)
 	<-c.closed

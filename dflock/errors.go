@@ -28,12 +28,15 @@ var (
 
 	// ErrLockLost: a held lease was lost — a renewal was refused, its
 	// owning connection failed, or no renewal was confirmed in time by the
-	// client's own clock. It is the Err of a lost Lock or Semaphore, the
-	// cause of its cancelled Context, and what Release returns for it.
+	// client's own clock — or Release found that the server no longer held
+	// it. It is the Err of a lost Lock or Semaphore, the cause of its
+	// cancelled Context, and what Release returns for it.
 	ErrLockLost = renew.ErrLost
 
-	// ErrReleased is the Err of a Lock or Semaphore after a clean Release
-	// (or after Client.Close released it).
+	// ErrReleased is the Err of a Lock or Semaphore once Release (or
+	// Client.Close) ended it, whatever Release returned: a Release that
+	// finds the lease already gone on the server returns an error matching
+	// ErrLockLost (and counts a loss), but Err is ErrReleased.
 	ErrReleased = renew.ErrReleased
 
 	// ErrClosed: the Client is closed.

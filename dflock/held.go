@@ -123,25 +123,42 @@ func (h *held) releaseOnce(ctx context.Context) error {
 		wait := h.relWait
 		h.relMu.Unlock()
 		select {
-		case <-wait:
+		case <-wait: // an outcome already known wins over an ended ctx
 			return h.relErr // written before wait was closed
+		default:
+		}
+		select {
+		case <-wait:
+			return h.relErr
 		case <-ctx.Done():
 			return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: h.c.ctxError(ctx, ctx, nil)}
 		}
 	}
 	h.relState = relSending
 	h.relMu.Unlock()
-	err := h.sendRelease(ctx)
+	later, err := h.sendRelease(ctx)
+	if !later {
+		h.setReleased(err)
+	}
+	return err
+}
+
+// setReleased records the release's outcome, which every later Release
+// returns. A caller that stopped waiting does not record its ctx error:
+// the outcome comes later, from whoever handles the answer.
+func (h *held) setReleased(err error) {
 	h.relMu.Lock()
 	h.relErr, h.relState = err, relDone
 	if h.relWait != nil {
 		close(h.relWait)
 	}
 	h.relMu.Unlock()
-	return err
 }
 
-func (h *held) sendRelease(ctx context.Context) error {
+// sendRelease releases the lease and returns the outcome, or, if later is
+// set, the error of a caller that stopped waiting for it: a goroutine then
+// records the outcome (setReleased) when it is known.
+func (h *held) sendRelease(ctx context.Context) (later bool, err error) {
 	c := h.c
 	if !c.enter() {
 		// Close is releasing every held lease; report how this one ended,
@@ -152,14 +169,18 @@ func (h *held) sendRelease(ctx context.Context) error {
 			select {
 			case <-c.closed:
 			case <-ctx.Done():
-				return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
+				go func() { // ends with Close, which has begun
+					<-c.closed
+					h.setReleased(h.releaseResult())
+				}()
+				return true, &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
 			}
 		}
-		return h.releaseResult()
+		return false, h.releaseResult()
 	}
 	defer c.leave()
 	if !h.lease.Untrack() {
-		return h.releaseResult()
+		return false, h.releaseResult()
 	}
 	// The release is queued whether or not ctx has ended: the lease is no
 	// longer renewed, so a release that is never sent would leave the lock
@@ -179,17 +200,17 @@ func (h *held) sendRelease(ctx context.Context) error {
 	// can end. An ended ctx reports so at once, deterministically.
 	w := releaseWaits.Get().(*releaseWait)
 	c.bg.Add(1)
-	r, answered, err := h.owner.Request(ctx, req, w.done)
+	r, answered, rerr := h.owner.Request(ctx, req, w.done)
 	if answered {
 		releaseWaits.Put(w) // late is never called
-		return h.finishReleaseBG(releaseReply{r, err})
+		return false, h.finishReleaseBG(releaseReply{r, rerr})
 	}
 	go func() {
 		<-w.answered
-		_ = h.finishReleaseBG(w.take())
+		h.setReleased(h.finishReleaseBG(w.take()))
 	}()
 	// ctx is also the operation's context: none was derived from it.
-	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
+	return true, &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
 }
 
 type releaseReply struct {
@@ -243,9 +264,11 @@ func (h *held) finishRelease(rr releaseReply) error {
 	case ok:
 	case errors.Is(rr.err, wire.ErrConnBroken) && errors.Is(rr.err, ErrClosed):
 		// Close closed the connection under a release already written (it
-		// waited for the answer until its deadline): released by Close.
+		// waited for the answer until its deadline): released by Close, as
+		// a later Release reports (only the background finisher gets here:
+		// a caller still waiting is ended by Close before the pools close).
 		h.srv.obs.released1()
-		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: rr.err}
+		return nil
 	case errors.Is(rr.err, wire.ErrConnBroken):
 		// The owning connection broke: the server released the lease when
 		// it closed, possibly before the caller was done with it — unless

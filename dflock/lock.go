@@ -47,7 +47,8 @@ func (l *Lock) Fence() (fence uint64, ok bool) { return l.h.fence, l.h.hasFence 
 func (l *Lock) Done() <-chan struct{} { return l.h.lease.Done() }
 
 // Err is nil while the lock is held; afterwards it matches ErrLockLost
-// (lost, wrapping the cause) or is ErrReleased.
+// (lost, wrapping the cause) or is ErrReleased (after Release, also one
+// that found the lock lost).
 func (l *Lock) Err() error { return l.h.lease.Err() }
 
 // Context returns a context cancelled when the lock ends; context.Cause
@@ -60,8 +61,8 @@ func (l *Lock) Context() context.Context { return l.h.lease.Context() }
 func (l *Lock) Renew(ctx context.Context) error { return l.h.renew(ctx) }
 
 // Release releases the lock. It is idempotent: later calls return the
-// first call's result (a call made while the first one waits for the
-// server waits for it while its own ctx lasts). It returns nil after a
+// release's outcome once the server has answered (a call made before then
+// waits for the answer while its own ctx lasts). It returns nil after a
 // clean release, and an error matching ErrLockLost if the lock had been
 // lost (or its lease had already expired on the server: that counts as a
 // loss, in Snapshot and for Hooks.OnLeaseLost). A server shutting down (v1.16+) answers the

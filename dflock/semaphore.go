@@ -43,7 +43,8 @@ func (s *Semaphore) Fence() (fence uint64, ok bool) { return s.h.fence, s.h.hasF
 func (s *Semaphore) Done() <-chan struct{} { return s.h.lease.Done() }
 
 // Err is nil while the slot is held; afterwards it matches ErrLockLost
-// (lost, wrapping the cause) or is ErrReleased.
+// (lost, wrapping the cause) or is ErrReleased (after Release, also one
+// that found the slot lost).
 func (s *Semaphore) Err() error { return s.h.lease.Err() }
 
 // Context returns a context cancelled when the slot ends; context.Cause
@@ -56,8 +57,8 @@ func (s *Semaphore) Context() context.Context { return s.h.lease.Context() }
 func (s *Semaphore) Renew(ctx context.Context) error { return s.h.renew(ctx) }
 
 // Release gives the slot back. It is idempotent: later calls return the
-// first call's result (a call made while the first one waits for the
-// server waits for it while its own ctx lasts). It returns nil after a
+// release's outcome once the server has answered (a call made before then
+// waits for the answer while its own ctx lasts). It returns nil after a
 // clean release, and an error matching ErrLockLost if the slot had been
 // lost (or its lease had already expired on the server: that counts as a
 // loss); one matching ErrDraining if the server, shutting

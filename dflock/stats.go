@@ -71,7 +71,7 @@ type ClientStats struct {
 	WaitGrants int64 // of which granted on a wait-pool connection (after waiting, or two-phase)
 	Contended  int64 // Lock/Semaphore calls whose control-lane try found the key held
 	Released   int64 // leases released (by Release, WithLock, Cancel or Close)
-	Lost       int64 // leases lost while held
+	Lost       int64 // leases lost while held, and those Release found lost
 	Held       int   // leases held now
 	// CallbacksDropped counts log records and hook calls dropped because
 	// more than 4096 were waiting for the Client's callback goroutine (a

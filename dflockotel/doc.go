@@ -59,7 +59,7 @@
 //	dflock.client.connection.count   updowncounter  {connection}  open connections by role and state
 //	dflock.client.acquire.waiting    updowncounter  {acquire}     acquires waiting on a wait-pool connection
 //	dflock.client.server.up          gauge          1             1 while the server is reachable
-//	dflock.client.lease.losses       counter        {lease}       leases lost while held
+//	dflock.client.lease.losses       counter        {lease}       leases lost while held or found lost at release
 //	dflock.client.renewals           counter        {renewal}     by dflock.renewal.outcome: renewed, refused, unanswered
 //	dflock.client.connection.dials   counter        {connection}  by dflock.dial.outcome: success, failure
 //	dflock.client.signal.dropped     counter        {signal}      signals dropped by slow subscriptions

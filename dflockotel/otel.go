@@ -198,7 +198,7 @@ func (in *Instrumentation) instruments() error {
 	check(err)
 	in.losses, err = m.Int64ObservableCounter("dflock.client.lease.losses",
 		metric.WithUnit("{lease}"),
-		metric.WithDescription("Leases lost while held (renewal refused or unanswered, connection broken)."))
+		metric.WithDescription("Leases lost while held (renewal refused or unanswered, connection broken), or found lost at release."))
 	check(err)
 	in.renewals, err = m.Int64ObservableCounter("dflock.client.renewals",
 		metric.WithUnit("{renewal}"),

@@ -1,0 +1,133 @@
+package dflock
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// A Release in progress (its ctx alive: context.Background, as in the
+// README's `defer l.Release(context.Background())`) when another goroutine
+// calls Close returns ErrClosed ("ends every blocked call"); Close then
+// waits for the release's answer, the server answers ok, and a later
+// Release reports that outcome (nil), as one first called after Close does
+// (it once kept returning ErrClosed).
+func TestReleaseOutcomeLaterReleaseAfterCloseInterruptedOne(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	c, err := New([]string{px.Addr()})
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	l, err := c.TryLock(ctx, "k")
+	require.NoError(t, err)
+	other, err := c.TryLock(ctx, "other")
+	require.NoError(t, err)
+
+	px.SetLatency(150 * time.Millisecond)
+	res := make(chan error, 1)
+	go func() { res <- l.Release(context.Background()) }()
+	require.Eventually(t, func() bool {
+		l.h.relMu.Lock()
+		defer l.h.relMu.Unlock()
+		return l.h.relState == relSending
+	}, 5*time.Second, time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // the release is written
+	require.NoError(t, c.Close())
+	t.Logf("Release in progress at Close: %v", <-res)
+	require.False(t, lockHeld(srv, "k"))
+	require.Equal(t, int64(2), c.Snapshot().Released)
+	assert.NoError(t, other.Release(ctx), "first Release after Close of a lock Close released")
+	assert.NoError(t, l.Release(ctx), "later Release of a lock whose release the server answered ok")
+}
+
+// leases.md: Close's releases, ticket withdrawals and background releases
+// are bounded together by one DefaultReleaseTimeout, so an unreachable
+// server costs 2 s, "not 2 s per kind of work".
+func TestReleaseOutcomeCloseBoundIsOneReleaseTimeout(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	holder := newClient(t, addrsOf(srv))
+	c, err := New([]string{px.Addr()})
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	_, err = c.TryLock(ctx, "lane")
+	require.NoError(t, err)
+	bg, err := c.TryLock(ctx, "bg")
+	require.NoError(t, err)
+	_ = pinnedSlot(t, srv, c, holder, "pin")
+	_, err = holder.Lock(ctx, "q")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "q")
+	require.NoError(t, err)
+	require.False(t, tk.Acquired())
+
+	px.Blackhole(true)
+	defer px.Blackhole(false)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	_ = bg.Release(rctx) // answered in the background (c.bg)
+	cancel()
+	d := timed(func() { _ = c.Close() })
+	t.Logf("Close took %v", d)
+	assert.Less(t, d, DefaultReleaseTimeout+500*time.Millisecond)
+}
+
+// A Release that finds the lease gone on the server returns ErrLockLost and
+// counts a loss, but the lease was ended by Release: Err (and the Context's
+// cause) is ErrReleased, as ErrReleased's and Lock.Err's docs say.
+func TestReleaseOutcomeErrAfterReleaseFoundLost(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	srvClk := testutil.NewManualClock(time.Now().Round(0))
+	b := newServer(t, testutil.Config{Clock: srvClk, ReadTimeout: -1})
+	cliClk := testutil.NewManualClock(time.Now().Round(0))
+	c := newClient(t, []string{b.Addr()}, withClock(cliClk))
+	l, err := c.TryLock(ctx, "exp", LeaseTTL(30*time.Second))
+	require.NoError(t, err)
+	srvClk.Advance(40 * time.Second)
+	require.Eventually(t, func() bool { return !lockHeld(b, "exp") }, 5*time.Second, time.Millisecond)
+	rerr := l.Release(ctx)
+	require.ErrorIs(t, rerr, ErrLockLost)
+	require.Equal(t, int64(1), c.Snapshot().Lost)
+	assert.ErrorIs(t, l.Err(), ErrReleased, "Err after a Release that found the lock lost")
+	assert.ErrorIs(t, context.Cause(l.Context()), ErrReleased)
+}
+
+// Two concurrent Releases: the first with a short ctx, the second with a
+// ctx that lasts (context.Background). The server answers ok soon after the
+// first ctx ends. The second call waits for that answer while its own ctx
+// lasts and returns nil — not the first caller's deadline (as it once did,
+// and every later Release with it).
+func TestReleaseOutcomeConcurrentReleaseGetsAnotherCallersCtxError(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	b := newServer(t, testutil.Config{})
+	pb := newProxy(t, b.Addr())
+	c := newClient(t, []string{pb.Addr()})
+	l, err := c.TryLock(ctx, "k")
+	require.NoError(t, err)
+
+	pb.SetLatency(150 * time.Millisecond) // answer after ~300 ms
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	first := make(chan error, 1)
+	go func() { first <- l.Release(short) }()
+	require.Eventually(t, func() bool {
+		l.h.relMu.Lock()
+		defer l.h.relMu.Unlock()
+		return l.h.relState == relSending
+	}, 5*time.Second, time.Millisecond)
+	second := make(chan error, 1)
+	go func() { second <- l.Release(context.Background()) }()
+	require.ErrorIs(t, <-first, context.DeadlineExceeded)
+	err = <-second
+	require.Eventually(t, func() bool { return !lockHeld(b, "k") }, 5*time.Second, time.Millisecond)
+	assert.NotErrorIs(t, err, context.DeadlineExceeded, "a Release whose own ctx never ended reports another caller's deadline")
+	assert.NoError(t, err, "the release was clean and this caller's ctx lasted")
+}
