@@ -32,11 +32,7 @@ func TestReleaseOutcomeLaterReleaseAfterCloseInterruptedOne(t *testing.T) {
 	px.SetLatency(150 * time.Millisecond)
 	res := make(chan error, 1)
 	go func() { res <- l.Release(context.Background()) }()
-	require.Eventually(t, func() bool {
-		l.h.relMu.Lock()
-		defer l.h.relMu.Unlock()
-		return l.h.relState == relSending
-	}, 5*time.Second, time.Millisecond)
+	awaitReleaseSending(t, l.h)
 	time.Sleep(20 * time.Millisecond) // the release is written
 	require.NoError(t, c.Close())
 	t.Logf("Release in progress at Close: %v", <-res)
@@ -118,11 +114,7 @@ func TestReleaseOutcomeConcurrentReleaseGetsAnotherCallersCtxError(t *testing.T)
 	defer cancel()
 	first := make(chan error, 1)
 	go func() { first <- l.Release(short) }()
-	require.Eventually(t, func() bool {
-		l.h.relMu.Lock()
-		defer l.h.relMu.Unlock()
-		return l.h.relState == relSending
-	}, 5*time.Second, time.Millisecond)
+	awaitReleaseSending(t, l.h)
 	second := make(chan error, 1)
 	go func() { second <- l.Release(context.Background()) }()
 	require.ErrorIs(t, <-first, context.DeadlineExceeded)
@@ -130,4 +122,15 @@ func TestReleaseOutcomeConcurrentReleaseGetsAnotherCallersCtxError(t *testing.T)
 	require.Eventually(t, func() bool { return !lockHeld(b, "k") }, 5*time.Second, time.Millisecond)
 	assert.NotErrorIs(t, err, context.DeadlineExceeded, "a Release whose own ctx never ended reports another caller's deadline")
 	assert.NoError(t, err, "the release was clean and this caller's ctx lasted")
+}
+
+// awaitReleaseSending waits until a Release of h is under way (sending, or
+// waiting for the server's answer).
+func awaitReleaseSending(t *testing.T, h *held) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		h.relMu.Lock()
+		defer h.relMu.Unlock()
+		return h.relState == relSending
+	}, 5*time.Second, time.Millisecond)
 }

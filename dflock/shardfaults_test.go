@@ -231,11 +231,7 @@ func TestConcurrentReleaseHonoursItsOwnContext(t *testing.T) {
 	pb.Blackhole(true)
 	first := make(chan error, 1)
 	go func() { first <- s.Release(context.Background()) }() // waits for the answer
-	require.Eventually(t, func() bool {                      // the first Release is waiting
-		s.h.relMu.Lock()
-		defer s.h.relMu.Unlock()
-		return s.h.relState == relSending
-	}, 5*time.Second, time.Millisecond)
+	awaitReleaseSending(t, s.h) // the first Release is waiting
 
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
