@@ -231,7 +231,7 @@ func TestConcurrentReleaseHonoursItsOwnContext(t *testing.T) {
 	pb.Blackhole(true)
 	first := make(chan error, 1)
 	go func() { first <- s.Release(context.Background()) }() // waits for the answer
-	awaitReleaseSending(t, s.h) // the first Release is waiting
+	awaitReleaseSending(t, s.h)                              // the first Release is waiting
 
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
