@@ -276,9 +276,10 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		req.Timeout = secs
 		r, sent, err := c.exchange(opCtx, srv, conn, req)
 		if err != nil && first && conn.StaleOnFirstUse(err) && time.Since(sent) < staleWindow && opCtx.Err() == nil {
-			// An idle connection the server had closed: once more on
-			// another (exchange destroyed this one).
-			first = false
+			// An idle connection the server had closed: again on another
+			// (exchange destroyed this one). A restart leaves every idle
+			// connection stale; each is tried at most once, and a
+			// freshly dialled one is never stale.
 			if conn, err = srv.pool.Acquire(opCtx); err != nil {
 				return fail(err)
 			}
@@ -342,9 +343,10 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 // connection while it was idle): the request is sent again. One found later
 // broke a wait the server had queued, which must fail as on any other
 // connection — sent again, it would lose its place in the queue and hide
-// the outage. Heuristic: across a round trip longer than this, a stale
-// connection fails the Lock, as it did before the retry existed.
-const staleWindow = 50 * time.Millisecond
+// the outage. Heuristic: a round trip (a wide-area one included) and a
+// scheduling delay fit in it; a wait broken within it after the server
+// queued it is sent again, behind the waiters that came meanwhile.
+const staleWindow = 250 * time.Millisecond
 
 // giveBack returns a wait-pool connection after a refusal. error_draining
 // and a bare error (which also answers a wait interrupted by shutdown) mean

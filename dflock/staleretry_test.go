@@ -65,7 +65,7 @@ func TestMidWaitBreakIsNotRetriedAsStale(t *testing.T) {
 			}()
 			// The Lock is queued on the server for a good while.
 			require.Eventually(t, func() bool { return lockWaiters(srv, "k") == 1 }, 5*time.Second, time.Millisecond)
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(2 * staleWindow)
 			px.ResetAll() // the wait's connection breaks mid-wait
 			select {
 			case err := <-got:
@@ -78,7 +78,7 @@ func TestMidWaitBreakIsNotRetriedAsStale(t *testing.T) {
 						waiters = l.Waiters
 					}
 				}
-				t.Fatalf("Lock on a %s connection reset after 300 ms of waiting did not fail: still waiting after 1 s (server waiters of k: %d) — it was sent again as if the connection had been stale", name, waiters)
+				t.Fatalf("Lock on a %s connection reset after waiting 2 × staleWindow did not fail: still waiting after 1 s (server waiters of k: %d) — it was sent again as if the connection had been stale", name, waiters)
 			}
 		})
 	}

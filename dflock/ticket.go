@@ -123,8 +123,9 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	sent := time.Now()
 	late := make(chan enqueueAnswer, 1)
 	r, answered, err := conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
-	if answered && err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
-		// An idle connection the server had closed: once more on another.
+	for answered && err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
+		// An idle connection the server had closed: again on another (as
+		// in waitAcquire; a freshly dialled one is never stale).
 		conn.Destroy()
 		if conn, err = srv.pool.Acquire(opCtx); err != nil {
 			return fail(err)
