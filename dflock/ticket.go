@@ -177,9 +177,7 @@ type enqueueAnswer struct {
 // whose caller gave up holds: the queue place (withdrawn) or the grant
 // (released on the same connection).
 func (t *ticket) settleLate(conn *pool.Conn, late <-chan enqueueAnswer) {
-	ok := t.c.jobs.start(func(ctx context.Context) {
-		ctx, cancel := context.WithTimeout(ctx, DefaultReleaseTimeout)
-		defer cancel()
+	t.inBackground(conn, func(ctx context.Context) {
 		var a enqueueAnswer
 		select {
 		case a = <-late:
@@ -202,9 +200,6 @@ func (t *ticket) settleLate(conn *pool.Conn, late <-chan enqueueAnswer) {
 			giveBack(conn, a.r)
 		}
 	})
-	if !ok {
-		conn.Destroy()
-	}
 }
 
 // releaseOn releases the ticket's grant (token) on conn, which then goes
@@ -534,10 +529,17 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 // until Close's deadline), or, once Close has stopped the jobs, closes the
 // connection.
 func (t *ticket) withdrawLater(conn *pool.Conn) {
+	t.inBackground(conn, func(ctx context.Context) { t.withdraw(ctx, conn) })
+}
+
+// inBackground runs fn, which settles conn, as a background job bounded by
+// DefaultReleaseTimeout (and Close's deadline); once Close has stopped the
+// jobs, conn is closed instead.
+func (t *ticket) inBackground(conn *pool.Conn, fn func(ctx context.Context)) {
 	ok := t.c.jobs.start(func(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(ctx, DefaultReleaseTimeout)
 		defer cancel()
-		t.withdraw(ctx, conn)
+		fn(ctx)
 	})
 	if !ok {
 		conn.Destroy()
