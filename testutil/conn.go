@@ -148,17 +148,19 @@ func (c *conn) serve() {
 // may still find them held for a moment.
 func (c *conn) finish() {
 	c.disarmDeadline()
-	closeFirst := c.srv.cfg.Version != V1_10
-	if closeFirst {
+	closeSocket := func() {
 		_ = c.nc.Close() // graceful for TLS (close_notify); the raw close follows
 		c.close()
+	}
+	closeFirst := c.srv.cfg.Version != V1_10
+	if closeFirst {
+		closeSocket()
 	}
 	c.srv.hub.removeConn(c)
 	c.srv.locks.disconnect(c.id, !c.srv.cfg.DisableAutoRelease)
 	c.srv.removeConn(c)
 	if !closeFirst {
-		_ = c.nc.Close()
-		c.close()
+		closeSocket()
 	}
 	close(c.finished)
 	c.srv.log.Debug("testutil: connection closed", "conn", c.id)
