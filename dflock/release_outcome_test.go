@@ -71,7 +71,7 @@ func TestReleaseOutcomeCloseBoundIsOneReleaseTimeout(t *testing.T) {
 	cancel()
 	d := timed(func() { _ = c.Close() })
 	t.Logf("Close took %v", d)
-	assert.Less(t, d, DefaultReleaseTimeout+500*time.Millisecond)
+	assert.Less(t, d, DefaultReleaseTimeout+time.Second, "one bound, not one per kind of work")
 }
 
 // A Release that finds the lease gone on the server returns ErrLockLost and
