@@ -236,6 +236,12 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 			}
 			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 		}
+		if sent, err = c.confirmLateGrant(opCtx, ownerDo(owner), req, r, sent); err != nil {
+			// The lane connection stays (it owns other leases); the
+			// grant goes back aside, as a broken wait's does.
+			c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
+			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: c.ctxError(ctx, opCtx, err)}
+		}
 		c.stats.laneGrants.Add(1)
 		return c.track(srv, owner, nil, req, r, sent), nil
 	case wire.StatusTimeout:
@@ -291,7 +297,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		}
 		switch r.Status {
 		case wire.StatusOK:
-			sent, err = c.confirmLongWait(opCtx, conn, req, r, sent)
+			sent, err = c.confirmLateGrant(opCtx, conn.Do, req, r, sent)
 			if err != nil {
 				// The token is known: release it elsewhere too, since
 				// closing the connection releases nothing on a server
@@ -361,19 +367,22 @@ func giveBack(conn *pool.Conn, r wire.Reply) {
 	}
 }
 
-// confirmLongWait handles a grant that ended a long wait. The lease started
-// at some unknown moment between the request and the reply; the scheduler
-// needs a lower bound of that moment, and the send time is one only if the
-// wait was short. After a long wait the lease is renewed once right away,
-// and that renewal's send time becomes the bound. It returns the time to
-// track the lease from.
-func (c *Client) confirmLongWait(ctx context.Context, conn *pool.Conn, req wire.Request, grant wire.Reply, sent time.Time) (time.Time, error) {
+// confirmLateGrant handles a grant that came long after its request was
+// handed over: one that ended a long wait, or a lane try that first waited
+// for its lane connection to be dialled. The lease started at some unknown
+// moment between the request and the reply; the scheduler needs a lower
+// bound of that moment, and the hand-over time is one only if the reply
+// came soon after it. Otherwise the lease is renewed once right away (do
+// sends on the connection that carried the grant), and that renewal's send
+// time becomes the bound. It returns the time to track the lease from.
+func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, wire.Request) (wire.Reply, error),
+	req wire.Request, grant wire.Reply, sent time.Time) (time.Time, error) {
 	ttl := time.Duration(grant.Lease) * time.Second
 	if time.Since(sent) <= ttl/4 {
 		return sent, nil
 	}
 	sent2 := time.Now()
-	r, err := conn.Do(ctx, wire.RenewRequest(req.Key, grant.Token, req.Limit > 0, grant.Lease))
+	r, err := do(ctx, wire.RenewRequest(req.Key, grant.Token, req.Limit > 0, grant.Lease))
 	if err != nil {
 		return sent, err
 	}
@@ -381,6 +390,15 @@ func (c *Client) confirmLongWait(ctx context.Context, conn *pool.Conn, req wire.
 		return sent, ErrLeaseExpired
 	}
 	return sent2, nil
+}
+
+// ownerDo sends one request on a lease's owner and waits for its answer
+// while ctx lasts; an answer that comes after that is dropped.
+func ownerDo(o pool.Owner) func(context.Context, wire.Request) (wire.Reply, error) {
+	return func(ctx context.Context, req wire.Request) (wire.Reply, error) {
+		r, _, err := o.Request(ctx, req, func(int, wire.Reply, error) {})
+		return r, err
+	}
 }
 
 // legacyWaitChunk caps every server-side wait sent to a server that does

@@ -382,7 +382,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		}
 		switch r.Status {
 		case wire.StatusOK, wire.StatusAcquired:
-			if sent, err = c.confirmLongWait(opCtx, conn, req, r, sent); err != nil {
+			if sent, err = c.confirmLateGrant(opCtx, conn.Do, req, r, sent); err != nil {
 				c.releaseAside(t.srv, wire.ReleaseRequest(t.key, r.Token, t.limit > 0)) // see waitAcquire
 				conn.Destroy()
 				return fail(err)
