@@ -322,12 +322,12 @@ func WithLeaseTTL(d time.Duration) Option {
 
 // WithRenewRatio sets after which fraction of its TTL a lease is renewed
 // (of the servers' read timeout instead, if that is shorter; and never less
-// often than the keepalive interval). It must be in (0, 1).
-// Default DefaultRenewRatio.
+// often than the keepalive interval, nor more often than every MinKeepAlive).
+// It must be in (0, 1). Default DefaultRenewRatio.
 func WithRenewRatio(r float64) Option {
 	return func(o *options) {
 		if !(r > 0 && r < 1) {
-			o.fail("renew ratio", "", "must be between 0 and 1 (exclusive)")
+			o.fail("renew ratio", strconv.FormatFloat(r, 'g', -1, 64), "must be between 0 and 1 (exclusive)")
 			return
 		}
 		o.renewRatio = r

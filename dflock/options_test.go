@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
 )
 
 // Values that used to crash the process (a makeslice panic, an allocation
@@ -114,4 +116,32 @@ func TestDurationsAboveTheProtocolMaximumAreClamped(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, MaxDuration-1, a.timeout)
 	assert.Equal(t, time.Second, a.lease)
+}
+
+// WithRenewRatio accepts any ratio in (0, 1); a tiny one still renews a
+// lease at most every MinKeepAlive, not once per round trip.
+func TestTinyRenewRatioIsFlooredAtMinKeepAlive(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, []string{srv.Addr()}, WithRenewRatio(1e-12))
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k", LeaseTTL(time.Minute))
+	require.NoError(t, err)
+	n0, start := srv.Stats().Requests["n"], time.Now()
+	time.Sleep(300 * time.Millisecond)
+	n, took := srv.Stats().Requests["n"]-n0, time.Since(start)
+	require.NoError(t, l.Release(ctx))
+	// One renewal per MinKeepAlive at most (plus the one in flight); the
+	// round trip alone allowed over a thousand.
+	assert.LessOrEqual(t, n, int64(took/MinKeepAlive)+1, "renewals of one lease in %v", took)
+	assert.Positive(t, n, "no renewal at all")
+}
+
+func TestRenewRatioErrorNamesTheValue(t *testing.T) {
+	t.Parallel()
+	_, err := New([]string{"127.0.0.1:1"}, WithRenewRatio(1.5))
+	var ae *ArgError
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, "renew ratio", ae.Arg)
+	assert.Equal(t, "1.5", ae.Value)
 }

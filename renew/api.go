@@ -135,12 +135,18 @@ const (
 	defaultWindow    = 25 * time.Millisecond
 )
 
+// MinInterval is the shortest renewal interval a Ratio gives: a tiny ratio
+// (a typo, or one computed from durations) must not renew every lease once
+// per round trip. It equals dflock.MinKeepAlive, the floor of the other
+// periodic traffic.
+const MinInterval = 10 * time.Millisecond
+
 // Config of a Scheduler. Out-of-range values are replaced by the defaults
 // as documented per field; nothing panics.
 type Config struct {
 	// Ratio of a lease's life (its TTL, or ReadTimeout if shorter) after
-	// which it is renewed. Default 0.5;
-	// values outside (0, 1) mean the default.
+	// which it is renewed, but never sooner than MinInterval after the
+	// last renewal. Default 0.5; values outside (0, 1) mean the default.
 	Ratio float64
 	// KeepAlive: a lease is renewed at least this often (keeps its owning
 	// connection under the server read timeout). Default 10 s; values <= 0

@@ -629,9 +629,10 @@ func (s *Scheduler) margin(ttl time.Duration) time.Duration {
 	return min(max(s.cfg.safetyMargin(ttl), 0), ttl/2)
 }
 
-// baseInterval is the renewal interval before jitter: min(TTL×Ratio, KeepAlive).
+// baseInterval is the renewal interval before jitter: min(TTL×Ratio,
+// KeepAlive), at least MinInterval.
 func (s *Scheduler) baseInterval(ttl time.Duration) time.Duration {
-	return min(scaleDur(ttl, s.cfg.Ratio), s.cfg.KeepAlive)
+	return min(max(scaleDur(ttl, s.cfg.Ratio), MinInterval), s.cfg.KeepAlive)
 }
 
 // scheduleLocked recomputes l's heap key and position.
