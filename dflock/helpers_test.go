@@ -233,3 +233,23 @@ func awaitConfirmed(t *testing.T, ctx context.Context, c *Client, n int64) {
 		}
 	}
 }
+
+// waitFor polls cond until it holds, d has passed or ctx ends, and reports
+// whether it held: for a test that must act again (advance a manual clock)
+// when an effect it cannot observe the start of has not come.
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) bool {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	stop := time.NewTimer(d)
+	defer stop.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-stop.C:
+			return cond()
+		case <-tick.C:
+		}
+	}
+	return true
+}
