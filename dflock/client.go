@@ -282,7 +282,8 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 
 // Close releases every held lease and gives up every queued ticket's place,
 // ends every blocked call with ErrClosed, closes every connection and stops
-// every goroutine of the Client. Locks still held become released (their
+// every goroutine of the Client (but one running a hook or log handler that
+// has not returned within DefaultReleaseTimeout: see Hooks). Locks still held become released (their
 // Done closes, Err is ErrReleased). The releases — with those of grants
 // already being released in the background — are bounded together by
 // DefaultReleaseTimeout, counted from the moment the calls in progress have

@@ -2,7 +2,10 @@ package dflock
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 )
@@ -26,6 +29,10 @@ type dispatcher struct {
 	quit    chan struct{}
 	exited  chan struct{}
 	dropped atomic.Int64
+	// abandoned: stop gave up waiting for a handler. What is still queued
+	// is dropped and counted rather than run after Close has returned,
+	// against whatever the program tore down since.
+	abandoned atomic.Bool
 }
 
 func newDispatcher() *dispatcher {
@@ -52,14 +59,14 @@ func (d *dispatcher) run() {
 	for {
 		select {
 		case f := <-d.q:
-			f()
+			d.call(f)
 		case <-d.quit:
 			// Run what was queued before the stop; what comes later is
 			// dropped with the queue.
 			for {
 				select {
 				case f := <-d.q:
-					f()
+					d.call(f)
 				default:
 					return
 				}
@@ -68,9 +75,28 @@ func (d *dispatcher) run() {
 	}
 }
 
+// call runs f unless stop has given up. A panic in user code is recovered
+// and printed with its stack to standard error — not to the Logger, whose
+// handler may be what panicked — as net/http does for a handler: it must
+// neither end the program from a goroutine the program does not own nor
+// stop the hooks and log records that follow.
+func (d *dispatcher) call(f func()) {
+	if d.abandoned.Load() {
+		d.dropped.Add(1)
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "dflock: a hook or log handler panicked: %v\n%s", r, debug.Stack())
+		}
+	}()
+	f()
+}
+
 // stop ends the dispatcher after it has run what is queued, waiting at most
 // wait for that: a user handler that blocks must not block Client.Close
-// forever. The goroutine then exits when that handler returns.
+// forever. The goroutine then exits when that handler returns, dropping
+// what is still queued.
 func (d *dispatcher) stop(wait time.Duration) {
 	close(d.quit)
 	t := time.NewTimer(wait)
@@ -78,6 +104,7 @@ func (d *dispatcher) stop(wait time.Duration) {
 	select {
 	case <-d.exited:
 	case <-t.C:
+		d.abandoned.Store(true)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,4 +48,45 @@ func TestAsyncHandlerLearnsTheLevelOffTheCallersGoroutine(t *testing.T) {
 
 	// Derived handlers learn their own levels.
 	assert.True(t, log.With("k", "v").Handler().Enabled(ctx, slog.LevelDebug))
+}
+
+// A hook or log handler that panics runs on a goroutine the program does
+// not own: the panic is recovered (and printed), and the calls queued after
+// it still run.
+func TestDispatcherSurvivesAPanickingCallback(t *testing.T) {
+	t.Parallel()
+	d := newDispatcher()
+	defer d.stop(time.Second)
+	ran := make(chan struct{})
+	d.do(func() { panic("a bug in a hook (expected in this test's output)") })
+	d.do(func() { close(ran) })
+	select {
+	case <-ran:
+	case <-testCtx(t).Done():
+		t.Fatal("the call after a panicking one never ran")
+	}
+}
+
+// Once stop has given up on a blocked handler, what is still queued is
+// dropped and counted when the handler returns, not run after Close.
+func TestDispatcherDropsWhatIsQueuedAfterStopGaveUp(t *testing.T) {
+	t.Parallel()
+	d := newDispatcher()
+	unblock, started := make(chan struct{}), make(chan struct{})
+	var ranLate atomic.Bool
+	d.do(func() {
+		close(started)
+		<-unblock
+	})
+	<-started
+	d.do(func() { ranLate.Store(true) })
+	d.stop(10 * time.Millisecond) // gives up: the first call still blocks
+	close(unblock)
+	select {
+	case <-d.exited:
+	case <-testCtx(t).Done():
+		t.Fatal("the dispatcher did not exit once its handler returned")
+	}
+	assert.False(t, ranLate.Load(), "a call queued before Close ran after Close had returned")
+	assert.Equal(t, int64(1), d.dropped.Load())
 }

@@ -108,7 +108,11 @@ type Option func(*options)
 // or reads replies. A hook that blocks delays later hooks and log records;
 // past 4096 waiting, calls are dropped and counted
 // (ClientStats.CallbacksDropped). Close waits up to DefaultReleaseTimeout for
-// the calls still queued.
+// the calls still queued; a hook still running then keeps that goroutine
+// until it returns (Go cannot stop it), and what is still queued is dropped
+// and counted, never run after Close has returned. A hook or log handler
+// that panics does not end the program: the panic is printed with its stack
+// to standard error, and the next call runs.
 type Hooks struct {
 	// OnLeaseLost is called once for every lease lost while held, and for
 	// one that Release finds the server no longer held (its Release returns
@@ -467,9 +471,11 @@ func WithSharding(s shard.Strategy) Option {
 // requests: a slow handler cannot delay a renewal. The handler's Enabled is
 // asked there too, just before Handle; a level it refuses is then skipped
 // at the source for a second before a record goes through to ask again (so
-// a change of level takes effect within a second). Records and hook calls that find more than 4096 others waiting are dropped and counted
-// in ClientStats.CallbacksDropped; Close waits up to DefaultReleaseTimeout
-// for those still queued.
+// a change of level takes effect within a second). Records and hook calls
+// that find more than 4096 others waiting are dropped and counted in
+// ClientStats.CallbacksDropped; Close waits up to DefaultReleaseTimeout for
+// those still queued, as described at Hooks (which also says what becomes
+// of a handler that blocks past that, or panics).
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }

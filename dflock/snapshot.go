@@ -22,7 +22,8 @@ type Snapshot struct {
 	// buffer was full; SignalGaps the gaps reported to subscriptions.
 	SignalsDropped, SignalGaps int64
 	// CallbacksDropped counts log records and hook calls dropped because
-	// too many were waiting (see ClientStats.CallbacksDropped).
+	// too many were waiting, or Close stopped waiting for them (see
+	// ClientStats.CallbacksDropped).
 	CallbacksDropped int64
 }
 
