@@ -108,6 +108,7 @@ func (c *Client) Snapshot() Snapshot {
 	for i, srv := range c.servers {
 		ps := srv.pool.Stats()
 		o := &srv.obs
+		rn := o.renew.Load()
 		ss := ServerSnapshot{
 			Addr:  srv.addr,
 			Up:    ps.Up,
@@ -126,10 +127,10 @@ func (c *Client) Snapshot() Snapshot {
 			Releases:      o.released.Load(),
 			Losses:        o.renew.Lost.Load(),
 
-			RenewalsSent:       o.renew.Sent.Load(),
-			Renewed:            o.renew.Renewed.Load(),
-			RenewalsRefused:    o.renew.Refused.Load(),
-			RenewalsUnanswered: o.renew.Unanswered.Load(),
+			RenewalsSent:       rn.Sent,
+			Renewed:            rn.Renewed,
+			RenewalsRefused:    rn.Refused,
+			RenewalsUnanswered: rn.Unanswered,
 		}
 		s.Servers[i] = ss
 	}

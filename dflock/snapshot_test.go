@@ -3,6 +3,7 @@ package dflock
 import (
 	"context"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -268,4 +269,23 @@ func TestBlockedObservabilityHookDoesNotDelayRenewal(t *testing.T) {
 		"the lease was lost while a hook blocked: %v", l.Err())
 	require.NoError(t, l.Err())
 	require.NoError(t, l.Release(ctx))
+}
+
+// Snapshot never shows more renewals answered than sent, however the
+// counters move while it reads them.
+func TestSnapshotNeverShowsMoreRenewalsAnsweredThanSent(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, []string{srv.Addr()}, WithKeepAlive(MinKeepAlive), WithLaneConns(4))
+	ctx := testCtx(t)
+	for i := range 200 {
+		_, err := c.TryLock(ctx, "k"+strconv.Itoa(i), LeaseTTL(time.Minute))
+		require.NoError(t, err)
+	}
+	start := c.renewStats().Sent
+	for n := 0; c.renewStats().Sent < start+10000 && ctx.Err() == nil; n++ {
+		s := c.Snapshot().Servers[0]
+		answered := s.Renewed + s.RenewalsRefused + s.RenewalsUnanswered
+		require.LessOrEqual(t, answered, s.RenewalsSent, "snapshot %d: %+v", n, s)
+	}
 }

@@ -45,21 +45,18 @@ type RenewStats struct {
 }
 
 // renewStats sums the per-server renewal Counters and adds the
-// scheduler's own figures. The outcomes are read before Sent, which is
-// counted before a renewal is written, so that Sent is never below their
-// sum.
+// scheduler's own figures. Each server's Sent is read after its outcomes
+// (Counters.Load), so Sent is never below their sum.
 func (c *Client) renewStats() RenewStats {
 	st := c.sched.Stats()
 	r := RenewStats{Leases: st.Leases, Batches: st.Batches, Rounds: st.Rounds, ReleaseFailed: st.ReleaseFailed}
 	for _, s := range c.servers {
-		o := &s.obs.renew
-		r.Renewed += o.Renewed.Load()
-		r.Refused += o.Refused.Load()
-		r.Unanswered += o.Unanswered.Load()
-		r.Lost += o.Lost.Load()
-	}
-	for _, s := range c.servers {
-		r.Sent += s.obs.renew.Sent.Load()
+		v := s.obs.renew.Load()
+		r.Sent += v.Sent
+		r.Renewed += v.Renewed
+		r.Refused += v.Refused
+		r.Unanswered += v.Unanswered
+		r.Lost += v.Lost
 	}
 	return r
 }

@@ -227,6 +227,20 @@ type Counters struct {
 	Sent, Renewed, Refused, Unanswered, Lost atomic.Int64
 }
 
+// CountersValue is a reading of Counters.
+type CountersValue struct {
+	Sent, Renewed, Refused, Unanswered, Lost int64
+}
+
+// Load reads c with the outcomes before Sent: Sent is counted before a
+// renewal is written, so the reading never shows more renewals answered
+// than sent.
+func (c *Counters) Load() CountersValue {
+	v := CountersValue{Renewed: c.Renewed.Load(), Refused: c.Refused.Load(), Unanswered: c.Unanswered.Load(), Lost: c.Lost.Load()}
+	v.Sent = c.Sent.Load()
+	return v
+}
+
 // BatchInfo describes one renewal batch (one write to one owner) once it
 // has ended.
 type BatchInfo struct {
