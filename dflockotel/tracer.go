@@ -14,7 +14,10 @@ import (
 
 // Tracer returns the dflock.Tracer that Options installs: a span for every
 // acquire and release, and the acquire and wait histograms. A program
-// with a Tracer of its own calls both from one that it installs.
+// with a Tracer of its own calls both from one that it installs, passing
+// each End the context its Start returned (or one derived from it): the
+// End calls end the span that this Tracer's Start began, whatever spans the
+// program started beneath it.
 func (in *Instrumentation) Tracer() dflock.Tracer { return (*tracer)(in) }
 
 type tracer Instrumentation
@@ -65,9 +68,27 @@ func (t *tracer) AcquireStart(ctx context.Context, info dflock.AcquireInfo) cont
 	if info.Semaphore {
 		attrs = append(attrs, keyLimit.Int(info.Limit))
 	}
-	ctx, _ = t.tracer.Start(ctx, spanName(info.Op, info.Semaphore),
+	ctx, span := t.tracer.Start(ctx, spanName(info.Op, info.Semaphore),
 		trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
-	return ctx
+	return withOwnSpan(ctx, span)
+}
+
+// ownSpanKey holds, in the context AcquireStart and ReleaseStart return, the
+// span they started. The End calls end that span, not the context's current
+// one: a Tracer that wraps this one may have started a span of its own
+// beneath it, which would otherwise be taken for this one (and this one
+// never ended).
+type ownSpanKey struct{}
+
+func withOwnSpan(ctx context.Context, span trace.Span) context.Context {
+	return context.WithValue(ctx, ownSpanKey{}, span)
+}
+
+func ownSpan(ctx context.Context) trace.Span {
+	if span, ok := ctx.Value(ownSpanKey{}).(trace.Span); ok {
+		return span
+	}
+	return trace.SpanFromContext(ctx)
 }
 
 func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res dflock.AcquireResult) {
@@ -85,7 +106,8 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 		}
 	}
 
-	span := trace.SpanFromContext(ctx)
+	span := ownSpan(ctx)
+	defer span.End() // recording or not, as the API asks
 	if !span.IsRecording() {
 		return
 	}
@@ -106,7 +128,6 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 		}
 		span.SetStatus(codes.Error, desc)
 	}
-	span.End()
 }
 
 // expectedRefusal reports whether res is a try that found the key held: an
@@ -129,12 +150,12 @@ func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) contex
 	if t.keyAttr {
 		attrs = append(attrs, keyKey.String(info.Key))
 	}
-	ctx, _ = t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
-	return ctx
+	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	return withOwnSpan(ctx, span)
 }
 
 func (t *tracer) ReleaseEnd(ctx context.Context, info dflock.LeaseInfo, err error) {
-	span := trace.SpanFromContext(ctx)
+	span := ownSpan(ctx)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "release failed")
