@@ -372,13 +372,18 @@ func giveBack(conn *pool.Conn, r wire.Reply) {
 // for its lane connection to be dialled. The lease started at some unknown
 // moment between the request and the reply; the scheduler needs a lower
 // bound of that moment, and the hand-over time is one only if the reply
-// came soon after it. Otherwise the lease is renewed once right away (do
+// came within a quarter of the lease's life. Otherwise the lease is renewed once right away (do
 // sends on the connection that carried the grant), and that renewal's send
 // time becomes the bound. It returns the time to track the lease from.
 func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, wire.Request) (wire.Reply, error),
 	req wire.Request, grant wire.Reply, sent time.Time) (time.Time, error) {
-	ttl := time.Duration(grant.Lease) * time.Second
-	if time.Since(sent) <= ttl/4 {
+	// "Long" against the life the scheduler counts the lease's loss from:
+	// the TTL, or the servers' read timeout if shorter (rule 3 of
+	// docs/leases.md). Against the TTL alone, a lease longer than the read
+	// timeout granted after a wait between the two would start tracked
+	// with its deadline passed, and be declared lost and released at once.
+	life := min(time.Duration(grant.Lease)*time.Second, c.opts.readTimeout)
+	if time.Since(sent) <= life/4 {
 		return sent, nil
 	}
 	sent2 := time.Now()
