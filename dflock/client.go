@@ -124,6 +124,18 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		// tally on the readers (Snapshot reads the Counters).
 		rc.OnBatch = c.onRenewalBatch
 	}
+	rc.OnReleaseLost = func(counters *renew.Counters, req wire.Request) {
+		// Sent again elsewhere, as every release cut by a broken
+		// connection is (a server with auto-release off keeps the
+		// lease). Not c.route: a custom Placement is user code, and this
+		// runs on a connection's reader.
+		for _, srv := range c.servers {
+			if &srv.obs.renew == counters {
+				c.releaseAside(srv, req)
+				return
+			}
+		}
+	}
 	c.sched = renew.New(rc)
 	for _, a := range addrs {
 		srv := &server{addr: a}

@@ -49,8 +49,9 @@ type ServerSnapshot struct {
 	LeasesHeld int
 	// RenewalsSent counts renewals the scheduler sent to the server;
 	// Renewed those confirmed, RenewalsRefused those the server refused
-	// (each one loses its lease) and RenewalsUnanswered those whose
-	// connection broke before the answer.
+	// (each one loses its lease, but for a rare renewal that crossed its
+	// lease's Release on the way to the server) and RenewalsUnanswered
+	// those whose connection broke before the answer.
 	RenewalsSent, Renewed, RenewalsRefused, RenewalsUnanswered int64
 	// Releases counts leases released (by Release, WithLock, Cancel or
 	// Close); Losses leases lost while held, and those that Release found

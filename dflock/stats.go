@@ -39,8 +39,9 @@ type RenewStats struct {
 	Lost       int64 // leases lost, whatever the cause
 	// ReleaseFailed counts best-effort releases of leases declared lost by
 	// the client's clock that failed: refused (usually because the server
-	// had already expired the lease) or not delivered (the connection broke,
-	// which releases the lease on the server anyway).
+	// had already expired the lease) or not delivered (the connection broke;
+	// the release is then sent again on another connection, in the
+	// background, for a server with auto-release off).
 	ReleaseFailed int64
 }
 

@@ -169,6 +169,15 @@ type Config struct {
 	// must not block or call into the scheduler: queue the figures and
 	// return. Nil costs nothing.
 	OnBatch func(BatchInfo)
+	// OnReleaseLost, if set, is given the best-effort release of a lease
+	// declared lost by the client's clock whose owning connection broke
+	// before answering it: a server with auto-release off keeps the lease
+	// (held by nobody until its TTL runs out) unless the release is sent
+	// on another connection. It runs on the owner's reader or on the
+	// scheduler goroutine, so it must not block or call into the
+	// scheduler. counters is the lease's Spec.Counters, which tells the
+	// caller whose lease it was (dflock keeps one Counters per server).
+	OnReleaseLost func(counters *Counters, req wire.Request)
 
 	// Tuning that only this package's tests change.
 
@@ -304,7 +313,8 @@ type Stats struct {
 	Rounds  int64 // wakes that sent at least one renewal
 	// ReleaseFailed counts best-effort releases of leases declared lost by
 	// the client's clock that failed: refused (usually because the server
-	// had already expired the lease) or not delivered (the connection broke,
-	// which releases the lease on the server anyway).
+	// had already expired the lease) or not delivered (the connection broke:
+	// the server releases the lease with it unless it runs with auto-release
+	// off, and Config.OnReleaseLost is given the release to send again).
 	ReleaseFailed int64
 }

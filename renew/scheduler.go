@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -470,6 +471,9 @@ func (s *Scheduler) tick() {
 
 	for _, st := range s.round {
 		if len(st.renew) > 0 {
+			s.dropEnded(st)
+		}
+		if len(st.renew) > 0 {
 			b := &batch{s: s, leases: make([]*Lease, len(st.renew))}
 			copy(b.leases, st.renew)
 			reqs := make([]wire.Request, len(b.leases))
@@ -480,15 +484,19 @@ func (s *Scheduler) tick() {
 			b.send(st.owner, reqs)
 		}
 		if len(st.rel) > 0 {
-			reqs := make([]wire.Request, len(st.rel))
-			for i, l := range st.rel {
+			rel := slices.Clone(st.rel) // st.rel is reused by the next round
+			reqs := make([]wire.Request, len(rel))
+			for i, l := range rel {
 				reqs[i] = releaseRequest(l)
 			}
 			// On the owner's reader: count, never log (a slow log
 			// handler would stall every reply behind this one).
-			st.owner.SendBatch(reqs, func(_ int, r wire.Reply, err error) {
+			st.owner.SendBatch(reqs, func(i int, r wire.Reply, err error) {
 				if err != nil || r.Status != wire.StatusOK {
 					s.releaseFailed.Add(1)
+				}
+				if err != nil && s.cfg.OnReleaseLost != nil && i >= 0 && i < len(reqs) {
+					s.cfg.OnReleaseLost(rel[i].counters, reqs[i])
 				}
 			})
 		}
@@ -500,6 +508,27 @@ func (s *Scheduler) tick() {
 	}
 	clear(s.round)
 	s.round = s.round[:0]
+}
+
+// dropEnded takes out of st's batch the leases that ended since the round
+// picked them (while it wrote the batches of the owners before st, say) — a
+// Release: its `r` may already be on the wire, and a renewal written after
+// it would be refused by the server and counted as a refusal although no
+// lease was lost. It narrows that window to the moments between this check
+// and the batch's write (see ServerSnapshot.RenewalsRefused).
+func (s *Scheduler) dropEnded(st *ownerState) {
+	s.mu.Lock()
+	live := st.renew[:0]
+	for _, l := range st.renew {
+		if l.state == stateTracked {
+			live = append(live, l)
+		} else if l.inflight > 0 {
+			l.inflight--
+		}
+	}
+	clear(st.renew[len(live):])
+	st.renew = live
+	s.mu.Unlock()
 }
 
 // takeLocked puts a popped lease's renewal in this round.
