@@ -725,7 +725,14 @@ func (c *conn) brokenWhileIdle() bool {
 		return false // the reader reads: it would have seen a close
 	}
 	if c.claimTurnLocked() {
+		// A late interrupt (an earlier caller's context.AfterFunc, or
+		// the Lifetime's) may have found the turn ours during the probe:
+		// its deadline must not meet the reader's next read.
+		c.clearForcedLocked()
 		c.turn = turnNobody
+		if !c.aside {
+			c.p.quiet.add(c) // the watch let it go while the turn was ours
+		}
 		return false
 	}
 	return c.err != nil

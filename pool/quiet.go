@@ -147,9 +147,12 @@ func (c *conn) resumeIfQuiet() (wait time.Duration, ok bool) {
 		return 0, true
 	}
 	if c.turn == turnCaller {
-		// Its caller reads. Once it has its reply, the next pass (within
-		// watchDelay) finds the turn nobody's and waits for the rest.
-		return watchDelay, false
+		// Its caller reads, and sees a close itself, however long it
+		// waits (a blocking acquire: hours). The connection leaves the
+		// watch: finishOwn and brokenWhileIdle put it back when the turn
+		// becomes nobody's; handOff gives it to the reader.
+		c.aside = false
+		return 0, true
 	}
 	if wait := satAdd(c.lastActive, int64(watchDelay)) - c.p.now(); wait > 0 {
 		return time.Duration(wait), false
