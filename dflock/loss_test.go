@@ -383,10 +383,14 @@ func TestReleaseOfALeaseLostWithItsConnectionIsRetried(t *testing.T) {
 		}
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
 	}
-	c := newClient(t, addrsOf(srv), WithDialer(dial))
+	// One lane connection, up before dials are refused: a second lane's
+	// dial begun before the refusal could connect after the drop and
+	// carry the release early (the lock then gone before the check below).
+	c := newClient(t, addrsOf(srv), WithDialer(dial), WithLaneConns(1))
 	ctx := testCtx(t)
 	l, err := c.TryLock(ctx, "k")
 	require.NoError(t, err)
+	require.Equal(t, 1, c.Snapshot().Servers[0].Conns.Lane)
 
 	refuse.Store(true)
 	srv.DropConnections()
