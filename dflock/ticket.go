@@ -60,6 +60,11 @@ const (
 // acquire). If the lock was free it is granted at once: Acquired reports
 // true and the lease is held (and renewed) from now on, so Wait or Cancel
 // the ticket promptly. LeaseTTL applies; AcquireTimeout belongs to Wait.
+//
+// A place the server grants while nobody waits on it is not renewed (the
+// client learns of the grant only at Wait): it holds the lock until its
+// lease runs out, and a Wait after that fails with an error matching both
+// ErrNotAcquired and ErrLeaseExpired.
 func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
 	t, err := c.tracedEnqueue(ctx, "enqueue", key, 0, opts)
 	if err != nil {
@@ -116,36 +121,17 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		return fail(err)
 	}
 	t := &ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
-	// e does not block, so a caller that gives up while its answer is on
-	// the way leaves the connection to a background job, which reads the
-	// answer and gives back the place or the grant: closing the connection
-	// would leave a grant held on a server with auto-release off.
-	sent := time.Now()
-	late := make(chan enqueueAnswer, 1)
-	r, answered, err := conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
-	for answered && err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
-		// An idle connection the server had closed: again on another (as
-		// in waitAcquire; a freshly dialled one is never stale).
-		conn.Destroy()
+	r, sent, err := t.exchangeNow(opCtx, conn, req)
+	for err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
+		// An idle connection the server had closed (exchangeNow destroyed
+		// it): again on another, as in waitAcquire; a freshly dialled one
+		// is never stale.
 		if conn, err = srv.pool.Acquire(opCtx); err != nil {
 			return fail(err)
 		}
-		sent = time.Now()
-		r, answered, err = conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
-	}
-	if answered && err == nil && opCtx.Err() != nil {
-		late <- enqueueAnswer{r, nil} // read just after the caller gave up
-		answered, err = false, opCtx.Err()
-	}
-	if !answered {
-		t.settleLate(conn, late)
-		return fail(err)
-	}
-	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
-		err = checkGrant(r)
+		r, sent, err = t.exchangeNow(opCtx, conn, req)
 	}
 	if err != nil {
-		conn.Destroy()
 		return fail(err)
 	}
 	switch r.Status {
@@ -234,9 +220,11 @@ func (t *Ticket) Acquired() bool { return t.t.acquired }
 // ticket can be waited for successfully only once; later calls return
 // ErrTicketDone.
 //
-// Without a deadline the ticket re-joins the queue after each very long
-// server-side wait (a day), because the server consumes the place when its
-// wait times out.
+// The ticket re-joins the queue (at its end) whenever the server-side wait
+// runs out first, because the server consumes the place when its wait
+// times out: a wait is sent for at most a day, and to servers before v1.14
+// (no ping) for at most 10 seconds, so there a long wait can be overtaken
+// (see docs/leases.md, "Abandoned waiters").
 func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error) {
 	return newLock(t.t.tracedAwait(ctx, opts))
 }
@@ -376,7 +364,17 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			return fail(opCtx.Err())
 		}
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
-		r, sent, err := c.exchange(opCtx, t.srv, conn, req)
+		var r wire.Reply
+		var sent time.Time
+		var err error
+		if try {
+			// w key 0 is answered at once: a caller that gives up while
+			// its answer is on the way leaves the connection to a
+			// background job, which releases a grant it carries.
+			r, sent, err = t.exchangeNow(opCtx, conn, req)
+		} else {
+			r, sent, err = c.exchange(opCtx, t.srv, conn, req)
+		}
 		if err != nil {
 			return fail(err)
 		}
@@ -408,6 +406,13 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 				return fail(ErrNotAcquired)
 			}
 			continue
+		case wire.StatusErrNotEnqueued, wire.StatusErrLeaseExpired:
+			// The place was granted while nobody waited, and its lease
+			// ran out (error_not_enqueued once the server evicted it).
+			conn.Release() // w consumed the place
+			word, _ := replyError(r)
+			return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Reply: word,
+				Err: &bothError{domain: ErrNotAcquired, cause: ErrLeaseExpired}}
 		}
 		giveBack(conn, r)
 		return nil, refusal(t.op(), t.key, t.srv, r)
@@ -418,7 +423,11 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 // out. It returns the lease if the key was granted at once.
 func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Command) (*held, bool, error) {
 	req := wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit, Lease: t.lease}
-	r, sent, err := t.c.exchange(ctx, t.srv, conn, req)
+	if err := ctx.Err(); err != nil {
+		conn.Release() // the timed-out w consumed the place: nothing is held
+		return nil, false, err
+	}
+	r, sent, err := t.exchangeNow(ctx, conn, req)
 	if err != nil {
 		return nil, false, err
 	}
@@ -563,4 +572,31 @@ func sendOn(ctx context.Context, conn *pool.Conn, req wire.Request) (wire.Reply,
 	case <-ctx.Done():
 		return wire.Reply{}, ctx.Err()
 	}
+}
+
+// exchangeNow sends on conn a request the server answers at once (e/se,
+// w/sw with timeout 0). A caller whose ctx ends while the answer is on its
+// way leaves conn to a background job (settleLate), which gives back the
+// place or the grant the answer holds: closing the connection would leave
+// a grant held by nobody on a server with auto-release off. Otherwise, as
+// exchange: a broken exchange or an unusable grant destroys conn.
+func (t *ticket) exchangeNow(ctx context.Context, conn *pool.Conn, req wire.Request) (wire.Reply, time.Time, error) {
+	sent := time.Now()
+	late := make(chan enqueueAnswer, 1)
+	r, answered, err := conn.Request(ctx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
+	if answered && err == nil && ctx.Err() != nil {
+		late <- enqueueAnswer{r, nil} // read just after the caller gave up
+		answered, err = false, ctx.Err()
+	}
+	if !answered {
+		t.settleLate(conn, late)
+		return wire.Reply{}, sent, err
+	}
+	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
+		err = checkGrant(r)
+	}
+	if err != nil {
+		conn.Destroy()
+	}
+	return r, sent, err
 }
