@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -196,4 +197,72 @@ func sendAside(ctx context.Context, srv *server, reqs []asideRelease) (failed []
 		}
 	}
 	return failed
+}
+
+// lateAnswer is the answer to an acquire whose caller gave up while it was
+// on its way.
+type lateAnswer struct {
+	r   wire.Reply
+	err error
+}
+
+// settleLate gives back, in a background job (inBackground), what the late
+// answer to the acquire req on conn holds: a grant, released on the same
+// connection; a queue place (e/se), given to withdraw; or nothing, and conn
+// goes back to the pool. An answer that does not come within the job's
+// time closes the connection.
+func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late <-chan lateAnswer,
+	withdraw func(context.Context, *pool.Conn)) {
+	c.inBackground(conn, func(ctx context.Context) {
+		var a lateAnswer
+		select {
+		case a = <-late:
+		case <-ctx.Done():
+			conn.Destroy()
+			return
+		}
+		switch {
+		case a.err != nil:
+			conn.Destroy()
+		case a.r.Status == wire.StatusQueued && withdraw != nil:
+			withdraw(ctx, conn)
+		case a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired:
+			if checkGrant(a.r) != nil {
+				conn.Destroy()
+				return
+			}
+			c.releaseOn(ctx, srv, conn, wire.ReleaseRequest(req.Key, a.r.Token, req.Limit > 0))
+		default:
+			giveBack(conn, a.r)
+		}
+	})
+}
+
+// releaseOn sends rel, the release of a grant made on conn, on conn, which
+// then goes back to the pool; if conn cannot carry it, the release is sent
+// aside and conn closed.
+func (c *Client) releaseOn(ctx context.Context, srv *server, conn *pool.Conn, rel wire.Request) {
+	r, err := sendOn(ctx, conn, rel)
+	if err == nil && r.Status == wire.StatusOK {
+		conn.Release()
+		return
+	}
+	if err != nil {
+		c.releaseAside(srv, rel)
+	}
+	conn.Destroy()
+}
+
+// inBackground runs fn, which settles conn, as a background job bounded by
+// DefaultReleaseTimeout (and Close's deadline); once Close has stopped the
+// jobs, conn is closed instead.
+func (c *Client) inBackground(conn *pool.Conn, fn func(ctx context.Context)) {
+	ok := c.jobs.start(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, DefaultReleaseTimeout)
+		defer cancel()
+		fn(ctx)
+	})
+	if !ok {
+		conn.Destroy()
+	}
 }

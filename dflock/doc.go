@@ -31,7 +31,9 @@
 //     take a wait-pool connection and wait there. A lease granted after
 //     waiting stays on that connection (pinned) until released or lost.
 //     Cancelling a blocked wait closes its connection, which is how the
-//     server withdraws the waiter; a queued two-phase ticket is given up by
+//     server withdraws the waiter (one whose deadline passed keeps it: the
+//     server's own timeout ends the wait within a second, and the answer
+//     is read in the background); a queued two-phase ticket is given up by
 //     trying its place instead (Ticket.Cancel), and keeps its connection.
 //
 // Connections are dialled lazily under the caller's context (bounded by
@@ -63,9 +65,10 @@
 // who gave up (its context ended) is released at once: an acquire that
 // returns an error never leaves a lock held — with one exception on servers
 // running with --auto-release-on-disconnect=false: a grant still on its way
-// when a blocking wait's context ends is lost with the connection the
-// client closes to withdraw the wait, and stays held until its lease
-// expires (docs/leases.md).
+// when a blocking wait's context is cancelled (not timed out: then the
+// client reads the server's answer, due within a second, and releases it)
+// is lost with the connection the client closes to withdraw the wait, and
+// stays held until its lease expires (docs/leases.md).
 //
 // # Sharding
 //

@@ -280,7 +280,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 			return fail(deadlinePassed(opCtx))
 		}
 		req.Timeout = secs
-		r, sent, err := c.exchange(opCtx, srv, conn, req)
+		r, sent, err := c.exchange(opCtx, srv, conn, req, nil)
 		if err != nil && first && conn.StaleOnFirstUse(err) && time.Since(sent) < staleWindow && opCtx.Err() == nil {
 			// An idle connection the server had closed: again on another
 			// (exchange destroyed this one). A restart leaves every idle
@@ -320,28 +320,66 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 	}
 }
 
-// exchange sends req on an exclusive wait-pool connection of srv and reads
-// the answer. Whatever goes wrong destroys the connection — the server then
-// withdraws the waiter and, with auto-release on, releases any grant with
-// it; a well-formed grant that came after ctx ended is also released aside
-// (for servers with auto-release off) — so the caller deals only with a
-// clean outcome: an error, or a reply whose grant (if it is one) is well
-// formed and still wanted (ctx had not ended when it came). sent is when
-// the request was handed to the connection.
-func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, req wire.Request) (r wire.Reply, sent time.Time, err error) {
+// exchange sends req, an acquire (l/sl, e/se, w/sw), on an exclusive
+// wait-pool connection of srv and reads the answer while opCtx lasts, so
+// that the caller deals only with a clean outcome: an error, or a reply
+// whose grant (if it is one) is well formed and still wanted. sent is when
+// the request was handed to the connection. Whatever goes wrong with the
+// connection or the reply destroys the connection.
+//
+// If opCtx ends before the answer, nothing must be left held by nobody: a
+// server with auto-release off keeps a grant made to a closed connection.
+// When the answer is due soon — a request the server answers at once
+// (e/se, timeout 0), or a blocking wait whose deadline passed, so that
+// the server's timeout, taken from it, runs out within a second — a
+// background job reads it and gives back what it holds (settleLate: a
+// grant released on the same connection, a queue place withdrawn with
+// withdraw, for e/se). Otherwise (a wait cancelled, or ended by Close,
+// with an hour of server-side timeout to run) the connection is closed,
+// which withdraws the waiter on the server: the one case that can leave a
+// grant on its way held (docs/leases.md).
+func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, req wire.Request,
+	withdraw func(context.Context, *pool.Conn)) (r wire.Reply, sent time.Time, err error) {
+	if err := opCtx.Err(); err != nil {
+		conn.Release() // nothing sent: the connection is clean
+		return wire.Reply{}, time.Now(), err
+	}
+	late := make(chan lateAnswer, 1)
 	sent = time.Now()
-	r, err = conn.Do(opCtx, req)
-	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
-		if err = checkGrant(r); err == nil {
-			if err = opCtx.Err(); err != nil {
-				c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
-			}
+	r, answered, err := conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- lateAnswer{r, err} })
+	if answered && err == nil && opCtx.Err() != nil {
+		late <- lateAnswer{r, nil} // read just after the caller gave up
+		answered, err = false, opCtx.Err()
+	}
+	if !answered {
+		if answerDueSoon(opCtx, req, sent) {
+			c.settleLate(srv, conn, req, late, withdraw)
+		} else {
+			conn.Destroy()
 		}
+		return wire.Reply{}, sent, err
+	}
+	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
+		err = checkGrant(r)
 	}
 	if err != nil {
 		conn.Destroy()
 	}
 	return r, sent, err
+}
+
+// answerDueSoon reports whether the answer to req, sent at sent, whose
+// caller's ctx has ended, comes without the connection being closed soon
+// enough for a background job to wait for it: at once (no server-side
+// wait, or w/sw with timeout 0), or by the end of a server-side wait that ends within
+// DefaultReleaseTimeout/2 — one whose ctx's deadline passed, since the
+// wait's timeout is the time that was left, rounded up to whole seconds.
+func answerDueSoon(ctx context.Context, req wire.Request, sent time.Time) bool {
+	if !req.Blocking() || req.Timeout == 0 {
+		return true
+	}
+	ends := sent.Add(time.Duration(req.Timeout) * time.Second)
+	return errors.Is(ctx.Err(), context.DeadlineExceeded) && time.Until(ends) <= DefaultReleaseTimeout/2
 }
 
 // staleWindow: a close found this soon after the first request on an idle

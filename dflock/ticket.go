@@ -3,7 +3,6 @@ package dflock
 import (
 	"context"
 	"sync"
-	"time"
 
 	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
@@ -121,7 +120,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		return fail(err)
 	}
 	t := &ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
-	r, sent, err := t.exchangeNow(opCtx, conn, req)
+	r, sent, err := c.exchange(opCtx, srv, conn, req, t.withdraw)
 	for err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
 		// An idle connection the server had closed (exchangeNow destroyed
 		// it): again on another, as in waitAcquire; a freshly dialled one
@@ -129,7 +128,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		if conn, err = srv.pool.Acquire(opCtx); err != nil {
 			return fail(err)
 		}
-		r, sent, err = t.exchangeNow(opCtx, conn, req)
+		r, sent, err = c.exchange(opCtx, srv, conn, req, t.withdraw)
 	}
 	if err != nil {
 		return fail(err)
@@ -151,57 +150,6 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	}
 	giveBack(conn, r)
 	return nil, refusal(op, key, srv, r)
-}
-
-// enqueueAnswer is the answer to an e/se that came after its caller gave up.
-type enqueueAnswer struct {
-	r   wire.Reply
-	err error
-}
-
-// settleLate gives back, in a background job, what the answer to an e/se
-// whose caller gave up holds: the queue place (withdrawn) or the grant
-// (released on the same connection).
-func (t *ticket) settleLate(conn *pool.Conn, late <-chan enqueueAnswer) {
-	t.inBackground(conn, func(ctx context.Context) {
-		var a enqueueAnswer
-		select {
-		case a = <-late:
-		case <-ctx.Done():
-			conn.Destroy()
-			return
-		}
-		switch {
-		case a.err != nil:
-			conn.Destroy()
-		case a.r.Status == wire.StatusQueued:
-			t.withdraw(ctx, conn)
-		case a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired:
-			if checkGrant(a.r) != nil {
-				conn.Destroy()
-				return
-			}
-			t.releaseOn(ctx, conn, a.r.Token)
-		default:
-			giveBack(conn, a.r)
-		}
-	})
-}
-
-// releaseOn releases the ticket's grant (token) on conn, which then goes
-// back to the pool; if conn cannot carry it, the release is sent aside and
-// conn closed.
-func (t *ticket) releaseOn(ctx context.Context, conn *pool.Conn, token string) {
-	rel := wire.ReleaseRequest(t.key, token, t.limit > 0)
-	r, err := sendOn(ctx, conn, rel)
-	if err == nil && r.Status == wire.StatusOK {
-		conn.Release()
-		return
-	}
-	if err != nil {
-		t.c.releaseAside(t.srv, rel)
-	}
-	conn.Destroy()
 }
 
 // Key returns the ticket's key.
@@ -364,17 +312,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			return fail(opCtx.Err())
 		}
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
-		var r wire.Reply
-		var sent time.Time
-		var err error
-		if try {
-			// w key 0 is answered at once: a caller that gives up while
-			// its answer is on the way leaves the connection to a
-			// background job, which releases a grant it carries.
-			r, sent, err = t.exchangeNow(opCtx, conn, req)
-		} else {
-			r, sent, err = c.exchange(opCtx, t.srv, conn, req)
-		}
+		r, sent, err := c.exchange(opCtx, t.srv, conn, req, t.withdraw)
 		if err != nil {
 			return fail(err)
 		}
@@ -423,11 +361,9 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 // out. It returns the lease if the key was granted at once.
 func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Command) (*held, bool, error) {
 	req := wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit, Lease: t.lease}
-	if err := ctx.Err(); err != nil {
-		conn.Release() // the timed-out w consumed the place: nothing is held
-		return nil, false, err
-	}
-	r, sent, err := t.exchangeNow(ctx, conn, req)
+	// (A ctx that has ended already sends nothing: the timed-out w consumed
+	// the place, and the connection goes back clean.)
+	r, sent, err := t.c.exchange(ctx, t.srv, conn, req, t.withdraw)
 	if err != nil {
 		return nil, false, err
 	}
@@ -523,7 +459,7 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 			if checkGrant(r) != nil {
 				break
 			}
-			t.releaseOn(ctx, conn, r.Token)
+			t.c.releaseOn(ctx, t.srv, conn, wire.ReleaseRequest(t.key, r.Token, t.limit > 0))
 			return
 		case wire.StatusTimeout, wire.StatusErrNotEnqueued, wire.StatusErrLeaseExpired:
 			conn.Release() // the place is consumed; nothing is held
@@ -538,21 +474,7 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 // until Close's deadline), or, once Close has stopped the jobs, closes the
 // connection.
 func (t *ticket) withdrawLater(conn *pool.Conn) {
-	t.inBackground(conn, func(ctx context.Context) { t.withdraw(ctx, conn) })
-}
-
-// inBackground runs fn, which settles conn, as a background job bounded by
-// DefaultReleaseTimeout (and Close's deadline); once Close has stopped the
-// jobs, conn is closed instead.
-func (t *ticket) inBackground(conn *pool.Conn, fn func(ctx context.Context)) {
-	ok := t.c.jobs.start(func(ctx context.Context) {
-		ctx, cancel := context.WithTimeout(ctx, DefaultReleaseTimeout)
-		defer cancel()
-		fn(ctx)
-	})
-	if !ok {
-		conn.Destroy()
-	}
+	t.c.inBackground(conn, func(ctx context.Context) { t.withdraw(ctx, conn) })
 }
 
 // sendOn sends req on conn and waits for the answer or ctx. Unlike
@@ -572,31 +494,4 @@ func sendOn(ctx context.Context, conn *pool.Conn, req wire.Request) (wire.Reply,
 	case <-ctx.Done():
 		return wire.Reply{}, ctx.Err()
 	}
-}
-
-// exchangeNow sends on conn a request the server answers at once (e/se,
-// w/sw with timeout 0). A caller whose ctx ends while the answer is on its
-// way leaves conn to a background job (settleLate), which gives back the
-// place or the grant the answer holds: closing the connection would leave
-// a grant held by nobody on a server with auto-release off. Otherwise, as
-// exchange: a broken exchange or an unusable grant destroys conn.
-func (t *ticket) exchangeNow(ctx context.Context, conn *pool.Conn, req wire.Request) (wire.Reply, time.Time, error) {
-	sent := time.Now()
-	late := make(chan enqueueAnswer, 1)
-	r, answered, err := conn.Request(ctx, req, func(_ int, r wire.Reply, err error) { late <- enqueueAnswer{r, err} })
-	if answered && err == nil && ctx.Err() != nil {
-		late <- enqueueAnswer{r, nil} // read just after the caller gave up
-		answered, err = false, ctx.Err()
-	}
-	if !answered {
-		t.settleLate(conn, late)
-		return wire.Reply{}, sent, err
-	}
-	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
-		err = checkGrant(r)
-	}
-	if err != nil {
-		conn.Destroy()
-	}
-	return r, sent, err
 }

@@ -1,0 +1,78 @@
+package dflock
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// A blocking wait whose deadline passes with a grant on its way, on a
+// server with auto-release off: the server's own timeout (the time that was
+// left, rounded up) ends within a second, so the client keeps the
+// connection, reads the answer in the background and releases the grant,
+// instead of closing the connection, which would leave the lock held by
+// nobody until its lease ran out. The grant is made 150 ms before the
+// caller's deadline and takes 300 ms to arrive.
+func TestBlockingWaitPastItsDeadlineReleasesAGrantOnItsWay(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"Lock", "Ticket.Wait"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+			px := newProxy(t, srv.Addr())
+			holder := newClient(t, addrsOf(srv))
+			c := newClient(t, []string{px.Addr()})
+			ctx := testCtx(t)
+
+			h, err := holder.Lock(ctx, "k")
+			require.NoError(t, err)
+			var tk *Ticket
+			if name == "Ticket.Wait" {
+				tk, err = c.Enqueue(ctx, "k")
+				require.NoError(t, err)
+			} else {
+				// Found held (the key goes straight to the wait pool from
+				// now on), with a wait-pool connection left idle in the
+				// pool: its own wait timed out, read in the background.
+				_, err = c.Lock(ctx, "k", AcquireTimeout(10*time.Millisecond))
+				require.ErrorIs(t, err, ErrNotAcquired)
+				require.Eventually(t, func() bool { return c.Snapshot().Servers[0].Conns.Idle == 1 },
+					2*DefaultReleaseTimeout, 5*time.Millisecond, "the timed-out wait's connection was not given back")
+			}
+			px.SetLatency(300 * time.Millisecond)
+			deadline := time.Now().Add(1500 * time.Millisecond)
+			wctx, cancel := context.WithDeadline(ctx, deadline)
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() {
+				var l interface{ Release(context.Context) error }
+				var err error
+				if tk != nil {
+					l, err = tk.Wait(wctx)
+				} else {
+					l, err = c.Lock(wctx, "k")
+				}
+				if err == nil {
+					_ = l.Release(ctx)
+				}
+				errc <- err
+			}()
+			if tk == nil {
+				awaitWaiters(t, ctx, srv, "k", 1)
+			} else {
+				awaitRequests(t, ctx, srv, "w", 1)
+			}
+			time.Sleep(time.Until(deadline.Add(-150 * time.Millisecond)))
+			require.NoError(t, h.Release(ctx)) // granted to c's wait: the grant is in the proxy
+			err = <-errc
+			require.ErrorIs(t, err, ErrNotAcquired, "the grant arrived after the deadline")
+			assert.Eventually(t, func() bool { return !lockHeld(srv, "k") }, 2*DefaultReleaseTimeout, 5*time.Millisecond,
+				"the grant on its way when the deadline passed is held by nobody: %+v", srv.Stats())
+		})
+	}
+}
