@@ -3,6 +3,7 @@ package dflock
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -50,4 +51,28 @@ func TestLockReleaseAllocations(t *testing.T) { // not parallel: AllocsPerRun co
 	defer cancel()
 	assert.LessOrEqual(t, measure(ctx), 7.0, "allocations per uncontended Lock+Release with a deadline")
 	require.Equal(t, int64(422), c.stats.laneGrants.Load(), "every lock granted on the control lane, uncontended")
+
+	// A key found held a moment ago goes straight to the wait pool: a
+	// blocking l on a wait-pool connection and the release on it cost two
+	// more (the connection's handle, and its return to the pool), and
+	// nothing for the box that would carry an answer that came after its
+	// caller gave up (recycled).
+	holder := newClient(t, []string{addr})
+	h, err := holder.Lock(context.Background(), "hot")
+	require.NoError(t, err)
+	_, err = c.Lock(context.Background(), "hot", AcquireTimeout(time.Millisecond))
+	require.ErrorIs(t, err, ErrNotAcquired) // "hot" is hot now
+	require.NoError(t, h.Release(context.Background()))
+	waits := c.stats.waitGrants.Load()
+	allocs := testing.AllocsPerRun(200, func() {
+		l, err := c.Lock(context.Background(), "hot")
+		if err != nil {
+			panic(err)
+		}
+		if err := l.Release(context.Background()); err != nil {
+			panic(err)
+		}
+	})
+	assert.LessOrEqual(t, allocs, 5.0, "allocations per Lock+Release through the wait pool")
+	require.Equal(t, waits+201, c.stats.waitGrants.Load(), "every lock granted on the wait pool")
 }

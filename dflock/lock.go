@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/dflock-sdk/go/pool"
@@ -344,21 +345,24 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 		conn.Release() // nothing sent: the connection is clean
 		return wire.Reply{}, time.Now(), err
 	}
-	late := make(chan lateAnswer, 1)
+	late := getLateBox()
 	sent = time.Now()
-	r, answered, err := conn.Request(opCtx, req, func(_ int, r wire.Reply, err error) { late <- lateAnswer{r, err} })
+	r, answered, err := conn.Request(opCtx, req, late.deliver)
 	if answered && err == nil && opCtx.Err() != nil {
-		late <- lateAnswer{r, nil} // read just after the caller gave up
+		late.ch <- lateAnswer{r, nil} // read just after the caller gave up
 		answered, err = false, opCtx.Err()
 	}
 	if !answered {
+		// late stays with the connection's reader (and the job), never
+		// recycled.
 		if answerDueSoon(opCtx, req, sent) {
-			c.settleLate(srv, conn, req, late, withdraw)
+			c.settleLate(srv, conn, req, late.ch, withdraw)
 		} else {
 			conn.Destroy()
 		}
 		return wire.Reply{}, sent, err
 	}
+	lateBoxes.Put(late) // answered: late is never called
 	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
 		err = checkGrant(r)
 	}
@@ -366,6 +370,25 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 		conn.Destroy()
 	}
 	return r, sent, err
+}
+
+// lateBox carries the answer to a request whose caller gave up before it
+// came (pool.Conn.Request's late) to whoever settles it. Recycled, since
+// every wait-pool acquire needs one and almost none uses it.
+type lateBox struct {
+	ch      chan lateAnswer // cap 1
+	deliver func(i int, r wire.Reply, err error)
+}
+
+var lateBoxes sync.Pool
+
+func getLateBox() *lateBox {
+	if b, ok := lateBoxes.Get().(*lateBox); ok {
+		return b
+	}
+	b := &lateBox{ch: make(chan lateAnswer, 1)}
+	b.deliver = func(_ int, r wire.Reply, err error) { b.ch <- lateAnswer{r, err} }
+	return b
 }
 
 // answerDueSoon reports whether the answer to req, sent at sent, whose
