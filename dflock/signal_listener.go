@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,12 +121,6 @@ func (c *sigConn) destroy() { c.pc.Destroy() }
 
 func (c *sigConn) do(ctx context.Context, req wire.Request) (wire.Reply, error) {
 	return c.pc.Do(ctx, req)
-}
-
-// sendBatch writes reqs at once; results receives one batchResult per
-// request (it must have room for all of them: the reader never waits).
-func (c *sigConn) sendBatch(reqs []wire.Request, results chan<- batchResult) {
-	c.pc.SendBatch(reqs, func(i int, r wire.Reply, err error) { results <- batchResult{i, r, err} })
 }
 
 type batchResult struct {
@@ -442,6 +437,11 @@ type pat struct {
 	sentOn  *lconn // a listen is in flight on this connection (cleared by its reply)
 	waiters map[*Subscription]chan error
 	rr      atomic.Uint64 // queue groups: whose turn it is; bumped by the reader
+	// live is the connection on which the reader has read the server's
+	// `ok` to this pattern's listen: pushes read on it from then on are
+	// for this pattern (the server answers a request before it pushes
+	// what follows it). Set and read by the reader.
+	live atomic.Pointer[lconn]
 }
 
 func newListener(c *Client, key listenerKey) *listener {
@@ -579,7 +579,7 @@ func (l *listener) onPush(lc *lconn) func(wire.Push) {
 		switch {
 		case lc.dead.Load():
 		case l.key.group == "":
-			slow = l.broadcastLocked(sig)
+			slow = l.broadcastLocked(lc, sig)
 		default:
 			slow = l.takeTurnLocked(sig)
 		}
@@ -592,15 +592,22 @@ func (l *listener) onPush(lc *lconn) func(wire.Push) {
 
 // broadcastLocked hands sig to every subscription whose pattern matches,
 // and returns those whose slow-consumer episode it starts. l.mu held.
-func (l *listener) broadcastLocked(sig Signal) (slow []*Subscription) {
-	if pt := l.pats[sig.Channel]; pt != nil && !pt.wild {
+func (l *listener) broadcastLocked(lc *lconn, sig Signal) (slow []*Subscription) {
+	// Only to the patterns the server listens for on lc. The server sends
+	// a connection one copy of a signal, for whichever of its patterns
+	// matched: a pattern whose listen is not answered yet (or was refused)
+	// must not get what another pattern brought in, or signals of its own
+	// that the server did not relay would go missing between two it
+	// delivered, with no gap reported. (Those it skips came before its
+	// listen was taken, or after the gap of a break.)
+	if pt := l.pats[sig.Channel]; pt != nil && !pt.wild && pt.live.Load() == lc {
 		// The literal pattern equal to the channel. (A server that
 		// pushes a wildcard pattern as a channel is broken; the scan
 		// below matches it once, not twice.)
 		slow = deliverAll(pt.subs, sig, slow)
 	}
 	for _, pt := range l.wild {
-		if wire.MatchPattern(pt.pattern, sig.Channel) {
+		if pt.live.Load() == lc && wire.MatchPattern(pt.pattern, sig.Channel) {
 			slow = deliverAll(pt.subs, sig, slow)
 		}
 	}
@@ -879,8 +886,14 @@ func (l *listener) sync(lc *lconn) bool {
 		return true
 	}
 	defer clear(l.sent) // reused across batches; pins no pattern
-	results := make(chan batchResult, len(reqs))
-	lc.conn.sendBatch(reqs, results)
+	results := make(chan batchResult, len(reqs)) // room for all: the reader never waits
+	sent := slices.Clone(l.sent) // for the reader: l.sent is cleared on return, maybe before the replies
+	lc.conn.pc.SendBatch(reqs, func(i int, r wire.Reply, err error) {
+		if p := sent[i]; p != nil && err == nil && r.Status == wire.StatusOK {
+			p.live.Store(lc) // on the reader, before any push that follows the answer
+		}
+		results <- batchResult{i, r, err}
+	})
 	for range reqs {
 		var res batchResult
 		select {
