@@ -25,14 +25,10 @@ func TestLockReleaseAllocations(t *testing.T) { // not parallel: AllocsPerRun co
 	addr := startServerProcess(t, []string{"-exit-on-eof"})
 	c := newClient(t, []string{addr})
 	measure := func(ctx context.Context) float64 {
-		lockRelease := func() {
+		lockRelease := func() { // AllocsPerRun calls it on this goroutine: require works
 			l, err := c.Lock(ctx, "allocs")
-			if err != nil {
-				panic(err)
-			}
-			if err := l.Release(ctx); err != nil {
-				panic(err)
-			}
+			require.NoError(t, err)
+			require.NoError(t, l.Release(ctx))
 		}
 		for range 10 { // connections dialled, pools and buffers warm
 			lockRelease()
@@ -40,7 +36,11 @@ func TestLockReleaseAllocations(t *testing.T) { // not parallel: AllocsPerRun co
 		return testing.AllocsPerRun(200, lockRelease)
 	}
 
-	// Background, as in the benchmark.
+	// A ctx that cannot end, as in the benchmark: a broken Lock or Release
+	// that hangs on it would hide every other test's result behind this
+	// one (it runs first, alone), so a watchdog ends the run instead.
+	watchdog := time.AfterFunc(testTimeout, func() { panic("TestLockReleaseAllocations hung") })
+	defer watchdog.Stop()
 	assert.LessOrEqual(t, measure(context.Background()), 3.0, "allocations per uncontended Lock+Release")
 	// A ctx that can end costs each of Lock and Release the watch that
 	// interrupts its caller's read of its own reply when ctx ends
@@ -66,12 +66,8 @@ func TestLockReleaseAllocations(t *testing.T) { // not parallel: AllocsPerRun co
 	waits := c.stats.waitGrants.Load()
 	allocs := testing.AllocsPerRun(200, func() {
 		l, err := c.Lock(context.Background(), "hot")
-		if err != nil {
-			panic(err)
-		}
-		if err := l.Release(context.Background()); err != nil {
-			panic(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, l.Release(context.Background()))
 	})
 	assert.LessOrEqual(t, allocs, 5.0, "allocations per Lock+Release through the wait pool")
 	require.Equal(t, waits+201, c.stats.waitGrants.Load(), "every lock granted on the wait pool")

@@ -37,6 +37,10 @@ type belief struct {
 	lost     atomic.Pointer[time.Time]
 	lostErr  atomic.Pointer[string]
 	released bool // the goroutine called Release (or WithLock returned)
+	// For Lock/Semaphore/Ticket holds: Release's error and a reading
+	// taken after it returned (checkReleases).
+	relErr error
+	relRet time.Time
 
 	// For WithLock: when the call began, and whether its Client read a
 	// token in a grant reply (its tokenTap). The checker matches the belief

@@ -131,7 +131,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 			dflock.WithLeaseTTL(serverLease),
 			dflock.WithKeepAlive(clientKeepAlive),
 			dflock.WithServerReadTimeout(serverReadTimeout),
-			dflock.WithHooks(dflock.Hooks{OnLeaseLost: func(dflock.LeaseInfo, error) { rec.lostHook.Add(1) }}),
+			dflock.WithHooks(dflock.Hooks{OnLeaseLost: func(info dflock.LeaseInfo, _ error) { rec.lostHook.Add(1); rec.hooked.Store(info.Token, true) }}),
 		}
 		if ph.fencing {
 			opts = append(opts, dflock.WithFencing())
@@ -216,6 +216,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	now := time.Now()
 	stopAt.Store(&now)
 	wg.Wait()
+	res.leaks = append(res.leaks, busyLeftovers(clients)...)
 	if ph.signals {
 		for _, s := range long {
 			if s.group == "" {
@@ -232,6 +233,12 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	}
 
 	res.leaks = append(res.leaks, leftovers(cl)...)
+	checkLossHooks(res.v, rec, clients)
+	rec.mu.Lock()
+	for _, e := range rec.fnErrs {
+		res.v.violate("k", "%s: fn runs only under a grant (its error is fn's, nil here, or a loss)", e)
+	}
+	rec.mu.Unlock()
 
 	killed := func(node int, at time.Time) bool { return f.killedAt(node, at, killSlack) }
 	res.v.explain = func(node int, from, to time.Time) string {
@@ -243,6 +250,8 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	res.v.paused = pd.paused
 	checkServerGrants(res.v, ledgers(cl), ph.fencing)
 	checkLeases(res.v, ledgers(cl), rec.beliefs, killed, ph.fencing)
+	checkReleases(res.v, ledgers(cl), rec.beliefs)
+	checkUnexplainedLosses(res.v, ledgers(cl), rec.beliefs, f.faultedDuring)
 	if ph.signals {
 		rec.mu.Lock()
 		subs := rec.subs

@@ -36,6 +36,8 @@ type recorder struct {
 	overruns           []time.Duration     // per call whose context ended before it returned
 	slow               []overrun           // calls that overran beyond overrunBound
 	lostHook           atomic.Int64
+	hooked             sync.Map      // token → true: OnLeaseLost was called for it
+	fnErrs             []string      // WithLock calls that ran fn but returned an error other than a loss
 	cancelMax          time.Duration // longest Ticket.Cancel (bounded by DefaultReleaseTimeout)
 	withLockOverrunMax time.Duration
 
@@ -308,7 +310,9 @@ func (w *worker) withLock() {
 	b := &belief{client: w.client, op: "WithLock", key: key, node: w.cl.index(w.c.ServerFor(key))}
 	start := time.Now()
 	b.call, b.seen = start, w.tap.has
+	var ran atomic.Bool
 	err := w.c.WithLock(cc.ctx, key, func(ctx context.Context) error {
+		ran.Store(true)
 		context.AfterFunc(ctx, func() {
 			now := time.Now()
 			if cause := context.Cause(ctx); errors.Is(cause, dflock.ErrLockLost) {
@@ -333,6 +337,11 @@ func (w *worker) withLock() {
 	}
 	cc.done()
 	w.rec.op("WithLock", err)
+	if ran.Load() && err != nil && !errors.Is(err, dflock.ErrLockLost) {
+		w.rec.mu.Lock()
+		w.rec.fnErrs = append(w.rec.fnErrs, fmt.Sprintf("client %d WithLock %q ran fn, then returned %v", w.client, key, err))
+		w.rec.mu.Unlock()
+	}
 	b.released = true
 	w.rec.believed(b)
 }
@@ -458,6 +467,7 @@ func (w *worker) hold(op string, l lease, limit int) {
 	b.released = true
 	cc := w.newCtx()
 	err := l.Release(cc.ctx)
+	b.relErr, b.relRet = err, time.Now()
 	w.finish("Release", cc, err)
 	w.rec.believed(b)
 }
