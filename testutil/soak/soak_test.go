@@ -238,6 +238,14 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	for _, e := range rec.fnErrs {
 		res.v.violate("k", "%s: fn runs only under a grant (its error is fn's, nil here, or a loss)", e)
 	}
+	// (u): every error a call returns matches a documented sentinel; one
+	// that matches none is a bug in the SDK's error mapping (or a crash
+	// in the making), not a fault's expected outcome.
+	for _, op := range sortedKeys(rec.ops) {
+		if n := rec.ops[op]["other"]; n > 0 {
+			res.v.violate("u", "%d %s call(s) failed with an error matching no documented sentinel, e.g. %q", n, op, rec.unusual[op])
+		}
+	}
 	rec.mu.Unlock()
 
 	killed := func(node int, at time.Time) bool { return f.killedAt(node, at, killSlack) }
