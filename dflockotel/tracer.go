@@ -70,7 +70,7 @@ func (t *tracer) AcquireStart(ctx context.Context, info dflock.AcquireInfo) cont
 	}
 	ctx, span := t.tracer.Start(ctx, spanName(info.Op, info.Semaphore),
 		trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
-	return withOwnSpan(ctx, span)
+	return t.withOwnSpan(ctx, span)
 }
 
 // ownSpanKey holds, in the context AcquireStart and ReleaseStart return, the
@@ -78,14 +78,16 @@ func (t *tracer) AcquireStart(ctx context.Context, info dflock.AcquireInfo) cont
 // one: a Tracer that wraps this one may have started a span of its own
 // beneath it, which would otherwise be taken for this one (and this one
 // never ended).
-type ownSpanKey struct{}
+// The key names its Instrumentation: a program may compose two (two
+// backends), and each must find its own span.
+type ownSpanKey struct{ t *tracer }
 
-func withOwnSpan(ctx context.Context, span trace.Span) context.Context {
-	return context.WithValue(ctx, ownSpanKey{}, span)
+func (t *tracer) withOwnSpan(ctx context.Context, span trace.Span) context.Context {
+	return context.WithValue(ctx, ownSpanKey{t}, span)
 }
 
-func ownSpan(ctx context.Context) trace.Span {
-	if span, ok := ctx.Value(ownSpanKey{}).(trace.Span); ok {
+func (t *tracer) ownSpan(ctx context.Context) trace.Span {
+	if span, ok := ctx.Value(ownSpanKey{t}).(trace.Span); ok {
 		return span
 	}
 	return trace.SpanFromContext(ctx)
@@ -106,7 +108,7 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 		}
 	}
 
-	span := ownSpan(ctx)
+	span := t.ownSpan(ctx)
 	defer span.End() // recording or not, as the API asks
 	if !span.IsRecording() {
 		return
@@ -151,11 +153,11 @@ func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) contex
 		attrs = append(attrs, keyKey.String(info.Key))
 	}
 	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
-	return withOwnSpan(ctx, span)
+	return t.withOwnSpan(ctx, span)
 }
 
 func (t *tracer) ReleaseEnd(ctx context.Context, info dflock.LeaseInfo, err error) {
-	span := ownSpan(ctx)
+	span := t.ownSpan(ctx)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "release failed")
