@@ -342,15 +342,25 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, req wire.Request,
 	withdraw func(context.Context, *pool.Conn)) (r wire.Reply, sent time.Time, err error) {
 	if err := opCtx.Err(); err != nil {
-		conn.Release() // nothing sent: the connection is clean
+		// Nothing sent. A ticket's w would have consumed its queued
+		// place, still on conn: give it up as wait does when it sees the
+		// end first.
+		if withdraw != nil && (req.Cmd == wire.CmdWait || req.Cmd == wire.CmdSemWait) {
+			c.inBackground(conn, func(ctx context.Context) { withdraw(ctx, conn) })
+		} else {
+			conn.Release() // the connection is clean
+		}
 		return wire.Reply{}, time.Now(), err
 	}
 	late := getLateBox()
 	sent = time.Now()
 	r, answered, err := conn.Request(opCtx, req, late.deliver)
 	if answered && err == nil && opCtx.Err() != nil {
-		late.ch <- lateAnswer{r, nil} // read just after the caller gave up
-		answered, err = false, opCtx.Err()
+		// Read just after the caller gave up: the answer is in hand, so it
+		// is settled whatever time the wait had left.
+		late.ch <- lateAnswer{r, nil}
+		c.settleLate(srv, conn, req, late.ch, withdraw)
+		return wire.Reply{}, sent, opCtx.Err()
 	}
 	if !answered {
 		// late stays with the connection's reader (and the job), never
