@@ -126,14 +126,9 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	}
 	rc.OnReleaseLost = func(counters *renew.Counters, req wire.Request) {
 		// Sent again elsewhere, as every release cut by a broken
-		// connection is (a server with auto-release off keeps the
-		// lease). Not c.route: a custom Placement is user code, and this
-		// runs on a connection's reader.
-		for _, srv := range c.servers {
-			if &srv.obs.renew == counters {
-				c.releaseAside(srv, req)
-				return
-			}
+		// connection is (a server with auto-release off keeps the lease).
+		if srv := c.serverOf(counters); srv != nil {
+			c.releaseAside(srv, req)
 		}
 	}
 	c.sched = renew.New(rc)
@@ -368,6 +363,18 @@ func (c *Client) waitReleasesBG(deadline time.Time) {
 	}
 }
 
+// serverOf returns the server whose renewal Counters are counters (every
+// lease's Spec.Counters), or nil. Not c.route: a custom Placement is user
+// code, and the callers run on connection readers.
+func (c *Client) serverOf(counters *renew.Counters) *server {
+	for _, srv := range c.servers {
+		if &srv.obs.renew == counters {
+			return srv
+		}
+	}
+	return nil
+}
+
 // releaseAll releases leases the scheduler handed back at Close: one
 // pipelined write per owning connection, all bounded together by deadline.
 func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
@@ -375,24 +382,28 @@ func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
 		return
 	}
 	groups := make(map[renew.Owner][]wire.Request)
+	srvs := make(map[renew.Owner]*server)
 	for _, l := range held {
 		groups[l.Owner()] = append(groups[l.Owner()], wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
-		c.releasedAtClose(l.Key())
+		srv := c.serverOf(l.Counters())
+		srvs[l.Owner()] = srv // an owner is a connection to one server
+		if srv != nil {
+			srv.obs.released1() // counted as released by Close
+		}
 	}
 	done := make(chan struct{}, len(groups))
 	var failed atomic.Int64
 	for owner, reqs := range groups {
+		srv := srvs[owner]
 		left := atomic.Int64{}
 		left.Store(int64(len(reqs)))
 		owner.SendBatch(reqs, func(i int, r wire.Reply, err error) {
 			if err != nil || r.Status != wire.StatusOK {
 				failed.Add(1)
 			}
-			if errors.Is(err, wire.ErrConnBroken) && !errors.Is(err, ErrClosed) {
+			if errors.Is(err, wire.ErrConnBroken) && !errors.Is(err, ErrClosed) && srv != nil {
 				// Auto-release off keeps what a broken connection held.
-				if srv, rerr := c.route(reqs[i].Key); rerr == nil {
-					c.releaseAside(srv, reqs[i])
-				}
+				c.releaseAside(srv, reqs[i])
 			}
 			if left.Add(-1) == 0 {
 				done <- struct{}{}

@@ -168,11 +168,4 @@ func (c *Client) releasedAndLost() (released, lost int64) {
 func (o *serverObs) tracked()   { o.held.Add(1) }
 func (o *serverObs) released1() { o.released.Add(1); o.held.Add(-1) }
 
-// releasedAtClose counts a lease Close released, by its key's server.
-func (c *Client) releasedAtClose(key string) {
-	if srv, err := c.route(key); err == nil {
-		srv.obs.released1()
-	}
-}
-
 func (w waitTracker) end() { w.srv.obs.waits.Add(-1) }

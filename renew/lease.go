@@ -74,6 +74,10 @@ func (l *Lease) Owner() Owner { return l.owner }
 // Semaphore reports whether the lease is a semaphore slot (sn/sr).
 func (l *Lease) Semaphore() bool { return l.sem }
 
+// Counters returns the lease's Spec.Counters (which tell its caller whose
+// lease it is).
+func (l *Lease) Counters() *Counters { return l.counters }
+
 // Done is closed when the lease ends: lost, or untracked for release. It is
 // created on first use.
 func (l *Lease) Done() <-chan struct{} {
