@@ -886,8 +886,10 @@ func (l *listener) sync(lc *lconn) bool {
 		return true
 	}
 	defer clear(l.sent) // reused across batches; pins no pattern
-	results := make(chan batchResult, len(reqs)) // room for all: the reader never waits
-	sent := slices.Clone(l.sent) // for the reader: l.sent is cleared on return, maybe before the replies
+	// Room for every result: the reader never waits.
+	results := make(chan batchResult, len(reqs))
+	// The reader's copy: l.sent is cleared on return, maybe before the replies.
+	sent := slices.Clone(l.sent)
 	lc.conn.pc.SendBatch(reqs, func(i int, r wire.Reply, err error) {
 		if p := sent[i]; p != nil && err == nil && r.Status == wire.StatusOK {
 			p.live.Store(lc) // on the reader, before any push that follows the answer
