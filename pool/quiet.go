@@ -28,6 +28,7 @@ type quietWatch struct {
 	// goroutine is not about to sleep on it.
 	clock  *quietClock
 	wakeAt int64
+	passes int64 // for tests: how often the watch has looked
 }
 
 // add has the watch resume c's reader once c is quiet; c.mu is held and
@@ -99,6 +100,7 @@ func (p *Pool) watchQuiet() {
 func (w *quietWatch) pass(p *Pool, batch []*conn) (_ []*conn, more bool) {
 	w.mu.Lock()
 	w.wakeAt = 0
+	w.passes++
 	batch = append(batch[:0], w.conns...)
 	w.conns = w.conns[:0]
 	w.mu.Unlock()
@@ -147,12 +149,20 @@ func (c *conn) resumeIfQuiet() (wait time.Duration, ok bool) {
 		return 0, true
 	}
 	if c.turn == turnCaller {
-		// Its caller reads, and sees a close itself, however long it
-		// waits (a blocking acquire: hours). The connection leaves the
-		// watch: finishOwn and brokenWhileIdle put it back when the turn
-		// becomes nobody's; handOff gives it to the reader.
-		c.aside = false
-		return 0, true
+		if c.blocking > 0 {
+			// A blocking wait its caller reads, and sees a close itself,
+			// however long it waits (hours): the connection leaves the
+			// watch rather than being looked at every watchDelay.
+			// finishOwn puts it back when the turn becomes nobody's;
+			// handOff gives it to the reader.
+			c.aside = false
+			return 0, true
+		}
+		// A reply due within a round trip: the next pass (within
+		// watchDelay) finds the turn nobody's and waits for the rest.
+		// Leaving and re-joining the watch on every request would wake
+		// its goroutine once per request on a busy connection.
+		return watchDelay, false
 	}
 	if wait := satAdd(c.lastActive, int64(watchDelay)) - c.p.now(); wait > 0 {
 		return time.Duration(wait), false

@@ -63,3 +63,39 @@ next:
 	}
 	return "", false
 }
+
+// On a busy connection whose callers read their own replies the watch
+// looks about once per watchDelay, not once per request: a connection that
+// left the watch while its caller read and re-joined it after every reply
+// woke the watch goroutine on every request (one goroutine's Lock+Release
+// ran at 0.67× the build before, interleaved).
+func TestQuietWatchPassesPerDelayNotPerRequest(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	_, c := laneOf(t, p)
+	ping := func() {
+		r, _, err := p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+		require.NoError(t, err)
+		require.Equal(t, wire.StatusOK, r.Status)
+	}
+	ping()
+	awaitTurn(t, c, turnReader, "the reader watches once the connection is quiet")
+	p.quiet.mu.Lock()
+	before := p.quiet.passes
+	p.quiet.mu.Unlock()
+	const n = 400
+	start := time.Now()
+	for range n {
+		ping()
+	}
+	took := time.Since(start)
+	p.quiet.mu.Lock()
+	passes := p.quiet.passes - before
+	p.quiet.mu.Unlock()
+	// Once per watchDelay (and at most once per minQuietSleep when one is
+	// due sooner), with slack for the quiet spell before the first request.
+	limit := int64(took/watchDelay) + 10
+	t.Logf("%d passes for %d requests in %v", passes, n, took)
+	require.LessOrEqual(t, passes, limit, "the watch passes per request")
+}
