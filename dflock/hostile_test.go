@@ -23,41 +23,16 @@ import (
 // every other request with answer(cmd, key, arg), and counts the
 // connections the client closed.
 type scriptedServer struct {
-	ln     net.Listener
+	addr   string
 	answer func(cmd, key, arg string) string
 	mu     sync.Mutex
 	closed int // connections the client closed
-	wg     sync.WaitGroup
 }
 
 func newScriptedServer(t *testing.T, answer func(cmd, key, arg string) string) *scriptedServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	s := &scriptedServer{ln: ln, answer: answer}
-	var conns sync.Map
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Store(nc, nil)
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer nc.Close()
-				s.serve(nc)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		conns.Range(func(k, _ any) bool { _ = k.(net.Conn).Close(); return true })
-		s.wg.Wait()
-	})
+	s := &scriptedServer{answer: answer}
+	s.addr = testutil.ServeRaw(t, s.serve)
 	return s
 }
 
@@ -110,7 +85,7 @@ func TestGrantWithOutOfRangeLeaseIsReleasedAndReported(t *testing.T) {
 				}
 				return "ok"
 			})
-			c := newClient(t, []string{srv.ln.Addr().String()})
+			c := newClient(t, []string{srv.addr})
 			ctx := testCtx(t)
 			l, err := c.TryLock(ctx, "k")
 			require.Error(t, err)
@@ -137,7 +112,7 @@ func TestWaitPoolGrantWithOutOfRangeLeaseDestroysItsConnection(t *testing.T) {
 		}
 		return "ok 0123456789abcdef0123456789abcdef 10000000000"
 	})
-	c := newClient(t, []string{srv.ln.Addr().String()})
+	c := newClient(t, []string{srv.addr})
 	ctx := testCtx(t)
 	_, err := c.Lock(ctx, "k", AcquireTimeout(5*time.Second))
 	require.Error(t, err)
@@ -218,7 +193,7 @@ func TestPushOnAWildcardChannelIsDeliveredOnce(t *testing.T) {
 		}
 		return "error"
 	})
-	c := newClient(t, []string{srv.ln.Addr().String()})
+	c := newClient(t, []string{srv.addr})
 	sub, err := c.Listen(testCtx(t), "a.*")
 	require.NoError(t, err)
 	assert.Equal(t, "bogus", recvC(t, sub).Payload)
@@ -254,7 +229,7 @@ func TestGrantAbandonedWhileConfirmedIsReleasedElsewhere(t *testing.T) {
 		return "error"
 	})
 	t.Cleanup(func() { close(unblock) }) // before the server's cleanup, which waits for it
-	c := newClient(t, []string{srv.ln.Addr().String()})
+	c := newClient(t, []string{srv.addr})
 	ctx, cancel := context.WithTimeout(testCtx(t), time.Second)
 	defer cancel()
 	_, err := c.Lock(ctx, "k", LeaseTTL(time.Second))

@@ -112,66 +112,40 @@ func TestSignalsRefusedRelistenLossBetweenDeliveredSignalsIsReported(t *testing.
 // the answer (and any pushes) itself.
 func scriptedSignalServer(t *testing.T, onListen func(nc net.Conn, connNo int, key string) bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
 	listeners := 0
-	wg.Go(func() {
+	return testutil.ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		connNo := -1
 		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, nc)
-			mu.Unlock()
-			wg.Go(func() {
-				defer nc.Close()
-				br := bufio.NewReader(nc)
-				connNo := -1
-				for {
-					var lines [3]string
-					for i := range lines {
-						s, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						lines[i] = strings.TrimRight(s, "\r\n")
-					}
-					switch lines[0] {
-					case "ping", "unlisten":
-						_, _ = nc.Write([]byte("ok\n"))
-					case "signal":
-						_, _ = nc.Write([]byte("ok 0\n"))
-					case "listen":
-						if connNo < 0 {
-							mu.Lock()
-							connNo = listeners
-							listeners++
-							mu.Unlock()
-						}
-						if !onListen(nc, connNo, lines[1]) {
-							return
-						}
-					default:
-						_, _ = nc.Write([]byte("error\n"))
-					}
+			var lines [3]string
+			for i := range lines {
+				s, err := br.ReadString('\n')
+				if err != nil {
+					return
 				}
-			})
+				lines[i] = strings.TrimRight(s, "\r\n")
+			}
+			switch lines[0] {
+			case "ping", "unlisten":
+				_, _ = nc.Write([]byte("ok\n"))
+			case "signal":
+				_, _ = nc.Write([]byte("ok 0\n"))
+			case "listen":
+				if connNo < 0 {
+					mu.Lock()
+					connNo = listeners
+					listeners++
+					mu.Unlock()
+				}
+				if !onListen(nc, connNo, lines[1]) {
+					return
+				}
+			default:
+				_, _ = nc.Write([]byte("error\n"))
+			}
 		}
 	})
-	return ln.Addr().String()
 }
 
 // After a reconnect the Client re-listens every pattern in one write, and

@@ -193,41 +193,7 @@ func runLockRelease(b *testing.B, g int, mk func(i int) (lockReleaser, func())) 
 // with a fixed grant and everything else with ok, one write per reply (as
 // dflockd does), from fixed bytes, so it allocates nothing per request.
 func scriptedServer(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				serveScripted(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testutil.ServeRaw(t, serveScripted)
 }
 
 var (

@@ -29,73 +29,42 @@ import (
 // (a partial line), and delays.
 func echoServer(t *testing.T, hostile bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return testutil.ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
 		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
+			var lines [3]string
+			for i := range lines {
+				l, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				lines[i] = strings.TrimRight(l, "\r\n")
 			}
-			mu.Lock()
-			conns = append(conns, nc)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer nc.Close()
-				br := bufio.NewReader(nc)
-				rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
-				for {
-					var lines [3]string
-					for i := range lines {
-						l, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						lines[i] = strings.TrimRight(l, "\r\n")
-					}
-					reply := "ok\n"
-					if lines[0] == "n" {
-						f := strings.Fields(lines[2])
-						reply = "ok " + f[1] + "\n"
-					}
-					if hostile {
-						switch rng.IntN(8) {
-						case 0:
-							reply = "sig some.chan payload\n" + reply
-						case 1:
-							if _, err := nc.Write([]byte(reply[:2])); err != nil {
-								return
-							}
-							time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
-							reply = reply[2:]
-						case 2:
-							time.Sleep(time.Duration(rng.IntN(500)) * time.Microsecond)
-						}
-					}
-					if _, err := nc.Write([]byte(reply)); err != nil {
+			reply := "ok\n"
+			if lines[0] == "n" {
+				f := strings.Fields(lines[2])
+				reply = "ok " + f[1] + "\n"
+			}
+			if hostile {
+				switch rng.IntN(8) {
+				case 0:
+					reply = "sig some.chan payload\n" + reply
+				case 1:
+					if _, err := nc.Write([]byte(reply[:2])); err != nil {
 						return
 					}
+					time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
+					reply = reply[2:]
+				case 2:
+					time.Sleep(time.Duration(rng.IntN(500)) * time.Microsecond)
 				}
-			}()
+			}
+			if _, err := nc.Write([]byte(reply)); err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // Stress: many callers on the lane, with contexts that end at random
@@ -376,33 +345,7 @@ func TestConnIOQuietWatchSleepsDuringABlockingWait(t *testing.T) {
 	held, _, err := p.Do(ctxWait(t), lockReq("busy"))
 	require.NoError(t, err)
 	require.Equal(t, wire.StatusOK, held.Status)
-	var h *Conn
-	var done chan error
-	claimed := false
-	for attempt := 0; attempt < 20 && !claimed; attempt++ {
-		if h != nil {
-			h.Destroy()
-			<-done
-		}
-		h, err = p.Acquire(ctxWait(t))
-		require.NoError(t, err)
-		done = make(chan error, 1)
-		go func(h *Conn) {
-			// A ping first: the blocking request then finds the
-			// connection active a moment ago, as after a dial or any reply.
-			if _, err := h.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing}); err != nil {
-				done <- err
-				return
-			}
-			_, err := h.Do(ctxWait(t), wire.Request{Cmd: wire.CmdLock, Key: "busy", Lease: 30, Timeout: 2})
-			done <- err
-		}(h)
-		require.Eventually(t, func() bool { return waiters(srv, "busy") == 1 }, wait, time.Millisecond)
-		h.c.mu.Lock()
-		claimed = h.c.turn == turnCaller
-		h.c.mu.Unlock()
-	}
-	require.True(t, claimed, "the blocked caller reads its own reply")
+	h, done := blockingWaitReadByCaller(t, p, srv, "busy", 2)
 	time.Sleep(20 * time.Millisecond) // every other reader is watching by now
 
 	// Count the watch's passes over 500 ms: each sets wakeAt anew.
@@ -535,4 +478,47 @@ func TestConnIOLifetimeEndsUnderLoad(t *testing.T) {
 		}
 		p.Close()
 	}
+}
+
+// blockingWaitReadByCaller starts, on a wait-pool connection of p, a
+// blocking l of key (held elsewhere) with a server timeout of secs, that
+// its caller reads itself (the turn is the caller's: tried again on a new
+// connection until it is). done receives the wait's outcome: nil for a
+// grant.
+func blockingWaitReadByCaller(t *testing.T, p *Pool, srv *testutil.Server, key string, secs int64) (*Conn, chan error) {
+	t.Helper()
+	var h *Conn
+	var done chan error
+	for attempt := 0; attempt < 20; attempt++ {
+		if h != nil {
+			h.Destroy()
+			<-done
+		}
+		var err error
+		h, err = p.Acquire(ctxWait(t))
+		require.NoError(t, err)
+		done = make(chan error, 1)
+		go func(h *Conn, done chan<- error) {
+			// A ping first: the blocking request then finds the
+			// connection active a moment ago, as after a dial or any reply.
+			if _, err := h.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing}); err != nil {
+				done <- err
+				return
+			}
+			r, err := h.Do(ctxWait(t), wire.Request{Cmd: wire.CmdLock, Key: key, Lease: 30, Timeout: secs})
+			if err == nil && r.Status != wire.StatusOK {
+				err = errUnsolicited
+			}
+			done <- err
+		}(h, done)
+		require.Eventually(t, func() bool { return waiters(srv, key) == 1 }, wait, time.Millisecond)
+		h.c.mu.Lock()
+		claimed := h.c.turn == turnCaller
+		h.c.mu.Unlock()
+		if claimed {
+			return h, done
+		}
+	}
+	t.Fatal("the blocked caller never read its own reply")
+	return nil, nil
 }

@@ -646,30 +646,10 @@ func TestNoKeepAlivePingBehindABlockingRequest(t *testing.T) {
 	c.Release()
 }
 
-// fakeServer accepts one connection at a time and runs handle on it.
+// fakeServer runs handle on every connection made to it.
 func fakeServer(t *testing.T, handle func(c net.Conn, r *bufio.Reader)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testutil.ServeRaw(t, func(c net.Conn) { handle(c, bufio.NewReader(c)) })
 }
 
 // readRequest reads one 3-line request and returns its command word.

@@ -26,38 +26,12 @@ func TestGrantedBlockingWaitIsWatchedAgain(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, wire.StatusOK, held.Status)
 
-	var h *Conn
-	var done chan error
-	claimed := false
-	for attempt := 0; attempt < 20 && !claimed; attempt++ {
-		if h != nil {
-			h.Destroy()
-			<-done
-		}
-		h, err = p.Acquire(ctxWait(t))
-		require.NoError(t, err)
-		done = make(chan error, 1)
-		go func(h *Conn) {
-			if _, err := h.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing}); err != nil {
-				done <- err
-				return
-			}
-			r, err := h.Do(ctxWait(t), wire.Request{Cmd: wire.CmdLock, Key: "busy", Lease: 30, Timeout: 5})
-			if err == nil && r.Status != wire.StatusOK {
-				err = errUnsolicited
-			}
-			done <- err
-		}(h)
-		require.Eventually(t, func() bool { return waiters(srv, "busy") == 1 }, wait, time.Millisecond)
+	h, done := blockingWaitReadByCaller(t, p, srv, "busy", 5)
+	require.Eventually(t, func() bool {
 		h.c.mu.Lock()
-		claimed = h.c.turn == turnCaller
-		h.c.mu.Unlock()
-	}
-	require.True(t, claimed, "the blocked caller reads its own reply")
-	time.Sleep(10 * time.Millisecond) // the watch has let the connection go
-	h.c.mu.Lock()
-	require.False(t, h.c.aside, "the watch keeps a connection whose caller reads")
-	h.c.mu.Unlock()
+		defer h.c.mu.Unlock()
+		return !h.c.aside
+	}, wait, time.Millisecond, "the watch keeps a connection whose caller reads")
 
 	// The grant: h's connection owns "busy" now, and goes quiet.
 	other.Destroy() // releases "busy" on the server
