@@ -7,8 +7,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/dflock-sdk/go/testutil"
 )
 
 // A blocking wait whose deadline passes with a grant on its way, on a
@@ -23,10 +21,7 @@ func TestBlockingWaitPastItsDeadlineReleasesAGrantOnItsWay(t *testing.T) {
 	for _, name := range []string{"Lock", "Ticket.Wait"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			srv := newServer(t, testutil.Config{DisableAutoRelease: true})
-			px := newProxy(t, srv.Addr())
-			holder := newClient(t, addrsOf(srv))
-			c := newClient(t, []string{px.Addr()})
+			srv, px, holder, c := autoReleaseOffBehindProxy(t)
 			ctx := testCtx(t)
 
 			h, err := holder.Lock(ctx, "k")

@@ -52,10 +52,7 @@ func (c *endsOnLookCtx) Err() error {
 // "A grant whose token the client has read is always released".)
 func TestWaitCancelledJustAfterItsGrantWasReadReleasesIt(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
-	px := newProxy(t, srv.Addr())
-	holder := newClient(t, addrsOf(srv))
-	c := newClient(t, []string{px.Addr()})
+	srv, px, holder, c := autoReleaseOffBehindProxy(t)
 	ctx := testCtx(t)
 
 	h, err := holder.Lock(ctx, "k")

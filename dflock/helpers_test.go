@@ -253,3 +253,15 @@ func waitFor(ctx context.Context, d time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// autoReleaseOffBehindProxy is the setup of the tests of grants left on
+// their way: a server with auto-release off (a grant made to a connection
+// that closes stays held), a holder Client connected directly, and the
+// Client under test connected through a proxy that can delay or cut its
+// traffic.
+func autoReleaseOffBehindProxy(t *testing.T) (srv *testutil.Server, px *testutil.Proxy, holder, c *Client) {
+	t.Helper()
+	srv = newServer(t, testutil.Config{DisableAutoRelease: true})
+	px = newProxy(t, srv.Addr())
+	return srv, px, newClient(t, addrsOf(srv)), newClient(t, []string{px.Addr()})
+}

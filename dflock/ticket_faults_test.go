@@ -138,10 +138,7 @@ func TestTicketWaitAfterItsQueuedGrantLapsedIsNotAcquired(t *testing.T) {
 // that this cannot happen.
 func TestTicketTryWaitCancelledWhileItsGrantIsOnItsWayLeavesNoGrant(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
-	px := newProxy(t, srv.Addr())
-	holder := newClient(t, addrsOf(srv))
-	c := newClient(t, []string{px.Addr()})
+	srv, px, holder, c := autoReleaseOffBehindProxy(t)
 	ctx := testCtx(t)
 	tk := ticketGrantedWhileQueued(t, srv, holder, c)
 
