@@ -977,11 +977,27 @@ func (l *listener) unlistened(req wire.Request, res batchResult) {
 // would be needless).
 func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
 	l.mu.Lock()
+	if p.sentOn == lc && res.err != nil {
+		// lc broke with this listen unanswered (the server closed it, or
+		// answered what the client could not parse). The Listen calls
+		// waiting for it fail with the cause, as a failed dial fails them,
+		// rather than wait for reconnects that may break the same way,
+		// until their ctx ends. Established subscriptions reconnect:
+		// onBroken reports their gap (sentOn tells it that p may have been
+		// served), and connect starts afresh.
+		ws := make([]chan error, 0, len(p.waiters))
+		for _, w := range p.waiters {
+			ws = append(ws, w)
+		}
+		clear(p.waiters)
+		l.mu.Unlock()
+		for _, w := range ws {
+			w <- res.err
+		}
+		return
+	}
 	if p.sentOn != lc || res.err != nil {
-		// A reconnect superseded it, or lc broke: onBroken reports the gap
-		// (sentOn tells it that p may have been served) and connect starts
-		// afresh; waiters keep waiting for the reconnect, whose dial
-		// failure would reach them.
+		// A reconnect superseded it: connect starts afresh.
 		l.mu.Unlock()
 		return
 	}

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -220,29 +222,26 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 	return state, nil
 }
 
-// rawStats mirrors the stats JSON (docs/protocol.md §6.7).
-type rawStats struct {
-	Connections int `json:"connections"`
-	Locks       []struct {
+// The entries of the stats JSON (docs/protocol.md §6.7).
+type (
+	rawLock struct {
 		Key            string  `json:"key"`
 		OwnerConnID    uint64  `json:"owner_conn_id"`
 		LeaseExpiresIn float64 `json:"lease_expires_in_s"`
 		Waiters        int     `json:"waiters"`
-	} `json:"locks"`
-	Semaphores []struct {
+	}
+	rawSemaphore struct {
 		Key     string `json:"key"`
 		Limit   int    `json:"limit"`
 		Holders int    `json:"holders"`
 		Waiters int    `json:"waiters"`
-	} `json:"semaphores"`
-	IdleLocks      []rawIdle `json:"idle_locks"`
-	IdleSemaphores []rawIdle `json:"idle_semaphores"`
-	SignalChannels []struct {
+	}
+	rawChannel struct {
 		Pattern   string `json:"pattern"`
 		Group     string `json:"group"`
 		Listeners int    `json:"listeners"`
-	} `json:"signal_channels"`
-}
+	}
+)
 
 type rawIdle struct {
 	Key   string  `json:"key"`
@@ -259,27 +258,109 @@ func seconds(f float64) time.Duration {
 	return time.Duration(f * float64(time.Second))
 }
 
-// parseServerState parses the JSON of a `stats` reply.
+// parseServerState parses the JSON of a `stats` reply. It decodes the
+// arrays an entry at a time and refuses an entry without its key (or
+// pattern), or shorter than the shortest a server sends (every field
+// present, a one-byte key, zeros): a hostile reply of tiny entries (`{},`,
+// three bytes each, each a struct of tens of bytes) made the client
+// allocate ~140 times the reply's size, gigabytes under the default
+// WithMaxStatsReply; with entries of at least their real size, parsing
+// costs a few times the reply (TestHostileStatsAmplification).
 func parseServerState(doc string) (*ServerState, error) {
-	var raw rawStats
-	if err := json.Unmarshal([]byte(doc), &raw); err != nil {
-		return nil, &wire.ProtocolError{Line: doc[:min(len(doc), 64)], Reason: "stats reply is not the expected JSON: " + err.Error()}
+	bad := func(reason string) error {
+		return &wire.ProtocolError{Line: doc[:min(len(doc), 64)], Reason: "stats reply is not the expected JSON: " + reason}
 	}
-	st := &ServerState{Connections: raw.Connections}
-	for _, l := range raw.Locks {
-		st.Locks = append(st.Locks, LockState{Key: l.Key, OwnerConnID: l.OwnerConnID, LeaseExpiresIn: seconds(l.LeaseExpiresIn), Waiters: l.Waiters})
+	dec := json.NewDecoder(strings.NewReader(doc))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, bad("not an object")
 	}
-	for _, s := range raw.Semaphores {
-		st.Semaphores = append(st.Semaphores, SemaphoreState{Key: s.Key, Limit: s.Limit, Holders: s.Holders, Waiters: s.Waiters})
+	st := &ServerState{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, bad(err.Error())
+		}
+		switch name, _ := tok.(string); name {
+		case "connections":
+			err = dec.Decode(&st.Connections)
+		case "locks":
+			err = eachEntry(dec, minLockEntry, func(l rawLock) string {
+				st.Locks = append(st.Locks, LockState{Key: l.Key, OwnerConnID: l.OwnerConnID, LeaseExpiresIn: seconds(l.LeaseExpiresIn), Waiters: l.Waiters})
+				return l.Key
+			})
+		case "semaphores":
+			err = eachEntry(dec, minSemaphoreEntry, func(e rawSemaphore) string {
+				st.Semaphores = append(st.Semaphores, SemaphoreState{Key: e.Key, Limit: e.Limit, Holders: e.Holders, Waiters: e.Waiters})
+				return e.Key
+			})
+		case "idle_locks":
+			err = eachEntry(dec, minIdleEntry, func(k rawIdle) string {
+				st.IdleLocks = append(st.IdleLocks, IdleKey{Key: k.Key, Idle: seconds(k.IdleS)})
+				return k.Key
+			})
+		case "idle_semaphores":
+			err = eachEntry(dec, minIdleEntry, func(k rawIdle) string {
+				st.IdleSemaphores = append(st.IdleSemaphores, IdleKey{Key: k.Key, Idle: seconds(k.IdleS)})
+				return k.Key
+			})
+		case "signal_channels":
+			err = eachEntry(dec, minChannelEntry, func(e rawChannel) string {
+				st.SignalChannels = append(st.SignalChannels, SignalChannel{Pattern: e.Pattern, Group: e.Group, Listeners: e.Listeners})
+				return e.Pattern
+			})
+		default: // a field of a later server: skipped
+			var skip json.RawMessage
+			err = dec.Decode(&skip)
+		}
+		if err != nil {
+			return nil, bad(err.Error())
+		}
 	}
-	for _, k := range raw.IdleLocks {
-		st.IdleLocks = append(st.IdleLocks, IdleKey{Key: k.Key, Idle: seconds(k.IdleS)})
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, bad("the object does not end")
 	}
-	for _, k := range raw.IdleSemaphores {
-		st.IdleSemaphores = append(st.IdleSemaphores, IdleKey{Key: k.Key, Idle: seconds(k.IdleS)})
-	}
-	for _, s := range raw.SignalChannels {
-		st.SignalChannels = append(st.SignalChannels, SignalChannel{Pattern: s.Pattern, Group: s.Group, Listeners: s.Listeners})
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, bad("text after the object")
 	}
 	return st, nil
+}
+
+// The shortest entries a server sends: every field, a one-byte key, zeros
+// (`{"key":"a","idle_s":0}`; a channel's group is left out when empty).
+const (
+	minLockEntry      = len(`{"key":"a","owner_conn_id":0,"lease_expires_in_s":0,"waiters":0}`)
+	minSemaphoreEntry = len(`{"key":"a","limit":0,"holders":0,"waiters":0}`)
+	minIdleEntry      = len(`{"key":"a","idle_s":0}`)
+	minChannelEntry   = len(`{"pattern":"a","listeners":0}`)
+)
+
+// eachEntry decodes the JSON array at dec's position (or null) an entry at
+// a time, handing each to add, which returns the entry's key: an empty one
+// is refused, and so is an entry shorter than minLen bytes.
+func eachEntry[E any](dec *json.Decoder, minLen int, add func(E) string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok == nil {
+		return nil // null: none
+	}
+	if tok != json.Delim('[') {
+		return fmt.Errorf("%v where an array belongs", tok)
+	}
+	for dec.More() {
+		start := dec.InputOffset()
+		var e E
+		if err := dec.Decode(&e); err != nil {
+			return err
+		}
+		if dec.InputOffset()-start < int64(minLen) {
+			return fmt.Errorf("an entry shorter than any server sends (%d bytes)", dec.InputOffset()-start)
+		}
+		if add(e) == "" {
+			return errors.New("an entry without its key")
+		}
+	}
+	_, err = dec.Token() // ]
+	return err
 }

@@ -150,7 +150,10 @@ type Config struct {
 	// been idle this long, within a keepalive interval of its expiry.
 	// Default 1 minute.
 	MaxConnIdleTime time.Duration
-	// Logger; nil discards. Never logs the auth token.
+	// Logger; nil discards. Never logs the auth token. Records carry no
+	// server attribute of their own: give a Logger that has one (dflock
+	// passes its own With("server", Addr); adding it here too repeated
+	// the key in every record).
 	//
 	// The pool logs from connection readers, flush goroutines and the
 	// janitor (a broken connection, an abandoned grant released), whose

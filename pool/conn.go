@@ -1044,7 +1044,7 @@ func (c *conn) releaseAbandoned(cl *call, r *wire.Reply) {
 	if framed(&req) != nil {
 		return // the reply parser never yields a token with a line break
 	}
-	c.p.log.Debug("dflock: releasing a grant whose caller gave up", "server", c.p.cfg.Addr, "key", cl.key)
+	c.p.log.Debug("dflock: releasing a grant whose caller gave up", "key", cl.key)
 	rel := getCall()
 	rel.kind = callDiscard
 	rel.cmd = req.Cmd
@@ -1154,7 +1154,7 @@ func (c *conn) fail(cause error) {
 		c.mu.Unlock()
 		return
 	}
-	err := brokenErr(c.p.cfg.Addr, cause)
+	err := brokenErr(c.p.cfg.Addr, redact(cause, c.p.cfg.AuthToken))
 	c.err = err
 	c.errp.Store(err)
 	var pending []*call

@@ -143,7 +143,10 @@ func peerClosed(err error) bool {
 var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")
 
 // greet sends the handshake (auth, ping) and reads the replies.
-func (p *Pool) greet(wc *wire.Conn) (uint32, error) {
+func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
+	if p.hasAuth {
+		defer func() { err = redact(err, p.cfg.AuthToken) }()
+	}
 	if err := wc.WriteRaw(p.hello); err != nil {
 		return 0, err
 	}
@@ -155,7 +158,7 @@ func (p *Pool) greet(wc *wire.Conn) (uint32, error) {
 		switch r.Status {
 		case wire.StatusOK:
 		case wire.StatusErrAuth:
-			p.log.Warn("dflock: server refused the auth token", "server", p.cfg.Addr)
+			p.log.Warn("dflock: server refused the auth token")
 			return 0, serverErr(p.cfg.Addr, ErrAuth, nil)
 		case wire.StatusErrDraining:
 			return 0, serverErr(p.cfg.Addr, ErrDraining, nil)
@@ -175,7 +178,7 @@ func (p *Pool) greet(wc *wire.Conn) (uint32, error) {
 	case wire.StatusErrAuth:
 		// The server requires auth and no token is configured: the ping
 		// was the first request, so the server refused it and closes.
-		p.log.Warn("dflock: server requires an auth token and none is configured", "server", p.cfg.Addr)
+		p.log.Warn("dflock: server requires an auth token and none is configured")
 		return 0, serverErr(p.cfg.Addr, ErrAuth, errors.New("no auth token configured"))
 	case wire.StatusErrDraining:
 		return 0, serverErr(p.cfg.Addr, ErrDraining, nil)

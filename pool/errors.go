@@ -86,3 +86,36 @@ var (
 )
 
 func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
+
+// redact returns err with every occurrence of secret (the auth token) in
+// its text replaced: a server that echoes the token back, as a reply or
+// inside one, must not get it into the errors, logs and hooks the text of
+// an error reaches. errors.Is still matches what err matched; errors.As
+// finds the *wire.ProtocolError in err's chain, if any, as a scrubbed copy.
+func redact(err error, secret string) error {
+	if err == nil || secret == "" || !strings.Contains(err.Error(), secret) {
+		return err
+	}
+	r := &redactedError{msg: strings.ReplaceAll(err.Error(), secret, "<redacted>"), orig: err}
+	var pe *wire.ProtocolError
+	if errors.As(err, &pe) {
+		r.pe = pe.WithoutSecret(secret)
+	}
+	return r
+}
+
+type redactedError struct {
+	msg  string
+	orig error               // for Is only: its text holds the secret
+	pe   *wire.ProtocolError // scrubbed; nil if orig holds none
+}
+
+func (e *redactedError) Error() string        { return e.msg }
+func (e *redactedError) Is(target error) bool { return errors.Is(e.orig, target) }
+
+func (e *redactedError) Unwrap() error {
+	if e.pe != nil {
+		return e.pe
+	}
+	return nil
+}

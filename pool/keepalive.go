@@ -133,7 +133,7 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 		}
 	}
 	if p.down.Swap(err) == nil {
-		p.log.Warn("dflock: server unavailable", "server", p.cfg.Addr, "err", err.Cause)
+		p.log.Warn("dflock: server unavailable", "err", err.Cause)
 		p.gate.broadcast() // callers waiting for a paced dial now fail fast
 	}
 	if !p.probing {
@@ -146,7 +146,7 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 // markUp clears the down state after a successful dial.
 func (p *Pool) markUp() {
 	if p.down.Swap(nil) != nil {
-		p.log.Info("dflock: server reachable again", "server", p.cfg.Addr)
+		p.log.Info("dflock: server reachable again")
 		p.gate.reset()
 	}
 }

@@ -350,7 +350,7 @@ func (p *Pool) connBroken(c *conn, owner Owner, err error) {
 	}
 	p.broken.Add(1)
 	if !p.closed.Load() {
-		p.log.Debug("dflock: connection broken", "server", p.cfg.Addr, "err", err)
+		p.log.Debug("dflock: connection broken", "err", err)
 	}
 	if p.cfg.OnConnBroken != nil {
 		p.cfg.OnConnBroken(owner, err)

@@ -118,7 +118,7 @@ func (h *Conn) Release() {
 		return
 	}
 	if h.pins.Load() > 0 {
-		h.p.log.Warn("dflock: pinned connection released; destroying it (its leases end)", "server", h.p.cfg.Addr)
+		h.p.log.Warn("dflock: pinned connection released; destroying it (its leases end)")
 	}
 	h.c.fail(errDestroyed)
 	h.res.Destroy()

@@ -47,6 +47,17 @@ type ProtocolError struct {
 	kind error // a finer sentinel it also matches (ErrLineTooLong), or nil
 }
 
+// WithoutSecret returns a copy of e whose Line has every occurrence of
+// secret replaced by "<redacted>": a server that echoes the auth token must
+// not get it into errors and logs.
+func (e *ProtocolError) WithoutSecret(secret string) *ProtocolError {
+	c := *e
+	if secret != "" {
+		c.Line = strings.ReplaceAll(c.Line, secret, "<redacted>")
+	}
+	return &c
+}
+
 func (e *ProtocolError) Error() string {
 	return "dflock: protocol violation: " + e.Reason + " in reply " + quoteTrunc(e.Line)
 }

@@ -1,0 +1,557 @@
+package dflock
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+const hostileToken = "s3cret-Token-42"
+
+// authEchoServer reads the handshake and answers auth with reply(secret).
+func authEchoServer(t *testing.T, reply func(secret string) string) string {
+	return testutil.ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		for {
+			var f [3]string
+			for i := range f {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				f[i] = strings.TrimRight(line, "\r\n")
+			}
+			var out string
+			switch f[0] {
+			case "auth":
+				out = reply(f[2])
+			case "ping":
+				out = "ok"
+			default:
+				out = "error"
+			}
+			if _, err := nc.Write([]byte(out + "\n")); err != nil {
+				return
+			}
+		}
+	})
+}
+
+func TestHostileTokenNeverInErrorOrLog(t *testing.T) {
+	t.Parallel()
+	for name, reply := range map[string]func(string) string{
+		"echo":           func(s string) string { return s },
+		"echo-after-ok":  func(s string) string { return "ok\n" + s },
+		"error-word":     func(s string) string { return "error_" + s },
+		"garbage-suffix": func(s string) string { return "huh " + s },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			addr := authEchoServer(t, reply)
+			var logs syncBuffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			var hooked syncBuffer
+			hooks := Hooks{
+				OnDial:       func(d DialInfo) { fmt.Fprintf(&hooked, "dial %v\n", d.Err) },
+				OnConnBroken: func(s string, err error) { fmt.Fprintf(&hooked, "broken %v\n", err) },
+			}
+			c := newClient(t, []string{addr}, WithAuthToken(hostileToken), WithLogger(logger), WithHooks(hooks))
+			ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+			defer cancel()
+			_, err := c.TryLock(ctx, "k")
+			require.Error(t, err)
+			t.Log(err)
+			assert.NotContains(t, err.Error(), hostileToken, "error")
+			_, err = c.Stats(ctx)
+			if err != nil {
+				assert.NotContains(t, err.Error(), hostileToken, "stats error")
+			}
+			assert.NotContains(t, fmt.Sprintf("%+v", c.Snapshot()), hostileToken, "snapshot")
+			require.NoError(t, c.Close())
+			assert.NotContains(t, logs.String(), hostileToken, "log")
+			assert.NotContains(t, hooked.String(), hostileToken, "hook")
+		})
+	}
+}
+
+// slowServer answers the handshake at once and every other request one
+// byte per interval.
+func slowServer(t *testing.T, interval time.Duration) string {
+	return testutil.ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		for {
+			var f [3]string
+			for i := range f {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				f[i] = strings.TrimRight(line, "\r\n")
+			}
+			var out string
+			switch f[0] {
+			case "ping", "r", "sr", "listen", "unlisten", "auth":
+				out = "ok"
+			case "l", "e", "w":
+				out = "ok tok" + f[1] + " 30"
+			case "sl", "se", "sw":
+				out = "ok stok" + f[1] + " 30"
+			case "n", "sn":
+				out = "ok 30"
+			case "signal":
+				out = "ok 0"
+			case "stats":
+				out = `ok {"connections":1,"locks":[],"semaphores":[],"idle_locks":[],"idle_semaphores":[]}`
+			default:
+				out = "error"
+			}
+			if f[0] == "ping" {
+				if _, err := nc.Write([]byte(out + "\n")); err != nil {
+					return
+				}
+				continue
+			}
+			for _, b := range []byte(out + "\n") {
+				if _, err := nc.Write([]byte{b}); err != nil {
+					return
+				}
+				time.Sleep(interval)
+			}
+		}
+	})
+}
+
+func TestHostileSlowlorisHonoursCtx(t *testing.T) {
+	t.Parallel()
+	calls := map[string]func(ctx context.Context, c *Client) error{
+		"trylock": func(ctx context.Context, c *Client) error { _, err := c.TryLock(ctx, "a"); return err },
+		"lock": func(ctx context.Context, c *Client) error {
+			_, err := c.Lock(ctx, "a", AcquireTimeout(5*time.Second))
+			return err
+		},
+		"trysem": func(ctx context.Context, c *Client) error { _, err := c.TrySemaphore(ctx, "a", 2); return err },
+		"sem": func(ctx context.Context, c *Client) error {
+			_, err := c.Semaphore(ctx, "a", 2, AcquireTimeout(5*time.Second))
+			return err
+		},
+		"enqueue": func(ctx context.Context, c *Client) error { _, err := c.Enqueue(ctx, "a"); return err },
+		"stats":   func(ctx context.Context, c *Client) error { _, err := c.Stats(ctx); return err },
+		"emit":    func(ctx context.Context, c *Client) error { _, err := c.Emit(ctx, "ch", "x"); return err },
+		"listen": func(ctx context.Context, c *Client) error {
+			s, err := c.Listen(ctx, "ch")
+			if err == nil {
+				_ = s.Close()
+			}
+			return err
+		},
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			addr := slowServer(t, 200*time.Millisecond)
+			c := newClient(t, []string{addr})
+			ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err := call(ctx, c)
+			took := time.Since(start)
+			t.Logf("%s: %v after %v", name, err, took)
+			require.Error(t, err)
+			assert.Less(t, took, 1500*time.Millisecond, "ctx not honoured")
+			cstart := time.Now()
+			require.NoError(t, c.Close())
+			assert.Less(t, time.Since(cstart), DefaultReleaseTimeout+time.Second, "Close not prompt")
+		})
+	}
+}
+
+// A hostile server's 3 MiB stats reply of lock entries: empty ones (`{},`,
+// three bytes each) and ones shorter than any server sends are refused at
+// the first; the shortest a server does send are parsed with an allocation
+// of a few times the reply. (Decoded whole, 1 Mi empty entries cost
+// 428 MiB, ~140x.)
+func TestHostileStatsAmplification(t *testing.T) {
+	for _, tc := range []struct {
+		entry string
+		ok    bool
+	}{
+		{"{}", false},
+		{`{"key":"a"}`, false},
+		{`{"key":"a","owner_conn_id":0,"lease_expires_in_s":0,"waiters":0}`, true},
+	} {
+		n := 3 << 20 / (len(tc.entry) + 1) // ~3 MiB of entries
+		var doc strings.Builder
+		doc.WriteString(`ok {"connections":1,"locks":[`)
+		for i := range n {
+			if i > 0 {
+				doc.WriteByte(',')
+			}
+			doc.WriteString(tc.entry)
+		}
+		doc.WriteString("]}\n")
+		reply := doc.String()
+		addr := testutil.ServeRaw(t, func(nc net.Conn) {
+			br := bufio.NewReader(nc)
+			for {
+				var f [3]string
+				for i := range f {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					f[i] = strings.TrimRight(line, "\r\n")
+				}
+				out := "ok\n"
+				if f[0] == "stats" {
+					out = reply
+				}
+				if _, err := nc.Write([]byte(out)); err != nil {
+					return
+				}
+			}
+		})
+		c := newClient(t, []string{addr})
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		st, err := c.Stats(testCtx(t))
+		runtime.ReadMemStats(&after)
+		if tc.ok {
+			require.NoError(t, err)
+			require.Len(t, st.Servers[0].State.Locks, n)
+		} else {
+			require.ErrorIs(t, err, wire.ErrProtocol, "entries without a key")
+		}
+		alloc := after.TotalAlloc - before.TotalAlloc
+		t.Logf("%s x %d: reply %d bytes; allocated %d MiB (%.1fx the reply)",
+			tc.entry, n, len(reply), alloc>>20, float64(alloc)/float64(len(reply)))
+		// Reading a reply this long costs ~5x it (the refused cases); the
+		// parse of real-sized entries about as much again.
+		assert.Less(t, alloc, uint64(12*len(reply)), "allocation far beyond the WithMaxStatsReply cap")
+	}
+}
+
+// A TLS server that accepts TCP and never answers the ClientHello.
+func TestHostileTLSHandshakeStallBoundedByDialTimeout(t *testing.T) {
+	t.Parallel()
+	certs, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	var accepted atomic.Int64
+	addr := testutil.ServeRaw(t, func(nc net.Conn) {
+		accepted.Add(1)
+		_, _ = io.Copy(io.Discard, nc)
+	})
+	c := newClient(t, []string{addr}, WithTLS(certs.ClientConfig()), WithDialTimeout(300*time.Millisecond))
+	for name, call := range map[string]func(ctx context.Context) error{
+		"trylock": func(ctx context.Context) error { _, err := c.TryLock(ctx, "a"); return err },
+		"lock":    func(ctx context.Context) error { _, err := c.Lock(ctx, "a"); return err },
+		"stats":   func(ctx context.Context) error { _, err := c.Stats(ctx); return err },
+		"emit":    func(ctx context.Context) error { _, err := c.Emit(ctx, "c", "x"); return err },
+		"listen":  func(ctx context.Context) error { _, err := c.Listen(ctx, "c"); return err },
+	} {
+		ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+		start := time.Now()
+		err := call(ctx)
+		took := time.Since(start)
+		cancel()
+		t.Logf("%s: %v after %v (accepted so far %d)", name, err, took, accepted.Load())
+		require.Error(t, err)
+		assert.Less(t, took, 2*time.Second, "%s: not bounded by WithDialTimeout", name)
+	}
+	start := time.Now()
+	require.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), time.Second)
+}
+
+// A TLS server whose certificate does not verify: each call fails at once,
+// naming TLS; the client does not hammer the server meanwhile.
+func TestHostileTLSBadCertNoStorm(t *testing.T) {
+	t.Parallel()
+	certs, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	other, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	var accepted atomic.Int64
+	addr := testutil.ServeRaw(t, func(nc net.Conn) {
+		accepted.Add(1)
+		tc := tls.Server(nc, certs.ServerConfig())
+		_ = tc.Handshake()
+		_, _ = io.Copy(io.Discard, tc)
+	})
+	c := newClient(t, []string{addr}, WithTLS(other.ClientConfig()))
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	for name, call := range map[string]func() error{
+		"trylock": func() error { _, err := c.TryLock(ctx, "a"); return err },
+		"lock":    func() error { _, err := c.Lock(ctx, "a"); return err },
+		"stats":   func() error { _, err := c.Stats(ctx); return err },
+		"emit":    func() error { _, err := c.Emit(ctx, "c", "x"); return err },
+		"listen":  func() error { _, err := c.Listen(ctx, "c"); return err },
+		"enqueue": func() error { _, err := c.Enqueue(ctx, "a"); return err },
+	} {
+		start := time.Now()
+		err := call()
+		t.Logf("%s: %v after %v", name, err, time.Since(start))
+		require.Error(t, err)
+		assert.Less(t, time.Since(start), time.Second)
+		assert.Contains(t, err.Error(), "TLS", name)
+	}
+	n := accepted.Load()
+	time.Sleep(time.Second)
+	t.Logf("accepted %d connections, %d more in the idle second", n, accepted.Load()-n)
+	assert.LessOrEqual(t, accepted.Load()-n, int64(6), "background redial storm (the probe backs off from 250ms)")
+	start := time.Now()
+	require.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), time.Second)
+}
+
+// A server that grants at once but answers renewals one byte per 500 ms
+// does not hold up the renewal of leases on another server.
+func TestHostileSlowRenewOnOneServerDoesNotStallOthers(t *testing.T) {
+	t.Parallel()
+	slow := testutil.ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		for {
+			var f [3]string
+			for i := range f {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				f[i] = strings.TrimRight(line, "\r\n")
+			}
+			switch f[0] {
+			case "n":
+				for _, b := range []byte("ok 2\n") {
+					if _, err := nc.Write([]byte{b}); err != nil {
+						return
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
+			case "l":
+				_, _ = nc.Write([]byte("ok tok" + f[1] + " 2\n"))
+			default:
+				_, _ = nc.Write([]byte("ok\n"))
+			}
+		}
+	})
+	good := newServer(t, testutil.Config{})
+	c := newClient(t, []string{slow, good.Addr()}, WithLeaseTTL(2*time.Second))
+	ctx := testCtx(t)
+	var kSlow, kGood string
+	for i := 0; kSlow == "" || kGood == ""; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if c.ServerFor(k) == slow {
+			kSlow = k
+		} else {
+			kGood = k
+		}
+	}
+	ls, err := c.TryLock(ctx, kSlow)
+	require.NoError(t, err)
+	lg, err := c.TryLock(ctx, kGood)
+	require.NoError(t, err)
+	time.Sleep(5 * time.Second)
+	t.Logf("good server renewals: %d", good.Stats().Requests["n"])
+	assert.GreaterOrEqual(t, good.Stats().Requests["n"], int64(4))
+	select {
+	case <-lg.Done():
+		t.Fatalf("the good server's lease was lost: %v", lg.Err())
+	default:
+	}
+	_ = ls
+}
+
+func TestHostileStatsCapBoundary(t *testing.T) {
+	t.Parallel()
+	const cap = 64 << 10
+	mk := func(lineLen int) string {
+		head := `ok {"connections":1,"idle_locks":[{"key":"`
+		tail := `","idle_s":1}]}`
+		return head + strings.Repeat("a", lineLen-len(head)-len(tail)) + tail + "\n"
+	}
+	for _, tc := range []struct {
+		n  int
+		ok bool
+	}{{cap - 1, true}, {cap, true}, {cap + 1, false}} {
+		reply := mk(tc.n)
+		addr := testutil.ServeRaw(t, func(nc net.Conn) {
+			br := bufio.NewReader(nc)
+			for {
+				var f [3]string
+				for i := range f {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					f[i] = strings.TrimRight(line, "\r\n")
+				}
+				out := "ok\n"
+				if f[0] == "stats" {
+					out = reply
+				}
+				if _, err := nc.Write([]byte(out)); err != nil {
+					return
+				}
+			}
+		})
+		c := newClient(t, []string{addr}, WithMaxStatsReply(cap))
+		_, err := c.Stats(testCtx(t))
+		t.Logf("line %d: %v", tc.n, err)
+		if tc.ok {
+			assert.NoError(t, err)
+		} else {
+			assert.ErrorContains(t, err, "WithMaxStatsReply")
+		}
+	}
+}
+
+// A server that answers every request but ping with an endless line.
+func TestHostileEndlessReplyIsBounded(t *testing.T) {
+	t.Parallel()
+	addr := testutil.ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		junk := []byte(strings.Repeat("a", 64<<10))
+		for {
+			var f [3]string
+			for i := range f {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				f[i] = strings.TrimRight(line, "\r\n")
+			}
+			if f[0] == "ping" {
+				_, _ = nc.Write([]byte("ok\n"))
+				continue
+			}
+			if f[0] == "stats" {
+				_, _ = nc.Write([]byte("ok "))
+			}
+			for {
+				if _, err := nc.Write(junk); err != nil {
+					return
+				}
+			}
+		}
+	})
+	c := newClient(t, []string{addr})
+	for name, call := range map[string]func(ctx context.Context) error{
+		"trylock": func(ctx context.Context) error { _, err := c.TryLock(ctx, "a"); return err },
+		"lock":    func(ctx context.Context) error { _, err := c.Lock(ctx, "a"); return err },
+		"stats":   func(ctx context.Context) error { _, err := c.Stats(ctx); return err },
+		"emit":    func(ctx context.Context) error { _, err := c.Emit(ctx, "c", "x"); return err },
+		// listen: see TestHostileListenGarbageReplyFailsFast
+	} {
+		ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		start := time.Now()
+		err := call(ctx)
+		runtime.ReadMemStats(&after)
+		cancel()
+		t.Logf("%s: %.200v after %v, alloc %d KiB", name, err, time.Since(start), (after.TotalAlloc-before.TotalAlloc)>>10)
+		require.Error(t, err)
+		assert.Less(t, time.Since(start), 3*time.Second)
+	}
+}
+
+// Listen against a server that answers `listen` with a line the client
+// cannot parse: the docs promise Listen fails fast; it waits for ctx.
+func TestHostileListenGarbageReplyFailsFast(t *testing.T) {
+	t.Parallel()
+	for name, reply := range map[string]string{
+		"garbage":   "huh\n",
+		"long line": strings.Repeat("a", 2<<20) + "\n",
+		"close":     "", // the server drops the connection at the listen
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var accepted atomic.Int64
+			addr := testutil.ServeRaw(t, func(nc net.Conn) {
+				accepted.Add(1)
+				br := bufio.NewReader(nc)
+				for {
+					var f [3]string
+					for i := range f {
+						line, err := br.ReadString('\n')
+						if err != nil {
+							return
+						}
+						f[i] = strings.TrimRight(line, "\r\n")
+					}
+					out := "ok\n"
+					if f[0] == "listen" {
+						out = reply
+						if out == "" {
+							return
+						}
+					}
+					if _, err := nc.Write([]byte(out)); err != nil {
+						return
+					}
+				}
+			})
+			c := newClient(t, []string{addr})
+			ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+			defer cancel()
+			start := time.Now()
+			sub, err := c.Listen(ctx, "c")
+			t.Logf("%v after %v, %d connections", err, time.Since(start), accepted.Load())
+			if sub != nil {
+				_ = sub.Close()
+			}
+			require.Error(t, err)
+			assert.Less(t, time.Since(start), time.Second, "Listen waited for its ctx")
+			assert.NotErrorIs(t, err, context.DeadlineExceeded)
+		})
+	}
+}
+
+// Close ends a call stuck on a slowloris server promptly, whatever its ctx.
+func TestHostileSlowlorisCloseEndsCalls(t *testing.T) {
+	t.Parallel()
+	calls := map[string]func(ctx context.Context, c *Client) error{
+		"trylock": func(ctx context.Context, c *Client) error { _, err := c.TryLock(ctx, "a"); return err },
+		"lock":    func(ctx context.Context, c *Client) error { _, err := c.Lock(ctx, "a"); return err },
+		"enqueue": func(ctx context.Context, c *Client) error { _, err := c.Enqueue(ctx, "a"); return err },
+		"stats":   func(ctx context.Context, c *Client) error { _, err := c.Stats(ctx); return err },
+		"emit":    func(ctx context.Context, c *Client) error { _, err := c.Emit(ctx, "ch", "x"); return err },
+		"listen":  func(ctx context.Context, c *Client) error { _, err := c.Listen(ctx, "ch"); return err },
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			addr := slowServer(t, 500*time.Millisecond)
+			c := newClient(t, []string{addr})
+			done := make(chan error, 1)
+			go func() { done <- call(context.Background(), c) }()
+			time.Sleep(300 * time.Millisecond)
+			start := time.Now()
+			require.NoError(t, c.Close())
+			select {
+			case err := <-done:
+				t.Logf("%s: %v", name, err)
+				assert.ErrorIs(t, err, ErrClosed)
+			case <-time.After(5 * time.Second):
+				t.Fatal("call still blocked after Close")
+			}
+			assert.Less(t, time.Since(start), 2500*time.Millisecond)
+		})
+	}
+}
