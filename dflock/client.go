@@ -290,11 +290,12 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // Close releases every held lease and gives up every queued ticket's place,
 // ends every blocked call with ErrClosed, closes every connection and stops
 // every goroutine of the Client (but one running a hook or log handler that
-// has not returned within DefaultReleaseTimeout: see Hooks). Locks still held become released (their
-// Done closes, Err is ErrReleased). The releases — with those of grants
+// has not returned within DefaultReleaseTimeout: see Hooks). Locks still
+// held become released (their Done closes, Err is ErrReleased). The releases — with those of grants
 // already being released in the background — are bounded together by
-// DefaultReleaseTimeout, counted from the moment the calls in progress have
-// returned (at once, but for a Ticket.Cancel, itself bounded by
+// DefaultReleaseTimeout (and so is reading the answers to acquires it
+// interrupted, whose grants it gives back), counted from the moment the
+// calls in progress have returned (at once, but for a Ticket.Cancel, itself bounded by
 // DefaultReleaseTimeout). A server that has not answered by then releases
 // what its connections held when they close, unless it runs with
 // auto-release off (then those leases stay held until their TTL runs out).
@@ -335,6 +336,11 @@ func (c *Client) close() {
 	wg.Go(func() { c.releaseAll(held, deadline) })
 	wg.Go(func() { c.tickets.closeAll(deadline) })
 	wg.Go(func() { c.waitReleasesBG(deadline) })
+	for _, s := range c.servers {
+		// The answers to acquires Close interrupted: a grant among them
+		// is released on its lane connection, not left to a closed one.
+		wg.Go(func() { s.pool.SettleLanes(deadline) })
+	}
 	wg.Wait()
 	// After the work above, which may send releases aside.
 	c.jobs.stop(deadline)

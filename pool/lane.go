@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/dflock-sdk/go/wire"
 )
@@ -262,4 +263,29 @@ func (p *Pool) adoptLane(l *laneConn) {
 	}
 	p.mu.Unlock()
 	l.c.fail(errDestroyed)
+}
+
+// SettleLanes waits, until deadline, for every healthy lane connection to
+// have no reply pending: Close ends the calls in progress (Config.Lifetime)
+// but their requests are on the wire, and a grant among their answers,
+// released by the reader since its caller gave up (see Do), would
+// otherwise be answered to a closed connection — held by nobody on a
+// server with auto-release off. It polls every millisecond: it runs once,
+// in Client.Close.
+func (p *Pool) SettleLanes(deadline time.Time) {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) {
+		busy := false
+		for i := range p.lanes {
+			if l := p.lanes[i].conn.Load(); l != nil && l.c.errp.Load() == nil && l.c.inflight.Load() > 0 {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			return
+		}
+		<-tick.C
+	}
 }
