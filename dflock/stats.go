@@ -290,7 +290,7 @@ func parseServerState(doc string) (*ServerState, error) {
 			})
 		case "semaphores":
 			err = eachEntry(dec, minSemaphoreEntry, func(e rawSemaphore) string {
-				st.Semaphores = append(st.Semaphores, SemaphoreState{Key: e.Key, Limit: e.Limit, Holders: e.Holders, Waiters: e.Waiters})
+				st.Semaphores = append(st.Semaphores, SemaphoreState(e))
 				return e.Key
 			})
 		case "idle_locks":
@@ -305,7 +305,7 @@ func parseServerState(doc string) (*ServerState, error) {
 			})
 		case "signal_channels":
 			err = eachEntry(dec, minChannelEntry, func(e rawChannel) string {
-				st.SignalChannels = append(st.SignalChannels, SignalChannel{Pattern: e.Pattern, Group: e.Group, Listeners: e.Listeners})
+				st.SignalChannels = append(st.SignalChannels, SignalChannel(e))
 				return e.Pattern
 			})
 		default: // a field of a later server: skipped
