@@ -205,26 +205,7 @@ func TestHostileStatsAmplification(t *testing.T) {
 		}
 		doc.WriteString("]}\n")
 		reply := doc.String()
-		addr := testutil.ServeRaw(t, func(nc net.Conn) {
-			br := bufio.NewReader(nc)
-			for {
-				var f [3]string
-				for i := range f {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					f[i] = strings.TrimRight(line, "\r\n")
-				}
-				out := "ok\n"
-				if f[0] == "stats" {
-					out = reply
-				}
-				if _, err := nc.Write([]byte(out)); err != nil {
-					return
-				}
-			}
-		})
+		addr := statsServer(t, reply)
 		c := newClient(t, []string{addr})
 		runtime.GC()
 		var before, after runtime.MemStats
@@ -390,26 +371,7 @@ func TestHostileStatsCapBoundary(t *testing.T) {
 		ok bool
 	}{{cap - 1, true}, {cap, true}, {cap + 1, false}} {
 		reply := mk(tc.n)
-		addr := testutil.ServeRaw(t, func(nc net.Conn) {
-			br := bufio.NewReader(nc)
-			for {
-				var f [3]string
-				for i := range f {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					f[i] = strings.TrimRight(line, "\r\n")
-				}
-				out := "ok\n"
-				if f[0] == "stats" {
-					out = reply
-				}
-				if _, err := nc.Write([]byte(out)); err != nil {
-					return
-				}
-			}
-		})
+		addr := statsServer(t, reply)
 		c := newClient(t, []string{addr}, WithMaxStatsReply(cap))
 		_, err := c.Stats(testCtx(t))
 		t.Logf("line %d: %v", tc.n, err)
@@ -554,4 +516,29 @@ func TestHostileSlowlorisCloseEndsCalls(t *testing.T) {
 			assert.Less(t, time.Since(start), 2500*time.Millisecond)
 		})
 	}
+}
+
+// statsServer answers stats with reply (a whole line, newline included) and
+// every other request with ok.
+func statsServer(t *testing.T, reply string) string {
+	return testutil.ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		for {
+			var f [3]string
+			for i := range f {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				f[i] = strings.TrimRight(line, "\r\n")
+			}
+			out := "ok\n"
+			if f[0] == "stats" {
+				out = reply
+			}
+			if _, err := nc.Write([]byte(out)); err != nil {
+				return
+			}
+		}
+	})
 }
