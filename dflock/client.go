@@ -291,17 +291,18 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // ends every blocked call with ErrClosed, closes every connection and stops
 // every goroutine of the Client (but one running a hook or log handler that
 // has not returned within DefaultReleaseTimeout: see Hooks). Locks still
-// held become released (their Done closes, Err is ErrReleased). The releases — with those of grants
-// already being released in the background — are bounded together by
-// DefaultReleaseTimeout (and so is reading the answers to acquires it
-// interrupted, whose grants it gives back), counted from the moment the
-// calls in progress have returned (at once, but for a Ticket.Cancel, itself bounded by
-// DefaultReleaseTimeout). A server that has not answered by then releases
-// what its connections held when they close, unless it runs with
-// auto-release off (then those leases stay held until their TTL runs out).
-// Close is idempotent and safe to call concurrently; every other call made
-// after it fails with an error matching ErrClosed, except Release, which
-// reports how the lease ended, and Subscription.Close.
+// held become released (their Done closes, Err is ErrReleased). The
+// releases — with those of grants already being released in the
+// background — are bounded together by DefaultReleaseTimeout (and so is
+// reading the answers to acquires it interrupted, whose grants it gives
+// back), counted from the moment the calls in progress have returned (at
+// once, but for a Ticket.Cancel, itself bounded by DefaultReleaseTimeout).
+// A server that has not answered by then releases what its connections
+// held when they close, unless it runs with auto-release off (then those
+// leases stay held until their TTL runs out). Close is idempotent and safe
+// to call concurrently; every other call made after it fails with an error
+// matching ErrClosed, except Release, which reports how the lease ended,
+// and Subscription.Close.
 func (c *Client) Close() error {
 	c.closeOnce.Do(c.close)
 	<-c.closed

@@ -342,9 +342,10 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, req wire.Request,
 	withdraw func(context.Context, *pool.Conn)) (r wire.Reply, sent time.Time, err error) {
 	if err := opCtx.Err(); err != nil {
-		// Nothing sent. A ticket's w would have consumed its queued
-		// place, still on conn: give it up as wait does when it sees the
-		// end first.
+		// Nothing sent. A ticket's queued place is still on conn: it is
+		// tried and given back (withdraw), in the background — closing the
+		// connection would leave a grant made to it held on a server with
+		// auto-release off.
 		if withdraw != nil && (req.Cmd == wire.CmdWait || req.Cmd == wire.CmdSemWait) {
 			c.inBackground(conn, func(ctx context.Context) { withdraw(ctx, conn) })
 		} else {
@@ -404,9 +405,10 @@ func getLateBox() *lateBox {
 // answerDueSoon reports whether the answer to req, sent at sent, whose
 // caller's ctx has ended, comes without the connection being closed soon
 // enough for a background job to wait for it: at once (no server-side
-// wait, or w/sw with timeout 0), or by the end of a server-side wait that ends within
-// DefaultReleaseTimeout/2 — one whose ctx's deadline passed, since the
-// wait's timeout is the time that was left, rounded up to whole seconds.
+// wait, or w/sw with timeout 0), or by the end of a server-side wait that
+// ends within DefaultReleaseTimeout/2 — one whose ctx's deadline passed,
+// since the wait's timeout is the time that was left, rounded up to whole
+// seconds.
 func answerDueSoon(ctx context.Context, req wire.Request, sent time.Time) bool {
 	if !req.Blocking() || req.Timeout == 0 {
 		return true
@@ -443,9 +445,10 @@ func giveBack(conn *pool.Conn, r wire.Reply) {
 // for its lane connection to be dialled. The lease started at some unknown
 // moment between the request and the reply; the scheduler needs a lower
 // bound of that moment, and the hand-over time is one only if the reply
-// came within a quarter of the lease's life. Otherwise the lease is renewed once right away (do
-// sends on the connection that carried the grant), and that renewal's send
-// time becomes the bound. It returns the time to track the lease from.
+// came within a quarter of the lease's life. Otherwise the lease is renewed
+// once right away (do sends on the connection that carried the grant), and
+// that renewal's send time becomes the bound. It returns the time to track
+// the lease from.
 func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, wire.Request) (wire.Reply, error),
 	req wire.Request, grant wire.Reply, sent time.Time) (time.Time, error) {
 	// "Long" against the life the scheduler counts the lease's loss from:

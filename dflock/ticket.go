@@ -122,7 +122,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	t := &ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
 	r, sent, err := c.exchange(opCtx, srv, conn, req, t.withdraw)
 	for err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
-		// An idle connection the server had closed (exchangeNow destroyed
+		// An idle connection the server had closed (exchange destroyed
 		// it): again on another, as in waitAcquire; a freshly dialled one
 		// is never stale.
 		if conn, err = srv.pool.Acquire(opCtx); err != nil {
@@ -303,15 +303,9 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 				return fail(deadlinePassed(opCtx))
 			}
 		}
-		if opCtx.Err() != nil {
-			// Ended (cancelled, or stopped by Cancel) before the wait was
-			// sent: nothing is on its way, so the place is tried and given
-			// back rather than the connection closed, which would leave a
-			// grant made to it held on a server with auto-release off.
-			t.withdrawLater(conn)
-			return fail(opCtx.Err())
-		}
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
+		// (Ended — cancelled, or stopped by Cancel — before it is sent, the
+		// w is not sent: exchange gives the place back with t.withdraw.)
 		r, sent, err := c.exchange(opCtx, t.srv, conn, req, t.withdraw)
 		if err != nil {
 			return fail(err)
