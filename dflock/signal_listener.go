@@ -444,6 +444,16 @@ type pat struct {
 	live atomic.Pointer[lconn]
 }
 
+// takeWaitersLocked appends the channels of the Listen calls waiting for
+// p's listen to ws and forgets them: the caller answers them, after l.mu.
+func (p *pat) takeWaitersLocked(ws []chan error) []chan error {
+	for _, w := range p.waiters {
+		ws = append(ws, w)
+	}
+	clear(p.waiters)
+	return ws
+}
+
 func newListener(c *Client, key listenerKey) *listener {
 	return &listener{
 		c:     c,
@@ -849,10 +859,7 @@ func (l *listener) failWaiters(err error) {
 	var ws []chan error
 	l.mu.Lock()
 	for _, p := range l.pats {
-		for _, w := range p.waiters {
-			ws = append(ws, w)
-		}
-		clear(p.waiters)
+		ws = p.takeWaitersLocked(ws)
 	}
 	l.mu.Unlock()
 	for _, w := range ws {
@@ -985,11 +992,7 @@ func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
 		// until their ctx ends. Established subscriptions reconnect:
 		// onBroken reports their gap (sentOn tells it that p may have been
 		// served), and connect starts afresh.
-		ws := make([]chan error, 0, len(p.waiters))
-		for _, w := range p.waiters {
-			ws = append(ws, w)
-		}
-		clear(p.waiters)
+		ws := p.takeWaitersLocked(nil)
 		l.mu.Unlock()
 		for _, w := range ws {
 			w <- res.err
@@ -1012,11 +1015,7 @@ func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
 	default:
 		p.on = true
 	}
-	ws := make([]chan error, 0, len(p.waiters))
-	for _, w := range p.waiters {
-		ws = append(ws, w)
-	}
-	clear(p.waiters)
+	ws := p.takeWaitersLocked(nil)
 	// A refusal fails the Listen calls waiting for it (they detach);
 	// subscriptions already established stay, and the listen is retried
 	// for them with backoff while there are any.
