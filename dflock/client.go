@@ -388,20 +388,26 @@ func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
 	if len(held) == 0 {
 		return
 	}
-	groups := make(map[renew.Owner][]wire.Request)
-	srvs := make(map[renew.Owner]*server)
+	type ownerReleases struct {
+		srv  *server // an owner is a connection to one server
+		reqs []wire.Request
+	}
+	groups := make(map[renew.Owner]*ownerReleases)
 	for _, l := range held {
-		groups[l.Owner()] = append(groups[l.Owner()], wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
-		srv := c.serverOf(l.Counters())
-		srvs[l.Owner()] = srv // an owner is a connection to one server
-		if srv != nil {
-			srv.obs.released1() // counted as released by Close
+		g := groups[l.Owner()]
+		if g == nil {
+			g = &ownerReleases{srv: c.serverOf(l.Counters())}
+			groups[l.Owner()] = g
+		}
+		g.reqs = append(g.reqs, wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
+		if g.srv != nil {
+			g.srv.obs.released1() // counted as released by Close
 		}
 	}
 	done := make(chan struct{}, len(groups))
 	var failed atomic.Int64
-	for owner, reqs := range groups {
-		srv := srvs[owner]
+	for owner, g := range groups {
+		srv, reqs := g.srv, g.reqs
 		left := atomic.Int64{}
 		left.Store(int64(len(reqs)))
 		owner.SendBatch(reqs, func(i int, r wire.Reply, err error) {
