@@ -1,7 +1,6 @@
 package dflock
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -25,30 +24,20 @@ const hostileToken = "s3cret-Token-42"
 
 // authEchoServer reads the handshake and answers auth with reply(secret).
 func authEchoServer(t *testing.T, reply func(secret string) string) string {
-	return testutil.ServeRaw(t, func(nc net.Conn) {
-		br := bufio.NewReader(nc)
-		for {
-			var f [3]string
-			for i := range f {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				f[i] = strings.TrimRight(line, "\r\n")
-			}
-			var out string
-			switch f[0] {
-			case "auth":
-				out = reply(f[2])
-			case "ping":
-				out = "ok"
-			default:
-				out = "error"
-			}
-			if _, err := nc.Write([]byte(out + "\n")); err != nil {
-				return
-			}
+	return testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		var out string
+		switch f[0] {
+		case "auth":
+			out = reply(f[2])
+		case "ping":
+			out = "ok"
+		default:
+			out = "error"
 		}
+		if _, err := nc.Write([]byte(out + "\n")); err != nil {
+			return false
+		}
+		return true
 	})
 }
 
@@ -92,47 +81,35 @@ func TestHostileTokenNeverInErrorOrLog(t *testing.T) {
 // slowServer answers the handshake at once and every other request one
 // byte per interval.
 func slowServer(t *testing.T, interval time.Duration) string {
-	return testutil.ServeRaw(t, func(nc net.Conn) {
-		br := bufio.NewReader(nc)
-		for {
-			var f [3]string
-			for i := range f {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				f[i] = strings.TrimRight(line, "\r\n")
-			}
-			var out string
-			switch f[0] {
-			case "ping", "r", "sr", "listen", "unlisten", "auth":
-				out = "ok"
-			case "l", "e", "w":
-				out = "ok tok" + f[1] + " 30"
-			case "sl", "se", "sw":
-				out = "ok stok" + f[1] + " 30"
-			case "n", "sn":
-				out = "ok 30"
-			case "signal":
-				out = "ok 0"
-			case "stats":
-				out = `ok {"connections":1,"locks":[],"semaphores":[],"idle_locks":[],"idle_semaphores":[]}`
-			default:
-				out = "error"
-			}
-			if f[0] == "ping" {
-				if _, err := nc.Write([]byte(out + "\n")); err != nil {
-					return
-				}
-				continue
-			}
-			for _, b := range []byte(out + "\n") {
-				if _, err := nc.Write([]byte{b}); err != nil {
-					return
-				}
-				time.Sleep(interval)
-			}
+	return testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		var out string
+		switch f[0] {
+		case "ping", "r", "sr", "listen", "unlisten", "auth":
+			out = "ok"
+		case "l", "e", "w":
+			out = "ok tok" + f[1] + " 30"
+		case "sl", "se", "sw":
+			out = "ok stok" + f[1] + " 30"
+		case "n", "sn":
+			out = "ok 30"
+		case "signal":
+			out = "ok 0"
+		case "stats":
+			out = `ok {"connections":1,"locks":[],"semaphores":[],"idle_locks":[],"idle_semaphores":[]}`
+		default:
+			out = "error"
 		}
+		if f[0] == "ping" {
+			_, err := nc.Write([]byte(out + "\n"))
+			return err == nil
+		}
+		for _, b := range []byte(out + "\n") {
+			if _, err := nc.Write([]byte{b}); err != nil {
+				return false
+			}
+			time.Sleep(interval)
+		}
+		return true
 	})
 }
 
@@ -305,31 +282,21 @@ func TestHostileTLSBadCertNoStorm(t *testing.T) {
 // does not hold up the renewal of leases on another server.
 func TestHostileSlowRenewOnOneServerDoesNotStallOthers(t *testing.T) {
 	t.Parallel()
-	slow := testutil.ServeRaw(t, func(nc net.Conn) {
-		br := bufio.NewReader(nc)
-		for {
-			var f [3]string
-			for i := range f {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
+	slow := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		switch f[0] {
+		case "n":
+			for _, b := range []byte("ok 2\n") {
+				if _, err := nc.Write([]byte{b}); err != nil {
+					return false
 				}
-				f[i] = strings.TrimRight(line, "\r\n")
+				time.Sleep(500 * time.Millisecond)
 			}
-			switch f[0] {
-			case "n":
-				for _, b := range []byte("ok 2\n") {
-					if _, err := nc.Write([]byte{b}); err != nil {
-						return
-					}
-					time.Sleep(500 * time.Millisecond)
-				}
-			case "l":
-				_, _ = nc.Write([]byte("ok tok" + f[1] + " 2\n"))
-			default:
-				_, _ = nc.Write([]byte("ok\n"))
-			}
+		case "l":
+			_, _ = nc.Write([]byte("ok tok" + f[1] + " 2\n"))
+		default:
+			_, _ = nc.Write([]byte("ok\n"))
 		}
+		return true
 	})
 	good := newServer(t, testutil.Config{})
 	c := newClient(t, []string{slow, good.Addr()}, WithLeaseTTL(2*time.Second))
@@ -386,32 +353,22 @@ func TestHostileStatsCapBoundary(t *testing.T) {
 // A server that answers every request but ping with an endless line.
 func TestHostileEndlessReplyIsBounded(t *testing.T) {
 	t.Parallel()
-	addr := testutil.ServeRaw(t, func(nc net.Conn) {
-		br := bufio.NewReader(nc)
-		junk := []byte(strings.Repeat("a", 64<<10))
+	junk := []byte(strings.Repeat("a", 64<<10))
+	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		if f[0] == "ping" {
+			_, err := nc.Write([]byte("ok\n"))
+			return err == nil
+		}
+		if f[0] == "stats" {
+			_, _ = nc.Write([]byte("ok "))
+		}
 		for {
-			var f [3]string
-			for i := range f {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				f[i] = strings.TrimRight(line, "\r\n")
-			}
-			if f[0] == "ping" {
-				_, _ = nc.Write([]byte("ok\n"))
-				continue
-			}
-			if f[0] == "stats" {
-				_, _ = nc.Write([]byte("ok "))
-			}
-			for {
-				if _, err := nc.Write(junk); err != nil {
-					return
-				}
+			if _, err := nc.Write(junk); err != nil {
+				return false
 			}
 		}
 	})
+
 	c := newClient(t, []string{addr})
 	for name, call := range map[string]func(ctx context.Context) error{
 		"trylock": func(ctx context.Context) error { _, err := c.TryLock(ctx, "a"); return err },
@@ -445,29 +402,19 @@ func TestHostileListenGarbageReplyFailsFast(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			var accepted atomic.Int64
-			addr := testutil.ServeRaw(t, func(nc net.Conn) {
-				accepted.Add(1)
-				br := bufio.NewReader(nc)
-				for {
-					var f [3]string
-					for i := range f {
-						line, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						f[i] = strings.TrimRight(line, "\r\n")
-					}
-					out := "ok\n"
-					if f[0] == "listen" {
-						out = reply
-						if out == "" {
-							return
-						}
-					}
-					if _, err := nc.Write([]byte(out)); err != nil {
-						return
-					}
+			addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+				if f[0] == "ping" {
+					accepted.Add(1) // the handshake's: one per connection
 				}
+				out := "ok\n"
+				if f[0] == "listen" {
+					if reply == "" {
+						return false // the server drops the connection at the listen
+					}
+					out = reply
+				}
+				_, err := nc.Write([]byte(out))
+				return err == nil
 			})
 			c := newClient(t, []string{addr})
 			ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
@@ -521,24 +468,14 @@ func TestHostileSlowlorisCloseEndsCalls(t *testing.T) {
 // statsServer answers stats with reply (a whole line, newline included) and
 // every other request with ok.
 func statsServer(t *testing.T, reply string) string {
-	return testutil.ServeRaw(t, func(nc net.Conn) {
-		br := bufio.NewReader(nc)
-		for {
-			var f [3]string
-			for i := range f {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				f[i] = strings.TrimRight(line, "\r\n")
-			}
-			out := "ok\n"
-			if f[0] == "stats" {
-				out = reply
-			}
-			if _, err := nc.Write([]byte(out)); err != nil {
-				return
-			}
+	return testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		out := "ok\n"
+		if f[0] == "stats" {
+			out = reply
 		}
+		if _, err := nc.Write([]byte(out)); err != nil {
+			return false
+		}
+		return true
 	})
 }

@@ -3,7 +3,6 @@
 package pool
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -29,41 +28,28 @@ import (
 // (a partial line), and delays.
 func echoServer(t *testing.T, hostile bool) string {
 	t.Helper()
-	return testutil.ServeRaw(t, func(nc net.Conn) {
-		br := bufio.NewReader(nc)
-		rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
-		for {
-			var lines [3]string
-			for i := range lines {
-				l, err := br.ReadString('\n')
-				if err != nil {
-					return
+	return testutil.ServeRequests(t, func(nc net.Conn, req [3]string) bool {
+		reply := "ok\n"
+		if req[0] == "n" {
+			f := strings.Fields(req[2])
+			reply = "ok " + f[1] + "\n"
+		}
+		if hostile {
+			switch rand.IntN(8) {
+			case 0:
+				reply = "sig some.chan payload\n" + reply
+			case 1:
+				if _, err := nc.Write([]byte(reply[:2])); err != nil {
+					return false
 				}
-				lines[i] = strings.TrimRight(l, "\r\n")
-			}
-			reply := "ok\n"
-			if lines[0] == "n" {
-				f := strings.Fields(lines[2])
-				reply = "ok " + f[1] + "\n"
-			}
-			if hostile {
-				switch rng.IntN(8) {
-				case 0:
-					reply = "sig some.chan payload\n" + reply
-				case 1:
-					if _, err := nc.Write([]byte(reply[:2])); err != nil {
-						return
-					}
-					time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
-					reply = reply[2:]
-				case 2:
-					time.Sleep(time.Duration(rng.IntN(500)) * time.Microsecond)
-				}
-			}
-			if _, err := nc.Write([]byte(reply)); err != nil {
-				return
+				time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+				reply = reply[2:]
+			case 2:
+				time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond)
 			}
 		}
+		_, err := nc.Write([]byte(reply))
+		return err == nil
 	})
 }
 
@@ -116,7 +102,11 @@ func TestConnIOStressRepliesMatch(t *testing.T) {
 							}
 						case 2:
 							o, err := p.Lane(context.Background())
-							require.NoError(t, err)
+							if err != nil { // not require: this is not the test's goroutine
+								t.Errorf("Lane: %v", err)
+								cancel()
+								return
+							}
 							pending.Add(1)
 							var once atomic.Bool
 							o.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
@@ -133,7 +123,11 @@ func TestConnIOStressRepliesMatch(t *testing.T) {
 							})
 						case 3:
 							o, err := p.Lane(context.Background())
-							require.NoError(t, err)
+							if err != nil { // not require: this is not the test's goroutine
+								t.Errorf("Lane: %v", err)
+								cancel()
+								return
+							}
 							var once atomic.Bool
 							pending.Add(1)
 							r, answered, err := o.Request(ctx, req, func(_ int, r wire.Reply, err error) {

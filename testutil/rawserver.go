@@ -1,7 +1,9 @@
 package testutil
 
 import (
+	"bufio"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -60,4 +62,28 @@ func ServeRaw(t testing.TB, serve func(net.Conn)) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// ServeRequests is ServeRaw for a server scripted per request: it reads
+// every request (its three lines, line ends trimmed) and hands it to
+// answer, which writes what it likes on nc and returns false to drop the
+// connection.
+func ServeRequests(t testing.TB, answer func(nc net.Conn, req [3]string) bool) string {
+	t.Helper()
+	return ServeRaw(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		for {
+			var req [3]string
+			for i := range req {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				req[i] = strings.TrimRight(line, "\r\n")
+			}
+			if !answer(nc, req) {
+				return
+			}
+		}
+	})
 }
