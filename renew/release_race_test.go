@@ -92,4 +92,5 @@ func TestRenewalOfALeaseReleasedDuringItsRoundIsNotSent(t *testing.T) {
 		t.Errorf("OnBatch reports a refused renewal or another batch: %+v", b)
 	}
 	assert.Equal(t, int64(1), c.Sent.Load(), "renewals counted as sent")
+	assert.Equal(t, int64(1), s.Stats().Batches, "Stats.Batches counts k2's emptied batch, never written")
 }

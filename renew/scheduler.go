@@ -456,11 +456,6 @@ func (s *Scheduler) tick() {
 	s.requeue = s.requeue[:0]
 	if nrenew > 0 {
 		s.stats.Rounds++
-		for _, st := range s.round {
-			if len(st.renew) > 0 {
-				s.stats.Batches++
-			}
-		}
 	}
 	armed := int64(math.MaxInt64)
 	if len(s.heap) > 0 {
@@ -528,6 +523,9 @@ func (s *Scheduler) dropEnded(st *ownerState) {
 	}
 	clear(st.renew[len(live):])
 	st.renew = live
+	if len(live) > 0 {
+		s.stats.Batches++ // counted here, where it is sure to be written
+	}
 	s.mu.Unlock()
 }
 
