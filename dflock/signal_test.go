@@ -1575,7 +1575,7 @@ func TestSignalsDrainingServerAnswersAKeepalivePing(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{ShutdownTimeout: time.Minute})
 	broken := make(chan error, 16)
-	c := newClient(t, addrsOf(srv), WithKeepAlive(MinKeepAlive), WithHooks(Hooks{
+	c := newClient(t, addrsOf(srv), WithKeepAlive(200*time.Millisecond), WithHooks(Hooks{
 		OnConnBroken: func(_ string, err error) { broken <- err },
 	}))
 	ctx := testCtx(t)
