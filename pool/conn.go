@@ -139,9 +139,14 @@ type conn struct {
 
 	errp     atomic.Pointer[ServerError] // lock-free mirror of err
 	inflight atomic.Int32                // len(q), for lane choice and Release
-	ping     atomic.Uint32               // pingUnknown, pingOK, pingUnsupported
-	nreq     atomic.Int64
-	nwrite   atomic.Int64
+	// delivering counts answers the reader took out of q and has not yet
+	// delivered: a delivery may queue a request (releaseAbandoned) or a
+	// background release (a late callback), so SettleLanes waits for it
+	// as for inflight.
+	delivering atomic.Int32
+	ping       atomic.Uint32 // pingUnknown, pingOK, pingUnsupported
+	nreq       atomic.Int64
+	nwrite     atomic.Int64
 }
 
 // newConn wraps a handshaken connection; the caller sets its hooks and
@@ -916,6 +921,9 @@ func (c *conn) readLoop() {
 		c.mu.Lock()
 		cl := c.q.pop()
 		if cl != nil {
+			// Before inflight falls: SettleLanes reads inflight, then
+			// delivering.
+			c.delivering.Add(1)
 			c.answeredLocked(cl)
 		}
 		more = c.q.n > 0
@@ -928,9 +936,11 @@ func (c *conn) readLoop() {
 		if err != nil {
 			c.fail(err)
 			c.deliver(cl, wire.Reply{}, c.Err())
+			c.delivering.Add(-1)
 			return
 		}
 		c.deliver(cl, rep, nil)
+		c.delivering.Add(-1)
 	}
 }
 

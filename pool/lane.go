@@ -270,15 +270,17 @@ func (p *Pool) adoptLane(l *laneConn) {
 // but their requests are on the wire, and a grant among their answers,
 // released by the reader since its caller gave up (see Do), would
 // otherwise be answered to a closed connection — held by nobody on a
-// server with auto-release off. It polls every millisecond: it runs once,
-// in Client.Close.
+// server with auto-release off. An answer being delivered counts as
+// pending: its delivery may queue that release. It polls every
+// millisecond: it runs once, in Client.Close.
 func (p *Pool) SettleLanes(deadline time.Time) {
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	for time.Now().Before(deadline) {
 		busy := false
 		for i := range p.lanes {
-			if l := p.lanes[i].conn.Load(); l != nil && l.c.errp.Load() == nil && l.c.inflight.Load() > 0 {
+			if l := p.lanes[i].conn.Load(); l != nil && l.c.errp.Load() == nil &&
+				(l.c.inflight.Load() > 0 || l.c.delivering.Load() > 0) {
 				busy = true
 				break
 			}
