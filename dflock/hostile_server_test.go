@@ -78,6 +78,94 @@ func TestHostileTokenNeverInErrorOrLog(t *testing.T) {
 	}
 }
 
+// The same with a token longer than an error keeps of a line (64 hex
+// characters, as `openssl rand -hex 32` makes: 60 of them showed) and one
+// holding characters an error's quoting escapes (it showed whole: the
+// redaction looked for the raw token in the quoted text). No 16 bytes of
+// it may show, raw or quoted.
+func TestHostileLongOrQuotedTokenNeverInErrorOrLog(t *testing.T) {
+	t.Parallel()
+	for name, token := range map[string]string{
+		"hex64": strings.Repeat("0123456789abcdef", 4),
+		"quote": `s3cret"Token\42-with-symbols`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			addr := authEchoServer(t, func(s string) string { return "huh " + s })
+			var logs syncBuffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			var hooked syncBuffer
+			hooks := Hooks{
+				OnDial:       func(d DialInfo) { fmt.Fprintf(&hooked, "dial %v\n", d.Err) },
+				OnConnBroken: func(s string, err error) { fmt.Fprintf(&hooked, "broken %v\n", err) },
+			}
+			c := newClient(t, []string{addr}, WithAuthToken(token), WithLogger(logger), WithHooks(hooks))
+			ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+			defer cancel()
+			_, err := c.TryLock(ctx, "k")
+			require.Error(t, err)
+			require.NoError(t, c.Close())
+			secretPart := func(s string) string {
+				for _, tok := range []string{token, strings.Trim(fmt.Sprintf("%q", token), `"`)} {
+					for i := 0; i+16 <= len(tok); i++ {
+						if strings.Contains(s, tok[i:i+16]) {
+							return tok[i : i+16]
+						}
+					}
+				}
+				return ""
+			}
+			assert.Empty(t, secretPart(err.Error()), "error: %v", err)
+			assert.Empty(t, secretPart(logs.String()), "log")
+			assert.Empty(t, secretPart(hooked.String()), "hook: %s", hooked.String())
+		})
+	}
+}
+
+// A server that accepts the token, then echoes it in the error_* word of
+// its refusals — a word the client passes on in Error.Reply, not a
+// connection failure, where the redaction used to be.
+func TestHostileTokenInARefusalWordNeverInError(t *testing.T) {
+	t.Parallel()
+	var secret atomic.Value
+	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		out := "error"
+		switch f[0] {
+		case "auth":
+			secret.Store(f[2])
+			out = "ok"
+		case "ping":
+			out = "ok"
+		case "l", "sl", "e", "se", "signal", "listen":
+			if s, ok := secret.Load().(string); ok {
+				out = "error_" + s
+			}
+		}
+		_, err := nc.Write([]byte(out + "\n"))
+		return err == nil
+	})
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c := newClient(t, []string{addr}, WithAuthToken(hostileToken), WithLogger(logger))
+	ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+	defer cancel()
+	var errs []error
+	_, err := c.TryLock(ctx, "k")
+	errs = append(errs, err)
+	_, err = c.Lock(ctx, "k", AcquireTimeout(time.Second))
+	errs = append(errs, err)
+	_, err = c.Enqueue(ctx, "k")
+	errs = append(errs, err)
+	_, err = c.Emit(ctx, "ch", "p")
+	errs = append(errs, err)
+	require.NoError(t, c.Close())
+	for _, err := range errs {
+		require.Error(t, err)
+		assert.NotContains(t, err.Error(), hostileToken)
+	}
+	assert.NotContains(t, logs.String(), hostileToken, "log")
+}
+
 // slowServer answers the handshake at once and every other request one
 // byte per interval.
 func slowServer(t *testing.T, interval time.Duration) string {

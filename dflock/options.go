@@ -275,7 +275,10 @@ func WithTLS(cfg *tls.Config) Option {
 
 // WithAuthToken sends token as the first request on every connection
 // (servers started with --auth-token). It must not be blank, contain CR, LF
-// or NUL, or exceed 65,536 bytes. The token is never logged. Default: no
+// or NUL, or exceed 65,536 bytes. The token is never logged, and a server
+// that echoes it back, in a reply or a refusal's word, cannot get it into
+// an error, a log record or a hook: it shows as "<redacted>" (a signal's
+// payload is delivered as published). Default: no
 // auth.
 func WithAuthToken(token string) Option {
 	return func(o *options) {

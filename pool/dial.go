@@ -85,7 +85,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		}
 		nc = tc
 	}
-	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine})
+	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine, Secret: p.cfg.AuthToken})
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}

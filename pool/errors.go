@@ -96,7 +96,7 @@ func redact(err error, secret string) error {
 	if err == nil || secret == "" || !strings.Contains(err.Error(), secret) {
 		return err
 	}
-	r := &redactedError{msg: strings.ReplaceAll(err.Error(), secret, "<redacted>"), orig: err}
+	r := &redactedError{msg: strings.ReplaceAll(err.Error(), secret, wire.Redacted), orig: err}
 	var pe *wire.ProtocolError
 	if errors.As(err, &pe) {
 		r.pe = pe.WithoutSecret(secret)

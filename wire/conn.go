@@ -16,7 +16,18 @@ type ConnOptions struct {
 	// MaxLine caps an incoming line (bytes before '\n', including any '\r');
 	// a longer one breaks the connection. Default DefaultMaxLine.
 	MaxLine int
+	// Secret, if set (the auth token), never leaves the Conn inside a
+	// reply: ReadLine returns a reply line holding it with every
+	// occurrence replaced by Redacted, before anything parses, cuts or
+	// quotes the line. A server that echoes the token back, whole or in a
+	// refusal word, cannot get it into an error, a log record or a hook.
+	// A well-formed push is left as sent: its payload is other clients'
+	// data, delivered as published.
+	Secret string
 }
+
+// Redacted replaces ConnOptions.Secret in the lines a Conn returns.
+const Redacted = "<redacted>"
 
 const (
 	// readBufSize serves every reply but stats in one buffered read while
@@ -49,6 +60,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 type Conn struct {
 	nc     net.Conn
 	opt    ConnOptions
+	secret []byte // opt.Secret, nil if unset
 	br     *bufio.Reader
 	long   []byte // assembles lines longer than the bufio buffer; reader-owned
 	wbuf   []byte // writer-owned
@@ -61,12 +73,16 @@ func NewConn(nc net.Conn, opt ConnOptions) *Conn {
 	if opt.MaxLine <= 0 {
 		opt.MaxLine = DefaultMaxLine
 	}
-	return &Conn{
+	c := &Conn{
 		nc:   nc,
 		opt:  opt,
 		br:   bufio.NewReaderSize(nc, readBufSize),
 		wbuf: make([]byte, 0, initWriteBuf),
 	}
+	if opt.Secret != "" {
+		c.secret = []byte(opt.Secret)
+	}
+	return c
 }
 
 // NetConn returns the underlying connection (for deadlines and addresses).
@@ -157,7 +173,22 @@ func (c *Conn) ReadLine() ([]byte, error) {
 	if err != nil {
 		return nil, c.fail(err)
 	}
+	if c.secret != nil && bytes.Contains(line, c.secret) {
+		line = c.scrub(line)
+	}
 	return line, nil
+}
+
+// scrub returns line, which holds the secret, with it replaced, unless
+// line is a push that parses (see ConnOptions.Secret). A push that does not
+// parse is scrubbed too: it is about to become an error.
+func (c *Conn) scrub(line []byte) []byte {
+	if IsPush(line) {
+		if _, err := ParsePush(line); err == nil {
+			return line
+		}
+	}
+	return bytes.ReplaceAll(line, c.secret, []byte(Redacted))
 }
 
 // AwaitLine blocks until the connection has bytes to read and reports
@@ -232,6 +263,9 @@ func (c *Conn) readLine() ([]byte, error) {
 }
 
 func (c *Conn) tooLong(prefix []byte) error {
+	if c.secret != nil && bytes.Contains(prefix, c.secret) {
+		prefix = bytes.ReplaceAll(prefix, c.secret, []byte(Redacted))
+	}
 	e := protoErr(prefix, "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
 	e.kind = ErrLineTooLong
 	return e

@@ -53,7 +53,7 @@ type ProtocolError struct {
 func (e *ProtocolError) WithoutSecret(secret string) *ProtocolError {
 	c := *e
 	if secret != "" {
-		c.Line = strings.ReplaceAll(c.Line, secret, "<redacted>")
+		c.Line = strings.ReplaceAll(c.Line, secret, Redacted)
 	}
 	return &c
 }
