@@ -227,15 +227,25 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 		case a.r.Status == wire.StatusQueued && withdraw != nil:
 			withdraw(ctx, conn)
 		case a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired:
-			if checkGrant(a.r) != nil {
-				conn.Destroy()
-				return
-			}
-			c.releaseOn(ctx, srv, conn, wire.ReleaseRequest(req.Key, a.r.Token, req.Limit > 0))
+			c.giveBackUntrackable(ctx, srv, conn, req, a.r)
 		default:
 			giveBack(conn, a.r)
 		}
 	})
+}
+
+// giveBackUntrackable releases r, a grant made on conn for req that nobody
+// will hold — its caller gave up, or checkGrant refused it (a lease out of
+// range: the server still holds the lock, until its TTL with auto-release
+// off) — on conn, as releaseOn does. A grant without a token, or with one
+// that cannot be sent back, is dropped with conn, all that can be done.
+func (c *Client) giveBackUntrackable(ctx context.Context, srv *server, conn *pool.Conn, req wire.Request, r wire.Reply) {
+	rel := wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0)
+	if r.Token == "" || rel.Validate() != nil {
+		conn.Destroy()
+		return
+	}
+	c.releaseOn(ctx, srv, conn, rel)
 }
 
 // releaseOn sends rel, the release of a grant made on conn, on conn, which

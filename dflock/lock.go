@@ -326,7 +326,10 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 // that the caller deals only with a clean outcome: an error, or a reply
 // whose grant (if it is one) is well formed and still wanted. sent is when
 // the request was handed to the connection. Whatever goes wrong with the
-// connection or the reply destroys the connection.
+// connection or the reply destroys the connection, but for a grant that
+// checkGrant refuses: it is released on the connection in the background
+// (giveBackUntrackable). Either way the connection is no longer the
+// caller's once err is set.
 //
 // If opCtx ends before the answer, nothing must be left held by nobody: a
 // server with auto-release off keeps a grant made to a closed connection.
@@ -375,7 +378,10 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 	}
 	lateBoxes.Put(late) // answered: late is never called
 	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
-		err = checkGrant(r)
+		if err = checkGrant(r); err != nil {
+			c.inBackground(conn, func(ctx context.Context) { c.giveBackUntrackable(ctx, srv, conn, req, r) })
+			return r, sent, err
+		}
 	}
 	if err != nil {
 		conn.Destroy()

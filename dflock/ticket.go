@@ -450,10 +450,7 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 	if err == nil {
 		switch r.Status {
 		case wire.StatusOK, wire.StatusAcquired:
-			if checkGrant(r) != nil {
-				break
-			}
-			t.c.releaseOn(ctx, t.srv, conn, wire.ReleaseRequest(t.key, r.Token, t.limit > 0))
+			t.c.giveBackUntrackable(ctx, t.srv, conn, wire.Request{Key: t.key, Limit: t.limit}, r)
 			return
 		case wire.StatusTimeout, wire.StatusErrNotEnqueued, wire.StatusErrLeaseExpired:
 			conn.Release() // the place is consumed; nothing is held
