@@ -3,7 +3,6 @@ package dflock
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -312,14 +310,6 @@ func runLockBench(b *testing.B, target benchTarget, impl benchImpl, g int, key f
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), unit)
 }
 
-// processCPU is the user plus system CPU time this process has used.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(errors.Join(errors.New("getrusage"), err))
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // The benchmarks' server process serves, and exits cleanly when its stdin
 // closes at cleanup (a kill would fail Wait, and so the test).

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -160,7 +159,7 @@ func runLockRelease(b *testing.B, g int, mk func(i int) (lockReleaser, func())) 
 	left.Store(int64(b.N))
 	var wg sync.WaitGroup
 	b.ReportAllocs()
-	cpu0 := processCPU()
+	cpu0 := processCPU(b)
 	b.ResetTimer()
 	for i := range g {
 		wg.Add(1)
@@ -181,7 +180,7 @@ func runLockRelease(b *testing.B, g int, mk func(i int) (lockReleaser, func())) 
 	wg.Wait()
 	b.StopTimer()
 	// The whole process: the client's share only with an external server.
-	b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
 	all := slices.Concat(lat...)
 	if len(all) > 0 {
 		slices.Sort(all)
@@ -247,11 +246,3 @@ func setInline(t testing.TB, p *Pool, on bool) {
 	}
 }
 
-// processCPU is the user+system CPU time of this process so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}

@@ -88,3 +88,16 @@ func waiters(srv *testutil.Server, key string) int {
 	}
 	return 0
 }
+
+// result waits for ch; it must come although nothing else happens.
+func result[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(wait):
+		t.Fatalf("%s did not return", what)
+		var zero T
+		return zero
+	}
+}

@@ -80,19 +80,6 @@ func goDo(ctx context.Context, p *Pool, req wire.Request) <-chan doResult {
 	return ch
 }
 
-// result waits for ch; it must come although nothing else happens.
-func result[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(wait):
-		t.Fatalf("%s did not return", what)
-		var zero T
-		return zero
-	}
-}
-
 // awaitTurn waits until c's turn is want (the caller took it or handed it
 // off).
 func awaitTurn(t *testing.T, c *conn, want turn, msg string) {

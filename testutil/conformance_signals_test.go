@@ -433,7 +433,7 @@ func dialSmallWindow(t *testing.T, addr string) *rawConn {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) {
-			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			setRecvBuffer(fd, 4096)
 		})
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), ioWait)

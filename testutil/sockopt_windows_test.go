@@ -1,0 +1,10 @@
+//go:build windows
+
+package testutil
+
+import "syscall"
+
+// setRecvBuffer sets SO_RCVBUF on a socket before it connects.
+func setRecvBuffer(fd uintptr, n int) {
+	_ = syscall.SetsockoptInt(syscall.Handle(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n)
+}
