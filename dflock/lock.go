@@ -177,9 +177,12 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 
 	hk := hotKey{key: key, sem: limit != 0}
 	// A key found held a moment ago skips the lane try — unless the wait
-	// pool is full: a hot key may have been released meanwhile, and Lock
-	// on a free key must not wait for a wait-pool connection.
-	laneTried := try || (!c.opts.noLaneFast && (!srv.hot.contains(hk, time.Now) || srv.pool.WaitPoolFull()))
+	// pool is full, or an AcquireTimeout may not cover dialling one: a hot
+	// key may have been released meanwhile, and Lock on a free key must
+	// neither wait for a wait-pool connection to come back nor time out
+	// while one is dialled.
+	laneTried := try || (!c.opts.noLaneFast && (!srv.hot.contains(hk, time.Now) || srv.pool.WaitPoolFull() ||
+		(a.hasTimeout && !srv.pool.HasIdle())))
 	if laneTried {
 		h, err := c.tryLane(ctx, laneCtx, op, srv, req, try)
 		if h != nil || err != nil {

@@ -239,6 +239,11 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 // progress, tickets, pinned leases). A hint: it may change at once.
 func (p *Pool) WaitPoolFull() bool { return p.nAcquired.Load() >= int64(p.cfg.MaxConns) }
 
+// HasIdle reports whether an idle wait-pool connection is at hand, so that
+// an Acquire now would not dial. A hint: it may change at once. It costs a
+// lock and an allocation (puddle's Stat): not for every acquire.
+func (p *Pool) HasIdle() bool { return p.pp.Stat().IdleResources() > 0 }
+
 // takeIdle takes the most recently used idle wait-pool connection, if
 // any, without dialling (puddle's Acquire and TryAcquire would dial when
 // none is idle).
