@@ -105,6 +105,13 @@ type conn struct {
 	lastRead   int64     // p.now() of the last reply read, or of a probe that found the socket quiet
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
+	// failedHead is the oldest call fail took out of q, if it carries a
+	// key: a reply the reader had already begun to read answers it (see
+	// grantLost). Taken once, by the reader.
+	failedHead struct {
+		cmd wire.Command
+		key string
+	}
 
 	// Who reads the next reply (under mu; see readerTurn): the reader
 	// goroutine (the zero value, and always on a connection whose callers
@@ -369,10 +376,14 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 	c.mu.Lock()
 	if c.err != nil {
 		// The connection broke meanwhile (Close, the keepalive): fail
-		// took cl out of the queue and delivered the error.
+		// took cl out of the queue and delivered the error, which is
+		// what the caller gets. A grant it read is nobody's then.
+		c.failedHead.key = ""
 		c.mu.Unlock()
 		<-cl.done
+		cmd, key := cl.cmd, cl.key
 		r, err := cl.result()
+		c.grantLost(cmd, key, rep)
 		return r, err, true
 	}
 	c.q.pop() // cl: alone when the caller took the turn, and nobody else reads
@@ -927,8 +938,18 @@ func (c *conn) readLoop() {
 			c.answeredLocked(cl)
 		}
 		more = c.q.n > 0
+		broken, head := c.err != nil, c.failedHead
+		c.failedHead.key = ""
 		c.mu.Unlock()
 		if cl == nil {
+			if broken {
+				// Read as fail emptied the queue: the line answers the
+				// oldest call it took.
+				if r, err := wire.ParseReply(line, head.cmd); err == nil && head.key != "" {
+					c.grantLost(head.cmd, head.key, r)
+				}
+				return
+			}
 			c.fail(&wire.ProtocolError{Line: truncLine(line), Reason: errUnsolicited.Error()})
 			return
 		}
@@ -1083,6 +1104,24 @@ func (c *conn) releaseAbandoned(cl *call, r *wire.Reply) {
 	c.startFlushLocked()
 }
 
+// grantLost hands a grant read for a lane try-acquire (cmd, key) whose
+// caller got the connection's error instead — the connection broke between
+// the read and its delivery — to Config.OnReleaseLost, as releaseAbandoned
+// does for a grant it cannot send back: on a server with auto-release off
+// it is held by nobody otherwise.
+func (c *conn) grantLost(cmd wire.Command, key string, r wire.Reply) {
+	lost := c.p.cfg.OnReleaseLost
+	if lost == nil || key == "" || r.Status != wire.StatusOK || r.Token == "" ||
+		(cmd != wire.CmdLock && cmd != wire.CmdSemLock) {
+		return
+	}
+	req := wire.ReleaseRequest(key, r.Token, cmd == wire.CmdSemLock)
+	if framed(&req) != nil {
+		return
+	}
+	lost(req)
+}
+
 func (c *conn) pingDone(r wire.Reply, err error) {
 	if err != nil {
 		return
@@ -1170,6 +1209,9 @@ func (c *conn) fail(cause error) {
 	var pending []*call
 	for cl := c.q.pop(); cl != nil; cl = c.q.pop() {
 		pending = append(pending, cl)
+	}
+	if len(pending) > 0 && pending[0].key != "" {
+		c.failedHead.cmd, c.failedHead.key = pending[0].cmd, pending[0].key
 	}
 	c.inflight.Store(0)
 	c.blocking = 0

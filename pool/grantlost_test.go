@@ -1,0 +1,116 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
+package pool
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// blockedIn reports whether some goroutine waits for a mutex that fn
+// itself locks (not a function fn calls).
+func blockedIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	lines := strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n")
+	for i, l := range lines {
+		// A frame is a function line, then its file line.
+		if strings.HasPrefix(l, "sync.(*Mutex).Lock(") && i+2 < len(lines) && strings.Contains(lines[i+2], fn+"(") {
+			return true
+		}
+	}
+	return false
+}
+
+// waitsOnTheSocket reports whether a goroutine in fn is in a read that
+// waits for the network.
+func waitsOnTheSocket(fn string) bool {
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, fn+"(") && strings.Contains(g, "runtime_pollWait") {
+			return true
+		}
+	}
+	return false
+}
+
+// breakAsTheGrantIsRead holds c.mu while fail (the keepalive's verdict,
+// say) queues on it, lets the stalled grant arrive, waits until whoever
+// read it (inFn) queues on c.mu behind fail, and lets both go: the
+// connection breaks between the grant's read and its delivery.
+func breakAsTheGrantIsRead(t *testing.T, c *conn, resume func(), inFn string) {
+	t.Helper()
+	c.mu.Lock()
+	failed := make(chan struct{})
+	go func() { c.fail(errNoReply); close(failed) }()
+	for !blockedIn("(*conn).fail") {
+		time.Sleep(time.Millisecond)
+	}
+	resume()
+	deadline := time.Now().Add(wait)
+	for !blockedIn(inFn) {
+		if time.Now().After(deadline) {
+			c.mu.Unlock()
+			t.Fatalf("nobody read the grant (%s)", inFn)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.mu.Unlock()
+	<-failed
+}
+
+var reader2fn = map[string]string{"caller": "(*conn).readOwn", "reader": "(*conn).readLoop"}
+
+// A lane grant read, by its caller or by the reader, as the connection
+// breaks: the caller gets the connection's error, and the grant, whose
+// token was in hand, was dropped — held by nobody on a server with
+// auto-release off. It goes to OnReleaseLost, as a grant releaseAbandoned
+// cannot send back does (found by review).
+func TestGrantReadAsTheLaneBreaksGoesToOnReleaseLost(t *testing.T) {
+	t.Parallel()
+	for _, reader := range []string{"caller", "reader"} {
+		t.Run(reader, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+			lost := make(chan wire.Request, 4)
+			p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
+				OnReleaseLost: func(req wire.Request) { lost <- req }})
+			_, c := laneOf(t, p)
+			settle(t, c)
+
+			resume := srv.Stall(0)
+			t.Cleanup(resume)
+			ctx, cancel := context.WithCancel(ctxWait(t))
+			defer cancel()
+			res := goDo(ctx, p, lockReq("readbreak"))
+			awaitReading(t, c)
+			inFn := "(*conn).finishOwn"
+			if reader == "reader" {
+				cancel() // the caller gives up: the reader reads the answer
+				require.ErrorIs(t, result(t, res, "Do").err, context.Canceled)
+				inFn = "(*conn).readLoop"
+			}
+			require.Eventually(t, func() bool { return waitsOnTheSocket(reader2fn[reader]) }, wait, time.Millisecond,
+				"the %s waits for the answer", reader)
+			breakAsTheGrantIsRead(t, c, resume, inFn)
+			if reader == "caller" {
+				require.Error(t, result(t, res, "Do").err, "the caller gets the connection's error")
+			}
+			select {
+			case req := <-lost:
+				assert.Equal(t, "readbreak", req.Key)
+				assert.Equal(t, wire.CmdRelease, req.Cmd)
+			case <-time.After(wait):
+				t.Fatalf("the grant read as the lane broke (held: conn %d) never reached OnReleaseLost", holder(srv, "readbreak"))
+			}
+		})
+	}
+}
