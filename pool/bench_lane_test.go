@@ -245,4 +245,3 @@ func setInline(t testing.TB, p *Pool, on bool) {
 		c.mu.Unlock()
 	}
 }
-
