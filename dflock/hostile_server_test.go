@@ -101,6 +101,34 @@ func TestHostileTokenNeverInErrorOrLog(t *testing.T) {
 	}
 }
 
+// A grant whose token holds a short auth token by chance (a 4-character
+// one is in about one 32-hex token in 2,300) is data: the client must track
+// and release the token the server issued. The first version of the
+// token's redaction rewrote the reply before parsing it; Release then sent
+// a token the server never issued and the lock stayed held by nobody
+// (found by review).
+func TestGrantTokenHoldingTheAuthTokenByChanceIsKept(t *testing.T) {
+	t.Parallel()
+	const secret, tok = "1234", "9f0c11234e7a2b55d0c4a9e8b3f61d27"
+	released := make(chan string, 1)
+	srv := newScriptedServer(t, func(cmd, key, arg string) string {
+		switch cmd {
+		case "l":
+			return "ok " + tok + " 30"
+		case "r":
+			released <- arg
+		}
+		return "ok"
+	})
+	c := newClient(t, []string{srv.addr}, WithAuthToken(secret))
+	ctx := testCtx(t)
+	l, err := c.TryLock(ctx, "k")
+	require.NoError(t, err)
+	assert.Equal(t, tok, l.Token())
+	require.NoError(t, l.Release(ctx))
+	assert.Equal(t, tok, <-released, "the release carries the token the server issued")
+}
+
 // A server that accepts the token, then echoes it in the error_* word of
 // its refusals — a word the client passes on in Error.Reply, not a
 // connection failure, where the redaction used to be.

@@ -546,7 +546,9 @@ func checkGrant(r wire.Reply) error {
 	case r.Token == "":
 		return &wire.ProtocolError{Line: r.Token, Reason: "grant without a token"}
 	case r.Lease < 1 || r.Lease > wire.MaxSeconds:
-		return &wire.ProtocolError{Line: r.Word + " " + r.Token + " " + strconv.FormatInt(r.Lease, 10),
+		// The token is data, not shown: a hostile server may have made it
+		// the auth token.
+		return &wire.ProtocolError{Line: r.Word + " <token> " + strconv.FormatInt(r.Lease, 10),
 			Reason: "grant lease outside 1.." + strconv.FormatInt(wire.MaxSeconds, 10) + " seconds"}
 	}
 	return nil

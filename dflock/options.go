@@ -277,8 +277,9 @@ func WithTLS(cfg *tls.Config) Option {
 // (servers started with --auth-token). It must not be blank, contain CR, LF
 // or NUL, or exceed 65,536 bytes. The token is never logged, and a server
 // that echoes it back, in a reply or a refusal's word, cannot get it into
-// an error, a log record or a hook: it shows as "<redacted>" (a signal's
-// payload is delivered as published). Default: no
+// an error, a log record or a hook: it shows as "<redacted>" there. Data
+// is left as sent (a grant's token that holds it by chance, a signal's
+// payload). Default: no
 // auth.
 func WithAuthToken(token string) Option {
 	return func(o *options) {

@@ -366,7 +366,7 @@ func (c *conn) handOff(cause error) {
 func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool) {
 	// Parsed before the turn passes on: line points into the read buffer,
 	// which the next reader refills.
-	rep, perr := wire.ParseReply(line, cl.cmd)
+	rep, perr := c.wc.ParseReply(line, cl.cmd)
 	if perr != nil {
 		// The line is consumed: the reader must not read on, only fail
 		// the connection (and cl with it).
@@ -921,7 +921,7 @@ func (c *conn) readLoop() {
 			if c.onPush == nil {
 				continue // only listener connections listen
 			}
-			push, err := wire.ParsePush(line)
+			push, err := c.wc.ParsePush(line)
 			if err != nil {
 				c.fail(err)
 				return
@@ -945,15 +945,15 @@ func (c *conn) readLoop() {
 			if broken {
 				// Read as fail emptied the queue: the line answers the
 				// oldest call it took.
-				if r, err := wire.ParseReply(line, head.cmd); err == nil && head.key != "" {
+				if r, err := c.wc.ParseReply(line, head.cmd); err == nil && head.key != "" {
 					c.grantLost(head.cmd, head.key, r)
 				}
 				return
 			}
-			c.fail(&wire.ProtocolError{Line: truncLine(line), Reason: errUnsolicited.Error()})
+			c.fail(&wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()})
 			return
 		}
-		rep, err := wire.ParseReply(line, cl.cmd)
+		rep, err := c.wc.ParseReply(line, cl.cmd)
 		if err != nil {
 			c.fail(err)
 			c.deliver(cl, wire.Reply{}, c.Err())

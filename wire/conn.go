@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -16,17 +17,18 @@ type ConnOptions struct {
 	// MaxLine caps an incoming line (bytes before '\n', including any '\r');
 	// a longer one breaks the connection. Default DefaultMaxLine.
 	MaxLine int
-	// Secret, if set (the auth token), never leaves the Conn inside a
-	// reply: ReadLine returns a reply line holding it with every
-	// occurrence replaced by Redacted, before anything parses, cuts or
-	// quotes the line. A server that echoes the token back, whole or in a
-	// refusal word, cannot get it into an error, a log record or a hook.
-	// A well-formed push is left as sent: its payload is other clients'
-	// data, delivered as published.
+	// Secret, if set (the auth token), is kept out of what a reply can
+	// put into an error, a log record or a hook: Conn.ParseReply and
+	// Conn.ParsePush build their errors, and a reply's free-text fields
+	// (an unknown error_* word, error_not_leader's address), from the
+	// line with every occurrence of it replaced by Redacted, and so does
+	// an over-long line's error. Data is left as sent: a grant's token,
+	// a lease, a stats document, a push — a random token may contain a
+	// short secret by chance, and must reach the server again unchanged.
 	Secret string
 }
 
-// Redacted replaces ConnOptions.Secret in the lines a Conn returns.
+// Redacted replaces ConnOptions.Secret in errors and free-text fields.
 const Redacted = "<redacted>"
 
 const (
@@ -173,20 +175,51 @@ func (c *Conn) ReadLine() ([]byte, error) {
 	if err != nil {
 		return nil, c.fail(err)
 	}
-	if c.secret != nil && bytes.Contains(line, c.secret) {
-		line = c.scrub(line)
-	}
 	return line, nil
 }
 
-// scrub returns line, which holds the secret, with it replaced, unless
-// line is a push that parses (see ConnOptions.Secret). A push that does not
-// parse is scrubbed too: it is about to become an error.
-func (c *Conn) scrub(line []byte) []byte {
-	if IsPush(line) {
-		if _, err := ParsePush(line); err == nil {
-			return line
+// ParseReply is the package's ParseReply for a line read from c, with
+// ConnOptions.Secret kept out of its error and of r.Word and r.Text where
+// they are free text.
+func (c *Conn) ParseReply(line []byte, cmd Command) (r Reply, err error) {
+	r, err = ParseReply(line, cmd)
+	if c.secret == nil || !bytes.Contains(line, c.secret) {
+		return r, err
+	}
+	if err != nil {
+		// The same line with the secret replaced fails the same way (the
+		// replacement holds no space), with an error built from it.
+		if _, serr := ParseReply(c.Scrubbed(line), cmd); serr != nil {
+			err = serr
 		}
+		return r, err
+	}
+	secret := string(c.secret)
+	switch r.Status {
+	case StatusErrOther, StatusErrNotLeader:
+		r.Word = strings.ReplaceAll(r.Word, secret, Redacted)
+		r.Text = strings.ReplaceAll(r.Text, secret, Redacted)
+	}
+	return r, nil
+}
+
+// ParsePush is the package's ParsePush for a line read from c, with
+// ConnOptions.Secret kept out of its error. A push that parses is data.
+func (c *Conn) ParsePush(line []byte) (Push, error) {
+	p, err := ParsePush(line)
+	if err != nil && c.secret != nil && bytes.Contains(line, c.secret) {
+		if _, serr := ParsePush(c.Scrubbed(line)); serr != nil {
+			err = serr
+		}
+	}
+	return p, err
+}
+
+// Scrubbed returns line, for an error built from it, with every occurrence
+// of ConnOptions.Secret replaced by Redacted (line itself if it holds none).
+func (c *Conn) Scrubbed(line []byte) []byte {
+	if c.secret == nil || !bytes.Contains(line, c.secret) {
+		return line
 	}
 	return bytes.ReplaceAll(line, c.secret, []byte(Redacted))
 }
@@ -263,10 +296,7 @@ func (c *Conn) readLine() ([]byte, error) {
 }
 
 func (c *Conn) tooLong(prefix []byte) error {
-	if c.secret != nil && bytes.Contains(prefix, c.secret) {
-		prefix = bytes.ReplaceAll(prefix, c.secret, []byte(Redacted))
-	}
-	e := protoErr(prefix, "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
+	e := protoErr(c.Scrubbed(prefix), "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
 	e.kind = ErrLineTooLong
 	return e
 }
@@ -303,7 +333,7 @@ func (c *Conn) ReadReply(cmd Command) (Reply, error) {
 		if IsPush(line) {
 			continue
 		}
-		rep, err := ParseReply(line, cmd)
+		rep, err := c.ParseReply(line, cmd)
 		if err != nil {
 			return Reply{}, c.fail(err)
 		}

@@ -8,12 +8,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// A server that echoes the auth token back cannot get it out of the Conn in
-// a reply line — also when the token is longer than what an error keeps of
-// a line, or holds characters strconv.Quote escapes (the error's quoting
-// hid it from a search for the raw token) — while a well-formed push keeps
-// its payload as sent.
-func TestConnScrubsTheSecretFromReplies(t *testing.T) {
+// A server that echoes the auth token back cannot get it into an error or
+// a free-text field (an unknown error_* word) of what Conn parses — also
+// when the token is longer than what an error keeps of a line, or holds
+// characters strconv.Quote escapes (the error's quoting hid it from a
+// search for the raw token) — while a push that parses keeps its payload.
+func TestConnKeepsTheSecretOutOfErrorsAndWords(t *testing.T) {
 	t.Parallel()
 	for name, secret := range map[string]string{
 		"hex64": strings.Repeat("0123456789abcdef", 4),
@@ -30,23 +30,60 @@ func TestConnScrubsTheSecretFromReplies(t *testing.T) {
 			)
 			line, err := c.ReadLine()
 			require.NoError(t, err)
-			assert.Equal(t, "error_"+Redacted, string(line))
+			r, err := c.ParseReply(line, CmdLock)
+			require.NoError(t, err)
+			assert.Equal(t, StatusErrOther, r.Status)
+			assert.Equal(t, "error_"+Redacted, r.Word)
 
 			line, err = c.ReadLine()
 			require.NoError(t, err)
-			assert.Equal(t, "sig ch "+secret, string(line), "a push's payload is data, delivered as sent")
+			p, err := c.ParsePush(line)
+			require.NoError(t, err)
+			assert.Equal(t, secret, p.Payload, "a push's payload is data, delivered as sent")
 
 			line, err = c.ReadLine()
 			require.NoError(t, err)
-			assert.Equal(t, "huh "+Redacted+" "+Redacted, string(line))
-			_, err = ParseReply(line, CmdLock)
+			_, err = c.ParseReply(line, CmdLock)
 			require.ErrorIs(t, err, ErrProtocol)
 			assert.NotContains(t, err.Error(), secret[:12])
+			assert.Contains(t, err.Error(), Redacted)
 
 			line, err = c.ReadLine()
 			require.NoError(t, err)
-			assert.Equal(t, "sig "+Redacted, string(line))
+			_, err = c.ParsePush(line)
+			require.ErrorIs(t, err, ErrProtocol)
+			assert.NotContains(t, err.Error(), secret[:12])
 		})
+	}
+}
+
+// Replies a real dflockd sends, in which a short auth token occurs by
+// chance (in a random hex grant token, a lease, a renewal's seconds), are
+// data: the first version of the secret's scrubbing rewrote them before
+// parsing, so that the client tracked a token the server never issued (and
+// could not release it), or broke the connection on `ok 33` (found by
+// review).
+func TestConnLeavesRepliesThatHoldTheSecretByChanceAlone(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		secret, line string
+		cmd          Command
+		token        string
+		lease        int64
+	}{
+		{"1234", "ok 9f0c11234e7a2b55d0c4a9e8b3f61d27 33", CmdLock, "9f0c11234e7a2b55d0c4a9e8b3f61d27", 33},
+		{"cafe", "acquired 00cafe5e7a2b55d0c4a9e8b3f61d2701 30", CmdEnqueue, "00cafe5e7a2b55d0c4a9e8b3f61d2701", 30},
+		{"33", "ok 33", CmdRenew, "", 33},
+	} {
+		c, srv := pipeConn(t, ConnOptions{Secret: tc.secret})
+		feed(t, srv, false, tc.line+"\n")
+		line, err := c.ReadLine()
+		require.NoError(t, err)
+		assert.Equal(t, tc.line, string(line), "secret %q", tc.secret)
+		r, err := c.ParseReply(line, tc.cmd)
+		require.NoError(t, err, "secret %q", tc.secret)
+		assert.Equal(t, tc.token, r.Token)
+		assert.Equal(t, tc.lease, r.Lease)
 	}
 }
 
