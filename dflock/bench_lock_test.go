@@ -310,7 +310,6 @@ func runLockBench(b *testing.B, target benchTarget, impl benchImpl, g int, key f
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), unit)
 }
 
-
 // The benchmarks' server process serves, and exits cleanly when its stdin
 // closes at cleanup (a kill would fail Wait, and so the test).
 func TestBenchServerProcessStartsServesAndExits(t *testing.T) {
