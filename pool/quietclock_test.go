@@ -6,22 +6,28 @@ import (
 )
 
 // set may come from any goroutine (quietWatch.add, on a caller's or a
-// reader's) while the watch goroutine waits: under -race this reported a
-// data race on every platform without a timerfd (the fallback clock kept
-// its duration in a plain field).
+// reader's) while the watch goroutine sets the clock and waits on it, as
+// it does in quietWatch.pass: under -race this reported a data race on
+// every platform without a timerfd (the fallback clock kept its duration
+// in a plain field).
 func TestQuietClockSetWhileWaiting(t *testing.T) {
 	t.Parallel()
 	q := newQuietClock()
 	defer q.close()
-	q.set(200 * time.Microsecond)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for range 20 {
+			q.set(200 * time.Microsecond)
 			q.wait()
 		}
 	}()
 	for range 200 {
+		select {
+		case <-done:
+			return
+		default:
+		}
 		q.set(200 * time.Microsecond)
 		time.Sleep(50 * time.Microsecond)
 	}
