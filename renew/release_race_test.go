@@ -1,6 +1,7 @@
 package renew
 
 import (
+	"container/heap"
 	"sync"
 	"testing"
 	"time"
@@ -93,4 +94,40 @@ func TestRenewalOfALeaseReleasedDuringItsRoundIsNotSent(t *testing.T) {
 	}
 	assert.Equal(t, int64(1), c.Sent.Load(), "renewals counted as sent")
 	assert.Equal(t, int64(1), s.Stats().Batches, "Stats.Batches counts k2's emptied batch, never written")
+}
+
+// A round whose only renewals belonged to leases released while it wrote
+// another owner's batch (here the release of a lease it declared lost)
+// sent no renewal: Stats.Rounds ("wakes that sent at least one renewal")
+// counted it, since it was counted when the round picked them (found by
+// review).
+func TestRoundWhoseRenewalsWereAllDroppedIsNotCounted(t *testing.T) {
+	t.Parallel()
+	s, clk := manualScheduler(t, Config{})
+	var order []string
+	held := map[string]bool{"t1": true, "t2": true}
+	o1 := &serverOwner{wire: &order, held: held}
+	o2 := &serverOwner{wire: &order, held: held}
+	const ttl = 10 * time.Second
+	l1 := s.Track(Spec{Key: "k1", Token: "t1", TTL: ttl, Owner: o1})
+	l2 := s.Track(Spec{Key: "k2", Token: "t2", TTL: ttl, Owner: o2})
+	clk.Advance(time.Second)
+	// l1 is past its loss deadline (its renewal unanswered, say) and l2
+	// due for renewal in the same round, l1 first.
+	s.mu.Lock()
+	now := s.now()
+	l1.deadline, l1.next = now-1, now-1
+	heap.Fix(&s.heap, int(l1.idx))
+	l2.renewAt, l2.next = now, now
+	heap.Fix(&s.heap, int(l2.idx))
+	s.mu.Unlock()
+	// While the round writes l1's release on o1, l2 is released by its user.
+	o1.before = func() { require.True(t, l2.Untrack()) }
+	s.tick()
+	t.Logf("wire order: %q", order)
+	require.Error(t, l1.Err(), "l1 lost")
+	assert.NotContains(t, order, "n k2", "k2's renewal was written")
+	st := s.Stats()
+	assert.Zero(t, st.Batches, "no renewal batch was written")
+	assert.Zero(t, st.Rounds, "a round that sent no renewal is counted")
 }

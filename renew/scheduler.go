@@ -454,9 +454,6 @@ func (s *Scheduler) tick() {
 	}
 	clear(s.requeue)
 	s.requeue = s.requeue[:0]
-	if nrenew > 0 {
-		s.stats.Rounds++
-	}
 	armed := int64(math.MaxInt64)
 	if len(s.heap) > 0 {
 		armed = s.heap[0].next
@@ -464,11 +461,13 @@ func (s *Scheduler) tick() {
 	s.armTimerLocked(armed)
 	s.mu.Unlock()
 
+	wrote := false
 	for _, st := range s.round {
 		if len(st.renew) > 0 {
 			s.dropEnded(st)
 		}
 		if len(st.renew) > 0 {
+			wrote = true
 			b := &batch{s: s, leases: make([]*Lease, len(st.renew))}
 			copy(b.leases, st.renew)
 			reqs := make([]wire.Request, len(b.leases))
@@ -503,6 +502,13 @@ func (s *Scheduler) tick() {
 	}
 	clear(s.round)
 	s.round = s.round[:0]
+	if wrote {
+		// Counted here, as Batches in dropEnded: a round whose renewals
+		// all ended meanwhile sent none.
+		s.mu.Lock()
+		s.stats.Rounds++
+		s.mu.Unlock()
+	}
 }
 
 // dropEnded takes out of st's batch the leases that ended since the round
