@@ -279,8 +279,11 @@ func (p *Pool) SettleLanes(deadline time.Time) {
 	for time.Now().Before(deadline) {
 		busy := false
 		for i := range p.lanes {
+			// inflight, delivering, inflight again: a delivery that ends
+			// between the first two reads queued its release (if any)
+			// before, so the third sees it.
 			if l := p.lanes[i].conn.Load(); l != nil && l.c.errp.Load() == nil &&
-				(l.c.inflight.Load() > 0 || l.c.delivering.Load() > 0) {
+				(l.c.inflight.Load() > 0 || l.c.delivering.Load() > 0 || l.c.inflight.Load() > 0) {
 				busy = true
 				break
 			}
