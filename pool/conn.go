@@ -214,6 +214,7 @@ func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wi
 	cl.cmd = req.Cmd
 	cl.blocking = req.Blocking()
 	cl.key = grantKey
+	cl.grantKey = grantKeyOf(req)
 	reads, err := c.send(req, cl)
 	if err != nil {
 		putCall(cl)
@@ -237,6 +238,7 @@ func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, 
 	cl.cmd = req.Cmd
 	cl.blocking = req.Blocking()
 	cl.cb = late
+	cl.grantKey = grantKeyOf(req)
 	ended := ctx.Err()
 	if ended != nil {
 		// An ended ctx reports so at once, whatever the timing: the
@@ -381,7 +383,7 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		c.failedHead.key = ""
 		c.mu.Unlock()
 		<-cl.done
-		cmd, key := cl.cmd, cl.key
+		cmd, key := cl.cmd, cl.grantKey
 		r, err := cl.result()
 		c.grantLost(cmd, key, rep)
 		return r, err, true
@@ -1104,18 +1106,29 @@ func (c *conn) releaseAbandoned(cl *call, r *wire.Reply) {
 	c.startFlushLocked()
 }
 
-// grantLost hands a grant read for a lane try-acquire (cmd, key) whose
-// caller got the connection's error instead — the connection broke between
-// the read and its delivery — to Config.OnReleaseLost, as releaseAbandoned
-// does for a grant it cannot send back: on a server with auto-release off
-// it is held by nobody otherwise.
+// grantKeyOf is the key of a request that can be answered with a grant
+// (see call.grantKey), or "".
+func grantKeyOf(req *wire.Request) string {
+	switch req.Cmd {
+	case wire.CmdLock, wire.CmdSemLock, wire.CmdEnqueue, wire.CmdSemEnqueue, wire.CmdWait, wire.CmdSemWait:
+		return req.Key
+	}
+	return ""
+}
+
+// grantLost hands a grant read for a request (cmd, key: see call.grantKey)
+// whose caller got the connection's error instead — the connection broke
+// between the read and its delivery — to Config.OnReleaseLost, as
+// releaseAbandoned does for a grant it cannot send back: on a server with
+// auto-release off it is held by nobody otherwise.
 func (c *conn) grantLost(cmd wire.Command, key string, r wire.Reply) {
 	lost := c.p.cfg.OnReleaseLost
-	if lost == nil || key == "" || r.Status != wire.StatusOK || r.Token == "" ||
-		(cmd != wire.CmdLock && cmd != wire.CmdSemLock) {
+	if lost == nil || key == "" || r.Token == "" ||
+		(r.Status != wire.StatusOK && r.Status != wire.StatusAcquired) {
 		return
 	}
-	req := wire.ReleaseRequest(key, r.Token, cmd == wire.CmdSemLock)
+	sem := cmd == wire.CmdSemLock || cmd == wire.CmdSemEnqueue || cmd == wire.CmdSemWait
+	req := wire.ReleaseRequest(key, r.Token, sem)
 	if framed(&req) != nil {
 		return
 	}
@@ -1210,8 +1223,8 @@ func (c *conn) fail(cause error) {
 	for cl := c.q.pop(); cl != nil; cl = c.q.pop() {
 		pending = append(pending, cl)
 	}
-	if len(pending) > 0 && pending[0].key != "" {
-		c.failedHead.cmd, c.failedHead.key = pending[0].cmd, pending[0].key
+	if len(pending) > 0 && pending[0].grantKey != "" {
+		c.failedHead.cmd, c.failedHead.key = pending[0].cmd, pending[0].grantKey
 	}
 	c.inflight.Store(0)
 	c.blocking = 0
@@ -1243,6 +1256,11 @@ type call struct {
 	reply    wire.Reply
 	err      error
 	key      string // lane l/sl: to release an abandoned grant
+	// grantKey is the key of a request that can be answered with a grant
+	// (l, sl, e, se, w, sw): a grant read for it as the connection
+	// breaks, when its caller gets the connection's error, goes to
+	// Config.OnReleaseLost (grantLost).
+	grantKey string
 	cb       func(int, wire.Reply, error)
 	idx      int
 }
@@ -1268,6 +1286,7 @@ func putCall(cl *call) {
 	cl.reply = wire.Reply{}
 	cl.err = nil
 	cl.key = ""
+	cl.grantKey = ""
 	cl.cb = nil
 	cl.blocking = false
 	cl.state.Store(stateWaiting)

@@ -63,6 +63,9 @@ func breakAsTheGrantIsRead(t *testing.T, c *conn, resume func(), inFn string) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	// A goroutine seen in Mutex.Lock may still be spinning, and would take
+	// the mutex ahead of fail: let it park in the mutex's queue, behind.
+	time.Sleep(10 * time.Millisecond)
 	c.mu.Unlock()
 	<-failed
 }
@@ -112,5 +115,49 @@ func TestGrantReadAsTheLaneBreaksGoesToOnReleaseLost(t *testing.T) {
 				t.Fatalf("the grant read as the lane broke (held: conn %d) never reached OnReleaseLost", holder(srv, "readbreak"))
 			}
 		})
+	}
+}
+
+// The same on a wait-pool connection, whose acquires (dflock's exchange)
+// go through Conn.Request and carry no lane key: the grant read as the
+// connection broke reached nobody (found by review).
+func TestGrantReadAsAWaitConnBreaksGoesToOnReleaseLost(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	lost := make(chan wire.Request, 4)
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
+		OnReleaseLost: func(req wire.Request) { lost <- req }})
+	h, err := p.Acquire(ctxWait(t))
+	require.NoError(t, err)
+	c := h.c
+	settle(t, c)
+
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	type res struct {
+		answered bool
+		err      error
+	}
+	done := make(chan res, 1)
+	go func() {
+		req := lockReq("waitbreak")
+		req.Cmd, req.Limit = wire.CmdSemLock, 2
+		_, answered, err := h.Request(ctxWait(t), req, func(int, wire.Reply, error) {})
+		done <- res{answered, err}
+	}()
+	awaitReading(t, c)
+	require.Eventually(t, func() bool { return waitsOnTheSocket("(*conn).readOwn") }, wait, time.Millisecond,
+		"the caller waits for the answer")
+	breakAsTheGrantIsRead(t, c, resume, "(*conn).finishOwn")
+	got := result(t, done, "Request")
+	require.True(t, got.answered)
+	require.Error(t, got.err, "the caller gets the connection's error")
+	h.Destroy() // as exchange does with a connection whose request failed
+	select {
+	case req := <-lost:
+		assert.Equal(t, "waitbreak", req.Key)
+		assert.Equal(t, wire.CmdSemRelease, req.Cmd)
+	case <-time.After(wait):
+		t.Fatal("the grant read as the wait-pool connection broke never reached OnReleaseLost")
 	}
 }
