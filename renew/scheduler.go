@@ -461,13 +461,12 @@ func (s *Scheduler) tick() {
 	s.armTimerLocked(armed)
 	s.mu.Unlock()
 
-	wrote := false
+	counted := false // this round in Stats.Rounds
 	for _, st := range s.round {
 		if len(st.renew) > 0 {
-			s.dropEnded(st)
+			s.dropEnded(st, &counted)
 		}
 		if len(st.renew) > 0 {
-			wrote = true
 			b := &batch{s: s, leases: make([]*Lease, len(st.renew))}
 			copy(b.leases, st.renew)
 			reqs := make([]wire.Request, len(b.leases))
@@ -502,13 +501,6 @@ func (s *Scheduler) tick() {
 	}
 	clear(s.round)
 	s.round = s.round[:0]
-	if wrote {
-		// Counted here, as Batches in dropEnded: a round whose renewals
-		// all ended meanwhile sent none.
-		s.mu.Lock()
-		s.stats.Rounds++
-		s.mu.Unlock()
-	}
 }
 
 // dropEnded takes out of st's batch the leases that ended since the round
@@ -517,7 +509,12 @@ func (s *Scheduler) tick() {
 // it would be refused by the server and counted as a refusal although no
 // lease was lost. It narrows that window to the moments between this check
 // and the batch's write (see ServerSnapshot.RenewalsRefused).
-func (s *Scheduler) dropEnded(st *ownerState) {
+//
+// It counts the batch in Stats.Batches if any renewal is left, and the
+// round in Stats.Rounds with its first such batch (counted says so): here,
+// before the write, so that whoever sees a batch also sees it counted, and
+// not when the round picked renewals that may all end before it writes.
+func (s *Scheduler) dropEnded(st *ownerState, counted *bool) {
 	s.mu.Lock()
 	live := st.renew[:0]
 	for _, l := range st.renew {
@@ -530,7 +527,11 @@ func (s *Scheduler) dropEnded(st *ownerState) {
 	clear(st.renew[len(live):])
 	st.renew = live
 	if len(live) > 0 {
-		s.stats.Batches++ // counted here, where it is sure to be written
+		s.stats.Batches++
+		if !*counted {
+			*counted = true
+			s.stats.Rounds++
+		}
 	}
 	s.mu.Unlock()
 }
