@@ -248,6 +248,13 @@ func (c *Client) giveBackUntrackable(ctx context.Context, srv *server, conn *poo
 	c.releaseOn(ctx, srv, conn, rel)
 }
 
+// giveBackUntrackableLater is giveBackUntrackable in a background job. A
+// function of its own: a closure in exchange, capturing its reply and
+// request, would move them to the heap on every call.
+func (c *Client) giveBackUntrackableLater(srv *server, conn *pool.Conn, req wire.Request, r wire.Reply) {
+	c.inBackground(conn, func(ctx context.Context) { c.giveBackUntrackable(ctx, srv, conn, req, r) })
+}
+
 // releaseOn sends rel, the release of a grant made on conn, on conn, which
 // then goes back to the pool; if conn cannot carry it, the release is sent
 // aside and conn closed.

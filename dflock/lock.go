@@ -382,7 +382,7 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 	lateBoxes.Put(late) // answered: late is never called
 	if err == nil && (r.Status == wire.StatusOK || r.Status == wire.StatusAcquired) {
 		if err = checkGrant(r); err != nil {
-			c.inBackground(conn, func(ctx context.Context) { c.giveBackUntrackable(ctx, srv, conn, req, r) })
+			c.giveBackUntrackableLater(srv, conn, req, r)
 			return r, sent, err
 		}
 	}
