@@ -58,6 +58,12 @@ type conn struct {
 	inLine  bool
 	tooLong bool
 	armedAt time.Time // when the current line's read deadline was set
+	armed   bool      // the current line's read blocked, under that deadline
+	// pausedDeadline is the read deadline the paused process would find
+	// expired or not when a stall ends: that of the first line that came
+	// in during the stall while the server was waiting for it (zero if
+	// none). See readRequest.
+	pausedDeadline time.Time
 
 	// With a clock other than the real one the socket has no read deadline
 	// of its own: a timer on that clock expires it (see armDeadline). dlGen
@@ -116,6 +122,10 @@ func (c *conn) serve() {
 		}
 		// A request that arrived while the server was being stalled is held.
 		if !c.awaitStall() {
+			return
+		}
+		if c.timedOutInPause() {
+			c.readFailed(os.ErrDeadlineExceeded)
 			return
 		}
 		s.requests[req.cmd].Add(1)
@@ -208,20 +218,35 @@ func (c *conn) readRequest() (request, error) {
 			limit = c.srv.cfg.Version.argCap(c.bufs[0])
 		}
 		if _, err := c.readLine(c.lineIdx, limit); err != nil {
-			if isTimeout(err) && c.srv.stallCovers(c.armedAt) {
-				// A stalled server does not time its clients out.
+			if isTimeout(err) {
+				// A deadline that passes while the server is paused times
+				// the connection out when it resumes, as dflockd's does
+				// (its timer fires on resume); not before.
 				if !c.awaitStall() {
 					return request{}, net.ErrClosed
 				}
-				c.armDeadline()
-				continue
 			}
 			return request{}, err
+		}
+		if c.armed && c.raw != nil && c.raw.readInPause.Load() && c.pausedDeadline.IsZero() && c.srv.cfg.ReadTimeout > 0 {
+			c.pausedDeadline = c.armedAt.Add(c.srv.cfg.ReadTimeout)
 		}
 		c.lineIdx++
 	}
 	c.lineIdx = 0
 	return request{cmd: lookupCmd(c.bufs[0]), key: c.bufs[1], arg: c.bufs[2]}, nil
+}
+
+// timedOutInPause reports, once the stall a request came in during has
+// ended, whether the paused process would have timed its connection out
+// instead of reading the request: dflockd, resumed, finds both the data
+// and its expired read deadline, and the deadline wins that race about a
+// quarter of the time (measured against a SIGSTOPped v1.10.0). testutil
+// always lets it win, the harsher branch for a client.
+func (c *conn) timedOutInPause() bool {
+	d := c.pausedDeadline
+	c.pausedDeadline = time.Time{}
+	return !d.IsZero() && !d.After(c.srv.lastStallEnd())
 }
 
 // readLine reads line i into c.bufs[i] with the semantics of the server's
@@ -232,7 +257,12 @@ func (c *conn) readLine(i, limit int) ([]byte, error) {
 	if !c.inLine {
 		c.inLine, c.tooLong = true, false
 		c.bufs[i] = c.bufs[i][:0]
+		c.armed = false
 		if !c.lineBuffered() {
+			c.armed = true
+			if c.raw != nil {
+				c.raw.readInPause.Store(false)
+			}
 			// About to block on the socket: the client may be waiting for
 			// the answers to what it sent so far. On a clock the test
 			// drives, the timeout is armed before they leave, so that a
@@ -713,19 +743,29 @@ type countedConn struct {
 	stall         func() chan struct{} // Server.stallGate
 	closed        chan struct{}        // closed by Close
 	closeOnce     sync.Once
+	// readInPause: a Read returned bytes that came in during a stall (see
+	// conn.readRequest); the reader clears it before each blocking read.
+	readInPause atomic.Bool
 }
 
 // hold waits out a stall; false if the connection was closed meanwhile.
 func (c *countedConn) hold() bool {
+	_, ok := c.holdWaited()
+	return ok
+}
+
+// holdWaited is hold, and reports whether there was a stall to wait out.
+func (c *countedConn) holdWaited() (waited, ok bool) {
 	for {
 		gate := c.stall()
 		if gate == nil {
-			return true
+			return waited, true
 		}
+		waited = true
 		select {
 		case <-gate:
 		case <-c.closed:
-			return false
+			return waited, false
 		}
 	}
 }
@@ -738,8 +778,12 @@ func (c *countedConn) Read(p []byte) (int, error) {
 	// A read already waiting in the kernel when a stall began returns
 	// during it: what it got (bytes, EOF, a reset) is acted on only after
 	// the stall, as a paused process would.
-	if !c.hold() {
+	waited, ok := c.holdWaited()
+	if !ok {
 		return 0, net.ErrClosed
+	}
+	if waited && n > 0 {
+		c.readInPause.Store(true)
 	}
 	if n > 0 {
 		c.reads.Add(1)

@@ -317,6 +317,19 @@ func (s *session) send(st step) {
 			s.barrier()
 			return
 		}
+		if r.text == "error_auth" {
+			// Both servers close the connection ~100 ms after error_auth
+			// (the auth-failure delay), each on its own timer: wait for
+			// both closes, so that no later step (a stats count) lands
+			// between them.
+			evs, got := awaitPair(sc.c, replyWindow, grace)
+			if _, _, ok := s.observe("", evs, got); !ok {
+				return
+			}
+			sc.closed = true
+			s.barrier()
+			return
+		}
 	}
 }
 
