@@ -80,8 +80,12 @@ var (
 
 	// ErrRefused: the server answered the bare `error` (or an error word
 	// this package does not know) — a request the server considers invalid,
-	// an unknown token, or a wait interrupted by a server shutdown. The
-	// reply word is in *Error.Reply.
+	// an unknown token, a wait interrupted by a server shutdown, or a
+	// request that reached the server after its read deadline had passed
+	// (a server process paused past it, as by SIGSTOP: it times the
+	// connection out and closes it; the request was not applied, and a
+	// retry on a new connection may succeed). The reply word is in
+	// *Error.Reply.
 	ErrRefused = errors.New("dflock: request refused by the server")
 
 	// ErrTicketDone: the Ticket was already waited for, timed out or cancelled.
