@@ -129,6 +129,68 @@ func TestGrantTokenHoldingTheAuthTokenByChanceIsKept(t *testing.T) {
 	assert.Equal(t, tok, <-released, "the release carries the token the server issued")
 }
 
+// A server that echoes the auth token in a stats reply that is not the
+// expected JSON must not get it into the error Stats returns (nor a log):
+// the document is data, passed to dflock as sent, and the parse error
+// showed part of it (found by review).
+func TestHostileStatsErrorHidesAuthToken(t *testing.T) {
+	t.Parallel()
+	for name, doc := range map[string]string{
+		"not-an-object": hostileToken,
+		"array-field":   `{"locks":"` + hostileToken + `"}`,
+		"bad-entry":     `{"x":1,"` + hostileToken + `":}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newScriptedServer(t, func(cmd, key, arg string) string {
+				if cmd == "stats" {
+					return "ok " + doc
+				}
+				return "ok"
+			})
+			var logs syncBuffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			c := newClient(t, []string{srv.addr}, WithAuthToken(hostileToken), WithLogger(logger))
+			ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+			defer cancel()
+			_, err := c.Stats(ctx)
+			require.Error(t, err)
+			t.Log(err)
+			assert.NotContains(t, err.Error(), hostileToken, "stats error")
+			require.NoError(t, c.Close())
+			assert.False(t, strings.Contains(logs.String(), hostileToken), "log")
+		})
+	}
+}
+
+// A passphrase-style auth token (spaces, longer than an error keeps of a
+// line) echoed by a hostile server inside a grant: the line fails to parse
+// (the token's first word is taken as the grant token, its second as the
+// lease), while the same line with the token replaced parses, so
+// wire.Conn.ParseReply kept the error built from the raw line, cut where
+// pool's whole-token redaction could not find it (found by review).
+func TestHostilePassphraseTokenInAGrantNeverInError(t *testing.T) {
+	t.Parallel()
+	const secret = "correct horse battery staple correct horse battery staple again"
+	srv := newScriptedServer(t, func(cmd, key, arg string) string {
+		if cmd == "l" {
+			return "ok " + secret + " 30"
+		}
+		return "ok"
+	})
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c := newClient(t, []string{srv.addr}, WithAuthToken(secret), WithLogger(logger))
+	ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+	defer cancel()
+	_, err := c.TryLock(ctx, "k")
+	require.Error(t, err)
+	t.Log(err)
+	assert.NotContains(t, err.Error(), secret[:24], "error")
+	require.NoError(t, c.Close())
+	assert.NotContains(t, logs.String(), secret[:24], "log")
+}
+
 // A server that accepts the token, then echoes it in the error_* word of
 // its refusals — a word the client passes on in Error.Reply, not a
 // connection failure, where the redaction used to be.

@@ -187,12 +187,7 @@ func (c *Conn) ParseReply(line []byte, cmd Command) (r Reply, err error) {
 		return r, err
 	}
 	if err != nil {
-		// The same line with the secret replaced fails the same way (the
-		// replacement holds no space), with an error built from it.
-		if _, serr := ParseReply(c.Scrubbed(line), cmd); serr != nil {
-			err = serr
-		}
-		return r, err
+		return r, c.scrubError(line, err)
 	}
 	secret := string(c.secret)
 	switch r.Status {
@@ -208,11 +203,23 @@ func (c *Conn) ParseReply(line []byte, cmd Command) (r Reply, err error) {
 func (c *Conn) ParsePush(line []byte) (Push, error) {
 	p, err := ParsePush(line)
 	if err != nil && c.secret != nil && bytes.Contains(line, c.secret) {
-		if _, serr := ParsePush(c.Scrubbed(line)); serr != nil {
-			err = serr
-		}
+		err = c.scrubError(line, err)
 	}
 	return p, err
+}
+
+// scrubError rebuilds err, a parse error of line, which holds the secret,
+// from line with the secret replaced: cut first, the line could keep most
+// of a long secret. Not by parsing the scrubbed line again: a secret with
+// a space in it parses differently once replaced.
+func (c *Conn) scrubError(line []byte, err error) error {
+	pe, ok := err.(*ProtocolError)
+	if !ok {
+		return err
+	}
+	e := protoErr(c.Scrubbed(trimCR(line)), strings.ReplaceAll(pe.Reason, string(c.secret), Redacted))
+	e.kind = pe.kind
+	return e
 }
 
 // Scrubbed returns line, for an error built from it, with every occurrence

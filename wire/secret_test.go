@@ -100,3 +100,21 @@ func TestConnScrubsTheSecretFromAnOverlongLine(t *testing.T) {
 	require.ErrorAs(t, err, &pe)
 	assert.NotContains(t, pe.Line, "s3crets3cret")
 }
+
+// A secret with spaces in it (a passphrase) echoed in a grant: the line
+// parses differently once the secret is replaced, so the error must be
+// rebuilt from the scrubbed line, not taken from parsing it again (which
+// succeeded, and the error built from the raw line was kept; found by
+// review).
+func TestConnKeepsAPassphraseOutOfAGrantsError(t *testing.T) {
+	t.Parallel()
+	const secret = "correct horse battery staple correct horse battery staple again"
+	c, srv := pipeConn(t, ConnOptions{Secret: secret})
+	feed(t, srv, false, "ok "+secret+" 30\n")
+	line, err := c.ReadLine()
+	require.NoError(t, err)
+	_, err = c.ParseReply(line, CmdLock)
+	require.ErrorIs(t, err, ErrProtocol)
+	assert.NotContains(t, err.Error(), "horse battery")
+	assert.Contains(t, err.Error(), Redacted)
+}
