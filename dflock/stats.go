@@ -217,9 +217,27 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 	}
 	state, err := parseServerState(r.Text)
 	if err != nil {
-		return fail(err)
+		return fail(scrubStatsError(err, r.Text, c.opts.authToken))
 	}
 	return state, nil
+}
+
+// scrubStatsError keeps the auth token out of err, a parse error of the
+// stats document doc: the document is data, passed on as sent, but an
+// error shows part of it, and a server may have echoed the token there.
+// The error is rebuilt from the document with the token replaced before
+// anything is cut from it.
+func scrubStatsError(err error, doc, secret string) error {
+	if secret == "" || !strings.Contains(doc, secret) {
+		return err
+	}
+	reason := "stats reply is not the expected JSON"
+	var pe *wire.ProtocolError
+	if errors.As(err, &pe) {
+		reason = strings.ReplaceAll(pe.Reason, secret, wire.Redacted)
+	}
+	doc = strings.ReplaceAll(doc, secret, wire.Redacted)
+	return &wire.ProtocolError{Line: doc[:min(len(doc), 64)], Reason: reason}
 }
 
 // The entries of the stats JSON (docs/protocol.md §6.7).
