@@ -500,6 +500,7 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 		cl.blocking = req.Blocking()
 		cl.cb = done
 		cl.idx = i
+		cl.grantKey = grantKeyOf(req) // a ticket's withdrawing w, say
 		c.enqueueLocked(req, cl, false)
 		n++
 	}

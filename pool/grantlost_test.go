@@ -161,3 +161,47 @@ func TestGrantReadAsAWaitConnBreaksGoesToOnReleaseLost(t *testing.T) {
 		t.Fatal("the grant read as the wait-pool connection broke never reached OnReleaseLost")
 	}
 }
+
+// The same for a grant read for a request sent with SendBatch — a ticket's
+// withdrawing `w key 0` (dflock's sendOn) — which carried no key (found by
+// review).
+func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	lost := make(chan wire.Request, 4)
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
+		OnReleaseLost: func(req wire.Request) { lost <- req }})
+	ctx := ctxWait(t)
+	h1, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	r, err := h1.Do(ctx, lockReq("wd"))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, r.Status)
+	h2, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	q, err := h2.Do(ctx, wire.Request{Cmd: wire.CmdEnqueue, Key: "wd", Lease: 30})
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusQueued, q.Status)
+	rr, err := h1.Do(ctx, wire.ReleaseRequest("wd", r.Token, false))
+	require.NoError(t, err)
+	require.Equal(t, wire.StatusOK, rr.Status)
+	c := h2.c
+	settle(t, c)
+
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	done := make(chan error, 1)
+	h2.SendBatch([]wire.Request{{Cmd: wire.CmdWait, Key: "wd"}}, func(_ int, _ wire.Reply, err error) { done <- err })
+	require.Eventually(t, func() bool { return waitsOnTheSocket("(*conn).readLoop") }, wait, time.Millisecond,
+		"the reader waits for the answer")
+	breakAsTheGrantIsRead(t, c, resume, "(*conn).readLoop")
+	require.Error(t, result(t, done, "SendBatch"), "the withdraw gets the connection's error")
+	h2.Destroy() // as withdraw does
+	select {
+	case req := <-lost:
+		assert.Equal(t, "wd", req.Key)
+		assert.Equal(t, wire.CmdRelease, req.Cmd)
+	case <-time.After(2 * time.Second):
+		t.Fatalf("the grant read for w as the connection broke never reached OnReleaseLost (held by conn %d)", holder(srv, "wd"))
+	}
+}
