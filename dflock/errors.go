@@ -84,8 +84,8 @@ var (
 	// request that reached the server after its read deadline had passed
 	// (a server process paused past it, as by SIGSTOP: it times the
 	// connection out and closes it; the request was not applied, and a
-	// retry on a new connection may succeed). The reply word is in
-	// *Error.Reply.
+	// retry on a new connection may succeed; a Release so answered is sent
+	// again aside). The reply word is in *Error.Reply.
 	ErrRefused = errors.New("dflock: request refused by the server")
 
 	// ErrTicketDone: the Ticket was already waited for, timed out or cancelled.

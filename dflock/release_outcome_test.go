@@ -134,3 +134,47 @@ func awaitReleaseSending(t *testing.T, h *held) {
 		return h.relState == relSending
 	}, 5*time.Second, time.Millisecond)
 }
+
+// A Release that reaches a paused server after the read deadline it was
+// waiting under is answered `error` and the connection closed: the release
+// was not applied. On a server with auto-release off the lock then stays
+// held by nobody until its lease runs out; Release reports the lease lost
+// ("the server no longer held the lease") and sent no release aside, as it
+// does when the owning connection breaks (found by review).
+func TestReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true, ReadTimeout: time.Second})
+	c := newClient(t, addrsOf(srv), WithServerReadTimeout(time.Second), WithKeepAlive(500*time.Millisecond),
+		WithLeaseTTL(30*time.Second))
+	ctx := testCtx(t)
+	l, err := c.TryLock(ctx, "paused-release")
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond) // the server's read deadline: ~1 s after its reply
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	relErr := make(chan error, 1)
+	go func() { relErr <- l.Release(ctx) }()
+	time.Sleep(900 * time.Millisecond) // past the deadline, before the client's 2×keepalive
+	resume()
+	err = <-relErr
+	t.Logf("release: %v", err)
+
+	other := newClient(t, addrsOf(srv))
+	require.Eventually(t, func() bool {
+		l2, err := other.TryLock(ctx, "paused-release")
+		if err == nil {
+			_ = l2.Release(ctx)
+			return true
+		}
+		return false
+	}, 5*time.Second, 50*time.Millisecond, "the lock stays held by nobody (held by conn %d) until its 30 s lease runs out", holderOf(srv, "paused-release"))
+}
+
+func holderOf(srv *testutil.Server, key string) uint64 {
+	for _, l := range srv.Stats().Locks {
+		if l.Key == key {
+			return l.OwnerConnID
+		}
+	}
+	return 0
+}
