@@ -272,7 +272,7 @@ func runLockBench(b *testing.B, target benchTarget, impl benchImpl, g int, key f
 	}
 	var next atomic.Int64
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu0 := testutil.ProcessCPUOrSkip(b)
 	b.ResetTimer()
 	start := time.Now()
 	for gi := range g {
@@ -294,7 +294,7 @@ func runLockBench(b *testing.B, target benchTarget, impl benchImpl, g int, key f
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	cpu := processCPU(b) - cpu0
+	cpu := testutil.ProcessCPUOrSkip(b) - cpu0
 	if p := failed.Load(); p != nil {
 		b.Fatal(*p)
 	}

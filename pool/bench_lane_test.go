@@ -159,7 +159,7 @@ func runLockRelease(b *testing.B, g int, mk func(i int) (lockReleaser, func())) 
 	left.Store(int64(b.N))
 	var wg sync.WaitGroup
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu0 := testutil.ProcessCPUOrSkip(b)
 	b.ResetTimer()
 	for i := range g {
 		wg.Add(1)
@@ -180,7 +180,7 @@ func runLockRelease(b *testing.B, g int, mk func(i int) (lockReleaser, func())) 
 	wg.Wait()
 	b.StopTimer()
 	// The whole process: the client's share only with an external server.
-	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64((testutil.ProcessCPUOrSkip(b)-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
 	all := slices.Concat(lat...)
 	if len(all) > 0 {
 		slices.Sort(all)
