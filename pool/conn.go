@@ -948,8 +948,10 @@ func (c *conn) readLoop() {
 			if broken {
 				// Read as fail emptied the queue: the line answers the
 				// oldest call it took.
-				if r, err := c.wc.ParseReply(line, head.cmd); err == nil && head.key != "" {
-					c.grantLost(head.cmd, head.key, r)
+				if head.key != "" {
+					if r, err := c.wc.ParseReply(line, head.cmd); err == nil {
+						c.grantLost(head.cmd, head.key, r)
+					}
 				}
 				return
 			}
