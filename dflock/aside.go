@@ -264,11 +264,21 @@ func (c *Client) releaseOn(ctx context.Context, srv *server, conn *pool.Conn, re
 		conn.Release()
 		return
 	}
-	if err != nil {
+	if err != nil || mayNotBeApplied(r) {
 		c.releaseAside(srv, rel)
 	}
 	conn.Destroy()
 }
+
+// mayNotBeApplied reports whether r, the answer to a release, leaves the
+// release possibly not done: the bare `error` is what the server answers
+// a token it does not know, but also a request that reached it after its
+// read deadline (a server paused past it), which it then did not apply
+// before closing the connection — keeping the grant, with auto-release
+// off. A release so answered is sent again aside: for a token the server
+// does not know, that costs one more refused request. (sendAside, the
+// second try, takes it as final.)
+func mayNotBeApplied(r wire.Reply) bool { return r.Status == wire.StatusError }
 
 // inBackground runs fn, which settles conn, as a background job bounded by
 // DefaultReleaseTimeout (and Close's deadline); once Close has stopped the

@@ -414,7 +414,8 @@ func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
 			if err != nil || r.Status != wire.StatusOK {
 				failed.Add(1)
 			}
-			if errors.Is(err, wire.ErrConnBroken) && !errors.Is(err, ErrClosed) && srv != nil {
+			if srv != nil && (errors.Is(err, wire.ErrConnBroken) && !errors.Is(err, ErrClosed) ||
+				err == nil && mayNotBeApplied(r)) {
 				// Auto-release off keeps what a broken connection held.
 				c.releaseAside(srv, reqs[i])
 			}

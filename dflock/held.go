@@ -287,13 +287,10 @@ func (h *held) finishRelease(rr releaseReply) error {
 		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: "error_draining", Err: ErrDraining}
 	default:
 		// The server no longer knew the token: the lease had expired (or
-		// its connection closed) before the release arrived. Or, for the
-		// bare `error`, the release reached the server after its read
-		// deadline (a paused server) and was not applied: the connection
-		// is closing, which releases the lease unless auto-release is
-		// off. So it goes aside too: for a token the server no longer
-		// knows, that costs one more refused request.
-		if rr.r.Status == wire.StatusError {
+		// its connection closed) before the release arrived — or, for the
+		// bare `error`, the release may not have been applied
+		// (mayNotBeApplied).
+		if mayNotBeApplied(rr.r) {
 			h.c.releaseAside(h.srv, wire.ReleaseRequest(h.key(), h.token(), h.lease.Semaphore()))
 		}
 		lost = &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}

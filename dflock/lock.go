@@ -230,8 +230,10 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 			// The caller gave up while the grant was in flight (or it is
 			// unusable): give it back at once on the same connection.
 			rel := wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0)
-			owner.SendBatch([]wire.Request{rel}, func(_ int, _ wire.Reply, err error) {
-				if err != nil { // the connection broke: see pool.Config.OnReleaseLost
+			owner.SendBatch([]wire.Request{rel}, func(_ int, r wire.Reply, err error) {
+				// The connection broke (see pool.Config.OnReleaseLost), or
+				// the release may not have been applied.
+				if err != nil || mayNotBeApplied(r) {
 					c.releaseAside(srv, rel)
 				}
 			})

@@ -178,3 +178,34 @@ func holderOf(srv *testutil.Server, key string) uint64 {
 	}
 	return 0
 }
+
+// Close's own releases (releaseAll) meet the same paused server: answered
+// `error` and not applied, they were not sent again, and the lock stayed
+// held by nobody until its TTL (found by review).
+func TestCloseReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true, ReadTimeout: time.Second})
+	c := newClient(t, addrsOf(srv), WithServerReadTimeout(time.Second), WithKeepAlive(500*time.Millisecond),
+		WithLeaseTTL(30*time.Second))
+	ctx := testCtx(t)
+	_, err := c.TryLock(ctx, "paused-close")
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond) // the server's read deadline: ~1 s after its reply
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	time.Sleep(900 * time.Millisecond) // past the deadline, before the client's 2×keepalive
+	resume()
+	t.Logf("close: %v", <-closed)
+
+	other := newClient(t, addrsOf(srv))
+	require.Eventually(t, func() bool {
+		l2, err := other.TryLock(ctx, "paused-close")
+		if err == nil {
+			_ = l2.Release(ctx)
+			return true
+		}
+		return false
+	}, 5*time.Second, 50*time.Millisecond, "the lock stays held by nobody (held by conn %d) until its 30 s lease runs out", holderOf(srv, "paused-close"))
+}
