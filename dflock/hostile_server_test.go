@@ -191,6 +191,33 @@ func TestHostilePassphraseTokenInAGrantNeverInError(t *testing.T) {
 	assert.NotContains(t, logs.String(), secret[:24], "log")
 }
 
+// The stats document is JSON: a server built on Go's encoding/json
+// HTML-escapes '&', '<' and '>' in strings, so it echoes an auth token
+// holding one of them escaped; the document then did not contain the token
+// as configured, and the error, whose reason shows the decoded string,
+// went out unchanged (found by review).
+func TestHostileStatsErrorHidesAJSONEscapedAuthToken(t *testing.T) {
+	t.Parallel()
+	const secret = "pass&word-42"
+	srv := newScriptedServer(t, func(cmd, key, arg string) string {
+		if cmd == "stats" {
+			return `ok {"locks":"pass\u0026word-42"}`
+		}
+		return "ok"
+	})
+	c := newClient(t, []string{srv.addr}, WithAuthToken(secret))
+	ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+	defer cancel()
+	_, err := c.Stats(ctx)
+	require.Error(t, err)
+	t.Log(err)
+	assert.NotContains(t, err.Error(), secret, "stats error shows the auth token")
+	var pe *wire.ProtocolError
+	require.ErrorAs(t, err, &pe)
+	assert.NotContains(t, pe.Line, `pass\u0026word-42`, "stats error shows the auth token JSON-escaped")
+	require.NoError(t, c.Close())
+}
+
 // A server that accepts the token, then echoes it in the error_* word of
 // its refusals — a word the client passes on in Error.Reply, not a
 // connection failure, where the redaction used to be.

@@ -227,16 +227,44 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 // error shows part of it, and a server may have echoed the token there.
 // The error is rebuilt from the document with the token replaced before
 // anything is cut from it.
+//
+// The document is JSON: a token in it may be escaped (Go's encoding/json,
+// which dflockd uses, writes '&', '<', '>' as \u0026 and so on), while the
+// error's reason may show it decoded. Every form is replaced in both.
 func scrubStatsError(err error, doc, secret string) error {
-	if secret == "" || !strings.Contains(doc, secret) {
+	if secret == "" {
 		return err
 	}
+	forms := []string{secret}
+	for _, html := range []bool{true, false} {
+		var b strings.Builder
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(html)
+		if enc.Encode(secret) == nil {
+			if f := strings.TrimSuffix(b.String(), "\n"); len(f) > 2 && f[1:len(f)-1] != secret {
+				forms = append(forms, f[1:len(f)-1])
+			}
+		}
+	}
+	scrub := func(s string) (string, bool) {
+		found := false
+		for _, f := range forms {
+			if strings.Contains(s, f) {
+				s, found = strings.ReplaceAll(s, f, wire.Redacted), true
+			}
+		}
+		return s, found
+	}
+	doc, inDoc := scrub(doc)
 	reason := "stats reply is not the expected JSON"
 	var pe *wire.ProtocolError
 	if errors.As(err, &pe) {
-		reason = strings.ReplaceAll(pe.Reason, secret, wire.Redacted)
+		reason = pe.Reason
 	}
-	doc = strings.ReplaceAll(doc, secret, wire.Redacted)
+	reason, inReason := scrub(reason)
+	if !inDoc && !inReason {
+		return err
+	}
 	return &wire.ProtocolError{Line: doc[:min(len(doc), 64)], Reason: reason}
 }
 
