@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -72,6 +73,7 @@ type asideReleases struct {
 type asideRelease struct {
 	req   wire.Request
 	until time.Time
+	again bool // answered the bare error once already
 }
 
 // Retries of releases sent aside while the server cannot be reached.
@@ -185,12 +187,21 @@ func sendAside(ctx context.Context, srv *server, reqs []asideRelease) (failed []
 		err error
 	}
 	ch := make(chan result, len(batch))
-	owner.SendBatch(batch, func(i int, _ wire.Reply, err error) { ch <- result{i, err} })
+	owner.SendBatch(batch, func(i int, r wire.Reply, err error) {
+		// The lane may have been timed out by the same pause: its
+		// `error` answers this release unapplied. Once more, then final.
+		if err == nil && mayNotBeApplied(r) && !reqs[i].again {
+			err = errAsideAgain
+		}
+		ch <- result{i, err}
+	})
 	for range batch {
 		select {
 		case r := <-ch:
 			if r.err != nil {
-				failed = append(failed, reqs[r.i])
+				f := reqs[r.i]
+				f.again = f.again || r.err == errAsideAgain
+				failed = append(failed, f)
 			}
 		case <-ctx.Done():
 			return reqs
@@ -198,6 +209,9 @@ func sendAside(ctx context.Context, srv *server, reqs []asideRelease) (failed []
 	}
 	return failed
 }
+
+// errAsideAgain marks an aside release answered the bare error the first time.
+var errAsideAgain = errors.New("dflock: aside release answered error")
 
 // lateAnswer is the answer to an acquire whose caller gave up while it was
 // on its way.
@@ -276,8 +290,9 @@ func (c *Client) releaseOn(ctx context.Context, srv *server, conn *pool.Conn, re
 // read deadline (a server paused past it), which it then did not apply
 // before closing the connection — keeping the grant, with auto-release
 // off. A release so answered is sent again aside: for a token the server
-// does not know, that costs one more refused request. (sendAside, the
-// second try, takes it as final.)
+// does not know, that costs one more refused request. (sendAside sends it
+// once more — its lane may have been timed out by the same pause — then
+// takes it as final.)
 func mayNotBeApplied(r wire.Reply) bool { return r.Status == wire.StatusError }
 
 // inBackground runs fn, which settles conn, as a background job bounded by

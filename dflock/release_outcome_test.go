@@ -209,3 +209,46 @@ func TestCloseReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
 		return false
 	}, 5*time.Second, 50*time.Millisecond, "the lock stays held by nobody (held by conn %d) until its 30 s lease runs out", holderOf(srv, "paused-close"))
 }
+
+// A lane try whose caller gave up before the grant arrived is given back by
+// the pool (pool conn.releaseAbandoned), on the lane. A paused server
+// answers that release the bare `error` without applying it, then closes
+// the lane: with auto-release off the lock is held by nobody until its TTL.
+// It goes aside now, as tryLane's own give-back does (found by review).
+func TestAbandonedLaneGrantReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true, ReadTimeout: time.Second})
+	px := newProxy(t, srv.Addr())
+	c := newClient(t, []string{px.Addr()}, WithLeaseTTL(30*time.Second))
+	ctx := testCtx(t)
+	// Warm the lane up.
+	l, err := c.TryLock(ctx, "warm")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+
+	px.SetLatency(300 * time.Millisecond)
+	start := time.Now()
+	tctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, err = c.TryLock(tctx, "abandoned")
+	cancel()
+	require.Error(t, err) // gave up; the grant is on its way (server reads at ~300 ms)
+	// The grant reaches the client at ~600 ms, its release the server at
+	// ~900 ms: stall the server from 800 ms to 1500 ms, past its read
+	// deadline (~1300 ms).
+	time.Sleep(time.Until(start.Add(800 * time.Millisecond)))
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
+	resume()
+	px.SetLatency(0)
+
+	other := newClient(t, addrsOf(srv))
+	require.Eventually(t, func() bool {
+		l2, err := other.TryLock(ctx, "abandoned")
+		if err == nil {
+			_ = l2.Release(ctx)
+			return true
+		}
+		return false
+	}, 5*time.Second, 50*time.Millisecond, "the lock stays held by nobody (held by conn %d) until its 30 s lease runs out", holderOf(srv, "abandoned"))
+}

@@ -1088,8 +1088,10 @@ func (c *conn) releaseAbandoned(cl *call, r *wire.Reply) {
 		// A broken connection releases the grant only where the server
 		// releases on disconnect: let the owner send it elsewhere.
 		rel.kind = callBatch
-		rel.cb = func(_ int, _ wire.Reply, err error) {
-			if err != nil {
+		rel.cb = func(_ int, r wire.Reply, err error) {
+			// The bare error: a paused server's read timeout may have
+			// answered it unapplied (dflock's mayNotBeApplied).
+			if err != nil || r.Status == wire.StatusError {
 				lost(req)
 			}
 		}
