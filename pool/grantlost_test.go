@@ -16,6 +16,9 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
+// The tests here look at every goroutine's stack, so they are not
+// parallel: another test's readers and callers would match.
+
 // blockedIn reports whether some goroutine waits for a mutex that fn
 // itself locks (not a function fn calls).
 func blockedIn(fn string) bool {
@@ -78,10 +81,8 @@ var reader2fn = map[string]string{"caller": "(*conn).readOwn", "reader": "(*conn
 // auto-release off. It goes to OnReleaseLost, as a grant releaseAbandoned
 // cannot send back does (found by review).
 func TestGrantReadAsTheLaneBreaksGoesToOnReleaseLost(t *testing.T) {
-	t.Parallel()
 	for _, reader := range []string{"caller", "reader"} {
 		t.Run(reader, func(t *testing.T) {
-			t.Parallel()
 			srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 			lost := make(chan wire.Request, 4)
 			p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
@@ -122,7 +123,6 @@ func TestGrantReadAsTheLaneBreaksGoesToOnReleaseLost(t *testing.T) {
 // go through Conn.Request and carry no lane key: the grant read as the
 // connection broke reached nobody (found by review).
 func TestGrantReadAsAWaitConnBreaksGoesToOnReleaseLost(t *testing.T) {
-	t.Parallel()
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	lost := make(chan wire.Request, 4)
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
@@ -166,7 +166,6 @@ func TestGrantReadAsAWaitConnBreaksGoesToOnReleaseLost(t *testing.T) {
 // withdrawing `w key 0` (dflock's sendOn) — which carried no key (found by
 // review).
 func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
-	t.Parallel()
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	lost := make(chan wire.Request, 4)
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
