@@ -171,8 +171,10 @@ func liveReleases(reqs []asideRelease, now time.Time) (live []asideRelease, unti
 // sendAside sends reqs in one write on a lane connection of srv (found, or
 // dialled, by pool.Lane, which keeps working while the Client closes) and
 // returns those that did not get through: those whose connection failed
-// before they were answered, or all of them if ctx ends first. A refusal is
-// an answer: the server no longer had the grant.
+// before they were answered, those answered the bare `error` for the first
+// time (mayNotBeApplied: marked again, so that a second one is final), or
+// all of them if ctx ends first. Any other refusal is an answer: the server
+// no longer had the grant.
 func sendAside(ctx context.Context, srv *server, reqs []asideRelease) (failed []asideRelease) {
 	owner, err := srv.pool.Lane(ctx)
 	if err != nil {
