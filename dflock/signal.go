@@ -253,15 +253,7 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 		// by a server before v1.15 (line too long): long Emits share a
 		// connection of their own, which owns no lease and is outside the
 		// wait pool, so that blocked Locks cannot make them wait.
-		var conn *sigConn
-		if conn, err = c.signals.emitConn(opCtx, srv); err == nil {
-			r, err = conn.do(opCtx, req)
-			if err == nil && r.Status == wire.StatusError {
-				// A server before v1.15 closes the connection after
-				// refusing a long line: do not hand it to the next Emit.
-				c.signals.discardEmitConn(srv, conn)
-			}
-		}
+		r, err = c.signals.emitLong(opCtx, srv, req)
 	}
 	if err != nil {
 		if opCtx.Err() != nil {

@@ -294,6 +294,58 @@ func (h *signalHub) close() {
 type emitConn struct {
 	conn    *sigConn
 	dialing chan struct{} // non-nil while a dial is in progress; closed when it ends
+
+	// Until the server has accepted a long signal, long Emits go one at
+	// a time (see emitLong). Neither is guarded by signalHub.mu.
+	alone    chan struct{} // cap 1: held by the one long Emit in flight
+	accepted atomic.Bool
+}
+
+// emitLong sends req, a signal over 256 bytes, on srv's long-Emit
+// connection. Until the server has accepted one, long Emits go one at a
+// time: a server that refuses long lines (before v1.15, and v2.x) answers
+// the first with error and closes the connection, and the requests
+// pipelined behind it would meet a reset (ErrServerUnavailable) instead of
+// that answer (ErrNotSupported). Once one is accepted they are pipelined.
+func (h *signalHub) emitLong(ctx context.Context, srv *server, req wire.Request) (wire.Reply, error) {
+	h.mu.Lock()
+	e := h.emitters[srv]
+	if e == nil && !h.closed {
+		if h.emitters == nil {
+			h.emitters = make(map[*server]*emitConn)
+		}
+		e = &emitConn{alone: make(chan struct{}, 1)}
+		h.emitters[srv] = e
+	}
+	h.mu.Unlock()
+	if e == nil {
+		return wire.Reply{}, ErrClosed
+	}
+	if !e.accepted.Load() {
+		select {
+		case e.alone <- struct{}{}:
+			defer func() { <-e.alone }()
+		case <-ctx.Done():
+			return wire.Reply{}, ctx.Err()
+		}
+	}
+	conn, err := h.emitConn(ctx, srv)
+	if err != nil {
+		return wire.Reply{}, err
+	}
+	r, err := conn.do(ctx, req)
+	switch {
+	case err != nil:
+	case r.Status == wire.StatusOK:
+		e.accepted.Store(true)
+	case r.Status == wire.StatusError:
+		// The server closes the connection after refusing a long line:
+		// not for the next Emit. (A server replaced by an older one
+		// refuses again: one at a time again.)
+		e.accepted.Store(false)
+		h.discardEmitConn(srv, conn)
+	}
+	return r, err
 }
 
 // emitConn returns the live long-Emit connection of srv, dialling it
@@ -306,12 +358,9 @@ func (h *signalHub) emitConn(ctx context.Context, srv *server) (*sigConn, error)
 			return nil, ErrClosed
 		}
 		e := h.emitters[srv]
-		if e == nil {
-			if h.emitters == nil {
-				h.emitters = make(map[*server]*emitConn)
-			}
-			e = &emitConn{}
-			h.emitters[srv] = e
+		if e == nil { // emitLong made it, and Close has since dropped it
+			h.mu.Unlock()
+			return nil, ErrClosed
 		}
 		if e.conn != nil && e.conn.err() == nil {
 			conn := e.conn
