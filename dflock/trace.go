@@ -15,6 +15,11 @@ import (
 // must be cheap and must not block; it must be safe for concurrent use.
 // Install one with WithTracer; events that happen away from any call
 // (renewals, dials, losses) are Hooks.
+//
+// A panic in a Tracer goes on to the caller, but loses no lock: a grant
+// whose AcquireEnd panics is released (the caller never gets its handle),
+// as is a queued ticket's place, and a release whose ReleaseStart panics
+// is still made.
 type Tracer interface {
 	// AcquireStart is called as an acquire begins; the context it returns
 	// is passed to AcquireEnd and used for the rest of the operation (so a
@@ -203,7 +208,7 @@ func both1[A any](f, g func(A)) func(A) {
 	case g == nil:
 		return f
 	}
-	return func(a A) { f(a); g(a) }
+	return func(a A) { defer g(a); f(a) } // g runs even if f panics
 }
 
 func both2[A, B any](f, g func(A, B)) func(A, B) {
@@ -213,7 +218,7 @@ func both2[A, B any](f, g func(A, B)) func(A, B) {
 	case g == nil:
 		return f
 	}
-	return func(a A, b B) { f(a, b); g(a, b) }
+	return func(a A, b B) { defer g(a, b); f(a, b) }
 }
 
 // outcomeOf classifies an acquire's error. The order matters: a deadline
@@ -265,7 +270,18 @@ func (c *Client) traced(ctx context.Context, t Tracer, info AcquireInfo, acquire
 	}
 	defer func() {
 		res = acquireResult(start, tr, h, err)
+		ended := false
+		defer func() {
+			if !ended && h != nil {
+				// AcquireEnd panicked: the caller gets no handle, so the
+				// grant must not stay held, and renewed, by nobody.
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
+				defer cancel()
+				_ = h.releaseOnce(rctx)
+			}
+		}()
 		t.AcquireEnd(ctx, info, res)
+		ended = true
 	}()
 	h, err = acquire(context.WithValue(ctx, traceKey{}, tr))
 	return h, res, err
@@ -321,6 +337,12 @@ func (c *Client) tracedEnqueue(ctx context.Context, op, key string, limit int64,
 		return c.enqueue(ctx, op, key, limit, opts)
 	}
 	var tk *ticket
+	ended := false
+	defer func() {
+		if !ended && tk != nil {
+			_ = tk.cancel() // AcquireEnd panicked: give the queued place back too
+		}
+	}()
 	_, _, err := c.traced(ctx, tc, c.acquireInfo("enqueue", key, limit), func(ctx context.Context) (*held, error) {
 		var err error
 		tk, err = c.enqueue(ctx, op, key, limit, opts)
@@ -329,6 +351,7 @@ func (c *Client) tracedEnqueue(ctx context.Context, op, key string, limit int64,
 		}
 		return tk.grant, nil
 	})
+	ended = true
 	return tk, err
 }
 
@@ -376,9 +399,16 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 // ReleaseEnd.
 func (h *held) tracedRelease(ctx context.Context, t Tracer) (err error) {
 	info := h.info()
+	started, rctx := false, ctx
+	defer func() {
+		if !started { // ReleaseStart panicked: release all the same
+			_ = h.releaseOnce(rctx)
+		}
+	}()
 	if tctx := t.ReleaseStart(ctx, info); tctx != nil {
 		ctx = tctx
 	}
+	started = true
 	defer func() { t.ReleaseEnd(ctx, info, err) }()
 	return h.releaseOnce(ctx)
 }
