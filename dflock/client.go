@@ -302,7 +302,8 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // leases stay held until their TTL runs out). Close is idempotent and safe
 // to call concurrently; every other call made after it fails with an error
 // matching ErrClosed, except Release, which reports how the lease ended,
-// and Subscription.Close.
+// Ticket.Cancel and SemaphoreTicket.Cancel, which return nil (Close gave
+// the ticket up), and Subscription.Close.
 func (c *Client) Close() error {
 	c.closeOnce.Do(c.close)
 	<-c.closed

@@ -61,7 +61,8 @@ type AcquireInfo struct {
 type AcquirePath int
 
 const (
-	// PathNone: not granted, and the call did not wait in the wait pool.
+	// PathNone: no lease granted (also an Enqueue that queued, which
+	// counts as Granted), and the call did not wait in the wait pool.
 	PathNone AcquirePath = iota
 	// PathLane: granted on the control lane (uncontended).
 	PathLane
