@@ -42,7 +42,8 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // WithKeyAttribute says whether spans carry the lock or semaphore key as
 // dflock.key. Default: true. Keys never go on metrics, where every key
 // would be a new time series; a key that holds something private (a user
-// id, an e-mail address) is kept off spans too with WithKeyAttribute(false).
+// id, an e-mail address) is kept off spans too with WithKeyAttribute(false):
+// then the errors recorded on spans show "<key>" in its place.
 func WithKeyAttribute(on bool) Option {
 	return func(c *config) { c.noKey = !on }
 }

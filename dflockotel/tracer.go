@@ -3,6 +3,8 @@ package dflockotel
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -103,7 +105,7 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 		mattrs = append(mattrs, keyOperation.String(info.Op), outcome, path)
 		set := metric.WithAttributeSet(attribute.NewSet(mattrs...))
 		t.acquireDuration.Record(ctx, res.Duration.Seconds(), set)
-		if res.Path == dflock.PathWaitPool || res.Waited > 0 {
+		if res.Waited > 0 { // not a ticket granted at once, though pinned
 			t.waitDuration.Record(ctx, res.Waited.Seconds(), set)
 		}
 	}
@@ -114,23 +116,49 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 		return
 	}
 	span.SetAttributes(outcome, path)
-	if res.Path == dflock.PathWaitPool || res.Waited > 0 {
+	if res.Waited > 0 {
 		span.SetAttributes(keyWaited.Float64(res.Waited.Seconds()))
 	}
 	if res.Outcome == dflock.Granted && res.Lease.TTL > 0 {
 		span.SetAttributes(keyTTL.Float64(res.Lease.TTL.Seconds()))
 	}
 	if res.Err != nil && !expectedRefusal(res) {
-		span.RecordError(res.Err)
+		err := t.keyless(res.Err, info.Key)
+		span.RecordError(err)
 		desc := res.Outcome.String()
 		if res.Outcome == dflock.Granted {
 			// A scoped call whose lock was granted failed in the
 			// program's function (or in the release after it).
-			desc = res.Err.Error()
+			desc = err.Error()
 		}
 		span.SetStatus(codes.Error, desc)
 	}
 }
+
+// keyless is err as a span may show it: dflock's errors quote the key,
+// which WithKeyAttribute(false) keeps off spans, so every occurrence of it
+// in the text is replaced. errors.Is and errors.As still see err.
+func (t *tracer) keyless(err error, key string) error {
+	if t.keyAttr || key == "" {
+		return err
+	}
+	msg := err.Error()
+	// Quoted first: a key holding " or \ is escaped in the text.
+	out := strings.ReplaceAll(msg, strconv.Quote(key), `"<key>"`)
+	out = strings.ReplaceAll(out, key, "<key>")
+	if out == msg {
+		return err
+	}
+	return &keylessError{msg: out, err: err}
+}
+
+type keylessError struct {
+	msg string
+	err error
+}
+
+func (e *keylessError) Error() string { return e.msg }
+func (e *keylessError) Unwrap() error { return e.err }
 
 // expectedRefusal reports whether res is a try that found the key held: an
 // answer the program asked for, not a failure, so the span keeps status
@@ -159,7 +187,7 @@ func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) contex
 func (t *tracer) ReleaseEnd(ctx context.Context, info dflock.LeaseInfo, err error) {
 	span := t.ownSpan(ctx)
 	if err != nil {
-		span.RecordError(err)
+		span.RecordError(t.keyless(err, info.Key))
 		span.SetStatus(codes.Error, "release failed")
 	}
 	span.End()
