@@ -91,6 +91,11 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(aLongTimeAgo) })
 	ping, err := p.greet(wc)
+	if err == nil && wc.Buffered() > 0 {
+		// Bytes after the handshake's last reply answer nothing: the
+		// first request would take them for its reply.
+		err = errStrayBytes
+	}
 	if !stop() && err == nil {
 		err = ctx.Err() // the deadline is poisoned
 	}
