@@ -3,12 +3,15 @@ package dflock
 import (
 	"context"
 	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
 )
 
 // A server that answers the handshake's ping twice (a surplus grant line
@@ -48,4 +51,67 @@ func TestHostileSurplusHandshakeLineIsNotTakenForAReply(t *testing.T) {
 		require.NoError(t, c.Close())
 		require.Error(t, err, "a surplus handshake line was taken for the try-lock's reply: the client holds a lock the server never granted")
 	}
+}
+
+// A grant token that ParseReply accepts (≤ wire.MaxLine bytes, no
+// whitespace) but whose renewal line `<token> <lease>` is over the
+// server's 256-byte arg cap. The renewal is sent unvalidated; dflockd
+// answers an over-long line with `error` and closes the connection — the
+// control lane connection, which owns every uncontended lock of the
+// Client on that server. So one odd grant loses an unrelated lock ("b").
+func TestHostileGrantTokenTooLongToRenewIsGivenBack(t *testing.T) {
+	t.Parallel()
+	longTok := strings.Repeat("t", wire.MaxLine-1) // 255 bytes: "t…t 2" is 257 bytes
+	var overLong, givenBack atomic.Int64
+	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		var out string
+		switch f[0] {
+		case "ping":
+			out = "ok"
+		case "l":
+			if f[1] == "a" {
+				out = "ok " + longTok + " 2"
+			} else {
+				out = "ok " + strings.Repeat("b", 32) + " 2"
+			}
+		case "r":
+			if f[2] == longTok {
+				givenBack.Add(1)
+			}
+			out = "ok"
+		case "n":
+			if len(f[2]) > wire.MaxLine {
+				// dflockd: line too long → `error`, then close.
+				overLong.Add(1)
+				_, _ = nc.Write([]byte("error\n"))
+				return false
+			}
+			out = "ok 2"
+		default:
+			out = "ok"
+		}
+		_, err := nc.Write([]byte(out + "\n"))
+		return err == nil
+	})
+	c := newClient(t, []string{addr})
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	b, err := c.TryLock(ctx, "b", LeaseTTL(2*time.Second))
+	require.NoError(t, err)
+	a, err := c.TryLock(ctx, "a", LeaseTTL(2*time.Second))
+	if err != nil {
+		require.ErrorIs(t, err, wire.ErrProtocol)
+		require.Eventually(t, func() bool { return givenBack.Load() == 1 }, 5*time.Second, time.Millisecond,
+			"the grant nobody can hold is released")
+		require.NoError(t, b.Err(), "the lane (and lock b on it) is untouched")
+		return
+	}
+	t.Logf("TryLock a accepted a %d-byte token", len(a.Token()))
+	select {
+	case <-b.Done():
+		t.Fatalf("lock b lost because lock a's renewal line was over the cap (%d over-long renewals seen by the server): %v",
+			overLong.Load(), b.Err())
+	case <-time.After(3 * time.Second):
+	}
+	t.Logf("over-long renewals: %d; a: %v; b: %v", overLong.Load(), a.Err(), b.Err())
 }

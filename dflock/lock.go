@@ -552,6 +552,13 @@ func checkGrant(r wire.Reply) error {
 		// the auth token.
 		return &wire.ProtocolError{Line: r.Word + " <token> " + strconv.FormatInt(r.Lease, 10),
 			Reason: "grant lease outside 1.." + strconv.FormatInt(wire.MaxSeconds, 10) + " seconds"}
+	case len(r.Token) > wire.MaxLine-1-len("9223372036") && len(r.Token)+1+len(strconv.FormatInt(r.Lease, 10)) > wire.MaxLine:
+		// Its renewal's arg line, `<token> <lease>`, would be over the
+		// server's line cap: the server would close the connection that
+		// carried it, and lose every lease that connection owns. (The
+		// release's, the token alone, fits.)
+		return &wire.ProtocolError{Line: r.Word + " <token> " + strconv.FormatInt(r.Lease, 10),
+			Reason: "grant token of " + strconv.Itoa(len(r.Token)) + " bytes too long to renew"}
 	}
 	return nil
 }
