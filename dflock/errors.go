@@ -244,7 +244,7 @@ func replyError(r wire.Reply) (word string, sentinel error) {
 		return "error", ErrRefused
 	}
 	if r.Word != "" {
-		return r.Word, ErrRefused
+		return wire.DisplayWord(r.Word), ErrRefused
 	}
 	return "", &wire.ProtocolError{Line: r.Status.String(), Reason: "unexpected reply status"}
 }

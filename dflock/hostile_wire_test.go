@@ -115,3 +115,29 @@ func TestHostileGrantTokenTooLongToRenewIsGivenBack(t *testing.T) {
 	}
 	t.Logf("over-long renewals: %d; a: %v; b: %v", overLong.Load(), a.Err(), b.Err())
 }
+
+// An unknown error word from the server (any `error_*`) reaches Error.Reply
+// and the error's text raw: unquoted and uncut, up to the 1 MiB line cap,
+// control bytes included. Every other piece of server text in an error
+// (wire.ProtocolError) is quoted and cut to ~64 bytes.
+func TestHostileUnknownErrorWordIsBoundedAndQuoted(t *testing.T) {
+	t.Parallel()
+	word := "error_" + strings.Repeat("x", 512<<10) + "\x1b[2J\rFORGED"
+	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		out := "ok"
+		if f[0] == "l" {
+			out = word
+		}
+		_, err := nc.Write([]byte(out + "\n"))
+		return err == nil
+	})
+	c := newClient(t, []string{addr})
+	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
+	defer cancel()
+	_, err := c.TryLock(ctx, "a")
+	require.Error(t, err)
+	msg := err.Error()
+	t.Logf("error text: %d bytes; holds ESC: %v", len(msg), strings.ContainsRune(msg, 0x1b))
+	require.Less(t, len(msg), 1024, "a server's error word is put whole into the error text")
+	require.NotContains(t, msg, "\x1b", "raw control bytes from the server in the error text")
+}

@@ -1154,7 +1154,7 @@ func (c *conn) pingDone(r wire.Reply, err error) {
 		// and closes the connection: a keepalive ping is no exception.
 		c.fail(ErrDraining)
 	default:
-		c.fail(fmt.Errorf("%w: unexpected reply to ping (status %d %q)", wire.ErrProtocol, r.Status, r.Word))
+		c.fail(fmt.Errorf("%w: unexpected reply to ping (status %d %q)", wire.ErrProtocol, r.Status, statusWord(r)))
 	}
 }
 

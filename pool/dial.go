@@ -192,8 +192,11 @@ func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
 }
 
 func statusWord(r wire.Reply) string {
-	if r.Word != "" {
-		return r.Word
+	if w := r.Word; w != "" {
+		if len(w) > 64 { // an unknown error_* word may be as long as the line cap
+			w = w[:64] + "..."
+		}
+		return w // shown with %q
 	}
 	return fmt.Sprintf("status %d", r.Status)
 }

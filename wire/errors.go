@@ -97,6 +97,24 @@ func quoteTrunc(s string) string {
 	return strconv.Quote(truncate(s, displayMax)) + "..."
 }
 
+// DisplayWord renders a status word a server sent for an error message:
+// as is when it is short and printable ASCII, as every known word is;
+// otherwise quoted (so that control bytes cannot forge log lines) and cut
+// to about 64 bytes (an unknown error_* word may be as long as the reply
+// line cap).
+func DisplayWord(w string) string {
+	if len(w) <= displayMax {
+		plain := true
+		for i := 0; i < len(w) && plain; i++ {
+			plain = w[i] > ' ' && w[i] < 0x7f
+		}
+		if plain {
+			return w
+		}
+	}
+	return quoteTrunc(w)
+}
+
 func argErr(arg, value, reason string) *ArgError {
 	return &ArgError{Arg: arg, Value: truncate(value, keepMax), Reason: reason}
 }
