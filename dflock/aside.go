@@ -250,6 +250,25 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 	})
 }
 
+// releaseLateGrant watches late, the answer to req on a wait-pool
+// connection destroyed because its caller gave up. The reader may have
+// read a grant just before the destroy (it takes the call off the queue
+// under the connection's lock, then delivers outside it): that grant
+// reaches late, not the pool's OnReleaseLost, and is released aside here.
+// late is called exactly once, and promptly after the destroy: by the
+// reader, or by the destroy itself (with the error).
+func (c *Client) releaseLateGrant(srv *server, req wire.Request, late <-chan lateAnswer) {
+	c.jobs.start(func(ctx context.Context) {
+		select {
+		case a := <-late:
+			if a.err == nil && (a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired) && a.r.Token != "" {
+				c.releaseAside(srv, wire.ReleaseRequest(req.Key, a.r.Token, req.Limit > 0))
+			}
+		case <-ctx.Done():
+		}
+	})
+}
+
 // giveBackUntrackable releases r, a grant made on conn for req that nobody
 // will hold — its caller gave up, or checkGrant refused it (a lease out of
 // range: the server still holds the lock, until its TTL with auto-release

@@ -378,6 +378,7 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 			c.settleLate(srv, conn, req, late.ch, withdraw)
 		} else {
 			conn.Destroy()
+			c.releaseLateGrant(srv, req, late.ch)
 		}
 		return wire.Reply{}, sent, err
 	}
