@@ -171,7 +171,9 @@ type Config struct {
 	OnBatch func(BatchInfo)
 	// OnReleaseLost, if set, is given the best-effort release of a lease
 	// declared lost by the client's clock whose owning connection broke
-	// before answering it: a server with auto-release off keeps the lease
+	// before answering it, or answered the bare error (which a paused
+	// server whose read deadline passed sends instead of applying the
+	// request, then closes): a server with auto-release off keeps the lease
 	// (held by nobody until its TTL runs out) unless the release is sent
 	// on another connection. It runs on the owner's reader or on the
 	// scheduler goroutine, so it must not block or call into the
@@ -315,6 +317,7 @@ type Stats struct {
 	// the client's clock that failed: refused (usually because the server
 	// had already expired the lease) or not delivered (the connection broke:
 	// the server releases the lease with it unless it runs with auto-release
-	// off, and Config.OnReleaseLost is given the release to send again).
+	// off, and Config.OnReleaseLost is given the release to send again, as
+	// it is after the bare error).
 	ReleaseFailed int64
 }

@@ -137,7 +137,9 @@ func (l *Lease) Untrack() bool {
 
 // Renew renews the lease now and waits for the answer (or ctx). A refusal
 // loses the lease and returns its loss error. If ctx ends first Renew
-// returns ctx.Err(); the renewal still completes and is applied.
+// returns ctx.Err(); the renewal still completes and is applied. If the
+// lease ends first (lost by the client's clock on a silent connection,
+// released), Renew returns Err at once: no answer can change that.
 func (l *Lease) Renew(ctx context.Context) error {
 	s := l.s
 	if err := ctx.Err(); err != nil {
@@ -163,6 +165,8 @@ func (l *Lease) Renew(ctx context.Context) error {
 	select {
 	case err := <-ch:
 		return err
+	case <-l.Done():
+		return l.Err()
 	case <-ctx.Done():
 		return ctx.Err()
 	}

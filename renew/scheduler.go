@@ -488,7 +488,10 @@ func (s *Scheduler) tick() {
 				if err != nil || r.Status != wire.StatusOK {
 					s.releaseFailed.Add(1)
 				}
-				if err != nil && s.cfg.OnReleaseLost != nil && i >= 0 && i < len(reqs) {
+				// The bare error may also be a paused server's read
+				// timeout, answering a release it did not apply before
+				// closing the connection.
+				if (err != nil || r.Status == wire.StatusError) && s.cfg.OnReleaseLost != nil && i >= 0 && i < len(reqs) {
 					s.cfg.OnReleaseLost(rel[i].counters, reqs[i])
 				}
 			})
