@@ -69,7 +69,7 @@ var (
 	// ErrLeaseExpired: a granted slot's lease lapsed before the grant was
 	// observed (error_lease_expired; rare, two-phase wait or v1.15+ servers;
 	// also a ticket's place granted while nobody waited, whose lease ran
-	// out before Wait: then with ErrNotAcquired).
+	// out before Wait). An acquire refused so also matches ErrNotAcquired.
 	ErrLeaseExpired = errors.New("dflock: lease expired before it was observed")
 
 	// ErrDraining: the server is shutting down (error_draining, v1.16+).

@@ -567,5 +567,10 @@ func checkGrant(r wire.Reply) error {
 // refusal is the error of a reply that refused an acquire.
 func refusal(op, key string, srv *server, r wire.Reply) error {
 	word, sentinel := replyError(r)
+	if r.Status == wire.StatusErrLeaseExpired {
+		// The grant lapsed before it was observed: not acquired, for
+		// the one check "did I get it?" (as a ticket's Wait says).
+		sentinel = &bothError{domain: ErrNotAcquired, cause: ErrLeaseExpired}
+	}
 	return &Error{Op: op, Key: key, Server: srv.addr, Reply: word, Err: sentinel}
 }
