@@ -385,22 +385,25 @@ func (c *Client) serverOf(counters *renew.Counters) *server {
 
 // releaseAll releases leases the scheduler handed back at Close: one
 // pipelined write per owning connection, all bounded together by deadline.
-func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
-	if len(held) == 0 {
+func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
+	if len(leases) == 0 {
 		return
 	}
 	type ownerReleases struct {
 		srv  *server // an owner is a connection to one server
 		reqs []wire.Request
+		hs   []*held // per request, its lease's
 	}
 	groups := make(map[renew.Owner]*ownerReleases)
-	for _, l := range held {
+	for _, l := range leases {
 		g := groups[l.Owner()]
 		if g == nil {
 			g = &ownerReleases{srv: c.serverOf(l.Counters())}
 			groups[l.Owner()] = g
 		}
 		g.reqs = append(g.reqs, wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
+		h, _ := l.LossHandler().(*held)
+		g.hs = append(g.hs, h)
 		if g.srv != nil {
 			g.srv.obs.released1() // counted as released by Close
 		}
@@ -408,12 +411,17 @@ func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
 	done := make(chan struct{}, len(groups))
 	var failed atomic.Int64
 	for owner, g := range groups {
-		srv, reqs := g.srv, g.reqs
+		srv, reqs, hs := g.srv, g.reqs, g.hs
 		left := atomic.Int64{}
 		left.Store(int64(len(reqs)))
 		owner.SendBatch(reqs, func(i int, r wire.Reply, err error) {
 			if err != nil || r.Status != wire.StatusOK {
 				failed.Add(1)
+			}
+			if err == nil && r.Status != wire.StatusOK && r.Status != wire.StatusErrDraining &&
+				i >= 0 && i < len(hs) && hs[i] != nil {
+				// The server no longer held it: lost before Close.
+				hs[i].lostAtClose(r)
 			}
 			if srv != nil && (errors.Is(err, wire.ErrConnBroken) && !errors.Is(err, ErrClosed) ||
 				err == nil && mayNotBeApplied(r)) {
@@ -431,7 +439,7 @@ func (c *Client) releaseAll(held []*renew.Lease, deadline time.Time) {
 		select {
 		case <-done:
 		case <-t.C:
-			c.log.Warn("dflock: close: releases unanswered; the server releases them when the connections close, unless it runs with auto-release off", "leases", len(held))
+			c.log.Warn("dflock: close: releases unanswered; the server releases them when the connections close, unless it runs with auto-release off", "leases", len(leases))
 			return
 		}
 	}

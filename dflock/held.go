@@ -34,10 +34,13 @@ type held struct {
 
 	// The first Release sends the release; calls made meanwhile wait for
 	// its result while their own ctx lasts (relWait, made only for them).
-	relMu    sync.Mutex // guards the three below
+	relMu    sync.Mutex // guards the four below
 	relState uint8      // relNone, relSending, relDone
 	relWait  chan struct{}
 	relErr   error
+	// closeLost is set when Close's release found the lease gone (see
+	// lostAtClose): what a Release after Close returns.
+	closeLost error
 
 	// handle is what the *Lock or *Semaphore wrapping this lease points to
 	// (see newLock): both types are struct{ h *held }, so a pointer to it
@@ -293,21 +296,43 @@ func (h *held) finishRelease(rr releaseReply) error {
 		if mayNotBeApplied(rr.r) {
 			h.c.releaseAside(h.srv, wire.ReleaseRequest(h.key(), h.token(), h.lease.Semaphore()))
 		}
-		lost = &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}
+		e := h.refusedAtRelease(rr.r)
+		h.lostAtRelease(e.Err)
+		return e
 	}
 	if lost == nil {
 		h.srv.obs.released1()
 		return nil
 	}
 	h.lostAtRelease(lost)
-	e := &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: lost}
-	if rr.err == nil {
-		e.Reply = rr.r.Word
-		if e.Reply == "" {
-			e.Reply = rr.r.Status.String()
-		}
+	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: lost}
+}
+
+// refusedAtRelease is the error of a release the server refused, r: it no
+// longer held the lease, which had expired (or its connection closed)
+// before the release arrived — a loss.
+func (h *held) refusedAtRelease(r wire.Reply) *Error {
+	reply := wire.DisplayWord(r.Word)
+	if reply == "" {
+		reply = r.Status.String()
 	}
-	return e
+	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: reply,
+		Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
+}
+
+// lostAtClose reports a lease whose release by Close the server refused
+// (r; Close counted it released when it sent the release) as the loss it
+// is, as finishRelease would have: counted, logged, told to the hook, and
+// returned by a Release after Close. The release itself is Close's to send
+// again if need be. It runs on the owner's reader: it only counts and queues.
+func (h *held) lostAtClose(r wire.Reply) {
+	e := h.refusedAtRelease(r)
+	h.relMu.Lock()
+	h.closeLost = e
+	h.relMu.Unlock()
+	h.srv.obs.released.Add(-1)
+	h.srv.obs.held.Add(1)
+	h.lostAtRelease(e.Err)
 }
 
 // lostAtRelease reports a lease that its Release found lost — one the
@@ -327,6 +352,12 @@ func (h *held) lostAtRelease(err error) {
 
 // releaseResult reports a lease the caller did not release itself.
 func (h *held) releaseResult() error {
+	h.relMu.Lock()
+	lost := h.closeLost
+	h.relMu.Unlock()
+	if lost != nil {
+		return lost
+	}
 	err := h.lease.Err()
 	if err == nil || errors.Is(err, ErrReleased) {
 		return nil

@@ -74,6 +74,10 @@ func (l *Lease) Owner() Owner { return l.owner }
 // Semaphore reports whether the lease is a semaphore slot (sn/sr).
 func (l *Lease) Semaphore() bool { return l.sem }
 
+// LossHandler returns the lease's Spec.OnLost (which tells its caller
+// whose lease it is, as Counters does).
+func (l *Lease) LossHandler() LossHandler { return l.onLost }
+
 // Counters returns the lease's Spec.Counters (which tell its caller whose
 // lease it is).
 func (l *Lease) Counters() *Counters { return l.counters }
