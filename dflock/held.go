@@ -277,7 +277,7 @@ func (h *held) finishRelease(rr releaseReply) error {
 		// it closed, possibly before the caller was done with it — unless
 		// it runs with auto-release off: then the release goes aside.
 		h.c.releaseAside(h.srv, wire.ReleaseRequest(h.key(), h.token(), h.lease.Semaphore()))
-		lost = &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}
+		lost = &renew.LostError{Key: h.key(), Server: h.srv.addr, Semaphore: h.limit > 0, Cause: fmt.Errorf("%w: %w", renew.ErrOwnerFailed, rr.err)}
 	case rr.err != nil:
 		h.srv.obs.released1()
 		return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: rr.err}
@@ -317,7 +317,7 @@ func (h *held) refusedAtRelease(r wire.Reply) *Error {
 		reply = r.Status.String()
 	}
 	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: reply,
-		Err: &renew.LostError{Key: h.key(), Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
+		Err: &renew.LostError{Key: h.key(), Server: h.srv.addr, Semaphore: h.limit > 0, Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
 }
 
 // lostAtClose reports a lease whose release by Close the server refused
@@ -444,6 +444,7 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 		Semaphore: req.Limit > 0,
 		TTL:       time.Duration(r.Lease) * time.Second,
 		Owner:     owner,
+		Server:    srv.addr,
 		Sent:      sent,
 		OnLost:    h, // not the method value h.LeaseLost, an allocation
 		Counters:  &srv.obs.renew,

@@ -57,12 +57,22 @@ var (
 // the scheduler's Close, ... joined with the underlying error where there
 // is one).
 type LostError struct {
-	Key   string
-	Cause error
+	Key       string
+	Server    string // Spec.Server: which server, for a Client of several
+	Semaphore bool
+	Cause     error
 }
 
 func (e *LostError) Error() string {
-	return "dflock: lock lost: key " + strconv.Quote(e.Key) + ": " + unprefixed(e.Cause.Error())
+	what := "dflock: lock lost: key "
+	if e.Semaphore {
+		what = "dflock: semaphore slot lost: key "
+	}
+	msg := what + strconv.Quote(e.Key)
+	if e.Server != "" {
+		msg += " on " + e.Server
+	}
+	return msg + ": " + unprefixed(e.Cause.Error())
 }
 
 // unprefixed drops the "dflock: " that starts every error of this module
@@ -269,6 +279,7 @@ type Spec struct {
 	Semaphore bool          // renew with sn instead of n
 	TTL       time.Duration // whole seconds (a fraction is dropped); sent explicitly on every renew; < 1s is refused
 	Owner     Owner
+	Server    string // the owner's server, named in LostError (optional)
 	// Sent is when the acquire request that produced the grant was written
 	// (the lease is assumed to have started then, the conservative choice).
 	// Zero, or a time after now, means now.

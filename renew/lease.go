@@ -23,6 +23,7 @@ type Lease struct {
 	key      string
 	token    string
 	owner    Owner
+	server   string
 	onLost   LossHandler
 	counters *Counters     // nil if the Spec set none
 	ttl      time.Duration // whole seconds

@@ -230,6 +230,7 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		key:      spec.Key,
 		token:    spec.Token,
 		owner:    spec.Owner,
+		server:   spec.Server,
 		onLost:   spec.OnLost,
 		counters: spec.Counters,
 		ttl:      spec.TTL.Truncate(time.Second),
@@ -261,7 +262,7 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		}
 	}
 	if cause != nil {
-		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
+		s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 		s.mu.Unlock()
 		return l
 	}
@@ -302,7 +303,7 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 	for l := st.head; l != nil; {
 		next := l.onext
 		l.oprev, l.onext = nil, nil
-		s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
+		s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 		l = next
 	}
 	st.head, st.n = nil, 0
@@ -425,7 +426,7 @@ func (s *Scheduler) tick() {
 		case l.deadline <= now:
 			st := s.owners[l.owner]
 			s.unlinkLocked(l)
-			s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: expiredCause(l, now)})
+			s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
 			s.addToRound(st)
 			st.rel = append(st.rel, l)
 		case l.inflight == 0 && l.renewAt <= addSat(now, min(int64(s.cfg.window), s.early(l))):
@@ -624,7 +625,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		return out, nil
 	}
 	s.unlinkLocked(l)
-	s.endLocked(l, stateLost, &LostError{Key: l.key, Cause: cause})
+	s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 	lerr := l.err
 	s.mu.Unlock()
 	return out, lerr
