@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/renew"
@@ -72,7 +73,9 @@ type clientCounters struct {
 // WithSharding), so every process sharing keys must list the same servers.
 //
 // New validates its arguments but dials nothing: connections are made on
-// first use, under the caller's context.
+// first use, under the caller's context. A server listed twice (host names
+// compared without case; ports are plain decimal, "06388" is refused) is
+// an *ArgError.
 func New(servers []string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -92,15 +95,20 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		if err := validateAddr(a); err != nil {
 			return nil, err
 		}
-		if j, dup := seen[a]; dup {
+		// Host names are case-insensitive; validateAddr leaves one
+		// spelling per port number.
+		if j, dup := seen[strings.ToLower(a)]; dup {
 			return nil, &ArgError{Arg: "server", Value: a, Reason: "listed twice (servers[" + strconv.Itoa(j) + "] and servers[" + strconv.Itoa(i) + "])"}
 		}
-		seen[a] = i
+		seen[strings.ToLower(a)] = i
 		addrs[i] = a
 	}
 	place, err := o.strategy.Place(addrs)
 	if err != nil {
 		return nil, &ArgError{Arg: "servers", Reason: trimPrefix(err.Error())}
+	}
+	if place == nil {
+		return nil, &ArgError{Arg: "sharding", Reason: "the strategy returned no placement"}
 	}
 	disp := newDispatcher()
 	log := slog.New(slog.DiscardHandler)
@@ -172,11 +180,15 @@ func validateAddr(a string) error {
 	if err != nil {
 		return &ArgError{Arg: "server", Value: a, Reason: "not host:port: " + trimAddrErr(err)}
 	}
-	if strings.ContainsAny(host, " \t\r\n") {
-		return &ArgError{Arg: "server", Value: a, Reason: "host contains whitespace"}
+	if strings.IndexFunc(host, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return &ArgError{Arg: "server", Value: a, Reason: "host contains whitespace or control characters"}
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return &ArgError{Arg: "server", Value: a, Reason: "port must be a number from 1 to 65535"}
+	// Digits only, without a sign or a leading zero: "06388" and "+6388"
+	// dial port 6388 too, and would pass the duplicate check as another
+	// server.
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
+		return &ArgError{Arg: "server", Value: a, Reason: "port must be a number from 1 to 65535, without sign or leading zeros"}
 	}
 	return nil
 }
@@ -218,7 +230,7 @@ func (c *Client) route(key string) (*server, error) {
 	}
 	i := c.place.Server(key)
 	if i < 0 || i >= len(c.servers) {
-		return nil, fmt.Errorf("dflock: the sharding strategy placed the key on server index %d, outside the %d servers", i, len(c.servers))
+		return nil, &ArgError{Arg: "sharding", Reason: fmt.Sprintf("the strategy placed the key on server index %d, outside the %d servers", i, len(c.servers))}
 	}
 	return c.servers[i], nil
 }

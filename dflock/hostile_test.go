@@ -172,6 +172,7 @@ func TestBadShardingStrategyNeitherPanicsNorBlocksClose(t *testing.T) {
 		_, err := c.TryLock(ctx, "k")
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "server index "+strconv.Itoa(idx))
+		assert.ErrorIs(t, err, ErrInvalidArgument)
 		_, err = c.Listen(ctx, "k")
 		assert.Error(t, err)
 		_, err = c.Emit(ctx, "k", "p")
