@@ -30,8 +30,12 @@ type Snapshot struct {
 // ServerSnapshot is one server in a Snapshot.
 type ServerSnapshot struct {
 	Addr string
-	// Up is false while the server is known to be down: calls that need a
-	// new connection to it fail fast with ErrServerUnavailable. Since is
+	// Up is false while the server is known to be down and no lane
+	// connection to it is healthy: calls fail fast with
+	// ErrServerUnavailable. A failed dial marks the server down even while
+	// a lane connection lives (Up stays true): calls that need a new
+	// connection (a contended Lock's) then fail fast too, until the
+	// background probe's next dial succeeds. Since is
 	// when the current state began: for Up, the first successful dial after
 	// the server was last down (zero while nothing was dialled yet); for
 	// down, the failed dial that found it down.
