@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // doc.go: "The wait histogram has a measurement for every call that waited
@@ -75,4 +76,68 @@ func TestKeyAttributeOffKeepsTheKeyOutOfSpanErrors(t *testing.T) {
 			}
 		}
 	}
+}
+
+func spanTexts(spans []sdktrace.ReadOnlySpan) []string {
+	var out []string
+	for _, s := range spans {
+		out = append(out, s.Status().Description)
+		for _, ev := range s.Events() {
+			for _, kv := range ev.Attributes {
+				out = append(out, string(kv.Key)+"="+kv.Value.Emit())
+			}
+		}
+	}
+	return out
+}
+
+// WithKeyAttribute(false): "a key that holds something private ... is kept
+// off spans". keyless scrubs the whole key, quoted or raw, but an invalid
+// key's *ArgError shows only its first 64 bytes ("..."-cut): neither
+// spelling matches, so the key's private prefix goes onto the span.
+// An invalid key's ArgError shows the key quoted and cut to 64 bytes:
+// that form is replaced too.
+func TestKeyAttributeOffKeepsALongInvalidKeysCutFormOffSpans(t *testing.T) {
+	h := newHarness(t, []Option{WithKeyAttribute(false)})
+	ctx := testCtx(t)
+	// A private key (a user's e-mail) with a stray space, as user input has.
+	key := "tenants/acme-corporation/users/alice.private.person@example.com/profile "
+	require.Greater(t, len(key), 64)
+	_, err := h.c.Lock(ctx, key)
+	require.ErrorIs(t, err, dflock.ErrInvalidArgument)
+	t.Logf("error: %v", err)
+	for _, s := range spanTexts(h.spans.Ended()) {
+		if strings.Contains(s, "alice.private.person@example") {
+			t.Errorf("span holds (part of) the key: %q", s)
+		}
+	}
+}
+
+// keyless replaces every occurrence of the key's bytes, not the key where
+// the error names it: a short key that is also a word of the message
+// ("lock", "1", "on") garbles the recorded error — "dflock" becomes
+// "df<key>", the server address loses digits — and RecordError's
+// exception.type names the wrapper, *dflockotel.keylessError, instead of
+// dflock's *dflock.Error.
+// Only where dflock's errors show the key is it replaced: a short key's
+// bytes elsewhere in the text stay (they are not the key), and the
+// exception's type is the error's, not a wrapper's.
+func TestKeyAttributeOffLeavesTheRestOfTheErrorAndItsType(t *testing.T) {
+	h := newHarness(t, []Option{WithKeyAttribute(false)})
+	ctx := testCtx(t)
+	const key = "lock"
+	l, err := h.c.Lock(ctx, key)
+	require.NoError(t, err)
+	_, err = h.c.Lock(ctx, key, dflock.AcquireTimeout(50*time.Millisecond))
+	require.ErrorIs(t, err, dflock.ErrTimeout)
+	require.NoError(t, l.Release(ctx))
+	t.Logf("error: %v", err)
+	for _, s := range spanTexts(h.spans.Ended()) {
+		if strings.Contains(s, "df<key>") || strings.Contains(s, "keyless") {
+			t.Errorf("span text garbled: %q", s)
+		}
+	}
+	texts := strings.Join(spanTexts(h.spans.Ended()), "\n")
+	require.Contains(t, texts, "exception.type=*dflock.Error")
+	require.Contains(t, texts, `exception.message=dflock: lock "<key>" on `)
 }

@@ -3,15 +3,18 @@ package dflockotel
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dflock-sdk/go/dflock"
+	"github.com/dflock-sdk/go/wire"
 )
 
 // Tracer returns the dflock.Tracer that Options installs: a span for every
@@ -123,42 +126,51 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 		span.SetAttributes(keyTTL.Float64(res.Lease.TTL.Seconds()))
 	}
 	if res.Err != nil && !expectedRefusal(res) {
-		err := t.keyless(res.Err, info.Key)
-		span.RecordError(err)
+		msg := t.recordError(span, res.Err, info.Key)
 		desc := res.Outcome.String()
 		if res.Outcome == dflock.Granted {
 			// A scoped call whose lock was granted failed in the
 			// program's function (or in the release after it).
-			desc = err.Error()
+			desc = msg
 		}
 		span.SetStatus(codes.Error, desc)
 	}
 }
 
-// keyless is err as a span may show it: dflock's errors quote the key,
-// which WithKeyAttribute(false) keeps off spans, so every occurrence of it
-// in the text is replaced. errors.Is and errors.As still see err.
-func (t *tracer) keyless(err error, key string) error {
-	if t.keyAttr || key == "" {
-		return err
-	}
+// recordError records err on span as span.RecordError does, and returns
+// the message it recorded. With WithKeyAttribute(false) the key is
+// replaced by <key> wherever dflock's errors show it: quoted whole (Error,
+// the loss errors), or quoted and cut (an invalid key's ArgError,
+// wire.QuoteValue). Text of the program's own (fn's error) is left as it
+// is: replacing the raw key anywhere would garble it, and the server's
+// address, for a short key.
+func (t *tracer) recordError(span trace.Span, err error, key string) string {
 	msg := err.Error()
-	// Quoted first: a key holding " or \ is escaped in the text.
-	out := strings.ReplaceAll(msg, strconv.Quote(key), `"<key>"`)
-	out = strings.ReplaceAll(out, key, "<key>")
-	if out == msg {
-		return err
+	if t.keyAttr || key == "" {
+		span.RecordError(err)
+		return msg
 	}
-	return &keylessError{msg: out, err: err}
+	out := strings.ReplaceAll(msg, strconv.Quote(key), `"<key>"`)
+	if cut := wire.QuoteValue(key); cut != strconv.Quote(key) {
+		out = strings.ReplaceAll(out, cut, `"<key>"...`)
+	}
+	if out == msg {
+		span.RecordError(err)
+		return msg
+	}
+	span.AddEvent(semconv.ExceptionEventName, trace.WithAttributes(
+		semconv.ExceptionType(exceptionType(err)), semconv.ExceptionMessage(out)))
+	return out
 }
 
-type keylessError struct {
-	msg string
-	err error
+// exceptionType names err's type as span.RecordError does.
+func exceptionType(err error) string {
+	t := reflect.TypeOf(err)
+	if t.PkgPath() == "" && t.Name() == "" {
+		return t.String()
+	}
+	return t.PkgPath() + "." + t.Name()
 }
-
-func (e *keylessError) Error() string { return e.msg }
-func (e *keylessError) Unwrap() error { return e.err }
 
 // expectedRefusal reports whether res is a try that found the key held: an
 // answer the program asked for, not a failure, so the span keeps status
@@ -187,7 +199,7 @@ func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) contex
 func (t *tracer) ReleaseEnd(ctx context.Context, info dflock.LeaseInfo, err error) {
 	span := t.ownSpan(ctx)
 	if err != nil {
-		span.RecordError(t.keyless(err, info.Key))
+		t.recordError(span, err, info.Key)
 		span.SetStatus(codes.Error, "release failed")
 	}
 	span.End()

@@ -88,6 +88,11 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
+// QuoteValue renders a value as an *ArgError shows it: quoted (so control
+// bytes and spaces are visible) and, when longer than 64 bytes, cut and
+// followed by "...".
+func QuoteValue(s string) string { return quoteTrunc(s) }
+
 // quoteTrunc renders a value for an error message: quoted (so control bytes
 // and spaces are visible) and cut to about displayMax bytes.
 func quoteTrunc(s string) string {
