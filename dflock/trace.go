@@ -357,8 +357,13 @@ func (c *Client) tracedEnqueue(ctx context.Context, op, key string, limit int64,
 }
 
 // errFnPanicked is the AcquireResult.Err of a WithLock or WithSemaphore
-// whose fn panicked (the panic itself goes on to the caller).
-var errFnPanicked = errors.New("dflock: fn panicked")
+// whose fn panicked (the panic itself goes on to the caller), and
+// errAcquirePanicked that of one whose acquire panicked before fn ran (in
+// the Tracer's inner pair: the grant, if any, was given back).
+var (
+	errFnPanicked      = errors.New("dflock: fn panicked")
+	errAcquirePanicked = errors.New("dflock: the acquire panicked before fn ran")
+)
 
 // tracedWith is WithLock (limit 0) or WithSemaphore under the Tracer t:
 // one pair around the whole call, and the acquire and release inside it
@@ -374,13 +379,16 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 		ctx = tctx
 	}
 	var h *held
-	var acq AcquireResult
-	returned := false
+	acq := AcquireResult{Outcome: Failed} // until the inner acquire returns
+	returned, fnRan := false, false
 	defer func() {
 		res := acq // the inner acquire's outcome, path and wait; this call's duration and error
 		res.Duration, res.Err = time.Since(start), err
 		if !returned {
-			res.Err = errFnPanicked
+			res.Err = errAcquirePanicked
+			if fnRan {
+				res.Err = errFnPanicked
+			}
 		}
 		t.AcquireEnd(ctx, info, res)
 	}()
@@ -391,6 +399,7 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 		returned = true
 		return err
 	}
+	fnRan = true
 	err = runHeld(ctx, h, fn)
 	returned = true
 	return err
