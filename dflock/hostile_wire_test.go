@@ -141,3 +141,33 @@ func TestHostileUnknownErrorWordIsBoundedAndQuoted(t *testing.T) {
 	require.Less(t, len(msg), 1024, "a server's error word is put whole into the error text")
 	require.NotContains(t, msg, "\x1b", "raw control bytes from the server in the error text")
 }
+
+// A refused renewal's unknown error_* word is quoted and cut in the
+// lease's loss error (Lock.Err, OnLeaseLost, the log record), as in every
+// other error: no control bytes, not up to the reply line cap.
+func TestHostileRefusedRenewalWordIsCutAndQuoted(t *testing.T) {
+	t.Parallel()
+	word := "error_x\x1b[2J\x1b[31mFORGED" + strings.Repeat("A", 4000) // one status word
+	srv := newScriptedServer(t, func(cmd, key, arg string) string {
+		switch cmd {
+		case "l":
+			return "ok tok1 2"
+		case "n":
+			return word
+		}
+		return "ok"
+	})
+	c := newClient(t, []string{srv.addr})
+	ctx := testCtx(t)
+	l, err := c.TryLock(ctx, "k")
+	require.NoError(t, err)
+	select {
+	case <-l.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the refused renewal did not lose the lease")
+	}
+	msg := l.Err().Error()
+	t.Logf("len(Err().Error()) = %d", len(msg))
+	require.NotContains(t, msg, "\x1b", "raw control byte in the loss error")
+	require.Less(t, len(msg), 400, "the whole word is in the loss error")
+}

@@ -609,7 +609,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 	case outRefused:
 		word := r.Status.String()
 		if r.Word != "" {
-			word = r.Word
+			word = wire.DisplayWord(r.Word)
 		}
 		cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
 	default:
