@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"syscall"
 	"time"
 
@@ -91,6 +92,18 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(aLongTimeAgo) })
 	ping, err := p.greet(wc)
+	if err == nil && wc.Buffered() == 0 && p.tls != nil {
+		// crypto/tls hands bufio one record per Read: a stray record
+		// behind the last reply's sits in the tls.Conn, not in wc's
+		// buffer. A read that cannot wait pulls it out if it is there.
+		_ = nc.SetReadDeadline(aLongTimeAgo)
+		if _, perr := wc.AwaitLine(); perr != nil && !errors.Is(perr, os.ErrDeadlineExceeded) {
+			err = perr
+		}
+		if dl, ok := ctx.Deadline(); ok && err == nil {
+			_ = nc.SetReadDeadline(dl)
+		}
+	}
 	if err == nil && wc.Buffered() > 0 {
 		// Bytes after the handshake's last reply answer nothing: the
 		// first request would take them for its reply.
