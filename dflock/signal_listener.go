@@ -295,18 +295,22 @@ type emitConn struct {
 	conn    *sigConn
 	dialing chan struct{} // non-nil while a dial is in progress; closed when it ends
 
-	// Until the server has accepted a long signal, long Emits go one at
-	// a time (see emitLong). Neither is guarded by signalHub.mu.
-	alone    chan struct{} // cap 1: held by the one long Emit in flight
-	accepted atomic.Bool
+	// Until the server has accepted a long signal on the current
+	// connection (acceptedOn), long Emits go one at a time (see
+	// emitLong). Neither is guarded by signalHub.mu.
+	alone      chan struct{} // cap 1: held by the one long Emit in flight, until its answer
+	acceptedOn atomic.Pointer[sigConn]
 }
 
 // emitLong sends req, a signal over 256 bytes, on srv's long-Emit
-// connection. Until the server has accepted one, long Emits go one at a
-// time: a server that refuses long lines (before v1.15, and v2.x) answers
-// the first with error and closes the connection, and the requests
-// pipelined behind it would meet a reset (ErrServerUnavailable) instead of
-// that answer (ErrNotSupported). Once one is accepted they are pipelined.
+// connection. Until the server has accepted one on that connection, long
+// Emits go one at a time: a server that refuses long lines (before v1.15,
+// and v2.x) answers the first with error and closes the connection, and
+// the requests pipelined behind it would meet a reset
+// (ErrServerUnavailable) instead of that answer (ErrNotSupported). The
+// gate is held until the answer, even by an Emit whose ctx ended. A new
+// connection may reach another server (a restart into an older version):
+// acceptance is per connection.
 func (h *signalHub) emitLong(ctx context.Context, srv *server, req wire.Request) (wire.Reply, error) {
 	h.mu.Lock()
 	e := h.emitters[srv]
@@ -321,31 +325,56 @@ func (h *signalHub) emitLong(ctx context.Context, srv *server, req wire.Request)
 	if e == nil {
 		return wire.Reply{}, ErrClosed
 	}
-	if !e.accepted.Load() {
-		select {
-		case e.alone <- struct{}{}:
-			defer func() { <-e.alone }()
-		case <-ctx.Done():
-			return wire.Reply{}, ctx.Err()
-		}
-	}
 	conn, err := h.emitConn(ctx, srv)
 	if err != nil {
 		return wire.Reply{}, err
 	}
-	r, err := conn.do(ctx, req)
-	switch {
-	case err != nil:
-	case r.Status == wire.StatusOK:
-		e.accepted.Store(true)
-	case r.Status == wire.StatusError:
-		// The server closes the connection after refusing a long line:
-		// not for the next Emit. (A server replaced by an older one
-		// refuses again: one at a time again.)
-		e.accepted.Store(false)
-		h.discardEmitConn(srv, conn)
+	if e.acceptedOn.Load() == conn {
+		return h.emitOn(ctx, srv, e, conn, req, nil)
 	}
-	return r, err
+	select {
+	case e.alone <- struct{}{}:
+	case <-ctx.Done():
+		return wire.Reply{}, ctx.Err()
+	}
+	if conn, err = h.emitConn(ctx, srv); err != nil {
+		<-e.alone
+		return wire.Reply{}, err
+	}
+	return h.emitOn(ctx, srv, e, conn, req, func() { <-e.alone })
+}
+
+// emitOn sends req on conn and waits for the answer or ctx; the answer is
+// settled (and then, if set, ungate runs) when it comes, whether or not
+// the caller still waits.
+func (h *signalHub) emitOn(ctx context.Context, srv *server, e *emitConn, conn *sigConn, req wire.Request, ungate func()) (wire.Reply, error) {
+	type result struct {
+		r   wire.Reply
+		err error
+	}
+	ch := make(chan result, 1)
+	conn.pc.SendBatch([]wire.Request{req}, func(_ int, r wire.Reply, err error) {
+		switch {
+		case err != nil:
+		case r.Status == wire.StatusOK:
+			e.acceptedOn.Store(conn)
+		case r.Status == wire.StatusError:
+			// The server closes the connection after refusing a long
+			// line: not for the next Emit.
+			e.acceptedOn.CompareAndSwap(conn, nil)
+			h.discardEmitConn(srv, conn)
+		}
+		if ungate != nil {
+			ungate()
+		}
+		ch <- result{r, err}
+	})
+	select {
+	case res := <-ch:
+		return res.r, res.err
+	case <-ctx.Done():
+		return wire.Reply{}, ctx.Err()
+	}
 }
 
 // emitConn returns the live long-Emit connection of srv, dialling it
