@@ -96,7 +96,13 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		// crypto/tls hands bufio one record per Read: a stray record
 		// behind the last reply's sits in the tls.Conn, not in wc's
 		// buffer. A read that cannot wait pulls it out if it is there.
-		_ = nc.SetReadDeadline(aLongTimeAgo)
+		// An expired deadline fails the read before any syscall: bytes
+		// still in the kernel need a read that may take them.
+		rdl := aLongTimeAgo
+		if socketHasBytes(nc) {
+			rdl = time.Now().Add(20 * time.Millisecond)
+		}
+		_ = nc.SetReadDeadline(rdl)
 		if _, perr := wc.AwaitLine(); perr != nil && !errors.Is(perr, os.ErrDeadlineExceeded) {
 			err = perr
 		}

@@ -14,3 +14,5 @@ func rawSocket(net.Conn) syscall.RawConn { return nil }
 func (c *conn) peekSocket(uintptr) bool { return true }
 
 func (c *conn) probe() (probeResult, error) { return probeData, nil }
+
+func socketHasBytes(net.Conn) bool { return false }

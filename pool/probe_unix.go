@@ -75,3 +75,22 @@ const (
 // errTLSAlert breaks a quiet TLS connection on which the server sent an
 // alert: a close_notify before its FIN, or a fatal error.
 var errTLSAlert = errors.New("TLS alert received on an idle connection")
+
+// socketHasBytes reports whether bytes wait in nc's socket (under TLS, its
+// transport's), without consuming or waiting.
+func socketHasBytes(nc net.Conn) bool {
+	rc := rawSocket(nc)
+	if rc == nil {
+		return false
+	}
+	var n int
+	var perr error
+	var b [1]byte
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	}); err != nil {
+		return false
+	}
+	return perr == nil && n > 0
+}
