@@ -363,6 +363,7 @@ func (c *Client) tracedEnqueue(ctx context.Context, op, key string, limit int64,
 var (
 	errFnPanicked      = errors.New("dflock: fn panicked")
 	errAcquirePanicked = errors.New("dflock: the acquire panicked before fn ran")
+	errReleasePanicked = errors.New("dflock: the release panicked after fn returned")
 )
 
 // tracedWith is WithLock (limit 0) or WithSemaphore under the Tracer t:
@@ -380,7 +381,7 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 	}
 	var h *held
 	acq := AcquireResult{Outcome: Failed} // until the inner acquire returns
-	returned, fnRan := false, false
+	returned, fnRan, fnReturned := false, false, false
 	defer func() {
 		res := acq // the inner acquire's outcome, path and wait; this call's duration and error
 		res.Duration, res.Err = time.Since(start), err
@@ -388,6 +389,9 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 			res.Err = errAcquirePanicked
 			if fnRan {
 				res.Err = errFnPanicked
+			}
+			if fnReturned {
+				res.Err = errReleasePanicked
 			}
 		}
 		t.AcquireEnd(ctx, info, res)
@@ -400,7 +404,11 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 		return err
 	}
 	fnRan = true
-	err = runHeld(ctx, h, fn)
+	err = runHeld(ctx, h, func(ctx context.Context) error {
+		err := fn(ctx)
+		fnReturned = true
+		return err
+	})
 	returned = true
 	return err
 }
