@@ -235,6 +235,8 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 		case a = <-late:
 		case <-ctx.Done():
 			conn.Destroy()
+			// Inline, not in a job: the jobs may be stopping (Close).
+			c.releaseGrantIn(srv, req, awaitLate(late))
 			return
 		}
 		switch {
@@ -258,15 +260,29 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 // late is called exactly once, and promptly after the destroy: by the
 // reader, or by the destroy itself (with the error).
 func (c *Client) releaseLateGrant(srv *server, req wire.Request, late <-chan lateAnswer) {
-	c.jobs.start(func(ctx context.Context) {
-		select {
-		case a := <-late:
-			if a.err == nil && (a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired) && a.r.Token != "" {
-				c.releaseAside(srv, wire.ReleaseRequest(req.Key, a.r.Token, req.Limit > 0))
-			}
-		case <-ctx.Done():
-		}
-	})
+	c.jobs.start(func(context.Context) { c.releaseGrantIn(srv, req, awaitLate(late)) })
+}
+
+// awaitLate returns the answer late receives after its connection was
+// destroyed: promptly, since the destroy or the reader delivers it without
+// waiting on anything. The bound is a guard, not a timing.
+func awaitLate(late <-chan lateAnswer) lateAnswer {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case a := <-late:
+		return a
+	case <-t.C:
+		return lateAnswer{err: ErrClosed}
+	}
+}
+
+// releaseGrantIn releases aside the grant a holds, if it holds one: the
+// answer to req, read for nobody.
+func (c *Client) releaseGrantIn(srv *server, req wire.Request, a lateAnswer) {
+	if a.err == nil && (a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired) && a.r.Token != "" {
+		c.releaseAside(srv, wire.ReleaseRequest(req.Key, a.r.Token, req.Limit > 0))
+	}
 }
 
 // giveBackUntrackable releases r, a grant made on conn for req that nobody
