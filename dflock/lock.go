@@ -58,7 +58,9 @@ func (l *Lock) Context() context.Context { return l.h.lease.Context() }
 
 // Renew renews the lock now, instead of waiting for the scheduler, and
 // waits for the server's answer. A refusal loses the lock and returns an
-// error matching ErrLockLost. A nil ctx is an *ArgError.
+// error matching ErrLockLost; so does a loss found meanwhile (by the
+// client's clock, on a silent connection), at once. A nil ctx is an
+// *ArgError.
 func (l *Lock) Renew(ctx context.Context) error { return l.h.renew(ctx) }
 
 // Release releases the lock. It is idempotent: later calls return the

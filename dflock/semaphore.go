@@ -53,7 +53,9 @@ func (s *Semaphore) Context() context.Context { return s.h.lease.Context() }
 
 // Renew renews the slot now, instead of waiting for the scheduler, and
 // waits for the server's answer. A refusal loses the slot and returns an
-// error matching ErrLockLost. A nil ctx is an *ArgError.
+// error matching ErrLockLost; so does a loss found meanwhile (by the
+// client's clock, on a silent connection), at once. A nil ctx is an
+// *ArgError.
 func (s *Semaphore) Renew(ctx context.Context) error { return s.h.renew(ctx) }
 
 // Release gives the slot back. It is idempotent: later calls return the
