@@ -23,6 +23,7 @@ type bgJobs struct {
 
 	mu      sync.Mutex
 	stopped bool
+	running int // jobs started and not returned
 	wg      sync.WaitGroup
 }
 
@@ -34,23 +35,33 @@ func newBGJobs() *bgJobs {
 
 // start runs fn on a goroutine of its own, with a context that ends when
 // Close's release deadline passes, and reports false (running nothing) once
-// Close has stopped the jobs.
+// Close has stopped the jobs — but while stop waits for running jobs,
+// before the deadline, it still starts what they (or a reader answering
+// for them) start: a release one of them sends aside is part of the work
+// Close waits for. (wg's counter is then above zero, so Add is legal
+// during stop's Wait.)
 func (j *bgJobs) start(fn func(ctx context.Context)) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.stopped {
+	if j.stopped && (j.running == 0 || j.ctx.Err() != nil) {
 		return false
 	}
+	j.running++
 	j.wg.Add(1)
 	go func() {
 		defer j.wg.Done()
+		defer func() {
+			j.mu.Lock()
+			j.running--
+			j.mu.Unlock()
+		}()
 		fn(j.ctx)
 	}()
 	return true
 }
 
-// stop refuses new jobs, ends the running ones' context at deadline (at
-// the latest), and waits for them.
+// stop refuses new jobs but those of running jobs, ends the running ones'
+// context at deadline (at the latest), and waits for them.
 func (j *bgJobs) stop(deadline time.Time) {
 	t := time.AfterFunc(time.Until(deadline), j.cancel)
 	defer t.Stop()
@@ -235,7 +246,8 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 		case a = <-late:
 		case <-ctx.Done():
 			conn.Destroy()
-			// Inline, not in a job: the jobs may be stopping (Close).
+			// Sent aside, which this job's own running lets start while
+			// Close stops the jobs; after Close's deadline nothing can be.
 			c.releaseGrantIn(srv, req, awaitLate(late))
 			return
 		}

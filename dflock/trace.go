@@ -357,9 +357,11 @@ func (c *Client) tracedEnqueue(ctx context.Context, op, key string, limit int64,
 }
 
 // errFnPanicked is the AcquireResult.Err of a WithLock or WithSemaphore
-// whose fn panicked (the panic itself goes on to the caller), and
+// whose fn panicked (the panic itself goes on to the caller);
 // errAcquirePanicked that of one whose acquire panicked before fn ran (in
-// the Tracer's inner pair: the grant, if any, was given back).
+// the Tracer's inner pair: the grant, if any, was given back), and
+// errReleasePanicked that of one whose release panicked after fn returned
+// (in the Tracer: the release was made all the same).
 var (
 	errFnPanicked      = errors.New("dflock: fn panicked")
 	errAcquirePanicked = errors.New("dflock: the acquire panicked before fn ran")
