@@ -184,7 +184,7 @@ func TestHostileTLSSurplusHandshakeRecordIsNotTakenForAReply(t *testing.T) {
 	require.NoError(t, err)
 	scfg := certs.ServerConfig()
 	addr := testutil.ServeRaw(t, func(raw net.Conn) {
-		nc := tls.Server(raw, scfg)
+		nc := tls.Server(&flushOnRead{Conn: raw}, scfg)
 		defer nc.Close()
 		br := bufio.NewReader(nc)
 		for {

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,7 +90,7 @@ func TestHostileTLSStrayRecordStillInTheSocketIsNotTakenForAReply(t *testing.T) 
 	require.NoError(t, err)
 	scfg := certs.ServerConfig()
 	addr := testutil.ServeRaw(t, func(raw net.Conn) {
-		nc := tls.Server(raw, scfg)
+		nc := tls.Server(&flushOnRead{Conn: raw}, scfg)
 		defer nc.Close()
 		br := bufio.NewReader(nc)
 		for {
@@ -138,4 +139,44 @@ func TestHostileTLSStrayRecordStillInTheSocketIsNotTakenForAReply(t *testing.T) 
 		require.NoError(t, c.Close())
 	}
 	require.Zero(t, bad, "a stray handshake record was taken for the try-lock's reply")
+}
+
+// flushOnRead holds a test server's writes and sends them when it next
+// reads (or closes): the records answering one request leave in one
+// segment, so that a test of what a client does with two records that came
+// together does not depend on the scheduler keeping two writes together.
+type flushOnRead struct {
+	net.Conn
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (c *flushOnRead) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf = append(c.buf, p...)
+	return len(p), nil
+}
+
+func (c *flushOnRead) Read(p []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *flushOnRead) Close() error {
+	_ = c.flush()
+	return c.Conn.Close()
+}
+
+func (c *flushOnRead) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	return err
 }
