@@ -119,10 +119,6 @@ func (c *sigConn) err() error { return c.pc.Err() }
 // if the connection was still up, so no lock it takes may be held.
 func (c *sigConn) destroy() { c.pc.Destroy() }
 
-func (c *sigConn) do(ctx context.Context, req wire.Request) (wire.Reply, error) {
-	return c.pc.Do(ctx, req)
-}
-
 type batchResult struct {
 	i   int
 	r   wire.Reply

@@ -70,8 +70,8 @@ func TestKeyAttributeOffKeepsTheKeyOutOfSpanErrors(t *testing.T) {
 		}
 		for _, ev := range s.Events() {
 			for _, kv := range ev.Attributes {
-				if strings.Contains(kv.Value.Emit(), "@example.com") {
-					t.Errorf("span %s: event %s attribute %s holds the key: %q", s.Name(), ev.Name, kv.Key, kv.Value.Emit())
+				if strings.Contains(kv.Value.String(), "@example.com") {
+					t.Errorf("span %s: event %s attribute %s holds the key: %q", s.Name(), ev.Name, kv.Key, kv.Value.String())
 				}
 			}
 		}
@@ -84,7 +84,7 @@ func spanTexts(spans []sdktrace.ReadOnlySpan) []string {
 		out = append(out, s.Status().Description)
 		for _, ev := range s.Events() {
 			for _, kv := range ev.Attributes {
-				out = append(out, string(kv.Key)+"="+kv.Value.Emit())
+				out = append(out, string(kv.Key)+"="+kv.Value.String())
 			}
 		}
 	}
