@@ -70,20 +70,24 @@ func ServeRaw(t testing.TB, serve func(net.Conn)) string {
 // connection.
 func ServeRequests(t testing.TB, answer func(nc net.Conn, req [3]string) bool) string {
 	t.Helper()
-	return ServeRaw(t, func(nc net.Conn) {
-		br := bufio.NewReader(nc)
-		for {
-			var req [3]string
-			for i := range req {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				req[i] = strings.TrimRight(line, "\r\n")
-			}
-			if !answer(nc, req) {
+	return ServeRaw(t, func(nc net.Conn) { AnswerRequests(nc, answer) })
+}
+
+// AnswerRequests is ServeRequests' loop on one connection, for a ServeRaw
+// server that wraps its connections first (in TLS, say).
+func AnswerRequests(nc net.Conn, answer func(nc net.Conn, req [3]string) bool) {
+	br := bufio.NewReader(nc)
+	for {
+		var req [3]string
+		for i := range req {
+			line, err := br.ReadString('\n')
+			if err != nil {
 				return
 			}
+			req[i] = strings.TrimRight(line, "\r\n")
 		}
-	})
+		if !answer(nc, req) {
+			return
+		}
+	}
 }
