@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -11,26 +12,56 @@ import (
 	"github.com/dflock-sdk/go/testutil"
 )
 
-// panicTracer panics in AcquireEnd (when panicAcquireEnd is set) or in
-// ReleaseStart (when panicReleaseStart is set): user code with a bug.
+// panicTracer is a Tracer with a bug: the calls named by panicIn panic
+// ("AcquireStart", "AcquireEnd", "ReleaseStart", "ReleaseEnd"), for the
+// acquires whose Op is op ("" for every one; the release calls panic
+// whatever op). It records the AcquireResult of every outer "withlock".
 type panicTracer struct {
-	panicAcquireEnd   atomic.Bool
-	panicReleaseStart atomic.Bool
+	mu    sync.Mutex
+	in    map[string]bool
+	op    string
+	outer []AcquireResult
 }
 
-func (*panicTracer) AcquireStart(ctx context.Context, _ AcquireInfo) context.Context { return ctx }
-func (t *panicTracer) AcquireEnd(context.Context, AcquireInfo, AcquireResult) {
-	if t.panicAcquireEnd.Load() {
-		panic("tracer bug")
+// panicIn sets the calls that panic (none: stop panicking).
+func (t *panicTracer) panicIn(op string, calls ...string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.op, t.in = op, make(map[string]bool)
+	for _, c := range calls {
+		t.in[c] = true
 	}
 }
-func (t *panicTracer) ReleaseStart(ctx context.Context, _ LeaseInfo) context.Context {
-	if t.panicReleaseStart.Load() {
-		panic("tracer bug")
+
+func (t *panicTracer) maybePanic(call, op string) {
+	t.mu.Lock()
+	p := t.in[call] && (t.op == "" || op == "" || op == t.op)
+	t.mu.Unlock()
+	if p {
+		panic("tracer bug in " + call)
 	}
+}
+
+func (t *panicTracer) AcquireStart(ctx context.Context, i AcquireInfo) context.Context {
+	t.maybePanic("AcquireStart", i.Op)
 	return ctx
 }
-func (*panicTracer) ReleaseEnd(context.Context, LeaseInfo, error) {}
+
+func (t *panicTracer) AcquireEnd(_ context.Context, i AcquireInfo, res AcquireResult) {
+	if i.Op == "withlock" {
+		t.mu.Lock()
+		t.outer = append(t.outer, res)
+		t.mu.Unlock()
+	}
+	t.maybePanic("AcquireEnd", i.Op)
+}
+
+func (t *panicTracer) ReleaseStart(ctx context.Context, _ LeaseInfo) context.Context {
+	t.maybePanic("ReleaseStart", "")
+	return ctx
+}
+
+func (t *panicTracer) ReleaseEnd(context.Context, LeaseInfo, error) { t.maybePanic("ReleaseEnd", "") }
 
 // recovered runs f and swallows its panic, as net/http does for a handler.
 func recovered(f func()) (panicked bool) {
@@ -52,9 +83,9 @@ func TestTracerPanickingInAcquireEndLeavesNoLockHeld(t *testing.T) {
 	c := newClient(t, []string{srv.Addr()}, WithTracer(tr))
 	ctx := testCtx(t)
 
-	tr.panicAcquireEnd.Store(true)
+	tr.panicIn("", "AcquireEnd")
 	require.True(t, recovered(func() { _, _ = c.Lock(ctx, "k") }), "the tracer's panic reaches the caller")
-	tr.panicAcquireEnd.Store(false)
+	tr.panicIn("")
 
 	// Nobody holds a handle to the lock; it should not be held.
 	assert.Zero(t, c.Snapshot().Held, "a lease nobody has a handle to is still tracked (renewed for ever)")
@@ -69,12 +100,12 @@ func TestTracerPanickingInWithLocksAcquireEndLeavesNoLockHeld(t *testing.T) {
 	c := newClient(t, []string{srv.Addr()}, WithTracer(tr))
 	ctx := testCtx(t)
 
-	tr.panicAcquireEnd.Store(true)
+	tr.panicIn("", "AcquireEnd")
 	ran := false
 	require.True(t, recovered(func() {
 		_ = c.WithLock(ctx, "w", func(context.Context) error { ran = true; return nil })
 	}))
-	tr.panicAcquireEnd.Store(false)
+	tr.panicIn("")
 	assert.False(t, ran)
 	assert.Zero(t, c.Snapshot().Held, "WithLock's lock is still held after the panic")
 	assert.False(t, lockHeld(srv, "w"), "WithLock's lock is held on the server by nobody")
@@ -89,11 +120,11 @@ func TestTracerPanickingInReleaseStartStillReleases(t *testing.T) {
 	c := newClient(t, []string{srv.Addr()}, WithTracer(tr))
 	ctx := testCtx(t)
 
-	tr.panicReleaseStart.Store(true)
+	tr.panicIn("", "ReleaseStart")
 	require.True(t, recovered(func() {
 		_ = c.WithLock(ctx, "r", func(context.Context) error { return nil })
 	}))
-	tr.panicReleaseStart.Store(false)
+	tr.panicIn("")
 	assert.Zero(t, c.Snapshot().Held, "WithLock's release panicked in the Tracer and the lease is still renewed")
 	assert.False(t, lockHeld(srv, "r"), "the lock is held on the server by nobody")
 }
@@ -129,13 +160,81 @@ func TestTracerPanickingInEnqueuesAcquireEndGivesThePlaceBack(t *testing.T) {
 
 	holder, err := c.Lock(ctx, "q")
 	require.NoError(t, err)
-	tr.panicAcquireEnd.Store(true)
+	tr.panicIn("", "AcquireEnd")
 	require.True(t, recovered(func() { _, _ = c.Enqueue(ctx, "q") }), "the tracer's panic reaches the caller")
-	tr.panicAcquireEnd.Store(false)
+	tr.panicIn("")
 	require.NoError(t, holder.Release(ctx))
 
 	other := newClient(t, []string{srv.Addr()})
 	l, err := other.TryLock(ctx, "q")
 	require.NoError(t, err, "the key went to the ticket nobody has")
 	require.NoError(t, l.Release(ctx))
+}
+
+// A WithLock whose inner acquire's Tracer call panics never acquires (or
+// gives back) the lock and never runs fn, yet the outer "withlock"
+// AcquireEnd reports Outcome Granted ("the lock was acquired and fn ran")
+// with Err "fn panicked": the zero AcquireResult of the inner acquire that
+// never returned.
+func TestWithLockWhoseInnerTracerCallPanicsIsNotReportedGranted(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		inStart, inEnd bool
+	}{{"AcquireStart", true, false}, {"AcquireEnd", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, testutil.Config{})
+			tr := &panicTracer{}
+			if tc.inStart {
+				tr.panicIn("lock", "AcquireStart")
+			} else {
+				tr.panicIn("lock", "AcquireEnd")
+			}
+			c := newClient(t, []string{srv.Addr()}, WithTracer(tr))
+			ctx := testCtx(t)
+			ran := false
+			require.True(t, recovered(func() {
+				_ = c.WithLock(ctx, "k", func(context.Context) error { ran = true; return nil })
+			}))
+			require.False(t, ran, "fn never ran")
+			require.Len(t, tr.outer, 1)
+			res := tr.outer[0]
+			t.Logf("outer withlock AcquireEnd: outcome %v path %v err %v", res.Outcome, res.Path, res.Err)
+			assert.NotEqual(t, Granted, res.Outcome, "the lock was not acquired and fn did not run")
+			assert.NotErrorIs(t, res.Err, errFnPanicked, "fn did not panic")
+			assert.ErrorIs(t, res.Err, errAcquirePanicked)
+			assert.False(t, lockHeld(srv, "k"), "the grant is given back")
+		})
+	}
+}
+
+// fn returns normally; the Tracer's own release call panics. The outer
+// withlock AcquireEnd must not say "fn panicked".
+func TestWithLockWhoseReleaseTracerCallPanicsDoesNotBlameFn(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		inStart, inEnd bool
+	}{{"ReleaseStart", true, false}, {"ReleaseEnd", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, testutil.Config{})
+			tr := &panicTracer{}
+			if tc.inStart {
+				tr.panicIn("", "ReleaseStart")
+			} else {
+				tr.panicIn("", "ReleaseEnd")
+			}
+			c := newClient(t, []string{srv.Addr()}, WithTracer(tr))
+			ctx := testCtx(t)
+			fnPanicked := true
+			require.True(t, recovered(func() {
+				_ = c.WithLock(ctx, "k", func(context.Context) error { fnPanicked = false; return nil })
+			}))
+			require.False(t, fnPanicked, "fn returned normally")
+			require.Len(t, tr.outer, 1)
+			res := tr.outer[0]
+			t.Logf("outer withlock AcquireEnd: outcome %v err %v", res.Outcome, res.Err)
+			assert.False(t, lockHeld(srv, "k"), "released all the same")
+			assert.NotErrorIs(t, res.Err, errFnPanicked, "fn did not panic: the Tracer's release call did")
+			assert.ErrorIs(t, res.Err, errReleasePanicked)
+		})
+	}
 }
