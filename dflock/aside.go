@@ -346,12 +346,16 @@ func mayNotBeApplied(r wire.Reply) bool { return r.Status == wire.StatusError }
 
 // inBackground runs fn, which settles conn, as a background job bounded by
 // DefaultReleaseTimeout (and Close's deadline); once Close has stopped the
-// jobs, conn is closed instead.
+// jobs, conn is closed instead. If fn destroyed conn, the job lasts until
+// conn's reader has exited: a grant the reader read just before the close
+// goes to OnReleaseLost, whose release aside may start only while a job
+// runs once Close is stopping the jobs (bgJobs.start).
 func (c *Client) inBackground(conn *pool.Conn, fn func(ctx context.Context)) {
 	ok := c.jobs.start(func(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(ctx, DefaultReleaseTimeout)
 		defer cancel()
 		fn(ctx)
+		conn.AwaitReader(time.Second)
 	})
 	if !ok {
 		conn.Destroy()

@@ -133,6 +133,7 @@ type conn struct {
 	// context.AfterFunc allocates no closure for it.
 	interruptFn func()
 	dead        chan struct{} // closed when the connection breaks
+	readerDone  chan struct{} // closed when readLoop returns
 
 	// The socket, probed by a caller about to read its own reply (nil:
 	// callers never do); peekFn is c.peekSocket, bound once, and the
@@ -160,7 +161,7 @@ type conn struct {
 // registers it.
 func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
 	c := &conn{p: p, wc: wc, lastActive: p.now(), inline: kernelSocket(wc.NetConn()),
-		wake: make(chan struct{}, 1), dead: make(chan struct{})}
+		wake: make(chan struct{}, 1), dead: make(chan struct{}), readerDone: make(chan struct{})}
 	c.flushFn = c.flush
 	c.interruptFn = c.interruptRead
 	if c.inline {
@@ -906,6 +907,7 @@ func (c *conn) write(b []byte) (int64, error) {
 // their own (readerTurn).
 func (c *conn) readLoop() {
 	defer c.p.io.Done()
+	defer close(c.readerDone)
 	// Callers may read only where pushes cannot come (a listener's reader
 	// must see every push) and where a deadline can interrupt them (a
 	// kernel socket; see writeInlineLocked for why only those).

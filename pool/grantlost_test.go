@@ -169,7 +169,10 @@ func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	lost := make(chan wire.Request, 4)
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
-		OnReleaseLost: func(req wire.Request) { lost <- req }})
+		OnReleaseLost: func(req wire.Request) {
+			time.Sleep(50 * time.Millisecond) // a slow hand-off: AwaitReader waits for it
+			lost <- req
+		}})
 	ctx := ctxWait(t)
 	h1, err := p.Acquire(ctx)
 	require.NoError(t, err)
@@ -196,11 +199,15 @@ func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
 	breakAsTheGrantIsRead(t, c, resume, "(*conn).readLoop")
 	require.Error(t, result(t, done, "SendBatch"), "the withdraw gets the connection's error")
 	h2.Destroy() // as withdraw does
+	// A background job that destroyed its connection waits for the reader
+	// (dflock's inBackground): the grant is handed on by then, while the
+	// job still counts as running for Close.
+	h2.AwaitReader(wait)
 	select {
 	case req := <-lost:
 		assert.Equal(t, "wd", req.Key)
 		assert.Equal(t, wire.CmdRelease, req.Cmd)
-	case <-time.After(2 * time.Second):
-		t.Fatalf("the grant read for w as the connection broke never reached OnReleaseLost (held by conn %d)", holder(srv, "wd"))
+	default:
+		t.Fatalf("the grant read for w as the connection broke had not reached OnReleaseLost when AwaitReader returned (held by conn %d)", holder(srv, "wd"))
 	}
 }

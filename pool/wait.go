@@ -133,6 +133,24 @@ func (h *Conn) Destroy() {
 	}
 }
 
+// AwaitReader waits, at most for guard, until the reader of a broken (say,
+// destroyed) connection has exited: what it read just before the close —
+// a grant for a call the close failed, which it hands to
+// Config.OnReleaseLost — has then been handed on. It returns at once for
+// a connection that is not broken. The reader exits promptly once the
+// connection is closed; guard bounds a bug, not a timing.
+func (h *Conn) AwaitReader(guard time.Duration) {
+	if h.c.errp.Load() == nil {
+		return
+	}
+	t := time.NewTimer(guard)
+	defer t.Stop()
+	select {
+	case <-h.c.readerDone:
+	case <-t.C:
+	}
+}
+
 // takeOut ends the acquisition: true for exactly one caller (Release,
 // Destroy or Pool.Close), who must then hand h.res back to puddle.
 func (h *Conn) takeOut() bool {
