@@ -25,30 +25,16 @@ func TestConcurrentLongEmitsToAServerWithoutLongLinesAreNotSupported(t *testing.
 			t.Parallel()
 			srv := newServer(t, testutil.Config{Version: v})
 			c := newClient(t, addrsOf(srv))
-			ctx := testCtx(t)
-			payload := strings.Repeat("x", 1000)
-			for round := 0; round < 20; round++ {
-				const n = 8
-				errs := make([]error, n)
-				var wg sync.WaitGroup
-				for i := range n {
-					wg.Go(func() { _, errs[i] = c.Emit(ctx, "a.b", payload) })
-				}
-				wg.Wait()
-				for i, err := range errs {
-					require.ErrorIs(t, err, ErrNotSupported, "round %d emit %d: %v", round, i, err)
-				}
-			}
+			requireConcurrentLongEmitsNotSupported(t, c, 20)
 		})
 	}
 }
 
-// A long Emit accepted once sets emitConn.accepted for good (per server
-// address, across connections). When the server at that address is
-// replaced by one without long lines (a rollback to v1.14 or earlier, or an
-// upgrade to v2.x), concurrent long Emits are pipelined on the re-dialled
-// connection: the first gets the refusal (ErrNotSupported), the ones behind
-// it meet the close and report ErrServerUnavailable.
+// A long Emit accepted on one connection says nothing of the next: when
+// the server at the address is replaced by one without long lines (a
+// rollback to v1.14 or earlier, or an upgrade to v2.x), concurrent long
+// Emits on the re-dialled connection go one at a time again, and all fail
+// with ErrNotSupported (pipelined, those behind the first met its close).
 func TestLongEmitsAfterTheServerIsReplacedByAnOlderOneAreNotSupported(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
@@ -60,26 +46,19 @@ func TestLongEmitsAfterTheServerIsReplacedByAnOlderOneAreNotSupported(t *testing
 	require.NoError(t, err) // accepted: long Emits are pipelined from now on
 	require.NoError(t, srv.Stop())
 	newServer(t, testutil.Config{Addr: addr, Version: testutil.V2_1})
-	time.Sleep(100 * time.Millisecond) // let the old connection's reader see the close
-	for round := 0; round < 5; round++ {
-		const n = 8
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() { _, errs[i] = c.Emit(ctx, "a.b", payload) })
-		}
-		wg.Wait()
-		for i, err := range errs {
-			require.ErrorIs(t, err, ErrNotSupported, "round %d emit %d: %v", round, i, err)
-		}
-	}
+	require.Eventually(t, func() bool { // the old long-Emit connection is seen closed
+		c.signals.mu.Lock()
+		defer c.signals.mu.Unlock()
+		e := c.signals.emitters[c.servers[0]]
+		return e == nil || e.conn == nil || e.conn.err() != nil
+	}, 5*time.Second, time.Millisecond)
+	requireConcurrentLongEmitsNotSupported(t, c, 5)
 }
 
-// The gate is released when its holder's ctx ends, while the holder's
-// long line is still in flight on the connection: the next long Emit is
-// pipelined behind it, and when the server (here without long lines)
-// refuses the first and closes, that Emit meets the close: a transient
-// ErrServerUnavailable instead of ErrNotSupported.
+// A long Emit whose caller gives up while its line is in flight keeps the
+// turn until the answer: the next long Emit is not pipelined behind it, so
+// a server without long lines, which refuses the first and closes, answers
+// it ErrNotSupported (not the close's ErrServerUnavailable).
 func TestLongEmitBehindAnAbandonedOneIsNotSupported(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{Version: testutil.V2_1})
@@ -100,4 +79,24 @@ func TestLongEmitBehindAnAbandonedOneIsNotSupported(t *testing.T) {
 	require.Error(t, err)
 	_, err = c.Emit(ctx, "a.b", payload)
 	require.ErrorIs(t, err, ErrNotSupported, "%v", err)
+}
+
+// requireConcurrentLongEmitsNotSupported sends rounds of 8 concurrent long
+// Emits with c and requires every one to fail with ErrNotSupported.
+func requireConcurrentLongEmitsNotSupported(t *testing.T, c *Client, rounds int) {
+	t.Helper()
+	ctx := testCtx(t)
+	payload := strings.Repeat("x", 1000)
+	for round := range rounds {
+		const n = 8
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() { _, errs[i] = c.Emit(ctx, "a.b", payload) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			require.ErrorIs(t, err, ErrNotSupported, "round %d emit %d: %v", round, i, err)
+		}
+	}
 }
