@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,8 +75,9 @@ type clientCounters struct {
 //
 // New validates its arguments but dials nothing: connections are made on
 // first use, under the caller's context. A server listed twice (host names
-// compared without case; ports are plain decimal, "06388" is refused) is
-// an *ArgError.
+// compared without case or a trailing dot, IP addresses in canonical form;
+// ports are plain decimal, "06388" is refused) is an *ArgError. Two names
+// of one host ("localhost" and "127.0.0.1") are not told apart.
 func New(servers []string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -95,12 +97,11 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		if err := validateAddr(a); err != nil {
 			return nil, err
 		}
-		// Host names are case-insensitive; validateAddr leaves one
-		// spelling per port number.
-		if j, dup := seen[strings.ToLower(a)]; dup {
+		k := sameServerKey(a)
+		if j, dup := seen[k]; dup {
 			return nil, &ArgError{Arg: "server", Value: a, Reason: "listed twice (servers[" + strconv.Itoa(j) + "] and servers[" + strconv.Itoa(i) + "])"}
 		}
-		seen[strings.ToLower(a)] = i
+		seen[k] = i
 		addrs[i] = a
 	}
 	place, err := o.strategy.Place(addrs)
@@ -191,6 +192,25 @@ func validateAddr(a string) error {
 		return &ArgError{Arg: "server", Value: a, Reason: "port must be a number from 1 to 65535, without sign or leading zeros"}
 	}
 	return nil
+}
+
+// sameServerKey is the spelling of a valid address that New's duplicate
+// check compares: two addresses with the same key dial the same server, and
+// listed twice they would make two pools and two shares of the keys. Host
+// names are case-insensitive and a trailing dot (the root) changes nothing;
+// an IP literal has many spellings ("[::1]", "[0:0:0:0:0:0:0:1]"), compared
+// in canonical form. An IPv6 zone is an interface name, which is
+// case-sensitive on Linux, and keeps its case. validateAddr already left
+// one spelling per port number.
+func sameServerKey(a string) string {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return a
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return net.JoinHostPort(ip.Unmap().String(), port)
+	}
+	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), port)
 }
 
 func trimAddrErr(err error) string {

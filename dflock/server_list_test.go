@@ -49,11 +49,31 @@ func TestServerListSpellingsOfOneServerAndControlCharacters(t *testing.T) {
 		{"h\x7f:6388"},
 		{"Example.com:6388", "example.com:6388"},
 		{"h\u2028:6388"},
+		{"[::1]:6388", "[0:0:0:0:0:0:0:1]:6388"},
+		{"[::ffff:127.0.0.1]:6388", "127.0.0.1:6388"},
+		{"example.com.:6388", "example.com:6388"},
+		{"[fe80::1%eth0]:6388", "[FE80::1%eth0]:6388"},
 	} {
 		c, err := New(list)
 		if c != nil {
 			_ = c.Close()
 		}
 		assert.ErrorIs(t, err, ErrInvalidArgument, "New(%q)", list)
+	}
+}
+
+// Addresses that only look alike are different servers: an IPv6 zone is an
+// interface name, case-sensitive on Linux.
+func TestServerListDistinctServersAreAccepted(t *testing.T) {
+	t.Parallel()
+	for _, list := range [][]string{
+		{"[fe80::1%eth0]:6388", "[fe80::1%ETH0]:6388"},
+		{"[::1]:6388", "[::2]:6388"},
+		{"example.com:6388", "example.com:6389"},
+	} {
+		c, err := New(list)
+		require.NoError(t, err, "New(%q)", list)
+		require.Equal(t, list, c.Servers())
+		require.NoError(t, c.Close())
 	}
 }
