@@ -972,6 +972,16 @@ func (c *conn) readLoop() {
 	}
 }
 
+// readerExited reports whether readLoop has returned.
+func (c *conn) readerExited() bool {
+	select {
+	case <-c.readerDone:
+		return true
+	default:
+		return false
+	}
+}
+
 // answeredLocked is the bookkeeping of a reply read for cl, just taken
 // out of the queue, by the reader or by cl's caller.
 func (c *conn) answeredLocked(cl *call) {

@@ -211,3 +211,39 @@ func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
 		t.Fatalf("the grant read for w as the connection broke had not reached OnReleaseLost when AwaitReader returned (held by conn %d)", holder(srv, "wd"))
 	}
 }
+
+// SettleLanes, which Close runs before it stops the work that sends
+// releases, returned as soon as a lane connection was broken; its reader
+// could still hold a grant read as fail emptied the queue, on its way to
+// OnReleaseLost, which then came after Close had stopped sending. It now
+// waits for a broken lane's reader to exit (found by review).
+func TestSettleLanesWaitsForTheReaderOfABrokenLane(t *testing.T) {
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	lost := make(chan wire.Request, 4)
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
+		OnReleaseLost: func(req wire.Request) {
+			time.Sleep(50 * time.Millisecond) // a slow hand-off: SettleLanes waits for it
+			lost <- req
+		}})
+	_, c := laneOf(t, p)
+	settle(t, c)
+
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	ctx, cancel := context.WithCancel(ctxWait(t))
+	res := goDo(ctx, p, lockReq("settlebreak"))
+	awaitReading(t, c)
+	cancel() // the caller gives up (Close's cancellation): the reader reads the answer
+	require.ErrorIs(t, result(t, res, "Do").err, context.Canceled)
+	require.Eventually(t, func() bool { return waitsOnTheSocket("(*conn).readLoop") }, wait, time.Millisecond,
+		"the reader waits for the answer")
+	breakAsTheGrantIsRead(t, c, resume, "(*conn).readLoop")
+	p.SettleLanes(time.Now().Add(wait))
+	select {
+	case req := <-lost:
+		assert.Equal(t, "settlebreak", req.Key)
+		assert.Equal(t, wire.CmdRelease, req.Cmd)
+	default:
+		t.Fatalf("SettleLanes returned before the grant read as the lane broke reached OnReleaseLost (held by conn %d)", holder(srv, "settlebreak"))
+	}
+}

@@ -271,7 +271,9 @@ func (p *Pool) adoptLane(l *laneConn) {
 // released by the reader since its caller gave up (see Do), would
 // otherwise be answered to a closed connection — held by nobody on a
 // server with auto-release off. An answer being delivered counts as
-// pending: its delivery may queue that release. It polls every
+// pending: its delivery may queue that release; so does a broken lane
+// connection whose reader has not exited, since a grant it read as the
+// connection broke goes to Config.OnReleaseLost. It polls every
 // millisecond: it runs once, in Client.Close.
 func (p *Pool) SettleLanes(deadline time.Time) {
 	tick := time.NewTicker(time.Millisecond)
@@ -282,8 +284,20 @@ func (p *Pool) SettleLanes(deadline time.Time) {
 			// inflight, delivering, inflight again: a delivery that ends
 			// between the first two reads queued its release (if any)
 			// before, so the third sees it.
-			if l := p.lanes[i].conn.Load(); l != nil && l.c.errp.Load() == nil &&
-				(l.c.inflight.Load() > 0 || l.c.delivering.Load() > 0 || l.c.inflight.Load() > 0) {
+			l := p.lanes[i].conn.Load()
+			if l == nil {
+				continue
+			}
+			if l.c.errp.Load() != nil {
+				// Broken: its reader may hold a grant read as fail
+				// emptied the queue, on its way to OnReleaseLost.
+				if !l.c.readerExited() {
+					busy = true
+					break
+				}
+				continue
+			}
+			if l.c.inflight.Load() > 0 || l.c.delivering.Load() > 0 || l.c.inflight.Load() > 0 {
 				busy = true
 				break
 			}
