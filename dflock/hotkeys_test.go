@@ -201,33 +201,48 @@ func TestHotKeyReleasedMeanwhileIsStillGrantedByTheLane(t *testing.T) {
 // lane round trip but not the dial of a wait-pool connection (none is
 // idle) plus the wait's round trip: Lock skipped the lane and timed out on
 // a key free all along (found by review). With a timeout and no idle
-// wait-pool connection, the lane is tried first.
+// wait-pool connection, the lane is tried first. The same with the
+// caller's own ctx deadline, which Lock documents alike (found by a later
+// review: only an AcquireTimeout counted).
 func TestHotKeyFreeAgainIsNotTimedOutByAWaitPoolDial(t *testing.T) {
-	ctx := testCtx(t)
-	srv := newServer(t, testutil.Config{})
-	px, err := testutil.NewProxy(srv.Addr())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = px.Close() })
-	c := newClient(t, []string{px.Addr()})
-	other := newClient(t, addrsOf(srv))
+	for _, bound := range []string{"AcquireTimeout", "ctx deadline"} {
+		t.Run(bound, func(t *testing.T) {
+			t.Parallel()
+			ctx := testCtx(t)
+			srv := newServer(t, testutil.Config{})
+			px, err := testutil.NewProxy(srv.Addr())
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = px.Close() })
+			c := newClient(t, []string{px.Addr()})
+			c.servers[0].hot.ttl = time.Hour // k stays hot however slow the machine
+			other := newClient(t, addrsOf(srv))
 
-	l, err := c.TryLock(ctx, "warm")
-	require.NoError(t, err)
-	require.NoError(t, l.Release(ctx))
-	held, err := other.Lock(ctx, "k")
-	require.NoError(t, err)
-	wctx, cancel := context.WithCancel(ctx)
-	time.AfterFunc(100*time.Millisecond, cancel)
-	_, err = c.Lock(wctx, "k") // found held: k is hot; its wait is cancelled
-	require.Error(t, err)
-	require.True(t, c.servers[0].hot.contains(hotKey{key: "k"}, time.Now), "k is hot")
-	require.NoError(t, held.Release(ctx)) // k is free from now on
-	require.Eventually(t, func() bool { return !lockHeld(srv, "k") }, testTimeout, time.Millisecond)
-	require.Zero(t, c.servers[0].pool.Stats().IdleConns, "the cancelled wait's connection was closed")
+			l, err := c.TryLock(ctx, "warm")
+			require.NoError(t, err)
+			require.NoError(t, l.Release(ctx))
+			held, err := other.Lock(ctx, "k")
+			require.NoError(t, err)
+			wctx, cancel := context.WithCancel(ctx)
+			time.AfterFunc(100*time.Millisecond, cancel)
+			_, err = c.Lock(wctx, "k") // found held: k is hot; its wait is cancelled
+			require.Error(t, err)
+			require.True(t, c.servers[0].hot.contains(hotKey{key: "k"}, time.Now), "k is hot")
+			require.NoError(t, held.Release(ctx)) // k is free from now on
+			require.Eventually(t, func() bool { return !lockHeld(srv, "k") }, testTimeout, time.Millisecond)
+			require.Zero(t, c.servers[0].pool.Stats().IdleConns, "the cancelled wait's connection was closed")
 
-	px.SetLatency(100 * time.Millisecond) // a 200 ms round trip; a dial and a wait take at least two
-	t0 := time.Now()
-	got, err := c.Lock(ctx, "k", AcquireTimeout(300*time.Millisecond))
-	require.NoError(t, err, "Lock on a free key failed after %v", time.Since(t0))
-	require.NoError(t, got.Release(ctx))
+			px.SetLatency(100 * time.Millisecond) // a 200 ms round trip; a dial and a wait take at least two
+			t0 := time.Now()
+			var got *Lock
+			if bound == "AcquireTimeout" {
+				got, err = c.Lock(ctx, "k", AcquireTimeout(300*time.Millisecond))
+			} else {
+				dctx, dcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+				defer dcancel()
+				got, err = c.Lock(dctx, "k")
+			}
+			require.NoError(t, err, "Lock on a free key failed after %v", time.Since(t0))
+			require.NoError(t, got.Release(ctx))
+		})
+	}
 }

@@ -179,12 +179,13 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 
 	hk := hotKey{key: key, sem: limit != 0}
 	// A key found held a moment ago skips the lane try — unless the wait
-	// pool is full, or an AcquireTimeout may not cover dialling one: a hot
-	// key may have been released meanwhile, and Lock on a free key must
-	// neither wait for a wait-pool connection to come back nor time out
-	// while one is dialled.
+	// pool is full, or the caller's time may not cover dialling one (an
+	// AcquireTimeout, or a ctx deadline closer than a dial may take: Lock
+	// documents the two alike): a hot key may have been released
+	// meanwhile, and Lock on a free key must neither wait for a wait-pool
+	// connection to come back nor time out while one is dialled.
 	laneTried := try || (!c.opts.noLaneFast && (!srv.hot.contains(hk, time.Now) || srv.pool.WaitPoolFull() ||
-		(a.hasTimeout && !srv.pool.HasIdle())))
+		(!srv.pool.HasIdle() && (a.hasTimeout || deadlineWithin(ctx, c.opts.dialTimeout)))))
 	if laneTried {
 		h, err := c.tryLane(ctx, laneCtx, op, srv, req, try)
 		if h != nil || err != nil {
@@ -208,6 +209,12 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 		}
 	}
 	return h, err
+}
+
+// deadlineWithin reports whether ctx has a deadline less than d away.
+func deadlineWithin(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < d
 }
 
 // tryLane sends the acquire with timeout 0 on the control lane. It returns
@@ -479,8 +486,13 @@ func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, 
 	if err != nil {
 		return sent, err
 	}
-	if r.Status != wire.StatusOK {
-		return sent, ErrLeaseExpired
+	switch r.Status {
+	case wire.StatusOK:
+	case wire.StatusErrDraining:
+		return sent, ErrDraining
+	default:
+		// The lease lapsed before the grant was observed: not acquired.
+		return sent, &bothError{domain: ErrNotAcquired, cause: ErrLeaseExpired}
 	}
 	return sent2, nil
 }
