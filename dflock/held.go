@@ -393,8 +393,10 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 	// A lease lost with its connection is released aside; so is one lost
 	// otherwise (but not refused) that pinned a connection: destroyed
 	// above, that connection may never have written the scheduler's
-	// best-effort release.
-	if errors.Is(err, renew.ErrOwnerFailed) || (h.pinned != nil && !errors.Is(err, renew.ErrRefused)) {
+	// best-effort release; and one whose renewal the server may not have
+	// applied (the bare error of a paused server, which still holds it).
+	if errors.Is(err, renew.ErrOwnerFailed) || errors.Is(err, renew.ErrMaybeUnapplied) ||
+		(h.pinned != nil && !errors.Is(err, renew.ErrRefused)) {
 		c.releaseAside(h.srv, wire.ReleaseRequest(lease.Key(), lease.Token(), lease.Semaphore()))
 	}
 	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)

@@ -40,6 +40,12 @@ var (
 	ErrReleased = errors.New("dflock: lock released")
 	// ErrRefused is the cause (wrapped) of a loss by a refused renewal.
 	ErrRefused = errors.New("dflock: renewal refused")
+	// ErrMaybeUnapplied is wrapped too by the loss of a renewal refused with
+	// the bare `error`, which is also how a paused server answers a request
+	// that reached it after its read deadline, unapplied (it then closes the
+	// connection): the lease may still be held on the server, so whoever
+	// handles the loss releases it.
+	ErrMaybeUnapplied = errors.New("the server may not have applied the request (a paused server answers so)")
 	// ErrOwnerFailed is the cause (wrapped) of a loss by a failed owning connection.
 	ErrOwnerFailed = errors.New("dflock: owning connection failed")
 

@@ -612,6 +612,9 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 			word = wire.DisplayWord(r.Word)
 		}
 		cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
+		if r.Status == wire.StatusError {
+			cause = fmt.Errorf("%w: server answered %s: %w", ErrRefused, word, ErrMaybeUnapplied)
+		}
 	default:
 		if sent > l.confirmed {
 			ttl := l.ttl

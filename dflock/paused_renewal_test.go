@@ -1,0 +1,42 @@
+package dflock
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/renew"
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// A renewal that reaches a paused server after the read deadline it was
+// waiting under is answered the bare `error` without being applied, and the
+// connection is closed (docs/reliability.md). The lease is lost to the
+// client — and, since the server may still hold it, released aside, as a
+// Release or a give-back answered so is. It was taken for a plain refusal
+// and released nowhere: on a server with auto-release off the lock stayed
+// held by nobody until its lease ran out (found by review).
+func TestRenewalAnsweredBareErrorByAPausedServerIsReleased(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true, ReadTimeout: time.Second})
+	c := newClient(t, addrsOf(srv), WithKeepAlive(time.Second), WithLeaseTTL(30*time.Second))
+	ctx := testCtx(t)
+	l, err := c.TryLock(ctx, "paused-renew")
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond) // the server's read deadline: ~1 s after its reply
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	renewErr := make(chan error, 1)
+	go func() { renewErr <- l.Renew(ctx) }()
+	time.Sleep(900 * time.Millisecond) // past the server's deadline, well before the client's 2 s patience
+	resume()
+	err = <-renewErr
+	require.ErrorIs(t, err, ErrLockLost)
+	if !errors.Is(err, renew.ErrMaybeUnapplied) {
+		t.Skipf("the renewal was not answered the bare error (the machine was too slow for the timing): %v", err)
+	}
+	require.Eventually(t, func() bool { return !lockHeld(srv, "paused-renew") }, testTimeout, time.Millisecond,
+		"the lock stays held by nobody (held by conn %d) until its 30 s lease runs out", holderOf(srv, "paused-renew"))
+}
