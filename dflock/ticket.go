@@ -3,6 +3,7 @@ package dflock
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/wire"
@@ -36,6 +37,10 @@ type ticket struct {
 	key   string
 	limit int64 // 0 for a lock
 	lease int64 // requested lease seconds (0 = server default)
+	// queuedAt is the send time of the enqueue that took the current
+	// place: the server may have granted the place at any moment since
+	// (while nobody waited), so a grant that `w` returns is no fresher.
+	queuedAt time.Time
 
 	mu        sync.Mutex
 	state     ticketState
@@ -63,7 +68,9 @@ const (
 // A place the server grants while nobody waits on it is not renewed (the
 // client learns of the grant only at Wait): it holds the lock until its
 // lease runs out, and a Wait after that fails with an error matching both
-// ErrNotAcquired and ErrLeaseExpired.
+// ErrNotAcquired and ErrLeaseExpired. (A Wait granted more than a quarter
+// of the lease after its place was queued confirms the grant with one
+// renewal first: dflockd v1.10.0 answers ok for a lapsed place.)
 func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
 	t, err := c.tracedEnqueue(ctx, "enqueue", key, 0, opts)
 	if err != nil {
@@ -144,7 +151,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 			t.withdrawLater(conn)
 			return fail(opCtx.Err())
 		}
-		t.state, t.conn = ticketQueued, conn
+		t.state, t.conn, t.queuedAt = ticketQueued, conn, sent
 		c.tickets.add(t)
 		return t, nil
 	}
@@ -306,13 +313,24 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		req := wire.Request{Cmd: wcmd, Key: t.key, Timeout: secs, Limit: t.limit}
 		// (Ended — cancelled, or stopped by Cancel — before it is sent, the
 		// w is not sent: exchange gives the place back with t.withdraw.)
-		r, sent, err := c.exchange(opCtx, t.srv, conn, req, t.withdraw)
+		r, wsent, err := c.exchange(opCtx, t.srv, conn, req, t.withdraw)
 		if err != nil {
 			return fail(err)
 		}
 		switch r.Status {
 		case wire.StatusOK, wire.StatusAcquired:
-			if sent, err = c.confirmLateGrant(opCtx, conn.Do, req, r, sent); err != nil {
+			// The place may have been granted at any moment since it was
+			// queued, and dflockd v1.10.0 answers the w of a place whose
+			// lease lapsed meanwhile (and went to another holder) with ok
+			// and the stale token: a place queued longer ago than a
+			// quarter of the lease's life is confirmed by a renewal, as a
+			// slow grant is. Otherwise the lease cannot have lapsed, and
+			// the w reset it: it is tracked from the w.
+			sent, err := c.confirmLateGrant(opCtx, conn.Do, req, r, t.queuedAt)
+			if err == nil && sent.Equal(t.queuedAt) {
+				sent = wsent
+			}
+			if err != nil {
 				c.releaseAside(t.srv, wire.ReleaseRequest(t.key, r.Token, t.limit > 0)) // see waitAcquire
 				conn.Destroy()
 				return fail(err)
@@ -366,6 +384,7 @@ func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 		t.c.stats.waitGrants.Add(1)
 		return t.c.track(t.srv, conn, conn, req, r, sent), false, nil
 	case wire.StatusQueued:
+		t.queuedAt = sent
 		return nil, true, nil
 	}
 	giveBack(conn, r)
