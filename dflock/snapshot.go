@@ -38,7 +38,8 @@ type ServerSnapshot struct {
 	// background probe's next dial succeeds. Since is
 	// when the current state began: for Up, the first successful dial after
 	// the server was last down (zero while nothing was dialled yet); for
-	// down, the failed dial that found it down.
+	// down, the failed dial that found it down. After Close, Up and Since
+	// stay as they were (a closed Client does not report its servers down).
 	Up    bool
 	Since time.Time
 	// Conns counts the server's open connections by role.

@@ -208,7 +208,9 @@ type Config struct {
 // Stats of one server's pool.
 type Stats struct {
 	Addr string
-	Up   bool // Pool.Err() == nil
+	// Up is Pool.Err() == nil, but for Close: after it, Up is what it was
+	// before (a closed pool is not a down server).
+	Up bool
 	// Since is when the state Up reports began: the first successful dial
 	// after the server was last down (zero before any), or the failed
 	// dial that marked it down.

@@ -207,6 +207,12 @@ func (p *Pool) Err() error {
 	if p.closed.Load() {
 		return serverErr(p.cfg.Addr, ErrClosed, nil)
 	}
+	return p.downErr()
+}
+
+// downErr is Err without the closed check: the server's own state, which
+// Stats keeps reporting after Close (a closed pool is not a down server).
+func (p *Pool) downErr() error {
 	if d := p.down.Load(); d != nil {
 		if best, _ := p.bestLane(); best == nil {
 			return d
@@ -219,7 +225,7 @@ func (p *Pool) Err() error {
 func (p *Pool) Stats() Stats {
 	s := Stats{
 		Addr:          p.cfg.Addr,
-		Up:            p.Err() == nil,
+		Up:            p.downErr() == nil,
 		Dials:         p.dials.Load(),
 		DialFailures:  p.dialFailures.Load(),
 		Broken:        p.broken.Load(),
