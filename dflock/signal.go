@@ -90,8 +90,9 @@ type Signal struct {
 type ListenOption func(*listenOptions)
 
 type listenOptions struct {
-	group  string
-	buffer int
+	group    string
+	hasGroup bool // Group was given: "" is then an error, not "no group"
+	buffer   int
 }
 
 // Group makes the subscription a member of the queue group name: each
@@ -100,9 +101,11 @@ type listenOptions struct {
 // The server picks members round-robin by connection; a Client gives each
 // member a listener connection of its own up to WithGroupConns, so its
 // members count as many as members in other processes. Default: no group
-// (every subscription gets every signal).
+// (every subscription gets every signal). An empty name is an *ArgError
+// (a name read from an unset variable would otherwise mean "no group", and
+// every member would get every signal).
 func Group(name string) ListenOption {
-	return func(o *listenOptions) { o.group = name }
+	return func(o *listenOptions) { o.group, o.hasGroup = name, true }
 }
 
 // Buffer sets how many signals the subscription buffers for its consumer,
@@ -146,6 +149,9 @@ func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOptio
 	}
 	if err := wire.ValidatePattern(pattern); err != nil {
 		return nil, err
+	}
+	if o.hasGroup && o.group == "" {
+		return nil, &ArgError{Arg: "group", Reason: "must not be empty (omit Group for no group)"}
 	}
 	if err := wire.ValidateGroup(o.group); err != nil {
 		return nil, err
