@@ -200,6 +200,12 @@ func (h *Conn) takeOut() bool {
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	start := time.Now()
 	gen := p.gate.generation()
+	// woken: the gate gave this caller a turn to dial (waitForDial). If
+	// its next attempt does not end in a deferral it passes a wake-up on
+	// (an extra one costs a waiter one look): it may need no dial after
+	// all (an idle connection came back meanwhile) or give up, and the
+	// callers queued behind it may have nothing else left to wake them.
+	woken := false
 	for {
 		var res *puddle.Resource[*conn]
 		if err := p.usable(); err != nil {
@@ -216,12 +222,17 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		} else {
 			seen := p.gate.changeCount()
 			res, err = p.pp.Acquire(ctx)
+			if woken && !errors.Is(err, errDialDeferred) {
+				woken = false
+				p.gate.signal()
+			}
 			if err != nil {
 				switch {
 				case errors.Is(err, errDialDeferred):
 					if err := p.waitForDial(ctx, gen, seen); err != nil {
 						return nil, err
 					}
+					woken = true
 					continue
 				case errors.Is(err, puddle.ErrClosedPool):
 					return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
