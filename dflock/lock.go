@@ -185,7 +185,7 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	// meanwhile, and Lock on a free key must neither wait for a wait-pool
 	// connection to come back nor time out while one is dialled.
 	laneTried := try || (!c.opts.noLaneFast && (!srv.hot.contains(hk, time.Now) || srv.pool.WaitPoolFull() ||
-		(!srv.pool.HasIdle() && (a.hasTimeout || deadlineWithin(ctx, c.opts.dialTimeout)))))
+		((a.hasTimeout || deadlineWithin(ctx, c.opts.dialTimeout)) && !srv.pool.HasIdle())))
 	if laneTried {
 		h, err := c.tryLane(ctx, laneCtx, op, srv, req, try)
 		if h != nil || err != nil {
