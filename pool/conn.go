@@ -103,6 +103,7 @@ type conn struct {
 	lastActive int64     // p.now() of the last write or blocking reply
 	progress   int64     // p.now() when the queue became non-empty or last got a reply
 	lastRead   int64     // p.now() of the last reply read, or of a probe that found the socket quiet
+	seenBytes  int64     // wc.BytesRead() at the keepalive's last look (under mu)
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
 	// failedHead is the oldest call fail took out of q, if it carries a
@@ -1190,6 +1191,13 @@ func (c *conn) keepalive(now, ka int64) int64 {
 		return satAdd(now, ka)
 	}
 	if c.q.n > 0 {
+		if n := c.wc.BytesRead(); n != c.seenBytes {
+			// A reply still arriving (a large stats document on a slow
+			// link) is progress too. Seen here, not as the bytes come:
+			// a stall after them is found up to a keepalive later.
+			c.seenBytes = n
+			c.progress = now
+		}
 		due := satAdd(c.progress, satAdd(ka, ka))
 		c.mu.Unlock()
 		if due <= now {

@@ -68,7 +68,24 @@ type Conn struct {
 	wbuf   []byte // writer-owned
 	broken atomic.Pointer[brokenError]
 	closed atomic.Bool
+	nread  countingReader
 }
+
+// countingReader counts the bytes read from the network (BytesRead).
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// BytesRead is how many bytes have been read from the network so far,
+// including those of a line still arriving: a reply in transit is progress.
+func (c *Conn) BytesRead() int64 { return c.nread.n.Load() }
 
 // NewConn frames nc. The Conn owns nc from now on.
 func NewConn(nc net.Conn, opt ConnOptions) *Conn {
@@ -78,9 +95,10 @@ func NewConn(nc net.Conn, opt ConnOptions) *Conn {
 	c := &Conn{
 		nc:   nc,
 		opt:  opt,
-		br:   bufio.NewReaderSize(nc, readBufSize),
 		wbuf: make([]byte, 0, initWriteBuf),
 	}
+	c.nread.r = nc
+	c.br = bufio.NewReaderSize(&c.nread, readBufSize)
 	if opt.Secret != "" {
 		c.secret = []byte(opt.Secret)
 	}
