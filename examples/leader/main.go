@@ -189,13 +189,19 @@ func start(ctx context.Context, name string, servers []string, events chan<- eve
 	ctx, in.cancel = context.WithCancel(ctx)
 	go func() {
 		defer close(in.done)
+		var lastErr string
 		for ctx.Err() == nil {
 			l, err := c.Lock(ctx, jobKey) // no AcquireTimeout: stand by until granted
 			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
-				// The server is unreachable (ErrServerUnavailable): retry.
+				// The server is unreachable (ErrServerUnavailable): say
+				// why (once per distinct error), and retry.
+				if msg := err.Error(); msg != lastErr {
+					lastErr = msg
+					log.Printf("%s: %v (retrying)", name, err)
+				}
 				select {
 				case <-time.After(200 * time.Millisecond):
 				case <-ctx.Done():

@@ -56,7 +56,7 @@ func placement(ctx context.Context, servers []string) error {
 	}
 	defer c.Close()
 
-	fmt.Println("\n1. One Client, three servers: each key is locked on the server that owns it.")
+	fmt.Printf("\n1. One Client, %d servers: each key is locked on the server that owns it.\n", len(servers))
 	var held []*dflock.Lock
 	defer func() {
 		for _, l := range held {
