@@ -189,7 +189,7 @@ func start(ctx context.Context, name string, servers []string, events chan<- eve
 	ctx, in.cancel = context.WithCancel(ctx)
 	go func() {
 		defer close(in.done)
-		var lastErr string
+		var lastLog time.Time
 		for ctx.Err() == nil {
 			l, err := c.Lock(ctx, jobKey) // no AcquireTimeout: stand by until granted
 			if err != nil {
@@ -197,9 +197,9 @@ func start(ctx context.Context, name string, servers []string, events chan<- eve
 					return
 				}
 				// The server is unreachable (ErrServerUnavailable): say
-				// why (once per distinct error), and retry.
-				if msg := err.Error(); msg != lastErr {
-					lastErr = msg
+				// why (at most every 5 s), and retry.
+				if time.Since(lastLog) >= 5*time.Second {
+					lastLog = time.Now()
 					log.Printf("%s: %v (retrying)", name, err)
 				}
 				select {
