@@ -34,7 +34,10 @@ func TestBlockingWaitPastItsDeadlineReleasesAGrantOnItsWay(t *testing.T) {
 				// Found held (the key goes straight to the wait pool from
 				// now on), with a wait-pool connection left idle in the
 				// pool: its own wait timed out, read in the background.
-				_, err = c.Lock(ctx, "k", AcquireTimeout(10*time.Millisecond))
+				// (Long enough for the lane try under load: 10 ms could
+				// end before the wait was sent, and no connection was
+				// left idle.)
+				_, err = c.Lock(ctx, "k", AcquireTimeout(200*time.Millisecond))
 				require.ErrorIs(t, err, ErrNotAcquired)
 				require.Eventually(t, func() bool { return c.Snapshot().Servers[0].Conns.Idle == 1 },
 					2*DefaultReleaseTimeout, 5*time.Millisecond, "the timed-out wait's connection was not given back")
