@@ -793,6 +793,8 @@ const (
 func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads bool) {
 	if c.q.n == 0 {
 		c.progress = c.p.now()
+		// Bytes read before this request are no progress on it.
+		c.seenBytes = c.wc.BytesRead()
 	}
 	c.buf = req.AppendTo(c.buf)
 	c.bufN++
@@ -1006,6 +1008,7 @@ func (c *conn) answeredLocked(cl *call) {
 	}
 	if c.q.n > 0 {
 		c.progress = now
+		c.seenBytes = c.wc.BytesRead()
 	}
 }
 
