@@ -53,6 +53,9 @@ type Pool struct {
 	// closed is set (under mu, so that register and Acquire, which check
 	// it under mu, see a consistent answer) by Close and read anywhere.
 	closed atomic.Bool
+	// downAtClose: the server was down (downErr != nil) when Close began;
+	// Stats reports that state after Close. Set before closed.
+	downAtClose atomic.Bool
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{} // every live connection, whatever its role
@@ -221,11 +224,21 @@ func (p *Pool) downErr() error {
 	return nil
 }
 
+// upForStats is Stats.Up: downErr == nil, as it was when Close began
+// once the pool is closed (Close closes the lane connections that kept a
+// server marked down up).
+func (p *Pool) upForStats() bool {
+	if p.closed.Load() {
+		return !p.downAtClose.Load()
+	}
+	return p.downErr() == nil
+}
+
 // Stats is a snapshot of the pool's counters.
 func (p *Pool) Stats() Stats {
 	s := Stats{
 		Addr:          p.cfg.Addr,
-		Up:            p.downErr() == nil,
+		Up:            p.upForStats(),
 		Dials:         p.dials.Load(),
 		DialFailures:  p.dialFailures.Load(),
 		Broken:        p.broken.Load(),
@@ -273,6 +286,7 @@ func (p *Pool) Close() {
 		p.mu.Unlock()
 		return
 	}
+	p.downAtClose.Store(p.downErr() != nil)
 	p.closed.Store(true)
 	// Acquire adds to acquired and register to conns only while the pool
 	// is open (under p.mu), so these are complete from here on.
