@@ -16,8 +16,8 @@ import (
 // ErrNotAcquired and ErrLeaseExpired"). dflockd v1.10.0 — the oldest
 // version the SDK supports, docs/protocol.md §12 — answers the `w` of such
 // a place with `ok <stale token> <lease>` although the lock is no longer
-// held (docs/protocol-notes.md, "deliberate differences": fixed in
-// v1.10.1). Wait tracked the grant from the `w`'s send time, which is
+// held (docs/protocol-notes.md, "two-phase state after `queued`"; said to
+// be fixed in v1.10.1). Wait tracked the grant from the `w`'s send time, which is
 // recent, so it neither confirmed the grant (confirmLateGrant renews only
 // when the reply itself was slow) nor noticed: it returned a Lock with
 // Err() == nil while another client holds the key, and reported the loss
@@ -59,5 +59,56 @@ func TestTicketWaitAfterALapsedGrantOnV1100IsNotAcquired(t *testing.T) {
 	}
 	if !errors.Is(err, ErrNotAcquired) {
 		t.Fatalf("Wait: %v, want an error matching ErrNotAcquired", err)
+	}
+}
+
+// The same on testutil's V1_10, which imitates v1.10.0 there: the place
+// granted at the holder's release lapses unwatched, the sweep evicts it,
+// another client takes the key, and the `w` still answers ok with the
+// stale token. Wait must not return it as held.
+func TestTicketWaitAfterALapsedGrantOnV110Testutil(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10})
+	ctx := testCtx(t)
+	holder := newClient(t, []string{srv.Addr()})
+	held, err := holder.Lock(ctx, "deploy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter := newClient(t, []string{srv.Addr()})
+	tk, err := waiter.Enqueue(ctx, "deploy", LeaseTTL(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The release granted the place to the ticket, which nobody waits on:
+	// its 1 s lease runs out and the sweep evicts it.
+	deadline := time.Now().Add(10 * time.Second)
+	for lockHeld(srv, "deploy") {
+		if time.Now().After(deadline) {
+			t.Fatal("the lapsed grant was never swept")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	other := newClient(t, []string{srv.Addr()})
+	taken, err := other.Lock(ctx, "deploy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tk.Wait(ctx)
+	if err == nil {
+		t.Fatalf("Wait returned a Lock (token %s, Err %v) while another client holds the key (token %s)",
+			l.Token(), l.Err(), taken.Token())
+	}
+	if !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("Wait: %v, want an error matching ErrNotAcquired", err)
+	}
+	if err := taken.Err(); err != nil {
+		t.Fatalf("the other client's lock: %v", err)
+	}
+	if err := taken.Release(ctx); err != nil {
+		t.Fatalf("the other client's release: %v", err)
 	}
 }

@@ -18,7 +18,10 @@ const (
 	// while its w/sw waits).
 	AuditGrant AuditKind = iota + 1
 	// AuditRenew: the lease's expiry moved: n/sn accepted, or a w/sw returned
-	// a slot granted to its e/se and restarted the lease (§6.4).
+	// a slot granted to its e/se and restarted the lease (§6.4). On V1_10
+	// that includes a queued e/se's slot whose lease ran out but was not yet
+	// removed: v1.10.0's w restarts it. A V1_10 w that returns the token of
+	// a slot already removed (a stale token, §15) reports nothing.
 	AuditRenew
 	// AuditRelease: r/sr accepted. On V1_10 that includes the release of a
 	// lease that has run out but was not yet removed (Expires is then at or
@@ -26,7 +29,7 @@ const (
 	AuditRelease
 	// AuditExpire: the lease ran out and the server removed it, by its sweeper
 	// or on the spot (acquire, renew, release — not on V1_10 — or w of a
-	// lapsed lease).
+	// lapsed lease — on V1_10 only one its e/se answered `acquired` for).
 	AuditExpire
 	// AuditDisconnect: auto-released because its acquiring connection closed.
 	AuditDisconnect

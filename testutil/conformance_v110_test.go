@@ -329,3 +329,147 @@ func TestConformanceCloseBeforeCleanupFromV115(t *testing.T) {
 		})
 	}
 }
+
+// v1.10.0 keeps the two-phase state of a queued e/se whose slot was granted
+// while nobody waited, even after that slot's lease lapsed and was evicted
+// (by the sweeper, or an acquire or enqueue of the key from any connection,
+// its own included): the state records no token, and an eviction drops only
+// the state whose token it evicts. Its w/sw then takes the granted token and
+// answers `ok <stale token> <lease of the e>` although nothing is held; r/n
+// with that token answer error, and until the w another e of the key gets
+// error_already_enqueued. Before any eviction, the w restarts the lapsed
+// lease. Later versions drop the state with the slot (error_not_enqueued;
+// before an eviction error_lease_expired). §15; the difftest scenarios
+// expiry/queued-* agree with a v1.10.0 binary.
+func TestConformanceWaitAfterLapsedQueuedGrant(t *testing.T) {
+	t.Parallel()
+	type kind struct {
+		name                          string
+		sem                           bool
+		acq, enq, wait, rel, ren, arg string // commands and the acquire/enqueue limit argument prefix
+	}
+	shapes := []kind{
+		{"lock", false, "l", "e", "w", "r", "n", ""},
+		{"semaphore", true, "sl", "se", "sw", "sr", "sn", "2 "},
+	}
+	evictions := []struct {
+		name string
+		// evict evicts the lapsed slot (if it does) and returns the token
+		// of the slot it took for o or b, if any.
+		evict func(t *testing.T, srv *Server, k kind, o, b *rawConn) (tok string, byB bool)
+	}{
+		{"not evicted", func(*testing.T, *Server, kind, *rawConn, *rawConn) (string, bool) { return "", false }},
+		{"swept", func(_ *testing.T, srv *Server, _ kind, _, _ *rawConn) (string, bool) {
+			srv.locks.sweep()
+			return "", false
+		}},
+		{"acquired by another", func(_ *testing.T, _ *Server, k kind, o, _ *rawConn) (string, bool) {
+			o.send(k.acq, "k", "0 "+k.arg)
+			return o.expectGrant("ok", 33), false
+		}},
+		{"enqueued by another", func(_ *testing.T, _ *Server, k kind, o, _ *rawConn) (string, bool) {
+			o.send(k.enq, "k", k.arg)
+			return o.expectGrant("acquired", 33), false
+		}},
+		{"acquired by itself", func(_ *testing.T, _ *Server, k kind, _, b *rawConn) (string, bool) {
+			b.send(k.acq, "k", "0 "+k.arg)
+			return b.expectGrant("ok", 33), true
+		}},
+	}
+	for _, v := range []Version{V1_10, V1_16, V2_1} {
+		for _, k := range shapes {
+			for _, ev := range evictions {
+				t.Run(versionNames[v]+"/"+k.name+"/"+ev.name, func(t *testing.T) {
+					t.Parallel()
+					clk := NewManualClock(clockStart)
+					srv, log := auditServer(t, Config{Version: v, Clock: clk, SweepInterval: time.Hour})
+					h, b, o := dialSrv(t, srv), dialSrv(t, srv), dialSrv(t, srv)
+					h.send(k.acq, "k", "0 "+k.arg)
+					hTok := h.expectGrant("ok", 33)
+					if k.sem {
+						h.send(k.acq, "k", "0 "+k.arg)
+						h.expectGrant("ok", 33)
+					}
+					b.send(k.enq, "k", k.arg+"1")
+					b.expect("queued")
+					require.Equal(t, "ok", h.req(k.rel, "k", hTok))
+					// The release granted b's place, which nobody waits on.
+					evs := log.waitEvents(t, 3+btoi(k.sem)) // h's grant(s) and release, b's grant
+					bGrant := evs[len(evs)-1]
+					require.Equal(t, AuditGrant, bGrant.Kind)
+					bTok := bGrant.Token
+					clk.Advance(time.Second) // its 1 s lease lapses
+					otherTok, byB := ev.evict(t, srv, k, o, b)
+					evicted := ev.name != "not evicted"
+
+					if v != V1_10 {
+						want := "error_not_enqueued"
+						if !evicted {
+							want = "error_lease_expired"
+						}
+						assert.Equal(t, want, b.req(k.wait, "k", "0"))
+						checkAudit(t, log.events())
+						return
+					}
+					if evicted {
+						assert.Equal(t, "error_already_enqueued", b.req(k.enq, "k", k.arg), "the state outlives the slot")
+					}
+					before := len(log.events())
+					b.send(k.wait, "k", "0")
+					assert.Equal(t, bTok, b.expectGrant("ok", 1), "w answers the token it was granted")
+					evs = log.events()
+					if !evicted {
+						// The lapsed lease, not yet removed, is restarted.
+						require.Len(t, evs, before+1)
+						assert.Equal(t, AuditRenew, evs[before].Kind)
+						assert.Equal(t, bTok, evs[before].Token)
+						assert.Equal(t, clk.Now().Add(time.Second), evs[before].Expires)
+						assert.Equal(t, "ok", b.req(k.rel, "k", bTok), "still held")
+						checkAudit(t, log.events())
+						return
+					}
+					assert.Len(t, evs, before, "a stale token is no event")
+					assert.Equal(t, "error", b.req(k.ren, "k", bTok), "not held")
+					assert.Equal(t, "error", b.req(k.rel, "k", bTok), "not held")
+					assert.Equal(t, "error_not_enqueued", b.req(k.wait, "k", "0"), "w consumed the state")
+					// Only the slots granted since are held.
+					holders := 0
+					if k.sem {
+						s, ok := findSem(srv.Stats(), "k")
+						require.True(t, ok)
+						holders = s.Holders
+					} else if l, ok := findLock(srv.Stats(), "k"); ok && l.OwnerConnID != 0 {
+						holders = 1
+					}
+					want := btoi(k.sem) + btoi(otherTok != "")
+					assert.Equal(t, want, holders)
+
+					// b's close releases only what b holds: not the stale token.
+					before = len(log.events())
+					b.close()
+					if byB {
+						evs = log.waitKind(t, AuditDisconnect, otherTok)
+					} else {
+						waitConns(t, srv, 2)
+						evs = log.events()
+					}
+					for _, e := range evs[before:] {
+						assert.NotEqual(t, bTok, e.Token, "%v of the stale token", e.Kind)
+					}
+					assert.Len(t, evs, before+btoi(byB))
+					if otherTok != "" && !byB {
+						assert.Equal(t, "ok", o.req(k.rel, "k", otherTok), "the other client holds its slot")
+					}
+					checkAudit(t, log.events())
+				})
+			}
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

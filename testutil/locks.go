@@ -82,6 +82,13 @@ type enqState struct {
 	key enqKey
 	w   *waiter
 	h   *holder
+	// queued: the `e` answered `queued` (its slot, if h is set, was granted
+	// later). On V1_10 such a state outlives its holder: v1.10.0 forgets a
+	// two-phase state with its holder only if `e` answered `acquired` (the
+	// state records no token otherwise), so `w` still finds it and answers
+	// `ok` with the token it was granted, held or not (§15; said to be
+	// fixed in v1.10.1).
+	queued bool
 }
 
 // outcome is the result of a lock-table operation, mapped to a status word by the connection.
@@ -305,7 +312,7 @@ func (t *lockTable) enqueue(conn uint64, key string, sem bool, a acquireArgs) (o
 		return outMaxWaiters, ""
 	}
 	w := t.addWaiter(r, conn, sem, a.lease)
-	w.enq, st.w = st, w
+	w.enq, st.w, st.queued = st, w, true
 	t.enq[ek] = st
 	return outQueued, ""
 }
@@ -333,6 +340,9 @@ func (t *lockTable) wait(conn uint64, key string, sem bool) (outcome, string, in
 	}
 	h := st.h
 	h.enq = nil
+	if st.queued && t.version == V1_10 {
+		return t.waitV110Granted(h, now)
+	}
 	if h.gone {
 		return outLeaseExpired, "", 0, nil
 	}
@@ -344,6 +354,27 @@ func (t *lockTable) wait(conn uint64, key string, sem bool) (outcome, string, in
 	h.lease = seconds(h.leaseSecs)
 	h.expires = now.Add(h.lease)
 	t.emit(AuditRenew, h, now)
+	return outGranted, h.token, h.leaseSecs, nil
+}
+
+// waitV110Granted is v1.10.0's w/sw for a queued e/se whose slot was
+// granted before the w (lock.go, Wait's slow path): it takes the granted
+// token, restarts the lease of the holder if there still is one (even a
+// lapsed one the sweeper has not removed yet: the slow path does not look at
+// the expiry), touches the key, and answers ok with the token and the lease
+// of the e in every case. A holder released or evicted meanwhile (its slot
+// perhaps granted to another client since) makes that a stale token: the
+// caller holds nothing, and a later r/n with it answers error. t.mu must be
+// held.
+func (t *lockTable) waitV110Granted(h *holder, now time.Time) (outcome, string, int64, *waiter) {
+	if r := t.res[h.res.key]; r != nil {
+		r.lastActive = now
+	}
+	if !h.gone {
+		h.lease = seconds(h.leaseSecs)
+		h.expires = now.Add(h.lease)
+		t.emit(AuditRenew, h, now)
+	}
 	return outGranted, h.token, h.leaseSecs, nil
 }
 
@@ -379,8 +410,12 @@ func (t *lockTable) dropEnq(st *enqState) {
 	}
 }
 
-// dropHolderEnq drops the two-phase state that was granted h's slot.
+// dropHolderEnq drops the two-phase state that was granted h's slot, except
+// on V1_10 a queued one, which stays for `w` (enqState.queued).
 func (t *lockTable) dropHolderEnq(h *holder) {
+	if h.enq != nil && h.enq.queued && t.version == V1_10 {
+		return
+	}
 	if h.enq != nil {
 		t.dropEnq(h.enq)
 		h.enq = nil
@@ -492,7 +527,9 @@ func (t *lockTable) promote(r *resource, now time.Time) {
 // spot (an acquire or enqueue of the key) both drop the state (v1.10.0
 // lock.go, and the signal-era lock.go): a later `w` finds none and answers
 // error_not_enqueued. Only a `w` that comes before any eviction finds the
-// lapsed lease (error_lease_expired, §6.4).
+// lapsed lease (error_lease_expired, §6.4). Except on V1_10 for a queued
+// `e` granted its slot: its state stays, and `w` answers ok with the stale
+// token (waitV110Granted).
 func (t *lockTable) evictExpired(r *resource, now time.Time) {
 	expired := false
 	for _, h := range r.holders {
@@ -511,7 +548,8 @@ func (t *lockTable) evictExpired(r *resource, now time.Time) {
 }
 
 // sweep evicts every expired lease (and its two-phase state: `w` then
-// answers error_not_enqueued, §15); run every SweepInterval.
+// answers error_not_enqueued, §15, or on V1_10 for a queued `e` ok with the
+// stale token); run every SweepInterval.
 func (t *lockTable) sweep() {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -48,12 +48,13 @@
 // server releases a connection's locks before the client sees it close,
 // and how a burst of connections meets -max-connections.
 //
-// testutil keeps two differences on purpose (docs/protocol-notes.md): the
+// testutil keeps one difference on purpose (docs/protocol-notes.md): the
 // scenarios named overflow/* (v1.10 lets seconds that overflow a duration
-// wrap; testutil answers error) and expiry/queued-enqueue-granted-then-
-// expired-* (v1.10.0's stale token from w, fixed in v1.10.1) are skipped
-// when they differ, and random sessions leave such integers out, unless
-// asked (-difftest.all, -difftest.avoid=). (dflockd's -max-connections also
+// wrap; testutil answers error) are skipped when they differ, and random
+// sessions leave such integers out, unless asked (-difftest.all,
+// -difftest.avoid=). (v1.10.0's stale token from w after a queued e's grant
+// lapsed, once a second one, is imitated by testutil's V1_10: the
+// expiry/queued-* scenarios must agree.) (dflockd's -max-connections also
 // lets a burst of simultaneous connects past the cap; the burst probe only
 // reports that.)
 //
