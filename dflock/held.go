@@ -434,7 +434,10 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 	switch {
 	case r.HasFence:
 		h.fence, h.hasFence = r.Fence, true
-	case c.opts.fencing:
+	case c.opts.fencing && pool.OwnerAnswersPing(owner):
+		// A server that does not answer ping is older than v1.14: its
+		// tokens are random, and a number read from them would order
+		// nothing (WithFencing declared the servers wrongly).
 		h.fence, h.hasFence = wire.FenceFromToken(r.Token)
 	}
 	// Everything LeaseLost reads is written above: Track's lock orders it

@@ -501,7 +501,10 @@ func WithHooks(h Hooks) Option {
 // WithFencing declares that the servers are dflockd v2.1 or later, whose
 // tokens start with a fencing number, so that Lock.Fence derives it from the
 // token. Without it Fence only reports a fence the server sent as an
-// explicit reply field. Default: off.
+// explicit reply field. The declaration is trusted, as far as the Client
+// can check it: a grant from a server that does not answer ping (older
+// than v1.14, whose tokens are random) has no fence; one from v1.14–v2.0
+// would get a meaningless one. Default: off.
 func WithFencing() Option {
 	return func(o *options) { o.fencing = true }
 }

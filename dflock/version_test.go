@@ -114,3 +114,48 @@ func TestFencesFromV2_1TokensIncreaseStrictly(t *testing.T) {
 	assert.False(t, ok)
 	require.NoError(t, l.Release(ctx))
 }
+
+// WithFencing against a server older than v1.14 (no ping), whose tokens are
+// random 32-hex strings: a fence read from them would order nothing, and
+// Fence reported one anyway (ok, random and not increasing; found by review
+// against a v1.10.0 binary). No fence now, on any path.
+func TestNoFenceFromServersWithoutPing(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10})
+	c := newClient(t, addrsOf(srv), WithFencing())
+	other := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	noFence := func(name string, f func() (uint64, bool)) {
+		fence, ok := f()
+		assert.False(t, ok, "%s: fence %d from a v1.10 token", name, fence)
+	}
+	l, err := c.Lock(ctx, "unfenced") // on the lane
+	require.NoError(t, err)
+	noFence("lane grant", l.Fence)
+	got := make(chan *Lock, 1)
+	go func() {
+		w, err := c.Lock(ctx, "unfenced") // on a wait-pool connection
+		assert.NoError(t, err)
+		got <- w
+	}()
+	require.Eventually(t, func() bool { return lockWaiters(srv, "unfenced") == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, l.Release(ctx))
+	w := <-got
+	require.NotNil(t, w)
+	noFence("wait-pool grant", w.Fence)
+	require.NoError(t, w.Release(ctx))
+	s, err := c.Semaphore(ctx, "unfenced-sem", 2)
+	require.NoError(t, err)
+	noFence("semaphore slot", s.Fence)
+	require.NoError(t, s.Release(ctx))
+	h, err := other.Lock(ctx, "unfenced")
+	require.NoError(t, err)
+	tk, err := c.Enqueue(ctx, "unfenced")
+	require.NoError(t, err)
+	require.NoError(t, h.Release(ctx))
+	tl, err := tk.Wait(ctx)
+	require.NoError(t, err)
+	noFence("two-phase grant", tl.Fence)
+	require.NoError(t, tl.Release(ctx))
+}

@@ -82,6 +82,19 @@ func (h *Conn) Err() error { return h.c.Err() }
 // as the Conn exists.
 func (h *Conn) SupportsPing() bool { return h.c.ping.Load() == pingOK }
 
+// OwnerAnswersPing reports whether the server behind o (a Conn or a lane
+// connection, as Do returns it) answered `ping` with ok during the
+// connection's handshake: v1.14 or later. False for any other Owner.
+func OwnerAnswersPing(o Owner) bool {
+	switch o := o.(type) {
+	case *Conn:
+		return o.SupportsPing()
+	case *laneConn:
+		return o.c.ping.Load() == pingOK
+	}
+	return false
+}
+
 // Pin records that the connection owns one more lease; Unpin one fewer.
 // A pinned connection stays acquired (it counts toward Config.MaxConns)
 // until its leases are gone and it is released.
