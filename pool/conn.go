@@ -1198,8 +1198,12 @@ func (c *conn) keepalive(now, ka int64) int64 {
 			// A reply still arriving (a large stats document on a slow
 			// link) is progress too. Seen here, not as the bytes come:
 			// a stall after them is found up to a keepalive later.
+			// Whole lines read are not (pushes; a reply is progress
+			// when it is matched, answeredLocked).
 			c.seenBytes = n
-			c.progress = now
+			if n > c.wc.BytesConsumed() {
+				c.progress = now
+			}
 		}
 		due := satAdd(c.progress, satAdd(ka, ka))
 		c.mu.Unlock()

@@ -69,6 +69,10 @@ type Conn struct {
 	broken atomic.Pointer[brokenError]
 	closed atomic.Bool
 	nread  countingReader
+	// consumed counts the bytes of the lines readLine returned ('\n'
+	// included): BytesRead - consumed is what is buffered or in a line
+	// still arriving.
+	consumed atomic.Int64
 }
 
 // countingReader counts the bytes read from the network (BytesRead).
@@ -86,6 +90,9 @@ func (c *countingReader) Read(b []byte) (int, error) {
 // BytesRead is how many bytes have been read from the network so far,
 // including those of a line still arriving: a reply in transit is progress.
 func (c *Conn) BytesRead() int64 { return c.nread.n.Load() }
+
+// BytesConsumed is how many bytes of whole lines ReadLine has returned.
+func (c *Conn) BytesConsumed() int64 { return c.consumed.Load() }
 
 // NewConn frames nc. The Conn owns nc from now on.
 func NewConn(nc net.Conn, opt ConnOptions) *Conn {
@@ -291,6 +298,7 @@ func (c *Conn) readLine() ([]byte, error) {
 		frag, err := c.br.ReadSlice('\n')
 		switch err {
 		case nil:
+			c.consumed.Add(int64(len(c.long) + len(frag)))
 			frag = frag[:len(frag)-1]
 			if len(c.long) == 0 {
 				if len(frag) > limit {
