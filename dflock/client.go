@@ -530,3 +530,9 @@ func (s *ticketSet) closeAll(deadline time.Time) {
 	}
 	wg.Wait()
 }
+
+// Format prints a Client as the list of its servers, for every verb: its
+// fields hold the auth token (and atomics that fmt would read racily).
+func (c *Client) Format(f fmt.State, _ rune) {
+	_, _ = fmt.Fprintf(f, "dflock.Client%q", c.Servers())
+}

@@ -279,8 +279,9 @@ func WithTLS(cfg *tls.Config) Option {
 // that echoes it back, in a reply or a refusal's word, cannot get it into
 // an error, a log record or a hook: it shows as "<redacted>" there. Data
 // is left as sent (a grant's token that holds it by chance, a signal's
-// payload). Default: no
-// auth.
+// payload). Surrounding whitespace is harmless (the server trims the line).
+// Servers before v1.15 cap every line at 256 bytes and refuse a longer
+// token whatever it is; the ErrAuth error then says so. Default: no auth.
 func WithAuthToken(token string) Option {
 	return func(o *options) {
 		if token != "" {

@@ -217,7 +217,7 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 	}
 	state, err := parseServerState(r.Text)
 	if err != nil {
-		return fail(scrubStatsError(err, r.Text, c.opts.authToken))
+		return fail(scrubStatsError(err, r.Text, strings.TrimSpace(c.opts.authToken)))
 	}
 	return state, nil
 }

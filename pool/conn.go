@@ -1248,7 +1248,7 @@ func (c *conn) fail(cause error) {
 		c.mu.Unlock()
 		return
 	}
-	err := brokenErr(c.p.cfg.Addr, redact(cause, c.p.cfg.AuthToken))
+	err := brokenErr(c.p.cfg.Addr, redact(cause, c.p.secret))
 	c.err = err
 	c.errp.Store(err)
 	var pending []*call

@@ -86,7 +86,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		}
 		nc = tc
 	}
-	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine, Secret: p.cfg.AuthToken})
+	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine, Secret: p.secret})
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
@@ -164,12 +164,16 @@ func peerClosed(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED)
 }
 
+// errLongToken explains a refused token longer than servers before v1.15
+// accept on any line.
+var errLongToken = errors.New("the token is longer than 256 bytes, which servers before v1.15 refuse whatever it is")
+
 var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")
 
 // greet sends the handshake (auth, ping) and reads the replies.
 func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
 	if p.hasAuth {
-		defer func() { err = redact(err, p.cfg.AuthToken) }()
+		defer func() { err = redact(err, p.secret) }()
 	}
 	if err := wc.WriteRaw(p.hello); err != nil {
 		return 0, err
@@ -183,7 +187,11 @@ func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
 		case wire.StatusOK:
 		case wire.StatusErrAuth:
 			p.log.Warn("dflock: server refused the auth token")
-			return 0, serverErr(p.cfg.Addr, ErrAuth, nil)
+			var cause error
+			if len(p.cfg.AuthToken) > wire.MaxLine {
+				cause = errLongToken
+			}
+			return 0, serverErr(p.cfg.Addr, ErrAuth, cause)
 		case wire.StatusErrDraining:
 			return 0, serverErr(p.cfg.Addr, ErrDraining, nil)
 		default:

@@ -183,7 +183,11 @@ func (p *Pool) probe() {
 		case p.down.Load() != nil && isUnavailable(err):
 			backoff = min(2*backoff, probeMaxBackoff)
 		default:
-			// Reachable but refusing (auth): up, as far as failing fast goes.
+			// Reachable but refusing (auth): up, as far as failing fast goes,
+			// from now: no dial has succeeded since it went down.
+			if p.down.Load() != nil {
+				p.upSince.Store(time.Now().UnixNano())
+			}
 			p.markUp()
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +86,10 @@ type Pool struct {
 
 	hello   []byte // auth (if any) + ping, encoded once
 	hasAuth bool
+	// secret is what redaction looks for: the token as the server holds
+	// it, and may echo it — trimmed, as the server trims the auth line
+	// (the untrimmed token contains it).
+	secret string
 }
 
 // New creates the pool without dialling (connections are made on demand).
@@ -156,6 +161,7 @@ func New(cfg Config) (*Pool, error) {
 		}
 		p.hello = auth.AppendTo(p.hello)
 		p.hasAuth = true
+		p.secret = strings.TrimSpace(cfg.AuthToken)
 	}
 	p.hello = pingReq.AppendTo(p.hello)
 	p.idleDue.Store(never)
@@ -375,4 +381,10 @@ func (p *Pool) connBroken(c *conn, owner Owner, err error) {
 	if p.cfg.OnConnBroken != nil {
 		p.cfg.OnConnBroken(owner, err)
 	}
+}
+
+// Format prints a Pool as its server's address, for every verb: its fields
+// hold the auth token (and atomics that fmt would read racily).
+func (p *Pool) Format(f fmt.State, _ rune) {
+	_, _ = fmt.Fprintf(f, "pool.Pool[%q]", p.cfg.Addr)
 }

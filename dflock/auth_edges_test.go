@@ -1,0 +1,117 @@
+package dflock
+
+// Authentication edge cases found by review: what a token may leak through,
+// and what a refusal says.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// WithAuthToken accepts surrounding whitespace ("harmless": the server
+// trims the secret line), so the credential the server knows and may echo
+// is the trimmed token. Redaction looked only for the untrimmed value: an
+// echo of the real credential reached errors, logs and hooks.
+func TestTrimmedTokenEchoIsRedacted(t *testing.T) {
+	const credential = "s3cret-Token-42-abcdef"
+	for name, token := range map[string]string{
+		"leading":  "  " + credential,
+		"trailing": credential + "\t",
+	} {
+		t.Run(name, func(t *testing.T) {
+			addr := authEchoServer(t, func(s string) string { return "huh " + strings.TrimSpace(s) })
+			var logs syncBuffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			var hooked syncBuffer
+			hooks := Hooks{
+				OnDial:       func(d DialInfo) { fmt.Fprintf(&hooked, "dial %v\n", d.Err) },
+				OnConnBroken: func(s string, err error) { fmt.Fprintf(&hooked, "broken %v\n", err) },
+			}
+			c := newClient(t, []string{addr}, WithAuthToken(token), WithLogger(logger), WithHooks(hooks))
+			ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+			defer cancel()
+			_, err := c.TryLock(ctx, "k")
+			require.Error(t, err)
+			require.NoError(t, c.Close())
+			assert.NotContains(t, err.Error(), credential, "error")
+			assert.NotContains(t, logs.String(), credential, "log")
+			assert.NotContains(t, hooked.String(), credential, "hook")
+		})
+	}
+}
+
+// "The token is never logged": a Client handed to a logger or printed
+// with fmt (a common debugging move: slog.Any("client", c)) showed its
+// options, the auth token among them, in clear; so did a *pool.Pool.
+func TestClientFormatHidesAuthToken(t *testing.T) {
+	const token = "s3cret-Token-42"
+	c := newClient(t, []string{"127.0.0.1:1"}, WithAuthToken(token))
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
+		assert.NotContains(t, fmt.Sprintf(verb, c), token, verb)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("client", "c", c)
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("client", "c", c)
+	assert.NotContains(t, buf.String(), token, "slog")
+	for _, verb := range []string{"%v", "%+v", "%#v"} {
+		assert.NotContains(t, fmt.Sprintf(verb, c.servers[0].pool), token, "pool.Pool "+verb)
+	}
+}
+
+// WithAuthToken accepts tokens up to 65,536 bytes, but servers before
+// v1.15 cap every line at 256 bytes: a longer token (a JWT, say) is
+// refused by such a server however exactly it matches the server's own
+// (-auth-token-file accepts it). The client knows the token's length, yet
+// reported a plain "authentication failed" and logged "server refused the
+// auth token", which sent the user comparing tokens that are equal.
+func TestLongTokenOnOldServerSaysWhy(t *testing.T) {
+	tok := strings.Repeat("t", 300)
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10, AuthToken: tok})
+	c := newClient(t, addrsOf(srv), WithAuthToken(tok))
+	_, err := c.TryLock(testCtx(t), "k")
+	require.ErrorIs(t, err, ErrAuth)
+	assert.Contains(t, err.Error(), "256", "the error does not point at the old servers' 256-byte line cap: %v", err)
+}
+
+// A server that goes down and comes back refusing the token (restarted
+// with another one): the probe's refused dial marks it up ("reachable but
+// refusing"), and Snapshot then reported it Up since the first dial before
+// the outage, as if it had never been down. ServerSnapshot.Since is
+// documented as "for Up, the first successful dial after the server was
+// last down (zero while nothing was dialled yet)": no dial has succeeded
+// since the outage.
+func TestSinceAfterAuthRefusingRestart(t *testing.T) {
+	srv := newServer(t, testutil.Config{AuthToken: "s3cret"})
+	addr := srv.Addr()
+	c := newClient(t, []string{addr}, WithAuthToken("s3cret"))
+	ctx := testCtx(t)
+	l, err := c.TryLock(ctx, "k")
+	require.NoError(t, err)
+	_ = l
+	upBefore := c.Snapshot().Servers[0].Since
+	require.False(t, upBefore.IsZero())
+
+	require.NoError(t, srv.Close())
+	require.Eventually(t, func() bool { return !c.Snapshot().Servers[0].Up }, 5*time.Second, time.Millisecond)
+	downAt := c.Snapshot().Servers[0].Since
+
+	_ = newServer(t, testutil.Config{Addr: addr, AuthToken: "rotated"})
+	require.Eventually(t, func() bool { return c.Snapshot().Servers[0].Up }, 5*time.Second, time.Millisecond)
+	_, err = c.TryLock(ctx, "k2")
+	require.ErrorIs(t, err, ErrAuth)
+
+	s := c.Snapshot().Servers[0]
+	require.True(t, s.Up)
+	require.False(t, s.Since.Before(downAt),
+		"Up since %v, before the outage began at %v: no dial has succeeded since", s.Since, downAt)
+}
