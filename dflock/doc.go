@@ -109,4 +109,11 @@
 //
 // The Client works with dflockd v1.10 through v2.x. With v2.1+ servers,
 // WithFencing makes Lock.Fence return the fencing number carried in tokens.
+// What changes with the version, as far as callers can tell: signals
+// (v1.11 to v1.16 only: ErrNotSupported elsewhere); locks and semaphores of
+// one key are one resource before v1.14 and independent after (see
+// Client.Semaphore); a server shutting down answers ErrDraining from v1.16
+// on, while older ones serve until they close; servers before v1.15 cap
+// every request line at 256 bytes (long Emit payloads and auth tokens).
+// docs/protocol.md lists the rest.
 package dflock

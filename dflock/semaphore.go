@@ -82,7 +82,11 @@ func newSemaphore(h *held, err error) (*Semaphore, error) {
 // Semaphore acquires one of limit slots of the semaphore key, waiting while
 // all are held, like Lock. Every holder of a key must use the same limit:
 // the server refuses a different one with ErrLimitMismatch until the key
-// has been idle long enough to be forgotten.
+// has been idle long enough to be forgotten. Servers before v1.14 keep
+// locks and semaphores in one key space: there a Lock and a Semaphore of
+// the same key are one resource (a limit-1 semaphore excludes the lock; any
+// other limit is refused with ErrLimitMismatch while the lock is held);
+// from v1.14 on they are independent.
 func (c *Client) Semaphore(ctx context.Context, key string, limit int, opts ...AcquireOption) (*Semaphore, error) {
 	if err := checkLimit(limit); err != nil {
 		return nil, err
