@@ -85,7 +85,7 @@ func newSemaphore(h *held, err error) (*Semaphore, error) {
 // has been idle long enough to be forgotten. Servers before v1.14 keep
 // locks and semaphores in one key space: there a Lock and a Semaphore of
 // the same key are one resource (a limit-1 semaphore excludes the lock; any
-// other limit is refused with ErrLimitMismatch while the lock is held);
+// other limit is refused with ErrLimitMismatch, as above);
 // from v1.14 on they are independent.
 func (c *Client) Semaphore(ctx context.Context, key string, limit int, opts ...AcquireOption) (*Semaphore, error) {
 	if err := checkLimit(limit); err != nil {
