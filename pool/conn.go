@@ -104,6 +104,7 @@ type conn struct {
 	progress   int64     // p.now() when the queue became non-empty or last got a reply
 	lastRead   int64     // p.now() of the last reply read, or of a probe that found the socket quiet
 	seenBytes  int64     // wc.BytesRead() at the keepalive's last look (under mu)
+	seenLines  int64     // wc.BytesConsumed() then (under mu)
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
 	// failedHead is the oldest call fail took out of q, if it carries a
@@ -795,6 +796,7 @@ func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads b
 		c.progress = c.p.now()
 		// Bytes read before this request are no progress on it.
 		c.seenBytes = c.wc.BytesRead()
+		c.seenLines = c.wc.BytesConsumed()
 	}
 	c.buf = req.AppendTo(c.buf)
 	c.bufN++
@@ -1009,6 +1011,7 @@ func (c *conn) answeredLocked(cl *call) {
 	if c.q.n > 0 {
 		c.progress = now
 		c.seenBytes = c.wc.BytesRead()
+		c.seenLines = c.wc.BytesConsumed()
 	}
 }
 
@@ -1201,8 +1204,13 @@ func (c *conn) keepalive(now, ka int64) int64 {
 			// Whole lines read are not (pushes; a reply is progress
 			// when it is matched, answeredLocked).
 			c.seenBytes = n
-			if n > c.wc.BytesConsumed() {
+			// Only the same line still arriving: lines consumed since
+			// the last look were pushes, and the bytes after them may be
+			// the start of the next one.
+			if cons := c.wc.BytesConsumed(); n > cons && cons == c.seenLines {
 				c.progress = now
+			} else {
+				c.seenLines = cons
 			}
 		}
 		due := satAdd(c.progress, satAdd(ka, ka))

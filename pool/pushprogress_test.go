@@ -19,8 +19,18 @@ import (
 // counting every byte (as the first version of that did), a listener
 // connection whose server keeps pushing `sig` lines but never answers its
 // requests (its listen, the keepalive ping) was never found stalled, and a
-// Do with a context without deadline waited forever (found by review).
+// Do with a context without deadline waited forever (found by review). The
+// same when the server's writes of its pushes do not end on a line
+// boundary (a bufio.Writer flushing a full buffer, a proxy re-chunking):
+// every look then found the start of the next push "still arriving" (found
+// by review of the first fix).
 func TestListenerPushesAreNoProgressOnUnansweredRequests(t *testing.T) {
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) { testPushesAreNoProgress(t, split) })
+	}
+}
+
+func testPushesAreNoProgress(t *testing.T, split bool) {
 	const ka = 200 * time.Millisecond
 	addr := testutil.ServeRaw(t, func(nc net.Conn) {
 		stop := make(chan struct{})
@@ -43,7 +53,14 @@ func TestListenerPushesAreNoProgressOnUnansweredRequests(t *testing.T) {
 							return
 						case <-tk.C:
 						}
-						if _, err := fmt.Fprintf(nc, "sig a.b %d\n", i); err != nil {
+						line := fmt.Sprintf("sig a.b %d\n", i)
+						if split { // the end of one push and the start of the next
+							line = fmt.Sprintf("b %d\nsig a.", i)
+							if i == 0 {
+								line = "sig a."
+							}
+						}
+						if _, err := nc.Write([]byte(line)); err != nil {
 							return
 						}
 					}
