@@ -115,3 +115,17 @@ func TestSinceAfterAuthRefusingRestart(t *testing.T) {
 	require.False(t, s.Since.Before(downAt),
 		"Up since %v, before the outage began at %v: no dial has succeeded since", s.Since, downAt)
 }
+
+// The same when the very first dial has its token refused: the server was
+// reached, so Snapshot says Up since then, not since the zero time (found by
+// a later review).
+func TestSinceAfterFirstDialAuthRefused(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{AuthToken: "right"})
+	c := newClient(t, addrsOf(srv), WithAuthToken("wrong"))
+	_, err := c.TryLock(testCtx(t), "k")
+	require.ErrorIs(t, err, ErrAuth)
+	s := c.Snapshot().Servers[0]
+	require.True(t, s.Up)
+	require.False(t, s.Since.IsZero(), "a dial reached the server and had its token refused; Since is still zero")
+}

@@ -37,9 +37,8 @@ type ServerSnapshot struct {
 	// connection (a contended Lock's) then fail fast too, until the
 	// background probe's next dial succeeds. Since is
 	// when the current state began: for Up, the first successful dial after
-	// the server was last down (or, back from being down, the first that
-	// reached it but had its auth token refused; zero while no dial has
-	// succeeded yet); for
+	// the server was last down, or the first that reached it but had its
+	// auth token refused (zero while no dial has reached it yet); for
 	// down, the failed dial that found it down. After Close, Up and Since
 	// stay as they were (a closed Client does not report its servers down).
 	Up    bool

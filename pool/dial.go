@@ -53,12 +53,7 @@ func (p *Pool) dialConn(ctx context.Context, lane bool, maxLine int, init func(*
 		return nil, err
 	}
 	p.dials.Add(1)
-	if p.down.Load() != nil {
-		p.markUp()
-		p.upSince.Store(time.Now().UnixNano())
-	} else if p.upSince.Load() == 0 {
-		p.upSince.CompareAndSwap(0, time.Now().UnixNano())
-	}
+	p.reached()
 	return c, nil
 }
 
@@ -187,6 +182,7 @@ func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
 		case wire.StatusOK:
 		case wire.StatusErrAuth:
 			p.log.Warn("dflock: server refused the auth token")
+			p.reached()
 			var cause error
 			if len(p.cfg.AuthToken) > wire.MaxLine {
 				cause = errLongToken

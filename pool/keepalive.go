@@ -143,7 +143,21 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 	}
 }
 
-// markUp clears the down state after a successful dial.
+// reached records a dial that reached the server (handshaken, or refused
+// its auth token): up since now if it was down, else since the first such
+// dial. upSince is stored before down is cleared, so that Stats never shows
+// Up with the time from before an outage.
+func (p *Pool) reached() {
+	now := time.Now().UnixNano()
+	if p.down.Load() != nil {
+		p.upSince.Store(now)
+		p.markUp()
+		return
+	}
+	p.upSince.CompareAndSwap(0, now)
+}
+
+// markUp clears the down state after a dial that reached the server.
 func (p *Pool) markUp() {
 	if p.down.Swap(nil) != nil {
 		p.log.Info("dflock: server reachable again")
@@ -183,12 +197,9 @@ func (p *Pool) probe() {
 		case p.down.Load() != nil && isUnavailable(err):
 			backoff = min(2*backoff, probeMaxBackoff)
 		default:
-			// Reachable but refusing (auth): up, as far as failing fast goes,
-			// from now: no dial has succeeded since it went down.
-			if p.down.Load() != nil {
-				p.upSince.Store(time.Now().UnixNano())
-			}
-			p.markUp()
+			// Reachable but refusing (auth): up, as far as failing fast
+			// goes (greet recorded it).
+			p.reached()
 		}
 	}
 }
