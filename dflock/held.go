@@ -434,7 +434,7 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 	switch {
 	case r.HasFence:
 		h.fence, h.hasFence = r.Fence, true
-	case c.opts.fencing && pool.OwnerAnswersPing(owner):
+	case c.opts.fencing && pool.OwnerSupportsPing(owner):
 		// A server that does not answer ping is older than v1.14: its
 		// tokens are random, and a number read from them would order
 		// nothing (WithFencing declared the servers wrongly).

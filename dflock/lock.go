@@ -251,7 +251,7 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 			}
 			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 		}
-		if sent, err = c.confirmLateGrant(opCtx, ownerDo(owner), req, r, sent); err != nil {
+		if sent, err = c.confirmLateGrant(opCtx, ownerDo(owner), req, r, sent, sent); err != nil {
 			// The lane connection stays (it owns other leases); the
 			// grant goes back aside, as a broken wait's does.
 			c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
@@ -312,7 +312,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		}
 		switch r.Status {
 		case wire.StatusOK:
-			sent, err = c.confirmLateGrant(opCtx, conn.Do, req, r, sent)
+			sent, err = c.confirmLateGrant(opCtx, conn.Do, req, r, sent, sent)
 			if err != nil {
 				// The token is known: release it elsewhere too, since
 				// closing the connection releases nothing on a server
@@ -468,17 +468,20 @@ func giveBack(conn *pool.Conn, r wire.Reply) {
 // bound of that moment, and the hand-over time is one only if the reply
 // came within a quarter of the lease's life. Otherwise the lease is renewed
 // once right away (do sends on the connection that carried the grant), and
-// that renewal's send time becomes the bound. It returns the time to track
+// that renewal's send time becomes the bound. granted is the earliest the
+// grant can have been made (the request's hand-over, or a ticket's enqueue),
+// sent the time to track the lease from when no renewal is needed (the
+// hand-over of the request that returned it). It returns the time to track
 // the lease from.
 func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, wire.Request) (wire.Reply, error),
-	req wire.Request, grant wire.Reply, sent time.Time) (time.Time, error) {
+	req wire.Request, grant wire.Reply, granted, sent time.Time) (time.Time, error) {
 	// "Long" against the life the scheduler counts the lease's loss from:
 	// the TTL, or the servers' read timeout if shorter (rule 3 of
 	// docs/leases.md). Against the TTL alone, a lease longer than the read
 	// timeout granted after a wait between the two would start tracked
 	// with its deadline passed, and be declared lost and released at once.
 	life := min(time.Duration(grant.Lease)*time.Second, c.opts.readTimeout)
-	if time.Since(sent) <= life/4 {
+	if time.Since(granted) <= life/4 {
 		return sent, nil
 	}
 	sent2 := time.Now()

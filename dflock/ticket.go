@@ -69,8 +69,9 @@ const (
 // client learns of the grant only at Wait): it holds the lock until its
 // lease runs out, and a Wait after that fails with an error matching both
 // ErrNotAcquired and ErrLeaseExpired. (A Wait granted more than a quarter
-// of the lease after its place was queued confirms the grant with one
-// renewal first: dflockd v1.10.0 answers ok for a lapsed place.)
+// of the lease, or of the servers' read timeout if shorter, after its place
+// was queued confirms the grant with one renewal first: dflockd v1.10.0
+// answers ok for a lapsed place.)
 func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
 	t, err := c.tracedEnqueue(ctx, "enqueue", key, 0, opts)
 	if err != nil {
@@ -326,10 +327,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			// quarter of the lease's life is confirmed by a renewal, as a
 			// slow grant is. Otherwise the lease cannot have lapsed, and
 			// the w reset it: it is tracked from the w.
-			sent, err := c.confirmLateGrant(opCtx, conn.Do, req, r, t.queuedAt)
-			if err == nil && sent.Equal(t.queuedAt) {
-				sent = wsent
-			}
+			sent, err := c.confirmLateGrant(opCtx, conn.Do, req, r, t.queuedAt, wsent)
 			if err != nil {
 				c.releaseAside(t.srv, wire.ReleaseRequest(t.key, r.Token, t.limit > 0)) // see waitAcquire
 				conn.Destroy()

@@ -134,9 +134,10 @@ type Config struct {
 	DialTimeout time.Duration
 	// KeepAlive: a connection that has written nothing for this long is
 	// pinged. Must stay below the server's read timeout (23 s by default).
-	// A connection whose pending requests get no reply, and no byte of
-	// one, for two keepalives (three, at worst, after the last byte of a
-	// long reply) is broken as stalled. Default 10 s.
+	// A connection whose pending requests (none of them blocking) get no
+	// reply, and no byte of one, for two keepalives (three, at worst,
+	// after the last byte of a long reply) is broken as stalled. Default
+	// 10 s.
 	KeepAlive time.Duration
 	// MaxConns caps the wait pool (pinned connections included). Default 128.
 	MaxConns int32

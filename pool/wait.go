@@ -82,10 +82,10 @@ func (h *Conn) Err() error { return h.c.Err() }
 // as the Conn exists.
 func (h *Conn) SupportsPing() bool { return h.c.ping.Load() == pingOK }
 
-// OwnerAnswersPing reports whether the server behind o (a Conn or a lane
+// OwnerSupportsPing reports whether the server behind o (a Conn or a lane
 // connection, as Do returns it) answered `ping` with ok during the
 // connection's handshake: v1.14 or later. False for any other Owner.
-func OwnerAnswersPing(o Owner) bool {
+func OwnerSupportsPing(o Owner) bool {
 	switch o := o.(type) {
 	case *Conn:
 		return o.SupportsPing()

@@ -45,7 +45,7 @@ var (
 	// that reached it after its read deadline, unapplied (it then closes the
 	// connection): the lease may still be held on the server, so whoever
 	// handles the loss releases it.
-	ErrMaybeUnapplied = errors.New("the server may not have applied the request (a paused server answers so)")
+	ErrMaybeUnapplied = errors.New("dflock: the server may not have applied the request (a paused server answers so)")
 	// ErrOwnerFailed is the cause (wrapped) of a loss by a failed owning connection.
 	ErrOwnerFailed = errors.New("dflock: owning connection failed")
 

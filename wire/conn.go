@@ -89,9 +89,13 @@ func (c *countingReader) Read(b []byte) (int, error) {
 
 // BytesRead is how many bytes have been read from the network so far,
 // including those of a line still arriving: a reply in transit is progress.
+// Unlike reading, it may be called from any goroutine.
 func (c *Conn) BytesRead() int64 { return c.nread.n.Load() }
 
-// BytesConsumed is how many bytes of whole lines ReadLine has returned.
+// BytesConsumed is how many bytes of whole lines have been read (by
+// ReadLine, ReadReply, and a line refused as too long), '\n' included:
+// BytesRead less BytesConsumed is what is buffered or still arriving. It may
+// be called from any goroutine.
 func (c *Conn) BytesConsumed() int64 { return c.consumed.Load() }
 
 // NewConn frames nc. The Conn owns nc from now on.

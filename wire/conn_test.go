@@ -398,3 +398,32 @@ func TestConnConcurrentReaderAndWriter(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// BytesRead counts every byte read from the network, BytesConsumed those of
+// whole lines read (pushes skipped by ReadReply and lines longer than the
+// read buffer included): their difference is a line still arriving.
+func TestConnCountsBytesReadAndConsumed(t *testing.T) {
+	t.Parallel()
+	c, srv := tcpConn(t, ConnOptions{MaxLine: 1 << 20})
+	long := "ok " + strings.Repeat("x", 3*readBufSize) + "\n"
+	feed(t, srv, false, "sig a.b 1\nok\n", long)
+	r, err := c.ReadReply(CmdPing)
+	require.NoError(t, err)
+	require.Equal(t, StatusOK, r.Status)
+	_, err = c.ReadReply(CmdStats)
+	require.NoError(t, err)
+	whole := int64(len("sig a.b 1\nok\n") + len(long))
+	assert.Equal(t, whole, c.BytesConsumed())
+	assert.Equal(t, whole, c.BytesRead())
+
+	// A line still arriving: read, not consumed.
+	done := make(chan error, 1)
+	go func() { _, err := c.ReadReply(CmdRenew); done <- err }()
+	feed(t, srv, false, "ok 3")
+	require.Eventually(t, func() bool { return c.BytesRead() == whole+4 }, guard, time.Millisecond)
+	assert.Equal(t, whole, c.BytesConsumed())
+	feed(t, srv, false, "3\r\n")
+	require.NoError(t, <-done)
+	assert.Equal(t, whole+7, c.BytesConsumed())
+	assert.Equal(t, c.BytesRead(), c.BytesConsumed())
+}
