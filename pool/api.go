@@ -136,8 +136,10 @@ type Config struct {
 	// pinged. Must stay below the server's read timeout (23 s by default).
 	// A connection whose pending requests (none of them blocking) get no
 	// reply, and no byte of one, for two keepalives (three, at worst,
-	// after the last byte of a long reply) is broken as stalled. Default
-	// 10 s.
+	// after the last byte of a long reply) is broken as stalled; over TLS
+	// bytes count a record (up to 16 KiB) at a time, so a long reply on a
+	// link slower than a record per two keepalives is taken for a stall.
+	// Default 10 s.
 	KeepAlive time.Duration
 	// MaxConns caps the wait pool (pinned connections included). Default 128.
 	MaxConns int32

@@ -87,9 +87,10 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// BytesRead is how many bytes have been read from the network so far,
+// BytesRead is how many bytes have been read from the connection so far,
 // including those of a line still arriving: a reply in transit is progress.
-// Unlike reading, it may be called from any goroutine.
+// Over TLS they are the decrypted bytes, which arrive a whole record (up to
+// 16 KiB) at a time. Unlike reading, it may be called from any goroutine.
 func (c *Conn) BytesRead() int64 { return c.nread.n.Load() }
 
 // BytesConsumed is how many bytes of whole lines have been read (by
