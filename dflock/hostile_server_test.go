@@ -61,6 +61,11 @@ func TestHostileTokenNeverInErrorOrLog(t *testing.T) {
 		"garbage-suffix": {hostileToken, func(s string) string { return "huh " + s }},
 		"long":           {long, func(s string) string { return "huh " + s }},
 		"quoted":         {quoted, func(s string) string { return "huh " + s }},
+		// Surrounding whitespace is harmless to the server, which trims
+		// it: the credential it holds, and echoes, is the trimmed token
+		// (redaction looked for the untrimmed one; found by review).
+		"padded-leading":  {"  " + hostileToken, func(s string) string { return "huh " + strings.TrimSpace(s) }},
+		"padded-trailing": {hostileToken + "\t", func(s string) string { return "huh " + strings.TrimSpace(s) }},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
