@@ -25,14 +25,7 @@ func TestRenewalAnsweredBareErrorByAPausedServerIsReleased(t *testing.T) {
 	ctx := testCtx(t)
 	l, err := c.TryLock(ctx, "paused-renew")
 	require.NoError(t, err)
-	time.Sleep(300 * time.Millisecond) // the server's read deadline: ~1 s after its reply
-	resume := srv.Stall(0)
-	t.Cleanup(resume)
-	renewErr := make(chan error, 1)
-	go func() { renewErr <- l.Renew(ctx) }()
-	time.Sleep(900 * time.Millisecond) // past the server's deadline, well before the client's 2 s patience
-	resume()
-	err = <-renewErr
+	err = pastReadDeadlineInAStall(t, srv, func() error { return l.Renew(ctx) })
 	require.ErrorIs(t, err, ErrLockLost)
 	if !errors.Is(err, renew.ErrMaybeUnapplied) {
 		t.Skipf("the renewal was not answered the bare error (the machine was too slow for the timing): %v", err)

@@ -149,14 +149,7 @@ func TestReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
 	ctx := testCtx(t)
 	l, err := c.TryLock(ctx, "paused-release")
 	require.NoError(t, err)
-	time.Sleep(300 * time.Millisecond) // the server's read deadline: ~1 s after its reply
-	resume := srv.Stall(0)
-	t.Cleanup(resume)
-	relErr := make(chan error, 1)
-	go func() { relErr <- l.Release(ctx) }()
-	time.Sleep(900 * time.Millisecond) // past the deadline, before the client's 2×keepalive
-	resume()
-	err = <-relErr
+	err = pastReadDeadlineInAStall(t, srv, func() error { return l.Release(ctx) })
 	t.Logf("release: %v", err)
 
 	other := newClient(t, addrsOf(srv))
@@ -168,6 +161,23 @@ func TestReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
 		}
 		return false
 	}, 5*time.Second, 50*time.Millisecond, "the lock stays held by nobody (held by conn %d) until its 30 s lease runs out", holderOf(srv, "paused-release"))
+}
+
+// pastReadDeadlineInAStall runs op (a request on a connection the server
+// answered about now, with a 1 s read timeout) while the server is stalled,
+// and resumes it past that read deadline and well before the client's own
+// patience (2×KeepAlive, at least 1 s): the server then answers the request
+// the bare error, unapplied, and closes the connection. op's error.
+func pastReadDeadlineInAStall(t *testing.T, srv *testutil.Server, op func() error) error {
+	t.Helper()
+	time.Sleep(300 * time.Millisecond) // the server's read deadline: ~1 s after its reply
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	errc := make(chan error, 1)
+	go func() { errc <- op() }()
+	time.Sleep(900 * time.Millisecond) // past the deadline, before the client gives up
+	resume()
+	return <-errc
 }
 
 func holderOf(srv *testutil.Server, key string) uint64 {
