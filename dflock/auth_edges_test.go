@@ -96,3 +96,29 @@ func TestSinceAfterFirstDialAuthRefused(t *testing.T) {
 	require.True(t, s.Up)
 	require.False(t, s.Since.IsZero(), "a dial reached the server and had its token refused; Since is still zero")
 }
+
+// The same for the other two auth misconfigurations, which the pool turns
+// into ErrAuth too: no token for a server that requires one (it refuses the
+// ping), and a token for a server without auth (it answers the auth line
+// the bare error) (found by review: only the refused token was recorded).
+func TestSinceAfterFirstDialOtherAuthRefusals(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  testutil.Config
+		opts []Option
+	}{
+		{"no token, auth server", testutil.Config{AuthToken: "right"}, nil},
+		{"token, server without auth", testutil.Config{}, []Option{WithAuthToken("tok")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, tc.cfg)
+			c := newClient(t, addrsOf(srv), tc.opts...)
+			_, err := c.TryLock(testCtx(t), "k")
+			require.ErrorIs(t, err, ErrAuth)
+			s := c.Snapshot().Servers[0]
+			require.True(t, s.Up)
+			require.False(t, s.Since.IsZero(), "a dial reached the server and had its auth refused; Since is still zero")
+		})
+	}
+}

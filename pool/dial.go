@@ -121,12 +121,14 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		var se *ServerError
 		if errors.As(err, &se) && errors.Is(se.Err, ErrAuth) {
 			p.dialFailures.Add(1)
+			p.reached() // refused, but by the server
 			return nil, 0, err
 		}
 		if errors.Is(err, errAuthReply) {
 			// A token for a server without auth (it answers `error`):
 			// an auth misconfiguration, like a refused token.
 			p.dialFailures.Add(1)
+			p.reached()
 			return nil, 0, serverErr(p.cfg.Addr, ErrAuth, err)
 		}
 		return nil, 0, p.dialFailed(parent, p.closedInHandshake(err), lane)
@@ -182,7 +184,6 @@ func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
 		case wire.StatusOK:
 		case wire.StatusErrAuth:
 			p.log.Warn("dflock: server refused the auth token")
-			p.reached()
 			var cause error
 			if len(p.cfg.AuthToken) > wire.MaxLine {
 				cause = errLongToken

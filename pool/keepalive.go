@@ -197,8 +197,8 @@ func (p *Pool) probe() {
 		case p.down.Load() != nil && isUnavailable(err):
 			backoff = min(2*backoff, probeMaxBackoff)
 		default:
-			// Reachable but refusing (auth): up, as far as failing fast
-			// goes (greet recorded it).
+			// Reachable but refusing (auth, which handshake recorded
+			// already, or draining): up, as far as failing fast goes.
 			p.reached()
 		}
 	}
