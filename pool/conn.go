@@ -977,6 +977,10 @@ func (c *conn) readLoop() {
 	}
 }
 
+// supportsPing reports whether the server answered the handshake's ping
+// with ok (v1.14+).
+func (c *conn) supportsPing() bool { return c.ping.Load() == pingOK }
+
 // readerExited reports whether readLoop has returned.
 func (c *conn) readerExited() bool {
 	select {
@@ -1198,15 +1202,14 @@ func (c *conn) keepalive(now, ka int64) int64 {
 	}
 	if c.q.n > 0 {
 		if n := c.wc.BytesRead(); n != c.seenBytes {
-			// A reply still arriving (a large stats document on a slow
-			// link) is progress too. Seen here, not as the bytes come:
-			// a stall after them is found up to a keepalive later.
-			// Whole lines read are not (pushes; a reply is progress
-			// when it is matched, answeredLocked).
+			// A line still arriving (a large stats reply on a slow link)
+			// is progress too, seen here rather than as the bytes come (a
+			// stall after them is found up to a keepalive later). Only
+			// the same line, though: lines consumed since the last look
+			// were pushes (a reply is progress when matched, in
+			// answeredLocked), and the bytes after them may start the
+			// next one.
 			c.seenBytes = n
-			// Only the same line still arriving: lines consumed since
-			// the last look were pushes, and the bytes after them may be
-			// the start of the next one.
 			if cons := c.wc.BytesConsumed(); n > cons && cons == c.seenLines {
 				c.progress = now
 			} else {

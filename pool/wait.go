@@ -80,7 +80,7 @@ func (h *Conn) Err() error { return h.c.Err() }
 // false on v1.10 servers, which answer `error` (still a valid keepalive).
 // Every connection pings once during its handshake, so this is known as soon
 // as the Conn exists.
-func (h *Conn) SupportsPing() bool { return h.c.ping.Load() == pingOK }
+func (h *Conn) SupportsPing() bool { return h.c.supportsPing() }
 
 // OwnerSupportsPing reports whether the server behind o (a Conn or a lane
 // connection, as Do returns it) answered `ping` with ok during the
@@ -88,9 +88,9 @@ func (h *Conn) SupportsPing() bool { return h.c.ping.Load() == pingOK }
 func OwnerSupportsPing(o Owner) bool {
 	switch o := o.(type) {
 	case *Conn:
-		return o.SupportsPing()
+		return o.c.supportsPing()
 	case *laneConn:
-		return o.c.ping.Load() == pingOK
+		return o.c.supportsPing()
 	}
 	return false
 }

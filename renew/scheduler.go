@@ -611,9 +611,10 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		if r.Word != "" {
 			word = wire.DisplayWord(r.Word)
 		}
-		cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
 		if r.Status == wire.StatusError {
 			cause = fmt.Errorf("%w: server answered %s: %w", ErrRefused, word, ErrMaybeUnapplied)
+		} else {
+			cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
 		}
 	default:
 		if sent > l.confirmed {
