@@ -166,13 +166,7 @@ func TestGrantReadAsAWaitConnBreaksGoesToOnReleaseLost(t *testing.T) {
 // withdrawing `w key 0` (dflock's sendOn) — which carried no key (found by
 // review).
 func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
-	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
-	lost := make(chan wire.Request, 4)
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
-		OnReleaseLost: func(req wire.Request) {
-			time.Sleep(50 * time.Millisecond) // a slow hand-off: AwaitReader waits for it
-			lost <- req
-		}})
+	srv, p, lost := slowReleaseLostPool(t) // AwaitReader waits for the slow hand-off
 	ctx := ctxWait(t)
 	h1, err := p.Acquire(ctx)
 	require.NoError(t, err)
@@ -218,13 +212,7 @@ func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
 // OnReleaseLost, which then came after Close had stopped sending. It now
 // waits for a broken lane's reader to exit (found by review).
 func TestSettleLanesWaitsForTheReaderOfABrokenLane(t *testing.T) {
-	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
-	lost := make(chan wire.Request, 4)
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
-		OnReleaseLost: func(req wire.Request) {
-			time.Sleep(50 * time.Millisecond) // a slow hand-off: SettleLanes waits for it
-			lost <- req
-		}})
+	srv, p, lost := slowReleaseLostPool(t) // SettleLanes waits for the slow hand-off
 	_, c := laneOf(t, p)
 	settle(t, c)
 
@@ -246,4 +234,19 @@ func TestSettleLanesWaitsForTheReaderOfABrokenLane(t *testing.T) {
 	default:
 		t.Fatalf("SettleLanes returned before the grant read as the lane broke reached OnReleaseLost (held by conn %d)", holder(srv, "settlebreak"))
 	}
+}
+
+// slowReleaseLostPool is a pool with one lane connection to a server with
+// auto-release off, whose OnReleaseLost takes 50 ms before it hands each
+// release on to lost: a slow hand-off that whatever waits for it must
+// outlast.
+func slowReleaseLostPool(t *testing.T) (*testutil.Server, *Pool, chan wire.Request) {
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	lost := make(chan wire.Request, 4)
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1,
+		OnReleaseLost: func(req wire.Request) {
+			time.Sleep(50 * time.Millisecond)
+			lost <- req
+		}})
+	return srv, p, lost
 }
