@@ -22,9 +22,10 @@
 // Options installs a dflock.Tracer, which runs on the calling goroutine as
 // each acquire and release starts and ends, and dflock.Hooks, which run on
 // the Client's callback goroutine. The observed instruments are read from
-// Client.Snapshot, which does no I/O, in one callback per Client at each
-// collection. Counts are therefore exact even when the Client drops hook
-// calls under load (dflock.client.callback.dropped says when it does).
+// Client.Snapshot, which does no I/O, by one callback at each collection.
+// Counts are therefore exact even when the Client drops hook calls under
+// load (dflock.client.callback.dropped says when it does), and a stopped
+// Client's counts stay in the counters, which never go down.
 //
 // # Metrics
 //

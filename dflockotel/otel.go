@@ -97,6 +97,7 @@ type Instrumentation struct {
 	signalGaps       metric.Int64ObservableCounter
 	callbacksDropped metric.Int64ObservableCounter
 	observed         []metric.Observable
+	observing        observing // Observe
 }
 
 // Histogram buckets, in seconds. A grant on the control lane takes a
