@@ -86,7 +86,9 @@
 // dflock.lease.ttl (seconds, when granted).
 //
 // A span's status is Error when the call failed: timed out, cancelled,
-// refused by a server error (a limit, a limit mismatch) or failed. A try
+// refused by a server error (a limit, a limit mismatch), granted a lease
+// that lapsed before the caller had it (dflock.ErrLeaseExpired) or
+// failed. A try
 // that finds the key held (TryLock, TrySemaphore returning
 // dflock.ErrNotAcquired, also when the server answers it with its waiter
 // cap, error_max_waiters) is an answer, not a failure: its status stays

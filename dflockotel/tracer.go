@@ -175,9 +175,12 @@ func exceptionType(err error) string {
 // expectedRefusal reports whether res is a try that found the key held: an
 // answer the program asked for, not a failure, so the span keeps status
 // Unset. A try the server refused with an error (a limit, a mismatch) is a
-// failure.
+// failure, and so is a grant whose lease lapsed before the caller had it
+// (a ticket's Wait, a late grant): it too is "not acquired", but no
+// program asked for it.
 func expectedRefusal(res dflock.AcquireResult) bool {
-	return res.Outcome == dflock.Refused && errors.Is(res.Err, dflock.ErrNotAcquired)
+	return res.Outcome == dflock.Refused && errors.Is(res.Err, dflock.ErrNotAcquired) &&
+		!errors.Is(res.Err, dflock.ErrLeaseExpired)
 }
 
 func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) context.Context {
