@@ -57,9 +57,14 @@ type Strategy interface {
 
 // Placement maps a key to the index of its server in the list given to
 // Strategy.Place. It is safe for concurrent use and does not allocate.
+//
+// The mapping must not change for the Placement's life: a key placed on
+// two servers is two locks, held at once by two callers. A Client may ask
+// more than once for one call (to route it, and to name its server to a
+// Tracer).
 type Placement interface {
 	// Server returns the index, in [0, len(servers)), of the server that
-	// owns key.
+	// owns key: the same index for the same key, every time.
 	Server(key string) int
 }
 
