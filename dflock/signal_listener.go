@@ -1008,7 +1008,7 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 		return nil
 	}
 	l.sent = l.sent[:0]
-	var listens []*pat
+	var listens, fresh []*pat
 	for p := range l.dirty {
 		switch {
 		case len(p.subs) > 0:
@@ -1016,7 +1016,15 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 				p.sentOn = lc
 				// Sent after every unlisten: at --max-subscriptions the
 				// server must have made room before it takes the listen.
-				listens = append(listens, p)
+				// And the re-listens of established subscriptions before
+				// the listens only new Listen calls wait for: a newcomer
+				// during a reconnect must not take an established
+				// subscription's place at the cap.
+				if len(p.subs) > len(p.waiters) {
+					listens = append(listens, p)
+				} else {
+					fresh = append(fresh, p)
+				}
 			}
 		case p.on:
 			// The last subscription went. A subscription of the same
@@ -1034,7 +1042,7 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 		}
 	}
 	clear(l.dirty)
-	for _, p := range listens {
+	for _, p := range append(listens, fresh...) {
 		reqs = append(reqs, wire.Request{Cmd: wire.CmdListen, Key: p.pattern, Arg: l.key.group})
 		l.sent = append(l.sent, p)
 	}
