@@ -132,7 +132,10 @@ type Hooks struct {
 	OnRenewalBatch func(RenewalBatchInfo)
 	// OnSignalDropped is called when a subscription starts dropping
 	// signals because its buffer is full: once per episode, which ends when
-	// a signal is delivered again (Snapshot counts every drop).
+	// a signal is delivered again, and at most once a second per
+	// subscription (an episode that starts sooner is reported at its first
+	// drop after that second, if it is still dropping). Dropped and
+	// Snapshot count every drop.
 	OnSignalDropped func(SignalDropInfo)
 	// OnSignalGap is called for every gap reported to a subscription.
 	OnSignalGap func(SignalGapInfo)

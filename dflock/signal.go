@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dflock-sdk/go/wire"
 )
@@ -283,7 +284,7 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 // Delivery is at most once. Each subscription has a bounded buffer
 // (Buffer): the Client's reader never waits for a consumer, so while the
 // buffer is full new signals are dropped and counted (Dropped), and a
-// warning is logged once per such episode. When a listener connection
+// warning is logged once per such episode, at most once a second. When a listener connection
 // breaks, the Client reconnects with backoff and listens again, and the
 // subscription reports the gap in order, after the signals received
 // before it and before any received after it: Next returns an error
@@ -309,7 +310,9 @@ type Subscription struct {
 	closed   bool
 	chClosed bool
 	closeErr error
-	slow     bool // in a slow-consumer episode (dropping)
+	slow     bool      // in a slow-consumer episode (dropping)
+	warned   bool      // this episode was reported (warning, hook)
+	warnedAt time.Time // when the last episode was reported
 
 	ov       *overflow      // made when ch first fills up
 	drainers sync.WaitGroup // finish waits for the drainer before closing ch
@@ -455,7 +458,7 @@ func (s *Subscription) offer(sig Signal) bool {
 	if queued >= s.size {
 		return false
 	}
-	s.slow = false
+	s.slow, s.warned = false, false
 	if !s.overflowingLocked() && len(s.ch) < cap(s.ch)-1 {
 		s.sendLocked(sig)
 		return true
@@ -465,17 +468,30 @@ func (s *Subscription) offer(sig Signal) bool {
 	return true
 }
 
-// drop counts one dropped signal and reports whether it starts a
-// slow-consumer episode (which ends when a signal is delivered again); the
-// caller then has warnSlow called off the reader goroutine.
-func (s *Subscription) drop() (first bool) {
+// slowWarnEvery spaces a subscription's slow-consumer reports: a consumer
+// just below the push rate ends an episode at nearly every signal that
+// fits, and one warning and hook call per drop would crowd the Client's
+// callback queue, which lease-loss hooks share.
+const slowWarnEvery = time.Second
+
+// drop counts one dropped signal and reports whether the slow-consumer
+// episode it belongs to (which ends when a signal is delivered again) is to
+// be reported now: at its first drop, or at its first drop after
+// slowWarnEvery since the last report. The caller then has warnSlow called
+// off the reader goroutine.
+func (s *Subscription) drop() (report bool) {
 	s.dropped.Add(1)
 	s.mu.Lock()
-	first = !s.slow && !s.closed
 	s.slow = true
+	if !s.warned && !s.closed {
+		now := time.Now()
+		if s.warnedAt.IsZero() || now.Sub(s.warnedAt) >= slowWarnEvery {
+			s.warned, s.warnedAt, report = true, now, true
+		}
+	}
 	s.mu.Unlock()
-	s.c.noteSignalDrop(s, first)
-	return first
+	s.c.noteSignalDrop(s, report)
+	return report
 }
 
 // warnSlow logs the start of a slow-consumer episode. Listener supervisors

@@ -350,7 +350,9 @@ func TestSignalsSlowConsumerDropsWithoutStallingTheConnection(t *testing.T) {
 	assert.Zero(t, c.servers[0].pool.Stats().Broken, "no connection broke")
 	assert.Equal(t, 0, logs.count("listener connection lost"))
 
-	// A new episode warns again.
+	// A new episode warns again, once a second has passed since the last
+	// warning (slowWarnEvery).
+	time.Sleep(slowWarnEvery)
 	for i := 0; i < buf+2; i++ {
 		emit(t, c, "s.y", "again")
 	}

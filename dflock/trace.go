@@ -446,11 +446,12 @@ func (c *Client) onDial(addr, role string, d time.Duration, err error) {
 }
 
 // noteSignalDrop counts a signal dropped by s's full buffer; the hook
-// hears of the first drop of an episode only (see Hooks.OnSignalDropped),
-// so that a flood of drops cannot crowd the callback queue.
-func (c *Client) noteSignalDrop(s *Subscription, first bool) {
+// hears only of the drops Subscription.drop reports (see
+// Hooks.OnSignalDropped), so that a flood of drops cannot crowd the
+// callback queue.
+func (c *Client) noteSignalDrop(s *Subscription, report bool) {
 	c.stats.sigDropped.Add(1)
-	if hook := c.opts.hooks.OnSignalDropped; hook != nil && first {
+	if hook := c.opts.hooks.OnSignalDropped; hook != nil && report {
 		c.disp.do(func() { hook(SignalDropInfo{Pattern: s.pattern, Group: s.group, Dropped: s.Dropped()}) })
 	}
 }

@@ -1,0 +1,59 @@
+package dflock
+
+import (
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/stretchr/testify/require"
+)
+
+// A consumer that keeps up with all but a few signals (its buffer is full
+// about every other push) starts a new "slow consumer" episode at almost
+// every drop. Reported once each, they would be one Warn record and one
+// OnSignalDropped call per dropped signal, crowding the Client's callback
+// queue, which OnLeaseLost shares: reports are at most one a second per
+// subscription.
+func TestSignalSlowConsumerWarningsDoNotFloodCallbacks(t *testing.T) {
+	srv := newServer(t, testutil.Config{PushBuffer: 1 << 16})
+	var warns, hooks atomic.Int64
+	var logs syncBuffer
+	c := newClient(t, addrsOf(srv),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))),
+		WithHooks(Hooks{OnSignalDropped: func(SignalDropInfo) { hooks.Add(1) }}))
+	pub := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	s, err := c.Listen(ctx, "flap", Buffer(1))
+	require.NoError(t, err)
+	defer s.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-s.C():
+				time.Sleep(200 * time.Microsecond)
+			}
+		}
+	}()
+	const total = 4000
+	for i := range total {
+		_, err := pub.Emit(ctx, "flap", strconv.Itoa(i))
+		require.NoError(t, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	<-done
+	warns.Store(int64(logs.count("slow signal consumer")))
+	t.Logf("dropped %d of %d; warnings %d, OnSignalDropped calls %d", s.Dropped(), total, warns.Load(), hooks.Load())
+	require.NotZero(t, s.Dropped())
+	require.NotZero(t, warns.Load(), "the first episode is reported")
+	require.LessOrEqual(t, warns.Load(), int64(10), "one slow subscription logged a warning for most drops")
+	require.LessOrEqual(t, hooks.Load(), int64(10), "one slow subscription had OnSignalDropped called for most drops")
+}
