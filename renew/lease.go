@@ -131,12 +131,14 @@ func (l *Lease) Context() context.Context {
 func (l *Lease) Untrack() bool {
 	s := l.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if l.state != stateTracked {
+		s.mu.Unlock()
 		return false
 	}
 	s.unlinkLocked(l)
-	s.endLocked(l, stateReleased, ErrReleased)
+	e := s.endLocked(l, stateReleased, ErrReleased)
+	s.mu.Unlock()
+	e.finish()
 	return true
 }
 

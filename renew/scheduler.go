@@ -2,6 +2,7 @@ package renew
 
 import (
 	"container/heap"
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -71,6 +72,7 @@ type Scheduler struct {
 	// Used by the scheduler goroutine only (no lock needed for the slices'
 	// contents; ownerState.renew/rel/inRound are likewise goroutine-only).
 	requeue []*Lease
+	ending  []ending // the leases tick ended, to finish after s.mu
 	round   []*ownerState
 
 	wake   chan struct{}
@@ -262,6 +264,7 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		}
 	}
 	if cause != nil {
+		// Nothing to finish: Done and Context of a new lease are not made.
 		s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 		s.mu.Unlock()
 		return l
@@ -300,15 +303,24 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 		s.mu.Unlock()
 		return
 	}
+	if st.n >= 64 && st.n >= len(s.heap)/16 {
+		s.heap.removeOwner(o) // then endLocked finds them out of the heap
+	}
+	var es []ending
+	errs := make([]LostError, st.n) // one allocation, not one per lease
 	for l := st.head; l != nil; {
 		next := l.onext
 		l.oprev, l.onext = nil, nil
-		s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
+		e := &errs[len(errs)-1]
+		errs = errs[:len(errs)-1]
+		*e = LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause}
+		es = addEnding(es, s.endLocked(l, stateLost, e))
 		l = next
 	}
 	st.head, st.n = nil, 0
 	delete(s.owners, o)
 	s.mu.Unlock()
+	finishAll(es)
 }
 
 // Close stops the scheduler and returns the leases it still held (not lost),
@@ -337,9 +349,10 @@ func (s *Scheduler) Close() []*Lease {
 		l.idx = -1
 	}
 	s.heap = nil
+	var es []ending
 	for _, l := range held {
 		l.oprev, l.onext = nil, nil
-		s.endLocked(l, stateReleased, ErrReleased)
+		es = addEnding(es, s.endLocked(l, stateReleased, ErrReleased))
 	}
 	clear(s.owners)
 	s.idle = [len(s.idle)]idleOwner{}
@@ -348,6 +361,7 @@ func (s *Scheduler) Close() []*Lease {
 	// lease lost without a notification.
 	s.notifyShut = true
 	s.mu.Unlock()
+	finishAll(es)
 	s.notifyWG.Wait()
 	return held
 }
@@ -426,7 +440,7 @@ func (s *Scheduler) tick() {
 		case l.deadline <= now:
 			st := s.owners[l.owner]
 			s.unlinkLocked(l)
-			s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
+			s.ending = addEnding(s.ending, s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)}))
 			s.addToRound(st)
 			st.rel = append(st.rel, l)
 		case l.inflight == 0 && l.renewAt <= addSat(now, min(int64(s.cfg.window), s.early(l))):
@@ -505,6 +519,11 @@ func (s *Scheduler) tick() {
 	}
 	clear(s.round)
 	s.round = s.round[:0]
+	// The renewals first: the leases ended here are past their deadlines
+	// (Err says so already), the others are not yet.
+	finishAll(s.ending)
+	clear(s.ending)
+	s.ending = s.ending[:0]
 }
 
 // dropEnded takes out of st's batch the leases that ended since the round
@@ -629,9 +648,10 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		return out, nil
 	}
 	s.unlinkLocked(l)
-	s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
+	e := s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 	lerr := l.err
 	s.mu.Unlock()
+	e.finish()
 	return out, lerr
 }
 
@@ -697,28 +717,62 @@ func (s *Scheduler) wakeIfEarlierLocked(t int64) {
 }
 
 // endLocked ends a tracked lease (already unlinked from its owner): out of
-// the heap, Err set, Done closed, Context cancelled, a loss queued for its
-// OnLost. Cheap; no user code.
-func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
+// the heap, Err set, the loss counted and queued for its OnLost. It
+// returns the rest, for the caller to do once it has released s.mu:
+// cancelling the lease's Context runs every context derived from it and
+// starts a goroutine per context.AfterFunc on it (WithLock registers one),
+// which for the thousands of leases of one broken connection kept the
+// mutex — and with it the renewal round and every reply — for hundreds of
+// milliseconds: a margin's worth of lateness for another lease's loss.
+func (s *Scheduler) endLocked(l *Lease, state uint8, err error) ending {
 	if l.idx >= 0 {
 		heap.Remove(&s.heap, int(l.idx))
 	}
 	l.state = state
 	l.err = err
 	l.ended.Store(true)
-	// Count the loss, then cancel, then close Done: whoever wakes on Done
-	// must already find the Context cancelled and the loss counted.
-	if state == stateLost && l.counters != nil {
-		l.counters.Lost.Add(1)
-	}
-	if l.cancel != nil {
-		l.cancel(err)
-	}
-	if l.done != nil {
-		close(l.done)
-	}
 	if state == stateLost {
+		if l.counters != nil {
+			l.counters.Lost.Add(1)
+		}
 		s.queueLostLocked(l)
+	}
+	// Done and Context made from now on are made ended; these two, made
+	// before, are the caller's to end.
+	return ending{cancel: l.cancel, done: l.done, err: err}
+}
+
+// ending is what is left to do, without s.mu, to end a lease that
+// endLocked ended.
+type ending struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+	err    error
+}
+
+// finish cancels, then closes Done: whoever wakes on Done must already
+// find the Context cancelled (and, endLocked did it first, the loss
+// counted).
+func (e ending) finish() {
+	if e.cancel != nil {
+		e.cancel(e.err)
+	}
+	if e.done != nil {
+		close(e.done)
+	}
+}
+
+// addEnding appends e to es if it has anything to do.
+func addEnding(es []ending, e ending) []ending {
+	if e.cancel == nil && e.done == nil {
+		return es
+	}
+	return append(es, e)
+}
+
+func finishAll(es []ending) {
+	for _, e := range es {
+		e.finish()
 	}
 }
 
