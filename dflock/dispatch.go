@@ -11,9 +11,14 @@ import (
 )
 
 // dispatchQueueLen bounds the user callbacks (log records and hooks) waiting
-// for the dispatcher. A burst beyond it — thousands of leases lost at once to
-// one broken connection, say — drops the excess and counts it.
+// for the dispatcher. Beyond it, what the goroutines that must never wait
+// queue is dropped and counted; the loss notifications wait (doWait).
 const dispatchQueueLen = 4096
+
+// dispatchStall is how long doWait waits for room in a full queue that
+// does not move: then the callback running is taken to be stuck, and
+// losses are dropped like everything else until the queue moves again.
+const dispatchStall = time.Second
 
 // dispatcher runs user code — the Logger's handler and the Hooks — on one
 // goroutine of its own, in the order it was queued.
@@ -29,6 +34,9 @@ type dispatcher struct {
 	quit    chan struct{}
 	exited  chan struct{}
 	dropped atomic.Int64
+	// stuck: a doWait found the queue full and unmoved for dispatchStall;
+	// cleared when the dispatcher takes the next callback.
+	stuck atomic.Bool
 	// abandoned: stop gave up waiting for a handler. What is still queued
 	// is dropped and counted rather than run after Close has returned,
 	// against whatever the program tore down since.
@@ -54,11 +62,44 @@ func (d *dispatcher) do(f func()) {
 	}
 }
 
+// doWait queues f, waiting for room while the dispatcher makes progress.
+// Only the renewal scheduler's loss notifier calls it, the one goroutine
+// that reports to the user and may wait (renew.Spec.OnLost): one broken
+// connection loses thousands of leases at once, and every one of them is
+// reported (OnLeaseLost, and its log record), however fast the hooks are.
+// A queue unmoved for dispatchStall (a hook that blocks) drops f, and what
+// follows until the queue moves, so that the losses behind it are still
+// released aside and Close is not held up.
+func (d *dispatcher) doWait(f func()) {
+	select {
+	case d.q <- f:
+		return
+	default:
+	}
+	if d.stuck.Load() {
+		d.dropped.Add(1)
+		return
+	}
+	t := time.NewTimer(dispatchStall)
+	defer t.Stop()
+	select {
+	case d.q <- f:
+	case <-t.C:
+		d.stuck.Store(true)
+		d.dropped.Add(1)
+	case <-d.quit:
+		d.dropped.Add(1)
+	}
+}
+
 func (d *dispatcher) run() {
 	defer close(d.exited)
 	for {
 		select {
 		case f := <-d.q:
+			if d.stuck.Load() {
+				d.stuck.Store(false)
+			}
 			d.call(f)
 		case <-d.quit:
 			// Run what was queued before the stop; what comes later is
@@ -138,17 +179,30 @@ func (h *asyncHandler) Handle(ctx context.Context, r slog.Record) error {
 	// clone is what outlives this call.
 	r = r.Clone()
 	inner, levels := h.inner, h.levels
+	wait := ctx.Value(mayWaitKey{}) != nil
 	ctx = context.WithoutCancel(ctx)
-	h.d.do(func() {
+	f := func() {
 		if !inner.Enabled(ctx, r.Level) {
 			levels.found(r.Level, false)
 			return
 		}
 		levels.found(r.Level, true)
 		_ = inner.Handle(ctx, r)
-	})
+	}
+	if wait {
+		h.d.doWait(f)
+	} else {
+		h.d.do(f)
+	}
 	return nil
 }
+
+// mayWaitKey marks the context of a log call made on the loss notifier,
+// whose record is queued with doWait.
+type mayWaitKey struct{}
+
+// mayWait is that context.
+var mayWait = context.WithValue(context.Background(), mayWaitKey{}, true)
 
 // A derived handler may enable other levels: it learns its own.
 func (h *asyncHandler) WithAttrs(attrs []slog.Attr) slog.Handler {

@@ -399,10 +399,12 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 		(h.pinned != nil && !errors.Is(err, renew.ErrRefused)) {
 		c.releaseAside(h.srv, wire.ReleaseRequest(lease.Key(), lease.Token(), lease.Semaphore()))
 	}
-	c.log.Warn("dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
+	// On the scheduler's loss notifier, which may wait: both the record
+	// and the hook wait for room in the callback queue (doWait).
+	c.log.WarnContext(mayWait, "dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
 	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
 		info := LeaseInfo{Key: lease.Key(), Token: lease.Token(), Server: h.srv.addr, Semaphore: lease.Semaphore(), TTL: lease.TTL()}
-		c.disp.do(func() { hook(info, err) })
+		c.disp.doWait(func() { hook(info, err) })
 	}
 }
 

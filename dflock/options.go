@@ -107,7 +107,10 @@ type Option func(*options)
 // in the order the events happened, never on a goroutine that renews leases
 // or reads replies. A hook that blocks delays later hooks and log records;
 // past 4096 waiting, calls are dropped and counted
-// (ClientStats.CallbacksDropped). Close waits up to DefaultReleaseTimeout for
+// (ClientStats.CallbacksDropped) — except the losses (OnLeaseLost and its
+// log record), which wait for room as long as the queue moves: all of a
+// burst (the thousands of leases of one broken connection) are reported,
+// and only a callback that blocks for a second has losses dropped. Close waits up to DefaultReleaseTimeout for
 // the calls still queued; a hook still running then keeps that goroutine
 // until it returns (Go cannot stop it), and what is still queued is dropped
 // and counted, never run after Close has returned. A hook or log handler
@@ -117,7 +120,8 @@ type Hooks struct {
 	// OnLeaseLost is called once for every lease lost while held, and for
 	// one that Release finds the server no longer held (its Release returns
 	// an error matching ErrLockLost); not for leases released by Release or
-	// Close.
+	// Close. Its calls are not dropped when many wait (see Hooks), unless
+	// the callback goroutine is stuck.
 	OnLeaseLost func(info LeaseInfo, err error)
 	// OnConnBroken is called for every connection that breaks or is
 	// destroyed (including those destroyed to cancel a blocked acquire), but
