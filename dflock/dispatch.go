@@ -31,6 +31,7 @@ const dispatchStall = time.Second
 // dropped and counted (ClientStats.CallbacksDropped), never waited for.
 type dispatcher struct {
 	q       chan func()
+	noWait  chan struct{} // closed by endWaits: doWait waits no more
 	quit    chan struct{}
 	exited  chan struct{}
 	dropped atomic.Int64
@@ -46,6 +47,7 @@ type dispatcher struct {
 func newDispatcher() *dispatcher {
 	d := &dispatcher{
 		q:      make(chan func(), dispatchQueueLen),
+		noWait: make(chan struct{}),
 		quit:   make(chan struct{}),
 		exited: make(chan struct{}),
 	}
@@ -69,7 +71,7 @@ func (d *dispatcher) do(f func()) {
 // reported (OnLeaseLost, and its log record), however fast the hooks are.
 // A queue unmoved for dispatchStall (a hook that blocks) drops f, and what
 // follows until the queue moves, so that the losses behind it are still
-// released aside and Close is not held up.
+// released aside. From Client.Close on (endWaits) it waits no more.
 func (d *dispatcher) doWait(f func()) {
 	select {
 	case d.q <- f:
@@ -87,10 +89,15 @@ func (d *dispatcher) doWait(f func()) {
 	case <-t.C:
 		d.stuck.Store(true)
 		d.dropped.Add(1)
-	case <-d.quit:
+	case <-d.noWait:
 		d.dropped.Add(1)
 	}
 }
+
+// endWaits makes doWait as do from now on: Client.Close waits for the
+// loss notifier, and must not wait for slow hooks beyond its own bound
+// for the callbacks (stop).
+func (d *dispatcher) endWaits() { close(d.noWait) }
 
 func (d *dispatcher) run() {
 	defer close(d.exited)
