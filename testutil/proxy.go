@@ -68,6 +68,7 @@ type Proxy struct {
 
 	latency  atomic.Int64 // time.Duration, one way
 	received atomic.Int64 // bytes read from either side, for tests
+	turned   atomic.Int64 // connections closed at once by CloseNew
 
 	opMu sync.Mutex // serialises the fault switches and Close
 
@@ -243,6 +244,11 @@ func (p *Proxy) CloseNew(on bool) {
 	defer p.mu.Unlock()
 	p.closeNew = on
 }
+
+// TurnedAway is the number of connections CloseNew has accepted and closed
+// so far: what a connection-cap fault did, for tests that check their
+// faults had an effect.
+func (p *Proxy) TurnedAway() int64 { return p.turned.Load() }
 
 // Conns is the number of connection pairs currently proxied.
 func (p *Proxy) Conns() int {
@@ -450,6 +456,7 @@ func (p *Proxy) connect(client net.Conn) {
 		proxyAbort(client)
 		return
 	case closeNew:
+		p.turned.Add(1)
 		_ = client.Close()
 		return
 	}

@@ -510,9 +510,11 @@ func TestProxyCloseNewAcceptsAndClosesOnlyNewConnections(t *testing.T) {
 	assert.Equal(t, 1, p.Conns())
 	assert.Equal(t, "b", proxyRoundTrip(t, old, "b"), "an established connection must keep working")
 	assert.Equal(t, int32(1), accepted.Load())
+	assert.Equal(t, int64(1), p.TurnedAway(), "the connection it turned away is counted")
 
 	p.CloseNew(false)
 	assert.Equal(t, "c", proxyRoundTrip(t, proxyDial(t, p.Addr()), "c"))
+	assert.Equal(t, int64(1), p.TurnedAway())
 }
 
 func TestProxyResetsClientsWhenTheTargetIsDown(t *testing.T) {

@@ -19,11 +19,14 @@ import (
 // both; a holder checks every few milliseconds and once more right before
 // it calls Release.
 type belief struct {
-	client   int
-	op       string
-	key      string
-	token    string // "" for WithLock, whose token is not visible, until matched
-	node     int    // the key's server, by the Lock's Server()
+	client int
+	op     string
+	key    string
+	token  string // "" for WithLock, whose token is not visible, until matched
+	node   int    // the server the lease is on, by the Lock's Server()
+	// home is the key's server by the Client's placement (ServerFor): a
+	// lease on any other server is a second lock of the same key.
+	home     int
 	sem      bool
 	limit    int
 	start    time.Time
@@ -37,15 +40,19 @@ type belief struct {
 	lost     atomic.Pointer[time.Time]
 	lostErr  atomic.Pointer[string]
 	released bool // the goroutine called Release (or WithLock returned)
-	// For Lock/Semaphore/Ticket holds: Release's error and a reading
-	// taken after it returned (checkReleases).
-	relErr error
-	relRet time.Time
+	// Release's error and a reading taken after it returned
+	// (checkReleases). For WithLock: WithLock's error and return, and
+	// relFrom, a reading taken as fn returned (WithLock's own release runs
+	// between the two, and its error is not returned unless it is a loss).
+	relErr  error
+	relRet  time.Time
+	relFrom time.Time
 
 	// For WithLock: when the call began, and whether its Client read a
 	// token in a grant reply (its tokenTap). The checker matches the belief
-	// with the grant of its key that began between call and start and
-	// whose token the Client read, and sets token (and inferred).
+	// with the grant of its key that began between call and start, whose
+	// token the Client read and that no other belief claims, and sets token
+	// (and inferred); a WithLock with no such grant is a violation.
 	call     time.Time
 	seen     func(token string) bool
 	inferred bool
@@ -61,8 +68,8 @@ const (
 	// ended (invariant d). Generous, for a loaded one-CPU machine.
 	overrunBound = time.Second
 	// starveSlack is how much of a window the pause detector can miss
-	// while the process was starved: its 20 ms threshold and one tick.
-	starveSlack = 20*time.Millisecond + pauseTick
+	// while the process was starved: its threshold and one tick.
+	starveSlack = pauseThreshold + pauseTick
 	// maxStarvedFraction: above this share of the cases checked, cases
 	// excused as starved fail the run (invariant "starved"): the machine
 	// was too loaded for the run to show anything.
@@ -106,9 +113,12 @@ type verdict struct {
 	explain func(node int, from, to time.Time) string
 
 	// WithLock beliefs matched with their grant by their Client's reads
-	// (of which several candidates: the latest taken), and those left to
-	// the grant in force when fn began (no candidate).
-	withLockMatched, withLockSeveral, withLockByTime int
+	// (of which several candidates: the latest taken), and those with no
+	// grant of their own (each a violation).
+	withLockMatched, withLockSeveral, withLockUnmatched int
+	// WithLock releases held to (g), and those it could not check (see
+	// checkReleases).
+	withLockReleaseChecked, withLockReleaseUnchecked int
 
 	inherent     int           // beliefs that outlived a lease a fault killed server-side
 	inherentMax  time.Duration // longest such overhang
@@ -129,20 +139,26 @@ func (v *verdict) starve(inv, format string, args ...any) {
 
 // starvedLease reports whether a belief that outlived its lease's expiry
 // at end (lease ttl), last seen held at last, is explained by the process
-// being starved of CPU: the client must declare the loss at its renewal
-// deadline, which is at or before end − margin, so it had to run at some
-// moment of [end − margin, end]. The evidence must be solid: the detector
-// measured the process unscheduled for all of that window (but for what it
-// cannot see, starveSlack), and the belief ended within a margin after the
-// last of those delays, the time the client needs to catch up.
+// being starved of CPU. The client must declare the loss at its renewal
+// deadline, which is at or before end − margin; from then on a correct
+// client needs no time of its own. The case is excused when the time the
+// process was scheduled (not measured unscheduled) between end − margin and
+// last is at most a margin, the time it is given to catch up, and it was
+// measurably unscheduled at some moment of [end − margin, end], the window
+// in which it had to act (a delay that began after the expiry explains
+// nothing). The rule is monotonic: a belief that ended earlier, or a longer
+// delay, is never worse off. It excuses at most a margin of the client's
+// own lateness past its deadline, so an SDK that ignores its deadline still
+// fails.
 func (v *verdict) starvedLease(end time.Time, ttl time.Duration, last time.Time) bool {
 	if v.paused == nil {
 		return false
 	}
 	m := safetyMargin(ttl)
-	total, _ := v.paused(end.Add(-m), end)
-	_, lastEnd := v.paused(end.Add(-m), last)
-	return m-total <= starveSlack && !last.After(lastEnd.Add(m))
+	from := end.Add(-m)
+	inWindow, _ := v.paused(from, end)
+	total, _ := v.paused(from, last)
+	return inWindow > 0 && last.Sub(from)-total <= m
 }
 
 // marginNote tells how long the process was unscheduled in the window in
@@ -188,7 +204,7 @@ type trimmed struct {
 }
 
 // checkLeases checks invariants (a), (b) and (c) of every belief against the
-// servers' ledgers.
+// servers' ledgers, and that every lease is on its key's server.
 func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killedFunc, fenced bool) {
 	claimed := make(map[string]bool) // tokens that beliefs show
 	for _, b := range beliefs {
@@ -196,6 +212,8 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 			claimed[b.token] = true
 		}
 	}
+	checkPlacement(v, beliefs)
+	matchWithLocks(v, ledgers, beliefs, claimed)
 	var cut []trimmed
 	for _, b := range beliefs {
 		v.believed++
@@ -203,26 +221,10 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 			v.violate("a", "%s %q: held on an unknown server", b.op, b.key)
 			continue
 		}
-		lg := ledgers[b.node]
-		var g *grant
-		switch {
-		case b.token != "":
-			g = lg.find(b.token)
-		case b.seen != nil:
-			var n int
-			if g, n = withLockGrant(lg, b, claimed); g != nil {
-				b.token, b.inferred = g.token, true
-				v.withLockMatched++
-				if n > 1 {
-					v.withLockSeveral++
-				}
-				break
-			}
-			fallthrough
-		default:
-			g = lg.inForce(b.key, b.start)
-			v.withLockByTime++
+		if b.token == "" {
+			continue // a WithLock with no grant of its own: matchWithLocks reported it
 		}
+		g := ledgers[b.node].find(b.token)
 		if g == nil || g.key != b.key || b.start.Before(g.start) {
 			v.violate("a", "%s %q token %s (client %d, server %d): believed held from %s with no server grant in force",
 				b.op, b.key, short(b.token), b.client, b.node, stamp(b.start))
@@ -293,12 +295,43 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 	v.overlapsKill = sub.total()
 }
 
-// withLockGrant returns the grant of a WithLock belief: of the grants of
-// its key that the server made between the call and the function's start,
-// whose token the belief's Client read and no other belief shows, the
-// latest (the one it held when the function began; earlier ones are
-// acquires of the same Client that gave up, such as a Lock whose context
-// ended as it was granted). It reports how many there were; nil if none.
+// matchWithLocks gives each WithLock belief its grant (token, inferred):
+// of the grants of its key that the server made between the call and the
+// function's start, whose token the belief's Client read and that no other
+// belief claims, the latest (the one it held when the function began;
+// earlier ones are acquires of the same Client that gave up, such as a
+// Lock whose context ended as it was granted). Beliefs are matched in the
+// order their functions began, and a grant matched is claimed, so two
+// WithLocks of one Client never share a grant. A WithLock left without a
+// grant ran fn under no lock of its own (another caller's grant in force
+// then proves nothing): a violation of (a).
+func matchWithLocks(v *verdict, ledgers []*ledger, beliefs []*belief, claimed map[string]bool) {
+	var wl []*belief
+	for _, b := range beliefs {
+		if b.token == "" && b.seen != nil && b.node >= 0 && b.node < len(ledgers) {
+			wl = append(wl, b)
+		}
+	}
+	slices.SortStableFunc(wl, func(a, b *belief) int { return a.start.Compare(b.start) })
+	for _, b := range wl {
+		g, n := withLockGrant(ledgers[b.node], b, claimed)
+		if g == nil {
+			v.withLockUnmatched++
+			v.violate("a", "%s %q (client %d, server %d): fn ran from %s (called %s) with no grant of the key made during the call that its Client read and no other belief claims%s",
+				b.op, b.key, b.client, b.node, stamp(b.start), stamp(b.call), v.context(b.node, b.call, b.start))
+			continue
+		}
+		b.token, b.inferred = g.token, true
+		claimed[g.token] = true
+		v.withLockMatched++
+		if n > 1 {
+			v.withLockSeveral++
+		}
+	}
+}
+
+// withLockGrant returns the grant of a WithLock belief (see
+// matchWithLocks) and how many candidates there were; nil if none.
 func withLockGrant(lg *ledger, b *belief, claimed map[string]bool) (*grant, int) {
 	var found *grant
 	n := 0
@@ -310,6 +343,26 @@ func withLockGrant(lg *ledger, b *belief, claimed map[string]bool) (*grant, int)
 		found = g // grant order
 	}
 	return found, n
+}
+
+// checkPlacement checks that every lease of a key is on the key's one
+// server: the server its Client's placement names (home), the same for
+// every Client. A key held on two servers is two locks (a routing bug);
+// exclusion, checked per key across servers, catches only the cases where
+// both were held at once.
+func checkPlacement(v *verdict, beliefs []*belief) {
+	first := make(map[string]*belief)
+	for _, b := range beliefs {
+		if b.node != b.home {
+			v.violate("placement", "%s %q token %s (client %d): held on server %d, but the key's server is %d",
+				b.op, b.key, short(b.token), b.client, b.node, b.home)
+		}
+		if f, ok := first[b.key]; !ok {
+			first[b.key] = b
+		} else if f.home != b.home {
+			v.violate("placement", "%q: client %d places it on server %d, client %d on server %d", b.key, f.client, f.home, b.client, b.home)
+		}
+	}
 }
 
 func isKill(g *grant, killed killedFunc) bool {
@@ -371,19 +424,20 @@ func checkStarvation(v *verdict, calls int) {
 }
 
 // checkExclusion checks invariant (b): at no instant two holders of a lock
-// key, or more holders of a semaphore key than its limit.
+// key, or more holders of a semaphore key than its limit. Holders are
+// grouped by key alone, whatever server they hold it on: to the
+// application a key held on two servers at once has two holders.
 func checkExclusion(v *verdict, cut []trimmed) {
 	type keyID struct {
-		node int
-		key  string
-		sem  bool
+		key string
+		sem bool
 	}
 	byKey := make(map[keyID][]trimmed)
 	for _, t := range cut {
 		if t.end.Before(t.start) {
 			continue
 		}
-		id := keyID{t.b.node, t.b.key, t.b.sem}
+		id := keyID{t.b.key, t.b.sem}
 		byKey[id] = append(byKey[id], t)
 	}
 	for id, ts := range byKey {
@@ -422,9 +476,9 @@ func checkExclusion(v *verdict, cut []trimmed) {
 			if n > limit {
 				var who []string
 				for _, t := range active {
-					who = append(who, fmt.Sprintf("client %d %s token %s [%s, %s]", t.b.client, t.b.op, short(t.b.token), stamp(t.start), stamp(t.end)))
+					who = append(who, fmt.Sprintf("client %d %s token %s on server %d [%s, %s]", t.b.client, t.b.op, short(t.b.token), t.b.node, stamp(t.start), stamp(t.end)))
 				}
-				v.violate("b", "%q on server %d: %d holders (limit %d) at %s: %s", id.key, id.node, n, limit, stamp(e.at), strings.Join(who, "; "))
+				v.violate("b", "%q: %d holders (limit %d) at %s: %s", id.key, n, limit, stamp(e.at), strings.Join(who, "; "))
 			}
 		}
 	}

@@ -44,6 +44,8 @@ func held(key, token string, fromMS, toMS int) *belief {
 
 func noKills(int, time.Time) bool { return false }
 
+func noFaults(int, time.Time, time.Time) bool { return false }
+
 func TestCheckerAcceptsBeliefsInsideTheirGrants(t *testing.T) {
 	lg := fakeLedger(0,
 		ev(testutil.AuditGrant, "k", "a", 0, 1000),
@@ -324,12 +326,14 @@ func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
 	assert.Zero(t, v.total(), "%v", v.examples)
 	assert.Equal(t, 1, v.withLockSeveral)
 
-	// A grant another belief shows is not the WithLock's, and with no
-	// candidate left the belief falls back to the grant in force.
+	// A grant another belief shows is not the WithLock's; with no
+	// candidate left, its fn ran under no grant of its own: a violation
+	// (not a match with the grant in force, which is the other belief's).
 	v = newVerdict()
 	checkLeases(v, []*ledger{lg}, []*belief{held("k", "b", 13, 20), withLockHeld(0, "k", 11, 30, 38, "b")}, noKills, false)
 	assert.Equal(t, 0, v.withLockMatched)
-	assert.Equal(t, 1, v.withLockByTime)
+	assert.Equal(t, 1, v.withLockUnmatched)
+	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
 }
 
 // pausesAt is a pausedFunc for made-up delays, given in ms as [from, to] pairs.
@@ -378,8 +382,18 @@ func TestCheckerExcusesOnlyWellEvidencedStarvation(t *testing.T) {
 	v = check(pausesAt(100, 880), 1040)
 	assert.Equal(t, 1, v.counts["a"])
 	assert.Zero(t, v.starved["a"])
-	// Half the margin unscheduled: it had 50 ms.
+	// Half the margin unscheduled and believed until 1060: it was
+	// scheduled for 110 ms after its deadline (900) and still believed,
+	// more than the margin it is given to catch up.
+	v = check(pausesAt(850, 950), 1060)
+	assert.Equal(t, 1, v.counts["a"])
+	// The same delay, believed until 1040: scheduled for 90 ms since 900,
+	// within a margin: starved.
 	v = check(pausesAt(850, 950), 1040)
+	assert.Equal(t, 1, v.starved["a"], "%v", v.examples)
+	// A delay after the expiry: the client could run through all of the
+	// window in which it had to act.
+	v = check(pausesAt(1000, 1050), 1040)
 	assert.Equal(t, 1, v.counts["a"])
 	// Starved through the margin, but believed on long after the delay
 	// ended (more than a margin): the client was late on its own.

@@ -31,6 +31,7 @@ type node struct {
 	ledger *ledger
 
 	mu         sync.Mutex // guards the proxy fault state below
+	stopped    int        // active stop + restart faults
 	blackholes int
 	refusals   int
 	capped     int                   // active connection-cap faults
@@ -191,6 +192,12 @@ var faultNames = [numFaultKinds]string{
 
 func (k faultKind) String() string { return faultNames[k] }
 
+// needsConns reports whether the fault acts on the connections a server or
+// its proxy has when it begins: it hits a running server, and it had an
+// effect if there were any. Kinds that turn away new connections (refuse,
+// conn cap) have an effect only if a Client happens to dial meanwhile.
+func (k faultKind) needsConns() bool { return k != faultRefuse && k != faultConnCap }
+
 // kills reports whether the fault ends server-side leases by closing their
 // connections (or the server): the client can only learn of that afterwards.
 func (k faultKind) kills() bool { return k == faultDrop || k == faultRestart || k == faultReset }
@@ -203,6 +210,12 @@ type faultWindow struct {
 	start, end time.Time
 	dur        time.Duration // for a restart: the whole outage
 	kill       time.Time     // for a blackhole: when its connections were reset
+	// effect is what the fault did: for the kinds that need connections,
+	// how many the server (drop, restart, stall) or the proxy (the others)
+	// had when it began (node.conns); for a conn cap, the connections it
+	// turned away.
+	// Dials refused are counted by the Clients' taps (refusedDials).
+	effect int
 }
 
 // faulter injects faults on random servers, overlapping, until its context
@@ -213,6 +226,11 @@ type faulter struct {
 	rng   *rand.Rand // used by the scheduling goroutine only
 	mean  time.Duration
 	kinds []faultKind // the kinds it draws from
+	// round is what is left of the current round: every kind once, in a
+	// random order, so that each is injected as often as the others and a
+	// short phase still sees every kind; rounds counts the rounds begun.
+	round  []faultKind
+	rounds int
 
 	mu      sync.Mutex
 	windows []faultWindow
@@ -248,9 +266,24 @@ func parseKinds(s string) ([]faultKind, error) {
 
 // run schedules faults until ctx ends, then waits for every active fault to
 // undo itself and heals the cluster: every server running, every proxy clean.
+//
+// Faults start at exponentially distributed gaps (mean f.mean), their kinds
+// in rounds of every kind in a shuffled order. In the first round, gaps are
+// shortened where needed to fit every kind before ctx's deadline (a CI phase
+// of 8 s with a mean of 1.2 s would otherwise leave some kinds out).
 func (f *faulter) run(ctx context.Context) {
+	deadline, bounded := ctx.Deadline()
 	for {
 		gap := time.Duration(f.rng.ExpFloat64() * float64(f.mean))
+		if bounded && f.rounds <= 1 {
+			left := len(f.round)
+			if f.rounds == 0 {
+				left = len(f.kinds)
+			}
+			if left > 0 {
+				gap = min(gap, time.Until(deadline)/time.Duration(left+1))
+			}
+		}
 		select {
 		case <-ctx.Done():
 			f.wg.Wait()
@@ -258,8 +291,8 @@ func (f *faulter) run(ctx context.Context) {
 			return
 		case <-time.After(gap):
 		}
-		nd := f.cl.nodes[f.rng.IntN(len(f.cl.nodes))]
-		kind := f.kinds[f.rng.IntN(len(f.kinds))]
+		kind := f.nextKind()
+		nd := f.pickNode(kind)
 		d := f.duration(kind)
 		lat := time.Duration(20+f.rng.IntN(380)) * time.Millisecond
 		f.wg.Add(1)
@@ -268,6 +301,53 @@ func (f *faulter) run(ctx context.Context) {
 			f.inject(ctx, nd, kind, d, lat)
 		}()
 	}
+}
+
+// nextKind takes the next kind of the current round, starting a new
+// shuffled round when it is used up.
+func (f *faulter) nextKind() faultKind {
+	if len(f.round) == 0 {
+		f.round = slices.Clone(f.kinds)
+		f.rng.Shuffle(len(f.round), func(i, j int) { f.round[i], f.round[j] = f.round[j], f.round[i] })
+		f.rounds++
+	}
+	k := f.round[0]
+	f.round = f.round[1:]
+	return k
+}
+
+// pickNode draws the server for a fault of kind: for kinds that act on
+// existing connections, one that is not stopped and has connections for it
+// to act on, if there is one (a drop on a stopped server, or a reset right
+// after another one, does nothing). So a kind has no effect in a phase only
+// if, every time it was drawn, no server had a connection.
+func (f *faulter) pickNode(kind faultKind) *node {
+	nodes := f.cl.nodes
+	if kind.needsConns() {
+		var up []*node
+		for _, nd := range nodes {
+			nd.mu.Lock()
+			stopped := nd.stopped > 0
+			nd.mu.Unlock()
+			if !stopped && nd.conns(kind) > 0 {
+				up = append(up, nd)
+			}
+		}
+		if len(up) > 0 {
+			nodes = up
+		}
+	}
+	return nodes[f.rng.IntN(len(nodes))]
+}
+
+// conns counts the connections a fault of kind would act on: the server's
+// for the server's own faults, the proxy's for the network's.
+func (nd *node) conns(kind faultKind) int {
+	switch kind {
+	case faultDrop, faultRestart, faultStallShort, faultStallLong:
+		return nd.srv.Stats().Connections
+	}
+	return nd.proxy.Conns()
 }
 
 // duration draws how long a fault of kind lasts (an outage, for a restart).
@@ -302,10 +382,21 @@ func (f *faulter) inject(ctx context.Context, nd *node, kind faultKind, d, lat t
 		}
 	}
 	w := faultWindow{node: nd.idx, kind: kind, start: time.Now(), dur: d}
+	if kind.needsConns() {
+		w.effect = nd.conns(kind)
+	}
 	switch kind {
 	case faultDrop:
 		nd.srv.DropConnections()
 	case faultRestart:
+		nd.mu.Lock()
+		nd.stopped++
+		nd.mu.Unlock()
+		defer func() {
+			nd.mu.Lock()
+			nd.stopped--
+			nd.mu.Unlock()
+		}()
 		if err := nd.srv.Stop(); err != nil {
 			f.fail(fmt.Errorf("stop server %d: %w", nd.idx, err))
 		}
@@ -346,9 +437,11 @@ func (f *faulter) inject(ctx context.Context, nd *node, kind faultKind, d, lat t
 		hold()
 		nd.refuse(false)
 	case faultConnCap:
+		before := nd.proxy.TurnedAway()
 		nd.capNew(true)
 		hold()
 		nd.capNew(false)
+		w.effect = int(nd.proxy.TurnedAway() - before) // overlapping caps on one server share their count
 	}
 	if w.end.IsZero() {
 		w.end = time.Now()
@@ -371,7 +464,7 @@ func (f *faulter) heal() {
 			f.fail(fmt.Errorf("heal: restart server %d: %w", nd.idx, err))
 		}
 		nd.mu.Lock()
-		nd.blackholes, nd.refusals, nd.capped = 0, 0, 0
+		nd.stopped, nd.blackholes, nd.refusals, nd.capped = 0, 0, 0, 0
 		clear(nd.latencies)
 		nd.proxy.Blackhole(false)
 		nd.proxy.RefuseNew(false)

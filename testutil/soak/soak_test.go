@@ -52,6 +52,8 @@ type phaseResult struct {
 	phase
 	rec       *recorder
 	faults    [numFaultKinds]int
+	effects   [numFaultKinds]int // what the faults did (faultWindow.effect), by kind
+	effective [numFaultKinds]int // faults that had an effect, by kind
 	faultErrs []error
 	v         *verdict
 	sig       signalFigures
@@ -195,9 +197,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	f.run(fctx)
 	fcancel()
 	res.faultErrs = f.errs
-	for _, w := range f.windows {
-		res.faults[w.kind]++
-	}
+	checkFaultCoverage(res, f, taps, cl)
 
 	// Every client works again on every server (the workload keeps running).
 	healed := time.Now()
@@ -258,7 +258,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	res.v.paused = pd.paused
 	checkServerGrants(res.v, ledgers(cl), ph.fencing)
 	checkLeases(res.v, ledgers(cl), rec.beliefs, killed, ph.fencing)
-	checkReleases(res.v, ledgers(cl), rec.beliefs)
+	checkReleases(res.v, ledgers(cl), rec.beliefs, f.anyFaultDuring)
 	checkUnexplainedLosses(res.v, ledgers(cl), rec.beliefs, f.faultedDuring)
 	if ph.signals {
 		rec.mu.Lock()
@@ -288,10 +288,15 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	return res
 }
 
-// pauseDetector measures how late a goroutine that sleeps 5 ms wakes up:
-// when the process is starved of CPU (a loaded one-CPU runner, -race, GC),
-// every timer fires that late, the renewal scheduler's included. It lets a
-// report tell a starved machine from a late client.
+// pauseDetector measures how late a timer's work runs: every pauseTick a
+// time.AfterFunc callback sends its due time on a channel to the detector's
+// goroutine, which records how late it got it. That is the shape of the
+// SDK's renewal scheduler (a timer wakes one goroutine, which does the
+// renewals), so the delay it sees is the timer's and the run queue's, not
+// only the process's: when the process is starved of CPU (a loaded runner,
+// -race, GC), or its goroutines queue for a processor, the scheduler's
+// renewals are that late too. It lets a report tell a starved machine from
+// a late client.
 type pauseDetector struct {
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -305,30 +310,40 @@ type pause struct {
 	from, to time.Time
 }
 
-const pauseTick = 5 * time.Millisecond
+const (
+	pauseTick = 5 * time.Millisecond
+	// pauseThreshold: a delay the detector records. Below it, lateness is
+	// the ordinary jitter of timers and of -race.
+	pauseThreshold = 20 * time.Millisecond
+)
 
 func startPauseDetector() *pauseDetector {
 	pd := &pauseDetector{done: make(chan struct{})}
 	pd.wg.Add(1)
 	go func() {
 		defer pd.wg.Done()
-		t := time.NewTimer(pauseTick)
-		defer t.Stop()
-		for {
+		fired := make(chan time.Time, 1) // one timer is pending at a time
+		arm := func() *time.Timer {
 			due := time.Now().Add(pauseTick)
-			t.Reset(pauseTick)
+			return time.AfterFunc(pauseTick, func() { fired <- due })
+		}
+		t := arm()
+		defer func() { t.Stop() }()
+		for {
+			var due time.Time
 			select {
 			case <-pd.done:
 				return
-			case <-t.C:
+			case due = <-fired:
 			}
 			now := time.Now()
-			if late := now.Sub(due); late > 20*time.Millisecond {
+			if late := now.Sub(due); late > pauseThreshold {
 				pd.mu.Lock()
 				pd.pauses = append(pd.pauses, pause{due, now})
 				pd.max = max(pd.max, late)
 				pd.mu.Unlock()
 			}
+			t = arm()
 		}
 	}()
 	return pd
@@ -390,10 +405,10 @@ func (pd *pauseDetector) describe(from, to time.Time) string {
 		}
 	}
 	if worst.from.IsZero() {
-		return fmt.Sprintf("no scheduling delay over 20ms in [%s, %s]", stamp(from), stamp(to))
+		return fmt.Sprintf("no scheduling delay over %s in [%s, %s]", pauseThreshold, stamp(from), stamp(to))
 	}
-	return fmt.Sprintf("the process went unscheduled for %s at [%s, %s]; in [%s, %s] %d delay(s) over 20ms, %s in all",
-		worst.to.Sub(worst.from), stamp(worst.from), stamp(worst.to), stamp(from), stamp(to), n, total)
+	return fmt.Sprintf("the process went unscheduled for %s at [%s, %s]; in [%s, %s] %d delay(s) over %s, %s in all",
+		worst.to.Sub(worst.from), stamp(worst.from), stamp(worst.to), stamp(from), stamp(to), n, pauseThreshold, total)
 }
 
 func ledgers(cl *cluster) []*ledger {
@@ -565,6 +580,68 @@ func markers(v *verdict, c *dflock.Client, cl *cluster, s *subRecord, rec *recor
 	}
 }
 
+// minCoverage is the shortest phase that must inject every fault kind
+// (run fits them all in, however short the phase; below this the gaps
+// would overlap every fault with every other).
+const minCoverage = 2 * time.Second
+
+// checkFaultCoverage counts the faults of the phase and what they did, and
+// fails the phase (invariant "faults") if a kind was never injected, or if
+// a kind that acts on existing connections never found any: a soak that
+// did not exercise a fault shows nothing about it. Refusals and conn caps
+// act only on dials, which the Clients make when they need to, so their
+// effects (dials refused, connections turned away) are reported, not
+// required.
+func checkFaultCoverage(res *phaseResult, f *faulter, taps []*tokenTap, cl *cluster) {
+	f.mu.Lock()
+	windows := slices.Clone(f.windows)
+	f.mu.Unlock()
+	for _, w := range windows {
+		effect := w.effect
+		if w.kind == faultRefuse {
+			addr := cl.nodes[w.node].proxy.Addr()
+			for _, t := range taps {
+				effect += t.refusedDials(addr, w.start, w.end)
+			}
+		}
+		res.faults[w.kind]++
+		res.effects[w.kind] += effect
+		if effect > 0 {
+			res.effective[w.kind]++
+		}
+	}
+	if res.duration < minCoverage {
+		return
+	}
+	for _, k := range f.kinds {
+		switch {
+		case res.faults[k] == 0:
+			res.v.violate("faults", "%q was never injected in a phase of %s", k, res.duration)
+		case k.needsConns() && res.effective[k] == 0:
+			res.v.violate("faults", "%q was injected %d time(s) and never found a connection to act on", k, res.faults[k])
+		}
+	}
+}
+
+// effectUnit names what faultWindow.effect counts for kind.
+func effectUnit(k faultKind) string {
+	switch k {
+	case faultDrop, faultRestart:
+		return "connections closed by the server"
+	case faultStallShort, faultStallLong:
+		return "connections stalled"
+	case faultRefuse:
+		return "dials refused"
+	case faultConnCap:
+		return "connections turned away"
+	case faultReset:
+		return "connections reset"
+	case faultBlackholeReset:
+		return "connections partitioned, then reset"
+	}
+	return "connections held up"
+}
+
 // figures renders the closing table.
 func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 	var b strings.Builder
@@ -598,10 +675,10 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 		lostHook := r.rec.lostHook.Load()
 		r.rec.mu.Unlock()
 
-		p("faults (by kind):\n")
+		p("faults (by kind): injected, with an effect, effect\n")
 		nf := 0
 		for k := range numFaultKinds {
-			p("  %-20s %5d\n", k, r.faults[k])
+			p("  %-20s %5d %5d  %d %s\n", k, r.faults[k], r.effective[k], r.effects[k], effectUnit(k))
 			nf += r.faults[k]
 		}
 		p("  %-20s %5d\n", "total", nf)
@@ -634,8 +711,10 @@ func figures(results []*phaseResult, seed uint64, total time.Duration) string {
 				p("    worst: %s\n", ls[0].note)
 			}
 		}
-		p("  WithLock beliefs matched with their grant by the tokens their Client read: %d (the latest of several: %d); by the grant in force when fn began: %d\n",
-			r.v.withLockMatched, r.v.withLockSeveral, r.v.withLockByTime)
+		p("  WithLock beliefs matched with their grant by the tokens their Client read: %d (the latest of several: %d); with no grant of their own (violations): %d\n",
+			r.v.withLockMatched, r.v.withLockSeveral, r.v.withLockUnmatched)
+		p("  WithLock releases checked by (g): %d; not checkable (a fault on the server, or the release bound reached): %d\n",
+			r.v.withLockReleaseChecked, r.v.withLockReleaseUnchecked)
 		p("  beliefs that outlived a lease killed server-side: %d (longest %s); resulting holder overlaps: %d\n",
 			r.v.inherent, r.v.inherentMax, r.v.overlapsKill)
 		if len(overruns) > 0 {

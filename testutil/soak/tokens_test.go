@@ -3,8 +3,11 @@ package soak
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // tokenTap records every grant token a Client reads from its servers. It
@@ -17,12 +20,31 @@ import (
 // the function began) pins a WithLock whose own lease a fault had already
 // killed on the next holder's grant, and reports two holders where there
 // was one holder and one stale belief.
+//
+// It also records the dials a server's address refused (ECONNREFUSED),
+// which is what a "refuse new conns" fault does (refusedDials).
 type tokenTap struct {
-	mu   sync.Mutex
-	seen map[string]struct{}
+	mu      sync.Mutex
+	seen    map[string]struct{}
+	refused map[string][]time.Time // by address
 }
 
-func newTokenTap() *tokenTap { return &tokenTap{seen: make(map[string]struct{})} }
+func newTokenTap() *tokenTap {
+	return &tokenTap{seen: make(map[string]struct{}), refused: make(map[string][]time.Time)}
+}
+
+// refusedDials counts the dials to addr refused within [from, to].
+func (t *tokenTap) refusedDials(addr string, from, to time.Time) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, at := range t.refused[addr] {
+		if !at.Before(from) && !at.After(to) {
+			n++
+		}
+	}
+	return n
+}
 
 // has reports whether the Client read token in a grant reply.
 func (t *tokenTap) has(token string) bool {
@@ -37,6 +59,12 @@ func (t *tokenTap) dial(ctx context.Context, network, addr string) (net.Conn, er
 	var d net.Dialer
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			now := time.Now()
+			t.mu.Lock()
+			t.refused[addr] = append(t.refused[addr], now)
+			t.mu.Unlock()
+		}
 		return nil, err
 	}
 	return &tapConn{Conn: c, tap: t}, nil

@@ -307,7 +307,11 @@ func (w *worker) semaphore() {
 func (w *worker) withLock() {
 	key := lockKey(w.rng.IntN(numLockKeys))
 	cc := w.newCtx()
-	b := &belief{client: w.client, op: "WithLock", key: key, node: w.cl.index(w.c.ServerFor(key))}
+	// WithLock does not show its server: its belief is on the key's server,
+	// and is matched with a grant there that its Client read, so a WithLock
+	// routed elsewhere finds none.
+	home := w.cl.index(w.c.ServerFor(key))
+	b := &belief{client: w.client, op: "WithLock", key: key, node: home, home: home}
 	start := time.Now()
 	b.call, b.seen = start, w.tap.has
 	var ran atomic.Bool
@@ -322,9 +326,15 @@ func (w *worker) withLock() {
 			}
 		})
 		w.believe(b, ctx.Done(), nil)
+		b.relFrom = time.Now()
 		return nil
 	}, w.lease())
 	ret := time.Now()
+	if ran.Load() {
+		// WithLock released after fn: its nil promises that release as
+		// Release's does (checkReleases, invariant g).
+		b.relErr, b.relRet = err, ret
+	}
 	// WithLock releases with its own bound (DefaultReleaseTimeout) after
 	// fn: it may outlive ctx by that much, so it is measured apart.
 	if ended, ok := cc.ended(); ok && ret.Sub(ended) > 0 {
@@ -453,7 +463,7 @@ type ticket struct {
 // renewing it now and then, and releases it.
 func (w *worker) hold(op string, l lease, limit int) {
 	b := &belief{client: w.client, op: op, key: l.Key(), token: l.Token(), node: w.cl.index(l.Server()),
-		sem: limit > 0, limit: limit}
+		home: w.cl.index(w.c.ServerFor(l.Key())), sem: limit > 0, limit: limit}
 	b.fence, b.hasFence = l.Fence()
 	context.AfterFunc(l.Context(), func() {
 		now := time.Now()
