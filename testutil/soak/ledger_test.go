@@ -103,20 +103,6 @@ func (l *ledger) find(token string) *grant {
 	return l.byToken[token]
 }
 
-// inForce returns the grant of key that was held at t (the latest one that
-// started at or before t), or nil.
-func (l *ledger) inForce(key string, t time.Time) *grant {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	gs := l.byKey[key]
-	for i := len(gs) - 1; i >= 0; i-- {
-		if !gs[i].start.After(t) {
-			return gs[i]
-		}
-	}
-	return nil
-}
-
 // between returns the grants of key that began in [from, to].
 func (l *ledger) between(key string, from, to time.Time) []*grant {
 	l.mu.Lock()
