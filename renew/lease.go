@@ -2,6 +2,7 @@ package renew
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,9 +42,10 @@ type Lease struct {
 	deadline  int64 // loss deadline: confirmed + ttl − margin
 	confirmed int64 // send time of the last confirmed grant/renew
 	oprev     *Lease
-	onext     *Lease // intrusive list of the owner's leases
-	cancel    context.CancelCauseFunc
+	onext     *Lease                  // intrusive list of the owner's leases
+	cancel    context.CancelCauseFunc // nil unless Context was made before the end
 	ctx       context.Context
+	fin       sync.Once // finish
 
 	err error // written once, before ended is set and done closed
 	// done is made by the first call of Done, already closed if the lease
@@ -86,23 +88,39 @@ func (l *Lease) Counters() *Counters { return l.counters }
 // Done is closed when the lease ends: lost, or untracked for release. It is
 // created on first use.
 func (l *Lease) Done() <-chan struct{} {
+	if l.ended.Load() {
+		l.finish() // the Context made before is cancelled first
+		return l.endedDone()
+	}
 	s := l.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l.done == nil {
-		if l.state != stateTracked {
-			l.done = closedDone
-		} else {
-			l.done = make(chan struct{})
-		}
+	if l.state != stateTracked { // ended meanwhile
+		s.mu.Unlock()
+		l.finish()
+		return l.endedDone()
 	}
-	return l.done
+	if l.done == nil {
+		l.done = make(chan struct{})
+	}
+	d := l.done
+	s.mu.Unlock()
+	return d
+}
+
+// endedDone is the Done of an ended lease: the one made before the end
+// (closed by finish), or closedDone. l.done is not written after the end.
+func (l *Lease) endedDone() <-chan struct{} {
+	if l.done != nil {
+		return l.done
+	}
+	return closedDone
 }
 
 // Err is nil while Done is open; after loss it matches ErrLost (and wraps the
 // cause); after Untrack it is ErrReleased.
 func (l *Lease) Err() error {
 	if l.ended.Load() {
+		l.finish() // nobody sees the end before Context and Done do
 		return l.err
 	}
 	return nil
@@ -113,16 +131,44 @@ func (l *Lease) Err() error {
 func (l *Lease) Context() context.Context {
 	s := l.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if l.ctx == nil {
-		l.ctx, l.cancel = context.WithCancelCause(context.Background())
-		if l.state != stateTracked {
-			// Already ended; the finaliser may or may not have run, so
-			// cancel here (cancelling twice is harmless).
-			l.cancel(l.err)
+		ctx, cancel := context.WithCancelCause(context.Background())
+		l.ctx = ctx
+		if l.state == stateTracked {
+			l.cancel = cancel // finish cancels it
+		} else {
+			// Made after the end: cancelled now, and l.cancel, which
+			// finish reads without s.mu, is not written after the end.
+			cancel(l.err)
 		}
 	}
-	return l.ctx
+	ctx := l.ctx
+	ended := l.state != stateTracked
+	s.mu.Unlock()
+	if ended {
+		l.finish()
+	}
+	return ctx
+}
+
+// finish completes the end of the lease once endLocked has ended it:
+// cancels the Context, then closes Done, so that whoever wakes on Done
+// finds the Context cancelled. Whoever ends the lease calls it after
+// releasing s.mu, and so does whoever observes the end (Err, Done,
+// Context, Untrack, the notifier before OnLost): it runs once, and a
+// caller returns only when it has run.
+func (l *Lease) finish() {
+	if l.cancel == nil && l.done == nil {
+		return // neither was made before the end: nothing to do
+	}
+	l.fin.Do(func() {
+		if l.cancel != nil {
+			l.cancel(l.err)
+		}
+		if l.done != nil {
+			close(l.done)
+		}
+	})
 }
 
 // Untrack stops renewing the lease (before the caller releases it), closing
@@ -133,12 +179,13 @@ func (l *Lease) Untrack() bool {
 	s.mu.Lock()
 	if l.state != stateTracked {
 		s.mu.Unlock()
+		l.finish() // ended by another goroutine, which may not have finished
 		return false
 	}
 	s.unlinkLocked(l)
-	e := s.endLocked(l, stateReleased, ErrReleased)
+	s.endLocked(l, stateReleased, ErrReleased)
 	s.mu.Unlock()
-	e.finish()
+	l.finish()
 	return true
 }
 

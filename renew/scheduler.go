@@ -2,7 +2,6 @@ package renew
 
 import (
 	"container/heap"
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -72,7 +71,7 @@ type Scheduler struct {
 	// Used by the scheduler goroutine only (no lock needed for the slices'
 	// contents; ownerState.renew/rel/inRound are likewise goroutine-only).
 	requeue []*Lease
-	ending  []ending // the leases tick ended, to finish after s.mu
+	ended   []*Lease // the leases tick ended, to finish after s.mu
 	round   []*ownerState
 
 	wake   chan struct{}
@@ -306,21 +305,21 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 	if st.n >= 64 && st.n >= len(s.heap)/16 {
 		s.heap.removeOwner(o) // then endLocked finds them out of the heap
 	}
-	var es []ending
+	ended := make([]*Lease, 0, st.n)
 	errs := make([]LostError, st.n) // one allocation, not one per lease
 	for l := st.head; l != nil; {
 		next := l.onext
 		l.oprev, l.onext = nil, nil
-		e := &errs[len(errs)-1]
-		errs = errs[:len(errs)-1]
+		e := &errs[len(ended)]
 		*e = LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause}
-		es = addEnding(es, s.endLocked(l, stateLost, e))
+		s.endLocked(l, stateLost, e)
+		ended = append(ended, l)
 		l = next
 	}
 	st.head, st.n = nil, 0
 	delete(s.owners, o)
 	s.mu.Unlock()
-	finishAll(es)
+	finishAll(ended)
 }
 
 // Close stops the scheduler and returns the leases it still held (not lost),
@@ -349,10 +348,9 @@ func (s *Scheduler) Close() []*Lease {
 		l.idx = -1
 	}
 	s.heap = nil
-	var es []ending
 	for _, l := range held {
 		l.oprev, l.onext = nil, nil
-		es = addEnding(es, s.endLocked(l, stateReleased, ErrReleased))
+		s.endLocked(l, stateReleased, ErrReleased)
 	}
 	clear(s.owners)
 	s.idle = [len(s.idle)]idleOwner{}
@@ -361,7 +359,7 @@ func (s *Scheduler) Close() []*Lease {
 	// lease lost without a notification.
 	s.notifyShut = true
 	s.mu.Unlock()
-	finishAll(es)
+	finishAll(held)
 	s.notifyWG.Wait()
 	return held
 }
@@ -440,7 +438,8 @@ func (s *Scheduler) tick() {
 		case l.deadline <= now:
 			st := s.owners[l.owner]
 			s.unlinkLocked(l)
-			s.ending = addEnding(s.ending, s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)}))
+			s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
+			s.ended = append(s.ended, l)
 			s.addToRound(st)
 			st.rel = append(st.rel, l)
 		case l.inflight == 0 && l.renewAt <= addSat(now, min(int64(s.cfg.window), s.early(l))):
@@ -475,6 +474,12 @@ func (s *Scheduler) tick() {
 	}
 	s.armTimerLocked(armed)
 	s.mu.Unlock()
+	// Before any write: a lease's best-effort release below frees the lock
+	// for the next holder, whose work must not overlap this holder's
+	// (a WithLock's function, whose context derives from the lease's).
+	finishAll(s.ended)
+	clear(s.ended)
+	s.ended = s.ended[:0]
 
 	counted := false // this round in Stats.Rounds
 	for _, st := range s.round {
@@ -519,11 +524,6 @@ func (s *Scheduler) tick() {
 	}
 	clear(s.round)
 	s.round = s.round[:0]
-	// The renewals first: the leases ended here are past their deadlines
-	// (Err says so already), the others are not yet.
-	finishAll(s.ending)
-	clear(s.ending)
-	s.ending = s.ending[:0]
 }
 
 // dropEnded takes out of st's batch the leases that ended since the round
@@ -648,10 +648,10 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		return out, nil
 	}
 	s.unlinkLocked(l)
-	e := s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
+	s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 	lerr := l.err
 	s.mu.Unlock()
-	e.finish()
+	l.finish()
 	return out, lerr
 }
 
@@ -717,62 +717,38 @@ func (s *Scheduler) wakeIfEarlierLocked(t int64) {
 }
 
 // endLocked ends a tracked lease (already unlinked from its owner): out of
-// the heap, Err set, the loss counted and queued for its OnLost. It
-// returns the rest, for the caller to do once it has released s.mu:
-// cancelling the lease's Context runs every context derived from it and
-// starts a goroutine per context.AfterFunc on it (WithLock registers one),
-// which for the thousands of leases of one broken connection kept the
-// mutex — and with it the renewal round and every reply — for hundreds of
-// milliseconds: a margin's worth of lateness for another lease's loss.
-func (s *Scheduler) endLocked(l *Lease, state uint8, err error) ending {
+// the heap, Err set, the loss counted and queued for its OnLost. The rest —
+// cancelling its Context, closing its Done — is finish, which the caller
+// runs once it has released s.mu: cancelling runs every context derived
+// from the lease's and starts a goroutine per context.AfterFunc on it
+// (WithLock registers one), which for the thousands of leases of one broken
+// connection kept the mutex — and with it the renewal round and every
+// reply — for hundreds of milliseconds, a margin's worth of lateness for
+// another lease's loss. Whoever observes the end first (Err, Done,
+// Context, the notifier before OnLost) finishes it too, so that none sees
+// the loss before the Context is cancelled and Done closed.
+func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	if l.idx >= 0 {
 		heap.Remove(&s.heap, int(l.idx))
 	}
 	l.state = state
 	l.err = err
+	if state == stateLost && l.counters != nil {
+		l.counters.Lost.Add(1)
+	}
+	// From here on l.cancel and l.done are never written (Done and
+	// Context made after the end are made ended), so finish may read them
+	// without s.mu.
 	l.ended.Store(true)
 	if state == stateLost {
-		if l.counters != nil {
-			l.counters.Lost.Add(1)
-		}
 		s.queueLostLocked(l)
 	}
-	// Done and Context made from now on are made ended; these two, made
-	// before, are the caller's to end.
-	return ending{cancel: l.cancel, done: l.done, err: err}
 }
 
-// ending is what is left to do, without s.mu, to end a lease that
-// endLocked ended.
-type ending struct {
-	cancel context.CancelCauseFunc
-	done   chan struct{}
-	err    error
-}
-
-// finish cancels, then closes Done: whoever wakes on Done must already
-// find the Context cancelled (and, endLocked did it first, the loss
-// counted).
-func (e ending) finish() {
-	if e.cancel != nil {
-		e.cancel(e.err)
-	}
-	if e.done != nil {
-		close(e.done)
-	}
-}
-
-// addEnding appends e to es if it has anything to do.
-func addEnding(es []ending, e ending) []ending {
-	if e.cancel == nil && e.done == nil {
-		return es
-	}
-	return append(es, e)
-}
-
-func finishAll(es []ending) {
-	for _, e := range es {
-		e.finish()
+// finishAll finishes leases ended under s.mu, now released.
+func finishAll(ls []*Lease) {
+	for _, l := range ls {
+		l.finish()
 	}
 }
 
@@ -809,6 +785,7 @@ func (s *Scheduler) notify() {
 		}
 		s.mu.Unlock()
 		for _, l := range batch {
+			l.finish()                   // OnLost comes after Done: whoever ended l may not have finished yet
 			l.onLost.LeaseLost(l, l.err) // l.err was written under mu before queueing
 		}
 	}
