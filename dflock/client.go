@@ -346,7 +346,6 @@ func (c *Client) close() {
 	defer close(c.closed)
 	c.closing.Store(true)
 	c.cancel(ErrClosed)
-	c.disp.endWaits() // sched.Close waits for the loss notifier, which must not wait for hooks
 
 	// Wait for operations in progress: they observe the cancelled context
 	// promptly. The wake-up cannot be missed. closing is set before the

@@ -6,22 +6,24 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // dispatchQueueLen bounds the user callbacks (log records and hooks) waiting
-// for the dispatcher. Beyond it, what the goroutines that must never wait
-// queue is dropped and counted; the loss notifications wait (doWait).
+// for the dispatcher. Beyond it, the work is dropped and counted.
 const dispatchQueueLen = 4096
 
-// dispatchStall is how long doWait waits for room in a full queue that
-// does not move: then the callback running is taken to be stuck, and
-// losses are dropped like everything else until the queue moves again.
-const dispatchStall = time.Second
+// lossQueueLen bounds the loss reports (OnLeaseLost and its log record)
+// waiting: far more than the other callbacks, since one broken connection
+// loses all its leases at once and each is reported, but still a bound, for
+// a handler stuck while leases keep being lost.
+const lossQueueLen = 1 << 17
 
 // dispatcher runs user code — the Logger's handler and the Hooks — on one
-// goroutine of its own, in the order it was queued.
+// goroutine of its own, in the order it was queued (loss reports in their
+// own order, among the rest).
 //
 // Log calls and hooks happen on the goroutines that must never wait: the
 // renewal scheduler, connection readers, flushers and the janitor. A slow
@@ -29,27 +31,32 @@ const dispatchStall = time.Second
 // renewal replies and lost healthy leases on other keys. So those goroutines
 // only queue the work, without blocking; when the queue is full the work is
 // dropped and counted (ClientStats.CallbacksDropped), never waited for.
+//
+// Loss reports have a queue of their own (doLoss), lossQueueLen long: a
+// burst of thousands of losses from one broken connection must reach the
+// user whole, and the renewal scheduler's notifier, which queues them, must
+// not wait for the user's hooks either (it releases the lost leases aside).
 type dispatcher struct {
-	q       chan func()
-	noWait  chan struct{} // closed by endWaits: doWait waits no more
-	quit    chan struct{}
-	exited  chan struct{}
-	dropped atomic.Int64
-	// stuck: a doWait found the queue full and unmoved for dispatchStall;
-	// cleared when the dispatcher takes the next callback.
-	stuck atomic.Bool
+	q         chan func()
+	lossReady chan struct{} // a token while losses are queued
+	quit      chan struct{}
+	exited    chan struct{}
+	dropped   atomic.Int64
 	// abandoned: stop gave up waiting for a handler. What is still queued
 	// is dropped and counted rather than run after Close has returned,
 	// against whatever the program tore down since.
 	abandoned atomic.Bool
+
+	lossMu sync.Mutex
+	losses []func()
 }
 
 func newDispatcher() *dispatcher {
 	d := &dispatcher{
-		q:      make(chan func(), dispatchQueueLen),
-		noWait: make(chan struct{}),
-		quit:   make(chan struct{}),
-		exited: make(chan struct{}),
+		q:         make(chan func(), dispatchQueueLen),
+		lossReady: make(chan struct{}, 1),
+		quit:      make(chan struct{}),
+		exited:    make(chan struct{}),
 	}
 	go d.run()
 	return d
@@ -64,50 +71,43 @@ func (d *dispatcher) do(f func()) {
 	}
 }
 
-// doWait queues f, waiting for room while the dispatcher makes progress.
-// Only the renewal scheduler's loss notifier calls it, the one goroutine
-// that reports to the user and may wait (renew.Spec.OnLost): one broken
-// connection loses thousands of leases at once, and every one of them is
-// reported (OnLeaseLost, and its log record), however fast the hooks are.
-// A queue unmoved for dispatchStall (a hook that blocks) drops f, and what
-// follows until the queue moves, so that the losses behind it are still
-// released aside. From Client.Close on (endWaits) it waits no more.
-func (d *dispatcher) doWait(f func()) {
-	select {
-	case d.q <- f:
-		return
-	default:
-	}
-	if d.stuck.Load() {
+// doLoss queues the report of a loss, or drops it if lossQueueLen are
+// waiting. It never blocks.
+func (d *dispatcher) doLoss(f func()) {
+	d.lossMu.Lock()
+	if len(d.losses) >= lossQueueLen {
+		d.lossMu.Unlock()
 		d.dropped.Add(1)
 		return
 	}
-	t := time.NewTimer(dispatchStall)
-	defer t.Stop()
+	d.losses = append(d.losses, f)
+	d.lossMu.Unlock()
 	select {
-	case d.q <- f:
-	case <-t.C:
-		d.stuck.Store(true)
-		d.dropped.Add(1)
-	case <-d.noWait:
-		d.dropped.Add(1)
+	case d.lossReady <- struct{}{}:
+	default: // a token is there already
 	}
 }
 
-// endWaits makes doWait as do from now on: Client.Close waits for the
-// loss notifier, and must not wait for slow hooks beyond its own bound
-// for the callbacks (stop).
-func (d *dispatcher) endWaits() { close(d.noWait) }
+// runLosses runs the loss reports queued so far.
+func (d *dispatcher) runLosses() {
+	d.lossMu.Lock()
+	fs := d.losses
+	d.losses = nil
+	d.lossMu.Unlock()
+	for i, f := range fs {
+		d.call(f)
+		fs[i] = nil
+	}
+}
 
 func (d *dispatcher) run() {
 	defer close(d.exited)
 	for {
 		select {
 		case f := <-d.q:
-			if d.stuck.Load() {
-				d.stuck.Store(false)
-			}
 			d.call(f)
+		case <-d.lossReady:
+			d.runLosses()
 		case <-d.quit:
 			// Run what was queued before the stop; what comes later is
 			// dropped with the queue.
@@ -116,6 +116,7 @@ func (d *dispatcher) run() {
 				case f := <-d.q:
 					d.call(f)
 				default:
+					d.runLosses()
 					return
 				}
 			}
@@ -186,7 +187,7 @@ func (h *asyncHandler) Handle(ctx context.Context, r slog.Record) error {
 	// clone is what outlives this call.
 	r = r.Clone()
 	inner, levels := h.inner, h.levels
-	wait := ctx.Value(mayWaitKey{}) != nil
+	loss := ctx.Value(lossKey{}) != nil
 	ctx = context.WithoutCancel(ctx)
 	f := func() {
 		if !inner.Enabled(ctx, r.Level) {
@@ -196,20 +197,20 @@ func (h *asyncHandler) Handle(ctx context.Context, r slog.Record) error {
 		levels.found(r.Level, true)
 		_ = inner.Handle(ctx, r)
 	}
-	if wait {
-		h.d.doWait(f)
+	if loss {
+		h.d.doLoss(f)
 	} else {
 		h.d.do(f)
 	}
 	return nil
 }
 
-// mayWaitKey marks the context of a log call made on the loss notifier,
-// whose record is queued with doWait.
-type mayWaitKey struct{}
+// lossKey marks the context of the log call that reports a loss, whose
+// record is queued with doLoss.
+type lossKey struct{}
 
-// mayWait is that context.
-var mayWait = context.WithValue(context.Background(), mayWaitKey{}, true)
+// lossReport is that context.
+var lossReport = context.WithValue(context.Background(), lossKey{}, true)
 
 // A derived handler may enable other levels: it learns its own.
 func (h *asyncHandler) WithAttrs(attrs []slog.Attr) slog.Handler {

@@ -91,10 +91,10 @@ func TestDispatcherDropsWhatIsQueuedAfterStopGaveUp(t *testing.T) {
 	assert.Equal(t, int64(1), d.dropped.Load())
 }
 
-// doWait (the loss notifier's) waits for room while the queue moves, and
-// gives up on a queue unmoved for dispatchStall: once, after which it drops
-// at once until the dispatcher takes the next call.
-func TestDispatcherDoWaitWaitsWhileTheQueueMovesAndNotOnAStuckOne(t *testing.T) {
+// Loss reports (doLoss) have a queue of their own: queued while a callback
+// blocks, far beyond dispatchQueueLen, without ever waiting, and all run
+// once it returns; past lossQueueLen they are dropped and counted.
+func TestDispatcherLossReportsNeverWaitAndAllRun(t *testing.T) {
 	t.Parallel()
 	d := newDispatcher()
 	defer d.stop(time.Second)
@@ -107,24 +107,20 @@ func TestDispatcherDoWaitWaitsWhileTheQueueMovesAndNotOnAStuckOne(t *testing.T) 
 	for range dispatchQueueLen {
 		d.do(func() {})
 	}
-	require.Zero(t, d.dropped.Load(), "the queue holds dispatchQueueLen")
 	d.do(func() {})
 	require.Equal(t, int64(1), d.dropped.Load(), "do never waits")
 
-	t0 := time.Now()
-	d.doWait(func() {}) // the queue does not move: gives up
-	assert.GreaterOrEqual(t, time.Since(t0), dispatchStall)
-	require.Equal(t, int64(2), d.dropped.Load())
-	d.doWait(func() {}) // stuck: drops at once
-	require.Equal(t, int64(3), d.dropped.Load())
-
-	// The queue moves again: doWait waits for room, and nothing is dropped.
-	close(unblock)
-	require.Eventually(t, func() bool { return !d.stuck.Load() }, testTimeout, time.Millisecond)
 	var ran atomic.Int64
-	for range 2 * dispatchQueueLen {
-		d.doWait(func() { ran.Add(1) })
+	for range lossQueueLen { // returns at once though the dispatcher is stuck
+		d.doLoss(func() { ran.Add(1) })
 	}
-	require.Eventually(t, func() bool { return ran.Load() == 2*dispatchQueueLen }, testTimeout, time.Millisecond)
-	assert.Equal(t, int64(3), d.dropped.Load())
+	require.Equal(t, int64(1), d.dropped.Load())
+	d.doLoss(func() { ran.Add(1) })
+	require.Equal(t, int64(2), d.dropped.Load(), "past lossQueueLen, dropped and counted")
+
+	close(unblock)
+	require.Eventually(t, func() bool { return ran.Load() == lossQueueLen }, testTimeout, time.Millisecond)
+	d.doLoss(func() { ran.Add(1) }) // room again
+	require.Eventually(t, func() bool { return ran.Load() == lossQueueLen+1 }, testTimeout, time.Millisecond)
+	assert.Equal(t, int64(2), d.dropped.Load())
 }

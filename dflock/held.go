@@ -399,12 +399,12 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 		(h.pinned != nil && !errors.Is(err, renew.ErrRefused)) {
 		c.releaseAside(h.srv, wire.ReleaseRequest(lease.Key(), lease.Token(), lease.Semaphore()))
 	}
-	// On the scheduler's loss notifier, which may wait: both the record
-	// and the hook wait for room in the callback queue (doWait).
-	c.log.WarnContext(mayWait, "dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
+	// The record and the hook go to the loss queue (doLoss): every loss of
+	// a burst is reported.
+	c.log.WarnContext(lossReport, "dflock: lease lost", "key", lease.Key(), "server", h.srv.addr, "err", err)
 	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
 		info := LeaseInfo{Key: lease.Key(), Token: lease.Token(), Server: h.srv.addr, Semaphore: lease.Semaphore(), TTL: lease.TTL()}
-		c.disp.doWait(func() { hook(info, err) })
+		c.disp.doLoss(func() { hook(info, err) })
 	}
 }
 

@@ -108,9 +108,10 @@ type Option func(*options)
 // or reads replies. A hook that blocks delays later hooks and log records;
 // past 4096 waiting, calls are dropped and counted
 // (ClientStats.CallbacksDropped) — except the losses (OnLeaseLost and its
-// log record), which wait for room as long as the queue moves: all of a
-// burst (the thousands of leases of one broken connection) are reported,
-// and only a callback that blocks for a second has losses dropped. Close waits up to DefaultReleaseTimeout for
+// log record), which have a queue of their own, 131,072 long: every loss
+// of a burst (the thousands of leases of one broken connection) is
+// reported. Loss reports run in the order of the losses; among the other
+// calls they may come earlier than events that happened before them. Close waits up to DefaultReleaseTimeout for
 // the calls still queued; a hook still running then keeps that goroutine
 // until it returns (Go cannot stop it), and what is still queued is dropped
 // and counted, never run after Close has returned. A hook or log handler
@@ -120,8 +121,8 @@ type Hooks struct {
 	// OnLeaseLost is called once for every lease lost while held, and for
 	// one that Release finds the server no longer held (its Release returns
 	// an error matching ErrLockLost); not for leases released by Release or
-	// Close. Its calls are not dropped when many wait (see Hooks), unless
-	// the callback goroutine is stuck.
+	// Close. Its calls have a queue of their own (see Hooks), so a burst of
+	// losses is reported whole.
 	OnLeaseLost func(info LeaseInfo, err error)
 	// OnConnBroken is called for every connection that breaks or is
 	// destroyed (including those destroyed to cancel a blocked acquire), but

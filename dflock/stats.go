@@ -75,8 +75,8 @@ type ClientStats struct {
 	Held       int   // leases held now
 	// CallbacksDropped counts log records and hook calls dropped because
 	// more than 4096 were waiting for the Client's callback goroutine (a
-	// handler or hook that is slow; see WithLogger; losses wait unless it
-	// is stuck, see Hooks), or because Close stopped waiting for them.
+	// handler or hook that is slow; see WithLogger; loss reports have a
+	// longer queue, see Hooks), or because Close stopped waiting for them.
 	CallbacksDropped int64
 }
 
