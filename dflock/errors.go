@@ -178,6 +178,9 @@ type bothError struct {
 }
 
 func (e *bothError) Error() string {
+	if e.cause == nil { // never built so; an error must still print
+		return "dflock: " + trimPrefix(e.domain.Error())
+	}
 	return "dflock: " + trimPrefix(e.domain.Error()) + ": " + trimPrefix(e.cause.Error())
 }
 
@@ -203,6 +206,9 @@ func (c *Client) ctxError(ctx, opCtx context.Context, notDone error) error {
 	err := ctx.Err()
 	if err == nil {
 		err = opCtx.Err()
+	}
+	if err == nil { // neither ended: a caller's mistake, but not a nil cause
+		return notDone
 	}
 	if c := context.Cause(ctx); c != nil && c != err {
 		// A cancellation cause given by the caller: keep it visible.

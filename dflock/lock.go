@@ -255,7 +255,10 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 			// The lane connection stays (it owns other leases); the
 			// grant goes back aside, as a broken wait's does.
 			c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
-			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: c.ctxError(ctx, opCtx, err)}
+			if opCtx.Err() != nil { // ended meanwhile; else err says why (lapsed, draining, broken)
+				err = c.ctxError(ctx, opCtx, ErrNotAcquired)
+			}
+			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 		}
 		c.stats.laneGrants.Add(1)
 		return c.track(srv, owner, nil, req, r, sent), nil
