@@ -23,7 +23,9 @@ import (
 // attributes add up; WithAttributes tells them apart. The counters never
 // go down: a stopped Client's totals at stop stay in their sums, so that
 // replacing a Client, or closing one of several, is not seen as a counter
-// reset. Its gauges (leases, connections, waiting, up) leave at once.
+// reset. Its gauges (leases, connections, waiting, up) leave at once. Do
+// not Observe a Client again after stopping it: its totals since New would
+// be counted a second time.
 //
 // The first Observe registers the Instrumentation's callback with its
 // MeterProvider, for as long as the Instrumentation lives; it only reads
@@ -109,6 +111,7 @@ func (in *Instrumentation) retire(oc *observedClient) {
 	}
 	delete(o.live, oc)
 	s := oc.c.Snapshot()
+	oc.c = nil // a stop function kept after the call must not keep the Client
 	for i := range s.Servers {
 		sv := &s.Servers[i]
 		t := o.retired[sv.Addr]
