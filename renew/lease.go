@@ -203,6 +203,7 @@ func (l *Lease) Renew(ctx context.Context) error {
 	if l.state != stateTracked {
 		err := l.err
 		s.mu.Unlock()
+		l.finish() // seen ended: finished before anyone hears of it
 		return err
 	}
 	l.inflight++

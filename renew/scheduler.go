@@ -616,6 +616,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 	if l.state != stateTracked {
 		e := l.err
 		s.mu.Unlock()
+		l.finish() // seen ended: finished before anyone hears of it
 		return out, e
 	}
 	if l.inflight > 0 {
