@@ -343,10 +343,10 @@ func (h *held) lostAtClose(r wire.Reply) {
 func (h *held) lostAtRelease(err error) {
 	c := h.c
 	h.srv.obs.renew.Lost.Add(1)
-	c.log.Warn("dflock: lease found lost at release", "key", h.key(), "server", h.srv.addr, "err", err)
+	c.log.WarnContext(lossReport, "dflock: lease found lost at release", "key", h.key(), "server", h.srv.addr, "err", err)
 	if hook := c.opts.hooks.OnLeaseLost; hook != nil {
 		info := LeaseInfo{Key: h.key(), Token: h.token(), Server: h.srv.addr, Semaphore: h.limit > 0, TTL: h.lease.TTL()}
-		c.disp.do(func() { hook(info, err) })
+		c.disp.doLoss(func() { hook(info, err) })
 	}
 }
 
