@@ -53,9 +53,10 @@ type belief struct {
 	// with the grant of its key that began between call and start, whose
 	// token the Client read and that no other belief claims, and sets token
 	// (and inferred); a WithLock with no such grant is a violation.
-	call     time.Time
-	seen     func(token string) bool
-	inferred bool
+	call      time.Time
+	seen      func(token string) bool
+	inferred  bool
+	ambiguous bool // matched with the latest of several candidates
 }
 
 // Bounds of the checks.
@@ -263,7 +264,10 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 				}
 			} else {
 				report := v.violate
-				if g.endKind == testutil.AuditExpire && v.starvedLease(end, g.ttl, b.last) {
+				// A lease that ran out, whatever removed it: a starved
+				// client's late loss may close its connection before the
+				// server's sweeper gets to it.
+				if (g.endKind == testutil.AuditExpire || g.ranOut) && v.starvedLease(end, g.ttl, b.last) {
 					report = v.starve
 				}
 				report("a", "%s %q token %s (client %d, server %d): believed held at %s, %s after the server-side lease ended by %s at %s (granted %s, %d renewal(s), TTL %s)%s%s",
@@ -321,7 +325,7 @@ func matchWithLocks(v *verdict, ledgers []*ledger, beliefs []*belief, claimed ma
 				b.op, b.key, b.client, b.node, stamp(b.start), stamp(b.call), v.context(b.node, b.call, b.start))
 			continue
 		}
-		b.token, b.inferred = g.token, true
+		b.token, b.inferred, b.ambiguous = g.token, true, n > 1
 		claimed[g.token] = true
 		v.withLockMatched++
 		if n > 1 {
@@ -333,16 +337,26 @@ func matchWithLocks(v *verdict, ledgers []*ledger, beliefs []*belief, claimed ma
 // withLockGrant returns the grant of a WithLock belief (see
 // matchWithLocks) and how many candidates there were; nil if none.
 func withLockGrant(lg *ledger, b *belief, claimed map[string]bool) (*grant, int) {
-	var found *grant
+	var latest, live *grant
 	n := 0
 	for _, g := range lg.between(b.key, b.call, b.start) {
 		if claimed[g.token] || !b.seen(g.token) {
 			continue
 		}
 		n++
-		found = g // grant order
+		latest = g // grant order
+		// WithLock releases only after fn: a grant released before fn
+		// began is another call's (given back as it was granted), not
+		// this one's, even if it came later than this one's own, killed
+		// meanwhile.
+		if !(g.ended() && g.endKind == testutil.AuditRelease && g.end.Before(b.start)) {
+			live = g
+		}
 	}
-	return found, n
+	if live != nil {
+		return live, n
+	}
+	return latest, n
 }
 
 // checkPlacement checks that every lease of a key is on the key's one

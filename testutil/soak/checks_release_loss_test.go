@@ -122,10 +122,10 @@ func checkUnexplainedLosses(v *verdict, ledgers []*ledger, beliefs []*belief, fa
 }
 
 // endsLeases reports whether a fault of kind can end a lease held on an
-// established connection: every kind but those that only turn away new
-// connections (refuse, conn cap), which a lease's renewals, sent on
-// the connection that owns it, never meet.
-func (k faultKind) endsLeases() bool { return k != faultRefuse && k != faultConnCap }
+// established connection: those that act on established connections
+// (needsConns); a lease's renewals, sent on the connection that owns it,
+// never meet a refusal or a cap on new ones.
+func (k faultKind) endsLeases() bool { return k.needsConns() }
 
 // faultedDuring is a faultedFunc over the faults injected so far that can
 // end a held lease (endsLeases).
@@ -218,7 +218,9 @@ func busyLeftovers(clients []*dflock.Client) []string {
 // checkLossHooks is invariant (j): every lease a goroutine saw lost was
 // told to Hooks.OnLeaseLost (docs: "called once for every lease lost"),
 // but for callbacks the Client counted as dropped. Run after Close, which
-// waits for queued callbacks.
+// waits for queued callbacks, and after checkLeases, which gives WithLock
+// beliefs their tokens (one of several candidates is not sure enough to
+// hold against the hook's).
 func checkLossHooks(v *verdict, rec *recorder, clients []*dflock.Client) {
 	rec.mu.Lock()
 	beliefs := rec.beliefs
@@ -226,8 +228,8 @@ func checkLossHooks(v *verdict, rec *recorder, clients []*dflock.Client) {
 	missing := make([]int, len(clients))
 	examples := make([][]string, len(clients))
 	for _, b := range beliefs {
-		if b.lost.Load() == nil || b.token == "" {
-			continue // WithLock tokens are known only once matched (checkLeases)
+		if b.lost.Load() == nil || b.token == "" || b.ambiguous {
+			continue
 		}
 		if _, ok := rec.hooked.Load(b.token); !ok {
 			missing[b.client]++

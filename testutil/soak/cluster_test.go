@@ -324,21 +324,36 @@ func (f *faulter) nextKind() faultKind {
 func (f *faulter) pickNode(kind faultKind) *node {
 	nodes := f.cl.nodes
 	if kind.needsConns() {
-		var up []*node
-		for _, nd := range nodes {
-			nd.mu.Lock()
-			stopped := nd.stopped > 0
-			nd.mu.Unlock()
-			if !stopped && nd.conns(kind) > 0 {
-				up = append(up, nd)
+		// A phase's first fault may come before any Client has dialled
+		// (dflock.New dials nothing): wait a little for a connection
+		// rather than inject a fault with nothing to act on, which the
+		// coverage check would fail.
+		deadline := time.Now().Add(connWait)
+		for {
+			var up []*node
+			for _, nd := range nodes {
+				nd.mu.Lock()
+				stopped := nd.stopped > 0
+				nd.mu.Unlock()
+				if !stopped && nd.conns(kind) > 0 {
+					up = append(up, nd)
+				}
 			}
-		}
-		if len(up) > 0 {
-			nodes = up
+			if len(up) > 0 {
+				nodes = up
+				break
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 	return nodes[f.rng.IntN(len(nodes))]
 }
+
+// connWait bounds pickNode's wait for a connection to act on.
+const connWait = 200 * time.Millisecond
 
 // conns counts the connections a fault of kind would act on: the server's
 // for the server's own faults, the proxy's for the network's.

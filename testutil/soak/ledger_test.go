@@ -21,6 +21,7 @@ type grant struct {
 	ttl       time.Duration // the lease of the last Grant/Renew
 	end       time.Time     // zero while the lease is held
 	endKind   testutil.AuditKind
+	ranOut    bool // it had run out before the event that ended it (end is the expiry)
 	renewals  int
 	lateEvent bool // an event arrived for it after its end
 }
@@ -84,6 +85,7 @@ func (l *ledger) record(ev testutil.AuditEvent) {
 	end := ev.Time
 	if !ev.Expires.IsZero() && ev.Expires.Before(end) {
 		end = ev.Expires
+		g.ranOut = true
 	}
 	g.end, g.endKind = end, ev.Kind
 }

@@ -233,7 +233,6 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	}
 
 	res.leaks = append(res.leaks, leftovers(cl)...)
-	checkLossHooks(res.v, rec, clients)
 	rec.mu.Lock()
 	for _, e := range rec.fnErrs {
 		res.v.violate("k", "%s: fn runs only under a grant (its error is fn's, nil here, or a loss)", e)
@@ -258,6 +257,7 @@ func runPhase(t *testing.T, ph phase, seed uint64) *phaseResult {
 	res.v.paused = pd.paused
 	checkServerGrants(res.v, ledgers(cl), ph.fencing)
 	checkLeases(res.v, ledgers(cl), rec.beliefs, killed, ph.fencing)
+	checkLossHooks(res.v, rec, clients) // after checkLeases, which gives WithLocks their tokens
 	checkReleases(res.v, ledgers(cl), rec.beliefs, f.anyFaultDuring)
 	checkUnexplainedLosses(res.v, ledgers(cl), rec.beliefs, f.faultedDuring)
 	if ph.signals {
