@@ -47,8 +47,9 @@ type dispatcher struct {
 	// against whatever the program tore down since.
 	abandoned atomic.Bool
 
-	lossMu sync.Mutex
-	losses []func()
+	lossMu      sync.Mutex
+	losses      []func()
+	lossPending int // queued and not yet run, the batch running included
 }
 
 func newDispatcher() *dispatcher {
@@ -75,12 +76,13 @@ func (d *dispatcher) do(f func()) {
 // waiting. It never blocks.
 func (d *dispatcher) doLoss(f func()) {
 	d.lossMu.Lock()
-	if len(d.losses) >= lossQueueLen {
+	if d.lossPending >= lossQueueLen {
 		d.lossMu.Unlock()
 		d.dropped.Add(1)
 		return
 	}
 	d.losses = append(d.losses, f)
+	d.lossPending++
 	d.lossMu.Unlock()
 	select {
 	case d.lossReady <- struct{}{}:
@@ -98,11 +100,22 @@ func (d *dispatcher) runLosses() {
 		d.call(f)
 		fs[i] = nil
 	}
+	d.lossMu.Lock()
+	d.lossPending -= len(fs)
+	d.lossMu.Unlock()
 }
 
 func (d *dispatcher) run() {
 	defer close(d.exited)
 	for {
+		// Losses first, so that a loss report never runs after a call
+		// queued after it (it may run before calls queued before it).
+		select {
+		case <-d.lossReady:
+			d.runLosses()
+			continue
+		default:
+		}
 		select {
 		case f := <-d.q:
 			d.call(f)
@@ -111,7 +124,13 @@ func (d *dispatcher) run() {
 		case <-d.quit:
 			// Run what was queued before the stop; what comes later is
 			// dropped with the queue.
+			d.runLosses()
 			for {
+				select {
+				case <-d.lossReady:
+					d.runLosses()
+				default:
+				}
 				select {
 				case f := <-d.q:
 					d.call(f)

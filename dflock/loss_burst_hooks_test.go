@@ -18,7 +18,7 @@ import (
 // One broken connection loses all its leases at once: more than the
 // callback queue holds (4096) at the 10,000 leases per Client the
 // scheduler is built for. Every loss must still reach OnLeaseLost (and be
-// logged), however quick the hook: the loss notifier waits for room.
+// logged), however quick the hook: loss reports have a queue of their own.
 func TestEveryLossOfABurstReachesOnLeaseLost(t *testing.T) {
 	for _, withLogger := range []bool{false, true} {
 		t.Run(fmt.Sprintf("logger=%v", withLogger), func(t *testing.T) {

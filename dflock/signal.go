@@ -310,7 +310,6 @@ type Subscription struct {
 	closed   bool
 	chClosed bool
 	closeErr error
-	slow     bool      // in a slow-consumer episode (dropping)
 	warned   bool      // this episode was reported (warning, hook)
 	warnedAt time.Time // when the last episode was reported
 
@@ -458,7 +457,7 @@ func (s *Subscription) offer(sig Signal) bool {
 	if queued >= s.size {
 		return false
 	}
-	s.slow, s.warned = false, false
+	s.warned = false // the episode ended: the next drop starts another
 	if !s.overflowingLocked() && len(s.ch) < cap(s.ch)-1 {
 		s.sendLocked(sig)
 		return true
@@ -471,7 +470,7 @@ func (s *Subscription) offer(sig Signal) bool {
 // slowWarnEvery spaces a subscription's slow-consumer reports: a consumer
 // just below the push rate ends an episode at nearly every signal that
 // fits, and one warning and hook call per drop would crowd the Client's
-// callback queue, which lease-loss hooks share.
+// callback queue, which the other hooks and log records share.
 const slowWarnEvery = time.Second
 
 // drop counts one dropped signal and reports whether the slow-consumer
@@ -482,7 +481,6 @@ const slowWarnEvery = time.Second
 func (s *Subscription) drop() (report bool) {
 	s.dropped.Add(1)
 	s.mu.Lock()
-	s.slow = true
 	if !s.warned && !s.closed {
 		now := time.Now()
 		if s.warnedAt.IsZero() || now.Sub(s.warnedAt) >= slowWarnEvery {
@@ -494,8 +492,8 @@ func (s *Subscription) drop() (report bool) {
 	return report
 }
 
-// warnSlow logs the start of a slow-consumer episode. Listener supervisors
-// call it, never a reader: a log handler is user code.
+// warnSlow logs a slow-consumer episode that drop reported. Listener
+// supervisors call it, never a reader: a log handler is user code.
 func (s *Subscription) warnSlow() {
 	if s.closedErr() != nil {
 		return

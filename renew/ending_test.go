@@ -24,7 +24,7 @@ func TestOwnerFailedCancelsContextsWithoutTheMutex(t *testing.T) {
 	t.Parallel()
 	const n = 2000
 	o := okOwner(t)
-	s := newTestScheduler(t, Config{})
+	s, _ := manualScheduler(t, Config{}) // no scheduler goroutine to hold the mutex meanwhile
 	var once sync.Once
 	free := make(chan bool, 1)
 	leases := make([]*Lease, n)

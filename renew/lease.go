@@ -35,7 +35,7 @@ type Lease struct {
 	sem      bool
 	state    uint8
 	// ended is set, after err is written, when state leaves
-	// stateTracked; Err reads it without s.mu.
+	// stateTracked; Err and Done read it without s.mu.
 	ended     atomic.Bool
 	next      int64 // heap key: renewAt, or deadline while a renew is in flight
 	renewAt   int64
@@ -48,9 +48,10 @@ type Lease struct {
 	fin       sync.Once // finish
 
 	err error // written once, before ended is set and done closed
-	// done is made by the first call of Done, already closed if the lease
-	// has ended: most leases are released without anyone waiting on Done,
-	// and a channel is an allocation.
+	// done is made by the first call of Done while the lease is tracked
+	// (after the end Done returns closedDone and writes nothing): most
+	// leases are released without anyone waiting on Done, and a channel is
+	// an allocation.
 	done chan struct{}
 }
 

@@ -306,11 +306,17 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 		s.heap.removeOwner(o) // then endLocked finds them out of the heap
 	}
 	ended := make([]*Lease, 0, st.n)
-	errs := make([]LostError, st.n) // one allocation, not one per lease
+	// The errors in chunks, not one allocation each under the mutex; small
+	// chunks, as a kept error keeps its chunk's keys.
+	var errs []LostError
 	for l := st.head; l != nil; {
 		next := l.onext
 		l.oprev, l.onext = nil, nil
-		e := &errs[len(ended)]
+		if len(errs) == 0 {
+			errs = make([]LostError, min(st.n-len(ended), lostErrorChunk))
+		}
+		e := &errs[0]
+		errs = errs[1:]
 		*e = LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause}
 		s.endLocked(l, stateLost, e)
 		ended = append(ended, l)
@@ -722,12 +728,11 @@ func (s *Scheduler) wakeIfEarlierLocked(t int64) {
 // cancelling its Context, closing its Done — is finish, which the caller
 // runs once it has released s.mu: cancelling runs every context derived
 // from the lease's and starts a goroutine per context.AfterFunc on it
-// (WithLock registers one), which for the thousands of leases of one broken
-// connection kept the mutex — and with it the renewal round and every
-// reply — for hundreds of milliseconds, a margin's worth of lateness for
-// another lease's loss. Whoever observes the end first (Err, Done,
-// Context, the notifier before OnLost) finishes it too, so that none sees
-// the loss before the Context is cancelled and Done closed.
+// (WithLock registers one), too much for the mutex that renewal rounds and
+// replies need when a broken connection ends thousands of leases at once.
+// Whoever observes the end first (Err, Done, Context, the notifier before
+// OnLost) finishes it too, so that none sees the loss before the Context
+// is cancelled and Done closed.
 func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	if l.idx >= 0 {
 		heap.Remove(&s.heap, int(l.idx))
@@ -745,6 +750,9 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 		s.queueLostLocked(l)
 	}
 }
+
+// lostErrorChunk is how many LostErrors OwnerFailed allocates at once.
+const lostErrorChunk = 16
 
 // finishAll finishes leases ended under s.mu, now released.
 func finishAll(ls []*Lease) {

@@ -74,8 +74,8 @@ const lossSlack = time.Second
 // the process was not measurably starved when it had to renew, means the
 // client failed to keep it (renewals not sent, or not in time).
 //
-// Starvation explains a loss only as it explains a late belief in (a)
-// (starvedLease): a correct client loses a lease it was renewing only if
+// Starvation explains a loss only with evidence near it: a correct client
+// loses a lease it was renewing only if
 // it could not run when the renewal was due, and then it reports the loss
 // when it runs again, so the process must have been measurably unscheduled,
 // for at least the lease's safety margin less what the detector cannot
