@@ -313,7 +313,7 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 		next := l.onext
 		l.oprev, l.onext = nil, nil
 		if len(errs) == 0 {
-			errs = make([]LostError, min(st.n-len(ended), lostErrorChunk))
+			errs = make([]LostError, max(min(st.n-len(ended), lostErrorChunk), 1))
 		}
 		e := &errs[0]
 		errs = errs[1:]
