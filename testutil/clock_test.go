@@ -135,6 +135,7 @@ func TestManualClockDrivesReadTimeoutAndAuthDelay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), ioWait)
 	defer cancel()
 	base := clk.Pending() // the sweeper's and the GC's
+	janitor := base
 
 	c := dialSrv(t, srv)
 	require.NoError(t, clk.AwaitPending(ctx, base+1), "the connection armed no read timeout")
@@ -150,6 +151,10 @@ func TestManualClockDrivesReadTimeoutAndAuthDelay(t *testing.T) {
 	// the clock (its timer joins the read timeout's of the open connection).
 	asrv := newServer(t, Config{Clock: clk, AuthToken: "s3cret"})
 	waitConns(t, srv, 0)
+	// The Advances above fired srv's sweeper and GC, which its janitor
+	// re-arms when it gets to run: count once both servers' are armed, or
+	// a late re-arm passes for the auth delay.
+	require.Eventually(t, func() bool { return clk.Pending() == 2*janitor }, ioWait, time.Millisecond)
 	base = clk.Pending()
 	d := dialSrv(t, asrv)
 	d.send("auth", "_", "wrong")
