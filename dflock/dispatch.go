@@ -49,7 +49,7 @@ type dispatcher struct {
 
 	lossMu      sync.Mutex
 	losses      []func()
-	lossPending int // queued and not yet run, the batch running included
+	lossPending int // queued and not yet run (the batch running's rest included)
 }
 
 func newDispatcher() *dispatcher {
@@ -90,6 +90,17 @@ func (d *dispatcher) doLoss(f func()) {
 	}
 }
 
+// lossesFirst runs the loss reports queued so far, before a call just
+// taken from q: one queued before that call must run first, and its token
+// may have come in while the dispatcher was already selecting.
+func (d *dispatcher) lossesFirst() {
+	select {
+	case <-d.lossReady:
+		d.runLosses()
+	default:
+	}
+}
+
 // runLosses runs the loss reports queued so far.
 func (d *dispatcher) runLosses() {
 	d.lossMu.Lock()
@@ -99,10 +110,10 @@ func (d *dispatcher) runLosses() {
 	for i, f := range fs {
 		d.call(f)
 		fs[i] = nil
+		d.lossMu.Lock()
+		d.lossPending-- // ran: no longer waiting
+		d.lossMu.Unlock()
 	}
-	d.lossMu.Lock()
-	d.lossPending -= len(fs)
-	d.lossMu.Unlock()
 }
 
 func (d *dispatcher) run() {
@@ -118,6 +129,7 @@ func (d *dispatcher) run() {
 		}
 		select {
 		case f := <-d.q:
+			d.lossesFirst()
 			d.call(f)
 		case <-d.lossReady:
 			d.runLosses()
@@ -133,6 +145,7 @@ func (d *dispatcher) run() {
 				}
 				select {
 				case f := <-d.q:
+					d.lossesFirst()
 					d.call(f)
 				default:
 					d.runLosses()
