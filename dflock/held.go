@@ -411,7 +411,13 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 // runHeld runs fn under h and releases it.
 func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(h.lease.Context(), func() { cancel(context.Cause(h.lease.Context())) })
+	lctx := h.lease.Context()
+	stop := context.AfterFunc(lctx, func() { cancel(context.Cause(lctx)) })
+	if lctx.Err() != nil {
+		// Lost already (the AfterFunc runs on a goroutine of its own, maybe
+		// after fn has begun): fn starts with its ctx cancelled.
+		cancel(context.Cause(lctx))
+	}
 	defer func() {
 		stop()
 		cancel(nil)
