@@ -302,11 +302,13 @@ func checkLeases(v *verdict, ledgers []*ledger, beliefs []*belief, killed killed
 // matchWithLocks gives each WithLock belief its grant (token, inferred):
 // of the grants of its key that the server made between the call and the
 // function's start, whose token the belief's Client read and that no other
-// belief claims, the latest (the one it held when the function began;
-// earlier ones are acquires of the same Client that gave up, such as a
-// Lock whose context ended as it was granted). Beliefs are matched in the
-// order their functions began, and a grant matched is claimed, so two
-// WithLocks of one Client never share a grant. A WithLock left without a
+// belief claims, and that was not released before the function began
+// (withLockCandidates), the latest (the one it held when the function
+// began; earlier ones are acquires of the same Client that gave up, such
+// as a Lock whose context ended as it was granted). Beliefs with a single
+// candidate are matched first, the others in the order their functions
+// began, and a grant matched is claimed, so two WithLocks of one Client
+// never share a grant. A WithLock left without a
 // grant ran fn under no lock of its own (another caller's grant in force
 // then proves nothing): a violation of (a).
 func matchWithLocks(v *verdict, ledgers []*ledger, beliefs []*belief, claimed map[string]bool) {
@@ -317,14 +319,7 @@ func matchWithLocks(v *verdict, ledgers []*ledger, beliefs []*belief, claimed ma
 		}
 	}
 	slices.SortStableFunc(wl, func(a, b *belief) int { return a.start.Compare(b.start) })
-	for _, b := range wl {
-		g, n := withLockGrant(ledgers[b.node], b, claimed)
-		if g == nil {
-			v.withLockUnmatched++
-			v.violate("a", "%s %q (client %d, server %d): fn ran from %s (called %s) with no grant of the key made during the call that its Client read and no other belief claims%s",
-				b.op, b.key, b.client, b.node, stamp(b.start), stamp(b.call), v.context(b.node, b.call, b.start))
-			continue
-		}
+	match := func(b *belief, g *grant, n int) {
 		b.token, b.inferred, b.ambiguous = g.token, true, n > 1
 		claimed[g.token] = true
 		v.withLockMatched++
@@ -332,31 +327,53 @@ func matchWithLocks(v *verdict, ledgers []*ledger, beliefs []*belief, claimed ma
 			v.withLockSeveral++
 		}
 	}
+	// Beliefs left with one candidate first, again until none is: their
+	// grant is sure, and taking it from a belief with several (two
+	// WithLocks of one Client whose functions began out of grant order)
+	// would leave them without.
+	for progress := true; progress; {
+		progress = false
+		rest := wl[:0]
+		for _, b := range wl {
+			if cs := withLockCandidates(ledgers[b.node], b, claimed); len(cs) == 1 {
+				match(b, cs[0], 1)
+				progress = true
+			} else {
+				rest = append(rest, b)
+			}
+		}
+		wl = rest
+	}
+	for _, b := range wl {
+		cs := withLockCandidates(ledgers[b.node], b, claimed)
+		if len(cs) == 0 {
+			v.withLockUnmatched++
+			v.violate("a", "%s %q (client %d, server %d): fn ran from %s (called %s) with no grant of the key made during the call that its Client read and no other belief claims%s",
+				b.op, b.key, b.client, b.node, stamp(b.start), stamp(b.call), v.context(b.node, b.call, b.start))
+			continue
+		}
+		match(b, cs[len(cs)-1], len(cs)) // the latest
+	}
 }
 
-// withLockGrant returns the grant of a WithLock belief (see
-// matchWithLocks) and how many candidates there were; nil if none.
-func withLockGrant(lg *ledger, b *belief, claimed map[string]bool) (*grant, int) {
-	var latest, live *grant
-	n := 0
+// withLockCandidates returns, in grant order, the grants a WithLock belief
+// may have held (see matchWithLocks): of its key, made between the call
+// and the function's start, read by its Client, claimed by no other
+// belief, and not released before the function began (WithLock releases
+// only after fn: such a grant is another call's, given back as it was
+// granted).
+func withLockCandidates(lg *ledger, b *belief, claimed map[string]bool) []*grant {
+	var cs []*grant
 	for _, g := range lg.between(b.key, b.call, b.start) {
 		if claimed[g.token] || !b.seen(g.token) {
 			continue
 		}
-		n++
-		latest = g // grant order
-		// WithLock releases only after fn: a grant released before fn
-		// began is another call's (given back as it was granted), not
-		// this one's, even if it came later than this one's own, killed
-		// meanwhile.
-		if !(g.ended() && g.endKind == testutil.AuditRelease && g.end.Before(b.start)) {
-			live = g
+		if g.ended() && g.endKind == testutil.AuditRelease && g.end.Before(b.start) {
+			continue
 		}
+		cs = append(cs, g)
 	}
-	if live != nil {
-		return live, n
-	}
-	return latest, n
+	return cs
 }
 
 // checkPlacement checks that every lease of a key is on the key's one

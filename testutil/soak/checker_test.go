@@ -314,8 +314,8 @@ func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
 	assert.Equal(t, 1, v.counts["a"], "%v", v.examples)
 
 	// An earlier grant the same Client read in the window (a Lock of
-	// another goroutine that gave it up at once) is not the WithLock's: the
-	// latest is.
+	// another goroutine that gave it up at once) is not the WithLock's: it
+	// was released before fn began, so not even a candidate.
 	lg2 := fakeLedger(0,
 		ev(testutil.AuditGrant, "k", "x", 2, 1002),
 		ev(testutil.AuditRelease, "k", "x", 4, 1002),
@@ -324,6 +324,19 @@ func TestCheckerMatchesWithLockWithTheGrantItsClientRead(t *testing.T) {
 	v = newVerdict()
 	checkLeases(v, []*ledger{lg2}, []*belief{withLockHeld(0, "k", 0, 30, 38, "x", "a")}, noKills, false)
 	assert.Zero(t, v.total(), "%v", v.examples)
+	assert.Zero(t, v.withLockSeveral)
+
+	// Of two grants still held when fn began (an earlier one of the same
+	// Client, killed later), the latest.
+	lg3 := fakeLedger(0,
+		ev(testutil.AuditGrant, "k", "x", 2, 1002),
+		ev(testutil.AuditGrant, "k", "a", 5, 1005),
+		ev(testutil.AuditDisconnect, "k", "x", 40, 1002),
+	)
+	v = newVerdict()
+	bl := withLockHeld(0, "k", 0, 30, 38, "x", "a")
+	checkLeases(v, []*ledger{lg3}, []*belief{bl}, noKills, false)
+	assert.Equal(t, "a", bl.token)
 	assert.Equal(t, 1, v.withLockSeveral)
 
 	// A grant another belief shows is not the WithLock's; with no

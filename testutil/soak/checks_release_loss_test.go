@@ -228,7 +228,10 @@ func checkLossHooks(v *verdict, rec *recorder, clients []*dflock.Client) {
 	missing := make([]int, len(clients))
 	examples := make([][]string, len(clients))
 	for _, b := range beliefs {
-		if b.lost.Load() == nil || b.token == "" || b.ambiguous {
+		// Lost while held, or found lost by Release (whose hook call is
+		// lostAtRelease's).
+		lost := b.lost.Load() != nil || errors.Is(b.relErr, dflock.ErrLockLost)
+		if !lost || b.token == "" || b.ambiguous {
 			continue
 		}
 		if _, ok := rec.hooked.Load(b.token); !ok {
