@@ -33,15 +33,11 @@ func (o *gatedOwner) SendBatch(reqs []wire.Request, done func(int, wire.Reply, e
 	}
 }
 
-// The Context and Done of a lease are ended after the scheduler's mutex is
-// released, but nobody may see the loss before: documented order
-// (docs/leases.md, Lease.finish): Context cancelled, Done closed, Err, then
-// OnLeaseLost — and whoever wakes on Done finds the Context cancelled,
-// including a Done first taken after the end.
-func TestLossIsObservedOnlyWithContextCancelledAndDoneClosed(t *testing.T) {
-	s, clk := manualScheduler(t, Config{})
+// newGatedOwner returns a gatedOwner whose gate opens at cleanup, after
+// which the cleanup waits for the ticks the test started (tickDone).
+func newGatedOwner(t *testing.T) (*gatedOwner, *sync.WaitGroup) {
 	o := &gatedOwner{gate: make(chan struct{}), inRelease: make(chan struct{})}
-	var tickDone sync.WaitGroup
+	tickDone := new(sync.WaitGroup)
 	t.Cleanup(tickDone.Wait)
 	t.Cleanup(func() {
 		select {
@@ -50,6 +46,17 @@ func TestLossIsObservedOnlyWithContextCancelledAndDoneClosed(t *testing.T) {
 			close(o.gate)
 		}
 	})
+	return o, tickDone
+}
+
+// The Context and Done of a lease are ended after the scheduler's mutex is
+// released, but nobody may see the loss before: documented order
+// (docs/leases.md, Lease.finish): Context cancelled, Done closed, Err, then
+// OnLeaseLost — and whoever wakes on Done finds the Context cancelled,
+// including a Done first taken after the end.
+func TestLossIsObservedOnlyWithContextCancelledAndDoneClosed(t *testing.T) {
+	s, clk := manualScheduler(t, Config{})
+	o, tickDone := newGatedOwner(t)
 
 	type seen struct{ doneClosed, ctxCancelled bool }
 	onLost := make(chan seen, 2)
@@ -118,16 +125,7 @@ func TestLossIsObservedOnlyWithContextCancelledAndDoneClosed(t *testing.T) {
 // whoever ended the lease may not have finished it yet.
 func TestUntrackOfAnEndedLeaseReturnsWithDoneClosed(t *testing.T) {
 	s, clk := manualScheduler(t, Config{})
-	o := &gatedOwner{gate: make(chan struct{}), inRelease: make(chan struct{})}
-	var tickDone sync.WaitGroup
-	t.Cleanup(tickDone.Wait)
-	t.Cleanup(func() {
-		select {
-		case <-o.gate:
-		default:
-			close(o.gate)
-		}
-	})
+	o, tickDone := newGatedOwner(t)
 	const ttl = 4 * time.Second
 	l := s.Track(Spec{Key: "a", Token: "t", TTL: ttl, Owner: o, Sent: clk.Now()})
 	done := l.Done()
