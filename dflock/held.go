@@ -411,13 +411,10 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 // runHeld runs fn under h and releases it.
 func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	lctx := h.lease.Context()
-	stop := context.AfterFunc(lctx, func() { cancel(context.Cause(lctx)) })
-	if lctx.Err() != nil {
-		// Lost already (the AfterFunc runs on a goroutine of its own, maybe
-		// after fn has begun): fn starts with its ctx cancelled.
-		cancel(context.Cause(lctx))
-	}
+	// As the lease ends, not after (a context.AfterFunc would run on a
+	// goroutine of its own): fn's ctx is cancelled before Done, Err or
+	// OnLeaseLost tell anyone of the loss; at once if it has happened.
+	stop := h.lease.OnEnd(func(err error) { cancel(err) })
 	defer func() {
 		stop()
 		cancel(nil)

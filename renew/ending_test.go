@@ -108,3 +108,32 @@ func TestOwnerFailedBulkRemovalKeepsTheHeap(t *testing.T) {
 		require.GreaterOrEqual(t, l.idx, int32(0))
 	}
 }
+
+// OnEnd's function runs as the lease ends, before Done closes (whoever
+// wakes on Done finds it has run); at once if the lease has ended; never
+// once stopped.
+func TestOnEndRunsBeforeDoneCloses(t *testing.T) {
+	t.Parallel()
+	s, _ := manualScheduler(t, Config{})
+	o := okOwner(t)
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: time.Minute, Owner: o})
+	var got error
+	l.OnEnd(func(err error) { got = err })
+	done := l.Done()
+	boom := errors.New("boom")
+	s.OwnerFailed(o, boom)
+	<-done
+	require.ErrorIs(t, got, ErrLost, "the function ran before Done closed")
+	require.ErrorIs(t, got, boom)
+
+	var late error
+	l.OnEnd(func(err error) { late = err })
+	require.ErrorIs(t, late, ErrLost, "registered after the end: runs at once")
+
+	l2 := s.Track(Spec{Key: "k2", Token: "t", TTL: time.Minute, Owner: okOwner(t)})
+	ran := false
+	stop := l2.OnEnd(func(error) { ran = true })
+	stop()
+	require.True(t, l2.Untrack())
+	require.False(t, ran, "stopped before the end")
+}

@@ -45,7 +45,8 @@ type Lease struct {
 	onext     *Lease                  // intrusive list of the owner's leases
 	cancel    context.CancelCauseFunc // nil unless Context was made before the end
 	ctx       context.Context
-	fin       sync.Once // finish
+	fin       sync.Once   // finish
+	onEnd     func(error) // OnEnd's; like cancel, not written after the end
 
 	err error // written once, before ended is set and done closed
 	// done is made by the first call of Done while the lease is tracked
@@ -159,17 +160,48 @@ func (l *Lease) Context() context.Context {
 // Context, Untrack, the notifier before OnLost): it runs once, and a
 // caller returns only when it has run.
 func (l *Lease) finish() {
-	if l.cancel == nil && l.done == nil {
-		return // neither was made before the end: nothing to do
+	if l.cancel == nil && l.done == nil && l.onEnd == nil {
+		return // nothing was made or registered before the end
 	}
 	l.fin.Do(func() {
 		if l.cancel != nil {
 			l.cancel(l.err)
 		}
+		if l.onEnd != nil {
+			l.onEnd(l.err)
+		}
 		if l.done != nil {
 			close(l.done)
 		}
 	})
+}
+
+// OnEnd registers f to be called with Err when the lease ends, as its
+// Context is cancelled: before Done closes and before anyone hears of the
+// end. A context.AfterFunc on Context runs later, on a goroutine of its
+// own; f is for what must not lag (a function's context that must be
+// cancelled before the loss is reported). f runs on whatever goroutine
+// ends the lease (a connection reader, the renewal scheduler), so it must
+// be quick and must not block: cancelling a context is. One f at a time;
+// if the lease has ended already, f runs now. stop unregisters it.
+func (l *Lease) OnEnd(f func(err error)) (stop func()) {
+	s := l.s
+	s.mu.Lock()
+	if l.state != stateTracked {
+		s.mu.Unlock()
+		l.finish()
+		f(l.err)
+		return func() {}
+	}
+	l.onEnd = f
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if l.state == stateTracked { // after the end, finish reads it without s.mu
+			l.onEnd = nil
+		}
+		s.mu.Unlock()
+	}
 }
 
 // Untrack stops renewing the lease (before the caller releases it), closing
