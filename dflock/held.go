@@ -410,14 +410,27 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 
 // runHeld runs fn under h and releases it.
 func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (err error) {
-	fctx, cancel := context.WithCancelCause(ctx)
+	// mid is the SDK's own: cancelling fctx, which OnEnd's function does
+	// on whatever goroutine ends the lease (a connection reader, the
+	// scheduler), then removes fctx from mid, not from the caller's ctx,
+	// whose own code (a custom context's AfterFunc stop) must not run there.
+	mid, midCancel := context.WithCancel(ctx)
+	fctx, cancel := context.WithCancelCause(mid)
 	// As the lease ends, not after (a context.AfterFunc would run on a
 	// goroutine of its own): fn's ctx is cancelled before Done, Err or
 	// OnLeaseLost tell anyone of the loss; at once if it has happened.
-	stop := h.lease.OnEnd(func(err error) { cancel(err) })
+	// Only Close ends the lease as released while fn runs (runHeld's own
+	// release stops this first): fn hears ErrClosed.
+	stop := h.lease.OnEnd(func(err error) {
+		if errors.Is(err, renew.ErrReleased) {
+			err = ErrClosed
+		}
+		cancel(err)
+	})
 	defer func() {
 		stop()
 		cancel(nil)
+		midCancel()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
 		rerr := h.release(rctx)
 		rcancel()

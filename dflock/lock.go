@@ -124,9 +124,10 @@ func (c *Client) TryLock(ctx context.Context, key string, opts ...AcquireOption)
 
 // WithLock runs fn while holding the lock key (acquired as by Lock) and
 // releases it afterwards, even if fn panics. fn's context is cancelled when
-// ctx ends or when the lease is lost (then context.Cause matches
-// ErrLockLost). WithLock returns fn's error, joined with an error matching
-// ErrLockLost if the lease was lost before the release.
+// ctx ends, when the lease is lost (then context.Cause matches
+// ErrLockLost), or when the Client is closed, which releases the lock
+// (then it matches ErrClosed). WithLock returns fn's error, joined with an
+// error matching ErrLockLost if the lease was lost before the release.
 func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.Context) error, opts ...AcquireOption) error {
 	if fn == nil {
 		return &ArgError{Arg: "fn", Reason: "must not be nil"}

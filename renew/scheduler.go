@@ -727,9 +727,10 @@ func (s *Scheduler) wakeIfEarlierLocked(t int64) {
 // the heap, Err set, the loss counted and queued for its OnLost. The rest —
 // cancelling its Context, closing its Done — is finish, which the caller
 // runs once it has released s.mu: cancelling runs every context derived
-// from the lease's and starts a goroutine per context.AfterFunc on it
-// (WithLock registers one), too much for the mutex that renewal rounds and
-// replies need when a broken connection ends thousands of leases at once.
+// from the lease's and starts a goroutine per context.AfterFunc on it (a
+// program's, one per lease), too much for the mutex that renewal rounds
+// and replies need when a broken connection ends thousands of leases at
+// once.
 // Whoever observes the end first (Err, Done, Context, the notifier before
 // OnLost) finishes it too, so that none sees the loss before the Context
 // is cancelled and Done closed.
