@@ -18,9 +18,9 @@ import (
 // through AfterFunc, and cancelling the child calls the returned stop).
 type afterFuncCtx struct {
 	context.Context // Background: Deadline, Value
-	done   chan struct{}
-	mu     sync.Mutex
-	stacks []string
+	done            chan struct{}
+	mu              sync.Mutex
+	stacks          []string
 }
 
 func (c *afterFuncCtx) Done() <-chan struct{} { return c.done }
