@@ -119,14 +119,9 @@ func (d *dispatcher) runLosses() {
 func (d *dispatcher) run() {
 	defer close(d.exited)
 	for {
-		// Losses first, so that a loss report never runs after a call
-		// queued after it (it may run before calls queued before it).
-		select {
-		case <-d.lossReady:
-			d.runLosses()
-			continue
-		default:
-		}
+		// A call taken from q runs the losses queued before it first
+		// (lossesFirst): a loss report never runs after a call queued
+		// after it (it may run before calls queued before it).
 		select {
 		case f := <-d.q:
 			d.lossesFirst()
@@ -138,11 +133,6 @@ func (d *dispatcher) run() {
 			// dropped with the queue.
 			d.runLosses()
 			for {
-				select {
-				case <-d.lossReady:
-					d.runLosses()
-				default:
-				}
 				select {
 				case f := <-d.q:
 					d.lossesFirst()

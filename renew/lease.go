@@ -154,8 +154,8 @@ func (l *Lease) Context() context.Context {
 }
 
 // finish completes the end of the lease once endLocked has ended it:
-// cancels the Context, then closes Done, so that whoever wakes on Done
-// finds the Context cancelled. Whoever ends the lease calls it after
+// cancels the Context, runs OnEnd's function, then closes Done, so that
+// whoever wakes on Done finds both done. Whoever ends the lease calls it after
 // releasing s.mu, and so does whoever observes the end (Err, Done,
 // Context, Untrack, the notifier before OnLost): it runs once, and a
 // caller returns only when it has run.
