@@ -3,7 +3,6 @@ package dflock
 import (
 	"context"
 	"errors"
-	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -131,15 +130,9 @@ func TestDrainingServerLeavesOthersAlone(t *testing.T) {
 	require.NoError(t, err)
 
 	go func() { _ = b.Shutdown(context.Background()) }()
-	// Draining has begun once the listener is gone (Shutdown closes it
-	// as it begins the drain, under the same lock).
-	require.Eventually(t, func() bool {
-		nc, err := net.Dial("tcp", b.Addr())
-		if err == nil {
-			_ = nc.Close()
-		}
-		return err != nil
-	}, 5*time.Second, time.Millisecond)
+	// Not the listener's closing, which comes a moment before open
+	// connections' requests are refused.
+	require.Eventually(t, b.Draining, 5*time.Second, time.Millisecond)
 
 	for _, op := range []string{"trysem", "release-sem", "release-lock", "trysem2", "sem3"} {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -275,6 +275,12 @@ func (s *Server) checkDrainedLocked() {
 	}
 }
 
+// Draining reports whether Shutdown has begun: the listener is closed and
+// every request from then on is refused as draining. (A dial failing is not
+// enough to tell: Shutdown closes the listener a moment before it starts
+// refusing requests on open connections.)
+func (s *Server) Draining() bool { return s.draining() }
+
 func (s *Server) draining() bool {
 	select {
 	case <-s.drainCh:
