@@ -595,6 +595,21 @@ const (
 	outUnanswered
 )
 
+// countOutcome counts a renew request's outcome in c (if any).
+func countOutcome(c *Counters, out int) {
+	if c == nil {
+		return
+	}
+	switch out {
+	case outRenewed:
+		c.Renewed.Add(1)
+	case outRefused:
+		c.Refused.Add(1)
+	default:
+		c.Unanswered.Add(1)
+	}
+}
+
 // complete applies the answer to a renewal sent at sent. It runs on the
 // owner's reader goroutine: lock, update, fix the heap, return (a loss is
 // only queued for the notifier). It returns the request's outcome, counted
@@ -608,16 +623,10 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 	case r.Status != wire.StatusOK:
 		out = outRefused
 	}
-	if c := l.counters; c != nil {
-		switch out {
-		case outRenewed:
-			c.Renewed.Add(1)
-		case outRefused:
-			c.Refused.Add(1)
-		default:
-			c.Unanswered.Add(1)
-		}
-	}
+	// The outcome is counted only once the scheduler has applied it (the
+	// loss deadline moved, or the lease ended): whoever sees a renewal
+	// counted as Renewed may rely on the lease's new deadline.
+	defer countOutcome(l.counters, out)
 	s.mu.Lock()
 	if l.state != stateTracked {
 		e := l.err
