@@ -219,11 +219,17 @@ func (c *Conn) ParseReply(line []byte, cmd Command) (r Reply, err error) {
 	if err != nil {
 		return r, c.scrubError(line, err)
 	}
-	secret := string(c.secret)
 	switch r.Status {
 	case StatusErrOther, StatusErrNotLeader:
-		r.Word = strings.ReplaceAll(r.Word, secret, Redacted)
-		r.Text = strings.ReplaceAll(r.Text, secret, Redacted)
+		// The fields come from the scrubbed line: a secret with a space
+		// in it spans fields, and replacing it within one field finds
+		// nothing. Should the scrubbed line read differently, the fields
+		// go whole.
+		if s, err := ParseReply(c.Scrubbed(line), cmd); err == nil && s.Status == r.Status {
+			r.Word, r.Text = s.Word, s.Text
+		} else {
+			r.Word, r.Text = "error_"+Redacted, Redacted
+		}
 	}
 	return r, nil
 }
@@ -278,6 +284,9 @@ func (c *Conn) AwaitLine() (ready bool, err error) {
 	if c.br.Buffered() == 0 {
 		if _, err := c.br.Peek(1); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if b := c.broken.Load(); b != nil {
+					return false, b // fail forced the deadline: a writer broke c
+				}
 				return false, err
 			}
 			return false, c.fail(err)
@@ -334,7 +343,17 @@ func (c *Conn) readLine() ([]byte, error) {
 }
 
 func (c *Conn) tooLong(prefix []byte) error {
-	e := protoErr(c.Scrubbed(prefix), "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
+	line := c.Scrubbed(prefix)
+	// prefix is what was read before the line proved too long: a secret
+	// may begin in the part the error keeps and run past its end, where
+	// Scrubbed cannot see it whole.
+	for i := range min(len(line), keepMax) {
+		if c.secret != nil && bytes.HasPrefix(c.secret, line[i:]) {
+			line = append(line[:i:i], Redacted...)
+			break
+		}
+	}
+	e := protoErr(line, "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")
 	e.kind = ErrLineTooLong
 	return e
 }

@@ -82,8 +82,16 @@ func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
+	// Back off only over a valid multi-byte rune the cut would split:
+	// bytes that are no UTF-8 (a binary payload, a garbled reply) are cut
+	// where they are, or a value of them would shrink to nothing.
+	for i := n - 1; i >= 0 && i > n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s[i]) {
+			if r, size := utf8.DecodeRuneInString(s[i:]); r != utf8.RuneError && i+size > n {
+				return s[:i]
+			}
+			break
+		}
 	}
 	return s[:n]
 }
