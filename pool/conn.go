@@ -333,8 +333,10 @@ func (c *conn) readOwn(ctx context.Context, cl *call) (_ wire.Reply, _ error, ok
 			cause = err // the wire.Conn is broken
 			break
 		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			cause = err // the wire.Conn is broken
+		if !errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, wire.ErrConnBroken) {
+			// The wire.Conn is broken (perhaps by a write that timed
+			// out: its error then wraps a deadline error too).
+			cause = err
 			break
 		}
 		// Interrupted: by this caller's end (the loop's condition), or

@@ -98,7 +98,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 			rdl = time.Now().Add(20 * time.Millisecond)
 		}
 		_ = nc.SetReadDeadline(rdl)
-		if _, perr := wc.AwaitLine(); perr != nil && !errors.Is(perr, os.ErrDeadlineExceeded) {
+		if _, perr := wc.AwaitLine(); perr != nil && (!errors.Is(perr, os.ErrDeadlineExceeded) || errors.Is(perr, wire.ErrConnBroken)) {
 			err = perr
 		}
 		if dl, ok := ctx.Deadline(); ok && err == nil {

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -900,4 +901,31 @@ func TestOwnerRequestWithEndedContextIsNeverAnswered(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	assert.Equal(t, wire.StatusOK, result(t, late, "late").Status)
 	require.NoError(t, result(t, batch, "the batch"))
+}
+
+// A caller reading its own reply whose connection a write broke with a
+// timeout (the flush goroutine's write to a server that stopped reading,
+// past Config's write timeout) returns with the break. The broken
+// wire.Conn's error wraps the write's os.ErrDeadlineExceeded, which the
+// caller took for its own interrupted wait: it cleared the deadline and
+// waited again, spinning until its context ended.
+func TestTurnCallerReturnsWhenAWriteTimeoutBreaksTheConn(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := goDo(ctx, p, lockReq("write-timeout"))
+	awaitReading(t, c)
+	require.NoError(t, c.wc.SetWriteDeadline(time.Unix(1, 0)))
+	werr := c.wc.WriteRequests(pingReq)
+	require.ErrorIs(t, werr, os.ErrDeadlineExceeded)
+	res := result(t, done, "the Do whose connection broke")
+	require.ErrorIs(t, res.err, wire.ErrConnBroken)
+	assert.NoError(t, ctx.Err())
+	require.Eventually(t, func() bool { return lane.Err() != nil }, wait, time.Millisecond, "the lane is failed")
 }
