@@ -274,7 +274,9 @@ func (c *Conn) Scrubbed(line []byte) []byte {
 // error, does not break the Conn: nothing was read, so the stream is still
 // in step and a deadline can interrupt a goroutine waiting for its reply
 // without costing the connection (clear the deadline before reading on).
-// ready is false, with a nil error, when a line has begun to arrive but its
+// A Conn already broken returns its break, matching ErrConnBroken, which
+// may wrap a deadline error too (a write that timed out): test for the
+// break first. ready is false, with a nil error, when a line has begun to arrive but its
 // end has not (or it is longer than the read buffer): ReadLine would then
 // block until the rest comes.
 func (c *Conn) AwaitLine() (ready bool, err error) {
