@@ -133,10 +133,31 @@ func FuzzRequestEncoding(f *testing.F) {
 	f.Add(uint8(CmdSignal), "a.b", "", int64(0), int64(0), int64(0), " hello world ")
 	f.Add(uint8(CmdAuth), "", "", int64(0), int64(0), int64(0), "  s3cret ")
 	f.Add(uint8(CmdEnqueue), "k\u00a0x", "", int64(0), int64(9), int64(0), "")
+	f.Add(uint8(CmdLock), "k", "", int64(MaxSeconds), int64(MaxSeconds+1), int64(0), "")
+	f.Add(uint8(CmdSemLock), "k", "", int64(-1), int64(MaxSeconds), int64(0), "")
+	f.Add(uint8(CmdRenew), "k", tok, int64(0), int64(-9223372036854775808), int64(0), "")
 	f.Fuzz(func(t *testing.T, cmd uint8, key, token string, timeout, lease, limit int64, arg string) {
 		r := Request{Cmd: Command(cmd), Key: key, Token: token, Timeout: timeout, Lease: lease, Limit: limit, Arg: arg}
 		if r.Validate() != nil {
 			return
+		}
+		// What reaches the server is within what it accepts (§3): a
+		// timeout or lease past MaxSeconds overflows its duration
+		// arithmetic, and a limit below 1 is refused.
+		switch r.Cmd {
+		case CmdLock, CmdSemLock, CmdWait, CmdSemWait:
+			if r.Timeout < 0 || r.Timeout > MaxSeconds {
+				t.Fatalf("valid %+v has timeout out of [0, %d]", r, MaxSeconds)
+			}
+		}
+		switch r.Cmd {
+		case CmdLock, CmdSemLock, CmdEnqueue, CmdSemEnqueue, CmdRenew, CmdSemRenew:
+			if r.Lease < 0 || r.Lease > MaxSeconds {
+				t.Fatalf("valid %+v has lease out of [0, %d]", r, MaxSeconds)
+			}
+		}
+		if (r.Cmd == CmdSemLock || r.Cmd == CmdSemEnqueue) && r.Limit < 1 {
+			t.Fatalf("valid %+v has limit below 1", r)
 		}
 		enc := string(r.AppendTo(nil))
 		parts := strings.Split(enc, "\n")
