@@ -144,3 +144,134 @@ func FuzzDisplay(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseReplyAcceptsValid builds replies a server may send to each
+// command (§5, §6, with the tolerated extensions: a fence field, trailing
+// fields, trailing CRs) and checks that ParseReply accepts every one with
+// the fields it carries: a valid reply refused would break the connection,
+// and with it every lease the connection owns.
+func FuzzParseReplyAcceptsValid(f *testing.F) {
+	f.Add(uint8(CmdLock), uint8(0), tok, int64(33), uint64(7), false, "x", "")
+	f.Add(uint8(CmdEnqueue), uint8(0), tok, int64(0), uint64(7), true, "x", "more 1")
+	f.Add(uint8(CmdRenew), uint8(0), tok, int64(9), uint64(1), true, "x", "")
+	f.Add(uint8(CmdSignal), uint8(0), tok, int64(3), uint64(0), false, "x", "\r")
+	f.Add(uint8(CmdStats), uint8(0), tok, int64(3), uint64(0), false, "x", `{"connections":1}`)
+	f.Add(uint8(CmdRelease), uint8(3), tok, int64(3), uint64(0), false, "something_new", "")
+	f.Fuzz(func(t *testing.T, cmdByte, kind uint8, token string, n int64, fence uint64, withFence bool, word, extra string) {
+		cmd := Command(1 + int(cmdByte)%int(numCommands-1))
+		if n < 0 || ValidateToken(token) != nil || strings.ContainsAny(extra, "\n") {
+			return
+		}
+		// extra is either trailing CRs (which the server's reader and ours
+		// strip) or free text after the known fields, as a field of its
+		// own (a leading space in it makes a doubled space).
+		tail, crs := "", ""
+		switch {
+		case strings.Trim(extra, "\r") == "":
+			crs = extra
+		case strings.Contains(extra, "\r"):
+			return
+		default:
+			tail = " " + extra
+		}
+		num := strconv.FormatInt(n, 10)
+		fenceField := ""
+		if withFence {
+			fenceField = " " + strconv.FormatUint(fence, 10)
+		}
+		want := Reply{}
+		var line string
+		grant := func(status string, st Status) {
+			line = status + " " + token + " " + num + fenceField + tail
+			want = Reply{Status: st, Word: status, Token: token, Lease: n, Fence: fence, HasFence: withFence}
+			if !withFence {
+				var ok bool
+				if want.Fence, want.HasFence, ok = fenceOfTail(tail); !ok {
+					line = ""
+				}
+			}
+		}
+		errWord := "error_" + strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r == '_' {
+				return r
+			}
+			return -1
+		}, word)
+		switch kind % 4 {
+		case 1: // the other non-error statuses the command may get
+			switch cmd {
+			case CmdLock, CmdSemLock, CmdWait, CmdSemWait:
+				line, want = "timeout", Reply{Status: StatusTimeout, Word: "timeout"}
+			case CmdEnqueue, CmdSemEnqueue:
+				line, want = "queued", Reply{Status: StatusQueued, Word: "queued"}
+			default:
+				return
+			}
+		case 2:
+			line, want = "error", Reply{Status: StatusError, Word: "error"}
+		case 3:
+			line, want = errWord, Reply{Status: statusOf([]byte(errWord)), Word: errWord}
+			if errWord == "error_" {
+				return // not a word any server sends
+			}
+			if want.Status == StatusErrNotLeader && token != "" {
+				line += " " + token // the leader's address
+				want.Text = token
+			}
+		default:
+			switch cmd {
+			case CmdLock, CmdSemLock, CmdWait, CmdSemWait:
+				grant("ok", StatusOK)
+			case CmdEnqueue, CmdSemEnqueue:
+				grant("acquired", StatusAcquired)
+			case CmdRenew, CmdSemRenew:
+				line = "ok " + num + fenceField + tail
+				want = Reply{Status: StatusOK, Word: "ok", Lease: n, Fence: fence, HasFence: withFence}
+				if !withFence {
+					var ok bool
+					if want.Fence, want.HasFence, ok = fenceOfTail(tail); !ok {
+						return
+					}
+				}
+			case CmdSignal:
+				line = "ok " + num + tail
+				want = Reply{Status: StatusOK, Word: "ok", Count: n}
+			case CmdStats:
+				if tail == "" {
+					return
+				}
+				line = "ok" + tail
+				want = Reply{Status: StatusOK, Word: "ok", Text: extra}
+			default: // bare ok, trailing fields ignored
+				line, want = "ok"+tail, Reply{Status: StatusOK, Word: "ok"}
+			}
+		}
+		if line == "" {
+			return // a grant with a non-canonical decimal where a fence goes
+		}
+		got, err := ParseReply([]byte(line+crs), cmd)
+		if err != nil {
+			t.Fatalf("%s: valid reply %q refused: %v", cmd, line+crs, err)
+		}
+		if got != want {
+			t.Fatalf("%s: %q parsed to %+v, want %+v", cmd, line+crs, got, want)
+		}
+	})
+}
+
+// fenceOfTail is the fence a grant or renewal without one of its own gets
+// from trailing text: its first field, if it is a decimal as a server
+// writes one (what else a server might put there is ParseReply's choice:
+// ok says whether the reference has a view).
+func fenceOfTail(tail string) (fence uint64, has, ok bool) {
+	if tail == "" {
+		return 0, false, true
+	}
+	first, _, _ := strings.Cut(tail[1:], " ")
+	v, err := strconv.ParseUint(first, 10, 64)
+	if err == nil && strconv.FormatUint(v, 10) == first {
+		return v, true, true
+	}
+	digits := first != "" && strings.Trim(first, "0123456789") == ""
+	return 0, false, !digits
+}
