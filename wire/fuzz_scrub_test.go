@@ -34,15 +34,7 @@ func FuzzConnSecret(f *testing.F) {
 		}
 		data := bytes.ReplaceAll(tmpl, []byte{1}, []byte(secret))
 		limit := 16 + int(capByte)*20
-		step := 1 + int(chunk)
-		var chunks [][]byte
-		for rest := data; len(rest) > 0; {
-			n := min(step, len(rest))
-			chunks = append(chunks, rest[:n])
-			rest = rest[n:]
-			step = step*7%251 + 1
-		}
-		c := NewConn(&scriptConn{chunks: chunks}, ConnOptions{MaxLine: limit, Secret: secret})
+		c := NewConn(&scriptConn{chunks: fuzzChunks(data, chunk)}, ConnOptions{MaxLine: limit, Secret: secret})
 
 		segs := strings.Split(string(data), "\n")
 		for i, seg := range segs[:len(segs)-1] {

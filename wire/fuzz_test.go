@@ -118,6 +118,20 @@ func FuzzParsePush(f *testing.F) {
 	})
 }
 
+// fuzzChunks cuts data into the reads a fuzzed connection delivers: the
+// first chunk+1 bytes long, the next ones varied deterministically.
+func fuzzChunks(data []byte, chunk uint8) [][]byte {
+	step := 1 + int(chunk)
+	var chunks [][]byte
+	for rest := data; len(rest) > 0; {
+		n := min(step, len(rest))
+		chunks = append(chunks, rest[:n])
+		rest = rest[n:]
+		step = step*7%251 + 1
+	}
+	return chunks
+}
+
 // refMatch is the server's algorithm (signal.go MatchPattern) written the
 // obvious, allocating way.
 func refMatch(pattern, channel string) bool {
@@ -180,15 +194,7 @@ func FuzzConnRead(f *testing.F) {
 	f.Add([]byte("ok 3"), uint8(2), uint8(16))
 	f.Fuzz(func(t *testing.T, data []byte, chunk, capByte uint8) {
 		limit := 16 + int(capByte)*20 // 16 … 5116: below and above the read buffer
-		step := 1 + int(chunk)
-		var chunks [][]byte
-		for rest := data; len(rest) > 0; {
-			n := min(step, len(rest))
-			chunks = append(chunks, rest[:n])
-			rest = rest[n:]
-			step = step*7%251 + 1 // vary chunk sizes deterministically
-		}
-		c := NewConn(&scriptConn{chunks: chunks}, ConnOptions{MaxLine: limit})
+		c := NewConn(&scriptConn{chunks: fuzzChunks(data, chunk)}, ConnOptions{MaxLine: limit})
 
 		segs := strings.Split(string(data), "\n")
 		complete, tail := segs[:len(segs)-1], segs[len(segs)-1]
