@@ -276,9 +276,9 @@ func (c *Conn) Scrubbed(line []byte) []byte {
 // without costing the connection (clear the deadline before reading on).
 // A Conn already broken returns its break, matching ErrConnBroken, which
 // may wrap a deadline error too (a write that timed out): test for the
-// break first. ready is false, with a nil error, when a line has begun to arrive but its
-// end has not (or it is longer than the read buffer): ReadLine would then
-// block until the rest comes.
+// break first. ready is false, with a nil error, when a line has begun to
+// arrive but its end has not (or it is longer than the read buffer):
+// ReadLine would then block until the rest comes.
 func (c *Conn) AwaitLine() (ready bool, err error) {
 	if b := c.broken.Load(); b != nil {
 		return false, b
@@ -349,8 +349,8 @@ func (c *Conn) tooLong(prefix []byte) error {
 	// prefix is what was read before the line proved too long: a secret
 	// may begin in the part the error keeps and run past its end, where
 	// Scrubbed cannot see it whole.
-	for i := range min(len(line), keepMax) {
-		if c.secret != nil && bytes.HasPrefix(c.secret, line[i:]) {
+	for i := 0; c.secret != nil && i < min(len(line), keepMax); i++ {
+		if bytes.HasPrefix(c.secret, line[i:]) {
 			line = append(line[:i:i], Redacted...)
 			break
 		}
