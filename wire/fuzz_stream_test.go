@@ -35,17 +35,7 @@ func FuzzAwaitLine(f *testing.F) {
 	f.Add([]byte("ok "+tok+" 33\r\nsig a b\nerror\n"), uint8(3), uint8(0x0f), uint8(32))
 	f.Fuzz(func(t *testing.T, data []byte, chunk, pattern, capByte uint8) {
 		limit := 16 + int(capByte)*20
-		split := func() [][]byte {
-			var chunks [][]byte
-			step := 1 + int(chunk)
-			for rest := data; len(rest) > 0; {
-				n := min(step, len(rest))
-				chunks = append(chunks, rest[:n])
-				rest = rest[n:]
-				step = step*7%251 + 1
-			}
-			return chunks
-		}
+		split := func() [][]byte { return fuzzChunks(data, chunk) }
 
 		// Reference: ReadLine alone.
 		var want []string
