@@ -276,26 +276,35 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 		}
 		// The reader has the turn now; wait like any other caller.
 	}
+	s := stateWaiting
 	if ctx.Err() == nil && !c.p.ended.Load() {
-		select {
-		case <-cl.done:
-			r, err := cl.result()
-			return r, false, err
-		case <-ctx.Done():
-		case <-c.p.lifeDone:
+		// The pool's Lifetime ends this wait through cl.done too
+		// (endWaits), so that the waiting callers do not all
+		// queue on its one channel: a receive on a channel of the
+		// caller's own costs far less than a select over a shared one,
+		// whose lock every waiter takes twice.
+		if d := ctx.Done(); d == nil || d == c.p.lifeDone {
+			s = <-cl.done
+		} else {
+			select {
+			case s = <-cl.done:
+			case <-d:
+			}
 		}
 	}
-	if !cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
-		// The reply won the race; it is ours.
-		<-cl.done
-		r, err := cl.result()
-		return r, false, err
+	if s == stateWaiting && !cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+		s = <-cl.done // the reply, or the Lifetime, won the race
 	}
-	// From here the reader owns cl.
-	if err := ctx.Err(); err != nil {
-		return wire.Reply{}, true, serverErr(c.p.cfg.Addr, err, nil)
+	if s != stateDelivered {
+		// From here the reader owns cl: this caller gave up, or the
+		// pool's Lifetime gave up for it.
+		if err := ctx.Err(); err != nil {
+			return wire.Reply{}, true, serverErr(c.p.cfg.Addr, err, nil)
+		}
+		return wire.Reply{}, true, serverErr(c.p.cfg.Addr, ErrClosed, nil)
 	}
-	return wire.Reply{}, true, serverErr(c.p.cfg.Addr, ErrClosed, nil)
+	r, err := cl.result()
+	return r, false, err
 }
 
 // readOwn reads the reply to cl on the caller's goroutine. The caller has
@@ -423,6 +432,29 @@ func (c *conn) interruptRead() {
 		_ = c.wc.SetReadDeadline(pastDeadline)
 	}
 	c.mu.Unlock()
+}
+
+// endWaits ends, when the pool's Lifetime ends, the waits of the callers
+// waiting for the reader to deliver their replies (await), as their own
+// ctx would: each call still waiting is abandoned to the reader. A caller
+// reading its own reply (the head of the queue while the turn is a
+// caller's) is left to interruptRead.
+func (c *conn) endWaits() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return // fail delivered every call
+	}
+	i := 0
+	if c.turn == turnCaller {
+		i = 1
+	}
+	for ; i < c.q.n; i++ {
+		cl := c.q.at(i)
+		if cl.kind == callWait && cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+			cl.done <- stateAbandoned // cap 1, and nobody else sends now
+		}
+	}
 }
 
 func (c *conn) clearForcedLocked() {
@@ -1077,7 +1109,7 @@ func (c *conn) deliver(cl *call, r wire.Reply, err error) {
 	case callWait:
 		cl.reply, cl.err = r, err
 		if cl.state.CompareAndSwap(stateWaiting, stateDelivered) {
-			cl.done <- struct{}{}
+			cl.done <- stateDelivered
 			return // the waiter recycles cl
 		}
 		switch {
@@ -1297,10 +1329,14 @@ type call struct {
 	blocking bool
 	cmd      wire.Command
 	state    atomic.Uint32
-	done     chan struct{} // cap 1, callWait only
-	reply    wire.Reply
-	err      error
-	key      string // lane l/sl: to release an abandoned grant
+	// done receives, for callWait only, the state that ended the wait:
+	// stateDelivered from the reader (or fail), or stateAbandoned from
+	// the pool's Lifetime (endWaits). Cap 1; at most one send
+	// per use, by whoever moved state from stateWaiting.
+	done  chan uint32
+	reply wire.Reply
+	err   error
+	key   string // lane l/sl: to release an abandoned grant
 	// grantKey is the key of a request that can be answered with a grant
 	// (l, sl, e, se, w, sw): a grant read for it as the connection
 	// breaks, when its caller gets the connection's error, goes to
@@ -1323,7 +1359,7 @@ const (
 	stateDelivered
 )
 
-var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan uint32, 1)} }}
 
 func getCall() *call { return callPool.Get().(*call) }
 
@@ -1362,6 +1398,9 @@ func (q *callQueue) push(cl *call) {
 	q.buf[(q.head+q.n)&(len(q.buf)-1)] = cl
 	q.n++
 }
+
+// at returns the i-th call from the head; 0 <= i < q.n.
+func (q *callQueue) at(i int) *call { return q.buf[(q.head+i)&(len(q.buf)-1)] }
 
 func (q *callQueue) pop() *call {
 	if q.n == 0 {

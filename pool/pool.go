@@ -327,13 +327,15 @@ func (p *Pool) Close() {
 }
 
 // lifetimeEnded ends every wait for a reply when Config.Lifetime ends: a
-// caller waiting on a reply channel selects on lifeDone; one reading its
-// own reply is interrupted. ended is set first: a caller that takes the
-// turn to read after the loop passed its connection sees it (both under
-// the connection's mu) and does not start waiting.
+// caller waiting for the reader to deliver its reply is abandoned to the
+// reader; one reading its own reply is interrupted. ended is set first: a
+// caller that queues its request or takes the turn to read after the loop
+// passed its connection (both under the connection's mu) sees it and does
+// not start waiting.
 func (p *Pool) lifetimeEnded() {
 	p.ended.Store(true)
 	for _, c := range p.snapshot(nil) {
+		c.endWaits()
 		c.interruptRead()
 	}
 }

@@ -288,8 +288,10 @@ func TestTurnCallerCancelledWhileReadingOwnReply(t *testing.T) {
 
 // When the pool's Config.Lifetime ends, every caller waiting for a reply
 // returns with an error matching ErrClosed: the one reading its own reply
-// (interrupted), one queued behind it (waiting on its reply channel), and
-// one arriving afterwards. The connection does not break.
+// (interrupted), those queued behind it (waiting on their reply channels,
+// whether their ctx can end or not: the Lifetime ends those waits itself,
+// not through a select), and one arriving afterwards. The connection does
+// not break.
 func TestTurnLifetimeEndsWaits(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
@@ -304,10 +306,11 @@ func TestTurnLifetimeEndsWaits(t *testing.T) {
 	reading := goDo(ctxWait(t), p, lockReq("life-1"))
 	awaitReading(t, c)
 	queuedDo := goDo(ctxWait(t), p, lockReq("life-2"))
-	require.Eventually(t, func() bool { return queued(c) == 2 }, wait, time.Millisecond)
-	assert.Equal(t, turnCaller, turnOf(c), "the second caller waits for the first to pass the turn on")
+	queuedBg := goDo(context.Background(), p, lockReq("life-4"))
+	require.Eventually(t, func() bool { return queued(c) == 3 }, wait, time.Millisecond)
+	assert.Equal(t, turnCaller, turnOf(c), "the queued callers wait for the first to pass the turn on")
 	end()
-	for _, ch := range []<-chan doResult{reading, queuedDo} {
+	for _, ch := range []<-chan doResult{reading, queuedDo, queuedBg} {
 		res := result(t, ch, "a Do when Lifetime ended")
 		require.ErrorIs(t, res.err, ErrClosed)
 		assert.NotErrorIs(t, res.err, wire.ErrConnBroken)
@@ -318,9 +321,10 @@ func TestTurnLifetimeEndsWaits(t *testing.T) {
 
 	resume()
 	require.Eventually(t, func() bool {
-		return srv.Stats().Requests["r"] == 3 &&
-			holder(srv, "life-1") == 0 && holder(srv, "life-2") == 0 && holder(srv, "life-3") == 0
-	}, wait, time.Millisecond, "the three late grants are released")
+		return srv.Stats().Requests["r"] == 4 &&
+			holder(srv, "life-1") == 0 && holder(srv, "life-2") == 0 && holder(srv, "life-3") == 0 &&
+			holder(srv, "life-4") == 0
+	}, wait, time.Millisecond, "the four late grants are released")
 	require.NoError(t, lane.Err())
 }
 
