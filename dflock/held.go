@@ -20,7 +20,10 @@ import (
 type held struct {
 	c     *Client
 	srv   *server
-	lease *renew.Lease
+	lease *renew.Lease // &leaseMem
+	// leaseMem is the lease itself: tracked in place (TrackInto), so that
+	// an acquire allocates it with the held.
+	leaseMem renew.Lease
 	// owner is the connection that acquired the lease (renewals and the
 	// release go there). pinned is the same connection when it is a
 	// wait-pool connection the lease pins (granted after waiting, or by a
@@ -461,7 +464,8 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 	// Everything LeaseLost reads is written above: Track's lock orders it
 	// before the notifier's call.
 	srv.obs.tracked() // before Track: LeaseLost may run before it returns
-	h.lease = c.sched.Track(renew.Spec{
+	h.lease = &h.leaseMem
+	c.sched.TrackInto(h.lease, renew.Spec{
 		Key:       req.Key,
 		Token:     r.Token,
 		Semaphore: req.Limit > 0,

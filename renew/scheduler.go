@@ -226,18 +226,22 @@ func (s *Scheduler) poke() {
 // TTL is under one second, the owner is nil — is returned already lost (its
 // Err says why) so that nothing silently appears held.
 func (s *Scheduler) Track(spec Spec) *Lease {
-	l := &Lease{
-		s:        s,
-		key:      spec.Key,
-		token:    spec.Token,
-		owner:    spec.Owner,
-		server:   spec.Server,
-		onLost:   spec.OnLost,
-		counters: spec.Counters,
-		ttl:      spec.TTL.Truncate(time.Second),
-		sem:      spec.Semaphore,
-		idx:      -1,
-	}
+	l := new(Lease)
+	s.TrackInto(l, spec)
+	return l
+}
+
+// TrackInto is Track for a Lease the caller allocated, so that a struct of
+// the caller's embedding the Lease costs one allocation, not two. l must be
+// a zero Lease, never tracked before, and must not be copied afterwards.
+func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
+	l.s = s
+	l.key, l.token = spec.Key, spec.Token
+	l.owner, l.server = spec.Owner, spec.Server
+	l.onLost, l.counters = spec.OnLost, spec.Counters
+	l.ttl = spec.TTL.Truncate(time.Second)
+	l.sem = spec.Semaphore
+	l.idx = -1
 	// A grant cannot have been sent in the future; treating such a Sent as
 	// now keeps a bogus value from postponing both renewal and loss.
 	sent := s.now()
@@ -266,7 +270,7 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 		// Nothing to finish: Done and Context of a new lease are not made.
 		s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 		s.mu.Unlock()
-		return l
+		return
 	}
 	iv := s.confirmLocked(l, sent, l.ttl)
 	// Jitter only the first renewal. It spreads clients that acquired
@@ -284,7 +288,6 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 	s.linkLocked(l)
 	s.wakeIfEarlierLocked(l.next)
 	s.mu.Unlock()
-	return l
 }
 
 // OwnerFailed declares every lease owned by o lost with cause err.
