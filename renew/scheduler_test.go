@@ -605,3 +605,42 @@ func TestConfigDefaultsAndClamping(t *testing.T) {
 	assert.Less(t, l.renewAt, l.deadline)
 	assert.LessOrEqual(t, l.renewAt, int64(8100*time.Millisecond))
 }
+
+// A Lease tracked in place, inside a struct of the caller's (TrackInto), is
+// renewed and untracked like one Track allocated, and the allocation is the
+// caller's: TrackInto itself allocates nothing.
+func TestTrackIntoTracksInPlace(t *testing.T) { // not parallel: AllocsPerRun counts the process's allocations
+	o := okOwner(t)
+	s := newTestScheduler(t, Config{KeepAlive: 100 * time.Millisecond})
+	var holder struct {
+		before int
+		l      Lease
+	}
+	s.TrackInto(&holder.l, Spec{Key: "in-place", Token: "t", TTL: 60 * time.Second, Owner: o})
+	require.NoError(t, holder.l.Err())
+	assert.Equal(t, "in-place", holder.l.Key())
+	o.waitFor(t, waitShort, "a renewal of the lease tracked in place", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdRenew, "in-place")) >= 1
+	})
+	require.True(t, holder.l.Untrack())
+	assert.Equal(t, ErrReleased, holder.l.Err())
+
+	if raceEnabled {
+		return // the race detector's bookkeeping allocates
+	}
+	// A scheduler with nothing due for seconds: AllocsPerRun counts the
+	// whole process, so no renewal round may run meanwhile.
+	quiet := newTestScheduler(t, Config{})
+	var ls [101]Lease
+	i := 0
+	inPlace := testing.AllocsPerRun(100, func() {
+		quiet.TrackInto(&ls[i], Spec{Key: "k", Token: "t", TTL: 60 * time.Second, Owner: o})
+		ls[i].Untrack()
+		i++
+	})
+	allocated := testing.AllocsPerRun(100, func() {
+		quiet.Track(Spec{Key: "k", Token: "t", TTL: 60 * time.Second, Owner: o}).Untrack()
+	})
+	assert.Zero(t, inPlace, "TrackInto+Untrack of an owner already known allocates nothing")
+	assert.Equal(t, 1.0, allocated, "Track allocates the Lease, and nothing else")
+}

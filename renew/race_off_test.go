@@ -1,0 +1,5 @@
+//go:build !race
+
+package renew
+
+const raceEnabled = false
