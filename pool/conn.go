@@ -77,6 +77,9 @@ type conn struct {
 	// inline: a caller may write its request itself when the connection is
 	// idle (see writeInlineLocked); set for kernel sockets only.
 	inline bool
+	// own is the call whose caller reads its reply itself (readOwn), while
+	// the turn is that caller's; nil otherwise.
+	own *call
 	// beforeInlineWrite, if set (tests only, under mu), runs on the caller
 	// that is about to write inline, before it takes the buffer.
 	beforeInlineWrite func()
@@ -372,6 +375,7 @@ func (c *conn) handOff(cause error) {
 	}
 	if c.turn == turnCaller {
 		c.turn = turnReader
+		c.own = nil
 	}
 	c.wakeReader()
 	c.mu.Unlock()
@@ -395,6 +399,7 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		// took cl out of the queue and delivered the error, which is
 		// what the caller gets. A grant it read is nobody's then.
 		c.failedHead.key = ""
+		c.own = nil
 		c.mu.Unlock()
 		<-cl.done
 		cmd, key := cl.cmd, cl.grantKey
@@ -403,6 +408,7 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		return r, err, true
 	}
 	c.q.pop() // cl: alone when the caller took the turn, and nobody else reads
+	c.own = nil
 	c.answeredLocked(cl)
 	c.clearForcedLocked()
 	if c.q.n > 0 {
@@ -436,22 +442,20 @@ func (c *conn) interruptRead() {
 
 // endWaits ends, when the pool's Lifetime ends, the waits of the callers
 // waiting for the reader to deliver their replies (await), as their own
-// ctx would: each call still waiting is abandoned to the reader. A caller
-// reading its own reply (the head of the queue while the turn is a
-// caller's) is left to interruptRead.
+// ctx would: each call still waiting is abandoned to the reader. The caller
+// reading its own reply (c.own) is left to interruptRead. (Not simply the
+// head of the queue while the turn is a caller's: while a caller claiming
+// the turn probes the socket, its request is not queued yet, and the head
+// is another caller's, waiting for the reader.)
 func (c *conn) endWaits() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
 		return // fail delivered every call
 	}
-	i := 0
-	if c.turn == turnCaller {
-		i = 1
-	}
-	for ; i < c.q.n; i++ {
+	for i := 0; i < c.q.n; i++ {
 		cl := c.q.at(i)
-		if cl.kind == callWait && cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+		if cl != c.own && cl.kind == callWait && cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
 			cl.done <- stateAbandoned // cap 1, and nobody else sends now
 		}
 	}
@@ -841,6 +845,7 @@ func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads b
 	}
 	c.nreq.Add(1)
 	if claimed {
+		c.own = cl
 		return true
 	}
 	if c.turn == turnNobody {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -932,4 +933,66 @@ func TestTurnCallerReturnsWhenAWriteTimeoutBreaksTheConn(t *testing.T) {
 	require.ErrorIs(t, res.err, wire.ErrConnBroken)
 	assert.NoError(t, ctx.Err())
 	require.Eventually(t, func() bool { return lane.Err() != nil }, wait, time.Millisecond, "the lane is failed")
+}
+
+// A caller that queues its request while another, claiming the turn,
+// probes the socket waits for the reader like any other; when the pool's
+// Lifetime ends then, its wait ends too (ErrClosed), although the turn is
+// a caller's and its call is first in the queue. (The Lifetime once took
+// the first call of a queue whose turn was a caller's for that caller's,
+// and left this one waiting for a reply the stalled server never sent.)
+func TestTurnLifetimeEndsAWaitQueuedDuringAProbe(t *testing.T) { // not parallel: looks for its waiter in every goroutine's stack
+	srv := newServer(t, testutil.Config{})
+	life, end := context.WithCancel(context.Background())
+	defer end()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
+	_, c := laneOf(t, p)
+	settle(t, c)
+	ageLastRead(c) // so that the next claim probes
+	resume := srv.Stall(0)
+	defer resume()
+
+	queuedDo := make(chan (<-chan doResult), 1)
+	ended := make(chan struct{})
+	letProbe := sync.OnceFunc(func() { close(ended) })
+	defer letProbe()
+	c.mu.Lock()
+	c.beforeProbe = func() {
+		c.mu.Lock()
+		c.beforeProbe = nil
+		c.mu.Unlock()
+		queuedDo <- goDo(context.Background(), p, lockReq("probe-window"))
+		require.Eventually(t, func() bool { return queued(c) == 1 }, wait, time.Millisecond)
+		assert.Equal(t, turnCaller, turnOf(c), "the prober holds the turn")
+		require.Eventually(t, func() bool { return waitingInAwait() }, wait, time.Millisecond,
+			"the queued caller waits for its reply")
+		end()
+		<-ended
+	}
+	c.mu.Unlock()
+
+	prober := goDo(context.Background(), p, wire.Request{Cmd: wire.CmdPing})
+	q := <-queuedDo
+	res := result(t, q, "a Do queued during a probe when Lifetime ended")
+	require.ErrorIs(t, res.err, ErrClosed)
+	letProbe()
+	res = result(t, prober, "the prober's Do after Lifetime ended")
+	require.ErrorIs(t, res.err, ErrClosed)
+	resume()
+	require.Eventually(t, func() bool { return holder(srv, "probe-window") == 0 }, wait, time.Millisecond,
+		"the late grant is released")
+}
+
+// waitingInAwait reports whether a goroutine is blocked in conn.await,
+// waiting for the reader to deliver its reply.
+func waitingInAwait() bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if (strings.Contains(g, "[chan receive") || strings.Contains(g, "[select")) &&
+			strings.Contains(g, "pool.(*conn).await(") {
+			return true
+		}
+	}
+	return false
 }
