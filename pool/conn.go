@@ -296,7 +296,7 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 		}
 	}
 	if s == stateWaiting && !cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
-		s = <-cl.done // the reply, or the Lifetime, won the race
+		s = <-cl.done // the reply, or the Lifetime, won the race: its token
 	}
 	if s != stateDelivered {
 		// From here the reader owns cl: this caller gave up, or the
@@ -455,8 +455,8 @@ func (c *conn) endWaits() {
 	}
 	for i := 0; i < c.q.n; i++ {
 		cl := c.q.at(i)
-		if cl != c.own && cl.kind == callWait && cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
-			cl.done <- stateAbandoned // cap 1, and nobody else sends now
+		if cl != c.own && cl.kind == callWait && cl.state.CompareAndSwap(stateWaiting, stateEnded) {
+			cl.done <- stateEnded // cap 1, and nobody else sends now
 		}
 	}
 }
@@ -1123,6 +1123,12 @@ func (c *conn) deliver(cl *call, r wire.Reply, err error) {
 		case err == nil && cl.key != "":
 			c.releaseAbandoned(cl, &r)
 		}
+		if cl.state.Load() == stateEnded {
+			// Its caller may not have taken the Lifetime's token yet:
+			// recycled, the call would hand it to the next request.
+			// Left to the collector (this happens at Close only).
+			return
+		}
 	}
 	putCall(cl)
 }
@@ -1335,9 +1341,9 @@ type call struct {
 	cmd      wire.Command
 	state    atomic.Uint32
 	// done receives, for callWait only, the state that ended the wait:
-	// stateDelivered from the reader (or fail), or stateAbandoned from
-	// the pool's Lifetime (endWaits). Cap 1; at most one send
-	// per use, by whoever moved state from stateWaiting.
+	// stateDelivered from the reader (or fail), or stateEnded from the
+	// pool's Lifetime (endWaits). Cap 1; at most one send per use, by
+	// whoever moved state from stateWaiting.
 	done  chan uint32
 	reply wire.Reply
 	err   error
@@ -1361,6 +1367,9 @@ const (
 const (
 	stateWaiting uint32 = iota
 	stateAbandoned
+	// stateEnded: abandoned by the pool's Lifetime (endWaits), which sent
+	// the caller a token on done; such a call is never recycled.
+	stateEnded
 	stateDelivered
 )
 

@@ -996,3 +996,59 @@ func waitingInAwait() bool {
 	}
 	return false
 }
+
+// A call whose wait the pool's Lifetime ended, before its caller started
+// waiting, carries the token that ended it until that caller takes it; the
+// reader, which hands the late reply to the call's late callback, must not
+// recycle the call meanwhile: the next request to get it would find the
+// token and take it for the end of its own wait.
+func TestTurnLifetimeEndedCallIsNotRecycledWithItsToken(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	life, end := context.WithCancel(context.Background())
+	defer end()
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
+	lane, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	defer resume()
+
+	var cl *call
+	sent := make(chan struct{})
+	proceed := make(chan struct{})
+	letGo := sync.OnceFunc(func() { close(proceed) })
+	defer letGo()
+	c.afterRequestSent = func() { // set before the one request that runs it
+		c.mu.Lock()
+		cl = c.q.at(c.q.n - 1)
+		c.mu.Unlock()
+		close(sent)
+		<-proceed
+	}
+	// The first caller reads its own reply; the second waits for the
+	// reader, and is held after queueing its request, before it waits.
+	reading := goDo(ctxWait(t), p, lockReq("recycle-1"))
+	awaitReading(t, c)
+	type reqResult struct {
+		answered bool
+		err      error
+	}
+	held := make(chan reqResult, 1)
+	late := make(chan wire.Reply, 1)
+	go func() {
+		_, answered, err := lane.Request(context.Background(), lockReq("recycle-2"), func(_ int, r wire.Reply, _ error) { late <- r })
+		held <- reqResult{answered, err}
+	}()
+	result(t, sent, "the held caller's request")
+	end()
+	res := result(t, reading, "the caller reading its own reply when Lifetime ended")
+	require.ErrorIs(t, res.err, ErrClosed)
+	resume()
+	assert.Equal(t, wire.StatusOK, result(t, late, "the late reply").Status)
+	assert.False(t, cl.state.Load() == stateWaiting && len(cl.done) > 0,
+		"the call went back to the pool with the Lifetime's token in it")
+	letGo()
+	hr := result(t, held, "the held caller after Lifetime ended")
+	assert.False(t, hr.answered)
+	require.ErrorIs(t, hr.err, ErrClosed)
+}
