@@ -1208,6 +1208,16 @@ func (c *conn) grantLost(cmd wire.Command, key string, r wire.Reply) {
 	lost(req)
 }
 
+// onlyPingPending reports whether no reply is pending on the connection
+// but (perhaps) that of the janitor's keepalive ping, which is sent only
+// when nothing else is: such a connection may go back to the wait pool,
+// where the reader reads the ping's reply ahead of the next user's.
+func (c *conn) onlyPingPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.n == 0 || (c.q.n == 1 && c.q.at(0).kind == callPing)
+}
+
 func (c *conn) pingDone(r wire.Reply, err error) {
 	if err != nil {
 		return

@@ -111,14 +111,14 @@ func (h *Conn) Unpin() {
 }
 
 // Release returns the connection to the wait pool if it is healthy (not
-// broken, no reply pending, not pinned), otherwise destroys it. Releasing a
-// pinned connection destroys it, and with it the server-side leases it
-// owns: Unpin first.
+// broken, no reply pending but that of a keepalive ping, not pinned),
+// otherwise destroys it. Releasing a pinned connection destroys it, and
+// with it the server-side leases it owns: Unpin first.
 func (h *Conn) Release() {
 	if !h.takeOut() {
 		return
 	}
-	if h.c.errp.Load() == nil && h.c.inflight.Load() == 0 && h.pins.Load() == 0 {
+	if h.c.errp.Load() == nil && h.c.onlyPingPending() && h.pins.Load() == 0 {
 		h.c.setOwner(nil)
 		now := h.p.now()
 		h.res.Release()
