@@ -1393,6 +1393,7 @@ func putCall(cl *call) {
 	cl.key = ""
 	cl.grantKey = ""
 	cl.cb = nil
+	cl.idx = 0
 	cl.blocking = false
 	cl.state.Store(stateWaiting)
 	callPool.Put(cl)
