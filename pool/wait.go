@@ -118,7 +118,7 @@ func (h *Conn) Release() {
 	if !h.takeOut() {
 		return
 	}
-	if h.c.errp.Load() == nil && h.c.onlyPingPending() && h.pins.Load() == 0 {
+	if h.c.errp.Load() == nil && (h.c.inflight.Load() == 0 || h.c.onlyPingPending()) && h.pins.Load() == 0 {
 		h.c.setOwner(nil)
 		now := h.p.now()
 		h.res.Release()
