@@ -282,10 +282,10 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 	s := stateWaiting
 	if ctx.Err() == nil && !c.p.ended.Load() {
 		// The pool's Lifetime ends this wait through cl.done too
-		// (endWaits), so that the waiting callers do not all
-		// queue on its one channel: a receive on a channel of the
-		// caller's own costs far less than a select over a shared one,
-		// whose lock every waiter takes twice.
+		// (endWaits), so that the waiting callers do not all queue on
+		// its one channel: a receive on a channel of the caller's own
+		// costs far less than a select over a shared one, whose lock
+		// every waiter takes twice.
 		if d := ctx.Done(); d == nil || d == c.p.lifeDone {
 			s = <-cl.done
 		} else {
