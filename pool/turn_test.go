@@ -295,14 +295,7 @@ func TestTurnCallerCancelledWhileReadingOwnReply(t *testing.T) {
 // not break.
 func TestTurnLifetimeEndsWaits(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	life, end := context.WithCancel(context.Background())
-	defer end()
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
-	lane, c := laneOf(t, p)
-	settle(t, c)
-	resume := srv.Stall(0)
-	defer resume()
+	srv, p, lane, c, end, resume := stalledLifetimeLane(t)
 
 	reading := goDo(ctxWait(t), p, lockReq("life-1"))
 	awaitReading(t, c)
@@ -942,15 +935,8 @@ func TestTurnCallerReturnsWhenAWriteTimeoutBreaksTheConn(t *testing.T) {
 // the first call of a queue whose turn was a caller's for that caller's,
 // and left this one waiting for a reply the stalled server never sent.)
 func TestTurnLifetimeEndsAWaitQueuedDuringAProbe(t *testing.T) { // not parallel: looks for its waiter in every goroutine's stack
-	srv := newServer(t, testutil.Config{})
-	life, end := context.WithCancel(context.Background())
-	defer end()
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
-	_, c := laneOf(t, p)
-	settle(t, c)
+	srv, p, _, c, end, resume := stalledLifetimeLane(t)
 	ageLastRead(c) // so that the next claim probes
-	resume := srv.Stall(0)
-	defer resume()
 
 	queuedDo := make(chan (<-chan doResult), 1)
 	ended := make(chan struct{})
@@ -1004,14 +990,7 @@ func waitingInAwait() bool {
 // token and take it for the end of its own wait.
 func TestTurnLifetimeEndedCallIsNotRecycledWithItsToken(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	life, end := context.WithCancel(context.Background())
-	defer end()
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
-	lane, c := laneOf(t, p)
-	settle(t, c)
-	resume := srv.Stall(0)
-	defer resume()
+	_, p, lane, c, end, resume := stalledLifetimeLane(t)
 
 	var cl *call
 	sent := make(chan struct{})
@@ -1051,4 +1030,20 @@ func TestTurnLifetimeEndedCallIsNotRecycledWithItsToken(t *testing.T) {
 	hr := result(t, held, "the held caller after Lifetime ended")
 	assert.False(t, hr.answered)
 	require.ErrorIs(t, hr.err, ErrClosed)
+}
+
+// stalledLifetimeLane starts a server and a pool with one lane connection,
+// settled, whose Config.Lifetime end ends; the server is stalled (it reads
+// requests and answers none) until resume. Both are also undone at cleanup.
+func stalledLifetimeLane(t *testing.T) (srv *testutil.Server, p *Pool, lane *laneConn, c *conn, end context.CancelFunc, resume func()) {
+	t.Helper()
+	srv = newServer(t, testutil.Config{})
+	life, end := context.WithCancel(context.Background())
+	t.Cleanup(end)
+	p = newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, Lifetime: life})
+	lane, c = laneOf(t, p)
+	settle(t, c)
+	resume = srv.Stall(0)
+	t.Cleanup(resume)
+	return srv, p, lane, c, end, resume
 }
