@@ -19,22 +19,18 @@ import (
 func TestReleaseDuringKeepalivePingKeepsConn(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
-	px, err := testutil.NewProxy(srv.Addr())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = px.Close() })
 	rec := newBrokenRecorder()
-	p := newPool(t, Config{Addr: px.Addr(), KeepAlive: 300 * time.Millisecond, OnConnBroken: rec.hook})
+	// The keepalive breaks a connection whose replies make no progress
+	// for two intervals: 2 s, far more than the stall below lasts.
+	p := newPool(t, Config{Addr: srv.Addr(), KeepAlive: time.Second, OnConnBroken: rec.hook})
 
 	h, err := p.Acquire(ctxWait(t))
 	require.NoError(t, err)
-	// A slow path: the ping is on the wire for a long while.
-	px.SetLatency(100 * time.Millisecond)
-	deadline := time.Now().Add(wait)
-	for p.Stats().Pings == 0 {
-		require.True(t, time.Now().Before(deadline), "no keepalive ping")
-		time.Sleep(time.Millisecond)
-	}
-	require.Greater(t, h.c.inflight.Load(), int32(0), "ping should be in flight")
+	// The server answers nothing meanwhile: the ping stays unanswered.
+	resume := srv.Stall(0)
+	defer resume()
+	require.Eventually(t, func() bool { return p.Stats().Pings > 0 }, wait, time.Millisecond, "a keepalive ping")
+	require.Greater(t, h.c.inflight.Load(), int32(0), "the ping is unanswered")
 	h.Release() // the caller sent nothing: a healthy, unused connection
 
 	s := p.Stats()
@@ -46,6 +42,7 @@ func TestReleaseDuringKeepalivePingKeepsConn(t *testing.T) {
 	default:
 	}
 	// The next user's request is answered on it, after the ping's reply.
+	resume()
 	h2, err := p.Acquire(ctxWait(t))
 	require.NoError(t, err)
 	r, err := h2.Do(ctxWait(t), lockReq("after-ping"))
