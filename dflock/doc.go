@@ -63,12 +63,16 @@
 //
 // Release ends a lease; it is idempotent. A grant that arrives for a caller
 // who gave up (its context ended) is released at once: an acquire that
-// returns an error never leaves a lock held — with one exception on servers
-// running with --auto-release-on-disconnect=false: a grant still on its way
-// when a blocking wait's context is cancelled (not timed out: then the
-// client reads the server's answer, due within a second, and releases it)
-// is lost with the connection the client closes to withdraw the wait, and
-// stays held until its lease expires (docs/leases.md).
+// returns an error never leaves a lock held — with two exceptions on servers
+// running with --auto-release-on-disconnect=false, both a grant whose reply
+// the client never reads, so that it cannot know the token the release
+// needs: a grant still on its way when a blocking wait's context is
+// cancelled (not timed out: then the client reads the server's answer, due
+// within a second, and releases it) is lost with the connection the client
+// closes to withdraw the wait; and a grant on its way when the connection
+// breaks (a network fault, a proxy or the server cutting it) is lost with
+// the connection, the acquire failing with ErrServerUnavailable. Such a
+// grant stays held by nobody until its lease expires (docs/leases.md).
 //
 // # Sharding
 //
@@ -102,7 +106,8 @@
 // ErrLockLost, ErrClosed, ErrServerUnavailable, ErrMaxLocks, ...) and carry
 // detail in an *Error (operation, key, server, reply). When a context ends an
 // operation, the error matches both the context's error and the domain
-// meaning (for an acquire, ErrNotAcquired). Invalid input is rejected before
+// meaning (for an acquire, ErrNotAcquired; so does an acquire that
+// Client.Close ends, with ErrClosed). Invalid input is rejected before
 // anything is sent, with an *ArgError naming the argument.
 //
 // # Server versions

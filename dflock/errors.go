@@ -15,10 +15,14 @@ import (
 // few of them with errors.Is; the detail (operation, key, server, reply)
 // is in an *Error.
 var (
-	// ErrNotAcquired: the lock or semaphore slot was not acquired. TryLock
-	// and TrySemaphore return it when the key is held. It is also matched
-	// by ErrTimeout and by the error of an acquire whose context ended, so
-	// "did I get it?" needs only this one check.
+	// ErrNotAcquired: the lock or semaphore slot was not acquired because
+	// it was held or the caller stopped waiting. TryLock and TrySemaphore
+	// return it when the key is held; ErrTimeout matches it, and so does
+	// the error of an acquire whose context ended or that Client.Close
+	// ended (or that came after Close). Other errors of an acquire
+	// (ErrServerUnavailable, ErrAuth, …) are failures. Either way the
+	// caller holds nothing (see the package doc for what a server may
+	// still hold).
 	ErrNotAcquired = errors.New("dflock: not acquired")
 
 	// ErrTimeout: waiting for a lock or slot timed out, either by
@@ -220,6 +224,19 @@ func (c *Client) ctxError(ctx, opCtx context.Context, notDone error) error {
 	case notDone != nil:
 		return &bothError{domain: notDone, cause: err}
 	}
+	return err
+}
+
+// closedNotAcquired makes the error of an acquire that Client.Close ended,
+// or that came after it, match ErrNotAcquired as well as ErrClosed, as the
+// error of one whose context ended does: the pool reports the Client's end
+// as ErrClosed wherever it finds it (a wait, a dial, a closed pool).
+func closedNotAcquired(err error) error {
+	var e *Error
+	if err == nil || !errors.Is(err, ErrClosed) || errors.Is(err, ErrNotAcquired) || !errors.As(err, &e) {
+		return err
+	}
+	e.Err = &bothError{domain: ErrNotAcquired, cause: e.Err}
 	return err
 }
 

@@ -98,8 +98,8 @@ func newLock(h *held, err error) (*Lock, error) {
 // second or so goes straight to such a connection, skipping the shared
 // one's try (see hotKeys). If ctx ends while a grant is in
 // flight, the grant is released: an error return never leaves a lock held
-// (on a server with auto-release off, see the package doc for the one
-// exception).
+// (on a server with auto-release off, see the package doc for the two
+// exceptions).
 //
 // The server's wait timeout is whole seconds, so AcquireTimeout (or ctx's
 // deadline) is sent rounded up and enforced exactly by the client. Waits
@@ -144,7 +144,8 @@ func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.C
 
 // acquire implements Lock, TryLock, Semaphore and TrySemaphore. limit 0
 // means an exclusive lock.
-func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*held, error) {
+func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (_ *held, err error) {
+	defer func() { err = closedNotAcquired(err) }()
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
@@ -449,7 +450,11 @@ func answerDueSoon(ctx context.Context, req wire.Request, sent time.Time) bool {
 // connection — sent again, it would lose its place in the queue and hide
 // the outage. Heuristic: a round trip (a wide-area one included) and a
 // scheduling delay fit in it; a wait broken within it after the server
-// queued it is sent again, behind the waiters that came meanwhile.
+// queued it is sent again, behind the waiters that came meanwhile. If the
+// server had granted the first request instead, on a server with
+// auto-release off that grant (whose reply nobody read) holds the key until
+// its lease runs out, and the second request waits for it: a delay bounded
+// by the lease, never a second holder (docs/leases.md).
 const staleWindow = 250 * time.Millisecond
 
 // giveBack returns a wait-pool connection after a refusal. error_draining

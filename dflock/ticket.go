@@ -93,7 +93,8 @@ func (c *Client) EnqueueSemaphore(ctx context.Context, key string, limit int, op
 	return &SemaphoreTicket{t: t}, nil
 }
 
-func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (*ticket, error) {
+func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (_ *ticket, err error) {
+	defer func() { err = closedNotAcquired(err) }()
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
@@ -132,7 +133,9 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	for err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
 		// An idle connection the server had closed (exchange destroyed
 		// it): again on another, as in waitAcquire; a freshly dialled one
-		// is never stale.
+		// is never stale. (An e answered at once: a break after it reached
+		// the server came with its answer, see staleWindow for what a
+		// grant lost so costs.)
 		if conn, err = srv.pool.Acquire(opCtx); err != nil {
 			return fail(err)
 		}
@@ -226,7 +229,8 @@ func (t *ticket) op() string {
 }
 
 // await implements Ticket.Wait and SemaphoreTicket.Wait.
-func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error) {
+func (t *ticket) await(ctx context.Context, opts []AcquireOption) (_ *held, err error) {
+	defer func() { err = closedNotAcquired(err) }()
 	c := t.c
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}

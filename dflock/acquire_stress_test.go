@@ -1,0 +1,480 @@
+package dflock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// The package doc's second exception: on a server with auto-release off, a
+// grant whose reply a broken connection cuts off cannot be released (its
+// token was never read). The acquire fails with ErrServerUnavailable, and
+// the grant is held by nobody until its lease runs out — then the key is
+// free again.
+func TestTryLockWhoseGrantIsCutOffStaysHeldUntilItsLease(t *testing.T) {
+	t.Parallel()
+	srv, px, holder, c := autoReleaseOffBehindProxy(t)
+	ctx := testCtx(t)
+	// Warm the lane so that only the grant is slowed.
+	l, err := c.TryLock(ctx, "warm")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+
+	px.SetLatency(300 * time.Millisecond)
+	errc := make(chan error, 1)
+	go func() {
+		l, err := c.TryLock(ctx, "k", LeaseTTL(2*time.Second))
+		if err == nil {
+			_ = l.Release(ctx)
+		}
+		errc <- err
+	}()
+	require.Eventually(t, func() bool { return lockHeld(srv, "k") }, 5*time.Second, time.Millisecond)
+	px.ResetAll() // the grant is on its way back
+	px.SetLatency(0)
+	err = <-errc
+	require.ErrorIs(t, err, ErrServerUnavailable)
+	require.NotErrorIs(t, err, ErrNotAcquired, "a failure, not a key found held")
+	require.True(t, lockHeld(srv, "k"), "the cut-off grant is still held on the server")
+	// Held by nobody until its lease runs out; then anyone can have it
+	// (a client not behind the proxy, whose reset c has yet to notice).
+	l, err = holder.Lock(ctx, "k", AcquireTimeout(10*time.Second))
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+}
+
+// waitAcquire's stale retry: a reused wait-pool connection reset within
+// staleWindow of the first request is taken for one the server had closed
+// while idle, and the request is sent again. If the server had in fact
+// granted the first one (auto-release off keeps the grant of the closed
+// connection), the retry queues behind the client's own orphaned grant
+// (documented: staleWindow, docs/leases.md) and gets the key when that
+// lease runs out — a delay bounded by the lease, not an error.
+func TestStaleRetryWaitsOutItsOwnOrphanGrantWithoutAutoRelease(t *testing.T) {
+	t.Parallel()
+	srv, px, holder, _ := autoReleaseOffBehindProxy(t)
+	c := newClient(t, []string{px.Addr()}, withoutLaneFastPath())
+	ctx := testCtx(t)
+	idleWaitConn(t, srv, c, holder, "k")
+
+	px.SetLatency(60 * time.Millisecond)
+	lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		l, err := c.Lock(lctx, "k", LeaseTTL(2*time.Second))
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		errc <- err
+	}()
+	require.Eventually(t, func() bool { return lockHeld(srv, "k") }, 5*time.Second, time.Millisecond)
+	px.ResetAll() // within staleWindow of the send: retried as stale
+	px.SetLatency(0)
+	require.NoError(t, <-errc, "the retried Lock gets the key once the orphaned grant's lease runs out")
+}
+
+// Stress: acquires and releases on a few hot keys, with contexts that end
+// at every moment (deadlines and cancels), TryLock, Lock, semaphores and
+// WithLock, on a server that releases on disconnect. Once every caller has
+// released what it got, the server must hold nothing: a grant held on a
+// live connection that no caller knows of is a lost grant.
+func TestAcquireStressLeavesNoLostGrant(t *testing.T) {
+	t.Parallel()
+	for _, faults := range []bool{false, true} {
+		t.Run(map[bool]string{false: "clean", true: "faults"}[faults], func(t *testing.T) { stressNoLostGrant(t, faults) })
+	}
+}
+
+func stressNoLostGrant(t *testing.T, faults bool) {
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	c := newClient(t, []string{px.Addr()})
+	ctx := testCtx(t)
+	stopFaults := func() {}
+	if faults {
+		px.SetLatency(500 * time.Microsecond)
+		done := make(chan struct{})
+		stopFaults = func() { close(done); px.SetLatency(0) }
+		go func() {
+			tk := time.NewTicker(150 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-tk.C:
+					px.ResetAll()
+				}
+			}
+		}()
+	}
+	keys := []string{"a", "b", "c"}
+	var wg sync.WaitGroup
+	stop := time.Now().Add(3 * time.Second)
+	for g := 0; g < 12; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(g), 7))
+			for time.Now().Before(stop) {
+				key := keys[rnd.IntN(len(keys))]
+				d := time.Duration(rnd.IntN(3000)) * time.Microsecond
+				actx, cancel := context.WithTimeout(ctx, d)
+				if rnd.IntN(2) == 0 {
+					actx, cancel = context.WithCancel(ctx)
+					time.AfterFunc(d, cancel)
+				}
+				var h handle
+				var err error
+				switch rnd.IntN(5) {
+				case 0:
+					h, err = c.TryLock(actx, key)
+				case 1:
+					h, err = c.Lock(actx, key)
+				case 2:
+					h, err = c.Semaphore(actx, "s"+key, 2)
+				case 3:
+					h, err = c.TrySemaphore(actx, "s"+key, 2)
+				case 4:
+					err = c.WithLock(actx, key, func(context.Context) error {
+						time.Sleep(time.Duration(rnd.IntN(500)) * time.Microsecond)
+						return nil
+					})
+				}
+				if err == nil && h != nil {
+					time.Sleep(time.Duration(rnd.IntN(500)) * time.Microsecond)
+					rctx, rcancel := context.WithTimeout(ctx, time.Duration(rnd.IntN(200))*time.Microsecond)
+					if err := h.Release(rctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !faults {
+						t.Errorf("release: %v", err)
+					}
+					rcancel()
+				}
+				cancel()
+			}
+		}(g)
+	}
+	wg.Wait()
+	stopFaults()
+	if !waitFor(ctx, 3*DefaultReleaseTimeout, func() bool { return heldTotal(srv) == 0 }) {
+		t.Fatalf("every caller released what it got, the Client is open, and the server still holds: locks %+v sems %+v",
+			srv.Stats().Locks, srv.Stats().Semaphores)
+	}
+}
+
+// Close in the middle of try-acquires and releases, on a server with
+// auto-release off: Close releases every held lease, settles the lane
+// answers of the acquires it interrupted, and sends aside what needs it,
+// so nothing may stay held afterwards (no blocking wait is involved: the
+// documented exception does not apply). Every handle returned must be
+// ended once Close has returned.
+func TestCloseDuringTryAcquiresLeavesNothing(t *testing.T) {
+	t.Parallel()
+	for i := 0; i < 5; i++ {
+		srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+		c, err := New(addrsOf(srv))
+		require.NoError(t, err)
+		ctx := testCtx(t)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var got []handle
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				rnd := rand.New(rand.NewPCG(uint64(g), uint64(i)))
+				for {
+					var h handle
+					var err error
+					if rnd.IntN(2) == 0 {
+						h, err = c.TryLock(ctx, "k"+string(rune('a'+rnd.IntN(4))))
+					} else {
+						h, err = c.TrySemaphore(ctx, "s"+string(rune('a'+rnd.IntN(4))), 2)
+					}
+					if errors.Is(err, ErrClosed) {
+						return
+					}
+					if err != nil {
+						continue
+					}
+					mu.Lock()
+					got = append(got, h)
+					mu.Unlock()
+					if rnd.IntN(4) != 0 {
+						rctx, cancel := context.WithTimeout(ctx, time.Duration(rnd.IntN(300))*time.Microsecond)
+						_ = h.Release(rctx)
+						cancel()
+					}
+				}
+			}(g)
+		}
+		time.Sleep(time.Duration(50+20*i) * time.Millisecond)
+		require.NoError(t, c.Close())
+		wg.Wait()
+		mu.Lock()
+		for _, h := range got {
+			select {
+			case <-h.Done():
+			default:
+				t.Errorf("a handle of %q is not ended after Close", h.Key())
+			}
+		}
+		mu.Unlock()
+		if !waitFor(ctx, DefaultReleaseTimeout, func() bool { return heldTotal(srv) == 0 }) {
+			t.Fatalf("round %d: after Close the server still holds: locks %+v sems %+v", i, srv.Stats().Locks, srv.Stats().Semaphores)
+		}
+	}
+}
+
+// Contended keys (wait-pool grants that pin their connection, hot keys)
+// with short leases renewed often: every release is clean and no lease is
+// lost, although pinned connections go back to the pool and are reused at
+// once by the next waiter while renewals are on the wire.
+func TestPinnedConnReuseUnderRenewals(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	stop := time.Now().Add(4 * time.Second)
+	var wg sync.WaitGroup
+	for g := 0; g < 6; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(g), 3))
+			for time.Now().Before(stop) {
+				var h handle
+				var err error
+				if g%2 == 0 {
+					h, err = c.Lock(ctx, "k"+string(rune('a'+rnd.IntN(2))), LeaseTTL(time.Second))
+				} else {
+					h, err = c.Semaphore(ctx, "s", 2, LeaseTTL(time.Second))
+				}
+				if err != nil {
+					t.Errorf("acquire: %v", err)
+					return
+				}
+				time.Sleep(time.Duration(rnd.IntN(700)) * time.Millisecond)
+				if e := h.Err(); e != nil {
+					t.Errorf("%s lost while held: %v", h.Key(), e)
+				}
+				if err := h.Release(ctx); err != nil {
+					t.Errorf("release %s: %v", h.Key(), err)
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	st := c.Snapshot()
+	t.Logf("snapshot: %+v", st)
+}
+
+// Server stalls past its read timeout (connections timed out with `error`
+// and closed when it resumes), auto-release off, acquires and releases
+// whose deadlines end at every moment (deadlines only: no cancelled
+// blocking wait, the documented exception). Once the callers have
+// released what they got and the stalls have stopped, the server must
+// hold nothing (aside releases retry for DefaultReleaseTimeout, longer
+// than each stall).
+func TestStallsLeaveNoOrphanedGrants(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true, ReadTimeout: time.Second})
+	c := newClient(t, addrsOf(srv), WithServerReadTimeout(time.Second), WithKeepAlive(300*time.Millisecond))
+	ctx := testCtx(t)
+	stopStalls := make(chan struct{})
+	stallsDone := make(chan struct{})
+	go func() {
+		defer close(stallsDone)
+		for {
+			select {
+			case <-stopStalls:
+				return
+			case <-time.After(400 * time.Millisecond):
+			}
+			resume := srv.Stall(0)
+			select {
+			case <-stopStalls:
+			case <-time.After(1200 * time.Millisecond):
+			}
+			resume()
+		}
+	}()
+	keys := []string{"a", "b"}
+	var wg sync.WaitGroup
+	stop := time.Now().Add(4 * time.Second)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(g), 11))
+			for time.Now().Before(stop) {
+				key := keys[rnd.IntN(len(keys))]
+				actx, cancel := context.WithTimeout(ctx, time.Duration(rnd.IntN(1500))*time.Millisecond)
+				var h handle
+				var err error
+				switch rnd.IntN(3) {
+				case 0:
+					h, err = c.TryLock(actx, key, LeaseTTL(30*time.Second))
+				case 1:
+					h, err = c.Lock(actx, key, LeaseTTL(30*time.Second))
+				case 2:
+					h, err = c.Semaphore(actx, "s"+key, 2, LeaseTTL(30*time.Second))
+				}
+				cancel()
+				if err == nil {
+					time.Sleep(time.Duration(rnd.IntN(300)) * time.Millisecond)
+					rctx, rcancel := context.WithTimeout(ctx, time.Duration(rnd.IntN(400))*time.Millisecond)
+					_ = h.Release(rctx)
+					rcancel()
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(stopStalls)
+	<-stallsDone
+	if !waitFor(ctx, 3*DefaultReleaseTimeout, func() bool { return heldTotal(srv) == 0 }) {
+		t.Fatalf("the server still holds, with nobody holding: locks %+v sems %+v; client %+v",
+			srv.Stats().Locks, srv.Stats().Semaphores, c.Snapshot())
+	}
+}
+
+// Lock/TryLock/Semaphore/TrySemaphore/WithLock under contexts that end at
+// every moment, auto-release off, through a slow proxy, on each server
+// version. Blocking acquires end only by deadline (never cancelled: the
+// documented exception), tries by deadline or cancel. Once every call has
+// returned and every lease is released, nothing may be held — with the
+// Client still open.
+func TestAcquireStressWithoutAutoReleaseLeavesNothing(t *testing.T) {
+	t.Parallel()
+	for _, v := range []testutil.Version{testutil.V1_16, testutil.V1_10, testutil.V2_1} {
+		t.Run(fmt.Sprint(v), func(t *testing.T) {
+			srv := newServer(t, testutil.Config{Version: v, DisableAutoRelease: true})
+			px := newProxy(t, srv.Addr())
+			px.SetLatency(time.Millisecond)
+			c := newClient(t, []string{px.Addr()})
+			ctx := testCtx(t)
+			var wg sync.WaitGroup
+			for g := range 10 {
+				wg.Go(func() {
+					r := rand.New(rand.NewPCG(uint64(g), 9))
+					for range 120 {
+						key := fmt.Sprintf("k%d", r.IntN(3))
+						d := time.Duration(r.IntN(6000)) * time.Microsecond
+						actx, acancel := context.WithTimeout(ctx, d)
+						op := r.IntN(6)
+						if op >= 4 && r.IntN(2) == 0 { // tries may be cancelled
+							acancel()
+							actx, acancel = context.WithCancel(ctx)
+							time.AfterFunc(d, acancel)
+						}
+						var h handle
+						var err error
+						switch op {
+						case 0:
+							h, err = c.Lock(actx, key)
+						case 1:
+							h, err = c.Semaphore(actx, "s"+key, 2)
+						case 2:
+							h, err = c.Lock(ctx, key, AcquireTimeout(d))
+						case 3:
+							err = c.WithLock(actx, key, func(context.Context) error {
+								time.Sleep(time.Duration(r.IntN(1000)) * time.Microsecond)
+								return nil
+							})
+						case 4:
+							h, err = c.TryLock(actx, key)
+						case 5:
+							h, err = c.TrySemaphore(actx, "s"+key, 2)
+						}
+						acancel()
+						if err == nil && h != nil {
+							time.Sleep(time.Duration(r.IntN(2000)) * time.Microsecond)
+							rctx, rcancel := context.WithTimeout(ctx, time.Duration(r.IntN(1500))*time.Microsecond)
+							_ = h.Release(rctx)
+							rcancel()
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if !waitFor(ctx, 3*DefaultReleaseTimeout, func() bool { return heldTotal(srv) == 0 }) {
+				st := srv.Stats()
+				t.Fatalf("held by nobody: locks %+v sems %+v", st.Locks, st.Semaphores)
+			}
+		})
+	}
+}
+
+// ErrNotAcquired: an acquire that Client.Close ends, or that comes after it,
+// was not acquired, and its error says so as well as ErrClosed — a blocked
+// Lock (ended by the pool's Lifetime while it waits), a blocked Ticket.Wait,
+// and a TryLock and an Enqueue after Close.
+func TestAcquireEndedByCloseMatchesErrNotAcquired(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	holder := newClient(t, addrsOf(srv))
+	c, err := New(addrsOf(srv))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	h, err := holder.Lock(ctx, "k")
+	require.NoError(t, err)
+	defer h.Release(ctx)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	lockErr, waitErr := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := c.Lock(ctx, "k")
+		lockErr <- err
+	}()
+	go func() {
+		_, err := tk.Wait(ctx)
+		waitErr <- err
+	}()
+	awaitWaiters(t, ctx, srv, "k", 2)
+	require.NoError(t, c.Close())
+	_, tryErr := c.TryLock(ctx, "k2")
+	_, enqErr := c.Enqueue(ctx, "k2")
+	for name, err := range map[string]error{"Lock": <-lockErr, "Ticket.Wait": <-waitErr, "TryLock after Close": tryErr, "Enqueue after Close": enqErr} {
+		require.ErrorIs(t, err, ErrClosed, name)
+		require.ErrorIs(t, err, ErrNotAcquired, "%s: %v", name, err)
+		var e *Error
+		require.ErrorAs(t, err, &e, name)
+	}
+}
+
+// Control for TestStaleRetryWaitsOutItsOwnOrphanGrantWithoutAutoRelease: with
+// auto-release on, the same reset releases the first grant and the retried
+// Lock gets the key at once (this passes).
+func TestStaleRetryGetsTheKeyAtOnceWithAutoRelease(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	holder := newClient(t, addrsOf(srv))
+	c := newClient(t, []string{px.Addr()}, withoutLaneFastPath())
+	ctx := testCtx(t)
+	idleWaitConn(t, srv, c, holder, "k")
+	px.SetLatency(60 * time.Millisecond)
+	lctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		l, err := c.Lock(lctx, "k", LeaseTTL(30*time.Second))
+		if err == nil {
+			_ = l.Release(ctx)
+		}
+		errc <- err
+	}()
+	require.Eventually(t, func() bool { return lockHeld(srv, "k") }, 5*time.Second, time.Millisecond)
+	px.ResetAll()
+	px.SetLatency(0)
+	require.NoError(t, <-errc)
+}
