@@ -227,13 +227,24 @@ func (c *Client) ctxError(ctx, opCtx context.Context, notDone error) error {
 	return err
 }
 
-// closedNotAcquired makes the error of an acquire that Client.Close ended,
-// or that came after it, match ErrNotAcquired as well as ErrClosed, as the
-// error of one whose context ended does: the pool reports the Client's end
-// as ErrClosed wherever it finds it (a wait, a dial, a closed pool).
-func closedNotAcquired(err error) error {
+// closedNotAcquired passes on an acquire's result (v: the held lease or the
+// ticket), making an error of one that Client.Close ended, or that came
+// after it, match ErrNotAcquired as well as ErrClosed, as the error of one
+// whose context ended does: the pool reports the Client's end as ErrClosed
+// wherever it finds it (a wait, a dial, a closed pool). Every acquire goes
+// through the Tracer's wrappers (trace.go), which apply it.
+func closedNotAcquired[T any](v T, err error) (T, error) {
+	if err != nil {
+		err = notAcquiredIfClosed(err)
+	}
+	return v, err
+}
+
+// notAcquiredIfClosed is closedNotAcquired's error path, apart so that its
+// errors.As target (which escapes) costs nothing on success.
+func notAcquiredIfClosed(err error) error {
 	var e *Error
-	if err == nil || !errors.Is(err, ErrClosed) || errors.Is(err, ErrNotAcquired) || !errors.As(err, &e) {
+	if !errors.Is(err, ErrClosed) || errors.Is(err, ErrNotAcquired) || !errors.As(err, &e) {
 		return err
 	}
 	e.Err = &bothError{domain: ErrNotAcquired, cause: e.Err}

@@ -144,8 +144,7 @@ func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.C
 
 // acquire implements Lock, TryLock, Semaphore and TrySemaphore. limit 0
 // means an exclusive lock.
-func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (_ *held, err error) {
-	defer func() { err = closedNotAcquired(err) }()
+func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*held, error) {
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}

@@ -93,8 +93,7 @@ func (c *Client) EnqueueSemaphore(ctx context.Context, key string, limit int, op
 	return &SemaphoreTicket{t: t}, nil
 }
 
-func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (_ *ticket, err error) {
-	defer func() { err = closedNotAcquired(err) }()
+func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts []AcquireOption) (*ticket, error) {
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
@@ -229,8 +228,7 @@ func (t *ticket) op() string {
 }
 
 // await implements Ticket.Wait and SemaphoreTicket.Wait.
-func (t *ticket) await(ctx context.Context, opts []AcquireOption) (_ *held, err error) {
-	defer func() { err = closedNotAcquired(err) }()
+func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error) {
 	c := t.c
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
