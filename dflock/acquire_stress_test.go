@@ -61,25 +61,45 @@ func TestTryLockWhoseGrantIsCutOffStaysHeldUntilItsLease(t *testing.T) {
 func TestStaleRetryWaitsOutItsOwnOrphanGrantWithoutAutoRelease(t *testing.T) {
 	t.Parallel()
 	srv, px, holder, _ := autoReleaseOffBehindProxy(t)
+	require.NoError(t, lockCutOffOnAStaleConn(t, srv, px, holder, 2*time.Second, 20*time.Second),
+		"the retried Lock gets the key once the orphaned grant's lease runs out")
+}
+
+// With auto-release on, the same cut releases the first grant with its
+// connection, and the retried Lock gets the key at once.
+func TestStaleRetryGetsTheKeyAtOnceWithAutoRelease(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	holder := newClient(t, addrsOf(srv))
+	require.NoError(t, lockCutOffOnAStaleConn(t, srv, px, holder, 30*time.Second, 4*time.Second))
+}
+
+// lockCutOffOnAStaleConn has a Lock of a free key, with a lease of lease,
+// sent on a reused idle wait-pool connection through px, whose connections
+// are reset once the server has granted it (within staleWindow of the send,
+// so that the client takes the connection for a stale one and sends the
+// Lock again), and returns what that Lock (given wait to succeed) returned.
+func lockCutOffOnAStaleConn(t *testing.T, srv *testutil.Server, px *testutil.Proxy, holder *Client, lease, wait time.Duration) error {
+	t.Helper()
 	c := newClient(t, []string{px.Addr()}, withoutLaneFastPath())
 	ctx := testCtx(t)
 	idleWaitConn(t, srv, c, holder, "k")
-
 	px.SetLatency(60 * time.Millisecond)
-	lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	lctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		l, err := c.Lock(lctx, "k", LeaseTTL(2*time.Second))
+		l, err := c.Lock(lctx, "k", LeaseTTL(lease))
 		if err == nil {
 			err = l.Release(ctx)
 		}
 		errc <- err
 	}()
 	require.Eventually(t, func() bool { return lockHeld(srv, "k") }, 5*time.Second, time.Millisecond)
-	px.ResetAll() // within staleWindow of the send: retried as stale
+	px.ResetAll()
 	px.SetLatency(0)
-	require.NoError(t, <-errc, "the retried Lock gets the key once the orphaned grant's lease runs out")
+	return <-errc
 }
 
 // Stress: acquires and releases on a few hot keys, with contexts that end
@@ -173,8 +193,8 @@ func stressNoLostGrant(t *testing.T, faults bool) {
 // Close in the middle of try-acquires and releases, on a server with
 // auto-release off: Close releases every held lease, settles the lane
 // answers of the acquires it interrupted, and sends aside what needs it,
-// so nothing may stay held afterwards (no blocking wait is involved: the
-// documented exception does not apply). Every handle returned must be
+// so nothing may stay held afterwards (no blocking wait is cancelled and
+// no connection cut: neither documented exception applies). Every handle returned must be
 // ended once Close has returned.
 func TestCloseDuringTryAcquiresLeavesNothing(t *testing.T) {
 	t.Parallel()
@@ -280,7 +300,7 @@ func TestPinnedConnReuseUnderRenewals(t *testing.T) {
 // Server stalls past its read timeout (connections timed out with `error`
 // and closed when it resumes), auto-release off, acquires and releases
 // whose deadlines end at every moment (deadlines only: no cancelled
-// blocking wait, the documented exception). Once the callers have
+// blocking wait, the first documented exception). Once the callers have
 // released what they got and the stalls have stopped, the server must
 // hold nothing (aside releases retry for DefaultReleaseTimeout, longer
 // than each stall).
@@ -350,7 +370,7 @@ func TestStallsLeaveNoOrphanedGrants(t *testing.T) {
 // Lock/TryLock/Semaphore/TrySemaphore/WithLock under contexts that end at
 // every moment, auto-release off, through a slow proxy, on each server
 // version. Blocking acquires end only by deadline (never cancelled: the
-// documented exception), tries by deadline or cancel. Once every call has
+// first documented exception), tries by deadline or cancel. Once every call has
 // returned and every lease is released, nothing may be held — with the
 // Client still open.
 func TestAcquireStressWithoutAutoReleaseLeavesNothing(t *testing.T) {
@@ -449,32 +469,4 @@ func TestAcquireEndedByCloseMatchesErrNotAcquired(t *testing.T) {
 		var e *Error
 		require.ErrorAs(t, err, &e, name)
 	}
-}
-
-// Control for TestStaleRetryWaitsOutItsOwnOrphanGrantWithoutAutoRelease: with
-// auto-release on, the same reset releases the first grant and the retried
-// Lock gets the key at once (this passes).
-func TestStaleRetryGetsTheKeyAtOnceWithAutoRelease(t *testing.T) {
-	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	px := newProxy(t, srv.Addr())
-	holder := newClient(t, addrsOf(srv))
-	c := newClient(t, []string{px.Addr()}, withoutLaneFastPath())
-	ctx := testCtx(t)
-	idleWaitConn(t, srv, c, holder, "k")
-	px.SetLatency(60 * time.Millisecond)
-	lctx, cancel := context.WithTimeout(ctx, 4*time.Second)
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		l, err := c.Lock(lctx, "k", LeaseTTL(30*time.Second))
-		if err == nil {
-			_ = l.Release(ctx)
-		}
-		errc <- err
-	}()
-	require.Eventually(t, func() bool { return lockHeld(srv, "k") }, 5*time.Second, time.Millisecond)
-	px.ResetAll()
-	px.SetLatency(0)
-	require.NoError(t, <-errc)
 }
