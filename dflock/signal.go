@@ -57,15 +57,28 @@ var errNotSupported = fmt.Errorf("%w (the server answered `error`: signals exist
 // GapError reports that a Subscription may have missed signals because its
 // listener connection to Server broke (Err says why). It matches
 // ErrSignalGap.
+//
+// A break is reported at once. If the consumer takes that marker before
+// the subscription listens on Server again, a second one (Resumed true)
+// follows once it does, since the signals emitted in between are lost too:
+// a consumer that resynchronises on every gap has then resynchronised after
+// the outage as well. A marker the consumer takes only after the re-listen
+// gets no second one.
 type GapError struct {
 	Server string
 	Err    error
+	// Resumed marks the second marker of a break: the subscription listens
+	// on Server again, and signals emitted from now on are delivered.
+	Resumed bool
 }
 
 func (e *GapError) Error() string {
 	s := "dflock: signals may have been missed: listener connection to " + e.Server + " lost"
 	if e.Err != nil {
 		s += ": " + trimPrefix(e.Err.Error())
+	}
+	if e.Resumed {
+		s += " (listening again)"
 	}
 	return s
 }
@@ -326,6 +339,9 @@ type Subscription struct {
 	// sending: the drainer is sending an entry without mu and records it
 	// once it has mu again (sendingGap: that entry is a gap marker).
 	sending, sendingGap bool
+	// gapSeq: per server, the place (in sent's count) of the marker of its
+	// last break, until the subscription listens there again (resumed).
+	gapSeq map[string]uint64
 }
 
 // overflow queues, oldest first, what arrived for a Subscription while its
@@ -514,15 +530,61 @@ func (s *Subscription) warnSlow() {
 func (s *Subscription) gap(g *GapError) (reported bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.gapPendingLocked(g.Server) {
+	if s.closed {
 		return false
 	}
+	if s.gapPendingLocked(g.Server) {
+		return false // merged: gapSeq still holds that marker's place
+	}
+	// The marker's place in the order of entries sent into ch: after
+	// those sent, and after those queued (the one the drainer may be
+	// sending included: it stays queued until noted).
+	seq := s.sent
+	if s.ov != nil {
+		seq += uint64(s.ov.q.n)
+	}
+	if s.gapSeq == nil {
+		s.gapSeq = make(map[string]uint64)
+	}
+	s.gapSeq[g.Server] = seq
+	s.issueGapLocked(g)
+	return true
+}
+
+// resumed queues g (GapError.Resumed), the second marker of server's last
+// break, once the subscription listens on g.Server again — unless the
+// consumer is sure not to have taken the first marker yet: then it takes
+// it after the re-listen, and missed nothing it was not told of.
+func (s *Subscription) resumed(g *GapError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seq, ok := s.gapSeq[g.Server]
+	if !ok || s.closed {
+		return
+	}
+	delete(s.gapSeq, g.Server)
+	// Entries the consumer has received: those sent but still in ch are
+	// not; the one the drainer is sending without mu may have landed
+	// (counted in len(ch), not yet in sent), so count it as received,
+	// erring towards a second marker.
+	received := int64(s.sent) - int64(len(s.ch))
+	if s.sending {
+		received++
+	}
+	if int64(seq) >= received {
+		return // still to be received
+	}
+	s.issueGapLocked(g)
+}
+
+// issueGapLocked sends gap marker g into ch, or queues it behind what waits
+// for room. s.mu held, s open.
+func (s *Subscription) issueGapLocked(g *GapError) {
 	if !s.overflowingLocked() && len(s.ch) < cap(s.ch) {
 		s.sendLocked(Signal{Err: g})
-		return true
+		return
 	}
 	s.queueLocked(Signal{Err: g})
-	return true
 }
 
 // gapPendingLocked reports whether server's gap marker is queued with only

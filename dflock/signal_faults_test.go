@@ -285,7 +285,7 @@ func TestSignalFaultsResumeAfterRefusedAndClosedDials(t *testing.T) {
 			t.Logf("resumed after %v", time.Since(start))
 			require.Equal(t, 1, emit(t, pub, "rf", "after"))
 			for {
-				sig := next(t, s)
+				sig := nextPastResume(t, s)
 				if sig.Payload == "after" {
 					break
 				}

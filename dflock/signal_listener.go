@@ -974,6 +974,7 @@ func (l *listener) sync(lc *lconn) bool {
 	lc.conn.pc.SendBatch(reqs, func(i int, r wire.Reply, err error) {
 		if p := sent[i]; p != nil && err == nil && r.Status == wire.StatusOK {
 			p.live.Store(lc) // on the reader, before any push that follows the answer
+			l.resumed(lc, p)
 		}
 		results <- batchResult{i, r, err}
 	})
@@ -994,6 +995,29 @@ func (l *listener) sync(lc *lconn) bool {
 		}
 	}
 	return true
+}
+
+// resumed queues the second gap marker (GapError.Resumed) of p's
+// subscriptions that a break reported a gap to and that took it already,
+// now that the server answered p's listen on lc: on lc's reader, so that it
+// comes before every signal lc delivers for them afterwards. Not for those
+// whose Listen waits for this answer: they missed nothing. Nor if lc broke
+// meanwhile: they cannot hear yet (its pushes are ignored).
+func (l *listener) resumed(lc *lconn, p *pat) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if lc.dead.Load() {
+		return
+	}
+	var g *GapError
+	for _, s := range p.subs {
+		if _, joining := p.waiters[s]; !joining {
+			if g == nil {
+				g = &GapError{Server: l.srv.addr, Resumed: true}
+			}
+			s.resumed(g)
+		}
+	}
 }
 
 // due takes the dirty patterns and returns the requests they need on lc,
