@@ -132,9 +132,9 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	for err != nil && conn.StaleOnFirstUse(err) && opCtx.Err() == nil {
 		// An idle connection the server had closed (exchange destroyed
 		// it): again on another, as in waitAcquire; a freshly dialled one
-		// is never stale. (An e answered at once: a break after it reached
-		// the server came with its answer, see staleWindow for what a
-		// grant lost so costs.)
+		// is never stale. (No window as for a wait: the server answers an
+		// e at once. If it had granted the first one, see staleWindow for
+		// what the grant lost with the connection costs.)
 		if conn, err = srv.pool.Acquire(opCtx); err != nil {
 			return fail(err)
 		}
