@@ -3,7 +3,7 @@ package dflock
 import (
 	"context"
 	"errors"
-	"github.com/stretchr/testify/assert"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dflock-sdk/go/shard"
@@ -652,4 +653,43 @@ func TestSignalFaultsQueueGroupNoDuplicatesUnderResets(t *testing.T) {
 		require.Equal(t, 1, k, "signal %d delivered %d times", n, k)
 	}
 	t.Logf("delivered %d of %d", len(seen), total)
+}
+
+// A listener whose last subscription closes while it waits out its re-dial
+// backoff retires at once: it neither dials again nor lingers for the rest
+// of the pause (up to listenMaxBackoff).
+func TestSignalListenerRetiresDuringRedialBackoff(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	px := newProxy(t, srv.Addr())
+	sub := newClient(t, []string{px.Addr()})
+	ctx := testCtx(t)
+	s, err := sub.Listen(ctx, "bo")
+	require.NoError(t, err)
+	px.CloseNew(true)
+	px.ResetAll()
+	_, err = s.Next(ctx)
+	require.ErrorIs(t, err, ErrSignalGap)
+	// Four re-dials turned away put the backoff at 400 ms or more; right
+	// after the fifth the supervisor is pausing (a draw below the few
+	// microseconds this takes is the only way to race the Close).
+	for px.TurnedAway() < 4 {
+		require.NoError(t, ctx.Err(), "the listener stopped re-dialling")
+		time.Sleep(time.Millisecond)
+	}
+	n := px.TurnedAway()
+	for px.TurnedAway() == n {
+		require.NoError(t, ctx.Err(), "the listener stopped re-dialling")
+		runtime.Gosched()
+	}
+	require.NoError(t, s.Close())
+	dials := px.TurnedAway()
+	listeners := func() int {
+		sub.signals.mu.Lock()
+		defer sub.signals.mu.Unlock()
+		return len(sub.signals.listeners)
+	}
+	require.Eventually(t, func() bool { return listeners() == 0 }, testTimeout, time.Millisecond,
+		"the listener never retired")
+	assert.Equal(t, dials, px.TurnedAway(), "the listener dialled for no subscription")
 }

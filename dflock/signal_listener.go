@@ -837,6 +837,9 @@ func (l *listener) step() bool {
 		if !l.pause() {
 			return false
 		}
+		if l.retire() { // the last subscription left during the pause
+			return false
+		}
 		if lc = l.connect(); lc == nil {
 			l.poke() // paced by l.pace; retires if the waiters leave
 			return true
@@ -875,8 +878,12 @@ func (l *listener) current() *lconn {
 	return l.cur
 }
 
-// pause waits as long as the dial pacer says. It reports false if the
-// Client closed meanwhile.
+// pause waits as long as the dial pacer says, or until the last
+// subscription leaves (a pause can last listenMaxBackoff, and a listener
+// nobody wants must neither dial again nor outlive its subscriptions
+// that long). It reports false if the Client closed meanwhile. A poke
+// taken here for other work (a Listen joining) is not lost: the dial that
+// follows syncs every pattern.
 func (l *listener) pause() bool {
 	d := l.pace.next()
 	if d <= 0 {
@@ -884,12 +891,25 @@ func (l *listener) pause() bool {
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-l.quit:
-		return false
-	case <-t.C:
-		return true
+	for {
+		select {
+		case <-l.quit:
+			return false
+		case <-t.C:
+			return true
+		case <-l.wake:
+			if l.unwanted() {
+				return true
+			}
+		}
 	}
+}
+
+// unwanted reports whether no subscription is left.
+func (l *listener) unwanted() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.wanted == 0
 }
 
 // connect dials a new connection and makes it current, with every pattern
