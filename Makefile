@@ -48,9 +48,12 @@ race:
 	$(GO) test $$flags -count=1 $(PKGS)
 
 # Allocation counts, which the race detector distorts (its sync.Pool drops
-# items at random), so the race run above skips them: run without it.
+# items at random), so the race run above skips them: run without it. The
+# same goes for the test of what a recycled call carries over, which under
+# -race often gets a fresh one.
 allocs:
 	$(GO) test -count=1 -run='Allocations$$' ./dflock
+	$(GO) test -count=1 -run='^TestRequestLateIndexIsZero$$' ./pool
 
 # Benchmarks: several runs so medians can be taken (benchstat-friendly output).
 bench:
