@@ -50,6 +50,12 @@ type dispatcher struct {
 	lossMu      sync.Mutex
 	losses      []func()
 	lossPending int // queued and not yet run (the batch running's rest included)
+
+	// goexited: the callback running called runtime.Goexit (t.FailNow,
+	// require.* in a test's hook), which no recover stops. Set and read
+	// on the dispatcher's goroutine only; run's deferred function then
+	// starts a new one, which carries on where the old one stopped.
+	goexited bool
 }
 
 func newDispatcher() *dispatcher {
@@ -107,8 +113,24 @@ func (d *dispatcher) runLosses() {
 	fs := d.losses
 	d.losses = nil
 	d.lossMu.Unlock()
-	for i, f := range fs {
-		d.call(f)
+	i := 0
+	defer func() {
+		if i == len(fs) {
+			return
+		}
+		// fs[i] called runtime.Goexit: it ran; the rest of the batch goes
+		// back to the front of the queue for the next goroutine (run).
+		d.lossMu.Lock()
+		d.lossPending--
+		d.losses = append(fs[i+1:len(fs):len(fs)], d.losses...)
+		d.lossMu.Unlock()
+		select {
+		case d.lossReady <- struct{}{}:
+		default:
+		}
+	}()
+	for ; i < len(fs); i++ {
+		d.call(fs[i])
 		fs[i] = nil
 		d.lossMu.Lock()
 		d.lossPending-- // ran: no longer waiting
@@ -117,7 +139,14 @@ func (d *dispatcher) runLosses() {
 }
 
 func (d *dispatcher) run() {
-	defer close(d.exited)
+	defer func() {
+		if d.goexited {
+			d.goexited = false
+			go d.run()
+			return
+		}
+		close(d.exited)
+	}()
 	for {
 		// A call taken from q runs the losses queued before it first
 		// (lossesFirst): a loss report never runs after a call queued
@@ -151,17 +180,25 @@ func (d *dispatcher) run() {
 // handler may be what panicked — as net/http does for a handler: it must
 // neither end the program from a goroutine the program does not own nor
 // stop the hooks and log records that follow.
+//
+// A callback that calls runtime.Goexit ends this goroutine whatever call
+// does; it is noted (goexited), and run's deferred function starts another,
+// so that the hooks and log records after it still run.
 func (d *dispatcher) call(f func()) {
 	if d.abandoned.Load() {
 		d.dropped.Add(1)
 		return
 	}
+	returned := false
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(os.Stderr, "dflock: a hook or log handler panicked: %v\n%s", r, debug.Stack())
+		} else if !returned {
+			d.goexited = true
 		}
 	}()
 	f()
+	returned = true
 }
 
 // stop ends the dispatcher after it has run what is queued, waiting at most
@@ -176,7 +213,31 @@ func (d *dispatcher) stop(wait time.Duration) {
 	case <-d.exited:
 	case <-t.C:
 		d.abandoned.Store(true)
+		d.dropQueued()
 	}
+}
+
+// dropQueued counts as dropped, when stop gives up, what is queued: it
+// will never run, and Snapshot after Close must say so. Each call is taken
+// from q once, by this or by the dispatcher (whose call counts it once it
+// sees abandoned); so are the queued losses. The rest of a batch of losses
+// the stuck handler belongs to is counted when (if) it returns.
+func (d *dispatcher) dropQueued() {
+	for drained := false; !drained; {
+		select {
+		case <-d.q:
+			d.dropped.Add(1)
+		default:
+			drained = true
+		}
+	}
+	d.lossMu.Lock()
+	n := len(d.losses)
+	clear(d.losses)
+	d.losses = d.losses[:0]
+	d.lossPending -= n
+	d.lossMu.Unlock()
+	d.dropped.Add(int64(n))
 }
 
 // asyncHandler is the slog.Handler the Client logs through: Handle queues a

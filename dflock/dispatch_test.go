@@ -3,7 +3,10 @@ package dflock
 import (
 	"context"
 	"log/slog"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,7 +71,8 @@ func TestDispatcherSurvivesAPanickingCallback(t *testing.T) {
 }
 
 // Once stop has given up on a blocked handler, what is still queued is
-// dropped and counted when the handler returns, not run after Close.
+// dropped, never run after Close, and counted by the time stop returns
+// (Snapshot after Close gives the final figures).
 func TestDispatcherDropsWhatIsQueuedAfterStopGaveUp(t *testing.T) {
 	t.Parallel()
 	d := newDispatcher()
@@ -80,7 +84,9 @@ func TestDispatcherDropsWhatIsQueuedAfterStopGaveUp(t *testing.T) {
 	})
 	<-started
 	d.do(func() { ranLate.Store(true) })
+	d.doLoss(func() { ranLate.Store(true) })
 	d.stop(10 * time.Millisecond) // gives up: the first call still blocks
+	assert.Equal(t, int64(2), d.dropped.Load(), "counted when stop gave up")
 	close(unblock)
 	select {
 	case <-d.exited:
@@ -88,7 +94,52 @@ func TestDispatcherDropsWhatIsQueuedAfterStopGaveUp(t *testing.T) {
 		t.Fatal("the dispatcher did not exit once its handler returned")
 	}
 	assert.False(t, ranLate.Load(), "a call queued before Close ran after Close had returned")
-	assert.Equal(t, int64(1), d.dropped.Load())
+	assert.Equal(t, int64(2), d.dropped.Load(), "each counted once")
+}
+
+// A callback that calls runtime.Goexit (t.FailNow, require.* in a test's
+// hook) ends the dispatcher's goroutine, which no recover prevents: another
+// takes over, and every call queued after it still runs, losses in order.
+// (Found by review: everything after it was queued and never run.)
+func TestDispatcherSurvivesACallbackThatCallsGoexit(t *testing.T) {
+	t.Parallel()
+	d := newDispatcher()
+	unblock, started := make(chan struct{}), make(chan struct{})
+	d.do(func() {
+		close(started)
+		<-unblock
+	})
+	<-started
+	var mu sync.Mutex
+	var order []int
+	note := func(i int) func() {
+		return func() {
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+		}
+	}
+	d.do(runtime.Goexit)
+	d.do(note(0))
+	d.doLoss(note(1))
+	d.doLoss(func() { note(2)(); runtime.Goexit() }) // mid-batch: the batch's rest runs
+	d.doLoss(note(3))
+	d.doLoss(note(4))
+	close(unblock)
+	d.do(note(5))
+	d.stop(testTimeout)
+	select {
+	case <-d.exited:
+	default:
+		t.Fatal("stop returned before the dispatcher ran what was queued")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.ElementsMatch(t, []int{0, 1, 2, 3, 4, 5}, order, "every call after a Goexit ran")
+	losses := slices.DeleteFunc(slices.Clone(order), func(i int) bool { return i == 0 || i == 5 })
+	assert.Equal(t, []int{1, 2, 3, 4}, losses, "losses in their order")
+	assert.Zero(t, d.dropped.Load())
+	assert.Zero(t, d.lossPending)
 }
 
 // Loss reports (doLoss) have a queue of their own: queued while a callback

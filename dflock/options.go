@@ -113,10 +113,11 @@ type Option func(*options)
 // reported. Loss reports run in the order of the losses; among the other
 // calls they may come earlier than events that happened before them. Close waits up to DefaultReleaseTimeout for
 // the calls still queued; a hook still running then keeps that goroutine
-// until it returns (Go cannot stop it), and what is still queued is dropped
-// and counted, never run after Close has returned. A hook or log handler
-// that panics does not end the program: the panic is printed with its stack
-// to standard error, and the next call runs.
+// until it returns (Go cannot stop it), and what is still queued is dropped,
+// never run after Close has returned, and counted by the time Close returns.
+// A hook or log handler that panics does not end the program: the panic is
+// printed with its stack to standard error, and the next call runs; so it
+// does after one that calls runtime.Goexit (t.FailNow in a test's hook).
 type Hooks struct {
 	// OnLeaseLost is called once for every lease lost while held, and for
 	// one that Release finds the server no longer held (its Release returns
