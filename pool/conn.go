@@ -103,6 +103,7 @@ type conn struct {
 	flushing   bool
 	q          callQueue // calls waiting for a reply, in send order
 	blocking   int       // blocking requests queued or in flight
+	pings      int       // keepalive pings queued or in flight (pendingNotPing)
 	lastActive int64     // p.now() of the last write or blocking reply
 	progress   int64     // p.now() when the queue became non-empty or last got a reply
 	lastRead   int64     // p.now() of the last reply read, or of a probe that found the socket quiet
@@ -840,6 +841,9 @@ func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads b
 	c.bufN++
 	c.q.push(cl)
 	c.inflight.Add(1)
+	if cl.kind == callPing {
+		c.pings++
+	}
 	if cl.blocking {
 		c.blocking++
 	}
@@ -1016,6 +1020,15 @@ func (c *conn) readLoop() {
 	}
 }
 
+// pendingNotPing is the number of replies pending on c but those of
+// keepalive pings, which carry nothing SettleLanes must wait for (with a
+// round trip longer than the keepalive, one is always pending).
+func (c *conn) pendingNotPing() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.n - c.pings
+}
+
 // supportsPing reports whether the server answered the handshake's ping
 // with ok (v1.14+).
 func (c *conn) supportsPing() bool { return c.ping.Load() == pingOK }
@@ -1036,6 +1049,9 @@ func (c *conn) answeredLocked(cl *call) {
 	now := c.p.now()
 	c.lastRead = now
 	c.inflight.Add(-1)
+	if cl.kind == callPing {
+		c.pings--
+	}
 	if c.oneBatch {
 		c.pace.answered(c.onWireLocked() == 0, now)
 	}
@@ -1325,6 +1341,7 @@ func (c *conn) fail(cause error) {
 		c.failedHead.cmd, c.failedHead.key = pending[0].cmd, pending[0].grantKey
 	}
 	c.inflight.Store(0)
+	c.pings = 0
 	c.blocking = 0
 	c.bufN = 0 // their calls are gone: onWireLocked stays 0
 	owner := c.owner

@@ -266,7 +266,7 @@ func (p *Pool) adoptLane(l *laneConn) {
 }
 
 // SettleLanes waits, until deadline, for every healthy lane connection to
-// have no reply pending: Close ends the calls in progress (Config.Lifetime)
+// have no reply pending but those of keepalive pings: Close ends the calls in progress (Config.Lifetime)
 // but their requests are on the wire, and a grant among their answers,
 // released by the reader since its caller gave up (see Do), would
 // otherwise be answered to a closed connection — held by nobody on a
@@ -281,7 +281,7 @@ func (p *Pool) SettleLanes(deadline time.Time) {
 	for time.Now().Before(deadline) {
 		busy := false
 		for i := range p.lanes {
-			// inflight, delivering, inflight again: a delivery that ends
+			// pending, delivering, pending again: a delivery that ends
 			// between the first two reads queued its release (if any)
 			// before, so the third sees it.
 			l := p.lanes[i].conn.Load()
@@ -297,7 +297,7 @@ func (p *Pool) SettleLanes(deadline time.Time) {
 				}
 				continue
 			}
-			if l.c.inflight.Load() > 0 || l.c.delivering.Load() > 0 || l.c.inflight.Load() > 0 {
+			if l.c.pendingNotPing() > 0 || l.c.delivering.Load() > 0 || l.c.pendingNotPing() > 0 {
 				busy = true
 				break
 			}
