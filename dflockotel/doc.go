@@ -41,7 +41,7 @@
 //	dflock.client.renewal.duration          histogram  s            round trip of an answered renewal batch
 //	dflock.client.renewal.batch.size        histogram  {renewal}    renewals per batch
 //	dflock.client.connection.dial.duration  histogram  s            dial, TLS and auth
-//	dflock.client.connection.broken         counter    {connection} connections broken or destroyed
+//	dflock.client.connection.broken         counter    {connection} connections broken or destroyed (not by Close)
 //
 // The acquire histograms carry dflock.operation.name (lock, trylock,
 // semaphore, trysemaphore, enqueue, wait), dflock.acquire.outcome
@@ -59,7 +59,7 @@
 //	dflock.client.lease.count        updowncounter  {lease}       leases held now
 //	dflock.client.connection.count   updowncounter  {connection}  open connections by role and state
 //	dflock.client.acquire.waiting    updowncounter  {acquire}     acquires waiting on a wait-pool connection
-//	dflock.client.server.up          gauge          1             1 while the server is reachable
+//	dflock.client.server.up          gauge          1             1 while calls to the server are not failing fast
 //	dflock.client.lease.losses       counter        {lease}       leases lost while held or found lost at release
 //	dflock.client.renewals           counter        {renewal}     by dflock.renewal.outcome: renewed, refused, unanswered
 //	dflock.client.connection.dials   counter        {connection}  by dflock.dial.outcome: success, failure
@@ -71,7 +71,15 @@
 // (control lane), wait (wait pool) or listener (signals); wait-pool
 // connections also carry dflock.connection.state: idle, in_use (a blocking
 // acquire or a queued ticket waits on it) or pinned (it owns a lease). The
-// last three counters carry no server attributes.
+// last three counters carry no server attributes. dflock.client.server.up
+// is dflock.ServerSnapshot.Up: 0 while the server is known to be down and
+// no lane connection to it is healthy (calls fail fast with
+// ErrServerUnavailable); a failed dial while a lane connection lives
+// leaves it 1, though calls that need a new connection fail fast until
+// the next dial succeeds. Being a gauge, it does not add up across Clients
+// observed by one Instrumentation: it is 1 if any of them has the server
+// up. dflock.client.connection.broken does not count the connections
+// Client.Close closes.
 //
 // # Spans
 //

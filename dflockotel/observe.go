@@ -130,8 +130,19 @@ func (in *Instrumentation) collect(_ context.Context, ob metric.Observer) error 
 	o := &in.observing
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	// server.up is a gauge: a second observation of a server would replace
+	// the first, not add to it, so the live Clients' are combined (1 if
+	// any of them has the server up) and observed once.
+	up := make(map[string]bool)
 	for oc := range o.live {
-		in.observe(ob, oc.c.Snapshot())
+		in.observe(ob, oc.c.Snapshot(), up)
+	}
+	for addr, u := range up {
+		v := int64(0)
+		if u {
+			v = 1
+		}
+		ob.ObserveInt64(in.serverUp, v, metric.WithAttributeSet(in.sets.get(addr).plain))
 	}
 	for addr, t := range o.retired {
 		in.observeTotals(ob, in.sets.get(addr), *t)
@@ -142,18 +153,16 @@ func (in *Instrumentation) collect(_ context.Context, ob metric.Observer) error 
 	return nil
 }
 
-func (in *Instrumentation) observe(ob metric.Observer, s dflock.Snapshot) {
+// observe observes s's figures but server.up, which it records in up (see
+// collect).
+func (in *Instrumentation) observe(ob metric.Observer, s dflock.Snapshot, up map[string]bool) {
 	for i := range s.Servers {
 		sv := &s.Servers[i]
 		sets := in.sets.get(sv.Addr)
 		plain := metric.WithAttributeSet(sets.plain)
 		ob.ObserveInt64(in.leases, int64(sv.LeasesHeld), plain)
 		ob.ObserveInt64(in.waiting, int64(sv.WaitsInFlight), plain)
-		up := int64(0)
-		if sv.Up {
-			up = 1
-		}
-		ob.ObserveInt64(in.serverUp, up, plain)
+		up[sv.Addr] = up[sv.Addr] || sv.Up
 		for k, n := range connKindCounts(sv.Conns) {
 			ob.ObserveInt64(in.conns, int64(n), metric.WithAttributeSet(sets.conns[k]))
 		}

@@ -179,7 +179,7 @@ func (in *Instrumentation) instruments() error {
 	check(err)
 	in.connBroken, err = m.Int64Counter("dflock.client.connection.broken",
 		metric.WithUnit("{connection}"),
-		metric.WithDescription("Connections that broke or were destroyed (idle ones closed by the idle limits excepted)."))
+		metric.WithDescription("Connections that broke or were destroyed (idle ones closed by the idle limits, and those Client.Close closes, excepted)."))
 	check(err)
 
 	in.leases, err = m.Int64ObservableUpDownCounter("dflock.client.lease.count",
@@ -196,7 +196,7 @@ func (in *Instrumentation) instruments() error {
 	check(err)
 	in.serverUp, err = m.Int64ObservableGauge("dflock.client.server.up",
 		metric.WithUnit("1"),
-		metric.WithDescription("1 while the server is reachable (its last dial succeeded), else 0."))
+		metric.WithDescription("0 while the server is known to be down and no lane connection to it is healthy (calls fail fast), else 1."))
 	check(err)
 	in.losses, err = m.Int64ObservableCounter("dflock.client.lease.losses",
 		metric.WithUnit("{lease}"),

@@ -243,6 +243,12 @@ func (in *Instrumentation) onRenewalBatch(b dflock.RenewalBatchInfo) {
 	}
 }
 
-func (in *Instrumentation) onConnBroken(server string, _ error) {
+// onConnBroken counts the connections that broke or were destroyed, not
+// those Client.Close closes: a graceful Close (every deploy) is not a burst
+// of broken connections to alert on.
+func (in *Instrumentation) onConnBroken(server string, err error) {
+	if errors.Is(err, dflock.ErrClosed) {
+		return
+	}
 	in.connBroken.Add(context.Background(), 1, metric.WithAttributeSet(in.sets.get(server).plain))
 }
