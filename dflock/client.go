@@ -422,9 +422,10 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 		return
 	}
 	type ownerReleases struct {
-		srv  *server // an owner is a connection to one server
-		reqs []wire.Request
-		hs   []*held // per request, its lease's
+		srv     *server // an owner is a connection to one server
+		reqs    []wire.Request
+		hs      []*held       // per request, its lease's
+		counted []atomic.Bool // per request: counted released, or lost
 	}
 	groups := make(map[renew.Owner]*ownerReleases)
 	for _, l := range leases {
@@ -436,13 +437,27 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 		g.reqs = append(g.reqs, wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
 		h, _ := l.LossHandler().(*held)
 		g.hs = append(g.hs, h)
-		if g.srv != nil {
-			g.srv.obs.released1() // counted as released by Close
+	}
+	// Each lease is counted released (or lost) once, when its answer
+	// comes, or at the deadline, or when Close gives up on it: counted up
+	// front, a refusal would take the count back, and Snapshot's
+	// Released would go down, which a metrics backend reads as a reset.
+	countReleased := func(g *ownerReleases, i int) {
+		if g.srv != nil && g.counted[i].CompareAndSwap(false, true) {
+			g.srv.obs.released1()
 		}
 	}
+	defer func() {
+		for _, g := range groups {
+			for i := range g.reqs {
+				countReleased(g, i) // unanswered: the server releases them as the connections close
+			}
+		}
+	}()
 	done := make(chan struct{}, len(groups))
 	var failed atomic.Int64
 	for owner, g := range groups {
+		g.counted = make([]atomic.Bool, len(g.reqs))
 		srv, reqs, hs := g.srv, g.reqs, g.hs
 		left := atomic.Int64{}
 		left.Store(int64(len(reqs)))
@@ -452,8 +467,14 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 			}
 			if err == nil && r.Status != wire.StatusOK && r.Status != wire.StatusErrDraining &&
 				i >= 0 && i < len(hs) && hs[i] != nil {
-				// The server no longer held it: lost before Close.
-				hs[i].lostAtClose(r)
+				// The server no longer held it: lost before Close —
+				// unless Close counted it released already, having
+				// given up waiting.
+				if g.counted[i].CompareAndSwap(false, true) {
+					hs[i].lostAtClose(r)
+				}
+			} else if i >= 0 && i < len(reqs) {
+				countReleased(g, i)
 			}
 			if srv != nil && (errors.Is(err, wire.ErrConnBroken) && !errors.Is(err, ErrClosed) ||
 				err == nil && mayNotBeApplied(r)) {

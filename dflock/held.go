@@ -324,17 +324,15 @@ func (h *held) refusedAtRelease(r wire.Reply) *Error {
 }
 
 // lostAtClose reports a lease whose release by Close the server refused
-// (r; Close counted it released when it sent the release) as the loss it
-// is, as finishRelease would have: counted, logged, told to the hook, and
-// returned by a Release after Close. The release itself is Close's to send
-// again if need be. It runs on the owner's reader: it only counts and queues.
+// (r) as the loss it is, as finishRelease would have: counted, logged, told
+// to the hook, and returned by a Release after Close. The release itself is
+// Close's to send again if need be. It runs on the owner's reader: it only
+// counts and queues.
 func (h *held) lostAtClose(r wire.Reply) {
 	e := h.refusedAtRelease(r)
 	h.relMu.Lock()
 	h.closeLost = e
 	h.relMu.Unlock()
-	h.srv.obs.released.Add(-1)
-	h.srv.obs.held.Add(1)
 	h.lostAtRelease(e.Err)
 }
 
