@@ -155,6 +155,9 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	}
 	st := Stats{Servers: make([]ServerStats, len(c.servers))}
 	if !c.enter() {
+		for i, s := range c.servers {
+			st.Servers[i].Err = &Error{Op: "stats", Server: s.addr, Err: ErrClosed}
+		}
 		return c.localStats(st), &Error{Op: "stats", Err: ErrClosed}
 	}
 	defer c.leave()

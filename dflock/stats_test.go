@@ -209,3 +209,25 @@ func TestNewRejectsMaxStatsReplyOutOfBounds(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
 }
+
+// Stats after Close fails with ErrClosed, and each server's entry says why
+// its State is nil, as the doc promises for every missing State (found by
+// review: Err was nil there).
+func TestStatsAfterCloseSaysWhyEachStateIsMissing(t *testing.T) {
+	t.Parallel()
+	srv1, srv2 := newServer(t, testutil.Config{}), newServer(t, testutil.Config{})
+	c, err := New([]string{srv1.Addr(), srv2.Addr()})
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	st, err := c.Stats(testCtx(t))
+	require.ErrorIs(t, err, ErrClosed)
+	require.Len(t, st.Servers, 2)
+	for i, addr := range []string{srv1.Addr(), srv2.Addr()} {
+		s := st.Servers[i]
+		assert.Equal(t, addr, s.Addr)
+		assert.Nil(t, s.State)
+		assert.ErrorIs(t, s.Err, ErrClosed, "ServerStats.Err of %s", addr)
+		assert.ErrorContains(t, s.Err, addr)
+	}
+}
