@@ -123,7 +123,15 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		}
 		return nil, &Error{Op: op, Key: key, Server: srv.addr, Err: err}
 	}
-	conn, err := srv.pool.Acquire(opCtx)
+	// Getting a wait-pool connection may wait (the pool at its limit, a
+	// dial): counted in WaitsInFlight like a blocking acquire's, though
+	// not traced as a wait (Enqueue itself never waits for the key).
+	acquireConn := func() (*pool.Conn, error) {
+		srv.obs.waits.Add(1)
+		defer srv.obs.waits.Add(-1)
+		return srv.pool.Acquire(opCtx)
+	}
+	conn, err := acquireConn()
 	if err != nil {
 		return fail(err)
 	}
@@ -135,7 +143,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		// is never stale. (No window as for a wait: the server answers an
 		// e at once. If it had granted the first one, see staleWindow for
 		// what the grant lost with the connection costs.)
-		if conn, err = srv.pool.Acquire(opCtx); err != nil {
+		if conn, err = acquireConn(); err != nil {
 			return fail(err)
 		}
 		r, sent, err = c.exchange(opCtx, srv, conn, req, t.withdraw)
