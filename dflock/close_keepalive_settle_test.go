@@ -36,7 +36,12 @@ func TestCloseIsNotHeldUpByKeepalivePings(t *testing.T) {
 		px.SetLatency(15 * time.Millisecond) // a 30 ms round trip
 		time.Sleep(60 * time.Millisecond)    // renewals
 		for _, l := range locks {
-			require.NoError(t, l.Release(ctx))
+			// A loaded machine may stretch a round trip past 2×KeepAlive,
+			// which breaks the connection and loses its leases: no matter
+			// here, where only Close's own wait is measured.
+			if err := l.Release(ctx); err != nil {
+				require.ErrorIs(t, err, ErrLockLost)
+			}
 		}
 		time.Sleep(100 * time.Millisecond) // nothing of the caller's in flight
 		t0 := time.Now()
