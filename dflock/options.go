@@ -108,9 +108,10 @@ type Option func(*options)
 // or reads replies. A hook that blocks delays later hooks and log records;
 // past 4096 waiting, calls are dropped and counted
 // (ClientStats.CallbacksDropped) — except the losses (OnLeaseLost and its
-// log record), which have a queue of their own, 131,072 long: every loss
-// of a burst (the thousands of leases of one broken connection) is
-// reported. Loss reports run in the order of the losses; among the other
+// log record), which have a queue of their own, 131,072 calls long (a loss
+// with both a Logger and OnLeaseLost takes two): every loss of a burst (the
+// thousands of leases of one broken connection) is reported, up to 65,536
+// at once. Loss reports run in the order of the losses; among the other
 // calls they may come earlier than events that happened before them. Close waits up to DefaultReleaseTimeout for
 // the calls still queued; a hook still running then keeps that goroutine
 // until it returns (Go cannot stop it), and what is still queued is dropped,
