@@ -292,13 +292,17 @@ func (f *faulter) run(ctx context.Context) {
 		case <-time.After(gap):
 		}
 		kind := f.nextKind()
-		nd := f.pickNode(kind)
+		draw := f.rng.Uint64() // f.rng is the run loop's alone: the goroutine gets its draw
 		d := f.duration(kind)
 		lat := time.Duration(20+f.rng.IntN(380)) * time.Millisecond
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
-			f.inject(ctx, nd, kind, d, lat)
+			// The server is picked in the goroutine, just before the fault
+			// acts: a fault started a moment earlier (a restart, a reset,
+			// a drop) may have taken the connections that a pick made in
+			// the loop saw, before this goroutine ran.
+			f.inject(ctx, f.pickNode(kind, draw), kind, d, lat)
 		}()
 	}
 }
@@ -316,12 +320,13 @@ func (f *faulter) nextKind() faultKind {
 	return k
 }
 
-// pickNode draws the server for a fault of kind: for kinds that act on
-// existing connections, one that is not stopped and has connections for it
-// to act on, if there is one (a drop on a stopped server, or a reset right
-// after another one, does nothing). So a kind has no effect in a phase only
-// if, every time it was drawn, no server had a connection.
-func (f *faulter) pickNode(kind faultKind) *node {
+// pickNode chooses, by draw, the server for a fault of kind: for kinds
+// that act on existing connections, one that is not stopped and has
+// connections for it to act on, if there is one (a drop on a stopped
+// server, or a reset right after another one, does nothing). So a kind has
+// no effect in a phase only if, every time it was drawn, no server had a
+// connection for connWait.
+func (f *faulter) pickNode(kind faultKind, draw uint64) *node {
 	nodes := f.cl.nodes
 	if kind.needsConns() {
 		// A phase's first fault may come before any Client has dialled
@@ -349,11 +354,13 @@ func (f *faulter) pickNode(kind faultKind) *node {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	return nodes[f.rng.IntN(len(nodes))]
+	return nodes[draw%uint64(len(nodes))]
 }
 
-// connWait bounds pickNode's wait for a connection to act on.
-const connWait = 200 * time.Millisecond
+// connWait bounds pickNode's wait for a connection to act on. The Clients
+// re-dial as soon as a call needs a server, so a wait this long finds none
+// only when no call could run (a machine starving the workers).
+const connWait = time.Second
 
 // conns counts the connections a fault of kind would act on: the server's
 // for the server's own faults, the proxy's for the network's.
