@@ -130,13 +130,15 @@ func (p *Pool) pickLane(ctx context.Context, life <-chan struct{}) (*laneConn, e
 		if p.closed.Load() {
 			return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
 		}
-		best, missing := p.bestLane()
-		if best != nil && !missing {
+		if best, missing := p.bestLane(); best != nil && !missing {
 			return best, nil
+		}
+		if p.afterLaneScan != nil {
+			p.afterLaneScan()
 		}
 		// After a failed dial, wait only for dials already in progress
 		// (another slot's may succeed) instead of starting new ones.
-		d := p.kickLaneDials(dialErr == nil)
+		best, d := p.kickLaneDials(dialErr == nil)
 		if best != nil {
 			return best, nil
 		}
@@ -147,7 +149,7 @@ func (p *Pool) pickLane(ctx context.Context, life <-chan struct{}) (*laneConn, e
 			if err := p.usable(); err != nil {
 				return nil, err
 			}
-			continue // a dial finished between the scan and the kick
+			continue // a lane connection broke, or the server came up, since the kick
 		}
 		select {
 		case <-d.done:
@@ -195,8 +197,14 @@ func (p *Pool) bestLane() (best *laneConn, missing bool) {
 
 // kickLaneDials starts a dial (if start) for every empty or broken lane
 // slot that has none in progress, unless the pool is closed or the server
-// down, and returns one dial in progress (nil if none).
-func (p *Pool) kickLaneDials(start bool) *laneDial {
+// down, and returns the best healthy lane connection (as bestLane) and one
+// dial in progress (each nil if none). It scans under p.mu, which dialLane
+// holds to store its connection and retire its dial, so every slot is
+// either dialling or settled: pickLane's lock-free scan can miss a dial
+// that finishes just after it, and taking that slot for neither healthy nor
+// dialling failed a caller with another slot's dial error while that slot
+// had a healthy connection.
+func (p *Pool) kickLaneDials(start bool) (*laneConn, *laneDial) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var any *laneDial
@@ -218,7 +226,8 @@ func (p *Pool) kickLaneDials(start bool) *laneDial {
 		p.bg.Add(1)
 		go p.dialLane(s, d)
 	}
-	return any
+	best, _ := p.bestLane()
+	return best, any
 }
 
 func (p *Pool) dialLane(s *laneSlot, d *laneDial) {

@@ -38,6 +38,9 @@ type Pool struct {
 	start time.Time // p.now() epoch (monotonic)
 	pp    *puddle.Pool[*conn]
 	lanes []laneSlot
+	// afterLaneScan, if set (tests only, before the pool is used), runs in
+	// pickLane between its lock-free scan and kickLaneDials.
+	afterLaneScan func()
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
