@@ -70,8 +70,10 @@
 // cancelled (not timed out: then the client reads the server's answer, due
 // within a second, and releases it) is lost with the connection the client
 // closes to withdraw the wait; and a grant on its way when the connection
-// breaks (a network fault, a proxy or the server cutting it) is lost with
-// the connection, the acquire failing with ErrServerUnavailable. Such a
+// breaks (a network fault, a proxy or the server cutting it, or the
+// keepalive cutting a connection to a server paused for over 2×KeepAlive,
+// which reads the request when it resumes) is lost with the connection,
+// the acquire failing with ErrServerUnavailable. Such a
 // grant stays held by nobody until its lease expires (docs/leases.md).
 //
 // # Sharding
