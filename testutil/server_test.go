@@ -243,7 +243,9 @@ func TestServerStallRunsReadDeadlinesOn(t *testing.T) {
 	busy.grant("l", "busy", "0 60")
 
 	resume := s.Stall(0)
-	time.Sleep(500 * time.Millisecond) // both deadlines pass
+	// Both deadlines pass: 300 ms after the server armed them, which on a
+	// loaded machine may be well after the grants were read here.
+	time.Sleep(1200 * time.Millisecond)
 	busy.send("ping", "_", "")
 	idle.expectSilence(100 * time.Millisecond)
 	busy.expectSilence(100 * time.Millisecond)
