@@ -40,9 +40,12 @@ func TestLaneDialFinishingDuringScanServesTheCaller(t *testing.T) {
 }
 
 // laneScanRace runs the scenario once and reports whether the window was
-// reached (the failed dial's caller scanned while the other dial was held).
+// reached: the failed dial's caller scanned while the other dial was still
+// held (so the scan saw no healthy lane), and that dial finished before
+// the kick.
 func laneScanRace(t *testing.T, srv *testutil.Server) bool {
 	var calls atomic.Int32
+	var holding atomic.Bool // the second dial waits for release
 	release := make(chan struct{})
 	var once sync.Once
 	open := func() { once.Do(func() { close(release) }) }
@@ -53,12 +56,14 @@ func laneScanRace(t *testing.T, srv *testutil.Server) bool {
 			return nil, errors.New("refused (test)")
 		case 2:
 			// Held until the failed dial's caller is in the window; if Do
-			// waits on this dial instead, it is let go at once, and the
-			// window is not reached this time.
+			// waits on this dial instead, it is let go after a moment,
+			// and the window is not reached this time.
+			holding.Store(true)
 			select {
 			case <-release:
 			case <-time.After(20 * time.Millisecond):
 			}
+			holding.Store(false)
 		}
 		return d.DialContext(ctx, network, addr)
 	}
@@ -67,13 +72,8 @@ func laneScanRace(t *testing.T, srv *testutil.Server) bool {
 	defer p.Close()
 	var reached atomic.Bool
 	p.afterLaneScan = func() {
-		if calls.Load() < 2 || reached.Load() {
-			return // the first scan, before any dial
-		}
-		select {
-		case <-release:
-			return // the held dial was let go already
-		default:
+		if !holding.Load() || reached.Load() {
+			return // no dial held now: the scan may have seen it finished
 		}
 		reached.Store(true)
 		open()
