@@ -70,11 +70,13 @@
 // cancelled (not timed out: then the client reads the server's answer, due
 // within a second, and releases it) is lost with the connection the client
 // closes to withdraw the wait; and a grant on its way when the connection
-// breaks (a network fault, a proxy or the server cutting it, or the
-// keepalive cutting a connection to a server paused for over 2×KeepAlive,
-// which reads the request when it resumes) is lost with the connection,
-// the acquire failing with ErrServerUnavailable. Such a
-// grant stays held by nobody until its lease expires (docs/leases.md).
+// breaks (a network fault, a proxy or the server cutting it) is lost with
+// the connection, the acquire failing with ErrServerUnavailable. Such a
+// grant stays held by nobody until its lease expires (docs/leases.md). The
+// client's own cut is no such break: when the keepalive gives up on a
+// server that answered nothing for 2×KeepAlive, the acquire fails at once
+// but the socket stays open for up to a minute, so that a grant the server
+// makes when it resumes is read and released.
 //
 // # Sharding
 //

@@ -192,7 +192,11 @@ type Config struct {
 	// connection; one with it off keeps it, held by nobody until its lease
 	// runs out, so the owner may send the release elsewhere. It is called
 	// from the goroutine that noticed (a reader, or whoever broke the
-	// connection) and, like OnConnBroken, must return promptly.
+	// connection) and, like OnConnBroken, must return promptly. Setting
+	// it also makes a connection the keepalive breaks linger (see
+	// conn.linger): its socket stays open, for at most a minute, until
+	// the replies to what it had written are read, and a grant among
+	// them — which a stalled server makes when it resumes — comes here.
 	OnReleaseLost func(req wire.Request)
 	// Lifetime, if set, is the owner's lifetime (the Client's): when it
 	// ends, every wait for a reply ends as if the caller's context had

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -111,13 +112,17 @@ type conn struct {
 	seenLines  int64     // wc.BytesConsumed() then (under mu)
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
-	// failedHead is the oldest call fail took out of q, if it carries a
-	// key: a reply the reader had already begun to read answers it (see
-	// grantLost). Taken once, by the reader.
-	failedHead struct {
-		cmd wire.Command
-		key string
-	}
+	// orphans are requests fail took out of q, oldest first, whose
+	// replies may still be read: a grant among them goes to
+	// Config.OnReleaseLost (grantLost). When the socket closes at once it
+	// is the oldest alone, if it can be answered with a grant (a reply
+	// the reader had already begun to read answers it); while the
+	// connection lingers, every request that had been written. Taken
+	// by the reader, or by the caller reading its own reply.
+	orphans []orphan
+	// lingerUntil is set (once, by fail) if the connection lingers: see
+	// linger.
+	lingerUntil time.Time
 
 	// Who reads the next reply (under mu; see readerTurn): the reader
 	// goroutine (the zero value, and always on a connection whose callers
@@ -354,10 +359,16 @@ func (c *conn) readOwn(ctx context.Context, cl *call) (_ wire.Reply, _ error, ok
 		}
 		// Interrupted: by this caller's end (the loop's condition), or
 		// late by an earlier caller's, whose interrupt found this one
-		// reading. Either way the deadline goes before anyone reads on.
+		// reading, or by fail, which delivered cl its error and leaves
+		// the socket to the lingering reader. Either way the deadline
+		// goes before anyone reads on.
 		c.mu.Lock()
 		c.clearForcedLocked()
+		broken := c.err != nil
 		c.mu.Unlock()
+		if broken {
+			break
+		}
 	}
 	if stop != nil {
 		stop()
@@ -398,9 +409,14 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 	if c.err != nil {
 		// The connection broke meanwhile (Close, the keepalive): fail
 		// took cl out of the queue and delivered the error, which is
-		// what the caller gets. A grant it read is nobody's then.
-		c.failedHead.key = ""
+		// what the caller gets. A grant it read is nobody's then. The
+		// line answered the oldest orphan (cl was alone when its caller
+		// took the turn); a lingering reader reads the rest.
+		if len(c.orphans) > 0 {
+			c.orphans = c.orphans[1:]
+		}
 		c.own = nil
+		c.wakeReader()
 		c.mu.Unlock()
 		<-cl.done
 		cmd, key := cl.cmd, cl.grantKey
@@ -465,7 +481,7 @@ func (c *conn) endWaits() {
 func (c *conn) clearForcedLocked() {
 	if c.forced {
 		c.forced = false
-		_ = c.wc.SetReadDeadline(time.Time{})
+		_ = c.wc.SetReadDeadline(c.lingerUntil) // zero unless lingering
 	}
 }
 
@@ -956,6 +972,7 @@ func (c *conn) write(b []byte) (int64, error) {
 func (c *conn) readLoop() {
 	defer c.p.io.Done()
 	defer close(c.readerDone)
+	defer c.linger()
 	// Callers may read only where pushes cannot come (a listener's reader
 	// must see every push) and where a deadline can interrupt them (a
 	// kernel socket; see writeInlineLocked for why only those).
@@ -991,18 +1008,14 @@ func (c *conn) readLoop() {
 			c.answeredLocked(cl)
 		}
 		more = c.q.n > 0
-		broken, head := c.err != nil, c.failedHead
-		c.failedHead.key = ""
+		broken := c.err != nil
 		c.mu.Unlock()
 		if cl == nil {
 			if broken {
 				// Read as fail emptied the queue: the line answers the
-				// oldest call it took.
-				if head.key != "" {
-					if r, err := c.wc.ParseReply(line, head.cmd); err == nil {
-						c.grantLost(head.cmd, head.key, r)
-					}
-				}
+				// oldest call it took (and linger reads on, if the
+				// connection lingers).
+				c.orphanAnswered(line)
 				return
 			}
 			c.fail(&wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()})
@@ -1018,6 +1031,80 @@ func (c *conn) readLoop() {
 		c.deliver(cl, rep, nil)
 		c.delivering.Add(-1)
 	}
+}
+
+// lingerFor bounds how long a connection the keepalive broke stays open
+// for the replies to what it had written (see linger).
+const lingerFor = time.Minute
+
+// linger keeps reading a connection the keepalive broke (see fail), after
+// its callers got the error, until the replies to every request it had
+// written are read or lingerUntil passes, and hands a grant among them to
+// Config.OnReleaseLost; then it closes the socket. The server was only
+// slow, perhaps: paused, it reads those requests when it resumes — a
+// dflockd past its read deadline too, most of the time — and a grant it
+// made to a closed socket would be held by nobody until its lease ran out
+// on a server with auto-release off. Read here, its token is known and the
+// grant is released elsewhere. A connection that broke any other way, or
+// that did not linger, was closed by fail; linger then returns at once.
+// The pool's Close ends it too.
+func (c *conn) linger() {
+	c.mu.Lock()
+	until := c.lingerUntil
+	c.mu.Unlock()
+	if until.IsZero() {
+		return
+	}
+	defer c.wc.Close()
+	stop := context.AfterFunc(c.p.ctx, func() { _ = c.wc.Close() })
+	defer stop()
+	for c.orphansLeft() {
+		line, err := c.wc.ReadLine() // bounded by the deadline fail set
+		if err != nil {
+			return
+		}
+		if wire.IsPush(line) {
+			continue // lane and wait-pool connections listen to nothing
+		}
+		if !c.orphanAnswered(line) {
+			return
+		}
+	}
+}
+
+func (c *conn) orphansLeft() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.orphans) > 0
+}
+
+// orphanAnswered takes line, read after the connection broke, as the reply
+// to the oldest orphan, and hands a grant to Config.OnReleaseLost. It
+// returns false if the line could not be parsed as that reply (the rest
+// cannot be trusted) or there was no orphan.
+func (c *conn) orphanAnswered(line []byte) bool {
+	c.mu.Lock()
+	if len(c.orphans) == 0 {
+		c.mu.Unlock()
+		return false
+	}
+	o := c.orphans[0]
+	c.orphans = c.orphans[1:]
+	c.mu.Unlock()
+	r, err := c.wc.ParseReply(line, o.cmd)
+	if err != nil {
+		return false
+	}
+	c.grantLost(o.cmd, o.key, r)
+	return true
+}
+
+// orphan is a request whose reply nobody waits for (conn.orphans): its
+// command, to parse the reply, and the key of a grant it may carry (call.
+// grantKey), or "".
+type orphan struct {
+	cmd wire.Command
+	key string
 }
 
 // pendingNotPing is the number of replies pending on c but those of
@@ -1083,9 +1170,17 @@ func (c *conn) answeredLocked(cl *call) {
 func (c *conn) readerTurn() bool {
 	c.mu.Lock()
 	for {
-		if c.err != nil {
+		if c.err != nil && (c.own == nil || c.lingerUntil.IsZero()) {
+			// Broken; if it lingers, nobody else reads it from here on
+			// (a caller reading its own reply hands the socket on).
 			c.mu.Unlock()
 			return false
+		}
+		if c.err != nil {
+			c.mu.Unlock()
+			<-c.wake
+			c.mu.Lock()
+			continue
 		}
 		if cause := c.failWith; cause != nil {
 			c.mu.Unlock()
@@ -1333,13 +1428,12 @@ func (c *conn) fail(cause error) {
 	err := brokenErr(c.p.cfg.Addr, redact(cause, c.p.secret))
 	c.err = err
 	c.errp.Store(err)
-	var pending []*call
+	written := c.q.n - c.bufN
+	pending := make([]*call, 0, c.q.n)
 	for cl := c.q.pop(); cl != nil; cl = c.q.pop() {
 		pending = append(pending, cl)
 	}
-	if len(pending) > 0 && pending[0].grantKey != "" {
-		c.failedHead.cmd, c.failedHead.key = pending[0].cmd, pending[0].grantKey
-	}
+	lingers := c.lingersLocked(cause, pending[:written])
 	c.inflight.Store(0)
 	c.pings = 0
 	c.blocking = 0
@@ -1347,8 +1441,10 @@ func (c *conn) fail(cause error) {
 	owner := c.owner
 	c.mu.Unlock()
 	close(c.dead)
-	c.wakeReader() // a parked reader exits
-	_ = c.wc.Close()
+	c.wakeReader() // a parked reader exits, or lingers
+	if !lingers {
+		_ = c.wc.Close()
+	}
 	for _, cl := range pending {
 		c.deliver(cl, wire.Reply{}, err)
 	}
@@ -1356,6 +1452,40 @@ func (c *conn) fail(cause error) {
 	if c.onBroken != nil {
 		c.onBroken(err)
 	}
+}
+
+// lingersLocked decides, in fail, whether the connection lingers (see
+// linger) and records the orphans, written being the calls fail took out of
+// the queue that had been written. It lingers when the keepalive broke it
+// and one of those could be answered with a grant that an owner could
+// release elsewhere; the socket then stays open, bounded by lingerFor, and
+// nothing more is written on it.
+func (c *conn) lingersLocked(cause error, written []*call) bool {
+	c.orphans = c.orphans[:0]
+	lingers := errors.Is(cause, errNoReply) && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
+		slices.ContainsFunc(written, func(cl *call) bool { return cl.grantKey != "" })
+	if !lingers {
+		if len(written) > 0 && written[0].grantKey != "" {
+			c.orphans = append(c.orphans, orphan{written[0].cmd, written[0].grantKey})
+		}
+		return false
+	}
+	for _, cl := range written {
+		c.orphans = append(c.orphans, orphan{cl.cmd, cl.grantKey})
+	}
+	c.buf = c.buf[:0] // requests never written stay so
+	c.lingerUntil = time.Now().Add(lingerFor)
+	if c.own != nil {
+		// A caller reads its own reply: stopped (its call has the error),
+		// it clears this deadline to lingerUntil and hands the socket to
+		// the reader (readOwn).
+		c.forced = true
+		_ = c.wc.SetReadDeadline(pastDeadline)
+	} else {
+		c.forced = false // a late interrupt of a caller that never read
+		_ = c.wc.SetReadDeadline(c.lingerUntil)
+	}
+	return true
 }
 
 // call is one request awaiting its reply. Calls are recycled through

@@ -1,0 +1,173 @@
+package pool
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// lingerPool is a pool on a server with auto-release off whose keepalive
+// breaks a connection after 200 ms without a reply, and whose
+// OnReleaseLost hands its releases to lost.
+func lingerPool(t *testing.T, withLost bool) (*testutil.Server, *Pool, chan wire.Request) {
+	t.Helper()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	lost := make(chan wire.Request, 8)
+	cfg := Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: 100 * time.Millisecond}
+	if withLost {
+		cfg.OnReleaseLost = func(req wire.Request) { lost <- req }
+	}
+	return srv, newPool(t, cfg), lost
+}
+
+// releasedBy sends rel, a release OnReleaseLost was given, and checks that
+// the server applied it: the grant was the server's and its token right.
+func releasedBy(t *testing.T, p *Pool, srv *testutil.Server, rel wire.Request) {
+	t.Helper()
+	r, _, err := p.Do(ctxWait(t), rel)
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusOK, r.Status, "the release of %q is applied", rel.Key)
+	assert.Zero(t, holder(srv, rel.Key))
+}
+
+func lostRelease(t *testing.T, lost <-chan wire.Request, what string) wire.Request {
+	t.Helper()
+	select {
+	case req := <-lost:
+		return req
+	case <-time.After(wait):
+		t.Fatalf("%s never reached OnReleaseLost", what)
+		return wire.Request{}
+	}
+}
+
+// A server paused past 2×KeepAlive with a try-acquire in flight: the
+// keepalive fails the caller at once, but the socket stays open (the
+// connection lingers), so that the grant the server makes when it resumes
+// and reads the request is read, not sent to a closed socket — where, with
+// auto-release off, it would be held by nobody until its lease ran out —
+// and goes to OnReleaseLost. The caller waiting was either reading its own
+// reply or waiting for the reader; once the reply is read the socket
+// closes.
+func TestKeepaliveCutLingersForTheGrantOfAPausedServer(t *testing.T) {
+	for _, reader := range []string{"caller", "reader"} {
+		t.Run(reader, func(t *testing.T) {
+			t.Parallel()
+			srv, p, lost := lingerPool(t, true)
+			_, c := laneOf(t, p)
+			settle(t, c)
+
+			resume := srv.Stall(0)
+			t.Cleanup(resume)
+			ctx, cancel := context.WithCancel(ctxWait(t))
+			defer cancel()
+			res := goDo(ctx, p, lockReq("k"))
+			awaitReading(t, c)
+			if reader == "reader" {
+				cancel() // the caller gives up: the reader reads the answer
+				require.ErrorIs(t, result(t, res, "Do").err, context.Canceled)
+				awaitTurn(t, c, turnReader, "the caller hands the turn to the reader")
+			}
+			require.Eventually(t, func() bool { return c.Err() != nil }, wait, time.Millisecond, "the keepalive breaks it")
+			if reader == "caller" {
+				err := result(t, res, "Do").err
+				require.ErrorIs(t, err, errNoReply, "the caller is failed at once, the server still paused")
+			}
+			assert.False(t, c.readerExited(), "the connection lingers")
+			select {
+			case req := <-lost:
+				t.Fatalf("a release (%v) before the server resumed", req)
+			default:
+			}
+
+			resume()
+			rel := lostRelease(t, lost, "the grant read as the connection lingered")
+			assert.Equal(t, wire.CmdRelease, rel.Cmd)
+			assert.Equal(t, "k", rel.Key)
+			require.Eventually(t, c.readerExited, wait, time.Millisecond, "the socket closes once the reply is read")
+			releasedBy(t, p, srv, rel)
+		})
+	}
+}
+
+// Every request written before the cut is an orphan: pipelined grants on
+// a wait-pool connection (a ticket's e, a semaphore's sl) all reach
+// OnReleaseLost, in order, whatever came between them.
+func TestLingeringConnHandsOnEveryGrantItHadAskedFor(t *testing.T) {
+	t.Parallel()
+	srv, p, lost := lingerPool(t, true)
+	ctx := ctxWait(t)
+	h, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	defer h.Destroy()
+	settle(t, h.c)
+
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	errs := make(chan error, 3)
+	h.SendBatch([]wire.Request{
+		{Cmd: wire.CmdEnqueue, Key: "a", Lease: 30},
+		{Cmd: wire.CmdPing},
+		{Cmd: wire.CmdSemLock, Key: "b", Limit: 2, Lease: 30},
+	}, func(_ int, _ wire.Reply, err error) { errs <- err })
+	for range 3 {
+		assert.ErrorIs(t, result(t, errs, "SendBatch"), errNoReply)
+	}
+	resume()
+	a := lostRelease(t, lost, "the enqueue's grant")
+	b := lostRelease(t, lost, "the semaphore's grant")
+	assert.Equal(t, []string{"a", "b"}, []string{a.Key, b.Key})
+	assert.Equal(t, []wire.Command{wire.CmdRelease, wire.CmdSemRelease}, []wire.Command{a.Cmd, b.Cmd})
+	require.Eventually(t, h.c.readerExited, wait, time.Millisecond, "the socket closes once the replies are read")
+	releasedBy(t, p, srv, a)
+	r, _, err := p.Do(ctx, b)
+	require.NoError(t, err)
+	assert.Equal(t, wire.StatusOK, r.Status)
+}
+
+// A lingering connection ends with the pool: Close does not wait for a
+// server that never resumes (goleak checks that nothing is left).
+func TestLingeringConnEndsWithThePool(t *testing.T) {
+	t.Parallel()
+	srv, p, _ := lingerPool(t, true)
+	_, c := laneOf(t, p)
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	_, _, err := p.Do(ctxWait(t), lockReq("k"))
+	require.ErrorIs(t, err, errNoReply)
+	require.False(t, c.readerExited(), "the connection lingers")
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	result(t, closed, "Close")
+	assert.True(t, c.readerExited())
+}
+
+// Without an owner to release a grant elsewhere (no OnReleaseLost), and for
+// a cut with nothing grant-bearing in flight, the socket closes at once, as
+// for any other break.
+func TestKeepaliveCutClosesAtOnceWithNothingToWaitFor(t *testing.T) {
+	for name, tc := range map[string]struct {
+		withLost bool
+		req      wire.Request
+	}{
+		"no OnReleaseLost": {false, lockReq("k")},
+		"no grant":         {true, wire.Request{Cmd: wire.CmdPing}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv, p, _ := lingerPool(t, tc.withLost)
+			_, c := laneOf(t, p)
+			resume := srv.Stall(0)
+			t.Cleanup(resume)
+			_, _, err := p.Do(ctxWait(t), tc.req)
+			require.ErrorIs(t, err, errNoReply)
+			require.Eventually(t, c.readerExited, wait, time.Millisecond, "closed while the server is still paused")
+		})
+	}
+}
