@@ -1170,13 +1170,13 @@ func (c *conn) answeredLocked(cl *call) {
 func (c *conn) readerTurn() bool {
 	c.mu.Lock()
 	for {
-		if c.err != nil && (c.own == nil || c.lingerUntil.IsZero()) {
-			// Broken; if it lingers, nobody else reads it from here on
-			// (a caller reading its own reply hands the socket on).
-			c.mu.Unlock()
-			return false
-		}
 		if c.err != nil {
+			if c.own == nil || c.lingerUntil.IsZero() {
+				c.mu.Unlock()
+				return false
+			}
+			// It lingers, and a caller reading its own reply is to hand
+			// the socket on before the reader reads it (linger).
 			c.mu.Unlock()
 			<-c.wake
 			c.mu.Lock()

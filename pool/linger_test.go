@@ -38,17 +38,6 @@ func releasedBy(t *testing.T, p *Pool, srv *testutil.Server, rel wire.Request) {
 	assert.Zero(t, holder(srv, rel.Key))
 }
 
-func lostRelease(t *testing.T, lost <-chan wire.Request, what string) wire.Request {
-	t.Helper()
-	select {
-	case req := <-lost:
-		return req
-	case <-time.After(wait):
-		t.Fatalf("%s never reached OnReleaseLost", what)
-		return wire.Request{}
-	}
-}
-
 // A server paused past 2×KeepAlive with a try-acquire in flight: the
 // keepalive fails the caller at once, but the socket stays open (the
 // connection lingers), so that the grant the server makes when it resumes
@@ -89,7 +78,7 @@ func TestKeepaliveCutLingersForTheGrantOfAPausedServer(t *testing.T) {
 			}
 
 			resume()
-			rel := lostRelease(t, lost, "the grant read as the connection lingered")
+			rel := result(t, lost, "OnReleaseLost, for the grant read as the connection lingered,")
 			assert.Equal(t, wire.CmdRelease, rel.Cmd)
 			assert.Equal(t, "k", rel.Key)
 			require.Eventually(t, c.readerExited, wait, time.Millisecond, "the socket closes once the reply is read")
@@ -122,8 +111,8 @@ func TestLingeringConnHandsOnEveryGrantItHadAskedFor(t *testing.T) {
 		assert.ErrorIs(t, result(t, errs, "SendBatch"), errNoReply)
 	}
 	resume()
-	a := lostRelease(t, lost, "the enqueue's grant")
-	b := lostRelease(t, lost, "the semaphore's grant")
+	a := result(t, lost, "OnReleaseLost, for the enqueue's grant,")
+	b := result(t, lost, "OnReleaseLost, for the semaphore's grant,")
 	assert.Equal(t, []string{"a", "b"}, []string{a.Key, b.Key})
 	assert.Equal(t, []wire.Command{wire.CmdRelease, wire.CmdSemRelease}, []wire.Command{a.Cmd, b.Cmd})
 	require.Eventually(t, h.c.readerExited, wait, time.Millisecond, "the socket closes once the replies are read")

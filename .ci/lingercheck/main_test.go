@@ -17,8 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/dflock-sdk/go/dflock"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestTryGrantOfAPausedServerIsReleased(t *testing.T) {
 	addr, pid := os.Getenv("LINGERCHECK_ADDR"), os.Getenv("LINGERCHECK_PID")
