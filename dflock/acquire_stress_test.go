@@ -75,13 +75,19 @@ func TestKeepaliveCutOfAStalledServerReleasesItsTryGrant(t *testing.T) {
 
 	resume := srv.Stall(0)
 	_, err = c.TryLock(ctx, "k", LeaseTTL(time.Hour))
-	resume()
+	t.Cleanup(resume)
 	require.ErrorIs(t, err, ErrServerUnavailable)
 	require.ErrorContains(t, err, "no reply for 2×KeepAlive")
+	conns := func() ConnCounts { return c.Snapshot().Servers[0].Conns }
+	require.Eventually(t, func() bool { return conns().Lingering == 1 }, 5*time.Second, time.Millisecond,
+		"Snapshot counts the connection kept open for the try's reply")
+	resume()
 	require.Eventually(t, func() bool {
 		st := srv.Stats().Requests
 		return st["l"] > before["l"] && st["r"] > before["r"] && !lockHeld(srv, "k")
 	}, 5*time.Second, time.Millisecond, "the resumed server grants the try it read, and the client releases it")
+	require.Eventually(t, func() bool { return conns().Lingering == 0 }, 5*time.Second, time.Millisecond,
+		"the lingering connection closes once its reply is read")
 	// Free long before its lease of an hour would have run out.
 	l, err = c.TryLock(ctx, "k")
 	require.NoError(t, err)

@@ -81,6 +81,11 @@ type ConnCounts struct {
 	Pinned int
 	// Listener: signal listener connections.
 	Listener int
+	// Lingering: lane or wait-pool connections the keepalive gave up on,
+	// kept open (at most a minute) for the replies to requests they had
+	// written, so that a grant a stalled server makes when it resumes is
+	// released rather than left to a closed socket (see docs/leases.md).
+	Lingering int
 }
 
 // serverObs is what the Client counts per server for Snapshot; the pool
@@ -121,11 +126,12 @@ func (c *Client) Snapshot() Snapshot {
 			Up:    ps.Up,
 			Since: ps.Since,
 			Conns: ConnCounts{
-				Lane:     ps.LaneConns,
-				Idle:     ps.IdleConns,
-				InUse:    max(ps.AcquiredConns-ps.PinnedConns, 0),
-				Pinned:   ps.PinnedConns,
-				Listener: ps.ListenerConns,
+				Lane:      ps.LaneConns,
+				Idle:      ps.IdleConns,
+				InUse:     max(ps.AcquiredConns-ps.PinnedConns, 0),
+				Pinned:    ps.PinnedConns,
+				Listener:  ps.ListenerConns,
+				Lingering: ps.LingeringConns,
 			},
 			Dials:         ps.Dials,
 			DialFailures:  ps.DialFailures,

@@ -39,6 +39,8 @@ var (
 		{keyConnRole.String("wait"), keyConnState.String("in_use")},
 		{keyConnRole.String("wait"), keyConnState.String("pinned")},
 		{keyConnRole.String("listener")},
+		// A lingering connection's role is over (dflock.ConnCounts.Lingering).
+		{keyConnState.String("lingering")},
 	}
 	renewalOutcomes = [...]string{"renewed", "refused", "unanswered"}
 	dialOutcomes    = [...]string{"success", "failure"}

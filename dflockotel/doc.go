@@ -70,7 +70,10 @@
 // dflock.client.connection.count carries dflock.connection.role: lane
 // (control lane), wait (wait pool) or listener (signals); wait-pool
 // connections also carry dflock.connection.state: idle, in_use (a blocking
-// acquire or a queued ticket waits on it) or pinned (it owns a lease). The
+// acquire or a queued ticket waits on it) or pinned (it owns a lease). A
+// connection the keepalive gave up on, kept open for at most a minute for
+// the replies to what it had written (dflock.ConnCounts.Lingering), has no
+// role left and carries only dflock.connection.state: lingering. The
 // last three counters carry no server attributes. dflock.client.server.up
 // is dflock.ServerSnapshot.Up: 0 while the server is known to be down and
 // no lane connection to it is healthy (calls fail fast with

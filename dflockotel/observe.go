@@ -190,5 +190,5 @@ func (in *Instrumentation) observeClientTotals(ob metric.Observer, t clientTotal
 
 // connKindCounts orders c as connKinds.
 func connKindCounts(c dflock.ConnCounts) [len(connKinds)]int {
-	return [...]int{c.Lane, c.Idle, c.InUse, c.Pinned, c.Listener}
+	return [...]int{c.Lane, c.Idle, c.InUse, c.Pinned, c.Listener, c.Lingering}
 }

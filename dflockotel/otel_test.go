@@ -151,9 +151,11 @@ func TestObservedLeasesConnectionsAndServerState(t *testing.T) {
 	m, ok := metricNamed(rm, "dflock.client.connection.count")
 	require.True(t, ok)
 	for _, set := range pointAttrs(m.Data) {
-		role, _ := set.Value(keyConnRole)
-		_, state := set.Value(keyConnState)
-		assert.Equal(t, role.AsString() == "wait", state, "only wait-pool connections have a state: %v", set.ToSlice())
+		role, hasRole := set.Value(keyConnRole)
+		state, hasState := set.Value(keyConnState)
+		lingering := state.AsString() == "lingering"
+		assert.Equal(t, role.AsString() == "wait" || lingering, hasState, "only wait-pool and lingering connections have a state: %v", set.ToSlice())
+		assert.Equal(t, !lingering, hasRole, "every connection but a lingering one has a role: %v", set.ToSlice())
 	}
 	for _, kind := range connKinds {
 		_, ok := intValue(rm, "dflock.client.connection.count", append(srv, kind...)...)

@@ -226,14 +226,18 @@ type Stats struct {
 	Since         time.Time
 	Dials         int64 // successful dials (incl. TLS + auth)
 	DialFailures  int64
-	LaneConns     int   // live control-lane connections
-	IdleConns     int   // idle wait-pool connections
-	AcquiredConns int   // wait-pool connections out of the pool (blocking acquires, tickets, pinned)
-	PinnedConns   int   // acquired connections that own at least one lease
-	ListenerConns int   // live listener connections (DialListener)
-	Broken        int64 // connections that broke or were destroyed
-	IdleClosed    int64 // idle wait-pool connections closed by MaxIdleConns or MaxConnIdleTime (not in Broken)
-	Pings         int64 // keepalive pings sent
-	Requests      int64 // requests written
-	Writes        int64 // write calls (Requests/Writes = pipelining factor)
+	LaneConns     int // live control-lane connections
+	IdleConns     int // idle wait-pool connections
+	AcquiredConns int // wait-pool connections out of the pool (blocking acquires, tickets, pinned)
+	PinnedConns   int // acquired connections that own at least one lease
+	ListenerConns int // live listener connections (DialListener)
+	// LingeringConns: connections the keepalive broke that stay open (at
+	// most a minute) for the replies to what they had written (see
+	// OnReleaseLost). They are in no other count: their role is over.
+	LingeringConns int
+	Broken         int64 // connections that broke or were destroyed
+	IdleClosed     int64 // idle wait-pool connections closed by MaxIdleConns or MaxConnIdleTime (not in Broken)
+	Pings          int64 // keepalive pings sent
+	Requests       int64 // requests written
+	Writes         int64 // write calls (Requests/Writes = pipelining factor)
 }

@@ -1055,6 +1055,7 @@ func (c *conn) linger() {
 	if until.IsZero() {
 		return
 	}
+	defer c.p.nLingering.Add(-1) // counted by lingersLocked
 	defer c.wc.Close()
 	stop := context.AfterFunc(c.p.ctx, func() { _ = c.wc.Close() })
 	defer stop()
@@ -1475,6 +1476,9 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	}
 	c.buf = c.buf[:0] // requests never written stay so
 	c.lingerUntil = time.Now().Add(lingerFor)
+	// Until linger returns: the reader has not exited (it exits only once
+	// c.err is set), and its readLoop ends in linger.
+	c.p.nLingering.Add(1)
 	if c.own != nil {
 		// A caller reads its own reply: stopped (its call has the error),
 		// it clears this deadline to lingerUntil and hands the socket to

@@ -71,6 +71,9 @@ func TestKeepaliveCutLingersForTheGrantOfAPausedServer(t *testing.T) {
 				require.ErrorIs(t, err, errNoReply, "the caller is failed at once, the server still paused")
 			}
 			assert.False(t, c.readerExited(), "the connection lingers")
+			require.Eventually(t, func() bool { return p.Stats().LingeringConns == 1 }, wait, time.Millisecond,
+				"Stats counts the lingering connection")
+			assert.Zero(t, p.Stats().LaneConns, "in no other role")
 			select {
 			case req := <-lost:
 				t.Fatalf("a release (%v) before the server resumed", req)
@@ -82,6 +85,7 @@ func TestKeepaliveCutLingersForTheGrantOfAPausedServer(t *testing.T) {
 			assert.Equal(t, wire.CmdRelease, rel.Cmd)
 			assert.Equal(t, "k", rel.Key)
 			require.Eventually(t, c.readerExited, wait, time.Millisecond, "the socket closes once the reply is read")
+			assert.Zero(t, p.Stats().LingeringConns)
 			releasedBy(t, p, srv, rel)
 		})
 	}
@@ -137,6 +141,7 @@ func TestLingeringConnEndsWithThePool(t *testing.T) {
 	go func() { p.Close(); close(closed) }()
 	result(t, closed, "Close")
 	assert.True(t, c.readerExited())
+	assert.Zero(t, p.Stats().LingeringConns)
 }
 
 // Without an owner to release a grant elsewhere (no OnReleaseLost), and for

@@ -74,6 +74,7 @@ type Pool struct {
 	needSweep  atomic.Bool
 	nAcquired  atomic.Int64
 	nListeners atomic.Int64
+	nLingering atomic.Int64 // connections lingering (conn.lingersLocked to conn.linger's end)
 
 	dials, dialFailures, broken, pings, idleClosed atomic.Int64
 
@@ -280,6 +281,7 @@ func (p *Pool) Stats() Stats {
 		s.Since = time.Unix(0, since)
 	}
 	s.ListenerConns = int(p.nListeners.Load())
+	s.LingeringConns = int(p.nLingering.Load())
 	s.IdleConns = int(p.pp.Stat().IdleResources())
 	return s
 }
