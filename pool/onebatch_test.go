@@ -48,12 +48,14 @@ func TestLaneHoldsRequestsBackWhileOneIsUnanswered(t *testing.T) {
 				// A batch's reply is always the reader's to read.
 				lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) { batch <- err })
 			}
-			writes := c.nwrite.Load()
 			require.Eventually(t, func() bool {
 				c.mu.Lock()
 				defer c.mu.Unlock()
 				return c.onWireLocked() == 1 && !c.flushing
 			}, wait, time.Millisecond, "the first request is written")
+			// Counted only now: a caller takes the turn to read its reply
+			// (awaitReading) before its inline write.
+			writes := c.nwrite.Load()
 
 			second := goDo(ctxWait(t), p, lockReq("second"))
 			third := goDo(ctxWait(t), p, lockReq("third"))
