@@ -124,3 +124,30 @@ func TestSentFarInThePastOrFuture(t *testing.T) {
 	})
 	assert.NoError(t, future.Err())
 }
+
+// A renewal the server applied for less than asked shortens the interval,
+// and with it how early the lease may ride in another lease's round: a
+// quarter of the applied TTL's interval, never of the one asked for (which
+// could exceed the whole applied interval, renewing the lease in every
+// round).
+func TestShorterAppliedLeaseShrinksTheEarlyRenewal(t *testing.T) {
+	t.Parallel()
+	s := newSchedulerAt(Config{}, time.Now().Add(-time.Hour))
+	o := okOwner(t)
+	s.mu.Lock()
+	l := &Lease{s: s, key: "k", owner: o, ttl: time.Minute, idx: -1, done: make(chan struct{})}
+	now := s.now()
+	iv := s.confirmLocked(l, now, l.ttl)
+	s.mu.Unlock()
+	require.Equal(t, 10*time.Second, iv, "the default keepalive caps a minute's interval")
+	assert.Equal(t, int64(iv/4), l.early())
+
+	_, err := s.complete(l, now+1, wire.Reply{Status: wire.StatusOK, Lease: 4}, nil)
+	require.NoError(t, err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	applied := s.interval(s.life(4 * time.Second))
+	require.Equal(t, 2*time.Second, applied)
+	assert.Equal(t, now+1+int64(applied), l.renewAt)
+	assert.Equal(t, int64(applied/4), l.early(), "a quarter of the applied TTL's interval")
+}

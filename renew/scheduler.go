@@ -50,7 +50,7 @@ type Scheduler struct {
 	// armed changes. pokeFn is s.poke, bound once.
 	timer  interface{ Stop() bool }
 	pokeFn func()
-	// maxEarly bounds early() over the tracked leases (it never shrinks:
+	// maxEarly bounds Lease.early over the tracked leases (it never shrinks:
 	// a stale bound only costs a few extra heap pops per round).
 	maxEarly int64
 	closed   bool
@@ -451,7 +451,7 @@ func (s *Scheduler) tick() {
 			s.ended = append(s.ended, l)
 			s.addToRound(st)
 			st.rel = append(st.rel, l)
-		case l.inflight == 0 && l.renewAt <= addSat(now, min(int64(s.cfg.window), s.early(l))):
+		case l.inflight == 0 && l.renewAt <= addSat(now, min(int64(s.cfg.window), l.early())):
 			s.takeLocked(l)
 			nrenew++
 		default:
@@ -464,7 +464,7 @@ func (s *Scheduler) tick() {
 		far := addSat(now, s.maxEarly)
 		for len(s.heap) > 0 && s.heap[0].next <= far {
 			l := heap.Pop(&s.heap).(*Lease)
-			if l.inflight == 0 && l.renewAt <= addSat(now, s.early(l)) {
+			if l.inflight == 0 && l.renewAt <= addSat(now, l.early()) {
 				s.takeLocked(l)
 				nrenew++
 			} else {
@@ -581,8 +581,10 @@ func (s *Scheduler) takeLocked(l *Lease) {
 // early is how long before its renewal time l may be renewed in another
 // lease's round: a quarter of its interval, so at least three quarters of
 // the interval pass between two renewals (before the first, whose time is
-// jittered up to a tenth earlier as well, at least 0.65 of it).
-func (s *Scheduler) early(l *Lease) int64 { return int64(s.interval(s.life(l.ttl)) / 4) }
+// jittered up to a tenth earlier, at least 0.675 of it). The interval is
+// the one its last confirmation set (confirmLocked), from the TTL the
+// server applied, which may be shorter than the one asked for.
+func (l *Lease) early() int64 { return subSat(l.renewAt, l.confirmed) / 4 }
 
 func (s *Scheduler) addToRound(st *ownerState) {
 	if !st.inRound {

@@ -226,7 +226,7 @@ func TestRenewalTimeAndDeadline(t *testing.T) {
 		assert.Equal(t, sent, l.confirmed, tc.name)
 		assert.Equal(t, sent+int64(tc.deadline), l.deadline, tc.name)
 		assert.Equal(t, sent+int64(tc.iv), l.renewAt, tc.name)
-		assert.Equal(t, int64(tc.iv/4), s.early(l), tc.name)
+		assert.Equal(t, int64(tc.iv/4), l.early(), tc.name)
 	}
 }
 
