@@ -1014,8 +1014,11 @@ func (c *conn) readLoop() {
 			if broken {
 				// Read as fail emptied the queue: the line answers the
 				// oldest call it took (and linger reads on, if the
-				// connection lingers).
-				c.orphanAnswered(line)
+				// connection lingers, unless the line did not parse:
+				// the rest cannot be trusted).
+				if !c.orphanAnswered(line) {
+					c.dropOrphans()
+				}
 				return
 			}
 			c.fail(&wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()})
@@ -1071,6 +1074,13 @@ func (c *conn) linger() {
 			return
 		}
 	}
+}
+
+// dropOrphans ends a linger: linger reads nothing more.
+func (c *conn) dropOrphans() {
+	c.mu.Lock()
+	c.orphans = c.orphans[:0]
+	c.mu.Unlock()
 }
 
 func (c *conn) orphansLeft() bool {

@@ -3,7 +3,11 @@
 package pool
 
 import (
+	"bufio"
 	"context"
+	"io"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,4 +170,51 @@ func TestKeepaliveCutClosesAtOnceWithNothingToWaitFor(t *testing.T) {
 			require.Eventually(t, c.readerExited, wait, time.Millisecond, "closed while the server is still paused")
 		})
 	}
+}
+
+// A lingering connection reads replies only while they can be trusted: a
+// line that does not parse as the oldest orphan's reply ends the linger, as
+// it would break a live connection, and a grant-looking line after it is
+// not taken for the next orphan's (a hostile or broken server).
+func TestLingerStopsAtALineItCannotParse(t *testing.T) {
+	t.Parallel()
+	cut := make(chan struct{})
+	closed := make(chan struct{})
+	addr := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+		for { // pings answered until the first lock, then nothing
+			cmd, err := readRequest(r)
+			if err != nil {
+				return
+			}
+			if cmd != wire.CmdPing.String() {
+				break
+			}
+			_, _ = io.WriteString(c, "ok\n")
+		}
+		<-cut // the keepalive gave up on both: a garbage line, then a grant
+		_, _ = io.WriteString(c, "what?\nok tok-b 30\n")
+		_, _ = io.Copy(io.Discard, r)
+		close(closed)
+	})
+	release := sync.OnceFunc(func() { close(cut) })
+	t.Cleanup(release) // before the server's: its handler may wait on cut
+	lost := make(chan wire.Request, 2)
+	p := newPool(t, Config{Addr: addr, LaneConns: 1, KeepAlive: 100 * time.Millisecond,
+		OnReleaseLost: func(req wire.Request) { lost <- req }})
+	lane, c := laneOf(t, p)
+	errs := make(chan error, 2)
+	lane.SendBatch([]wire.Request{lockReq("a"), lockReq("b")}, func(_ int, _ wire.Reply, err error) { errs <- err })
+	for range 2 {
+		assert.ErrorIs(t, result(t, errs, "SendBatch"), errNoReply)
+	}
+	require.False(t, c.readerExited(), "the connection lingers for the two replies")
+	release()
+	result(t, closed, "the socket's close, at the unparsable line,")
+	require.Eventually(t, c.readerExited, wait, time.Millisecond)
+	select {
+	case req := <-lost:
+		t.Fatalf("a release (%v) for a line read after one that did not parse", req)
+	default:
+	}
+	assert.Zero(t, p.Stats().LingeringConns)
 }
