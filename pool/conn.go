@@ -401,7 +401,9 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 	rep, perr := c.wc.ParseReply(line, cl.cmd)
 	if perr != nil {
 		// The line is consumed: the reader must not read on, only fail
-		// the connection (and cl with it).
+		// the connection (and cl with it) — or, if it broke meanwhile
+		// and lingers, stop lingering (the rest cannot be trusted).
+		c.dropOrphans()
 		c.handOff(perr)
 		return wire.Reply{}, nil, false
 	}
