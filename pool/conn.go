@@ -401,9 +401,15 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 	rep, perr := c.wc.ParseReply(line, cl.cmd)
 	if perr != nil {
 		// The line is consumed: the reader must not read on, only fail
-		// the connection (and cl with it) — or, if it broke meanwhile
-		// and lingers, stop lingering (the rest cannot be trusted).
-		c.dropOrphans()
+		// the connection (and cl with it). One that broke meanwhile and
+		// lingers stops lingering, and one the keepalive breaks from
+		// now on does not linger (failWith): the rest cannot be trusted.
+		c.mu.Lock()
+		c.orphans = c.orphans[:0]
+		if c.failWith == nil {
+			c.failWith = perr
+		}
+		c.mu.Unlock()
 		c.handOff(perr)
 		return wire.Reply{}, nil, false
 	}
@@ -1470,12 +1476,13 @@ func (c *conn) fail(cause error) {
 // lingersLocked decides, in fail, whether the connection lingers (see
 // linger) and records the orphans, written being the calls fail took out of
 // the queue that had been written. It lingers when the keepalive broke it
-// and one of those could be answered with a grant that an owner could
-// release elsewhere; the socket then stays open, bounded by lingerFor, and
+// (no caller found it broken or desynchronised first: failWith) and one of
+// those could be answered with a grant that an owner could release
+// elsewhere; the socket then stays open, bounded by lingerFor, and
 // nothing more is written on it.
 func (c *conn) lingersLocked(cause error, written []*call) bool {
 	c.orphans = c.orphans[:0]
-	lingers := errors.Is(cause, errNoReply) && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
+	lingers := errors.Is(cause, errNoReply) && c.failWith == nil && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
 		slices.ContainsFunc(written, func(cl *call) bool { return cl.grantKey != "" })
 	if !lingers {
 		if len(written) > 0 && written[0].grantKey != "" {

@@ -5,6 +5,7 @@ package pool
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -217,4 +218,24 @@ func TestLingerStopsAtALineItCannotParse(t *testing.T) {
 	default:
 	}
 	assert.Zero(t, p.Stats().LingeringConns)
+}
+
+// A connection a caller found desynchronised (failWith: its own reply did
+// not parse, the line consumed) does not linger when the keepalive breaks
+// it before the reader could: the replies that follow cannot be matched.
+func TestKeepaliveCutOfADesynchronisedConnDoesNotLinger(t *testing.T) {
+	t.Parallel()
+	srv, p, lost := lingerPool(t, true)
+	_, c := laneOf(t, p)
+	settle(t, c)
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	res := goDo(ctxWait(t), p, lockReq("k"))
+	awaitReading(t, c)
+	c.mu.Lock()
+	c.failWith = errors.New("a reply that did not parse") // as finishOwn records it
+	c.mu.Unlock()
+	require.ErrorIs(t, result(t, res, "Do").err, errNoReply)
+	require.Eventually(t, c.readerExited, wait, time.Millisecond, "closed while the server is still paused")
+	assert.Empty(t, lost, "nothing handed on from a connection that could not be trusted")
 }
