@@ -432,6 +432,18 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		c.grantLost(cmd, key, rep)
 		return r, err, true
 	}
+	if c.onWireLocked() == 0 {
+		// cl, the head of the queue (alone when the caller took the
+		// turn), is not written yet: a flush in progress when it was
+		// queued writes it. The line answers nothing (as in readReplies):
+		// the reader breaks the connection, and cl with it.
+		if c.failWith == nil {
+			c.failWith = &wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()}
+		}
+		c.mu.Unlock()
+		c.handOff(nil)
+		return wire.Reply{}, nil, false
+	}
 	c.q.pop() // cl: alone when the caller took the turn, and nobody else reads
 	c.own = nil
 	c.answeredLocked(cl)
@@ -980,7 +992,13 @@ func (c *conn) write(b []byte) (int64, error) {
 func (c *conn) readLoop() {
 	defer c.p.io.Done()
 	defer close(c.readerDone)
-	defer c.linger()
+	c.readReplies()
+	// Not deferred: a panic must not run it, as it waits for c.mu, which
+	// the panicking frame may hold (the panic would hang, unseen).
+	c.linger()
+}
+
+func (c *conn) readReplies() {
 	// Callers may read only where pushes cannot come (a listener's reader
 	// must see every push) and where a deadline can interrupt them (a
 	// kernel socket; see writeInlineLocked for why only those).
@@ -1008,7 +1026,14 @@ func (c *conn) readLoop() {
 			continue
 		}
 		c.mu.Lock()
-		cl := c.q.pop()
+		var cl *call
+		if c.onWireLocked() > 0 {
+			// Only a written request can be answered: with none on the
+			// wire the line is unsolicited (a server's `error` as its
+			// read timeout closes the connection, say), even while
+			// requests wait in c.buf.
+			cl = c.q.pop()
+		}
 		if cl != nil {
 			// Before inflight falls: SettleLanes reads inflight, then
 			// delivering.

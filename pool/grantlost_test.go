@@ -73,7 +73,7 @@ func breakAsTheGrantIsRead(t *testing.T, c *conn, resume func(), inFn string) {
 	<-failed
 }
 
-var reader2fn = map[string]string{"caller": "(*conn).readOwn", "reader": "(*conn).readLoop"}
+var reader2fn = map[string]string{"caller": "(*conn).readOwn", "reader": "(*conn).readReplies"}
 
 // A lane grant read, by its caller or by the reader, as the connection
 // breaks: the caller gets the connection's error, and the grant, whose
@@ -100,7 +100,7 @@ func TestGrantReadAsTheLaneBreaksGoesToOnReleaseLost(t *testing.T) {
 			if reader == "reader" {
 				cancel() // the caller gives up: the reader reads the answer
 				require.ErrorIs(t, result(t, res, "Do").err, context.Canceled)
-				inFn = "(*conn).readLoop"
+				inFn = "(*conn).readReplies"
 			}
 			require.Eventually(t, func() bool { return waitsOnTheSocket(reader2fn[reader]) }, wait, time.Millisecond,
 				"the %s waits for the answer", reader)
@@ -188,9 +188,9 @@ func TestWithdrawGrantReadAsTheConnBreaksGoesToOnReleaseLost(t *testing.T) {
 	t.Cleanup(resume)
 	done := make(chan error, 1)
 	h2.SendBatch([]wire.Request{{Cmd: wire.CmdWait, Key: "wd"}}, func(_ int, _ wire.Reply, err error) { done <- err })
-	require.Eventually(t, func() bool { return waitsOnTheSocket("(*conn).readLoop") }, wait, time.Millisecond,
+	require.Eventually(t, func() bool { return waitsOnTheSocket("(*conn).readReplies") }, wait, time.Millisecond,
 		"the reader waits for the answer")
-	breakAsTheGrantIsRead(t, c, resume, "(*conn).readLoop")
+	breakAsTheGrantIsRead(t, c, resume, "(*conn).readReplies")
 	require.Error(t, result(t, done, "SendBatch"), "the withdraw gets the connection's error")
 	h2.Destroy() // as withdraw does
 	// A background job that destroyed its connection waits for the reader
@@ -223,9 +223,9 @@ func TestSettleLanesWaitsForTheReaderOfABrokenLane(t *testing.T) {
 	awaitReading(t, c)
 	cancel() // the caller gives up (Close's cancellation): the reader reads the answer
 	require.ErrorIs(t, result(t, res, "Do").err, context.Canceled)
-	require.Eventually(t, func() bool { return waitsOnTheSocket("(*conn).readLoop") }, wait, time.Millisecond,
+	require.Eventually(t, func() bool { return waitsOnTheSocket("(*conn).readReplies") }, wait, time.Millisecond,
 		"the reader waits for the answer")
-	breakAsTheGrantIsRead(t, c, resume, "(*conn).readLoop")
+	breakAsTheGrantIsRead(t, c, resume, "(*conn).readReplies")
 	p.SettleLanes(time.Now().Add(wait))
 	select {
 	case req := <-lost:
