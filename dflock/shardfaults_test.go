@@ -86,7 +86,10 @@ func TestBlackholedServerLeavesOthersAlone(t *testing.T) {
 		require.Error(t, err, op)
 		require.Less(t, d, time.Second, op)
 	}
-	// A's keys: fast.
+	// A's keys: fast. Anything that waited on B would wait for B's
+	// keepalive (2×10 s) or a write timeout (5 s); a round's bound of a second
+	// is far below that and far above what a loaded one-CPU race run
+	// costs (a 200 ms bound failed at 292 ms with two suites running).
 	kas := keyOn(t, c, a.Addr(), "as")
 	for i := 0; i < 20; i++ {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -106,7 +109,7 @@ func TestBlackholedServerLeavesOthersAlone(t *testing.T) {
 		})
 		cancel()
 		require.NoError(t, err)
-		require.Less(t, d, 200*time.Millisecond)
+		require.Less(t, d, time.Second)
 	}
 	d := timed(func() { _ = c.Close() })
 	t.Logf("close took %v", d)
