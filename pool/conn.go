@@ -377,6 +377,16 @@ func (c *conn) readOwn(ctx context.Context, cl *call) (_ wire.Reply, _ error, ok
 	return wire.Reply{}, nil, false
 }
 
+// desyncedLocked records that a caller consumed a line that answers
+// nothing it can trust: the reader is to break the connection with cause
+// (failWith), and a linger, begun or to come, matches no more replies.
+func (c *conn) desyncedLocked(cause error) {
+	c.orphans = c.orphans[:0]
+	if c.failWith == nil {
+		c.failWith = cause
+	}
+}
+
 // handOff gives the turn back to the reader goroutine. A non-nil cause is
 // a failure the caller found; the reader breaks the connection with it.
 func (c *conn) handOff(cause error) {
@@ -405,12 +415,9 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		// lingers stops lingering, and one the keepalive breaks from
 		// now on does not linger (failWith): the rest cannot be trusted.
 		c.mu.Lock()
-		c.orphans = c.orphans[:0]
-		if c.failWith == nil {
-			c.failWith = perr
-		}
+		c.desyncedLocked(perr)
 		c.mu.Unlock()
-		c.handOff(perr)
+		c.handOff(nil)
 		return wire.Reply{}, nil, false
 	}
 	c.mu.Lock()
@@ -437,9 +444,7 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		// turn), is not written yet: a flush in progress when it was
 		// queued writes it. The line answers nothing (as in readReplies):
 		// the reader breaks the connection, and cl with it.
-		if c.failWith == nil {
-			c.failWith = &wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()}
-		}
+		c.desyncedLocked(&wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()})
 		c.mu.Unlock()
 		c.handOff(nil)
 		return wire.Reply{}, nil, false
