@@ -1052,11 +1052,8 @@ func (c *conn) readReplies() {
 			if broken {
 				// Read as fail emptied the queue: the line answers the
 				// oldest call it took (and linger reads on, if the
-				// connection lingers, unless the line did not parse:
-				// the rest cannot be trusted).
-				if !c.orphanAnswered(line) {
-					c.dropOrphans()
-				}
+				// connection lingers and the line parsed).
+				c.orphanAnswered(line)
 				return
 			}
 			c.fail(&wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()})
@@ -1114,13 +1111,6 @@ func (c *conn) linger() {
 	}
 }
 
-// dropOrphans ends a linger: linger reads nothing more.
-func (c *conn) dropOrphans() {
-	c.mu.Lock()
-	c.orphans = c.orphans[:0]
-	c.mu.Unlock()
-}
-
 func (c *conn) orphansLeft() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1129,8 +1119,9 @@ func (c *conn) orphansLeft() bool {
 
 // orphanAnswered takes line, read after the connection broke, as the reply
 // to the oldest orphan, and hands a grant to Config.OnReleaseLost. It
-// returns false if the line could not be parsed as that reply (the rest
-// cannot be trusted) or there was no orphan.
+// returns false if there was no orphan, or if the line could not be parsed
+// as that reply: the replies after it cannot be trusted, so it drops the
+// orphans left, which ends a linger.
 func (c *conn) orphanAnswered(line []byte) bool {
 	c.mu.Lock()
 	if len(c.orphans) == 0 {
@@ -1142,6 +1133,9 @@ func (c *conn) orphanAnswered(line []byte) bool {
 	c.mu.Unlock()
 	r, err := c.wc.ParseReply(line, o.cmd)
 	if err != nil {
+		c.mu.Lock()
+		c.orphans = c.orphans[:0]
+		c.mu.Unlock()
 		return false
 	}
 	c.grantLost(o.cmd, o.key, r)
