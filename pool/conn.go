@@ -121,8 +121,10 @@ type conn struct {
 	// by the reader, or by the caller reading its own reply.
 	orphans []orphan
 	// lingerUntil is set (once, by fail) if the connection lingers: see
-	// linger.
+	// linger. stopLinger then unregisters the pool's Close from closing
+	// the socket (set with it; linger calls it).
 	lingerUntil time.Time
+	stopLinger  func() bool
 
 	// Who reads the next reply (under mu; see readerTurn): the reader
 	// goroutine (the zero value, and always on a connection whose callers
@@ -1085,17 +1087,16 @@ const lingerFor = time.Minute
 // on a server with auto-release off. Read here, its token is known and the
 // grant is released elsewhere. A connection that broke any other way, or
 // that did not linger, was closed by fail; linger then returns at once.
-// The pool's Close ends it too.
+// The pool's Close ends it too (lingersLocked arranges it).
 func (c *conn) linger() {
 	c.mu.Lock()
-	until := c.lingerUntil
+	until, stop := c.lingerUntil, c.stopLinger
 	c.mu.Unlock()
 	if until.IsZero() {
 		return
 	}
 	defer c.p.nLingering.Add(-1) // counted by lingersLocked
 	defer c.wc.Close()
-	stop := context.AfterFunc(c.p.ctx, func() { _ = c.wc.Close() })
 	defer stop()
 	for c.orphansLeft() {
 		line, err := c.wc.ReadLine() // bounded by the deadline fail set
@@ -1519,6 +1520,10 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	}
 	c.buf = c.buf[:0] // requests never written stay so
 	c.lingerUntil = time.Now().Add(lingerFor)
+	// The pool's Close ends the linger by closing the socket, from now:
+	// the reader may still be in a read it began before the cut, not yet
+	// in linger, and that read's deadline is now lingerUntil.
+	c.stopLinger = context.AfterFunc(c.p.ctx, func() { _ = c.wc.Close() })
 	// Until linger returns: the reader has not exited (it exits only once
 	// c.err is set), and its readLoop ends in linger.
 	c.p.nLingering.Add(1)

@@ -132,21 +132,38 @@ func TestLingeringConnHandsOnEveryGrantItHadAskedFor(t *testing.T) {
 }
 
 // A lingering connection ends with the pool: Close does not wait for a
-// server that never resumes (goleak checks that nothing is left).
+// server that never resumes (goleak checks that nothing is left) — whether
+// the cut found a caller reading its own reply or the reader goroutine
+// reading (which then lingers on in its read, not yet in linger).
 func TestLingeringConnEndsWithThePool(t *testing.T) {
-	t.Parallel()
-	srv, p, _ := lingerPool(t, true)
-	_, c := laneOf(t, p)
-	resume := srv.Stall(0)
-	t.Cleanup(resume)
-	_, _, err := p.Do(ctxWait(t), lockReq("k"))
-	require.ErrorIs(t, err, errNoReply)
-	require.False(t, c.readerExited(), "the connection lingers")
-	closed := make(chan struct{})
-	go func() { p.Close(); close(closed) }()
-	result(t, closed, "Close")
-	assert.True(t, c.readerExited())
-	assert.Zero(t, p.Stats().LingeringConns)
+	for _, reader := range []string{"caller", "reader"} {
+		t.Run(reader, func(t *testing.T) {
+			t.Parallel()
+			srv, p, _ := lingerPool(t, true)
+			_, c := laneOf(t, p)
+			settle(t, c)
+			resume := srv.Stall(0)
+			t.Cleanup(resume)
+			ctx, cancel := context.WithCancel(ctxWait(t))
+			defer cancel()
+			res := goDo(ctx, p, lockReq("k"))
+			awaitReading(t, c)
+			if reader == "reader" {
+				cancel()
+				require.ErrorIs(t, result(t, res, "Do").err, context.Canceled)
+				awaitTurn(t, c, turnReader, "the caller hands the turn to the reader")
+				require.Eventually(t, func() bool { return c.Err() != nil }, wait, time.Millisecond, "the keepalive breaks it")
+			} else {
+				require.ErrorIs(t, result(t, res, "Do").err, errNoReply)
+			}
+			require.False(t, c.readerExited(), "the connection lingers")
+			closed := make(chan struct{})
+			go func() { p.Close(); close(closed) }()
+			result(t, closed, "Close")
+			assert.True(t, c.readerExited())
+			assert.Zero(t, p.Stats().LingeringConns)
+		})
+	}
 }
 
 // Without an owner to release a grant elsewhere (no OnReleaseLost), and for
