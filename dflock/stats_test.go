@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"testing"
@@ -198,7 +199,7 @@ func TestStatsOfAServerWhoseReplyExceedsOneMiB(t *testing.T) {
 
 func TestNewRejectsMaxStatsReplyOutOfBounds(t *testing.T) {
 	t.Parallel()
-	for _, n := range []int{0, minStatsReply - 1, MaxStatsReply + 1, 1 << 62} {
+	for _, n := range []int{0, minStatsReply - 1, MaxStatsReply + 1, min(1<<62, math.MaxInt)} {
 		_, err := New(nil, WithMaxStatsReply(n))
 		var ae *ArgError
 		require.ErrorAs(t, err, &ae, "%d", n)

@@ -149,22 +149,22 @@ func isClosed(err error) bool {
 }
 
 // expectGrant reads a grant line with the given status and lease, and returns the token.
-func (c *rawConn) expectGrant(status string, lease int) string {
+func (c *rawConn) expectGrant(status string, lease int64) string {
 	c.t.Helper()
 	return parseGrant(c.t, c.readLine(), status, lease)
 }
 
-func parseGrant(t testing.TB, line, status string, lease int) string {
+func parseGrant(t testing.TB, line, status string, lease int64) string {
 	t.Helper()
 	m := grantRE.FindStringSubmatch(line)
 	require.NotNil(t, m, "not a grant line: %q", line)
 	require.Equal(t, status, m[1], "status in %q", line)
-	require.Equal(t, strconv.Itoa(lease), m[3], "lease in %q", line)
+	require.Equal(t, strconv.FormatInt(lease, 10), m[3], "lease in %q", line)
 	return m[2]
 }
 
 // lock sends `l key arg` and requires an `ok` grant with the given lease.
-func (c *rawConn) lock(key, arg string, lease int) string {
+func (c *rawConn) lock(key, arg string, lease int64) string {
 	c.t.Helper()
 	c.send("l", key, arg)
 	return c.expectGrant("ok", lease)

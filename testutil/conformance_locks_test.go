@@ -70,7 +70,7 @@ func TestConformanceLocks(t *testing.T) {
 			releaser.send("r", "fifo", tok)
 			releaser.expect("ok")
 			// exactly waiter i is granted, with its own lease.
-			tok = w.expectGrant("ok", i+10)
+			tok = w.expectGrant("ok", int64(i+10))
 			if i+1 < n {
 				waitLockWaiters(t, srv, "fifo", n-i-1)
 			}

@@ -137,13 +137,13 @@ func FuzzRequestEncoding(f *testing.F) {
 		switch r.Cmd {
 		case CmdLock, CmdSemLock, CmdWait, CmdSemWait:
 			if r.Timeout < 0 || r.Timeout > MaxSeconds {
-				t.Fatalf("valid %+v has timeout out of [0, %d]", r, MaxSeconds)
+				t.Fatalf("valid %+v has timeout out of [0, %d]", r, int64(MaxSeconds))
 			}
 		}
 		switch r.Cmd {
 		case CmdLock, CmdSemLock, CmdEnqueue, CmdSemEnqueue, CmdRenew, CmdSemRenew:
 			if r.Lease < 0 || r.Lease > MaxSeconds {
-				t.Fatalf("valid %+v has lease out of [0, %d]", r, MaxSeconds)
+				t.Fatalf("valid %+v has lease out of [0, %d]", r, int64(MaxSeconds))
 			}
 		}
 		if (r.Cmd == CmdSemLock || r.Cmd == CmdSemEnqueue) && r.Limit < 1 {
