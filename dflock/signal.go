@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -283,7 +284,9 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 	}
 	switch r.Status {
 	case wire.StatusOK:
-		return int(r.Count), nil
+		// A count past what an int holds (32-bit platforms, a broken
+		// server) reads as the most an int can say, not as a wrapped one.
+		return int(min(r.Count, math.MaxInt)), nil
 	case wire.StatusError:
 		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: errNotSupported}
 	}
