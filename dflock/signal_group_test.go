@@ -57,9 +57,20 @@ func takeAll(t *testing.T, members []*Subscription, n int) []int {
 	return got
 }
 
+// roundRobinServer is a server whose push buffers the emits of a
+// round-robin test cannot fill: with the default 64 lines, a member whose
+// connection's writer goroutine the scheduler leaves behind for 64 emits
+// (seen under load, with coverage on: 54/93/53 instead of 50/100/50) has
+// its turn passed to the next member, by the overflow rule (PROTOCOL.md
+// §6.6), which is not what these tests check.
+func roundRobinServer(t *testing.T) *testutil.Server {
+	t.Helper()
+	return newServer(t, testutil.Config{PushBuffer: 1024})
+}
+
 func TestSignalsQueueGroupMembersGetConnectionsOfTheirOwn(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
+	srv := roundRobinServer(t)
 	c := newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
 	members := make([]*Subscription, 3)
@@ -97,7 +108,7 @@ func TestSignalsQueueGroupMembersGetConnectionsOfTheirOwn(t *testing.T) {
 
 func TestSignalsQueueGroupConnsCapSharesTheLeastUsedConnection(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
+	srv := roundRobinServer(t)
 	c := newClient(t, addrsOf(srv), WithGroupConns(2))
 	ctx := testCtx(t)
 	listen := func() *Subscription {

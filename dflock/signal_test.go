@@ -211,7 +211,10 @@ func TestSignalsWildcardAndLiteralPatternsAcrossServers(t *testing.T) {
 
 func TestSignalsQueueGroupDeliversEachSignalToOneMember(t *testing.T) {
 	t.Parallel()
-	srvs := threeServers(t, testutil.Config{})
+	// Push buffers the emits cannot fill, as for roundRobinServer: a
+	// connection's writer left behind for 64 emits would pass a group's
+	// turn on, or disconnect the plain subscription.
+	srvs := threeServers(t, testutil.Config{PushBuffer: 1024})
 	// c1's members share one connection per server (WithGroupConns(1)):
 	// the server sees one member there, and they take turns on its share.
 	c1 := newClient(t, addrsOf(srvs...), WithGroupConns(1))
