@@ -284,8 +284,8 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 	}
 	switch r.Status {
 	case wire.StatusOK:
-		// A count past what an int holds (32-bit platforms, a broken
-		// server) reads as the most an int can say, not as a wrapped one.
+		// Where int is 32 bits, a count past it (a broken server's)
+		// reads as the most an int can say, not as a wrapped one.
 		return int(min(r.Count, math.MaxInt)), nil
 	case wire.StatusError:
 		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: errNotSupported}
