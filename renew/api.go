@@ -166,7 +166,7 @@ type Config struct {
 	Ratio float64
 	// KeepAlive: a lease is renewed at least this often (keeps its owning
 	// connection under the server read timeout). Default 10 s; values <= 0
-	// mean the default.
+	// mean the default, values below MinInterval MinInterval.
 	KeepAlive time.Duration
 	// Clock times renewals and loss deadlines. Nil means the real clock.
 	Clock Clock
@@ -230,6 +230,8 @@ func (c Config) withDefaults() Config {
 	if c.KeepAlive <= 0 {
 		c.KeepAlive = defaultKeepAlive
 	}
+	// The floor of every interval, KeepAlive's too (docs/leases.md).
+	c.KeepAlive = max(c.KeepAlive, MinInterval)
 	if c.window <= 0 {
 		c.window = defaultWindow
 	}

@@ -268,6 +268,11 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 	}
 	if cause != nil {
 		// Nothing to finish: Done and Context of a new lease are not made.
+		// A scheduler already closed must not notify (Spec.OnLost): Close
+		// may still be waiting for its goroutine, before notifyShut is set.
+		if s.closed {
+			l.onLost = nil
+		}
 		s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 		s.mu.Unlock()
 		return
@@ -414,13 +419,23 @@ func (s *Scheduler) armTimerLocked(at int64) {
 	if at == math.MaxInt64 || s.closed {
 		return // nothing to wake for, or nobody to wake
 	}
-	now := s.now()
-	s.timer = s.cfg.Clock.AfterFunc(time.Duration(max(subSat(at, now), 0)), s.pokeFn)
-	// The delay was worked out from a clock reading taken before the timer
-	// was armed; a test clock may have been advanced past the event in
-	// between, with no further Advance to come.
-	if s.now() >= at {
-		s.poke()
+	for {
+		now := s.now()
+		s.timer = s.cfg.Clock.AfterFunc(time.Duration(max(subSat(at, now), 0)), s.pokeFn)
+		// The delay was worked out from a clock reading taken before the
+		// timer was armed; a test clock may have been advanced in between:
+		// past the event, with no further Advance to come, or short of
+		// it, which would leave the timer late by that step. The real
+		// clock moves far less than MinInterval between the two readings.
+		after := s.now()
+		if after >= at {
+			s.poke()
+			return
+		}
+		if subSat(after, now) < int64(MinInterval) {
+			return
+		}
+		s.timer.Stop()
 	}
 }
 

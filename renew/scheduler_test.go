@@ -644,3 +644,16 @@ func TestTrackIntoTracksInPlace(t *testing.T) { // not parallel: AllocsPerRun co
 	assert.Zero(t, inPlace, "TrackInto+Untrack of an owner already known allocates nothing")
 	assert.Equal(t, 1.0, allocated, "Track allocates the Lease, and nothing else")
 }
+
+// Config.Ratio: "renewed ... never sooner than MinInterval after the last
+// renewal"; docs/leases.md: "at least 10 ms (MinKeepAlive, whatever the
+// ratio)". That holds for a KeepAlive below MinInterval too (dflock's option
+// check keeps such values out, Config itself must bound them).
+func TestKeepAliveBelowMinIntervalIsBounded(t *testing.T) {
+	t.Parallel()
+	s := newScheduler(Config{KeepAlive: time.Millisecond})
+	s.mu.Lock()
+	iv := s.interval(s.life(10 * time.Second))
+	s.mu.Unlock()
+	assert.GreaterOrEqual(t, iv, MinInterval, "renewal interval of a 10 s lease")
+}
