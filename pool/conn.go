@@ -432,6 +432,9 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		if len(c.orphans) > 0 {
 			c.orphans = c.orphans[1:]
 		}
+		// A cut that found this caller reading forced the read deadline
+		// into the past to stop it; the lingering reader needs it back.
+		c.clearForcedLocked()
 		c.own = nil
 		c.wakeReader()
 		c.mu.Unlock()
@@ -781,7 +784,7 @@ func (c *conn) claimTurnLocked() bool {
 		}
 		res, cause = c.probe()
 		c.mu.Lock()
-		if cause == errStrayBytes && c.q.n > 0 {
+		if (cause == errStrayBytes || cause == errTLSRecord) && c.q.n > 0 {
 			// Requests were queued (and perhaps answered) while the
 			// socket was probed without the lock: the bytes may be
 			// their replies, for the reader to match.
@@ -845,6 +848,13 @@ func (c *conn) brokenWhileIdle() bool {
 // errStrayBytes breaks a connection on which the server sent bytes while no
 // request was pending.
 var errStrayBytes = &wire.ProtocolError{Reason: "bytes received with no request pending"}
+
+// errTLSRecord breaks a quiet TLS connection on which the server sent an
+// application-data record. Under TLS 1.3 every record after the handshake
+// is one, the close_notify before a server's FIN included, so this is not
+// reported as a protocol violation (errStrayBytes): the record cannot be
+// read without consuming it.
+var errTLSRecord = errors.New("TLS record received on an idle connection (under TLS 1.3, likely the server's close_notify)")
 
 // probeAfter: a caller claiming the turn skips the probe if a reply was
 // read this recently. The probe is a system call, as dear as a tenth of a
@@ -1477,6 +1487,11 @@ func (c *conn) fail(cause error) {
 	for cl := c.q.pop(); cl != nil; cl = c.q.pop() {
 		pending = append(pending, cl)
 	}
+	// Requests never written stay so: their calls get the error, and a
+	// flush goroutine that takes c.mu before the socket closes must find
+	// nothing to write (a try-lock written now could be granted to a
+	// connection about to close).
+	c.buf = c.buf[:0]
 	lingers := c.lingersLocked(cause, pending[:written])
 	c.inflight.Store(0)
 	c.pings = 0
@@ -1518,7 +1533,6 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	for _, cl := range written {
 		c.orphans = append(c.orphans, orphan{cl.cmd, cl.grantKey})
 	}
-	c.buf = c.buf[:0] // requests never written stay so
 	c.lingerUntil = time.Now().Add(lingerFor)
 	// The pool's Close ends the linger by closing the socket, from now:
 	// the reader may still be in a read it began before the cut, not yet

@@ -38,9 +38,12 @@ func (c *conn) peekSocket(fd uintptr) bool {
 // what arrived while nobody read: nothing (the usual case), a close (EOF,
 // reset), or bytes. Bytes are a stray line (the server answered nothing
 // pending), or under TLS a record: an alert announces the close; a
-// handshake record (a session ticket) is the reader's to take; anything
-// else is stray application data. Only a caller holding the turn to read
-// calls it.
+// handshake record (a TLS 1.2 session ticket) is the reader's to take;
+// an application-data record is, under TLS 1.3, whatever the server sent
+// encrypted — most likely the close_notify that precedes its FIN, or a
+// stray line — and breaks the connection as an alert does, so that the
+// request goes to another connection. Only a caller holding the turn to
+// read calls it.
 func (c *conn) probe() (probeResult, error) {
 	if err := c.raw.Read(c.peekFn); err != nil {
 		return probeData, nil // e.g. a forced deadline: let the reader look
@@ -61,6 +64,8 @@ func (c *conn) probe() (probeResult, error) {
 			return probeData, nil
 		case tlsRecordAlert:
 			return probeBroken, errTLSAlert
+		case tlsRecordData:
+			return probeBroken, errTLSRecord
 		}
 	}
 	return probeBroken, errStrayBytes
@@ -70,6 +75,7 @@ func (c *conn) probe() (probeResult, error) {
 const (
 	tlsRecordAlert     = 21
 	tlsRecordHandshake = 22
+	tlsRecordData      = 23
 )
 
 // errTLSAlert breaks a quiet TLS connection on which the server sent an
