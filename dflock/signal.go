@@ -536,8 +536,16 @@ func (s *Subscription) gap(g *GapError) (reported bool) {
 	if s.closed {
 		return false
 	}
-	if s.gapPendingLocked(g.Server) {
-		return false // merged: gapSeq still holds that marker's place
+	if i, ok := s.gapPendingLocked(g.Server); ok {
+		// Merged. The marker's place goes (back) into gapSeq: resumed
+		// may have dropped it when the previous re-listen came before
+		// the consumer took the marker, and the consumer may take it
+		// during this outage.
+		if s.gapSeq == nil {
+			s.gapSeq = make(map[string]uint64)
+		}
+		s.gapSeq[g.Server] = s.sent + uint64(i)
+		return false
 	}
 	// The marker's place in the order of entries sent into ch: after
 	// those sent, and after those queued (the one the drainer may be
@@ -590,23 +598,25 @@ func (s *Subscription) issueGapLocked(g *GapError) {
 	s.queueLocked(Signal{Err: g})
 }
 
-// gapPendingLocked reports whether server's gap marker is queued with only
-// gap markers behind it. s.mu held.
-func (s *Subscription) gapPendingLocked(server string) bool {
+// gapPendingLocked reports whether server's break marker is queued with
+// only gap markers behind it, and where in the queue. A Resumed marker of
+// server behind it ends the search: a new break after "listening again"
+// needs a marker of its own. s.mu held.
+func (s *Subscription) gapPendingLocked(server string) (int, bool) {
 	if s.ov == nil {
-		return false
+		return 0, false
 	}
 	q := &s.ov.q
 	for i := q.n - 1; i >= 0; i-- {
 		g, ok := q.at(i).Err.(*GapError)
 		if !ok {
-			return false // a signal came after it
+			return 0, false // a signal came after it
 		}
 		if g.Server == server {
-			return true
+			return i, !g.Resumed
 		}
 	}
-	return false
+	return 0, false
 }
 
 // overflowingLocked reports whether the overflow queue is non-empty.

@@ -665,7 +665,7 @@ func (l *listener) onPush(lc *lconn) func(wire.Push) {
 		case l.key.group == "":
 			slow = l.broadcastLocked(lc, sig)
 		default:
-			slow = l.takeTurnLocked(sig)
+			slow = l.takeTurnLocked(lc, sig)
 		}
 		l.mu.RUnlock()
 		if slow != nil {
@@ -702,10 +702,13 @@ func (l *listener) broadcastLocked(lc *lconn, sig Signal) (slow []*Subscription)
 // chose this connection for this copy, and the local members take turns,
 // skipping those whose buffer is full (as the server does). If all are
 // full, the drop is counted on the member whose turn it was, which is
-// returned if that starts its slow-consumer episode. l.mu held.
-func (l *listener) takeTurnLocked(sig Signal) []*Subscription {
+// returned if that starts its slow-consumer episode. Like broadcastLocked
+// it takes only what the group's answered listen on lc can have brought:
+// a push for a channel the pattern does not match (a broken server's) is
+// nobody's. l.mu held.
+func (l *listener) takeTurnLocked(lc *lconn, sig Signal) []*Subscription {
 	pt := l.pats[l.key.pattern]
-	if pt == nil || len(pt.subs) == 0 {
+	if pt == nil || len(pt.subs) == 0 || pt.live.Load() != lc || !wire.MatchPattern(pt.pattern, sig.Channel) {
 		return nil
 	}
 	n := uint64(len(pt.subs))
@@ -1136,8 +1139,27 @@ func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
 	case res.r.Status != wire.StatusOK:
 		werr = listenRefused(res.r)
 	case l.cur != lc:
+		// lc broke (or was retired) after the server answered. As with a
+		// break before the answer, the Listen calls waiting fail with
+		// the cause rather than wait for reconnects that may break the
+		// same way (a server that breaks every connection right after
+		// its answer); established subscriptions reconnect. A listener
+		// shutting down leaves them to their ctx, which the Client's
+		// Close ends with ErrClosed.
+		var ws []chan error
+		cause := lc.conn.err()
+		select {
+		case <-l.quit:
+		default:
+			if cause != nil {
+				ws = p.takeWaitersLocked(nil)
+			}
+		}
 		l.mu.Unlock()
-		return // lc broke; connect starts afresh
+		for _, w := range ws {
+			w <- cause
+		}
+		return
 	default:
 		p.on = true
 	}
