@@ -43,14 +43,7 @@ func TestSignalGapMergedAfterResumeStillGetsResumedMarker(t *testing.T) {
 	// Break 3, kept from reconnecting: merges into break 2's queued marker.
 	px.RefuseNew(true)
 	px.ResetAll()
-	sub.signals.mu.Lock()
-	l := sub.signals.listeners[listenerKey{srv: sub.servers[0]}]
-	sub.signals.mu.Unlock()
-	require.Eventually(t, func() bool {
-		l.mu.RLock()
-		defer l.mu.RUnlock()
-		return l.cur == nil
-	}, testTimeout, time.Millisecond)
+	waitListenerDown(t, sub, 0)
 
 	// The consumer catches up during the outage: s1, then two markers; it
 	// resynchronises at the last one.
@@ -73,6 +66,21 @@ func TestSignalGapMergedAfterResumeStillGetsResumedMarker(t *testing.T) {
 	defer cancel()
 	sig, err := s.Next(sctx)
 	require.ErrorIs(t, err, ErrSignalGap, "the loss of %q after the consumed marker went unreported; got %+v", "lost", sig)
+}
+
+// waitListenerDown waits until the plain listener of c's i'th server has
+// noticed its connection's break (it has no current connection).
+func waitListenerDown(t *testing.T, c *Client, i int) {
+	t.Helper()
+	c.signals.mu.Lock()
+	l := c.signals.listeners[listenerKey{srv: c.servers[i]}]
+	c.signals.mu.Unlock()
+	require.NotNil(t, l, "no listener for server %d", i)
+	require.Eventually(t, func() bool {
+		l.mu.RLock()
+		defer l.mu.RUnlock()
+		return l.cur == nil
+	}, testTimeout, time.Millisecond, "the listener noticed the break")
 }
 
 // next0 is Next within the test timeout, failing on any error.
@@ -135,14 +143,7 @@ func TestSignalGapBreakAfterResumedMarkerIsReported(t *testing.T) {
 	// Break 2 of A, kept out.
 	pxA.RefuseNew(true)
 	pxA.ResetAll()
-	sub.signals.mu.Lock()
-	l := sub.signals.listeners[listenerKey{srv: sub.servers[0]}]
-	sub.signals.mu.Unlock()
-	require.Eventually(t, func() bool {
-		l.mu.RLock()
-		defer l.mu.RUnlock()
-		return l.cur == nil
-	}, testTimeout, time.Millisecond)
+	waitListenerDown(t, sub, 0)
 
 	// The consumer catches up during A's second outage.
 	require.Equal(t, "sb", next0(t, s).Payload)

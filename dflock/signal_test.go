@@ -1006,14 +1006,7 @@ func TestSignalsGapWhenBrokenBeforeRelistenIsProcessed(t *testing.T) {
 	assert.Equal(t, "x1", nextPastResume(t, a).Payload, "served by the new connection already")
 	srv.DropConnections() // the second break, inside the window
 	// Let the Client notice the break before the supervisor goes on.
-	c.signals.mu.Lock()
-	l := c.signals.listeners[listenerKey{srv: c.servers[0]}]
-	c.signals.mu.Unlock()
-	require.Eventually(t, func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return l.cur == nil
-	}, testTimeout, time.Millisecond)
+	waitListenerDown(t, c, 0)
 	close(release)
 
 	waitListening(t, srv, "a", "")
