@@ -149,12 +149,18 @@ func TestSignalGapBreakAfterResumedMarkerIsReported(t *testing.T) {
 	require.Equal(t, "sb", next0(t, s).Payload)
 	require.Equal(t, srvB.Addr(), nextGap().Server)
 	var last *GapError
-	// Until nothing is left in ch or behind it (the drainer moves the
-	// overflow queue into ch on its own goroutine).
+	// Until nothing is left in ch or behind it. The drainer moves the
+	// overflow queue into ch on its own goroutine and notes each send
+	// after it (sending): wait for that before looking.
 	drained := func() bool {
+		require.Eventually(t, func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return !s.sending
+		}, testTimeout, time.Millisecond)
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return len(s.ch) == 0 && !s.overflowingLocked() && !s.sending
+		return len(s.ch) == 0 && !s.overflowingLocked()
 	}
 	for last == nil || !drained() {
 		if g := nextGap(); g.Server == pxA.Addr() {
