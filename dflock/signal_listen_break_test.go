@@ -59,5 +59,6 @@ func TestSignalListenAnsweredThenBrokenFailsFast(t *testing.T) {
 	require.Error(t, err, "every connection broke: Listen cannot have succeeded")
 	assert.NotErrorIs(t, err, context.DeadlineExceeded, "Listen waited for its ctx")
 	assert.ErrorIs(t, err, wire.ErrProtocol)
+	assert.ErrorIs(t, err, ErrServerUnavailable, "as a Listen on a server that is down")
 	assert.Less(t, time.Since(start), time.Second)
 }
