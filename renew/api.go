@@ -166,7 +166,7 @@ type Config struct {
 	Ratio float64
 	// KeepAlive: a lease is renewed at least this often (keeps its owning
 	// connection under the server read timeout). Default 10 s; values <= 0
-	// mean the default, values below MinInterval MinInterval.
+	// mean the default; values below MinInterval are raised to it.
 	KeepAlive time.Duration
 	// Clock times renewals and loss deadlines. Nil means the real clock.
 	Clock Clock
