@@ -47,7 +47,7 @@ func TestSignalGapMergedAfterResumeStillGetsResumedMarker(t *testing.T) {
 
 	// The consumer catches up during the outage: s1, then two markers; it
 	// resynchronises at the last one.
-	require.Equal(t, "s1", next0(t, s).Payload)
+	require.Equal(t, "s1", next(t, s).Payload)
 	for range 2 {
 		_, err := s.Next(ctx)
 		require.ErrorIs(t, err, ErrSignalGap)
@@ -81,16 +81,6 @@ func waitListenerDown(t *testing.T, c *Client, i int) {
 		defer l.mu.RUnlock()
 		return l.cur == nil
 	}, testTimeout, time.Millisecond, "the listener noticed the break")
-}
-
-// next0 is Next within the test timeout, failing on any error.
-func next0(t *testing.T, s *Subscription) Signal {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	sig, err := s.Next(ctx)
-	require.NoError(t, err)
-	return sig
 }
 
 // A break that comes while the previous break's Resumed marker still waits
@@ -146,7 +136,7 @@ func TestSignalGapBreakAfterResumedMarkerIsReported(t *testing.T) {
 	waitListenerDown(t, sub, 0)
 
 	// The consumer catches up during A's second outage.
-	require.Equal(t, "sb", next0(t, s).Payload)
+	require.Equal(t, "sb", next(t, s).Payload)
 	require.Equal(t, srvB.Addr(), nextGap().Server)
 	var last *GapError
 	// Until nothing is left in ch or behind it. The drainer moves the
