@@ -4,8 +4,6 @@ package pool
 
 import (
 	"net"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -49,36 +47,16 @@ func gatedServer(t *testing.T, keys ...string) (string, map[string]chan struct{}
 	return addr, gates
 }
 
-// awaitGoroutine waits until some goroutine's stack holds every one of frames.
-func awaitGoroutine(t *testing.T, msg string, frames ...string) {
-	t.Helper()
-	buf := make([]byte, 1<<20)
-	require.Eventually(t, func() bool {
-		n := runtime.Stack(buf, true)
-		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			all := true
-			for _, f := range frames {
-				if !strings.Contains(g, f) {
-					all = false
-					break
-				}
-			}
-			if all {
-				return true
-			}
-		}
-		return false
-	}, wait, time.Millisecond, msg)
-}
-
 // The keepalive cuts a connection (errNoReply) whose caller has just read
 // its own reply (a grant), before finishOwn takes c.mu, while another
 // grant-carrying request written behind it is still unanswered. The
-// connection lingers so that the second grant reaches OnReleaseLost. But
+// connection lingers so that the second grant reaches OnReleaseLost.
 // lingersLocked forced the read deadline into the past for the caller
-// (c.own != nil), and finishOwn's broken branch hands the socket on
-// without clearing it: linger's first read fails at once, the socket
-// closes, and the second grant is held by nobody.
+// (c.own != nil); finishOwn's broken branch must clear it before it hands
+// the socket on, or linger's first read fails at once, the socket closes,
+// and the second grant is held by nobody (found in review: it did not). It
+// looks at every goroutine's stack (breakAsTheGrantIsRead), so it is not
+// parallel.
 func TestLingerAfterOwnReadKeepsReadingOrphans(t *testing.T) {
 	addr, gates := gatedServer(t, "a", "b")
 	lost := make(chan wire.Request, 8)
@@ -114,14 +92,7 @@ func TestLingerAfterOwnReadKeepsReadingOrphans(t *testing.T) {
 
 	// The keepalive's fail queues on c.mu first; then a's reply arrives
 	// and its caller, having read it, queues behind.
-	c.mu.Lock()
-	failed := make(chan struct{})
-	go func() { c.fail(errNoReply); close(failed) }()
-	awaitGoroutine(t, "fail waits for c.mu", "(*conn).fail(", "sync.(*Mutex).Lock")
-	close(gates["a"])
-	awaitGoroutine(t, "a's caller read its reply and waits for c.mu", "(*conn).finishOwn(", "sync.(*Mutex).Lock")
-	c.mu.Unlock()
-	result(t, failed, "fail")
+	breakAsTheGrantIsRead(t, c, func() { close(gates["a"]) }, "(*conn).finishOwn")
 
 	require.ErrorIs(t, result(t, resA, "do a").err, errNoReply)
 	require.ErrorIs(t, result(t, resB, "do b").err, errNoReply)
