@@ -81,6 +81,7 @@ func (e *connBrokenError) Unwrap() error        { return e.cause }
 var (
 	errDestroyed   = errors.New("connection destroyed")
 	errWithdrawn   = errors.New("connection destroyed to withdraw the request")
+	errEnded       = errors.New("wait-pool connection used after Release, Destroy or Close")
 	errUnsolicited = errors.New("reply with no pending request")
 	errNoReply     = errors.New("no reply for 2×KeepAlive (server stalled or unreachable)")
 )

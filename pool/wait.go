@@ -31,8 +31,13 @@ type Conn struct {
 // Do sends req and waits for its reply. If ctx ends first the connection
 // is destroyed — that is how the server withdraws a blocked waiter — and
 // the error matches ctx.Err() and wire.ErrConnBroken. Requests are not
-// validated here (package dflock does that; see framed).
+// validated here (package dflock does that; see framed). After the
+// acquisition has ended it fails with ErrClosed and sends nothing: the
+// connection may be another caller's by then.
 func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
+	if !h.out.Load() {
+		return wire.Reply{}, serverErr(h.p.cfg.Addr, ErrClosed, errEnded)
+	}
 	r, _, abandoned, err := h.c.do(ctx, &req, "")
 	if abandoned {
 		h.Destroy()
@@ -138,10 +143,12 @@ func (h *Conn) Release() {
 }
 
 // Destroy closes the connection (the server auto-releases its leases and
-// withdraws its waiters). Config.OnConnBroken is called for it.
+// withdraws its waiters). Config.OnConnBroken is called for it. Once the
+// acquisition has ended it does nothing: the connection may be back in the
+// pool and another caller's (Pool.Close fails every one itself).
 func (h *Conn) Destroy() {
-	h.c.fail(errDestroyed)
 	if h.takeOut() {
+		h.c.fail(errDestroyed)
 		h.res.Destroy()
 	}
 }
