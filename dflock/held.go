@@ -459,6 +459,16 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 		// nothing (WithFencing declared the servers wrongly).
 		h.fence, h.hasFence = wire.FenceFromToken(r.Token)
 	}
+	// Counted before Track, which may already count the lease lost: a
+	// reader that loads Released and Lost before Acquired (Snapshot,
+	// Stats) then never sees more leases ended than acquired, nor more
+	// grants than acquisitions.
+	c.stats.acquired.Add(1)
+	if pinned == nil {
+		c.stats.laneGrants.Add(1)
+	} else {
+		c.stats.waitGrants.Add(1)
+	}
 	// Everything LeaseLost reads is written above: Track's lock orders it
 	// before the notifier's call.
 	srv.obs.tracked() // before Track: LeaseLost may run before it returns
@@ -474,7 +484,6 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 		OnLost:    h, // not the method value h.LeaseLost, an allocation
 		Counters:  &srv.obs.renew,
 	})
-	c.stats.acquired.Add(1)
 	if h.lease.Err() != nil {
 		// Lost at once. LeaseLost gives the connection back too, except
 		// after Close (then it is not called); returnConn acts once.

@@ -261,7 +261,6 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 			}
 			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 		}
-		c.stats.laneGrants.Add(1)
 		return c.track(srv, owner, nil, req, r, sent), nil
 	case wire.StatusTimeout:
 		return nil, nil
@@ -325,7 +324,6 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 				conn.Destroy()
 				return fail(err)
 			}
-			c.stats.waitGrants.Add(1)
 			return c.track(srv, conn, conn, req, r, sent), nil
 		case wire.StatusTimeout:
 			if opCtx.Err() == nil {

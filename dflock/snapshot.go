@@ -112,7 +112,6 @@ type serverObs struct {
 func (c *Client) Snapshot() Snapshot {
 	s := Snapshot{
 		Servers:          make([]ServerSnapshot, len(c.servers)),
-		Acquired:         c.stats.acquired.Load(),
 		SignalsDropped:   c.stats.sigDropped.Load(),
 		SignalGaps:       c.stats.sigGaps.Load(),
 		CallbacksDropped: c.disp.dropped.Load(),
@@ -121,6 +120,7 @@ func (c *Client) Snapshot() Snapshot {
 		ps := srv.pool.Stats()
 		o := &srv.obs
 		rn := o.renew.Load()
+		lost := o.renew.Lost.Load() // before held, which counts a lease first
 		ss := ServerSnapshot{
 			Addr:  srv.addr,
 			Up:    ps.Up,
@@ -136,9 +136,9 @@ func (c *Client) Snapshot() Snapshot {
 			Dials:         ps.Dials,
 			DialFailures:  ps.DialFailures,
 			WaitsInFlight: int(max(o.waits.Load(), 0)),
-			LeasesHeld:    int(max(o.held.Load()-o.renew.Lost.Load(), 0)),
+			LeasesHeld:    int(max(o.held.Load()-lost, 0)),
 			Releases:      o.released.Load(),
-			Losses:        o.renew.Lost.Load(),
+			Losses:        lost,
 
 			RenewalsSent:       rn.Sent,
 			Renewed:            rn.Renewed,
@@ -149,6 +149,7 @@ func (c *Client) Snapshot() Snapshot {
 	}
 	s.Released, s.Lost = c.releasedAndLost()
 	s.Held = c.sched.Stats().Leases
+	s.Acquired = c.stats.acquired.Load() // last: see track
 	return s
 }
 

@@ -187,16 +187,18 @@ func (c *Client) localStats(st Stats) Stats {
 		st.Servers[i].Pool = s.pool.Stats()
 	}
 	st.Renew = c.renewStats()
+	released, lost := c.releasedAndLost()
 	st.Client = ClientStats{
-		Acquired:   c.stats.acquired.Load(),
 		LaneGrants: c.stats.laneGrants.Load(),
 		WaitGrants: c.stats.waitGrants.Load(),
 		Contended:  c.stats.contended.Load(),
 		Held:       st.Renew.Leases,
+		Released:   released,
+		Lost:       lost,
 
 		CallbacksDropped: c.disp.dropped.Load(),
 	}
-	st.Client.Released, st.Client.Lost = c.releasedAndLost()
+	st.Client.Acquired = c.stats.acquired.Load() // last: see track
 	return st
 }
 

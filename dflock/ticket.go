@@ -153,7 +153,6 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	}
 	switch r.Status {
 	case wire.StatusAcquired, wire.StatusOK:
-		c.stats.waitGrants.Add(1)
 		t.grant = c.track(srv, conn, conn, req, r, sent)
 		t.state, t.acquired = ticketAcquired, true
 		return t, nil
@@ -343,7 +342,6 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 				conn.Destroy()
 				return fail(err)
 			}
-			c.stats.waitGrants.Add(1)
 			return c.track(t.srv, conn, conn, req, r, sent), nil
 		case wire.StatusTimeout:
 			if try || opCtx.Err() != nil {
@@ -389,7 +387,6 @@ func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 	}
 	switch r.Status {
 	case wire.StatusAcquired, wire.StatusOK:
-		t.c.stats.waitGrants.Add(1)
 		return t.c.track(t.srv, conn, conn, req, r, sent), false, nil
 	case wire.StatusQueued:
 		t.queuedAt = sent

@@ -1,0 +1,58 @@
+package dflock
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// Every Snapshot and every Stats adds up while leases come and go: no more
+// leases ended (released or lost) than acquired, no more grants than
+// acquisitions, no server losing more than it tracked. A dashboard that
+// subtracts must never see a negative count.
+func TestSnapshotAndStatsNeverEndMoreThanAcquired(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, []string{srv.Addr()})
+	ctx := testCtx(t)
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var ops atomic.Int64
+	for g := range 8 {
+		wg.Go(func() {
+			key := "snap-" + string(rune('a'+g%4)) // half contend: both grant paths
+			for !stop.Load() {
+				l, err := c.Lock(ctx, key)
+				if err != nil {
+					return
+				}
+				_ = l.Release(ctx)
+				ops.Add(1)
+			}
+		})
+	}
+	defer func() { stop.Store(true); wg.Wait() }()
+	for i := 0; i < 10000 || ops.Load() < 200; i++ {
+		s := c.Snapshot()
+		require.LessOrEqual(t, s.Released+s.Lost, s.Acquired, "snapshot %d: %+v", i, s)
+		ss := s.Servers[0]
+		require.GreaterOrEqual(t, ss.LeasesHeld, 0)
+		require.LessOrEqual(t, ss.Releases+ss.Losses, s.Acquired, "snapshot %d: %+v", i, ss)
+		if i%100 == 0 {
+			st := c.localStats(Stats{Servers: make([]ServerStats, 1)})
+			cs := st.Client
+			require.LessOrEqual(t, cs.Released+cs.Lost, cs.Acquired, "stats %d: %+v", i, cs)
+			require.LessOrEqual(t, cs.LaneGrants+cs.WaitGrants, cs.Acquired, "stats %d: %+v", i, cs)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	s := c.Snapshot()
+	require.Equal(t, s.Acquired, s.Released+s.Lost, "all released at the end: %+v", s)
+	st := c.localStats(Stats{Servers: make([]ServerStats, 1)})
+	require.Equal(t, st.Client.Acquired, st.Client.LaneGrants+st.Client.WaitGrants)
+}
