@@ -106,7 +106,9 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	}
 	place, err := o.strategy.Place(addrs)
 	if err != nil {
-		return nil, &ArgError{Arg: "servers", Reason: trimPrefix(err.Error())}
+		// Names the option: New has already checked the list itself, so what
+		// is left to refuse is the strategy's own parameters.
+		return nil, &ArgError{Arg: "sharding", Reason: trimPrefix(err.Error())}
 	}
 	if place == nil {
 		return nil, &ArgError{Arg: "sharding", Reason: "the strategy returned no placement"}

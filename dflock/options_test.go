@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dflock-sdk/go/shard"
 	"github.com/dflock-sdk/go/testutil"
 )
 
@@ -144,4 +145,16 @@ func TestRenewRatioErrorNamesTheValue(t *testing.T) {
 	require.ErrorAs(t, err, &ae)
 	assert.Equal(t, "renew ratio", ae.Arg)
 	assert.Equal(t, "1.5", ae.Value)
+}
+
+// A strategy that refuses the servers (a ring of 0 virtual nodes) is
+// blamed on the sharding option: the list itself is valid.
+func TestBadShardingStrategyNamesTheOption(t *testing.T) {
+	t.Parallel()
+	c, err := New([]string{"127.0.0.1:1", "127.0.0.1:2"}, WithSharding(shard.RingWithVirtualNodes(0)))
+	require.Nil(t, c)
+	var ae *ArgError
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, "sharding", ae.Arg, "error: %v", err)
+	assert.Contains(t, err.Error(), "virtual nodes")
 }
