@@ -3,7 +3,9 @@ package dflockotel
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
+	"weak"
 
 	"go.opentelemetry.io/otel/metric"
 
@@ -28,8 +30,10 @@ import (
 // be counted a second time.
 //
 // The first Observe registers the Instrumentation's callback with its
-// MeterProvider, for as long as the Instrumentation lives; it only reads
-// memory. It fails only if the MeterProvider refuses the callback.
+// MeterProvider, for as long as the Instrumentation lives: once the
+// program no longer references it (nor any Client built with its Options),
+// the garbage collector frees it and the callback is unregistered. The
+// callback only reads memory. It fails only if the MeterProvider refuses the callback.
 func (in *Instrumentation) Observe(c *dflock.Client) (stop func(), err error) {
 	if c == nil {
 		return nil, &dflock.ArgError{Arg: "client", Reason: "must not be nil"}
@@ -38,9 +42,21 @@ func (in *Instrumentation) Observe(c *dflock.Client) (stop func(), err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if !o.registered {
-		if _, err := in.meter.RegisterCallback(in.collect, in.observed...); err != nil {
+		// The callback holds the Instrumentation weakly and is unregistered
+		// once the program drops it: a MeterProvider that outlives it (the
+		// global one) must not keep it, and its totals, forever, nor run a
+		// callback for it at every collection.
+		wp := weak.Make(in)
+		reg, err := in.meter.RegisterCallback(func(ctx context.Context, ob metric.Observer) error {
+			if live := wp.Value(); live != nil {
+				return live.collect(ctx, ob)
+			}
+			return nil
+		}, in.observed...)
+		if err != nil {
 			return nil, fmt.Errorf("dflockotel: registering the snapshot callback: %w", err)
 		}
+		runtime.AddCleanup(in, func(r metric.Registration) { _ = r.Unregister() }, reg)
 		o.registered = true
 		o.live = make(map[*observedClient]struct{})
 		o.retired = make(map[string]*serverTotals)

@@ -49,3 +49,28 @@ func TestStoppedClientCanBeCollected(t *testing.T) {
 	runtime.KeepAlive(stop)
 	assert.True(t, collected, "a stopped and closed Client stays reachable through its stop function")
 }
+
+// An Instrumentation the program has dropped (its Clients stopped and
+// closed) is not kept by a MeterProvider that outlives it, such as the
+// global one: its callback goes with it.
+func TestDroppedInstrumentationIsCollected(t *testing.T) {
+	srv := testutil.NewServer(t, testutil.Config{})
+	reader, in := manualMeter(t, metricdata.CumulativeTemporality)
+	c, err := dflock.New([]string{srv.Addr()}, in.Options()...)
+	require.NoError(t, err)
+	stop, err := in.Observe(c)
+	require.NoError(t, err)
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(t.Context(), &rm))
+	require.NotEmpty(t, rm.ScopeMetrics, "the callback reports while the Instrumentation lives")
+	stop()
+	require.NoError(t, c.Close())
+	wp := weak.Make(in)
+	in, c, stop = nil, nil, nil
+	for i := 0; i < 20 && wp.Value() != nil; i++ {
+		runtime.GC()
+	}
+	assert.Nil(t, wp.Value(), "the MeterProvider keeps the dropped Instrumentation")
+	// Collections go on without it.
+	require.NoError(t, reader.Collect(t.Context(), &rm))
+}
