@@ -291,6 +291,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		return fail(err)
 	}
 	first := true
+	var early earlyTimeouts
 	for {
 		secs, ok := waitSeconds(opCtx, chunkFor(conn, waitChunk))
 		if !ok {
@@ -326,7 +327,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 			}
 			return c.track(srv, conn, conn, req, r, sent), nil
 		case wire.StatusTimeout:
-			if opCtx.Err() == nil {
+			if opCtx.Err() == nil && early.pace(opCtx, secs, sent) {
 				continue // the server's chunk ran out before the caller's time
 			}
 			conn.Release()
@@ -546,6 +547,41 @@ func chunkFor(conn *pool.Conn, chunk time.Duration) time.Duration {
 func deadlinePassed(ctx context.Context) error {
 	<-ctx.Done()
 	return ctx.Err()
+}
+
+// earlyTimeouts paces the re-issue of blocking waits that the server ended
+// with timeout well before the seconds asked for. dflockd ends a wait only
+// when its time is up, so only a broken or hostile server (or a test's
+// clock) does this: the first few go again at once, later ones after a
+// growing pause, so that such a server gets a few requests a second, not
+// a tight loop for as long as the caller waits.
+type earlyTimeouts struct{ n int }
+
+const (
+	earlyFree     = 3                     // early timeouts in a row re-issued at once
+	earlyMinPause = 50 * time.Millisecond // then paused this long, doubling
+	earlyMaxPause = 1 * time.Second       // up to this
+)
+
+// pace is called for a wait of secs seconds sent at sent that timed out. It
+// reports false if ctx ended during the pause.
+func (e *earlyTimeouts) pace(ctx context.Context, secs int64, sent time.Time) bool {
+	if time.Since(sent) >= time.Duration(secs)*time.Second/2 {
+		e.n = 0
+		return true
+	}
+	e.n++
+	if e.n <= earlyFree {
+		return true
+	}
+	t := time.NewTimer(min(earlyMinPause<<min(e.n-earlyFree-1, 5), earlyMaxPause))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // waitSeconds is the server timeout for the next blocking request: the

@@ -311,6 +311,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 	if t.limit > 0 {
 		wcmd, ecmd = wire.CmdSemWait, wire.CmdSemEnqueue
 	}
+	var early earlyTimeouts
 	for {
 		var secs int64
 		if !try {
@@ -344,7 +345,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			}
 			return c.track(t.srv, conn, conn, req, r, sent), nil
 		case wire.StatusTimeout:
-			if try || opCtx.Err() != nil {
+			if try || opCtx.Err() != nil || !early.pace(opCtx, secs, wsent) {
 				conn.Release() // the server consumed the place: the connection is clean
 				return fail(ErrTimeout)
 			}
