@@ -41,8 +41,13 @@ type Client struct {
 	drained   chan struct{} // poked when inflight drops to zero while closing
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
-	bg        sync.WaitGroup
-	jobs      *bgJobs // best-effort work that outlives its caller (aside.go)
+	// settled is closed once Close has given back every held lease and
+	// queued ticket: their outcomes are final. Release and Cancel wait for
+	// it, not for closed, which waits for the callback goroutine: a hook
+	// that releases would otherwise wait for itself.
+	settled chan struct{}
+	bg      sync.WaitGroup
+	jobs    *bgJobs // best-effort work that outlives its caller (aside.go)
 
 	tickets ticketSet // queued two-phase tickets (they hold a connection)
 	signals signalHub // signal subscriptions and listener connections (signal_listener.go)
@@ -126,6 +131,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		disp:    disp,
 		drained: make(chan struct{}, 1),
 		closed:  make(chan struct{}),
+		settled: make(chan struct{}),
 		jobs:    newBGJobs(),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
@@ -378,6 +384,7 @@ func (c *Client) close() {
 		wg.Go(func() { s.pool.SettleLanes(deadline) })
 	}
 	wg.Wait()
+	close(c.settled)
 	// After the work above, which may send releases aside.
 	c.jobs.stop(deadline)
 	// Pinned wait-pool connections of held leases are closed by the pool's

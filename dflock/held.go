@@ -170,13 +170,13 @@ func (h *held) sendRelease(ctx context.Context) (later bool, err error) {
 		// Close is releasing every held lease; report how this one ended,
 		// once Close knows, unless ctx ends first.
 		select {
-		case <-c.closed: // Close has finished: its result, whatever ctx
+		case <-c.settled: // Close knows: its result, whatever ctx
 		default:
 			select {
-			case <-c.closed:
+			case <-c.settled:
 			case <-ctx.Done():
 				go func() { // ends with Close, which has begun
-					<-c.closed
+					<-c.settled
 					h.setReleased(h.releaseResult())
 				}()
 				return true, &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}

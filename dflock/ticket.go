@@ -404,7 +404,7 @@ func (t *ticket) cancel() error {
 	if !t.c.enter() {
 		// Close has begun: it withdraws the ticket (closeAll) or
 		// releases its lease.
-		<-t.c.closed
+		<-t.c.settled
 		return nil
 	}
 	t.mu.Lock()
