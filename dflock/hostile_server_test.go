@@ -223,6 +223,42 @@ func TestHostileStatsErrorHidesAJSONEscapedAuthToken(t *testing.T) {
 	require.NoError(t, c.Close())
 }
 
+// The same with escapes Go's encoder would not write: an ASCII-only
+// encoder's \u00e4 for ä (Python's json.dumps), in the value the parse
+// error names (its reason then holds the token decoded), or elsewhere in
+// the part of the document an error shows.
+func TestHostileStatsErrorHidesAnyEscapedAuthToken(t *testing.T) {
+	t.Parallel()
+	const secret = "pässword-42"
+	const escaped = `p\u00e4ssword-42`
+	for name, doc := range map[string]string{
+		"in the bad value":  `{"locks":"` + escaped + `"}`,
+		"beside the fault":  `{"x":"` + escaped + `","locks":5}`,
+		"escapes elsewhere": `{"x":"p\u00e4","y":"ssword-42","locks":5}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newScriptedServer(t, func(cmd, key, arg string) string {
+				if cmd == "stats" {
+					return "ok " + doc
+				}
+				return "ok"
+			})
+			c := newClient(t, []string{srv.addr}, WithAuthToken(secret))
+			ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+			defer cancel()
+			_, err := c.Stats(ctx)
+			require.Error(t, err)
+			t.Log(err)
+			assert.NotContains(t, err.Error(), secret, "stats error shows the auth token")
+			var pe *wire.ProtocolError
+			require.ErrorAs(t, err, &pe)
+			assert.NotContains(t, pe.Line, `\u00e4`, "stats error shows the auth token escaped")
+			require.NoError(t, c.Close())
+		})
+	}
+}
+
 // A server that accepts the token, then echoes it in the error_* word of
 // its refusals — a word the client passes on in Error.Reply, not a
 // connection failure, where the redaction used to be.

@@ -235,7 +235,10 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 //
 // The document is JSON: a token in it may be escaped (Go's encoding/json,
 // which dflockd uses, writes '&', '<', '>' as \u0026 and so on), while the
-// error's reason may show it decoded. Every form is replaced in both.
+// error's reason may show it decoded. The forms Go writes are replaced in
+// both; as any escape can spell any part of the token (an ASCII-only
+// encoder writes \u00e4 for ä, a hostile server what it likes), the part
+// of the document shown also ends before its first backslash.
 func scrubStatsError(err error, doc, secret string) error {
 	if secret == "" {
 		return err
@@ -261,16 +264,21 @@ func scrubStatsError(err error, doc, secret string) error {
 		return s, found
 	}
 	doc, inDoc := scrub(doc)
+	line := doc[:min(len(doc), 64)]
+	escaped := false
+	if i := strings.IndexByte(line, '\\'); i >= 0 {
+		line, escaped = line[:i], true
+	}
 	reason := "stats reply is not the expected JSON"
 	var pe *wire.ProtocolError
 	if errors.As(err, &pe) {
 		reason = pe.Reason
 	}
 	reason, inReason := scrub(reason)
-	if !inDoc && !inReason {
+	if !inDoc && !inReason && !escaped {
 		return err
 	}
-	return &wire.ProtocolError{Line: doc[:min(len(doc), 64)], Reason: reason}
+	return &wire.ProtocolError{Line: line, Reason: reason}
 }
 
 // The entries of the stats JSON (docs/protocol.md §6.7).
