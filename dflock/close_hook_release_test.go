@@ -68,7 +68,6 @@ func TestReleaseInLossHookDuringCloseDoesNotWaitForClose(t *testing.T) {
 	}
 }
 
-
 // The same for a hook that releases a lease still held and cancels a
 // queued ticket while Close runs: both wait only until Close has given
 // them back (the lease released, the place withdrawn), not for Close's
