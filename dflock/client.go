@@ -36,18 +36,21 @@ type Client struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	inflight  atomic.Int64  // operations in progress (see enter/leave)
-	closing   atomic.Bool   // set by Close: new operations fail with ErrClosed
-	drained   chan struct{} // poked when inflight drops to zero while closing
-	closeOnce sync.Once
-	closed    chan struct{} // closed when Close has finished
+	inflight atomic.Int64  // operations in progress (see enter/leave)
+	closing  atomic.Bool   // set by Close: new operations fail with ErrClosed
+	drained  chan struct{} // poked when inflight drops to zero while closing
+	closeRun atomic.Bool   // the first Close runs close; the others wait
+	closed   chan struct{} // closed when Close has finished
 	// settled is closed once Close has given back every held lease and
 	// queued ticket: their outcomes are final. Release and Cancel wait for
 	// it, not for closed, which waits for the callback goroutine: a hook
 	// that releases would otherwise wait for itself.
 	settled chan struct{}
-	bg      sync.WaitGroup
-	jobs    *bgJobs // best-effort work that outlives its caller (aside.go)
+	// unhooked is closed when Close has done everything but wait for the
+	// queued callbacks: a hook that calls Close waits for that much only.
+	unhooked chan struct{}
+	bg       sync.WaitGroup
+	jobs     *bgJobs // best-effort work that outlives its caller (aside.go)
 
 	tickets ticketSet // queued two-phase tickets (they hold a connection)
 	signals signalHub // signal subscriptions and listener connections (signal_listener.go)
@@ -125,14 +128,15 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	}
 
 	c := &Client{
-		opts:    o,
-		log:     log,
-		place:   place,
-		disp:    disp,
-		drained: make(chan struct{}, 1),
-		closed:  make(chan struct{}),
-		settled: make(chan struct{}),
-		jobs:    newBGJobs(),
+		opts:     o,
+		log:      log,
+		place:    place,
+		disp:     disp,
+		drained:  make(chan struct{}, 1),
+		closed:   make(chan struct{}),
+		settled:  make(chan struct{}),
+		unhooked: make(chan struct{}),
+		jobs:     newBGJobs(),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	rc := renew.Config{Ratio: o.renewRatio, KeepAlive: o.keepAlive, Clock: o.clock, ReadTimeout: o.readTimeout}
@@ -343,9 +347,20 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // to call concurrently; every other call made after it fails with an error
 // matching ErrClosed, except Release, which reports how the lease ended,
 // Ticket.Cancel and SemaphoreTicket.Cancel, which return nil (Close gave
-// the ticket up), and Subscription.Close.
+// the ticket up), and Subscription.Close. A hook may call Close: see Hooks
+// for what it waits for then.
 func (c *Client) Close() error {
-	c.closeOnce.Do(c.close)
+	// Not a sync.Once: a hook's Close must not wait inside it for a
+	// Close under way elsewhere, which waits for the hook.
+	if c.closeRun.CompareAndSwap(false, true) {
+		c.close()
+	}
+	if c.disp.onDispatcher() {
+		// Called from a hook: a Close elsewhere, or this one, cannot wait
+		// for the callbacks, this one among them.
+		<-c.unhooked
+		return nil
+	}
 	<-c.closed
 	return nil
 }
@@ -396,6 +411,7 @@ func (c *Client) close() {
 	}
 	c.bg.Wait()
 	c.log.Debug("dflock: client closed", "released", len(held))
+	close(c.unhooked)
 	c.disp.stop(c.opts.callbackWait)
 }
 

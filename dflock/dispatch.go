@@ -1,11 +1,14 @@
 package dflock
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +53,10 @@ type dispatcher struct {
 	lossMu      sync.Mutex
 	losses      []func()
 	lossPending int // queued and not yet run (the batch running's rest included)
+
+	// gid is the id of the dispatcher's goroutine: a hook that calls
+	// Client.Close runs on it, and Close must not wait for it (onDispatcher).
+	gid atomic.Uint64
 
 	// goexited: the callback running called runtime.Goexit (t.FailNow,
 	// require.* in a test's hook), which no recover stops. Set and read
@@ -139,6 +146,7 @@ func (d *dispatcher) runLosses() {
 }
 
 func (d *dispatcher) run() {
+	d.gid.Store(goid())
 	defer func() {
 		if d.goexited {
 			d.goexited = false
@@ -207,6 +215,11 @@ func (d *dispatcher) call(f func()) {
 // what is still queued.
 func (d *dispatcher) stop(wait time.Duration) {
 	close(d.quit)
+	if d.onDispatcher() {
+		// Close called from a hook: the dispatcher is this goroutine, held
+		// in that hook. What is queued runs once the hook returns.
+		return
+	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
@@ -352,4 +365,27 @@ func (c *levelCache) found(l slog.Level, enabled bool) {
 		return
 	}
 	c.until[i].Store(int64(time.Since(c.epoch) + levelRecheck))
+}
+
+// onDispatcher reports whether the caller runs on the dispatcher's
+// goroutine: inside a hook or log handler.
+func (d *dispatcher) onDispatcher() bool {
+	id := goid()
+	return id != 0 && d.gid.Load() == id
+}
+
+// goid returns the id of the calling goroutine, read from the header of its
+// stack ("goroutine 18 [running]:"). Go offers no other way; only Close
+// asks (and each dispatcher goroutine once), to tell a hook that calls it
+// from a caller that must wait for the hooks. Ids are never reused.
+func goid() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		if id, err := strconv.ParseUint(string(b[:i]), 10, 64); err == nil {
+			return id
+		}
+	}
+	return 0
 }

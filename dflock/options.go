@@ -116,6 +116,9 @@ type Option func(*options)
 // the calls still queued; a hook still running then keeps that goroutine
 // until it returns (Go cannot stop it), and what is still queued is dropped,
 // never run after Close has returned, and counted by the time Close returns.
+// A hook may call Close (say, to shut down when a lease is lost): that Close
+// returns once all but the callbacks is done, as it cannot wait for the hook
+// that called it, and the calls queued behind that hook run when it returns.
 // A hook or log handler that panics does not end the program: the panic is
 // printed with its stack to standard error, and the next call runs; so it
 // does after one that calls runtime.Goexit (t.FailNow in a test's hook).

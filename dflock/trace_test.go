@@ -1,10 +1,8 @@
 package dflock
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -102,16 +100,6 @@ func (r *recTracer) take(t *testing.T) []*span {
 	out := r.spans
 	r.spans = nil
 	return out
-}
-
-// goid is the current goroutine's id, from its stack header.
-func goid() uint64 {
-	var buf [64]byte
-	b := buf[:runtime.Stack(buf[:], false)]
-	b = bytes.TrimPrefix(b, []byte("goroutine "))
-	b = b[:bytes.IndexByte(b, ' ')]
-	n, _ := strconv.ParseUint(string(b), 10, 64)
-	return n
 }
 
 func tracedClient(t *testing.T, addrs []string, opts ...Option) (*Client, *recTracer) {
