@@ -1,6 +1,7 @@
 package dflock
 
 import (
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,11 +28,23 @@ func TestCloseFromHookDoesNotDropQueuedCallbacks(t *testing.T) {
 			var first atomic.Bool
 			var lost atomic.Int64
 			hookClosed := make(chan struct{})
+			var mu sync.Mutex // the reports come through the network, which the race detector does not see
+			var locks []*Lock
 			c, err := New([]string{srv.Addr()}, withCallbackWait(time.Hour), WithHooks(Hooks{
 				OnLeaseLost: func(LeaseInfo, error) {
 					lost.Add(1)
 					if !first.CompareAndSwap(false, true) {
 						return
+					}
+					// Every lease lost, so every report queued, before
+					// Close: the leases may be on several lanes, whose
+					// breaks are seen one after the other, and Close
+					// would release those not lost yet.
+					mu.Lock()
+					ls := locks
+					mu.Unlock()
+					for _, l := range ls {
+						<-l.Done()
 					}
 					for elsewhere && !c.closing.Load() {
 						time.Sleep(time.Millisecond)
@@ -44,12 +57,20 @@ func TestCloseFromHookDoesNotDropQueuedCallbacks(t *testing.T) {
 			ctx := testCtx(t)
 			const n = 5
 			for i := range n {
-				_, err := c.Lock(ctx, "hook-close-"+string(rune('a'+i)))
+				l, err := c.Lock(ctx, "hook-close-"+string(rune('a'+i)))
 				require.NoError(t, err)
+				mu.Lock()
+				locks = append(locks, l)
+				mu.Unlock()
 			}
 			srv.DropConnections() // every lease lost at once: n reports queued
 			outer := make(chan struct{})
 			if elsewhere {
+				// Once every lease is lost (as the hook waits for) and
+				// the hook runs.
+				for _, l := range locks {
+					<-l.Done()
+				}
 				require.True(t, waitFor(ctx, testTimeout, func() bool { return lost.Load() >= 1 }))
 				go func() { _ = c.Close(); close(outer) }()
 			} else {
