@@ -212,7 +212,8 @@ var pingReq = wire.Request{Cmd: wire.CmdPing}
 
 // do sends req and waits for its reply or for ctx. sent is false if nothing
 // was sent (context already done, connection already broken, request
-// refused by framed). abandoned is true if ctx ended first: the
+// refused by framed) or the connection broke before any byte of the request
+// was written (a reset the reader had not yet seen as the request went out). abandoned is true if ctx ended first: the
 // reply will still be read (and, if grantKey is set and the reply is a
 // grant, released at once on this connection); what else to do about the
 // abandoned exchange is the caller's decision.
@@ -229,13 +230,13 @@ func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wi
 	cl.blocking = req.Blocking()
 	cl.key = grantKey
 	cl.grantKey = grantKeyOf(req)
-	reads, err := c.send(req, cl)
+	reads, unwritten, err := c.send(req, cl)
 	if err != nil {
 		putCall(cl)
 		return wire.Reply{}, false, false, err
 	}
-	r, abandoned, err := c.await(ctx, cl, reads)
-	return r, true, abandoned, err
+	r, abandoned, unsent, err := c.await(ctx, cl, reads)
+	return r, !unwritten && !unsent, abandoned, err
 }
 
 // request is do for a request that must reach the server even if ctx has
@@ -261,7 +262,7 @@ func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, 
 		// a reply that came back before it looked as answered).
 		cl.kind = callBatch
 	}
-	reads, err := c.send(req, cl)
+	reads, _, err := c.send(req, cl)
 	if err != nil {
 		putCall(cl)
 		return wire.Reply{}, true, err
@@ -272,18 +273,19 @@ func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, 
 	if ended != nil {
 		return wire.Reply{}, false, serverErr(c.p.cfg.Addr, ended, nil)
 	}
-	r, abandoned, err := c.await(ctx, cl, reads)
+	r, abandoned, _, err := c.await(ctx, cl, reads)
 	return r, !abandoned, err
 }
 
 // await waits for the reply to cl, which send queued; reads is send's
 // verdict that this caller reads it itself. abandoned is true if ctx or the
 // pool's Lifetime ended first: the reader then owns cl and handles the
-// reply without the caller (deliver).
-func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, abandoned bool, _ error) {
+// reply without the caller (deliver). unsent reports that the connection
+// broke before any byte of cl's request was written.
+func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, abandoned, unsent bool, _ error) {
 	if reads {
 		if r, err, ok := c.readOwn(ctx, cl); ok {
-			return r, false, err
+			return r, false, false, err
 		}
 		// The reader has the turn now; wait like any other caller.
 	}
@@ -310,12 +312,13 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 		// From here the reader owns cl: this caller gave up, or the
 		// pool's Lifetime gave up for it.
 		if err := ctx.Err(); err != nil {
-			return wire.Reply{}, true, serverErr(c.p.cfg.Addr, err, nil)
+			return wire.Reply{}, true, false, serverErr(c.p.cfg.Addr, err, nil)
 		}
-		return wire.Reply{}, true, serverErr(c.p.cfg.Addr, ErrClosed, nil)
+		return wire.Reply{}, true, false, serverErr(c.p.cfg.Addr, ErrClosed, nil)
 	}
+	unsent = cl.unsent
 	r, err := cl.result()
-	return r, false, err
+	return r, false, unsent, err
 }
 
 // readOwn reads the reply to cl on the caller's goroutine. The caller has
@@ -644,10 +647,12 @@ func (c *conn) setOwner(o Owner) {
 // send enqueues one request and starts a flush (or leaves it to the flush
 // in progress). It never blocks on the network: the caller then waits for
 // the reply or its context, whichever comes first. reads is true if the
-// caller is to read the reply itself (enqueueLocked).
-func (c *conn) send(req *wire.Request, cl *call) (reads bool, _ error) {
+// caller is to read the reply itself (enqueueLocked). unwritten is true if
+// the caller wrote the request itself and the write failed before any byte
+// left (the call is queued all the same, and gets the connection's error).
+func (c *conn) send(req *wire.Request, cl *call) (reads, unwritten bool, _ error) {
 	if err := framed(req); err != nil {
-		return false, err
+		return false, false, err
 	}
 	c.mu.Lock()
 	claimed := false
@@ -657,7 +662,7 @@ func (c *conn) send(req *wire.Request, cl *call) (reads bool, _ error) {
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return false, err
+		return false, false, err
 	}
 	idle := c.idleLocked()
 	reads = c.enqueueLocked(req, cl, claimed)
@@ -665,13 +670,13 @@ func (c *conn) send(req *wire.Request, cl *call) (reads bool, _ error) {
 		// A caller that claimed the turn found its connection quiet:
 		// unless the other lanes are busy, nobody is likely to join its
 		// write, and it does not yield for them (see writeInlineLocked).
-		c.writeInlineLocked(!reads || c.p.lanesBusy(c))
-		return reads, nil
+		unwritten = c.writeInlineLocked(!reads || c.p.lanesBusy(c))
+		return reads, unwritten, nil
 	}
 	// c.err == nil under c.mu: the reader is still running and counted in
 	// p.io, so the flush goroutine may be counted too.
 	c.startFlushLocked()
-	return reads, nil
+	return reads, false, nil
 }
 
 // idleLocked reports whether the next sender may write inline: a kernel
@@ -704,7 +709,12 @@ const maxInlineWrite = 2048
 // concurrent senders append to c.buf meanwhile and are written together by
 // the flush goroutine afterwards, without a write of their own each; they
 // could not write inline anyway, since this request is unanswered.
-func (c *conn) writeInlineLocked(yield bool) {
+//
+// unwritten reports that the write failed before any byte of it left: the
+// sender's own request, which it holds, never reached the server. (fail
+// tells the callers so too, unless the reader failed the connection while
+// the write was under way: only the writer knows what it wrote.)
+func (c *conn) writeInlineLocked(yield bool) (unwritten bool) {
 	c.flushing = true
 	hook := c.beforeInlineWrite
 	c.mu.Unlock()
@@ -722,16 +732,16 @@ func (c *conn) writeInlineLocked(yield bool) {
 	if c.err != nil {
 		c.flushing = false
 		c.mu.Unlock()
-		return // fail delivered the error to every queued call
+		return false // fail delivered the error to every queued call, as unsent
 	}
 	if len(c.buf) > maxInlineWrite {
 		// Too much to be sure the send buffer takes it at once.
 		c.p.io.Add(1)
 		c.mu.Unlock()
 		go c.flushFn()
-		return
+		return false
 	}
-	now, err := c.writeQueuedLocked()
+	now, n, err := c.writeQueuedLocked()
 	if err != nil {
 		// The failed write broke the wire.Conn, which interrupts the
 		// reader's read at once; the reader fails the connection (and
@@ -740,7 +750,7 @@ func (c *conn) writeInlineLocked(yield bool) {
 		// may be the renewal scheduler.
 		c.flushing = false
 		c.mu.Unlock()
-		return
+		return n == 0
 	}
 	c.lastActive = now
 	if len(c.buf) > 0 && c.err == nil && c.mayWriteLocked() {
@@ -750,10 +760,11 @@ func (c *conn) writeInlineLocked(yield bool) {
 		c.p.io.Add(1)
 		c.mu.Unlock()
 		go c.flushFn()
-		return
+		return false
 	}
 	c.flushing = false
 	c.mu.Unlock()
+	return false
 }
 
 // claimTurnLocked takes the turn to read for a caller about to send a
@@ -959,7 +970,7 @@ func (c *conn) flush() {
 	runtime.Gosched()
 	c.mu.Lock()
 	for len(c.buf) > 0 && c.mayWriteLocked() {
-		now, err := c.writeQueuedLocked()
+		now, _, err := c.writeQueuedLocked()
 		if err != nil {
 			c.flushing = false
 			c.mu.Unlock()
@@ -975,32 +986,42 @@ func (c *conn) flush() {
 // writeQueuedLocked writes what senders have queued in c.buf. c.mu is
 // held on entry and on return but not during the write: the buffers swap,
 // so senders keep appending to the other one meanwhile, and the written one
-// is kept as the next spare unless it grew past maxKeepBuf.
-func (c *conn) writeQueuedLocked() (now int64, err error) {
+// is kept as the next spare unless it grew past maxKeepBuf. n is what the
+// write reports written: with an error and n == 0 none of the requests in
+// b reached the server.
+func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 	b := c.buf
 	c.buf = c.spare[:0]
 	c.spare = nil
 	if c.oneBatch {
 		c.pace.wrote(c.onWireLocked() == 0, c.p.now())
 	}
+	inB := c.bufN
 	c.bufN = 0
 	c.mu.Unlock()
-	now, err = c.write(b)
+	now, n, err = c.write(b)
 	c.mu.Lock()
+	if err != nil && n == 0 && c.err == nil {
+		// Nothing of b left (a reset the reader has not seen yet, say):
+		// its requests count as unwritten again, for fail to tell their
+		// callers so (call.unsent). They are the oldest of those still
+		// unwritten: later senders appended to the other buffer.
+		c.bufN += inB
+	}
 	if cap(b) <= maxKeepBuf {
 		c.spare = b[:0]
 	}
-	return now, err
+	return now, n, err
 }
 
-func (c *conn) write(b []byte) (int64, error) {
+func (c *conn) write(b []byte) (now int64, n int, err error) {
 	t := time.Now()
 	_ = c.wc.SetWriteDeadline(t.Add(c.p.cfg.writeTimeout))
 	// Counted before writing: the replies (and a caller reading Stats
 	// after them) may come before WriteRaw returns.
 	c.nwrite.Add(1)
-	err := c.wc.WriteRaw(b)
-	return int64(t.Sub(c.p.start)), err
+	n, err = c.wc.WriteRaw(b)
+	return int64(t.Sub(c.p.start)), n, err
 }
 
 // readLoop is the connection's reader goroutine: it matches reply lines to
@@ -1492,6 +1513,9 @@ func (c *conn) fail(cause error) {
 	// nothing to write (a try-lock written now could be granted to a
 	// connection about to close).
 	c.buf = c.buf[:0]
+	for _, cl := range pending[written:] {
+		cl.unsent = true // no byte of it left: see do
+	}
 	lingers := c.lingersLocked(cause, pending[:written])
 	c.inflight.Store(0)
 	c.pings = 0
@@ -1578,6 +1602,9 @@ type call struct {
 	grantKey string
 	cb       func(int, wire.Reply, error)
 	idx      int
+	// unsent: the connection broke before any byte of the request was
+	// written (set by fail, before delivering), so the server never saw it.
+	unsent bool
 }
 
 const (
@@ -1608,6 +1635,7 @@ func putCall(cl *call) {
 	cl.cb = nil
 	cl.idx = 0
 	cl.blocking = false
+	cl.unsent = false
 	cl.state.Store(stateWaiting)
 	callPool.Put(cl)
 }

@@ -172,7 +172,7 @@ func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
 	if p.hasAuth {
 		defer func() { err = redact(err, p.secret) }()
 	}
-	if err := wc.WriteRaw(p.hello); err != nil {
+	if _, err := wc.WriteRaw(p.hello); err != nil {
 		return 0, err
 	}
 	if p.hasAuth {

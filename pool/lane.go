@@ -67,9 +67,13 @@ func (p *Pool) Do(ctx context.Context, req wire.Request) (wire.Reply, Owner, err
 			return wire.Reply{}, nil, err
 		}
 		r, sent, _, err := l.c.do(ctx, &req, grantKey)
-		if !sent && err != nil && l.c.errp.Load() != nil && attempt < len(p.lanes) {
-			// The connection broke between the choice and the send:
-			// nothing went out, so another lane connection may carry it.
+		if !sent && err != nil && l.c.errp.Load() != nil && attempt <= len(p.lanes) {
+			// The connection broke before the request went out (between
+			// the choice and the send, or under a write that wrote
+			// nothing): another lane connection may carry it. Each retry
+			// follows a broken lane, so all of them may have broken at
+			// once (a reset of every connection) and a fresh dial, the
+			// last attempt, carries it.
 			continue
 		}
 		return r, l, err

@@ -145,11 +145,12 @@ func TestInlineWriteCarriesConcurrentSenders(t *testing.T) {
 	}
 }
 
-// A connection that breaks while a caller is about to write inline fails
-// that caller with the break (nothing is written), and the lane recovers.
-// The reader must be watching the quiet connection for that (otherwise the
-// caller finds the break by reading its own reply: turn_test.go).
-func TestInlineWriterFailsWithTheBreak(t *testing.T) {
+// A connection that breaks while a caller is about to write inline writes
+// nothing more, and the caller's request, which never left, goes out on a
+// new lane connection (Pool.Do). The reader must be watching the quiet
+// connection for that (otherwise the caller finds the break by reading its
+// own reply: turn_test.go).
+func TestInlineWriterSendsAgainAfterTheBreak(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	rec := newBrokenRecorder()
@@ -161,31 +162,34 @@ func TestInlineWriterFailsWithTheBreak(t *testing.T) {
 	setHook(c, func() { <-release })
 	writes := p.Stats().Writes
 
-	done := make(chan error, 1)
+	type outcome struct {
+		r     wire.Reply
+		owner Owner
+		err   error
+	}
+	done := make(chan outcome, 1)
 	go func() {
-		_, _, err := p.Do(ctxWait(t), lockReq("inline-break"))
-		done <- err
+		r, owner, err := p.Do(ctxWait(t), lockReq("inline-break"))
+		done <- outcome{r, owner, err}
 	}()
 	require.Eventually(t, func() bool { return queued(c) == 1 }, wait, time.Millisecond)
 	srv.DropConnections()
 	assert.Same(t, lane, rec.next(t).c)
 	close(release)
-	err := <-done
-	require.ErrorIs(t, err, wire.ErrConnBroken)
-	assert.Contains(t, err.Error(), srv.Addr())
-	assert.Equal(t, writes, p.Stats().Writes, "nothing written after the break")
-	assert.Zero(t, holder(srv, "inline-break"))
-
-	r, _, err := p.Do(ctxWait(t), lockReq("inline-break"))
-	require.NoError(t, err, "a new lane connection serves")
-	assert.Equal(t, wire.StatusOK, r.Status)
+	res := <-done
+	require.NoError(t, res.err, "the request never left: a new lane connection carries it")
+	assert.Equal(t, wire.StatusOK, res.r.Status)
+	assert.NotSame(t, lane, res.owner)
+	assert.Equal(t, writes+1, p.Stats().Writes, "one write: the new connection's; nothing on the broken one")
+	assert.NotZero(t, holder(srv, "inline-break"))
 }
 
-// A write that fails on the caller's goroutine fails the caller with the
-// write's error, reported by the reader (the failed write interrupts its
-// read), not by the caller: Config.OnConnBroken must not run on a sender,
-// which may be the renewal scheduler. The lane recovers.
-func TestInlineWriteFailureFailsTheCaller(t *testing.T) {
+// A write that fails on the caller's goroutine breaks the connection with
+// the write's error, reported by the reader (the failed write interrupts
+// its read), not by the caller: Config.OnConnBroken must not run on a
+// sender, which may be the renewal scheduler. The write wrote nothing, so
+// the caller's request goes out on a new lane connection.
+func TestInlineWriteFailureBreaksOnTheReaderAndSendsAgain(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	rec := newBrokenRecorder()
@@ -201,32 +205,35 @@ func TestInlineWriteFailureFailsTheCaller(t *testing.T) {
 	// interrupts it.
 	setHook(c, func() { _ = c.wc.NetConn().(*net.TCPConn).CloseWrite() })
 
-	done := make(chan error, 1)
+	type outcome struct {
+		r     wire.Reply
+		owner Owner
+		err   error
+	}
+	done := make(chan outcome, 1)
 	go func() {
-		_, _, err := p.Do(ctxWait(t), lockReq("inline-write-fails"))
-		done <- err
+		r, owner, err := p.Do(ctxWait(t), lockReq("inline-write-fails"))
+		done <- outcome{r, owner, err}
 	}()
-	var err error
+	var res outcome
 	select {
-	case err = <-done:
+	case res = <-done:
 		close(returned)
 	case <-time.After(wait):
 		close(returned)
 		t.Fatal("OnConnBroken ran on the caller")
 	}
-	require.ErrorIs(t, err, wire.ErrConnBroken)
+	require.NoError(t, res.err, "nothing was written: a new lane connection carries the request")
+	assert.Equal(t, wire.StatusOK, res.r.Status)
+	assert.NotSame(t, lane, res.owner)
 	// The write's own error — unless the reader saw the server close first:
 	// the server answers the half-close by closing, and whichever failure
 	// the reader notices first is the connection's.
 	writeOrEOF := func(err error) bool { return errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) }
-	require.Truef(t, writeOrEOF(err), "neither the write's error nor EOF: %v", err)
 	ev := rec.next(t)
 	assert.Same(t, lane, ev.c)
 	assert.Truef(t, writeOrEOF(ev.err), "neither the write's error nor EOF: %v", ev.err)
-
-	r, _, err := p.Do(ctxWait(t), lockReq("inline-write-fails"))
-	require.NoError(t, err, "a new lane connection serves")
-	assert.Equal(t, wire.StatusOK, r.Status)
+	require.ErrorIs(t, c.Err(), wire.ErrConnBroken)
 }
 
 // On a server that stopped reading, callers keep returning when their

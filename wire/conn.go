@@ -171,7 +171,7 @@ func (c *Conn) WriteRequests(reqs ...Request) error {
 	for i := range reqs {
 		buf = reqs[i].AppendTo(buf)
 	}
-	err := c.write(buf)
+	_, err := c.write(buf)
 	if cap(buf) > keepBufSize {
 		buf = make([]byte, 0, initWriteBuf)
 	}
@@ -179,20 +179,24 @@ func (c *Conn) WriteRequests(reqs ...Request) error {
 	return err
 }
 
-// WriteRaw sends pre-encoded request bytes in a single Write call.
-func (c *Conn) WriteRaw(b []byte) error {
+// WriteRaw sends pre-encoded request bytes in a single Write call. n is
+// what the underlying connection reports written, as io.Writer's: with an
+// error and n == 0 no byte of b left this side (under TLS, no record whole),
+// so the server cannot have read any request in b.
+func (c *Conn) WriteRaw(b []byte) (n int, err error) {
 	if br := c.broken.Load(); br != nil {
-		return br
+		return 0, br
 	}
 	return c.write(b)
 }
 
-func (c *Conn) write(b []byte) error {
-	if _, err := c.nc.Write(b); err != nil {
+func (c *Conn) write(b []byte) (int, error) {
+	n, err := c.nc.Write(b)
+	if err != nil {
 		// A partial write leaves a truncated request on the server's side.
-		return c.fail(err)
+		return n, c.fail(err)
 	}
-	return nil
+	return n, nil
 }
 
 // ReadLine reads the next line (push or reply) without parsing it. The '\n'

@@ -107,7 +107,9 @@ func requireBroken(t *testing.T, c *Conn, err error, cause error) {
 	_, err2 = c.ReadLine()
 	assert.Equal(t, err, err2)
 	assert.Equal(t, err, c.WriteRequests(Request{Cmd: CmdPing}))
-	assert.Equal(t, err, c.WriteRaw([]byte("ping\n_\n\n")))
+	n, err2 := c.WriteRaw([]byte("ping\n_\n\n"))
+	assert.Equal(t, err, err2)
+	assert.Zero(t, n)
 }
 
 func TestConnOverlongLineBreaksConnection(t *testing.T) {
@@ -277,7 +279,9 @@ func TestConnWriteRequestsUsesOneWrite(t *testing.T) {
 	))
 	require.Len(t, sc.writes, 1)
 	assert.Equal(t, "auth\n_\ns3cret\nl\nk1\n5\nstats\n_\n\n", string(sc.writes[0]))
-	require.NoError(t, c.WriteRaw([]byte("ping\n_\n\n")))
+	n, err := c.WriteRaw([]byte("ping\n_\n\n"))
+	require.NoError(t, err)
+	assert.Equal(t, len("ping\n_\n\n"), n)
 	require.Len(t, sc.writes, 2)
 	assert.Equal(t, "ping\n_\n\n", string(sc.writes[1]))
 
