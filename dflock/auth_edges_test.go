@@ -122,3 +122,31 @@ func TestSinceAfterFirstDialOtherAuthRefusals(t *testing.T) {
 		})
 	}
 }
+
+// A refused auth token is an auth failure, whatever the token: the server
+// was reached, so the error does not match ErrServerUnavailable and the
+// server is not marked down (TestTokenForAServerWithoutAuthIsErrAuth,
+// TestAuthFailureIsErrAuth). A token that happens to occur in the text of
+// the handshake's own error ("dflock", the package's name, as a developer's
+// token; or a word such as "server" or "auth") is redacted out of that
+// text; the redacted error is no *ServerError, and the handshake classified
+// it as a network failure (marking the server down) before it used errors.Is.
+func TestRefusedTokenFoundInTheErrorTextIsStillAnAuthFailure(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{AuthToken: "the-real-one"})
+	for _, token := range []string{"not-it", "dflock", "server", "authentication"} {
+		t.Run(token, func(t *testing.T) {
+			c := newClient(t, addrsOf(srv), WithAuthToken(token))
+			ctx := testCtx(t)
+			_, err := c.TryLock(ctx, "k")
+			t.Logf("%v", err)
+			require.ErrorIs(t, err, ErrAuth)
+			assert.NotErrorIs(t, err, ErrServerUnavailable)
+			assert.True(t, c.Snapshot().Servers[0].Up, "a server that refused the token was marked down")
+			_, err = c.TryLock(ctx, "k")
+			t.Logf("second call: %v", err)
+			require.ErrorIs(t, err, ErrAuth)
+			assert.NotErrorIs(t, err, ErrServerUnavailable)
+		})
+	}
+}

@@ -64,20 +64,20 @@ func (p *Pool) dialConn(ctx context.Context, lane bool, maxLine int, init func(*
 // closed at once). lane says whether a network failure marks the server
 // down unconditionally (see dialFailed).
 func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.Conn, uint32, error) {
-	ctx, cancel := context.WithTimeout(parent, p.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeoutCause(parent, p.cfg.DialTimeout, errDialTimeout)
 	defer cancel()
 	// Close ends every dial at once, whoever's context it runs under
 	// (Query and DialListener dial under the caller's).
 	defer context.AfterFunc(p.ctx, cancel)()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
 	if err != nil {
-		return nil, 0, p.dialFailed(parent, err, lane)
+		return nil, 0, p.dialFailed(parent, dialTimedOut(ctx, err), lane)
 	}
 	if p.tls != nil {
 		tc := tls.Client(nc, p.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close()
-			return nil, 0, p.dialFailed(parent, p.closedInHandshake(fmt.Errorf("TLS handshake: %w", err)), lane)
+			return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, fmt.Errorf("TLS handshake: %w", err))), lane)
 		}
 		nc = tc
 	}
@@ -118,8 +118,9 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	}
 	if err != nil {
 		_ = wc.Close()
-		var se *ServerError
-		if errors.As(err, &se) && errors.Is(se.Err, ErrAuth) {
+		// errors.Is, not errors.As: an error whose text held the token
+		// (redact) is no *ServerError, and must still be classified.
+		if errors.Is(err, ErrAuth) {
 			p.dialFailures.Add(1)
 			p.reached() // refused, but by the server
 			return nil, 0, err
@@ -131,9 +132,27 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 			p.reached()
 			return nil, 0, serverErr(p.cfg.Addr, ErrAuth, err)
 		}
-		return nil, 0, p.dialFailed(parent, p.closedInHandshake(err), lane)
+		return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, err)), lane)
 	}
 	return wc, ping, nil
+}
+
+// errDialTimeout is the cause of a handshake cut short by Config.DialTimeout.
+// It matches os.ErrDeadlineExceeded (as a read that timed out does), never
+// context.DeadlineExceeded, which would tell the caller that its own
+// context's deadline passed.
+var errDialTimeout = fmt.Errorf("dial timeout: %w", os.ErrDeadlineExceeded)
+
+// dialTimedOut rewrites err, a handshake failure, if DialTimeout ended the
+// handshake's ctx: a dialer, net.Dialer's connect and crypto/tls's handshake
+// then return the context's error (net's matches it too), which stays in
+// the text but leaves the chain for errDialTimeout. Any other err, and one
+// the caller's context ended, is returned as it is.
+func dialTimedOut(ctx context.Context, err error) error {
+	if context.Cause(ctx) != errDialTimeout || !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", errDialTimeout, err)
 }
 
 // errClosedInHandshake names the likely causes of a connection that the
