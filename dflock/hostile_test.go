@@ -204,25 +204,6 @@ func TestBadShardingStrategyNeitherPanicsNorBlocksClose(t *testing.T) {
 	}
 }
 
-// A broken server that pushes a wildcard pattern as a channel (dflockd
-// refuses to emit on one) reaches the subscription to that pattern once,
-// not twice: once as a literal lookup and again by the wildcard scan.
-func TestPushOnAWildcardChannelIsDeliveredOnce(t *testing.T) {
-	t.Parallel()
-	srv := newScriptedServer(t, func(cmd, key, arg string) string {
-		if cmd == "listen" {
-			return "ok\nsig a.* bogus\nsig a.b real"
-		}
-		return "error"
-	})
-	c := newClient(t, []string{srv.addr})
-	sub, err := c.Listen(testCtx(t), "a.*")
-	require.NoError(t, err)
-	assert.Equal(t, "bogus", recvC(t, sub).Payload)
-	assert.Equal(t, "real", recvC(t, sub).Payload)
-	assertEmpty(t, sub)
-}
-
 // A grant read by a blocking Lock whose caller gives up while the grant is
 // being confirmed (after a long wait the client renews it once before
 // returning it) is released on another connection, not only dropped with

@@ -109,8 +109,11 @@ func FuzzParsePush(f *testing.F) {
 		if !IsPush([]byte(line)) {
 			t.Fatal("parsed a line IsPush refuses")
 		}
-		if p.Channel == "" || strings.Contains(p.Channel, " ") {
+		if p.Channel == "" || strings.ContainsAny(p.Channel, " *>\t\x00") {
 			t.Fatalf("bad channel %q", p.Channel)
+		}
+		if p.Payload == "" {
+			t.Fatal("empty payload")
 		}
 		if got := "sig " + p.Channel + " " + p.Payload; got != string(trimCR([]byte(line))) {
 			t.Fatalf("push %+v does not reassemble to %q", p, line)

@@ -310,14 +310,22 @@ func IsPush(line []byte) bool { return bytes.HasPrefix(line, sigPrefix) }
 
 // ParsePush parses a `sig <channel> <payload>` line. The payload is
 // everything after the second space and may itself contain spaces.
+//
+// A push no emit could have caused is a protocol error: a channel with '*',
+// '>', TAB or NUL (every server refuses them in `signal`), or an empty
+// payload. A blank one is let through: v1.11.0 refused only empty payloads.
+// The line's length is the reader's to bound (MaxLongArg, §6.6).
 func ParsePush(line []byte) (Push, error) {
 	line = trimCR(line)
 	if !IsPush(line) {
 		return Push{}, protoErr(line, "not a sig push")
 	}
 	ch, payload, ok := cut(line[len(sigPrefix):])
-	if !ok || len(ch) == 0 {
+	if !ok || len(ch) == 0 || len(payload) == 0 {
 		return Push{}, protoErr(line, "push without channel and payload")
+	}
+	if bytes.ContainsAny(ch, "*>\t\x00") {
+		return Push{}, protoErr(line, "push on a channel no signal can have")
 	}
 	return Push{Channel: string(ch), Payload: string(payload)}, nil
 }

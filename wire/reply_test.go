@@ -269,7 +269,12 @@ func TestPushes(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Push{Channel: "ch", Payload: " leading"}, p)
 
-	for _, bad := range []string{"", "sig", "sig ", "sig ch", "sig  payload", "ok 1 2"} {
+	p, err = ParsePush([]byte("sig ch  "))
+	require.NoError(t, err, "a blank payload: v1.11.0 sends it")
+	assert.Equal(t, Push{Channel: "ch", Payload: " "}, p)
+
+	for _, bad := range []string{"", "sig", "sig ", "sig ch", "sig ch ", "sig  payload", "ok 1 2",
+		"sig a.* x", "sig a.> x", "sig a\tb x", "sig a\x00 x"} {
 		_, err := ParsePush([]byte(bad))
 		assert.ErrorIs(t, err, ErrProtocol, "%q", bad)
 	}
