@@ -361,7 +361,7 @@ func TestPinnedConnReuseUnderRenewals(t *testing.T) {
 // 2×KeepAlive (600 ms) serves, when it resumes, a try-acquire that the
 // keepalive gave up on and cut meanwhile, and its grant is the second
 // documented exception (a grant on its way when the connection breaks;
-// TestKeepaliveCutOfAStalledServerLeavesItsTryGrantUntilTheLease). The
+// TestKeepaliveCutOfAStalledServerReleasesItsTryGrant). The
 // last stall used to end as soon as the callers were done, often within
 // that range: the test failed once in 37 runs, and in 7 of 25 after a
 // change to the lane's dial path that only moved the timing.

@@ -501,9 +501,9 @@ func WithLogger(l *slog.Logger) Option {
 // WithHooks installs event callbacks. Default: none. Hooks run on the same
 // goroutine as the Logger's records (see WithLogger), one at a time: a hook
 // that blocks delays later hooks and records but never the Client's work.
-// A hook may call the Client, Close included; Close then returns only
-// after DefaultReleaseTimeout, since it waits for the queued callbacks and
-// the hook calling it is one of them.
+// A hook may call the Client, Close included; such a Close returns once
+// everything but the callbacks is done, as it cannot wait for the hook that
+// called it (see Hooks).
 //
 // WithHooks adds to the hooks of earlier WithHooks options instead of
 // replacing them: every set runs, in option order, so that an adapter's

@@ -200,7 +200,11 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // waits for the server's answer, at most DefaultReleaseTimeout (then a
 // queued ticket's connection is closed; a granted ticket's release is
 // answered in the background, as Release's is). A Wait in progress
-// returns. Cancel is idempotent; a ticket already waited for is not
+// returns: a grant it has read is released; its blocking wait is withdrawn
+// as a cancelled Lock's is, by closing its connection, so a grant the
+// server sends at that instant is ended by the server's auto-release on
+// disconnect (with that off, it is held until its lease runs out: see
+// docs/leases.md). Cancel is idempotent; a ticket already waited for is not
 // affected (release its Lock instead).
 func (t *Ticket) Cancel() error { return t.t.cancel() }
 
@@ -267,10 +271,11 @@ func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error)
 		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrTicketDone}
 	}
 	// Cancel ends a Wait in progress through its context, never by
-	// closing the connection under it: a grant that has already arrived is
+	// closing the connection itself: a grant that has already arrived is
 	// then either returned (and Cancel no longer affects it) or withdrawn
 	// by wait itself, so a Lock that Wait returns is never killed by a
-	// racing Cancel.
+	// racing Cancel. (A blocking wait still to run is withdrawn by wait,
+	// which closes the connection as any cancelled wait does.)
 	wctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	t.state, t.stopWait = ticketWaiting, stop
