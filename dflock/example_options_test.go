@@ -13,15 +13,6 @@ import (
 	"github.com/dflock-sdk/go/testutil"
 )
 
-// startServerWith is startServer with a configuration of the example's own.
-func startServerWith(cfg testutil.Config) (srv *testutil.Server, stop func()) {
-	srv, err := testutil.Start(cfg)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return srv, func() { _ = srv.Close() }
-}
-
 // A process that must not go on working without its lock learns of the
 // loss from OnLeaseLost. Here the server drops every connection, which
 // ends the leases they held.

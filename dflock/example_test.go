@@ -14,11 +14,17 @@ import (
 // startServer runs an in-process dflockd for the examples; in production
 // the Client points at real servers.
 func startServer() (addr string, stop func()) {
-	srv, err := testutil.Start(testutil.Config{})
+	srv, stop := startServerWith(testutil.Config{})
+	return srv.Addr(), stop
+}
+
+// startServerWith is startServer with a configuration of the example's own.
+func startServerWith(cfg testutil.Config) (srv *testutil.Server, stop func()) {
+	srv, err := testutil.Start(cfg)
 	if err != nil {
 		log.Fatal(err)
 	}
-	return srv.Addr(), func() { _ = srv.Close() }
+	return srv, func() { _ = srv.Close() }
 }
 
 func ExampleClient_Lock() {
