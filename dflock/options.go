@@ -324,6 +324,12 @@ func WithDialTimeout(d time.Duration) Option {
 
 // WithDialer replaces the function that opens TCP connections (TLS and auth
 // are still applied on top). Default: (&net.Dialer{}).DialContext.
+//
+// The connections' Write must report what it wrote as io.Writer says:
+// a write that fails having written nothing (n == 0) tells the Client that
+// its requests never reached the server, and a try-lock among them is sent
+// again on another connection. A wrapper that returns 0 with an error after
+// sending bytes could have one try granted twice.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }

@@ -1007,6 +1007,14 @@ func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 		// callers so (call.unsent). They are the oldest of those still
 		// unwritten: later senders appended to the other buffer.
 		c.bufN += inB
+		if c.bufN > c.q.n {
+			// A line read during the write was matched to one of b's
+			// requests, which never left: it answered nothing. Every
+			// call still queued is unwritten, and the connection is
+			// desynchronised (the reader breaks it).
+			c.bufN = c.q.n
+			c.desyncedLocked(&wire.ProtocolError{Reason: errUnsolicited.Error()})
+		}
 	}
 	if cap(b) <= maxKeepBuf {
 		c.spare = b[:0]
@@ -1503,7 +1511,7 @@ func (c *conn) fail(cause error) {
 	err := brokenErr(c.p.cfg.Addr, redact(cause, c.p.secret))
 	c.err = err
 	c.errp.Store(err)
-	written := c.q.n - c.bufN
+	written := max(c.q.n-c.bufN, 0) // bufN ≤ q.n (writeQueuedLocked); a bug must not panic here, under c.mu
 	pending := make([]*call, 0, c.q.n)
 	for cl := c.q.pop(); cl != nil; cl = c.q.pop() {
 		pending = append(pending, cl)

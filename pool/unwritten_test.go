@@ -4,8 +4,10 @@ package pool
 
 import (
 	"bufio"
+	"context"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -104,4 +106,110 @@ func TestOwnReplyBeforeTheRequestIsWrittenAnswersNothing(t *testing.T) {
 	require.Error(t, r.err, "the `error` (%v) is no reply to a request never written", r.r.Status)
 	assert.ErrorIs(t, c.Err(), wire.ErrProtocol, "the `error` broke the connection as unsolicited")
 	require.Eventually(t, c.readerExited, wait, time.Millisecond)
+}
+
+// gateConn holds a Write, once armed, until the test lets it go; the write
+// then fails having written nothing (as a write into a socket whose reset
+// has arrived does).
+type gateConn struct {
+	net.Conn
+	mu      sync.Mutex
+	armed   bool
+	blocked chan struct{} // closed when the armed Write starts waiting
+	release chan struct{}
+}
+
+func (c *gateConn) arm() (blocked <-chan struct{}, release func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.armed = true
+	c.blocked = make(chan struct{})
+	c.release = make(chan struct{})
+	return c.blocked, sync.OnceFunc(func() { close(c.release) })
+}
+
+func (c *gateConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	if !c.armed {
+		c.mu.Unlock()
+		return c.Conn.Write(b)
+	}
+	c.armed = false
+	blocked, release := c.blocked, c.release
+	c.mu.Unlock()
+	close(blocked)
+	<-release
+	return 0, syscall.ECONNRESET
+}
+
+type gateDialer struct {
+	mu    sync.Mutex
+	conns []*gateConn
+}
+
+func (d *gateDialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	gc := &gateConn{Conn: nc}
+	d.mu.Lock()
+	d.conns = append(d.conns, gc)
+	d.mu.Unlock()
+	return gc, nil
+}
+
+func (d *gateDialer) conn(i int) *gateConn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conns[i]
+}
+
+// A line that comes while a write is in progress is matched to a request
+// of that write (every request taken for the write counts as on the wire
+// meanwhile): here dflockd's `error` of a read timeout, its close not read
+// yet. If the write then fails having written nothing, writeQueuedLocked
+// must not put back as unwritten (bufN) a request that is no longer queued:
+// with bufN > q.n, fail, which the flush goroutine calls next, sliced its
+// pending calls at q.n - bufN < 0 and panicked, killing the process.
+func TestUnwrittenWriteWhoseRequestAStrayLineAnsweredBreaksCleanly(t *testing.T) {
+	t.Parallel()
+	stray := make(chan struct{})
+	var strayOnce sync.Once
+	sendStray := func() { strayOnce.Do(func() { close(stray) }) }
+	t.Cleanup(sendStray)
+	addr := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+		go func() {
+			<-stray
+			_, _ = c.Write([]byte("error\n"))
+		}()
+		for {
+			cmd, err := readRequest(r)
+			if err != nil {
+				return
+			}
+			if cmd == wire.CmdPing.String() {
+				_, _ = c.Write([]byte("ok\n"))
+			}
+		}
+	})
+	var gd gateDialer
+	p := newPool(t, Config{Addr: addr, Dial: gd.dial, LaneConns: 1})
+	_, c := laneOf(t, p) // a wrapped net.Conn: the flush goroutine writes
+	blocked, release := gd.conn(0).arm()
+	t.Cleanup(release)
+
+	res := goDo(ctxWait(t), p, wire.Request{Cmd: wire.CmdPing})
+	result(t, blocked, "the write")
+	sendStray()
+	// The reader takes the stray line for the ping's reply (a window of
+	// one write, known: the line cannot be told from a reply).
+	result(t, res, "Do")
+	// The write fails having written nothing.
+	release()
+	require.Eventually(t, func() bool { return c.Err() != nil }, wait, 1e6)
+	require.Eventually(t, c.readerExited, wait, 1e6)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	assert.GreaterOrEqual(t, c.q.n-c.bufN, 0)
 }
