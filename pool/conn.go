@@ -781,7 +781,13 @@ func (c *conn) claimTurnLocked() bool {
 	c.turn = turnCaller
 	var res probeResult
 	var cause error
+	var tlsErr error
+	if c.tls && c.wc.Buffered() == 0 {
+		tlsErr = c.pullTLSRecordLocked()
+	}
 	switch {
+	case tlsErr != nil:
+		res, cause = probeBroken, tlsErr
 	case c.wc.Buffered() > 0:
 		// Read along with the last reply: free to find, unlike the rest.
 		res, cause = probeBroken, errStrayBytes
@@ -825,6 +831,25 @@ func (c *conn) claimTurnLocked() bool {
 	return false
 }
 
+// pullTLSRecordLocked moves into wc's buffer a record that crypto/tls read
+// from the socket along with the last reply: it hands bufio one record per
+// Read, so a stray line (or a close_notify) that came in the same segment
+// sits in the tls.Conn, where neither wc.Buffered nor the socket probe sees
+// it. The read cannot wait (its deadline is past): a whole record already
+// read is decrypted without a system call, anything else fails at once and
+// consumes nothing (as greet's check does). It returns the connection's
+// break if the read found one (a close_notify reads as EOF). Called with
+// c.mu held by a caller claiming the turn: nobody else reads.
+func (c *conn) pullTLSRecordLocked() error {
+	_ = c.wc.SetReadDeadline(pastDeadline)
+	_, err := c.wc.AwaitLine()
+	_ = c.wc.SetReadDeadline(c.lingerUntil) // zero unless lingering
+	if err != nil && (!errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, wire.ErrConnBroken)) {
+		return err
+	}
+	return nil
+}
+
 // brokenWhileIdle reports whether an idle wait-pool connection that Acquire
 // is about to hand out was closed by the server (or sent bytes nobody asked
 // for) while its reader stood aside. puddle hands out the connection
@@ -866,6 +891,10 @@ var errStrayBytes = &wire.ProtocolError{Reason: "bytes received with no request 
 // reported as a protocol violation (errStrayBytes): the record cannot be
 // read without consuming it.
 var errTLSRecord = errors.New("TLS record received on an idle connection (under TLS 1.3, likely the server's close_notify)")
+
+// errTLSAlert breaks a quiet TLS connection on which the server sent an
+// alert: a close_notify before its FIN, or a fatal error.
+var errTLSAlert = errors.New("TLS alert received on an idle connection")
 
 // probeAfter: a caller claiming the turn skips the probe if a reply was
 // read this recently. The probe is a system call, as dear as a tenth of a

@@ -4,7 +4,6 @@ package pool
 
 import (
 	"crypto/tls"
-	"errors"
 	"io"
 	"net"
 	"syscall"
@@ -77,10 +76,6 @@ const (
 	tlsRecordHandshake = 22
 	tlsRecordData      = 23
 )
-
-// errTLSAlert breaks a quiet TLS connection on which the server sent an
-// alert: a close_notify before its FIN, or a fatal error.
-var errTLSAlert = errors.New("TLS alert received on an idle connection")
 
 // socketHasBytes reports whether bytes wait in nc's socket (under TLS, its
 // transport's), without consuming or waiting.

@@ -73,7 +73,12 @@ func (h *Conn) Request(ctx context.Context, req wire.Request, late func(i int, r
 // server, and the caller may send it once more on a connection of a new
 // Acquire, as database/sql does with a driver's ErrBadConn; a close found
 // later broke a request the server had (a queued wait), which must fail.
-func (h *Conn) StaleOnFirstUse(err error) bool { return h.reused && peerClosed(err) }
+func (h *Conn) StaleOnFirstUse(err error) bool {
+	// Under TLS the first request's probe may find the server's
+	// close_notify (a record, or an alert) before its FIN: as stale, and
+	// nothing was sent.
+	return h.reused && (peerClosed(err) || errors.Is(err, errTLSRecord) || errors.Is(err, errTLSAlert))
+}
 
 // Err is nil while the connection is usable; afterwards an error matching
 // wire.ErrConnBroken that names the server. It also matches ErrUnavailable
