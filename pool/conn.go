@@ -213,10 +213,11 @@ var pingReq = wire.Request{Cmd: wire.CmdPing}
 // do sends req and waits for its reply or for ctx. sent is false if nothing
 // was sent (context already done, connection already broken, request
 // refused by framed) or the connection broke before any byte of the request
-// was written (a reset the reader had not yet seen as the request went out). abandoned is true if ctx ended first: the
-// reply will still be read (and, if grantKey is set and the reply is a
-// grant, released at once on this connection); what else to do about the
-// abandoned exchange is the caller's decision.
+// was written (a reset the reader had not yet seen as the request went out).
+// abandoned is true if ctx ended first: the reply will still be read (and,
+// if grantKey is set and the reply is a grant, released at once on this
+// connection); what else to do about the abandoned exchange is the caller's
+// decision.
 //
 // The wait also ends when the pool's Config.Lifetime does (the error then
 // matches ErrClosed unless ctx has ended too).
