@@ -51,68 +51,36 @@ func (h *tlsHoldConn) setHold(on bool) error {
 	return err
 }
 
-// strayRecordTLSServer answers every request "ok" over TLS, except the first release,
-// which it answers "ok" twice (two records, one TCP write), and every later
-// release, which it answers "error".
+// strayRecordTLSServer answers every request "ok" over TLS, except the
+// first release, which it answers "ok" twice (two records, one TCP write),
+// and every later release, which it answers "error".
 func strayRecordTLSServer(t *testing.T, certs *testutil.TLSCerts) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
 	var releases atomic.Int32
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wrap := func(c net.Conn) net.Conn { return &tlsHoldConn{Conn: c} }
+	addr, _ := tlsFakeServer(t, certs, wrap, func(c *tls.Conn, under net.Conn, br *bufio.Reader) {
+		hc := under.(*tlsHoldConn)
 		for {
-			raw, err := ln.Accept()
+			cmd, err := readRequest(br)
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, raw)
-			mu.Unlock()
-			hc := &tlsHoldConn{Conn: raw}
-			c := tls.Server(hc, certs.ServerConfig())
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					cmd, err := readRequest(br)
-					if err != nil {
-						return
-					}
-					switch {
-					case cmd != wire.CmdRelease.String():
-						_, err = c.Write([]byte("ok\n"))
-					case releases.Add(1) == 1:
-						_ = hc.setHold(true)
-						_, _ = c.Write([]byte("ok\n"))
-						_, _ = c.Write([]byte("ok\n")) // one reply too many, a record of its own
-						err = hc.setHold(false)
-					default:
-						_, err = c.Write([]byte("error\n"))
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
+			switch {
+			case cmd != wire.CmdRelease.String():
+				_, err = c.Write([]byte("ok\n"))
+			case releases.Add(1) == 1:
+				_ = hc.setHold(true)
+				_, _ = c.Write([]byte("ok\n"))
+				_, _ = c.Write([]byte("ok\n")) // one reply too many, a record of its own
+				err = hc.setHold(false)
+			default:
+				_, err = c.Write([]byte("error\n"))
+			}
+			if err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
+	return addr
 }
 
 // TestTLSStrayRecordWithTheLastReplyIsNotTheNextReply is

@@ -744,8 +744,26 @@ func TestTurnStrayLineIsNotTheNextReply(t *testing.T) {
 // connections open so far as a Go server does, with a close_notify alert
 // before the FIN.
 func tlsServer(t *testing.T, certs *testutil.TLSCerts) (addr string, drop func()) {
+	return tlsFakeServer(t, certs, nil, func(c *tls.Conn, _ net.Conn, br *bufio.Reader) {
+		for {
+			if _, err := readRequest(br); err != nil {
+				return
+			}
+			if _, err := io.WriteString(c, "ok\n"); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// tlsFakeServer is fakeServer over TLS: handle serves each connection, c
+// over under, the accepted TCP connection as wrap (if not nil) wrapped it
+// to shape how records leave. drop closes the connections open so far with
+// a close_notify alert before the FIN, as a Go server does.
+func tlsFakeServer(t *testing.T, certs *testutil.TLSCerts, wrap func(net.Conn) net.Conn,
+	handle func(c *tls.Conn, under net.Conn, br *bufio.Reader)) (addr string, drop func()) {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerConfig())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	var (
 		mu    sync.Mutex
@@ -765,10 +783,14 @@ func tlsServer(t *testing.T, certs *testutil.TLSCerts) (addr string, drop func()
 	go func() {
 		defer wg.Done()
 		for {
-			c, err := ln.Accept()
+			under, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			if wrap != nil {
+				under = wrap(under)
+			}
+			c := tls.Server(under, certs.ServerConfig())
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
@@ -776,15 +798,7 @@ func tlsServer(t *testing.T, certs *testutil.TLSCerts) (addr string, drop func()
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := readRequest(br); err != nil {
-						return
-					}
-					if _, err := io.WriteString(c, "ok\n"); err != nil {
-						return
-					}
-				}
+				handle(c, under, bufio.NewReader(c))
 			}()
 		}
 	}()
