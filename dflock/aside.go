@@ -245,7 +245,7 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 		select {
 		case a = <-late:
 		case <-ctx.Done():
-			conn.Destroy()
+			conn.Destroy() // the job's time is up: no linger
 			// Sent aside, which this job's own running lets start while
 			// Close stops the jobs; after Close's deadline nothing can be.
 			c.releaseGrantIn(srv, req, awaitLate(late))
@@ -265,14 +265,26 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 }
 
 // releaseLateGrant watches late, the answer to req on a wait-pool
-// connection destroyed because its caller gave up. The reader may have
-// read a grant just before the destroy (it takes the call off the queue
-// under the connection's lock, then delivers outside it): that grant
-// reaches late, not the pool's OnReleaseLost, and is released aside here.
-// late is called exactly once, and promptly after the destroy: by the
-// reader, or by the destroy itself (with the error).
-func (c *Client) releaseLateGrant(srv *server, req wire.Request, late <-chan lateAnswer) {
-	c.jobs.start(func(context.Context) { c.releaseGrantIn(srv, req, awaitLate(late)) })
+// connection withdrawn (pool.Conn.Withdraw) because its caller gave up.
+// The reader may have read a grant just before the withdrawal (it takes the
+// call off the queue under the connection's lock, then delivers outside
+// it): that grant reaches late, not the pool's OnReleaseLost, and is
+// released aside here. late is called exactly once, and promptly after the
+// withdrawal: by the reader, or by the withdrawal itself (with the error).
+// The job then lasts while the half-closed connection is still read — a
+// grant that crossed the withdrawal goes to OnReleaseLost, whose release
+// aside may start during Close only while a job runs — so that Close, up
+// to its deadline, waits for the server to close its side too.
+func (c *Client) releaseLateGrant(srv *server, conn *pool.Conn, req wire.Request, late <-chan lateAnswer) {
+	// (Refused once Close has stopped the jobs: the pools' Close, next,
+	// closes the socket.)
+	c.jobs.start(func(ctx context.Context) {
+		c.releaseGrantIn(srv, req, awaitLate(late))
+		select {
+		case <-conn.ReaderDone():
+		case <-ctx.Done():
+		}
+	})
 }
 
 // awaitLate returns the answer late receives after its connection was

@@ -67,9 +67,13 @@
 // running with --auto-release-on-disconnect=false, both a grant whose reply
 // the client never reads, so that it cannot know the token the release
 // needs: a grant still on its way when a blocking wait's context is
-// cancelled (not timed out: then the client reads the server's answer, due
-// within a second, and releases it) is lost with the connection the client
-// closes to withdraw the wait; and a grant on its way when the connection
+// cancelled, on a server before v1.14 or a WithDialer connection that
+// cannot be half-closed, is lost with the connection the client closes to
+// withdraw the wait (elsewhere the client shuts only the connection's
+// sending side, reads on until the server closes its side, at most 2 s,
+// and releases a grant that crossed the withdrawal; a wait that timed out
+// has its answer, due within a second, read and released on any server);
+// and a grant on its way when the connection
 // breaks (a network fault, a proxy or the server cutting it) is lost with
 // the connection, the acquire failing with ErrServerUnavailable. Such a
 // grant stays held by nobody until its lease expires (docs/leases.md). The

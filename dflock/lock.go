@@ -356,9 +356,11 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 // background job reads it and gives back what it holds (settleLate: a
 // grant released on the same connection, a queue place withdrawn with
 // withdraw, for e/se). Otherwise (a wait cancelled, or ended by Close,
-// with an hour of server-side timeout to run) the connection is closed,
-// which withdraws the waiter on the server: the one case that can leave a
-// grant on its way held (docs/leases.md).
+// with an hour of server-side timeout to run) the connection is
+// half-closed (pool.Conn.Withdraw), which withdraws the waiter on the
+// server, and a grant that crossed the withdrawal is still read and
+// released elsewhere — unless the Client's Close closes the socket first,
+// the one case that can leave a grant on its way held (docs/leases.md).
 func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, req wire.Request,
 	withdraw func(context.Context, *pool.Conn)) (r wire.Reply, sent time.Time, err error) {
 	if err := opCtx.Err(); err != nil {
@@ -389,8 +391,8 @@ func (c *Client) exchange(opCtx context.Context, srv *server, conn *pool.Conn, r
 		if answerDueSoon(opCtx, req, sent) {
 			c.settleLate(srv, conn, req, late.ch, withdraw)
 		} else {
-			conn.Destroy()
-			c.releaseLateGrant(srv, req, late.ch)
+			conn.Withdraw()
+			c.releaseLateGrant(srv, conn, req, late.ch)
 		}
 		return wire.Reply{}, sent, err
 	}

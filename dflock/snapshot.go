@@ -84,7 +84,10 @@ type ConnCounts struct {
 	// Lingering: lane or wait-pool connections the keepalive gave up on,
 	// kept open (at most a minute) for the replies to requests they had
 	// written, so that a grant a stalled server makes when it resumes is
-	// released rather than left to a closed socket (see docs/leases.md).
+	// released rather than left to a closed socket; and wait-pool
+	// connections half-closed to withdraw a cancelled wait, read until the
+	// server closes its side (at most 2 s) for a grant that crossed the
+	// withdrawal (see docs/leases.md).
 	Lingering int
 }
 

@@ -201,11 +201,12 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // queued ticket's connection is closed; a granted ticket's release is
 // answered in the background, as Release's is). A Wait in progress
 // returns: a grant it has read is released; its blocking wait is withdrawn
-// as a cancelled Lock's is, by closing its connection, so a grant the
-// server sends at that instant is ended by the server's auto-release on
-// disconnect (with that off, it is held until its lease runs out: see
-// docs/leases.md). Cancel is idempotent; a ticket already waited for is not
-// affected (release its Lock instead).
+// as a cancelled Lock's is, by half-closing its connection, and a grant
+// the server sent at that instant is released when it arrives (on servers
+// before v1.14, the connection is closed, and such a grant is ended by the
+// server's auto-release on disconnect; with that off, it is held until its
+// lease runs out: see docs/leases.md). Cancel is idempotent; a ticket
+// already waited for is not affected (release its Lock instead).
 func (t *Ticket) Cancel() error { return t.t.cancel() }
 
 // Key returns the semaphore's key.
@@ -275,7 +276,7 @@ func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error)
 	// then either returned (and Cancel no longer affects it) or withdrawn
 	// by wait itself, so a Lock that Wait returns is never killed by a
 	// racing Cancel. (A blocking wait still to run is withdrawn by wait,
-	// which closes the connection as any cancelled wait does.)
+	// which half-closes the connection as any cancelled wait does.)
 	wctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	t.state, t.stopWait = ticketWaiting, stop

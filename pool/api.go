@@ -232,8 +232,10 @@ type Stats struct {
 	PinnedConns   int // acquired connections that own at least one lease
 	ListenerConns int // live listener connections (DialListener)
 	// LingeringConns: connections the keepalive broke that stay open (at
-	// most a minute) for the replies to what they had written (see
-	// OnReleaseLost). They are in no other count: their role is over.
+	// most a minute) for the replies to what they had written, and
+	// connections Conn.Withdraw half-closed, read until the server closes
+	// its side (at most 2 s; see OnReleaseLost). They are in no other
+	// count: their role is over.
 	LingeringConns int
 	Broken         int64 // connections that broke or were destroyed
 	IdleClosed     int64 // idle wait-pool connections closed by MaxIdleConns or MaxConnIdleTime (not in Broken)

@@ -1146,9 +1146,41 @@ func (c *conn) readReplies() {
 // for the replies to what it had written (see linger).
 const lingerFor = time.Minute
 
-// linger keeps reading a connection the keepalive broke (see fail), after
-// its callers got the error, until the replies to every request it had
-// written are read or lingerUntil passes, and hands a grant among them to
+// withdrawLingerFor bounds how long a connection Conn.Withdraw half-closed
+// stays open for the answer to its wait. What it waits for is a grant the
+// server wrote before it saw the half-close, so within a round trip of it;
+// dflockd v1.15+ closes its side as soon as it sees it. v1.14 sees nothing
+// until the wait ends, and its waiter stays queued whatever the client
+// does (docs/leases.md): the bound caps what that costs here.
+const withdrawLingerFor = 2 * time.Second
+
+// halfCloser returns what shuts the write side of nc's socket (under TLS,
+// of its transport's), or nil if nc has no such thing. Under TLS no
+// close_notify is sent: tls.Conn.CloseWrite may wait for a writer, and
+// Conn.Withdraw must not; the server's TLS layer reads the transport's end
+// as an error, which ends a blocked wait as an end of stream does.
+func halfCloser(nc net.Conn) interface{ CloseWrite() error } {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	hc, _ := nc.(interface{ CloseWrite() error })
+	return hc
+}
+
+// shutWrite shuts the write side of a connection that lingers to withdraw a
+// blocked wait (Conn.Withdraw), or closes it if that fails: the server
+// withdraws the waiter of a peer it sees gone, and what it wrote before
+// that is still read.
+func (c *conn) shutWrite() {
+	if err := halfCloser(c.wc.NetConn()).CloseWrite(); err != nil {
+		_ = c.wc.Close()
+	}
+}
+
+// linger keeps reading a connection the keepalive broke, or that
+// Conn.Withdraw half-closed (see fail), after its callers got the error,
+// until the replies to every request it had written are read or
+// lingerUntil passes, and hands a grant among them to
 // Config.OnReleaseLost; then it closes the socket. The server was only
 // slow, perhaps: paused, it reads those requests when it resumes — a
 // dflockd past its read deadline too, most of the time — and a grant it
@@ -1565,6 +1597,8 @@ func (c *conn) fail(cause error) {
 	c.wakeReader() // a parked reader exits, or lingers
 	if !lingers {
 		_ = c.wc.Close()
+	} else if errors.Is(cause, errWithdrawn) {
+		c.shutWrite()
 	}
 	for _, cl := range pending {
 		c.deliver(cl, wire.Reply{}, err)
@@ -1577,14 +1611,16 @@ func (c *conn) fail(cause error) {
 
 // lingersLocked decides, in fail, whether the connection lingers (see
 // linger) and records the orphans, written being the calls fail took out of
-// the queue that had been written. It lingers when the keepalive broke it
-// (no caller found it broken or desynchronised first: failWith) and one of
-// those could be answered with a grant that an owner could release
-// elsewhere; the socket then stays open, bounded by lingerFor, and
-// nothing more is written on it.
+// the queue that had been written. It lingers when the keepalive broke it,
+// or Conn.Withdraw (see there for when), no caller found it
+// broken or desynchronised first (failWith), and one of those could be
+// answered with a grant that an owner could release elsewhere; the socket
+// then stays open, bounded by lingerFor (withdrawLingerFor), and nothing
+// more is written on it.
 func (c *conn) lingersLocked(cause error, written []*call) bool {
 	c.orphans = c.orphans[:0]
-	lingers := errors.Is(cause, errNoReply) && c.failWith == nil && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
+	withdraw := errors.Is(cause, errWithdrawn) && c.supportsPing() && halfCloser(c.wc.NetConn()) != nil
+	lingers := (withdraw || errors.Is(cause, errNoReply)) && c.failWith == nil && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
 		slices.ContainsFunc(written, func(cl *call) bool { return cl.grantKey != "" })
 	if !lingers {
 		if len(written) > 0 && written[0].grantKey != "" {
@@ -1595,7 +1631,11 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	for _, cl := range written {
 		c.orphans = append(c.orphans, orphan{cl.cmd, cl.grantKey})
 	}
-	c.lingerUntil = time.Now().Add(lingerFor)
+	d := lingerFor
+	if withdraw {
+		d = withdrawLingerFor
+	}
+	c.lingerUntil = time.Now().Add(d)
 	// The pool's Close ends the linger by closing the socket, from now:
 	// the reader may still be in a read it began before the cut, not yet
 	// in linger, and that read's deadline is now lingerUntil.

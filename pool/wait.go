@@ -158,6 +158,33 @@ func (h *Conn) Destroy() {
 	}
 }
 
+// Withdraw ends the acquisition as Destroy does, for a blocking wait
+// (l/sl, w/sw) whose caller gave up: closing the connection is how the
+// server withdraws a waiter, but a grant it made the moment before it saw
+// the close would meet a closed socket, and a server with auto-release off
+// would hold it for nobody until its lease ran out. So Withdraw shuts only
+// the socket's write side (a FIN, under TLS too): dflockd v1.15+
+// withdraws the waiter of a peer it sees gone and closes its side, while a
+// grant written before that is still read — for at most 2 s — and handed
+// to Config.OnReleaseLost, which releases it elsewhere. A connection that
+// cannot be half-closed (a WithDialer conn without CloseWrite), one to a
+// server before v1.14 (no ping), which does not look at the connection
+// before its wait ends (the socket would only be held for nothing), or a
+// pool without OnReleaseLost, is closed as by Destroy.
+func (h *Conn) Withdraw() {
+	if h.takeOut() {
+		h.c.fail(errWithdrawn)
+		h.res.Destroy()
+	}
+}
+
+// ReaderDone returns a channel closed once the connection's reader has
+// exited: the connection is broken and its socket closed, and what the
+// reader read was handed on. For a connection Withdraw half-closed, that is
+// when the server has closed its side, or at most 2 s after the Withdraw
+// (or at the pool's Close).
+func (h *Conn) ReaderDone() <-chan struct{} { return h.c.readerDone }
+
 // AwaitReader waits, at most for guard, until the reader of a broken (say,
 // destroyed) connection has exited: what it read just before the close —
 // a grant for a call the close failed, which it hands to
