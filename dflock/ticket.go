@@ -49,6 +49,9 @@ type ticket struct {
 	grant     *held                   // acquired: the lease
 	stopWait  context.CancelCauseFunc // waiting: ends the Wait in progress
 	cancelled bool
+	// given: the grant Cancel released (granted at enqueue), whose
+	// release's outcome a later Cancel repeats, as Release does.
+	given *held
 }
 
 type ticketState uint8
@@ -205,8 +208,10 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // the server sent at that instant is released when it arrives (on servers
 // before v1.14, the connection is closed, and such a grant is ended by the
 // server's auto-release on disconnect; with that off, it is held until its
-// lease runs out: see docs/leases.md). Cancel is idempotent; a ticket
-// already waited for is not affected (release its Lock instead).
+// lease runs out: see docs/leases.md). Cancel is idempotent: a later call
+// returns what the release of a grant returned, as Release does, and nil
+// otherwise. A ticket already waited for is not affected (release its Lock
+// instead).
 func (t *Ticket) Cancel() error { return t.t.cancel() }
 
 // Key returns the semaphore's key.
@@ -432,9 +437,14 @@ func (t *ticket) cancel() error {
 		t.c.leave()
 		stop(ErrTicketDone) // wait withdraws the place (destroys its connection)
 		return nil
-	case ticketAcquired:
+	case ticketAcquired, ticketDone:
 		h := t.grant
-		t.state, t.grant, t.cancelled = ticketDone, nil, true
+		if t.state == ticketDone {
+			if h = t.given; h == nil {
+				break // waited for, timed out, or withdrawn: nothing to give back
+			}
+		}
+		t.state, t.grant, t.given, t.cancelled = ticketDone, nil, h, true
 		t.mu.Unlock()
 		// Not counted here: the release is an operation of its own, which
 		// waits for Close if Close has begun (Close waiting for this one
