@@ -83,7 +83,8 @@ soak:
 GOFILES = find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*'
 lint:
 	@files=$$($(GOFILES)); test -n "$$files" || { echo "lint: no Go files found under $$(pwd)"; exit 1; }; \
-	unformatted=$$(gofmt -l $$files); \
+	gofmt="$$($(GO) env GOROOT)/bin/gofmt"; \
+	unformatted=$$("$$gofmt" -l $$files) || { echo "lint: $$gofmt failed" >&2; exit 1; }; \
 	test -z "$$unformatted" || { echo "gofmt needed:"; echo "$$unformatted"; exit 1; }
 	$(GO) tool -modfile=.ci/tools.mod staticcheck $(PKGS)
 

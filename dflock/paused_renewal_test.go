@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,9 +28,13 @@ func TestRenewalAnsweredBareErrorByAPausedServerIsReleased(t *testing.T) {
 	require.NoError(t, err)
 	err = pastReadDeadlineInAStall(t, srv, func() error { return l.Renew(ctx) })
 	require.ErrorIs(t, err, ErrLockLost)
-	if !errors.Is(err, renew.ErrMaybeUnapplied) {
+	// Skipped only if the server did not answer the bare error (the
+	// machine too slow for the timing): a bare error taken for a plain
+	// refusal is the bug, and fails.
+	if !errors.Is(err, renew.ErrMaybeUnapplied) && !strings.HasSuffix(err.Error(), "server answered error") {
 		t.Skipf("the renewal was not answered the bare error (the machine was too slow for the timing): %v", err)
 	}
+	require.ErrorIs(t, err, renew.ErrMaybeUnapplied, "the bare error was taken for a plain refusal: nothing releases the lock")
 	require.Eventually(t, func() bool { return !lockHeld(srv, "paused-renew") }, testTimeout, time.Millisecond,
 		"the lock stays held by nobody (held by conn %d) until its 30 s lease runs out", holderOf(srv, "paused-renew"))
 }

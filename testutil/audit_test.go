@@ -412,39 +412,38 @@ func TestAuditManyClientsKeepTheInvariants(t *testing.T) {
 	t.Parallel()
 	srv, log := auditServer(t, Config{SweepInterval: 20 * time.Millisecond})
 	const clients, rounds = 6, 12
-	conns := make([]*rawConn, clients)
-	for i := range conns {
-		conns[i] = dialSrv(t, srv)
-	}
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.close() // auto-releases what is still held
-			for j := range rounds {
-				line := c.req("sl", "s", "5 2 1")
-				if line == "timeout" {
-					continue
+	// Parallel subtests, not goroutines: the raw-connection helpers
+	// require, which must run on the test's own goroutine. The group
+	// returns when all have.
+	t.Run("clients", func(t *testing.T) {
+		for i := range clients {
+			t.Run(fmt.Sprint(i), func(t *testing.T) {
+				t.Parallel()
+				c := dialSrv(t, srv)
+				defer c.close() // auto-releases what is still held
+				for j := range rounds {
+					line := c.req("sl", "s", "5 2 1")
+					if line == "timeout" {
+						continue
+					}
+					tok := parseGrant(t, line, "ok", 1)
+					switch {
+					case j == rounds-1:
+						// left to the disconnect
+					case j%3 == 2 && i == 0:
+						// left to expire
+					case j%3 == 1:
+						c.send("sn", "s", tok+" 1")
+						c.readLine() // ok, or error if it lapsed meanwhile
+						fallthrough
+					default:
+						c.send("sr", "s", tok)
+						c.readLine()
+					}
 				}
-				tok := parseGrant(t, line, "ok", 1)
-				switch {
-				case j == rounds-1:
-					// left to the disconnect
-				case j%3 == 2 && i == 0:
-					// left to expire
-				case j%3 == 1:
-					c.send("sn", "s", tok+" 1")
-					c.readLine() // ok, or error if it lapsed meanwhile
-					fallthrough
-				default:
-					c.send("sr", "s", tok)
-					c.readLine()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+			})
+		}
+	})
 	waitConns(t, srv, 0)
 	require.NoError(t, srv.Close())
 	evs := log.events()

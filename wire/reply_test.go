@@ -61,6 +61,9 @@ func TestParseReplyShapes(t *testing.T) {
 		{"grant with fence and more", "ok t 5 42 future stuff", CmdWait,
 			Reply{Status: StatusOK, Word: "ok", Token: "t", Lease: 5, Fence: 42, HasFence: true}},
 		{"grant with unknown 4th field", "ok t 5 x=1", CmdLock, Reply{Status: StatusOK, Word: "ok", Token: "t", Lease: 5}},
+		// Past 2^64 a number must not wrap (2^64+5 read as 5): no fence.
+		{"grant with fence past 2^64", "ok t 5 18446744073709551621", CmdLock, Reply{Status: StatusOK, Word: "ok", Token: "t", Lease: 5}},
+		{"renew with fence past 2^64", "ok 33 18446744073709551616", CmdRenew, Reply{Status: StatusOK, Word: "ok", Lease: 33}},
 		{"renew with fence", "ok 33 7", CmdRenew, Reply{Status: StatusOK, Word: "ok", Lease: 33, Fence: 7, HasFence: true}},
 		{"sem renew", "ok 12", CmdSemRenew, Reply{Status: StatusOK, Word: "ok", Lease: 12}},
 		{"renew with unknown field", "ok 12 zz", CmdSemRenew, Reply{Status: StatusOK, Word: "ok", Lease: 12}},
@@ -122,6 +125,8 @@ func TestParseReplyRejectsMalformedLines(t *testing.T) {
 		{"grant with bad lease", "ok " + tok + " 3x", CmdLock},
 		{"grant with negative lease", "ok " + tok + " -3", CmdLock},
 		{"grant with overflowing lease", "ok " + tok + " 9223372036854775808", CmdLock},
+		{"grant with lease past 2^64", "ok " + tok + " 18446744073709551621", CmdLock},
+		{"renew past 2^64", "ok 18446744073709551621", CmdRenew},
 		{"grant with empty lease", "ok " + tok + " ", CmdLock},
 		{"acquired for l", "acquired " + tok + " 33", CmdLock},
 		{"acquired for w", "acquired " + tok + " 33", CmdWait},
