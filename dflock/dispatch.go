@@ -50,9 +50,15 @@ type dispatcher struct {
 	// against whatever the program tore down since.
 	abandoned atomic.Bool
 
-	lossMu      sync.Mutex
-	losses      []func()
-	lossPending int // queued and not yet run (the batch running's rest included)
+	lossMu sync.Mutex
+	losses []func()
+	// batch is the losses runLosses took, batch[batchNext:] those not yet
+	// begun: kept here, not on runLosses' stack, so that dropQueued can
+	// drop the rest of a batch whose handler is stuck, and a goroutine
+	// that replaces one a callback ended (Goexit) carries on with it.
+	batch       []func()
+	batchNext   int
+	lossPending int // queued and not yet begun (the batch's rest included)
 
 	// gid is the id of the dispatcher's goroutine: a hook that calls
 	// Client.Close runs on it, and Close must not wait for it (onDispatcher).
@@ -114,35 +120,29 @@ func (d *dispatcher) lossesFirst() {
 	}
 }
 
-// runLosses runs the loss reports queued so far.
+// runLosses runs the loss reports queued so far, after the rest of a batch
+// a callback's Goexit left.
 func (d *dispatcher) runLosses() {
 	d.lossMu.Lock()
-	fs := d.losses
-	d.losses = nil
-	d.lossMu.Unlock()
-	i := 0
-	defer func() {
-		if i == len(fs) {
-			return
-		}
-		// fs[i] called runtime.Goexit: it ran; the rest of the batch goes
-		// back to the front of the queue for the next goroutine (run).
-		d.lossMu.Lock()
-		d.lossPending--
-		d.losses = append(fs[i+1:len(fs):len(fs)], d.losses...)
-		d.lossMu.Unlock()
-		select {
-		case d.lossReady <- struct{}{}:
-		default:
-		}
-	}()
-	for ; i < len(fs); i++ {
-		d.call(fs[i])
-		fs[i] = nil
-		d.lossMu.Lock()
-		d.lossPending-- // ran: no longer waiting
-		d.lossMu.Unlock()
+	if d.batchNext < len(d.batch) {
+		d.batch = append(d.batch[d.batchNext:len(d.batch):len(d.batch)], d.losses...)
+		clear(d.losses)
+		d.losses = d.losses[:0]
+	} else {
+		d.batch, d.losses = d.losses, nil
 	}
+	d.batchNext = 0
+	for d.batchNext < len(d.batch) {
+		f := d.batch[d.batchNext]
+		d.batch[d.batchNext] = nil
+		d.batchNext++
+		d.lossPending--
+		d.lossMu.Unlock()
+		d.call(f)
+		d.lossMu.Lock()
+	}
+	d.batch, d.batchNext = nil, 0
+	d.lossMu.Unlock()
 }
 
 func (d *dispatcher) run() {
@@ -151,6 +151,11 @@ func (d *dispatcher) run() {
 		if d.goexited {
 			d.goexited = false
 			go d.run()
+			// The rest of a batch of losses the callback ended.
+			select {
+			case d.lossReady <- struct{}{}:
+			default:
+			}
 			return
 		}
 		close(d.exited)
@@ -233,8 +238,8 @@ func (d *dispatcher) stop(wait time.Duration) {
 // dropQueued counts as dropped, when stop gives up, what is queued: it
 // will never run, and Snapshot after Close must say so. Each call is taken
 // from q once, by this or by the dispatcher (whose call counts it once it
-// sees abandoned); so are the queued losses. The rest of a batch of losses
-// the stuck handler belongs to is counted when (if) it returns.
+// sees abandoned); so are the queued losses, and the rest of a batch of
+// losses the stuck handler belongs to (which itself runs, if it returns).
 func (d *dispatcher) dropQueued() {
 	for drained := false; !drained; {
 		select {
@@ -245,9 +250,11 @@ func (d *dispatcher) dropQueued() {
 		}
 	}
 	d.lossMu.Lock()
-	n := len(d.losses)
+	n := len(d.losses) + len(d.batch) - d.batchNext
 	clear(d.losses)
 	d.losses = d.losses[:0]
+	clear(d.batch[d.batchNext:])
+	d.batch = d.batch[:d.batchNext]
 	d.lossPending -= n
 	d.lossMu.Unlock()
 	d.dropped.Add(int64(n))
