@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -401,6 +402,38 @@ func TestHostileStatsAmplification(t *testing.T) {
 			tc.entry, n, len(reply), alloc>>20, float64(alloc)/float64(len(reply)))
 		// Reading a reply this long costs ~5x it (the refused cases); the
 		// parse of real-sized entries about as much again.
+		assert.Less(t, alloc, uint64(12*len(reply)), "allocation far beyond the WithMaxStatsReply cap")
+	}
+}
+
+// The same 3 MiB as top-level fields: tiny unknown ones, or a known one
+// repeated, are refused (a field twice; more than a server sends). Parsed,
+// they cost 18–51x the reply (found by review).
+func TestHostileStatsAmplificationByFields(t *testing.T) {
+	for _, field := range []string{`,"a":0`, `,"locks":null`, `,"locks":[]`} {
+		n := (3 << 20) / len(field)
+		var b strings.Builder
+		b.WriteString(`ok {"connections":1`)
+		for i := range n {
+			if field == `,"a":0` {
+				b.WriteString(`,"a` + strconv.Itoa(i) + `":0`) // distinct names
+				continue
+			}
+			b.WriteString(field)
+		}
+		b.WriteString("}\n")
+		reply := b.String()
+		addr := statsServer(t, reply)
+		c := newClient(t, []string{addr})
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := c.Stats(testCtx(t))
+		runtime.ReadMemStats(&after)
+		require.ErrorIs(t, err, wire.ErrProtocol, "%s x %d", field, n)
+		alloc := after.TotalAlloc - before.TotalAlloc
+		t.Logf("%s x %d: reply %d bytes; allocated %d MiB (%.1fx the reply); %v",
+			field, n, len(reply), alloc>>20, float64(alloc)/float64(len(reply)), err)
 		assert.Less(t, alloc, uint64(12*len(reply)), "allocation far beyond the WithMaxStatsReply cap")
 	}
 }

@@ -324,7 +324,10 @@ func seconds(f float64) time.Duration {
 // three bytes each, each a struct of tens of bytes) made the client
 // allocate ~140 times the reply's size, gigabytes under the default
 // WithMaxStatsReply; with entries of at least their real size, parsing
-// costs a few times the reply (TestHostileStatsAmplification).
+// costs a few times the reply (TestHostileStatsAmplification). For the
+// same reason it refuses a field that comes twice (JSON from a server never
+// repeats one) and more than maxStatsFields fields: tens of thousands of
+// tiny ones (`,"a":0`) cost some 50 times the reply.
 func parseServerState(doc string) (*ServerState, error) {
 	bad := func(reason string) error {
 		return &wire.ProtocolError{Line: doc[:min(len(doc), 64)], Reason: "stats reply is not the expected JSON: " + reason}
@@ -334,12 +337,21 @@ func parseServerState(doc string) (*ServerState, error) {
 		return nil, bad("not an object")
 	}
 	st := &ServerState{}
+	seen := make(map[string]struct{}, 8)
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
 			return nil, bad(err.Error())
 		}
-		switch name, _ := tok.(string); name {
+		name, _ := tok.(string)
+		if _, dup := seen[name]; dup {
+			return nil, bad(fmt.Sprintf("field %.64q twice", name))
+		}
+		if len(seen) == maxStatsFields {
+			return nil, bad(fmt.Sprintf("more than %d fields", maxStatsFields))
+		}
+		seen[name] = struct{}{}
+		switch name {
 		case "connections":
 			err = dec.Decode(&st.Connections)
 		case "locks":
@@ -383,6 +395,10 @@ func parseServerState(doc string) (*ServerState, error) {
 	}
 	return st, nil
 }
+
+// maxStatsFields bounds the fields of a `stats` reply's object: servers send
+// six (v1.11–v1.16), later ones a few more.
+const maxStatsFields = 64
 
 // The shortest entries a server sends: every field, a one-byte key, zeros
 // (`{"key":"a","idle_s":0}`; a channel's group is left out when empty).
