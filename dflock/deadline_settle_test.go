@@ -46,25 +46,7 @@ func TestBlockingWaitPastItsDeadlineReleasesAGrantOnItsWay(t *testing.T) {
 			deadline := time.Now().Add(1500 * time.Millisecond)
 			wctx, cancel := context.WithDeadline(ctx, deadline)
 			defer cancel()
-			errc := make(chan error, 1)
-			go func() {
-				var l interface{ Release(context.Context) error }
-				var err error
-				if tk != nil {
-					l, err = tk.Wait(wctx)
-				} else {
-					l, err = c.Lock(wctx, "k")
-				}
-				if err == nil {
-					_ = l.Release(ctx)
-				}
-				errc <- err
-			}()
-			if tk == nil {
-				awaitWaiters(t, ctx, srv, "k", 1)
-			} else {
-				awaitRequests(t, ctx, srv, "w", 1)
-			}
+			errc := blockedWait(t, ctx, wctx, srv, c, tk, "k")
 			time.Sleep(time.Until(deadline.Add(-150 * time.Millisecond)))
 			require.NoError(t, h.Release(ctx)) // granted to c's wait: the grant is in the proxy
 			err = <-errc

@@ -384,20 +384,13 @@ func TestHostileStatsAmplification(t *testing.T) {
 		}
 		doc.WriteString("]}\n")
 		reply := doc.String()
-		addr := statsServer(t, reply)
-		c := newClient(t, []string{addr})
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		st, err := c.Stats(testCtx(t))
-		runtime.ReadMemStats(&after)
+		st, alloc, err := statsAllocs(t, reply)
 		if tc.ok {
 			require.NoError(t, err)
 			require.Len(t, st.Servers[0].State.Locks, n)
 		} else {
 			require.ErrorIs(t, err, wire.ErrProtocol, "entries without a key")
 		}
-		alloc := after.TotalAlloc - before.TotalAlloc
 		t.Logf("%s x %d: reply %d bytes; allocated %d MiB (%.1fx the reply)",
 			tc.entry, n, len(reply), alloc>>20, float64(alloc)/float64(len(reply)))
 		// Reading a reply this long costs ~5x it (the refused cases); the
@@ -423,19 +416,24 @@ func TestHostileStatsAmplificationByFields(t *testing.T) {
 		}
 		b.WriteString("}\n")
 		reply := b.String()
-		addr := statsServer(t, reply)
-		c := newClient(t, []string{addr})
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		_, err := c.Stats(testCtx(t))
-		runtime.ReadMemStats(&after)
+		_, alloc, err := statsAllocs(t, reply)
 		require.ErrorIs(t, err, wire.ErrProtocol, "%s x %d", field, n)
-		alloc := after.TotalAlloc - before.TotalAlloc
 		t.Logf("%s x %d: reply %d bytes; allocated %d MiB (%.1fx the reply); %v",
 			field, n, len(reply), alloc>>20, float64(alloc)/float64(len(reply)), err)
 		assert.Less(t, alloc, uint64(12*len(reply)), "allocation far beyond the WithMaxStatsReply cap")
 	}
+}
+
+// statsAllocs runs Client.Stats against a server answering reply, and
+// returns what it allocated meanwhile (the server's writes included).
+func statsAllocs(t *testing.T, reply string) (Stats, uint64, error) {
+	c := newClient(t, []string{statsServer(t, reply)})
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	st, err := c.Stats(testCtx(t))
+	runtime.ReadMemStats(&after)
+	return st, after.TotalAlloc - before.TotalAlloc, err
 }
 
 // A TLS server that accepts TCP and never answers the ClientHello.

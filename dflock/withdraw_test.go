@@ -48,25 +48,7 @@ func TestCancelledWaitWhoseGrantCrossesTheWithdrawalIsReleased(t *testing.T) {
 			px.SetLatency(300 * time.Millisecond)
 			wctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			errc := make(chan error, 1)
-			go func() {
-				var l interface{ Release(context.Context) error }
-				var err error
-				if tk != nil {
-					l, err = tk.Wait(wctx)
-				} else {
-					l, err = c.Lock(wctx, "k")
-				}
-				if err == nil {
-					_ = l.Release(ctx)
-				}
-				errc <- err
-			}()
-			if tk == nil {
-				awaitWaiters(t, ctx, srv, "k", 1)
-			} else {
-				awaitRequests(t, ctx, srv, "w", 1)
-			}
+			errc := blockedWait(t, ctx, wctx, srv, c, tk, "k")
 			if name == "Ticket.Cancel" {
 				require.NoError(t, tk.Cancel())
 			} else {
@@ -110,4 +92,31 @@ func TestCloseWithdrawsABlockedWaitAndReleasesAGrantThatCrossedIt(t *testing.T) 
 	require.NoError(t, <-closed)
 	assert.Eventually(t, func() bool { return !lockHeld(srv, "k") }, DefaultReleaseTimeout, 5*time.Millisecond,
 		"Close left the grant that crossed its withdrawal held by nobody: %+v", srv.Stats())
+}
+
+// blockedWait starts a blocking wait for key on c — tk's Wait, or a Lock if
+// tk is nil — under wctx, returns once the server has it, and sends its
+// error (releasing what it got) on the channel returned.
+func blockedWait(t *testing.T, ctx, wctx context.Context, srv *testutil.Server, c *Client, tk *Ticket, key string) <-chan error {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		var l interface{ Release(context.Context) error }
+		var err error
+		if tk != nil {
+			l, err = tk.Wait(wctx)
+		} else {
+			l, err = c.Lock(wctx, key)
+		}
+		if err == nil {
+			_ = l.Release(ctx)
+		}
+		errc <- err
+	}()
+	if tk == nil {
+		awaitWaiters(t, ctx, srv, key, 1)
+	} else {
+		awaitRequests(t, ctx, srv, "w", 1)
+	}
+	return errc
 }
