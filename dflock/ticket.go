@@ -412,6 +412,14 @@ func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 // queued place counts as an operation, so that Close, which withdraws the
 // queued tickets it finds, waits for one this Cancel took out of its reach.
 func (t *ticket) cancel() error {
+	t.mu.Lock()
+	given := t.given
+	t.mu.Unlock()
+	if given != nil {
+		// The outcome of the release an earlier Cancel made, which Release
+		// repeats after Close too.
+		return releaseGiven(given)
+	}
 	if !t.c.enter() {
 		// Close has begun: it withdraws the ticket (closeAll) or
 		// releases its lease.
@@ -451,13 +459,19 @@ func (t *ticket) cancel() error {
 		// would then wait for ever), and the lease is the scheduler's
 		// until released, so Close releases it if this comes too late.
 		t.c.leave()
-		ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
-		defer cancel()
-		return h.release(ctx)
+		return releaseGiven(h)
 	}
 	t.mu.Unlock()
 	t.c.leave()
 	return nil
+}
+
+// releaseGiven releases h, the grant of a cancelled ticket, waiting for the
+// server at most DefaultReleaseTimeout.
+func releaseGiven(h *held) error {
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+	defer cancel()
+	return h.release(ctx)
 }
 
 // abandon is Cancel for Close: a queued ticket gives up its place (ctx

@@ -29,3 +29,21 @@ func TestRepeatedCancelOfAGrantedTicketRepeatsItsOutcome(t *testing.T) {
 		assert.Equal(t, first.Error(), again.Error())
 	}
 }
+
+// After Close too, as Release's does (found by review: nil, though Close
+// had not given this ticket up: the first Cancel had released it).
+func TestRepeatedCancelAfterCloseRepeatsItsOutcome(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+	srv.DropConnections() // the lease is lost with its connection
+	first := tk.Cancel()
+	require.ErrorIs(t, first, ErrLockLost)
+	require.NoError(t, c.Close())
+	again := tk.Cancel()
+	require.ErrorIs(t, again, ErrLockLost, "a Cancel after Close forgot the outcome of the release the first Cancel made")
+}

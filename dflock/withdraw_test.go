@@ -2,6 +2,8 @@ package dflock
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
 )
 
 // A blocked wait whose caller cancels it is withdrawn by a half-close: a
@@ -92,6 +95,63 @@ func TestCloseWithdrawsABlockedWaitAndReleasesAGrantThatCrossedIt(t *testing.T) 
 	require.NoError(t, <-closed)
 	assert.Eventually(t, func() bool { return !lockHeld(srv, "k") }, DefaultReleaseTimeout, 5*time.Millisecond,
 		"Close left the grant that crossed its withdrawal held by nobody: %+v", srv.Stats())
+}
+
+// A blocked wait the caller cancels is withdrawn by the client itself
+// (pool.Conn.Withdraw): a break the client causes does not match
+// ErrServerUnavailable (docs/architecture.md), as it did not when the
+// connection was destroyed. (Found by the review of the half-close: the
+// OnConnBroken error claimed the server had broken it.)
+func TestWithdrawnWaitIsNotReportedAsServerUnavailable(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"Lock", "Ticket.Cancel"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{})
+			var mu sync.Mutex
+			var broken []error
+			hooks := Hooks{OnConnBroken: func(_ string, err error) {
+				mu.Lock()
+				broken = append(broken, err)
+				mu.Unlock()
+			}}
+			holder := newClient(t, addrsOf(srv))
+			c := newClient(t, addrsOf(srv), WithHooks(hooks))
+			ctx := testCtx(t)
+
+			h, err := holder.Lock(ctx, "k")
+			require.NoError(t, err)
+			defer func() { _ = h.Release(ctx) }()
+
+			var tk *Ticket
+			if name == "Ticket.Cancel" {
+				tk, err = c.Enqueue(ctx, "k")
+				require.NoError(t, err)
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			errc := blockedWait(t, ctx, wctx, srv, c, tk, "k")
+			if tk != nil {
+				require.NoError(t, tk.Cancel())
+			} else {
+				cancel()
+			}
+			require.ErrorIs(t, <-errc, ErrNotAcquired)
+
+			require.Eventually(t, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(broken) > 0
+			}, 2*DefaultReleaseTimeout, 5*time.Millisecond, "OnConnBroken never reported the withdrawn connection")
+			mu.Lock()
+			defer mu.Unlock()
+			for _, err := range broken {
+				assert.ErrorIs(t, err, wire.ErrConnBroken)
+				assert.False(t, errors.Is(err, ErrServerUnavailable),
+					"a wait the client withdrew is reported as a server-caused break: %v", err)
+			}
+		})
+	}
 }
 
 // blockedWait starts a blocking wait for key on c — tk's Wait, or a Lock if

@@ -60,7 +60,7 @@ func brokenErr(addr string, cause error) *ServerError {
 			cause = u
 		}
 	}
-	if errors.Is(cause, errDestroyed) || errors.Is(cause, ErrClosed) {
+	if errors.Is(cause, errDestroyed) || errors.Is(cause, errWithdrawn) || errors.Is(cause, ErrClosed) {
 		return serverErr(addr, wire.ErrConnBroken, cause)
 	}
 	return serverErr(addr, ErrUnavailable, &connBrokenError{cause: cause})
