@@ -73,7 +73,7 @@ func (s *Semaphore) Release(ctx context.Context) error { return s.h.release(ctx)
 
 // newSemaphore wraps the result of an acquire as a Semaphore.
 func newSemaphore(h *held, err error) (*Semaphore, error) {
-	if err != nil {
+	if err := handOver(h, err); err != nil {
 		return nil, err
 	}
 	return (*Semaphore)(&h.handle), nil // see newLock

@@ -128,6 +128,21 @@ func (l *Lease) Err() error {
 	return nil
 }
 
+// Overdue reports whether the lease's loss deadline (its last confirmed
+// send + TTL − the safety margin) has passed while it is still tracked: the
+// scheduler declares it lost at its next round, which is due at once. An
+// acquire whose grant, or the renewal confirming it, was answered that late
+// must not hand the lease over as held.
+func (l *Lease) Overdue() bool {
+	s := l.s
+	if s == nil || l.ended.Load() {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return l.idx >= 0 && l.deadline <= s.now()
+}
+
 // Context is cancelled when Done closes; context.Cause gives Err(). It is
 // created on first use.
 func (l *Lease) Context() context.Context {

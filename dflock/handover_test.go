@@ -1,0 +1,53 @@
+package dflock
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// A grant that came long after its request is confirmed by a renewal
+// first; if that renewal is answered only after the lease's life, counted
+// from its send, has run out, the lease is lost by the client's own clock
+// before Lock can return it. Lock then fails (not acquired, lock lost)
+// instead of handing over a Lock already lost, which its caller would
+// believe held for a moment after the server's lease had ended (found by
+// the chaos soak, where a blackhole held the confirming renewal's answer).
+func TestLockWhoseConfirmingRenewalAnswersTooLateIsNotHandedOver(t *testing.T) {
+	t.Parallel()
+	var renewals atomic.Int64
+	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		out := "ok\n"
+		switch f[0] {
+		case "l":
+			time.Sleep(400 * time.Millisecond) // > a quarter of the lease: confirmed
+			out = "ok 0123456789abcdef0123456789abcdef 1\n"
+		case "n":
+			renewals.Add(1)
+			time.Sleep(1500 * time.Millisecond) // past the 1 s lease's life
+			out = "ok 1\n"
+		}
+		_, err := nc.Write([]byte(out))
+		return err == nil
+	})
+	c := newClient(t, []string{addr})
+	l, err := c.Lock(testCtx(t), "k", LeaseTTL(time.Second))
+	if err == nil {
+		lerr := l.Err()
+		_ = l.Release(context.Background())
+		t.Fatalf("Lock handed over a lock already lost (%d renewal(s) sent): %v", renewals.Load(), lerr)
+	}
+	require.ErrorIs(t, err, ErrNotAcquired)
+	require.ErrorIs(t, err, ErrLockLost)
+	require.Positive(t, renewals.Load(), "the grant was not confirmed")
+	require.Eventually(t, func() bool {
+		s := c.Snapshot()
+		return s.Lost == 1 && s.Acquired == s.Released+s.Lost
+	}, testTimeout, time.Millisecond, "the lease lost at hand-over is not counted lost: %+v", c.Snapshot())
+}
