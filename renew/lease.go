@@ -28,6 +28,9 @@ type Lease struct {
 	onLost   LossHandler
 	counters *Counters     // nil if the Spec set none
 	ttl      time.Duration // whole seconds
+	// overdue: TrackInto found the deadline already past (see Overdue);
+	// written before TrackInto returns, read by its caller's goroutine.
+	overdue bool
 
 	// Guarded by s.mu. Times are nanoseconds since s.epoch (monotonic).
 	idx      int32  // position in s.heap, -1 when not in it
@@ -128,20 +131,13 @@ func (l *Lease) Err() error {
 	return nil
 }
 
-// Overdue reports whether the lease's loss deadline (its last confirmed
-// send + TTL − the safety margin) has passed while it is still tracked: the
-// scheduler declares it lost at its next round, which is due at once. An
-// acquire whose grant, or the renewal confirming it, was answered that late
-// must not hand the lease over as held.
-func (l *Lease) Overdue() bool {
-	s := l.s
-	if s == nil || l.ended.Load() {
-		return false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return l.idx >= 0 && l.deadline <= s.now()
-}
+// Overdue reports whether the lease's loss deadline (Spec.Sent + TTL −
+// the safety margin) had already passed when TrackInto tracked it: the
+// scheduler declares it lost at its next round, due at once. An acquire
+// whose grant, or the renewal confirming it, was answered that late must
+// not hand the lease over as held. Call it from the goroutine that called
+// TrackInto (it costs no lock, on every acquire).
+func (l *Lease) Overdue() bool { return l.overdue }
 
 // Context is cancelled when Done closes; context.Cause gives Err(). It is
 // created on first use.

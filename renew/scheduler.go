@@ -244,7 +244,8 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 	l.idx = -1
 	// A grant cannot have been sent in the future; treating such a Sent as
 	// now keeps a bogus value from postponing both renewal and loss.
-	sent := s.now()
+	now := s.now()
+	sent := now
 	if !spec.Sent.IsZero() {
 		sent = min(int64(spec.Sent.Sub(s.epoch)), sent) // Sub saturates
 	}
@@ -278,6 +279,7 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		return
 	}
 	iv := s.confirmLocked(l, sent, l.ttl)
+	l.overdue = l.deadline <= now
 	// Jitter only the first renewal. It spreads clients that acquired
 	// together (a fleet restarting at once) over a tenth of the interval;
 	// from then on a lease keeps its phase, renewed with whatever shares
