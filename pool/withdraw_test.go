@@ -1,7 +1,11 @@
 package pool
 
 import (
+	"bufio"
 	"context"
+	"io"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,6 +84,97 @@ func TestWithdrawHalfClosesOnlyWhereAGrantCanStillBeReleased(t *testing.T) {
 			}
 			select {
 			case req := <-released:
+				t.Fatalf("nothing was granted, yet OnReleaseLost got %v", req)
+			default:
+			}
+		})
+	}
+}
+
+// A withdrawn connection lingers at most withdrawLingerFor, whatever a
+// server that never closes its side sends after the FIN: nothing, a flood
+// of pushes (skipped, so they cannot extend it), or a line that is no
+// reply to the wait (which ends the linger at once). Nothing it read is
+// taken for a grant.
+func TestWithdrawnConnLingersBoundedWhateverTheServerSends(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		after func(c net.Conn, stop <-chan struct{})
+	}{
+		{"silent", func(_ net.Conn, stop <-chan struct{}) { <-stop }},
+		{"flooding pushes", func(c net.Conn, stop <-chan struct{}) {
+			push := []byte(strings.Repeat("sig ch payload\n", 64))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.Write(push); err != nil {
+					return // the client closed the socket
+				}
+			}
+		}},
+		{"garbage", func(c net.Conn, stop <-chan struct{}) {
+			_, _ = io.WriteString(c, "what?\nok tok 30\n")
+			<-stop
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			waiting := make(chan struct{})
+			stop := make(chan struct{})
+			addr := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+				for {
+					cmd, err := readRequest(r)
+					if err != nil {
+						return
+					}
+					if cmd == wire.CmdPing.String() {
+						_, _ = io.WriteString(c, "ok\n")
+						continue
+					}
+					break // the wait: never answered
+				}
+				close(waiting)
+				_, _ = io.Copy(io.Discard, r) // until the client's FIN
+				tc.after(c, stop)
+			})
+			t.Cleanup(func() { close(stop) }) // before the server's: its handler waits on stop
+			lost := make(chan wire.Request, 1)
+			p := newPool(t, Config{Addr: addr, OnReleaseLost: func(req wire.Request) { lost <- req }})
+			ctx := ctxWait(t)
+			c, err := p.Acquire(ctx)
+			require.NoError(t, err)
+			wctx, cancel := context.WithCancel(ctx)
+			go func() {
+				select {
+				case <-waiting:
+				case <-ctx.Done():
+				}
+				cancel()
+			}()
+			_, answered, err := c.Request(wctx, wire.Request{Cmd: wire.CmdLock, Key: "k", Timeout: 30},
+				func(int, wire.Reply, error) {})
+			require.False(t, answered)
+			require.ErrorIs(t, err, context.Canceled)
+			require.True(t, c.c.supportsPing(), "the server answered the handshake's ping")
+
+			c.Withdraw()
+			if tc.name != "garbage" { // (which may end it before it is counted)
+				assert.Equal(t, 1, p.Stats().LingeringConns, "it lingers")
+			}
+			c.Release()
+			select {
+			case <-c.ReaderDone():
+			case <-time.After(withdrawLingerFor + wait):
+				t.Fatalf("the withdrawn connection still lingers %v after Withdraw: %+v",
+					withdrawLingerFor+wait, p.Stats())
+			}
+			assert.Zero(t, p.Stats().LingeringConns)
+			select {
+			case req := <-lost:
 				t.Fatalf("nothing was granted, yet OnReleaseLost got %v", req)
 			default:
 			}
