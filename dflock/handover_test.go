@@ -21,33 +21,72 @@ import (
 // the chaos soak, where a blackhole held the confirming renewal's answer).
 func TestLockWhoseConfirmingRenewalAnswersTooLateIsNotHandedOver(t *testing.T) {
 	t.Parallel()
-	var renewals atomic.Int64
-	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
-		out := "ok\n"
-		switch f[0] {
-		case "l":
-			time.Sleep(400 * time.Millisecond) // > a quarter of the lease: confirmed
-			out = "ok 0123456789abcdef0123456789abcdef 1\n"
-		case "n":
-			renewals.Add(1)
-			time.Sleep(1500 * time.Millisecond) // past the 1 s lease's life
-			out = "ok 1\n"
-		}
-		_, err := nc.Write([]byte(out))
-		return err == nil
-	})
-	c := newClient(t, []string{addr})
-	l, err := c.Lock(testCtx(t), "k", LeaseTTL(time.Second))
-	if err == nil {
-		lerr := l.Err()
-		_ = l.Release(context.Background())
-		t.Fatalf("Lock handed over a lock already lost (%d renewal(s) sent): %v", renewals.Load(), lerr)
+	for _, tc := range []struct {
+		name   string
+		traced bool
+		with   bool // WithLock, whose fn must not run
+	}{
+		{"Lock", false, false},
+		{"Lock traced", true, false},
+		{"WithLock", false, true},
+		{"WithLock traced", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var renewals atomic.Int64
+			addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+				out := "ok\n"
+				switch f[0] {
+				case "l":
+					time.Sleep(400 * time.Millisecond) // > a quarter of the lease: confirmed
+					out = "ok 0123456789abcdef0123456789abcdef 1\n"
+				case "n":
+					renewals.Add(1)
+					time.Sleep(1500 * time.Millisecond) // past the 1 s lease's life
+					out = "ok 1\n"
+				}
+				_, err := nc.Write([]byte(out))
+				return err == nil
+			})
+			rt := &recTracer{}
+			var opts []Option
+			if tc.traced {
+				opts = append(opts, WithTracer(rt))
+			}
+			c := newClient(t, []string{addr}, opts...)
+			var err error
+			if tc.with {
+				err = c.WithLock(testCtx(t), "k", func(ctx context.Context) error {
+					t.Errorf("fn ran with a lease already lost (cause %v)", context.Cause(ctx))
+					return nil
+				}, LeaseTTL(time.Second))
+			} else {
+				var l *Lock
+				l, err = c.Lock(testCtx(t), "k", LeaseTTL(time.Second))
+				if err == nil {
+					lerr := l.Err()
+					_ = l.Release(context.Background())
+					t.Fatalf("Lock handed over a lock already lost (%d renewal(s) sent): %v", renewals.Load(), lerr)
+				}
+			}
+			require.ErrorIs(t, err, ErrNotAcquired)
+			require.ErrorIs(t, err, ErrLockLost)
+			require.Positive(t, renewals.Load(), "the grant was not confirmed")
+			require.Eventually(t, func() bool {
+				s := c.Snapshot()
+				return s.Lost == 1 && s.Acquired == s.Released+s.Lost
+			}, testTimeout, time.Millisecond, "the lease lost at hand-over is not counted lost: %+v", c.Snapshot())
+			if tc.traced {
+				// Every span (WithLock's and its inner lock's) records the
+				// failure the caller got, not a grant.
+				spans := rt.take(t)
+				require.NotEmpty(t, spans)
+				for _, s := range spans {
+					require.Equal(t, "acquire", s.kind)
+					require.NotEqual(t, Granted, s.res.Outcome, "span %s recorded a grant", s.info.Op)
+					require.ErrorIs(t, s.res.Err, ErrLockLost, "span %s", s.info.Op)
+				}
+			}
+		})
 	}
-	require.ErrorIs(t, err, ErrNotAcquired)
-	require.ErrorIs(t, err, ErrLockLost)
-	require.Positive(t, renewals.Load(), "the grant was not confirmed")
-	require.Eventually(t, func() bool {
-		s := c.Snapshot()
-		return s.Lost == 1 && s.Acquired == s.Released+s.Lost
-	}, testTimeout, time.Millisecond, "the lease lost at hand-over is not counted lost: %+v", c.Snapshot())
 }

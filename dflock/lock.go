@@ -79,37 +79,39 @@ func (l *Lock) Renew(ctx context.Context) error { return l.h.renew(ctx) }
 // nothing), as everywhere in this package.
 func (l *Lock) Release(ctx context.Context) error { return l.h.release(ctx) }
 
-// newLock wraps the result of an acquire as a Lock: the handle inside h
-// (see held.handle), so that every Lock of h is the same pointer.
+// newLock wraps the result of an acquire (see handedOver) as a Lock: the
+// handle inside h (see held.handle), so that every Lock of h is the same
+// pointer.
 func newLock(h *held, err error) (*Lock, error) {
-	if err := handOver(h, err); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return (*Lock)(&h.handle), nil
 }
 
-// handOver returns err, the acquire's, or an error if h, the lease it got,
-// is lost before it could be handed over — at once, or because its grant,
-// or the renewal that confirmed a late one, was answered so late that the
-// lease's life, counted from the request's send (docs/leases.md, rule 3),
-// had run out: the scheduler declares it lost at its next round, due at
-// once, and releases it. The caller must not believe it held even for a
-// moment after the server's lease may have ended.
-func handOver(h *held, err error) error {
+// handedOver is what an acquire (h, err) hands to its caller, a Tracer's
+// span and WithLock's fn alike: err (see closedNotAcquired), or an error if
+// h, the lease it got, is lost before it could be handed over — at once, or
+// because its grant, or the renewal that confirmed a late one, was answered
+// so late that the lease's life, counted from the request's send
+// (docs/leases.md, rule 3), had run out: the scheduler declares it lost at
+// its next round, due at once, and releases it. The caller must not believe
+// it held even for a moment after the server's lease may have ended.
+func handedOver(h *held, err error) (*held, error) {
 	if err != nil {
-		return err
+		return nil, notAcquiredIfClosed(err)
 	}
 	lerr := h.lease.Err()
 	if lerr == nil && h.lease.Overdue() {
 		lerr = errLostAtHandOver
 	}
 	if lerr != nil {
-		return h.endedError("acquire", &bothError{domain: ErrNotAcquired, cause: lerr})
+		return nil, h.endedError("acquire", &bothError{domain: ErrNotAcquired, cause: lerr})
 	}
-	return nil
+	return h, nil
 }
 
-// errLostAtHandOver is handOver's cause for an overdue lease.
+// errLostAtHandOver is handedOver's cause for an overdue lease.
 var errLostAtHandOver = fmt.Errorf("%w: granted or confirmed too late: the lease's life had run out by the answer", ErrLockLost)
 
 // Lock acquires the exclusive lock key, waiting while another holder has

@@ -71,9 +71,10 @@ func (s *Semaphore) Renew(ctx context.Context) error { return s.h.renew(ctx) }
 // nothing), as everywhere in this package.
 func (s *Semaphore) Release(ctx context.Context) error { return s.h.release(ctx) }
 
-// newSemaphore wraps the result of an acquire as a Semaphore.
+// newSemaphore wraps the result of an acquire (see handedOver) as a
+// Semaphore.
 func newSemaphore(h *held, err error) (*Semaphore, error) {
-	if err := handOver(h, err); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return (*Semaphore)(&h.handle), nil // see newLock

@@ -310,10 +310,10 @@ func acquireResult(start time.Time, tr *acquireTrace, h *held, err error) Acquir
 func (c *Client) tracedAcquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*held, error) {
 	t := c.opts.tracer
 	if t == nil || ctx == nil {
-		return closedNotAcquired(c.acquire(ctx, op, key, limit, try, opts))
+		return handedOver(c.acquire(ctx, op, key, limit, try, opts))
 	}
 	h, _, err := c.traced(ctx, t, c.acquireInfo(op, key, limit), func(ctx context.Context) (*held, error) {
-		return closedNotAcquired(c.acquire(ctx, op, key, limit, try, opts))
+		return handedOver(c.acquire(ctx, op, key, limit, try, opts))
 	})
 	return h, err
 }
@@ -322,10 +322,10 @@ func (c *Client) tracedAcquire(ctx context.Context, op, key string, limit int64,
 func (t *ticket) tracedAwait(ctx context.Context, opts []AcquireOption) (*held, error) {
 	tc := t.c.opts.tracer
 	if tc == nil || ctx == nil {
-		return closedNotAcquired(t.await(ctx, opts))
+		return handedOver(t.await(ctx, opts))
 	}
 	info := AcquireInfo{Op: "wait", Key: t.key, Server: t.srv.addr, Semaphore: t.limit > 0, Limit: int(t.limit)}
-	h, _, err := t.c.traced(ctx, tc, info, func(ctx context.Context) (*held, error) { return closedNotAcquired(t.await(ctx, opts)) })
+	h, _, err := t.c.traced(ctx, tc, info, func(ctx context.Context) (*held, error) { return handedOver(t.await(ctx, opts)) })
 	return h, err
 }
 
@@ -399,7 +399,7 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 		t.AcquireEnd(ctx, info, res)
 	}()
 	h, acq, err = c.traced(ctx, t, c.acquireInfo(inner, key, int64(limit)), func(ctx context.Context) (*held, error) {
-		return closedNotAcquired(c.acquire(ctx, inner, key, int64(limit), false, opts))
+		return handedOver(c.acquire(ctx, inner, key, int64(limit), false, opts))
 	})
 	if err != nil {
 		returned = true
