@@ -49,7 +49,8 @@ func TestLockWhoseConfirmingRenewalAnswersTooLateIsNotHandedOver(t *testing.T) {
 				return err == nil
 			})
 			rt := &recTracer{}
-			var opts []Option
+			lostReported := make(chan error, 1)
+			opts := []Option{WithHooks(Hooks{OnLeaseLost: func(_ LeaseInfo, err error) { lostReported <- err }})}
 			if tc.traced {
 				opts = append(opts, WithTracer(rt))
 			}
@@ -76,6 +77,12 @@ func TestLockWhoseConfirmingRenewalAnswersTooLateIsNotHandedOver(t *testing.T) {
 				s := c.Snapshot()
 				return s.Lost == 1 && s.Acquired == s.Released+s.Lost
 			}, testTimeout, time.Millisecond, "the lease lost at hand-over is not counted lost: %+v", c.Snapshot())
+			select { // as Hooks.OnLeaseLost documents
+			case lerr := <-lostReported:
+				require.ErrorIs(t, lerr, ErrLockLost)
+			case <-time.After(testTimeout):
+				t.Fatal("OnLeaseLost was not called for the lease lost at hand-over")
+			}
 			if tc.traced {
 				// Every span (WithLock's and its inner lock's) records the
 				// failure the caller got, not a grant.

@@ -127,7 +127,11 @@ type Hooks struct {
 	// one that Release finds the server no longer held (its Release returns
 	// an error matching ErrLockLost); not for leases released by Release or
 	// Close. Its calls have a queue of their own (see Hooks), so a burst of
-	// losses is reported whole.
+	// losses is reported whole. A lease granted but lost before the acquire
+	// could return it (its grant or confirming renewal answered after its
+	// life had run out) is reported too: the acquire returns an error
+	// matching ErrNotAcquired and ErrLockLost, and Snapshot counts it
+	// acquired and lost.
 	OnLeaseLost func(info LeaseInfo, err error)
 	// OnConnBroken is called for every connection that breaks or is
 	// destroyed (including those destroyed to cancel a blocked acquire), but
