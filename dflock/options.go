@@ -137,7 +137,9 @@ type Hooks struct {
 	// destroyed (including those destroyed to cancel a blocked acquire), but
 	// not for idle wait-pool connections closed by the idle limits
 	// (WithMaxIdleConnsPerServer, WithMaxConnIdleTime): those are counted in
-	// the pool's Stats.IdleClosed.
+	// the pool's Stats.IdleClosed; nor for the short-lived connection of a
+	// Client.Stats call, which owns nothing: a break there is that call's
+	// error (matching ErrServerUnavailable), and only that.
 	OnConnBroken func(server string, err error)
 	// OnDial is called after every dial, successful or not.
 	OnDial func(DialInfo)
