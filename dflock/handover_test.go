@@ -97,3 +97,54 @@ func TestLockWhoseConfirmingRenewalAnswersTooLateIsNotHandedOver(t *testing.T) {
 		})
 	}
 }
+
+// A ticket granted at Enqueue is tracked at Enqueue but handed over only by
+// a later Wait. A Wait that comes after the lease's loss deadline has
+// passed, but before the scheduler's round has declared it lost (the
+// scheduler goroutine is late: a stalled process, GC, CPU starvation), must
+// not hand over a lease the client itself counts as past its life
+// (docs/leases.md, rule 3). (Found by review: Lease.Overdue had been
+// decided once, at tracking.)
+//
+// Deterministic: the Wait runs in a timer of the shared ManualClock that
+// falls due before the scheduler's own timer, so the clock has already
+// moved past the deadline (client's and server's: the server lease has run
+// out too) while the scheduler has not been poked yet.
+func TestTicketGrantedAtEnqueueAndWaitedPastItsDeadlineIsNotHandedOver(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Clock: clk})
+	c := newClient(t, addrsOf(srv), withClock(clk))
+	ctx := testCtx(t)
+
+	const ttl = 2 * time.Second // loss deadline 1.8 s after the enqueue
+	tk, err := c.Enqueue(ctx, "k", LeaseTTL(ttl))
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+
+	type result struct {
+		l       *Lock
+		err     error
+		lerr    error
+		elapsed time.Duration
+	}
+	start := clk.Now()
+	res := make(chan result, 1)
+	clk.AfterFunc(time.Nanosecond, func() { // due before the scheduler's renewal timer
+		l, err := tk.Wait(ctx)
+		r := result{l: l, err: err, elapsed: clk.Now().Sub(start)}
+		if l != nil {
+			r.lerr = l.Err()
+		}
+		res <- r
+	})
+	clk.Advance(ttl + time.Second)
+	r := <-res
+	if r.err == nil {
+		t.Cleanup(func() { _ = r.l.Release(context.Background()) })
+		t.Fatalf("Wait handed over a lease %v after its enqueue (TTL %v, loss deadline %v): Err() at hand-over %v",
+			r.elapsed, ttl, ttl-ttl/10, r.lerr)
+	}
+	require.ErrorIs(t, r.err, ErrNotAcquired)
+	require.ErrorIs(t, r.err, ErrLockLost)
+}

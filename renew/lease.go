@@ -28,10 +28,6 @@ type Lease struct {
 	onLost   LossHandler
 	counters *Counters     // nil if the Spec set none
 	ttl      time.Duration // whole seconds
-	// overdue: TrackInto found the deadline already past (see Overdue);
-	// written before TrackInto returns, read by its caller's goroutine.
-	overdue bool
-
 	// Guarded by s.mu. Times are nanoseconds since s.epoch (monotonic).
 	idx      int32  // position in s.heap, -1 when not in it
 	inflight uint32 // renew requests sent and not answered yet
@@ -39,10 +35,12 @@ type Lease struct {
 	state    uint8
 	// ended is set, after err is written, when state leaves
 	// stateTracked; Err and Done read it without s.mu.
-	ended     atomic.Bool
-	next      int64 // heap key: renewAt, or deadline while a renew is in flight
-	renewAt   int64
-	deadline  int64 // loss deadline: confirmed + ttl − margin
+	ended   atomic.Bool
+	next    int64 // heap key: renewAt, or deadline while a renew is in flight
+	renewAt int64
+	// deadline is the loss deadline, confirmed + ttl − margin: written
+	// under s.mu, read without it by Overdue.
+	deadline  atomic.Int64
 	confirmed int64 // send time of the last confirmed grant/renew
 	oprev     *Lease
 	onext     *Lease                  // intrusive list of the owner's leases
@@ -131,13 +129,17 @@ func (l *Lease) Err() error {
 	return nil
 }
 
-// Overdue reports whether the lease's loss deadline (Spec.Sent + TTL −
-// the safety margin) had already passed when TrackInto tracked it: the
-// scheduler declares it lost at its next round, due at once. An acquire
-// whose grant, or the renewal confirming it, was answered that late must
-// not hand the lease over as held. Call it from the goroutine that called
-// TrackInto (it costs no lock, on every acquire).
-func (l *Lease) Overdue() bool { return l.overdue }
+// Overdue reports whether the lease, not yet ended, is past its loss
+// deadline (its last confirmed send + TTL − the safety margin): the
+// scheduler declares it lost at its next round, due at once, or already
+// late. An acquire whose grant, or the renewal confirming it, was answered
+// that late — or that hands over a lease long after tracking it, as a
+// ticket granted at enqueue does — must not hand it over as held. It takes
+// no lock (it runs on every acquire): one clock read.
+func (l *Lease) Overdue() bool {
+	s := l.s
+	return s != nil && !l.ended.Load() && l.deadline.Load() <= s.now()
+}
 
 // Context is cancelled when Done closes; context.Cause gives Err(). It is
 // created on first use.

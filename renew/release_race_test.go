@@ -116,7 +116,8 @@ func TestRoundWhoseRenewalsWereAllDroppedIsNotCounted(t *testing.T) {
 	// due for renewal in the same round, l1 first.
 	s.mu.Lock()
 	now := s.now()
-	l1.deadline, l1.next = now-1, now-1
+	l1.deadline.Store(now - 1)
+	l1.next = now - 1
 	heap.Fix(&s.heap, int(l1.idx))
 	l2.renewAt, l2.next = now, now
 	heap.Fix(&s.heap, int(l2.idx))

@@ -71,7 +71,7 @@ func TestForeverLeaseOnAnOldSchedulerIsHeldAndRenewed(t *testing.T) {
 	assert.GreaterOrEqual(t, c.Renewed.Load(), int64(rounds))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	assert.Equal(t, int64(math.MaxInt64), l.deadline, "deadline saturates")
+	assert.Equal(t, int64(math.MaxInt64), l.deadline.Load(), "deadline saturates")
 	assert.Greater(t, l.renewAt, l.confirmed)
 	assert.LessOrEqual(t, l.renewAt-l.confirmed, int64(50*time.Millisecond))
 }
@@ -86,18 +86,18 @@ func TestForeverLeaseExplicitRenewAndShorterAppliedLease(t *testing.T) {
 	l := &Lease{s: s, key: "k", owner: o, ttl: foreverTTL, idx: -1, done: make(chan struct{})}
 	now := s.now()
 	s.confirmLocked(l, now, l.ttl)
-	assert.Equal(t, int64(math.MaxInt64), l.deadline)
+	assert.Equal(t, int64(math.MaxInt64), l.deadline.Load())
 	assert.Greater(t, l.renewAt, now)
 	s.mu.Unlock()
 
 	// ok with the protocol maximum: nothing shorter, deadline stays saturated.
 	_, err := s.complete(l, now+1, wire.Reply{Status: wire.StatusOK, Lease: wire.MaxSeconds}, nil)
 	require.NoError(t, err)
-	assert.Equal(t, int64(math.MaxInt64), l.deadline)
+	assert.Equal(t, int64(math.MaxInt64), l.deadline.Load())
 	// ok with a shorter lease: believed.
 	_, err = s.complete(l, now+2, wire.Reply{Status: wire.StatusOK, Lease: 5}, nil)
 	require.NoError(t, err)
-	assert.Equal(t, now+2+int64(5*time.Second-defaultSafetyMargin(5*time.Second)), l.deadline)
+	assert.Equal(t, now+2+int64(5*time.Second-defaultSafetyMargin(5*time.Second)), l.deadline.Load())
 }
 
 // Spec.Sent far in the past is an overdue grant (lost at once, whatever the

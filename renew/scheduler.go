@@ -244,8 +244,7 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 	l.idx = -1
 	// A grant cannot have been sent in the future; treating such a Sent as
 	// now keeps a bogus value from postponing both renewal and loss.
-	now := s.now()
-	sent := now
+	sent := s.now()
 	if !spec.Sent.IsZero() {
 		sent = min(int64(spec.Sent.Sub(s.epoch)), sent) // Sub saturates
 	}
@@ -279,7 +278,6 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		return
 	}
 	iv := s.confirmLocked(l, sent, l.ttl)
-	l.overdue = l.deadline <= now
 	// Jitter only the first renewal. It spreads clients that acquired
 	// together (a fleet restarting at once) over a tenth of the interval;
 	// from then on a lease keeps its phase, renewed with whatever shares
@@ -290,7 +288,7 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		l.renewAt = subSat(l.renewAt, rand.Int64N(j+1))
 	}
 	s.maxEarly = max(s.maxEarly, int64(iv/4))
-	l.next = min(l.renewAt, l.deadline)
+	l.next = min(l.renewAt, l.deadline.Load())
 	heap.Push(&s.heap, l)
 	s.linkLocked(l)
 	s.wakeIfEarlierLocked(l.next)
@@ -461,7 +459,7 @@ func (s *Scheduler) tick() {
 	for len(s.heap) > 0 && s.heap[0].next <= horizon {
 		l := heap.Pop(&s.heap).(*Lease)
 		switch {
-		case l.deadline <= now:
+		case l.deadline.Load() <= now:
 			st := s.owners[l.owner]
 			s.unlinkLocked(l)
 			s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
@@ -588,7 +586,7 @@ func (s *Scheduler) dropEnded(st *ownerState, counted *bool) {
 // takeLocked puts a popped lease's renewal in this round.
 func (s *Scheduler) takeLocked(l *Lease) {
 	l.inflight++
-	l.next = l.deadline
+	l.next = l.deadline.Load()
 	st := s.owners[l.owner]
 	s.addToRound(st)
 	st.renew = append(st.renew, l)
@@ -700,7 +698,7 @@ func (s *Scheduler) confirmLocked(l *Lease, sent int64, ttl time.Duration) time.
 	life := s.life(ttl)
 	iv := s.interval(life)
 	l.confirmed = sent
-	l.deadline = addSat(sent, int64(life-s.margin(life)))
+	l.deadline.Store(addSat(sent, int64(life-s.margin(life))))
 	l.renewAt = addSat(sent, int64(iv))
 	return iv
 }
@@ -738,9 +736,9 @@ func (s *Scheduler) baseInterval(ttl time.Duration) time.Duration {
 // scheduleLocked recomputes l's heap key and position.
 func (s *Scheduler) scheduleLocked(l *Lease) {
 	if l.inflight > 0 {
-		l.next = l.deadline
+		l.next = l.deadline.Load()
 	} else {
-		l.next = min(l.renewAt, l.deadline)
+		l.next = min(l.renewAt, l.deadline.Load())
 	}
 	if l.idx >= 0 {
 		heap.Fix(&s.heap, int(l.idx))

@@ -224,7 +224,7 @@ func TestRenewalTimeAndDeadline(t *testing.T) {
 		iv := s.confirmLocked(l, sent, l.ttl)
 		assert.Equal(t, tc.iv, iv, tc.name)
 		assert.Equal(t, sent, l.confirmed, tc.name)
-		assert.Equal(t, sent+int64(tc.deadline), l.deadline, tc.name)
+		assert.Equal(t, sent+int64(tc.deadline), l.deadline.Load(), tc.name)
 		assert.Equal(t, sent+int64(tc.iv), l.renewAt, tc.name)
 		assert.Equal(t, int64(tc.iv/4), l.early(), tc.name)
 	}
@@ -333,7 +333,7 @@ func TestUnansweredRenewalLosesTheLeaseBeforeTheTTLAndReleases(t *testing.T) {
 	s.tick()
 	require.Len(t, requestsFor(o.snapshot(), wire.CmdRenew, "k"), 1)
 	s.mu.Lock()
-	deadline := s.epoch.Add(time.Duration(l.deadline))
+	deadline := s.epoch.Add(time.Duration(l.deadline.Load()))
 	s.mu.Unlock()
 	assert.Equal(t, ttl-defaultSafetyMargin(ttl), deadline.Sub(sent))
 
@@ -577,7 +577,7 @@ func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
 	s.mu.Unlock()
 	_, err := s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 3}, nil)
 	require.NoError(t, err)
-	assert.Equal(t, int64(time.Second+3*time.Second-defaultSafetyMargin(3*time.Second)), l.deadline)
+	assert.Equal(t, int64(time.Second+3*time.Second-defaultSafetyMargin(3*time.Second)), l.deadline.Load())
 }
 
 func TestConfigDefaultsAndClamping(t *testing.T) {
@@ -602,7 +602,7 @@ func TestConfigDefaultsAndClamping(t *testing.T) {
 	s = newScheduler(Config{Ratio: 0.99})
 	l := &Lease{ttl: 10 * time.Second}
 	s.confirmLocked(l, 0, l.ttl)
-	assert.Less(t, l.renewAt, l.deadline)
+	assert.Less(t, l.renewAt, l.deadline.Load())
 	assert.LessOrEqual(t, l.renewAt, int64(8100*time.Millisecond))
 }
 
