@@ -194,6 +194,19 @@ func (e *bothError) Unwrap() []error { return []error{e.domain, e.cause} }
 // deadline, so it can be told apart from the caller's own deadline.
 var errAcquireTimeout = errors.New("dflock: acquire timeout")
 
+// failedError is the error of an operation that failed with err (for
+// signals: a Listen or Emit with no domain meaning of "gave up") while its
+// context or the Client may have ended: an error that the end caused — a
+// dial cancelled by Close, say — is reported as that end (ctxError), not as
+// a context.Canceled the caller never asked for. Close's cancellation
+// reaches opCtx asynchronously (opContext), so c.ctx is checked as well.
+func (c *Client) failedError(ctx, opCtx context.Context, err error) error {
+	if opCtx.Err() != nil || c.ctx.Err() != nil {
+		return c.ctxError(ctx, opCtx, nil)
+	}
+	return err
+}
+
 // ctxError builds the error for an operation ended by opCtx (the operation's
 // context, derived from the caller's ctx). notDone is the domain meaning of
 // "the caller gave up" for this operation (ErrNotAcquired for acquires, nil

@@ -216,6 +216,9 @@ func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOptio
 		var err error
 		select {
 		case err = <-w.ch:
+			if err != nil {
+				err = c.failedError(ctx, opCtx, err)
+			}
 		case <-opCtx.Done():
 			err = c.ctxError(ctx, opCtx, nil)
 		}
@@ -277,10 +280,7 @@ func (c *Client) Emit(ctx context.Context, channel, payload string) (int, error)
 		r, err = c.signals.emitLong(opCtx, srv, req)
 	}
 	if err != nil {
-		if opCtx.Err() != nil {
-			err = c.ctxError(ctx, opCtx, nil)
-		}
-		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: err}
+		return 0, &Error{Op: "emit", Key: channel, Server: srv.addr, Err: c.failedError(ctx, opCtx, err)}
 	}
 	switch r.Status {
 	case wire.StatusOK:
