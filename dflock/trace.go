@@ -99,8 +99,9 @@ const (
 	// Cancelled: the context was cancelled, the ticket cancelled, or the
 	// Client closed.
 	Cancelled
-	// Failed: the connection or the server failed, or an argument was
-	// invalid.
+	// Failed: the connection or the server failed, an argument was
+	// invalid, or the lease granted was lost before it could be handed
+	// over (the error matches ErrLockLost).
 	Failed
 )
 
@@ -233,6 +234,10 @@ func outcomeOf(err error) AcquireOutcome {
 		return TimedOut
 	case errors.Is(err, context.Canceled), errors.Is(err, ErrClosed), errors.Is(err, ErrTicketDone):
 		return Cancelled
+	case errors.Is(err, ErrLockLost):
+		// Granted, but lost before it could be handed over (handedOver):
+		// no try's answer, no refusal, a failure.
+		return Failed
 	case errors.As(err, &e) && e.Reply != "", errors.Is(err, ErrNotAcquired):
 		return Refused
 	}
