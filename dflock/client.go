@@ -73,7 +73,7 @@ type clientCounters struct {
 	laneGrants atomic.Int64
 	waitGrants atomic.Int64
 	contended  atomic.Int64
-	sigDropped atomic.Int64 // signals dropped by full subscription buffers
+	sigDropped atomic.Int64 // see Snapshot.SignalsDropped
 	sigGaps    atomic.Int64 // gaps reported to subscriptions
 }
 

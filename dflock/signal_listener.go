@@ -486,6 +486,9 @@ type breakNote struct {
 type lconn struct {
 	conn *sigConn
 	dead atomic.Bool // broken or retired: its pushes are ignored
+	// pushes counts the pushes read, for withdraw to tell when the
+	// connection has gone quiet.
+	pushes atomic.Uint64
 }
 
 // close ends lc; its pushes still in flight are ignored.
@@ -657,19 +660,24 @@ func (l *listener) members() int {
 // one map lookup, wildcard patterns are matched one by one.
 func (l *listener) onPush(lc *lconn) func(wire.Push) {
 	return func(p wire.Push) {
+		lc.pushes.Add(1)
 		sig := Signal{Channel: p.Channel, Payload: p.Payload}
 		var slow []*Subscription
+		orphan := false
 		l.mu.RLock()
 		switch {
 		case lc.dead.Load():
 		case l.key.group == "":
 			slow = l.broadcastLocked(lc, sig)
 		default:
-			slow = l.takeTurnLocked(lc, sig)
+			slow, orphan = l.takeTurnLocked(lc, sig)
 		}
 		l.mu.RUnlock()
 		if slow != nil {
 			l.noteSlow(slow)
+		}
+		if orphan {
+			l.c.signals.forward(l.c, l.key, sig)
 		}
 	}
 }
@@ -705,12 +713,26 @@ func (l *listener) broadcastLocked(lc *lconn, sig Signal) (slow []*Subscription)
 // returned if that starts its slow-consumer episode. Like broadcastLocked
 // it takes only what the group's answered listen on lc can have brought:
 // a push for a channel the pattern does not match (a broken server's) is
-// nobody's. l.mu held.
-func (l *listener) takeTurnLocked(lc *lconn, sig Signal) []*Subscription {
+// nobody's. A push the server sent for the group after every member of lc
+// left (before it saw the unlisten or the close, see withdraw) is an
+// orphan, for the caller to forward, after l.mu, to a member elsewhere.
+// l.mu held.
+func (l *listener) takeTurnLocked(lc *lconn, sig Signal) (slow []*Subscription, orphan bool) {
 	pt := l.pats[l.key.pattern]
-	if pt == nil || len(pt.subs) == 0 || pt.live.Load() != lc || !wire.MatchPattern(pt.pattern, sig.Channel) {
-		return nil
+	if pt == nil || pt.live.Load() != lc || !wire.MatchPattern(pt.pattern, sig.Channel) {
+		return nil, false
 	}
+	if len(pt.subs) == 0 {
+		return nil, true
+	}
+	return turnLocked(pt, sig), false
+}
+
+// turnLocked hands sig to the member of pt whose turn it is, or the next
+// with room; if all are full, it counts the drop on the first and returns
+// it if that starts its slow-consumer episode. pt has members; its
+// listener's mu is held (for reading will do).
+func turnLocked(pt *pat, sig Signal) []*Subscription {
 	n := uint64(len(pt.subs))
 	start := pt.rr.Add(1) - 1
 	for j := uint64(0); j < n; j++ {
@@ -722,6 +744,42 @@ func (l *listener) takeTurnLocked(lc *lconn, sig Signal) []*Subscription {
 		return []*Subscription{s}
 	}
 	return nil
+}
+
+// forward hands sig, a push the server sent queue group key on a
+// connection none of whose members is left (see takeTurnLocked), to a
+// member of the group on another of the Client's connections to the same
+// server: the server counted it delivered (Emit's count), and a member's
+// leaving must not lose a job another member here can take. With no member
+// left in the Client it is dropped and counted (Snapshot.SignalsDropped).
+// It runs on a reader, holding no lock (lock order: hub, then listener);
+// it is off the hot path, taken only while a group connection is withdrawn.
+func (h *signalHub) forward(c *Client, key listenerKey, sig Signal) {
+	var ls []*listener
+	h.mu.Lock()
+	for slot := range c.opts.groupConnLimit() {
+		key.slot = slot
+		if l := h.listeners[key]; l != nil {
+			ls = append(ls, l)
+		}
+	}
+	h.mu.Unlock()
+	for _, l := range ls {
+		var slow []*Subscription
+		taken := false
+		l.mu.RLock()
+		if pt := l.pats[key.pattern]; pt != nil && len(pt.subs) > 0 {
+			slow, taken = turnLocked(pt, sig), true
+		}
+		l.mu.RUnlock()
+		if slow != nil {
+			l.noteSlow(slow)
+		}
+		if taken {
+			return
+		}
+	}
+	c.stats.sigDropped.Add(1)
 }
 
 func deliverAll(subs []*Subscription, sig Signal, slow []*Subscription) []*Subscription {
@@ -861,18 +919,77 @@ func (l *listener) retire() bool {
 	l.mu.Lock()
 	idle := l.wanted == 0
 	var lc *lconn
+	member := false
 	if idle {
 		if h.listeners[l.key] == l {
 			delete(h.listeners, l.key)
 		}
 		lc, l.cur = l.cur, nil
+		if p := l.pats[l.key.pattern]; l.key.group != "" && lc != nil && p != nil {
+			member = p.on || p.sentOn == lc
+		}
 	}
 	l.mu.Unlock()
 	h.mu.Unlock()
-	if lc != nil {
+	switch {
+	case member:
+		l.withdraw(lc)
+	case lc != nil:
 		lc.close()
 	}
 	return idle
+}
+
+// Bounds of withdraw: the whole withdrawal, and the quiet it waits for
+// after the unlisten's answer (twice the unlisten's round trip, within
+// these).
+const (
+	withdrawFor      = time.Second
+	withdrawQuietMin = 20 * time.Millisecond
+	withdrawQuietMax = 250 * time.Millisecond
+)
+
+// withdraw ends lc, a retired queue-group connection the server still
+// counts as a member of the group, without losing the jobs on their way to
+// it: it sends unlisten, so that the server chooses other members from
+// then on, and closes lc only once the server has answered and lc has
+// been quiet for a while, since pushes the server had queued for lc before
+// the unlisten may follow the answer. What lc reads meanwhile is forwarded
+// (takeTurnLocked, signalHub.forward). A server that does not answer
+// within withdrawFor, or the Client's Close, cuts it short: what was still
+// queued for lc is then lost with it.
+func (l *listener) withdraw(lc *lconn) {
+	defer lc.close()
+	answered := make(chan struct{}, 1)
+	start := time.Now()
+	lc.conn.pc.SendBatch([]wire.Request{{Cmd: wire.CmdUnlisten, Key: l.key.pattern, Arg: l.key.group}},
+		func(int, wire.Reply, error) { answered <- struct{}{} })
+	deadline := time.NewTimer(withdrawFor)
+	defer deadline.Stop()
+	select {
+	case <-answered:
+	case <-deadline.C:
+		return
+	case <-l.c.ctx.Done(): // Close: l is out of the hub, which ends only the listeners in it
+		return
+	}
+	quiet := min(max(2*time.Since(start), withdrawQuietMin), withdrawQuietMax)
+	t := time.NewTimer(quiet)
+	defer t.Stop()
+	for lc.conn.err() == nil {
+		n := lc.pushes.Load()
+		select {
+		case <-t.C:
+		case <-deadline.C:
+			return
+		case <-l.c.ctx.Done():
+			return
+		}
+		if lc.pushes.Load() == n {
+			return
+		}
+		t.Reset(quiet)
+	}
 }
 
 func (l *listener) current() *lconn {

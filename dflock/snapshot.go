@@ -19,7 +19,10 @@ type Snapshot struct {
 	Acquired, Released, Lost int64
 	Held                     int
 	// SignalsDropped counts signals dropped because a subscription's
-	// buffer was full; SignalGaps the gaps reported to subscriptions.
+	// buffer was full, and queue-group jobs the server had queued for a
+	// member that left with no other member in the Client to take them
+	// (docs/signals.md, Queue groups); SignalGaps the gaps reported to
+	// subscriptions.
 	SignalsDropped, SignalGaps int64
 	// CallbacksDropped counts log records and hook calls dropped because
 	// too many were waiting, or Close stopped waiting for them (see

@@ -63,7 +63,7 @@
 //	dflock.client.lease.losses       counter        {lease}       leases lost while held or found lost at release
 //	dflock.client.renewals           counter        {renewal}     by dflock.renewal.outcome: renewed, refused, unanswered
 //	dflock.client.connection.dials   counter        {connection}  by dflock.dial.outcome: success, failure
-//	dflock.client.signal.dropped     counter        {signal}      signals dropped by slow subscriptions
+//	dflock.client.signal.dropped     counter        {signal}      signals dropped (slow subscriptions; a leaving group member's)
 //	dflock.client.signal.gaps        counter        {gap}         gaps reported to subscriptions
 //	dflock.client.callback.dropped   counter        {callback}    log records and hook calls dropped
 //

@@ -212,7 +212,7 @@ func (in *Instrumentation) instruments() error {
 	check(err)
 	in.signalsDropped, err = m.Int64ObservableCounter("dflock.client.signal.dropped",
 		metric.WithUnit("{signal}"),
-		metric.WithDescription("Signals dropped because a subscriber fell behind."))
+		metric.WithDescription("Signals dropped because a subscriber fell behind, or queued for a group member that left with no other to take them."))
 	check(err)
 	in.signalGaps, err = m.Int64ObservableCounter("dflock.client.signal.gaps",
 		metric.WithUnit("{gap}"),

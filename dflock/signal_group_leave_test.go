@@ -1,0 +1,147 @@
+package dflock
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// consumeAll reads s.C until it is closed, counting signals; a gap fails
+// the test (nothing breaks here).
+func consumeAll(t *testing.T, s *Subscription, got *atomic.Int64, wg *sync.WaitGroup) {
+	wg.Go(func() {
+		for sig := range s.C() {
+			if sig.Err != nil {
+				t.Errorf("unexpected gap: %v", sig.Err)
+				continue
+			}
+			got.Add(1)
+		}
+	})
+}
+
+// emitUntil emits on channel from 4 goroutines until stop is called, and
+// returns the sum of Emit's counts (jobs the server queued for a member).
+func emitUntil(ctx context.Context, c *Client, channel string) (stop func() int64) {
+	var counted atomic.Int64
+	pctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for p := range 4 {
+		wg.Go(func() {
+			for i := 0; pctx.Err() == nil; i++ {
+				if n, err := c.Emit(ctx, channel, strconv.Itoa(p)+"."+strconv.Itoa(i)); err == nil {
+					counted.Add(int64(n))
+				}
+			}
+		})
+	}
+	return func() int64 {
+		cancel()
+		wg.Wait()
+		return counted.Load()
+	}
+}
+
+// Members of a queue group join and leave one Client while jobs are
+// emitted, one member staying throughout. Every job the server queued for
+// one of the Client's members (Emit's count) is received by a member or
+// counted dropped: the jobs the server sends a leaving member's connection
+// before it withdraws it go to the member that stays (found by review:
+// they were read and thrown away, uncounted). Buffer(32) keeps every
+// queued signal in C, which the consumer reads until it closes.
+func TestGroupMembersLeavingLoseNoJobUncounted(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{PushBuffer: 4096})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	var got atomic.Int64
+	var cwg sync.WaitGroup
+	stays, err := c.Listen(ctx, "jobs", Group("g"), Buffer(32))
+	require.NoError(t, err)
+	consumeAll(t, stays, &got, &cwg)
+
+	stop := emitUntil(ctx, c, "jobs")
+	for range 20 {
+		m, err := c.Listen(ctx, "jobs", Group("g"), Buffer(32))
+		require.NoError(t, err)
+		consumeAll(t, m, &got, &cwg)
+		time.Sleep(10 * time.Millisecond)
+		require.NoError(t, m.Close())
+	}
+	counted := stop()
+	require.NoError(t, stays.Close())
+	cwg.Wait()
+	// Every member connection, withdrawn, has closed: nothing more arrives.
+	require.Eventually(t, func() bool { return listenerConns(c) == 0 }, testTimeout, 5*time.Millisecond)
+	dropped := c.Snapshot().SignalsDropped
+	t.Logf("server counted %d, received %d, dropped %d", counted, got.Load(), dropped)
+	require.Equal(t, counted, got.Load()+dropped, "jobs queued for this Client's members vanished without a count")
+}
+
+// The last member of a group in a Client leaves while jobs are emitted:
+// what the server had already queued for it is nobody's in this Client, and
+// is counted dropped, not lost silently.
+func TestGroupLastMemberLeavingCountsWhatWasQueuedForIt(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{PushBuffer: 4096})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	var got atomic.Int64
+	var cwg sync.WaitGroup
+	m, err := c.Listen(ctx, "jobs", Group("g"), Buffer(32))
+	require.NoError(t, err)
+	consumeAll(t, m, &got, &cwg)
+	stop := emitUntil(ctx, c, "jobs")
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, m.Close())
+	require.Eventually(t, func() bool { return groupListeners(srv, "jobs", "g") == 0 }, testTimeout, 5*time.Millisecond)
+	counted := stop()
+	cwg.Wait()
+	require.Eventually(t, func() bool { return listenerConns(c) == 0 }, testTimeout, 5*time.Millisecond)
+	dropped := c.Snapshot().SignalsDropped
+	t.Logf("server counted %d, received %d, dropped %d", counted, got.Load(), dropped)
+	require.Equal(t, counted, got.Load()+dropped, "jobs queued for the member vanished without a count")
+}
+
+// listenerConns is the number of c's open signal listener connections.
+func listenerConns(c *Client) (n int) {
+	for _, s := range c.Snapshot().Servers {
+		n += s.Conns.Listener
+	}
+	return n
+}
+
+// Client.Close does not wait for the withdrawal of a group member's
+// connection: with the server stalled, the unlisten is never answered, and
+// Close ends the withdrawal at once rather than after withdrawFor.
+func TestCloseCutsAGroupConnectionsWithdrawalShort(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c, err := New(addrsOf(srv))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	m, err := c.Listen(ctx, "jobs", Group("g"))
+	require.NoError(t, err)
+	resume := srv.Stall(0)
+	defer resume()
+	require.NoError(t, m.Close())
+	// The supervisor has sent the unlisten when the listener has left the
+	// hub; its connection is still open, waiting for the answer.
+	require.Eventually(t, func() bool {
+		c.signals.mu.Lock()
+		defer c.signals.mu.Unlock()
+		return len(c.signals.listeners) == 0
+	}, testTimeout, time.Millisecond)
+	require.Equal(t, 1, listenerConns(c), "the withdrawn connection waits for the unlisten's answer")
+	start := time.Now()
+	require.NoError(t, c.Close())
+	require.Less(t, time.Since(start), withdrawFor, "Close waited for the withdrawal")
+	require.Zero(t, listenerConns(c))
+}
