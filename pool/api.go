@@ -234,8 +234,10 @@ type Stats struct {
 	// LingeringConns: connections the keepalive broke that stay open (at
 	// most a minute) for the replies to what they had written, and
 	// connections Conn.Withdraw half-closed, read until the server closes
-	// its side (at most 2 s; see OnReleaseLost). They are in no other
-	// count: their role is over.
+	// its side (at most 2 s; see OnReleaseLost). Their role is over: they
+	// are in no other count, except that a wait-pool connection the
+	// keepalive broke while acquired stays in AcquiredConns until its
+	// holder calls Release or Destroy (which package dflock does at once).
 	LingeringConns int
 	Broken         int64 // connections that broke or were destroyed
 	IdleClosed     int64 // idle wait-pool connections closed by MaxIdleConns or MaxConnIdleTime (not in Broken)

@@ -1636,6 +1636,10 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 		d = withdrawLingerFor
 	}
 	c.lingerUntil = time.Now().Add(d)
+	// Nothing more is written; a write under way (the flush goroutine's,
+	// blocked on the stalled server) that fails later must not end the
+	// reading as a broken connection would.
+	c.wc.EndWrites()
 	// The pool's Close ends the linger by closing the socket, from now:
 	// the reader may still be in a read it began before the cut, not yet
 	// in linger, and that read's deadline is now lingerUntil.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -255,4 +256,49 @@ func TestKeepaliveCutOfADesynchronisedConnDoesNotLinger(t *testing.T) {
 	require.ErrorIs(t, result(t, res, "Do").err, errNoReply)
 	require.Eventually(t, c.readerExited, wait, time.Millisecond, "closed while the server is still paused")
 	assert.Empty(t, lost, "nothing handed on from a connection that could not be trusted")
+}
+
+// A connection the keepalive cut lingers "until all are in, or for at most
+// a minute, or until the pool closes" (docs/architecture.md), even if a
+// write was blocked on the stalled server when the cut came: that write's
+// timeout must not end the reading (found by review: it broke the
+// wire.Conn, both deadlines forced into the past, and the grant the
+// resumed server made for a request written before went to a closed
+// socket, held by nobody).
+func TestLingerOutlivesTheWriteTimeoutOfAWriteBlockedAtTheCut(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	lost := make(chan wire.Request, 4)
+	// The cut (about two KeepAlives after the stall) comes after the
+	// flush began its write, and before its timeout.
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: 500 * time.Millisecond, writeTimeout: 2 * time.Second,
+		OnReleaseLost: func(req wire.Request) { lost <- req }})
+	bigKey := strings.Repeat("x", 16<<20) // more than the socket buffers take: the write blocks
+	ctx := ctxWait(t)
+	h, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	defer h.Destroy()
+	settle(t, h.c)
+
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	errs := make(chan error, 2)
+	h.SendBatch([]wire.Request{
+		{Cmd: wire.CmdLock, Key: "a", Lease: 30},
+		{Cmd: wire.CmdLock, Key: bigKey, Lease: 30},
+	}, func(_ int, _ wire.Reply, err error) { errs <- err })
+	for range 2 {
+		require.ErrorIs(t, result(t, errs, "SendBatch"), errNoReply)
+	}
+	require.Equal(t, 1, p.Stats().LingeringConns, "the cut connection lingers")
+	require.Equal(t, int64(2), h.c.nwrite.Load(), "the batch's write had begun before the cut")
+	time.Sleep(2 * time.Second) // past the write timeout, far within lingerFor
+	assert.False(t, h.c.readerExited(), "the linger ended with the write's timeout, the server still stalled")
+	resume()
+	select {
+	case rel := <-lost:
+		assert.Equal(t, "a", rel.Key)
+	case <-time.After(2 * time.Second):
+		t.Fatalf("the grant of a, made when the server resumed, never reached OnReleaseLost (held by conn %d)", holder(srv, "a"))
+	}
 }

@@ -50,7 +50,8 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // Conn is a framed protocol connection. Writes and reads may run on
 // different goroutines (one writer, one reader at a time each); after any
-// failure every later call returns an error matching ErrConnBroken.
+// failure every later call returns an error matching ErrConnBroken (but see
+// EndWrites, after which a write's failure is the write's alone).
 //
 // A Conn breaks on any I/O error (including an expired deadline, except
 // while AwaitLine waits: it has read nothing), on a line over the cap, and
@@ -68,6 +69,9 @@ type Conn struct {
 	wbuf   []byte // writer-owned
 	broken atomic.Pointer[brokenError]
 	closed atomic.Bool
+	// writesEnded: EndWrites was called; a failed write no longer breaks
+	// the reads.
+	writesEnded atomic.Bool
 	nread  countingReader
 	// consumed counts the bytes of the lines readLine returned ('\n'
 	// included): BytesRead - consumed is what is buffered or in a line
@@ -191,13 +195,34 @@ func (c *Conn) WriteRaw(b []byte) (n int, err error) {
 }
 
 func (c *Conn) write(b []byte) (int, error) {
+	if c.writesEnded.Load() {
+		return 0, errWritesEnded
+	}
 	n, err := c.nc.Write(b)
 	if err != nil {
+		if c.writesEnded.Load() {
+			// A write already under way when EndWrites came: it fails
+			// alone (see EndWrites).
+			return n, &brokenError{cause: err}
+		}
 		// A partial write leaves a truncated request on the server's side.
 		return n, c.fail(err)
 	}
 	return n, nil
 }
+
+// errWritesEnded is the error of a write after EndWrites.
+var errWritesEnded = &brokenError{cause: errors.New("writes ended")}
+
+// EndWrites ends writing on c for good while reading goes on: the replies
+// to the requests written before are still to be read, in order (a
+// connection that lingers for them). Every later write fails, matching
+// ErrConnBroken, without breaking c; so does a write under way now that
+// fails from now on (its deadline passes, the socket's sending side is
+// shut): a request it left truncated is never answered, and the replies
+// before it are not disturbed. The reader must be stopped by its owner
+// (a read deadline, Close). It may be called from any goroutine.
+func (c *Conn) EndWrites() { c.writesEnded.Store(true) }
 
 // ReadLine reads the next line (push or reply) without parsing it. The '\n'
 // and any trailing '\r' are removed. The slice is valid until the next read.

@@ -431,3 +431,35 @@ func TestConnCountsBytesReadAndConsumed(t *testing.T) {
 	assert.Equal(t, whole+7, c.BytesConsumed())
 	assert.Equal(t, c.BytesRead(), c.BytesConsumed())
 }
+
+// After EndWrites every write fails (matching ErrConnBroken) without
+// breaking the Conn, and so does a write that was under way: the replies
+// already due are still read.
+func TestConnEndWritesKeepsReading(t *testing.T) {
+	t.Parallel()
+	c, peer := pipeConn(t, ConnOptions{})
+	// A write under way: nobody reads the pipe's other end.
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.WriteRaw([]byte("ping\n_\n\n"))
+		wrote <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // (let it block; if it has not begun, it fails below all the same)
+	c.EndWrites()
+	require.NoError(t, c.SetWriteDeadline(aLongTimeAgo))
+	select {
+	case err := <-wrote:
+		require.ErrorIs(t, err, ErrConnBroken)
+	case <-time.After(guard):
+		t.Fatal("the write under way did not fail at its deadline")
+	}
+	n, err := c.WriteRaw([]byte("ping\n_\n\n"))
+	require.ErrorIs(t, err, ErrConnBroken, "a write after EndWrites")
+	require.Zero(t, n)
+	require.NoError(t, c.Err(), "writes ended, the Conn is not broken")
+
+	go func() { _, _ = io.WriteString(peer, "ok\n") }()
+	line, err := c.ReadLine()
+	require.NoError(t, err, "reading goes on")
+	require.Equal(t, "ok", string(line))
+}
