@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -17,7 +18,9 @@ import (
 // countingTracer counts pairs and outcomes.
 type countingTracer struct {
 	starts, ends atomic.Int64
-	granted      atomic.Int64 // non-scoped, lease-carrying grants
+	granted      atomic.Int64 // non-scoped, lease-carrying grants (handed over or not)
+	notHanded    atomic.Int64 // of those, granted but ended before the call could return them
+	badEnd       atomic.Value // string: a not-handed-over grant reported wrongly
 	tokens       sync.Map     // distinct granted tokens
 }
 
@@ -28,9 +31,20 @@ func (t *countingTracer) AcquireStart(ctx context.Context, _ AcquireInfo) contex
 
 func (t *countingTracer) AcquireEnd(_ context.Context, info AcquireInfo, res AcquireResult) {
 	t.ends.Add(1)
-	if info.Op != "withlock" && info.Op != "withsemaphore" && res.Outcome == Granted && res.Lease.Token != "" {
-		if _, dup := t.tokens.LoadOrStore(res.Lease.Server+"/"+res.Lease.Key+"/"+res.Lease.Token, true); !dup {
-			t.granted.Add(1)
+	if info.Op == "withlock" || info.Op == "withsemaphore" || res.Lease.Token == "" {
+		return
+	}
+	if _, dup := t.tokens.LoadOrStore(res.Lease.Server+"/"+res.Lease.Key+"/"+res.Lease.Token, true); !dup {
+		t.granted.Add(1)
+		if res.Outcome != Granted {
+			t.notHanded.Add(1)
+			// Lost (Failed) or released by Close (Cancelled), and not
+			// acquired either way.
+			lost := res.Outcome == Failed && errors.Is(res.Err, ErrLockLost)
+			closed := res.Outcome == Cancelled && errors.Is(res.Err, ErrClosed)
+			if !errors.Is(res.Err, ErrNotAcquired) || !lost && !closed {
+				t.badEnd.Store(fmt.Sprintf("a grant not handed over reported as %v: %v", res.Outcome, res.Err))
+			}
 		}
 	}
 }
@@ -150,12 +164,15 @@ func countersBalance(t *testing.T, closeMidway bool) {
 	require.NoError(t, c.Close())
 
 	s := c.Snapshot()
-	t.Logf("after Close: %+v; tracer starts=%d ends=%d granted=%d; OnLeaseLost=%d",
-		s, tr.starts.Load(), tr.ends.Load(), tr.granted.Load(), lostHooks.Load())
+	t.Logf("after Close: %+v; tracer starts=%d ends=%d granted=%d (not handed over %d); OnLeaseLost=%d",
+		s, tr.starts.Load(), tr.ends.Load(), tr.granted.Load(), tr.notHanded.Load(), lostHooks.Load())
 	if v := monoErr.Load(); v != nil {
 		t.Error(v)
 	}
 	require.Zero(t, s.CallbacksDropped)
+	if v := tr.badEnd.Load(); v != nil {
+		t.Error(v)
+	}
 	assert.Equal(t, tr.starts.Load(), tr.ends.Load(), "Tracer pairs")
 	assert.Equal(t, s.Acquired, s.Released+s.Lost, "every lease ends once, released or lost")
 	assert.Equal(t, tr.granted.Load(), s.Acquired, "grants the Tracer saw vs Acquired")

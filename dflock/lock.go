@@ -91,22 +91,28 @@ func newLock(h *held, err error) (*Lock, error) {
 
 // handedOver is what an acquire (h, err) hands to its caller, a Tracer's
 // span and WithLock's fn alike: err (see closedNotAcquired), or an error if
-// h, the lease it got, is lost before it could be handed over — at once, or
-// because its grant, or the renewal that confirmed a late one, was answered
-// so late that the lease's life, counted from the request's send
-// (docs/leases.md, rule 3), had run out: the scheduler declares it lost at
-// its next round, due at once, and releases it. The caller must not believe
-// it held even for a moment after the server's lease may have ended.
+// h, the lease it got, ended before it could be handed over — lost at once,
+// released by Close (ErrClosed), or answered so late (its grant, or the
+// renewal that confirmed a late one) that the lease's life, counted from
+// the request's send (docs/leases.md, rule 3), had run out: the scheduler
+// declares it lost at its next round, due at once, and releases it. The
+// caller must not believe it held even for a moment after the server's
+// lease may have ended. With that error h is returned too, for the
+// Tracer's AcquireResult.Lease; callers other than traced drop it.
 func handedOver(h *held, err error) (*held, error) {
 	if err != nil {
 		return nil, notAcquiredIfClosed(err)
 	}
 	lerr := h.lease.Err()
-	if lerr == nil && h.lease.Overdue() {
+	switch {
+	case lerr == nil && h.lease.Overdue():
 		lerr = errLostAtHandOver
+	case errors.Is(lerr, ErrReleased):
+		// Nobody but Close releases a lease not handed over yet.
+		lerr = ErrClosed
 	}
 	if lerr != nil {
-		return nil, h.endedError("acquire", &bothError{domain: ErrNotAcquired, cause: lerr})
+		return h, h.endedError("acquire", &bothError{domain: ErrNotAcquired, cause: lerr})
 	}
 	return h, nil
 }

@@ -132,8 +132,10 @@ type AcquireResult struct {
 	Waited time.Duration
 	// Duration is the whole call.
 	Duration time.Duration
-	// Lease is the granted lease (zero unless Outcome is Granted; for an
-	// "enqueue" that was queued, zero too).
+	// Lease is the granted lease: zero unless Outcome is Granted, or the
+	// lease was granted but ended before the call could return it (lost,
+	// or released by Close; Err says which); for an "enqueue" that was
+	// queued, zero too.
 	Lease LeaseInfo
 	// Err is the error the call returned (for "withlock": fn's error, joined
 	// with a loss, or an error naming the panic if fn panicked).
@@ -278,7 +280,7 @@ func (c *Client) traced(ctx context.Context, t Tracer, info AcquireInfo, acquire
 		res = acquireResult(start, tr, h, err)
 		ended := false
 		defer func() {
-			if !ended && h != nil {
+			if !ended && h != nil && err == nil {
 				// AcquireEnd panicked: the caller gets no handle, so the
 				// grant must not stay held, and renewed, by nobody.
 				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
