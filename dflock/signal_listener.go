@@ -489,6 +489,9 @@ type lconn struct {
 	// pushes counts the pushes read, for withdraw to tell when the
 	// connection has gone quiet.
 	pushes atomic.Uint64
+	// withdrawn: a queue-group connection being withdrawn (see withdraw);
+	// what it reads, even once closed, is forwarded.
+	withdrawn atomic.Bool
 }
 
 // close ends lc; its pushes still in flight are ignored.
@@ -667,6 +670,10 @@ func (l *listener) onPush(lc *lconn) func(wire.Push) {
 		l.mu.RLock()
 		switch {
 		case lc.dead.Load():
+			// Nothing for this listener's subscriptions; but a push a
+			// withdrawn connection reads as it closes is the group's
+			// still, counted delivered by the server.
+			orphan = lc.withdrawn.Load() && wire.MatchPattern(l.key.pattern, sig.Channel)
 		case l.key.group == "":
 			slow = l.broadcastLocked(lc, sig)
 		default:
@@ -959,6 +966,7 @@ const (
 // within withdrawFor, or the Client's Close, cuts it short: what was still
 // queued for lc is then lost with it.
 func (l *listener) withdraw(lc *lconn) {
+	lc.withdrawn.Store(true)
 	defer lc.close()
 	answered := make(chan struct{}, 1)
 	start := time.Now()
@@ -1173,6 +1181,7 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 	}
 	l.sent = l.sent[:0]
 	var listens, fresh []*pat
+	poke := false
 	for p := range l.dirty {
 		switch {
 		case len(p.subs) > 0:
@@ -1190,6 +1199,11 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 					fresh = append(fresh, p)
 				}
 			}
+		case p.on && l.key.group != "":
+			// A queue group's last member went since retire looked:
+			// the next step's retire withdraws the connection, which
+			// loses none of the jobs the server has queued for it.
+			poke = true
 		case p.on:
 			// The last subscription went. A subscription of the same
 			// pattern that comes after the unlisten gets a new pat, whose
@@ -1206,6 +1220,9 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 		}
 	}
 	clear(l.dirty)
+	if poke {
+		l.poke() // (it never blocks)
+	}
 	for _, p := range append(listens, fresh...) {
 		reqs = append(reqs, wire.Request{Cmd: wire.CmdListen, Key: p.pattern, Arg: l.key.group})
 		l.sent = append(l.sent, p)
