@@ -770,6 +770,43 @@ func TestConformancePeerClose(t *testing.T) {
 		c.expectGrant("ok", 33)
 	})
 
+	// A grant made as the waiter's peer went, not yet written, is undone
+	// and passed on (dflockd's releaseGrantOnCancel), even with
+	// auto-release off: it was never anyone's. The release and the
+	// half-close race; the waiter either reads its grant or it is undone.
+	t.Run("grant racing the half-close, auto-release off", func(t *testing.T) {
+		t.Parallel()
+		srv := newServer(t, Config{DisableAutoRelease: true})
+		for i := range 100 {
+			key := "k" + strconv.Itoa(i)
+			a := dialSrv(t, srv)
+			tok := a.lock(key, "0", 33)
+			b := dialSrv(t, srv)
+			b.send("l", key, "30")
+			waitLockWaiters(t, srv, key, 1)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				a.send("r", key, tok) // (a's reply is read below, on this goroutine's return)
+			}()
+			require.NoError(t, b.c.(*net.TCPConn).CloseWrite())
+			<-done
+			a.expect("ok")
+			line, err := b.readLineWithin(ioWait)
+			if err == nil { // b read its grant: the lock is b's to release
+				_, ok := findLock(srv.Stats(), key)
+				require.True(t, ok, "%s: granted %q, then gone", key, line)
+				continue
+			}
+			require.Eventually(t, func() bool {
+				l, ok := findLock(srv.Stats(), key)
+				return !ok || l.OwnerConnID == 0
+			}, ioWait, time.Millisecond, "%s: a grant its half-closed waiter never read is held", key)
+			a.close()
+			b.close()
+		}
+	})
+
 	t.Run("v1.10 has no peer-close detection", func(t *testing.T) {
 		t.Parallel()
 		srv := newServer(t, Config{Version: V1_10})

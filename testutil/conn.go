@@ -661,10 +661,14 @@ func (c *conn) park(w *waiter, timeout int64) bool {
 	case <-s.drainCh:
 		word = "error" // §8j: blocked waiters fail at once
 	case <-c.done:
-		s.locks.withdraw(w)
+		if gone != nil {
+			s.locks.undo(w)
+		} else {
+			s.locks.withdraw(w)
+		}
 		return false
 	case <-gone:
-		s.locks.withdraw(w)
+		s.locks.undo(w)
 		c.close()
 		return false
 	}

@@ -390,6 +390,28 @@ func (t *lockTable) withdraw(w *waiter) bool {
 	return true
 }
 
+// undo withdraws a parked waiter whose connection went away (§8e), like
+// withdraw, and if it was granted first, before the grant could be
+// written, ends that grant and hands the slot on, as dflockd's
+// commitGrantLocked does for a waiter cancelled before it saw its grant
+// (releaseGrantOnCancel), whether or not auto-release is on: the grant was
+// never anyone's. Reported as AuditDisconnect. (Seen in the v2 source;
+// assumed from v1.15 on, where the peer watch that cancels the waiter came
+// in; v1.10 keeps the grant and does not watch.)
+func (t *lockTable) undo(w *waiter) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.clock.Now()
+	if w.h == nil {
+		t.dropWaiter(w, now)
+		return
+	}
+	if h := w.h; !h.gone && !t.stopped {
+		t.dropHolderEnq(h)
+		t.removeHolder(h.res, h, AuditDisconnect, now)
+	}
+}
+
 func (t *lockTable) dropWaiter(w *waiter, now time.Time) {
 	r := w.res
 	if i := slices.Index(r.waiters, w); i >= 0 {
