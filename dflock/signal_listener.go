@@ -962,9 +962,10 @@ const (
 // then on, and closes lc only once the server has answered and lc has
 // been quiet for a while, since pushes the server had queued for lc before
 // the unlisten may follow the answer. What lc reads meanwhile is forwarded
-// (takeTurnLocked, signalHub.forward). A server that does not answer
-// within withdrawFor, or the Client's Close, cuts it short: what was still
-// queued for lc is then lost with it.
+// (takeTurnLocked, signalHub.forward). The quiet is a judgement: nothing
+// on the wire says the server has written all it had queued, and what it
+// writes later is lost with lc, as on a break. A server that does not
+// answer within withdrawFor, or the Client's Close, cuts it short too.
 func (l *listener) withdraw(lc *lconn) {
 	lc.withdrawn.Store(true)
 	defer lc.close()
