@@ -224,6 +224,10 @@ func (c *Client) Listen(ctx context.Context, pattern string, opts ...ListenOptio
 		}
 		if err != nil {
 			c.signals.detach(s)
+			// What s took meanwhile (a wildcard's server that confirmed
+			// first, a forwarded job) the server counted delivered, and
+			// nobody will read it.
+			c.stats.sigDropped.Add(int64(s.held()))
 			s.finish(ErrSubscriptionClosed)
 			return nil, &Error{Op: "listen", Key: pattern, Server: w.l.srv.addr, Err: err}
 		}
@@ -428,6 +432,17 @@ func (s *Subscription) closedErr() error {
 		return nil
 	}
 	return s.closeErr
+}
+
+// held is the number of signals s holds, in its channel and its overflow.
+func (s *Subscription) held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.signalsInChLocked()
+	if s.ov != nil {
+		n += s.ov.sigs
+	}
+	return n
 }
 
 // finish marks the subscription closed, stops the drainer and closes the

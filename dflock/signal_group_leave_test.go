@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -197,4 +198,121 @@ func TestGroupRejoinChurnLosesNoJobUncounted(t *testing.T) {
 	dropped := c.Snapshot().SignalsDropped
 	t.Logf("server counted %d, received %d, dropped %d", counted, got.Load(), dropped)
 	require.Equal(t, counted, got.Load()+dropped, "jobs queued for this Client's members vanished without a count")
+}
+
+// gatedReadConn holds each Read while a gate is set, until that gate closes.
+type gatedReadConn struct {
+	net.Conn
+	gate *atomic.Pointer[chan struct{}]
+}
+
+func (c *gatedReadConn) Read(b []byte) (int, error) {
+	if g := c.gate.Load(); g != nil {
+		<-*g
+	}
+	return c.Conn.Read(b)
+}
+
+// A queue-group member leaves while the server still has jobs on their way
+// to its connection; another member is joining on a second connection, its
+// Listen not answered yet (its dial slow), and then its Listen fails. The
+// leaving connection's late jobs are not lost uncounted in that joiner's
+// subscription (found by review: forward handed them to it, and its failed
+// Listen threw them away): forward takes only confirmed members, and a
+// failed Listen counts what its subscription held as dropped.
+func TestJobsForwardedToAJoinerWhoseListenFailsAreCounted(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{PushBuffer: 4096})
+	var dials atomic.Int32
+	readGate := &atomic.Pointer[chan struct{}]{}
+	dialGate := make(chan struct{})
+	var d net.Dialer
+	c := newClient(t, addrsOf(srv), WithDialer(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		switch dials.Add(1) {
+		case 1: // A's listener connection: its reads are gated
+			nc, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &gatedReadConn{Conn: nc, gate: readGate}, nil
+		default: // B's listener connection: slow to dial
+			select {
+			case <-dialGate:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return d.DialContext(ctx, network, addr)
+		}
+	}))
+	emitter := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	a, err := c.Listen(ctx, "jobs", Group("g"))
+	require.NoError(t, err)
+	var gotA atomic.Int64
+	var cwg sync.WaitGroup
+	consumeAll(t, a, &gotA, &cwg)
+
+	// B joins on a connection of its own (a free slot), whose dial hangs.
+	bctx, bcancel := context.WithCancel(ctx)
+	defer bcancel()
+	bErr := make(chan error, 1)
+	go func() {
+		s, err := c.Listen(bctx, "jobs", Group("g"))
+		if s != nil {
+			_ = s.Close()
+		}
+		bErr <- err
+	}()
+	require.Eventually(t, func() bool {
+		c.signals.mu.Lock()
+		defer c.signals.mu.Unlock()
+		return len(c.signals.listeners) == 2
+	}, testTimeout, time.Millisecond)
+
+	// Jobs for A's connection (the server's only member), not read yet.
+	gate := make(chan struct{})
+	readGate.Store(&gate)
+	const jobs = 20
+	counted := 0
+	for i := range jobs {
+		n, err := emitter.Emit(ctx, "jobs", "job"+strconv.Itoa(i))
+		require.NoError(t, err)
+		counted += n
+	}
+	require.Equal(t, jobs, counted, "every job queued for A's connection")
+
+	// A leaves: its connection is withdrawn; the jobs read now are orphans.
+	start := time.Now()
+	require.NoError(t, a.Close())
+	readGate.Store(nil)
+	close(gate)
+	// Every job has been read off A's connection: received by A, taken
+	// by B's subscription (forwarded), or counted dropped.
+	inB := func() (n int) {
+		c.signals.mu.Lock()
+		defer c.signals.mu.Unlock()
+		for s := range c.signals.subs {
+			if s != a {
+				n += len(s.ch)
+			}
+		}
+		return n
+	}
+	require.Eventually(t, func() bool {
+		return gotA.Load()+int64(inB())+c.Snapshot().SignalsDropped == int64(counted)
+	}, testTimeout, time.Millisecond, "the jobs never reached the client")
+	t.Logf("after %v: A received %d, B's pending subscription holds %d, dropped %d",
+		time.Since(start), gotA.Load(), inB(), c.Snapshot().SignalsDropped)
+	// B's Listen gives up before its dial completes.
+	bcancel()
+	err = <-bErr
+	require.Error(t, err)
+	t.Logf("B's Listen: %v", err)
+	cwg.Wait()
+
+	dropped := c.Snapshot().SignalsDropped
+	t.Logf("server counted %d, received %d, dropped %d", counted, gotA.Load(), dropped)
+	require.Equal(t, int64(counted), gotA.Load()+dropped,
+		"jobs queued for this Client's members vanished without a count")
 }

@@ -775,7 +775,11 @@ func (h *signalHub) forward(c *Client, key listenerKey, sig Signal) {
 		var slow []*Subscription
 		taken := false
 		l.mu.RLock()
-		if pt := l.pats[key.pattern]; pt != nil && len(pt.subs) > 0 {
+		// Only to members whose listen the server confirmed: one still
+		// joining may yet fail its Listen, and what it holds then is
+		// nobody's (Listen counts it dropped, but a member here can
+		// take it).
+		if pt := l.pats[key.pattern]; pt != nil && pt.on && len(pt.subs) > 0 {
 			slow, taken = turnLocked(pt, sig), true
 		}
 		l.mu.RUnlock()
@@ -994,7 +998,7 @@ func (l *listener) withdraw(lc *lconn) {
 		case <-l.c.ctx.Done():
 			return
 		}
-		if lc.pushes.Load() == n {
+		if lc.pushes.Load() == n && !lc.conn.pc.Unread() {
 			return
 		}
 		t.Reset(quiet)

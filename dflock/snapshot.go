@@ -21,8 +21,9 @@ type Snapshot struct {
 	// SignalsDropped counts signals dropped because a subscription's
 	// buffer was full, and queue-group jobs the server had queued for a
 	// member that left with no other member in the Client to take them
-	// (docs/signals.md, Queue groups); SignalGaps the gaps reported to
-	// subscriptions.
+	// (docs/signals.md, Queue groups), and what the subscription of a
+	// Listen that failed had taken meanwhile; SignalGaps the gaps reported
+	// to subscriptions.
 	SignalsDropped, SignalGaps int64
 	// CallbacksDropped counts log records and hook calls dropped because
 	// too many were waiting, or Close stopped waiting for them (see

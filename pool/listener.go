@@ -37,6 +37,11 @@ func (l *ListenerConn) Err() error { return l.c.Err() }
 // Destroy closes the connection. Idempotent.
 func (l *ListenerConn) Destroy() { l.c.fail(errDestroyed) }
 
+// Unread reports whether bytes have been read from the socket that the
+// reader has not yet taken as whole lines (a push still being handled or
+// buffered): a connection about to be closed for quiet is not quiet yet.
+func (l *ListenerConn) Unread() bool { return l.c.wc.BytesRead() > l.c.wc.BytesConsumed() }
+
 // DialListener opens a listener connection whose reader hands every `sig`
 // push line to onPush.
 //
