@@ -103,9 +103,11 @@ func handedOver(h *held, err error) (*held, error) {
 	if err != nil {
 		return nil, notAcquiredIfClosed(err)
 	}
+	overdue := h.lease.Overdue() // first: a lease that ends meanwhile shows in Err
 	lerr := h.lease.Err()
 	switch {
-	case lerr == nil && h.lease.Overdue():
+	case lerr == nil && overdue:
+		h.lease.Forfeit()
 		lerr = errLostAtHandOver
 	case errors.Is(lerr, ErrReleased):
 		// Nobody but Close releases a lease not handed over yet.

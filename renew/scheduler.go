@@ -672,7 +672,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 			cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
 		}
 	default:
-		if sent > l.confirmed {
+		if sent > l.confirmed && !l.forfeited {
 			ttl := l.ttl
 			if r.Lease > 0 && r.Lease < int64(ttl/time.Second) {
 				ttl = seconds(r.Lease) // the server applied less: believe it

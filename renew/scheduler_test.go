@@ -657,3 +657,33 @@ func TestKeepAliveBelowMinIntervalIsBounded(t *testing.T) {
 	s.mu.Unlock()
 	assert.GreaterOrEqual(t, iv, MinInterval, "renewal interval of a 10 s lease")
 }
+
+// A lease forfeited (its acquire found it Overdue and did not hand it over)
+// is lost at the next round even if a renewal in flight is answered ok
+// meanwhile: that answer must not keep it renewed by nobody.
+func TestForfeitedLeaseIsLostDespiteALateRenewalAnswer(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	o := newOwner(t, func(r wire.Request) answer {
+		if r.Cmd == wire.CmdRenew {
+			return answer{kind: answerOK, gate: gate}
+		}
+		return answer{}
+	})
+	s, clk := manualScheduler(t, Config{})
+	o.now = clk.Now
+	const ttl = 4 * time.Second
+	l := s.Track(Spec{Key: "k", Token: "tok", TTL: ttl, Owner: o, Sent: clk.Now().Add(-2 * time.Second)})
+	s.tick()
+	require.Len(t, requestsFor(o.snapshot(), wire.CmdRenew, "k"), 1, "a renewal in flight")
+
+	l.Forfeit()
+	close(gate) // the renewal is answered ok
+	o.waitAnswered(t, 1, waitShort)
+	s.tick()
+	waitDone(t, l, waitShort)
+	require.ErrorIs(t, l.Err(), ErrLost)
+	o.waitFor(t, waitShort, "release", func(bs []sentBatch) bool {
+		return len(requestsFor(bs, wire.CmdRelease, "k")) == 1
+	})
+}
