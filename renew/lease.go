@@ -41,7 +41,7 @@ type Lease struct {
 	// deadline is the loss deadline, confirmed + ttl − margin: written
 	// under s.mu, read without it by Overdue.
 	deadline  atomic.Int64
-	forfeited bool // Forfeit: no answer extends it any more
+	forfeited bool  // Forfeit: no answer extends it any more
 	confirmed int64 // send time of the last confirmed grant/renew
 	oprev     *Lease
 	onext     *Lease                  // intrusive list of the owner's leases
