@@ -632,7 +632,11 @@ func (c *conn) park(w *waiter, timeout int64) bool {
 	s := c.srv
 	// The client may be waiting for answers to earlier pipelined requests.
 	if c.flush() != nil {
-		s.locks.withdraw(w) // a grant that won the race is released on disconnect
+		if s.cfg.Version == V1_10 {
+			s.locks.withdraw(w) // a grant that won the race is released on disconnect
+		} else {
+			s.locks.undo(w)
+		}
 		return false
 	}
 	// v1.10 does not watch the peer while a waiter is parked (§8e): an
