@@ -336,6 +336,13 @@ func WithDialTimeout(d time.Duration) Option {
 // its requests never reached the server, and a try-lock among them is sent
 // again on another connection. A wrapper that returns 0 with an error after
 // sending bytes could have one try granted twice.
+//
+// dial must return once ctx ends: ctx carries the dial timeout
+// (WithDialTimeout), the caller's context where a call waits for the dial,
+// and Close. The Client cannot abandon a dial in progress, so a dialer that
+// ignores ctx holds Close, and a Stats call (which dials on its caller's
+// goroutine), until it returns. One that returns neither a connection nor
+// an error fails the dial (ErrServerUnavailable).
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }

@@ -70,6 +70,9 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	// (Query and DialListener dial under the caller's).
 	defer context.AfterFunc(p.ctx, cancel)()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
+	if err == nil && nc == nil {
+		err = errNilConn // a broken Config.Dial: a failed dial, not a crash
+	}
 	if err != nil {
 		return nil, 0, p.dialFailed(parent, dialTimedOut(ctx, err), lane)
 	}
@@ -183,6 +186,10 @@ func peerClosed(err error) bool {
 // errLongToken explains a refused token longer than servers before v1.15
 // accept on any line.
 var errLongToken = errors.New("the token is longer than 256 bytes, which servers before v1.15 refuse whatever it is")
+
+// errNilConn is the dial error of a Config.Dial that returned neither a
+// connection nor an error.
+var errNilConn = errors.New("the dialer returned no connection and no error")
 
 var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")
 
