@@ -732,25 +732,41 @@ func (l *listener) takeTurnLocked(lc *lconn, sig Signal) (slow []*Subscription, 
 	if len(pt.subs) == 0 {
 		return nil, true
 	}
-	return turnLocked(pt, sig), false
+	return turnLocked(pt.subs, &pt.rr, sig), false
 }
 
-// turnLocked hands sig to the member of pt whose turn it is, or the next
-// with room; if all are full, it counts the drop on the first and returns
-// it if that starts its slow-consumer episode. pt has members; its
+// turnLocked hands sig to the member of subs (not empty) whose turn it is
+// (rr), or the next with room; if all are full, it counts the drop on the
+// first and returns it if that starts its slow-consumer episode. The
 // listener's mu is held (for reading will do).
-func turnLocked(pt *pat, sig Signal) []*Subscription {
-	n := uint64(len(pt.subs))
-	start := pt.rr.Add(1) - 1
+func turnLocked(subs []*Subscription, rr *atomic.Uint64, sig Signal) []*Subscription {
+	n := uint64(len(subs))
+	start := rr.Add(1) - 1
 	for j := uint64(0); j < n; j++ {
-		if pt.subs[(start+j)%n].offer(sig) {
+		if subs[(start+j)%n].offer(sig) {
 			return nil
 		}
 	}
-	if s := pt.subs[start%n]; s.drop() {
+	if s := subs[start%n]; s.drop() {
 		return []*Subscription{s}
 	}
 	return nil
+}
+
+// settledLocked returns the members of pt whose Listen has returned: those
+// a forwarded job may go to (see signalHub.forward). Usually all of them.
+// The listener's mu is held.
+func (pt *pat) settledLocked() []*Subscription {
+	if len(pt.waiters) == 0 {
+		return pt.subs
+	}
+	subs := make([]*Subscription, 0, len(pt.subs))
+	for _, s := range pt.subs {
+		if _, joining := pt.waiters[s]; !joining {
+			subs = append(subs, s)
+		}
+	}
+	return subs
 }
 
 // forward hands sig, a push the server sent queue group key on a
@@ -775,12 +791,14 @@ func (h *signalHub) forward(c *Client, key listenerKey, sig Signal) {
 		var slow []*Subscription
 		taken := false
 		l.mu.RLock()
-		// Only to members whose listen the server confirmed: one still
-		// joining may yet fail its Listen, and what it holds then is
-		// nobody's (Listen counts it dropped, but a member here can
-		// take it).
-		if pt := l.pats[key.pattern]; pt != nil && pt.on && len(pt.subs) > 0 {
-			slow, taken = turnLocked(pt, sig), true
+		// Only to members whose Listen has returned: one still joining
+		// may yet fail it, and what it holds then is nobody's (Listen
+		// counts it dropped, but a member here could take it). A member
+		// whose connection is reconnecting takes it, after its gap.
+		if pt := l.pats[key.pattern]; pt != nil {
+			if subs := pt.settledLocked(); len(subs) > 0 {
+				slow, taken = turnLocked(subs, &pt.rr, sig), true
+			}
 		}
 		l.mu.RUnlock()
 		if slow != nil {

@@ -72,7 +72,7 @@ type Conn struct {
 	// writesEnded: EndWrites was called; a failed write no longer breaks
 	// the reads.
 	writesEnded atomic.Bool
-	nread  countingReader
+	nread       countingReader
 	// consumed counts the bytes of the lines readLine returned ('\n'
 	// included): BytesRead - consumed is what is buffered or in a line
 	// still arriving.
