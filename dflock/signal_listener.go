@@ -1224,8 +1224,8 @@ func (l *listener) due(lc *lconn) (reqs []wire.Request) {
 			}
 		case p.on && l.key.group != "":
 			// A queue group's last member went since retire looked:
-			// the next step's retire withdraws the connection, which
-			// loses none of the jobs the server has queued for it.
+			// the next step's retire withdraws the connection, and the
+			// jobs the server queued for it are forwarded.
 			poke = true
 		case p.on:
 			// The last subscription went. A subscription of the same
