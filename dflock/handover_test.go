@@ -148,3 +148,23 @@ func TestTicketGrantedAtEnqueueAndWaitedPastItsDeadlineIsNotHandedOver(t *testin
 	require.ErrorIs(t, r.err, ErrNotAcquired)
 	require.ErrorIs(t, r.err, ErrLockLost)
 }
+
+// A ticket granted at Enqueue whose lease the scheduler has already declared
+// lost (its connection dropped): Wait fails as it does for one past its
+// deadline, matching both ErrNotAcquired and ErrLockLost (found by review:
+// ErrLockLost alone).
+func TestWaitOfAGrantedTicketWhoseLeaseWasLostIsNotAcquired(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+	srv.DropConnections() // the lease is lost with its connection
+	require.True(t, waitFor(ctx, testTimeout, func() bool { return c.Snapshot().Lost == 1 }), "lease not lost")
+	l, err := tk.Wait(ctx)
+	require.Nil(t, l)
+	require.ErrorIs(t, err, ErrLockLost)
+	require.ErrorIs(t, err, ErrNotAcquired)
+}

@@ -268,10 +268,7 @@ func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error)
 		h := t.grant
 		t.state, t.grant = ticketDone, nil
 		t.mu.Unlock()
-		if err := h.lease.Err(); err != nil {
-			return nil, h.endedError("wait", err)
-		}
-		return h, nil
+		return h, nil // handedOver refuses it if its lease has ended or is overdue
 	case ticketWaiting, ticketDone:
 		t.mu.Unlock()
 		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrTicketDone}
