@@ -202,8 +202,12 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // enqueue and not yet collected by Wait releases the lock. Either way Cancel
 // waits for the server's answer, at most DefaultReleaseTimeout (then a
 // queued ticket's connection is closed; a granted ticket's release is
-// answered in the background, as Release's is). A Wait in progress
-// returns: a grant it has read is released; its blocking wait is withdrawn
+// answered in the background, as Release's is; and a queued ticket's place
+// granted while the server was paused, its answer to the withdrawal coming
+// only after that, is held by nobody on a server with auto-release off,
+// until its lease runs out). A Wait in progress returns, unless it has
+// already read its grant (it then returns the Lock, which Cancel no longer
+// affects): a grant it reads later is released; its blocking wait is withdrawn
 // as a cancelled Lock's is, by half-closing its connection, and a grant
 // the server sent at that instant is released when it arrives (on servers
 // before v1.14, the connection is closed, and such a grant is ended by the
