@@ -28,6 +28,15 @@ func requireServerBreak(t *testing.T, err error, addr string, msgAndArgs ...any)
 	assert.Contains(t, err.Error(), addr, msgAndArgs...)
 }
 
+// allWritten reports whether c has n requests in flight, all written (a
+// request still queued when the connection breaks is sent again elsewhere:
+// on one CPU the flush goroutine may not have run yet).
+func allWritten(c *conn, n int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.n == n && c.onWireLocked() == n && !c.flushing
+}
+
 // A connection reset by the server's side reaches callers through every path
 // that can notice it first — a lane Do waiting for its reply, a wait-pool
 // exchange, SendBatch callbacks, a listener's onBroken, OnConnBroken — and
@@ -70,8 +79,8 @@ func TestServerResetMatchesErrUnavailableOnEveryPath(t *testing.T) {
 	lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}, {Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) {
 		batchErrs <- err
 	})
-	require.Eventually(t, func() bool { return lane.(*laneConn).c.inflight.Load() == 3 && excl.c.inflight.Load() == 1 },
-		wait, 5*time.Millisecond, "precondition: every request is in flight")
+	require.Eventually(t, func() bool { return allWritten(lane.(*laneConn).c, 3) && allWritten(excl.c, 1) },
+		wait, 5*time.Millisecond, "precondition: every request is written and in flight")
 
 	proxy.ResetAll()
 	err = <-laneErr
