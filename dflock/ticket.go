@@ -201,13 +201,12 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // the lock if it was granted to the ticket meanwhile; a ticket granted at
 // enqueue and not yet collected by Wait releases the lock. Either way Cancel
 // waits for the server's answer, at most DefaultReleaseTimeout (then a
-// queued ticket's connection is closed; a granted ticket's release is
-// answered in the background, as Release's is; and a queued ticket's place
-// granted while the server was paused, its answer to the withdrawal coming
-// only after that, is held by nobody on a server with auto-release off,
-// until its lease runs out). A Wait in progress returns, unless it has
-// already read its grant (it then returns the Lock, which Cancel no longer
-// affects): a grant it reads later is released; its blocking wait is withdrawn
+// queued ticket's connection lingers for the answer, at most a minute, so
+// that a place a paused server grants is still released when it resumes;
+// a granted ticket's release is answered in the background, as Release's
+// is). A Wait in progress returns, unless it has already read its grant
+// (it then returns the Lock, which Cancel no longer affects): a grant it
+// reads later is released; its blocking wait is withdrawn
 // as a cancelled Lock's is, by half-closing its connection, and a grant
 // the server sent at that instant is released when it arrives (on servers
 // before v1.14, the connection is closed, and such a grant is ended by the
@@ -495,15 +494,17 @@ func (t *ticket) abandon(ctx context.Context) {
 // the place but keeps a grant that came before the close, held by nobody
 // until its lease runs out. So the place is tried instead (w key 0), which
 // consumes it whatever the answer; a grant is released on the same
-// connection, which is then clean and goes back to the pool. Whatever goes
-// wrong, or if ctx ends first, the connection is destroyed.
+// connection, which is then clean and goes back to the pool. If ctx ends
+// first, the connection is abandoned to linger for the answer
+// (pool.Conn.Abandon); whatever else goes wrong, it is destroyed.
 func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 	cmd := wire.CmdWait
 	if t.limit > 0 {
 		cmd = wire.CmdSemWait
 	}
 	r, err := sendOn(ctx, conn, wire.Request{Cmd: cmd, Key: t.key, Limit: t.limit})
-	if err == nil {
+	switch {
+	case err == nil:
 		switch r.Status {
 		case wire.StatusOK, wire.StatusAcquired:
 			t.c.giveBackUntrackable(ctx, t.srv, conn, wire.Request{Key: t.key, Limit: t.limit}, r)
@@ -512,6 +513,12 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 			conn.Release() // the place is consumed; nothing is held
 			return
 		}
+	case ctx.Err() != nil:
+		// Unanswered in time: a paused server answers it when it
+		// resumes, perhaps with a grant, which the lingering connection
+		// hands on to be released.
+		conn.Abandon()
+		return
 	}
 	conn.Destroy()
 }

@@ -1612,7 +1612,7 @@ func (c *conn) fail(cause error) {
 // lingersLocked decides, in fail, whether the connection lingers (see
 // linger) and records the orphans, written being the calls fail took out of
 // the queue that had been written. It lingers when the keepalive broke it,
-// or Conn.Withdraw (see there for when), no caller found it
+// Conn.Abandon, or Conn.Withdraw (see there for when), no caller found it
 // broken or desynchronised first (failWith), and one of those could be
 // answered with a grant that an owner could release elsewhere; the socket
 // then stays open, bounded by lingerFor (withdrawLingerFor), and nothing
@@ -1620,7 +1620,7 @@ func (c *conn) fail(cause error) {
 func (c *conn) lingersLocked(cause error, written []*call) bool {
 	c.orphans = c.orphans[:0]
 	withdraw := errors.Is(cause, errWithdrawn) && c.supportsPing() && halfCloser(c.wc.NetConn()) != nil
-	lingers := (withdraw || errors.Is(cause, errNoReply)) && c.failWith == nil && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
+	lingers := (withdraw || errors.Is(cause, errNoReply) || errors.Is(cause, errAbandoned)) && c.failWith == nil && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
 		slices.ContainsFunc(written, func(cl *call) bool { return cl.grantKey != "" })
 	if !lingers {
 		if len(written) > 0 && written[0].grantKey != "" {

@@ -84,6 +84,7 @@ var (
 	errEnded       = errors.New("wait-pool connection used after Release, Destroy or Close")
 	errUnsolicited = errors.New("reply with no pending request")
 	errNoReply     = errors.New("no reply for 2×KeepAlive (server stalled or unreachable)")
+	errAbandoned   = errors.New("request unanswered in time; connection abandoned (server stalled or unreachable)")
 )
 
 func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }

@@ -178,6 +178,23 @@ func (h *Conn) Withdraw() {
 	}
 }
 
+// Abandon ends the acquisition, as Destroy does, for a request whose
+// answer its caller stopped waiting for because the server did not answer
+// in time (stalled, say): rather than close the socket, it leaves the
+// connection to linger as the keepalive does with one that stopped
+// answering — read, for at most a minute, until every request written is
+// answered, a grant among the answers going to Config.OnReleaseLost — so
+// that a server that resumes answers a grant to a socket still read, not
+// to a closed one, where auto-release off would leave it held by nobody.
+// Without OnReleaseLost, or with nothing written that a grant can answer,
+// the connection is closed at once.
+func (h *Conn) Abandon() {
+	if h.takeOut() {
+		h.c.fail(errAbandoned)
+		h.res.Destroy()
+	}
+}
+
 // ReaderDone returns a channel closed once the connection's reader has
 // exited: the connection is broken and its socket closed, and what the
 // reader read was handed on. For a connection Withdraw half-closed, that is
