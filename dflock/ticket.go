@@ -496,7 +496,8 @@ func (t *ticket) abandon(ctx context.Context) {
 // consumes it whatever the answer; a grant is released on the same
 // connection, which is then clean and goes back to the pool. If ctx ends
 // first, the connection is abandoned to linger for the answer
-// (pool.Conn.Abandon); whatever else goes wrong, it is destroyed.
+// (pool.Conn.Abandon), unless the Client is closing; whatever else goes
+// wrong, it is destroyed.
 func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 	cmd := wire.CmdWait
 	if t.limit > 0 {
@@ -513,10 +514,12 @@ func (t *ticket) withdraw(ctx context.Context, conn *pool.Conn) {
 			conn.Release() // the place is consumed; nothing is held
 			return
 		}
-	case ctx.Err() != nil:
+	case ctx.Err() != nil && !t.c.closing.Load():
 		// Unanswered in time: a paused server answers it when it
 		// resumes, perhaps with a grant, which the lingering connection
-		// hands on to be released.
+		// hands on to be released. (Not once Close has begun: closing
+		// the pools would end the linger anyway, and Close would wait
+		// for it.)
 		conn.Abandon()
 		return
 	}
