@@ -450,6 +450,7 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 		srv     *server // an owner is a connection to one server
 		reqs    []wire.Request
 		hs      []*held       // per request, its lease's
+		lost    []bool        // per request: its lease was forfeited, lost already
 		counted []atomic.Bool // per request: counted released, or lost
 	}
 	groups := make(map[renew.Owner]*ownerReleases)
@@ -462,6 +463,7 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 		g.reqs = append(g.reqs, wire.ReleaseRequest(l.Key(), l.Token(), l.Semaphore()))
 		h, _ := l.LossHandler().(*held)
 		g.hs = append(g.hs, h)
+		g.lost = append(g.lost, errors.Is(l.Err(), renew.ErrLost))
 	}
 	// Each lease is counted released (or lost) once, when its answer
 	// comes, or at the deadline, or when Close gives up on it: counted up
@@ -483,6 +485,9 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 	var failed atomic.Int64
 	for owner, g := range groups {
 		g.counted = make([]atomic.Bool, len(g.reqs))
+		for i, lost := range g.lost {
+			g.counted[i].Store(lost) // counted lost as it ended
+		}
 		srv, reqs, hs := g.srv, g.reqs, g.hs
 		left := atomic.Int64{}
 		left.Store(int64(len(reqs)))

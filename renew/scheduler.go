@@ -336,9 +336,11 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 	finishAll(ended)
 }
 
-// Close stops the scheduler and returns the leases it still held (not lost),
+// Close stops the scheduler and returns the leases it still tracked,
 // untracked, so the caller can release them. Their Done is closed with
-// ErrReleased. Leases tracked afterwards are lost at once with ErrClosed.
+// ErrReleased, except a Forfeited lease's: it is lost (and notified, as the
+// round due at once would have done), since nobody holds it. Leases tracked
+// afterwards are lost at once with ErrClosed.
 //
 // Before it returns, Close waits until Spec.OnLost has been called for
 // every loss that happened before the leases were handed back; no OnLost
@@ -356,6 +358,7 @@ func (s *Scheduler) Close() []*Lease {
 	<-s.exited
 
 	s.mu.Lock()
+	now := s.now()
 	held := make([]*Lease, len(s.heap))
 	copy(held, s.heap)
 	for _, l := range s.heap {
@@ -364,6 +367,13 @@ func (s *Scheduler) Close() []*Lease {
 	s.heap = nil
 	for _, l := range held {
 		l.oprev, l.onext = nil, nil
+		if l.forfeited {
+			// Held by nobody (its caller was told it is lost): lost, as
+			// the round due at once would have declared it, and
+			// notified; handed back all the same, to be released.
+			s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
+			continue
+		}
 		s.endLocked(l, stateReleased, ErrReleased)
 	}
 	clear(s.owners)

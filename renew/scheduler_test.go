@@ -687,3 +687,26 @@ func TestForfeitedLeaseIsLostDespiteALateRenewalAnswer(t *testing.T) {
 		return len(requestsFor(bs, wire.CmdRelease, "k")) == 1
 	})
 }
+
+// A lease forfeited just before Close, which reaches it before the round due
+// at once: nobody holds it, so Close hands it back lost (to be released, not
+// counted released) and notifies its loss, as that round would have.
+func TestForfeitedLeaseReachedByCloseIsLostAndNotified(t *testing.T) {
+	t.Parallel()
+	clk := newManualClock()
+	s := newScheduler(Config{Clock: clk})
+	close(s.exited) // no goroutine: the round due at once never runs
+	rec := newLossRecorder("")
+	var counters Counters
+	o := okOwner(t)
+	kept := s.Track(Spec{Key: "kept", Token: "t1", TTL: time.Minute, Owner: o, Sent: clk.Now(), OnLost: rec, Counters: &counters})
+	gone := s.Track(Spec{Key: "gone", Token: "t2", TTL: time.Minute, Owner: o, Sent: clk.Now(), OnLost: rec, Counters: &counters})
+	gone.Forfeit()
+
+	held := s.Close()
+	require.ElementsMatch(t, []*Lease{kept, gone}, held, "Close hands back every lease it tracked, to be released")
+	require.ErrorIs(t, kept.Err(), ErrReleased)
+	require.ErrorIs(t, gone.Err(), ErrLost, "a forfeited lease ended as released, as if somebody held it")
+	assert.Equal(t, []string{"gone"}, rec.snapshot(), "the forfeited lease's loss was not notified before Close returned")
+	assert.Equal(t, int64(1), counters.Lost.Load())
+}
