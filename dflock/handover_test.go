@@ -72,6 +72,9 @@ func TestLockWhoseConfirmingRenewalAnswersTooLateIsNotHandedOver(t *testing.T) {
 			}
 			require.ErrorIs(t, err, ErrNotAcquired)
 			require.ErrorIs(t, err, ErrLockLost)
+			var e *Error
+			require.ErrorAs(t, err, &e)
+			require.Equal(t, "lock", e.Op, "the error names the acquire, as its other errors do")
 			require.Positive(t, renewals.Load(), "the grant was not confirmed")
 			require.Eventually(t, func() bool {
 				s := c.Snapshot()

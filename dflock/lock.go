@@ -89,7 +89,7 @@ func newLock(h *held, err error) (*Lock, error) {
 	return (*Lock)(&h.handle), nil
 }
 
-// handedOver is what an acquire (h, err) hands to its caller, a Tracer's
+// handedOver is what an acquire op (h, err) hands to its caller, a Tracer's
 // span and WithLock's fn alike: err (see closedNotAcquired), or an error if
 // h, the lease it got, ended before it could be handed over — lost at once,
 // released by Close (ErrClosed), or answered so late (its grant, or the
@@ -99,7 +99,7 @@ func newLock(h *held, err error) (*Lock, error) {
 // caller must not believe it held even for a moment after the server's
 // lease may have ended. With that error h is returned too, for the
 // Tracer's AcquireResult.Lease; callers other than traced drop it.
-func handedOver(h *held, err error) (*held, error) {
+func handedOver(op string, h *held, err error) (*held, error) {
 	if err != nil {
 		return nil, notAcquiredIfClosed(err)
 	}
@@ -114,7 +114,12 @@ func handedOver(h *held, err error) (*held, error) {
 		lerr = ErrClosed
 	}
 	if lerr != nil {
-		return h, h.endedError("acquire", &bothError{domain: ErrNotAcquired, cause: lerr})
+		// op is the acquire's own name ("semaphore" included), as its
+		// other errors carry it.
+		if errors.Is(lerr, ErrLockLost) {
+			h.returnConn(true)
+		}
+		return h, &Error{Op: op, Key: h.key(), Server: h.srv.addr, Err: &bothError{domain: ErrNotAcquired, cause: lerr}}
 	}
 	return h, nil
 }

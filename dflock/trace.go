@@ -317,10 +317,12 @@ func acquireResult(start time.Time, tr *acquireTrace, h *held, err error) Acquir
 func (c *Client) tracedAcquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*held, error) {
 	t := c.opts.tracer
 	if t == nil || ctx == nil {
-		return handedOver(c.acquire(ctx, op, key, limit, try, opts))
+		h, err := c.acquire(ctx, op, key, limit, try, opts)
+		return handedOver(op, h, err)
 	}
 	h, _, err := c.traced(ctx, t, c.acquireInfo(op, key, limit), func(ctx context.Context) (*held, error) {
-		return handedOver(c.acquire(ctx, op, key, limit, try, opts))
+		h, err := c.acquire(ctx, op, key, limit, try, opts)
+		return handedOver(op, h, err)
 	})
 	return h, err
 }
@@ -329,10 +331,14 @@ func (c *Client) tracedAcquire(ctx context.Context, op, key string, limit int64,
 func (t *ticket) tracedAwait(ctx context.Context, opts []AcquireOption) (*held, error) {
 	tc := t.c.opts.tracer
 	if tc == nil || ctx == nil {
-		return handedOver(t.await(ctx, opts))
+		h, err := t.await(ctx, opts)
+		return handedOver(t.op(), h, err)
 	}
 	info := AcquireInfo{Op: "wait", Key: t.key, Server: t.srv.addr, Semaphore: t.limit > 0, Limit: int(t.limit)}
-	h, _, err := t.c.traced(ctx, tc, info, func(ctx context.Context) (*held, error) { return handedOver(t.await(ctx, opts)) })
+	h, _, err := t.c.traced(ctx, tc, info, func(ctx context.Context) (*held, error) {
+		h, err := t.await(ctx, opts)
+		return handedOver(t.op(), h, err)
+	})
 	return h, err
 }
 
@@ -406,7 +412,8 @@ func (c *Client) tracedWith(ctx context.Context, t Tracer, key string, limit int
 		t.AcquireEnd(ctx, info, res)
 	}()
 	h, acq, err = c.traced(ctx, t, c.acquireInfo(inner, key, int64(limit)), func(ctx context.Context) (*held, error) {
-		return handedOver(c.acquire(ctx, inner, key, int64(limit), false, opts))
+		h, err := c.acquire(ctx, inner, key, int64(limit), false, opts)
+		return handedOver(inner, h, err)
 	})
 	if err != nil {
 		returned = true
