@@ -107,8 +107,16 @@ func TestNewRejectsBadServersAndOptions(t *testing.T) {
 			assert.Equal(t, tc.arg, ae.Arg)
 		})
 	}
+	// A bad entry of a list is named by its place; an empty one says so.
+	_, err := New([]string{"a:1", "", "b:2"})
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	assert.Contains(t, err.Error(), "empty")
+	assert.Contains(t, err.Error(), "servers[1]")
+	_, err = New([]string{"a:1", "b"})
+	assert.Contains(t, err.Error(), "servers[1]")
+
 	// The auth token never appears in an error.
-	_, err := New(nil, WithAuthToken("sec\nret"))
+	_, err = New(nil, WithAuthToken("sec\nret"))
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "sec")
 

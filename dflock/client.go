@@ -103,6 +103,9 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	seen := make(map[string]int, len(servers))
 	for i, a := range servers {
 		if err := validateAddr(a); err != nil {
+			if ae, ok := err.(*ArgError); ok && len(servers) > 1 {
+				ae.Reason += " (servers[" + strconv.Itoa(i) + "])"
+			}
 			return nil, err
 		}
 		k := sameServerKey(a)
@@ -189,6 +192,9 @@ func New(servers []string, opts ...Option) (*Client, error) {
 
 // validateAddr checks a "host:port" server address.
 func validateAddr(a string) error {
+	if a == "" {
+		return &ArgError{Arg: "server", Reason: "empty, want host:port"}
+	}
 	host, port, err := net.SplitHostPort(a)
 	if err != nil {
 		return &ArgError{Arg: "server", Value: a, Reason: "not host:port: " + trimAddrErr(err)}
