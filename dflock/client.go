@@ -372,7 +372,6 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) close() {
-	defer close(c.closed)
 	c.closing.Store(true)
 	c.cancel(ErrClosed)
 
@@ -418,7 +417,18 @@ func (c *Client) close() {
 	c.bg.Wait()
 	c.log.Debug("dflock: client closed", "released", len(held))
 	close(c.unhooked)
+	if c.disp.onDispatcher() {
+		// Closed from a hook, which the wait for the callbacks cannot
+		// wait for on its own goroutine: it waits on another, and a Close
+		// not called from a hook returns only after it, as Hooks says.
+		go func() {
+			c.disp.stop(c.opts.callbackWait)
+			close(c.closed)
+		}()
+		return
+	}
 	c.disp.stop(c.opts.callbackWait)
+	close(c.closed)
 }
 
 // waitReleasesBG waits, until deadline, for the answers to releases whose

@@ -118,7 +118,9 @@ type Option func(*options)
 // never run after Close has returned, and counted by the time Close returns.
 // A hook may call Close (say, to shut down when a lease is lost): that Close
 // returns once all but the callbacks is done, as it cannot wait for the hook
-// that called it, and the calls queued behind that hook run when it returns.
+// that called it, and the calls queued behind that hook run when it returns;
+// a Close called elsewhere, before or after it, still waits for them as
+// above.
 // A hook or log handler that panics does not end the program: the panic is
 // printed with its stack to standard error, and the next call runs; so it
 // does after one that calls runtime.Goexit (t.FailNow in a test's hook).
