@@ -9,13 +9,19 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
+// minQueryLine is the smallest cap Query takes: the handshake's replies
+// are read under the same cap, and one too short for them would fail the
+// dial as if the server were down.
+const minQueryLine = 64
+
 // Query sends req on a short-lived connection of its own — outside the
 // control lane and the wait pool, so it never waits for a pool slot and never
 // risks a lease-owning connection — reads one reply with a line cap of
-// maxLine bytes (0 means Config.maxReplyLine; package dflock bounds it, see
-// dflock.MaxStatsReply), and closes the connection. ctx bounds dial,
-// handshake and exchange; Close interrupts it. It fails fast while the server
-// is down, like Acquire, and its dial is counted in Stats.Dials.
+// maxLine bytes (0 means Config.maxReplyLine, else at least 64; package
+// dflock bounds it, see dflock.MaxStatsReply), and closes the connection.
+// ctx bounds dial, handshake and exchange; Close interrupts it. It fails
+// fast while the server is down, like Acquire, and its dial is counted in
+// Stats.Dials.
 //
 // It is meant for `stats` (whose reply grows with the server's key count) and
 // other requests whose effect outlives the connection (ping, signal, release,
@@ -34,10 +40,10 @@ import (
 // break: it is neither counted in Stats.Broken nor reported to
 // Config.OnConnBroken.
 func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.Reply, error) {
-	if maxLine < 0 {
+	if maxLine < 0 || maxLine > 0 && maxLine < minQueryLine {
 		return wire.Reply{}, &wire.ArgError{
 			Arg: "maxLine", Value: strconv.Itoa(maxLine),
-			Reason: "must be 0 (the pool's default) or positive",
+			Reason: "must be 0 (the pool's default) or at least " + strconv.Itoa(minQueryLine),
 		}
 	}
 	if maxLine == 0 {

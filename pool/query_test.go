@@ -196,3 +196,21 @@ func (c *swallowConn) Write(b []byte) (int, error) {
 	}
 	return c.Conn.Write(b)
 }
+
+// A cap too small for the handshake's own replies is refused up front: the
+// dial would fail with a line too long, taken for the server being down,
+// and a healthy server would be marked down (wire review).
+func TestQueryRefusesACapTooSmallForTheHandshake(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	for _, n := range []int{1, minQueryLine - 1} {
+		_, err := p.Query(ctxWait(t), statsReq, n)
+		var ae *wire.ArgError
+		require.ErrorAs(t, err, &ae, "cap %d", n)
+		assert.Equal(t, "maxLine", ae.Arg)
+	}
+	require.NoError(t, p.Err(), "a healthy server was marked down")
+	_, err := p.Query(ctxWait(t), wire.Request{Cmd: wire.CmdPing}, minQueryLine)
+	require.NoError(t, err, "the smallest cap taken")
+}
