@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -37,6 +38,13 @@ func allWritten(c *conn, n int) bool {
 	return c.q.n == n && c.onWireLocked() == n && !c.flushing
 }
 
+// writtenState describes what allWritten looks at, for a failure message.
+func writtenState(c *conn) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprintf("in flight %d, on the wire %d, flushing %v, err %v", c.q.n, c.onWireLocked(), c.flushing, c.err)
+}
+
 // A connection reset by the server's side reaches callers through every path
 // that can notice it first — a lane Do waiting for its reply, a wait-pool
 // exchange, SendBatch callbacks, a listener's onBroken, OnConnBroken — and
@@ -54,6 +62,14 @@ func TestServerResetMatchesErrUnavailableOnEveryPath(t *testing.T) {
 
 	_, lane, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 	require.NoError(t, err)
+	// Every request must be on the wire at the reset: the lane's pace
+	// would hold later ones back behind the first unanswered one unless
+	// its last measurement says pipeline (on a loaded machine, not
+	// always).
+	lnc := lane.(*laneConn).c
+	lnc.mu.Lock()
+	lnc.oneBatch = false
+	lnc.mu.Unlock()
 	excl, err := p.Acquire(ctx)
 	require.NoError(t, err)
 	defer excl.Release()
@@ -79,8 +95,13 @@ func TestServerResetMatchesErrUnavailableOnEveryPath(t *testing.T) {
 	lane.SendBatch([]wire.Request{{Cmd: wire.CmdPing}, {Cmd: wire.CmdPing}}, func(_ int, _ wire.Reply, err error) {
 		batchErrs <- err
 	})
-	require.Eventually(t, func() bool { return allWritten(lane.(*laneConn).c, 3) && allWritten(excl.c, 1) },
-		wait, 5*time.Millisecond, "precondition: every request is written and in flight")
+	var last atomic.Value // what the condition last saw, for the failure message
+	if !assert.Eventually(t, func() bool {
+		last.Store("lane " + writtenState(lane.(*laneConn).c) + "; exclusive " + writtenState(excl.c))
+		return allWritten(lane.(*laneConn).c, 3) && allWritten(excl.c, 1)
+	}, wait, 5*time.Millisecond) {
+		t.Fatalf("precondition: every request is written and in flight: %v", last.Load())
+	}
 
 	proxy.ResetAll()
 	err = <-laneErr
