@@ -96,12 +96,19 @@ type conn struct {
 	// see batchPace).
 	oneBatch bool
 
-	mu         sync.Mutex
-	buf        []byte // encoded requests not yet taken by a flusher
-	bufN       int    // requests in buf (the rest of q is written: onWireLocked)
-	pace       batchPace
-	spare      []byte // the other buffer of the swap
-	flushing   bool
+	mu       sync.Mutex
+	buf      []byte // encoded requests not yet taken by a flusher
+	bufN     int    // requests in buf (the rest of q is written: onWireLocked)
+	pace     batchPace
+	spare    []byte // the other buffer of the swap
+	flushing bool
+	// writing is how many requests the write in progress took (the
+	// newest written ones of q). A fail meanwhile cannot tell whether any
+	// byte of them left; it gives their waiting callers verdict, which
+	// the writer closes once it knows (undecided: those calls).
+	writing    int
+	verdict    chan struct{}
+	undecided  []*call
 	q          callQueue // calls waiting for a reply, in send order
 	blocking   int       // blocking requests queued or in flight
 	pings      int       // keepalive pings queued or in flight (pendingNotPing)
@@ -316,6 +323,18 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 			return wire.Reply{}, true, false, serverErr(c.p.cfg.Addr, err, nil)
 		}
 		return wire.Reply{}, true, false, serverErr(c.p.cfg.Addr, ErrClosed, nil)
+	}
+	if v := cl.verdict; v != nil {
+		// The connection broke while a write that took cl was under way:
+		// wait for the writer to say whether it left (the write returns
+		// soon: the socket is closed, or its write deadline comes).
+		select {
+		case <-v:
+		case <-ctx.Done():
+			// The writer may still set cl.unsent: cl is left to the
+			// collector, not recycled. Taken as sent: not sent again.
+			return cl.reply, false, false, cl.err
+		}
 	}
 	unsent = cl.unsent
 	r, err := cl.result()
@@ -712,9 +731,10 @@ const maxInlineWrite = 2048
 // could not write inline anyway, since this request is unanswered.
 //
 // unwritten reports that the write failed before any byte of it left: the
-// sender's own request, which it holds, never reached the server. (fail
-// tells the callers so too, unless the reader failed the connection while
-// the write was under way: only the writer knows what it wrote.)
+// sender's own request, which it holds, never reached the server. (The
+// other callers hear it through call.unsent: from fail, or, when the reader
+// failed the connection while the write was under way, from the writer,
+// which alone knows what it wrote; see conn.writing.)
 func (c *conn) writeInlineLocked(yield bool) (unwritten bool) {
 	c.flushing = true
 	hook := c.beforeInlineWrite
@@ -1028,9 +1048,23 @@ func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 	}
 	inB := c.bufN
 	c.bufN = 0
+	c.writing = inB
 	c.mu.Unlock()
 	now, n, err = c.write(b)
 	c.mu.Lock()
+	c.writing = 0
+	if c.verdict != nil {
+		// fail came first and could not tell: only this write knows
+		// whether any byte of b left.
+		if n == 0 {
+			for _, cl := range c.undecided {
+				cl.unsent = true
+			}
+		}
+		close(c.verdict)
+		clear(c.undecided)
+		c.verdict, c.undecided = nil, c.undecided[:0]
+	}
 	if err != nil && n == 0 && c.err == nil {
 		// Nothing of b left (a reset the reader has not seen yet, say):
 		// its requests count as unwritten again, for fail to tell their
@@ -1379,10 +1413,12 @@ func (c *conn) deliver(cl *call, r wire.Reply, err error) {
 		case err == nil && cl.key != "":
 			c.releaseAbandoned(cl, &r)
 		}
-		if cl.state.Load() == stateEnded {
+		if cl.state.Load() == stateEnded || cl.verdict != nil {
 			// Its caller may not have taken the Lifetime's token yet:
 			// recycled, the call would hand it to the next request.
-			// Left to the collector (this happens at Close only).
+			// Or the writer may still set its unsent (see
+			// conn.writing). Left to the collector (this happens at
+			// Close, or as a connection breaks, only).
 			return
 		}
 	}
@@ -1586,6 +1622,16 @@ func (c *conn) fail(cause error) {
 	for _, cl := range pending[written:] {
 		cl.unsent = true // no byte of it left: see do
 	}
+	// Those of the write under way: the writer decides (see writing).
+	for _, cl := range pending[max(written-c.writing, 0):written] {
+		if cl.kind == callWait {
+			if c.verdict == nil {
+				c.verdict = make(chan struct{})
+			}
+			cl.verdict = c.verdict
+			c.undecided = append(c.undecided, cl)
+		}
+	}
 	lingers := c.lingersLocked(cause, pending[:written])
 	c.inflight.Store(0)
 	c.pings = 0
@@ -1685,8 +1731,12 @@ type call struct {
 	cb       func(int, wire.Reply, error)
 	idx      int
 	// unsent: the connection broke before any byte of the request was
-	// written (set by fail, before delivering), so the server never saw it.
+	// written (set by fail, before delivering, or by the writer before it
+	// closes verdict), so the server never saw it.
 	unsent bool
+	// verdict, if set (by fail, before delivering), closes once the
+	// writer has decided unsent (see conn.writing).
+	verdict chan struct{}
 }
 
 const (
@@ -1718,6 +1768,7 @@ func putCall(cl *call) {
 	cl.idx = 0
 	cl.blocking = false
 	cl.unsent = false
+	cl.verdict = nil
 	cl.state.Store(stateWaiting)
 	callPool.Put(cl)
 }
