@@ -1,10 +1,8 @@
 package dflock
 
 import (
-	"bufio"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,22 +13,6 @@ import (
 
 	"github.com/dflock-sdk/go/testutil"
 )
-
-// releaseBehindTheClientsBack releases (key, token) on a connection of its own, as
-// another process holding the token could: the server authorises r by key
-// and token only, so the lease is gone and its next renewal is refused.
-func releaseBehindTheClientsBack(t *testing.T, addr, key, token string) {
-	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	require.NoError(t, err)
-	defer nc.Close()
-	require.NoError(t, nc.SetDeadline(time.Now().Add(5*time.Second)))
-	_, err = fmt.Fprintf(nc, "r\n%s\n%s\n", key, token)
-	require.NoError(t, err)
-	line, err := bufio.NewReader(nc).ReadString('\n')
-	require.NoError(t, err)
-	require.Equal(t, "ok\n", line)
-}
 
 // One renewal of a batch refused: only its lease is lost, every other lease
 // of the same write is renewed.
@@ -52,7 +34,7 @@ func TestOneRefusedRenewalInABatchLosesOnlyItsLease(t *testing.T) {
 		locks[i] = l
 	}
 	const bad = 7
-	releaseBehindTheClientsBack(t, srv.Addr(), locks[bad].Key(), locks[bad].Token())
+	releaseBehindClientsBack(t, srv.Addr(), locks[bad].Key(), locks[bad].Token())
 
 	// One round: every lease is due within its jitter, and a round takes
 	// everything due within a quarter of the interval.
@@ -106,7 +88,7 @@ func TestStuckHooksDoNotDelayRenewalsOfHealthyLeases(t *testing.T) {
 		require.NoError(t, err)
 		locks = append(locks, l)
 	}
-	releaseBehindTheClientsBack(t, srv.Addr(), locks[0].Key(), locks[0].Token())
+	releaseBehindClientsBack(t, srv.Addr(), locks[0].Key(), locks[0].Token())
 	select {
 	case <-locks[0].Done():
 	case <-ctx.Done():
