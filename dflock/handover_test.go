@@ -158,13 +158,7 @@ func TestTicketGrantedAtEnqueueAndWaitedPastItsDeadlineIsNotHandedOver(t *testin
 // ErrLockLost alone).
 func TestWaitOfAGrantedTicketWhoseLeaseWasLostIsNotAcquired(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv))
-	ctx := testCtx(t)
-	tk, err := c.Enqueue(ctx, "k")
-	require.NoError(t, err)
-	require.True(t, tk.Acquired())
-	srv.DropConnections() // the lease is lost with its connection
+	c, tk, ctx := grantedTicketOnDroppedConn(t)
 	require.True(t, waitFor(ctx, testTimeout, func() bool { return c.Snapshot().Lost == 1 }), "lease not lost")
 	l, err := tk.Wait(ctx)
 	require.Nil(t, l)

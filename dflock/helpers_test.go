@@ -265,3 +265,18 @@ func autoReleaseOffBehindProxy(t *testing.T) (srv *testutil.Server, px *testutil
 	px = newProxy(t, srv.Addr())
 	return srv, px, newClient(t, addrsOf(srv)), newClient(t, []string{px.Addr()})
 }
+
+// grantedTicketOnDroppedConn enqueues on "k" of a fresh server, where the
+// place is granted at once, then drops the server's connections: the
+// ticket's lease is lost with its connection.
+func grantedTicketOnDroppedConn(t *testing.T) (*Client, *Ticket, context.Context) {
+	t.Helper()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	require.True(t, tk.Acquired())
+	srv.DropConnections()
+	return c, tk, ctx
+}

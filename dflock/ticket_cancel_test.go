@@ -16,13 +16,7 @@ import (
 // review: nil, though Close had not given this ticket up).
 func TestRepeatedCancelOfAGrantedTicketRepeatsItsOutcome(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{})
-	c := newClient(t, addrsOf(srv))
-	ctx := testCtx(t)
-	tk, err := c.Enqueue(ctx, "k")
-	require.NoError(t, err)
-	require.True(t, tk.Acquired())
-	srv.DropConnections() // the lease is lost with its connection
+	c, tk, _ := grantedTicketOnDroppedConn(t)
 	first := tk.Cancel()
 	require.ErrorIs(t, first, ErrLockLost)
 	again := tk.Cancel()
