@@ -655,7 +655,9 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 	}
 	// The outcome is counted only once the scheduler has applied it (the
 	// loss deadline moved, or the lease ended): whoever sees a renewal
-	// counted as Renewed may rely on the lease's new deadline.
+	// counted as Renewed may rely on the lease's new deadline. A forfeited
+	// lease's renewal is counted Renewed too (the server applied it) but
+	// moves nothing: that lease is lost whatever the answer.
 	defer countOutcome(l.counters, out)
 	s.mu.Lock()
 	if l.state != stateTracked {
