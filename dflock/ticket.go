@@ -205,8 +205,11 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // that a place a paused server grants is still released when it resumes;
 // a granted ticket's release is answered in the background, as Release's
 // is). A Wait in progress returns, unless it has already read its grant
-// (it then returns the Lock, which Cancel no longer affects): a grant it
-// reads later is released; its blocking wait is withdrawn
+// and holds it (it then returns the Lock, which Cancel no longer affects).
+// A grant for a place queued longer than a quarter of its lease is first
+// confirmed with a renewal before Wait holds it: a Cancel during that round
+// trip still ends the Wait, and the grant is released. A grant it reads
+// later is released too; its blocking wait is withdrawn
 // as a cancelled Lock's is, by half-closing its connection, and a grant
 // the server sent at that instant is released when it arrives (on servers
 // before v1.14, the connection is closed, and such a grant is ended by the
