@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dflock-sdk/go/pool"
 	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/shard"
 	"github.com/dflock-sdk/go/wire"
@@ -79,7 +80,7 @@ const (
 	// MaxLaneConns bounds WithLaneConns. Each lane connection has a reader
 	// goroutine; beyond a handful, more lanes only dilute the pipelining
 	// that makes the lane cheap.
-	MaxLaneConns = 64
+	MaxLaneConns = pool.MaxLaneConns
 	// MaxStatsReply bounds WithMaxStatsReply (64 MiB, over a million idle
 	// keys): the reply is held in memory two or three times over while it
 	// is read and decoded.

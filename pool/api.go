@@ -113,6 +113,11 @@ const (
 	defaultWriteTimeout    = 5 * time.Second
 )
 
+// MaxLaneConns bounds Config.LaneConns: each lane connection is dialled and
+// kept open for the pool's lifetime, and a lane wider than this spreads
+// requests too thin to batch.
+const MaxLaneConns = 64
+
 // Roles of a connection, as reported to Config.OnDial.
 const (
 	roleLane     = "lane"
@@ -143,7 +148,8 @@ type Config struct {
 	KeepAlive time.Duration
 	// MaxConns caps the wait pool (pinned connections included). Default 128.
 	MaxConns int32
-	// LaneConns is the number of control-lane connections. Default 2.
+	// LaneConns is the number of control-lane connections, at most
+	// MaxLaneConns. Default 2.
 	LaneConns int
 	// MaxIdleConns caps the idle wait-pool connections; the janitor
 	// closes the excess, those idle longest first, within a keepalive

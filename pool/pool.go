@@ -96,15 +96,39 @@ type Pool struct {
 	secret string
 }
 
+// checkConfig names the first field of cfg out of range (zero means the
+// default for every field it checks).
+func checkConfig(cfg *Config) error {
+	negative := func(field string, v any) error {
+		return fmt.Errorf("invalid Config.%s: must not be negative (got %v)", field, v)
+	}
+	switch {
+	case cfg.DialTimeout < 0:
+		return negative("DialTimeout", cfg.DialTimeout)
+	case cfg.KeepAlive < 0:
+		return negative("KeepAlive", cfg.KeepAlive)
+	case cfg.MaxConns < 0:
+		return negative("MaxConns", cfg.MaxConns)
+	case cfg.LaneConns < 0 || cfg.LaneConns > MaxLaneConns:
+		return fmt.Errorf("invalid Config.LaneConns: must be between 0 (default) and %d (got %d)", MaxLaneConns, cfg.LaneConns)
+	case cfg.MaxConnIdleTime < 0:
+		return negative("MaxConnIdleTime", cfg.MaxConnIdleTime)
+	case cfg.writeTimeout < 0:
+		return negative("writeTimeout", cfg.writeTimeout)
+	case cfg.maxReplyLine < 0:
+		return negative("maxReplyLine", cfg.maxReplyLine)
+	}
+	return nil
+}
+
 // New creates the pool without dialling (connections are made on demand).
 // It starts the janitor goroutine; Close stops it.
 func New(cfg Config) (*Pool, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("dflock: pool: empty server address")
 	}
-	if cfg.DialTimeout < 0 || cfg.KeepAlive < 0 || cfg.writeTimeout < 0 || cfg.MaxConns < 0 || cfg.LaneConns < 0 ||
-		cfg.maxReplyLine < 0 || cfg.MaxConnIdleTime < 0 {
-		return nil, fmt.Errorf("dflock: pool: server %s: negative duration or size in Config", cfg.Addr)
+	if err := checkConfig(&cfg); err != nil {
+		return nil, fmt.Errorf("dflock: pool: server %s: %w", cfg.Addr, err)
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = (&net.Dialer{}).DialContext
