@@ -73,6 +73,10 @@ const (
 	// whose ping is not answered within two keepalives, and below a few
 	// milliseconds that is scheduling noise, not a dead server.
 	MinKeepAlive = 10 * time.Millisecond
+	// MinServerReadTimeout is the shortest read timeout WithServerReadTimeout
+	// accepts: twice MinKeepAlive, since a keepalive must be at most half
+	// of it.
+	MinServerReadTimeout = 2 * MinKeepAlive
 	// MaxConnsPerServer bounds WithMaxConnsPerServer: one client address
 	// cannot have more connections open to one server address than it has
 	// ephemeral ports.
@@ -365,8 +369,11 @@ func WithLeaseTTL(d time.Duration) Option {
 }
 
 // WithRenewRatio sets after which fraction of its TTL a lease is renewed
-// (of the servers' read timeout instead, if that is shorter; and never less
-// often than the keepalive interval, nor more often than every MinKeepAlive).
+// (of the servers' read timeout instead, if that is shorter). A lease is
+// also renewed at least every keepalive interval, and at most every
+// MinKeepAlive unless its deadline needs sooner: a renewal always comes
+// before 0.9 × (life − safety margin), so a read timeout under about 31 ms
+// renews more often than MinKeepAlive (docs/leases.md has the full rule).
 // It must be in (0, 1). Default DefaultRenewRatio.
 func WithRenewRatio(r float64) Option {
 	return func(o *options) {
@@ -400,13 +407,20 @@ func WithKeepAlive(d time.Duration) Option {
 // and, on a network gone silent, the life of a lease longer than it: such a
 // lease is declared lost within the read timeout of its last confirmed
 // renewal, before the server can close the connection (docs/leases.md). It
-// sends nothing itself. It must be positive; above MaxDuration it means
+// sends nothing itself. It must be at least MinServerReadTimeout; above MaxDuration it means
 // a server without a read timeout. When servers differ, give the shortest.
 // Default DefaultServerReadTimeout (23 s, dflockd's default).
 func WithServerReadTimeout(d time.Duration) Option {
 	return func(o *options) {
 		v, ok := o.positive("server read timeout", d)
 		if !ok {
+			return
+		}
+		// No keepalive fits in half of a shorter one; blaming the
+		// keepalive (conflict) would point at the wrong option.
+		if v < MinServerReadTimeout {
+			o.fail("server read timeout", d.String(), "must be at least "+MinServerReadTimeout.String()+
+				" (twice MinKeepAlive: a keepalive must fit in half of it)")
 			return
 		}
 		o.readTimeout = v

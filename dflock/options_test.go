@@ -31,6 +31,7 @@ func TestNewRejectsOptionsAboveTheirBounds(t *testing.T) {
 		{"max conns over", []Option{WithMaxConnsPerServer(MaxConnsPerServer + 1)}, "max conns per server", strconv.Itoa(MaxConnsPerServer)},
 		{"keepalive 1ns", []Option{WithKeepAlive(time.Nanosecond)}, "keepalive", MinKeepAlive.String()},
 		{"server read timeout 0", []Option{WithServerReadTimeout(0)}, "server read timeout", "positive"},
+		{"server read timeout under its floor", []Option{WithServerReadTimeout(MinServerReadTimeout - 1), WithKeepAlive(MinKeepAlive)}, "server read timeout", MinServerReadTimeout.String()},
 		{"auth token over-long", []Option{WithAuthToken(strings.Repeat("s", 65537))}, "auth token", "65536"},
 	}
 	for _, tc := range cases {
@@ -46,7 +47,8 @@ func TestNewRejectsOptionsAboveTheirBounds(t *testing.T) {
 	}
 
 	// The bounds themselves are valid.
-	c, err := New(nil, WithLaneConns(MaxLaneConns), WithMaxConnsPerServer(MaxConnsPerServer), WithKeepAlive(MinKeepAlive))
+	c, err := New(nil, WithLaneConns(MaxLaneConns), WithMaxConnsPerServer(MaxConnsPerServer), WithKeepAlive(MinKeepAlive),
+		WithServerReadTimeout(MinServerReadTimeout))
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
 }
