@@ -205,7 +205,9 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // that a place a paused server grants is still released when it resumes;
 // a granted ticket's release is answered in the background, as Release's
 // is). A Wait in progress returns, unless it has already read its grant
-// and holds it (it then returns the Lock, which Cancel no longer affects).
+// and holds it (it then returns the Lock, which Cancel no longer affects);
+// Cancel then returns at once, without the server's answer: the Wait
+// withdraws the place before it returns, as one whose context ends does.
 // A grant for a place queued longer than a quarter of its lease is first
 // confirmed with a renewal before Wait holds it: a Cancel during that round
 // trip still ends the Wait, and the grant is released. A grant it reads
