@@ -463,7 +463,14 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		c.mu.Unlock()
 		<-cl.done
 		cmd, key := cl.cmd, cl.grantKey
-		r, err := cl.result()
+		r, err := cl.reply, cl.err
+		if cl.verdict == nil {
+			putCall(cl)
+		}
+		// Otherwise a write that took cl was under way when the
+		// connection broke, and its writer may still set cl.unsent
+		// (see conn.writing): recycled, the flag would land on another
+		// request. Left to the collector, as deliver and await do.
 		c.grantLost(cmd, key, rep)
 		return r, err, true
 	}
