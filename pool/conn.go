@@ -1691,8 +1691,13 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	c.lingerUntil = time.Now().Add(d)
 	// Nothing more is written; a write under way (the flush goroutine's,
 	// blocked on the stalled server) that fails later must not end the
-	// reading as a broken connection would.
+	// reading as a broken connection would. That write is cut short now
+	// rather than at its own deadline: its callers, failed by this break,
+	// wait for its verdict (see conn.writing), and what it has not sent
+	// yet is better never sent. (A write starting after this fails at
+	// once: EndWrites is checked after its deadline is set.)
 	c.wc.EndWrites()
+	_ = c.wc.SetWriteDeadline(pastDeadline)
 	// The pool's Close ends the linger by closing the socket, from now:
 	// the reader may still be in a read it began before the cut, not yet
 	// in linger, and that read's deadline is now lingerUntil.
