@@ -304,3 +304,43 @@ func TestLingerOutlivesTheWriteTimeoutOfAWriteBlockedAtTheCut(t *testing.T) {
 		t.Fatalf("the grant of a, made when the server resumed, never reached OnReleaseLost (held by conn %d)", holder(srv, "a"))
 	}
 }
+
+// The keepalive's cut "fails their callers at once" (docs/leases.md), even
+// a caller whose request sits in a write blocked on the stalled server: it
+// waits for that write's verdict (call.verdict), so the linger, which
+// keeps the socket open, must cut the write short, or the caller is held
+// until the write's own timeout (found by review).
+func TestKeepaliveCutFailsACallerInABlockedWriteAtOnce(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	// Slower than lingerPool's keepalive, so that the cut comes after the
+	// flush began its write (as in the test above); the write's own
+	// timeout far beyond the 2 s allowed below.
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: 250 * time.Millisecond, writeTimeout: 8 * time.Second,
+		OnReleaseLost: func(wire.Request) {}})
+	bigKey := strings.Repeat("x", 16<<20) // more than the socket buffers take: the write blocks
+	h, err := p.Acquire(ctxWait(t))
+	require.NoError(t, err)
+	defer h.Destroy()
+	settle(t, h.c)
+
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	res := make(chan error, 1)
+	go func() {
+		// No deadline of its own: the keepalive is what bounds the wait.
+		_, err := h.Do(context.Background(), wire.Request{Cmd: wire.CmdLock, Key: bigKey, Lease: 30})
+		res <- err
+	}()
+	require.Eventually(t, func() bool { return h.c.Err() != nil }, wait, time.Millisecond, "the keepalive cuts the stalled connection")
+	cut := time.Now()
+	require.Equal(t, 1, p.Stats().LingeringConns, "the cut connection lingers (its socket stays open)")
+	select {
+	case err := <-res:
+		require.ErrorIs(t, err, errNoReply)
+	case <-time.After(2 * time.Second):
+		err := <-res
+		t.Fatalf("the caller was failed only %v after the keepalive's cut (the blocked write's timeout), not at once: %v",
+			time.Since(cut).Round(100*time.Millisecond), err)
+	}
+}
