@@ -113,13 +113,8 @@ func laneCheck(req *wire.Request) error {
 }
 
 type laneSlot struct {
-	conn atomic.Pointer[laneConn]
-	dial *laneDial // in progress; under p.mu
-}
-
-type laneDial struct {
-	done chan struct{}
-	err  error
+	conn     atomic.Pointer[laneConn]
+	dialling bool // a dial for this slot is in progress; under p.mu
 }
 
 // pickLane returns a healthy lane connection, dialling if there is none.
@@ -142,11 +137,11 @@ func (p *Pool) pickLane(ctx context.Context, life <-chan struct{}) (*laneConn, e
 		}
 		// After a failed dial, wait only for dials already in progress
 		// (another slot's may succeed) instead of starting new ones.
-		best, d := p.kickLaneDials(dialErr == nil)
+		best, ended, fails := p.kickLaneDials(dialErr == nil)
 		if best != nil {
 			return best, nil
 		}
-		if d == nil {
+		if ended == nil {
 			if dialErr != nil {
 				return nil, dialErr
 			}
@@ -156,9 +151,9 @@ func (p *Pool) pickLane(ctx context.Context, life <-chan struct{}) (*laneConn, e
 			continue // a lane connection broke, or the server came up, since the kick
 		}
 		select {
-		case <-d.done:
-			if d.err != nil {
-				dialErr = d.err
+		case <-ended:
+			if err := p.laneDialFailedSince(fails); err != nil {
+				dialErr = err
 			}
 		case <-ctx.Done():
 			return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
@@ -201,21 +196,27 @@ func (p *Pool) bestLane() (best *laneConn, missing bool) {
 
 // kickLaneDials starts a dial (if start) for every empty or broken lane
 // slot that has none in progress, unless the pool is closed or the server
-// down, and returns the best healthy lane connection (as bestLane) and one
-// dial in progress (each nil if none). It scans under p.mu, which dialLane
-// holds to store its connection and retire its dial, so every slot is
-// either dialling or settled: pickLane's lock-free scan can miss a dial
-// that finishes just after it, and taking that slot for neither healthy nor
-// dialling failed a caller with another slot's dial error while that slot
-// had a healthy connection.
-func (p *Pool) kickLaneDials(start bool) (*laneConn, *laneDial) {
+// down, and returns the best healthy lane connection (as bestLane). With
+// none and a dial in progress, it also returns a channel closed when the
+// next lane dial ends and the count of failed lane dials so far (for
+// laneDialFailedSince); ended is nil when no dial is in progress. The
+// channel stands for every slot's dial: waiting for one slot's in
+// particular held a caller, while that dial hung, beside a healthy
+// connection another slot's dial had brought.
+//
+// It scans under p.mu, which dialLane holds to store its connection and
+// end its dial, so every slot is either dialling or settled: pickLane's
+// lock-free scan can miss a dial that finishes just after it, and taking
+// that slot for neither healthy nor dialling failed a caller with another
+// slot's dial error while that slot had a healthy connection.
+func (p *Pool) kickLaneDials(start bool) (best *laneConn, ended <-chan struct{}, fails uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var any *laneDial
+	dialling := false
 	for i := range p.lanes {
 		s := &p.lanes[i]
-		if s.dial != nil {
-			any = s.dial
+		if s.dialling {
+			dialling = true
 			continue
 		}
 		if l := s.conn.Load(); l != nil && l.c.errp.Load() == nil {
@@ -224,27 +225,46 @@ func (p *Pool) kickLaneDials(start bool) (*laneConn, *laneDial) {
 		if !start || p.closed.Load() || p.down.Load() != nil {
 			continue
 		}
-		d := &laneDial{done: make(chan struct{})}
-		s.dial = d
-		any = d
+		s.dialling, dialling = true, true
 		p.bg.Add(1)
-		go p.dialLane(s, d)
+		go p.dialLane(s)
 	}
-	best, _ := p.bestLane()
-	return best, any
+	if best, _ = p.bestLane(); best != nil || !dialling {
+		return best, nil, 0
+	}
+	if p.laneDialEnd == nil {
+		p.laneDialEnd = make(chan struct{})
+	}
+	return nil, p.laneDialEnd, p.laneDialFails
 }
 
-func (p *Pool) dialLane(s *laneSlot, d *laneDial) {
+// laneDialFailedSince returns the last lane dial failure if a lane dial
+// failed after kickLaneDials counted fails, else nil.
+func (p *Pool) laneDialFailedSince(fails uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.laneDialFails == fails {
+		return nil
+	}
+	return p.laneDialErr
+}
+
+func (p *Pool) dialLane(s *laneSlot) {
 	defer p.bg.Done()
 	l, err := p.dialLaneConn(p.ctx)
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if err == nil {
 		s.conn.Store(l)
+	} else {
+		p.laneDialFails++
+		p.laneDialErr = err
 	}
-	d.err = err
-	s.dial = nil
-	p.mu.Unlock()
-	close(d.done)
+	s.dialling = false
+	if p.laneDialEnd != nil {
+		close(p.laneDialEnd)
+		p.laneDialEnd = nil // the next waiter makes a new one
+	}
 }
 
 // dialLaneConn dials a connection for the lane. A network failure marks the
@@ -268,7 +288,7 @@ func (p *Pool) adoptLane(l *laneConn) {
 	p.mu.Lock()
 	for i := range p.lanes {
 		s := &p.lanes[i]
-		if old := s.conn.Load(); s.dial == nil && (old == nil || old.c.errp.Load() != nil) {
+		if old := s.conn.Load(); !s.dialling && (old == nil || old.c.errp.Load() != nil) {
 			s.conn.Store(l)
 			p.mu.Unlock()
 			return

@@ -94,3 +94,31 @@ func laneScanRace(t *testing.T, srv *testutil.Server) bool {
 	require.Equal(t, wire.StatusOK, r.Status)
 	return reached.Load()
 }
+
+// A caller that kicked the lane dials is served by the first of them to
+// succeed, not held for another that hangs (a dropped SYN, a server slow to
+// accept): it used to wait for one dial in particular, the last slot's, and
+// with that one hanging it waited out the dial timeout with a healthy lane
+// connection at hand. Which slot's dial hangs is up to the scheduler, so the
+// scenario runs a few times on fresh pools.
+func TestLaneCallerTakesTheFirstLaneDialToSucceed(t *testing.T) {
+	srv := newServer(t, testutil.Config{})
+	for range 8 {
+		var calls atomic.Int32
+		var d net.Dialer
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if calls.Add(1) == 1 {
+				<-ctx.Done() // hangs until the pool closes
+				return nil, ctx.Err()
+			}
+			return d.DialContext(ctx, network, addr)
+		}
+		p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 2, Dial: dial, DialTimeout: time.Hour})
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		r, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+		cancel()
+		require.NoError(t, err, "the caller waited for the hanging dial")
+		require.Equal(t, wire.StatusOK, r.Status)
+		p.Close()
+	}
+}

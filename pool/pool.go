@@ -65,8 +65,15 @@ type Pool struct {
 	conns    map[*conn]struct{} // every live connection, whatever its role
 	acquired map[*Conn]struct{} // wait-pool acquisitions not yet ended, broken or not
 	probing  bool
-	retReq   int64 // counters of connections no longer in conns
-	retWrite int64
+	// laneDialEnd is closed (and replaced) whenever a lane dial ends, so
+	// that a caller waiting for a lane connection wakes for the first dial
+	// to finish, whichever slot's; laneDialFails counts the failed ones and
+	// laneDialErr is the last failure. Nil and zero until the first dial.
+	laneDialEnd   chan struct{}
+	laneDialFails uint64
+	laneDialErr   error
+	retReq        int64 // counters of connections no longer in conns
+	retWrite      int64
 
 	gate dialGate // paces wait-pool dials (Acquire)
 
