@@ -86,12 +86,13 @@ type ConnCounts struct {
 	// Listener: signal listener connections.
 	Listener int
 	// Lingering: lane or wait-pool connections the keepalive gave up on,
-	// kept open (at most a minute) for the replies to requests they had
-	// written, so that a grant a stalled server makes when it resumes is
-	// released rather than left to a closed socket; and wait-pool
-	// connections half-closed to withdraw a cancelled wait, read until the
-	// server closes its side (at most 2 s) for a grant that crossed the
-	// withdrawal (see docs/leases.md).
+	// and ticket connections whose withdrawal of the queued place the
+	// server left unanswered in time, kept open (at most a minute) for the
+	// replies to requests they had written, so that a grant a stalled
+	// server makes when it resumes is released rather than left to a
+	// closed socket; and wait-pool connections half-closed to withdraw a
+	// cancelled wait, read until the server closes its side (at most 2 s)
+	// for a grant that crossed the withdrawal (see docs/leases.md).
 	Lingering int
 }
 

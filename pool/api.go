@@ -237,9 +237,9 @@ type Stats struct {
 	AcquiredConns int // wait-pool connections out of the pool (blocking acquires, tickets, pinned)
 	PinnedConns   int // acquired connections that own at least one lease
 	ListenerConns int // live listener connections (DialListener)
-	// LingeringConns: connections the keepalive broke that stay open (at
-	// most a minute) for the replies to what they had written, and
-	// connections Conn.Withdraw half-closed, read until the server closes
+	// LingeringConns: connections the keepalive broke or Conn.Abandon
+	// gave up on that stay open (at most a minute) for the replies to what
+	// they had written, and connections Conn.Withdraw half-closed, read until the server closes
 	// its side (at most 2 s; see OnReleaseLost). Their role is over: they
 	// are in no other count, except that a wait-pool connection the
 	// keepalive broke while acquired stays in AcquiredConns until its
