@@ -349,7 +349,8 @@ func WithDialTimeout(d time.Duration) Option {
 // and Close. The Client cannot abandon a dial in progress, so a dialer that
 // ignores ctx holds Close, and a Stats call (which dials on its caller's
 // goroutine), until it returns. One that returns neither a connection nor
-// an error fails the dial (ErrServerUnavailable).
+// an error fails the dial (ErrServerUnavailable), and so does a nil
+// pointer returned as the connection.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -70,7 +72,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	// (Query and DialListener dial under the caller's).
 	defer context.AfterFunc(p.ctx, cancel)()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
-	if err == nil && nc == nil {
+	if err == nil && isNilConn(nc) {
 		err = errNilConn // a broken Config.Dial: a failed dial, not a crash
 	}
 	if err != nil {
@@ -190,6 +192,20 @@ var errLongToken = errors.New("the token is longer than 256 bytes, which servers
 // errNilConn is the dial error of a Config.Dial that returned neither a
 // connection nor an error.
 var errNilConn = errors.New("the dialer returned no connection and no error")
+
+// isNilConn reports whether nc is nil, or a nil pointer (or other nil
+// reference) in a non-nil net.Conn: its methods would most likely
+// dereference it, in a dial goroutine where a panic ends the process.
+func isNilConn(nc net.Conn) bool {
+	if nc == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(nc); v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan:
+		return v.IsNil()
+	}
+	return false
+}
 
 var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")
 
