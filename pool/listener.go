@@ -38,8 +38,11 @@ func (l *ListenerConn) Err() error { return l.c.Err() }
 func (l *ListenerConn) Destroy() { l.c.fail(errDestroyed) }
 
 // Unread reports whether bytes have been read from the socket that the
-// reader has not yet taken as whole lines (a push still being handled or
-// buffered): a connection about to be closed for quiet is not quiet yet.
+// reader has not yet taken as whole lines (a push buffered or arriving):
+// a connection about to be closed for quiet is not quiet yet. A line the
+// reader has taken but not yet handed to onPush is not counted, for the
+// microseconds between the two; a caller that must not miss that push
+// also counts the pushes onPush has begun.
 func (l *ListenerConn) Unread() bool { return l.c.wc.BytesRead() > l.c.wc.BytesConsumed() }
 
 // DialListener opens a listener connection whose reader hands every `sig`
