@@ -37,13 +37,17 @@ func (l *ListenerConn) Err() error { return l.c.Err() }
 // Destroy closes the connection. Idempotent.
 func (l *ListenerConn) Destroy() { l.c.fail(errDestroyed) }
 
-// Unread reports whether bytes have been read from the socket that the
+// Unread reports whether bytes have reached the connection that the
 // reader has not yet taken as whole lines (a push buffered or arriving):
-// a connection about to be closed for quiet is not quiet yet. A line the
-// reader has taken but not yet handed to onPush is not counted, for the
-// microseconds between the two; a caller that must not miss that push
-// also counts the pushes onPush has begun.
-func (l *ListenerConn) Unread() bool { return l.c.wc.BytesRead() > l.c.wc.BytesConsumed() }
+// a connection about to be closed for quiet is not quiet yet. That
+// includes bytes still in the socket's receive buffer, which a reader held
+// up on a loaded machine has not read yet, on Linux; elsewhere only what
+// the reader has read. A line the reader has taken but not yet handed to
+// onPush is not counted, for the microseconds between the two; a caller
+// that must not miss that push also counts the pushes onPush has begun.
+func (l *ListenerConn) Unread() bool {
+	return l.c.wc.BytesRead() > l.c.wc.BytesConsumed() || socketPending(l.c.wc.NetConn())
+}
 
 // DialListener opens a listener connection whose reader hands every `sig`
 // push line to onPush.

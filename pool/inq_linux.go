@@ -1,0 +1,24 @@
+package pool
+
+import (
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// socketPending reports whether the kernel holds bytes received on nc's
+// socket (under TLS, its transport's) that no read has taken yet. It takes
+// neither the bytes nor the socket's read lock (RawConn.Control), so it
+// answers while the connection's reader is blocked in a read, or has not
+// got round to one.
+func socketPending(nc net.Conn) bool {
+	rc := rawSocket(nc)
+	if rc == nil {
+		return false
+	}
+	n := 0
+	if err := rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
+		return false
+	}
+	return n > 0
+}

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package pool
+
+import "net"
+
+// socketPending is false where the bytes a socket holds unread cannot be
+// counted without reading them (see inq_linux.go).
+func socketPending(net.Conn) bool { return false }
