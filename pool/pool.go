@@ -65,10 +65,11 @@ type Pool struct {
 	conns    map[*conn]struct{} // every live connection, whatever its role
 	acquired map[*Conn]struct{} // wait-pool acquisitions not yet ended, broken or not
 	probing  bool
-	// laneDialEnd is closed (and replaced) whenever a lane dial ends, so
-	// that a caller waiting for a lane connection wakes for the first dial
-	// to finish, whichever slot's; laneDialFails counts the failed ones and
-	// laneDialErr is the last failure. Nil and zero until the first dial.
+	// laneDialEnd, made by the first caller to wait for a lane dial, is
+	// closed (and cleared) when the next lane dial ends, so that waiting
+	// callers wake for the first dial to finish, whichever slot's.
+	// laneDialFails counts the failed lane dials and laneDialErr is the
+	// last failure.
 	laneDialEnd   chan struct{}
 	laneDialFails uint64
 	laneDialErr   error
