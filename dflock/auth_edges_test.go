@@ -5,9 +5,13 @@ package dflock
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,4 +153,55 @@ func TestRefusedTokenFoundInTheErrorTextIsStillAnAuthFailure(t *testing.T) {
 			assert.NotErrorIs(t, err, ErrServerUnavailable)
 		})
 	}
+}
+
+// A service retrying against a server that refuses its token: every Lock
+// and TryLock dialled again (the lane's slots, then a wait-pool
+// connection), thousands of dials a second, each refused and held 100 ms by
+// dflockd. Now refusals hold dials back; and once the server takes the
+// token (restarted with it here), calls succeed again within the hold.
+func TestAuthRefusedCallsDoNotDialEachTime(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{AuthToken: "old"})
+	addr := srv.Addr()
+	c := newClient(t, []string{addr}, WithAuthToken("new"))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	var calls atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				var err error
+				if g%2 == 0 {
+					_, err = c.Lock(ctx, "k")
+				} else {
+					_, err = c.TryLock(ctx, "k")
+				}
+				if ctx.Err() == nil && !errors.Is(err, ErrAuth) {
+					t.Errorf("a call against a server refusing the token: %v", err)
+				}
+				if calls.Add(1) == 2000 {
+					cancel()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	s := c.Snapshot().Servers[0]
+	t.Logf("%d calls, %d dials", calls.Load(), s.DialFailures)
+	assert.LessOrEqual(t, s.DialFailures, int64(20), "refused calls are not held back")
+	assert.True(t, s.Up, "a refusing server was marked down")
+
+	require.NoError(t, srv.Close())
+	newServer(t, testutil.Config{Addr: addr, AuthToken: "new"})
+	ctx = testCtx(t)
+	require.Eventually(t, func() bool {
+		l, err := c.TryLock(ctx, "k")
+		if err != nil {
+			assert.ErrorIs(t, err, ErrAuth)
+			return false
+		}
+		assert.NoError(t, l.Release(ctx))
+		return true
+	}, 10*time.Second, 5*time.Millisecond, "a server that now takes the token is still refused")
 }

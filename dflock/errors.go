@@ -46,7 +46,12 @@ var (
 	// ErrClosed: the Client is closed.
 	ErrClosed = pool.ErrClosed
 
-	// ErrAuth: the server refused the auth token (see WithAuthToken).
+	// ErrAuth: the server refused the auth token (see WithAuthToken), or
+	// refused it moments ago: after a refusal, calls that need a new
+	// connection to that server fail at once with ErrAuth for 50 ms,
+	// doubling up to 2 s while the server keeps refusing, rather than each
+	// dialling again; a server that starts taking the token serves calls
+	// again within that hold.
 	ErrAuth = pool.ErrAuth
 
 	// ErrServerUnavailable: the key's server cannot be reached right now.

@@ -307,7 +307,10 @@ func WithTLS(cfg *tls.Config) Option {
 // is left as sent (a grant's token that holds it by chance, a signal's
 // payload). Surrounding whitespace is harmless (the server trims the line).
 // Servers before v1.15 cap every line at 256 bytes and refuse a longer
-// token whatever it is; the ErrAuth error then says so. Default: no auth.
+// token whatever it is; the ErrAuth error then says so. After a refusal,
+// new connections to that server are held back for a while (see ErrAuth),
+// so a service retrying against a server with another token does not dial
+// it once per call. Default: no auth.
 func WithAuthToken(token string) Option {
 	return func(o *options) {
 		if token != "" {

@@ -18,23 +18,24 @@ import (
 // aLongTimeAgo is a deadline in the past: it interrupts pending I/O at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// dial opens, authenticates and registers a connection whose incoming
-// lines are capped at maxLine. init sets the connection's hooks before its
-// reader starts. ctx bounds it, and so does DialTimeout. A network failure
-// marks the server down if lane is set or no connection to the server is
-// alive (see dialFailed).
-func (p *Pool) dial(ctx context.Context, lane bool, maxLine int, init func(*conn)) (*conn, error) {
-	role := roleWait
-	if lane {
-		role = roleLane
+// dialAs opens, authenticates and registers a connection of the given role
+// (Config.OnDial) whose incoming lines are capped at maxLine. init sets the
+// connection's hooks before its reader starts. ctx bounds it, and so does
+// DialTimeout. A network failure marks the server down if role is roleLane
+// or no connection to the server is alive (see dialFailed). After an auth
+// refusal it fails at once while the hold lasts (authHold), unless probe
+// is set.
+func (p *Pool) dialAs(ctx context.Context, role string, probe bool, maxLine int, init func(*conn)) (*conn, error) {
+	trial := false
+	if !probe {
+		var err error
+		if trial, err = p.authHold.enter(); err != nil {
+			return nil, err
+		}
 	}
-	return p.dialAs(ctx, role, maxLine, init)
-}
-
-// dialAs is dial for a connection of the given role (Config.OnDial).
-func (p *Pool) dialAs(ctx context.Context, role string, maxLine int, init func(*conn)) (*conn, error) {
 	start := time.Now()
 	c, err := p.dialConn(ctx, role == roleLane, maxLine, init)
+	p.authHold.done(trial, err)
 	if p.cfg.OnDial != nil {
 		p.cfg.OnDial(role, time.Since(start), err)
 	}

@@ -188,7 +188,7 @@ func (p *Pool) probe() {
 		if p.down.Load() == nil {
 			continue // someone else's dial succeeded; probeDone decides
 		}
-		l, err := p.dialLaneConn(p.ctx)
+		l, err := p.dialLaneConn(p.ctx, true)
 		switch {
 		case err == nil:
 			p.adoptLane(l) // dial marked the server up

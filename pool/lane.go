@@ -251,7 +251,7 @@ func (p *Pool) laneDialFailedSince(fails uint64) error {
 
 func (p *Pool) dialLane(s *laneSlot) {
 	defer p.bg.Done()
-	l, err := p.dialLaneConn(p.ctx)
+	l, err := p.dialLaneConn(p.ctx, false)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err == nil {
@@ -267,11 +267,11 @@ func (p *Pool) dialLane(s *laneSlot) {
 	}
 }
 
-// dialLaneConn dials a connection for the lane. A network failure marks the
-// server down (see dialFailed).
-func (p *Pool) dialLaneConn(ctx context.Context) (*laneConn, error) {
+// dialLaneConn dials a connection for the lane (for the probe if probe is
+// set). A network failure marks the server down (see dialFailed).
+func (p *Pool) dialLaneConn(ctx context.Context, probe bool) (*laneConn, error) {
 	l := &laneConn{}
-	_, err := p.dial(ctx, true, p.cfg.maxReplyLine, func(c *conn) {
+	_, err := p.dialAs(ctx, roleLane, probe, p.cfg.maxReplyLine, func(c *conn) {
 		c.owner = l // for OnConnBroken: the lane connection owns its leases
 		c.oneBatch = true
 		l.c = c

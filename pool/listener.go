@@ -76,7 +76,7 @@ func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroke
 	// Its lines are pushes, at most MaxLongArg bytes (§6.6), and short
 	// replies (ok, ok <n>, error): a longer line is a broken server's,
 	// which must not make a subscription buffer megabytes per signal.
-	_, err := p.dialAs(ctx, roleListener, min(p.cfg.maxReplyLine, wire.MaxLongArg), func(c *conn) {
+	_, err := p.dialAs(ctx, roleListener, false, min(p.cfg.maxReplyLine, wire.MaxLongArg), func(c *conn) {
 		l.c = c
 		c.onPush = onPush
 		c.onBroken = func(err error) {

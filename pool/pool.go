@@ -76,7 +76,8 @@ type Pool struct {
 	retReq        int64 // counters of connections no longer in conns
 	retWrite      int64
 
-	gate dialGate // paces wait-pool dials (Acquire)
+	gate     dialGate // paces wait-pool dials (Acquire)
+	authHold authHold // holds dials back after an auth refusal
 
 	down       atomic.Pointer[ServerError]
 	needSweep  atomic.Bool
@@ -201,6 +202,7 @@ func New(cfg Config) (*Pool, error) {
 	}
 	p.hello = pingReq.AppendTo(p.hello)
 	p.idleDue.Store(never)
+	p.authHold.addr, p.authHold.secret = cfg.Addr, p.secret
 
 	pp, err := puddle.NewPool(&puddle.Config[*conn]{
 		Constructor: p.dialWaitConn,

@@ -60,7 +60,7 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 	if err := p.usable(); err != nil {
 		return wire.Reply{}, err
 	}
-	c, err := p.dialAs(ctx, roleQuery, maxLine, func(c *conn) { c.quiet = true })
+	c, err := p.dialAs(ctx, roleQuery, false, maxLine, func(c *conn) { c.quiet = true })
 	if err != nil {
 		return wire.Reply{}, err
 	}

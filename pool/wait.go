@@ -378,7 +378,7 @@ func (p *Pool) dialWaitConn(ctx context.Context) (*conn, error) {
 	if !ok {
 		return nil, errDialDeferred
 	}
-	c, err := p.dialAs(ctx, roleWait, p.cfg.maxReplyLine, func(c *conn) {
+	c, err := p.dialAs(ctx, roleWait, false, p.cfg.maxReplyLine, func(c *conn) {
 		// Broken while idle in puddle: the janitor destroys it. (One that
 		// breaks while acquired goes back destroyed; the sweep then finds
 		// nothing, which is cheap.)
