@@ -50,7 +50,8 @@ type ServerSnapshot struct {
 	// Conns counts the server's open connections by role.
 	Conns ConnCounts
 	// Dials counts successful dials (TCP, TLS and auth); DialFailures the
-	// others.
+	// others. Calls failed fast, without a dial (the server down, or an
+	// auth refusal's hold: see ErrAuth), count in neither.
 	Dials, DialFailures int64
 	// WaitsInFlight counts acquires (and ticket waits) on the wait path
 	// now: getting a wait-pool connection or waiting on one.
