@@ -207,3 +207,20 @@ func TestAuthRefusalStormDialsLittle(t *testing.T) {
 	t.Logf("%d calls, %d dials", calls.Load(), d)
 	assert.LessOrEqual(t, d, int64(20), "dials per refused call are not held back")
 }
+
+// The probe asks the server whatever the hold says (it dials only while the
+// server is down, on a backoff of its own), and its success lifts the hold.
+func TestProbeDialIsNotHeldBack(t *testing.T) {
+	srv := newServer(t, testutil.Config{AuthToken: "right"})
+	p := newPool(t, Config{Addr: srv.Addr(), AuthToken: "right"})
+	p.authHold.done(false, serverErr(srv.Addr(), ErrAuth, nil))
+	p.authHold.holdLonger(time.Hour)
+	_, err := p.dialLaneConn(ctxWait(t), false)
+	require.ErrorIs(t, err, errAuthHeld)
+	l, err := p.dialLaneConn(ctxWait(t), true)
+	require.NoError(t, err, "the probe's dial was held back")
+	p.adoptLane(l)
+	trial, err := p.authHold.enter()
+	require.NoError(t, err, "the probe's success did not lift the hold")
+	require.False(t, trial)
+}
