@@ -269,7 +269,9 @@ func TestAuth(t *testing.T) {
 		assert.NoError(t, p.Err(), "a refused token does not make the server unavailable")
 		_, err = p.Acquire(ctx)
 		require.ErrorIs(t, err, ErrAuth)
-		assert.GreaterOrEqual(t, p.Stats().DialFailures, int64(2))
+		// A refused dial counts; the dials after it may be held back
+		// (authHold), which counts nothing.
+		assert.GreaterOrEqual(t, p.Stats().DialFailures, int64(1))
 	})
 
 	t.Run("missing", func(t *testing.T) {
