@@ -166,6 +166,7 @@ func TestAuthRefusedCallsDoNotDialEachTime(t *testing.T) {
 	addr := srv.Addr()
 	c := newClient(t, []string{addr}, WithAuthToken("new"))
 	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
 	var calls atomic.Int64
 	var wg sync.WaitGroup
 	for g := range 16 {
@@ -194,14 +195,14 @@ func TestAuthRefusedCallsDoNotDialEachTime(t *testing.T) {
 
 	require.NoError(t, srv.Close())
 	newServer(t, testutil.Config{Addr: addr, AuthToken: "new"})
-	ctx = testCtx(t)
+	ctx2 := testCtx(t)
 	require.Eventually(t, func() bool {
-		l, err := c.TryLock(ctx, "k")
+		l, err := c.TryLock(ctx2, "k")
 		if err != nil {
 			assert.ErrorIs(t, err, ErrAuth)
 			return false
 		}
-		assert.NoError(t, l.Release(ctx))
+		assert.NoError(t, l.Release(ctx2))
 		return true
 	}, 10*time.Second, 5*time.Millisecond, "a server that now takes the token is still refused")
 }
