@@ -192,6 +192,7 @@ func TestAuthRefusedCallsDoNotDialEachTime(t *testing.T) {
 	t.Logf("%d calls, %d dials", calls.Load(), s.DialFailures)
 	assert.LessOrEqual(t, s.DialFailures, int64(20), "refused calls are not held back")
 	assert.True(t, s.Up, "a refusing server was marked down")
+	assert.True(t, s.AuthRefused, "Snapshot does not say the server refuses the token")
 
 	require.NoError(t, srv.Close())
 	newServer(t, testutil.Config{Addr: addr, AuthToken: "new"})
@@ -205,4 +206,5 @@ func TestAuthRefusedCallsDoNotDialEachTime(t *testing.T) {
 		assert.NoError(t, l.Release(ctx2))
 		return true
 	}, 10*time.Second, 5*time.Millisecond, "a server that now takes the token is still refused")
+	assert.False(t, c.Snapshot().Servers[0].AuthRefused, "a dial succeeded, yet Snapshot says the token is refused")
 }

@@ -47,6 +47,11 @@ type ServerSnapshot struct {
 	// stay as they were (a closed Client does not report its servers down).
 	Up    bool
 	Since time.Time
+	// AuthRefused is true from the moment the server refuses a dial's auth
+	// (see WithAuthToken) until a dial succeeds: meanwhile calls that need a
+	// new connection to it fail with ErrAuth, while Up stays true (the
+	// server answers). Connections already open keep serving.
+	AuthRefused bool
 	// Conns counts the server's open connections by role.
 	Conns ConnCounts
 	// Dials counts successful dials (TCP, TLS and auth); DialFailures the
@@ -131,9 +136,10 @@ func (c *Client) Snapshot() Snapshot {
 		rn := o.renew.Load()
 		lost := o.renew.Lost.Load() // before held, which counts a lease first
 		ss := ServerSnapshot{
-			Addr:  srv.addr,
-			Up:    ps.Up,
-			Since: ps.Since,
+			Addr:        srv.addr,
+			Up:          ps.Up,
+			Since:       ps.Since,
+			AuthRefused: ps.AuthRefused,
 			Conns: ConnCounts{
 				Lane:      ps.LaneConns,
 				Idle:      ps.IdleConns,

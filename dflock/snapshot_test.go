@@ -95,6 +95,7 @@ func TestSnapshotContendedBurst(t *testing.T) {
 	assert.Equal(t, int64(n+1), s.Released)
 	assert.Equal(t, int64(1+n), ss.Dials)
 	assert.Zero(t, ss.DialFailures)
+	assert.False(t, ss.AuthRefused)
 	assert.Zero(t, s.Held)
 }
 

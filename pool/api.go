@@ -229,7 +229,12 @@ type Stats struct {
 	// Since is when the state Up reports began: the first successful dial
 	// after the server was last down (zero before any), or the failed
 	// dial that marked it down.
-	Since         time.Time
+	Since time.Time
+	// AuthRefused: the server refused a dial's auth (a wrong token, none,
+	// or one for a server without auth), and no dial has succeeded since.
+	// Calls that need a new connection fail with ErrAuth meanwhile (see
+	// authHold); connections already open keep serving.
+	AuthRefused   bool
 	Dials         int64 // successful dials (incl. TLS + auth)
 	DialFailures  int64
 	LaneConns     int // live control-lane connections

@@ -36,7 +36,7 @@ var errAuthHeld = errors.New("not dialled: the server refused the last dial's au
 // The probe does not consult it: it dials only while the server is down,
 // with a backoff of its own, and its refusal arms the hold like any other.
 type authHold struct {
-	on atomic.Bool // the fast path: no refusal since the last success
+	on atomic.Bool // a refusal since the last success (held is set); false: the fast path
 
 	addr, secret string // for the held error (Pool.secret: it is redacted)
 

@@ -175,6 +175,7 @@ func TestAuthRefusalHoldsDialsBack(t *testing.T) {
 	require.ErrorIs(t, err, errAuthHeld)
 	assert.Equal(t, n, dials.Load(), "a call dialled while the hold lasted")
 	assert.NoError(t, p.Err(), "a held dial made the server unavailable")
+	assert.True(t, p.Stats().AuthRefused)
 
 	// The server now takes the token.
 	require.NoError(t, srv.Close())
@@ -185,6 +186,7 @@ func TestAuthRefusalHoldsDialsBack(t *testing.T) {
 	c, err := p.Acquire(ctx)
 	require.NoError(t, err, "a success did not lift the hold")
 	c.Release()
+	assert.False(t, p.Stats().AuthRefused)
 }
 
 // A Client-sized storm: 32 callers retrying as fast as they can against a

@@ -283,6 +283,7 @@ func (p *Pool) Stats() Stats {
 	s := Stats{
 		Addr:          p.cfg.Addr,
 		Up:            p.upForStats(),
+		AuthRefused:   p.authHold.on.Load(),
 		Dials:         p.dials.Load(),
 		DialFailures:  p.dialFailures.Load(),
 		Broken:        p.broken.Load(),
