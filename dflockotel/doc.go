@@ -81,8 +81,12 @@
 // leaves it 1, though calls that need a new connection fail fast until
 // the next dial succeeds. Being a gauge, it does not add up across Clients
 // observed by one Instrumentation: it is 1 if any of them has the server
-// up. dflock.client.connection.broken does not count the connections
-// Client.Close closes.
+// up. dflock.client.server.auth_refused is dflock.ServerSnapshot.AuthRefused:
+// 1 from the moment the server refuses a dial's auth token until a dial
+// succeeds (server.up stays 1: the server answers, and refused dials are
+// held back, so the dial-failure counter grows only slowly); 1 if any
+// observed Client's dials are refused. dflock.client.connection.broken does
+// not count the connections Client.Close closes.
 //
 // # Spans
 //

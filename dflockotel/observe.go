@@ -146,19 +146,18 @@ func (in *Instrumentation) collect(_ context.Context, ob metric.Observer) error 
 	o := &in.observing
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	// server.up is a gauge: a second observation of a server would replace
-	// the first, not add to it, so the live Clients' are combined (1 if
-	// any of them has the server up) and observed once.
-	up := make(map[string]bool)
+	// server.up and server.auth_refused are gauges: a second observation
+	// of a server would replace the first, not add to it, so the live
+	// Clients' are combined (1 if any of them has the server up, or
+	// refused) and observed once.
+	gauges := make(map[string]serverGauges)
 	for oc := range o.live {
-		in.observe(ob, oc.c.Snapshot(), up)
+		in.observe(ob, oc.c.Snapshot(), gauges)
 	}
-	for addr, u := range up {
-		v := int64(0)
-		if u {
-			v = 1
-		}
-		ob.ObserveInt64(in.serverUp, v, metric.WithAttributeSet(in.sets.get(addr).plain))
+	for addr, g := range gauges {
+		plain := metric.WithAttributeSet(in.sets.get(addr).plain)
+		ob.ObserveInt64(in.serverUp, boolValue(g.up), plain)
+		ob.ObserveInt64(in.authRefused, boolValue(g.authRefused), plain)
 	}
 	for addr, t := range o.retired {
 		in.observeTotals(ob, in.sets.get(addr), *t)
@@ -169,16 +168,29 @@ func (in *Instrumentation) collect(_ context.Context, ob metric.Observer) error 
 	return nil
 }
 
-// observe observes s's figures but server.up, which it records in up (see
-// collect).
-func (in *Instrumentation) observe(ob metric.Observer, s dflock.Snapshot, up map[string]bool) {
+// serverGauges is a server's gauges, combined over the live Clients.
+type serverGauges struct{ up, authRefused bool }
+
+func boolValue(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// observe observes s's figures but the gauges, which it records in gauges
+// (see collect).
+func (in *Instrumentation) observe(ob metric.Observer, s dflock.Snapshot, gauges map[string]serverGauges) {
 	for i := range s.Servers {
 		sv := &s.Servers[i]
 		sets := in.sets.get(sv.Addr)
 		plain := metric.WithAttributeSet(sets.plain)
 		ob.ObserveInt64(in.leases, int64(sv.LeasesHeld), plain)
 		ob.ObserveInt64(in.waiting, int64(sv.WaitsInFlight), plain)
-		up[sv.Addr] = up[sv.Addr] || sv.Up
+		g := gauges[sv.Addr]
+		g.up = g.up || sv.Up
+		g.authRefused = g.authRefused || sv.AuthRefused
+		gauges[sv.Addr] = g
 		for k, n := range connKindCounts(sv.Conns) {
 			ob.ObserveInt64(in.conns, int64(n), metric.WithAttributeSet(sets.conns[k]))
 		}

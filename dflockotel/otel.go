@@ -90,6 +90,7 @@ type Instrumentation struct {
 	conns            metric.Int64ObservableUpDownCounter
 	waiting          metric.Int64ObservableUpDownCounter
 	serverUp         metric.Int64ObservableGauge
+	authRefused      metric.Int64ObservableGauge
 	losses           metric.Int64ObservableCounter
 	renewals         metric.Int64ObservableCounter
 	dials            metric.Int64ObservableCounter
@@ -198,6 +199,10 @@ func (in *Instrumentation) instruments() error {
 		metric.WithUnit("1"),
 		metric.WithDescription("0 while the server is known to be down and no lane connection to it is healthy (calls fail fast), else 1."))
 	check(err)
+	in.authRefused, err = m.Int64ObservableGauge("dflock.client.server.auth_refused",
+		metric.WithUnit("1"),
+		metric.WithDescription("1 from the moment the server refuses a dial's auth token until a dial succeeds (calls that need a new connection fail with ErrAuth), else 0."))
+	check(err)
 	in.losses, err = m.Int64ObservableCounter("dflock.client.lease.losses",
 		metric.WithUnit("{lease}"),
 		metric.WithDescription("Leases lost while held (renewal refused or unanswered, connection broken), or found lost at release."))
@@ -223,7 +228,7 @@ func (in *Instrumentation) instruments() error {
 		metric.WithDescription("Log records and hook calls dropped because the Client's callback queue was full."))
 	check(err)
 	in.observed = []metric.Observable{
-		in.leases, in.conns, in.waiting, in.serverUp, in.losses, in.renewals,
+		in.leases, in.conns, in.waiting, in.serverUp, in.authRefused, in.losses, in.renewals,
 		in.dials, in.signalsDropped, in.signalGaps, in.callbacksDropped,
 	}
 	return errors.Join(errs...)
