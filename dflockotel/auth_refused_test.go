@@ -1,12 +1,10 @@
 package dflockotel
 
 import (
-	"context"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/dflock-sdk/go/dflock"
 	"github.com/dflock-sdk/go/testutil"
@@ -19,13 +17,8 @@ import (
 // does: 1 if any observed Client is refused, else 0.
 func TestAuthRefusedGauge(t *testing.T) {
 	srv := testutil.NewServer(t, testutil.Config{AuthToken: "right"})
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	in, err := New(WithMeterProvider(mp))
-	require.NoError(t, err)
+	in, h := newMetered(t)
 	ctx := testCtx(t)
-	h := &harness{reader: reader}
 	refused := func() int64 {
 		t.Helper()
 		v, ok := intValue(h.collect(t), "dflock.client.server.auth_refused", serverKVs(t, srv.Addr())...)

@@ -87,11 +87,7 @@ func TestComposedTracerEndsItsOwnSpan(t *testing.T) {
 func TestFiguresOfTwoClientsAddUp(t *testing.T) {
 	t.Parallel()
 	srv := testutil.NewServer(t, testutil.Config{})
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	in, err := New(WithMeterProvider(mp))
-	require.NoError(t, err)
+	in, h := newMetered(t)
 	ctx := testCtx(t)
 	for _, key := range []string{"a", "b"} {
 		c, err := dflock.New([]string{srv.Addr()}, in.Options()...)
@@ -103,7 +99,6 @@ func TestFiguresOfTwoClientsAddUp(t *testing.T) {
 		_, err = c.TryLock(ctx, key)
 		require.NoError(t, err)
 	}
-	h := &harness{reader: reader}
 	rm := h.collect(t)
 	v, ok := intValue(rm, "dflock.client.lease.count", serverKVs(t, srv.Addr())...)
 	require.True(t, ok)

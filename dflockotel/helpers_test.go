@@ -64,6 +64,19 @@ func newHarness(t *testing.T, opts []Option, clientOpts ...dflock.Option) *harne
 	return h
 }
 
+// newMetered returns an Instrumentation with a meter provider of its own
+// and a harness that collects its metrics, for tests that build and observe
+// their Clients themselves.
+func newMetered(t *testing.T) (*Instrumentation, *harness) {
+	t.Helper()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	in, err := New(WithMeterProvider(mp))
+	require.NoError(t, err)
+	return in, &harness{reader: reader}
+}
+
 func (h *harness) collect(t *testing.T) metricdata.ResourceMetrics {
 	t.Helper()
 	var rm metricdata.ResourceMetrics

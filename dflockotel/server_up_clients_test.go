@@ -8,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/dflock-sdk/go/dflock"
 	"github.com/dflock-sdk/go/testutil"
@@ -22,11 +21,7 @@ import (
 // has the server up.
 func TestServerUpOfSeveralClientsIsOneIfAnyHasItUp(t *testing.T) {
 	srv := testutil.NewServer(t, testutil.Config{})
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	in, err := New(WithMeterProvider(mp))
-	require.NoError(t, err)
+	in, h := newMetered(t)
 	ctx := testCtx(t)
 
 	up, err := dflock.New([]string{srv.Addr()}, in.Options()...)
@@ -53,7 +48,6 @@ func TestServerUpOfSeveralClientsIsOneIfAnyHasItUp(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(stop)
 	}
-	h := &harness{reader: reader}
 	seen := map[int64]int{}
 	for range 40 {
 		v, ok := intValue(h.collect(t), "dflock.client.server.up", serverKVs(t, srv.Addr())...)
