@@ -244,8 +244,9 @@ type Stats struct {
 	ListenerConns int // live listener connections (DialListener)
 	// LingeringConns: connections the keepalive broke or Conn.Abandon
 	// gave up on that stay open (at most a minute) for the replies to what
-	// they had written, and connections Conn.Withdraw half-closed, read until the server closes
-	// its side (at most 2 s; see OnReleaseLost). Their role is over: they
+	// they had written, and connections Conn.Withdraw half-closed, read
+	// until the server closes its side (at most 2 s; see OnReleaseLost).
+	// Their role is over: they
 	// are in no other count, except that a wait-pool connection the
 	// keepalive broke while acquired stays in AcquiredConns until its
 	// holder calls Release or Destroy (which package dflock does at once).

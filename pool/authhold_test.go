@@ -157,10 +157,11 @@ func TestAuthRefusalHoldsDialsBack(t *testing.T) {
 
 	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 	require.ErrorIs(t, err, ErrAuth) // the server's refusal, or a slot's dial held after it
-	p.authHold.holdLonger(time.Hour)
 	// The call returned at the first refused lane dial; the other slot's
-	// may still be under way, and would count after n.
+	// may still be under way, and would count after n (or, as a trial
+	// refused after a slow start, re-arm the hold over the hour below).
 	require.Eventually(t, func() bool { return !p.laneDialling() }, 5*time.Second, time.Millisecond)
+	p.authHold.holdLonger(time.Hour)
 	n := dials.Load()
 	require.Positive(t, n)
 
