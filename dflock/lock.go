@@ -292,7 +292,7 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 			}
 			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 		}
-		if sent, err = c.confirmLateGrant(opCtx, ownerDo(owner), req, r, sent, sent); err != nil {
+		if sent, err = c.confirmLateGrant(opCtx, ownerDo(owner), req, &r, sent, sent); err != nil {
 			// The lane connection stays (it owns other leases); the
 			// grant goes back aside, as a broken wait's does.
 			c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
@@ -356,7 +356,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		}
 		switch r.Status {
 		case wire.StatusOK:
-			sent, err = c.confirmLateGrant(opCtx, conn.Do, req, r, sent, sent)
+			sent, err = c.confirmLateGrant(opCtx, conn.Do, req, &r, sent, sent)
 			if err != nil {
 				// The token is known: release it elsewhere too, since
 				// closing the connection releases nothing on a server
@@ -521,9 +521,11 @@ func giveBack(conn *pool.Conn, r wire.Reply) {
 // grant can have been made (the request's hand-over, or a ticket's enqueue),
 // sent the time to track the lease from when no renewal is needed (the
 // hand-over of the request that returned it). It returns the time to track
-// the lease from.
+// the lease from. A renewal answered with a shorter lease than the grant's
+// lowers grant.Lease to it, so that the lease is tracked for what the
+// server applied.
 func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, wire.Request) (wire.Reply, error),
-	req wire.Request, grant wire.Reply, granted, sent time.Time) (time.Time, error) {
+	req wire.Request, grant *wire.Reply, granted, sent time.Time) (time.Time, error) {
 	// "Long" against the life the scheduler counts the lease's loss from:
 	// the TTL, or the servers' read timeout if shorter (rule 3 of
 	// docs/leases.md). Against the TTL alone, a lease longer than the read
@@ -538,14 +540,15 @@ func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, 
 	if err != nil {
 		return sent, err
 	}
-	switch r.Status {
-	case wire.StatusOK:
-	case wire.StatusErrDraining:
+	switch {
+	case r.Status == wire.StatusErrDraining:
 		return sent, ErrDraining
-	default:
-		// The lease lapsed before the grant was observed: not acquired.
+	case r.Status != wire.StatusOK, r.Lease <= 0:
+		// The lease lapsed before the grant was observed (or, answered ok
+		// for no seconds, lapses now): not acquired.
 		return sent, &bothError{domain: ErrNotAcquired, cause: ErrLeaseExpired}
 	}
+	grant.Lease = min(grant.Lease, r.Lease)
 	return sent2, nil
 }
 

@@ -31,7 +31,8 @@ type RenewStats struct {
 	Leases  int   // tracked (held) now
 	Sent    int64 // renew requests sent
 	Renewed int64 // answered ok (also after the lease ended meanwhile)
-	// Refused renewals were answered with anything but ok; Unanswered ones
+	// Refused renewals were answered with anything but ok, or with an ok
+	// for 0 seconds (which ends the lease lost); Unanswered ones
 	// had their connection fail before the reply. Sent − Renewed − Refused
 	// − Unanswered renewals are in flight.
 	Refused    int64

@@ -650,7 +650,10 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 	switch {
 	case err != nil:
 		out = outUnanswered
-	case r.Status != wire.StatusOK:
+	case r.Status != wire.StatusOK, r.Lease <= 0:
+		// An ok for no seconds (no server sends one: the request asks for
+		// at least one) says the lease has no time left; believing the TTL
+		// instead would keep a lease the server may already have handed on.
 		out = outRefused
 	}
 	// The outcome is counted only once the scheduler has applied it (the
@@ -678,15 +681,18 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		if r.Word != "" {
 			word = wire.DisplayWord(r.Word)
 		}
-		if r.Status == wire.StatusError {
+		switch {
+		case r.Status == wire.StatusOK:
+			cause = fmt.Errorf("%w: server answered ok %d: the lease has no time left", ErrRefused, r.Lease)
+		case r.Status == wire.StatusError:
 			cause = fmt.Errorf("%w: server answered %s: %w", ErrRefused, word, ErrMaybeUnapplied)
-		} else {
+		default:
 			cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
 		}
 	default:
 		if sent > l.confirmed && !l.forfeited {
 			ttl := l.ttl
-			if r.Lease > 0 && r.Lease < int64(ttl/time.Second) {
+			if r.Lease < int64(ttl/time.Second) {
 				ttl = seconds(r.Lease) // the server applied less: believe it
 			}
 			s.confirmLocked(l, sent, ttl)

@@ -580,6 +580,28 @@ func TestShorterAppliedLeaseIsBelieved(t *testing.T) {
 	assert.Equal(t, int64(time.Second+3*time.Second-defaultSafetyMargin(3*time.Second)), l.deadline.Load())
 }
 
+// A renewal answered ok for 0 seconds (no dflockd sends one: the request
+// asks for at least one) says the lease has no time left: it ends lost,
+// refused, rather than believed for the TTL asked for.
+func TestRenewalAnsweredForNoSecondsLosesTheLease(t *testing.T) {
+	t.Parallel()
+	s := newScheduler(Config{}) // no goroutine: drive complete directly
+	var c Counters
+	s.mu.Lock()
+	l := &Lease{s: s, key: "k", owner: okOwner(t), ttl: 30 * time.Second, idx: -1, done: make(chan struct{}), counters: &c}
+	s.confirmLocked(l, 0, l.ttl)
+	s.mu.Unlock()
+	out, err := s.complete(l, int64(time.Second), wire.Reply{Status: wire.StatusOK, Lease: 0}, nil)
+	assert.Equal(t, outRefused, out)
+	require.ErrorIs(t, err, ErrLost)
+	require.ErrorIs(t, err, ErrRefused)
+	assert.NotErrorIs(t, err, ErrMaybeUnapplied, "the server applied it: there is nothing to release aside")
+	assert.Contains(t, err.Error(), "server answered ok 0: the lease has no time left")
+	assert.ErrorIs(t, l.Err(), ErrRefused)
+	v := c.Load()
+	assert.Equal(t, CountersValue{Refused: 1, Lost: 1}, v)
+}
+
 func TestConfigDefaultsAndClamping(t *testing.T) {
 	t.Parallel()
 	c := Config{Ratio: 1.5, jitter: -1, KeepAlive: -time.Second, window: -1}.withDefaults()
