@@ -183,7 +183,9 @@ type Config struct {
 	// owner) when its last reply or its connection's failure has arrived.
 	// It runs on the owner's reader or on the scheduler goroutine, so it
 	// must not block or call into the scheduler: queue the figures and
-	// return. Nil costs nothing.
+	// return. Nil costs nothing. Like OnReleaseLost, it may run after
+	// Close has returned, for a batch whose answers were still coming
+	// (Close does not wait for the owners' readers).
 	OnBatch func(BatchInfo)
 	// OnReleaseLost, if set, is given the best-effort release of a lease
 	// declared lost by the client's clock whose owning connection broke

@@ -344,8 +344,9 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 //
 // Before it returns, Close waits until Spec.OnLost has been called for
 // every loss that happened before the leases were handed back; no OnLost
-// call is made after Close returns. Close is idempotent; later calls return
-// nil at once.
+// call is made after Close returns (Config.OnBatch and OnReleaseLost may
+// be: an owner's reader delivers a batch's answers whenever they come).
+// Close is idempotent; later calls return nil at once.
 func (s *Scheduler) Close() []*Lease {
 	s.mu.Lock()
 	if s.closed {
