@@ -135,6 +135,10 @@ func (c *Client) Snapshot() Snapshot {
 		o := &srv.obs
 		rn := o.renew.Load()
 		lost := o.renew.Lost.Load() // before held, which counts a lease first
+		// Before held, which released1 decrements first: a reading then
+		// never counts one lease both held and released (at worst, one
+		// being released, in neither).
+		released := o.released.Load()
 		ss := ServerSnapshot{
 			Addr:        srv.addr,
 			Up:          ps.Up,
@@ -152,7 +156,7 @@ func (c *Client) Snapshot() Snapshot {
 			DialFailures:  ps.DialFailures,
 			WaitsInFlight: int(max(o.waits.Load(), 0)),
 			LeasesHeld:    int(max(o.held.Load()-lost, 0)),
-			Releases:      o.released.Load(),
+			Releases:      released,
 			Losses:        lost,
 
 			RenewalsSent:       rn.Sent,
@@ -194,6 +198,6 @@ func (c *Client) releasedAndLost() (released, lost int64) {
 }
 
 func (o *serverObs) tracked()   { o.held.Add(1) }
-func (o *serverObs) released1() { o.released.Add(1); o.held.Add(-1) }
+func (o *serverObs) released1() { o.held.Add(-1); o.released.Add(1) } // see Snapshot
 
 func (w waitTracker) end() { w.srv.obs.waits.Add(-1) }
