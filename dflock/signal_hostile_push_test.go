@@ -1,12 +1,16 @@
 package dflock
 
 import (
+	"bufio"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dflock-sdk/go/testutil"
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -63,4 +67,36 @@ func TestSignalPushOutsideTheProtocolIsNotDelivered(t *testing.T) {
 		assert.Equal(t, Signal{Channel: "a.b", Payload: " "}, recvC(t, sub))
 		assert.Equal(t, Signal{Channel: "a.b", Payload: "good"}, recvC(t, sub))
 	})
+}
+
+// A channel with NUL is one this SDK never emits on (it refuses NUL in its
+// own requests), but servers accept it (PROTOCOL §3 refuses only space, TAB,
+// CR and LF), so another client can. Its push is delivered to the wildcard
+// that matches it; it used to be taken for a protocol violation, breaking
+// the listener connection and giving every subscription on it a gap.
+func TestSignalPushOnAChannelWithNULFromAnotherClientIsDelivered(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "a.*")
+	require.NoError(t, err)
+	bystander, err := c.Listen(ctx, "z")
+	require.NoError(t, err)
+
+	nc, err := net.Dial("tcp", srv.Addr())
+	require.NoError(t, err)
+	defer nc.Close()
+	require.NoError(t, nc.SetDeadline(time.Now().Add(testTimeout)))
+	_, err = nc.Write([]byte("signal\na.x\x00y\nfrom elsewhere\n"))
+	require.NoError(t, err)
+	line, err := bufio.NewReader(nc).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "ok 1\n", line, "the server takes the channel and delivers to the listener")
+
+	assert.Equal(t, 1, emit(t, c, "a.b", "next"))
+	assert.Equal(t, Signal{Channel: "a.x\x00y", Payload: "from elsewhere"}, recvC(t, sub))
+	assert.Equal(t, Signal{Channel: "a.b", Payload: "next"}, recvC(t, sub), "no gap: the connection held")
+	assertEmpty(t, bystander)
+	assert.Zero(t, c.Snapshot().SignalGaps)
 }

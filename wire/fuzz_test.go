@@ -109,7 +109,7 @@ func FuzzParsePush(f *testing.F) {
 		if !IsPush([]byte(line)) {
 			t.Fatal("parsed a line IsPush refuses")
 		}
-		if p.Channel == "" || strings.ContainsAny(p.Channel, " *>\t\x00") {
+		if p.Channel == "" || strings.ContainsAny(p.Channel, " *>\t") {
 			t.Fatalf("bad channel %q", p.Channel)
 		}
 		if p.Payload == "" {

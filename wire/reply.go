@@ -312,8 +312,10 @@ func IsPush(line []byte) bool { return bytes.HasPrefix(line, sigPrefix) }
 // everything after the second space and may itself contain spaces.
 //
 // A push no emit could have caused is a protocol error: a channel with '*',
-// '>', TAB or NUL (every server refuses them in `signal`), or an empty
-// payload. A blank one is let through: v1.11.0 refused only empty payloads.
+// '>' or TAB (every server refuses them in `signal`), or an empty payload.
+// A blank one is let through: v1.11.0 refused only empty payloads. So is a
+// channel with NUL: this SDK refuses one in its own requests, but servers
+// accept it (§3), and another client's emit must not break the listener.
 // The line's length is the reader's to bound (MaxLongArg, §6.6).
 func ParsePush(line []byte) (Push, error) {
 	line = trimCR(line)
@@ -324,7 +326,7 @@ func ParsePush(line []byte) (Push, error) {
 	if !ok || len(ch) == 0 || len(payload) == 0 {
 		return Push{}, protoErr(line, "push without channel and payload")
 	}
-	if bytes.ContainsAny(ch, "*>\t\x00") {
+	if bytes.ContainsAny(ch, "*>\t") {
 		return Push{}, protoErr(line, "push on a channel no signal can have")
 	}
 	return Push{Channel: string(ch), Payload: string(payload)}, nil
