@@ -146,7 +146,10 @@ type Hooks struct {
 	// (WithMaxIdleConnsPerServer, WithMaxConnIdleTime): those are counted in
 	// the pool's Stats.IdleClosed; nor for the short-lived connection of a
 	// Client.Stats call, which owns nothing: a break there is that call's
-	// error (matching ErrServerUnavailable), and only that.
+	// error (matching ErrServerUnavailable), and only that. The error of
+	// every connection Client.Close ends matches ErrClosed, that of a
+	// blocked call Close interrupts included, so that a graceful Close can
+	// be told from connections that broke.
 	OnConnBroken func(server string, err error)
 	// OnDial is called after every dial, successful or not.
 	OnDial func(DialInfo)

@@ -35,7 +35,7 @@ func (l *ListenerConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Re
 func (l *ListenerConn) Err() error { return l.c.Err() }
 
 // Destroy closes the connection. Idempotent.
-func (l *ListenerConn) Destroy() { l.c.fail(errDestroyed) }
+func (l *ListenerConn) Destroy() { l.c.fail(l.c.p.endCause(errDestroyed)) }
 
 // Unread reports whether bytes have reached the connection that the
 // reader has not yet taken as whole lines (a push buffered or arriving):

@@ -143,7 +143,7 @@ func (h *Conn) Release() {
 	if h.pins.Load() > 0 {
 		h.p.log.Warn("dflock: pinned connection released; destroying it (its leases end)")
 	}
-	h.c.fail(errDestroyed)
+	h.c.fail(h.p.endCause(errDestroyed))
 	h.res.Destroy()
 }
 
@@ -153,7 +153,7 @@ func (h *Conn) Release() {
 // pool and another caller's (Pool.Close fails every one itself).
 func (h *Conn) Destroy() {
 	if h.takeOut() {
-		h.c.fail(errDestroyed)
+		h.c.fail(h.p.endCause(errDestroyed))
 		h.res.Destroy()
 	}
 }
@@ -173,7 +173,7 @@ func (h *Conn) Destroy() {
 // pool without OnReleaseLost, is closed as by Destroy.
 func (h *Conn) Withdraw() {
 	if h.takeOut() {
-		h.c.fail(errWithdrawn)
+		h.c.fail(h.p.endCause(errWithdrawn))
 		h.res.Destroy()
 	}
 }
@@ -190,7 +190,7 @@ func (h *Conn) Withdraw() {
 // the connection is closed at once.
 func (h *Conn) Abandon() {
 	if h.takeOut() {
-		h.c.fail(errAbandoned)
+		h.c.fail(h.p.endCause(errAbandoned))
 		h.res.Destroy()
 	}
 }
@@ -222,6 +222,18 @@ func (h *Conn) AwaitReader(guard time.Duration) {
 
 // takeOut ends the acquisition: true for exactly one caller (Release,
 // Destroy or Pool.Close), who must then hand h.res back to puddle.
+// endCause is the cause of a connection ended on purpose: cause, also
+// matching ErrClosed once the owner's Lifetime has ended. A blocked call
+// that Close interrupts gives its connection up like one whose caller gave
+// up, but that connection is one Close closed, and OnConnBroken's readers
+// (dflockotel's connection.broken) tell the two apart by ErrClosed.
+func (p *Pool) endCause(cause error) error {
+	if lt := p.cfg.Lifetime; lt != nil && lt.Err() != nil {
+		return fmt.Errorf("%w (%w)", cause, ErrClosed)
+	}
+	return cause
+}
+
 func (h *Conn) takeOut() bool {
 	if !h.out.CompareAndSwap(true, false) {
 		return false
