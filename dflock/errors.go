@@ -195,6 +195,11 @@ func (e *bothError) Error() string {
 
 func (e *bothError) Unwrap() []error { return []error{e.domain, e.cause} }
 
+// errTicketUsed is the cause of ErrTicketDone for a Wait on a ticket
+// already waited for (or being waited for), not cancelled: a program error,
+// which a Tracer sees Failed, not Cancelled.
+var errTicketUsed = errors.New("Wait called again on a ticket already waited for")
+
 // errAcquireTimeout is the cancellation cause of the local AcquireTimeout
 // deadline, so it can be told apart from the caller's own deadline.
 var errAcquireTimeout = errors.New("dflock: acquire timeout")

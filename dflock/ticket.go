@@ -278,8 +278,12 @@ func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error)
 		t.mu.Unlock()
 		return h, nil // handedOver refuses it if its lease has ended or is overdue
 	case ticketWaiting, ticketDone:
+		err := ErrTicketDone
+		if !t.cancelled {
+			err = &bothError{domain: ErrTicketDone, cause: errTicketUsed}
+		}
 		t.mu.Unlock()
-		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrTicketDone}
+		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: err}
 	}
 	// Cancel ends a Wait in progress through its context, never by
 	// closing the connection itself: a grant that has already arrived is

@@ -100,8 +100,9 @@ const (
 	// Client closed.
 	Cancelled
 	// Failed: the connection or the server failed, an argument was
-	// invalid, or the lease granted was lost before it could be handed
-	// over (the error matches ErrLockLost).
+	// invalid, Wait was called again on a ticket already waited for, or
+	// the lease granted was lost before it could be handed over (the error
+	// matches ErrLockLost).
 	Failed
 )
 
@@ -234,6 +235,8 @@ func outcomeOf(err error) AcquireOutcome {
 		return Granted
 	case errors.Is(err, ErrTimeout):
 		return TimedOut
+	case errors.Is(err, errTicketUsed):
+		return Failed // before ErrTicketDone: a second Wait is no cancellation
 	case errors.Is(err, context.Canceled), errors.Is(err, ErrClosed), errors.Is(err, ErrTicketDone):
 		return Cancelled
 	case errors.Is(err, ErrLockLost):

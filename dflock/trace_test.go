@@ -446,3 +446,37 @@ func TestHooksOnDialAndAdditive(t *testing.T) {
 		assert.Equal(t, []string{"first", "second"}, order[i:i+2], "hook sets ran out of option order")
 	}
 }
+
+// A Wait on a ticket already waited for is a program error: Failed, with an
+// error that says so (and still matches ErrTicketDone). A Wait on a ticket
+// cancelled before it is Cancelled.
+func TestTracerSecondWaitFailsAndWaitAfterCancelIsCancelled(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c, rt := tracedClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	tk, err := c.Enqueue(ctx, "k")
+	require.NoError(t, err)
+	l, err := tk.Wait(ctx)
+	require.NoError(t, err)
+	_, err = tk.Wait(ctx)
+	require.ErrorIs(t, err, ErrTicketDone)
+	assert.Contains(t, err.Error(), "already waited for")
+	sp := rt.take(t)
+	last := sp[len(sp)-1]
+	require.Equal(t, "wait", last.info.Op)
+	assert.Equal(t, Failed, last.res.Outcome, "nothing was cancelled: %v", last.res.Err)
+	require.NoError(t, l.Release(ctx))
+
+	tk, err = c.Enqueue(ctx, "k2")
+	require.NoError(t, err)
+	require.NoError(t, tk.Cancel())
+	_, err = tk.Wait(ctx)
+	require.ErrorIs(t, err, ErrTicketDone)
+	assert.NotContains(t, err.Error(), "already waited for")
+	sp = rt.take(t)
+	last = sp[len(sp)-1]
+	require.Equal(t, "wait", last.info.Op)
+	assert.Equal(t, Cancelled, last.res.Outcome, "%v", last.res.Err)
+}
