@@ -241,7 +241,8 @@ func isWildcard(pattern string) bool { return strings.ContainsAny(pattern, "*>")
 // Emit sends payload to the subscribers of channel and returns how many
 // received it (as counted by the channel's server: one per listening
 // connection and one per matching queue group, so a Client's several
-// matching subscriptions count once). Signals are fire-and-forget and
+// matching subscriptions without a group count once, and each of its
+// matching groups once more). Signals are fire-and-forget and
 // delivered at most once: a subscriber that is disconnected, or too slow,
 // misses them. An Emit that fails because its connection broke (or whose
 // ctx ended first) may still have reached the server and be delivered —
