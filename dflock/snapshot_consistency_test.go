@@ -57,3 +57,35 @@ func TestSnapshotAndStatsNeverEndMoreThanAcquired(t *testing.T) {
 	st := c.localStats(Stats{Servers: make([]ServerStats, 1)})
 	require.Equal(t, st.Client.Acquired, st.Client.LaneGrants+st.Client.WaitGrants)
 }
+
+// A server's connection counts by role never add up to more wait-pool
+// connections than the cap while connections are taken and given back: one
+// changing hands is counted in neither role, never in both (found by
+// review: Idle 1 + InUse 2 with a cap of 2).
+func TestSnapshotConnCountsNeverExceedTheWaitPoolCap(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv), WithMaxConnsPerServer(2), withoutLaneFastPath())
+	ctx := testCtx(t)
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var ops atomic.Int64
+	for g := range 8 {
+		wg.Go(func() {
+			key := "conns-" + string(rune('a'+g))
+			for !stop.Load() {
+				l, err := c.Lock(ctx, key)
+				if err != nil {
+					return
+				}
+				_ = l.Release(ctx)
+				ops.Add(1)
+			}
+		})
+	}
+	defer func() { stop.Store(true); wg.Wait() }()
+	for i := 0; i < 50000 || ops.Load() < 200; i++ {
+		cc := c.Snapshot().Servers[0].Conns
+		require.LessOrEqual(t, cc.Idle+cc.InUse+cc.Pinned, 2, "reading %d: %+v", i, cc)
+	}
+}

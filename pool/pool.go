@@ -281,17 +281,23 @@ func (p *Pool) upForStats() bool {
 // Stats is a snapshot of the pool's counters.
 func (p *Pool) Stats() Stats {
 	s := Stats{
-		Addr:          p.cfg.Addr,
-		Up:            p.upForStats(),
-		AuthRefused:   p.authHold.on.Load(),
-		Dials:         p.dials.Load(),
-		DialFailures:  p.dialFailures.Load(),
-		Broken:        p.broken.Load(),
-		Pings:         p.pings.Load(),
-		IdleClosed:    p.idleClosed.Load(),
-		AcquiredConns: int(p.nAcquired.Load()),
+		Addr:         p.cfg.Addr,
+		Up:           p.upForStats(),
+		AuthRefused:  p.authHold.on.Load(),
+		Dials:        p.dials.Load(),
+		DialFailures: p.dialFailures.Load(),
+		Broken:       p.broken.Load(),
+		Pings:        p.pings.Load(),
+		IdleClosed:   p.idleClosed.Load(),
 	}
 	p.mu.Lock()
+	// Acquired and idle are read together under p.mu, which a connection
+	// enters the acquired set under after puddle took it from the idle
+	// ones, and leaves under before puddle makes it idle: a reading counts
+	// a connection changing hands in neither, never in both (the roles'
+	// sum must not exceed the connections open).
+	s.AcquiredConns = len(p.acquired)
+	s.IdleConns = int(p.pp.Stat().IdleResources())
 	s.Requests, s.Writes = p.retReq, p.retWrite
 	for c := range p.conns {
 		s.Requests += c.nreq.Load()
@@ -317,7 +323,6 @@ func (p *Pool) Stats() Stats {
 	}
 	s.ListenerConns = int(p.nListeners.Load())
 	s.LingeringConns = int(p.nLingering.Load())
-	s.IdleConns = int(p.pp.Stat().IdleResources())
 	return s
 }
 
