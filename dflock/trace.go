@@ -128,8 +128,10 @@ type AcquireResult struct {
 	// Path is how the lock or slot was granted, or PathWaitPool for a call
 	// that waited and then failed; PathNone otherwise.
 	Path AcquirePath
-	// Waited is the time spent waiting in the wait pool (0 on the fast
-	// path).
+	// Waited is the time spent on the wait path (0 on the fast path):
+	// getting a wait-pool connection (a dial, or, at
+	// WithMaxConnsPerServer, one coming free), then waiting in the
+	// server's queue on it.
 	Waited time.Duration
 	// Duration is the whole call.
 	Duration time.Duration

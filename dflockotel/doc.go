@@ -37,11 +37,16 @@
 // Recorded as calls end (from the Tracer and the Hooks):
 //
 //	dflock.client.acquire.duration          histogram  s            whole acquire call
-//	dflock.client.acquire.wait.duration     histogram  s            time waited in the server's queue
+//	dflock.client.acquire.wait.duration     histogram  s            time on the wait path (see below)
 //	dflock.client.renewal.duration          histogram  s            round trip of an answered renewal batch
 //	dflock.client.renewal.batch.size        histogram  {renewal}    renewals per batch
 //	dflock.client.connection.dial.duration  histogram  s            dial, TLS and auth
 //	dflock.client.connection.broken         counter    {connection} connections broken or destroyed (not by Close)
+//
+// The wait duration is the time on the wait path: getting a wait-pool
+// connection (a dial, or, at WithMaxConnsPerServer, one coming free) and
+// waiting in the server's queue on it; a pool at its cap therefore shows
+// as waiting too (dflock.client.connection.count tells the two apart).
 //
 // The acquire histograms carry dflock.operation.name (lock, trylock,
 // semaphore, trysemaphore, enqueue, wait), dflock.acquire.outcome
@@ -56,24 +61,29 @@
 //
 // Observed from Client.Snapshot (see Observe):
 //
-//	dflock.client.lease.count        updowncounter  {lease}       leases held now
-//	dflock.client.connection.count   updowncounter  {connection}  open connections by role and state
-//	dflock.client.acquire.waiting    updowncounter  {acquire}     acquires waiting on a wait-pool connection
-//	dflock.client.server.up          gauge          1             1 while calls to the server are not failing fast
-//	dflock.client.lease.losses       counter        {lease}       leases lost while held or found lost at release
-//	dflock.client.renewals           counter        {renewal}     by dflock.renewal.outcome: renewed, refused, unanswered
-//	dflock.client.connection.dials   counter        {connection}  by dflock.dial.outcome: success, failure
-//	dflock.client.signal.dropped     counter        {signal}      signals dropped (slow subscriptions; a leaving group member's)
-//	dflock.client.signal.gaps        counter        {gap}         gaps reported to subscriptions
-//	dflock.client.callback.dropped   counter        {callback}    log records and hook calls dropped
+//	dflock.client.lease.count          updowncounter  {lease}       leases held now
+//	dflock.client.connection.count     updowncounter  {connection}  open connections by role and state
+//	dflock.client.acquire.waiting      updowncounter  {acquire}     acquires on the wait path now (getting a wait-pool connection or waiting on one)
+//	dflock.client.server.up            gauge          1             1 while calls to the server are not failing fast
+//	dflock.client.server.auth_refused  gauge          1             1 while the server refuses the auth token
+//	dflock.client.lease.losses         counter        {lease}       leases lost while held or found lost at release
+//	dflock.client.renewals             counter        {renewal}     by dflock.renewal.outcome: renewed, refused, unanswered
+//	dflock.client.connection.dials     counter        {connection}  by dflock.dial.outcome: success, failure
+//	dflock.client.signal.dropped       counter        {signal}      signals dropped (slow subscriptions; a leaving group member's)
+//	dflock.client.signal.gaps          counter        {gap}         gaps reported to subscriptions
+//	dflock.client.callback.dropped     counter        {callback}    log records and hook calls dropped
 //
 // dflock.client.connection.count carries dflock.connection.role: lane
 // (control lane), wait (wait pool) or listener (signals); wait-pool
 // connections also carry dflock.connection.state: idle, in_use (a blocking
 // acquire or a queued ticket waits on it) or pinned (it owns a lease). A
-// connection the keepalive gave up on, kept open for at most a minute for
-// the replies to what it had written (dflock.ConnCounts.Lingering), has no
-// role left and carries only dflock.connection.state: lingering. The
+// connection given up on but kept open for the replies to what it had
+// written (dflock.ConnCounts.Lingering) has no role left and carries only
+// dflock.connection.state: lingering. That is one the keepalive gave up
+// on, or a ticket's whose withdrawal went unanswered (at most a minute),
+// and a wait-pool connection half-closed to withdraw a cancelled or
+// timed-out wait (at most 2 s), so every wait given up shows there
+// briefly. The
 // last three counters carry no server attributes. dflock.client.server.up
 // is dflock.ServerSnapshot.Up: 0 while the server is known to be down and
 // no lane connection to it is healthy (calls fail fast with

@@ -160,7 +160,7 @@ func (in *Instrumentation) instruments() error {
 	check(err)
 	in.waitDuration, err = m.Float64Histogram("dflock.client.acquire.wait.duration",
 		metric.WithUnit("s"),
-		metric.WithDescription("Time acquire calls spent waiting in a server's queue on a wait-pool connection."),
+		metric.WithDescription("Time acquire calls spent on the wait path: getting a wait-pool connection (a dial, or one coming free at the cap), then waiting in the server's queue on it."),
 		metric.WithExplicitBucketBoundaries(acquireBuckets...))
 	check(err)
 	in.renewalDuration, err = m.Float64Histogram("dflock.client.renewal.duration",
@@ -193,7 +193,7 @@ func (in *Instrumentation) instruments() error {
 	check(err)
 	in.waiting, err = m.Int64ObservableUpDownCounter("dflock.client.acquire.waiting",
 		metric.WithUnit("{acquire}"),
-		metric.WithDescription("Acquire calls waiting on a wait-pool connection now."))
+		metric.WithDescription("Acquire calls on the wait path now: getting a wait-pool connection or waiting on one."))
 	check(err)
 	in.serverUp, err = m.Int64ObservableGauge("dflock.client.server.up",
 		metric.WithUnit("1"),
