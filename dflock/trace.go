@@ -99,8 +99,8 @@ const (
 	// Cancelled: the context was cancelled, the ticket cancelled, or the
 	// Client closed.
 	Cancelled
-	// Failed: the connection or the server failed, an argument was
-	// invalid, Wait was called again on a ticket already waited for, or
+	// Failed: the connection or the server failed, the key was invalid
+	// (see WithTracer for arguments refused untraced), Wait was called again on a ticket already waited for, or
 	// the lease granted was lost before it could be handed over (the error
 	// matches ErrLockLost).
 	Failed
@@ -145,8 +145,10 @@ type AcquireResult struct {
 	Err error
 }
 
-// WithTracer installs t to observe every acquire and release (see Tracer).
-// nil means none; a Client has at most one (a later WithTracer replaces an
+// WithTracer installs t to observe every acquire and release (see Tracer),
+// but for calls refused before they begin: a nil ctx, a nil fn, or a
+// semaphore limit below 1 returns its *ArgError untraced (an invalid key is
+// traced, Failed, as the call learns of it on its way). nil means none; a Client has at most one (a later WithTracer replaces an
 // earlier one). Default: none, at the cost of one nil check per call.
 func WithTracer(t Tracer) Option {
 	return func(o *options) { o.tracer = t }
