@@ -187,8 +187,10 @@ func (c *Client) localStats(st Stats) Stats {
 		st.Servers[i].Addr = s.addr
 		st.Servers[i].Pool = s.pool.Stats()
 	}
-	st.Renew = c.renewStats()
+	// Before Held, as in Snapshot: a lease leaves the scheduler before it
+	// is counted released, so a reading never counts it in both.
 	released, lost := c.releasedAndLost()
+	st.Renew = c.renewStats()
 	st.Client = ClientStats{
 		LaneGrants: c.stats.laneGrants.Load(),
 		WaitGrants: c.stats.waitGrants.Load(),
