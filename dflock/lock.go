@@ -136,7 +136,7 @@ var errLostAtHandOver = fmt.Errorf("%w: granted or confirmed too late: the lease
 // connection; a contended one waits on a connection of its own, which stays
 // with the lock until it is released. A key found held within the last
 // second or so goes straight to such a connection, skipping the shared
-// one's try (see hotKeys). If ctx ends while a grant is in
+// one's try (docs/performance.md, "Contended keys"). If ctx ends while a grant is in
 // flight, the grant is released: an error return never leaves a lock held
 // (on a server with auto-release off, see the package doc for the two
 // exceptions).

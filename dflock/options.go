@@ -173,7 +173,7 @@ type LeaseInfo struct {
 	Token     string
 	Server    string
 	Semaphore bool
-	TTL       time.Duration
+	TTL       time.Duration // the lease the server granted (or last applied, if shorter)
 }
 
 type options struct {
@@ -303,8 +303,11 @@ func WithTLS(cfg *tls.Config) Option {
 }
 
 // WithAuthToken sends token as the first request on every connection
-// (servers started with --auth-token). It must not be blank, contain CR, LF
-// or NUL, or exceed 65,536 bytes. The token is never logged, and a server
+// (servers started with --auth-token). The empty string means no auth (so
+// a token read from an unset variable turns auth off: a server that wants
+// one then refuses every call with ErrAuth); otherwise the token must not
+// be blank (only whitespace), contain CR, LF or NUL, or exceed 65,536
+// bytes. The token is never logged, and a server
 // that echoes it back, in a reply or a refusal's word, cannot get it into
 // an error, a log record or a hook: it shows as "<redacted>" there. Data
 // is left as sent (a grant's token that holds it by chance, a signal's
@@ -379,8 +382,8 @@ func WithLeaseTTL(d time.Duration) Option {
 // (of the servers' read timeout instead, if that is shorter). A lease is
 // also renewed at least every keepalive interval, and at most every
 // MinKeepAlive unless its deadline needs sooner: a renewal always comes
-// before 0.9 × (life − safety margin), so a read timeout under about 31 ms
-// renews more often than MinKeepAlive (docs/leases.md has the full rule).
+// before 0.9 × (life − safety margin), so a read timeout under about 22 ms
+// (where the margin is half of it) renews more often than MinKeepAlive (docs/leases.md has the full rule).
 // It must be in (0, 1). Default DefaultRenewRatio.
 func WithRenewRatio(r float64) Option {
 	return func(o *options) {

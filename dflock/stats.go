@@ -114,9 +114,11 @@ type LockState struct {
 	Key string
 	// OwnerConnID is the server's id of the holder's connection; 0 when the
 	// lock has waiters but no holder.
-	OwnerConnID    uint64
+	OwnerConnID uint64
+	// LeaseExpiresIn is the time left of the holder's lease by the server's
+	// clock; 0 when the lock has no holder.
 	LeaseExpiresIn time.Duration
-	Waiters        int
+	Waiters        int // blocked waiters and queued places (tickets)
 }
 
 // SemaphoreState is one semaphore in ServerState.
@@ -128,14 +130,14 @@ type SemaphoreState struct {
 // IdleKey is an idle key in ServerState.
 type IdleKey struct {
 	Key  string
-	Idle time.Duration
+	Idle time.Duration // since the key was last held or waited for
 }
 
 // SignalChannel is one subscription pattern in ServerState.
 type SignalChannel struct {
 	Pattern   string
-	Group     string
-	Listeners int
+	Group     string // empty for plain (ungrouped) subscriptions
+	Listeners int    // the server's connections subscribed to Pattern (in Group)
 }
 
 // Stats returns the Client's counters and asks every server for its state,
