@@ -440,8 +440,9 @@ func WithServerReadTimeout(d time.Duration) Option {
 
 // WithMaxConnsPerServer caps the wait-pool connections per server. Every
 // blocking acquire in progress, every two-phase ticket and every lease
-// granted after waiting holds one; uncontended locks use the control lane
-// and hold none. It must be between 1 and MaxConnsPerServer. Default
+// granted after waiting holds one (as does a lease of a key found held
+// within the last second or so, which goes straight to the wait pool);
+// uncontended locks use the control lane and hold none. It must be between 1 and MaxConnsPerServer. Default
 // DefaultMaxConnsPerServer.
 func WithMaxConnsPerServer(n int) Option {
 	return func(o *options) {
