@@ -91,7 +91,7 @@ func TestNewRejectsBadServersAndOptions(t *testing.T) {
 		{"dial timeout", nil, []Option{WithDialTimeout(0)}, "dial timeout"},
 		{"renew ratio", nil, []Option{WithRenewRatio(1)}, "renew ratio"},
 		{"keepalive", nil, []Option{WithKeepAlive(-time.Second)}, "keepalive"},
-		{"lease", nil, []Option{WithLeaseTTL(-time.Second)}, "lease"},
+		{"lease", nil, []Option{WithLeaseTTL(-time.Second)}, "lease TTL"},
 		{"max conns", nil, []Option{WithMaxConnsPerServer(0)}, "max conns per server"},
 		{"lane conns", nil, []Option{WithLaneConns(0)}, "lane conns"},
 		{"sharding", nil, []Option{WithSharding(nil)}, "sharding"},

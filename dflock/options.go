@@ -291,7 +291,7 @@ func (o *options) conflict() error {
 
 // WithTLS makes every connection use TLS with cfg (cloned). If
 // cfg.ServerName is empty it defaults to the host of each server address.
-// Default: plain TCP.
+// nil, or the default, means plain TCP.
 func WithTLS(cfg *tls.Config) Option {
 	return func(o *options) {
 		if cfg == nil {
@@ -359,7 +359,7 @@ func WithDialTimeout(d time.Duration) Option {
 // ignores ctx holds Close, and a Stats call (which dials on its caller's
 // goroutine), until it returns. One that returns neither a connection nor
 // an error fails the dial (ErrServerUnavailable), and so does a nil
-// pointer returned as the connection.
+// pointer returned as the connection. nil means the default.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }
@@ -371,7 +371,7 @@ func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, 
 func WithLeaseTTL(d time.Duration) Option {
 	return func(o *options) {
 		if d < 0 {
-			o.fail("lease", d.String(), "must not be negative")
+			o.fail("lease TTL", d.String(), "must not be negative")
 			return
 		}
 		o.leaseTTL = min(d, MaxDuration)
@@ -502,7 +502,7 @@ func WithLaneConns(n int) Option {
 
 // WithMaxStatsReply caps, in bytes, the `stats` reply that Client.Stats
 // accepts from each server: the reply is one JSON line that grows with the
-// server's keys (about 40 bytes per idle key, 90 per held lock, plus the
+// server's keys (about 30 bytes per idle key, 80 per held lock, plus the
 // key), and a longer one fails that server's entry with an error naming
 // the cap. It must be between 64 KiB and MaxStatsReply. Default
 // DefaultMaxStatsReply.
@@ -529,7 +529,8 @@ func WithSharding(s shard.Strategy) Option {
 }
 
 // WithLogger sets the structured logger of the Client and of everything
-// under it. Default: discard. Auth tokens are never logged.
+// under it. nil, or the default, discards the records. Auth tokens are
+// never logged.
 //
 // Records are handed to l's handler on one goroutine of the Client's, in
 // order, never on the goroutines that renew leases, read replies or write

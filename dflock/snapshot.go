@@ -45,6 +45,10 @@ type ServerSnapshot struct {
 	// auth token refused (zero while no dial has reached it yet); for
 	// down, the failed dial that found it down. After Close, Up and Since
 	// stay as they were (a closed Client does not report its servers down).
+	// A server not dialled yet is Up with a zero Since: Up means "not known
+	// to be down", so a health check run before the first call cannot tell
+	// an unreachable server from a healthy one (Since.IsZero says it has
+	// not been reached yet).
 	Up    bool
 	Since time.Time
 	// AuthRefused is true from the moment the server refuses a dial's auth

@@ -99,8 +99,9 @@ const (
 	// Cancelled: the context was cancelled, the ticket cancelled, or the
 	// Client closed.
 	Cancelled
-	// Failed: the connection or the server failed, the key was invalid
-	// (see WithTracer for arguments refused untraced), Wait was called again on a ticket already waited for, or
+	// Failed: the connection or the server failed, the key or an
+	// AcquireOption was invalid (see WithTracer for arguments refused
+	// untraced), Wait was called again on a ticket already waited for, or
 	// the lease granted was lost before it could be handed over (the error
 	// matches ErrLockLost).
 	Failed
