@@ -47,11 +47,11 @@ var (
 	ErrClosed = pool.ErrClosed
 
 	// ErrAuth: the server refused the auth token (see WithAuthToken), or
-	// wants one and none is configured, or refused it moments ago: after a refusal, calls that need a new
-	// connection to that server fail at once with ErrAuth for 50 ms,
-	// doubling up to 2 s while the server keeps refusing, rather than each
-	// dialling again; a server that starts taking the token serves calls
-	// again within that hold.
+	// wants one and none is configured, or refused it moments ago: after a
+	// refusal, calls that need a new connection to that server fail at
+	// once with ErrAuth for 50 ms, doubling up to 2 s while the server
+	// keeps refusing, rather than each dialling again; a server that
+	// starts taking the token serves calls again within that hold.
 	ErrAuth = pool.ErrAuth
 
 	// ErrServerUnavailable: the key's server cannot be reached right now.

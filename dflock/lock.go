@@ -136,10 +136,10 @@ var errLostAtHandOver = fmt.Errorf("%w: granted or confirmed too late: the lease
 // connection; a contended one waits on a connection of its own, which stays
 // with the lock until it is released. A key found held within the last
 // second or so goes straight to such a connection, skipping the shared
-// one's try (docs/performance.md, "Contended keys"). If ctx ends while a grant is in
-// flight, the grant is released: an error return never leaves a lock held
-// (on a server with auto-release off, see the package doc for the two
-// exceptions).
+// one's try (docs/performance.md, "Contended keys"). If ctx ends while a
+// grant is in flight, the grant is released: an error return never leaves
+// a lock held (on a server with auto-release off, see the package doc for
+// the two exceptions).
 //
 // The server's wait timeout is whole seconds, so AcquireTimeout (or ctx's
 // deadline) is sent rounded up and enforced exactly by the client. Waits

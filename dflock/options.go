@@ -173,7 +173,7 @@ type LeaseInfo struct {
 	Token     string
 	Server    string
 	Semaphore bool
-	TTL       time.Duration // the lease the server granted (or last applied, if shorter)
+	TTL       time.Duration // the lease granted, which every renewal asks for again
 }
 
 type options struct {

@@ -220,8 +220,6 @@ func (h *Conn) AwaitReader(guard time.Duration) {
 	}
 }
 
-// takeOut ends the acquisition: true for exactly one caller (Release,
-// Destroy or Pool.Close), who must then hand h.res back to puddle.
 // endCause is the cause of a connection ended on purpose: cause, also
 // matching ErrClosed once the owner's Lifetime has ended. A blocked call
 // that Close interrupts gives its connection up like one whose caller gave
@@ -234,6 +232,8 @@ func (p *Pool) endCause(cause error) error {
 	return cause
 }
 
+// takeOut ends the acquisition: true for exactly one caller (Release,
+// Destroy or Pool.Close), who must then hand h.res back to puddle.
 func (h *Conn) takeOut() bool {
 	if !h.out.CompareAndSwap(true, false) {
 		return false
