@@ -19,24 +19,10 @@ func TestSnapshotAndStatsNeverEndMoreThanAcquired(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, []string{srv.Addr()})
-	ctx := testCtx(t)
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	var ops atomic.Int64
-	for g := range 8 {
-		wg.Go(func() {
-			key := "snap-" + string(rune('a'+g%4)) // half contend: both grant paths
-			for !stop.Load() {
-				l, err := c.Lock(ctx, key)
-				if err != nil {
-					return
-				}
-				_ = l.Release(ctx)
-				ops.Add(1)
-			}
-		})
-	}
-	defer func() { stop.Store(true); wg.Wait() }()
+	ops, stop := churnLocks(t, c, func(g int) string {
+		return "snap-" + string(rune('a'+g%4)) // half contend: both grant paths
+	})
+	defer stop()
 	for i := 0; i < 50000 || ops.Load() < 200; i++ {
 		s := c.Snapshot()
 		require.LessOrEqual(t, int64(s.Held)+s.Released+s.Lost, s.Acquired, "snapshot %d: %+v", i, s)
@@ -50,8 +36,7 @@ func TestSnapshotAndStatsNeverEndMoreThanAcquired(t *testing.T) {
 			require.LessOrEqual(t, cs.LaneGrants+cs.WaitGrants, cs.Acquired, "stats %d: %+v", i, cs)
 		}
 	}
-	stop.Store(true)
-	wg.Wait()
+	stop() // idempotent: the deferred call finds the goroutines gone
 	s := c.Snapshot()
 	require.Equal(t, s.Acquired, s.Released+s.Lost, "all released at the end: %+v", s)
 	st := c.localStats(Stats{Servers: make([]ServerStats, 1)})
@@ -66,15 +51,26 @@ func TestSnapshotConnCountsNeverExceedTheWaitPoolCap(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, addrsOf(srv), WithMaxConnsPerServer(2), withoutLaneFastPath())
+	ops, stop := churnLocks(t, c, func(g int) string { return "conns-" + string(rune('a'+g)) })
+	defer stop()
+	for i := 0; i < 50000 || ops.Load() < 200; i++ {
+		cc := c.Snapshot().Servers[0].Conns
+		require.LessOrEqual(t, cc.Idle+cc.InUse+cc.Pinned, 2, "reading %d: %+v", i, cc)
+	}
+}
+
+// churnLocks runs 8 goroutines that Lock and Release key(g) until stop,
+// which waits for them; ops counts their rounds.
+func churnLocks(t *testing.T, c *Client, key func(g int) string) (ops *atomic.Int64, stop func()) {
 	ctx := testCtx(t)
-	var stop atomic.Bool
+	ops = new(atomic.Int64)
+	var done atomic.Bool
 	var wg sync.WaitGroup
-	var ops atomic.Int64
 	for g := range 8 {
 		wg.Go(func() {
-			key := "conns-" + string(rune('a'+g))
-			for !stop.Load() {
-				l, err := c.Lock(ctx, key)
+			k := key(g)
+			for !done.Load() {
+				l, err := c.Lock(ctx, k)
 				if err != nil {
 					return
 				}
@@ -83,9 +79,5 @@ func TestSnapshotConnCountsNeverExceedTheWaitPoolCap(t *testing.T) {
 			}
 		})
 	}
-	defer func() { stop.Store(true); wg.Wait() }()
-	for i := 0; i < 50000 || ops.Load() < 200; i++ {
-		cc := c.Snapshot().Servers[0].Conns
-		require.LessOrEqual(t, cc.Idle+cc.InUse+cc.Pinned, 2, "reading %d: %+v", i, cc)
-	}
+	return ops, func() { done.Store(true); wg.Wait() }
 }
