@@ -68,7 +68,7 @@ func waitersOf(srv *testutil.Server, key string) int {
 // a lease lost within it when the network goes silent. A keepalive longer
 // than half the read timeout is refused by New.
 func ExampleWithServerReadTimeout() {
-	const readTimeout = time.Second
+	const readTimeout = 2 * time.Second
 	srv, stop := startServerWith(testutil.Config{ReadTimeout: readTimeout})
 	defer stop()
 
