@@ -60,7 +60,9 @@ func TestCloseReportsTheConnectionsItEndsAsClosed(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	require.NotEmpty(t, reports)
+	// Close delivers the hook calls queued before it returns: at least the
+	// lane connection, the listener and the three blocked calls' ones.
+	require.GreaterOrEqual(t, len(reports), 5)
 	for _, err := range reports {
 		assert.ErrorIs(t, err, ErrClosed, "a connection Close ended was reported as broken: %v", err)
 	}
