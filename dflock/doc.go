@@ -29,7 +29,8 @@
 //   - a wait pool: connections for blocking acquires and two-phase tickets.
 //     Lock first tries the control lane; only if the key is held (or was
 //     found held within the last second or so) does it take a wait-pool
-//     connection and wait there. A lease granted after waiting stays on that connection (pinned) until released or lost.
+//     connection and wait there. A lease granted after waiting stays on
+//     that connection (pinned) until released or lost.
 //     Cancelling a blocked wait closes its connection, which is how the
 //     server withdraws the waiter (one whose deadline passed keeps it: the
 //     server's own timeout ends the wait within a second, and the answer

@@ -383,8 +383,9 @@ func WithLeaseTTL(d time.Duration) Option {
 // also renewed at least every keepalive interval, and at most every
 // MinKeepAlive unless its deadline needs sooner: a renewal always comes
 // before 0.9 × (life − safety margin), so a read timeout under about 22 ms
-// (where the margin is half of it) renews more often than MinKeepAlive (docs/leases.md has the full rule).
-// It must be in (0, 1). Default DefaultRenewRatio.
+// (where the margin is half of it) renews more often than MinKeepAlive
+// (docs/leases.md has the full rule). It must be in (0, 1). Default
+// DefaultRenewRatio.
 func WithRenewRatio(r float64) Option {
 	return func(o *options) {
 		if !(r > 0 && r < 1) {
@@ -442,8 +443,8 @@ func WithServerReadTimeout(d time.Duration) Option {
 // blocking acquire in progress, every two-phase ticket and every lease
 // granted after waiting holds one (as does a lease of a key found held
 // within the last second or so, which goes straight to the wait pool);
-// uncontended locks use the control lane and hold none. It must be between 1 and MaxConnsPerServer. Default
-// DefaultMaxConnsPerServer.
+// uncontended locks use the control lane and hold none. It must be between
+// 1 and MaxConnsPerServer. Default DefaultMaxConnsPerServer.
 func WithMaxConnsPerServer(n int) Option {
 	return func(o *options) {
 		if o.between("max conns per server", n, 1, MaxConnsPerServer, "") {

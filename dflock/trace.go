@@ -149,8 +149,9 @@ type AcquireResult struct {
 // WithTracer installs t to observe every acquire and release (see Tracer),
 // but for calls refused before they begin: a nil ctx, a nil fn, or a
 // semaphore limit below 1 returns its *ArgError untraced (an invalid key is
-// traced, Failed, as the call learns of it on its way). nil means none; a Client has at most one (a later WithTracer replaces an
-// earlier one). Default: none, at the cost of one nil check per call.
+// traced, Failed, as the call learns of it on its way). nil means none; a
+// Client has at most one (a later WithTracer replaces an earlier one).
+// Default: none, at the cost of one nil check per call.
 func WithTracer(t Tracer) Option {
 	return func(o *options) { o.tracer = t }
 }

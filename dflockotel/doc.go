@@ -63,7 +63,7 @@
 //
 //	dflock.client.lease.count          updowncounter  {lease}       leases held now
 //	dflock.client.connection.count     updowncounter  {connection}  open connections by role and state
-//	dflock.client.acquire.waiting      updowncounter  {acquire}     acquires on the wait path now (getting a wait-pool connection or waiting on one)
+//	dflock.client.acquire.waiting      updowncounter  {acquire}     acquires on the wait path now (as the wait duration above)
 //	dflock.client.server.up            gauge          1             1 while calls to the server are not failing fast
 //	dflock.client.server.auth_refused  gauge          1             1 while the server refuses the auth token
 //	dflock.client.lease.losses         counter        {lease}       leases lost while held or found lost at release
