@@ -13,8 +13,15 @@
 //     closes. Its lease runs out after the lease TTL, and the server hands
 //     the lock on at its next sweep (every second). Bound: TTL + 1 s. The
 //     leader's own Client declares the lease lost a safety margin before the
-//     TTL, by its own clock, so the old leader stops its job before the new
-//     one starts.
+//     TTL, by its own clock, so a running leader stops its job before the
+//     new one starts. A leader whose process is paused for longer than that
+//     margin (a stop-the-world stall, a suspended VM) cannot notice in time:
+//     a job that writes to a shared store should pass the lock's fencing
+//     token (Lock.Fence, WithFencing, dflockd v2.1+) and let the store refuse
+//     an older one (docs/leases.md, "Fencing").
+//
+// SIGINT or SIGTERM shuts an instance down gracefully: the leader releases
+// the lock, so a standby takes over at once rather than after the TTL.
 //
 // A short lease makes takeover fast; the price is more renewals (the Client
 // batches them). Here each instance is a goroutine with its own Client, as
@@ -24,12 +31,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dflock-sdk/go/dflock"
@@ -82,7 +90,11 @@ func run() error {
 		return err
 	}
 	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// Ctrl-C ends ctx, and every instance's shutdown path releases what it
+	// holds (a real service does the same with its own signal handling).
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	ctx, cancel := context.WithTimeout(sigCtx, time.Minute)
 	defer cancel()
 
 	events := make(chan event, 16)
@@ -191,7 +203,13 @@ func start(ctx context.Context, name string, servers []string, events chan<- eve
 		defer close(in.done)
 		var lastLog time.Time
 		for ctx.Err() == nil {
-			l, err := c.Lock(ctx, jobKey) // no AcquireTimeout: stand by until granted
+			// No AcquireTimeout: a standby keeps its place in the lock's
+			// queue until granted (a timeout would send it to the end of
+			// the queue each time). The price: a blocked wait carries no
+			// traffic, so a server that stalls without closing is noticed
+			// only when the wait chunk ends (Client.Lock's doc); a closed
+			// connection is noticed at once, a dead host by TCP keepalive.
+			l, err := c.Lock(ctx, jobKey)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -227,21 +245,33 @@ func start(ctx context.Context, name string, servers []string, events chan<- eve
 	return in, nil
 }
 
-// lead runs the singleton job until the lease ends or ctx does. Work that
-// takes long checks l.Context() (cancelled when the lease is lost).
+// lead runs the singleton job until the lease ends or ctx does.
 func lead(ctx context.Context, l *dflock.Lock) (runs int, err error) {
 	t := time.NewTicker(jobTick)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
-			runs++ // the job's work goes here, under l.Context()
+			// select picks at random among ready cases: the tick may win
+			// over a Done that has just closed, so check before each run.
+			if l.Err() != nil {
+				return runs, l.Err()
+			}
+			runs++
+			job(l.Context())
 		case <-l.Done():
 			return runs, l.Err()
 		case <-ctx.Done():
 			return runs, ctx.Err()
 		}
 	}
+}
+
+// job is one run of the singleton job. It works under the lock's context,
+// which is cancelled (cause ErrLockLost) the moment the lease is lost, so
+// that long work stops with its leadership.
+func job(ctx context.Context) {
+	_ = ctx // the job's work goes here, passing ctx to every call it makes
 }
 
 func expect(ctx context.Context, events <-chan event, kind eventKind) (event, error) {
@@ -283,10 +313,7 @@ func (in *instance) kill() {
 	}
 	in.cancel()
 	<-in.done
-	err := in.client.Close()
-	if err != nil && !errors.Is(err, dflock.ErrLockLost) {
-		log.Printf("%s: close: %v", in.name, err)
-	}
+	_ = in.client.Close() // always nil; it waits for every release
 	in.client = nil
 	in.closeProxies()
 }
