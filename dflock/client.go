@@ -354,7 +354,9 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // matching ErrClosed, except Release, which reports how the lease ended,
 // Ticket.Cancel and SemaphoreTicket.Cancel, which return nil (Close gave
 // the ticket up), and Subscription.Close. A hook may call Close: see Hooks
-// for what it waits for then.
+// for what it waits for then. Close returns nil (the error is there for
+// io.Closer): leases it could not release are reported to Hooks and to
+// the Locks' Err, not here.
 func (c *Client) Close() error {
 	// Not a sync.Once: a hook's Close must not wait inside it for a
 	// Close under way elsewhere, which waits for the hook.

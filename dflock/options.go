@@ -24,8 +24,9 @@ const (
 	// DefaultLeaseTTL is 0: requests omit the lease and the server applies
 	// its own default (33 s unless configured), learnt from the grant reply.
 	DefaultLeaseTTL time.Duration = 0
-	// DefaultRenewRatio: a lease is renewed after this fraction of its TTL
-	// (minus up to 10% jitter).
+	// DefaultRenewRatio: a lease is renewed after this fraction of its life
+	// (the TTL, or the servers' read timeout if shorter; see
+	// WithRenewRatio), the first renewal up to 10% earlier (jitter).
 	DefaultRenewRatio = 0.5
 	// DefaultKeepAlive: every connection, and every held lease, carries
 	// traffic at least this often. It must be at most half the servers'
