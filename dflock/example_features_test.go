@@ -213,3 +213,32 @@ func ExampleClient_Stats() {
 	// leases renewed by the Client: 1
 	// server holds orders:42 (0 waiting)
 }
+
+// The Client renews every held lease on its own; Renew renews one now and
+// waits for the server's answer — before a step that must not start on a
+// lease that may already be gone, say. A lock that was lost answers with
+// ErrLockLost.
+func ExampleLock_Renew() {
+	srv, stop := startServerWith(testutil.Config{})
+	defer stop()
+
+	c, err := dflock.New([]string{srv.Addr()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	l, err := c.Lock(ctx, "orders:42", dflock.LeaseTTL(10*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("renewed:", l.Renew(ctx) == nil)
+
+	srv.DropConnections() // the server forgets the connection's leases
+	<-l.Done()
+	fmt.Println("lost:", errors.Is(l.Renew(ctx), dflock.ErrLockLost))
+	// Output:
+	// renewed: true
+	// lost: true
+}
