@@ -639,9 +639,37 @@ func waitSeconds(ctx context.Context, chunk time.Duration) (secs int64, ok bool)
 	}
 	left := time.Until(dl)
 	if left <= 0 {
-		return 0, false
+		if endsWithin(ctx, deadlineGrace) {
+			return 0, false
+		}
+		// A deadline passed by the wall clock only: context.WithDeadline
+		// on a wall time (no monotonic reading) arms its timer for the
+		// time left when it was made, so after the clock is stepped
+		// forward (NTP, a resumed VM) Deadline is past while Done is
+		// still minutes away. Keep waiting, a second at a time, until
+		// Done says the time is up.
+		return 1, true
 	}
 	return min(wire.Seconds(left), wire.Seconds(chunk)), true
+}
+
+// deadlineGrace is how long a deadline that has passed may take to close
+// ctx's Done (timer latency) before waitSeconds trusts Done over Deadline.
+const deadlineGrace = 20 * time.Millisecond
+
+// endsWithin reports whether ctx ends within d.
+func endsWithin(ctx context.Context, d time.Duration) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // checkGrant rejects a grant reply the lease cannot be tracked from: no
