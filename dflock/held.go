@@ -442,8 +442,21 @@ func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (
 	return fn(fctx)
 }
 
+// believedLease is the lease of grant r to request req, in seconds: the
+// one r states, but no longer than req asked for. dflockd applies the
+// lease asked for; a broken server that said it granted more would,
+// believed, have every renewal ask for its figure and so make it real. A
+// shorter one is believed, being the safe error.
+func believedLease(req wire.Request, r wire.Reply) int64 {
+	if req.Lease > 0 && r.Lease > req.Lease {
+		return req.Lease
+	}
+	return r.Lease
+}
+
 // track hands a grant to the scheduler and wraps it. pinned is the
 // wait-pool connection the lease pins, or nil for a control-lane grant.
+// req.Lease is the lease asked for (0: the server's default).
 func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wire.Request, r wire.Reply, sent time.Time) *held {
 	h := &held{c: c, srv: srv, owner: owner, pinned: pinned, limit: req.Limit}
 	h.handle.h = h
@@ -472,12 +485,13 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 	// Everything LeaseLost reads is written above: Track's lock orders it
 	// before the notifier's call.
 	srv.obs.tracked() // before Track: LeaseLost may run before it returns
+	lease := believedLease(req, r)
 	h.lease = &h.leaseMem
 	c.sched.TrackInto(h.lease, renew.Spec{
 		Key:       req.Key,
 		Token:     r.Token,
 		Semaphore: req.Limit > 0,
-		TTL:       time.Duration(r.Lease) * time.Second,
+		TTL:       time.Duration(lease) * time.Second,
 		Owner:     owner,
 		Server:    srv.addr,
 		Sent:      sent,

@@ -31,7 +31,8 @@ func (l *Lock) Key() string { return l.h.key() }
 // Token returns the server's token for this lock (opaque).
 func (l *Lock) Token() string { return l.h.token() }
 
-// TTL returns the lease TTL granted by the server (whole seconds). The lock
+// TTL returns the lease TTL granted by the server (whole seconds), or the
+// one asked for if the server stated a longer one (no dflockd does). The lock
 // is renewed with this TTL until released.
 func (l *Lock) TTL() time.Duration { return l.h.lease.TTL() }
 
@@ -526,6 +527,7 @@ func giveBack(conn *pool.Conn, r wire.Reply) {
 // server applied.
 func (c *Client) confirmLateGrant(ctx context.Context, do func(context.Context, wire.Request) (wire.Reply, error),
 	req wire.Request, grant *wire.Reply, granted, sent time.Time) (time.Time, error) {
+	grant.Lease = believedLease(req, *grant) // the renewal must not ask for more
 	// "Long" against the life the scheduler counts the lease's loss from:
 	// the TTL, or the servers' read timeout if shorter (rule 3 of
 	// docs/leases.md). Against the TTL alone, a lease longer than the read

@@ -24,7 +24,8 @@ func (s *Semaphore) Key() string { return s.h.key() }
 // Token returns the server's token for this slot (opaque).
 func (s *Semaphore) Token() string { return s.h.token() }
 
-// TTL returns the lease TTL granted by the server (whole seconds). The slot
+// TTL returns the lease TTL granted by the server (whole seconds), or the
+// one asked for if the server stated a longer one (no dflockd does). The slot
 // is renewed with this TTL until released.
 func (s *Semaphore) TTL() time.Duration { return s.h.lease.TTL() }
 

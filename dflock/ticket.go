@@ -357,6 +357,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 			// quarter of the lease's life is confirmed by a renewal, as a
 			// slow grant is. Otherwise the lease cannot have lapsed, and
 			// the w reset it: it is tracked from the w.
+			req.Lease = t.lease // the lease the e asked for, which the w grants
 			sent, err := c.confirmLateGrant(opCtx, conn.Do, req, &r, t.queuedAt, wsent)
 			if err != nil {
 				c.releaseAside(t.srv, wire.ReleaseRequest(t.key, r.Token, t.limit > 0)) // see waitAcquire
