@@ -398,7 +398,40 @@ func parseServerState(doc string) (*ServerState, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, bad("text after the object")
 	}
+	if field := st.negativeCount(); field != "" {
+		return nil, bad("negative " + field)
+	}
 	return st, nil
+}
+
+// negativeCount names a count of st below zero, which no server sends (a
+// caller summing waiters or dividing by a limit would compute nonsense),
+// or returns "".
+func (st *ServerState) negativeCount() string {
+	if st.Connections < 0 {
+		return "connections"
+	}
+	for _, l := range st.Locks {
+		if l.Waiters < 0 {
+			return fmt.Sprintf("waiters of lock %.64q", l.Key)
+		}
+	}
+	for _, e := range st.Semaphores {
+		switch {
+		case e.Limit < 0:
+			return fmt.Sprintf("limit of semaphore %.64q", e.Key)
+		case e.Holders < 0:
+			return fmt.Sprintf("holders of semaphore %.64q", e.Key)
+		case e.Waiters < 0:
+			return fmt.Sprintf("waiters of semaphore %.64q", e.Key)
+		}
+	}
+	for _, ch := range st.SignalChannels {
+		if ch.Listeners < 0 {
+			return fmt.Sprintf("listeners of pattern %.64q", ch.Pattern)
+		}
+	}
+	return ""
 }
 
 // maxStatsFields bounds the fields of a `stats` reply's object: servers send

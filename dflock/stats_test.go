@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
 )
 
 func TestStatsReportsServersAndClientCounters(t *testing.T) {
@@ -231,4 +232,25 @@ func TestStatsAfterCloseSaysWhyEachStateIsMissing(t *testing.T) {
 		assert.ErrorIs(t, s.Err, ErrClosed, "ServerStats.Err of %s", addr)
 		assert.ErrorContains(t, s.Err, addr)
 	}
+}
+
+// A count below zero, which no server sends, makes the reply a protocol
+// error naming the field, as other malformations do; before, it reached
+// the caller as it came.
+func TestParseServerStateRefusesNegativeCounts(t *testing.T) {
+	for doc, field := range map[string]string{
+		`{"connections":-5}`: "negative connections",
+		`{"locks":[{"key":"a","owner_conn_id":0,"lease_expires_in_s":0,"waiters":-7}]}`: `negative waiters of lock "a"`,
+		`{"semaphores":[{"key":"s","limit":-1,"holders":0,"waiters":0}]}`:               `negative limit of semaphore "s"`,
+		`{"semaphores":[{"key":"s","limit":2,"holders":-3,"waiters":0}]}`:               `negative holders of semaphore "s"`,
+		`{"semaphores":[{"key":"s","limit":2,"holders":0,"waiters":-2}]}`:               `negative waiters of semaphore "s"`,
+		`{"signal_channels":[{"pattern":"p","listeners":-1}]}`:                          `negative listeners of pattern "p"`,
+	} {
+		_, err := parseServerState(doc)
+		var pe *wire.ProtocolError
+		require.ErrorAs(t, err, &pe, doc)
+		assert.Contains(t, err.Error(), field, doc)
+	}
+	_, err := parseServerState(`{"connections":0,"locks":[{"key":"a","owner_conn_id":0,"lease_expires_in_s":0,"waiters":0}]}`)
+	require.NoError(t, err, "zeros are counts")
 }
