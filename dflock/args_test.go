@@ -89,6 +89,7 @@ func TestNewRejectsBadServersAndOptions(t *testing.T) {
 		{"empty", []string{""}, nil, "server"},
 		{"duplicate", []string{"a:1", "b:2", "a:1"}, nil, "server"},
 		{"dial timeout", nil, []Option{WithDialTimeout(0)}, "dial timeout"},
+		{"dial timeout in nanoseconds", nil, []Option{WithDialTimeout(5)}, "dial timeout"},
 		{"renew ratio", nil, []Option{WithRenewRatio(1)}, "renew ratio"},
 		{"keepalive", nil, []Option{WithKeepAlive(-time.Second)}, "keepalive"},
 		{"lease", nil, []Option{WithLeaseTTL(-time.Second)}, "lease TTL"},

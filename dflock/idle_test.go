@@ -130,6 +130,7 @@ func TestIdleOptionBounds(t *testing.T) {
 		{WithMaxIdleConnsPerServer(math.MaxInt), "max idle conns per server", strconv.Itoa(MaxConnsPerServer)},
 		{WithMaxConnIdleTime(0), "max conn idle time", "positive"},
 		{WithMaxConnIdleTime(-time.Second), "max conn idle time", "positive"},
+		{WithMaxConnIdleTime(60), "max conn idle time", "at least 1ms (a bare number is nanoseconds)"},
 	} {
 		c, err := New(nil, tc.opt)
 		require.Nil(t, c)
@@ -141,7 +142,7 @@ func TestIdleOptionBounds(t *testing.T) {
 	}
 	// The bounds are valid; a longer idle time is no limit.
 	for _, opt := range []Option{WithMaxIdleConnsPerServer(0), WithMaxIdleConnsPerServer(MaxConnsPerServer),
-		WithMaxConnIdleTime(time.Duration(math.MaxInt64))} {
+		WithMaxConnIdleTime(time.Millisecond), WithMaxConnIdleTime(time.Duration(math.MaxInt64))} {
 		c, err := New(nil, opt)
 		require.NoError(t, err)
 		require.NoError(t, c.Close())

@@ -259,6 +259,17 @@ func (o *options) positive(arg string, d time.Duration) (v time.Duration, ok boo
 	return min(d, MaxDuration), true
 }
 
+// atLeastMs is positive for a duration that only a unit mistake makes
+// shorter than a millisecond (WithDialTimeout(5), meant as seconds, is 5 ns:
+// every dial would time out, and the error would not say why).
+func (o *options) atLeastMs(arg string, d time.Duration) (v time.Duration, ok bool) {
+	if d > 0 && d < time.Millisecond {
+		o.fail(arg, d.String(), "must be at least 1ms (a bare number is nanoseconds)")
+		return 0, false
+	}
+	return o.positive(arg, d)
+}
+
 // recheck re-evaluates the constraints between options. New applies the
 // options in the order given and then looks at o.err only, so every option
 // that takes part in such a constraint calls recheck once it has stored its
@@ -335,11 +346,11 @@ func WithAuthToken(token string) Option {
 }
 
 // WithDialTimeout bounds dial + TLS handshake + auth of each connection (the
-// caller's context may end it sooner). It must be positive; a duration
-// above MaxDuration means no bound. Default DefaultDialTimeout.
+// caller's context may end it sooner). It must be at least a millisecond;
+// a duration above MaxDuration means no bound. Default DefaultDialTimeout.
 func WithDialTimeout(d time.Duration) Option {
 	return func(o *options) {
-		if v, ok := o.positive("dial timeout", d); ok {
+		if v, ok := o.atLeastMs("dial timeout", d); ok {
 			o.dialTimeout = v
 		}
 	}
@@ -471,11 +482,12 @@ func WithMaxIdleConnsPerServer(n int) Option {
 
 // WithMaxConnIdleTime sets how long a wait-pool connection may stay idle
 // before it is closed, like database/sql's SetConnMaxIdleTime; it is closed
-// within a keepalive interval after that. It must be positive; a duration
-// above MaxDuration means no limit. Default DefaultMaxConnIdleTime.
+// within a keepalive interval after that. It must be at least a
+// millisecond; a duration above MaxDuration means no limit. Default
+// DefaultMaxConnIdleTime.
 func WithMaxConnIdleTime(d time.Duration) Option {
 	return func(o *options) {
-		if v, ok := o.positive("max conn idle time", d); ok {
+		if v, ok := o.atLeastMs("max conn idle time", d); ok {
 			o.maxIdleTime = v
 		}
 	}
