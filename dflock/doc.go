@@ -83,6 +83,16 @@
 // but the socket stays open for up to a minute, so that a grant the server
 // makes when it resumes is read and released.
 //
+// # Keys
+//
+// A key is 1 to 256 bytes with no space, TAB, CR, LF or NUL in it (any
+// other key is refused with an *ArgError naming it); the server compares
+// keys byte for byte. Use UTF-8: keys that are not valid UTF-8 lock as well,
+// but the server's stats (Client.Stats) shows them with U+FFFD in place of
+// the invalid bytes, so they cannot be told apart there, and the official
+// clients cannot send them. Locks and semaphores have separate keys on
+// dflockd v1.14 and later, the same ones before.
+//
 // # Sharding
 //
 // Each key lives on exactly one server, chosen by the sharding strategy:
