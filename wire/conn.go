@@ -3,6 +3,7 @@ package wire
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -157,11 +158,21 @@ func (c *Conn) fail(cause error) error {
 
 // Close closes the underlying connection and marks the Conn broken (the
 // cause matches net.ErrClosed). Only the first call closes.
+//
+// Under TLS it closes the transport without a close_notify alert:
+// tls.Conn.Close sends one under a 5 s write deadline of its own, which a
+// peer that stopped reading (a full send buffer) makes it wait out, holding
+// whoever closes — the report of a broken connection, a caller whose
+// context ended, Client.Close. A server reads the transport's end as the
+// peer gone, as it does a plain TCP close.
 func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
 	c.broken.CompareAndSwap(nil, &brokenError{cause: net.ErrClosed})
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		return tc.NetConn().Close()
+	}
 	return c.nc.Close()
 }
 
