@@ -237,7 +237,8 @@ type lateAnswer struct {
 // answer to the acquire req on conn holds: a grant, released on the same
 // connection; a queue place (e/se), given to withdraw; or nothing, and conn
 // goes back to the pool. An answer that does not come within the job's
-// time closes the connection.
+// time leaves the connection to linger (pool.Conn.Abandon), or closes it
+// while the Client closes.
 func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late <-chan lateAnswer,
 	withdraw func(context.Context, *pool.Conn)) {
 	c.inBackground(conn, func(ctx context.Context) {
@@ -245,7 +246,18 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 		select {
 		case a = <-late:
 		case <-ctx.Done():
-			conn.Destroy() // the job's time is up: no linger
+			// The answer was due within a second (see exchange) and has
+			// not come: the server is stalled — paused, say. A socket
+			// closed now would meet the grant it makes when it resumes,
+			// and a server with auto-release off would hold that for
+			// nobody until its lease ran out; lingering reads it and
+			// releases it (a minute at most). Close does not wait for
+			// that: it closes.
+			if c.closing.Load() {
+				conn.Destroy()
+			} else {
+				conn.Abandon()
+			}
 			// Sent aside, which this job's own running lets start while
 			// Close stops the jobs; after Close's deadline nothing can be.
 			c.releaseGrantIn(srv, req, awaitLate(late))

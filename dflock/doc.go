@@ -64,20 +64,25 @@
 //
 // Release ends a lease; it is idempotent. A grant that arrives for a caller
 // who gave up (its context ended) is released at once: an acquire that
-// returns an error never leaves a lock held — with two exceptions on servers
-// running with --auto-release-on-disconnect=false, both a grant whose reply
-// the client never reads, so that it cannot know the token the release
-// needs: a grant still on its way when a blocking wait's context is
+// returns an error never leaves a lock held — with three exceptions on
+// servers running with --auto-release-on-disconnect=false, each a grant
+// whose reply the client never reads, so that it cannot know the token the
+// release needs: a grant still on its way when a blocking wait's context is
 // cancelled, on a server before v1.14 or a WithDialer connection that
 // cannot be half-closed, is lost with the connection the client closes to
 // withdraw the wait (elsewhere the client shuts only the connection's
 // sending side, reads on until the server closes its side, at most 2 s,
 // and releases a grant that crossed the withdrawal; a wait that timed out
 // has its answer, due within a second, read and released on any server);
-// and a grant on its way when the connection
+// a grant on its way when the connection
 // breaks (a network fault, a proxy or the server cutting it) is lost with
-// the connection, the acquire failing with ErrServerUnavailable. Such a
-// grant stays held by nobody until its lease expires (docs/leases.md). The
+// the connection, the acquire failing with ErrServerUnavailable; and a
+// grant made by a server resuming from a pause of more than 2 s (stopped,
+// a frozen VM) to a blocking wait cancelled during the pause: the client
+// reads the withdrawn connection for 2 s, then closes it. Such a grant
+// stays held by nobody until its lease expires (docs/leases.md). (The
+// connection of a wait that timed out, or of an Enqueue, whose answer is
+// overdue lingers, as below.) The
 // client's own cut is no such break: when the keepalive gives up on a
 // server that answered nothing for 2×KeepAlive, the acquire fails at once
 // but the socket stays open for up to a minute, so that a grant the server

@@ -396,7 +396,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 // the server's timeout, taken from it, runs out within a second — a
 // background job reads it and gives back what it holds (settleLate: a
 // grant released on the same connection, a queue place withdrawn with
-// withdraw, for e/se). Otherwise (a wait cancelled, or ended by Close,
+// withdraw, for e/se; an answer overdue lingers). Otherwise (a wait cancelled, or ended by Close,
 // with an hour of server-side timeout to run) the connection is
 // half-closed (pool.Conn.Withdraw), which withdraws the waiter on the
 // server, and a grant that crossed the withdrawal is still read and

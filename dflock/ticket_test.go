@@ -73,7 +73,8 @@ func TestEnqueueQueuesAndWaitGetsTheLock(t *testing.T) {
 
 func TestTicketWaitTimesOutAndGivesUpItsPlace(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{Clock: testutil.NewManualClock(time.Now().Round(0))})
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Clock: clk})
 	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
 
@@ -85,6 +86,12 @@ func TestTicketWaitTimesOutAndGivesUpItsPlace(t *testing.T) {
 	_, err = tk.Wait(ctx, AcquireTimeout(300*time.Millisecond))
 	require.ErrorIs(t, err, ErrTimeout, "the server's clock stands still: only the local deadline can end the wait")
 	assert.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond)
+	// The server's wait (1 s, by its clock) answers when that clock moves
+	// on, consuming the place; until then the connection waits for that
+	// answer (lingering, once the background job's time is up: a server
+	// that has not answered when it should is taken for a paused one).
+	awaitRequests(t, ctx, srv, "w", 1) // long since: its timer is armed
+	clk.Advance(2 * time.Second)
 	require.Eventually(t, func() bool { return lockWaiters(srv, "2p-to") == 0 }, 5*time.Second, time.Millisecond)
 	_, err = tk.Wait(ctx)
 	require.ErrorIs(t, err, ErrTicketDone)

@@ -1,0 +1,110 @@
+package dflock
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// awaitNoAcquiredConn waits until the Client's wait-pool connection is no
+// longer held by the call or its background job (closed, lingering or back
+// in the pool).
+func awaitNoAcquiredConn(t *testing.T, ctx context.Context, c *Client) {
+	t.Helper()
+	require.True(t, waitFor(ctx, 10*time.Second, func() bool { return c.servers[0].pool.Stats().AcquiredConns == 0 }),
+		"the background job never let the connection go")
+}
+
+// An Enqueue whose context ends while the server is paused for longer than
+// the background job that reads its answer waits (DefaultReleaseTimeout):
+// the connection lingers, so the grant the server makes when it resumes is
+// read and released. It used to be closed, and a server with auto-release
+// off held the grant for nobody until its lease ran out (a review
+// reproduced it against a SIGSTOPped dflockd v1.10.0, every time).
+func TestEnqueueGivenUpDuringALongPauseLeavesNothingHeld(t *testing.T) {
+	t.Parallel()
+	for _, sem := range []bool{false, true} {
+		name := map[bool]string{false: "lock", true: "semaphore"}[sem]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+			c := newClient(t, addrsOf(srv))
+			ctx := testCtx(t)
+			warm, err := c.Enqueue(ctx, "warm") // a wait-pool connection, so that the Enqueue dials nothing
+			require.NoError(t, err)
+			l, err := warm.Wait(ctx)
+			require.NoError(t, err)
+			require.NoError(t, l.Release(ctx))
+			awaitNoAcquiredConn(t, ctx, c)
+
+			resume := srv.Stall(0)
+			ectx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			if sem {
+				_, err = c.EnqueueSemaphore(ectx, "k", 2, LeaseTTL(time.Minute))
+			} else {
+				_, err = c.Enqueue(ectx, "k", LeaseTTL(time.Minute))
+			}
+			cancel()
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			awaitNoAcquiredConn(t, ctx, c)
+			resume()
+			// The server reads the request when it resumes.
+			if sem {
+				awaitRequests(t, ctx, srv, "se", 1)
+			} else {
+				awaitRequests(t, ctx, srv, "e", 2) // with the warm one
+			}
+
+			require.True(t, waitFor(ctx, 10*time.Second, func() bool {
+				if sem {
+					h, w := semCounts(srv, "k")
+					return h == 0 && w == 0
+				}
+				return !lockHeld(srv, "k") && lockWaiters(srv, "k") == 0
+			}), "the grant made on resuming is held by nobody: %+v", srv.Stats())
+		})
+	}
+}
+
+// The same for a blocking wait whose deadline passes while the server is
+// paused, and whose server-side wait is granted during the pause (the
+// holder's lease ran out): the grant, written when the server resumes, is
+// read by the lingering connection and released.
+func TestWaitTimedOutDuringALongPauseLeavesNothingHeld(t *testing.T) {
+	t.Parallel()
+	for _, ticket := range []bool{false, true} {
+		name := map[bool]string{false: "semaphore", true: "ticket"}[ticket]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := newServer(t, testutil.Config{DisableAutoRelease: true, SweepInterval: 50 * time.Millisecond})
+			holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+			ctx := testCtx(t)
+			_, err := holder.Semaphore(ctx, "d", 1, LeaseTTL(time.Second))
+			require.NoError(t, err)
+			done := make(chan error, 1)
+			if ticket {
+				tk, err := c.EnqueueSemaphore(ctx, "d", 1, LeaseTTL(time.Minute))
+				require.NoError(t, err)
+				go func() { _, err := tk.Wait(ctx, AcquireTimeout(1500*time.Millisecond)); done <- err }()
+				awaitRequests(t, ctx, srv, "sw", 1)
+			} else {
+				go func() {
+					_, err := c.Semaphore(ctx, "d", 1, LeaseTTL(time.Minute), AcquireTimeout(1500*time.Millisecond))
+					done <- err
+				}()
+				require.True(t, waitFor(ctx, 10*time.Second, func() bool { return semWaiters(srv, "d") == 1 }))
+			}
+			resume := srv.Stall(0)
+			require.ErrorIs(t, <-done, ErrTimeout)
+			awaitNoAcquiredConn(t, ctx, c)
+			resume()
+
+			require.True(t, waitFor(ctx, 10*time.Second, func() bool { h, w := semCounts(srv, "d"); return h == 0 && w == 0 }),
+				"the grant made during the pause is held by nobody: %+v", srv.Stats())
+		})
+	}
+}
