@@ -183,10 +183,11 @@ func (t *Ticket) Server() string { return t.t.srv.addr }
 func (t *Ticket) Acquired() bool { return t.t.acquired }
 
 // Wait waits for the lock and returns it. A ticket granted at enqueue
-// returns at once. AcquireTimeout bounds the wait (ctx may end it sooner);
-// when it passes, or ctx ends, the ticket gives up its place and is done. A
-// ticket can be waited for successfully only once; later calls return
-// ErrTicketDone.
+// returns its lock at once, even for a ctx that has ended (the lock is
+// held already; Cancel gives it back instead). AcquireTimeout bounds the
+// wait (ctx may end it sooner); when it passes, or ctx ends, the ticket
+// gives up its place and is done. A ticket can be waited for successfully
+// only once; later calls return ErrTicketDone.
 //
 // The ticket re-joins the queue (at its end) whenever the server-side wait
 // runs out first, because the server consumes the place when its wait
