@@ -52,6 +52,9 @@ func TestDialTimeoutIsNotTheCallersDeadline(t *testing.T) {
 				assert.ErrorIs(t, err, ErrServerUnavailable, call)
 				assert.False(t, errors.Is(err, context.DeadlineExceeded),
 					"%s: the error claims the caller's deadline passed: %v", call, err)
+				// It says what ran out (the auth stall said "connection
+				// broken: read …: i/o timeout").
+				assert.Contains(t, err.Error(), "dial timeout", call)
 			}
 		})
 	}

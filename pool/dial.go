@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"strings"
 	"syscall"
 	"time"
 
@@ -93,6 +94,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(aLongTimeAgo) })
 	ping, err := p.greet(wc)
+	err = greetTimedOut(ctx, err)
 	if err == nil && wc.Buffered() == 0 && p.tls != nil {
 		// crypto/tls hands bufio one record per Read: a stray record
 		// behind the last reply's sits in the tls.Conn, not in wc's
@@ -159,6 +161,25 @@ func dialTimedOut(ctx context.Context, err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %v", errDialTimeout, err)
+}
+
+// greetTimedOut rewrites err, a failure of the handshake's exchange (auth,
+// ping), if DialTimeout ended it: the socket's deadline is ctx's, so the
+// read fails with a bare i/o timeout that reads like an established
+// connection breaking. Past the deadline ctx's own timer is due (see
+// callerEnded): its cause then says whose deadline it was. One the caller's
+// context ended is returned as it is.
+func greetTimedOut(ctx context.Context, err error) error {
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		<-ctx.Done()
+	}
+	if context.Cause(ctx) != errDialTimeout {
+		return err
+	}
+	return fmt.Errorf("%w: no answer to the handshake (auth, ping): %s", errDialTimeout, strings.TrimPrefix(err.Error(), "dflock: "))
 }
 
 // errClosedInHandshake names the likely causes of a connection that the
