@@ -207,6 +207,19 @@ func (c *Client) localStats(st Stats) Stats {
 	return st
 }
 
+// withHint appends hint, in parentheses, to err's text. The pool's error
+// about a server stays one (its Cause gets the hint), so that Error does
+// not repeat the server's address.
+func withHint(err error, hint string) error {
+	var se *pool.ServerError
+	if errors.As(err, &se) && se == err && se.Cause != nil {
+		hinted := *se
+		hinted.Cause = fmt.Errorf("%w (%s)", se.Cause, hint)
+		return &hinted
+	}
+	return fmt.Errorf("%w (%s)", err, hint)
+}
+
 func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerState, error) {
 	fail := func(err error) (*ServerState, error) {
 		if opCtx.Err() != nil {
@@ -216,8 +229,10 @@ func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerStat
 	}
 	r, err := s.pool.Query(opCtx, wire.Request{Cmd: wire.CmdStats}, c.opts.maxStats)
 	if err != nil {
-		if errors.Is(err, wire.ErrLineTooLong) {
-			err = fmt.Errorf("%w (raise WithMaxStatsReply, now %d bytes)", err, c.opts.maxStats)
+		if errors.Is(err, wire.ErrLineTooLong) && !errors.Is(err, ErrServerUnavailable) {
+			// The stats reply's own cap; a server found unavailable by
+			// an over-long line elsewhere (a handshake's answer) is not.
+			err = withHint(err, fmt.Sprintf("raise WithMaxStatsReply, now %d bytes", c.opts.maxStats))
 		}
 		return fail(err)
 	}

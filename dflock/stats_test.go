@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"strings"
@@ -190,7 +191,7 @@ func TestStatsOfAServerWhoseReplyExceedsOneMiB(t *testing.T) {
 	assert.Nil(t, st.Servers[0].State)
 	require.Error(t, st.Servers[0].Err)
 	assert.Contains(t, err.Error(), "WithMaxStatsReply")
-	assert.Contains(t, err.Error(), srv.Addr())
+	assert.Equal(t, 1, strings.Count(err.Error(), srv.Addr()), "the address once")
 	assert.NotErrorIs(t, err, ErrServerUnavailable, "a larger cap would cure it: the server is fine")
 	// Nothing else was disturbed: the lane still serves.
 	l, err := small.TryLock(ctx, "after")
@@ -253,4 +254,27 @@ func TestParseServerStateRefusesNegativeCounts(t *testing.T) {
 	}
 	_, err := parseServerState(`{"connections":0,"locks":[{"key":"a","owner_conn_id":0,"lease_expires_in_s":0,"waiters":0}]}`)
 	require.NoError(t, err, "zeros are counts")
+}
+
+// The hint to raise WithMaxStatsReply goes only with a stats reply over
+// that cap, not with a server found unavailable because another line was
+// too long (here the handshake's answer to auth, over the 1 MiB cap of
+// every other reply): it named a cap that was not the one hit.
+func TestStatsHintsAtTheStatsCapOnlyForTheStatsReply(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("x", 2<<20)
+	addr := testutil.ServeRaw(t, func(nc net.Conn) {
+		if _, err := bufio.NewReader(nc).ReadString('\n'); err == nil {
+			_, _ = nc.Write([]byte("ok " + long + "\n"))
+		}
+		_, _ = io.Copy(io.Discard, nc) // no close with unread bytes: a reset
+	})
+	c := newClient(t, []string{addr}, WithAuthToken("tok"))
+	ctx := testCtx(t)
+	_, err := c.TryLock(ctx, "k") // the lane's handshake: the server is down
+	require.ErrorIs(t, err, wire.ErrLineTooLong)
+	_, err = c.Stats(ctx)
+	require.ErrorIs(t, err, ErrServerUnavailable)
+	require.ErrorIs(t, err, wire.ErrLineTooLong)
+	assert.NotContains(t, err.Error(), "WithMaxStatsReply")
 }
