@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,5 +58,49 @@ func TestDialTimeoutIsNotTheCallersDeadline(t *testing.T) {
 				assert.Contains(t, err.Error(), "dial timeout", call)
 			}
 		})
+	}
+}
+
+// A call whose context ends while the pool is still connecting for it
+// fails with its context's error, and says what the pool was doing: a
+// stalled handshake and a contended key used to read alike ("timed out:
+// context deadline exceeded"). The words do not change what the error
+// matches: the caller's deadline, not the server's failure.
+func TestCallEndedWhileConnectingSaysWhatWasUnderWay(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	silent := testutil.ServeRaw(t, func(nc net.Conn) { _, _ = io.Copy(io.Discard, nc) })
+	// The first connection (the lane) reaches the server; every later one
+	// reaches a server that never answers the handshake.
+	var dials atomic.Int32
+	dialer := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		addr := silent
+		if dials.Add(1) == 1 {
+			addr = srv.Addr()
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	c := newClient(t, []string{srv.Addr()}, WithDialer(dialer))
+	ctx := testCtx(t)
+	held, err := c.Lock(ctx, "held")
+	require.NoError(t, err)
+	defer held.Release(ctx)
+
+	for call, f := range map[string]func(context.Context) error{
+		"lock":    func(ctx context.Context) error { _, err := c.Lock(ctx, "held"); return err },
+		"enqueue": func(ctx context.Context) error { _, err := c.Enqueue(ctx, "held"); return err },
+		"stats":   func(ctx context.Context) error { _, err := c.Stats(ctx); return err },
+	} {
+		cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		err := f(cctx)
+		cancel()
+		t.Logf("%s: %v", call, err)
+		require.ErrorIs(t, err, context.DeadlineExceeded, call)
+		assert.NotErrorIs(t, err, ErrServerUnavailable, call)
+		assert.Contains(t, err.Error(), "while connecting", call)
+		if call != "stats" {
+			assert.ErrorIs(t, err, ErrTimeout, call)
+			assert.ErrorIs(t, err, ErrNotAcquired, call)
+		}
 	}
 }

@@ -212,10 +212,40 @@ var errAcquireTimeout = errors.New("dflock: acquire timeout")
 // reaches opCtx asynchronously (opContext), so c.ctx is checked as well.
 func (c *Client) failedError(ctx, opCtx context.Context, err error) error {
 	if opCtx.Err() != nil || c.ctx.Err() != nil {
-		return c.ctxError(ctx, opCtx, nil)
+		return connecting(c.ctxError(ctx, opCtx, nil), err)
 	}
 	return err
 }
+
+// connecting adds to ended, the error of an operation that its context
+// ended while the pool was getting it a connection, what the pool was
+// doing then — dialling (which step), waiting to dial again after a failed
+// dial (and why it failed) — taken from poolErr, the pool's error: one
+// whose state is the context's error and whose Cause says what was under
+// way. Otherwise a TLS handshake that stalls, a server at its connection
+// limit and a contended key all read "context deadline exceeded". In words
+// only: ended alone says what the error matches (wrapping the dial's error
+// would make a caller that gave up match ErrServerUnavailable).
+func connecting(ended, poolErr error) error {
+	var se *pool.ServerError
+	if ended == nil || !errors.As(poolErr, &se) || se.Cause == nil ||
+		!errors.Is(se.Err, context.Canceled) && !errors.Is(se.Err, context.DeadlineExceeded) {
+		return ended
+	}
+	return &connectingError{ended: ended, during: trimPrefix(se.Cause.Error())}
+}
+
+// connectingError is ended, printed with what the pool was doing.
+type connectingError struct {
+	ended  error
+	during string
+}
+
+func (e *connectingError) Error() string {
+	return "dflock: " + trimPrefix(e.ended.Error()) + " (while connecting: " + e.during + ")"
+}
+
+func (e *connectingError) Unwrap() error { return e.ended }
 
 // ctxError builds the error for an operation ended by opCtx (the operation's
 // context, derived from the caller's ctx). notDone is the domain meaning of
@@ -304,4 +334,13 @@ func replyError(r wire.Reply) (word string, sentinel error) {
 		return wire.DisplayWord(r.Word), ErrRefused
 	}
 	return "", &wire.ProtocolError{Line: r.Status.String(), Reason: "unexpected reply status"}
+}
+
+// connectingIn is connecting for ferr, an *Error whose Err a failure made
+// from the pool's error poolErr (see connecting).
+func connectingIn(ferr, poolErr error) error {
+	if e, ok := ferr.(*Error); ok && e.Err != poolErr {
+		e.Err = connecting(e.Err, poolErr)
+	}
+	return ferr
 }

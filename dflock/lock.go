@@ -271,7 +271,7 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 	r, owner, err := srv.pool.Do(opCtx, req)
 	if err != nil {
 		if opCtx.Err() != nil || c.ctx.Err() != nil {
-			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: c.ctxError(ctx, opCtx, ErrNotAcquired)}
+			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: connecting(c.ctxError(ctx, opCtx, ErrNotAcquired), err)}
 		}
 		return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 	}
@@ -329,7 +329,8 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 	defer c.waitBegin(ctx, srv).end()
 	conn, err := srv.pool.Acquire(opCtx)
 	if err != nil {
-		return fail(err)
+		h, ferr := fail(err)
+		return h, connectingIn(ferr, err)
 	}
 	first := true
 	var early earlyTimeouts

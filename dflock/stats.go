@@ -223,7 +223,7 @@ func withHint(err error, hint string) error {
 func (c *Client) serverState(ctx, opCtx context.Context, s *server) (*ServerState, error) {
 	fail := func(err error) (*ServerState, error) {
 		if opCtx.Err() != nil {
-			err = c.ctxError(ctx, opCtx, nil)
+			err = connecting(c.ctxError(ctx, opCtx, nil), err) // the pool's error, if it dialled
 		}
 		return nil, &Error{Op: "stats", Server: s.addr, Err: err}
 	}

@@ -136,7 +136,8 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	}
 	conn, err := acquireConn()
 	if err != nil {
-		return fail(err)
+		t, ferr := fail(err)
+		return t, connectingIn(ferr, err)
 	}
 	t := &ticket{c: c, srv: srv, key: key, limit: limit, lease: req.Lease}
 	r, sent, err := c.exchange(opCtx, srv, conn, req, t.withdraw)
@@ -147,7 +148,8 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		// e at once. If it had granted the first one, see staleWindow for
 		// what the grant lost with the connection costs.)
 		if conn, err = acquireConn(); err != nil {
-			return fail(err)
+			t, ferr := fail(err)
+			return t, connectingIn(ferr, err)
 		}
 		r, sent, err = c.exchange(opCtx, srv, conn, req, t.withdraw)
 	}

@@ -164,11 +164,12 @@ func dialTimedOut(ctx context.Context, err error) error {
 }
 
 // greetTimedOut rewrites err, a failure of the handshake's exchange (auth,
-// ping), if DialTimeout ended it: the socket's deadline is ctx's, so the
-// read fails with a bare i/o timeout that reads like an established
-// connection breaking. Past the deadline ctx's own timer is due (see
-// callerEnded): its cause then says whose deadline it was. One the caller's
-// context ended is returned as it is.
+// ping) at the socket's deadline, which is ctx's: a bare "read: i/o
+// timeout" reads like an established connection breaking. Past the
+// deadline ctx's own timer is due (see callerEnded), and its cause says
+// whose deadline it was: DialTimeout's becomes errDialTimeout, as a dial or
+// TLS handshake it cut short does; the caller's keeps the read's error in
+// the chain, only saying what was awaited.
 func greetTimedOut(ctx context.Context, err error) error {
 	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return err
@@ -176,11 +177,20 @@ func greetTimedOut(ctx context.Context, err error) error {
 	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
 		<-ctx.Done()
 	}
-	if context.Cause(ctx) != errDialTimeout {
-		return err
+	if context.Cause(ctx) == errDialTimeout {
+		return fmt.Errorf("%w: %v", errDialTimeout, &handshakeUnanswered{err})
 	}
-	return fmt.Errorf("%w: no answer to the handshake (auth, ping): %s", errDialTimeout, strings.TrimPrefix(err.Error(), "dflock: "))
+	return &handshakeUnanswered{err}
 }
+
+// handshakeUnanswered is a handshake read cut short by its deadline.
+type handshakeUnanswered struct{ err error }
+
+func (e *handshakeUnanswered) Error() string {
+	return "no answer to the handshake (auth, ping): " + strings.TrimPrefix(e.err.Error(), "dflock: ")
+}
+
+func (e *handshakeUnanswered) Unwrap() error { return e.err }
 
 // errClosedInHandshake names the likely causes of a connection that the
 // server accepted and closed before answering the handshake: dflockd does

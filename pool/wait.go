@@ -318,7 +318,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 				case errors.Is(err, puddle.ErrClosedPool):
 					return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
 				case ctx.Err() != nil:
-					return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
+					return nil, serverErr(p.cfg.Addr, ctx.Err(), p.waitingFor())
 				}
 				return nil, err // from dial: already a *ServerError
 			}
@@ -352,6 +352,16 @@ func (p *Pool) WaitPoolFull() bool { return p.nAcquired.Load() >= int64(p.cfg.Ma
 // HasIdle reports whether an idle wait-pool connection is at hand, so that
 // an Acquire now would not dial. A hint: it may change at once. It costs a
 // lock and an allocation (puddle's Stat): not for every acquire.
+// waitingFor says what an Acquire whose context ended was waiting for:
+// puddle returns at once, leaving a dial it started to finish in the
+// background, or stops waiting for a connection to come back when all are
+// out. A cause only in words: the caller's context ended it.
+func (p *Pool) waitingFor() error {
+	st := p.pp.Stat()
+	return fmt.Errorf("waiting for a wait-pool connection (%d being dialled, %d in use, cap %d)",
+		st.ConstructingResources(), st.AcquiredResources(), st.MaxResources())
+}
+
 func (p *Pool) HasIdle() bool { return p.pp.Stat().IdleResources() > 0 }
 
 // takeIdle takes the most recently used idle wait-pool connection, if
