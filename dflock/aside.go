@@ -234,11 +234,11 @@ type lateAnswer struct {
 }
 
 // settleLate gives back, in a background job (inBackground), what the late
-// answer to the acquire req on conn holds: a grant, released on the same
-// connection; a queue place (e/se), given to withdraw; or nothing, and conn
-// goes back to the pool. An answer that does not come within the job's
-// time leaves the connection to linger (pool.Conn.Abandon), or closes it
-// while the Client closes.
+// answer to the acquire req on conn holds (settleAnswer). An answer that
+// does not come within the job's time means a stalled server (paused, say):
+// an Enqueue's is then waited for longer (awaitOverdue), and a wait's
+// connection is left to linger (pool.Conn.Abandon); either is closed at
+// once while the Client closes.
 func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late <-chan lateAnswer,
 	withdraw func(context.Context, *pool.Conn)) {
 	c.inBackground(conn, func(ctx context.Context) {
@@ -247,15 +247,24 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 		case a = <-late:
 		case <-ctx.Done():
 			// The answer was due within a second (see exchange) and has
-			// not come: the server is stalled — paused, say. A socket
-			// closed now would meet the grant it makes when it resumes,
-			// and a server with auto-release off would hold that for
-			// nobody until its lease ran out; lingering reads it and
-			// releases it (a minute at most). Close does not wait for
-			// that: it closes.
-			if c.closing.Load() {
+			// not come. A socket closed now would meet the grant the
+			// server makes when it resumes, and a server with auto-release
+			// off would hold that for nobody until its lease ran out.
+			switch {
+			case c.closing.Load():
+				// Close does not wait for the server: it closes.
 				conn.Destroy()
-			} else {
+			case withdraw != nil:
+				// An e/se, which a linger cannot settle: its answer may
+				// be `queued`, a place that needs a withdrawal written on
+				// conn — closed, a server before v1.15 with auto-release
+				// off would keep the place and grant it to nobody.
+				c.awaitOverdue(srv, conn, req, late, withdraw)
+				return
+			default:
+				// A wait's answer: a grant is read by the lingering
+				// connection and released (a minute at most); any other
+				// answer needs nothing.
 				conn.Abandon()
 			}
 			// Sent aside, which this job's own running lets start while
@@ -263,17 +272,58 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 			c.releaseGrantIn(srv, req, awaitLate(late))
 			return
 		}
-		switch {
-		case a.err != nil:
-			conn.Destroy()
-		case a.r.Status == wire.StatusQueued && withdraw != nil:
-			withdraw(ctx, conn)
-		case a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired:
-			c.giveBackUntrackable(ctx, srv, conn, req, a.r)
-		default:
-			giveBack(conn, a.r)
-		}
+		c.settleAnswer(ctx, srv, conn, req, a, withdraw)
 	})
+}
+
+// settleAnswer gives back what a, the answer to the acquire req on conn
+// that its caller gave up, holds: a grant, released on the same connection;
+// a queue place (e/se), given to withdraw; or nothing, and conn goes back to
+// the pool.
+func (c *Client) settleAnswer(ctx context.Context, srv *server, conn *pool.Conn, req wire.Request, a lateAnswer,
+	withdraw func(context.Context, *pool.Conn)) {
+	switch {
+	case a.err != nil:
+		conn.Destroy()
+	case a.r.Status == wire.StatusQueued && withdraw != nil:
+		withdraw(ctx, conn)
+	case a.r.Status == wire.StatusOK || a.r.Status == wire.StatusAcquired:
+		c.giveBackUntrackable(ctx, srv, conn, req, a.r)
+	default:
+		giveBack(conn, a.r)
+	}
+}
+
+// overdueWait bounds how long awaitOverdue waits for a stalled server's
+// answer to an Enqueue, as lingerFor bounds a lingering connection's.
+const overdueWait = time.Minute
+
+// awaitOverdue waits on, in a job of its own that Close ends at once, for
+// the answer to req (an e/se) on conn, overdue on a stalled server, and
+// settles it (settleAnswer) when it comes. A connection kept from its pool
+// costs what a lingering one does, for as long.
+func (c *Client) awaitOverdue(srv *server, conn *pool.Conn, req wire.Request, late <-chan lateAnswer,
+	withdraw func(context.Context, *pool.Conn)) {
+	ok := c.jobs.start(func(jctx context.Context) {
+		t := time.NewTimer(overdueWait)
+		defer t.Stop()
+		select {
+		case a := <-late:
+			ctx, cancel := context.WithTimeout(jctx, DefaultReleaseTimeout)
+			defer cancel()
+			c.settleAnswer(ctx, srv, conn, req, a, withdraw)
+			conn.AwaitReader(time.Second)
+			return
+		case <-t.C:
+		case <-c.ctx.Done(): // Close
+		}
+		conn.Destroy()
+		c.releaseGrantIn(srv, req, awaitLate(late))
+		conn.AwaitReader(time.Second)
+	})
+	if !ok {
+		conn.Destroy()
+	}
 }
 
 // releaseLateGrant watches late, the answer to req on a wait-pool

@@ -80,9 +80,9 @@
 // grant made by a server resuming from a pause of more than 2 s (stopped,
 // a frozen VM) to a blocking wait cancelled during the pause: the client
 // reads the withdrawn connection for 2 s, then closes it. Such a grant
-// stays held by nobody until its lease expires (docs/leases.md). (The
-// connection of a wait that timed out, or of an Enqueue, whose answer is
-// overdue lingers, as below.) The
+// stays held by nobody until its lease expires (docs/leases.md). (A wait
+// that timed out, or an Enqueue, whose answer is overdue keeps its
+// connection open for that answer for up to a minute, as below.) The
 // client's own cut is no such break: when the keepalive gives up on a
 // server that answered nothing for 2×KeepAlive, the acquire fails at once
 // but the socket stays open for up to a minute, so that a grant the server

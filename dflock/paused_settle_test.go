@@ -5,10 +5,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dflock-sdk/go/testutil"
 )
+
+// outlastTheJob lets the server's pause outlast the background job that
+// reads a given-up call's answer (DefaultReleaseTimeout): the case under
+// test.
+func outlastTheJob() { time.Sleep(DefaultReleaseTimeout + 200*time.Millisecond) }
 
 // awaitNoAcquiredConn waits until the Client's wait-pool connection is no
 // longer held by the call or its background job (closed, lingering or back
@@ -50,7 +56,7 @@ func TestEnqueueGivenUpDuringALongPauseLeavesNothingHeld(t *testing.T) {
 			}
 			cancel()
 			require.ErrorIs(t, err, context.DeadlineExceeded)
-			awaitNoAcquiredConn(t, ctx, c)
+			outlastTheJob()
 			resume()
 			// The server reads the request when it resumes.
 			if sem {
@@ -66,6 +72,7 @@ func TestEnqueueGivenUpDuringALongPauseLeavesNothingHeld(t *testing.T) {
 				}
 				return !lockHeld(srv, "k") && lockWaiters(srv, "k") == 0
 			}), "the grant made on resuming is held by nobody: %+v", srv.Stats())
+			awaitNoAcquiredConn(t, ctx, c)
 		})
 	}
 }
@@ -100,11 +107,74 @@ func TestWaitTimedOutDuringALongPauseLeavesNothingHeld(t *testing.T) {
 			}
 			resume := srv.Stall(0)
 			require.ErrorIs(t, <-done, ErrTimeout)
-			awaitNoAcquiredConn(t, ctx, c)
+			outlastTheJob()
 			resume()
 
 			require.True(t, waitFor(ctx, 10*time.Second, func() bool { h, w := semCounts(srv, "d"); return h == 0 && w == 0 }),
 				"the grant made during the pause is held by nobody: %+v", srv.Stats())
+			awaitNoAcquiredConn(t, ctx, c)
 		})
 	}
+}
+
+// An Enqueue given up during a long pause, on a key held by someone else,
+// is answered `queued` when the server resumes: the place is withdrawn on
+// the same connection (w, timeout 0), as for an answer that comes in time.
+// A lingering connection cannot write that: it closed, and a server before
+// v1.15 with auto-release off kept the place and granted it to nobody at
+// the holder's release (a review reproduced it against dflockd v1.10.0).
+func TestEnqueueQueuedAfterALongPauseGivesThePlaceBack(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{Version: testutil.V1_10, DisableAutoRelease: true})
+	holder, c := newClient(t, addrsOf(srv)), newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	l, err := holder.Lock(ctx, "k", LeaseTTL(time.Minute))
+	require.NoError(t, err)
+	warm, err := c.Enqueue(ctx, "warm") // a wait-pool connection, so that the Enqueue dials nothing
+	require.NoError(t, err)
+	wl, err := warm.Wait(ctx)
+	require.NoError(t, err)
+	require.NoError(t, wl.Release(ctx))
+	awaitNoAcquiredConn(t, ctx, c)
+
+	resume := srv.Stall(0)
+	ectx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = c.Enqueue(ectx, "k", LeaseTTL(time.Minute))
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	outlastTheJob()
+	resume()
+	awaitRequests(t, ctx, srv, "w", 1) // the withdrawal (the warm ticket was granted at once)
+	require.True(t, waitFor(ctx, 10*time.Second, func() bool { return lockWaiters(srv, "k") == 0 }),
+		"the place was never withdrawn: %+v", srv.Stats())
+	require.NoError(t, l.Release(ctx))
+	require.False(t, lockHeld(srv, "k"), "k granted to the abandoned Enqueue's place, held by nobody: %+v", srv.Stats())
+	awaitNoAcquiredConn(t, ctx, c)
+}
+
+// Close does not wait for the overdue answer an Enqueue's connection is
+// kept for (up to a minute): it closes the connection at once.
+func TestCloseEndsTheWaitForAnOverdueEnqueueAnswer(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	c, err := New(addrsOf(srv))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	warm, err := c.Enqueue(ctx, "warm") // a wait-pool connection, so that the Enqueue dials nothing
+	require.NoError(t, err)
+	wl, err := warm.Wait(ctx)
+	require.NoError(t, err)
+	require.NoError(t, wl.Release(ctx))
+	awaitNoAcquiredConn(t, ctx, c)
+	resume := srv.Stall(0)
+	defer resume()
+	ectx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = c.Enqueue(ectx, "k")
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	outlastTheJob()
+	require.Equal(t, 1, c.servers[0].pool.Stats().AcquiredConns, "the connection is kept for the answer")
+	start := time.Now()
+	require.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), DefaultReleaseTimeout, "Close waited for its deadline")
 }
