@@ -96,8 +96,10 @@ type ConnCounts struct {
 	// Listener: signal listener connections.
 	Listener int
 	// Lingering: lane or wait-pool connections the keepalive gave up on,
-	// and ticket connections whose withdrawal of the queued place the
-	// server left unanswered in time, kept open (at most a minute) for the
+	// ticket connections whose withdrawal of the queued place the server
+	// left unanswered in time, and those of a Lock or Semaphore that timed
+	// out whose answer the server left unanswered for
+	// DefaultReleaseTimeout, kept open (at most a minute) for the
 	// replies to requests they had written, so that a grant a stalled
 	// server makes when it resumes is released rather than left to a
 	// closed socket; and wait-pool connections half-closed to withdraw a

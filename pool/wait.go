@@ -352,6 +352,8 @@ func (p *Pool) WaitPoolFull() bool { return p.nAcquired.Load() >= int64(p.cfg.Ma
 // HasIdle reports whether an idle wait-pool connection is at hand, so that
 // an Acquire now would not dial. A hint: it may change at once. It costs a
 // lock and an allocation (puddle's Stat): not for every acquire.
+func (p *Pool) HasIdle() bool { return p.pp.Stat().IdleResources() > 0 }
+
 // waitingFor says what an Acquire whose context ended was waiting for:
 // puddle returns at once, leaving a dial it started to finish in the
 // background, or stops waiting for a connection to come back when all are
@@ -361,8 +363,6 @@ func (p *Pool) waitingFor() error {
 	return fmt.Errorf("waiting for a wait-pool connection (%d being dialled, %d in use, cap %d)",
 		st.ConstructingResources(), st.AcquiredResources(), st.MaxResources())
 }
-
-func (p *Pool) HasIdle() bool { return p.pp.Stat().IdleResources() > 0 }
 
 // takeIdle takes the most recently used idle wait-pool connection, if
 // any, without dialling (puddle's Acquire and TryAcquire would dial when
