@@ -84,7 +84,7 @@ type instance struct {
 	crashed atomic.Bool // a crashed process neither releases nor reports
 }
 
-func run() error {
+func run() (err error) {
 	servers, stop, err := demo.Servers(1)
 	if err != nil {
 		return err
@@ -94,6 +94,12 @@ func run() error {
 	// holds (a real service does the same with its own signal handling).
 	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stopSignals()
+	defer func() {
+		if sigCtx.Err() != nil { // interrupted: not a failure of the demo
+			fmt.Println("\ninterrupted: every instance shut down")
+			err = nil
+		}
+	}()
 	ctx, cancel := context.WithTimeout(sigCtx, time.Minute)
 	defer cancel()
 
