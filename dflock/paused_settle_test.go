@@ -16,6 +16,20 @@ import (
 // test.
 func outlastTheJob() { time.Sleep(DefaultReleaseTimeout + 200*time.Millisecond) }
 
+// warmWaitPool leaves an idle wait-pool connection to c's server, so that
+// an Enqueue made while the server is paused dials nothing (a dial would
+// stall in its handshake, and the Enqueue would send nothing). The ticket
+// it takes for that, on the key "warm", is granted at once: it sends no w.
+func warmWaitPool(t *testing.T, ctx context.Context, c *Client) {
+	t.Helper()
+	warm, err := c.Enqueue(ctx, "warm")
+	require.NoError(t, err)
+	l, err := warm.Wait(ctx)
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+	awaitNoAcquiredConn(t, ctx, c)
+}
+
 // awaitNoAcquiredConn waits until the Client's wait-pool connection is no
 // longer held by the call or its background job (closed, lingering or back
 // in the pool).
@@ -40,15 +54,11 @@ func TestEnqueueGivenUpDuringALongPauseLeavesNothingHeld(t *testing.T) {
 			srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 			c := newClient(t, addrsOf(srv))
 			ctx := testCtx(t)
-			warm, err := c.Enqueue(ctx, "warm") // a wait-pool connection, so that the Enqueue dials nothing
-			require.NoError(t, err)
-			l, err := warm.Wait(ctx)
-			require.NoError(t, err)
-			require.NoError(t, l.Release(ctx))
-			awaitNoAcquiredConn(t, ctx, c)
+			warmWaitPool(t, ctx, c)
 
 			resume := srv.Stall(0)
 			ectx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			var err error
 			if sem {
 				_, err = c.EnqueueSemaphore(ectx, "k", 2, LeaseTTL(time.Minute))
 			} else {
@@ -130,12 +140,7 @@ func TestEnqueueQueuedAfterALongPauseGivesThePlaceBack(t *testing.T) {
 	ctx := testCtx(t)
 	l, err := holder.Lock(ctx, "k", LeaseTTL(time.Minute))
 	require.NoError(t, err)
-	warm, err := c.Enqueue(ctx, "warm") // a wait-pool connection, so that the Enqueue dials nothing
-	require.NoError(t, err)
-	wl, err := warm.Wait(ctx)
-	require.NoError(t, err)
-	require.NoError(t, wl.Release(ctx))
-	awaitNoAcquiredConn(t, ctx, c)
+	warmWaitPool(t, ctx, c)
 
 	resume := srv.Stall(0)
 	ectx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -160,12 +165,7 @@ func TestCloseEndsTheWaitForAnOverdueEnqueueAnswer(t *testing.T) {
 	c, err := New(addrsOf(srv))
 	require.NoError(t, err)
 	ctx := testCtx(t)
-	warm, err := c.Enqueue(ctx, "warm") // a wait-pool connection, so that the Enqueue dials nothing
-	require.NoError(t, err)
-	wl, err := warm.Wait(ctx)
-	require.NoError(t, err)
-	require.NoError(t, wl.Release(ctx))
-	awaitNoAcquiredConn(t, ctx, c)
+	warmWaitPool(t, ctx, c)
 	resume := srv.Stall(0)
 	defer resume()
 	ectx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
