@@ -236,9 +236,10 @@ type lateAnswer struct {
 // settleLate gives back, in a background job (inBackground), what the late
 // answer to the acquire req on conn holds (settleAnswer). An answer that
 // does not come within the job's time means a stalled server (paused, say):
-// an Enqueue's is then waited for longer (awaitOverdue), and a wait's
-// connection is left to linger (pool.Conn.Abandon); either is closed at
-// once while the Client closes.
+// an Enqueue's or a ticket wait's is then waited for longer
+// (awaitOverdue), and a Lock's or Semaphore's wait's connection is left to
+// linger (pool.Conn.Abandon); either is closed at once while the Client
+// closes.
 func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late <-chan lateAnswer,
 	withdraw func(context.Context, *pool.Conn)) {
 	c.inBackground(conn, func(ctx context.Context) {
@@ -255,10 +256,11 @@ func (c *Client) settleLate(srv *server, conn *pool.Conn, req wire.Request, late
 				// Close does not wait for the server: it closes.
 				conn.Destroy()
 			case withdraw != nil:
-				// An e/se, which a linger cannot settle: its answer may
-				// be `queued`, a place that needs a withdrawal written on
-				// conn — closed, a server before v1.15 with auto-release
-				// off would keep the place and grant it to nobody.
+				// An e/se (or a ticket's w), which a linger cannot
+				// settle: an e/se's answer may be `queued`, a place that
+				// needs a withdrawal written on conn — closed, a server
+				// before v1.15 with auto-release off would keep the place
+				// and grant it to nobody.
 				c.awaitOverdue(srv, conn, req, late, withdraw)
 				return
 			default:
@@ -299,9 +301,10 @@ func (c *Client) settleAnswer(ctx context.Context, srv *server, conn *pool.Conn,
 const overdueWait = time.Minute
 
 // awaitOverdue waits on, in a job of its own that Close ends at once, for
-// the answer to req (an e/se) on conn, overdue on a stalled server, and
-// settles it (settleAnswer) when it comes. A connection kept from its pool
-// costs what a lingering one does, for as long.
+// the answer to req (an e/se, or a ticket's w) on conn, overdue on a
+// stalled server, and settles it (settleAnswer) when it comes. A
+// connection kept from its pool costs what a lingering one does, for as
+// long.
 func (c *Client) awaitOverdue(srv *server, conn *pool.Conn, req wire.Request, late <-chan lateAnswer,
 	withdraw func(context.Context, *pool.Conn)) {
 	ok := c.jobs.start(func(jctx context.Context) {
