@@ -45,6 +45,9 @@ func TestInvalidArgumentsAreRejectedBeforeAnyIO(t *testing.T) {
 		{"negative timeout", "timeout", func() error { _, err := c.Lock(ctx, "k", AcquireTimeout(-time.Nanosecond)); return err }},
 		{"negative lease", "lease", func() error { _, err := c.Lock(ctx, "k", LeaseTTL(-time.Second)); return err }},
 		{"negative semaphore lease", "lease", func() error { _, err := c.Semaphore(ctx, "k", 1, LeaseTTL(-1)); return err }},
+		{"lease in nanoseconds", "lease", func() error { _, err := c.Lock(ctx, "k", LeaseTTL(30)); return err }},
+		{"lease just under 1ms", "lease", func() error { _, err := c.TryLock(ctx, "k", LeaseTTL(time.Millisecond-1)); return err }},
+		{"enqueue lease in nanoseconds", "lease", func() error { _, err := c.Enqueue(ctx, "k", LeaseTTL(30)); return err }},
 		{"nil ctx", "ctx", func() error {
 			//lint:ignore SA1012 a nil context is the subject
 			_, err := c.Lock(nil, "k")
@@ -93,6 +96,7 @@ func TestNewRejectsBadServersAndOptions(t *testing.T) {
 		{"renew ratio", nil, []Option{WithRenewRatio(1)}, "renew ratio"},
 		{"keepalive", nil, []Option{WithKeepAlive(-time.Second)}, "keepalive"},
 		{"lease", nil, []Option{WithLeaseTTL(-time.Second)}, "lease TTL"},
+		{"lease in nanoseconds", nil, []Option{WithLeaseTTL(30)}, "lease TTL"},
 		{"max conns", nil, []Option{WithMaxConnsPerServer(0)}, "max conns per server"},
 		{"lane conns", nil, []Option{WithLaneConns(0)}, "lane conns"},
 		{"sharding", nil, []Option{WithSharding(nil)}, "sharding"},
@@ -128,4 +132,27 @@ func TestNewRejectsBadServersAndOptions(t *testing.T) {
 	c, err = New([]string{"[::1]:6388", "example.com:1"})
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
+}
+
+// A lease of 0 (the server's default) and one of exactly 1 ms (asked for as
+// 1 s, the protocol's shortest) are accepted; the refusal of anything
+// between says why.
+func TestLeaseUnderAMillisecondIsAUnitMistake(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+
+	_, err := c.TryLock(ctx, "k", LeaseTTL(30))
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	assert.Contains(t, err.Error(), "a bare number is nanoseconds")
+
+	for _, d := range []time.Duration{0, time.Millisecond} {
+		l, err := c.TryLock(ctx, "k", LeaseTTL(d))
+		require.NoError(t, err, "lease %v", d)
+		require.NoError(t, l.Release(ctx))
+	}
+	_, err = New(nil, WithLeaseTTL(time.Microsecond))
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	assert.Contains(t, err.Error(), "must be 0 (the server's default) or at least 1ms")
 }

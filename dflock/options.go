@@ -379,15 +379,29 @@ func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, 
 // WithLeaseTTL sets the lease requested for every lock and slot that does
 // not set its own with LeaseTTL. It is rounded up to whole seconds; a lease
 // above MaxDuration is MaxDuration (forever). Default DefaultLeaseTTL (0):
-// the server's default lease.
+// the server's default lease. A lease under 1 ms other than 0 is refused
+// (WithLeaseTTL(30) is 30 ns, not 30 s).
 func WithLeaseTTL(d time.Duration) Option {
 	return func(o *options) {
-		if d < 0 {
-			o.fail("lease TTL", d.String(), "must not be negative")
+		if reason := leaseProblem(d); reason != "" {
+			o.fail("lease TTL", d.String(), reason)
 			return
 		}
 		o.leaseTTL = min(d, MaxDuration)
 	}
+}
+
+// leaseProblem says what is wrong with d as a lease ("" if nothing). A
+// lease under a millisecond is a unit mistake: LeaseTTL(30), meant as
+// seconds, would silently ask for the shortest lease the protocol has (1 s).
+func leaseProblem(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "must not be negative"
+	case d > 0 && d < time.Millisecond:
+		return "must be 0 (the server's default) or at least 1ms (a bare number is nanoseconds)"
+	}
+	return ""
 }
 
 // WithRenewRatio sets after which fraction of its TTL a lease is renewed
@@ -608,14 +622,18 @@ type acquireOptions struct {
 // it passes the wait is withdrawn and the call returns ErrTimeout.
 // AcquireTimeout(0) makes the call a try (like TryLock); a timeout above
 // MaxDuration is MaxDuration (forever). Default: wait until the context
-// ends.
+// ends. A timeout under 1 ms is accepted, since one computed from a
+// deadline may well be that short: AcquireTimeout(5), meant as seconds, is
+// a 5 ns wait, that is a try.
 func AcquireTimeout(d time.Duration) AcquireOption {
 	return func(a *acquireOptions) { a.timeout, a.hasTimeout = d, true }
 }
 
 // LeaseTTL sets the lease of this lock or slot, rounded up to whole
 // seconds (above MaxDuration: MaxDuration, forever); it is renewed
-// automatically until released. Default: the Client's WithLeaseTTL.
+// automatically until released. Default: the Client's WithLeaseTTL. 0
+// asks for the server's default lease; anything else under 1 ms is refused
+// as a unit mistake (LeaseTTL(30) is 30 ns).
 func LeaseTTL(d time.Duration) AcquireOption {
 	return func(a *acquireOptions) { a.lease, a.hasLease = d, true }
 }
@@ -628,8 +646,8 @@ func (c *Client) acquireOptions(opts []AcquireOption) (acquireOptions, error) {
 	if a.hasTimeout && a.timeout < 0 {
 		return a, &ArgError{Arg: "timeout", Value: a.timeout.String(), Reason: "must not be negative"}
 	}
-	if a.lease < 0 {
-		return a, &ArgError{Arg: "lease", Value: a.lease.String(), Reason: "must not be negative"}
+	if reason := leaseProblem(a.lease); reason != "" {
+		return a, &ArgError{Arg: "lease", Value: a.lease.String(), Reason: reason}
 	}
 	// Clamped here so that no deadline arithmetic downstream meets a
 	// duration the protocol cannot carry anyway.
