@@ -1615,7 +1615,6 @@ func (c *conn) fail(cause error) {
 	}
 	err := brokenErr(c.p.cfg.Addr, redact(cause, c.p.secret))
 	c.err = err
-	c.errp.Store(err)
 	written := max(c.q.n-c.bufN, 0) // bufN ≤ q.n (writeQueuedLocked); a bug must not panic here, under c.mu
 	pending := make([]*call, 0, c.q.n)
 	for cl := c.q.pop(); cl != nil; cl = c.q.pop() {
@@ -1640,6 +1639,9 @@ func (c *conn) fail(cause error) {
 		}
 	}
 	lingers := c.lingersLocked(cause, pending[:written])
+	// Published after lingersLocked counted a lingering connection: one who
+	// sees Err() != nil finds it in Stats too.
+	c.errp.Store(err)
 	c.inflight.Store(0)
 	c.pings = 0
 	c.blocking = 0
