@@ -470,7 +470,10 @@ func WithServerReadTimeout(d time.Duration) Option {
 // granted after waiting holds one (as does a lease of a key found held
 // within the last second or so, which goes straight to the wait pool);
 // uncontended locks use the control lane and hold none. It must be between
-// 1 and MaxConnsPerServer. Default DefaultMaxConnsPerServer.
+// 1 and MaxConnsPerServer. Default DefaultMaxConnsPerServer. Connections
+// given up on but kept open a while for a grant still on its way
+// (ConnCounts.Lingering) are outside the cap and bounded on their own, at
+// n plus the lane connections.
 func WithMaxConnsPerServer(n int) Option {
 	return func(o *options) {
 		if o.between("max conns per server", n, 1, MaxConnsPerServer, "") {

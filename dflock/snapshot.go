@@ -104,7 +104,10 @@ type ConnCounts struct {
 	// server makes when it resumes is released rather than left to a
 	// closed socket; and wait-pool connections half-closed to withdraw a
 	// cancelled wait, read until the server closes its side (at most 2 s)
-	// for a grant that crossed the withdrawal (see docs/leases.md).
+	// for a grant that crossed the withdrawal (see docs/leases.md). They
+	// are outside the caps on the other counts; at most WithMaxConnsPerServer
+	// + WithLaneConns of them linger per server at once, and a connection
+	// given up on beyond that is closed at once instead.
 	Lingering int
 }
 

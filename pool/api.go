@@ -246,6 +246,8 @@ type Stats struct {
 	// gave up on that stay open (at most a minute) for the replies to what
 	// they had written, and connections Conn.Withdraw half-closed, read
 	// until the server closes its side (at most 2 s; see OnReleaseLost).
+	// At most MaxConns + LaneConns linger at once; a connection broken
+	// past that is closed at once.
 	// Their role is over: they
 	// are in no other count, except that a wait-pool connection the
 	// keepalive broke while acquired stays in AcquiredConns until its

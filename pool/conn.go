@@ -1254,6 +1254,26 @@ func (c *conn) linger() {
 	}
 }
 
+// reserveLinger counts one more lingering connection, unless as many
+// linger as the pool may have open in its roles (MaxConns + LaneConns):
+// the connection is then closed at once. A lingering socket is outside
+// every cap, and a server that never closes its side of a withdrawn wait
+// (v1.14) would otherwise let sockets pile up with the rate of cancelled
+// waits — to the process's file descriptor limit, failing every other
+// server's dials too.
+func (p *Pool) reserveLinger() bool {
+	limit := int64(p.cfg.MaxConns) + int64(p.cfg.LaneConns)
+	for {
+		n := p.nLingering.Load()
+		if n >= limit {
+			return false
+		}
+		if p.nLingering.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
 func (c *conn) orphansLeft() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1676,7 +1696,8 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	c.orphans = c.orphans[:0]
 	withdraw := errors.Is(cause, errWithdrawn) && c.supportsPing() && halfCloser(c.wc.NetConn()) != nil
 	lingers := (withdraw || errors.Is(cause, errNoReply) || errors.Is(cause, errAbandoned)) && c.failWith == nil && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
-		slices.ContainsFunc(written, func(cl *call) bool { return cl.grantKey != "" })
+		slices.ContainsFunc(written, func(cl *call) bool { return cl.grantKey != "" }) &&
+		c.p.reserveLinger() // last: it counts the connection as lingering
 	if !lingers {
 		if len(written) > 0 && written[0].grantKey != "" {
 			c.orphans = append(c.orphans, orphan{written[0].cmd, written[0].grantKey})
@@ -1704,9 +1725,9 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	// the reader may still be in a read it began before the cut, not yet
 	// in linger, and that read's deadline is now lingerUntil.
 	c.stopLinger = context.AfterFunc(c.p.ctx, func() { _ = c.wc.Close() })
-	// Until linger returns: the reader has not exited (it exits only once
-	// c.err is set), and its readLoop ends in linger.
-	c.p.nLingering.Add(1)
+	// The count reserveLinger took lasts until linger returns: the reader
+	// has not exited (it exits only once c.err is set), and its readLoop
+	// ends in linger.
 	if c.own != nil {
 		// A caller reads its own reply: stopped (its call has the error),
 		// it clears this deadline to lingerUntil and hands the socket to

@@ -181,3 +181,67 @@ func TestWithdrawnConnLingersBoundedWhateverTheServerSends(t *testing.T) {
 		})
 	}
 }
+
+// Lingering sockets are outside every cap, so their number is bounded on
+// its own, at what the pool may have open in its roles (MaxConns +
+// LaneConns): a server that never closes its side of a withdrawn wait
+// (v1.14, or a path that swallows the FIN) would otherwise let them pile up
+// with the rate of cancelled waits, to the process's descriptor limit
+// (found by review: 1,313 lingering with a cap of 4). A withdrawal past the
+// bound closes at once, as one to a server without ping does.
+func TestWithdrawnConnsLingerNoMoreThanThePoolsConnections(t *testing.T) {
+	t.Parallel()
+	addr := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+		for {
+			cmd, err := readRequest(r)
+			if err != nil {
+				break
+			}
+			if cmd == wire.CmdPing.String() {
+				_, _ = io.WriteString(c, "ok\n")
+			} // a wait: never answered
+		}
+		_, _ = io.Copy(io.Discard, r) // v1.14: the FIN changes nothing
+		<-t.Context().Done()
+	})
+	p := newPool(t, Config{Addr: addr, MaxConns: 1, LaneConns: 1, OnReleaseLost: func(wire.Request) {}})
+	const limit = 2
+	ctx := ctxWait(t)
+	refused := false
+	for i := 0; i < 50 && !refused; i++ {
+		h, err := p.Acquire(ctx)
+		require.NoError(t, err)
+		wctx, cancel := context.WithCancel(ctx)
+		res := make(chan error, 1)
+		go func() {
+			_, _, err := h.Request(wctx, wire.Request{Cmd: wire.CmdLock, Key: "k", Timeout: 30}, func(int, wire.Reply, error) {})
+			res <- err
+		}()
+		require.Eventually(t, func() bool {
+			h.c.mu.Lock()
+			defer h.c.mu.Unlock()
+			return h.c.onWireLocked() == 1
+		}, wait, time.Millisecond, "the wait is written")
+		cancel()
+		require.ErrorIs(t, result(t, res, "Request"), context.Canceled)
+		before := p.Stats().LingeringConns
+		h.Withdraw()
+		h.c.mu.Lock()
+		lingers := !h.c.lingerUntil.IsZero()
+		h.c.mu.Unlock()
+		h.Release()
+		require.LessOrEqual(t, p.Stats().LingeringConns, limit, "withdrawal %d", i)
+		if before >= limit {
+			require.False(t, lingers, "withdrawal %d lingers with %d lingering already", i, before)
+			select {
+			case <-h.ReaderDone():
+			case <-time.After(wait):
+				t.Fatalf("withdrawal %d past the bound was not closed", i)
+			}
+			refused = true
+		} else {
+			require.True(t, lingers, "withdrawal %d, %d lingering: within the bound it lingers", i, before)
+		}
+	}
+	require.True(t, refused, "no withdrawal met the bound")
+}
