@@ -104,3 +104,28 @@ func TestCallEndedWhileConnectingSaysWhatWasUnderWay(t *testing.T) {
 		}
 	}
 }
+
+// The same for the control lane, which a server's first Lock, TryLock or
+// Semaphore waits for: against a server that accepts and never answers the
+// handshake, a call whose context ends first says so, rather than read
+// like a contended key (found by review).
+func TestLaneCallEndedWhileConnectingSaysWhatWasUnderWay(t *testing.T) {
+	t.Parallel()
+	silent := testutil.ServeRaw(t, func(nc net.Conn) { _, _ = io.Copy(io.Discard, nc) })
+	c := newClient(t, []string{silent})
+	ctx := testCtx(t)
+	for call, f := range map[string]func(context.Context) error{
+		"lock":      func(ctx context.Context) error { _, err := c.Lock(ctx, "k"); return err },
+		"trylock":   func(ctx context.Context) error { _, err := c.TryLock(ctx, "k"); return err },
+		"semaphore": func(ctx context.Context) error { _, err := c.Semaphore(ctx, "k", 2); return err },
+	} {
+		cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		err := f(cctx)
+		cancel()
+		t.Logf("%s: %v", call, err)
+		require.ErrorIs(t, err, context.DeadlineExceeded, call)
+		assert.ErrorIs(t, err, ErrTimeout, call)
+		assert.NotErrorIs(t, err, ErrServerUnavailable, call)
+		assert.Contains(t, err.Error(), "(while connecting: waiting for a control-lane connection being dialled)", call)
+	}
+}

@@ -156,13 +156,26 @@ func (p *Pool) pickLane(ctx context.Context, life <-chan struct{}) (*laneConn, e
 				dialErr = err
 			}
 		case <-ctx.Done():
-			return nil, serverErr(p.cfg.Addr, ctx.Err(), nil)
+			return nil, serverErr(p.cfg.Addr, ctx.Err(), laneWaitingFor(dialErr))
 		case <-life:
 			// The owner (the Client) is closing: it waits for this
 			// caller before it closes the pool, which ends the dial.
 			return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
 		}
 	}
+}
+
+// laneWaitingFor says what a pickLane whose context ended was waiting
+// for, dialErr being the failure of a lane dial it saw (nil if none): in
+// words only, since the caller's context ended it. Without it, a call's
+// first use of a server that accepts connections but never answers the
+// handshake reads like a contended key (as waitingFor's does for the wait
+// pool).
+func laneWaitingFor(dialErr error) error {
+	if dialErr != nil {
+		return fmt.Errorf("waiting for a control-lane connection being dialled, after a failed dial: %v", causeOf(dialErr))
+	}
+	return errors.New("waiting for a control-lane connection being dialled")
 }
 
 // lanesBusy reports whether a lane connection other than c has replies
