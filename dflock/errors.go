@@ -82,6 +82,8 @@ var (
 	ErrLeaseExpired = errors.New("dflock: lease expired before it was observed")
 
 	// ErrDraining: the server is shutting down (error_draining, v1.16+).
+	// A lease lost to a renewal so answered matches it too, beside
+	// ErrLockLost.
 	ErrDraining = pool.ErrDraining
 
 	// ErrNotSupported: the server version does not support the operation.
@@ -94,8 +96,10 @@ var (
 	// (a server process paused past it, as by SIGSTOP: it times the
 	// connection out and closes it; the request was not applied, and a
 	// retry on a new connection may succeed; a Release so answered is sent
-	// again aside). The reply word is in *Error.Reply.
-	ErrRefused = errors.New("dflock: request refused by the server")
+	// again aside). The reply word is in *Error.Reply. A lease lost to a
+	// renewal so answered (its Err, Context's cause, the error of Renew or
+	// Release) matches it too, beside ErrLockLost.
+	ErrRefused = wire.ErrRefused
 
 	// ErrTicketDone: the Ticket was already waited for, timed out or cancelled.
 	ErrTicketDone = errors.New("dflock: ticket already used")

@@ -320,7 +320,7 @@ func (h *held) refusedAtRelease(r wire.Reply) *Error {
 		reply = r.Status.String()
 	}
 	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: reply,
-		Err: &renew.LostError{Key: h.key(), Server: h.srv.addr, Semaphore: h.limit > 0, Cause: fmt.Errorf("%w: the server no longer held the lease at release", renew.ErrRefused)}}
+		Err: &renew.LostError{Key: h.key(), Server: h.srv.addr, Semaphore: h.limit > 0, Cause: renew.Refusal("dflock: release refused: the server no longer held the lease", ErrRefused)}}
 }
 
 // lostAtClose reports a lease whose release by Close the server refused

@@ -65,7 +65,7 @@ var (
 	ErrClosed = errors.New("dflock: client closed")
 	// ErrDraining: the server is shutting down (error_draining) and closes
 	// the connection.
-	ErrDraining = errors.New("dflock: server draining")
+	ErrDraining = wire.ErrDraining
 )
 
 // Owner is a connection that leases granted on it belong to: the lane

@@ -58,6 +58,23 @@ var (
 	errClosed = errors.New("dflock: renewal scheduler closed")
 )
 
+// Refusal returns the cause of a loss the server refused (a renewal, or a
+// release that found the lease gone): msg says what it answered; the
+// error matches ErrRefused, and each of also — the sentinels dflock
+// matches for that answer (wire.ErrRefused, wire.ErrDraining), and
+// ErrMaybeUnapplied where it applies — without naming them in its text.
+func Refusal(msg string, also ...error) error {
+	return &refusal{msg: msg, is: append([]error{ErrRefused}, also...)}
+}
+
+type refusal struct {
+	msg string
+	is  []error
+}
+
+func (e *refusal) Error() string   { return e.msg }
+func (e *refusal) Unwrap() []error { return e.is }
+
 // LostError is the Err of a lost lease. It matches ErrLost and unwraps to
 // the cause (ErrRefused, ErrOwnerFailed, expiry by the client's clock,
 // the scheduler's Close, ... joined with the underlying error where there

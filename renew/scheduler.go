@@ -682,13 +682,16 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 		if r.Word != "" {
 			word = wire.DisplayWord(r.Word)
 		}
+		answered := "dflock: renewal refused: server answered " + word
 		switch {
 		case r.Status == wire.StatusOK:
-			cause = fmt.Errorf("%w: server answered ok %d: the lease has no time left", ErrRefused, r.Lease)
+			cause = Refusal(fmt.Sprintf("%s %d: the lease has no time left", answered, r.Lease))
 		case r.Status == wire.StatusError:
-			cause = fmt.Errorf("%w: server answered %s: %w", ErrRefused, word, ErrMaybeUnapplied)
+			cause = Refusal(answered+": "+unprefixed(ErrMaybeUnapplied.Error()), wire.ErrRefused, ErrMaybeUnapplied)
+		case r.Status == wire.StatusErrDraining:
+			cause = Refusal(answered, wire.ErrDraining)
 		default:
-			cause = fmt.Errorf("%w: server answered %s", ErrRefused, word)
+			cause = Refusal(answered, wire.ErrRefused)
 		}
 	default:
 		if sent > l.confirmed && !l.forfeited {

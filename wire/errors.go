@@ -20,6 +20,14 @@ var (
 	// protocol violation that a larger cap can cure: stats replies grow with
 	// the server's key count.
 	ErrLineTooLong = errors.New("dflock: line over the cap")
+	// ErrRefused matches a request the server refused with the bare
+	// `error` or an error word this module does not know (dflock.ErrRefused);
+	// here so that a lease lost to a refused renewal (package renew) can
+	// match it too.
+	ErrRefused = errors.New("dflock: request refused by the server")
+	// ErrDraining: the server is shutting down (error_draining, v1.16+;
+	// dflock.ErrDraining).
+	ErrDraining = errors.New("dflock: server draining")
 )
 
 // ArgError names a caller-supplied argument that the server would refuse.
