@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
 )
 
 // A lease lost to an answer of the server matches the sentinel that answer
@@ -67,4 +68,28 @@ func TestLossesMatchTheSentinelOfTheirAnswer(t *testing.T) {
 		require.NoError(t, c.Close()) // its connections were the last: the drain ends
 		require.NoError(t, <-done)
 	})
+}
+
+// A server whose read timeout is shorter than the client was told closes
+// an idle connection, after the bare `error` dflockd writes then; the
+// leases on it are lost, and the error says why and what to declare,
+// rather than blame the server for a protocol violation (found by review,
+// on dflockd v1.10.0 with -read-timeout 2).
+func TestLossToAnUndeclaredShortReadTimeoutSaysSo(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	srv := newServer(t, testutil.Config{ReadTimeout: time.Second})
+	c := newClient(t, addrsOf(srv)) // told nothing: the default 23 s
+	l, err := c.Lock(ctx, "k", LeaseTTL(30*time.Second))
+	require.NoError(t, err)
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("the lease outlived its connection")
+	}
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	assert.ErrorIs(t, l.Err(), ErrServerUnavailable)
+	assert.NotErrorIs(t, l.Err(), wire.ErrProtocol)
+	assert.ErrorContains(t, l.Err(), "closed the connection as idle")
+	assert.ErrorContains(t, l.Err(), "WithServerReadTimeout")
 }

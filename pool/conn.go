@@ -479,7 +479,7 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		// turn), is not written yet: a flush in progress when it was
 		// queued writes it. The line answers nothing (as in readReplies):
 		// the reader breaks the connection, and cl with it.
-		c.desyncedLocked(&wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()})
+		c.desyncedLocked(c.unsolicited(line))
 		c.mu.Unlock()
 		c.handOff(nil)
 		return wire.Reply{}, nil, false
@@ -1168,7 +1168,7 @@ func (c *conn) readReplies() {
 				c.orphanAnswered(line)
 				return
 			}
-			c.fail(&wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()})
+			c.fail(c.unsolicited(line))
 			return
 		}
 		rep, err := c.wc.ParseReply(line, cl.cmd)
@@ -1411,6 +1411,16 @@ func (c *conn) readerTurn() bool {
 		<-c.wake
 		c.mu.Lock()
 	}
+}
+
+// unsolicited is the error of line, read with no request on the wire:
+// dflockd's goodbye to a connection idle past its read timeout, or a
+// protocol violation.
+func (c *conn) unsolicited(line []byte) error {
+	if string(line) == "error" {
+		return errIdleTimeout
+	}
+	return &wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()}
 }
 
 func truncLine(b []byte) string {

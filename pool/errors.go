@@ -83,8 +83,14 @@ var (
 	errWithdrawn   = errors.New("connection destroyed to withdraw the request")
 	errEnded       = errors.New("wait-pool connection used after Release, Destroy or Close")
 	errUnsolicited = errors.New("reply with no pending request")
-	errNoReply     = errors.New("no reply for 2×KeepAlive (server stalled or unreachable)")
-	errAbandoned   = errors.New("request unanswered in time; connection abandoned (server stalled or unreachable)")
+	// errIdleTimeout is the cause of a bare `error` with nothing pending:
+	// what dflockd writes before it closes a connection that sent nothing
+	// for its --read-timeout. A keepalive of at most half of that would
+	// have kept it open, so the client was told a longer one, or none.
+	errIdleTimeout = errors.New("the server closed the connection as idle (an unsolicited `error`, as dflockd writes at its --read-timeout): " +
+		"its read timeout is shorter than the client allows for; declare it (dflock.WithServerReadTimeout) or shorten the keepalive")
+	errNoReply   = errors.New("no reply for 2×KeepAlive (server stalled or unreachable)")
+	errAbandoned = errors.New("request unanswered in time; connection abandoned (server stalled or unreachable)")
 )
 
 func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }

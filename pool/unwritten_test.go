@@ -77,7 +77,7 @@ func TestLineBeforeTheRequestIsWrittenAnswersNothing(t *testing.T) {
 	res := result(t, done, "the batch's callback")
 	require.Error(t, res.err, "the `error` (%v) is no reply to a request never written", res.r.Status)
 	assert.ErrorIs(t, res.err, wire.ErrConnBroken)
-	assert.ErrorIs(t, res.err, wire.ErrProtocol)
+	assert.ErrorIs(t, res.err, errIdleTimeout, "the server's goodbye at its read timeout")
 	require.Eventually(t, c.readerExited, wait, time.Millisecond)
 }
 
@@ -104,7 +104,7 @@ func TestOwnReplyBeforeTheRequestIsWrittenAnswersNothing(t *testing.T) {
 	// Never written, the request went out again on a new connection, which
 	// this server (killed) closes in its handshake.
 	require.Error(t, r.err, "the `error` (%v) is no reply to a request never written", r.r.Status)
-	assert.ErrorIs(t, c.Err(), wire.ErrProtocol, "the `error` broke the connection as unsolicited")
+	assert.ErrorIs(t, c.Err(), errIdleTimeout, "the `error` broke the connection as unsolicited: the server's goodbye")
 	require.Eventually(t, c.readerExited, wait, time.Millisecond)
 }
 
