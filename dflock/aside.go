@@ -103,13 +103,32 @@ const (
 // which is ignored.) It only queues, so it may run on the loss notifier:
 // one background job per server sends what is queued, pipelined on a lane
 // connection, retrying while the server cannot be reached, each release
-// for DefaultReleaseTimeout from its queueing — through Close too, until
-// Close's own release deadline.
+// for DefaultReleaseTimeout from its queueing (a lost lease's: asideLife)
+// — through Close too, until Close's own release deadline.
 func (c *Client) releaseAside(srv *server, req wire.Request) {
+	c.releaseAsideFor(srv, req, DefaultReleaseTimeout)
+}
+
+// maxAsideLife bounds how long a lost lease's release is tried aside
+// (asideLife), as lingerFor bounds a lingering connection.
+const maxAsideLife = time.Minute
+
+// asideLife is how long the release of a lease lost with a TTL of ttl is
+// tried aside: while the server may still hold it. A server unreachable
+// for longer than DefaultReleaseTimeout (paused, partitioned) and running
+// with auto-release off keeps the lease until a renewal's TTL runs out;
+// a release given up before it resumes would leave the key held by nobody
+// until then.
+func asideLife(ttl time.Duration) time.Duration {
+	return min(max(ttl, DefaultReleaseTimeout), maxAsideLife)
+}
+
+// releaseAsideFor is releaseAside trying req for d from now.
+func (c *Client) releaseAsideFor(srv *server, req wire.Request, d time.Duration) {
 	q := &srv.aside
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.reqs = append(q.reqs, asideRelease{req: req, until: time.Now().Add(DefaultReleaseTimeout)})
+	q.reqs = append(q.reqs, asideRelease{req: req, until: time.Now().Add(d)})
 	if q.running {
 		return
 	}

@@ -398,7 +398,7 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 	// applied (the bare error of a paused server, which still holds it).
 	if errors.Is(err, renew.ErrOwnerFailed) || errors.Is(err, renew.ErrMaybeUnapplied) ||
 		(h.pinned != nil && !errors.Is(err, renew.ErrRefused)) {
-		c.releaseAside(h.srv, wire.ReleaseRequest(lease.Key(), lease.Token(), lease.Semaphore()))
+		c.releaseAsideFor(h.srv, wire.ReleaseRequest(lease.Key(), lease.Token(), lease.Semaphore()), asideLife(lease.TTL()))
 	}
 	// The record and the hook go to the loss queue (doLoss): every loss of
 	// a burst is reported.

@@ -1,0 +1,47 @@
+package dflock
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+)
+
+// A lease lost with its connection to a server unreachable for longer than
+// DefaultReleaseTimeout — paused, with auto-release off — is released once
+// the server is back: its release aside is tried for as long as the server
+// may hold the lease (asideLife), not given up after 2 s. (Found by
+// review: on dflockd v1.10.0 such a lease stayed held by nobody until its
+// TTL ran out, 10 s after the client had given it up.)
+func TestLeaseLostInALongPauseIsReleasedWhenTheServerResumes(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	c := newClient(t, addrsOf(srv), WithKeepAlive(300*time.Millisecond), WithLaneConns(1))
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k", LeaseTTL(30*time.Second))
+	require.NoError(t, err)
+
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("the keepalive did not cut the paused server's connection")
+	}
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	// Past the 2 s the release used to be tried for, the server still paused.
+	time.Sleep(DefaultReleaseTimeout + 500*time.Millisecond)
+	require.True(t, lockHeld(srv, "k"), "the paused server still holds the lease")
+	resume()
+	require.Eventually(t, func() bool { return !lockHeld(srv, "k") }, 10*time.Second, 10*time.Millisecond,
+		"the lease is released once the server is back")
+}
+
+func TestAsideLifeIsTheLeasesBounded(t *testing.T) {
+	assert.Equal(t, DefaultReleaseTimeout, asideLife(time.Second))
+	assert.Equal(t, 30*time.Second, asideLife(30*time.Second))
+	assert.Equal(t, maxAsideLife, asideLife(MaxDuration))
+}
