@@ -98,7 +98,8 @@ var (
 	// retry on a new connection may succeed; a Release so answered is sent
 	// again aside). The reply word is in *Error.Reply. A lease lost to a
 	// renewal so answered (its Err, Context's cause, the error of Renew or
-	// Release) matches it too, beside ErrLockLost.
+	// Release) matches it too, beside ErrLockLost; the word is then in the
+	// loss's text.
 	ErrRefused = wire.ErrRefused
 
 	// ErrTicketDone: the Ticket was already waited for, timed out or cancelled.
@@ -135,7 +136,7 @@ type Error struct {
 	Op     string
 	Key    string // the lock or semaphore key, if any
 	Server string // the server address, if the operation got that far
-	Reply  string // the server's reply word, when the server refused
+	Reply  string // the server's reply word, when the server refused the operation's request (a refused renewal's is in Err's text)
 	Err    error  // what went wrong; matches one or more sentinels
 }
 

@@ -479,7 +479,7 @@ func (c *conn) finishOwn(cl *call, line []byte) (_ wire.Reply, _ error, ok bool)
 		// turn), is not written yet: a flush in progress when it was
 		// queued writes it. The line answers nothing (as in readReplies):
 		// the reader breaks the connection, and cl with it.
-		c.desyncedLocked(c.unsolicited(line))
+		c.desyncedLocked(c.unsolicitedLocked(line))
 		c.mu.Unlock()
 		c.handOff(nil)
 		return wire.Reply{}, nil, false
@@ -1159,6 +1159,10 @@ func (c *conn) readReplies() {
 		}
 		more = c.q.n > 0
 		broken := c.err != nil
+		var unsolicited error
+		if cl == nil && !broken {
+			unsolicited = c.unsolicitedLocked(line)
+		}
 		c.mu.Unlock()
 		if cl == nil {
 			if broken {
@@ -1168,7 +1172,7 @@ func (c *conn) readReplies() {
 				c.orphanAnswered(line)
 				return
 			}
-			c.fail(c.unsolicited(line))
+			c.fail(unsolicited)
 			return
 		}
 		rep, err := c.wc.ParseReply(line, cl.cmd)
@@ -1413,11 +1417,21 @@ func (c *conn) readerTurn() bool {
 	}
 }
 
-// unsolicited is the error of line, read with no request on the wire:
-// dflockd's goodbye to a connection idle past its read timeout, or a
-// protocol violation.
-func (c *conn) unsolicited(line []byte) error {
+// unsolicitedLocked is the error of line, read with no request on the
+// wire: dflockd's goodbye to a connection idle past its read timeout, or a
+// protocol violation. The connection was idle either because the server's
+// read timeout is shorter than the keepalive allows for, or because this
+// process wrote nothing for longer than its keepalive should have let it
+// (paused: SIGSTOP, a frozen VM or laptop), which the advice of
+// errIdleTimeout would not cure.
+func (c *conn) unsolicitedLocked(line []byte) error {
 	if string(line) == "error" {
+		ka := c.p.cfg.KeepAlive
+		if quiet := time.Duration(c.p.now() - c.lastActive); quiet > 2*ka {
+			return fmt.Errorf("the server closed the connection as idle (an unsolicited `error`, as dflockd writes at its --read-timeout) "+
+				"after this client wrote nothing for %v, more than twice its keepalive (%v): was this process paused?",
+				quiet.Round(100*time.Millisecond), ka)
+		}
 		return errIdleTimeout
 	}
 	return &wire.ProtocolError{Line: truncLine(c.wc.Scrubbed(line)), Reason: errUnsolicited.Error()}

@@ -213,3 +213,39 @@ func TestUnwrittenWriteWhoseRequestAStrayLineAnsweredBreaksCleanly(t *testing.T)
 	defer c.mu.Unlock()
 	assert.GreaterOrEqual(t, c.q.n-c.bufN, 0)
 }
+
+// dflockd's goodbye at its read timeout (a bare `error` with nothing
+// pending) says what to do about it: declare the server's read timeout —
+// unless this client wrote nothing for more than twice its keepalive,
+// which only a paused process does; the advice would then mislead (found
+// by review: a client frozen for 5 s against dflockd -read-timeout 3).
+func TestIdleGoodbyeSaysWhetherThisClientWasQuietTooLong(t *testing.T) {
+	t.Parallel()
+	for _, paused := range []bool{false, true} {
+		t.Run(map[bool]string{false: "server's timeout", true: "paused client"}[paused], func(t *testing.T) {
+			t.Parallel()
+			addr, kill := closingServer(t)
+			const ka = time.Hour // no ping in the test's time
+			p := newPool(t, Config{Addr: addr, LaneConns: 1, KeepAlive: ka})
+			_, c := laneOf(t, p)
+			if paused {
+				c.mu.Lock()
+				c.lastActive = c.p.now() - int64(3*ka) // as after a 3 h pause
+				c.mu.Unlock()
+			}
+			kill()
+			require.Eventually(t, func() bool { return c.Err() != nil }, wait, time.Millisecond)
+			err := c.Err()
+			require.ErrorIs(t, err, wire.ErrConnBroken)
+			assert.NotErrorIs(t, err, wire.ErrProtocol)
+			assert.ErrorContains(t, err, "closed the connection as idle")
+			if paused {
+				assert.NotErrorIs(t, err, errIdleTimeout)
+				assert.ErrorContains(t, err, "after this client wrote nothing for 3h0m0")
+				assert.ErrorContains(t, err, "was this process paused?")
+			} else {
+				assert.ErrorIs(t, err, errIdleTimeout)
+			}
+		})
+	}
+}
