@@ -164,6 +164,17 @@ func (c *Client) flushAside(ctx context.Context, srv *server) {
 			backoff = asideMinBackoff
 			continue
 		}
+		if c.closing.Load() && srv.pool.Err() != nil {
+			// Closing, and the server is down (its dials fail fast):
+			// Close does not wait for a server it cannot reach, as its
+			// own releases do not. (A lost lease's release is tried for
+			// up to a minute, asideLife: Close would otherwise take its
+			// whole deadline.)
+			q.mu.Lock()
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
 		// The server cannot be reached for now (the fault that broke the
 		// lease's connection broke the lane too, a lane being dialled
 		// again): keep what did not get through, in order, and try again

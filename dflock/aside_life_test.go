@@ -45,3 +45,29 @@ func TestAsideLifeIsTheLeasesBounded(t *testing.T) {
 	assert.Equal(t, 30*time.Second, asideLife(30*time.Second))
 	assert.Equal(t, maxAsideLife, asideLife(MaxDuration))
 }
+
+// Close does not wait for a server it cannot reach to release a lost
+// lease aside: its dials fail fast, and a lost lease's release, tried for
+// up to its TTL (asideLife), would otherwise hold Close for its whole
+// deadline (found by review of asideLife).
+func TestCloseDoesNotWaitToReleaseAsideOnADownServer(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c, err := New(addrsOf(srv))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k", LeaseTTL(30*time.Second))
+	require.NoError(t, err)
+	require.NoError(t, srv.Stop())
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("the lease outlived its server")
+	}
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	require.Eventually(t, func() bool { return c.servers[0].pool.Err() != nil }, 10*time.Second, time.Millisecond,
+		"the server is marked down")
+	start := time.Now()
+	require.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), DefaultReleaseTimeout/2, "Close waited for a release it could not send")
+}
