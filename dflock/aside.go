@@ -87,10 +87,12 @@ type asideRelease struct {
 	again bool // answered the bare error once already
 }
 
-// Retries of releases sent aside while the server cannot be reached.
+// Retries of releases sent aside while the server cannot be reached, and
+// how long it must have been down for Close to stop them.
 const (
 	asideMinBackoff = 10 * time.Millisecond
 	asideMaxBackoff = 200 * time.Millisecond
+	asideDownGiveUp = time.Second
 )
 
 // releaseAside has a grant released, best effort, on another connection to
@@ -164,12 +166,16 @@ func (c *Client) flushAside(ctx context.Context, srv *server) {
 			backoff = asideMinBackoff
 			continue
 		}
-		if c.closing.Load() && srv.pool.Err() != nil {
-			// Closing, and the server is down (its dials fail fast):
-			// Close does not wait for a server it cannot reach, as its
-			// own releases do not. (A lost lease's release is tried for
-			// up to a minute, asideLife: Close would otherwise take its
-			// whole deadline.)
+		if c.closing.Load() && srv.pool.DownFor(time.Now()) >= asideDownGiveUp {
+			// Closing, and the server has been down a while (its dials
+			// failing): Close does not wait for a server it cannot
+			// reach. (A lost lease's release is tried for up to a
+			// minute, asideLife: Close would otherwise take its whole
+			// deadline.) A server down for less may only have blinked —
+			// the fault that broke the lease's connection resetting the
+			// lane's re-dial too — and the probe reaches it again within
+			// probeMinBackoff: giving up then left the lease held by
+			// nobody on a server with auto-release off.
 			q.mu.Lock()
 			q.running = false
 			q.mu.Unlock()

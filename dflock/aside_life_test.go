@@ -1,6 +1,10 @@
 package dflock
 
 import (
+	"context"
+	"net"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,7 +51,7 @@ func TestAsideLifeIsTheLeasesBounded(t *testing.T) {
 }
 
 // Close does not wait for a server it cannot reach to release a lost
-// lease aside: its dials fail fast, and a lost lease's release, tried for
+// lease aside: its dials have been failing for a while, and a lost lease's release, tried for
 // up to its TTL (asideLife), would otherwise hold Close for its whole
 // deadline (found by review of asideLife).
 func TestCloseDoesNotWaitToReleaseAsideOnADownServer(t *testing.T) {
@@ -65,9 +69,59 @@ func TestCloseDoesNotWaitToReleaseAsideOnADownServer(t *testing.T) {
 		t.Fatal("the lease outlived its server")
 	}
 	require.ErrorIs(t, l.Err(), ErrLockLost)
-	require.Eventually(t, func() bool { return c.servers[0].pool.Err() != nil }, 10*time.Second, time.Millisecond,
-		"the server is marked down")
+	require.Eventually(t, func() bool { return c.servers[0].pool.DownFor(time.Now()) >= asideDownGiveUp }, 10*time.Second, time.Millisecond,
+		"the server is down, for longer than a blink")
 	start := time.Now()
 	require.NoError(t, c.Close())
 	assert.Less(t, time.Since(start), DefaultReleaseTimeout/2, "Close waited for a release it could not send")
+}
+
+// A lease lost while its server only blinks — the fault that broke its
+// connection fails the lane's re-dials too, so the server is marked down —
+// is still released aside by a Close that begins during the blink, with
+// auto-release off. Close used to give up on any server marked down, and
+// the lease stayed held by nobody until its TTL
+// (TestLossThenCloseStillReleasesAsideWithoutAutoRelease failed about one
+// run in six under load).
+func TestCloseStillReleasesAsideOnAServerThatOnlyBlinked(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	px := newProxy(t, srv.Addr())
+	var (
+		blink   atomic.Bool
+		client  atomic.Pointer[Client]
+		refused atomic.Int32
+		d       net.Dialer
+	)
+	// Dials fail while the blink lasts, and it lasts until Close begins.
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if c := client.Load(); blink.Load() && (c == nil || !c.closing.Load()) {
+			refused.Add(1)
+			return nil, syscall.ECONNREFUSED
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	c, err := New([]string{px.Addr()}, WithDialer(dial), WithLaneConns(1))
+	require.NoError(t, err)
+	client.Store(c)
+	t.Cleanup(func() { _ = c.Close() })
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k", LeaseTTL(30*time.Second))
+	require.NoError(t, err)
+
+	blink.Store(true)
+	px.ResetAll()
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("no loss")
+	}
+	require.ErrorIs(t, l.Err(), ErrLockLost)
+	// The lane's re-dial and the probe's first have failed: the server is
+	// marked down, and the release aside fails fast.
+	require.Eventually(t, func() bool { return refused.Load() >= 2 && c.servers[0].pool.Err() != nil },
+		10*time.Second, time.Millisecond, "the server is marked down")
+	require.True(t, lockHeld(srv, "k"))
+	require.NoError(t, c.Close())
+	assert.False(t, lockHeld(srv, "k"), "the lost lease is held by nobody after Close: %+v", srv.Stats())
 }

@@ -341,10 +341,6 @@ func (p *Pool) dialFailed(parent context.Context, err error, lane bool) error {
 	}
 	// Any other failure counts: refused, reset, timeout, TLS, EOF.
 	se := serverErr(p.cfg.Addr, ErrUnavailable, err)
-	was := p.down.Load()
 	p.markDown(se, !lane)
-	if was == nil && p.down.Load() == se {
-		p.downSince.Store(time.Now().UnixNano())
-	}
 	return se
 }

@@ -132,6 +132,11 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 			}
 		}
 	}
+	if p.down.Load() == nil {
+		// Before down is set: DownFor never pairs this outage with the
+		// time an earlier one began.
+		p.downSince.Store(time.Now().UnixNano())
+	}
 	if p.down.Swap(err) == nil {
 		p.log.Warn("dflock: server unavailable", "err", err.Cause)
 		p.gate.broadcast() // callers waiting for a paced dial now fail fast

@@ -268,6 +268,22 @@ func (p *Pool) downErr() error {
 	return nil
 }
 
+// DownFor is how long the server has been down (Err non-nil: its dials
+// failing, no healthy lane connection) at now, or 0 while it is up. One
+// failed dial marks a server down; the probe re-dials one that only
+// blinked within probeMinBackoff, so a caller deciding to give up on the
+// server can tell an outage from a blink by how long it has lasted.
+func (p *Pool) DownFor(now time.Time) time.Duration {
+	if p.downErr() == nil {
+		return 0
+	}
+	since := p.downSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return max(now.Sub(time.Unix(0, since)), 0)
+}
+
 // upForStats is Stats.Up: downErr == nil, as it was when Close began
 // once the pool is closed (Close closes the lane connections that kept a
 // server marked down up).

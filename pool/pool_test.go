@@ -335,7 +335,12 @@ func TestDownServerFailsFastAndRecovers(t *testing.T) {
 	require.ErrorIs(t, err, ErrUnavailable, "the redial fails")
 	assert.Contains(t, err.Error(), srv.Addr())
 	require.ErrorIs(t, p.Err(), ErrUnavailable)
-	assert.False(t, p.Stats().Up)
+	st := p.Stats()
+	assert.False(t, st.Up)
+	// How long it has been down is counted from this outage's first failed
+	// dial, the time Stats gives.
+	assert.Equal(t, time.Duration(0), p.DownFor(st.Since))
+	assert.Equal(t, time.Second, p.DownFor(st.Since.Add(time.Second)))
 
 	dials := p.Stats().Dials + p.Stats().DialFailures
 	startFast := time.Now()
@@ -352,6 +357,7 @@ func TestDownServerFailsFastAndRecovers(t *testing.T) {
 
 	require.NoError(t, srv.Restart())
 	require.Eventually(t, func() bool { return p.Err() == nil }, wait, 5*time.Millisecond, "the probe marks the server up")
+	assert.Equal(t, time.Duration(0), p.DownFor(time.Now().Add(time.Hour)), "up")
 	r, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
 	require.NoError(t, err)
 	assert.Equal(t, wire.StatusOK, r.Status)
@@ -359,6 +365,16 @@ func TestDownServerFailsFastAndRecovers(t *testing.T) {
 	require.NoError(t, err)
 	c.Release()
 	assert.True(t, p.Stats().Up)
+
+	// A second outage is timed from its own first failed dial, not the
+	// first outage's.
+	require.NoError(t, srv.Stop())
+	rec.next(t)
+	_, _, err = p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.ErrorIs(t, err, ErrUnavailable)
+	again := p.Stats().Since
+	assert.True(t, again.After(st.Since), "the second outage's start %v is after the first's %v", again, st.Since)
+	assert.Equal(t, time.Duration(0), p.DownFor(again))
 }
 
 func TestAcquireReturnsPromptlyWhileDialHangs(t *testing.T) {
