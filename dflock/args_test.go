@@ -156,3 +156,29 @@ func TestLeaseUnderAMillisecondIsAUnitMistake(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidArgument)
 	assert.Contains(t, err.Error(), "must be 0 (the server's default) or at least 1ms")
 }
+
+// A timeout under 1 ms is accepted (one computed from a deadline may be
+// that short), and it bounds the server's answer too: shorter than a round
+// trip, it times out even on a free key — AcquireTimeout(5), meant as
+// seconds, fails loudly rather than acting as a try — and leaves nothing
+// held. (Its doc said such a timeout was a try; review.)
+func TestAcquireTimeoutShorterThanARoundTripTimesOut(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx := testCtx(t)
+	warm, err := c.TryLock(ctx, "warm") // the lane is connected
+	require.NoError(t, err)
+	require.NoError(t, warm.Release(ctx))
+
+	_, err = c.Lock(ctx, "free", AcquireTimeout(5))
+	require.ErrorIs(t, err, ErrTimeout)
+	_, err = c.Semaphore(ctx, "free-sem", 2, AcquireTimeout(5))
+	require.ErrorIs(t, err, ErrTimeout)
+	require.Eventually(t, func() bool { return len(srv.Stats().Locks) == 0 && len(srv.Stats().Semaphores) == 0 },
+		5*time.Second, time.Millisecond, "a grant that crossed the timeout is released: %+v", srv.Stats())
+
+	l, err := c.Lock(ctx, "free", AcquireTimeout(0)) // a try
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+}

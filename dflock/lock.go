@@ -140,7 +140,7 @@ var errLostAtHandOver = fmt.Errorf("%w: granted or confirmed too late: the lease
 // one's try (docs/performance.md, "Contended keys"). If ctx ends while a
 // grant is in flight, the grant is released: an error return never leaves
 // a lock held (on a server with auto-release off, see the package doc for
-// the two exceptions).
+// the three exceptions).
 //
 // The server's wait timeout is whole seconds, so AcquireTimeout (or ctx's
 // deadline) is sent rounded up and enforced exactly by the client. Waits

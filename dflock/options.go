@@ -625,9 +625,11 @@ type acquireOptions struct {
 // it passes the wait is withdrawn and the call returns ErrTimeout.
 // AcquireTimeout(0) makes the call a try (like TryLock); a timeout above
 // MaxDuration is MaxDuration (forever). Default: wait until the context
-// ends. A timeout under 1 ms is accepted, since one computed from a
-// deadline may well be that short: AcquireTimeout(5), meant as seconds, is
-// a 5 ns wait, that is a try.
+// ends. The timeout bounds the server's answer too: one shorter than a
+// round trip returns ErrTimeout even for a free key (a grant that crosses
+// it is released). A timeout under 1 ms is accepted, since one computed
+// from a deadline may well be that short: AcquireTimeout(5), meant as
+// seconds, is 5 ns and times out every time.
 func AcquireTimeout(d time.Duration) AcquireOption {
 	return func(a *acquireOptions) { a.timeout, a.hasTimeout = d, true }
 }

@@ -93,7 +93,8 @@ type ConnCounts struct {
 	// Pinned: wait-pool connections that own a lease (granted after
 	// waiting, or by a ticket).
 	Pinned int
-	// Listener: signal listener connections.
+	// Listener: signal listener connections, and the connection that
+	// carries Emits over 256 bytes (one per server, once used).
 	Listener int
 	// Lingering: lane or wait-pool connections the keepalive gave up on,
 	// ticket connections whose withdrawal of the queued place the server

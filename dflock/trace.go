@@ -160,7 +160,8 @@ func WithTracer(t Tracer) Option {
 type DialInfo struct {
 	Server string
 	// Role is what the connection is for: "lane" (control lane), "wait"
-	// (wait pool), "listener" (signals) or "query" (Client.Stats).
+	// (wait pool), "listener" (signals, and Emits over 256 bytes) or
+	// "query" (Client.Stats).
 	Role string
 	// Duration covers TCP, TLS and auth.
 	Duration time.Duration
