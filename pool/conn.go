@@ -127,6 +127,11 @@ type conn struct {
 	// connection lingers, every request that had been written. Taken
 	// by the reader, or by the caller reading its own reply.
 	orphans []orphan
+	// orphansWriting is how many of the newest orphans are the requests
+	// of the write fail found under way, while the connection lingers:
+	// the writer takes those that did not reach the server out of
+	// orphans (dropUnsentOrphansLocked).
+	orphansWriting int
 	// lingerUntil is set (once, by fail) if the connection lingers: see
 	// linger. stopLinger then unregisters the pool's Close from closing
 	// the socket (set with it; linger calls it).
@@ -1060,6 +1065,9 @@ func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 	now, n, err = c.write(b)
 	c.mu.Lock()
 	c.writing = 0
+	if c.orphansWriting > 0 {
+		c.dropUnsentOrphansLocked(wire.CountRequests(b[:n]))
+	}
 	if c.verdict != nil {
 		// fail came first and could not tell: only this write knows
 		// whether any byte of b left.
@@ -1275,6 +1283,25 @@ func (p *Pool) reserveLinger() bool {
 		if p.nLingering.CompareAndSwap(n, n+1) {
 			return true
 		}
+	}
+}
+
+// dropUnsentOrphansLocked takes out of the orphans the requests of the
+// write fail found under way (orphansWriting, the newest) beyond the first
+// sent, which reached the server: the rest never did — fail cut the write
+// short — and their replies will never come. A linger would otherwise wait
+// for them until lingerUntil, holding the socket and its place among the
+// lingering connections for a minute. With nothing left to read, the
+// socket is closed, which ends the linger's read.
+func (c *conn) dropUnsentOrphansLocked(sent int) {
+	unsent := c.orphansWriting - sent
+	c.orphansWriting = 0
+	if unsent <= 0 {
+		return
+	}
+	c.orphans = c.orphans[:max(len(c.orphans)-unsent, 0)]
+	if len(c.orphans) == 0 {
+		_ = c.wc.Close()
 	}
 }
 
@@ -1731,6 +1758,7 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	for _, cl := range written {
 		c.orphans = append(c.orphans, orphan{cl.cmd, cl.grantKey})
 	}
+	c.orphansWriting = min(c.writing, len(written))
 	d := lingerFor
 	if withdraw {
 		d = withdrawLingerFor

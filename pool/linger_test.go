@@ -323,9 +323,15 @@ func TestKeepaliveCutFailsACallerInABlockedWriteAtOnce(t *testing.T) {
 	require.NoError(t, err)
 	defer h.Destroy()
 	settle(t, h.c)
+	writes := h.c.nwrite.Load()
 
 	resume := srv.Stall(0)
 	t.Cleanup(resume)
+	// A request that reaches the stalled server whole, so that the cut
+	// connection lingers for its reply: the blocked write's, cut short,
+	// is not waited for (TestLingerEndsOnceWhatReachedTheServerIsAnswered).
+	h.SendBatch([]wire.Request{{Cmd: wire.CmdLock, Key: "a", Lease: 30}}, func(int, wire.Reply, error) {})
+	require.Eventually(t, func() bool { return h.c.nwrite.Load() == writes+1 }, wait, time.Millisecond)
 	res := make(chan error, 1)
 	go func() {
 		// No deadline of its own: the keepalive is what bounds the wait.
@@ -343,4 +349,53 @@ func TestKeepaliveCutFailsACallerInABlockedWriteAtOnce(t *testing.T) {
 		t.Fatalf("the caller was failed only %v after the keepalive's cut (the blocked write's timeout), not at once: %v",
 			time.Since(cut).Round(100*time.Millisecond), err)
 	}
+}
+
+// A lingering connection reads the replies to what reached the server, and
+// no more: the requests of a write the cut stopped short never arrive, so
+// the linger must not wait for their replies until lingerFor (found by a
+// flaky TestAbandonUnderConcurrentUse: a reader still lingering 5 s after
+// everything that left had been answered).
+func TestLingerEndsOnceWhatReachedTheServerIsAnswered(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	lost := make(chan wire.Request, 1)
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, writeTimeout: 8 * time.Second,
+		OnReleaseLost: func(req wire.Request) { lost <- req }})
+	h, err := p.Acquire(ctxWait(t))
+	require.NoError(t, err)
+	defer h.Destroy()
+	settle(t, h.c)
+	writes := h.c.nwrite.Load()
+
+	// More than the socket buffers take: the write blocks on the stalled
+	// server, and the cut stops it part of the way.
+	const n = 64 << 10
+	key := strings.Repeat("k", 250)
+	reqs := make([]wire.Request, n)
+	for i := range reqs {
+		reqs[i] = wire.Request{Cmd: wire.CmdLock, Key: key, Lease: 30}
+	}
+	resume := srv.Stall(0)
+	t.Cleanup(resume)
+	h.SendBatch(reqs, func(int, wire.Reply, error) {})
+	require.Eventually(t, func() bool { return h.c.nwrite.Load() == writes+1 }, wait, time.Millisecond,
+		"the batch's write begins")
+	h.Abandon()
+	require.Equal(t, 1, p.Stats().LingeringConns, "the abandoned connection lingers")
+	resume()
+	select {
+	case rel := <-lost:
+		assert.Equal(t, key, rel.Key, "the grant to the first request reaches OnReleaseLost")
+	case <-time.After(wait):
+		t.Fatal("the grant to the first request never reached OnReleaseLost")
+	}
+	select {
+	case <-h.ReaderDone():
+	case <-time.After(wait):
+		t.Fatalf("the linger still waits for replies to requests that never reached the server (it answered %d of %d)",
+			srv.Stats().Requests["l"], n)
+	}
+	assert.Less(t, srv.Stats().Requests["l"], int64(n), "the cut stopped the write short")
+	assert.Equal(t, 0, p.Stats().LingeringConns)
 }

@@ -1,6 +1,9 @@
 package wire
 
-import "strconv"
+import (
+	"bytes"
+	"strconv"
+)
 
 // Command is a request verb of the line protocol (docs/protocol.md §6).
 type Command uint8
@@ -151,6 +154,15 @@ func (r *Request) AppendTo(dst []byte) []byte {
 	dst = r.appendArg(dst)
 	return append(dst, '\n')
 }
+
+// CountRequests counts the whole requests in p, a prefix of requests
+// encoded by AppendTo (three lines each): those a write that sent p
+// delivered. A request cut short does not count.
+func CountRequests(p []byte) int {
+	return bytes.Count(p, newline) / 3
+}
+
+var newline = []byte{'\n'}
 
 func appendOptLease(dst []byte, lease int64) []byte {
 	if lease == 0 {

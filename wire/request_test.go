@@ -133,3 +133,25 @@ func TestLeaseRequestHelpersPickTheNamespace(t *testing.T) {
 	assert.Equal(t, "n\nk\ntok 30\n", enc(RenewRequest("k", "tok", false, 30)))
 	assert.Equal(t, "sn\nk\ntok 30\n", enc(RenewRequest("k", "tok", true, 30)))
 }
+
+// CountRequests counts the requests a partial write delivered whole.
+func TestCountRequestsCountsOnlyWholeRequests(t *testing.T) {
+	reqs := []Request{
+		{Cmd: CmdLock, Key: "a", Lease: 30},
+		{Cmd: CmdRelease, Key: "a", Token: "tok"},
+		{Cmd: CmdSignal, Key: "ch", Arg: "x y"},
+	}
+	var b []byte
+	var ends []int
+	for i := range reqs {
+		b = reqs[i].AppendTo(b)
+		ends = append(ends, len(b))
+	}
+	whole := 0
+	for n := 0; n <= len(b); n++ {
+		if whole < len(ends) && n == ends[whole] {
+			whole++
+		}
+		assert.Equal(t, whole, CountRequests(b[:n]), "first %d bytes", n)
+	}
+}
