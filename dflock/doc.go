@@ -58,9 +58,15 @@
 // closes the Done channel of the Lock (or Semaphore), makes its Err match
 // ErrLockLost, cancels its Context with that cause, and calls
 // Hooks.OnLeaseLost. Because the deadline is taken from send times, a lease
-// reports loss before the server can have handed it to someone else. Work
-// that must not outlive the lock should watch Context (WithLock and
-// WithSemaphore do this for you).
+// lost by the clock reports loss before the server can have handed it to
+// someone else. A broken connection is the exception: the server releases
+// its leases as soon as it sees the break (unless auto-release is off), and
+// the client learns of it only when its own socket reports it — about a
+// millisecond later on a healthy host, longer under load — so another
+// client may hold the key briefly while this one still does. Work that
+// must not outlive the lock should watch Context (WithLock and
+// WithSemaphore do this for you), and a fencing number (Lock.Fence, on
+// servers that issue one) lets the resource itself refuse the stale holder.
 //
 // Release ends a lease; it is idempotent. A grant that arrives for a caller
 // who gave up (its context ended) is released at once: an acquire that
