@@ -21,13 +21,15 @@ import (
 )
 
 // lingerPool is a pool on a server with auto-release off whose keepalive
-// breaks a connection after 200 ms without a reply, and whose
+// breaks a connection after 500 ms without a reply (short enough for the
+// tests to wait for, long enough that a loaded one-CPU machine answers its
+// pings in time until the test stalls the server), and whose
 // OnReleaseLost hands its releases to lost.
 func lingerPool(t *testing.T, withLost bool) (*testutil.Server, *Pool, chan wire.Request) {
 	t.Helper()
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	lost := make(chan wire.Request, 8)
-	cfg := Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: 100 * time.Millisecond}
+	cfg := Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: 250 * time.Millisecond}
 	if withLost {
 		cfg.OnReleaseLost = func(req wire.Request) { lost <- req }
 	}
