@@ -127,10 +127,12 @@ type conn struct {
 	// connection lingers, every request that had been written. Taken
 	// by the reader, or by the caller reading its own reply.
 	orphans []orphan
-	// orphansWriting is how many of the newest orphans are the requests
-	// of the write fail found under way, while the connection lingers:
-	// the writer takes those that did not reach the server out of
-	// orphans (dropUnsentOrphansLocked).
+	// orphansWriting is how many requests the write fail found under way
+	// took (writing), while the connection lingers: the newest orphans are
+	// those of them not answered yet, and the writer takes those that did
+	// not reach the server out of orphans (dropUnsentOrphansLocked). The
+	// first of the write's requests may have been answered before the cut:
+	// they count here, as they do in what the write sent.
 	orphansWriting int
 	// lingerUntil is set (once, by fail) if the connection lingers: see
 	// linger. stopLinger then unregisters the pool's Close from closing
@@ -1287,8 +1289,9 @@ func (p *Pool) reserveLinger() bool {
 }
 
 // dropUnsentOrphansLocked takes out of the orphans the requests of the
-// write fail found under way (orphansWriting, the newest) beyond the first
-// sent, which reached the server: the rest never did — fail cut the write
+// write fail found under way (orphansWriting of them, the newest orphans
+// their unanswered ones) beyond the first sent, which reached the server:
+// the rest never did — fail cut the write
 // short — and their replies will never come. A linger would otherwise wait
 // for them until lingerUntil, holding the socket and its place among the
 // lingering connections for a minute. With nothing left to read, the
@@ -1758,7 +1761,7 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	for _, cl := range written {
 		c.orphans = append(c.orphans, orphan{cl.cmd, cl.grantKey})
 	}
-	c.orphansWriting = min(c.writing, len(written))
+	c.orphansWriting = c.writing
 	d := lingerFor
 	if withdraw {
 		d = withdrawLingerFor

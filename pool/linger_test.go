@@ -401,3 +401,61 @@ func TestLingerEndsOnceWhatReachedTheServerIsAnswered(t *testing.T) {
 	assert.Less(t, srv.Stats().Requests["l"], int64(n), "the cut stopped the write short")
 	assert.Equal(t, 0, p.Stats().LingeringConns)
 }
+
+// The same when the server answered the first requests of the cut write
+// before the cut: those count among what the write sent, and the linger
+// must not wait for as many replies again (found by review of the fix
+// above: the answered ones were subtracted twice, and the linger waited a
+// minute for that many replies).
+func TestLingerEndsWhenTheCutWritesFirstRequestsWereAnswered(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, writeTimeout: 8 * time.Second,
+		OnReleaseLost: func(wire.Request) {}})
+	h, err := p.Acquire(ctxWait(t))
+	require.NoError(t, err)
+	defer h.Destroy()
+	settle(t, h.c)
+	writes := h.c.nwrite.Load()
+
+	// The server answers the batch's first requests, then stalls long
+	// before it has read the whole write, which blocks.
+	const n, stallAt = 64 << 10, 2000
+	key := strings.Repeat("k", 250)
+	reqs := make([]wire.Request, n)
+	for i := range reqs {
+		reqs[i] = wire.Request{Cmd: wire.CmdLock, Key: key, Lease: 30}
+	}
+	var once sync.Once
+	resumed := make(chan func(), 1)
+	h.SendBatch(reqs, func(i int, _ wire.Reply, err error) {
+		if i == stallAt {
+			once.Do(func() { resumed <- srv.Stall(0) })
+		}
+	})
+	var resume func()
+	select {
+	case resume = <-resumed:
+	case <-time.After(wait):
+		t.Fatal("no reply to the batch's first requests")
+	}
+	t.Cleanup(resume)
+	require.Equal(t, writes+1, h.c.nwrite.Load(), "one write")
+	h.c.mu.Lock()
+	writing := h.c.writing
+	h.c.mu.Unlock()
+	require.Equal(t, n, writing, "the batch's write is under way")
+	h.Abandon()
+	require.Equal(t, 1, p.Stats().LingeringConns, "the abandoned connection lingers")
+	resume()
+	select {
+	case <-h.ReaderDone():
+	case <-time.After(wait):
+		h.c.mu.Lock()
+		left := len(h.c.orphans)
+		h.c.mu.Unlock()
+		t.Fatalf("the linger still waits for %d replies (the server answered %d of %d)", left, srv.Stats().Requests["l"], n)
+	}
+	assert.Less(t, srv.Stats().Requests["l"], int64(n), "the cut stopped the write short")
+	assert.Equal(t, 0, p.Stats().LingeringConns)
+}
