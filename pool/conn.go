@@ -1289,13 +1289,13 @@ func (p *Pool) reserveLinger() bool {
 }
 
 // dropUnsentOrphansLocked takes out of the orphans the requests of the
-// write fail found under way (orphansWriting of them, the newest orphans
-// their unanswered ones) beyond the first sent, which reached the server:
-// the rest never did — fail cut the write
-// short — and their replies will never come. A linger would otherwise wait
-// for them until lingerUntil, holding the socket and its place among the
-// lingering connections for a minute. With nothing left to read, the
-// socket is closed, which ends the linger's read.
+// write fail found under way (orphansWriting of them; the newest orphans
+// are their unanswered ones) beyond the first sent, which reached the
+// server: fail cut the write short, so the rest never did, and their
+// replies will never come. A linger would otherwise wait for them until
+// lingerUntil, holding the socket and its place among the lingering
+// connections for a minute. With nothing left to read, the socket is
+// closed, which ends the linger's read.
 func (c *conn) dropUnsentOrphansLocked(sent int) {
 	unsent := c.orphansWriting - sent
 	c.orphansWriting = 0
