@@ -57,7 +57,8 @@
 // WithLock and WithSemaphore are measured by their inner acquire, so
 // nothing is counted twice. The dial histogram carries
 // dflock.connection.role (lane, wait, listener, query) and
-// dflock.dial.outcome (success, failure).
+// dflock.dial.outcome (success, failure). A failed acquire or dial also
+// carries error.type (see Errors below).
 //
 // Observed from Client.Snapshot (see Observe):
 //
@@ -130,4 +131,20 @@
 // lease lives for as long as the program holds it, often longer than a
 // trace is worth keeping open, so no span covers the time a lease is held.
 // Tokens never appear on spans: whoever has one can release the lease.
+//
+// # Errors
+//
+// Every acquire or release whose span's status is Error, the acquire
+// histograms' measurements of those acquires, and every failed dial carry
+// OpenTelemetry's error.type: the first of dflock's errors the call's error
+// matches, in this order — lock_lost (dflock.ErrLockLost), lease_expired,
+// timeout (dflock.ErrTimeout or context.DeadlineExceeded), canceled
+// (context.Canceled), closed, ticket_done, invalid_argument, auth,
+// server_unavailable, connection_broken (wire.ErrConnBroken: a connection
+// the client broke itself), draining, max_locks, max_waiters,
+// limit_mismatch, not_supported, refused and not_acquired, each the
+// error's name in lower case with an underscore between words. Any other
+// error, such as the one the function given to WithLock or WithSemaphore
+// returns, is named by its Go type, as semconv.ErrorType names it.
+// Calls that succeeded, and tries that found the key held, carry none.
 package dflockotel

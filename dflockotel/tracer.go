@@ -101,11 +101,19 @@ func (t *tracer) ownSpan(ctx context.Context) trace.Span {
 func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res dflock.AcquireResult) {
 	outcome := keyOutcome.String(res.Outcome.String())
 	path := keyPath.String(res.Path.String())
+	failed := res.Err != nil && !expectedRefusal(res)
+	var errType attribute.KeyValue
+	if failed {
+		errType = errorType(res.Err)
+	}
 	if !scoped(info.Op) {
 		base := t.sets.get(info.Server).base
-		mattrs := make([]attribute.KeyValue, 0, len(base)+3)
+		mattrs := make([]attribute.KeyValue, 0, len(base)+4)
 		mattrs = append(mattrs, base...)
 		mattrs = append(mattrs, keyOperation.String(info.Op), outcome, path)
+		if failed {
+			mattrs = append(mattrs, errType)
+		}
 		set := metric.WithAttributeSet(attribute.NewSet(mattrs...))
 		t.acquireDuration.Record(ctx, res.Duration.Seconds(), set)
 		if res.Waited > 0 { // not a ticket granted at once, though pinned
@@ -125,7 +133,8 @@ func (t *tracer) AcquireEnd(ctx context.Context, info dflock.AcquireInfo, res df
 	if res.Outcome == dflock.Granted && res.Lease.TTL > 0 {
 		span.SetAttributes(keyTTL.Float64(res.Lease.TTL.Seconds()))
 	}
-	if res.Err != nil && !expectedRefusal(res) {
+	if failed {
+		span.SetAttributes(errType)
 		msg := t.recordError(span, res.Err, info.Key)
 		desc := res.Outcome.String()
 		if res.Outcome == dflock.Granted {
@@ -202,6 +211,7 @@ func (t *tracer) ReleaseStart(ctx context.Context, info dflock.LeaseInfo) contex
 func (t *tracer) ReleaseEnd(ctx context.Context, info dflock.LeaseInfo, err error) {
 	span := t.ownSpan(ctx)
 	if err != nil {
+		span.SetAttributes(errorType(err))
 		t.recordError(span, err, info.Key)
 		span.SetStatus(codes.Error, "release failed")
 	}
@@ -221,12 +231,13 @@ func (in *Instrumentation) Hooks() dflock.Hooks {
 
 func (in *Instrumentation) onDial(d dflock.DialInfo) {
 	base := in.sets.get(d.Server).base
-	attrs := make([]attribute.KeyValue, 0, len(base)+2)
+	attrs := make([]attribute.KeyValue, 0, len(base)+3)
 	attrs = append(attrs, base...)
 	attrs = append(attrs, keyConnRole.String(d.Role))
 	outcome := dialOutcomes[0]
 	if d.Err != nil {
 		outcome = dialOutcomes[1]
+		attrs = append(attrs, errorType(d.Err))
 	}
 	attrs = append(attrs, keyDialOutcome.String(outcome))
 	in.dialDuration.Record(context.Background(), d.Duration.Seconds(), metric.WithAttributes(attrs...))
