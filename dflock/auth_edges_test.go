@@ -62,6 +62,7 @@ func TestLongTokenOnOldServerSaysWhy(t *testing.T) {
 // last down (zero while nothing was dialled yet)": no dial has succeeded
 // since the outage.
 func TestSinceAfterAuthRefusingRestart(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{AuthToken: "s3cret"})
 	addr := srv.Addr()
 	c := newClient(t, []string{addr}, WithAuthToken("s3cret"))

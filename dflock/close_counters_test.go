@@ -20,6 +20,7 @@ import (
 // already gone) counts a loss instead. (Found by review: every release was
 // counted up front and a refusal took it back, 1 → 0.)
 func TestCloseCountersNeverGoBack(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	px, err := testutil.NewProxy(srv.Addr())
 	require.NoError(t, err)

@@ -31,6 +31,7 @@ func rawLockOnOwnConn(t *testing.T, addr, key string) (token string, held bool) 
 // back, releaseOn falling back, the pool's OnReleaseLost on a reader) — is
 // sent: the flushAside job it needs may start while a job runs.
 func TestReleaseAsideByARunningJobWhileCloseStopsTheJobsIsSent(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
 	c := newClient(t, addrsOf(srv))
 	tok, ok := rawLockOnOwnConn(t, srv.Addr(), "k")

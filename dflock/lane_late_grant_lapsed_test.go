@@ -19,6 +19,7 @@ import (
 // printing it dereferenced a nil cause), and match ErrNotAcquired and
 // ErrLeaseExpired.
 func TestLaneLateGrantLapsedErrorIsPrintable(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	px, err := testutil.NewProxy(srv.Addr())
 	require.NoError(t, err)

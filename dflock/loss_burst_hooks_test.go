@@ -20,6 +20,7 @@ import (
 // scheduler is built for. Every loss must still reach OnLeaseLost (and be
 // logged), however quick the hook: loss reports have a queue of their own.
 func TestEveryLossOfABurstReachesOnLeaseLost(t *testing.T) {
+	t.Parallel()
 	for _, withLogger := range []bool{false, true} {
 		t.Run(fmt.Sprintf("logger=%v", withLogger), func(t *testing.T) {
 			const n = 10000

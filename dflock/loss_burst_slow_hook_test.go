@@ -48,6 +48,7 @@ func acquireBurst(t *testing.T, c *Client, n int) {
 // after ~(10,000−4,096) hook calls, ~30 s. Hooks docs: "A hook that blocks
 // delays later hooks and log records" — not the SDK's releases.
 func TestSlowHookDoesNotDelayReleaseAsideOfABurst(t *testing.T) {
+	t.Parallel()
 	const n = 10000
 	srv := newServer(t, testutil.Config{MaxLocks: 2 * n, DisableAutoRelease: true})
 	var calls atomic.Int64
@@ -76,6 +77,7 @@ func TestSlowHookDoesNotDelayReleaseAsideOfABurst(t *testing.T) {
 // DefaultReleaseTimeout for the releases plus DefaultReleaseTimeout
 // (callbackWait) for the queued callbacks.
 func TestCloseBoundedWithBlockedHookAndABurstOfLosses(t *testing.T) {
+	t.Parallel()
 	const n = 10000
 	srv := newServer(t, testutil.Config{MaxLocks: 2 * n})
 	unblock := make(chan struct{})

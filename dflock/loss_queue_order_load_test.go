@@ -9,6 +9,7 @@ import (
 // Under load too (the dispatcher busy, tokens arriving while it selects),
 // a loss report never runs after a call queued after it.
 func TestLossReportNeverRunsAfterALaterCallUnderLoad(t *testing.T) {
+	t.Parallel()
 	d := newDispatcher()
 	defer d.stop(5 * time.Second)
 	const pairs = 2_000_000

@@ -40,6 +40,7 @@ func TestLossReportNeverRunsAfterALaterCallback(t *testing.T) {
 // lossQueueLen bounds the reports waiting, the batch running (behind a
 // slow hook) included.
 func TestLossQueueBoundsTheReportsWaiting(t *testing.T) {
+	t.Parallel()
 	d := newDispatcher()
 	defer d.stop(time.Second)
 	gate, gated := make(chan struct{}), make(chan struct{})

@@ -18,6 +18,7 @@ import (
 // (held.lostAtRelease) go to the loss queue too, not the ordinary one,
 // which drops past 4096 behind a slow hook.
 func TestLossesFoundByReleaseUseTheLossQueue(t *testing.T) {
+	t.Parallel()
 	const n = 6000
 	srvClk := testutil.NewManualClock(time.Now().Round(0))
 	srv := newServer(t, testutil.Config{Clock: srvClk, ReadTimeout: -1, MaxLocks: 2 * n})

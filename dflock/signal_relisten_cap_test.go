@@ -17,6 +17,7 @@ import (
 // retrying (receiving nothing) for as long as the newcomer lives.
 // The re-listens of established patterns go before new listens.
 func TestSignalRelistenAtCapKeepsEstablishedSubscription(t *testing.T) {
+	t.Parallel()
 	lost := 0
 	const rounds = 8
 	for round := range rounds {

@@ -18,6 +18,7 @@ import (
 // queue, which OnLeaseLost shares: reports are at most one a second per
 // subscription.
 func TestSignalSlowConsumerWarningsDoNotFloodCallbacks(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{PushBuffer: 1 << 16})
 	var warns, hooks atomic.Int64
 	var logs syncBuffer

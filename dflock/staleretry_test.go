@@ -38,6 +38,7 @@ func idleWaitConn(t *testing.T, srv *testutil.Server, c, holder *Client, key str
 // server had closed, although its connection came from the idle ones, and
 // sent again it would lose its place in the queue and hide the outage.
 func TestMidWaitBreakIsNotRetriedAsStale(t *testing.T) {
+	t.Parallel()
 	for _, reused := range []bool{false, true} {
 		name := "fresh"
 		if reused {

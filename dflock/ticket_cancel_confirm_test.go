@@ -14,6 +14,7 @@ import (
 // round trip ends the Wait (as Ticket.Cancel documents) and the slot goes
 // back to the server: nothing is held by nobody.
 func TestTicketCancelDuringConfirmingRenewalReleasesTheGrant(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	px := newProxy(t, srv.Addr())
 	holder := newClient(t, addrsOf(srv))

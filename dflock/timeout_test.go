@@ -18,6 +18,7 @@ import (
 // the context's own timer had closed Done), which matched neither ErrTimeout
 // nor ErrNotAcquired. Tiny timeouts on a held key hit that window often.
 func TestTinyAcquireTimeoutIsErrTimeout(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, []string{srv.Addr()})
 	ctx := testCtx(t)
@@ -42,6 +43,7 @@ func TestTinyAcquireTimeoutIsErrTimeout(t *testing.T) {
 // as a server failure it would also mark a healthy, merely slow server
 // down, failing every other caller fast.
 func TestCallerDeadlineDuringDialIsTheCallers(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	p, err := testutil.NewProxy(srv.Addr())
 	require.NoError(t, err)

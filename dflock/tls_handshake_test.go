@@ -18,6 +18,7 @@ import (
 // role (lane, wait pool, listener, long-Emit) still works after the
 // handshake's check for stray records.
 func TestTLSEveryVersionAndResumptionServesEveryConnectionRole(t *testing.T) {
+	t.Parallel()
 	certs, err := testutil.NewTLSCerts()
 	require.NoError(t, err)
 	for _, tc := range []struct {

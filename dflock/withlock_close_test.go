@@ -19,6 +19,7 @@ import (
 // then Close while functions run. fn's ctx is always cancelled once
 // WithLock has returned, and its cause never changes after that.
 func TestWithLockDropsAndCloseStress(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c, err := New([]string{srv.Addr()}, WithLeaseTTL(2*time.Second), WithDialTimeout(300*time.Millisecond))
 	require.NoError(t, err)

@@ -47,6 +47,7 @@ func (reviewTokTracer) ReleaseEnd(context.Context, LeaseInfo, error)            
 // cancelled by a loss gets an error matching ErrLockLost from WithLock; and
 // nothing is left held on the server at the end.
 func TestWithLockNeverLiveAfterLossReported(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	px, err := testutil.NewProxy(srv.Addr())
 	require.NoError(t, err)
@@ -189,6 +190,7 @@ var errFnSawLoss = errors.New("review: fn saw its ctx cancelled by a loss")
 // runs on a goroutine of its own, let Done, Err and OnLeaseLost say "lost"
 // while fn's ctx was still live).
 func TestWithLockCtxCancelledOnceDoneCloses(t *testing.T) {
+	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
