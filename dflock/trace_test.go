@@ -195,7 +195,10 @@ func TestTracerOutcomes(t *testing.T) {
 		assert.Equal(t, err, sp[0].res.Err)
 	})
 	t.Run("timed out", func(t *testing.T) {
-		_, err := c.Lock(ctx, "k", AcquireTimeout(20*time.Millisecond))
+		// Long enough for the lane try (which the timeout bounds too) to
+		// be answered under load, so that the timeout ends the wait: 20 ms
+		// once ran out on the lane, with no wait to report.
+		_, err := c.Lock(ctx, "k", AcquireTimeout(250*time.Millisecond))
 		require.ErrorIs(t, err, ErrTimeout)
 		sp := rt.take(t)
 		require.Len(t, sp, 1)
