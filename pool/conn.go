@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -96,9 +97,12 @@ type conn struct {
 	// see batchPace).
 	oneBatch bool
 
-	mu       sync.Mutex
-	buf      []byte // encoded requests not yet taken by a flusher
-	bufN     int    // requests in buf (the rest of q is written: onWireLocked)
+	mu   sync.Mutex
+	buf  []byte // encoded requests not yet taken by a flusher
+	bufN int    // requests in buf (the rest of q is written: onWireLocked)
+	// pruneAt is the bufN at which a lane drops the unwritten requests
+	// of callers that gave up (pruneAbandonedLocked); 0 is minPrune.
+	pruneAt  int
 	pace     batchPace
 	spare    []byte // the other buffer of the swap
 	flushing bool
@@ -182,6 +186,7 @@ type conn struct {
 	ping       atomic.Uint32 // pingUnknown, pingOK, pingUnsupported
 	nreq       atomic.Int64
 	nwrite     atomic.Int64
+	pruned     atomic.Int64 // requests pruneAbandonedLocked dropped
 }
 
 // newConn wraps a handshaken connection; the caller sets its hooks and
@@ -965,6 +970,10 @@ func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads b
 		c.seenBytes = c.wc.BytesRead()
 		c.seenLines = c.wc.BytesConsumed()
 	}
+	if c.oneBatch && c.bufN >= max(c.pruneAt, minPrune) {
+		c.pruneAbandonedLocked()
+		c.pruneAt = 2 * c.bufN
+	}
 	c.buf = req.AppendTo(c.buf)
 	c.bufN++
 	c.q.push(cl)
@@ -1021,6 +1030,77 @@ func (c *conn) mayWriteLocked() bool {
 // onWireLocked is the number of requests written and not yet answered.
 func (c *conn) onWireLocked() int { return c.q.n - c.bufN }
 
+// minPrune is the backlog of unwritten requests at which a lane first
+// looks for requests to drop (pruneAbandonedLocked); it then looks again
+// each time the backlog has doubled, so the scans cost O(1) per request.
+const minPrune = 1024
+
+// pruneAbandonedLocked drops from a lane's unwritten requests those whose
+// caller gave up and whose sending nobody needs: try-acquires, Emits and
+// pings sent with Do. A lane writes nothing while a write is unanswered,
+// so while a server makes no progress (a partition, a paused process)
+// every request queues in c.buf until the keepalive cuts the connection:
+// callers with short deadlines, each of whom gets its context's error at
+// once, would otherwise grow the queue without bound (hundreds of
+// megabytes in the keepalive's 20 s) and, if the server came back before
+// the cut, flood it with requests nobody waits for (grants released at
+// once, each costing the server a key). Releases and renewals stay: they
+// must reach the server whether or not anyone waits for their answer
+// (they carry a callback, or their caller waits).
+//
+// The unwritten requests are the newest bufN calls of q, encoded in order
+// in c.buf, three lines each (wire.CountRequests). A write that failed
+// leaves the two out of step until fail runs; then nothing is dropped.
+func (c *conn) pruneAbandonedLocked() {
+	first := c.q.n - c.bufN
+	any := false
+	for i := first; i < c.q.n && !any; i++ {
+		any = c.droppableLocked(c.q.at(i))
+	}
+	if !any || c.err != nil || wire.CountRequests(c.buf) != c.bufN {
+		return
+	}
+	// Compact c.buf and q's tail in place, keeping order. A caller may
+	// give up meanwhile (its state is not under c.mu): each call is
+	// judged once, here.
+	out, kept := 0, first
+	for i, start := first, 0; i < c.q.n; i++ {
+		end := start
+		for range 3 {
+			end += bytes.IndexByte(c.buf[end:], '\n') + 1
+		}
+		if cl := c.q.at(i); c.droppableLocked(cl) {
+			putCall(cl)
+		} else {
+			out += copy(c.buf[out:], c.buf[start:end])
+			c.q.set(kept, cl)
+			kept++
+		}
+		start = end
+	}
+	dropped := c.q.n - kept
+	c.q.truncate(kept)
+	c.buf = c.buf[:out]
+	c.bufN -= dropped
+	c.inflight.Add(int32(-dropped))
+	c.nreq.Add(int64(-dropped))
+	c.pruned.Add(int64(dropped))
+}
+
+// droppableLocked reports whether pruneAbandonedLocked may drop cl, an
+// unwritten call: its caller gave up (its state can change no more), and
+// neither the caller nor a callback needs its request sent.
+func (c *conn) droppableLocked(cl *call) bool {
+	if cl.kind != callWait || cl.cb != nil || cl == c.own || cl.state.Load() != stateAbandoned {
+		return false
+	}
+	switch cl.cmd {
+	case wire.CmdLock, wire.CmdSemLock, wire.CmdSignal, wire.CmdPing:
+		return !cl.blocking
+	}
+	return false
+}
+
 // flush is the flush goroutine (c.flushFn): it writes what senders have
 // queued, looping until the buffer stays empty, then exits.
 func (c *conn) flush() {
@@ -1062,6 +1142,7 @@ func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 	}
 	inB := c.bufN
 	c.bufN = 0
+	c.pruneAt = 0
 	c.writing = inB
 	c.mu.Unlock()
 	now, n, err = c.write(b)
@@ -1899,5 +1980,24 @@ func (q *callQueue) pop() *call {
 	q.buf[q.head] = nil
 	q.head = (q.head + 1) & (len(q.buf) - 1)
 	q.n--
+	if q.n == 0 && len(q.buf) > maxKeepCalls {
+		// A backlog passed (a stall): a connection lives for weeks and
+		// need not keep its peak's ring.
+		q.buf, q.head = nil, 0
+	}
 	return cl
+}
+
+// maxKeepCalls is the largest ring a callQueue keeps once empty.
+const maxKeepCalls = 1024
+
+// set replaces the i-th call from the head; 0 <= i < q.n.
+func (q *callQueue) set(i int, cl *call) { q.buf[(q.head+i)&(len(q.buf)-1)] = cl }
+
+// truncate keeps the first n calls; 0 <= n <= q.n.
+func (q *callQueue) truncate(n int) {
+	for i := n; i < q.n; i++ {
+		q.set(i, nil)
+	}
+	q.n = n
 }
