@@ -29,7 +29,9 @@ const lossQueueLen = 1 << 17
 // own order, among the rest).
 //
 // Log calls and hooks happen on the goroutines that must never wait: the
-// renewal scheduler, connection readers, flushers and the janitor. A slow
+// renewal scheduler, connection readers, flushers and the janitor. (The
+// only user code those run themselves is a WithDialer connection's methods
+// and crypto/tls's use of the tls.Config; see WithDialer and WithTLS.) A slow
 // handler there (a full stderr pipe, a network log sink) once stalled
 // renewal replies and lost healthy leases on other keys. So those goroutines
 // only queue the work, without blocking; when the queue is full the work is

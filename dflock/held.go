@@ -385,7 +385,8 @@ func (h *held) returnConn(destroy bool) {
 // lease's end is handled. It runs on the scheduler's notifier goroutine,
 // which delivers every loss in order and which Close waits for, so it must
 // not block: the pinned connection (if any) is destroyed at once (which
-// never waits for the network), and the log record and the user's hook are
+// never waits for the network, nor for a WithDialer connection's Close,
+// which runs apart), and the log record and the user's hook are
 // queued for the callback goroutine. It may run before Track has returned,
 // so it reads the lease from its argument, never h.lease.
 func (h *held) LeaseLost(lease *renew.Lease, err error) {

@@ -304,6 +304,19 @@ func (o *options) conflict() error {
 // WithTLS makes every connection use TLS with cfg (cloned). If
 // cfg.ServerName is empty it defaults to the host of each server address.
 // nil, or the default, means plain TCP.
+//
+// cfg's callbacks (GetClientCertificate, VerifyPeerCertificate,
+// VerifyConnection, KeyLogWriter, ...) run during dials, on the goroutine
+// of the call or background job that dials, never on one that renews or
+// reads; a handshake cannot be interrupted while one runs, so one that
+// blocks delays that server's new connections and holds Close until it
+// returns. After the handshake crypto/tls still uses cfg.Rand (for every
+// record of a CBC cipher suite, written by whichever goroutine writes,
+// the renewal scheduler's included) and cfg.Time and ClientSessionCache
+// (for a session ticket): those must return promptly. So must every
+// callback if cfg.Renegotiation allows a server to renegotiate: the
+// handshake would then run on the connection's reader (dflockd, a Go
+// server, never asks to).
 func WithTLS(cfg *tls.Config) Option {
 	return func(o *options) {
 		if cfg == nil {
@@ -372,6 +385,17 @@ func WithDialTimeout(d time.Duration) Option {
 // goroutine), until it returns. One that returns neither a connection nor
 // an error fails the dial (ErrServerUnavailable), and so does a nil
 // pointer returned as the connection. nil means the default.
+//
+// The connection's methods run on the Client's own goroutines: Read on the
+// connection's reader, Write on its flusher or on the renewal scheduler
+// (which writes small batches itself when the connection is idle), and
+// the deadline setters wherever a read or write is bounded or cut, at
+// times under the connection's lock. Like a net.TCPConn's, they must
+// return promptly (Read and Write once their deadline passes); one that
+// blocks holds up renewals on every server. Close may take its time (an
+// SSH channel's writes to its transport): a connection that is not a
+// kernel socket is closed on a goroutine of its own, and Client.Close
+// waits for those.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }

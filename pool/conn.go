@@ -1385,8 +1385,41 @@ func (c *conn) dropUnsentOrphansLocked(sent int) {
 	}
 	c.orphans = c.orphans[:max(len(c.orphans)-unsent, 0)]
 	if len(c.orphans) == 0 {
-		_ = c.wc.Close()
+		if c.inline {
+			_ = c.wc.Close()
+		} else {
+			// The user's Close, not under c.mu (see closesApartLocked).
+			// The lingering reader may be on its way out: the goroutine
+			// cannot be counted in p.io.
+			go c.wc.Close()
+		}
 	}
+}
+
+// closesApartLocked reports whether the socket is to be closed on a
+// goroutine of its own (closeApart), and if so counts that goroutine in
+// p.io. A kernel socket's Close returns at once; a net.Conn that
+// WithDialer made is the user's, and its Close may wait (an SSH channel
+// writes to its transport, a wrapper flushes or logs). The goroutines that
+// close connections — a reader, the janitor, a flusher, the loss notifier
+// destroying a lease's connection, and Pool.Close for each connection in
+// turn — must not wait for it: one stalled a renewal scheduler's losses
+// on every server, and left a lease believed held for as long as the
+// Close took after the server had handed it on. Called by fail with c.mu
+// held before it publishes the break: the reader, which exits only once it
+// sees the break, is still counted in p.io, so the count may grow.
+func (c *conn) closesApartLocked() bool {
+	if c.inline {
+		return false
+	}
+	c.p.io.Add(1)
+	return true
+}
+
+// closeApart closes the socket; see closesApartLocked.
+func (c *conn) closeApart() {
+	defer c.p.io.Done()
+	_ = c.wc.Close()
 }
 
 func (c *conn) orphansLeft() bool {
@@ -1794,6 +1827,7 @@ func (c *conn) fail(cause error) {
 		}
 	}
 	lingers := c.lingersLocked(cause, pending[:written])
+	apart := !lingers && c.closesApartLocked()
 	// Published after lingersLocked counted a lingering connection: one who
 	// sees Err() != nil finds it in Stats too.
 	c.errp.Store(err)
@@ -1805,7 +1839,9 @@ func (c *conn) fail(cause error) {
 	c.mu.Unlock()
 	close(c.dead)
 	c.wakeReader() // a parked reader exits, or lingers
-	if !lingers {
+	if apart {
+		go c.closeApart()
+	} else if !lingers {
 		_ = c.wc.Close()
 	} else if errors.Is(cause, errWithdrawn) {
 		c.shutWrite()
