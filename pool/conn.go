@@ -32,8 +32,9 @@ import (
 // mutex; if no flush is in progress it starts a short-lived flush goroutine,
 // which yields the processor once (so that senders already runnable append
 // first), swaps the buffer out and writes it outside the lock (bounded by
-// Config.writeTimeout), looping while other senders appended more in the
-// meantime, and exits. Concurrent senders therefore coalesce into one write.
+// Config.writeTimeout for each 16 KiB: writeChunk), looping while other
+// senders appended more in the meantime, and exits. Concurrent senders
+// therefore coalesce into one write.
 // A caller never waits for a write that may block: it waits for its reply or
 // for its context, so a caller whose request is stuck in a write to a server
 // that stopped reading returns when its context ends. The write itself goes
@@ -1184,14 +1185,32 @@ func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 	return now, n, err
 }
 
+// writeChunk is the most one deadline covers: writeTimeout breaks a
+// connection whose write makes no progress, not one whose large write (a
+// re-listen of thousands of patterns, a burst of long Emits, a renewal
+// round of thousands of leases) a server reads steadily over a slow link.
+// A write of 530 KB to a server reading 45 KB/s was cut at 5 s on every
+// connection, over and over. One TLS record's worth: crypto/tls cannot
+// resume a write that timed out, so no chunk may.
+const writeChunk = 16 << 10
+
 func (c *conn) write(b []byte) (now int64, n int, err error) {
 	t := time.Now()
-	_ = c.wc.SetWriteDeadline(t.Add(c.p.cfg.writeTimeout))
 	// Counted before writing: the replies (and a caller reading Stats
 	// after them) may come before WriteRaw returns.
 	c.nwrite.Add(1)
-	n, err = c.wc.WriteRaw(b)
-	return int64(t.Sub(c.p.start)), n, err
+	for start := t; ; start = time.Now() {
+		// Set before each WriteRaw, which checks EndWrites after it: a cut
+		// (lingersLocked) either ends writes before this deadline is set,
+		// or sets its own past deadline after it.
+		_ = c.wc.SetWriteDeadline(start.Add(c.p.cfg.writeTimeout))
+		var k int
+		k, err = c.wc.WriteRaw(b[n:min(len(b), n+writeChunk)])
+		n += k
+		if err != nil || n == len(b) {
+			return int64(t.Sub(c.p.start)), n, err
+		}
+	}
 }
 
 // readLoop is the connection's reader goroutine: it matches reply lines to
