@@ -87,6 +87,11 @@ var (
 	ErrDraining = pool.ErrDraining
 
 	// ErrNotSupported: the server version does not support the operation.
+	// For Emit and Listen it means the server answered the bare `error`,
+	// which it also does for a listen beyond --max-subscriptions, a
+	// payload too long for it, or a request that reached it while paused
+	// past its read timeout (not applied; a retry may succeed): see
+	// docs/signals.md.
 	ErrNotSupported = errors.New("dflock: not supported by this server")
 
 	// ErrRefused: the server answered the bare `error` (or an error word
