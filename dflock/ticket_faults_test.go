@@ -256,9 +256,15 @@ func TestTicketStressWithoutAutoReleaseLeavesNothingHeld(t *testing.T) {
 			}
 			wg.Wait()
 			ok := waitFor(ctx, 3*DefaultReleaseTimeout, func() bool {
+				// Not under mu: Audit runs under the server's lock and
+				// takes mu, and Stats takes the server's lock (the
+				// inversion deadlocked the loop's run 314).
+				if heldTotal(srv) != 0 {
+					return false
+				}
 				mu.Lock()
 				defer mu.Unlock()
-				return len(live) == 0 && heldTotal(srv) == 0
+				return len(live) == 0
 			})
 			mu.Lock()
 			left := len(live)
