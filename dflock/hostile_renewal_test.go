@@ -73,7 +73,7 @@ func TestRenewalAnsweredForNoSecondsLosesTheLock(t *testing.T) {
 	}
 	require.ErrorIs(t, l.Err(), ErrLockLost)
 	st := c.renewStats()
-	assert.Equal(t, int64(1), st.Refused)
+	assert.Equal(t, int64(1), st.Refused, "%+v", st)
 	assert.Zero(t, st.Renewed)
 	assert.Equal(t, int64(1), c.Snapshot().Lost)
 }

@@ -661,11 +661,14 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 	// loss deadline moved, or the lease ended): whoever sees a renewal
 	// counted as Renewed may rely on the lease's new deadline. A forfeited
 	// lease's renewal is counted Renewed too (the server applied it) but
-	// moves nothing: that lease is lost whatever the answer.
-	defer countOutcome(l.counters, out)
+	// moves nothing: that lease is lost whatever the answer. It is counted
+	// before s.mu is released: from then on the notifier may finish the
+	// lease (Done, OnLeaseLost), and whoever sees that must find the
+	// refusal counted.
 	s.mu.Lock()
 	if l.state != stateTracked {
 		e := l.err
+		countOutcome(l.counters, out)
 		s.mu.Unlock()
 		l.finish() // seen ended: finished before anyone hears of it
 		return out, e
@@ -702,12 +705,14 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 			s.confirmLocked(l, sent, ttl)
 		}
 		s.scheduleLocked(l)
+		countOutcome(l.counters, out)
 		s.mu.Unlock()
 		return out, nil
 	}
 	s.unlinkLocked(l)
 	s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: cause})
 	lerr := l.err
+	countOutcome(l.counters, out)
 	s.mu.Unlock()
 	l.finish()
 	return out, lerr
