@@ -45,5 +45,14 @@ func (h *leaseHeap) Pop() any {
 	old[n] = nil
 	l.idx = -1
 	*h = old[:n]
+	if c := cap(old); c > keepHeapCap && n < c/4 {
+		// A peak of held leases has passed: a Client lives for weeks
+		// and need not keep that peak's array (the positions, and so
+		// the leases' idx, stay).
+		*h = append(make(leaseHeap, 0, c/2), old[:n]...)
+	}
 	return l
 }
+
+// keepHeapCap is the capacity below which the heap never shrinks.
+const keepHeapCap = 4096
