@@ -106,6 +106,7 @@ func TestDifferential(t *testing.T) {
 func playRandomSession(ctx context.Context, binary string, seed uint64, steps int, avoid map[string]bool) (transcript string, differs bool, err error) {
 	rng := rand.New(rand.NewPCG(seed, 0x646966667465))
 	flags := randomFlags(rng)
+	shortLeaseFlags(rng, &flags)
 	s, stop, err := startSession(ctx, binary, strconv.FormatUint(seed, 10), flags)
 	if err != nil {
 		return "", false, err

@@ -32,6 +32,14 @@
 //	                         does not compare stats' idle_s; "" leaves out none)
 //	-difftest.all            also fail on the scenarios that show a deliberate
 //	                         difference (they are skipped, with their transcript)
+//	-difftest.short          random sessions with leases of 1-2 s, every step kept
+//	                         away from the moments a lease can lapse, so expiry,
+//	                         eviction on the spot and hand-over mix with random
+//	                         operations deterministically (sessions take ~3× as
+//	                         long: give go test a -timeout); with it,
+//	                         -difftest.short.sweep=S (sweep interval, default 60),
+//	                         -difftest.short.gc (GC every second) and
+//	                         -difftest.short.rt=S (a read timeout)
 //
 // TestDifferential plays the random sessions; each starts a fresh dflockd
 // on a free port and a fresh testutil server (Version V1_10) with the

@@ -233,6 +233,7 @@ func (s *session) run(st step) bool {
 	if !s.mismatch {
 		s.pollAll(settle)
 	}
+	s.shortLeaseGuard(time.Now())
 	return !s.mismatch
 }
 
@@ -302,6 +303,7 @@ func (s *session) send(st step) {
 		if !got[onReal] && !got[onFake] && st.blockFor > 0 {
 			sc.pending = &pending{step: s.stepNo, deadline: sent.Add(st.blockFor)}
 			s.waitEnds = append(s.waitEnds, sc.pending.deadline)
+			s.shortLeaseGuard(sc.pending.deadline)
 			s.logf("    (no reply yet on either server)")
 			return
 		}
