@@ -144,6 +144,9 @@ type conn struct {
 	// the socket (set with it; linger calls it).
 	lingerUntil time.Time
 	stopLinger  func() bool
+	// lingerClosed is closed once the pool's Close has closed the socket
+	// of a lingering connection (see lingersLocked).
+	lingerClosed chan struct{}
 
 	// Who reads the next reply (under mu; see readerTurn): the reader
 	// goroutine (the zero value, and always on a connection whose callers
@@ -1346,14 +1349,21 @@ func (c *conn) shutWrite() {
 // The pool's Close ends it too (lingersLocked arranges it).
 func (c *conn) linger() {
 	c.mu.Lock()
-	until, stop := c.lingerUntil, c.stopLinger
+	until, stop, closed := c.lingerUntil, c.stopLinger, c.lingerClosed
 	c.mu.Unlock()
 	if until.IsZero() {
 		return
 	}
 	defer c.p.nLingering.Add(-1) // counted by lingersLocked
 	defer c.wc.Close()
-	defer stop()
+	defer func() {
+		if !stop() {
+			// The pool's Close is closing the socket (a WithDialer
+			// connection's Close may take its time): this reader,
+			// counted in p.io, waits for it, so Pool.Close does too.
+			<-closed
+		}
+	}()
 	for c.orphansLeft() {
 		line, err := c.wc.ReadLine() // bounded by the deadline fail set
 		if err != nil {
@@ -1408,9 +1418,11 @@ func (c *conn) dropUnsentOrphansLocked(sent int) {
 			_ = c.wc.Close()
 		} else {
 			// The user's Close, not under c.mu (see closesApartLocked).
-			// The lingering reader may be on its way out: the goroutine
-			// cannot be counted in p.io.
-			go c.wc.Close()
+			// This is the flush goroutine (only a kernel socket is
+			// written inline), itself counted in p.io: the count may
+			// grow.
+			c.p.io.Add(1)
+			go c.closeApart()
 		}
 	}
 }
@@ -1915,7 +1927,11 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	// The pool's Close ends the linger by closing the socket, from now:
 	// the reader may still be in a read it began before the cut, not yet
 	// in linger, and that read's deadline is now lingerUntil.
-	c.stopLinger = context.AfterFunc(c.p.ctx, func() { _ = c.wc.Close() })
+	c.lingerClosed = make(chan struct{})
+	c.stopLinger = context.AfterFunc(c.p.ctx, func() {
+		_ = c.wc.Close()
+		close(c.lingerClosed)
+	})
 	// The count reserveLinger took lasts until linger returns: the reader
 	// has not exited (it exits only once c.err is set), and its readLoop
 	// ends in linger.
