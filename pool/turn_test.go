@@ -98,7 +98,10 @@ func awaitReading(t *testing.T, c *conn) {
 	require.Eventually(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.turn == turnCaller && c.q.n > 0
+		// Written, too: a caller that claimed the turn writes its request
+		// itself first, and a test that then breaks the connection must
+		// not cut that write (the request would count as unsent).
+		return c.turn == turnCaller && c.q.n > 0 && c.bufN == 0 && !c.flushing
 	}, wait, time.Millisecond, "a caller reads its own reply")
 }
 
