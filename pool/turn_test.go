@@ -98,10 +98,7 @@ func awaitReading(t *testing.T, c *conn) {
 	require.Eventually(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		// Written, too: a caller that claimed the turn writes its request
-		// itself first, and a test that then breaks the connection must
-		// not cut that write (the request would count as unsent).
-		return c.turn == turnCaller && c.q.n > 0 && c.bufN == 0 && !c.flushing
+		return c.turn == turnCaller && c.q.n > 0
 	}, wait, time.Millisecond, "a caller reads its own reply")
 }
 
@@ -958,6 +955,15 @@ func TestTurnCallerReturnsWhenAWriteTimeoutBreaksTheConn(t *testing.T) {
 	defer cancel()
 	done := goDo(ctx, p, lockReq("write-timeout"))
 	awaitReading(t, c)
+	// Its own request written, too: the caller that claimed the turn
+	// writes it itself first, and the past deadline below must not cut
+	// that write (the request would count as unsent, and Do would retry
+	// it on a fresh dial to the stalled server).
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.bufN == 0 && !c.flushing
+	}, wait, time.Millisecond, "the caller's request written")
 	require.NoError(t, c.wc.SetWriteDeadline(time.Unix(1, 0)))
 	werr := c.wc.WriteRequests(pingReq)
 	require.ErrorIs(t, werr, os.ErrDeadlineExceeded)
