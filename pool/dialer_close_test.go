@@ -64,13 +64,12 @@ func (c *slowCloseConn) Close() error {
 	return err
 }
 
-// The Close that ends a linger whose cut write sent nothing (so that no
-// reply is left to wait for: dropUnsentOrphansLocked) runs apart from the
-// flusher, and Pool.Close waits for it (it was not counted, and
-// the user's Close ran on after Pool.Close returned).
-func TestDroppedOrphansCloseIsWaitedForByPoolClose(t *testing.T) {
-	t.Parallel()
-	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+// slowClosePool returns a pool whose connections are slowCloseConns, a
+// wait-pool connection acquired from it, and that connection's wrapper.
+// The test closes the pool itself (a cleanup closes it too, for a test
+// that fails first).
+func slowClosePool(t *testing.T, srv *testutil.Server) (*Pool, *Conn, *slowCloseConn) {
+	t.Helper()
 	var mu sync.Mutex
 	var conns []*slowCloseConn
 	p, err := New(Config{Addr: srv.Addr(), DialTimeout: 2 * time.Second, LaneConns: 1,
@@ -87,11 +86,22 @@ func TestDroppedOrphansCloseIsWaitedForByPoolClose(t *testing.T) {
 			return w, nil
 		}})
 	require.NoError(t, err)
+	t.Cleanup(p.Close)
 	h, err := p.Acquire(ctxWait(t))
 	require.NoError(t, err)
 	mu.Lock()
-	w := conns[len(conns)-1]
-	mu.Unlock()
+	defer mu.Unlock()
+	return p, h, conns[len(conns)-1]
+}
+
+// The Close that ends a linger whose cut write sent nothing (so that no
+// reply is left to wait for: dropUnsentOrphansLocked) runs apart from the
+// flusher, and Pool.Close waits for it (it was not counted, and
+// the user's Close ran on after Pool.Close returned).
+func TestDroppedOrphansCloseIsWaitedForByPoolClose(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+	p, h, w := slowClosePool(t, srv)
 	require.False(t, h.c.inline)
 	w.block.Store(true)
 	h.SendBatch([]wire.Request{lockReq("k")}, func(int, wire.Reply, error) {})
@@ -111,27 +121,7 @@ func TestDroppedOrphansCloseIsWaitedForByPoolClose(t *testing.T) {
 func TestLingerCloseAtPoolCloseIsWaitedFor(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true})
-	var mu sync.Mutex
-	var conns []*slowCloseConn
-	p, err := New(Config{Addr: srv.Addr(), DialTimeout: 2 * time.Second, LaneConns: 1,
-		OnReleaseLost: func(wire.Request) {},
-		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			w := &slowCloseConn{Conn: nc, blocked: make(chan struct{})}
-			mu.Lock()
-			conns = append(conns, w)
-			mu.Unlock()
-			return w, nil
-		}})
-	require.NoError(t, err)
-	h, err := p.Acquire(ctxWait(t))
-	require.NoError(t, err)
-	mu.Lock()
-	w := conns[len(conns)-1]
-	mu.Unlock()
+	p, h, w := slowClosePool(t, srv)
 	resume := srv.Stall(0)
 	defer resume()
 	h.SendBatch([]wire.Request{lockReq("k")}, func(int, wire.Reply, error) {})
