@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/dflock-sdk/go/dflock"
@@ -95,27 +94,4 @@ func TestFailuresCarryErrorTypeAndAnswersDoNot(t *testing.T) {
 		_, ok := pts[0].Attributes.Value(semconv.ErrorTypeKey)
 		assert.False(t, ok, "outcome %s carries no error.type: %v", o, pts[0].Attributes)
 	}
-}
-
-func TestADownServersFailuresAreServerUnavailable(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, nil)
-	ctx := testCtx(t)
-	srv := serverKVs(t, h.srv.Addr())
-	require.NoError(t, h.srv.Stop())
-
-	_, err := h.c.Lock(ctx, "k")
-	require.ErrorIs(t, err, dflock.ErrServerUnavailable)
-
-	locks := h.spansNamed("dflock.Lock")
-	require.Len(t, locks, 1)
-	assert.True(t, has(spanAttrs(locks[0]), semconv.ErrorTypeKey.String("server_unavailable")), "attributes: %v", locks[0].Attributes())
-	h.awaitMetric(t, ctx, "the failed dial", func(rm metricdata.ResourceMetrics) bool {
-		return len(histogramPoints(rm, "dflock.client.connection.dial.duration", append(srv,
-			keyDialOutcome.String("failure"), semconv.ErrorTypeKey.String("server_unavailable"))...)) == 1
-	})
-	rm := h.collect(t)
-	pts := histogramPoints(rm, "dflock.client.acquire.duration", keyOutcome.String("failed"))
-	require.Len(t, pts, 1)
-	assert.True(t, has(pts[0].Attributes, semconv.ErrorTypeKey.String("server_unavailable")), "attributes: %v", pts[0].Attributes)
 }

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dflock-sdk/go/dflock"
@@ -390,6 +391,7 @@ func TestADownServerFailsTheSpanAndCountsTheDialFailure(t *testing.T) {
 	require.Len(t, locks, 1)
 	assert.True(t, has(spanAttrs(locks[0]), keyOutcome.String("failed")), "attributes: %v", locks[0].Attributes())
 	assert.Equal(t, codes.Error, locks[0].Status().Code)
+	assert.True(t, has(spanAttrs(locks[0]), semconv.ErrorTypeKey.String("server_unavailable")), "attributes: %v", locks[0].Attributes())
 	require.NotEmpty(t, locks[0].Events(), "the error is recorded on the span")
 	assert.Equal(t, "exception", locks[0].Events()[0].Name)
 
@@ -400,9 +402,10 @@ func TestADownServerFailsTheSpanAndCountsTheDialFailure(t *testing.T) {
 	failures, ok := intValue(rm, "dflock.client.connection.dials", append(srv, keyDialOutcome.String("failure"))...)
 	require.True(t, ok)
 	assert.Positive(t, failures)
-	assert.Len(t, histogramPoints(rm, "dflock.client.acquire.duration", keyOutcome.String("failed")), 1)
+	assert.Len(t, histogramPoints(rm, "dflock.client.acquire.duration", keyOutcome.String("failed"), semconv.ErrorTypeKey.String("server_unavailable")), 1)
 	h.awaitMetric(t, ctx, "the failed dial", func(rm metricdata.ResourceMetrics) bool {
-		return len(histogramPoints(rm, "dflock.client.connection.dial.duration", append(srv, keyDialOutcome.String("failure"))...)) == 1
+		return len(histogramPoints(rm, "dflock.client.connection.dial.duration", append(srv,
+			keyDialOutcome.String("failure"), semconv.ErrorTypeKey.String("server_unavailable"))...)) == 1
 	})
 }
 
