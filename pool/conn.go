@@ -190,7 +190,7 @@ type conn struct {
 	ping       atomic.Uint32 // pingUnknown, pingOK, pingUnsupported
 	nreq       atomic.Int64
 	nwrite     atomic.Int64
-	pruned     atomic.Int64 // requests pruneAbandonedLocked dropped
+	pruned     atomic.Int64 // requests pruneAbandonedLocked dropped (read by tests)
 }
 
 // newConn wraps a handshaken connection; the caller sets its hooks and
@@ -1057,11 +1057,11 @@ const minPrune = 1024
 // leaves the two out of step until fail runs; then nothing is dropped.
 func (c *conn) pruneAbandonedLocked() {
 	first := c.q.n - c.bufN
-	any := false
-	for i := first; i < c.q.n && !any; i++ {
-		any = c.droppableLocked(c.q.at(i))
+	found := false
+	for i := first; i < c.q.n && !found; i++ {
+		found = c.droppableLocked(c.q.at(i))
 	}
-	if !any || c.err != nil || wire.CountRequests(c.buf) != c.bufN {
+	if !found || c.err != nil || wire.CountRequests(c.buf) != c.bufN {
 		return
 	}
 	// Compact c.buf and q's tail in place, keeping order. A caller may
