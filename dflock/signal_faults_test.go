@@ -426,10 +426,20 @@ func TestSignalFaultsInvariantsUnderChurnAndFaults(t *testing.T) {
 			}
 		})
 	}
+	// The faults stop once every numbered signal is emitted, so that the
+	// listeners can settle and deliver the end marker: on a slow machine a
+	// reconnect and re-listen can take longer than the faults' period, and
+	// with no end to them the checkers would wait forever.
+	emitted := make(chan struct{})
+	var emitting sync.WaitGroup
+	emitting.Add(len(chans))
+	go func() { emitting.Wait(); close(emitted) }()
 	wg.Go(func() {
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
+				return
+			case <-emitted:
 				return
 			case <-time.After(37 * time.Millisecond):
 			}
@@ -454,6 +464,7 @@ func TestSignalFaultsInvariantsUnderChurnAndFaults(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
+			emitting.Done()
 			// The end marker, until every checker has it.
 			for {
 				select {
