@@ -1,9 +1,28 @@
 package dflock
 
 import (
+	"flag"
+	"runtime"
+	"strconv"
 	"testing"
 
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain runs twice as many parallel tests at once as there are CPUs,
+// unless -test.parallel is given. This package's tests mostly wait (on
+// leases, keepalives and the stalls they inject): under -race on two CPUs
+// a run takes about 60 s of CPU in 175 s, so the default of one parallel
+// test per CPU left the CPUs idle and the package on make test's critical
+// path.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		if err := flag.Set("test.parallel", strconv.Itoa(2*runtime.GOMAXPROCS(0))); err != nil {
+			panic(err)
+		}
+	}
+	goleak.VerifyTestMain(m)
+}
