@@ -135,7 +135,7 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 	if p.down.Load() == nil {
 		// Before down is set: DownFor never pairs this outage with the
 		// time an earlier one began.
-		p.downSince.Store(time.Now().UnixNano())
+		p.downSince.Store(p.stamp())
 	}
 	if p.down.Swap(err) == nil {
 		p.log.Warn("dflock: server unavailable", "err", err.Cause)
@@ -153,7 +153,7 @@ func (p *Pool) markDown(err *ServerError, unlessLive bool) {
 // dial. upSince is stored before down is cleared, so that Stats never shows
 // Up with the time from before an outage.
 func (p *Pool) reached() {
-	now := time.Now().UnixNano()
+	now := p.stamp()
 	if p.down.Load() != nil {
 		p.upSince.Store(now)
 		p.markUp()

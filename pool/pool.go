@@ -87,8 +87,10 @@ type Pool struct {
 
 	dials, dialFailures, broken, pings, idleClosed atomic.Int64
 
-	// upSince and downSince are the UnixNano times the server was last
-	// found up (first dial after a down period) and down (Stats.Since).
+	// upSince and downSince are when the server was last found up (first
+	// dial after a down period) and down (Stats.Since), as stamps (0:
+	// never). Monotonic, so that a step of the wall clock during an
+	// outage does not make DownFor call a blink an outage.
 	upSince, downSince atomic.Int64
 
 	// idleDue is at most the p.now() at which the longest-idle wait-pool
@@ -233,6 +235,9 @@ func New(cfg Config) (*Pool, error) {
 
 func (p *Pool) now() int64 { return int64(time.Since(p.start)) }
 
+// stamp is p.now() for upSince and downSince, never 0 (which means never).
+func (p *Pool) stamp() int64 { return max(p.now(), 1) }
+
 // usable is nil unless the pool is closed or the server is down.
 func (p *Pool) usable() error {
 	if p.closed.Load() {
@@ -281,7 +286,7 @@ func (p *Pool) DownFor(now time.Time) time.Duration {
 	if since == 0 {
 		return 0
 	}
-	return max(now.Sub(time.Unix(0, since)), 0)
+	return max(now.Sub(p.start.Add(time.Duration(since))), 0)
 }
 
 // upForStats is Stats.Up: downErr == nil, as it was when Close began
@@ -335,7 +340,7 @@ func (p *Pool) Stats() Stats {
 		since = p.upSince.Load()
 	}
 	if since != 0 {
-		s.Since = time.Unix(0, since)
+		s.Since = p.start.Add(time.Duration(since))
 	}
 	s.ListenerConns = int(p.nListeners.Load())
 	s.LingeringConns = int(p.nLingering.Load())
