@@ -450,7 +450,11 @@ func WithRenewRatio(r float64) Option {
 // without traffic. It must be at least MinKeepAlive and at most half the
 // servers' read timeout (WithServerReadTimeout, 23 s by default), or New
 // fails: a connection the server closes for idleness takes its leases
-// with it. Default DefaultKeepAlive.
+// with it. A connection whose requests go unanswered for twice this long
+// is taken for a stalled server and broken, failing its callers with
+// ErrServerUnavailable; docs/leases.md says which connections are spared
+// (replies waiting unread in the socket, a queued ticket's). Default
+// DefaultKeepAlive.
 func WithKeepAlive(d time.Duration) Option {
 	return func(o *options) {
 		if d < MinKeepAlive {

@@ -75,6 +75,14 @@ const (
 // of the lease, or of the servers' read timeout if shorter, after its place
 // was queued confirms the grant with one renewal first: dflockd v1.10.0
 // answers ok for a lapsed place.)
+//
+// A queued ticket holds a wait-pool connection until it is waited for or
+// cancelled; once WithMaxConnsPerServer connections to the key's server are
+// in use, Enqueue waits for one, bounded by ctx. The keepalive pings that
+// connection but does not close it when the server stops answering (a
+// closed connection could not give the place up, and a server with
+// auto-release off would keep it, or grant it, for nobody); Wait and
+// Cancel, bounded by their contexts, find the server resumed or not.
 func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
 	t, err := c.tracedEnqueue(ctx, "enqueue", key, 0, opts)
 	if err != nil {
@@ -167,6 +175,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 			return fail(opCtx.Err())
 		}
 		t.state, t.conn, t.queuedAt = ticketQueued, conn, sent
+		conn.HoldPlace(true) // the keepalive must not close it: see withdraw
 		c.tickets.add(t)
 		return t, nil
 	}
@@ -211,8 +220,9 @@ func (t *Ticket) Wait(ctx context.Context, opts ...AcquireOption) (*Lock, error)
 // and holds it (it then returns the Lock, which Cancel no longer affects);
 // Cancel then returns at once, without the server's answer: the Wait
 // withdraws the place before it returns, as one whose context ends does.
-// A grant for a place queued longer than a quarter of its lease is first
-// confirmed with a renewal before Wait holds it: a Cancel during that round
+// A grant for a place queued longer than a quarter of its lease (or of the
+// servers' read timeout, if shorter) is first confirmed with a renewal
+// before Wait holds it: a Cancel during that round
 // trip still ends the Wait, and the grant is released. A grant it reads
 // later is released too; its blocking wait is withdrawn
 // as a cancelled Lock's is, by half-closing its connection, and a grant
@@ -415,6 +425,7 @@ func (t *ticket) reenqueue(ctx context.Context, conn *pool.Conn, cmd wire.Comman
 		return t.c.track(t.srv, conn, conn, req, r, sent), false, nil
 	case wire.StatusQueued:
 		t.queuedAt = sent
+		conn.HoldPlace(true)
 		return nil, true, nil
 	}
 	giveBack(conn, r)

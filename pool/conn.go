@@ -124,6 +124,13 @@ type conn struct {
 	seenLines  int64     // wc.BytesConsumed() then (under mu)
 	err        error     // sticky; set once, under mu
 	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
+	// unreadSince is the p.now() at which the keepalive, about to break
+	// the connection, first found replies waiting unread in its socket
+	// (unreadGrace); 0 once a reply has been read since (under mu).
+	unreadSince int64
+	// holdsPlace: a two-phase ticket's place is queued here, and the
+	// keepalive does not break the connection (Conn.HoldPlace).
+	holdsPlace atomic.Bool
 	// orphans are requests fail took out of q, oldest first, whose
 	// replies may still be read: a grant among them goes to
 	// Config.OnReleaseLost (grantLost). When the socket closes at once it
@@ -970,6 +977,7 @@ const (
 func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads bool) {
 	if c.q.n == 0 {
 		c.progress = c.p.now()
+		c.unreadSince = 0
 		// Bytes read before this request are no progress on it.
 		c.seenBytes = c.wc.BytesRead()
 		c.seenLines = c.wc.BytesConsumed()
@@ -1544,6 +1552,7 @@ func (c *conn) answeredLocked(cl *call) {
 		c.seenBytes = c.wc.BytesRead()
 		c.seenLines = c.wc.BytesConsumed()
 	}
+	c.unreadSince = 0
 }
 
 // readerTurn returns when the reader goroutine is to read the next line:
@@ -1784,18 +1793,26 @@ func (c *conn) keepalive(now, ka int64) int64 {
 			// next one.
 			c.seenBytes = n
 			if cons := c.wc.BytesConsumed(); n > cons && cons == c.seenLines {
-				c.progress = now
+				c.progress, c.unreadSince = now, 0
 			} else {
 				c.seenLines = cons
 			}
 		}
 		due := satAdd(c.progress, satAdd(ka, ka))
 		c.mu.Unlock()
-		if due <= now {
-			c.fail(errNoReply)
-			return -1
+		if due > now {
+			return due
 		}
-		return due
+		if c.holdsPlace.Load() {
+			// Nobody waits on the connection, and a closed one could not
+			// give the place up: see Conn.HoldPlace.
+			return satAdd(now, ka)
+		}
+		if later := c.unreadGrace(now, ka); later > 0 {
+			return later
+		}
+		c.fail(errNoReply)
+		return -1
 	}
 	if due := satAdd(c.lastActive, ka); due > now {
 		c.mu.Unlock()
@@ -1811,6 +1828,36 @@ func (c *conn) keepalive(now, ka int64) int64 {
 	// is still running and counted in p.io.
 	c.startFlushLocked()
 	return satAdd(now, ka)
+}
+
+// stuckReaderAfter bounds unreadGrace: replies left unread this long mean
+// a reader that does not read (a bug), not a slow one, and the keepalive's
+// break is then what frees the callers waiting on the connection.
+const stuckReaderAfter = 5 * time.Second
+
+// unreadGrace spares, for a while, a connection the keepalive would break
+// for want of replies when replies are in fact waiting in its socket,
+// unread: this process was frozen (a stopped or suspended VM, a long GC
+// pause) or starved of CPU, and the janitor ran before the reader. The
+// server is not stalled then, and breaking the connection would lose its
+// leases for nothing. It returns when to look again, or 0 to break it:
+// no bytes wait (or none can be counted: see socketPending), or they have
+// waited stuckReaderAfter since first seen here, which no reader that runs
+// at all lets happen.
+func (c *conn) unreadGrace(now, ka int64) int64 {
+	if !socketPending(c.wc.NetConn()) {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.unreadSince == 0 {
+		c.unreadSince = now
+	}
+	end := satAdd(c.unreadSince, int64(stuckReaderAfter))
+	if now >= end {
+		return 0
+	}
+	return min(satAdd(now, ka), end)
 }
 
 // satAdd adds two non-negative p.now() quantities, saturating at

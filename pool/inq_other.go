@@ -7,3 +7,6 @@ import "net"
 // socketPending is false where the bytes a socket holds unread cannot be
 // counted without reading them (see inq_linux.go).
 func socketPending(net.Conn) bool { return false }
+
+// pendingCountable reports whether socketPending can see bytes at all.
+const pendingCountable = false

@@ -107,8 +107,27 @@ func OwnerSupportsPing(o Owner) bool {
 
 // Pin records that the connection owns one more lease; Unpin one fewer.
 // A pinned connection stays acquired (it counts toward Config.MaxConns)
-// until its leases are gone and it is released.
-func (h *Conn) Pin() { h.pins.Add(1) }
+// until its leases are gone and it is released. A lease granted on the
+// connection ends any place it held (HoldPlace).
+func (h *Conn) Pin() {
+	h.c.holdsPlace.Store(false)
+	h.pins.Add(1)
+}
+
+// HoldPlace records whether a two-phase ticket's place is queued on the
+// connection, with nobody waiting on it. While one is, the keepalive pings
+// the connection but does not break it when the server stops answering: a
+// queued place is given up by sending on the connection (w key 0), which a
+// closed socket cannot, and a server that does not release on disconnect
+// would keep it, or a grant made to it while the server was stalled, for
+// nobody. Nothing is lost by waiting: nobody waits on the connection, and
+// the ticket's Wait or Cancel, bounded by their contexts, withdraws the
+// place or finds the connection broken. Pin, Release and Destroy end it.
+func (h *Conn) HoldPlace(on bool) {
+	if h.out.Load() {
+		h.c.holdsPlace.Store(on)
+	}
+}
 
 // Unpin records that the connection owns one lease fewer.
 func (h *Conn) Unpin() {
@@ -128,6 +147,7 @@ func (h *Conn) Release() {
 	if !h.takeOut() {
 		return
 	}
+	h.c.holdsPlace.Store(false)
 	if h.c.errp.Load() == nil && (h.c.inflight.Load() == 0 || h.c.onlyPingPending()) && h.pins.Load() == 0 {
 		h.c.setOwner(nil)
 		now := h.p.now()

@@ -1,0 +1,132 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// heldReadConn is a Config.Dial wrapper whose reads can be held back, as
+// a process frozen or starved of CPU holds its reader back: replies then
+// wait in the socket, unread. It embeds the *net.TCPConn, so that the
+// socket can still be looked at (socketPending).
+type heldReadConn struct {
+	*net.TCPConn
+	hold    atomic.Bool
+	reached chan struct{} // closed when a read first waits at the gate
+	once    sync.Once
+	open    chan struct{} // closed to let reads through again
+}
+
+func (c *heldReadConn) Read(b []byte) (int, error) {
+	if c.hold.Load() {
+		c.once.Do(func() { close(c.reached) })
+		<-c.open
+	}
+	return c.TCPConn.Read(b)
+}
+
+// heldReadPool returns a pool with the given keepalive whose connections
+// are heldReadConns, a wait-pool connection acquired from it, and that
+// connection's wrapper, its reads already held back: the replies to
+// requests sent from now on stay in the socket.
+func heldReadPool(t *testing.T, ka time.Duration) (*Pool, *Conn, *heldReadConn) {
+	t.Helper()
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: ka,
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &heldReadConn{TCPConn: nc.(*net.TCPConn), reached: make(chan struct{}), open: make(chan struct{})}, nil
+		}})
+	h, err := p.Acquire(ctxWait(t))
+	require.NoError(t, err)
+	w := h.c.wc.NetConn().(*heldReadConn)
+	t.Cleanup(func() {
+		select {
+		case <-w.open:
+		default:
+			close(w.open)
+		}
+	})
+	w.hold.Store(true)
+	// A read already under way when the hold began returns the first
+	// reply; the reads after it wait.
+	first := make(chan error, 1)
+	h.SendBatch([]wire.Request{pingReq}, func(_ int, _ wire.Reply, err error) { first <- err })
+	select {
+	case <-w.reached:
+	case <-time.After(wait):
+		t.Fatal("the reader never read again")
+	}
+	return p, h, w
+}
+
+// Replies waiting unread in the socket are not a stalled server: a client
+// frozen or starved of CPU past 2×KeepAlive, whose janitor runs before its
+// reader, once broke the connection ("no reply for 2×KeepAlive") and lost
+// every lease on it although the server had answered (found by review).
+func TestKeepaliveSparesAConnectionWhoseRepliesWaitUnread(t *testing.T) {
+	t.Parallel()
+	if !pendingCountable {
+		t.Skip("the socket's unread bytes cannot be counted here")
+	}
+	const ka = 20 * time.Millisecond
+	p, h, w := heldReadPool(t, ka)
+	answered := make(chan error, 1)
+	h.SendBatch([]wire.Request{lockReq("k")}, func(_ int, r wire.Reply, err error) {
+		if err == nil && r.Status != wire.StatusOK {
+			err = fmt.Errorf("not granted: %+v", r)
+		}
+		answered <- err
+	})
+	require.Eventually(t, func() bool { return socketPending(w.TCPConn) }, wait, time.Millisecond, "the reply never reached the socket")
+	// Fifteen keepalives: the janitor found the connection silent for
+	// 2×KeepAlive over and over.
+	time.Sleep(15 * ka)
+	require.NoError(t, h.Err(), "the keepalive broke a connection whose replies wait unread")
+	close(w.open)
+	select {
+	case err := <-answered:
+		require.NoError(t, err)
+	case <-time.After(wait):
+		t.Fatal("the reply was never read")
+	}
+	assert.Zero(t, p.Stats().Broken)
+	h.Release()
+}
+
+// A reader that does not read at all, though, is not spared for ever: the
+// keepalive's break is what frees the callers waiting on the connection.
+func TestKeepaliveBreaksAConnectionWhoseRepliesStayUnread(t *testing.T) {
+	t.Parallel()
+	if !pendingCountable {
+		t.Skip("the socket's unread bytes cannot be counted here")
+	}
+	const ka = 20 * time.Millisecond
+	_, h, w := heldReadPool(t, ka)
+	start := time.Now()
+	answered := make(chan error, 1)
+	h.SendBatch([]wire.Request{lockReq("k")}, func(_ int, _ wire.Reply, err error) { answered <- err })
+	require.Eventually(t, func() bool { return socketPending(w.TCPConn) }, wait, time.Millisecond, "the reply never reached the socket")
+	select {
+	case err := <-answered:
+		require.ErrorIs(t, err, errNoReply)
+		assert.GreaterOrEqual(t, time.Since(start), stuckReaderAfter, "broken before the grace for unread replies ran out")
+	case <-time.After(stuckReaderAfter + wait):
+		t.Fatal("never broken")
+	}
+	h.Destroy()
+}
