@@ -118,16 +118,21 @@ type conn struct {
 	blocking   int       // blocking requests queued or in flight
 	pings      int       // keepalive pings queued or in flight (pendingNotPing)
 	lastActive int64     // p.now() of the last write or blocking reply
-	progress   int64     // p.now() when the queue became non-empty or last got a reply
+	progress   int64     // p.now() when the queue became non-empty, a write found nothing unanswered, or a reply came
 	lastRead   int64     // p.now() of the last reply read, or of a probe that found the socket quiet
 	seenBytes  int64     // wc.BytesRead() at the keepalive's last look (under mu)
 	seenLines  int64     // wc.BytesConsumed() then (under mu)
-	err        error     // sticky; set once, under mu
-	owner      Owner     // the lease owner this connection serves now (for OnConnBroken); nil if none
-	// unreadSince is the p.now() at which the keepalive, about to break
-	// the connection, first found replies waiting unread in its socket
-	// (unreadGrace); 0 once a reply has been read since (under mu).
-	unreadSince int64
+	// matchedLines is wc.BytesConsumed() when the last reply was matched
+	// to its call (answeredLocked; under mu): a line read after it that
+	// is not a push (see onPush) is a reply its reader has yet to match.
+	matchedLines int64
+	err          error // sticky; set once, under mu
+	owner        Owner // the lease owner this connection serves now (for OnConnBroken); nil if none
+	// behindSince is the p.now() at which the keepalive, about to break
+	// the connection, first found this process behind on it: requests not
+	// written yet, or replies waiting unread in its socket (behindGrace);
+	// 0 once a reply has been read or a write made since (under mu).
+	behindSince int64
 	// holdsPlace: a two-phase ticket's place is queued here, and the
 	// keepalive does not break the connection (Conn.HoldPlace).
 	holdsPlace atomic.Bool
@@ -204,7 +209,8 @@ type conn struct {
 // registers it.
 func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
 	c := &conn{p: p, wc: wc, lastActive: p.now(), inline: kernelSocket(wc.NetConn()),
-		wake: make(chan struct{}, 1), dead: make(chan struct{}), readerDone: make(chan struct{})}
+		matchedLines: wc.BytesConsumed(),
+		wake:         make(chan struct{}, 1), dead: make(chan struct{}), readerDone: make(chan struct{})}
 	c.flushFn = c.flush
 	c.interruptFn = c.interruptRead
 	if c.inline {
@@ -977,7 +983,7 @@ const (
 func (c *conn) enqueueLocked(req *wire.Request, cl *call, claimed bool) (reads bool) {
 	if c.q.n == 0 {
 		c.progress = c.p.now()
-		c.unreadSince = 0
+		c.behindSince = 0
 		// Bytes read before this request are no progress on it.
 		c.seenBytes = c.wc.BytesRead()
 		c.seenLines = c.wc.BytesConsumed()
@@ -1149,8 +1155,15 @@ func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 	b := c.buf
 	c.buf = c.spare[:0]
 	c.spare = nil
+	idle, now := c.onWireLocked() == 0, c.p.now()
+	if idle {
+		// The server owes nothing before this write: requests that
+		// waited for it (held back, or their flusher starved of CPU)
+		// have gone unanswered only from now.
+		c.progress, c.behindSince = max(c.progress, now), 0
+	}
 	if c.oneBatch {
-		c.pace.wrote(c.onWireLocked() == 0, c.p.now())
+		c.pace.wrote(idle, now)
 	}
 	inB := c.bufN
 	c.bufN = 0
@@ -1528,6 +1541,7 @@ func (c *conn) readerExited() bool {
 func (c *conn) answeredLocked(cl *call) {
 	now := c.p.now()
 	c.lastRead = now
+	c.matchedLines = c.wc.BytesConsumed()
 	c.inflight.Add(-1)
 	if cl.kind == callPing {
 		c.pings--
@@ -1552,7 +1566,7 @@ func (c *conn) answeredLocked(cl *call) {
 		c.seenBytes = c.wc.BytesRead()
 		c.seenLines = c.wc.BytesConsumed()
 	}
-	c.unreadSince = 0
+	c.behindSince = 0
 }
 
 // readerTurn returns when the reader goroutine is to read the next line:
@@ -1793,12 +1807,16 @@ func (c *conn) keepalive(now, ka int64) int64 {
 			// next one.
 			c.seenBytes = n
 			if cons := c.wc.BytesConsumed(); n > cons && cons == c.seenLines {
-				c.progress, c.unreadSince = now, 0
+				c.progress, c.behindSince = now, 0
 			} else {
 				c.seenLines = cons
 			}
 		}
 		due := satAdd(c.progress, satAdd(ka, ka))
+		// This process may be behind, not the server: see behindGrace.
+		onWire := c.onWireLocked()
+		behind := onWire == 0 || c.onPush == nil && c.wc.BytesConsumed() > c.matchedLines
+		writingAll := onWire > 0 && onWire == c.writing
 		c.mu.Unlock()
 		if due > now {
 			return due
@@ -1808,7 +1826,7 @@ func (c *conn) keepalive(now, ka int64) int64 {
 			// give the place up: see Conn.HoldPlace.
 			return satAdd(now, ka)
 		}
-		if later := c.unreadGrace(now, ka); later > 0 {
+		if later := c.behindGrace(now, ka, behind, writingAll); later > 0 {
 			return later
 		}
 		c.fail(errNoReply)
@@ -1830,30 +1848,37 @@ func (c *conn) keepalive(now, ka int64) int64 {
 	return satAdd(now, ka)
 }
 
-// stuckReaderAfter bounds unreadGrace: replies left unread this long mean
-// a reader that does not read (a bug), not a slow one, and the keepalive's
-// break is then what frees the callers waiting on the connection.
-const stuckReaderAfter = 5 * time.Second
+// stuckClientAfter bounds behindGrace: requests left unwritten, or replies
+// unread, this long mean a flusher or reader that does not run at all (a
+// bug), not a slow one, and the keepalive's break is then what frees the
+// callers waiting on the connection.
+const stuckClientAfter = 5 * time.Second
 
-// unreadGrace spares, for a while, a connection the keepalive would break
-// for want of replies when replies are in fact waiting in its socket,
-// unread: this process was frozen (a stopped or suspended VM, a long GC
-// pause) or starved of CPU, and the janitor ran before the reader. The
-// server is not stalled then, and breaking the connection would lose its
-// leases for nothing. It returns when to look again, or 0 to break it:
-// no bytes wait (or none can be counted: see socketPending), or they have
-// waited stuckReaderAfter since first seen here, which no reader that runs
-// at all lets happen.
-func (c *conn) unreadGrace(now, ka int64) int64 {
-	if !socketPending(c.wc.NetConn()) {
+// behindGrace spares, for a while, a connection the keepalive would break
+// for want of replies when this process, not the server, is behind on it:
+// its requests are not written yet (the flusher started for them has not
+// run: behind), or their write has not reached the kernel (writingAll: a
+// write is under way with every unanswered request in it, and the socket
+// has nothing unacknowledged; a write blocked on a server that stopped
+// reading leaves the kernel full), a reply has been read but not yet
+// matched to its call (behind), or replies wait in its socket, unread. The
+// process was frozen (a stopped or suspended VM, a long GC pause) or
+// starved of CPU, and the janitor ran before the flusher or the reader;
+// breaking the connection would lose its leases for nothing. It returns
+// when to look again, or 0 to break it: none is the case (the socket is
+// looked at only where socketPending can), or it has lasted
+// stuckClientAfter since first seen here.
+func (c *conn) behindGrace(now, ka int64, behind, writingAll bool) int64 {
+	nc := c.wc.NetConn()
+	if !behind && !(writingAll && socketSendIdle(nc)) && !socketPending(nc) {
 		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.unreadSince == 0 {
-		c.unreadSince = now
+	if c.behindSince == 0 {
+		c.behindSince = now
 	}
-	end := satAdd(c.unreadSince, int64(stuckReaderAfter))
+	end := satAdd(c.behindSince, int64(stuckClientAfter))
 	if now >= end {
 		return 0
 	}

@@ -16,16 +16,18 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// heldReadConn is a Config.Dial wrapper whose reads can be held back, as
-// a process frozen or starved of CPU holds its reader back: replies then
-// wait in the socket, unread. It embeds the *net.TCPConn, so that the
-// socket can still be looked at (socketPending).
+// heldReadConn is a Config.Dial wrapper whose reads, or writes, can be
+// held back, as a process frozen or starved of CPU holds its reader or its
+// flusher back: replies then wait in the socket, unread, or requests never
+// reach it. It embeds the *net.TCPConn, so that the socket can still be
+// looked at (socketPending, socketSendIdle).
 type heldReadConn struct {
 	*net.TCPConn
-	hold    atomic.Bool
-	reached chan struct{} // closed when a read first waits at the gate
-	once    sync.Once
-	open    chan struct{} // closed to let reads through again
+	hold      atomic.Bool // reads
+	holdWrite atomic.Bool
+	reached   chan struct{} // closed when a read or write first waits at the gate
+	once      sync.Once
+	open      chan struct{} // closed to let reads and writes through again
 }
 
 func (c *heldReadConn) Read(b []byte) (int, error) {
@@ -34,6 +36,14 @@ func (c *heldReadConn) Read(b []byte) (int, error) {
 		<-c.open
 	}
 	return c.TCPConn.Read(b)
+}
+
+func (c *heldReadConn) Write(b []byte) (int, error) {
+	if c.holdWrite.Load() {
+		c.once.Do(func() { close(c.reached) })
+		<-c.open
+	}
+	return c.TCPConn.Write(b)
 }
 
 // heldReadPool returns a pool with the given keepalive whose connections
@@ -124,9 +134,65 @@ func TestKeepaliveBreaksAConnectionWhoseRepliesStayUnread(t *testing.T) {
 	select {
 	case err := <-answered:
 		require.ErrorIs(t, err, errNoReply)
-		assert.GreaterOrEqual(t, time.Since(start), stuckReaderAfter, "broken before the grace for unread replies ran out")
-	case <-time.After(stuckReaderAfter + wait):
+		assert.GreaterOrEqual(t, time.Since(start), stuckClientAfter, "broken before the grace for unread replies ran out")
+	case <-time.After(stuckClientAfter + wait):
 		t.Fatal("never broken")
 	}
 	h.Destroy()
+}
+
+// A write under way that has not reached the kernel (its flusher frozen or
+// starved between taking the requests and the system call) is not a
+// stalled server either; one blocked on a server that stopped reading,
+// which fills the socket's buffers, is
+// (TestLingerOutlivesTheWriteTimeoutOfAWriteBlockedAtTheCut).
+func TestKeepaliveSparesAConnectionWhoseWriteHasNotReachedTheKernel(t *testing.T) {
+	t.Parallel()
+	if !pendingCountable {
+		t.Skip("the socket's send queue cannot be looked at here")
+	}
+	const ka = 20 * time.Millisecond
+	srv := newServer(t, testutil.Config{})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: ka,
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &heldReadConn{TCPConn: nc.(*net.TCPConn), reached: make(chan struct{}), open: make(chan struct{})}, nil
+		}})
+	h, err := p.Acquire(ctxWait(t))
+	require.NoError(t, err)
+	w := h.c.wc.NetConn().(*heldReadConn)
+	t.Cleanup(func() {
+		select {
+		case <-w.open:
+		default:
+			close(w.open)
+		}
+	})
+	w.holdWrite.Store(true)
+	answered := make(chan error, 1)
+	h.SendBatch([]wire.Request{lockReq("k")}, func(_ int, r wire.Reply, err error) {
+		if err == nil && r.Status != wire.StatusOK {
+			err = fmt.Errorf("not granted: %+v", r)
+		}
+		answered <- err
+	})
+	select {
+	case <-w.reached:
+	case <-time.After(wait):
+		t.Fatal("the write never began")
+	}
+	time.Sleep(15 * ka)
+	require.NoError(t, h.Err(), "the keepalive broke a connection whose write had not reached the kernel")
+	close(w.open)
+	select {
+	case err := <-answered:
+		require.NoError(t, err)
+	case <-time.After(wait):
+		t.Fatal("never answered")
+	}
+	assert.Zero(t, p.Stats().Broken)
+	h.Release()
 }
