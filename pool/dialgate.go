@@ -175,6 +175,14 @@ func (g *dialGate) generation() uint64 {
 	return g.failGen
 }
 
+// paced reports whether dials are held back after a failure: one at a
+// time, each after a backoff.
+func (g *dialGate) paced() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.failures > 0
+}
+
 // changeCount is the count of broadcasts so far (see waitForDial).
 func (g *dialGate) changeCount() uint64 {
 	g.mu.Lock()

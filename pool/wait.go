@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -373,6 +374,94 @@ func (p *Pool) WaitPoolFull() bool { return p.nAcquired.Load() >= int64(p.cfg.Ma
 // an Acquire now would not dial. A hint: it may change at once. It costs a
 // lock and an allocation (puddle's Stat): not for every acquire.
 func (p *Pool) HasIdle() bool { return p.pp.Stat().IdleResources() > 0 }
+
+// DialsPaced reports whether a new wait-pool connection may be long in
+// coming: a dial failed on the network (a server at its --max-connections
+// refuses them) and none has succeeded since, so dials go one at a time,
+// each after a backoff of up to 2 s (see Acquire). A hint: it may change
+// at once.
+func (p *Pool) DialsPaced() bool { return p.gate.paced() }
+
+// ErrBusy is AcquireUnlessBusy's error when it stops waiting; Acquire
+// never returns it.
+var ErrBusy = errors.New("dflock: no wait-pool connection at hand")
+
+// AcquireUnlessBusy is Acquire for a caller that has something better to
+// do than wait for a connection to come back — package dflock's Lock can
+// try its key on the control lane meanwhile. Each time it has waited
+// patience it looks at why: if the pool is busy (WaitPoolFull, or
+// DialsPaced) it stops waiting and fails with an error matching ErrBusy
+// that says what it waited for; the caller may call it again. A wait for a
+// dial in progress goes on: cut short, the dial would still finish, into
+// the idle set, and the next call would start another one. A patience of
+// 0 or less waits as Acquire does.
+func (p *Pool) AcquireUnlessBusy(ctx context.Context, patience time.Duration) (*Conn, error) {
+	if patience <= 0 {
+		return p.Acquire(ctx)
+	}
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	w := &busyWatch{p: p, cancel: cancel, every: patience}
+	w.mu.Lock()
+	w.t = time.AfterFunc(patience, w.check)
+	w.mu.Unlock()
+	h, err := p.Acquire(bctx)
+	w.stop()
+	if err != nil && errors.Is(err, context.Canceled) && context.Cause(bctx) == errBusyCut {
+		if ctx.Err() != nil { // ended meanwhile: its error, not ours
+			return nil, serverErr(p.cfg.Addr, ctx.Err(), p.busyCause())
+		}
+		return nil, serverErr(p.cfg.Addr, ErrBusy, p.busyCause())
+	}
+	return h, err
+}
+
+// errBusyCut is the cause a busyWatch cancels its Acquire with.
+var errBusyCut = errors.New("wait-pool busy")
+
+// busyWatch cuts short an AcquireUnlessBusy's wait once it finds the pool
+// busy, looking every `every`. A timer, not a goroutine: a caller parked at
+// a full pool costs no goroutine while it waits.
+type busyWatch struct {
+	p      *Pool
+	cancel context.CancelCauseFunc
+	every  time.Duration
+	mu     sync.Mutex // orders check against stop, and t's write against check
+	t      *time.Timer
+	done   bool
+}
+
+func (w *busyWatch) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.done:
+	case w.p.WaitPoolFull() || w.p.DialsPaced():
+		w.cancel(errBusyCut)
+	default:
+		w.t.Reset(w.every) // dialling, or about to: let it, and look again
+	}
+}
+
+func (w *busyWatch) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
+	w.t.Stop()
+}
+
+// busyCause says what an AcquireUnlessBusy that stopped waiting waited
+// for, in words (see waitingFor).
+func (p *Pool) busyCause() error {
+	g := &p.gate
+	g.mu.Lock()
+	failing, last := g.failures > 0, g.lastErr
+	g.mu.Unlock()
+	if failing && last != nil && !p.WaitPoolFull() {
+		return fmt.Errorf("waiting to dial again after a failed dial: %v", causeOf(last))
+	}
+	return p.waitingFor()
+}
 
 // waitingFor says what an Acquire whose context ended was waiting for:
 // puddle returns at once, leaving a dial it started to finish in the
