@@ -63,7 +63,7 @@ func TestWaitCancelledJustAfterItsGrantWasReadReleasesIt(t *testing.T) {
 	go func() {
 		// Lock's wait-pool path, with the operation context in hand.
 		req := wire.Request{Cmd: wire.CmdLock, Key: "k", Lease: 30}
-		l, err := c.waitAcquire(octx, octx, "lock", c.servers[0], req)
+		l, err := c.waitAcquire(octx, octx, "lock", c.servers[0], req, new(bool))
 		if err == nil {
 			_ = l.release(ctx)
 		}

@@ -137,7 +137,13 @@ var errLostAtHandOver = fmt.Errorf("%w: granted or confirmed too late: the lease
 // connection; a contended one waits on a connection of its own, which stays
 // with the lock until it is released. A key found held within the last
 // second or so goes straight to such a connection, skipping the shared
-// one's try (docs/performance.md, "Contended keys"). If ctx ends while a
+// one's try (docs/performance.md, "Contended keys"). While no such
+// connection can be had — WithMaxConnsPerServer of them in use, or dials
+// held back after the server refused one — the call waits for one and
+// meanwhile tries the key on the shared connection again, after 50 ms and
+// then at intervals doubling up to a second: a lock released meanwhile is
+// granted there. Until it has its connection the call is not in the
+// server's queue, so waiters queued there go first. If ctx ends while a
 // grant is in flight, the grant is released: an error return never leaves
 // a lock held (on a server with auto-release off, see the package doc for
 // the three exceptions).
@@ -221,11 +227,13 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 
 	hk := hotKey{key: key, sem: limit != 0}
 	// A key found held a moment ago skips the lane try — unless the wait
-	// pool is full, or the caller's time may not cover dialling one (an
-	// AcquireTimeout, or a ctx deadline closer than a dial may take: Lock
-	// documents the two alike): a hot key may have been released
-	// meanwhile, and Lock on a free key must neither wait for a wait-pool
-	// connection to come back nor time out while one is dialled.
+	// pool is full, or getting a connection may take longer than the
+	// caller has or than a free key should wait (an AcquireTimeout, or a
+	// ctx deadline closer than a dial may take — Lock documents the two
+	// alike —, or dials paced after a failure, up to 2 s apart) and none
+	// is idle: a hot key may have been released meanwhile, and Lock on a
+	// free key must neither wait for a wait-pool connection to come back
+	// nor time out (or wait out a backoff) while one is dialled.
 	laneTried := try || (!c.opts.noLaneFast && (!srv.hot.contains(hk, time.Now) || srv.pool.WaitPoolFull() ||
 		((a.hasTimeout || deadlineWithin(ctx, c.opts.dialTimeout)) && !srv.pool.HasIdle())))
 	if laneTried {
@@ -241,7 +249,7 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	}
 	opCtx, cancel := c.opContext(laneCtx) // keeps laneCtx's deadline and cause
 	defer cancel()
-	h, err := c.waitAcquire(ctx, opCtx, op, srv, req)
+	h, err := c.waitAcquire(ctx, opCtx, op, srv, req, &laneTried)
 	if err != nil && !laneTried && !c.opts.noLaneFast && errors.Is(err, ErrServerUnavailable) && opCtx.Err() == nil {
 		// No wait-pool connection could be made (a server at its
 		// connection cap) for a key skipped as hot, whose lane may
@@ -318,19 +326,17 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 }
 
 // waitAcquire sends a blocking acquire on a wait-pool connection of its own,
-// re-issuing it while the server times out before the caller does.
-func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server, req wire.Request) (*held, error) {
+// re-issuing it while the server times out before the caller does. It may
+// return a lease granted on the control lane instead, while it waited for
+// that connection (see waitConn); laneTried is as there.
+func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server, req wire.Request, laneTried *bool) (*held, error) {
 	fail := func(err error) (*held, error) {
-		if opCtx.Err() != nil {
-			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
-		}
-		return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
+		return nil, c.acquireFailed(ctx, opCtx, op, srv, req.Key, err)
 	}
 	defer c.waitBegin(ctx, srv).end()
-	conn, err := srv.pool.Acquire(opCtx)
-	if err != nil {
-		h, ferr := fail(err)
-		return h, connectingIn(ferr, err)
+	conn, h, err := c.waitConn(ctx, opCtx, op, srv, req, laneTried)
+	if conn == nil {
+		return h, err
 	}
 	first := true
 	var early earlyTimeouts
@@ -347,8 +353,8 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 			// (exchange destroyed this one). A restart leaves every idle
 			// connection stale; each is tried at most once, and a
 			// freshly dialled one is never stale.
-			if conn, err = srv.pool.Acquire(opCtx); err != nil {
-				return fail(err)
+			if conn, h, err = c.waitConn(ctx, opCtx, op, srv, req, laneTried); conn == nil {
+				return h, err
 			}
 			continue
 		}
@@ -378,6 +384,69 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 		giveBack(conn, r)
 		return nil, refusal(op, req.Key, srv, r)
 	}
+}
+
+// Pacing of the control-lane tries of a caller that waits for a wait-pool
+// connection (waitConn): after laneRetryMin, doubling up to laneRetryMax,
+// so that a caller parked for long at a full pool costs its server a try
+// a second.
+const (
+	laneRetryMin = 50 * time.Millisecond
+	laneRetryMax = time.Second
+)
+
+// waitConn gets the wait-pool connection for req's blocking acquire, or a
+// lease of req's key granted on the control lane meanwhile (h), or the
+// acquire's error. A caller that waits for a connection — the pool at
+// WithMaxConnsPerServer, or its dials paced after a failure — is in no
+// queue of the server's, which would not tell it that its key came free:
+// without the lane it would wait for another caller's lock to be released
+// (forever, if it is its own: a nested Lock at a cap of 1), and a
+// semaphore's slots beyond the cap would stay unused. So the wait is cut
+// into slices (pool.Pool.AcquireUnlessBusy, laneRetryMin doubling to
+// laneRetryMax) and after each the key is tried on the lane with timeout
+// 0. The server grants such a try only while nobody is queued for the
+// key, so the waiters queued on the server keep their order; the caller
+// has no place in it until it has its connection (nor had it without the
+// tries). A try that finds the key held refreshes it in the hot-key set
+// and, if no lane try of the call had yet (*laneTried), counts the call as
+// contended. A grant that comes after the caller gave up is released by
+// tryLane. A connection and a grant never both come: the two are not
+// waited for at once, so there is no connection to give back.
+func (c *Client) waitConn(ctx, opCtx context.Context, op string, srv *server, req wire.Request, laneTried *bool) (*pool.Conn, *held, error) {
+	if c.opts.noLaneFast { // the benchmarks' wait-pool-only client
+		conn, err := srv.pool.Acquire(opCtx)
+		if err != nil {
+			return nil, nil, connectingIn(c.acquireFailed(ctx, opCtx, op, srv, req.Key, err), err)
+		}
+		return conn, nil, nil
+	}
+	for pause := laneRetryMin; ; pause = min(2*pause, laneRetryMax) {
+		conn, err := srv.pool.AcquireUnlessBusy(opCtx, pause)
+		if !errors.Is(err, pool.ErrBusy) {
+			if err != nil {
+				return nil, nil, connectingIn(c.acquireFailed(ctx, opCtx, op, srv, req.Key, err), err)
+			}
+			return conn, nil, nil
+		}
+		if h, err := c.tryLane(ctx, opCtx, op, srv, req, false); h != nil || err != nil {
+			return nil, h, err
+		}
+		if !*laneTried {
+			*laneTried = true
+			c.stats.contended.Add(1)
+		}
+		srv.hot.add(hotKey{key: req.Key, sem: req.Limit != 0}, time.Now())
+	}
+}
+
+// acquireFailed is the error of an acquire on srv that err ended — the
+// caller's (ctx's) error if opCtx has ended meanwhile, whatever err says.
+func (c *Client) acquireFailed(ctx, opCtx context.Context, op string, srv *server, key string, err error) error {
+	if opCtx.Err() != nil {
+		err = c.ctxError(ctx, opCtx, ErrNotAcquired)
+	}
+	return &Error{Op: op, Key: key, Server: srv.addr, Err: err}
 }
 
 // exchange sends req, an acquire (l/sl, e/se, w/sw), on an exclusive

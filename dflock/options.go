@@ -497,7 +497,9 @@ func WithServerReadTimeout(d time.Duration) Option {
 // blocking acquire in progress, every two-phase ticket and every lease
 // granted after waiting holds one (as does a lease of a key found held
 // within the last second or so, which goes straight to the wait pool);
-// uncontended locks use the control lane and hold none. It must be between
+// uncontended locks use the control lane and hold none. A contended
+// acquire that finds all n in use waits for one, trying its key on the
+// control lane meanwhile (see Client.Lock). It must be between
 // 1 and MaxConnsPerServer. Default DefaultMaxConnsPerServer. Connections
 // given up on but kept open a while for a grant still on its way
 // (ConnCounts.Lingering) are outside the cap and bounded on their own, at

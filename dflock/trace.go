@@ -64,7 +64,9 @@ const (
 	// PathNone: no lease granted (also an Enqueue that queued, which
 	// counts as Granted), and the call did not wait in the wait pool.
 	PathNone AcquirePath = iota
-	// PathLane: granted on the control lane (uncontended).
+	// PathLane: granted on the control lane: uncontended, or released
+	// while the call waited for a wait-pool connection (then Waited is
+	// not 0).
 	PathLane
 	// PathWaitPool: granted on, or waited on, a wait-pool connection of
 	// its own (after finding the key held, or by a two-phase ticket).
