@@ -235,7 +235,7 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	// free key must neither wait for a wait-pool connection to come back
 	// nor time out (or wait out a backoff) while one is dialled.
 	laneTried := try || (!c.opts.noLaneFast && (!srv.hot.contains(hk, time.Now) || srv.pool.WaitPoolFull() ||
-		((a.hasTimeout || deadlineWithin(ctx, c.opts.dialTimeout)) && !srv.pool.HasIdle())))
+		((a.hasTimeout || deadlineWithin(ctx, c.opts.dialTimeout) || srv.pool.DialsPaced()) && !srv.pool.HasIdle())))
 	if laneTried {
 		h, err := c.tryLane(ctx, laneCtx, op, srv, req, try)
 		if h != nil || err != nil {

@@ -254,3 +254,39 @@ func TestLaneRetryGrantedAfterTheCallerGaveUpIsReleased(t *testing.T) {
 	px.SetLatency(0)
 	assert.Equal(t, 1, c.Snapshot().Held, "only the outer lock is held")
 }
+
+// A key found held a moment ago goes straight to the wait pool, but not
+// while a new wait-pool connection is paced after a refused dial (a
+// server at its connection cap) and none is idle: the key may be free,
+// and the lane grants it at once, while the wait pool's next dial may be
+// up to 2 s away. It used to wait for that dial (with no deadline to
+// route it to the lane first), and with the lane tries of a waiting
+// caller still for the first of them.
+func TestHotKeyIsTriedOnTheLaneFirstWhileWaitPoolDialsArePaced(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	srv := newServer(t, testutil.Config{MaxConnections: 2})
+	var tr recTracer
+	c := newClient(t, addrsOf(srv), WithLaneConns(1), WithTracer(&tr))
+	c.servers[0].hot.ttl = time.Hour // however slow the machine
+	other := newClient(t, addrsOf(srv), WithLaneConns(1))
+
+	h, err := other.Lock(ctx, "k")
+	require.NoError(t, err)
+	// Found held on the lane (hot from now on), then refused a wait-pool
+	// connection: the server's two are the lanes.
+	_, err = c.Lock(ctx, "k", AcquireTimeout(testTimeout))
+	require.ErrorIs(t, err, ErrServerUnavailable)
+	require.True(t, c.servers[0].pool.DialsPaced())
+	require.True(t, c.servers[0].hot.contains(hotKey{key: "k"}, time.Now))
+	require.NoError(t, h.Release(ctx))
+	tr.take(t)
+
+	l, err := c.Lock(ctx, "k") // no AcquireTimeout, a distant deadline
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, l.Release(ctx)) }()
+	spans := tr.take(t)
+	require.Len(t, spans, 1)
+	assert.Equal(t, PathLane, spans[0].res.Path)
+	assert.Zero(t, spans[0].res.Waited, "it waited on the wait path first")
+}
