@@ -69,7 +69,7 @@ func (c *Client) renewStats() RenewStats {
 type ClientStats struct {
 	Acquired   int64 // locks and slots granted (all kinds)
 	LaneGrants int64 // of which granted on the control lane (uncontended, or freed while waiting for a wait-pool connection)
-	WaitGrants int64 // of which granted on a wait-pool connection (after waiting, or two-phase)
+	WaitGrants int64 // of which granted on a wait-pool connection (after finding the key held, now or within the last second, or two-phase)
 	Contended  int64 // Lock/Semaphore calls whose control-lane try found the key held
 	Released   int64 // leases released (by Release, WithLock, Cancel or Close)
 	Lost       int64 // leases lost while held, and those Release found lost

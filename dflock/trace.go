@@ -69,7 +69,8 @@ const (
 	// not 0).
 	PathLane
 	// PathWaitPool: granted on, or waited on, a wait-pool connection of
-	// its own (after finding the key held, or by a two-phase ticket).
+	// its own (after finding the key held, now or within the last second,
+	// or by a two-phase ticket).
 	PathWaitPool
 )
 
