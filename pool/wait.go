@@ -344,25 +344,34 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 				return nil, err // from dial: already a *ServerError
 			}
 		}
-		c := res.Value()
-		if c.errp.Load() != nil || c.brokenWhileIdle() {
-			res.Destroy()
-			continue
+		if h, err := p.handOut(res, start); h != nil || err != nil {
+			return h, err
 		}
-		h := &Conn{p: p, c: c, res: res, reused: res.CreationTime().Before(start)}
-		p.mu.Lock()
-		if p.closed.Load() {
-			p.mu.Unlock()
-			res.Destroy()
-			return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
-		}
-		h.out.Store(true)
-		p.acquired[h] = struct{}{}
-		p.nAcquired.Add(1)
-		p.mu.Unlock()
-		c.setOwner(h)
-		return h, nil
 	}
+}
+
+// handOut makes res, taken from puddle for an Acquire that began at start,
+// the caller's Conn; nil, nil if it broke while idle (it is destroyed, and
+// the caller takes another).
+func (p *Pool) handOut(res *puddle.Resource[*conn], start time.Time) (*Conn, error) {
+	c := res.Value()
+	if c.errp.Load() != nil || c.brokenWhileIdle() {
+		res.Destroy()
+		return nil, nil
+	}
+	h := &Conn{p: p, c: c, res: res, reused: res.CreationTime().Before(start)}
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		res.Destroy()
+		return nil, serverErr(p.cfg.Addr, ErrClosed, nil)
+	}
+	h.out.Store(true)
+	p.acquired[h] = struct{}{}
+	p.nAcquired.Add(1)
+	p.mu.Unlock()
+	c.setOwner(h)
+	return h, nil
 }
 
 // WaitPoolFull reports whether an Acquire now would wait for a connection to
@@ -394,9 +403,13 @@ var ErrBusy = errors.New("dflock: no wait-pool connection at hand")
 // that says what it waited for; the caller may call it again. A wait for a
 // dial in progress goes on: cut short, the dial would still finish, into
 // the idle set, and the next call would start another one. A patience of
-// 0 or less waits as Acquire does.
+// 0 or less waits as Acquire does, and so does a call that finds a
+// connection idle: the common case, a contended Lock, would pay the watch
+// (a context and a timer) for nothing. (If another caller takes that one
+// first and the pool is full, this one waits unwatched for the next to come
+// back, as Acquire does.)
 func (p *Pool) AcquireUnlessBusy(ctx context.Context, patience time.Duration) (*Conn, error) {
-	if patience <= 0 {
+	if patience <= 0 || p.HasIdle() {
 		return p.Acquire(ctx)
 	}
 	bctx, cancel := context.WithCancelCause(ctx)
