@@ -2,6 +2,7 @@ package renew
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,10 +91,10 @@ func (l *Lease) LossHandler() LossHandler { return l.onLost }
 func (l *Lease) Counters() *Counters { return l.counters }
 
 // Done is closed when the lease ends: lost, or untracked for release. It is
-// created on first use.
+// created on first use. Like Err, it first ends a lease past its loss
+// deadline.
 func (l *Lease) Done() <-chan struct{} {
-	if l.ended.Load() {
-		l.finish() // the Context made before is cancelled first
+	if l.hasEnded() { // finished: the Context made before is cancelled first
 		return l.endedDone()
 	}
 	s := l.s
@@ -122,21 +123,48 @@ func (l *Lease) endedDone() <-chan struct{} {
 
 // Err is nil while Done is open; after loss it matches ErrLost (and wraps the
 // cause); after Untrack it is ErrReleased.
+//
+// A lease past its loss deadline is lost by the clock whether or not the
+// scheduler goroutine has run since: Err ends it itself, exactly as that
+// goroutine's next round would (the release is still sent from there), so
+// a process resumed after a freeze or CPU starvation longer than the
+// lease's life sees the loss at its first check, not a scheduling delay
+// later, while another client may hold the lock already.
 func (l *Lease) Err() error {
-	if l.ended.Load() {
-		l.finish() // nobody sees the end before Context and Done do
+	if l.hasEnded() { // finished: nobody sees the end before Context and Done do
 		return l.err
 	}
 	return nil
 }
 
+// hasEnded reports whether the lease has ended, ending it first if it is
+// past its loss deadline (Scheduler.expireOverdueLocked), and finishes it
+// if so. On a held lease it costs one atomic load and one clock read.
+func (l *Lease) hasEnded() bool {
+	if !l.ended.Load() {
+		s := l.s
+		if s == nil || l.deadline.Load() > s.now() {
+			return false
+		}
+		s.mu.Lock()
+		ended := s.expireOverdueLocked(l)
+		s.mu.Unlock()
+		if !ended {
+			return false // confirmed meanwhile
+		}
+	}
+	l.finish()
+	return true
+}
+
 // Overdue reports whether the lease, not yet ended, is past its loss
 // deadline (its last confirmed send + TTL − the safety margin): the
 // scheduler declares it lost at its next round, due at once, or already
-// late. An acquire whose grant, or the renewal confirming it, was answered
-// that late — or that hands over a lease long after tracking it, as a
-// ticket granted at enqueue does — must not hand it over as held. It takes
-// no lock (it runs on every acquire): one clock read.
+// late, and so does the next call of Err, Done, Context or Renew. An
+// acquire whose grant, or the renewal confirming it, was answered that
+// late — or that hands over a lease long after tracking it, as a ticket
+// granted at enqueue does — must not hand it over as held. It takes no
+// lock (it runs on every acquire): one clock read.
 func (l *Lease) Overdue() bool {
 	s := l.s
 	return s != nil && !l.ended.Load() && l.deadline.Load() <= s.now()
@@ -163,10 +191,13 @@ func (l *Lease) Forfeit() {
 }
 
 // Context is cancelled when Done closes; context.Cause gives Err(). It is
-// created on first use.
+// created on first use. Its Err and Done end a lease past its loss
+// deadline first, as the lease's own do; context.Cause, which only reads,
+// and contexts derived from it follow once the lease has ended.
 func (l *Lease) Context() context.Context {
 	s := l.s
 	s.mu.Lock()
+	s.expireOverdueLocked(l)
 	if l.ctx == nil {
 		ctx, cancel := context.WithCancelCause(context.Background())
 		l.ctx = ctx
@@ -178,13 +209,41 @@ func (l *Lease) Context() context.Context {
 			cancel(l.err)
 		}
 	}
-	ctx := l.ctx
 	ended := l.state != stateTracked
 	s.mu.Unlock()
 	if ended {
 		l.finish()
 	}
-	return ctx
+	return (*leaseContext)(l)
+}
+
+// leaseContext is a Lease's Context: l.ctx (written once, before Context
+// first returns), with Err and Done that check the loss deadline first, as
+// the Lease's do. Value goes straight to l.ctx, so the context package
+// finds the cancelCtx under it: context.Cause works, and a context derived
+// from it is cancelled with it directly (Done is l.ctx's own channel), not
+// by a goroutine that watches Done. A conversion of the Lease pointer, it
+// costs no allocation.
+type leaseContext Lease
+
+func (c *leaseContext) Deadline() (time.Time, bool) { return c.ctx.Deadline() }
+
+func (c *leaseContext) Done() <-chan struct{} {
+	(*Lease)(c).hasEnded()
+	return c.ctx.Done()
+}
+
+func (c *leaseContext) Err() error {
+	(*Lease)(c).hasEnded()
+	return c.ctx.Err()
+}
+
+func (c *leaseContext) Value(key any) any { return c.ctx.Value(key) }
+
+// String names the context as the context package names its own (fmt
+// would otherwise print the Lease's fields, read without its mutex).
+func (c *leaseContext) String() string {
+	return "renew.Lease(" + strconv.Quote(c.key) + ").Context"
 }
 
 // finish completes the end of the lease once endLocked has ended it:
@@ -260,14 +319,17 @@ func (l *Lease) Untrack() bool {
 // loses the lease and returns its loss error. If ctx ends first Renew
 // returns ctx.Err(); the renewal still completes and is applied. If the
 // lease ends first (lost by the client's clock on a silent connection,
-// released), Renew returns Err at once: no answer can change that.
+// released), Renew returns Err at once: no answer can change that. A lease
+// already past its loss deadline is lost, as Err would find it, and no
+// renewal is sent: the server may have handed it on, and an ok from a
+// server that has not would not make the time in between held.
 func (l *Lease) Renew(ctx context.Context) error {
 	s := l.s
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	if l.state != stateTracked {
+	if s.expireOverdueLocked(l) {
 		err := l.err
 		s.mu.Unlock()
 		l.finish() // seen ended: finished before anyone hears of it

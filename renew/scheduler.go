@@ -65,6 +65,14 @@ type Scheduler struct {
 	notifyShut bool
 	notifyWG   sync.WaitGroup
 
+	// expired holds the leases declared lost by the clock whose best-effort
+	// release no round has sent yet (guarded by mu). tick declares most of
+	// them and sends their releases in the same round; a caller that finds
+	// its lease overdue (Lease.Err, Done, Context, Renew) ends it at once
+	// but leaves the write to the scheduler goroutine, poking it, rather
+	// than do I/O on its own goroutine; Close hands back what is left.
+	expired []expiredLease
+
 	// Written by reply callbacks on connection readers, without the mutex.
 	releaseFailed atomic.Int64
 
@@ -90,6 +98,13 @@ type ownerState struct {
 	renew   []*Lease
 	rel     []*Lease
 	inRound bool
+}
+
+// expiredLease is an entry of Scheduler.expired: l's owner's state, taken
+// while l was still linked to it (unlinking may let it drop out of owners).
+type expiredLease struct {
+	l  *Lease
+	st *ownerState
 }
 
 // idleOwner is an entry of Scheduler.idle: st became idle as its seq'th.
@@ -339,8 +354,10 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 // Close stops the scheduler and returns the leases it still tracked,
 // untracked, so the caller can release them. Their Done is closed with
 // ErrReleased, except a Forfeited lease's: it is lost (and notified, as the
-// round due at once would have done), since nobody holds it. Leases tracked
-// afterwards are lost at once with ErrClosed.
+// round due at once would have done), since nobody holds it. It also
+// returns, lost already, the leases that their holders found past their
+// loss deadline after the last round, whose best-effort release no round
+// has sent. Leases tracked afterwards are lost at once with ErrClosed.
 //
 // Before it returns, Close waits until Spec.OnLost has been called for
 // every loss that happened before the leases were handed back; no OnLost
@@ -377,6 +394,13 @@ func (s *Scheduler) Close() []*Lease {
 		}
 		s.endLocked(l, stateReleased, ErrReleased)
 	}
+	// Lost by the clock after the goroutine's last round (found overdue by
+	// their holders): already ended and notified, their releases not sent.
+	for _, e := range s.expired {
+		held = append(held, e.l)
+	}
+	clear(s.expired)
+	s.expired = s.expired[:0]
 	clear(s.owners)
 	s.idle = [len(s.idle)]idleOwner{}
 	// Every lease is now ended, so no further loss can be queued (a late
@@ -452,8 +476,8 @@ func (s *Scheduler) armTimerLocked(at int64) {
 
 // tick runs one round: it declares overdue leases lost, sends every renewal
 // due within the window (one SendBatch per owner) and the best-effort
-// releases of the leases it declared lost, and arms the timer for the next
-// event.
+// releases of the leases it declared lost (and of those their holders found
+// lost since the last round), and arms the timer for the next event.
 //
 // A round that renews anything also takes every lease due within a quarter
 // of its own interval (coalescing): leases granted at different moments
@@ -464,6 +488,7 @@ func (s *Scheduler) armTimerLocked(at int64) {
 // from the last confirmed send, which only moves forward.
 func (s *Scheduler) tick() {
 	s.mu.Lock()
+	s.roundExpiredLocked() // found by their holders since the last round
 	now := s.now()
 	horizon := addSat(now, int64(s.cfg.window))
 	nrenew := 0
@@ -471,12 +496,8 @@ func (s *Scheduler) tick() {
 		l := heap.Pop(&s.heap).(*Lease)
 		switch {
 		case l.deadline.Load() <= now:
-			st := s.owners[l.owner]
-			s.unlinkLocked(l)
-			s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
-			s.ended = append(s.ended, l)
-			s.addToRound(st)
-			st.rel = append(st.rel, l)
+			s.expireLocked(l, now)
+			s.roundExpiredLocked()
 		case l.inflight == 0 && l.renewAt <= addSat(now, min(int64(s.cfg.window), l.early())):
 			s.takeLocked(l)
 			nrenew++
@@ -592,6 +613,19 @@ func (s *Scheduler) dropEnded(st *ownerState, counted *bool) {
 		}
 	}
 	s.mu.Unlock()
+}
+
+// roundExpiredLocked puts the releases of s.expired in this round, and the
+// leases in s.ended: whoever ended one may not have finished it yet, and
+// the round must before it writes the release.
+func (s *Scheduler) roundExpiredLocked() {
+	for _, e := range s.expired {
+		s.addToRound(e.st)
+		e.st.rel = append(e.st.rel, e.l)
+		s.ended = append(s.ended, e.l)
+	}
+	clear(s.expired)
+	s.expired = s.expired[:0]
 }
 
 // takeLocked puts a popped lease's renewal in this round.
@@ -806,6 +840,38 @@ func (s *Scheduler) endLocked(l *Lease, state uint8, err error) {
 	if state == stateLost {
 		s.queueLostLocked(l)
 	}
+}
+
+// expireLocked ends l, tracked and past its loss deadline at now, as lost
+// by the client's clock, and queues its best-effort release for the next
+// round (s.expired). The server may still hold the lease (a renewal it
+// applied may be unanswered yet); released, the key is free for the next
+// holder at once rather than when the server's lease runs out.
+func (s *Scheduler) expireLocked(l *Lease, now int64) {
+	s.expired = append(s.expired, expiredLease{l: l, st: s.owners[l.owner]})
+	s.unlinkLocked(l)
+	s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
+}
+
+// expireOverdueLocked ends l if it is still tracked and past its loss
+// deadline, exactly as the scheduler's next round would, and pokes the
+// goroutine to send its release: a holder that asks (Lease.Err and the
+// rest) learns of the loss at once, even if the scheduler goroutine has
+// not run since the deadline passed — after the process was frozen or
+// starved of CPU, say, when it is the holder's goroutine that runs first.
+// It reports whether l has ended, now or before; the caller finishes it
+// after releasing s.mu.
+func (s *Scheduler) expireOverdueLocked(l *Lease) bool {
+	if l.state != stateTracked {
+		return true
+	}
+	now := s.now()
+	if l.deadline.Load() > now {
+		return false
+	}
+	s.expireLocked(l, now)
+	s.poke()
+	return true
 }
 
 // lostErrorChunk is how many LostErrors OwnerFailed allocates at once.
