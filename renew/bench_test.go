@@ -105,3 +105,39 @@ func BenchmarkHeapPerLease(b *testing.B) {
 	}
 	b.ReportMetric(total/float64(b.N), "bytes/lease")
 }
+
+// BenchmarkHeldLeaseChecks measures what a caller pays to ask a held lease
+// whether it still is (Err, Done, its Context's Err), as code that checks
+// before each unit of work does.
+func BenchmarkHeldLeaseChecks(b *testing.B) {
+	s := New(Config{})
+	defer s.Close()
+	l := s.Track(Spec{Key: "bench", Token: "0123456789abcdef0123456789abcdef", TTL: 60 * time.Second, Owner: &nopOwner{}})
+	ctx := l.Context()
+	b.Run("Err", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if l.Err() != nil {
+				b.Fatal(l.Err())
+			}
+		}
+	})
+	b.Run("Done", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			select {
+			case <-l.Done():
+				b.Fatal(l.Err())
+			default:
+			}
+		}
+	})
+	b.Run("ContextErr", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if ctx.Err() != nil {
+				b.Fatal(ctx.Err())
+			}
+		}
+	})
+}
