@@ -150,6 +150,8 @@ func TestTicketGrantedAtEnqueueAndWaitedPastItsDeadlineIsNotHandedOver(t *testin
 	}
 	require.ErrorIs(t, r.err, ErrNotAcquired)
 	require.ErrorIs(t, r.err, ErrLockLost)
+	// Said as such, although the Lease's own Err ends it by the clock.
+	require.ErrorIs(t, r.err, errLostAtHandOver)
 }
 
 // A ticket granted at Enqueue whose lease the scheduler has already declared

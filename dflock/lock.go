@@ -105,10 +105,12 @@ func handedOver(op string, h *held, err error) (*held, error) {
 		return nil, notAcquiredIfClosed(err)
 	}
 	overdue := h.lease.Overdue() // first: a lease that ends meanwhile shows in Err
-	lerr := h.lease.Err()
+	lerr := h.lease.Err()        // which ends an overdue lease (lost by the clock, released)
 	switch {
-	case lerr == nil && overdue:
-		h.lease.Forfeit()
+	case overdue && errors.Is(lerr, ErrLockLost):
+		// Past its life already when it could be handed over, whatever
+		// ended it since: that says more than the expiry's "no renewal
+		// confirmed".
 		lerr = errLostAtHandOver
 	case errors.Is(lerr, ErrReleased):
 		// Nobody but Close releases a lease not handed over yet.
