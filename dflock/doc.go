@@ -59,14 +59,19 @@
 // ErrLockLost, cancels its Context with that cause, and calls
 // Hooks.OnLeaseLost. Because the deadline is taken from send times, a lease
 // lost by the clock reports loss before the server can have handed it to
-// someone else. A broken connection is the exception: the server releases
-// its leases as soon as it sees the break (unless auto-release is off), and
-// the client learns of it only when its own socket reports it — about a
-// millisecond later on a healthy host, longer under load — so another
-// client may hold the key briefly while this one still does. Work that
-// must not outlive the lock should watch Context (WithLock and
-// WithSemaphore do this for you), and a fencing number (Lock.Fence, on
-// servers that issue one) lets the resource itself refuse the stale holder.
+// someone else, if the process is running then. A broken connection is the
+// exception: the server releases its leases as soon as it sees the break
+// (unless auto-release is off), and the client learns of it only when its
+// own socket reports it — about a millisecond later on a healthy host,
+// longer under load — so another client may hold the key briefly while
+// this one still does. A process frozen or starved of CPU past the deadline
+// (a GC pause, SIGSTOP, a paused VM) reports the loss when it runs again:
+// Err, Done and Context compare the deadline with the clock themselves,
+// without waiting for the renewal scheduler, so a check made right after
+// resuming sees it. Work that must not outlive the lock should watch
+// Context (WithLock and WithSemaphore do this for you), and a fencing
+// number (Lock.Fence, on servers that issue one) lets the resource itself
+// refuse the stale holder.
 //
 // Release ends a lease; it is idempotent. A grant that arrives for a caller
 // who gave up (its context ended) is released at once: an acquire that
