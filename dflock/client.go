@@ -468,7 +468,7 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 		srv     *server // an owner is a connection to one server
 		reqs    []wire.Request
 		hs      []*held       // per request, its lease's
-		lost    []bool        // per request: its lease was forfeited, lost already
+		lost    []bool        // per request: its lease was lost already (found overdue after the last round)
 		counted []atomic.Bool // per request: counted released, or lost
 	}
 	groups := make(map[renew.Owner]*ownerReleases)

@@ -42,7 +42,6 @@ type Lease struct {
 	// deadline is the loss deadline, confirmed + ttl − margin: written
 	// under s.mu, read without it by Overdue.
 	deadline  atomic.Int64
-	forfeited bool  // Forfeit: no answer extends it any more
 	confirmed int64 // send time of the last confirmed grant/renew
 	oprev     *Lease
 	onext     *Lease                  // intrusive list of the owner's leases
@@ -168,26 +167,6 @@ func (l *Lease) hasEnded() bool {
 func (l *Lease) Overdue() bool {
 	s := l.s
 	return s != nil && !l.ended.Load() && l.deadline.Load() <= s.now()
-}
-
-// Forfeit gives up a lease that its acquire found Overdue and so did not
-// hand over: its caller was told it is lost, and nobody holds it. No
-// renewal answered from now on extends it (one in flight could otherwise
-// keep it renewed by nobody), and the scheduler's next round, due at once,
-// declares it lost and releases it best-effort, as any lost lease.
-func (l *Lease) Forfeit() {
-	s := l.s
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l.state != stateTracked {
-		return
-	}
-	l.forfeited = true
-	l.deadline.Store(min(l.deadline.Load(), s.now()))
-	s.scheduleLocked(l)
 }
 
 // Context is cancelled when Done closes; context.Cause gives Err(). It is

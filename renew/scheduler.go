@@ -361,12 +361,11 @@ func (s *Scheduler) OwnerFailed(o Owner, err error) {
 }
 
 // Close stops the scheduler and returns the leases it still tracked,
-// untracked, so the caller can release them. Their Done is closed with
-// ErrReleased, except a Forfeited lease's: it is lost (and notified, as the
-// round due at once would have done), since nobody holds it. It also
-// returns, lost already, the leases that their holders found past their
-// loss deadline after the last round, whose best-effort release no round
-// has sent. Leases tracked afterwards are lost at once with ErrClosed.
+// untracked, so the caller can release them; their Done is closed with
+// ErrReleased. It also returns, lost already, the leases that their holders
+// found past their loss deadline after the last round, whose best-effort
+// release no round has sent. Leases tracked afterwards are lost at once
+// with ErrClosed.
 //
 // Before it returns, Close waits until Spec.OnLost has been called for
 // every loss that happened before the leases were handed back; no OnLost
@@ -385,7 +384,6 @@ func (s *Scheduler) Close() []*Lease {
 	<-s.exited
 
 	s.mu.Lock()
-	now := s.now()
 	held := make([]*Lease, len(s.heap))
 	copy(held, s.heap)
 	for _, l := range s.heap {
@@ -394,13 +392,6 @@ func (s *Scheduler) Close() []*Lease {
 	s.heap = nil
 	for _, l := range held {
 		l.oprev, l.onext = nil, nil
-		if l.forfeited {
-			// Held by nobody (its caller was told it is lost): lost, as
-			// the round due at once would have declared it, and
-			// notified; handed back all the same, to be released.
-			s.endLocked(l, stateLost, &LostError{Key: l.key, Server: l.server, Semaphore: l.sem, Cause: expiredCause(l, now)})
-			continue
-		}
 		s.endLocked(l, stateReleased, ErrReleased)
 	}
 	// Lost by the clock after the goroutine's last round (found overdue by
@@ -702,9 +693,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 	}
 	// The outcome is counted only once the scheduler has applied it (the
 	// loss deadline moved, or the lease ended): whoever sees a renewal
-	// counted as Renewed may rely on the lease's new deadline. A forfeited
-	// lease's renewal is counted Renewed too (the server applied it) but
-	// moves nothing: that lease is lost whatever the answer. It is counted
+	// counted as Renewed may rely on the lease's new deadline. It is counted
 	// before s.mu is released: from then on the notifier may finish the
 	// lease (Done, OnLeaseLost), and whoever sees that must find the
 	// refusal counted.
@@ -740,7 +729,7 @@ func (s *Scheduler) complete(l *Lease, sent int64, r wire.Reply, err error) (int
 			cause = Refusal(answered, wire.ErrRefused)
 		}
 	default:
-		if sent > l.confirmed && !l.forfeited {
+		if sent > l.confirmed {
 			ttl := l.ttl
 			if r.Lease < int64(ttl/time.Second) {
 				ttl = seconds(r.Lease) // the server applied less: believe it
