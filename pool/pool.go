@@ -79,9 +79,11 @@ type Pool struct {
 	gate     dialGate // paces wait-pool dials (Acquire)
 	authHold authHold // holds dials back after an auth refusal
 
-	down       atomic.Pointer[ServerError]
-	needSweep  atomic.Bool
-	nAcquired  atomic.Int64
+	down      atomic.Pointer[ServerError]
+	needSweep atomic.Bool
+	nAcquired atomic.Int64
+	// acquiring counts the Acquires in progress (AcquireUnlessBusy).
+	acquiring  atomic.Int64
 	nListeners atomic.Int64
 	nLingering atomic.Int64 // connections lingering (conn.lingersLocked to conn.linger's end)
 

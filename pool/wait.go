@@ -300,6 +300,12 @@ func (h *Conn) takeOut() bool {
 // it is released or destroyed, so a process holding MaxConns leases on
 // wait-pool connections makes further Acquires wait.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	p.acquiring.Add(1)
+	defer p.acquiring.Add(-1)
+	return p.acquire(ctx)
+}
+
+func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	start := time.Now()
 	gen := p.gate.generation()
 	// woken: the gate gave this caller a turn to dial (waitForDial). If
@@ -404,13 +410,15 @@ var ErrBusy = errors.New("dflock: no wait-pool connection at hand")
 // dial in progress goes on: cut short, the dial would still finish, into
 // the idle set, and the next call would start another one. A patience of
 // 0 or less waits as Acquire does, and so does a call that finds a
-// connection idle: the common case, a contended Lock, would pay the watch
-// (a context and a timer) for nothing. (If another caller takes that one
-// first and the pool is full, this one waits unwatched for the next to come
-// back, as Acquire does.)
+// connection, idle or to be dialled, for every Acquire in progress, its own
+// included, and dials not held back: then nobody waits for a connection to
+// come back, and the common case, a contended Lock, would pay the watch (a
+// context and a timer) for nothing.
 func (p *Pool) AcquireUnlessBusy(ctx context.Context, patience time.Duration) (*Conn, error) {
-	if patience <= 0 || p.HasIdle() {
-		return p.Acquire(ctx)
+	n := p.acquiring.Add(1)
+	defer p.acquiring.Add(-1)
+	if patience <= 0 || p.nAcquired.Load()+n <= int64(p.cfg.MaxConns) && !p.DialsPaced() {
+		return p.acquire(ctx)
 	}
 	bctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -418,7 +426,7 @@ func (p *Pool) AcquireUnlessBusy(ctx context.Context, patience time.Duration) (*
 	w.mu.Lock()
 	w.t = time.AfterFunc(patience, w.check)
 	w.mu.Unlock()
-	h, err := p.Acquire(bctx)
+	h, err := p.acquire(bctx)
 	w.stop()
 	if err != nil && errors.Is(err, context.Canceled) && context.Cause(bctx) == errBusyCut {
 		if ctx.Err() != nil { // ended meanwhile: its error, not ours
