@@ -79,11 +79,10 @@ type Pool struct {
 	gate     dialGate // paces wait-pool dials (Acquire)
 	authHold authHold // holds dials back after an auth refusal
 
-	down      atomic.Pointer[ServerError]
-	needSweep atomic.Bool
-	nAcquired atomic.Int64
-	// acquiring counts the Acquires in progress (AcquireUnlessBusy).
-	acquiring  atomic.Int64
+	down       atomic.Pointer[ServerError]
+	needSweep  atomic.Bool
+	nAcquired  atomic.Int64
+	acquiring  atomic.Int64 // Acquires in progress (see AcquireUnlessBusy)
 	nListeners atomic.Int64
 	nLingering atomic.Int64 // connections lingering (conn.lingersLocked to conn.linger's end)
 
