@@ -16,12 +16,12 @@ import (
 	"github.com/dflock-sdk/go/wire"
 )
 
-// heldReadConn is a Config.Dial wrapper whose reads, or writes, can be
+// heldConn is a Config.Dial wrapper whose reads, or writes, can be
 // held back, as a process frozen or starved of CPU holds its reader or its
 // flusher back: replies then wait in the socket, unread, or requests never
 // reach it. It embeds the *net.TCPConn, so that the socket can still be
 // looked at (socketPending, socketSendIdle).
-type heldReadConn struct {
+type heldConn struct {
 	*net.TCPConn
 	hold      atomic.Bool // reads
 	holdWrite atomic.Bool
@@ -30,7 +30,7 @@ type heldReadConn struct {
 	open      chan struct{} // closed to let reads and writes through again
 }
 
-func (c *heldReadConn) Read(b []byte) (int, error) {
+func (c *heldConn) Read(b []byte) (int, error) {
 	if c.hold.Load() {
 		c.once.Do(func() { close(c.reached) })
 		<-c.open
@@ -38,7 +38,7 @@ func (c *heldReadConn) Read(b []byte) (int, error) {
 	return c.TCPConn.Read(b)
 }
 
-func (c *heldReadConn) Write(b []byte) (int, error) {
+func (c *heldConn) Write(b []byte) (int, error) {
 	if c.holdWrite.Load() {
 		c.once.Do(func() { close(c.reached) })
 		<-c.open
@@ -46,11 +46,10 @@ func (c *heldReadConn) Write(b []byte) (int, error) {
 	return c.TCPConn.Write(b)
 }
 
-// heldReadPool returns a pool with the given keepalive whose connections
-// are heldReadConns, a wait-pool connection acquired from it, and that
-// connection's wrapper, its reads already held back: the replies to
-// requests sent from now on stay in the socket.
-func heldReadPool(t *testing.T, ka time.Duration) (*Pool, *Conn, *heldReadConn) {
+// heldConnPool returns a pool with the given keepalive whose connections
+// are heldConns, a wait-pool connection acquired from it, and that
+// connection's wrapper, which lets everything through at cleanup.
+func heldConnPool(t *testing.T, ka time.Duration) (*Pool, *Conn, *heldConn) {
 	t.Helper()
 	srv := newServer(t, testutil.Config{})
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: ka,
@@ -59,11 +58,11 @@ func heldReadPool(t *testing.T, ka time.Duration) (*Pool, *Conn, *heldReadConn) 
 			if err != nil {
 				return nil, err
 			}
-			return &heldReadConn{TCPConn: nc.(*net.TCPConn), reached: make(chan struct{}), open: make(chan struct{})}, nil
+			return &heldConn{TCPConn: nc.(*net.TCPConn), reached: make(chan struct{}), open: make(chan struct{})}, nil
 		}})
 	h, err := p.Acquire(ctxWait(t))
 	require.NoError(t, err)
-	w := h.c.wc.NetConn().(*heldReadConn)
+	w := h.c.wc.NetConn().(*heldConn)
 	t.Cleanup(func() {
 		select {
 		case <-w.open:
@@ -71,6 +70,14 @@ func heldReadPool(t *testing.T, ka time.Duration) (*Pool, *Conn, *heldReadConn) 
 			close(w.open)
 		}
 	})
+	return p, h, w
+}
+
+// heldReadPool is heldConnPool with the connection's reads already held
+// back: the replies to requests sent from now on stay in the socket.
+func heldReadPool(t *testing.T, ka time.Duration) (*Pool, *Conn, *heldConn) {
+	t.Helper()
+	p, h, w := heldConnPool(t, ka)
 	w.hold.Store(true)
 	// A read already under way when the hold began returns the first
 	// reply; the reads after it wait.
@@ -152,25 +159,7 @@ func TestKeepaliveSparesAConnectionWhoseWriteHasNotReachedTheKernel(t *testing.T
 		t.Skip("the socket's send queue cannot be looked at here")
 	}
 	const ka = 20 * time.Millisecond
-	srv := newServer(t, testutil.Config{})
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: ka,
-		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return &heldReadConn{TCPConn: nc.(*net.TCPConn), reached: make(chan struct{}), open: make(chan struct{})}, nil
-		}})
-	h, err := p.Acquire(ctxWait(t))
-	require.NoError(t, err)
-	w := h.c.wc.NetConn().(*heldReadConn)
-	t.Cleanup(func() {
-		select {
-		case <-w.open:
-		default:
-			close(w.open)
-		}
-	})
+	p, h, w := heldConnPool(t, ka)
 	w.holdWrite.Store(true)
 	answered := make(chan error, 1)
 	h.SendBatch([]wire.Request{lockReq("k")}, func(_ int, r wire.Reply, err error) {
