@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dflock-sdk/go/testutil"
-	"github.com/dflock-sdk/go/wire"
 )
 
 // At MaxConns, AcquireUnlessBusy stops waiting once its patience has
@@ -98,22 +97,14 @@ func TestAcquireUnlessBusyLetsADialInProgressFinish(t *testing.T) {
 // the next paced dial, naming the refusal. A successful dial ends it.
 func TestAcquireUnlessBusyStopsWaitingForAPacedDial(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{MaxConnections: 2})
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	srv, p, held := poolAtServerCap(t)
 	ctx := ctxWait(t)
-	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
-	require.NoError(t, err)
-	held, err := p.Acquire(ctx)
-	require.NoError(t, err)
-	require.False(t, p.DialsPaced())
-	_, err = p.Acquire(ctx)
-	require.ErrorIs(t, err, ErrUnavailable)
 	require.True(t, p.DialsPaced(), "a refused dial paces the next ones")
 
 	// Hold the gate's one dial slot so that the caller has to wait.
 	var slot uint64
 	require.Eventually(t, func() (ok bool) { slot, ok = p.gate.enter(); return ok }, wait, time.Millisecond)
-	_, err = p.AcquireUnlessBusy(ctx, 10*time.Millisecond)
+	_, err := p.AcquireUnlessBusy(ctx, 10*time.Millisecond)
 	require.ErrorIs(t, err, ErrBusy)
 	assert.NotErrorIs(t, err, ErrUnavailable, "it did not dial")
 	assert.Contains(t, err.Error(), "waiting to dial again after a failed dial")

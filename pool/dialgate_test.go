@@ -150,15 +150,8 @@ func TestWaitPoolDialsBackOffAtTheServersConnectionCap(t *testing.T) {
 // the pool serves a caller that waits for a paced dial.
 func TestWaitPoolDialsRecoverAfterBackoff(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t, testutil.Config{MaxConnections: 2})
-	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	srv, p, held := poolAtServerCap(t)
 	ctx := ctxWait(t)
-	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
-	require.NoError(t, err)
-	held, err := p.Acquire(ctx)
-	require.NoError(t, err)
-	_, err = p.Acquire(ctx)
-	require.ErrorIs(t, err, ErrUnavailable)
 	require.NoError(t, p.Err())
 
 	// A caller waiting for the next paced dial takes a released
@@ -403,4 +396,22 @@ func acquireBurst(tb testing.TB, p *Pool, n int) (deferred uint64) {
 	p.gate.mu.Lock()
 	defer p.gate.mu.Unlock()
 	return p.gate.deferred
+}
+
+// poolAtServerCap returns a server that takes two connections, a pool with
+// one lane connection to it, and the wait-pool connection that took the
+// other; the pool's next dial has been refused.
+func poolAtServerCap(t *testing.T) (*testutil.Server, *Pool, *Conn) {
+	t.Helper()
+	srv := newServer(t, testutil.Config{MaxConnections: 2})
+	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
+	ctx := ctxWait(t)
+	_, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdPing})
+	require.NoError(t, err)
+	held, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	require.False(t, p.DialsPaced())
+	_, err = p.Acquire(ctx)
+	require.ErrorIs(t, err, ErrUnavailable)
+	return srv, p, held
 }
