@@ -18,7 +18,10 @@ func TestWorksAgainstV1_10(t *testing.T) {
 	const readTimeout = time.Second
 	srv := newServer(t, testutil.Config{Version: testutil.V1_10, ReadTimeout: readTimeout, Clock: clk})
 	cc := &connCounter{}
-	c := newClient(t, addrsOf(srv), WithKeepAlive(50*time.Millisecond), WithDialer(cc.dial))
+	// The keepalive only paces the writes the steps wait for: short, but
+	// not so short that a loaded machine (the server runs in this process)
+	// misses 2×KeepAlive and cuts a connection.
+	c := newClient(t, addrsOf(srv), WithKeepAlive(200*time.Millisecond), WithDialer(cc.dial))
 	ctx := testCtx(t)
 
 	l, err := c.Lock(ctx, "v110", LeaseTTL(30*time.Second))
