@@ -24,7 +24,7 @@ func TestRenewalBatchHookAccountsForEveryRenewal(t *testing.T) {
 	t.Cleanup(func() { _ = px.Close() })
 	var mu sync.Mutex
 	var size, renewed, refused, calls int
-	c, err := New([]string{px.Addr()}, WithKeepAlive(20*time.Millisecond), WithHooks(Hooks{
+	c, err := New([]string{px.Addr()}, WithKeepAlive(50*time.Millisecond), WithHooks(Hooks{
 		OnRenewalBatch: func(b RenewalBatchInfo) {
 			mu.Lock()
 			size += b.Size
