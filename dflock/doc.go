@@ -66,9 +66,10 @@
 // longer under load — so another client may hold the key briefly while
 // this one still does. A process frozen or starved of CPU past the deadline
 // (a GC pause, SIGSTOP, a paused VM) reports the loss when it runs again:
-// Err, Done and Context compare the deadline with the clock themselves,
-// without waiting for the renewal scheduler, so a check made right after
-// resuming sees it. Work that must not outlive the lock should watch
+// Err, Done and Context (and the context WithLock and WithSemaphore give
+// their function) compare the deadline with the clock themselves, without
+// waiting for the renewal scheduler, so a check made right after resuming
+// sees it. Work that must not outlive the lock should watch
 // Context (WithLock and WithSemaphore do this for you), and a fencing
 // number (Lock.Fence, on servers that issue one) lets the resource itself
 // refuse the stale holder.

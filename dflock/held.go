@@ -440,7 +440,30 @@ func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (
 			err = errors.Join(err, rerr)
 		}
 	}()
-	return fn(fctx)
+	return fn(&fnContext{fctx, h.lease})
+}
+
+// fnContext is the context WithLock and WithSemaphore give their function:
+// cancelled as the lease ends, and its Err and Done first end a lease past
+// its loss deadline (renew.Lease.Err), as Lock.Context's do, so that a
+// function checking ctx.Err() right after its process was frozen or
+// starved of CPU sees the loss, not a scheduling delay later. The lease's
+// OnEnd cancels the context underneath before Err returns. Value reaches
+// that context, so context.Cause works and contexts derived from it are
+// cancelled directly.
+type fnContext struct {
+	context.Context
+	lease *renew.Lease
+}
+
+func (c *fnContext) Done() <-chan struct{} {
+	_ = c.lease.Err()
+	return c.Context.Done()
+}
+
+func (c *fnContext) Err() error {
+	_ = c.lease.Err()
+	return c.Context.Err()
 }
 
 // believedLease is the lease of grant r to request req, in seconds: the

@@ -55,7 +55,11 @@ func (l *Lock) Done() <-chan struct{} { return l.h.lease.Done() }
 func (l *Lock) Err() error { return l.h.lease.Err() }
 
 // Context returns a context cancelled when the lock ends; context.Cause
-// returns Err. Use it to stop work that must not outlive the lock.
+// returns Err. Use it to stop work that must not outlive the lock. Its Err
+// and Done, like the Lock's, first end a lock past its loss deadline (a
+// process frozen or starved of CPU, the renewal scheduler not run yet);
+// contexts derived from it, and a Done channel taken earlier, hear of such
+// a loss once something has ended the lock: the scheduler, or a check.
 func (l *Lock) Context() context.Context { return l.h.lease.Context() }
 
 // Renew renews the lock now, instead of waiting for the scheduler, and

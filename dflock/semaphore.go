@@ -49,7 +49,8 @@ func (s *Semaphore) Done() <-chan struct{} { return s.h.lease.Done() }
 func (s *Semaphore) Err() error { return s.h.lease.Err() }
 
 // Context returns a context cancelled when the slot ends; context.Cause
-// returns Err. Use it to stop work that must not outlive the slot.
+// returns Err. Use it to stop work that must not outlive the slot. Like
+// Lock.Context, its Err and Done first end a slot past its loss deadline.
 func (s *Semaphore) Context() context.Context { return s.h.lease.Context() }
 
 // Renew renews the slot now, instead of waiting for the scheduler, and

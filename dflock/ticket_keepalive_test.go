@@ -1,6 +1,10 @@
 package dflock
 
 import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,5 +74,81 @@ func TestQueuedTicketsConnectionOutlivesAServerStall(t *testing.T) {
 				"the cancelled place (or its grant) is held by nobody: %+v", srv.Stats().Locks)
 			assert.Zero(t, c.Snapshot().Servers[0].Conns.Lingering)
 		})
+	}
+}
+
+// The keepalive spares a queued ticket's connection only while nothing but
+// its pings is unanswered: a request of Wait's is waited for, and a server
+// that stops answering it is cut at 2×KeepAlive as on any connection.
+// (HoldPlace spared it too, and Wait hung until its context ended; found by
+// the review of that change.) Here: a Wait whose place was granted long
+// ago confirms the grant with a renewal (confirmLateGrant), unanswered.
+func TestWaitConfirmingALateGrantOnAStalledServerFailsAtTheKeepalive(t *testing.T) {
+	t.Parallel()
+	const tok = "0123456789abcdef0123456789abcdef"
+	var renewals atomic.Int64
+	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		out := "error"
+		switch f[0] {
+		case "e":
+			out = "queued"
+		case "w":
+			out = "ok " + tok + " 2"
+		case "n":
+			renewals.Add(1)
+			return true // stalled: never answered
+		}
+		_, err := nc.Write([]byte(out + "\n"))
+		return err == nil
+	})
+	const ka = 20 * time.Millisecond
+	c := newClient(t, []string{addr}, WithKeepAlive(ka))
+	tk, err := c.Enqueue(testCtx(t), "k", LeaseTTL(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // > a quarter of the lease: Wait confirms
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = tk.Wait(ctx)
+	t.Logf("Wait after %v: %v (renewals sent %d)", time.Since(start).Round(time.Millisecond), err, renewals.Load())
+	if !errors.Is(err, ErrServerUnavailable) {
+		t.Fatalf("Wait: %v, want ErrServerUnavailable after ~2×KeepAlive (%v)", err, 2*ka)
+	}
+}
+
+// As above, for the re-enqueue after a server-side `w` timeout: its `e`,
+// unanswered, is cut at 2×KeepAlive.
+func TestWaitReenqueueOnAStalledServerFailsAtTheKeepalive(t *testing.T) {
+	t.Parallel()
+	var enqueues atomic.Int64
+	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		out := "error"
+		switch f[0] {
+		case "e":
+			if enqueues.Add(1) > 1 {
+				return true // stalled from the re-enqueue on
+			}
+			out = "queued"
+		case "w":
+			out = "timeout"
+		}
+		_, err := nc.Write([]byte(out + "\n"))
+		return err == nil
+	})
+	const ka = 20 * time.Millisecond
+	c := newClient(t, []string{addr}, WithKeepAlive(ka))
+	tk, err := c.Enqueue(testCtx(t), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = tk.Wait(ctx)
+	t.Logf("Wait after %v: %v (enqueues %d)", time.Since(start).Round(time.Millisecond), err, enqueues.Load())
+	if !errors.Is(err, ErrServerUnavailable) {
+		t.Fatalf("Wait: %v, want ErrServerUnavailable after ~2×KeepAlive (%v)", err, 2*ka)
 	}
 }

@@ -10,9 +10,10 @@ import (
 )
 
 // Allocations per uncontended WithLock, so that a change that adds some is
-// seen: 22 with a Background ctx, 24 with a deadline, of which five are the
-// SDK's own context between the caller's and fn's (runHeld: no caller code
-// on the goroutine that ends the lease).
+// seen: 22 with a Background ctx, 24 with a deadline, of which six are the
+// SDK's own contexts between the caller's and fn's (runHeld: no caller code
+// on the goroutine that ends the lease; fnContext checks the lease's
+// deadline).
 func TestWithLockAllocations(t *testing.T) { // not parallel: AllocsPerRun counts the process
 	if raceEnabled {
 		t.Skip("the race detector makes sync.Pool drop items at random, which allocates")
@@ -30,8 +31,8 @@ func TestWithLockAllocations(t *testing.T) { // not parallel: AllocsPerRun count
 		}
 		return testing.AllocsPerRun(200, withLock)
 	}
-	assert.LessOrEqual(t, measure(context.Background()), 21.0, "allocations per uncontended WithLock")
+	assert.LessOrEqual(t, measure(context.Background()), 22.0, "allocations per uncontended WithLock")
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	assert.LessOrEqual(t, measure(ctx), 23.0, "allocations per uncontended WithLock with a deadline")
+	assert.LessOrEqual(t, measure(ctx), 24.0, "allocations per uncontended WithLock with a deadline")
 }

@@ -224,3 +224,34 @@ func TestWithLockCtxCancelledOnceDoneCloses(t *testing.T) {
 	}
 	require.Zero(t, live, "%d of %d functions found their ctx live once Done had closed and Err matched ErrLockLost", live, rounds)
 }
+
+// WithLock's function context sees a loss by the clock at its first check
+// after a freeze, as Lock.Context does: its Err ends a lease past its loss
+// deadline (fnContext). It was cancelled only once something else ended
+// the lease (found by review).
+func TestWithLockFunctionContextSeesALossPastTheDeadlineAtOnce(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewManualClock(time.Now().Round(0))
+	srv := newServer(t, testutil.Config{Clock: clk})
+	c := newClient(t, addrsOf(srv), withClock(clk))
+	ctx := testCtx(t)
+	res := make(chan error, 1)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- c.WithLock(ctx, "k", func(fctx context.Context) error {
+			clk.AfterFunc(time.Nanosecond, func() { res <- fctx.Err() }) // due before the scheduler's timer
+			close(ready)
+			<-fctx.Done()
+			return nil
+		}, LeaseTTL(2*time.Second))
+	}()
+	<-ready
+	clk.Advance(3 * time.Second) // frozen past the lease's life
+	fnErr := <-res
+	werr := <-done
+	t.Logf("fn's ctx.Err() right after the freeze: %v; WithLock returned: %v", fnErr, werr)
+	if fnErr == nil {
+		t.Fatal("fn's context still live right after the freeze, past the lease's loss deadline (Lock.Context().Err() would say lost)")
+	}
+}

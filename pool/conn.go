@@ -1817,13 +1817,15 @@ func (c *conn) keepalive(now, ka int64) int64 {
 		onWire := c.onWireLocked()
 		behind := onWire == 0 || c.onPush == nil && c.wc.BytesConsumed() > c.matchedLines
 		writingAll := onWire > 0 && onWire == c.writing
+		onlyPings := c.q.n == c.pings
 		c.mu.Unlock()
 		if due > now {
 			return due
 		}
-		if c.holdsPlace.Load() {
+		if onlyPings && c.holdsPlace.Load() {
 			// Nobody waits on the connection, and a closed one could not
-			// give the place up: see Conn.HoldPlace.
+			// give the place up: see Conn.HoldPlace. (A request of the
+			// ticket's Wait is waited for: cut as any other.)
 			return satAdd(now, ka)
 		}
 		if later := c.behindGrace(now, ka, behind, writingAll); later > 0 {

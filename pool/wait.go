@@ -116,14 +116,17 @@ func (h *Conn) Pin() {
 }
 
 // HoldPlace records whether a two-phase ticket's place is queued on the
-// connection, with nobody waiting on it. While one is, the keepalive pings
-// the connection but does not break it when the server stops answering: a
-// queued place is given up by sending on the connection (w key 0), which a
-// closed socket cannot, and a server that does not release on disconnect
-// would keep it, or a grant made to it while the server was stalled, for
-// nobody. Nothing is lost by waiting: nobody waits on the connection, and
-// the ticket's Wait or Cancel, bounded by their contexts, withdraws the
-// place or finds the connection broken. Pin, Release and Destroy end it.
+// connection. While one is, and nothing but keepalive pings is unanswered
+// on it, the keepalive pings the connection but does not break it when the
+// server stops answering: a queued place is given up by sending on the
+// connection (w key 0), which a closed socket cannot, and a server that
+// does not release on disconnect would keep it, or a grant made to it
+// while the server was stalled, for nobody. Nothing is lost by waiting:
+// nobody waits on the connection, and the ticket's Wait or Cancel, bounded
+// by their contexts, withdraws the place or finds the connection broken. A
+// request sent on it meanwhile (one of Wait's) is waited for, and its
+// caller needs the keepalive's break as on any connection. Pin, Release
+// and Destroy end it.
 func (h *Conn) HoldPlace(on bool) {
 	if h.out.Load() {
 		h.c.holdsPlace.Store(on)
