@@ -79,9 +79,9 @@ const (
 // A queued ticket holds a wait-pool connection until it is waited for or
 // cancelled; once WithMaxConnsPerServer connections to the key's server are
 // in use, Enqueue waits for one, bounded by ctx. The keepalive pings that
-// connection but does not close it when the server stops answering (a
-// closed connection could not give the place up, and a server with
-// auto-release off would keep it, or grant it, for nobody); Wait and
+// connection but does not close it when the server stops answering the
+// pings (a closed connection could not give the place up, and a server
+// with auto-release off would keep it, or grant it, for nobody); Wait and
 // Cancel, bounded by their contexts, find the server resumed or not.
 func (c *Client) Enqueue(ctx context.Context, key string, opts ...AcquireOption) (*Ticket, error) {
 	t, err := c.tracedEnqueue(ctx, "enqueue", key, 0, opts)
