@@ -47,7 +47,10 @@ func TestLaneDropsAbandonedRequestsWhileTheServerStalls(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
-	ctx := ctxWait(t)
+	// Longer than wait: tens of thousands of calls under -race on a
+	// loaded machine can take more than that before the waiters' turn.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*wait)
+	t.Cleanup(cancel)
 	r, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdLock, Key: "held", Lease: 30})
 	require.NoError(t, err)
 	require.Equal(t, wire.StatusOK, r.Status)
@@ -132,7 +135,8 @@ func TestLaneKeepsAbandonedReleasesWhileTheServerStalls(t *testing.T) {
 	const n = 3 * minPrune
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true, MaxLocks: 4 * n})
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
-	ctx := ctxWait(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*wait) // as above
+	t.Cleanup(cancel)
 	tokens := make([]string, n)
 	for i := range n {
 		r, _, err := p.Do(ctx, wire.Request{Cmd: wire.CmdLock, Key: fmt.Sprintf("k%d", i), Lease: 30})
