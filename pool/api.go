@@ -144,7 +144,10 @@ type Config struct {
 	// after the last byte of a long reply) is broken as stalled; over TLS
 	// bytes count a record (up to 16 KiB) at a time, so a long reply on a
 	// link slower than a record per two keepalives is taken for a stall.
-	// Default 10 s.
+	// Not, for up to 5 s more, one this process is behind on (requests not
+	// written yet, replies unread: see conn.behindGrace), nor one whose
+	// only unanswered requests are pings while it holds a ticket's place
+	// (Conn.HoldPlace). Default 10 s.
 	KeepAlive time.Duration
 	// MaxConns caps the wait pool (pinned connections included). Default 128.
 	MaxConns int32
