@@ -85,22 +85,8 @@ func TestQueuedTicketsConnectionOutlivesAServerStall(t *testing.T) {
 // ago confirms the grant with a renewal (confirmLateGrant), unanswered.
 func TestWaitConfirmingALateGrantOnAStalledServerFailsAtTheKeepalive(t *testing.T) {
 	t.Parallel()
-	const tok = "0123456789abcdef0123456789abcdef"
 	var renewals atomic.Int64
-	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
-		out := "error"
-		switch f[0] {
-		case "e":
-			out = "queued"
-		case "w":
-			out = "ok " + tok + " 2"
-		case "n":
-			renewals.Add(1)
-			return true // stalled: never answered
-		}
-		_, err := nc.Write([]byte(out + "\n"))
-		return err == nil
-	})
+	addr := lateGrantServer(t, 2, true, &renewals)
 	const ka = 20 * time.Millisecond
 	c := newClient(t, []string{addr}, WithKeepAlive(ka))
 	tk, err := c.Enqueue(testCtx(t), "k", LeaseTTL(2*time.Second))

@@ -3,6 +3,7 @@ package dflock
 import (
 	"errors"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,21 +29,8 @@ import (
 // renewal of an unknown token: `error`).
 func TestTicketWaitAfterALapsedGrantOnV1100IsNotAcquired(t *testing.T) {
 	t.Parallel()
-	const stale = "0123456789abcdef0123456789abcdef"
 	var renewals atomic.Int64
-	addr := testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
-		out := "error"
-		switch f[0] {
-		case "e":
-			out = "queued"
-		case "w":
-			out = "ok " + stale + " 1"
-		case "n":
-			renewals.Add(1) // the token is unknown: v1.10.0 answers `error`
-		}
-		_, err := nc.Write([]byte(out + "\n"))
-		return err == nil
-	})
+	addr := lateGrantServer(t, 1, false, &renewals)
 	c := newClient(t, []string{addr})
 	ctx := testCtx(t)
 	tk, err := c.Enqueue(ctx, "deploy", LeaseTTL(time.Second))
@@ -113,4 +101,30 @@ func TestTicketWaitAfterALapsedGrantOnV110Testutil(t *testing.T) {
 	if err := taken.Release(ctx); err != nil {
 		t.Fatalf("the other client's release: %v", err)
 	}
+}
+
+// lateGrantServer is a scripted server for a ticket whose place was granted
+// while nobody waited: `e` is answered queued and `w` with a grant (a fixed
+// token) of lease seconds; every renewal is counted in renewals and
+// answered `error`, as dflockd v1.10.0 answers the renewal of a token it no
+// longer knows, or, if stall, never. Anything else is answered `error`.
+func lateGrantServer(t *testing.T, lease int, stall bool, renewals *atomic.Int64) string {
+	t.Helper()
+	const tok = "0123456789abcdef0123456789abcdef"
+	return testutil.ServeRequests(t, func(nc net.Conn, f [3]string) bool {
+		out := "error"
+		switch f[0] {
+		case "e":
+			out = "queued"
+		case "w":
+			out = "ok " + tok + " " + strconv.Itoa(lease)
+		case "n":
+			renewals.Add(1)
+			if stall {
+				return true
+			}
+		}
+		_, err := nc.Write([]byte(out + "\n"))
+		return err == nil
+	})
 }
