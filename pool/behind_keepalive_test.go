@@ -46,6 +46,12 @@ func (c *heldConn) Write(b []byte) (int, error) {
 	return c.TCPConn.Write(b)
 }
 
+// behindKA is these tests' keepalive: short, so that the janitor looks
+// often, but not so short that a keepalive ping sent just before a test
+// holds the connection back goes unanswered for 2×KeepAlive on a loaded
+// machine, a genuine stall (20 ms was, once, under make test).
+const behindKA = 50 * time.Millisecond
+
 // heldConnPool returns a pool with the given keepalive whose connections
 // are heldConns, a wait-pool connection acquired from it, and that
 // connection's wrapper, which lets everything through at cleanup.
@@ -100,7 +106,7 @@ func TestKeepaliveSparesAConnectionWhoseRepliesWaitUnread(t *testing.T) {
 	if !pendingCountable {
 		t.Skip("the socket's unread bytes cannot be counted here")
 	}
-	const ka = 20 * time.Millisecond
+	const ka = behindKA
 	p, h, w := heldReadPool(t, ka)
 	answered := make(chan error, 1)
 	h.SendBatch([]wire.Request{lockReq("k")}, func(_ int, r wire.Reply, err error) {
@@ -110,9 +116,9 @@ func TestKeepaliveSparesAConnectionWhoseRepliesWaitUnread(t *testing.T) {
 		answered <- err
 	})
 	require.Eventually(t, func() bool { return socketPending(w.TCPConn) }, wait, time.Millisecond, "the reply never reached the socket")
-	// Fifteen keepalives: the janitor found the connection silent for
+	// Ten keepalives: the janitor found the connection silent for
 	// 2×KeepAlive over and over.
-	time.Sleep(15 * ka)
+	time.Sleep(10 * ka)
 	require.NoError(t, h.Err(), "the keepalive broke a connection whose replies wait unread")
 	close(w.open)
 	select {
@@ -132,7 +138,7 @@ func TestKeepaliveBreaksAConnectionWhoseRepliesStayUnread(t *testing.T) {
 	if !pendingCountable {
 		t.Skip("the socket's unread bytes cannot be counted here")
 	}
-	const ka = 20 * time.Millisecond
+	const ka = behindKA
 	_, h, w := heldReadPool(t, ka)
 	start := time.Now()
 	answered := make(chan error, 1)
@@ -158,7 +164,7 @@ func TestKeepaliveSparesAConnectionWhoseWriteHasNotReachedTheKernel(t *testing.T
 	if !pendingCountable {
 		t.Skip("the socket's send queue cannot be looked at here")
 	}
-	const ka = 20 * time.Millisecond
+	const ka = behindKA
 	p, h, w := heldConnPool(t, ka)
 	w.holdWrite.Store(true)
 	answered := make(chan error, 1)
@@ -173,7 +179,7 @@ func TestKeepaliveSparesAConnectionWhoseWriteHasNotReachedTheKernel(t *testing.T
 	case <-time.After(wait):
 		t.Fatal("the write never began")
 	}
-	time.Sleep(15 * ka)
+	time.Sleep(10 * ka)
 	require.NoError(t, h.Err(), "the keepalive broke a connection whose write had not reached the kernel")
 	close(w.open)
 	select {
