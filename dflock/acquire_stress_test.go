@@ -314,6 +314,12 @@ func TestPinnedConnReuseUnderRenewals(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, addrsOf(srv))
 	ctx := testCtx(t)
+	// Two seconds, not one: the safety margin (a tenth of the life) is
+	// then 200 ms, which a release sent just before the client's deadline
+	// needs on a loaded machine to reach the server before its lease ends
+	// (100 ms was not, once). Holds of up to 0.7 of it: about a third see a
+	// renewal.
+	const lease = 2 * time.Second
 	stop := time.Now().Add(4 * time.Second)
 	var wg sync.WaitGroup
 	for g := 0; g < 6; g++ {
@@ -325,15 +331,15 @@ func TestPinnedConnReuseUnderRenewals(t *testing.T) {
 				var h handle
 				var err error
 				if g%2 == 0 {
-					h, err = c.Lock(ctx, "k"+string(rune('a'+rnd.IntN(2))), LeaseTTL(time.Second))
+					h, err = c.Lock(ctx, "k"+string(rune('a'+rnd.IntN(2))), LeaseTTL(lease))
 				} else {
-					h, err = c.Semaphore(ctx, "s", 2, LeaseTTL(time.Second))
+					h, err = c.Semaphore(ctx, "s", 2, LeaseTTL(lease))
 				}
 				if err != nil {
 					t.Errorf("acquire: %v", err)
 					return
 				}
-				time.Sleep(time.Duration(rnd.IntN(700)) * time.Millisecond)
+				time.Sleep(time.Duration(rnd.IntN(int(lease/time.Millisecond)*7/10)) * time.Millisecond)
 				if e := h.Err(); e != nil {
 					t.Errorf("%s lost while held: %v", h.Key(), e)
 				}
