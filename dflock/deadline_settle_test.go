@@ -36,8 +36,9 @@ func TestBlockingWaitPastItsDeadlineReleasesAGrantOnItsWay(t *testing.T) {
 				// pool: its own wait timed out, read in the background.
 				// (Long enough for the lane try under load: 10 ms could
 				// end before the wait was sent, and no connection was
-				// left idle.)
-				_, err = c.Lock(ctx, "k", AcquireTimeout(200*time.Millisecond))
+				// left idle; so, at two tests per CPU, could 200 ms. The
+				// server's timeout is a second either way.)
+				_, err = c.Lock(ctx, "k", AcquireTimeout(500*time.Millisecond))
 				require.ErrorIs(t, err, ErrNotAcquired)
 				require.Eventually(t, func() bool { return c.Snapshot().Servers[0].Conns.Idle == 1 },
 					2*DefaultReleaseTimeout, 5*time.Millisecond, "the timed-out wait's connection was not given back")
