@@ -2,11 +2,13 @@ package pool
 
 import (
 	"cmp"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"time"
 
+	"github.com/dflock-sdk/go/wire"
 	"github.com/jackc/puddle/v2"
 )
 
@@ -219,4 +221,176 @@ func (p *Pool) probeDone() bool {
 	}
 	p.probing = false
 	return true
+}
+
+// The keepalive of one connection (janitor above calls it): pings, and the
+// cut of a connection whose server stopped answering.
+
+const (
+	pingUnknown uint32 = iota
+	pingOK
+	pingUnsupported
+)
+
+var pingReq = wire.Request{Cmd: wire.CmdPing}
+
+// pendingNotPing is the number of replies pending on c but those of
+// keepalive pings, which carry nothing SettleLanes must wait for (with a
+// round trip longer than the keepalive, one is always pending).
+func (c *conn) pendingNotPing() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.n - c.pings
+}
+
+// supportsPing reports whether the server answered the handshake's ping
+// with ok (v1.14+).
+func (c *conn) supportsPing() bool { return c.ping.Load() == pingOK }
+
+// onlyPingPending reports whether no reply is pending on the connection
+// but (perhaps) that of the janitor's keepalive ping, which is sent only
+// when nothing else is: such a connection may go back to the wait pool,
+// where the reader reads the ping's reply ahead of the next user's.
+func (c *conn) onlyPingPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.n == 0 || (c.q.n == 1 && c.q.at(0).kind == callPing)
+}
+
+func (c *conn) pingDone(r wire.Reply, err error) {
+	if err != nil {
+		return
+	}
+	switch r.Status {
+	case wire.StatusOK:
+		c.ping.Store(pingOK)
+	case wire.StatusError:
+		c.ping.Store(pingUnsupported)
+	case wire.StatusErrDraining:
+		// A server shutting down (v1.16+) answers the next request so
+		// and closes the connection: a keepalive ping is no exception.
+		c.fail(ErrDraining)
+	default:
+		c.fail(fmt.Errorf("%w: unexpected reply to ping (status %d %q)", wire.ErrProtocol, r.Status, statusWord(r)))
+	}
+}
+
+// keepalive pings the connection if it has written nothing for ka and has
+// nothing in flight, and breaks it if replies to non-blocking requests
+// (keepalive pings included) have made no progress for 2·ka: the server
+// answers those at once, so it is stalled or the path to it is dead, and
+// callers waiting with a context that never ends would wait forever. It
+// returns when the connection next needs attention (p.now() units), or -1
+// if it is broken.
+func (c *conn) keepalive(now, ka int64) int64 {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return -1
+	}
+	if c.blocking > 0 {
+		// A ping would sit behind the wait, and the server does not time
+		// out a connection parked in a blocking command.
+		c.mu.Unlock()
+		return satAdd(now, ka)
+	}
+	if c.q.n > 0 {
+		if n := c.wc.BytesRead(); n != c.seenBytes {
+			// A line still arriving (a large stats reply on a slow link)
+			// is progress too, seen here rather than as the bytes come (a
+			// stall after them is found up to a keepalive later). Only
+			// the same line, though: lines consumed since the last look
+			// were pushes (a reply is progress when matched, in
+			// answeredLocked), and the bytes after them may start the
+			// next one.
+			c.seenBytes = n
+			if cons := c.wc.BytesConsumed(); n > cons && cons == c.seenLines {
+				c.progress, c.behindSince = now, 0
+			} else {
+				c.seenLines = cons
+			}
+		}
+		due := satAdd(c.progress, satAdd(ka, ka))
+		// This process may be behind, not the server: see behindGrace.
+		onWire := c.onWireLocked()
+		behind := onWire == 0 || c.onPush == nil && c.wc.BytesConsumed() > c.matchedLines
+		writingAll := onWire > 0 && onWire == c.writing
+		onlyPings := c.q.n == c.pings
+		c.mu.Unlock()
+		if due > now {
+			return due
+		}
+		if onlyPings && c.holdsPlace.Load() {
+			// Nobody waits on the connection, and a closed one could not
+			// give the place up: see Conn.HoldPlace. (A request of the
+			// ticket's Wait is waited for: cut as any other.)
+			return satAdd(now, ka)
+		}
+		if later := c.behindGrace(now, ka, behind, writingAll); later > 0 {
+			return later
+		}
+		c.fail(errNoReply)
+		return -1
+	}
+	if due := satAdd(c.lastActive, ka); due > now {
+		c.mu.Unlock()
+		return due
+	}
+	cl := getCall()
+	cl.kind = callPing
+	cl.cmd = wire.CmdPing
+	c.enqueueLocked(&pingReq, cl, false)
+	c.p.pings.Add(1)
+	// Never write on the janitor: one stalled connection must not delay
+	// the keepalive of the others. c.err == nil under c.mu, so the reader
+	// is still running and counted in p.io.
+	c.startFlushLocked()
+	return satAdd(now, ka)
+}
+
+// stuckClientAfter bounds behindGrace: requests left unwritten, or replies
+// unread, this long mean a flusher or reader that does not run at all (a
+// bug), not a slow one, and the keepalive's break is then what frees the
+// callers waiting on the connection.
+const stuckClientAfter = 5 * time.Second
+
+// behindGrace spares, for a while, a connection the keepalive would break
+// for want of replies when this process, not the server, is behind on it:
+// its requests are not written yet (the flusher started for them has not
+// run: behind), or their write has not reached the kernel (writingAll: a
+// write is under way with every unanswered request in it, and the socket
+// has nothing unacknowledged; a write blocked on a server that stopped
+// reading leaves the kernel full), a reply has been read but not yet
+// matched to its call (behind), or replies wait in its socket, unread. The
+// process was frozen (a stopped or suspended VM, a long GC pause) or
+// starved of CPU, and the janitor ran before the flusher or the reader;
+// breaking the connection would lose its leases for nothing. It returns
+// when to look again, or 0 to break it: none is the case (the socket is
+// looked at only where socketPending can), or it has lasted
+// stuckClientAfter since first seen here.
+func (c *conn) behindGrace(now, ka int64, behind, writingAll bool) int64 {
+	nc := c.wc.NetConn()
+	if !behind && !(writingAll && socketSendIdle(nc)) && !socketPending(nc) {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.behindSince == 0 {
+		c.behindSince = now
+	}
+	end := satAdd(c.behindSince, int64(stuckClientAfter))
+	if now >= end {
+		return 0
+	}
+	return min(satAdd(now, ka), end)
+}
+
+// satAdd adds two non-negative p.now() quantities, saturating at
+// math.MaxInt64 instead of wrapping: Config.KeepAlive has no upper bound
+// here, and a wrapped deadline would be in the past.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
