@@ -53,7 +53,7 @@ type Client struct {
 	jobs     *bgJobs // best-effort work that outlives its caller (aside.go)
 
 	tickets ticketSet // queued two-phase tickets (they hold a connection)
-	signals signalHub // signal subscriptions and listener connections (signal_listener.go)
+	signals signalHub // signal subscriptions and listener connections (signal_hub.go, signal_listener.go)
 	disp    *dispatcher
 
 	stats clientCounters
