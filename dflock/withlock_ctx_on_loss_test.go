@@ -145,9 +145,11 @@ func TestWithLockNeverLiveAfterLossReported(t *testing.T) {
 		})
 	}
 
-	// Faults for ~4 s.
+	// Faults for ~4 s, and on until some fn has seen a loss (up to 20 s:
+	// on a loaded machine few fns run, and a loss may miss them all).
 	deadline := time.Now().Add(4 * time.Second)
-	for i := 0; time.Now().Before(deadline); i++ {
+	longest := time.Now().Add(20 * time.Second)
+	for i := 0; time.Now().Before(deadline) || fnLossCancelled.Load() == 0 && time.Now().Before(longest); i++ {
 		time.Sleep(time.Duration(50+rand.IntN(150)) * time.Millisecond)
 		switch i % 4 {
 		case 0:
