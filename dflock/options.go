@@ -73,7 +73,7 @@ const (
 	// MinKeepAlive is the shortest keepalive: the pool breaks a connection
 	// whose ping is not answered within two keepalives, and below a few
 	// milliseconds that is scheduling noise, not a dead server.
-	MinKeepAlive = 10 * time.Millisecond
+	MinKeepAlive = pool.MinKeepAlive
 	// MinServerReadTimeout is the shortest read timeout WithServerReadTimeout
 	// accepts: twice MinKeepAlive, since a keepalive must be at most half
 	// of it.
@@ -209,6 +209,10 @@ type options struct {
 	callbackWait time.Duration
 }
 
+// defaultStrategy is shard.Ring, made here: a package assigning to the
+// shard.Ring variable must not move every default Client's keys.
+var defaultStrategy = shard.RingWithVirtualNodes(shard.DefaultVirtualNodes)
+
 func defaultOptions() options {
 	return options{
 		dialTimeout: DefaultDialTimeout,
@@ -221,7 +225,7 @@ func defaultOptions() options {
 		maxIdleTime: DefaultMaxConnIdleTime,
 		laneConns:   DefaultLaneConns,
 		maxStats:    DefaultMaxStatsReply,
-		strategy:    shard.Ring,
+		strategy:    defaultStrategy,
 
 		callbackWait: DefaultReleaseTimeout,
 	}

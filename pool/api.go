@@ -78,9 +78,12 @@ type Owner interface {
 	// connection's reader goroutine — or at once, before SendBatch returns,
 	// for every request if the connection is already broken, and for a
 	// request with a line break in a field (which would desynchronise the
-	// connection). done must not block. SendBatch never blocks on the
-	// network. On a lane connection the requests must be lane-safe (the
-	// scheduler's renewals and releases are).
+	// connection). done must not block; nil discards the replies.
+	// SendBatch never blocks on the network. On a lane connection a request
+	// Pool.Do would refuse as not lane-safe is answered with that error at
+	// once and not sent (the scheduler's renewals and releases are safe);
+	// on a Conn whose acquisition has ended, every request is answered with
+	// an error matching ErrClosed.
 	SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error))
 	// Request sends one request that must reach the server even if ctx
 	// has already ended (a release: the lease is no longer renewed), and
@@ -90,9 +93,10 @@ type Owner interface {
 	// that r and err are the outcome; otherwise err says why the wait
 	// ended (it matches ctx.Err(), or ErrClosed) and late receives the
 	// outcome later, exactly once, from the connection's reader goroutine
-	// (or whoever breaks the connection): late must not block. On an idle
-	// connection the caller reads the answer itself, sparing the reader's
-	// wake-up. On a lane connection the request must be lane-safe.
+	// (or whoever breaks the connection): late must not block (nil
+	// discards it). On an idle connection the caller reads the answer
+	// itself, sparing the reader's wake-up. The requests SendBatch answers
+	// with an error without sending them are refused likewise (answered).
 	Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (r wire.Reply, answered bool, err error)
 	// Err is nil while the connection is usable; afterwards an error
 	// matching wire.ErrConnBroken that names the server (see Conn.Err).
@@ -117,6 +121,11 @@ const (
 // kept open for the pool's lifetime, and a lane wider than this spreads
 // requests too thin to batch.
 const MaxLaneConns = 64
+
+// MinKeepAlive is the shortest Config.KeepAlive New accepts: a connection
+// whose ping is not answered within two keepalives is broken, and below a
+// few milliseconds that is scheduling noise, not a stalled server.
+const MinKeepAlive = 10 * time.Millisecond
 
 // Roles of a connection, as reported to Config.OnDial.
 const (
@@ -147,7 +156,7 @@ type Config struct {
 	// Not, for up to 5 s more, one this process is behind on (requests not
 	// written yet, replies unread: see conn.behindGrace), nor one whose
 	// only unanswered requests are pings while it holds a ticket's place
-	// (Conn.HoldPlace). Default 10 s.
+	// (Conn.HoldPlace). Default 10 s; at least MinKeepAlive.
 	KeepAlive time.Duration
 	// MaxConns caps the wait pool (pinned connections included). Default 128.
 	MaxConns int32

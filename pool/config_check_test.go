@@ -16,6 +16,8 @@ func TestNewNamesTheBadConfigField(t *testing.T) {
 		cfg   Config
 	}{
 		{"Config.KeepAlive", Config{KeepAlive: -time.Second}},
+		{"Config.KeepAlive", Config{KeepAlive: time.Microsecond}}, // healthy connections broke 241 times a second
+		{"Config.KeepAlive", Config{KeepAlive: MinKeepAlive - 1}},
 		{"Config.DialTimeout", Config{DialTimeout: -time.Second}},
 		{"Config.MaxConns", Config{MaxConns: -1}},
 		{"Config.LaneConns", Config{LaneConns: -1}},
@@ -34,7 +36,7 @@ func TestNewNamesTheBadConfigField(t *testing.T) {
 		}
 		require.ErrorContains(t, err, tc.field)
 	}
-	p, err := New(Config{Addr: "127.0.0.1:1", LaneConns: MaxLaneConns})
+	p, err := New(Config{Addr: "127.0.0.1:1", LaneConns: MaxLaneConns, KeepAlive: MinKeepAlive})
 	require.NoError(t, err)
 	p.Close()
 }

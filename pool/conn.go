@@ -280,7 +280,7 @@ func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, 
 	cl.kind = callWait
 	cl.cmd = req.Cmd
 	cl.blocking = req.Blocking()
-	cl.cb = late
+	cl.cb = orDiscard(late)
 	cl.grantKey = grantKeyOf(req)
 	ended := ctx.Err()
 	if ended != nil {
@@ -392,6 +392,7 @@ func (c *conn) endWaits() {
 // (writeInlineLocked), and otherwise leaves the write to the flush
 // goroutine.
 func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+	done = orDiscard(done)
 	bad := false
 	for i := range reqs {
 		if err := framed(&reqs[i]); err != nil {
@@ -443,6 +444,17 @@ func (c *conn) sendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 	}
 	c.startFlushLocked()
 }
+
+// orDiscard is done, or if it is nil a callback that drops the reply: the
+// reader calls it unchecked, and a panic there would end the program.
+func orDiscard(done func(i int, r wire.Reply, err error)) func(i int, r wire.Reply, err error) {
+	if done == nil {
+		return discardReply
+	}
+	return done
+}
+
+func discardReply(int, wire.Reply, error) {}
 
 // framed is the one check a request gets again below package dflock, which
 // validates every request once, at its API boundary. It is the cheap check

@@ -19,13 +19,44 @@ type laneConn struct {
 	c *conn
 }
 
-// SendBatch implements Owner.SendBatch.
+// SendBatch implements Owner.SendBatch. A request the lane must not carry
+// (laneCheck, as Pool.Do) is answered with its error at once and not sent:
+// a blocking acquire would park every lease on the connection behind it,
+// an over-long line would make the server close it.
 func (l *laneConn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+	for i := range reqs {
+		if laneCheck(&reqs[i]) != nil {
+			l.sendLaneSafe(reqs, done)
+			return
+		}
+	}
 	l.c.sendBatch(reqs, done)
 }
 
-// Request implements Owner.Request.
+// sendLaneSafe is SendBatch for a batch with requests laneCheck refuses.
+func (l *laneConn) sendLaneSafe(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+	done = orDiscard(done)
+	var safe []wire.Request
+	var index []int // in reqs, of safe's requests
+	for i := range reqs {
+		if err := laneCheck(&reqs[i]); err != nil {
+			done(i, wire.Reply{}, err)
+			continue
+		}
+		safe = append(safe, reqs[i])
+		index = append(index, i)
+	}
+	if len(safe) > 0 {
+		l.c.sendBatch(safe, func(i int, r wire.Reply, err error) { done(index[i], r, err) })
+	}
+}
+
+// Request implements Owner.Request; a request laneCheck refuses is not
+// sent (see SendBatch).
 func (l *laneConn) Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (wire.Reply, bool, error) {
+	if err := laneCheck(&req); err != nil {
+		return wire.Reply{}, true, err
+	}
 	return l.c.request(ctx, &req, late)
 }
 

@@ -57,7 +57,8 @@ func (l *ListenerConn) Unread() bool {
 // timeout; a connection whose replies stop for 2·KeepAlive is broken), and
 // Pool.Close closes it. End it with Destroy.
 //
-// onPush runs on the connection's reader goroutine, once per push in the
+// onPush (required: nil is refused, as a listener that drops every signal)
+// runs on the connection's reader goroutine, once per push in the
 // order received, and must not block: the server disconnects a listener
 // whose push buffer fills. onBroken, if non-nil, is called exactly once when
 // the connection breaks or is destroyed (after Config.OnConnBroken), from
@@ -68,6 +69,9 @@ func (l *ListenerConn) Unread() bool {
 // server is down; a network failure marks the server down when no
 // connection to it is alive.
 func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroken func(error)) (*ListenerConn, error) {
+	if onPush == nil {
+		return nil, &wire.ArgError{Arg: "onPush", Reason: "is nil: the listener would drop every signal"}
+	}
 	if err := p.usable(); err != nil {
 		return nil, err
 	}

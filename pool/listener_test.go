@@ -72,9 +72,9 @@ func TestListenerDialFailsFastWhileDown(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	p := newPool(t, Config{Addr: srv.Addr()})
 	require.NoError(t, srv.Stop())
-	_, err := p.DialListener(ctxWait(t), nil, nil)
+	_, err := p.DialListener(ctxWait(t), func(wire.Push) {}, nil)
 	require.ErrorIs(t, err, ErrUnavailable)
-	_, err = p.DialListener(ctxWait(t), nil, nil)
+	_, err = p.DialListener(ctxWait(t), func(wire.Push) {}, nil)
 	require.ErrorIs(t, err, ErrUnavailable)
 }
 

@@ -119,6 +119,8 @@ func checkConfig(cfg *Config) error {
 		return negative("DialTimeout", cfg.DialTimeout)
 	case cfg.KeepAlive < 0:
 		return negative("KeepAlive", cfg.KeepAlive)
+	case cfg.KeepAlive > 0 && cfg.KeepAlive < MinKeepAlive:
+		return fmt.Errorf("invalid Config.KeepAlive: must be 0 (default) or at least %v (got %v)", MinKeepAlive, cfg.KeepAlive)
 	case cfg.MaxConns < 0:
 		return negative("MaxConns", cfg.MaxConns)
 	case cfg.LaneConns < 0 || cfg.LaneConns > MaxLaneConns:
@@ -350,7 +352,8 @@ func (p *Pool) Stats() Stats {
 
 // Close closes every connection (leases on them are released by the server)
 // and stops the pool's goroutines. Release leases before calling it.
-// Idempotent. Connections still acquired, broken or not, are force-closed
+// Idempotent: a later call returns at once, even while the first is still
+// closing. Connections still acquired, broken or not, are force-closed
 // (their later Release/Destroy is a no-op), so Close never waits for
 // callers. Every connection gets its Config.OnConnBroken call.
 func (p *Pool) Close() {

@@ -64,8 +64,10 @@ func TestLargeWriteToASlowButReadingServerDoesNotBreakTheConnection(t *testing.T
 	p := newPool(t, Config{Addr: addr, Dial: dial, LaneConns: 1, writeTimeout: writeTimeout, OnConnBroken: rec.hook})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	lane, err := p.Lane(ctx)
+	// A wait-pool connection: the lane refuses lines this long.
+	conn, err := p.Acquire(ctx)
 	require.NoError(t, err)
+	defer conn.Release()
 	slow.Store(true)
 
 	// 240 signals of 1 KiB each in one write: ~6 s at the server's pace
@@ -78,7 +80,7 @@ func TestLargeWriteToASlowButReadingServerDoesNotBreakTheConnection(t *testing.T
 	done := make(chan error, len(reqs))
 	before := answered.Load()
 	start := time.Now()
-	lane.SendBatch(reqs, func(_ int, _ wire.Reply, err error) { done <- err })
+	conn.SendBatch(reqs, func(_ int, _ wire.Reply, err error) { done <- err })
 	for range reqs {
 		select {
 		case err := <-done:
@@ -88,7 +90,7 @@ func TestLargeWriteToASlowButReadingServerDoesNotBreakTheConnection(t *testing.T
 		}
 	}
 	t.Logf("%d KB written and answered in %v (writeTimeout %v)", len(reqs)*1030/1000, time.Since(start).Round(10*time.Millisecond), writeTimeout)
-	require.NoError(t, lane.Err())
+	require.NoError(t, conn.Err())
 	select {
 	case ev := <-rec.ch:
 		t.Fatalf("connection broken: %v", ev.err)

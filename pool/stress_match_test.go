@@ -50,7 +50,7 @@ func TestStressRepliesGoToTheirCallersAndNothingLeaks(t *testing.T) {
 		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) {
 			book := &grantBook{keyOf: map[string]string{}, held: map[string]string{}}
 			scfg := testutil.Config{Audit: book.event, MaxLocks: -1}
-			pcfg := Config{KeepAlive: 3 * time.Millisecond, MaxConns: 6}
+			pcfg := Config{KeepAlive: MinKeepAlive, MaxConns: 6}
 			if useTLS {
 				certs, err := testutil.NewTLSCerts()
 				require.NoError(t, err)

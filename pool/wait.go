@@ -52,15 +52,29 @@ func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
 }
 
 // SendBatch is Owner.SendBatch for a lease pinned to this connection:
-// its renewals and its release.
+// its renewals and its release. After the acquisition has ended it sends
+// nothing, as Do: every request is answered with an error matching
+// ErrClosed.
 func (h *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
+	if !h.out.Load() {
+		done = orDiscard(done)
+		err := serverErr(h.p.cfg.Addr, ErrClosed, errEnded)
+		for i := range reqs {
+			done(i, wire.Reply{}, err)
+		}
+		return
+	}
 	h.c.sendBatch(reqs, done)
 }
 
 // Request is Owner.Request for a lease pinned to this connection: its
 // release. Unlike Do, a wait that ends first leaves the connection alone
-// (the answer comes at once; late receives it).
+// (the answer comes at once; late receives it). After the acquisition has
+// ended it sends nothing, as Do.
 func (h *Conn) Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (wire.Reply, bool, error) {
+	if !h.out.Load() {
+		return wire.Reply{}, true, serverErr(h.p.cfg.Addr, ErrClosed, errEnded)
+	}
 	return h.c.request(ctx, &req, late)
 }
 

@@ -48,6 +48,9 @@ var (
 	ErrMaybeUnapplied = errors.New("dflock: the server may not have applied the request (a paused server answers so)")
 	// ErrOwnerFailed is the cause (wrapped) of a loss by a failed owning connection.
 	ErrOwnerFailed = errors.New("dflock: owning connection failed")
+	// ErrNotTracked is the Err of a Lease no Scheduler tracks: a zero
+	// Lease, which Track and TrackInto did not make.
+	ErrNotTracked = errors.New("dflock: lease not tracked by a scheduler")
 
 	// errExpired is the cause of a loss by the client's own clock: no
 	// renewal was confirmed within TTL − safety margin of the last confirmed

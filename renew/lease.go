@@ -17,9 +17,10 @@ const (
 	stateReleased
 )
 
-// Lease is one tracked lease. Its mutable fields are guarded by the
-// scheduler's mutex; err (once ended is set) and the identity fields may be
-// read without it.
+// Lease is one tracked lease, made by Scheduler.Track or TrackInto: a zero
+// Lease tracks nothing (its Err is ErrNotTracked; its other methods must not
+// be called). Its mutable fields are guarded by the scheduler's mutex; err
+// (once ended is set) and the identity fields may be read without it.
 type Lease struct {
 	s        *Scheduler
 	key      string
@@ -130,6 +131,9 @@ func (l *Lease) endedDone() <-chan struct{} {
 // lease's life sees the loss at its first check, not a scheduling delay
 // later, while another client may hold the lock already.
 func (l *Lease) Err() error {
+	if l.s == nil {
+		return ErrNotTracked // a zero Lease must not read as held
+	}
 	if l.hasEnded() { // finished: nobody sees the end before Context and Done do
 		return l.err
 	}

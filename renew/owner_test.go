@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/dflock-sdk/go/wire"
 )
 
@@ -204,4 +206,31 @@ func requestsFor(bs []sentBatch, cmd wire.Command, key string) []time.Time {
 		}
 	}
 	return at
+}
+
+// valueOwner is an Owner whose dynamic type is not comparable, as a user's
+// value-receiver Owner holding a slice is.
+type valueOwner []string
+
+func (valueOwner) SendBatch([]wire.Request, func(int, wire.Reply, error)) {}
+func (valueOwner) Err() error                                             { return nil }
+
+// Track answers an owner it cannot use — not comparable (a map key of the
+// scheduler), or a nil pointer (its Err would dereference it) — with a
+// lease lost at once that names Spec.Owner. Both panicked under the
+// scheduler's mutex, wedging every later call if the panic was recovered
+// (review "low"). A zero Lease, never tracked, is not held either.
+func TestTrackRefusesAnOwnerItCannotUse(t *testing.T) {
+	t.Parallel()
+	s := New(Config{})
+	defer s.Close()
+	for name, o := range map[string]Owner{"not comparable": valueOwner{"a"}, "nil pointer": (*testOwner)(nil)} {
+		var l *Lease
+		require.NotPanics(t, func() { l = s.Track(Spec{Key: "k", Token: "t", TTL: 30 * time.Second, Owner: o}) }, name)
+		require.ErrorIs(t, l.Err(), ErrLost, name)
+		require.ErrorContains(t, l.Err(), "Spec.Owner", name)
+	}
+	require.Zero(t, s.Stats().Leases)
+	var zero Lease
+	require.ErrorIs(t, zero.Err(), ErrNotTracked)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -245,14 +246,30 @@ func (s *Scheduler) poke() {
 	}
 }
 
-// Track starts renewing a granted lease. Owner must be comparable (a
-// pointer). A lease that cannot be tracked — the scheduler is closed, the
-// TTL is under one second, the owner is nil — is returned already lost (its
-// Err says why) so that nothing silently appears held.
+// Track starts renewing a granted lease. Owner must be a non-nil pointer
+// (or another comparable value). A lease that cannot be tracked — the
+// scheduler is closed, the TTL is under one second, the owner is nil, a
+// nil pointer or not comparable — is returned already lost (its Err says
+// why) so that nothing silently appears held.
 func (s *Scheduler) Track(spec Spec) *Lease {
 	l := new(Lease)
 	s.TrackInto(l, spec)
 	return l
+}
+
+// badOwner says what makes o unusable as a lease's Spec.Owner, if anything.
+func badOwner(o Owner) error {
+	if o == nil {
+		return errors.New("dflock: lease has no owning connection")
+	}
+	t := reflect.TypeOf(o)
+	if !t.Comparable() {
+		return fmt.Errorf("dflock: invalid Spec.Owner: type %v is not comparable (use a pointer)", t)
+	}
+	if v := reflect.ValueOf(o); v.Kind() == reflect.Pointer && v.IsNil() {
+		return fmt.Errorf("dflock: invalid Spec.Owner: a nil %v", t)
+	}
+	return nil
 }
 
 // TrackInto is Track for a Lease the caller allocated, so that a struct of
@@ -273,6 +290,10 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		sent = min(int64(spec.Sent.Sub(s.epoch)), sent) // Sub saturates
 	}
 
+	// Before the lock: an owner the scheduler cannot key a map by, or
+	// whose Err would dereference nil, panicked under it (wedging every
+	// later call if the panic was recovered).
+	ownerBad := badOwner(l.owner)
 	s.mu.Lock()
 	var cause error
 	switch {
@@ -280,8 +301,8 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		cause = errClosed
 	case l.ttl < time.Second:
 		cause = fmt.Errorf("dflock: lease TTL %v is below one second and cannot be renewed", spec.TTL)
-	case l.owner == nil:
-		cause = errors.New("dflock: lease has no owning connection")
+	case ownerBad != nil:
+		cause = ownerBad
 	default:
 		// The grant may have been read just before its connection broke,
 		// and OwnerFailed may already have run (finding no lease of this

@@ -12,7 +12,7 @@ import (
 //
 // Use it only to share keys with processes running those clients, with the
 // servers listed in the same order everywhere. Adding or removing a server
-// re-maps most keys; prefer [Ring] otherwise.
+// re-maps most keys; prefer [Ring] otherwise. Do not assign to CRC32.
 var CRC32 Strategy = crc32Strategy{}
 
 type crc32Strategy struct{}

@@ -27,6 +27,11 @@ const DefaultVirtualNodes = 1024
 // A key belongs to the owner of the first point >= xxhash64(key), wrapping
 // around to the smallest point. If two servers share a point, the one with the
 // lexicographically smaller address owns it.
+//
+// Do not assign to Ring: processes that place keys differently hold two
+// locks for one key. A Client's default placement does not read it (it is
+// RingWithVirtualNodes(DefaultVirtualNodes), the same strategy), so
+// assigning changes only what passes it explicitly.
 var Ring Strategy = RingWithVirtualNodes(DefaultVirtualNodes)
 
 // RingWithVirtualNodes returns the [Ring] strategy with n points per server.

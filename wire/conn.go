@@ -177,7 +177,8 @@ func (c *Conn) Close() error {
 }
 
 // WriteRequests encodes reqs into the connection's write buffer and sends
-// them in a single Write call. It does not validate (call Validate first).
+// them in a single Write call. It does not validate: call Request.Validate
+// first (a field with a line break would put the stream out of step).
 func (c *Conn) WriteRequests(reqs ...Request) error {
 	if b := c.broken.Load(); b != nil {
 		return b
@@ -389,10 +390,9 @@ func (c *Conn) tooLong(prefix []byte) error {
 	// prefix is what was read before the line proved too long: a secret
 	// may begin in the part the error keeps and run past its end, where
 	// Scrubbed cannot see it whole.
-	for i := 0; c.secret != nil && i < min(len(line), keepMax); i++ {
-		if bytes.HasPrefix(c.secret, line[i:]) {
+	if c.secret != nil {
+		if i := cutSecretAt(string(line), string(c.secret)); i >= 0 {
 			line = append(line[:i:i], Redacted...)
-			break
 		}
 	}
 	e := protoErr(line, "line longer than "+itoa(int64(c.opt.MaxLine))+" bytes")

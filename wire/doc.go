@@ -3,8 +3,10 @@
 // connection that keeps replies in step with requests.
 //
 // The package knows nothing about pools, leases or sharding; it turns values
-// into bytes and bytes into values, and refuses anything the server would
-// refuse (or would misread) before it reaches the network.
+// into bytes and bytes into values. Request.Validate refuses anything the
+// server would refuse (or would misread); Conn's writers do not call it, so
+// validate every request before it reaches the network: a field with a line
+// break in it would shift every later reply on the connection.
 //
 // The hot paths are allocation-free in steady state: encoding into a buffer
 // with spare capacity, framing replies, and parsing every reply except for

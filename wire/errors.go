@@ -56,14 +56,32 @@ type ProtocolError struct {
 }
 
 // WithoutSecret returns a copy of e whose Line has every occurrence of
-// secret replaced by "<redacted>": a server that echoes the auth token must
-// not get it into errors and logs.
+// secret replaced by "<redacted>", and also the start of one that the
+// truncation of Line cut off: a server that echoes the auth token must not
+// get it into errors and logs.
 func (e *ProtocolError) WithoutSecret(secret string) *ProtocolError {
 	c := *e
 	if secret != "" {
 		c.Line = strings.ReplaceAll(c.Line, secret, Redacted)
+		if len(e.Line) >= keepMax { // protoErr may have cut a secret short
+			if i := cutSecretAt(c.Line, secret); i >= 0 {
+				c.Line = c.Line[:i] + Redacted
+			}
+		}
 	}
 	return &c
+}
+
+// cutSecretAt is where, within its first keepMax bytes, line ends in the
+// start of secret (a secret cut off by the end of what was kept, which a
+// search for the whole secret cannot see), or -1.
+func cutSecretAt(line, secret string) int {
+	for i := 0; secret != "" && i < min(len(line), keepMax); i++ {
+		if strings.HasPrefix(secret, line[i:]) {
+			return i
+		}
+	}
+	return -1
 }
 
 func (e *ProtocolError) Error() string {

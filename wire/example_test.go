@@ -172,6 +172,9 @@ func ExampleNewConn() {
 	}
 
 	lock := wire.Request{Cmd: wire.CmdLock, Key: "orders:42", Lease: 30}
+	if err := lock.Validate(); err != nil { // Conn's writers do not validate
+		log.Fatal(err)
+	}
 	if err := c.WriteRequests(lock); err != nil {
 		log.Fatal(err)
 	}

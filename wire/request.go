@@ -104,8 +104,9 @@ func ReleaseRequest(key, token string, semaphore bool) Request {
 }
 
 // RenewRequest is the renewal of a held lease to leaseSeconds: n for a lock,
-// sn for a semaphore slot. The lease is always explicit because a renewal
-// without one resets the lease to the server's default.
+// sn for a semaphore slot. Give the lease explicitly (at least 1): 0 omits
+// it, and a renewal without one resets the lease to the server's default
+// (valid on the wire, so Validate accepts it; package renew never sends it).
 func RenewRequest(key, token string, semaphore bool, leaseSeconds int64) Request {
 	cmd := CmdRenew
 	if semaphore {

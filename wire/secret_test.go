@@ -118,3 +118,21 @@ func TestConnKeepsAPassphraseOutOfAGrantsError(t *testing.T) {
 	assert.NotContains(t, err.Error(), "horse battery")
 	assert.Contains(t, err.Error(), Redacted)
 }
+
+// WithoutSecret also redacts the start of a secret that the truncation of
+// an error's Line cut off (review "low": the first 10 bytes of one that
+// began at byte 62 were left in the error), and leaves a short line alone.
+func TestWithoutSecretRedactsASecretTheLineCutShort(t *testing.T) {
+	secret := "S3CRET-0123456789abcdefghijklmnopqrstuvwxyz"
+	for _, at := range []int{0, 30, 62, 65} { // 65: only its first byte is kept
+		line := "bogus " + strings.Repeat("x", at) + secret
+		_, err := ParseReply([]byte(line), CmdPing)
+		var pe *ProtocolError
+		require.ErrorAs(t, err, &pe)
+		clean := pe.WithoutSecret(secret)
+		require.NotContains(t, clean.Error(), secret[:3], "secret at %d", at)
+		require.Contains(t, clean.Line, Redacted, "secret at %d", at)
+	}
+	pe := &ProtocolError{Line: "bogus S", Reason: "r"}
+	require.Equal(t, "bogus S", pe.WithoutSecret(secret).Line, "an uncut line ending in an S is not a secret cut short")
+}
