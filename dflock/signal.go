@@ -418,11 +418,17 @@ func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
 // (in the background; the listener connection is closed when no
 // subscription uses it any more), C is closed, and Next returns an error
 // matching ErrSubscriptionClosed. Signals still buffered can be read from
-// C, as many as its channel holds; the rest are discarded. Close is
-// idempotent and never blocks on the network; it returns nil.
+// C, as many as its channel holds (a few dozen). The rest are not lost
+// silently: a queue-group member's jobs go to another member of its group
+// in this Client, as jobs that reach its connection after it left do, and
+// are counted in Snapshot.SignalsDropped only if none is left; a plain
+// subscription's are counted there. Close is idempotent and never blocks
+// on the network; it returns nil.
 func (s *Subscription) Close() error {
 	s.c.signals.detach(s)
-	s.finish(ErrSubscriptionClosed)
+	if rest := s.finish(ErrSubscriptionClosed); len(rest) > 0 {
+		s.c.signals.handOn(s, rest)
+	}
 	return nil
 }
 
@@ -447,8 +453,10 @@ func (s *Subscription) held() int {
 }
 
 // finish marks the subscription closed, stops the drainer and closes the
-// channel. Every call returns once the channel is closed.
-func (s *Subscription) finish(err error) {
+// channel. Every call returns once the channel is closed; the one that
+// closes it returns the signals that did not fit in it (the overflow's,
+// gap markers aside), which nobody will read.
+func (s *Subscription) finish(err error) (rest []Signal) {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
@@ -465,16 +473,22 @@ func (s *Subscription) finish(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.chClosed {
-		return
+		return nil
 	}
 	s.chClosed = true
 	if ov := s.ov; ov != nil {
 		for ov.q.n > 0 && len(s.ch) < cap(s.ch) {
 			s.sendLocked(s.popLocked())
 		}
+		for ov.q.n > 0 {
+			if sig := ov.q.pop(); sig.Err == nil {
+				rest = append(rest, sig)
+			}
+		}
 		ov.q, ov.sigs = sigQueue{}, 0
 	}
 	close(s.ch)
+	return rest
 }
 
 // offer queues sig if there is room and reports whether it did (a closed

@@ -158,6 +158,25 @@ func (h *signalHub) detach(s *Subscription) {
 	}
 }
 
+// handOn takes the signals a closed subscription s held and nobody will
+// read (Subscription.Close): a queue group's jobs, which the server counted
+// delivered, go to another member of the group here, as forward does for
+// jobs that reach a connection after its members left; a plain
+// subscription's are counted dropped. s is detached already, so it is not
+// a candidate.
+func (h *signalHub) handOn(s *Subscription, sigs []Signal) {
+	if s.group == "" || len(s.attached) == 0 {
+		s.c.stats.sigDropped.Add(int64(len(sigs)))
+		return
+	}
+	// Every member of the group is attached on the servers of its pattern,
+	// so one of s's listeners' keys finds them all.
+	key := s.attached[0].key
+	for _, sig := range sigs {
+		h.forward(s.c, key, sig)
+	}
+}
+
 // close ends every listener (closing its connection) and subscription, and
 // the long-Emit connections, and waits for the supervisors. Client.Close
 // calls it, once no operation is in progress, before closing the pools.

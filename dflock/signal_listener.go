@@ -175,7 +175,8 @@ type pat struct {
 	// live is the connection on which the reader has read the server's
 	// `ok` to this pattern's listen: pushes read on it from then on are
 	// for this pattern (the server answers a request before it pushes
-	// what follows it). Set and read by the reader.
+	// what follows it; a queue group's may come before, see
+	// takeTurnLocked). Set and read by the reader.
 	live atomic.Pointer[lconn]
 }
 
@@ -373,15 +374,18 @@ func (l *listener) broadcastLocked(lc *lconn, sig Signal) (slow []*Subscription)
 // skipping those whose buffer is full (as the server does). If all are
 // full, the drop is counted on the member whose turn it was, which is
 // returned if that starts its slow-consumer episode. Like broadcastLocked
-// it takes only what the group's answered listen on lc can have brought:
-// a push for a channel the pattern does not match (a broken server's) is
-// nobody's. A push the server sent for the group after every member of lc
+// it takes only what the group's listen on lc can have brought — answered,
+// or still in flight: the server registers a member before it answers, and
+// a job it picks that member for in between comes before the `ok` (a group
+// connection listens to its one pattern only, so nothing else can have
+// brought it) — and a push for a channel the pattern does not match (a
+// broken server's) is nobody's. A push the server sent for the group after every member of lc
 // left (before it saw the unlisten or the close, see withdraw) is an
 // orphan, for the caller to forward, after l.mu, to a member elsewhere.
 // l.mu held.
 func (l *listener) takeTurnLocked(lc *lconn, sig Signal) (slow []*Subscription, orphan bool) {
 	pt := l.pats[l.key.pattern]
-	if pt == nil || pt.live.Load() != lc || !wire.MatchPattern(pt.pattern, sig.Channel) {
+	if pt == nil || (pt.live.Load() != lc && pt.sentOn != lc) || !wire.MatchPattern(pt.pattern, sig.Channel) {
 		return nil, false
 	}
 	if len(pt.subs) == 0 {

@@ -21,9 +21,11 @@ type Snapshot struct {
 	// SignalsDropped counts signals dropped because a subscription's
 	// buffer was full, and queue-group jobs the server had queued for a
 	// member that left with no other member in the Client to take them
-	// (docs/signals.md, Queue groups), and what the subscription of a
-	// Listen that failed had taken meanwhile; SignalGaps the gaps reported
-	// to subscriptions.
+	// (docs/signals.md, Queue groups), what the subscription of a Listen
+	// that failed had taken meanwhile, and what a closed subscription held
+	// beyond what its channel still offers (a queue-group member's jobs
+	// only if no other member was left to take them: Subscription.Close);
+	// SignalGaps the gaps reported to subscriptions.
 	SignalsDropped, SignalGaps int64
 	// CallbacksDropped counts log records and hook calls dropped because
 	// too many were waiting, or Close stopped waiting for them (see
