@@ -388,18 +388,27 @@ func WithDialTimeout(d time.Duration) Option {
 // ignores ctx holds Close, and a Stats call (which dials on its caller's
 // goroutine), until it returns. One that returns neither a connection nor
 // an error fails the dial (ErrServerUnavailable), and so does a nil
-// pointer returned as the connection. nil means the default.
+// pointer returned as the connection; a connection returned together with
+// an error is closed. nil means the default.
 //
 // The connection's methods run on the Client's own goroutines: Read on the
-// connection's reader, Write on its flusher or on the renewal scheduler
-// (which writes small batches itself when the connection is idle), and
-// the deadline setters wherever a read or write is bounded or cut, at
-// times under the connection's lock. Like a net.TCPConn's, they must
-// return promptly (Read and Write once their deadline passes); one that
-// blocks holds up renewals on every server. Close may take its time (an
-// SSH channel's writes to its transport): a connection that is not a
-// kernel socket is closed on a goroutine of its own, and Client.Close
-// waits for those.
+// connection's reader, Write on its flusher (only a *net.TCPConn or
+// *net.UnixConn is also written on a caller's goroutine or the renewal
+// scheduler's, when idle), and the deadline setters wherever a read or
+// write is bounded or cut, at times under the connection's lock. Like a
+// net.TCPConn's, they must return promptly (Read and Write once their
+// deadline passes); one that blocks holds up renewals on every server.
+// Deadline setters that fail or do nothing (an SSH channel's) are
+// tolerated: the connection is then closed to end a handshake whose time
+// is up, and to end anything else the keepalive's cut of a server that
+// stopped answering (2 × WithKeepAlive); such a connection is never kept
+// open to read replies after a cut. Close may take its time (an SSH
+// channel's writes to its transport): a connection that is not a kernel
+// socket is closed, or half-closed, on a goroutine of its own, and
+// Client.Close waits for those; one whose handshake failed is the
+// exception, closed before the call that dialled it returns (a Stats,
+// which dials on its caller's goroutine, waits for it). Close is called
+// once per connection.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }

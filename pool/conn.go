@@ -82,6 +82,10 @@ type conn struct {
 	// inline: a caller may write its request itself when the connection is
 	// idle (see writeInlineLocked); set for kernel sockets only.
 	inline bool
+	// noDeadlines: the connection's deadline setters fail (a WithDialer
+	// connection such as an SSH channel's). It never lingers, whose end is
+	// a read deadline; the keepalive's cut (a close) still bounds a stall.
+	noDeadlines bool
 	// own is the call whose caller reads its reply itself (readOwn), while
 	// the turn is that caller's; nil otherwise.
 	own *call
@@ -214,6 +218,9 @@ func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
 		matchedLines: wc.BytesConsumed(),
 		wake:         make(chan struct{}, 1), dead: make(chan struct{}), readerDone: make(chan struct{})}
 	c.flushFn = c.flush
+	if !c.inline {
+		c.noDeadlines = wc.NetConn().SetReadDeadline(time.Time{}) != nil
+	}
 	c.interruptFn = c.interruptRead
 	if c.inline {
 		c.raw = rawSocket(wc.NetConn())
@@ -558,7 +565,12 @@ func (c *conn) fail(cause error) {
 		}
 	}
 	lingers := c.lingersLocked(cause, pending[:written])
-	apart := !lingers && c.closesApartLocked()
+	withdraws := lingers && errors.Is(cause, errWithdrawn)
+	// A connection that is not a kernel socket is closed, or half-closed,
+	// on a goroutine of its own (see closesApartLocked): a user's CloseWrite
+	// or Close may take its time, and this may be the caller's goroutine
+	// (Conn.Withdraw).
+	apart := (!lingers || withdraws) && c.closesApartLocked()
 	// Published after lingersLocked counted a lingering connection: one who
 	// sees Err() != nil finds it in Stats too.
 	c.errp.Store(err)
@@ -570,11 +582,14 @@ func (c *conn) fail(cause error) {
 	c.mu.Unlock()
 	close(c.dead)
 	c.wakeReader() // a parked reader exits, or lingers
-	if apart {
+	switch {
+	case apart && withdraws:
+		go c.shutWriteApart()
+	case apart:
 		go c.closeApart()
-	} else if !lingers {
+	case !lingers:
 		_ = c.wc.Close()
-	} else if errors.Is(cause, errWithdrawn) {
+	case withdraws:
 		c.shutWrite()
 	}
 	for _, cl := range pending {

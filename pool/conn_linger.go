@@ -164,6 +164,12 @@ func (c *conn) closeApart() {
 	_ = c.wc.Close()
 }
 
+// shutWriteApart is shutWrite, counted as closeApart is.
+func (c *conn) shutWriteApart() {
+	defer c.p.io.Done()
+	c.shutWrite()
+}
+
 func (c *conn) orphansLeft() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -215,6 +221,7 @@ func (c *conn) lingersLocked(cause error, written []*call) bool {
 	c.orphans = c.orphans[:0]
 	withdraw := errors.Is(cause, errWithdrawn) && c.supportsPing() && halfCloser(c.wc.NetConn()) != nil
 	lingers := (withdraw || errors.Is(cause, errNoReply) || errors.Is(cause, errAbandoned)) && c.failWith == nil && c.p.cfg.OnReleaseLost != nil && !c.p.closed.Load() &&
+		!c.noDeadlines && // a linger ends at its read deadline
 		slices.ContainsFunc(written, func(cl *call) bool { return cl.grantKey != "" }) &&
 		c.p.reserveLinger() // last: it counts the connection as lingering
 	if !lingers {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -74,25 +75,47 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	// (Query and DialListener dial under the caller's).
 	defer context.AfterFunc(p.ctx, cancel)()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
+	if err != nil && !isNilConn(nc) {
+		_ = nc.Close() // a dialer's half-made connection (a tunnel whose negotiation failed)
+	}
 	if err == nil && isNilConn(nc) {
 		err = errNilConn // a broken Config.Dial: a failed dial, not a crash
 	}
 	if err != nil {
 		return nil, 0, p.dialFailed(parent, dialTimedOut(ctx, err), lane)
 	}
+	// From here ctx bounds the handshake through the connection: its
+	// deadline is the socket's, and its end (the caller's, DialTimeout's,
+	// Close's) poisons that deadline. A connection that is not a kernel
+	// socket may have deadlines that do nothing (an SSH channel's setters
+	// fail): its close, on that goroutine, ends the exchange instead.
+	// closeRaw closes it once whoever gets there first, since a user's
+	// Close need not be idempotent (crypto/tls's HandshakeContext, used
+	// before, closed it too when ctx ended: twice in all).
+	raw := nc
+	closeRaw := sync.OnceFunc(func() { _ = raw.Close() })
+	userConn := !kernelSocket(raw)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() {
+		_ = raw.SetDeadline(aLongTimeAgo)
+		if userConn {
+			closeRaw()
+		}
+	})
 	if p.tls != nil {
-		tc := tls.Client(nc, p.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			_ = nc.Close()
+		tc := tls.Client(raw, p.tls)
+		if err := tc.Handshake(); err != nil {
+			if !stop() || errors.Is(err, os.ErrDeadlineExceeded) {
+				err = cutByContext(ctx, err)
+			}
+			closeRaw()
 			return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, fmt.Errorf("TLS handshake: %w", err))), lane)
 		}
 		nc = tc
 	}
 	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine, Secret: p.secret})
-	if dl, ok := ctx.Deadline(); ok {
-		_ = nc.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(aLongTimeAgo) })
 	ping, err := p.greet(wc)
 	err = greetTimedOut(ctx, err)
 	if err == nil && wc.Buffered() == 0 && p.tls != nil {
@@ -106,7 +129,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 			rdl = time.Now().Add(20 * time.Millisecond)
 		}
 		_ = nc.SetReadDeadline(rdl)
-		if _, perr := wc.AwaitLine(); perr != nil && (!errors.Is(perr, os.ErrDeadlineExceeded) || errors.Is(perr, wire.ErrConnBroken)) {
+		if _, perr := wc.AwaitLine(); perr != nil && (!wire.IsTimeout(perr) || errors.Is(perr, wire.ErrConnBroken)) {
 			err = perr
 		}
 		if dl, ok := ctx.Deadline(); ok && err == nil {
@@ -118,14 +141,22 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		// first request would take them for its reply.
 		err = errStrayBytes
 	}
-	if !stop() && err == nil {
-		err = ctx.Err() // the deadline is poisoned
+	if !stop() {
+		switch {
+		case err == nil:
+			err = ctx.Err() // the deadline is poisoned
+		case userConn && !errors.Is(err, os.ErrDeadlineExceeded):
+			// Its close, not its deadline, ended the exchange.
+			err = greetTimedOut(ctx, fmt.Errorf("%w (the connection was closed to end it): %w", os.ErrDeadlineExceeded, err))
+		}
 	}
 	if err == nil {
-		err = nc.SetDeadline(time.Time{})
+		// A connection whose deadlines fail is usable: the keepalive still
+		// breaks it if the server stops answering (see Conn.noDeadlines).
+		_ = nc.SetDeadline(time.Time{})
 	}
 	if err != nil {
-		_ = wc.Close()
+		closeRaw()
 		// errors.Is, not errors.As: an error whose text held the token
 		// (redact) is no *ServerError, and must still be classified.
 		if errors.Is(err, ErrAuth) {
@@ -143,6 +174,21 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, err)), lane)
 	}
 	return wc, ping, nil
+}
+
+// cutByContext is the error of a TLS handshake that ctx's end cut short (its
+// deadline, reached or poisoned, or the close of a connection that is not a
+// kernel socket): ctx's error, as crypto/tls's HandshakeContext returns,
+// which dialTimedOut turns into errDialTimeout if it was DialTimeout's.
+// Past the deadline ctx's own timer is due (see greetTimedOut).
+func cutByContext(ctx context.Context, err error) error {
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		<-ctx.Done()
+	}
+	if ctx.Err() == nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 // errDialTimeout is the cause of a handshake cut short by Config.DialTimeout.

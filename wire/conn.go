@@ -311,8 +311,8 @@ func (c *Conn) Scrubbed(line []byte) []byte {
 // AwaitLine blocks until the connection has bytes to read and reports
 // whether a whole line is buffered, so that the next ReadLine returns without
 // waiting for the network. It consumes nothing. An expired read deadline
-// returns an error matching os.ErrDeadlineExceeded and, unlike every other
-// error, does not break the Conn: nothing was read, so the stream is still
+// returns its error (os.ErrDeadlineExceeded, or another that IsTimeout
+// accepts) and, unlike every other error, does not break the Conn: nothing was read, so the stream is still
 // in step and a deadline can interrupt a goroutine waiting for its reply
 // without costing the connection (clear the deadline before reading on).
 // A Conn already broken returns its break, matching ErrConnBroken, which
@@ -326,7 +326,7 @@ func (c *Conn) AwaitLine() (ready bool, err error) {
 	}
 	if c.br.Buffered() == 0 {
 		if _, err := c.br.Peek(1); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			if IsTimeout(err) {
 				if b := c.broken.Load(); b != nil {
 					return false, b // fail forced the deadline: a writer broke c
 				}
@@ -337,6 +337,15 @@ func (c *Conn) AwaitLine() (ready bool, err error) {
 	}
 	buf, _ := c.br.Peek(c.br.Buffered())
 	return bytes.IndexByte(buf, '\n') >= 0, nil
+}
+
+// IsTimeout reports whether err is a read or write that its deadline ended:
+// os.ErrDeadlineExceeded, or a net.Error whose Timeout is true (a
+// multiplexed stream's own, such as yamux's, which net.Conn's doc asks to
+// wrap os.ErrDeadlineExceeded but many do not).
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // Buffered returns how many bytes have been read from the network and not

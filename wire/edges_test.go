@@ -2,6 +2,10 @@ package wire
 
 import (
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -100,4 +104,22 @@ func TestPassphraseKeptOutOfWordAndText(t *testing.T) {
 	r, err = c.ParseReply(line, CmdLock)
 	require.NoError(t, err)
 	assert.NotContains(t, r.Text, "Tr0ub4dor&3xyzzy", "leader address keeps the secret's first word")
+}
+
+type ownTimeout struct{}
+
+func (ownTimeout) Error() string   { return "i/o deadline reached" }
+func (ownTimeout) Timeout() bool   { return true }
+func (ownTimeout) Temporary() bool { return true }
+
+// IsTimeout accepts a deadline's error however the connection reports it:
+// os.ErrDeadlineExceeded (wrapped, as net does) or a net.Error of its own
+// whose Timeout is true (yamux's); nothing else.
+func TestIsTimeoutAcceptsEveryDeadlineError(t *testing.T) {
+	require.True(t, IsTimeout(os.ErrDeadlineExceeded))
+	require.True(t, IsTimeout(&net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}))
+	require.True(t, IsTimeout(fmt.Errorf("tls: %w", ownTimeout{})))
+	require.False(t, IsTimeout(io.EOF))
+	require.False(t, IsTimeout(net.ErrClosed))
+	require.False(t, IsTimeout(nil))
 }
