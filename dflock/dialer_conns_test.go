@@ -184,7 +184,7 @@ func TestDialerPipe(t *testing.T) {
 		t.Run(map[bool]string{false: "tcp", true: "tls"}[withTLS], func(t *testing.T) {
 			t.Parallel()
 			cfg := testutil.Config{}
-			opts := []Option{WithDialer(pipeDialer), WithKeepAlive(MinKeepAlive)}
+			opts := []Option{WithDialer(pipeDialer)}
 			if withTLS {
 				certs, err := testutil.NewTLSCerts()
 				require.NoError(t, err)
@@ -195,12 +195,14 @@ func TestDialerPipe(t *testing.T) {
 			c := newClient(t, addrsOf(srv), opts...)
 			ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
 			defer cancel()
-			l, err := c.Lock(ctx, "k", LeaseTTL(time.Second))
+			// 2 s leases, renewed within the 1.5 s below (a 1 s lease
+			// with a 10 ms keepalive was lost once under make test's load)
+			l, err := c.Lock(ctx, "k", LeaseTTL(2*time.Second))
 			require.NoError(t, err)
 			// contended: a blocking wait on the wait pool
 			got := make(chan error, 1)
 			go func() {
-				l2, err := c.Lock(ctx, "k", LeaseTTL(time.Second))
+				l2, err := c.Lock(ctx, "k", LeaseTTL(2*time.Second))
 				if err == nil {
 					err = l2.Release(ctx)
 				}
