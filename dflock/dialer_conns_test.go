@@ -625,3 +625,29 @@ func TestDialerEachConnClosedOnce(t *testing.T) {
 		})
 	}
 }
+
+// A Stats (which dials on its caller's goroutine) whose context ends during
+// the handshake returns then, although the user's Close of the connection
+// takes 3 s: it runs on a goroutine of its own, which Close waits for (the
+// caller waited 3.2 s: review "dialer" F4).
+func TestDialerSlowCloseOfAFailedHandshakeDoesNotHoldTheCaller(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	var delay atomic.Int64
+	c := newClient(t, addrsOf(srv), WithDialer(slowCloseDialer(&delay, srv.Addr())))
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k") // the server is known up
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+	resume := srv.Stall(0)
+	defer resume()
+	delay.Store(int64(slowClose))
+	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	_, err = c.Stats(sctx)
+	took := time.Since(t0)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Less(t, took, slowClose, "the caller waited for the user's Close")
+	delay.Store(0)
+}

@@ -404,10 +404,9 @@ func WithDialTimeout(d time.Duration) Option {
 // stopped answering (2 × WithKeepAlive); such a connection is never kept
 // open to read replies after a cut. Close may take its time (an SSH
 // channel's writes to its transport): a connection that is not a kernel
-// socket is closed, or half-closed, on a goroutine of its own, and
-// Client.Close waits for those; one whose handshake failed is the
-// exception, closed before the call that dialled it returns (a Stats,
-// which dials on its caller's goroutine, waits for it). Close is called
+// socket is closed, or half-closed, on a goroutine of its own (also when
+// its handshake failed: a Stats, which dials on its caller's goroutine,
+// does not wait for it), and Client.Close waits for those. Close is called
 // once per connection.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }

@@ -110,7 +110,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 			if !stop() || errors.Is(err, os.ErrDeadlineExceeded) {
 				err = cutByContext(ctx, err)
 			}
-			closeRaw()
+			p.closeFailed(raw, closeRaw)
 			return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, fmt.Errorf("TLS handshake: %w", err))), lane)
 		}
 		nc = tc
@@ -152,11 +152,11 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	}
 	if err == nil {
 		// A connection whose deadlines fail is usable: the keepalive still
-		// breaks it if the server stops answering (see Conn.noDeadlines).
+		// breaks it if the server stops answering (see conn.noDeadlines).
 		_ = nc.SetDeadline(time.Time{})
 	}
 	if err != nil {
-		closeRaw()
+		p.closeFailed(raw, closeRaw)
 		// errors.Is, not errors.As: an error whose text held the token
 		// (redact) is no *ServerError, and must still be classified.
 		if errors.Is(err, ErrAuth) {
@@ -174,6 +174,31 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, err)), lane)
 	}
 	return wc, ping, nil
+}
+
+// closeFailed closes the connection of a failed handshake: a kernel socket
+// at once; one that WithDialer made on a goroutine of its own, counted in
+// p.io so that Close waits for it, since a user's Close may take its time
+// and this may be the caller's goroutine (Query, whose caller's context may
+// have ended the handshake) — unless the pool is closing, which waits for
+// this dial anyway.
+func (p *Pool) closeFailed(raw net.Conn, closeRaw func()) {
+	if kernelSocket(raw) {
+		closeRaw()
+		return
+	}
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		closeRaw()
+		return
+	}
+	p.io.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.io.Done()
+		closeRaw()
+	}()
 }
 
 // cutByContext is the error of a TLS handshake that ctx's end cut short (its
