@@ -29,12 +29,17 @@ func (noDeadlineConn) SetDeadline(time.Time) error      { return errNoDeadline }
 func (noDeadlineConn) SetReadDeadline(time.Time) error  { return errNoDeadline }
 func (noDeadlineConn) SetWriteDeadline(time.Time) error { return errNoDeadline }
 
-func noDeadlineDialer(ctx context.Context, network, addr string) (net.Conn, error) {
-	nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-	if err != nil {
-		return nil, err
+var noDeadlineDialer = wrappingDialer(func(nc net.Conn) net.Conn { return noDeadlineConn{nc} })
+
+// wrappingDialer dials TCP and returns the connection wrap makes of it.
+func wrappingDialer(wrap func(net.Conn) net.Conn) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(nc), nil
 	}
-	return noDeadlineConn{nc}, nil
 }
 
 // A connection that does not support deadlines (an SSH tunnel through
@@ -93,13 +98,7 @@ func keepaliveCutsAUserConn(t *testing.T, plain bool) {
 	srv := newServer(t, testutil.Config{})
 	dial := noDeadlineDialer
 	if plain {
-		dial = func(ctx context.Context, n, a string) (net.Conn, error) {
-			nc, err := noDeadlineDialer(ctx, n, a)
-			if err != nil {
-				return nil, err
-			}
-			return struct{ net.Conn }{nc.(noDeadlineConn).Conn}, nil
-		}
+		dial = wrappingDialer(func(nc net.Conn) net.Conn { return struct{ net.Conn }{nc} })
 	}
 	c, err := New(addrsOf(srv), WithDialer(dial), WithKeepAlive(MinKeepAlive))
 	require.NoError(t, err)
@@ -352,13 +351,7 @@ func TestDialerOwnTimeoutErrorWithTLS(t *testing.T) {
 	certs, err := testutil.NewTLSCerts()
 	require.NoError(t, err)
 	srv := newServer(t, testutil.Config{TLS: certs.ServerConfig()})
-	c := newClient(t, addrsOf(srv), WithTLS(certs.ClientConfig()), WithDialer(func(ctx context.Context, n, a string) (net.Conn, error) {
-		nc, err := (&net.Dialer{}).DialContext(ctx, n, a)
-		if err != nil {
-			return nil, err
-		}
-		return ownTimeoutConn{nc}, nil
-	}))
+	c := newClient(t, addrsOf(srv), WithTLS(certs.ClientConfig()), WithDialer(wrappingDialer(func(nc net.Conn) net.Conn { return ownTimeoutConn{nc} })))
 	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
 	defer cancel()
 	l, err := c.Lock(ctx, "k")
@@ -418,13 +411,7 @@ func TestDialerNoopDeadlineHandshakeStallDoesNotHoldClose(t *testing.T) {
 	srv := newServer(t, testutil.Config{})
 	resume := srv.Stall(0)
 	defer resume()
-	c, err := New(addrsOf(srv), WithDialTimeout(300*time.Millisecond), WithDialer(func(ctx context.Context, n, a string) (net.Conn, error) {
-		nc, err := (&net.Dialer{}).DialContext(ctx, n, a)
-		if err != nil {
-			return nil, err
-		}
-		return noopDeadlineConn{nc}, nil
-	}))
+	c, err := New(addrsOf(srv), WithDialTimeout(300*time.Millisecond), WithDialer(wrappingDialer(func(nc net.Conn) net.Conn { return noopDeadlineConn{nc} })))
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(testCtx(t), 500*time.Millisecond)
 	defer cancel()
