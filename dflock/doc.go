@@ -143,7 +143,9 @@
 // detail in an *Error (operation, key, server, reply). When a context ends an
 // operation, the error matches both the context's error and the domain
 // meaning (for an acquire, ErrNotAcquired; so does an acquire that
-// Client.Close ends, with ErrClosed). Invalid input is rejected before
+// Client.Close ends, with ErrClosed), and, if the context was cancelled
+// with a cause (context.WithCancelCause, WithTimeoutCause), that cause
+// too. Invalid input is rejected before
 // anything is sent, with an *ArgError naming the argument.
 //
 // # Server versions

@@ -257,6 +257,19 @@ func (e *connectingError) Error() string {
 
 func (e *connectingError) Unwrap() error { return e.ended }
 
+// withCause is err, ctx's error, with the cancellation cause the caller
+// gave (context.WithCancelCause, WithTimeoutCause) kept visible beside it.
+func withCause(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && c != err {
+		return &bothError{domain: err, cause: c}
+	}
+	return err
+}
+
+// ctxCause is ctx's error with its cause (withCause), for a wait that ended
+// with ctx.
+func ctxCause(ctx context.Context) error { return withCause(ctx, ctx.Err()) }
+
 // ctxError builds the error for an operation ended by opCtx (the operation's
 // context, derived from the caller's ctx). notDone is the domain meaning of
 // "the caller gave up" for this operation (ErrNotAcquired for acquires, nil
@@ -277,10 +290,7 @@ func (c *Client) ctxError(ctx, opCtx context.Context, notDone error) error {
 	if err == nil { // neither ended: a caller's mistake, but not a nil cause
 		return notDone
 	}
-	if c := context.Cause(ctx); c != nil && c != err {
-		// A cancellation cause given by the caller: keep it visible.
-		err = &bothError{domain: err, cause: c}
-	}
+	err = withCause(ctx, err)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) && notDone != nil:
 		return &bothError{domain: ErrTimeout, cause: err}

@@ -621,7 +621,10 @@ func TestHostileEndlessReplyIsBounded(t *testing.T) {
 		cancel()
 		t.Logf("%s: %.200v after %v, alloc %d KiB", name, err, time.Since(start), (after.TotalAlloc-before.TotalAlloc)>>10)
 		require.Error(t, err)
-		assert.Less(t, time.Since(start), 3*time.Second)
+		// Ended by the line cap, not by the 10 s context (a 16 MiB stats
+		// line under -race on a loaded machine has taken 4.7 s).
+		require.NotErrorIs(t, err, context.DeadlineExceeded, name)
+		assert.Less(t, time.Since(start), 9*time.Second)
 	}
 }
 

@@ -397,7 +397,7 @@ func (s *Subscription) Next(ctx context.Context) (Signal, error) {
 	case sig, ok := <-s.ch:
 		return s.received(sig, ok)
 	case <-ctx.Done():
-		return Signal{}, ctx.Err()
+		return Signal{}, ctxCause(ctx)
 	}
 }
 

@@ -1669,3 +1669,44 @@ func TestSubscriptionCountsAMarkerTheDrainerIsSending(t *testing.T) {
 	s.mu.Unlock()
 	assert.True(t, s.offer(Signal{Channel: "c", Payload: "B"}), "B dropped: a marker took its place in the buffer")
 }
+
+// Next, like every other call, keeps the cause of a context cancelled with
+// one (it returned the bare ctx.Err(): review "ctx").
+func TestNextKeepsTheCancellationCause(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	s, err := c.Listen(testCtx(t), "n.a")
+	require.NoError(t, err)
+	defer s.Close()
+	cause := errors.New("shutting down the consumer")
+	for _, before := range []bool{true, false} {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		if before {
+			cancel(cause)
+		} else {
+			time.AfterFunc(20*time.Millisecond, func() { cancel(cause) })
+		}
+		_, err := s.Next(ctx)
+		require.ErrorIs(t, err, context.Canceled)
+		require.ErrorIs(t, err, cause, "cancelled before: %v", before)
+	}
+}
+
+// Stats and a long Emit whose context has already ended dial nothing, and
+// count no dial failure (Stats.DialFailures feeds a dial-failure metric
+// that fired on a healthy server: review "ctx").
+func TestEndedContextCountsNoDialFailure(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, addrsOf(srv))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := c.Stats(ctx)
+	require.ErrorIs(t, err, context.Canceled)
+	_, err = c.Emit(ctx, "n.a", strings.Repeat("p", 300))
+	require.ErrorIs(t, err, context.Canceled)
+	ps := c.servers[0].pool.Stats()
+	require.Zero(t, ps.DialFailures)
+	require.Zero(t, ps.Dials)
+}
