@@ -398,11 +398,13 @@ func WithDialTimeout(d time.Duration) Option {
 // write is bounded or cut, at times under the connection's lock. Like a
 // net.TCPConn's, they must return promptly (Read and Write once their
 // deadline passes); one that blocks holds up renewals on every server.
-// Deadline setters that fail or do nothing (an SSH channel's) are
-// tolerated: the connection is then closed to end a handshake whose time
-// is up, and to end anything else the keepalive's cut of a server that
-// stopped answering (2 × WithKeepAlive); such a connection is never kept
-// open to read replies after a cut. Close may take its time (an SSH
+// Deadline setters that fail (an SSH channel's) are tolerated: the
+// connection is then closed to end a handshake whose time is up, and to end
+// anything else the keepalive's cut of a server that stopped answering (2 ×
+// WithKeepAlive); such a connection is never kept open to read replies
+// after a cut. Setters that return nil and do nothing are not: a
+// connection kept open after a cut, to read what the server still answers,
+// is then read until the server closes it or Client.Close. Close may take its time (an SSH
 // channel's writes to its transport): a connection that is not a kernel
 // socket is closed, or half-closed, on a goroutine of its own (also when
 // its handshake failed: a Stats, which dials on its caller's goroutine,

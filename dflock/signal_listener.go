@@ -388,6 +388,14 @@ func (l *listener) takeTurnLocked(lc *lconn, sig Signal) (slow []*Subscription, 
 	if pt == nil || (pt.live.Load() != lc && pt.sentOn != lc) || !wire.MatchPattern(pt.pattern, sig.Channel) {
 		return nil, false
 	}
+	if pt.live.Load() != lc {
+		// The first push of a listen not answered yet: the server has
+		// taken it, and the members that a break told of a gap learn that
+		// it is over before they get what follows (as the answer's
+		// callback would tell them, finding nothing left to do).
+		pt.live.Store(lc)
+		l.resumedLocked(lc, pt)
+	}
 	if len(pt.subs) == 0 {
 		return nil, true
 	}
@@ -798,6 +806,13 @@ func (l *listener) sync(lc *lconn) bool {
 func (l *listener) resumed(lc *lconn, p *pat) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
+	l.resumedLocked(lc, p)
+}
+
+// resumedLocked is resumed with l.mu held (for reading will do). A second
+// call for the same answer queues nothing (Subscription.resumed forgets
+// the gap it resolves).
+func (l *listener) resumedLocked(lc *lconn, p *pat) {
 	if lc.dead.Load() {
 		return
 	}

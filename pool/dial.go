@@ -118,12 +118,17 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine, Secret: p.secret})
 	ping, err := p.greet(wc)
 	err = greetTimedOut(ctx, err)
-	if err == nil && wc.Buffered() == 0 && p.tls != nil {
+	if err == nil && wc.Buffered() == 0 && p.tls != nil && (!userConn || rawSocket(raw) != nil) {
 		// crypto/tls hands bufio one record per Read: a stray record
 		// behind the last reply's sits in the tls.Conn, not in wc's
 		// buffer. A read that cannot wait pulls it out if it is there.
 		// An expired deadline fails the read before any syscall: bytes
-		// still in the kernel need a read that may take them.
+		// still in the kernel need a read that may take them. Only over
+		// a socket: a WithDialer transport without one may have no
+		// deadlines (the read would wait), or end crypto/tls with its own
+		// timeout error (yamux's is not Temporary); there the reader
+		// finds a stray record, as bytes nobody asked for, unless the
+		// first request is sent before it looks.
 		rdl := aLongTimeAgo
 		if socketHasBytes(nc) {
 			rdl = time.Now().Add(20 * time.Millisecond)

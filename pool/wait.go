@@ -205,8 +205,9 @@ func (h *Conn) Destroy() {
 // withdraws the waiter of a peer it sees gone and closes its side, while a
 // grant written before that is still read — for at most 2 s — and handed
 // to Config.OnReleaseLost, which releases it elsewhere. A connection that
-// cannot be half-closed (a WithDialer conn without CloseWrite), one to a
-// server before v1.14 (no ping), which does not look at the connection
+// cannot be half-closed (a WithDialer conn without CloseWrite) or whose
+// deadline setters fail (the 2 s is a read deadline), one to a server
+// before v1.14 (no ping), which does not look at the connection
 // before its wait ends (the socket would only be held for nothing), or a
 // pool without OnReleaseLost, is closed as by Destroy.
 func (h *Conn) Withdraw() {

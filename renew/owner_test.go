@@ -215,6 +215,13 @@ type valueOwner []string
 func (valueOwner) SendBatch([]wire.Request, func(int, wire.Reply, error)) {}
 func (valueOwner) Err() error                                             { return nil }
 
+// holderOwner is comparable as a type, but hashing one that holds a
+// valueOwner panics.
+type holderOwner struct{ inner any }
+
+func (holderOwner) SendBatch([]wire.Request, func(int, wire.Reply, error)) {}
+func (holderOwner) Err() error                                             { return nil }
+
 // Track answers an owner it cannot use — not comparable (a map key of the
 // scheduler), or a nil pointer (its Err would dereference it) — with a
 // lease lost at once that names Spec.Owner. Both panicked under the
@@ -224,7 +231,11 @@ func TestTrackRefusesAnOwnerItCannotUse(t *testing.T) {
 	t.Parallel()
 	s := New(Config{})
 	defer s.Close()
-	for name, o := range map[string]Owner{"not comparable": valueOwner{"a"}, "nil pointer": (*testOwner)(nil)} {
+	for name, o := range map[string]Owner{
+		"not comparable":           valueOwner{"a"},
+		"holding a non-comparable": holderOwner{inner: valueOwner{"a"}},
+		"nil pointer":              (*testOwner)(nil),
+	} {
 		var l *Lease
 		require.NotPanics(t, func() { l = s.Track(Spec{Key: "k", Token: "t", TTL: 30 * time.Second, Owner: o}) }, name)
 		require.ErrorIs(t, l.Err(), ErrLost, name)

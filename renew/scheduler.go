@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -247,29 +246,31 @@ func (s *Scheduler) poke() {
 }
 
 // Track starts renewing a granted lease. Owner must be a non-nil pointer
-// (or another comparable value). A lease that cannot be tracked — the
-// scheduler is closed, the TTL is under one second, the owner is nil, a
-// nil pointer or not comparable — is returned already lost (its Err says
-// why) so that nothing silently appears held.
+// (or another hashable value). A lease that cannot be tracked — the
+// scheduler is closed, the TTL is under one second, the owner is nil, not
+// hashable, or its Err panics (a nil pointer, typically) or reports it
+// broken — is returned already lost (its Err says why) so that nothing
+// silently appears held.
 func (s *Scheduler) Track(spec Spec) *Lease {
 	l := new(Lease)
 	s.TrackInto(l, spec)
 	return l
 }
 
-// badOwner says what makes o unusable as a lease's Spec.Owner, if anything.
-func badOwner(o Owner) error {
-	if o == nil {
-		return errors.New("dflock: lease has no owning connection")
-	}
-	t := reflect.TypeOf(o)
-	if !t.Comparable() {
-		return fmt.Errorf("dflock: invalid Spec.Owner: type %v is not comparable (use a pointer)", t)
-	}
-	if v := reflect.ValueOf(o); v.Kind() == reflect.Pointer && v.IsNil() {
-		return fmt.Errorf("dflock: invalid Spec.Owner: a nil %v", t)
-	}
-	return nil
+// ownerErrLocked is o.Err(), or, as invalid, why o cannot own a lease: the
+// lookups of the owners map would panic on a value that is not hashable (a
+// slice, or a struct holding one in an interface field), and so does Err on
+// many nil pointers. Under s.mu such a panic, if recovered by the caller,
+// left the scheduler locked for good; caught here it costs nothing on the
+// way through (a reflect check of the type cost an allocation per Track).
+func (s *Scheduler) ownerErrLocked(o Owner) (invalid, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			invalid = fmt.Errorf("dflock: invalid Spec.Owner (%T): %v", o, r)
+		}
+	}()
+	_ = s.owners[o]
+	return nil, o.Err()
 }
 
 // TrackInto is Track for a Lease the caller allocated, so that a struct of
@@ -290,10 +291,6 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		sent = min(int64(spec.Sent.Sub(s.epoch)), sent) // Sub saturates
 	}
 
-	// Before the lock: an owner the scheduler cannot key a map by, or
-	// whose Err would dereference nil, panicked under it (wedging every
-	// later call if the panic was recovered).
-	ownerBad := badOwner(l.owner)
 	s.mu.Lock()
 	var cause error
 	switch {
@@ -301,13 +298,17 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		cause = errClosed
 	case l.ttl < time.Second:
 		cause = fmt.Errorf("dflock: lease TTL %v is below one second and cannot be renewed", spec.TTL)
-	case ownerBad != nil:
-		cause = ownerBad
+	case l.owner == nil:
+		cause = errors.New("dflock: lease has no owning connection")
 	default:
 		// The grant may have been read just before its connection broke,
 		// and OwnerFailed may already have run (finding no lease of this
 		// owner): the server released the lease with the connection.
-		if err := l.owner.Err(); err != nil {
+		invalid, err := s.ownerErrLocked(l.owner)
+		switch {
+		case invalid != nil:
+			cause = invalid
+		case err != nil:
 			cause = fmt.Errorf("%w: %w", ErrOwnerFailed, err)
 		}
 	}

@@ -62,12 +62,13 @@ type ProtocolError struct {
 func (e *ProtocolError) WithoutSecret(secret string) *ProtocolError {
 	c := *e
 	if secret != "" {
-		c.Line = strings.ReplaceAll(c.Line, secret, Redacted)
-		if len(e.Line) >= keepMax { // protoErr may have cut a secret short
-			if i := cutSecretAt(c.Line, secret); i >= 0 {
-				c.Line = c.Line[:i] + Redacted
+		line, cut := c.Line, ""
+		if len(line) >= keepMax { // protoErr may have cut a secret short
+			if i := cutSecretAt(line, secret); i >= 0 {
+				line, cut = line[:i], Redacted
 			}
 		}
+		c.Line = strings.ReplaceAll(line, secret, Redacted) + cut
 	}
 	return &c
 }

@@ -136,3 +136,15 @@ func TestWithoutSecretRedactsASecretTheLineCutShort(t *testing.T) {
 	pe := &ProtocolError{Line: "bogus S", Reason: "r"}
 	require.Equal(t, "bogus S", pe.WithoutSecret(secret).Line, "an uncut line ending in an S is not a secret cut short")
 }
+
+// WithoutSecret finds a secret cut by the line's end before it replaces the
+// whole ones: a secret shorter than Redacted made the line grow, and the
+// cut start at its end fell past keepMax, kept (review "rv5").
+func TestWithoutSecretRedactsACutShortSecretAfterWholeOnes(t *testing.T) {
+	const secret = "s3cr"
+	whole := strings.Repeat(secret+" ", 8)
+	line := whole + strings.Repeat("x", keepMax-len(whole)-3) + "s3c" // cut: "s3c" of "s3cr"
+	require.Len(t, line, keepMax)
+	e := (&ProtocolError{Line: line, Reason: "r"}).WithoutSecret(secret)
+	require.False(t, strings.HasSuffix(e.Line, "s3c"), "the cut secret's start is still there: %q", e.Line[len(e.Line)-20:])
+}
