@@ -108,11 +108,19 @@ func TestLanePipelinesThroughALongRoundTrip(t *testing.T) {
 	_, c := laneOf(t, p)
 	px.SetLatency(20 * time.Millisecond)
 	// One request alone: a batch with a 40 ms wait and no work to weigh.
-	_, _, err = p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
-	require.NoError(t, err)
-	c.mu.Lock()
-	pipelining := c.pace.pipelining(c.p.now())
-	c.mu.Unlock()
+	// (Up to five: on a loaded machine one batch's measure may be off, as
+	// it was once in a background loop beside make test.)
+	pipelining := false
+	for range 5 {
+		_, _, err = p.Do(ctxWait(t), wire.Request{Cmd: wire.CmdPing})
+		require.NoError(t, err)
+		c.mu.Lock()
+		pipelining = c.pace.pipelining(c.p.now())
+		c.mu.Unlock()
+		if pipelining {
+			break
+		}
+	}
 	require.True(t, pipelining, "the lane pipelines after a long round trip")
 	// The decision lasts 32 round trips; on a loaded machine the rest of
 	// the test may take longer, which says nothing about pipelining.
