@@ -638,3 +638,38 @@ func TestDialerSlowCloseOfAFailedHandshakeDoesNotHoldTheCaller(t *testing.T) {
 	require.Less(t, took, slowClose, "the caller waited for the user's Close")
 	delay.Store(0)
 }
+
+// A dialer's half-made connection, returned with an error (a tunnel whose
+// negotiation failed), is closed apart as a failed handshake's is: a Stats
+// waited for the user's slow Close of it (review "rv6").
+func TestDialerHalfMadeConnsSlowCloseDoesNotHoldTheCaller(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	var delay atomic.Int64
+	var fail atomic.Bool
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if fail.Load() {
+			return &slowCloseConn{Conn: nc, delay: &delay}, errors.New("tunnel negotiation failed")
+		}
+		return nc, nil
+	}
+	c := newClient(t, addrsOf(srv), WithDialer(dial))
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
+	fail.Store(true)
+	delay.Store(int64(slowClose))
+	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	_, err = c.Stats(sctx)
+	took := time.Since(t0)
+	require.Error(t, err)
+	delay.Store(0)
+	require.Less(t, took, slowClose, "the caller waited for the user's Close")
+}

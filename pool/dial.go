@@ -76,7 +76,9 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 	defer context.AfterFunc(p.ctx, cancel)()
 	nc, err := p.cfg.Dial(ctx, "tcp", p.cfg.Addr)
 	if err != nil && !isNilConn(nc) {
-		_ = nc.Close() // a dialer's half-made connection (a tunnel whose negotiation failed)
+		// A dialer's half-made connection (a tunnel whose negotiation
+		// failed): closed apart like a failed handshake's.
+		p.closeFailed(nc, func() { _ = nc.Close() })
 	}
 	if err == nil && isNilConn(nc) {
 		err = errNilConn // a broken Config.Dial: a failed dial, not a crash

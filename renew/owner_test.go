@@ -245,3 +245,21 @@ func TestTrackRefusesAnOwnerItCannotUse(t *testing.T) {
 	var zero Lease
 	require.ErrorIs(t, zero.Err(), ErrNotTracked)
 }
+
+// nilSafeOwner's Err does not dereference its receiver (a common Go idiom),
+// so a nil *nilSafeOwner passes ownerErrLocked; its SendBatch does.
+type nilSafeOwner struct{ n int }
+
+func (o *nilSafeOwner) SendBatch([]wire.Request, func(int, wire.Reply, error)) { o.n++ }
+func (o *nilSafeOwner) Err() error                                             { return nil }
+
+// A nil pointer whose Err is nil-safe is refused too: tracked as held, its
+// first renewal called SendBatch on nil on the scheduler goroutine, where a
+// panic ends the program (review "rv6": the recover-based check alone let
+// it through).
+func TestTrackRefusesANilPointerOwnerWithANilSafeErr(t *testing.T) {
+	s := New(Config{})
+	defer s.Close()
+	l := s.Track(Spec{Key: "k", Token: "t", TTL: 30 * time.Second, Owner: (*nilSafeOwner)(nil)})
+	require.ErrorIs(t, l.Err(), ErrLost, "a nil-pointer owner must not be believed held")
+}

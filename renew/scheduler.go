@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -257,6 +258,12 @@ func (s *Scheduler) Track(spec Spec) *Lease {
 	return l
 }
 
+// nilPointer reports whether o holds a nil pointer (no allocation).
+func nilPointer(o Owner) bool {
+	v := reflect.ValueOf(o)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
 // ownerErrLocked is o.Err(), or, as invalid, why o cannot own a lease: the
 // lookups of the owners map would panic on a value that is not hashable (a
 // slice, or a struct holding one in an interface field), and so does Err on
@@ -300,6 +307,9 @@ func (s *Scheduler) TrackInto(l *Lease, spec Spec) {
 		cause = fmt.Errorf("dflock: lease TTL %v is below one second and cannot be renewed", spec.TTL)
 	case l.owner == nil:
 		cause = errors.New("dflock: lease has no owning connection")
+	case nilPointer(l.owner):
+		// Its Err may not dereference it; the round's SendBatch would.
+		cause = fmt.Errorf("dflock: invalid Spec.Owner: a nil %T", l.owner)
 	default:
 		// The grant may have been read just before its connection broke,
 		// and OwnerFailed may already have run (finding no lease of this

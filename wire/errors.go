@@ -64,8 +64,14 @@ func (e *ProtocolError) WithoutSecret(secret string) *ProtocolError {
 	if secret != "" {
 		line, cut := c.Line, ""
 		if len(line) >= keepMax { // protoErr may have cut a secret short
-			if i := cutSecretAt(line, secret); i >= 0 {
-				line, cut = line[:i], Redacted
+			// after the last whole one, which may end as the secret
+			// begins (a token whose first and last bytes are equal)
+			from := 0
+			if j := strings.LastIndex(line, secret); j >= 0 {
+				from = j + len(secret)
+			}
+			if i := cutSecretAt(line[from:], secret); i >= 0 {
+				line, cut = line[:from+i], Redacted
 			}
 		}
 		c.Line = strings.ReplaceAll(line, secret, Redacted) + cut

@@ -148,3 +148,20 @@ func TestWithoutSecretRedactsACutShortSecretAfterWholeOnes(t *testing.T) {
 	e := (&ProtocolError{Line: line, Reason: "r"}).WithoutSecret(secret)
 	require.False(t, strings.HasSuffix(e.Line, "s3c"), "the cut secret's start is still there: %q", e.Line[len(e.Line)-20:])
 }
+
+// The cut-short secret is looked for after the last whole one: when the
+// secret's last byte is also its first (1 hex token in 16), the match could
+// begin inside a whole occurrence, which was then cut in two and not
+// replaced, leaving all but one byte of it (review "rv6").
+func TestWithoutSecretDoesNotCutAWholeSecretThatEndsAsItBegins(t *testing.T) {
+	const secret = "a0f3c9e1b2d47a68c0e5f1b3d9a7c24a" // 32 hex digits, first == last
+	// The server's echo, cut at keepMax: the whole token, then one byte
+	// that happens to be the token's second.
+	line := strings.Repeat("x", keepMax-len(secret)-1) + secret + secret[1:2]
+	require.Len(t, line, keepMax)
+	got := (&ProtocolError{Line: line, Reason: "r"}).WithoutSecret(secret)
+	t.Logf("Line  %q", got.Line)
+	t.Logf("Error %q", got.Error())
+	require.NotContains(t, got.Line, secret[1:16], "a part of the secret stays in Line")
+	require.NotContains(t, got.Error(), secret[1:16], "a part of the secret stays in Error()")
+}
