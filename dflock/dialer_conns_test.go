@@ -49,11 +49,7 @@ func TestDialerConnWithoutDeadlinesWorks(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	c := newClient(t, addrsOf(srv), WithDialer(noDeadlineDialer))
-	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
-	defer cancel()
-	l, err := c.Lock(ctx, "k")
-	require.NoError(t, err)
-	require.NoError(t, l.Release(ctx))
+	lockAndReleaseWork(t, c)
 }
 
 // A server stalled during the handshake, over a connection without
@@ -352,11 +348,7 @@ func TestDialerOwnTimeoutErrorWithTLS(t *testing.T) {
 	require.NoError(t, err)
 	srv := newServer(t, testutil.Config{TLS: certs.ServerConfig()})
 	c := newClient(t, addrsOf(srv), WithTLS(certs.ClientConfig()), WithDialer(wrappingDialer(func(nc net.Conn) net.Conn { return ownTimeoutConn{nc} })))
-	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
-	defer cancel()
-	l, err := c.Lock(ctx, "k")
-	require.NoError(t, err)
-	require.NoError(t, l.Release(ctx))
+	lockAndReleaseWork(t, c)
 }
 
 // A dialer that does TLS itself (no WithTLS): treated as a kernel socket
@@ -672,4 +664,14 @@ func TestDialerHalfMadeConnsSlowCloseDoesNotHoldTheCaller(t *testing.T) {
 	require.Error(t, err)
 	delay.Store(0)
 	require.Less(t, took, slowClose, "the caller waited for the user's Close")
+}
+
+// lockAndReleaseWork locks a key through c and releases it, within 5 s.
+func lockAndReleaseWork(t *testing.T, c *Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
+	defer cancel()
+	l, err := c.Lock(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l.Release(ctx))
 }
