@@ -178,14 +178,8 @@ func TestDialerPipe(t *testing.T) {
 	for _, withTLS := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tcp", true: "tls"}[withTLS], func(t *testing.T) {
 			t.Parallel()
-			cfg := testutil.Config{}
-			opts := []Option{WithDialer(pipeDialer)}
-			if withTLS {
-				certs, err := testutil.NewTLSCerts()
-				require.NoError(t, err)
-				cfg.TLS = certs.ServerConfig()
-				opts = append(opts, WithTLS(certs.ClientConfig()))
-			}
+			cfg, opts := tlsIf(t, withTLS)
+			opts = append(opts, WithDialer(pipeDialer))
 			srv := newServer(t, cfg)
 			c := newClient(t, addrsOf(srv), opts...)
 			ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
@@ -535,14 +529,7 @@ func TestDialerEachConnClosedOnce(t *testing.T) {
 	for _, withTLS := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tcp", true: "tls"}[withTLS], func(t *testing.T) {
 			t.Parallel()
-			cfg := testutil.Config{}
-			var opts []Option
-			if withTLS {
-				certs, err := testutil.NewTLSCerts()
-				require.NoError(t, err)
-				cfg.TLS = certs.ServerConfig()
-				opts = append(opts, WithTLS(certs.ClientConfig()))
-			}
+			cfg, opts := tlsIf(t, withTLS)
 			srv := newServer(t, cfg)
 			px, err := testutil.NewProxy(srv.Addr())
 			require.NoError(t, err)
@@ -674,4 +661,16 @@ func lockAndReleaseWork(t *testing.T, c *Client) {
 	l, err := c.Lock(ctx, "k")
 	require.NoError(t, err)
 	require.NoError(t, l.Release(ctx))
+}
+
+// tlsIf is a server config and client options with TLS on both sides if
+// withTLS, else plain ones.
+func tlsIf(t *testing.T, withTLS bool) (testutil.Config, []Option) {
+	t.Helper()
+	if !withTLS {
+		return testutil.Config{}, nil
+	}
+	certs, err := testutil.NewTLSCerts()
+	require.NoError(t, err)
+	return testutil.Config{TLS: certs.ServerConfig()}, []Option{WithTLS(certs.ClientConfig())}
 }

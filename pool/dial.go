@@ -26,8 +26,15 @@ var aLongTimeAgo = time.Unix(1, 0)
 // DialTimeout. A network failure marks the server down if role is roleLane
 // or no connection to the server is alive (see dialFailed). After an auth
 // refusal it fails at once while the hold lasts (authHold), unless probe
-// is set.
+// is set. A ctx that has already ended dials nothing: that is no dial
+// failure (Stats.DialFailures, OnDial), and no auth trial is taken.
 func (p *Pool) dialAs(ctx context.Context, role string, probe bool, maxLine int, init func(*conn)) (*conn, error) {
+	if err := ctx.Err(); err != nil {
+		if p.closed.Load() {
+			err = ErrClosed // as dialFailed says it
+		}
+		return nil, serverErr(p.cfg.Addr, err, nil)
+	}
 	trial := false
 	if !probe {
 		var err error

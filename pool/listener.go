@@ -75,9 +75,6 @@ func (p *Pool) DialListener(ctx context.Context, onPush func(wire.Push), onBroke
 	if err := p.usable(); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, serverErr(p.cfg.Addr, err, nil) // not a dial failure: nothing to dial for
-	}
 	l := &ListenerConn{}
 	p.nListeners.Add(1)
 	// Its lines are pushes, at most MaxLongArg bytes (§6.6), and short

@@ -60,10 +60,6 @@ func (p *Pool) Query(ctx context.Context, req wire.Request, maxLine int) (wire.R
 	if err := p.usable(); err != nil {
 		return wire.Reply{}, err
 	}
-	if err := ctx.Err(); err != nil {
-		// Nothing to dial for: not a dial failure (Stats.DialFailures).
-		return wire.Reply{}, serverErr(p.cfg.Addr, err, nil)
-	}
 	c, err := p.dialAs(ctx, roleQuery, false, maxLine, func(c *conn) { c.quiet = true })
 	if err != nil {
 		return wire.Reply{}, err

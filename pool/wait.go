@@ -37,7 +37,7 @@ type Conn struct {
 // connection may be another caller's by then.
 func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
 	if !h.out.Load() {
-		return wire.Reply{}, serverErr(h.p.cfg.Addr, ErrClosed, errEnded)
+		return wire.Reply{}, h.endedErr()
 	}
 	r, _, abandoned, err := h.c.do(ctx, &req, "")
 	if abandoned {
@@ -58,7 +58,7 @@ func (h *Conn) Do(ctx context.Context, req wire.Request) (wire.Reply, error) {
 func (h *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err error)) {
 	if !h.out.Load() {
 		done = orDiscard(done)
-		err := serverErr(h.p.cfg.Addr, ErrClosed, errEnded)
+		err := h.endedErr()
 		for i := range reqs {
 			done(i, wire.Reply{}, err)
 		}
@@ -73,10 +73,13 @@ func (h *Conn) SendBatch(reqs []wire.Request, done func(i int, r wire.Reply, err
 // ended it sends nothing, as Do.
 func (h *Conn) Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (wire.Reply, bool, error) {
 	if !h.out.Load() {
-		return wire.Reply{}, true, serverErr(h.p.cfg.Addr, ErrClosed, errEnded)
+		return wire.Reply{}, true, h.endedErr()
 	}
 	return h.c.request(ctx, &req, late)
 }
+
+// endedErr is the error of a request on h after its acquisition ended.
+func (h *Conn) endedErr() error { return serverErr(h.p.cfg.Addr, ErrClosed, errEnded) }
 
 // StaleOnFirstUse reports whether err, from the first request sent on h,
 // says that the server had closed the connection (EOF, reset, broken pipe)
