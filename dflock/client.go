@@ -355,8 +355,12 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // Ticket.Cancel and SemaphoreTicket.Cancel, which return nil (Close gave
 // the ticket up), and Subscription.Close. A hook may call Close: see Hooks
 // for what it waits for then. Close returns nil (the error is there for
-// io.Closer): leases it could not release are reported to Hooks and to
-// the Locks' Err, not here.
+// io.Closer): a lease whose release the server refused, no longer holding
+// it, is reported lost to Hooks and to its Lock's Release, not here; one
+// whose release went unanswered is counted released (Snapshot.Released,
+// and its Release returns nil), as the server releases it when the
+// connection closes — but for auto-release off, which the Client cannot
+// see: Close then logs a warning with the number of such leases.
 func (c *Client) Close() error {
 	// Not a sync.Once: a hook's Close must not wait inside it for a
 	// Close under way elsewhere, which waits for the hook.
@@ -405,6 +409,11 @@ func (c *Client) close() {
 		// is released on its lane connection, not left to a closed one.
 		wg.Go(func() { s.pool.SettleLanes(deadline) })
 	}
+	// Subscriptions and listener connections, beside the releases (which
+	// need none of them) and before the pools: a Next called now fails
+	// with ErrClosed at once, not after a stalled server's release
+	// deadline.
+	wg.Go(c.signals.close)
 	wg.Wait()
 	close(c.settled)
 	// After the work above, which may send releases aside.
@@ -412,7 +421,6 @@ func (c *Client) close() {
 	// Pinned wait-pool connections of held leases are closed by the pool's
 	// Close below, after their releases went out; leases lost earlier gave
 	// theirs back in their OnLost, which sched.Close waited for.
-	c.signals.close() // subscriptions and listener connections, before the pools
 	for _, s := range c.servers {
 		s.pool.Close()
 	}

@@ -2,6 +2,7 @@ package dflock
 
 import (
 	"context"
+	"log/slog"
 	"strconv"
 	"testing"
 	"time"
@@ -41,4 +42,33 @@ func TestListenWhoseDialCloseCutsIsErrClosed(t *testing.T) {
 		}
 	}
 	resume()
+}
+
+// A Next called while Close waits for a stalled server's releases fails
+// with ErrClosed at once, as Close's doc says every call made after it
+// does: the subscriptions close beside the releases, not after their
+// deadline (found by review "shut": it waited up to DefaultReleaseTimeout).
+func TestNextDuringClosesReleaseWaitIsErrClosed(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	logs := &syncBuffer{}
+	c, err := New(addrsOf(srv), WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	sub, err := c.Listen(ctx, "ch")
+	require.NoError(t, err)
+	_, err = c.Lock(ctx, "k")
+	require.NoError(t, err)
+	resume := srv.Stall(0) // the release goes unanswered until Close's deadline
+	defer resume()
+	closed := make(chan struct{})
+	go func() { _ = c.Close(); close(closed) }()
+	require.Eventually(t, c.closing.Load, 5*time.Second, time.Millisecond)
+	_, err = sub.Next(ctx)
+	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, err, ErrSubscriptionClosed)
+	// Close logs the unanswered release at its deadline.
+	require.NotContains(t, logs.String(), "releases unanswered", "Next waited for Close's release deadline")
+	<-closed
+	require.Contains(t, logs.String(), "releases unanswered") // the stall did hold the release up
 }
