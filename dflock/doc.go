@@ -158,5 +158,8 @@
 // Client.Semaphore); a server shutting down answers ErrDraining from v1.16
 // on, while older ones serve until they close; servers before v1.15 cap
 // every request line at 256 bytes (long Emit payloads and auth tokens).
-// docs/protocol.md lists the rest.
+// docs/protocol.md lists the rest. The version is learnt per connection,
+// so a Client follows its servers through upgrades and rollbacks without a
+// restart; docs/sharding.md ("Upgrading servers") says what callers see
+// meanwhile, and in which order to turn WithFencing on.
 package dflock

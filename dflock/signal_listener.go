@@ -1,7 +1,9 @@
 package dflock
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -170,6 +172,7 @@ type pat struct {
 
 	on      bool   // the server confirmed listen on the current connection
 	sentOn  *lconn // a listen is in flight on this connection (cleared by its reply)
+	refused bool   // a re-listen was refused, warned, and none accepted since
 	waiters map[*Subscription]chan error
 	rr      atomic.Uint64 // queue groups: whose turn it is; bumped by the reader
 	// live is the connection on which the reader has read the server's
@@ -955,15 +958,17 @@ func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
 		return
 	default:
 		p.on = true
+		p.refused = false
 	}
 	ws := p.takeWaitersLocked(nil)
 	// A refusal fails the Listen calls waiting for it (they detach);
 	// subscriptions already established stay, and the listen is retried
 	// for them with backoff while there are any.
-	retried := 0
+	retried, warned := 0, p.refused
 	if werr != nil && len(p.subs) > len(ws) {
 		retried = len(p.subs) - len(ws)
 		l.retry[p] = struct{}{}
+		p.refused = true
 	}
 	idle := len(p.subs) == 0 // every subscription went while the listen was in flight
 	if idle {
@@ -974,7 +979,14 @@ func (l *listener) listened(lc *lconn, p *pat, res batchResult) {
 		l.poke()
 	}
 	if retried > 0 {
-		l.c.log.Warn("dflock: signal re-listen refused; retrying", "server", l.srv.addr,
+		// Warned once per refusal streak: a server without signals (one
+		// moved to v2.x) refuses every retry, about one a second per
+		// pattern, for as long as the subscriptions last.
+		level := slog.LevelWarn
+		if warned {
+			level = slog.LevelDebug
+		}
+		l.c.log.Log(context.Background(), level, "dflock: signal re-listen refused; retrying", "server", l.srv.addr,
 			"pattern", p.pattern, "group", l.key.group, "subscriptions", retried, "reply", res.r.Status.String())
 	}
 	for _, w := range ws {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -209,4 +210,52 @@ func TestSignalsRelistenOrderDoesNotHideALoss(t *testing.T) {
 			t.Fatalf("x.b \"2\" (emitted between the two listens) was lost between the delivered signals 1 and 3 with no gap: %q", seen)
 		}
 	}
+}
+
+// startAt starts a server of version v on addr, which a stopped server
+// held (the port may take a moment to be free again).
+func startAt(t *testing.T, addr string, v testutil.Version) *testutil.Server {
+	t.Helper()
+	var srv *testutil.Server
+	require.Eventually(t, func() bool {
+		s, err := testutil.Start(testutil.Config{Version: v, Addr: addr})
+		srv = s
+		return err == nil
+	}, testTimeout, 10*time.Millisecond)
+	t.Cleanup(func() { _ = srv.Close() })
+	return srv
+}
+
+// A server moved to a version without signals (a rolling upgrade to v2.x)
+// refuses every re-listen of a subscription, retried about once a second
+// for as long as it lasts: the refusal is warned once per streak, then
+// logged at Debug (review upg: 13 warnings in 7 s per pattern), and warned
+// again after a listen was accepted in between.
+func TestRefusedRelistenWarnsOncePerStreak(t *testing.T) {
+	t.Parallel()
+	srv, err := testutil.Start(testutil.Config{Version: testutil.V1_16})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Close() })
+	addr := srv.Addr()
+	logs := &syncBuffer{}
+	c := newClient(t, []string{addr}, WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	sub, err := c.Listen(testCtx(t), "ev.x")
+	require.NoError(t, err)
+	const msg = `msg="dflock: signal re-listen refused; retrying"`
+	warned := func() int { return logs.count(`level=WARN ` + msg) }
+
+	require.NoError(t, srv.Stop())
+	v21 := startAt(t, addr, testutil.V2_1)
+	require.Eventually(t, func() bool { return logs.count(msg) >= 3 }, testTimeout, 10*time.Millisecond)
+	require.Equal(t, 1, warned(), "refusals warned:\n%s", logs.String())
+	require.Equal(t, logs.count(msg)-1, logs.count(`level=DEBUG `+msg))
+
+	require.NoError(t, v21.Stop())
+	v116 := startAt(t, addr, testutil.V1_16)
+	waitListening(t, v116, "ev.x", "")
+	require.NoError(t, v116.Stop())
+	_ = startAt(t, addr, testutil.V2_1)
+	require.Eventually(t, func() bool { return warned() == 2 }, testTimeout, 10*time.Millisecond,
+		"a new streak of refusals is warned again")
+	require.NoError(t, sub.Close())
 }
