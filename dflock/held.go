@@ -313,14 +313,23 @@ func (h *held) finishRelease(rr releaseReply) error {
 
 // refusedAtRelease is the error of a release the server refused, r: it no
 // longer held the lease, which had expired (or its connection closed)
-// before the release arrived — a loss.
+// before the release arrived — a loss. The bare `error` may also be a
+// paused server's answer to a release it did not apply (mayNotBeApplied):
+// the lease was then held until the release sent again aside, but the
+// Client cannot tell which, and reports the loss it may be; the error
+// says so, and matches renew.ErrMaybeUnapplied, as a renewal's does.
 func (h *held) refusedAtRelease(r wire.Reply) *Error {
 	reply := wire.DisplayWord(r.Word)
 	if reply == "" {
 		reply = r.Status.String()
 	}
+	cause := renew.Refusal("dflock: release refused: the server no longer held the lease", ErrRefused)
+	if mayNotBeApplied(r) {
+		cause = renew.Refusal("dflock: release refused: the server no longer held the lease, or did not apply the release (a server paused past its read deadline answers so; it was sent again)",
+			ErrRefused, renew.ErrMaybeUnapplied)
+	}
 	return &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Reply: reply,
-		Err: &renew.LostError{Key: h.key(), Server: h.srv.addr, Semaphore: h.limit > 0, Cause: renew.Refusal("dflock: release refused: the server no longer held the lease", ErrRefused)}}
+		Err: &renew.LostError{Key: h.key(), Server: h.srv.addr, Semaphore: h.limit > 0, Cause: cause}}
 }
 
 // lostAtClose reports a lease whose release by Close the server refused

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dflock-sdk/go/renew"
 	"github.com/dflock-sdk/go/testutil"
 )
 
@@ -140,7 +141,9 @@ func awaitReleaseSending(t *testing.T, h *held) {
 // was not applied. On a server with auto-release off the lock then stays
 // held by nobody until its lease runs out; Release reports the lease lost
 // ("the server no longer held the lease") and sent no release aside, as it
-// does when the owning connection breaks (found by review).
+// does when the owning connection breaks (found by review). Now it sends
+// the release again, and its loss error says that the release may not have
+// been applied (review shut: it said only "no longer held").
 func TestReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{DisableAutoRelease: true, ReadTimeout: time.Second})
@@ -151,6 +154,11 @@ func TestReleaseTimedOutByAPausedServerIsNotLeftHeld(t *testing.T) {
 	require.NoError(t, err)
 	err = pastReadDeadlineInAStall(t, srv, func() error { return l.Release(ctx) })
 	t.Logf("release: %v", err)
+	require.ErrorIs(t, err, ErrLockLost)
+	require.ErrorIs(t, err, renew.ErrMaybeUnapplied)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	require.ErrorContains(t, e.Err, "did not apply the release")
 
 	other := newClient(t, addrsOf(srv))
 	require.Eventually(t, func() bool {
