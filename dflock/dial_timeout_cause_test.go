@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -128,4 +129,33 @@ func TestLaneCallEndedWhileConnectingSaysWhatWasUnderWay(t *testing.T) {
 		assert.NotErrorIs(t, err, ErrServerUnavailable, call)
 		assert.Contains(t, err.Error(), "(while connecting: waiting for a control-lane connection being dialled)", call)
 	}
+}
+
+// A handshake that Close cuts short (the server never answers it) says it
+// was cut, not that the server did not answer: the socket deadline that
+// ended it was Close's doing (review shut: "no answer to the handshake
+// (auth, ping): … i/o timeout" sent readers after a server timeout that
+// never happened). The error still matches ErrClosed and no timeout.
+func TestHandshakeCutByCloseSaysSo(t *testing.T) {
+	t.Parallel()
+	read := make(chan struct{}, 1)
+	silent := testutil.ServeRaw(t, func(nc net.Conn) {
+		var b [1]byte
+		if _, err := nc.Read(b[:]); err == nil {
+			read <- struct{}{} // the handshake is on its way
+		}
+		_, _ = io.Copy(io.Discard, nc)
+	})
+	c, err := New([]string{silent}, WithDialTimeout(time.Minute))
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() { _, err := c.Stats(context.Background()); errc <- err }()
+	<-read
+	require.NoError(t, c.Close())
+	err = <-errc
+	t.Logf("stats: %v", err)
+	require.ErrorIs(t, err, ErrClosed)
+	assert.False(t, errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded), "%v", err)
+	assert.NotContains(t, err.Error(), "no answer to the handshake")
+	assert.Contains(t, err.Error(), "cut short")
 }

@@ -263,16 +263,26 @@ func greetTimedOut(ctx context.Context, err error) error {
 		<-ctx.Done()
 	}
 	if context.Cause(ctx) == errDialTimeout {
-		return fmt.Errorf("%w: %v", errDialTimeout, &handshakeUnanswered{err})
+		return fmt.Errorf("%w: %v", errDialTimeout, &handshakeUnanswered{err: err})
 	}
-	return &handshakeUnanswered{err}
+	// Cancelled (by the caller, or by Close) rather than timed out: the
+	// poisoned deadline is not the server's silence.
+	return &handshakeUnanswered{err: err, cut: errors.Is(ctx.Err(), context.Canceled)}
 }
 
-// handshakeUnanswered is a handshake read cut short by its deadline.
-type handshakeUnanswered struct{ err error }
+// handshakeUnanswered is a handshake read cut short by its deadline: ctx's,
+// or one poisoned to end it (cut).
+type handshakeUnanswered struct {
+	err error
+	cut bool
+}
 
 func (e *handshakeUnanswered) Error() string {
-	return "no answer to the handshake (auth, ping): " + strings.TrimPrefix(e.err.Error(), "dflock: ")
+	what := "no answer to the handshake (auth, ping): "
+	if e.cut {
+		what = "handshake (auth, ping) cut short before its answer: "
+	}
+	return what + strings.TrimPrefix(e.err.Error(), "dflock: ")
 }
 
 func (e *handshakeUnanswered) Unwrap() error { return e.err }
