@@ -341,7 +341,7 @@ func (c *conn) brokenWhileIdle() bool {
 
 // errStrayBytes breaks a connection on which the server sent bytes while no
 // request was pending.
-var errStrayBytes = &wire.ProtocolError{Reason: "bytes received with no request pending"}
+var errStrayBytes = wire.LinelessProtocolError("bytes received with no request pending")
 
 // errTLSRecord breaks a quiet TLS connection on which the server sent an
 // application-data record. Under TLS 1.3 every record after the handshake

@@ -325,7 +325,7 @@ func (c *conn) writeQueuedLocked() (now int64, n int, err error) {
 			// call still queued is unwritten, and the connection is
 			// desynchronised (the reader breaks it).
 			c.bufN = c.q.n
-			c.desyncedLocked(&wire.ProtocolError{Reason: errUnsolicited.Error()})
+			c.desyncedLocked(wire.LinelessProtocolError(errUnsolicited.Error()))
 		}
 	}
 	if cap(b) <= maxKeepBuf {

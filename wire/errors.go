@@ -47,12 +47,21 @@ func (e *ArgError) Error() string {
 // Is makes every *ArgError match ErrInvalidArgument.
 func (e *ArgError) Is(target error) bool { return target == ErrInvalidArgument }
 
-// ProtocolError reports a reply line the client cannot make sense of.
+// ProtocolError reports a reply line (or bytes) the client cannot make
+// sense of.
 type ProtocolError struct {
 	Line   string // the offending line, truncated
 	Reason string
 
-	kind error // a finer sentinel it also matches (ErrLineTooLong), or nil
+	kind   error // a finer sentinel it also matches (ErrLineTooLong), or nil
+	noLine bool  // about bytes or a state, not one line (LinelessProtocolError)
+}
+
+// LinelessProtocolError returns a ProtocolError that no one line caused
+// (bytes read with no request pending, say): its message names no reply,
+// where an empty Line would name the empty one.
+func LinelessProtocolError(reason string) *ProtocolError {
+	return &ProtocolError{Reason: reason, noLine: true}
 }
 
 // WithoutSecret returns a copy of e whose Line has every occurrence of
@@ -92,6 +101,9 @@ func cutSecretAt(line, secret string) int {
 }
 
 func (e *ProtocolError) Error() string {
+	if e.noLine {
+		return "dflock: protocol violation: " + e.Reason
+	}
 	return "dflock: protocol violation: " + e.Reason + " in reply " + quoteTrunc(e.Line)
 }
 
