@@ -174,7 +174,6 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			OnDial:          func(role string, d time.Duration, err error) { c.onDial(a, role, d, err) },
 			OnReleaseLost:   func(req wire.Request) { c.releaseAside(srv, req) },
 			Lifetime:        c.ctx,
-			ProbeSignals:    o.fencing, // v1.14–v1.16 answer ping, and their tokens carry no fence
 		})
 		if err != nil {
 			for _, s := range c.servers {

@@ -499,12 +499,10 @@ func (c *Client) track(srv *server, owner pool.Owner, pinned *pool.Conn, req wir
 	switch {
 	case r.HasFence:
 		h.fence, h.hasFence = r.Fence, true
-	case c.opts.fencing && pool.OwnerSupportsPing(owner) && !pool.OwnerHasSignals(owner):
-		// A server that does not answer ping is older than v1.14, and one
-		// that has signals is v1.11–v1.16: their tokens are random, and a
-		// number read from them would order nothing (WithFencing declared
-		// the servers wrongly — or a rolling upgrade to v2.1 is under
-		// way). Only v2.0 cannot be told from v2.1.
+	case c.opts.fencing && pool.OwnerSupportsPing(owner):
+		// A server that does not answer ping is older than v1.14: its
+		// tokens are random, and a number read from them would order
+		// nothing (WithFencing declared the servers wrongly).
 		h.fence, h.hasFence = wire.FenceFromToken(r.Token)
 	}
 	// Counted before Track, which may already count the lease lost: a

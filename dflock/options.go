@@ -639,13 +639,11 @@ func WithHooks(h Hooks) Option {
 // tokens start with a fencing number, so that Lock.Fence derives it from the
 // token. Without it Fence only reports a fence the server sent as an
 // explicit reply field. The declaration is trusted, as far as the Client
-// can check it: a grant from a server whose tokens it can tell are random
-// — one that does not answer ping (older than v1.14), or one that has
-// signals (v1.11–v1.16; with this option every connection's handshake also
-// sends an unlisten of nothing to find out) — has no fence; one from v2.0
-// would get a meaningless one. Turn it on only once every server runs
-// v2.1+, and off before rolling one back (docs/sharding.md, "Upgrading
-// servers"). Default: off.
+// can check it: a grant from a server that does not answer ping (older
+// than v1.14, whose tokens are random) has no fence; one from v1.14–v2.0
+// would get a meaningless one, reported with ok == true. So turn it on only
+// once every server runs v2.1+, and off before rolling one back
+// (docs/sharding.md, "Upgrading servers"). Default: off.
 func WithFencing() Option {
 	return func(o *options) { o.fencing = true }
 }

@@ -223,12 +223,6 @@ type Config struct {
 	// the two (merging a context that can end costs allocations on every
 	// call). Close still has to be called.
 	Lifetime context.Context
-	// ProbeSignals adds an `unlisten` of nothing to every connection's
-	// handshake (pipelined with its ping, so no extra round trip): a
-	// server that answers it ok has signals, v1.11–v1.16, whose tokens
-	// are random; v2.x answers error. OwnerHasSignals reports the answer.
-	// dflock sets it with WithFencing, which reads a fence from tokens.
-	ProbeSignals bool
 
 	// Set only by this package's tests (dflock keeps the defaults):
 

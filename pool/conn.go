@@ -206,7 +206,6 @@ type conn struct {
 	// as for inflight.
 	delivering atomic.Int32
 	ping       atomic.Uint32 // pingUnknown, pingOK, pingUnsupported
-	signals    bool          // the handshake's signals probe answered ok (Config.ProbeSignals); set before the conn is shared
 	nreq       atomic.Int64
 	nwrite     atomic.Int64
 	pruned     atomic.Int64 // requests pruneAbandonedLocked dropped (read by tests)
@@ -214,7 +213,7 @@ type conn struct {
 
 // newConn wraps a handshaken connection; the caller sets its hooks and
 // registers it.
-func (p *Pool) newConn(wc *wire.Conn, g greeting) *conn {
+func (p *Pool) newConn(wc *wire.Conn, ping uint32) *conn {
 	c := &conn{p: p, wc: wc, lastActive: p.now(), inline: kernelSocket(wc.NetConn()),
 		matchedLines: wc.BytesConsumed(),
 		wake:         make(chan struct{}, 1), dead: make(chan struct{}), readerDone: make(chan struct{})}
@@ -228,8 +227,7 @@ func (p *Pool) newConn(wc *wire.Conn, g greeting) *conn {
 		c.peekFn = c.peekSocket
 		_, c.tls = wc.NetConn().(*tls.Conn)
 	}
-	c.ping.Store(g.ping)
-	c.signals = g.signals
+	c.ping.Store(ping)
 	return c
 }
 

@@ -52,11 +52,11 @@ func (p *Pool) dialAs(ctx context.Context, role string, probe bool, maxLine int,
 }
 
 func (p *Pool) dialConn(ctx context.Context, lane bool, maxLine int, init func(*conn)) (*conn, error) {
-	wc, g, err := p.handshake(ctx, maxLine, lane)
+	wc, ping, err := p.handshake(ctx, maxLine, lane)
 	if err != nil {
 		return nil, err
 	}
-	c := p.newConn(wc, g)
+	c := p.newConn(wc, ping)
 	if init != nil {
 		init(c)
 	}
@@ -75,7 +75,7 @@ func (p *Pool) dialConn(ctx context.Context, lane bool, maxLine int, init func(*
 // connection, e.g. that it was not accepted over --max-connections and
 // closed at once). lane says whether a network failure marks the server
 // down unconditionally (see dialFailed).
-func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.Conn, greeting, error) {
+func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.Conn, uint32, error) {
 	ctx, cancel := context.WithTimeoutCause(parent, p.cfg.DialTimeout, errDialTimeout)
 	defer cancel()
 	// Close ends every dial at once, whoever's context it runs under
@@ -91,7 +91,7 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		err = errNilConn // a broken Config.Dial: a failed dial, not a crash
 	}
 	if err != nil {
-		return nil, greeting{}, p.dialFailed(parent, dialTimedOut(ctx, err), lane)
+		return nil, 0, p.dialFailed(parent, dialTimedOut(ctx, err), lane)
 	}
 	// From here ctx bounds the handshake through the connection: its
 	// deadline is the socket's, and its end (the caller's, DialTimeout's,
@@ -120,12 +120,12 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 				err = cutByContext(ctx, err)
 			}
 			p.closeFailed(raw, closeRaw)
-			return nil, greeting{}, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, fmt.Errorf("TLS handshake: %w", err))), lane)
+			return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, fmt.Errorf("TLS handshake: %w", err))), lane)
 		}
 		nc = tc
 	}
 	wc := wire.NewConn(nc, wire.ConnOptions{MaxLine: maxLine, Secret: p.secret})
-	g, err := p.greet(wc)
+	ping, err := p.greet(wc)
 	err = greetTimedOut(ctx, err)
 	if err == nil && wc.Buffered() == 0 && p.tls != nil && (!userConn || rawSocket(raw) != nil) {
 		// crypto/tls hands bufio one record per Read: a stray record
@@ -176,18 +176,18 @@ func (p *Pool) handshake(parent context.Context, maxLine int, lane bool) (*wire.
 		if errors.Is(err, ErrAuth) {
 			p.dialFailures.Add(1)
 			p.reached() // refused, but by the server
-			return nil, greeting{}, err
+			return nil, 0, err
 		}
 		if errors.Is(err, errAuthReply) {
 			// A token for a server without auth (it answers `error`):
 			// an auth misconfiguration, like a refused token.
 			p.dialFailures.Add(1)
 			p.reached()
-			return nil, greeting{}, serverErr(p.cfg.Addr, ErrAuth, err)
+			return nil, 0, serverErr(p.cfg.Addr, ErrAuth, err)
 		}
-		return nil, greeting{}, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, err)), lane)
+		return nil, 0, p.dialFailed(parent, p.closedInHandshake(dialTimedOut(ctx, err)), lane)
 	}
-	return wc, g, nil
+	return wc, ping, nil
 }
 
 // closeFailed closes the connection of a failed handshake: a kernel socket
@@ -336,30 +336,18 @@ func isNilConn(nc net.Conn) bool {
 
 var errAuthReply = errors.New("unexpected reply to auth (does the server have auth enabled?)")
 
-// greeting is what a connection's handshake learnt of its server.
-type greeting struct {
-	ping    uint32 // pingOK or pingUnsupported
-	signals bool   // answered Config.ProbeSignals' unlisten ok: v1.11–v1.16
-}
-
-// signalsProbe is Config.ProbeSignals' request: an unlisten of a pattern
-// nothing listens to, ok on a server with signals, error (an unknown
-// command, the connection kept) on one without.
-var signalsProbe = wire.Request{Cmd: wire.CmdUnlisten, Key: "_"}
-
-// greet sends the handshake (auth, ping, the signals probe) and reads the
-// replies.
-func (p *Pool) greet(wc *wire.Conn) (_ greeting, err error) {
+// greet sends the handshake (auth, ping) and reads the replies.
+func (p *Pool) greet(wc *wire.Conn) (_ uint32, err error) {
 	if p.hasAuth {
 		defer func() { err = redact(err, p.secret) }()
 	}
 	if _, err := wc.WriteRaw(p.hello); err != nil {
-		return greeting{}, err
+		return 0, err
 	}
 	if p.hasAuth {
 		r, err := wc.ReadReply(wire.CmdAuth)
 		if err != nil {
-			return greeting{}, err
+			return 0, err
 		}
 		switch r.Status {
 		case wire.StatusOK:
@@ -369,49 +357,31 @@ func (p *Pool) greet(wc *wire.Conn) (_ greeting, err error) {
 			if len(p.cfg.AuthToken) > wire.MaxLine {
 				cause = errLongToken
 			}
-			return greeting{}, serverErr(p.cfg.Addr, ErrAuth, cause)
+			return 0, serverErr(p.cfg.Addr, ErrAuth, cause)
 		case wire.StatusErrDraining:
-			return greeting{}, serverErr(p.cfg.Addr, ErrDraining, nil)
+			return 0, serverErr(p.cfg.Addr, ErrDraining, nil)
 		default:
-			return greeting{}, fmt.Errorf("%w: %q", errAuthReply, statusWord(r))
+			return 0, fmt.Errorf("%w: %q", errAuthReply, statusWord(r))
 		}
 	}
 	r, err := wc.ReadReply(wire.CmdPing)
 	if err != nil {
-		return greeting{}, err
+		return 0, err
 	}
-	var g greeting
 	switch r.Status {
 	case wire.StatusOK:
-		g.ping = pingOK
+		return pingOK, nil
 	case wire.StatusError:
-		g.ping = pingUnsupported
+		return pingUnsupported, nil
 	case wire.StatusErrAuth:
 		// The server requires auth and no token is configured: the ping
 		// was the first request, so the server refused it and closes.
 		p.log.Warn("dflock: server requires an auth token and none is configured")
-		return greeting{}, serverErr(p.cfg.Addr, ErrAuth, errors.New("no auth token configured"))
+		return 0, serverErr(p.cfg.Addr, ErrAuth, errors.New("no auth token configured"))
 	case wire.StatusErrDraining:
-		return greeting{}, serverErr(p.cfg.Addr, ErrDraining, nil)
-	default:
-		return greeting{}, fmt.Errorf("%w: unexpected reply to ping: %q", wire.ErrProtocol, statusWord(r))
+		return 0, serverErr(p.cfg.Addr, ErrDraining, nil)
 	}
-	if !p.cfg.ProbeSignals {
-		return g, nil
-	}
-	if r, err = wc.ReadReply(wire.CmdUnlisten); err != nil {
-		return greeting{}, err
-	}
-	switch r.Status {
-	case wire.StatusOK:
-		g.signals = true
-	case wire.StatusError:
-	case wire.StatusErrDraining:
-		return greeting{}, serverErr(p.cfg.Addr, ErrDraining, nil)
-	default:
-		return greeting{}, fmt.Errorf("%w: unexpected reply to unlisten: %q", wire.ErrProtocol, statusWord(r))
-	}
-	return g, nil
+	return 0, fmt.Errorf("%w: unexpected reply to ping: %q", wire.ErrProtocol, statusWord(r))
 }
 
 func statusWord(r wire.Reply) string {

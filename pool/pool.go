@@ -206,9 +206,6 @@ func New(cfg Config) (*Pool, error) {
 		p.secret = strings.TrimSpace(cfg.AuthToken)
 	}
 	p.hello = pingReq.AppendTo(p.hello)
-	if cfg.ProbeSignals {
-		p.hello = signalsProbe.AppendTo(p.hello)
-	}
 	p.idleDue.Store(never)
 	p.authHold.addr, p.authHold.secret = cfg.Addr, p.secret
 

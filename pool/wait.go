@@ -123,20 +123,6 @@ func OwnerSupportsPing(o Owner) bool {
 	return false
 }
 
-// OwnerHasSignals reports whether the server behind o (a Conn or a lane
-// connection) answered the handshake's signals probe with ok
-// (Config.ProbeSignals): v1.11–v1.16, whose tokens carry no fence. False
-// without the probe, and for any other Owner.
-func OwnerHasSignals(o Owner) bool {
-	switch o := o.(type) {
-	case *Conn:
-		return o.c.signals
-	case *laneConn:
-		return o.c.signals
-	}
-	return false
-}
-
 // Pin records that the connection owns one more lease; Unpin one fewer.
 // A pinned connection stays acquired (it counts toward Config.MaxConns)
 // until its leases are gone and it is released. A lease granted on the
