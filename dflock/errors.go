@@ -162,6 +162,17 @@ func (e *Error) Error() string {
 	case e.Reply != "":
 		b.WriteString("server refused: ")
 		b.WriteString(e.Reply)
+		if lost, ok := e.Err.(*renew.LostError); ok && lost.Cause != nil {
+			// A release that found the lease gone (or, for the bare
+			// error, perhaps did not apply): the reply alone would not
+			// say that the lease was lost, nor why.
+			if lost.Semaphore {
+				b.WriteString(": semaphore slot lost: ")
+			} else {
+				b.WriteString(": lock lost: ")
+			}
+			b.WriteString(strings.TrimPrefix(trimPrefix(lost.Cause.Error()), "release refused: "))
+		}
 	case e.Err != nil:
 		b.WriteString(errText(e.Err, e.Server))
 	default:

@@ -45,7 +45,7 @@ func TestLossesMatchTheSentinelOfTheirAnswer(t *testing.T) {
 		err = s.Release(ctx)
 		require.ErrorIs(t, err, ErrLockLost)
 		assert.ErrorIs(t, err, ErrRefused)
-		assert.ErrorContains(t, err, "server refused: error")
+		assert.ErrorContains(t, err, "server refused: error: semaphore slot lost: the server no longer held the lease")
 		var e *Error
 		require.ErrorAs(t, err, &e)
 		assert.ErrorContains(t, e.Err, "release refused: the server no longer held the lease")
