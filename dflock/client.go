@@ -360,7 +360,7 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 // whose release went unanswered is counted released (Snapshot.Released,
 // and its Release returns nil), as the server releases it when the
 // connection closes — but for auto-release off, which the Client cannot
-// see: Close then logs a warning with the number of such leases.
+// see: Close then logs a warning with their number, per server.
 func (c *Client) Close() error {
 	// Not a sync.Once: a hook's Close must not wait inside it for a
 	// Close under way elsewhere, which waits for the hook.
@@ -548,7 +548,24 @@ func (c *Client) releaseAll(leases []*renew.Lease, deadline time.Time) {
 		select {
 		case <-done:
 		case <-t.C:
-			c.log.Warn("dflock: close: releases unanswered; the server releases them when the connections close, unless it runs with auto-release off", "leases", len(leases))
+			// Per server, the releases still unanswered (an answer
+			// racing this count is counted by whoever wins counted[i]).
+			unanswered := make(map[*server]int)
+			for _, g := range groups {
+				for i := range g.counted {
+					if !g.counted[i].Load() {
+						unanswered[g.srv]++
+					}
+				}
+			}
+			for srv, n := range unanswered {
+				addr := ""
+				if srv != nil {
+					addr = srv.addr
+				}
+				c.log.Warn("dflock: close: releases unanswered; the server releases them when the connections close, unless it runs with auto-release off",
+					"server", addr, "leases", n)
+			}
 			return
 		}
 	}

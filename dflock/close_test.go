@@ -1,6 +1,8 @@
 package dflock
 
 import (
+	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -117,4 +119,30 @@ func TestCloseWithNothingDoneDialsNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
 	assert.Zero(t, cc.dials.Load())
+}
+
+// Close's warning about releases left unanswered names the server that did
+// not answer and counts only its leases (review rv7: it counted every lease
+// Close released, on every server, and named none).
+func TestCloseWarnsOfUnansweredReleasesPerServer(t *testing.T) {
+	t.Parallel()
+	a := newServer(t, testutil.Config{})
+	b := newServer(t, testutil.Config{})
+	logs := &syncBuffer{}
+	c, err := New(addrsOf(a, b), WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	onB := 0
+	for i := 0; onB == 0 || onB == i; i++ { // leases on both servers
+		l, err := c.Lock(ctx, fmt.Sprint("k", i))
+		require.NoError(t, err)
+		if l.Server() == b.Addr() {
+			onB++
+		}
+	}
+	resume := b.Stall(0)
+	defer resume()
+	require.NoError(t, c.Close())
+	require.Equal(t, 1, logs.count("releases unanswered"), "%s", logs.String())
+	require.Contains(t, logs.String(), fmt.Sprintf("server=%s leases=%d", b.Addr(), onB))
 }
