@@ -227,9 +227,10 @@ func (s *fuzzedServer) answer(nc net.Conn, req [3]string, late bool) (keep, tain
 }
 
 // serve is testutil.AnswerRequests with a barrier: after a tainted reply
-// it waits 150 ms, then takes every line that has arrived by then as sent
-// before the client could have seen the reply; a request made of lines
-// read later is "late" (the connection was reused).
+// it waits a second (a loaded one-CPU machine may write a request queued
+// before the reply that late), then takes every line that has arrived by
+// then as sent before the client could have seen the reply; a request made
+// of lines read later is "late" (the connection was reused).
 func (s *fuzzedServer) serve(nc net.Conn) {
 	br := bufio.NewReader(nc)
 	var pending []string
@@ -266,7 +267,7 @@ func (s *fuzzedServer) serve(nc net.Conn) {
 		}
 		if tainted && !late {
 			select {
-			case <-time.After(150 * time.Millisecond):
+			case <-time.After(time.Second):
 			case <-s.closedCh:
 			}
 			_ = nc.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
