@@ -79,6 +79,7 @@ type Server struct {
 	stallCh     chan struct{} // non-nil while stalled; closed on resume
 	stallEnded  time.Time     // when the last stall ended
 	stallTimers map[Timer]struct{}
+	stallGen    uint64 // bumped by endStalls: older resume funcs are no-ops
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup // every goroutine the server starts
@@ -397,11 +398,7 @@ func (s *Server) Close() error {
 		s.locks.stop()
 		close(s.quit)
 		s.dropAll()
-		s.stallMu.Lock()
-		for t := range s.stallTimers {
-			t.Stop()
-		}
-		s.stallMu.Unlock()
+		s.endStalls()
 		s.wg.Wait()
 		s.hub.reset()
 		s.log.Debug("testutil: closed", "addr", s.addr)
@@ -459,7 +456,9 @@ func (s *Server) DropConnections() {
 // Stop imitates a crash: it closes the listener, drops all lock state at
 // once (each holder's lease ends with AuditStop; nothing is handed on to
 // waiters), closes every connection and drops all signal state, keeping the
-// address for Restart.
+// address for Restart. It ends every stall in progress, as a killed process
+// is no longer paused: the restarted server is not stalled (unless Stall is
+// called again), and the resume funcs of those stalls become no-ops.
 func (s *Server) Stop() error {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
@@ -479,6 +478,8 @@ func (s *Server) Stop() error {
 	// As in Close: the state ends at once, before the connections close.
 	s.locks.stop()
 	s.dropAll()
+	// Once the connections are closed, so that nothing held leaves.
+	s.endStalls()
 	s.hub.reset()
 	s.log.Debug("testutil: stopped", "addr", s.addr)
 	return nil
@@ -541,13 +542,16 @@ func (s *Server) Restart() error {
 // request came in during the stall (dflockd's timer wins that race about a
 // quarter of the time; testutil's always does).
 // Overlapping stalls nest: the server resumes when all of them have ended.
-// resume is idempotent.
+// Stop (a crash) and Close end every stall in progress; a stall begun while
+// the server is stopped holds the restarted server. resume is idempotent,
+// and a no-op once Stop or Close has ended its stall.
 func (s *Server) Stall(d time.Duration) (resume func()) {
 	s.stallMu.Lock()
 	if s.stallCount == 0 {
 		s.stallCh = make(chan struct{})
 	}
 	s.stallCount++
+	gen := s.stallGen
 	var timer Timer
 	var once sync.Once
 	resume = func() {
@@ -557,6 +561,9 @@ func (s *Server) Stall(d time.Duration) (resume func()) {
 			if timer != nil {
 				timer.Stop()
 				delete(s.stallTimers, timer)
+			}
+			if gen != s.stallGen {
+				return // ended by endStalls
 			}
 			s.stallCount--
 			if s.stallCount == 0 {
@@ -572,6 +579,24 @@ func (s *Server) Stall(d time.Duration) (resume func()) {
 	}
 	s.stallMu.Unlock()
 	return resume
+}
+
+// endStalls ends every stall in progress at once, as if each had been
+// resumed, and disarms their timers; their resume funcs become no-ops.
+func (s *Server) endStalls() {
+	s.stallMu.Lock()
+	defer s.stallMu.Unlock()
+	for t := range s.stallTimers {
+		t.Stop()
+	}
+	clear(s.stallTimers)
+	s.stallGen++
+	if s.stallCount > 0 {
+		s.stallCount = 0
+		close(s.stallCh)
+		s.stallCh = nil
+		s.stallEnded = s.clock.Now()
+	}
 }
 
 // awaitStallOr blocks while the server is stalled; false if stop closed first.

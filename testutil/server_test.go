@@ -228,6 +228,41 @@ func TestServerStallHoldsRequests(t *testing.T) {
 	assert.GreaterOrEqual(t, time.Since(start), 150*time.Millisecond)
 }
 
+// Stop imitates a crash, and a killed process is no longer paused: Stop
+// ends every stall in progress (nested ones, and a Stall(d), whose timer
+// it disarms), so the restarted server answers; the resume funcs of the
+// ended stalls are no-ops, which neither end nor undercount a stall begun
+// after the restart, and Close ends a stall too.
+func TestServerStopEndsStalls(t *testing.T) {
+	t.Parallel()
+	clk := NewManualClock(time.Unix(1_700_000_000, 0))
+	s := NewServer(t, Config{Clock: clk, ReadTimeout: -1})
+	r1, r2 := s.Stall(0), s.Stall(0)
+	r3 := s.Stall(time.Minute)
+	require.NoError(t, s.Stop())
+	require.NoError(t, s.Restart())
+	a := udial(t, s)
+	a.send("ping", "_", "")
+	l, err := a.readWithin(unitWait)
+	require.NoError(t, err, "the restarted server answers nothing: the stall outlived Stop")
+	assert.Equal(t, "ok", l)
+
+	r4 := s.Stall(0)
+	r1()
+	r2()
+	r3()
+	clk.Advance(2 * time.Minute) // the Stall(d)'s timer was disarmed
+	a.send("ping", "_", "")
+	a.expectSilence(200 * time.Millisecond)
+	r4()
+	assert.Equal(t, "ok", a.line(), "the stall begun after the restart ended with its resume")
+
+	s.Stall(0)
+	s.Stall(time.Hour)
+	require.NoError(t, s.Close())
+	assert.Nil(t, s.stallGate(), "Close ends the stalls in progress")
+}
+
 // Read deadlines run on through a stall, as a paused dflockd's do: when it
 // resumes, a connection whose deadline passed meanwhile is timed out
 // (`error`, then closed, its lock released) — an idle one, and one whose
