@@ -54,26 +54,30 @@ type Config struct {
 	WriteTimeout time.Duration
 	// DefaultLease when a request omits it. Default 33s; announced in whole seconds, rounded up.
 	DefaultLease time.Duration
-	// SweepInterval of the lease sweeper. Default 1s.
+	// SweepInterval of the lease sweeper. Default 1s; negative is rejected.
 	SweepInterval time.Duration
 	// MaxLocks distinct keys (locks + semaphores). Default 1024; negative = unlimited.
 	MaxLocks int
-	// MaxWaiters per key. Default 0 = unlimited.
+	// MaxWaiters per key. Default 0 = unlimited; negative is rejected.
 	MaxWaiters int
-	// MaxSubscriptions per connection. Default 0 = unlimited.
+	// MaxSubscriptions per connection. Default 0 = unlimited; negative is rejected.
 	MaxSubscriptions int
-	// MaxConnections; over it a connection is accepted and closed at once. 0 = unlimited.
+	// MaxConnections; over it a connection is accepted and closed at once.
+	// 0 = unlimited; negative is rejected.
 	MaxConnections int
-	// GCInterval and GCMaxIdle govern pruning of idle keys. Defaults 5s and 60s.
+	// GCInterval and GCMaxIdle govern pruning of idle keys. Defaults 5s and
+	// 60s; negative is rejected.
 	GCInterval, GCMaxIdle time.Duration
 	// DisableAutoRelease keeps a disconnected connection's leases until they expire.
 	DisableAutoRelease bool
 	// ShutdownTimeout bounds Shutdown's drain. Default 30s; negative = until ctx ends.
 	ShutdownTimeout time.Duration
-	// PushBuffer is the per-connection push buffer in lines. Default 64.
+	// PushBuffer is the per-connection push buffer in lines. Default 64;
+	// negative is rejected.
 	PushBuffer int
 	// SignalOverflow is what a signal for a listener whose push buffer is
-	// full does. Default OverflowDisconnect (released dflockd v1.11+).
+	// full does. Default OverflowDisconnect (released dflockd v1.11+); any
+	// other value than the two constants is rejected.
 	SignalOverflow SignalOverflow
 	// ReplyPerWrite writes every reply with a write call of its own, as
 	// dflockd does (signal pushes always leave one per write), instead of buffering the answers to

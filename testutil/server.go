@@ -105,7 +105,7 @@ func (cfg Config) withDefaults() Config {
 	if cfg.MaxLocks == 0 {
 		cfg.MaxLocks = DefaultMaxLocks
 	}
-	if cfg.PushBuffer <= 0 {
+	if cfg.PushBuffer == 0 {
 		cfg.PushBuffer = DefaultPushBuffer
 	}
 	if cfg.Logger == nil {
@@ -117,17 +117,58 @@ func (cfg Config) withDefaults() Config {
 	return cfg
 }
 
-// Start starts a server. It does not need a *testing.T.
-func Start(cfg Config) (*Server, error) {
-	cfg = cfg.withDefaults()
+// validate rejects the values of cfg (before defaults) that have no
+// documented meaning, naming the field and the value.
+func (cfg Config) validate() error {
 	switch cfg.Version {
 	case V1_16, V1_10, V2_1:
 	default:
-		return nil, fmt.Errorf("testutil: unknown version %d", cfg.Version)
+		return fmt.Errorf("testutil: unknown version %d", cfg.Version)
 	}
-	if cfg.SweepInterval < 0 || cfg.GCInterval < 0 {
-		return nil, errors.New("testutil: SweepInterval and GCInterval must be positive")
+	switch cfg.SignalOverflow {
+	case OverflowDisconnect, OverflowDrop:
+	default:
+		return fmt.Errorf("testutil: Config.SignalOverflow %v: want OverflowDisconnect or OverflowDrop", cfg.SignalOverflow)
 	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"MaxWaiters", cfg.MaxWaiters},
+		{"MaxSubscriptions", cfg.MaxSubscriptions},
+		{"MaxConnections", cfg.MaxConnections},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("testutil: Config.%s %d: must not be negative (0 = unlimited)", f.name, f.v)
+		}
+	}
+	if cfg.PushBuffer < 0 {
+		return fmt.Errorf("testutil: Config.PushBuffer %d: must not be negative (0 = the default, %d)", cfg.PushBuffer, DefaultPushBuffer)
+	}
+	for _, f := range []struct {
+		name   string
+		v, def time.Duration
+	}{
+		{"SweepInterval", cfg.SweepInterval, DefaultSweepInterval},
+		{"GCInterval", cfg.GCInterval, DefaultGCInterval},
+		{"GCMaxIdle", cfg.GCMaxIdle, DefaultGCMaxIdle},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("testutil: Config.%s %v: must not be negative (0 = the default, %v)", f.name, f.v, f.def)
+		}
+	}
+	return nil
+}
+
+// Start starts a server. It does not need a *testing.T. It rejects a Config
+// with a value its field's doc gives no meaning (an unknown Version or
+// SignalOverflow, a negative count or interval where negative is not
+// documented).
+func Start(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
 	// The lease is announced in whole seconds; round sub-second values up.
 	lease := int64((cfg.DefaultLease + time.Second - 1) / time.Second)
 	if lease < 1 {

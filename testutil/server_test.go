@@ -514,3 +514,47 @@ func holderAndWaiter(t *testing.T, s *Server, holdArgs string) (holder, waiter *
 	waitFor(t, "waiter queued", func() bool { return lockWaiters(s, "k") == 1 })
 	return holder, waiter
 }
+
+// Start rejects the Config values whose field doc gives them no meaning,
+// naming the field and the value, and accepts the boundary values that
+// have one (0 = the default or unlimited, MaxLocks and the timeouts
+// negative).
+func TestStartValidatesConfig(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		err  string // "" = accepted
+	}{
+		{"Version7", Config{Version: 7}, "testutil: unknown version 7"},
+		{"SignalOverflow7", Config{SignalOverflow: 7}, "testutil: Config.SignalOverflow SignalOverflow(7): want OverflowDisconnect or OverflowDrop"},
+		{"SignalOverflow-1", Config{SignalOverflow: -1}, "testutil: Config.SignalOverflow SignalOverflow(-1): want OverflowDisconnect or OverflowDrop"},
+		{"MaxWaiters-1", Config{MaxWaiters: -1}, "testutil: Config.MaxWaiters -1: must not be negative (0 = unlimited)"},
+		{"MaxSubscriptions-1", Config{MaxSubscriptions: -1}, "testutil: Config.MaxSubscriptions -1: must not be negative (0 = unlimited)"},
+		{"MaxConnections-1", Config{MaxConnections: -1}, "testutil: Config.MaxConnections -1: must not be negative (0 = unlimited)"},
+		{"PushBuffer-1", Config{PushBuffer: -1}, "testutil: Config.PushBuffer -1: must not be negative (0 = the default, 64)"},
+		{"SweepInterval-1s", Config{SweepInterval: -time.Second}, "testutil: Config.SweepInterval -1s: must not be negative (0 = the default, 1s)"},
+		{"GCInterval-1ns", Config{GCInterval: -1}, "testutil: Config.GCInterval -1ns: must not be negative (0 = the default, 5s)"},
+		{"GCMaxIdle-1s", Config{GCMaxIdle: -time.Second}, "testutil: Config.GCMaxIdle -1s: must not be negative (0 = the default, 1m0s)"},
+		{"DefaultLease-1s", Config{DefaultLease: -time.Second}, "testutil: DefaultLease must be positive"},
+
+		{"zero", Config{}, ""},
+		{"V2_1+OverflowDrop", Config{Version: V2_1, SignalOverflow: OverflowDrop}, ""},
+		{"limits 1", Config{MaxWaiters: 1, MaxSubscriptions: 1, MaxConnections: 1, PushBuffer: 1}, ""},
+		{"intervals 1ns", Config{SweepInterval: 1, GCInterval: 1, GCMaxIdle: 1}, ""},
+		{"documented negatives", Config{MaxLocks: -1, ReadTimeout: -1, WriteTimeout: -1, ShutdownTimeout: -1}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Start(tc.cfg)
+			if tc.err == "" {
+				require.NoError(t, err)
+				require.NoError(t, s.Close())
+				return
+			}
+			if s != nil {
+				_ = s.Close()
+			}
+			require.EqualError(t, err, tc.err)
+		})
+	}
+}
