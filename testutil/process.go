@@ -22,9 +22,28 @@ import (
 // negative = unlimited), -exit-on-eof, -latency (serve through a Proxy
 // that delays every chunk by this much each way, up to 1s: a network's
 // round trip on loopback, preserving order and pipelining).
+//
+// RunProcess prints no usage; RunProcessWithStderr does.
 func RunProcess(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+	return RunProcessWithStderr(ctx, args, stdin, stdout, io.Discard)
+}
+
+// RunProcessWithStderr is RunProcess, writing the flag list to stderr when
+// args ask for help (-h or -help; it then returns an error wrapping
+// flag.ErrHelp, which a main should treat as success) or are wrong (it then
+// returns the error, for the caller to print). It writes nothing else to
+// stderr.
+func RunProcessWithStderr(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("dflockd-test", flag.ContinueOnError)
+	// Parse prints nothing (the caller prints the error); usage does.
 	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	usage := func(err error) error {
+		fmt.Fprintln(stderr, "Usage: dflockd-test [flags]")
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		return err
+	}
 	var cfg Config
 	var version string
 	var exitOnEOF bool
@@ -36,10 +55,10 @@ func RunProcess(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 	fs.BoolVar(&exitOnEOF, "exit-on-eof", false, "exit when stdin reaches end of file")
 	fs.DurationVar(&latency, "latency", 0, "serve through a Proxy that delays every chunk by this much each way (a network's round trip on loopback)")
 	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("testutil: %w", err)
+		return usage(fmt.Errorf("testutil: %w", err))
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("testutil: unexpected argument %q", fs.Arg(0))
+		return usage(fmt.Errorf("testutil: unexpected argument %q", fs.Arg(0)))
 	}
 	switch version {
 	case "1.16":
@@ -49,13 +68,13 @@ func RunProcess(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 	case "2.1":
 		cfg.Version = V2_1
 	default:
-		return fmt.Errorf("testutil: -version %q: want 1.16, 1.10 or 2.1", version)
+		return usage(fmt.Errorf("testutil: -version %q: want 1.16, 1.10 or 2.1", version))
 	}
 	if cfg.MaxLocks == 0 {
-		return errors.New("testutil: -max-locks 0: want a positive cap or a negative one for none")
+		return usage(errors.New("testutil: -max-locks 0: want a positive cap or a negative one for none"))
 	}
 	if latency < 0 || latency > time.Second {
-		return fmt.Errorf("testutil: -latency %v: want between 0 and 1s", latency)
+		return usage(fmt.Errorf("testutil: -latency %v: want between 0 and 1s", latency))
 	}
 	srv, err := Start(cfg)
 	if err != nil {

@@ -2,7 +2,10 @@ package testutil
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
+	"flag"
 	"io"
 	"strings"
 	"testing"
@@ -58,6 +61,27 @@ func TestRunProcessRejectsBadFlags(t *testing.T) {
 		err := RunProcess(context.Background(), args, strings.NewReader(""), io.Discard)
 		assert.ErrorContains(t, err, "testutil: ", "%q", args)
 	}
+}
+
+// -h writes the flag list to stderr and returns flag.ErrHelp (a main exits
+// 0 on it); a bad flag writes it too and returns the error, which names the
+// flag. RunProcess writes no usage.
+func TestRunProcessUsage(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"-nope"}, {"-version", "3"}, {"extra"}} {
+		var stdout, stderr bytes.Buffer
+		err := RunProcessWithStderr(context.Background(), args, strings.NewReader(""), &stdout, &stderr)
+		require.Error(t, err, "%q", args)
+		assert.Equal(t, args[0] == "-h" || args[0] == "-help", errors.Is(err, flag.ErrHelp), "%q: %v", args, err)
+		assert.Empty(t, stdout.String(), "%q", args)
+		assert.True(t, strings.HasPrefix(stderr.String(), "Usage: dflockd-test [flags]\n"), "%q: %q", args, stderr.String())
+		for _, f := range []string{"-addr", "-version", "-reply-per-write", "-max-locks", "-exit-on-eof", "-latency"} {
+			assert.Regexp(t, "(?m)^  "+f+"( |$)", stderr.String(), "%q", args)
+		}
+		assert.NotContains(t, stderr.String(), err.Error(), "%q: the caller prints the error", args)
+	}
+	err := RunProcess(context.Background(), []string{"-h"}, strings.NewReader(""), io.Discard)
+	assert.ErrorIs(t, err, flag.ErrHelp)
 }
 
 // With -latency the announced address is a Proxy's that delays each way.

@@ -2,7 +2,7 @@
 // benchmarks that must measure a client's CPU time apart from the server's,
 // or that pin the server to other CPUs than the client (taskset). It prints
 // the address it listens on and serves until SIGINT or SIGTERM (or, with
-// -exit-on-eof, until its stdin ends).
+// -exit-on-eof, until its stdin ends). -h lists the flags.
 //
 //	go run ./testutil/cmd/dflockd-test -addr 127.0.0.1:6388 -reply-per-write -max-locks -1
 //
@@ -12,6 +12,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -23,7 +25,10 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := testutil.RunProcess(ctx, os.Args[1:], os.Stdin, os.Stdout); err != nil {
+	err := testutil.RunProcessWithStderr(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp): // -h: the flag list is printed
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "dflockd-test:", err)
 		os.Exit(2)
 	}
