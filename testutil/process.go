@@ -21,7 +21,9 @@ import (
 // -reply-per-write (Config.ReplyPerWrite), -max-locks (Config.MaxLocks,
 // negative = unlimited), -exit-on-eof, -latency (serve through a Proxy
 // that delays every chunk by this much each way, up to 1s: a network's
-// round trip on loopback, preserving order and pipelining).
+// round trip on loopback, preserving order and pipelining). With -latency
+// the Proxy listens on -addr and the Server on a random loopback port
+// behind it; the printed address is always the one to connect to.
 //
 // RunProcess prints no usage; RunProcessWithStderr does.
 func RunProcess(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
@@ -48,12 +50,12 @@ func RunProcessWithStderr(ctx context.Context, args []string, stdin io.Reader, s
 	var version string
 	var exitOnEOF bool
 	var latency time.Duration
-	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:0", "listen address")
+	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:0", "listen address (with -latency, the latency proxy's)")
 	fs.StringVar(&version, "version", "1.16", "dflockd version to imitate: 1.16, 1.10 or 2.1")
 	fs.BoolVar(&cfg.ReplyPerWrite, "reply-per-write", false, "write every reply on its own, as dflockd does")
 	fs.IntVar(&cfg.MaxLocks, "max-locks", DefaultMaxLocks, "distinct keys; negative = unlimited")
 	fs.BoolVar(&exitOnEOF, "exit-on-eof", false, "exit when stdin reaches end of file")
-	fs.DurationVar(&latency, "latency", 0, "serve through a Proxy that delays every chunk by this much each way (a network's round trip on loopback)")
+	fs.DurationVar(&latency, "latency", 0, "serve through a Proxy on -addr that delays every chunk by this much each way (a network's round trip on loopback), up to 1s")
 	if err := fs.Parse(args); err != nil {
 		return usage(fmt.Errorf("testutil: %w", err))
 	}
@@ -76,6 +78,10 @@ func RunProcessWithStderr(ctx context.Context, args []string, stdin io.Reader, s
 	if latency < 0 || latency > time.Second {
 		return usage(fmt.Errorf("testutil: -latency %v: want between 0 and 1s", latency))
 	}
+	listen := cfg.Addr
+	if latency > 0 {
+		cfg.Addr = "127.0.0.1:0" // behind the proxy, which listens on -addr
+	}
 	srv, err := Start(cfg)
 	if err != nil {
 		return err
@@ -83,9 +89,9 @@ func RunProcessWithStderr(ctx context.Context, args []string, stdin io.Reader, s
 	defer srv.Close()
 	addr := srv.Addr()
 	if latency > 0 {
-		px, err := NewProxy(addr)
+		px, err := listenProxy(listen, addr)
 		if err != nil {
-			return err
+			return fmt.Errorf("testutil: listen: %w", err)
 		}
 		defer px.Close()
 		px.SetLatency(latency)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +98,31 @@ func TestRunProcessServesThroughLatency(t *testing.T) {
 	start := time.Now()
 	c.ping()
 	assert.GreaterOrEqual(t, time.Since(start), 40*time.Millisecond, "a round trip through 20 ms each way")
+	cancel()
+	require.NoError(t, <-done)
+}
+
+// With -addr and -latency the Proxy listens on -addr (and the Server behind
+// it on a random port): a client that connects to -addr gets the latency.
+func TestRunProcessLatencyProxyListensOnAddr(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	ctx, cancel := context.WithCancel(context.Background())
+	stdoutR, stdoutW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- RunProcess(ctx, []string{"-addr", addr, "-latency", "20ms"}, strings.NewReader(""), stdoutW)
+	}()
+	line, err := bufio.NewReader(stdoutR).ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, addr, strings.TrimSpace(line), "the announced address is -addr")
+	c := dialRaw(t, addr)
+	start := time.Now()
+	c.ping()
+	assert.GreaterOrEqual(t, time.Since(start), 40*time.Millisecond, "-addr serves through the 20 ms proxy")
 	cancel()
 	require.NoError(t, <-done)
 }

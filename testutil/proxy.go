@@ -91,7 +91,13 @@ type Proxy struct {
 // every connection to target (host:port). The target need not be up: a client
 // connection whose dial to the target fails is reset.
 func NewProxy(target string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return listenProxy("127.0.0.1:0", target)
+}
+
+// listenProxy is NewProxy listening on addr. Only RunProcess (-addr with
+// -latency) uses it, with none of the fault switches.
+func listenProxy(addr, target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
