@@ -15,7 +15,10 @@ import (
 // server's. It parses args, starts a Server, writes its address and a
 // newline to stdout, and serves until ctx ends or — with -exit-on-eof —
 // stdin reaches end of file, which is what a parent that dies or closes
-// the pipe causes. It closes the Server before it returns.
+// the pipe causes. It closes the Server before it returns. With
+// -exit-on-eof, a goroutine reading stdin remains after it returns until
+// stdin ends (a read cannot be interrupted portably): RunProcess is meant
+// for a process's main, which exits.
 //
 // Flags: -addr (default 127.0.0.1:0), -version (1.16, 1.10 or 2.1),
 // -reply-per-write (Config.ReplyPerWrite), -max-locks (Config.MaxLocks,

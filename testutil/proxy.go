@@ -90,6 +90,9 @@ type Proxy struct {
 // NewProxy starts a proxy listening on a random loopback port and forwarding
 // every connection to target (host:port). The target need not be up: a client
 // connection whose dial to the target fails is reset.
+//
+// The caller must Close it, which stops its goroutines; in a test:
+// t.Cleanup(func() { _ = p.Close() }).
 func NewProxy(target string) (*Proxy, error) {
 	return listenProxy("127.0.0.1:0", target)
 }
