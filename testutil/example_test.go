@@ -257,3 +257,95 @@ func ExampleProxy_Blackhole() {
 	// lease held across it: true
 	// released cleanly
 }
+
+// Stop imitates a crash and Restart brings the server back on the same
+// address, with none of its state: the lease held on it is lost (the
+// Client sees its connection break) and the key is free on the restarted
+// server.
+func ExampleServer_Restart() {
+	srv, err := testutil.Start(testutil.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+
+	c, err := dflock.New([]string{srv.Addr()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	l, err := c.Lock(ctx, "orders:42")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("locks before the crash:", len(srv.Stats().Locks))
+
+	if err := srv.Stop(); err != nil {
+		log.Fatal(err)
+	}
+	<-l.Done()
+	fmt.Println("lease lost:", errors.Is(l.Err(), dflock.ErrLockLost))
+
+	if err := srv.Restart(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("locks after the restart:", len(srv.Stats().Locks))
+
+	// A Client that dials the restarted server gets the key at once.
+	c2, err := dflock.New([]string{srv.Addr()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c2.Close()
+	again, err := c2.TryLock(ctx, "orders:42")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("locked again:", again.Key())
+	_ = again.Release(ctx)
+	// Output:
+	// locks before the crash: 1
+	// lease lost: true
+	// locks after the restart: 0
+	// locked again: orders:42
+}
+
+// A ManualClock makes the server's time pass only when the test says so: a
+// lease runs out at once, without waiting for it. (The Client renews on its
+// own, real, clock, which has not come to renew yet.)
+func ExampleManualClock() {
+	clk := testutil.NewManualClock(time.Unix(1_700_000_000, 0))
+	srv, err := testutil.Start(testutil.Config{Clock: clk})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+
+	c, err := dflock.New([]string{srv.Addr()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	if _, err := c.Lock(ctx, "orders:42", dflock.LeaseTTL(5*time.Second)); err != nil {
+		log.Fatal(err)
+	}
+	for _, lk := range srv.Stats().Locks {
+		fmt.Printf("server: %s expires in %v\n", lk.Key, lk.LeaseExpiresIn)
+	}
+
+	clk.Advance(6 * time.Second)
+	// The sweeper runs on the server's goroutine once Advance has fired
+	// its timer: await the effect.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(srv.Stats().Locks) > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	fmt.Println("locks 6s later on the server's clock:", len(srv.Stats().Locks))
+	// Output:
+	// server: orders:42 expires in 5s
+	// locks 6s later on the server's clock: 0
+}
