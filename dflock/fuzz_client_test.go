@@ -41,7 +41,6 @@ type fuzzedServer struct {
 	tokN    int
 	granted map[string]string // token -> key, for well-formed grants to an acquire of that key
 	wrong   map[string]bool   // tokens sent in grant-shaped lines that were no grant
-	accepts int
 	// per connection: whether a malformed/extra reply was written on it,
 	// and what requests arrived after it.
 	tainted  map[net.Conn]string
