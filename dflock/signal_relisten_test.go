@@ -253,6 +253,17 @@ func TestRefusedRelistenWarnsOncePerStreak(t *testing.T) {
 	require.NoError(t, v21.Stop())
 	v116 := startAt(t, addr, testutil.V1_16)
 	waitListening(t, v116, "ev.x", "")
+	// The client has read the listen's ok (which ends the streak) once a
+	// signal emitted after it reaches the subscription.
+	n, err := c.Emit(testCtx(t), "ev.x", "back")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	for {
+		sig, err := nextOrGap(t, sub)
+		if err == nil && sig.Payload == "back" {
+			break
+		}
+	}
 	require.NoError(t, v116.Stop())
 	_ = startAt(t, addr, testutil.V2_1)
 	require.Eventually(t, func() bool { return warned() == 2 }, testTimeout, 10*time.Millisecond,
