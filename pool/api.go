@@ -97,6 +97,9 @@ type Owner interface {
 	// discards it). On an idle connection the caller reads the answer
 	// itself, sparing the reader's wake-up. The requests SendBatch answers
 	// with an error without sending them are refused likewise (answered).
+	// A caller that unwinds through ctx's methods (a panic, or
+	// runtime.Goexit) leaves the request sent, or refused, and late
+	// receives its outcome.
 	Request(ctx context.Context, req wire.Request, late func(i int, r wire.Reply, err error)) (r wire.Reply, answered bool, err error)
 	// Err is nil while the connection is usable; afterwards an error
 	// matching wire.ErrConnBroken that names the server (see Conn.Err).

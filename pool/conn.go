@@ -281,7 +281,9 @@ func (c *conn) do(ctx context.Context, req *wire.Request, grantKey string) (_ wi
 // network. answered reports that r and err are the outcome; otherwise ctx
 // (or the pool's Lifetime) ended first, err says so, and late receives the
 // outcome later, exactly once, from the reader goroutine (or from whoever
-// breaks the connection). late must not block.
+// breaks the connection). late must not block. A caller that unwinds
+// through ctx's methods (a panic or runtime.Goexit) leaves the request
+// sent, or failed, and late receives its outcome.
 func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, r wire.Reply, err error)) (r wire.Reply, answered bool, err error) {
 	cl := getCall()
 	cl.kind = callWait
@@ -289,7 +291,22 @@ func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, 
 	cl.blocking = req.Blocking()
 	cl.cb = orDiscard(late)
 	cl.grantKey = grantKeyOf(req)
+	// ctx.Err is the caller's code: a caller that unwinds through it (a
+	// panic, runtime.Goexit) has the request sent all the same, as for an
+	// ended ctx, and late receives the outcome.
+	checked := false
+	defer func() {
+		if !checked {
+			cl.kind = callBatch
+			if _, _, err := c.send(req, cl); err != nil {
+				cb := cl.cb
+				putCall(cl)
+				cb(0, wire.Reply{}, err)
+			}
+		}
+	}()
 	ended := ctx.Err()
+	checked = true
 	if ended != nil {
 		// An ended ctx reports so at once, whatever the timing: the
 		// reader hands the answer to late, as to a batch's callback, and
@@ -318,8 +335,18 @@ func (c *conn) request(ctx context.Context, req *wire.Request, late func(i int, 
 // reply without the caller (deliver). unsent reports that the connection
 // broke before any byte of cl's request was written.
 func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, abandoned, unsent bool, _ error) {
+	// ctx's methods are the caller's code: a caller that unwinds through
+	// one (a panic, runtime.Goexit) before it knows cl's fate abandons cl,
+	// as one whose ctx ended does.
+	settled := false
+	defer func() {
+		if !settled {
+			c.abandonUnwound(cl)
+		}
+	}()
 	if reads {
 		if r, err, ok := c.readOwn(ctx, cl); ok {
+			settled = true
 			return r, false, false, err
 		}
 		// The reader has the turn now; wait like any other caller.
@@ -343,6 +370,7 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 	if s == stateWaiting && !cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
 		s = <-cl.done // the reply, or the Lifetime, won the race: its token
 	}
+	settled = true
 	if s != stateDelivered {
 		// From here the reader owns cl: this caller gave up, or the
 		// pool's Lifetime gave up for it.
@@ -366,6 +394,24 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 	unsent = cl.unsent
 	r, err := cl.result()
 	return r, false, unsent, err
+}
+
+// abandonUnwound abandons cl for a caller of await that unwinds (a panic
+// or runtime.Goexit in its ctx's methods) while cl is pending: the reader
+// then handles the reply as one whose caller gave up (deliver). A reply
+// delivered before the caller left is handled here the same way, so that a
+// grant is given back and a request's late gets its outcome.
+func (c *conn) abandonUnwound(cl *call) {
+	if cl.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+		return
+	}
+	if s := <-cl.done; s != stateDelivered {
+		return // stateEnded: the Lifetime abandoned cl to the reader
+	}
+	c.unclaimed(cl, cl.reply, cl.err)
+	if cl.verdict == nil {
+		putCall(cl) // else the writer may still set cl.unsent (see conn.writing)
+	}
 }
 
 // endWaits ends, when the pool's Lifetime ends, the waits of the callers

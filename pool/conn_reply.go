@@ -20,7 +20,22 @@ import (
 // (so Config.OnConnBroken runs there, never on a caller).
 func (c *conn) readOwn(ctx context.Context, cl *call) (_ wire.Reply, _ error, ok bool) {
 	var stop func() bool
-	if d := ctx.Done(); d != nil && d != c.p.lifeDone {
+	// ctx's methods are the caller's code. One that panics, or calls
+	// runtime.Goexit, while this caller has the turn must not take the
+	// turn with it: nobody would read the connection again, and the
+	// leases it owns would be lost. The turn goes back to the reader as
+	// the caller unwinds (await abandons cl to it).
+	passed := false
+	defer func() {
+		if !passed {
+			c.handOff(nil)
+			if stop != nil {
+				stop()
+			}
+		}
+	}()
+	d := ctx.Done()
+	if d != nil && d != c.p.lifeDone {
 		stop = context.AfterFunc(ctx, c.interruptFn)
 	}
 	var cause error
@@ -32,14 +47,24 @@ func (c *conn) readOwn(ctx context.Context, cl *call) (_ wire.Reply, _ error, ok
 			break
 		}
 		if err == nil {
+			// The line is buffered whole: no wait is left to interrupt.
+			// stop goes before the line is consumed, since it may run
+			// the caller's code (a custom context's AfterFunc), and a
+			// caller unwinding then leaves the line to the reader, for cl.
+			if stop != nil {
+				stop()
+				stop = nil
+			}
 			line, err := c.wc.ReadLine() // buffered whole: does not wait
 			if err == nil && wire.IsPush(line) {
-				continue // lane and wait-pool connections listen to nothing
+				// Lane and wait-pool connections listen to nothing.
+				if d != nil && d != c.p.lifeDone {
+					stop = context.AfterFunc(ctx, c.interruptFn)
+				}
+				continue
 			}
 			if err == nil {
-				if stop != nil {
-					stop()
-				}
+				passed = true
 				return c.finishOwn(cl, line)
 			}
 			cause = err // the wire.Conn is broken
@@ -67,6 +92,7 @@ func (c *conn) readOwn(ctx context.Context, cl *call) (_ wire.Reply, _ error, ok
 	if stop != nil {
 		stop()
 	}
+	passed = true
 	c.handOff(cause)
 	return wire.Reply{}, nil, false
 }
@@ -590,12 +616,7 @@ func (c *conn) deliver(cl *call, r wire.Reply, err error) {
 			cl.done <- stateDelivered
 			return // the waiter recycles cl
 		}
-		switch {
-		case cl.cb != nil:
-			cl.cb(0, r, err) // request's late
-		case err == nil && cl.key != "":
-			c.releaseAbandoned(cl, &r)
-		}
+		c.unclaimed(cl, r, err)
 		if cl.state.Load() == stateEnded || cl.verdict != nil {
 			// Its caller may not have taken the Lifetime's token yet:
 			// recycled, the call would hand it to the next request.
@@ -606,6 +627,17 @@ func (c *conn) deliver(cl *call, r wire.Reply, err error) {
 		}
 	}
 	putCall(cl)
+}
+
+// unclaimed handles the reply to a waiting call whose caller gave up: a
+// request's late receives it, a try-acquire's grant is released.
+func (c *conn) unclaimed(cl *call, r wire.Reply, err error) {
+	switch {
+	case cl.cb != nil:
+		cl.cb(0, r, err) // request's late
+	case err == nil && cl.key != "":
+		c.releaseAbandoned(cl, &r)
+	}
 }
 
 // releaseAbandoned releases a grant that arrived for a caller that gave up,
