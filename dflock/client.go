@@ -282,7 +282,17 @@ func (c *Client) begin(ctx context.Context, op, key string) (srv *server, opCtx 
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	// Deriving calls ctx's methods, the caller's code: one that panics
+	// (a typed nil) or calls runtime.Goexit must not leave the operation
+	// counted, or Close would wait for it forever.
+	derived := false
+	defer func() {
+		if !derived {
+			c.leave()
+		}
+	}()
 	opCtx, cancel = c.opContext(ctx)
+	derived = true
 	return srv, opCtx, cancel, nil
 }
 

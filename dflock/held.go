@@ -108,6 +108,15 @@ func (h *held) release(ctx context.Context) error {
 	return h.releaseOnce(ctx)
 }
 
+// giveBackUnwound releases a lease whose caller unwound (a panic or
+// runtime.Goexit in its own code) before it got the handle, waiting for
+// the answer at most DefaultReleaseTimeout.
+func (h *held) giveBackUnwound() {
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultReleaseTimeout)
+	defer cancel()
+	_ = h.releaseOnce(ctx)
+}
+
 // States of a lease's release (held.relState).
 const (
 	relNone uint8 = iota
@@ -171,18 +180,22 @@ func (h *held) sendRelease(ctx context.Context) (later bool, err error) {
 		// once Close knows, unless ctx ends first.
 		select {
 		case <-c.settled: // Close knows: its result, whatever ctx
+			return false, h.releaseResult()
 		default:
-			select {
-			case <-c.settled:
-			case <-ctx.Done():
-				go func() { // ends with Close, which has begun
-					<-c.settled
-					h.setReleased(h.releaseResult())
-				}()
-				return true, &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
-			}
 		}
-		return false, h.releaseResult()
+		// Recorded by a goroutine that ends with Close, which has begun,
+		// so that a caller unwinding through ctx.Done (the caller's code:
+		// a panic, runtime.Goexit) leaves the outcome recorded too.
+		go func() {
+			<-c.settled
+			h.setReleased(h.releaseResult())
+		}()
+		select {
+		case <-c.settled:
+			return true, h.releaseResult()
+		case <-ctx.Done():
+			return true, &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
+		}
 	}
 	defer c.leave()
 	if !h.lease.Untrack() {
@@ -206,17 +219,31 @@ func (h *held) sendRelease(ctx context.Context) (later bool, err error) {
 	// can end. An ended ctx reports so at once, deterministically.
 	w := releaseWaits.Get().(*releaseWait)
 	c.bg.Add(1)
+	// A caller that unwinds through ctx's methods in Request (the
+	// caller's code: a panic, runtime.Goexit) has had the release sent,
+	// and the answer comes to w, as when it stops waiting.
+	returned := false
+	defer func() {
+		if !returned {
+			go h.awaitRelease(w)
+		}
+	}()
 	r, answered, rerr := h.owner.Request(ctx, req, w.done)
+	returned = true
 	if answered {
 		releaseWaits.Put(w) // late is never called
 		return false, h.finishReleaseBG(releaseReply{r, rerr})
 	}
-	go func() {
-		<-w.answered
-		h.setReleased(h.finishReleaseBG(w.take()))
-	}()
+	go h.awaitRelease(w)
 	// ctx is also the operation's context: none was derived from it.
 	return true, &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
+}
+
+// awaitRelease records the outcome of a release whose caller stopped
+// waiting for its answer.
+func (h *held) awaitRelease(w *releaseWait) {
+	<-w.answered
+	h.setReleased(h.finishReleaseBG(w.take()))
 }
 
 type releaseReply struct {
@@ -421,11 +448,23 @@ func (h *held) LeaseLost(lease *renew.Lease, err error) {
 
 // runHeld runs fn under h and releases it.
 func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (err error) {
+	// Deferred first, so run last: deriving from ctx, and removing mid
+	// from it, call ctx's methods, the caller's code, and the lease must be
+	// released even if one unwinds (a panic, runtime.Goexit).
+	defer func() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
+		rerr := h.release(rctx)
+		rcancel()
+		if rerr != nil && errors.Is(rerr, ErrLockLost) {
+			err = errors.Join(err, rerr)
+		}
+	}()
 	// mid is the SDK's own: cancelling fctx, which OnEnd's function does
 	// on whatever goroutine ends the lease (a connection reader, the
 	// scheduler), then removes fctx from mid, not from the caller's ctx,
 	// whose own code (a custom context's AfterFunc stop) must not run there.
 	mid, midCancel := context.WithCancel(ctx)
+	defer midCancel()
 	fctx, cancel := context.WithCancelCause(mid)
 	// As the lease ends, not after (a context.AfterFunc would run on a
 	// goroutine of its own): fn's ctx is cancelled before Done, Err or
@@ -441,13 +480,6 @@ func runHeld(ctx context.Context, h *held, fn func(ctx context.Context) error) (
 	defer func() {
 		stop()
 		cancel(nil)
-		midCancel()
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
-		rerr := h.release(rctx)
-		rcancel()
-		if rerr != nil && errors.Is(rerr, ErrLockLost) {
-			err = errors.Join(err, rerr)
-		}
 	}()
 	return fn(&fnContext{fctx, h.lease})
 }

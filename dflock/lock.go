@@ -197,7 +197,7 @@ func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.C
 
 // acquire implements Lock, TryLock, Semaphore and TrySemaphore. limit 0
 // means an exclusive lock.
-func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (*held, error) {
+func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try bool, opts []AcquireOption) (h *held, err error) {
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
 	}
@@ -225,10 +225,10 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 	// end): the pool ends its waits when the Client closes
 	// (pool.Config.Lifetime). The wait below derives one.
 	laneCtx := ctx
+	var d derived
+	defer func() { d.cancel(h) }()
 	if a.hasTimeout && !try {
-		var cancelT context.CancelFunc
-		laneCtx, cancelT = context.WithTimeoutCause(ctx, a.timeout, errAcquireTimeout)
-		defer cancelT()
+		laneCtx, d.outer = context.WithTimeoutCause(ctx, a.timeout, errAcquireTimeout)
 	}
 
 	hk := hotKey{key: key, sem: limit != 0}
@@ -253,9 +253,9 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 		c.stats.contended.Add(1)
 		srv.hot.add(hk, time.Now())
 	}
-	opCtx, cancel := c.opContext(laneCtx) // keeps laneCtx's deadline and cause
-	defer cancel()
-	h, err := c.waitAcquire(ctx, opCtx, op, srv, req, &laneTried)
+	var opCtx context.Context
+	opCtx, d.inner = c.opContext(laneCtx) // keeps laneCtx's deadline and cause
+	h, err = c.waitAcquire(ctx, opCtx, op, srv, req, &laneTried)
 	if err != nil && !laneTried && !c.opts.noLaneFast && errors.Is(err, ErrServerUnavailable) && opCtx.Err() == nil {
 		// No wait-pool connection could be made (a server at its
 		// connection cap) for a key skipped as hot, whose lane may
@@ -265,6 +265,33 @@ func (c *Client) acquire(ctx context.Context, op, key string, limit int64, try b
 		}
 	}
 	return h, err
+}
+
+// derived holds the cancel functions of the contexts an operation derived
+// from the caller's: inner from outer, outer from the caller's (either may
+// be nil).
+type derived struct {
+	inner, outer context.CancelFunc
+}
+
+// cancel runs d's cancel functions, inner first, deferred by a call whose
+// result is h. Removing a context from the caller's calls its methods, the
+// caller's code; if one unwinds (a panic, runtime.Goexit) the caller never
+// gets h, which is then released rather than held, and renewed, for nobody.
+func (d *derived) cancel(h *held) {
+	done := false
+	defer func() {
+		if !done && h != nil {
+			h.giveBackUnwound()
+		}
+	}()
+	if d.inner != nil {
+		d.inner()
+	}
+	if d.outer != nil {
+		d.outer()
+	}
+	done = true
 }
 
 // deadlineWithin reports whether ctx has a deadline less than d away.
@@ -291,6 +318,15 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 	}
 	switch r.Status {
 	case wire.StatusOK:
+		// opCtx's methods are the caller's code: a caller that unwinds
+		// through one (a panic, runtime.Goexit) before the grant is
+		// tracked or given back gives it back aside.
+		settled := false
+		defer func() {
+			if !settled {
+				c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
+			}
+		}()
 		if err := checkGrant(r); err != nil || opCtx.Err() != nil || c.ctx.Err() != nil {
 			// The caller gave up while the grant was in flight (or it is
 			// unusable): give it back at once on the same connection.
@@ -302,12 +338,15 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 					c.releaseAside(srv, rel)
 				}
 			})
+			settled = true
 			if err == nil {
 				err = c.ctxError(ctx, opCtx, ErrNotAcquired)
 			}
 			return nil, &Error{Op: op, Key: req.Key, Server: srv.addr, Err: err}
 		}
-		if sent, err = c.confirmLateGrant(opCtx, ownerDo(owner), req, &r, sent, sent); err != nil {
+		sent, err = c.confirmLateGrant(opCtx, ownerDo(owner), req, &r, sent, sent)
+		settled = true
+		if err != nil {
 			// The lane connection stays (it owns other leases); the
 			// grant goes back aside, as a broken wait's does.
 			c.releaseAside(srv, wire.ReleaseRequest(req.Key, r.Token, req.Limit > 0))
@@ -336,6 +375,7 @@ func (c *Client) tryLane(ctx, opCtx context.Context, op string, srv *server, req
 // return a lease granted on the control lane instead, while it waited for
 // that connection (see waitConn); laneTried is as there.
 func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server, req wire.Request, laneTried *bool) (*held, error) {
+	dl := deadlineOf(opCtx)
 	fail := func(err error) (*held, error) {
 		return nil, c.acquireFailed(ctx, opCtx, op, srv, req.Key, err)
 	}
@@ -347,7 +387,7 @@ func (c *Client) waitAcquire(ctx, opCtx context.Context, op string, srv *server,
 	first := true
 	var early earlyTimeouts
 	for {
-		secs, ok := waitSeconds(opCtx, chunkFor(conn, waitChunk))
+		secs, ok := waitSeconds(opCtx, dl, chunkFor(conn, waitChunk))
 		if !ok {
 			conn.Release()
 			return fail(deadlinePassed(opCtx))
@@ -707,15 +747,28 @@ func (e *earlyTimeouts) pace(ctx context.Context, secs int64, sent time.Time) bo
 	}
 }
 
+// deadline is ctx.Deadline, read once, before a wait holds anything: a
+// derived context asks its parent, so Deadline runs the caller's code,
+// which may unwind (a panic, runtime.Goexit); it must not do so halfway
+// through the wait, with a connection or a queued place in hand.
+type deadline struct {
+	at time.Time
+	ok bool
+}
+
+func deadlineOf(ctx context.Context) deadline {
+	at, ok := ctx.Deadline()
+	return deadline{at, ok}
+}
+
 // waitSeconds is the server timeout for the next blocking request: the
 // time left until ctx's deadline rounded up to whole seconds, at most
 // chunk. ok is false when the deadline has passed.
-func waitSeconds(ctx context.Context, chunk time.Duration) (secs int64, ok bool) {
-	dl, has := ctx.Deadline()
-	if !has {
+func waitSeconds(ctx context.Context, dl deadline, chunk time.Duration) (secs int64, ok bool) {
+	if !dl.ok {
 		return wire.Seconds(chunk), true
 	}
-	left := time.Until(dl)
+	left := time.Until(dl.at)
 	if left <= 0 {
 		if endsWithin(ctx, deadlineGrace) {
 			return 0, false

@@ -258,10 +258,19 @@ func (h *signalHub) emitLong(ctx context.Context, srv *server, req wire.Request)
 	case <-ctx.Done():
 		return wire.Reply{}, ctx.Err()
 	}
+	// The gate passes to emitOn, which opens it at the answer; it is
+	// opened here if the dial fails, or unwinds (ctx's methods are the
+	// caller's code: a panic, runtime.Goexit).
+	passed := false
+	defer func() {
+		if !passed {
+			<-e.alone
+		}
+	}()
 	if conn, err = h.emitConn(ctx, srv); err != nil {
-		<-e.alone
 		return wire.Reply{}, err
 	}
+	passed = true
 	return h.emitOn(ctx, srv, e, conn, req, func() { <-e.alone })
 }
 
@@ -341,7 +350,20 @@ func (h *signalHub) dialEmit(ctx context.Context, srv *server, e *emitConn) (*si
 	if old != nil {
 		old.destroy() // broken already; this only settles the bookkeeping
 	}
+	// A dial that unwinds through ctx's methods (the caller's code: a
+	// panic, runtime.Goexit) must not leave the Emits waiting for it
+	// waiting forever.
+	dialed := false
+	defer func() {
+		if !dialed {
+			h.mu.Lock()
+			e.dialing = nil
+			close(ch)
+			h.mu.Unlock()
+		}
+	}()
 	conn, err := dialSigConn(ctx, srv, func(wire.Push) {}, nil)
+	dialed = true
 	h.mu.Lock()
 	e.dialing = nil
 	close(ch)

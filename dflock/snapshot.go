@@ -193,10 +193,10 @@ type waitTracker struct {
 // waitBegin counts a wait in flight on srv and, for a traced call, notes
 // when it began.
 func (c *Client) waitBegin(ctx context.Context, srv *server) waitTracker {
-	srv.obs.waits.Add(1)
 	if c.opts.tracer != nil {
-		noteWait(ctx)
+		noteWait(ctx) // before the count: ctx may be the caller's, and unwind
 	}
+	srv.obs.waits.Add(1)
 	return waitTracker{srv}
 }
 

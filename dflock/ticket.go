@@ -127,7 +127,20 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		return nil, err
 	}
 	defer c.leave()
-	defer cancel()
+	// Removing opCtx from ctx calls ctx's methods, the caller's code: if
+	// one unwinds (a panic, runtime.Goexit), the ticket enqueued (out) is
+	// given up rather than left queued, or holding its grant, for nobody.
+	var out *ticket
+	defer func() {
+		handed := false
+		defer func() {
+			if !handed && out != nil {
+				_ = out.cancel()
+			}
+		}()
+		cancel()
+		handed = true
+	}()
 	fail := func(err error) (*ticket, error) {
 		if opCtx.Err() != nil {
 			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
@@ -168,6 +181,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 	case wire.StatusAcquired, wire.StatusOK:
 		t.grant = c.track(srv, conn, conn, req, r, sent)
 		t.state, t.acquired = ticketAcquired, true
+		out = t
 		return t, nil
 	case wire.StatusQueued:
 		if opCtx.Err() != nil {
@@ -177,6 +191,7 @@ func (c *Client) enqueue(ctx context.Context, op, key string, limit int64, opts 
 		t.state, t.conn, t.queuedAt = ticketQueued, conn, sent
 		conn.HoldPlace(true) // the keepalive must not close it: see withdraw
 		c.tickets.add(t)
+		out = t
 		return t, nil
 	}
 	giveBack(conn, r)
@@ -266,7 +281,7 @@ func (t *ticket) op() string {
 }
 
 // await implements Ticket.Wait and SemaphoreTicket.Wait.
-func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error) {
+func (t *ticket) await(ctx context.Context, opts []AcquireOption) (h *held, err error) {
 	c := t.c
 	if ctx == nil {
 		return nil, &ArgError{Arg: "ctx", Reason: "must not be nil"}
@@ -282,6 +297,16 @@ func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error)
 		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: ErrClosed}
 	}
 	defer c.leave()
+	// Cancel ends a Wait in progress through its context, never by
+	// closing the connection itself: a grant that has already arrived is
+	// then either returned (and Cancel no longer affects it) or withdrawn
+	// by wait itself, so a Lock that Wait returns is never killed by a
+	// racing Cancel. (A blocking wait still to run is withdrawn by wait,
+	// which half-closes the connection as any cancelled wait does.)
+	// Derived before t.mu is taken: deriving calls ctx's methods, the
+	// caller's code, and one that panics must not leave t.mu locked.
+	wctx, stop := context.WithCancelCause(ctx)
+	defer func() { (&derived{outer: func() { stop(nil) }}).cancel(h) }()
 
 	t.mu.Lock()
 	switch t.state {
@@ -298,19 +323,25 @@ func (t *ticket) await(ctx context.Context, opts []AcquireOption) (*held, error)
 		t.mu.Unlock()
 		return nil, &Error{Op: t.op(), Key: t.key, Server: t.srv.addr, Err: err}
 	}
-	// Cancel ends a Wait in progress through its context, never by
-	// closing the connection itself: a grant that has already arrived is
-	// then either returned (and Cancel no longer affects it) or withdrawn
-	// by wait itself, so a Lock that Wait returns is never killed by a
-	// racing Cancel. (A blocking wait still to run is withdrawn by wait,
-	// which half-closes the connection as any cancelled wait does.)
-	wctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
 	t.state, t.stopWait = ticketWaiting, stop
 	conn := t.conn
 	t.mu.Unlock()
 
+	waited := false
+	defer func() {
+		if !waited {
+			// wait unwound before it sent anything (the caller's code
+			// runs only at its start: see wait): the place is given back
+			// and the ticket is done.
+			t.mu.Lock()
+			t.state, t.conn, t.stopWait = ticketDone, nil, nil
+			t.mu.Unlock()
+			c.tickets.remove(t)
+			t.withdrawLater(conn)
+		}
+	}()
 	l, err := t.wait(wctx, conn, a)
+	waited = true
 
 	t.mu.Lock()
 	t.state, t.conn, t.stopWait = ticketDone, nil, nil
@@ -333,6 +364,9 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		opCtx, cancelT = context.WithTimeoutCause(opCtx, a.timeout, errAcquireTimeout)
 		defer cancelT()
 	}
+	// The caller's code runs here last (see deadline): await gives the
+	// place back if it unwinds.
+	dl := deadlineOf(opCtx)
 	fail := func(err error) (*held, error) {
 		if opCtx.Err() != nil {
 			err = c.ctxError(ctx, opCtx, ErrNotAcquired)
@@ -349,7 +383,7 @@ func (t *ticket) wait(ctx context.Context, conn *pool.Conn, a acquireOptions) (*
 		var secs int64
 		if !try {
 			var ok bool
-			if secs, ok = waitSeconds(opCtx, chunkFor(conn, ticketWaitChunk)); !ok {
+			if secs, ok = waitSeconds(opCtx, dl, chunkFor(conn, ticketWaitChunk)); !ok {
 				t.withdrawLater(conn)
 				return fail(deadlinePassed(opCtx))
 			}

@@ -296,9 +296,7 @@ func (c *Client) traced(ctx context.Context, t Tracer, info AcquireInfo, acquire
 			if !ended && h != nil && err == nil {
 				// AcquireEnd panicked: the caller gets no handle, so the
 				// grant must not stay held, and renewed, by nobody.
-				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultReleaseTimeout)
-				defer cancel()
-				_ = h.releaseOnce(rctx)
+				h.giveBackUnwound()
 			}
 		}()
 		t.AcquireEnd(ctx, info, res)
