@@ -148,6 +148,13 @@
 // too. Invalid input is rejected before
 // anything is sent, with an *ArgError naming the argument.
 //
+// A context is called, not only watched: a call whose context's methods
+// panic (a typed nil pointer, say) or call runtime.Goexit passes the panic
+// on unchanged and leaves nothing behind, neither a lease held for nobody
+// nor a connection, ticket or Close waiting for it (see
+// docs/architecture.md). Dialers and connections given to WithDialer, and
+// WithTLS's callbacks, run on the Client's goroutines: they must not panic.
+//
 // # Server versions
 //
 // The Client works with dflockd v1.10 through v2.x. With v2.1+ servers,

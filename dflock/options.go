@@ -311,7 +311,8 @@ func (o *options) conflict() error {
 //
 // cfg's callbacks (GetClientCertificate, VerifyPeerCertificate,
 // VerifyConnection, KeyLogWriter, ...) run during dials, on the goroutine
-// of the call or background job that dials, never on one that renews or
+// that dials (the Client's own but for a long Emit's: see WithDialer,
+// whose rule on panics applies to them too), never on one that renews or
 // reads; a handshake cannot be interrupted while one runs, so one that
 // blocks delays that server's new connections and holds Close until it
 // returns. After the handshake crypto/tls still uses cfg.Rand (for every
@@ -385,8 +386,8 @@ func WithDialTimeout(d time.Duration) Option {
 // dial must return once ctx ends: ctx carries the dial timeout
 // (WithDialTimeout), the caller's context where a call waits for the dial,
 // and Close. The Client cannot abandon a dial in progress, so a dialer that
-// ignores ctx holds Close, and a Stats call (which dials on its caller's
-// goroutine), until it returns. One that returns neither a connection nor
+// ignores ctx holds Close, and a Stats call (which waits for its dials),
+// until it returns. One that returns neither a connection nor
 // an error fails the dial (ErrServerUnavailable), and so does a nil
 // pointer returned as the connection; a connection returned together with
 // an error is closed. nil means the default.
@@ -407,9 +408,18 @@ func WithDialTimeout(d time.Duration) Option {
 // is then read until the server closes it or Client.Close. Close may take its time (an SSH
 // channel's writes to its transport): a connection that is not a kernel
 // socket is closed, or half-closed, on a goroutine of its own (also when
-// its handshake failed: a Stats, which dials on its caller's goroutine,
-// does not wait for it), and Client.Close waits for those. Close is called
-// once per connection.
+// its handshake failed: a Stats does not wait for it), and Client.Close
+// waits for those. Close is called once per connection.
+//
+// dial and the connection's methods, like cfg's callbacks under WithTLS,
+// run on the Client's goroutines (a lane or wait-pool dial, a Stats
+// query's, a reader, a flusher), but for the dial of the connection that
+// carries Emits over 256 bytes, which runs on the Emit's. They must not
+// panic or call runtime.Goexit (a test's t.FailNow, say): as in a net/http
+// Transport's dialer, a panic there is not recovered and ends the program,
+// and a Goexit loses that goroutine's work without an error (a lane
+// connection never dialled, a reply never read, so its caller waits for
+// its context). Return an error instead.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }

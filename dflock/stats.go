@@ -170,6 +170,10 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	var wg sync.WaitGroup
 	for i, s := range c.servers {
 		wg.Go(func() {
+			// Stays if the query's goroutine exits unfinished (a
+			// runtime.Goexit in a dialer), which must not read as a
+			// server that answered nothing without an error.
+			st.Servers[i] = ServerStats{Addr: s.addr, Err: &Error{Op: "stats", Server: s.addr, Err: errQueryUnfinished}}
 			state, err := c.serverState(ctx, opCtx, s)
 			st.Servers[i] = ServerStats{Addr: s.addr, State: state, Err: err}
 		})
@@ -183,6 +187,9 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	}
 	return c.localStats(st), errors.Join(errs...)
 }
+
+// errQueryUnfinished: a Stats query's goroutine exited before its end.
+var errQueryUnfinished = errors.New("the query ended without a result (runtime.Goexit in the dialer or the connection's methods)")
 
 func (c *Client) localStats(st Stats) Stats {
 	for i, s := range c.servers {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -277,4 +278,22 @@ func TestStatsHintsAtTheStatsCapOnlyForTheStatsReply(t *testing.T) {
 	require.ErrorIs(t, err, ErrServerUnavailable)
 	require.ErrorIs(t, err, wire.ErrLineTooLong)
 	assert.NotContains(t, err.Error(), "WithMaxStatsReply")
+}
+
+// A Stats query whose goroutine exits unfinished (a runtime.Goexit in a
+// dialer: a test's t.FailNow, say) reports an error for its server; it
+// read as a server that answered nothing, with no error.
+func TestStatsReportsAQueryThatExitedUnfinished(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t, testutil.Config{})
+	c := newClient(t, []string{srv.Addr()}, WithDialer(func(context.Context, string, string) (net.Conn, error) {
+		runtime.Goexit()
+		return nil, nil
+	}))
+	st, err := c.Stats(testCtx(t))
+	require.ErrorIs(t, err, errQueryUnfinished)
+	require.Len(t, st.Servers, 1)
+	require.Nil(t, st.Servers[0].State)
+	require.ErrorIs(t, st.Servers[0].Err, errQueryUnfinished)
+	require.Contains(t, st.Servers[0].Err.Error(), srv.Addr())
 }
