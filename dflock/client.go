@@ -129,6 +129,22 @@ func New(servers []string, opts ...Option) (*Client, error) {
 	if o.logger != nil {
 		log = slog.New(newAsyncHandler(disp, o.logger.Handler()))
 	}
+	// The handler's WithAttrs is the caller's code: run here, before the
+	// scheduler and the pools start, with only the dispatcher to stop if
+	// it panics (or calls runtime.Goexit).
+	srvLogs := make([]*slog.Logger, len(addrs))
+	func() {
+		made := false
+		defer func() {
+			if !made {
+				disp.stop(o.callbackWait)
+			}
+		}()
+		for i, a := range addrs {
+			srvLogs[i] = log.With("server", a)
+		}
+		made = true
+	}()
 
 	c := &Client{
 		opts:     o,
@@ -156,7 +172,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 		}
 	}
 	c.sched = renew.New(rc)
-	for _, a := range addrs {
+	for i, a := range addrs {
 		srv := &server{addr: a}
 		p, err := pool.New(pool.Config{
 			Addr:            a,
@@ -169,7 +185,7 @@ func New(servers []string, opts ...Option) (*Client, error) {
 			LaneConns:       o.laneConns,
 			MaxIdleConns:    o.poolMaxIdle(),
 			MaxConnIdleTime: o.maxIdleTime,
-			Logger:          log.With("server", a),
+			Logger:          srvLogs[i],
 			OnConnBroken:    func(owner pool.Owner, err error) { c.onConnBroken(a, owner, err) },
 			OnDial:          func(role string, d time.Duration, err error) { c.onDial(a, role, d, err) },
 			OnReleaseLost:   func(req wire.Request) { c.releaseAside(srv, req) },

@@ -626,7 +626,9 @@ func WithSharding(s shard.Strategy) Option {
 // that find more than 4096 others waiting are dropped and counted in
 // ClientStats.CallbacksDropped; Close waits up to DefaultReleaseTimeout for
 // those still queued, as described at Hooks (which also says what becomes
-// of a handler that blocks past that, or panics).
+// of a handler that blocks past that, or panics). The handler's WithAttrs
+// and WithGroup run on the caller's goroutine, once per server in New
+// (which, if one panics, leaves nothing running).
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
