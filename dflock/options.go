@@ -627,8 +627,8 @@ func WithSharding(s shard.Strategy) Option {
 // ClientStats.CallbacksDropped; Close waits up to DefaultReleaseTimeout for
 // those still queued, as described at Hooks (which also says what becomes
 // of a handler that blocks past that, or panics). The handler's WithAttrs
-// and WithGroup run on the caller's goroutine, once per server in New
-// (which, if one panics, leaves nothing running).
+// runs on the caller's goroutine, once per server in New (which, if it
+// panics, leaves nothing running).
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
