@@ -151,6 +151,15 @@ func releaseIfHeld[H interface{ Release(context.Context) error }](h H, err error
 	}
 }
 
+// releaseAgain releases f.l after the faulty Release: it must return (the
+// first one's outcome, or its own).
+func releaseAgain(t *testing.T, f *faultFixture) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = f.l.Release(ctx)
+	require.NoError(t, ctx.Err(), "a Release after the faulty one did not return")
+}
+
 func faultCases() []faultCase {
 	noop := func(*testing.T, *faultFixture) {}
 	releaseHeld := func(t *testing.T, f *faultFixture) {
@@ -226,13 +235,8 @@ func faultCases() []faultCase {
 				require.NoError(t, err)
 				f.l = l
 			},
-			op: func(f *faultFixture, ctx context.Context) { _ = f.l.Release(ctx) },
-			cleanup: func(t *testing.T, f *faultFixture) {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = f.l.Release(ctx)
-				require.NoError(t, ctx.Err(), "a Release after the faulty one did not return")
-			}},
+			op:      func(f *faultFixture, ctx context.Context) { _ = f.l.Release(ctx) },
+			cleanup: releaseAgain},
 		{name: "ReleasePinned",
 			setup: func(t *testing.T, f *faultFixture) {
 				f.holdK(t)
@@ -243,13 +247,8 @@ func faultCases() []faultCase {
 				require.NoError(t, err)
 				f.held, f.l = nil, l
 			},
-			op: func(f *faultFixture, ctx context.Context) { _ = f.l.Release(ctx) },
-			cleanup: func(t *testing.T, f *faultFixture) {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = f.l.Release(ctx)
-				require.NoError(t, ctx.Err(), "a Release after the faulty one did not return")
-			}},
+			op:      func(f *faultFixture, ctx context.Context) { _ = f.l.Release(ctx) },
+			cleanup: releaseAgain},
 		{name: "Renew",
 			setup: func(t *testing.T, f *faultFixture) {
 				l, err := f.c.TryLock(testCtx(t), "k")
