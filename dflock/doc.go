@@ -154,6 +154,9 @@
 // nor a connection, ticket or Close waiting for it (see
 // docs/architecture.md). Dialers and connections given to WithDialer, and
 // WithTLS's callbacks, run on the Client's goroutines: they must not panic.
+// Neither they nor a context's methods may call Client.Close, which waits
+// for the call in progress that runs them (hooks, a Tracer, a log handler
+// and WithLock's fn may: see Hooks).
 //
 // # Server versions
 //

@@ -137,7 +137,10 @@ var errLostAtHandOver = fmt.Errorf("%w: granted or confirmed too late: the lease
 // Lock acquires the exclusive lock key, waiting while another holder has
 // it: until AcquireTimeout passes (ErrTimeout) or ctx ends (an error
 // matching ctx.Err() and ErrNotAcquired, plus ErrTimeout for a deadline).
-// Waiters are served in FIFO order by the server.
+// Waiters are served in FIFO order by the server. Locks are not
+// reentrant: a Lock of a key its caller already holds (from inside
+// WithLock's fn, say) waits for that hold to end, so with no deadline it
+// waits forever.
 //
 // An uncontended lock is taken with one pipelined request on a shared
 // connection; a contended one waits on a connection of its own, which stays

@@ -155,7 +155,9 @@ type Hooks struct {
 	// OnDial is called after every dial, successful or not.
 	OnDial func(DialInfo)
 	// OnRenewalBatch is called for every batch of renewals once all its
-	// answers are in (or its connection broke).
+	// answers are in (or its connection broke), a Lock's or Semaphore's
+	// Renew included: a hook that calls Renew for every batch it is told
+	// of renews without end.
 	OnRenewalBatch func(RenewalBatchInfo)
 	// OnSignalDropped is called when a subscription starts dropping
 	// signals because its buffer is full: once per episode, which ends when
@@ -419,7 +421,9 @@ func WithDialTimeout(d time.Duration) Option {
 // Transport's dialer, a panic there is not recovered and ends the program,
 // and a Goexit loses that goroutine's work without an error (a lane
 // connection never dialled, a reply never read, so its caller waits for
-// its context). Return an error instead.
+// its context). Return an error instead. Nor may they call Client.Close,
+// which waits for the dials and calls in progress, theirs included, and
+// would wait forever (start it on a goroutine of its own: go c.Close()).
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
 }
