@@ -184,6 +184,8 @@ func (c *Client) TryLock(ctx context.Context, key string, opts ...AcquireOption)
 // ErrLockLost), or when the Client is closed, which releases the lock
 // (then it matches ErrClosed). WithLock returns fn's error, joined with an
 // error matching ErrLockLost if the lease was lost before the release.
+// Locks are not reentrant: a Lock or WithLock of key inside fn waits for
+// this very lock, until its context ends.
 func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.Context) error, opts ...AcquireOption) error {
 	if fn == nil {
 		return &ArgError{Arg: "fn", Reason: "must not be nil"}
