@@ -284,6 +284,9 @@ type derived struct {
 // caller's code; if one unwinds (a panic, runtime.Goexit) the caller never
 // gets h, which is then released rather than held, and renewed, for nobody.
 func (d *derived) cancel(h *held) {
+	if d.inner == nil && d.outer == nil {
+		return // an uncontended acquire with no AcquireTimeout derives none
+	}
 	done := false
 	defer func() {
 		if !done && h != nil {
@@ -767,8 +770,8 @@ func deadlineOf(ctx context.Context) deadline {
 }
 
 // waitSeconds is the server timeout for the next blocking request: the
-// time left until ctx's deadline rounded up to whole seconds, at most
-// chunk. ok is false when the deadline has passed.
+// time left until ctx's deadline (dl, read from ctx) rounded up to whole
+// seconds, at most chunk. ok is false when the deadline has passed.
 func waitSeconds(ctx context.Context, dl deadline, chunk time.Duration) (secs int64, ok bool) {
 	if !dl.ok {
 		return wire.Seconds(chunk), true
