@@ -383,9 +383,20 @@ func (c *conn) await(ctx context.Context, cl *call, reads bool) (_ wire.Reply, a
 		// The connection broke while a write that took cl was under way:
 		// wait for the writer to say whether it left (the write returns
 		// soon: the socket is closed, or its write deadline comes).
+		// ctx.Done is the caller's code: a caller unwinding through it
+		// leaves the outcome, delivered to it, unclaimed (a Request's
+		// late is told); cl is left to the collector.
+		claimed := false
+		defer func() {
+			if !claimed {
+				c.unclaimed(cl, cl.reply, cl.err)
+			}
+		}()
+		d := ctx.Done()
+		claimed = true
 		select {
 		case <-v:
-		case <-ctx.Done():
+		case <-d:
 			// The writer may still set cl.unsent: cl is left to the
 			// collector, not recycled. Taken as sent: not sent again.
 			return cl.reply, false, false, cl.err

@@ -1,0 +1,83 @@
+package pool
+
+import (
+	"context"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dflock-sdk/go/testutil"
+	"github.com/dflock-sdk/go/wire"
+)
+
+// kthCallCtx panics at the k-th call of its methods (all made on the caller's
+// goroutine here: the non-reading path starts no AfterFunc).
+type kthCallCtx struct {
+	context.Context
+	k     int64
+	n     atomic.Int64
+	hit   atomic.Bool
+	where string
+}
+
+func (f *kthCallCtx) fault() {
+	if f.n.Add(1) == f.k {
+		f.where = string(debug.Stack())
+		f.hit.Store(true)
+		panic(errCtxBug)
+	}
+}
+func (f *kthCallCtx) Done() <-chan struct{} { f.fault(); return f.Context.Done() }
+func (f *kthCallCtx) Err() error            { f.fault(); return f.Context.Err() }
+func (f *kthCallCtx) Value(k any) any       { f.fault(); return f.Context.Value(k) }
+func (f *kthCallCtx) Deadline() (time.Time, bool) {
+	f.fault()
+	return f.Context.Deadline()
+}
+
+// A Request (a release) whose caller unwinds through ctx.Done in
+// await's verdict select (the connection cut while the write carrying the
+// request was under way) must still give late its outcome: dflock's
+// sendRelease waits for it (awaitRelease) and Close waits for that.
+func TestRequestUnwindingAtTheVerdictStillTellsLate(t *testing.T) {
+	t.Parallel()
+	for k := int64(1); k <= 8; k++ {
+		srv := newServer(t, testutil.Config{DisableAutoRelease: true})
+		p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1, KeepAlive: 250 * time.Millisecond, writeTimeout: 8 * time.Second,
+			OnReleaseLost: func(wire.Request) {}})
+		bigKey := strings.Repeat("x", 16<<20)
+		h, err := p.Acquire(ctxWait(t))
+		require.NoError(t, err)
+		settle(t, h.c)
+		writes := h.c.nwrite.Load()
+		resume := srv.Stall(0)
+		h.SendBatch([]wire.Request{{Cmd: wire.CmdLock, Key: "a", Lease: 30}}, func(int, wire.Reply, error) {})
+		require.Eventually(t, func() bool { return h.c.nwrite.Load() == writes+1 }, wait, time.Millisecond)
+		late := make(chan error, 1)
+		ret := make(chan any, 1)
+		ctx := &kthCallCtx{Context: context.Background(), k: k}
+		go func() {
+			defer func() { ret <- recover() }()
+			_, answered, _ := h.Request(ctx, wire.ReleaseRequest(bigKey, "tok", false), func(_ int, _ wire.Reply, err error) { late <- err })
+			if answered {
+				late <- nil // the caller got the outcome
+			}
+		}()
+		p0 := <-ret
+		select {
+		case <-late:
+		case <-time.After(3 * time.Second):
+			t.Errorf("k=%d (panic %v): the release's outcome never reached late (nor the caller); unwound at:\n%s", k, p0, ctx.where)
+		}
+		resume()
+		h.Destroy()
+		if !ctx.hit.Load() {
+			t.Logf("k=%d not reached: done", k)
+			break
+		}
+	}
+}
