@@ -328,7 +328,7 @@ func TestFaultyContextLeavesNothingBehind(t *testing.T) {
 
 func runFaultCase(t *testing.T, fc faultCase, base context.Context, goexit bool, opts ...Option) {
 	srv := newServer(t, testutil.Config{})
-	c, err := New([]string{srv.Addr()}, append([]Option{WithLaneConns(1), WithLeaseTTL(2 * time.Second)}, opts...)...)
+	c, err := New([]string{srv.Addr()}, append([]Option{WithLaneConns(1), WithLeaseTTL(30 * time.Second)}, opts...)...)
 	require.NoError(t, err)
 	closed := false
 	defer func() {

@@ -183,17 +183,27 @@ func (h *held) sendRelease(ctx context.Context) (later bool, err error) {
 			return false, h.releaseResult()
 		default:
 		}
-		// Recorded by a goroutine that ends with Close, which has begun,
-		// so that a caller unwinding through ctx.Done (the caller's code:
-		// a panic, runtime.Goexit) leaves the outcome recorded too.
-		go func() {
+		// Recorded by the caller if Close knows before ctx ends; else by a
+		// goroutine that ends with Close, which has begun, as it is too
+		// for a caller unwinding through ctx.Done (the caller's code: a
+		// panic, runtime.Goexit).
+		record := func() {
 			<-c.settled
 			h.setReleased(h.releaseResult())
+		}
+		decided := false
+		defer func() {
+			if !decided {
+				go record()
+			}
 		}()
 		select {
 		case <-c.settled:
-			return true, h.releaseResult()
+			decided = true
+			return false, h.releaseResult()
 		case <-ctx.Done():
+			go record()
+			decided = true
 			return true, &Error{Op: h.op("release"), Key: h.key(), Server: h.srv.addr, Err: c.ctxError(ctx, ctx, nil)}
 		}
 	}
