@@ -73,12 +73,14 @@ func testPushesAreNoProgress(t *testing.T, split bool) {
 	ctx := ctxWait(t)
 	lc, err := p.DialListener(ctx, func(wire.Push) {}, nil)
 	require.NoError(t, err)
-	dctx, cancel := context.WithTimeout(context.Background(), 10*ka)
+	dctx, cancel := context.WithTimeout(context.Background(), 30*ka)
 	defer cancel()
 	start := time.Now()
 	_, err = lc.Do(dctx, wire.Request{Cmd: wire.CmdListen, Key: "a.>"})
 	took := time.Since(start)
 	t.Logf("Do returned after %v: %v", took, err)
 	require.ErrorIs(t, err, wire.ErrConnBroken, "the unanswered listen is found stalled, not left to the caller's context")
-	require.Less(t, took, 5*ka, "found within two keepalives (three at worst), with slack for a loaded machine")
+	// Two keepalives, three at worst; the slack is for a loaded machine
+	// (5 was overrun by 2.5 ms under four test processes on two CPUs).
+	require.Less(t, took, 10*ka, "found within two keepalives (three at worst), with slack for a loaded machine")
 }
