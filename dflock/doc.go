@@ -149,14 +149,18 @@
 // anything is sent, with an *ArgError naming the argument.
 //
 // A context is called, not only watched: a call whose context's methods
-// panic (a typed nil pointer, say) or call runtime.Goexit passes the panic
-// on unchanged and leaves nothing behind, neither a lease held for nobody
-// nor a connection, ticket or Close waiting for it (see
-// docs/architecture.md). Dialers and connections given to WithDialer, and
-// WithTLS's callbacks, run on the Client's goroutines: they must not panic.
-// Neither they nor a context's methods may call Client.Close, which waits
-// for the call in progress that runs them (hooks, a Tracer, a log handler
-// and WithLock's fn may: see Hooks).
+// panic on the caller's goroutine (a typed nil pointer does, at the first
+// call) or call runtime.Goexit there passes the panic on unchanged and
+// leaves nothing behind, neither a lease held for nobody nor a connection,
+// ticket or Close waiting for it (see docs/architecture.md). A dial made
+// for a call on a goroutine of the Client's (a wait-pool connection, a
+// Stats query) also calls the context (Deadline, Value): a panic there
+// ends the program, and a Goexit there can leave Close waiting for that
+// dial. Dialers and connections given to WithDialer, and WithTLS's
+// callbacks, run on the Client's goroutines (but a long Emit's dial, on
+// the Emit's): they must not panic. Neither they nor a context's methods
+// may call Client.Close, which waits for the call in progress that runs
+// them (hooks, a Tracer, a log handler and WithLock's fn may: see Hooks).
 //
 // # Server versions
 //
