@@ -38,10 +38,11 @@ func TestCallerUnwindingWhileReadingItsReplyHandsTheTurnBack(t *testing.T) {
 	t.Parallel()
 	srv := newServer(t, testutil.Config{})
 	p := newPool(t, Config{Addr: srv.Addr(), LaneConns: 1})
-	r, _, err := p.Do(ctxWait(t), lockReq("a"))
+	r, owner, err := p.Do(ctxWait(t), lockReq("a"))
 	require.NoError(t, err)
 	require.Equal(t, wire.StatusOK, r.Status)
 
+	settle(t, owner.(*laneConn).c) // idle, the turn nobody's: the next caller reads its own reply
 	bad := valuePanicCtx{ctxWait(t)}
 	require.Equal(t, errCtxBug, recovered(func() { _, _, _ = p.Do(bad, lockReq("k")) }))
 	require.Eventually(t, func() bool { return srv.Stats().Requests["l"] == 2 }, wait, time.Millisecond,
