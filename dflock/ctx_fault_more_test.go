@@ -223,34 +223,7 @@ func moreFaultCases() []struct {
 
 func TestFaultyContextMore(t *testing.T) {
 	t.Parallel()
-	cancellable := func(t *testing.T) context.Context {
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		return ctx
-	}
-	bases := []struct {
-		name string
-		ctx  func(t *testing.T) context.Context
-		opts []Option
-	}{
-		{"background", func(*testing.T) context.Context { return context.Background() }, nil},
-		{"cancel", cancellable, nil},
-		{"deadline", func(t *testing.T) context.Context { return testCtx(t) }, nil},
-		{"traced", cancellable, []Option{WithTracer(noopTracer{})}},
-	}
 	for _, mc := range moreFaultCases() {
-		for _, base := range bases {
-			for _, goexit := range []bool{false, true} {
-				name := mc.fc.name + "/" + base.name + "/panic"
-				if goexit {
-					name = mc.fc.name + "/" + base.name + "/goexit"
-				}
-				t.Run(name, func(t *testing.T) {
-					t.Parallel()
-					opts := append(append([]Option{}, mc.opts...), base.opts...)
-					runFaultCase(t, mc.fc, base.ctx(t), goexit, opts...)
-				})
-			}
-		}
+		runFaultMatrix(t, mc.fc, mc.opts...)
 	}
 }

@@ -294,6 +294,14 @@ func faultCases() []faultCase {
 // or one with a deadline: each takes the Client down other paths.
 func TestFaultyContextLeavesNothingBehind(t *testing.T) {
 	t.Parallel()
+	for _, fc := range faultCases() {
+		runFaultMatrix(t, fc)
+	}
+}
+
+// runFaultMatrix runs fc (on a Client with opts) as subtests, with a panic
+// and with runtime.Goexit, over each kind of context the faulty one wraps.
+func runFaultMatrix(t *testing.T, fc faultCase, opts ...Option) {
 	cancellable := func(t *testing.T) context.Context {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
@@ -310,18 +318,16 @@ func TestFaultyContextLeavesNothingBehind(t *testing.T) {
 		// A Tracer takes the acquires and releases through traced paths.
 		{"traced", cancellable, []Option{WithTracer(noopTracer{})}},
 	}
-	for _, fc := range faultCases() {
-		for _, base := range bases {
-			for _, goexit := range []bool{false, true} {
-				name := fc.name + "/" + base.name + "/panic"
-				if goexit {
-					name = fc.name + "/" + base.name + "/goexit"
-				}
-				t.Run(name, func(t *testing.T) {
-					t.Parallel()
-					runFaultCase(t, fc, base.ctx(t), goexit, base.opts...)
-				})
+	for _, base := range bases {
+		for _, goexit := range []bool{false, true} {
+			name := fc.name + "/" + base.name + "/panic"
+			if goexit {
+				name = fc.name + "/" + base.name + "/goexit"
 			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				runFaultCase(t, fc, base.ctx(t), goexit, append(append([]Option{}, opts...), base.opts...)...)
+			})
 		}
 	}
 }

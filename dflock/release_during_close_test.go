@@ -30,15 +30,7 @@ func TestReleaseDuringCloseThenReleaseWithEndedCtx(t *testing.T) {
 		locks = append(locks, l)
 	}
 	px.SetLatency(200 * time.Millisecond)
-	closed := make(chan struct{})
-	go func() { _ = c.Close(); close(closed) }()
-	require.Eventually(t, func() bool {
-		if c.enter() {
-			c.leave()
-			return false
-		}
-		return true
-	}, 5*time.Second, time.Millisecond)
+	closed := closeInBackground(t, c)
 	ended, cancel := context.WithCancel(ctx)
 	cancel()
 	var mu sync.Mutex
@@ -72,8 +64,21 @@ func TestReleaseUnwindingDuringCloseIsRecorded(t *testing.T) {
 	l, err := c.TryLock(testCtx(t), "k")
 	require.NoError(t, err)
 	px.SetLatency(300 * time.Millisecond)
-	closed := make(chan struct{})
-	go func() { _ = c.Close(); close(closed) }()
+	closed := closeInBackground(t, c)
+	hit, _ := attempt(t, context.Background(), 1, false, func(ctx context.Context) { _ = l.Release(ctx) })
+	require.True(t, hit, "the faulty ctx was not called")
+	<-closed
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	assert.NoError(t, l.Release(ctx), "a Release after the unwound one, once Close has returned")
+}
+
+// closeInBackground starts c.Close and returns once it has begun (calls
+// made from now on find the Client closing); closed closes when it returns.
+func closeInBackground(t *testing.T, c *Client) (closed <-chan struct{}) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { _ = c.Close(); close(done) }()
 	require.Eventually(t, func() bool {
 		if c.enter() {
 			c.leave()
@@ -81,10 +86,5 @@ func TestReleaseUnwindingDuringCloseIsRecorded(t *testing.T) {
 		}
 		return true
 	}, 5*time.Second, time.Millisecond)
-	hit, _ := attempt(t, context.Background(), 1, false, func(ctx context.Context) { _ = l.Release(ctx) })
-	require.True(t, hit, "the faulty ctx was not called")
-	<-closed
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	assert.NoError(t, l.Release(ctx), "a Release after the unwound one, once Close has returned")
+	return done
 }

@@ -4,7 +4,6 @@ package pool
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,34 +12,6 @@ import (
 	"github.com/dflock-sdk/go/testutil"
 	"github.com/dflock-sdk/go/wire"
 )
-
-// slowFaultCtx panics at the k-th call of its methods and makes every later
-// call slow (as the unwinding caller removes its AfterFunc from it): the
-// reader, handed the turn back, delivers the reply before the caller
-// abandons its call (abandonUnwound's delivered branch).
-type slowFaultCtx struct {
-	context.Context
-	k   int64
-	n   atomic.Int64
-	hit atomic.Bool
-}
-
-func (f *slowFaultCtx) fault() {
-	switch n := f.n.Add(1); {
-	case n == f.k:
-		f.hit.Store(true)
-		panic(errCtxBug)
-	case n > f.k:
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-func (f *slowFaultCtx) Done() <-chan struct{} { f.fault(); return f.Context.Done() }
-func (f *slowFaultCtx) Err() error            { f.fault(); return f.Context.Err() }
-func (f *slowFaultCtx) Value(k any) any       { f.fault(); return f.Context.Value(k) }
-func (f *slowFaultCtx) Deadline() (time.Time, bool) {
-	f.fault()
-	return f.Context.Deadline()
-}
 
 // A Request whose reply the reader delivers while its caller is
 // unwinding (before await's defer abandons the call) still gives late the
@@ -56,7 +27,7 @@ func TestRequestUnwindingAfterDeliveryStillTellsLate(t *testing.T) {
 	defer h.Destroy()
 	for k := int64(1); k <= 20; k++ {
 		settle(t, h.c)
-		ctx := &slowFaultCtx{Context: base, k: k}
+		ctx := &kthCallCtx{Context: base, k: k, slowAfter: 50 * time.Millisecond}
 		late := make(chan error, 1)
 		done := make(chan any, 1)
 		go func() {

@@ -5,6 +5,8 @@ package pool
 import (
 	"context"
 	"errors"
+	"runtime/debug"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +27,35 @@ func (valuePanicCtx) Value(any) any { panic(errCtxBug) }
 type errPanicCtx struct{ context.Context }
 
 func (errPanicCtx) Err() error { panic(errCtxBug) }
+
+// kthCallCtx panics at the k-th call of its methods; with slowAfter set,
+// every later call (an unwinding caller removing its AfterFunc, say) takes
+// that long, so that the reader, handed the turn back, delivers the reply
+// before the caller abandons its call.
+type kthCallCtx struct {
+	context.Context
+	k         int64
+	slowAfter time.Duration
+	n         atomic.Int64
+	hit       atomic.Bool
+	where     string // the stack at the k-th call
+}
+
+func (f *kthCallCtx) fault() {
+	switch n := f.n.Add(1); {
+	case n == f.k:
+		f.where = string(debug.Stack())
+		f.hit.Store(true)
+		panic(errCtxBug)
+	case n > f.k && f.slowAfter > 0:
+		time.Sleep(f.slowAfter)
+	}
+}
+
+func (f *kthCallCtx) Done() <-chan struct{}       { f.fault(); return f.Context.Done() }
+func (f *kthCallCtx) Err() error                  { f.fault(); return f.Context.Err() }
+func (f *kthCallCtx) Value(k any) any             { f.fault(); return f.Context.Value(k) }
+func (f *kthCallCtx) Deadline() (time.Time, bool) { f.fault(); return f.Context.Deadline() }
 
 func recovered(f func()) (p any) {
 	defer func() { p = recover() }()

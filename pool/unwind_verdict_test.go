@@ -4,9 +4,7 @@ package pool
 
 import (
 	"context"
-	"runtime/debug"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,31 +13,6 @@ import (
 	"github.com/dflock-sdk/go/testutil"
 	"github.com/dflock-sdk/go/wire"
 )
-
-// kthCallCtx panics at the k-th call of its methods (all made on the caller's
-// goroutine here: the non-reading path starts no AfterFunc).
-type kthCallCtx struct {
-	context.Context
-	k     int64
-	n     atomic.Int64
-	hit   atomic.Bool
-	where string
-}
-
-func (f *kthCallCtx) fault() {
-	if f.n.Add(1) == f.k {
-		f.where = string(debug.Stack())
-		f.hit.Store(true)
-		panic(errCtxBug)
-	}
-}
-func (f *kthCallCtx) Done() <-chan struct{} { f.fault(); return f.Context.Done() }
-func (f *kthCallCtx) Err() error            { f.fault(); return f.Context.Err() }
-func (f *kthCallCtx) Value(k any) any       { f.fault(); return f.Context.Value(k) }
-func (f *kthCallCtx) Deadline() (time.Time, bool) {
-	f.fault()
-	return f.Context.Deadline()
-}
 
 // A Request (a release) whose caller unwinds through ctx.Done in
 // await's verdict select (the connection cut while the write carrying the
