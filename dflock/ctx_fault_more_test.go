@@ -137,16 +137,8 @@ func moreFaultCases() []struct {
 				require.NoError(t, err)
 				f.tk = tk
 			},
-			op: func(f *faultFixture, ctx context.Context) { releaseIfHeld(f.tk.Wait(ctx)) },
-			cleanup: func(t *testing.T, f *faultFixture) {
-				done := make(chan error, 1)
-				go func() { done <- f.tk.Cancel() }()
-				select {
-				case <-done:
-				case <-time.After(5 * time.Second):
-					t.Fatal("Ticket.Cancel after the faulty Wait did not return within 5s")
-				}
-			}}},
+			op:      func(f *faultFixture, ctx context.Context) { releaseIfHeld(f.tk.Wait(ctx)) },
+			cleanup: cancelTicket}},
 		{fc: faultCase{name: "TicketWaitTimeout",
 			setup: func(t *testing.T, f *faultFixture) {
 				f.holdK(t)
@@ -155,25 +147,11 @@ func moreFaultCases() []struct {
 				f.tk = tk
 			},
 			op: func(f *faultFixture, ctx context.Context) {
-				done := make(chan struct{})
-				defer close(done)
-				go func() {
-					select {
-					case <-done:
-					case <-time.After(50 * time.Millisecond):
-						_ = f.held.Release(context.Background())
-					}
-				}()
+				defer f.releaseHeldAfter(50 * time.Millisecond)()
 				releaseIfHeld(f.tk.Wait(ctx, AcquireTimeout(10*time.Second)))
 			},
 			cleanup: func(t *testing.T, f *faultFixture) {
-				done := make(chan error, 1)
-				go func() { done <- f.tk.Cancel() }()
-				select {
-				case <-done:
-				case <-time.After(5 * time.Second):
-					t.Fatal("Ticket.Cancel after the faulty Wait did not return within 5s")
-				}
+				cancelTicket(t, f)
 				releaseHeld(t, f)
 			}}},
 		// The wait pool at its cap of 1, taken by c's own blocked Lock("k2"):
@@ -196,15 +174,7 @@ func moreFaultCases() []struct {
 				require.Eventually(t, func() bool { return lockWaiters(f.srv, "k2") == 1 }, 5*time.Second, time.Millisecond)
 			},
 			op: func(f *faultFixture, ctx context.Context) {
-				done := make(chan struct{})
-				defer close(done)
-				go func() {
-					select {
-					case <-done:
-					case <-time.After(150 * time.Millisecond):
-						_ = f.held.Release(context.Background())
-					}
-				}()
+				defer f.releaseHeldAfter(150 * time.Millisecond)()
 				releaseIfHeld(f.c.Lock(ctx, "k"))
 			},
 			cleanup: func(t *testing.T, f *faultFixture) {

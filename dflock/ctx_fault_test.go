@@ -145,6 +145,31 @@ func (f *faultFixture) releaseWhenWaited(done <-chan struct{}) {
 	}()
 }
 
+// releaseHeldAfter releases other's hold of "k" after d, unless the
+// returned stop is called first.
+func (f *faultFixture) releaseHeldAfter(d time.Duration) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(d):
+			_ = f.held.Release(context.Background())
+		}
+	}()
+	return func() { close(done) }
+}
+
+// cancelTicket cancels f.tk after a faulty Wait: it must return.
+func cancelTicket(t *testing.T, f *faultFixture) {
+	done := make(chan error, 1)
+	go func() { done <- f.tk.Cancel() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Ticket.Cancel after the faulty Wait did not return within 5s")
+	}
+}
+
 func releaseIfHeld[H interface{ Release(context.Context) error }](h H, err error) {
 	if err == nil {
 		_ = h.Release(context.Background())
@@ -220,15 +245,7 @@ func faultCases() []faultCase {
 			op: func(f *faultFixture, ctx context.Context) {
 				releaseIfHeld(f.tk.Wait(ctx))
 			},
-			cleanup: func(t *testing.T, f *faultFixture) {
-				done := make(chan error, 1)
-				go func() { done <- f.tk.Cancel() }()
-				select {
-				case <-done:
-				case <-time.After(5 * time.Second):
-					t.Fatal("Ticket.Cancel after the faulty Wait did not return within 5s")
-				}
-			}},
+			cleanup: cancelTicket},
 		{name: "ReleaseLane",
 			setup: func(t *testing.T, f *faultFixture) {
 				l, err := f.c.TryLock(testCtx(t), "k")
